@@ -1,0 +1,116 @@
+#include "kf_identity.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/x509v3.h>
+
+static const char *const kind_names[] = {
+    [KF_PEER_NONE] = "none",
+    [KF_PEER_NODE] = "node",
+    [KF_PEER_OPERATOR] = "operator",
+    [KF_PEER_COORDINATOR] = "coordinator",
+};
+
+const char *kf_peer_kind_name(kf_peer_kind kind)
+{
+    if ((size_t)kind >= sizeof(kind_names) / sizeof(kind_names[0]))
+        return "none";
+    return kind_names[kind];
+}
+
+int kf_peer_kind_parse(const char *s, kf_peer_kind *ret)
+{
+    for (int k = KF_PEER_NODE; k <= KF_PEER_COORDINATOR; k++) {
+        if (strcmp(s, kind_names[k]) == 0) {
+            *ret = (kf_peer_kind)k;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static bool name_char(char c, bool first)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return !first && (c == '.' || c == '_' || c == '-');
+}
+
+bool kf_name_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > KF_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!name_char(s[i], i == 0))
+            return false;
+    return true;
+}
+
+int kf_identity_from_uri(const char *uri, size_t len, kf_identity *ret, kf_err *err)
+{
+    static const char scheme[] = "keyfleet://";
+    const size_t slen = sizeof(scheme) - 1;
+    if (len < slen || memcmp(uri, scheme, slen) != 0)
+        return kf_err_set(err, -EINVAL, "identity URI does not start with %s", scheme);
+    const char *kind = uri + slen;
+    const char *end = uri + len;
+    const char *slash = memchr(kind, '/', (size_t)(end - kind));
+    if (slash == NULL)
+        return kf_err_set(err, -EINVAL, "identity URI has no /NAME part");
+    char kbuf[16];
+    size_t klen = (size_t)(slash - kind);
+    if (klen == 0 || klen >= sizeof(kbuf))
+        return kf_err_set(err, -EINVAL, "identity URI has a bad kind");
+    memcpy(kbuf, kind, klen);
+    kbuf[klen] = '\0';
+    kf_peer_kind k;
+    if (kf_peer_kind_parse(kbuf, &k) != 0)
+        return kf_err_set(err, -EINVAL, "identity kind must be node, operator or coordinator");
+    const char *name = slash + 1;
+    size_t nlen = (size_t)(end - name);
+    if (!kf_name_valid(name, nlen))
+        return kf_err_set(err, -EINVAL, "identity name must be 1..63 of [A-Za-z0-9._-]");
+    ret->kind = k;
+    memcpy(ret->name, name, nlen);
+    ret->name[nlen] = '\0';
+    return 0;
+}
+
+int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err)
+{
+    GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    if (sans == NULL)
+        return kf_err_set(err, -EACCES, "certificate has no subjectAltName");
+    int found = 0, r = 0;
+    kf_identity id = {0};
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+        if (gn->type != GEN_URI)
+            continue;
+        const ASN1_IA5STRING *s = gn->d.uniformResourceIdentifier;
+        const char *data = (const char *)ASN1_STRING_get0_data(s);
+        size_t len = (size_t)ASN1_STRING_length(s);
+        if (len < 11 || memcmp(data, "keyfleet://", 11) != 0)
+            continue;
+        if (++found > 1)
+            break;
+        r = kf_identity_from_uri(data, len, &id, err);
+    }
+    GENERAL_NAMES_free(sans);
+    if (found == 0)
+        return kf_err_set(err, -EACCES, "certificate has no keyfleet:// URI SAN");
+    if (found > 1)
+        return kf_err_set(err, -EACCES, "certificate has more than one keyfleet:// URI SAN");
+    if (r != 0)
+        return -EACCES;
+    *ret = id;
+    return 0;
+}
+
+int kf_identity_uri(const kf_identity *id, char *buf, size_t size)
+{
+    int n = snprintf(buf, size, "keyfleet://%s/%s", kf_peer_kind_name(id->kind), id->name);
+    return n < 0 || (size_t)n >= size ? -ENOSPC : 0;
+}

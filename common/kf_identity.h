@@ -1,0 +1,43 @@
+/* Identities: every certificate keyfleet issues names its holder with one SAN URI
+ * keyfleet://KIND/NAME, KIND being node, operator or coordinator. */
+#ifndef KF_IDENTITY_H
+#define KF_IDENTITY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <openssl/x509.h>
+
+#include "kf_err.h"
+
+#define KF_NAME_MAX 63
+
+typedef enum {
+    KF_PEER_NONE = 0,
+    KF_PEER_NODE,
+    KF_PEER_OPERATOR,
+    KF_PEER_COORDINATOR,
+} kf_peer_kind;
+
+typedef struct kf_identity {
+    kf_peer_kind kind;
+    char name[KF_NAME_MAX + 1];
+} kf_identity;
+
+const char *kf_peer_kind_name(kf_peer_kind kind);
+/* "node", "operator" or "coordinator"; returns 0 or -EINVAL. */
+int kf_peer_kind_parse(const char *s, kf_peer_kind *ret);
+
+/* A name is 1..63 bytes of [A-Za-z0-9._-], starting with a letter or digit. */
+bool kf_name_valid(const char *s, size_t len);
+
+/* Parses "keyfleet://KIND/NAME". Returns 0, or -EINVAL with err set. */
+int kf_identity_from_uri(const char *uri, size_t len, kf_identity *ret, kf_err *err);
+
+/* Extracts the identity from a certificate: exactly one keyfleet:// URI SAN. Other SANs are ignored. */
+int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err);
+
+/* Writes "keyfleet://KIND/NAME" into buf; returns 0 or -ENOSPC. */
+int kf_identity_uri(const kf_identity *id, char *buf, size_t size);
+
+#endif

@@ -1,0 +1,46 @@
+/* A blocking Connect unary client over libcurl: HTTP/2, TLS 1.3, client certificate, one
+ * long-lived connection, servers tried in order on transport errors. Used by keyfleetctl
+ * and keyfleet-agent. */
+#ifndef KF_RPC_CLIENT_H
+#define KF_RPC_CLIENT_H
+
+#include <stddef.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "kf_connect.h"
+#include "kf_err.h"
+
+typedef struct kf_rpc_client kf_rpc_client;
+
+typedef struct kf_rpc_opts {
+    const char *const *servers; /* "host:port" */
+    size_t n_servers;
+    const char *cert_file;
+    const char *key_file;
+    const char *ca_file;
+    long timeout_ms; /* per call; 0 means 10 s */
+} kf_rpc_opts;
+
+typedef struct kf_rpc_status {
+    kf_connect_code code; /* KF_CONNECT_OK on success */
+    int http_status;
+    char message[512];
+    char server[128]; /* the server that answered */
+} kf_rpc_status;
+
+int kf_rpc_client_new(const kf_rpc_opts *opts, kf_rpc_client **ret, kf_err *err);
+void kf_rpc_client_free(kf_rpc_client *c);
+
+/* Calls POST /METHOD (e.g. "keyfleet.v1.AdminService/ClusterStatus").
+ * Returns 0 when a server answered (st->code tells whether the call succeeded; on OK *ret_resp
+ * holds the unpacked response, freed with protobuf_c_message_free_unpacked), or a negative errno
+ * with err set when no server could be reached or the answer was malformed. */
+int kf_rpc_call(kf_rpc_client *c, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp, kf_rpc_status *st,
+                kf_err *err);
+
+/* GET path (e.g. "/readyz"); the body is returned NUL-terminated (malloc'ed). */
+int kf_rpc_get(kf_rpc_client *c, const char *path, long *ret_status, char **ret_body, kf_err *err);
+
+#endif

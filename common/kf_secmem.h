@@ -1,0 +1,30 @@
+/* Secure memory for key material: page-backed buffers that are mlock'ed (kept out of swap),
+ * MADV_DONTDUMP (kept out of core dumps), and wiped with OPENSSL_cleanse when freed. */
+#ifndef KF_SECMEM_H
+#define KF_SECMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kf_secbuf {
+    uint8_t *data;
+    size_t len; /* bytes in use */
+    size_t cap; /* usable bytes */
+} kf_secbuf;
+
+/* Allocates a zeroed buffer of len bytes (len > 0). Returns NULL on allocation failure.
+ * If mlock is refused (RLIMIT_MEMLOCK), the buffer is still DONTDUMP and a warning is logged once. */
+kf_secbuf *kf_secbuf_new(size_t len);
+/* Wipes and frees; NULL is allowed. */
+void kf_secbuf_free(kf_secbuf *b);
+/* Number of buffers whose mlock failed since start (exported in metrics). */
+unsigned long kf_secmem_lock_failures(void);
+
+/* Makes this process non-dumpable (no core, no ptrace by other users, /proc/PID/mem closed)
+ * and sets RLIMIT_CORE to 0. Daemons and the agent call it first thing. */
+int kf_process_harden(void);
+
+/* Wipes len bytes at p in a way the compiler cannot drop. */
+void kf_wipe(void *p, size_t len);
+
+#endif

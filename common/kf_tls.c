@@ -1,0 +1,136 @@
+#include "kf_tls.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+static int ex_index = -1;
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+
+static void free_identity(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    free(ptr);
+}
+
+static void ex_init(void) { ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, free_identity); }
+
+static const unsigned char ALPN_H2[] = {2, 'h', '2'};
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    const bool accept_http11 = arg != NULL;
+    static const char *const prefs[] = {"h2", "http/1.1"};
+    for (size_t p = 0; p < (accept_http11 ? 2u : 1u); p++) {
+        size_t plen = strlen(prefs[p]);
+        for (unsigned int i = 0; i < inlen;) {
+            unsigned int l = in[i];
+            if (i + 1 + l > inlen)
+                break;
+            if (l == plen && memcmp(in + i + 1, prefs[p], l) == 0) {
+                *out = in + i + 1;
+                *outlen = (unsigned char)l;
+                return SSL_TLSEXT_ERR_OK;
+            }
+            i += 1 + l;
+        }
+    }
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
+{
+    const bool server = opts->role == KF_TLS_SERVER;
+    SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (ctx == NULL)
+        return kf_err_openssl(err, -ENOMEM, "SSL_CTX_new");
+    int r = -EINVAL;
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) != 1) {
+        r = kf_err_openssl(err, -EINVAL, "restricting to TLS 1.3");
+        goto fail;
+    }
+    if (opts->cert_file != NULL) {
+        if (SSL_CTX_use_certificate_chain_file(ctx, opts->cert_file) != 1) {
+            r = kf_err_openssl(err, -EINVAL, opts->cert_file);
+            goto fail;
+        }
+        if (opts->key_file == NULL || SSL_CTX_use_PrivateKey_file(ctx, opts->key_file, SSL_FILETYPE_PEM) != 1) {
+            r = kf_err_openssl(err, -EINVAL, opts->key_file != NULL ? opts->key_file : "private key");
+            goto fail;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            r = kf_err_openssl(err, -EINVAL, "certificate and private key do not match");
+            goto fail;
+        }
+    } else if (server) {
+        r = kf_err_set(err, -EINVAL, "a server needs a certificate");
+        goto fail;
+    }
+    if (opts->ca_file == NULL || SSL_CTX_load_verify_locations(ctx, opts->ca_file, NULL) != 1) {
+        r = kf_err_openssl(err, -EINVAL, opts->ca_file != NULL ? opts->ca_file : "CA file");
+        goto fail;
+    }
+    X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_X509_STRICT);
+    if (server) {
+        int mode = SSL_VERIFY_PEER;
+        if (opts->peer_mode == KF_TLS_PEER_REQUIRED)
+            mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+        SSL_CTX_set_verify(ctx, mode, NULL);
+        /* Required with SSL_VERIFY_PEER, or clients offering a ticket are aborted. */
+        static const unsigned char sid_ctx[] = "keyfleet";
+        SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+        /* No tickets: a resumed session skips certificate verification, and every
+         * connection should be judged on the certificate it shows now. */
+        SSL_CTX_set_num_tickets(ctx, 0);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE);
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select, opts->server_accept_http11 ? (void *)1 : NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        if (SSL_CTX_set_alpn_protos(ctx, ALPN_H2, sizeof(ALPN_H2)) != 0) {
+            r = kf_err_openssl(err, -EINVAL, "setting ALPN");
+            goto fail;
+        }
+    }
+    *ret = ctx;
+    return 0;
+fail:
+    SSL_CTX_free(ctx);
+    return r;
+}
+
+int kf_tls_peer_identity(SSL *ssl, const kf_identity **ret)
+{
+    pthread_once(&ex_once, ex_init);
+    kf_identity *cached = SSL_get_ex_data(ssl, ex_index);
+    if (cached != NULL) {
+        if (cached->kind == KF_PEER_NONE)
+            return -EACCES;
+        *ret = cached;
+        return 0;
+    }
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (cert == NULL)
+        return -ENOENT;
+    kf_identity *id = calloc(1, sizeof(*id));
+    if (id == NULL)
+        return -ENOMEM;
+    /* A KIND_NONE entry caches the refusal too, so a bad certificate is parsed once. */
+    if (SSL_get_verify_result(ssl) != X509_V_OK || kf_identity_from_cert(cert, id, NULL) != 0)
+        id->kind = KF_PEER_NONE;
+    if (SSL_set_ex_data(ssl, ex_index, id) != 1) {
+        free(id);
+        return -ENOMEM;
+    }
+    if (id->kind == KF_PEER_NONE)
+        return -EACCES;
+    *ret = id;
+    return 0;
+}

@@ -1,0 +1,118 @@
+/* keyfleetd: the keyfleet coordinator. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/ssl.h>
+
+#include "config.h"
+#include "kf_log.h"
+#include "kf_secmem.h"
+#include "privileges.h"
+#include "server.h"
+
+#define EXIT_CONFIG 2
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: keyfleetd [-c FILE] [--check-config] [--version]\n"
+               "  -c, --config FILE   configuration (default /etc/keyfleet/keyfleetd.yaml)\n"
+               "      --check-config  validate the configuration and exit\n");
+}
+
+int main(int argc, char **argv)
+{
+    kf_log_set_program("keyfleetd");
+    const char *config_path = "/etc/keyfleet/keyfleetd.yaml";
+    int check_only = 0;
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check-config", no_argument, NULL, 'C'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'C':
+            check_only = 1;
+            break;
+        case 'V':
+            printf("keyfleetd %s\n", KF_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return EXIT_CONFIG;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return EXIT_CONFIG;
+    }
+
+    /* Not dumpable from the start; again after a privilege drop, which resets it. */
+    if (kf_process_harden() != 0)
+        kf_log_warn("harden_failed", "what=dumpable");
+    signal(SIGPIPE, SIG_IGN);
+
+    kf_err err = {0};
+    kfd_config *cfg = NULL;
+    if (kfd_config_load(config_path, &cfg, &err) != 0) {
+        fprintf(stderr, "keyfleetd: %s\n", err.msg);
+        return EXIT_CONFIG;
+    }
+    if (check_only) {
+        printf("%s: ok\n", config_path);
+        kfd_config_free(cfg);
+        return 0;
+    }
+    if (cfg->log_level != NULL) {
+        kf_log_level lvl;
+        if (kf_log_level_parse(cfg->log_level, &lvl) == 0)
+            kf_log_set_level(lvl);
+    }
+    if (mkdir(cfg->state_dir, 0700) != 0 && errno != EEXIST) {
+        kf_log_error("state_dir_failed", "path=%s error=%s", kf_log_q(cfg->state_dir), kf_log_q(strerror(errno)));
+        kfd_config_free(cfg);
+        return 1;
+    }
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    kfd_server srv;
+    int rc = 1;
+    if (kfd_server_init(&srv, &loop, cfg, &err) != 0) {
+        kf_log_error("tls_setup_failed", "error=%s", kf_log_q(err.msg));
+        goto out;
+    }
+    if (kfd_server_listen(&srv, &err) != 0) {
+        kf_log_error("listen_failed", "error=%s", kf_log_q(err.msg));
+        goto out;
+    }
+    if (cfg->user != NULL) {
+        if (kfd_drop_privileges(cfg->user, &err) != 0) {
+            kf_log_error("privilege_drop_failed", "error=%s", kf_log_q(err.msg));
+            goto out;
+        }
+        if (kf_process_harden() != 0) {
+            kf_log_error("harden_failed", "what=dumpable");
+            goto out;
+        }
+    }
+    kf_log_info("started", "name=%s version=%s", cfg->name, KF_VERSION);
+    rc = kfd_server_run(&srv);
+out:
+    kfd_server_dispose(&srv);
+    uv_loop_close(&loop);
+    kfd_config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,92 @@
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kf_secmem.h"
+#include "server.h"
+
+typedef struct out {
+    char *s;
+    size_t len, cap;
+    int failed;
+} out;
+
+static void emit(out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void emit(out *o, const char *fmt, ...)
+{
+    if (o->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->s + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->failed = 1;
+            return;
+        }
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap * 2 + (size_t)n;
+        char *s = realloc(o->s, cap);
+        if (s == NULL) {
+            o->failed = 1;
+            return;
+        }
+        o->s = s;
+        o->cap = cap;
+    }
+}
+
+char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
+{
+    const kfd_metrics *m = &srv->metrics;
+    out o = {malloc(4096), 0, 4096, 0};
+    if (o.s == NULL)
+        return NULL;
+    emit(&o, "# HELP keyfleet_rpc_requests_total RPC requests by method and Connect code.\n"
+             "# TYPE keyfleet_rpc_requests_total counter\n");
+    for (size_t i = 0; i <= kfd_methods_count && i <= KFD_METRICS_MAX_METHODS; i++) {
+        const char *name = i < kfd_methods_count ? kfd_methods[i].path + 1 : "unknown";
+        for (int c = 0; c < KF_CONNECT_CODE_COUNT; c++)
+            if (m->requests[i][c] > 0)
+                emit(&o, "keyfleet_rpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", name,
+                     kf_connect_code_name((kf_connect_code)c), (unsigned long long)m->requests[i][c]);
+    }
+    emit(&o,
+         "# HELP keyfleet_tls_handshakes_total TLS handshakes by result.\n"
+         "# TYPE keyfleet_tls_handshakes_total counter\n"
+         "keyfleet_tls_handshakes_total{result=\"ok\"} %llu\n"
+         "keyfleet_tls_handshakes_total{result=\"failed\"} %llu\n"
+         "# HELP keyfleet_auth_failures_total Rejected client certificates and callers.\n"
+         "# TYPE keyfleet_auth_failures_total counter\n"
+         "keyfleet_auth_failures_total %llu\n"
+         "# HELP keyfleet_connections_total Accepted and rejected TCP connections.\n"
+         "# TYPE keyfleet_connections_total counter\n"
+         "keyfleet_connections_total{result=\"accepted\"} %llu\n"
+         "keyfleet_connections_total{result=\"rejected\"} %llu\n"
+         "# HELP keyfleet_connections_open Open client connections.\n"
+         "# TYPE keyfleet_connections_open gauge\n"
+         "keyfleet_connections_open %u\n"
+         "# HELP keyfleet_tls_reloads_total Certificate reloads (SIGHUP).\n"
+         "# TYPE keyfleet_tls_reloads_total counter\n"
+         "keyfleet_tls_reloads_total %llu\n"
+         "# HELP keyfleet_secmem_lock_failures_total Key buffers that could not be mlock'ed.\n"
+         "# TYPE keyfleet_secmem_lock_failures_total counter\n"
+         "keyfleet_secmem_lock_failures_total %lu\n",
+         (unsigned long long)m->tls_handshakes_ok, (unsigned long long)m->tls_handshakes_failed,
+         (unsigned long long)m->auth_failures, (unsigned long long)m->connections_accepted,
+         (unsigned long long)m->connections_rejected, srv->connections, (unsigned long long)m->tls_reloads,
+         kf_secmem_lock_failures());
+    if (o.failed) {
+        free(o.s);
+        return NULL;
+    }
+    *ret_len = o.len;
+    return o.s;
+}

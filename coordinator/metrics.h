@@ -1,0 +1,27 @@
+/* Counters exported at GET /metrics in the Prometheus text format. Single-threaded: the loop
+ * owns them. */
+#ifndef KFD_METRICS_H
+#define KFD_METRICS_H
+
+#include <stdint.h>
+
+#include "kf_connect.h"
+
+#define KFD_METRICS_MAX_METHODS 32
+
+typedef struct kfd_metrics {
+    /* [method index][code]; the last method row counts unknown routes */
+    uint64_t requests[KFD_METRICS_MAX_METHODS + 1][KF_CONNECT_CODE_COUNT];
+    uint64_t tls_handshakes_ok;
+    uint64_t tls_handshakes_failed;
+    uint64_t auth_failures;
+    uint64_t connections_accepted;
+    uint64_t connections_rejected;
+    uint64_t tls_reloads;
+} kfd_metrics;
+
+struct kfd_server;
+/* Renders the metrics into a malloc'ed string. */
+char *kfd_metrics_render(const struct kfd_server *srv, size_t *ret_len);
+
+#endif

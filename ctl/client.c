@@ -1,0 +1,106 @@
+#include <libgen.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+
+typedef struct ctl_file {
+    kf_strlist coordinators;
+    char *cert, *key, *ca;
+} ctl_file;
+
+static const kf_yaml_field ctl_fields[] = {
+    {"coordinators", kf_yaml_dec_strlist, offsetof(ctl_file, coordinators), NULL, true},
+    {"cert", kf_yaml_dec_string, offsetof(ctl_file, cert), NULL, true},
+    {"key", kf_yaml_dec_string, offsetof(ctl_file, key), NULL, true},
+    {"ca", kf_yaml_dec_string, offsetof(ctl_file, ca), NULL, true},
+};
+
+static char *resolve(const char *dir, char *p)
+{
+    if (p == NULL || p[0] == '/')
+        return p;
+    char *out = NULL;
+    if (asprintf(&out, "%s/%s", dir, p) < 0)
+        out = NULL;
+    free(p);
+    return out;
+}
+
+static int load_config(kfctl *ctl)
+{
+    kf_yaml_doc *doc = NULL;
+    kf_err err = {0};
+    ctl_file f = {0};
+    int r = kf_yaml_parse_file(ctl->config_path, &doc, &err);
+    if (r == 0)
+        r = kf_yaml_decode_map(doc, doc->root, ctl_fields, sizeof(ctl_fields) / sizeof(ctl_fields[0]), &f, &err);
+    kf_yaml_free(doc);
+    if (r != 0) {
+        fprintf(stderr, "keyfleetctl: %s\n", err.msg);
+        kf_strlist_free(&f.coordinators);
+        free(f.cert);
+        free(f.key);
+        free(f.ca);
+        return r;
+    }
+    char *copy = strdup(ctl->config_path);
+    const char *dir = copy != NULL ? dirname(copy) : ".";
+    if (ctl->servers.n == 0)
+        ctl->servers = f.coordinators;
+    else
+        kf_strlist_free(&f.coordinators);
+    if (ctl->cert == NULL)
+        ctl->cert = resolve(dir, f.cert);
+    else
+        free(f.cert);
+    if (ctl->key == NULL)
+        ctl->key = resolve(dir, f.key);
+    else
+        free(f.key);
+    if (ctl->ca == NULL)
+        ctl->ca = resolve(dir, f.ca);
+    else
+        free(f.ca);
+    free(copy);
+    return 0;
+}
+
+kf_rpc_client *kfctl_client(kfctl *ctl)
+{
+    if ((ctl->servers.n == 0 || ctl->cert == NULL || ctl->key == NULL || ctl->ca == NULL) && load_config(ctl) != 0)
+        return NULL;
+    kf_rpc_opts opts = {
+        .servers = (const char *const *)ctl->servers.v,
+        .n_servers = ctl->servers.n,
+        .cert_file = ctl->cert,
+        .key_file = ctl->key,
+        .ca_file = ctl->ca,
+    };
+    kf_rpc_client *c = NULL;
+    kf_err err = {0};
+    if (kf_rpc_client_new(&opts, &c, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: %s\n", err.msg);
+        return NULL;
+    }
+    return c;
+}
+
+int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufCMessage *req,
+               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp)
+{
+    (void)ctl;
+    kf_rpc_status st;
+    kf_err err = {0};
+    if (kf_rpc_call(c, method, req, resp_desc, ret_resp, &st, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: cannot reach a coordinator: %s\n", err.msg);
+        return -1;
+    }
+    if (st.code != KF_CONNECT_OK) {
+        fprintf(stderr, "keyfleetctl: %s: %s\n", kf_connect_code_name(st.code), st.message);
+        return -1;
+    }
+    return 0;
+}

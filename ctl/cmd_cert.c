@@ -1,0 +1,107 @@
+/* keyfleetctl cert issue node|operator|coordinator NAME */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ca.h"
+#include "ctl.h"
+
+#define MAX_SANS 16
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: keyfleetctl cert issue node|operator|coordinator NAME [--dir DIR] [--out PREFIX]\n"
+                    "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--force]\n");
+}
+
+int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
+{
+    (void)ctl;
+    if (argc < 2 || strcmp(argv[1], "issue") != 0) {
+        usage();
+        return KFCTL_EXIT_USAGE;
+    }
+    const char *dir = ".", *out = NULL;
+    long days = 365, backdate = 0;
+    const char *sans[MAX_SANS];
+    size_t n_sans = 0;
+    bool force = false;
+    static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
+                                         {"out", required_argument, NULL, 'o'},
+                                         {"days", required_argument, NULL, 'D'},
+                                         {"backdate", required_argument, NULL, 'b'},
+                                         {"san", required_argument, NULL, 's'},
+                                         {"force", no_argument, NULL, 'f'},
+                                         {NULL, 0, NULL, 0}};
+    int c;
+    /* Parse after "issue"; optind 0 makes glibc reset its permutation state. */
+    argc--;
+    argv++;
+    optind = 0;
+    char *end;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            dir = optarg;
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        case 'D':
+        case 'b': {
+            long v = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || v < 0 || v > 3650) {
+                fprintf(stderr, "keyfleetctl: --%s must be a number of days from 0 to 3650\n",
+                        c == 'D' ? "days" : "backdate");
+                return KFCTL_EXIT_USAGE;
+            }
+            *(c == 'D' ? &days : &backdate) = v;
+            break;
+        }
+        case 's':
+            if (n_sans == MAX_SANS || (strncmp(optarg, "DNS:", 4) != 0 && strncmp(optarg, "IP:", 3) != 0) ||
+                strchr(optarg, ',') != NULL) {
+                fprintf(stderr, "keyfleetctl: --san takes DNS:name or IP:address (at most %d)\n", MAX_SANS);
+                return KFCTL_EXIT_USAGE;
+            }
+            sans[n_sans++] = optarg;
+            break;
+        case 'f':
+            force = true;
+            break;
+        default:
+            usage();
+            return KFCTL_EXIT_USAGE;
+        }
+    }
+    if (optind + 2 != argc) {
+        usage();
+        return KFCTL_EXIT_USAGE;
+    }
+    kf_peer_kind kind;
+    if (kf_peer_kind_parse(argv[optind], &kind) != 0) {
+        fprintf(stderr, "keyfleetctl: kind must be node, operator or coordinator\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    const char *name = argv[optind + 1];
+    char ca_cert[4096], ca_key[4096], cert_out[4096], key_out[4096];
+    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", dir);
+    snprintf(ca_key, sizeof(ca_key), "%s/ca.key", dir);
+    if (out != NULL) {
+        snprintf(cert_out, sizeof(cert_out), "%s.crt", out);
+        snprintf(key_out, sizeof(key_out), "%s.key", out);
+    } else {
+        snprintf(cert_out, sizeof(cert_out), "%s/%s.crt", dir, name);
+        snprintf(key_out, sizeof(key_out), "%s/%s.key", dir, name);
+    }
+    kfctl_cert_opts copts = {.kind = kind, .name = name, .days = (int)days, .backdate_days = (int)backdate,
+                             .extra_sans = sans, .n_extra_sans = n_sans};
+    kf_err err = {0};
+    if (kfctl_cert_issue(ca_cert, ca_key, &copts, cert_out, key_out, force, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
+        return 1;
+    }
+    printf("issued keyfleet://%s/%s: %s %s\n", kf_peer_kind_name(kind), name, cert_out, key_out);
+    return 0;
+}

@@ -1,0 +1,42 @@
+/* keyfleetctl status: the coordinator's health, as seen with the operator certificate. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "keyfleet/v1/admin.pb-c.h"
+
+int kfctl_cmd_status(kfctl *ctl, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 1) {
+        fprintf(stderr, "usage: keyfleetctl status\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    kf_rpc_client *c = kfctl_client(ctl);
+    if (c == NULL)
+        return 1;
+    Keyfleet__V1__ClusterStatusRequest req = KEYFLEET__V1__CLUSTER_STATUS_REQUEST__INIT;
+    ProtobufCMessage *m = NULL;
+    int rc = 1;
+    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/ClusterStatus", &req.base,
+                   &keyfleet__v1__cluster_status_response__descriptor, &m) != 0)
+        goto out;
+    Keyfleet__V1__ClusterStatusResponse *resp = (Keyfleet__V1__ClusterStatusResponse *)m;
+    long http = 0;
+    char *body = NULL;
+    kf_err err = {0};
+    int ready = kf_rpc_get(c, "/readyz", &http, &body, &err) == 0 && http == 200;
+    free(body);
+    printf("coordinator: %s\nversion: %s\nready: %s\nleader: %s\nuptime: %llus\nmembers:\n", resp->self,
+           resp->version, ready ? "yes" : "no", resp->leader[0] ? resp->leader : "(none)",
+           (unsigned long long)resp->uptime_seconds);
+    for (size_t i = 0; i < resp->n_members; i++)
+        printf("  - %s rpc=%s%s applied=%llu\n", resp->members[i]->name, resp->members[i]->rpc_address,
+               resp->members[i]->leader ? " leader" : "", (unsigned long long)resp->members[i]->applied_index);
+    rc = ready ? 0 : 1;
+    protobuf_c_message_free_unpacked(m, NULL);
+out:
+    kf_rpc_client_free(c);
+    return rc;
+}

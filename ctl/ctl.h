@@ -1,0 +1,26 @@
+/* keyfleetctl: shared state of the subcommands. */
+#ifndef KFCTL_CTL_H
+#define KFCTL_CTL_H
+
+#include "kf_rpc_client.h"
+#include "kf_yaml.h"
+
+#define KFCTL_EXIT_USAGE 2
+
+typedef struct kfctl {
+    const char *config_path; /* keyfleetctl.yaml */
+    kf_strlist servers;      /* from --server or the config */
+    char *cert, *key, *ca;
+} kfctl;
+
+/* Loads the config (if not yet) and opens a client; prints the error and returns NULL on failure. */
+kf_rpc_client *kfctl_client(kfctl *ctl);
+/* Calls method; prints a Connect error as "keyfleetctl: CODE: message". Returns 0 on OK. */
+int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufCMessage *req,
+               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp);
+
+int kfctl_cmd_init(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_status(kfctl *ctl, int argc, char **argv);
+
+#endif
