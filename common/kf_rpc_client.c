@@ -183,6 +183,9 @@ int kf_rpc_call(kf_rpc_client *c, const char *method, const ProtobufCMessage *re
         return r;
     }
     st->http_status = (int)status;
+    long ver = 0;
+    curl_easy_getinfo(c->curl, CURLINFO_HTTP_VERSION, &ver);
+    st->http_version = ver == CURL_HTTP_VERSION_2_0 ? 2 : ver == CURL_HTTP_VERSION_1_1 ? 1 : 0;
     if (status == 200) {
         if (strncmp(ctype, "application/proto", 17) != 0) {
             free(resp.data);

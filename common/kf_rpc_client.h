@@ -27,6 +27,7 @@ typedef struct kf_rpc_status {
     int http_status;
     char message[512];
     char server[128]; /* the server that answered */
+    int http_version;  /* 2 for HTTP/2 */
 } kf_rpc_status;
 
 int kf_rpc_client_new(const kf_rpc_opts *opts, kf_rpc_client **ret, kf_err *err);

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# keyfleetd's front door: health endpoints, the Connect router's answers for every kind of bad
+# request, caller kinds, and the libcurl client over HTTP/2.
+. "$(dirname "$0")/lib.sh"
+
+F=$WORK/fleet
+fleet_init "$F"
+issue "$F" node node-1
+start_kfd "$F"
+
+out=$(kcurl "$F" operator -w ' %{http_code} %{http_version}' "$URL/healthz")
+expect_eq "GET /healthz over HTTP/2" "$out" "ok
+ 200 2"
+expect_eq "GET /readyz" "$(kcurl "$F" operator -o /dev/null -w '%{http_code}' "$URL/readyz")" "200"
+status_out=$("$CTL" -c "$F/keyfleetctl.yaml" --server "127.0.0.1:$PORT" status 2>&1)
+expect_match "keyfleetctl status reports ready" "$status_out" "ready: yes"
+expect_match "keyfleetctl status names the coordinator" "$status_out" "coordinator: coordinator-1"
+
+# libcurl client (the one keyfleetctl and the agent use) over HTTP/2.
+probe() { "$PROBE" "127.0.0.1:$PORT" "$F/$1.crt" "$F/$1.key" "$F/ca.crt" "keyfleet.v1.$2" "$3"; }
+check "libcurl: ClusterStatus as operator is ok over HTTP/2" probe operator AdminService/ClusterStatus ok
+check "libcurl: AdminService refuses a node" probe node-1 AdminService/ClusterStatus permission_denied
+check "libcurl: NodeService refuses an operator" probe operator NodeService/Release permission_denied
+check "libcurl: Heartbeat answers unimplemented until its issue lands" probe node-1 NodeService/Heartbeat unimplemented
+
+PROTO=(-H 'content-type: application/proto')
+# An empty body is a valid empty ClusterStatusRequest.
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary '')
+expect_match "curl: ClusterStatus returns 200" "$out" "^200 "
+
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary 'this is not protobuf')
+expect_match "a body that is not protobuf gets 400 invalid_argument" "$out" '^400 \{"code":"invalid_argument"'
+
+out=$(rpc "$F" operator AdminService/ClusterStatus -H 'content-type: application/json' --data-binary '{}')
+expect_match "a wrong content type gets 415 with Connect JSON" "$out" '^415 \{"code":"[a-z_]+","message":"Content-Type must be application/proto"\}'
+
+head -c 65537 /dev/zero >"$WORK/big"
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary "@$WORK/big")
+expect_match "a body just over 64 KiB gets 429 resource_exhausted" "$out" '^429 \{"code":"resource_exhausted"'
+head -c 300000 /dev/zero >"$WORK/big"
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary "@$WORK/big")
+expect_match "a 300 KB body gets 429 resource_exhausted, not a stream reset" "$out" '^429 \{"code":"resource_exhausted"'
+
+out=$(kcurl "$F" operator -o "$WORK/body" -w '%{http_code}' --http1.1 -X POST "${PROTO[@]}" --data-binary '' \
+    "$URL/keyfleet.v1.AdminService/ClusterStatus")
+expect_eq "an RPC over HTTP/1.1 gets 505" "$out" "505"
+expect_match "... with a Connect JSON error naming HTTP/2" "$(cat "$WORK/body")" '"code":"failed_precondition","message":"keyfleet RPCs require HTTP/2'
+
+out=$(rpc "$F" operator NodeService/NoSuchMethod "${PROTO[@]}" --data-binary '')
+expect_match "an unknown RPC route gets 404" "$out" '^404 '
+expect_eq "an unknown path gets 404" "$(kcurl "$F" operator -o /dev/null -w '%{http_code}' "$URL/nope")" "404"
+out=$(kcurl "$F" operator -o /dev/null -w '%{http_code}' "$URL/keyfleet.v1.AdminService/ClusterStatus")
+expect_eq "GET on an RPC path gets 405" "$out" "405"
+
+out=$(rpc "$F" node-1 AdminService/ClusterStatus "${PROTO[@]}" --data-binary '')
+expect_match "curl: a node calling AdminService gets 403" "$out" '^403 \{"code":"permission_denied"'
+
+m=$(kcurl "$F" operator "$URL/metrics")
+expect_match "metrics count requests by method and code" "$m" 'keyfleet_rpc_requests_total\{method="keyfleet.v1.AdminService/ClusterStatus",code="resource_exhausted"\} 2'
+expect_match "metrics count TLS handshakes" "$m" 'keyfleet_tls_handshakes_total\{result="ok"\} [1-9]'
+expect_match "metrics count authorization failures" "$m" 'keyfleet_auth_failures_total [1-9]'
+
+check "keyfleetd is still running" kill -0 "$KFD_PID"
+stop_kfd TERM
+expect_eq "SIGTERM exits 0" "$KFD_EXIT" "0"
+check_sanitizers
+finish

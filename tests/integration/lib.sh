@@ -1,0 +1,118 @@
+# Shared helpers for the integration tests: a scratch fleet made with keyfleetctl, the real
+# keyfleetd on 127.0.0.1 (port 0, read back from its port file), curl with fleet credentials,
+# and TAP-like reporting that ends with "N passed, N failed". Every wait is bounded.
+set -u
+
+BUILD=${KF_BUILD_DIR:?set KF_BUILD_DIR to the build directory}
+KFD=$BUILD/coordinator/keyfleetd
+CTL=$BUILD/ctl/keyfleetctl
+PROBE=$BUILD/tests/rpc_probe
+WORK=$(mktemp -d /tmp/kf-it.XXXXXX)
+PASSED=0
+FAILED=0
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
+    if [ "$FAILED" -gt 0 ] || [ -n "${KF_KEEP:-}" ]; then
+        for f in "$WORK"/*/keyfleetd.log; do [ -f "$f" ] && { echo "# --- $f"; tail -n 30 "$f" | sed 's/^/# /'; }; done
+    fi
+    [ -n "${KF_KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ok() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
+not_ok() {
+    FAILED=$((FAILED + 1))
+    echo "not ok - $1"
+    [ $# -gt 1 ] && echo "#   $2"
+    return 0
+}
+# check DESC CMD...: passes when CMD succeeds.
+check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d" "command failed: $*"; fi; }
+# expect_eq DESC ACTUAL EXPECTED
+expect_eq() { if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "got '$2', want '$3'"; fi; }
+# expect_match DESC TEXT REGEX
+expect_match() { if printf '%s' "$2" | grep -Eq -- "$3"; then ok "$1"; else not_ok "$1" "'$2' does not match /$3/"; fi; }
+
+finish() {
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+    exit $?
+}
+
+# fleet_init DIR: a fleet CA, coordinator and operator certificates, configs on port 0.
+fleet_init() {
+    "$CTL" init "$1" --listen 127.0.0.1:0 >/dev/null || { not_ok "keyfleetctl init $1"; finish; }
+}
+
+# issue DIR KIND NAME [ARGS...]: a certificate signed by DIR's CA, written as DIR/NAME.{crt,key}.
+issue() {
+    local dir=$1 kind=$2 name=$3
+    shift 3
+    "$CTL" cert issue "$kind" "$name" --dir "$dir" "$@" >/dev/null
+}
+
+# start_kfd DIR: starts keyfleetd and waits (at most 10 s) for its port; sets PORT, URL and KFD_PID.
+start_kfd() {
+    local dir=$1
+    rm -f "$dir/keyfleetd.port"
+    "$KFD" -c "$dir/keyfleetd.yaml" >>"$dir/keyfleetd.log" 2>&1 &
+    KFD_PID=$!
+    PIDS+=("$KFD_PID")
+    for _ in $(seq 1 200); do
+        if [ -s "$dir/keyfleetd.port" ]; then
+            PORT=$(head -n 1 "$dir/keyfleetd.port")
+            URL=https://127.0.0.1:$PORT
+            return 0
+        fi
+        kill -0 "$KFD_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    not_ok "keyfleetd started" "no port file; see $dir/keyfleetd.log"
+    finish
+}
+
+# stop_kfd [SIGNAL]: signals keyfleetd and waits at most 15 s; sets KFD_EXIT.
+stop_kfd() {
+    local sig=${1:-TERM}
+    kill -s "$sig" "$KFD_PID" 2>/dev/null
+    for _ in $(seq 1 300); do
+        kill -0 "$KFD_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$KFD_PID" 2>/dev/null; then
+        kill -9 "$KFD_PID"
+        KFD_EXIT=timeout
+    else
+        wait "$KFD_PID"
+        KFD_EXIT=$?
+    fi
+}
+
+# kcurl DIR CERTNAME ARGS...: curl over HTTP/2 with DIR's CA and DIR/CERTNAME.{crt,key}.
+kcurl() {
+    local dir=$1 who=$2
+    shift 2
+    curl -sS --max-time 5 --http2 --cacert "$dir/ca.crt" --cert "$dir/$who.crt" --key "$dir/$who.key" "$@"
+}
+
+# rpc DIR CERTNAME METHOD [CURL ARGS...]: POSTs an RPC; prints "HTTP_CODE BODY".
+rpc() {
+    local dir=$1 who=$2 method=$3
+    shift 3
+    kcurl "$dir" "$who" -o "$WORK/body" -w '%{http_code}' -X POST "$@" \
+        "https://127.0.0.1:$PORT/keyfleet.v1.$method" >"$WORK/code" 2>/dev/null
+    printf '%s %s' "$(cat "$WORK/code")" "$(cat "$WORK/body" 2>/dev/null)"
+}
+
+metric() { kcurl "$1" operator "https://127.0.0.1:$PORT/metrics" | grep -E "^$2 " | awk '{print $2}'; }
+
+# No sanitizer report in any log.
+check_sanitizers() {
+    if grep -l -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$WORK"/*/keyfleetd.log >/dev/null 2>&1; then
+        not_ok "no sanitizer reports" "$(grep -h -E 'Sanitizer|runtime error' "$WORK"/*/keyfleetd.log | head -3)"
+    else
+        ok "no sanitizer reports"
+    fi
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Callers without a valid fleet certificate, or without TLS 1.3, are refused during the
+# handshake and never reach a handler; connections per source address are bounded.
+. "$(dirname "$0")/lib.sh"
+
+F=$WORK/fleet
+fleet_init "$F"
+O=$WORK/other
+fleet_init "$O" # a second fleet: its own CA
+issue "$F" operator expired --days 1 --backdate 10
+start_kfd "$F"
+
+refused() { ! curl -sS --max-time 5 --http2 --cacert "$F/ca.crt" "$@" "$URL/healthz" >/dev/null 2>&1; }
+check "no client certificate: refused" refused
+check "a certificate from another CA: refused" refused --cert "$O/operator.crt" --key "$O/operator.key"
+check "an expired certificate: refused" refused --cert "$F/expired.crt" --key "$F/expired.key"
+check "a TLS 1.2-only client (curl): refused" refused --tls-max 1.2 --cert "$F/operator.crt" --key "$F/operator.key"
+s_client_out=$(timeout 10 openssl s_client -connect "127.0.0.1:$PORT" -tls1_2 -cert "$F/operator.crt" \
+    -key "$F/operator.key" -CAfile "$F/ca.crt" </dev/null 2>&1)
+expect_match "a TLS 1.2-only client (openssl s_client): handshake fails" "$s_client_out" "Cipher is \(NONE\)|alert protocol version|no protocols available"
+
+log=$(cat "$F/keyfleetd.log")
+expect_match "the expiry is logged" "$log" 'event=tls_client_rejected reason="certificate has expired"'
+expect_match "the foreign CA is logged" "$log" 'event=tls_client_rejected reason="unable to get local issuer certificate"'
+expect_match "the missing certificate is logged" "$log" 'event=tls_handshake_failed alert=116'
+
+m=$(kcurl "$F" operator "$URL/metrics")
+expect_match "refused handshakes are counted" "$m" 'keyfleet_tls_handshakes_total\{result="failed"\} [4-9]'
+expect_match "authentication failures are counted" "$m" 'keyfleet_auth_failures_total [3-9]'
+if printf '%s' "$m" | grep -q '^keyfleet_rpc_requests_total'; then
+    not_ok "no refused caller reached a handler" "$(printf '%s' "$m" | grep '^keyfleet_rpc_requests_total')"
+else
+    ok "no refused caller reached a handler"
+fi
+stop_kfd TERM
+expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"
+
+# Per-source connection limit: two idle TLS connections use it up, the third is closed.
+cat >>"$F/keyfleetd.yaml" <<'YAML'
+limits:
+  max_connections_per_source: 2
+YAML
+start_kfd "$F"
+idle=()
+for i in 1 2; do
+    (sleep 8 | timeout 10 openssl s_client -quiet -connect "127.0.0.1:$PORT" -alpn h2 -cert "$F/operator.crt" \
+        -key "$F/operator.key" -CAfile "$F/ca.crt") >/dev/null 2>&1 &
+    idle+=($!)
+done
+for _ in $(seq 1 100); do
+    [ "$(grep -c 'event=connection_rejected' "$F/keyfleetd.log")" -gt 0 ] && break
+    kcurl "$F" operator -o /dev/null "$URL/healthz" 2>/dev/null || break
+    sleep 0.05
+done
+check "a third connection from the same address is refused" refused --cert "$F/operator.crt" --key "$F/operator.key"
+expect_match "the refusal is logged" "$(cat "$F/keyfleetd.log")" 'event=connection_rejected source=127.0.0.1 reason=per_source_limit'
+for p in "${idle[@]}"; do kill "$p" 2>/dev/null; done
+pkill -f "openssl s_client -quiet -connect 127.0.0.1:$PORT" 2>/dev/null
+ok_after=0
+for _ in $(seq 1 100); do
+    if kcurl "$F" operator -o /dev/null "$URL/healthz" 2>/dev/null; then ok_after=1; break; fi
+    sleep 0.05
+done
+expect_eq "connections are accepted again once the others close" "$ok_after" "1"
+expect_match "rejected connections are counted" "$(metric "$F" 'keyfleet_connections_total\{result="rejected"\}')" '^[1-9]'
+stop_kfd TERM
+expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"
+check_sanitizers
+finish

@@ -1,0 +1,152 @@
+/* Configuration errors name file:line:column and what was expected; a good file loads. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "kf_yaml.h"
+
+static char dir[] = "/tmp/kf-test-config-XXXXXX";
+
+static int setup(void **state)
+{
+    (void)state;
+    return mkdtemp(dir) != NULL ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+#define GOOD                                                                                                           \
+    "name: coord-1\n"                                                                                                  \
+    "listen: [\"127.0.0.1:0\"]\n"                                                                                      \
+    "state_dir: state\n"                                                                                               \
+    "tls:\n"                                                                                                           \
+    "  cert: c.crt\n"                                                                                                  \
+    "  key: c.key\n"                                                                                                   \
+    "  ca: ca.crt\n"
+
+static void expect_error(const char *text, const char *want)
+{
+    const char *path = write_file("k.yaml", text);
+    kfd_config *cfg = NULL;
+    kf_err err = {0};
+    assert_int_equal(kfd_config_load(path, &cfg, &err), -EINVAL);
+    assert_null(cfg);
+    char full[512];
+    snprintf(full, sizeof(full), "%s:%s", path, want);
+    if (strstr(err.msg, full) == NULL)
+        fail_msg("error '%s' does not contain '%s'", err.msg, full);
+}
+
+static void test_good_config_loads(void **state)
+{
+    (void)state;
+    const char *path = write_file("k.yaml", GOOD "limits:\n  idle_timeout: 2m\n  max_body_bytes: 65536\n");
+    kfd_config *cfg = NULL;
+    kf_err err = {0};
+    assert_int_equal(kfd_config_load(path, &cfg, &err), 0);
+    assert_string_equal(cfg->name, "coord-1");
+    assert_int_equal(cfg->listen.n, 1);
+    assert_int_equal(cfg->limits.idle_timeout_ms, 120000);
+    assert_int_equal(cfg->limits.max_body_bytes, 65536);
+    assert_int_equal(cfg->client_auth, KF_TLS_PEER_REQUIRED);
+    char want[256];
+    snprintf(want, sizeof(want), "%s/c.crt", dir);
+    assert_string_equal(cfg->tls_cert, want); /* relative to the config file */
+    kfd_config_free(cfg);
+}
+
+static void test_unknown_key(void **state)
+{
+    (void)state;
+    expect_error(GOOD "colour: blue\n", "8:1: unknown key 'colour'");
+    expect_error(GOOD "limits:\n  max_bodies: 3\n", "9:3: unknown key 'max_bodies'");
+}
+
+static void test_missing_key(void **state)
+{
+    (void)state;
+    expect_error("name: a\nlisten: [\"127.0.0.1:1\"]\nstate_dir: s\n", "1:1: missing required key 'tls'");
+}
+
+static void test_wrong_types(void **state)
+{
+    (void)state;
+    expect_error(GOOD "limits:\n  max_body_bytes: lots\n", "9:19: expected an integer from 1024 to 1048576");
+    expect_error(GOOD "limits:\n  max_body_bytes: 1\n", "9:19: expected an integer");
+    expect_error(GOOD "limits:\n  idle_timeout: soon\n", "9:17: expected a duration");
+    expect_error(GOOD "limits: [1, 2]\n", "8:9: expected a mapping");
+    expect_error(GOOD "log_level: loud\n", "8:12: log_level must be");
+    expect_error("name: a\nlisten: [\"nope\"]\nstate_dir: s\ntls: {cert: a, key: b, ca: c}\n",
+                 "2:9: listen address 'nope' is not host:port");
+    expect_error("name: \"bad name\"\nlisten: [\"127.0.0.1:1\"]\nstate_dir: s\ntls: {cert: a, key: b, ca: c}\n",
+                 "1:8: name must be");
+    expect_error(GOOD "tls: {}\n", "8:1: duplicate key 'tls'");
+}
+
+static void test_malformed_yaml(void **state)
+{
+    (void)state;
+    expect_error("name: a\nlisten: [\"127.0.0.1:1\"\nstate_dir: s\n", "");
+    expect_error("name: a\n  bad: indent\n", "");
+    expect_error("a: &x 1\nb: *x\n", "1:7: anchors are not supported");
+    expect_error("", "1: expected a mapping");
+}
+
+static void test_missing_file(void **state)
+{
+    (void)state;
+    kfd_config *cfg = NULL;
+    kf_err err = {0};
+    assert_int_equal(kfd_config_load("/nonexistent/k.yaml", &cfg, &err), -ENOENT);
+    assert_non_null(strstr(err.msg, "/nonexistent/k.yaml"));
+}
+
+static void test_duration_parser(void **state)
+{
+    (void)state;
+    uint64_t v;
+    assert_int_equal(kf_parse_duration_ms("250ms", &v), 0);
+    assert_int_equal(v, 250);
+    assert_int_equal(kf_parse_duration_ms("3h", &v), 0);
+    assert_int_equal(v, 3 * 3600 * 1000);
+    assert_int_equal(kf_parse_duration_ms("-1s", &v), -EINVAL);
+    assert_int_equal(kf_parse_duration_ms("1d", &v), -EINVAL);
+    assert_int_equal(kf_parse_duration_ms("99999999999999999999h", &v), -EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_config_loads), cmocka_unit_test(test_unknown_key),
+        cmocka_unit_test(test_missing_key),       cmocka_unit_test(test_wrong_types),
+        cmocka_unit_test(test_malformed_yaml),    cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_duration_parser),
+    };
+    return cmocka_run_group_tests_name("config", tests, setup, teardown);
+}
