@@ -54,11 +54,72 @@ static int dec_tls(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, 
     return r;
 }
 
+typedef struct kms_section {
+    char *backend, *dir;
+} kms_section;
+
+static const kf_yaml_field kms_fields[] = {
+    {"backend", kf_yaml_dec_string, offsetof(kms_section, backend), NULL, false},
+    {"dir", kf_yaml_dec_string, offsetof(kms_section, dir), NULL, false},
+};
+
+static int dec_kms(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    int r = kf_yaml_decode_map(doc, node, kms_fields, sizeof(kms_fields) / sizeof(kms_fields[0]), dst, err);
+    kms_section *k = dst;
+    if (r == 0 && k->backend != NULL && strcmp(k->backend, "local") != 0)
+        for (size_t i = 0; i < node->n; i++)
+            if (strcmp(node->items[2 * i]->str, "backend") == 0)
+                return kf_yaml_error(doc, node->items[2 * i + 1], err, "kms backend must be local");
+    return r;
+}
+
+typedef struct approvals_section {
+    uint64_t poll_ms;
+    char *totp_dir;
+} approvals_section;
+
+static const kf_yaml_field approvals_fields[] = {
+    {"poll_interval", kf_yaml_dec_duration_ms, offsetof(approvals_section, poll_ms), NULL, false},
+    {"totp_dir", kf_yaml_dec_string, offsetof(approvals_section, totp_dir), NULL, false},
+};
+
+static int dec_approvals(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    return kf_yaml_decode_map(doc, node, approvals_fields, sizeof(approvals_fields) / sizeof(approvals_fields[0]),
+                              dst, err);
+}
+
+typedef struct webhook_section {
+    char *url, *secret_file;
+} webhook_section;
+
+static const kf_yaml_field webhook_fields[] = {
+    {"url", kf_yaml_dec_string, offsetof(webhook_section, url), NULL, true},
+    {"secret_file", kf_yaml_dec_string, offsetof(webhook_section, secret_file), NULL, true},
+};
+
+static int dec_webhook(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    int r = kf_yaml_decode_map(doc, node, webhook_fields, sizeof(webhook_fields) / sizeof(webhook_fields[0]), dst,
+                               err);
+    webhook_section *w = dst;
+    if (r == 0 && strncmp(w->url, "https://", 8) != 0 && strncmp(w->url, "http://", 7) != 0)
+        return kf_yaml_error(doc, node, err, "webhook url must start with https:// or http://");
+    return r;
+}
+
 typedef struct raw_config {
     char *name, *port_file, *state_dir, *user, *log_level;
     kf_strlist listen;
     tls_section tls;
     kfd_limits limits;
+    kms_section kms;
+    approvals_section approvals;
+    webhook_section webhook;
 } raw_config;
 
 static const kf_yaml_field top_fields[] = {
@@ -70,6 +131,9 @@ static const kf_yaml_field top_fields[] = {
     {"user", kf_yaml_dec_string, offsetof(raw_config, user), NULL, false},
     {"log_level", kf_yaml_dec_string, offsetof(raw_config, log_level), NULL, false},
     {"limits", dec_limits, offsetof(raw_config, limits), NULL, false},
+    {"kms", dec_kms, offsetof(raw_config, kms), NULL, false},
+    {"approvals", dec_approvals, offsetof(raw_config, approvals), NULL, false},
+    {"webhook", dec_webhook, offsetof(raw_config, webhook), NULL, false},
 };
 
 /* Resolves p against dir unless it is absolute; takes ownership of p. */
@@ -121,6 +185,11 @@ void kfd_config_free(kfd_config *cfg)
     free(cfg->tls_ca);
     free(cfg->user);
     free(cfg->log_level);
+    free(cfg->kms_backend);
+    free(cfg->kms_local_dir);
+    free(cfg->totp_dir);
+    free(cfg->webhook_url);
+    free(cfg->webhook_secret_file);
     free(cfg);
 }
 
@@ -137,6 +206,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .max_streams_per_connection = 32,
                    .idle_timeout_ms = 30000,
                    .shutdown_grace_ms = 10000},
+        .approvals = {.poll_ms = 2000},
     };
     r = kf_yaml_decode_map(doc, doc->root, top_fields, sizeof(top_fields) / sizeof(top_fields[0]), &raw, err);
     if (r == 0 && !kf_name_valid(raw.name, strlen(raw.name)))
@@ -166,11 +236,20 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         cfg->user = raw.user;
         cfg->log_level = raw.log_level;
         cfg->limits = raw.limits;
+        cfg->kms_backend = raw.kms.backend != NULL ? raw.kms.backend : strdup("local");
+        if (raw.kms.dir != NULL)
+            cfg->kms_local_dir = resolve(dir, raw.kms.dir);
+        else if (cfg->state_dir != NULL && asprintf(&cfg->kms_local_dir, "%s/kek", cfg->state_dir) < 0)
+            cfg->kms_local_dir = NULL;
+        cfg->approval_poll_ms = raw.approvals.poll_ms;
+        cfg->totp_dir = resolve(dir, raw.approvals.totp_dir);
+        cfg->webhook_url = raw.webhook.url;
+        cfg->webhook_secret_file = resolve(dir, raw.webhook.secret_file);
         free(raw.tls.client_auth);
         free(copy);
         kf_yaml_free(doc);
         if (cfg->path == NULL || cfg->state_dir == NULL || cfg->tls_cert == NULL || cfg->tls_key == NULL ||
-            cfg->tls_ca == NULL) {
+            cfg->tls_ca == NULL || cfg->kms_backend == NULL || cfg->kms_local_dir == NULL) {
             kfd_config_free(cfg);
             return kf_err_set(err, -ENOMEM, "out of memory");
         }
@@ -188,6 +267,11 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
     free(raw.tls.client_auth);
     free(raw.user);
     free(raw.log_level);
+    free(raw.kms.backend);
+    free(raw.kms.dir);
+    free(raw.approvals.totp_dir);
+    free(raw.webhook.url);
+    free(raw.webhook.secret_file);
     kf_yaml_free(doc);
     return r;
 }

@@ -30,6 +30,12 @@ typedef struct kfd_config {
     char *user; /* optional: drop privileges to this user after binding */
     char *log_level;
     kfd_limits limits;
+    char *kms_backend;   /* "local" (default) */
+    char *kms_local_dir; /* local KEK directory (default STATE_DIR/kek) */
+    uint64_t approval_poll_ms; /* retry delay given to agents while PENDING */
+    char *totp_dir;      /* optional: OPERATOR.b32 files; operators with one must give a TOTP code */
+    char *webhook_url;   /* optional: notified of each new pending request */
+    char *webhook_secret_file;
 } kfd_config;
 
 /* Loads and validates path. On error err holds "file:line:col: ..." and nothing is allocated. */

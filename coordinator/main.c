@@ -9,6 +9,7 @@
 
 #include <openssl/ssl.h>
 
+#include "app.h"
 #include "config.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
@@ -63,6 +64,8 @@ int main(int argc, char **argv)
     if (kf_process_harden() != 0)
         kf_log_warn("harden_failed", "what=dumpable");
     signal(SIGPIPE, SIG_IGN);
+    /* A file size limit must turn into a write error the store fails closed on, not a kill. */
+    signal(SIGXFSZ, SIG_IGN);
 
     kf_err err = {0};
     kfd_config *cfg = NULL;
@@ -89,11 +92,17 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     uv_loop_init(&loop);
     kfd_server srv;
+    kfd_app app = {0};
     int rc = 1;
     if (kfd_server_init(&srv, &loop, cfg, &err) != 0) {
         kf_log_error("tls_setup_failed", "error=%s", kf_log_q(err.msg));
         goto out;
     }
+    if (kfd_app_open(&app, &srv, &err) != 0) {
+        kf_log_error("start_failed", "error=%s", kf_log_q(err.msg));
+        goto out;
+    }
+    srv.app = &app;
     if (kfd_server_listen(&srv, &err) != 0) {
         kf_log_error("listen_failed", "error=%s", kf_log_q(err.msg));
         goto out;
@@ -111,6 +120,8 @@ int main(int argc, char **argv)
     kf_log_info("started", "name=%s version=%s", cfg->name, KF_VERSION);
     rc = kfd_server_run(&srv);
 out:
+    kfd_app_close(&app);
+    srv.app = NULL;
     kfd_server_dispose(&srv);
     uv_loop_close(&loop);
     kfd_config_free(cfg);

@@ -6,7 +6,9 @@
 #include <string.h>
 
 #include "kf_secmem.h"
+#include "app.h"
 #include "server.h"
+#include "webhook.h"
 
 typedef struct out {
     char *s;
@@ -83,6 +85,31 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          (unsigned long long)m->auth_failures, (unsigned long long)m->connections_accepted,
          (unsigned long long)m->connections_rejected, srv->connections, (unsigned long long)m->tls_reloads,
          kf_secmem_lock_failures());
+    const kfd_app *app = srv->app;
+    if (app != NULL) {
+        kfd_webhook_stats w = kfd_webhook_get_stats(app->webhook);
+        uint64_t volumes = 0;
+        if (app->store != NULL && !kfd_store_failed(app->store))
+            kfd_store_count_volumes(app->store, &volumes);
+        emit(&o,
+             "# HELP keyfleet_webhook_total Webhook notifications by result.\n"
+             "# TYPE keyfleet_webhook_total counter\n"
+             "keyfleet_webhook_total{result=\"delivered\"} %llu\n"
+             "keyfleet_webhook_total{result=\"failed\"} %llu\n"
+             "keyfleet_webhook_total{result=\"retry\"} %llu\n"
+             "# HELP keyfleet_store_up 1 while the state store is healthy.\n"
+             "# TYPE keyfleet_store_up gauge\n"
+             "keyfleet_store_up %d\n"
+             "# HELP keyfleet_volumes Enrolled volumes.\n"
+             "# TYPE keyfleet_volumes gauge\n"
+             "keyfleet_volumes %llu\n"
+             "# HELP keyfleet_policy_version Current policy version.\n"
+             "# TYPE keyfleet_policy_version gauge\n"
+             "keyfleet_policy_version %llu\n",
+             (unsigned long long)w.delivered, (unsigned long long)w.failed, (unsigned long long)w.retries,
+             kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes,
+             (unsigned long long)app->policy_version);
+    }
     if (o.failed) {
         free(o.s);
         return NULL;

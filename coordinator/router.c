@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "app.h"
 #include "kf_log.h"
 #include "server.h"
 
@@ -122,8 +123,15 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
             }
             send_text(req, 200, "text/plain; version=0.0.4", text, len);
             free(text);
-        } else if (path_is(req, "/readyz") && srv->draining) {
-            send_text(req, 503, "text/plain", H2O_STRLIT("draining\n"));
+        } else if (path_is(req, "/readyz")) {
+            const char *why = "draining";
+            if (!srv->draining && kfd_app_ready(srv->app, &why)) {
+                send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
+            } else {
+                char *msg = h2o_mem_alloc_pool(&req->pool, 256);
+                int n = snprintf(msg, 256, "not ready: %s\n", why);
+                send_text(req, 503, "text/plain", msg, (size_t)n);
+            }
         } else {
             send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
         }

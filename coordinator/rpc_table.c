@@ -2,32 +2,33 @@
  * unimplemented until the issue that builds it lands (docs/protocol.md lists which). */
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/node.pb-c.h"
+#include "app.h"
 #include "rpc.h"
 #include "server.h"
 
-#define NODE(m, req) {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, NULL}
+#define NODE(m, req, fn) {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn}
 #define ADMIN(m, req, fn) {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn}
 
 const kfd_method kfd_methods[] = {
-    NODE("Enroll", enroll_request),
-    NODE("Release", release_request),
-    NODE("Login", login_request),
-    NODE("Heartbeat", heartbeat_request),
-    ADMIN("ListPending", list_pending_request, NULL),
-    ADMIN("Approve", approve_request, NULL),
-    ADMIN("Deny", deny_request, NULL),
-    ADMIN("QueryAudit", query_audit_request, NULL),
-    ADMIN("VerifyAudit", verify_audit_request, NULL),
-    ADMIN("GetPolicy", get_policy_request, NULL),
-    ADMIN("PutPolicy", put_policy_request, NULL),
-    ADMIN("CheckPolicy", check_policy_request, NULL),
-    ADMIN("RevokeNode", revoke_node_request, NULL),
+    NODE("Enroll", enroll_request, kfd_rpc_enroll),
+    NODE("Release", release_request, kfd_rpc_release),
+    NODE("Login", login_request, NULL),
+    NODE("Heartbeat", heartbeat_request, NULL),
+    ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending),
+    ADMIN("Approve", approve_request, kfd_rpc_approve),
+    ADMIN("Deny", deny_request, kfd_rpc_deny),
+    ADMIN("QueryAudit", query_audit_request, kfd_rpc_query_audit),
+    ADMIN("VerifyAudit", verify_audit_request, kfd_rpc_verify_audit),
+    ADMIN("GetPolicy", get_policy_request, kfd_rpc_get_policy),
+    ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy),
+    ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy),
+    ADMIN("RevokeNode", revoke_node_request, kfd_rpc_revoke_node),
     ADMIN("CreateRole", create_role_request, NULL),
     ADMIN("GetRole", get_role_request, NULL),
     ADMIN("CreateSecretId", create_secret_id_request, NULL),
     ADMIN("RevokeRole", revoke_role_request, NULL),
     ADMIN("ClusterStatus", cluster_status_request, kfd_rpc_cluster_status),
-    ADMIN("RotateKms", rotate_kms_request, NULL),
+    ADMIN("RotateKms", rotate_kms_request, kfd_rpc_rotate_kms),
 };
 
 const size_t kfd_methods_count = sizeof(kfd_methods) / sizeof(kfd_methods[0]);

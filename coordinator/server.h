@@ -65,6 +65,7 @@ struct kfd_server {
     int exit_code;
     time_t started;
     kfd_metrics metrics;
+    struct kfd_app *app; /* store, KMS, policy (app.h) */
 };
 
 int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *err);

@@ -13,6 +13,7 @@
 
 #include "ca.h"
 #include "ctl.h"
+#include "kms.h"
 
 static int write_text(const char *path, const char *text, kf_err *err)
 {
@@ -144,7 +145,11 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         kf_err_set(&err, -errno, "%s: %s", path, strerror(errno));
         goto fail;
     }
-    printf("initialised %s: fleet CA, coordinator '%s', operator '%s'\n"
+    /* The local KMS's first key-encryption key, mode 0600. */
+    join(path, sizeof(path), dir, "state/kek");
+    if (kfd_kms_local_init(path, &err) != 0)
+        goto fail;
+    printf("initialised %s: fleet CA, coordinator '%s', operator '%s', local KEK\n"
            "start:   keyfleetd -c %s/keyfleetd.yaml\n"
            "operate: keyfleetctl -c %s/keyfleetctl.yaml status\n",
            dir, name, operator_name, dir, dir);

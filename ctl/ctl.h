@@ -22,5 +22,12 @@ int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufC
 int kfctl_cmd_init(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_status(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_deny(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_audit(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);
 
 #endif

@@ -16,7 +16,15 @@ static void usage(FILE *f)
                "commands:\n"
                "  init DIR             create a fleet CA, certificates and configs in DIR\n"
                "  cert issue KIND NAME issue a node, operator or coordinator certificate\n"
-               "  status               show the coordinator's health\n");
+               "  status               show the coordinator's health\n"
+               "  pending              list release requests waiting for approval\n"
+               "  approve ID [--totp CODE] [--comment TEXT]\n"
+               "  deny ID [--reason TEXT]\n"
+               "  audit [--node N] [--volume ID] [--action A] [--decision D] [--since T] [--until T] [--json]\n"
+               "  audit verify         check the audit hash chain\n"
+               "  policy get | put FILE | check NODE VOLUME_ID [--source IP]\n"
+               "  node revoke NAME [REASON]\n"
+               "  kms rotate           new KMS key version for new wraps\n");
 }
 
 static int add_server(kf_strlist *l, const char *s)
@@ -78,13 +86,21 @@ int main(int argc, char **argv)
     const char *cmd = argv[optind];
     int sub_argc = argc - optind;
     char **sub_argv = argv + optind;
-    if (strcmp(cmd, "init") == 0)
-        rc = kfctl_cmd_init(&ctl, sub_argc, sub_argv);
-    else if (strcmp(cmd, "cert") == 0)
-        rc = kfctl_cmd_cert(&ctl, sub_argc, sub_argv);
-    else if (strcmp(cmd, "status") == 0)
-        rc = kfctl_cmd_status(&ctl, sub_argc, sub_argv);
-    else {
+    static const struct {
+        const char *name;
+        int (*fn)(kfctl *, int, char **);
+    } commands[] = {
+        {"init", kfctl_cmd_init},       {"cert", kfctl_cmd_cert},       {"status", kfctl_cmd_status},
+        {"pending", kfctl_cmd_pending}, {"approve", kfctl_cmd_approve}, {"deny", kfctl_cmd_deny},
+        {"audit", kfctl_cmd_audit},     {"policy", kfctl_cmd_policy},   {"node", kfctl_cmd_node},
+        {"kms", kfctl_cmd_kms},
+    };
+    size_t i = 0;
+    while (i < sizeof(commands) / sizeof(commands[0]) && strcmp(commands[i].name, cmd) != 0)
+        i++;
+    if (i < sizeof(commands) / sizeof(commands[0])) {
+        rc = commands[i].fn(&ctl, sub_argc, sub_argv);
+    } else {
         fprintf(stderr, "keyfleetctl: unknown command '%s'\n", cmd);
         usage(stderr);
     }

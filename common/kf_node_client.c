@@ -1,0 +1,163 @@
+#include "kf_node_client.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+
+#include "kf_seal.h"
+
+void kf_enrolled_clear(kf_enrolled *e)
+{
+    kf_secbuf_free(e->key);
+    free(e->wrapped);
+    memset(e, 0, sizeof(*e));
+}
+
+void kf_released_clear(kf_released *r)
+{
+    kf_secbuf_free(r->key);
+    free(r->rewrapped);
+    memset(r, 0, sizeof(*r));
+}
+
+int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (x == NULL)
+        return kf_err_openssl(err, -EINVAL, path);
+    int r = kf_identity_from_cert(x, ret, err);
+    X509_free(x);
+    return r;
+}
+
+/* Opens a sealed key with the ephemeral secret; returns 0 or -EBADMSG. */
+static int open_sealed(const Keyfleet__V1__SealedKey *sk, const uint8_t eph_sk[32], const char *purpose,
+                       const char *request_id, const char *node, const char *volume_id, kf_secbuf **ret, kf_err *err)
+{
+    if (sk == NULL || sk->kem_id != KF_HPKE_KEM_X25519_SHA256 || sk->kdf_id != KF_HPKE_KDF_HKDF_SHA256 ||
+        sk->aead_id != KF_SEAL_AEAD)
+        return kf_err_set(err, -EBADMSG, "answer carries no sealed key in the expected HPKE suite");
+    uint8_t info[KF_SEAL_INFO_MAX];
+    size_t info_len = kf_seal_info(purpose, request_id, node, volume_id, info, sizeof(info));
+    kf_secbuf *key = kf_secbuf_new(KF_SEAL_KEY_LEN);
+    if (info_len == 0 || key == NULL) {
+        kf_secbuf_free(key);
+        return kf_err_set(err, -ENOMEM, "cannot open the sealed key");
+    }
+    if (kf_open_key(eph_sk, info, info_len, sk->enc.data, sk->enc.len, sk->ciphertext.data, sk->ciphertext.len,
+                    key->data) != 0) {
+        kf_secbuf_free(key);
+        return kf_err_set(err, -EBADMSG, "the sealed key does not open for this request, node and volume");
+    }
+    *ret = key;
+    return 0;
+}
+
+/* An ephemeral key pair whose secret half lives in secure memory. */
+static int ephemeral(kf_secbuf **ret_sk, uint8_t pk[32], kf_err *err)
+{
+    kf_secbuf *sk = kf_secbuf_new(32);
+    if (sk == NULL || kf_hpke_generate_keypair(sk->data, pk) != 0) {
+        kf_secbuf_free(sk);
+        return kf_err_set(err, -EIO, "cannot make an ephemeral key pair");
+    }
+    *ret_sk = sk;
+    return 0;
+}
+
+int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume,
+                   Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id, kf_enrolled *ret,
+                   kf_rpc_status *st, kf_err *err)
+{
+    memset(ret, 0, sizeof(*ret));
+    kf_secbuf *sk = NULL;
+    uint8_t pk[32];
+    int r = ephemeral(&sk, pk, err);
+    if (r != 0)
+        return r;
+    char generated[33];
+    if (request_id == NULL || request_id[0] == '\0') {
+        uint8_t raw[16];
+        if (RAND_bytes(raw, sizeof(raw)) != 1) {
+            kf_secbuf_free(sk);
+            return kf_err_set(err, -EIO, "no randomness for a request id");
+        }
+        for (int i = 0; i < 16; i++)
+            snprintf(generated + 2 * i, 3, "%02x", raw[i]);
+        request_id = generated;
+    }
+    Keyfleet__V1__EnrollRequest req = KEYFLEET__V1__ENROLL_REQUEST__INIT;
+    req.volume = (Keyfleet__V1__VolumeRef *)volume;
+    req.labels = labels;
+    req.n_labels = n_labels;
+    req.ephemeral_public_key.data = pk;
+    req.ephemeral_public_key.len = 32;
+    req.request_id = (char *)request_id;
+    ProtobufCMessage *m = NULL;
+    r = kf_rpc_call(c, "keyfleet.v1.NodeService/Enroll", &req.base, &keyfleet__v1__enroll_response__descriptor, &m, st,
+                    err);
+    if (r == 0 && st->code == KF_CONNECT_OK) {
+        Keyfleet__V1__EnrollResponse *resp = (Keyfleet__V1__EnrollResponse *)m;
+        r = open_sealed(resp->sealed_key, sk->data, "enroll", request_id, node, volume->id, &ret->key, err);
+        if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+        ret->offline_fallback_allowed = resp->offline_fallback_allowed;
+        if (r != 0)
+            kf_enrolled_clear(ret);
+    }
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+    kf_secbuf_free(sk);
+    return r;
+}
+
+int kf_node_release(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume, const char *wrapped,
+                    const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err)
+{
+    memset(ret, 0, sizeof(*ret));
+    kf_secbuf *sk = NULL;
+    uint8_t pk[32];
+    int r = ephemeral(&sk, pk, err);
+    if (r != 0)
+        return r;
+    Keyfleet__V1__ReleaseRequest req = KEYFLEET__V1__RELEASE_REQUEST__INIT;
+    req.volume = (Keyfleet__V1__VolumeRef *)volume;
+    req.wrapped_key = (char *)wrapped;
+    req.ephemeral_public_key.data = pk;
+    req.ephemeral_public_key.len = 32;
+    req.request_id = (char *)(request_id != NULL ? request_id : "");
+    ProtobufCMessage *m = NULL;
+    r = kf_rpc_call(c, "keyfleet.v1.NodeService/Release", &req.base, &keyfleet__v1__release_response__descriptor, &m,
+                    st, err);
+    if (r == 0 && st->code == KF_CONNECT_OK) {
+        Keyfleet__V1__ReleaseResponse *resp = (Keyfleet__V1__ReleaseResponse *)m;
+        snprintf(ret->request_id, sizeof(ret->request_id), "%s", resp->request_id);
+        if (request_id != NULL && request_id[0] != '\0' && strcmp(resp->request_id, request_id) != 0) {
+            r = kf_err_set(err, -EBADMSG, "answer is for another request");
+        } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_PENDING) {
+            ret->pending = true;
+            ret->retry_after_ms = resp->retry_after_ms;
+        } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED) {
+            r = open_sealed(resp->sealed_key, sk->data, "release", resp->request_id, node, volume->id, &ret->key, err);
+            ret->audit_seq = resp->audit_seq;
+            if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
+                r = kf_err_set(err, -ENOMEM, "out of memory");
+        } else {
+            r = kf_err_set(err, -EBADMSG, "answer has no status");
+        }
+        if (r != 0)
+            kf_released_clear(ret);
+    }
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+    kf_secbuf_free(sk);
+    return r;
+}

@@ -1,0 +1,44 @@
+/* The node side of Enroll and Release: a fresh ephemeral X25519 key per call, the HPKE info
+ * computed from what was asked (never taken from the answer), the box opened into secure memory.
+ * Used by keyfleet-agent and by the tests. */
+#ifndef KF_NODE_CLIENT_H
+#define KF_NODE_CLIENT_H
+
+#include <stdbool.h>
+
+#include "keyfleet/v1/node.pb-c.h"
+#include "kf_identity.h"
+#include "kf_rpc_client.h"
+#include "kf_secmem.h"
+
+typedef struct kf_enrolled {
+    kf_secbuf *key;  /* 32-byte data key */
+    char *wrapped;   /* store this on the volume */
+    bool offline_fallback_allowed;
+} kf_enrolled;
+
+typedef struct kf_released {
+    bool pending;       /* true: poll again with request_id after retry_after_ms */
+    char request_id[65];
+    uint32_t retry_after_ms;
+    kf_secbuf *key;     /* when released */
+    char *rewrapped;    /* when released under an old KEK version: store this instead (may be NULL) */
+    uint64_t audit_seq;
+} kf_released;
+
+void kf_enrolled_clear(kf_enrolled *e);
+void kf_released_clear(kf_released *r);
+
+/* node is this node's identity name (from its certificate); it is bound into the HPKE info.
+ * An empty or NULL enroll request_id gets a random one (pass the same id to retry safely).
+ * Return as kf_rpc_call: 0 when a server answered (st->code says whether it succeeded). */
+int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume,
+                   Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id, kf_enrolled *ret,
+                   kf_rpc_status *st, kf_err *err);
+int kf_node_release(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume, const char *wrapped,
+                    const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err);
+
+/* The keyfleet identity named by a PEM certificate file. */
+int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err);
+
+#endif

@@ -1,0 +1,146 @@
+#include "app.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "kf_log.h"
+#include "webhook.h"
+
+#define EXPIRY_TICK_MS 1000
+
+static void on_expiry_tick(uv_timer_t *t) { kfd_approvals_expire(t->data); }
+
+int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
+{
+    memset(app, 0, sizeof(*app));
+    app->srv = srv;
+    const kfd_config *cfg = srv->cfg;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/keyfleet.db", cfg->state_dir);
+    kf_err serr = {0};
+    if (kfd_store_open(path, &app->store, &serr) != 0)
+        kf_log_error("store_open_failed", "path=%s error=%s action=\"answering unavailable\"", kf_log_q(path),
+                     kf_log_q(serr.msg));
+    int r = kfd_kms_local_open(srv->loop, cfg->kms_local_dir, &app->kms, err);
+    if (r != 0)
+        return r;
+    if ((app->ratelimit = kfd_ratelimit_new()) == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    if (cfg->webhook_url != NULL &&
+        (r = kfd_webhook_new(srv->loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
+        return r;
+    char *yaml = NULL;
+    if (!kfd_store_failed(app->store) && kfd_store_get_policy(app->store, &yaml, &app->policy_version) == 0) {
+        kf_err perr = {0};
+        if (kfd_policy_parse("policy", yaml != NULL ? yaml : "", yaml != NULL ? strlen(yaml) : 0, &app->policy,
+                             &perr) != 0)
+            kf_log_error("policy_load_failed", "version=%llu error=%s action=\"denying everything\"",
+                         (unsigned long long)app->policy_version, kf_log_q(perr.msg));
+        free(yaml);
+    }
+    kfd_kms_info info;
+    app->kms->ops->describe(app->kms, &info);
+    kf_log_info("app_ready", "kms=%s kek_version=%u policy_version=%llu store=%s", info.backend, info.latest_version,
+                (unsigned long long)app->policy_version, kfd_store_failed(app->store) ? "failed" : "ok");
+    uv_timer_init(srv->loop, &app->expiry_timer);
+    app->expiry_timer.data = app;
+    uv_timer_start(&app->expiry_timer, on_expiry_tick, EXPIRY_TICK_MS, EXPIRY_TICK_MS);
+    uv_unref((uv_handle_t *)&app->expiry_timer);
+    return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h) { (void)h; }
+
+void kfd_app_close(kfd_app *app)
+{
+    if (app->expiry_timer.loop != NULL && !uv_is_closing((uv_handle_t *)&app->expiry_timer)) {
+        uv_timer_stop(&app->expiry_timer);
+        uv_close((uv_handle_t *)&app->expiry_timer, on_timer_closed);
+    }
+    kfd_webhook_free(app->webhook);
+    kfd_ratelimit_free(app->ratelimit);
+    kfd_policy_free(app->policy);
+    if (app->kms != NULL)
+        app->kms->ops->destroy(app->kms);
+    kfd_store_close(app->store);
+    memset(app, 0, sizeof(*app));
+}
+
+bool kfd_app_ready(const kfd_app *app, const char **ret_why)
+{
+    if (app == NULL || app->kms == NULL) {
+        *ret_why = "KMS not loaded";
+        return false;
+    }
+    if (kfd_store_failed(app->store)) {
+        *ret_why = "state store failed; restart after fixing it";
+        return false;
+    }
+    return true;
+}
+
+void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)
+{
+    cmd->command_id = ++app->next_command_id;
+    cmd->proposer = app->srv->cfg->name;
+    kfd_apply_result res = {0};
+    kf_err err = {0};
+    int r = kfd_store_apply(app->store, cmd, &res, &err);
+    cb(arg, r, &res, &err);
+}
+
+void kfd_audit_fill(kfd_audit_buf *b, const kfd_call *call, const char *action, Keyfleet__V1__Decision decision,
+                    const char *node, const char *volume_id, const char *request_id, const char *reason)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    keyfleet__v1__audit_entry__init(&b->entry);
+    keyfleet__v1__timestamp__init(&b->time);
+    keyfleet__v1__principal__init(&b->actor);
+    b->time.seconds = now.tv_sec;
+    b->time.nanos = (int32_t)now.tv_nsec;
+    if (call != NULL && call->peer != NULL) {
+        b->actor.kind = (Keyfleet__V1__PrincipalKind)call->peer->kind;
+        b->actor.name = (char *)call->peer->name;
+        b->actor.auth = (char *)"mtls";
+    } else {
+        b->actor.kind = KEYFLEET__V1__PRINCIPAL_KIND__PRINCIPAL_KIND_COORDINATOR;
+        b->actor.name = (char *)"keyfleetd";
+        b->actor.auth = (char *)"internal";
+    }
+    b->entry.time = &b->time;
+    b->entry.actor = &b->actor;
+    b->entry.action = (char *)action;
+    b->entry.decision = decision;
+    b->entry.node = (char *)(node != NULL ? node : "");
+    b->entry.volume_id = (char *)(volume_id != NULL ? volume_id : "");
+    b->entry.request_id = (char *)(request_id != NULL ? request_id : "");
+    b->entry.reason = (char *)(reason != NULL ? reason : "");
+    b->entry.source_address = (char *)(call != NULL ? call->source : "");
+}
+
+void kfd_new_request_id(char out[33])
+{
+    uint8_t raw[16];
+    RAND_bytes(raw, sizeof(raw));
+    for (int i = 0; i < 16; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+}
+
+bool kfd_request_id_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 16 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-'))
+            return false;
+    }
+    return true;
+}

@@ -1,0 +1,78 @@
+/* The coordinator's application state, shared by the RPC handlers: the store, the KMS, the
+ * current policy, rate limiters and the approval machinery. One per process, on the loop. */
+#ifndef KFD_APP_H
+#define KFD_APP_H
+
+#include <stdint.h>
+
+#include "keyfleet/v1/state.pb-c.h"
+#include "kms.h"
+#include "policy.h"
+#include "server.h"
+#include "store.h"
+
+typedef struct kfd_ratelimit kfd_ratelimit;
+typedef struct kfd_webhook kfd_webhook;
+
+typedef struct kfd_app {
+    kfd_server *srv;
+    kfd_store *store;
+    kfd_kms *kms;
+    kfd_policy *policy;
+    uint64_t policy_version;
+    kfd_ratelimit *ratelimit;
+    kfd_webhook *webhook;
+    uv_timer_t expiry_timer;
+    uint64_t next_command_id;
+} kfd_app;
+
+/* Opens the store and the KMS and loads the policy. A store fault is not an error here: the
+ * app then answers unavailable (fail closed) and /readyz says so. */
+int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err);
+void kfd_app_close(kfd_app *app);
+/* True when releases can be served: store healthy, KMS loaded. */
+bool kfd_app_ready(const kfd_app *app, const char **ret_why);
+
+/* Commits a state command. The callback runs once the command is durable (now: applied to
+ * sqlite with fsync; with replication: committed by a majority and applied). cmd may be freed
+ * once kfd_commit returns. status is 0 or a negative errno with err set. */
+typedef void (*kfd_commit_cb)(void *arg, int status, const kfd_apply_result *res, const kf_err *err);
+void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg);
+
+/* An audit entry whose strings point at the arguments (no copies). */
+typedef struct kfd_audit_buf {
+    Keyfleet__V1__AuditEntry entry;
+    Keyfleet__V1__Timestamp time;
+    Keyfleet__V1__Principal actor;
+} kfd_audit_buf;
+void kfd_audit_fill(kfd_audit_buf *b, const kfd_call *call, const char *action, Keyfleet__V1__Decision decision,
+                    const char *node, const char *volume_id, const char *request_id, const char *reason);
+
+/* Token buckets per node. Returns 0 when allowed, or the milliseconds until a token is due. */
+kfd_ratelimit *kfd_ratelimit_new(void);
+void kfd_ratelimit_free(kfd_ratelimit *rl);
+uint32_t kfd_ratelimit_take(kfd_ratelimit *rl, const char *node, uint32_t per_minute, uint32_t burst, uint64_t now_ms);
+
+/* A random request id: 32 lowercase hex characters. */
+void kfd_new_request_id(char out[33]);
+/* Client-chosen request ids are 16..64 of [0-9A-Za-z-]. */
+bool kfd_request_id_valid(const char *s);
+
+/* Handlers. */
+void kfd_rpc_enroll(kfd_call *call);
+void kfd_rpc_release(kfd_call *call);
+void kfd_rpc_list_pending(kfd_call *call);
+void kfd_rpc_approve(kfd_call *call);
+void kfd_rpc_deny(kfd_call *call);
+void kfd_rpc_query_audit(kfd_call *call);
+void kfd_rpc_verify_audit(kfd_call *call);
+void kfd_rpc_get_policy(kfd_call *call);
+void kfd_rpc_put_policy(kfd_call *call);
+void kfd_rpc_check_policy(kfd_call *call);
+void kfd_rpc_revoke_node(kfd_call *call);
+void kfd_rpc_rotate_kms(kfd_call *call);
+
+/* Expires waiting requests past their deadline (called by a 1 s timer). */
+void kfd_approvals_expire(kfd_app *app);
+
+#endif

@@ -1,0 +1,48 @@
+/* Release policy: YAML rules, first match wins, deny by default, evaluated without I/O.
+ * Reference and examples: docs/policy.md. */
+#ifndef KFD_POLICY_H
+#define KFD_POLICY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kf_err.h"
+
+typedef struct kfd_policy kfd_policy;
+
+typedef struct kfd_label {
+    const char *key;
+    const char *value;
+} kfd_label;
+
+typedef struct kfd_policy_input {
+    const char *node;
+    const char *source; /* client IP address; NULL or "" skips CIDR selectors (they then fail to match) */
+    const char *volume_id;
+    const char *volume_name;
+    const kfd_label *labels;
+    size_t n_labels;
+    int64_t now; /* Unix seconds, for auto-approve windows */
+} kfd_policy_input;
+
+typedef struct kfd_policy_decision {
+    bool allow;
+    char rule[64]; /* deciding rule, or "default-deny" */
+    int rule_index; /* 1-based; 0 for the default */
+    uint32_t approvals; /* distinct approvers needed before release; 0 = none */
+    bool auto_approved; /* approval waived: inside the rule's auto-approve window */
+    uint32_t pending_ttl_s;
+    bool offline_fallback;
+    uint32_t rate_per_minute, rate_burst; /* 0 = unlimited */
+    char explanation[384];
+} kfd_policy_decision;
+
+/* Parses and validates a whole policy. Errors name name:line:column. An empty document is the
+ * empty policy (deny everything). */
+int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy **ret, kf_err *err);
+void kfd_policy_free(kfd_policy *p);
+size_t kfd_policy_rule_count(const kfd_policy *p);
+
+void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_policy_decision *ret);
+
+#endif

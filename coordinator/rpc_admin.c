@@ -1,0 +1,548 @@
+/* AdminService: approvals, audit, policy, revocation, KMS rotation. Callers are operators
+ * (checked by the router). Every change is a state command with its audit record. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <liboath/oath.h>
+
+#include "app.h"
+#include "kf_log.h"
+#include "kf_secmem.h"
+
+static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
+
+static bool store_ok(kfd_call *call)
+{
+    if (!kfd_store_failed(app_of(call)->store))
+        return true;
+    kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable: %s", kfd_store_failure(app_of(call)->store));
+    return false;
+}
+
+/* Maps a commit status to an answer; returns true when it succeeded. */
+static bool commit_answer(kfd_call *call, int status, const kf_err *err)
+{
+    switch (status) {
+    case 0:
+        return true;
+    case -ENOENT:
+        kfd_call_error(call, KF_CONNECT_NOT_FOUND, "%s", err->msg);
+        break;
+    case -EEXIST:
+        kfd_call_error(call, KF_CONNECT_ALREADY_EXISTS, "%s", err->msg);
+        break;
+    case -ESTALE:
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "%s", err->msg);
+        break;
+    case -EACCES:
+        kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s", err->msg);
+        break;
+    default:
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s", err->msg);
+        break;
+    }
+    return false;
+}
+
+static Keyfleet__V1__StateCommand *audit_cmd(Keyfleet__V1__StateCommand *cmd, Keyfleet__V1__CmdAppendAudit *c,
+                                             kfd_audit_buf *a)
+{
+    keyfleet__v1__state_command__init(cmd);
+    keyfleet__v1__cmd_append_audit__init(c);
+    c->audit = &a->entry;
+    cmd->cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd->append_audit = c;
+    return cmd;
+}
+
+static void on_audit_only(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg, (void)status, (void)res, (void)err;
+}
+
+/* ----------------------------------------------------------- approvals */
+
+void kfd_rpc_list_pending(kfd_call *call)
+{
+    if (!store_ok(call))
+        return;
+    Keyfleet__V1__ListPendingResponse resp = KEYFLEET__V1__LIST_PENDING_RESPONSE__INIT;
+    if (kfd_store_list_pending(app_of(call)->store, &resp) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    kfd_call_reply(call, &resp.base);
+    kfd_store_free_pending_list(&resp);
+}
+
+/* Reads OPERATOR.b32 from the TOTP directory. Returns 0 with the secret, -ENOENT when the
+ * operator has none (no second factor), or another negative errno. */
+static int load_totp_secret(const char *dir, const char *op, kf_secbuf **ret)
+{
+    if (dir == NULL)
+        return -ENOENT;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s.b32", dir, op);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ENOENT : -errno;
+    kf_secbuf *text = kf_secbuf_new(256);
+    ssize_t n = text != NULL ? read(fd, text->data, 255) : -1;
+    close(fd);
+    while (n > 0 && (text->data[n - 1] == '\n' || text->data[n - 1] == '\r' || text->data[n - 1] == ' '))
+        n--;
+    if (n <= 0) {
+        kf_secbuf_free(text);
+        return -EINVAL;
+    }
+    char *raw = NULL;
+    size_t raw_len = 0;
+    int rc = oath_base32_decode((const char *)text->data, (size_t)n, &raw, &raw_len);
+    kf_secbuf_free(text);
+    if (rc != OATH_OK || raw_len == 0) {
+        free(raw);
+        return -EINVAL;
+    }
+    kf_secbuf *secret = kf_secbuf_new(raw_len);
+    if (secret != NULL)
+        memcpy(secret->data, raw, raw_len);
+    kf_wipe(raw, raw_len);
+    free(raw);
+    if (secret == NULL)
+        return -ENOMEM;
+    *ret = secret;
+    return 0;
+}
+
+/* Checks code against the operator's TOTP secret (30 s steps, one step either side). Returns
+ * 0 with the matched step, -ENOENT when the operator has no secret, -EACCES on a wrong code. */
+static int check_totp(const char *dir, const char *op, const char *code, int64_t *ret_step)
+{
+    kf_secbuf *secret = NULL;
+    int r = load_totp_secret(dir, op, &secret);
+    if (r != 0)
+        return r;
+    int pos = 0;
+    uint64_t counter = 0;
+    int rc = strlen(code) == 6 ? oath_totp_validate3((const char *)secret->data, secret->len, time(NULL),
+                                                     OATH_TOTP_DEFAULT_TIME_STEP_SIZE, 0, 1, &pos, &counter, code)
+                               : OATH_INVALID_OTP;
+    kf_secbuf_free(secret);
+    if (rc < 0)
+        return -EACCES;
+    /* The step the code belongs to, so the same code is never accepted twice. */
+    *ret_step = (int64_t)counter;
+    return 0;
+}
+
+typedef struct approve_op {
+    kfd_call *call;
+    const char *request_id;
+} approve_op;
+
+static void on_approved(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    approve_op *op = arg;
+    if (!commit_answer(op->call, status, err))
+        return;
+    kfd_pending p;
+    if (kfd_store_get_pending(app_of(op->call)->store, op->request_id, &p) != 0) {
+        kfd_call_error(op->call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    Keyfleet__V1__ApproveResponse resp = KEYFLEET__V1__APPROVE_RESPONSE__INIT;
+    resp.approved = p.state == KFD_PENDING_APPROVED;
+    resp.approvals_needed = p.approvals_needed;
+    resp.approvals_have = p.approvals_have;
+    kf_log_info("approved", "request=%s operator=%s have=%u needed=%u", p.request_id, op->call->peer->name,
+                p.approvals_have, p.approvals_needed);
+    kfd_call_reply(op->call, &resp.base);
+}
+
+void kfd_rpc_approve(kfd_call *call)
+{
+    const Keyfleet__V1__ApproveRequest *req = (const Keyfleet__V1__ApproveRequest *)call->request;
+    if (!kfd_request_id_valid(req->request_id)) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-]");
+        return;
+    }
+    if (strlen(req->comment) > 512) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "comment is at most 512 characters");
+        return;
+    }
+    if (!store_ok(call))
+        return;
+    kfd_app *app = app_of(call);
+    kfd_pending p;
+    int r = kfd_store_get_pending(app->store, req->request_id, &p);
+    if (r == -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_NOT_FOUND, "no pending request %s", req->request_id);
+        return;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    if (p.state == KFD_PENDING_EXPIRED || (p.state == KFD_PENDING_WAITING && time(NULL) >= p.expires_at)) {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s has expired", req->request_id);
+        return;
+    }
+    int64_t step = 0;
+    r = check_totp(call->srv->cfg->totp_dir, call->peer->name, req->totp_code, &step);
+    if (r == -EACCES || (r != 0 && r != -ENOENT)) {
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, p.request_id,
+                       r == -EACCES ? "wrong TOTP code" : "TOTP secret unreadable");
+        Keyfleet__V1__StateCommand cmd;
+        Keyfleet__V1__CmdAppendAudit c;
+        kfd_commit(app, audit_cmd(&cmd, &c, &a), on_audit_only, NULL);
+        kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s",
+                       r == -EACCES ? "TOTP code required and not valid" : "TOTP secret unreadable");
+        return;
+    }
+    char reason[600];
+    snprintf(reason, sizeof(reason), "approved%s%s%s", step != 0 ? " with TOTP" : "", req->comment[0] ? ": " : "",
+             req->comment);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW, p.node, p.volume_id, p.request_id,
+                   reason);
+    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
+    c.request_id = req->request_id;
+    c.operator_ = (char *)call->peer->name;
+    c.audit = &a.entry;
+    c.totp_step = step;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
+    cmd.approve = &c;
+    approve_op op = {call, req->request_id};
+    kfd_commit(app, &cmd, on_approved, &op);
+}
+
+static void on_denied(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    kfd_call *call = arg;
+    if (!commit_answer(call, status, err))
+        return;
+    Keyfleet__V1__DenyResponse resp = KEYFLEET__V1__DENY_RESPONSE__INIT;
+    kfd_call_reply(call, &resp.base);
+}
+
+void kfd_rpc_deny(kfd_call *call)
+{
+    const Keyfleet__V1__DenyRequest *req = (const Keyfleet__V1__DenyRequest *)call->request;
+    if (!kfd_request_id_valid(req->request_id) || strlen(req->reason) > 512) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512");
+        return;
+    }
+    if (!store_ok(call))
+        return;
+    kfd_pending p;
+    int r = kfd_store_get_pending(app_of(call)->store, req->request_id, &p);
+    if (r != 0) {
+        kfd_call_error(call, r == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "no pending request %s",
+                       req->request_id);
+        return;
+    }
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "deny", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, p.request_id,
+                   req->reason[0] ? req->reason : "denied by operator");
+    Keyfleet__V1__CmdDeny c = KEYFLEET__V1__CMD_DENY__INIT;
+    c.request_id = req->request_id;
+    c.operator_ = (char *)call->peer->name;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_DENY;
+    cmd.deny = &c;
+    kfd_commit(app_of(call), &cmd, on_denied, call);
+}
+
+static void on_expired(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg, (void)res;
+    if (status != 0)
+        kf_log_warn("expiry_failed", "error=%s", kf_log_q(err->msg));
+}
+
+#define EXPIRE_BATCH 64
+
+void kfd_approvals_expire(kfd_app *app)
+{
+    if (kfd_store_failed(app->store))
+        return;
+    static char ids[EXPIRE_BATCH][65];
+    size_t n = 0;
+    if (kfd_store_expired_pending(app->store, time(NULL), ids, EXPIRE_BATCH, &n) != 0 || n == 0)
+        return;
+    kfd_audit_buf bufs[EXPIRE_BATCH];
+    Keyfleet__V1__AuditEntry *audits[EXPIRE_BATCH];
+    char *id_ptrs[EXPIRE_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        kfd_pending p;
+        if (kfd_store_get_pending(app->store, ids[i], &p) != 0)
+            return;
+        kfd_audit_fill(&bufs[i], NULL, "expire", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, ids[i],
+                       "no approval before the deadline");
+        /* kfd_audit_fill points at p's strings; copy what outlives this loop iteration. */
+        bufs[i].entry.node = strdup(p.node);
+        bufs[i].entry.volume_id = strdup(p.volume_id);
+        audits[i] = &bufs[i].entry;
+        id_ptrs[i] = ids[i];
+        kf_log_info("pending_expired", "request=%s node=%s", ids[i], p.node);
+    }
+    Keyfleet__V1__CmdExpirePending c = KEYFLEET__V1__CMD_EXPIRE_PENDING__INIT;
+    c.n_request_ids = n;
+    c.request_ids = id_ptrs;
+    c.n_audits = n;
+    c.audits = audits;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_EXPIRE_PENDING;
+    cmd.expire_pending = &c;
+    kfd_commit(app, &cmd, on_expired, NULL);
+    for (size_t i = 0; i < n; i++) {
+        free(bufs[i].entry.node);
+        free(bufs[i].entry.volume_id);
+    }
+}
+
+/* ----------------------------------------------------------- audit */
+
+void kfd_rpc_query_audit(kfd_call *call)
+{
+    const Keyfleet__V1__QueryAuditRequest *req = (const Keyfleet__V1__QueryAuditRequest *)call->request;
+    if (!store_ok(call))
+        return;
+    Keyfleet__V1__QueryAuditResponse resp = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
+    if (kfd_store_query_audit(app_of(call)->store, req, &resp) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    kfd_call_reply(call, &resp.base);
+    kfd_store_free_audit_list(&resp);
+}
+
+void kfd_rpc_verify_audit(kfd_call *call)
+{
+    if (!store_ok(call))
+        return;
+    Keyfleet__V1__VerifyAuditResponse resp = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
+    char problem[256];
+    if (kfd_store_verify_audit(app_of(call)->store, &resp, problem, sizeof(problem)) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    resp.problem = problem;
+    kfd_call_reply(call, &resp.base);
+}
+
+/* ----------------------------------------------------------- policy */
+
+void kfd_rpc_get_policy(kfd_call *call)
+{
+    if (!store_ok(call))
+        return;
+    char *yaml = NULL;
+    uint64_t version = 0;
+    if (kfd_store_get_policy(app_of(call)->store, &yaml, &version) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    Keyfleet__V1__GetPolicyResponse resp = KEYFLEET__V1__GET_POLICY_RESPONSE__INIT;
+    resp.yaml = yaml != NULL ? yaml : (char *)"";
+    resp.version = version;
+    kfd_call_reply(call, &resp.base);
+    free(yaml);
+}
+
+typedef struct put_op {
+    kfd_call *call;
+    kfd_policy *parsed;
+    uint64_t version;
+} put_op;
+
+static void on_policy_put(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    put_op *op = arg;
+    if (status == -ESTALE) {
+        kfd_call_error(op->call, KF_CONNECT_ABORTED, "%s", err->msg);
+        return;
+    }
+    if (!commit_answer(op->call, status, err))
+        return;
+    kfd_app *app = app_of(op->call);
+    kfd_policy_free(app->policy);
+    app->policy = op->parsed;
+    app->policy_version = op->version;
+    op->parsed = NULL;
+    kf_log_info("policy_put", "version=%llu operator=%s rules=%zu", (unsigned long long)op->version,
+                op->call->peer->name, kfd_policy_rule_count(app->policy));
+    Keyfleet__V1__PutPolicyResponse resp = KEYFLEET__V1__PUT_POLICY_RESPONSE__INIT;
+    resp.version = op->version;
+    kfd_call_reply(op->call, &resp.base);
+}
+
+void kfd_rpc_put_policy(kfd_call *call)
+{
+    const Keyfleet__V1__PutPolicyRequest *req = (const Keyfleet__V1__PutPolicyRequest *)call->request;
+    if (!store_ok(call))
+        return;
+    kfd_app *app = app_of(call);
+    put_op op = {.call = call, .version = app->policy_version + 1};
+    kf_err err = {0};
+    if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), &op.parsed, &err) != 0) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", err.msg);
+        return;
+    }
+    if (req->expected_version != 0 && req->expected_version != app->policy_version) {
+        kfd_policy_free(op.parsed);
+        kfd_call_error(call, KF_CONNECT_ABORTED, "policy is at version %llu, not %llu",
+                       (unsigned long long)app->policy_version, (unsigned long long)req->expected_version);
+        return;
+    }
+    char reason[96];
+    snprintf(reason, sizeof(reason), "policy version %llu (%zu rules)", (unsigned long long)op.version,
+             kfd_policy_rule_count(op.parsed));
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdPutPolicy c = KEYFLEET__V1__CMD_PUT_POLICY__INIT;
+    c.yaml = req->yaml;
+    c.version = op.version;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY;
+    cmd.put_policy = &c;
+    kfd_commit(app, &cmd, on_policy_put, &op);
+    kfd_policy_free(op.parsed);
+}
+
+void kfd_rpc_check_policy(kfd_call *call)
+{
+    const Keyfleet__V1__CheckPolicyRequest *req = (const Keyfleet__V1__CheckPolicyRequest *)call->request;
+    if (!kf_name_valid(req->node, strlen(req->node)) || req->volume_id[0] == '\0' || strlen(req->volume_id) > 128) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node and volume_id are required");
+        return;
+    }
+    if (!store_ok(call))
+        return;
+    kfd_app *app = app_of(call);
+    kfd_volume vol;
+    int r = kfd_store_get_volume(app->store, req->volume_id, &vol);
+    if (r != 0 && r != -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    json_t *labels = r == 0 ? json_loads(vol.labels_json, 0, NULL) : NULL;
+    kfd_label items[32];
+    size_t n = 0;
+    const char *k;
+    json_t *v;
+    if (labels != NULL)
+        json_object_foreach(labels, k, v) if (n < 32 && json_is_string(v)) items[n++] = (kfd_label){k, json_string_value(v)};
+    kfd_policy_input in = {.node = req->node, .source = req->source_address, .volume_id = req->volume_id,
+                           .volume_name = r == 0 ? vol.name : "", .labels = items, .n_labels = n, .now = time(NULL)};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(app->policy, &in, &d);
+    bool revoked = false;
+    kfd_store_node_revoked(app->store, req->node, &revoked);
+    char explanation[512];
+    snprintf(explanation, sizeof(explanation), "%s%s%s", d.explanation,
+             r == -ENOENT ? " (volume not enrolled: matched on its id only)" : "",
+             revoked ? "; but the node is revoked, so it gets nothing" : "");
+    Keyfleet__V1__CheckPolicyResponse resp = KEYFLEET__V1__CHECK_POLICY_RESPONSE__INIT;
+    resp.decision = revoked || !d.allow ? KEYFLEET__V1__DECISION__DECISION_DENY
+                    : d.approvals > 0   ? KEYFLEET__V1__DECISION__DECISION_PENDING
+                                        : KEYFLEET__V1__DECISION__DECISION_ALLOW;
+    resp.rule = d.rule;
+    resp.explanation = explanation;
+    resp.approvals_needed = d.approvals;
+    resp.offline_fallback_allowed = d.offline_fallback;
+    kfd_call_reply(call, &resp.base);
+    json_decref(labels);
+    if (r == 0)
+        kfd_volume_clear(&vol);
+}
+
+/* ----------------------------------------------------------- nodes, KMS */
+
+static void on_revoked(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    kfd_call *call = arg;
+    if (!commit_answer(call, status, err))
+        return;
+    Keyfleet__V1__RevokeNodeResponse resp = KEYFLEET__V1__REVOKE_NODE_RESPONSE__INIT;
+    kfd_call_reply(call, &resp.base);
+}
+
+void kfd_rpc_revoke_node(kfd_call *call)
+{
+    const Keyfleet__V1__RevokeNodeRequest *req = (const Keyfleet__V1__RevokeNodeRequest *)call->request;
+    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->reason) > 512) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node must be a valid node name; reason <= 512");
+        return;
+    }
+    if (!store_ok(call))
+        return;
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "", "",
+                   req->reason[0] ? req->reason : "revoked by operator");
+    Keyfleet__V1__CmdRevokeNode c = KEYFLEET__V1__CMD_REVOKE_NODE__INIT;
+    c.node = req->node;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
+    cmd.revoke_node = &c;
+    kf_log_info("node_revoked", "node=%s operator=%s", req->node, call->peer->name);
+    kfd_commit(app_of(call), &cmd, on_revoked, call);
+}
+
+typedef struct rotate_op {
+    kfd_call *call;
+    uint32_t version;
+} rotate_op;
+
+static void on_rotated(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    rotate_op *op = arg;
+    if (!commit_answer(op->call, status, err))
+        return;
+    Keyfleet__V1__RotateKmsResponse resp = KEYFLEET__V1__ROTATE_KMS_RESPONSE__INIT;
+    resp.backend = (char *)app_of(op->call)->kms->ops->name;
+    resp.new_version = op->version;
+    kfd_call_reply(op->call, &resp.base);
+}
+
+void kfd_rpc_rotate_kms(kfd_call *call)
+{
+    if (!store_ok(call))
+        return;
+    kfd_kms *kms = app_of(call)->kms;
+    rotate_op op = {.call = call};
+    kf_err err = {0};
+    if (kms->ops->rotate(kms, &op.version, &err) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS rotation failed: %s", err.msg);
+        return;
+    }
+    char reason[64];
+    snprintf(reason, sizeof(reason), "%s key version %u", kms->ops->name, op.version);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdKmsRotate c = KEYFLEET__V1__CMD_KMS_ROTATE__INIT;
+    c.backend = (char *)kms->ops->name;
+    c.new_version = op.version;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE;
+    cmd.kms_rotate = &c;
+    kf_log_info("kms_rotated", "backend=%s version=%u operator=%s", kms->ops->name, op.version, call->peer->name);
+    kfd_commit(app_of(call), &cmd, on_rotated, &op);
+}

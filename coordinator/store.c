@@ -1,0 +1,400 @@
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "kf_log.h"
+#include "store_internal.h"
+
+/* Each migration moves the schema from version i to i + 1; never edit a shipped one. */
+static const char *const migrations[] = {
+    /* 1: the release path */
+    "CREATE TABLE volumes ("
+    "  id TEXT PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL, labels TEXT NOT NULL,"
+    "  node TEXT NOT NULL, wrapped_key TEXT NOT NULL, enroll_request_id TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, last_node TEXT, last_released_at INTEGER);"
+    "CREATE TABLE nodes (name TEXT PRIMARY KEY, revoked INTEGER NOT NULL, revoked_at INTEGER, reason TEXT);"
+    "CREATE TABLE pending ("
+    "  request_id TEXT PRIMARY KEY, node TEXT NOT NULL, volume_id TEXT NOT NULL, source TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, approvals_needed INTEGER NOT NULL,"
+    "  approvals_have INTEGER NOT NULL DEFAULT 0, state INTEGER NOT NULL DEFAULT 0, rule TEXT NOT NULL);"
+    "CREATE INDEX pending_state ON pending(state, expires_at);"
+    "CREATE TABLE approvals (request_id TEXT NOT NULL, operator TEXT NOT NULL, at INTEGER NOT NULL,"
+    "  PRIMARY KEY (request_id, operator));"
+    "CREATE TABLE totp_used (operator TEXT NOT NULL, step INTEGER NOT NULL, PRIMARY KEY (operator, step));"
+    "CREATE TABLE policy (version INTEGER PRIMARY KEY, yaml TEXT NOT NULL, created_at INTEGER NOT NULL);"
+    "CREATE TABLE audit ("
+    "  seq INTEGER PRIMARY KEY, time_s INTEGER NOT NULL, time_ns INTEGER NOT NULL, action TEXT NOT NULL,"
+    "  actor_kind INTEGER NOT NULL, actor_name TEXT NOT NULL, actor_auth TEXT NOT NULL, node TEXT NOT NULL,"
+    "  volume_id TEXT NOT NULL, request_id TEXT NOT NULL, decision INTEGER NOT NULL, reason TEXT NOT NULL,"
+    "  source TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);"
+    "CREATE INDEX audit_node ON audit(node);"
+    "CREATE INDEX audit_volume ON audit(volume_id);",
+};
+
+static const char *const sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_VOLUME_INSERT] = "INSERT INTO volumes (id, kind, name, labels, node, wrapped_key, enroll_request_id, "
+                         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id FROM volumes WHERE id = ?",
+    [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
+    [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
+    [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at, "
+                       "reason = excluded.reason",
+    [ST_NODE_GET] = "SELECT revoked FROM nodes WHERE name = ?",
+    [ST_PENDING_INSERT] = "INSERT INTO pending (request_id, node, volume_id, source, created_at, expires_at, "
+                          "approvals_needed, rule) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    [ST_PENDING_GET] = "SELECT request_id, node, volume_id, source, created_at, expires_at, approvals_needed, "
+                       "approvals_have, state, rule FROM pending WHERE request_id = ?",
+    [ST_PENDING_SET_STATE] = "UPDATE pending SET state = ? WHERE request_id = ?",
+    [ST_PENDING_ADD_APPROVAL] = "UPDATE pending SET approvals_have = approvals_have + 1, "
+                                "state = CASE WHEN approvals_have + 1 >= approvals_needed THEN 1 ELSE state END "
+                                "WHERE request_id = ?",
+    [ST_PENDING_LIST] = "SELECT request_id, node, volume_id, source, created_at, expires_at, approvals_needed, "
+                        "approvals_have, state, rule FROM pending WHERE state = 0 ORDER BY created_at, request_id",
+    [ST_PENDING_EXPIRED] = "SELECT request_id FROM pending WHERE state = 0 AND expires_at <= ? "
+                           "ORDER BY expires_at LIMIT ?",
+    [ST_APPROVAL_INSERT] = "INSERT INTO approvals (request_id, operator, at) VALUES (?, ?, ?)",
+    [ST_APPROVAL_GET] = "SELECT 1 FROM approvals WHERE request_id = ? AND operator = ?",
+    [ST_APPROVALS_OF] = "SELECT operator FROM approvals WHERE request_id = ? ORDER BY at, operator",
+    [ST_TOTP_INSERT] = "INSERT INTO totp_used (operator, step) VALUES (?, ?)",
+    [ST_TOTP_GET] = "SELECT 1 FROM totp_used WHERE operator = ? AND step = ?",
+    [ST_POLICY_INSERT] = "INSERT INTO policy (version, yaml, created_at) VALUES (?, ?, ?)",
+    [ST_POLICY_LATEST] = "SELECT version, yaml FROM policy ORDER BY version DESC LIMIT 1",
+    [ST_AUDIT_INSERT] = "INSERT INTO audit (seq, time_s, time_ns, action, actor_kind, actor_name, actor_auth, node, "
+                        "volume_id, request_id, decision, reason, source, prev_hash, hash) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    [ST_AUDIT_HEAD] = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+    [ST_AUDIT_ALL] = "SELECT seq, time_s, time_ns, action, actor_kind, actor_name, actor_auth, node, volume_id, "
+                     "request_id, decision, reason, source, prev_hash, hash FROM audit ORDER BY seq",
+};
+
+bool kfd_store_failed(const kfd_store *s) { return s == NULL || s->failed; }
+const char *kfd_store_failure(const kfd_store *s) { return s == NULL ? "no store" : s->failure; }
+
+int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err)
+{
+    int primary = rc & 0xff;
+    if (primary == SQLITE_CONSTRAINT)
+        return kf_err_set(err, -EEXIST, "%s: already exists", what);
+    const char *msg = s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
+    if (!s->failed) {
+        s->failed = true;
+        snprintf(s->failure, sizeof(s->failure), "%s: %s (sqlite %d)", what, msg, rc);
+        kf_log_error("store_failed", "what=%s error=%s code=%d action=\"failing closed until restart\"", what,
+                     kf_log_q(msg), rc);
+    }
+    return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+}
+
+sqlite3_stmt *kfd_store_stmt(kfd_store *s, int which)
+{
+    sqlite3_stmt *st = s->st[which];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
+static int exec(kfd_store *s, const char *q, const char *what, kf_err *err)
+{
+    int rc = sqlite3_exec(s->db, q, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : kfd_store_sql_error(s, rc, what, err);
+}
+
+static int migrate(kfd_store *s, kf_err *err)
+{
+    sqlite3_stmt *st;
+    int version = 0;
+    int rc = sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return kfd_store_sql_error(s, rc, "reading schema version", err);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW)
+        return kfd_store_sql_error(s, rc, "reading schema version", err);
+    const int latest = (int)(sizeof(migrations) / sizeof(migrations[0]));
+    if (version > latest) {
+        s->failed = true;
+        snprintf(s->failure, sizeof(s->failure), "database schema %d is newer than this keyfleetd (%d)", version,
+                 latest);
+        return kf_err_set(err, -EIO, "%s", s->failure);
+    }
+    for (int v = version; v < latest; v++) {
+        char bump[64];
+        snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", v + 1);
+        int r = exec(s, "BEGIN IMMEDIATE", "migration", err);
+        if (r == 0)
+            r = exec(s, migrations[v], "migration", err);
+        if (r == 0)
+            r = exec(s, bump, "migration", err);
+        if (r == 0)
+            r = exec(s, "COMMIT", "migration", err);
+        if (r != 0) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            return r;
+        }
+        kf_log_info("store_migrated", "to_version=%d", v + 1);
+    }
+    return 0;
+}
+
+int kfd_store_open(const char *path, kfd_store **ret, kf_err *err)
+{
+    kfd_store *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    *ret = s;
+    int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        return kfd_store_sql_error(s, rc, "opening the database", err);
+    sqlite3_extended_result_codes(s->db, 1);
+    int r = exec(s, "PRAGMA journal_mode = WAL", "setting WAL mode", err);
+    if (r == 0)
+        r = exec(s, "PRAGMA synchronous = FULL", "setting synchronous", err);
+    if (r == 0)
+        r = exec(s, "PRAGMA foreign_keys = ON", "setting foreign keys", err);
+    if (r == 0)
+        r = migrate(s, err);
+    for (int i = 0; r == 0 && i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+        if (rc != SQLITE_OK)
+            r = kfd_store_sql_error(s, rc, "preparing statements", err);
+    }
+    if (r == 0)
+        r = kfd_store_load_audit_head(s, err);
+    return r;
+}
+
+void kfd_store_close(kfd_store *s)
+{
+    if (s == NULL)
+        return;
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    sqlite3_close(s->db);
+    free(s);
+}
+
+static int step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err *err)
+{
+    int rc = sqlite3_step(st);
+    return rc == SQLITE_DONE ? 0 : kfd_store_sql_error(s, rc, what, err);
+}
+
+static char *labels_json(Keyfleet__V1__Label **labels, size_t n)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o != NULL && i < n; i++)
+        json_object_set_new(o, labels[i]->key, json_string(labels[i]->value));
+    char *s = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    return s;
+}
+
+static int apply_enroll(kfd_store *s, const Keyfleet__V1__CmdEnrollVolume *c, kf_err *err)
+{
+    if (c->volume == NULL || c->audit == NULL || c->audit->time == NULL)
+        return kf_err_set(err, -EINVAL, "enroll command incomplete");
+    char *labels = labels_json(c->labels, c->n_labels);
+    if (labels == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_INSERT);
+    kfd_bind_text(st, 1, c->volume->id);
+    sqlite3_bind_int(st, 2, c->volume->kind);
+    kfd_bind_text(st, 3, c->volume->name);
+    kfd_bind_text(st, 4, labels);
+    kfd_bind_text(st, 5, c->node);
+    kfd_bind_text(st, 6, c->wrapped_key);
+    kfd_bind_text(st, 7, c->audit->request_id);
+    sqlite3_bind_int64(st, 8, c->audit->time->seconds);
+    int r = step_done(s, st, "recording the volume", err);
+    free(labels);
+    return r;
+}
+
+static int set_pending_state(kfd_store *s, const char *id, kfd_pending_state from, kfd_pending_state to, kf_err *err)
+{
+    kfd_pending p;
+    int r = kfd_store_get_pending(s, id, &p);
+    if (r == -ENOENT)
+        return kf_err_set(err, -ENOENT, "no pending request %s", id);
+    if (r != 0)
+        return kf_err_set(err, r, "reading pending request");
+    if (p.state != from)
+        return kf_err_set(err, -ESTALE, "request %s is no longer waiting", id);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_STATE);
+    sqlite3_bind_int(st, 1, (int)to);
+    kfd_bind_text(st, 2, id);
+    return step_done(s, st, "updating the pending request", err);
+}
+
+static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, kf_err *err)
+{
+    kfd_pending p;
+    int r = kfd_store_get_pending(s, c->request_id, &p);
+    if (r != 0)
+        return r == -ENOENT ? kf_err_set(err, -ENOENT, "no pending request %s", c->request_id) : r;
+    if (p.state != KFD_PENDING_WAITING)
+        return kf_err_set(err, -ESTALE, "request %s is no longer waiting", c->request_id);
+    bool dup = false;
+    if ((r = kfd_store_has_approved(s, c->request_id, c->operator_, &dup)) != 0)
+        return r;
+    if (dup)
+        return kf_err_set(err, -EEXIST, "operator %s already approved %s", c->operator_, c->request_id);
+    if (c->totp_step != 0) {
+        bool used = false;
+        if ((r = kfd_store_totp_used(s, c->operator_, c->totp_step, &used)) != 0)
+            return r;
+        if (used)
+            return kf_err_set(err, -EACCES, "TOTP code already used");
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_INSERT);
+        kfd_bind_text(st, 1, c->operator_);
+        sqlite3_bind_int64(st, 2, c->totp_step);
+        if ((r = step_done(s, st, "recording the TOTP step", err)) != 0)
+            return r;
+    }
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_APPROVAL_INSERT);
+    kfd_bind_text(st, 1, c->request_id);
+    kfd_bind_text(st, 2, c->operator_);
+    sqlite3_bind_int64(st, 3, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
+    if ((r = step_done(s, st, "recording the approval", err)) != 0)
+        return r;
+    st = kfd_store_stmt(s, ST_PENDING_ADD_APPROVAL);
+    kfd_bind_text(st, 1, c->request_id);
+    return step_done(s, st, "counting the approval", err);
+}
+
+static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, kf_err *err)
+{
+    uint64_t current = 0;
+    char *yaml = NULL;
+    int r = kfd_store_get_policy(s, &yaml, &current);
+    free(yaml);
+    if (r != 0)
+        return r;
+    if (c->version != current + 1)
+        return kf_err_set(err, -ESTALE, "policy version %llu is not the next after %llu",
+                          (unsigned long long)c->version, (unsigned long long)current);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_POLICY_INSERT);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)c->version);
+    kfd_bind_text(st, 2, c->yaml);
+    sqlite3_bind_int64(st, 3, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
+    return step_done(s, st, "storing the policy", err);
+}
+
+static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
+{
+    int r = 0;
+    switch (cmd->cmd_case) {
+    case KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME:
+        r = apply_enroll(s, cmd->enroll_volume, err);
+        if (r == 0)
+            r = kfd_store_append_audit(s, cmd->enroll_volume->audit, seq, err);
+        return r;
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE: {
+        const Keyfleet__V1__CmdRecordRelease *c = cmd->record_release;
+        if (c->audit != NULL && c->audit->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW) {
+            sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_RELEASED);
+            kfd_bind_text(st, 1, c->node);
+            sqlite3_bind_int64(st, 2, c->audit->time != NULL ? c->audit->time->seconds : 0);
+            kfd_bind_text(st, 3, c->volume_id);
+            if ((r = step_done(s, st, "recording the release", err)) != 0)
+                return r;
+        }
+        return kfd_store_append_audit(s, c->audit, seq, err);
+    }
+    case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING: {
+        const Keyfleet__V1__CmdCreatePending *c = cmd->create_pending;
+        if (c->volume == NULL || c->created_at == NULL || c->expires_at == NULL)
+            return kf_err_set(err, -EINVAL, "pending command incomplete");
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_INSERT);
+        kfd_bind_text(st, 1, c->request_id);
+        kfd_bind_text(st, 2, c->node);
+        kfd_bind_text(st, 3, c->volume->id);
+        kfd_bind_text(st, 4, c->source_address);
+        sqlite3_bind_int64(st, 5, c->created_at->seconds);
+        sqlite3_bind_int64(st, 6, c->expires_at->seconds);
+        sqlite3_bind_int(st, 7, (int)c->approvals_needed);
+        kfd_bind_text(st, 8, c->rule);
+        if ((r = step_done(s, st, "recording the pending request", err)) != 0)
+            return r;
+        return kfd_store_append_audit(s, c->audit, seq, err);
+    }
+    case KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE:
+        if ((r = apply_approve(s, cmd->approve, err)) != 0)
+            return r;
+        return kfd_store_append_audit(s, cmd->approve->audit, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_DENY:
+        if ((r = set_pending_state(s, cmd->deny->request_id, KFD_PENDING_WAITING, KFD_PENDING_DENIED, err)) != 0)
+            return r;
+        return kfd_store_append_audit(s, cmd->deny->audit, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_EXPIRE_PENDING: {
+        const Keyfleet__V1__CmdExpirePending *c = cmd->expire_pending;
+        if (c->n_request_ids != c->n_audits)
+            return kf_err_set(err, -EINVAL, "expire command has %zu ids and %zu audits", c->n_request_ids,
+                              c->n_audits);
+        for (size_t i = 0; i < c->n_request_ids; i++) {
+            r = set_pending_state(s, c->request_ids[i], KFD_PENDING_WAITING, KFD_PENDING_EXPIRED, err);
+            if (r == -ESTALE)
+                continue; /* approved or denied meanwhile */
+            if (r == 0)
+                r = kfd_store_append_audit(s, c->audits[i], seq, err);
+            if (r != 0)
+                return r;
+        }
+        return 0;
+    }
+    case KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY:
+        if ((r = apply_put_policy(s, cmd->put_policy, err)) != 0)
+            return r;
+        return kfd_store_append_audit(s, cmd->put_policy->audit, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE: {
+        const Keyfleet__V1__CmdRevokeNode *c = cmd->revoke_node;
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_REVOKE);
+        kfd_bind_text(st, 1, c->node);
+        sqlite3_bind_int64(st, 2, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
+        kfd_bind_text(st, 3, c->audit != NULL ? c->audit->reason : "");
+        if ((r = step_done(s, st, "revoking the node", err)) != 0)
+            return r;
+        return kfd_store_append_audit(s, c->audit, seq, err);
+    }
+    case KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT:
+        return kfd_store_append_audit(s, cmd->append_audit->audit, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE:
+        return kfd_store_append_audit(s, cmd->kms_rotate->audit, seq, err);
+    default:
+        return kf_err_set(err, -ENOSYS, "state command %d is not supported by this version", (int)cmd->cmd_case);
+    }
+}
+
+int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_apply_result *ret, kf_err *err)
+{
+    if (s->failed)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    int r = step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", err);
+    if (r != 0)
+        return r;
+    s->tx_head_seq = s->head_seq;
+    memcpy(s->tx_head_hash, s->head_hash, KFD_HASH_LEN);
+    uint64_t seq = 0;
+    r = apply_one(s, cmd, &seq, err);
+    if (r == 0)
+        r = step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", err);
+    if (r != 0) {
+        /* A failed COMMIT may already have rolled back; ROLLBACK's own error is moot then. */
+        sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
+        sqlite3_reset(s->st[ST_ROLLBACK]);
+        return r;
+    }
+    s->head_seq = s->tx_head_seq;
+    memcpy(s->head_hash, s->tx_head_hash, KFD_HASH_LEN);
+    if (ret != NULL)
+        ret->audit_seq = seq;
+    return 0;
+}

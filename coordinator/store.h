@@ -1,0 +1,101 @@
+/* The coordinator's state: one sqlite database (WAL, synchronous=FULL) in the state directory.
+ *
+ * Every change goes through kfd_store_apply(), which applies one state command (state.proto)
+ * in one transaction, appending its audit records to the hash chain. Nothing else writes.
+ * Replication feeds committed commands into the same function.
+ *
+ * Faults (disk full, read-only, corrupt) put the store in a failed state: every later apply and
+ * read answers -EIO, so callers fail closed. A restart after the fault is cleared recovers. */
+#ifndef KFD_STORE_H
+#define KFD_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "keyfleet/v1/admin.pb-c.h"
+#include "keyfleet/v1/state.pb-c.h"
+#include "kf_err.h"
+
+typedef struct kfd_store kfd_store;
+
+#define KFD_HASH_LEN 32
+
+/* Opens (creating if needed) path and migrates it to the current schema. On failure the store
+ * is still returned, in the failed state, so the server can answer unavailable. */
+int kfd_store_open(const char *path, kfd_store **ret, kf_err *err);
+void kfd_store_close(kfd_store *s);
+
+bool kfd_store_failed(const kfd_store *s);
+const char *kfd_store_failure(const kfd_store *s);
+
+typedef struct kfd_apply_result {
+    uint64_t audit_seq; /* seq of the last audit record the command appended, 0 if none */
+} kfd_apply_result;
+
+/* Applies cmd in one durable transaction. Returns 0, a negative errno for a command that is
+ * invalid against the current state (-ENOENT, -EEXIST, -EINVAL: nothing changed), or -EIO
+ * when the store failed (nothing changed; the store is now failed). */
+int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_apply_result *ret, kf_err *err);
+
+/* --- reads --- */
+
+typedef struct kfd_volume {
+    char id[129];
+    int kind;
+    char name[256];
+    char node[64];      /* the node that enrolled it */
+    char *labels_json;  /* {"k":"v",...}; free with kfd_volume_clear */
+    char *wrapped_key;  /* escrow copy */
+    char enroll_request_id[65];
+} kfd_volume;
+
+void kfd_volume_clear(kfd_volume *v);
+/* Returns 0, -ENOENT, or -EIO. */
+int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret);
+int kfd_store_count_volumes(kfd_store *s, uint64_t *ret);
+
+/* Returns 0 and sets *ret_revoked, or -EIO. */
+int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked);
+
+typedef enum {
+    KFD_PENDING_WAITING = 0,
+    KFD_PENDING_APPROVED,
+    KFD_PENDING_DENIED,
+    KFD_PENDING_EXPIRED,
+} kfd_pending_state;
+
+typedef struct kfd_pending {
+    char request_id[65];
+    char node[64];
+    char volume_id[129];
+    char source[64];
+    int64_t created_at, expires_at;
+    uint32_t approvals_needed, approvals_have;
+    kfd_pending_state state;
+    char rule[64];
+} kfd_pending;
+
+int kfd_store_get_pending(kfd_store *s, const char *request_id, kfd_pending *ret);
+/* True if operator already approved request_id. */
+int kfd_store_has_approved(kfd_store *s, const char *request_id, const char *op, bool *ret);
+/* True if operator already used TOTP step. */
+int kfd_store_totp_used(kfd_store *s, const char *op, int64_t step, bool *ret);
+/* Waiting requests, oldest first; appended to resp (caller frees with kfd_store_free_pending_list). */
+int kfd_store_list_pending(kfd_store *s, Keyfleet__V1__ListPendingResponse *resp);
+void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
+/* Request ids of waiting requests whose expires_at <= now (at most max). */
+int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t max, size_t *ret_n);
+
+/* The current policy (NULL yaml and version 0 when none was ever put). yaml is malloc'ed. */
+int kfd_store_get_policy(kfd_store *s, char **ret_yaml, uint64_t *ret_version);
+
+/* Audit queries: records matching the filter, in seq order. */
+int kfd_store_query_audit(kfd_store *s, const Keyfleet__V1__QueryAuditRequest *q, Keyfleet__V1__QueryAuditResponse *resp);
+void kfd_store_free_audit_list(Keyfleet__V1__QueryAuditResponse *resp);
+/* Recomputes the chain from the first record. */
+int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp, char *problem, size_t problem_size);
+
+/* The canonical bytes an audit record's hash covers (store_audit.c); exposed for tests/docs. */
+size_t kfd_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size);
+
+#endif

@@ -1,0 +1,64 @@
+/* Shared between store.c (open, apply), store_read.c and store_audit.c. Not for other files. */
+#ifndef KFD_STORE_INTERNAL_H
+#define KFD_STORE_INTERNAL_H
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+enum {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_VOLUME_INSERT,
+    ST_VOLUME_GET,
+    ST_VOLUME_COUNT,
+    ST_VOLUME_RELEASED,
+    ST_NODE_REVOKE,
+    ST_NODE_GET,
+    ST_PENDING_INSERT,
+    ST_PENDING_GET,
+    ST_PENDING_SET_STATE,
+    ST_PENDING_ADD_APPROVAL,
+    ST_PENDING_LIST,
+    ST_PENDING_EXPIRED,
+    ST_APPROVAL_INSERT,
+    ST_APPROVAL_GET,
+    ST_APPROVALS_OF,
+    ST_TOTP_INSERT,
+    ST_TOTP_GET,
+    ST_POLICY_INSERT,
+    ST_POLICY_LATEST,
+    ST_AUDIT_INSERT,
+    ST_AUDIT_HEAD,
+    ST_AUDIT_ALL,
+    ST_COUNT
+};
+
+struct kfd_store {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+    bool failed;
+    char failure[256];
+    /* The audit chain's head: committed, and tentative inside a transaction. */
+    uint64_t head_seq, tx_head_seq;
+    uint8_t head_hash[KFD_HASH_LEN], tx_head_hash[KFD_HASH_LEN];
+};
+
+/* Marks the store failed on a fault-class sqlite error; returns -EIO for faults, or the errno
+ * that matches a constraint violation. */
+int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err);
+/* Resets and clears bindings of a statement. */
+sqlite3_stmt *kfd_store_stmt(kfd_store *s, int which);
+
+/* Appends one audit record inside the current transaction (store_audit.c). */
+int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err);
+/* Loads the committed chain head at open. */
+int kfd_store_load_audit_head(kfd_store *s, kf_err *err);
+
+static inline void kfd_bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    sqlite3_bind_text(st, i, v != NULL ? v : "", -1, SQLITE_STATIC);
+}
+
+#endif

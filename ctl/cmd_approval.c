@@ -1,0 +1,125 @@
+/* keyfleetctl pending | approve ID [--totp CODE] [--comment TEXT] | deny ID [--reason TEXT] */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "ctl.h"
+#include "keyfleet/v1/admin.pb-c.h"
+
+static void fmt_time(int64_t t, char *buf, size_t size)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 1) {
+        fprintf(stderr, "usage: keyfleetctl pending\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    kf_rpc_client *c = kfctl_client(ctl);
+    if (c == NULL)
+        return 1;
+    Keyfleet__V1__ListPendingRequest req = KEYFLEET__V1__LIST_PENDING_REQUEST__INIT;
+    ProtobufCMessage *m = NULL;
+    int rc = 1;
+    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/ListPending", &req.base,
+                   &keyfleet__v1__list_pending_response__descriptor, &m) == 0) {
+        Keyfleet__V1__ListPendingResponse *resp = (Keyfleet__V1__ListPendingResponse *)m;
+        printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s\n", "REQUEST", "NODE", "VOLUME", "APPROVALS", "EXPIRES", "RULE");
+        for (size_t i = 0; i < resp->n_requests; i++) {
+            Keyfleet__V1__PendingRequest *p = resp->requests[i];
+            char exp[32] = "-";
+            if (p->expires_at != NULL)
+                fmt_time(p->expires_at->seconds, exp, sizeof(exp));
+            char appr[16];
+            snprintf(appr, sizeof(appr), "%zu/%u", p->n_approved_by, p->approvals_needed);
+            printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s\n", p->request_id, p->node,
+                   p->volume != NULL ? p->volume->id : "", appr, exp, p->rule);
+        }
+        protobuf_c_message_free_unpacked(m, NULL);
+        rc = 0;
+    }
+    kf_rpc_client_free(c);
+    return rc;
+}
+
+int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv)
+{
+    const char *totp = "", *comment = "";
+    static const struct option opts[] = {{"totp", required_argument, NULL, 't'},
+                                         {"comment", required_argument, NULL, 'c'},
+                                         {NULL, 0, NULL, 0}};
+    int o;
+    optind = 0;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (o == 't')
+            totp = optarg;
+        else if (o == 'c')
+            comment = optarg;
+        else
+            return KFCTL_EXIT_USAGE;
+    }
+    if (optind + 1 != argc) {
+        fprintf(stderr, "usage: keyfleetctl approve REQUEST_ID [--totp CODE] [--comment TEXT]\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    kf_rpc_client *c = kfctl_client(ctl);
+    if (c == NULL)
+        return 1;
+    Keyfleet__V1__ApproveRequest req = KEYFLEET__V1__APPROVE_REQUEST__INIT;
+    req.request_id = argv[optind];
+    req.totp_code = (char *)totp;
+    req.comment = (char *)comment;
+    ProtobufCMessage *m = NULL;
+    int rc = 1;
+    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/Approve", &req.base, &keyfleet__v1__approve_response__descriptor,
+                   &m) == 0) {
+        Keyfleet__V1__ApproveResponse *resp = (Keyfleet__V1__ApproveResponse *)m;
+        printf("%s: %u of %u approvals%s\n", req.request_id, resp->approvals_have, resp->approvals_needed,
+               resp->approved ? "; approved, the node's next poll gets the key" : "");
+        protobuf_c_message_free_unpacked(m, NULL);
+        rc = 0;
+    }
+    kf_rpc_client_free(c);
+    return rc;
+}
+
+int kfctl_cmd_deny(kfctl *ctl, int argc, char **argv)
+{
+    const char *reason = "";
+    static const struct option opts[] = {{"reason", required_argument, NULL, 'r'}, {NULL, 0, NULL, 0}};
+    int o;
+    optind = 0;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (o == 'r')
+            reason = optarg;
+        else
+            return KFCTL_EXIT_USAGE;
+    }
+    if (optind + 1 != argc) {
+        fprintf(stderr, "usage: keyfleetctl deny REQUEST_ID [--reason TEXT]\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    kf_rpc_client *c = kfctl_client(ctl);
+    if (c == NULL)
+        return 1;
+    Keyfleet__V1__DenyRequest req = KEYFLEET__V1__DENY_REQUEST__INIT;
+    req.request_id = argv[optind];
+    req.reason = (char *)reason;
+    ProtobufCMessage *m = NULL;
+    int rc = 1;
+    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/Deny", &req.base, &keyfleet__v1__deny_response__descriptor,
+                   &m) == 0) {
+        printf("%s: denied\n", req.request_id);
+        protobuf_c_message_free_unpacked(m, NULL);
+        rc = 0;
+    }
+    kf_rpc_client_free(c);
+    return rc;
+}

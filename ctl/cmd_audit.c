@@ -1,0 +1,211 @@
+/* keyfleetctl audit [filters] [--json] | audit verify */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "ctl.h"
+#include "keyfleet/v1/admin.pb-c.h"
+
+static const char *decision_name(Keyfleet__V1__Decision d)
+{
+    switch (d) {
+    case KEYFLEET__V1__DECISION__DECISION_ALLOW:
+        return "allow";
+    case KEYFLEET__V1__DECISION__DECISION_DENY:
+        return "deny";
+    case KEYFLEET__V1__DECISION__DECISION_PENDING:
+        return "pending";
+    case KEYFLEET__V1__DECISION__DECISION_ERROR:
+        return "error";
+    default:
+        return "-";
+    }
+}
+
+static int parse_decision(const char *s, Keyfleet__V1__Decision *ret)
+{
+    static const Keyfleet__V1__Decision all[] = {
+        KEYFLEET__V1__DECISION__DECISION_ALLOW, KEYFLEET__V1__DECISION__DECISION_DENY,
+        KEYFLEET__V1__DECISION__DECISION_PENDING, KEYFLEET__V1__DECISION__DECISION_ERROR};
+    for (size_t i = 0; i < 4; i++)
+        if (strcmp(s, decision_name(all[i])) == 0) {
+            *ret = all[i];
+            return 0;
+        }
+    return -1;
+}
+
+/* Unix seconds, an ISO time "YYYY-MM-DDTHH:MM:SSZ", or a duration ago ("15m", "2h"). */
+static int parse_when(const char *s, int64_t *ret)
+{
+    struct tm tm = {0};
+    const char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (end != NULL && *end == '\0') {
+        *ret = (int64_t)timegm(&tm);
+        return 0;
+    }
+    uint64_t ms;
+    size_t n = strlen(s);
+    if (n > 1 && (s[n - 1] == 's' || s[n - 1] == 'm' || s[n - 1] == 'h') && kf_parse_duration_ms(s, &ms) == 0) {
+        *ret = (int64_t)time(NULL) - (int64_t)(ms / 1000);
+        return 0;
+    }
+    char *e;
+    long long v = strtoll(s, &e, 10);
+    if (*s != '\0' && *e == '\0' && v >= 0) {
+        *ret = v;
+        return 0;
+    }
+    return -1;
+}
+
+static void hex(const ProtobufCBinaryData *b, char *out, size_t size)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < b->len && 2 * i + 2 < size; i++)
+        snprintf(out + 2 * i, 3, "%02x", b->data[i]);
+}
+
+static void print_record(const Keyfleet__V1__AuditRecord *r, int json)
+{
+    char when[32] = "-", h[80];
+    time_t t = r->time != NULL ? (time_t)r->time->seconds : 0;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    const char *actor = r->actor != NULL ? r->actor->name : "";
+    if (json) {
+        hex(&r->hash, h, sizeof(h));
+        json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "seq", (json_int_t)r->seq,
+                              "time", when, "action", r->action, "actor", actor, "node", r->node, "volume",
+                              r->volume_id, "request_id", r->request_id, "decision", decision_name(r->decision),
+                              "reason", r->reason, "source", r->source_address, "hash", h);
+        char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (s != NULL)
+            printf("%s\n", s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("%-6llu %-20s %-12s %-8s %-14s %-14s %-30.30s %s\n", (unsigned long long)r->seq, when, r->action,
+               decision_name(r->decision), actor, r->node, r->volume_id, r->reason);
+    }
+}
+
+static int cmd_verify(kfctl *ctl, kf_rpc_client *c)
+{
+    Keyfleet__V1__VerifyAuditRequest req = KEYFLEET__V1__VERIFY_AUDIT_REQUEST__INIT;
+    ProtobufCMessage *m = NULL;
+    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/VerifyAudit", &req.base,
+                   &keyfleet__v1__verify_audit_response__descriptor, &m) != 0)
+        return 1;
+    Keyfleet__V1__VerifyAuditResponse *resp = (Keyfleet__V1__VerifyAuditResponse *)m;
+    int rc = resp->ok ? 0 : 1;
+    if (resp->ok)
+        printf("audit chain ok: %llu records verified\n", (unsigned long long)resp->records);
+    else
+        printf("audit chain BROKEN at record %llu: %s\n", (unsigned long long)resp->first_bad_seq, resp->problem);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return rc;
+}
+
+int kfctl_cmd_audit(kfctl *ctl, int argc, char **argv)
+{
+    Keyfleet__V1__QueryAuditRequest req = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
+    Keyfleet__V1__Timestamp since = KEYFLEET__V1__TIMESTAMP__INIT, until = KEYFLEET__V1__TIMESTAMP__INIT;
+    int json = 0;
+    static const struct option opts[] = {{"node", required_argument, NULL, 'n'},
+                                         {"volume", required_argument, NULL, 'v'},
+                                         {"action", required_argument, NULL, 'a'},
+                                         {"decision", required_argument, NULL, 'd'},
+                                         {"since", required_argument, NULL, 's'},
+                                         {"until", required_argument, NULL, 'u'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {NULL, 0, NULL, 0}};
+    int o;
+    optind = 0;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'n':
+            req.node = optarg;
+            break;
+        case 'v':
+            req.volume_id = optarg;
+            break;
+        case 'a':
+            req.action = optarg;
+            break;
+        case 'd':
+            if (parse_decision(optarg, &req.decision) != 0) {
+                fprintf(stderr, "keyfleetctl: --decision is allow, deny, pending or error\n");
+                return KFCTL_EXIT_USAGE;
+            }
+            break;
+        case 's':
+        case 'u': {
+            int64_t t;
+            if (parse_when(optarg, &t) != 0) {
+                fprintf(stderr, "keyfleetctl: --%s takes YYYY-MM-DDTHH:MM:SSZ, Unix seconds or a duration ago (15m)\n",
+                        o == 's' ? "since" : "until");
+                return KFCTL_EXIT_USAGE;
+            }
+            if (o == 's') {
+                since.seconds = t;
+                req.since = &since;
+                req.since_present_case = KEYFLEET__V1__QUERY_AUDIT_REQUEST__SINCE_PRESENT_SINCE;
+            } else {
+                until.seconds = t;
+                req.until = &until;
+                req.until_present_case = KEYFLEET__V1__QUERY_AUDIT_REQUEST__UNTIL_PRESENT_UNTIL;
+            }
+            break;
+        }
+        case 'j':
+            json = 1;
+            break;
+        default:
+            return KFCTL_EXIT_USAGE;
+        }
+    }
+    int verify = optind < argc && strcmp(argv[optind], "verify") == 0;
+    if (optind + verify != argc) {
+        fprintf(stderr, "usage: keyfleetctl audit [--node N] [--volume ID] [--action A] [--decision D]\n"
+                        "                         [--since T] [--until T] [--json]\n"
+                        "       keyfleetctl audit verify\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    kf_rpc_client *c = kfctl_client(ctl);
+    if (c == NULL)
+        return 1;
+    int rc = 0;
+    if (verify) {
+        rc = cmd_verify(ctl, c);
+        kf_rpc_client_free(c);
+        return rc;
+    }
+    if (!json)
+        printf("%-6s %-20s %-12s %-8s %-14s %-14s %-30s %s\n", "SEQ", "TIME", "ACTION", "DECISION", "ACTOR", "NODE",
+               "VOLUME", "REASON");
+    for (;;) {
+        ProtobufCMessage *m = NULL;
+        if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/QueryAudit", &req.base,
+                       &keyfleet__v1__query_audit_response__descriptor, &m) != 0) {
+            rc = 1;
+            break;
+        }
+        Keyfleet__V1__QueryAuditResponse *resp = (Keyfleet__V1__QueryAuditResponse *)m;
+        for (size_t i = 0; i < resp->n_records; i++)
+            print_record(resp->records[i], json);
+        int more = resp->more && resp->n_records > 0;
+        if (more)
+            req.after_seq = resp->records[resp->n_records - 1]->seq;
+        protobuf_c_message_free_unpacked(m, NULL);
+        if (!more)
+            break;
+    }
+    kf_rpc_client_free(c);
+    return rc;
+}

@@ -1,0 +1,148 @@
+/* keyfleetctl policy get|put FILE|check NODE VOLUME [--source IP], node revoke NAME, kms rotate */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "keyfleet/v1/admin.pb-c.h"
+
+#define POLICY_MAX (60 * 1024)
+
+static int call_and_free(kfctl *ctl, const char *method, const ProtobufCMessage *req,
+                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **ret)
+{
+    kf_rpc_client *c = kfctl_client(ctl);
+    if (c == NULL)
+        return -1;
+    int r = kfctl_call(ctl, c, method, req, desc, ret);
+    kf_rpc_client_free(c);
+    return r;
+}
+
+static char *read_file(const char *path, size_t *ret_len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "keyfleetctl: %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(POLICY_MAX + 1);
+    size_t n = buf != NULL ? fread(buf, 1, POLICY_MAX + 1, f) : 0;
+    if (f != stdin)
+        fclose(f);
+    if (buf == NULL || n > POLICY_MAX) {
+        fprintf(stderr, "keyfleetctl: %s: larger than %d bytes\n", path, POLICY_MAX);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (memchr(buf, '\0', n) != NULL) {
+        fprintf(stderr, "keyfleetctl: %s: not a text file\n", path);
+        free(buf);
+        return NULL;
+    }
+    *ret_len = n;
+    return buf;
+}
+
+int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    ProtobufCMessage *m = NULL;
+    if (strcmp(sub, "get") == 0 && argc == 2) {
+        Keyfleet__V1__GetPolicyRequest req = KEYFLEET__V1__GET_POLICY_REQUEST__INIT;
+        if (call_and_free(ctl, "keyfleet.v1.AdminService/GetPolicy", &req.base,
+                          &keyfleet__v1__get_policy_response__descriptor, &m) != 0)
+            return 1;
+        Keyfleet__V1__GetPolicyResponse *resp = (Keyfleet__V1__GetPolicyResponse *)m;
+        printf("# policy version %llu\n%s", (unsigned long long)resp->version, resp->yaml);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return 0;
+    }
+    if (strcmp(sub, "put") == 0 && argc == 3) {
+        size_t len;
+        char *yaml = read_file(argv[2], &len);
+        if (yaml == NULL)
+            return 1;
+        Keyfleet__V1__PutPolicyRequest req = KEYFLEET__V1__PUT_POLICY_REQUEST__INIT;
+        req.yaml = yaml;
+        int r = call_and_free(ctl, "keyfleet.v1.AdminService/PutPolicy", &req.base,
+                              &keyfleet__v1__put_policy_response__descriptor, &m);
+        free(yaml);
+        if (r != 0)
+            return 1;
+        printf("policy version %llu is in force\n",
+               (unsigned long long)((Keyfleet__V1__PutPolicyResponse *)m)->version);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return 0;
+    }
+    if (strcmp(sub, "check") == 0) {
+        const char *source = "";
+        static const struct option opts[] = {{"source", required_argument, NULL, 's'}, {NULL, 0, NULL, 0}};
+        int o;
+        argc--;
+        argv++;
+        optind = 0;
+        while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+            if (o != 's')
+                return KFCTL_EXIT_USAGE;
+            source = optarg;
+        }
+        if (optind + 2 == argc) {
+            Keyfleet__V1__CheckPolicyRequest req = KEYFLEET__V1__CHECK_POLICY_REQUEST__INIT;
+            req.node = argv[optind];
+            req.volume_id = argv[optind + 1];
+            req.source_address = (char *)source;
+            if (call_and_free(ctl, "keyfleet.v1.AdminService/CheckPolicy", &req.base,
+                              &keyfleet__v1__check_policy_response__descriptor, &m) != 0)
+                return 1;
+            Keyfleet__V1__CheckPolicyResponse *resp = (Keyfleet__V1__CheckPolicyResponse *)m;
+            const char *d = resp->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW     ? "allow"
+                            : resp->decision == KEYFLEET__V1__DECISION__DECISION_PENDING ? "allow after approval"
+                                                                                          : "deny";
+            printf("decision: %s\nrule: %s\nwhy: %s\napprovals needed: %u\noffline TPM fallback: %s\n", d, resp->rule,
+                   resp->explanation, resp->approvals_needed, resp->offline_fallback_allowed ? "allowed" : "no");
+            protobuf_c_message_free_unpacked(m, NULL);
+            return 0;
+        }
+    }
+    fprintf(stderr, "usage: keyfleetctl policy get | put FILE | check NODE VOLUME_ID [--source IP]\n");
+    return KFCTL_EXIT_USAGE;
+}
+
+int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)
+{
+    if (argc < 3 || argc > 4 || strcmp(argv[1], "revoke") != 0) {
+        fprintf(stderr, "usage: keyfleetctl node revoke NAME [REASON]\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    Keyfleet__V1__RevokeNodeRequest req = KEYFLEET__V1__REVOKE_NODE_REQUEST__INIT;
+    req.node = argv[2];
+    req.reason = argc == 4 ? argv[3] : (char *)"";
+    ProtobufCMessage *m = NULL;
+    if (call_and_free(ctl, "keyfleet.v1.AdminService/RevokeNode", &req.base,
+                      &keyfleet__v1__revoke_node_response__descriptor, &m) != 0)
+        return 1;
+    protobuf_c_message_free_unpacked(m, NULL);
+    printf("node %s revoked: it gets no more keys\n", req.node);
+    return 0;
+}
+
+int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv)
+{
+    if (argc != 2 || strcmp(argv[1], "rotate") != 0) {
+        fprintf(stderr, "usage: keyfleetctl kms rotate\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    Keyfleet__V1__RotateKmsRequest req = KEYFLEET__V1__ROTATE_KMS_REQUEST__INIT;
+    ProtobufCMessage *m = NULL;
+    if (call_and_free(ctl, "keyfleet.v1.AdminService/RotateKms", &req.base,
+                      &keyfleet__v1__rotate_kms_response__descriptor, &m) != 0)
+        return 1;
+    Keyfleet__V1__RotateKmsResponse *resp = (Keyfleet__V1__RotateKmsResponse *)m;
+    printf("%s KMS now wraps with key version %u; older versions still unwrap\n", resp->backend, resp->new_version);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
+}
