@@ -68,7 +68,12 @@ void kfd_app_close(kfd_app *app)
     if (app->kms != NULL)
         app->kms->ops->destroy(app->kms);
     kfd_store_close(app->store);
-    memset(app, 0, sizeof(*app));
+    /* Not memset: the timer handle stays queued in the loop until its close callback runs. */
+    app->webhook = NULL;
+    app->ratelimit = NULL;
+    app->policy = NULL;
+    app->kms = NULL;
+    app->store = NULL;
 }
 
 bool kfd_app_ready(const kfd_app *app, const char **ret_why)

@@ -33,7 +33,8 @@ check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d" "command fa
 # expect_eq DESC ACTUAL EXPECTED
 expect_eq() { if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "got '$2', want '$3'"; fi; }
 # expect_match DESC TEXT REGEX
-expect_match() { if printf '%s' "$2" | grep -Eq -- "$3"; then ok "$1"; else not_ok "$1" "'$2' does not match /$3/"; fi; }
+# (TEXT is matched as one line: newlines become spaces.)
+expect_match() { if printf '%s' "$2" | tr '\n' ' ' | grep -Eq -- "$3"; then ok "$1"; else not_ok "$1" "'$2' does not match /$3/"; fi; }
 
 finish() {
     echo "$PASSED passed, $FAILED failed"
@@ -116,3 +117,24 @@ check_sanitizers() {
         ok "no sanitizer reports"
     fi
 }
+
+NODE_CLIENT=$BUILD/tests/node_client
+
+# ctl DIR ARGS...: keyfleetctl as DIR's operator against the running keyfleetd.
+ctl() { local dir=$1; shift; "$CTL" -c "$dir/keyfleetctl.yaml" --server "127.0.0.1:$PORT" "$@"; }
+# ctl_as DIR OPERATOR ARGS...: keyfleetctl with another operator certificate from DIR.
+ctl_as() {
+    local dir=$1 who=$2
+    shift 2
+    "$CTL" -c "$dir/keyfleetctl.yaml" --server "127.0.0.1:$PORT" --cert "$dir/$who.crt" --key "$dir/$who.key" "$@"
+}
+# node DIR NAME ARGS...: node_client with DIR/NAME.{crt,key}; prints its one line.
+node() {
+    local dir=$1 who=$2
+    shift 2
+    "$NODE_CLIENT" "127.0.0.1:$PORT" "$dir/$who.crt" "$dir/$who.key" "$dir/ca.crt" "$@"
+}
+# field KEY LINE: the value of KEY=VALUE in a node_client line.
+field() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
+# put_policy DIR: the policy on stdin becomes the coordinator's policy.
+put_policy() { cat >"$1/policy.yaml" && ctl "$1" policy put "$1/policy.yaml" >/dev/null; }
