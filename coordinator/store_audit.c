@@ -312,7 +312,7 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
         if (bad != NULL) {
             resp->ok = false;
             resp->first_bad_seq = r->seq;
-            snprintf(problem, problem_size, "record %llu: %s", (unsigned long long)r->seq, bad);
+            snprintf(problem, problem_size, "%s", bad);
             free_record(r);
             rc = SQLITE_DONE;
             break;
@@ -328,7 +328,7 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
     if (resp->ok && n < s->head_seq) {
         resp->ok = false;
         resp->first_bad_seq = n + 1;
-        snprintf(problem, problem_size, "record %llu: the log ends early (head is %llu)", (unsigned long long)(n + 1),
+        snprintf(problem, problem_size, "the log ends early (the last committed record is %llu)",
                  (unsigned long long)s->head_seq);
     }
     resp->records = n;
