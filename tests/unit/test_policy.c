@@ -1,0 +1,159 @@
+/* Policy: validation errors name policy:line:column; evaluation is first match, deny by default. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "policy.h"
+
+static kfd_policy *parse_ok(const char *yaml)
+{
+    kfd_policy *p = NULL;
+    kf_err err = {0};
+    int r = kfd_policy_parse("policy", yaml, strlen(yaml), &p, &err);
+    if (r != 0)
+        fail_msg("policy did not parse: %s", err.msg);
+    return p;
+}
+
+static void parse_bad(const char *yaml, const char *want)
+{
+    kfd_policy *p = NULL;
+    kf_err err = {0};
+    assert_int_equal(kfd_policy_parse("policy", yaml, strlen(yaml), &p, &err), -EINVAL);
+    assert_null(p);
+    if (strstr(err.msg, want) == NULL)
+        fail_msg("error '%s' does not contain '%s'", err.msg, want);
+}
+
+static const char POLICY[] = "groups:\n"
+                             "  db: [\"db-*\", pg-1]\n"
+                             "rules:\n"
+                             "  - name: stolen-disks\n"
+                             "    match: {volumes: {ids: [vol-stolen]}}\n"
+                             "    effect: deny\n"
+                             "  - name: prod-db\n"
+                             "    match:\n"
+                             "      volumes: {names: [\"tank/db*\"], labels: {env: prod}}\n"
+                             "      nodes: {groups: [db], cidrs: [10.1.0.0/16, \"fd00::/8\"]}\n"
+                             "    effect: allow\n"
+                             "    approval: {approvers: 2, auto_approve: {from: \"22:00\", to: \"02:00\"}}\n"
+                             "    rate_limit: {per_minute: 10}\n"
+                             "  - name: web\n"
+                             "    match: {nodes: {names: [\"web-*\"]}}\n"
+                             "    effect: allow\n"
+                             "    offline_fallback: true\n";
+
+static kfd_policy_decision eval(const kfd_policy *p, const char *node, const char *source, const char *vol,
+                                const char *name, const char *env, int64_t now)
+{
+    kfd_label labels[1] = {{"env", env}};
+    kfd_policy_input in = {.node = node, .source = source, .volume_id = vol, .volume_name = name,
+                           .labels = labels, .n_labels = env != NULL ? 1 : 0, .now = now};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(p, &in, &d);
+    return d;
+}
+
+#define NOON 1795435200 /* 2026-11-23T12:00:00Z */
+
+static void test_first_match_and_default_deny(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok(POLICY);
+    assert_int_equal(kfd_policy_rule_count(p), 3);
+
+    kfd_policy_decision d = eval(p, "db-1", "10.1.2.3", "vol-9", "tank/db1", "prod", NOON);
+    assert_true(d.allow);
+    assert_string_equal(d.rule, "prod-db");
+    assert_int_equal(d.approvals, 2);
+    assert_false(d.auto_approved);
+    assert_int_equal(d.rate_per_minute, 10);
+    assert_int_equal(d.rate_burst, 10);
+    assert_int_equal(d.pending_ttl_s, 15 * 60);
+    assert_non_null(strstr(d.explanation, "node in group 'db'"));
+
+    /* The deny rule comes first, whatever else matches. */
+    d = eval(p, "db-1", "10.1.2.3", "vol-stolen", "tank/db1", "prod", NOON);
+    assert_false(d.allow);
+    assert_string_equal(d.rule, "stolen-disks");
+
+    /* Each selector must hold: wrong label, network, name or group falls through to default deny. */
+    assert_false(eval(p, "db-1", "10.1.2.3", "v", "tank/db1", "dev", NOON).allow);
+    assert_false(eval(p, "db-1", "10.2.0.1", "v", "tank/db1", "prod", NOON).allow);
+    assert_false(eval(p, "db-1", "", "v", "tank/db1", "prod", NOON).allow);
+    assert_false(eval(p, "db-1", "10.1.2.3", "v", "tank/web", "prod", NOON).allow);
+    d = eval(p, "app-1", "10.1.2.3", "v", "tank/db1", "prod", NOON);
+    assert_false(d.allow);
+    assert_string_equal(d.rule, "default-deny");
+    assert_true(eval(p, "pg-1", "fd00::1", "v", "tank/db1", "prod", NOON).allow);
+
+    d = eval(p, "web-7", NULL, "v", "", NULL, NOON);
+    assert_true(d.allow);
+    assert_true(d.offline_fallback);
+    assert_int_equal(d.approvals, 0);
+    kfd_policy_free(p);
+}
+
+static void test_auto_approve_window(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok(POLICY);
+    /* 23:30 and 01:59 are inside 22:00-02:00 (across midnight); 02:00 is not. */
+    kfd_policy_decision d = eval(p, "db-1", "10.1.2.3", "v", "tank/db1", "prod", NOON + 11 * 3600 + 1800);
+    assert_true(d.auto_approved);
+    assert_int_equal(d.approvals, 0);
+    assert_true(eval(p, "db-1", "10.1.2.3", "v", "tank/db1", "prod", NOON + 13 * 3600 + 59 * 60).auto_approved);
+    assert_false(eval(p, "db-1", "10.1.2.3", "v", "tank/db1", "prod", NOON + 14 * 3600).auto_approved);
+    kfd_policy_free(p);
+}
+
+static void test_empty_policy_denies(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("");
+    assert_false(eval(p, "n", NULL, "v", "", NULL, NOON).allow);
+    kfd_policy_free(p);
+    kfd_policy_decision d;
+    kfd_policy_input in = {.node = "n", .volume_id = "v"};
+    kfd_policy_evaluate(NULL, &in, &d);
+    assert_false(d.allow);
+}
+
+static void test_validation_errors(void **state)
+{
+    (void)state;
+    parse_bad("rules:\n  - name: a\n    effect: permit\n", "policy:3:13: effect must be allow or deny");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    colour: red\n", "policy:4:5: unknown key 'colour'");
+    parse_bad("rules:\n  - effect: allow\n", "policy:2:5: missing required key 'name'");
+    parse_bad("rules:\n  - {name: a, effect: allow}\n  - {name: a, effect: deny}\n", "duplicate rule name 'a'");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    match: {nodes: {groups: [nope]}}\n",
+              "policy:4:29: unknown group 'nope'");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    match: {nodes: {cidrs: [300.1.1.1/8]}}\n",
+              "is not an address/prefix");
+    parse_bad("rules:\n  - name: a\n    effect: deny\n    approval: {approvers: 1}\n",
+              "approval only makes sense with effect: allow");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    approval: {approvers: 0}\n", "expected an integer from 1 to 16");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    approval: {approvers: 1, auto_approve: {from: 25:00, to: 01:00}}\n",
+              "expected HH:MM");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    approval: {approvers: 1, timeout: 1s}\n",
+              "timeout must be from 10s to 168h");
+    parse_bad("rules: {a: b}\n", "policy:1:8: rules must be a list");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    match: {volumes: {labels: [x]}}\n", "labels must be a mapping");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_first_match_and_default_deny),
+        cmocka_unit_test(test_auto_approve_window),
+        cmocka_unit_test(test_empty_policy_denies),
+        cmocka_unit_test(test_validation_errors),
+    };
+    return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
+}

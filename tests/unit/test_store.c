@@ -1,0 +1,213 @@
+/* The store: one apply function, one transaction per command, a hash-chained audit log that
+ * names the first bad record, and fail-closed behaviour on a broken database. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "store.h"
+
+static char dir[] = "/tmp/kf-test-store-XXXXXX";
+
+static int setup(void **state)
+{
+    (void)state;
+    return mkdtemp(dir) != NULL ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static Keyfleet__V1__Timestamp now_ts = {PROTOBUF_C_MESSAGE_INIT(&keyfleet__v1__timestamp__descriptor), 1795435200, 0};
+
+static Keyfleet__V1__AuditEntry audit(const char *action, const char *node, const char *reason)
+{
+    Keyfleet__V1__AuditEntry e = KEYFLEET__V1__AUDIT_ENTRY__INIT;
+    e.time = &now_ts;
+    e.action = (char *)action;
+    e.node = (char *)node;
+    e.reason = (char *)reason;
+    e.decision = KEYFLEET__V1__DECISION__DECISION_ALLOW;
+    return e;
+}
+
+static int append(kfd_store *s, const char *action, const char *node)
+{
+    Keyfleet__V1__AuditEntry e = audit(action, node, "test");
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    kfd_apply_result res;
+    return kfd_store_apply(s, &cmd, &res, NULL);
+}
+
+static kfd_store *open_db(const char *name)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    kfd_store *s = NULL;
+    kf_err err = {0};
+    int r = kfd_store_open(path, &s, &err);
+    if (r != 0)
+        fail_msg("open: %s", err.msg);
+    return s;
+}
+
+static void verify(kfd_store *s, bool want_ok, uint64_t want_bad)
+{
+    Keyfleet__V1__VerifyAuditResponse v = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
+    char problem[256];
+    assert_int_equal(kfd_store_verify_audit(s, &v, problem, sizeof(problem)), 0);
+    if (v.ok != want_ok || (!want_ok && v.first_bad_seq != want_bad))
+        fail_msg("verify ok=%d bad=%llu (%s)", v.ok, (unsigned long long)v.first_bad_seq, problem);
+}
+
+static void test_chain_and_tamper(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("chain.db");
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(append(s, "release", "n1"), 0);
+    verify(s, true, 0);
+
+    char path[300];
+    snprintf(path, sizeof(path), "%s/chain.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE audit SET reason = 'x' WHERE seq = 3", NULL, NULL, NULL), SQLITE_OK);
+    verify(s, false, 3);
+    assert_int_equal(sqlite3_exec(db, "UPDATE audit SET reason = 'test' WHERE seq = 3", NULL, NULL, NULL), SQLITE_OK);
+    verify(s, true, 0);
+    assert_int_equal(sqlite3_exec(db, "DELETE FROM audit WHERE seq = 2", NULL, NULL, NULL), SQLITE_OK);
+    verify(s, false, 3);
+    sqlite3_close(db);
+    kfd_store_close(s);
+}
+
+static void test_commands(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("cmds.db");
+    Keyfleet__V1__VolumeRef vol = KEYFLEET__V1__VOLUME_REF__INIT;
+    vol.id = (char *)"vol-1";
+    vol.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    vol.name = (char *)"data";
+    Keyfleet__V1__AuditEntry e = audit("enroll", "n1", "");
+    e.request_id = (char *)"0123456789abcdef";
+    Keyfleet__V1__CmdEnrollVolume en = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    en.volume = &vol;
+    en.node = (char *)"n1";
+    en.wrapped_key = (char *)"kf:local:v1:xyz";
+    en.audit = &e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &en;
+    kfd_apply_result res = {0};
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(res.audit_seq, 1);
+    kf_err err = {0};
+    /* The same volume again: refused, and the failed transaction leaves no audit record. */
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, &err), -EEXIST);
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-1", &v), 0);
+    assert_string_equal(v.node, "n1");
+    assert_string_equal(v.wrapped_key, "kf:local:v1:xyz");
+    kfd_volume_clear(&v);
+    assert_int_equal(kfd_store_get_volume(s, "vol-2", &v), -ENOENT);
+
+    /* A command without its audit record changes nothing. */
+    en.audit = NULL;
+    vol.id = (char *)"vol-3";
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, &err), -EINVAL);
+    assert_int_equal(kfd_store_get_volume(s, "vol-3", &v), -ENOENT);
+    assert_int_equal(append(s, "release", "n1"), 0);
+    verify(s, true, 0);
+
+    /* Pending, approvals by distinct operators, TOTP steps used once. */
+    Keyfleet__V1__Timestamp exp = now_ts;
+    exp.seconds += 900;
+    Keyfleet__V1__AuditEntry pe = audit("pending", "n1", "");
+    Keyfleet__V1__CmdCreatePending cp = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
+    cp.request_id = (char *)"req-0000000000000001";
+    cp.node = (char *)"n1";
+    cp.volume = &vol;
+    cp.created_at = &now_ts;
+    cp.expires_at = &exp;
+    cp.approvals_needed = 2;
+    cp.rule = (char *)"r";
+    cp.audit = &pe;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
+    cmd.create_pending = &cp;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    Keyfleet__V1__AuditEntry ae = audit("approve", "n1", "");
+    Keyfleet__V1__CmdApprove ap = KEYFLEET__V1__CMD_APPROVE__INIT;
+    ap.request_id = cp.request_id;
+    ap.operator_ = (char *)"alice";
+    ap.audit = &ae;
+    ap.totp_step = 1000;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
+    cmd.approve = &ap;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, &err), -EEXIST);
+    ap.operator_ = (char *)"bob";
+    ap.totp_step = 0;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    kfd_pending p;
+    assert_int_equal(kfd_store_get_pending(s, cp.request_id, &p), 0);
+    assert_int_equal(p.state, KFD_PENDING_APPROVED);
+    assert_int_equal(p.approvals_have, 2);
+    bool used = false;
+    assert_int_equal(kfd_store_totp_used(s, "alice", 1000, &used), 0);
+    assert_true(used);
+    /* Approving an approved request: stale. */
+    ap.operator_ = (char *)"carol";
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, &err), -ESTALE);
+    verify(s, true, 0);
+    kfd_store_close(s);
+}
+
+static void test_corrupt_database_fails_closed(void **state)
+{
+    (void)state;
+    char path[300];
+    snprintf(path, sizeof(path), "%s/corrupt.db", dir);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 4096; i++)
+        fputc(i * 7 & 0xff, f);
+    fclose(f);
+    kfd_store *s = NULL;
+    kf_err err = {0};
+    assert_int_not_equal(kfd_store_open(path, &s, &err), 0);
+    assert_non_null(s);
+    assert_true(kfd_store_failed(s));
+    assert_int_equal(append(s, "release", "n1"), -EIO);
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-1", &v), -EIO);
+    bool revoked;
+    assert_int_equal(kfd_store_node_revoked(s, "n1", &revoked), -EIO);
+    kfd_store_close(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chain_and_tamper),
+        cmocka_unit_test(test_commands),
+        cmocka_unit_test(test_corrupt_database_fails_closed),
+    };
+    return cmocka_run_group_tests_name("store", tests, setup, teardown);
+}
