@@ -47,11 +47,12 @@ for i in 1 2; do
         -key "$F/operator.key" -CAfile "$F/ca.crt") >/dev/null 2>&1 &
     idle+=($!)
 done
+# Wait until both idle connections are established and past their handshake.
 for _ in $(seq 1 100); do
-    [ "$(grep -c 'event=connection_rejected' "$F/keyfleetd.log")" -gt 0 ] && break
-    kcurl "$F" operator -o /dev/null "$URL/healthz" 2>/dev/null || break
+    [ "$(ss -Htn state established "( dport = :$PORT )" | wc -l)" -ge 2 ] && break
     sleep 0.05
 done
+sleep 0.3
 check "a third connection from the same address is refused" refused --cert "$F/operator.crt" --key "$F/operator.key"
 expect_match "the refusal is logged" "$(cat "$F/keyfleetd.log")" 'event=connection_rejected source=127.0.0.1 reason=per_source_limit'
 for p in "${idle[@]}"; do kill "$p" 2>/dev/null; done
