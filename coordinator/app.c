@@ -129,6 +129,37 @@ void kfd_audit_fill(kfd_audit_buf *b, const kfd_call *call, const char *action, 
     b->entry.source_address = (char *)(call != NULL ? call->source : "");
 }
 
+static void on_auth_audit(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg, (void)res;
+    if (status != 0)
+        kf_log_warn("auth_audit_failed", "error=%s", kf_log_q(err->msg));
+}
+
+void kfd_audit_auth_failure(kfd_app *app, const kfd_call *call, const char *subject, const char *reason)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    if (app == NULL || app->store == NULL || kfd_store_failed(app->store) ||
+        kfd_ratelimit_take(app->ratelimit, " auth-failures", 600, 50, now) != 0)
+        return;
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "auth_fail", KEYFLEET__V1__DECISION__DECISION_DENY, subject, "", "", reason);
+    if (call == NULL) {
+        /* Refused during the TLS handshake: there is no verified actor, only what it presented. */
+        a.actor.kind = KEYFLEET__V1__PRINCIPAL_KIND__PRINCIPAL_KIND_UNSPECIFIED;
+        a.actor.name = (char *)subject;
+        a.actor.auth = (char *)"tls";
+    }
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    kfd_commit(app, &cmd, on_auth_audit, NULL);
+}
+
 void kfd_new_request_id(char out[33])
 {
     uint8_t raw[16];

@@ -72,6 +72,11 @@ void kfd_rpc_check_policy(kfd_call *call);
 void kfd_rpc_revoke_node(kfd_call *call);
 void kfd_rpc_rotate_kms(kfd_call *call);
 
+/* Audits an authentication failure (no identity, wrong caller kind, rejected certificate).
+ * Capped at 10 records a second (burst 50) so a flood cannot fill the disk; the rest are
+ * counted in metrics and logged. call may be NULL (TLS-level failures). */
+void kfd_audit_auth_failure(kfd_app *app, const kfd_call *call, const char *subject, const char *reason);
+
 /* Expires waiting requests past their deadline (called by a 1 s timer). */
 void kfd_approvals_expire(kfd_app *app);
 

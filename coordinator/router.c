@@ -204,11 +204,15 @@ int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
     if (r != 0) {
         call->peer = NULL;
         srv->metrics.auth_failures++;
+        kfd_audit_auth_failure(srv->app, call, "", "no verified keyfleet identity");
         kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, "a client certificate from the fleet CA is required");
         return 0;
     }
     if (!caller_allowed(m, call->peer)) {
         srv->metrics.auth_failures++;
+        char reason[160];
+        snprintf(reason, sizeof(reason), "%s may not call %s", kf_peer_kind_name(call->peer->kind), m->path + 1);
+        kfd_audit_auth_failure(srv->app, call, call->peer->name, reason);
         kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s callers may not call this method",
                        kf_peer_kind_name(call->peer->kind));
         return 0;

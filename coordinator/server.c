@@ -11,6 +11,7 @@
 #include <h2o/socket/uv-binding.h>
 #include <openssl/err.h>
 
+#include "app.h"
 #include "kf_log.h"
 #include "kf_tls.h"
 
@@ -169,8 +170,17 @@ static int on_verify(int preverify_ok, X509_STORE_CTX *store)
     if (!preverify_ok && the_server != NULL) {
         the_server->metrics.auth_failures++;
         int e = X509_STORE_CTX_get_error(store);
-        kf_log_warn("tls_client_rejected", "reason=%s depth=%d", kf_log_q(X509_verify_cert_error_string(e)),
-                    X509_STORE_CTX_get_error_depth(store));
+        const char *why = X509_verify_cert_error_string(e);
+        /* The subject is what the client claimed, unverified: recorded as such. */
+        char subject[128] = "";
+        X509 *cert = X509_STORE_CTX_get_current_cert(store);
+        if (cert != NULL)
+            X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, subject, sizeof(subject));
+        kf_log_warn("tls_client_rejected", "reason=%s depth=%d subject=%s", kf_log_q(why),
+                    X509_STORE_CTX_get_error_depth(store), kf_log_q(subject));
+        char reason[192];
+        snprintf(reason, sizeof(reason), "client certificate rejected: %s", why);
+        kfd_audit_auth_failure(the_server->app, NULL, subject, reason);
     }
     return preverify_ok;
 }

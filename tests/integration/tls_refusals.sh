@@ -32,6 +32,13 @@ if printf '%s' "$m" | grep -q '^keyfleet_rpc_requests_total'; then
 else
     ok "no refused caller reached a handler"
 fi
+issue "$F" node n1
+rpc "$F" n1 AdminService/ListPending -H 'content-type: application/proto' --data-binary '' >/dev/null
+audit=$(ctl "$F" audit --action auth_fail --json)
+expect_match "audit: the expired certificate" "$audit" '"action":"auth_fail","actor":"expired",.*"reason":"client certificate rejected: certificate has expired"'
+expect_match "audit: the foreign CA" "$audit" '"actor":"admin",.*"reason":"client certificate rejected: unable to get local issuer certificate"'
+expect_match "audit: a node calling the operators' API" "$audit" '"actor":"n1","node":"n1".*"reason":"node may not call keyfleet.v1.AdminService/ListPending"'
+
 stop_kfd TERM
 expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"
 
