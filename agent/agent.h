@@ -1,0 +1,39 @@
+/* keyfleet-agent: shared state of one run. */
+#ifndef KFA_AGENT_H
+#define KFA_AGENT_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "kf_identity.h"
+#include "kf_node_client.h"
+#include "volume.h"
+
+#define KFA_EXIT_ALL 0
+#define KFA_EXIT_NONE 1
+#define KFA_EXIT_USAGE 2
+#define KFA_EXIT_SOME 3
+
+typedef struct kfa_ctx {
+    kfa_config *cfg;
+    kf_identity me;
+    kf_rpc_client *client;
+    uint64_t deadline; /* monotonic ms */
+} kfa_ctx;
+
+uint64_t kfa_now_ms(void);
+
+/* Opens the client (once). */
+int kfa_connect(kfa_ctx *ctx, kf_err *err);
+
+/* Releases v's key: retries transport errors and unavailable with jittered backoff, and polls
+ * while PENDING, until the run's deadline. Returns 0 with *ret filled, -ETIMEDOUT at the
+ * deadline, or another negative errno with err naming the coordinator's answer. */
+int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err);
+
+/* The status file: per volume, how and when it was last unlocked (no secrets). */
+int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail);
+/* Returns the last unlock of volume_id ("" when never): method, detail and time. */
+void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method, size_t msize, int64_t *at);
+
+#endif

@@ -1,0 +1,228 @@
+#include "config.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct identity_sec {
+    char *cert, *key, *ca;
+} identity_sec;
+
+static const kf_yaml_field identity_fields[] = {
+    {"cert", kf_yaml_dec_string, offsetof(identity_sec, cert), NULL, true},
+    {"key", kf_yaml_dec_string, offsetof(identity_sec, key), NULL, true},
+    {"ca", kf_yaml_dec_string, offsetof(identity_sec, ca), NULL, true},
+};
+
+static int dec_identity(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    return kf_yaml_decode_map(doc, n, identity_fields, sizeof(identity_fields) / sizeof(identity_fields[0]), dst, err);
+}
+
+typedef struct zfs_sec {
+    char *command;
+    bool mount, discover;
+} zfs_sec;
+
+static const kf_yaml_field zfs_fields[] = {
+    {"command", kf_yaml_dec_string, offsetof(zfs_sec, command), NULL, false},
+    {"mount", kf_yaml_dec_bool, offsetof(zfs_sec, mount), NULL, false},
+    {"discover", kf_yaml_dec_bool, offsetof(zfs_sec, discover), NULL, false},
+};
+
+static int dec_zfs(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    int r = kf_yaml_decode_map(doc, n, zfs_fields, sizeof(zfs_fields) / sizeof(zfs_fields[0]), dst, err);
+    zfs_sec *z = dst;
+    if (r == 0 && z->command != NULL && z->command[0] != '/')
+        return kf_yaml_error(doc, n, err, "zfs.command must be an absolute path");
+    return r;
+}
+
+typedef struct luks_sec {
+    bool activate;
+} luks_sec;
+
+static const kf_yaml_field luks_fields[] = {
+    {"activate", kf_yaml_dec_bool, offsetof(luks_sec, activate), NULL, false},
+};
+
+static int dec_luks(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    return kf_yaml_decode_map(doc, n, luks_fields, 1, dst, err);
+}
+
+typedef struct tpm_sec {
+    char *tcti;
+} tpm_sec;
+
+static const kf_yaml_field tpm_fields[] = {
+    {"tcti", kf_yaml_dec_string, offsetof(tpm_sec, tcti), NULL, false},
+};
+
+static int dec_tpm(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    return kf_yaml_decode_map(doc, n, tpm_fields, 1, dst, err);
+}
+
+typedef struct volume_sec {
+    char *luks, *zfs, *name;
+} volume_sec;
+
+static const kf_yaml_field volume_fields[] = {
+    {"luks", kf_yaml_dec_string, offsetof(volume_sec, luks), NULL, false},
+    {"zfs", kf_yaml_dec_string, offsetof(volume_sec, zfs), NULL, false},
+    {"name", kf_yaml_dec_string, offsetof(volume_sec, name), NULL, false},
+};
+
+typedef struct vol_list {
+    kfa_volume_cfg *v;
+    size_t n;
+} vol_list;
+
+static int dec_volumes(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    vol_list *out = dst;
+    if (n->type != KF_YAML_SEQ)
+        return kf_yaml_error(doc, n, err, "volumes must be a list of {luks: PATH} or {zfs: DATASET}");
+    out->v = calloc(n->n + 1, sizeof(*out->v));
+    if (out->v == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < n->n; i++) {
+        volume_sec s = {0};
+        int r = kf_yaml_decode_map(doc, n->items[i], volume_fields, 3, &s, err);
+        if (r == 0 && (s.luks == NULL) == (s.zfs == NULL))
+            r = kf_yaml_error(doc, n->items[i], err, "each volume needs exactly one of luks or zfs");
+        if (r != 0) {
+            free(s.luks);
+            free(s.zfs);
+            free(s.name);
+            return r;
+        }
+        kfa_volume_cfg *v = &out->v[out->n++];
+        v->kind = s.luks != NULL ? KFA_VOL_LUKS2 : KFA_VOL_ZFS;
+        v->path = s.luks != NULL ? s.luks : s.zfs;
+        v->spec = strdup(v->path);
+        v->name = s.name;
+    }
+    return 0;
+}
+
+typedef struct raw {
+    kf_strlist coordinators;
+    identity_sec identity;
+    char *state_file;
+    uint64_t deadline_ms, call_timeout_ms;
+    zfs_sec zfs;
+    luks_sec luks;
+    tpm_sec tpm;
+    vol_list volumes;
+} raw;
+
+static const kf_yaml_field top_fields[] = {
+    {"coordinators", kf_yaml_dec_strlist, offsetof(raw, coordinators), NULL, true},
+    {"identity", dec_identity, offsetof(raw, identity), NULL, true},
+    {"state_file", kf_yaml_dec_string, offsetof(raw, state_file), NULL, false},
+    {"deadline", kf_yaml_dec_duration_ms, offsetof(raw, deadline_ms), NULL, false},
+    {"call_timeout", kf_yaml_dec_duration_ms, offsetof(raw, call_timeout_ms), NULL, false},
+    {"zfs", dec_zfs, offsetof(raw, zfs), NULL, false},
+    {"luks", dec_luks, offsetof(raw, luks), NULL, false},
+    {"tpm", dec_tpm, offsetof(raw, tpm), NULL, false},
+    {"volumes", dec_volumes, offsetof(raw, volumes), NULL, false},
+};
+
+static char *resolve(const char *dir, char *p)
+{
+    if (p == NULL || p[0] == '/')
+        return p;
+    char *out = NULL;
+    if (asprintf(&out, "%s/%s", dir, p) < 0)
+        out = NULL;
+    free(p);
+    return out;
+}
+
+void kfa_config_free(kfa_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free(cfg->path);
+    kf_strlist_free(&cfg->coordinators);
+    free(cfg->cert);
+    free(cfg->key);
+    free(cfg->ca);
+    free(cfg->state_file);
+    free(cfg->zfs_command);
+    free(cfg->tpm_tcti);
+    for (size_t i = 0; i < cfg->n_volumes; i++) {
+        free(cfg->volumes[i].path);
+        free(cfg->volumes[i].spec);
+        free(cfg->volumes[i].name);
+    }
+    free(cfg->volumes);
+    free(cfg);
+}
+
+int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
+{
+    kf_yaml_doc *doc = NULL;
+    int r = kf_yaml_parse_file(path, &doc, err);
+    if (r != 0)
+        return r;
+    raw w = {.deadline_ms = 60000, .call_timeout_ms = 5000, .zfs = {.mount = true, .discover = true},
+             .luks = {.activate = true}};
+    r = kf_yaml_decode_map(doc, doc->root, top_fields, sizeof(top_fields) / sizeof(top_fields[0]), &w, err);
+    if (r == 0 && w.coordinators.n == 0)
+        r = kf_yaml_error(doc, doc->root, err, "coordinators needs at least one host:port");
+    kf_yaml_free(doc);
+    kfa_config *cfg = calloc(1, sizeof(*cfg));
+    if (r == 0 && cfg == NULL)
+        r = kf_err_set(err, -ENOMEM, "out of memory");
+    char *copy = strdup(path);
+    const char *dir = copy != NULL ? dirname(copy) : ".";
+    if (cfg != NULL) {
+        cfg->path = strdup(path);
+        cfg->coordinators = w.coordinators;
+        cfg->cert = resolve(dir, w.identity.cert);
+        cfg->key = resolve(dir, w.identity.key);
+        cfg->ca = resolve(dir, w.identity.ca);
+        cfg->state_file = w.state_file != NULL ? resolve(dir, w.state_file) : strdup("/var/lib/keyfleet/agent-state.json");
+        cfg->deadline_ms = w.deadline_ms;
+        cfg->call_timeout_ms = w.call_timeout_ms;
+        cfg->zfs_command = w.zfs.command != NULL ? w.zfs.command : strdup("/sbin/zfs");
+        cfg->zfs_mount = w.zfs.mount;
+        cfg->zfs_discover = w.zfs.discover;
+        cfg->luks_activate = w.luks.activate;
+        cfg->tpm_tcti = w.tpm.tcti != NULL ? w.tpm.tcti : strdup("device:/dev/tpmrm0");
+        cfg->volumes = w.volumes.v;
+        cfg->n_volumes = w.volumes.n;
+        for (size_t i = 0; i < cfg->n_volumes; i++)
+            if (cfg->volumes[i].kind == KFA_VOL_LUKS2)
+                cfg->volumes[i].path = resolve(dir, cfg->volumes[i].path);
+    }
+    free(copy);
+    if (r != 0) {
+        if (cfg != NULL)
+            kfa_config_free(cfg);
+        else {
+            kf_strlist_free(&w.coordinators);
+            free(w.identity.cert);
+            free(w.identity.key);
+            free(w.identity.ca);
+            free(w.state_file);
+            free(w.zfs.command);
+            free(w.tpm.tcti);
+        }
+        return r;
+    }
+    *ret = cfg;
+    return 0;
+}

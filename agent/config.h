@@ -1,0 +1,40 @@
+/* keyfleet-agent's configuration (YAML, /etc/keyfleet/agent.yaml by default). Relative paths
+ * are resolved against the file's folder. */
+#ifndef KFA_CONFIG_H
+#define KFA_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kf_err.h"
+#include "kf_yaml.h"
+
+typedef enum { KFA_VOL_LUKS2, KFA_VOL_ZFS } kfa_vol_kind;
+
+typedef struct kfa_volume_cfg {
+    kfa_vol_kind kind;
+    char *path;   /* LUKS2 device or file, or ZFS dataset */
+    char *spec;   /* as written in the config file */
+    char *name;   /* LUKS2: device-mapper name when activating (default keyfleet-UUID) */
+} kfa_volume_cfg;
+
+typedef struct kfa_config {
+    char *path;
+    kf_strlist coordinators;
+    char *cert, *key, *ca;
+    char *state_file;
+    uint64_t deadline_ms;     /* overall, per run */
+    uint64_t call_timeout_ms; /* per RPC attempt */
+    char *zfs_command;        /* absolute path */
+    bool zfs_mount;
+    bool zfs_discover;
+    bool luks_activate;       /* false: only verify the key (no device-mapper) */
+    char *tpm_tcti;
+    kfa_volume_cfg *volumes;
+    size_t n_volumes;
+} kfa_config;
+
+int kfa_config_load(const char *path, kfa_config **ret, kf_err *err);
+void kfa_config_free(kfa_config *cfg);
+
+#endif

@@ -1,0 +1,208 @@
+/* LUKS2 through libcryptsetup. The LUKS UUID is the volume id. The keyfleet key gets its own
+ * keyslot (PBKDF2 with a low iteration count: the key is 256 random bits, as systemd-cryptenroll
+ * does for TPM keys), and a LUKS2 token of type "keyfleet" records it:
+ *   {"type":"keyfleet","keyslots":["N"],"keyfleet_volume_id":UUID,
+ *    "keyfleet_wrapped_key":"kf:...","keyfleet_coordinators":["host:port",...]}
+ * Unlock activates the mapping, or with luks.activate=false only verifies the key (no
+ * device-mapper, as in the tests). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libcryptsetup.h>
+
+#include "volume.h"
+
+#define TOKEN_TYPE "keyfleet"
+#define MAX_TOKENS 32
+
+static void quiet(int level, const char *msg, void *usrptr)
+{
+    (void)level, (void)msg, (void)usrptr;
+}
+
+static int open_device(const char *path, struct crypt_device **ret, kf_err *err)
+{
+    if (access(path, F_OK) != 0)
+        return kf_err_set(err, -ENOENT, "%s: no such device or file", path);
+    struct crypt_device *cd = NULL;
+    int r = crypt_init(&cd, path);
+    if (r < 0)
+        return kf_err_set(err, r, "%s: cannot open: %s", path, strerror(-r));
+    crypt_set_log_callback(cd, quiet, NULL);
+    r = crypt_load(cd, CRYPT_LUKS2, NULL);
+    if (r < 0) {
+        crypt_free(cd);
+        return kf_err_set(err, -EINVAL, "%s: not a LUKS2 volume", path);
+    }
+    *ret = cd;
+    return 0;
+}
+
+/* Finds the keyfleet token; -ENOENT when there is none, -EBADMSG when it is malformed. */
+static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
+{
+    for (int t = 0; t < MAX_TOKENS; t++) {
+        const char *type = NULL;
+        crypt_token_info info = crypt_token_status(cd, t, &type);
+        if (info == CRYPT_TOKEN_INACTIVE || info == CRYPT_TOKEN_INVALID || type == NULL || strcmp(type, TOKEN_TYPE) != 0)
+            continue;
+        const char *json = NULL;
+        if (crypt_token_json_get(cd, t, &json) < 0)
+            return kf_err_set(err, -EBADMSG, "%s: keyfleet token %d unreadable", v->path, t);
+        json_t *o = json_loads(json, 0, NULL);
+        const char *vid = NULL, *wrapped = NULL, *slot = NULL;
+        json_t *slots = NULL;
+        int ok = o != NULL && json_unpack(o, "{s:s, s:s, s:o}", "keyfleet_volume_id", &vid, "keyfleet_wrapped_key",
+                                          &wrapped, "keyslots", &slots) == 0 &&
+                 json_is_array(slots) && json_array_size(slots) == 1 &&
+                 (slot = json_string_value(json_array_get(slots, 0))) != NULL;
+        int r = 0;
+        if (!ok)
+            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token %d is malformed", v->path, t);
+        else if (strcmp(vid, v->id) != 0)
+            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token names volume %s, not this one (%s)", v->path, vid, v->id);
+        else if (wrapped[0] == '\0' || strlen(wrapped) > KFA_WRAPPED_MAX || strncmp(wrapped, "kf:", 3) != 0)
+            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token holds no valid wrapped key", v->path);
+        else if ((v->wrapped = strdup(wrapped)) == NULL)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+        if (r == 0) {
+            v->keyslot = atoi(slot);
+            v->token = t;
+        }
+        json_decref(o);
+        return r;
+    }
+    return -ENOENT;
+}
+
+static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
+{
+    (void)cfg;
+    struct crypt_device *cd = NULL;
+    int r = open_device(v->path, &cd, err);
+    if (r != 0)
+        return r;
+    const char *uuid = crypt_get_uuid(cd);
+    snprintf(v->id, sizeof(v->id), "%s", uuid != NULL ? uuid : "");
+    if (v->name[0] == '\0')
+        snprintf(v->name, sizeof(v->name), "keyfleet-%.64s", v->id);
+    v->keyslot = v->token = -1;
+    r = read_token(cd, v, err);
+    if (r == -ENOENT)
+        r = 0;
+    if (r == 0 && cfg->luks_activate)
+        v->unlocked = crypt_status(cd, v->name) == CRYPT_ACTIVE;
+    crypt_free(cd);
+    return r;
+}
+
+static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped)
+{
+    json_t *coords = json_array();
+    for (size_t i = 0; coords != NULL && i < cfg->coordinators.n; i++)
+        json_array_append_new(coords, json_string(cfg->coordinators.v[i]));
+    char slot_s[16];
+    snprintf(slot_s, sizeof(slot_s), "%d", slot);
+    json_t *o = json_pack("{s:s, s:[s], s:s, s:s, s:o}", "type", TOKEN_TYPE, "keyslots", slot_s, "keyfleet_volume_id",
+                          v->id, "keyfleet_wrapped_key", wrapped, "keyfleet_coordinators", coords);
+    char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, const char *wrapped,
+                       const kf_secbuf *auth, kf_err *err)
+{
+    if (auth == NULL)
+        return kf_err_set(err, -EINVAL, "%s: enrolling needs an existing passphrase or key file", v->path);
+    struct crypt_device *cd = NULL;
+    int r = open_device(v->path, &cd, err);
+    if (r != 0)
+        return r;
+    struct crypt_pbkdf_type pbkdf = {
+        .type = CRYPT_KDF_PBKDF2, .hash = "sha256", .iterations = 1000, .flags = CRYPT_PBKDF_NO_BENCHMARK};
+    r = crypt_set_pbkdf_type(cd, &pbkdf);
+    int slot = r < 0 ? r
+                     : crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, (const char *)auth->data, auth->len,
+                                                       (const char *)key->data, key->len);
+    if (slot < 0) {
+        crypt_free(cd);
+        return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add a keyslot: %s", v->path,
+                          slot == -EPERM ? "the existing passphrase is wrong" : strerror(-slot));
+    }
+    /* Seal, then verify: the new keyslot must open with the key before anything points at it. */
+    r = crypt_activate_by_passphrase(cd, NULL, slot, (const char *)key->data, key->len, 0);
+    char *json = r == slot ? token_json(cfg, v, slot, wrapped) : NULL;
+    int token = json != NULL ? crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -EIO;
+    free(json);
+    if (token < 0) {
+        crypt_keyslot_destroy(cd, slot);
+        crypt_free(cd);
+        return kf_err_set(err, -EIO, "%s: the new keyslot did not verify or the token could not be written", v->path);
+    }
+    /* A re-enrollment replaces the previous keyfleet slot and token. */
+    if (v->token >= 0 && v->token != token) {
+        crypt_token_json_set(cd, v->token, NULL);
+        if (v->keyslot >= 0 && v->keyslot != slot)
+            crypt_keyslot_destroy(cd, v->keyslot);
+    }
+    crypt_free(cd);
+    v->keyslot = slot;
+    v->token = token;
+    free(v->wrapped);
+    v->wrapped = strdup(wrapped);
+    return 0;
+}
+
+static int luks_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, kf_err *err)
+{
+    struct crypt_device *cd = NULL;
+    int r = open_device(v->path, &cd, err);
+    if (r != 0)
+        return r;
+    const char *name = cfg->luks_activate ? v->name : NULL;
+    r = crypt_activate_by_passphrase(cd, name, v->keyslot >= 0 ? v->keyslot : CRYPT_ANY_SLOT, (const char *)key->data,
+                                     key->len, 0);
+    crypt_free(cd);
+    if (r == -EPERM)
+        return kf_err_set(err, -EKEYREJECTED, "%s: the released key does not open the volume", v->path);
+    if (r < 0)
+        return kf_err_set(err, r, "%s: activation failed: %s", v->path, strerror(-r));
+    v->unlocked = true;
+    return 0;
+}
+
+static int luks_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err)
+{
+    struct crypt_device *cd = NULL;
+    int r = open_device(v->path, &cd, err);
+    if (r != 0)
+        return r;
+    char *json = token_json(cfg, v, v->keyslot, wrapped);
+    r = json != NULL ? crypt_token_json_set(cd, v->token, json) : -ENOMEM;
+    free(json);
+    crypt_free(cd);
+    if (r < 0)
+        return kf_err_set(err, -EIO, "%s: cannot update the keyfleet token", v->path);
+    free(v->wrapped);
+    v->wrapped = strdup(wrapped);
+    return 0;
+}
+
+const kfa_driver kfa_luks2_driver = {
+    .name = "luks2",
+    .probe = luks_probe,
+    .enroll = luks_enroll,
+    .unlock = luks_unlock,
+    .store_wrapped = luks_store_wrapped,
+};
+
+void kfa_volume_clear(kfa_volume *v)
+{
+    free(v->wrapped);
+    v->wrapped = NULL;
+}

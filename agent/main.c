@@ -1,0 +1,453 @@
+/* keyfleet-agent: enrolls this node's encrypted volumes with a coordinator and unlocks them at
+ * boot. Exit status of unlock: 0 all unlocked, 1 none, 3 some; 2 for usage or config errors. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/sha.h>
+
+#include "agent.h"
+#include "kf_log.h"
+#include "kf_secmem.h"
+
+#define AUTH_MAX 1024
+#define LABELS_MAX 32
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: keyfleet-agent [-c FILE] COMMAND ...\n"
+               "  -c, --config FILE     agent config (default /etc/keyfleet/agent.yaml)\n"
+               "commands:\n"
+               "  enroll VOLUME [--label k=v]... [--auth-file FILE]\n"
+               "                        VOLUME is luks:PATH, zfs:DATASET or a configured volume.\n"
+               "                        LUKS2 needs an existing passphrase: --auth-file, or on stdin.\n"
+               "  unlock [--all | VOLUME...]   exit 0: all unlocked, 1: none, 3: some\n"
+               "  status [--json]\n"
+               "  rewrap                store each volume's key rewrapped under the newest KMS key\n");
+}
+
+/* Resolves VOLUME into a volume with its driver. */
+static int resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, kf_err *err)
+{
+    memset(v, 0, sizeof(*v));
+    v->keyslot = v->token = -1;
+    const char *path = spec;
+    if (strncmp(spec, "luks:", 5) == 0) {
+        v->kind = KFA_VOL_LUKS2;
+        path = spec + 5;
+    } else if (strncmp(spec, "zfs:", 4) == 0) {
+        v->kind = KFA_VOL_ZFS;
+        path = spec + 4;
+    } else {
+        size_t i = 0;
+        while (i < cfg->n_volumes && strcmp(cfg->volumes[i].path, spec) != 0 &&
+               (cfg->volumes[i].spec == NULL || strcmp(cfg->volumes[i].spec, spec) != 0))
+            i++;
+        if (i == cfg->n_volumes)
+            return kf_err_set(err, -EINVAL, "'%s' is not a configured volume; say luks:PATH or zfs:DATASET", spec);
+        v->kind = cfg->volumes[i].kind;
+        path = cfg->volumes[i].path;
+        if (cfg->volumes[i].name != NULL)
+            snprintf(v->name, sizeof(v->name), "%s", cfg->volumes[i].name);
+    }
+    if (path[0] == '\0' || strlen(path) >= sizeof(v->path))
+        return kf_err_set(err, -EINVAL, "'%s': empty or too long", spec);
+    snprintf(v->path, sizeof(v->path), "%s", path);
+    v->drv = v->kind == KFA_VOL_LUKS2 ? &kfa_luks2_driver : &kfa_zfs_driver;
+    return 0;
+}
+
+/* Reads an existing LUKS passphrase from a file (exact bytes) or stdin (one trailing newline
+ * dropped) into secure memory. */
+static kf_secbuf *read_auth(const char *file, kf_err *err)
+{
+    int fd = file != NULL ? open(file, O_RDONLY | O_CLOEXEC) : 0;
+    if (fd < 0) {
+        kf_err_set(err, -errno, "%s: %s", file, strerror(errno));
+        return NULL;
+    }
+    kf_secbuf *b = kf_secbuf_new(AUTH_MAX + 1);
+    size_t len = 0;
+    ssize_t n;
+    while (b != NULL && len <= AUTH_MAX && (n = read(fd, b->data + len, AUTH_MAX + 1 - len)) > 0)
+        len += (size_t)n;
+    if (fd != 0)
+        close(fd);
+    if (b == NULL || len == 0 || len > AUTH_MAX) {
+        kf_secbuf_free(b);
+        kf_err_set(err, -EINVAL, "the existing passphrase must be 1..%d bytes", AUTH_MAX);
+        return NULL;
+    }
+    if (file == NULL && b->data[len - 1] == '\n')
+        len--;
+    b->len = len;
+    return b;
+}
+
+/* Enrollment request ids are derived from node and volume, so a retried enrollment gets the
+ * same key back instead of failing half-way. */
+static void enroll_request_id(const char *node, const char *volume_id, char out[33])
+{
+    uint8_t h[SHA256_DIGEST_LENGTH];
+    char in[256];
+    int n = snprintf(in, sizeof(in), "keyfleet-enroll\n%s\n%s", node, volume_id);
+    SHA256((const uint8_t *)in, (size_t)n, h);
+    for (int i = 0; i < 16; i++)
+        snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
+{
+    const char *auth_file = NULL;
+    Keyfleet__V1__Label labels[LABELS_MAX], *lp[LABELS_MAX];
+    size_t n_labels = 0;
+    static const struct option opts[] = {{"label", required_argument, NULL, 'l'},
+                                         {"auth-file", required_argument, NULL, 'a'},
+                                         {NULL, 0, NULL, 0}};
+    int o;
+    optind = 0;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (o == 'a') {
+            auth_file = optarg;
+        } else if (o == 'l') {
+            char *eq = strchr(optarg, '=');
+            if (eq == NULL || eq == optarg || n_labels == LABELS_MAX) {
+                fprintf(stderr, "keyfleet-agent: --label takes KEY=VALUE (at most %d)\n", LABELS_MAX);
+                return KFA_EXIT_USAGE;
+            }
+            *eq = '\0';
+            keyfleet__v1__label__init(&labels[n_labels]);
+            labels[n_labels].key = optarg;
+            labels[n_labels].value = eq + 1;
+            lp[n_labels] = &labels[n_labels];
+            n_labels++;
+        } else {
+            usage(stderr);
+            return KFA_EXIT_USAGE;
+        }
+    }
+    if (optind + 1 != argc) {
+        usage(stderr);
+        return KFA_EXIT_USAGE;
+    }
+    kfa_volume v;
+    kf_err err = {0};
+    kf_secbuf *auth = NULL;
+    kf_enrolled e = {0};
+    int rc = 1;
+    if (resolve_volume(ctx->cfg, argv[optind], &v, &err) != 0) {
+        fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
+        return KFA_EXIT_USAGE;
+    }
+    int r = v.drv->probe(ctx->cfg, &v, &err);
+    if (r == -ENOENT && v.kind == KFA_VOL_ZFS) {
+        int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err);
+        r = kfa_zfs_create(ctx->cfg, v.path, &err);
+        if (r == 0)
+            r = v.drv->probe(ctx->cfg, &v, &err);
+    }
+    if (r != 0)
+        goto out;
+    if (v.wrapped != NULL) {
+        kf_err_set(&err, -EEXIST, "%s is already enrolled (volume id %s)", v.path, v.id);
+        goto out;
+    }
+    if (v.kind == KFA_VOL_LUKS2 && (auth = read_auth(auth_file, &err)) == NULL)
+        goto out;
+    if (kfa_connect(ctx, &err) != 0)
+        goto out;
+    Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
+    ref.id = v.id;
+    ref.kind = v.kind == KFA_VOL_LUKS2 ? KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2
+                                       : KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
+    ref.name = v.path;
+    char request_id[33];
+    enroll_request_id(ctx->me.name, v.id, request_id);
+    kf_rpc_status st;
+    if (kf_node_enroll(ctx->client, ctx->me.name, &ref, lp, n_labels, request_id, &e, &st, &err) != 0)
+        goto out;
+    if (st.code != KF_CONNECT_OK) {
+        kf_err_set(&err, -EACCES, "coordinator refused: %s: %s", kf_connect_code_name(st.code), st.message);
+        goto out;
+    }
+    if (v.drv->enroll(ctx->cfg, &v, e.key, e.wrapped, auth, &err) != 0)
+        goto out;
+    kfa_state_record(ctx->cfg, v.id, "enrolled", "");
+    printf("enrolled %s %s (volume id %s)%s\n", v.drv->name, v.path, v.id,
+           e.offline_fallback_allowed ? "; policy allows TPM fallback, which this build does not provide yet" : "");
+    rc = 0;
+out:
+    if (rc != 0)
+        fprintf(stderr, "keyfleet-agent: enroll: %s\n", err.msg);
+    kf_enrolled_clear(&e);
+    kf_secbuf_free(auth);
+    kfa_volume_clear(&v);
+    return rc;
+}
+
+/* Volumes to act on: the named ones, or every configured and discovered one. */
+static int collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret,
+                           size_t *ret_n)
+{
+    kf_err err = {0};
+    size_t cap = (size_t)n_specs + ctx->cfg->n_volumes + 64, n = 0;
+    kfa_volume *vs = calloc(cap, sizeof(*vs));
+    if (vs == NULL)
+        return -ENOMEM;
+    if (n_specs > 0) {
+        for (int i = 0; i < n_specs; i++) {
+            if (resolve_volume(ctx->cfg, specs[i], &vs[n], &err) != 0) {
+                fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
+                free(vs);
+                return -EINVAL;
+            }
+            n++;
+        }
+    } else {
+        for (size_t i = 0; i < ctx->cfg->n_volumes; i++) {
+            char spec[600];
+            snprintf(spec, sizeof(spec), "%s:%s", ctx->cfg->volumes[i].kind == KFA_VOL_LUKS2 ? "luks" : "zfs",
+                     ctx->cfg->volumes[i].path);
+            resolve_volume(ctx->cfg, spec, &vs[n], &err);
+            if (ctx->cfg->volumes[i].name != NULL)
+                snprintf(vs[n].name, sizeof(vs[n].name), "%s", ctx->cfg->volumes[i].name);
+            n++;
+        }
+        char **names = NULL;
+        size_t k = 0;
+        if (ctx->cfg->zfs_discover && access(ctx->cfg->zfs_command, X_OK) == 0 &&
+            kfa_zfs_discover(ctx->cfg, locked_only, &names, &k, &err) == 0) {
+            for (size_t i = 0; i < k; i++) {
+                bool dup = false;
+                for (size_t j = 0; j < n && !dup; j++)
+                    dup = vs[j].kind == KFA_VOL_ZFS && strcmp(vs[j].path, names[i]) == 0;
+                if (!dup && n < cap) {
+                    char spec[600];
+                    snprintf(spec, sizeof(spec), "zfs:%s", names[i]);
+                    resolve_volume(ctx->cfg, spec, &vs[n++], &err);
+                }
+                free(names[i]);
+            }
+            free(names);
+        }
+    }
+    *ret = vs;
+    *ret_n = n;
+    return 0;
+}
+
+/* Unlocks one volume; returns 0 when it is unlocked afterwards. */
+static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
+{
+    int r = v->drv->probe(ctx->cfg, v, err);
+    if (r != 0)
+        return r;
+    if (v->wrapped == NULL)
+        return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
+    if (v->unlocked) {
+        printf("%s %s: already unlocked\n", v->drv->name, v->path);
+        return 0;
+    }
+    kf_released rel;
+    if ((r = kfa_release(ctx, v, &rel, err)) != 0)
+        return r;
+    r = v->drv->unlock(ctx->cfg, v, rel.key, err);
+    if (r == 0 && rel.rewrapped != NULL) {
+        kf_err werr = {0};
+        if (v->drv->store_wrapped(ctx->cfg, v, rel.rewrapped, &werr) == 0)
+            kf_log_info("rewrapped", "volume=%s", kf_log_q(v->path));
+        else
+            kf_log_warn("rewrap_store_failed", "volume=%s error=%s", kf_log_q(v->path), kf_log_q(werr.msg));
+    }
+    if (r == 0) {
+        char detail[128];
+        snprintf(detail, sizeof(detail), "request=%s audit_seq=%llu", rel.request_id,
+                 (unsigned long long)rel.audit_seq);
+        kfa_state_record(ctx->cfg, v->id, "coordinator", detail);
+        printf("%s %s: unlocked%s\n", v->drv->name, v->path,
+               v->kind == KFA_VOL_LUKS2 && !ctx->cfg->luks_activate ? " (key verified; activation disabled)" : "");
+    }
+    kf_released_clear(&rel);
+    return r;
+}
+
+static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv)
+{
+    int all = argc >= 2 && strcmp(argv[1], "--all") == 0;
+    if (all && argc != 2) {
+        usage(stderr);
+        return KFA_EXIT_USAGE;
+    }
+    kfa_volume *vs = NULL;
+    size_t n = 0;
+    if (collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, true, &vs, &n) != 0)
+        return KFA_EXIT_USAGE;
+    size_t ok = 0;
+    for (size_t i = 0; i < n; i++) {
+        kf_err err = {0};
+        if (unlock_one(ctx, &vs[i], &err) == 0)
+            ok++;
+        else
+            fprintf(stderr, "keyfleet-agent: unlock: %s\n", err.msg);
+        kfa_volume_clear(&vs[i]);
+    }
+    free(vs);
+    if (n == 0)
+        fprintf(stderr, "keyfleet-agent: no volumes to unlock\n");
+    return ok == n && n > 0 ? KFA_EXIT_ALL : ok == 0 ? KFA_EXIT_NONE : KFA_EXIT_SOME;
+}
+
+static int cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 1) {
+        usage(stderr);
+        return KFA_EXIT_USAGE;
+    }
+    kfa_volume *vs = NULL;
+    size_t n = 0, ok = 0;
+    if (collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
+        return KFA_EXIT_USAGE;
+    for (size_t i = 0; i < n; i++) {
+        kf_err err = {0};
+        kf_released rel = {0};
+        int r = vs[i].drv->probe(ctx->cfg, &vs[i], &err);
+        if (r == 0 && vs[i].wrapped == NULL)
+            r = kf_err_set(&err, -ENOENT, "%s is not enrolled", vs[i].path);
+        if (r == 0)
+            r = kfa_release(ctx, &vs[i], &rel, &err);
+        if (r == 0 && rel.rewrapped != NULL)
+            r = vs[i].drv->store_wrapped(ctx->cfg, &vs[i], rel.rewrapped, &err);
+        if (r == 0) {
+            printf("%s %s: %s\n", vs[i].drv->name, vs[i].path, rel.rewrapped != NULL ? "rewrapped" : "already current");
+            ok++;
+        } else {
+            fprintf(stderr, "keyfleet-agent: rewrap: %s\n", err.msg);
+        }
+        kf_released_clear(&rel);
+        kfa_volume_clear(&vs[i]);
+    }
+    free(vs);
+    return ok == n ? KFA_EXIT_ALL : ok == 0 ? KFA_EXIT_NONE : KFA_EXIT_SOME;
+}
+
+static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
+{
+    int json = argc == 2 && strcmp(argv[1], "--json") == 0;
+    if (argc > 1 + json) {
+        usage(stderr);
+        return KFA_EXIT_USAGE;
+    }
+    kfa_volume *vs = NULL;
+    size_t n = 0;
+    if (collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
+        return KFA_EXIT_USAGE;
+    kf_err err = {0};
+    long http = 0;
+    char *body = NULL;
+    bool reachable = kfa_connect(ctx, &err) == 0 && kf_rpc_get(ctx->client, "/healthz", &http, &body, &err) == 0 &&
+                     http == 200;
+    free(body);
+    json_t *arr = json_array();
+    if (!json)
+        printf("coordinators: %s\n%-6s %-38s %-28s %-12s %-12s %s\n", reachable ? "reachable" : "unreachable", "KIND",
+               "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
+    for (size_t i = 0; i < n; i++) {
+        kfa_volume *v = &vs[i];
+        kf_err perr = {0};
+        int r = v->drv->probe(ctx->cfg, v, &perr);
+        const char *key = r != 0 ? "error" : v->wrapped == NULL ? "not-enrolled" : v->unlocked ? "unlocked" : "locked";
+        char method[32], when[32] = "-";
+        int64_t at = 0;
+        kfa_state_lookup(ctx->cfg, v->id, method, sizeof(method), &at);
+        if (at > 0) {
+            time_t t = (time_t)at;
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        }
+        if (json)
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "kind", v->drv->name, "id", v->id,
+                                                 "name", v->path, "key", key, "last_unlock", method, "when", when));
+        else
+            printf("%-6s %-38s %-28s %-12s %-12s %s\n", v->drv->name, v->id[0] ? v->id : "-", v->path, key,
+                   method[0] ? method : "-", when);
+        kfa_volume_clear(v);
+    }
+    if (json) {
+        json_t *o = json_pack("{s:b, s:o}", "coordinators_reachable", reachable, "volumes", arr);
+        char *s = json_dumps(o, JSON_COMPACT);
+        printf("%s\n", s != NULL ? s : "{}");
+        free(s);
+        json_decref(o);
+    } else {
+        json_decref(arr);
+    }
+    free(vs);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    kf_log_set_program("keyfleet-agent");
+    if (kf_process_harden() != 0)
+        kf_log_warn("harden_failed", "what=dumpable");
+    const char *config_path = "/etc/keyfleet/agent.yaml";
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+        if (c == 'c')
+            config_path = optarg;
+        else if (c == 'h') {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return KFA_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return KFA_EXIT_USAGE;
+    }
+    kf_err err = {0};
+    kfa_ctx ctx = {0};
+    if (kfa_config_load(config_path, &ctx.cfg, &err) != 0) {
+        fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
+        return KFA_EXIT_USAGE;
+    }
+    if (kf_identity_from_cert_file(ctx.cfg->cert, &ctx.me, &err) != 0 || ctx.me.kind != KF_PEER_NODE) {
+        fprintf(stderr, "keyfleet-agent: %s: %s\n", ctx.cfg->cert,
+                err.msg[0] ? err.msg : "not a node certificate (keyfleet://node/NAME)");
+        kfa_config_free(ctx.cfg);
+        return KFA_EXIT_USAGE;
+    }
+    ctx.deadline = kfa_now_ms() + ctx.cfg->deadline_ms;
+    const char *cmd = argv[optind];
+    int sub_argc = argc - optind, rc;
+    char **sub_argv = argv + optind;
+    if (strcmp(cmd, "enroll") == 0)
+        rc = cmd_enroll(&ctx, sub_argc, sub_argv);
+    else if (strcmp(cmd, "unlock") == 0)
+        rc = cmd_unlock(&ctx, sub_argc, sub_argv);
+    else if (strcmp(cmd, "status") == 0)
+        rc = cmd_status(&ctx, sub_argc, sub_argv);
+    else if (strcmp(cmd, "rewrap") == 0)
+        rc = cmd_rewrap(&ctx, sub_argc, sub_argv);
+    else {
+        fprintf(stderr, "keyfleet-agent: unknown command '%s'\n", cmd);
+        usage(stderr);
+        rc = KFA_EXIT_USAGE;
+    }
+    kf_rpc_client_free(ctx.client);
+    kfa_config_free(ctx.cfg);
+    return rc;
+}

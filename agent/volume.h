@@ -1,0 +1,56 @@
+/* Volume drivers: one vtable, one file each (luks2.c, zfs.c). A driver reads the keyfleet
+ * metadata stored on the volume, adds a key at enrollment (seal, then verify), loads a released
+ * key, and replaces the stored wrapped key. Keys arrive in secure buffers and never reach argv,
+ * the environment or a file. */
+#ifndef KFA_VOLUME_H
+#define KFA_VOLUME_H
+
+#include <stdbool.h>
+
+#include "config.h"
+#include "kf_err.h"
+#include "kf_secmem.h"
+
+#define KFA_WRAPPED_MAX 4096
+
+typedef struct kfa_volume {
+    const struct kfa_driver *drv;
+    kfa_vol_kind kind;
+    char path[512];  /* LUKS2 device or file; ZFS dataset */
+    char name[128];  /* LUKS2 device-mapper name */
+    char id[130];    /* LUKS UUID or ZFS GUID */
+    char *wrapped;   /* stored wrapped key; NULL when not enrolled */
+    int keyslot;     /* LUKS2: the keyfleet keyslot */
+    int token;       /* LUKS2: the keyfleet token */
+    bool unlocked;   /* the key is already loaded (ZFS keystatus, LUKS mapping present) */
+} kfa_volume;
+
+typedef struct kfa_driver {
+    const char *name;
+    /* Reads the id and the keyfleet metadata. -ENOENT: no such volume; -EBADMSG: corrupt
+     * metadata. v->wrapped stays NULL when the volume is not enrolled. */
+    int (*probe)(const kfa_config *cfg, kfa_volume *v, kf_err *err);
+    /* Adds key to the volume (auth: an existing passphrase, LUKS2 only), checks that it opens,
+     * then stores the wrapped key. Nothing is left half-done on failure. */
+    int (*enroll)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, const char *wrapped,
+                  const kf_secbuf *auth, kf_err *err);
+    /* Loads key. -EKEYREJECTED when it does not open the volume; nothing changes then. */
+    int (*unlock)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, kf_err *err);
+    int (*store_wrapped)(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err);
+} kfa_driver;
+
+extern const kfa_driver kfa_luks2_driver;
+extern const kfa_driver kfa_zfs_driver;
+
+/* Lists ZFS encryption roots that carry keyfleet metadata (only those whose key is not loaded,
+ * when locked_only). */
+int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names, size_t *ret_n, kf_err *err);
+
+void kfa_volume_clear(kfa_volume *v);
+
+/* Runs argv[0] (an absolute path) with input on a pipe to its stdin; captures stdout (malloc'ed,
+ * NUL-terminated) when ret_out is not NULL. Returns the exit status (>= 0) or a negative errno. */
+int kfa_run(char *const argv[], const uint8_t *input, size_t input_len, char **ret_out, char *errbuf,
+            size_t errbuf_size);
+
+#endif

@@ -1,0 +1,201 @@
+/* ZFS through the zfs command, called by its absolute path (zfs.command). The dataset GUID is
+ * the volume id; user properties org.keyfleet:wrapped-key and org.keyfleet:volume-id hold the
+ * metadata and move with the pool (zpool export/import). Keys are raw 32 bytes
+ * (keyformat=raw, keylocation=prompt) and reach zfs only on its stdin. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "volume.h"
+
+#define PROP_WRAPPED "org.keyfleet:wrapped-key"
+#define PROP_ID "org.keyfleet:volume-id"
+
+static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *key, char **ret_out, kf_err *err)
+{
+    char *argv[16];
+    size_t n = 0;
+    argv[n++] = cfg->zfs_command;
+    for (; args[n - 1] != NULL && n < 15; n++)
+        argv[n] = (char *)args[n - 1];
+    argv[n] = NULL;
+    char errbuf[256] = "";
+    int r = kfa_run(argv, key != NULL ? key->data : NULL, key != NULL ? key->len : 0, ret_out, errbuf, sizeof(errbuf));
+    if (r < 0)
+        return kf_err_set(err, r, "%s: cannot run: %s", cfg->zfs_command, strerror(-r));
+    if (r == 127)
+        return kf_err_set(err, -ENOENT, "%s: cannot execute", cfg->zfs_command);
+    if (r != 0) {
+        if (ret_out != NULL) {
+            free(*ret_out);
+            *ret_out = NULL;
+        }
+        return kf_err_set(err, -EIO, "zfs %s %s: %s", args[0], args[1] != NULL ? args[1] : "",
+                          errbuf[0] ? errbuf : "failed");
+    }
+    return 0;
+}
+
+/* Splits tab/newline separated output in place. */
+static size_t split(char *s, char **fields, size_t max)
+{
+    size_t n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(s, "\t\n", &save); t != NULL && n < max; t = strtok_r(NULL, "\t\n", &save))
+        fields[n++] = t;
+    return n;
+}
+
+static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
+{
+    const char *args[] = {"get", "-H", "-p", "-o", "value", "guid,keystatus,encryptionroot," PROP_ID "," PROP_WRAPPED,
+                          v->path, NULL};
+    char *out = NULL;
+    kf_err e = {0};
+    int r = zfs(cfg, args, NULL, &out, &e);
+    if (r != 0) {
+        if (strstr(e.msg, "does not exist") != NULL)
+            return kf_err_set(err, -ENOENT, "%s: no such dataset", v->path);
+        *err = e;
+        return r;
+    }
+    char *f[5];
+    size_t n = split(out, f, 5);
+    if (n != 5) {
+        free(out);
+        return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
+    }
+    snprintf(v->id, sizeof(v->id), "%s", f[0]);
+    v->unlocked = strcmp(f[1], "available") == 0;
+    r = 0;
+    if (strcmp(f[3], "-") != 0 || strcmp(f[4], "-") != 0) {
+        if (strcmp(f[2], v->path) != 0)
+            r = kf_err_set(err, -EBADMSG, "%s: keyfleet metadata on a dataset that is not an encryption root", v->path);
+        else if (strcmp(f[3], v->id) != 0)
+            r = kf_err_set(err, -EBADMSG, "%s: " PROP_ID " is %s, not this dataset's GUID %s", v->path, f[3], v->id);
+        else if (strncmp(f[4], "kf:", 3) != 0 || strlen(f[4]) > KFA_WRAPPED_MAX)
+            r = kf_err_set(err, -EBADMSG, "%s: " PROP_WRAPPED " holds no valid wrapped key", v->path);
+        else if ((v->wrapped = strdup(f[4])) == NULL)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+    }
+    free(out);
+    return r;
+}
+
+static int set_props(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err)
+{
+    char p1[KFA_WRAPPED_MAX + 64], p2[200];
+    snprintf(p1, sizeof(p1), PROP_WRAPPED "=%s", wrapped);
+    snprintf(p2, sizeof(p2), PROP_ID "=%s", v->id);
+    const char *args[] = {"set", p1, p2, v->path, NULL};
+    return zfs(cfg, args, NULL, NULL, err);
+}
+
+/* Creates an encryption root with a throwaway key, so that it has a GUID to enroll under. */
+int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err);
+int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err)
+{
+    kf_secbuf *tmp = kf_secbuf_new(32);
+    if (tmp == NULL || RAND_priv_bytes(tmp->data, 32) != 1) {
+        kf_secbuf_free(tmp);
+        return kf_err_set(err, -EIO, "no randomness");
+    }
+    const char *args[] = {"create", "-o", "encryption=on", "-o", "keyformat=raw", "-o", "keylocation=prompt",
+                          dataset, NULL};
+    int r = zfs(cfg, args, tmp, NULL, err);
+    kf_secbuf_free(tmp);
+    return r;
+}
+
+static int zfs_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, const char *wrapped,
+                      const kf_secbuf *auth, kf_err *err)
+{
+    (void)auth;
+    if (!v->unlocked)
+        return kf_err_set(err, -EPERM, "%s: load its current key first (zfs load-key); change-key needs it", v->path);
+    const char *change[] = {"change-key", "-o", "keyformat=raw", "-o", "keylocation=prompt", v->path, NULL};
+    int r = zfs(cfg, change, key, NULL, err);
+    if (r != 0)
+        return r;
+    /* Seal, then verify: a dry-run load-key must accept the new key. */
+    const char *check[] = {"load-key", "-n", "-L", "prompt", v->path, NULL};
+    if ((r = zfs(cfg, check, key, NULL, err)) != 0)
+        return kf_err_wrap(err, "%s: the new key did not verify", v->path);
+    if ((r = set_props(cfg, v, wrapped, err)) != 0)
+        return r;
+    free(v->wrapped);
+    v->wrapped = strdup(wrapped);
+    return 0;
+}
+
+static int zfs_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, kf_err *err)
+{
+    const char *load[] = {"load-key", "-L", "prompt", v->path, NULL};
+    kf_err e = {0};
+    int r = zfs(cfg, load, key, NULL, &e);
+    if (r != 0) {
+        if (strstr(e.msg, "ncorrect key") != NULL)
+            return kf_err_set(err, -EKEYREJECTED, "%s: the released key does not open the dataset", v->path);
+        *err = e;
+        return r;
+    }
+    v->unlocked = true;
+    if (cfg->zfs_mount) {
+        const char *mount[] = {"mount", v->path, NULL};
+        if ((r = zfs(cfg, mount, NULL, NULL, err)) != 0)
+            return kf_err_wrap(err, "key loaded, but mounting failed");
+    }
+    return 0;
+}
+
+static int zfs_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err)
+{
+    int r = set_props(cfg, v, wrapped, err);
+    if (r == 0) {
+        free(v->wrapped);
+        v->wrapped = strdup(wrapped);
+    }
+    return r;
+}
+
+int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names, size_t *ret_n, kf_err *err)
+{
+    const char *args[] = {"list", "-H", "-o", "name,encryptionroot,keystatus," PROP_ID, NULL};
+    char *out = NULL;
+    int r = zfs(cfg, args, NULL, &out, err);
+    if (r != 0)
+        return r;
+    char **names = NULL;
+    size_t n = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        char *f[4];
+        char *lsave = NULL;
+        size_t k = 0;
+        for (char *t = strtok_r(line, "\t", &lsave); t != NULL && k < 4; t = strtok_r(NULL, "\t", &lsave))
+            f[k++] = t;
+        if (k != 4 || strcmp(f[0], f[1]) != 0 || (locked_only && strcmp(f[2], "unavailable") != 0) ||
+            strcmp(f[3], "-") == 0)
+            continue;
+        char **nv = realloc(names, (n + 1) * sizeof(char *));
+        if (nv == NULL)
+            break;
+        names = nv;
+        names[n++] = strdup(f[0]);
+    }
+    free(out);
+    *ret_names = names;
+    *ret_n = n;
+    return 0;
+}
+
+const kfa_driver kfa_zfs_driver = {
+    .name = "zfs",
+    .probe = zfs_probe,
+    .enroll = zfs_enroll,
+    .unlock = zfs_unlock,
+    .store_wrapped = zfs_store_wrapped,
+};
