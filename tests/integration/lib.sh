@@ -138,3 +138,33 @@ node() {
 field() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
 # put_policy DIR: the policy on stdin becomes the coordinator's policy.
 put_policy() { cat >"$1/policy.yaml" && ctl "$1" policy put "$1/policy.yaml" >/dev/null; }
+
+AGENT=$BUILD/agent/keyfleet-agent
+ZFS_STANDIN=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/zfs-standin
+export KF_ZFS_STANDIN_STATE=$WORK/zfs-state.json
+
+# luks_file PATH PASSPHRASE: a LUKS2 container in a file (cheap PBKDF for tests).
+luks_file() {
+    truncate -s 20M "$1"
+    printf '%s' "$2" | cryptsetup luksFormat --type luks2 --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+        --key-file=- "$1"
+}
+
+# agent_config FILE NODE [EXTRA YAML LINES...]: an agent config for DIR/NODE.{crt,key}.
+agent_config() {
+    local file=$1 node=$2
+    shift 2
+    {
+        echo "coordinators: [\"127.0.0.1:$PORT\"]"
+        echo "identity: {cert: $F/$node.crt, key: $F/$node.key, ca: $F/ca.crt}"
+        echo "state_file: $WORK/$node-state.json"
+        echo "luks: {activate: false}"
+        echo "zfs: {command: $ZFS_STANDIN}"
+        for line in "$@"; do echo "$line"; done
+    } >"$file"
+}
+# luks_json FILE: the LUKS2 header metadata as one compact JSON line.
+luks_json() {
+    cryptsetup luksDump --dump-json-metadata "$1" |
+        python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")))'
+}
