@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# deploy/: the systemd units pass `systemd-analyze verify` (with their binaries pointed at this
+# build), carry the hardening they promise, and the initramfs and dracut scripts parse.
+. "$(dirname "$0")/lib.sh"
+
+D=$(cd "$(dirname "$0")/../../deploy" && pwd)
+mkdir -p "$WORK/units"
+for u in keyfleetd.service keyfleet-unlock.service; do
+    sed -e "s#/usr/sbin/keyfleetd#$KFD#g" -e "s#/usr/sbin/keyfleet-agent#$AGENT#g" "$D/systemd/$u" >"$WORK/units/$u"
+done
+out=$(cd "$WORK/units" && systemd-analyze verify ./keyfleetd.service ./keyfleet-unlock.service 2>&1)
+rc=$?
+expect_eq "systemd-analyze verify passes on both units" "$rc:$out" "0:"
+
+svc=$(cat "$D/systemd/keyfleetd.service")
+for directive in "User=keyfleet" "StateDirectory=keyfleet" "NoNewPrivileges=yes" "ProtectSystem=strict" \
+    "PrivateTmp=yes" "CapabilityBoundingSet=$" "LimitCORE=0" "MemoryDenyWriteExecute=yes"; do
+    expect_match "keyfleetd.service has $directive" "$(printf '%s\n' "$svc" | grep -E "^$directive")" "."
+done
+unlock=$(cat "$D/systemd/keyfleet-unlock.service")
+expect_match "keyfleet-unlock.service is a oneshot that remains after exit" "$unlock" "Type=oneshot .*RemainAfterExit=yes"
+expect_match "... ordered after the network and zfs-import" "$unlock" "After=network-online.target zfs-import.target"
+expect_match "... and before zfs-mount and cryptsetup" "$unlock" "Before=zfs-mount.service cryptsetup.target"
+expect_match "... runs the agent's unlock --all" "$unlock" "ExecStart=/usr/sbin/keyfleet-agent -c /etc/keyfleet/agent.yaml unlock --all"
+
+for s in initramfs-tools/hooks/keyfleet initramfs-tools/scripts/local-top/keyfleet dracut/90keyfleet/keyfleet-unlock.sh; do
+    check "$s parses (sh -n)" sh -n "$D/$s"
+done
+check "dracut/90keyfleet/module-setup.sh parses (bash -n)" bash -n "$D/dracut/90keyfleet/module-setup.sh"
+finish
