@@ -24,6 +24,21 @@ static void quiet(int level, const char *msg, void *usrptr)
     (void)level, (void)msg, (void)usrptr;
 }
 
+/* The device loaded at probe, reused by the calls that follow (one header read per run). */
+static int open_device(const char *path, struct crypt_device **ret, kf_err *err);
+
+static int device_of(kfa_volume *v, struct crypt_device **ret, kf_err *err)
+{
+    if (v->handle != NULL) {
+        *ret = v->handle;
+        return 0;
+    }
+    int r = open_device(v->path, ret, err);
+    if (r == 0)
+        v->handle = *ret;
+    return r;
+}
+
 static int open_device(const char *path, struct crypt_device **ret, kf_err *err)
 {
     if (access(path, F_OK) != 0)
@@ -83,7 +98,13 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 {
     (void)cfg;
     struct crypt_device *cd = NULL;
-    int r = open_device(v->path, &cd, err);
+    if (v->handle != NULL) {
+        crypt_free(v->handle);
+        v->handle = NULL;
+    }
+    free(v->wrapped);
+    v->wrapped = NULL;
+    int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
     const char *uuid = crypt_get_uuid(cd);
@@ -96,7 +117,6 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
         r = 0;
     if (r == 0 && cfg->luks_activate)
         v->unlocked = crypt_status(cd, v->name) == CRYPT_ACTIVE;
-    crypt_free(cd);
     return r;
 }
 
@@ -120,7 +140,7 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     if (auth == NULL)
         return kf_err_set(err, -EINVAL, "%s: enrolling needs an existing passphrase or key file", v->path);
     struct crypt_device *cd = NULL;
-    int r = open_device(v->path, &cd, err);
+    int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
     struct crypt_pbkdf_type pbkdf = {
@@ -130,7 +150,6 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
                      : crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, (const char *)auth->data, auth->len,
                                                        (const char *)key->data, key->len);
     if (slot < 0) {
-        crypt_free(cd);
         return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add a keyslot: %s", v->path,
                           slot == -EPERM ? "the existing passphrase is wrong" : strerror(-slot));
     }
@@ -141,7 +160,6 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     free(json);
     if (token < 0) {
         crypt_keyslot_destroy(cd, slot);
-        crypt_free(cd);
         return kf_err_set(err, -EIO, "%s: the new keyslot did not verify or the token could not be written", v->path);
     }
     /* A re-enrollment replaces the previous keyfleet slot and token. */
@@ -150,7 +168,6 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
         if (v->keyslot >= 0 && v->keyslot != slot)
             crypt_keyslot_destroy(cd, v->keyslot);
     }
-    crypt_free(cd);
     v->keyslot = slot;
     v->token = token;
     free(v->wrapped);
@@ -161,13 +178,12 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
 static int luks_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, kf_err *err)
 {
     struct crypt_device *cd = NULL;
-    int r = open_device(v->path, &cd, err);
+    int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
     const char *name = cfg->luks_activate ? v->name : NULL;
     r = crypt_activate_by_passphrase(cd, name, v->keyslot >= 0 ? v->keyslot : CRYPT_ANY_SLOT, (const char *)key->data,
                                      key->len, 0);
-    crypt_free(cd);
     if (r == -EPERM)
         return kf_err_set(err, -EKEYREJECTED, "%s: the released key does not open the volume", v->path);
     if (r < 0)
@@ -179,13 +195,12 @@ static int luks_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
 static int luks_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err)
 {
     struct crypt_device *cd = NULL;
-    int r = open_device(v->path, &cd, err);
+    int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
     char *json = token_json(cfg, v, v->keyslot, wrapped);
     r = json != NULL ? crypt_token_json_set(cd, v->token, json) : -ENOMEM;
     free(json);
-    crypt_free(cd);
     if (r < 0)
         return kf_err_set(err, -EIO, "%s: cannot update the keyfleet token", v->path);
     free(v->wrapped);
@@ -205,4 +220,7 @@ void kfa_volume_clear(kfa_volume *v)
 {
     free(v->wrapped);
     v->wrapped = NULL;
+    if (v->handle != NULL && v->kind == KFA_VOL_LUKS2)
+        crypt_free(v->handle);
+    v->handle = NULL;
 }

@@ -23,6 +23,7 @@ typedef struct kfa_volume {
     int keyslot;     /* LUKS2: the keyfleet keyslot */
     int token;       /* LUKS2: the keyfleet token */
     bool unlocked;   /* the key is already loaded (ZFS keystatus, LUKS mapping present) */
+    void *handle;    /* driver state kept from probe to unlock (LUKS2: the loaded crypt_device) */
 } kfa_volume;
 
 typedef struct kfa_driver {
