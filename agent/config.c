@@ -1,7 +1,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <libgen.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,16 +138,6 @@ static const kf_yaml_field top_fields[] = {
     {"volumes", dec_volumes, offsetof(raw, volumes), NULL, false},
 };
 
-static char *resolve(const char *dir, char *p)
-{
-    if (p == NULL || p[0] == '/')
-        return p;
-    char *out = NULL;
-    if (asprintf(&out, "%s/%s", dir, p) < 0)
-        out = NULL;
-    free(p);
-    return out;
-}
 
 void kfa_config_free(kfa_config *cfg)
 {
@@ -186,15 +175,13 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
     kfa_config *cfg = calloc(1, sizeof(*cfg));
     if (r == 0 && cfg == NULL)
         r = kf_err_set(err, -ENOMEM, "out of memory");
-    char *copy = strdup(path);
-    const char *dir = copy != NULL ? dirname(copy) : ".";
     if (cfg != NULL) {
         cfg->path = strdup(path);
         cfg->coordinators = w.coordinators;
-        cfg->cert = resolve(dir, w.identity.cert);
-        cfg->key = resolve(dir, w.identity.key);
-        cfg->ca = resolve(dir, w.identity.ca);
-        cfg->state_file = w.state_file != NULL ? resolve(dir, w.state_file) : strdup("/var/lib/keyfleet/agent-state.json");
+        cfg->cert = kf_config_path(path, w.identity.cert);
+        cfg->key = kf_config_path(path, w.identity.key);
+        cfg->ca = kf_config_path(path, w.identity.ca);
+        cfg->state_file = w.state_file != NULL ? kf_config_path(path, w.state_file) : strdup("/var/lib/keyfleet/agent-state.json");
         cfg->deadline_ms = w.deadline_ms;
         cfg->call_timeout_ms = w.call_timeout_ms;
         cfg->zfs_command = w.zfs.command != NULL ? w.zfs.command : strdup("/sbin/zfs");
@@ -206,9 +193,8 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         cfg->n_volumes = w.volumes.n;
         for (size_t i = 0; i < cfg->n_volumes; i++)
             if (cfg->volumes[i].kind == KFA_VOL_LUKS2)
-                cfg->volumes[i].path = resolve(dir, cfg->volumes[i].path);
+                cfg->volumes[i].path = kf_config_path(path, cfg->volumes[i].path);
     }
-    free(copy);
     if (r != 0) {
         if (cfg != NULL)
             kfa_config_free(cfg);

@@ -391,6 +391,22 @@ int kf_yaml_dec_duration_ms(const kf_yaml_doc *doc, const kf_yaml_node *node, vo
     return 0;
 }
 
+char *kf_config_path(const char *config_file, char *p)
+{
+    if (p == NULL || p[0] == '/')
+        return p;
+    const char *slash = strrchr(config_file, '/');
+    int dir_len = slash != NULL ? (int)(slash - config_file) : 1;
+    const char *dir = slash != NULL ? config_file : ".";
+    if (slash == config_file)
+        dir_len = 1; /* a file in / */
+    char *out = NULL;
+    if (asprintf(&out, "%.*s/%s", dir_len, dir, p) < 0)
+        out = NULL;
+    free(p);
+    return out;
+}
+
 void kf_strlist_free(kf_strlist *l)
 {
     for (size_t i = 0; i < l->n; i++)

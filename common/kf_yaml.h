@@ -71,6 +71,11 @@ int kf_yaml_dec_strlist(const kf_yaml_doc *, const kf_yaml_node *, void *dst /* 
                         kf_err *);
 void kf_strlist_free(kf_strlist *l);
 
+/* Resolves path p (owned; freed) against the folder of config_file unless p is absolute; returns
+ * a malloc'ed path, or NULL for NULL p or out of memory. Config files name paths relative to
+ * themselves. */
+char *kf_config_path(const char *config_file, char *p);
+
 /* Parses a duration string as the decoder does; returns 0 or -EINVAL. */
 int kf_parse_duration_ms(const char *s, uint64_t *ret);
 

@@ -1,7 +1,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -136,17 +135,6 @@ static const kf_yaml_field top_fields[] = {
     {"webhook", dec_webhook, offsetof(raw_config, webhook), NULL, false},
 };
 
-/* Resolves p against dir unless it is absolute; takes ownership of p. */
-static char *resolve(const char *dir, char *p)
-{
-    if (p == NULL || p[0] == '/')
-        return p;
-    char *out = NULL;
-    if (asprintf(&out, "%s/%s", dir, p) < 0)
-        out = NULL;
-    free(p);
-    return out;
-}
 
 static const kf_yaml_node *find_key(const kf_yaml_node *map, const char *key)
 {
@@ -220,16 +208,14 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
     if (r == 0 && cfg == NULL)
         r = kf_err_set(err, -ENOMEM, "out of memory");
     if (r == 0) {
-        char *copy = strdup(path);
-        char *dir = copy != NULL ? dirname(copy) : ".";
         cfg->path = strdup(path);
         cfg->name = raw.name;
         cfg->listen = raw.listen;
-        cfg->port_file = resolve(dir, raw.port_file);
-        cfg->state_dir = resolve(dir, raw.state_dir);
-        cfg->tls_cert = resolve(dir, raw.tls.cert);
-        cfg->tls_key = resolve(dir, raw.tls.key);
-        cfg->tls_ca = resolve(dir, raw.tls.ca);
+        cfg->port_file = kf_config_path(path, raw.port_file);
+        cfg->state_dir = kf_config_path(path, raw.state_dir);
+        cfg->tls_cert = kf_config_path(path, raw.tls.cert);
+        cfg->tls_key = kf_config_path(path, raw.tls.key);
+        cfg->tls_ca = kf_config_path(path, raw.tls.ca);
         cfg->client_auth = raw.tls.client_auth != NULL && strcmp(raw.tls.client_auth, "optional") == 0
                                ? KF_TLS_PEER_OPTIONAL
                                : KF_TLS_PEER_REQUIRED;
@@ -238,15 +224,14 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         cfg->limits = raw.limits;
         cfg->kms_backend = raw.kms.backend != NULL ? raw.kms.backend : strdup("local");
         if (raw.kms.dir != NULL)
-            cfg->kms_local_dir = resolve(dir, raw.kms.dir);
+            cfg->kms_local_dir = kf_config_path(path, raw.kms.dir);
         else if (cfg->state_dir != NULL && asprintf(&cfg->kms_local_dir, "%s/kek", cfg->state_dir) < 0)
             cfg->kms_local_dir = NULL;
         cfg->approval_poll_ms = raw.approvals.poll_ms;
-        cfg->totp_dir = resolve(dir, raw.approvals.totp_dir);
+        cfg->totp_dir = kf_config_path(path, raw.approvals.totp_dir);
         cfg->webhook_url = raw.webhook.url;
-        cfg->webhook_secret_file = resolve(dir, raw.webhook.secret_file);
+        cfg->webhook_secret_file = kf_config_path(path, raw.webhook.secret_file);
         free(raw.tls.client_auth);
-        free(copy);
         kf_yaml_free(doc);
         if (cfg->path == NULL || cfg->state_dir == NULL || cfg->tls_cert == NULL || cfg->tls_key == NULL ||
             cfg->tls_ca == NULL || cfg->kms_backend == NULL || cfg->kms_local_dir == NULL) {

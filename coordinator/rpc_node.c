@@ -92,6 +92,19 @@ static const char *check_labels(Keyfleet__V1__Label **labels, size_t n)
     return NULL;
 }
 
+/* The answer's view of a sealed key (pointing at enc and ct). */
+static void sealed_key(Keyfleet__V1__SealedKey *sk, uint8_t enc[32], uint8_t ct[KF_SEAL_CT_LEN])
+{
+    keyfleet__v1__sealed_key__init(sk);
+    sk->kem_id = KF_HPKE_KEM_X25519_SHA256;
+    sk->kdf_id = KF_HPKE_KDF_HKDF_SHA256;
+    sk->aead_id = KF_SEAL_AEAD;
+    sk->enc.data = enc;
+    sk->enc.len = 32;
+    sk->ciphertext.data = ct;
+    sk->ciphertext.len = KF_SEAL_CT_LEN;
+}
+
 /* Records a refusal in the audit log, then answers with code. A failed audit write does not
  * change the answer (nothing is released either way) but is logged by the store. */
 typedef struct deny_ctx {
@@ -196,14 +209,8 @@ static void answer_enroll(enroll_op *op, uint64_t audit_seq)
 {
     (void)audit_seq;
     kfd_call *call = op->call;
-    Keyfleet__V1__SealedKey sk = KEYFLEET__V1__SEALED_KEY__INIT;
-    sk.kem_id = KF_HPKE_KEM_X25519_SHA256;
-    sk.kdf_id = KF_HPKE_KDF_HKDF_SHA256;
-    sk.aead_id = KF_SEAL_AEAD;
-    sk.enc.data = op->enc;
-    sk.enc.len = sizeof(op->enc);
-    sk.ciphertext.data = op->ct;
-    sk.ciphertext.len = sizeof(op->ct);
+    Keyfleet__V1__SealedKey sk;
+    sealed_key(&sk, op->enc, op->ct);
     Keyfleet__V1__EnrollResponse resp = KEYFLEET__V1__ENROLL_RESPONSE__INIT;
     resp.wrapped_key = (char *)op->wrapped;
     resp.sealed_key = &sk;
@@ -373,14 +380,8 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "release could not be recorded; no key was released");
         return;
     }
-    Keyfleet__V1__SealedKey sk = KEYFLEET__V1__SEALED_KEY__INIT;
-    sk.kem_id = KF_HPKE_KEM_X25519_SHA256;
-    sk.kdf_id = KF_HPKE_KDF_HKDF_SHA256;
-    sk.aead_id = KF_SEAL_AEAD;
-    sk.enc.data = op->enc;
-    sk.enc.len = sizeof(op->enc);
-    sk.ciphertext.data = op->ct;
-    sk.ciphertext.len = sizeof(op->ct);
+    Keyfleet__V1__SealedKey sk;
+    sealed_key(&sk, op->enc, op->ct);
     Keyfleet__V1__ReleaseResponse resp = KEYFLEET__V1__RELEASE_RESPONSE__INIT;
     resp.status = KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED;
     resp.request_id = op->request_id;

@@ -1,4 +1,3 @@
-#include <libgen.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,16 +17,6 @@ static const kf_yaml_field ctl_fields[] = {
     {"ca", kf_yaml_dec_string, offsetof(ctl_file, ca), NULL, true},
 };
 
-static char *resolve(const char *dir, char *p)
-{
-    if (p == NULL || p[0] == '/')
-        return p;
-    char *out = NULL;
-    if (asprintf(&out, "%s/%s", dir, p) < 0)
-        out = NULL;
-    free(p);
-    return out;
-}
 
 static int load_config(kfctl *ctl)
 {
@@ -46,25 +35,22 @@ static int load_config(kfctl *ctl)
         free(f.ca);
         return r;
     }
-    char *copy = strdup(ctl->config_path);
-    const char *dir = copy != NULL ? dirname(copy) : ".";
     if (ctl->servers.n == 0)
         ctl->servers = f.coordinators;
     else
         kf_strlist_free(&f.coordinators);
     if (ctl->cert == NULL)
-        ctl->cert = resolve(dir, f.cert);
+        ctl->cert = kf_config_path(ctl->config_path, f.cert);
     else
         free(f.cert);
     if (ctl->key == NULL)
-        ctl->key = resolve(dir, f.key);
+        ctl->key = kf_config_path(ctl->config_path, f.key);
     else
         free(f.key);
     if (ctl->ca == NULL)
-        ctl->ca = resolve(dir, f.ca);
+        ctl->ca = kf_config_path(ctl->config_path, f.ca);
     else
         free(f.ca);
-    free(copy);
     return 0;
 }
 
@@ -103,4 +89,15 @@ int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufC
         return -1;
     }
     return 0;
+}
+
+int kfctl_call_once(kfctl *ctl, const char *method, const ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp)
+{
+    kf_rpc_client *c = kfctl_client(ctl);
+    if (c == NULL)
+        return -1;
+    int r = kfctl_call(ctl, c, method, req, resp_desc, ret_resp);
+    kf_rpc_client_free(c);
+    return r;
 }

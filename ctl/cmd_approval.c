@@ -22,14 +22,11 @@ int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv)
         fprintf(stderr, "usage: keyfleetctl pending\n");
         return KFCTL_EXIT_USAGE;
     }
-    kf_rpc_client *c = kfctl_client(ctl);
-    if (c == NULL)
-        return 1;
     Keyfleet__V1__ListPendingRequest req = KEYFLEET__V1__LIST_PENDING_REQUEST__INIT;
     ProtobufCMessage *m = NULL;
     int rc = 1;
-    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/ListPending", &req.base,
-                   &keyfleet__v1__list_pending_response__descriptor, &m) == 0) {
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/ListPending", &req.base,
+                        &keyfleet__v1__list_pending_response__descriptor, &m) == 0) {
         Keyfleet__V1__ListPendingResponse *resp = (Keyfleet__V1__ListPendingResponse *)m;
         printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s\n", "REQUEST", "NODE", "VOLUME", "APPROVALS", "EXPIRES", "RULE");
         for (size_t i = 0; i < resp->n_requests; i++) {
@@ -45,7 +42,6 @@ int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv)
         protobuf_c_message_free_unpacked(m, NULL);
         rc = 0;
     }
-    kf_rpc_client_free(c);
     return rc;
 }
 
@@ -69,24 +65,20 @@ int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv)
         fprintf(stderr, "usage: keyfleetctl approve REQUEST_ID [--totp CODE] [--comment TEXT]\n");
         return KFCTL_EXIT_USAGE;
     }
-    kf_rpc_client *c = kfctl_client(ctl);
-    if (c == NULL)
-        return 1;
     Keyfleet__V1__ApproveRequest req = KEYFLEET__V1__APPROVE_REQUEST__INIT;
     req.request_id = argv[optind];
     req.totp_code = (char *)totp;
     req.comment = (char *)comment;
     ProtobufCMessage *m = NULL;
     int rc = 1;
-    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/Approve", &req.base, &keyfleet__v1__approve_response__descriptor,
-                   &m) == 0) {
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/Approve", &req.base,
+                        &keyfleet__v1__approve_response__descriptor, &m) == 0) {
         Keyfleet__V1__ApproveResponse *resp = (Keyfleet__V1__ApproveResponse *)m;
         printf("%s: %u of %u approvals%s\n", req.request_id, resp->approvals_have, resp->approvals_needed,
                resp->approved ? "; approved, the node's next poll gets the key" : "");
         protobuf_c_message_free_unpacked(m, NULL);
         rc = 0;
     }
-    kf_rpc_client_free(c);
     return rc;
 }
 
@@ -106,20 +98,16 @@ int kfctl_cmd_deny(kfctl *ctl, int argc, char **argv)
         fprintf(stderr, "usage: keyfleetctl deny REQUEST_ID [--reason TEXT]\n");
         return KFCTL_EXIT_USAGE;
     }
-    kf_rpc_client *c = kfctl_client(ctl);
-    if (c == NULL)
-        return 1;
     Keyfleet__V1__DenyRequest req = KEYFLEET__V1__DENY_REQUEST__INIT;
     req.request_id = argv[optind];
     req.reason = (char *)reason;
     ProtobufCMessage *m = NULL;
     int rc = 1;
-    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/Deny", &req.base, &keyfleet__v1__deny_response__descriptor,
-                   &m) == 0) {
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/Deny", &req.base, &keyfleet__v1__deny_response__descriptor,
+                        &m) == 0) {
         printf("%s: denied\n", req.request_id);
         protobuf_c_message_free_unpacked(m, NULL);
         rc = 0;
     }
-    kf_rpc_client_free(c);
     return rc;
 }

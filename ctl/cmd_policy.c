@@ -10,17 +10,6 @@
 
 #define POLICY_MAX (60 * 1024)
 
-static int call_and_free(kfctl *ctl, const char *method, const ProtobufCMessage *req,
-                         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **ret)
-{
-    kf_rpc_client *c = kfctl_client(ctl);
-    if (c == NULL)
-        return -1;
-    int r = kfctl_call(ctl, c, method, req, desc, ret);
-    kf_rpc_client_free(c);
-    return r;
-}
-
 static char *read_file(const char *path, size_t *ret_len)
 {
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
@@ -53,7 +42,7 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
     ProtobufCMessage *m = NULL;
     if (strcmp(sub, "get") == 0 && argc == 2) {
         Keyfleet__V1__GetPolicyRequest req = KEYFLEET__V1__GET_POLICY_REQUEST__INIT;
-        if (call_and_free(ctl, "keyfleet.v1.AdminService/GetPolicy", &req.base,
+        if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/GetPolicy", &req.base,
                           &keyfleet__v1__get_policy_response__descriptor, &m) != 0)
             return 1;
         Keyfleet__V1__GetPolicyResponse *resp = (Keyfleet__V1__GetPolicyResponse *)m;
@@ -68,7 +57,7 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
             return 1;
         Keyfleet__V1__PutPolicyRequest req = KEYFLEET__V1__PUT_POLICY_REQUEST__INIT;
         req.yaml = yaml;
-        int r = call_and_free(ctl, "keyfleet.v1.AdminService/PutPolicy", &req.base,
+        int r = kfctl_call_once(ctl, "keyfleet.v1.AdminService/PutPolicy", &req.base,
                               &keyfleet__v1__put_policy_response__descriptor, &m);
         free(yaml);
         if (r != 0)
@@ -95,7 +84,7 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
             req.node = argv[optind];
             req.volume_id = argv[optind + 1];
             req.source_address = (char *)source;
-            if (call_and_free(ctl, "keyfleet.v1.AdminService/CheckPolicy", &req.base,
+            if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/CheckPolicy", &req.base,
                               &keyfleet__v1__check_policy_response__descriptor, &m) != 0)
                 return 1;
             Keyfleet__V1__CheckPolicyResponse *resp = (Keyfleet__V1__CheckPolicyResponse *)m;
@@ -122,7 +111,7 @@ int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)
     req.node = argv[2];
     req.reason = argc == 4 ? argv[3] : (char *)"";
     ProtobufCMessage *m = NULL;
-    if (call_and_free(ctl, "keyfleet.v1.AdminService/RevokeNode", &req.base,
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/RevokeNode", &req.base,
                       &keyfleet__v1__revoke_node_response__descriptor, &m) != 0)
         return 1;
     protobuf_c_message_free_unpacked(m, NULL);
@@ -138,7 +127,7 @@ int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv)
     }
     Keyfleet__V1__RotateKmsRequest req = KEYFLEET__V1__ROTATE_KMS_REQUEST__INIT;
     ProtobufCMessage *m = NULL;
-    if (call_and_free(ctl, "keyfleet.v1.AdminService/RotateKms", &req.base,
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/RotateKms", &req.base,
                       &keyfleet__v1__rotate_kms_response__descriptor, &m) != 0)
         return 1;
     Keyfleet__V1__RotateKmsResponse *resp = (Keyfleet__V1__RotateKmsResponse *)m;

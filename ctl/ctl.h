@@ -19,6 +19,11 @@ kf_rpc_client *kfctl_client(kfctl *ctl);
 int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufCMessage *req,
                const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp);
 
+/* Opens a client, makes one call, closes it. Returns 0 on OK (*ret_resp set), -1 otherwise
+ * (the error was printed). */
+int kfctl_call_once(kfctl *ctl, const char *method, const ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp);
+
 int kfctl_cmd_init(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_status(kfctl *ctl, int argc, char **argv);

@@ -64,12 +64,17 @@ HOLDER=$!
 PIDS+=("$HOLDER")
 for _ in $(seq 1 100); do [ -e "$WORK/ns.ready" ] && break; sleep 0.05; done
 in_ns() { nsenter -t "$HOLDER" -m -- "$@"; }
-rm -f "$F/keyfleetd.port"
-nsenter -t "$HOLDER" -m -- "$KFD" -c "$F/keyfleetd.yaml" >>"$F/keyfleetd.log" 2>&1 &
-KFD_PID=$!
-PIDS+=("$KFD_PID")
-for _ in $(seq 1 200); do [ -s "$F/keyfleetd.port" ] && break; sleep 0.05; done
-PORT=$(head -n 1 "$F/keyfleetd.port"); URL=https://127.0.0.1:$PORT
+# keyfleetd inside the namespace (nsenter execs it, so $! is keyfleetd itself).
+start_in_ns() {
+    rm -f "$F/keyfleetd.port"
+    nsenter -t "$HOLDER" -m -- "$KFD" -c "$F/keyfleetd.yaml" >>"$F/keyfleetd.log" 2>&1 &
+    KFD_PID=$!
+    PIDS+=("$KFD_PID")
+    for _ in $(seq 1 200); do [ -s "$F/keyfleetd.port" ] && break; sleep 0.05; done
+    PORT=$(head -n 1 "$F/keyfleetd.port")
+    URL=https://127.0.0.1:$PORT
+}
+start_in_ns
 expect_match "on the small disk: releasing" "$(node "$F" n1 release vol-1 "$WRAP")" "^code=ok status=released"
 in_ns dd if=/dev/zero of="$F/state/filler" bs=64k status=none 2>/dev/null
 out=$(node "$F" n1 release vol-1 "$WRAP")
@@ -82,12 +87,7 @@ expect_match "full disk: the error is logged" "$(cat "$F/keyfleetd.log")" "event
 expect_eq "full disk: /readyz is 503" "$(readyz)" "503"
 stop_kfd TERM
 in_ns rm -f "$F/state/filler"
-rm -f "$F/keyfleetd.port"
-nsenter -t "$HOLDER" -m -- "$KFD" -c "$F/keyfleetd.yaml" >>"$F/keyfleetd.log" 2>&1 &
-KFD_PID=$!
-PIDS+=("$KFD_PID")
-for _ in $(seq 1 200); do [ -s "$F/keyfleetd.port" ] && break; sleep 0.05; done
-PORT=$(head -n 1 "$F/keyfleetd.port"); URL=https://127.0.0.1:$PORT
+start_in_ns
 expect_match "space freed, restarted: releasing again" "$(node "$F" n1 release vol-1 "$WRAP")" "^code=ok status=released key=$KEY "
 expect_match "... and the chain verifies" "$(ctl "$F" audit verify)" "audit chain ok"
 stop_kfd TERM
