@@ -1,0 +1,380 @@
+#include "tpm2.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_mu.h>
+#include <tss2/tss2_rc.h>
+#include <tss2/tss2_tctildr.h>
+
+#define BLOB_PREFIX "kftpm1:"
+
+typedef struct tpm {
+    TSS2_TCTI_CONTEXT *tcti;
+    ESYS_CONTEXT *esys;
+    ESYS_TR primary, object, session;
+} tpm;
+
+static int tpm_error(kf_err *err, const char *what, TSS2_RC rc)
+{
+    return kf_err_set(err, -EIO, "TPM %s failed: %s", what, Tss2_RC_Decode(rc));
+}
+
+static void tpm_close(tpm *t)
+{
+    ESYS_TR *handles[] = {&t->session, &t->object, &t->primary};
+    for (size_t i = 0; i < 3; i++)
+        if (*handles[i] != ESYS_TR_NONE && t->esys != NULL)
+            Esys_FlushContext(t->esys, *handles[i]);
+    if (t->esys != NULL)
+        Esys_Finalize(&t->esys);
+    if (t->tcti != NULL)
+        Tss2_TctiLdr_Finalize(&t->tcti);
+}
+
+static int tpm_open(tpm *t, const char *tcti, kf_err *err)
+{
+    memset(t, 0, sizeof(*t));
+    t->primary = t->object = t->session = ESYS_TR_NONE;
+    TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti, &t->tcti);
+    if (rc != TSS2_RC_SUCCESS)
+        return kf_err_set(err, -ENODEV, "TPM: cannot open TCTI '%s': %s", tcti, Tss2_RC_Decode(rc));
+    if ((rc = Esys_Initialize(&t->esys, t->tcti, NULL)) != TSS2_RC_SUCCESS) {
+        tpm_close(t);
+        return tpm_error(err, "initialization", rc);
+    }
+    rc = Esys_Startup(t->esys, TPM2_SU_CLEAR);
+    if (rc != TSS2_RC_SUCCESS && (rc & 0xfff) != TPM2_RC_INITIALIZE) {
+        tpm_close(t);
+        return tpm_error(err, "startup", rc);
+    }
+    return 0;
+}
+
+/* The storage primary under the owner hierarchy: the same template gives the same key. */
+static int create_primary(tpm *t, kf_err *err)
+{
+    TPM2B_SENSITIVE_CREATE sens = {0};
+    TPM2B_PUBLIC pub = {.publicArea = {
+                            .type = TPM2_ALG_ECC,
+                            .nameAlg = TPM2_ALG_SHA256,
+                            .objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
+                                                TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                                                TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA,
+                            .parameters.eccDetail = {.symmetric = {.algorithm = TPM2_ALG_AES,
+                                                                   .keyBits.aes = 128,
+                                                                   .mode.aes = TPM2_ALG_CFB},
+                                                     .scheme = {.scheme = TPM2_ALG_NULL},
+                                                     .curveID = TPM2_ECC_NIST_P256,
+                                                     .kdf = {.scheme = TPM2_ALG_NULL}},
+                        }};
+    TPM2B_DATA outside = {0};
+    TPML_PCR_SELECTION creation_pcr = {0};
+    TSS2_RC rc = Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
+                                    &pub, &outside, &creation_pcr, &t->primary, NULL, NULL, NULL, NULL);
+    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "create primary", rc);
+}
+
+static void pcr_selection(const uint32_t *pcrs, size_t n, TPML_PCR_SELECTION *sel)
+{
+    memset(sel, 0, sizeof(*sel));
+    sel->count = 1;
+    sel->pcrSelections[0].hash = TPM2_ALG_SHA256;
+    sel->pcrSelections[0].sizeofSelect = 3;
+    for (size_t i = 0; i < n; i++)
+        if (pcrs[i] < 24)
+            sel->pcrSelections[0].pcrSelect[pcrs[i] / 8] |= (uint8_t)(1u << (pcrs[i] % 8));
+}
+
+/* A policy session bound to the current values of the selected PCRs (trial: only the digest). */
+static int pcr_policy(tpm *t, TPM2_SE type, const TPML_PCR_SELECTION *sel, TPM2B_DIGEST **ret_digest, kf_err *err)
+{
+    TPMT_SYM_DEF sym = {.algorithm = TPM2_ALG_NULL};
+    TSS2_RC rc = Esys_StartAuthSession(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                       NULL, type, &sym, TPM2_ALG_SHA256, &t->session);
+    if (rc != TSS2_RC_SUCCESS)
+        return tpm_error(err, "start session", rc);
+    TPM2B_DIGEST empty = {0}; /* empty pcrDigest: bind to the current values */
+    rc = Esys_PolicyPCR(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, sel);
+    if (rc != TSS2_RC_SUCCESS)
+        return tpm_error(err, "PolicyPCR", rc);
+    if (ret_digest != NULL &&
+        (rc = Esys_PolicyGetDigest(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ret_digest)) !=
+            TSS2_RC_SUCCESS)
+        return tpm_error(err, "PolicyGetDigest", rc);
+    return 0;
+}
+
+static int do_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, kf_err *err)
+{
+    if (strncmp(blob, BLOB_PREFIX, sizeof(BLOB_PREFIX) - 1) != 0)
+        return kf_err_set(err, -EBADMSG, "TPM blob: unknown format");
+    const char *b64 = blob + sizeof(BLOB_PREFIX) - 1;
+    size_t b64_len = strlen(b64);
+    if (b64_len == 0 || b64_len % 4 != 0 || b64_len > KFA_TPM_BLOB_MAX)
+        return kf_err_set(err, -EBADMSG, "TPM blob: malformed");
+    uint8_t raw[KFA_TPM_BLOB_MAX];
+    int n = EVP_DecodeBlock(raw, (const unsigned char *)b64, (int)b64_len);
+    if (n < 2)
+        return kf_err_set(err, -EBADMSG, "TPM blob: malformed");
+    n -= (b64[b64_len - 1] == '=') + (b64[b64_len - 2] == '=');
+    size_t n_pcrs = raw[0], off = 1 + n_pcrs;
+    if (off > (size_t)n || n_pcrs > 24)
+        return kf_err_set(err, -EBADMSG, "TPM blob: malformed");
+    uint32_t pcrs[24];
+    for (size_t i = 0; i < n_pcrs; i++)
+        pcrs[i] = raw[1 + i];
+    TPM2B_PUBLIC pub = {0};
+    TPM2B_PRIVATE priv = {0};
+    if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(raw, (size_t)n, &off, &pub) != TSS2_RC_SUCCESS ||
+        Tss2_MU_TPM2B_PRIVATE_Unmarshal(raw, (size_t)n, &off, &priv) != TSS2_RC_SUCCESS || off != (size_t)n)
+        return kf_err_set(err, -EBADMSG, "TPM blob: malformed");
+    tpm t;
+    int r = tpm_open(&t, tcti, err);
+    if (r != 0)
+        return r;
+    TPML_PCR_SELECTION sel;
+    pcr_selection(pcrs, n_pcrs, &sel);
+    TSS2_RC rc;
+    if ((r = create_primary(&t, err)) == 0) {
+        rc = Esys_Load(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, &t.object);
+        if (rc != TSS2_RC_SUCCESS)
+            r = tpm_error(err, "load (is this the TPM the key was sealed to?)", rc);
+    }
+    if (r == 0)
+        r = pcr_policy(&t, TPM2_SE_POLICY, &sel, NULL, err);
+    TPM2B_SENSITIVE_DATA *out = NULL;
+    if (r == 0) {
+        rc = Esys_Unseal(t.esys, t.object, t.session, ESYS_TR_NONE, ESYS_TR_NONE, &out);
+        if ((rc & 0xff) == (TPM2_RC_POLICY_FAIL & 0xff) && (rc & TPM2_RC_FMT1))
+            r = kf_err_set(err, -EACCES, "TPM refused to unseal: the PCR values changed since the key was sealed "
+                                         "(firmware, boot loader or Secure Boot state)");
+        else if (rc != TSS2_RC_SUCCESS)
+            r = tpm_error(err, "unseal", rc);
+    }
+    if (r == 0) {
+        kf_secbuf *key = kf_secbuf_new(out->size > 0 ? out->size : 1);
+        if (key == NULL)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+        else {
+            memcpy(key->data, out->buffer, out->size);
+            key->len = out->size;
+            *ret_key = key;
+        }
+    }
+    if (out != NULL) {
+        OPENSSL_cleanse(out, sizeof(*out));
+        Esys_Free(out);
+    }
+    tpm_close(&t);
+    return r;
+}
+
+static int do_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const kf_secbuf *key, char **ret_blob,
+                   kf_err *err)
+{
+    if (key->len == 0 || key->len > sizeof(((TPM2B_SENSITIVE_DATA *)0)->buffer) || n_pcrs == 0 || n_pcrs > 24)
+        return kf_err_set(err, -EINVAL, "TPM seal: bad key or PCR list");
+    tpm t;
+    int r = tpm_open(&t, tcti, err);
+    if (r != 0)
+        return r;
+    TPML_PCR_SELECTION sel;
+    pcr_selection(pcrs, n_pcrs, &sel);
+    TPM2B_DIGEST *policy = NULL;
+    TPM2B_PUBLIC *out_pub = NULL;
+    TPM2B_PRIVATE *out_priv = NULL;
+    TSS2_RC rc;
+    if ((r = create_primary(&t, err)) == 0)
+        r = pcr_policy(&t, TPM2_SE_TRIAL, &sel, &policy, err);
+    if (r == 0) {
+        Esys_FlushContext(t.esys, t.session);
+        t.session = ESYS_TR_NONE;
+        TPM2B_SENSITIVE_CREATE sens = {0};
+        sens.sensitive.data.size = (UINT16)key->len;
+        memcpy(sens.sensitive.data.buffer, key->data, key->len);
+        TPM2B_PUBLIC tmpl = {.publicArea = {.type = TPM2_ALG_KEYEDHASH,
+                                            .nameAlg = TPM2_ALG_SHA256,
+                                            /* no userWithAuth: only the PCR policy can unseal it */
+                                            .objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT,
+                                            .parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL}};
+        tmpl.publicArea.authPolicy = *policy;
+        TPM2B_DATA outside = {0};
+        TPML_PCR_SELECTION creation_pcr = {0};
+        rc = Esys_Create(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens, &tmpl, &outside,
+                         &creation_pcr, &out_priv, &out_pub, NULL, NULL, NULL);
+        OPENSSL_cleanse(&sens, sizeof(sens));
+        if (rc != TSS2_RC_SUCCESS)
+            r = tpm_error(err, "create sealed object", rc);
+    }
+    char *blob = NULL;
+    if (r == 0) {
+        uint8_t raw[KFA_TPM_BLOB_MAX];
+        size_t off = 0;
+        raw[off++] = (uint8_t)n_pcrs;
+        for (size_t i = 0; i < n_pcrs; i++)
+            raw[off++] = (uint8_t)pcrs[i];
+        if (Tss2_MU_TPM2B_PUBLIC_Marshal(out_pub, raw, sizeof(raw), &off) != TSS2_RC_SUCCESS ||
+            Tss2_MU_TPM2B_PRIVATE_Marshal(out_priv, raw, sizeof(raw), &off) != TSS2_RC_SUCCESS ||
+            (blob = malloc(sizeof(BLOB_PREFIX) + 4 * ((off + 2) / 3) + 1)) == NULL) {
+            r = kf_err_set(err, -EIO, "TPM seal: cannot serialize the sealed object");
+        } else {
+            memcpy(blob, BLOB_PREFIX, sizeof(BLOB_PREFIX) - 1);
+            EVP_EncodeBlock((unsigned char *)blob + sizeof(BLOB_PREFIX) - 1, raw, (int)off);
+        }
+    }
+    Esys_Free(policy);
+    Esys_Free(out_pub);
+    Esys_Free(out_priv);
+    tpm_close(&t);
+    if (r != 0)
+        return r;
+    /* Seal, then verify. */
+    kf_secbuf *back = NULL;
+    r = do_unseal(tcti, blob, &back, err);
+    if (r == 0 && (back->len != key->len || CRYPTO_memcmp(back->data, key->data, key->len) != 0))
+        r = kf_err_set(err, -EIO, "TPM seal: the sealed copy did not unseal to the same key");
+    kf_secbuf_free(back);
+    if (r != 0) {
+        free(blob);
+        return kf_err_wrap(err, "verifying the sealed copy");
+    }
+    *ret_blob = blob;
+    return 0;
+}
+
+/* --- worker thread: ESAPI blocks; the caller waits at most timeout_ms --- */
+
+typedef struct job {
+    pthread_mutex_t lock;
+    pthread_cond_t done_cond;
+    bool done, abandoned;
+    bool seal;
+    char *tcti;
+    uint32_t pcrs[24];
+    size_t n_pcrs;
+    const kf_secbuf *key; /* seal: owned by the caller until done */
+    kf_secbuf *key_copy;
+    char *blob;
+    kf_secbuf *result_key;
+    char *result_blob;
+    int status;
+    kf_err err;
+} job;
+
+static void job_free(job *j)
+{
+    free(j->tcti);
+    free(j->blob);
+    free(j->result_blob);
+    kf_secbuf_free(j->key_copy);
+    kf_secbuf_free(j->result_key);
+    pthread_mutex_destroy(&j->lock);
+    pthread_cond_destroy(&j->done_cond);
+    free(j);
+}
+
+static void *worker(void *arg)
+{
+    job *j = arg;
+    if (j->seal)
+        j->status = do_seal(j->tcti, j->pcrs, j->n_pcrs, j->key_copy, &j->result_blob, &j->err);
+    else
+        j->status = do_unseal(j->tcti, j->blob, &j->result_key, &j->err);
+    pthread_mutex_lock(&j->lock);
+    j->done = true;
+    bool abandoned = j->abandoned;
+    pthread_cond_signal(&j->done_cond);
+    pthread_mutex_unlock(&j->lock);
+    if (abandoned)
+        job_free(j);
+    return NULL;
+}
+
+static int run_job(job *j, uint64_t timeout_ms, kf_err *err)
+{
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->done_cond, NULL);
+    pthread_t th;
+    if (pthread_create(&th, NULL, worker, j) != 0) {
+        job_free(j);
+        return kf_err_set(err, -EAGAIN, "cannot start the TPM worker");
+    }
+    pthread_detach(th);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(timeout_ms / 1000);
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&j->lock);
+    while (!j->done)
+        if (pthread_cond_timedwait(&j->done_cond, &j->lock, &until) != 0)
+            break;
+    if (!j->done) {
+        j->abandoned = true; /* the worker frees the job when the TPM finally answers */
+        pthread_mutex_unlock(&j->lock);
+        return kf_err_set(err, -ETIMEDOUT, "the TPM did not answer within %llu ms", (unsigned long long)timeout_ms);
+    }
+    pthread_mutex_unlock(&j->lock);
+    if (j->status != 0 && err != NULL)
+        *err = j->err;
+    return j->status;
+}
+
+int kfa_tpm_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const kf_secbuf *key, char **ret_blob,
+                 uint64_t timeout_ms, kf_err *err)
+{
+    job *j = calloc(1, sizeof(*j));
+    if (j == NULL || n_pcrs > 24 || (j->tcti = strdup(tcti)) == NULL || (j->key_copy = kf_secbuf_new(key->len)) == NULL) {
+        if (j != NULL) {
+            free(j->tcti);
+            free(j);
+        }
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    }
+    memcpy(j->key_copy->data, key->data, key->len);
+    j->seal = true;
+    memcpy(j->pcrs, pcrs, n_pcrs * sizeof(*pcrs));
+    j->n_pcrs = n_pcrs;
+    int r = run_job(j, timeout_ms, err);
+    if (r == -ETIMEDOUT && j->abandoned)
+        return r;
+    if (r == 0) {
+        *ret_blob = j->result_blob;
+        j->result_blob = NULL;
+    }
+    job_free(j);
+    return r;
+}
+
+int kfa_tpm_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, uint64_t timeout_ms, kf_err *err)
+{
+    job *j = calloc(1, sizeof(*j));
+    if (j == NULL || (j->tcti = strdup(tcti)) == NULL || (j->blob = strdup(blob)) == NULL) {
+        if (j != NULL) {
+            free(j->tcti);
+            free(j);
+        }
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    }
+    int r = run_job(j, timeout_ms, err);
+    if (r == -ETIMEDOUT && j->abandoned)
+        return r;
+    if (r == 0) {
+        *ret_key = j->result_key;
+        j->result_key = NULL;
+    }
+    job_free(j);
+    return r;
+}
