@@ -2,12 +2,15 @@
 #ifndef KFA_AGENT_H
 #define KFA_AGENT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "config.h"
 #include "kf_identity.h"
 #include "kf_node_client.h"
 #include "volume.h"
+
+#define KFA_TPM_TIMEOUT_MS 15000
 
 #define KFA_EXIT_ALL 0
 #define KFA_EXIT_NONE 1
@@ -19,6 +22,7 @@ typedef struct kfa_ctx {
     kf_identity me;
     kf_rpc_client *client;
     uint64_t deadline; /* monotonic ms */
+    bool reachable;    /* a coordinator answered during this run */
 } kfa_ctx;
 
 uint64_t kfa_now_ms(void);
@@ -33,6 +37,12 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
 
 /* The status file: per volume, how and when it was last unlocked (no secrets). */
 int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail);
+/* Queues an offline (TPM) unlock for reporting to a coordinator. */
+int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason);
+/* Reports queued offline unlocks through Heartbeat; clears them once a coordinator accepted
+ * them. Quiet when there is nothing to report or no coordinator answers. */
+void kfa_report_offline(kfa_ctx *ctx);
+
 /* Returns the last unlock of volume_id ("" when never): method, detail and time. */
 void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method, size_t msize, int64_t *at);
 

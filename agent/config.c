@@ -59,16 +59,26 @@ static int dec_luks(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, co
 
 typedef struct tpm_sec {
     char *tcti;
+    kf_strlist pcrs;
 } tpm_sec;
 
 static const kf_yaml_field tpm_fields[] = {
     {"tcti", kf_yaml_dec_string, offsetof(tpm_sec, tcti), NULL, false},
+    {"pcrs", kf_yaml_dec_strlist, offsetof(tpm_sec, pcrs), NULL, false},
 };
 
 static int dec_tpm(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
 {
     (void)arg;
-    return kf_yaml_decode_map(doc, n, tpm_fields, 1, dst, err);
+    int r = kf_yaml_decode_map(doc, n, tpm_fields, 2, dst, err);
+    tpm_sec *t = dst;
+    for (size_t i = 0; r == 0 && i < t->pcrs.n; i++) {
+        char *end;
+        long v = strtol(t->pcrs.v[i], &end, 10);
+        if (*end != '\0' || v < 0 || v > 23 || t->pcrs.n > 24)
+            r = kf_yaml_error(doc, n, err, "tpm.pcrs must list PCR numbers 0..23");
+    }
+    return r;
 }
 
 typedef struct volume_sec {
@@ -189,6 +199,11 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         cfg->zfs_discover = w.zfs.discover;
         cfg->luks_activate = w.luks.activate;
         cfg->tpm_tcti = w.tpm.tcti != NULL ? w.tpm.tcti : strdup("device:/dev/tpmrm0");
+        for (size_t i = 0; i < w.tpm.pcrs.n && i < 24; i++)
+            cfg->tpm_pcrs[cfg->n_tpm_pcrs++] = (uint32_t)atoi(w.tpm.pcrs.v[i]);
+        if (cfg->n_tpm_pcrs == 0)
+            cfg->tpm_pcrs[cfg->n_tpm_pcrs++] = 7;
+        kf_strlist_free(&w.tpm.pcrs);
         cfg->volumes = w.volumes.v;
         cfg->n_volumes = w.volumes.n;
         for (size_t i = 0; i < cfg->n_volumes; i++)

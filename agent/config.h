@@ -30,6 +30,8 @@ typedef struct kfa_config {
     bool zfs_discover;
     bool luks_activate;       /* false: only verify the key (no device-mapper) */
     char *tpm_tcti;
+    uint32_t tpm_pcrs[24];
+    size_t n_tpm_pcrs;
     kfa_volume_cfg *volumes;
     size_t n_volumes;
 } kfa_config;

@@ -2,7 +2,8 @@
  * keyslot (PBKDF2 with a low iteration count: the key is 256 random bits, as systemd-cryptenroll
  * does for TPM keys), and a LUKS2 token of type "keyfleet" records it:
  *   {"type":"keyfleet","keyslots":["N"],"keyfleet_volume_id":UUID,
- *    "keyfleet_wrapped_key":"kf:...","keyfleet_coordinators":["host:port",...]}
+ *    "keyfleet_wrapped_key":"kf:...","keyfleet_coordinators":["host:port",...],
+ *    "keyfleet_tpm_sealed":"kftpm1:..." (only where policy allows offline unlock)}
  * Unlock activates the mapping, or with luks.activate=false only verifies the key (no
  * device-mapper, as in the tests). */
 #include <errno.h>
@@ -84,6 +85,9 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
             r = kf_err_set(err, -EBADMSG, "%s: keyfleet token holds no valid wrapped key", v->path);
         else if ((v->wrapped = strdup(wrapped)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
+        const char *tpm = json_string_value(json_object_get(o, "keyfleet_tpm_sealed"));
+        if (r == 0 && tpm != NULL && (strlen(tpm) > 4096 || (v->tpm_blob = strdup(tpm)) == NULL))
+            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token holds a bad TPM blob", v->path);
         if (r == 0) {
             v->keyslot = atoi(slot);
             v->token = t;
@@ -104,6 +108,8 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     }
     free(v->wrapped);
     v->wrapped = NULL;
+    free(v->tpm_blob);
+    v->tpm_blob = NULL;
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
@@ -129,6 +135,8 @@ static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, co
     snprintf(slot_s, sizeof(slot_s), "%d", slot);
     json_t *o = json_pack("{s:s, s:[s], s:s, s:s, s:o}", "type", TOKEN_TYPE, "keyslots", slot_s, "keyfleet_volume_id",
                           v->id, "keyfleet_wrapped_key", wrapped, "keyfleet_coordinators", coords);
+    if (o != NULL && v->tpm_blob != NULL)
+        json_object_set_new(o, "keyfleet_tpm_sealed", json_string(v->tpm_blob));
     char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return s;
@@ -208,18 +216,40 @@ static int luks_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *
     return 0;
 }
 
+static int luks_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err)
+{
+    char *old = v->tpm_blob;
+    if ((v->tpm_blob = strdup(blob)) == NULL) {
+        v->tpm_blob = old;
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    }
+    char *wrapped = strdup(v->wrapped);
+    int r = wrapped != NULL ? luks_store_wrapped(cfg, v, wrapped, err) : -ENOMEM;
+    free(wrapped);
+    if (r != 0) {
+        free(v->tpm_blob);
+        v->tpm_blob = old;
+        return r;
+    }
+    free(old);
+    return 0;
+}
+
 const kfa_driver kfa_luks2_driver = {
     .name = "luks2",
     .probe = luks_probe,
     .enroll = luks_enroll,
     .unlock = luks_unlock,
     .store_wrapped = luks_store_wrapped,
+    .store_tpm = luks_store_tpm,
 };
 
 void kfa_volume_clear(kfa_volume *v)
 {
     free(v->wrapped);
     v->wrapped = NULL;
+    free(v->tpm_blob);
+    v->tpm_blob = NULL;
     if (v->handle != NULL && v->kind == KFA_VOL_LUKS2)
         crypt_free(v->handle);
     v->handle = NULL;

@@ -15,6 +15,7 @@
 #include "agent.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
+#include "tpm2.h"
 
 #define AUTH_MAX 1024
 #define LABELS_MAX 32
@@ -179,8 +180,23 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
     if (v.drv->enroll(ctx->cfg, &v, e.key, e.wrapped, auth, &err) != 0)
         goto out;
     kfa_state_record(ctx->cfg, v.id, "enrolled", "");
-    printf("enrolled %s %s (volume id %s)%s\n", v.drv->name, v.path, v.id,
-           e.offline_fallback_allowed ? "; policy allows TPM fallback, which this build does not provide yet" : "");
+    const char *fallback = "";
+    if (e.offline_fallback_allowed) {
+        /* Policy allows an offline copy: seal it to this TPM under the PCRs policy names. */
+        const uint32_t *pcrs = e.n_tpm_pcrs > 0 ? e.tpm_pcrs : ctx->cfg->tpm_pcrs;
+        size_t n_pcrs = e.n_tpm_pcrs > 0 ? e.n_tpm_pcrs : ctx->cfg->n_tpm_pcrs;
+        char *blob = NULL;
+        kf_err terr = {0};
+        if (kfa_tpm_seal(ctx->cfg->tpm_tcti, pcrs, n_pcrs, e.key, &blob, KFA_TPM_TIMEOUT_MS, &terr) == 0 &&
+            v.drv->store_tpm(ctx->cfg, &v, blob, &terr) == 0) {
+            fallback = "; TPM-sealed copy stored for offline unlock";
+        } else {
+            kf_log_warn("tpm_seal_failed", "volume=%s error=%s", kf_log_q(v.path), kf_log_q(terr.msg));
+            fallback = "; no TPM copy (see the warning): this volume needs a coordinator to unlock";
+        }
+        free(blob);
+    }
+    printf("enrolled %s %s (volume id %s)%s\n", v.drv->name, v.path, v.id, fallback);
     rc = 0;
 out:
     if (rc != 0)
@@ -242,6 +258,27 @@ static int collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_
     return 0;
 }
 
+/* The offline fallback: no coordinator answered before the deadline, and policy allowed a
+ * TPM-sealed copy at enrollment. Recorded, and reported to a coordinator on the next contact. */
+static int unlock_from_tpm(kfa_ctx *ctx, kfa_volume *v, const char *why, kf_err *err)
+{
+    char reason[300];
+    snprintf(reason, sizeof(reason), "no coordinator answered before the deadline: %.200s", why);
+    kf_secbuf *key = NULL;
+    int r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, v->tpm_blob, &key, KFA_TPM_TIMEOUT_MS, err);
+    if (r != 0)
+        return kf_err_wrap(err, "%s: offline fallback refused", v->path);
+    r = v->drv->unlock(ctx->cfg, v, key, err);
+    kf_secbuf_free(key);
+    if (r != 0)
+        return r;
+    kf_log_warn("offline_unlock", "volume=%s reason=%s", kf_log_q(v->path), kf_log_q(reason));
+    kfa_state_record(ctx->cfg, v->id, "tpm", reason);
+    kfa_state_queue_offline(ctx->cfg, v, reason);
+    printf("%s %s: unlocked from the TPM (no coordinator answered; will be reported)\n", v->drv->name, v->path);
+    return 0;
+}
+
 /* Unlocks one volume; returns 0 when it is unlocked afterwards. */
 static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
 {
@@ -255,8 +292,12 @@ static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
         return 0;
     }
     kf_released rel;
-    if ((r = kfa_release(ctx, v, &rel, err)) != 0)
+    if ((r = kfa_release(ctx, v, &rel, err)) != 0) {
+        if (r == -EHOSTUNREACH && v->tpm_blob != NULL)
+            return unlock_from_tpm(ctx, v, err->msg, err);
         return r;
+    }
+    ctx->reachable = true;
     r = v->drv->unlock(ctx->cfg, v, rel.key, err);
     if (r == 0 && rel.rewrapped != NULL) {
         kf_err werr = {0};
@@ -298,6 +339,8 @@ static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv)
         kfa_volume_clear(&vs[i]);
     }
     free(vs);
+    if (ctx->reachable)
+        kfa_report_offline(ctx);
     if (n == 0)
         fprintf(stderr, "keyfleet-agent: no volumes to unlock\n");
     return ok == n && n > 0 ? KFA_EXIT_ALL : ok == 0 ? KFA_EXIT_NONE : KFA_EXIT_SOME;
@@ -354,6 +397,8 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
     bool reachable = kfa_connect(ctx, &err) == 0 && kf_rpc_get(ctx->client, "/healthz", &http, &body, &err) == 0 &&
                      http == 200;
     free(body);
+    if (reachable)
+        kfa_report_offline(ctx);
     json_t *arr = json_array();
     if (!json)
         printf("coordinators: %s\n%-6s %-38s %-28s %-12s %-12s %s\n", reachable ? "reachable" : "unreachable", "KIND",

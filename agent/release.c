@@ -100,8 +100,10 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
         kf_log_warn("release_retry", "volume=%s reason=%s backoff_ms=%llu", kf_log_q(v->path),
                     kf_log_q(r != 0 ? e.msg : st.message), (unsigned long long)backoff);
         if (!wait_until_next(ctx, jitter(backoff)))
-            return kf_err_set(err, -ETIMEDOUT, "%s: no coordinator released the key before the deadline (%s)",
-                              v->path, r != 0 ? e.msg : st.message);
+            /* -EHOSTUNREACH only when no coordinator answered at all: the TPM fallback's condition. */
+            return kf_err_set(err, r != 0 ? -EHOSTUNREACH : -ETIMEDOUT,
+                              "%s: no coordinator released the key before the deadline (%s)", v->path,
+                              r != 0 ? e.msg : st.message);
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
 }

@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "agent.h"
+#include "kf_log.h"
 
 int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail)
 {
@@ -50,5 +51,88 @@ void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method
         snprintf(method, msize, "%s", m);
         *at = t;
     }
+    json_decref(root);
+}
+
+int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason)
+{
+    json_t *root = json_load_file(cfg->state_file, 0, NULL);
+    if (root == NULL || !json_is_object(root)) {
+        json_decref(root);
+        root = json_object();
+    }
+    json_t *q = json_object_get(root, "offline_pending");
+    if (!json_is_array(q)) {
+        q = json_array();
+        json_object_set_new(root, "offline_pending", q);
+    }
+    json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s}", "volume_id", v->id, "kind",
+                                       v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", v->path, "at", (json_int_t)time(NULL),
+                                       "reason", reason));
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", cfg->state_file);
+    int r = json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS);
+    json_decref(root);
+    return r == 0 && rename(tmp, cfg->state_file) == 0 ? 0 : -EIO;
+}
+
+void kfa_report_offline(kfa_ctx *ctx)
+{
+    json_t *root = json_load_file(ctx->cfg->state_file, 0, NULL);
+    json_t *q = root != NULL ? json_object_get(root, "offline_pending") : NULL;
+    size_t n = json_is_array(q) ? json_array_size(q) : 0;
+    if (n == 0 || n > 1000) {
+        json_decref(root);
+        return;
+    }
+    Keyfleet__V1__OfflineUnlock *items = calloc(n, sizeof(*items));
+    Keyfleet__V1__OfflineUnlock **ptrs = calloc(n, sizeof(*ptrs));
+    Keyfleet__V1__VolumeRef *refs = calloc(n, sizeof(*refs));
+    Keyfleet__V1__Timestamp *ats = calloc(n, sizeof(*ats));
+    kf_err err = {0};
+    if (items != NULL && ptrs != NULL && refs != NULL && ats != NULL && kfa_connect(ctx, &err) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_array_get(q, i);
+            keyfleet__v1__offline_unlock__init(&items[i]);
+            keyfleet__v1__volume_ref__init(&refs[i]);
+            keyfleet__v1__timestamp__init(&ats[i]);
+            refs[i].id = (char *)json_string_value(json_object_get(e, "volume_id"));
+            refs[i].kind = (Keyfleet__V1__VolumeKind)json_integer_value(json_object_get(e, "kind"));
+            refs[i].name = (char *)json_string_value(json_object_get(e, "name"));
+            ats[i].seconds = json_integer_value(json_object_get(e, "at"));
+            items[i].volume = &refs[i];
+            items[i].at = &ats[i];
+            items[i].reason = (char *)json_string_value(json_object_get(e, "reason"));
+            if (refs[i].id == NULL)
+                refs[i].id = (char *)"";
+            if (refs[i].name == NULL)
+                refs[i].name = (char *)"";
+            if (items[i].reason == NULL)
+                items[i].reason = (char *)"";
+            ptrs[i] = &items[i];
+        }
+        Keyfleet__V1__HeartbeatRequest req = KEYFLEET__V1__HEARTBEAT_REQUEST__INIT;
+        req.n_offline_unlocks = n;
+        req.offline_unlocks = ptrs;
+        req.agent_version = (char *)KF_VERSION;
+        ProtobufCMessage *m = NULL;
+        kf_rpc_status st;
+        if (kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Heartbeat", &req.base,
+                        &keyfleet__v1__heartbeat_response__descriptor, &m, &st, &err) == 0 &&
+            st.code == KF_CONNECT_OK) {
+            json_object_del(root, "offline_pending");
+            char tmp[4096];
+            snprintf(tmp, sizeof(tmp), "%s.tmp", ctx->cfg->state_file);
+            if (json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) == 0)
+                rename(tmp, ctx->cfg->state_file);
+            kf_log_info("offline_unlocks_reported", "count=%zu", n);
+        }
+        if (m != NULL)
+            protobuf_c_message_free_unpacked(m, NULL);
+    }
+    free(items);
+    free(ptrs);
+    free(refs);
+    free(ats);
     json_decref(root);
 }

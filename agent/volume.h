@@ -20,6 +20,7 @@ typedef struct kfa_volume {
     char name[128];  /* LUKS2 device-mapper name */
     char id[130];    /* LUKS UUID or ZFS GUID */
     char *wrapped;   /* stored wrapped key; NULL when not enrolled */
+    char *tpm_blob;  /* TPM-sealed copy for offline unlock; NULL when none */
     int keyslot;     /* LUKS2: the keyfleet keyslot */
     int token;       /* LUKS2: the keyfleet token */
     bool unlocked;   /* the key is already loaded (ZFS keystatus, LUKS mapping present) */
@@ -38,6 +39,8 @@ typedef struct kfa_driver {
     /* Loads key. -EKEYREJECTED when it does not open the volume; nothing changes then. */
     int (*unlock)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, kf_err *err);
     int (*store_wrapped)(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err);
+    /* Stores the TPM-sealed copy next to the wrapped key. */
+    int (*store_tpm)(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err);
 } kfa_driver;
 
 extern const kfa_driver kfa_luks2_driver;

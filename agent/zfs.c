@@ -13,6 +13,7 @@
 
 #define PROP_WRAPPED "org.keyfleet:wrapped-key"
 #define PROP_ID "org.keyfleet:volume-id"
+#define PROP_TPM "org.keyfleet:tpm-sealed"
 
 static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *key, char **ret_out, kf_err *err)
 {
@@ -51,8 +52,8 @@ static size_t split(char *s, char **fields, size_t max)
 
 static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 {
-    const char *args[] = {"get", "-H", "-p", "-o", "value", "guid,keystatus,encryptionroot," PROP_ID "," PROP_WRAPPED,
-                          v->path, NULL};
+    const char *args[] = {"get", "-H", "-p", "-o", "value",
+                          "guid,keystatus,encryptionroot," PROP_ID "," PROP_WRAPPED "," PROP_TPM, v->path, NULL};
     char *out = NULL;
     kf_err e = {0};
     int r = zfs(cfg, args, NULL, &out, &e);
@@ -62,9 +63,9 @@ static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
         *err = e;
         return r;
     }
-    char *f[5];
-    size_t n = split(out, f, 5);
-    if (n != 5) {
+    char *f[6];
+    size_t n = split(out, f, 6);
+    if (n != 6) {
         free(out);
         return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
     }
@@ -79,6 +80,8 @@ static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
         else if (strncmp(f[4], "kf:", 3) != 0 || strlen(f[4]) > KFA_WRAPPED_MAX)
             r = kf_err_set(err, -EBADMSG, "%s: " PROP_WRAPPED " holds no valid wrapped key", v->path);
         else if ((v->wrapped = strdup(f[4])) == NULL)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+        if (r == 0 && strcmp(f[5], "-") != 0 && (v->tpm_blob = strdup(f[5])) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
     }
     free(out);
@@ -192,10 +195,24 @@ int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names,
     return 0;
 }
 
+static int zfs_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err)
+{
+    char prop[4096 + 64];
+    snprintf(prop, sizeof(prop), PROP_TPM "=%s", blob);
+    const char *args[] = {"set", prop, v->path, NULL};
+    int r = zfs(cfg, args, NULL, NULL, err);
+    if (r == 0) {
+        free(v->tpm_blob);
+        v->tpm_blob = strdup(blob);
+    }
+    return r;
+}
+
 const kfa_driver kfa_zfs_driver = {
     .name = "zfs",
     .probe = zfs_probe,
     .enroll = zfs_enroll,
     .unlock = zfs_unlock,
     .store_wrapped = zfs_store_wrapped,
+    .store_tpm = zfs_store_tpm,
 };

@@ -110,6 +110,9 @@ int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__Volum
         if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
         ret->offline_fallback_allowed = resp->offline_fallback_allowed;
+        for (size_t i = 0; i < resp->n_tpm_pcrs && i < 24; i++)
+            if (resp->tpm_pcrs[i] < 24)
+                ret->tpm_pcrs[ret->n_tpm_pcrs++] = resp->tpm_pcrs[i];
         if (r != 0)
             kf_enrolled_clear(ret);
     }

@@ -15,6 +15,8 @@ typedef struct kf_enrolled {
     kf_secbuf *key;  /* 32-byte data key */
     char *wrapped;   /* store this on the volume */
     bool offline_fallback_allowed;
+    uint32_t tpm_pcrs[24]; /* PCRs policy wants the TPM copy sealed under (may be empty) */
+    size_t n_tpm_pcrs;
 } kf_enrolled;
 
 typedef struct kf_released {

@@ -61,6 +61,7 @@ bool kfd_request_id_valid(const char *s);
 /* Handlers. */
 void kfd_rpc_enroll(kfd_call *call);
 void kfd_rpc_release(kfd_call *call);
+void kfd_rpc_heartbeat(kfd_call *call);
 void kfd_rpc_list_pending(kfd_call *call);
 void kfd_rpc_approve(kfd_call *call);
 void kfd_rpc_deny(kfd_call *call);

@@ -620,3 +620,76 @@ void kfd_rpc_release(kfd_call *call)
         kfd_new_request_id(op.request_id);
     app->kms->ops->unwrap(app->kms, req->volume->id, req->wrapped_key, on_release_key, &op);
 }
+
+/* ------------------------------------------------------------------ Heartbeat */
+
+typedef struct heartbeat_op {
+    kfd_call *call;
+    bool revoked;
+    int failed;
+} heartbeat_op;
+
+static void on_offline_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res, (void)err;
+    heartbeat_op *op = arg;
+    if (status != 0)
+        op->failed++;
+}
+
+/* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is
+ * audited as offline_unlock. A revoked node is told to lock (kill switch) instead of refused, so
+ * an agent in watch mode can act on it. */
+void kfd_rpc_heartbeat(kfd_call *call)
+{
+    const Keyfleet__V1__HeartbeatRequest *req = (const Keyfleet__V1__HeartbeatRequest *)call->request;
+    if (req->n_offline_unlocks > 1000) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 1000 offline unlocks per heartbeat");
+        return;
+    }
+    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
+        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
+        const char *bad = check_volume(u->volume);
+        if (bad == NULL && (u->at == NULL || !printable(u->reason, 512)))
+            bad = "offline unlocks need a time and a printable reason of at most 512 characters";
+        if (bad != NULL) {
+            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "offline_unlocks[%zu]: %s", i, bad);
+            return;
+        }
+    }
+    const char *why;
+    if (!kfd_app_ready(app_of(call), &why)) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
+        return;
+    }
+    heartbeat_op op = {.call = call};
+    if (kfd_store_node_revoked(app_of(call)->store, call->peer->name, &op.revoked) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
+        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
+        char reason[700];
+        snprintf(reason, sizeof(reason), "unlocked from the node's TPM at %lld: %s", (long long)u->at->seconds,
+                 u->reason);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, call, "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+                       u->volume->id, "", reason);
+        Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+        c.audit = &a.entry;
+        Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+        cmd.append_audit = &c;
+        kfd_commit(app_of(call), &cmd, on_offline_audited, &op);
+    }
+    if (op.failed > 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "offline unlocks could not be recorded; report them again");
+        return;
+    }
+    Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
+    now.seconds = time(NULL);
+    Keyfleet__V1__HeartbeatResponse resp = KEYFLEET__V1__HEARTBEAT_RESPONSE__INIT;
+    resp.lock = op.revoked;
+    resp.server_time = &now;
+    kfd_call_reply(call, &resp.base);
+}

@@ -13,7 +13,7 @@ const kfd_method kfd_methods[] = {
     NODE("Enroll", enroll_request, kfd_rpc_enroll),
     NODE("Release", release_request, kfd_rpc_release),
     NODE("Login", login_request, NULL),
-    NODE("Heartbeat", heartbeat_request, NULL),
+    NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat),
     ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending),
     ADMIN("Approve", approve_request, kfd_rpc_approve),
     ADMIN("Deny", deny_request, kfd_rpc_deny),

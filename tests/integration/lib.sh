@@ -168,3 +168,16 @@ luks_json() {
     cryptsetup luksDump --dump-json-metadata "$1" |
         python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")))'
 }
+
+# start_swtpm DIR: a software TPM on loopback; sets TCTI.
+start_swtpm() {
+    mkdir -p "$1"
+    local port=$((20000 + RANDOM % 20000))
+    swtpm socket --tpmstate dir="$1" --tpm2 --server type=tcp,port=$port,bindaddr=127.0.0.1 \
+        --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear \
+        --pid file="$1/pid" --daemon
+    for _ in $(seq 1 100); do [ -s "$1/pid" ] && break; sleep 0.05; done
+    PIDS+=("$(cat "$1/pid")")
+    TCTI="swtpm:host=127.0.0.1,port=$port"
+    export TSS2_LOG=all+none
+}

@@ -5,15 +5,7 @@
 . "$(dirname "$0")/lib.sh"
 
 TPM_PROBE=$BUILD/tests/tpm_probe
-mkdir -p "$WORK/tpm"
-port=$((20000 + RANDOM % 20000))
-swtpm socket --tpmstate dir="$WORK/tpm" --tpm2 --server type=tcp,port=$port,bindaddr=127.0.0.1 \
-    --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear \
-    --pid file="$WORK/tpm/pid" --daemon
-for _ in $(seq 1 100); do [ -s "$WORK/tpm/pid" ] && break; sleep 0.05; done
-PIDS+=("$(cat "$WORK/tpm/pid")")
-TCTI="swtpm:host=127.0.0.1,port=$port"
-export TSS2_LOG=all+none
+start_swtpm "$WORK/tpm"
 KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 blob=$("$TPM_PROBE" "$TCTI" seal 7 "$KEY" 2>"$WORK/err")
