@@ -2,7 +2,7 @@
  * (made once, cached), each opening a fresh TLS 1.3 mTLS connection and calling Release for its
  * volume, then opening the HPKE box. In the same run, the reference: the same N fresh mTLS
  * handshakes to /healthz (the handshake floor). Then the warm path: Release over one reused
- * HTTP/2 connection per simulated node. Reports releases/s, the ratio to the floor, latency
+ * HTTP/2 connection per simulated node, all nodes at once. Reports releases/s, the ratio to the floor, latency
  * percentiles, errors by code, the coordinator's CPU per release and its peak RSS.
  *
  *   keyfleet-bench --fleet DIR --server 127.0.0.1:PORT --pid KEYFLEETD_PID
@@ -293,34 +293,66 @@ static void run_phase(const opts *o, node *nodes, int count, int release, phase_
     qsort(res->latency_ms, (size_t)res->ok, sizeof(double), cmp_double);
 }
 
-/* Warm path: one long-lived connection per simulated node, `per_node` releases each, in turn. */
+/* Warm path: n_nodes simulated nodes at once, each over its own long-lived HTTP/2 connection,
+ * per_node releases each, one after another on that connection. */
 static void run_warm(const opts *o, node *nodes, int n_nodes, int per_node, phase_result *res)
 {
-    res->latency_ms = calloc((size_t)(n_nodes * per_node), sizeof(double));
+    int total = n_nodes * per_node;
+    res->latency_ms = calloc((size_t)total, sizeof(double));
+    CURLM *multi = curl_multi_init();
+    xfer *xs = calloc((size_t)n_nodes, sizeof(xfer));
+    int *sent = calloc((size_t)n_nodes, sizeof(int));
     double cpu0 = proc_cpu_s(o->pid), t0 = now_s();
+    int running = 0;
     for (int i = 0; i < n_nodes; i++) {
-        xfer x = {0};
-        for (int k = 0; k < per_node; k++) {
-            if (release_body(&nodes[i], &x) != 0)
-                break;
-            setup_easy(o, &nodes[i], &x, 1, 0);
-            double s = now_s();
-            CURLcode cc = curl_easy_perform(x.easy);
+        xs[i].node = i;
+        if (release_body(&nodes[i], &xs[i]) != 0)
+            continue;
+        setup_easy(o, &nodes[i], &xs[i], 1, 0);
+        xs[i].start = now_s();
+        sent[i] = 1;
+        curl_multi_add_handle(multi, xs[i].easy);
+    }
+    while (res->done < total) {
+        curl_multi_perform(multi, &running);
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(multi, &left)) != NULL) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            xfer *x = NULL;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
             long status = 0;
-            curl_easy_getinfo(x.easy, CURLINFO_RESPONSE_CODE, &status);
-            int code = cc != CURLE_OK ? KF_CONNECT_CODE_COUNT : check_release(&nodes[i], &x, status);
+            curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+            int code = m->data.result != CURLE_OK ? KF_CONNECT_CODE_COUNT : check_release(&nodes[x->node], x, status);
             if (code == 0)
-                res->latency_ms[res->ok++] = (now_s() - s) * 1000;
+                res->latency_ms[res->ok++] = (now_s() - x->start) * 1000;
             else
                 res->errors[code]++;
             res->done++;
-            xfer_reset(&x);
+            curl_multi_remove_handle(multi, x->easy);
+            xfer_reset(x);
+            if (sent[x->node] < per_node && release_body(&nodes[x->node], x) == 0) {
+                /* The same easy handle keeps its connection: this node's next release reuses it. */
+                setup_easy(o, &nodes[x->node], x, 1, 0);
+                x->start = now_s();
+                sent[x->node]++;
+                curl_multi_add_handle(multi, x->easy);
+            }
         }
-        if (x.easy != NULL)
-            curl_easy_cleanup(x.easy);
+        if (res->done < total)
+            curl_multi_poll(multi, NULL, 0, 5, NULL);
     }
     res->seconds = now_s() - t0;
     res->cpu_s = proc_cpu_s(o->pid) - cpu0;
+    for (int i = 0; i < n_nodes; i++) {
+        xfer_reset(&xs[i]);
+        if (xs[i].easy != NULL)
+            curl_easy_cleanup(xs[i].easy);
+    }
+    free(xs);
+    free(sent);
+    curl_multi_cleanup(multi);
     qsort(res->latency_ms, (size_t)res->ok, sizeof(double), cmp_double);
 }
 

@@ -24,6 +24,12 @@ typedef struct kfd_app {
     kfd_webhook *webhook;
     uv_timer_t expiry_timer;
     uint64_t next_command_id;
+    /* Group commit: commands queued during one loop turn are applied in one transaction. */
+    struct kfd_commit_item *queue_head, *queue_tail;
+    size_t queued;
+    uv_timer_t flush_timer;
+    bool flush_scheduled;
+    uint64_t batches, batched_commands;
 } kfd_app;
 
 /* Opens the store and the KMS and loads the policy. A store fault is not an error here: the
@@ -33,9 +39,10 @@ void kfd_app_close(kfd_app *app);
 /* True when releases can be served: store healthy, KMS loaded. */
 bool kfd_app_ready(const kfd_app *app, const char **ret_why);
 
-/* Commits a state command. The callback runs once the command is durable (now: applied to
- * sqlite with fsync; with replication: committed by a majority and applied). cmd may be freed
- * once kfd_commit returns. status is 0 or a negative errno with err set. */
+/* Commits a state command. The callback runs once the command is durable, on a later loop turn:
+ * commands queued during one turn share one transaction and one fsync (group commit); with
+ * replication, once committed by a majority and applied. cmd is serialized at once and may be
+ * freed when kfd_commit returns. status is 0 or a negative errno with err set. */
 typedef void (*kfd_commit_cb)(void *arg, int status, const kfd_apply_result *res, const kf_err *err);
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg);
 

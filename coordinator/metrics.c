@@ -103,12 +103,18 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
              "# HELP keyfleet_volumes Enrolled volumes.\n"
              "# TYPE keyfleet_volumes gauge\n"
              "keyfleet_volumes %llu\n"
+             "# HELP keyfleet_commit_batches_total Store transactions (each one fsync).\n"
+             "# TYPE keyfleet_commit_batches_total counter\n"
+             "keyfleet_commit_batches_total %llu\n"
+             "# HELP keyfleet_commit_commands_total State commands committed; divided by batches: the group-commit factor.\n"
+             "# TYPE keyfleet_commit_commands_total counter\n"
+             "keyfleet_commit_commands_total %llu\n"
              "# HELP keyfleet_policy_version Current policy version.\n"
              "# TYPE keyfleet_policy_version gauge\n"
              "keyfleet_policy_version %llu\n",
              (unsigned long long)w.delivered, (unsigned long long)w.failed, (unsigned long long)w.retries,
-             kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes,
-             (unsigned long long)app->policy_version);
+             kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes, (unsigned long long)app->batches,
+             (unsigned long long)app->batched_commands, (unsigned long long)app->policy_version);
     }
     if (o.failed) {
         free(o.s);

@@ -79,8 +79,32 @@ void kfd_call_reply(kfd_call *call, const ProtobufCMessage *resp)
 static void dispose_call(void *p)
 {
     kfd_call *call = p;
+    if (call->op != NULL)
+        call->op->call = NULL;
+    call->op = NULL;
     if (call->request != NULL)
         protobuf_c_message_free_unpacked(call->request, NULL);
+    call->request = NULL;
+}
+
+void *kfd_op_new(kfd_call *call, size_t size)
+{
+    kfd_op *op = calloc(1, size);
+    if (op == NULL)
+        return NULL;
+    op->call = call;
+    call->op = op;
+    return op;
+}
+
+void kfd_op_free(void *p)
+{
+    kfd_op *op = p;
+    if (op == NULL)
+        return;
+    if (op->call != NULL && op->call->op == op)
+        op->call->op = NULL;
+    free(op);
 }
 
 static bool path_is(const h2o_req_t *req, const char *path)

@@ -142,28 +142,34 @@ static int check_totp(const char *dir, const char *op, const char *code, int64_t
 }
 
 typedef struct approve_op {
-    kfd_call *call;
-    const char *request_id;
+    kfd_op base;
+    kfd_app *app;
+    char request_id[65];
 } approve_op;
 
 static void on_approved(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     (void)res;
     approve_op *op = arg;
-    if (!commit_answer(op->call, status, err))
-        return;
+    kfd_call *call = op->base.call;
     kfd_pending p;
-    if (kfd_store_get_pending(app_of(op->call)->store, op->request_id, &p) != 0) {
-        kfd_call_error(op->call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+    if (call == NULL || !commit_answer(call, status, err)) {
+        kfd_op_free(op);
+        return;
+    }
+    if (kfd_store_get_pending(op->app->store, op->request_id, &p) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        kfd_op_free(op);
         return;
     }
     Keyfleet__V1__ApproveResponse resp = KEYFLEET__V1__APPROVE_RESPONSE__INIT;
     resp.approved = p.state == KFD_PENDING_APPROVED;
     resp.approvals_needed = p.approvals_needed;
     resp.approvals_have = p.approvals_have;
-    kf_log_info("approved", "request=%s operator=%s have=%u needed=%u", p.request_id, op->call->peer->name,
+    kf_log_info("approved", "request=%s operator=%s have=%u needed=%u", p.request_id, call->peer->name,
                 p.approvals_have, p.approvals_needed);
-    kfd_call_reply(op->call, &resp.base);
+    kfd_call_reply(call, &resp.base);
+    kfd_op_free(op);
 }
 
 void kfd_rpc_approve(kfd_call *call)
@@ -221,18 +227,44 @@ void kfd_rpc_approve(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
     cmd.approve = &c;
-    approve_op op = {call, req->request_id};
-    kfd_commit(app, &cmd, on_approved, &op);
+    approve_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->app = app;
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    kfd_commit(app, &cmd, on_approved, op);
 }
 
-static void on_denied(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+/* An op whose answer, on success, is an empty message of the given type. */
+typedef struct empty_op {
+    kfd_op base;
+    const ProtobufCMessageDescriptor *resp;
+} empty_op;
+
+static void on_empty_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     (void)res;
-    kfd_call *call = arg;
-    if (!commit_answer(call, status, err))
+    empty_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call != NULL && commit_answer(call, status, err)) {
+        ProtobufCMessage empty;
+        protobuf_c_message_init(op->resp, &empty);
+        kfd_call_reply(call, &empty);
+    }
+    kfd_op_free(op);
+}
+
+static void commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ProtobufCMessageDescriptor *resp)
+{
+    empty_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
-    Keyfleet__V1__DenyResponse resp = KEYFLEET__V1__DENY_RESPONSE__INIT;
-    kfd_call_reply(call, &resp.base);
+    }
+    op->resp = resp;
+    kfd_commit(app_of(call), cmd, on_empty_committed, op);
 }
 
 void kfd_rpc_deny(kfd_call *call)
@@ -261,7 +293,7 @@ void kfd_rpc_deny(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_DENY;
     cmd.deny = &c;
-    kfd_commit(app_of(call), &cmd, on_denied, call);
+    commit_empty(call, &cmd, &keyfleet__v1__deny_response__descriptor);
 }
 
 static void on_expired(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -362,7 +394,8 @@ void kfd_rpc_get_policy(kfd_call *call)
 }
 
 typedef struct put_op {
-    kfd_call *call;
+    kfd_op base;
+    kfd_app *app;
     kfd_policy *parsed;
     uint64_t version;
 } put_op;
@@ -371,22 +404,25 @@ static void on_policy_put(void *arg, int status, const kfd_apply_result *res, co
 {
     (void)res;
     put_op *op = arg;
-    if (status == -ESTALE) {
-        kfd_call_error(op->call, KF_CONNECT_ABORTED, "%s", err->msg);
-        return;
+    kfd_call *call = op->base.call;
+    if (status == 0) {
+        /* The store has it now: the policy in force changes whether or not the caller is still there. */
+        kfd_policy_free(op->app->policy);
+        op->app->policy = op->parsed;
+        op->app->policy_version = op->version;
+        op->parsed = NULL;
+        kf_log_info("policy_put", "version=%llu rules=%zu", (unsigned long long)op->version,
+                    kfd_policy_rule_count(op->app->policy));
     }
-    if (!commit_answer(op->call, status, err))
-        return;
-    kfd_app *app = app_of(op->call);
-    kfd_policy_free(app->policy);
-    app->policy = op->parsed;
-    app->policy_version = op->version;
-    op->parsed = NULL;
-    kf_log_info("policy_put", "version=%llu operator=%s rules=%zu", (unsigned long long)op->version,
-                op->call->peer->name, kfd_policy_rule_count(app->policy));
-    Keyfleet__V1__PutPolicyResponse resp = KEYFLEET__V1__PUT_POLICY_RESPONSE__INIT;
-    resp.version = op->version;
-    kfd_call_reply(op->call, &resp.base);
+    if (call != NULL && status == -ESTALE) {
+        kfd_call_error(call, KF_CONNECT_ABORTED, "%s", err->msg);
+    } else if (call != NULL && commit_answer(call, status, err)) {
+        Keyfleet__V1__PutPolicyResponse resp = KEYFLEET__V1__PUT_POLICY_RESPONSE__INIT;
+        resp.version = op->version;
+        kfd_call_reply(call, &resp.base);
+    }
+    kfd_policy_free(op->parsed);
+    kfd_op_free(op);
 }
 
 void kfd_rpc_put_policy(kfd_call *call)
@@ -395,32 +431,41 @@ void kfd_rpc_put_policy(kfd_call *call)
     if (!store_ok(call))
         return;
     kfd_app *app = app_of(call);
-    put_op op = {.call = call, .version = app->policy_version + 1};
+    kfd_policy *parsed = NULL;
     kf_err err = {0};
-    if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), &op.parsed, &err) != 0) {
+    if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), &parsed, &err) != 0) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", err.msg);
         return;
     }
     if (req->expected_version != 0 && req->expected_version != app->policy_version) {
-        kfd_policy_free(op.parsed);
+        kfd_policy_free(parsed);
         kfd_call_error(call, KF_CONNECT_ABORTED, "policy is at version %llu, not %llu",
                        (unsigned long long)app->policy_version, (unsigned long long)req->expected_version);
         return;
     }
+    put_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_policy_free(parsed);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->app = app;
+    op->parsed = parsed;
+    /* Versions are assigned in order of arrival; a put racing another gets aborted by the store. */
+    op->version = app->policy_version + 1;
     char reason[96];
-    snprintf(reason, sizeof(reason), "policy version %llu (%zu rules)", (unsigned long long)op.version,
-             kfd_policy_rule_count(op.parsed));
+    snprintf(reason, sizeof(reason), "policy version %llu (%zu rules)", (unsigned long long)op->version,
+             kfd_policy_rule_count(op->parsed));
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdPutPolicy c = KEYFLEET__V1__CMD_PUT_POLICY__INIT;
     c.yaml = req->yaml;
-    c.version = op.version;
+    c.version = op->version;
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY;
     cmd.put_policy = &c;
-    kfd_commit(app, &cmd, on_policy_put, &op);
-    kfd_policy_free(op.parsed);
+    kfd_commit(app, &cmd, on_policy_put, op);
 }
 
 void kfd_rpc_check_policy(kfd_call *call)
@@ -472,16 +517,6 @@ void kfd_rpc_check_policy(kfd_call *call)
 
 /* ----------------------------------------------------------- nodes, KMS */
 
-static void on_revoked(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
-{
-    (void)res;
-    kfd_call *call = arg;
-    if (!commit_answer(call, status, err))
-        return;
-    Keyfleet__V1__RevokeNodeResponse resp = KEYFLEET__V1__REVOKE_NODE_RESPONSE__INIT;
-    kfd_call_reply(call, &resp.base);
-}
-
 void kfd_rpc_revoke_node(kfd_call *call)
 {
     const Keyfleet__V1__RevokeNodeRequest *req = (const Keyfleet__V1__RevokeNodeRequest *)call->request;
@@ -501,11 +536,12 @@ void kfd_rpc_revoke_node(kfd_call *call)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
     cmd.revoke_node = &c;
     kf_log_info("node_revoked", "node=%s operator=%s", req->node, call->peer->name);
-    kfd_commit(app_of(call), &cmd, on_revoked, call);
+    commit_empty(call, &cmd, &keyfleet__v1__revoke_node_response__descriptor);
 }
 
 typedef struct rotate_op {
-    kfd_call *call;
+    kfd_op base;
+    const char *backend;
     uint32_t version;
 } rotate_op;
 
@@ -513,12 +549,13 @@ static void on_rotated(void *arg, int status, const kfd_apply_result *res, const
 {
     (void)res;
     rotate_op *op = arg;
-    if (!commit_answer(op->call, status, err))
-        return;
-    Keyfleet__V1__RotateKmsResponse resp = KEYFLEET__V1__ROTATE_KMS_RESPONSE__INIT;
-    resp.backend = (char *)app_of(op->call)->kms->ops->name;
-    resp.new_version = op->version;
-    kfd_call_reply(op->call, &resp.base);
+    if (op->base.call != NULL && commit_answer(op->base.call, status, err)) {
+        Keyfleet__V1__RotateKmsResponse resp = KEYFLEET__V1__ROTATE_KMS_RESPONSE__INIT;
+        resp.backend = (char *)op->backend;
+        resp.new_version = op->version;
+        kfd_call_reply(op->base.call, &resp.base);
+    }
+    kfd_op_free(op);
 }
 
 void kfd_rpc_rotate_kms(kfd_call *call)
@@ -526,23 +563,30 @@ void kfd_rpc_rotate_kms(kfd_call *call)
     if (!store_ok(call))
         return;
     kfd_kms *kms = app_of(call)->kms;
-    rotate_op op = {.call = call};
+    uint32_t version = 0;
     kf_err err = {0};
-    if (kms->ops->rotate(kms, &op.version, &err) != 0) {
+    if (kms->ops->rotate(kms, &version, &err) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS rotation failed: %s", err.msg);
         return;
     }
+    rotate_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->backend = kms->ops->name;
+    op->version = version;
     char reason[64];
-    snprintf(reason, sizeof(reason), "%s key version %u", kms->ops->name, op.version);
+    snprintf(reason, sizeof(reason), "%s key version %u", kms->ops->name, version);
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdKmsRotate c = KEYFLEET__V1__CMD_KMS_ROTATE__INIT;
     c.backend = (char *)kms->ops->name;
-    c.new_version = op.version;
+    c.new_version = version;
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE;
     cmd.kms_rotate = &c;
-    kf_log_info("kms_rotated", "backend=%s version=%u operator=%s", kms->ops->name, op.version, call->peer->name);
-    kfd_commit(app_of(call), &cmd, on_rotated, &op);
+    kf_log_info("kms_rotated", "backend=%s version=%u operator=%s", kms->ops->name, version, call->peer->name);
+    kfd_commit(app_of(call), &cmd, on_rotated, op);
 }

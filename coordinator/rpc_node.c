@@ -5,9 +5,9 @@
  * audit record durably; only then answer. The plaintext key exists only in KMS-owned secure
  * buffers during the unwrap callback and is wiped when it returns.
  *
- * The local KMS and the store complete inline, so each operation's state lives on the handler's
- * stack. A backend that completes later (Vault, Azure) or replicated commits need that state on
- * the heap, tied to the call's lifetime. */
+ * Commits complete on a later loop turn (group commit), so each operation's state lives in a
+ * kfd_op on the heap; if the client goes away first, the work finishes and the answer is skipped.
+ * The local KMS completes inline. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,17 +107,19 @@ static void sealed_key(Keyfleet__V1__SealedKey *sk, uint8_t enc[32], uint8_t ct[
 
 /* Records a refusal in the audit log, then answers with code. A failed audit write does not
  * change the answer (nothing is released either way) but is logged by the store. */
-typedef struct deny_ctx {
-    kfd_call *call;
+typedef struct deny_op {
+    kfd_op base;
     kf_connect_code code;
-    const char *message;
-} deny_ctx;
+    char message[512];
+} deny_op;
 
 static void on_deny_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     (void)res, (void)err, (void)status;
-    deny_ctx *d = arg;
-    kfd_call_error(d->call, d->code, "%s", d->message);
+    deny_op *d = arg;
+    if (d->base.call != NULL)
+        kfd_call_error(d->base.call, d->code, "%s", d->message);
+    kfd_op_free(d);
 }
 
 static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decision decision, const char *volume_id,
@@ -130,8 +132,14 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
     cmd.append_audit = &c;
-    deny_ctx d = {call, code, message};
-    kfd_commit(app_of(call), &cmd, on_deny_committed, &d);
+    deny_op *d = kfd_op_new(call, sizeof(*d));
+    if (d == NULL) {
+        kfd_call_error(call, code, "%s", message);
+        return;
+    }
+    d->code = code;
+    snprintf(d->message, sizeof(d->message), "%s", message);
+    kfd_commit(app_of(call), &cmd, on_deny_committed, d);
 }
 
 /* Labels of a stored volume, for policy evaluation. */
@@ -196,23 +204,33 @@ static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 /* ------------------------------------------------------------------ Enroll */
 
 typedef struct enroll_op {
-    kfd_call *call;
-    const Keyfleet__V1__EnrollRequest *req;
+    kfd_op base;
+    const Keyfleet__V1__EnrollRequest *req; /* valid while base.call is */
     kfd_policy_decision decision;
-    const char *request_id;
+    char request_id[65];
+    char volume_id[129];
     bool replay; /* same node and request id as a completed enroll */
-    const char *wrapped;
+    char *wrapped;
     uint8_t enc[32], ct[KF_SEAL_CT_LEN];
 } enroll_op;
+
+static void enroll_op_free(enroll_op *op)
+{
+    free(op->wrapped);
+    kf_wipe(op->ct, sizeof(op->ct));
+    kfd_op_free(op);
+}
 
 static void answer_enroll(enroll_op *op, uint64_t audit_seq)
 {
     (void)audit_seq;
-    kfd_call *call = op->call;
+    kfd_call *call = op->base.call;
+    if (call == NULL)
+        return;
     Keyfleet__V1__SealedKey sk;
     sealed_key(&sk, op->enc, op->ct);
     Keyfleet__V1__EnrollResponse resp = KEYFLEET__V1__ENROLL_RESPONSE__INIT;
-    resp.wrapped_key = (char *)op->wrapped;
+    resp.wrapped_key = op->wrapped;
     resp.sealed_key = &sk;
     resp.offline_fallback_allowed = op->decision.offline_fallback;
     uint32_t pcrs[] = {7};
@@ -232,21 +250,21 @@ static void answer_enroll(enroll_op *op, uint64_t audit_seq)
 static void on_enroll_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     enroll_op *op = arg;
-    if (status == -EEXIST) {
-        kfd_call_error(op->call, KF_CONNECT_ALREADY_EXISTS, "volume %s is already enrolled", op->req->volume->id);
-        return;
-    }
-    if (status != 0) {
-        kfd_call_error(op->call, KF_CONNECT_UNAVAILABLE, "enrollment not recorded: %s", err->msg);
-        return;
-    }
-    answer_enroll(op, res->audit_seq);
+    if (op->base.call == NULL)
+        ;
+    else if (status == -EEXIST)
+        kfd_call_error(op->base.call, KF_CONNECT_ALREADY_EXISTS, "volume %s is already enrolled", op->volume_id);
+    else if (status != 0)
+        kfd_call_error(op->base.call, KF_CONNECT_UNAVAILABLE, "enrollment not recorded: %s", err->msg);
+    else
+        answer_enroll(op, res->audit_seq);
+    enroll_op_free(op);
 }
 
 static void seal_for_enroll(enroll_op *op, const kf_secbuf *key, int *ret)
 {
     uint8_t info[KF_SEAL_INFO_MAX];
-    size_t info_len = kf_seal_info("enroll", op->request_id, op->call->peer->name, op->req->volume->id, info,
+    size_t info_len = kf_seal_info("enroll", op->request_id, op->base.call->peer->name, op->volume_id, info,
                                    sizeof(info));
     *ret = info_len == 0 ? -EINVAL
                          : kf_seal_key(op->req->ephemeral_public_key.data, info, info_len, key->data, op->enc, op->ct);
@@ -255,25 +273,38 @@ static void seal_for_enroll(enroll_op *op, const kf_secbuf *key, int *ret)
 static void on_enroll_key(void *arg, const kfd_kms_result *res)
 {
     enroll_op *op = arg;
-    kfd_call *call = op->call;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        enroll_op_free(op);
+        return;
+    }
     if (res->status != 0) {
-        kf_log_error("kms_failed", "op=generate volume=%s error=%s", kf_log_q(op->req->volume->id),
-                     kf_log_q(res->message));
-        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_ERROR, op->req->volume->id, op->request_id,
-                     KF_CONNECT_UNAVAILABLE, "KMS unavailable");
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kf_log_error("kms_failed", "op=generate volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
+        enroll_op_free(op);
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
+                     "KMS unavailable");
         return;
     }
     int r;
     seal_for_enroll(op, res->plaintext, &r);
     if (r != 0) {
+        enroll_op_free(op);
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
         return;
     }
     if (op->replay) {
         answer_enroll(op, 0);
+        enroll_op_free(op);
         return;
     }
-    op->wrapped = res->wrapped;
+    if ((op->wrapped = strdup(res->wrapped)) == NULL) {
+        enroll_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name, op->req->volume->id,
                    op->request_id, op->decision.explanation);
@@ -307,7 +338,6 @@ void kfd_rpc_enroll(kfd_call *call)
     if (!ensure_ready(call) || check_revoked(call, "enroll", req->volume->id))
         return;
     kfd_app *app = app_of(call);
-    enroll_op op = {.call = call, .req = req, .request_id = req->request_id};
     kfd_volume existing;
     int r = kfd_store_get_volume(app->store, req->volume->id, &existing);
     if (r == -EIO) {
@@ -322,7 +352,7 @@ void kfd_rpc_enroll(kfd_call *call)
             snprintf(msg, sizeof(msg), "volume %s is already enrolled%s", req->volume->id,
                      strcmp(existing.node, call->peer->name) == 0 ? "" : " by another node");
             kfd_volume_clear(&existing);
-            deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, op.request_id,
+            deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
                          KF_CONNECT_ALREADY_EXISTS, msg);
             return;
         }
@@ -333,37 +363,50 @@ void kfd_rpc_enroll(kfd_call *call)
     kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = req->volume->id,
                            .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
                            .now = time(NULL)};
-    kfd_policy_evaluate(app->policy, &in, &op.decision);
-    if (!op.decision.allow) {
+    kfd_policy_decision decision;
+    kfd_policy_evaluate(app->policy, &in, &decision);
+    if (!decision.allow) {
         if (r == 0)
             kfd_volume_clear(&existing);
-        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, op.request_id,
-                     KF_CONNECT_PERMISSION_DENIED, op.decision.explanation);
+        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, decision.explanation);
         return;
     }
-    if (rate_limited(call, &op.decision)) {
+    if (rate_limited(call, &decision)) {
         if (r == 0)
             kfd_volume_clear(&existing);
         return;
     }
+    enroll_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        if (r == 0)
+            kfd_volume_clear(&existing);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->req = req;
+    op->decision = decision;
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     if (r == 0) {
         /* A retry of an enrollment that completed: the same key again, nothing new recorded. */
-        op.replay = true;
-        op.wrapped = existing.wrapped_key;
-        app->kms->ops->unwrap(app->kms, req->volume->id, existing.wrapped_key, on_enroll_key, &op);
+        op->replay = true;
+        op->wrapped = strdup(existing.wrapped_key);
+        app->kms->ops->unwrap(app->kms, req->volume->id, existing.wrapped_key, on_enroll_key, op);
         kfd_volume_clear(&existing);
         return;
     }
-    app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, &op);
+    app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
 }
 
 /* ------------------------------------------------------------------ Release */
 
 typedef struct release_op {
-    kfd_call *call;
-    const Keyfleet__V1__ReleaseRequest *req;
+    kfd_op base;
+    const Keyfleet__V1__ReleaseRequest *req; /* valid while base.call is */
     kfd_policy_decision decision;
     char request_id[65];
+    char volume_id[129];
     uint8_t enc[32], ct[KF_SEAL_CT_LEN];
     char rewrapped[512];
     bool approved_request;
@@ -372,12 +415,21 @@ typedef struct release_op {
 static void on_release_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     release_op *op = arg;
-    kfd_call *call = op->call;
+    kfd_call *call = op->base.call;
     if (status != 0) {
         /* Fail closed: no durable record, no key. */
-        kf_log_error("release_not_recorded", "node=%s volume=%s request=%s error=%s", call->peer->name,
-                     kf_log_q(op->req->volume->id), op->request_id, kf_log_q(err->msg));
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "release could not be recorded; no key was released");
+        kf_log_error("release_not_recorded", "volume=%s request=%s error=%s", kf_log_q(op->volume_id),
+                     op->request_id, kf_log_q(err->msg));
+        if (call != NULL)
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "release could not be recorded; no key was released");
+        kfd_op_free(op);
+        return;
+    }
+    if (call == NULL) {
+        /* Recorded, but the client went away: the sealed key is never sent. */
+        kf_log_warn("release_not_delivered", "volume=%s request=%s audit_seq=%llu", kf_log_q(op->volume_id),
+                    op->request_id, (unsigned long long)res->audit_seq);
+        kfd_op_free(op);
         return;
     }
     Keyfleet__V1__SealedKey sk;
@@ -389,9 +441,10 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
     kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s", call->peer->name,
-                kf_log_q(op->req->volume->id), op->request_id, (unsigned long long)res->audit_seq,
+                kf_log_q(op->volume_id), op->request_id, (unsigned long long)res->audit_seq,
                 kf_log_q(op->decision.rule));
     kfd_call_reply(call, &resp.base);
+    kfd_op_free(op);
 }
 
 static void on_rewrapped(void *arg, const kfd_kms_result *res)
@@ -404,23 +457,32 @@ static void on_rewrapped(void *arg, const kfd_kms_result *res)
 static void on_release_key(void *arg, const kfd_kms_result *res)
 {
     release_op *op = arg;
-    kfd_call *call = op->call;
-    const char *volume_id = op->req->volume->id;
-    if (res->status == -EBADMSG || res->status == -EINVAL) {
-        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, volume_id, op->request_id,
-                     KF_CONNECT_FAILED_PRECONDITION, "the wrapped key does not belong to this volume");
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        kfd_op_free(op);
         return;
     }
+    const char *volume_id = op->volume_id;
     if (res->status != 0) {
-        kf_log_error("kms_failed", "op=unwrap volume=%s error=%s", kf_log_q(volume_id), kf_log_q(res->message));
-        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_ERROR, volume_id, op->request_id,
-                     KF_CONNECT_UNAVAILABLE, "KMS unavailable; no key was released");
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kfd_op_free(op);
+        if (res->status == -EBADMSG || res->status == -EINVAL) {
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
+                         KF_CONNECT_FAILED_PRECONDITION, "the wrapped key does not belong to this volume");
+        } else {
+            kf_log_error("kms_failed", "op=unwrap volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
+                         "KMS unavailable; no key was released");
+        }
         return;
     }
     uint8_t info[KF_SEAL_INFO_MAX];
     size_t info_len = kf_seal_info("release", op->request_id, call->peer->name, volume_id, info, sizeof(info));
     if (info_len == 0 ||
         kf_seal_key(op->req->ephemeral_public_key.data, info, info_len, res->plaintext->data, op->enc, op->ct) != 0) {
+        kfd_op_free(op);
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
         return;
     }
@@ -455,7 +517,8 @@ static void answer_pending(kfd_call *call, const char *request_id, int64_t expir
 }
 
 typedef struct pending_op {
-    kfd_call *call;
+    kfd_op base;
+    kfd_webhook *webhook;
     char request_id[33];
     int64_t expires_at;
     char webhook_body[1024];
@@ -466,39 +529,47 @@ static void on_pending_committed(void *arg, int status, const kfd_apply_result *
     (void)res;
     pending_op *op = arg;
     if (status != 0) {
-        kfd_call_error(op->call, KF_CONNECT_UNAVAILABLE, "pending request not recorded: %s", err->msg);
-        return;
+        if (op->base.call != NULL)
+            kfd_call_error(op->base.call, KF_CONNECT_UNAVAILABLE, "pending request not recorded: %s", err->msg);
+    } else {
+        kfd_webhook_notify(op->webhook, op->webhook_body);
+        if (op->base.call != NULL)
+            answer_pending(op->base.call, op->request_id, op->expires_at);
     }
-    kfd_webhook_notify(op->call->srv->app->webhook, op->webhook_body);
-    answer_pending(op->call, op->request_id, op->expires_at);
+    kfd_op_free(op);
 }
 
 static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_policy_decision *d)
 {
-    pending_op op = {.call = call};
-    kfd_new_request_id(op.request_id);
+    pending_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->webhook = app_of(call)->webhook;
+    kfd_new_request_id(op->request_id);
     int64_t now = time(NULL);
-    op.expires_at = now + d->pending_ttl_s;
-    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:I}", "event", "pending", "request_id", op.request_id,
+    op->expires_at = now + d->pending_ttl_s;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:I}", "event", "pending", "request_id", op->request_id,
                           "node", call->peer->name, "volume_id", vol->id, "volume_name", vol->name, "rule", d->rule,
-                          "approvals_needed", (int)d->approvals, "expires_at", (json_int_t)op.expires_at);
+                          "approvals_needed", (int)d->approvals, "expires_at", (json_int_t)op->expires_at);
     char *body = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    snprintf(op.webhook_body, sizeof(op.webhook_body), "%s", body != NULL ? body : "{}");
+    snprintf(op->webhook_body, sizeof(op->webhook_body), "%s", body != NULL ? body : "{}");
     free(body);
     json_decref(j);
 
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "pending", KEYFLEET__V1__DECISION__DECISION_PENDING, call->peer->name, vol->id,
-                   op.request_id, d->explanation);
+                   op->request_id, d->explanation);
     Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
     ref.id = (char *)vol->id;
     ref.kind = (Keyfleet__V1__VolumeKind)vol->kind;
     ref.name = (char *)vol->name;
     Keyfleet__V1__Timestamp created = KEYFLEET__V1__TIMESTAMP__INIT, expires = KEYFLEET__V1__TIMESTAMP__INIT;
     created.seconds = now;
-    expires.seconds = op.expires_at;
+    expires.seconds = op->expires_at;
     Keyfleet__V1__CmdCreatePending c = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
-    c.request_id = op.request_id;
+    c.request_id = op->request_id;
     c.node = (char *)call->peer->name;
     c.volume = &ref;
     c.source_address = call->source;
@@ -510,7 +581,7 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     cmd.create_pending = &c;
-    kfd_commit(app_of(call), &cmd, on_pending_committed, &op);
+    kfd_commit(app_of(call), &cmd, on_pending_committed, op);
 }
 
 /* Handles a poll with an existing request id. Returns true when the release may proceed. */
@@ -584,26 +655,27 @@ void kfd_rpc_release(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
-    release_op op = {.call = call, .req = req};
+    kfd_policy_decision decision;
     label_set ls;
     labels_from_json(&ls, vol.labels_json);
     kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = vol.id,
                            .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL)};
-    kfd_policy_evaluate(app->policy, &in, &op.decision);
+    kfd_policy_evaluate(app->policy, &in, &decision);
     json_decref(ls.json);
-    if (!op.decision.allow) {
+    if (!decision.allow) {
         kfd_volume_clear(&vol);
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
-                     KF_CONNECT_PERMISSION_DENIED, op.decision.explanation);
+                     KF_CONNECT_PERMISSION_DENIED, decision.explanation);
         return;
     }
-    if (rate_limited(call, &op.decision)) {
+    if (rate_limited(call, &decision)) {
         kfd_volume_clear(&vol);
         return;
     }
-    if (op.decision.approvals > 0) {
+    bool approved_request = false;
+    if (decision.approvals > 0) {
         if (req->request_id[0] == '\0') {
-            create_pending(call, &vol, &op.decision);
+            create_pending(call, &vol, &decision);
             kfd_volume_clear(&vol);
             return;
         }
@@ -611,23 +683,49 @@ void kfd_rpc_release(kfd_call *call)
             kfd_volume_clear(&vol);
             return;
         }
-        op.approved_request = true;
+        approved_request = true;
     }
     kfd_volume_clear(&vol);
+    release_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->req = req;
+    op->decision = decision;
+    op->approved_request = approved_request;
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     if (req->request_id[0] != '\0')
-        snprintf(op.request_id, sizeof(op.request_id), "%s", req->request_id);
+        snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     else
-        kfd_new_request_id(op.request_id);
-    app->kms->ops->unwrap(app->kms, req->volume->id, req->wrapped_key, on_release_key, &op);
+        kfd_new_request_id(op->request_id);
+    app->kms->ops->unwrap(app->kms, req->volume->id, req->wrapped_key, on_release_key, op);
 }
 
 /* ------------------------------------------------------------------ Heartbeat */
 
 typedef struct heartbeat_op {
-    kfd_call *call;
+    kfd_op base;
     bool revoked;
+    size_t outstanding;
     int failed;
 } heartbeat_op;
+
+static void answer_heartbeat(heartbeat_op *op)
+{
+    kfd_call *call = op->base.call;
+    if (call != NULL && op->failed > 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "offline unlocks could not be recorded; report them again");
+    } else if (call != NULL) {
+        Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
+        now.seconds = time(NULL);
+        Keyfleet__V1__HeartbeatResponse resp = KEYFLEET__V1__HEARTBEAT_RESPONSE__INIT;
+        resp.lock = op->revoked;
+        resp.server_time = &now;
+        kfd_call_reply(call, &resp.base);
+    }
+    kfd_op_free(op);
+}
 
 static void on_offline_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
@@ -635,6 +733,8 @@ static void on_offline_audited(void *arg, int status, const kfd_apply_result *re
     heartbeat_op *op = arg;
     if (status != 0)
         op->failed++;
+    if (--op->outstanding == 0)
+        answer_heartbeat(op);
 }
 
 /* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is
@@ -662,9 +762,20 @@ void kfd_rpc_heartbeat(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
         return;
     }
-    heartbeat_op op = {.call = call};
-    if (kfd_store_node_revoked(app_of(call)->store, call->peer->name, &op.revoked) != 0) {
+    bool revoked = false;
+    if (kfd_store_node_revoked(app_of(call)->store, call->peer->name, &revoked) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    heartbeat_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->revoked = revoked;
+    op->outstanding = req->n_offline_unlocks;
+    if (op->outstanding == 0) {
+        answer_heartbeat(op);
         return;
     }
     for (size_t i = 0; i < req->n_offline_unlocks; i++) {
@@ -680,16 +791,6 @@ void kfd_rpc_heartbeat(kfd_call *call)
         Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
         cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
         cmd.append_audit = &c;
-        kfd_commit(app_of(call), &cmd, on_offline_audited, &op);
+        kfd_commit(app_of(call), &cmd, on_offline_audited, op);
     }
-    if (op.failed > 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "offline unlocks could not be recorded; report them again");
-        return;
-    }
-    Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
-    now.seconds = time(NULL);
-    Keyfleet__V1__HeartbeatResponse resp = KEYFLEET__V1__HEARTBEAT_RESPONSE__INIT;
-    resp.lock = op.revoked;
-    resp.server_time = &now;
-    kfd_call_reply(call, &resp.base);
 }

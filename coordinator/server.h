@@ -29,7 +29,19 @@ typedef struct kfd_call {
     ProtobufCMessage *request;
     char source[64]; /* client IP address */
     bool answered;
+    struct kfd_op *op; /* work outliving the handler, told when the request goes away */
 } kfd_call;
+
+/* State of work that outlives the handler (a commit, a KMS call). Embed it first in the op's
+ * struct. When the client goes away first, op->call becomes NULL: do the work, skip the answer. */
+typedef struct kfd_op {
+    kfd_call *call;
+} kfd_op;
+
+/* Allocates a zeroed op of size bytes bound to call. */
+void *kfd_op_new(kfd_call *call, size_t size);
+/* Unbinds and frees op. */
+void kfd_op_free(void *op);
 
 typedef void (*kfd_method_fn)(kfd_call *call);
 

@@ -38,6 +38,9 @@ static const char *const sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
+    [ST_SAVEPOINT] = "SAVEPOINT cmd",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO cmd",
+    [ST_RELEASE] = "RELEASE cmd",
     [ST_VOLUME_INSERT] = "INSERT INTO volumes (id, kind, name, labels, node, wrapped_key, enroll_request_id, "
                          "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id FROM volumes WHERE id = ?",
@@ -373,28 +376,76 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
     }
 }
 
-int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_apply_result *ret, kf_err *err)
+int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, int *statuses,
+                          kfd_apply_result *results, kf_err *errs)
 {
-    if (s->failed)
-        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
-    int r = step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", err);
-    if (r != 0)
-        return r;
+    kf_err tx_err = {0};
+    for (size_t i = 0; i < n; i++) {
+        statuses[i] = -EIO;
+        results[i].audit_seq = 0;
+        kf_err_clear(&errs[i]);
+    }
+    if (s->failed) {
+        for (size_t i = 0; i < n; i++)
+            kf_err_set(&errs[i], -EIO, "state store unavailable: %s", s->failure);
+        return -EIO;
+    }
+    int r = step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
     s->tx_head_seq = s->head_seq;
     memcpy(s->tx_head_hash, s->head_hash, KFD_HASH_LEN);
-    uint64_t seq = 0;
-    r = apply_one(s, cmd, &seq, err);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        uint64_t head = s->tx_head_seq;
+        uint8_t hash[KFD_HASH_LEN];
+        memcpy(hash, s->tx_head_hash, KFD_HASH_LEN);
+        if ((r = step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
+            break;
+        uint64_t seq = 0;
+        int cr = apply_one(s, cmds[i], &seq, &errs[i]);
+        if (cr != 0 && s->failed) {
+            r = cr;
+            tx_err = errs[i];
+            break;
+        }
+        if (cr != 0) {
+            /* This command only: undo it and its audit records. */
+            r = step_done(s, kfd_store_stmt(s, ST_ROLLBACK_TO), "rolling back a command", &tx_err);
+            s->tx_head_seq = head;
+            memcpy(s->tx_head_hash, hash, KFD_HASH_LEN);
+        }
+        if (r == 0)
+            r = step_done(s, kfd_store_stmt(s, ST_RELEASE), "releasing a savepoint", &tx_err);
+        statuses[i] = cr;
+        results[i].audit_seq = cr == 0 ? seq : 0;
+    }
     if (r == 0)
-        r = step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", err);
+        r = step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", &tx_err);
     if (r != 0) {
-        /* A failed COMMIT may already have rolled back; ROLLBACK's own error is moot then. */
         sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
         sqlite3_reset(s->st[ST_ROLLBACK]);
-        return r;
+        for (size_t i = 0; i < n; i++) {
+            statuses[i] = -EIO;
+            results[i].audit_seq = 0;
+            errs[i] = tx_err;
+            if (errs[i].code == 0)
+                kf_err_set(&errs[i], -EIO, "state store unavailable");
+        }
+        return -EIO;
     }
     s->head_seq = s->tx_head_seq;
     memcpy(s->head_hash, s->tx_head_hash, KFD_HASH_LEN);
-    if (ret != NULL)
-        ret->audit_seq = seq;
     return 0;
+}
+
+int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_apply_result *ret, kf_err *err)
+{
+    const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
+    int status;
+    kfd_apply_result res = {0};
+    kf_err e = {0};
+    kfd_store_apply_batch(s, cmds, 1, &status, &res, &e);
+    if (ret != NULL)
+        *ret = res;
+    if (status != 0 && err != NULL)
+        *err = e;
+    return status;
 }

@@ -37,6 +37,13 @@ typedef struct kfd_apply_result {
  * when the store failed (nothing changed; the store is now failed). */
 int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_apply_result *ret, kf_err *err);
 
+/* Applies n commands in one durable transaction (one fsync): group commit. Each command runs in
+ * its own savepoint, so an invalid one (statuses[i] < 0, errs[i] says why) changes nothing and
+ * does not affect the others. Returns 0 when the transaction committed, or -EIO when it did not
+ * (then every status is -EIO and nothing changed). */
+int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, int *statuses,
+                          kfd_apply_result *results, kf_err *errs);
+
 /* --- reads --- */
 
 typedef struct kfd_volume {
