@@ -1,6 +1,8 @@
 #include "kf_secmem.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -14,6 +16,20 @@
 
 static atomic_ulong lock_failures;
 
+/* Freed one-page buffers are kept (wiped, still locked and DONTDUMP) for reuse: a release then
+ * costs no mmap/mlock/munlock/munmap. */
+#define POOL_MAX 64
+static void *pool[POOL_MAX];
+static size_t pool_n, page_size;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t page_once = PTHREAD_ONCE_INIT;
+
+static void init_page_size(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    page_size = page > 0 ? (size_t)page : 4096;
+}
+
 void kf_wipe(void *p, size_t len)
 {
     if (p != NULL && len > 0)
@@ -26,9 +42,27 @@ kf_secbuf *kf_secbuf_new(size_t len)
 {
     if (len == 0)
         return NULL;
-    long page = sysconf(_SC_PAGESIZE);
-    size_t psz = page > 0 ? (size_t)page : 4096;
+    pthread_once(&page_once, init_page_size);
+    size_t psz = page_size;
     size_t cap = (len + psz - 1) / psz * psz;
+    if (cap == psz) {
+        void *reuse = NULL;
+        pthread_mutex_lock(&pool_lock);
+        if (pool_n > 0)
+            reuse = pool[--pool_n];
+        pthread_mutex_unlock(&pool_lock);
+        kf_secbuf *b = reuse != NULL ? malloc(sizeof(*b)) : NULL;
+        if (b != NULL) {
+            b->data = reuse;
+            b->len = len;
+            b->cap = cap;
+            return b;
+        }
+        if (reuse != NULL) {
+            munlock(reuse, cap);
+            munmap(reuse, cap);
+        }
+    }
     void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
@@ -55,6 +89,18 @@ void kf_secbuf_free(kf_secbuf *b)
     if (b == NULL)
         return;
     OPENSSL_cleanse(b->data, b->cap);
+    pthread_once(&page_once, init_page_size);
+    if (b->cap == page_size) {
+        pthread_mutex_lock(&pool_lock);
+        bool kept = pool_n < POOL_MAX;
+        if (kept)
+            pool[pool_n++] = b->data;
+        pthread_mutex_unlock(&pool_lock);
+        if (kept) {
+            free(b);
+            return;
+        }
+    }
     munlock(b->data, b->cap);
     munmap(b->data, b->cap);
     free(b);
