@@ -130,10 +130,11 @@ static int x25519_public(const uint8_t sk[32], uint8_t pk[32])
     return ok == 1 && len == 32 ? 0 : -EIO;
 }
 
-static int x25519_dh(const uint8_t sk[32], const uint8_t pk[32], uint8_t out[32])
+/* DH with a private key already loaded as an EVP_PKEY (importing raw keys is the expensive part
+ * of X25519 in OpenSSL 3.0). */
+static int x25519_dh_pkey(EVP_PKEY *priv, const uint8_t pk[32], uint8_t out[32])
 {
     int r = -EINVAL;
-    EVP_PKEY *priv = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, sk, 32);
     EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, pk, 32);
     EVP_PKEY_CTX *dctx = priv != NULL ? EVP_PKEY_CTX_new(priv, NULL) : NULL;
     size_t len = 32;
@@ -145,6 +146,15 @@ static int x25519_dh(const uint8_t sk[32], const uint8_t pk[32], uint8_t out[32]
     }
     EVP_PKEY_CTX_free(dctx);
     EVP_PKEY_free(peer);
+    return r;
+}
+
+static int x25519_dh(const uint8_t sk[32], const uint8_t pk[32], uint8_t out[32])
+{
+    EVP_PKEY *priv = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, sk, 32);
+    if (priv == NULL)
+        return -EINVAL;
+    int r = x25519_dh_pkey(priv, pk, out);
     EVP_PKEY_free(priv);
     return r;
 }
@@ -186,11 +196,21 @@ static int kem_shared_secret(const uint8_t dh[32], const uint8_t enc[32], const 
 int kf_hpke_encap_deterministic(const uint8_t pk_r[32], const uint8_t *ikm_e, size_t ikm_e_len,
                                 uint8_t ret_shared_secret[32], uint8_t ret_enc[32])
 {
-    uint8_t sk_e[32], dh[32];
-    int r = ikm_e != NULL ? kf_hpke_derive_keypair(ikm_e, ikm_e_len, sk_e, ret_enc)
-                          : kf_hpke_generate_keypair(sk_e, ret_enc);
-    if (r == 0)
-        r = x25519_dh(sk_e, pk_r, dh);
+    uint8_t sk_e[32] = {0}, dh[32];
+    int r;
+    if (ikm_e != NULL) {
+        r = kf_hpke_derive_keypair(ikm_e, ikm_e_len, sk_e, ret_enc);
+        if (r == 0)
+            r = x25519_dh(sk_e, pk_r, dh);
+    } else {
+        /* A random ephemeral key generated in place: no raw-key imports. */
+        EVP_PKEY *e = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+        size_t len = 32;
+        r = e != NULL && EVP_PKEY_get_raw_public_key(e, ret_enc, &len) == 1 && len == 32 ? 0 : -EIO;
+        if (r == 0)
+            r = x25519_dh_pkey(e, pk_r, dh);
+        EVP_PKEY_free(e);
+    }
     if (r == 0)
         r = kem_shared_secret(dh, ret_enc, pk_r, ret_shared_secret);
     OPENSSL_cleanse(sk_e, sizeof(sk_e));
