@@ -299,12 +299,17 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static int run_job(job *j, uint64_t timeout_ms, kf_err *err)
+/* Runs j on a worker and returns its status. When the TPM does not answer in time the worker
+ * keeps j and frees it when it finishes: *ret_abandoned is then set (under the lock) and the
+ * caller must not touch j again. */
+static int run_job(job *j, uint64_t timeout_ms, kf_err *err, bool *ret_abandoned)
 {
+    *ret_abandoned = false;
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->done_cond, NULL);
     pthread_t th;
     if (pthread_create(&th, NULL, worker, j) != 0) {
+        *ret_abandoned = true; /* freed here: nothing left for the caller */
         job_free(j);
         return kf_err_set(err, -EAGAIN, "cannot start the TPM worker");
     }
@@ -323,6 +328,7 @@ static int run_job(job *j, uint64_t timeout_ms, kf_err *err)
             break;
     if (!j->done) {
         j->abandoned = true; /* the worker frees the job when the TPM finally answers */
+        *ret_abandoned = true;
         pthread_mutex_unlock(&j->lock);
         return kf_err_set(err, -ETIMEDOUT, "the TPM did not answer within %llu ms", (unsigned long long)timeout_ms);
     }
@@ -347,8 +353,9 @@ int kfa_tpm_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const kf
     j->seal = true;
     memcpy(j->pcrs, pcrs, n_pcrs * sizeof(*pcrs));
     j->n_pcrs = n_pcrs;
-    int r = run_job(j, timeout_ms, err);
-    if (r == -ETIMEDOUT && j->abandoned)
+    bool abandoned;
+    int r = run_job(j, timeout_ms, err, &abandoned);
+    if (abandoned)
         return r;
     if (r == 0) {
         *ret_blob = j->result_blob;
@@ -368,8 +375,9 @@ int kfa_tpm_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, uint
         }
         return kf_err_set(err, -ENOMEM, "out of memory");
     }
-    int r = run_job(j, timeout_ms, err);
-    if (r == -ETIMEDOUT && j->abandoned)
+    bool abandoned;
+    int r = run_job(j, timeout_ms, err, &abandoned);
+    if (abandoned)
         return r;
     if (r == 0) {
         *ret_key = j->result_key;

@@ -224,6 +224,28 @@ static void xfer_reset(xfer *x)
     x->body_len = x->resp_len = 0;
 }
 
+/* Records a finished transfer: latency when it succeeded, its error code otherwise. */
+static void finish_xfer(const CURLMsg *m, node *nodes, int release, phase_result *res, xfer **ret)
+{
+    xfer *x = NULL;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    long status = 0;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+    int code;
+    if (m->data.result != CURLE_OK)
+        code = KF_CONNECT_CODE_COUNT; /* transport */
+    else if (release)
+        code = check_release(&nodes[x->node], x, status);
+    else
+        code = status == 200 ? 0 : (int)kf_connect_code_from_http((int)status);
+    if (code == 0)
+        res->latency_ms[res->ok++] = (now_s() - x->start) * 1000;
+    else
+        res->errors[code]++;
+    res->done++;
+    *ret = x;
+}
+
 /* Runs one phase over `count` requests: fresh connections (release or healthz). */
 static void run_phase(const opts *o, node *nodes, int count, int release, phase_result *res)
 {
@@ -258,22 +280,8 @@ static void run_phase(const opts *o, node *nodes, int count, int release, phase_
         while ((m = curl_multi_info_read(multi, &left)) != NULL) {
             if (m->msg != CURLMSG_DONE)
                 continue;
-            xfer *x = NULL;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-            long status = 0;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-            int code;
-            if (m->data.result != CURLE_OK)
-                code = KF_CONNECT_CODE_COUNT; /* transport */
-            else if (release)
-                code = check_release(&nodes[x->node], x, status);
-            else
-                code = status == 200 ? 0 : (int)kf_connect_code_from_http((int)status);
-            if (code == 0)
-                res->latency_ms[res->ok++] = (now_s() - x->start) * 1000;
-            else
-                res->errors[code]++;
-            res->done++;
+            xfer *x;
+            finish_xfer(m, nodes, release, res, &x);
             curl_multi_remove_handle(multi, x->easy);
             xfer_reset(x);
             x->in_use = 0;
@@ -320,16 +328,8 @@ static void run_warm(const opts *o, node *nodes, int n_nodes, int per_node, phas
         while ((m = curl_multi_info_read(multi, &left)) != NULL) {
             if (m->msg != CURLMSG_DONE)
                 continue;
-            xfer *x = NULL;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-            long status = 0;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-            int code = m->data.result != CURLE_OK ? KF_CONNECT_CODE_COUNT : check_release(&nodes[x->node], x, status);
-            if (code == 0)
-                res->latency_ms[res->ok++] = (now_s() - x->start) * 1000;
-            else
-                res->errors[code]++;
-            res->done++;
+            xfer *x;
+            finish_xfer(m, nodes, 1, res, &x);
             curl_multi_remove_handle(multi, x->easy);
             xfer_reset(x);
             if (sent[x->node] < per_node && release_body(&nodes[x->node], x) == 0) {

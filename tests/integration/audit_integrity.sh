@@ -9,12 +9,7 @@ F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node n1
 start_kfd "$F"
-put_policy "$F" <<'YAML'
-rules:
-  - name: all
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-YAML
+allow_nodes "$F" "n*"
 WRAP=$(field wrapped "$(node "$F" n1 enroll vol-1 data)")
 for i in 1 2 3 4; do node "$F" n1 release vol-1 "$WRAP" >/dev/null; done
 expect_match "a fresh chain verifies" "$(ctl "$F" audit verify)" "audit chain ok: 6 records verified"

@@ -181,3 +181,16 @@ start_swtpm() {
     TCTI="swtpm:host=127.0.0.1,port=$port"
     export TSS2_LOG=all+none
 }
+
+# allow_nodes DIR GLOB...: a policy with one rule allowing the named nodes (globs).
+allow_nodes() {
+    local dir=$1 names=""
+    shift
+    for g in "$@"; do names="$names${names:+, }\"$g\""; done
+    put_policy "$dir" <<YAML
+rules:
+  - name: all
+    match: {nodes: {names: [$names]}}
+    effect: allow
+YAML
+}

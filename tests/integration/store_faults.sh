@@ -9,12 +9,7 @@ F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node n1
 start_kfd "$F"
-put_policy "$F" <<'YAML'
-rules:
-  - name: all
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-YAML
+allow_nodes "$F" "n*"
 out=$(node "$F" n1 enroll vol-1 data)
 KEY=$(field key "$out")
 WRAP=$(field wrapped "$out")
