@@ -14,26 +14,13 @@
 #include "config.h"
 #include "kf_yaml.h"
 
-static char dir[] = "/tmp/kf-test-config-XXXXXX";
+#include "kf_test_tmpdir.h"
 
-static int setup(void **state)
-{
-    (void)state;
-    return mkdtemp(dir) != NULL ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
 
 static const char *write_file(const char *name, const char *text)
 {
     static char path[256];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     fputs(text, f);
@@ -76,7 +63,7 @@ static void test_good_config_loads(void **state)
     assert_int_equal(cfg->limits.max_body_bytes, 65536);
     assert_int_equal(cfg->client_auth, KF_TLS_PEER_REQUIRED);
     char want[256];
-    snprintf(want, sizeof(want), "%s/c.crt", dir);
+    snprintf(want, sizeof(want), "%s/c.crt", tmpdir);
     assert_string_equal(cfg->tls_cert, want); /* relative to the config file */
     kfd_config_free(cfg);
 }
@@ -148,5 +135,5 @@ int main(void)
         cmocka_unit_test(test_malformed_yaml),    cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_duration_parser),
     };
-    return cmocka_run_group_tests_name("config", tests, setup, teardown);
+    return cmocka_run_group_tests_name("config", tests, tmpdir_setup, tmpdir_teardown);
 }

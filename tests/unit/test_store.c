@@ -14,21 +14,8 @@
 
 #include "store.h"
 
-static char dir[] = "/tmp/kf-test-store-XXXXXX";
+#include "kf_test_tmpdir.h"
 
-static int setup(void **state)
-{
-    (void)state;
-    return mkdtemp(dir) != NULL ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
 
 static Keyfleet__V1__Timestamp now_ts = {PROTOBUF_C_MESSAGE_INIT(&keyfleet__v1__timestamp__descriptor), 1795435200, 0};
 
@@ -58,7 +45,7 @@ static int append(kfd_store *s, const char *action, const char *node)
 static kfd_store *open_db(const char *name)
 {
     char path[300];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
     kfd_store *s = NULL;
     kf_err err = {0};
     int r = kfd_store_open(path, &s, &err);
@@ -85,7 +72,7 @@ static void test_chain_and_tamper(void **state)
     verify(s, true, 0);
 
     char path[300];
-    snprintf(path, sizeof(path), "%s/chain.db", dir);
+    snprintf(path, sizeof(path), "%s/chain.db", tmpdir);
     sqlite3 *db;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "UPDATE audit SET reason = 'x' WHERE seq = 3", NULL, NULL, NULL), SQLITE_OK);
@@ -184,7 +171,7 @@ static void test_corrupt_database_fails_closed(void **state)
 {
     (void)state;
     char path[300];
-    snprintf(path, sizeof(path), "%s/corrupt.db", dir);
+    snprintf(path, sizeof(path), "%s/corrupt.db", tmpdir);
     FILE *f = fopen(path, "w");
     for (int i = 0; i < 4096; i++)
         fputc(i * 7 & 0xff, f);
@@ -209,5 +196,5 @@ int main(void)
         cmocka_unit_test(test_commands),
         cmocka_unit_test(test_corrupt_database_fails_closed),
     };
-    return cmocka_run_group_tests_name("store", tests, setup, teardown);
+    return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
