@@ -167,6 +167,55 @@ static void test_commands(void **state)
     kfd_store_close(s);
 }
 
+/* Group commit: one transaction for the batch, a savepoint per command. The invalid middle
+ * command (a duplicate enrollment) rolls back alone, with its audit record; the others commit
+ * and the chain has no gap. */
+static void test_batch_isolates_failures(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("batch.db");
+    Keyfleet__V1__VolumeRef vol = KEYFLEET__V1__VOLUME_REF__INIT;
+    vol.id = (char *)"vol-b";
+    vol.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
+    vol.name = (char *)"tank/b";
+    Keyfleet__V1__AuditEntry e = audit("enroll", "n1", "");
+    Keyfleet__V1__CmdEnrollVolume en = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    en.volume = &vol;
+    en.node = (char *)"n1";
+    en.wrapped_key = (char *)"kf:local:v1:abc";
+    en.audit = &e;
+    Keyfleet__V1__StateCommand enroll = KEYFLEET__V1__STATE_COMMAND__INIT;
+    enroll.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    enroll.enroll_volume = &en;
+    Keyfleet__V1__AuditEntry r = audit("release", "n1", "ok");
+    Keyfleet__V1__CmdAppendAudit ap = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    ap.audit = &r;
+    Keyfleet__V1__StateCommand release = KEYFLEET__V1__STATE_COMMAND__INIT;
+    release.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    release.append_audit = &ap;
+
+    const Keyfleet__V1__StateCommand *cmds[4] = {&enroll, &release, &enroll, &release};
+    int st[4];
+    kfd_apply_result res[4];
+    kf_err errs[4];
+    assert_int_equal(kfd_store_apply_batch(s, cmds, 4, st, res, errs), 0);
+    assert_int_equal(st[0], 0);
+    assert_int_equal(st[1], 0);
+    assert_int_equal(st[2], -EEXIST); /* the second enrollment of vol-b */
+    assert_int_equal(st[3], 0);
+    assert_int_equal(res[0].audit_seq, 1);
+    assert_int_equal(res[1].audit_seq, 2);
+    assert_int_equal(res[2].audit_seq, 0);
+    assert_int_equal(res[3].audit_seq, 3); /* no gap where the failed command's record was */
+    verify(s, true, 0);
+    Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
+    Keyfleet__V1__QueryAuditResponse all = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
+    assert_int_equal(kfd_store_query_audit(s, &q, &all), 0);
+    assert_int_equal(all.n_records, 3);
+    kfd_store_free_audit_list(&all);
+    kfd_store_close(s);
+}
+
 static void test_corrupt_database_fails_closed(void **state)
 {
     (void)state;
@@ -194,6 +243,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chain_and_tamper),
         cmocka_unit_test(test_commands),
+        cmocka_unit_test(test_batch_isolates_failures),
         cmocka_unit_test(test_corrupt_database_fails_closed),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
