@@ -1,6 +1,8 @@
 #include "kf_rpc_client.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +24,36 @@ typedef struct buf {
     char *data;
     size_t len;
     int overflow;
+    char leader[128]; /* the keyfleet-leader header of the answer, if any */
 } buf;
+
+#define LEADER_HEADER "keyfleet-leader:"
+#define MAX_REDIRECTS 2
+
+/* Picks up "keyfleet-leader: host:port", which a coordinator that is not the leader sends with
+ * its `unavailable` answer. */
+static size_t on_header(char *p, size_t size, size_t nmemb, void *userdata)
+{
+    buf *b = userdata;
+    size_t n = size * nmemb, hl = sizeof(LEADER_HEADER) - 1;
+    if (n > hl && strncasecmp(p, LEADER_HEADER, hl) == 0) {
+        const char *v = p + hl;
+        size_t vl = n - hl;
+        while (vl > 0 && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl > 0 && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            vl--;
+        bool ok = vl > 0 && vl < sizeof(b->leader) && memchr(v, ':', vl) != NULL;
+        for (size_t i = 0; ok && i < vl; i++)
+            ok = (v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
+                 v[i] == '.' || v[i] == '-' || v[i] == ':' || v[i] == '[' || v[i] == ']';
+        if (ok) {
+            memcpy(b->leader, v, vl);
+            b->leader[vl] = '\0';
+        }
+    }
+    return n;
+}
 
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -85,6 +116,7 @@ int kf_rpc_client_new(const kf_rpc_opts *opts, kf_rpc_client **ret, kf_err *err)
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->timeout_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->timeout_ms);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     *ret = c;
     return 0;
 }
@@ -121,6 +153,7 @@ static int perform(kf_rpc_client *c, const char *server, const char *path, const
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
     CURLcode cc = curl_easy_perform(h);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_slist_free_all(hdrs);
@@ -136,12 +169,28 @@ static int perform(kf_rpc_client *c, const char *server, const char *path, const
     return 0;
 }
 
-/* Tries each server, starting with the one that answered last. */
+/* The index of server addr, added to the list when it is new; -1 when out of memory. */
+static int server_index(kf_rpc_client *c, const char *addr)
+{
+    for (size_t i = 0; i < c->n_servers; i++)
+        if (strcmp(c->servers[i], addr) == 0)
+            return (int)i;
+    char **v = realloc(c->servers, (c->n_servers + 1) * sizeof(char *));
+    if (v == NULL)
+        return -1;
+    c->servers = v;
+    if ((v[c->n_servers] = strdup(addr)) == NULL)
+        return -1;
+    return (int)c->n_servers++;
+}
+
+/* Tries each server, starting with the one that answered last, and follows a leader hint (an
+ * `unavailable` answer naming the leader) at most MAX_REDIRECTS times. */
 static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size_t body_len, int post,
                    long *ret_status, buf *resp, char *ctype, size_t ctype_size, char *ret_server,
                    size_t server_size, kf_err *err)
 {
-    int r = -ECONNREFUSED;
+    int r = -ECONNREFUSED, redirects = 0;
     for (size_t k = 0; k < c->n_servers; k++) {
         size_t i = (c->current + k) % c->n_servers;
         free(resp->data);
@@ -150,6 +199,14 @@ static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size
         if (r == 0) {
             c->current = i;
             snprintf(ret_server, server_size, "%s", c->servers[i]);
+            int next;
+            if (*ret_status == 503 && resp->leader[0] != '\0' && redirects < MAX_REDIRECTS &&
+                strcmp(resp->leader, c->servers[i]) != 0 && (next = server_index(c, resp->leader)) >= 0) {
+                redirects++;
+                c->current = (size_t)next;
+                k = (size_t)-1; /* start over from the leader */
+                continue;
+            }
             return 0;
         }
         if (r == -EMSGSIZE)
