@@ -102,6 +102,17 @@ static void assert_kv(const section *s, const char *key, const uint8_t *actual, 
     assert_memory_equal(k->val, actual, len);
 }
 
+/* The section named "BASE KIND N", or NULL when there is none. */
+static const section *numbered_section(const char *base, const char *kind, int n)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "%s %s %d", base, kind, n);
+    for (size_t k = 0; k < n_sections; k++)
+        if (strcmp(sections[k].name, name) == 0)
+            return &sections[k];
+    return NULL;
+}
+
 static const section *find_section(const char *name)
 {
     for (size_t i = 0; i < n_sections; i++)
@@ -140,12 +151,7 @@ static void run_suite(const char *base, uint16_t aead_id)
 
     size_t checked = 0;
     for (int i = 1; i < 20; i++) {
-        char name[64];
-        snprintf(name, sizeof(name), "%s encryption %d", base, i);
-        const section *e = NULL;
-        for (size_t k = 0; k < n_sections; k++)
-            if (strcmp(sections[k].name, name) == 0)
-                e = &sections[k];
+        const section *e = numbered_section(base, "encryption", i);
         if (e == NULL)
             break;
         const kv *pt = get(e, "pt"), *aad = get(e, "aad"), *ct = get(e, "ct");
@@ -162,12 +168,7 @@ static void run_suite(const char *base, uint16_t aead_id)
 
     checked = 0;
     for (int i = 1; i < 20; i++) {
-        char name[64];
-        snprintf(name, sizeof(name), "%s export %d", base, i);
-        const section *e = NULL;
-        for (size_t k = 0; k < n_sections; k++)
-            if (strcmp(sections[k].name, name) == 0)
-                e = &sections[k];
+        const section *e = numbered_section(base, "export", i);
         if (e == NULL)
             break;
         const kv *ctx = get(e, "exporter_context");

@@ -15,25 +15,16 @@
 #include "ca.h"
 #include "kf_identity.h"
 
-static char dir[] = "/tmp/kf-test-identity-XXXXXX";
+#include "kf_test_tmpdir.h"
 
 static int setup(void **state)
 {
-    (void)state;
-    if (mkdtemp(dir) == NULL)
+    if (tmpdir_setup(state) != 0)
         return -1;
     char cert[256], key[256];
-    snprintf(cert, sizeof(cert), "%s/ca.crt", dir);
-    snprintf(key, sizeof(key), "%s/ca.key", dir);
+    snprintf(cert, sizeof(cert), "%s/ca.crt", tmpdir);
+    snprintf(key, sizeof(key), "%s/ca.key", tmpdir);
     return kfctl_ca_create(cert, key, "test CA", NULL);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 static void parse_ok(const char *uri, kf_peer_kind kind, const char *name)
@@ -75,10 +66,10 @@ static void test_uri_parsing(void **state)
 static X509 *issue(kf_peer_kind kind, const char *name)
 {
     char ca_cert[256], ca_key[256], cert[256], key[256];
-    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", dir);
-    snprintf(ca_key, sizeof(ca_key), "%s/ca.key", dir);
-    snprintf(cert, sizeof(cert), "%s/%s.crt", dir, name);
-    snprintf(key, sizeof(key), "%s/%s.key", dir, name);
+    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", tmpdir);
+    snprintf(ca_key, sizeof(ca_key), "%s/ca.key", tmpdir);
+    snprintf(cert, sizeof(cert), "%s/%s.crt", tmpdir, name);
+    snprintf(key, sizeof(key), "%s/%s.key", tmpdir, name);
     kfctl_cert_opts o = {.kind = kind, .name = name, .days = 30};
     kf_err err = {0};
     assert_int_equal(kfctl_cert_issue(ca_cert, ca_key, &o, cert, key, false, &err), 0);
@@ -110,7 +101,7 @@ static void test_cert_identity(void **state)
 
     /* The CA certificate itself names no keyfleet identity. */
     char ca_cert[256];
-    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", dir);
+    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", tmpdir);
     FILE *f = fopen(ca_cert, "r");
     x = PEM_read_X509(f, NULL, NULL, NULL);
     fclose(f);
@@ -123,16 +114,16 @@ static void test_issue_rejects_bad_names(void **state)
 {
     (void)state;
     char ca_cert[256], ca_key[256], out[256];
-    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", dir);
-    snprintf(ca_key, sizeof(ca_key), "%s/ca.key", dir);
-    snprintf(out, sizeof(out), "%s/x", dir);
+    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", tmpdir);
+    snprintf(ca_key, sizeof(ca_key), "%s/ca.key", tmpdir);
+    snprintf(out, sizeof(out), "%s/x", tmpdir);
     kfctl_cert_opts o = {.kind = KF_PEER_NODE, .name = "bad/name", .days = 30};
     kf_err err = {0};
     assert_int_equal(kfctl_cert_issue(ca_cert, ca_key, &o, out, out, false, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "bad/name"));
     /* The key file must not be overwritten by a second issue without force. */
     o.name = "db-7";
-    snprintf(out, sizeof(out), "%s/db-7.key", dir);
+    snprintf(out, sizeof(out), "%s/db-7.key", tmpdir);
     assert_int_equal(kfctl_cert_issue(ca_cert, ca_key, &o, out, out, false, &err), -EEXIST);
 }
 
@@ -143,5 +134,5 @@ int main(void)
         cmocka_unit_test(test_cert_identity),
         cmocka_unit_test(test_issue_rejects_bad_names),
     };
-    return cmocka_run_group_tests_name("identity", tests, setup, teardown);
+    return cmocka_run_group_tests_name("identity", tests, setup, tmpdir_teardown);
 }

@@ -14,24 +14,15 @@
 
 #include "kms.h"
 
-static char dir[] = "/tmp/kf-test-kms-XXXXXX";
+#include "kf_test_tmpdir.h"
 static char kek_dir[300];
 
 static int setup(void **state)
 {
-    (void)state;
-    if (mkdtemp(dir) == NULL)
+    if (tmpdir_setup(state) != 0)
         return -1;
-    snprintf(kek_dir, sizeof(kek_dir), "%s/kek", dir);
+    snprintf(kek_dir, sizeof(kek_dir), "%s/kek", tmpdir);
     return kfd_kms_local_init(kek_dir, NULL);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 typedef struct result {
@@ -133,7 +124,7 @@ static void test_missing_or_bad_kek(void **state)
     kfd_kms *k = NULL;
     kf_err err = {0};
     char empty[400];
-    snprintf(empty, sizeof(empty), "%s/empty", dir);
+    snprintf(empty, sizeof(empty), "%s/empty", tmpdir);
     mkdir(empty, 0700);
     assert_int_equal(kfd_kms_local_open(NULL, empty, &k, &err), -ENOENT);
     assert_non_null(strstr(err.msg, "run keyfleetctl init"));
@@ -153,5 +144,5 @@ int main(void)
         cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_missing_or_bad_kek),
     };
-    return cmocka_run_group_tests_name("kms_local", tests, setup, teardown);
+    return cmocka_run_group_tests_name("kms_local", tests, setup, tmpdir_teardown);
 }
