@@ -4,6 +4,7 @@
 #ifndef KFD_KMS_H
 #define KFD_KMS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <uv.h>
@@ -18,15 +19,19 @@ typedef struct kfd_kms kfd_kms;
 /* Result of a KMS call. On success status is 0; plaintext (generate/unwrap) belongs to the
  * callee and is wiped after the callback returns, so copy what you need; wrapped (generate/
  * wrap/rewrap) is a NUL-terminated string valid during the callback; key_version is the KMS key
- * version the input was (unwrap) or is now (wrap) under. On failure status is a negative errno
- * (-EIO: KMS unavailable; -EBADMSG: the ciphertext does not open under this volume; -EINVAL:
- * malformed ciphertext) and message says why. */
+ * version the input was (unwrap) or is now (wrap, rotate) under, 0 where the KMS has no numbered
+ * versions (Azure); stale says the input is not under the newest key version (unwrap), so the
+ * caller should rewrap. On failure status is a negative errno (-EIO, -ETIMEDOUT, -EHOSTUNREACH:
+ * KMS unavailable; -EACCES: the KMS refused our credentials; -EBADMSG: the ciphertext does not
+ * open under this volume; -EINVAL: malformed ciphertext or unknown key version) and message says
+ * why. */
 typedef struct kfd_kms_result {
     int status;
     const kf_secbuf *plaintext;
     const char *wrapped;
     uint32_t key_version;
     uint32_t latest_version;
+    bool stale;
     const char *message;
 } kfd_kms_result;
 
@@ -36,6 +41,7 @@ typedef struct kfd_kms_info {
     const char *backend;
     uint32_t latest_version;
     uint32_t min_decrypt_version;
+    bool reachable; /* the last call to the KMS got an answer */
 } kfd_kms_info;
 
 typedef struct kfd_kms_ops {
@@ -47,8 +53,9 @@ typedef struct kfd_kms_ops {
     /* The same data key under the newest key version. */
     void (*rewrap)(kfd_kms *k, const char *volume_id, const char *wrapped, kfd_kms_cb cb, void *arg);
     void (*describe)(kfd_kms *k, kfd_kms_info *ret);
-    /* A new key version for new wraps; older ones still unwrap. Returns 0 or -errno. */
-    int (*rotate)(kfd_kms *k, uint32_t *ret_version, kf_err *err);
+    /* A new key version for new wraps; older ones still unwrap. The result's key_version is the
+     * new version; message names it where versions are not numbers. */
+    void (*rotate)(kfd_kms *k, kfd_kms_cb cb, void *arg);
     void (*destroy)(kfd_kms *k);
 } kfd_kms_ops;
 

@@ -194,7 +194,8 @@ static void local_unwrap(kfd_kms *base, const char *volume_id, const char *wrapp
         fail(cb, arg, r, open_error(r));
         return;
     }
-    kfd_kms_result res = {.plaintext = key, .key_version = version, .latest_version = k->latest};
+    kfd_kms_result res = {
+        .plaintext = key, .key_version = version, .latest_version = k->latest, .stale = version < k->latest};
     cb(arg, &res);
     kf_secbuf_free(key);
 }
@@ -223,6 +224,7 @@ static void local_describe(kfd_kms *base, kfd_kms_info *ret)
     ret->backend = "local";
     ret->latest_version = k->latest;
     ret->min_decrypt_version = 1;
+    ret->reachable = true;
     for (uint32_t v = 1; v <= k->latest && k->kek[v] == NULL; v++)
         ret->min_decrypt_version = v + 1;
 }
@@ -279,20 +281,22 @@ static int write_new_kek(const char *dir, uint32_t version, kf_err *err)
     return 0;
 }
 
-static int local_rotate(kfd_kms *base, uint32_t *ret_version, kf_err *err)
+static void local_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
 {
     kms_local *k = (kms_local *)base;
     uint32_t next = k->latest + 1;
-    if (next > MAX_VERSIONS)
-        return kf_err_set(err, -ENOSPC, "at most %d KEK versions", MAX_VERSIONS);
-    int r = write_new_kek(k->dir, next, err);
+    kf_err err = {0};
+    int r = next > MAX_VERSIONS ? kf_err_set(&err, -ENOSPC, "at most %d KEK versions", MAX_VERSIONS)
+                                : write_new_kek(k->dir, next, &err);
     if (r == 0)
-        r = load_kek(k, next, err);
-    if (r != 0)
-        return r;
+        r = load_kek(k, next, &err);
+    if (r != 0) {
+        fail(cb, arg, r, err.msg);
+        return;
+    }
     k->latest = next;
-    *ret_version = next;
-    return 0;
+    kfd_kms_result res = {.key_version = next, .latest_version = next};
+    cb(arg, &res);
 }
 
 static void local_destroy(kfd_kms *base)

@@ -558,35 +558,49 @@ static void on_rotated(void *arg, int status, const kfd_apply_result *res, const
     kfd_op_free(op);
 }
 
+static void on_kms_rotated(void *arg, const kfd_kms_result *res)
+{
+    rotate_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        kfd_op_free(op);
+        return;
+    }
+    if (res->status != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS rotation failed: %s", res->message);
+        return;
+    }
+    op->version = res->key_version;
+    char reason[160];
+    if (res->message != NULL)
+        snprintf(reason, sizeof(reason), "%s key version %s", op->backend, res->message);
+    else
+        snprintf(reason, sizeof(reason), "%s key version %u", op->backend, op->version);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdKmsRotate c = KEYFLEET__V1__CMD_KMS_ROTATE__INIT;
+    c.backend = (char *)op->backend;
+    c.new_version = op->version;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE;
+    cmd.kms_rotate = &c;
+    kf_log_info("kms_rotated", "backend=%s version=%s operator=%s", op->backend, kf_log_q(reason),
+                call->peer->name);
+    kfd_commit(app_of(call), &cmd, on_rotated, op);
+}
+
 void kfd_rpc_rotate_kms(kfd_call *call)
 {
     if (!store_ok(call))
         return;
     kfd_kms *kms = app_of(call)->kms;
-    uint32_t version = 0;
-    kf_err err = {0};
-    if (kms->ops->rotate(kms, &version, &err) != 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS rotation failed: %s", err.msg);
-        return;
-    }
     rotate_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
     op->backend = kms->ops->name;
-    op->version = version;
-    char reason[64];
-    snprintf(reason, sizeof(reason), "%s key version %u", kms->ops->name, version);
-    kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
-    Keyfleet__V1__CmdKmsRotate c = KEYFLEET__V1__CMD_KMS_ROTATE__INIT;
-    c.backend = (char *)kms->ops->name;
-    c.new_version = version;
-    c.audit = &a.entry;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE;
-    cmd.kms_rotate = &c;
-    kf_log_info("kms_rotated", "backend=%s version=%u operator=%s", kms->ops->name, version, call->peer->name);
-    kfd_commit(app_of(call), &cmd, on_rotated, op);
+    kms->ops->rotate(kms, on_kms_rotated, op);
 }

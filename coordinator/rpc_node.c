@@ -486,7 +486,7 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
         return;
     }
-    if (res->key_version < res->latest_version) {
+    if (res->stale) {
         kfd_kms *kms = app_of(call)->kms;
         kms->ops->wrap(kms, volume_id, res->plaintext, on_rewrapped, op);
     }

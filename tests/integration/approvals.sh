@@ -111,7 +111,7 @@ for _ in $(seq 1 100); do [ "$(grep -c '"status": 200' "$WORK/sink.log" 2>/dev/n
 expect_eq "every pending request was delivered ($R $R2 $R4 $R5 $R3)" "$(grep -c '"status": 200' "$WORK/sink.log")" "5"
 expect_eq "every delivery carried a valid HMAC-SHA256 signature" "$(grep -c '"valid": false' "$WORK/sink.log")" "0"
 expect_match "the notification names the request and node" "$(cat "$WORK/sink.log")" "\"request_id\": \"$R\", \"node\": \"app-1\""
-expect_match "a failed delivery was retried" "$(cat "$F/keyfleetd.log")" "event=webhook_retry status=500"
+expect_match "a failed delivery was retried" "$(cat "$F/keyfleetd.log")" "event=http_retry client=webhook method=POST url=[^ ]+ status=500"
 m=$(kcurl "$F" operator "$URL/metrics")
 expect_match "webhook deliveries are counted" "$m" 'keyfleet_webhook_total\{result="delivered"\} 5'
 expect_match "webhook retries are counted" "$m" 'keyfleet_webhook_total\{result="retry"\} 1'

@@ -30,6 +30,7 @@ typedef struct result {
     uint8_t key[32];
     char wrapped[256];
     uint32_t version, latest;
+    bool stale;
 } result;
 
 static void capture(void *arg, const kfd_kms_result *res)
@@ -42,6 +43,7 @@ static void capture(void *arg, const kfd_kms_result *res)
         snprintf(r->wrapped, sizeof(r->wrapped), "%s", res->wrapped);
     r->version = res->key_version;
     r->latest = res->latest_version;
+    r->stale = res->stale;
 }
 
 static void test_roundtrip_and_binding(void **state)
@@ -93,9 +95,10 @@ static void test_rotation(void **state)
     assert_int_equal(kfd_kms_local_open(NULL, kek_dir, &k, NULL), 0);
     result v1 = {0}, un = {0}, rw = {0};
     k->ops->generate(k, "vol-r", capture, &v1);
-    uint32_t version = 0;
-    assert_int_equal(k->ops->rotate(k, &version, NULL), 0);
-    assert_int_equal(version, 2);
+    result rot = {0};
+    k->ops->rotate(k, capture, &rot);
+    assert_int_equal(rot.status, 0);
+    assert_int_equal(rot.version, 2);
     kfd_kms_info info;
     k->ops->describe(k, &info);
     assert_int_equal(info.latest_version, 2);
@@ -104,6 +107,7 @@ static void test_rotation(void **state)
     assert_int_equal(un.status, 0);
     assert_int_equal(un.version, 1);
     assert_int_equal(un.latest, 2);
+    assert_true(un.stale);
     k->ops->rewrap(k, "vol-r", v1.wrapped, capture, &rw);
     assert_int_equal(rw.status, 0);
     assert_int_equal(strncmp(rw.wrapped, "kf:local:v2:", 12), 0);

@@ -1,0 +1,54 @@
+/* Outbound HTTPS from the coordinator's loop: libcurl multi driven by libuv, so a slow server
+ * never blocks other requests. Used by the KMS backends and the webhook. Request and response
+ * bodies live in secure memory (they carry data keys, secret ids and tokens) and are wiped;
+ * header strings are wiped before they are freed. Transport errors, 429 (Retry-After honoured,
+ * capped) and 5xx are retried with exponential backoff up to max_attempts. */
+#ifndef KFD_HTTP_H
+#define KFD_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "kf_err.h"
+
+typedef struct kfd_http kfd_http;
+
+typedef struct kfd_http_opts {
+    const char *name;          /* names this client in logs, e.g. "webhook" */
+    const char *ca_file;       /* NULL: the system trust store */
+    const char *protocols;     /* curl protocol list, e.g. "https" */
+    uint32_t timeout_ms;       /* per attempt */
+    uint32_t first_backoff_ms; /* doubled per retry */
+    uint32_t max_retry_after_ms;
+    int max_attempts;          /* 1 means no retry */
+    size_t max_response;       /* larger responses fail with -EMSGSIZE */
+} kfd_http_opts;
+
+typedef struct kfd_http_response {
+    int status;          /* 0 when an HTTP answer came, else -errno (-ETIMEDOUT, -EHOSTUNREACH, -EMSGSIZE, -EIO) */
+    long code;           /* HTTP status when status is 0 */
+    const char *body;    /* NUL-terminated, in secure memory, wiped after the callback */
+    size_t body_len;
+    const char *error;   /* transport error text when status < 0 */
+    int attempts;
+} kfd_http_response;
+
+typedef void (*kfd_http_cb)(void *arg, const kfd_http_response *res);
+
+int kfd_http_new(uv_loop_t *loop, const kfd_http_opts *opts, kfd_http **ret, kf_err *err);
+/* Drops requests still in flight without calling their callbacks; the owner drains first. */
+void kfd_http_free(kfd_http *h);
+
+/* method is "GET" or "POST"; headers is NULL-terminated (may be NULL); body may be NULL. The
+ * callback always runs later, on the loop, exactly once. */
+void kfd_http_send(kfd_http *h, const char *method, const char *url, const char *const *headers, const void *body,
+                   size_t body_len, kfd_http_cb cb, void *arg);
+
+typedef struct kfd_http_stats {
+    uint64_t requests, retries, failures;
+} kfd_http_stats;
+kfd_http_stats kfd_http_get_stats(const kfd_http *h);
+
+#endif
