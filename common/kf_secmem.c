@@ -1,10 +1,12 @@
 #include "kf_secmem.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -12,6 +14,7 @@
 
 #include <openssl/crypto.h>
 
+#include "kf_err.h"
 #include "kf_log.h"
 
 static atomic_ulong lock_failures;
@@ -113,5 +116,35 @@ int kf_process_harden(void)
         return -errno;
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
         return -errno;
+    return 0;
+}
+
+int kf_secbuf_read_file(const char *path, size_t max, kf_secbuf **ret, kf_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
+    kf_secbuf *b = kf_secbuf_new(max + 2);
+    size_t len = 0;
+    ssize_t n = 0;
+    while (b != NULL && len <= max && (n = read(fd, b->data + len, max + 1 - len)) > 0)
+        len += (size_t)n;
+    int saved = errno;
+    close(fd);
+    if (b == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    if (n < 0) {
+        kf_secbuf_free(b);
+        return kf_err_set(err, -saved, "%s: %s", path, strerror(saved));
+    }
+    while (len > 0 && (b->data[len - 1] == '\n' || b->data[len - 1] == '\r'))
+        len--;
+    if (len == 0 || len > max) {
+        kf_secbuf_free(b);
+        return kf_err_set(err, -EINVAL, "%s: must hold 1 to %zu bytes", path, max);
+    }
+    b->data[len] = '\0';
+    b->len = len;
+    *ret = b;
     return 0;
 }

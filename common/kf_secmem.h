@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct kf_err;
+
 typedef struct kf_secbuf {
     uint8_t *data;
     size_t len; /* bytes in use */
@@ -23,6 +25,10 @@ unsigned long kf_secmem_lock_failures(void);
 /* Makes this process non-dumpable (no core, no ptrace by other users, /proc/PID/mem closed)
  * and sets RLIMIT_CORE to 0. Daemons and the agent call it first thing. */
 int kf_process_harden(void);
+
+/* Reads a secret file (a token, a secret id, a client secret) of 1..max bytes into secure memory,
+ * without its trailing newline, NUL-terminated. Errors name the file, never its content. */
+int kf_secbuf_read_file(const char *path, size_t max, kf_secbuf **ret, struct kf_err *err);
 
 /* Wipes len bytes at p in a way the compiler cannot drop. */
 void kf_wipe(void *p, size_t len);

@@ -29,7 +29,7 @@ int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
     if (kfd_store_open(path, &app->store, &serr) != 0)
         kf_log_error("store_open_failed", "path=%s error=%s action=\"answering unavailable\"", kf_log_q(path),
                      kf_log_q(serr.msg));
-    int r = kfd_kms_local_open(srv->loop, cfg->kms_local_dir, &app->kms, err);
+    int r = kfd_kms_open(srv->loop, &cfg->kms, &app->kms, err);
     if (r != 0)
         return r;
     if ((app->ratelimit = kfd_ratelimit_new()) == NULL)

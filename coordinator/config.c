@@ -53,27 +53,6 @@ static int dec_tls(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, 
     return r;
 }
 
-typedef struct kms_section {
-    char *backend, *dir;
-} kms_section;
-
-static const kf_yaml_field kms_fields[] = {
-    {"backend", kf_yaml_dec_string, offsetof(kms_section, backend), NULL, false},
-    {"dir", kf_yaml_dec_string, offsetof(kms_section, dir), NULL, false},
-};
-
-static int dec_kms(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
-{
-    (void)arg;
-    int r = kf_yaml_decode_map(doc, node, kms_fields, sizeof(kms_fields) / sizeof(kms_fields[0]), dst, err);
-    kms_section *k = dst;
-    if (r == 0 && k->backend != NULL && strcmp(k->backend, "local") != 0)
-        for (size_t i = 0; i < node->n; i++)
-            if (strcmp(node->items[2 * i]->str, "backend") == 0)
-                return kf_yaml_error(doc, node->items[2 * i + 1], err, "kms backend must be local");
-    return r;
-}
-
 typedef struct approvals_section {
     uint64_t poll_ms;
     char *totp_dir;
@@ -116,7 +95,7 @@ typedef struct raw_config {
     kf_strlist listen;
     tls_section tls;
     kfd_limits limits;
-    kms_section kms;
+    kfd_kms_config kms;
     approvals_section approvals;
     webhook_section webhook;
 } raw_config;
@@ -130,7 +109,7 @@ static const kf_yaml_field top_fields[] = {
     {"user", kf_yaml_dec_string, offsetof(raw_config, user), NULL, false},
     {"log_level", kf_yaml_dec_string, offsetof(raw_config, log_level), NULL, false},
     {"limits", dec_limits, offsetof(raw_config, limits), NULL, false},
-    {"kms", dec_kms, offsetof(raw_config, kms), NULL, false},
+    {"kms", kfd_kms_config_decode, offsetof(raw_config, kms), NULL, false},
     {"approvals", dec_approvals, offsetof(raw_config, approvals), NULL, false},
     {"webhook", dec_webhook, offsetof(raw_config, webhook), NULL, false},
 };
@@ -173,8 +152,7 @@ void kfd_config_free(kfd_config *cfg)
     free(cfg->tls_ca);
     free(cfg->user);
     free(cfg->log_level);
-    free(cfg->kms_backend);
-    free(cfg->kms_local_dir);
+    kfd_kms_config_clear(&cfg->kms);
     free(cfg->totp_dir);
     free(cfg->webhook_url);
     free(cfg->webhook_secret_file);
@@ -222,11 +200,8 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         cfg->user = raw.user;
         cfg->log_level = raw.log_level;
         cfg->limits = raw.limits;
-        cfg->kms_backend = raw.kms.backend != NULL ? raw.kms.backend : strdup("local");
-        if (raw.kms.dir != NULL)
-            cfg->kms_local_dir = kf_config_path(path, raw.kms.dir);
-        else if (cfg->state_dir != NULL && asprintf(&cfg->kms_local_dir, "%s/kek", cfg->state_dir) < 0)
-            cfg->kms_local_dir = NULL;
+        cfg->kms = raw.kms;
+        int kms_ok = kfd_kms_config_resolve(&cfg->kms, path, cfg->state_dir) == 0;
         cfg->approval_poll_ms = raw.approvals.poll_ms;
         cfg->totp_dir = kf_config_path(path, raw.approvals.totp_dir);
         cfg->webhook_url = raw.webhook.url;
@@ -234,7 +209,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         free(raw.tls.client_auth);
         kf_yaml_free(doc);
         if (cfg->path == NULL || cfg->state_dir == NULL || cfg->tls_cert == NULL || cfg->tls_key == NULL ||
-            cfg->tls_ca == NULL || cfg->kms_backend == NULL || cfg->kms_local_dir == NULL) {
+            cfg->tls_ca == NULL || !kms_ok) {
             kfd_config_free(cfg);
             return kf_err_set(err, -ENOMEM, "out of memory");
         }
@@ -252,8 +227,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
     free(raw.tls.client_auth);
     free(raw.user);
     free(raw.log_level);
-    free(raw.kms.backend);
-    free(raw.kms.dir);
+    kfd_kms_config_clear(&raw.kms);
     free(raw.approvals.totp_dir);
     free(raw.webhook.url);
     free(raw.webhook.secret_file);

@@ -9,6 +9,7 @@
 #include "kf_tls.h"
 #include "kf_log.h"
 #include "kf_yaml.h"
+#include "kms_config.h"
 
 typedef struct kfd_limits {
     uint32_t max_body_bytes;             /* protocol limit; larger bodies get resource_exhausted */
@@ -30,8 +31,7 @@ typedef struct kfd_config {
     char *user; /* optional: drop privileges to this user after binding */
     char *log_level;
     kfd_limits limits;
-    char *kms_backend;   /* "local" (default) */
-    char *kms_local_dir; /* local KEK directory (default STATE_DIR/kek) */
+    kfd_kms_config kms;
     uint64_t approval_poll_ms; /* retry delay given to agents while PENDING */
     char *totp_dir;      /* optional: OPERATOR.b32 files; operators with one must give a TOTP code */
     char *webhook_url;   /* optional: notified of each new pending request */

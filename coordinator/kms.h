@@ -11,6 +11,7 @@
 
 #include "kf_err.h"
 #include "kf_secmem.h"
+#include "kms_config.h"
 
 #define KFD_DATA_KEY_LEN 32
 
@@ -63,6 +64,11 @@ struct kfd_kms {
     const kfd_kms_ops *ops;
     uv_loop_t *loop;
 };
+
+/* Opens the configured backend. */
+int kfd_kms_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
+int kfd_kms_vault_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
+int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
 
 /* The embedded default: KEK files in DIR (kek-N.key, 32 bytes, mode 0600). */
 int kfd_kms_local_open(uv_loop_t *loop, const char *dir, kfd_kms **ret, kf_err *err);

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
+#include "kms_remote.h"
 #include "privileges.h"
 #include "server.h"
 
@@ -28,6 +29,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     kf_log_set_program("keyfleetd");
+    kfd_json_wipe_on_free();
     const char *config_path = "/etc/keyfleet/keyfleetd.yaml";
     int check_only = 0;
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},

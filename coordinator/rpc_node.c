@@ -20,6 +20,7 @@
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_log.h"
 #include "kf_seal.h"
+#include "kms_wrapped.h"
 #include "webhook.h"
 
 #define WRAPPED_MAX 4096
@@ -408,7 +409,7 @@ typedef struct release_op {
     char request_id[65];
     char volume_id[129];
     uint8_t enc[32], ct[KF_SEAL_CT_LEN];
-    char rewrapped[512];
+    char rewrapped[KFD_WRAPPED_MAX];
     bool approved_request;
 } release_op;
 
@@ -447,11 +448,20 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     kfd_op_free(op);
 }
 
+static void record_release(release_op *op);
+
 static void on_rewrapped(void *arg, const kfd_kms_result *res)
 {
     release_op *op = arg;
+    if (op->base.call == NULL) {
+        kfd_op_free(op);
+        return;
+    }
     if (res->status == 0)
         snprintf(op->rewrapped, sizeof(op->rewrapped), "%s", res->wrapped);
+    else /* not fatal: the old wrapped key still opens, and the next release tries again */
+        kf_log_warn("rewrap_failed", "volume=%s error=%s", kf_log_q(op->volume_id), kf_log_q(res->message));
+    record_release(op);
 }
 
 static void on_release_key(void *arg, const kfd_kms_result *res)
@@ -487,9 +497,18 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
         return;
     }
     if (res->stale) {
+        /* The rewrapped key rides on this answer; the record is written once it is known. */
         kfd_kms *kms = app_of(call)->kms;
         kms->ops->wrap(kms, volume_id, res->plaintext, on_rewrapped, op);
+        return;
     }
+    record_release(op);
+}
+
+static void record_release(release_op *op)
+{
+    kfd_call *call = op->base.call;
+    const char *volume_id = op->volume_id;
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name, volume_id,
                    op->request_id, op->decision.explanation);

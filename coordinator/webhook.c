@@ -93,19 +93,16 @@ kfd_webhook_stats kfd_webhook_get_stats(const kfd_webhook *wh)
 
 int kfd_webhook_new(uv_loop_t *loop, const char *url, const char *secret_file, kfd_webhook **ret, kf_err *err)
 {
-    int fd = open(secret_file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kf_err_set(err, -errno, "webhook secret %s: %s", secret_file, strerror(errno));
-    kf_secbuf *secret = kf_secbuf_new(4096);
-    ssize_t n = secret != NULL ? read(fd, secret->data, 4096) : -1;
-    close(fd);
-    while (n > 0 && (secret->data[n - 1] == '\n' || secret->data[n - 1] == '\r'))
-        n--;
-    if (n < 16) {
+    kf_secbuf *secret = NULL;
+    int rr = kf_secbuf_read_file(secret_file, 4096, &secret, err);
+    if (rr != 0) {
+        kf_err_wrap(err, "webhook secret");
+        return rr;
+    }
+    if (secret->len < 16) {
         kf_secbuf_free(secret);
         return kf_err_set(err, -EINVAL, "webhook secret %s: needs at least 16 bytes", secret_file);
     }
-    secret->len = (size_t)n;
     kfd_webhook *wh = calloc(1, sizeof(*wh));
     kfd_http_opts opts = {.name = "webhook",
                           .protocols = "http,https",

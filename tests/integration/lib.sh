@@ -194,3 +194,32 @@ rules:
     effect: allow
 YAML
 }
+
+KMS_STANDIN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/kms-standin
+
+# kms_tls DIR: a self-signed certificate for 127.0.0.1 (DIR/kms.crt, DIR/kms.key) for a stand-in.
+kms_tls() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=kms-standin \
+        -addext subjectAltName=IP:127.0.0.1 -keyout "$1/kms.key" -out "$1/kms.crt" 2>/dev/null
+}
+
+# start_standin DIR NAME ARGS...: starts tests/kms-standin/NAME.py with DIR's certificate and
+# fault file (DIR/fault); waits (at most 10 s) for its port; sets SPORT.
+start_standin() {
+    local dir=$1 name=$2
+    shift 2
+    rm -f "$dir/$name.port"
+    : >"$dir/fault"
+    python3 "$KMS_STANDIN_DIR/$name.py" --cert "$dir/kms.crt" --tls-key "$dir/kms.key" --port-file "$dir/$name.port" \
+        --fault-file "$dir/fault" "$@" 2>>"$dir/$name.log" &
+    PIDS+=("$!")
+    STANDIN_PID=$!
+    for _ in $(seq 1 200); do
+        [ -s "$dir/$name.port" ] && { SPORT=$(cat "$dir/$name.port"); return 0; }
+        sleep 0.05
+    done
+    not_ok "$name did not start"
+    finish
+}
+# fault DIR LINE: the next requests to DIR's stand-in get this fault ("" clears it).
+fault() { printf '%s\n' "$2" >"$1/fault"; }

@@ -1,0 +1,531 @@
+/* The vault-transit KMS backend: HashiCorp Vault's (or OpenBao's) Transit engine over HTTPS.
+ * generate = datakey/plaintext (256 bits), wrap = encrypt, unwrap = decrypt, rewrap = rewrap,
+ * rotate = keys/KEY/rotate, describe = keys/KEY (read at start, after rotation and every
+ * minute). Auth is a token file (renewed with renew-self, re-read at each renewal) or AppRole
+ * (login again before the token expires). Wrapped keys: "kf:vault:vN:KCV:BODY", where
+ * "vault:vN:BODY" is Vault's ciphertext (kms_wrapped.h). */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kf_b64.h"
+#include "kf_log.h"
+#include "kf_secmem.h"
+#include "kms_remote.h"
+#include "kms_wrapped.h"
+
+#define DESCRIBE_INTERVAL_MS 60000
+#define SECRET_FILE_MAX 4096
+
+typedef struct vault {
+    kfd_kms super;
+    char *base; /* ADDRESS/v1 */
+    char *mount, *key;
+    char *token_file, *role_id_file, *secret_id_file;
+    kfd_http *http;
+    kfd_token *token;
+    kfd_remote_call login; /* the one token fetch in flight */
+    kf_secbuf *file_token; /* token-file mode: the token being renewed */
+    uint32_t latest, min_decrypt;
+    bool reachable, describing;
+    uv_timer_t describe_timer;
+} vault;
+
+typedef enum { OP_GENERATE, OP_WRAP, OP_UNWRAP, OP_REWRAP, OP_ROTATE, OP_READ_KEY } op_kind;
+
+typedef struct vcall {
+    kfd_remote_call rc; /* first: the remote layer hands it back */
+    vault *v;
+    op_kind kind;
+    char volume_id[256];
+    char kcv[KFD_KCV_TEXT_LEN + 1];
+    uint32_t in_version;
+} vcall;
+
+/* "vault:vN:BODY" → N and BODY; 0 or -EINVAL. */
+static int parse_ciphertext(const char *ct, uint32_t *version, const char **body)
+{
+    if (ct == NULL || strncmp(ct, "vault:v", 7) != 0)
+        return -EINVAL;
+    char *end = NULL;
+    errno = 0;
+    unsigned long n = strtoul(ct + 7, &end, 10);
+    if (errno != 0 || end == ct + 7 || *end != ':' || n == 0 || n > UINT32_MAX || ct[7] == '0')
+        return -EINVAL;
+    const char *b = end + 1;
+    if (*b == '\0')
+        return -EINVAL;
+    for (const char *p = b; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '+' ||
+              *p == '/' || *p == '='))
+            return -EINVAL;
+    *version = (uint32_t)n;
+    *body = b;
+    return 0;
+}
+
+/* Vault's {"errors":[...]} as one line. */
+static void vault_errors(const kfd_http_response *res, char *out, size_t size)
+{
+    json_t *j = kfd_remote_json(res);
+    const json_t *errs = json_object_get(j, "errors");
+    size_t used = 0, i;
+    json_t *e;
+    out[0] = '\0';
+    json_array_foreach(errs, i, e)
+    {
+        const char *s = json_string_value(e);
+        if (s != NULL && used < size) {
+            int n = snprintf(out + used, size - used, "%s%s", used ? "; " : "", s);
+            used += n > 0 ? (size_t)n : 0;
+        }
+    }
+    if (out[0] == '\0')
+        snprintf(out, size, "no error message");
+    json_decref(j);
+}
+
+static void vcall_free(vcall *c)
+{
+    kfd_remote_clear(&c->rc);
+    free(c);
+}
+
+static void fail_call(vcall *c, int status, const char *prefix, const char *detail)
+{
+    if (c->rc.cb != NULL)
+        kfd_remote_fail(c->rc.cb, c->rc.arg, status, "%s%s", prefix, detail);
+    vcall_free(c);
+}
+
+static void note_version(vault *v, uint32_t version)
+{
+    if (version > v->latest)
+        v->latest = version;
+}
+
+static void read_key_answer(vcall *c, json_t *j);
+
+static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
+{
+    vcall *c = (vcall *)rc;
+    vault *v = c->v;
+    if (res->status != 0) {
+        v->reachable = res->status == -EACCES;
+        fail_call(c, res->status == -EACCES ? -EACCES : res->status, "vault unreachable: ",
+                  res->error != NULL ? res->error : "transport error");
+        return;
+    }
+    v->reachable = true;
+    if (res->code >= 400) {
+        char why[400];
+        vault_errors(res, why, sizeof(why));
+        int status = -EIO;
+        if (res->code == 401 || res->code == 403)
+            status = -EACCES;
+        else if (res->code == 400 && (c->kind == OP_UNWRAP || c->kind == OP_REWRAP) &&
+                 strstr(why, "too new") == NULL && strstr(why, "disallowed by policy") == NULL &&
+                 strstr(why, "key not found") == NULL)
+            status = -EBADMSG; /* the ciphertext the node presented does not decrypt */
+        char msg[480];
+        snprintf(msg, sizeof(msg), "HTTP %ld: %s", res->code, why);
+        fail_call(c, status, "vault refused: ", msg);
+        return;
+    }
+    if (c->kind == OP_ROTATE) {
+        /* Rotation answers with no body or the key; read the key for its versions. */
+        c->kind = OP_READ_KEY;
+        c->rc.method = "GET";
+        kfd_remote_clear(&c->rc);
+        snprintf(c->rc.url, sizeof(c->rc.url), "%s/%s/keys/%s", v->base, v->mount, v->key);
+        kfd_remote_start(&c->rc);
+        return;
+    }
+    json_t *j = kfd_remote_json(res);
+    if (j == NULL) {
+        fail_call(c, -EIO, "vault answer: ", "not a JSON object (garbage or truncated)");
+        return;
+    }
+    if (c->kind == OP_READ_KEY) {
+        read_key_answer(c, j);
+        json_decref(j);
+        return;
+    }
+    const char *pt = kfd_json_str(j, "data", "plaintext");
+    const char *ct = kfd_json_str(j, "data", "ciphertext");
+    kf_secbuf *key = NULL;
+    if (c->kind == OP_GENERATE || c->kind == OP_UNWRAP) {
+        key = kf_secbuf_new(64);
+        int n = key != NULL && pt != NULL ? kf_b64_decode(pt, strlen(pt), false, key->data, 64) : -EINVAL;
+        if (n != KFD_DATA_KEY_LEN) {
+            kf_secbuf_free(key);
+            json_decref(j);
+            fail_call(c, -EIO, "vault answer: ", "the plaintext is missing or not a 256-bit key");
+            return;
+        }
+        key->len = KFD_DATA_KEY_LEN;
+    }
+    kfd_kms_result out = {.latest_version = v->latest};
+    char wrapped[KFD_WRAPPED_MAX];
+    int r = 0;
+    if (c->kind == OP_UNWRAP) {
+        r = kfd_kcv_check(c->volume_id, key->data, c->kcv);
+        note_version(v, c->in_version);
+        out.plaintext = key;
+        out.key_version = c->in_version;
+        out.latest_version = v->latest;
+        out.stale = c->in_version < v->latest;
+    } else {
+        uint32_t version = 0;
+        const char *body = NULL;
+        r = parse_ciphertext(ct, &version, &body) == 0 ? 0 : -EPROTO;
+        if (r == 0 && c->kind == OP_GENERATE)
+            r = kfd_kcv(c->volume_id, key->data, c->kcv);
+        char ref[16];
+        snprintf(ref, sizeof(ref), "v%u", version);
+        if (r == 0)
+            r = kfd_wrapped_format("vault", ref, c->kcv, body, wrapped, sizeof(wrapped));
+        note_version(v, version);
+        out.plaintext = key;
+        out.wrapped = wrapped;
+        out.key_version = version;
+        out.latest_version = v->latest;
+    }
+    json_decref(j);
+    if (r == -EBADMSG) {
+        kf_secbuf_free(key);
+        fail_call(c, -EBADMSG, "", "the key Vault returned does not match the volume's key check value");
+        return;
+    }
+    if (r != 0) {
+        kf_secbuf_free(key);
+        fail_call(c, -EIO, "vault answer: ", "the ciphertext has no valid key version");
+        return;
+    }
+    c->rc.cb(c->rc.arg, &out);
+    kf_secbuf_free(key);
+    vcall_free(c);
+}
+
+static void read_key_answer(vcall *c, json_t *j)
+{
+    vault *v = c->v;
+    const json_t *data = json_object_get(j, "data");
+    const json_t *keys = json_object_get(data, "keys");
+    uint32_t latest = 0;
+    const char *name;
+    json_t *val;
+    json_object_foreach((json_t *)keys, name, val)
+    {
+        char *end = NULL;
+        unsigned long n = strtoul(name, &end, 10);
+        if (end != name && *end == '\0' && n <= UINT32_MAX && n > latest)
+            latest = (uint32_t)n;
+    }
+    json_int_t lv = json_integer_value(json_object_get(data, "latest_version"));
+    if (lv > 0 && lv <= UINT32_MAX && (uint32_t)lv > latest)
+        latest = (uint32_t)lv;
+    json_int_t mdv = json_integer_value(json_object_get(data, "min_decryption_version"));
+    if (latest == 0) {
+        fail_call(c, -EIO, "vault answer: ", "the key lists no versions");
+        return;
+    }
+    v->latest = latest;
+    v->min_decrypt = mdv > 0 && mdv <= UINT32_MAX ? (uint32_t)mdv : 1;
+    kfd_kms_result out = {.key_version = latest, .latest_version = latest};
+    c->rc.cb(c->rc.arg, &out);
+    vcall_free(c);
+}
+
+static vcall *vcall_new(vault *v, op_kind kind, const char *volume_id, kfd_kms_cb cb, void *arg, const char *op)
+{
+    vcall *c = calloc(1, sizeof(*c));
+    if (c == NULL || (volume_id != NULL && strlen(volume_id) >= sizeof(c->volume_id))) {
+        free(c);
+        kfd_remote_fail(cb, arg, c == NULL ? -ENOMEM : -EINVAL, "%s", c == NULL ? "out of memory" : "volume id too long");
+        return NULL;
+    }
+    c->v = v;
+    c->kind = kind;
+    c->rc.http = v->http;
+    c->rc.token = v->token;
+    c->rc.auth_format = "X-Vault-Token: ";
+    c->rc.method = "POST";
+    c->rc.done = on_done;
+    c->rc.cb = cb;
+    c->rc.arg = arg;
+    if (volume_id != NULL)
+        snprintf(c->volume_id, sizeof(c->volume_id), "%s", volume_id);
+    snprintf(c->rc.url, sizeof(c->rc.url), "%s/%s/%s/%s", v->base, v->mount, op, v->key);
+    return c;
+}
+
+static void send_or_fail(vcall *c, int r)
+{
+    if (r != 0) {
+        fail_call(c, r, "", "cannot build the Vault request");
+        return;
+    }
+    kfd_remote_start(&c->rc);
+}
+
+static void vault_generate(kfd_kms *base, const char *volume_id, kfd_kms_cb cb, void *arg)
+{
+    vcall *c = vcall_new((vault *)base, OP_GENERATE, volume_id, cb, arg, "datakey/plaintext");
+    if (c != NULL)
+        send_or_fail(c, kfd_remote_body(&c->rc, "{\"bits\":256}"));
+}
+
+static void vault_wrap(kfd_kms *base, const char *volume_id, const kf_secbuf *key, kfd_kms_cb cb, void *arg)
+{
+    if (key->len != KFD_DATA_KEY_LEN) {
+        kfd_remote_fail(cb, arg, -EINVAL, "%s", "data keys are 32 bytes");
+        return;
+    }
+    vcall *c = vcall_new((vault *)base, OP_WRAP, volume_id, cb, arg, "encrypt");
+    if (c == NULL)
+        return;
+    char b64[64];
+    int r = kfd_kcv(volume_id, key->data, c->kcv);
+    if (r == 0 && kf_b64_encode(key->data, key->len, false, b64, sizeof(b64)) < 0)
+        r = -EIO;
+    if (r == 0)
+        r = kfd_remote_body(&c->rc, "{\"plaintext\":\"%s\"}", b64);
+    kf_wipe(b64, sizeof(b64));
+    send_or_fail(c, r);
+}
+
+/* Shared by unwrap and rewrap: parses our wrapped text into a Vault ciphertext body. */
+static void with_ciphertext(vault *v, op_kind kind, const char *op, const char *volume_id, const char *wrapped,
+                            kfd_kms_cb cb, void *arg)
+{
+    kfd_wrapped w;
+    uint32_t version = 0;
+    const char *body = NULL;
+    char ct[KFD_WRAPPED_MAX];
+    if (kfd_wrapped_parse(wrapped, "vault", &w) != 0 ||
+        snprintf(ct, sizeof(ct), "vault:%s:%s", w.ref, w.payload) >= (int)sizeof(ct) ||
+        parse_ciphertext(ct, &version, &body) != 0) {
+        kfd_remote_fail(cb, arg, -EINVAL, "%s", "wrapped key is not a well-formed vault-transit key");
+        return;
+    }
+    if (version < v->min_decrypt) {
+        kfd_remote_fail(cb, arg, -EIO, "vault key version v%u is below min_decryption_version %u", version,
+                        v->min_decrypt);
+        return;
+    }
+    vcall *c = vcall_new(v, kind, volume_id, cb, arg, op);
+    if (c == NULL)
+        return;
+    memcpy(c->kcv, w.kcv, sizeof(c->kcv));
+    c->in_version = version;
+    send_or_fail(c, kfd_remote_body(&c->rc, "{\"ciphertext\":\"%s\"}", ct));
+}
+
+static void vault_unwrap(kfd_kms *base, const char *volume_id, const char *wrapped, kfd_kms_cb cb, void *arg)
+{
+    with_ciphertext((vault *)base, OP_UNWRAP, "decrypt", volume_id, wrapped, cb, arg);
+}
+
+static void vault_rewrap(kfd_kms *base, const char *volume_id, const char *wrapped, kfd_kms_cb cb, void *arg)
+{
+    with_ciphertext((vault *)base, OP_REWRAP, "rewrap", volume_id, wrapped, cb, arg);
+}
+
+static void vault_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
+{
+    vault *v = (vault *)base;
+    vcall *c = vcall_new(v, OP_ROTATE, NULL, cb, arg, "keys");
+    if (c == NULL)
+        return;
+    snprintf(c->rc.url, sizeof(c->rc.url), "%s/%s/keys/%s/rotate", v->base, v->mount, v->key);
+    kfd_remote_start(&c->rc);
+}
+
+static void on_described(void *arg, const kfd_kms_result *res)
+{
+    vault *v = arg;
+    v->describing = false;
+    if (res->status != 0)
+        kf_log_warn("kms_describe_failed", "backend=vault-transit error=%s", kf_log_q(res->message));
+}
+
+static void describe_now(vault *v)
+{
+    if (v->describing)
+        return;
+    vcall *c = vcall_new(v, OP_READ_KEY, NULL, on_described, v, "keys");
+    if (c == NULL)
+        return;
+    v->describing = true;
+    c->rc.method = "GET";
+    kfd_remote_start(&c->rc);
+}
+
+static void on_describe_timer(uv_timer_t *t) { describe_now(t->data); }
+
+static void vault_describe(kfd_kms *base, kfd_kms_info *ret)
+{
+    vault *v = (vault *)base;
+    ret->backend = "vault-transit";
+    ret->latest_version = v->latest;
+    ret->min_decrypt_version = v->min_decrypt;
+    ret->reachable = v->reachable;
+}
+
+/* Token fetch: AppRole login, or the token file plus renew-self. */
+static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
+{
+    vault *v = (vault *)((char *)rc - offsetof(vault, login));
+    kfd_remote_clear(rc);
+    kf_secbuf *file_token = v->file_token;
+    v->file_token = NULL;
+    if (res->status != 0) {
+        kfd_token_fetched(v->token, res->status, NULL, 0, 0, res->error);
+    } else if (file_token != NULL && res->code == 400) {
+        /* A token that cannot be renewed (a root or batch token) is used as it is. */
+        kfd_token_fetched(v->token, 0, (const char *)file_token->data, file_token->len, 0, NULL);
+    } else if (res->code != 200) {
+        char why[400], msg[480];
+        vault_errors(res, why, sizeof(why));
+        snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s", file_token != NULL ? "token renewal" : "AppRole login",
+                 res->code, why);
+        kfd_token_fetched(v->token, res->code == 400 || res->code == 403 ? -EACCES : -EIO, NULL, 0, 0, msg);
+    } else {
+        json_t *j = kfd_remote_json(res);
+        const char *tok = kfd_json_str(j, "auth", "client_token");
+        json_int_t ttl = json_integer_value(json_object_get(json_object_get(j, "auth"), "lease_duration"));
+        if (tok == NULL || ttl < 0)
+            kfd_token_fetched(v->token, -EIO, NULL, 0, 0, "the login answer has no auth.client_token");
+        else
+            kfd_token_fetched(v->token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
+        json_decref(j);
+    }
+    kf_secbuf_free(file_token);
+}
+
+static void fetch_token(void *ctx, kfd_token *t)
+{
+    vault *v = ctx;
+    kfd_remote_call *rc = &v->login;
+    memset(rc, 0, sizeof(*rc));
+    rc->http = v->http;
+    rc->method = "POST";
+    rc->done = on_login;
+    kf_err err = {0};
+    int r;
+    if (v->token_file != NULL) {
+        /* Re-read at every renewal: Vault Agent or an operator may have replaced the token. */
+        r = kf_secbuf_read_file(v->token_file, SECRET_FILE_MAX, &v->file_token, &err);
+        if (r == 0 && !kfd_json_safe((const char *)v->file_token->data))
+            r = kf_err_set(&err, -EINVAL, "%s: not a Vault token", v->token_file);
+        if (r == 0) {
+            rc->fixed_token = (const char *)v->file_token->data;
+            rc->auth_format = "X-Vault-Token: ";
+            snprintf(rc->url, sizeof(rc->url), "%s/auth/token/renew-self", v->base);
+            r = kfd_remote_body(rc, "{}");
+        }
+    } else {
+        kf_secbuf *role_id = NULL, *secret_id = NULL;
+        r = kf_secbuf_read_file(v->role_id_file, SECRET_FILE_MAX, &role_id, &err);
+        if (r == 0)
+            r = kf_secbuf_read_file(v->secret_id_file, SECRET_FILE_MAX, &secret_id, &err);
+        if (r == 0 && (!kfd_json_safe((const char *)role_id->data) || !kfd_json_safe((const char *)secret_id->data)))
+            r = kf_err_set(&err, -EINVAL, "AppRole role_id or secret_id file holds invalid characters");
+        if (r == 0) {
+            snprintf(rc->url, sizeof(rc->url), "%s/auth/approle/login", v->base);
+            r = kfd_remote_body(rc, "{\"role_id\":\"%s\",\"secret_id\":\"%s\"}", (const char *)role_id->data,
+                                (const char *)secret_id->data);
+        }
+        kf_secbuf_free(role_id);
+        kf_secbuf_free(secret_id);
+    }
+    if (r != 0) {
+        kf_secbuf_free(v->file_token);
+        v->file_token = NULL;
+        kfd_remote_clear(rc);
+        kfd_token_fetched(t, r == -EACCES ? -EACCES : r, NULL, 0, 0, err.msg[0] ? err.msg : "cannot build the login");
+        return;
+    }
+    kfd_remote_start(rc);
+}
+
+static void on_vault_closed(uv_handle_t *h) { free(h->data); }
+
+static void vault_destroy(kfd_kms *base)
+{
+    vault *v = (vault *)base;
+    kfd_http_free(v->http);
+    kfd_token_free(v->token);
+    kfd_remote_clear(&v->login);
+    kf_secbuf_free(v->file_token);
+    free(v->base), free(v->mount), free(v->key);
+    free(v->token_file), free(v->role_id_file), free(v->secret_id_file);
+    uv_timer_stop(&v->describe_timer);
+    uv_close((uv_handle_t *)&v->describe_timer, on_vault_closed);
+}
+
+static const kfd_kms_ops vault_ops = {
+    .name = "vault-transit",
+    .generate = vault_generate,
+    .wrap = vault_wrap,
+    .unwrap = vault_unwrap,
+    .rewrap = vault_rewrap,
+    .describe = vault_describe,
+    .rotate = vault_rotate,
+    .destroy = vault_destroy,
+};
+
+static char *dup_or_null(const char *s, bool *ok)
+{
+    if (s == NULL)
+        return NULL;
+    char *d = strdup(s);
+    if (d == NULL)
+        *ok = false;
+    return d;
+}
+
+int kfd_kms_vault_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err)
+{
+    vault *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    v->super.ops = &vault_ops;
+    v->super.loop = loop;
+    v->min_decrypt = 1;
+    uv_timer_init(loop, &v->describe_timer);
+    uv_unref((uv_handle_t *)&v->describe_timer);
+    v->describe_timer.data = v;
+    bool ok = asprintf(&v->base, "%s/v1", cfg->address) > 0;
+    if (!ok)
+        v->base = NULL;
+    v->mount = dup_or_null(cfg->mount != NULL ? cfg->mount : "transit", &ok);
+    v->key = dup_or_null(cfg->key, &ok);
+    v->token_file = dup_or_null(cfg->token_file, &ok);
+    v->role_id_file = dup_or_null(cfg->role_id_file, &ok);
+    v->secret_id_file = dup_or_null(cfg->secret_id_file, &ok);
+    kfd_http_opts opts = {.name = "vault",
+                          .ca_file = cfg->ca_file,
+                          .protocols = "https",
+                          .timeout_ms = (uint32_t)cfg->timeout_ms,
+                          .first_backoff_ms = 200,
+                          .max_retry_after_ms = 5000,
+                          .max_attempts = (int)cfg->attempts,
+                          .max_response = 64 * 1024};
+    int r = ok ? kfd_http_new(loop, &opts, &v->http, err) : kf_err_set(err, -ENOMEM, "out of memory");
+    if (r == 0 && (v->token = kfd_token_new(loop, "vault", fetch_token, v)) == NULL)
+        r = kf_err_set(err, -ENOMEM, "out of memory");
+    if (r != 0) {
+        vault_destroy(&v->super);
+        return r;
+    }
+    /* Learn the key's versions without delaying start-up; a down Vault shows in readyz. */
+    uv_timer_start(&v->describe_timer, on_describe_timer, 0, DESCRIBE_INTERVAL_MS);
+    kf_log_info("kms_open", "backend=vault-transit address=%s mount=%s key=%s auth=%s", kf_log_q(cfg->address),
+                v->mount, v->key, v->token_file != NULL ? "token" : "approle");
+    *ret = &v->super;
+    return 0;
+}
