@@ -58,10 +58,10 @@ static int kid_version(const azure *a, const char *kid, char version[VERSION_MAX
         return -EINVAL;
     const char *v = kid + plen;
     size_t n = strlen(v);
-    if (n == 0 || n >= VERSION_MAX)
+    if (n != 32) /* Key Vault and Managed HSM key versions are 32 hex digits */
         return -EINVAL;
     for (const char *p = v; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-'))
+        if (!((*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F') || (*p >= '0' && *p <= '9')))
             return -EINVAL;
     memcpy(version, v, n + 1);
     return 0;
@@ -161,7 +161,12 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         acall_free(c);
         return;
     }
-    /* OP_UNWRAP */
+    /* OP_UNWRAP: the answer must come from the version we asked */
+    if (strcmp(version, c->in_version) != 0) {
+        json_decref(j);
+        fail_call(c, -EIO, "azure answer: ", "the kid names another key version than the request");
+        return;
+    }
     kf_secbuf *key = kf_secbuf_new(64);
     int n = key != NULL ? kf_b64_decode(value, strlen(value), true, key->data, 64) : -ENOMEM;
     json_decref(j);

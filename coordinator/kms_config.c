@@ -97,8 +97,8 @@ static int dec_azure(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst
                              "azure login_host must be an https:// URL without a trailing slash");
     if (!url_segment_ok(a->key))
         return kf_yaml_error(doc, value_of(node, "key"), err, "azure key must be 1..127 of [A-Za-z0-9._-]");
-    if (a->key_version != NULL && !url_segment_ok(a->key_version))
-        return kf_yaml_error(doc, value_of(node, "key_version"), err, "azure key_version must be [A-Za-z0-9._-]");
+    if (a->key_version != NULL && (strlen(a->key_version) != 32 || strspn(a->key_version, "0123456789abcdefABCDEF") != 32))
+        return kf_yaml_error(doc, value_of(node, "key_version"), err, "azure key_version must be 32 hex digits");
     if (!url_segment_ok(a->tenant))
         return kf_yaml_error(doc, value_of(node, "tenant"), err, "azure tenant must be [A-Za-z0-9._-]");
     if (a->api_version != NULL && !url_segment_ok(a->api_version))
