@@ -23,11 +23,13 @@ typedef struct kfa_ctx {
     kf_rpc_client *client;
     uint64_t deadline; /* monotonic ms */
     bool reachable;    /* a coordinator answered during this run */
+    bool logged_in;    /* AppRole: a bearer token is set on client */
 } kfa_ctx;
 
 uint64_t kfa_now_ms(void);
 
-/* Opens the client (once). */
+/* Opens the client (once) and, with AppRole, logs in when there is no token: 0, -EACCES (the
+ * login was refused), or another -errno when no coordinator answered. */
 int kfa_connect(kfa_ctx *ctx, kf_err *err);
 
 /* Releases v's key: retries transport errors and unavailable with jittered backoff, and polls

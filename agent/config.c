@@ -7,19 +7,28 @@
 #include <string.h>
 
 typedef struct identity_sec {
-    char *cert, *key, *ca;
+    char *cert, *key, *ca, *role_id_file, *secret_id_file;
 } identity_sec;
 
 static const kf_yaml_field identity_fields[] = {
-    {"cert", kf_yaml_dec_string, offsetof(identity_sec, cert), NULL, true},
-    {"key", kf_yaml_dec_string, offsetof(identity_sec, key), NULL, true},
+    {"cert", kf_yaml_dec_string, offsetof(identity_sec, cert), NULL, false},
+    {"key", kf_yaml_dec_string, offsetof(identity_sec, key), NULL, false},
     {"ca", kf_yaml_dec_string, offsetof(identity_sec, ca), NULL, true},
+    {"role_id_file", kf_yaml_dec_string, offsetof(identity_sec, role_id_file), NULL, false},
+    {"secret_id_file", kf_yaml_dec_string, offsetof(identity_sec, secret_id_file), NULL, false},
 };
 
+/* A certificate and key, or AppRole credentials: exactly one of the two. */
 static int dec_identity(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
 {
     (void)arg;
-    return kf_yaml_decode_map(doc, n, identity_fields, sizeof(identity_fields) / sizeof(identity_fields[0]), dst, err);
+    identity_sec *id = dst;
+    int r = kf_yaml_decode_map(doc, n, identity_fields, sizeof(identity_fields) / sizeof(identity_fields[0]), dst, err);
+    bool cert = id->cert != NULL || id->key != NULL, approle = id->role_id_file != NULL || id->secret_id_file != NULL;
+    if (r == 0 && (cert == approle || (cert && (id->cert == NULL || id->key == NULL)) ||
+                   (approle && (id->role_id_file == NULL || id->secret_id_file == NULL))))
+        r = kf_yaml_error(doc, n, err, "identity needs cert and key, or role_id_file and secret_id_file");
+    return r;
 }
 
 typedef struct zfs_sec {
@@ -158,6 +167,8 @@ void kfa_config_free(kfa_config *cfg)
     free(cfg->cert);
     free(cfg->key);
     free(cfg->ca);
+    free(cfg->role_id_file);
+    free(cfg->secret_id_file);
     free(cfg->state_file);
     free(cfg->zfs_command);
     free(cfg->tpm_tcti);
@@ -191,6 +202,8 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         cfg->cert = kf_config_path(path, w.identity.cert);
         cfg->key = kf_config_path(path, w.identity.key);
         cfg->ca = kf_config_path(path, w.identity.ca);
+        cfg->role_id_file = kf_config_path(path, w.identity.role_id_file);
+        cfg->secret_id_file = kf_config_path(path, w.identity.secret_id_file);
         cfg->state_file = w.state_file != NULL ? kf_config_path(path, w.state_file) : strdup("/var/lib/keyfleet/agent-state.json");
         cfg->deadline_ms = w.deadline_ms;
         cfg->call_timeout_ms = w.call_timeout_ms;
@@ -218,6 +231,8 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
             free(w.identity.cert);
             free(w.identity.key);
             free(w.identity.ca);
+            free(w.identity.role_id_file);
+            free(w.identity.secret_id_file);
             free(w.state_file);
             free(w.zfs.command);
             free(w.tpm.tcti);

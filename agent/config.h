@@ -21,7 +21,8 @@ typedef struct kfa_volume_cfg {
 typedef struct kfa_config {
     char *path;
     kf_strlist coordinators;
-    char *cert, *key, *ca;
+    char *cert, *key, *ca;       /* cert and key are NULL with AppRole */
+    char *role_id_file, *secret_id_file; /* AppRole credentials, or NULL */
     char *state_file;
     uint64_t deadline_ms;     /* overall, per run */
     uint64_t call_timeout_ms; /* per RPC attempt */

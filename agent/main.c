@@ -469,7 +469,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
         return KFA_EXIT_USAGE;
     }
-    if (kf_identity_from_cert_file(ctx.cfg->cert, &ctx.me, &err) != 0 || ctx.me.kind != KF_PEER_NODE) {
+    if (ctx.cfg->cert == NULL) {
+        ctx.me.kind = KF_PEER_NODE; /* AppRole: the name comes with the login */
+    } else if (kf_identity_from_cert_file(ctx.cfg->cert, &ctx.me, &err) != 0 || ctx.me.kind != KF_PEER_NODE) {
         fprintf(stderr, "keyfleet-agent: %s: %s\n", ctx.cfg->cert,
                 err.msg[0] ? err.msg : "not a node certificate (keyfleet://node/NAME)");
         kfa_config_free(ctx.cfg);

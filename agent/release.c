@@ -9,6 +9,7 @@
 #include <openssl/rand.h>
 
 #include "agent.h"
+#include "kf_secmem.h"
 #include "kf_log.h"
 
 #define BACKOFF_FIRST_MS 200
@@ -28,10 +29,55 @@ static void sleep_ms(uint64_t ms)
         ;
 }
 
+/* AppRole: role_id + secret_id for a bearer token that stands for this node. */
+static int login(kfa_ctx *ctx, kf_err *err)
+{
+    kf_secbuf *role_id = NULL, *secret_id = NULL;
+    int r = kf_secbuf_read_file(ctx->cfg->role_id_file, 256, &role_id, err);
+    if (r == 0)
+        r = kf_secbuf_read_file(ctx->cfg->secret_id_file, 256, &secret_id, err);
+    if (r != 0) {
+        kf_secbuf_free(role_id);
+        return -EACCES; /* a local problem: retrying will not fix it */
+    }
+    Keyfleet__V1__LoginRequest req = KEYFLEET__V1__LOGIN_REQUEST__INIT;
+    req.role_id = (char *)role_id->data;
+    req.secret_id = (char *)secret_id->data;
+    ProtobufCMessage *m = NULL;
+    kf_rpc_status st;
+    r = kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Login", &req.base, &keyfleet__v1__login_response__descriptor,
+                    &m, &st, err);
+    kf_secbuf_free(role_id);
+    kf_secbuf_free(secret_id);
+    if (r != 0)
+        return r;
+    ctx->reachable = true;
+    if (st.code != KF_CONNECT_OK) {
+        bool transient = st.code == KF_CONNECT_UNAVAILABLE || st.code == KF_CONNECT_RESOURCE_EXHAUSTED;
+        kf_err_set(err, transient ? -EAGAIN : -EACCES, "AppRole login: %s: %s", kf_connect_code_name(st.code),
+                   st.message);
+        return transient ? -EAGAIN : -EACCES;
+    }
+    Keyfleet__V1__LoginResponse *resp = (Keyfleet__V1__LoginResponse *)m;
+    r = kf_name_valid(resp->node_name, strlen(resp->node_name)) ? kf_rpc_client_set_bearer(ctx->client, resp->token)
+                                                                : -EPROTO;
+    if (r == 0) {
+        snprintf(ctx->me.name, sizeof(ctx->me.name), "%s", resp->node_name);
+        ctx->logged_in = true;
+        kf_log_info("login", "node=%s ttl_s=%u", ctx->me.name, resp->ttl_seconds);
+    } else {
+        kf_err_set(err, -EACCES, "AppRole login: the answer names no valid node");
+        r = -EACCES;
+    }
+    kf_wipe(resp->token, strlen(resp->token));
+    protobuf_c_message_free_unpacked(m, NULL);
+    return r;
+}
+
 int kfa_connect(kfa_ctx *ctx, kf_err *err)
 {
     if (ctx->client != NULL)
-        return 0;
+        return ctx->cfg->role_id_file != NULL && !ctx->logged_in ? login(ctx, err) : 0;
     kf_rpc_opts opts = {
         .servers = (const char *const *)ctx->cfg->coordinators.v,
         .n_servers = ctx->cfg->coordinators.n,
@@ -40,7 +86,8 @@ int kfa_connect(kfa_ctx *ctx, kf_err *err)
         .ca_file = ctx->cfg->ca,
         .timeout_ms = (long)ctx->cfg->call_timeout_ms,
     };
-    return kf_rpc_client_new(&opts, &ctx->client, err);
+    int r = kf_rpc_client_new(&opts, &ctx->client, err);
+    return r == 0 && ctx->cfg->role_id_file != NULL ? login(ctx, err) : r;
 }
 
 /* Waits before the next attempt; false when that would pass the deadline. */
@@ -62,9 +109,7 @@ static uint64_t jitter(uint64_t ms)
 
 int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err)
 {
-    int r = kfa_connect(ctx, err);
-    if (r != 0)
-        return r;
+    int r;
     Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
     ref.id = (char *)v->id;
     ref.kind = v->kind == KFA_VOL_LUKS2 ? KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2
@@ -72,11 +117,26 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
     ref.name = (char *)v->path;
     char request_id[65] = "";
     uint64_t backoff = BACKOFF_FIRST_MS;
-    bool announced = false;
+    bool announced = false, relogged = false;
     for (;;) {
-        kf_rpc_status st;
+        kf_rpc_status st = {.code = KF_CONNECT_OK};
         kf_err e = {0};
-        r = kf_node_release(ctx->client, ctx->me.name, &ref, v->wrapped, request_id, ret, &st, &e);
+        r = kfa_connect(ctx, &e);
+        if (r == -EACCES)
+            return kf_err_set(err, -EACCES, "%s: %s", v->path, e.msg);
+        if (r == -EAGAIN) { /* a coordinator answered but cannot log us in now */
+            r = 0;
+            st.code = KF_CONNECT_UNAVAILABLE;
+            snprintf(st.message, sizeof(st.message), "%s", e.msg);
+        } else if (r == 0) {
+            r = kf_node_release(ctx->client, ctx->me.name, &ref, v->wrapped, request_id, ret, &st, &e);
+        }
+        if (r == 0 && st.code == KF_CONNECT_UNAUTHENTICATED && ctx->logged_in && !relogged) {
+            /* The token expired or was revoked: log in again, once. */
+            ctx->logged_in = false;
+            relogged = true;
+            continue;
+        }
         if (r == 0 && st.code == KF_CONNECT_OK && ret->pending) {
             snprintf(request_id, sizeof(request_id), "%s", ret->request_id);
             if (!announced) {

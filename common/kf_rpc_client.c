@@ -18,6 +18,7 @@ struct kf_rpc_client {
     size_t n_servers;
     size_t current; /* the server that answered last; tried first */
     long timeout_ms;
+    kf_secbuf *bearer; /* "Authorization: Bearer TOKEN" */
 };
 
 typedef struct buf {
@@ -130,7 +131,21 @@ void kf_rpc_client_free(kf_rpc_client *c)
     for (size_t i = 0; i < c->n_servers; i++)
         free(c->servers[i]);
     free(c->servers);
+    kf_secbuf_free(c->bearer);
     free(c);
+}
+
+int kf_rpc_client_set_bearer(kf_rpc_client *c, const char *token)
+{
+    kf_secbuf_free(c->bearer);
+    c->bearer = NULL;
+    if (token == NULL)
+        return 0;
+    size_t n = strlen(token);
+    if ((c->bearer = kf_secbuf_new(n + 32)) == NULL)
+        return -ENOMEM;
+    snprintf((char *)c->bearer->data, c->bearer->cap, "Authorization: Bearer %s", token);
+    return 0;
 }
 
 /* One request to one server. Returns 0 with a response, or a negative errno for a transport error. */
@@ -145,6 +160,8 @@ static int perform(kf_rpc_client *c, const char *server, const char *path, const
     if (post) {
         hdrs = curl_slist_append(hdrs, "Content-Type: application/proto");
         hdrs = curl_slist_append(hdrs, "Connect-Protocol-Version: 1");
+        if (c->bearer != NULL)
+            hdrs = curl_slist_append(hdrs, (const char *)c->bearer->data);
         curl_easy_setopt(h, CURLOPT_POST, 1L);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body_len > 0 ? (const char *)body : "");
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)body_len);
@@ -156,6 +173,8 @@ static int perform(kf_rpc_client *c, const char *server, const char *path, const
     curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
     CURLcode cc = curl_easy_perform(h);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    for (struct curl_slist *l = hdrs; l != NULL; l = l->next)
+        kf_wipe(l->data, strlen(l->data)); /* the bearer token */
     curl_slist_free_all(hdrs);
     if (cc != CURLE_OK) {
         if (resp->overflow)

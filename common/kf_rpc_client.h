@@ -1,5 +1,6 @@
 /* A blocking Connect unary client over libcurl: HTTP/2, TLS 1.3, client certificate, one
- * long-lived connection, servers tried in order on transport errors. Used by keyfleetctl
+ * long-lived connection, servers tried in order on transport errors. The client certificate is
+ * optional when the caller authenticates with an AppRole bearer token. Used by keyfleetctl
  * and keyfleet-agent. */
 #ifndef KF_RPC_CLIENT_H
 #define KF_RPC_CLIENT_H
@@ -40,6 +41,10 @@ void kf_rpc_client_free(kf_rpc_client *c);
 int kf_rpc_call(kf_rpc_client *c, const char *method, const ProtobufCMessage *req,
                 const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp, kf_rpc_status *st,
                 kf_err *err);
+
+/* Sends "Authorization: Bearer TOKEN" on every later call (an AppRole token); NULL stops it.
+ * The token is kept in secure memory. Returns 0 or -ENOMEM. */
+int kf_rpc_client_set_bearer(kf_rpc_client *c, const char *token);
 
 /* GET path (e.g. "/readyz"); the body is returned NUL-terminated (malloc'ed). */
 int kf_rpc_get(kf_rpc_client *c, const char *path, long *ret_status, char **ret_body, kf_err *err);

@@ -209,7 +209,7 @@ void kfd_audit_fill(kfd_audit_buf *b, const kfd_call *call, const char *action, 
     if (call != NULL && call->peer != NULL) {
         b->actor.kind = (Keyfleet__V1__PrincipalKind)call->peer->kind;
         b->actor.name = (char *)call->peer->name;
-        b->actor.auth = (char *)"mtls";
+        b->actor.auth = (char *)(call->auth != NULL ? call->auth : "mtls");
     } else {
         b->actor.kind = KEYFLEET__V1__PRINCIPAL_KIND__PRINCIPAL_KIND_COORDINATOR;
         b->actor.name = (char *)"keyfleetd";

@@ -8,15 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cidr.h"
 #include "kf_yaml.h"
 
 #define DEFAULT_PENDING_TTL_S (15 * 60)
 
-typedef struct cidr {
-    int family;
-    uint8_t addr[16];
-    unsigned prefix;
-} cidr;
+typedef kfd_cidr cidr;
 
 typedef struct label_sel {
     char *key, *value;
@@ -83,48 +80,6 @@ void kfd_policy_free(kfd_policy *p)
 }
 
 size_t kfd_policy_rule_count(const kfd_policy *p) { return p->n_rules; }
-
-static int parse_cidr(const char *s, cidr *out)
-{
-    char buf[64];
-    snprintf(buf, sizeof(buf), "%s", s);
-    char *slash = strchr(buf, '/');
-    unsigned max;
-    if (slash != NULL)
-        *slash = '\0';
-    if (inet_pton(AF_INET, buf, out->addr) == 1) {
-        out->family = AF_INET;
-        max = 32;
-    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
-        out->family = AF_INET6;
-        max = 128;
-    } else {
-        return -EINVAL;
-    }
-    out->prefix = max;
-    if (slash != NULL) {
-        char *end;
-        unsigned long p = strtoul(slash + 1, &end, 10);
-        if (slash[1] == '\0' || *end != '\0' || p > max)
-            return -EINVAL;
-        out->prefix = (unsigned)p;
-    }
-    return 0;
-}
-
-static bool cidr_contains(const cidr *c, const char *addr)
-{
-    uint8_t a[16];
-    if (inet_pton(c->family, addr, a) != 1)
-        return false;
-    unsigned full = c->prefix / 8, rest = c->prefix % 8;
-    if (memcmp(a, c->addr, full) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xff << (8 - rest));
-    return (a[full] & mask) == (c->addr[full] & mask);
-}
 
 /* --- parsing --- */
 
@@ -320,7 +275,7 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
                 for (size_t i = 0; rc == 0 && i < n.cidrs.n; i++) {
                     if (r->cidrs == NULL)
                         rc = kf_err_set(err, -ENOMEM, "out of memory");
-                    else if (parse_cidr(n.cidrs.v[i], &r->cidrs[i]) != 0)
+                    else if (kfd_cidr_parse(n.cidrs.v[i], &r->cidrs[i]) != 0)
                         rc = kf_yaml_error(doc, key_node(m.nodes, "cidrs"), err, "'%.64s' is not an address/prefix",
                                            n.cidrs.v[i]);
                     else
@@ -466,7 +421,7 @@ static bool rule_matches(const kfd_policy *p, const rule *r, const kfd_policy_in
     }
     if (r->n_cidrs > 0) {
         size_t c = 0;
-        while (c < r->n_cidrs && !(in->source != NULL && in->source[0] != '\0' && cidr_contains(&r->cidrs[c], in->source)))
+        while (c < r->n_cidrs && !(in->source != NULL && in->source[0] != '\0' && kfd_cidr_contains(&r->cidrs[c], in->source)))
             c++;
         if (c == r->n_cidrs)
             return false;

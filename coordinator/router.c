@@ -9,6 +9,7 @@
 
 #include "app.h"
 #include "kf_log.h"
+#include "rpc.h"
 #include "server.h"
 
 #define UNKNOWN_ROUTE_ROW KFD_METRICS_MAX_METHODS
@@ -191,6 +192,45 @@ static bool caller_allowed(const kfd_method *m, const kf_identity *peer)
     return peer->kind == m->caller;
 }
 
+static ProtobufCMessage *unpack(const kfd_method *m, h2o_req_t *req)
+{
+    return protobuf_c_message_unpack(m->request_desc, NULL, req->entity.len, (const uint8_t *)req->entity.base);
+}
+
+/* A client certificate, or else an AppRole bearer token. Answers and returns false on failure. */
+static bool authenticate(kfd_server *srv, kfd_call *call)
+{
+    h2o_req_t *req = call->req;
+    if (kfd_req_peer(srv, req, &call->peer) == 0) {
+        call->auth = "mtls";
+        return true;
+    }
+    call->peer = NULL;
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    const char *why = "no client certificate and no bearer token";
+    if (i >= 0) {
+        const h2o_iovec_t *v = &req->headers.entries[i].value;
+        char role[64] = "";
+        int r = v->len > 7 && h2o_lcstris(v->base, 7, H2O_STRLIT("bearer "))
+                    ? kfd_approle_token_auth(srv, v->base + 7, v->len - 7, call->source, &call->token_peer, role)
+                    : -ENOENT;
+        if (r == 0) {
+            call->peer = &call->token_peer;
+            call->auth = "approle";
+            return true;
+        }
+        why = r == -ETIME ? "bearer token expired"
+              : r == -EACCES ? "bearer token used outside its role's bound CIDRs"
+              : r == -EIO ? "state store unavailable"
+                          : "unknown bearer token";
+    }
+    srv->metrics.auth_failures++;
+    kfd_audit_auth_failure(srv->app, call, "", why);
+    kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, "%s; a client certificate from the fleet CA or a valid "
+                   "AppRole token is required", why);
+    return false;
+}
+
 int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
 {
     const kfd_method *m = find_method(req);
@@ -224,14 +264,16 @@ int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
                        req->entity.len, srv->cfg->limits.max_body_bytes);
         return 0;
     }
-    int r = kfd_req_peer(srv, req, &call->peer);
-    if (r != 0) {
-        call->peer = NULL;
-        srv->metrics.auth_failures++;
-        kfd_audit_auth_failure(srv->app, call, "", "no verified keyfleet identity");
-        kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, "a client certificate from the fleet CA is required");
+    if (m->fn == kfd_rpc_login) {
+        /* The one call made before there is an identity: it is how a node gets one. */
+        if ((call->request = unpack(m, req)) == NULL)
+            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request body is not a valid %s", m->request_desc->name);
+        else
+            m->fn(call);
         return 0;
     }
+    if (!authenticate(srv, call))
+        return 0;
     if (!caller_allowed(m, call->peer)) {
         srv->metrics.auth_failures++;
         char reason[160];
@@ -241,7 +283,7 @@ int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
                        kf_peer_kind_name(call->peer->kind));
         return 0;
     }
-    call->request = protobuf_c_message_unpack(m->request_desc, NULL, req->entity.len, (const uint8_t *)req->entity.base);
+    call->request = unpack(m, req);
     if (call->request == NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request body is not a valid %s",
                        m->request_desc->name);

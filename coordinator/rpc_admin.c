@@ -17,7 +17,7 @@
 
 static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
 
-static bool store_ok(kfd_call *call)
+bool kfd_rpc_store_ok(kfd_call *call)
 {
     if (!kfd_store_failed(app_of(call)->store))
         return true;
@@ -26,7 +26,7 @@ static bool store_ok(kfd_call *call)
 }
 
 /* Maps a commit status to an answer; returns true when it succeeded. */
-static bool commit_answer(kfd_call *call, int status, const kf_err *err)
+bool kfd_rpc_commit_answer(kfd_call *call, int status, const kf_err *err)
 {
     switch (status) {
     case 0:
@@ -70,7 +70,7 @@ static void on_audit_only(void *arg, int status, const kfd_apply_result *res, co
 
 void kfd_rpc_list_pending(kfd_call *call)
 {
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__ListPendingResponse resp = KEYFLEET__V1__LIST_PENDING_RESPONSE__INIT;
     if (kfd_store_list_pending(app_of(call)->store, &resp) != 0) {
@@ -153,7 +153,7 @@ static void on_approved(void *arg, int status, const kfd_apply_result *res, cons
     approve_op *op = arg;
     kfd_call *call = op->base.call;
     kfd_pending p;
-    if (call == NULL || !commit_answer(call, status, err)) {
+    if (call == NULL || !kfd_rpc_commit_answer(call, status, err)) {
         kfd_op_free(op);
         return;
     }
@@ -183,7 +183,7 @@ void kfd_rpc_approve(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "comment is at most 512 characters");
         return;
     }
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     kfd_app *app = app_of(call);
     kfd_pending p;
@@ -248,7 +248,7 @@ static void on_empty_committed(void *arg, int status, const kfd_apply_result *re
     (void)res;
     empty_op *op = arg;
     kfd_call *call = op->base.call;
-    if (call != NULL && commit_answer(call, status, err)) {
+    if (call != NULL && kfd_rpc_commit_answer(call, status, err)) {
         ProtobufCMessage empty;
         protobuf_c_message_init(op->resp, &empty);
         kfd_call_reply(call, &empty);
@@ -256,7 +256,7 @@ static void on_empty_committed(void *arg, int status, const kfd_apply_result *re
     kfd_op_free(op);
 }
 
-static void commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ProtobufCMessageDescriptor *resp)
+void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ProtobufCMessageDescriptor *resp)
 {
     empty_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
@@ -274,7 +274,7 @@ void kfd_rpc_deny(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512");
         return;
     }
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     kfd_pending p;
     int r = kfd_store_get_pending(app_of(call)->store, req->request_id, &p);
@@ -293,7 +293,7 @@ void kfd_rpc_deny(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_DENY;
     cmd.deny = &c;
-    commit_empty(call, &cmd, &keyfleet__v1__deny_response__descriptor);
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__deny_response__descriptor);
 }
 
 static void on_expired(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -349,7 +349,7 @@ void kfd_approvals_expire(kfd_app *app)
 void kfd_rpc_query_audit(kfd_call *call)
 {
     const Keyfleet__V1__QueryAuditRequest *req = (const Keyfleet__V1__QueryAuditRequest *)call->request;
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__QueryAuditResponse resp = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
     if (kfd_store_query_audit(app_of(call)->store, req, &resp) != 0) {
@@ -362,7 +362,7 @@ void kfd_rpc_query_audit(kfd_call *call)
 
 void kfd_rpc_verify_audit(kfd_call *call)
 {
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__VerifyAuditResponse resp = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
     char problem[256];
@@ -378,7 +378,7 @@ void kfd_rpc_verify_audit(kfd_call *call)
 
 void kfd_rpc_get_policy(kfd_call *call)
 {
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     char *yaml = NULL;
     uint64_t version = 0;
@@ -416,7 +416,7 @@ static void on_policy_put(void *arg, int status, const kfd_apply_result *res, co
     }
     if (call != NULL && status == -ESTALE) {
         kfd_call_error(call, KF_CONNECT_ABORTED, "%s", err->msg);
-    } else if (call != NULL && commit_answer(call, status, err)) {
+    } else if (call != NULL && kfd_rpc_commit_answer(call, status, err)) {
         Keyfleet__V1__PutPolicyResponse resp = KEYFLEET__V1__PUT_POLICY_RESPONSE__INIT;
         resp.version = op->version;
         kfd_call_reply(call, &resp.base);
@@ -428,7 +428,7 @@ static void on_policy_put(void *arg, int status, const kfd_apply_result *res, co
 void kfd_rpc_put_policy(kfd_call *call)
 {
     const Keyfleet__V1__PutPolicyRequest *req = (const Keyfleet__V1__PutPolicyRequest *)call->request;
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     kfd_app *app = app_of(call);
     kfd_policy *parsed = NULL;
@@ -475,7 +475,7 @@ void kfd_rpc_check_policy(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node and volume_id are required");
         return;
     }
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     kfd_app *app = app_of(call);
     kfd_volume vol;
@@ -524,7 +524,7 @@ void kfd_rpc_revoke_node(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node must be a valid node name; reason <= 512");
         return;
     }
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "", "",
@@ -536,7 +536,7 @@ void kfd_rpc_revoke_node(kfd_call *call)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
     cmd.revoke_node = &c;
     kf_log_info("node_revoked", "node=%s operator=%s", req->node, call->peer->name);
-    commit_empty(call, &cmd, &keyfleet__v1__revoke_node_response__descriptor);
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_node_response__descriptor);
 }
 
 typedef struct rotate_op {
@@ -549,7 +549,7 @@ static void on_rotated(void *arg, int status, const kfd_apply_result *res, const
 {
     (void)res;
     rotate_op *op = arg;
-    if (op->base.call != NULL && commit_answer(op->base.call, status, err)) {
+    if (op->base.call != NULL && kfd_rpc_commit_answer(op->base.call, status, err)) {
         Keyfleet__V1__RotateKmsResponse resp = KEYFLEET__V1__ROTATE_KMS_RESPONSE__INIT;
         resp.backend = (char *)op->backend;
         resp.new_version = op->version;
@@ -593,7 +593,7 @@ static void on_kms_rotated(void *arg, const kfd_kms_result *res)
 
 void kfd_rpc_rotate_kms(kfd_call *call)
 {
-    if (!store_ok(call))
+    if (!kfd_rpc_store_ok(call))
         return;
     kfd_kms *kms = app_of(call)->kms;
     rotate_op *op = kfd_op_new(call, sizeof(*op));

@@ -12,7 +12,7 @@
 const kfd_method kfd_methods[] = {
     NODE("Enroll", enroll_request, kfd_rpc_enroll),
     NODE("Release", release_request, kfd_rpc_release),
-    NODE("Login", login_request, NULL),
+    NODE("Login", login_request, kfd_rpc_login),
     NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat),
     ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending),
     ADMIN("Approve", approve_request, kfd_rpc_approve),
@@ -23,10 +23,10 @@ const kfd_method kfd_methods[] = {
     ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy),
     ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy),
     ADMIN("RevokeNode", revoke_node_request, kfd_rpc_revoke_node),
-    ADMIN("CreateRole", create_role_request, NULL),
-    ADMIN("GetRole", get_role_request, NULL),
-    ADMIN("CreateSecretId", create_secret_id_request, NULL),
-    ADMIN("RevokeRole", revoke_role_request, NULL),
+    ADMIN("CreateRole", create_role_request, kfd_rpc_create_role),
+    ADMIN("GetRole", get_role_request, kfd_rpc_get_role),
+    ADMIN("CreateSecretId", create_secret_id_request, kfd_rpc_create_secret_id),
+    ADMIN("RevokeRole", revoke_role_request, kfd_rpc_revoke_role),
     ADMIN("ClusterStatus", cluster_status_request, kfd_rpc_cluster_status),
     ADMIN("RotateKms", rotate_kms_request, kfd_rpc_rotate_kms),
 };

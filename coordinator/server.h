@@ -26,6 +26,8 @@ typedef struct kfd_call {
     kfd_server *srv;
     const struct kfd_method *method;
     const kf_identity *peer;
+    kf_identity token_peer; /* peer points here for AppRole bearer-token callers */
+    const char *auth;       /* how peer was authenticated: "mtls" or "approle" */
     ProtobufCMessage *request;
     char source[64]; /* client IP address */
     bool answered;

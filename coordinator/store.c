@@ -32,9 +32,36 @@ static const char *const migrations[] = {
     "  source TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);"
     "CREATE INDEX audit_node ON audit(node);"
     "CREATE INDEX audit_volume ON audit(volume_id);",
+    /* 2: AppRole-style node authentication */
+    "CREATE TABLE roles ("
+    "  name TEXT PRIMARY KEY, role_id TEXT NOT NULL UNIQUE, bound_cidrs TEXT NOT NULL,"
+    "  token_ttl INTEGER NOT NULL, secret_id_ttl INTEGER NOT NULL, secret_id_num_uses INTEGER NOT NULL,"
+    "  node_name TEXT NOT NULL, node_group TEXT NOT NULL, created_at INTEGER NOT NULL);"
+    "CREATE TABLE secret_ids ("
+    "  accessor TEXT PRIMARY KEY, role_name TEXT NOT NULL, secret_hash BLOB NOT NULL,"
+    "  expires_at INTEGER NOT NULL, uses_left INTEGER NOT NULL);"
+    "CREATE INDEX secret_ids_role ON secret_ids(role_name);"
+    "CREATE TABLE tokens ("
+    "  token_id TEXT PRIMARY KEY, role_name TEXT NOT NULL, token_hash BLOB NOT NULL, expires_at INTEGER NOT NULL);"
+    "CREATE INDEX tokens_role ON tokens(role_name);",
 };
 
 static const char *const sql[ST_COUNT] = {
+    [ST_ROLE_INSERT] = "INSERT INTO roles (name, role_id, bound_cidrs, token_ttl, secret_id_ttl, secret_id_num_uses, "
+                       "node_name, node_group, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    [ST_ROLE_GET] = "SELECT name, role_id, bound_cidrs, token_ttl, secret_id_ttl, secret_id_num_uses, node_name, "
+                    "node_group, created_at FROM roles WHERE name = ?1 OR role_id = ?2",
+    [ST_ROLE_DELETE] = "DELETE FROM roles WHERE name = ?",
+    [ST_SECRET_INSERT] = "INSERT INTO secret_ids (accessor, role_name, secret_hash, expires_at, uses_left) "
+                         "VALUES (?, ?, ?, ?, ?)",
+    [ST_SECRETS_OF] = "SELECT accessor, secret_hash, expires_at, uses_left FROM secret_ids WHERE role_name = ?",
+    [ST_SECRET_SPEND] = "UPDATE secret_ids SET uses_left = uses_left - 1 WHERE accessor = ? AND role_name = ? "
+                        "AND uses_left > 0",
+    [ST_SECRET_PURGE] = "DELETE FROM secret_ids WHERE accessor = ? AND uses_left = 0",
+    [ST_SECRET_DELETE_ROLE] = "DELETE FROM secret_ids WHERE role_name = ?",
+    [ST_TOKEN_INSERT] = "INSERT INTO tokens (token_id, role_name, token_hash, expires_at) VALUES (?, ?, ?, ?)",
+    [ST_TOKEN_GET] = "SELECT token_hash, role_name, expires_at FROM tokens WHERE token_id = ?",
+    [ST_TOKEN_DELETE_ROLE] = "DELETE FROM tokens WHERE role_name = ?",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -184,7 +211,7 @@ void kfd_store_close(kfd_store *s)
     free(s);
 }
 
-static int step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err *err)
+int kfd_store_step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err *err)
 {
     int rc = sqlite3_step(st);
     return rc == SQLITE_DONE ? 0 : kfd_store_sql_error(s, rc, what, err);
@@ -216,7 +243,7 @@ static int apply_enroll(kfd_store *s, const Keyfleet__V1__CmdEnrollVolume *c, kf
     kfd_bind_text(st, 6, c->wrapped_key);
     kfd_bind_text(st, 7, c->audit->request_id);
     sqlite3_bind_int64(st, 8, c->audit->time->seconds);
-    int r = step_done(s, st, "recording the volume", err);
+    int r = kfd_store_step_done(s, st, "recording the volume", err);
     free(labels);
     return r;
 }
@@ -234,7 +261,7 @@ static int set_pending_state(kfd_store *s, const char *id, kfd_pending_state fro
     sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_STATE);
     sqlite3_bind_int(st, 1, (int)to);
     kfd_bind_text(st, 2, id);
-    return step_done(s, st, "updating the pending request", err);
+    return kfd_store_step_done(s, st, "updating the pending request", err);
 }
 
 static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, kf_err *err)
@@ -259,18 +286,18 @@ static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, kf_err
         sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_INSERT);
         kfd_bind_text(st, 1, c->operator_);
         sqlite3_bind_int64(st, 2, c->totp_step);
-        if ((r = step_done(s, st, "recording the TOTP step", err)) != 0)
+        if ((r = kfd_store_step_done(s, st, "recording the TOTP step", err)) != 0)
             return r;
     }
     sqlite3_stmt *st = kfd_store_stmt(s, ST_APPROVAL_INSERT);
     kfd_bind_text(st, 1, c->request_id);
     kfd_bind_text(st, 2, c->operator_);
     sqlite3_bind_int64(st, 3, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
-    if ((r = step_done(s, st, "recording the approval", err)) != 0)
+    if ((r = kfd_store_step_done(s, st, "recording the approval", err)) != 0)
         return r;
     st = kfd_store_stmt(s, ST_PENDING_ADD_APPROVAL);
     kfd_bind_text(st, 1, c->request_id);
-    return step_done(s, st, "counting the approval", err);
+    return kfd_store_step_done(s, st, "counting the approval", err);
 }
 
 static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, kf_err *err)
@@ -288,7 +315,7 @@ static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, k
     sqlite3_bind_int64(st, 1, (sqlite3_int64)c->version);
     kfd_bind_text(st, 2, c->yaml);
     sqlite3_bind_int64(st, 3, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
-    return step_done(s, st, "storing the policy", err);
+    return kfd_store_step_done(s, st, "storing the policy", err);
 }
 
 static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
@@ -307,7 +334,7 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
             kfd_bind_text(st, 1, c->node);
             sqlite3_bind_int64(st, 2, c->audit->time != NULL ? c->audit->time->seconds : 0);
             kfd_bind_text(st, 3, c->volume_id);
-            if ((r = step_done(s, st, "recording the release", err)) != 0)
+            if ((r = kfd_store_step_done(s, st, "recording the release", err)) != 0)
                 return r;
         }
         return kfd_store_append_audit(s, c->audit, seq, err);
@@ -325,7 +352,7 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
         sqlite3_bind_int64(st, 6, c->expires_at->seconds);
         sqlite3_bind_int(st, 7, (int)c->approvals_needed);
         kfd_bind_text(st, 8, c->rule);
-        if ((r = step_done(s, st, "recording the pending request", err)) != 0)
+        if ((r = kfd_store_step_done(s, st, "recording the pending request", err)) != 0)
             return r;
         return kfd_store_append_audit(s, c->audit, seq, err);
     }
@@ -363,7 +390,7 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
         kfd_bind_text(st, 1, c->node);
         sqlite3_bind_int64(st, 2, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
         kfd_bind_text(st, 3, c->audit != NULL ? c->audit->reason : "");
-        if ((r = step_done(s, st, "revoking the node", err)) != 0)
+        if ((r = kfd_store_step_done(s, st, "revoking the node", err)) != 0)
             return r;
         return kfd_store_append_audit(s, c->audit, seq, err);
     }
@@ -371,6 +398,11 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
         return kfd_store_append_audit(s, cmd->append_audit->audit, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE:
         return kfd_store_append_audit(s, cmd->kms_rotate->audit, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
+    case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
+    case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:
+    case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE:
+        return kfd_store_apply_approle(s, cmd, seq, err);
     default:
         return kf_err_set(err, -ENOSYS, "state command %d is not supported by this version", (int)cmd->cmd_case);
     }
@@ -390,14 +422,14 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
             kf_err_set(&errs[i], -EIO, "state store unavailable: %s", s->failure);
         return -EIO;
     }
-    int r = step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
+    int r = kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
     s->tx_head_seq = s->head_seq;
     memcpy(s->tx_head_hash, s->head_hash, KFD_HASH_LEN);
     for (size_t i = 0; r == 0 && i < n; i++) {
         uint64_t head = s->tx_head_seq;
         uint8_t hash[KFD_HASH_LEN];
         memcpy(hash, s->tx_head_hash, KFD_HASH_LEN);
-        if ((r = step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
+        if ((r = kfd_store_step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
             break;
         uint64_t seq = 0;
         int cr = apply_one(s, cmds[i], &seq, &errs[i]);
@@ -408,17 +440,17 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         }
         if (cr != 0) {
             /* This command only: undo it and its audit records. */
-            r = step_done(s, kfd_store_stmt(s, ST_ROLLBACK_TO), "rolling back a command", &tx_err);
+            r = kfd_store_step_done(s, kfd_store_stmt(s, ST_ROLLBACK_TO), "rolling back a command", &tx_err);
             s->tx_head_seq = head;
             memcpy(s->tx_head_hash, hash, KFD_HASH_LEN);
         }
         if (r == 0)
-            r = step_done(s, kfd_store_stmt(s, ST_RELEASE), "releasing a savepoint", &tx_err);
+            r = kfd_store_step_done(s, kfd_store_stmt(s, ST_RELEASE), "releasing a savepoint", &tx_err);
         statuses[i] = cr;
         results[i].audit_seq = cr == 0 ? seq : 0;
     }
     if (r == 0)
-        r = step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", &tx_err);
+        r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", &tx_err);
     if (r != 0) {
         sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
         sqlite3_reset(s->st[ST_ROLLBACK]);

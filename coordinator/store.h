@@ -105,4 +105,24 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
 /* The canonical bytes an audit record's hash covers (store_audit.c); exposed for tests/docs. */
 size_t kfd_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size);
 
+/* AppRole (store_approle.c). */
+typedef struct kfd_role {
+    char name[64];
+    char role_id[40];
+    char bound_cidrs[1024]; /* comma-separated; empty: any address */
+    uint32_t token_ttl_s, secret_id_ttl_s, secret_id_num_uses;
+    char node_name[64], node_group[64];
+    int64_t created_at;
+} kfd_role;
+
+/* By name or by role_id (the other NULL). Returns 0, -ENOENT or -EIO. */
+int kfd_store_get_role(kfd_store *s, const char *name, const char *role_id, kfd_role *ret);
+/* Finds the role's live secret id whose SHA-256 is hash (every candidate compared in constant
+ * time) and copies its accessor. Returns 0, -ENOENT (none, expired or spent) or -EIO. */
+int kfd_store_match_secret_id(kfd_store *s, const char *role_name, const uint8_t hash[KFD_HASH_LEN], int64_t now,
+                              char accessor[33]);
+/* The token whose public id is token_id. Returns 0, -ENOENT or -EIO. */
+int kfd_store_get_token(kfd_store *s, const char *token_id, uint8_t hash[KFD_HASH_LEN], char role_name[64],
+                        int64_t *expires_at);
+
 #endif

@@ -35,6 +35,17 @@ enum {
     ST_AUDIT_INSERT,
     ST_AUDIT_HEAD,
     ST_AUDIT_ALL,
+    ST_ROLE_INSERT,
+    ST_ROLE_GET,
+    ST_ROLE_DELETE,
+    ST_SECRET_INSERT,
+    ST_SECRETS_OF,
+    ST_SECRET_SPEND,
+    ST_SECRET_PURGE,
+    ST_SECRET_DELETE_ROLE,
+    ST_TOKEN_INSERT,
+    ST_TOKEN_GET,
+    ST_TOKEN_DELETE_ROLE,
     ST_COUNT
 };
 
@@ -53,6 +64,14 @@ struct kfd_store {
 int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err);
 /* Resets and clears bindings of a statement. */
 sqlite3_stmt *kfd_store_stmt(kfd_store *s, int which);
+
+/* Steps a single-row query: 0 with a row, -ENOENT without, -EIO on failure. */
+int kfd_store_step_row(kfd_store *s, sqlite3_stmt *st, const char *what);
+void kfd_store_copy_col(sqlite3_stmt *st, int i, char *dst, size_t size);
+/* Steps a statement that returns no rows. */
+int kfd_store_step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err *err);
+/* AppRole commands (store_approle.c). */
+int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
 
 /* Appends one audit record inside the current transaction (store_audit.c). */
 int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err);

@@ -6,7 +6,7 @@
 
 #include "store_internal.h"
 
-static void copy_col(sqlite3_stmt *st, int i, char *dst, size_t size)
+void kfd_store_copy_col(sqlite3_stmt *st, int i, char *dst, size_t size)
 {
     const unsigned char *t = sqlite3_column_text(st, i);
     snprintf(dst, size, "%s", t != NULL ? (const char *)t : "");
@@ -18,8 +18,7 @@ static char *dup_col(sqlite3_stmt *st, int i)
     return strdup(t != NULL ? (const char *)t : "");
 }
 
-/* Steps a single-row query: 0 with a row, -ENOENT without, -EIO on failure. */
-static int step_row(kfd_store *s, sqlite3_stmt *st, const char *what)
+int kfd_store_step_row(kfd_store *s, sqlite3_stmt *st, const char *what)
 {
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
@@ -43,17 +42,17 @@ int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret)
         return -EIO;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_GET);
     kfd_bind_text(st, 1, id);
-    int r = step_row(s, st, "reading a volume");
+    int r = kfd_store_step_row(s, st, "reading a volume");
     if (r != 0)
         return r;
     memset(ret, 0, sizeof(*ret));
-    copy_col(st, 0, ret->id, sizeof(ret->id));
+    kfd_store_copy_col(st, 0, ret->id, sizeof(ret->id));
     ret->kind = sqlite3_column_int(st, 1);
-    copy_col(st, 2, ret->name, sizeof(ret->name));
-    copy_col(st, 3, ret->node, sizeof(ret->node));
+    kfd_store_copy_col(st, 2, ret->name, sizeof(ret->name));
+    kfd_store_copy_col(st, 3, ret->node, sizeof(ret->node));
     ret->labels_json = dup_col(st, 4);
     ret->wrapped_key = dup_col(st, 5);
-    copy_col(st, 6, ret->enroll_request_id, sizeof(ret->enroll_request_id));
+    kfd_store_copy_col(st, 6, ret->enroll_request_id, sizeof(ret->enroll_request_id));
     sqlite3_reset(st);
     if (ret->labels_json == NULL || ret->wrapped_key == NULL) {
         kfd_volume_clear(ret);
@@ -67,7 +66,7 @@ int kfd_store_count_volumes(kfd_store *s, uint64_t *ret)
     if (s->failed)
         return -EIO;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_COUNT);
-    int r = step_row(s, st, "counting volumes");
+    int r = kfd_store_step_row(s, st, "counting volumes");
     if (r != 0)
         return r == -ENOENT ? -EIO : r;
     *ret = (uint64_t)sqlite3_column_int64(st, 0);
@@ -81,7 +80,7 @@ int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked)
         return -EIO;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_GET);
     kfd_bind_text(st, 1, node);
-    int r = step_row(s, st, "reading a node");
+    int r = kfd_store_step_row(s, st, "reading a node");
     if (r == -ENOENT) {
         *ret_revoked = false;
         return 0;
@@ -96,16 +95,16 @@ int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked)
 static void pending_from_row(sqlite3_stmt *st, kfd_pending *p)
 {
     memset(p, 0, sizeof(*p));
-    copy_col(st, 0, p->request_id, sizeof(p->request_id));
-    copy_col(st, 1, p->node, sizeof(p->node));
-    copy_col(st, 2, p->volume_id, sizeof(p->volume_id));
-    copy_col(st, 3, p->source, sizeof(p->source));
+    kfd_store_copy_col(st, 0, p->request_id, sizeof(p->request_id));
+    kfd_store_copy_col(st, 1, p->node, sizeof(p->node));
+    kfd_store_copy_col(st, 2, p->volume_id, sizeof(p->volume_id));
+    kfd_store_copy_col(st, 3, p->source, sizeof(p->source));
     p->created_at = sqlite3_column_int64(st, 4);
     p->expires_at = sqlite3_column_int64(st, 5);
     p->approvals_needed = (uint32_t)sqlite3_column_int(st, 6);
     p->approvals_have = (uint32_t)sqlite3_column_int(st, 7);
     p->state = (kfd_pending_state)sqlite3_column_int(st, 8);
-    copy_col(st, 9, p->rule, sizeof(p->rule));
+    kfd_store_copy_col(st, 9, p->rule, sizeof(p->rule));
 }
 
 int kfd_store_get_pending(kfd_store *s, const char *request_id, kfd_pending *ret)
@@ -114,7 +113,7 @@ int kfd_store_get_pending(kfd_store *s, const char *request_id, kfd_pending *ret
         return -EIO;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_GET);
     kfd_bind_text(st, 1, request_id);
-    int r = step_row(s, st, "reading a pending request");
+    int r = kfd_store_step_row(s, st, "reading a pending request");
     if (r != 0)
         return r;
     pending_from_row(st, ret);
@@ -132,7 +131,7 @@ static int exists(kfd_store *s, int which, const char *a, const char *b, int64_t
         kfd_bind_text(st, 2, b);
     else
         sqlite3_bind_int64(st, 2, n);
-    int r = step_row(s, st, "reading approvals");
+    int r = kfd_store_step_row(s, st, "reading approvals");
     if (r == 0)
         sqlite3_reset(st);
     *ret = r == 0;
@@ -260,7 +259,7 @@ int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t 
     size_t n = 0;
     int rc;
     while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
-        copy_col(st, 0, ids[n++], 65);
+        kfd_store_copy_col(st, 0, ids[n++], 65);
     if (n == max)
         rc = SQLITE_DONE;
     sqlite3_reset(st);
@@ -275,7 +274,7 @@ int kfd_store_get_policy(kfd_store *s, char **ret_yaml, uint64_t *ret_version)
     if (s->failed)
         return -EIO;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_POLICY_LATEST);
-    int r = step_row(s, st, "reading the policy");
+    int r = kfd_store_step_row(s, st, "reading the policy");
     *ret_yaml = NULL;
     *ret_version = 0;
     if (r == -ENOENT)

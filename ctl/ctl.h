@@ -34,5 +34,6 @@ int kfctl_cmd_audit(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv);
 
 #endif

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# AppRole-style node authentication: roles, secret ids shown once and stored hashed, Login for
+# a short-lived bearer token, an agent with `identity: approle` unlocking a real LUKS2
+# container, and every bad input the issue lists: a wrong secret id, a spent one, an expired
+# token, a token used from outside the role's CIDRs; failures get one generic error, are
+# audited and rate limited.
+. "$(dirname "$0")/lib.sh"
+
+F=$WORK/fleet
+fleet_init "$F"
+sed -i 's/client_auth: required/client_auth: optional/' "$F/keyfleetd.yaml"
+start_kfd "$F"
+allow_nodes "$F" "web-*"
+
+out=$(ctl "$F" approle create web-role --node web-7 --cidr 127.0.0.1/32 --token-ttl 20m --secret-id-uses 3)
+expect_match "approle create assigns a role_id (a UUID)" "$out" "role_id: [0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+ROLE_ID=$(printf '%s\n' "$out" | sed -n 's/^role_id: //p')
+printf '%s\n' "$ROLE_ID" >"$F/role.id"
+out=$(ctl "$F" approle secret-id web-role --out "$F/web.secret")
+expect_match "approle secret-id writes the secret to a file, not the terminal" "$out" "secret_id: written to .*accessor: [0-9a-f]{32}"
+expect_eq "... mode 0600" "$(stat -c %a "$F/web.secret")" "600"
+SECRET=$(cat "$F/web.secret")
+expect_match "... in keyfleet's secret id format" "$SECRET" '^kfs\.[A-Za-z0-9_-]{43}$'
+if grep -rqa -F "$SECRET" "$F/state" "$F/keyfleetd.log"; then not_ok "the secret id is stored hashed only"; else ok "the secret id is stored hashed only"; fi
+expect_match "approle show never shows a secret" "$(ctl "$F" approle show web-role)" "^name: web-role role_id: $ROLE_ID node: web-7 bound_cidrs: 127.0.0.1/32 token_ttl: 1200s"
+
+# The agent logs in with role_id + secret_id and unlocks a LUKS2 container.
+luks_file "$WORK/disk.luks" "old secret"
+cat >"$WORK/agent.yaml" <<YAML
+coordinators: ["127.0.0.1:$PORT"]
+identity: {role_id_file: $F/role.id, secret_id_file: $F/web.secret, ca: $F/ca.crt}
+state_file: $WORK/agent-state.json
+luks: {activate: false}
+deadline: 5s
+YAML
+out=$(printf "old secret" | "$AGENT" -c "$WORK/agent.yaml" enroll "luks:$WORK/disk.luks" 2>&1)
+expect_match "an AppRole agent enrolls a LUKS2 container" "$out" "event=login node=web-7 .*enrolled luks2"
+out=$("$AGENT" -c "$WORK/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "an AppRole agent unlocks it" "$out" "unlocked"
+audit=$(ctl "$F" audit)
+expect_match "the login is audited as the role's node" "$audit" "login .*web-7"
+expect_match "the release is recorded for the role's node" "$(ctl "$F" audit --json)" '"action":"release","actor":"web-7"'
+
+# Raw Login over HTTP/2 (LoginRequest: 1=role_id, 2=secret_id).
+login_pb() { printf '\x0a\x24%s\x12%b%s' "$1" "$(printf '\\x%02x' "${#2}")" "$2"; }
+login() { # login ROLE_ID SECRET [curl args] -> prints "HTTP_CODE TOKEN-or-body"
+    local rid=$1 sec=$2
+    shift 2
+    login_pb "$rid" "$sec" >"$WORK/login.pb"
+    curl -sS --max-time 5 --http2 --cacert "$F/ca.crt" -H 'content-type: application/proto' \
+        --data-binary "@$WORK/login.pb" -o "$WORK/login.out" -w '%{http_code}' "$@" "$URL/keyfleet.v1.NodeService/Login"
+    printf ' '
+    python3 -c 'import sys
+d=open(sys.argv[1],"rb").read()
+print(d[2:2+d[1]].decode() if d[:1]==b"\x0a" else d.decode(errors="replace"))' "$WORK/login.out"
+}
+bearer_release() { # bearer_release TOKEN [curl args] -> HTTP code and body
+    local tok=$1
+    shift
+    curl -sS --max-time 5 --http2 --cacert "$F/ca.crt" -H 'content-type: application/proto' -H "authorization: Bearer $tok" \
+        --data-binary '' -w ' %{http_code}' "$@" "$URL/keyfleet.v1.NodeService/Heartbeat"
+}
+
+out=$(login "$ROLE_ID" "kfs.$(printf 'A%.0s' $(seq 1 43))")
+expect_match "a wrong secret id: one generic error" "$out" '^401 \{"code":"unauthenticated","message":"invalid role or secret ID"\}'
+out=$(login "00000000-0000-4000-8000-000000000000" "$SECRET")
+expect_match "an unknown role_id: the same generic error" "$out" '^401 \{"code":"unauthenticated","message":"invalid role or secret ID"\}'
+out=$(login "$ROLE_ID" "$SECRET" --interface 127.0.0.2)
+expect_match "a login from outside the role's CIDRs: the same generic error" "$out" '^401 .*invalid role or secret ID'
+
+out=$(login "$ROLE_ID" "$SECRET")
+expect_match "the third use of the secret id logs in" "$out" '^200 kft\.[0-9a-f]{16}\.[A-Za-z0-9_-]{43}$'
+TOKEN=${out#200 }
+out=$(login "$ROLE_ID" "$SECRET")
+expect_match "a spent secret id (3 uses): the generic error" "$out" '^401 .*invalid role or secret ID'
+out=$("$AGENT" -c "$WORK/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and the agent says so" "$out" "invalid role or secret ID"
+
+out=$(bearer_release "$TOKEN")
+expect_match "the token authenticates an RPC" "$out" ' 200$'
+out=$(bearer_release "$TOKEN" --interface 127.0.0.2)
+expect_match "the token used from outside the role's CIDRs: unauthenticated" "$out" 'outside its role.s bound CIDRs.* 401$'
+out=$(bearer_release "kft.0123456789abcdef.$(printf 'B%.0s' $(seq 1 43))")
+expect_match "an unknown token: unauthenticated" "$out" 'unknown bearer token.* 401$'
+out=$(bearer_release "${TOKEN%?}x")
+expect_match "a token with a changed last character: unauthenticated" "$out" 'unknown bearer token.* 401$'
+
+# Expiry: a role whose tokens live 2 s.
+ctl "$F" approle create short --node web-8 --token-ttl 2s >/dev/null
+SHORT_ID=$(ctl "$F" approle show short | sed -n 's/^role_id: //p')
+SHORT_SECRET=$(ctl "$F" approle secret-id short | sed -n 's/^secret_id: //p')
+out=$(login "$SHORT_ID" "$SHORT_SECRET")
+STOKEN=${out#200 }
+expect_match "a short-lived token works at once" "$(bearer_release "$STOKEN")" ' 200$'
+sleep 2.2
+expect_match "an expired token: unauthenticated" "$(bearer_release "$STOKEN")" 'bearer token expired.* 401$'
+
+# Revoking the role revokes its tokens at once.
+ctl "$F" approle revoke web-role >/dev/null
+expect_match "after approle revoke, its token is refused" "$(bearer_release "$TOKEN")" '401$'
+out=$(ctl "$F" approle show web-role 2>&1)
+expect_match "... and the role is gone" "$out" "not_found"
+
+# Failed logins are audited and rate limited per source address.
+expect_match "failed logins are audited" "$(ctl "$F" audit)" "auth_fail.*approle login: wrong, expired or spent secret id"
+codes=""
+for _ in $(seq 1 12); do codes="$codes $(login "$SHORT_ID" "kfs.nope" | cut -d' ' -f1)"; done
+expect_match "a login flood from one address is rate limited" "$codes" "429"
+expect_match "... while another address still gets answers" "$(login "$SHORT_ID" "kfs.nope" --interface 127.0.0.3)" '^401 '
+
+# Bad role definitions are refused and change nothing.
+out=$(ctl "$F" approle create bad --node web-9 --cidr 10.0.0.0/33 2>&1)
+expect_match "a bad CIDR is refused" "$out" "invalid_argument: bound CIDR '10.0.0.0/33'"
+out=$(ctl "$F" approle create "bad/name" --node web-9 2>&1)
+expect_match "a bad role name is refused" "$out" "invalid_argument: role name"
+out=$(ctl "$F" approle create short --node web-9 2>&1)
+expect_match "a duplicate role is refused" "$out" "already_exists"
+if grep -q -F -e "$SECRET" -e "$TOKEN" -e "$SHORT_SECRET" "$F/keyfleetd.log"; then
+    not_ok "no secret id or token in keyfleetd's log"
+else
+    ok "no secret id or token in keyfleetd's log"
+fi
+expect_match "the audit chain verifies" "$(ctl "$F" audit verify)" "ok"
+stop_kfd
+expect_eq "keyfleetd stops cleanly" "$KFD_EXIT" "0"
+check_sanitizers
+finish
