@@ -7,7 +7,7 @@
 #include <string.h>
 
 typedef struct identity_sec {
-    char *cert, *key, *ca, *role_id_file, *secret_id_file;
+    char *cert, *key, *ca, *role_id_file, *secret_id_file, *secret_id_tpm_file;
 } identity_sec;
 
 static const kf_yaml_field identity_fields[] = {
@@ -16,18 +16,23 @@ static const kf_yaml_field identity_fields[] = {
     {"ca", kf_yaml_dec_string, offsetof(identity_sec, ca), NULL, true},
     {"role_id_file", kf_yaml_dec_string, offsetof(identity_sec, role_id_file), NULL, false},
     {"secret_id_file", kf_yaml_dec_string, offsetof(identity_sec, secret_id_file), NULL, false},
+    {"secret_id_tpm_file", kf_yaml_dec_string, offsetof(identity_sec, secret_id_tpm_file), NULL, false},
 };
 
-/* A certificate and key, or AppRole credentials: exactly one of the two. */
+/* A certificate and key, or AppRole credentials (the secret id in a file, or sealed to the TPM
+ * with `keyfleet-agent seal-secret-id`): exactly one of the two. */
 static int dec_identity(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
 {
     (void)arg;
     identity_sec *id = dst;
     int r = kf_yaml_decode_map(doc, n, identity_fields, sizeof(identity_fields) / sizeof(identity_fields[0]), dst, err);
-    bool cert = id->cert != NULL || id->key != NULL, approle = id->role_id_file != NULL || id->secret_id_file != NULL;
+    bool cert = id->cert != NULL || id->key != NULL;
+    bool approle = id->role_id_file != NULL || id->secret_id_file != NULL || id->secret_id_tpm_file != NULL;
+    bool one_secret = (id->secret_id_file != NULL) != (id->secret_id_tpm_file != NULL);
     if (r == 0 && (cert == approle || (cert && (id->cert == NULL || id->key == NULL)) ||
-                   (approle && (id->role_id_file == NULL || id->secret_id_file == NULL))))
-        r = kf_yaml_error(doc, n, err, "identity needs cert and key, or role_id_file and secret_id_file");
+                   (approle && (id->role_id_file == NULL || !one_secret))))
+        r = kf_yaml_error(doc, n, err,
+                          "identity needs cert and key, or role_id_file and one of secret_id_file, secret_id_tpm_file");
     return r;
 }
 
@@ -169,6 +174,7 @@ void kfa_config_free(kfa_config *cfg)
     free(cfg->ca);
     free(cfg->role_id_file);
     free(cfg->secret_id_file);
+    free(cfg->secret_id_tpm_file);
     free(cfg->state_file);
     free(cfg->zfs_command);
     free(cfg->tpm_tcti);
@@ -204,6 +210,7 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         cfg->ca = kf_config_path(path, w.identity.ca);
         cfg->role_id_file = kf_config_path(path, w.identity.role_id_file);
         cfg->secret_id_file = kf_config_path(path, w.identity.secret_id_file);
+        cfg->secret_id_tpm_file = kf_config_path(path, w.identity.secret_id_tpm_file);
         cfg->state_file = w.state_file != NULL ? kf_config_path(path, w.state_file) : strdup("/var/lib/keyfleet/agent-state.json");
         cfg->deadline_ms = w.deadline_ms;
         cfg->call_timeout_ms = w.call_timeout_ms;
@@ -233,6 +240,7 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
             free(w.identity.ca);
             free(w.identity.role_id_file);
             free(w.identity.secret_id_file);
+            free(w.identity.secret_id_tpm_file);
             free(w.state_file);
             free(w.zfs.command);
             free(w.tpm.tcti);

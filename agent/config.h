@@ -23,6 +23,7 @@ typedef struct kfa_config {
     kf_strlist coordinators;
     char *cert, *key, *ca;       /* cert and key are NULL with AppRole */
     char *role_id_file, *secret_id_file; /* AppRole credentials, or NULL */
+    char *secret_id_tpm_file;            /* AppRole: the secret id sealed to the TPM (kftpm1:...) */
     char *state_file;
     uint64_t deadline_ms;     /* overall, per run */
     uint64_t call_timeout_ms; /* per RPC attempt */

@@ -30,7 +30,9 @@ static void usage(FILE *f)
                "                        LUKS2 needs an existing passphrase: --auth-file, or on stdin.\n"
                "  unlock [--all | VOLUME...]   exit 0: all unlocked, 1: none, 3: some\n"
                "  status [--json]\n"
-               "  rewrap                store each volume's key rewrapped under the newest KMS key\n");
+               "  rewrap                store each volume's key rewrapped under the newest KMS key\n"
+               "  seal-secret-id --out FILE   seal an AppRole secret id (stdin) to this TPM, for\n"
+               "                        identity.secret_id_tpm_file\n");
 }
 
 /* Resolves VOLUME into a volume with its driver. */
@@ -438,6 +440,46 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
     return 0;
 }
 
+/* seal-secret-id --out FILE: the AppRole secret id on stdin, sealed to this TPM under the
+ * configured PCRs (seal, then verify), written to a new 0600 file. */
+static int cmd_seal_secret_id(kfa_ctx *ctx, int argc, char **argv)
+{
+    if (argc != 3 || strcmp(argv[1], "--out") != 0) {
+        fprintf(stderr, "usage: keyfleet-agent seal-secret-id --out FILE   (the secret id on stdin)\n");
+        return KFA_EXIT_USAGE;
+    }
+    kf_err err = {0};
+    kf_secbuf *secret = NULL;
+    char *blob = NULL;
+    int r = kf_secbuf_read_file("/dev/stdin", 128, &secret, &err);
+    if (r == 0)
+        r = kfa_tpm_seal(ctx->cfg->tpm_tcti, ctx->cfg->tpm_pcrs, ctx->cfg->n_tpm_pcrs, secret, &blob,
+                         KFA_TPM_TIMEOUT_MS, &err);
+    kf_secbuf_free(secret);
+    int fd = r == 0 ? open(argv[2], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
+    if (r == 0 && fd < 0)
+        r = kf_err_set(&err, -errno, "%s: %s", argv[2], strerror(errno));
+    if (r == 0) {
+        size_t n = strlen(blob);
+        if (write(fd, blob, n) != (ssize_t)n || write(fd, "\n", 1) != 1 || fsync(fd) != 0)
+            r = kf_err_set(&err, -EIO, "%s: write failed", argv[2]);
+    }
+    if (fd >= 0)
+        close(fd);
+    if (r != 0 && fd >= 0)
+        unlink(argv[2]);
+    free(blob);
+    if (r != 0) {
+        fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
+        return 1;
+    }
+    printf("sealed the secret id to this TPM (PCRs");
+    for (size_t i = 0; i < ctx->cfg->n_tpm_pcrs; i++)
+        printf(" %u", ctx->cfg->tpm_pcrs[i]);
+    printf(") in %s\n", argv[2]);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     kf_log_set_program("keyfleet-agent");
@@ -489,6 +531,8 @@ int main(int argc, char **argv)
         rc = cmd_status(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "rewrap") == 0)
         rc = cmd_rewrap(&ctx, sub_argc, sub_argv);
+    else if (strcmp(cmd, "seal-secret-id") == 0)
+        rc = cmd_seal_secret_id(&ctx, sub_argc, sub_argv);
     else {
         fprintf(stderr, "keyfleet-agent: unknown command '%s'\n", cmd);
         usage(stderr);

@@ -10,6 +10,7 @@
 
 #include "agent.h"
 #include "kf_secmem.h"
+#include "tpm2.h"
 #include "kf_log.h"
 
 #define BACKOFF_FIRST_MS 200
@@ -34,9 +35,22 @@ static int login(kfa_ctx *ctx, kf_err *err)
 {
     kf_secbuf *role_id = NULL, *secret_id = NULL;
     int r = kf_secbuf_read_file(ctx->cfg->role_id_file, 256, &role_id, err);
-    if (r == 0)
+    if (r == 0 && ctx->cfg->secret_id_file != NULL) {
         r = kf_secbuf_read_file(ctx->cfg->secret_id_file, 256, &secret_id, err);
+    } else if (r == 0) {
+        kf_secbuf *blob = NULL;
+        r = kf_secbuf_read_file(ctx->cfg->secret_id_tpm_file, KFA_TPM_BLOB_MAX, &blob, err);
+        if (r == 0)
+            r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, (const char *)blob->data, &secret_id, KFA_TPM_TIMEOUT_MS, err);
+        kf_secbuf_free(blob);
+        if (r != 0)
+            kf_err_wrap(err, "AppRole secret id sealed in %s", ctx->cfg->secret_id_tpm_file);
+    }
+    /* Secure buffers are zeroed and page-sized, so the secret id is NUL-terminated. */
+    if (r == 0 && secret_id->len >= secret_id->cap)
+        r = kf_err_set(err, -EINVAL, "AppRole secret id too long");
     if (r != 0) {
+        kf_secbuf_free(secret_id);
         kf_secbuf_free(role_id);
         return -EACCES; /* a local problem: retrying will not fix it */
     }
