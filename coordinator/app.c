@@ -100,6 +100,15 @@ bool kfd_app_ready(const kfd_app *app, const char **ret_why)
     return true;
 }
 
+bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why)
+{
+    kfd_kms_info info = {0};
+    app->kms->ops->describe(app->kms, &info);
+    if (!info.reachable)
+        *ret_why = "KMS unreachable (see the log's kms_failed and kms_token_failed events)";
+    return info.reachable;
+}
+
 typedef struct kfd_commit_item {
     uint8_t *packed;
     size_t len;

@@ -38,6 +38,9 @@ int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err);
 void kfd_app_close(kfd_app *app);
 /* True when releases can be served: store healthy, KMS loaded. */
 bool kfd_app_ready(const kfd_app *app, const char **ret_why);
+/* For /readyz only: whether the last KMS call got an answer. Requests still try the KMS, so
+ * service resumes by itself when it is back. */
+bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why);
 
 /* Commits a state command. The callback runs once the command is durable, on a later loop turn:
  * commands queued during one turn share one transaction and one fsync (group commit); with

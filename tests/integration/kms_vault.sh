@@ -34,6 +34,12 @@ YAML
 start_kfd "$F"
 allow_nodes "$F" "web-*"
 
+for _ in $(seq 1 40); do
+    out=$(kcurl "$F" operator -w ' %{http_code}' "$URL/readyz")
+    case $out in *" 200") break ;; esac
+    sleep 0.05
+done
+expect_match "readyz is ready once Vault answered" "$out" ' 200$'
 out=$(node "$F" web-1 enroll vol-a data)
 expect_match "enroll through Vault returns a vault-transit wrapped key" "$out" '^code=ok wrapped=kf:vault:v1:[A-Za-z0-9_-]{22}:[A-Za-z0-9+/=]+ key=[0-9a-f]{64}'
 KEY_A=$(field key "$out")
@@ -119,6 +125,8 @@ expect_match "the hung release ends unavailable after the timeouts" "$(cat "$WOR
 kill -9 "$STANDIN_PID"
 out=$(node "$F" web-1 release vol-a "$WRAP_A")
 expect_match "Vault down: release fails closed with unavailable" "$out" '^code=unavailable'
+out=$(kcurl "$F" operator -w ' %{http_code}' "$URL/readyz")
+expect_match "... and readyz says the KMS is unreachable" "$out" 'KMS unreachable.* 503$'
 
 if grep -q -F -e "$(cat "$F/secret.id")" -e "hvs." "$F/keyfleetd.log"; then
     not_ok "no secret id or Vault token in keyfleetd's log"
