@@ -18,20 +18,14 @@
 #include "kms_remote.h"
 #include "kms_wrapped.h"
 
-#define DESCRIBE_INTERVAL_MS 60000
 #define SECRET_FILE_MAX 4096
 #define VERSION_MAX 128
 
 typedef struct azure {
-    kfd_kms super;
+    kfd_remote_kms rk; /* first */
     char *vault_url, *key, *key_version, *tenant, *client_id, *client_secret_file, *login_host, *api_version;
     char key_prefix[700]; /* VAULT/keys/NAME/ : every kid we accept starts with it */
     char latest[VERSION_MAX];
-    kfd_http *http;
-    kfd_token *token;
-    kfd_remote_call login;
-    bool reachable, describing;
-    uv_timer_t describe_timer;
 } azure;
 
 typedef enum { OP_WRAP, OP_UNWRAP, OP_ROTATE, OP_READ_KEY } op_kind;
@@ -109,12 +103,11 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
 {
     acall *c = (acall *)rc;
     azure *a = c->a;
+    kfd_remote_kms_answered(&a->rk, res);
     if (res->status != 0) {
-        a->reachable = res->status == -EACCES;
         fail_call(c, res->status, "azure key vault unreachable: ", res->error != NULL ? res->error : "transport error");
         return;
     }
-    a->reachable = true;
     if (res->code >= 400) {
         char why[400], msg[440];
         azure_error(res, why, sizeof(why));
@@ -200,8 +193,8 @@ static acall *acall_new(azure *a, op_kind kind, const char *volume_id, kfd_kms_c
     }
     c->a = a;
     c->kind = kind;
-    c->rc.http = a->http;
-    c->rc.token = a->token;
+    c->rc.http = a->rk.http;
+    c->rc.token = a->rk.token;
     c->rc.auth_format = "Authorization: Bearer ";
     c->rc.method = "POST";
     c->rc.done = on_done;
@@ -309,23 +302,12 @@ static void azure_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
     start_or_fail(c, kfd_remote_body(&c->rc, "{}"));
 }
 
-static void on_described(void *arg, const kfd_kms_result *res)
+static void read_key(kfd_remote_kms *k, kfd_kms_cb cb, void *arg)
 {
-    azure *a = arg;
-    a->describing = false;
-    if (res->status != 0)
-        kf_log_warn("kms_describe_failed", "backend=azure-keyvault error=%s", kf_log_q(res->message));
-}
-
-static void on_describe_timer(uv_timer_t *t)
-{
-    azure *a = t->data;
-    if (a->describing)
-        return;
-    acall *c = acall_new(a, OP_READ_KEY, NULL, on_described, a);
+    azure *a = (azure *)k;
+    acall *c = acall_new(a, OP_READ_KEY, NULL, cb, arg);
     if (c == NULL)
         return;
-    a->describing = true;
     c->rc.method = "GET";
     snprintf(c->rc.url, sizeof(c->rc.url), "%s/keys/%s%s%s?api-version=%s", a->vault_url, a->key,
              a->key_version != NULL ? "/" : "", a->key_version != NULL ? a->key_version : "", a->api_version);
@@ -338,7 +320,7 @@ static void azure_describe(kfd_kms *base, kfd_kms_info *ret)
     ret->backend = "azure-keyvault";
     ret->latest_version = 0;
     ret->min_decrypt_version = 0;
-    ret->reachable = a->reachable;
+    ret->reachable = a->rk.reachable;
 }
 
 /* Entra ID client credentials, as application/x-www-form-urlencoded. */
@@ -364,17 +346,17 @@ static int form_escape(const char *in, char *out, size_t size)
 
 static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
 {
-    azure *a = (azure *)((char *)rc - offsetof(azure, login));
+    azure *a = (azure *)kfd_remote_kms_of_login(rc);
     kfd_remote_clear(rc);
     if (res->status != 0) {
-        kfd_token_fetched(a->token, res->status, NULL, 0, 0, res->error);
+        kfd_token_fetched(a->rk.token, res->status, NULL, 0, 0, res->error);
         return;
     }
     if (res->code != 200) {
         char why[400], msg[460];
         azure_error(res, why, sizeof(why));
         snprintf(msg, sizeof(msg), "Entra ID token: HTTP %ld: %s", res->code, why);
-        kfd_token_fetched(a->token, res->code == 400 || res->code == 401 ? -EACCES : -EIO, NULL, 0, 0, msg);
+        kfd_token_fetched(a->rk.token, res->code == 400 || res->code == 401 ? -EACCES : -EIO, NULL, 0, 0, msg);
         return;
     }
     json_t *j = kfd_remote_json(res);
@@ -384,18 +366,18 @@ static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
                      : json_is_string(exp) ? strtoll(json_string_value(exp), NULL, 10)
                                            : -1;
     if (tok == NULL || ttl <= 0)
-        kfd_token_fetched(a->token, -EIO, NULL, 0, 0, "the token answer has no access_token or expires_in");
+        kfd_token_fetched(a->rk.token, -EIO, NULL, 0, 0, "the token answer has no access_token or expires_in");
     else
-        kfd_token_fetched(a->token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
+        kfd_token_fetched(a->rk.token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
     json_decref(j);
 }
 
 static void fetch_token(void *ctx, kfd_token *t)
 {
     azure *a = ctx;
-    kfd_remote_call *rc = &a->login;
+    kfd_remote_call *rc = &a->rk.login;
     memset(rc, 0, sizeof(*rc));
-    rc->http = a->http;
+    rc->http = a->rk.http;
     rc->method = "POST";
     rc->done = on_login;
     rc->content_type = "Content-Type: application/x-www-form-urlencoded";
@@ -423,18 +405,12 @@ static void fetch_token(void *ctx, kfd_token *t)
     kfd_remote_start(rc);
 }
 
-static void on_azure_closed(uv_handle_t *h) { free(h->data); }
-
 static void azure_destroy(kfd_kms *base)
 {
     azure *a = (azure *)base;
-    kfd_http_free(a->http);
-    kfd_token_free(a->token);
-    kfd_remote_clear(&a->login);
     free(a->vault_url), free(a->key), free(a->key_version), free(a->tenant), free(a->client_id);
     free(a->client_secret_file), free(a->login_host), free(a->api_version);
-    uv_timer_stop(&a->describe_timer);
-    uv_close((uv_handle_t *)&a->describe_timer, on_azure_closed);
+    kfd_remote_kms_destroy(&a->rk);
 }
 
 static const kfd_kms_ops azure_ops = {
@@ -448,54 +424,33 @@ static const kfd_kms_ops azure_ops = {
     .destroy = azure_destroy,
 };
 
-static char *dup_opt(const char *s, bool *ok)
-{
-    char *d = s != NULL ? strdup(s) : NULL;
-    if (s != NULL && d == NULL)
-        *ok = false;
-    return d;
-}
-
 int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err)
 {
     azure *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
-    a->super.ops = &azure_ops;
-    a->super.loop = loop;
-    uv_timer_init(loop, &a->describe_timer);
-    uv_unref((uv_handle_t *)&a->describe_timer);
-    a->describe_timer.data = a;
     bool ok = true;
-    a->vault_url = dup_opt(cfg->address, &ok), a->key = dup_opt(cfg->key, &ok);
-    a->key_version = dup_opt(cfg->key_version, &ok), a->tenant = dup_opt(cfg->tenant, &ok);
-    a->client_id = dup_opt(cfg->client_id, &ok), a->client_secret_file = dup_opt(cfg->client_secret_file, &ok);
-    a->login_host = dup_opt(cfg->login_host, &ok), a->api_version = dup_opt(cfg->api_version, &ok);
+    a->vault_url = kfd_strdup_opt(cfg->address, &ok), a->key = kfd_strdup_opt(cfg->key, &ok);
+    a->key_version = kfd_strdup_opt(cfg->key_version, &ok), a->tenant = kfd_strdup_opt(cfg->tenant, &ok);
+    a->client_id = kfd_strdup_opt(cfg->client_id, &ok), a->client_secret_file = kfd_strdup_opt(cfg->client_secret_file, &ok);
+    a->login_host = kfd_strdup_opt(cfg->login_host, &ok), a->api_version = kfd_strdup_opt(cfg->api_version, &ok);
     if (ok && (a->login_host == NULL || a->api_version == NULL))
         ok = false;
     if (ok)
         snprintf(a->key_prefix, sizeof(a->key_prefix), "%s/keys/%s/", a->vault_url, a->key);
     if (ok && a->key_version != NULL)
         snprintf(a->latest, sizeof(a->latest), "%s", a->key_version);
-    kfd_http_opts opts = {.name = "azure",
-                          .ca_file = cfg->ca_file,
-                          .protocols = "https",
-                          .timeout_ms = (uint32_t)cfg->timeout_ms,
-                          .first_backoff_ms = 200,
-                          .max_retry_after_ms = 10000,
-                          .max_attempts = (int)cfg->attempts,
-                          .max_response = 64 * 1024};
-    int r = ok ? kfd_http_new(loop, &opts, &a->http, err) : kf_err_set(err, -ENOMEM, "out of memory");
-    if (r == 0 && (a->token = kfd_token_new(loop, "azure", fetch_token, a)) == NULL)
+    int r = kfd_remote_kms_init(&a->rk, loop, &azure_ops, cfg, "azure", 10000, fetch_token, read_key, err);
+    if (r == 0 && !ok)
         r = kf_err_set(err, -ENOMEM, "out of memory");
     if (r != 0) {
-        azure_destroy(&a->super);
+        azure_destroy(&a->rk.super);
         return r;
     }
-    uv_timer_start(&a->describe_timer, on_describe_timer, 0, DESCRIBE_INTERVAL_MS);
+    kfd_remote_kms_start(&a->rk);
     kf_log_info("kms_open", "backend=azure-keyvault vault=%s key=%s version=%s login_host=%s",
                 kf_log_q(a->vault_url), a->key, a->key_version != NULL ? a->key_version : "latest",
                 kf_log_q(a->login_host));
-    *ret = &a->super;
+    *ret = &a->rk.super;
     return 0;
 }

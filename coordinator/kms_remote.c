@@ -1,15 +1,18 @@
 #include "kms_remote.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kf_log.h"
 #include "kf_secmem.h"
 
 #define BODY_MAX 8192
+#define DESCRIBE_INTERVAL_MS 60000
 
 int kfd_remote_body(kfd_remote_call *c, const char *fmt, ...)
 {
@@ -134,3 +137,80 @@ static void wiping_free(void *p)
 }
 
 void kfd_json_wipe_on_free(void) { json_set_alloc_funcs(malloc, wiping_free); }
+
+static void on_described(void *arg, const kfd_kms_result *res)
+{
+    kfd_remote_kms *k = arg;
+    k->describing = false;
+    if (res->status != 0)
+        kf_log_warn("kms_describe_failed", "backend=%s error=%s", k->super.ops->name, kf_log_q(res->message));
+}
+
+static void on_describe_timer(uv_timer_t *t)
+{
+    kfd_remote_kms *k = t->data;
+    if (k->describing)
+        return;
+    k->describing = true;
+    k->read_key(k, on_described, k);
+}
+
+int kfd_remote_kms_init(kfd_remote_kms *k, uv_loop_t *loop, const kfd_kms_ops *ops, const kfd_kms_config *cfg,
+                        const char *name, uint32_t max_retry_after_ms, kfd_token_fetch_fn fetch,
+                        kfd_remote_read_key_fn read_key, kf_err *err)
+{
+    k->super.ops = ops;
+    k->super.loop = loop;
+    k->read_key = read_key;
+    uv_timer_init(loop, &k->describe_timer);
+    uv_unref((uv_handle_t *)&k->describe_timer);
+    k->describe_timer.data = k;
+    kfd_http_opts opts = {.name = name,
+                          .ca_file = cfg->ca_file,
+                          .protocols = "https",
+                          .timeout_ms = (uint32_t)cfg->timeout_ms,
+                          .first_backoff_ms = 200,
+                          .max_retry_after_ms = max_retry_after_ms,
+                          .max_attempts = (int)cfg->attempts,
+                          .max_response = 64 * 1024};
+    int r = kfd_http_new(loop, &opts, &k->http, err);
+    if (r == 0 && (k->token = kfd_token_new(loop, name, fetch, k)) == NULL)
+        r = kf_err_set(err, -ENOMEM, "out of memory");
+    return r;
+}
+
+void kfd_remote_kms_start(kfd_remote_kms *k)
+{
+    /* Learn the key's versions without delaying start-up; a down KMS shows in readyz. */
+    uv_timer_start(&k->describe_timer, on_describe_timer, 0, DESCRIBE_INTERVAL_MS);
+}
+
+static void on_base_closed(uv_handle_t *h) { free(h->data); }
+
+void kfd_remote_kms_destroy(kfd_remote_kms *k)
+{
+    kfd_http_free(k->http);
+    kfd_token_free(k->token);
+    kfd_remote_clear(&k->login);
+    uv_timer_stop(&k->describe_timer);
+    uv_close((uv_handle_t *)&k->describe_timer, on_base_closed);
+}
+
+void kfd_remote_kms_answered(kfd_remote_kms *k, const kfd_http_response *res)
+{
+    /* A refused token (-EACCES) is still an answer from the KMS. */
+    k->reachable = res->status == 0 || res->status == -EACCES;
+}
+
+kfd_remote_kms *kfd_remote_kms_of_login(kfd_remote_call *rc)
+{
+    return (kfd_remote_kms *)(void *)((char *)rc - offsetof(kfd_remote_kms, login));
+}
+
+char *kfd_strdup_opt(const char *s, bool *ok)
+{
+    char *d = s != NULL ? strdup(s) : NULL;
+    if (s != NULL && d == NULL)
+        *ok = false;
+    return d;
+}

@@ -31,6 +31,40 @@ struct kfd_remote_call {
     void *arg;
 };
 
+/* The part every remote backend shares; embed it first in the backend's struct. */
+typedef struct kfd_remote_kms kfd_remote_kms;
+/* Starts a read of the KMS key's versions; answers cb like any KMS call. */
+typedef void (*kfd_remote_read_key_fn)(kfd_remote_kms *k, kfd_kms_cb cb, void *arg);
+
+struct kfd_remote_kms {
+    kfd_kms super;
+    kfd_http *http;
+    kfd_token *token;
+    kfd_remote_call login; /* the one token fetch in flight */
+    bool reachable;        /* the last call got an answer (for readyz) */
+    bool describing;
+    kfd_remote_read_key_fn read_key;
+    uv_timer_t describe_timer;
+};
+
+/* Sets up k (zeroed, embedded first in a calloc'ed backend): the HTTP client from cfg (named name
+ * in logs), the token cache with fetch, and a describe timer that calls read_key at once and then
+ * every minute (started by kfd_remote_kms_start). On failure the caller destroys k. */
+int kfd_remote_kms_init(kfd_remote_kms *k, uv_loop_t *loop, const kfd_kms_ops *ops, const kfd_kms_config *cfg,
+                        const char *name, uint32_t max_retry_after_ms, kfd_token_fetch_fn fetch,
+                        kfd_remote_read_key_fn read_key, kf_err *err);
+void kfd_remote_kms_start(kfd_remote_kms *k);
+/* Frees the shared part, then the whole backend object (once the timer has closed); free the
+ * backend's own fields first. */
+void kfd_remote_kms_destroy(kfd_remote_kms *k);
+/* Records whether an answer came: sets reachable from a final HTTP result. */
+void kfd_remote_kms_answered(kfd_remote_kms *k, const kfd_http_response *res);
+/* The backend whose login call rc is. */
+kfd_remote_kms *kfd_remote_kms_of_login(kfd_remote_call *rc);
+
+/* strdup of an optional string; clears *ok when out of memory. */
+char *kfd_strdup_opt(const char *s, bool *ok);
+
 /* Sets body from a printf format into secure memory. Returns 0 or -ENOMEM/-ENOSPC. */
 int kfd_remote_body(kfd_remote_call *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void kfd_remote_start(kfd_remote_call *c);

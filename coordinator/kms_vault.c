@@ -16,21 +16,15 @@
 #include "kms_remote.h"
 #include "kms_wrapped.h"
 
-#define DESCRIBE_INTERVAL_MS 60000
 #define SECRET_FILE_MAX 4096
 
 typedef struct vault {
-    kfd_kms super;
-    char *base; /* ADDRESS/v1 */
+    kfd_remote_kms rk; /* first */
+    char *base;        /* ADDRESS/v1 */
     char *mount, *key;
     char *token_file, *role_id_file, *secret_id_file;
-    kfd_http *http;
-    kfd_token *token;
-    kfd_remote_call login; /* the one token fetch in flight */
     kf_secbuf *file_token; /* token-file mode: the token being renewed */
     uint32_t latest, min_decrypt;
-    bool reachable, describing;
-    uv_timer_t describe_timer;
 } vault;
 
 typedef enum { OP_GENERATE, OP_WRAP, OP_UNWRAP, OP_REWRAP, OP_ROTATE, OP_READ_KEY } op_kind;
@@ -112,13 +106,12 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
 {
     vcall *c = (vcall *)rc;
     vault *v = c->v;
+    kfd_remote_kms_answered(&v->rk, res);
     if (res->status != 0) {
-        v->reachable = res->status == -EACCES;
-        fail_call(c, res->status == -EACCES ? -EACCES : res->status, "vault unreachable: ",
+        fail_call(c, res->status, "vault unreachable: ",
                   res->error != NULL ? res->error : "transport error");
         return;
     }
-    v->reachable = true;
     if (res->code >= 400) {
         char why[400];
         vault_errors(res, why, sizeof(why));
@@ -249,8 +242,8 @@ static vcall *vcall_new(vault *v, op_kind kind, const char *volume_id, kfd_kms_c
     }
     c->v = v;
     c->kind = kind;
-    c->rc.http = v->http;
-    c->rc.token = v->token;
+    c->rc.http = v->rk.http;
+    c->rc.token = v->rk.token;
     c->rc.auth_format = "X-Vault-Token: ";
     c->rc.method = "POST";
     c->rc.done = on_done;
@@ -344,27 +337,14 @@ static void vault_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
     kfd_remote_start(&c->rc);
 }
 
-static void on_described(void *arg, const kfd_kms_result *res)
+static void read_key(kfd_remote_kms *k, kfd_kms_cb cb, void *arg)
 {
-    vault *v = arg;
-    v->describing = false;
-    if (res->status != 0)
-        kf_log_warn("kms_describe_failed", "backend=vault-transit error=%s", kf_log_q(res->message));
-}
-
-static void describe_now(vault *v)
-{
-    if (v->describing)
-        return;
-    vcall *c = vcall_new(v, OP_READ_KEY, NULL, on_described, v, "keys");
+    vcall *c = vcall_new((vault *)k, OP_READ_KEY, NULL, cb, arg, "keys");
     if (c == NULL)
         return;
-    v->describing = true;
     c->rc.method = "GET";
     kfd_remote_start(&c->rc);
 }
-
-static void on_describe_timer(uv_timer_t *t) { describe_now(t->data); }
 
 static void vault_describe(kfd_kms *base, kfd_kms_info *ret)
 {
@@ -372,35 +352,35 @@ static void vault_describe(kfd_kms *base, kfd_kms_info *ret)
     ret->backend = "vault-transit";
     ret->latest_version = v->latest;
     ret->min_decrypt_version = v->min_decrypt;
-    ret->reachable = v->reachable;
+    ret->reachable = v->rk.reachable;
 }
 
 /* Token fetch: AppRole login, or the token file plus renew-self. */
 static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
 {
-    vault *v = (vault *)((char *)rc - offsetof(vault, login));
+    vault *v = (vault *)kfd_remote_kms_of_login(rc);
     kfd_remote_clear(rc);
     kf_secbuf *file_token = v->file_token;
     v->file_token = NULL;
     if (res->status != 0) {
-        kfd_token_fetched(v->token, res->status, NULL, 0, 0, res->error);
+        kfd_token_fetched(v->rk.token, res->status, NULL, 0, 0, res->error);
     } else if (file_token != NULL && res->code == 400) {
         /* A token that cannot be renewed (a root or batch token) is used as it is. */
-        kfd_token_fetched(v->token, 0, (const char *)file_token->data, file_token->len, 0, NULL);
+        kfd_token_fetched(v->rk.token, 0, (const char *)file_token->data, file_token->len, 0, NULL);
     } else if (res->code != 200) {
         char why[400], msg[480];
         vault_errors(res, why, sizeof(why));
         snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s", file_token != NULL ? "token renewal" : "AppRole login",
                  res->code, why);
-        kfd_token_fetched(v->token, res->code == 400 || res->code == 403 ? -EACCES : -EIO, NULL, 0, 0, msg);
+        kfd_token_fetched(v->rk.token, res->code == 400 || res->code == 403 ? -EACCES : -EIO, NULL, 0, 0, msg);
     } else {
         json_t *j = kfd_remote_json(res);
         const char *tok = kfd_json_str(j, "auth", "client_token");
         json_int_t ttl = json_integer_value(json_object_get(json_object_get(j, "auth"), "lease_duration"));
         if (tok == NULL || ttl < 0)
-            kfd_token_fetched(v->token, -EIO, NULL, 0, 0, "the login answer has no auth.client_token");
+            kfd_token_fetched(v->rk.token, -EIO, NULL, 0, 0, "the login answer has no auth.client_token");
         else
-            kfd_token_fetched(v->token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
+            kfd_token_fetched(v->rk.token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
         json_decref(j);
     }
     kf_secbuf_free(file_token);
@@ -409,9 +389,9 @@ static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
 static void fetch_token(void *ctx, kfd_token *t)
 {
     vault *v = ctx;
-    kfd_remote_call *rc = &v->login;
+    kfd_remote_call *rc = &v->rk.login;
     memset(rc, 0, sizeof(*rc));
-    rc->http = v->http;
+    rc->http = v->rk.http;
     rc->method = "POST";
     rc->done = on_login;
     kf_err err = {0};
@@ -452,19 +432,13 @@ static void fetch_token(void *ctx, kfd_token *t)
     kfd_remote_start(rc);
 }
 
-static void on_vault_closed(uv_handle_t *h) { free(h->data); }
-
 static void vault_destroy(kfd_kms *base)
 {
     vault *v = (vault *)base;
-    kfd_http_free(v->http);
-    kfd_token_free(v->token);
-    kfd_remote_clear(&v->login);
     kf_secbuf_free(v->file_token);
     free(v->base), free(v->mount), free(v->key);
     free(v->token_file), free(v->role_id_file), free(v->secret_id_file);
-    uv_timer_stop(&v->describe_timer);
-    uv_close((uv_handle_t *)&v->describe_timer, on_vault_closed);
+    kfd_remote_kms_destroy(&v->rk);
 }
 
 static const kfd_kms_ops vault_ops = {
@@ -478,54 +452,30 @@ static const kfd_kms_ops vault_ops = {
     .destroy = vault_destroy,
 };
 
-static char *dup_or_null(const char *s, bool *ok)
-{
-    if (s == NULL)
-        return NULL;
-    char *d = strdup(s);
-    if (d == NULL)
-        *ok = false;
-    return d;
-}
-
 int kfd_kms_vault_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err)
 {
     vault *v = calloc(1, sizeof(*v));
     if (v == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
-    v->super.ops = &vault_ops;
-    v->super.loop = loop;
     v->min_decrypt = 1;
-    uv_timer_init(loop, &v->describe_timer);
-    uv_unref((uv_handle_t *)&v->describe_timer);
-    v->describe_timer.data = v;
     bool ok = asprintf(&v->base, "%s/v1", cfg->address) > 0;
     if (!ok)
         v->base = NULL;
-    v->mount = dup_or_null(cfg->mount != NULL ? cfg->mount : "transit", &ok);
-    v->key = dup_or_null(cfg->key, &ok);
-    v->token_file = dup_or_null(cfg->token_file, &ok);
-    v->role_id_file = dup_or_null(cfg->role_id_file, &ok);
-    v->secret_id_file = dup_or_null(cfg->secret_id_file, &ok);
-    kfd_http_opts opts = {.name = "vault",
-                          .ca_file = cfg->ca_file,
-                          .protocols = "https",
-                          .timeout_ms = (uint32_t)cfg->timeout_ms,
-                          .first_backoff_ms = 200,
-                          .max_retry_after_ms = 5000,
-                          .max_attempts = (int)cfg->attempts,
-                          .max_response = 64 * 1024};
-    int r = ok ? kfd_http_new(loop, &opts, &v->http, err) : kf_err_set(err, -ENOMEM, "out of memory");
-    if (r == 0 && (v->token = kfd_token_new(loop, "vault", fetch_token, v)) == NULL)
+    v->mount = kfd_strdup_opt(cfg->mount != NULL ? cfg->mount : "transit", &ok);
+    v->key = kfd_strdup_opt(cfg->key, &ok);
+    v->token_file = kfd_strdup_opt(cfg->token_file, &ok);
+    v->role_id_file = kfd_strdup_opt(cfg->role_id_file, &ok);
+    v->secret_id_file = kfd_strdup_opt(cfg->secret_id_file, &ok);
+    int r = kfd_remote_kms_init(&v->rk, loop, &vault_ops, cfg, "vault", 5000, fetch_token, read_key, err);
+    if (r == 0 && !ok)
         r = kf_err_set(err, -ENOMEM, "out of memory");
     if (r != 0) {
-        vault_destroy(&v->super);
+        vault_destroy(&v->rk.super);
         return r;
     }
-    /* Learn the key's versions without delaying start-up; a down Vault shows in readyz. */
-    uv_timer_start(&v->describe_timer, on_describe_timer, 0, DESCRIBE_INTERVAL_MS);
+    kfd_remote_kms_start(&v->rk);
     kf_log_info("kms_open", "backend=vault-transit address=%s mount=%s key=%s auth=%s", kf_log_q(cfg->address),
                 v->mount, v->key, v->token_file != NULL ? "token" : "approle");
-    *ret = &v->super;
+    *ret = &v->rk.super;
     return 0;
 }
