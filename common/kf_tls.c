@@ -19,15 +19,17 @@ static void free_identity(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, 
 
 static void ex_init(void) { ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, free_identity); }
 
-static const unsigned char ALPN_H2[] = {2, 'h', '2'};
+static const char *const PREFS_H2[] = {"h2", NULL};
+static const char *const PREFS_H2_HTTP11[] = {"h2", "http/1.1", NULL};
+static const char *const PREFS_RAFT[] = {KF_ALPN_RAFT, NULL};
 
+/* arg: the server's NULL-terminated preference list. */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
                        unsigned int inlen, void *arg)
 {
     (void)ssl;
-    const bool accept_http11 = arg != NULL;
-    static const char *const prefs[] = {"h2", "http/1.1"};
-    for (size_t p = 0; p < (accept_http11 ? 2u : 1u); p++) {
+    const char *const *prefs = arg;
+    for (size_t p = 0; prefs[p] != NULL; p++) {
         size_t plen = strlen(prefs[p]);
         for (unsigned int i = 0; i < inlen;) {
             unsigned int l = in[i];
@@ -91,10 +93,18 @@ int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
         SSL_CTX_set_num_tickets(ctx, 0);
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE);
-        SSL_CTX_set_alpn_select_cb(ctx, alpn_select, opts->server_accept_http11 ? (void *)1 : NULL);
+        const char *const *prefs = opts->alpn_raft               ? PREFS_RAFT
+                                   : opts->server_accept_http11 ? PREFS_H2_HTTP11
+                                                                : PREFS_H2;
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select, (void *)prefs);
     } else {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-        if (SSL_CTX_set_alpn_protos(ctx, ALPN_H2, sizeof(ALPN_H2)) != 0) {
+        unsigned char wire[64];
+        const char *proto = opts->alpn_raft ? KF_ALPN_RAFT : "h2";
+        size_t plen = strlen(proto);
+        wire[0] = (unsigned char)plen;
+        memcpy(wire + 1, proto, plen);
+        if (SSL_CTX_set_alpn_protos(ctx, wire, (unsigned)(plen + 1)) != 0) {
             r = kf_err_openssl(err, -EINVAL, "setting ALPN");
             goto fail;
         }

@@ -26,7 +26,12 @@ typedef struct kf_tls_opts {
     /* Server only: also accept ALPN http/1.1, so an HTTP/1.1 client gets a clear HTTP error
      * instead of a handshake failure. Clients always offer h2 only. */
     bool server_accept_http11;
+    /* Speak KF_ALPN_RAFT instead of h2, so that the Raft port and the RPC port can never be
+     * mistaken for each other. */
+    bool alpn_raft;
 } kf_tls_opts;
+
+#define KF_ALPN_RAFT "keyfleet-raft/1"
 
 int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err);
 

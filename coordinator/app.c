@@ -9,12 +9,17 @@
 #include <openssl/rand.h>
 
 #include "kf_log.h"
+#include "replication.h"
 #include "webhook.h"
 
 #define EXPIRY_TICK_MS 1000
 
 static void on_timer_closed(uv_handle_t *h) { (void)h; }
-static void flush_commits(uv_timer_t *t);
+
+typedef struct kfd_commit_item {
+    kfd_commit_cb cb;
+    void *arg;
+} kfd_commit_item;
 
 static void on_expiry_tick(uv_timer_t *t) { kfd_approvals_expire(t->data); }
 
@@ -37,21 +42,13 @@ int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
     if (cfg->webhook_url != NULL &&
         (r = kfd_webhook_new(srv->loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
         return r;
-    char *yaml = NULL;
-    if (!kfd_store_failed(app->store) && kfd_store_get_policy(app->store, &yaml, &app->policy_version) == 0) {
-        kf_err perr = {0};
-        if (kfd_policy_parse("policy", yaml != NULL ? yaml : "", yaml != NULL ? strlen(yaml) : 0, &app->policy,
-                             &perr) != 0)
-            kf_log_error("policy_load_failed", "version=%llu error=%s action=\"denying everything\"",
-                         (unsigned long long)app->policy_version, kf_log_q(perr.msg));
-        free(yaml);
-    }
+    kfd_app_load_policy(app);
+    if ((r = kfd_repl_open(app, err)) != 0)
+        return kf_err_wrap(err, "replication");
     kfd_kms_info info;
     app->kms->ops->describe(app->kms, &info);
     kf_log_info("app_ready", "kms=%s kek_version=%u policy_version=%llu store=%s", info.backend, info.latest_version,
                 (unsigned long long)app->policy_version, kfd_store_failed(app->store) ? "failed" : "ok");
-    uv_timer_init(srv->loop, &app->flush_timer);
-    app->flush_timer.data = app;
     uv_timer_init(srv->loop, &app->expiry_timer);
     app->expiry_timer.data = app;
     uv_timer_start(&app->expiry_timer, on_expiry_tick, EXPIRY_TICK_MS, EXPIRY_TICK_MS);
@@ -61,14 +58,8 @@ int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
 
 void kfd_app_close(kfd_app *app)
 {
-    /* Whatever is still queued is applied before the store closes. */
-    if (app->flush_timer.loop != NULL) {
-        flush_commits(&app->flush_timer);
-        if (!uv_is_closing((uv_handle_t *)&app->flush_timer)) {
-            uv_timer_stop(&app->flush_timer);
-            uv_close((uv_handle_t *)&app->flush_timer, on_timer_closed);
-        }
-    }
+    /* Raft first: it may still apply committed entries to the store while it stops. */
+    kfd_repl_close(app);
     if (app->expiry_timer.loop != NULL && !uv_is_closing((uv_handle_t *)&app->expiry_timer)) {
         uv_timer_stop(&app->expiry_timer);
         uv_close((uv_handle_t *)&app->expiry_timer, on_timer_closed);
@@ -85,6 +76,27 @@ void kfd_app_close(kfd_app *app)
     app->policy = NULL;
     app->kms = NULL;
     app->store = NULL;
+}
+
+void kfd_app_load_policy(kfd_app *app)
+{
+    char *yaml = NULL;
+    uint64_t version = 0;
+    if (kfd_store_failed(app->store) || kfd_store_get_policy(app->store, &yaml, &version) != 0)
+        return;
+    if (version == app->policy_version && app->policy != NULL) {
+        free(yaml);
+        return;
+    }
+    kfd_policy *parsed = NULL;
+    kf_err perr = {0};
+    if (kfd_policy_parse("policy", yaml != NULL ? yaml : "", yaml != NULL ? strlen(yaml) : 0, &parsed, &perr) != 0)
+        kf_log_error("policy_load_failed", "version=%llu error=%s action=\"denying everything\"",
+                     (unsigned long long)version, kf_log_q(perr.msg));
+    free(yaml);
+    kfd_policy_free(app->policy);
+    app->policy = parsed;
+    app->policy_version = version;
 }
 
 bool kfd_app_ready(const kfd_app *app, const char **ret_why)
@@ -109,100 +121,37 @@ bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why)
     return info.reachable;
 }
 
-typedef struct kfd_commit_item {
-    uint8_t *packed;
-    size_t len;
-    kfd_commit_cb cb;
-    void *arg;
-    struct kfd_commit_item *next;
-} kfd_commit_item;
-
-#define BATCH_MAX 256
-
-static void flush_commits(uv_timer_t *t)
+static void on_replicated(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
-    kfd_app *app = t->data;
-    app->flush_scheduled = false;
-    while (app->queue_head != NULL) {
-        kfd_commit_item *items[BATCH_MAX];
-        Keyfleet__V1__StateCommand *cmds[BATCH_MAX];
-        int statuses[BATCH_MAX];
-        kfd_apply_result results[BATCH_MAX];
-        static kf_err errs[BATCH_MAX];
-        size_t n = 0;
-        while (app->queue_head != NULL && n < BATCH_MAX) {
-            kfd_commit_item *it = app->queue_head;
-            app->queue_head = it->next;
-            app->queued--;
-            items[n] = it;
-            cmds[n] = keyfleet__v1__state_command__unpack(NULL, it->len, it->packed);
-            n++;
-        }
-        if (app->queue_head == NULL)
-            app->queue_tail = NULL;
-        /* Entries that fail to decode cannot happen (we just encoded them); fail them closed. */
-        size_t good = 0;
-        const Keyfleet__V1__StateCommand *batch[BATCH_MAX];
-        size_t map[BATCH_MAX];
-        for (size_t i = 0; i < n; i++) {
-            if (cmds[i] != NULL) {
-                map[good] = i;
-                batch[good++] = cmds[i];
-            } else {
-                statuses[i] = -EIO;
-                results[i].audit_seq = 0;
-                kf_err_set(&errs[i], -EIO, "state command could not be decoded");
-            }
-        }
-        int bstatus[BATCH_MAX];
-        kfd_apply_result bres[BATCH_MAX];
-        static kf_err berr[BATCH_MAX];
-        if (good > 0)
-            kfd_store_apply_batch(app->store, batch, good, bstatus, bres, berr);
-        for (size_t k = 0; k < good; k++) {
-            statuses[map[k]] = bstatus[k];
-            results[map[k]] = bres[k];
-            errs[map[k]] = berr[k];
-        }
-        app->batches++;
-        app->batched_commands += n;
-        for (size_t i = 0; i < n; i++) {
-            if (cmds[i] != NULL)
-                keyfleet__v1__state_command__free_unpacked(cmds[i], NULL);
-            items[i]->cb(items[i]->arg, statuses[i], &results[i], &errs[i]);
-            free(items[i]->packed);
-            free(items[i]);
-        }
-    }
+    kfd_commit_item *it = arg;
+    it->cb(it->arg, status, res, err);
+    free(it);
 }
 
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)
 {
     cmd->command_id = ++app->next_command_id;
     cmd->proposer = app->srv->cfg->name;
-    kfd_commit_item *it = calloc(1, sizeof(*it));
+    uint8_t stackbuf[4096];
     size_t len = protobuf_c_message_get_packed_size(&cmd->base);
-    if (it == NULL || (it->packed = malloc(len > 0 ? len : 1)) == NULL) {
+    uint8_t *packed = len <= sizeof(stackbuf) ? stackbuf : malloc(len);
+    kfd_commit_item *it = calloc(1, sizeof(*it));
+    if (it == NULL || packed == NULL) {
         free(it);
+        if (packed != stackbuf)
+            free(packed);
         kf_err err;
         kf_err_set(&err, -ENOMEM, "out of memory");
         kfd_apply_result res = {0};
         cb(arg, -ENOMEM, &res, &err);
         return;
     }
-    it->len = protobuf_c_message_pack(&cmd->base, it->packed);
+    protobuf_c_message_pack(&cmd->base, packed);
     it->cb = cb;
     it->arg = arg;
-    if (app->queue_tail != NULL)
-        app->queue_tail->next = it;
-    else
-        app->queue_head = it;
-    app->queue_tail = it;
-    app->queued++;
-    if (!app->flush_scheduled) {
-        app->flush_scheduled = true;
-        uv_timer_start(&app->flush_timer, flush_commits, 0, 0);
-    }
+    kfd_repl_submit(app->repl, packed, len, on_replicated, it);
+    if (packed != stackbuf)
+        free(packed);
 }
 
 void kfd_audit_fill(kfd_audit_buf *b, const kfd_call *call, const char *action, Keyfleet__V1__Decision decision,

@@ -24,11 +24,7 @@ typedef struct kfd_app {
     kfd_webhook *webhook;
     uv_timer_t expiry_timer;
     uint64_t next_command_id;
-    /* Group commit: commands queued during one loop turn are applied in one transaction. */
-    struct kfd_commit_item *queue_head, *queue_tail;
-    size_t queued;
-    uv_timer_t flush_timer;
-    bool flush_scheduled;
+    struct kfd_repl *repl; /* Raft (replication.h): every command goes through it */
     uint64_t batches, batched_commands;
 } kfd_app;
 
@@ -41,11 +37,13 @@ bool kfd_app_ready(const kfd_app *app, const char **ret_why);
 /* For /readyz only: whether the last KMS call got an answer. Requests still try the KMS, so
  * service resumes by itself when it is back. */
 bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why);
+/* (Re)loads the policy in force from the store: at start, and whenever one is applied. */
+void kfd_app_load_policy(kfd_app *app);
 
-/* Commits a state command. The callback runs once the command is durable, on a later loop turn:
- * commands queued during one turn share one transaction and one fsync (group commit); with
- * replication, once committed by a majority and applied. cmd is serialized at once and may be
- * freed when kfd_commit returns. status is 0 or a negative errno with err set. */
+/* Commits a state command through Raft. The callback runs once a majority has it durably in
+ * its log and it is applied here (libraft batches the log writes of concurrent commands into
+ * one fsync), or with -EAGAIN when this coordinator is not the leader. cmd is serialized at once
+ * and may be freed when kfd_commit returns. status is 0 or a negative errno with err set. */
 typedef void (*kfd_commit_cb)(void *arg, int status, const kfd_apply_result *res, const kf_err *err);
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg);
 

@@ -96,6 +96,7 @@ typedef struct raw_config {
     tls_section tls;
     kfd_limits limits;
     kfd_kms_config kms;
+    kfd_cluster_config cluster;
     approvals_section approvals;
     webhook_section webhook;
 } raw_config;
@@ -112,6 +113,7 @@ static const kf_yaml_field top_fields[] = {
     {"kms", kfd_kms_config_decode, offsetof(raw_config, kms), NULL, false},
     {"approvals", dec_approvals, offsetof(raw_config, approvals), NULL, false},
     {"webhook", dec_webhook, offsetof(raw_config, webhook), NULL, false},
+    {"cluster", kfd_cluster_config_decode, offsetof(raw_config, cluster), NULL, false},
 };
 
 
@@ -153,6 +155,7 @@ void kfd_config_free(kfd_config *cfg)
     free(cfg->user);
     free(cfg->log_level);
     kfd_kms_config_clear(&cfg->kms);
+    kfd_cluster_config_clear(&cfg->cluster);
     free(cfg->totp_dir);
     free(cfg->webhook_url);
     free(cfg->webhook_secret_file);
@@ -174,11 +177,14 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .shutdown_grace_ms = 10000},
         .approvals = {.poll_ms = 2000},
     };
+    kfd_cluster_config_defaults(&raw.cluster);
     r = kf_yaml_decode_map(doc, doc->root, top_fields, sizeof(top_fields) / sizeof(top_fields[0]), &raw, err);
     if (r == 0 && !kf_name_valid(raw.name, strlen(raw.name)))
         r = kf_yaml_error(doc, find_key(doc->root, "name"), err, "name must be 1..63 of [A-Za-z0-9._-]");
     if (r == 0)
         r = validate_listen(doc, &raw.listen, err);
+    if (r == 0)
+        r = kfd_cluster_config_check(&raw.cluster, raw.name, doc, find_key(doc->root, "cluster"), err);
     kf_log_level lvl;
     if (r == 0 && raw.log_level != NULL && kf_log_level_parse(raw.log_level, &lvl) != 0)
         r = kf_yaml_error(doc, find_key(doc->root, "log_level"), err, "log_level must be debug, info, warn or error");
@@ -201,6 +207,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         cfg->log_level = raw.log_level;
         cfg->limits = raw.limits;
         cfg->kms = raw.kms;
+        cfg->cluster = raw.cluster;
         int kms_ok = kfd_kms_config_resolve(&cfg->kms, path, cfg->state_dir) == 0;
         cfg->approval_poll_ms = raw.approvals.poll_ms;
         cfg->totp_dir = kf_config_path(path, raw.approvals.totp_dir);
@@ -228,6 +235,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
     free(raw.user);
     free(raw.log_level);
     kfd_kms_config_clear(&raw.kms);
+    kfd_cluster_config_clear(&raw.cluster);
     free(raw.approvals.totp_dir);
     free(raw.webhook.url);
     free(raw.webhook.secret_file);

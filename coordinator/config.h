@@ -9,6 +9,7 @@
 #include "kf_tls.h"
 #include "kf_log.h"
 #include "kf_yaml.h"
+#include "cluster_config.h"
 #include "kms_config.h"
 
 typedef struct kfd_limits {
@@ -32,6 +33,7 @@ typedef struct kfd_config {
     char *log_level;
     kfd_limits limits;
     kfd_kms_config kms;
+    kfd_cluster_config cluster;
     uint64_t approval_poll_ms; /* retry delay given to agents while PENDING */
     char *totp_dir;      /* optional: OPERATOR.b32 files; operators with one must give a TOTP code */
     char *webhook_url;   /* optional: notified of each new pending request */

@@ -9,6 +9,7 @@
 
 #include "app.h"
 #include "kf_log.h"
+#include "replication.h"
 #include "rpc.h"
 #include "server.h"
 
@@ -263,6 +264,20 @@ int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
         kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "request body of %zu bytes exceeds the limit of %u",
                        req->entity.len, srv->cfg->limits.max_body_bytes);
         return 0;
+    }
+    if (m->write) {
+        /* Writes go to the leader; say where it is so clients go there directly. */
+        const char *why = NULL, *not_ready = NULL;
+        char leader[280];
+        /* A coordinator that is not ready (failed store) lets the handler explain why. */
+        if (kfd_app_ready(srv->app, &not_ready) && !kfd_repl_writable(srv->app->repl, &why, leader, sizeof(leader))) {
+            if (leader[0] != '\0')
+                h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("keyfleet-leader"), 0, NULL,
+                                      h2o_strdup(&req->pool, leader, SIZE_MAX).base, strlen(leader));
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s%s%s", why, leader[0] != '\0' ? "; the leader is " : "",
+                           leader);
+            return 0;
+        }
     }
     if (m->fn == kfd_rpc_login) {
         /* The one call made before there is an identity: it is how a node gets one. */

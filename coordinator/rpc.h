@@ -7,6 +7,8 @@
 #include "keyfleet/v1/state.pb-c.h"
 
 void kfd_rpc_cluster_status(kfd_call *call);
+void kfd_rpc_add_member(kfd_call *call);
+void kfd_rpc_remove_member(kfd_call *call);
 
 /* AppRole (rpc_approle.c). Login is the one RPC callable without an identity. */
 void kfd_rpc_login(kfd_call *call);

@@ -12,6 +12,7 @@
 #include <liboath/oath.h>
 
 #include "app.h"
+#include "replication.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 
@@ -307,8 +308,10 @@ static void on_expired(void *arg, int status, const kfd_apply_result *res, const
 
 void kfd_approvals_expire(kfd_app *app)
 {
-    if (kfd_store_failed(app->store))
-        return;
+    const char *why;
+    char leader[8];
+    if (kfd_store_failed(app->store) || !kfd_repl_writable(app->repl, &why, leader, sizeof(leader)))
+        return; /* the leader expires them */
     static char ids[EXPIRE_BATCH][65];
     size_t n = 0;
     if (kfd_store_expired_pending(app->store, time(NULL), ids, EXPIRE_BATCH, &n) != 0 || n == 0)
@@ -406,11 +409,7 @@ static void on_policy_put(void *arg, int status, const kfd_apply_result *res, co
     put_op *op = arg;
     kfd_call *call = op->base.call;
     if (status == 0) {
-        /* The store has it now: the policy in force changes whether or not the caller is still there. */
-        kfd_policy_free(op->app->policy);
-        op->app->policy = op->parsed;
-        op->app->policy_version = op->version;
-        op->parsed = NULL;
+        /* Applying it loaded it on every replica (kfd_app_load_policy). */
         kf_log_info("policy_put", "version=%llu rules=%zu", (unsigned long long)op->version,
                     kfd_policy_rule_count(op->app->policy));
     }

@@ -6,29 +6,35 @@
 #include "rpc.h"
 #include "server.h"
 
-#define NODE(m, req, fn) {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn}
-#define ADMIN(m, req, fn) {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn}
+/* W: changes state, so only the Raft leader serves it; R: served by any replica from its copy. */
+#define W true
+#define R false
+#define NODE(m, req, fn, w) {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn, w}
+#define ADMIN(m, req, fn, w)                                                                                         \
+    {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn, w}
 
 const kfd_method kfd_methods[] = {
-    NODE("Enroll", enroll_request, kfd_rpc_enroll),
-    NODE("Release", release_request, kfd_rpc_release),
-    NODE("Login", login_request, kfd_rpc_login),
-    NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat),
-    ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending),
-    ADMIN("Approve", approve_request, kfd_rpc_approve),
-    ADMIN("Deny", deny_request, kfd_rpc_deny),
-    ADMIN("QueryAudit", query_audit_request, kfd_rpc_query_audit),
-    ADMIN("VerifyAudit", verify_audit_request, kfd_rpc_verify_audit),
-    ADMIN("GetPolicy", get_policy_request, kfd_rpc_get_policy),
-    ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy),
-    ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy),
-    ADMIN("RevokeNode", revoke_node_request, kfd_rpc_revoke_node),
-    ADMIN("CreateRole", create_role_request, kfd_rpc_create_role),
-    ADMIN("GetRole", get_role_request, kfd_rpc_get_role),
-    ADMIN("CreateSecretId", create_secret_id_request, kfd_rpc_create_secret_id),
-    ADMIN("RevokeRole", revoke_role_request, kfd_rpc_revoke_role),
-    ADMIN("ClusterStatus", cluster_status_request, kfd_rpc_cluster_status),
-    ADMIN("RotateKms", rotate_kms_request, kfd_rpc_rotate_kms),
+    NODE("Enroll", enroll_request, kfd_rpc_enroll, W),
+    NODE("Release", release_request, kfd_rpc_release, W),
+    NODE("Login", login_request, kfd_rpc_login, W),
+    NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat, W),
+    ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending, R),
+    ADMIN("Approve", approve_request, kfd_rpc_approve, W),
+    ADMIN("Deny", deny_request, kfd_rpc_deny, W),
+    ADMIN("QueryAudit", query_audit_request, kfd_rpc_query_audit, R),
+    ADMIN("VerifyAudit", verify_audit_request, kfd_rpc_verify_audit, R),
+    ADMIN("GetPolicy", get_policy_request, kfd_rpc_get_policy, R),
+    ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy, W),
+    ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy, R),
+    ADMIN("RevokeNode", revoke_node_request, kfd_rpc_revoke_node, W),
+    ADMIN("CreateRole", create_role_request, kfd_rpc_create_role, W),
+    ADMIN("GetRole", get_role_request, kfd_rpc_get_role, R),
+    ADMIN("CreateSecretId", create_secret_id_request, kfd_rpc_create_secret_id, W),
+    ADMIN("RevokeRole", revoke_role_request, kfd_rpc_revoke_role, W),
+    ADMIN("ClusterStatus", cluster_status_request, kfd_rpc_cluster_status, R),
+    ADMIN("RotateKms", rotate_kms_request, kfd_rpc_rotate_kms, W),
+    ADMIN("AddMember", add_member_request, kfd_rpc_add_member, W),
+    ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
 };
 
 const size_t kfd_methods_count = sizeof(kfd_methods) / sizeof(kfd_methods[0]);

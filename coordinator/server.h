@@ -52,6 +52,7 @@ typedef struct kfd_method {
     const ProtobufCMessageDescriptor *request_desc;
     kf_peer_kind caller; /* who may call it */
     kfd_method_fn fn;    /* NULL: not implemented yet (answers unimplemented) */
+    bool write;          /* changes state: served by the Raft leader only */
 } kfd_method;
 
 /* The RPC table (rpc_table.c). */

@@ -44,6 +44,10 @@ static const char *const migrations[] = {
     "CREATE TABLE tokens ("
     "  token_id TEXT PRIMARY KEY, role_name TEXT NOT NULL, token_hash BLOB NOT NULL, expires_at INTEGER NOT NULL);"
     "CREATE INDEX tokens_role ON tokens(role_name);",
+    /* 3: replication. The applied Raft index commits with each command, so replays are skipped. */
+    "CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1), applied_index INTEGER NOT NULL);"
+    "INSERT INTO raft_state (id, applied_index) VALUES (1, 0);"
+    "CREATE INDEX audit_request ON audit(request_id);",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -62,6 +66,7 @@ static const char *const sql[ST_COUNT] = {
     [ST_TOKEN_INSERT] = "INSERT INTO tokens (token_id, role_name, token_hash, expires_at) VALUES (?, ?, ?, ?)",
     [ST_TOKEN_GET] = "SELECT token_hash, role_name, expires_at FROM tokens WHERE token_id = ?",
     [ST_TOKEN_DELETE_ROLE] = "DELETE FROM tokens WHERE role_name = ?",
+    [ST_APPLIED_SET] = "UPDATE raft_state SET applied_index = ? WHERE id = 1",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -174,19 +179,29 @@ static int migrate(kfd_store *s, kf_err *err)
     return 0;
 }
 
-int kfd_store_open(const char *path, kfd_store **ret, kf_err *err)
+static int load_applied(kfd_store *s, kf_err *err)
 {
-    kfd_store *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return kf_err_set(err, -ENOMEM, "out of memory");
-    *ret = s;
-    int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT applied_index FROM raft_state WHERE id = 1", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return kfd_store_sql_error(s, rc, "reading the applied index", err);
+    rc = sqlite3_step(st);
+    s->applied_index = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : kfd_store_sql_error(s, rc == SQLITE_DONE ? SQLITE_CORRUPT : rc, "reading the applied index", err);
+}
+
+int kfd_store_open_db(kfd_store *s, kf_err *err)
+{
+    int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK)
         return kfd_store_sql_error(s, rc, "opening the database", err);
     sqlite3_extended_result_codes(s->db, 1);
     int r = exec(s, "PRAGMA journal_mode = WAL", "setting WAL mode", err);
+    /* NORMAL, not FULL: the Raft log is fsynced before a command is applied, and a transaction
+     * lost to a power cut is applied again from it (the applied index rolls back with it). */
     if (r == 0)
-        r = exec(s, "PRAGMA synchronous = FULL", "setting synchronous", err);
+        r = exec(s, "PRAGMA synchronous = NORMAL", "setting synchronous", err);
     if (r == 0)
         r = exec(s, "PRAGMA foreign_keys = ON", "setting foreign keys", err);
     if (r == 0)
@@ -198,16 +213,40 @@ int kfd_store_open(const char *path, kfd_store **ret, kf_err *err)
     }
     if (r == 0)
         r = kfd_store_load_audit_head(s, err);
+    if (r == 0)
+        r = load_applied(s, err);
     return r;
+}
+
+void kfd_store_close_db(kfd_store *s)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        sqlite3_finalize(s->st[i]);
+        s->st[i] = NULL;
+    }
+    sqlite3_close(s->db);
+    s->db = NULL;
+}
+
+int kfd_store_open(const char *path, kfd_store **ret, kf_err *err)
+{
+    kfd_store *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    *ret = s;
+    if (snprintf(s->path, sizeof(s->path), "%s", path) >= (int)sizeof(s->path)) {
+        s->failed = true;
+        snprintf(s->failure, sizeof(s->failure), "database path too long");
+        return kf_err_set(err, -ENAMETOOLONG, "%s", s->failure);
+    }
+    return kfd_store_open_db(s, err);
 }
 
 void kfd_store_close(kfd_store *s)
 {
     if (s == NULL)
         return;
-    for (int i = 0; i < ST_COUNT; i++)
-        sqlite3_finalize(s->st[i]);
-    sqlite3_close(s->db);
+    kfd_store_close_db(s);
     free(s);
 }
 
@@ -408,8 +447,8 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
     }
 }
 
-int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, int *statuses,
-                          kfd_apply_result *results, kf_err *errs)
+int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, uint64_t raft_index,
+                          int *statuses, kfd_apply_result *results, kf_err *errs)
 {
     kf_err tx_err = {0};
     for (size_t i = 0; i < n; i++) {
@@ -432,7 +471,8 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         if ((r = kfd_store_step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
             break;
         uint64_t seq = 0;
-        int cr = apply_one(s, cmds[i], &seq, &errs[i]);
+        int cr = cmds[i] != NULL ? apply_one(s, cmds[i], &seq, &errs[i])
+                                 : kf_err_set(&errs[i], -EINVAL, "replicated entry could not be decoded");
         if (cr != 0 && s->failed) {
             r = cr;
             tx_err = errs[i];
@@ -448,6 +488,11 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
             r = kfd_store_step_done(s, kfd_store_stmt(s, ST_RELEASE), "releasing a savepoint", &tx_err);
         statuses[i] = cr;
         results[i].audit_seq = cr == 0 ? seq : 0;
+    }
+    if (r == 0 && raft_index != 0) {
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_APPLIED_SET);
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)raft_index);
+        r = kfd_store_step_done(s, st, "recording the applied index", &tx_err);
     }
     if (r == 0)
         r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", &tx_err);
@@ -465,6 +510,8 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
     }
     s->head_seq = s->tx_head_seq;
     memcpy(s->head_hash, s->tx_head_hash, KFD_HASH_LEN);
+    if (raft_index != 0)
+        s->applied_index = raft_index;
     return 0;
 }
 
@@ -474,7 +521,7 @@ int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_app
     int status;
     kfd_apply_result res = {0};
     kf_err e = {0};
-    kfd_store_apply_batch(s, cmds, 1, &status, &res, &e);
+    kfd_store_apply_batch(s, cmds, 1, 0, &status, &res, &e);
     if (ret != NULL)
         *ret = res;
     if (status != 0 && err != NULL)

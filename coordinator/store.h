@@ -41,8 +41,21 @@ int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_app
  * its own savepoint, so an invalid one (statuses[i] < 0, errs[i] says why) changes nothing and
  * does not affect the others. Returns 0 when the transaction committed, or -EIO when it did not
  * (then every status is -EIO and nothing changed). */
-int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, int *statuses,
-                          kfd_apply_result *results, kf_err *errs);
+int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, uint64_t raft_index,
+                          int *statuses, kfd_apply_result *results, kf_err *errs);
+
+/* --- replication (store_snapshot.c) --- */
+
+/* The Raft log index of the last applied entry (0: none). apply_batch records raft_index, when
+ * not 0, in the same transaction; a NULL command there stands for an undecodable entry. */
+uint64_t kfd_store_applied_index(const kfd_store *s);
+/* Forgets the applied index (a new Raft log was just bootstrapped over existing state). */
+int kfd_store_reset_applied(kfd_store *s, kf_err *err);
+/* The whole database as one image (sqlite3_serialize; free with sqlite3_free). */
+int kfd_store_serialize(kfd_store *s, unsigned char **ret, size_t *ret_len, kf_err *err);
+/* Replaces the database with an image from kfd_store_serialize: written beside it, fsynced,
+ * renamed over it, reopened. On failure the store is failed (restart to recover). */
+int kfd_store_replace(kfd_store *s, const unsigned char *image, size_t len, kf_err *err);
 
 /* --- reads --- */
 

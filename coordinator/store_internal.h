@@ -46,10 +46,12 @@ enum {
     ST_TOKEN_INSERT,
     ST_TOKEN_GET,
     ST_TOKEN_DELETE_ROLE,
+    ST_APPLIED_SET,
     ST_COUNT
 };
 
 struct kfd_store {
+    char path[4096];
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
     bool failed;
@@ -57,7 +59,14 @@ struct kfd_store {
     /* The audit chain's head: committed, and tentative inside a transaction. */
     uint64_t head_seq, tx_head_seq;
     uint8_t head_hash[KFD_HASH_LEN], tx_head_hash[KFD_HASH_LEN];
+    /* The last Raft log index applied, committed in the same transaction as its command. */
+    uint64_t applied_index;
 };
+
+/* Opens s->path into s (prepares statements, loads the chain head and applied index). */
+int kfd_store_open_db(kfd_store *s, kf_err *err);
+/* Closes the database handle and statements, keeping s. */
+void kfd_store_close_db(kfd_store *s);
 
 /* Marks the store failed on a fault-class sqlite error; returns -EIO for faults, or the errno
  * that matches a constraint violation. */

@@ -54,9 +54,16 @@ static int load_config(kfctl *ctl)
     return 0;
 }
 
-kf_rpc_client *kfctl_client(kfctl *ctl)
+int kfctl_client_config(kfctl *ctl)
 {
     if ((ctl->servers.n == 0 || ctl->cert == NULL || ctl->key == NULL || ctl->ca == NULL) && load_config(ctl) != 0)
+        return -1;
+    return 0;
+}
+
+kf_rpc_client *kfctl_client(kfctl *ctl)
+{
+    if (kfctl_client_config(ctl) != 0)
         return NULL;
     kf_rpc_opts opts = {
         .servers = (const char *const *)ctl->servers.v,

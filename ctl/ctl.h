@@ -13,6 +13,8 @@ typedef struct kfctl {
     char *cert, *key, *ca;
 } kfctl;
 
+/* Loads the config (if not yet): servers, cert, key, ca. Prints the error and returns -1. */
+int kfctl_client_config(kfctl *ctl);
 /* Loads the config (if not yet) and opens a client; prints the error and returns NULL on failure. */
 kf_rpc_client *kfctl_client(kfctl *ctl);
 /* Calls method; prints a Connect error as "keyfleetctl: CODE: message". Returns 0 on OK. */
@@ -35,5 +37,6 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_cluster(kfctl *ctl, int argc, char **argv);
 
 #endif

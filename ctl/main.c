@@ -25,6 +25,7 @@ static void usage(FILE *f)
                "  policy get | put FILE | check NODE VOLUME_ID [--source IP]\n"
                "  node revoke NAME [REASON]\n"
                "  kms rotate           new KMS key version for new wraps\n"
+               "  cluster status | cluster add NAME --raft HOST:PORT --rpc HOST:PORT | cluster remove NAME\n"
                "  approle create NAME --node NODE [--cidr C]... [--token-ttl D] [--secret-id-ttl D]\n"
                "          [--secret-id-uses N] | show NAME | secret-id NAME [--out FILE] | revoke NAME\n");
 }
@@ -95,7 +96,7 @@ int main(int argc, char **argv)
         {"init", kfctl_cmd_init},       {"cert", kfctl_cmd_cert},       {"status", kfctl_cmd_status},
         {"pending", kfctl_cmd_pending}, {"approve", kfctl_cmd_approve}, {"deny", kfctl_cmd_deny},
         {"audit", kfctl_cmd_audit},     {"policy", kfctl_cmd_policy},   {"node", kfctl_cmd_node},
-        {"kms", kfctl_cmd_kms},         {"approle", kfctl_cmd_approle},
+        {"kms", kfctl_cmd_kms},         {"approle", kfctl_cmd_approle}, {"cluster", kfctl_cmd_cluster},
     };
     size_t i = 0;
     while (i < sizeof(commands) / sizeof(commands[0]) && strcmp(commands[i].name, cmd) != 0)

@@ -1,5 +1,6 @@
 /* node_client: plays a node for the integration tests, through the same client code the agent
  * uses (kf_node_client). One line of key=value output per call.
+ * SERVER may be a comma-separated list of coordinators (tried in turn, leader hints followed).
  *   node_client SERVER CERT KEY CA enroll VOLUME_ID [NAME [LABEL=VALUE...]]
  *     -> code=ok wrapped=... key=HEX offline=0|1
  *   node_client SERVER CERT KEY CA release VOLUME_ID WRAPPED [REQUEST_ID]
@@ -25,8 +26,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: node_client SERVER CERT KEY CA enroll|release VOLUME_ID ...\n");
         return 1;
     }
-    const char *servers[] = {argv[1]};
-    kf_rpc_opts opts = {.servers = servers, .n_servers = 1, .cert_file = argv[2], .key_file = argv[3],
+    const char *servers[8];
+    size_t n_servers = 0;
+    for (char *save = NULL, *tok = strtok_r(argv[1], ",", &save); tok != NULL && n_servers < 8;
+         tok = strtok_r(NULL, ",", &save))
+        servers[n_servers++] = tok;
+    kf_rpc_opts opts = {.servers = servers, .n_servers = n_servers, .cert_file = argv[2], .key_file = argv[3],
                         .ca_file = argv[4], .timeout_ms = 10000};
     kf_err err = {0};
     kf_identity me;

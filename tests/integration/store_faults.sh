@@ -2,7 +2,7 @@
 # Store faults fail closed: with a corrupt database, a read-only state directory or a full
 # disk, releases answer unavailable, no key goes out, the error is logged and /readyz says so.
 # After the fault is cleared, a restart recovers. The read-only and full-disk cases run the
-# coordinator in a private mount namespace (a read-only bind mount; a 1 MiB tmpfs).
+# coordinator in a private mount namespace (a read-only bind mount; a 24 MiB tmpfs).
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -51,9 +51,9 @@ start_kfd "$F"
 expect_match "read-only fixed, restarted: releasing again" "$(node "$F" n1 release vol-1 "$WRAP")" "^code=ok status=released key=$KEY "
 stop_kfd TERM
 
-# 3. A full disk: the state directory on a 1 MiB tmpfs that we fill up.
+# 3. A full disk: the state directory on a 24 MiB tmpfs that we fill up.
 cp -a "$F/state" "$WORK/state.copy"
-unshare -m bash -c "mount -t tmpfs -o size=1m tmpfs '$F/state' && cp -a '$WORK/state.copy/.' '$F/state/' &&
+unshare -m bash -c "mount -t tmpfs -o size=24m tmpfs '$F/state' && cp -a '$WORK/state.copy/.' '$F/state/' &&
     touch '$WORK/ns.ready' && exec sleep 120" &
 HOLDER=$!
 PIDS+=("$HOLDER")

@@ -198,7 +198,7 @@ static void test_batch_isolates_failures(void **state)
     int st[4];
     kfd_apply_result res[4];
     kf_err errs[4];
-    assert_int_equal(kfd_store_apply_batch(s, cmds, 4, st, res, errs), 0);
+    assert_int_equal(kfd_store_apply_batch(s, cmds, 4, 0, st, res, errs), 0);
     assert_int_equal(st[0], 0);
     assert_int_equal(st[1], 0);
     assert_int_equal(st[2], -EEXIST); /* the second enrollment of vol-b */

@@ -1,0 +1,45 @@
+/* Raft's transport (struct raft_uv_transport) over mutual TLS. raft_uv_tcp is plaintext and
+ * unauthenticated, so instead raft is handed one end of a socketpair for each connection and
+ * a pump thread carries the other end through TLS 1.3 (ALPN keyfleet-raft/1) to the peer.
+ *
+ * Both ends must present a certificate from the fleet CA naming a coordinator
+ * (keyfleet://coordinator/NAME). The connecting side then sends its member address; the
+ * accepting side takes the peer's Raft id from the certificate's NAME, never from the wire, and
+ * refuses an address naming anyone else. Nothing reaches raft before all of that holds.
+ *
+ * Member addresses are "name=NAME raft=HOST:PORT rpc=HOST:PORT": raft stores them opaquely in its
+ * configuration, so every replica knows each member's name and RPC address (for leader hints). */
+#ifndef KFD_RAFT_TRANSPORT_H
+#define KFD_RAFT_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <raft.h>
+#include <raft/uv.h>
+#include <uv.h>
+
+#include "kf_err.h"
+
+typedef struct kfd_raft_transport_opts {
+    const char *cert_file, *key_file, *ca_file;
+    const char *listen; /* host:port, or NULL for no listener (a cluster of one) */
+} kfd_raft_transport_opts;
+
+/* Fills t (zeroed by the caller) with a transport on loop. */
+int kfd_raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const kfd_raft_transport_opts *opts,
+                            kf_err *err);
+/* Frees what init allocated; call after raft's close callback. */
+void kfd_raft_transport_release(struct raft_uv_transport *t);
+/* Connections refused because the peer was not a coordinator (for metrics and tests). */
+uint64_t kfd_raft_transport_refused(const struct raft_uv_transport *t);
+
+/* The Raft id of the coordinator called name (stable: derived from the name). */
+raft_id kfd_raft_id(const char *name);
+/* Writes "name=N raft=R rpc=P" into buf. */
+int kfd_raft_address(char *buf, size_t size, const char *name, const char *raft_addr, const char *rpc_addr);
+/* Copies field ("name", "raft" or "rpc") of a member address into out; false when absent. */
+bool kfd_raft_address_field(const char *address, const char *field, char *out, size_t size);
+
+#endif
