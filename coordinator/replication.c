@@ -51,7 +51,16 @@ struct kfd_repl {
     struct raft_buffer snap_bufs[2];
     struct submit_req *inflight_head, *inflight_tail;
     uint64_t commits_timed_out;
+    /* libraft 0.15's uv backend can fire its close callback twice (uvMaybeFireCloseCb does not
+     * clear it), which frees raft's address twice: the real callback is wrapped to run once. */
+    void (*io_close_impl)(struct raft_io *io, raft_io_close_cb cb);
+    raft_io_close_cb io_close_cb;
+    bool io_close_fired;
 };
+
+/* Closed replication state, kept reachable until exit: a late second close callback from
+ * libraft must never find freed memory. */
+static kfd_repl *retired;
 
 typedef struct submit_req {
     struct raft_apply req;
@@ -361,6 +370,22 @@ bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t s
     return false;
 }
 
+static void guarded_io_close_cb(struct raft_io *io)
+{
+    kfd_repl *r = ((struct raft *)io->data)->data;
+    if (r->io_close_fired)
+        return;
+    r->io_close_fired = true;
+    r->io_close_cb(io);
+}
+
+static void guarded_io_close(struct raft_io *io, raft_io_close_cb cb)
+{
+    kfd_repl *r = ((struct raft *)io->data)->data;
+    r->io_close_cb = cb;
+    r->io_close_impl(io, guarded_io_close_cb);
+}
+
 static int mkdir_p(const char *dir)
 {
     return mkdir(dir, 0700) == 0 || errno == EEXIST ? 0 : -errno;
@@ -432,6 +457,8 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
     if ((rc = raft_uv_init(&r->io, r->loop, r->dir, &r->transport)) != 0)
         return kf_err_set(err, -EIO, "raft io: %s (%s)", raft_strerror(rc), r->io.errmsg);
     r->io_inited = true;
+    r->io_close_impl = r->io.close;
+    r->io.close = guarded_io_close;
     raft_uv_set_connect_retry_delay(&r->io, 200);
     /* 1 MiB segments instead of 8: a small state volume still has room, at one more file per
      * thousand or so commands. */
@@ -490,12 +517,17 @@ void kfd_repl_close(kfd_app *app)
         for (int i = 0; i < CLOSE_WAIT_TURNS && r->raft_inited; i++)
             uv_run(r->loop, UV_RUN_ONCE);
     }
-    if (r->io_inited)
-        raft_uv_close(&r->io);
-    if (!r->raft_inited)
-        kfd_raft_transport_release(&r->transport);
-    sqlite3_free(r->snap_img);
-    free(r);
+    if (r->started) {
+        /* Not freed (see retired): raft's memory was released by its close; what is left is
+         * small and goes with the process. */
+        retired = r;
+    } else {
+        if (r->io_inited)
+            raft_uv_close(&r->io);
+        else
+            kfd_raft_transport_release(&r->transport);
+        free(r);
+    }
     app->repl = NULL;
 }
 
