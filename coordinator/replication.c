@@ -33,6 +33,7 @@ struct kfd_repl {
     char self_address[320];
     bool io_inited, raft_inited, started, closed;
     uv_timer_t monitor;
+    uv_check_t flush; /* commits the store's deferred transaction once per loop turn */
     raft_term ready_term; /* the term whose barrier has been applied: writes are safe */
     bool barrier_pending;
     raft_id last_leader;
@@ -240,6 +241,14 @@ static void on_barrier(struct raft_barrier *req, int status)
                     (unsigned long long)raft_last_applied(&r->raft));
     }
     free(req);
+}
+
+static void on_flush(uv_check_t *h)
+{
+    kfd_repl *r = h->data;
+    kf_err err = {0};
+    if (kfd_store_flush(r->app->store, &err) != 0)
+        kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
 }
 
 static void on_monitor(uv_timer_t *t)
@@ -480,6 +489,13 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
     raft_set_pre_vote(&r->raft, true);
     if (!cfg->cluster.join && (rc = bootstrap(r, cfg, err)) != 0)
         return rc;
+    /* Applied entries of one loop turn share one sqlite transaction: the Raft log already made
+     * them durable, so per-entry commits would only cost syscalls. */
+    kfd_store_set_deferred(app->store, true);
+    uv_check_init(r->loop, &r->flush);
+    r->flush.data = r;
+    uv_check_start(&r->flush, on_flush);
+    uv_unref((uv_handle_t *)&r->flush);
     if ((rc = raft_start(&r->raft)) != 0)
         return kf_err_set(err, -EIO, "raft start: %s", raft_errmsg(&r->raft));
     r->started = true;
@@ -509,6 +525,10 @@ void kfd_repl_close(kfd_app *app)
     if (r->monitor.loop != NULL && !uv_is_closing((uv_handle_t *)&r->monitor)) {
         uv_timer_stop(&r->monitor);
         uv_close((uv_handle_t *)&r->monitor, on_monitor_closed);
+    }
+    if (r->flush.loop != NULL && !uv_is_closing((uv_handle_t *)&r->flush)) {
+        uv_check_stop(&r->flush);
+        uv_close((uv_handle_t *)&r->flush, on_monitor_closed);
     }
     if (r->raft_inited) {
         r->raft.data = r;

@@ -246,6 +246,9 @@ void kfd_store_close(kfd_store *s)
 {
     if (s == NULL)
         return;
+    kf_err err = {0};
+    if (kfd_store_flush(s, &err) != 0)
+        kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
     kfd_store_close_db(s);
     free(s);
 }
@@ -461,7 +464,7 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
             kf_err_set(&errs[i], -EIO, "state store unavailable: %s", s->failure);
         return -EIO;
     }
-    int r = kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
+    int r = s->tx_open ? 0 : kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
     s->tx_head_seq = s->head_seq;
     memcpy(s->tx_head_hash, s->head_hash, KFD_HASH_LEN);
     for (size_t i = 0; r == 0 && i < n; i++) {
@@ -494,9 +497,14 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         sqlite3_bind_int64(st, 1, (sqlite3_int64)raft_index);
         r = kfd_store_step_done(s, st, "recording the applied index", &tx_err);
     }
-    if (r == 0)
+    if (r == 0 && s->deferred)
+        s->tx_open = true;
+    else if (r == 0)
         r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", &tx_err);
     if (r != 0) {
+        /* With a deferred commit this also undoes earlier applies of the open transaction; the
+         * store is failed then, and they are applied again from the Raft log after a restart. */
+        s->tx_open = false;
         sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
         sqlite3_reset(s->st[ST_ROLLBACK]);
         for (size_t i = 0; i < n; i++) {

@@ -49,6 +49,12 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
 /* The Raft log index of the last applied entry (0: none). apply_batch records raft_index, when
  * not 0, in the same transaction; a NULL command there stands for an undecodable entry. */
 uint64_t kfd_store_applied_index(const kfd_store *s);
+/* Deferred commit: apply_batch leaves its transaction open for later applies, and
+ * kfd_store_flush commits them all at once. Only for a caller whose commands are durable
+ * elsewhere (the Raft log): a crash loses the open transaction, applied index included. */
+void kfd_store_set_deferred(kfd_store *s, bool deferred);
+/* Commits the open transaction, if any. 0, or -EIO with the store failed. */
+int kfd_store_flush(kfd_store *s, kf_err *err);
 /* Forgets the applied index (a new Raft log was just bootstrapped over existing state). */
 int kfd_store_reset_applied(kfd_store *s, kf_err *err);
 /* The whole database as one image (sqlite3_serialize; free with sqlite3_free). */

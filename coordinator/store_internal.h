@@ -61,6 +61,8 @@ struct kfd_store {
     uint8_t head_hash[KFD_HASH_LEN], tx_head_hash[KFD_HASH_LEN];
     /* The last Raft log index applied, committed in the same transaction as its command. */
     uint64_t applied_index;
+    /* Deferred commit: applies share one open transaction until kfd_store_flush. */
+    bool deferred, tx_open;
 };
 
 /* Opens s->path into s (prepares statements, loads the chain head and applied index). */

@@ -12,9 +12,24 @@
 
 uint64_t kfd_store_applied_index(const kfd_store *s) { return s != NULL ? s->applied_index : 0; }
 
+void kfd_store_set_deferred(kfd_store *s, bool deferred) { s->deferred = deferred; }
+
+int kfd_store_flush(kfd_store *s, kf_err *err)
+{
+    if (!s->tx_open)
+        return 0;
+    s->tx_open = false;
+    int r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", err);
+    if (r != 0) {
+        sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
+        sqlite3_reset(s->st[ST_ROLLBACK]);
+    }
+    return r;
+}
+
 int kfd_store_reset_applied(kfd_store *s, kf_err *err)
 {
-    if (s->failed)
+    if (kfd_store_flush(s, err) != 0 || s->failed)
         return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
     sqlite3_stmt *st = kfd_store_stmt(s, ST_APPLIED_SET);
     sqlite3_bind_int64(st, 1, 0);
@@ -26,7 +41,7 @@ int kfd_store_reset_applied(kfd_store *s, kf_err *err)
 
 int kfd_store_serialize(kfd_store *s, unsigned char **ret, size_t *ret_len, kf_err *err)
 {
-    if (s->failed)
+    if (kfd_store_flush(s, err) != 0 || s->failed)
         return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
     sqlite3_int64 size = 0;
     unsigned char *img = sqlite3_serialize(s->db, "main", &size, 0);
@@ -81,7 +96,13 @@ int kfd_store_replace(kfd_store *s, const unsigned char *image, size_t len, kf_e
         unlink(tmp);
         return kf_err_set(err, e, "writing %s: %s", tmp, strerror(-e));
     }
-    /* From here the old database is gone whatever happens; a failure fails the store closed. */
+    /* From here the old database is gone whatever happens; a failure fails the store closed.
+     * An open deferred transaction is superseded by the snapshot. */
+    if (s->tx_open) {
+        s->tx_open = false;
+        sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
+        sqlite3_reset(s->st[ST_ROLLBACK]);
+    }
     kfd_store_close_db(s);
     unlink(wal);
     unlink(shm);
