@@ -7,6 +7,7 @@
 
 #include "kf_secmem.h"
 #include "app.h"
+#include "replication.h"
 #include "server.h"
 #include "webhook.h"
 
@@ -103,10 +104,10 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
              "# HELP keyfleet_volumes Enrolled volumes.\n"
              "# TYPE keyfleet_volumes gauge\n"
              "keyfleet_volumes %llu\n"
-             "# HELP keyfleet_commit_batches_total Store transactions (each one fsync).\n"
+             "# HELP keyfleet_commit_batches_total Store transactions: applied Raft entries of one loop turn share one.\n"
              "# TYPE keyfleet_commit_batches_total counter\n"
              "keyfleet_commit_batches_total %llu\n"
-             "# HELP keyfleet_commit_commands_total State commands committed; divided by batches: the group-commit factor.\n"
+             "# HELP keyfleet_commit_commands_total State commands applied; divided by batches: commands per transaction.\n"
              "# TYPE keyfleet_commit_commands_total counter\n"
              "keyfleet_commit_commands_total %llu\n"
              "# HELP keyfleet_policy_version Current policy version.\n"
@@ -115,6 +116,35 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
              (unsigned long long)w.delivered, (unsigned long long)w.failed, (unsigned long long)w.retries,
              kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes, (unsigned long long)app->batches,
              (unsigned long long)app->batched_commands, (unsigned long long)app->policy_version);
+        kfd_repl_stats rs;
+        kfd_repl_get_stats(app->repl, &rs);
+        emit(&o,
+             "# HELP keyfleet_raft_leader 1 while this coordinator is the Raft leader.\n"
+             "# TYPE keyfleet_raft_leader gauge\n"
+             "keyfleet_raft_leader %d\n"
+             "# HELP keyfleet_raft_term Current Raft term.\n"
+             "# TYPE keyfleet_raft_term gauge\n"
+             "keyfleet_raft_term %llu\n"
+             "# HELP keyfleet_raft_commit_index Highest Raft entry known committed.\n"
+             "# TYPE keyfleet_raft_commit_index gauge\n"
+             "keyfleet_raft_commit_index %llu\n"
+             "# HELP keyfleet_raft_applied_index Highest Raft entry applied to the store here.\n"
+             "# TYPE keyfleet_raft_applied_index gauge\n"
+             "keyfleet_raft_applied_index %llu\n"
+             "# HELP keyfleet_raft_snapshots_total Snapshots taken here and installed from the leader.\n"
+             "# TYPE keyfleet_raft_snapshots_total counter\n"
+             "keyfleet_raft_snapshots_total{kind=\"taken\"} %llu\n"
+             "keyfleet_raft_snapshots_total{kind=\"restored\"} %llu\n"
+             "# HELP keyfleet_raft_peers_refused_total Raft connections refused (not a coordinator, wrong name).\n"
+             "# TYPE keyfleet_raft_peers_refused_total counter\n"
+             "keyfleet_raft_peers_refused_total %llu\n"
+             "# HELP keyfleet_raft_commit_timeouts_total Commands answered unavailable because they were not committed in time.\n"
+             "# TYPE keyfleet_raft_commit_timeouts_total counter\n"
+             "keyfleet_raft_commit_timeouts_total %llu\n",
+             rs.leader ? 1 : 0, (unsigned long long)rs.term, (unsigned long long)rs.commit_index,
+             (unsigned long long)rs.applied_index, (unsigned long long)rs.snapshots_taken,
+             (unsigned long long)rs.snapshots_restored, (unsigned long long)rs.peers_refused,
+             (unsigned long long)rs.commit_timeouts);
     }
     if (o.failed) {
         free(o.s);

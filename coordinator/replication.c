@@ -155,7 +155,6 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     } else {
         const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
         kfd_store_apply_batch(app->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
-        app->batches++;
         app->batched_commands++;
         if (r->last.status == 0 && cmd != NULL && cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY)
             kfd_app_load_policy(app);
@@ -247,6 +246,8 @@ static void on_flush(uv_check_t *h)
 {
     kfd_repl *r = h->data;
     kf_err err = {0};
+    if (kfd_store_tx_open(r->app->store))
+        r->app->batches++;
     if (kfd_store_flush(r->app->store, &err) != 0)
         kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
 }
@@ -675,5 +676,6 @@ void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret)
     ret->snapshots_taken = r->snapshots_taken;
     ret->snapshots_restored = r->snapshots_restored;
     ret->peers_refused = kfd_raft_transport_refused(&r->transport);
+    ret->commit_timeouts = r->commits_timed_out;
     ret->leader = raft_state(&r->raft) == RAFT_LEADER;
 }

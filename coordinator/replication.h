@@ -50,7 +50,7 @@ int kfd_repl_remove(kfd_repl *r, const char *name, kfd_repl_change_cb cb, void *
 
 /* For /metrics. */
 typedef struct kfd_repl_stats {
-    uint64_t term, commit_index, applied_index, snapshots_taken, snapshots_restored, peers_refused;
+    uint64_t term, commit_index, applied_index, snapshots_taken, snapshots_restored, peers_refused, commit_timeouts;
     bool leader;
 } kfd_repl_stats;
 void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret);

@@ -53,6 +53,7 @@ uint64_t kfd_store_applied_index(const kfd_store *s);
  * kfd_store_flush commits them all at once. Only for a caller whose commands are durable
  * elsewhere (the Raft log): a crash loses the open transaction, applied index included. */
 void kfd_store_set_deferred(kfd_store *s, bool deferred);
+bool kfd_store_tx_open(const kfd_store *s);
 /* Commits the open transaction, if any. 0, or -EIO with the store failed. */
 int kfd_store_flush(kfd_store *s, kf_err *err);
 /* Forgets the applied index (a new Raft log was just bootstrapped over existing state). */

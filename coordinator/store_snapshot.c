@@ -14,6 +14,8 @@ uint64_t kfd_store_applied_index(const kfd_store *s) { return s != NULL ? s->app
 
 void kfd_store_set_deferred(kfd_store *s, bool deferred) { s->deferred = deferred; }
 
+bool kfd_store_tx_open(const kfd_store *s) { return s != NULL && s->tx_open; }
+
 int kfd_store_flush(kfd_store *s, kf_err *err)
 {
     if (!s->tx_open)

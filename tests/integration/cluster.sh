@@ -237,6 +237,9 @@ out=$(printf 'GARBAGE' | timeout 5 openssl s_client -quiet -connect "${RAFT[$L]}
 expect_match "a client without a certificate is refused in the handshake" "$out" "alert|error"
 out=$(release n4 vol-4 "${WRAP[4]}" "$S3")
 expect_match "the cluster still serves after the refusals" "$out" "^code=ok status=released"
+m=$(curl -s --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/operator.key" "https://${RPC[$L]}/metrics")
+expect_match "metrics show the leader, its term and the refusals" "$m" \
+    "keyfleet_raft_leader 1 .*keyfleet_raft_term [1-9].*keyfleet_raft_peers_refused_total [2-9]"
 
 # Membership: a fourth coordinator joins, becomes a voter, and is removed again.
 RPC[c4]=127.0.0.1:$((BASE + 4))
