@@ -26,8 +26,14 @@
 #define ADDRESS_MAX 300
 #define PUMP_BUF 16384
 
+typedef struct lost_ev {
+    raft_id id;
+    struct lost_ev *next;
+} lost_ev;
+
 /* Shared between the loop and the pump threads; freed by whoever drops the last reference. */
 typedef struct hub {
+    lost_ev *lost; /* peers whose connection ended from their side, for the loop */
     pthread_mutex_t lock;
     atomic_int refs;
     bool closed;
@@ -69,6 +75,8 @@ typedef struct transport {
     raft_uv_transport_close_cb close_cb;
     struct raft_uv_transport *t;
     conn *pending; /* outbound connects not yet completed */
+    void (*peer_lost)(void *data, raft_id id);
+    void *peer_lost_data;
     int open_handles;
     char listen_addr[ADDRESS_MAX];
 } transport;
@@ -265,10 +273,13 @@ static bool check_peer(conn *c, uint64_t deadline)
 }
 
 /* Carries bytes between raft's socketpair end and TLS until either side closes. */
-static void pump(conn *c)
+/* Returns true when the peer's side ended it (EOF, reset, TLS error), false when raft closed
+ * its end or the transport stopped. */
+static bool pump(conn *c)
 {
     char *t2p = malloc(PUMP_BUF), *p2t = malloc(PUMP_BUF);
     size_t t2p_len = 0, t2p_off = 0, p2t_len = 0;
+    bool peer_gone = false;
     while (t2p != NULL && p2t != NULL) {
         bool progress = false;
         short tls_ev = 0, pair_ev = 0;
@@ -285,8 +296,10 @@ static void pump(conn *c)
                     tls_ev |= POLLIN;
                 else if (e == SSL_ERROR_WANT_WRITE)
                     tls_ev |= POLLOUT;
-                else
+                else {
+                    peer_gone = true;
                     break;
+                }
             }
         }
         if (t2p_len > 0) {
@@ -325,8 +338,10 @@ static void pump(conn *c)
                     tls_ev |= POLLOUT;
                 else if (e == SSL_ERROR_WANT_READ)
                     tls_ev |= POLLIN;
-                else
+                else {
+                    peer_gone = true;
                     break;
+                }
             }
         }
         if (progress)
@@ -334,11 +349,34 @@ static void pump(conn *c)
         struct pollfd p[3] = {{c->tls_fd, tls_ev, 0}, {c->pump_fd, pair_ev, 0}, {c->hub->stop_pipe[0], POLLIN, 0}};
         if (poll(p, 3, 1000) < 0 && errno != EINTR)
             break;
-        if (p[2].revents != 0 || (p[0].revents & (POLLERR | POLLNVAL)) || (p[1].revents & (POLLERR | POLLNVAL)))
+        if (p[2].revents != 0 || (p[1].revents & (POLLERR | POLLNVAL)))
             break;
+        if (p[0].revents & (POLLERR | POLLNVAL)) {
+            peer_gone = true;
+            break;
+        }
     }
     free(t2p);
     free(p2t);
+    return peer_gone;
+}
+
+/* Tells the loop that the peer id's connection ended from its side. */
+static void report_lost(hub *h, raft_id id)
+{
+    lost_ev *ev = malloc(sizeof(*ev));
+    if (ev == NULL)
+        return;
+    ev->id = id;
+    pthread_mutex_lock(&h->lock);
+    if (h->closed) {
+        free(ev);
+    } else {
+        ev->next = h->lost;
+        h->lost = ev;
+        uv_async_send(h->async);
+    }
+    pthread_mutex_unlock(&h->lock);
 }
 
 /* Hands a finished handshake to the loop; false when the transport has closed meanwhile. */
@@ -387,8 +425,8 @@ static void *conn_thread(void *arg)
     bool delivered = (c->status == 0 || c->outbound) && deliver(c);
     if (c->status == 0 && !delivered)
         close(c->loop_fd);
-    if (c->status == 0 && delivered)
-        pump(c);
+    if (c->status == 0 && delivered && pump(c))
+        report_lost(h, c->id);
     if (c->ssl != NULL) {
         SSL_shutdown(c->ssl);
         SSL_free(c->ssl);
@@ -433,7 +471,16 @@ static void on_async(uv_async_t *a)
     pthread_mutex_lock(&h->lock);
     conn *list = h->done_head;
     h->done_head = h->done_tail = NULL;
+    lost_ev *lost = h->lost;
+    h->lost = NULL;
     pthread_mutex_unlock(&h->lock);
+    while (lost != NULL) {
+        lost_ev *ev = lost;
+        lost = ev->next;
+        if (tr->peer_lost != NULL)
+            tr->peer_lost(tr->peer_lost_data, ev->id);
+        free(ev);
+    }
     while (list != NULL) {
         conn *c = list;
         list = c->done_next;
@@ -573,7 +620,14 @@ static void t_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
     h->closed = true;
     conn *list = h->done_head;
     h->done_head = h->done_tail = NULL;
+    lost_ev *lost = h->lost;
+    h->lost = NULL;
     pthread_mutex_unlock(&h->lock);
+    while (lost != NULL) {
+        lost_ev *ev = lost;
+        lost = ev->next;
+        free(ev);
+    }
     if (write(h->stop_pipe[1], "x", 1) < 0)
         kf_log_warn("raft_transport_stop_failed", "error=%s", kf_log_q(strerror(errno)));
     for (; list != NULL;) {
@@ -652,6 +706,13 @@ void kfd_raft_transport_release(struct raft_uv_transport *t)
     hub_unref(tr->hub);
     free(tr);
     t->impl = NULL;
+}
+
+void kfd_raft_transport_on_peer_lost(struct raft_uv_transport *t, void (*cb)(void *data, raft_id id), void *data)
+{
+    transport *tr = t->impl;
+    tr->peer_lost = cb;
+    tr->peer_lost_data = data;
 }
 
 uint64_t kfd_raft_transport_refused(const struct raft_uv_transport *t)

@@ -32,6 +32,9 @@ int kfd_raft_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const 
                             kf_err *err);
 /* Frees what init allocated; call after raft's close callback. */
 void kfd_raft_transport_release(struct raft_uv_transport *t);
+/* cb runs on the loop when a connection with peer id ended from the peer's side (it closed,
+ * reset, or its process died), as opposed to raft closing it. */
+void kfd_raft_transport_on_peer_lost(struct raft_uv_transport *t, void (*cb)(void *data, raft_id id), void *data);
 /* Connections refused because the peer was not a coordinator (for metrics and tests). */
 uint64_t kfd_raft_transport_refused(const struct raft_uv_transport *t);
 

@@ -54,6 +54,8 @@ struct kfd_repl {
     uint64_t commits_timed_out;
     /* libraft 0.15's uv backend can fire its close callback twice (uvMaybeFireCloseCb does not
      * clear it), which frees raft's address twice: the real callback is wrapped to run once. */
+    raft_time leader_lost_at; /* when the leader's connection last ended from its side */
+    raft_term hurried_term;   /* the term whose election timeout was last shortened */
     void (*io_close_impl)(struct raft_io *io, raft_io_close_cb cb);
     raft_io_close_cb io_close_cb;
     bool io_close_fired;
@@ -242,6 +244,8 @@ static void on_barrier(struct raft_barrier *req, int status)
     free(req);
 }
 
+static void hurry_after_loss(kfd_repl *r);
+
 static void on_flush(uv_check_t *h)
 {
     kfd_repl *r = h->data;
@@ -256,13 +260,14 @@ static void on_monitor(uv_timer_t *t)
 {
     kfd_repl *r = t->data;
     expire_inflight(r);
+    hurry_after_loss(r);
     unsigned short state = raft_state(&r->raft);
     raft_id leader = 0;
     const char *address = NULL;
     raft_leader(&r->raft, &leader, &address);
     if (state != r->last_state || leader != r->last_leader) {
         char name[64] = "-";
-        if (address != NULL)
+        if (leader != 0 && address != NULL)
             kfd_raft_address_field(address, "name", name, sizeof(name));
         kf_log_info("raft_state", "state=%s term=%llu leader=%s", state == RAFT_LEADER ? "leader"
                                                                    : state == RAFT_CANDIDATE ? "candidate"
@@ -396,6 +401,55 @@ static void guarded_io_close(struct raft_io *io, raft_io_close_cb cb)
     r->io_close_impl(io, guarded_io_close_cb);
 }
 
+/* Shortens this follower's current randomized election timeout (a public field of struct raft
+ * that libraft draws again at every reset) to a random 0..max_ms from now. */
+static void hurry_election(kfd_repl *r, unsigned max_ms, const char *why)
+{
+    raft_time now = r->raft.io->time(r->raft.io);
+    raft_time elapsed = now - r->raft.election_timer_start;
+    unsigned jitter = (unsigned)r->raft.io->random(r->raft.io, 0, (int)max_ms);
+    r->hurried_term = r->raft.current_term;
+    if (elapsed + jitter < r->raft.follower_state.randomized_election_timeout) {
+        r->raft.follower_state.randomized_election_timeout = (unsigned)(elapsed + jitter);
+        kf_log_info("raft_election_hurried", "reason=%s term=%llu election_in_ms=%u", why,
+                    (unsigned long long)r->raft.current_term, jitter);
+    }
+}
+
+/* The leader's connection ended from its side: on a crash the kernel closes its sockets at once,
+ * so there is no need to wait out a whole election timeout of silence. The survivors stand for
+ * election after a random 0..timeout/2, so rarely at the same moment. A partition sends no such
+ * signal and takes the normal path. */
+static void on_peer_lost(void *data, raft_id id)
+{
+    kfd_repl *r = data;
+    /* Both connections with the leader end together: act on the first. */
+    if (r->closed || raft_state(&r->raft) != RAFT_FOLLOWER || r->raft.follower_state.current_leader.id != id ||
+        r->hurried_term == r->raft.current_term)
+        return;
+    r->leader_lost_at = r->raft.io->time(r->raft.io);
+    /* Forget the leader too: a follower that still believes in it refuses (pre-)votes until its
+     * own timeout, and the survivor with the longer log, which must win, would be refused. The
+     * address string stays with raft, which frees or replaces it when a leader is known again. */
+    r->raft.follower_state.current_leader.id = 0;
+    hurry_election(r, r->raft.election_timeout / 2, "leader_connection_lost");
+}
+
+/* After a crash, a follower left without a leader in a new term (it refused a candidate whose
+ * log was behind its own, so it is the one that must stand) would otherwise wait a whole
+ * timeout: hurry it once per term, for two seconds after the loss. */
+static void hurry_after_loss(kfd_repl *r)
+{
+    if (r->leader_lost_at == 0 || raft_state(&r->raft) != RAFT_FOLLOWER ||
+        r->raft.follower_state.current_leader.id != 0 || r->hurried_term == r->raft.current_term)
+        return;
+    if (r->raft.io->time(r->raft.io) - r->leader_lost_at > 2000) {
+        r->leader_lost_at = 0;
+        return;
+    }
+    hurry_election(r, r->raft.election_timeout / 4, "no_leader_after_loss");
+}
+
 static int mkdir_p(const char *dir)
 {
     return mkdir(dir, 0700) == 0 || errno == EEXIST ? 0 : -errno;
@@ -464,6 +518,7 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
                                      .listen = cfg->cluster.raft_listen};
     if ((rc = kfd_raft_transport_init(&r->transport, r->loop, &topts, err)) != 0)
         return rc;
+    kfd_raft_transport_on_peer_lost(&r->transport, on_peer_lost, r);
     if ((rc = raft_uv_init(&r->io, r->loop, r->dir, &r->transport)) != 0)
         return kf_err_set(err, -EIO, "raft io: %s (%s)", raft_strerror(rc), r->io.errmsg);
     r->io_inited = true;
