@@ -11,13 +11,25 @@
 #include <openssl/rand.h>
 
 /* Fetched once: implicit fetches on every call cost more than the crypto itself in OpenSSL 3.0. */
-static EVP_KDF *hkdf;
+/* HMAC-SHA256 with its digest already set: duplicating it skips the digest fetch that naming
+ * "SHA256" costs on every use in OpenSSL 3.0 (HPKE runs six HKDF steps per seal). HKDF itself
+ * is RFC 5869 on top of it, because 3.0's HKDF context cannot be duplicated. */
+static EVP_MAC_CTX *hmac_sha256;
 static EVP_CIPHER *aes128gcm, *aes256gcm, *chacha;
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 
 static void fetch_algorithms(void)
 {
-    hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (hmac != NULL && (hmac_sha256 = EVP_MAC_CTX_new(hmac)) != NULL) {
+        OSSL_PARAM p[2] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+        if (EVP_MAC_CTX_set_params(hmac_sha256, p) != 1) {
+            EVP_MAC_CTX_free(hmac_sha256);
+            hmac_sha256 = NULL;
+        }
+    }
+    EVP_MAC_free(hmac);
     aes128gcm = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
     aes256gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
     chacha = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
@@ -41,29 +53,46 @@ static const EVP_CIPHER *aead_cipher(uint16_t aead_id, size_t *ret_nk)
     }
 }
 
-/* HKDF in one mode; salt may be empty (HMAC then keys with HashLen zeros, as RFC 5869 says). */
+/* HMAC-SHA256(key, a || b || c) into out (32 bytes). */
+static int hmac3(const uint8_t *key, size_t key_len, const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len,
+                 const uint8_t *c, size_t c_len, uint8_t out[32])
+{
+    static const uint8_t zeros[32];
+    EVP_MAC_CTX *m = EVP_MAC_CTX_dup(hmac_sha256);
+    size_t len = 0;
+    /* An empty key is HashLen zeros (RFC 5869's default salt); HMAC pads either way. */
+    int ok = m != NULL && EVP_MAC_init(m, key_len > 0 ? key : zeros, key_len > 0 ? key_len : sizeof(zeros), NULL) == 1 &&
+             (a_len == 0 || EVP_MAC_update(m, a, a_len) == 1) && (b_len == 0 || EVP_MAC_update(m, b, b_len) == 1) &&
+             (c_len == 0 || EVP_MAC_update(m, c, c_len) == 1) && EVP_MAC_final(m, out, &len, 32) == 1 && len == 32;
+    EVP_MAC_CTX_free(m);
+    return ok ? 0 : -EIO;
+}
+
+/* HKDF-SHA256 (RFC 5869) in one mode; salt may be empty. */
 static int hkdf_run(int mode, const uint8_t *salt, size_t salt_len, const uint8_t *key, size_t key_len,
                     const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len)
 {
     pthread_once(&fetch_once, fetch_algorithms);
-    if (hkdf == NULL)
+    if (hmac_sha256 == NULL)
         return -ENOSYS;
-    EVP_KDF_CTX *kctx = EVP_KDF_CTX_new(hkdf);
-    if (kctx == NULL)
-        return -ENOMEM;
-    OSSL_PARAM params[6];
-    size_t n = 0;
-    params[n++] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
-    params[n++] = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
-    params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, key_len);
-    if (salt_len > 0)
-        params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, salt_len);
-    if (info_len > 0)
-        params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, info_len);
-    params[n] = OSSL_PARAM_construct_end();
-    int ok = EVP_KDF_derive(kctx, out, out_len, params);
-    EVP_KDF_CTX_free(kctx);
-    return ok == 1 ? 0 : -EIO;
+    if (mode == EVP_KDF_HKDF_MODE_EXTRACT_ONLY)
+        return out_len == 32 ? hmac3(salt, salt_len, key, key_len, NULL, 0, NULL, 0, out) : -EINVAL;
+    if (mode != EVP_KDF_HKDF_MODE_EXPAND_ONLY || out_len > 255 * 32)
+        return -EINVAL;
+    uint8_t t[32];
+    size_t done = 0;
+    for (uint8_t i = 1; done < out_len; i++) {
+        int r = hmac3(key, key_len, t, i == 1 ? 0 : sizeof(t), info, info_len, &i, 1, t);
+        if (r != 0) {
+            OPENSSL_cleanse(t, sizeof(t));
+            return r;
+        }
+        size_t n = out_len - done < sizeof(t) ? out_len - done : sizeof(t);
+        memcpy(out + done, t, n);
+        done += n;
+    }
+    OPENSSL_cleanse(t, sizeof(t));
+    return 0;
 }
 
 #define LABEL_MAX 512
