@@ -435,19 +435,33 @@ static void on_peer_lost(void *data, raft_id id)
     hurry_election(r, r->raft.election_timeout / 2, "leader_connection_lost");
 }
 
-/* After a crash, a follower left without a leader in a new term (it refused a candidate whose
- * log was behind its own, so it is the one that must stand) would otherwise wait a whole
- * timeout: hurry it once per term, for two seconds after the loss. */
+/* After a crash, two more ways to lose a whole election timeout, each hurried once per term for
+ * two seconds after the loss: a follower left without a leader in a newer term (it refused a
+ * candidate whose log was behind its own, so it is the one that must stand), and a candidate
+ * whose vote split with the other survivor's (both then wait a full candidate timeout). */
 static void hurry_after_loss(kfd_repl *r)
 {
-    if (r->leader_lost_at == 0 || raft_state(&r->raft) != RAFT_FOLLOWER ||
-        r->raft.follower_state.current_leader.id != 0 || r->hurried_term == r->raft.current_term)
+    unsigned short state = raft_state(&r->raft);
+    if (r->leader_lost_at == 0 || r->hurried_term == r->raft.current_term)
         return;
     if (r->raft.io->time(r->raft.io) - r->leader_lost_at > 2000) {
         r->leader_lost_at = 0;
         return;
     }
-    hurry_election(r, r->raft.election_timeout / 4, "no_leader_after_loss");
+    raft_time now = r->raft.io->time(r->raft.io);
+    raft_time elapsed = now - r->raft.election_timer_start;
+    if (state == RAFT_FOLLOWER && r->raft.follower_state.current_leader.id == 0) {
+        hurry_election(r, r->raft.election_timeout / 4, "no_leader_after_loss");
+    } else if (state == RAFT_CANDIDATE && !r->raft.candidate_state.in_pre_vote && elapsed >= 50) {
+        /* 50 ms into a real election without winning it: the votes are in, and split. */
+        unsigned jitter = (unsigned)r->raft.io->random(r->raft.io, 0, (int)r->raft.election_timeout / 2);
+        r->hurried_term = r->raft.current_term;
+        if (elapsed + jitter < r->raft.candidate_state.randomized_election_timeout) {
+            r->raft.candidate_state.randomized_election_timeout = (unsigned)(elapsed + jitter);
+            kf_log_info("raft_election_hurried", "reason=split_vote_after_loss term=%llu election_in_ms=%u",
+                        (unsigned long long)r->raft.current_term, jitter);
+        }
+    }
 }
 
 static int mkdir_p(const char *dir)
