@@ -35,6 +35,28 @@ sed "s#^  cert: .*#  cert: $WORK/absent.crt#" "$F/keyfleetd.yaml" >"$F/no-cert.y
 expect_eq "an unreadable certificate fails start-up with exit 1" "$(run_kfd "$F/no-cert.yaml")" "1"
 expect_match "... and says which file" "$(cat "$WORK/out")" "event=tls_setup_failed error=.*absent.crt"
 
+# The cluster section: each mistake named with file:line, nothing started.
+cluster_case() { # DESC SECTION_LINES REGEX
+    { cat "$F/keyfleetd.yaml"; printf 'cluster:\n%s\n' "$2"; } >"$F/cluster.yaml"
+    expect_eq "cluster: $1 exits 2" "$(timeout 10 "$KFD" --check-config -c "$F/cluster.yaml" >"$WORK/out" 2>&1; echo $?)" "2"
+    expect_match "... and says why, with file:line" "$(cat "$WORK/out")" "cluster.yaml:[0-9]+:[0-9]+: $3"
+}
+cluster_case "peers without this coordinator" '  peers: [{name: other, raft: "127.0.0.1:7001", rpc: "127.0.0.1:7002"}]' \
+    "peers must list this coordinator"
+cluster_case "a peer listed twice" '  peers:
+    - {name: coordinator-1, raft: "127.0.0.1:7001", rpc: "127.0.0.1:7002"}
+    - {name: coordinator-1, raft: "127.0.0.1:7003", rpc: "127.0.0.1:7004"}' "peer 'coordinator-1' is listed twice"
+cluster_case "a peer without a fixed port" '  peers: [{name: coordinator-1, raft: "127.0.0.1:0", rpc: "127.0.0.1:7002"}]' \
+    "peer .coordinator-1.: raft and rpc must be host:port with a fixed port"
+cluster_case "a heartbeat too close to the election timeout" '  heartbeat: 200ms
+  peers: [{name: coordinator-1, raft: "127.0.0.1:7001", rpc: "127.0.0.1:7002"}]' "heartbeat must be"
+cluster_case "a peer without an rpc address" '  peers: [{name: coordinator-1, raft: "127.0.0.1:7001"}]' \
+    "missing required key 'rpc'"
+cluster_case "join without raft_listen" '  join: true' "a joining coordinator needs raft_listen"
+{ cat "$F/keyfleetd.yaml"; printf 'cluster:\n  peers: [{name: coordinator-1, raft: "127.0.0.1:7001", rpc: "127.0.0.1:7002"}]\n'; } >"$F/cluster.yaml"
+expect_eq "a valid cluster section passes --check-config" \
+    "$(timeout 10 "$KFD" --check-config -c "$F/cluster.yaml" >/dev/null 2>&1; echo $?)" "0"
+
 # keyfleetctl refuses bad input too, and never overwrites a CA.
 expect_eq "init refuses an existing fleet" "$("$CTL" init "$F" >/dev/null 2>&1; echo $?)" "1"
 expect_eq "cert issue refuses an unknown kind" "$("$CTL" cert issue admin bob --dir "$F" >/dev/null 2>&1; echo $?)" "2"

@@ -238,6 +238,97 @@ static void test_corrupt_database_fails_closed(void **state)
     kfd_store_close(s);
 }
 
+/* Applies an append-audit command at a Raft index; returns its status. */
+static int apply_at(kfd_store *s, uint64_t index, const char *node)
+{
+    Keyfleet__V1__AuditEntry e = audit("raft", node, "test");
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    const Keyfleet__V1__StateCommand *cmds[1] = {&cmd};
+    int status;
+    kfd_apply_result res;
+    kf_err err = {0};
+    kfd_store_apply_batch(s, cmds, 1, index, &status, &res, &err);
+    return status;
+}
+
+static uint64_t audit_count(kfd_store *s)
+{
+    Keyfleet__V1__VerifyAuditResponse v = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
+    char problem[256];
+    assert_int_equal(kfd_store_verify_audit(s, &v, problem, sizeof(problem)), 0);
+    assert_true(v.ok);
+    return v.records;
+}
+
+/* The applied index commits with its command and survives a reopen; a deferred transaction is
+ * lost whole on a crash (index included) and kept whole by a flush. */
+static void test_applied_index_and_deferred_commit(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("raft.db");
+    assert_int_equal(kfd_store_applied_index(s), 0);
+    assert_int_equal(apply_at(s, 5, "a"), 0);
+    assert_int_equal(kfd_store_applied_index(s), 5);
+    kfd_store_set_deferred(s, true);
+    assert_int_equal(apply_at(s, 6, "b"), 0);
+    assert_int_equal(apply_at(s, 7, "c"), 0);
+    assert_true(kfd_store_tx_open(s));
+    /* Another connection, as after a crash, sees only what was committed. */
+    char path[300];
+    snprintf(path, sizeof(path), "%s/raft.db", tmpdir);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT applied_index FROM raft_state", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int64(st, 0), 5);
+    sqlite3_finalize(st);
+    kf_err err = {0};
+    assert_int_equal(kfd_store_flush(s, &err), 0);
+    assert_false(kfd_store_tx_open(s));
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT applied_index FROM raft_state", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int64(st, 0), 7);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_int_equal(audit_count(s), 3);
+    kfd_store_close(s);
+    s = open_db("raft.db");
+    assert_int_equal(kfd_store_applied_index(s), 7);
+    kfd_store_close(s);
+}
+
+/* A snapshot image replaces another database whole: contents, chain head and applied index. */
+static void test_serialize_and_replace(void **state)
+{
+    (void)state;
+    kfd_store *a = open_db("snap-a.db");
+    for (uint64_t i = 1; i <= 4; i++)
+        assert_int_equal(apply_at(a, i, "a"), 0);
+    unsigned char *img = NULL;
+    size_t len = 0;
+    kf_err err = {0};
+    assert_int_equal(kfd_store_serialize(a, &img, &len, &err), 0);
+    kfd_store *b = open_db("snap-b.db");
+    assert_int_equal(apply_at(b, 1, "b"), 0);
+    assert_int_equal(kfd_store_replace(b, img, len, &err), 0);
+    sqlite3_free(img);
+    assert_int_equal(kfd_store_applied_index(b), 4);
+    assert_int_equal(audit_count(b), 4);
+    /* The next command continues the chain it received. */
+    assert_int_equal(apply_at(b, 5, "b"), 0);
+    assert_int_equal(audit_count(b), 5);
+    uint8_t junk[200] = {0};
+    assert_int_equal(kfd_store_replace(b, junk, sizeof(junk), &err), -EINVAL);
+    assert_false(kfd_store_failed(b));
+    kfd_store_close(a);
+    kfd_store_close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +336,8 @@ int main(void)
         cmocka_unit_test(test_commands),
         cmocka_unit_test(test_batch_isolates_failures),
         cmocka_unit_test(test_corrupt_database_fails_closed),
+        cmocka_unit_test(test_applied_index_and_deferred_commit),
+        cmocka_unit_test(test_serialize_and_replace),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
