@@ -114,6 +114,21 @@ code=$(curl -s -o /dev/null -w '%{http_code} %header{keyfleet-leader}' --http2 -
     "https://${RPC[$FOLLOWER]}/keyfleet.v1.NodeService/Release")
 expect_eq "a follower answers a write with unavailable and the leader's address" "$code" "503 ${RPC[$L]}"
 
+# The agent, given only a follower, enrolls and unlocks a LUKS2 file through the leader.
+luks_file "$WORK/d.luks" "pw"
+cat >"$WORK/agent.yaml" <<YAML
+coordinators: ["${RPC[$FOLLOWER]}"]
+identity: {cert: $F/n8.crt, key: $F/n8.key, ca: $F/ca.crt}
+state_file: $WORK/agent-state.json
+luks: {activate: false}
+volumes:
+  - luks: $WORK/d.luks
+YAML
+printf 'pw' | "$AGENT" -c "$WORK/agent.yaml" enroll "$WORK/d.luks" >"$WORK/agent.out" 2>&1
+expect_eq "the agent, given only a follower, enrolls through the leader" "$?" "0"
+"$AGENT" -c "$WORK/agent.yaml" unlock --all >>"$WORK/agent.out" 2>&1
+expect_eq "... and unlocks through the leader" "$?" "0"
+
 # Eight clients release in a loop; the leader is killed -9 in the middle.
 STOP=$WORK/stop
 client_loop() { # I
@@ -152,8 +167,12 @@ for _ in $(seq 1 40); do
     [ -n "$ts" ] && [ "$(date -d "$ts" +%s%3N)" -gt "$T0" ] && { T_ELECT=$(($(date -d "$ts" +%s%3N) - T0)); break; }
     sleep 0.05
 done
-# 0.22-0.70 s over 20 runs here (docs/performance.md).
-check "within 1 s (took ${T_ELECT} ms)" test "$T_ELECT" -lt 1000
+# 0.22-0.70 s over 20 runs of the release build here (docs/performance.md). Under ASan the loop
+# itself runs two to three times slower, and Raft's ticks with it (0.40-1.01 s seen): the issue's
+# 1 s is checked on the release build, a sanitized build gets 2 s.
+BOUND=1000
+[ "${KF_SANITIZED:-0}" = 1 ] && BOUND=2000
+check "within $BOUND ms (took ${T_ELECT} ms)" test "$T_ELECT" -lt "$BOUND"
 sleep 2.5
 touch "$STOP"
 wait "${LOOPS[@]}"
