@@ -16,11 +16,6 @@
 
 static void on_timer_closed(uv_handle_t *h) { (void)h; }
 
-typedef struct kfd_commit_item {
-    kfd_commit_cb cb;
-    void *arg;
-} kfd_commit_item;
-
 static void on_expiry_tick(uv_timer_t *t) { kfd_approvals_expire(t->data); }
 
 int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
@@ -121,13 +116,6 @@ bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why)
     return info.reachable;
 }
 
-static void on_replicated(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
-{
-    kfd_commit_item *it = arg;
-    it->cb(it->arg, status, res, err);
-    free(it);
-}
-
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)
 {
     cmd->command_id = ++app->next_command_id;
@@ -135,11 +123,7 @@ void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb,
     uint8_t stackbuf[4096];
     size_t len = protobuf_c_message_get_packed_size(&cmd->base);
     uint8_t *packed = len <= sizeof(stackbuf) ? stackbuf : malloc(len);
-    kfd_commit_item *it = calloc(1, sizeof(*it));
-    if (it == NULL || packed == NULL) {
-        free(it);
-        if (packed != stackbuf)
-            free(packed);
+    if (packed == NULL) {
         kf_err err;
         kf_err_set(&err, -ENOMEM, "out of memory");
         kfd_apply_result res = {0};
@@ -147,9 +131,7 @@ void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb,
         return;
     }
     protobuf_c_message_pack(&cmd->base, packed);
-    it->cb = cb;
-    it->arg = arg;
-    kfd_repl_submit(app->repl, packed, len, on_replicated, it);
+    kfd_repl_submit(app->repl, packed, len, cb, arg);
     if (packed != stackbuf)
         free(packed);
 }

@@ -8,6 +8,7 @@
 #include "keyfleet/v1/state.pb-c.h"
 #include "kms.h"
 #include "policy.h"
+#include "replication.h"
 #include "server.h"
 #include "store.h"
 
@@ -44,7 +45,7 @@ void kfd_app_load_policy(kfd_app *app);
  * its log and it is applied here (libraft batches the log writes of concurrent commands into
  * one fsync), or with -EAGAIN when this coordinator is not the leader. cmd is serialized at once
  * and may be freed when kfd_commit returns. status is 0 or a negative errno with err set. */
-typedef void (*kfd_commit_cb)(void *arg, int status, const kfd_apply_result *res, const kf_err *err);
+typedef kfd_repl_cb kfd_commit_cb;
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg);
 
 /* An audit entry whose strings point at the arguments (no copies). */

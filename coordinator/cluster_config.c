@@ -33,6 +33,10 @@ bool kfd_hostport_valid(const char *s, bool allow_zero)
     const char *colon = s != NULL ? strrchr(s, ':') : NULL;
     if (colon == NULL || colon == s || colon - s > 253)
         return false;
+    /* Addresses end up in member addresses and headers: visible ASCII only, no spaces. */
+    for (const char *p = s; p < colon; p++)
+        if (*p <= 0x20 || *p > 0x7e)
+            return false;
     char *end = NULL;
     long port = strtol(colon + 1, &end, 10);
     return end != colon + 1 && *end == '\0' && port >= (allow_zero ? 0 : 1) && port <= 65535;

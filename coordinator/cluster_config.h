@@ -33,7 +33,8 @@ int kfd_cluster_config_check(kfd_cluster_config *c, const char *self, const kf_y
 void kfd_cluster_config_defaults(kfd_cluster_config *c);
 void kfd_cluster_config_clear(kfd_cluster_config *c);
 
-/* "host:port" with a port of 1..65535 (0 too when allow_zero). */
+/* "host:port": a host of visible ASCII without spaces, a port of 1..65535 (0 too when
+ * allow_zero). */
 bool kfd_hostport_valid(const char *s, bool allow_zero);
 
 #endif

@@ -130,13 +130,9 @@ static int validate_listen(const kf_yaml_doc *doc, const kf_strlist *l, kf_err *
     const kf_yaml_node *node = find_key(doc->root, "listen");
     if (l->n == 0)
         return kf_yaml_error(doc, node, err, "listen needs at least one address");
-    for (size_t i = 0; i < l->n; i++) {
-        const char *colon = strrchr(l->v[i], ':');
-        char *end = NULL;
-        long port = colon != NULL ? strtol(colon + 1, &end, 10) : -1;
-        if (colon == NULL || colon == l->v[i] || end == colon + 1 || *end != '\0' || port < 0 || port > 65535)
+    for (size_t i = 0; i < l->n; i++)
+        if (!kfd_hostport_valid(l->v[i], true))
             return kf_yaml_error(doc, node, err, "listen address '%.64s' is not host:port", l->v[i]);
-    }
     return 0;
 }
 

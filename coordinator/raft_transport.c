@@ -185,6 +185,14 @@ static int tcp_connect(conn *c, uint64_t deadline)
     return fd;
 }
 
+/* What a non-blocking TLS call that returned r waits for: POLLIN, POLLOUT, or 0 when the
+ * connection is over (EOF, reset, TLS error). */
+static short ssl_wants(SSL *ssl, int r)
+{
+    int e = SSL_get_error(ssl, r);
+    return e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+}
+
 static bool tls_handshake(conn *c, uint64_t deadline)
 {
     for (;;) {
@@ -192,16 +200,9 @@ static bool tls_handshake(conn *c, uint64_t deadline)
         int r = c->outbound ? SSL_connect(c->ssl) : SSL_accept(c->ssl);
         if (r == 1)
             return true;
-        int e = SSL_get_error(c->ssl, r);
-        if (e == SSL_ERROR_WANT_READ) {
-            if (!wait_fd(c->hub, c->tls_fd, POLLIN, deadline))
-                return false;
-        } else if (e == SSL_ERROR_WANT_WRITE) {
-            if (!wait_fd(c->hub, c->tls_fd, POLLOUT, deadline))
-                return false;
-        } else {
+        short ev = ssl_wants(c->ssl, r);
+        if (ev == 0 || !wait_fd(c->hub, c->tls_fd, ev, deadline))
             return false;
-        }
     }
 }
 
@@ -217,11 +218,20 @@ static bool tls_io(conn *c, void *buf, size_t len, bool write, uint64_t deadline
             done += n;
             continue;
         }
-        int e = SSL_get_error(c->ssl, r);
-        short ev = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+        short ev = ssl_wants(c->ssl, r);
         if (ev == 0 || !wait_fd(c->hub, c->tls_fd, ev, deadline))
             return false;
     }
+    return true;
+}
+
+/* A member address goes into raft's configuration and from there into leader-hint headers:
+ * printable ASCII only. */
+static bool address_printable(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if (*s < 0x20 || *s > 0x7e)
+            return false;
     return true;
 }
 
@@ -257,8 +267,8 @@ static bool check_peer(conn *c, uint64_t deadline)
         if (!tls_io(c, hdr, 2, false, deadline) || (len = (size_t)hdr[0] << 8 | hdr[1]) == 0 ||
             len >= sizeof(c->address) || !tls_io(c, c->address, len, false, deadline))
             why = "no member address received";
-        else if ((c->address[len] = '\0', !kfd_raft_address_field(c->address, "name", name, sizeof(name))) ||
-                 strcmp(name, id->name) != 0)
+        else if ((c->address[len] = '\0', !address_printable(c->address)) ||
+                 !kfd_raft_address_field(c->address, "name", name, sizeof(name)) || strcmp(name, id->name) != 0)
             why = "member address names another coordinator than the certificate";
         else
             c->id = kfd_raft_id(id->name);
@@ -291,15 +301,12 @@ static bool pump(conn *c)
                 t2p_off = 0;
                 progress = true;
             } else {
-                int e = SSL_get_error(c->ssl, r);
-                if (e == SSL_ERROR_WANT_READ)
-                    tls_ev |= POLLIN;
-                else if (e == SSL_ERROR_WANT_WRITE)
-                    tls_ev |= POLLOUT;
-                else {
+                short ev = ssl_wants(c->ssl, r);
+                if (ev == 0) {
                     peer_gone = true;
                     break;
                 }
+                tls_ev |= ev;
             }
         }
         if (t2p_len > 0) {
@@ -333,15 +340,12 @@ static bool pump(conn *c)
                 p2t_len = 0;
                 progress = true;
             } else {
-                int e = SSL_get_error(c->ssl, r);
-                if (e == SSL_ERROR_WANT_WRITE)
-                    tls_ev |= POLLOUT;
-                else if (e == SSL_ERROR_WANT_READ)
-                    tls_ev |= POLLIN;
-                else {
+                short ev = ssl_wants(c->ssl, r);
+                if (ev == 0) {
                     peer_gone = true;
                     break;
                 }
+                tls_ev |= ev;
             }
         }
         if (progress)

@@ -101,8 +101,7 @@ void kfd_rpc_add_member(kfd_call *call)
 {
     const Keyfleet__V1__AddMemberRequest *req = (const Keyfleet__V1__AddMemberRequest *)call->request;
     if (!kf_name_valid(req->name, strlen(req->name)) || !kfd_hostport_valid(req->raft_address, false) ||
-        !kfd_hostport_valid(req->rpc_address, false) || strchr(req->raft_address, ' ') != NULL ||
-        strchr(req->rpc_address, ' ') != NULL) {
+        !kfd_hostport_valid(req->rpc_address, false)) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
                        "name must be a coordinator name, raft_address and rpc_address host:port");
         return;

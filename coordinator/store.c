@@ -117,12 +117,19 @@ int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err)
     int primary = rc & 0xff;
     if (primary == SQLITE_CONSTRAINT)
         return kf_err_set(err, -EEXIST, "%s: already exists", what);
-    const char *msg = s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
+    return kfd_store_fail(s, what, s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc), rc, err);
+}
+
+int kfd_store_fail(kfd_store *s, const char *what, const char *msg, int code, kf_err *err)
+{
     if (!s->failed) {
         s->failed = true;
-        snprintf(s->failure, sizeof(s->failure), "%s: %s (sqlite %d)", what, msg, rc);
-        kf_log_error("store_failed", "what=%s error=%s code=%d action=\"failing closed until restart\"", what,
-                     kf_log_q(msg), rc);
+        if (code != 0)
+            snprintf(s->failure, sizeof(s->failure), "%s: %s (sqlite %d)", what, msg, code);
+        else
+            snprintf(s->failure, sizeof(s->failure), "%s: %s", what, msg);
+        kf_log_error("store_failed", "what=%s error=%s code=%d action=\"failing closed until restart\"",
+                     kf_log_q(what), kf_log_q(msg), code);
     }
     return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
 }

@@ -73,6 +73,9 @@ void kfd_store_close_db(kfd_store *s);
 /* Marks the store failed on a fault-class sqlite error; returns -EIO for faults, or the errno
  * that matches a constraint violation. */
 int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err);
+/* Puts the store in the failed state (the first failure is kept and logged); code is the sqlite
+ * result code, or 0 for another fault. Returns -EIO. */
+int kfd_store_fail(kfd_store *s, const char *what, const char *msg, int code, kf_err *err);
 /* Resets and clears bindings of a statement. */
 sqlite3_stmt *kfd_store_stmt(kfd_store *s, int which);
 

@@ -68,15 +68,6 @@ static int write_all(int fd, const unsigned char *p, size_t len)
     return 0;
 }
 
-static void fail(kfd_store *s, const char *what, int e, kf_err *err)
-{
-    s->failed = true;
-    snprintf(s->failure, sizeof(s->failure), "%s: %s", what, strerror(-e));
-    kf_log_error("store_failed", "what=%s error=%s action=\"failing closed until restart\"", kf_log_q(what),
-                 kf_log_q(strerror(-e)));
-    kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
-}
-
 int kfd_store_replace(kfd_store *s, const unsigned char *image, size_t len, kf_err *err)
 {
     /* A SQLite file starts with this; anything else is not ours to install. */
@@ -108,10 +99,8 @@ int kfd_store_replace(kfd_store *s, const unsigned char *image, size_t len, kf_e
     kfd_store_close_db(s);
     unlink(wal);
     unlink(shm);
-    if (rename(tmp, s->path) != 0) {
-        fail(s, "installing the snapshot", -errno, err);
-        return -EIO;
-    }
+    if (rename(tmp, s->path) != 0)
+        return kfd_store_fail(s, "installing the snapshot", strerror(errno), 0, err);
     int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         fsync(dfd);
