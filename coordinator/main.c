@@ -11,6 +11,7 @@
 
 #include "app.h"
 #include "config.h"
+#include "kf_crash.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "kms_remote.h"
@@ -29,6 +30,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     kf_log_set_program("keyfleetd");
+    kf_crash_handler_install("keyfleetd");
     kfd_json_wipe_on_free();
     const char *config_path = "/etc/keyfleet/keyfleetd.yaml";
     int check_only = 0;

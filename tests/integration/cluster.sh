@@ -286,7 +286,10 @@ expect_match "membership changes are audited" "$out" "cluster_add"
 
 RECORDS=$(audit_json "$L" | wc -l)
 for n in c1 c2 c3; do kill -TERM "${PID[$n]}"; done
-for n in c1 c2 c3; do wait "${PID[$n]}"; done
+for n in c1 c2 c3; do
+    wait "${PID[$n]}"
+    expect_eq "$n stops cleanly on TERM" "$?" "0"
+done
 
 # ---- rebuilding a cluster from one replica's database (docs/operations.md) -----------------
 setup_cluster e 3 200
@@ -308,7 +311,10 @@ expect_eq "it holds the whole audit chain, plus the new release" "$(audit_json e
 out=$("$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[e2]}" audit verify 2>&1)
 expect_match "and the chain verifies" "$out" "^audit chain ok"
 for n in e1 e2 e3; do kill -TERM "${PID[$n]}"; done
-for n in e1 e2 e3; do wait "${PID[$n]}"; done
+for n in e1 e2 e3; do
+    wait "${PID[$n]}"
+    expect_eq "$n stops cleanly on TERM" "$?" "0"
+done
 
 # ---- five replicas: two killed, service continues ------------------------------------------
 setup_cluster d 5 100

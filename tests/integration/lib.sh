@@ -10,12 +10,15 @@ PROBE=$BUILD/tests/rpc_probe
 WORK=$(mktemp -d /tmp/kf-it.XXXXXX)
 PASSED=0
 FAILED=0
+FAILURES=""
 PIDS=()
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
     if [ "$FAILED" -gt 0 ] || [ -n "${KF_KEEP:-}" ]; then
         for f in "$WORK"/*/keyfleetd.log; do [ -f "$f" ] && { echo "# --- $f"; tail -n 30 "$f" | sed 's/^/# /'; }; done
+        # Again after the logs, so that a tail of the output names what failed.
+        [ -n "$FAILURES" ] && printf '# failed:\n%s' "$FAILURES"
     fi
     [ -n "${KF_KEEP:-}" ] || rm -rf "$WORK"
 }
@@ -26,6 +29,7 @@ not_ok() {
     FAILED=$((FAILED + 1))
     echo "not ok - $1"
     [ $# -gt 1 ] && echo "#   $2"
+    FAILURES="$FAILURES#   not ok - $1${2:+ ($2)}"$'\n'
     return 0
 }
 # check DESC CMD...: passes when CMD succeeds.
