@@ -14,6 +14,7 @@
 #endif
 #endif
 
+#ifndef KF_SANITIZED
 static char crash_line[160];
 static size_t crash_prefix_len;
 
@@ -46,9 +47,6 @@ static void on_fatal(int sig)
 
 void kf_crash_handler_install(const char *program)
 {
-#ifdef KF_SANITIZED
-    (void)program;
-#else
     snprintf(crash_line, sizeof(crash_line), "prog=%s level=error event=crashed signal=", program);
     crash_prefix_len = strlen(crash_line);
     void *warm[1];
@@ -61,5 +59,7 @@ void kf_crash_handler_install(const char *program)
     const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigaction(sigs[i], &sa, NULL);
-#endif
 }
+#else
+void kf_crash_handler_install(const char *program) { (void)program; }
+#endif
