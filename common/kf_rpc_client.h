@@ -1,4 +1,4 @@
-/* A blocking Connect unary client over libcurl: HTTP/2, TLS 1.3, client certificate, one
+/* A blocking Connect unary client on nghttp2 and OpenSSL: HTTP/2, TLS 1.3, client certificate, one
  * long-lived connection, servers tried in order on transport errors. The client certificate is
  * optional when the caller authenticates with an AppRole bearer token. Used by keyfleetctl
  * and keyfleet-agent. */

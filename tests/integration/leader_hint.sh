@@ -34,6 +34,17 @@ start_follower "$WORK/f2.port" "127.0.0.1:1"
 out=$("$PROBE" "127.0.0.1:$(cat "$WORK/f2.port")" "$F/operator.crt" "$F/operator.key" "$F/ca.crt" \
     keyfleet.v1.AdminService/ClusterStatus unavailable)
 expect_match "a hint to nowhere ends clearly" "$out" "^code=(unavailable|transport_error)"
+# A TLS server that does not agree to HTTP/2 is refused with a clear error, not misread.
+H1=127.0.0.1:$((20000 + RANDOM % 20000))
+openssl s_server -quiet -accept "$H1" -cert "$F/coordinator.crt" -key "$F/coordinator.key" -alpn http/1.1 \
+    -www >/dev/null 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 40); do
+    out=$("$PROBE" "$H1" "$F/operator.crt" "$F/operator.key" "$F/ca.crt" keyfleet.v1.AdminService/ClusterStatus ok)
+    [[ $out == *"connect: Connection refused"* ]] || break
+    sleep 0.05
+done
+expect_match "a server that does not speak HTTP/2 is refused clearly" "$out" "did not agree to HTTP/2|no application protocol"
 stop_kfd TERM
 check_sanitizers
 finish

@@ -1,4 +1,4 @@
-/* rpc_probe: calls one RPC through keyfleet's libcurl client (kf_rpc_client) and checks the
+/* rpc_probe: calls one RPC through keyfleet's Connect client (kf_rpc_client) and checks the
  * Connect code. Used by the integration tests to exercise the client side over real HTTP/2.
  *   rpc_probe SERVER CERT KEY CA METHOD EXPECTED_CODE
  * The request is the empty message, valid for every request type. Prints one line:
