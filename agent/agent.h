@@ -30,6 +30,8 @@ uint64_t kfa_now_ms(void);
 
 /* Opens the client (once) and, with AppRole, logs in when there is no token: 0, -EACCES (the
  * login was refused), or another -errno when no coordinator answered. */
+/* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
+int kfa_client(kfa_ctx *ctx, kf_err *err);
 int kfa_connect(kfa_ctx *ctx, kf_err *err);
 
 /* Releases v's key: retries transport errors and unavailable with jittered backoff, and polls

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,46 @@ out:
     return rc;
 }
 
+/* The node's identity from its certificate, parsed once by the TLS context. */
+static int resolve_identity(kfa_ctx *ctx, kf_err *err)
+{
+    if (kfa_client(ctx, err) != 0 || kf_rpc_client_identity(ctx->client, &ctx->me, err) != 0 ||
+        ctx->me.kind != KF_PEER_NODE) {
+        fprintf(stderr, "keyfleet-agent: %s: %s\n", ctx->cfg->cert,
+                err->msg[0] ? err->msg : "not a node certificate (keyfleet://node/NAME)");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* At boot the TLS set-up (context, certificate, handshake) and reading the volumes' LUKS
+ * headers take about as long as each other; unlock does them at once, on two threads. The
+ * helper thread touches only ctx->client and ctx->me until it is joined. */
+typedef struct identity_job {
+    kfa_ctx *ctx;
+    pthread_t thread;
+    bool started;
+    int r;
+    kf_err err;
+} identity_job;
+
+static void *identity_thread(void *arg)
+{
+    identity_job *job = arg;
+    job->r = resolve_identity(job->ctx, &job->err);
+    kf_err ignored = {0}; /* a failed connect is retried, and reported, by the release loop */
+    if (job->r == 0)
+        kf_rpc_client_connect(job->ctx->client, &ignored);
+    return NULL;
+}
+
+static int await_identity(identity_job *job)
+{
+    pthread_join(job->thread, NULL);
+    job->started = false;
+    return job->r;
+}
+
 /* Volumes to act on: the named ones, or every configured and discovered one. */
 static int collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret,
                            size_t *ret_n)
@@ -281,12 +322,10 @@ static int unlock_from_tpm(kfa_ctx *ctx, kfa_volume *v, const char *why, kf_err 
     return 0;
 }
 
-/* Unlocks one volume; returns 0 when it is unlocked afterwards. */
+/* Unlocks one probed volume; returns 0 when it is unlocked afterwards. */
 static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
 {
-    int r = v->drv->probe(ctx->cfg, v, err);
-    if (r != 0)
-        return r;
+    int r;
     if (v->wrapped == NULL)
         return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
     if (v->unlocked) {
@@ -320,27 +359,41 @@ static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
     return r;
 }
 
-static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv)
+static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv, identity_job *job)
 {
     int all = argc >= 2 && strcmp(argv[1], "--all") == 0;
-    if (all && argc != 2) {
-        usage(stderr);
-        return KFA_EXIT_USAGE;
-    }
     kfa_volume *vs = NULL;
     size_t n = 0;
-    if (collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, true, &vs, &n) != 0)
-        return KFA_EXIT_USAGE;
+    int rc = KFA_EXIT_USAGE;
+    if (all && argc != 2)
+        usage(stderr);
+    else if (collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, true, &vs, &n) == 0)
+        rc = 0;
+    /* The volumes' headers are read while the helper thread sets up TLS and connects. */
+    kf_err *probe_err = rc == 0 ? calloc(n + 1, sizeof(*probe_err)) : NULL;
+    int *probe_r = rc == 0 ? calloc(n + 1, sizeof(*probe_r)) : NULL;
+    if (rc == 0 && (probe_err == NULL || probe_r == NULL))
+        rc = KFA_EXIT_USAGE;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        probe_r[i] = vs[i].drv->probe(ctx->cfg, &vs[i], &probe_err[i]);
+    if (job != NULL && await_identity(job) != 0)
+        rc = KFA_EXIT_USAGE;
     size_t ok = 0;
     for (size_t i = 0; i < n; i++) {
         kf_err err = {0};
-        if (unlock_one(ctx, &vs[i], &err) == 0)
+        if (rc == 0 && probe_r[i] != 0)
+            fprintf(stderr, "keyfleet-agent: unlock: %s\n", probe_err[i].msg);
+        else if (rc == 0 && unlock_one(ctx, &vs[i], &err) == 0)
             ok++;
-        else
+        else if (rc == 0)
             fprintf(stderr, "keyfleet-agent: unlock: %s\n", err.msg);
         kfa_volume_clear(&vs[i]);
     }
     free(vs);
+    free(probe_err);
+    free(probe_r);
+    if (rc != 0)
+        return rc;
     if (ctx->reachable)
         kfa_report_offline(ctx);
     if (n == 0)
@@ -511,22 +564,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
         return KFA_EXIT_USAGE;
     }
-    if (ctx.cfg->cert == NULL) {
-        ctx.me.kind = KF_PEER_NODE; /* AppRole: the name comes with the login */
-    } else if (kf_identity_from_cert_file(ctx.cfg->cert, &ctx.me, &err) != 0 || ctx.me.kind != KF_PEER_NODE) {
-        fprintf(stderr, "keyfleet-agent: %s: %s\n", ctx.cfg->cert,
-                err.msg[0] ? err.msg : "not a node certificate (keyfleet://node/NAME)");
-        kfa_config_free(ctx.cfg);
-        return KFA_EXIT_USAGE;
-    }
     ctx.deadline = kfa_now_ms() + ctx.cfg->deadline_ms;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind, rc;
     char **sub_argv = argv + optind;
+    identity_job job = {.ctx = &ctx};
+    if (ctx.cfg->cert == NULL) {
+        ctx.me.kind = KF_PEER_NODE; /* AppRole: the name comes with the login */
+    } else if (strcmp(cmd, "unlock") == 0 && pthread_create(&job.thread, NULL, identity_thread, &job) == 0) {
+        job.started = true; /* cmd_unlock reads the volumes meanwhile, then joins */
+    } else if (resolve_identity(&ctx, &err) != 0) {
+        kfa_config_free(ctx.cfg);
+        return KFA_EXIT_USAGE;
+    }
     if (strcmp(cmd, "enroll") == 0)
         rc = cmd_enroll(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "unlock") == 0)
-        rc = cmd_unlock(&ctx, sub_argc, sub_argv);
+        rc = cmd_unlock(&ctx, sub_argc, sub_argv, job.started ? &job : NULL);
     else if (strcmp(cmd, "status") == 0)
         rc = cmd_status(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "rewrap") == 0)

@@ -88,10 +88,10 @@ static int login(kfa_ctx *ctx, kf_err *err)
     return r;
 }
 
-int kfa_connect(kfa_ctx *ctx, kf_err *err)
+int kfa_client(kfa_ctx *ctx, kf_err *err)
 {
     if (ctx->client != NULL)
-        return ctx->cfg->role_id_file != NULL && !ctx->logged_in ? login(ctx, err) : 0;
+        return 0;
     kf_rpc_opts opts = {
         .servers = (const char *const *)ctx->cfg->coordinators.v,
         .n_servers = ctx->cfg->coordinators.n,
@@ -100,8 +100,13 @@ int kfa_connect(kfa_ctx *ctx, kf_err *err)
         .ca_file = ctx->cfg->ca,
         .timeout_ms = (long)ctx->cfg->call_timeout_ms,
     };
-    int r = kf_rpc_client_new(&opts, &ctx->client, err);
-    return r == 0 && ctx->cfg->role_id_file != NULL ? login(ctx, err) : r;
+    return kf_rpc_client_new(&opts, &ctx->client, err);
+}
+
+int kfa_connect(kfa_ctx *ctx, kf_err *err)
+{
+    int r = kfa_client(ctx, err);
+    return r == 0 && ctx->cfg->role_id_file != NULL && !ctx->logged_in ? login(ctx, err) : r;
 }
 
 /* Waits before the next attempt; false when that would pass the deadline. */

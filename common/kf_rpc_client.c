@@ -529,6 +529,24 @@ int kf_rpc_client_set_bearer(kf_rpc_client *c, const char *token)
     return 0;
 }
 
+int kf_rpc_client_connect(kf_rpc_client *c, kf_err *err)
+{
+    if (c->conn != NULL)
+        return 0;
+    int r = open_conn(c, c->current, now_ms() + (uint64_t)c->timeout_ms, err);
+    if (r != 0)
+        c->current = (c->current + 1) % c->n_servers;
+    return r;
+}
+
+int kf_rpc_client_identity(const kf_rpc_client *c, kf_identity *ret, kf_err *err)
+{
+    X509 *cert = SSL_CTX_get0_certificate(c->ctx);
+    if (cert == NULL)
+        return kf_err_set(err, -ENOENT, "no client certificate");
+    return kf_identity_from_cert(cert, ret, err) == 0 ? 0 : -EACCES;
+}
+
 /* The index of server addr, added to the list when it is new; -1 when out of memory. */
 static int server_index(kf_rpc_client *c, const char *addr)
 {

@@ -11,6 +11,7 @@
 
 #include "kf_connect.h"
 #include "kf_err.h"
+#include "kf_identity.h"
 
 typedef struct kf_rpc_client kf_rpc_client;
 
@@ -45,6 +46,15 @@ int kf_rpc_call(kf_rpc_client *c, const char *method, const ProtobufCMessage *re
 /* Sends "Authorization: Bearer TOKEN" on every later call (an AppRole token); NULL stops it.
  * The token is kept in secure memory. Returns 0 or -ENOMEM. */
 int kf_rpc_client_set_bearer(kf_rpc_client *c, const char *token);
+
+/* Opens the connection to the server tried first now, TLS handshake included, so that the next
+ * call does not wait for it (the agent does this on a helper thread while it reads its volumes'
+ * headers). On failure the next call starts with the following server. Returns 0 or -errno. */
+int kf_rpc_client_connect(kf_rpc_client *c, kf_err *err);
+
+/* The identity named by the client certificate, parsed once with the TLS context. Returns 0,
+ * -ENOENT when the client has no certificate, or -EACCES when it names no keyfleet identity. */
+int kf_rpc_client_identity(const kf_rpc_client *c, kf_identity *ret, kf_err *err);
 
 /* GET path (e.g. "/readyz"); the body is returned NUL-terminated (malloc'ed). */
 int kf_rpc_get(kf_rpc_client *c, const char *path, long *ret_status, char **ret_body, kf_err *err);

@@ -28,7 +28,8 @@ expect_match "enroll a LUKS2 container (passphrase on stdin)" "$out" "^enrolled 
 UUID1=$(cryptsetup luksUUID "$WORK/disk1.luks")
 dump=$(luks_json "$WORK/disk1.luks")
 expect_match "the LUKS2 token holds the volume id and the wrapped key" "$dump" "\"type\":\"keyfleet\",\"keyslots\":\\[\"1\"\\].*\"keyfleet_volume_id\":\"$UUID1\",\"keyfleet_wrapped_key\":\"kf:local:v1:"
-expect_match "the keyfleet keyslot uses PBKDF2 with few iterations" "$dump" "\"1\":\\{\"type\":\"luks2\".*\"kdf\":\\{\"type\":\"pbkdf2\",\"hash\":\"sha256\",\"iterations\":1000"
+expect_match "the keyfleet keyslot uses PBKDF2-SHA512 (and a SHA-512 AF split) with few iterations" "$dump" \
+    "\"1\":\\{\"type\":\"luks2\".*\"af\":\\{\"type\":\"luks1\",\"stripes\":4000,\"hash\":\"sha512\"\\}.*\"kdf\":\\{\"type\":\"pbkdf2\",\"hash\":\"sha512\",\"iterations\":1000"
 echo "other secret" >"$WORK/disk2.pass"
 printf 'other secret' >"$WORK/disk2.pass"
 out=$(A enroll "luks:$WORK/disk2.luks" --auth-file "$WORK/disk2.pass" 2>&1)
