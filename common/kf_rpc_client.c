@@ -26,6 +26,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "kf_hostport.h"
 #include "kf_secmem.h"
 #include "kf_tls.h"
 
@@ -86,30 +87,6 @@ static int wait_fd(int fd, short events, uint64_t deadline)
         if (r < 0 && errno != EINTR)
             return -errno;
     }
-}
-
-/* Splits "host:port" or "[v6]:port". */
-static bool split_hostport(const char *s, char *host, size_t host_size, char *port, size_t port_size)
-{
-    const char *colon;
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (end == NULL || end[1] != ':' || (size_t)(end - s - 1) >= host_size)
-            return false;
-        memcpy(host, s + 1, (size_t)(end - s - 1));
-        host[end - s - 1] = '\0';
-        colon = end + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (colon == NULL || (size_t)(colon - s) >= host_size || colon == s)
-            return false;
-        memcpy(host, s, (size_t)(colon - s));
-        host[colon - s] = '\0';
-    }
-    if (strlen(colon + 1) == 0 || strlen(colon + 1) >= port_size)
-        return false;
-    snprintf(port, port_size, "%s", colon + 1);
-    return true;
 }
 
 static const char *ssl_reason(void)
@@ -308,7 +285,7 @@ static int open_conn(kf_rpc_client *c, size_t server, uint64_t deadline, kf_err 
 {
     const char *name = c->servers[server];
     char host[256], port[16];
-    if (!split_hostport(name, host, sizeof(host), port, sizeof(port)))
+    if (!kf_hostport_split(name, host, sizeof(host), port, sizeof(port)))
         return kf_err_set(err, -EINVAL, "%s: not host:port", name);
     conn *k = calloc(1, sizeof(*k));
     if (k == NULL)

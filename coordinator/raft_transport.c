@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "kf_hostport.h"
 #include "kf_log.h"
 #include "kf_tls.h"
 
@@ -110,18 +111,6 @@ bool kfd_raft_address_field(const char *address, const char *field, char *out, s
         p = end != NULL ? end + 1 : NULL;
     }
     return false;
-}
-
-static bool split_hostport(const char *s, char *host, size_t hsize, char port[8])
-{
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || colon == s || (size_t)(colon - s) >= hsize || strlen(colon + 1) == 0 ||
-        strlen(colon + 1) > 5)
-        return false;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    strcpy(port, colon + 1);
-    return true;
 }
 
 static void hub_unref(hub *h)
@@ -555,7 +544,7 @@ static int t_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
         return 0;
     char host[256], port[8];
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
-    if (!split_hostport(tr->listen_addr, host, sizeof(host), port) || getaddrinfo(host, port, &hints, &ai) != 0) {
+    if (!kf_hostport_split(tr->listen_addr, host, sizeof(host), port, sizeof(port)) || getaddrinfo(host, port, &hints, &ai) != 0) {
         snprintf(t->errmsg, sizeof(t->errmsg), "raft_listen %.200s: cannot resolve", tr->listen_addr);
         return RAFT_IOERR;
     }
@@ -589,7 +578,7 @@ static int t_connect(struct raft_uv_transport *t, struct raft_uv_connect *req, r
         return RAFT_NOMEM;
     if (!kfd_raft_address_field(address, "raft", raft_addr, sizeof(raft_addr)) ||
         !kfd_raft_address_field(address, "name", c->expect_name, sizeof(c->expect_name)) ||
-        !split_hostport(raft_addr, c->host, sizeof(c->host), c->port)) {
+        !kf_hostport_split(raft_addr, c->host, sizeof(c->host), c->port, sizeof(c->port))) {
         conn_unref(c);
         snprintf(t->errmsg, sizeof(t->errmsg), "bad member address '%.200s'", address);
         return RAFT_NOCONNECTION;

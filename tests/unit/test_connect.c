@@ -1,4 +1,5 @@
-/* Connect error codes: names, HTTP statuses, errno mapping and the JSON body both ways. */
+/* Connect error codes: names, HTTP statuses, errno mapping and the JSON body both ways; the
+ * host:port addresses clients dial. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 #include <cmocka.h>
 
 #include "kf_connect.h"
+#include "kf_hostport.h"
 
 static void test_http_statuses(void **state)
 {
@@ -79,10 +81,29 @@ static void test_json_parse_rejects_garbage(void **state)
     free(msg);
 }
 
+static void test_hostport_split(void **state)
+{
+    (void)state;
+    char host[16], port[8];
+    assert_true(kf_hostport_split("127.0.0.1:7443", host, sizeof(host), port, sizeof(port)));
+    assert_string_equal(host, "127.0.0.1");
+    assert_string_equal(port, "7443");
+    assert_true(kf_hostport_split("[::1]:443", host, sizeof(host), port, sizeof(port)));
+    assert_string_equal(host, "::1");
+    assert_string_equal(port, "443");
+    assert_true(kf_hostport_split("kf.example:1", host, sizeof(host), port, sizeof(port)));
+    assert_string_equal(host, "kf.example");
+    static const char *const bad[] = {"nocolon", ":443", "host:", "[::1]443", "[::1", "[]:443",
+                                      "a-very-long-host-name:1", "host:12345678"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_false(kf_hostport_split(bad[i], host, sizeof(host), port, sizeof(port)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_statuses),
+        cmocka_unit_test(test_hostport_split),
         cmocka_unit_test(test_errno_mapping),
         cmocka_unit_test(test_json_roundtrip),
         cmocka_unit_test(test_json_parse_rejects_garbage),
