@@ -18,6 +18,8 @@
 #define ENTRY_HEADER 8
 #define SNAPSHOT_MAGIC "KFSNAP01"
 #define SNAPSHOT_HEADER 16
+#define SNAPSHOT_BYTES_PER_ENTRY 4096
+#define SNAPSHOT_THRESHOLD_CAP 262144
 #define MONITOR_MS 25
 #define CLOSE_WAIT_TURNS 100000
 #define COMMIT_TIMEOUT_MS 5000u
@@ -33,7 +35,9 @@ struct kfd_repl {
     char self_address[320];
     bool io_inited, raft_inited, started, closed;
     uv_timer_t monitor;
-    uv_check_t flush; /* commits the store's deferred transaction once per loop turn */
+    uv_check_t flush; /* commits the store's deferred transaction (see on_flush) */
+    uint64_t tx_since; /* loop time when the open deferred transaction was first seen */
+    unsigned snapshot_threshold; /* configured: the least number of entries between snapshots */
     raft_term ready_term; /* the term whose barrier has been applied: writes are safe */
     bool barrier_pending;
     raft_id last_leader;
@@ -191,7 +195,18 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
     *bufs = r->snap_bufs;
     *n_bufs = 2;
     r->snapshots_taken++;
-    kf_log_info("raft_snapshot", "index=%llu bytes=%zu", (unsigned long long)kfd_store_applied_index(s), len);
+    /* A snapshot copies the whole database, which grows with the audit log (about 1 KiB an
+     * entry). Waiting for a quarter as many new entries as it holds keeps the copying per entry
+     * constant (about 4 KiB) instead of growing with the database; the cap bounds the log
+     * replayed at start. */
+    size_t next = len / SNAPSHOT_BYTES_PER_ENTRY;
+    if (next > SNAPSHOT_THRESHOLD_CAP)
+        next = SNAPSHOT_THRESHOLD_CAP;
+    if (next < r->snapshot_threshold)
+        next = r->snapshot_threshold;
+    raft_set_snapshot_threshold(&r->raft, (unsigned)next);
+    kf_log_info("raft_snapshot", "index=%llu bytes=%zu next_after_entries=%zu",
+                (unsigned long long)kfd_store_applied_index(s), len, next);
     return 0;
 }
 
@@ -246,13 +261,30 @@ static void on_barrier(struct raft_barrier *req, int status)
 
 static void hurry_after_loss(kfd_repl *r);
 
+/* The deferred transaction is committed after FLUSH_INTERVAL_MS or FLUSH_MAX_COMMANDS, whichever
+ * comes first. Each commit writes every page the batch dirtied (audit rows, their indexes, the
+ * applied index) to the WAL, about 0.7 ms here: per loop turn that was 40 us of every release
+ * under load. A crash loses nothing: the entries are in the Raft log and are applied again. */
+#define FLUSH_INTERVAL_MS 50
+#define FLUSH_MAX_COMMANDS 4096
+
 static void on_flush(uv_check_t *h)
 {
     kfd_repl *r = h->data;
+    kfd_store *store = r->app->store;
+    if (!kfd_store_tx_open(store)) {
+        r->tx_since = 0;
+        return;
+    }
+    uint64_t now = uv_now(r->loop);
+    if (r->tx_since == 0)
+        r->tx_since = now;
+    if (now - r->tx_since < FLUSH_INTERVAL_MS && kfd_store_tx_commands(store) < FLUSH_MAX_COMMANDS)
+        return;
     kf_err err = {0};
-    if (kfd_store_tx_open(r->app->store))
-        r->app->batches++;
-    if (kfd_store_flush(r->app->store, &err) != 0)
+    r->app->batches++;
+    r->tx_since = 0;
+    if (kfd_store_flush(store, &err) != 0)
         kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
 }
 
@@ -554,13 +586,14 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
     r->raft.data = r;
     raft_set_election_timeout(&r->raft, (unsigned)cfg->cluster.election_timeout_ms);
     raft_set_heartbeat_timeout(&r->raft, (unsigned)cfg->cluster.heartbeat_ms);
+    r->snapshot_threshold = cfg->cluster.snapshot_threshold;
     raft_set_snapshot_threshold(&r->raft, cfg->cluster.snapshot_threshold);
     raft_set_snapshot_trailing(&r->raft, cfg->cluster.snapshot_trailing);
     raft_set_pre_vote(&r->raft, true);
     if (!cfg->cluster.join && (rc = bootstrap(r, cfg, err)) != 0)
         return rc;
-    /* Applied entries of one loop turn share one sqlite transaction: the Raft log already made
-     * them durable, so per-entry commits would only cost syscalls. */
+    /* Applied entries share one sqlite transaction for up to FLUSH_INTERVAL_MS: the Raft log
+     * already made them durable, so per-entry commits would only cost syscalls. */
     kfd_store_set_deferred(app->store, true);
     uv_check_init(r->loop, &r->flush);
     r->flush.data = r;

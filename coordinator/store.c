@@ -504,8 +504,10 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         sqlite3_bind_int64(st, 1, (sqlite3_int64)raft_index);
         r = kfd_store_step_done(s, st, "recording the applied index", &tx_err);
     }
-    if (r == 0 && s->deferred)
+    if (r == 0 && s->deferred) {
+        s->tx_commands = s->tx_open ? s->tx_commands + n : n;
         s->tx_open = true;
+    }
     else if (r == 0)
         r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", &tx_err);
     if (r != 0) {

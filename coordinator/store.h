@@ -54,6 +54,8 @@ uint64_t kfd_store_applied_index(const kfd_store *s);
  * elsewhere (the Raft log): a crash loses the open transaction, applied index included. */
 void kfd_store_set_deferred(kfd_store *s, bool deferred);
 bool kfd_store_tx_open(const kfd_store *s);
+/* Commands applied in the open deferred transaction. */
+size_t kfd_store_tx_commands(const kfd_store *s);
 /* Commits the open transaction, if any. 0, or -EIO with the store failed. */
 int kfd_store_flush(kfd_store *s, kf_err *err);
 /* Forgets the applied index (a new Raft log was just bootstrapped over existing state). */

@@ -63,6 +63,7 @@ struct kfd_store {
     uint64_t applied_index;
     /* Deferred commit: applies share one open transaction until kfd_store_flush. */
     bool deferred, tx_open;
+    size_t tx_commands; /* applied in the open deferred transaction */
 };
 
 /* Opens s->path into s (prepares statements, loads the chain head and applied index). */

@@ -16,11 +16,14 @@ void kfd_store_set_deferred(kfd_store *s, bool deferred) { s->deferred = deferre
 
 bool kfd_store_tx_open(const kfd_store *s) { return s != NULL && s->tx_open; }
 
+size_t kfd_store_tx_commands(const kfd_store *s) { return s != NULL && s->tx_open ? s->tx_commands : 0; }
+
 int kfd_store_flush(kfd_store *s, kf_err *err)
 {
     if (!s->tx_open)
         return 0;
     s->tx_open = false;
+    s->tx_commands = 0;
     int r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", err);
     if (r != 0) {
         sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));

@@ -214,7 +214,7 @@ for k in $(seq 1 90); do release n2 vol-2 "${WRAP[2]}" "$S3" >/dev/null; done
 start "$OFF"
 check "a replica that missed 90 releases catches up" caught_up "$OFF" "$NL"
 check "it caught up from a snapshot" grep -q "event=raft_restored" "$WORK/$OFF/keyfleetd.log"
-check "the leader took snapshots" grep -q "event=raft_snapshot " "$WORK/$NL/keyfleetd.log"
+check "the leader took snapshots, and says when the next is due" grep -Eq "event=raft_snapshot .*next_after_entries=[0-9]+" "$WORK/$NL/keyfleetd.log"
 a=$(audit_json "$OFF" | sha256sum); b=$(audit_json "$NL" | sha256sum)
 expect_eq "the restored replica's audit chain equals the leader's" "$a" "$b"
 
