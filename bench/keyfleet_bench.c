@@ -356,6 +356,47 @@ static void run_warm(const opts *o, node *nodes, int n_nodes, int per_node, phas
     qsort(res->latency_ms, (size_t)res->ok, sizeof(double), cmp_double);
 }
 
+/* The whole of a small file, NUL-terminated; NULL when it cannot be read. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    char *buf = calloc(1, 65537);
+    size_t n = buf != NULL ? fread(buf, 1, 65536, f) : 0;
+    fclose(f);
+    if (buf != NULL)
+        buf[n] = '\0';
+    return buf;
+}
+
+/* The cache holds certificates from one fleet's CA and keys wrapped by its coordinator: a cache
+ * made for another fleet would fail every handshake, so it is refused up front. */
+static int check_cache_fleet(const char *ca_cert, const char *cache)
+{
+    char mark[600];
+    snprintf(mark, sizeof(mark), "%s/fleet-ca.crt", cache);
+    char *want = slurp(ca_cert), *have = slurp(mark);
+    int r = 0;
+    if (want == NULL) {
+        fprintf(stderr, "keyfleet-bench: cannot read %s\n", ca_cert);
+        r = -1;
+    } else if (have == NULL) {
+        FILE *f = fopen(mark, "w");
+        if (f == NULL || fputs(want, f) < 0)
+            fprintf(stderr, "keyfleet-bench: cannot write %s\n", mark), r = -1;
+        if (f != NULL)
+            fclose(f);
+    } else if (strcmp(want, have) != 0) {
+        fprintf(stderr, "keyfleet-bench: %s was made for another fleet (its CA differs from %s); remove it or pass "
+                        "another --cache\n", cache, ca_cert);
+        r = -1;
+    }
+    free(want);
+    free(have);
+    return r;
+}
+
 /* Node certificates, cached; volumes enrolled once, wrapped keys cached. */
 static int prepare(const opts *o, node *nodes)
 {
@@ -363,6 +404,8 @@ static int prepare(const opts *o, node *nodes)
     snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", o->fleet);
     snprintf(ca_key, sizeof(ca_key), "%s/ca.key", o->fleet);
     mkdir(o->cache, 0700);
+    if (check_cache_fleet(ca_cert, o->cache) != 0)
+        return -1;
     snprintf(wrapped_path, sizeof(wrapped_path), "%s/wrapped.txt", o->cache);
     FILE *wf = fopen(wrapped_path, "r");
     char line[512];

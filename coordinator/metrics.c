@@ -104,7 +104,7 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
              "# HELP keyfleet_volumes Enrolled volumes.\n"
              "# TYPE keyfleet_volumes gauge\n"
              "keyfleet_volumes %llu\n"
-             "# HELP keyfleet_commit_batches_total Store transactions: applied Raft entries of one loop turn share one.\n"
+             "# HELP keyfleet_commit_batches_total Store transactions: applied Raft entries share one for up to 50 ms.\n"
              "# TYPE keyfleet_commit_batches_total counter\n"
              "keyfleet_commit_batches_total %llu\n"
              "# HELP keyfleet_commit_commands_total State commands applied; divided by batches: commands per transaction.\n"

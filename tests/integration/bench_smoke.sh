@@ -15,6 +15,13 @@ expect_match "... the ratio, latency percentiles, server CPU and RSS" "$out" '"p
 expect_match "the audit has every release" "$(ctl "$F" audit --action release --decision allow --json | wc -l)" "^64$"
 out=$("$BUILD/bench/keyfleet-bench" --fleet "$F" --server "10.0.0.1:$PORT" --pid "$KFD_PID" 2>&1)
 expect_match "it refuses a server outside 127.0.0.0/8" "$out" "must be on 127.0.0.0/8"
+G=$WORK/other
+fleet_init "$G"
+mkdir -p "$WORK/foreign-cache"
+cp "$G/ca.crt" "$WORK/foreign-cache/fleet-ca.crt"
+out=$("$BUILD/bench/keyfleet-bench" --fleet "$F" --server "127.0.0.1:$PORT" --pid "$KFD_PID" --nodes 2 \
+    --cache "$WORK/foreign-cache" 2>&1)
+expect_match "it refuses a cache made for another fleet" "$out" "was made for another fleet"
 stop_kfd TERM
 expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"
 check_sanitizers
