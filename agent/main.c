@@ -33,7 +33,8 @@ static void usage(FILE *f)
                "  status [--json]\n"
                "  rewrap                store each volume's key rewrapped under the newest KMS key\n"
                "  seal-secret-id --out FILE   seal an AppRole secret id (stdin) to this TPM, for\n"
-               "                        identity.secret_id_tpm_file\n");
+               "                        identity.secret_id_tpm_file\n"
+               "  check-config          validate the config (and the certificate it names), then exit\n");
 }
 
 /* Resolves VOLUME into a volume with its driver. */
@@ -567,6 +568,15 @@ int main(int argc, char **argv)
     ctx.deadline = kfa_now_ms() + ctx.cfg->deadline_ms;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind, rc;
+    if (strcmp(cmd, "check-config") == 0) {
+        /* Config management validates a rendered file with this before installing it. */
+        rc = optind + 1 == argc && (ctx.cfg->cert == NULL || resolve_identity(&ctx, &err) == 0) ? 0 : KFA_EXIT_USAGE;
+        if (rc == 0)
+            printf("%s: ok\n", config_path);
+        kf_rpc_client_free(ctx.client);
+        kfa_config_free(ctx.cfg);
+        return rc;
+    }
     char **sub_argv = argv + optind;
     identity_job job = {.ctx = &ctx};
     if (ctx.cfg->cert == NULL) {

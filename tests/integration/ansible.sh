@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The Ansible roles and the fleet health check, run for real with a local connection: the roles
+# install a coordinator and a node under a scratch root (no systemd here), the rendered configs
+# pass the binaries' own checks, a second run changes nothing, keyfleetd starts from what was
+# installed and the agent unlocks through it; health.yml passes on that fleet and fails, naming
+# the reason, on a volume that is not enrolled and on a coordinator that is down.
+. "$(dirname "$0")/lib.sh"
+
+PLAY=ansible-playbook
+command -v "$PLAY" >/dev/null || { not_ok "ansible-playbook is installed (scripts/install-deps)"; finish; }
+export ANSIBLE_NOCOLOR=1 ANSIBLE_HOST_KEY_CHECKING=0 ANSIBLE_LOCAL_TEMP=$WORK/ansible-tmp \
+    ANSIBLE_REMOTE_TEMP=$WORK/ansible-tmp ANSIBLE_RETRY_FILES_ENABLED=0
+A=$KF_SOURCE_DIR/ansible
+F=$WORK/fleet
+ROOT=$WORK/root
+fleet_init "$F"
+issue "$F" coordinator kfa --san IP:127.0.0.1
+issue "$F" node n1
+RPC=127.0.0.1:$((20000 + RANDOM % 20000))
+luks_file "$WORK/d.luks" "pw"
+
+cat >"$WORK/inventory.yml" <<YAML
+all:
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: /usr/bin/python3
+    keyfleet_root: $ROOT
+    keyfleet_manage_service: false
+    keyfleet_pki_dir: $F
+    keyfleetd_bin: $KFD
+    keyfleet_agent_bin: $AGENT
+    keyfleetctl_bin: $CTL
+    keyfleetctl_config: $F/keyfleetctl.yaml
+    keyfleet_agent_config: $ROOT/etc/keyfleet/agent.yaml
+  children:
+    coordinators:
+      hosts:
+        kfa: {keyfleet_name: kfa, keyfleet_rpc_address: "$RPC"}
+    nodes:
+      hosts:
+        n1:
+          keyfleet_node_name: n1
+          keyfleet_volumes: [{luks: "$WORK/d.luks"}]
+          keyfleet_luks_activate: false
+          keyfleet_zfs_discover: false
+          keyfleet_health_key_states: [unlocked, locked]
+YAML
+
+out=$("$PLAY" -i "$WORK/inventory.yml" --syntax-check "$A/site.yml" "$A/health.yml" 2>&1)
+expect_eq "the playbooks pass ansible's syntax check" "$?" "0"
+
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/site.yml" 2>&1)
+rc=$?
+expect_eq "site.yml installs a coordinator and a node" "$rc" "0"
+[ "$rc" = 0 ] || echo "$out" | tail -n 20 | sed 's/^/# /'
+check "keyfleetd.yaml was rendered and checked by keyfleetd" "$KFD" --check-config -c "$ROOT/etc/keyfleet/keyfleetd.yaml"
+check "agent.yaml was rendered and checked by the agent" "$AGENT" -c "$ROOT/etc/keyfleet/agent.yaml" check-config
+expect_eq "private keys are installed 0600" "$(stat -c %a "$ROOT/etc/keyfleet/kfa.key" "$ROOT/etc/keyfleet/n1.key" \
+    "$ROOT/var/lib/keyfleet/kek/kek-1.key" | sort -u)" "600"
+check "no key material in the play's output" test "$(grep -c "PRIVATE KEY" <<<"$out")" = 0
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/site.yml" 2>&1)
+expect_match "a second run changes nothing" "$out" "kfa +: ok=[0-9]+ +changed=0 .*n1 +: ok=[0-9]+ +changed=0 "
+
+# A rendered config that keyfleetd refuses is not installed.
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/site.yml" -e keyfleet_log_level=chatty 2>&1)
+expect_match "a config keyfleetd refuses is not installed" "$out" "failed to validate"
+check "... and the installed one is unchanged" grep -q "^log_level: info" "$ROOT/etc/keyfleet/keyfleetd.yaml"
+
+# keyfleetd from what the role installed; the agent from what the role installed.
+"$KFD" -c "$ROOT/etc/keyfleet/keyfleetd.yaml" >"$WORK/kfd.log" 2>&1 &
+KFD_PID=$!
+PIDS+=("$KFD_PID")
+PORT=${RPC##*:}
+for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.05; done
+allow_nodes "$F" "n*"
+printf 'pw' | "$AGENT" -c "$ROOT/etc/keyfleet/agent.yaml" enroll "$WORK/d.luks" >/dev/null 2>&1
+expect_eq "the installed agent enrolls through the installed coordinator" "$?" "0"
+"$AGENT" -c "$ROOT/etc/keyfleet/agent.yaml" unlock --all >/dev/null 2>&1
+expect_eq "... and unlocks" "$?" "0"
+
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/health.yml" 2>&1)
+rc=$?
+expect_eq "health.yml passes on a healthy fleet" "$rc" "0"
+expect_match "... and says why" "$out" "keyfleet coordinator kfa is ready; leader: kfa.*keyfleet node n1: 1 volume\(s\) healthy"
+
+# A second volume that was never enrolled.
+luks_file "$WORK/e.luks" "pw"
+cp "$ROOT/etc/keyfleet/agent.yaml" "$WORK/agent2.yaml"
+printf '  - {"luks": "%s"}\n' "$WORK/e.luks" >>"$WORK/agent2.yaml"
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/health.yml" -e keyfleet_agent_config="$WORK/agent2.yaml" 2>&1)
+rc=$?
+check "health.yml fails on a volume that is not enrolled" test "$rc" -ne 0
+expect_match "... naming it" "$out" "keyfleet node n1: luks2 $WORK/e.luks is not-enrolled"
+
+kill -TERM "$KFD_PID"
+wait "$KFD_PID"
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/health.yml" 2>&1)
+rc=$?
+check "health.yml fails when the coordinator is down" test "$rc" -ne 0
+expect_match "... for the coordinator and for the node" "$out" \
+    "keyfleet coordinator kfa \($RPC\) is not healthy.*keyfleet node n1: coordinators unreachable"
+finish
