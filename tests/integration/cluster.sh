@@ -75,6 +75,24 @@ caught_up() {
     echo "# $1 applied=$a, $2 applied=$b"
     return 1
 }
+# stop_replicas NAME...: TERM to each; each must exit 0 within 15 s (a replica whose loop is
+# stuck would never answer the signal: it is killed, and the log dump says where it stopped).
+stop_replicas() {
+    local n rc
+    for n in "$@"; do kill -TERM "${PID[$n]}" 2>/dev/null; done
+    for n in "$@"; do
+        for _ in $(seq 1 150); do kill -0 "${PID[$n]}" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "${PID[$n]}" 2>/dev/null; then
+            kill -9 "${PID[$n]}"
+            wait "${PID[$n]}" 2>/dev/null
+            not_ok "$n stops cleanly on TERM" "still running 15 s after TERM; killed"
+            continue
+        fi
+        wait "${PID[$n]}"
+        rc=$?
+        expect_eq "$n stops cleanly on TERM" "$rc" "0"
+    done
+}
 servers_of() { local s="" n; for n in "$@"; do s="$s${s:+,}${RPC[$n]}"; done; echo "$s"; }
 release() { # NODE VOLUME WRAPPED SERVERS
     "$NODE_CLIENT" "$4" "$F/$1.crt" "$F/$1.key" "$F/ca.crt" release "$2" "$3"
@@ -285,11 +303,7 @@ out=$("$CTL" -c "$F/keyfleetctl.yaml" audit --action cluster_add 2>&1)
 expect_match "membership changes are audited" "$out" "cluster_add"
 
 RECORDS=$(audit_json "$L" | wc -l)
-for n in c1 c2 c3; do kill -TERM "${PID[$n]}"; done
-for n in c1 c2 c3; do
-    wait "${PID[$n]}"
-    expect_eq "$n stops cleanly on TERM" "$?" "0"
-done
+stop_replicas c1 c2 c3
 
 # ---- rebuilding a cluster from one replica's database (docs/operations.md) -----------------
 setup_cluster e 3 200
@@ -310,11 +324,7 @@ caught_up e3 "$LE"
 expect_eq "it holds the whole audit chain, plus the new release" "$(audit_json e3 | wc -l)" "$((RECORDS + 1))"
 out=$("$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[e2]}" audit verify 2>&1)
 expect_match "and the chain verifies" "$out" "^audit chain ok"
-for n in e1 e2 e3; do kill -TERM "${PID[$n]}"; done
-for n in e1 e2 e3; do
-    wait "${PID[$n]}"
-    expect_eq "$n stops cleanly on TERM" "$?" "0"
-done
+stop_replicas e1 e2 e3
 
 # ---- five replicas: two killed, service continues ------------------------------------------
 setup_cluster d 5 100
