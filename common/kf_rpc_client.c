@@ -265,8 +265,8 @@ static int on_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, 
     return 0;
 }
 
-static ssize_t read_body(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
-                               uint32_t *data_flags, nghttp2_data_source *source, void *user)
+static ssize_t read_body(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
+                         nghttp2_data_source *source, void *user)
 {
     (void)s, (void)stream_id, (void)user;
     call *x = source->ptr;
