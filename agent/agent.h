@@ -26,7 +26,6 @@ typedef struct kfa_ctx {
     bool logged_in;    /* AppRole: a bearer token is set on client */
 } kfa_ctx;
 
-uint64_t kfa_now_ms(void);
 
 /* Opens the client (once) and, with AppRole, logs in when there is no token: 0, -EACCES (the
  * login was refused), or another -errno when no coordinator answered. */

@@ -14,6 +14,7 @@
 #include <openssl/sha.h>
 
 #include "agent.h"
+#include "kf_time.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "tpm2.h"
@@ -565,7 +566,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
         return KFA_EXIT_USAGE;
     }
-    ctx.deadline = kfa_now_ms() + ctx.cfg->deadline_ms;
+    ctx.deadline = kf_monotonic_ms() + ctx.cfg->deadline_ms;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind, rc;
     if (strcmp(cmd, "check-config") == 0) {

@@ -10,18 +10,12 @@
 
 #include "agent.h"
 #include "kf_secmem.h"
+#include "kf_time.h"
 #include "tpm2.h"
 #include "kf_log.h"
 
 #define BACKOFF_FIRST_MS 200
 #define BACKOFF_MAX_MS 5000
-
-uint64_t kfa_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(uint64_t ms)
 {
@@ -112,7 +106,7 @@ int kfa_connect(kfa_ctx *ctx, kf_err *err)
 /* Waits before the next attempt; false when that would pass the deadline. */
 static bool wait_until_next(const kfa_ctx *ctx, uint64_t ms)
 {
-    uint64_t now = kfa_now_ms();
+    uint64_t now = kf_monotonic_ms();
     if (now + ms >= ctx->deadline)
         return false;
     sleep_ms(ms);

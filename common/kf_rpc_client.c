@@ -2,6 +2,7 @@
  * connection with blocking-style I/O bounded by poll(). libcurl did this before; its Debian
  * dependency tree (gnutls, krb5, ldap, ssh2, rtmp...) cost 9 ms of the agent's 15 ms start-up
  * budget on its own (docs/performance.md), and nghttp2 is the HTTP/2 library libcurl used. */
+#include "kf_time.h"
 #include "kf_rpc_client.h"
 
 #include <errno.h>
@@ -39,7 +40,6 @@ typedef struct conn {
     SSL *ssl;
     nghttp2_session *h2;
     size_t server; /* index into servers */
-    bool used;     /* a call completed on it: a later failure may be an idle close */
 } conn;
 
 struct kf_rpc_client {
@@ -66,18 +66,11 @@ typedef struct call {
     uint32_t reset_code;
 } call;
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Waits for events on fd until deadline; -ETIMEDOUT when it passes. */
 static int wait_fd(int fd, short events, uint64_t deadline)
 {
     for (;;) {
-        uint64_t now = now_ms();
+        uint64_t now = kf_monotonic_ms();
         if (now >= deadline)
             return -ETIMEDOUT;
         struct pollfd p = {.fd = fd, .events = events};
@@ -197,6 +190,9 @@ static int flush_out(conn *k, uint64_t deadline)
         if (n == 0)
             return 0;
         int r = ssl_write_all(k, out, (size_t)n, deadline);
+        /* The frames held a request body (an AppRole secret id) and the bearer token; nghttp2's
+         * buffer is its own heap, done with once sent. */
+        kf_wipe((void *)out, (size_t)n);
         if (r < 0)
             return r;
     }
@@ -364,6 +360,7 @@ static int pump_in(conn *k, uint64_t deadline)
     if (r < 0 || n <= 0)
         return r < 0 ? r : 0;
     ssize_t fed = nghttp2_session_mem_recv(k->h2, buf, (size_t)n);
+    kf_wipe(buf, (size_t)n); /* a login answer carries a bearer token */
     return fed < 0 ? -EPROTO : 0;
 }
 
@@ -418,7 +415,7 @@ static int perform(kf_rpc_client *c, size_t server, const char *path, const uint
                    bool post, call *x, kf_err *err)
 {
     const char *name = c->servers[server];
-    uint64_t deadline = now_ms() + (uint64_t)c->timeout_ms;
+    uint64_t deadline = kf_monotonic_ms() + (uint64_t)c->timeout_ms;
     if (c->conn != NULL && (c->conn->server != server || !nghttp2_session_want_read(c->conn->h2)))
         drop_conn(c);
     /* A reused connection may have been closed by the server while idle: one fresh attempt. */
@@ -430,10 +427,8 @@ static int perform(kf_rpc_client *c, size_t server, const char *path, const uint
         free(x->data);
         *x = (call){.body = body, .body_len = body_len};
         r = exchange(c, path, post, x, deadline);
-        if (r == 0) {
-            c->conn->used = true;
+        if (r == 0)
             return 0;
-        }
         drop_conn(c);
         if (r == -EMSGSIZE)
             return kf_err_set(err, r, "%s: response larger than %u bytes", name, RESPONSE_MAX);
@@ -510,7 +505,7 @@ int kf_rpc_client_connect(kf_rpc_client *c, kf_err *err)
 {
     if (c->conn != NULL)
         return 0;
-    int r = open_conn(c, c->current, now_ms() + (uint64_t)c->timeout_ms, err);
+    int r = open_conn(c, c->current, kf_monotonic_ms() + (uint64_t)c->timeout_ms, err);
     if (r != 0)
         c->current = (c->current + 1) % c->n_servers;
     return r;

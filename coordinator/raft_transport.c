@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "kf_time.h"
 #include "kf_hostport.h"
 #include "kf_log.h"
 #include "kf_tls.h"
@@ -133,17 +134,10 @@ static void conn_unref(conn *c)
     free(c);
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Waits for fd to become ready for events; false on timeout, the stop signal or an error. */
 static bool wait_fd(hub *h, int fd, short events, uint64_t deadline)
 {
-    uint64_t now = now_ms();
+    uint64_t now = kf_monotonic_ms();
     if (now >= deadline)
         return false;
     struct pollfd p[2] = {{fd, events, 0}, {h->stop_pipe[0], POLLIN, 0}};
@@ -396,7 +390,7 @@ static void *conn_thread(void *arg)
 {
     conn *c = arg;
     hub *h = c->hub;
-    uint64_t deadline = now_ms() + HANDSHAKE_MS;
+    uint64_t deadline = kf_monotonic_ms() + HANDSHAKE_MS;
     c->status = RAFT_NOCONNECTION;
     c->loop_fd = c->pump_fd = -1;
     if (c->outbound)

@@ -20,6 +20,7 @@
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_b64.h"
+#include "kf_time.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "rpc.h"
@@ -39,13 +40,6 @@
 static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
 
 static int64_t now_s(void) { return (int64_t)time(NULL); }
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void sha256(const char *s, size_t len, uint8_t out[KFD_HASH_LEN])
 {
@@ -159,7 +153,7 @@ void kfd_rpc_login(kfd_call *call)
         return;
     char limit_key[96];
     snprintf(limit_key, sizeof(limit_key), " login %s", call->source);
-    uint32_t wait = kfd_ratelimit_take(app->ratelimit, limit_key, LOGIN_PER_MINUTE, LOGIN_BURST, now_ms());
+    uint32_t wait = kfd_ratelimit_take(app->ratelimit, limit_key, LOGIN_PER_MINUTE, LOGIN_BURST, kf_monotonic_ms());
     if (wait != 0) {
         kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "too many logins from %s; retry after %u ms", call->source,
                        wait);

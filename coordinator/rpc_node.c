@@ -18,6 +18,7 @@
 
 #include "app.h"
 #include "keyfleet/v1/node.pb-c.h"
+#include "kf_time.h"
 #include "kf_log.h"
 #include "kf_seal.h"
 #include "kms_wrapped.h"
@@ -27,13 +28,6 @@
 #define LABELS_MAX 32
 
 static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static bool id_char(char c)
 {
@@ -190,7 +184,7 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
 static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 {
     uint32_t wait = kfd_ratelimit_take(app_of(call)->ratelimit, call->peer->name, d->rate_per_minute, d->rate_burst,
-                                       now_ms());
+                                       kf_monotonic_ms());
     if (wait == 0)
         return false;
     h2o_req_t *req = call->req;

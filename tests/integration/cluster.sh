@@ -134,14 +134,7 @@ expect_eq "a follower answers a write with unavailable and the leader's address"
 
 # The agent, given only a follower, enrolls and unlocks a LUKS2 file through the leader.
 luks_file "$WORK/d.luks" "pw"
-cat >"$WORK/agent.yaml" <<YAML
-coordinators: ["${RPC[$FOLLOWER]}"]
-identity: {cert: $F/n8.crt, key: $F/n8.key, ca: $F/ca.crt}
-state_file: $WORK/agent-state.json
-luks: {activate: false}
-volumes:
-  - luks: $WORK/d.luks
-YAML
+PORT=${RPC[$FOLLOWER]##*:} agent_config "$WORK/agent.yaml" n8 "volumes:" "  - luks: $WORK/d.luks"
 printf 'pw' | "$AGENT" -c "$WORK/agent.yaml" enroll "$WORK/d.luks" >"$WORK/agent.out" 2>&1
 expect_eq "the agent, given only a follower, enrolls through the leader" "$?" "0"
 "$AGENT" -c "$WORK/agent.yaml" unlock --all >>"$WORK/agent.out" 2>&1
