@@ -21,6 +21,7 @@ typedef struct kfa_ctx {
     kfa_config *cfg;
     kf_identity me;
     kf_rpc_client *client;
+    kf_seal_receiver *receiver; /* the run's X25519 key: one HPKE context per connection */
     uint64_t deadline; /* monotonic ms */
     bool reachable;    /* a coordinator answered during this run */
     bool logged_in;    /* AppRole: a bearer token is set on client */
@@ -32,6 +33,8 @@ typedef struct kfa_ctx {
 /* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
 int kfa_client(kfa_ctx *ctx, kf_err *err);
 int kfa_connect(kfa_ctx *ctx, kf_err *err);
+/* The run's receiver, made on first use for ctx->me (NULL if that failed: each call then makes its own). */
+kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
 
 /* Releases v's key: retries transport errors and unavailable with jittered backoff, and polls
  * while PENDING, until the run's deadline. Returns 0 with *ret filled, -ETIMEDOUT at the

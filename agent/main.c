@@ -176,7 +176,7 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
     char request_id[33];
     enroll_request_id(ctx->me.name, v.id, request_id);
     kf_rpc_status st;
-    if (kf_node_enroll(ctx->client, ctx->me.name, &ref, lp, n_labels, request_id, &e, &st, &err) != 0)
+    if (kf_node_enroll(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, lp, n_labels, request_id, &e, &st, &err) != 0)
         goto out;
     if (st.code != KF_CONNECT_OK) {
         kf_err_set(&err, -EACCES, "coordinator refused: %s: %s", kf_connect_code_name(st.code), st.message);
@@ -603,6 +603,7 @@ int main(int argc, char **argv)
         usage(stderr);
         rc = KFA_EXIT_USAGE;
     }
+    kf_seal_receiver_free(ctx.receiver);
     kf_rpc_client_free(ctx.client);
     kfa_config_free(ctx.cfg);
     return rc;

@@ -103,6 +103,13 @@ int kfa_connect(kfa_ctx *ctx, kf_err *err)
     return r == 0 && ctx->cfg->role_id_file != NULL && !ctx->logged_in ? login(ctx, err) : r;
 }
 
+kf_seal_receiver *kfa_receiver(kfa_ctx *ctx)
+{
+    if (ctx->receiver == NULL && kf_seal_receiver_new(ctx->me.name, &ctx->receiver) != 0)
+        ctx->receiver = NULL;
+    return ctx->receiver;
+}
+
 /* Waits before the next attempt; false when that would pass the deadline. */
 static bool wait_until_next(const kfa_ctx *ctx, uint64_t ms)
 {
@@ -142,7 +149,7 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
             st.code = KF_CONNECT_UNAVAILABLE;
             snprintf(st.message, sizeof(st.message), "%s", e.msg);
         } else if (r == 0) {
-            r = kf_node_release(ctx->client, ctx->me.name, &ref, v->wrapped, request_id, ret, &st, &e);
+            r = kf_node_release(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, v->wrapped, request_id, ret, &st, &e);
         }
         if (r == 0 && st.code == KF_CONNECT_UNAUTHENTICATED && ctx->logged_in && !relogged) {
             /* The token expired or was revoked: log in again, once. */

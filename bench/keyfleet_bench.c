@@ -54,7 +54,7 @@ typedef struct xfer {
     char *resp;
     size_t resp_len;
     struct curl_slist *headers;
-    uint8_t sk[32];
+    kf_seal_receiver *rx; /* the simulated agent run's key: fresh per node, kept over a warm connection */
     double start;
     int in_use;
 } xfer;
@@ -133,11 +133,10 @@ static double pct(double *v, int n, double p)
     return v[i];
 }
 
-/* Builds a Release body for node i with a fresh ephemeral key. */
+/* Builds a Release body for node nd, with the key of the run x stands for (made on first use). */
 static int release_body(const node *nd, xfer *x)
 {
-    uint8_t pk[32];
-    if (kf_hpke_generate_keypair(x->sk, pk) != 0)
+    if (x->rx == NULL && kf_seal_receiver_new(nd->name, &x->rx) != 0)
         return -1;
     Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
     ref.id = (char *)nd->volume;
@@ -145,7 +144,7 @@ static int release_body(const node *nd, xfer *x)
     Keyfleet__V1__ReleaseRequest req = KEYFLEET__V1__RELEASE_REQUEST__INIT;
     req.volume = &ref;
     req.wrapped_key = nd->wrapped;
-    req.ephemeral_public_key.data = pk;
+    req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(x->rx);
     req.ephemeral_public_key.len = 32;
     x->body_len = protobuf_c_message_get_packed_size(&req.base);
     x->body = malloc(x->body_len);
@@ -202,10 +201,11 @@ static int check_release(const node *nd, xfer *x, long status)
         keyfleet__v1__release_response__unpack(NULL, x->resp_len, (const uint8_t *)x->resp);
     int rc = KF_CONNECT_CODE_COUNT + 1;
     if (r != NULL && r->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED && r->sealed_key != NULL) {
-        uint8_t info[KF_SEAL_INFO_MAX], key[32];
-        size_t il = kf_seal_info("release", r->request_id, nd->name, nd->volume, info, sizeof(info));
-        if (il > 0 && kf_open_key(x->sk, info, il, r->sealed_key->enc.data, r->sealed_key->enc.len,
-                                  r->sealed_key->ciphertext.data, r->sealed_key->ciphertext.len, key) == 0)
+        uint8_t aad[KF_SEAL_AAD_MAX], key[32];
+        size_t al = kf_seal_aad("release", r->request_id, nd->name, nd->volume, aad, sizeof(aad));
+        if (al > 0 && kf_seal_receiver_open(x->rx, r->sealed_key->enc.data, r->sealed_key->enc.len, r->sealed_key->seq,
+                                            aad, al, r->sealed_key->ciphertext.data, r->sealed_key->ciphertext.len,
+                                            key) == 0)
             rc = 0;
         kf_wipe(key, sizeof(key));
     }
@@ -265,6 +265,8 @@ static void run_phase(const opts *o, node *nodes, int count, int release, phase_
             xfer *x = &xs[i];
             x->node = next++;
             if (release && release_body(&nodes[x->node], x) != 0) {
+                kf_seal_receiver_free(x->rx);
+                x->rx = NULL;
                 res->errors[KF_CONNECT_CODE_COUNT]++;
                 res->done++;
                 continue;
@@ -284,6 +286,8 @@ static void run_phase(const opts *o, node *nodes, int count, int release, phase_
             finish_xfer(m, nodes, release, res, &x);
             curl_multi_remove_handle(multi, x->easy);
             xfer_reset(x);
+            kf_seal_receiver_free(x->rx); /* the next node on this slot is another agent run */
+            x->rx = NULL;
             x->in_use = 0;
         }
         if (running > 0 || next < count)
@@ -293,6 +297,7 @@ static void run_phase(const opts *o, node *nodes, int count, int release, phase_
     res->cpu_s = proc_cpu_s(o->pid) - cpu0;
     for (int i = 0; i < o->concurrency; i++) {
         xfer_reset(&xs[i]);
+        kf_seal_receiver_free(xs[i].rx);
         if (xs[i].easy != NULL)
             curl_easy_cleanup(xs[i].easy);
     }
@@ -347,6 +352,7 @@ static void run_warm(const opts *o, node *nodes, int n_nodes, int per_node, phas
     res->cpu_s = proc_cpu_s(o->pid) - cpu0;
     for (int i = 0; i < n_nodes; i++) {
         xfer_reset(&xs[i]);
+        kf_seal_receiver_free(xs[i].rx);
         if (xs[i].easy != NULL)
             curl_easy_cleanup(xs[i].easy);
     }
@@ -456,7 +462,7 @@ static int prepare(const opts *o, node *nodes)
         char rid[40];
         snprintf(rid, sizeof(rid), "bench-enroll-%05d-0000", i);
         if (kf_rpc_client_new(&ro, &c, &err) != 0 ||
-            kf_node_enroll(c, nd->name, &ref, NULL, 0, rid, &e, &st, &err) != 0 || st.code != KF_CONNECT_OK) {
+            kf_node_enroll(c, NULL, nd->name, &ref, NULL, 0, rid, &e, &st, &err) != 0 || st.code != KF_CONNECT_OK) {
             fprintf(stderr, "keyfleet-bench: enrolling %s: %s %s\n", nd->volume, err.msg, st.message);
             kf_rpc_client_free(c);
             if (wf != NULL)

@@ -38,22 +38,22 @@ int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err)
     return r;
 }
 
-/* Opens a sealed key with the ephemeral secret; returns 0 or -EBADMSG. */
-static int open_sealed(const Keyfleet__V1__SealedKey *sk, const uint8_t eph_sk[32], const char *purpose,
+/* Opens a sealed key with the run's receiver; returns 0 or -EBADMSG. */
+static int open_sealed(const Keyfleet__V1__SealedKey *sk, kf_seal_receiver *rx, const char *purpose,
                        const char *request_id, const char *node, const char *volume_id, kf_secbuf **ret, kf_err *err)
 {
     if (sk == NULL || sk->kem_id != KF_HPKE_KEM_X25519_SHA256 || sk->kdf_id != KF_HPKE_KDF_HKDF_SHA256 ||
         sk->aead_id != KF_SEAL_AEAD)
         return kf_err_set(err, -EBADMSG, "answer carries no sealed key in the expected HPKE suite");
-    uint8_t info[KF_SEAL_INFO_MAX];
-    size_t info_len = kf_seal_info(purpose, request_id, node, volume_id, info, sizeof(info));
+    uint8_t aad[KF_SEAL_AAD_MAX];
+    size_t aad_len = kf_seal_aad(purpose, request_id, node, volume_id, aad, sizeof(aad));
     kf_secbuf *key = kf_secbuf_new(KF_SEAL_KEY_LEN);
-    if (info_len == 0 || key == NULL) {
+    if (aad_len == 0 || key == NULL) {
         kf_secbuf_free(key);
         return kf_err_set(err, -ENOMEM, "cannot open the sealed key");
     }
-    if (kf_open_key(eph_sk, info, info_len, sk->enc.data, sk->enc.len, sk->ciphertext.data, sk->ciphertext.len,
-                    key->data) != 0) {
+    if (kf_seal_receiver_open(rx, sk->enc.data, sk->enc.len, sk->seq, aad, aad_len, sk->ciphertext.data,
+                              sk->ciphertext.len, key->data) != 0) {
         kf_secbuf_free(key);
         return kf_err_set(err, -EBADMSG, "the sealed key does not open for this request, node and volume");
     }
@@ -61,33 +61,34 @@ static int open_sealed(const Keyfleet__V1__SealedKey *sk, const uint8_t eph_sk[3
     return 0;
 }
 
-/* An ephemeral key pair whose secret half lives in secure memory. */
-static int ephemeral(kf_secbuf **ret_sk, uint8_t pk[32], kf_err *err)
+/* The caller's receiver, or a new one for this call only (*owned). */
+static int receiver(kf_seal_receiver *rx, const char *node, kf_seal_receiver **ret, kf_seal_receiver **owned,
+                    kf_err *err)
 {
-    kf_secbuf *sk = kf_secbuf_new(32);
-    if (sk == NULL || kf_hpke_generate_keypair(sk->data, pk) != 0) {
-        kf_secbuf_free(sk);
-        return kf_err_set(err, -EIO, "cannot make an ephemeral key pair");
+    *owned = NULL;
+    if (rx == NULL) {
+        if (kf_seal_receiver_new(node, owned) != 0)
+            return kf_err_set(err, -EIO, "cannot make an X25519 key pair");
+        rx = *owned;
     }
-    *ret_sk = sk;
+    *ret = rx;
     return 0;
 }
 
-int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume,
+int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
                    Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id, kf_enrolled *ret,
                    kf_rpc_status *st, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
-    kf_secbuf *sk = NULL;
-    uint8_t pk[32];
-    int r = ephemeral(&sk, pk, err);
+    kf_seal_receiver *owned;
+    int r = receiver(rx, node, &rx, &owned, err);
     if (r != 0)
         return r;
     char generated[33];
     if (request_id == NULL || request_id[0] == '\0') {
         uint8_t raw[16];
         if (RAND_bytes(raw, sizeof(raw)) != 1) {
-            kf_secbuf_free(sk);
+            kf_seal_receiver_free(owned);
             return kf_err_set(err, -EIO, "no randomness for a request id");
         }
         for (int i = 0; i < 16; i++)
@@ -98,7 +99,7 @@ int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__Volum
     req.volume = (Keyfleet__V1__VolumeRef *)volume;
     req.labels = labels;
     req.n_labels = n_labels;
-    req.ephemeral_public_key.data = pk;
+    req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(rx);
     req.ephemeral_public_key.len = 32;
     req.request_id = (char *)request_id;
     ProtobufCMessage *m = NULL;
@@ -106,7 +107,7 @@ int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__Volum
                     err);
     if (r == 0 && st->code == KF_CONNECT_OK) {
         Keyfleet__V1__EnrollResponse *resp = (Keyfleet__V1__EnrollResponse *)m;
-        r = open_sealed(resp->sealed_key, sk->data, "enroll", request_id, node, volume->id, &ret->key, err);
+        r = open_sealed(resp->sealed_key, rx, "enroll", request_id, node, volume->id, &ret->key, err);
         if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
         ret->offline_fallback_allowed = resp->offline_fallback_allowed;
@@ -118,23 +119,22 @@ int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__Volum
     }
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);
-    kf_secbuf_free(sk);
+    kf_seal_receiver_free(owned);
     return r;
 }
 
-int kf_node_release(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume, const char *wrapped,
-                    const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err)
+int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
+                    const char *wrapped, const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
-    kf_secbuf *sk = NULL;
-    uint8_t pk[32];
-    int r = ephemeral(&sk, pk, err);
+    kf_seal_receiver *owned;
+    int r = receiver(rx, node, &rx, &owned, err);
     if (r != 0)
         return r;
     Keyfleet__V1__ReleaseRequest req = KEYFLEET__V1__RELEASE_REQUEST__INIT;
     req.volume = (Keyfleet__V1__VolumeRef *)volume;
     req.wrapped_key = (char *)wrapped;
-    req.ephemeral_public_key.data = pk;
+    req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(rx);
     req.ephemeral_public_key.len = 32;
     req.request_id = (char *)(request_id != NULL ? request_id : "");
     ProtobufCMessage *m = NULL;
@@ -149,7 +149,7 @@ int kf_node_release(kf_rpc_client *c, const char *node, const Keyfleet__V1__Volu
             ret->pending = true;
             ret->retry_after_ms = resp->retry_after_ms;
         } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED) {
-            r = open_sealed(resp->sealed_key, sk->data, "release", resp->request_id, node, volume->id, &ret->key, err);
+            r = open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
             ret->audit_seq = resp->audit_seq;
             if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
                 r = kf_err_set(err, -ENOMEM, "out of memory");
@@ -161,6 +161,6 @@ int kf_node_release(kf_rpc_client *c, const char *node, const Keyfleet__V1__Volu
     }
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);
-    kf_secbuf_free(sk);
+    kf_seal_receiver_free(owned);
     return r;
 }

@@ -1,6 +1,6 @@
-/* The node side of Enroll and Release: a fresh ephemeral X25519 key per call, the HPKE info
- * computed from what was asked (never taken from the answer), the box opened into secure memory.
- * Used by keyfleet-agent and by the tests. */
+/* The node side of Enroll and Release: the run's X25519 key (kf_seal_receiver), the HPKE info and
+ * AAD computed from what was asked (never taken from the answer), the box opened into secure
+ * memory. Used by keyfleet-agent, keyfleet-bench and the tests. */
 #ifndef KF_NODE_CLIENT_H
 #define KF_NODE_CLIENT_H
 
@@ -9,6 +9,7 @@
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_identity.h"
 #include "kf_rpc_client.h"
+#include "kf_seal.h"
 #include "kf_secmem.h"
 
 typedef struct kf_enrolled {
@@ -31,14 +32,15 @@ typedef struct kf_released {
 void kf_enrolled_clear(kf_enrolled *e);
 void kf_released_clear(kf_released *r);
 
-/* node is this node's identity name (from its certificate); it is bound into the HPKE info.
+/* node is this node's identity name (from its certificate); it is bound into the HPKE info and AAD.
+ * rx is the run's receiver, made for node (NULL: a key pair for this call only).
  * An empty or NULL enroll request_id gets a random one (pass the same id to retry safely).
  * Return as kf_rpc_call: 0 when a server answered (st->code says whether it succeeded). */
-int kf_node_enroll(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume,
+int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
                    Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id, kf_enrolled *ret,
                    kf_rpc_status *st, kf_err *err);
-int kf_node_release(kf_rpc_client *c, const char *node, const Keyfleet__V1__VolumeRef *volume, const char *wrapped,
-                    const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err);
+int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
+                    const char *wrapped, const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err);
 
 /* The keyfleet identity named by a PEM certificate file. */
 int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err);

@@ -21,7 +21,7 @@ struct h2o_ssl_prefix {
 
 bool kfd_server_owns_ssl_ctx(const kfd_server *srv, const SSL_CTX *ctx);
 
-static SSL *request_ssl(kfd_server *srv, h2o_req_t *req)
+SSL *kfd_req_ssl(kfd_server *srv, h2o_req_t *req)
 {
     if (req->conn->callbacks->get_socket == NULL)
         return NULL;
@@ -48,7 +48,7 @@ layout : {
 
 int kfd_req_peer(kfd_server *srv, h2o_req_t *req, const kf_identity **ret)
 {
-    SSL *ssl = request_ssl(srv, req);
+    SSL *ssl = kfd_req_ssl(srv, req);
     if (ssl == NULL)
         return -ENOENT;
     return kf_tls_peer_identity(ssl, ret);

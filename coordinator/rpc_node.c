@@ -20,7 +20,7 @@
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_time.h"
 #include "kf_log.h"
-#include "kf_seal.h"
+#include "seal.h"
 #include "kms_wrapped.h"
 #include "webhook.h"
 
@@ -87,17 +87,18 @@ static const char *check_labels(Keyfleet__V1__Label **labels, size_t n)
     return NULL;
 }
 
-/* The answer's view of a sealed key (pointing at enc and ct). */
-static void sealed_key(Keyfleet__V1__SealedKey *sk, uint8_t enc[32], uint8_t ct[KF_SEAL_CT_LEN])
+/* The answer's view of a sealed key (pointing into sealed). */
+static void sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
 {
     keyfleet__v1__sealed_key__init(sk);
     sk->kem_id = KF_HPKE_KEM_X25519_SHA256;
     sk->kdf_id = KF_HPKE_KDF_HKDF_SHA256;
     sk->aead_id = KF_SEAL_AEAD;
-    sk->enc.data = enc;
+    sk->enc.data = sealed->enc;
     sk->enc.len = 32;
-    sk->ciphertext.data = ct;
+    sk->ciphertext.data = sealed->ct;
     sk->ciphertext.len = KF_SEAL_CT_LEN;
+    sk->seq = sealed->seq;
 }
 
 /* Records a refusal in the audit log, then answers with code. A failed audit write does not
@@ -206,13 +207,13 @@ typedef struct enroll_op {
     char volume_id[129];
     bool replay; /* same node and request id as a completed enroll */
     char *wrapped;
-    uint8_t enc[32], ct[KF_SEAL_CT_LEN];
+    kfd_sealed sealed;
 } enroll_op;
 
 static void enroll_op_free(enroll_op *op)
 {
     free(op->wrapped);
-    kf_wipe(op->ct, sizeof(op->ct));
+    kf_wipe(&op->sealed, sizeof(op->sealed));
     kfd_op_free(op);
 }
 
@@ -223,7 +224,7 @@ static void answer_enroll(enroll_op *op, uint64_t audit_seq)
     if (call == NULL)
         return;
     Keyfleet__V1__SealedKey sk;
-    sealed_key(&sk, op->enc, op->ct);
+    sealed_key(&sk, &op->sealed);
     Keyfleet__V1__EnrollResponse resp = KEYFLEET__V1__ENROLL_RESPONSE__INIT;
     resp.wrapped_key = op->wrapped;
     resp.sealed_key = &sk;
@@ -258,11 +259,8 @@ static void on_enroll_committed(void *arg, int status, const kfd_apply_result *r
 
 static void seal_for_enroll(enroll_op *op, const kf_secbuf *key, int *ret)
 {
-    uint8_t info[KF_SEAL_INFO_MAX];
-    size_t info_len = kf_seal_info("enroll", op->request_id, op->base.call->peer->name, op->volume_id, info,
-                                   sizeof(info));
-    *ret = info_len == 0 ? -EINVAL
-                         : kf_seal_key(op->req->ephemeral_public_key.data, info, info_len, key->data, op->enc, op->ct);
+    *ret = kfd_seal_key(op->base.call, op->req->ephemeral_public_key.data, "enroll", op->request_id, op->volume_id,
+                        key->data, &op->sealed);
 }
 
 static void on_enroll_key(void *arg, const kfd_kms_result *res)
@@ -402,7 +400,7 @@ typedef struct release_op {
     kfd_policy_decision decision;
     char request_id[65];
     char volume_id[129];
-    uint8_t enc[32], ct[KF_SEAL_CT_LEN];
+    kfd_sealed sealed;
     char rewrapped[KFD_WRAPPED_MAX];
     bool approved_request;
 } release_op;
@@ -428,7 +426,7 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
         return;
     }
     Keyfleet__V1__SealedKey sk;
-    sealed_key(&sk, op->enc, op->ct);
+    sealed_key(&sk, &op->sealed);
     Keyfleet__V1__ReleaseResponse resp = KEYFLEET__V1__RELEASE_RESPONSE__INIT;
     resp.status = KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED;
     resp.request_id = op->request_id;
@@ -482,10 +480,8 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
         }
         return;
     }
-    uint8_t info[KF_SEAL_INFO_MAX];
-    size_t info_len = kf_seal_info("release", op->request_id, call->peer->name, volume_id, info, sizeof(info));
-    if (info_len == 0 ||
-        kf_seal_key(op->req->ephemeral_public_key.data, info, info_len, res->plaintext->data, op->enc, op->ct) != 0) {
+    if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "release", op->request_id, volume_id,
+                     res->plaintext->data, &op->sealed) != 0) {
         kfd_op_free(op);
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
         return;

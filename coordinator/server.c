@@ -195,7 +195,7 @@ static int build_ssl_ctx(kfd_server *srv, SSL_CTX **ret, kf_err *err)
         .peer_mode = srv->cfg->client_auth,
         .server_accept_http11 = true,
     };
-    SSL_CTX *ctx;
+    SSL_CTX *ctx = NULL;
     int r = kf_tls_ctx_new(&opts, &ctx, err);
     if (r != 0)
         return r;
@@ -224,7 +224,7 @@ bool kfd_server_owns_ssl_ctx(const kfd_server *srv, const SSL_CTX *ctx)
 
 int kfd_server_reload_tls(kfd_server *srv, kf_err *err)
 {
-    SSL_CTX *ctx;
+    SSL_CTX *ctx = NULL;
     int r = build_ssl_ctx(srv, &ctx, err);
     if (r != 0)
         return r;
@@ -261,7 +261,7 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
     handler->srv = srv;
     h2o_context_init(&srv->ctx, loop, &srv->globalconf);
 
-    SSL_CTX *ctx;
+    SSL_CTX *ctx = NULL;
     int r = build_ssl_ctx(srv, &ctx, err);
     if (r != 0)
         return r;

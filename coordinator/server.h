@@ -98,6 +98,8 @@ int kfd_server_reload_tls(kfd_server *srv, kf_err *err);
 
 /* The verified peer identity of the request's connection (peer.c). */
 int kfd_req_peer(kfd_server *srv, h2o_req_t *req, const kf_identity **ret);
+/* The request's TLS connection, or NULL (plain HTTP, or not a socket this server made). */
+SSL *kfd_req_ssl(kfd_server *srv, h2o_req_t *req);
 
 /* Router entry point (router.c). */
 int kfd_router_on_req(kfd_server *srv, h2o_req_t *req);

@@ -49,9 +49,14 @@ expect_match "org.keyfleet:wrapped-key holds the wrapped key" "$("$ZFS_STANDIN" 
 "$ZFS_STANDIN" unmount tank/secure
 "$ZFS_STANDIN" unload-key tank/secure
 
+ctx0=$(metric "$F" keyfleet_seal_contexts_total)
+keys0=$(metric "$F" keyfleet_sealed_keys_total)
 out=$(A unlock --all 2>&1)
 rc=$?
 expect_eq "unlock --all: every volume unlocked (exit 0)" "$rc" "0"
+expect_eq "... three keys sealed over one connection" "$(($(metric "$F" keyfleet_sealed_keys_total) - keys0))" "3"
+expect_eq "... under one HPKE context (one X25519 key generation and DH for the run)" \
+    "$(($(metric "$F" keyfleet_seal_contexts_total) - ctx0))" "1"
 expect_match "... both LUKS2 keys verified" "$out" "disk1.luks: unlocked \(key verified.*disk2.luks: unlocked"
 expect_match "... and the discovered ZFS dataset unlocked" "$out" "zfs tank/secure: unlocked"
 expect_eq "the dataset's key is loaded" "$("$ZFS_STANDIN" get -H -o value keystatus tank/secure)" "available"
