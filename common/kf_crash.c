@@ -1,4 +1,5 @@
 #include "kf_crash.h"
+#include "kf_log.h"
 
 #include <execinfo.h>
 #include <signal.h>
@@ -36,6 +37,7 @@ static void on_fatal(int sig)
     size_t n = 0;
     for (int v = sig; n == 0 || v > 0; v /= 10)
         num[sizeof(num) - 1 - n++] = (char)('0' + v % 10);
+    kf_log_flush_from_signal(); /* the lines before the crash first */
     write_all(crash_line, crash_prefix_len);
     write_all(num + sizeof(num) - n, n);
     write_all("\n", 1);

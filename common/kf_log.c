@@ -1,15 +1,69 @@
 #include "kf_log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static kf_log_level min_level = KF_LOG_INFO;
 static const char *program = "keyfleet";
 
+#define BUFFER_BYTES (64 * 1024)
+static pthread_mutex_t buffer_lock = PTHREAD_MUTEX_INITIALIZER;
+static char buffer[BUFFER_BYTES];
+static volatile size_t buffered_len;
+static bool buffering;
+
 void kf_log_set_level(kf_log_level level) { min_level = level; }
+
+static void write_all(const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(STDERR_FILENO, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return; /* stderr is gone: nothing better to do with a log line */
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void flush_locked(void)
+{
+    write_all(buffer, buffered_len);
+    buffered_len = 0;
+}
+
+void kf_log_flush(void)
+{
+    pthread_mutex_lock(&buffer_lock);
+    flush_locked();
+    pthread_mutex_unlock(&buffer_lock);
+}
+
+void kf_log_flush_from_signal(void)
+{
+    size_t len = buffered_len;
+    if (len <= BUFFER_BYTES)
+        write_all(buffer, len);
+    buffered_len = 0;
+}
+
+void kf_log_set_buffered(bool on)
+{
+    static bool registered;
+    if (on && !registered) {
+        registered = true;
+        atexit(kf_log_flush);
+    }
+    kf_log_flush();
+    buffering = on;
+}
 void kf_log_set_program(const char *name) { program = name; }
 
 int kf_log_level_parse(const char *s, kf_log_level *ret)
@@ -97,6 +151,17 @@ void kf_log(kf_log_level level, const char *event, const char *fmt, ...)
     for (size_t i = 0; i < o; i++)
         if (line[i] == '\n' || line[i] == '\r')
             line[i] = ' ';
-    line[o] = '\n';
-    fwrite(line, 1, o + 1, stderr);
+    line[o++] = '\n';
+    if (!buffering) {
+        write_all(line, o);
+        return;
+    }
+    pthread_mutex_lock(&buffer_lock);
+    if (buffered_len + o > BUFFER_BYTES)
+        flush_locked();
+    memcpy(buffer + buffered_len, line, o);
+    buffered_len += o;
+    if (level >= KF_LOG_WARN)
+        flush_locked();
+    pthread_mutex_unlock(&buffer_lock);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "kf_log.h"
@@ -199,10 +200,29 @@ void kfd_audit_auth_failure(kfd_app *app, const kfd_call *call, const char *subj
 
 void kfd_new_request_id(char out[33])
 {
-    uint8_t raw[16];
-    RAND_bytes(raw, sizeof(raw));
-    for (int i = 0; i < 16; i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    /* Request ids are not secrets (they appear in logs and answers): one RAND_bytes call serves
+     * a hundred of them, as its fixed cost under OpenSSL 3.0 is most of a short request's. */
+    static uint8_t pool[1000];
+    static size_t left;
+    static const char hex[] = "0123456789abcdef";
+    if (left < 10) {
+        if (RAND_bytes(pool, sizeof(pool)) != 1)
+            abort(); /* the DRBG failed: nothing random can be trusted any more */
+        left = sizeof(pool);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    for (int i = 11; i >= 0; i--, ms >>= 4)
+        out[i] = hex[ms & 0xf];
+    const uint8_t *r = pool + sizeof(pool) - left;
+    for (int i = 0; i < 10; i++) {
+        out[12 + 2 * i] = hex[r[i] >> 4];
+        out[13 + 2 * i] = hex[r[i] & 0xf];
+    }
+    out[32] = '\0';
+    OPENSSL_cleanse((void *)r, 10); /* each random byte is used once */
+    left -= 10;
 }
 
 bool kfd_request_id_valid(const char *s)

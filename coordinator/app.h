@@ -62,7 +62,9 @@ kfd_ratelimit *kfd_ratelimit_new(void);
 void kfd_ratelimit_free(kfd_ratelimit *rl);
 uint32_t kfd_ratelimit_take(kfd_ratelimit *rl, const char *node, uint32_t per_minute, uint32_t burst, uint64_t now_ms);
 
-/* A random request id: 32 lowercase hex characters. */
+/* A new request id: 32 lowercase hex characters, 12 of milliseconds since the epoch, then 20
+ * random (80 bits). Time-ordered, so the audit log's request_id index grows at its right edge
+ * instead of dirtying a random page per release. Loop thread only. */
 void kfd_new_request_id(char out[33]);
 /* Client-chosen request ids are 16..64 of [0-9A-Za-z-]. */
 bool kfd_request_id_valid(const char *s);

@@ -400,8 +400,19 @@ static void on_hup(uv_signal_t *sig, int signum)
         kf_log_info("tls_reloaded", "cert=%s", kf_log_q(srv->cfg->tls_cert));
 }
 
+static void on_log_flush(uv_prepare_t *h)
+{
+    (void)h;
+    kf_log_flush();
+}
+
 int kfd_server_run(kfd_server *srv)
 {
+    /* A release logs a line; one write per loop turn instead of one per line. */
+    uv_prepare_init(srv->loop, &srv->log_flush);
+    uv_prepare_start(&srv->log_flush, on_log_flush);
+    uv_unref((uv_handle_t *)&srv->log_flush);
+    kf_log_set_buffered(true);
     uv_signal_init(srv->loop, &srv->sig_term);
     uv_signal_init(srv->loop, &srv->sig_int);
     uv_signal_init(srv->loop, &srv->sig_hup);
@@ -411,6 +422,7 @@ int kfd_server_run(kfd_server *srv)
     uv_signal_start(&srv->sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&srv->sig_hup, on_hup, SIGHUP);
     uv_run(srv->loop, UV_RUN_DEFAULT);
+    kf_log_set_buffered(false);
     return srv->exit_code;
 }
 
@@ -420,7 +432,8 @@ void kfd_server_dispose(kfd_server *srv)
 {
     close_listeners(srv);
     uv_handle_t *handles[] = {(uv_handle_t *)&srv->sig_term, (uv_handle_t *)&srv->sig_int,
-                              (uv_handle_t *)&srv->sig_hup, (uv_handle_t *)&srv->drain_timer};
+                              (uv_handle_t *)&srv->sig_hup, (uv_handle_t *)&srv->drain_timer,
+                              (uv_handle_t *)&srv->log_flush};
     for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
         if (handles[i]->loop != NULL && !uv_is_closing(handles[i]))
             uv_close(handles[i], on_handle_closed);

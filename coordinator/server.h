@@ -75,6 +75,7 @@ struct kfd_server {
     uint32_t connections;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
+    uv_prepare_t log_flush; /* writes the turn's log lines before the loop waits */
     uint64_t drain_deadline;
     bool draining;
     int exit_code;
