@@ -12,6 +12,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "app.h"
 #include "store.h"
 
 #include "kf_test_tmpdir.h"
@@ -329,6 +330,32 @@ static void test_serialize_and_replace(void **state)
     kfd_store_close(b);
 }
 
+static int cmp_id(const void *a, const void *b) { return strcmp((const char *)a, (const char *)b); }
+
+/* Server-made request ids: valid, unique, and in creation order (so the audit log's request_id
+ * index grows at its right edge), across many refills of the random pool. */
+static void test_request_ids_time_ordered(void **state)
+{
+    (void)state;
+    enum { N = 5000 };
+    static char ids[N][33];
+    for (int i = 0; i < N; i++) {
+        kfd_new_request_id(ids[i]);
+        assert_int_equal(strlen(ids[i]), 32);
+        assert_true(kfd_request_id_valid(ids[i]));
+        for (int j = 0; j < 32; j++)
+            assert_non_null(strchr("0123456789abcdef", ids[i][j]));
+        if (i > 0) {
+            assert_true(strncmp(ids[i - 1], ids[i], 12) <= 0); /* the time prefix never goes back */
+            assert_int_not_equal(strcmp(ids[i - 1], ids[i]), 0);
+        }
+    }
+    /* the random part differs even within one millisecond: no two ids alike */
+    qsort(ids, N, sizeof(ids[0]), cmp_id);
+    for (int i = 1; i < N; i++)
+        assert_int_not_equal(strcmp(ids[i - 1], ids[i]), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +365,7 @@ int main(void)
         cmocka_unit_test(test_corrupt_database_fails_closed),
         cmocka_unit_test(test_applied_index_and_deferred_commit),
         cmocka_unit_test(test_serialize_and_replace),
+        cmocka_unit_test(test_request_ids_time_ordered),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
