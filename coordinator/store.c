@@ -211,6 +211,11 @@ int kfd_store_open_db(kfd_store *s, kf_err *err)
         r = exec(s, "PRAGMA synchronous = NORMAL", "setting synchronous", err);
     if (r == 0)
         r = exec(s, "PRAGMA foreign_keys = ON", "setting foreign keys", err);
+    /* A checkpoint copies each page once however often the WAL rewrote it; the hot pages (index
+     * leaves, the volume rows) are rewritten by every batch, so fewer, larger checkpoints write
+     * less. 16 MiB of WAL at most between them. */
+    if (r == 0)
+        r = exec(s, "PRAGMA wal_autocheckpoint = 4000", "setting the checkpoint interval", err);
     if (r == 0)
         r = migrate(s, err);
     for (int i = 0; r == 0 && i < ST_COUNT; i++) {
