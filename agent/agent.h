@@ -49,6 +49,18 @@ int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const ch
  * them. Quiet when there is nothing to report or no coordinator answers. */
 void kfa_report_offline(kfa_ctx *ctx);
 
+/* Sends a Heartbeat carrying the queued offline unlocks (always, or only when some are queued),
+ * clears those the coordinator accepted, and says whether it answered lock (the kill switch).
+ * 0, or a negative errno with err set when no coordinator took it. */
+int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err);
+
+/* This node's volumes: the specs given, or (n_specs 0) the configured ones plus discovered ZFS
+ * encryption roots (only those whose key is not loaded, when locked_only). Not yet probed. */
+int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret, size_t *ret_n);
+
+/* The watch command (watch.c). */
+int kfa_watch(kfa_ctx *ctx, int argc, char **argv);
+
 /* Returns the last unlock of volume_id ("" when never): method, detail and time. */
 void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method, size_t msize, int64_t *at);
 

@@ -27,6 +27,7 @@ typedef struct kfa_config {
     char *state_file;
     uint64_t deadline_ms;     /* overall, per run */
     uint64_t call_timeout_ms; /* per RPC attempt */
+    uint64_t watch_interval_ms; /* watch mode: time between heartbeats */
     char *zfs_command;        /* absolute path */
     bool zfs_mount;
     bool zfs_discover;

@@ -237,11 +237,41 @@ static int luks_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob
     return 0;
 }
 
+/* The kill switch: closes the mapping this agent opened. A mapping still in use (a mounted
+ * filesystem) is marked for deferred removal, closed by the kernel when its last user goes, and
+ * reported as an error until then. */
+static int luks_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err *err)
+{
+    *changed = false;
+    if (!cfg->luks_activate || !v->unlocked)
+        return 0; /* nothing mapped: the key was only verified, or never loaded */
+    struct crypt_device *cd = NULL;
+    int r = crypt_init_by_name(&cd, v->name);
+    if (r == -ENODEV)
+        return 0;
+    if (r < 0)
+        return kf_err_set(err, r, "%s: cannot open mapping %s: %s", v->path, v->name, strerror(-r));
+    crypt_set_log_callback(cd, quiet, NULL);
+    r = crypt_deactivate_by_name(cd, v->name, 0);
+    if (r == -EBUSY && crypt_deactivate_by_name(cd, v->name, CRYPT_DEACTIVATE_DEFERRED) == 0) {
+        crypt_free(cd);
+        return kf_err_set(err, -EBUSY, "%s: mapping %s is in use; it closes when its last user does", v->path,
+                          v->name);
+    }
+    crypt_free(cd);
+    if (r < 0)
+        return kf_err_set(err, r, "%s: cannot close mapping %s: %s", v->path, v->name, strerror(-r));
+    v->unlocked = false;
+    *changed = true;
+    return 0;
+}
+
 const kfa_driver kfa_luks2_driver = {
     .name = "luks2",
     .probe = luks_probe,
     .enroll = luks_enroll,
     .unlock = luks_unlock,
+    .lock = luks_lock,
     .store_wrapped = luks_store_wrapped,
     .store_tpm = luks_store_tpm,
 };

@@ -35,6 +35,8 @@ static void usage(FILE *f)
                "  rewrap                store each volume's key rewrapped under the newest KMS key\n"
                "  seal-secret-id --out FILE   seal an AppRole secret id (stdin) to this TPM, for\n"
                "                        identity.secret_id_tpm_file\n"
+               "  watch [--count N]     heartbeat every watch_interval; lock every volume while a\n"
+               "                        coordinator says lock (the node was revoked)\n"
                "  check-config          validate the config (and the certificate it names), then exit\n");
 }
 
@@ -253,8 +255,7 @@ static int await_identity(identity_job *job)
 }
 
 /* Volumes to act on: the named ones, or every configured and discovered one. */
-static int collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret,
-                           size_t *ret_n)
+int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret, size_t *ret_n)
 {
     kf_err err = {0};
     size_t cap = (size_t)n_specs + ctx->cfg->n_volumes + 64, n = 0;
@@ -369,7 +370,7 @@ static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv, identity_job *job)
     int rc = KFA_EXIT_USAGE;
     if (all && argc != 2)
         usage(stderr);
-    else if (collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, true, &vs, &n) == 0)
+    else if (kfa_collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, true, &vs, &n) == 0)
         rc = 0;
     /* The volumes' headers are read while the helper thread sets up TLS and connects. */
     kf_err *probe_err = rc == 0 ? calloc(n + 1, sizeof(*probe_err)) : NULL;
@@ -412,7 +413,7 @@ static int cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
     }
     kfa_volume *vs = NULL;
     size_t n = 0, ok = 0;
-    if (collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
+    if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
         return KFA_EXIT_USAGE;
     for (size_t i = 0; i < n; i++) {
         kf_err err = {0};
@@ -446,7 +447,7 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
     }
     kfa_volume *vs = NULL;
     size_t n = 0;
-    if (collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
+    if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
         return KFA_EXIT_USAGE;
     kf_err err = {0};
     long http = 0;
@@ -596,6 +597,8 @@ int main(int argc, char **argv)
         rc = cmd_status(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "rewrap") == 0)
         rc = cmd_rewrap(&ctx, sub_argc, sub_argv);
+    else if (strcmp(cmd, "watch") == 0)
+        rc = kfa_watch(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "seal-secret-id") == 0)
         rc = cmd_seal_secret_id(&ctx, sub_argc, sub_argv);
     else {

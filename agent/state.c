@@ -76,21 +76,32 @@ int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const ch
     return r == 0 && rename(tmp, cfg->state_file) == 0 ? 0 : -EIO;
 }
 
-void kfa_report_offline(kfa_ctx *ctx)
+/* Removes the first n elements of a JSON array. */
+static void drop_first(json_t *a, size_t n)
 {
+    for (size_t i = 0; i < n; i++)
+        json_array_remove(a, 0);
+}
+
+int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
+{
+    *ret_lock = false;
     json_t *root = json_load_file(ctx->cfg->state_file, 0, NULL);
     json_t *q = root != NULL ? json_object_get(root, "offline_pending") : NULL;
     size_t n = json_is_array(q) ? json_array_size(q) : 0;
-    if (n == 0 || n > 1000) {
+    if (n > 1000) /* the coordinator takes at most 1000 at a time; report the first ones */
+        n = 1000;
+    if (n == 0 && !always) {
         json_decref(root);
-        return;
+        return 0;
     }
-    Keyfleet__V1__OfflineUnlock *items = calloc(n, sizeof(*items));
-    Keyfleet__V1__OfflineUnlock **ptrs = calloc(n, sizeof(*ptrs));
-    Keyfleet__V1__VolumeRef *refs = calloc(n, sizeof(*refs));
-    Keyfleet__V1__Timestamp *ats = calloc(n, sizeof(*ats));
-    kf_err err = {0};
-    if (items != NULL && ptrs != NULL && refs != NULL && ats != NULL && kfa_connect(ctx, &err) == 0) {
+    Keyfleet__V1__OfflineUnlock *items = calloc(n + 1, sizeof(*items));
+    Keyfleet__V1__OfflineUnlock **ptrs = calloc(n + 1, sizeof(*ptrs));
+    Keyfleet__V1__VolumeRef *refs = calloc(n + 1, sizeof(*refs));
+    Keyfleet__V1__Timestamp *ats = calloc(n + 1, sizeof(*ats));
+    int r = items != NULL && ptrs != NULL && refs != NULL && ats != NULL ? kfa_connect(ctx, err)
+                                                                        : kf_err_set(err, -ENOMEM, "out of memory");
+    if (r == 0) {
         for (size_t i = 0; i < n; i++) {
             json_t *e = json_array_get(q, i);
             keyfleet__v1__offline_unlock__init(&items[i]);
@@ -117,15 +128,22 @@ void kfa_report_offline(kfa_ctx *ctx)
         req.agent_version = (char *)KF_VERSION;
         ProtobufCMessage *m = NULL;
         kf_rpc_status st;
-        if (kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Heartbeat", &req.base,
-                        &keyfleet__v1__heartbeat_response__descriptor, &m, &st, &err) == 0 &&
-            st.code == KF_CONNECT_OK) {
-            json_object_del(root, "offline_pending");
-            char tmp[4096];
-            snprintf(tmp, sizeof(tmp), "%s.tmp", ctx->cfg->state_file);
-            if (json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) == 0)
-                rename(tmp, ctx->cfg->state_file);
-            kf_log_info("offline_unlocks_reported", "count=%zu", n);
+        r = kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Heartbeat", &req.base,
+                        &keyfleet__v1__heartbeat_response__descriptor, &m, &st, err);
+        if (r == 0 && st.code != KF_CONNECT_OK)
+            r = kf_err_set(err, st.code == KF_CONNECT_UNAUTHENTICATED ? -EACCES : -EPROTO, "heartbeat: %s: %s",
+                           kf_connect_code_name(st.code), st.message);
+        if (r == 0) {
+            ctx->reachable = true;
+            *ret_lock = ((Keyfleet__V1__HeartbeatResponse *)m)->lock;
+            if (n > 0) {
+                drop_first(q, n);
+                char tmp[4096];
+                snprintf(tmp, sizeof(tmp), "%s.tmp", ctx->cfg->state_file);
+                if (json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) == 0)
+                    rename(tmp, ctx->cfg->state_file);
+                kf_log_info("offline_unlocks_reported", "count=%zu", n);
+            }
         }
         if (m != NULL)
             protobuf_c_message_free_unpacked(m, NULL);
@@ -135,4 +153,12 @@ void kfa_report_offline(kfa_ctx *ctx)
     free(refs);
     free(ats);
     json_decref(root);
+    return r;
+}
+
+void kfa_report_offline(kfa_ctx *ctx)
+{
+    bool lock;
+    kf_err err = {0};
+    (void)kfa_heartbeat(ctx, false, &lock, &err); /* quiet: the next contact tries again */
 }

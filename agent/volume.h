@@ -41,6 +41,10 @@ typedef struct kfa_driver {
     int (*store_wrapped)(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err);
     /* Stores the TPM-sealed copy next to the wrapped key. */
     int (*store_tpm)(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err);
+    /* The kill switch: unmounts and unloads the key (ZFS), or closes the mapping (LUKS2). 0 when
+     * the volume is locked afterwards (*changed says whether it was open); a volume still in use
+     * is an error. */
+    int (*lock)(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err *err);
 } kfa_driver;
 
 extern const kfa_driver kfa_luks2_driver;

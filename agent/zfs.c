@@ -208,11 +208,63 @@ static int zfs_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob,
     return r;
 }
 
+static int by_name_desc(const void *a, const void *b) { return strcmp(*(char *const *)b, *(char *const *)a); }
+
+/* The kill switch: every mounted dataset under this encryption root is unmounted, children
+ * first (forced: the node was revoked), then the key is unloaded. */
+static int zfs_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err *err)
+{
+    *changed = false;
+    const char *list[] = {"list", "-H", "-o", "name,encryptionroot,mounted", NULL};
+    char *out = NULL;
+    int r = zfs(cfg, list, NULL, &out, err);
+    if (r != 0)
+        return r;
+    char **mounted = NULL;
+    size_t n = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(out, "\n", &save); line != NULL && r == 0; line = strtok_r(NULL, "\n", &save)) {
+        char *f[3];
+        if (split(line, f, 3) != 3 || strcmp(f[1], v->path) != 0 || strcmp(f[2], "yes") != 0)
+            continue;
+        char **nv = realloc(mounted, (n + 1) * sizeof(*nv));
+        if (nv == NULL || (nv[n] = strdup(f[0])) == NULL) {
+            mounted = nv != NULL ? nv : mounted;
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        mounted = nv;
+        n++;
+    }
+    free(out);
+    if (mounted != NULL)
+        qsort(mounted, n, sizeof(*mounted), by_name_desc); /* a child sorts after its parent */
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        const char *unmount[] = {"unmount", "-f", mounted[i], NULL};
+        if ((r = zfs(cfg, unmount, NULL, NULL, err)) == 0)
+            *changed = true;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(mounted[i]);
+    free(mounted);
+    if (r != 0)
+        return kf_err_wrap(err, "%s: cannot unmount", v->path);
+    if (v->unlocked) {
+        const char *unload[] = {"unload-key", v->path, NULL};
+        if ((r = zfs(cfg, unload, NULL, NULL, err)) != 0)
+            return r;
+        v->unlocked = false;
+        *changed = true;
+    }
+    return 0;
+}
+
 const kfa_driver kfa_zfs_driver = {
     .name = "zfs",
     .probe = zfs_probe,
     .enroll = zfs_enroll,
     .unlock = zfs_unlock,
+    .lock = zfs_lock,
     .store_wrapped = zfs_store_wrapped,
     .store_tpm = zfs_store_tpm,
 };

@@ -381,13 +381,18 @@ int kf_parse_duration_ms(const char *s, uint64_t *ret)
 
 int kf_yaml_dec_duration_ms(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
 {
-    (void)arg;
     int r = expect_scalar(doc, node, "a duration", err);
     if (r != 0)
         return r;
-    if (kf_parse_duration_ms(node->str, dst) != 0)
+    uint64_t ms;
+    if (kf_parse_duration_ms(node->str, &ms) != 0)
         return kf_yaml_error(doc, node, err, "expected a duration such as 250ms, 5s, 2m or 1h, got '%.32s'",
                              node->str);
+    const kf_yaml_uint_range *range = arg;
+    if (range != NULL && (ms < range->min || ms > range->max))
+        return kf_yaml_error(doc, node, err, "must be between %llums and %llums, got '%.32s'",
+                             (unsigned long long)range->min, (unsigned long long)range->max, node->str);
+    *(uint64_t *)dst = ms;
     return 0;
 }
 

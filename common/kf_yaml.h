@@ -59,7 +59,8 @@ typedef struct kf_yaml_uint_range {
 } kf_yaml_uint_range;
 int kf_yaml_dec_uint(const kf_yaml_doc *, const kf_yaml_node *, void *dst /* uint32_t * */, const void *arg, kf_err *);
 int kf_yaml_dec_bool(const kf_yaml_doc *, const kf_yaml_node *, void *dst /* bool * */, const void *, kf_err *);
-/* "250ms", "5s", "2m", "1h" or a plain number of milliseconds; into uint64_t milliseconds. */
+/* "250ms", "5s", "2m", "1h" or a plain number of milliseconds; into uint64_t milliseconds.
+ * arg: const kf_yaml_uint_range * in milliseconds (NULL: any). */
 int kf_yaml_dec_duration_ms(const kf_yaml_doc *, const kf_yaml_node *, void *dst /* uint64_t * */, const void *,
                             kf_err *);
 /* A sequence of strings (or a single string) into a kf_strlist. */

@@ -5,12 +5,12 @@
 
 D=$(cd "$(dirname "$0")/../../deploy" && pwd)
 mkdir -p "$WORK/units"
-for u in keyfleetd.service keyfleet-unlock.service; do
+for u in keyfleetd.service keyfleet-unlock.service keyfleet-watch.service; do
     sed -e "s#/usr/sbin/keyfleetd#$KFD#g" -e "s#/usr/sbin/keyfleet-agent#$AGENT#g" "$D/systemd/$u" >"$WORK/units/$u"
 done
-out=$(cd "$WORK/units" && systemd-analyze verify ./keyfleetd.service ./keyfleet-unlock.service 2>&1)
+out=$(cd "$WORK/units" && systemd-analyze verify ./keyfleetd.service ./keyfleet-unlock.service ./keyfleet-watch.service 2>&1)
 rc=$?
-expect_eq "systemd-analyze verify passes on both units" "$rc:$out" "0:"
+expect_eq "systemd-analyze verify passes on the three units" "$rc:$out" "0:"
 
 svc=$(cat "$D/systemd/keyfleetd.service")
 for directive in "User=keyfleet" "StateDirectory=keyfleet" "NoNewPrivileges=yes" "ProtectSystem=strict" \
@@ -22,6 +22,10 @@ expect_match "keyfleet-unlock.service is a oneshot that remains after exit" "$un
 expect_match "... ordered after the network and zfs-import" "$unlock" "After=network-online.target zfs-import.target"
 expect_match "... and before zfs-mount and cryptsetup" "$unlock" "Before=zfs-mount.service cryptsetup.target"
 expect_match "... runs the agent's unlock --all" "$unlock" "ExecStart=/usr/sbin/keyfleet-agent -c /etc/keyfleet/agent.yaml unlock --all"
+watch=$(cat "$D/systemd/keyfleet-watch.service")
+expect_match "keyfleet-watch.service runs the agent's watch after the boot unlock" "$watch" \
+    "After=keyfleet-unlock.service.*ExecStart=/usr/sbin/keyfleet-agent -c /etc/keyfleet/agent.yaml watch"
+expect_match "... and is restarted if it fails" "$watch" "Restart=on-failure"
 
 for s in initramfs-tools/hooks/keyfleet initramfs-tools/scripts/local-top/keyfleet dracut/90keyfleet/keyfleet-unlock.sh; do
     check "$s parses (sh -n)" sh -n "$D/$s"

@@ -1,0 +1,127 @@
+/* keyfleet-agent watch: the node side of the kill switch. Every watch_interval (with 10%
+ * jitter) it sends a Heartbeat, which also reports queued offline unlocks. While a coordinator
+ * answers lock (the node was revoked), every volume of this node is locked: ZFS datasets
+ * unmounted and their keys unloaded, LUKS2 mappings closed. An unreachable coordinator changes
+ * nothing: an outage must not lock a fleet. SIGTERM and SIGINT stop it between heartbeats. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "agent.h"
+#include "kf_log.h"
+
+/* Locks every volume; returns how many could not be locked. */
+static size_t lock_all(kfa_ctx *ctx)
+{
+    kfa_volume *vs = NULL;
+    size_t n = 0, failed = 0;
+    if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
+        return 1;
+    for (size_t i = 0; i < n; i++) {
+        kf_err err = {0};
+        bool changed = false;
+        int r = vs[i].drv->probe(ctx->cfg, &vs[i], &err);
+        if (r == 0)
+            r = vs[i].drv->lock(ctx->cfg, &vs[i], &changed, &err);
+        if (r != 0) {
+            failed++;
+            kf_log_error("lock_failed", "volume=%s error=%s", kf_log_q(vs[i].path), kf_log_q(err.msg));
+            fprintf(stderr, "keyfleet-agent: watch: %s\n", err.msg);
+        } else if (changed) {
+            kf_log_warn("locked", "kind=%s volume=%s id=%s", vs[i].drv->name, kf_log_q(vs[i].path), kf_log_q(vs[i].id));
+            printf("%s %s: locked\n", vs[i].drv->name, vs[i].path);
+        }
+        kfa_volume_clear(&vs[i]);
+    }
+    free(vs);
+    fflush(stdout);
+    return failed;
+}
+
+/* Waits ms, or until SIGTERM/SIGINT (blocked, so they are taken here); true when told to stop. */
+static bool wait_or_stop(const sigset_t *stop, uint64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    for (;;) {
+        int sig = sigtimedwait(stop, NULL, &ts);
+        if (sig > 0)
+            return true;
+        if (errno != EINTR)
+            return false; /* EAGAIN: the time is up */
+    }
+}
+
+static uint64_t jittered(uint64_t ms)
+{
+    uint16_t r = 0;
+    RAND_bytes((unsigned char *)&r, sizeof(r));
+    return ms - ms / 10 + (ms / 5) * r / 65535; /* 0.9x .. 1.1x */
+}
+
+int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
+{
+    long count = 0; /* 0: until stopped */
+    if (argc == 3 && strcmp(argv[1], "--count") == 0) {
+        char *end;
+        count = strtol(argv[2], &end, 10);
+        if (*end != '\0' || count < 1 || count > 1000000) {
+            fprintf(stderr, "keyfleet-agent: watch: --count takes 1..1000000\n");
+            return KFA_EXIT_USAGE;
+        }
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: keyfleet-agent watch [--count N]\n");
+        return KFA_EXIT_USAGE;
+    }
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    kf_log_info("watching", "interval_ms=%llu coordinators=%zu", (unsigned long long)ctx->cfg->watch_interval_ms,
+                ctx->cfg->coordinators.n);
+    ctx->deadline = UINT64_MAX; /* a long-running watcher has no run deadline; each call has its timeout */
+    bool locking = false, reached = false, stopped = false;
+    size_t failed = 0;
+    for (long i = 0; count == 0 || i < count; i++) {
+        bool lock = false, relogged = false;
+        kf_err err = {0};
+        int r;
+        for (;;) {
+            r = kfa_heartbeat(ctx, true, &lock, &err);
+            if (r == -EACCES && ctx->logged_in && !relogged) { /* AppRole token expired: log in again */
+                ctx->logged_in = false;
+                relogged = true;
+                continue;
+            }
+            break;
+        }
+        reached = r == 0;
+        if (r != 0) {
+            kf_log_warn("heartbeat_failed", "error=%s hint=\"nothing is locked while no coordinator answers\"",
+                        kf_log_q(err.msg));
+        } else if (lock) {
+            if (!locking)
+                kf_log_error("lock_ordered", "node=%s hint=\"a coordinator says this node is revoked\"",
+                             kf_log_q(ctx->me.name));
+            locking = true;
+            failed = lock_all(ctx);
+        } else {
+            if (locking)
+                kf_log_info("lock_lifted", "node=%s", kf_log_q(ctx->me.name));
+            locking = false;
+            failed = 0;
+        }
+        if ((count == 0 || i + 1 < count) && wait_or_stop(&stop, jittered(ctx->cfg->watch_interval_ms))) {
+            stopped = true;
+            break;
+        }
+    }
+    kf_log_info("watch_stopped", "reason=%s locking=%s", stopped ? "signal" : "count", locking ? "yes" : "no");
+    /* Stopped by a signal is a clean stop; after --count N, the last heartbeat decides. */
+    return stopped || (reached && failed == 0) ? KFA_EXIT_ALL : KFA_EXIT_NONE;
+}
