@@ -456,7 +456,7 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         ret->rate_per_minute = r->per_minute;
         ret->rate_burst = r->burst;
         ret->pending_ttl_s = (uint32_t)(r->pending_ttl_ms / 1000);
-        ret->approvals = r->allow ? r->approvers : 0;
+        ret->approvals = r->allow && !in->enrolling ? r->approvers : 0;
         if (ret->approvals > 0 && in_window(r->window_from, r->window_to, in->now)) {
             ret->auto_approved = true;
             ret->approvals = 0;
@@ -465,7 +465,9 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s", i + 1, r->name, why,
                  r->allow ? "allow" : "deny",
                  ret->auto_approved ? ", approval waived inside its auto-approve window"
-                 : ret->approvals > 0 ? ", after human approval" : "");
+                 : ret->approvals > 0 ? ", after human approval"
+                 : r->allow && in->enrolling && r->approvers > 0 ? " (its approval applies to release)"
+                                                                 : "");
         return;
     }
     snprintf(ret->rule, sizeof(ret->rule), "default-deny");

@@ -23,6 +23,7 @@ typedef struct kfd_policy_input {
     const kfd_label *labels;
     size_t n_labels;
     int64_t now; /* Unix seconds, for auto-approve windows */
+    bool enrolling; /* Enroll: approval rules do not apply (they gate release) */
 } kfd_policy_input;
 
 typedef struct kfd_policy_decision {

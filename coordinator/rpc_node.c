@@ -355,7 +355,7 @@ void kfd_rpc_enroll(kfd_call *call)
         labels[i] = (kfd_label){req->labels[i]->key, req->labels[i]->value};
     kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = req->volume->id,
                            .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
-                           .now = time(NULL)};
+                           .now = time(NULL), .enrolling = true};
     kfd_policy_decision decision;
     kfd_policy_evaluate(app->policy, &in, &decision);
     if (!decision.allow) {

@@ -77,6 +77,18 @@ static void test_first_match_and_default_deny(void **state)
     assert_int_equal(d.rate_burst, 10);
     assert_int_equal(d.pending_ttl_s, 15 * 60);
     assert_non_null(strstr(d.explanation, "node in group 'db'"));
+    assert_non_null(strstr(d.explanation, "after human approval"));
+
+    /* Enrollment: the same rule allows, but its approval gates release, not enrollment. */
+    kfd_label env[1] = {{"env", "prod"}};
+    kfd_policy_input enroll = {.node = "db-1", .source = "10.1.2.3", .volume_id = "vol-9", .volume_name = "tank/db1",
+                               .labels = env, .n_labels = 1, .now = NOON, .enrolling = true};
+    kfd_policy_decision e;
+    kfd_policy_evaluate(p, &enroll, &e);
+    assert_true(e.allow);
+    assert_int_equal(e.approvals, 0);
+    assert_null(strstr(e.explanation, "after human approval"));
+    assert_non_null(strstr(e.explanation, "(its approval applies to release)"));
 
     /* The deny rule comes first, whatever else matches. */
     d = eval(p, "db-1", "10.1.2.3", "vol-stolen", "tank/db1", "prod", NOON);
