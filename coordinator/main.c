@@ -16,6 +16,7 @@
 #include "kf_secmem.h"
 #include "kms_remote.h"
 #include "privileges.h"
+#include "preflight.h"
 #include "server.h"
 
 #define EXIT_CONFIG 2
@@ -24,7 +25,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: keyfleetd [-c FILE] [--check-config] [--version]\n"
                "  -c, --config FILE   configuration (default /etc/keyfleet/keyfleetd.yaml)\n"
-               "      --check-config  validate the configuration and exit\n");
+               "      --check-config  validate the configuration and the files it names (TLS, KEKs), then exit\n");
 }
 
 int main(int argc, char **argv)
@@ -75,6 +76,11 @@ int main(int argc, char **argv)
     kfd_config *cfg = NULL;
     if (kfd_config_load(config_path, &cfg, &err) != 0) {
         fprintf(stderr, "keyfleetd: %s\n", err.msg);
+        return EXIT_CONFIG;
+    }
+    if (check_only && kfd_preflight(cfg, &err) != 0) {
+        fprintf(stderr, "keyfleetd: %s: %s\n", config_path, err.msg);
+        kfd_config_free(cfg);
         return EXIT_CONFIG;
     }
     if (check_only) {

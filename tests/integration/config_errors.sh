@@ -33,6 +33,16 @@ expect_eq "an unknown option exits 2" "$(timeout 10 "$KFD" --frobnicate >/dev/nu
 
 sed "s#^  cert: .*#  cert: $WORK/absent.crt#" "$F/keyfleetd.yaml" >"$F/no-cert.yaml"
 expect_eq "an unreadable certificate fails start-up with exit 1" "$(run_kfd "$F/no-cert.yaml")" "1"
+out=$(timeout 10 "$KFD" --check-config -c "$F/no-cert.yaml" 2>&1)
+expect_eq "... and --check-config sees it first (exit 2)" "$?" "2"
+expect_match "... naming the file" "$out" "no-cert.yaml: tls: .*absent.crt"
+cp -r "$F/state/kek" "$WORK/kek-saved"
+rm -f "$F/state/kek"/kek-*.key
+out=$(timeout 10 "$KFD" --check-config -c "$F/keyfleetd.yaml" 2>&1)
+expect_eq "--check-config refuses a state directory without KEK files (exit 2)" "$?" "2"
+expect_match "... saying what to do" "$out" "kms \\(local KEK\\): .*no KEK files \\(kek-1.key\\); run keyfleetctl init"
+cp "$WORK/kek-saved"/kek-*.key "$F/state/kek/"
+expect_eq "... and accepts it once they are back" "$(timeout 10 "$KFD" --check-config -c "$F/keyfleetd.yaml" >/dev/null 2>&1; echo $?)" "0"
 expect_match "... and says which file" "$(cat "$WORK/out")" "event=tls_setup_failed error=.*absent.crt"
 
 # The cluster section: each mistake named with file:line, nothing started.
