@@ -164,35 +164,59 @@ static int zfs_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *w
     return r;
 }
 
-int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names, size_t *ret_n, kf_err *err)
+/* Runs `zfs list -H -o PROPS` (nf properties, the name first) and returns the names of the
+ * datasets whose fields keep() accepts. */
+static int list_names(const kfa_config *cfg, const char *props, size_t nf,
+                      bool (*keep)(char **fields, const void *arg), const void *arg, char ***ret_names,
+                      size_t *ret_n, kf_err *err)
 {
-    const char *args[] = {"list", "-H", "-o", "name,encryptionroot,keystatus," PROP_ID, NULL};
+    *ret_names = NULL;
+    *ret_n = 0;
+    char *f[8];
+    if (nf > sizeof(f) / sizeof(f[0]))
+        return kf_err_set(err, -EINVAL, "zfs list: too many properties");
+    const char *args[] = {"list", "-H", "-o", props, NULL};
     char *out = NULL;
     int r = zfs(cfg, args, NULL, &out, err);
     if (r != 0)
         return r;
-    char **names = NULL;
+    char **names = NULL, *save = NULL;
     size_t n = 0;
-    char *save = NULL;
     for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-        char *f[4];
-        char *lsave = NULL;
-        size_t k = 0;
-        for (char *t = strtok_r(line, "\t", &lsave); t != NULL && k < 4; t = strtok_r(NULL, "\t", &lsave))
-            f[k++] = t;
-        if (k != 4 || strcmp(f[0], f[1]) != 0 || (locked_only && strcmp(f[2], "unavailable") != 0) ||
-            strcmp(f[3], "-") == 0)
+        if (split(line, f, nf) != nf || !keep(f, arg))
             continue;
-        char **nv = realloc(names, (n + 1) * sizeof(char *));
-        if (nv == NULL)
+        char **nv = realloc(names, (n + 1) * sizeof(*nv));
+        if (nv != NULL)
+            names = nv;
+        if (nv == NULL || (names[n] = strdup(f[0])) == NULL) {
+            r = kf_err_set(err, -ENOMEM, "out of memory");
             break;
-        names = nv;
-        names[n++] = strdup(f[0]);
+        }
+        n++;
     }
     free(out);
+    if (r != 0) {
+        for (size_t i = 0; i < n; i++)
+            free(names[i]);
+        free(names);
+        return r;
+    }
     *ret_names = names;
     *ret_n = n;
     return 0;
+}
+
+/* name, encryptionroot, keystatus, volume id: an encryption root with keyfleet metadata. */
+static bool is_enrolled_root(char **f, const void *arg)
+{
+    bool locked_only = *(const bool *)arg;
+    return strcmp(f[0], f[1]) == 0 && (!locked_only || strcmp(f[2], "unavailable") == 0) && strcmp(f[3], "-") != 0;
+}
+
+int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names, size_t *ret_n, kf_err *err)
+{
+    return list_names(cfg, "name,encryptionroot,keystatus," PROP_ID, 4, is_enrolled_root, &locked_only, ret_names,
+                      ret_n, err);
 }
 
 static int zfs_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err)
@@ -208,6 +232,12 @@ static int zfs_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob,
     return r;
 }
 
+/* name, encryptionroot, mounted: a mounted dataset under the encryption root arg. */
+static bool is_mounted_under(char **f, const void *arg)
+{
+    return strcmp(f[1], (const char *)arg) == 0 && strcmp(f[2], "yes") == 0;
+}
+
 static int by_name_desc(const void *a, const void *b) { return strcmp(*(char *const *)b, *(char *const *)a); }
 
 /* The kill switch: every mounted dataset under this encryption root is unmounted, children
@@ -215,28 +245,11 @@ static int by_name_desc(const void *a, const void *b) { return strcmp(*(char *co
 static int zfs_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err *err)
 {
     *changed = false;
-    const char *list[] = {"list", "-H", "-o", "name,encryptionroot,mounted", NULL};
-    char *out = NULL;
-    int r = zfs(cfg, list, NULL, &out, err);
-    if (r != 0)
-        return r;
     char **mounted = NULL;
     size_t n = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(out, "\n", &save); line != NULL && r == 0; line = strtok_r(NULL, "\n", &save)) {
-        char *f[3];
-        if (split(line, f, 3) != 3 || strcmp(f[1], v->path) != 0 || strcmp(f[2], "yes") != 0)
-            continue;
-        char **nv = realloc(mounted, (n + 1) * sizeof(*nv));
-        if (nv == NULL || (nv[n] = strdup(f[0])) == NULL) {
-            mounted = nv != NULL ? nv : mounted;
-            r = kf_err_set(err, -ENOMEM, "out of memory");
-            break;
-        }
-        mounted = nv;
-        n++;
-    }
-    free(out);
+    int r = list_names(cfg, "name,encryptionroot,mounted", 3, is_mounted_under, v->path, &mounted, &n, err);
+    if (r != 0)
+        return r;
     if (mounted != NULL)
         qsort(mounted, n, sizeof(*mounted), by_name_desc); /* a child sorts after its parent */
     for (size_t i = 0; r == 0 && i < n; i++) {

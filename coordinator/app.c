@@ -215,13 +215,13 @@ void kfd_new_request_id(char out[33])
     uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
     for (int i = 11; i >= 0; i--, ms >>= 4)
         out[i] = hex[ms & 0xf];
-    const uint8_t *r = pool + sizeof(pool) - left;
+    uint8_t *r = pool + sizeof(pool) - left;
     for (int i = 0; i < 10; i++) {
         out[12 + 2 * i] = hex[r[i] >> 4];
         out[13 + 2 * i] = hex[r[i] & 0xf];
     }
     out[32] = '\0';
-    OPENSSL_cleanse((void *)r, 10); /* each random byte is used once */
+    OPENSSL_cleanse(r, 10); /* each random byte is used once */
     left -= 10;
 }
 

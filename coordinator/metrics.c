@@ -8,6 +8,7 @@
 #include "kf_secmem.h"
 #include "app.h"
 #include "replication.h"
+#include "seal.h"
 #include "server.h"
 #include "webhook.h"
 
@@ -85,13 +86,17 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          "# HELP keyfleet_sealed_keys_total Keys sealed to agents.\n"
          "# TYPE keyfleet_sealed_keys_total counter\n"
          "keyfleet_sealed_keys_total %llu\n"
+         "# HELP keyfleet_seal_contexts_open HPKE contexts held by open connections, in locked memory.\n"
+         "# TYPE keyfleet_seal_contexts_open gauge\n"
+         "keyfleet_seal_contexts_open %zu\n"
          "# HELP keyfleet_secmem_lock_failures_total Key buffers that could not be mlock'ed.\n"
          "# TYPE keyfleet_secmem_lock_failures_total counter\n"
          "keyfleet_secmem_lock_failures_total %lu\n",
          (unsigned long long)m->tls_handshakes_ok, (unsigned long long)m->tls_handshakes_failed,
          (unsigned long long)m->auth_failures, (unsigned long long)m->connections_accepted,
          (unsigned long long)m->connections_rejected, srv->connections, (unsigned long long)m->tls_reloads,
-         (unsigned long long)m->seal_contexts, (unsigned long long)m->sealed_keys, kf_secmem_lock_failures());
+         (unsigned long long)m->seal_contexts, (unsigned long long)m->sealed_keys, kfd_seal_contexts_live(),
+         kf_secmem_lock_failures());
     const kfd_app *app = srv->app;
     if (app != NULL) {
         kfd_webhook_stats w = kfd_webhook_get_stats(app->webhook);

@@ -19,7 +19,7 @@ typedef struct kfd_sealed {
 int kfd_seal_key(kfd_call *call, const uint8_t pk[32], const char *purpose, const char *request_id,
                  const char *volume_id, const uint8_t key[KF_SEAL_KEY_LEN], kfd_sealed *ret);
 
-/* Contexts held by open connections (for tests and metrics). */
+/* Contexts held by open connections (the keyfleet_seal_contexts_open gauge). */
 size_t kfd_seal_contexts_live(void);
 
 #endif

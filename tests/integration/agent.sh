@@ -57,6 +57,13 @@ expect_eq "unlock --all: every volume unlocked (exit 0)" "$rc" "0"
 expect_eq "... three keys sealed over one connection" "$(($(metric "$F" keyfleet_sealed_keys_total) - keys0))" "3"
 expect_eq "... under one HPKE context (one X25519 key generation and DH for the run)" \
     "$(($(metric "$F" keyfleet_seal_contexts_total) - ctx0))" "1"
+open_ctx=""
+for _ in $(seq 1 40); do # the context goes with the agent's connection
+    open_ctx=$(metric "$F" keyfleet_seal_contexts_open)
+    [ "$open_ctx" = 0 ] && break
+    sleep 0.05
+done
+expect_eq "... and is wiped when the agent's connection closes" "$open_ctx" "0"
 expect_match "... both LUKS2 keys verified" "$out" "disk1.luks: unlocked \(key verified.*disk2.luks: unlocked"
 expect_match "... and the discovered ZFS dataset unlocked" "$out" "zfs tank/secure: unlocked"
 expect_eq "the dataset's key is loaded" "$("$ZFS_STANDIN" get -H -o value keystatus tank/secure)" "available"

@@ -14,14 +14,20 @@
 
 #include "kf_log.h"
 
-static int saved_stderr = -1;
-static char path[] = "/tmp/kf-test-log.XXXXXX";
+#include "kf_test_tmpdir.h"
 
+static int saved_stderr = -1;
+static char path[128];
+
+/* stderr goes to a file in the test's scratch folder, read back by written(). */
 static int capture(void **state)
 {
-    (void)state;
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
+    if (tmpdir_setup(state) != 0)
+        return -1;
+    snprintf(path, sizeof(path), "%s/stderr.log", tmpdir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return -1;
     saved_stderr = dup(STDERR_FILENO);
     dup2(fd, STDERR_FILENO);
     close(fd);
@@ -30,11 +36,9 @@ static int capture(void **state)
 
 static int release(void **state)
 {
-    (void)state;
     dup2(saved_stderr, STDERR_FILENO);
     close(saved_stderr);
-    unlink(path);
-    return 0;
+    return tmpdir_teardown(state);
 }
 
 /* What has reached the file so far. */
@@ -87,14 +91,14 @@ static void test_buffered_waits_for_flush(void **state)
 
     /* More than the buffer holds: written as it fills, nothing lost, lines whole. */
     char big[1500];
-    memset(big, 'x', sizeof(big) - 1);
+    memset(big, 'a', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     for (int i = 0; i < 100; i++)
         kf_log_info("big", "i=%d v=%s", i, big);
     kf_log_set_buffered(false); /* flushes */
     w = written();
     assert_int_equal(count(w, "event=big"), 100);
-    assert_non_null(strstr(w, "event=big i=99 v=xxx"));
+    assert_non_null(strstr(w, "event=big i=99 v=aaaa"));
     const char *p = w;
     for (const char *nl; (nl = strchr(p, '\n')) != NULL; p = nl + 1)
         assert_memory_equal(p, "ts=", 3); /* every line starts as a line */
