@@ -15,8 +15,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <libcryptsetup.h>
-
+#include "cryptsetup_dl.h"
 #include "volume.h"
 
 #define TOKEN_TYPE "keyfleet"
@@ -46,14 +45,17 @@ static int open_device(const char *path, struct crypt_device **ret, kf_err *err)
 {
     if (access(path, F_OK) != 0)
         return kf_err_set(err, -ENOENT, "%s: no such device or file", path);
+    int r = kfa_cryptsetup_load(err);
+    if (r != 0)
+        return r;
     struct crypt_device *cd = NULL;
-    int r = crypt_init(&cd, path);
+    r = sym_crypt_init(&cd, path);
     if (r < 0)
         return kf_err_set(err, r, "%s: cannot open: %s", path, strerror(-r));
-    crypt_set_log_callback(cd, quiet, NULL);
-    r = crypt_load(cd, CRYPT_LUKS2, NULL);
+    sym_crypt_set_log_callback(cd, quiet, NULL);
+    r = sym_crypt_load(cd, CRYPT_LUKS2, NULL);
     if (r < 0) {
-        crypt_free(cd);
+        sym_crypt_free(cd);
         return kf_err_set(err, -EINVAL, "%s: not a LUKS2 volume", path);
     }
     *ret = cd;
@@ -65,11 +67,11 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
 {
     for (int t = 0; t < MAX_TOKENS; t++) {
         const char *type = NULL;
-        crypt_token_info info = crypt_token_status(cd, t, &type);
+        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
         if (info == CRYPT_TOKEN_INACTIVE || info == CRYPT_TOKEN_INVALID || type == NULL || strcmp(type, TOKEN_TYPE) != 0)
             continue;
         const char *json = NULL;
-        if (crypt_token_json_get(cd, t, &json) < 0)
+        if (sym_crypt_token_json_get(cd, t, &json) < 0)
             return kf_err_set(err, -EBADMSG, "%s: keyfleet token %d unreadable", v->path, t);
         json_t *o = json_loads(json, 0, NULL);
         const char *vid = NULL, *wrapped = NULL, *slot = NULL;
@@ -105,7 +107,7 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     (void)cfg;
     struct crypt_device *cd = NULL;
     if (v->handle != NULL) {
-        crypt_free(v->handle);
+        sym_crypt_free(v->handle);
         v->handle = NULL;
     }
     free(v->wrapped);
@@ -115,7 +117,7 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
-    const char *uuid = crypt_get_uuid(cd);
+    const char *uuid = sym_crypt_get_uuid(cd);
     snprintf(v->id, sizeof(v->id), "%s", uuid != NULL ? uuid : "");
     if (v->name[0] == '\0')
         snprintf(v->name, sizeof(v->name), "keyfleet-%.64s", v->id);
@@ -124,7 +126,7 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     if (r == -ENOENT)
         r = 0;
     if (r == 0 && cfg->luks_activate)
-        v->unlocked = crypt_status(cd, v->name) == CRYPT_ACTIVE;
+        v->unlocked = sym_crypt_status(cd, v->name) == CRYPT_ACTIVE;
     return r;
 }
 
@@ -155,28 +157,28 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
         return r;
     struct crypt_pbkdf_type pbkdf = {
         .type = CRYPT_KDF_PBKDF2, .hash = "sha512", .iterations = 1000, .flags = CRYPT_PBKDF_NO_BENCHMARK};
-    r = crypt_set_pbkdf_type(cd, &pbkdf);
+    r = sym_crypt_set_pbkdf_type(cd, &pbkdf);
     int slot = r < 0 ? r
-                     : crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, (const char *)auth->data, auth->len,
+                     : sym_crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, (const char *)auth->data, auth->len,
                                                        (const char *)key->data, key->len);
     if (slot < 0) {
         return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add a keyslot: %s", v->path,
                           slot == -EPERM ? "the existing passphrase is wrong" : strerror(-slot));
     }
     /* Seal, then verify: the new keyslot must open with the key before anything points at it. */
-    r = crypt_activate_by_passphrase(cd, NULL, slot, (const char *)key->data, key->len, 0);
+    r = sym_crypt_activate_by_passphrase(cd, NULL, slot, (const char *)key->data, key->len, 0);
     char *json = r == slot ? token_json(cfg, v, slot, wrapped) : NULL;
-    int token = json != NULL ? crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -EIO;
+    int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -EIO;
     free(json);
     if (token < 0) {
-        crypt_keyslot_destroy(cd, slot);
+        sym_crypt_keyslot_destroy(cd, slot);
         return kf_err_set(err, -EIO, "%s: the new keyslot did not verify or the token could not be written", v->path);
     }
     /* A re-enrollment replaces the previous keyfleet slot and token. */
     if (v->token >= 0 && v->token != token) {
-        crypt_token_json_set(cd, v->token, NULL);
+        sym_crypt_token_json_set(cd, v->token, NULL);
         if (v->keyslot >= 0 && v->keyslot != slot)
-            crypt_keyslot_destroy(cd, v->keyslot);
+            sym_crypt_keyslot_destroy(cd, v->keyslot);
     }
     v->keyslot = slot;
     v->token = token;
@@ -192,7 +194,7 @@ static int luks_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     if (r != 0)
         return r;
     const char *name = cfg->luks_activate ? v->name : NULL;
-    r = crypt_activate_by_passphrase(cd, name, v->keyslot >= 0 ? v->keyslot : CRYPT_ANY_SLOT, (const char *)key->data,
+    r = sym_crypt_activate_by_passphrase(cd, name, v->keyslot >= 0 ? v->keyslot : CRYPT_ANY_SLOT, (const char *)key->data,
                                      key->len, 0);
     if (r == -EPERM)
         return kf_err_set(err, -EKEYREJECTED, "%s: the released key does not open the volume", v->path);
@@ -209,7 +211,7 @@ static int luks_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *
     if (r != 0)
         return r;
     char *json = token_json(cfg, v, v->keyslot, wrapped);
-    r = json != NULL ? crypt_token_json_set(cd, v->token, json) : -ENOMEM;
+    r = json != NULL ? sym_crypt_token_json_set(cd, v->token, json) : -ENOMEM;
     free(json);
     if (r < 0)
         return kf_err_set(err, -EIO, "%s: cannot update the keyfleet token", v->path);
@@ -245,20 +247,23 @@ static int luks_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err
     *changed = false;
     if (!cfg->luks_activate || !v->unlocked)
         return 0; /* nothing mapped: the key was only verified, or never loaded */
+    int r = kfa_cryptsetup_load(err);
+    if (r != 0)
+        return r;
     struct crypt_device *cd = NULL;
-    int r = crypt_init_by_name(&cd, v->name);
+    r = sym_crypt_init_by_name(&cd, v->name);
     if (r == -ENODEV)
         return 0;
     if (r < 0)
         return kf_err_set(err, r, "%s: cannot open mapping %s: %s", v->path, v->name, strerror(-r));
-    crypt_set_log_callback(cd, quiet, NULL);
-    r = crypt_deactivate_by_name(cd, v->name, 0);
-    if (r == -EBUSY && crypt_deactivate_by_name(cd, v->name, CRYPT_DEACTIVATE_DEFERRED) == 0) {
-        crypt_free(cd);
+    sym_crypt_set_log_callback(cd, quiet, NULL);
+    r = sym_crypt_deactivate_by_name(cd, v->name, 0);
+    if (r == -EBUSY && sym_crypt_deactivate_by_name(cd, v->name, CRYPT_DEACTIVATE_DEFERRED) == 0) {
+        sym_crypt_free(cd);
         return kf_err_set(err, -EBUSY, "%s: mapping %s is in use; it closes when its last user does", v->path,
                           v->name);
     }
-    crypt_free(cd);
+    sym_crypt_free(cd);
     if (r < 0)
         return kf_err_set(err, r, "%s: cannot close mapping %s: %s", v->path, v->name, strerror(-r));
     v->unlocked = false;
@@ -283,6 +288,6 @@ void kfa_volume_clear(kfa_volume *v)
     free(v->tpm_blob);
     v->tpm_blob = NULL;
     if (v->handle != NULL && v->kind == KFA_VOL_LUKS2)
-        crypt_free(v->handle);
+        sym_crypt_free(v->handle);
     v->handle = NULL;
 }

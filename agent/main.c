@@ -14,6 +14,7 @@
 #include <openssl/sha.h>
 
 #include "agent.h"
+#include "kf_heap.h"
 #include "kf_time.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
@@ -536,8 +537,21 @@ static int cmd_seal_secret_id(kfa_ctx *ctx, int argc, char **argv)
     return 0;
 }
 
+/* Exits without running the libraries' exit handlers: what was secret is wiped by now, and
+ * OpenSSL's and libcryptsetup's teardown of their caches cost about 1 ms per boot unlock here.
+ * Sanitizer builds exit normally, so LeakSanitizer still checks every run in the tests. */
+static int finish(int rc)
+{
+#if !defined(__SANITIZE_ADDRESS__)
+    fflush(NULL);
+    _exit(rc);
+#endif
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    kf_heap_reserve(1u << 20);
     kf_log_set_program("keyfleet-agent");
     if (kf_process_harden() != 0)
         kf_log_warn("harden_failed", "what=dumpable");
@@ -609,5 +623,5 @@ int main(int argc, char **argv)
     kf_seal_receiver_free(ctx.receiver);
     kf_rpc_client_free(ctx.client);
     kfa_config_free(ctx.cfg);
-    return rc;
+    return finish(rc);
 }

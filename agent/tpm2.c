@@ -10,10 +10,8 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <tss2/tss2_esys.h>
-#include <tss2/tss2_mu.h>
-#include <tss2/tss2_rc.h>
-#include <tss2/tss2_tctildr.h>
+
+#include "tss2_dl.h"
 
 #define BLOB_PREFIX "kftpm1:"
 
@@ -25,7 +23,7 @@ typedef struct tpm {
 
 static int tpm_error(kf_err *err, const char *what, TSS2_RC rc)
 {
-    return kf_err_set(err, -EIO, "TPM %s failed: %s", what, Tss2_RC_Decode(rc));
+    return kf_err_set(err, -EIO, "TPM %s failed: %s", what, sym_Tss2_RC_Decode(rc));
 }
 
 static void tpm_close(tpm *t)
@@ -33,25 +31,25 @@ static void tpm_close(tpm *t)
     ESYS_TR *handles[] = {&t->session, &t->object, &t->primary};
     for (size_t i = 0; i < 3; i++)
         if (*handles[i] != ESYS_TR_NONE && t->esys != NULL)
-            Esys_FlushContext(t->esys, *handles[i]);
+            sym_Esys_FlushContext(t->esys, *handles[i]);
     if (t->esys != NULL)
-        Esys_Finalize(&t->esys);
+        sym_Esys_Finalize(&t->esys);
     if (t->tcti != NULL)
-        Tss2_TctiLdr_Finalize(&t->tcti);
+        sym_Tss2_TctiLdr_Finalize(&t->tcti);
 }
 
 static int tpm_open(tpm *t, const char *tcti, kf_err *err)
 {
     memset(t, 0, sizeof(*t));
     t->primary = t->object = t->session = ESYS_TR_NONE;
-    TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti, &t->tcti);
+    TSS2_RC rc = sym_Tss2_TctiLdr_Initialize(tcti, &t->tcti);
     if (rc != TSS2_RC_SUCCESS)
-        return kf_err_set(err, -ENODEV, "TPM: cannot open TCTI '%s': %s", tcti, Tss2_RC_Decode(rc));
-    if ((rc = Esys_Initialize(&t->esys, t->tcti, NULL)) != TSS2_RC_SUCCESS) {
+        return kf_err_set(err, -ENODEV, "TPM: cannot open TCTI '%s': %s", tcti, sym_Tss2_RC_Decode(rc));
+    if ((rc = sym_Esys_Initialize(&t->esys, t->tcti, NULL)) != TSS2_RC_SUCCESS) {
         tpm_close(t);
         return tpm_error(err, "initialization", rc);
     }
-    rc = Esys_Startup(t->esys, TPM2_SU_CLEAR);
+    rc = sym_Esys_Startup(t->esys, TPM2_SU_CLEAR);
     if (rc != TSS2_RC_SUCCESS && (rc & 0xfff) != TPM2_RC_INITIALIZE) {
         tpm_close(t);
         return tpm_error(err, "startup", rc);
@@ -78,7 +76,7 @@ static int create_primary(tpm *t, kf_err *err)
                         }};
     TPM2B_DATA outside = {0};
     TPML_PCR_SELECTION creation_pcr = {0};
-    TSS2_RC rc = Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
+    TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
                                     &pub, &outside, &creation_pcr, &t->primary, NULL, NULL, NULL, NULL);
     return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "create primary", rc);
 }
@@ -98,16 +96,16 @@ static void pcr_selection(const uint32_t *pcrs, size_t n, TPML_PCR_SELECTION *se
 static int pcr_policy(tpm *t, TPM2_SE type, const TPML_PCR_SELECTION *sel, TPM2B_DIGEST **ret_digest, kf_err *err)
 {
     TPMT_SYM_DEF sym = {.algorithm = TPM2_ALG_NULL};
-    TSS2_RC rc = Esys_StartAuthSession(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+    TSS2_RC rc = sym_Esys_StartAuthSession(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
                                        NULL, type, &sym, TPM2_ALG_SHA256, &t->session);
     if (rc != TSS2_RC_SUCCESS)
         return tpm_error(err, "start session", rc);
     TPM2B_DIGEST empty = {0}; /* empty pcrDigest: bind to the current values */
-    rc = Esys_PolicyPCR(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, sel);
+    rc = sym_Esys_PolicyPCR(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, sel);
     if (rc != TSS2_RC_SUCCESS)
         return tpm_error(err, "PolicyPCR", rc);
     if (ret_digest != NULL &&
-        (rc = Esys_PolicyGetDigest(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ret_digest)) !=
+        (rc = sym_Esys_PolicyGetDigest(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ret_digest)) !=
             TSS2_RC_SUCCESS)
         return tpm_error(err, "PolicyGetDigest", rc);
     return 0;
@@ -134,8 +132,8 @@ static int do_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, kf
         pcrs[i] = raw[1 + i];
     TPM2B_PUBLIC pub = {0};
     TPM2B_PRIVATE priv = {0};
-    if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(raw, (size_t)n, &off, &pub) != TSS2_RC_SUCCESS ||
-        Tss2_MU_TPM2B_PRIVATE_Unmarshal(raw, (size_t)n, &off, &priv) != TSS2_RC_SUCCESS || off != (size_t)n)
+    if (sym_Tss2_MU_TPM2B_PUBLIC_Unmarshal(raw, (size_t)n, &off, &pub) != TSS2_RC_SUCCESS ||
+        sym_Tss2_MU_TPM2B_PRIVATE_Unmarshal(raw, (size_t)n, &off, &priv) != TSS2_RC_SUCCESS || off != (size_t)n)
         return kf_err_set(err, -EBADMSG, "TPM blob: malformed");
     tpm t;
     int r = tpm_open(&t, tcti, err);
@@ -145,7 +143,7 @@ static int do_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, kf
     pcr_selection(pcrs, n_pcrs, &sel);
     TSS2_RC rc;
     if ((r = create_primary(&t, err)) == 0) {
-        rc = Esys_Load(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, &t.object);
+        rc = sym_Esys_Load(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, &t.object);
         if (rc != TSS2_RC_SUCCESS)
             r = tpm_error(err, "load (is this the TPM the key was sealed to?)", rc);
     }
@@ -153,7 +151,7 @@ static int do_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, kf
         r = pcr_policy(&t, TPM2_SE_POLICY, &sel, NULL, err);
     TPM2B_SENSITIVE_DATA *out = NULL;
     if (r == 0) {
-        rc = Esys_Unseal(t.esys, t.object, t.session, ESYS_TR_NONE, ESYS_TR_NONE, &out);
+        rc = sym_Esys_Unseal(t.esys, t.object, t.session, ESYS_TR_NONE, ESYS_TR_NONE, &out);
         if ((rc & 0xff) == (TPM2_RC_POLICY_FAIL & 0xff) && (rc & TPM2_RC_FMT1))
             r = kf_err_set(err, -EACCES, "TPM refused to unseal: the PCR values changed since the key was sealed "
                                          "(firmware, boot loader or Secure Boot state)");
@@ -172,7 +170,7 @@ static int do_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, kf
     }
     if (out != NULL) {
         OPENSSL_cleanse(out, sizeof(*out));
-        Esys_Free(out);
+        sym_Esys_Free(out);
     }
     tpm_close(&t);
     return r;
@@ -196,7 +194,7 @@ static int do_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const 
     if ((r = create_primary(&t, err)) == 0)
         r = pcr_policy(&t, TPM2_SE_TRIAL, &sel, &policy, err);
     if (r == 0) {
-        Esys_FlushContext(t.esys, t.session);
+        sym_Esys_FlushContext(t.esys, t.session);
         t.session = ESYS_TR_NONE;
         TPM2B_SENSITIVE_CREATE sens = {0};
         sens.sensitive.data.size = (UINT16)key->len;
@@ -209,7 +207,7 @@ static int do_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const 
         tmpl.publicArea.authPolicy = *policy;
         TPM2B_DATA outside = {0};
         TPML_PCR_SELECTION creation_pcr = {0};
-        rc = Esys_Create(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens, &tmpl, &outside,
+        rc = sym_Esys_Create(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens, &tmpl, &outside,
                          &creation_pcr, &out_priv, &out_pub, NULL, NULL, NULL);
         OPENSSL_cleanse(&sens, sizeof(sens));
         if (rc != TSS2_RC_SUCCESS)
@@ -222,8 +220,8 @@ static int do_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const 
         raw[off++] = (uint8_t)n_pcrs;
         for (size_t i = 0; i < n_pcrs; i++)
             raw[off++] = (uint8_t)pcrs[i];
-        if (Tss2_MU_TPM2B_PUBLIC_Marshal(out_pub, raw, sizeof(raw), &off) != TSS2_RC_SUCCESS ||
-            Tss2_MU_TPM2B_PRIVATE_Marshal(out_priv, raw, sizeof(raw), &off) != TSS2_RC_SUCCESS ||
+        if (sym_Tss2_MU_TPM2B_PUBLIC_Marshal(out_pub, raw, sizeof(raw), &off) != TSS2_RC_SUCCESS ||
+            sym_Tss2_MU_TPM2B_PRIVATE_Marshal(out_priv, raw, sizeof(raw), &off) != TSS2_RC_SUCCESS ||
             (blob = malloc(sizeof(BLOB_PREFIX) + 4 * ((off + 2) / 3) + 1)) == NULL) {
             r = kf_err_set(err, -EIO, "TPM seal: cannot serialize the sealed object");
         } else {
@@ -231,9 +229,9 @@ static int do_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const 
             EVP_EncodeBlock((unsigned char *)blob + sizeof(BLOB_PREFIX) - 1, raw, (int)off);
         }
     }
-    Esys_Free(policy);
-    Esys_Free(out_pub);
-    Esys_Free(out_priv);
+    sym_Esys_Free(policy);
+    sym_Esys_Free(out_pub);
+    sym_Esys_Free(out_priv);
     tpm_close(&t);
     if (r != 0)
         return r;
@@ -307,6 +305,12 @@ static int run_job(job *j, uint64_t timeout_ms, kf_err *err, bool *ret_abandoned
     *ret_abandoned = false;
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->done_cond, NULL);
+    int r = kfa_tss2_load(err);
+    if (r != 0) {
+        *ret_abandoned = true; /* freed here: nothing left for the caller */
+        job_free(j);
+        return r;
+    }
     pthread_t th;
     if (pthread_create(&th, NULL, worker, j) != 0) {
         *ret_abandoned = true; /* freed here: nothing left for the caller */

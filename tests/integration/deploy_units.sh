@@ -31,4 +31,17 @@ for s in initramfs-tools/hooks/keyfleet initramfs-tools/scripts/local-top/keyfle
     check "$s parses (sh -n)" sh -n "$D/$s"
 done
 check "dracut/90keyfleet/module-setup.sh parses (bash -n)" bash -n "$D/dracut/90keyfleet/module-setup.sh"
+
+# Libraries the agent dlopens are invisible to copy_exec and inst_binary: both initramfs
+# generators must name each one, and each must be installed here.
+A=$(cd "$(dirname "$0")/../../agent" && pwd)
+sonames=$(grep -ho '"lib[a-z0-9-]*\.so\.[0-9]*"' "$A"/*_dl.c | tr -d '"' | sort -u)
+expect_match "the agent dlopens libcryptsetup and tpm2-tss" "$(echo $sonames)" "libcryptsetup.so.12 .*libtss2-esys.so.0"
+for so in $sonames libtss2-tcti-device.so.0; do
+    expect_match "initramfs-tools hook copies $so" "$(cat "$D/initramfs-tools/hooks/keyfleet")" "$so"
+    expect_match "dracut module installs $so" "$(cat "$D/dracut/90keyfleet/module-setup.sh")" "\"$so\*\""
+    expect_match "$so is installed here (ldconfig -p)" "$(ldconfig -p | awk '{print $1}' | grep -Fx "$so")" "."
+done
+expect_eq "the agent links neither libcryptsetup nor tpm2-tss" \
+    "$(ldd "$AGENT" | grep -cE 'libcryptsetup|libtss2')" "0"
 finish
