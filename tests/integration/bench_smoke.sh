@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # keyfleet-bench runs end to end against a real keyfleetd: 40 nodes with fresh mTLS connections,
 # the handshake floor, the warm path; every release opens, and it reports what the issue names.
+# scripts/bench-agent runs too, for three rounds.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -24,5 +25,10 @@ out=$("$BUILD/bench/keyfleet-bench" --fleet "$F" --server "127.0.0.1:$PORT" --pi
 expect_match "it refuses a cache made for another fleet" "$out" "was made for another fleet"
 stop_kfd TERM
 expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"
+
+# scripts/bench-agent (issue 4's figure) runs end to end: agent, reference and floor each unlock.
+out=$(bash "$(dirname "$0")/../../scripts/bench-agent" "$BUILD" 3 2>&1)
+expect_match "bench-agent times the agent, the reference and the floor" "$out" \
+    "keyfleet-agent unlock, one LUKS2 volume: median [0-9.]+ ms over 3 runs.*cryptsetup open --test-passphrase.*median [0-9.]+ ms.*unlock-floor.*median [0-9.]+ ms.*ratio agent/reference: [0-9.]+"
 check_sanitizers
 finish
