@@ -16,6 +16,7 @@ void kfd_rpc_create_role(kfd_call *call);
 void kfd_rpc_get_role(kfd_call *call);
 void kfd_rpc_create_secret_id(kfd_call *call);
 void kfd_rpc_revoke_role(kfd_call *call);
+void kfd_rpc_revoke_role_credential(kfd_call *call);
 /* Authenticates "Authorization: Bearer TOKEN" from source into ret (a node identity) and
  * role_out. Returns 0, -ENOENT (no such token), -ETIME (expired), -EACCES (outside the role's
  * CIDRs) or -EIO. */

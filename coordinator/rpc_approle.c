@@ -34,6 +34,7 @@
 #define SECRET_PREFIX "kfs."
 #define TOKEN_PREFIX "kft."
 #define TOKEN_ID_HEX 16
+#define ACCESSOR_HEX 32
 #define SECRET_TEXT_LEN (4 + 43)
 #define TOKEN_TEXT_LEN (4 + TOKEN_ID_HEX + 1 + 43)
 
@@ -169,7 +170,7 @@ void kfd_rpc_login(kfd_call *call)
         return;
     }
     uint8_t hash[KFD_HASH_LEN];
-    char accessor[33];
+    char accessor[ACCESSOR_HEX + 1];
     size_t slen = strnlen(req->secret_id, SECRET_TEXT_LEN + 1);
     sha256(req->secret_id, slen, hash);
     int r = slen == SECRET_TEXT_LEN ? kfd_store_match_secret_id(app->store, role.name, hash, now_s(), accessor)
@@ -389,7 +390,7 @@ void kfd_rpc_get_role(kfd_call *call)
 typedef struct secret_op {
     kfd_op base;
     char secret[SECRET_TEXT_LEN + 1];
-    char accessor[33];
+    char accessor[ACCESSOR_HEX + 1];
     uint32_t ttl, uses;
 } secret_op;
 
@@ -478,4 +479,52 @@ void kfd_rpc_revoke_role(kfd_call *call)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE;
     cmd.revoke_role = &c;
     kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_role_response__descriptor);
+}
+
+static bool lower_hex(const char *s, size_t want)
+{
+    size_t n = strlen(s);
+    if (n != want)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+void kfd_rpc_revoke_role_credential(kfd_call *call)
+{
+    const Keyfleet__V1__RevokeRoleCredentialRequest *req =
+        (const Keyfleet__V1__RevokeRoleCredentialRequest *)call->request;
+    bool secret = req->secret_id_accessor[0] != '\0', token = req->token_id[0] != '\0';
+    if (!kf_name_valid(req->role_name, strlen(req->role_name))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
+        return;
+    }
+    if (secret == token) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "give exactly one of secret_id_accessor and token_id");
+        return;
+    }
+    if (secret ? !lower_hex(req->secret_id_accessor, ACCESSOR_HEX) : !lower_hex(req->token_id, TOKEN_ID_HEX)) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
+                       secret ? "secret_id_accessor must be 32 lowercase hex digits"
+                              : "token_id must be 16 lowercase hex digits (the part of the token after kft.)");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    char reason[160];
+    snprintf(reason, sizeof(reason), "approle %s %s %s revoked", req->role_name, secret ? "secret id" : "token",
+             secret ? req->secret_id_accessor : req->token_id);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approle_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdRevokeRoleCredential c = KEYFLEET__V1__CMD_REVOKE_ROLE_CREDENTIAL__INIT;
+    c.role_name = req->role_name;
+    c.secret_id_accessor = req->secret_id_accessor;
+    c.token_id = req->token_id;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE_CREDENTIAL;
+    cmd.revoke_role_credential = &c;
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_role_credential_response__descriptor);
 }

@@ -31,6 +31,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("GetRole", get_role_request, kfd_rpc_get_role, R),
     ADMIN("CreateSecretId", create_secret_id_request, kfd_rpc_create_secret_id, W),
     ADMIN("RevokeRole", revoke_role_request, kfd_rpc_revoke_role, W),
+    ADMIN("RevokeRoleCredential", revoke_role_credential_request, kfd_rpc_revoke_role_credential, W),
     ADMIN("ClusterStatus", cluster_status_request, kfd_rpc_cluster_status, R),
     ADMIN("RotateKms", rotate_kms_request, kfd_rpc_rotate_kms, W),
     ADMIN("AddMember", add_member_request, kfd_rpc_add_member, W),

@@ -66,6 +66,8 @@ static const char *const sql[ST_COUNT] = {
     [ST_TOKEN_INSERT] = "INSERT INTO tokens (token_id, role_name, token_hash, expires_at) VALUES (?, ?, ?, ?)",
     [ST_TOKEN_GET] = "SELECT token_hash, role_name, expires_at FROM tokens WHERE token_id = ?",
     [ST_TOKEN_DELETE_ROLE] = "DELETE FROM tokens WHERE role_name = ?",
+    [ST_SECRET_DELETE_ONE] = "DELETE FROM secret_ids WHERE accessor = ? AND role_name = ?",
+    [ST_TOKEN_DELETE_ONE] = "DELETE FROM tokens WHERE token_id = ? AND role_name = ?",
     [ST_APPLIED_SET] = "UPDATE raft_state SET applied_index = ? WHERE id = 1",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
@@ -456,6 +458,7 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:
     case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE:
+    case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE_CREDENTIAL:
         return kfd_store_apply_approle(s, cmd, seq, err);
     default:
         return kf_err_set(err, -ENOSYS, "state command %d is not supported by this version", (int)cmd->cmd_case);

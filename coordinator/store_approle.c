@@ -114,6 +114,20 @@ static int revoke_role(kfd_store *s, const char *name, kf_err *err)
     return 0;
 }
 
+/* Deletes one secret id or one token of the role; -ENOENT when the role has no such credential. */
+static int revoke_credential(kfd_store *s, const Keyfleet__V1__CmdRevokeRoleCredential *c, kf_err *err)
+{
+    bool secret = c->secret_id_accessor[0] != '\0';
+    sqlite3_stmt *st = kfd_store_stmt(s, secret ? ST_SECRET_DELETE_ONE : ST_TOKEN_DELETE_ONE);
+    kfd_bind_text(st, 1, secret ? c->secret_id_accessor : c->token_id);
+    kfd_bind_text(st, 2, c->role_name);
+    int r = kfd_store_step_done(s, st, "revoking a credential", err);
+    if (r == 0 && sqlite3_changes(s->db) == 0)
+        r = kf_err_set(err, -ENOENT, "role %s has no %s %s", c->role_name, secret ? "secret id with accessor" : "token",
+                       secret ? c->secret_id_accessor : c->token_id);
+    return r;
+}
+
 int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
 {
     int r;
@@ -134,6 +148,10 @@ int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd,
     case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE:
         r = revoke_role(s, cmd->revoke_role->name, err);
         audit = cmd->revoke_role->audit;
+        break;
+    case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE_CREDENTIAL:
+        r = revoke_credential(s, cmd->revoke_role_credential, err);
+        audit = cmd->revoke_role_credential->audit;
         break;
     default:
         return kf_err_set(err, -ENOSYS, "not an AppRole command");

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,25 @@ static int revoke_role(kfctl *ctl, const char *name)
     return 0;
 }
 
+/* approle revoke NAME --secret-id ACCESSOR | --token TOKEN_ID: one credential; the role stays. */
+static int revoke_credential(kfctl *ctl, const char *name, const char *flag, const char *handle)
+{
+    Keyfleet__V1__RevokeRoleCredentialRequest req = KEYFLEET__V1__REVOKE_ROLE_CREDENTIAL_REQUEST__INIT;
+    req.role_name = (char *)name;
+    bool secret = strcmp(flag, "--secret-id") == 0;
+    if (secret)
+        req.secret_id_accessor = (char *)handle;
+    else
+        req.token_id = (char *)handle;
+    ProtobufCMessage *m = NULL;
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/RevokeRoleCredential", &req.base,
+                        &keyfleet__v1__revoke_role_credential_response__descriptor, &m) != 0)
+        return 1;
+    protobuf_c_message_free_unpacked(m, NULL);
+    printf("role %s: %s %s revoked\n", name, secret ? "secret id" : "token", handle);
+    return 0;
+}
+
 int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv)
 {
     const char *sub = argc > 1 ? argv[1] : "";
@@ -194,7 +214,9 @@ int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv)
         return show(ctl, argv[2]);
     if (strcmp(sub, "revoke") == 0 && argc == 3)
         return revoke_role(ctl, argv[2]);
+    if (strcmp(sub, "revoke") == 0 && argc == 5 && (strcmp(argv[3], "--secret-id") == 0 || strcmp(argv[3], "--token") == 0))
+        return revoke_credential(ctl, argv[2], argv[3], argv[4]);
     fprintf(stderr, "usage: keyfleetctl approle create NAME --node NODE ... | show NAME | secret-id NAME [--out FILE]"
-                    " | revoke NAME\n");
+                    " | revoke NAME [--secret-id ACCESSOR | --token TOKEN_ID]\n");
     return KFCTL_EXIT_USAGE;
 }

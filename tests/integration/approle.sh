@@ -121,6 +121,40 @@ expect_match "a short-lived token works at once" "$(bearer_release "$STOKEN")" '
 sleep 4.2
 expect_match "an expired token: unauthenticated" "$(bearer_release "$STOKEN")" 'bearer token expired.* 401$'
 
+# Revoking one credential: a token by its id, a secret id by its accessor; the rest of the role
+# keeps working. (Logins from 127.0.0.4: 127.0.0.1's rate-limit bucket is tested below.)
+ctl "$F" approle create solo --node web-8 >/dev/null
+SOLO_ID=$(ctl "$F" approle show solo | sed -n 's/^role_id: //p')
+out=$(ctl "$F" approle secret-id solo)
+SOLO_A=$(printf '%s\n' "$out" | sed -n 's/^secret_id: //p')
+SOLO_A_ACC=$(printf '%s\n' "$out" | sed -n 's/^accessor: //p')
+SOLO_B=$(ctl "$F" approle secret-id solo | sed -n 's/^secret_id: //p')
+T1=$(login "$SOLO_ID" "$SOLO_A" --interface 127.0.0.4)
+T1=${T1#200 }
+T2=$(login "$SOLO_ID" "$SOLO_A" --interface 127.0.0.4)
+T2=${T2#200 }
+T1_ID=$(printf '%s' "$T1" | cut -d. -f2)
+expect_match "the login audit names the token id" "$(ctl "$F" audit --action login)" "approle solo secret id $SOLO_A_ACC token $T1_ID"
+out=$(ctl "$F" approle revoke solo --token "$T1_ID")
+expect_eq "approle revoke --token revokes one token" "$out" "role solo: token $T1_ID revoked"
+expect_match "... it is refused at once" "$(bearer_release "$T1")" 'unknown bearer token.* 401$'
+expect_match "... another token of the role still works" "$(bearer_release "$T2")" ' 200$'
+out=$(ctl "$F" approle revoke solo --token "$T1_ID" 2>&1) && rc=0 || rc=$?
+expect_match "revoking it again: not_found, and a failure exit" "$out rc=$rc" "not_found: role solo has no token $T1_ID rc=1"
+out=$(ctl "$F" approle revoke solo --secret-id "$SOLO_A_ACC")
+expect_eq "approle revoke --secret-id revokes one secret id" "$out" "role solo: secret id $SOLO_A_ACC revoked"
+expect_match "... it no longer logs in" "$(login "$SOLO_ID" "$SOLO_A" --interface 127.0.0.4)" '^401 .*invalid role or secret ID'
+expect_match "... the role's other secret id does" "$(login "$SOLO_ID" "$SOLO_B" --interface 127.0.0.4)" '^200 kft\.'
+expect_match "... a token it bought earlier lives out its TTL (revoke it by id)" "$(bearer_release "$T2")" ' 200$'
+out=$(ctl "$F" approle revoke solo --token "$T1_ID" --secret-id "$SOLO_A_ACC" 2>&1) && rc=0 || rc=$?
+expect_match "both handles at once: usage error" "$out rc=$rc" "usage: .*revoke NAME \[--secret-id ACCESSOR \| --token TOKEN_ID\].* rc=2"
+out=$(ctl "$F" approle revoke solo --token "kft.$T1_ID" 2>&1) && rc=0 || rc=$?
+expect_match "a malformed token id: invalid_argument, nothing changes" "$out rc=$rc" "invalid_argument: token_id must be 16 lowercase hex digits .* rc=1"
+out=$(ctl "$F" approle revoke nosuch --secret-id "$SOLO_A_ACC" 2>&1) && rc=0 || rc=$?
+expect_match "an unknown role: not_found" "$out rc=$rc" "not_found: role nosuch has no secret id with accessor $SOLO_A_ACC rc=1"
+expect_match "each revocation is audited" "$(ctl "$F" audit --action approle_revoke)" \
+    "approle solo token $T1_ID revoked.*approle solo secret id $SOLO_A_ACC revoked"
+
 # Revoking the role revokes its tokens at once.
 ctl "$F" approle revoke web-role >/dev/null
 expect_match "after approle revoke, its token is refused" "$(bearer_release "$TOKEN")" '401$'
