@@ -17,7 +17,37 @@
 
 static void on_timer_closed(uv_handle_t *h) { (void)h; }
 
-static void on_expiry_tick(uv_timer_t *t) { kfd_approvals_expire(t->data); }
+/* Catches up with a KMS rotation made on another replica: loads the new key version if it is
+ * here, else says once what is missing. Without it, this replica could not open keys wrapped
+ * under that version once it leads. */
+static void kms_sync(kfd_app *app)
+{
+    if (app->kms->ops->sync == NULL || kfd_store_failed(app->store))
+        return;
+    kfd_kms_info info;
+    app->kms->ops->describe(app->kms, &info);
+    uint32_t want = 0;
+    if (kfd_store_kms_latest(app->store, info.backend, &want) != 0 || want <= info.latest_version) {
+        app->kek_missing = 0;
+        return;
+    }
+    kf_err err = {0};
+    if (app->kms->ops->sync(app->kms, want, &err) == 0) {
+        app->kek_missing = 0;
+        return;
+    }
+    if (app->kek_missing != want)
+        kf_log_error("kek_missing", "version=%u error=%s hint=\"copy it from the coordinator where keyfleetctl kms "
+                                    "rotate ran; it is loaded within a second\"",
+                     want, kf_log_q(err.msg));
+    app->kek_missing = want;
+}
+
+static void on_expiry_tick(uv_timer_t *t)
+{
+    kfd_approvals_expire(t->data);
+    kms_sync(t->data);
+}
 
 int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
 {
@@ -41,6 +71,7 @@ int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
     kfd_app_load_policy(app);
     if ((r = kfd_repl_open(app, err)) != 0)
         return kf_err_wrap(err, "replication");
+    kms_sync(app);
     kfd_kms_info info;
     app->kms->ops->describe(app->kms, &info);
     kf_log_info("app_ready", "kms=%s kek_version=%u policy_version=%llu store=%s", info.backend, info.latest_version,
@@ -115,6 +146,17 @@ bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why)
     if (!info.reachable)
         *ret_why = "KMS unreachable (see the log's kms_failed and kms_token_failed events)";
     return info.reachable;
+}
+
+bool kfd_app_kms_complete(const kfd_app *app, const char **ret_why)
+{
+    static char why[160];
+    if (app->kek_missing == 0)
+        return true;
+    snprintf(why, sizeof(why), "KMS key version %u, which the cluster rotated to, is missing here (kek_missing in the log)",
+             app->kek_missing);
+    *ret_why = why;
+    return false;
 }
 
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)

@@ -27,6 +27,7 @@ typedef struct kfd_app {
     uint64_t next_command_id;
     struct kfd_repl *repl; /* Raft (replication.h): every command goes through it */
     uint64_t batches, batched_commands;
+    uint32_t kek_missing; /* a KMS key version the cluster rotated to that this replica lacks; 0: none */
 } kfd_app;
 
 /* Opens the store and the KMS and loads the policy. A store fault is not an error here: the
@@ -38,6 +39,9 @@ bool kfd_app_ready(const kfd_app *app, const char **ret_why);
 /* For /readyz only: whether the last KMS call got an answer. Requests still try the KMS, so
  * service resumes by itself when it is back. */
 bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why);
+/* For /readyz and cluster status: false while this replica lacks a KMS key version the cluster
+ * rotated to (the local KEK file was not copied here yet). Checked every second. */
+bool kfd_app_kms_complete(const kfd_app *app, const char **ret_why);
 /* (Re)loads the policy in force from the store: at start, and whenever one is applied. */
 void kfd_app_load_policy(kfd_app *app);
 

@@ -57,6 +57,9 @@ typedef struct kfd_kms_ops {
     /* A new key version for new wraps; older ones still unwrap. The result's key_version is the
      * new version; message names it where versions are not numbers. */
     void (*rotate)(kfd_kms *k, kfd_kms_cb cb, void *arg);
+    /* Makes key `version`, which another replica rotated to, usable here; NULL where the KMS
+     * serves every replica itself. 0, or a negative errno with err saying what is missing. */
+    int (*sync)(kfd_kms *k, uint32_t version, kf_err *err);
     void (*destroy)(kfd_kms *k);
 } kfd_kms_ops;
 

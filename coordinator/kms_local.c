@@ -299,6 +299,23 @@ static void local_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
     cb(arg, &res);
 }
 
+/* A rotation on another replica wrote kek-N.key there; the operator copies it here (docs/cluster.md). */
+static int local_sync(kfd_kms *base, uint32_t version, kf_err *err)
+{
+    kms_local *k = (kms_local *)base;
+    if (version == 0 || version > MAX_VERSIONS)
+        return kf_err_set(err, -EINVAL, "KEK version %u is out of range", version);
+    if (k->kek[version] == NULL) {
+        int r = load_kek(k, version, err);
+        if (r != 0)
+            return r;
+        kf_log_info("kek_loaded", "version=%u dir=%s", version, kf_log_q(k->dir));
+    }
+    if (version > k->latest)
+        k->latest = version;
+    return 0;
+}
+
 static void local_destroy(kfd_kms *base)
 {
     kms_local *k = (kms_local *)base;
@@ -316,6 +333,7 @@ static const kfd_kms_ops local_ops = {
     .rewrap = local_rewrap,
     .describe = local_describe,
     .rotate = local_rotate,
+    .sync = local_sync,
     .destroy = local_destroy,
 };
 

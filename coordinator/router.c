@@ -151,7 +151,8 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
             free(text);
         } else if (path_is(req, "/readyz")) {
             const char *why = "draining";
-            if (!srv->draining && kfd_app_ready(srv->app, &why) && kfd_app_kms_reachable(srv->app, &why)) {
+            if (!srv->draining && kfd_app_ready(srv->app, &why) && kfd_app_kms_reachable(srv->app, &why) &&
+                kfd_app_kms_complete(srv->app, &why)) {
                 send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
             } else {
                 char *msg = h2o_mem_alloc_pool(&req->pool, 256);

@@ -594,6 +594,12 @@ void kfd_rpc_rotate_kms(kfd_call *call)
 {
     if (!kfd_rpc_store_ok(call))
         return;
+    /* Rotating from behind would make a second, different key under the same version number. */
+    const char *why = NULL;
+    if (!kfd_app_kms_complete(app_of(call), &why)) {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "%s; copy it here before rotating", why);
+        return;
+    }
     kfd_kms *kms = app_of(call)->kms;
     rotate_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {

@@ -34,6 +34,10 @@ void kfd_rpc_cluster_status(kfd_call *call)
     resp.self = srv->cfg->name;
     resp.version = (char *)KF_VERSION;
     resp.uptime_seconds = (uint64_t)(time(NULL) - srv->started);
+    kfd_kms_info info = {0};
+    srv->app->kms->ops->describe(srv->app->kms, &info);
+    resp.kms_key_version = info.latest_version;
+    resp.kms_key_missing = srv->app->kek_missing;
     kfd_call_reply(call, &resp.base);
 }
 

@@ -48,6 +48,8 @@ static const char *const migrations[] = {
     "CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1), applied_index INTEGER NOT NULL);"
     "INSERT INTO raft_state (id, applied_index) VALUES (1, 0);"
     "CREATE INDEX audit_request ON audit(request_id);",
+    /* 4: the newest KMS key version the cluster rotated to, so a replica can tell it lacks one. */
+    "CREATE TABLE kms_state (backend TEXT PRIMARY KEY, latest_version INTEGER NOT NULL);",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -66,6 +68,9 @@ static const char *const sql[ST_COUNT] = {
     [ST_TOKEN_INSERT] = "INSERT INTO tokens (token_id, role_name, token_hash, expires_at) VALUES (?, ?, ?, ?)",
     [ST_TOKEN_GET] = "SELECT token_hash, role_name, expires_at FROM tokens WHERE token_id = ?",
     [ST_TOKEN_DELETE_ROLE] = "DELETE FROM tokens WHERE role_name = ?",
+    [ST_KMS_ROTATED] = "INSERT INTO kms_state (backend, latest_version) VALUES (?, ?) ON CONFLICT (backend) "
+                       "DO UPDATE SET latest_version = max(latest_version, excluded.latest_version)",
+    [ST_KMS_LATEST] = "SELECT latest_version FROM kms_state WHERE backend = ?",
     [ST_SECRET_DELETE_ONE] = "DELETE FROM secret_ids WHERE accessor = ? AND role_name = ?",
     [ST_TOKEN_DELETE_ONE] = "DELETE FROM tokens WHERE token_id = ? AND role_name = ?",
     [ST_APPLIED_SET] = "UPDATE raft_state SET applied_index = ? WHERE id = 1",
@@ -452,8 +457,13 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
     }
     case KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT:
         return kfd_store_append_audit(s, cmd->append_audit->audit, seq, err);
-    case KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE:
-        return kfd_store_append_audit(s, cmd->kms_rotate->audit, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE: {
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_KMS_ROTATED);
+        kfd_bind_text(st, 1, cmd->kms_rotate->backend);
+        sqlite3_bind_int64(st, 2, cmd->kms_rotate->new_version);
+        r = kfd_store_step_done(s, st, "recording the KMS rotation", err);
+        return r != 0 ? r : kfd_store_append_audit(s, cmd->kms_rotate->audit, seq, err);
+    }
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:

@@ -286,3 +286,18 @@ int kfd_store_get_policy(kfd_store *s, char **ret_yaml, uint64_t *ret_version)
     sqlite3_reset(st);
     return *ret_yaml != NULL ? 0 : -ENOMEM;
 }
+
+int kfd_store_kms_latest(kfd_store *s, const char *backend, uint32_t *ret)
+{
+    *ret = 0;
+    if (s == NULL || s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_KMS_LATEST);
+    kfd_bind_text(st, 1, backend);
+    int r = kfd_store_step_row(s, st, "reading the KMS key version");
+    if (r == 0) {
+        *ret = (uint32_t)sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    return r == -ENOENT ? 0 : r;
+}

@@ -63,8 +63,14 @@ static int cmd_status(kfctl *ctl)
         for (size_t k = 0; k < own->n_members; k++)
             if (strcmp(own->members[k]->name, own->self) == 0)
                 applied = (unsigned long long)own->members[k]->applied_index;
-        printf(" applied=%llu term=%llu sees_leader=%s\n", applied, (unsigned long long)own->term,
-               own->leader[0] ? own->leader : "(none)");
+        printf(" applied=%llu term=%llu sees_leader=%s kms_version=%u", applied, (unsigned long long)own->term,
+               own->leader[0] ? own->leader : "(none)", own->kms_key_version);
+        if (own->kms_key_missing != 0) {
+            printf(" kms_missing=%u\n", own->kms_key_missing);
+            rc = 1;
+        } else {
+            printf("\n");
+        }
         protobuf_c_message_free_unpacked(&own->base, NULL);
     }
     protobuf_c_message_free_unpacked(m, NULL);

@@ -1,0 +1,90 @@
+# Helpers for tests that run keyfleetd clusters on loopback (sourced after lib.sh, with F set to
+# the fleet directory): configs, start and stop, leader and catch-up waits, releases.
+BASE=$((21000 + (RANDOM % 400) * 50))
+
+# setup_cluster PREFIX N [EXTRA MEMBER]: configs for N coordinators PREFIX1..N (ports from BASE).
+declare -A RPC RAFT PID
+setup_cluster() {
+    local prefix=$1 n=$2 off=$3 peers="" i
+    for i in $(seq 1 "$n"); do
+        RPC[$prefix$i]=127.0.0.1:$((BASE + off + i))
+        RAFT[$prefix$i]=127.0.0.1:$((BASE + off + 20 + i))
+        peers="$peers    - {name: $prefix$i, raft: \"${RAFT[$prefix$i]}\", rpc: \"${RPC[$prefix$i]}\"}"$'\n'
+    done
+    for i in $(seq 1 "$n"); do write_config "$prefix$i" "  peers:"$'\n'"$peers"; done
+}
+# write_config NAME CLUSTER_LINES: NAME's directory, certificate, shared KEK and config.
+write_config() {
+    local name=$1 d=$WORK/$1
+    mkdir -p "$d/state"
+    [ -f "$F/$name.crt" ] || issue "$F" coordinator "$name" --san IP:127.0.0.1 --san DNS:localhost
+    [ -d "$d/state/kek" ] || cp -r "$F/state/kek" "$d/state/kek"
+    cat >"$d/keyfleetd.yaml" <<YAML
+name: $name
+listen: ["${RPC[$name]}"]
+port_file: keyfleetd.port
+state_dir: state
+tls: {cert: $F/$name.crt, key: $F/$name.key, ca: $F/ca.crt, client_auth: required}
+log_level: info
+cluster:
+  election_timeout: 300ms
+  heartbeat: 50ms
+  snapshot_threshold: 64
+  snapshot_trailing: 16
+$2
+YAML
+}
+start() { # NAME
+    "$KFD" -c "$WORK/$1/keyfleetd.yaml" >>"$WORK/$1/keyfleetd.log" 2>&1 &
+    PID[$1]=$!
+    PIDS+=("$!")
+}
+status_of() { "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$1]}" status 2>/dev/null; }
+leader_seen_by() { status_of "$1" | sed -n "s/^leader: //p" | grep -v "^(none)$"; }
+applied_of() { status_of "$1" | sed -n "s/^  - $1 rpc=.* applied=//p"; }
+now_ms() { date +%s%3N; }
+# wait_leader NAME... : waits (at most 10 s) until the first named replica reports a leader
+# among the named ones; prints it.
+wait_leader() {
+    local l
+    for _ in $(seq 1 200); do
+        l=$(leader_seen_by "$1")
+        for n in "$@"; do [ "$l" = "$n" ] && { echo "$l"; return 0; }; done
+        sleep 0.05
+    done
+    return 1
+}
+# caught_up NAME LEADER: waits (at most 15 s) until NAME has applied what LEADER has.
+caught_up() {
+    local a b
+    for _ in $(seq 1 150); do
+        a=$(applied_of "$1"); b=$(applied_of "$2")
+        [ -n "$a" ] && [ "$a" = "$b" ] && return 0
+        sleep 0.1
+    done
+    echo "# $1 applied=$a, $2 applied=$b"
+    return 1
+}
+# stop_replicas NAME...: TERM to each; each must exit 0 within 15 s (a replica whose loop is
+# stuck would never answer the signal: it is killed, and the log dump says where it stopped).
+stop_replicas() {
+    local n rc
+    for n in "$@"; do kill -TERM "${PID[$n]}" 2>/dev/null; done
+    for n in "$@"; do
+        for _ in $(seq 1 150); do kill -0 "${PID[$n]}" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "${PID[$n]}" 2>/dev/null; then
+            kill -9 "${PID[$n]}"
+            wait "${PID[$n]}" 2>/dev/null
+            not_ok "$n stops cleanly on TERM" "still running 15 s after TERM; killed"
+            continue
+        fi
+        wait "${PID[$n]}"
+        rc=$?
+        expect_eq "$n stops cleanly on TERM" "$rc" "0"
+    done
+}
+servers_of() { local s="" n; for n in "$@"; do s="$s${s:+,}${RPC[$n]}"; done; echo "$s"; }
+release() { # NODE VOLUME WRAPPED SERVERS
+    "$NODE_CLIENT" "$4" "$F/$1.crt" "$F/$1.key" "$F/ca.crt" release "$2" "$3"
+}
+
