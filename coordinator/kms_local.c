@@ -299,20 +299,22 @@ static void local_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
     cb(arg, &res);
 }
 
-/* A rotation on another replica wrote kek-N.key there; the operator copies it here (docs/cluster.md). */
+/* Rotations on another replica wrote kek-N.key there; the operator copies them here
+ * (docs/cluster.md). Every version above the newest one loaded must be present, in order. */
 static int local_sync(kfd_kms *base, uint32_t version, kf_err *err)
 {
     kms_local *k = (kms_local *)base;
     if (version == 0 || version > MAX_VERSIONS)
         return kf_err_set(err, -EINVAL, "KEK version %u is out of range", version);
-    if (k->kek[version] == NULL) {
-        int r = load_kek(k, version, err);
-        if (r != 0)
-            return r;
-        kf_log_info("kek_loaded", "version=%u dir=%s", version, kf_log_q(k->dir));
+    for (uint32_t v = k->latest + 1; v <= version; v++) {
+        if (k->kek[v] == NULL) {
+            int r = load_kek(k, v, err);
+            if (r != 0)
+                return r;
+            kf_log_info("kek_loaded", "version=%u dir=%s", v, kf_log_q(k->dir));
+        }
+        k->latest = v;
     }
-    if (version > k->latest)
-        k->latest = version;
     return 0;
 }
 
