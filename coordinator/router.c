@@ -131,6 +131,18 @@ static void send_text(h2o_req_t *req, int status, const char *ctype, const char 
     h2o_send_inline(req, body, len);
 }
 
+
+/* Ready means a release sent here can be served: by this replica as leader, or by the leader it
+ * points to. Without a known leader (an election, or a lost quorum) nothing can be released. */
+static bool leader_known(kfd_server *srv, const char **why)
+{
+    char leader[128];
+    const char *repl_why = NULL;
+    if (kfd_repl_writable(srv->app->repl, &repl_why, leader, sizeof(leader)) || leader[0] != '\0')
+        return true;
+    *why = repl_why;
+    return false;
+}
 static int serve_plain(kfd_server *srv, h2o_req_t *req)
 {
     bool get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
@@ -152,7 +164,7 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
         } else if (path_is(req, "/readyz")) {
             const char *why = "draining";
             if (!srv->draining && kfd_app_ready(srv->app, &why) && kfd_app_kms_reachable(srv->app, &why) &&
-                kfd_app_kms_complete(srv->app, &why)) {
+                kfd_app_kms_complete(srv->app, &why) && leader_known(srv, &why)) {
                 send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
             } else {
                 char *msg = h2o_mem_alloc_pool(&req->pool, 256);

@@ -154,6 +154,7 @@ out=$("$NODE_CLIENT" "${RPC[$L]}" "$F/n3.crt" "$F/n3.key" "$F/ca.crt" release vo
 expect_match "without a quorum the remaining replica says unavailable" "$out" "^code=(unavailable|deadline_exceeded)"
 after=$(audit_json "$L" | grep -c '"action":"release"')
 expect_eq "and releases nothing" "$after" "$before"
+expect_match "... and its /readyz says it cannot serve" "$(readyz "$L")" "not ready: no leader: .*lost its quorum.* 503$"
 kill -CONT "${PID[${STOPPED[0]}]}" "${PID[${STOPPED[1]}]}"
 ok_again=""
 for _ in $(seq 1 100); do
@@ -162,6 +163,8 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 check "after SIGCONT service resumes" test -n "$ok_again"
+for _ in $(seq 1 30); do out=$(readyz "$L"); [[ $out == *" 200" ]] && break; sleep 0.1; done
+expect_match "... and /readyz is 200 again" "$out" "^ok +200$"
 
 # A certificate that is not a coordinator's is refused on the Raft port.
 L=$(wait_leader c1 c1 c2 c3)

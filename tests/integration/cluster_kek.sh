@@ -25,8 +25,6 @@ out=$("$NODE_CLIENT" "$S" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)
 W1=$(field wrapped "$out")
 expect_match "a volume enrolled under KEK version 1" "$W1" "^kf:local:v1:"
 
-readyz() { curl -s --max-time 5 --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/operator.key" \
-    -w ' %{http_code}' "https://${RPC[$1]}/readyz"; }
 ctl_on() { local n=$1; shift; "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$n]}" "$@"; }
 # wait_log NAME PATTERN: at most 5 s for PATTERN in NAME's log.
 wait_log() { for _ in $(seq 1 50); do grep -Eq "$2" "$WORK/$1/keyfleetd.log" && return 0; sleep 0.1; done; return 1; }
