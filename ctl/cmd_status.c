@@ -26,11 +26,18 @@ int kfctl_cmd_status(kfctl *ctl, int argc, char **argv)
     long http = 0;
     char *body = NULL;
     kf_err err = {0};
-    int ready = kf_rpc_get(c, "/readyz", &http, &body, &err) == 0 && http == 200;
+    int got = kf_rpc_get(c, "/readyz", &http, &body, &err) == 0;
+    int ready = got && http == 200;
+    /* "not ready: WHY\n" from the coordinator; printed on the same line so scripts keep one. */
+    const char *why = got && body != NULL && strncmp(body, "not ready: ", 11) == 0 ? body + 11 : got ? "" : err.msg;
+    int why_len = (int)strcspn(why, "\n");
+    printf("coordinator: %s\nversion: %s\nready: %s%s%.*s%s\nleader: %s\nuptime: %llus\n", resp->self, resp->version,
+           ready ? "yes" : "no", !ready && why_len > 0 ? " (" : "", why_len, why, !ready && why_len > 0 ? ")" : "",
+           resp->leader[0] ? resp->leader : "(none)", (unsigned long long)resp->uptime_seconds);
     free(body);
-    printf("coordinator: %s\nversion: %s\nready: %s\nleader: %s\nuptime: %llus\nmembers:\n", resp->self,
-           resp->version, ready ? "yes" : "no", resp->leader[0] ? resp->leader : "(none)",
-           (unsigned long long)resp->uptime_seconds);
+    if (resp->kms_key_missing != 0)
+        printf("kms: version %u, missing version %u\n", resp->kms_key_version, resp->kms_key_missing);
+    printf("members:\n");
     for (size_t i = 0; i < resp->n_members; i++)
         printf("  - %s rpc=%s%s applied=%llu\n", resp->members[i]->name, resp->members[i]->rpc_address,
                resp->members[i]->leader ? " leader" : "", (unsigned long long)resp->members[i]->applied_index);

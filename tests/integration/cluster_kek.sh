@@ -39,6 +39,9 @@ for n in "${FOLLOWERS[@]}"; do
         "not ready: KMS key version 2, which the cluster rotated to, is missing here.* 503$"
 done
 expect_match "the leader, which has it, is ready" "$(readyz "$L")" "^ok +200$"
+out=$(ctl_on "${FOLLOWERS[0]}" status 2>&1) && rc=0 || rc=$?
+expect_match "keyfleetctl status on a follower says why it is not ready, and fails" "$out rc=$rc" \
+    "ready: no \(KMS key version 2, which the cluster rotated to, is missing here.*kms: version 1, missing version 2.* rc=1"
 out=$(ctl_on "$L" cluster status 2>&1) && rc=0 || rc=$?
 expect_match "cluster status shows who lacks it, and fails" "$out rc=$rc" \
     "${FOLLOWERS[0]} .*kms_version=1 kms_missing=2.* rc=1"
