@@ -27,7 +27,7 @@ static void kms_sync(kfd_app *app)
     kfd_kms_info info;
     app->kms->ops->describe(app->kms, &info);
     uint32_t want = 0;
-    if (kfd_store_kms_latest(app->store, info.backend, &want) != 0 || want <= info.latest_version) {
+    if (kfd_store_kms_latest(app->store, app->kms->ops->name, &want) != 0 || want <= info.latest_version) {
         app->kek_missing = 0;
         return;
     }
