@@ -25,7 +25,7 @@ typedef struct kfa_volume {
     int token;       /* LUKS2: the keyfleet token */
     bool unlocked;   /* the key is already loaded (ZFS keystatus, LUKS mapping present) */
     void *handle;    /* driver state kept from probe to unlock (LUKS2: the loaded crypt_device) */
-    uint32_t enroll_verify_ms; /* LUKS2: how long the check after enroll took (what a boot unlock pays) */
+    uint32_t enroll_verify_ms; /* LUKS2: CPU time of the check after enroll (what a boot unlock pays) */
 } kfa_volume;
 
 typedef struct kfa_driver {

@@ -5,5 +5,8 @@
 #include <stdint.h>
 
 uint64_t kf_monotonic_ms(void);
+/* CPU time this thread has used, in milliseconds: what a computation costs, whatever else the
+ * machine is doing meanwhile. */
+uint64_t kf_thread_cpu_ms(void);
 
 #endif
