@@ -6,6 +6,7 @@
  *   unlock-floor CERT KEY CA HOST PORT LUKS_FILE KEYSLOT PASSPHRASE_FILE
  * Exit 0 when both steps succeed, 1 otherwise (with a message on stderr). */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include <libcryptsetup.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -60,16 +62,28 @@ static int keyslot_check(const char *path, int slot, const char *pass_file)
     ssize_t n = fd >= 0 ? read(fd, pass, sizeof(pass)) : -1;
     if (fd >= 0)
         close(fd);
-    if (n <= 0)
+    if (n <= 0) {
+        OPENSSL_cleanse(pass, sizeof(pass));
         return fail("passphrase file");
+    }
     struct crypt_device *cd = NULL;
     int r = crypt_init(&cd, path);
     if (r == 0)
         r = crypt_load(cd, CRYPT_LUKS2, NULL);
     if (r == 0)
         r = crypt_activate_by_passphrase(cd, NULL, slot, pass, (size_t)n, 0);
+    OPENSSL_cleanse(pass, sizeof(pass));
     crypt_free(cd);
     return r == slot ? 0 : fail("keyslot check");
+}
+
+/* A whole decimal number in [lo, hi], or -1. */
+static long number(const char *s, long lo, long hi)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    return errno == 0 && end != s && *end == '\0' && v >= lo && v <= hi ? v : -1;
 }
 
 int main(int argc, char **argv)
@@ -78,7 +92,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: unlock-floor CERT KEY CA HOST PORT LUKS_FILE KEYSLOT PASSPHRASE_FILE\n");
         return 2;
     }
-    if (handshake(argv[1], argv[2], argv[3], argv[4], atoi(argv[5])) != 0)
+    long port = number(argv[5], 1, 65535), slot = number(argv[7], 0, 31);
+    if (port < 0 || slot < 0) {
+        fprintf(stderr, "unlock-floor: PORT must be 1..65535 and KEYSLOT 0..31\n");
+        return 2;
+    }
+    if (handshake(argv[1], argv[2], argv[3], argv[4], (int)port) != 0)
         return 1;
-    return keyslot_check(argv[6], atoi(argv[7]), argv[8]);
+    return keyslot_check(argv[6], (int)slot, argv[8]);
 }

@@ -131,7 +131,6 @@ static void send_text(h2o_req_t *req, int status, const char *ctype, const char 
     h2o_send_inline(req, body, len);
 }
 
-
 /* Ready means a release sent here can be served: by this replica as leader, or by the leader it
  * points to. Without a known leader (an election, or a lost quorum) nothing can be released. */
 static bool leader_known(kfd_server *srv, const char **why)
@@ -143,6 +142,7 @@ static bool leader_known(kfd_server *srv, const char **why)
     *why = repl_why;
     return false;
 }
+
 static int serve_plain(kfd_server *srv, h2o_req_t *req)
 {
     bool get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));

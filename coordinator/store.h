@@ -115,9 +115,9 @@ void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
 /* Request ids of waiting requests whose expires_at <= now (at most max). */
 int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t max, size_t *ret_n);
 
-/* The current policy (NULL yaml and version 0 when none was ever put). yaml is malloc'ed. */
 /* The newest key version the cluster rotated BACKEND to (replicated); 0 when it never rotated. */
 int kfd_store_kms_latest(kfd_store *s, const char *backend, uint32_t *ret);
+/* The current policy (NULL yaml and version 0 when none was ever put). yaml is malloc'ed. */
 int kfd_store_get_policy(kfd_store *s, char **ret_yaml, uint64_t *ret_version);
 
 /* Audit queries: records matching the filter, in seq order. */

@@ -13,15 +13,8 @@ for i in 1 2 3 4 5 6 7 8; do issue "$F" node "n$i"; done
 . "$(dirname "$0")/cluster_lib.sh"
 
 # ---- three replicas ----------------------------------------------------------------------
-setup_cluster c 3 0
-for n in c1 c2 c3; do start "$n"; done
-S3=$(servers_of c1 c2 c3)
-L=$(wait_leader c1 c1 c2 c3)
-check "three replicas elect a leader" test -n "$L"
-sed -i "s|^coordinators:.*|coordinators: [\"${RPC[c1]}\", \"${RPC[c2]}\", \"${RPC[c3]}\"]|; /^  - \"/d" \
-    "$F/keyfleetctl.yaml"
-PORT=${RPC[c1]##*:}
-for _ in $(seq 1 50); do allow_nodes "$F" "n*" 2>/dev/null && break; sleep 0.1; done
+start_cluster c 3
+S3=$CLUSTER
 # Followers learn of a commit with the next heartbeat, so a read there may lag by one.
 for n in c1 c2 c3; do
     for _ in $(seq 1 40); do

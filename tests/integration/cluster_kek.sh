@@ -12,15 +12,8 @@ fleet_init "$F"
 issue "$F" node n1
 . "$(dirname "$0")/cluster_lib.sh"
 
-setup_cluster k 3 0
-for n in k1 k2 k3; do start "$n"; done
-S=$(servers_of k1 k2 k3)
-L=$(wait_leader k1 k1 k2 k3)
-check "three replicas elect a leader" test -n "$L"
-sed -i "s|^coordinators:.*|coordinators: [\"${RPC[k1]}\", \"${RPC[k2]}\", \"${RPC[k3]}\"]|; /^  - \"/d" \
-    "$F/keyfleetctl.yaml"
-PORT=${RPC[k1]##*:}
-for _ in $(seq 1 50); do allow_nodes "$F" "n*" 2>/dev/null && break; sleep 0.1; done
+start_cluster k 3
+S=$CLUSTER
 out=$("$NODE_CLIENT" "$S" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)
 W1=$(field wrapped "$out")
 expect_match "a volume enrolled under KEK version 1" "$W1" "^kf:local:v1:"

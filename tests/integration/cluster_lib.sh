@@ -90,3 +90,20 @@ release() { # NODE VOLUME WRAPPED SERVERS
 # readyz NAME: the body of NAME's /readyz, then its HTTP status.
 readyz() { curl -s --max-time 5 --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/operator.key" \
     -w ' %{http_code}' "https://${RPC[$1]}/readyz"; }
+# start_cluster PREFIX N: N replicas PREFIX1..N (ports from BASE), started; keyfleetctl.yaml points
+# at them and the policy allows nodes n*. Sets L (the leader) and CLUSTER (their RPC addresses).
+start_cluster() {
+    local prefix=$1 n=$2 names=() coords="" i
+    setup_cluster "$prefix" "$n" 0
+    for i in $(seq 1 "$n"); do
+        names+=("$prefix$i")
+        start "$prefix$i"
+        coords="$coords${coords:+, }\"${RPC[$prefix$i]}\""
+    done
+    CLUSTER=$(servers_of "${names[@]}")
+    L=$(wait_leader "${names[0]}" "${names[@]}")
+    check "$n replicas elect a leader" test -n "$L"
+    sed -i "s|^coordinators:.*|coordinators: [$coords]|; /^  - \"/d" "$F/keyfleetctl.yaml"
+    PORT=${RPC[${names[0]}]##*:}
+    for _ in $(seq 1 50); do allow_nodes "$F" "n*" 2>/dev/null && break; sleep 0.1; done
+}
