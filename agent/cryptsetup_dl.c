@@ -20,6 +20,7 @@ KF_DLSYM_DEFINE(crypt_deactivate_by_name);
 KF_DLSYM_DEFINE(crypt_token_status);
 KF_DLSYM_DEFINE(crypt_token_json_get);
 KF_DLSYM_DEFINE(crypt_token_json_set);
+KF_DLSYM_DEFINE(crypt_dump_json);
 
 static void *handle;
 
@@ -31,5 +32,5 @@ int kfa_cryptsetup_load(kf_err *err)
                          KF_DLSYM_ARG(crypt_keyslot_add_by_passphrase), KF_DLSYM_ARG(crypt_keyslot_destroy),
                          KF_DLSYM_ARG(crypt_activate_by_passphrase), KF_DLSYM_ARG(crypt_deactivate_by_name),
                          KF_DLSYM_ARG(crypt_token_status), KF_DLSYM_ARG(crypt_token_json_get),
-                         KF_DLSYM_ARG(crypt_token_json_set), NULL);
+                         KF_DLSYM_ARG(crypt_token_json_set), KF_DLSYM_ARG(crypt_dump_json), NULL);
 }

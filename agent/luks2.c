@@ -147,6 +147,34 @@ static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, co
     return s;
 }
 
+/* The PBKDF2 cost of the digest that checks keyslot slot's volume key, from the LUKS2 metadata:
+ *   "digests":{"0":{"type":"pbkdf2","keyslots":["0","1"],"hash":"sha256","iterations":N,...}} */
+static void digest_cost(struct crypt_device *cd, int slot, kfa_volume *v)
+{
+    const char *dump = NULL;
+    v->digest_iterations = 0;
+    v->digest_hash[0] = '\0';
+    json_t *o = sym_crypt_dump_json(cd, &dump, 0) == 0 ? json_loads(dump, 0, NULL) : NULL;
+    char want[16];
+    snprintf(want, sizeof(want), "%d", slot);
+    const char *id;
+    json_t *d;
+    json_object_foreach(json_object_get(o, "digests"), id, d) {
+        size_t i;
+        json_t *ks;
+        bool covers = false;
+        json_array_foreach(json_object_get(d, "keyslots"), i, ks) covers |= json_is_string(ks) && strcmp(json_string_value(ks), want) == 0;
+        json_int_t n = json_integer_value(json_object_get(d, "iterations"));
+        const char *hash = json_string_value(json_object_get(d, "hash"));
+        if (covers && n > 0 && n <= UINT32_MAX) {
+            v->digest_iterations = (uint32_t)n;
+            snprintf(v->digest_hash, sizeof(v->digest_hash), "%s", hash != NULL ? hash : "?");
+            break;
+        }
+    }
+    json_decref(o);
+}
+
 static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, const char *wrapped,
                        const kf_secbuf *auth, kf_err *err)
 {
@@ -170,6 +198,8 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     uint64_t t0 = kf_thread_cpu_ms(); /* CPU time: a busy machine must not look like a slow digest */
     r = sym_crypt_activate_by_passphrase(cd, NULL, slot, (const char *)key->data, key->len, 0);
     v->enroll_verify_ms = (uint32_t)(kf_thread_cpu_ms() - t0);
+    if (r == slot)
+        digest_cost(cd, slot, v);
     char *json = r == slot ? token_json(cfg, v, slot, wrapped) : NULL;
     int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -EIO;
     free(json);

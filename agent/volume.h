@@ -6,6 +6,7 @@
 #define KFA_VOLUME_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "kf_err.h"
@@ -25,7 +26,11 @@ typedef struct kfa_volume {
     int token;       /* LUKS2: the keyfleet token */
     bool unlocked;   /* the key is already loaded (ZFS keystatus, LUKS mapping present) */
     void *handle;    /* driver state kept from probe to unlock (LUKS2: the loaded crypt_device) */
-    uint32_t enroll_verify_ms; /* LUKS2: CPU time of the check after enroll (what a boot unlock pays) */
+    /* LUKS2, set by enroll: the CPU time of the check after enroll (what a boot unlock pays) and
+     * the PBKDF2 cost of the volume-key digest that check ran (0 when the header does not say). */
+    uint32_t enroll_verify_ms;
+    uint32_t digest_iterations;
+    char digest_hash[16];
 } kfa_volume;
 
 typedef struct kfa_driver {

@@ -40,7 +40,7 @@ truncate -s 20M "$WORK/slowdigest.luks"
 printf 's4' | cryptsetup luksFormat --type luks2 --batch-mode --pbkdf pbkdf2 --iter-time 20 --key-file=- "$WORK/slowdigest.luks"
 out=$(printf 's4' | "$AGENT" -c "$WORK/a.yaml" enroll "luks:$WORK/slowdigest.luks" 2>&1)
 expect_match "enrolling a volume with a costly digest notes what each unlock will pay" "$out" \
-    "^enrolled luks2 .*slowdigest.luks .*note: opening .*slowdigest.luks took [0-9]+ ms of CPU, mostly its LUKS2 digest.*Formatting LUKS2 volumes for a fast unlock"
+    "^enrolled luks2 .*slowdigest.luks .*note: .*slowdigest.luks has a costly LUKS2 digest \(PBKDF2-sha256, [0-9]{5,} iterations, set when it was formatted\): opening it took [0-9]+ ms of CPU.*Formatting LUKS2 volumes for a fast unlock"
 out=$(printf 'wrong' | A enroll "$WORK/disk1.luks" 2>&1)
 expect_match "enrolling twice is refused" "$out" "already enrolled"
 luks_file "$WORK/disk3.luks" "s3"
