@@ -25,8 +25,9 @@ KF_DLSYM(crypt_token_json_get);
 KF_DLSYM(crypt_token_json_set);
 KF_DLSYM(crypt_dump_json);
 
-/* Loads libcryptsetup.so.12 (2.4 or later, for crypt_dump_json) and the functions above; later calls return 0 at once. On failure
- * err says which library or function is missing (install libcryptsetup12). Main thread only. */
+/* Loads libcryptsetup.so.12 (2.4 or later, for crypt_dump_json) and the functions above; later
+ * calls return 0 at once. On failure err says which library or function is missing (install
+ * libcryptsetup12). Main thread only. */
 int kfa_cryptsetup_load(kf_err *err);
 
 #endif

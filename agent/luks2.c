@@ -163,7 +163,8 @@ static void digest_cost(struct crypt_device *cd, int slot, kfa_volume *v)
         size_t i;
         json_t *ks;
         bool covers = false;
-        json_array_foreach(json_object_get(d, "keyslots"), i, ks) covers |= json_is_string(ks) && strcmp(json_string_value(ks), want) == 0;
+        json_array_foreach(json_object_get(d, "keyslots"), i, ks)
+            covers |= json_is_string(ks) && strcmp(json_string_value(ks), want) == 0;
         json_int_t n = json_integer_value(json_object_get(d, "iterations"));
         const char *hash = json_string_value(json_object_get(d, "hash"));
         if (covers && n > 0 && n <= UINT32_MAX) {
