@@ -253,23 +253,18 @@ static int load_kek(kms_local *k, uint32_t version, kf_err *err)
     return 0;
 }
 
-static int write_new_kek(const char *dir, uint32_t version, kf_err *err)
+/* Writes key as DIR/kek-VERSION.key (0600, never over an existing file) and makes it durable. */
+static int write_kek(const char *dir, uint32_t version, const uint8_t key[KFD_DATA_KEY_LEN], kf_err *err)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/kek-%u.key", dir, version);
-    uint8_t key[KFD_DATA_KEY_LEN];
-    if (RAND_priv_bytes(key, sizeof(key)) != 1)
-        return kf_err_set(err, -EIO, "no randomness for a KEK");
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        kf_wipe(key, sizeof(key));
+    if (fd < 0)
         return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
-    }
-    ssize_t n = write(fd, key, sizeof(key));
-    kf_wipe(key, sizeof(key));
+    ssize_t n = write(fd, key, KFD_DATA_KEY_LEN);
     int synced = fsync(fd);
     close(fd);
-    if (n != (ssize_t)sizeof(key) || synced != 0) {
+    if (n != KFD_DATA_KEY_LEN || synced != 0) {
         unlink(path);
         return kf_err_set(err, -EIO, "%s: write failed", path);
     }
@@ -279,6 +274,31 @@ static int write_new_kek(const char *dir, uint32_t version, kf_err *err)
         close(dfd);
     }
     return 0;
+}
+
+/* A new random KEK written to each of dirs; on failure the copies already written are removed. */
+static int write_new_kek_to(const char *const *dirs, size_t n, uint32_t version, kf_err *err)
+{
+    uint8_t key[KFD_DATA_KEY_LEN];
+    if (RAND_priv_bytes(key, sizeof(key)) != 1)
+        return kf_err_set(err, -EIO, "no randomness for a KEK");
+    int r = 0;
+    size_t done = 0;
+    while (r == 0 && done < n)
+        if ((r = write_kek(dirs[done], version, key, err)) == 0)
+            done++;
+    kf_wipe(key, sizeof(key));
+    for (size_t i = 0; r != 0 && i < done; i++) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/kek-%u.key", dirs[i], version);
+        unlink(path);
+    }
+    return r;
+}
+
+static int write_new_kek(const char *dir, uint32_t version, kf_err *err)
+{
+    return write_new_kek_to(&dir, 1, version, err);
 }
 
 static void local_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
@@ -364,17 +384,29 @@ static int scan_versions(const char *dir, uint32_t *ret_max, bool present[MAX_VE
     return 0;
 }
 
+int kfd_kms_local_init_shared(const char *const *dirs, size_t n, kf_err *err)
+{
+    static bool present[MAX_VERSIONS + 1];
+    size_t empty = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (mkdir(dirs[i], 0700) != 0 && errno != EEXIST)
+            return kf_err_set(err, -errno, "%s: %s", dirs[i], strerror(errno));
+        memset(present, 0, sizeof(present));
+        uint32_t max = 0;
+        int r = scan_versions(dirs[i], &max, present, err);
+        if (r != 0)
+            return r;
+        if (max == 0)
+            empty++;
+        else if (n > 1) /* copies of different keys would decrypt nothing of each other's */
+            return kf_err_set(err, -EEXIST, "%s already holds a KEK; a shared one needs empty directories", dirs[i]);
+    }
+    return empty == n ? write_new_kek_to(dirs, n, 1, err) : 0;
+}
+
 int kfd_kms_local_init(const char *dir, kf_err *err)
 {
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return kf_err_set(err, -errno, "%s: %s", dir, strerror(errno));
-    static bool present[MAX_VERSIONS + 1];
-    memset(present, 0, sizeof(present));
-    uint32_t max = 0;
-    int r = scan_versions(dir, &max, present, err);
-    if (r != 0 || max > 0)
-        return r;
-    return write_new_kek(dir, 1, err);
+    return kfd_kms_local_init_shared(&dir, 1, err);
 }
 
 int kfd_kms_local_open(uv_loop_t *loop, const char *dir, kfd_kms **ret, kf_err *err)

@@ -1,5 +1,6 @@
-/* keyfleetctl init DIR: a fleet CA, a coordinator and an operator certificate, and the configs
- * that tie them together, ready for `keyfleetd -c DIR/keyfleetd.yaml`. */
+/* keyfleetctl init DIR: a fleet CA, an operator certificate, and one coordinator (in DIR) or a
+ * cluster of them (--peer, one directory each under DIR, sharing one local KEK), with the
+ * configs that tie them together, ready for `keyfleetd -c .../keyfleetd.yaml`. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -14,6 +15,9 @@
 #include "ca.h"
 #include "ctl.h"
 #include "kms.h"
+#include "peer_spec.h"
+
+#define MAX_PEERS 7
 
 static int write_text(const char *path, const char *text, kf_err *err)
 {
@@ -28,19 +32,151 @@ static int write_text(const char *path, const char *text, kf_err *err)
     return 0;
 }
 
+static int copy_text(const char *from, const char *to, kf_err *err)
+{
+    char buf[16384];
+    FILE *f = fopen(from, "r");
+    size_t n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    bool whole = f != NULL && !ferror(f) && feof(f);
+    if (f != NULL)
+        fclose(f);
+    if (!whole)
+        return kf_err_set(err, -EIO, "%s: cannot read it", from);
+    buf[n] = '\0';
+    return write_text(to, buf, err);
+}
+
+#define DIR_MAX 2048 /* DIR, checked first, so every path below fits in 4096 */
+
 static void join(char *buf, size_t size, const char *dir, const char *name)
 {
-    snprintf(buf, size, "%s/%s", dir, name);
+    size_t a = strnlen(dir, size - 2); /* room for '/' and the NUL */
+    size_t b = strnlen(name, size - a - 2);
+    memcpy(buf, dir, a);
+    buf[a] = '/';
+    memcpy(buf + a + 1, name, b);
+    buf[a + 1 + b] = '\0';
+}
+
+static int make_dir(const char *path, kf_err *err)
+{
+    if (mkdir(path, 0700) != 0 && errno != EEXIST)
+        return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* One coordinator in dir: its certificate (naming host too, where clients and peers reach it),
+ * keyfleetd.yaml and state/. cluster is the YAML of its cluster: section, or "". */
+static int write_coordinator(const char *dir, const char *ca_crt, const char *ca_key, const char *ca_rel,
+                             const char *name, const char *listen, const char *host, bool numeric,
+                             const char *cluster, kf_err *err)
+{
+    const char *sans[3] = {"DNS:localhost", "IP:127.0.0.1", NULL};
+    size_t n_sans = 2;
+    char extra[300];
+    if (host[0] != '\0' && strcmp(host, "127.0.0.1") != 0 && strcmp(host, "0.0.0.0") != 0) {
+        size_t hl = strlen(host);
+        if (host[0] == '[') /* a SAN names an IPv6 address without brackets */
+            snprintf(extra, sizeof(extra), "IP:%.*s", (int)(hl - 2), host + 1);
+        else
+            snprintf(extra, sizeof(extra), "%s:%s", numeric ? "IP" : "DNS", host);
+        sans[n_sans++] = extra;
+    }
+    kfctl_cert_opts copts = {.kind = KF_PEER_COORDINATOR, .name = name, .days = 825,
+                             .extra_sans = sans, .n_extra_sans = n_sans};
+    char crt[4096], key[4096], path[4096];
+    join(crt, sizeof(crt), dir, "coordinator.crt");
+    join(key, sizeof(key), dir, "coordinator.key");
+    int r = kfctl_cert_issue(ca_crt, ca_key, &copts, crt, key, false, err);
+    if (r != 0)
+        return r;
+    char cfg[4096];
+    int len = snprintf(cfg, sizeof(cfg),
+                       "# keyfleetd configuration written by keyfleetctl init. Relative paths are\n"
+                       "# relative to this file.\n"
+                       "name: %s\n"
+                       "listen:\n"
+                       "  - \"%s\"\n"
+                       "port_file: keyfleetd.port\n"
+                       "state_dir: state\n"
+                       "tls:\n"
+                       "  cert: coordinator.crt\n"
+                       "  key: coordinator.key\n"
+                       "  ca: %s\n"
+                       "  client_auth: required\n"
+                       "log_level: info\n"
+                       "%s",
+                       name, listen, ca_rel, cluster);
+    if (len < 0 || (size_t)len >= sizeof(cfg))
+        return kf_err_set(err, -E2BIG, "%s: the configuration does not fit", name);
+    join(path, sizeof(path), dir, "keyfleetd.yaml");
+    if ((r = write_text(path, cfg, err)) != 0)
+        return r;
+    join(path, sizeof(path), dir, "state");
+    return make_dir(path, err);
+}
+
+/* The cluster: section every replica shares: the member list (a Raft bootstrap needs the same
+ * one everywhere). */
+static int cluster_yaml(const kfctl_peer *peers, size_t n, char *buf, size_t size, kf_err *err)
+{
+    size_t off = (size_t)snprintf(buf, size, "cluster:\n  peers:\n");
+    for (size_t i = 0; i < n && off < size; i++) {
+        char raft[300], rpc[300];
+        kfctl_peer_addr(&peers[i], true, raft, sizeof(raft));
+        kfctl_peer_addr(&peers[i], false, rpc, sizeof(rpc));
+        off += (size_t)snprintf(buf + off, size - off, "    - {name: %s, raft: \"%s\", rpc: \"%s\"}\n", peers[i].name,
+                                raft, rpc);
+    }
+    return off < size ? 0 : kf_err_set(err, -E2BIG, "the cluster section does not fit");
+}
+
+static int write_replicas(const char *dir, const char *ca_crt, const char *ca_key, const kfctl_peer *peers, size_t n,
+                          kf_err *err)
+{
+    char cluster[4096];
+    int r = cluster_yaml(peers, n, cluster, sizeof(cluster), err);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        const kfctl_peer *p = &peers[i];
+        char rdir[4096], path[4096], listen[300], section[4600];
+        join(rdir, sizeof(rdir), dir, p->name);
+        if ((r = make_dir(rdir, err)) != 0)
+            break;
+        join(path, sizeof(path), rdir, "ca.crt");
+        if ((r = copy_text(ca_crt, path, err)) != 0)
+            break;
+        /* keyfleetd binds numeric addresses only: a replica known by name listens on all. */
+        if (p->numeric)
+            kfctl_peer_addr(p, false, listen, sizeof(listen));
+        else
+            snprintf(listen, sizeof(listen), "0.0.0.0:%d", p->rpc_port);
+        if (p->numeric)
+            snprintf(section, sizeof(section), "%s", cluster);
+        else
+            snprintf(section, sizeof(section), "%s  raft_listen: \"0.0.0.0:%d\"\n", cluster, p->rpc_port + 1);
+        r = write_coordinator(rdir, ca_crt, ca_key, "ca.crt", p->name, listen, p->host, p->numeric, section, err);
+    }
+    return r;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: keyfleetctl init DIR [--operator NAME] [--name COORDINATOR] [--listen HOST:PORT]\n"
+                    "       keyfleetctl init DIR [--operator NAME] --peer NAME=HOST[:PORT] (3, 5 or 7 times)\n");
 }
 
 int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
 {
     (void)ctl;
-    const char *name = "coordinator-1", *operator_name = "admin", *listen = "127.0.0.1:7443";
+    const char *name = NULL, *operator_name = "admin", *listen = NULL;
+    static kfctl_peer peers[MAX_PEERS];
+    size_t n_peers = 0;
     static const struct option opts[] = {{"name", required_argument, NULL, 'n'},
                                          {"operator", required_argument, NULL, 'o'},
                                          {"listen", required_argument, NULL, 'l'},
+                                         {"peer", required_argument, NULL, 'p'},
                                          {NULL, 0, NULL, 0}};
+    kf_err err = {0};
     int c;
     optind = 0; /* 0, not 1: glibc then resets its permutation state */
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -54,15 +190,52 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         case 'l':
             listen = optarg;
             break;
+        case 'p':
+            if (n_peers == MAX_PEERS) {
+                fprintf(stderr, "keyfleetctl: at most %d --peer\n", MAX_PEERS);
+                return KFCTL_EXIT_USAGE;
+            }
+            if (kfctl_peer_parse(optarg, &peers[n_peers++], &err) != 0) {
+                fprintf(stderr, "keyfleetctl: %s\n", err.msg);
+                return KFCTL_EXIT_USAGE;
+            }
+            break;
         default:
+            usage();
             return KFCTL_EXIT_USAGE;
         }
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: keyfleetctl init DIR [--name COORDINATOR] [--operator NAME] [--listen HOST:PORT]\n");
+        usage();
         return KFCTL_EXIT_USAGE;
     }
+    if (n_peers > 0 && (name != NULL || listen != NULL)) {
+        fprintf(stderr, "keyfleetctl: --peer names every coordinator and its address; --name and --listen are for one\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    /* An even count survives no more failures than one fewer, and a split can stall it. */
+    if (n_peers > 0 && n_peers % 2 == 0) {
+        fprintf(stderr, "keyfleetctl: %zu coordinators: a cluster needs 3, 5 or 7 (an even number survives no more "
+                        "failures than one fewer)\n", n_peers);
+        return KFCTL_EXIT_USAGE;
+    }
+    if (n_peers == 1) {
+        fprintf(stderr, "keyfleetctl: one --peer: for a single coordinator use --name and --listen\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    if (kfctl_peers_check(peers, n_peers, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: %s\n", err.msg);
+        return KFCTL_EXIT_USAGE;
+    }
+    if (name == NULL)
+        name = "coordinator-1";
+    if (listen == NULL)
+        listen = "127.0.0.1:7443";
     const char *dir = argv[optind];
+    if (dir[0] == '\0' || strlen(dir) > DIR_MAX) {
+        fprintf(stderr, "keyfleetctl: DIR must be 1..%d characters\n", DIR_MAX);
+        return KFCTL_EXIT_USAGE;
+    }
     if (!kf_name_valid(name, strlen(name)) || !kf_name_valid(operator_name, strlen(operator_name))) {
         fprintf(stderr, "keyfleetctl: names must be 1..63 of [A-Za-z0-9._-], starting alphanumeric\n");
         return KFCTL_EXIT_USAGE;
@@ -78,81 +251,76 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         fprintf(stderr, "keyfleetctl: %s: %s\n", dir, strerror(errno));
         return 1;
     }
-    char p[6][4096];
-    join(p[0], sizeof(p[0]), dir, "ca.crt");
-    join(p[1], sizeof(p[1]), dir, "ca.key");
-    if (access(p[1], F_OK) == 0) {
+    char ca_crt[4096], ca_key[4096], crt[4096], key[4096], path[4096];
+    join(ca_crt, sizeof(ca_crt), dir, "ca.crt");
+    join(ca_key, sizeof(ca_key), dir, "ca.key");
+    if (access(ca_key, F_OK) == 0) {
         fprintf(stderr, "keyfleetctl: %s already holds a fleet CA; refusing to overwrite it\n", dir);
         return 1;
     }
-    kf_err err = {0};
-    if (kfctl_ca_create(p[0], p[1], "keyfleet fleet CA", &err) != 0)
-        goto fail;
-
-    /* The coordinator's certificate also names where clients reach it. */
-    const char *sans[3] = {"DNS:localhost", "IP:127.0.0.1", NULL};
-    size_t n_sans = 2;
-    char extra[96];
-    struct in_addr a4;
-    if (strcmp(host, "127.0.0.1") != 0 && strcmp(host, "0.0.0.0") != 0 && host[0] != '\0') {
-        snprintf(extra, sizeof(extra), "%s:%s", inet_pton(AF_INET, host, &a4) == 1 ? "IP" : "DNS", host);
-        sans[n_sans++] = extra;
-    }
-    kfctl_cert_opts copts = {.kind = KF_PEER_COORDINATOR, .name = name, .days = 825,
-                             .extra_sans = sans, .n_extra_sans = n_sans};
-    join(p[2], sizeof(p[2]), dir, "coordinator.crt");
-    join(p[3], sizeof(p[3]), dir, "coordinator.key");
-    if (kfctl_cert_issue(p[0], p[1], &copts, p[2], p[3], false, &err) != 0)
+    if (kfctl_ca_create(ca_crt, ca_key, "keyfleet fleet CA", &err) != 0)
         goto fail;
     kfctl_cert_opts oopts = {.kind = KF_PEER_OPERATOR, .name = operator_name, .days = 365};
-    join(p[4], sizeof(p[4]), dir, "operator.crt");
-    join(p[5], sizeof(p[5]), dir, "operator.key");
-    if (kfctl_cert_issue(p[0], p[1], &oopts, p[4], p[5], false, &err) != 0)
+    join(crt, sizeof(crt), dir, "operator.crt");
+    join(key, sizeof(key), dir, "operator.key");
+    if (kfctl_cert_issue(ca_crt, ca_key, &oopts, crt, key, false, &err) != 0)
         goto fail;
 
-    char cfg[2048], path[4096];
-    snprintf(cfg, sizeof(cfg),
-             "# keyfleetd configuration written by keyfleetctl init. Relative paths are\n"
-             "# relative to this file.\n"
-             "name: %s\n"
-             "listen:\n"
-             "  - \"%s\"\n"
-             "port_file: keyfleetd.port\n"
-             "state_dir: state\n"
-             "tls:\n"
-             "  cert: coordinator.crt\n"
-             "  key: coordinator.key\n"
-             "  ca: ca.crt\n"
-             "  client_auth: required\n"
-             "log_level: info\n",
-             name, listen);
-    join(path, sizeof(path), dir, "keyfleetd.yaml");
-    if (write_text(path, cfg, &err) != 0)
-        goto fail;
-    snprintf(cfg, sizeof(cfg),
-             "# keyfleetctl configuration written by keyfleetctl init.\n"
-             "coordinators:\n"
-             "  - \"%s\"\n"
-             "cert: operator.crt\n"
-             "key: operator.key\n"
-             "ca: ca.crt\n",
-             strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1:7443" : listen);
+    /* keyfleetctl reaches every coordinator; a wildcard listener is reached on loopback. */
+    char cfg[4096], addr[300];
+    size_t off = (size_t)snprintf(cfg, sizeof(cfg), "# keyfleetctl configuration written by keyfleetctl init.\n"
+                                                    "coordinators:\n");
+    for (size_t i = 0; i < (n_peers > 0 ? n_peers : 1); i++) {
+        if (n_peers > 0)
+            kfctl_peer_addr(&peers[i], false, addr, sizeof(addr));
+        else
+            snprintf(addr, sizeof(addr), "%s", strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1:7443" : listen);
+        off += (size_t)snprintf(cfg + off, sizeof(cfg) - off, "  - \"%s\"\n", addr);
+    }
+    snprintf(cfg + off, sizeof(cfg) - off, "cert: operator.crt\nkey: operator.key\nca: ca.crt\n");
     join(path, sizeof(path), dir, "keyfleetctl.yaml");
     if (write_text(path, cfg, &err) != 0)
         goto fail;
-    join(path, sizeof(path), dir, "state");
-    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-        kf_err_set(&err, -errno, "%s: %s", path, strerror(errno));
-        goto fail;
+
+    /* The local KMS's first key-encryption key, mode 0600; the replicas of a cluster share it. */
+    char kek_dirs[MAX_PEERS][4096];
+    const char *kek_of[MAX_PEERS];
+    if (n_peers == 0) {
+        unsigned char bin[4];
+        bool numeric = host[0] == '[' || inet_pton(AF_INET, host, bin) == 1;
+        if (write_coordinator(dir, ca_crt, ca_key, "ca.crt", name, listen, host, numeric, "", &err) != 0)
+            goto fail;
+        join(kek_dirs[0], sizeof(kek_dirs[0]), dir, "state/kek");
+        kek_of[0] = kek_dirs[0];
+    } else {
+        if (write_replicas(dir, ca_crt, ca_key, peers, n_peers, &err) != 0)
+            goto fail;
+        for (size_t i = 0; i < n_peers; i++) {
+            char rdir[4096];
+            join(rdir, sizeof(rdir), dir, peers[i].name);
+            join(kek_dirs[i], sizeof(kek_dirs[i]), rdir, "state/kek");
+            kek_of[i] = kek_dirs[i];
+        }
     }
-    /* The local KMS's first key-encryption key, mode 0600. */
-    join(path, sizeof(path), dir, "state/kek");
-    if (kfd_kms_local_init(path, &err) != 0)
+    if (kfd_kms_local_init_shared(kek_of, n_peers > 0 ? n_peers : 1, &err) != 0)
         goto fail;
-    printf("initialised %s: fleet CA, coordinator '%s', operator '%s', local KEK\n"
-           "start:   keyfleetd -c %s/keyfleetd.yaml\n"
-           "operate: keyfleetctl -c %s/keyfleetctl.yaml status\n",
-           dir, name, operator_name, dir, dir);
+    if (n_peers == 0) {
+        printf("initialised %s: fleet CA, coordinator '%s', operator '%s', local KEK\n"
+               "start:   keyfleetd -c %s/keyfleetd.yaml\n"
+               "operate: keyfleetctl -c %s/keyfleetctl.yaml status\n",
+               dir, name, operator_name, dir, dir);
+        return 0;
+    }
+    printf("initialised %s: fleet CA, operator '%s', %zu coordinators sharing one local KEK\n", dir, operator_name,
+           n_peers);
+    for (size_t i = 0; i < n_peers; i++) {
+        kfctl_peer_addr(&peers[i], false, addr, sizeof(addr));
+        printf("coordinator %s (%s): copy %s/%s/ to it, then keyfleetd -c .../keyfleetd.yaml\n", peers[i].name, addr,
+               dir, peers[i].name);
+    }
+    printf("operate: keyfleetctl -c %s/keyfleetctl.yaml cluster status\n"
+           "keep %s/ca.key off the coordinators: it issues every identity\n",
+           dir, dir);
     return 0;
 fail:
     fprintf(stderr, "keyfleetctl: init: %s\n", err.msg);

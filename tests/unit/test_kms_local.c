@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -141,12 +142,56 @@ static void test_missing_or_bad_kek(void **state)
     assert_non_null(strstr(err.msg, "exactly 32 bytes"));
 }
 
+static bool read_kek(const char *dir, uint8_t out[KFD_DATA_KEY_LEN])
+{
+    char path[500];
+    snprintf(path, sizeof(path), "%s/kek-1.key", dir);
+    FILE *f = fopen(path, "rb");
+    bool ok = f != NULL && fread(out, 1, KFD_DATA_KEY_LEN, f) == KFD_DATA_KEY_LEN;
+    if (f != NULL)
+        fclose(f);
+    return ok;
+}
+
+/* keyfleetctl init --peer: one KEK for every replica, or none when any already holds one. */
+static void test_shared_init(void **state)
+{
+    (void)state;
+    kf_err err = {0};
+    char a[400], b[400], c[400];
+    snprintf(a, sizeof(a), "%s/shared-a", tmpdir);
+    snprintf(b, sizeof(b), "%s/shared-b", tmpdir);
+    snprintf(c, sizeof(c), "%s/shared-c", tmpdir);
+    const char *two[] = {a, b};
+    assert_int_equal(kfd_kms_local_init_shared(two, 2, &err), 0);
+    uint8_t ka[KFD_DATA_KEY_LEN], kb[KFD_DATA_KEY_LEN], zero[KFD_DATA_KEY_LEN] = {0};
+    assert_true(read_kek(a, ka));
+    assert_true(read_kek(b, kb));
+    assert_memory_equal(ka, kb, sizeof(ka));
+    assert_memory_not_equal(ka, zero, sizeof(ka));
+    struct stat st;
+    char path[500];
+    snprintf(path, sizeof(path), "%s/kek-1.key", b);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* c is empty, a is not: refused, and c gets nothing. */
+    const char *mixed[] = {c, a};
+    assert_int_equal(kfd_kms_local_init_shared(mixed, 2, &err), -EEXIST);
+    assert_non_null(strstr(err.msg, "already holds a KEK"));
+    assert_false(read_kek(c, kb));
+    /* One directory keeps its KEK (keyfleetctl init's single-coordinator path). */
+    assert_int_equal(kfd_kms_local_init(a, &err), 0);
+    assert_true(read_kek(a, kb));
+    assert_memory_equal(ka, kb, sizeof(ka));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_and_binding),
         cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_missing_or_bad_kek),
+        cmocka_unit_test(test_shared_init),
     };
     return cmocka_run_group_tests_name("kms_local", tests, setup, tmpdir_teardown);
 }
