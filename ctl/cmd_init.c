@@ -270,14 +270,21 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
     char cfg[4096], addr[300];
     size_t off = (size_t)snprintf(cfg, sizeof(cfg), "# keyfleetctl configuration written by keyfleetctl init.\n"
                                                     "coordinators:\n");
-    for (size_t i = 0; i < (n_peers > 0 ? n_peers : 1); i++) {
+    for (size_t i = 0; i < (n_peers > 0 ? n_peers : 1) && off < sizeof(cfg); i++) {
         if (n_peers > 0)
             kfctl_peer_addr(&peers[i], false, addr, sizeof(addr));
+        else if (strcmp(host, "0.0.0.0") == 0)
+            snprintf(addr, sizeof(addr), "127.0.0.1:%s", colon + 1);
         else
-            snprintf(addr, sizeof(addr), "%s", strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1:7443" : listen);
+            snprintf(addr, sizeof(addr), "%s", listen);
         off += (size_t)snprintf(cfg + off, sizeof(cfg) - off, "  - \"%s\"\n", addr);
     }
-    snprintf(cfg + off, sizeof(cfg) - off, "cert: operator.crt\nkey: operator.key\nca: ca.crt\n");
+    if (off >= sizeof(cfg) ||
+        (size_t)snprintf(cfg + off, sizeof(cfg) - off, "cert: operator.crt\nkey: operator.key\nca: ca.crt\n") >=
+            sizeof(cfg) - off) {
+        kf_err_set(&err, -E2BIG, "keyfleetctl.yaml does not fit");
+        goto fail;
+    }
     join(path, sizeof(path), dir, "keyfleetctl.yaml");
     if (write_text(path, cfg, &err) != 0)
         goto fail;
