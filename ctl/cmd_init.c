@@ -10,8 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-
 #include "ca.h"
 #include "ctl.h"
 #include "kms.h"
@@ -146,14 +144,13 @@ static int write_replicas(const char *dir, const char *ca_crt, const char *ca_ke
         if ((r = copy_text(ca_crt, path, err)) != 0)
             break;
         /* keyfleetd binds numeric addresses only: a replica known by name listens on all. */
-        if (p->numeric)
+        if (p->numeric) {
             kfctl_peer_addr(p, false, listen, sizeof(listen));
-        else
-            snprintf(listen, sizeof(listen), "0.0.0.0:%d", p->rpc_port);
-        if (p->numeric)
             snprintf(section, sizeof(section), "%s", cluster);
-        else
+        } else {
+            snprintf(listen, sizeof(listen), "0.0.0.0:%d", p->rpc_port);
             snprintf(section, sizeof(section), "%s  raft_listen: \"0.0.0.0:%d\"\n", cluster, p->rpc_port + 1);
+        }
         r = write_coordinator(rdir, ca_crt, ca_key, "ca.crt", p->name, listen, p->host, p->numeric, section, err);
     }
     return r;
@@ -240,13 +237,12 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         fprintf(stderr, "keyfleetctl: names must be 1..63 of [A-Za-z0-9._-], starting alphanumeric\n");
         return KFCTL_EXIT_USAGE;
     }
-    const char *colon = strrchr(listen, ':');
-    char host[64] = "";
-    if (colon == NULL || (size_t)(colon - listen) >= sizeof(host) || atoi(colon + 1) < 0 || atoi(colon + 1) > 65535) {
-        fprintf(stderr, "keyfleetctl: --listen must be HOST:PORT\n");
+    char host[64];
+    if (kfctl_listen_parse(listen, host, sizeof(host)) != 0) {
+        fprintf(stderr, "keyfleetctl: --listen must be IPV4:PORT or [IPV6]:PORT (keyfleetd binds numeric addresses)\n");
         return KFCTL_EXIT_USAGE;
     }
-    memcpy(host, listen, (size_t)(colon - listen));
+    const char *port = strrchr(listen, ':') + 1;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "keyfleetctl: %s: %s\n", dir, strerror(errno));
         return 1;
@@ -274,7 +270,7 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         if (n_peers > 0)
             kfctl_peer_addr(&peers[i], false, addr, sizeof(addr));
         else if (strcmp(host, "0.0.0.0") == 0)
-            snprintf(addr, sizeof(addr), "127.0.0.1:%s", colon + 1);
+            snprintf(addr, sizeof(addr), "127.0.0.1:%s", port);
         else
             snprintf(addr, sizeof(addr), "%s", listen);
         off += (size_t)snprintf(cfg + off, sizeof(cfg) - off, "  - \"%s\"\n", addr);
@@ -293,9 +289,7 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
     char kek_dirs[MAX_PEERS][4096];
     const char *kek_of[MAX_PEERS];
     if (n_peers == 0) {
-        unsigned char bin[4];
-        bool numeric = host[0] == '[' || inet_pton(AF_INET, host, bin) == 1;
-        if (write_coordinator(dir, ca_crt, ca_key, "ca.crt", name, listen, host, numeric, "", &err) != 0)
+        if (write_coordinator(dir, ca_crt, ca_key, "ca.crt", name, listen, host, true, "", &err) != 0)
             goto fail;
         join(kek_dirs[0], sizeof(kek_dirs[0]), dir, "state/kek");
         kek_of[0] = kek_dirs[0];

@@ -33,6 +33,18 @@ static bool dns_name_valid(const char *s, size_t len)
     return label > 0 && s[len - 1] != '-';
 }
 
+/* An IPv4 address, or an IPv6 one in brackets (len: the host's length, brackets included). */
+static bool ip_literal(const char *host, size_t len)
+{
+    char inner[64];
+    unsigned char bin[16];
+    bool v6 = len >= 2 && host[0] == '[' && host[len - 1] == ']';
+    if (v6 ? len - 2 >= sizeof(inner) : len >= sizeof(inner))
+        return false;
+    snprintf(inner, sizeof(inner), "%.*s", (int)(v6 ? len - 2 : len), v6 ? host + 1 : host);
+    return inet_pton(v6 ? AF_INET6 : AF_INET, inner, bin) == 1;
+}
+
 static int parse_port(const char *s, const char *spec, int *ret, kf_err *err)
 {
     char *end = NULL;
@@ -65,7 +77,7 @@ int kfctl_peer_parse(const char *spec, kfctl_peer *p, kf_err *err)
             return kf_err_set(err, -EINVAL, "--peer %s: an IPv6 address is written [ADDR] or [ADDR]:PORT", spec);
         hlen = (size_t)(close - addr) + 1;
         port = close[1] == ':' ? close + 2 : NULL;
-        p->ipv6 = p->numeric = true;
+        p->numeric = true;
     } else {
         const char *colon = strchr(addr, ':');
         if (colon != NULL && strchr(colon + 1, ':') != NULL)
@@ -78,17 +90,10 @@ int kfctl_peer_parse(const char *spec, kfctl_peer *p, kf_err *err)
     memcpy(p->host, addr, hlen);
     if (port != NULL && parse_port(port, spec, &p->rpc_port, err) != 0)
         return -EINVAL;
-    unsigned char bin[16];
-    if (p->ipv6) {
-        char inner[sizeof(p->host)];
-        snprintf(inner, sizeof(inner), "%.*s", (int)(hlen - 2), p->host + 1);
-        if (inet_pton(AF_INET6, inner, bin) != 1)
-            return kf_err_set(err, -EINVAL, "--peer %s: '%s' is not an IPv6 address", spec, inner);
-    } else if (inet_pton(AF_INET, p->host, bin) == 1) {
-        p->numeric = true;
-    } else if (!dns_name_valid(p->host, hlen)) {
+    if (p->numeric && !ip_literal(p->host, hlen))
+        return kf_err_set(err, -EINVAL, "--peer %s: '%s' is not an IPv6 address", spec, p->host);
+    if (!p->numeric && !(p->numeric = ip_literal(p->host, hlen)) && !dns_name_valid(p->host, hlen))
         return kf_err_set(err, -EINVAL, "--peer %s: '%s' is neither an IPv4 address nor a host name", spec, p->host);
-    }
     if (p->numeric && (strcmp(p->host, "0.0.0.0") == 0 || strcmp(p->host, "[::]") == 0))
         return kf_err_set(err, -EINVAL, "--peer %s: name the address the others reach it at, not a wildcard", spec);
     return 0;
@@ -106,6 +111,21 @@ int kfctl_peers_check(const kfctl_peer *peers, size_t n, kf_err *err)
                                   "--peer: '%s' and '%s' share %s and their ports overlap (each takes PORT and PORT+1)",
                                   a->name, b->name, a->host);
         }
+    return 0;
+}
+
+int kfctl_listen_parse(const char *listen, char *host, size_t size)
+{
+    const char *colon = strrchr(listen, ':');
+    size_t hlen = colon != NULL ? (size_t)(colon - listen) : 0;
+    if (hlen == 0 || hlen >= size || !ip_literal(listen, hlen))
+        return -EINVAL;
+    char *end = NULL;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (errno != 0 || end == colon + 1 || *end != '\0' || port < 0 || port > 65535)
+        return -EINVAL;
+    snprintf(host, size, "%.*s", (int)hlen, listen);
     return 0;
 }
 

@@ -26,6 +26,9 @@ refused "an IPv6 address without brackets" "in brackets" --peer a=::1:7001 --pee
 refused "port 65535 (Raft takes the next)" "the port must be 1..65534" --peer a=$P:65535 --peer b=$P --peer c=$P:7005
 refused "--peer with --listen" "--name and --listen are for one" --listen $P:1 --peer a=$P --peer b=$P:7003 --peer c=$P:7005
 
+refused "--listen with a port that is not a number" "--listen must be IPV4:PORT or \[IPV6\]:PORT" --listen $P:abc
+refused "--listen with a host name (keyfleetd binds numeric addresses)" "--listen must be" --listen coord.example.net:7443
+
 # One coordinator on a wildcard address: keyfleetctl reaches it on loopback, at its own port.
 "$CTL" init "$WORK/single" --listen 0.0.0.0:9000 >/dev/null
 expect_match "init --listen 0.0.0.0:9000: keyfleetctl.yaml points at 127.0.0.1:9000" "$(cat "$WORK/single/keyfleetctl.yaml")" \
