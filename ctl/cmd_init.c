@@ -207,7 +207,8 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         return KFCTL_EXIT_USAGE;
     }
     if (n_peers > 0 && (name != NULL || listen != NULL)) {
-        fprintf(stderr, "keyfleetctl: --peer names every coordinator and its address; --name and --listen are for one\n");
+        fprintf(stderr,
+                "keyfleetctl: --peer names every coordinator and its address; --name and --listen are for one\n");
         return KFCTL_EXIT_USAGE;
     }
     /* An even count survives no more failures than one fewer, and a split can stall it. */
