@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/bn.h>
 #include <openssl/x509v3.h>
 
 static const char *const kind_names[] = {
@@ -105,7 +106,43 @@ int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err)
         return kf_err_set(err, -EACCES, "certificate has more than one keyfleet:// URI SAN");
     if (r != 0)
         return -EACCES;
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+    char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
+    int sr = hex != NULL ? kf_serial_normalize(hex, id.serial) : -EINVAL;
+    OPENSSL_free(hex);
+    BN_free(bn);
+    if (sr != 0)
+        return kf_err_set(err, -EACCES, "certificate serial is not usable");
     *ret = id;
+    return 0;
+}
+
+int kf_serial_normalize(const char *in, char out[KF_SERIAL_MAX])
+{
+    if (strncmp(in, "serial=", 7) == 0)
+        in += 7;
+    size_t n = 0;
+    bool leading = true;
+    for (const char *p = in; *p != '\0'; p++) {
+        char c = *p;
+        if (c == ':')
+            continue;
+        if (c >= 'A' && c <= 'F')
+            c = (char)(c - 'A' + 'a');
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return -EINVAL;
+        if (leading && c == '0')
+            continue;
+        leading = false;
+        if (n + 1 >= KF_SERIAL_MAX)
+            return -EINVAL;
+        out[n++] = c;
+    }
+    if (n == 0 && strchr(in, '0') == NULL)
+        return -EINVAL;
+    if (n == 0)
+        out[n++] = '0';
+    out[n] = '\0';
     return 0;
 }
 

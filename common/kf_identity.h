@@ -19,10 +19,18 @@ typedef enum {
     KF_PEER_COORDINATOR,
 } kf_peer_kind;
 
+/* A certificate serial as lowercase hex without leading zeros: 20 octets at most (RFC 5280). */
+#define KF_SERIAL_MAX 41
+
 typedef struct kf_identity {
     kf_peer_kind kind;
     char name[KF_NAME_MAX + 1];
+    char serial[KF_SERIAL_MAX]; /* the certificate's; empty for identities without one (AppRole) */
 } kf_identity;
+
+/* Canonical serial text from user input ("0A:1b", "serial=0A1B"): lowercase hex, no colons,
+ * no leading zeros. Returns 0 or -EINVAL. */
+int kf_serial_normalize(const char *in, char out[KF_SERIAL_MAX]);
 
 const char *kf_peer_kind_name(kf_peer_kind kind);
 /* "node", "operator" or "coordinator"; returns 0 or -EINVAL. */

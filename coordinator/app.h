@@ -87,6 +87,7 @@ void kfd_rpc_put_policy(kfd_call *call);
 void kfd_rpc_check_policy(kfd_call *call);
 void kfd_rpc_revoke_node(kfd_call *call);
 void kfd_rpc_rotate_kms(kfd_call *call);
+void kfd_rpc_revoke_cert(kfd_call *call);
 
 /* Audits an authentication failure (no identity, wrong caller kind, rejected certificate).
  * Capped at 10 records a second (burst 50) so a flood cannot fill the disk; the rest are

@@ -31,6 +31,7 @@ typedef struct rule {
     size_t n_cidrs;
     bool allow;
     uint32_t approvers;
+    bool require_totp;
     int window_from, window_to; /* minutes of the UTC day; -1 = no window */
     uint64_t pending_ttl_ms;
     bool offline_fallback;
@@ -47,6 +48,7 @@ struct kfd_policy {
     size_t n_groups;
     rule *rules;
     size_t n_rules;
+    kfd_admin_policy admin;
 };
 
 static void rule_clear(rule *r)
@@ -133,6 +135,7 @@ typedef struct approval_sec {
     uint32_t approvers;
     const kf_yaml_node *auto_approve;
     uint64_t timeout_ms;
+    bool totp;
 } approval_sec;
 
 static const kf_yaml_uint_range approvers_range = {1, 16};
@@ -140,6 +143,14 @@ static const kf_yaml_field approval_fields[] = {
     {"approvers", kf_yaml_dec_uint, offsetof(approval_sec, approvers), &approvers_range, true},
     {"auto_approve", dec_node_ref, offsetof(approval_sec, auto_approve), NULL, false},
     {"timeout", kf_yaml_dec_duration_ms, offsetof(approval_sec, timeout_ms), NULL, false},
+    {"totp", kf_yaml_dec_bool, offsetof(approval_sec, totp), NULL, false},
+};
+
+/* admin: how many operators must agree to a policy or role change. */
+static const kf_yaml_field admin_fields[] = {
+    {"approvers", kf_yaml_dec_uint, offsetof(approval_sec, approvers), &approvers_range, true},
+    {"timeout", kf_yaml_dec_duration_ms, offsetof(approval_sec, timeout_ms), NULL, false},
+    {"totp", kf_yaml_dec_bool, offsetof(approval_sec, totp), NULL, false},
 };
 
 typedef struct rate_sec {
@@ -168,12 +179,13 @@ static const kf_yaml_field rule_fields[] = {
 };
 
 typedef struct top_sec {
-    const kf_yaml_node *groups, *rules;
+    const kf_yaml_node *groups, *rules, *admin;
 } top_sec;
 
 static const kf_yaml_field top_fields[] = {
     {"groups", dec_node_ref, offsetof(top_sec, groups), NULL, false},
     {"rules", dec_node_ref, offsetof(top_sec, rules), NULL, false},
+    {"admin", dec_node_ref, offsetof(top_sec, admin), NULL, false},
 };
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -289,6 +301,7 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
         approval_sec a = {0};
         rc = kf_yaml_decode_map(doc, sec.approval, approval_fields, N(approval_fields), &a, err);
         r->approvers = a.approvers;
+        r->require_totp = a.totp;
         if (rc == 0 && a.timeout_ms != 0) {
             if (a.timeout_ms < 10000 || a.timeout_ms > 7 * 24 * 3600 * 1000ull)
                 rc = kf_yaml_error(doc, key_node(sec.approval, "timeout"), err, "timeout must be from 10s to 168h");
@@ -328,8 +341,20 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
         return kf_err_set(err, -ENOMEM, "out of memory");
     }
     top_sec top = {0};
+    p->admin.approvers = 1;
+    p->admin.pending_ttl_s = DEFAULT_PENDING_TTL_S;
     if (doc->root != NULL)
         rc = kf_yaml_decode_map(doc, doc->root, top_fields, N(top_fields), &top, err);
+    if (rc == 0 && top.admin != NULL) {
+        approval_sec a = {0};
+        rc = kf_yaml_decode_map(doc, top.admin, admin_fields, N(admin_fields), &a, err);
+        if (rc == 0 && a.timeout_ms != 0 && (a.timeout_ms < 10000 || a.timeout_ms > 7 * 24 * 3600 * 1000ull))
+            rc = kf_yaml_error(doc, key_node(top.admin, "timeout"), err, "timeout must be from 10s to 168h");
+        p->admin.approvers = a.approvers;
+        p->admin.require_totp = a.totp;
+        if (a.timeout_ms != 0)
+            p->admin.pending_ttl_s = (uint32_t)(a.timeout_ms / 1000);
+    }
     if (rc == 0 && top.groups != NULL) {
         if (top.groups->type != KF_YAML_MAP)
             rc = kf_yaml_error(doc, top.groups, err, "groups must map a group name to a list of node names");
@@ -461,10 +486,12 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
             ret->auto_approved = true;
             ret->approvals = 0;
         }
+        ret->require_totp = ret->approvals > 0 && r->require_totp;
         why[strlen(why) > 2 ? strlen(why) - 2 : 0] = '\0';
         snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s", i + 1, r->name, why,
                  r->allow ? "allow" : "deny",
                  ret->auto_approved ? ", approval waived inside its auto-approve window"
+                 : ret->approvals > 0 && ret->require_totp ? ", after human approval with TOTP"
                  : ret->approvals > 0 ? ", after human approval"
                  : r->allow && in->enrolling && r->approvers > 0 ? " (its approval applies to release)"
                                                                  : "");
@@ -474,4 +501,11 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
     snprintf(ret->explanation, sizeof(ret->explanation), "no rule matches node '%s' and volume '%s': denied by default",
              in->node, in->volume_id);
     ret->pending_ttl_s = DEFAULT_PENDING_TTL_S;
+}
+
+kfd_admin_policy kfd_policy_admin(const kfd_policy *p)
+{
+    if (p == NULL)
+        return (kfd_admin_policy){.approvers = 1, .pending_ttl_s = DEFAULT_PENDING_TTL_S};
+    return p->admin;
 }

@@ -31,12 +31,24 @@ typedef struct kfd_policy_decision {
     char rule[64]; /* deciding rule, or "default-deny" */
     int rule_index; /* 1-based; 0 for the default */
     uint32_t approvals; /* distinct approvers needed before release; 0 = none */
+    bool require_totp;  /* each approval needs a TOTP code */
     bool auto_approved; /* approval waived: inside the rule's auto-approve window */
     uint32_t pending_ttl_s;
     bool offline_fallback;
     uint32_t rate_per_minute, rate_burst; /* 0 = unlimited */
     char explanation[384];
 } kfd_policy_decision;
+
+/* The policy's admin section: operator changes (policy puts, role creation) need approvers
+ * distinct operators in all, the proposer being the first; 1 applies them at once. */
+typedef struct kfd_admin_policy {
+    uint32_t approvers;
+    bool require_totp;
+    uint32_t pending_ttl_s;
+} kfd_admin_policy;
+
+/* The admin section of p; NULL p (no policy) gives the defaults (1 approver, no TOTP). */
+kfd_admin_policy kfd_policy_admin(const kfd_policy *p);
 
 /* Parses and validates a whole policy. Errors name name:line:column. An empty document is the
  * empty policy (deny everything). */

@@ -217,7 +217,21 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
     h2o_req_t *req = call->req;
     if (kfd_req_peer(srv, req, &call->peer) == 0) {
         call->auth = "mtls";
-        return true;
+        bool revoked = false;
+        if (kfd_store_cert_revoked(srv->app->store, call->peer->serial, &revoked) != 0) {
+            /* Fail closed: a certificate that cannot be checked against the denylist gets nothing. */
+            const char *why = "state store unavailable";
+            kfd_app_ready(srv->app, &why);
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot release keys: %s", why);
+            return false;
+        }
+        if (!revoked)
+            return true;
+        /* Denylisted: refused whatever its kind, and the attempt is audited under its name. */
+        srv->metrics.auth_failures++;
+        kfd_audit_auth_failure(srv->app, call, call->peer->name, "certificate is revoked");
+        kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, "certificate serial %s is revoked", call->peer->serial);
+        return false;
     }
     call->peer = NULL;
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);

@@ -9,12 +9,11 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <liboath/oath.h>
-
 #include "app.h"
 #include "replication.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
+#include "rpc_change.h"
 
 static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
 
@@ -44,27 +43,14 @@ bool kfd_rpc_commit_answer(kfd_call *call, int status, const kf_err *err)
     case -EACCES:
         kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s", err->msg);
         break;
+    case -EINVAL:
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", err->msg);
+        break;
     default:
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s", err->msg);
         break;
     }
     return false;
-}
-
-static Keyfleet__V1__StateCommand *audit_cmd(Keyfleet__V1__StateCommand *cmd, Keyfleet__V1__CmdAppendAudit *c,
-                                             kfd_audit_buf *a)
-{
-    keyfleet__v1__state_command__init(cmd);
-    keyfleet__v1__cmd_append_audit__init(c);
-    c->audit = &a->entry;
-    cmd->cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd->append_audit = c;
-    return cmd;
-}
-
-static void on_audit_only(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
-{
-    (void)arg, (void)status, (void)res, (void)err;
 }
 
 /* ----------------------------------------------------------- approvals */
@@ -82,71 +68,21 @@ void kfd_rpc_list_pending(kfd_call *call)
     kfd_store_free_pending_list(&resp);
 }
 
-/* Reads OPERATOR.b32 from the TOTP directory. Returns 0 with the secret, -ENOENT when the
- * operator has none (no second factor), or another negative errno. */
-static int load_totp_secret(const char *dir, const char *op, kf_secbuf **ret)
-{
-    if (dir == NULL)
-        return -ENOENT;
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/%s.b32", dir, op);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? -ENOENT : -errno;
-    kf_secbuf *text = kf_secbuf_new(256);
-    ssize_t n = text != NULL ? read(fd, text->data, 255) : -1;
-    close(fd);
-    while (n > 0 && (text->data[n - 1] == '\n' || text->data[n - 1] == '\r' || text->data[n - 1] == ' '))
-        n--;
-    if (n <= 0) {
-        kf_secbuf_free(text);
-        return -EINVAL;
-    }
-    char *raw = NULL;
-    size_t raw_len = 0;
-    int rc = oath_base32_decode((const char *)text->data, (size_t)n, &raw, &raw_len);
-    kf_secbuf_free(text);
-    if (rc != OATH_OK || raw_len == 0) {
-        free(raw);
-        return -EINVAL;
-    }
-    kf_secbuf *secret = kf_secbuf_new(raw_len);
-    if (secret != NULL)
-        memcpy(secret->data, raw, raw_len);
-    kf_wipe(raw, raw_len);
-    free(raw);
-    if (secret == NULL)
-        return -ENOMEM;
-    *ret = secret;
-    return 0;
-}
-
-/* Checks code against the operator's TOTP secret (30 s steps, one step either side). Returns
- * 0 with the matched step, -ENOENT when the operator has no secret, -EACCES on a wrong code. */
-static int check_totp(const char *dir, const char *op, const char *code, int64_t *ret_step)
-{
-    kf_secbuf *secret = NULL;
-    int r = load_totp_secret(dir, op, &secret);
-    if (r != 0)
-        return r;
-    int pos = 0;
-    uint64_t counter = 0;
-    int rc = strlen(code) == 6 ? oath_totp_validate3((const char *)secret->data, secret->len, time(NULL),
-                                                     OATH_TOTP_DEFAULT_TIME_STEP_SIZE, 0, 1, &pos, &counter, code)
-                               : OATH_INVALID_OTP;
-    kf_secbuf_free(secret);
-    if (rc < 0)
-        return -EACCES;
-    /* The step the code belongs to, so the same code is never accepted twice. */
-    *ret_step = (int64_t)counter;
-    return 0;
-}
-
 typedef struct approve_op {
     kfd_op base;
     kfd_app *app;
     char request_id[65];
+    char refusal[200];
 } approve_op;
+
+static void on_approval_refused(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)status, (void)res, (void)err;
+    approve_op *op = arg;
+    if (op->base.call != NULL)
+        kfd_call_error(op->base.call, KF_CONNECT_PERMISSION_DENIED, "%s", op->refusal);
+    kfd_op_free(op);
+}
 
 static void on_approved(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
@@ -180,8 +116,8 @@ void kfd_rpc_approve(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-]");
         return;
     }
-    if (strlen(req->comment) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "comment is at most 512 characters");
+    if (strlen(req->comment) > 512 || strlen(req->totp_code) > 16) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "comment is at most 512 characters, totp_code 6 digits");
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -201,22 +137,29 @@ void kfd_rpc_approve(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s has expired", req->request_id);
         return;
     }
+    approve_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->app = app;
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     int64_t step = 0;
-    r = check_totp(call->srv->cfg->totp_dir, call->peer->name, req->totp_code, &step);
-    if (r == -EACCES || (r != 0 && r != -ENOENT)) {
-        kfd_audit_buf a;
-        kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, p.request_id,
-                       r == -EACCES ? "wrong TOTP code" : "TOTP secret unreadable");
-        Keyfleet__V1__StateCommand cmd;
-        Keyfleet__V1__CmdAppendAudit c;
-        kfd_commit(app, audit_cmd(&cmd, &c, &a), on_audit_only, NULL);
-        kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s",
-                       r == -EACCES ? "TOTP code required and not valid" : "TOTP secret unreadable");
+    char why[200];
+    r = kfd_operator_totp(call, req->totp_code, p.require_totp, p.node, p.volume_id, p.request_id, &step, why,
+                          sizeof(why), on_approval_refused, op);
+    if (r == -EACCES) {
+        snprintf(op->refusal, sizeof(op->refusal), "%s", why);
+        return; /* answered once the refusal is recorded */
+    }
+    if (r != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT : KF_CONNECT_UNAVAILABLE, "%s", why);
         return;
     }
     char reason[600];
-    snprintf(reason, sizeof(reason), "approved%s%s%s", step != 0 ? " with TOTP" : "", req->comment[0] ? ": " : "",
-             req->comment);
+    snprintf(reason, sizeof(reason), "approved%s%s%s%s%s", step != 0 ? " with TOTP" : "",
+             p.has_change ? " change: " : "", p.change_summary, req->comment[0] ? ": " : "", req->comment);
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW, p.node, p.volume_id, p.request_id,
                    reason);
@@ -228,13 +171,6 @@ void kfd_rpc_approve(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
     cmd.approve = &c;
-    approve_op *op = kfd_op_new(call, sizeof(*op));
-    if (op == NULL) {
-        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
-        return;
-    }
-    op->app = app;
-    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     kfd_commit(app, &cmd, on_approved, op);
 }
 
@@ -403,11 +339,24 @@ typedef struct put_op {
     uint64_t version;
 } put_op;
 
-static void on_policy_put(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+static void on_policy_put(void *arg, int status, const kfd_change_result *res, const kf_err *err)
 {
-    (void)res;
     put_op *op = arg;
     kfd_call *call = op->base.call;
+    if (status == 0 && res->held_request_id[0] != '\0') {
+        kf_log_info("policy_held", "version=%llu request=%s needed=%u", (unsigned long long)op->version,
+                    res->held_request_id, res->approvals_needed);
+        if (call != NULL) {
+            Keyfleet__V1__PutPolicyResponse resp = KEYFLEET__V1__PUT_POLICY_RESPONSE__INIT;
+            resp.version = op->version;
+            resp.pending_request_id = (char *)res->held_request_id;
+            resp.approvals_needed = res->approvals_needed;
+            kfd_call_reply(call, &resp.base);
+        }
+        kfd_policy_free(op->parsed);
+        kfd_op_free(op);
+        return;
+    }
     if (status == 0) {
         /* Applying it loaded it on every replica (kfd_app_load_policy). */
         kf_log_info("policy_put", "version=%llu rules=%zu", (unsigned long long)op->version,
@@ -455,6 +404,12 @@ void kfd_rpc_put_policy(kfd_call *call)
     char reason[96];
     snprintf(reason, sizeof(reason), "policy version %llu (%zu rules)", (unsigned long long)op->version,
              kfd_policy_rule_count(op->parsed));
+    if (strlen(req->totp_code) > 16) {
+        kfd_policy_free(parsed);
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
+        return;
+    }
     kfd_audit_buf a;
     kfd_audit_fill(&a, call, "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdPutPolicy c = KEYFLEET__V1__CMD_PUT_POLICY__INIT;
@@ -464,7 +419,7 @@ void kfd_rpc_put_policy(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY;
     cmd.put_policy = &c;
-    kfd_commit(app, &cmd, on_policy_put, op);
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_policy_put, op);
 }
 
 void kfd_rpc_check_policy(kfd_call *call)
@@ -536,6 +491,41 @@ void kfd_rpc_revoke_node(kfd_call *call)
     cmd.revoke_node = &c;
     kf_log_info("node_revoked", "node=%s operator=%s", req->node, call->peer->name);
     kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_node_response__descriptor);
+}
+
+void kfd_rpc_revoke_cert(kfd_call *call)
+{
+    const Keyfleet__V1__RevokeCertRequest *req = (const Keyfleet__V1__RevokeCertRequest *)call->request;
+    char serial[KF_SERIAL_MAX];
+    kf_peer_kind kind = KF_PEER_NONE;
+    if (strlen(req->serial) > 128 || kf_serial_normalize(req->serial, serial) != 0) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "serial must be the certificate's serial in hex");
+        return;
+    }
+    if ((req->kind[0] != '\0' && kf_peer_kind_parse(req->kind, &kind) != 0) ||
+        (req->name[0] != '\0' && !kf_name_valid(req->name, strlen(req->name))) || strlen(req->reason) > 512) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "kind must be node, operator or coordinator; name a valid "
+                       "name; reason <= 512");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    char reason[700];
+    snprintf(reason, sizeof(reason), "certificate %s%s%s%s%s revoked: %s", serial, req->kind[0] ? " of " : "",
+             req->kind, req->name[0] ? " " : "", req->name, req->reason[0] ? req->reason : "by operator");
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdRevokeCert c = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
+    c.serial = serial;
+    c.kind = req->kind;
+    c.name = req->name;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
+    cmd.revoke_cert = &c;
+    kf_log_info("cert_revoked", "serial=%s kind=%s name=%s operator=%s", serial, req->kind[0] ? req->kind : "-",
+                req->name[0] ? req->name : "-", call->peer->name);
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_cert_response__descriptor);
 }
 
 typedef struct rotate_op {

@@ -24,6 +24,7 @@
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "rpc.h"
+#include "rpc_change.h"
 
 #define LOGIN_ERROR "invalid role or secret ID"
 #define LOGIN_PER_MINUTE 30
@@ -278,9 +279,8 @@ typedef struct role_op {
     kfd_role role;
 } role_op;
 
-static void on_role_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+static void on_role_committed(void *arg, int status, const kfd_change_result *res, const kf_err *err)
 {
-    (void)res;
     role_op *op = arg;
     if (op->base.call != NULL && kfd_rpc_commit_answer(op->base.call, status, err)) {
         Keyfleet__V1__Role role;
@@ -289,6 +289,8 @@ static void on_role_committed(void *arg, int status, const kfd_apply_result *res
         fill_role(&role, &op->role, cidrs, &n);
         Keyfleet__V1__CreateRoleResponse resp = KEYFLEET__V1__CREATE_ROLE_RESPONSE__INIT;
         resp.role = &role;
+        resp.pending_request_id = (char *)res->held_request_id;
+        resp.approvals_needed = res->approvals_needed;
         kfd_call_reply(op->base.call, &resp.base);
     }
     kfd_op_free(op);
@@ -302,6 +304,10 @@ void kfd_rpc_create_role(kfd_call *call)
         return;
     if (in == NULL || !kf_name_valid(in->name, strlen(in->name))) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
+        return;
+    }
+    if (strlen(req->totp_code) > 16) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
         return;
     }
     if (!kf_name_valid(in->node_name, strlen(in->node_name))) {
@@ -364,7 +370,7 @@ void kfd_rpc_create_role(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE;
     cmd.create_role = &c;
-    kfd_commit(app_of(call), &cmd, on_role_committed, op);
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_role_committed, op);
 }
 
 void kfd_rpc_get_role(kfd_call *call)

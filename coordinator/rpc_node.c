@@ -26,6 +26,8 @@
 
 #define WRAPPED_MAX 4096
 #define LABELS_MAX 32
+/* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
+#define ENROLL_REPLAY_WINDOW_S 600
 
 static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
 
@@ -248,13 +250,66 @@ static void on_enroll_committed(void *arg, int status, const kfd_apply_result *r
     enroll_op *op = arg;
     if (op->base.call == NULL)
         ;
-    else if (status == -EEXIST)
+    else if (status == -EACCES) {
+        kfd_call *call = op->base.call;
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        enroll_op_free(op);
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid, KF_CONNECT_PERMISSION_DENIED,
+                     err->msg);
+        return;
+    } else if (status == -EEXIST)
         kfd_call_error(op->base.call, KF_CONNECT_ALREADY_EXISTS, "volume %s is already enrolled", op->volume_id);
     else if (status != 0)
         kfd_call_error(op->base.call, KF_CONNECT_UNAVAILABLE, "enrollment not recorded: %s", err->msg);
     else
         answer_enroll(op, res->audit_seq);
     enroll_op_free(op);
+}
+
+/* A repeated Enroll hands out the enrolled key again, so it is a release in every respect: it
+ * is recorded (and checked against revocation at apply) before the answer goes out. */
+static void on_enroll_replay_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    enroll_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        enroll_op_free(op);
+        return;
+    }
+    if (status != 0) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        enroll_op_free(op);
+        if (status == -EACCES)
+            deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
+                         KF_CONNECT_PERMISSION_DENIED, err->msg);
+        else
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "enrollment replay could not be recorded; no key was "
+                           "released");
+        return;
+    }
+    answer_enroll(op, res->audit_seq);
+    enroll_op_free(op);
+}
+
+static void record_enroll_replay(enroll_op *op)
+{
+    kfd_call *call = op->base.call;
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "enroll_replay", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+                   op->volume_id, op->request_id, op->decision.explanation);
+    Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    c.request_id = op->request_id;
+    c.node = (char *)call->peer->name;
+    c.volume_id = op->volume_id;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    cmd.record_release = &c;
+    kfd_commit(app_of(call), &cmd, on_enroll_replay_committed, op);
 }
 
 static void seal_for_enroll(enroll_op *op, const kf_secbuf *key, int *ret)
@@ -289,8 +344,7 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
         return;
     }
     if (op->replay) {
-        answer_enroll(op, 0);
-        enroll_op_free(op);
+        record_enroll_replay(op);
         return;
     }
     if ((op->wrapped = strdup(res->wrapped)) == NULL) {
@@ -314,6 +368,78 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     kfd_commit(app_of(call), &cmd, on_enroll_committed, op);
 }
 
+static enroll_op *new_enroll_op(kfd_call *call, const Keyfleet__V1__EnrollRequest *req,
+                                const kfd_policy_decision *decision)
+{
+    enroll_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return NULL;
+    }
+    op->req = req;
+    op->decision = *decision;
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
+    return op;
+}
+
+/* A retry of an enrollment that completed (its answer was lost): only by the enrolling node,
+ * with the original request id, before the volume was ever released and within
+ * ENROLL_REPLAY_WINDOW_S. It is decided as a release of the enrolled volume (stored name and
+ * labels, approval rules apply) and recorded before the key goes out. */
+static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req, const kfd_volume *existing)
+{
+    const char *vid = req->volume->id;
+    if (strcmp(existing->node, call->peer->name) != 0 ||
+        strcmp(existing->enroll_request_id, req->request_id) != 0) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "volume %s is already enrolled%s", vid,
+                 strcmp(existing->node, call->peer->name) == 0 ? "" : " by another node");
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_ALREADY_EXISTS, msg);
+        return;
+    }
+    int64_t now = time(NULL);
+    if (existing->last_released_at != 0 || now - existing->created_at > ENROLL_REPLAY_WINDOW_S ||
+        now < existing->created_at) {
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_ALREADY_EXISTS, "volume is already enrolled and can no longer be enrolled again; "
+                     "its key is released with Release");
+        return;
+    }
+    label_set ls;
+    labels_from_json(&ls, existing->labels_json);
+    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = existing->id,
+                           .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now};
+    kfd_policy_decision decision;
+    kfd_policy_evaluate(app_of(call)->policy, &in, &decision);
+    json_decref(ls.json);
+    if (!decision.allow) {
+        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, decision.explanation);
+        return;
+    }
+    if (decision.approvals > 0) {
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_FAILED_PRECONDITION, "volume is already enrolled and its key needs approval; "
+                     "a repeated Enroll cannot return it: use Release");
+        return;
+    }
+    if (rate_limited(call, &decision))
+        return;
+    enroll_op *op = new_enroll_op(call, req, &decision);
+    if (op == NULL)
+        return;
+    op->replay = true;
+    if ((op->wrapped = strdup(existing->wrapped_key)) == NULL) {
+        enroll_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    kfd_kms *kms = app_of(call)->kms;
+    kms->ops->unwrap(kms, vid, existing->wrapped_key, on_enroll_key, op);
+}
+
 void kfd_rpc_enroll(kfd_call *call)
 {
     const Keyfleet__V1__EnrollRequest *req = (const Keyfleet__V1__EnrollRequest *)call->request;
@@ -333,22 +459,14 @@ void kfd_rpc_enroll(kfd_call *call)
     kfd_app *app = app_of(call);
     kfd_volume existing;
     int r = kfd_store_get_volume(app->store, req->volume->id, &existing);
-    if (r == -EIO) {
+    if (r != 0 && r != -ENOENT) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
     if (r == 0) {
-        bool same = strcmp(existing.node, call->peer->name) == 0 &&
-                    strcmp(existing.enroll_request_id, req->request_id) == 0;
-        if (!same) {
-            char msg[256];
-            snprintf(msg, sizeof(msg), "volume %s is already enrolled%s", req->volume->id,
-                     strcmp(existing.node, call->peer->name) == 0 ? "" : " by another node");
-            kfd_volume_clear(&existing);
-            deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
-                         KF_CONNECT_ALREADY_EXISTS, msg);
-            return;
-        }
+        enroll_replay(call, req, &existing);
+        kfd_volume_clear(&existing);
+        return;
     }
     kfd_label labels[LABELS_MAX];
     for (size_t i = 0; i < req->n_labels; i++)
@@ -359,36 +477,14 @@ void kfd_rpc_enroll(kfd_call *call)
     kfd_policy_decision decision;
     kfd_policy_evaluate(app->policy, &in, &decision);
     if (!decision.allow) {
-        if (r == 0)
-            kfd_volume_clear(&existing);
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
                      KF_CONNECT_PERMISSION_DENIED, decision.explanation);
         return;
     }
-    if (rate_limited(call, &decision)) {
-        if (r == 0)
-            kfd_volume_clear(&existing);
+    if (rate_limited(call, &decision))
         return;
-    }
-    enroll_op *op = kfd_op_new(call, sizeof(*op));
-    if (op == NULL) {
-        if (r == 0)
-            kfd_volume_clear(&existing);
-        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
-        return;
-    }
-    op->req = req;
-    op->decision = decision;
-    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
-    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
-    if (r == 0) {
-        /* A retry of an enrollment that completed: the same key again, nothing new recorded. */
-        op->replay = true;
-        op->wrapped = strdup(existing.wrapped_key);
-        app->kms->ops->unwrap(app->kms, req->volume->id, existing.wrapped_key, on_enroll_key, op);
-        kfd_volume_clear(&existing);
-        return;
-    }
+    enroll_op *op = new_enroll_op(call, req, &decision);
+    if (op != NULL)
     app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
 }
 
@@ -409,6 +505,16 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
 {
     release_op *op = arg;
     kfd_call *call = op->base.call;
+    if ((status == -EACCES || status == -ESTALE) && call != NULL) {
+        /* Refused at apply: revoked, or the approval was spent or lapsed meanwhile. */
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kfd_op_free(op);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
+                     status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
+        return;
+    }
     if (status != 0) {
         /* Fail closed: no durable record, no key. */
         kf_log_error("release_not_recorded", "volume=%s request=%s error=%s", kf_log_q(op->volume_id),
@@ -507,6 +613,7 @@ static void record_release(release_op *op)
     c.node = (char *)call->peer->name;
     c.volume_id = (char *)volume_id;
     c.audit = &a.entry;
+    c.approved_request = op->approved_request;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -585,6 +692,7 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
     c.created_at = &created;
     c.expires_at = &expires;
     c.approvals_needed = d->approvals;
+    c.require_totp = d->require_totp;
     c.rule = (char *)d->rule;
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
@@ -625,6 +733,10 @@ static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req
         return false;
     case KFD_PENDING_EXPIRED:
         kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s expired without approval", p.request_id);
+        return false;
+    case KFD_PENDING_CONSUMED:
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
+                       "approved request %s was already used by a release; start a new request", p.request_id);
         return false;
     case KFD_PENDING_APPROVED:
         if (time(NULL) >= p.expires_at) {

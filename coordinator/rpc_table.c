@@ -36,6 +36,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("RotateKms", rotate_kms_request, kfd_rpc_rotate_kms, W),
     ADMIN("AddMember", add_member_request, kfd_rpc_add_member, W),
     ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
+    ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
 };
 
 const size_t kfd_methods_count = sizeof(kfd_methods) / sizeof(kfd_methods[0]);

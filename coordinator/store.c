@@ -50,6 +50,14 @@ static const char *const migrations[] = {
     "CREATE INDEX audit_request ON audit(request_id);",
     /* 4: the newest KMS key version the cluster rotated to, so a replica can tell it lacks one. */
     "CREATE TABLE kms_state (backend TEXT PRIMARY KEY, latest_version INTEGER NOT NULL);",
+    /* 5: approvals that need TOTP, operator changes held for approval, TOTP lockouts, revoked
+     * certificates. */
+    "ALTER TABLE pending ADD COLUMN require_totp INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE pending ADD COLUMN change BLOB;"
+    "ALTER TABLE pending ADD COLUMN change_summary TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE totp_failures (operator TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until INTEGER NOT NULL);"
+    "CREATE TABLE revoked_certs (serial TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,"
+    "  reason TEXT NOT NULL, revoked_at INTEGER NOT NULL);",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -74,6 +82,11 @@ static const char *const sql[ST_COUNT] = {
     [ST_SECRET_DELETE_ONE] = "DELETE FROM secret_ids WHERE accessor = ? AND role_name = ?",
     [ST_TOKEN_DELETE_ONE] = "DELETE FROM tokens WHERE token_id = ? AND role_name = ?",
     [ST_APPLIED_SET] = "UPDATE raft_state SET applied_index = ? WHERE id = 1",
+    [ST_TOTP_FAIL_GET] = "SELECT failures, locked_until FROM totp_failures WHERE operator = ?",
+    [ST_TOTP_FAIL_SET] = "INSERT INTO totp_failures (operator, failures, locked_until) VALUES (?1, ?2, ?3) "
+                         "ON CONFLICT (operator) DO UPDATE SET failures = ?2, locked_until = ?3",
+    [ST_CERT_REVOKE] = "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES (?, ?, ?, ?, ?)",
+    [ST_CERT_GET] = "SELECT 1 FROM revoked_certs WHERE serial = ?",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -82,7 +95,8 @@ static const char *const sql[ST_COUNT] = {
     [ST_RELEASE] = "RELEASE cmd",
     [ST_VOLUME_INSERT] = "INSERT INTO volumes (id, kind, name, labels, node, wrapped_key, enroll_request_id, "
                          "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id FROM volumes WHERE id = ?",
+    [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id, created_at, "
+                      "coalesce(last_released_at, 0) FROM volumes WHERE id = ?",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
     [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
@@ -90,15 +104,19 @@ static const char *const sql[ST_COUNT] = {
                        "reason = excluded.reason",
     [ST_NODE_GET] = "SELECT revoked FROM nodes WHERE name = ?",
     [ST_PENDING_INSERT] = "INSERT INTO pending (request_id, node, volume_id, source, created_at, expires_at, "
-                          "approvals_needed, rule) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          "approvals_needed, rule, require_totp, change, change_summary) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     [ST_PENDING_GET] = "SELECT request_id, node, volume_id, source, created_at, expires_at, approvals_needed, "
-                       "approvals_have, state, rule FROM pending WHERE request_id = ?",
+                       "approvals_have, state, rule, require_totp, change_summary, change IS NOT NULL "
+                       "FROM pending WHERE request_id = ?",
+    [ST_PENDING_CHANGE] = "SELECT change FROM pending WHERE request_id = ?",
     [ST_PENDING_SET_STATE] = "UPDATE pending SET state = ? WHERE request_id = ?",
     [ST_PENDING_ADD_APPROVAL] = "UPDATE pending SET approvals_have = approvals_have + 1, "
                                 "state = CASE WHEN approvals_have + 1 >= approvals_needed THEN 1 ELSE state END "
                                 "WHERE request_id = ?",
     [ST_PENDING_LIST] = "SELECT request_id, node, volume_id, source, created_at, expires_at, approvals_needed, "
-                        "approvals_have, state, rule FROM pending WHERE state = 0 ORDER BY created_at, request_id",
+                        "approvals_have, state, rule, require_totp, change_summary, change IS NOT NULL "
+                        "FROM pending WHERE state = 0 ORDER BY created_at, request_id",
     [ST_PENDING_EXPIRED] = "SELECT request_id FROM pending WHERE state = 0 AND expires_at <= ? "
                            "ORDER BY expires_at LIMIT ?",
     [ST_APPROVAL_INSERT] = "INSERT INTO approvals (request_id, operator, at) VALUES (?, ?, ?)",
@@ -325,7 +343,36 @@ static int set_pending_state(kfd_store *s, const char *id, kfd_pending_state fro
     return kfd_store_step_done(s, st, "updating the pending request", err);
 }
 
-static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, kf_err *err)
+int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *op, int64_t totp_step, int64_t at,
+                              kf_err *err)
+{
+    int r;
+    if (totp_step != 0) {
+        bool used = false;
+        if ((r = kfd_store_totp_used(s, op, totp_step, &used)) != 0)
+            return r;
+        if (used)
+            return kf_err_set(err, -EACCES, "TOTP code already used");
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_INSERT);
+        kfd_bind_text(st, 1, op);
+        sqlite3_bind_int64(st, 2, totp_step);
+        if ((r = kfd_store_step_done(s, st, "recording the TOTP step", err)) != 0)
+            return r;
+        if ((r = kfd_store_totp_reset(s, op, err)) != 0)
+            return r;
+    }
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_APPROVAL_INSERT);
+    kfd_bind_text(st, 1, request_id);
+    kfd_bind_text(st, 2, op);
+    sqlite3_bind_int64(st, 3, at);
+    if ((r = kfd_store_step_done(s, st, "recording the approval", err)) != 0)
+        return r;
+    st = kfd_store_stmt(s, ST_PENDING_ADD_APPROVAL);
+    kfd_bind_text(st, 1, request_id);
+    return kfd_store_step_done(s, st, "counting the approval", err);
+}
+
+static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, uint64_t *seq, kf_err *err)
 {
     kfd_pending p;
     int r = kfd_store_get_pending(s, c->request_id, &p);
@@ -338,27 +385,17 @@ static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, kf_err
         return r;
     if (dup)
         return kf_err_set(err, -EEXIST, "operator %s already approved %s", c->operator_, c->request_id);
-    if (c->totp_step != 0) {
-        bool used = false;
-        if ((r = kfd_store_totp_used(s, c->operator_, c->totp_step, &used)) != 0)
-            return r;
-        if (used)
-            return kf_err_set(err, -EACCES, "TOTP code already used");
-        sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_INSERT);
-        kfd_bind_text(st, 1, c->operator_);
-        sqlite3_bind_int64(st, 2, c->totp_step);
-        if ((r = kfd_store_step_done(s, st, "recording the TOTP step", err)) != 0)
-            return r;
-    }
-    sqlite3_stmt *st = kfd_store_stmt(s, ST_APPROVAL_INSERT);
-    kfd_bind_text(st, 1, c->request_id);
-    kfd_bind_text(st, 2, c->operator_);
-    sqlite3_bind_int64(st, 3, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
-    if ((r = kfd_store_step_done(s, st, "recording the approval", err)) != 0)
+    if (p.require_totp && c->totp_step == 0)
+        return kf_err_set(err, -EACCES, "request %s needs a TOTP code with each approval", c->request_id);
+    int64_t at = c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0;
+    if (at >= p.expires_at)
+        return kf_err_set(err, -ESTALE, "request %s has expired", c->request_id);
+    if ((r = kfd_store_record_approval(s, c->request_id, c->operator_, c->totp_step, at, err)) != 0)
         return r;
-    st = kfd_store_stmt(s, ST_PENDING_ADD_APPROVAL);
-    kfd_bind_text(st, 1, c->request_id);
-    return kfd_store_step_done(s, st, "counting the approval", err);
+    if ((r = kfd_store_append_audit(s, c->audit, seq, err)) != 0)
+        return r;
+    /* The approval that completes an operator change applies it, in this same transaction. */
+    return p.has_change ? kfd_store_apply_change(s, c->request_id, seq, err) : 0;
 }
 
 static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, kf_err *err)
@@ -379,17 +416,21 @@ static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, k
     return kfd_store_step_done(s, st, "storing the policy", err);
 }
 
-static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
+int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
 {
     int r = 0;
     switch (cmd->cmd_case) {
     case KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME:
-        r = apply_enroll(s, cmd->enroll_volume, err);
+        r = kfd_store_check_not_revoked(s, cmd->enroll_volume->node, err);
+        if (r == 0)
+            r = apply_enroll(s, cmd->enroll_volume, err);
         if (r == 0)
             r = kfd_store_append_audit(s, cmd->enroll_volume->audit, seq, err);
         return r;
     case KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE: {
         const Keyfleet__V1__CmdRecordRelease *c = cmd->record_release;
+        if ((r = kfd_store_release_allowed(s, c, err)) != 0)
+            return r;
         if (c->audit != NULL && c->audit->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW) {
             sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_RELEASED);
             kfd_bind_text(st, 1, c->node);
@@ -413,14 +454,18 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
         sqlite3_bind_int64(st, 6, c->expires_at->seconds);
         sqlite3_bind_int(st, 7, (int)c->approvals_needed);
         kfd_bind_text(st, 8, c->rule);
+        sqlite3_bind_int(st, 9, c->require_totp ? 1 : 0);
+        if (c->change.len > 0)
+            sqlite3_bind_blob(st, 10, c->change.data, (int)c->change.len, SQLITE_STATIC);
+        kfd_bind_text(st, 11, c->change_summary);
         if ((r = kfd_store_step_done(s, st, "recording the pending request", err)) != 0)
             return r;
-        return kfd_store_append_audit(s, c->audit, seq, err);
+        if ((r = kfd_store_append_audit(s, c->audit, seq, err)) != 0)
+            return r;
+        return c->change.len > 0 ? kfd_store_propose_change(s, c, seq, err) : 0;
     }
     case KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE:
-        if ((r = apply_approve(s, cmd->approve, err)) != 0)
-            return r;
-        return kfd_store_append_audit(s, cmd->approve->audit, seq, err);
+        return apply_approve(s, cmd->approve, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_DENY:
         if ((r = set_pending_state(s, cmd->deny->request_id, KFD_PENDING_WAITING, KFD_PENDING_DENIED, err)) != 0)
             return r;
@@ -464,6 +509,10 @@ static int apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64
         r = kfd_store_step_done(s, st, "recording the KMS rotation", err);
         return r != 0 ? r : kfd_store_append_audit(s, cmd->kms_rotate->audit, seq, err);
     }
+    case KEYFLEET__V1__STATE_COMMAND__CMD_TOTP_FAILURE:
+        return kfd_store_apply_totp_failure(s, cmd->totp_failure, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT:
+        return kfd_store_apply_revoke_cert(s, cmd->revoke_cert, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:
@@ -499,7 +548,7 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         if ((r = kfd_store_step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
             break;
         uint64_t seq = 0;
-        int cr = cmds[i] != NULL ? apply_one(s, cmds[i], &seq, &errs[i])
+        int cr = cmds[i] != NULL ? kfd_store_apply_one(s, cmds[i], &seq, &errs[i])
                                  : kf_err_set(&errs[i], -EINVAL, "replicated entry could not be decoded");
         if (cr != 0 && s->failed) {
             r = cr;

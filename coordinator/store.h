@@ -76,6 +76,8 @@ typedef struct kfd_volume {
     char *labels_json;  /* {"k":"v",...}; free with kfd_volume_clear */
     char *wrapped_key;  /* escrow copy */
     char enroll_request_id[65];
+    int64_t created_at;
+    int64_t last_released_at; /* 0: never released */
 } kfd_volume;
 
 void kfd_volume_clear(kfd_volume *v);
@@ -91,6 +93,7 @@ typedef enum {
     KFD_PENDING_APPROVED,
     KFD_PENDING_DENIED,
     KFD_PENDING_EXPIRED,
+    KFD_PENDING_CONSUMED, /* approved, then used by its one release (or its change applied) */
 } kfd_pending_state;
 
 typedef struct kfd_pending {
@@ -102,6 +105,9 @@ typedef struct kfd_pending {
     uint32_t approvals_needed, approvals_have;
     kfd_pending_state state;
     char rule[64];
+    bool require_totp;
+    bool has_change; /* an operator change, not a release */
+    char change_summary[256];
 } kfd_pending;
 
 int kfd_store_get_pending(kfd_store *s, const char *request_id, kfd_pending *ret);
@@ -114,6 +120,11 @@ int kfd_store_list_pending(kfd_store *s, Keyfleet__V1__ListPendingResponse *resp
 void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
 /* Request ids of waiting requests whose expires_at <= now (at most max). */
 int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t max, size_t *ret_n);
+
+/* An operator's run of wrong TOTP codes and the end of its lockout (0: none). */
+int kfd_store_totp_failures(kfd_store *s, const char *op, uint32_t *ret_failures, int64_t *ret_locked_until);
+/* Whether a certificate serial (lowercase hex) is denylisted. 0 or -EIO. */
+int kfd_store_cert_revoked(kfd_store *s, const char *serial, bool *ret);
 
 /* The newest key version the cluster rotated BACKEND to (replicated); 0 when it never rotated. */
 int kfd_store_kms_latest(kfd_store *s, const char *backend, uint32_t *ret);

@@ -51,6 +51,11 @@ enum {
     ST_KMS_LATEST,
     ST_TOKEN_DELETE_ONE,
     ST_APPLIED_SET,
+    ST_PENDING_CHANGE,
+    ST_TOTP_FAIL_GET,
+    ST_TOTP_FAIL_SET,
+    ST_CERT_REVOKE,
+    ST_CERT_GET,
     ST_COUNT
 };
 
@@ -91,6 +96,29 @@ void kfd_store_copy_col(sqlite3_stmt *st, int i, char *dst, size_t size);
 int kfd_store_step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err *err);
 /* AppRole commands (store_approle.c). */
 int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
+
+/* Applies one command inside the current transaction (store.c); its audit records too. */
+int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
+
+/* Checks applied with the commands that hand out or gate key material (store_guard.c). They run
+ * inside the apply, on every replica, so a change committed meanwhile (a revocation, a spent
+ * approval) is seen whatever the handler read earlier. */
+/* -EACCES when node is revoked. */
+int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err);
+/* Revocation, and for a release that uses an approved request: still approved, this node's and
+ * volume's, unexpired at the audit time; then marks it consumed. -EACCES or -ESTALE otherwise. */
+int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err);
+/* Records op's approval of request_id (and spends its TOTP step, when not 0). */
+int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *op, int64_t totp_step, int64_t at,
+                              kf_err *err);
+/* The proposer's approval of a change just recorded as pending; applies it when that is enough. */
+int kfd_store_propose_change(kfd_store *s, const Keyfleet__V1__CmdCreatePending *c, uint64_t *seq, kf_err *err);
+/* Applies the operator change held by request_id once it is approved, and marks it consumed. */
+int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err);
+int kfd_store_apply_totp_failure(kfd_store *s, const Keyfleet__V1__CmdTotpFailure *c, uint64_t *seq, kf_err *err);
+/* A correct TOTP code clears the operator's run of failures. */
+int kfd_store_totp_reset(kfd_store *s, const char *op, kf_err *err);
+int kfd_store_apply_revoke_cert(kfd_store *s, const Keyfleet__V1__CmdRevokeCert *c, uint64_t *seq, kf_err *err);
 
 /* Appends one audit record inside the current transaction (store_audit.c). */
 int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err);

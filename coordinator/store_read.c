@@ -53,6 +53,8 @@ int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret)
     ret->labels_json = dup_col(st, 4);
     ret->wrapped_key = dup_col(st, 5);
     kfd_store_copy_col(st, 6, ret->enroll_request_id, sizeof(ret->enroll_request_id));
+    ret->created_at = sqlite3_column_int64(st, 7);
+    ret->last_released_at = sqlite3_column_int64(st, 8);
     sqlite3_reset(st);
     if (ret->labels_json == NULL || ret->wrapped_key == NULL) {
         kfd_volume_clear(ret);
@@ -105,6 +107,9 @@ static void pending_from_row(sqlite3_stmt *st, kfd_pending *p)
     p->approvals_have = (uint32_t)sqlite3_column_int(st, 7);
     p->state = (kfd_pending_state)sqlite3_column_int(st, 8);
     kfd_store_copy_col(st, 9, p->rule, sizeof(p->rule));
+    p->require_totp = sqlite3_column_int(st, 10) != 0;
+    kfd_store_copy_col(st, 11, p->change_summary, sizeof(p->change_summary));
+    p->has_change = sqlite3_column_int(st, 12) != 0;
 }
 
 int kfd_store_get_pending(kfd_store *s, const char *request_id, kfd_pending *ret)
@@ -174,6 +179,7 @@ void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp)
             free(p->approved_by[k]);
         free(p->approved_by);
         free(p->rule);
+        free(p->change);
         free(p);
     }
     free(resp->requests);
@@ -232,6 +238,8 @@ int kfd_store_list_pending(kfd_store *s, Keyfleet__V1__ListPendingResponse *resp
         p->expires_at = ts(row.expires_at);
         p->approvals_needed = row.approvals_needed;
         p->rule = strdup(row.rule);
+        p->change = strdup(row.change_summary);
+        p->totp_required = row.require_totp;
         list[resp->n_requests++] = p;
     }
     sqlite3_reset(st);

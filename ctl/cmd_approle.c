@@ -49,8 +49,10 @@ static int create(kfctl *ctl, int argc, char **argv)
                                          {"token-ttl", required_argument, NULL, 't'},
                                          {"secret-id-ttl", required_argument, NULL, 's'},
                                          {"secret-id-uses", required_argument, NULL, 'u'},
+                                         {"totp", required_argument, NULL, 'T'},
                                          {NULL, 0, NULL, 0}};
     Keyfleet__V1__Role role = KEYFLEET__V1__ROLE__INIT;
+    const char *totp = "";
     char *cidrs[MAX_CIDRS];
     int o;
     optind = 0;
@@ -85,24 +87,33 @@ static int create(kfctl *ctl, int argc, char **argv)
                 return KFCTL_EXIT_USAGE;
             }
             break;
+        case 'T':
+            totp = optarg;
+            break;
         default:
             return KFCTL_EXIT_USAGE;
         }
     }
     if (optind != argc - 1 || role.node_name[0] == '\0') {
         fprintf(stderr, "usage: keyfleetctl approle create NAME --node NODE [--cidr C]... [--group G]\n"
-                        "         [--token-ttl 20m] [--secret-id-ttl D] [--secret-id-uses N]\n");
+                        "         [--token-ttl 20m] [--secret-id-ttl D] [--secret-id-uses N] [--totp CODE]\n");
         return KFCTL_EXIT_USAGE;
     }
     role.name = argv[optind];
     role.bound_cidrs = cidrs;
     Keyfleet__V1__CreateRoleRequest req = KEYFLEET__V1__CREATE_ROLE_REQUEST__INIT;
     req.role = &role;
+    req.totp_code = (char *)totp;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/CreateRole", &req.base,
                         &keyfleet__v1__create_role_response__descriptor, &m) != 0)
         return 1;
-    print_role(((Keyfleet__V1__CreateRoleResponse *)m)->role);
+    Keyfleet__V1__CreateRoleResponse *resp = (Keyfleet__V1__CreateRoleResponse *)m;
+    if (resp->pending_request_id[0] != '\0')
+        printf("role %s waits for approval: request %s needs %u operators in all (you are the first)\n", role.name,
+               resp->pending_request_id, resp->approvals_needed);
+    else
+        print_role(resp->role);
     protobuf_c_message_free_unpacked(m, NULL);
     return 0;
 }

@@ -36,8 +36,12 @@ int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv)
                 fmt_time(p->expires_at->seconds, exp, sizeof(exp));
             char appr[16];
             snprintf(appr, sizeof(appr), "%zu/%u", p->n_approved_by, p->approvals_needed);
-            printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s\n", p->request_id, p->node,
-                   p->volume != NULL ? p->volume->id : "", appr, exp, p->rule);
+            if (p->change[0] != '\0')
+                printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s%s\n", p->request_id, "(change)", p->change, appr, exp,
+                       p->rule, p->totp_required ? " +totp" : "");
+            else
+                printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s%s\n", p->request_id, p->node,
+                       p->volume != NULL ? p->volume->id : "", appr, exp, p->rule, p->totp_required ? " +totp" : "");
         }
         protobuf_c_message_free_unpacked(m, NULL);
         rc = 0;

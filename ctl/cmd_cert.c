@@ -1,11 +1,15 @@
-/* keyfleetctl cert issue node|operator|coordinator NAME */
+/* keyfleetctl cert issue node|operator|coordinator NAME, cert revoke SERIAL|--cert FILE */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/pem.h>
+
 #include "ca.h"
 #include "ctl.h"
+#include "keyfleet/v1/admin.pb-c.h"
+#include "kf_identity.h"
 
 #define MAX_SANS 16
 
@@ -15,9 +19,71 @@ static void usage(void)
                     "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--force]\n");
 }
 
+/* keyfleetctl cert revoke SERIAL|--cert FILE [--reason TEXT]: denylists a certificate of any kind. */
+static int cert_revoke(kfctl *ctl, int argc, char **argv)
+{
+    const char *file = NULL, *reason = "", *serial_arg = NULL;
+    static const struct option opts[] = {{"cert", required_argument, NULL, 'c'},
+                                         {"reason", required_argument, NULL, 'r'},
+                                         {NULL, 0, NULL, 0}};
+    argc--;
+    argv++;
+    optind = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'c')
+            file = optarg;
+        else if (c == 'r')
+            reason = optarg;
+        else
+            goto usage;
+    }
+    if (optind < argc)
+        serial_arg = argv[optind++];
+    if (optind != argc || (file == NULL) == (serial_arg == NULL))
+        goto usage;
+    char serial[KF_SERIAL_MAX];
+    kf_identity id = {0};
+    if (file != NULL) {
+        FILE *f = fopen(file, "r");
+        X509 *x = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+        if (f != NULL)
+            fclose(f);
+        kf_err err = {0};
+        if (x == NULL || kf_identity_from_cert(x, &id, &err) != 0) {
+            fprintf(stderr, "keyfleetctl: %s: not a keyfleet certificate%s%s\n", file, err.msg[0] ? ": " : "",
+                    err.msg);
+            X509_free(x);
+            return 1;
+        }
+        X509_free(x);
+        snprintf(serial, sizeof(serial), "%s", id.serial);
+    } else if (kf_serial_normalize(serial_arg, serial) != 0) {
+        fprintf(stderr, "keyfleetctl: '%s' is not a certificate serial (hex, as openssl x509 -serial prints it)\n",
+                serial_arg);
+        return KFCTL_EXIT_USAGE;
+    }
+    Keyfleet__V1__RevokeCertRequest req = KEYFLEET__V1__REVOKE_CERT_REQUEST__INIT;
+    req.serial = serial;
+    req.kind = id.kind != KF_PEER_NONE ? (char *)kf_peer_kind_name(id.kind) : (char *)"";
+    req.name = id.name;
+    req.reason = (char *)reason;
+    ProtobufCMessage *m = NULL;
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/RevokeCert", &req.base,
+                        &keyfleet__v1__revoke_cert_response__descriptor, &m) != 0)
+        return 1;
+    protobuf_c_message_free_unpacked(m, NULL);
+    printf("certificate %s%s%s revoked: refused from now on\n", serial, id.name[0] ? " of " : "", id.name);
+    return 0;
+usage:
+    fprintf(stderr, "usage: keyfleetctl cert revoke SERIAL | --cert FILE [--reason TEXT]\n");
+    return KFCTL_EXIT_USAGE;
+}
+
 int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
 {
-    (void)ctl;
+    if (argc >= 2 && strcmp(argv[1], "revoke") == 0)
+        return cert_revoke(ctl, argc, argv);
     if (argc < 2 || strcmp(argv[1], "issue") != 0) {
         usage();
         return KFCTL_EXIT_USAGE;

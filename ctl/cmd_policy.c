@@ -50,20 +50,26 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
         protobuf_c_message_free_unpacked(m, NULL);
         return 0;
     }
-    if (strcmp(sub, "put") == 0 && argc == 3) {
+    if (strcmp(sub, "put") == 0 && (argc == 3 || (argc == 5 && strcmp(argv[3], "--totp") == 0))) {
         size_t len;
         char *yaml = read_file(argv[2], &len);
         if (yaml == NULL)
             return 1;
         Keyfleet__V1__PutPolicyRequest req = KEYFLEET__V1__PUT_POLICY_REQUEST__INIT;
         req.yaml = yaml;
+        req.totp_code = argc == 5 ? argv[4] : (char *)"";
         int r = kfctl_call_once(ctl, "keyfleet.v1.AdminService/PutPolicy", &req.base,
                               &keyfleet__v1__put_policy_response__descriptor, &m);
         free(yaml);
         if (r != 0)
             return 1;
-        printf("policy version %llu is in force\n",
-               (unsigned long long)((Keyfleet__V1__PutPolicyResponse *)m)->version);
+        Keyfleet__V1__PutPolicyResponse *resp = (Keyfleet__V1__PutPolicyResponse *)m;
+        if (resp->pending_request_id[0] != '\0')
+            printf("policy version %llu waits for approval: request %s needs %u operators in all (you are the "
+                   "first); `keyfleetctl approve %s`\n", (unsigned long long)resp->version, resp->pending_request_id,
+                   resp->approvals_needed, resp->pending_request_id);
+        else
+            printf("policy version %llu is in force\n", (unsigned long long)resp->version);
         protobuf_c_message_free_unpacked(m, NULL);
         return 0;
     }
@@ -97,7 +103,7 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
             return 0;
         }
     }
-    fprintf(stderr, "usage: keyfleetctl policy get | put FILE | check NODE VOLUME_ID [--source IP]\n");
+    fprintf(stderr, "usage: keyfleetctl policy get | put FILE [--totp CODE] | check NODE VOLUME_ID [--source IP]\n");
     return KFCTL_EXIT_USAGE;
 }
 

@@ -17,6 +17,7 @@ static void usage(FILE *f)
                "  init DIR             create a fleet CA, certificates and configs in DIR\n"
                "  init DIR --peer NAME=HOST[:PORT] (3, 5 or 7 times)   the same for a cluster\n"
                "  cert issue KIND NAME issue a node, operator or coordinator certificate\n"
+               "  cert revoke SERIAL|--cert FILE [--reason TEXT]  refuse a certificate from now on\n"
                "  status               show the coordinator's health\n"
                "  pending              list release requests waiting for approval\n"
                "  approve ID [--totp CODE] [--comment TEXT]\n"

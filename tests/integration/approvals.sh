@@ -9,10 +9,17 @@ for n in app-1 solo-1; do issue "$F" node "$n"; done
 issue "$F" operator bob
 issue "$F" operator carol
 
-# Carol has a TOTP second factor; admin and bob do not.
+# With a TOTP directory every operator needs a secret there (a missing file is refused, not
+# taken as "no second factor"); approval_controls.sh checks that refusal.
 mkdir -p "$F/totp"
 TOTP_SECRET=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP
 echo "$TOTP_SECRET" >"$F/totp/carol.b32"
+ADMIN_SECRET=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ
+BOB_SECRET=MFRGGZDFMZTWQ2LKNNWG23TPOBYXE43U
+echo "$ADMIN_SECRET" >"$F/totp/admin.b32"
+echo "$BOB_SECRET" >"$F/totp/bob.b32"
+acode() { oathtool --totp -b "$ADMIN_SECRET"; }
+bcode() { oathtool --totp -b "$BOB_SECRET"; }
 head -c 32 /dev/urandom | base64 >"$F/webhook.secret"
 python3 "$(dirname "$0")/webhook_sink.py" "$F/webhook.secret" "$WORK/sink.port" "$WORK/sink.log" 1 &
 PIDS+=($!)
@@ -51,12 +58,12 @@ out=$(node "$F" app-1 release vol-x "$WRAP" "$R")
 expect_eq "polling with the request id keeps the same request" "$(field request "$out")" "$R"
 expect_eq "... and creates no new one" "$(ctl "$F" pending | grep -c app-1)" "1"
 
-out=$(ctl "$F" approve "$R")
+out=$(ctl "$F" approve "$R" --totp "$(acode)")
 expect_match "first approval: 1 of 2" "$out" "1 of 2 approvals"
-out=$(ctl "$F" approve "$R" 2>&1)
+out=$(ctl "$F" approve "$R" --totp "$(acode)" 2>&1)
 expect_match "the same operator approving twice: already_exists" "$out" "already_exists: operator admin already approved"
 expect_match "... still pending" "$(node "$F" app-1 release vol-x "$WRAP" "$R")" "status=pending"
-out=$(ctl_as "$F" bob approve "$R" --comment "change 4711")
+out=$(ctl_as "$F" bob approve "$R" --totp "$(bcode)" --comment "change 4711")
 expect_match "a second, distinct operator approves: 2 of 2" "$out" "2 of 2 approvals; approved"
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R")
 expect_match "the next poll is released with the enrolled key" "$out" "^code=ok status=released key=$KEY request=$R "
@@ -66,7 +73,7 @@ R2=$(field request "$out")
 ctl_as "$F" bob deny "$R2" --reason "not in a change window" >/dev/null
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R2")
 expect_match "a denied request's poll: permission_denied" "$out" "^code=permission_denied .*denied by an operator"
-out=$(ctl "$F" approve "$R2" 2>&1)
+out=$(ctl "$F" approve "$R2" --totp "$(acode)" 2>&1)
 expect_match "approving a denied request: failed_precondition" "$out" "failed_precondition: request $R2 is no longer waiting"
 
 out=$(ctl "$F" approve 0123456789abcdef0123456789abcdef 2>&1)
@@ -79,7 +86,7 @@ out=$(node "$F" solo-1 enroll vol-s data)
 WRAP_S=$(field wrapped "$out")
 R4=$(field request "$(node "$F" solo-1 release vol-s "$WRAP_S")")
 out=$(ctl_as "$F" carol approve "$R4" 2>&1)
-expect_match "an operator with TOTP must give a code" "$out" "permission_denied: TOTP code required and not valid"
+expect_match "an operator with TOTP must give a code" "$out" "invalid_argument: a TOTP code is required"
 out=$(ctl_as "$F" carol approve "$R4" --totp 000000 2>&1)
 expect_match "a wrong TOTP code is refused" "$out" "permission_denied"
 CODE=$(oathtool --totp -b "$TOTP_SECRET")
@@ -94,16 +101,16 @@ R3=$(field request "$(node "$F" app-1 release vol-x "$WRAP")")
 sleep 11.5
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R3")
 expect_match "an expired request's poll: failed_precondition" "$out" "^code=failed_precondition .*expired"
-out=$(ctl "$F" approve "$R3" 2>&1)
+out=$(ctl "$F" approve "$R3" --totp "$(acode)" 2>&1)
 expect_match "approving an expired request: failed_precondition" "$out" "failed_precondition: .*(expired|no longer waiting)"
 
 audit=$(ctl "$F" audit --json)
 expect_match "audit: pending" "$audit" "\"action\":\"pending\".*\"request_id\":\"$R\""
-expect_match "audit: both approvals, by name" "$audit" "\"action\":\"approve\",\"actor\":\"admin\".*\"request_id\":\"$R\".*\"action\":\"approve\",\"actor\":\"bob\".*\"reason\":\"approved: change 4711\""
+expect_match "audit: both approvals, by name" "$audit" "\"action\":\"approve\",\"actor\":\"admin\".*\"request_id\":\"$R\".*\"action\":\"approve\",\"actor\":\"bob\".*\"reason\":\"approved with TOTP: change 4711\""
 expect_match "audit: the release names the request" "$audit" "\"action\":\"release\".*\"request_id\":\"$R\",\"decision\":\"allow\""
 expect_match "audit: the denial" "$audit" "\"action\":\"deny\",\"actor\":\"bob\".*\"reason\":\"not in a change window\""
 expect_match "audit: the expiry" "$audit" "\"action\":\"expire\",\"actor\":\"keyfleetd\".*\"request_id\":\"$R3\""
-expect_match "audit: the refused TOTP" "$audit" "\"action\":\"approve\",\"actor\":\"carol\".*\"decision\":\"deny\",\"reason\":\"wrong TOTP code\""
+expect_match "audit: the refused TOTP" "$audit" "\"action\":\"approve\",\"actor\":\"carol\".*\"decision\":\"deny\",\"reason\":\"wrong TOTP code \(1 of 5 in a row"
 expect_match "audit verify passes" "$(ctl "$F" audit verify)" "audit chain ok"
 
 # Webhook: one signed notification per pending request; the first delivery failed and was retried.
