@@ -100,7 +100,7 @@ static void on_approved(void *arg, int status, const kfd_apply_result *res, cons
         return;
     }
     Keyfleet__V1__ApproveResponse resp = KEYFLEET__V1__APPROVE_RESPONSE__INIT;
-    resp.approved = p.state == KFD_PENDING_APPROVED;
+    resp.approved = p.state == KFD_PENDING_APPROVED || p.state == KFD_PENDING_CONSUMED;
     resp.approvals_needed = p.approvals_needed;
     resp.approvals_have = p.approvals_have;
     kf_log_info("approved", "request=%s operator=%s have=%u needed=%u", p.request_id, call->peer->name,

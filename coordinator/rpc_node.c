@@ -735,8 +735,9 @@ static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req
         kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s expired without approval", p.request_id);
         return false;
     case KFD_PENDING_CONSUMED:
-        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
-                       "approved request %s was already used by a release; start a new request", p.request_id);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_FAILED_PRECONDITION,
+                     "approved request was already used by a release; start a new request");
         return false;
     case KFD_PENDING_APPROVED:
         if (time(NULL) >= p.expires_at) {

@@ -10,6 +10,7 @@
  * Exit 0 when the call succeeded, 3 for a Connect error, 1 for anything else.
  * Printing the key is for tests only: the agent never does. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kf_node_client.h"
@@ -65,7 +66,9 @@ int main(int argc, char **argv)
             n++;
         }
         kf_enrolled e;
-        r = kf_node_enroll(c, NULL, me.name, &vol, lp, n, "", &e, &st, &err);
+        /* NODE_CLIENT_REQUEST_ID repeats an enrollment, as an agent retrying a lost answer does. */
+        const char *rid = getenv("NODE_CLIENT_REQUEST_ID");
+        r = kf_node_enroll(c, NULL, me.name, &vol, lp, n, rid != NULL ? rid : "", &e, &st, &err);
         if (r == 0 && st.code == KF_CONNECT_OK) {
             printf("code=ok wrapped=%s key=", e.wrapped);
             print_hex(e.key->data, e.key->len);
