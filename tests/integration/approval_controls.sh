@@ -11,12 +11,7 @@ fleet_init "$F"
 for n in app-1 app-2 web-1 race-1; do issue "$F" node "$n"; done
 OPS="bob carol dave erin frank grace heidi"
 for o in $OPS; do issue "$F" operator "$o"; done
-kms_tls "$F"
-head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$F/root.token"
-head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$F/secret.id"
-printf 'role-keyfleetd\n' >"$F/role.id"
-start_standin "$F" vault_standin --root-token-file "$F/root.token" --role-id role-keyfleetd \
-    --secret-id-file "$F/secret.id" --token-ttl 600 --key keyfleet
+start_vault_standin "$F" 600
 
 # Every operator but dave has a TOTP secret; dave's missing file must not switch TOTP off. A
 # code is accepted once, so each approval below is given by an operator who has not yet used
@@ -60,8 +55,10 @@ for _ in $(seq 1 60); do
 done
 audit_count() { ctl "$F" audit --json | grep -c '"seq"'; }
 
-put_policy "$F" <<'YAML'
-rules:
+# rules [HEAD LINES...]: the test's policy, with HEAD LINES (an admin section) before its rules.
+rules() {
+    printf '%s\n' "$@" "rules:"
+    cat <<'YAML'
   - name: quarantine
     match: {volumes: {labels: {quarantine: "yes"}}}
     effect: deny
@@ -73,6 +70,8 @@ rules:
     match: {nodes: {names: ["web-*", "race-*"]}}
     effect: allow
 YAML
+}
+rules | put_policy "$F"
 
 # --- 1. A repeated Enroll is a release: recorded, decided on the enrolled volume.
 RID=5f0c2a9e-enroll-replay-0001
@@ -137,17 +136,7 @@ out=$(ctl_as "$F" erin approve "$R2" --totp "$(code erin)" 2>&1)
 expect_match "another operator is not locked out" "$out" "1 of 2 approvals"
 
 # --- 4. Policy changes need admin.approvers operators.
-put_policy "$F" <<'YAML'
-admin: {approvers: 2}
-rules:
-  - name: two-person
-    match: {nodes: {names: ["app-*"]}}
-    effect: allow
-    approval: {approvers: 2, timeout: 30s}
-  - name: open
-    match: {nodes: {names: ["web-*", "race-*"]}}
-    effect: allow
-YAML
+rules "admin: {approvers: 2}" | put_policy "$F"
 V=$(ctl "$F" policy get | sed -n 's/^# policy version //p')
 cat >"$F/lax.yaml" <<'YAML'
 admin: {approvers: 2}

@@ -9,12 +9,7 @@
 F=$WORK/fleet
 fleet_init "$F"
 for n in web-1 web-2; do issue "$F" node "$n"; done
-kms_tls "$F"
-head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$F/root.token"
-head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$F/secret.id"
-printf 'role-keyfleetd\n' >"$F/role.id"
-start_standin "$F" vault_standin --root-token-file "$F/root.token" --role-id role-keyfleetd \
-    --secret-id-file "$F/secret.id" --token-ttl 3 --key keyfleet
+start_vault_standin "$F" 3
 VAULT=https://127.0.0.1:$SPORT
 
 cat >>"$F/keyfleetd.yaml" <<YAML

@@ -225,5 +225,15 @@ start_standin() {
     not_ok "$name did not start"
     finish
 }
+# start_vault_standin DIR TOKEN_TTL: the Vault stand-in with AppRole credentials for keyfleetd
+# (DIR/role.id, DIR/secret.id), a root token (DIR/root.token) and the transit key "keyfleet".
+start_vault_standin() {
+    kms_tls "$1"
+    head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$1/root.token"
+    head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$1/secret.id"
+    printf 'role-keyfleetd\n' >"$1/role.id"
+    start_standin "$1" vault_standin --root-token-file "$1/root.token" --role-id role-keyfleetd \
+        --secret-id-file "$1/secret.id" --token-ttl "$2" --key keyfleet
+}
 # fault DIR LINE: the next requests to DIR's stand-in get this fault ("" clears it).
 fault() { printf '%s\n' "$2" >"$1/fault"; }
