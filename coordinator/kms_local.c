@@ -1,12 +1,14 @@
 /* The `local` KMS backend, the embedded default: 256-bit KEKs in files (DIR/kek-N.key, mode
- * 0600, created by keyfleetctl init and by rotation), AES-256-GCM with an AAD that binds the
- * volume id and the KEK version. Format: "kf:local:vN:" BASE64(nonce[12] || ciphertext[32] || tag[16]).
+ * 0600, created by keyfleetctl init and by rotation; a file others may read or write is refused),
+ * AES-256-GCM with an AAD that binds the volume id and the KEK version. Format: "kf:local:vN:"
+ * BASE64(nonce[12] || ciphertext[32] || tag[16]), N in canonical decimal.
  * No I/O per call, so callbacks run before the call returns. */
 #include <dirent.h>
 #include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,17 +86,36 @@ static int seal(kms_local *k, uint32_t version, const char *volume_id, const uin
     return 0;
 }
 
+/* A KEK version as written by this file: canonical decimal, 1..MAX_VERSIONS. strtoul would also
+ * take a sign, leading blanks and zeros, so "v+1", "v 1" and "v01" would all name version 1: one
+ * key, many spellings. Sets *ret_end to the first character after the digits. */
+static int parse_version(const char *p, uint32_t *ret_version, const char **ret_end)
+{
+    uint32_t v = 0;
+    const char *q = p;
+    if (*q < '1' || *q > '9')
+        return -EINVAL;
+    for (; *q >= '0' && *q <= '9'; q++) {
+        if (v > (UINT32_MAX - (uint32_t)(*q - '0')) / 10)
+            return -EINVAL;
+        v = v * 10 + (uint32_t)(*q - '0');
+    }
+    if (v > MAX_VERSIONS)
+        return -EINVAL;
+    *ret_version = v;
+    *ret_end = q;
+    return 0;
+}
+
 /* Parses and opens a wrapped key. Returns 0, -EINVAL (malformed or unknown version) or -EBADMSG. */
 static int open_wrapped(kms_local *k, const char *volume_id, const char *wrapped, uint8_t key[KFD_DATA_KEY_LEN],
                         uint32_t *ret_version)
 {
     if (strncmp(wrapped, PREFIX, sizeof(PREFIX) - 1) != 0)
         return -EINVAL;
-    const char *p = wrapped + sizeof(PREFIX) - 1;
-    char *end = NULL;
-    errno = 0;
-    unsigned long version = strtoul(p, &end, 10);
-    if (errno != 0 || end == p || *end != ':' || version == 0 || version > MAX_VERSIONS)
+    const char *end = NULL;
+    uint32_t version = 0;
+    if (parse_version(wrapped + sizeof(PREFIX) - 1, &version, &end) != 0 || *end != ':')
         return -EINVAL;
     const char *b64 = end + 1;
     size_t b64_len = strlen(b64);
@@ -111,7 +132,7 @@ static int open_wrapped(kms_local *k, const char *volume_id, const char *wrapped
         return -EINVAL;
     uint8_t aad[AAD_MAX];
     size_t aad_len;
-    aad_for(volume_id, (uint32_t)version, aad, &aad_len);
+    aad_for(volume_id, version, aad, &aad_len);
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
     int len, ok = c != NULL &&
                   EVP_DecryptInit_ex2(c, cipher(), k->kek[version]->data, blob, NULL) &&
@@ -124,7 +145,7 @@ static int open_wrapped(kms_local *k, const char *volume_id, const char *wrapped
         kf_wipe(key, KFD_DATA_KEY_LEN);
         return ok ? -EBADMSG : -EIO;
     }
-    *ret_version = (uint32_t)version;
+    *ret_version = version;
     return 0;
 }
 
@@ -237,18 +258,27 @@ static int load_kek(kms_local *k, uint32_t version, kf_err *err)
     if (fd < 0)
         return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
     struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int r = -errno;
+        close(fd);
+        return kf_err_set(err, r, "%s: %s", path, strerror(-r));
+    }
+    /* As sshd with a private key: a key others may read is no longer ours alone, and one others
+     * may write could be swapped. Refused, so start-up and --check-config fail, not a warning. */
+    if ((st.st_mode & 077) != 0) {
+        close(fd);
+        return kf_err_set(err, -EACCES, "%s: mode %04o lets other users read or write the KEK; run chmod 600 %s",
+                          path, (unsigned)(st.st_mode & 07777), path);
+    }
     kf_secbuf *b = kf_secbuf_new(KFD_DATA_KEY_LEN);
     ssize_t n = -1;
-    if (b != NULL && fstat(fd, &st) == 0 && st.st_size == KFD_DATA_KEY_LEN)
+    if (b != NULL && S_ISREG(st.st_mode) && st.st_size == KFD_DATA_KEY_LEN)
         n = read(fd, b->data, KFD_DATA_KEY_LEN);
     close(fd);
     if (n != KFD_DATA_KEY_LEN) {
         kf_secbuf_free(b);
         return kf_err_set(err, -EINVAL, "%s: a KEK file holds exactly 32 bytes", path);
     }
-    if ((st.st_mode & 077) != 0)
-        kf_log_warn("kek_permissions", "path=%s mode=%04o hint=\"should be 0600\"", kf_log_q(path),
-                    (unsigned)(st.st_mode & 07777));
     k->kek[version] = b;
     return 0;
 }
@@ -368,17 +398,15 @@ static int scan_versions(const char *dir, uint32_t *ret_max, bool present[MAX_VE
     struct dirent *e;
     *ret_max = 0;
     while ((e = readdir(d)) != NULL) {
-        unsigned v;
-        char tail[8];
-        if (sscanf(e->d_name, "kek-%u.ke%1s", &v, tail) == 2 && v >= 1 && v <= MAX_VERSIONS) {
-            char expect[32];
-            snprintf(expect, sizeof(expect), "kek-%u.key", v);
-            if (strcmp(expect, e->d_name) != 0)
-                continue;
-            present[v] = true;
-            if (v > *ret_max)
-                *ret_max = v;
-        }
+        uint32_t v = 0;
+        const char *end = NULL;
+        /* Only the names write_kek makes: kek-01.key or kek-+1.key is not version 1. */
+        if (strncmp(e->d_name, "kek-", 4) != 0 || parse_version(e->d_name + 4, &v, &end) != 0 ||
+            strcmp(end, ".key") != 0)
+            continue;
+        present[v] = true;
+        if (v > *ret_max)
+            *ret_max = v;
     }
     closedir(d);
     return 0;
