@@ -15,7 +15,8 @@ typedef struct kfd_sealed {
 
 /* Seals key to pk for the caller, binding purpose, request id, caller and volume id in the AAD.
  * Reuses the connection's context when the caller's key and name match; otherwise sets one up
- * (and keeps it, while the bounded pool of contexts has room). Returns 0 or a negative errno. */
+ * (and keeps it, while the bounded pool of contexts has room; past that, in one locked fallback
+ * context wiped after each key). Returns 0 or a negative errno (-ENOMEM without that context). */
 int kfd_seal_key(kfd_call *call, const uint8_t pk[32], const char *purpose, const char *request_id,
                  const char *volume_id, const uint8_t key[KF_SEAL_KEY_LEN], kfd_sealed *ret);
 
