@@ -7,8 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "app.h"
 #include "kf_log.h"
+#include "kf_pb_alloc.h"
 #include "replication.h"
 #include "rpc.h"
 #include "server.h"
@@ -62,20 +65,37 @@ void kfd_call_error(kfd_call *call, kf_connect_code code, const char *fmt, ...)
     reply_error(call, kf_connect_code_http_status(code), code, msg);
 }
 
+/* A reply body in its own block of the request's pool, wiped when the pool is released: Login
+ * answers carry a token and CreateSecretId a secret id. h2o_send_inline would copy it into the
+ * pool's chunks, which are recycled unwiped. */
+typedef struct reply_body {
+    size_t len;
+    uint8_t bytes[];
+} reply_body;
+
+static void dispose_reply_body(void *p)
+{
+    reply_body *b = p;
+    OPENSSL_cleanse(b->bytes, b->len);
+}
+
 void kfd_call_reply(kfd_call *call, const ProtobufCMessage *resp)
 {
+    static h2o_generator_t generator = {NULL, NULL};
     if (call->answered)
         return;
+    h2o_req_t *req = call->req;
     size_t len = protobuf_c_message_get_packed_size(resp);
-    uint8_t *body = h2o_mem_alloc_pool(&call->req->pool, len > 0 ? len : 1);
-    protobuf_c_message_pack(resp, body);
+    reply_body *body = h2o_mem_alloc_shared(&req->pool, sizeof(*body) + len, dispose_reply_body);
+    body->len = protobuf_c_message_pack(resp, body->bytes);
     call->answered = true;
     count(call->srv, method_index(call), KF_CONNECT_OK);
-    h2o_req_t *req = call->req;
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/proto"));
-    h2o_send_inline(req, (const char *)body, len);
+    h2o_start_response(req, &generator);
+    h2o_iovec_t buf = h2o_iovec_init(body->bytes, body->len);
+    h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
 }
 
 static void dispose_call(void *p)
@@ -85,7 +105,7 @@ static void dispose_call(void *p)
         call->op->call = NULL;
     call->op = NULL;
     if (call->request != NULL)
-        protobuf_c_message_free_unpacked(call->request, NULL);
+        protobuf_c_message_free_unpacked(call->request, &kf_pb_wiping_allocator); /* wipes a secret id */
     call->request = NULL;
 }
 
@@ -206,9 +226,15 @@ static bool caller_allowed(const kfd_method *m, const kf_identity *peer)
     return peer->kind == m->caller;
 }
 
+/* Unpacks with the wiping allocator, then wipes the body: h2o frees its request buffers before
+ * the pool (so before dispose_call), unwiped, and nothing reads the body after this. */
 static ProtobufCMessage *unpack(const kfd_method *m, h2o_req_t *req)
 {
-    return protobuf_c_message_unpack(m->request_desc, NULL, req->entity.len, (const uint8_t *)req->entity.base);
+    ProtobufCMessage *msg = protobuf_c_message_unpack(m->request_desc, &kf_pb_wiping_allocator, req->entity.len,
+                                                      (const uint8_t *)req->entity.base);
+    if (req->entity.len > 0) /* an empty entity may point at a literal */
+        OPENSSL_cleanse(req->entity.base, req->entity.len);
+    return msg;
 }
 
 /* A client certificate, or else an AppRole bearer token. Answers and returns false on failure. */
