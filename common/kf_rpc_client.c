@@ -320,6 +320,16 @@ static int open_conn(kf_rpc_client *c, size_t server, uint64_t deadline, kf_err 
             goto fail;
         }
     }
+    /* The chain, serverAuth and the address are OpenSSL's checks; that the fleet CA made this
+     * certificate for a coordinator (keyfleet://coordinator/NAME) is ours: a node or operator
+     * certificate, even one with serverAuth and the right address, is not a coordinator. */
+    kf_identity server_id;
+    X509 *server_cert = SSL_get0_peer_certificate(k->ssl);
+    if (server_cert == NULL || kf_identity_from_cert(server_cert, &server_id, NULL) != 0 ||
+        server_id.kind != KF_PEER_COORDINATOR) {
+        r = kf_err_set(err, -EACCES, "%s: server certificate: not a coordinator certificate of this fleet", name);
+        goto fail;
+    }
     const unsigned char *alpn = NULL;
     unsigned alpn_len = 0;
     SSL_get0_alpn_selected(k->ssl, &alpn, &alpn_len);
