@@ -27,6 +27,7 @@
 #define MAX_HANDSHAKES 32 /* inbound handshakes in progress at once; more are dropped */
 #define ADDRESS_MAX 300
 #define PUMP_BUF 16384
+#define SWEEP_MS 200 /* how soon a removed member's open connections are cut */
 
 typedef struct lost_ev {
     raft_id id;
@@ -41,6 +42,7 @@ typedef struct hub {
     bool closed;
     uv_async_t *async;
     struct conn *done_head, *done_tail; /* handshakes finished, waiting for the loop */
+    struct conn *live;                  /* inbound connections delivered and still pumping */
     int stop_pipe[2];                   /* written once at close: every pump sees it readable */
     SSL_CTX *server_ctx, *client_ctx;
     char self_address[ADDRESS_MAX];
@@ -60,11 +62,15 @@ typedef struct conn {
     char host[256], port[8], expect_name[64];
     /* result */
     raft_id id;
+    char name[64]; /* the peer's coordinator name, from its certificate */
     char address[ADDRESS_MAX];
     int status; /* 0 or a RAFT_* code */
     int tls_fd, loop_fd, pump_fd;
     SSL *ssl;
     struct conn *done_next;
+    struct conn *live_prev, *live_next; /* in hub->live (inbound), under hub->lock */
+    bool live;
+    bool accepted, evicted; /* loop only: handed to raft; cut by the sweep */
 } conn;
 
 typedef struct transport {
@@ -73,6 +79,9 @@ typedef struct transport {
     uv_async_t async;
     uv_poll_t listen_poll;
     int listen_fd;
+    uv_timer_t sweep;
+    bool sweeping;
+    const struct raft_configuration *members; /* raft's own, read on the loop only */
     raft_uv_accept_cb accept_cb;
     raft_uv_transport_close_cb close_cb;
     struct raft_uv_transport *t;
@@ -235,6 +244,8 @@ static bool check_peer(conn *c, uint64_t deadline)
         why = "certificate is not a coordinator's";
     else if (c->outbound && strcmp(id->name, c->expect_name) != 0)
         why = "certificate names another coordinator than the member address";
+    if (id != NULL)
+        snprintf(c->name, sizeof(c->name), "%s", id->name);
     if (why == NULL && c->outbound) {
         uint8_t hdr[2];
         size_t len = strlen(c->hub->self_address);
@@ -258,7 +269,7 @@ static bool check_peer(conn *c, uint64_t deadline)
     }
     if (why != NULL) {
         atomic_fetch_add(&c->hub->refused, 1);
-        kf_log_warn("raft_peer_refused", "direction=%s peer=%s reason=%s", c->outbound ? "out" : "in",
+        kf_log_warn("raft_peer_refused", "direction=%s name=%s reason=%s", c->outbound ? "out" : "in",
                     kf_log_q(id != NULL ? id->name : "-"), kf_log_q(why));
         return false;
     }
@@ -380,10 +391,34 @@ static bool deliver(conn *c)
         else
             h->done_head = c;
         h->done_tail = c;
+        if (!c->outbound && c->status == 0) {
+            c->live_next = h->live;
+            if (h->live != NULL)
+                h->live->live_prev = c;
+            h->live = c;
+            c->live = true;
+        }
         uv_async_send(h->async);
     }
     pthread_mutex_unlock(&h->lock);
     return ok;
+}
+
+/* Leaves the live list before tls_fd closes: the sweep may shut it down until then. */
+static void live_remove(conn *c)
+{
+    hub *h = c->hub;
+    pthread_mutex_lock(&h->lock);
+    if (c->live) {
+        if (c->live_prev != NULL)
+            c->live_prev->live_next = c->live_next;
+        else
+            h->live = c->live_next;
+        if (c->live_next != NULL)
+            c->live_next->live_prev = c->live_prev;
+        c->live = false;
+    }
+    pthread_mutex_unlock(&h->lock);
 }
 
 static void *conn_thread(void *arg)
@@ -414,6 +449,7 @@ static void *conn_thread(void *arg)
         close(c->loop_fd);
     if (c->status == 0 && delivered && pump(c))
         report_lost(h, c->id);
+    live_remove(c);
     if (c->ssl != NULL) {
         SSL_shutdown(c->ssl);
         SSL_free(c->ssl);
@@ -451,6 +487,100 @@ static conn *conn_new(transport *tr, bool outbound)
     return c;
 }
 
+/* Why a peer called name may not talk to raft here, or NULL. Membership is raft's current
+ * configuration (with members added or removed since start), not the config file's peers. An
+ * empty one is a replica started to join, which has yet to hear from the leader that adds it:
+ * it accepts any coordinator until then. */
+static const char *member_refusal(const transport *tr, const char *name)
+{
+    if (tr->members == NULL)
+        return "cluster membership is not known yet";
+    if (tr->members->n == 0)
+        return NULL;
+    for (unsigned i = 0; i < tr->members->n; i++) {
+        char member[64];
+        if (kfd_raft_address_field(tr->members->servers[i].address, "name", member, sizeof(member)) &&
+            strcmp(member, name) == 0)
+            return NULL;
+    }
+    return "not a member of the cluster's current configuration";
+}
+
+static void refuse_member(transport *tr, const conn *c, const char *why)
+{
+    atomic_fetch_add(&tr->hub->refused, 1);
+    kf_log_warn("raft_peer_refused", "direction=in name=%s reason=%s", kf_log_q(c->name), kf_log_q(why));
+}
+
+/* Cuts the connections of peers that left the configuration since they connected: raft keeps
+ * using an open connection, so checking only at accept would let a removed member talk on. */
+static void on_sweep(uv_timer_t *t)
+{
+    transport *tr = t->data;
+    hub *h = tr->hub;
+    pthread_mutex_lock(&h->lock);
+    for (conn *c = h->live; c != NULL; c = c->live_next) {
+        if (!c->accepted || c->evicted || member_refusal(tr, c->name) == NULL)
+            continue;
+        c->evicted = true;
+        shutdown(c->tls_fd, SHUT_RDWR); /* its pump sees the end and closes raft's side */
+        refuse_member(tr, c, "no longer a member of the cluster's current configuration");
+    }
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void free_pipe(uv_handle_t *h) { raft_free(h); }
+
+/* Raft's end of a connection as a pipe on the loop; NULL (fd closed) on failure. */
+static uv_pipe_t *open_pipe(transport *tr, int fd)
+{
+    uv_pipe_t *pipe = raft_malloc(sizeof(*pipe));
+    if (pipe != NULL) {
+        uv_pipe_init(tr->loop, pipe, 0);
+        if (uv_pipe_open(pipe, fd) == 0)
+            return pipe;
+        uv_close((uv_handle_t *)pipe, free_pipe); /* initialized: the loop lists it until closed */
+    }
+    close(fd);
+    return NULL;
+}
+
+/* An inbound connection whose handshake finished: to raft if the peer is a member now. */
+static void take_inbound(transport *tr, conn *c)
+{
+    if (c->status != 0)
+        return;
+    const char *why = member_refusal(tr, c->name);
+    if (why != NULL) {
+        refuse_member(tr, c, why);
+        close(c->loop_fd); /* its pump sees EOF and ends the TLS connection */
+        return;
+    }
+    uv_pipe_t *pipe = open_pipe(tr, c->loop_fd);
+    if (pipe == NULL)
+        return;
+    c->accepted = true;
+    tr->accept_cb(tr->t, c->id, c->address, (uv_stream_t *)pipe);
+}
+
+/* An outbound connect finished: answers raft's request, unless it was canceled. */
+static void take_outbound(transport *tr, conn *c)
+{
+    uv_pipe_t *pipe = NULL;
+    if (c->status == 0 && c->canceled)
+        close(c->loop_fd);
+    else if (c->status == 0)
+        pipe = open_pipe(tr, c->loop_fd);
+    for (conn **p = &tr->pending; *p != NULL; p = &(*p)->pending_next)
+        if (*p == c) {
+            *p = c->pending_next;
+            break;
+        }
+    if (!c->canceled)
+        c->cb(c->req, (uv_stream_t *)pipe, pipe != NULL ? 0 : RAFT_NOCONNECTION);
+    conn_unref(c); /* the pending list's reference */
+}
+
 static void on_async(uv_async_t *a)
 {
     transport *tr = a->data;
@@ -471,28 +601,10 @@ static void on_async(uv_async_t *a)
     while (list != NULL) {
         conn *c = list;
         list = c->done_next;
-        uv_pipe_t *pipe = NULL;
-        if (c->status == 0 && !c->canceled && (pipe = raft_malloc(sizeof(*pipe))) != NULL) {
-            uv_pipe_init(tr->loop, pipe, 0);
-            if (uv_pipe_open(pipe, c->loop_fd) != 0) {
-                raft_free(pipe);
-                pipe = NULL;
-            }
-        }
-        if (pipe == NULL && c->status == 0)
-            close(c->loop_fd);
-        if (c->outbound) {
-            for (conn **p = &tr->pending; *p != NULL; p = &(*p)->pending_next)
-                if (*p == c) {
-                    *p = c->pending_next;
-                    break;
-                }
-            if (!c->canceled)
-                c->cb(c->req, (uv_stream_t *)pipe, pipe != NULL ? 0 : RAFT_NOCONNECTION);
-            conn_unref(c); /* the pending list's reference */
-        } else if (pipe != NULL) {
-            tr->accept_cb(tr->t, c->id, c->address, (uv_stream_t *)pipe);
-        }
+        if (c->outbound)
+            take_outbound(tr, c);
+        else
+            take_inbound(tr, c);
         conn_unref(c); /* the delivery's reference */
     }
 }
@@ -558,6 +670,11 @@ static int t_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
     tr->listen_poll.data = tr;
     tr->open_handles++;
     uv_poll_start(&tr->listen_poll, UV_READABLE, on_listen_ready);
+    uv_timer_init(tr->loop, &tr->sweep);
+    tr->sweep.data = tr;
+    tr->open_handles++;
+    tr->sweeping = true;
+    uv_timer_start(&tr->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
     return 0;
 }
 
@@ -631,9 +748,14 @@ static void t_close(struct raft_uv_transport *t, raft_uv_transport_close_cb cb)
         c->cb(c->req, NULL, RAFT_CANCELED);
         conn_unref(c);
     }
-    if (tr->listen_fd >= 0 && tr->open_handles > 1) {
+    if (tr->listen_fd >= 0) {
         uv_poll_stop(&tr->listen_poll);
         uv_close((uv_handle_t *)&tr->listen_poll, on_handle_closed);
+    }
+    if (tr->sweeping) {
+        uv_timer_stop(&tr->sweep);
+        uv_close((uv_handle_t *)&tr->sweep, on_handle_closed);
+        tr->sweeping = false;
     }
     uv_close((uv_handle_t *)&tr->async, on_handle_closed);
 }
@@ -700,6 +822,12 @@ void kfd_raft_transport_on_peer_lost(struct raft_uv_transport *t, void (*cb)(voi
     transport *tr = t->impl;
     tr->peer_lost = cb;
     tr->peer_lost_data = data;
+}
+
+void kfd_raft_transport_set_members(struct raft_uv_transport *t, const struct raft_configuration *conf)
+{
+    transport *tr = t->impl;
+    tr->members = conf;
 }
 
 uint64_t kfd_raft_transport_refused(const struct raft_uv_transport *t)

@@ -3,9 +3,11 @@
  * a pump thread carries the other end through TLS 1.3 (ALPN keyfleet-raft/1) to the peer.
  *
  * Both ends must present a certificate from the fleet CA naming a coordinator
- * (keyfleet://coordinator/NAME). The connecting side then sends its member address; the
- * accepting side takes the peer's Raft id from the certificate's NAME, never from the wire, and
- * refuses an address naming anyone else. Nothing reaches raft before all of that holds.
+ * (keyfleet://coordinator/NAME); the connecting side checks it names the member it dialed. The
+ * connecting side then sends its member address; the accepting side takes the peer's Raft id
+ * from the certificate's NAME, never from the wire, refuses an address naming anyone else, and
+ * hands the connection to raft only if NAME is a member of raft's current configuration; it cuts
+ * open connections of members removed since. Nothing reaches raft before all of that holds.
  *
  * Member addresses are "name=NAME raft=HOST:PORT rpc=HOST:PORT": raft stores them opaquely in its
  * configuration, so every replica knows each member's name and RPC address (for leader hints). */
@@ -35,7 +37,11 @@ void kfd_raft_transport_release(struct raft_uv_transport *t);
 /* cb runs on the loop when a connection with peer id ended from the peer's side (it closed,
  * reset, or its process died), as opposed to raft closing it. */
 void kfd_raft_transport_on_peer_lost(struct raft_uv_transport *t, void (*cb)(void *data, raft_id id), void *data);
-/* Connections refused because the peer was not a coordinator (for metrics and tests). */
+/* Inbound peers must be named in conf, raft's own current configuration (read on the loop at
+ * each accept and every 200 ms; it must outlive the transport). An empty one (a replica that
+ * waits to be added) accepts any coordinator. Until this is called, every inbound peer is refused. */
+void kfd_raft_transport_set_members(struct raft_uv_transport *t, const struct raft_configuration *conf);
+/* Connections refused because the peer was not a coordinator or not a member (for metrics and tests). */
 uint64_t kfd_raft_transport_refused(const struct raft_uv_transport *t);
 
 /* The Raft id of the coordinator called name (stable: derived from the name). */

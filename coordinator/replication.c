@@ -589,6 +589,7 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
         return kf_err_set(err, -EIO, "raft init: %s", raft_errmsg(&r->raft));
     r->raft_inited = true;
     r->raft.data = r;
+    kfd_raft_transport_set_members(&r->transport, &r->raft.configuration); /* Raft peers: members only */
     raft_set_election_timeout(&r->raft, (unsigned)cfg->cluster.election_timeout_ms);
     raft_set_heartbeat_timeout(&r->raft, (unsigned)cfg->cluster.heartbeat_ms);
     r->snapshot_threshold = cfg->cluster.snapshot_threshold;
