@@ -650,7 +650,8 @@ static int t_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
         return 0;
     char host[256], port[8];
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
-    if (!kf_hostport_split(tr->listen_addr, host, sizeof(host), port, sizeof(port)) || getaddrinfo(host, port, &hints, &ai) != 0) {
+    if (!kf_hostport_split(tr->listen_addr, host, sizeof(host), port, sizeof(port)) ||
+        getaddrinfo(host, port, &hints, &ai) != 0) {
         snprintf(t->errmsg, sizeof(t->errmsg), "raft_listen %.200s: cannot resolve", tr->listen_addr);
         return RAFT_IOERR;
     }

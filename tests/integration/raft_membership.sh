@@ -34,7 +34,8 @@ check "the leader cuts the removed member's connection" \
     wait_log "$L" "event=raft_peer_refused direction=in name=\"$GONE\" reason=\"[^\"]*no longer a member"
 # Its own configuration still lists the others: it campaigns and dials them, and is refused.
 for n in "${LIVE[@]}"; do
-    check "$n refuses $GONE at the Raft port" wait_log "$n" "event=raft_peer_refused direction=in name=\"$GONE\" reason="
+    check "$n refuses $GONE at the Raft port" \
+        wait_log "$n" "event=raft_peer_refused direction=in name=\"$GONE\" reason="
 done
 TERM0=$(term_of "$L")
 for _ in $(seq 1 5); do out=$(release n1 vol-1 "$W1" "$S" 2>&1); done
