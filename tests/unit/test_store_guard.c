@@ -1,0 +1,365 @@
+/* The checks the store applies with the commands that release or gate keys (store_guard.c):
+ * an approved request is spent by one release and only by its node and volume before it
+ * expires; a revoked node gets nothing at apply; wrong TOTP codes lock an operator out; a held
+ * change applies only with enough approvals and only as a policy or role change; the
+ * certificate denylist. Each runs the real apply on a real sqlite database. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "store.h"
+
+#include "kf_test_tmpdir.h"
+
+#define T0 1795435200
+
+static Keyfleet__V1__Timestamp ts(int64_t s)
+{
+    Keyfleet__V1__Timestamp t = KEYFLEET__V1__TIMESTAMP__INIT;
+    t.seconds = s;
+    return t;
+}
+
+typedef struct audit_at {
+    Keyfleet__V1__Timestamp time;
+    Keyfleet__V1__AuditEntry e;
+} audit_at;
+
+static void audit(audit_at *a, int64_t at, const char *action, Keyfleet__V1__Decision d)
+{
+    a->time = ts(at);
+    Keyfleet__V1__AuditEntry e = KEYFLEET__V1__AUDIT_ENTRY__INIT;
+    a->e = e;
+    a->e.time = &a->time;
+    a->e.action = (char *)action;
+    a->e.decision = d;
+}
+
+static kfd_store *open_db(const char *name)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    remove(path);
+    kfd_store *s = NULL;
+    kf_err err = {0};
+    if (kfd_store_open(path, &s, &err) != 0)
+        fail_msg("open: %s", err.msg);
+    return s;
+}
+
+static int apply(kfd_store *s, Keyfleet__V1__StateCommand *cmd, kf_err *err)
+{
+    kf_err e = {0};
+    int r = kfd_store_apply(s, cmd, NULL, &e);
+    if (err != NULL)
+        *err = e;
+    return r;
+}
+
+static int create_pending(kfd_store *s, const char *id, const char *node, const char *vol, uint32_t needed,
+                          int64_t expires, bool totp)
+{
+    audit_at a;
+    audit(&a, T0, "pending", KEYFLEET__V1__DECISION__DECISION_PENDING);
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    v.id = (char *)vol;
+    Keyfleet__V1__Timestamp c = ts(T0), x = ts(expires);
+    Keyfleet__V1__CmdCreatePending p = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
+    p.request_id = (char *)id;
+    p.node = (char *)node;
+    p.volume = &v;
+    p.created_at = &c;
+    p.expires_at = &x;
+    p.approvals_needed = needed;
+    p.rule = (char *)"r";
+    p.audit = &a.e;
+    p.require_totp = totp;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
+    cmd.create_pending = &p;
+    return apply(s, &cmd, NULL);
+}
+
+static int approve(kfd_store *s, const char *id, const char *op, int64_t step, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
+    c.request_id = (char *)id;
+    c.operator_ = (char *)op;
+    c.audit = &a.e;
+    c.totp_step = step;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
+    cmd.approve = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static int record_release(kfd_store *s, const char *id, const char *node, const char *vol, bool approved, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "release", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    c.request_id = (char *)id;
+    c.node = (char *)node;
+    c.volume_id = (char *)vol;
+    c.audit = &a.e;
+    c.approved_request = approved;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    cmd.record_release = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static int revoke_node(kfd_store *s, const char *node)
+{
+    audit_at a;
+    audit(&a, T0, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRevokeNode c = KEYFLEET__V1__CMD_REVOKE_NODE__INIT;
+    c.node = (char *)node;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
+    cmd.revoke_node = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static kfd_pending_state state_of(kfd_store *s, const char *id)
+{
+    kfd_pending p;
+    assert_int_equal(kfd_store_get_pending(s, id, &p), 0);
+    return p.state;
+}
+
+#define RID "0123456789abcdef0123456789abcdef"
+#define RID2 "fedcba9876543210fedcba9876543210"
+
+static void test_approved_request_releases_once(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("once.db");
+    assert_int_equal(create_pending(s, RID, "n1", "v1", 1, T0 + 60, false), 0);
+    assert_int_equal(record_release(s, RID, "n1", "v1", true, T0 + 1), -ESTALE); /* not approved yet */
+    assert_int_equal(approve(s, RID, "op1", 0, T0 + 2), 0);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
+    assert_int_equal(record_release(s, RID, "n2", "v1", true, T0 + 3), -EACCES); /* another node */
+    assert_int_equal(record_release(s, RID, "n1", "v2", true, T0 + 3), -EACCES); /* another volume */
+    assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
+    assert_int_equal(record_release(s, RID, "n1", "v1", true, T0 + 4), 0);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_CONSUMED);
+    assert_int_equal(record_release(s, RID, "n1", "v1", true, T0 + 5), -ESTALE); /* spent */
+    /* An approval is not usable at or after its expiry, judged by the record's own time. */
+    assert_int_equal(create_pending(s, RID2, "n1", "v1", 1, T0 + 60, false), 0);
+    assert_int_equal(approve(s, RID2, "op1", 0, T0 + 2), 0);
+    assert_int_equal(record_release(s, RID2, "n1", "v1", true, T0 + 60), -ESTALE);
+    assert_int_equal(state_of(s, RID2), KFD_PENDING_APPROVED);
+    kfd_store_close(s);
+}
+
+static void test_revoked_node_gets_nothing_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("revoked.db");
+    assert_int_equal(record_release(s, RID, "n1", "v1", false, T0), 0);
+    assert_int_equal(revoke_node(s, "n1"), 0);
+    assert_int_equal(record_release(s, RID, "n1", "v1", false, T0 + 1), -EACCES);
+    assert_int_equal(record_release(s, RID, "n2", "v1", false, T0 + 1), 0);
+    /* Enrolling hands out a key too. */
+    audit_at a;
+    audit(&a, T0, "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    a.e.request_id = (char *)RID;
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    v.id = (char *)"v9";
+    v.name = (char *)"d";
+    Keyfleet__V1__CmdEnrollVolume c = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    c.volume = &v;
+    c.node = (char *)"n1";
+    c.wrapped_key = (char *)"w";
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &c;
+    assert_int_equal(apply(s, &cmd, NULL), -EACCES);
+    c.node = (char *)"n2";
+    assert_int_equal(apply(s, &cmd, NULL), 0);
+    kfd_store_close(s);
+}
+
+static int totp_failure(kfd_store *s, const char *op, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "approve", KEYFLEET__V1__DECISION__DECISION_DENY);
+    Keyfleet__V1__CmdTotpFailure c = KEYFLEET__V1__CMD_TOTP_FAILURE__INIT;
+    c.operator_ = (char *)op;
+    c.limit = 3;
+    c.lockout_seconds = 900;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_TOTP_FAILURE;
+    cmd.totp_failure = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static void test_totp_failures_lock_out(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("totp.db");
+    uint32_t failures;
+    int64_t until;
+    assert_int_equal(totp_failure(s, "carol", T0), 0);
+    assert_int_equal(totp_failure(s, "carol", T0 + 1), 0);
+    assert_int_equal(kfd_store_totp_failures(s, "carol", &failures, &until), 0);
+    assert_int_equal(failures, 2);
+    assert_int_equal(until, 0);
+    /* A right code (an approval with a step) clears the run. */
+    assert_int_equal(create_pending(s, RID, "n1", "v1", 2, T0 + 600, false), 0);
+    assert_int_equal(approve(s, RID, "carol", 1000, T0 + 2), 0);
+    assert_int_equal(kfd_store_totp_failures(s, "carol", &failures, &until), 0);
+    assert_int_equal(failures, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(totp_failure(s, "carol", T0 + 10 + i), 0);
+    assert_int_equal(kfd_store_totp_failures(s, "carol", &failures, &until), 0);
+    assert_int_equal(until, T0 + 12 + 900);
+    assert_int_equal(kfd_store_totp_failures(s, "dave", &failures, &until), 0);
+    assert_int_equal(until, 0);
+    /* The lockout has its own audit record. */
+    Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
+    q.action = (char *)"totp_lockout";
+    Keyfleet__V1__QueryAuditResponse r = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
+    assert_int_equal(kfd_store_query_audit(s, &q, &r), 0);
+    assert_int_equal(r.n_records, 1);
+    kfd_store_free_audit_list(&r);
+    kfd_store_close(s);
+}
+
+static void test_required_totp_and_duplicates(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("reqtotp.db");
+    assert_int_equal(create_pending(s, RID, "n1", "v1", 2, T0 + 600, true), 0);
+    assert_int_equal(approve(s, RID, "op1", 0, T0 + 1), -EACCES);
+    assert_int_equal(approve(s, RID, "op1", 77, T0 + 1), 0);
+    assert_int_equal(approve(s, RID, "op1", 78, T0 + 1), -EEXIST); /* the same operator twice */
+    assert_int_equal(approve(s, RID, "op2", 77, T0 + 1), 0);        /* steps are per operator */
+    assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
+    assert_int_equal(create_pending(s, RID2, "n1", "v1", 1, T0 + 600, true), 0);
+    assert_int_equal(approve(s, RID2, "op1", 77, T0 + 2), -EACCES); /* a spent step */
+    assert_int_equal(approve(s, RID2, "op1", 79, T0 + 600), -ESTALE); /* expired */
+    kfd_store_close(s);
+}
+
+static int propose(kfd_store *s, const char *id, const Keyfleet__V1__StateCommand *change, uint32_t needed)
+{
+    uint8_t buf[2048];
+    size_t len = keyfleet__v1__state_command__pack(change, buf);
+    audit_at a;
+    audit(&a, T0, "change_proposed", KEYFLEET__V1__DECISION__DECISION_PENDING);
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    Keyfleet__V1__Timestamp c = ts(T0), x = ts(T0 + 600);
+    Keyfleet__V1__CmdCreatePending p = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
+    p.request_id = (char *)id;
+    p.node = (char *)"";
+    p.volume = &v;
+    p.created_at = &c;
+    p.expires_at = &x;
+    p.approvals_needed = needed;
+    p.rule = (char *)"admin";
+    p.audit = &a.e;
+    p.change.data = buf;
+    p.change.len = len;
+    p.change_summary = (char *)"test change";
+    p.proposer = (char *)"op1";
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
+    cmd.create_pending = &p;
+    return apply(s, &cmd, NULL);
+}
+
+static void test_held_change_applies_when_approved(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("change.db");
+    audit_at a;
+    audit(&a, T0, "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdPutPolicy pp = KEYFLEET__V1__CMD_PUT_POLICY__INIT;
+    pp.yaml = (char *)"rules: []\n";
+    pp.version = 1;
+    pp.audit = &a.e;
+    Keyfleet__V1__StateCommand put = KEYFLEET__V1__STATE_COMMAND__INIT;
+    put.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY;
+    put.put_policy = &pp;
+    assert_int_equal(propose(s, RID, &put, 2), 0);
+    char *yaml = NULL;
+    uint64_t version = 9;
+    assert_int_equal(kfd_store_get_policy(s, &yaml, &version), 0);
+    assert_int_equal(version, 0); /* held: not in force */
+    assert_int_equal(approve(s, RID, "op1", 0, T0 + 1), -EEXIST); /* the proposer again */
+    assert_int_equal(approve(s, RID, "op2", 0, T0 + 1), 0);
+    assert_int_equal(kfd_store_get_policy(s, &yaml, &version), 0);
+    assert_int_equal(version, 1);
+    assert_string_equal(yaml, "rules: []\n");
+    free(yaml);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_CONSUMED);
+    /* A change must not smuggle in anything but a policy put or role creation. */
+    audit_at r;
+    audit(&r, T0, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRevokeNode rn = KEYFLEET__V1__CMD_REVOKE_NODE__INIT;
+    rn.node = (char *)"n1";
+    rn.audit = &r.e;
+    Keyfleet__V1__StateCommand other = KEYFLEET__V1__STATE_COMMAND__INIT;
+    other.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
+    other.revoke_node = &rn;
+    assert_int_equal(propose(s, RID2, &other, 1), -EINVAL);
+    bool revoked = true;
+    assert_int_equal(kfd_store_node_revoked(s, "n1", &revoked), 0);
+    assert_false(revoked);
+    /* A pending change is not a release approval, even for a node named "". */
+    assert_int_equal(record_release(s, RID, "", "", true, T0 + 2), -EACCES);
+    kfd_store_close(s);
+}
+
+static void test_cert_denylist(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("certs.db");
+    audit_at a;
+    audit(&a, T0, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRevokeCert c = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
+    c.serial = (char *)"1a2b";
+    c.kind = (char *)"operator";
+    c.name = (char *)"bob";
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
+    cmd.revoke_cert = &c;
+    bool revoked = true;
+    assert_int_equal(kfd_store_cert_revoked(s, "1a2b", &revoked), 0);
+    assert_false(revoked);
+    assert_int_equal(apply(s, &cmd, NULL), 0);
+    assert_int_equal(kfd_store_cert_revoked(s, "1a2b", &revoked), 0);
+    assert_true(revoked);
+    assert_int_equal(kfd_store_cert_revoked(s, "1a2c", &revoked), 0);
+    assert_false(revoked);
+    assert_int_equal(apply(s, &cmd, NULL), -EEXIST);
+    kfd_store_close(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_approved_request_releases_once),
+        cmocka_unit_test(test_revoked_node_gets_nothing_at_apply),
+        cmocka_unit_test(test_totp_failures_lock_out),
+        cmocka_unit_test(test_required_totp_and_duplicates),
+        cmocka_unit_test(test_held_change_applies_when_approved),
+        cmocka_unit_test(test_cert_denylist),
+    };
+    return cmocka_run_group_tests_name("store_guard", tests, tmpdir_setup, tmpdir_teardown);
+}
