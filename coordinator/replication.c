@@ -162,9 +162,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
         kfd_store_apply_batch(app->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
         app->batched_commands++;
-        /* An approval may complete a held policy change (store_guard.c): reload then too. */
-        if (r->last.status == 0 && cmd != NULL && (cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY ||
-                                                   cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE))
+        /* A policy write may come from PutPolicy, or from a held change that an approval or its own
+         * proposal (admin.approvers 1) completed: the store says which applies wrote it. */
+        if (kfd_store_take_policy_changed(app->store))
             kfd_app_load_policy(app);
         if (cmd == NULL)
             kf_log_error("raft_entry_undecodable", "index=%llu bytes=%zu", (unsigned long long)index, buf->len);

@@ -86,12 +86,13 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
     snprintf(f->op, sizeof(f->op), "%s", op);
     f->cb = cb;
     f->arg = arg;
+    if (r == -EPERM && (n = inflight_slot(op, true)) == NULL) {
+        /* No slot to count it in flight: refuse without counting, but still audit and answer. */
+        snprintf(why, why_size, "too many operators with wrong TOTP codes being recorded; try again shortly");
+        kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, node, volume_id, request_id, why);
+        r = -EACCES;
+    }
     if (r == -EPERM) {
-        if ((n = inflight_slot(op, true)) == NULL) {
-            free(f);
-            snprintf(why, why_size, "too many operators with wrong TOTP codes being recorded; try again shortly");
-            return -EACCES;
-        }
         (*n)++;
         fail.operator_ = (char *)op;
         fail.limit = KFD_TOTP_MAX_FAILURES;

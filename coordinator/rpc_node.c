@@ -283,9 +283,9 @@ static void on_enroll_replay_committed(void *arg, int status, const kfd_apply_re
         snprintf(vol, sizeof(vol), "%s", op->volume_id);
         snprintf(rid, sizeof(rid), "%s", op->request_id);
         enroll_op_free(op);
-        if (status == -EACCES)
+        if (status == -EACCES || status == -ESTALE)
             deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
-                         KF_CONNECT_PERMISSION_DENIED, err->msg);
+                         status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_ALREADY_EXISTS, err->msg);
         else
             kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "enrollment replay could not be recorded; no key was "
                            "released");
@@ -306,6 +306,7 @@ static void record_enroll_replay(enroll_op *op)
     c.node = (char *)call->peer->name;
     c.volume_id = op->volume_id;
     c.audit = &a.entry;
+    c.enroll_replay_window_s = ENROLL_REPLAY_WINDOW_S; /* checked again at apply: two replays may race */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -702,7 +703,7 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
 }
 
 /* Handles a poll with an existing request id. Returns true when the release may proceed. */
-static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req)
+static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, const kfd_policy_decision *now)
 {
     kfd_pending p;
     int r = kfd_store_get_pending(app_of(call)->store, req->request_id, &p);
@@ -742,6 +743,18 @@ static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req
     case KFD_PENDING_APPROVED:
         if (time(NULL) >= p.expires_at) {
             kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "approved request %s has expired", p.request_id);
+            return false;
+        }
+        /* The policy may have been tightened since the request was made: it must meet today's rule. */
+        if (p.approvals_have < now->approvals || (now->require_totp && !p.require_totp)) {
+            char why[200];
+            snprintf(why, sizeof(why),
+                     "policy changed since approval: it now needs %u approvals%s and this request had %u%s; "
+                     "start a new request",
+                     (unsigned)now->approvals, now->require_totp ? " with TOTP" : "", (unsigned)p.approvals_have,
+                     p.require_totp ? " with TOTP" : "");
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                         KF_CONNECT_FAILED_PRECONDITION, why);
             return false;
         }
         return true;
@@ -801,7 +814,7 @@ void kfd_rpc_release(kfd_call *call)
             kfd_volume_clear(&vol);
             return;
         }
-        if (!poll_pending(call, req)) {
+        if (!poll_pending(call, req, &decision)) {
             kfd_volume_clear(&vol);
             return;
         }

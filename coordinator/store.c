@@ -489,6 +489,7 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
     case KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY:
         if ((r = apply_put_policy(s, cmd->put_policy, err)) != 0)
             return r;
+        s->policy_changed = true;
         return kfd_store_append_audit(s, cmd->put_policy->audit, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE: {
         const Keyfleet__V1__CmdRevokeNode *c = cmd->revoke_node;
@@ -611,4 +612,11 @@ int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_app
     if (status != 0 && err != NULL)
         *err = e;
     return status;
+}
+
+bool kfd_store_take_policy_changed(kfd_store *s)
+{
+    bool changed = s->policy_changed;
+    s->policy_changed = false;
+    return changed;
 }

@@ -49,6 +49,8 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
 /* The Raft log index of the last applied entry (0: none). apply_batch records raft_index, when
  * not 0, in the same transaction; a NULL command there stands for an undecodable entry. */
 uint64_t kfd_store_applied_index(const kfd_store *s);
+/* True once after an apply wrote the policy (PutPolicy or a held change it completed); clears the flag. */
+bool kfd_store_take_policy_changed(kfd_store *s);
 /* Deferred commit: apply_batch leaves its transaction open for later applies, and
  * kfd_store_flush commits them all at once. Only for a caller whose commands are durable
  * elsewhere (the Raft log): a crash loses the open transaction, applied index included. */

@@ -34,11 +34,32 @@ static int set_state(kfd_store *s, const char *id, kfd_pending_state to, kf_err 
     return kfd_store_step_done(s, st, "updating the pending request", err);
 }
 
+/* A repeated Enroll returns the enrolled key only to its node, before any release, and within
+ * the window: decided again here, where two replays racing each other are ordered. */
+static int enroll_replay_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
+{
+    kfd_volume v;
+    int r = kfd_store_get_volume(s, c->volume_id, &v);
+    if (r != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
+                            : kf_err_set(err, r, "reading the volume");
+    int64_t at = audit_time(c->audit);
+    if (strcmp(v.node, c->node) != 0)
+        r = kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+    else if (v.last_released_at != 0 || at < v.created_at || at - v.created_at > c->enroll_replay_window_s)
+        r = kf_err_set(err, -ESTALE, "volume is already enrolled and can no longer be enrolled again; its key is "
+                                     "released with Release");
+    kfd_volume_clear(&v);
+    return r;
+}
+
 int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
 {
     if (c->audit == NULL || c->audit->decision != KEYFLEET__V1__DECISION__DECISION_ALLOW)
         return 0; /* a refusal is recorded whatever the state */
     int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r == 0 && c->enroll_replay_window_s != 0)
+        r = enroll_replay_allowed(s, c, err);
     if (r != 0 || !c->approved_request)
         return r;
     kfd_pending p;
@@ -85,8 +106,11 @@ int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, 
     }
     r = kfd_store_apply_one(s, cmd, seq, err);
     keyfleet__v1__state_command__free_unpacked(cmd, NULL);
-    if (r == -ESTALE)
-        return kf_err_set(err, -ESTALE, "change %s no longer applies: %s", request_id, err->msg);
+    if (r == -ESTALE) {
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err != NULL ? err->msg : "");
+        return kf_err_set(err, -ESTALE, "change %s no longer applies: %s", request_id, why);
+    }
     return r != 0 ? r : set_state(s, request_id, KFD_PENDING_CONSUMED, err);
 }
 

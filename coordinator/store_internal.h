@@ -64,6 +64,8 @@ struct kfd_store {
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
     bool failed;
+    /* Set when an apply wrote the policy, directly or through a held change; read by the caller. */
+    bool policy_changed;
     char failure[256];
     /* The audit chain's head: committed, and tentative inside a transaction. */
     uint64_t head_seq, tx_head_seq;

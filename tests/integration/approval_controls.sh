@@ -9,7 +9,7 @@
 F=$WORK/fleet
 fleet_init "$F"
 for n in app-1 app-2 web-1 race-1; do issue "$F" node "$n"; done
-OPS="bob carol dave erin frank grace heidi"
+OPS="bob carol dave erin frank grace heidi ivan judy ken lena mike"
 for o in $OPS; do issue "$F" operator "$o"; done
 start_vault_standin "$F" 600
 
@@ -118,6 +118,19 @@ expect_eq "... audited" "$(audit_count)" "$((before + 1))"
 expect_eq "one release recorded for the request" \
     "$(ctl "$F" audit --json --action release | grep "\"request_id\":\"$R\"" | grep -c '"decision":"allow"')" "1"
 
+# --- 2b. Approvals given under a looser policy do not satisfy a tightened one.
+out=$(node "$F" app-1 release vol-a "$WRAP_A")
+R3=$(field request "$out")
+ctl_as "$F" ivan approve "$R3" --totp "$(code ivan)" >/dev/null
+ctl_as "$F" judy approve "$R3" --totp "$(code judy)" >/dev/null
+rules | sed 's/approvers: 2, timeout/approvers: 3, timeout/' | put_policy "$F"
+before=$(audit_count)
+out=$(node "$F" app-1 release vol-a "$WRAP_A" "$R3")
+expect_match "a request approved by 2 after the rule became 3: no key" "$out" \
+    "^code=failed_precondition .*policy changed since approval: it now needs 3 approvals .* had 2"
+expect_eq "... audited" "$(audit_count)" "$((before + 1))"
+rules | put_policy "$F"
+
 # --- 3. TOTP: a missing secret is refused, wrong codes lock the operator out.
 out=$(node "$F" app-1 release vol-a "$WRAP_A")
 R2=$(field request "$out")
@@ -162,6 +175,24 @@ expect_match "the change is audited with both operators" "$(ctl "$F" audit --jso
 out=$(ctl_as "$F" heidi approle create r1 --node app-1 --totp "$(code heidi)" 2>&1)
 expect_match "a role creation is held too" "$out" "waits for approval"
 expect_match "... the role does not exist yet" "$(ctl "$F" approle show r1 2>&1)" "not_found"
+
+# --- 4b. With one approver and TOTP, the proposal itself applies the change, and it is in force.
+rules "admin: {approvers: 1, totp: true}" >"$F/one.yaml"
+out=$(ctl_as "$F" ken policy put "$F/one.yaml" --totp "$(code ken)" 2>&1)
+C2=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
+out=$(ctl_as "$F" lena approve "$C2" --totp "$(code lena)")
+expect_match "admin.approvers 1 with TOTP, approved by two" "$out" "2 of 2 approvals; approved"
+cat >"$F/open.yaml" <<'YAML'
+admin: {approvers: 1, totp: true}
+rules:
+  - name: everyone
+    match: {nodes: {names: ["*"]}}
+    effect: allow
+YAML
+out=$(ctl_as "$F" mike policy put "$F/open.yaml" --totp "$(code mike)" 2>&1)
+expect_match "one operator with TOTP: the policy is in force at once" "$out" "^policy version [0-9]+ is in force"
+out=$(node "$F" app-2 release vol-a "$WRAP_A")
+expect_match "... and decides the next release (no approval now)" "$out" "^code=ok status=released"
 
 # --- 5. A revoked operator certificate is refused, whatever it presents.
 SERIAL=$(openssl x509 -in "$F/bob.crt" -noout -serial)

@@ -140,6 +140,7 @@ static kfd_pending_state state_of(kfd_store *s, const char *id)
 
 #define RID "0123456789abcdef0123456789abcdef"
 #define RID2 "fedcba9876543210fedcba9876543210"
+#define RID3 "00112233445566778899aabbccddeeff"
 
 static void test_approved_request_releases_once(void **state)
 {
@@ -296,17 +297,27 @@ static void test_held_change_applies_when_approved(void **state)
     put.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY;
     put.put_policy = &pp;
     assert_int_equal(propose(s, RID, &put, 2), 0);
+    assert_false(kfd_store_take_policy_changed(s));
     char *yaml = NULL;
     uint64_t version = 9;
     assert_int_equal(kfd_store_get_policy(s, &yaml, &version), 0);
     assert_int_equal(version, 0); /* held: not in force */
     assert_int_equal(approve(s, RID, "op1", 0, T0 + 1), -EEXIST); /* the proposer again */
     assert_int_equal(approve(s, RID, "op2", 0, T0 + 1), 0);
+    assert_true(kfd_store_take_policy_changed(s)); /* the replica reloads its policy */
+    assert_false(kfd_store_take_policy_changed(s));
     assert_int_equal(kfd_store_get_policy(s, &yaml, &version), 0);
     assert_int_equal(version, 1);
     assert_string_equal(yaml, "rules: []\n");
     free(yaml);
     assert_int_equal(state_of(s, RID), KFD_PENDING_CONSUMED);
+    /* With one approver the proposal itself applies the change: the replica must reload then too. */
+    pp.version = 2;
+    assert_int_equal(propose(s, RID3, &put, 1), 0);
+    assert_true(kfd_store_take_policy_changed(s));
+    assert_int_equal(kfd_store_get_policy(s, &yaml, &version), 0);
+    assert_int_equal(version, 2);
+    free(yaml);
     /* A change must not smuggle in anything but a policy put or role creation. */
     audit_at r;
     audit(&r, T0, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
@@ -322,6 +333,62 @@ static void test_held_change_applies_when_approved(void **state)
     assert_false(revoked);
     /* A pending change is not a release approval, even for a node named "". */
     assert_int_equal(record_release(s, RID, "", "", true, T0 + 2), -EACCES);
+    kfd_store_close(s);
+}
+
+static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    a.e.request_id = (char *)RID;
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    v.id = (char *)vol;
+    v.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    v.name = (char *)"data";
+    Keyfleet__V1__CmdEnrollVolume c = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    c.volume = &v;
+    c.node = (char *)node;
+    c.wrapped_key = (char *)"kf:local:v1:xyz";
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static int record_replay(kfd_store *s, const char *node, const char *vol, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "enroll_replay", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    c.request_id = (char *)RID;
+    c.node = (char *)node;
+    c.volume_id = (char *)vol;
+    c.audit = &a.e;
+    c.enroll_replay_window_s = 600;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    cmd.record_release = &c;
+    return apply(s, &cmd, NULL);
+}
+
+/* A repeated Enroll is decided again at apply: two replays that raced past the handler's check
+ * release the key once; another node, a released volume and a late replay get nothing. */
+static void test_enroll_replay_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("replay.db");
+    assert_int_equal(enroll(s, "vol-a", "n1", T0), 0);
+    assert_int_equal(enroll(s, "vol-b", "n1", T0), 0);
+    assert_int_equal(enroll(s, "vol-c", "n1", T0), 0);
+    assert_int_equal(record_replay(s, "n2", "vol-a", T0 + 5), -EACCES);
+    assert_int_equal(record_replay(s, "n1", "vol-a", T0 + 5), 0);
+    assert_int_equal(record_replay(s, "n1", "vol-a", T0 + 6), -ESTALE); /* the racing second replay */
+    assert_int_equal(record_replay(s, "n1", "vol-b", T0 + 601), -ESTALE); /* past the window */
+    assert_int_equal(record_release(s, RID, "n1", "vol-c", false, T0 + 7), 0);
+    assert_int_equal(record_replay(s, "n1", "vol-c", T0 + 8), -ESTALE); /* released already */
+    assert_int_equal(record_replay(s, "n1", "vol-none", T0 + 8), -ESTALE);
+    assert_int_equal(record_replay(s, "n1", "vol-b", T0 + 600), 0); /* the window's last second */
     kfd_store_close(s);
 }
 
@@ -359,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_totp_failures_lock_out),
         cmocka_unit_test(test_required_totp_and_duplicates),
         cmocka_unit_test(test_held_change_applies_when_approved),
+        cmocka_unit_test(test_enroll_replay_at_apply),
         cmocka_unit_test(test_cert_denylist),
     };
     return cmocka_run_group_tests_name("store_guard", tests, tmpdir_setup, tmpdir_teardown);
