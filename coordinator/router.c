@@ -226,15 +226,11 @@ static bool caller_allowed(const kfd_method *m, const kf_identity *peer)
     return peer->kind == m->caller;
 }
 
-/* Unpacks with the wiping allocator, then wipes the body: h2o frees its request buffers before
- * the pool (so before dispose_call), unwiped, and nothing reads the body after this. */
+/* Unpacks with the wiping allocator; kfd_router_on_req wipes the body itself once routed. */
 static ProtobufCMessage *unpack(const kfd_method *m, h2o_req_t *req)
 {
-    ProtobufCMessage *msg = protobuf_c_message_unpack(m->request_desc, &kf_pb_wiping_allocator, req->entity.len,
-                                                      (const uint8_t *)req->entity.base);
-    if (req->entity.len > 0) /* an empty entity may point at a literal */
-        OPENSSL_cleanse(req->entity.base, req->entity.len);
-    return msg;
+    return protobuf_c_message_unpack(m->request_desc, &kf_pb_wiping_allocator, req->entity.len,
+                                     (const uint8_t *)req->entity.base);
 }
 
 /* A client certificate, or else an AppRole bearer token. Answers and returns false on failure. */
@@ -285,7 +281,7 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
     return false;
 }
 
-int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
+static int route(kfd_server *srv, h2o_req_t *req)
 {
     const kfd_method *m = find_method(req);
     if (m == NULL)
@@ -363,4 +359,16 @@ int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
     }
     m->fn(call);
     return 0;
+}
+
+/* Every body is wiped before h2o frees it (h2o frees its request buffers before the pool, so
+ * before dispose_call, unwiped), also one refused before it was decoded (a Login over HTTP/1.1,
+ * a wrong Content-Type, a revoked caller): any of them may carry a secret. Handlers read only
+ * the unpacked message, never the body, once routing returns. */
+int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
+{
+    int r = route(srv, req);
+    if (req->entity.len > 0) /* an empty entity may point at a literal */
+        OPENSSL_cleanse(req->entity.base, req->entity.len);
+    return r;
 }

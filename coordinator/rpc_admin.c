@@ -72,16 +72,45 @@ typedef struct approve_op {
     kfd_op base;
     kfd_app *app;
     char request_id[65];
-    char refusal[200];
+    char node[64];
+    char volume_id[129];
+    char refusal[KF_ERR_MSG_MAX];
+    kf_connect_code refusal_code;
 } approve_op;
 
 static void on_approval_refused(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
-    (void)status, (void)res, (void)err;
+    (void)res;
     approve_op *op = arg;
+    if (status != 0)
+        kf_log_warn("approval_refusal_not_audited", "request=%s error=%s", op->request_id, kf_log_q(err->msg));
     if (op->base.call != NULL)
-        kfd_call_error(op->base.call, KF_CONNECT_PERMISSION_DENIED, "%s", op->refusal);
+        kfd_call_error(op->base.call, op->refusal_code, "%s", op->refusal);
     kfd_op_free(op);
+}
+
+/* The store refused the approval as such (the operator's second approval, a TOTP code used
+ * twice, a request no longer waiting): its audit record went with the failed apply, so the
+ * refusal is recorded on its own before the answer. */
+static bool audit_refused_approval(approve_op *op, int status, const kf_err *err)
+{
+    kfd_call *call = op->base.call;
+    if (status != -EEXIST && status != -EACCES && status != -ESTALE)
+        return false;
+    op->refusal_code = status == -EEXIST   ? KF_CONNECT_ALREADY_EXISTS
+                       : status == -EACCES ? KF_CONNECT_PERMISSION_DENIED
+                                           : KF_CONNECT_FAILED_PRECONDITION;
+    snprintf(op->refusal, sizeof(op->refusal), "%s", err->msg);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, op->node, op->volume_id,
+                   op->request_id, op->refusal);
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    kfd_commit(op->app, &cmd, on_approval_refused, op);
+    return true;
 }
 
 static void on_approved(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -90,6 +119,8 @@ static void on_approved(void *arg, int status, const kfd_apply_result *res, cons
     approve_op *op = arg;
     kfd_call *call = op->base.call;
     kfd_pending p;
+    if (call != NULL && audit_refused_approval(op, status, err))
+        return;
     if (call == NULL || !kfd_rpc_commit_answer(call, status, err)) {
         kfd_op_free(op);
         return;
@@ -143,7 +174,10 @@ void kfd_rpc_approve(kfd_call *call)
         return;
     }
     op->app = app;
+    op->refusal_code = KF_CONNECT_PERMISSION_DENIED;
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    snprintf(op->node, sizeof(op->node), "%s", p.node);
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", p.volume_id);
     int64_t step = 0;
     char why[200];
     r = kfd_operator_totp(call, req->totp_code, p.require_totp, p.node, p.volume_id, p.request_id, &step, why,

@@ -3,8 +3,8 @@
 # the messages; SQLite's primary keys would refuse both cases even if the checks were gone):
 #   - the same operator approving twice: refused, the second approval is not counted, the
 #     request stays pending, no key is released, and the refusal names the operator;
-#   - a TOTP code used twice: refused, the approval is not counted, no key is released, and
-#     the refusal is logged with its reason (not audited today: see docs/testing.md).
+#   - a TOTP code used twice: refused, the approval is not counted, no key is released;
+#   - both refusals are audited as denied approvals, with their reasons.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -75,12 +75,11 @@ expect_eq "... R5's approval is not counted" "$(approvals_of "$R5")" "0"
 out=$(node "$F" solo-1 release vol-s "$WRAP_S" "$R5")
 expect_match "... R5's poll is still pending" "$out" "^code=ok status=pending request=$R5"
 expect_eq "... no key was unwrapped and sealed" "$(sealed)" "$s0"
-# A replayed code or a repeated approval is not written to the audit log today (a wrong code
-# is: approvals.sh); the refusal is in keyfleetd's log, with its reason.
-expect_match "... the refusal is logged with its reason" "$(cat "$F/keyfleetd.log")" \
-    'event=rpc_error method=keyfleet.v1.AdminService/Approve code=permission_denied peer=carol .*message="TOTP code already used"'
-expect_match "... as is the double approval" "$(cat "$F/keyfleetd.log")" \
-    "event=rpc_error method=keyfleet.v1.AdminService/Approve code=already_exists peer=admin .*message=\"operator admin already approved $R\""
+denied=$(ctl "$F" audit --json --action approve | grep '"decision":"deny"')
+expect_match "... the replay is audited as a denied approval, with its reason" "$denied" \
+    "\"actor\":\"carol\".*\"request_id\":\"$R5\".*TOTP code already used"
+expect_match "... as is the double approval" "$denied" \
+    "\"actor\":\"admin\".*\"request_id\":\"$R\".*operator admin already approved $R"
 
 expect_match "the audit chain verifies" "$(ctl "$F" audit verify)" "audit chain ok"
 stop_kfd TERM
