@@ -14,6 +14,7 @@
 #include <openssl/sha.h>
 
 #include "agent.h"
+#include "boot.h"
 #include "kf_heap.h"
 #include "kf_time.h"
 #include "kf_log.h"
@@ -42,7 +43,11 @@ static void usage(FILE *f)
                "                        identity.secret_id_tpm_file\n"
                "  watch [--count N]     heartbeat every watch_interval; lock every volume while a\n"
                "                        coordinator says lock (the node was revoked)\n"
-               "  check-config          validate the config (and the certificate it names), then exit\n");
+               "  check-config          validate the config (and the certificate it names), then exit\n"
+               "  initramfs-files       list what an initramfs needs for this config (KIND<TAB>PATH)\n"
+               "  keyscript [--askpass PROGRAM]\n"
+               "                        cryptroot keyscript: the key of $CRYPTTAB_SOURCE on stdout, from\n"
+               "                        a coordinator or the passphrase prompt, whichever answers first\n");
 }
 
 /* Resolves VOLUME into a volume with its driver. */
@@ -586,6 +591,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return KFA_EXIT_USAGE;
     }
+    /* Before the config is read: a broken config must still leave the passphrase prompt. */
+    if (strcmp(argv[optind], "keyscript") == 0)
+        return finish(kfa_cmd_keyscript(config_path, argc - optind, argv + optind));
     kf_err err = {0};
     kfa_ctx ctx = {0};
     if (kfa_config_load(config_path, &ctx.cfg, &err) != 0) {
@@ -595,6 +603,11 @@ int main(int argc, char **argv)
     ctx.deadline = kf_monotonic_ms() + ctx.cfg->deadline_ms;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind, rc;
+    if (strcmp(cmd, "initramfs-files") == 0) {
+        rc = kfa_cmd_initramfs_files(ctx.cfg, sub_argc, argv + optind);
+        kfa_config_free(ctx.cfg);
+        return finish(rc);
+    }
     if (strcmp(cmd, "check-config") == 0) {
         /* Config management validates a rendered file with this before installing it. */
         rc = optind + 1 == argc && (ctx.cfg->cert == NULL || resolve_identity(&ctx, &err) == 0) ? 0 : KFA_EXIT_USAGE;

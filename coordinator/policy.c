@@ -503,6 +503,37 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
     ret->pending_ttl_s = DEFAULT_PENDING_TTL_S;
 }
 
+void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in, const char *owner,
+                                 kfd_policy_decision *ret)
+{
+    kfd_policy_evaluate(p, in, ret);
+    if (owner == NULL || owner[0] == '\0' || strcmp(owner, in->node) == 0)
+        return;
+    /* The volume moved (or its wrapped key did): the enrolling node's rule binds too, so a node
+     * under a looser rule cannot take a key that its owner may only have with approval. */
+    kfd_policy_input as_owner = *in;
+    as_owner.node = owner;
+    kfd_policy_decision o;
+    kfd_policy_evaluate(p, &as_owner, &o);
+    char caller_why[sizeof(ret->explanation)];
+    snprintf(caller_why, sizeof(caller_why), "%s", ret->explanation);
+    if (!o.allow && ret->allow) {
+        ret->allow = false;
+        snprintf(ret->rule, sizeof(ret->rule), "%s", o.rule);
+        ret->rule_index = o.rule_index;
+    }
+    if (o.approvals > ret->approvals) {
+        ret->approvals = o.approvals;
+        ret->auto_approved = false;
+    }
+    ret->require_totp |= o.require_totp && ret->approvals > 0;
+    ret->offline_fallback &= o.offline_fallback;
+    if (o.pending_ttl_s != 0 && (ret->pending_ttl_s == 0 || o.pending_ttl_s < ret->pending_ttl_s))
+        ret->pending_ttl_s = o.pending_ttl_s;
+    snprintf(ret->explanation, sizeof(ret->explanation), "%.150s; the volume was enrolled by '%.63s': %.120s",
+             caller_why, owner, o.explanation);
+}
+
 kfd_admin_policy kfd_policy_admin(const kfd_policy *p)
 {
     if (p == NULL)

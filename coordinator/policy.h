@@ -57,5 +57,10 @@ void kfd_policy_free(kfd_policy *p);
 size_t kfd_policy_rule_count(const kfd_policy *p);
 
 void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_policy_decision *ret);
+/* A release of a volume that owner enrolled: decided for the caller and, when the caller is
+ * another node, for owner too, the stricter of the two winning (deny over allow, the larger
+ * approver count, TOTP if either needs it, offline fallback only if both allow it). */
+void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in, const char *owner,
+                                 kfd_policy_decision *ret);
 
 #endif

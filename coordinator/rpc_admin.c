@@ -179,14 +179,14 @@ void kfd_rpc_approve(kfd_call *call)
     snprintf(op->node, sizeof(op->node), "%s", p.node);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", p.volume_id);
     int64_t step = 0;
-    char why[200];
-    r = kfd_operator_totp(call, req->totp_code, p.require_totp, p.node, p.volume_id, p.request_id, &step, why,
-                          sizeof(why), on_approval_refused, op);
-    if (r == -EACCES) {
-        snprintf(op->refusal, sizeof(op->refusal), "%s", why);
+    /* Written straight into op: the refusal's callback may run, and free op, before this returns. */
+    r = kfd_operator_totp(call, req->totp_code, p.require_totp, p.node, p.volume_id, p.request_id, &step,
+                          op->refusal, sizeof(op->refusal), on_approval_refused, op);
+    if (r == -EACCES)
         return; /* answered once the refusal is recorded */
-    }
     if (r != 0) {
+        char why[sizeof(op->refusal)];
+        snprintf(why, sizeof(why), "%s", op->refusal);
         kfd_op_free(op);
         kfd_call_error(call, r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT : KF_CONNECT_UNAVAILABLE, "%s", why);
         return;

@@ -400,9 +400,8 @@ typedef struct secret_op {
     uint32_t ttl, uses;
 } secret_op;
 
-static void on_secret_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+static void on_secret_committed(void *arg, int status, const kfd_change_result *res, const kf_err *err)
 {
-    (void)res;
     secret_op *op = arg;
     if (op->base.call != NULL && kfd_rpc_commit_answer(op->base.call, status, err)) {
         Keyfleet__V1__CreateSecretIdResponse resp = KEYFLEET__V1__CREATE_SECRET_ID_RESPONSE__INIT;
@@ -410,6 +409,8 @@ static void on_secret_committed(void *arg, int status, const kfd_apply_result *r
         resp.accessor = op->accessor;
         resp.ttl_seconds = op->ttl;
         resp.num_uses = op->uses;
+        resp.pending_request_id = (char *)res->held_request_id;
+        resp.approvals_needed = res->approvals_needed;
         kfd_call_reply(op->base.call, &resp.base);
     }
     kf_wipe(op->secret, sizeof(op->secret));
@@ -421,6 +422,10 @@ void kfd_rpc_create_secret_id(kfd_call *call)
     const Keyfleet__V1__CreateSecretIdRequest *req = (const Keyfleet__V1__CreateSecretIdRequest *)call->request;
     if (!kfd_rpc_store_ok(call))
         return;
+    if (strlen(req->totp_code) > 16) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
+        return;
+    }
     kfd_role role;
     if (!kf_name_valid(req->role_name, strlen(req->role_name)) ||
         kfd_store_get_role(app_of(call)->store, req->role_name, NULL, &role) != 0) {
@@ -462,7 +467,7 @@ void kfd_rpc_create_secret_id(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID;
     cmd.create_secret_id = &c;
-    kfd_commit(app_of(call), &cmd, on_secret_committed, op);
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_secret_committed, op);
 }
 
 void kfd_rpc_revoke_role(kfd_call *call)

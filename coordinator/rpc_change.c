@@ -35,6 +35,7 @@ static uint32_t *inflight_slot(const char *op, bool create)
 
 typedef struct failure_ctx {
     char op[64];
+    bool counted; /* a wrong code counted in inflight (not an audit-only refusal) */
     kfd_commit_cb cb;
     void *arg;
 } failure_ctx;
@@ -42,7 +43,7 @@ typedef struct failure_ctx {
 static void on_failure_recorded(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     failure_ctx *f = arg;
-    uint32_t *n = inflight_slot(f->op, false);
+    uint32_t *n = f->counted ? inflight_slot(f->op, false) : NULL;
     if (n != NULL)
         (*n)--;
     if (status != 0)
@@ -94,6 +95,7 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
     }
     if (r == -EPERM) {
         (*n)++;
+        f->counted = true;
         fail.operator_ = (char *)op;
         fail.limit = KFD_TOTP_MAX_FAILURES;
         fail.lockout_seconds = KFD_TOTP_LOCKOUT_S;
@@ -167,16 +169,16 @@ void kfd_commit_change(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ch
         return;
     }
     int64_t step = 0;
-    char why[200];
-    int r = kfd_operator_totp(call, totp_code, admin.require_totp, "", "", "", &step, why, sizeof(why),
-                              on_totp_refused, c);
-    if (r == -EACCES) {
-        kf_err_set(&c->refusal, -EACCES, "%s", why);
+    /* The refusal is written into c before the call: its callback may run, and free c, before
+     * kfd_operator_totp returns (a commit refused at once). */
+    c->refusal.code = -EACCES;
+    int r = kfd_operator_totp(call, totp_code, admin.require_totp, "", "", "", &step, c->refusal.msg,
+                              sizeof(c->refusal.msg), on_totp_refused, c);
+    if (r == -EACCES)
         return; /* answered once the refusal is recorded */
-    }
     if (r != 0) {
         kf_err e = {0};
-        kf_err_set(&e, r, "%s", why);
+        kf_err_set(&e, r, "%s", c->refusal.msg);
         cb(arg, r, &(kfd_change_result){0}, &e);
         free(c);
         return;

@@ -795,7 +795,7 @@ void kfd_rpc_release(kfd_call *call)
     labels_from_json(&ls, vol.labels_json);
     kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = vol.id,
                            .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL)};
-    kfd_policy_evaluate(app->policy, &in, &decision);
+    kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
     json_decref(ls.json);
     if (!decision.allow) {
         kfd_volume_clear(&vol);

@@ -1,6 +1,6 @@
 /* keyfleetctl approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D]
  *                              [--secret-id-ttl D] [--secret-id-uses N]
- *                   | show NAME | secret-id NAME [--out FILE] | revoke NAME */
+ *                   | show NAME | secret-id NAME [--out FILE] [--totp CODE] | revoke NAME */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -134,17 +134,22 @@ static int show(kfctl *ctl, const char *name)
 /* The secret id is shown once: on stdout, or written to a new 0600 file with --out. */
 static int secret_id(kfctl *ctl, int argc, char **argv)
 {
-    static const struct option opts[] = {{"out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
-    const char *out = NULL;
+    static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
+                                         {"totp", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    const char *out = NULL, *totp = "";
     int o;
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (o != 'o')
+        if (o == 'o')
+            out = optarg;
+        else if (o == 't')
+            totp = optarg;
+        else
             return KFCTL_EXIT_USAGE;
-        out = optarg;
     }
     if (optind != argc - 1) {
-        fprintf(stderr, "usage: keyfleetctl approle secret-id NAME [--out FILE]\n");
+        fprintf(stderr, "usage: keyfleetctl approle secret-id NAME [--out FILE] [--totp CODE]\n");
         return KFCTL_EXIT_USAGE;
     }
     int fd = -1;
@@ -154,6 +159,7 @@ static int secret_id(kfctl *ctl, int argc, char **argv)
     }
     Keyfleet__V1__CreateSecretIdRequest req = KEYFLEET__V1__CREATE_SECRET_ID_REQUEST__INIT;
     req.role_name = argv[optind];
+    req.totp_code = (char *)totp;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/CreateSecretId", &req.base,
                         &keyfleet__v1__create_secret_id_response__descriptor, &m) != 0) {
@@ -177,6 +183,10 @@ static int secret_id(kfctl *ctl, int argc, char **argv)
         printf("secret_id: %s\n", resp->secret_id);
     }
     printf("accessor: %s\nttl: %us\nuses: %u\n", resp->accessor, resp->ttl_seconds, resp->num_uses);
+    if (resp->pending_request_id[0] != '\0')
+        printf("the secret id waits for approval: request %s needs %u operators in all (you are the first); "
+               "it logs in once approved\n",
+               resp->pending_request_id, resp->approvals_needed);
     kf_wipe(resp->secret_id, strlen(resp->secret_id));
     protobuf_c_message_free_unpacked(m, NULL);
     return rc;
@@ -227,7 +237,7 @@ int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv)
         return revoke_role(ctl, argv[2]);
     if (strcmp(sub, "revoke") == 0 && argc == 5 && (strcmp(argv[3], "--secret-id") == 0 || strcmp(argv[3], "--token") == 0))
         return revoke_credential(ctl, argv[2], argv[3], argv[4]);
-    fprintf(stderr, "usage: keyfleetctl approle create NAME --node NODE ... | show NAME | secret-id NAME [--out FILE]"
+    fprintf(stderr, "usage: keyfleetctl approle create NAME --node NODE ... | show NAME | secret-id NAME [--out FILE] [--totp CODE]"
                     " | revoke NAME [--secret-id ACCESSOR | --token TOKEN_ID]\n");
     return KFCTL_EXIT_USAGE;
 }

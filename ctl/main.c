@@ -29,7 +29,7 @@ static void usage(FILE *f)
                "  kms rotate           new KMS key version for new wraps\n"
                "  cluster status | cluster add NAME --raft HOST:PORT --rpc HOST:PORT | cluster remove NAME\n"
                "  approle create NAME --node NODE [--cidr C]... [--token-ttl D] [--secret-id-ttl D]\n"
-               "          [--secret-id-uses N] | show NAME | secret-id NAME [--out FILE] | revoke NAME\n"
+               "          [--secret-id-uses N] | show NAME | secret-id NAME [--out FILE] [--totp CODE] | revoke NAME\n"
                "          [--secret-id ACCESSOR | --token TOKEN_ID]\n");
 }
 

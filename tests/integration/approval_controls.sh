@@ -9,7 +9,7 @@
 F=$WORK/fleet
 fleet_init "$F"
 for n in app-1 app-2 web-1 race-1; do issue "$F" node "$n"; done
-OPS="bob carol dave erin frank grace heidi ivan judy ken lena mike"
+OPS="bob carol dave erin frank grace heidi ivan judy ken lena mike nina olaf peggy"
 for o in $OPS; do issue "$F" operator "$o"; done
 start_vault_standin "$F" 600
 
@@ -33,6 +33,7 @@ wrong_code() {
     while [ "$c" = "$good" ] || [ "$c" = "$prev" ] || [ "$c" = "$next" ]; do c=$((c + 1)); done
     echo "$c"
 }
+sed -i 's/client_auth: required/client_auth: optional/' "$F/keyfleetd.yaml" # AppRole logins (section 4)
 cat >>"$F/keyfleetd.yaml" <<YAML
 approvals:
   poll_interval: 200ms
@@ -102,6 +103,11 @@ out=$(node "$F" web-1 release vol-w "$WRAP_W")
 expect_match "a release of vol-w" "$out" "^code=ok status=released key=$KEY_W"
 out=$(NODE_CLIENT_REQUEST_ID=$RIDW node "$F" web-1 enroll vol-w data)
 expect_match "once released, a replay is refused" "$out" "^code=already_exists .*can no longer be enrolled again"
+
+# --- 1b. Another node's wrapped key (from a stolen disk) does not escape its owner's rule.
+out=$(node "$F" web-1 release vol-a "$WRAP_A")
+expect_match "web-1 (open rule) releasing app-1's vol-a waits for app-1's two approvers" "$out" "status=pending"
+expect_match "... and says why" "$(ctl "$F" audit --json --action pending | tail -1)" "enrolled by 'app-1'"
 
 # --- 2. An approved request releases once.
 out=$(node "$F" app-1 release vol-a "$WRAP_A")
@@ -175,6 +181,16 @@ expect_match "the change is audited with both operators" "$(ctl "$F" audit --jso
 out=$(ctl_as "$F" heidi approle create r1 --node app-1 --totp "$(code heidi)" 2>&1)
 expect_match "a role creation is held too" "$out" "waits for approval"
 expect_match "... the role does not exist yet" "$(ctl "$F" approle show r1 2>&1)" "not_found"
+CR=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
+ctl_as "$F" nina approve "$CR" --totp "$(code nina)" >/dev/null
+RID1=$(ctl "$F" approle show r1 | sed -n 's/^role_id: //p')
+out=$(ctl_as "$F" olaf approle secret-id r1 --totp "$(code olaf)" 2>&1)
+expect_match "one operator's secret id (it makes its holder app-1) is held" "$out" "waits for approval: request"
+S1=$(printf '%s' "$out" | sed -n 's/^secret_id: //p')
+CS=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
+expect_match "... and does not log in before approval" "$(approle_login "$RID1" "$S1")" "^401 "
+ctl_as "$F" peggy approve "$CS" --totp "$(code peggy)" >/dev/null
+expect_match "... it logs in once a second operator approved" "$(approle_login "$RID1" "$S1")" "^200 "
 
 # --- 4b. With one approver and TOTP, the proposal itself applies the change, and it is in force.
 rules "admin: {approvers: 1, totp: true}" >"$F/one.yaml"

@@ -141,6 +141,16 @@ node() {
 # field KEY LINE: the value of KEY=VALUE in a node_client line.
 field() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
 # put_policy DIR: the policy on stdin becomes the coordinator's policy.
+# approle_login ROLE_ID SECRET [curl args] -> "HTTP_CODE BODY": a Login to $URL, as a node
+# would make it, trusting $F's CA. LoginRequest: 1=role_id (36 bytes), 2=secret_id.
+approle_login() {
+    local rid=$1 sec=$2
+    shift 2
+    printf '\x0a\x24%s\x12%b%s' "$rid" "$(printf '\\x%02x' "${#sec}")" "$sec" >"$WORK/login.pb"
+    curl -sS --max-time 5 --http2 --cacert "$F/ca.crt" -H 'content-type: application/proto' \
+        --data-binary "@$WORK/login.pb" -o "$WORK/login.out" -w '%{http_code}' "$@" "$URL/keyfleet.v1.NodeService/Login"
+    printf ' %s' "$(tr -d '\0' <"$WORK/login.out" | head -c 200)"
+}
 put_policy() { cat >"$1/policy.yaml" && ctl "$1" policy put "$1/policy.yaml" >/dev/null; }
 
 AGENT=$BUILD/agent/keyfleet-agent

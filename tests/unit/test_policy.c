@@ -159,6 +159,48 @@ static void test_validation_errors(void **state)
     parse_bad("rules:\n  - name: a\n    effect: allow\n    match: {volumes: {labels: [x]}}\n", "labels must be a mapping");
 }
 
+/* A node under a loose rule must not take, with another node's wrapped key, what the enrolling
+ * node may only have with approval: the stricter decision wins. */
+static void test_release_of_another_nodes_volume(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("rules:\n"
+                             "  - name: quarantine\n"
+                             "    match: {nodes: {names: [\"old-*\"]}}\n"
+                             "    effect: deny\n"
+                             "  - name: two-person\n"
+                             "    match: {nodes: {names: [\"app-*\"]}}\n"
+                             "    effect: allow\n"
+                             "    approval: {approvers: 2, totp: true}\n"
+                             "  - name: open\n"
+                             "    match: {nodes: {names: [\"web-*\", \"old-*\"]}}\n"
+                             "    effect: allow\n"
+                             "    offline_fallback: true\n");
+    kfd_policy_input in = {.node = "web-1", .source = "10.0.0.1", .volume_id = "vol-a", .volume_name = "data",
+                           .now = NOON};
+    kfd_policy_decision d;
+    kfd_policy_evaluate_release(p, &in, "app-1", &d);
+    assert_true(d.allow);
+    assert_int_equal(d.approvals, 2);
+    assert_true(d.require_totp);
+    assert_false(d.offline_fallback);
+    assert_non_null(strstr(d.explanation, "enrolled by 'app-1'"));
+    kfd_policy_evaluate_release(p, &in, "web-2", &d);
+    assert_true(d.allow);
+    assert_int_equal(d.approvals, 0);
+    assert_true(d.offline_fallback);
+    kfd_policy_evaluate_release(p, &in, "old-1", &d); /* the owner's rule denies */
+    assert_false(d.allow);
+    assert_string_equal(d.rule, "quarantine");
+    kfd_policy_evaluate_release(p, &in, "web-1", &d); /* its own volume: only its rule */
+    assert_int_equal(d.approvals, 0);
+    assert_null(strstr(d.explanation, "enrolled by"));
+    in.node = "app-2";
+    kfd_policy_evaluate_release(p, &in, "web-1", &d); /* a stricter caller keeps its own rule */
+    assert_int_equal(d.approvals, 2);
+    kfd_policy_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -166,6 +208,7 @@ int main(void)
         cmocka_unit_test(test_auto_approve_window),
         cmocka_unit_test(test_empty_policy_denies),
         cmocka_unit_test(test_validation_errors),
+        cmocka_unit_test(test_release_of_another_nodes_volume),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
