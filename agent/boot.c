@@ -62,7 +62,8 @@ int kfa_cmd_initramfs_files(const kfa_config *cfg, int argc, char **argv)
     put("file", cfg->secret_id_tpm_file);
     put("lib", "libcryptsetup.so.12");
     bool tpm = cfg->secret_id_tpm_file != NULL;
-    bool zfs = cfg->zfs_discover;
+    /* zfs goes in for a configured ZFS volume, or for discovery on a host that has zfs. */
+    bool zfs = cfg->zfs_discover && cfg->zfs_command != NULL && access(cfg->zfs_command, X_OK) == 0;
     for (size_t i = 0; i < cfg->n_volumes; i++)
         zfs |= cfg->volumes[i].kind == KFA_VOL_ZFS;
     /* A volume enrolled with offline fallback may hold a TPM copy whatever the config says:

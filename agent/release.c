@@ -16,6 +16,7 @@
 
 #define BACKOFF_FIRST_MS 200
 #define BACKOFF_MAX_MS 5000
+#define ANNOUNCE_EVERY_MS 15000 /* a waiting-for-approval line on the console at most this often */
 
 static void sleep_ms(uint64_t ms)
 {
@@ -138,6 +139,7 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
     char request_id[65] = "";
     uint64_t backoff = BACKOFF_FIRST_MS;
     bool announced = false, relogged = false;
+    uint64_t announced_at = 0;
     for (;;) {
         kf_rpc_status st = {.code = KF_CONNECT_OK};
         kf_err e = {0};
@@ -159,9 +161,13 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
         }
         if (r == 0 && st.code == KF_CONNECT_OK && ret->pending) {
             snprintf(request_id, sizeof(request_id), "%s", ret->request_id);
-            if (!announced) {
-                kf_log_info("waiting_for_approval", "volume=%s request=%s", kf_log_q(v->path), request_id);
+            /* At boot this reaches the console: say so again every so often, with the time left. */
+            uint64_t now = kf_monotonic_ms();
+            if (!announced || now - announced_at >= ANNOUNCE_EVERY_MS) {
+                kf_log_info("waiting_for_approval", "volume=%s request=%s seconds_left=%llu", kf_log_q(v->path),
+                            request_id, (unsigned long long)(ctx->deadline > now ? (ctx->deadline - now) / 1000 : 0));
                 announced = true;
+                announced_at = now;
             }
             uint64_t wait = ret->retry_after_ms ? ret->retry_after_ms : 2000;
             if (!wait_until_next(ctx, wait))

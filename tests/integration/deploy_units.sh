@@ -27,20 +27,29 @@ expect_match "keyfleet-watch.service runs the agent's watch after the boot unloc
     "After=keyfleet-unlock.service.*ExecStart=/usr/sbin/keyfleet-agent -c /etc/keyfleet/agent.yaml watch"
 expect_match "... and is restarted if it fails" "$watch" "Restart=on-failure"
 
-for s in initramfs-tools/hooks/keyfleet initramfs-tools/scripts/local-top/keyfleet dracut/90keyfleet/keyfleet-unlock.sh; do
+for s in initramfs-tools/hooks/keyfleet initramfs-tools/scripts/local-top/keyfleet dracut/90keyfleet/keyfleet-unlock.sh \
+    keyscript/keyscript; do
     check "$s parses (sh -n)" sh -n "$D/$s"
 done
 check "dracut/90keyfleet/module-setup.sh parses (bash -n)" bash -n "$D/dracut/90keyfleet/module-setup.sh"
 
-# Libraries the agent dlopens are invisible to copy_exec and inst_binary: both initramfs
-# generators must name each one, and each must be installed here.
+# Libraries the agent dlopens are invisible to copy_exec and inst_binary: the agent names each
+# one (initramfs-files), both generators copy what it names, and each is installed here.
 A=$(cd "$(dirname "$0")/../../agent" && pwd)
 sonames=$(grep -ho '"lib[a-z0-9-]*\.so\.[0-9]*"' "$A"/*_dl.c | tr -d '"' | sort -u)
 expect_match "the agent dlopens libcryptsetup and tpm2-tss" "$(echo $sonames)" "libcryptsetup.so.12 .*libtss2-esys.so.0"
+printf 'coordinators: ["127.0.0.1:1"]\nidentity: {cert: n.crt, key: n.key, ca: ca.crt}\ntpm: {tcti: "device:/dev/tpmrm0"}\n' \
+    >"$WORK/agent.yaml"
+files=$("$AGENT" -c "$WORK/agent.yaml" initramfs-files)
+expect_match "initramfs-files lists the config, certificate, key and CA" "$(echo $files)" \
+    "^file $WORK/agent.yaml file $WORK/n.crt file $WORK/n.key file $WORK/ca.crt "
 for so in $sonames libtss2-tcti-device.so.0; do
-    expect_match "initramfs-tools hook copies $so" "$(cat "$D/initramfs-tools/hooks/keyfleet")" "$so"
-    expect_match "dracut module installs $so" "$(cat "$D/dracut/90keyfleet/module-setup.sh")" "\"$so\*\""
+    expect_match "initramfs-files names $so" "$files" "lib	$so"
     expect_match "$so is installed here (ldconfig -p)" "$(ldconfig -p | awk '{print $1}' | grep -Fx "$so")" "."
+done
+for hook in initramfs-tools/hooks/keyfleet dracut/90keyfleet/module-setup.sh; do
+    expect_match "$hook takes its list from initramfs-files" "$(cat "$D/$hook")" "initramfs-files"
+    if grep -q 'sed -n' "$D/$hook"; then not_ok "$hook parses no YAML with sed"; else ok "$hook parses no YAML with sed"; fi
 done
 expect_eq "the agent links neither libcryptsetup nor tpm2-tss" \
     "$(ldd "$AGENT" | grep -cE 'libcryptsetup|libtss2')" "0"

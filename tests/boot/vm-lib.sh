@@ -1,0 +1,108 @@
+# Boot tests: Debian's kernel and a real initramfs in QEMU (TCG; no KVM on these machines), a
+# LUKS2 root made offline from a file (cryptsetup reencrypt --encrypt needs no device-mapper), a
+# keyfleetd on the host's loopback. The guest's network is QEMU user networking with
+# restrict=on: its one way out is guestfwd 10.0.2.100:PORT, which runs socat to 127.0.0.1:PORT
+# for each connection. Sourced after tests/integration/lib.sh.
+
+COORD_IP=10.0.2.100
+KVER=$(find /boot -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' 2>/dev/null | sed 's/^vmlinuz-//' | sort -V | tail -n 1)
+BOOT_TIMEOUT=${KF_BOOT_TIMEOUT:-240}
+
+# boot_requirements: every tool the boot tests need, or not ok naming what is missing.
+boot_requirements() {
+    local missing=""
+    for t in qemu-system-x86_64 socat mkinitramfs lsinitramfs cryptsetup mke2fs; do
+        command -v "$t" >/dev/null || missing="$missing $t"
+    done
+    [ -n "$KVER" ] && [ -r "/boot/vmlinuz-$KVER" ] || missing="$missing linux-image-cloud-amd64"
+    [ -x /bin/busybox ] && file -L /bin/busybox | grep -q 'statically linked' || missing="$missing busybox-static"
+    [ -x /lib/cryptsetup/askpass ] || missing="$missing cryptsetup-initramfs"
+    if [ -n "$missing" ]; then
+        not_ok "boot test requirements (scripts/install-deps installs them)" "missing:$missing"
+        finish
+    fi
+}
+
+# install_tree DIR: the project as installed (cmake --install, prefix /usr) into DIR.
+install_tree() {
+    DESTDIR=$1 cmake --install "$BUILD" --prefix /usr >/dev/null || { not_ok "cmake --install"; finish; }
+}
+
+# root_image FILE PASSPHRASE: a tiny root (static busybox; /sbin/init prints a marker with the
+# kernel command line and powers off) in ext4, encrypted in place with LUKS2.
+root_image() {
+    local img=$1 pass=$2 dir=$WORK/rootfs
+    rm -rf "$dir"
+    mkdir -p "$dir/bin" "$dir/sbin" "$dir/proc" "$dir/sys" "$dir/dev" "$dir/run" "$dir/tmp"
+    cp /bin/busybox "$dir/bin/busybox"
+    cat >"$dir/sbin/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+echo "KEYFLEET-ROOT-REACHED root=$(/bin/busybox awk '$2 == "/" { print $1 }' /proc/mounts | /bin/busybox tail -n 1)" >/dev/console
+/bin/busybox sync
+/bin/busybox poweroff -f
+INIT
+    chmod 0755 "$dir/sbin/init"
+    rm -f "$img"
+    mke2fs -q -t ext4 -L kfroot -d "$dir" "$img" 24M
+    truncate -s +16M "$img"
+    printf '%s' "$pass" | cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --batch-mode \
+        --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "$img" >/dev/null
+}
+
+# vm_boot NAME IMAGE INITRD [KERNEL ARGS...]: boots, console to $WORK/NAME.console with host
+# timestamps (seconds since the start), and the guest's input from the FIFO $WORK/NAME.in
+# (type_on_console writes to it). Returns when the VM powers off or after BOOT_TIMEOUT s.
+vm_boot_start() {
+    local name=$1 img=$2 initrd=$3
+    shift 3
+    local base=$WORK/$name
+    rm -f "$base.in" "$base.out" "$base.console"
+    mkfifo "$base.in" "$base.out"
+    VM_T0=$(date +%s.%N)
+    (
+        start=$VM_T0
+        while IFS= read -r line; do
+            printf '%s %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.2f", a - b }')" \
+                "${line%$'\r'}"
+        done <"$base.out" >"$base.console"
+    ) &
+    VM_READER=$!
+    # Holds the input FIFO open so that QEMU never sees end of file on it.
+    sleep "$BOOT_TIMEOUT" >"$base.in" &
+    VM_HOLD=$!
+    timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -machine q35 -m 512 -smp 1 -display none -no-reboot \
+        -kernel "/boot/vmlinuz-$KVER" -initrd "$initrd" \
+        -append "console=ttyS0 panic=-1 net.ifnames=0 $*" \
+        -drive "file=$img,format=raw,if=virtio" \
+        -netdev "user,id=n0,restrict=on,guestfwd=tcp:$COORD_IP:$PORT-cmd:socat - TCP:127.0.0.1:$PORT" \
+        -device virtio-net-pci,netdev=n0 \
+        -chardev "pipe,id=ser0,path=$base" -serial chardev:ser0 -monitor none \
+        >"$base.qemu.log" 2>&1 &
+    VM_PID=$!
+    PIDS+=("$VM_PID" "$VM_HOLD" "$VM_READER")
+}
+
+vm_boot_wait() {
+    wait "$VM_PID"
+    VM_EXIT=$?
+    kill "$VM_HOLD" 2>/dev/null
+    wait "$VM_READER" 2>/dev/null
+}
+
+# console_wait NAME REGEX [SECONDS]: waits for a console line; 0 when it came.
+console_wait() {
+    local f=$WORK/$1.console deadline=$((SECONDS + ${3:-$BOOT_TIMEOUT}))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        grep -Eq -- "$2" "$f" 2>/dev/null && return 0
+        kill -0 "$VM_PID" 2>/dev/null || { grep -Eq -- "$2" "$f" 2>/dev/null; return; }
+        sleep 0.5
+    done
+    return 1
+}
+
+# type_on_console NAME TEXT: types TEXT and Enter at the guest's serial console.
+type_on_console() { printf '%s\r' "$2" >"$WORK/$1.in"; }
+
+# console_time NAME REGEX: seconds from the VM's start to the first line matching REGEX.
+console_time() { grep -E -m 1 -- "$2" "$WORK/$1.console" | cut -d' ' -f1; }
