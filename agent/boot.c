@@ -275,10 +275,19 @@ static int exit_status(pid_t pid)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+/* SIGTERM, then SIGKILL after a second: askpass may hold the console and not stop at once. */
 static void stop(side *s)
 {
     if (s->pid > 0 && !s->done) {
         kill(s->pid, SIGTERM);
+        for (int i = 0; i < 20; i++) {
+            if (waitpid(s->pid, NULL, WNOHANG) == s->pid) {
+                s->done = true;
+                return;
+            }
+            usleep(50 * 1000);
+        }
+        kill(s->pid, SIGKILL);
         exit_status(s->pid);
     }
     s->done = true;

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -46,8 +47,23 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
+/* OpenSSL reports a missing or unreadable file as "system lib": say which file, and why. */
+static int file_readable(const char *path, const char *what, kf_err *err)
+{
+    if (path != NULL && access(path, R_OK) != 0)
+        return kf_err_set(err, -errno, "%s %s: %s", what, path, strerror(errno));
+    return 0;
+}
+
 int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
 {
+    int fr = file_readable(opts->cert_file, "certificate", err);
+    if (fr == 0)
+        fr = file_readable(opts->key_file, "private key", err);
+    if (fr == 0)
+        fr = file_readable(opts->ca_file, "CA file", err);
+    if (fr != 0)
+        return -EINVAL;
     const bool server = opts->role == KF_TLS_SERVER;
     SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
     if (ctx == NULL)

@@ -56,9 +56,21 @@ static void join(char *buf, size_t size, const char *dir, const char *name)
     buf[a + 1 + b] = '\0';
 }
 
+/* mkdir -p, each new level 0700 (the fleet directory holds the CA key). */
 static int make_dir(const char *path, kf_err *err)
 {
-    if (mkdir(path, 0700) != 0 && errno != EEXIST)
+    char p[4096];
+    if (snprintf(p, sizeof(p), "%s", path) >= (int)sizeof(p))
+        return kf_err_set(err, -ENAMETOOLONG, "%s: path too long", path);
+    for (char *s = p + 1; *s != '\0'; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+            return kf_err_set(err, -errno, "%s: %s", p, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(p, 0700) != 0 && errno != EEXIST)
         return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
     return 0;
 }
@@ -244,8 +256,9 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         return KFCTL_EXIT_USAGE;
     }
     const char *port = strrchr(listen, ':') + 1;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        fprintf(stderr, "keyfleetctl: %s: %s\n", dir, strerror(errno));
+    kf_err derr = {0};
+    if (make_dir(dir, &derr) != 0) {
+        fprintf(stderr, "keyfleetctl: %s\n", derr.msg);
         return 1;
     }
     char ca_crt[4096], ca_key[4096], crt[4096], key[4096], path[4096];

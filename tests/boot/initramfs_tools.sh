@@ -20,8 +20,7 @@ fleet_init "$F"
     --san DNS:localhost --san IP:127.0.0.1 --san "IP:$COORD_IP" >/dev/null
 issue "$F" node vm-1
 start_kfd "$F"
-# The guest's config names the port: keep it across restarts.
-sed -i "s/127.0.0.1:0/127.0.0.1:$PORT/" "$F/keyfleetd.yaml"
+pin_port "$F" # the guest's config names the port
 put_policy "$F" <<'YAML'
 rules:
   - name: approval

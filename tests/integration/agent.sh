@@ -171,6 +171,9 @@ expect_eq "a config error exits 2" "$?" "2"
 expect_match "... naming file:line:column" "$out" "bad.yaml:3:1: unknown key 'colour'"
 printf 'coordinators: ["127.0.0.1:1"]\nidentity: {cert: a, key: b, ca: c}\nvolumes:\n  - {luks: /x, zfs: y}\n' >"$WORK/bad.yaml"
 expect_match "a volume with two kinds is refused" "$("$AGENT" -c "$WORK/bad.yaml" status 2>&1)" "bad.yaml:4:5: each volume needs exactly one of luks or zfs"
+agent_config "$WORK/nocert.yaml" no-such-node
+expect_match "a missing certificate is named, with the reason (not OpenSSL's 'system lib')" \
+    "$("$AGENT" -c "$WORK/nocert.yaml" status 2>&1)" "certificate $F/no-such-node.crt: No such file or directory"
 expect_match "an operator certificate is not a node identity" "$(agent_config "$WORK/op.yaml" operator && "$AGENT" -c "$WORK/op.yaml" status 2>&1)" "not a node certificate"
 check_sanitizers
 finish

@@ -78,6 +78,10 @@ start_kfd() {
     finish
 }
 
+# pin_port DIR: writes the port keyfleetd got into its config, so a restart keeps it (for a
+# client whose config names the port, such as an agent in a VM).
+pin_port() { sed -i "s/127.0.0.1:0\"/127.0.0.1:$PORT\"/" "$1/keyfleetd.yaml"; }
+
 # stop_kfd [SIGNAL]: signals keyfleetd and waits at most 15 s; sets KFD_EXIT.
 stop_kfd() {
     local sig=${1:-TERM}

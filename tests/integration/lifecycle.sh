@@ -5,6 +5,9 @@
 
 F=$WORK/fleet
 fleet_init "$F"
+"$CTL" init "$WORK/new/parents/fleet" --listen 127.0.0.1:0 >/dev/null
+expect_eq "keyfleetctl init makes missing parents, each 0700" \
+    "$(stat -c %a "$WORK/new" "$WORK/new/parents" "$WORK/new/parents/fleet" | tr '\n' ' ')" "700 700 700 "
 cat >>"$F/keyfleetd.yaml" <<'YAML'
 limits:
   shutdown_grace: 3s
