@@ -35,7 +35,7 @@ YAML
 INST=$WORK/inst
 install_tree "$INST"
 root_image "$WORK/root.img" "$PASS"
-cp "$WORK/root.img" "$WORK/root-approval.img"
+root_image "$WORK/root-approval.img" "$PASS" # its own LUKS UUID: a volume of its own
 agent_config "$WORK/host.yaml" vm-1
 out=$(printf '%s' "$PASS" | "$INST/usr/sbin/keyfleet-agent" -c "$WORK/host.yaml" enroll "luks:$WORK/root.img" 2>&1)
 expect_match "the root image is enrolled from the host" "$out" "^enrolled luks2"

@@ -15,7 +15,7 @@ boot_requirements() {
         command -v "$t" >/dev/null || missing="$missing $t"
     done
     [ -n "$KVER" ] && [ -r "/boot/vmlinuz-$KVER" ] || missing="$missing linux-image-cloud-amd64"
-    [ -x /bin/busybox ] && file -L /bin/busybox | grep -q 'statically linked' || missing="$missing busybox-static"
+    [ -x /bin/busybox ] && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || missing="$missing busybox-static"
     [ -x /lib/cryptsetup/askpass ] || missing="$missing cryptsetup-initramfs"
     if [ -n "$missing" ]; then
         not_ok "boot test requirements (scripts/install-deps installs them)" "missing:$missing"
