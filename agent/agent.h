@@ -33,6 +33,10 @@ typedef struct kfa_ctx {
 /* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
 int kfa_client(kfa_ctx *ctx, kf_err *err);
 int kfa_connect(kfa_ctx *ctx, kf_err *err);
+/* Who this node is: with a certificate, the keyfleet://node/NAME it names (ctx->me; the client
+ * is created, no network); with AppRole, nothing yet (the name comes with the login). 0, or
+ * -EINVAL with err naming the certificate. */
+int kfa_identify(kfa_ctx *ctx, kf_err *err);
 /* The run's receiver, made on first use for ctx->me (NULL if that failed: each call then makes its own). */
 kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
 

@@ -89,20 +89,6 @@ static void say(const char *volume, const char *what, const char *detail)
     fprintf(stderr, "keyfleet: %s: %s%s\n", volume, what, detail);
 }
 
-static int node_identity(kfa_ctx *ctx, kf_err *err)
-{
-    if (ctx->cfg->cert == NULL) {
-        ctx->me.kind = KF_PEER_NODE; /* AppRole: the name comes with the login */
-        return 0;
-    }
-    if (kfa_client(ctx, err) != 0)
-        return -EINVAL;
-    if (kf_rpc_client_identity(ctx->client, &ctx->me, err) != 0 || ctx->me.kind != KF_PEER_NODE)
-        return kf_err_set(err, -EINVAL, "%s: %s", ctx->cfg->cert,
-                          err->msg[0] ? err->msg : "not a node certificate (keyfleet://node/NAME)");
-    return 0;
-}
-
 /* Gets the key of the LUKS2 device at source and checks that it opens it (no activation:
  * cryptroot activates). 0 with *ret_key, or a negative errno with err saying why. */
 static int fetch_key(kfa_ctx *ctx, const char *source, kf_secbuf **ret_key, const char **ret_how, kf_err *err)
@@ -111,7 +97,7 @@ static int fetch_key(kfa_ctx *ctx, const char *source, kf_secbuf **ret_key, cons
     if (strlen(source) >= sizeof(v.path))
         return kf_err_set(err, -EINVAL, "device name too long");
     snprintf(v.path, sizeof(v.path), "%s", source);
-    int r = node_identity(ctx, err);
+    int r = kfa_identify(ctx, err);
     if (r == 0)
         r = v.drv->probe(ctx->cfg, &v, err);
     if (r == 0 && v.wrapped == NULL)

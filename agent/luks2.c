@@ -17,9 +17,10 @@
 #include <jansson.h>
 #include "cryptsetup_dl.h"
 #include "kf_time.h"
+#include "luks2_token.h"
 #include "volume.h"
 
-#define TOKEN_TYPE "keyfleet"
+#define TOKEN_TYPE KFA_TOKEN_TYPE
 #define MAX_TOKENS 32
 
 static void quiet(int level, const char *msg, void *usrptr)
@@ -63,7 +64,8 @@ static int open_device(const char *path, struct crypt_device **ret, kf_err *err)
     return 0;
 }
 
-/* Finds the keyfleet token; -ENOENT when there is none, -EBADMSG when it is malformed. */
+/* Finds the keyfleet token; -ENOENT when there is none, -EBADMSG when it is malformed
+ * (luks2_token.c checks every field, as the token plugin does). */
 static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
 {
     for (int t = 0; t < MAX_TOKENS; t++) {
@@ -74,31 +76,17 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
         const char *json = NULL;
         if (sym_crypt_token_json_get(cd, t, &json) < 0)
             return kf_err_set(err, -EBADMSG, "%s: keyfleet token %d unreadable", v->path, t);
-        json_t *o = json_loads(json, 0, NULL);
-        const char *vid = NULL, *wrapped = NULL, *slot = NULL;
-        json_t *slots = NULL;
-        int ok = o != NULL && json_unpack(o, "{s:s, s:s, s:o}", "keyfleet_volume_id", &vid, "keyfleet_wrapped_key",
-                                          &wrapped, "keyslots", &slots) == 0 &&
-                 json_is_array(slots) && json_array_size(slots) == 1 &&
-                 (slot = json_string_value(json_array_get(slots, 0))) != NULL;
-        int r = 0;
-        if (!ok)
-            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token %d is malformed", v->path, t);
-        else if (strcmp(vid, v->id) != 0)
-            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token names volume %s, not this one (%s)", v->path, vid, v->id);
-        else if (wrapped[0] == '\0' || strlen(wrapped) > KFA_WRAPPED_MAX || strncmp(wrapped, "kf:", 3) != 0)
-            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token holds no valid wrapped key", v->path);
-        else if ((v->wrapped = strdup(wrapped)) == NULL)
-            r = kf_err_set(err, -ENOMEM, "out of memory");
-        const char *tpm = json_string_value(json_object_get(o, "keyfleet_tpm_sealed"));
-        if (r == 0 && tpm != NULL && (strlen(tpm) > 4096 || (v->tpm_blob = strdup(tpm)) == NULL))
-            r = kf_err_set(err, -EBADMSG, "%s: keyfleet token holds a bad TPM blob", v->path);
-        if (r == 0) {
-            v->keyslot = atoi(slot);
-            v->token = t;
-        }
-        json_decref(o);
-        return r;
+        kfa_token tok;
+        int r = kfa_token_parse(json, v->id, &tok, err);
+        if (r != 0)
+            return kf_err_wrap(err, "%s: keyfleet token %d", v->path, t);
+        v->wrapped = tok.wrapped;
+        v->tpm_blob = tok.tpm_blob;
+        tok.wrapped = tok.tpm_blob = NULL;
+        v->keyslot = tok.keyslot;
+        v->token = t;
+        kfa_token_clear(&tok);
+        return 0;
     }
     return -ENOENT;
 }

@@ -104,6 +104,20 @@ int kfa_connect(kfa_ctx *ctx, kf_err *err)
     return r == 0 && ctx->cfg->role_id_file != NULL && !ctx->logged_in ? login(ctx, err) : r;
 }
 
+int kfa_identify(kfa_ctx *ctx, kf_err *err)
+{
+    if (ctx->cfg->cert == NULL) {
+        ctx->me.kind = KF_PEER_NODE; /* AppRole: the name comes with the login */
+        return 0;
+    }
+    if (kfa_client(ctx, err) != 0)
+        return -EINVAL;
+    if (kf_rpc_client_identity(ctx->client, &ctx->me, err) != 0 || ctx->me.kind != KF_PEER_NODE)
+        return kf_err_set(err, -EINVAL, "%s: %s", ctx->cfg->cert,
+                          err->msg[0] ? err->msg : "not a node certificate (keyfleet://node/NAME)");
+    return 0;
+}
+
 kf_seal_receiver *kfa_receiver(kfa_ctx *ctx)
 {
     if (ctx->receiver == NULL && kf_seal_receiver_new(ctx->me.name, &ctx->receiver) != 0)

@@ -66,6 +66,15 @@ void kf_log_set_buffered(bool on)
 }
 void kf_log_set_program(const char *name) { program = name; }
 
+static kf_log_sink sink;
+static void *sink_userdata;
+
+void kf_log_set_sink(kf_log_sink fn, void *userdata)
+{
+    sink = fn;
+    sink_userdata = userdata;
+}
+
 int kf_log_level_parse(const char *s, kf_log_level *ret)
 {
     static const char *const names[] = {"debug", "info", "warn", "error"};
@@ -151,6 +160,12 @@ void kf_log(kf_log_level level, const char *event, const char *fmt, ...)
     for (size_t i = 0; i < o; i++)
         if (line[i] == '\n' || line[i] == '\r')
             line[i] = ' ';
+    if (sink != NULL) {
+        line[o] = '\0';
+        const char *ev = strstr(line, " event=");
+        sink(level, ev != NULL ? ev + 1 : line, sink_userdata);
+        return;
+    }
     line[o++] = '\n';
     if (!buffering) {
         write_all(line, o);

@@ -23,6 +23,12 @@ void kf_log_flush(void);
 /* For a fatal-signal handler: writes the buffer without taking its lock (async-signal-safe). */
 void kf_log_flush_from_signal(void);
 
+/* Sends each line elsewhere instead of stderr (NULL: back to stderr). The sink gets the level and
+ * the line from "event=" on, without timestamp, program or newline. For code that runs inside
+ * another program, such as the libcryptsetup token plugin, whose lines go to crypt_log. */
+typedef void (*kf_log_sink)(kf_log_level level, const char *line, void *userdata);
+void kf_log_set_sink(kf_log_sink sink, void *userdata);
+
 void kf_log(kf_log_level level, const char *event, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #define kf_log_debug(ev, ...) kf_log(KF_LOG_DEBUG, ev, __VA_ARGS__)
