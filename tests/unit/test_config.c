@@ -103,6 +103,9 @@ static void test_malformed_yaml(void **state)
     expect_error("name: a\n  bad: indent\n", "");
     expect_error("a: &x 1\nb: *x\n", "1:7: anchors are not supported");
     expect_error("", "1: expected a mapping");
+    /* libfyaml 0.8 loops for ever on a directive out of place (tests/fuzz/regressions/fuzz_yaml). */
+    expect_error("name: a\n%  poll: 8\n", "2:1: YAML directives (%...) are not supported");
+    expect_error("%YAML 1.2\n---\nname: a\n", "1:1: YAML directives");
 }
 
 static void test_missing_file(void **state)
