@@ -32,6 +32,9 @@ int main(int argc, char **argv)
 {
     kf_log_set_program("keyfleetd");
     kf_crash_handler_install("keyfleetd");
+    /* Everything keyfleetd creates (the database with its -wal and -shm, snapshots, the port file)
+     * is for its own user alone, whatever umask it was started with. */
+    umask(077);
     kfd_json_wipe_on_free();
     const char *config_path = "/etc/keyfleet/keyfleetd.yaml";
     int check_only = 0;

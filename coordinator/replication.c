@@ -612,8 +612,12 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
     r->monitor.data = r;
     uv_timer_start(&r->monitor, on_monitor, 0, MONITOR_MS);
     uv_unref((uv_handle_t *)&r->monitor);
-    kf_log_info("raft_started", "id=%llu address=%s applied=%llu", (unsigned long long)kfd_raft_id(cfg->name),
-                kf_log_q(r->self_address), (unsigned long long)raft_last_applied(&r->raft));
+    /* raft_last_applied is where libraft restarts (its snapshot); the store's index is what this
+     * replica holds, the figure an operator compares between survivors (operations.md). */
+    kf_log_info("raft_started", "id=%llu address=%s applied=%llu raft_snapshot_index=%llu",
+                (unsigned long long)kfd_raft_id(cfg->name), kf_log_q(r->self_address),
+                (unsigned long long)kfd_store_applied_index(r->app->store),
+                (unsigned long long)raft_last_applied(&r->raft));
     return 0;
 }
 

@@ -12,7 +12,18 @@ cat >>"$F/keyfleetd.yaml" <<'YAML'
 limits:
   shutdown_grace: 3s
 YAML
+umask 022
 start_kfd "$F"
+ctl "$F" status >/dev/null 2>&1 # a write or two, so the WAL exists
+expect_eq "started with umask 022, keyfleetd's database, WAL and port file are 0600" \
+    "$(stat -c %a "$F/state/keyfleet.db" "$F/state/keyfleet.db-wal" "$F/keyfleetd.port" 2>&1 | tr '\n' ' ')" "600 600 600 "
+
+# The start-up line carries the index the store holds, which operations.md has operators compare.
+stop_kfd TERM
+db_index=$(sqlite3 "$F/state/keyfleet.db" "SELECT applied_index FROM raft_state")
+start_kfd "$F"
+expect_match "raft_started names the applied index the database holds ($db_index)" \
+    "$(grep 'event=raft_started' "$F/keyfleetd.log" | tail -n 1)" " applied=$db_index "
 
 serial() {
     timeout 10 openssl s_client -connect "127.0.0.1:$PORT" -cert "$F/operator.crt" -key "$F/operator.key" \
