@@ -143,9 +143,17 @@ bool kfd_app_kms_reachable(const kfd_app *app, const char **ret_why)
 {
     kfd_kms_info info = {0};
     app->kms->ops->describe(app->kms, &info);
-    if (!info.reachable)
+    if (!info.reachable) {
         *ret_why = "KMS unreachable (see the log's kms_failed and kms_token_failed events)";
-    return info.reachable;
+        return false;
+    }
+    if (info.problem != NULL) {
+        static char why[200];
+        snprintf(why, sizeof(why), "KMS not usable: %s", info.problem);
+        *ret_why = why;
+        return false;
+    }
+    return true;
 }
 
 bool kfd_app_kms_complete(const kfd_app *app, const char **ret_why)

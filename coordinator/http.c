@@ -4,6 +4,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -26,6 +28,8 @@ typedef struct request {
     void *arg;
     kfd_http_response result; /* set when finishing */
     char errbuf[CURL_ERROR_SIZE];
+    char location[1024];      /* of the current attempt's response; "" when none */
+    uint32_t retry_after_s;
     struct request *next, *prev;
 } request;
 
@@ -144,6 +148,54 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+/* Retry-After is delta-seconds or an HTTP date (RFC 9110 10.2.3); 0 when absent or unreadable. */
+static uint32_t parse_retry_after(const char *v)
+{
+    if (*v >= '0' && *v <= '9') {
+        char *end = NULL;
+        unsigned long n = strtoul(v, &end, 10);
+        return *end == '\0' ? (n > 86400 ? 86400 : (uint32_t)n) : 0;
+    }
+    time_t when = curl_getdate(v, NULL), now = time(NULL);
+    if (when < 0 || when <= now)
+        return when < 0 ? 0 : 1;
+    return when - now > 86400 ? 86400 : (uint32_t)(when - now);
+}
+
+/* Keeps the response headers callers act on: Location and Retry-After. A status line starts a new
+ * response (an interim 100 Continue, or the answer after it), whose headers replace the old ones. */
+static size_t on_header(char *data, size_t size, size_t nitems, void *userp)
+{
+    request *q = userp;
+    size_t n = size * nitems;
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        q->location[0] = '\0';
+        q->retry_after_s = 0;
+        return n;
+    }
+    const char *colon = memchr(data, ':', n);
+    if (colon == NULL)
+        return n;
+    size_t name_len = (size_t)(colon - data);
+    const char *v = colon + 1;
+    size_t v_len = n - name_len - 1;
+    while (v_len > 0 && (*v == ' ' || *v == '\t'))
+        v++, v_len--;
+    while (v_len > 0 && (v[v_len - 1] == '\r' || v[v_len - 1] == '\n' || v[v_len - 1] == ' '))
+        v_len--;
+    if (name_len == 8 && strncasecmp(data, "location", 8) == 0) {
+        size_t keep = v_len < sizeof(q->location) - 1 ? v_len : sizeof(q->location) - 1;
+        memcpy(q->location, v, keep);
+        q->location[keep] = '\0';
+    } else if (name_len == 11 && strncasecmp(data, "retry-after", 11) == 0 && v_len < 64) {
+        char buf[64];
+        memcpy(buf, v, v_len);
+        buf[v_len] = '\0';
+        q->retry_after_s = parse_retry_after(buf);
+    }
+    return n;
+}
+
 static void wipe_slist(request *q)
 {
     for (struct curl_slist *l = q->slist; l != NULL; l = l->next)
@@ -196,6 +248,8 @@ static void deliver(uv_timer_t *t)
     if (q->result.status == 0) {
         q->result.body = q->resp != NULL ? (const char *)q->resp->data : "";
         q->result.body_len = q->resp != NULL ? q->resp->len : 0;
+        q->result.location = q->location[0] != '\0' ? q->location : NULL;
+        q->result.retry_after_s = q->retry_after_s;
     }
     q->cb(q->arg, &q->result);
     uv_close((uv_handle_t *)&q->timer, on_request_closed);
@@ -239,13 +293,17 @@ static void check_done(kfd_http *h)
         request *q = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&q);
         long code = 0;
-        curl_off_t retry_after = 0;
         curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &code);
-        curl_easy_getinfo(m->easy_handle, CURLINFO_RETRY_AFTER, &retry_after);
         CURLcode rc = m->data.result;
         release_easy(q);
         bool transport = rc != CURLE_OK;
         bool retryable = (transport && !q->too_big) || code == 429 || (code >= 500 && code != 501);
+        /* The server said when to come back: sooner would be refused again, and a wait longer
+         * than we allow goes back to the caller, which holds off as asked. */
+        bool asked_wait = !transport && (code == 429 || code == 503) && q->retry_after_s > 0;
+        uint64_t wanted = asked_wait ? (uint64_t)q->retry_after_s * 1000 : 0;
+        if (asked_wait && wanted > h->opts.max_retry_after_ms)
+            retryable = false;
         if (!retryable || q->attempt >= h->opts.max_attempts) {
             if (transport)
                 finish(q, transport_errno(rc, q->too_big), 0,
@@ -254,11 +312,7 @@ static void check_done(kfd_http *h)
                 finish(q, 0, code, NULL);
             continue;
         }
-        uint64_t delay = (uint64_t)h->opts.first_backoff_ms << (q->attempt - 1);
-        if (code == 429 && retry_after > 0) {
-            uint64_t wanted = (uint64_t)retry_after * 1000;
-            delay = wanted < h->opts.max_retry_after_ms ? wanted : h->opts.max_retry_after_ms;
-        }
+        uint64_t delay = asked_wait ? wanted : (uint64_t)h->opts.first_backoff_ms << (q->attempt - 1);
         h->stats.retries++;
         kf_log_warn("http_retry", "client=%s method=%s url=%s status=%ld error=%s attempt=%d retry_in_ms=%llu", h->name, q->method,
                     kf_log_q(q->url), code, kf_log_q(transport ? curl_easy_strerror(rc) : "-"), q->attempt,
@@ -275,6 +329,8 @@ static void start_attempt(request *q)
     q->attempt++;
     q->too_big = false;
     q->errbuf[0] = '\0';
+    q->location[0] = '\0';
+    q->retry_after_s = 0;
     q->easy = curl_easy_init();
     bool ok = q->easy != NULL;
     for (size_t i = 0; ok && i < q->n_headers; i++) {
@@ -299,6 +355,9 @@ static void start_attempt(request *q)
     curl_easy_setopt(e, CURLOPT_PRIVATE, q);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, q);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, q);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, q->errbuf);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);

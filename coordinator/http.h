@@ -1,8 +1,10 @@
 /* Outbound HTTPS from the coordinator's loop: libcurl multi driven by libuv, so a slow server
  * never blocks other requests. Used by the KMS backends and the webhook. Request and response
  * bodies live in secure memory (they carry data keys, secret ids and tokens) and are wiped;
- * header strings are wiped before they are freed. Transport errors, 429 (Retry-After honoured,
- * capped) and 5xx are retried with exponential backoff up to max_attempts. */
+ * header strings are wiped before they are freed. Transport errors, 429 and 5xx are retried with
+ * exponential backoff up to max_attempts; a Retry-After on 429 or 503 sets the wait instead, and
+ * one longer than max_retry_after_ms is not waited for: the answer goes back to the caller with
+ * it. Redirects are never followed: a 3xx comes back with its Location. */
 #ifndef KFD_HTTP_H
 #define KFD_HTTP_H
 
@@ -33,6 +35,9 @@ typedef struct kfd_http_response {
     size_t body_len;
     const char *error;   /* transport error text when status < 0 */
     int attempts;
+    /* Response headers the callers act on (of the last attempt, when status is 0): */
+    const char *location;  /* Location (3xx), or NULL; valid during the callback */
+    uint32_t retry_after_s; /* Retry-After (seconds or an HTTP date), 0 when absent */
 } kfd_http_response;
 
 typedef void (*kfd_http_cb)(void *arg, const kfd_http_response *res);

@@ -43,6 +43,9 @@ typedef struct kfd_kms_info {
     uint32_t latest_version;
     uint32_t min_decrypt_version;
     bool reachable; /* the last call to the KMS got an answer */
+    /* Why the KMS cannot serve although it answers (a key keyfleet cannot use, a failing login),
+     * for readyz; NULL when none is known. Valid until the next KMS call. */
+    const char *problem;
 } kfd_kms_info;
 
 typedef struct kfd_kms_ops {

@@ -42,13 +42,23 @@ void kfd_remote_clear(kfd_remote_call *c)
 static void on_answer(void *arg, const kfd_http_response *res)
 {
     kfd_remote_call *c = arg;
-    if (res->status == 0 && (res->code == 401 || res->code == 403) && c->token != NULL && !c->auth_retried) {
-        /* A token revoked or expired early: fetch a new one and try once more. */
-        c->auth_retried = true;
-        kfd_token_invalidate(c->token);
-        kfd_remote_start(c);
-        return;
+    if (res->status == 0 && (res->code == 401 || res->code == 403) && c->token != NULL) {
+        if (c->refused != NULL) {
+            c->refused(c, res);
+            return;
+        }
+        /* A token revoked or expired early: fetch a new one and try once more, unless a refusal
+         * just did (then it is more likely the KMS's access policy). */
+        char why[96];
+        snprintf(why, sizeof(why), "HTTP %ld to a call with the cached token", res->code);
+        if (!c->auth_retried && kfd_token_refused(c->token, why)) {
+            c->auth_retried = true;
+            kfd_remote_start(c);
+            return;
+        }
     }
+    if (res->status == 0 && res->code < 300 && c->auth_retried && c->token != NULL)
+        kfd_token_refusal_cured(c->token);
     c->done(c, res);
 }
 
@@ -74,7 +84,8 @@ static void on_token(void *arg, int status, const char *token, const char *messa
 {
     kfd_remote_call *c = arg;
     if (status != 0) {
-        kfd_http_response res = {.status = status == -EACCES ? -EACCES : -EIO, .error = message};
+        kfd_http_response res = {.status = status, .error = message};
+        c->login_failed = true;
         c->done(c, &res);
         return;
     }
@@ -198,8 +209,8 @@ void kfd_remote_kms_destroy(kfd_remote_kms *k)
 
 void kfd_remote_kms_answered(kfd_remote_kms *k, const kfd_http_response *res)
 {
-    /* A refused token (-EACCES) is still an answer from the KMS. */
-    k->reachable = res->status == 0 || res->status == -EACCES;
+    /* A refused or unusable login (-EACCES, -EPROTO, -EAGAIN) is still an answer from the KMS. */
+    k->reachable = res->status == 0 || res->status == -EACCES || res->status == -EPROTO || res->status == -EAGAIN;
 }
 
 kfd_remote_kms *kfd_remote_kms_of_login(kfd_remote_call *rc)

@@ -1,5 +1,7 @@
 /* What the remote KMS backends (vault-transit, azure-keyvault) share: one authenticated HTTPS
- * call with a cached token that is fetched again, once, when the KMS refuses it (401 or 403);
+ * call with a cached token that is fetched again, once, when the KMS refuses it (401 or 403) and
+ * no refusal did so within the token's refusal period (kfd_token_refused), or as the backend's
+ * refused hook decides;
  * JSON answers parsed into a jansson tree; and the result/error plumbing to kfd_kms_cb. */
 #ifndef KFD_KMS_REMOTE_H
 #define KFD_KMS_REMOTE_H
@@ -25,7 +27,12 @@ struct kfd_remote_call {
     char url[1024];
     kf_secbuf *body;            /* JSON or form body; owned, wiped */
     const char *content_type;   /* static string */
-    bool auth_retried;
+    bool auth_retried;          /* the token was fetched again after a refusal */
+    bool login_failed;          /* done runs because no token could be had (res->error says why) */
+    /* Optional: decides a 401/403 to a call with a token (a backend that can tell an invalid token
+     * from a policy refusal); it restarts the call or ends it with done. NULL: fetch a new token
+     * once, within kfd_token_refused's limit. */
+    void (*refused)(kfd_remote_call *c, const kfd_http_response *res);
     kfd_remote_done done;
     kfd_kms_cb cb;              /* the KMS caller's */
     void *arg;
@@ -57,7 +64,8 @@ void kfd_remote_kms_start(kfd_remote_kms *k);
 /* Frees the shared part, then the whole backend object (once the timer has closed); free the
  * backend's own fields first. */
 void kfd_remote_kms_destroy(kfd_remote_kms *k);
-/* Records whether an answer came: sets reachable from a final HTTP result. */
+/* Records whether an answer came: sets reachable from a final HTTP result, or from a failed token
+ * fetch's status (-EACCES, -EPROTO, -EAGAIN: the KMS answered). */
 void kfd_remote_kms_answered(kfd_remote_kms *k, const kfd_http_response *res);
 /* The backend whose login call rc is. */
 kfd_remote_kms *kfd_remote_kms_of_login(kfd_remote_call *rc);

@@ -3,7 +3,15 @@
  * rotate = keys/KEY/rotate, describe = keys/KEY (read at start, after rotation and every
  * minute). Auth is a token file (renewed with renew-self, re-read at each renewal) or AppRole
  * (login again before the token expires). Wrapped keys: "kf:vault:vN:KCV:BODY", where
- * "vault:vN:BODY" is Vault's ciphertext (kms_wrapped.h). */
+ * "vault:vN:BODY" is Vault's ciphertext (kms_wrapped.h).
+ *
+ * Errors say what Vault said (status and its "errors" text), never "unreachable" when it answered.
+ * A 401/403 to a call is checked with auth/token/lookup-self: a valid token means the Vault policy
+ * lacks a capability (named, and no new login, which could spend a use of the secret id); an
+ * invalid one means a new login, at most once per back-off period (kfd_token_refused). Redirects
+ * are reported with their Location, not followed. A Retry-After longer than the HTTP client waits
+ * holds every call off until then. Derived Transit keys (derived: true) are refused: keyfleet
+ * binds a key to its volume with its own key check value and sends no context. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -25,6 +33,10 @@ typedef struct vault {
     char *token_file, *role_id_file, *secret_id_file;
     kf_secbuf *file_token; /* token-file mode: the token being renewed */
     uint32_t latest, min_decrypt;
+    bool derived;          /* the last key read said derived: true */
+    char derived_msg[300];
+    uint64_t hold_until_ms; /* Vault's Retry-After: no calls before this (loop time) */
+    char hold_msg[600];
 } vault;
 
 typedef enum { OP_GENERATE, OP_WRAP, OP_UNWRAP, OP_REWRAP, OP_ROTATE, OP_READ_KEY } op_kind;
@@ -37,6 +49,14 @@ typedef struct vcall {
     char kcv[KFD_KCV_TEXT_LEN + 1];
     uint32_t in_version;
 } vcall;
+
+/* The auth/token/lookup-self check of a refused call's token. */
+typedef struct lookup {
+    kfd_remote_call rc; /* first */
+    vcall *c;
+    long code;          /* the refused call's answer */
+    char why[300];
+} lookup;
 
 /* "vault:vN:BODY" → N and BODY; 0 or -EINVAL. */
 static int parse_ciphertext(const char *ct, uint32_t *version, const char **body)
@@ -102,14 +122,113 @@ static void note_version(vault *v, uint32_t version)
 
 static void read_key_answer(vcall *c, json_t *j);
 
+/* The call's Vault path without /v1/, as Vault policies name it: "transit/decrypt/keyfleet". */
+static const char *vault_path(const vcall *c) { return c->rc.url + strlen(c->v->base) + 1; }
+
+/* A 3xx is not followed (a standby node, a proxy): say where it pointed. */
+static const char *redirect_text(const kfd_http_response *res)
+{
+    static char text[1100];
+    snprintf(text, sizeof(text),
+             "HTTP %ld to %s; keyfleetd does not follow redirects: point kms.vault.address at the Vault that "
+             "serves the request (the active node, or a load balancer that forwards)",
+             res->code, res->location != NULL ? res->location : "(no Location)");
+    return text;
+}
+
+static void hold_off(vault *v, long code, const char *why, uint32_t seconds)
+{
+    v->hold_until_ms = uv_now(v->rk.super.loop) + (uint64_t)seconds * 1000;
+    snprintf(v->hold_msg, sizeof(v->hold_msg), "vault answered HTTP %ld (%s) with Retry-After %u s; no calls until then",
+             code, why, seconds);
+}
+
+static void policy_refusal(vcall *c, long code, const char *why, const char *how_known)
+{
+    char msg[900];
+    snprintf(msg, sizeof(msg),
+             "vault policy refuses %s %s: HTTP %ld: %s; keyfleetd's token is valid (%s), so its Vault policy lacks "
+             "the \"%s\" capability on path \"%s\" (docs/kms-vault.md lists the policy)",
+             c->rc.method, vault_path(c), code, why, how_known, strcmp(c->rc.method, "GET") == 0 ? "read" : "update",
+             vault_path(c));
+    fail_call(c, -EACCES, "", msg);
+}
+
+static void on_lookup(kfd_remote_call *rc, const kfd_http_response *res)
+{
+    lookup *l = (lookup *)rc;
+    vcall *c = l->c;
+    vault *v = c->v;
+    long code = l->code;
+    char why[300];
+    memcpy(why, l->why, sizeof(why));
+    kfd_remote_clear(rc);
+    free(l);
+    if (res->status == 0 && res->code == 200) {
+        policy_refusal(c, code, why, "auth/token/lookup-self accepts it");
+        return;
+    }
+    char lk[96], cause[500];
+    if (res->status != 0)
+        snprintf(lk, sizeof(lk), "no answer: %s", res->error != NULL ? res->error : "transport error");
+    else
+        snprintf(lk, sizeof(lk), "HTTP %ld", res->code);
+    snprintf(cause, sizeof(cause), "vault refused the token: HTTP %ld: %s on %s (auth/token/lookup-self: %s)", code,
+             why, vault_path(c), lk);
+    if (kfd_token_refused(v->rk.token, cause)) {
+        c->rc.auth_retried = true;
+        kfd_remote_start(&c->rc);
+        return;
+    }
+    fail_call(c, -EACCES, cause, "; a new login waits for the back-off period (one per period)");
+}
+
+/* A 401/403 to a call with the cached token: is the token invalid, or does the policy refuse? */
+static void vault_refused(kfd_remote_call *rc, const kfd_http_response *res)
+{
+    vcall *c = (vcall *)rc;
+    vault *v = c->v;
+    kfd_remote_kms_answered(&v->rk, res);
+    char why[300];
+    vault_errors(res, why, sizeof(why));
+    if (rc->auth_retried) {
+        policy_refusal(c, res->code, why, "it comes from a login made after the first refusal");
+        return;
+    }
+    const char *tok = kfd_token_current(v->rk.token);
+    lookup *l = tok != NULL ? calloc(1, sizeof(*l)) : NULL;
+    if (l == NULL) {
+        fail_call(c, -EACCES, "vault refused the token: ", why);
+        return;
+    }
+    l->c = c;
+    l->code = res->code;
+    memcpy(l->why, why, sizeof(l->why));
+    l->rc.http = v->rk.http;
+    l->rc.method = "GET";
+    l->rc.fixed_token = tok;
+    l->rc.auth_format = "X-Vault-Token: ";
+    l->rc.done = on_lookup;
+    snprintf(l->rc.url, sizeof(l->rc.url), "%s/auth/token/lookup-self", v->base);
+    kfd_remote_start(&l->rc);
+}
+
 static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
 {
     vcall *c = (vcall *)rc;
     vault *v = c->v;
     kfd_remote_kms_answered(&v->rk, res);
     if (res->status != 0) {
-        fail_call(c, res->status, "vault unreachable: ",
+        /* A failed login that Vault answered is reported as Vault answered it. */
+        bool answered = rc->login_failed && v->rk.reachable;
+        fail_call(c, res->status, answered ? "" : "vault unreachable: ",
                   res->error != NULL ? res->error : "transport error");
+        return;
+    }
+    if (res->code >= 300 && res->code < 400) {
+        char msg[1200];
+        snprintf(msg, sizeof(msg), "%s: %s", vault_path(c), redirect_text(res));
+        fail_call(c, -EPROTO, "vault answered a redirect: ", msg);
         return;
     }
     if (res->code >= 400) {
@@ -118,12 +237,20 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         int status = -EIO;
         if (res->code == 401 || res->code == 403)
             status = -EACCES;
+        else if (res->code == 400 && strstr(why, "context") != NULL)
+            status = -ENOTSUP; /* a derived key: never "not this volume's key" */
         else if (res->code == 400 && (c->kind == OP_UNWRAP || c->kind == OP_REWRAP) &&
                  strstr(why, "too new") == NULL && strstr(why, "disallowed by policy") == NULL &&
                  strstr(why, "key not found") == NULL)
             status = -EBADMSG; /* the ciphertext the node presented does not decrypt */
-        char msg[480];
-        snprintf(msg, sizeof(msg), "HTTP %ld: %s", res->code, why);
+        char msg[600], wait[96] = "";
+        if ((res->code == 429 || res->code == 503) && res->retry_after_s > 0) {
+            hold_off(v, res->code, why, res->retry_after_s);
+            snprintf(wait, sizeof(wait), "; Vault asked to retry after %u s (Retry-After), calls held until then",
+                     res->retry_after_s);
+        }
+        snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s%s%s", vault_path(c), res->code, why, wait,
+                 status == -ENOTSUP ? "; the Transit key is derived, which keyfleet refuses (docs/kms-vault.md)" : "");
         fail_call(c, status, "vault refused: ", msg);
         return;
     }
@@ -221,6 +348,18 @@ static void read_key_answer(vcall *c, json_t *j)
     if (lv > 0 && lv <= UINT32_MAX && (uint32_t)lv > latest)
         latest = (uint32_t)lv;
     json_int_t mdv = json_integer_value(json_object_get(data, "min_decryption_version"));
+    if (json_is_true(json_object_get(data, "derived"))) {
+        snprintf(v->derived_msg, sizeof(v->derived_msg),
+                 "vault Transit key %s/keys/%s is derived (derived: true); keyfleet refuses derived keys (it binds "
+                 "keys to volumes itself and sends no context): use a key created without derived=true",
+                 v->mount, v->key);
+        if (!v->derived)
+            kf_log_error("kms_key_unusable", "backend=vault-transit key=%s error=%s", v->key, kf_log_q(v->derived_msg));
+        v->derived = true;
+        fail_call(c, -ENOTSUP, "", v->derived_msg);
+        return;
+    }
+    v->derived = false;
     if (latest == 0) {
         fail_call(c, -EIO, "vault answer: ", "the key lists no versions");
         return;
@@ -240,9 +379,18 @@ static vcall *vcall_new(vault *v, op_kind kind, const char *volume_id, kfd_kms_c
         kfd_remote_fail(cb, arg, c == NULL ? -ENOMEM : -EINVAL, "%s", c == NULL ? "out of memory" : "volume id too long");
         return NULL;
     }
+    uint64_t now = uv_now(v->rk.super.loop);
+    if (now < v->hold_until_ms || (v->derived && kind != OP_READ_KEY)) {
+        bool held = now < v->hold_until_ms;
+        free(c);
+        kfd_remote_fail(cb, arg, held ? -EAGAIN : -ENOTSUP, "%s%s", held ? v->hold_msg : v->derived_msg,
+                        held ? "" : " (from the last key read)");
+        return NULL;
+    }
     c->v = v;
     c->kind = kind;
     c->rc.http = v->rk.http;
+    c->rc.refused = vault_refused;
     c->rc.token = v->rk.token;
     c->rc.auth_format = "X-Vault-Token: ";
     c->rc.method = "POST";
@@ -353,6 +501,7 @@ static void vault_describe(kfd_kms *base, kfd_kms_info *ret)
     ret->latest_version = v->latest;
     ret->min_decrypt_version = v->min_decrypt;
     ret->reachable = v->rk.reachable;
+    ret->problem = v->derived ? v->derived_msg : kfd_token_problem(v->rk.token);
 }
 
 /* Token fetch: AppRole login, or the token file plus renew-self. */
@@ -362,17 +511,31 @@ static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
     kfd_remote_clear(rc);
     kf_secbuf *file_token = v->file_token;
     v->file_token = NULL;
+    const char *what = file_token != NULL ? "token renewal (auth/token/renew-self)" : "AppRole login (auth/approle/login)";
+    char msg[1300];
     if (res->status != 0) {
-        kfd_token_fetched(v->rk.token, res->status, NULL, 0, 0, res->error);
+        snprintf(msg, sizeof(msg), "vault unreachable: %s: %s", what, res->error != NULL ? res->error : "transport error");
+        kfd_token_fetched(v->rk.token, res->status, NULL, 0, 0, msg);
     } else if (file_token != NULL && res->code == 400) {
         /* A token that cannot be renewed (a root or batch token) is used as it is. */
         kfd_token_fetched(v->rk.token, 0, (const char *)file_token->data, file_token->len, 0, NULL);
+    } else if (res->code >= 300 && res->code < 400) {
+        snprintf(msg, sizeof(msg), "vault answered the %s with a redirect: %s", what, redirect_text(res));
+        kfd_token_fetched(v->rk.token, -EPROTO, NULL, 0, 0, msg);
     } else if (res->code != 200) {
-        char why[400], msg[480];
+        char why[400], wait[64] = "";
         vault_errors(res, why, sizeof(why));
-        snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s", file_token != NULL ? "token renewal" : "AppRole login",
-                 res->code, why);
-        kfd_token_fetched(v->rk.token, res->code == 400 || res->code == 403 ? -EACCES : -EIO, NULL, 0, 0, msg);
+        int status = res->code == 400 || res->code == 401 || res->code == 403 ? -EACCES
+                     : res->code == 429 || res->code >= 500              ? -EAGAIN
+                                                                         : -EPROTO;
+        if (status == -EAGAIN && res->retry_after_s > 0) {
+            kfd_token_hold_off(v->rk.token, res->retry_after_s);
+            snprintf(wait, sizeof(wait), " (Retry-After %u s)", res->retry_after_s);
+        }
+        snprintf(msg, sizeof(msg), "vault %s the %s: HTTP %ld: %s%s%s",
+                 status == -EAGAIN ? "could not serve" : "refused", what, res->code, why, wait,
+                 res->code == 404 ? " (no such auth mount, or a namespace Vault does not have)" : "");
+        kfd_token_fetched(v->rk.token, status, NULL, 0, 0, msg);
     } else {
         json_t *j = kfd_remote_json(res);
         const char *tok = kfd_json_str(j, "auth", "client_token");
