@@ -3,7 +3,10 @@
 # enroll and release, AppRole and token-file auth with renewal, rotation then rewrap, and
 # every failure the issue lists (down, slow, 429, 401/403, garbage, truncated, unknown key
 # version, wrong key) failing closed with unavailable and an audit record, while the loop
-# keeps serving other requests.
+# keeps serving other requests. Then issue #30's Vault findings (items 6 to 10), each against a
+# fresh stand-in: login failures reported as Vault answered them, failed logins backed off
+# (secret-id uses not burned), policy 403s told apart from expired tokens (no re-login), derived
+# keys refused clearly, Retry-After honoured and redirects reported with their Location.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -77,6 +80,7 @@ try_fault() {
     expect_match "$desc: release fails closed with unavailable" "$out" '^code=unavailable .*no key was released'
 }
 try_fault "Vault answers 429 on every try" "status 429"
+sleep 1.1 # Vault's Retry-After: 1 holds keyfleetd's calls that long
 try_fault "Vault answers 503 (sealed)" "status 503"
 try_fault "Vault refuses the token (403) even after a new login" "status 403"
 try_fault "Vault answers garbage" "garbage"
@@ -140,6 +144,146 @@ start_kfd "$F"
 out=$(node "$F" web-1 enroll vol-t data)
 expect_match "token-file auth: enroll works" "$out" '^code=ok wrapped=kf:vault:v1:'
 stop_kfd
+# --- Issue #30, Vault items 6 to 10: each scenario a fresh stand-in and keyfleetd (AppRole). ---
+# vault_run [STANDIN ARGS...]: a fresh Vault stand-in and keyfleetd on it; VLOG0 marks the
+# stand-in's log so that logins/requests count from here. VKEY names the Transit key, VFAULT a
+# fault in force before keyfleetd starts.
+vault_run() {
+    VLOG0=$(wc -l <"$F/vault_standin.log")
+    start_standin "$F" vault_standin --root-token-file "$F/root.token" --role-id role-keyfleetd --token-ttl 30 "$@"
+    fault "$F" "${VFAULT:-}"
+    sed -i '/^limits:/,$d' "$F/keyfleetd.yaml"
+    cat >>"$F/keyfleetd.yaml" <<YAML
+limits:
+  shutdown_grace: 5s
+kms:
+  backend: vault-transit
+  timeout: 1s
+  attempts: 3
+  vault:
+    address: https://127.0.0.1:$SPORT
+    ca: kms.crt
+    key: ${VKEY:-keyfleet}
+    role_id_file: role.id
+    secret_id_file: secret.id
+YAML
+    : >"$F/keyfleetd.log"
+    start_kfd "$F"
+}
+vault_end() { stop_kfd; kill -9 "$STANDIN_PID" 2>/dev/null; wait "$STANDIN_PID" 2>/dev/null; }
+# vcount PATTERN: requests to the current stand-in whose log line matches PATTERN.
+vcount() { tail -n +"$((VLOG0 + 1))" "$F/vault_standin.log" | grep -c -- "$1"; }
+logins() { vcount 'POST /v1/auth/approle/login'; }
+klog() { cat "$F/keyfleetd.log"; }
+readyz() { kcurl "$F" operator -w ' %{http_code}' "$URL/readyz"; }
+
+# Item 6: Vault refuses the AppRole login (wrong secret id): say what Vault said, not "unreachable".
+head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$F/other.id"
+vault_run --secret-id-file "$F/other.id" --key keyfleet
+sleep 0.3
+out=$(node "$F" web-1 enroll vol-x data)
+expect_match "#30.6 login refused (400): enroll fails closed with unavailable" "$out" '^code=unavailable'
+expect_match "#30.6 ... and the log says what Vault said" "$(grep 'event=kms_failed' "$F/keyfleetd.log")" \
+    'refused the AppRole login \(auth/approle/login\): HTTP 400: invalid role or secret ID'
+expect_eq "#30.6 ... never \"vault unreachable\" while Vault answers" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | grep -c unreachable)" "0"
+expect_match "#30.6 readyz is not ready and names Vault's answer" "$(readyz)" 'not usable: .*HTTP 400: invalid role or secret ID.* 503$'
+# Item 7: after that failure, calls do not each start a login: one login per back-off period.
+n0=$(logins)
+for i in 1 2 3 4 5 6; do node "$F" web-1 enroll "vol-x$i" data >/dev/null; done
+bg=()
+for i in 1 2 3 4; do
+    node "$F" web-1 enroll "vol-y$i" data >/dev/null &
+    bg+=("$!")
+done
+wait "${bg[@]}"
+expect_eq "#30.7 ten calls in a back-off period start no new login" "$(($(logins) - n0 <= 1 ? 1 : 0))" "1"
+expect_match "#30.7 ... and each is refused with the login's own cause" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -n 1)" \
+    'invalid role or secret ID.*next attempt in'
+expect_match "#30.7 the back-off grows (failures counted in kms_token_failed)" "$(grep 'event=kms_token_failed' "$F/keyfleetd.log" | tail -n 1)" \
+    'failures=[0-9]+ retry_in_ms=[0-9]+'
+vault_end
+
+# Item 6 and 10: a login answered 404 (no namespace or mount) or 307 (a standby) is named as such.
+VFAULT="status 404 +login" vault_run --secret-id-file "$F/secret.id" --key keyfleet
+out=$(node "$F" web-1 enroll vol-x data)
+expect_match "#30.6 login answered 404: the log names HTTP 404, not unreachable" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | head -n 1)" \
+    'error="vault refused the AppRole login \(auth/approle/login\): HTTP 404: login fault 404 \(no such auth mount'
+vault_end
+VFAULT="redirect +login" vault_run --secret-id-file "$F/secret.id" --key keyfleet
+out=$(node "$F" web-1 enroll vol-x data)
+expect_match "#30.10 login answered 307: reported with its Location, not followed" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | head -n 1)" \
+    'redirect: HTTP 307 to https://127.0.0.1:9/v1/auth/approle/login; keyfleetd does not follow redirects'
+expect_eq "#30.10 ... and nothing asked 127.0.0.1:9" "$(grep -c 'Connection refused\|port 9 ' "$F/keyfleetd.log")" "0"
+vault_end
+
+# Item 10: a key call answered 307, 503 with Retry-After, 429 with a Retry-After too long to wait.
+vault_run --secret-id-file "$F/secret.id" --key keyfleet
+WRAP_R=$(field wrapped "$(node "$F" web-1 enroll vol-r data)")
+fault "$F" "redirect"
+out=$(node "$F" web-1 release vol-r "$WRAP_R")
+expect_match "#30.10 a release answered 307 fails closed" "$out" '^code=unavailable'
+expect_match "#30.10 ... and the log names the Location" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -n 1)" \
+    'transit/decrypt/keyfleet: HTTP 307 to https://127.0.0.1:9/v1/transit/decrypt/keyfleet'
+fault "$F" "status 503 1"
+t0=$(date +%s%N)
+out=$(node "$F" web-1 release vol-r "$WRAP_R")
+t1=$(date +%s%N)
+expect_match "#30.10 503 with Retry-After: 1 fails closed after the tries" "$out" '^code=unavailable'
+expect_eq "#30.10 ... having waited Retry-After between tries (>= 1.9 s for 3 tries)" "$([ $(((t1 - t0) / 1000000)) -ge 1900 ] && echo yes)" "yes"
+sleep 1.1
+fault "$F" "status 429 8"
+d0=$(vcount 'POST /v1/transit/decrypt')
+t0=$(date +%s%N)
+out=$(node "$F" web-1 release vol-r "$WRAP_R")
+t1=$(date +%s%N)
+fault "$F" ""
+expect_match "#30.10 429 with Retry-After: 8 (longer than keyfleetd waits) fails at once" "$out" '^code=unavailable'
+expect_eq "#30.10 ... without retrying in the meantime (under 1 s, one request)" \
+    "$([ $(((t1 - t0) / 1000000)) -lt 1000 ] && [ "$(($(vcount 'POST /v1/transit/decrypt') - d0))" = 1 ] && echo yes)" "yes"
+out=$(node "$F" web-1 release vol-r "$WRAP_R")
+expect_match "#30.10 ... and the next call within those 8 s is held, not sent" "$out" '^code=unavailable'
+expect_eq "#30.10 ... (no request reached Vault)" "$(($(vcount 'POST /v1/transit/decrypt') - d0))" "1"
+expect_match "#30.10 ... the log says Vault asked to wait" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -n 1)" \
+    'HTTP 429 \(injected fault 429\) with Retry-After 8 s'
+vault_end
+
+# Item 8 (and 7): a policy without read on transit/keys/keyfleet, then without update on decrypt,
+# with a secret id good for 3 logins: no re-login on a valid token's 403, the capability named,
+# and the secret id still works afterwards.
+VFAULT="deny transit/keys/keyfleet" vault_run --secret-id-file "$F/secret.id" --secret-id-num-uses 3 --key keyfleet
+for _ in $(seq 1 40); do grep -q 'event=kms_describe_failed' "$F/keyfleetd.log" && break; sleep 0.05; done
+expect_eq "#30.8 the start-up key read refused by policy: one login, no re-login" "$(logins)" "1"
+expect_match "#30.8 ... and the log names the missing capability" "$(grep 'event=kms_describe_failed' "$F/keyfleetd.log")" \
+    'lacks the \\"read\\" capability on path \\"transit/keys/keyfleet\\"'
+WRAP_P=$(field wrapped "$(node "$F" web-1 enroll vol-p data)")
+expect_match "#30.8 enroll (datakey allowed) works meanwhile" "$WRAP_P" '^kf:vault:v1:'
+fault "$F" "deny transit/decrypt/keyfleet"
+for i in 1 2 3 4 5; do
+    out=$(node "$F" web-1 release vol-p "$WRAP_P")
+done
+expect_match "#30.8 releases refused by policy fail closed" "$out" '^code=unavailable'
+expect_eq "#30.7/8 ... five of them, still one login (no secret-id use spent)" "$(logins)" "1"
+expect_match "#30.8 ... the log names \"update\" on transit/decrypt/keyfleet" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -n 1)" \
+    'lacks the \\"update\\" capability on path \\"transit/decrypt/keyfleet\\"'
+fault "$F" ""
+out=$(node "$F" web-1 release vol-p "$WRAP_P")
+expect_match "#30.8 once the policy allows it, releases work with the same token" "$out" '^code=ok'
+expect_eq "#30.8 ... still one login of the secret id's three" "$(logins)" "1"
+vault_end
+
+# Item 9: a derived Transit key is refused at the key read, in readyz, and by every call, and a
+# release never reads as "not this volume's key".
+VKEY=dkey vault_run --secret-id-file "$F/secret.id" --derived-key dkey
+for _ in $(seq 1 40); do grep -q 'event=kms_key_unusable' "$F/keyfleetd.log" && break; sleep 0.05; done
+expect_match "#30.9 start-up: the derived key is named in an error" "$(klog)" 'event=kms_key_unusable .*is derived \(derived: true\)'
+expect_match "#30.9 readyz is not ready: derived key" "$(readyz)" 'not usable: .*is derived.* 503$'
+out=$(node "$F" web-1 release vol-a "$WRAP_A")
+expect_match "#30.9 a release under a derived key: unavailable, not failed_precondition" "$out" '^code=unavailable'
+expect_match "#30.9 ... and the log says why" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -n 1)" 'derived'
+vault_end
+sed -i -e "s#key: dkey#key: keyfleet#" -e '/role_id_file/d' -e 's#secret_id_file: secret.id#token_file: root.token#' \
+    "$F/keyfleetd.yaml"
+
 cp "$F/keyfleetd.yaml" "$WORK/bad.yaml"
 sed -i 's#address: https://#address: http://#' "$WORK/bad.yaml"
 out=$("$KFD" -c "$WORK/bad.yaml" --check-config 2>&1)

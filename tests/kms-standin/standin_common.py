@@ -6,7 +6,10 @@ each request the server reads FAULT_FILE, whose first line is one of
 
     slow MS            answer after MS milliseconds
     hang               never answer (until the client gives up)
-    status CODE        answer CODE with the service's error body (429 adds Retry-After: 1)
+    status CODE [S]    answer CODE with the service's error body, with Retry-After: S when S is
+                       given (429 always carries one: S defaults to 1)
+    redirect           307 with a Location naming the same path on another node (a standby
+                       Vault's answer) and no body
     garbage            200 with a body that is not JSON
     truncate           200 whose body stops half-way (Content-Length promises more)
     bad-version        ciphertexts in answers carry a version the key does not have
@@ -43,7 +46,7 @@ class Fault:
         elif is_login:
             return None, None
         parts = line.split()
-        return parts[0], (parts[1] if len(parts) > 1 else None)
+        return parts[0], (" ".join(parts[1:]) if len(parts) > 1 else None)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -113,9 +116,14 @@ def apply_fault(handler, fault, is_login, error_body):
         handler.close_connection = True
         return None
     if kind == "status":
-        code = int(arg)
-        headers = {"Retry-After": "1"} if code == 429 else {}
+        words = arg.split()
+        code = int(words[0])
+        after = words[1] if len(words) > 1 else ("1" if code == 429 else None)
+        headers = {"Retry-After": after} if after is not None else {}
         handler.send(code, error_body(code), headers)
+        return None
+    if kind == "redirect":
+        handler.send(307, headers={"Location": "https://127.0.0.1:9" + handler.path}, raw=b"")
         return None
     if kind == "garbage":
         handler.send(200, raw=b"<html>not json{")

@@ -10,6 +10,8 @@ AES-256-GCM ciphertext+tag), as Vault writes them. Implemented endpoints:
 
     POST /v1/auth/approle/login               {"role_id","secret_id"} -> auth.client_token, lease_duration
     POST /v1/auth/token/renew-self            -> auth (400 "lease is not renewable" for the root token)
+    GET  /v1/auth/token/lookup-self           -> data.{id,ttl,policies,...}; 403 for a token Vault
+                                                 does not know (expired, revoked)
     POST /v1/transit/keys/NAME                create {"type":"aes256-gcm96"}
     GET  /v1/transit/keys/NAME                data.{name,type,keys,latest_version,min_decryption_version,...}
     POST /v1/transit/keys/NAME/rotate         204
@@ -19,7 +21,24 @@ AES-256-GCM ciphertext+tag), as Vault writes them. Implemented endpoints:
     POST /v1/transit/rewrap/NAME              {"ciphertext"} -> data.{ciphertext,key_version}
     POST /v1/transit/datakey/plaintext/NAME   {"bits":256} -> data.{plaintext,ciphertext,key_version}
 
-The secret id is reusable here (secret_id_num_uses 0). Faults: see standin_common.py.
+Stricter than the shared facts, where issue #30 needs it (real Vault behaves this way too):
+
+- secret_id_num_uses (--secret-id-num-uses N, 0 = unlimited, the default): each successful login
+  spends a use; after the last the secret id is deleted and logins get 400 "invalid role or secret
+  ID", as in Vault.
+- Policies: the fault line "deny PATH" (e.g. "deny transit/keys/keyfleet") makes every AppRole
+  token's policy lack all capabilities on PATH: 403 "permission denied" with a valid token, the
+  same answer an expired token gets, so only lookup-self tells them apart. The root token is not
+  limited. lookup-self is allowed by the "default" policy, as in Vault, and faults never apply
+  to it.
+- Derived keys (--derived-key NAME): the key read says derived: true; encrypt, decrypt, rewrap and
+  datakey without a context get 400 "missing 'context' for key derivation; the key was marked
+  for derivation" (Vault's text); with one, the key is derived from it (HKDF-SHA256).
+- "status 429|503 S" sends Retry-After: S; "redirect" answers 307 with a Location and no body
+  (a standby node), never followed by a correct client.
+
+Faults: see standin_common.py. Every request is logged to stderr ("POST /v1/auth/approle/login"
+lines count the logins).
 """
 import base64
 import binascii
@@ -47,6 +66,8 @@ class Vault:
         p.add_argument("--secret-id-file", required=True)
         p.add_argument("--token-ttl", type=int, default=1200)
         p.add_argument("--key", action="append", default=[], help="transit key to create at start")
+        p.add_argument("--derived-key", action="append", default=[], help="derived transit key to create at start")
+        p.add_argument("--secret-id-num-uses", type=int, default=0)
 
     def configure(self, a):
         self.lock = threading.Lock()
@@ -59,10 +80,22 @@ class Vault:
         self.keys = {}
         for name in a.key:
             self.create_key(name)
+        for name in a.derived_key:
+            self.create_key(name, derived=True)
         self.logins = 0
+        self.uses_left = a.secret_id_num_uses if a.secret_id_num_uses > 0 else None
 
-    def create_key(self, name):
-        self.keys[name] = {"versions": {1: (AESGCM.generate_key(256), int(time.time()))}, "min_dec": 1}
+    def create_key(self, name, derived=False):
+        self.keys[name] = {"versions": {1: (AESGCM.generate_key(256), int(time.time()))}, "min_dec": 1,
+                           "derived": derived}
+
+    def key_bytes(self, key, version, context):
+        raw = key["versions"][version][0]
+        if not key["derived"]:
+            return raw
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=context).derive(raw)
 
     # --- auth ---
     def token_of(self, h):
@@ -93,12 +126,12 @@ class Vault:
                      "wrap_info": None, "warnings": None, "lease_id": "", "renewable": False, "lease_duration": 0})
 
     # --- ciphertexts ---
-    def seal(self, key, version, plaintext):
+    def seal(self, key, version, plaintext, context=b""):
         nonce = os.urandom(12)
-        ct = AESGCM(key["versions"][version][0]).encrypt(nonce, plaintext, None)
+        ct = AESGCM(self.key_bytes(key, version, context)).encrypt(nonce, plaintext, None)
         return "vault:v%d:%s" % (version, base64.b64encode(nonce + ct).decode())
 
-    def open(self, key, ciphertext):
+    def open(self, key, ciphertext, context=b""):
         m = re.fullmatch(r"vault:v(\d+):(.*)", ciphertext or "")
         if not m:
             return None, "invalid ciphertext: version number could not be decoded"
@@ -109,7 +142,7 @@ class Vault:
             return None, "ciphertext or signature version is disallowed by policy (too old)"
         try:
             raw = base64.b64decode(m.group(2), validate=True)
-            return AESGCM(key["versions"][version][0]).decrypt(raw[:12], raw[12:], None), None
+            return AESGCM(self.key_bytes(key, version, context)).decrypt(raw[:12], raw[12:], None), None
         except (binascii.Error, ValueError, Exception):
             return None, "cipher: message authentication failed"
 
@@ -122,13 +155,27 @@ class Vault:
             if f is None:
                 return
             rid, sid = str(body.get("role_id", "")), str(body.get("secret_id", ""))
-            if not (secrets.compare_digest(rid, self.role_id) and secrets.compare_digest(sid, self.secret_id)):
+            with self.lock:
+                good = (secrets.compare_digest(rid, self.role_id) and secrets.compare_digest(sid, self.secret_id)
+                        and self.uses_left != 0)
+                if good and self.uses_left is not None:
+                    self.uses_left -= 1  # the last use deletes the secret id
+            if not good:
                 return h.send(400, errors("invalid role or secret ID"))
             tok = "hvs." + secrets.token_urlsafe(24)
             with self.lock:
                 self.tokens[tok] = time.time() + self.ttl
                 self.logins += 1
             return self.answer_auth(h, tok)
+        if path == "/v1/auth/token/lookup-self" and method in ("GET", "POST"):
+            if not self.authorized(h):
+                return h.send(403, errors("permission denied"))
+            t = self.token_of(h)
+            with self.lock:
+                exp = self.tokens.get(t)
+            ttl = 0 if exp is None else max(0, int(exp - time.time()))
+            return h.send(200, {"data": {"id": t, "ttl": ttl, "policies": ["default", "keyfleetd"],
+                                         "renewable": exp is not None}})
         if path == "/v1/auth/token/renew-self" and method == "POST":
             t = self.token_of(h)
             if t is not None and secrets.compare_digest(t, self.root):
@@ -146,6 +193,8 @@ class Vault:
             self.revoked_before = time.time() + 1
         if not self.authorized(h):
             return h.send(403, errors("permission denied"))
+        if fault == "deny" and path == "/v1/" + f[1] and not secrets.compare_digest(self.token_of(h), self.root):
+            return h.send(403, errors("1 error occurred:\n\t* permission denied\n\n"))
         m = re.fullmatch(r"/v1/transit/(keys|encrypt|decrypt|rewrap|datakey/plaintext)/([^/]+)(/rotate|/config)?", path)
         if not m:
             return h.send(404, errors())
@@ -161,7 +210,7 @@ class Vault:
                     return h.send(404, errors())
                 latest = max(key["versions"])
                 return self.reply(h, fault, {"data": {
-                    "name": name, "type": "aes256-gcm96", "derived": False, "exportable": False,
+                    "name": name, "type": "aes256-gcm96", "derived": key["derived"], "exportable": False,
                     "keys": {str(v): t for v, (_, t) in key["versions"].items()},
                     "latest_version": latest, "min_decryption_version": key["min_dec"],
                     "min_encryption_version": 0, "supports_encryption": True, "supports_decryption": True}})
@@ -170,6 +219,14 @@ class Vault:
             if method != "POST":
                 return h.send(405, errors())
             latest = max(key["versions"])
+            context = b""
+            if key["derived"] and sub is None:
+                try:
+                    context = base64.b64decode(body.get("context", ""), validate=True)
+                except (binascii.Error, ValueError):
+                    return h.send(400, errors("failed to base64-decode context"))
+                if not context:
+                    return h.send(400, errors("missing 'context' for key derivation; the key was marked for derivation"))
             if sub == "/rotate":
                 key["versions"][latest + 1] = (AESGCM.generate_key(256), int(time.time()))
                 return h.send(204)
@@ -185,22 +242,24 @@ class Vault:
                     pt = base64.b64decode(body.get("plaintext", ""), validate=True)
                 except (binascii.Error, ValueError):
                     return h.send(400, errors("failed to base64-decode plaintext"))
-                return self.reply(h, fault, {"data": {"ciphertext": self.seal(key, latest, pt), "key_version": latest}})
+                return self.reply(h, fault, {"data": {"ciphertext": self.seal(key, latest, pt, context),
+                                                      "key_version": latest}})
             if op == "datakey/plaintext":
                 if body.get("bits", 256) not in (128, 256, 512):
                     return h.send(400, errors("invalid bit length"))
                 pt = os.urandom(body.get("bits", 256) // 8)
                 return self.reply(h, fault, {"data": {"plaintext": base64.b64encode(pt).decode(),
-                                                      "ciphertext": self.seal(key, latest, pt),
+                                                      "ciphertext": self.seal(key, latest, pt, context),
                                                       "key_version": latest}})
-            pt, err = self.open(key, body.get("ciphertext"))
+            pt, err = self.open(key, body.get("ciphertext"), context)
             if err:
                 return h.send(400, errors(err))
             if op == "decrypt":
                 if fault == "wrong-key":
                     pt = os.urandom(len(pt))
                 return self.reply(h, fault, {"data": {"plaintext": base64.b64encode(pt).decode()}})
-            return self.reply(h, fault, {"data": {"ciphertext": self.seal(key, latest, pt), "key_version": latest}})
+            return self.reply(h, fault, {"data": {"ciphertext": self.seal(key, latest, pt, context),
+                                                  "key_version": latest}})
 
     def reply(self, h, fault, obj):
         if fault == "bad-version" and "ciphertext" in obj.get("data", {}):
