@@ -9,15 +9,15 @@
 
 #include <openssl/ssl.h>
 
-#include "app.h"
-#include "config.h"
+#include "core/app.h"
+#include "config/config.h"
 #include "kf_crash.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
-#include "kms_remote.h"
+#include "kms/kms_remote.h"
 #include "privileges.h"
 #include "preflight.h"
-#include "server.h"
+#include "front/server.h"
 
 #define EXIT_CONFIG 2
 

@@ -7,7 +7,7 @@
 #include <openssl/ssl.h>
 
 #include "kf_tls.h"
-#include "kms.h"
+#include "kms/kms.h"
 
 static int readable(const char *what, const char *path, kf_err *err)
 {

@@ -2,7 +2,7 @@
 #ifndef KFD_PREFLIGHT_H
 #define KFD_PREFLIGHT_H
 
-#include "config.h"
+#include "config/config.h"
 #include "kf_err.h"
 
 /* Loads the TLS certificate, key and CA as the server would (key matching the certificate), the

@@ -4,7 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "kms_wrapped.h"
+#include "kms/kms_wrapped.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "kf_yaml.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

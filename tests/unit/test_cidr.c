@@ -13,8 +13,8 @@
 
 #include <cmocka.h>
 
-#include "cidr.h"
-#include "policy.h"
+#include "core/cidr.h"
+#include "core/policy.h"
 
 static kfd_cidr parse(const char *s)
 {

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "kf_yaml.h"
 
 #include "kf_test_tmpdir.h"

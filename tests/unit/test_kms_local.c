@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "kms.h"
+#include "kms/kms.h"
 
 #include "kf_test_tmpdir.h"
 static char kek_dir[300];

@@ -9,7 +9,7 @@
 #include <cmocka.h>
 
 #include "kf_b64.h"
-#include "kms_wrapped.h"
+#include "kms/kms_wrapped.h"
 
 static void test_b64_round_trip(void **state)
 {

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "policy.h"
+#include "core/policy.h"
 
 static kfd_policy *parse_ok(const char *yaml)
 {

@@ -12,8 +12,8 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
-#include "app.h"
-#include "store.h"
+#include "core/app.h"
+#include "store/store.h"
 
 #include "kf_test_tmpdir.h"
 

@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "store.h"
+#include "store/store.h"
 
 #include "kf_test_tmpdir.h"
 

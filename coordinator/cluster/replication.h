@@ -1,0 +1,58 @@
+/* Replication: libraft on the coordinator's loop. Every state command is a Raft entry, applied
+ * on every replica through the store's one apply function once a majority has it. A single
+ * coordinator is a cluster of one on the same path.
+ *
+ * Entry format (little endian): u32 format (1), u32 length, the StateCommand protobuf, zeros up
+ * to a multiple of 8 bytes (libraft 0.15 corrupts its log otherwise). */
+#ifndef KFD_REPLICATION_H
+#define KFD_REPLICATION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keyfleet/v1/admin.pb-c.h"
+#include "kf_err.h"
+#include "store/store.h"
+
+struct kfd_app;
+typedef struct kfd_repl kfd_repl;
+
+/* Starts raft: bootstraps from the config's peers on first start (unless join), replays the log
+ * into the store, and joins the election. */
+int kfd_repl_open(struct kfd_app *app, kf_err *err);
+/* Stops raft and runs the loop until it has let go of everything. */
+void kfd_repl_close(struct kfd_app *app);
+
+typedef void (*kfd_repl_cb)(void *arg, int status, const kfd_apply_result *res, const kf_err *err);
+/* Proposes one packed StateCommand. cb runs once it is committed by a majority and applied
+ * here, or with -EAGAIN when this replica is not (or stopped being) the leader. */
+void kfd_repl_submit(kfd_repl *r, const uint8_t *packed, size_t len, kfd_repl_cb cb, void *arg);
+
+/* True when this replica may serve writes: the leader, with every earlier entry applied. Else
+ * why says what is wrong and leader_rpc (when not empty) where the leader answers. */
+bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t size);
+
+/* Fills resp with this replica's view of the cluster (strings point into r or scratch). */
+typedef struct kfd_repl_status_buf {
+    Keyfleet__V1__ClusterMember members[9];
+    Keyfleet__V1__ClusterMember *ptrs[9];
+    char names[9][64], rafts[9][280], rpcs[9][280];
+    char leader[64];
+} kfd_repl_status_buf;
+void kfd_repl_status(kfd_repl *r, Keyfleet__V1__ClusterStatusResponse *resp, kfd_repl_status_buf *buf);
+
+/* Membership changes, on the leader. cb gets 0 or a negative errno with err set. */
+typedef void (*kfd_repl_change_cb)(void *arg, int status, const kf_err *err);
+int kfd_repl_add(kfd_repl *r, const char *name, const char *raft_addr, const char *rpc_addr, kfd_repl_change_cb cb,
+                 void *arg, kf_err *err);
+int kfd_repl_remove(kfd_repl *r, const char *name, kfd_repl_change_cb cb, void *arg, kf_err *err);
+
+/* For /metrics. */
+typedef struct kfd_repl_stats {
+    uint64_t term, commit_index, applied_index, snapshots_taken, snapshots_restored, peers_refused, commit_timeouts;
+    bool leader;
+} kfd_repl_stats;
+void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret);
+
+#endif

@@ -1,0 +1,47 @@
+/* keyfleetd's configuration file (YAML). Relative paths are resolved against the file's folder. */
+#ifndef KFD_CONFIG_H
+#define KFD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kf_err.h"
+#include "kf_tls.h"
+#include "kf_log.h"
+#include "kf_yaml.h"
+#include "config/cluster_config.h"
+#include "config/kms_config.h"
+
+typedef struct kfd_limits {
+    uint32_t max_body_bytes;             /* protocol limit; larger bodies get resource_exhausted */
+    uint32_t max_connections_per_source; /* per client IP address */
+    uint32_t max_connections;            /* in total */
+    uint32_t max_streams_per_connection; /* HTTP/2 requests processed at once on one connection */
+    uint64_t idle_timeout_ms;
+    uint64_t shutdown_grace_ms; /* how long SIGTERM waits for in-flight requests */
+} kfd_limits;
+
+typedef struct kfd_config {
+    char *path;
+    char *name; /* this coordinator's name, as in its certificate */
+    kf_strlist listen; /* "host:port"; port 0 picks a free one */
+    char *port_file; /* optional: the bound ports are written here, one per line */
+    char *state_dir;
+    char *tls_cert, *tls_key, *tls_ca;
+    kf_tls_peer_mode client_auth;
+    char *user; /* optional: drop privileges to this user after binding */
+    char *log_level;
+    kfd_limits limits;
+    kfd_kms_config kms;
+    kfd_cluster_config cluster;
+    uint64_t approval_poll_ms; /* retry delay given to agents while PENDING */
+    char *totp_dir;      /* optional: OPERATOR.b32 files; operators with one must give a TOTP code */
+    char *webhook_url;   /* optional: notified of each new pending request */
+    char *webhook_secret_file;
+} kfd_config;
+
+/* Loads and validates path. On error err holds "file:line:col: ..." and nothing is allocated. */
+int kfd_config_load(const char *path, kfd_config **ret, kf_err *err);
+void kfd_config_free(kfd_config *cfg);
+
+#endif

@@ -1,0 +1,542 @@
+#include "core/policy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/cidr.h"
+#include "kf_yaml.h"
+
+#define DEFAULT_PENDING_TTL_S (15 * 60)
+
+typedef kfd_cidr cidr;
+
+typedef struct label_sel {
+    char *key, *value;
+} label_sel;
+
+typedef struct rule {
+    char *name;
+    /* volume selectors */
+    kf_strlist ids, names;
+    label_sel *labels;
+    size_t n_labels;
+    /* node selectors */
+    kf_strlist node_names, groups;
+    cidr *cidrs;
+    size_t n_cidrs;
+    bool allow;
+    uint32_t approvers;
+    bool require_totp;
+    int window_from, window_to; /* minutes of the UTC day; -1 = no window */
+    uint64_t pending_ttl_ms;
+    bool offline_fallback;
+    uint32_t per_minute, burst;
+} rule;
+
+typedef struct group {
+    char *name;
+    kf_strlist members; /* node name globs */
+} group;
+
+struct kfd_policy {
+    group *groups;
+    size_t n_groups;
+    rule *rules;
+    size_t n_rules;
+    kfd_admin_policy admin;
+};
+
+static void rule_clear(rule *r)
+{
+    free(r->name);
+    kf_strlist_free(&r->ids);
+    kf_strlist_free(&r->names);
+    for (size_t i = 0; i < r->n_labels; i++) {
+        free(r->labels[i].key);
+        free(r->labels[i].value);
+    }
+    free(r->labels);
+    kf_strlist_free(&r->node_names);
+    kf_strlist_free(&r->groups);
+    free(r->cidrs);
+}
+
+void kfd_policy_free(kfd_policy *p)
+{
+    if (p == NULL)
+        return;
+    for (size_t i = 0; i < p->n_rules; i++)
+        rule_clear(&p->rules[i]);
+    free(p->rules);
+    for (size_t i = 0; i < p->n_groups; i++) {
+        free(p->groups[i].name);
+        kf_strlist_free(&p->groups[i].members);
+    }
+    free(p->groups);
+    free(p);
+}
+
+size_t kfd_policy_rule_count(const kfd_policy *p) { return p->n_rules; }
+
+/* --- parsing --- */
+
+typedef struct volumes_sel {
+    kf_strlist ids, names;
+    const kf_yaml_node *labels;
+} volumes_sel;
+
+typedef struct nodes_sel {
+    kf_strlist names, groups, cidrs;
+} nodes_sel;
+
+static int dec_node_ref(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
+{
+    (void)doc, (void)arg, (void)err;
+    *(const kf_yaml_node **)dst = node;
+    return 0;
+}
+
+static const kf_yaml_field volume_fields[] = {
+    {"ids", kf_yaml_dec_strlist, offsetof(volumes_sel, ids), NULL, false},
+    {"names", kf_yaml_dec_strlist, offsetof(volumes_sel, names), NULL, false},
+    {"labels", dec_node_ref, offsetof(volumes_sel, labels), NULL, false},
+};
+
+static const kf_yaml_field node_fields[] = {
+    {"names", kf_yaml_dec_strlist, offsetof(nodes_sel, names), NULL, false},
+    {"groups", kf_yaml_dec_strlist, offsetof(nodes_sel, groups), NULL, false},
+    {"cidrs", kf_yaml_dec_strlist, offsetof(nodes_sel, cidrs), NULL, false},
+};
+
+typedef struct match_sec {
+    const kf_yaml_node *volumes, *nodes;
+} match_sec;
+
+static const kf_yaml_field match_fields[] = {
+    {"volumes", dec_node_ref, offsetof(match_sec, volumes), NULL, false},
+    {"nodes", dec_node_ref, offsetof(match_sec, nodes), NULL, false},
+};
+
+typedef struct window_sec {
+    char *from, *to;
+} window_sec;
+
+static const kf_yaml_field window_fields[] = {
+    {"from", kf_yaml_dec_string, offsetof(window_sec, from), NULL, true},
+    {"to", kf_yaml_dec_string, offsetof(window_sec, to), NULL, true},
+};
+
+typedef struct approval_sec {
+    uint32_t approvers;
+    const kf_yaml_node *auto_approve;
+    uint64_t timeout_ms;
+    bool totp;
+} approval_sec;
+
+static const kf_yaml_uint_range approvers_range = {1, 16};
+static const kf_yaml_field approval_fields[] = {
+    {"approvers", kf_yaml_dec_uint, offsetof(approval_sec, approvers), &approvers_range, true},
+    {"auto_approve", dec_node_ref, offsetof(approval_sec, auto_approve), NULL, false},
+    {"timeout", kf_yaml_dec_duration_ms, offsetof(approval_sec, timeout_ms), NULL, false},
+    {"totp", kf_yaml_dec_bool, offsetof(approval_sec, totp), NULL, false},
+};
+
+/* admin: how many operators must agree to a policy or role change. */
+static const kf_yaml_field admin_fields[] = {
+    {"approvers", kf_yaml_dec_uint, offsetof(approval_sec, approvers), &approvers_range, true},
+    {"timeout", kf_yaml_dec_duration_ms, offsetof(approval_sec, timeout_ms), NULL, false},
+    {"totp", kf_yaml_dec_bool, offsetof(approval_sec, totp), NULL, false},
+};
+
+typedef struct rate_sec {
+    uint32_t per_minute, burst;
+} rate_sec;
+
+static const kf_yaml_uint_range rate_range = {1, 100000};
+static const kf_yaml_field rate_fields[] = {
+    {"per_minute", kf_yaml_dec_uint, offsetof(rate_sec, per_minute), &rate_range, true},
+    {"burst", kf_yaml_dec_uint, offsetof(rate_sec, burst), &rate_range, false},
+};
+
+typedef struct rule_sec {
+    char *name, *effect;
+    const kf_yaml_node *match, *approval, *rate_limit;
+    bool offline_fallback;
+} rule_sec;
+
+static const kf_yaml_field rule_fields[] = {
+    {"name", kf_yaml_dec_string, offsetof(rule_sec, name), NULL, true},
+    {"match", dec_node_ref, offsetof(rule_sec, match), NULL, false},
+    {"effect", kf_yaml_dec_string, offsetof(rule_sec, effect), NULL, true},
+    {"approval", dec_node_ref, offsetof(rule_sec, approval), NULL, false},
+    {"offline_fallback", kf_yaml_dec_bool, offsetof(rule_sec, offline_fallback), NULL, false},
+    {"rate_limit", dec_node_ref, offsetof(rule_sec, rate_limit), NULL, false},
+};
+
+typedef struct top_sec {
+    const kf_yaml_node *groups, *rules, *admin;
+} top_sec;
+
+static const kf_yaml_field top_fields[] = {
+    {"groups", dec_node_ref, offsetof(top_sec, groups), NULL, false},
+    {"rules", dec_node_ref, offsetof(top_sec, rules), NULL, false},
+    {"admin", dec_node_ref, offsetof(top_sec, admin), NULL, false},
+};
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static const kf_yaml_node *key_node(const kf_yaml_node *map, const char *key)
+{
+    for (size_t i = 0; map != NULL && map->type == KF_YAML_MAP && i < map->n; i++)
+        if (strcmp(map->items[2 * i]->str, key) == 0)
+            return map->items[2 * i + 1];
+    return map;
+}
+
+static int parse_hhmm(const char *s, int *ret)
+{
+    unsigned h, m;
+    char tail;
+    if (strlen(s) != 5 || sscanf(s, "%2u:%2u%c", &h, &m, &tail) != 2 || h > 23 || m > 59)
+        return -EINVAL;
+    *ret = (int)(h * 60 + m);
+    return 0;
+}
+
+static int check_globs(const kf_yaml_doc *doc, const kf_yaml_node *at, const kf_strlist *l, const char *what,
+                       kf_err *err)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (l->v[i][0] == '\0' || strlen(l->v[i]) > 255)
+            return kf_yaml_error(doc, at, err, "%s entries must be 1..255 characters", what);
+    return 0;
+}
+
+static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml_node *node, rule *r, kf_err *err)
+{
+    rule_sec sec = {0};
+    int rc = kf_yaml_decode_map(doc, node, rule_fields, N(rule_fields), &sec, err);
+    r->name = sec.name;
+    r->window_from = r->window_to = -1;
+    r->pending_ttl_ms = DEFAULT_PENDING_TTL_S * 1000ull;
+    r->offline_fallback = sec.offline_fallback;
+    if (rc != 0) {
+        free(sec.effect);
+        return rc;
+    }
+    if (strlen(r->name) > 63)
+        rc = kf_yaml_error(doc, key_node(node, "name"), err, "rule names are at most 63 characters");
+    else if (strcmp(sec.effect, "allow") == 0)
+        r->allow = true;
+    else if (strcmp(sec.effect, "deny") != 0)
+        rc = kf_yaml_error(doc, key_node(node, "effect"), err, "effect must be allow or deny");
+    free(sec.effect);
+    for (size_t i = 0; rc == 0 && i < p->n_rules; i++)
+        if (strcmp(p->rules[i].name, r->name) == 0)
+            rc = kf_yaml_error(doc, key_node(node, "name"), err, "duplicate rule name '%s'", r->name);
+
+    if (rc == 0 && sec.match != NULL) {
+        match_sec m = {0};
+        rc = kf_yaml_decode_map(doc, sec.match, match_fields, N(match_fields), &m, err);
+        if (rc == 0 && m.volumes != NULL) {
+            volumes_sel v = {0};
+            rc = kf_yaml_decode_map(doc, m.volumes, volume_fields, N(volume_fields), &v, err);
+            r->ids = v.ids;
+            r->names = v.names;
+            if (rc == 0)
+                rc = check_globs(doc, m.volumes, &r->names, "volume name", err);
+            if (rc == 0 && v.labels != NULL) {
+                if (v.labels->type != KF_YAML_MAP)
+                    rc = kf_yaml_error(doc, v.labels, err, "labels must be a mapping of key: value");
+                r->labels = rc == 0 ? calloc(v.labels->n + 1, sizeof(*r->labels)) : NULL;
+                for (size_t i = 0; rc == 0 && i < v.labels->n; i++) {
+                    const kf_yaml_node *val = v.labels->items[2 * i + 1];
+                    if (val->type != KF_YAML_SCALAR)
+                        rc = kf_yaml_error(doc, val, err, "label values must be strings");
+                    else if (r->labels == NULL)
+                        rc = kf_err_set(err, -ENOMEM, "out of memory");
+                    else {
+                        r->labels[i].key = strdup(v.labels->items[2 * i]->str);
+                        r->labels[i].value = strdup(val->str);
+                        r->n_labels++;
+                    }
+                }
+            }
+        }
+        if (rc == 0 && m.nodes != NULL) {
+            nodes_sel n = {0};
+            rc = kf_yaml_decode_map(doc, m.nodes, node_fields, N(node_fields), &n, err);
+            r->node_names = n.names;
+            r->groups = n.groups;
+            if (rc == 0)
+                rc = check_globs(doc, m.nodes, &r->node_names, "node name", err);
+            for (size_t i = 0; rc == 0 && i < r->groups.n; i++) {
+                size_t g = 0;
+                while (g < p->n_groups && strcmp(p->groups[g].name, r->groups.v[i]) != 0)
+                    g++;
+                if (g == p->n_groups)
+                    rc = kf_yaml_error(doc, key_node(m.nodes, "groups"), err, "unknown group '%s'", r->groups.v[i]);
+            }
+            if (rc == 0 && n.cidrs.n > 0) {
+                r->cidrs = calloc(n.cidrs.n, sizeof(*r->cidrs));
+                for (size_t i = 0; rc == 0 && i < n.cidrs.n; i++) {
+                    if (r->cidrs == NULL)
+                        rc = kf_err_set(err, -ENOMEM, "out of memory");
+                    else if (kfd_cidr_parse(n.cidrs.v[i], &r->cidrs[i]) != 0)
+                        rc = kf_yaml_error(doc, key_node(m.nodes, "cidrs"), err, "'%.64s' is not an address/prefix",
+                                           n.cidrs.v[i]);
+                    else
+                        r->n_cidrs++;
+                }
+            }
+            kf_strlist_free(&n.cidrs);
+        }
+    }
+    if (rc == 0 && sec.approval != NULL) {
+        approval_sec a = {0};
+        rc = kf_yaml_decode_map(doc, sec.approval, approval_fields, N(approval_fields), &a, err);
+        r->approvers = a.approvers;
+        r->require_totp = a.totp;
+        if (rc == 0 && a.timeout_ms != 0) {
+            if (a.timeout_ms < 10000 || a.timeout_ms > 7 * 24 * 3600 * 1000ull)
+                rc = kf_yaml_error(doc, key_node(sec.approval, "timeout"), err, "timeout must be from 10s to 168h");
+            r->pending_ttl_ms = a.timeout_ms;
+        }
+        if (rc == 0 && a.auto_approve != NULL) {
+            window_sec w = {0};
+            rc = kf_yaml_decode_map(doc, a.auto_approve, window_fields, N(window_fields), &w, err);
+            if (rc == 0 && parse_hhmm(w.from, &r->window_from) != 0)
+                rc = kf_yaml_error(doc, key_node(a.auto_approve, "from"), err, "expected HH:MM (UTC)");
+            if (rc == 0 && parse_hhmm(w.to, &r->window_to) != 0)
+                rc = kf_yaml_error(doc, key_node(a.auto_approve, "to"), err, "expected HH:MM (UTC)");
+            free(w.from);
+            free(w.to);
+        }
+        if (rc == 0 && !r->allow)
+            rc = kf_yaml_error(doc, sec.approval, err, "approval only makes sense with effect: allow");
+    }
+    if (rc == 0 && sec.rate_limit != NULL) {
+        rate_sec rs = {0};
+        rc = kf_yaml_decode_map(doc, sec.rate_limit, rate_fields, N(rate_fields), &rs, err);
+        r->per_minute = rs.per_minute;
+        r->burst = rs.burst != 0 ? rs.burst : rs.per_minute;
+    }
+    return rc;
+}
+
+int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy **ret, kf_err *err)
+{
+    kf_yaml_doc *doc = NULL;
+    int rc = kf_yaml_parse_string(name, yaml, len, &doc, err);
+    if (rc != 0)
+        return rc;
+    kfd_policy *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        kf_yaml_free(doc);
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    }
+    top_sec top = {0};
+    p->admin.approvers = 1;
+    p->admin.pending_ttl_s = DEFAULT_PENDING_TTL_S;
+    if (doc->root != NULL)
+        rc = kf_yaml_decode_map(doc, doc->root, top_fields, N(top_fields), &top, err);
+    if (rc == 0 && top.admin != NULL) {
+        approval_sec a = {0};
+        rc = kf_yaml_decode_map(doc, top.admin, admin_fields, N(admin_fields), &a, err);
+        if (rc == 0 && a.timeout_ms != 0 && (a.timeout_ms < 10000 || a.timeout_ms > 7 * 24 * 3600 * 1000ull))
+            rc = kf_yaml_error(doc, key_node(top.admin, "timeout"), err, "timeout must be from 10s to 168h");
+        p->admin.approvers = a.approvers;
+        p->admin.require_totp = a.totp;
+        if (a.timeout_ms != 0)
+            p->admin.pending_ttl_s = (uint32_t)(a.timeout_ms / 1000);
+    }
+    if (rc == 0 && top.groups != NULL) {
+        if (top.groups->type != KF_YAML_MAP)
+            rc = kf_yaml_error(doc, top.groups, err, "groups must map a group name to a list of node names");
+        p->groups = rc == 0 ? calloc(top.groups->n + 1, sizeof(*p->groups)) : NULL;
+        for (size_t i = 0; rc == 0 && i < top.groups->n; i++) {
+            group *g = &p->groups[p->n_groups];
+            g->name = strdup(top.groups->items[2 * i]->str);
+            p->n_groups++;
+            rc = kf_yaml_dec_strlist(doc, top.groups->items[2 * i + 1], &g->members, NULL, err);
+        }
+    }
+    if (rc == 0 && top.rules != NULL) {
+        if (top.rules->type != KF_YAML_SEQ)
+            rc = kf_yaml_error(doc, top.rules, err, "rules must be a list");
+        p->rules = rc == 0 ? calloc(top.rules->n + 1, sizeof(*p->rules)) : NULL;
+        for (size_t i = 0; rc == 0 && i < top.rules->n; i++) {
+            rc = parse_rule(doc, p, top.rules->items[i], &p->rules[p->n_rules], err);
+            p->n_rules++;
+        }
+    }
+    kf_yaml_free(doc);
+    if (rc != 0) {
+        kfd_policy_free(p);
+        return rc;
+    }
+    *ret = p;
+    return 0;
+}
+
+/* --- evaluation --- */
+
+static bool any_glob(const kf_strlist *l, const char *s)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (fnmatch(l->v[i], s, 0) == 0)
+            return true;
+    return false;
+}
+
+static bool in_group(const kfd_policy *p, const char *group_name, const char *node)
+{
+    for (size_t g = 0; g < p->n_groups; g++)
+        if (strcmp(p->groups[g].name, group_name) == 0)
+            return any_glob(&p->groups[g].members, node);
+    return false;
+}
+
+static bool rule_matches(const kfd_policy *p, const rule *r, const kfd_policy_input *in, char *why, size_t why_size)
+{
+    size_t o = 0;
+#define WHY(...)                                                                                                       \
+    do {                                                                                                               \
+        if (o < why_size)                                                                                              \
+            o += (size_t)snprintf(why + o, why_size - o, __VA_ARGS__);                                                 \
+    } while (0)
+    if (r->ids.n > 0) {
+        bool hit = false;
+        for (size_t i = 0; i < r->ids.n && !hit; i++)
+            hit = strcmp(r->ids.v[i], in->volume_id) == 0;
+        if (!hit)
+            return false;
+        WHY("volume id listed; ");
+    }
+    if (r->names.n > 0) {
+        if (!any_glob(&r->names, in->volume_name != NULL ? in->volume_name : ""))
+            return false;
+        WHY("volume name '%s' matches; ", in->volume_name);
+    }
+    for (size_t i = 0; i < r->n_labels; i++) {
+        bool hit = false;
+        for (size_t k = 0; k < in->n_labels && !hit; k++)
+            hit = strcmp(in->labels[k].key, r->labels[i].key) == 0 && strcmp(in->labels[k].value, r->labels[i].value) == 0;
+        if (!hit)
+            return false;
+        WHY("label %s=%s; ", r->labels[i].key, r->labels[i].value);
+    }
+    if (r->node_names.n > 0) {
+        if (!any_glob(&r->node_names, in->node))
+            return false;
+        WHY("node '%s' matches; ", in->node);
+    }
+    if (r->groups.n > 0) {
+        size_t g = 0;
+        while (g < r->groups.n && !in_group(p, r->groups.v[g], in->node))
+            g++;
+        if (g == r->groups.n)
+            return false;
+        WHY("node in group '%s'; ", r->groups.v[g]);
+    }
+    if (r->n_cidrs > 0) {
+        size_t c = 0;
+        while (c < r->n_cidrs && !(in->source != NULL && in->source[0] != '\0' && kfd_cidr_contains(&r->cidrs[c], in->source)))
+            c++;
+        if (c == r->n_cidrs)
+            return false;
+        WHY("source %s in an allowed network; ", in->source);
+    }
+    if (o == 0)
+        WHY("matches everything; ");
+#undef WHY
+    return true;
+}
+
+static bool in_window(int from, int to, int64_t now)
+{
+    if (from < 0)
+        return false;
+    int minute = (int)((now % 86400 + 86400) % 86400 / 60);
+    return from <= to ? minute >= from && minute < to : minute >= from || minute < to;
+}
+
+void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_policy_decision *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    for (size_t i = 0; p != NULL && i < p->n_rules; i++) {
+        const rule *r = &p->rules[i];
+        char why[256];
+        if (!rule_matches(p, r, in, why, sizeof(why)))
+            continue;
+        ret->allow = r->allow;
+        snprintf(ret->rule, sizeof(ret->rule), "%s", r->name);
+        ret->rule_index = (int)i + 1;
+        ret->offline_fallback = r->allow && r->offline_fallback;
+        ret->rate_per_minute = r->per_minute;
+        ret->rate_burst = r->burst;
+        ret->pending_ttl_s = (uint32_t)(r->pending_ttl_ms / 1000);
+        ret->approvals = r->allow && !in->enrolling ? r->approvers : 0;
+        if (ret->approvals > 0 && in_window(r->window_from, r->window_to, in->now)) {
+            ret->auto_approved = true;
+            ret->approvals = 0;
+        }
+        ret->require_totp = ret->approvals > 0 && r->require_totp;
+        why[strlen(why) > 2 ? strlen(why) - 2 : 0] = '\0';
+        snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s", i + 1, r->name, why,
+                 r->allow ? "allow" : "deny",
+                 ret->auto_approved ? ", approval waived inside its auto-approve window"
+                 : ret->approvals > 0 && ret->require_totp ? ", after human approval with TOTP"
+                 : ret->approvals > 0 ? ", after human approval"
+                 : r->allow && in->enrolling && r->approvers > 0 ? " (its approval applies to release)"
+                                                                 : "");
+        return;
+    }
+    snprintf(ret->rule, sizeof(ret->rule), "default-deny");
+    snprintf(ret->explanation, sizeof(ret->explanation), "no rule matches node '%s' and volume '%s': denied by default",
+             in->node, in->volume_id);
+    ret->pending_ttl_s = DEFAULT_PENDING_TTL_S;
+}
+
+void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in, const char *owner,
+                                 kfd_policy_decision *ret)
+{
+    kfd_policy_evaluate(p, in, ret);
+    if (owner == NULL || owner[0] == '\0' || strcmp(owner, in->node) == 0)
+        return;
+    /* The volume moved (or its wrapped key did): the enrolling node's rule binds too, so a node
+     * under a looser rule cannot take a key that its owner may only have with approval. */
+    kfd_policy_input as_owner = *in;
+    as_owner.node = owner;
+    kfd_policy_decision o;
+    kfd_policy_evaluate(p, &as_owner, &o);
+    char caller_why[sizeof(ret->explanation)];
+    snprintf(caller_why, sizeof(caller_why), "%s", ret->explanation);
+    if (!o.allow && ret->allow) {
+        ret->allow = false;
+        snprintf(ret->rule, sizeof(ret->rule), "%s", o.rule);
+        ret->rule_index = o.rule_index;
+    }
+    if (o.approvals > ret->approvals) {
+        ret->approvals = o.approvals;
+        ret->auto_approved = false;
+    }
+    ret->require_totp |= o.require_totp && ret->approvals > 0;
+    ret->offline_fallback &= o.offline_fallback;
+    if (o.pending_ttl_s != 0 && (ret->pending_ttl_s == 0 || o.pending_ttl_s < ret->pending_ttl_s))
+        ret->pending_ttl_s = o.pending_ttl_s;
+    snprintf(ret->explanation, sizeof(ret->explanation), "%.150s; the volume was enrolled by '%.63s': %.120s",
+             caller_why, owner, o.explanation);
+}
+
+kfd_admin_policy kfd_policy_admin(const kfd_policy *p)
+{
+    if (p == NULL)
+        return (kfd_admin_policy){.approvers = 1, .pending_ttl_s = DEFAULT_PENDING_TTL_S};
+    return p->admin;
+}

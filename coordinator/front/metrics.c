@@ -1,0 +1,166 @@
+#include "front/metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kf_secmem.h"
+#include "core/app.h"
+#include "cluster/replication.h"
+#include "front/seal.h"
+#include "front/server.h"
+#include "core/webhook.h"
+
+typedef struct out {
+    char *s;
+    size_t len, cap;
+    int failed;
+} out;
+
+static void emit(out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void emit(out *o, const char *fmt, ...)
+{
+    if (o->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->s + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->failed = 1;
+            return;
+        }
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap * 2 + (size_t)n;
+        char *s = realloc(o->s, cap);
+        if (s == NULL) {
+            o->failed = 1;
+            return;
+        }
+        o->s = s;
+        o->cap = cap;
+    }
+}
+
+char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
+{
+    const kfd_metrics *m = &srv->metrics;
+    out o = {malloc(4096), 0, 4096, 0};
+    if (o.s == NULL)
+        return NULL;
+    emit(&o, "# HELP keyfleet_rpc_requests_total RPC requests by method and Connect code.\n"
+             "# TYPE keyfleet_rpc_requests_total counter\n");
+    for (size_t i = 0; i <= kfd_methods_count && i <= KFD_METRICS_MAX_METHODS; i++) {
+        const char *name = i < kfd_methods_count ? kfd_methods[i].path + 1 : "unknown";
+        for (int c = 0; c < KF_CONNECT_CODE_COUNT; c++)
+            if (m->requests[i][c] > 0)
+                emit(&o, "keyfleet_rpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", name,
+                     kf_connect_code_name((kf_connect_code)c), (unsigned long long)m->requests[i][c]);
+    }
+    emit(&o,
+         "# HELP keyfleet_tls_handshakes_total TLS handshakes by result.\n"
+         "# TYPE keyfleet_tls_handshakes_total counter\n"
+         "keyfleet_tls_handshakes_total{result=\"ok\"} %llu\n"
+         "keyfleet_tls_handshakes_total{result=\"failed\"} %llu\n"
+         "# HELP keyfleet_auth_failures_total Rejected client certificates and callers.\n"
+         "# TYPE keyfleet_auth_failures_total counter\n"
+         "keyfleet_auth_failures_total %llu\n"
+         "# HELP keyfleet_connections_total Accepted and rejected TCP connections.\n"
+         "# TYPE keyfleet_connections_total counter\n"
+         "keyfleet_connections_total{result=\"accepted\"} %llu\n"
+         "keyfleet_connections_total{result=\"rejected\"} %llu\n"
+         "# HELP keyfleet_connections_open Open client connections.\n"
+         "# TYPE keyfleet_connections_open gauge\n"
+         "keyfleet_connections_open %u\n"
+         "# HELP keyfleet_tls_reloads_total Certificate reloads (SIGHUP).\n"
+         "# TYPE keyfleet_tls_reloads_total counter\n"
+         "keyfleet_tls_reloads_total %llu\n"
+         "# HELP keyfleet_seal_contexts_total HPKE contexts set up to seal keys to agents (one per connection and agent key).\n"
+         "# TYPE keyfleet_seal_contexts_total counter\n"
+         "keyfleet_seal_contexts_total %llu\n"
+         "# HELP keyfleet_sealed_keys_total Keys sealed to agents.\n"
+         "# TYPE keyfleet_sealed_keys_total counter\n"
+         "keyfleet_sealed_keys_total %llu\n"
+         "# HELP keyfleet_seal_contexts_open HPKE contexts held by open connections, in locked memory.\n"
+         "# TYPE keyfleet_seal_contexts_open gauge\n"
+         "keyfleet_seal_contexts_open %zu\n"
+         "# HELP keyfleet_secmem_lock_failures_total Key buffers that could not be mlock'ed.\n"
+         "# TYPE keyfleet_secmem_lock_failures_total counter\n"
+         "keyfleet_secmem_lock_failures_total %lu\n",
+         (unsigned long long)m->tls_handshakes_ok, (unsigned long long)m->tls_handshakes_failed,
+         (unsigned long long)m->auth_failures, (unsigned long long)m->connections_accepted,
+         (unsigned long long)m->connections_rejected, srv->connections, (unsigned long long)m->tls_reloads,
+         (unsigned long long)m->seal_contexts, (unsigned long long)m->sealed_keys, kfd_seal_contexts_live(),
+         kf_secmem_lock_failures());
+    const kfd_app *app = srv->app;
+    if (app != NULL) {
+        kfd_webhook_stats w = kfd_webhook_get_stats(app->webhook);
+        uint64_t volumes = 0;
+        if (app->store != NULL && !kfd_store_failed(app->store))
+            kfd_store_count_volumes(app->store, &volumes);
+        emit(&o,
+             "# HELP keyfleet_webhook_total Webhook notifications by result.\n"
+             "# TYPE keyfleet_webhook_total counter\n"
+             "keyfleet_webhook_total{result=\"delivered\"} %llu\n"
+             "keyfleet_webhook_total{result=\"failed\"} %llu\n"
+             "keyfleet_webhook_total{result=\"retry\"} %llu\n"
+             "# HELP keyfleet_store_up 1 while the state store is healthy.\n"
+             "# TYPE keyfleet_store_up gauge\n"
+             "keyfleet_store_up %d\n"
+             "# HELP keyfleet_volumes Enrolled volumes.\n"
+             "# TYPE keyfleet_volumes gauge\n"
+             "keyfleet_volumes %llu\n"
+             "# HELP keyfleet_commit_batches_total Store transactions: applied Raft entries share one for up to 50 ms.\n"
+             "# TYPE keyfleet_commit_batches_total counter\n"
+             "keyfleet_commit_batches_total %llu\n"
+             "# HELP keyfleet_commit_commands_total State commands applied; divided by batches: commands per transaction.\n"
+             "# TYPE keyfleet_commit_commands_total counter\n"
+             "keyfleet_commit_commands_total %llu\n"
+             "# HELP keyfleet_policy_version Current policy version.\n"
+             "# TYPE keyfleet_policy_version gauge\n"
+             "keyfleet_policy_version %llu\n",
+             (unsigned long long)w.delivered, (unsigned long long)w.failed, (unsigned long long)w.retries,
+             kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes, (unsigned long long)app->batches,
+             (unsigned long long)app->batched_commands, (unsigned long long)app->policy_version);
+        kfd_repl_stats rs;
+        kfd_repl_get_stats(app->repl, &rs);
+        emit(&o,
+             "# HELP keyfleet_raft_leader 1 while this coordinator is the Raft leader.\n"
+             "# TYPE keyfleet_raft_leader gauge\n"
+             "keyfleet_raft_leader %d\n"
+             "# HELP keyfleet_raft_term Current Raft term.\n"
+             "# TYPE keyfleet_raft_term gauge\n"
+             "keyfleet_raft_term %llu\n"
+             "# HELP keyfleet_raft_commit_index Highest Raft entry known committed.\n"
+             "# TYPE keyfleet_raft_commit_index gauge\n"
+             "keyfleet_raft_commit_index %llu\n"
+             "# HELP keyfleet_raft_applied_index Highest Raft entry applied to the store here.\n"
+             "# TYPE keyfleet_raft_applied_index gauge\n"
+             "keyfleet_raft_applied_index %llu\n"
+             "# HELP keyfleet_raft_snapshots_total Snapshots taken here and installed from the leader.\n"
+             "# TYPE keyfleet_raft_snapshots_total counter\n"
+             "keyfleet_raft_snapshots_total{kind=\"taken\"} %llu\n"
+             "keyfleet_raft_snapshots_total{kind=\"restored\"} %llu\n"
+             "# HELP keyfleet_raft_peers_refused_total Raft connections refused (not a coordinator, wrong name).\n"
+             "# TYPE keyfleet_raft_peers_refused_total counter\n"
+             "keyfleet_raft_peers_refused_total %llu\n"
+             "# HELP keyfleet_raft_commit_timeouts_total Commands answered unavailable because they were not committed in time.\n"
+             "# TYPE keyfleet_raft_commit_timeouts_total counter\n"
+             "keyfleet_raft_commit_timeouts_total %llu\n",
+             rs.leader ? 1 : 0, (unsigned long long)rs.term, (unsigned long long)rs.commit_index,
+             (unsigned long long)rs.applied_index, (unsigned long long)rs.snapshots_taken,
+             (unsigned long long)rs.snapshots_restored, (unsigned long long)rs.peers_refused,
+             (unsigned long long)rs.commit_timeouts);
+    }
+    if (o.failed) {
+        free(o.s);
+        return NULL;
+    }
+    *ret_len = o.len;
+    return o.s;
+}

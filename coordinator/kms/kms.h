@@ -1,0 +1,87 @@
+/* KMS backends: one vtable, one file per backend. Calls are asynchronous: each takes a callback
+ * that runs on the loop (possibly before the call returns, for backends that need no I/O such
+ * as `local`). Wrapped keys are text in keyfleet's versioned format "kf:BACKEND:vN:...". */
+#ifndef KFD_KMS_H
+#define KFD_KMS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "kf_err.h"
+#include "kf_secmem.h"
+#include "config/kms_config.h"
+
+#define KFD_DATA_KEY_LEN 32
+
+typedef struct kfd_kms kfd_kms;
+
+/* Result of a KMS call. On success status is 0; plaintext (generate/unwrap) belongs to the
+ * callee and is wiped after the callback returns, so copy what you need; wrapped (generate/
+ * wrap/rewrap) is a NUL-terminated string valid during the callback; key_version is the KMS key
+ * version the input was (unwrap) or is now (wrap, rotate) under, 0 where the KMS has no numbered
+ * versions (Azure); stale says the input is not under the newest key version (unwrap), so the
+ * caller should rewrap. On failure status is a negative errno (-EIO, -ETIMEDOUT, -EHOSTUNREACH:
+ * KMS unavailable; -EACCES: the KMS refused our credentials; -EBADMSG: the ciphertext does not
+ * open under this volume; -EINVAL: malformed ciphertext or unknown key version) and message says
+ * why. */
+typedef struct kfd_kms_result {
+    int status;
+    const kf_secbuf *plaintext;
+    const char *wrapped;
+    uint32_t key_version;
+    uint32_t latest_version;
+    bool stale;
+    const char *message;
+} kfd_kms_result;
+
+typedef void (*kfd_kms_cb)(void *arg, const kfd_kms_result *res);
+
+typedef struct kfd_kms_info {
+    const char *backend;
+    uint32_t latest_version;
+    uint32_t min_decrypt_version;
+    bool reachable; /* the last call to the KMS got an answer */
+    /* Why the KMS cannot serve although it answers (a key keyfleet cannot use, a failing login),
+     * for readyz; NULL when none is known. Valid until the next KMS call. */
+    const char *problem;
+} kfd_kms_info;
+
+typedef struct kfd_kms_ops {
+    const char *name;
+    /* A new 256-bit data key, plaintext and wrapped, bound to volume_id. */
+    void (*generate)(kfd_kms *k, const char *volume_id, kfd_kms_cb cb, void *arg);
+    void (*wrap)(kfd_kms *k, const char *volume_id, const kf_secbuf *key, kfd_kms_cb cb, void *arg);
+    void (*unwrap)(kfd_kms *k, const char *volume_id, const char *wrapped, kfd_kms_cb cb, void *arg);
+    /* The same data key under the newest key version. */
+    void (*rewrap)(kfd_kms *k, const char *volume_id, const char *wrapped, kfd_kms_cb cb, void *arg);
+    void (*describe)(kfd_kms *k, kfd_kms_info *ret);
+    /* A new key version for new wraps; older ones still unwrap. The result's key_version is the
+     * new version; message names it where versions are not numbers. */
+    void (*rotate)(kfd_kms *k, kfd_kms_cb cb, void *arg);
+    /* Makes key `version`, which another replica rotated to, usable here; NULL where the KMS
+     * serves every replica itself. 0, or a negative errno with err saying what is missing. */
+    int (*sync)(kfd_kms *k, uint32_t version, kf_err *err);
+    void (*destroy)(kfd_kms *k);
+} kfd_kms_ops;
+
+struct kfd_kms {
+    const kfd_kms_ops *ops;
+    uv_loop_t *loop;
+};
+
+/* Opens the configured backend. */
+int kfd_kms_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
+int kfd_kms_vault_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
+int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
+
+/* The embedded default: KEK files in DIR (kek-N.key, 32 bytes, mode 0600). */
+int kfd_kms_local_open(uv_loop_t *loop, const char *dir, kfd_kms **ret, kf_err *err);
+/* Creates DIR and its first KEK (kek-1.key) if DIR has none. Used by keyfleetctl init. */
+int kfd_kms_local_init(const char *dir, kf_err *err);
+/* The same KEK, new, in each of the n directories (a cluster's replicas share it), which must
+ * hold none yet. Used by keyfleetctl init --peer. */
+int kfd_kms_local_init_shared(const char *const *dirs, size_t n, kf_err *err);
+
+#endif

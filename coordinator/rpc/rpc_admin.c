@@ -1,0 +1,635 @@
+/* AdminService: approvals, audit, policy, revocation, KMS rotation. Callers are operators
+ * (checked by the router). Every change is a state command with its audit record. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include "core/app.h"
+#include "cluster/replication.h"
+#include "kf_log.h"
+#include "kf_secmem.h"
+#include "rpc/rpc_change.h"
+
+static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
+
+bool kfd_rpc_store_ok(kfd_call *call)
+{
+    if (!kfd_store_failed(app_of(call)->store))
+        return true;
+    kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable: %s", kfd_store_failure(app_of(call)->store));
+    return false;
+}
+
+/* Maps a commit status to an answer; returns true when it succeeded. */
+bool kfd_rpc_commit_answer(kfd_call *call, int status, const kf_err *err)
+{
+    switch (status) {
+    case 0:
+        return true;
+    case -ENOENT:
+        kfd_call_error(call, KF_CONNECT_NOT_FOUND, "%s", err->msg);
+        break;
+    case -EEXIST:
+        kfd_call_error(call, KF_CONNECT_ALREADY_EXISTS, "%s", err->msg);
+        break;
+    case -ESTALE:
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "%s", err->msg);
+        break;
+    case -EACCES:
+        kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s", err->msg);
+        break;
+    case -EINVAL:
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", err->msg);
+        break;
+    default:
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s", err->msg);
+        break;
+    }
+    return false;
+}
+
+/* ----------------------------------------------------------- approvals */
+
+void kfd_rpc_list_pending(kfd_call *call)
+{
+    if (!kfd_rpc_store_ok(call))
+        return;
+    Keyfleet__V1__ListPendingResponse resp = KEYFLEET__V1__LIST_PENDING_RESPONSE__INIT;
+    if (kfd_store_list_pending(app_of(call)->store, &resp) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    kfd_call_reply(call, &resp.base);
+    kfd_store_free_pending_list(&resp);
+}
+
+typedef struct approve_op {
+    kfd_op base;
+    kfd_app *app;
+    char request_id[65];
+    char node[64];
+    char volume_id[129];
+    char refusal[KF_ERR_MSG_MAX];
+    kf_connect_code refusal_code;
+} approve_op;
+
+static void on_approval_refused(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    approve_op *op = arg;
+    if (status != 0)
+        kf_log_warn("approval_refusal_not_audited", "request=%s error=%s", op->request_id, kf_log_q(err->msg));
+    if (op->base.call != NULL)
+        kfd_call_error(op->base.call, op->refusal_code, "%s", op->refusal);
+    kfd_op_free(op);
+}
+
+/* The store refused the approval as such (the operator's second approval, a TOTP code used
+ * twice, a request no longer waiting): its audit record went with the failed apply, so the
+ * refusal is recorded on its own before the answer. */
+static bool audit_refused_approval(approve_op *op, int status, const kf_err *err)
+{
+    kfd_call *call = op->base.call;
+    if (status != -EEXIST && status != -EACCES && status != -ESTALE)
+        return false;
+    op->refusal_code = status == -EEXIST   ? KF_CONNECT_ALREADY_EXISTS
+                       : status == -EACCES ? KF_CONNECT_PERMISSION_DENIED
+                                           : KF_CONNECT_FAILED_PRECONDITION;
+    snprintf(op->refusal, sizeof(op->refusal), "%s", err->msg);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, op->node, op->volume_id,
+                   op->request_id, op->refusal);
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    kfd_commit(op->app, &cmd, on_approval_refused, op);
+    return true;
+}
+
+static void on_approved(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    approve_op *op = arg;
+    kfd_call *call = op->base.call;
+    kfd_pending p;
+    if (call != NULL && audit_refused_approval(op, status, err))
+        return;
+    if (call == NULL || !kfd_rpc_commit_answer(call, status, err)) {
+        kfd_op_free(op);
+        return;
+    }
+    if (kfd_store_get_pending(op->app->store, op->request_id, &p) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        kfd_op_free(op);
+        return;
+    }
+    Keyfleet__V1__ApproveResponse resp = KEYFLEET__V1__APPROVE_RESPONSE__INIT;
+    resp.approved = p.state == KFD_PENDING_APPROVED || p.state == KFD_PENDING_CONSUMED;
+    resp.approvals_needed = p.approvals_needed;
+    resp.approvals_have = p.approvals_have;
+    kf_log_info("approved", "request=%s operator=%s have=%u needed=%u", p.request_id, call->peer->name,
+                p.approvals_have, p.approvals_needed);
+    kfd_call_reply(call, &resp.base);
+    kfd_op_free(op);
+}
+
+void kfd_rpc_approve(kfd_call *call)
+{
+    const Keyfleet__V1__ApproveRequest *req = (const Keyfleet__V1__ApproveRequest *)call->request;
+    if (!kfd_request_id_valid(req->request_id)) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-]");
+        return;
+    }
+    if (strlen(req->comment) > 512 || strlen(req->totp_code) > 16) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "comment is at most 512 characters, totp_code 6 digits");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_app *app = app_of(call);
+    kfd_pending p;
+    int r = kfd_store_get_pending(app->store, req->request_id, &p);
+    if (r == -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_NOT_FOUND, "no pending request %s", req->request_id);
+        return;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    if (p.state == KFD_PENDING_EXPIRED || (p.state == KFD_PENDING_WAITING && time(NULL) >= p.expires_at)) {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s has expired", req->request_id);
+        return;
+    }
+    approve_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->app = app;
+    op->refusal_code = KF_CONNECT_PERMISSION_DENIED;
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    snprintf(op->node, sizeof(op->node), "%s", p.node);
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", p.volume_id);
+    int64_t step = 0;
+    /* Written straight into op: the refusal's callback may run, and free op, before this returns. */
+    r = kfd_operator_totp(call, req->totp_code, p.require_totp, p.node, p.volume_id, p.request_id, &step,
+                          op->refusal, sizeof(op->refusal), on_approval_refused, op);
+    if (r == -EACCES)
+        return; /* answered once the refusal is recorded */
+    if (r != 0) {
+        char why[sizeof(op->refusal)];
+        snprintf(why, sizeof(why), "%s", op->refusal);
+        kfd_op_free(op);
+        kfd_call_error(call, r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT : KF_CONNECT_UNAVAILABLE, "%s", why);
+        return;
+    }
+    char reason[600];
+    snprintf(reason, sizeof(reason), "approved%s%s%s%s%s", step != 0 ? " with TOTP" : "",
+             p.has_change ? " change: " : "", p.change_summary, req->comment[0] ? ": " : "", req->comment);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW, p.node, p.volume_id, p.request_id,
+                   reason);
+    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
+    c.request_id = req->request_id;
+    c.operator_ = (char *)call->peer->name;
+    c.audit = &a.entry;
+    c.totp_step = step;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
+    cmd.approve = &c;
+    kfd_commit(app, &cmd, on_approved, op);
+}
+
+/* An op whose answer, on success, is an empty message of the given type. */
+typedef struct empty_op {
+    kfd_op base;
+    const ProtobufCMessageDescriptor *resp;
+} empty_op;
+
+static void on_empty_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    empty_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call != NULL && kfd_rpc_commit_answer(call, status, err)) {
+        ProtobufCMessage empty;
+        protobuf_c_message_init(op->resp, &empty);
+        kfd_call_reply(call, &empty);
+    }
+    kfd_op_free(op);
+}
+
+void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ProtobufCMessageDescriptor *resp)
+{
+    empty_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->resp = resp;
+    kfd_commit(app_of(call), cmd, on_empty_committed, op);
+}
+
+void kfd_rpc_deny(kfd_call *call)
+{
+    const Keyfleet__V1__DenyRequest *req = (const Keyfleet__V1__DenyRequest *)call->request;
+    if (!kfd_request_id_valid(req->request_id) || strlen(req->reason) > 512) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_pending p;
+    int r = kfd_store_get_pending(app_of(call)->store, req->request_id, &p);
+    if (r != 0) {
+        kfd_call_error(call, r == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "no pending request %s",
+                       req->request_id);
+        return;
+    }
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "deny", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, p.request_id,
+                   req->reason[0] ? req->reason : "denied by operator");
+    Keyfleet__V1__CmdDeny c = KEYFLEET__V1__CMD_DENY__INIT;
+    c.request_id = req->request_id;
+    c.operator_ = (char *)call->peer->name;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_DENY;
+    cmd.deny = &c;
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__deny_response__descriptor);
+}
+
+static void on_expired(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg, (void)res;
+    if (status != 0)
+        kf_log_warn("expiry_failed", "error=%s", kf_log_q(err->msg));
+}
+
+#define EXPIRE_BATCH 64
+
+void kfd_approvals_expire(kfd_app *app)
+{
+    const char *why;
+    char leader[8];
+    if (kfd_store_failed(app->store) || !kfd_repl_writable(app->repl, &why, leader, sizeof(leader)))
+        return; /* the leader expires them */
+    static char ids[EXPIRE_BATCH][65];
+    size_t n = 0;
+    if (kfd_store_expired_pending(app->store, time(NULL), ids, EXPIRE_BATCH, &n) != 0 || n == 0)
+        return;
+    kfd_audit_buf bufs[EXPIRE_BATCH];
+    Keyfleet__V1__AuditEntry *audits[EXPIRE_BATCH];
+    char *id_ptrs[EXPIRE_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        kfd_pending p;
+        if (kfd_store_get_pending(app->store, ids[i], &p) != 0)
+            return;
+        kfd_audit_fill(&bufs[i], NULL, "expire", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, ids[i],
+                       "no approval before the deadline");
+        /* kfd_audit_fill points at p's strings; copy what outlives this loop iteration. */
+        bufs[i].entry.node = strdup(p.node);
+        bufs[i].entry.volume_id = strdup(p.volume_id);
+        audits[i] = &bufs[i].entry;
+        id_ptrs[i] = ids[i];
+        kf_log_info("pending_expired", "request=%s node=%s", ids[i], p.node);
+    }
+    Keyfleet__V1__CmdExpirePending c = KEYFLEET__V1__CMD_EXPIRE_PENDING__INIT;
+    c.n_request_ids = n;
+    c.request_ids = id_ptrs;
+    c.n_audits = n;
+    c.audits = audits;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_EXPIRE_PENDING;
+    cmd.expire_pending = &c;
+    kfd_commit(app, &cmd, on_expired, NULL);
+    for (size_t i = 0; i < n; i++) {
+        free(bufs[i].entry.node);
+        free(bufs[i].entry.volume_id);
+    }
+}
+
+/* ----------------------------------------------------------- audit */
+
+void kfd_rpc_query_audit(kfd_call *call)
+{
+    const Keyfleet__V1__QueryAuditRequest *req = (const Keyfleet__V1__QueryAuditRequest *)call->request;
+    if (!kfd_rpc_store_ok(call))
+        return;
+    Keyfleet__V1__QueryAuditResponse resp = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
+    if (kfd_store_query_audit(app_of(call)->store, req, &resp) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    kfd_call_reply(call, &resp.base);
+    kfd_store_free_audit_list(&resp);
+}
+
+void kfd_rpc_verify_audit(kfd_call *call)
+{
+    if (!kfd_rpc_store_ok(call))
+        return;
+    Keyfleet__V1__VerifyAuditResponse resp = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
+    char problem[256];
+    if (kfd_store_verify_audit(app_of(call)->store, &resp, problem, sizeof(problem)) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    resp.problem = problem;
+    kfd_call_reply(call, &resp.base);
+}
+
+/* ----------------------------------------------------------- policy */
+
+void kfd_rpc_get_policy(kfd_call *call)
+{
+    if (!kfd_rpc_store_ok(call))
+        return;
+    char *yaml = NULL;
+    uint64_t version = 0;
+    if (kfd_store_get_policy(app_of(call)->store, &yaml, &version) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    Keyfleet__V1__GetPolicyResponse resp = KEYFLEET__V1__GET_POLICY_RESPONSE__INIT;
+    resp.yaml = yaml != NULL ? yaml : (char *)"";
+    resp.version = version;
+    kfd_call_reply(call, &resp.base);
+    free(yaml);
+}
+
+typedef struct put_op {
+    kfd_op base;
+    kfd_app *app;
+    kfd_policy *parsed;
+    uint64_t version;
+} put_op;
+
+static void on_policy_put(void *arg, int status, const kfd_change_result *res, const kf_err *err)
+{
+    put_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (status == 0 && res->held_request_id[0] != '\0') {
+        kf_log_info("policy_held", "version=%llu request=%s needed=%u", (unsigned long long)op->version,
+                    res->held_request_id, res->approvals_needed);
+        if (call != NULL) {
+            Keyfleet__V1__PutPolicyResponse resp = KEYFLEET__V1__PUT_POLICY_RESPONSE__INIT;
+            resp.version = op->version;
+            resp.pending_request_id = (char *)res->held_request_id;
+            resp.approvals_needed = res->approvals_needed;
+            kfd_call_reply(call, &resp.base);
+        }
+        kfd_policy_free(op->parsed);
+        kfd_op_free(op);
+        return;
+    }
+    if (status == 0) {
+        /* Applying it loaded it on every replica (kfd_app_load_policy). */
+        kf_log_info("policy_put", "version=%llu rules=%zu", (unsigned long long)op->version,
+                    kfd_policy_rule_count(op->app->policy));
+    }
+    if (call != NULL && status == -ESTALE) {
+        kfd_call_error(call, KF_CONNECT_ABORTED, "%s", err->msg);
+    } else if (call != NULL && kfd_rpc_commit_answer(call, status, err)) {
+        Keyfleet__V1__PutPolicyResponse resp = KEYFLEET__V1__PUT_POLICY_RESPONSE__INIT;
+        resp.version = op->version;
+        kfd_call_reply(call, &resp.base);
+    }
+    kfd_policy_free(op->parsed);
+    kfd_op_free(op);
+}
+
+void kfd_rpc_put_policy(kfd_call *call)
+{
+    const Keyfleet__V1__PutPolicyRequest *req = (const Keyfleet__V1__PutPolicyRequest *)call->request;
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_app *app = app_of(call);
+    kfd_policy *parsed = NULL;
+    kf_err err = {0};
+    if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), &parsed, &err) != 0) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", err.msg);
+        return;
+    }
+    if (req->expected_version != 0 && req->expected_version != app->policy_version) {
+        kfd_policy_free(parsed);
+        kfd_call_error(call, KF_CONNECT_ABORTED, "policy is at version %llu, not %llu",
+                       (unsigned long long)app->policy_version, (unsigned long long)req->expected_version);
+        return;
+    }
+    put_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_policy_free(parsed);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->app = app;
+    op->parsed = parsed;
+    /* Versions are assigned in order of arrival; a put racing another gets aborted by the store. */
+    op->version = app->policy_version + 1;
+    char reason[96];
+    snprintf(reason, sizeof(reason), "policy version %llu (%zu rules)", (unsigned long long)op->version,
+             kfd_policy_rule_count(op->parsed));
+    if (strlen(req->totp_code) > 16) {
+        kfd_policy_free(parsed);
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
+        return;
+    }
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdPutPolicy c = KEYFLEET__V1__CMD_PUT_POLICY__INIT;
+    c.yaml = req->yaml;
+    c.version = op->version;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY;
+    cmd.put_policy = &c;
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_policy_put, op);
+}
+
+void kfd_rpc_check_policy(kfd_call *call)
+{
+    const Keyfleet__V1__CheckPolicyRequest *req = (const Keyfleet__V1__CheckPolicyRequest *)call->request;
+    if (!kf_name_valid(req->node, strlen(req->node)) || req->volume_id[0] == '\0' || strlen(req->volume_id) > 128) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node and volume_id are required");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_app *app = app_of(call);
+    kfd_volume vol;
+    int r = kfd_store_get_volume(app->store, req->volume_id, &vol);
+    if (r != 0 && r != -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    json_t *labels = r == 0 ? json_loads(vol.labels_json, 0, NULL) : NULL;
+    kfd_label items[32];
+    size_t n = 0;
+    const char *k;
+    json_t *v;
+    if (labels != NULL)
+        json_object_foreach(labels, k, v) if (n < 32 && json_is_string(v)) items[n++] = (kfd_label){k, json_string_value(v)};
+    kfd_policy_input in = {.node = req->node, .source = req->source_address, .volume_id = req->volume_id,
+                           .volume_name = r == 0 ? vol.name : "", .labels = items, .n_labels = n, .now = time(NULL)};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(app->policy, &in, &d);
+    bool revoked = false;
+    kfd_store_node_revoked(app->store, req->node, &revoked);
+    char explanation[512];
+    snprintf(explanation, sizeof(explanation), "%s%s%s", d.explanation,
+             r == -ENOENT ? " (volume not enrolled: matched on its id only)" : "",
+             revoked ? "; but the node is revoked, so it gets nothing" : "");
+    Keyfleet__V1__CheckPolicyResponse resp = KEYFLEET__V1__CHECK_POLICY_RESPONSE__INIT;
+    resp.decision = revoked || !d.allow ? KEYFLEET__V1__DECISION__DECISION_DENY
+                    : d.approvals > 0   ? KEYFLEET__V1__DECISION__DECISION_PENDING
+                                        : KEYFLEET__V1__DECISION__DECISION_ALLOW;
+    resp.rule = d.rule;
+    resp.explanation = explanation;
+    resp.approvals_needed = d.approvals;
+    resp.offline_fallback_allowed = d.offline_fallback;
+    kfd_call_reply(call, &resp.base);
+    json_decref(labels);
+    if (r == 0)
+        kfd_volume_clear(&vol);
+}
+
+/* ----------------------------------------------------------- nodes, KMS */
+
+void kfd_rpc_revoke_node(kfd_call *call)
+{
+    const Keyfleet__V1__RevokeNodeRequest *req = (const Keyfleet__V1__RevokeNodeRequest *)call->request;
+    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->reason) > 512) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node must be a valid node name; reason <= 512");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "", "",
+                   req->reason[0] ? req->reason : "revoked by operator");
+    Keyfleet__V1__CmdRevokeNode c = KEYFLEET__V1__CMD_REVOKE_NODE__INIT;
+    c.node = req->node;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
+    cmd.revoke_node = &c;
+    kf_log_info("node_revoked", "node=%s operator=%s", req->node, call->peer->name);
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_node_response__descriptor);
+}
+
+void kfd_rpc_revoke_cert(kfd_call *call)
+{
+    const Keyfleet__V1__RevokeCertRequest *req = (const Keyfleet__V1__RevokeCertRequest *)call->request;
+    char serial[KF_SERIAL_MAX];
+    kf_peer_kind kind = KF_PEER_NONE;
+    if (strlen(req->serial) > 128 || kf_serial_normalize(req->serial, serial) != 0) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "serial must be the certificate's serial in hex");
+        return;
+    }
+    if ((req->kind[0] != '\0' && kf_peer_kind_parse(req->kind, &kind) != 0) ||
+        (req->name[0] != '\0' && !kf_name_valid(req->name, strlen(req->name))) || strlen(req->reason) > 512) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "kind must be node, operator or coordinator; name a valid "
+                       "name; reason <= 512");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    char reason[700];
+    snprintf(reason, sizeof(reason), "certificate %s%s%s%s%s revoked: %s", serial, req->kind[0] ? " of " : "",
+             req->kind, req->name[0] ? " " : "", req->name, req->reason[0] ? req->reason : "by operator");
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdRevokeCert c = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
+    c.serial = serial;
+    c.kind = req->kind;
+    c.name = req->name;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
+    cmd.revoke_cert = &c;
+    kf_log_info("cert_revoked", "serial=%s kind=%s name=%s operator=%s", serial, req->kind[0] ? req->kind : "-",
+                req->name[0] ? req->name : "-", call->peer->name);
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_cert_response__descriptor);
+}
+
+typedef struct rotate_op {
+    kfd_op base;
+    const char *backend;
+    uint32_t version;
+} rotate_op;
+
+static void on_rotated(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    rotate_op *op = arg;
+    if (op->base.call != NULL && kfd_rpc_commit_answer(op->base.call, status, err)) {
+        Keyfleet__V1__RotateKmsResponse resp = KEYFLEET__V1__ROTATE_KMS_RESPONSE__INIT;
+        resp.backend = (char *)op->backend;
+        resp.new_version = op->version;
+        kfd_call_reply(op->base.call, &resp.base);
+    }
+    kfd_op_free(op);
+}
+
+static void on_kms_rotated(void *arg, const kfd_kms_result *res)
+{
+    rotate_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        kfd_op_free(op);
+        return;
+    }
+    if (res->status != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS rotation failed: %s", res->message);
+        return;
+    }
+    op->version = res->key_version;
+    char reason[160];
+    if (res->message != NULL)
+        snprintf(reason, sizeof(reason), "%s key version %s", op->backend, res->message);
+    else
+        snprintf(reason, sizeof(reason), "%s key version %u", op->backend, op->version);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdKmsRotate c = KEYFLEET__V1__CMD_KMS_ROTATE__INIT;
+    c.backend = (char *)op->backend;
+    c.new_version = op->version;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE;
+    cmd.kms_rotate = &c;
+    kf_log_info("kms_rotated", "backend=%s version=%s operator=%s", op->backend, kf_log_q(reason),
+                call->peer->name);
+    kfd_commit(app_of(call), &cmd, on_rotated, op);
+}
+
+void kfd_rpc_rotate_kms(kfd_call *call)
+{
+    if (!kfd_rpc_store_ok(call))
+        return;
+    /* Rotating from behind would make a second, different key under the same version number. */
+    const char *why = NULL;
+    if (!kfd_app_kms_complete(app_of(call), &why)) {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "%s; copy it here before rotating", why);
+        return;
+    }
+    kfd_kms *kms = app_of(call)->kms;
+    rotate_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->backend = kms->ops->name;
+    kms->ops->rotate(kms, on_kms_rotated, op);
+}

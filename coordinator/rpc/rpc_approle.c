@@ -1,0 +1,541 @@
+/* AppRole-style node authentication, as Vault's AppRole: roles with a role_id, secret ids shown
+ * once and stored as SHA-256, and Login exchanging role_id + secret_id for a short-lived bearer
+ * token (stored as SHA-256) that stands for the role's node. Failed logins get one generic
+ * error, are audited (rate-capped) and rate limited per source address; secrets are compared
+ * in constant time. Formats:
+ *   secret id  "kfs." BASE64URL(32 random bytes)
+ *   token      "kft." HEX(8 random bytes, the public token id) "." BASE64URL(32 random bytes) */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "core/app.h"
+#include "core/cidr.h"
+#include "keyfleet/v1/admin.pb-c.h"
+#include "keyfleet/v1/node.pb-c.h"
+#include "kf_b64.h"
+#include "kf_time.h"
+#include "kf_log.h"
+#include "kf_secmem.h"
+#include "rpc/rpc.h"
+#include "rpc/rpc_change.h"
+
+#define LOGIN_ERROR "invalid role or secret ID"
+#define LOGIN_PER_MINUTE 30
+#define LOGIN_BURST 10
+#define MAX_CIDRS 16
+#define TOKEN_TTL_DEFAULT 1200
+#define TOKEN_TTL_MAX (24 * 3600)
+#define SECRET_PREFIX "kfs."
+#define TOKEN_PREFIX "kft."
+#define TOKEN_ID_HEX 16
+#define ACCESSOR_HEX 32
+#define SECRET_TEXT_LEN (4 + 43)
+#define TOKEN_TEXT_LEN (4 + TOKEN_ID_HEX + 1 + 43)
+
+static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
+
+static int64_t now_s(void) { return (int64_t)time(NULL); }
+
+static void sha256(const char *s, size_t len, uint8_t out[KFD_HASH_LEN])
+{
+    unsigned int n = 0;
+    EVP_Digest(s, len, out, &n, EVP_sha256(), NULL);
+}
+
+static void hex(const uint8_t *in, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", in[i]);
+}
+
+/* "kfs."/"kft." + base64url of 32 random bytes; returns 0 or -EIO. */
+static int random_text(const char *prefix, char *out, size_t size)
+{
+    uint8_t raw[32];
+    size_t plen = strlen(prefix);
+    if (RAND_priv_bytes(raw, sizeof(raw)) != 1)
+        return -EIO;
+    char text[64]; /* the encoder writes the padded form first */
+    int r = kf_b64_encode(raw, sizeof(raw), true, text, sizeof(text));
+    kf_wipe(raw, sizeof(raw));
+    if (r <= 0 || plen + (size_t)r + 1 > size) {
+        kf_wipe(text, sizeof(text));
+        return -EIO;
+    }
+    memcpy(out, prefix, plen);
+    memcpy(out + plen, text, (size_t)r + 1);
+    kf_wipe(text, sizeof(text));
+    return 0;
+}
+
+static void new_role_id(char out[37])
+{
+    uint8_t u[16];
+    RAND_bytes(u, sizeof(u));
+    u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
+    u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+    char h[33];
+    hex(u, 16, h);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+static bool source_allowed(const char *bound_cidrs, const char *source)
+{
+    if (bound_cidrs[0] == '\0')
+        return true;
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", bound_cidrs);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        kfd_cidr c;
+        if (kfd_cidr_parse(t, &c) == 0 && kfd_cidr_contains(&c, source))
+            return true;
+    }
+    return false;
+}
+
+static const char *identity_name(const kfd_role *role)
+{
+    return role->node_name[0] != '\0' ? role->node_name : role->name;
+}
+
+/* ------------------------------------------------------------------ Login */
+
+typedef struct login_op {
+    kfd_op base;
+    char token[TOKEN_TEXT_LEN + 1];
+    uint32_t ttl;
+    char node[64];
+    char role[64];
+} login_op;
+
+static void login_failed(kfd_call *call, const char *role, const char *reason)
+{
+    call->srv->metrics.auth_failures++;
+    char why[200];
+    snprintf(why, sizeof(why), "approle login: %s", reason);
+    kfd_audit_auth_failure(app_of(call), call, role, why);
+    kf_log_info("login_failed", "role=%s source=%s reason=%s", role[0] ? role : "-", call->source, kf_log_q(reason));
+    kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, LOGIN_ERROR);
+}
+
+static void on_login_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    login_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call != NULL && status == -EACCES) {
+        login_failed(call, op->role, err->msg); /* spent by a concurrent login */
+    } else if (call != NULL && status != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "login could not be recorded");
+    } else if (call != NULL) {
+        Keyfleet__V1__LoginResponse resp = KEYFLEET__V1__LOGIN_RESPONSE__INIT;
+        resp.token = op->token;
+        resp.ttl_seconds = op->ttl;
+        resp.node_name = op->node;
+        kf_log_info("login", "role=%s node=%s source=%s ttl_s=%u", op->role, op->node, call->source, op->ttl);
+        kfd_call_reply(call, &resp.base);
+    }
+    kf_wipe(op->token, sizeof(op->token));
+    kfd_op_free(op);
+}
+
+void kfd_rpc_login(kfd_call *call)
+{
+    const Keyfleet__V1__LoginRequest *req = (const Keyfleet__V1__LoginRequest *)call->request;
+    kfd_app *app = app_of(call);
+    if (!kfd_rpc_store_ok(call))
+        return;
+    char limit_key[96];
+    snprintf(limit_key, sizeof(limit_key), " login %s", call->source);
+    uint32_t wait = kfd_ratelimit_take(app->ratelimit, limit_key, LOGIN_PER_MINUTE, LOGIN_BURST, kf_monotonic_ms());
+    if (wait != 0) {
+        kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "too many logins from %s; retry after %u ms", call->source,
+                       wait);
+        return;
+    }
+    kfd_role role;
+    if (strlen(req->role_id) != 36 || kfd_store_get_role(app->store, NULL, req->role_id, &role) != 0) {
+        login_failed(call, "", "unknown role_id");
+        return;
+    }
+    if (!source_allowed(role.bound_cidrs, call->source)) {
+        login_failed(call, role.name, "source address outside the role's bound CIDRs");
+        return;
+    }
+    uint8_t hash[KFD_HASH_LEN];
+    char accessor[ACCESSOR_HEX + 1];
+    size_t slen = strnlen(req->secret_id, SECRET_TEXT_LEN + 1);
+    sha256(req->secret_id, slen, hash);
+    int r = slen == SECRET_TEXT_LEN ? kfd_store_match_secret_id(app->store, role.name, hash, now_s(), accessor)
+                                    : -ENOENT;
+    if (r != 0) {
+        login_failed(call, role.name, r == -EIO ? "store failure" : "wrong, expired or spent secret id");
+        return;
+    }
+    login_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    uint8_t id_raw[TOKEN_ID_HEX / 2];
+    char token_id[TOKEN_ID_HEX + 1], prefix[4 + TOKEN_ID_HEX + 2];
+    RAND_bytes(id_raw, sizeof(id_raw));
+    hex(id_raw, sizeof(id_raw), token_id);
+    snprintf(prefix, sizeof(prefix), TOKEN_PREFIX "%s.", token_id);
+    if (random_text(prefix, op->token, sizeof(op->token)) != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "no randomness for a token");
+        return;
+    }
+    op->ttl = role.token_ttl_s;
+    snprintf(op->node, sizeof(op->node), "%s", identity_name(&role));
+    snprintf(op->role, sizeof(op->role), "%s", role.name);
+    uint8_t token_hash[KFD_HASH_LEN];
+    sha256(op->token, strlen(op->token), token_hash);
+    Keyfleet__V1__Timestamp exp = KEYFLEET__V1__TIMESTAMP__INIT;
+    exp.seconds = now_s() + role.token_ttl_s;
+    char reason[160];
+    snprintf(reason, sizeof(reason), "approle %s secret id %s token %s ttl %us", role.name, accessor, token_id,
+             role.token_ttl_s);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "login", KEYFLEET__V1__DECISION__DECISION_ALLOW, op->node, "", "", reason);
+    a.actor.kind = KEYFLEET__V1__PRINCIPAL_KIND__PRINCIPAL_KIND_NODE;
+    a.actor.name = op->node;
+    a.actor.auth = (char *)"approle";
+    Keyfleet__V1__CmdLogin c = KEYFLEET__V1__CMD_LOGIN__INIT;
+    c.role_name = role.name;
+    c.accessor = accessor;
+    c.token_id = token_id;
+    c.token_hash.data = token_hash;
+    c.token_hash.len = sizeof(token_hash);
+    c.expires_at = &exp;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN;
+    cmd.login = &c;
+    kfd_commit(app, &cmd, on_login_committed, op);
+}
+
+int kfd_approle_token_auth(kfd_server *srv, const char *token, size_t len, const char *source, kf_identity *ret,
+                           char role_out[64])
+{
+    kfd_app *app = srv->app;
+    if (len != TOKEN_TEXT_LEN || memcmp(token, TOKEN_PREFIX, 4) != 0 || token[4 + TOKEN_ID_HEX] != '.')
+        return -ENOENT;
+    char token_id[TOKEN_ID_HEX + 1], role_name[64];
+    memcpy(token_id, token + 4, TOKEN_ID_HEX);
+    token_id[TOKEN_ID_HEX] = '\0';
+    uint8_t want[KFD_HASH_LEN], got[KFD_HASH_LEN];
+    int64_t expires_at = 0;
+    int r = kfd_store_get_token(app->store, token_id, want, role_name, &expires_at);
+    if (r != 0)
+        return r;
+    sha256(token, len, got);
+    if (CRYPTO_memcmp(want, got, KFD_HASH_LEN) != 0)
+        return -ENOENT;
+    if (now_s() >= expires_at)
+        return -ETIME;
+    kfd_role role;
+    if ((r = kfd_store_get_role(app->store, role_name, NULL, &role)) != 0)
+        return r == -ENOENT ? -ENOENT : r;
+    if (!source_allowed(role.bound_cidrs, source))
+        return -EACCES;
+    ret->kind = KF_PEER_NODE;
+    snprintf(ret->name, sizeof(ret->name), "%s", identity_name(&role));
+    snprintf(role_out, 64, "%s", role.name);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ Admin */
+
+static void fill_role(Keyfleet__V1__Role *out, kfd_role *r, char **cidrs, size_t *n)
+{
+    keyfleet__v1__role__init(out);
+    out->name = r->name;
+    out->role_id = r->role_id;
+    out->token_ttl_seconds = r->token_ttl_s;
+    out->secret_id_ttl_seconds = r->secret_id_ttl_s;
+    out->secret_id_num_uses = r->secret_id_num_uses;
+    out->node_name = r->node_name;
+    out->node_group = r->node_group;
+    *n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(r->bound_cidrs, ",", &save); t != NULL && *n < MAX_CIDRS; t = strtok_r(NULL, ",", &save))
+        cidrs[(*n)++] = t;
+    out->bound_cidrs = cidrs;
+    out->n_bound_cidrs = *n;
+}
+
+typedef struct role_op {
+    kfd_op base;
+    kfd_role role;
+} role_op;
+
+static void on_role_committed(void *arg, int status, const kfd_change_result *res, const kf_err *err)
+{
+    role_op *op = arg;
+    if (op->base.call != NULL && kfd_rpc_commit_answer(op->base.call, status, err)) {
+        Keyfleet__V1__Role role;
+        char *cidrs[MAX_CIDRS];
+        size_t n;
+        fill_role(&role, &op->role, cidrs, &n);
+        Keyfleet__V1__CreateRoleResponse resp = KEYFLEET__V1__CREATE_ROLE_RESPONSE__INIT;
+        resp.role = &role;
+        resp.pending_request_id = (char *)res->held_request_id;
+        resp.approvals_needed = res->approvals_needed;
+        kfd_call_reply(op->base.call, &resp.base);
+    }
+    kfd_op_free(op);
+}
+
+void kfd_rpc_create_role(kfd_call *call)
+{
+    const Keyfleet__V1__CreateRoleRequest *req = (const Keyfleet__V1__CreateRoleRequest *)call->request;
+    const Keyfleet__V1__Role *in = req->role;
+    if (!kfd_rpc_store_ok(call))
+        return;
+    if (in == NULL || !kf_name_valid(in->name, strlen(in->name))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
+        return;
+    }
+    if (strlen(req->totp_code) > 16) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
+        return;
+    }
+    if (!kf_name_valid(in->node_name, strlen(in->node_name))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node_name must be 1..63 of [A-Za-z0-9._-]");
+        return;
+    }
+    if (in->node_group[0] != '\0' && !kf_name_valid(in->node_group, strlen(in->node_group))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node_group must be 1..63 of [A-Za-z0-9._-]");
+        return;
+    }
+    if (in->n_bound_cidrs > MAX_CIDRS) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most %d bound CIDRs", MAX_CIDRS);
+        return;
+    }
+    for (size_t i = 0; i < in->n_bound_cidrs; i++) {
+        kfd_cidr c;
+        if (strlen(in->bound_cidrs[i]) > 50 || kfd_cidr_parse(in->bound_cidrs[i], &c) != 0) {
+            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "bound CIDR '%.50s' is not an address/prefix",
+                           in->bound_cidrs[i]);
+            return;
+        }
+    }
+    uint32_t ttl = in->token_ttl_seconds != 0 ? in->token_ttl_seconds : TOKEN_TTL_DEFAULT;
+    if (ttl > TOKEN_TTL_MAX) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "token TTL must be at most 24h");
+        return;
+    }
+    role_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    kfd_role *r = &op->role;
+    snprintf(r->name, sizeof(r->name), "%s", in->name);
+    new_role_id(r->role_id);
+    size_t used = 0;
+    for (size_t i = 0; i < in->n_bound_cidrs; i++)
+        used += (size_t)snprintf(r->bound_cidrs + used, sizeof(r->bound_cidrs) - used, "%s%s", i ? "," : "",
+                                 in->bound_cidrs[i]);
+    r->token_ttl_s = ttl;
+    r->secret_id_ttl_s = in->secret_id_ttl_seconds;
+    r->secret_id_num_uses = in->secret_id_num_uses;
+    snprintf(r->node_name, sizeof(r->node_name), "%s", in->node_name);
+    snprintf(r->node_group, sizeof(r->node_group), "%s", in->node_group);
+    char reason[200];
+    snprintf(reason, sizeof(reason), "approle %s for node %s", r->name, r->node_name);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approle_create", KEYFLEET__V1__DECISION__DECISION_ALLOW, r->node_name, "", "", reason);
+    Keyfleet__V1__CmdCreateRole c = KEYFLEET__V1__CMD_CREATE_ROLE__INIT;
+    c.name = r->name;
+    c.role_id = r->role_id;
+    c.bound_cidrs = in->bound_cidrs;
+    c.n_bound_cidrs = in->n_bound_cidrs;
+    c.token_ttl_seconds = r->token_ttl_s;
+    c.secret_id_ttl_seconds = r->secret_id_ttl_s;
+    c.secret_id_num_uses = r->secret_id_num_uses;
+    c.node_name = r->node_name;
+    c.node_group = r->node_group;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE;
+    cmd.create_role = &c;
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_role_committed, op);
+}
+
+void kfd_rpc_get_role(kfd_call *call)
+{
+    const Keyfleet__V1__GetRoleRequest *req = (const Keyfleet__V1__GetRoleRequest *)call->request;
+    kfd_role r;
+    int rc = kf_name_valid(req->name, strlen(req->name)) ? kfd_store_get_role(app_of(call)->store, req->name, NULL, &r)
+                                                         : -ENOENT;
+    if (rc != 0) {
+        kfd_call_error(call, rc == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "%s",
+                       rc == -ENOENT ? "no such role" : "state store unavailable");
+        return;
+    }
+    Keyfleet__V1__Role role;
+    char *cidrs[MAX_CIDRS];
+    size_t n;
+    fill_role(&role, &r, cidrs, &n);
+    Keyfleet__V1__GetRoleResponse resp = KEYFLEET__V1__GET_ROLE_RESPONSE__INIT;
+    resp.role = &role;
+    kfd_call_reply(call, &resp.base);
+}
+
+typedef struct secret_op {
+    kfd_op base;
+    char secret[SECRET_TEXT_LEN + 1];
+    char accessor[ACCESSOR_HEX + 1];
+    uint32_t ttl, uses;
+} secret_op;
+
+static void on_secret_committed(void *arg, int status, const kfd_change_result *res, const kf_err *err)
+{
+    secret_op *op = arg;
+    if (op->base.call != NULL && kfd_rpc_commit_answer(op->base.call, status, err)) {
+        Keyfleet__V1__CreateSecretIdResponse resp = KEYFLEET__V1__CREATE_SECRET_ID_RESPONSE__INIT;
+        resp.secret_id = op->secret;
+        resp.accessor = op->accessor;
+        resp.ttl_seconds = op->ttl;
+        resp.num_uses = op->uses;
+        resp.pending_request_id = (char *)res->held_request_id;
+        resp.approvals_needed = res->approvals_needed;
+        kfd_call_reply(op->base.call, &resp.base);
+    }
+    kf_wipe(op->secret, sizeof(op->secret));
+    kfd_op_free(op);
+}
+
+void kfd_rpc_create_secret_id(kfd_call *call)
+{
+    const Keyfleet__V1__CreateSecretIdRequest *req = (const Keyfleet__V1__CreateSecretIdRequest *)call->request;
+    if (!kfd_rpc_store_ok(call))
+        return;
+    if (strlen(req->totp_code) > 16) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
+        return;
+    }
+    kfd_role role;
+    if (!kf_name_valid(req->role_name, strlen(req->role_name)) ||
+        kfd_store_get_role(app_of(call)->store, req->role_name, NULL, &role) != 0) {
+        kfd_call_error(call, KF_CONNECT_NOT_FOUND, "no such role");
+        return;
+    }
+    secret_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    uint8_t acc[16], hash[KFD_HASH_LEN];
+    RAND_bytes(acc, sizeof(acc));
+    hex(acc, sizeof(acc), op->accessor);
+    if (random_text(SECRET_PREFIX, op->secret, sizeof(op->secret)) != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "no randomness for a secret id");
+        return;
+    }
+    sha256(op->secret, strlen(op->secret), hash);
+    op->ttl = role.secret_id_ttl_s;
+    op->uses = role.secret_id_num_uses;
+    Keyfleet__V1__Timestamp exp = KEYFLEET__V1__TIMESTAMP__INIT;
+    exp.seconds = now_s() + role.secret_id_ttl_s;
+    char reason[160];
+    snprintf(reason, sizeof(reason), "approle %s secret id %s ttl %us uses %u", role.name, op->accessor, op->ttl,
+             op->uses);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approle_secret_id", KEYFLEET__V1__DECISION__DECISION_ALLOW, identity_name(&role), "",
+                   "", reason);
+    Keyfleet__V1__CmdCreateSecretId c = KEYFLEET__V1__CMD_CREATE_SECRET_ID__INIT;
+    c.role_name = role.name;
+    c.secret_hash.data = hash;
+    c.secret_hash.len = sizeof(hash);
+    c.accessor = op->accessor;
+    c.expires_at = role.secret_id_ttl_s != 0 ? &exp : NULL;
+    c.num_uses = role.secret_id_num_uses;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID;
+    cmd.create_secret_id = &c;
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_secret_committed, op);
+}
+
+void kfd_rpc_revoke_role(kfd_call *call)
+{
+    const Keyfleet__V1__RevokeRoleRequest *req = (const Keyfleet__V1__RevokeRoleRequest *)call->request;
+    if (!kfd_rpc_store_ok(call))
+        return;
+    if (!kf_name_valid(req->name, strlen(req->name))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
+        return;
+    }
+    char reason[120];
+    snprintf(reason, sizeof(reason), "approle %s revoked with its secret ids and tokens", req->name);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approle_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdRevokeRole c = KEYFLEET__V1__CMD_REVOKE_ROLE__INIT;
+    c.name = req->name;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE;
+    cmd.revoke_role = &c;
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_role_response__descriptor);
+}
+
+static bool lower_hex(const char *s, size_t want)
+{
+    size_t n = strlen(s);
+    if (n != want)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+void kfd_rpc_revoke_role_credential(kfd_call *call)
+{
+    const Keyfleet__V1__RevokeRoleCredentialRequest *req =
+        (const Keyfleet__V1__RevokeRoleCredentialRequest *)call->request;
+    bool secret = req->secret_id_accessor[0] != '\0', token = req->token_id[0] != '\0';
+    if (!kf_name_valid(req->role_name, strlen(req->role_name))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
+        return;
+    }
+    if (secret == token) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "give exactly one of secret_id_accessor and token_id");
+        return;
+    }
+    if (secret ? !lower_hex(req->secret_id_accessor, ACCESSOR_HEX) : !lower_hex(req->token_id, TOKEN_ID_HEX)) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
+                       secret ? "secret_id_accessor must be 32 lowercase hex digits"
+                              : "token_id must be 16 lowercase hex digits (the part of the token after kft.)");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    char reason[160];
+    snprintf(reason, sizeof(reason), "approle %s %s %s revoked", req->role_name, secret ? "secret id" : "token",
+             secret ? req->secret_id_accessor : req->token_id);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "approle_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    Keyfleet__V1__CmdRevokeRoleCredential c = KEYFLEET__V1__CMD_REVOKE_ROLE_CREDENTIAL__INIT;
+    c.role_name = req->role_name;
+    c.secret_id_accessor = req->secret_id_accessor;
+    c.token_id = req->token_id;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_ROLE_CREDENTIAL;
+    cmd.revoke_role_credential = &c;
+    kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_role_credential_response__descriptor);
+}

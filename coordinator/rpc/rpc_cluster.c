@@ -1,0 +1,144 @@
+/* AdminService.ClusterStatus, AddMember and RemoveMember. Status is this replica's own view;
+ * keyfleetctl asks every member for theirs. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/app.h"
+#include "config/cluster_config.h"
+#include "keyfleet/v1/admin.pb-c.h"
+#include "kf_identity.h"
+#include "kf_log.h"
+#include "cluster/replication.h"
+#include "rpc/rpc.h"
+
+void kfd_rpc_cluster_status(kfd_call *call)
+{
+    kfd_server *srv = call->srv;
+    Keyfleet__V1__ClusterStatusResponse resp = KEYFLEET__V1__CLUSTER_STATUS_RESPONSE__INIT;
+    kfd_repl_status_buf buf;
+    char bound[80];
+    if (srv->app->repl != NULL) {
+        kfd_repl_status(srv->app->repl, &resp, &buf);
+        /* A cluster of one configured on port 0: show the port it got. */
+        for (size_t i = 0; i < resp.n_members; i++) {
+            const char *rpc = resp.members[i]->rpc_address;
+            size_t n = strlen(rpc);
+            if (strcmp(resp.members[i]->name, srv->cfg->name) == 0 && n > 2 && strcmp(rpc + n - 2, ":0") == 0) {
+                snprintf(bound, sizeof(bound), "%.*s:%d", (int)(n - 2), rpc, kfd_server_port(srv, 0));
+                resp.members[i]->rpc_address = bound;
+            }
+        }
+    }
+    resp.self = srv->cfg->name;
+    resp.version = (char *)KF_VERSION;
+    resp.uptime_seconds = (uint64_t)(time(NULL) - srv->started);
+    kfd_kms_info info = {0};
+    srv->app->kms->ops->describe(srv->app->kms, &info);
+    resp.kms_key_version = info.latest_version;
+    resp.kms_key_missing = srv->app->kek_missing;
+    kfd_call_reply(call, &resp.base);
+}
+
+typedef struct member_op {
+    kfd_op base;
+    kfd_app *app;
+    char name[64];
+    char detail[200];
+    bool add;
+} member_op;
+
+static void on_member_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    member_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (status != 0)
+        kf_log_warn("cluster_audit_failed", "member=%s error=%s", op->name, kf_log_q(err->msg));
+    if (call != NULL) {
+        if (op->add) {
+            Keyfleet__V1__AddMemberResponse r = KEYFLEET__V1__ADD_MEMBER_RESPONSE__INIT;
+            kfd_call_reply(call, &r.base);
+        } else {
+            Keyfleet__V1__RemoveMemberResponse r = KEYFLEET__V1__REMOVE_MEMBER_RESPONSE__INIT;
+            kfd_call_reply(call, &r.base);
+        }
+    }
+    kfd_op_free(op);
+}
+
+static void on_changed(void *arg, int status, const kf_err *err)
+{
+    member_op *op = arg;
+    kfd_call *call = op->base.call;
+    kf_log_info("cluster_member_changed", "action=%s member=%s status=%d detail=%s", op->add ? "add" : "remove",
+                op->name, status, kf_log_q(status == 0 ? op->detail : err->msg));
+    if (status != 0) {
+        if (call != NULL)
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s", err->msg);
+        kfd_op_free(op);
+        return;
+    }
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, op->add ? "cluster_add" : "cluster_remove", KEYFLEET__V1__DECISION__DECISION_ALLOW,
+                   "", "", "", op->detail);
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    kfd_commit(op->app, &cmd, on_member_audited, op);
+}
+
+static void answer_change_error(kfd_call *call, int r, const kf_err *err)
+{
+    kfd_call_error(call, r == -EEXIST   ? KF_CONNECT_ALREADY_EXISTS
+                         : r == -ENOENT ? KF_CONNECT_NOT_FOUND
+                         : r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT
+                         : r == -EBUSY  ? KF_CONNECT_FAILED_PRECONDITION
+                                        : KF_CONNECT_UNAVAILABLE,
+                   "%s", err->msg);
+}
+
+void kfd_rpc_add_member(kfd_call *call)
+{
+    const Keyfleet__V1__AddMemberRequest *req = (const Keyfleet__V1__AddMemberRequest *)call->request;
+    if (!kf_name_valid(req->name, strlen(req->name)) || !kfd_hostport_valid(req->raft_address, false) ||
+        !kfd_hostport_valid(req->rpc_address, false)) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
+                       "name must be a coordinator name, raft_address and rpc_address host:port");
+        return;
+    }
+    member_op *op = kfd_op_new(call, sizeof(*op));
+    op->app = call->srv->app;
+    op->add = true;
+    snprintf(op->name, sizeof(op->name), "%s", req->name);
+    snprintf(op->detail, sizeof(op->detail), "member %s raft=%s rpc=%s", req->name, req->raft_address,
+             req->rpc_address);
+    kf_err err = {0};
+    int r = kfd_repl_add(op->app->repl, req->name, req->raft_address, req->rpc_address, on_changed, op, &err);
+    if (r != 0) {
+        answer_change_error(call, r, &err);
+        kfd_op_free(op);
+    }
+}
+
+void kfd_rpc_remove_member(kfd_call *call)
+{
+    const Keyfleet__V1__RemoveMemberRequest *req = (const Keyfleet__V1__RemoveMemberRequest *)call->request;
+    if (!kf_name_valid(req->name, strlen(req->name))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "name must be a coordinator name");
+        return;
+    }
+    member_op *op = kfd_op_new(call, sizeof(*op));
+    op->app = call->srv->app;
+    snprintf(op->name, sizeof(op->name), "%s", req->name);
+    snprintf(op->detail, sizeof(op->detail), "member %s", req->name);
+    kf_err err = {0};
+    int r = kfd_repl_remove(op->app->repl, req->name, on_changed, op, &err);
+    if (r != 0) {
+        answer_change_error(call, r, &err);
+        kfd_op_free(op);
+    }
+}

@@ -1,0 +1,931 @@
+/* NodeService.Enroll and NodeService.Release (docs/protocol.md).
+ *
+ * Release order: validate; revoked?; volume known?; policy (deny -> audited denial); rate limit;
+ * approval state; KMS unwrap under the volume id; seal to the agent's ephemeral key; commit the
+ * audit record durably; only then answer. The plaintext key exists only in KMS-owned secure
+ * buffers during the unwrap callback and is wiped when it returns.
+ *
+ * Commits complete on a later loop turn (group commit), so each operation's state lives in a
+ * kfd_op on the heap; if the client goes away first, the work finishes and the answer is skipped.
+ * The local KMS completes inline. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "core/app.h"
+#include "keyfleet/v1/node.pb-c.h"
+#include "kf_time.h"
+#include "kf_log.h"
+#include "front/seal.h"
+#include "kms/kms_wrapped.h"
+#include "core/webhook.h"
+
+#define WRAPPED_MAX 4096
+#define LABELS_MAX 32
+/* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
+#define ENROLL_REPLAY_WINDOW_S 600
+
+static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
+
+static bool id_char(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' || c == '_' ||
+           c == ':' || c == '-';
+}
+
+static bool printable(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n > max)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/* Returns NULL when the volume reference is valid, else what is wrong. */
+static const char *check_volume(const Keyfleet__V1__VolumeRef *v)
+{
+    if (v == NULL)
+        return "volume is required";
+    size_t n = strlen(v->id);
+    if (n == 0 || n > 128)
+        return "volume.id must be 1..128 characters";
+    for (size_t i = 0; i < n; i++)
+        if (!id_char(v->id[i]))
+            return "volume.id may hold only [0-9A-Za-z._:-]";
+    if (v->kind != KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2 && v->kind != KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS)
+        return "volume.kind must be LUKS2 or ZFS";
+    if (!printable(v->name, 255))
+        return "volume.name must be at most 255 printable characters";
+    return NULL;
+}
+
+static const char *check_labels(Keyfleet__V1__Label **labels, size_t n)
+{
+    if (n > LABELS_MAX)
+        return "at most 32 labels";
+    for (size_t i = 0; i < n; i++) {
+        size_t kl = strlen(labels[i]->key);
+        if (kl == 0 || kl > 63)
+            return "label keys must be 1..63 characters";
+        for (size_t k = 0; k < kl; k++) {
+            char c = labels[i]->key[k];
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' ||
+                  c == '_' || c == '/' || c == '-'))
+                return "label keys may hold only [0-9A-Za-z._/-]";
+        }
+        if (!printable(labels[i]->value, 255))
+            return "label values must be at most 255 printable characters";
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(labels[j]->key, labels[i]->key) == 0)
+                return "duplicate label key";
+    }
+    return NULL;
+}
+
+/* The answer's view of a sealed key (pointing into sealed). */
+static void sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
+{
+    keyfleet__v1__sealed_key__init(sk);
+    sk->kem_id = KF_HPKE_KEM_X25519_SHA256;
+    sk->kdf_id = KF_HPKE_KDF_HKDF_SHA256;
+    sk->aead_id = KF_SEAL_AEAD;
+    sk->enc.data = sealed->enc;
+    sk->enc.len = 32;
+    sk->ciphertext.data = sealed->ct;
+    sk->ciphertext.len = KF_SEAL_CT_LEN;
+    sk->seq = sealed->seq;
+}
+
+/* Records a refusal in the audit log, then answers with code. A failed audit write does not
+ * change the answer (nothing is released either way) but is logged by the store. */
+typedef struct deny_op {
+    kfd_op base;
+    kf_connect_code code;
+    char message[512];
+} deny_op;
+
+static void on_deny_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res, (void)err, (void)status;
+    deny_op *d = arg;
+    if (d->base.call != NULL)
+        kfd_call_error(d->base.call, d->code, "%s", d->message);
+    kfd_op_free(d);
+}
+
+static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decision decision, const char *volume_id,
+                         const char *request_id, kf_connect_code code, const char *message)
+{
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, action, decision, call->peer->name, volume_id, request_id, message);
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    deny_op *d = kfd_op_new(call, sizeof(*d));
+    if (d == NULL) {
+        kfd_call_error(call, code, "%s", message);
+        return;
+    }
+    d->code = code;
+    snprintf(d->message, sizeof(d->message), "%s", message);
+    kfd_commit(app_of(call), &cmd, on_deny_committed, d);
+}
+
+/* Labels of a stored volume, for policy evaluation. */
+typedef struct label_set {
+    json_t *json;
+    kfd_label items[LABELS_MAX];
+    size_t n;
+} label_set;
+
+static void labels_from_json(label_set *ls, const char *text)
+{
+    memset(ls, 0, sizeof(*ls));
+    ls->json = json_loads(text != NULL ? text : "{}", 0, NULL);
+    const char *k;
+    json_t *v;
+    if (ls->json == NULL)
+        return;
+    json_object_foreach(ls->json, k, v)
+    {
+        if (ls->n < LABELS_MAX && json_is_string(v))
+            ls->items[ls->n++] = (kfd_label){k, json_string_value(v)};
+    }
+}
+
+static bool ensure_ready(kfd_call *call)
+{
+    const char *why;
+    if (kfd_app_ready(app_of(call), &why))
+        return true;
+    kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot release keys: %s", why);
+    return false;
+}
+
+static bool check_revoked(kfd_call *call, const char *action, const char *volume_id)
+{
+    bool revoked = false;
+    if (kfd_store_node_revoked(app_of(call)->store, call->peer->name, &revoked) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return true;
+    }
+    if (revoked)
+        deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_DENY, volume_id, "",
+                     KF_CONNECT_PERMISSION_DENIED, "node is revoked");
+    return revoked;
+}
+
+static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
+{
+    uint32_t wait = kfd_ratelimit_take(app_of(call)->ratelimit, call->peer->name, d->rate_per_minute, d->rate_burst,
+                                       kf_monotonic_ms());
+    if (wait == 0)
+        return false;
+    h2o_req_t *req = call->req;
+    char *v = h2o_mem_alloc_pool(&req->pool, 16);
+    int n = snprintf(v, 16, "%u", (wait + 999) / 1000);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+    kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "rate limit of rule '%s' exceeded; retry after %u ms", d->rule,
+                   wait);
+    return true;
+}
+
+/* ------------------------------------------------------------------ Enroll */
+
+typedef struct enroll_op {
+    kfd_op base;
+    const Keyfleet__V1__EnrollRequest *req; /* valid while base.call is */
+    kfd_policy_decision decision;
+    char request_id[65];
+    char volume_id[129];
+    bool replay; /* same node and request id as a completed enroll */
+    char *wrapped;
+    kfd_sealed sealed;
+} enroll_op;
+
+static void enroll_op_free(enroll_op *op)
+{
+    free(op->wrapped);
+    kf_wipe(&op->sealed, sizeof(op->sealed));
+    kfd_op_free(op);
+}
+
+static void answer_enroll(enroll_op *op, uint64_t audit_seq)
+{
+    (void)audit_seq;
+    kfd_call *call = op->base.call;
+    if (call == NULL)
+        return;
+    Keyfleet__V1__SealedKey sk;
+    sealed_key(&sk, &op->sealed);
+    Keyfleet__V1__EnrollResponse resp = KEYFLEET__V1__ENROLL_RESPONSE__INIT;
+    resp.wrapped_key = op->wrapped;
+    resp.sealed_key = &sk;
+    resp.offline_fallback_allowed = op->decision.offline_fallback;
+    uint32_t pcrs[] = {7};
+    if (op->decision.offline_fallback) {
+        resp.n_tpm_pcrs = 1;
+        resp.tpm_pcrs = pcrs;
+    }
+    char self[96];
+    const char *listen = call->srv->cfg->listen.v[0];
+    snprintf(self, sizeof(self), "%.*s:%d", (int)(strrchr(listen, ':') - listen), listen, kfd_server_port(call->srv, 0));
+    char *coords[] = {self};
+    resp.n_coordinators = 1;
+    resp.coordinators = coords;
+    kfd_call_reply(call, &resp.base);
+}
+
+static void on_enroll_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    enroll_op *op = arg;
+    if (op->base.call == NULL)
+        ;
+    else if (status == -EACCES) {
+        kfd_call *call = op->base.call;
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        enroll_op_free(op);
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid, KF_CONNECT_PERMISSION_DENIED,
+                     err->msg);
+        return;
+    } else if (status == -EEXIST)
+        kfd_call_error(op->base.call, KF_CONNECT_ALREADY_EXISTS, "volume %s is already enrolled", op->volume_id);
+    else if (status != 0)
+        kfd_call_error(op->base.call, KF_CONNECT_UNAVAILABLE, "enrollment not recorded: %s", err->msg);
+    else
+        answer_enroll(op, res->audit_seq);
+    enroll_op_free(op);
+}
+
+/* A repeated Enroll hands out the enrolled key again, so it is a release in every respect: it
+ * is recorded (and checked against revocation at apply) before the answer goes out. */
+static void on_enroll_replay_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    enroll_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        enroll_op_free(op);
+        return;
+    }
+    if (status != 0) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        enroll_op_free(op);
+        if (status == -EACCES || status == -ESTALE)
+            deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
+                         status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_ALREADY_EXISTS, err->msg);
+        else
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "enrollment replay could not be recorded; no key was "
+                           "released");
+        return;
+    }
+    answer_enroll(op, res->audit_seq);
+    enroll_op_free(op);
+}
+
+static void record_enroll_replay(enroll_op *op)
+{
+    kfd_call *call = op->base.call;
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "enroll_replay", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+                   op->volume_id, op->request_id, op->decision.explanation);
+    Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    c.request_id = op->request_id;
+    c.node = (char *)call->peer->name;
+    c.volume_id = op->volume_id;
+    c.audit = &a.entry;
+    c.enroll_replay_window_s = ENROLL_REPLAY_WINDOW_S; /* checked again at apply: two replays may race */
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    cmd.record_release = &c;
+    kfd_commit(app_of(call), &cmd, on_enroll_replay_committed, op);
+}
+
+static void seal_for_enroll(enroll_op *op, const kf_secbuf *key, int *ret)
+{
+    *ret = kfd_seal_key(op->base.call, op->req->ephemeral_public_key.data, "enroll", op->request_id, op->volume_id,
+                        key->data, &op->sealed);
+}
+
+static void on_enroll_key(void *arg, const kfd_kms_result *res)
+{
+    enroll_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        enroll_op_free(op);
+        return;
+    }
+    if (res->status != 0) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kf_log_error("kms_failed", "op=generate volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
+        enroll_op_free(op);
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
+                     "KMS unavailable");
+        return;
+    }
+    int r;
+    seal_for_enroll(op, res->plaintext, &r);
+    if (r != 0) {
+        enroll_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
+        return;
+    }
+    if (op->replay) {
+        record_enroll_replay(op);
+        return;
+    }
+    if ((op->wrapped = strdup(res->wrapped)) == NULL) {
+        enroll_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name, op->req->volume->id,
+                   op->request_id, op->decision.explanation);
+    Keyfleet__V1__CmdEnrollVolume c = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    c.volume = op->req->volume;
+    c.n_labels = op->req->n_labels;
+    c.labels = op->req->labels;
+    c.node = (char *)call->peer->name;
+    c.wrapped_key = (char *)res->wrapped;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &c;
+    kfd_commit(app_of(call), &cmd, on_enroll_committed, op);
+}
+
+static enroll_op *new_enroll_op(kfd_call *call, const Keyfleet__V1__EnrollRequest *req,
+                                const kfd_policy_decision *decision)
+{
+    enroll_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return NULL;
+    }
+    op->req = req;
+    op->decision = *decision;
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
+    return op;
+}
+
+/* A retry of an enrollment that completed (its answer was lost): only by the enrolling node,
+ * with the original request id, before the volume was ever released and within
+ * ENROLL_REPLAY_WINDOW_S. It is decided as a release of the enrolled volume (stored name and
+ * labels, approval rules apply) and recorded before the key goes out. */
+static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req, const kfd_volume *existing)
+{
+    const char *vid = req->volume->id;
+    if (strcmp(existing->node, call->peer->name) != 0 ||
+        strcmp(existing->enroll_request_id, req->request_id) != 0) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "volume %s is already enrolled%s", vid,
+                 strcmp(existing->node, call->peer->name) == 0 ? "" : " by another node");
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_ALREADY_EXISTS, msg);
+        return;
+    }
+    int64_t now = time(NULL);
+    if (existing->last_released_at != 0 || now - existing->created_at > ENROLL_REPLAY_WINDOW_S ||
+        now < existing->created_at) {
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_ALREADY_EXISTS, "volume is already enrolled and can no longer be enrolled again; "
+                     "its key is released with Release");
+        return;
+    }
+    label_set ls;
+    labels_from_json(&ls, existing->labels_json);
+    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = existing->id,
+                           .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now};
+    kfd_policy_decision decision;
+    kfd_policy_evaluate(app_of(call)->policy, &in, &decision);
+    json_decref(ls.json);
+    if (!decision.allow) {
+        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, decision.explanation);
+        return;
+    }
+    if (decision.approvals > 0) {
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
+                     KF_CONNECT_FAILED_PRECONDITION, "volume is already enrolled and its key needs approval; "
+                     "a repeated Enroll cannot return it: use Release");
+        return;
+    }
+    if (rate_limited(call, &decision))
+        return;
+    enroll_op *op = new_enroll_op(call, req, &decision);
+    if (op == NULL)
+        return;
+    op->replay = true;
+    if ((op->wrapped = strdup(existing->wrapped_key)) == NULL) {
+        enroll_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    kfd_kms *kms = app_of(call)->kms;
+    kms->ops->unwrap(kms, vid, existing->wrapped_key, on_enroll_key, op);
+}
+
+void kfd_rpc_enroll(kfd_call *call)
+{
+    const Keyfleet__V1__EnrollRequest *req = (const Keyfleet__V1__EnrollRequest *)call->request;
+    const char *bad = check_volume(req->volume);
+    if (bad == NULL)
+        bad = check_labels(req->labels, req->n_labels);
+    if (bad == NULL && req->ephemeral_public_key.len != 32)
+        bad = "ephemeral_public_key must be 32 bytes (X25519)";
+    if (bad == NULL && !kfd_request_id_valid(req->request_id))
+        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
+    if (!ensure_ready(call) || check_revoked(call, "enroll", req->volume->id))
+        return;
+    kfd_app *app = app_of(call);
+    kfd_volume existing;
+    int r = kfd_store_get_volume(app->store, req->volume->id, &existing);
+    if (r != 0 && r != -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    if (r == 0) {
+        enroll_replay(call, req, &existing);
+        kfd_volume_clear(&existing);
+        return;
+    }
+    kfd_label labels[LABELS_MAX];
+    for (size_t i = 0; i < req->n_labels; i++)
+        labels[i] = (kfd_label){req->labels[i]->key, req->labels[i]->value};
+    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = req->volume->id,
+                           .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
+                           .now = time(NULL), .enrolling = true};
+    kfd_policy_decision decision;
+    kfd_policy_evaluate(app->policy, &in, &decision);
+    if (!decision.allow) {
+        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, decision.explanation);
+        return;
+    }
+    if (rate_limited(call, &decision))
+        return;
+    enroll_op *op = new_enroll_op(call, req, &decision);
+    if (op != NULL)
+    app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
+}
+
+/* ------------------------------------------------------------------ Release */
+
+typedef struct release_op {
+    kfd_op base;
+    const Keyfleet__V1__ReleaseRequest *req; /* valid while base.call is */
+    kfd_policy_decision decision;
+    char request_id[65];
+    char volume_id[129];
+    kfd_sealed sealed;
+    char rewrapped[KFD_WRAPPED_MAX];
+    bool approved_request;
+} release_op;
+
+static void on_release_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    release_op *op = arg;
+    kfd_call *call = op->base.call;
+    if ((status == -EACCES || status == -ESTALE) && call != NULL) {
+        /* Refused at apply: revoked, or the approval was spent or lapsed meanwhile. */
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kfd_op_free(op);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
+                     status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
+        return;
+    }
+    if (status != 0) {
+        /* Fail closed: no durable record, no key. */
+        kf_log_error("release_not_recorded", "volume=%s request=%s error=%s", kf_log_q(op->volume_id),
+                     op->request_id, kf_log_q(err->msg));
+        if (call != NULL)
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "release could not be recorded; no key was released");
+        kfd_op_free(op);
+        return;
+    }
+    if (call == NULL) {
+        /* Recorded, but the client went away: the sealed key is never sent. */
+        kf_log_warn("release_not_delivered", "volume=%s request=%s audit_seq=%llu", kf_log_q(op->volume_id),
+                    op->request_id, (unsigned long long)res->audit_seq);
+        kfd_op_free(op);
+        return;
+    }
+    Keyfleet__V1__SealedKey sk;
+    sealed_key(&sk, &op->sealed);
+    Keyfleet__V1__ReleaseResponse resp = KEYFLEET__V1__RELEASE_RESPONSE__INIT;
+    resp.status = KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED;
+    resp.request_id = op->request_id;
+    resp.sealed_key = &sk;
+    resp.audit_seq = res->audit_seq;
+    resp.rewrapped_key = op->rewrapped;
+    kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s", call->peer->name,
+                kf_log_q(op->volume_id), op->request_id, (unsigned long long)res->audit_seq,
+                kf_log_q(op->decision.rule));
+    kfd_call_reply(call, &resp.base);
+    kfd_op_free(op);
+}
+
+static void record_release(release_op *op);
+
+static void on_rewrapped(void *arg, const kfd_kms_result *res)
+{
+    release_op *op = arg;
+    if (op->base.call == NULL) {
+        kfd_op_free(op);
+        return;
+    }
+    if (res->status == 0)
+        snprintf(op->rewrapped, sizeof(op->rewrapped), "%s", res->wrapped);
+    else /* not fatal: the old wrapped key still opens, and the next release tries again */
+        kf_log_warn("rewrap_failed", "volume=%s error=%s", kf_log_q(op->volume_id), kf_log_q(res->message));
+    record_release(op);
+}
+
+static void on_release_key(void *arg, const kfd_kms_result *res)
+{
+    release_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        kfd_op_free(op);
+        return;
+    }
+    const char *volume_id = op->volume_id;
+    if (res->status != 0) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kfd_op_free(op);
+        if (res->status == -EBADMSG || res->status == -EINVAL) {
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
+                         KF_CONNECT_FAILED_PRECONDITION, "the wrapped key does not belong to this volume");
+        } else {
+            kf_log_error("kms_failed", "op=unwrap volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
+                         "KMS unavailable; no key was released");
+        }
+        return;
+    }
+    if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "release", op->request_id, volume_id,
+                     res->plaintext->data, &op->sealed) != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
+        return;
+    }
+    if (res->stale) {
+        /* The rewrapped key rides on this answer; the record is written once it is known. */
+        kfd_kms *kms = app_of(call)->kms;
+        kms->ops->wrap(kms, volume_id, res->plaintext, on_rewrapped, op);
+        return;
+    }
+    record_release(op);
+}
+
+static void record_release(release_op *op)
+{
+    kfd_call *call = op->base.call;
+    const char *volume_id = op->volume_id;
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name, volume_id,
+                   op->request_id, op->decision.explanation);
+    Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    c.request_id = op->request_id;
+    c.node = (char *)call->peer->name;
+    c.volume_id = (char *)volume_id;
+    c.audit = &a.entry;
+    c.approved_request = op->approved_request;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    cmd.record_release = &c;
+    kfd_commit(app_of(call), &cmd, on_release_committed, op);
+}
+
+static void answer_pending(kfd_call *call, const char *request_id, int64_t expires_at)
+{
+    Keyfleet__V1__Timestamp exp = KEYFLEET__V1__TIMESTAMP__INIT;
+    exp.seconds = expires_at;
+    Keyfleet__V1__ReleaseResponse resp = KEYFLEET__V1__RELEASE_RESPONSE__INIT;
+    resp.status = KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_PENDING;
+    resp.request_id = (char *)request_id;
+    resp.retry_after_ms = (uint32_t)call->srv->cfg->approval_poll_ms;
+    resp.expires_at = &exp;
+    kfd_call_reply(call, &resp.base);
+}
+
+typedef struct pending_op {
+    kfd_op base;
+    kfd_webhook *webhook;
+    char request_id[33];
+    int64_t expires_at;
+    char webhook_body[1024];
+} pending_op;
+
+static void on_pending_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    pending_op *op = arg;
+    if (status != 0) {
+        if (op->base.call != NULL)
+            kfd_call_error(op->base.call, KF_CONNECT_UNAVAILABLE, "pending request not recorded: %s", err->msg);
+    } else {
+        kfd_webhook_notify(op->webhook, op->webhook_body);
+        if (op->base.call != NULL)
+            answer_pending(op->base.call, op->request_id, op->expires_at);
+    }
+    kfd_op_free(op);
+}
+
+static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_policy_decision *d)
+{
+    pending_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->webhook = app_of(call)->webhook;
+    kfd_new_request_id(op->request_id);
+    int64_t now = time(NULL);
+    op->expires_at = now + d->pending_ttl_s;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:I}", "event", "pending", "request_id", op->request_id,
+                          "node", call->peer->name, "volume_id", vol->id, "volume_name", vol->name, "rule", d->rule,
+                          "approvals_needed", (int)d->approvals, "expires_at", (json_int_t)op->expires_at);
+    char *body = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    snprintf(op->webhook_body, sizeof(op->webhook_body), "%s", body != NULL ? body : "{}");
+    free(body);
+    json_decref(j);
+
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, call, "pending", KEYFLEET__V1__DECISION__DECISION_PENDING, call->peer->name, vol->id,
+                   op->request_id, d->explanation);
+    Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
+    ref.id = (char *)vol->id;
+    ref.kind = (Keyfleet__V1__VolumeKind)vol->kind;
+    ref.name = (char *)vol->name;
+    Keyfleet__V1__Timestamp created = KEYFLEET__V1__TIMESTAMP__INIT, expires = KEYFLEET__V1__TIMESTAMP__INIT;
+    created.seconds = now;
+    expires.seconds = op->expires_at;
+    Keyfleet__V1__CmdCreatePending c = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
+    c.request_id = op->request_id;
+    c.node = (char *)call->peer->name;
+    c.volume = &ref;
+    c.source_address = call->source;
+    c.created_at = &created;
+    c.expires_at = &expires;
+    c.approvals_needed = d->approvals;
+    c.require_totp = d->require_totp;
+    c.rule = (char *)d->rule;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
+    cmd.create_pending = &c;
+    kfd_commit(app_of(call), &cmd, on_pending_committed, op);
+}
+
+/* Handles a poll with an existing request id. Returns true when the release may proceed. */
+static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, const kfd_policy_decision *now)
+{
+    kfd_pending p;
+    int r = kfd_store_get_pending(app_of(call)->store, req->request_id, &p);
+    if (r == -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_NOT_FOUND, "no pending request %s", req->request_id);
+        return false;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return false;
+    }
+    if (strcmp(p.node, call->peer->name) != 0 || strcmp(p.volume_id, req->volume->id) != 0) {
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, "request id belongs to another node or volume");
+        return false;
+    }
+    switch (p.state) {
+    case KFD_PENDING_WAITING:
+        if (time(NULL) >= p.expires_at) {
+            kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s expired without approval", p.request_id);
+            kfd_approvals_expire(app_of(call));
+        } else {
+            answer_pending(call, p.request_id, p.expires_at);
+        }
+        return false;
+    case KFD_PENDING_DENIED:
+        kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "request %s was denied by an operator", p.request_id);
+        return false;
+    case KFD_PENDING_EXPIRED:
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s expired without approval", p.request_id);
+        return false;
+    case KFD_PENDING_CONSUMED:
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_FAILED_PRECONDITION,
+                     "approved request was already used by a release; start a new request");
+        return false;
+    case KFD_PENDING_APPROVED:
+        if (time(NULL) >= p.expires_at) {
+            kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "approved request %s has expired", p.request_id);
+            return false;
+        }
+        /* The policy may have been tightened since the request was made: it must meet today's rule. */
+        if (p.approvals_have < now->approvals || (now->require_totp && !p.require_totp)) {
+            char why[200];
+            snprintf(why, sizeof(why),
+                     "policy changed since approval: it now needs %u approvals%s and this request had %u%s; "
+                     "start a new request",
+                     (unsigned)now->approvals, now->require_totp ? " with TOTP" : "", (unsigned)p.approvals_have,
+                     p.require_totp ? " with TOTP" : "");
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                         KF_CONNECT_FAILED_PRECONDITION, why);
+            return false;
+        }
+        return true;
+    }
+    return false;
+}
+
+void kfd_rpc_release(kfd_call *call)
+{
+    const Keyfleet__V1__ReleaseRequest *req = (const Keyfleet__V1__ReleaseRequest *)call->request;
+    const char *bad = check_volume(req->volume);
+    if (bad == NULL && (req->wrapped_key[0] == '\0' || strlen(req->wrapped_key) > WRAPPED_MAX))
+        bad = "wrapped_key must be 1..4096 characters";
+    if (bad == NULL && req->ephemeral_public_key.len != 32)
+        bad = "ephemeral_public_key must be 32 bytes (X25519)";
+    if (bad == NULL && req->request_id[0] != '\0' && !kfd_request_id_valid(req->request_id))
+        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
+    if (!ensure_ready(call) || check_revoked(call, "release", req->volume->id))
+        return;
+    kfd_app *app = app_of(call);
+    kfd_volume vol;
+    int r = kfd_store_get_volume(app->store, req->volume->id, &vol);
+    if (r == -ENOENT) {
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_NOT_FOUND, "unknown volume");
+        return;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    kfd_policy_decision decision;
+    label_set ls;
+    labels_from_json(&ls, vol.labels_json);
+    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = vol.id,
+                           .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL)};
+    kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
+    json_decref(ls.json);
+    if (!decision.allow) {
+        kfd_volume_clear(&vol);
+        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, decision.explanation);
+        return;
+    }
+    if (rate_limited(call, &decision)) {
+        kfd_volume_clear(&vol);
+        return;
+    }
+    bool approved_request = false;
+    if (decision.approvals > 0) {
+        if (req->request_id[0] == '\0') {
+            create_pending(call, &vol, &decision);
+            kfd_volume_clear(&vol);
+            return;
+        }
+        if (!poll_pending(call, req, &decision)) {
+            kfd_volume_clear(&vol);
+            return;
+        }
+        approved_request = true;
+    }
+    kfd_volume_clear(&vol);
+    release_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->req = req;
+    op->decision = decision;
+    op->approved_request = approved_request;
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
+    if (req->request_id[0] != '\0')
+        snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    else
+        kfd_new_request_id(op->request_id);
+    app->kms->ops->unwrap(app->kms, req->volume->id, req->wrapped_key, on_release_key, op);
+}
+
+/* ------------------------------------------------------------------ Heartbeat */
+
+typedef struct heartbeat_op {
+    kfd_op base;
+    bool revoked;
+    size_t outstanding;
+    int failed;
+} heartbeat_op;
+
+static void answer_heartbeat(heartbeat_op *op)
+{
+    kfd_call *call = op->base.call;
+    if (call != NULL && op->failed > 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "offline unlocks could not be recorded; report them again");
+    } else if (call != NULL) {
+        Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
+        now.seconds = time(NULL);
+        Keyfleet__V1__HeartbeatResponse resp = KEYFLEET__V1__HEARTBEAT_RESPONSE__INIT;
+        resp.lock = op->revoked;
+        resp.server_time = &now;
+        kfd_call_reply(call, &resp.base);
+    }
+    kfd_op_free(op);
+}
+
+static void on_offline_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res, (void)err;
+    heartbeat_op *op = arg;
+    if (status != 0)
+        op->failed++;
+    if (--op->outstanding == 0)
+        answer_heartbeat(op);
+}
+
+/* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is
+ * audited as offline_unlock. A revoked node is told to lock (kill switch) instead of refused, so
+ * an agent in watch mode can act on it. */
+void kfd_rpc_heartbeat(kfd_call *call)
+{
+    const Keyfleet__V1__HeartbeatRequest *req = (const Keyfleet__V1__HeartbeatRequest *)call->request;
+    if (req->n_offline_unlocks > 1000) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 1000 offline unlocks per heartbeat");
+        return;
+    }
+    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
+        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
+        const char *bad = check_volume(u->volume);
+        if (bad == NULL && (u->at == NULL || !printable(u->reason, 512)))
+            bad = "offline unlocks need a time and a printable reason of at most 512 characters";
+        if (bad != NULL) {
+            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "offline_unlocks[%zu]: %s", i, bad);
+            return;
+        }
+    }
+    const char *why;
+    if (!kfd_app_ready(app_of(call), &why)) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
+        return;
+    }
+    bool revoked = false;
+    if (kfd_store_node_revoked(app_of(call)->store, call->peer->name, &revoked) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    heartbeat_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->revoked = revoked;
+    op->outstanding = req->n_offline_unlocks;
+    if (op->outstanding == 0) {
+        answer_heartbeat(op);
+        return;
+    }
+    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
+        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
+        char reason[700];
+        snprintf(reason, sizeof(reason), "unlocked from the node's TPM at %lld: %s", (long long)u->at->seconds,
+                 u->reason);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, call, "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+                       u->volume->id, "", reason);
+        Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+        c.audit = &a.entry;
+        Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+        cmd.append_audit = &c;
+        kfd_commit(app_of(call), &cmd, on_offline_audited, op);
+    }
+}

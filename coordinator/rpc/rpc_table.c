@@ -1,0 +1,44 @@
+/* Every RPC of keyfleet.v1, who may call it, and its handler. A NULL handler answers
+ * unimplemented until the issue that builds it lands (docs/protocol.md lists which). */
+#include "keyfleet/v1/admin.pb-c.h"
+#include "keyfleet/v1/node.pb-c.h"
+#include "core/app.h"
+#include "rpc/rpc.h"
+#include "front/server.h"
+
+/* W: changes state, so only the Raft leader serves it; R: served by any replica from its copy. */
+#define W true
+#define R false
+#define NODE(m, req, fn, w) {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn, w}
+#define ADMIN(m, req, fn, w)                                                                                         \
+    {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn, w}
+
+const kfd_method kfd_methods[] = {
+    NODE("Enroll", enroll_request, kfd_rpc_enroll, W),
+    NODE("Release", release_request, kfd_rpc_release, W),
+    NODE("Login", login_request, kfd_rpc_login, W),
+    NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat, W),
+    ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending, R),
+    ADMIN("Approve", approve_request, kfd_rpc_approve, W),
+    ADMIN("Deny", deny_request, kfd_rpc_deny, W),
+    ADMIN("QueryAudit", query_audit_request, kfd_rpc_query_audit, R),
+    ADMIN("VerifyAudit", verify_audit_request, kfd_rpc_verify_audit, R),
+    ADMIN("GetPolicy", get_policy_request, kfd_rpc_get_policy, R),
+    ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy, W),
+    ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy, R),
+    ADMIN("RevokeNode", revoke_node_request, kfd_rpc_revoke_node, W),
+    ADMIN("CreateRole", create_role_request, kfd_rpc_create_role, W),
+    ADMIN("GetRole", get_role_request, kfd_rpc_get_role, R),
+    ADMIN("CreateSecretId", create_secret_id_request, kfd_rpc_create_secret_id, W),
+    ADMIN("RevokeRole", revoke_role_request, kfd_rpc_revoke_role, W),
+    ADMIN("RevokeRoleCredential", revoke_role_credential_request, kfd_rpc_revoke_role_credential, W),
+    ADMIN("ClusterStatus", cluster_status_request, kfd_rpc_cluster_status, R),
+    ADMIN("RotateKms", rotate_kms_request, kfd_rpc_rotate_kms, W),
+    ADMIN("AddMember", add_member_request, kfd_rpc_add_member, W),
+    ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
+    ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
+};
+
+const size_t kfd_methods_count = sizeof(kfd_methods) / sizeof(kfd_methods[0]);
+
+_Static_assert(sizeof(kfd_methods) / sizeof(kfd_methods[0]) <= KFD_METRICS_MAX_METHODS, "metrics table too small");

@@ -1,0 +1,218 @@
+/* The checks applied with the commands that release keys or change who may: revocation and
+ * approval state at release time, operator changes held for approval, TOTP lockouts and the
+ * certificate denylist.
+ *
+ * They run inside the apply, so every replica decides alike from the command and the state, and
+ * a change committed while a handler waited on the KMS (a revocation, a spent approval) still
+ * stops the release it would have let through. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_internal.h"
+
+static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
+{
+    return a != NULL && a->time != NULL ? a->time->seconds : 0;
+}
+
+int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err)
+{
+    bool revoked = false;
+    int r = kfd_store_node_revoked(s, node, &revoked);
+    if (r != 0)
+        return kf_err_set(err, r, "reading the node's revocation");
+    return revoked ? kf_err_set(err, -EACCES, "node %s is revoked", node) : 0;
+}
+
+static int set_state(kfd_store *s, const char *id, kfd_pending_state to, kf_err *err)
+{
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_STATE);
+    sqlite3_bind_int(st, 1, (int)to);
+    kfd_bind_text(st, 2, id);
+    return kfd_store_step_done(s, st, "updating the pending request", err);
+}
+
+/* A repeated Enroll returns the enrolled key only to its node, before any release, and within
+ * the window: decided again here, where two replays racing each other are ordered. */
+static int enroll_replay_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
+{
+    kfd_volume v;
+    int r = kfd_store_get_volume(s, c->volume_id, &v);
+    if (r != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
+                            : kf_err_set(err, r, "reading the volume");
+    int64_t at = audit_time(c->audit);
+    if (strcmp(v.node, c->node) != 0)
+        r = kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+    else if (v.last_released_at != 0 || at < v.created_at || at - v.created_at > c->enroll_replay_window_s)
+        r = kf_err_set(err, -ESTALE, "volume is already enrolled and can no longer be enrolled again; its key is "
+                                     "released with Release");
+    kfd_volume_clear(&v);
+    return r;
+}
+
+int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
+{
+    if (c->audit == NULL || c->audit->decision != KEYFLEET__V1__DECISION__DECISION_ALLOW)
+        return 0; /* a refusal is recorded whatever the state */
+    int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r == 0 && c->enroll_replay_window_s != 0)
+        r = enroll_replay_allowed(s, c, err);
+    if (r != 0 || !c->approved_request)
+        return r;
+    kfd_pending p;
+    if ((r = kfd_store_get_pending(s, c->request_id, &p)) != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "no approved request %s", c->request_id)
+                            : kf_err_set(err, r, "reading the approved request");
+    if (p.has_change || strcmp(p.node, c->node) != 0 || strcmp(p.volume_id, c->volume_id) != 0)
+        return kf_err_set(err, -EACCES, "request %s belongs to another node or volume", c->request_id);
+    if (p.state == KFD_PENDING_CONSUMED)
+        return kf_err_set(err, -ESTALE, "approved request %s was already used by a release", c->request_id);
+    if (p.state != KFD_PENDING_APPROVED)
+        return kf_err_set(err, -ESTALE, "request %s is not approved", c->request_id);
+    if (audit_time(c->audit) >= p.expires_at)
+        return kf_err_set(err, -ESTALE, "approved request %s has expired", c->request_id);
+    return set_state(s, c->request_id, KFD_PENDING_CONSUMED, err);
+}
+
+/* Only these commands may be held for approval; anything else in a stored change is refused. */
+static bool change_allowed(const Keyfleet__V1__StateCommand *cmd)
+{
+    return cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY ||
+           cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE ||
+           cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID;
+}
+
+int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err)
+{
+    kfd_pending p;
+    int r = kfd_store_get_pending(s, request_id, &p);
+    if (r != 0)
+        return kf_err_set(err, r == -ENOENT ? -ENOENT : r, "reading the change %s", request_id);
+    if (p.state != KFD_PENDING_APPROVED)
+        return 0; /* more approvals to come */
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_CHANGE);
+    kfd_bind_text(st, 1, request_id);
+    if ((r = kfd_store_step_row(s, st, "reading the change")) != 0)
+        return kf_err_set(err, r == -ENOENT ? -ENOENT : -EIO, "reading the change %s", request_id);
+    Keyfleet__V1__StateCommand *cmd = keyfleet__v1__state_command__unpack(
+        NULL, (size_t)sqlite3_column_bytes(st, 0), sqlite3_column_blob(st, 0));
+    sqlite3_reset(st);
+    if (cmd == NULL || !change_allowed(cmd)) {
+        if (cmd != NULL)
+            keyfleet__v1__state_command__free_unpacked(cmd, NULL);
+        return kf_err_set(err, -EINVAL, "change %s does not hold a policy, role or secret id change", request_id);
+    }
+    r = kfd_store_apply_one(s, cmd, seq, err);
+    keyfleet__v1__state_command__free_unpacked(cmd, NULL);
+    if (r == -ESTALE) {
+        char why[sizeof(err->msg)];
+        snprintf(why, sizeof(why), "%s", err != NULL ? err->msg : "");
+        return kf_err_set(err, -ESTALE, "change %s no longer applies: %s", request_id, why);
+    }
+    return r != 0 ? r : set_state(s, request_id, KFD_PENDING_CONSUMED, err);
+}
+
+int kfd_store_propose_change(kfd_store *s, const Keyfleet__V1__CmdCreatePending *c, uint64_t *seq, kf_err *err)
+{
+    if (c->proposer[0] == '\0' || c->created_at == NULL)
+        return kf_err_set(err, -EINVAL, "a change needs its proposer");
+    if (c->require_totp && c->proposer_totp_step == 0)
+        return kf_err_set(err, -EACCES, "a change needs the proposer's TOTP code");
+    int r = kfd_store_record_approval(s, c->request_id, c->proposer, c->proposer_totp_step, c->created_at->seconds,
+                                      err);
+    return r != 0 ? r : kfd_store_apply_change(s, c->request_id, seq, err);
+}
+
+int kfd_store_totp_failures(kfd_store *s, const char *op, uint32_t *ret_failures, int64_t *ret_locked_until)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_FAIL_GET);
+    kfd_bind_text(st, 1, op);
+    int r = kfd_store_step_row(s, st, "reading TOTP failures");
+    *ret_failures = 0;
+    *ret_locked_until = 0;
+    if (r == -ENOENT)
+        return 0;
+    if (r != 0)
+        return r;
+    *ret_failures = (uint32_t)sqlite3_column_int(st, 0);
+    *ret_locked_until = sqlite3_column_int64(st, 1);
+    sqlite3_reset(st);
+    return 0;
+}
+
+static int set_totp_failures(kfd_store *s, const char *op, uint32_t failures, int64_t locked_until, kf_err *err)
+{
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_FAIL_SET);
+    kfd_bind_text(st, 1, op);
+    sqlite3_bind_int(st, 2, (int)failures);
+    sqlite3_bind_int64(st, 3, locked_until);
+    return kfd_store_step_done(s, st, "recording TOTP failures", err);
+}
+
+int kfd_store_totp_reset(kfd_store *s, const char *op, kf_err *err)
+{
+    return set_totp_failures(s, op, 0, 0, err);
+}
+
+int kfd_store_apply_totp_failure(kfd_store *s, const Keyfleet__V1__CmdTotpFailure *c, uint64_t *seq, kf_err *err)
+{
+    if (c->audit == NULL || c->limit == 0)
+        return kf_err_set(err, -EINVAL, "TOTP failure command incomplete");
+    uint32_t failures = 0;
+    int64_t locked_until = 0;
+    int r = kfd_store_totp_failures(s, c->operator_, &failures, &locked_until);
+    if (r != 0)
+        return kf_err_set(err, r, "reading TOTP failures");
+    int64_t now = audit_time(c->audit);
+    if ((r = kfd_store_append_audit(s, c->audit, seq, err)) != 0)
+        return r;
+    if (++failures < c->limit)
+        return set_totp_failures(s, c->operator_, failures, locked_until, err);
+    /* The run reached the limit: lock the operator out and start a new run after it. */
+    locked_until = now + (int64_t)c->lockout_seconds;
+    if ((r = set_totp_failures(s, c->operator_, 0, locked_until, err)) != 0)
+        return r;
+    char reason[160];
+    snprintf(reason, sizeof(reason), "%u wrong TOTP codes in a row: approvals refused until %lld", c->limit,
+             (long long)locked_until);
+    Keyfleet__V1__AuditEntry lock = *c->audit;
+    lock.action = (char *)"totp_lockout";
+    lock.decision = KEYFLEET__V1__DECISION__DECISION_DENY;
+    lock.request_id = (char *)"";
+    lock.reason = reason;
+    return kfd_store_append_audit(s, &lock, seq, err);
+}
+
+int kfd_store_cert_revoked(kfd_store *s, const char *serial, bool *ret)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_CERT_GET);
+    kfd_bind_text(st, 1, serial);
+    int r = kfd_store_step_row(s, st, "reading revoked certificates");
+    *ret = r == 0;
+    if (r == 0)
+        sqlite3_reset(st);
+    return r == -ENOENT ? 0 : r;
+}
+
+int kfd_store_apply_revoke_cert(kfd_store *s, const Keyfleet__V1__CmdRevokeCert *c, uint64_t *seq, kf_err *err)
+{
+    if (c->audit == NULL || c->serial[0] == '\0')
+        return kf_err_set(err, -EINVAL, "certificate revocation incomplete");
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_CERT_REVOKE);
+    kfd_bind_text(st, 1, c->serial);
+    kfd_bind_text(st, 2, c->kind);
+    kfd_bind_text(st, 3, c->name);
+    kfd_bind_text(st, 4, c->audit->reason);
+    sqlite3_bind_int64(st, 5, audit_time(c->audit));
+    int r = kfd_store_step_done(s, st, "revoking the certificate", err);
+    if (r == -EEXIST)
+        return kf_err_set(err, -EEXIST, "certificate %s is already revoked", c->serial);
+    return r != 0 ? r : kfd_store_append_audit(s, c->audit, seq, err);
+}

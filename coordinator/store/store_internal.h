@@ -1,0 +1,135 @@
+/* Shared between store.c (open, apply), store_read.c and store_audit.c. Not for other files. */
+#ifndef KFD_STORE_INTERNAL_H
+#define KFD_STORE_INTERNAL_H
+
+#include <sqlite3.h>
+
+#include "store/store.h"
+
+enum {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_SAVEPOINT,
+    ST_ROLLBACK_TO,
+    ST_RELEASE,
+    ST_VOLUME_INSERT,
+    ST_VOLUME_GET,
+    ST_VOLUME_COUNT,
+    ST_VOLUME_RELEASED,
+    ST_NODE_REVOKE,
+    ST_NODE_GET,
+    ST_PENDING_INSERT,
+    ST_PENDING_GET,
+    ST_PENDING_SET_STATE,
+    ST_PENDING_ADD_APPROVAL,
+    ST_PENDING_LIST,
+    ST_PENDING_EXPIRED,
+    ST_APPROVAL_INSERT,
+    ST_APPROVAL_GET,
+    ST_APPROVALS_OF,
+    ST_TOTP_INSERT,
+    ST_TOTP_GET,
+    ST_POLICY_INSERT,
+    ST_POLICY_LATEST,
+    ST_AUDIT_INSERT,
+    ST_AUDIT_HEAD,
+    ST_AUDIT_ALL,
+    ST_ROLE_INSERT,
+    ST_ROLE_GET,
+    ST_ROLE_DELETE,
+    ST_SECRET_INSERT,
+    ST_SECRETS_OF,
+    ST_SECRET_SPEND,
+    ST_SECRET_PURGE,
+    ST_SECRET_DELETE_ROLE,
+    ST_TOKEN_INSERT,
+    ST_TOKEN_GET,
+    ST_TOKEN_DELETE_ROLE,
+    ST_SECRET_DELETE_ONE,
+    ST_KMS_ROTATED,
+    ST_KMS_LATEST,
+    ST_TOKEN_DELETE_ONE,
+    ST_APPLIED_SET,
+    ST_PENDING_CHANGE,
+    ST_TOTP_FAIL_GET,
+    ST_TOTP_FAIL_SET,
+    ST_CERT_REVOKE,
+    ST_CERT_GET,
+    ST_COUNT
+};
+
+struct kfd_store {
+    char path[4096];
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+    bool failed;
+    /* Set when an apply wrote the policy, directly or through a held change; read by the caller. */
+    bool policy_changed;
+    char failure[256];
+    /* The audit chain's head: committed, and tentative inside a transaction. */
+    uint64_t head_seq, tx_head_seq;
+    uint8_t head_hash[KFD_HASH_LEN], tx_head_hash[KFD_HASH_LEN];
+    /* The last Raft log index applied, committed in the same transaction as its command. */
+    uint64_t applied_index;
+    /* Deferred commit: applies share one open transaction until kfd_store_flush. */
+    bool deferred, tx_open;
+    size_t tx_commands; /* applied in the open deferred transaction */
+};
+
+/* Opens s->path into s (prepares statements, loads the chain head and applied index). */
+int kfd_store_open_db(kfd_store *s, kf_err *err);
+/* Closes the database handle and statements, keeping s. */
+void kfd_store_close_db(kfd_store *s);
+
+/* Marks the store failed on a fault-class sqlite error; returns -EIO for faults, or the errno
+ * that matches a constraint violation. */
+int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err);
+/* Puts the store in the failed state (the first failure is kept and logged); code is the sqlite
+ * result code, or 0 for another fault. Returns -EIO. */
+int kfd_store_fail(kfd_store *s, const char *what, const char *msg, int code, kf_err *err);
+/* Resets and clears bindings of a statement. */
+sqlite3_stmt *kfd_store_stmt(kfd_store *s, int which);
+
+/* Steps a single-row query: 0 with a row, -ENOENT without, -EIO on failure. */
+int kfd_store_step_row(kfd_store *s, sqlite3_stmt *st, const char *what);
+void kfd_store_copy_col(sqlite3_stmt *st, int i, char *dst, size_t size);
+/* Steps a statement that returns no rows. */
+int kfd_store_step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err *err);
+/* AppRole commands (store_approle.c). */
+int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
+
+/* Applies one command inside the current transaction (store.c); its audit records too. */
+int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
+
+/* Checks applied with the commands that hand out or gate key material (store_guard.c). They run
+ * inside the apply, on every replica, so a change committed meanwhile (a revocation, a spent
+ * approval) is seen whatever the handler read earlier. */
+/* -EACCES when node is revoked. */
+int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err);
+/* Revocation, and for a release that uses an approved request: still approved, this node's and
+ * volume's, unexpired at the audit time; then marks it consumed. -EACCES or -ESTALE otherwise. */
+int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err);
+/* Records op's approval of request_id (and spends its TOTP step, when not 0). */
+int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *op, int64_t totp_step, int64_t at,
+                              kf_err *err);
+/* The proposer's approval of a change just recorded as pending; applies it when that is enough. */
+int kfd_store_propose_change(kfd_store *s, const Keyfleet__V1__CmdCreatePending *c, uint64_t *seq, kf_err *err);
+/* Applies the operator change held by request_id once it is approved, and marks it consumed. */
+int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err);
+int kfd_store_apply_totp_failure(kfd_store *s, const Keyfleet__V1__CmdTotpFailure *c, uint64_t *seq, kf_err *err);
+/* A correct TOTP code clears the operator's run of failures. */
+int kfd_store_totp_reset(kfd_store *s, const char *op, kf_err *err);
+int kfd_store_apply_revoke_cert(kfd_store *s, const Keyfleet__V1__CmdRevokeCert *c, uint64_t *seq, kf_err *err);
+
+/* Appends one audit record inside the current transaction (store_audit.c). */
+int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err);
+/* Loads the committed chain head at open. */
+int kfd_store_load_audit_head(kfd_store *s, kf_err *err);
+
+static inline void kfd_bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    sqlite3_bind_text(st, i, v != NULL ? v : "", -1, SQLITE_STATIC);
+}
+
+#endif
