@@ -9,17 +9,31 @@
 
 #include <openssl/ssl.h>
 
-#include "core/app.h"
 #include "config/config.h"
+#include "core/app.h"
+#include "core/approvals.h"
+#include "front/router.h"
+#include "front/server.h"
 #include "kf_crash.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "kms/kms_remote.h"
-#include "privileges.h"
 #include "preflight.h"
-#include "front/server.h"
+#include "privileges.h"
+#include "rpc/rpc_table.h"
 
 #define EXIT_CONFIG 2
+#define TICK_MS 1000
+
+/* Once a second: waiting requests past their deadline expire (on the leader), and a KMS key
+ * version another replica rotated to is loaded once it is here. */
+static void on_tick(uv_timer_t *t)
+{
+    kfd_approvals_expire(t->data);
+    kfd_app_sync_kms(t->data);
+}
+
+static void on_tick_closed(uv_handle_t *h) { (void)h; }
 
 static void usage(FILE *f)
 {
@@ -106,15 +120,21 @@ int main(int argc, char **argv)
     uv_loop_init(&loop);
     kfd_server srv;
     kfd_app app = {0};
+    uv_timer_t tick = {0};
     int rc = 1;
     if (kfd_server_init(&srv, &loop, cfg, &err) != 0) {
         kf_log_error("tls_setup_failed", "error=%s", kf_log_q(err.msg));
         goto out;
     }
-    if (kfd_app_open(&app, &srv, &err) != 0) {
+    kfd_router_bind(&srv, kfd_methods, kfd_methods_count);
+    if (kfd_app_open(&app, &loop, cfg, &err) != 0) {
         kf_log_error("start_failed", "error=%s", kf_log_q(err.msg));
         goto out;
     }
+    uv_timer_init(&loop, &tick);
+    tick.data = &app;
+    uv_timer_start(&tick, on_tick, TICK_MS, TICK_MS);
+    uv_unref((uv_handle_t *)&tick);
     srv.app = &app;
     if (kfd_server_listen(&srv, &err) != 0) {
         kf_log_error("listen_failed", "error=%s", kf_log_q(err.msg));
@@ -134,6 +154,10 @@ int main(int argc, char **argv)
     rc = kfd_server_run(&srv);
 out:
     kfd_app_close(&app);
+    if (tick.loop != NULL) {
+        uv_timer_stop(&tick);
+        uv_close((uv_handle_t *)&tick, on_tick_closed);
+    }
     srv.app = NULL;
     kfd_server_dispose(&srv);
     uv_loop_close(&loop);

@@ -10,7 +10,6 @@
 #include <raft/uv.h>
 #include <sqlite3.h>
 
-#include "core/app.h"
 #include "kf_log.h"
 #include "cluster/raft_transport.h"
 
@@ -25,8 +24,10 @@
 #define COMMIT_TIMEOUT_MS 5000u
 
 struct kfd_repl {
-    kfd_app *app;
+    kfd_repl_env env;
+    kfd_store *store;
     uv_loop_t *loop;
+    uint64_t batches, batched_commands;
     struct raft raft;
     struct raft_io io;
     struct raft_uv_transport transport;
@@ -149,23 +150,19 @@ static Keyfleet__V1__StateCommand *decode_entry(const struct raft_buffer *buf)
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     kfd_repl *r = fsm->data;
-    kfd_app *app = r->app;
     raft_index index = raft_last_applied(&r->raft) + 1;
     Keyfleet__V1__StateCommand *cmd = decode_entry(buf);
     r->last.index = index;
     r->last.res.audit_seq = 0;
     kf_err_clear(&r->last.err);
-    if (index <= kfd_store_applied_index(app->store)) {
+    if (index <= kfd_store_applied_index(r->store)) {
         /* A replay of what the store already holds (every restart replays the log). */
         r->last.status = 0;
     } else {
         const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
-        kfd_store_apply_batch(app->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
-        app->batched_commands++;
-        /* A policy write may come from PutPolicy, or from a held change that an approval or its own
-         * proposal (admin.approvers 1) completed: the store says which applies wrote it. */
-        if (kfd_store_take_policy_changed(app->store))
-            kfd_app_load_policy(app);
+        kfd_store_apply_batch(r->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
+        r->batched_commands++;
+        r->env.on_applied(r->env.arg, cmd, false);
         if (cmd == NULL)
             kf_log_error("raft_entry_undecodable", "index=%llu bytes=%zu", (unsigned long long)index, buf->len);
     }
@@ -179,7 +176,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     kfd_repl *r = fsm->data;
-    kfd_store *s = r->app->store;
+    kfd_store *s = r->store;
     /* The image must hold exactly what raft believes is applied, or a follower restored from it
      * would skip entries. A failed store never snapshots. */
     if (kfd_store_failed(s) || kfd_store_applied_index(s) != raft_last_applied(&r->raft))
@@ -224,26 +221,25 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
     kfd_repl *r = fsm->data;
-    kfd_app *app = r->app;
     const uint8_t *p = buf->base;
     if (buf->len < SNAPSHOT_HEADER || memcmp(p, SNAPSHOT_MAGIC, 8) != 0) {
         kf_log_error("raft_restore_failed", "error=\"not a keyfleet snapshot\" bytes=%zu", buf->len);
         return RAFT_CORRUPT;
     }
     uint64_t index = get_u64(p + 8);
-    if (index <= kfd_store_applied_index(app->store)) {
+    if (index <= kfd_store_applied_index(r->store)) {
         /* Our database already holds everything the snapshot does (the usual case at start). */
         raft_free(buf->base);
         return 0;
     }
     kf_err err = {0};
-    int rc = kfd_store_replace(app->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &err);
+    int rc = kfd_store_replace(r->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &err);
     if (rc != 0) {
         kf_log_error("raft_restore_failed", "index=%llu error=%s", (unsigned long long)index, kf_log_q(err.msg));
         return RAFT_IOERR;
     }
     raft_free(buf->base);
-    kfd_app_load_policy(app);
+    r->env.on_applied(r->env.arg, NULL, true);
     r->snapshots_restored++;
     kf_log_info("raft_restored", "index=%llu", (unsigned long long)index);
     return 0;
@@ -273,7 +269,7 @@ static void hurry_after_loss(kfd_repl *r);
 static void on_flush(uv_check_t *h)
 {
     kfd_repl *r = h->data;
-    kfd_store *store = r->app->store;
+    kfd_store *store = r->store;
     if (!kfd_store_tx_open(store)) {
         r->tx_since = 0;
         return;
@@ -284,7 +280,7 @@ static void on_flush(uv_check_t *h)
     if (now - r->tx_since < FLUSH_INTERVAL_MS && kfd_store_tx_commands(store) < FLUSH_MAX_COMMANDS)
         return;
     kf_err err = {0};
-    r->app->batches++;
+    r->batches++;
     r->tx_since = 0;
     if (kfd_store_flush(store, &err) != 0)
         kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
@@ -529,26 +525,40 @@ static int bootstrap(kfd_repl *r, const kfd_config *cfg, kf_err *err)
         return kf_err_set(err, -EIO, "raft bootstrap: %s", raft_strerror(rc));
     /* A new log over an existing database (an upgrade from before replication): its entries
      * start again at 1, so the old applied index must not hide them. */
-    if (kfd_store_applied_index(r->app->store) != 0 && kfd_store_reset_applied(r->app->store, err) != 0)
+    if (kfd_store_applied_index(r->store) != 0 && kfd_store_reset_applied(r->store, err) != 0)
         return kf_err_wrap(err, "raft bootstrap");
     kf_log_info("raft_bootstrapped", "members=%zu", cfg->cluster.configured ? cfg->cluster.n_peers : (size_t)1);
     return 0;
 }
 
-int kfd_repl_open(kfd_app *app, kf_err *err)
+static int start(kfd_repl *r, kf_err *err);
+
+int kfd_repl_open(const kfd_repl_env *env, kfd_repl **ret, kf_err *err)
 {
-    const kfd_config *cfg = app->srv->cfg;
     kfd_repl *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
-    app->repl = r;
-    r->app = app;
-    r->loop = app->srv->loop;
-    if (kfd_store_failed(app->store)) {
+    r->env = *env;
+    r->store = env->store;
+    r->loop = env->loop;
+    if (kfd_store_failed(r->store)) {
         /* Fail closed without raft: every write answers unavailable until a restart. */
-        kf_log_error("raft_not_started", "reason=%s", kf_log_q(kfd_store_failure(app->store)));
+        kf_log_error("raft_not_started", "reason=%s", kf_log_q(kfd_store_failure(r->store)));
+        *ret = r;
         return 0;
     }
+    int rc = start(r, err);
+    if (rc != 0) {
+        kfd_repl_close(r);
+        return rc;
+    }
+    *ret = r;
+    return 0;
+}
+
+static int start(kfd_repl *r, kf_err *err)
+{
+    const kfd_config *cfg = r->env.cfg;
     snprintf(r->dir, sizeof(r->dir), "%s/raft", cfg->state_dir);
     int rc = mkdir_p(r->dir);
     if (rc != 0)
@@ -600,7 +610,7 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
         return rc;
     /* Applied entries share one sqlite transaction for up to FLUSH_INTERVAL_MS: the Raft log
      * already made them durable, so per-entry commits would only cost syscalls. */
-    kfd_store_set_deferred(app->store, true);
+    kfd_store_set_deferred(r->store, true);
     uv_check_init(r->loop, &r->flush);
     r->flush.data = r;
     uv_check_start(&r->flush, on_flush);
@@ -616,7 +626,7 @@ int kfd_repl_open(kfd_app *app, kf_err *err)
      * replica holds, the figure an operator compares between survivors (operations.md). */
     kf_log_info("raft_started", "id=%llu address=%s applied=%llu raft_snapshot_index=%llu",
                 (unsigned long long)kfd_raft_id(cfg->name), kf_log_q(r->self_address),
-                (unsigned long long)kfd_store_applied_index(r->app->store),
+                (unsigned long long)kfd_store_applied_index(r->store),
                 (unsigned long long)raft_last_applied(&r->raft));
     return 0;
 }
@@ -629,9 +639,8 @@ static void on_raft_closed(struct raft *raft)
 
 static void on_monitor_closed(uv_handle_t *h) { (void)h; }
 
-void kfd_repl_close(kfd_app *app)
+void kfd_repl_close(kfd_repl *r)
 {
-    kfd_repl *r = app->repl;
     if (r == NULL)
         return;
     r->closed = true;
@@ -661,7 +670,6 @@ void kfd_repl_close(kfd_app *app)
             kfd_raft_transport_release(&r->transport);
         free(r);
     }
-    app->repl = NULL;
 }
 
 void kfd_repl_status(kfd_repl *r, Keyfleet__V1__ClusterStatusResponse *resp, kfd_repl_status_buf *buf)
@@ -780,7 +788,11 @@ int kfd_repl_remove(kfd_repl *r, const char *name, kfd_repl_change_cb cb, void *
 void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret)
 {
     memset(ret, 0, sizeof(*ret));
-    if (r == NULL || !r->started)
+    if (r == NULL)
+        return;
+    ret->batches = r->batches;
+    ret->batched_commands = r->batched_commands;
+    if (!r->started)
         return;
     ret->term = r->raft.current_term;
     ret->commit_index = r->raft.commit_index;

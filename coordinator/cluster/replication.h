@@ -12,17 +12,32 @@
 #include <stdint.h>
 
 #include "keyfleet/v1/admin.pb-c.h"
+#include "keyfleet/v1/state.pb-c.h"
+#include <uv.h>
+
+#include "config/config.h"
 #include "kf_err.h"
 #include "store/store.h"
 
-struct kfd_app;
 typedef struct kfd_repl kfd_repl;
 
+/* What replication runs on, and whom it tells. on_applied runs after each entry applied to the
+ * store (not replays) with its command (NULL: undecodable), and after a snapshot replaced the
+ * store (cmd NULL, restored true). */
+typedef struct kfd_repl_env {
+    uv_loop_t *loop;
+    const kfd_config *cfg;
+    kfd_store *store;
+    void (*on_applied)(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored);
+    void *arg;
+} kfd_repl_env;
+
 /* Starts raft: bootstraps from the config's peers on first start (unless join), replays the log
- * into the store, and joins the election. */
-int kfd_repl_open(struct kfd_app *app, kf_err *err);
-/* Stops raft and runs the loop until it has let go of everything. */
-void kfd_repl_close(struct kfd_app *app);
+ * into the store, and joins the election. With a failed store, *ret is a replica that never
+ * becomes writable (fail closed). */
+int kfd_repl_open(const kfd_repl_env *env, kfd_repl **ret, kf_err *err);
+/* Stops raft and runs the loop until it has let go of everything. NULL is a no-op. */
+void kfd_repl_close(kfd_repl *r);
 
 typedef void (*kfd_repl_cb)(void *arg, int status, const kfd_apply_result *res, const kf_err *err);
 /* Proposes one packed StateCommand. cb runs once it is committed by a majority and applied
@@ -51,6 +66,7 @@ int kfd_repl_remove(kfd_repl *r, const char *name, kfd_repl_change_cb cb, void *
 /* For /metrics. */
 typedef struct kfd_repl_stats {
     uint64_t term, commit_index, applied_index, snapshots_taken, snapshots_restored, peers_refused, commit_timeouts;
+    uint64_t batches, batched_commands; /* store transactions, and the entries applied in them */
     bool leader;
 } kfd_repl_stats;
 void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret);

@@ -9,18 +9,14 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "kf_log.h"
-#include "cluster/replication.h"
+#include "core/ratelimit.h"
 #include "core/webhook.h"
-
-#define EXPIRY_TICK_MS 1000
-
-static void on_timer_closed(uv_handle_t *h) { (void)h; }
+#include "kf_log.h"
 
 /* Catches up with a KMS rotation made on another replica: loads the new key version if it is
  * here, else says once what is missing. Without it, this replica could not open keys wrapped
  * under that version once it leads. */
-static void kms_sync(kfd_app *app)
+void kfd_app_sync_kms(kfd_app *app)
 {
     if (app->kms->ops->sync == NULL || kfd_store_failed(app->store))
         return;
@@ -43,61 +39,58 @@ static void kms_sync(kfd_app *app)
     app->kek_missing = want;
 }
 
-static void on_expiry_tick(uv_timer_t *t)
+/* Replication's hook after each applied entry: a policy write may come from PutPolicy, or from
+ * a held change that an approval or its own proposal (admin.approvers 1) completed; the store
+ * says which applies wrote it. A restored snapshot may hold any policy. */
+static void on_applied(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored)
 {
-    kfd_approvals_expire(t->data);
-    kms_sync(t->data);
+    kfd_app *app = arg;
+    (void)cmd;
+    if (restored || kfd_store_take_policy_changed(app->store))
+        kfd_app_load_policy(app);
 }
 
-int kfd_app_open(kfd_app *app, kfd_server *srv, kf_err *err)
+int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *err)
 {
     memset(app, 0, sizeof(*app));
-    app->srv = srv;
-    const kfd_config *cfg = srv->cfg;
+    app->cfg = cfg;
     char path[4096];
     snprintf(path, sizeof(path), "%s/keyfleet.db", cfg->state_dir);
     kf_err serr = {0};
     if (kfd_store_open(path, &app->store, &serr) != 0)
         kf_log_error("store_open_failed", "path=%s error=%s action=\"answering unavailable\"", kf_log_q(path),
                      kf_log_q(serr.msg));
-    int r = kfd_kms_open(srv->loop, &cfg->kms, &app->kms, err);
+    int r = kfd_kms_open(loop, &cfg->kms, &app->kms, err);
     if (r != 0)
         return r;
     if ((app->ratelimit = kfd_ratelimit_new()) == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     if (cfg->webhook_url != NULL &&
-        (r = kfd_webhook_new(srv->loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
+        (r = kfd_webhook_new(loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
         return r;
     kfd_app_load_policy(app);
-    if ((r = kfd_repl_open(app, err)) != 0)
+    kfd_repl_env env = {.loop = loop, .cfg = cfg, .store = app->store, .on_applied = on_applied, .arg = app};
+    if ((r = kfd_repl_open(&env, &app->repl, err)) != 0)
         return kf_err_wrap(err, "replication");
-    kms_sync(app);
+    kfd_app_sync_kms(app);
     kfd_kms_info info;
     app->kms->ops->describe(app->kms, &info);
     kf_log_info("app_ready", "kms=%s kek_version=%u policy_version=%llu store=%s", info.backend, info.latest_version,
                 (unsigned long long)app->policy_version, kfd_store_failed(app->store) ? "failed" : "ok");
-    uv_timer_init(srv->loop, &app->expiry_timer);
-    app->expiry_timer.data = app;
-    uv_timer_start(&app->expiry_timer, on_expiry_tick, EXPIRY_TICK_MS, EXPIRY_TICK_MS);
-    uv_unref((uv_handle_t *)&app->expiry_timer);
     return 0;
 }
 
 void kfd_app_close(kfd_app *app)
 {
     /* Raft first: it may still apply committed entries to the store while it stops. */
-    kfd_repl_close(app);
-    if (app->expiry_timer.loop != NULL && !uv_is_closing((uv_handle_t *)&app->expiry_timer)) {
-        uv_timer_stop(&app->expiry_timer);
-        uv_close((uv_handle_t *)&app->expiry_timer, on_timer_closed);
-    }
+    kfd_repl_close(app->repl);
+    app->repl = NULL;
     kfd_webhook_free(app->webhook);
     kfd_ratelimit_free(app->ratelimit);
     kfd_policy_free(app->policy);
     if (app->kms != NULL)
         app->kms->ops->destroy(app->kms);
     kfd_store_close(app->store);
-    /* Not memset: the timer handle stays queued in the loop until its close callback runs. */
     app->webhook = NULL;
     app->ratelimit = NULL;
     app->policy = NULL;
@@ -170,7 +163,7 @@ bool kfd_app_kms_complete(const kfd_app *app, const char **ret_why)
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)
 {
     cmd->command_id = ++app->next_command_id;
-    cmd->proposer = app->srv->cfg->name;
+    cmd->proposer = app->cfg->name;
     uint8_t stackbuf[4096];
     size_t len = protobuf_c_message_get_packed_size(&cmd->base);
     uint8_t *packed = len <= sizeof(stackbuf) ? stackbuf : malloc(len);
@@ -185,67 +178,6 @@ void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb,
     kfd_repl_submit(app->repl, packed, len, cb, arg);
     if (packed != stackbuf)
         free(packed);
-}
-
-void kfd_audit_fill(kfd_audit_buf *b, const kfd_call *call, const char *action, Keyfleet__V1__Decision decision,
-                    const char *node, const char *volume_id, const char *request_id, const char *reason)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    keyfleet__v1__audit_entry__init(&b->entry);
-    keyfleet__v1__timestamp__init(&b->time);
-    keyfleet__v1__principal__init(&b->actor);
-    b->time.seconds = now.tv_sec;
-    b->time.nanos = (int32_t)now.tv_nsec;
-    if (call != NULL && call->peer != NULL) {
-        b->actor.kind = (Keyfleet__V1__PrincipalKind)call->peer->kind;
-        b->actor.name = (char *)call->peer->name;
-        b->actor.auth = (char *)(call->auth != NULL ? call->auth : "mtls");
-    } else {
-        b->actor.kind = KEYFLEET__V1__PRINCIPAL_KIND__PRINCIPAL_KIND_COORDINATOR;
-        b->actor.name = (char *)"keyfleetd";
-        b->actor.auth = (char *)"internal";
-    }
-    b->entry.time = &b->time;
-    b->entry.actor = &b->actor;
-    b->entry.action = (char *)action;
-    b->entry.decision = decision;
-    b->entry.node = (char *)(node != NULL ? node : "");
-    b->entry.volume_id = (char *)(volume_id != NULL ? volume_id : "");
-    b->entry.request_id = (char *)(request_id != NULL ? request_id : "");
-    b->entry.reason = (char *)(reason != NULL ? reason : "");
-    b->entry.source_address = (char *)(call != NULL ? call->source : "");
-}
-
-static void on_auth_audit(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
-{
-    (void)arg, (void)res;
-    if (status != 0)
-        kf_log_warn("auth_audit_failed", "error=%s", kf_log_q(err->msg));
-}
-
-void kfd_audit_auth_failure(kfd_app *app, const kfd_call *call, const char *subject, const char *reason)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-    if (app == NULL || app->store == NULL || kfd_store_failed(app->store) ||
-        kfd_ratelimit_take(app->ratelimit, " auth-failures", 600, 50, now) != 0)
-        return;
-    kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "auth_fail", KEYFLEET__V1__DECISION__DECISION_DENY, subject, "", "", reason);
-    if (call == NULL) {
-        /* Refused during the TLS handshake: there is no verified actor, only what it presented. */
-        a.actor.kind = KEYFLEET__V1__PRINCIPAL_KIND__PRINCIPAL_KIND_UNSPECIFIED;
-        a.actor.name = (char *)subject;
-        a.actor.auth = (char *)"tls";
-    }
-    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-    c.audit = &a.entry;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd.append_audit = &c;
-    kfd_commit(app, &cmd, on_auth_audit, NULL);
 }
 
 void kfd_new_request_id(char out[33])

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/app.h"
+#include "core/ratelimit.h"
 
 #define SLOTS 8192
 

@@ -5,12 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kf_secmem.h"
-#include "core/app.h"
 #include "cluster/replication.h"
+#include "core/app.h"
+#include "core/webhook.h"
+#include "front/call.h"
 #include "front/seal.h"
 #include "front/server.h"
-#include "core/webhook.h"
+#include "kf_secmem.h"
 
 typedef struct out {
     char *s;
@@ -50,13 +51,14 @@ static void emit(out *o, const char *fmt, ...)
 char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
 {
     const kfd_metrics *m = &srv->metrics;
+    kfd_seal_stats seal = kfd_seal_get_stats();
     out o = {malloc(4096), 0, 4096, 0};
     if (o.s == NULL)
         return NULL;
     emit(&o, "# HELP keyfleet_rpc_requests_total RPC requests by method and Connect code.\n"
              "# TYPE keyfleet_rpc_requests_total counter\n");
-    for (size_t i = 0; i <= kfd_methods_count && i <= KFD_METRICS_MAX_METHODS; i++) {
-        const char *name = i < kfd_methods_count ? kfd_methods[i].path + 1 : "unknown";
+    for (size_t i = 0; i <= srv->n_methods && i <= KFD_METRICS_MAX_METHODS; i++) {
+        const char *name = i < srv->n_methods ? srv->methods[i].path + 1 : "unknown";
         for (int c = 0; c < KF_CONNECT_CODE_COUNT; c++)
             if (m->requests[i][c] > 0)
                 emit(&o, "keyfleet_rpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", name,
@@ -95,11 +97,13 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          (unsigned long long)m->tls_handshakes_ok, (unsigned long long)m->tls_handshakes_failed,
          (unsigned long long)m->auth_failures, (unsigned long long)m->connections_accepted,
          (unsigned long long)m->connections_rejected, srv->connections, (unsigned long long)m->tls_reloads,
-         (unsigned long long)m->seal_contexts, (unsigned long long)m->sealed_keys, kfd_seal_contexts_live(),
+         (unsigned long long)seal.contexts, (unsigned long long)seal.keys, kfd_seal_contexts_live(),
          kf_secmem_lock_failures());
     const kfd_app *app = srv->app;
     if (app != NULL) {
         kfd_webhook_stats w = kfd_webhook_get_stats(app->webhook);
+        kfd_repl_stats rs;
+        kfd_repl_get_stats(app->repl, &rs);
         uint64_t volumes = 0;
         if (app->store != NULL && !kfd_store_failed(app->store))
             kfd_store_count_volumes(app->store, &volumes);
@@ -125,10 +129,8 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
              "# TYPE keyfleet_policy_version gauge\n"
              "keyfleet_policy_version %llu\n",
              (unsigned long long)w.delivered, (unsigned long long)w.failed, (unsigned long long)w.retries,
-             kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes, (unsigned long long)app->batches,
-             (unsigned long long)app->batched_commands, (unsigned long long)app->policy_version);
-        kfd_repl_stats rs;
-        kfd_repl_get_stats(app->repl, &rs);
+             kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes, (unsigned long long)rs.batches,
+             (unsigned long long)rs.batched_commands, (unsigned long long)app->policy_version);
         emit(&o,
              "# HELP keyfleet_raft_leader 1 while this coordinator is the Raft leader.\n"
              "# TYPE keyfleet_raft_leader gauge\n"

@@ -18,8 +18,6 @@ typedef struct kfd_metrics {
     uint64_t connections_accepted;
     uint64_t connections_rejected;
     uint64_t tls_reloads;
-    uint64_t seal_contexts; /* HPKE contexts set up (two X25519 operations each) */
-    uint64_t sealed_keys;   /* keys sealed under them */
 } kfd_metrics;
 
 struct kfd_server;

@@ -5,6 +5,8 @@
  * field against the SSL_CTXs this server created before it reads the second, then checks that
  * the SSL's BIO belongs to this very socket. If either check fails, the request is treated as
  * unauthenticated, never as someone else. */
+#include "front/peer.h"
+
 #include <errno.h>
 
 #include <openssl/bio.h>
@@ -12,16 +14,21 @@
 
 #include "kf_log.h"
 #include "kf_tls.h"
-#include "front/server.h"
 
 struct h2o_ssl_prefix {
     SSL_CTX *ssl_ctx;
     SSL *ossl;
 };
 
-bool kfd_server_owns_ssl_ctx(const kfd_server *srv, const SSL_CTX *ctx);
+static bool owned(const kfd_ssl_generation *ours, const SSL_CTX *ctx)
+{
+    for (const kfd_ssl_generation *g = ours; g != NULL; g = g->next)
+        if (g->ctx == ctx)
+            return true;
+    return false;
+}
 
-SSL *kfd_req_ssl(kfd_server *srv, h2o_req_t *req)
+SSL *kfd_req_ssl(const kfd_ssl_generation *ours, h2o_req_t *req)
 {
     if (req->conn->callbacks->get_socket == NULL)
         return NULL;
@@ -29,7 +36,7 @@ SSL *kfd_req_ssl(kfd_server *srv, h2o_req_t *req)
     if (sock == NULL || sock->ssl == NULL)
         return NULL;
     const struct h2o_ssl_prefix *p = (const struct h2o_ssl_prefix *)sock->ssl;
-    if (!kfd_server_owns_ssl_ctx(srv, p->ssl_ctx) || p->ossl == NULL)
+    if (!owned(ours, p->ssl_ctx) || p->ossl == NULL)
         goto layout;
     SSL *ssl = p->ossl;
     BIO *rbio = SSL_get_rbio(ssl);
@@ -46,9 +53,9 @@ layout : {
 }
 }
 
-int kfd_req_peer(kfd_server *srv, h2o_req_t *req, const kf_identity **ret)
+int kfd_req_peer(const kfd_ssl_generation *ours, h2o_req_t *req, const kf_identity **ret)
 {
-    SSL *ssl = kfd_req_ssl(srv, req);
+    SSL *ssl = kfd_req_ssl(ours, req);
     if (ssl == NULL)
         return -ENOENT;
     return kf_tls_peer_identity(ssl, ret);

@@ -2,6 +2,8 @@
  * plus GET /healthz, /readyz and /metrics. Checks run in a fixed order, each with its own answer:
  * route (404), method (405), HTTP/2 (505), content type (415), size (429), identity (401/403),
  * body (400), then the handler (or 501 while it is not implemented). */
+#include "front/router.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,136 +11,27 @@
 
 #include <openssl/crypto.h>
 
+#include "cluster/replication.h"
 #include "core/app.h"
+#include "core/approle.h"
+#include "core/audit.h"
+#include "front/call.h"
+#include "front/metrics.h"
+#include "front/peer.h"
+#include "front/server.h"
 #include "kf_log.h"
 #include "kf_pb_alloc.h"
-#include "cluster/replication.h"
-#include "rpc/rpc.h"
-#include "front/server.h"
-
-#define UNKNOWN_ROUTE_ROW KFD_METRICS_MAX_METHODS
-
-static size_t method_index(const kfd_call *call)
-{
-    return call->method != NULL ? (size_t)(call->method - kfd_methods) : UNKNOWN_ROUTE_ROW;
-}
-
-static void count(kfd_server *srv, size_t row, kf_connect_code code)
-{
-    if (row > UNKNOWN_ROUTE_ROW)
-        row = UNKNOWN_ROUTE_ROW;
-    srv->metrics.requests[row][code]++;
-}
-
-static void send_connect_error(h2o_req_t *req, int status, kf_connect_code code, const char *message)
-{
-    char *json = kf_connect_error_json(code, message);
-    static const char fallback[] = "{\"code\":\"internal\",\"message\":\"out of memory\"}";
-    req->res.status = status;
-    req->res.reason = "Error";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
-    h2o_send_inline(req, json != NULL ? json : fallback, json != NULL ? strlen(json) : sizeof(fallback) - 1);
-    free(json);
-}
-
-static void reply_error(kfd_call *call, int status, kf_connect_code code, const char *message)
-{
-    if (call->answered)
-        return;
-    call->answered = true;
-    count(call->srv, method_index(call), code);
-    kf_log(code == KF_CONNECT_INTERNAL || code == KF_CONNECT_UNAVAILABLE ? KF_LOG_WARN : KF_LOG_INFO, "rpc_error",
-           "method=%s code=%s peer=%s source=%s message=%s",
-           call->method != NULL ? call->method->path + 1 : "-",
-           kf_connect_code_name(code), call->peer != NULL ? call->peer->name : "-", call->source,
-           kf_log_q(message));
-    send_connect_error(call->req, status, code, message);
-}
-
-void kfd_call_error(kfd_call *call, kf_connect_code code, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    reply_error(call, kf_connect_code_http_status(code), code, msg);
-}
-
-/* A reply body in its own block of the request's pool, wiped when the pool is released: Login
- * answers carry a token and CreateSecretId a secret id. h2o_send_inline would copy it into the
- * pool's chunks, which are recycled unwiped. */
-typedef struct reply_body {
-    size_t len;
-    uint8_t bytes[];
-} reply_body;
-
-static void dispose_reply_body(void *p)
-{
-    reply_body *b = p;
-    OPENSSL_cleanse(b->bytes, b->len);
-}
-
-void kfd_call_reply(kfd_call *call, const ProtobufCMessage *resp)
-{
-    static h2o_generator_t generator = {NULL, NULL};
-    if (call->answered)
-        return;
-    h2o_req_t *req = call->req;
-    size_t len = protobuf_c_message_get_packed_size(resp);
-    reply_body *body = h2o_mem_alloc_shared(&req->pool, sizeof(*body) + len, dispose_reply_body);
-    body->len = protobuf_c_message_pack(resp, body->bytes);
-    call->answered = true;
-    count(call->srv, method_index(call), KF_CONNECT_OK);
-    req->res.status = 200;
-    req->res.reason = "OK";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/proto"));
-    h2o_start_response(req, &generator);
-    h2o_iovec_t buf = h2o_iovec_init(body->bytes, body->len);
-    h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
-}
-
-static void dispose_call(void *p)
-{
-    kfd_call *call = p;
-    if (call->op != NULL)
-        call->op->call = NULL;
-    call->op = NULL;
-    if (call->request != NULL)
-        protobuf_c_message_free_unpacked(call->request, &kf_pb_wiping_allocator); /* wipes a secret id */
-    call->request = NULL;
-}
-
-void *kfd_op_new(kfd_call *call, size_t size)
-{
-    kfd_op *op = calloc(1, size);
-    if (op == NULL)
-        return NULL;
-    op->call = call;
-    call->op = op;
-    return op;
-}
-
-void kfd_op_free(void *p)
-{
-    kfd_op *op = p;
-    if (op == NULL)
-        return;
-    if (op->call != NULL && op->call->op == op)
-        op->call->op = NULL;
-    free(op);
-}
 
 static bool path_is(const h2o_req_t *req, const char *path)
 {
     return h2o_memis(req->path_normalized.base, req->path_normalized.len, path, strlen(path));
 }
 
-static const kfd_method *find_method(const h2o_req_t *req)
+static const kfd_method *find_method(const kfd_server *srv, const h2o_req_t *req)
 {
-    for (size_t i = 0; i < kfd_methods_count; i++)
-        if (path_is(req, kfd_methods[i].path))
-            return &kfd_methods[i];
+    for (size_t i = 0; i < srv->n_methods; i++)
+        if (path_is(req, srv->methods[i].path))
+            return &srv->methods[i];
     return NULL;
 }
 
@@ -196,8 +89,8 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
         }
         return 0;
     }
-    count(srv, UNKNOWN_ROUTE_ROW, KF_CONNECT_UNIMPLEMENTED);
-    send_connect_error(req, 404, KF_CONNECT_UNIMPLEMENTED, "no such route");
+    kfd_count_answer(srv, NULL, KF_CONNECT_UNIMPLEMENTED);
+    kfd_send_connect_error(req, 404, KF_CONNECT_UNIMPLEMENTED, "no such route");
     return 0;
 }
 
@@ -208,17 +101,6 @@ static bool content_type_is_proto(const h2o_req_t *req)
         return false;
     const h2o_iovec_t *v = &req->headers.entries[i].value;
     return h2o_lcstris(v->base, v->len, H2O_STRLIT("application/proto"));
-}
-
-static void client_address(h2o_req_t *req, char *buf, size_t size)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
-    snprintf(buf, size, "-");
-    if (len > 0 && ss.ss_family == AF_INET)
-        uv_ip4_name((struct sockaddr_in *)&ss, buf, size);
-    else if (len > 0 && ss.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&ss, buf, size);
 }
 
 static bool caller_allowed(const kfd_method *m, const kf_identity *peer)
@@ -237,7 +119,7 @@ static ProtobufCMessage *unpack(const kfd_method *m, h2o_req_t *req)
 static bool authenticate(kfd_server *srv, kfd_call *call)
 {
     h2o_req_t *req = call->req;
-    if (kfd_req_peer(srv, req, &call->peer) == 0) {
+    if (kfd_req_peer(srv->ssl_generations, req, &call->peer) == 0) {
         call->auth = "mtls";
         bool revoked = false;
         if (kfd_store_cert_revoked(srv->app->store, call->peer->serial, &revoked) != 0) {
@@ -251,7 +133,7 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
             return true;
         /* Denylisted: refused whatever its kind, and the attempt is audited under its name. */
         srv->metrics.auth_failures++;
-        kfd_audit_auth_failure(srv->app, call, call->peer->name, "certificate is revoked");
+        kfd_audit_auth_failure(srv->app, kfd_call_actor(call), call->peer->name, "certificate is revoked");
         kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, "certificate serial %s is revoked", call->peer->serial);
         return false;
     }
@@ -262,7 +144,8 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
         const h2o_iovec_t *v = &req->headers.entries[i].value;
         char role[64] = "";
         int r = v->len > 7 && h2o_lcstris(v->base, 7, H2O_STRLIT("bearer "))
-                    ? kfd_approle_token_auth(srv, v->base + 7, v->len - 7, call->source, &call->token_peer, role)
+                    ? kfd_approle_token_auth(srv->app->store, v->base + 7, v->len - 7, call->source,
+                                             &call->token_peer, role)
                     : -ENOENT;
         if (r == 0) {
             call->peer = &call->token_peer;
@@ -275,7 +158,7 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
                           : "unknown bearer token";
     }
     srv->metrics.auth_failures++;
-    kfd_audit_auth_failure(srv->app, call, "", why);
+    kfd_audit_auth_failure(srv->app, kfd_call_actor(call), "", why);
     kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, "%s; a client certificate from the fleet CA or a valid "
                    "AppRole token is required", why);
     return false;
@@ -283,30 +166,25 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
 
 static int route(kfd_server *srv, h2o_req_t *req)
 {
-    const kfd_method *m = find_method(req);
+    const kfd_method *m = find_method(srv, req);
     if (m == NULL)
         return serve_plain(srv, req);
 
-    kfd_call *call = h2o_mem_alloc_shared(&req->pool, sizeof(*call), dispose_call);
-    memset(call, 0, sizeof(*call));
-    call->req = req;
-    call->srv = srv;
-    call->method = m;
-    client_address(req, call->source, sizeof(call->source));
+    kfd_call *call = kfd_call_new(srv, req, m);
 
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
-        reply_error(call, 405, KF_CONNECT_UNIMPLEMENTED, "RPCs are called with POST");
+        kfd_call_error_status(call, 405, KF_CONNECT_UNIMPLEMENTED, "RPCs are called with POST");
         return 0;
     }
     if (req->version < 0x200) {
-        reply_error(call, 505, KF_CONNECT_FAILED_PRECONDITION, "keyfleet RPCs require HTTP/2 (ALPN h2)");
+        kfd_call_error_status(call, 505, KF_CONNECT_FAILED_PRECONDITION, "keyfleet RPCs require HTTP/2 (ALPN h2)");
         return 0;
     }
     if (!content_type_is_proto(req)) {
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("accept-post"), 0, NULL,
                               H2O_STRLIT("application/proto"));
-        reply_error(call, 415, KF_CONNECT_INVALID_ARGUMENT, "Content-Type must be application/proto");
+        kfd_call_error_status(call, 415, KF_CONNECT_INVALID_ARGUMENT, "Content-Type must be application/proto");
         return 0;
     }
     if (req->entity.len > srv->cfg->limits.max_body_bytes) {
@@ -328,8 +206,8 @@ static int route(kfd_server *srv, h2o_req_t *req)
             return 0;
         }
     }
-    if (m->fn == kfd_rpc_login) {
-        /* The one call made before there is an identity: it is how a node gets one. */
+    if (m->anonymous) {
+        /* Made before there is an identity: Login is how a node gets one. */
         if ((call->request = unpack(m, req)) == NULL)
             kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request body is not a valid %s", m->request_desc->name);
         else
@@ -342,7 +220,7 @@ static int route(kfd_server *srv, h2o_req_t *req)
         srv->metrics.auth_failures++;
         char reason[160];
         snprintf(reason, sizeof(reason), "%s may not call %s", kf_peer_kind_name(call->peer->kind), m->path + 1);
-        kfd_audit_auth_failure(srv->app, call, call->peer->name, reason);
+        kfd_audit_auth_failure(srv->app, kfd_call_actor(call), call->peer->name, reason);
         kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s callers may not call this method",
                        kf_peer_kind_name(call->peer->kind));
         return 0;
@@ -371,4 +249,10 @@ int kfd_router_on_req(kfd_server *srv, h2o_req_t *req)
     if (req->entity.len > 0) /* an empty entity may point at a literal */
         OPENSSL_cleanse(req->entity.base, req->entity.len);
     return r;
+}
+
+void kfd_router_bind(kfd_server *srv, const kfd_method *methods, size_t n)
+{
+    srv->methods = methods;
+    srv->n_methods = n;
 }

@@ -10,6 +10,8 @@
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
+#include "front/peer.h"
+#include "front/server.h"
 #include "kf_secmem.h"
 #include "kf_secslab.h"
 
@@ -37,6 +39,10 @@ static void init(void)
     fallback = kf_secbuf_new(sizeof(kf_seal_session));
 }
 
+static kfd_seal_stats stats; /* loop thread only, as the metrics they replaced */
+
+kfd_seal_stats kfd_seal_get_stats(void) { return stats; }
+
 size_t kfd_seal_contexts_live(void)
 {
     pthread_once(&once, init);
@@ -47,7 +53,7 @@ size_t kfd_seal_contexts_live(void)
 static kf_seal_session *connection_session(kfd_call *call)
 {
     pthread_once(&once, init);
-    SSL *ssl = kfd_req_ssl(call->srv, call->req);
+    SSL *ssl = kfd_req_ssl(call->srv->ssl_generations, call->req);
     if (ssl == NULL || slab == NULL || ex_index < 0)
         return NULL;
     kf_seal_session *s = SSL_get_ex_data(ssl, ex_index);
@@ -71,12 +77,12 @@ static int seal_with(kfd_call *call, kf_seal_session *s, bool one_off, const uin
     if (one_off || !kf_seal_session_matches(s, pk, node)) {
         r = kf_seal_session_begin(s, pk, node);
         if (r == 0)
-            call->srv->metrics.seal_contexts++;
+            stats.contexts++;
     }
     if (r == 0)
         r = kf_seal_session_seal(s, aad, aad_len, key, ret->enc, &ret->seq, ret->ct);
     if (r == 0)
-        call->srv->metrics.sealed_keys++;
+        stats.keys++;
     if (one_off || r != 0)
         kf_seal_session_wipe(s); /* a bad key must not leave a half-made context behind */
     return r;

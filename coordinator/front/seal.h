@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 #include "kf_seal.h"
-#include "front/server.h"
+#include "front/call.h"
 
 typedef struct kfd_sealed {
     uint8_t enc[32];
@@ -22,5 +22,12 @@ int kfd_seal_key(kfd_call *call, const uint8_t pk[32], const char *purpose, cons
 
 /* Contexts held by open connections (the keyfleet_seal_contexts_open gauge). */
 size_t kfd_seal_contexts_live(void);
+
+/* Counters since start, for /metrics. */
+typedef struct kfd_seal_stats {
+    uint64_t contexts; /* HPKE contexts set up (two X25519 operations each) */
+    uint64_t keys;     /* keys sealed under them */
+} kfd_seal_stats;
+kfd_seal_stats kfd_seal_get_stats(void);
 
 #endif

@@ -11,7 +11,8 @@
 #include <h2o/socket/uv-binding.h>
 #include <openssl/err.h>
 
-#include "core/app.h"
+#include "core/audit.h"
+#include "front/router.h"
 #include "kf_log.h"
 #include "kf_tls.h"
 
@@ -23,11 +24,6 @@ typedef struct kfd_listener {
     int port;
     bool open;
 } kfd_listener;
-
-typedef struct kfd_ssl_generation {
-    SSL_CTX *ctx;
-    struct kfd_ssl_generation *next;
-} kfd_ssl_generation;
 
 /* Open connections per source address: a small open-addressing table. */
 #define SOURCE_SLOTS 4096
@@ -180,7 +176,7 @@ static int on_verify(int preverify_ok, X509_STORE_CTX *store)
                     X509_STORE_CTX_get_error_depth(store), kf_log_q(subject));
         char reason[192];
         snprintf(reason, sizeof(reason), "client certificate rejected: %s", why);
-        kfd_audit_auth_failure(the_server->app, NULL, subject, reason);
+        kfd_audit_auth_failure(the_server->app, (kfd_actor){0}, subject, reason);
     }
     return preverify_ok;
 }
@@ -211,15 +207,6 @@ static int build_ssl_ctx(kfd_server *srv, SSL_CTX **ret, kf_err *err)
     srv->ssl_generations = g;
     *ret = ctx;
     return 0;
-}
-
-bool kfd_server_owns_ssl_ctx(const kfd_server *srv, const SSL_CTX *ctx);
-bool kfd_server_owns_ssl_ctx(const kfd_server *srv, const SSL_CTX *ctx)
-{
-    for (const kfd_ssl_generation *g = srv->ssl_generations; g != NULL; g = g->next)
-        if (g->ctx == ctx)
-            return true;
-    return false;
 }
 
 int kfd_server_reload_tls(kfd_server *srv, kf_err *err)

@@ -9,19 +9,22 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include "rpc/rpc_admin.h"
+
 #include "core/app.h"
+#include "core/audit.h"
+#include "front/server.h"
 #include "cluster/replication.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "rpc/rpc_change.h"
 
-static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
-
 bool kfd_rpc_store_ok(kfd_call *call)
 {
-    if (!kfd_store_failed(app_of(call)->store))
+    if (!kfd_store_failed(kfd_call_app(call)->store))
         return true;
-    kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable: %s", kfd_store_failure(app_of(call)->store));
+    kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable: %s",
+                   kfd_store_failure(kfd_call_app(call)->store));
     return false;
 }
 
@@ -60,7 +63,7 @@ void kfd_rpc_list_pending(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__ListPendingResponse resp = KEYFLEET__V1__LIST_PENDING_RESPONSE__INIT;
-    if (kfd_store_list_pending(app_of(call)->store, &resp) != 0) {
+    if (kfd_store_list_pending(kfd_call_app(call)->store, &resp) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
@@ -102,7 +105,7 @@ static bool audit_refused_approval(approve_op *op, int status, const kf_err *err
                                            : KF_CONNECT_FAILED_PRECONDITION;
     snprintf(op->refusal, sizeof(op->refusal), "%s", err->msg);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, op->node, op->volume_id,
+    kfd_audit_fill(&a, kfd_call_actor(call), "approve", KEYFLEET__V1__DECISION__DECISION_DENY, op->node, op->volume_id,
                    op->request_id, op->refusal);
     Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
     c.audit = &a.entry;
@@ -153,7 +156,7 @@ void kfd_rpc_approve(kfd_call *call)
     }
     if (!kfd_rpc_store_ok(call))
         return;
-    kfd_app *app = app_of(call);
+    kfd_app *app = kfd_call_app(call);
     kfd_pending p;
     int r = kfd_store_get_pending(app->store, req->request_id, &p);
     if (r == -ENOENT) {
@@ -195,7 +198,8 @@ void kfd_rpc_approve(kfd_call *call)
     snprintf(reason, sizeof(reason), "approved%s%s%s%s%s", step != 0 ? " with TOTP" : "",
              p.has_change ? " change: " : "", p.change_summary, req->comment[0] ? ": " : "", req->comment);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW, p.node, p.volume_id, p.request_id,
+    kfd_audit_fill(&a, kfd_call_actor(call), "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW, p.node, p.volume_id,
+                   p.request_id,
                    reason);
     Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
     c.request_id = req->request_id;
@@ -235,7 +239,7 @@ void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const
         return;
     }
     op->resp = resp;
-    kfd_commit(app_of(call), cmd, on_empty_committed, op);
+    kfd_commit(kfd_call_app(call), cmd, on_empty_committed, op);
 }
 
 void kfd_rpc_deny(kfd_call *call)
@@ -248,14 +252,15 @@ void kfd_rpc_deny(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     kfd_pending p;
-    int r = kfd_store_get_pending(app_of(call)->store, req->request_id, &p);
+    int r = kfd_store_get_pending(kfd_call_app(call)->store, req->request_id, &p);
     if (r != 0) {
         kfd_call_error(call, r == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "no pending request %s",
                        req->request_id);
         return;
     }
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "deny", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, p.request_id,
+    kfd_audit_fill(&a, kfd_call_actor(call), "deny", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id,
+                   p.request_id,
                    req->reason[0] ? req->reason : "denied by operator");
     Keyfleet__V1__CmdDeny c = KEYFLEET__V1__CMD_DENY__INIT;
     c.request_id = req->request_id;
@@ -267,56 +272,6 @@ void kfd_rpc_deny(kfd_call *call)
     kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__deny_response__descriptor);
 }
 
-static void on_expired(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
-{
-    (void)arg, (void)res;
-    if (status != 0)
-        kf_log_warn("expiry_failed", "error=%s", kf_log_q(err->msg));
-}
-
-#define EXPIRE_BATCH 64
-
-void kfd_approvals_expire(kfd_app *app)
-{
-    const char *why;
-    char leader[8];
-    if (kfd_store_failed(app->store) || !kfd_repl_writable(app->repl, &why, leader, sizeof(leader)))
-        return; /* the leader expires them */
-    static char ids[EXPIRE_BATCH][65];
-    size_t n = 0;
-    if (kfd_store_expired_pending(app->store, time(NULL), ids, EXPIRE_BATCH, &n) != 0 || n == 0)
-        return;
-    kfd_audit_buf bufs[EXPIRE_BATCH];
-    Keyfleet__V1__AuditEntry *audits[EXPIRE_BATCH];
-    char *id_ptrs[EXPIRE_BATCH];
-    for (size_t i = 0; i < n; i++) {
-        kfd_pending p;
-        if (kfd_store_get_pending(app->store, ids[i], &p) != 0)
-            return;
-        kfd_audit_fill(&bufs[i], NULL, "expire", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id, ids[i],
-                       "no approval before the deadline");
-        /* kfd_audit_fill points at p's strings; copy what outlives this loop iteration. */
-        bufs[i].entry.node = strdup(p.node);
-        bufs[i].entry.volume_id = strdup(p.volume_id);
-        audits[i] = &bufs[i].entry;
-        id_ptrs[i] = ids[i];
-        kf_log_info("pending_expired", "request=%s node=%s", ids[i], p.node);
-    }
-    Keyfleet__V1__CmdExpirePending c = KEYFLEET__V1__CMD_EXPIRE_PENDING__INIT;
-    c.n_request_ids = n;
-    c.request_ids = id_ptrs;
-    c.n_audits = n;
-    c.audits = audits;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_EXPIRE_PENDING;
-    cmd.expire_pending = &c;
-    kfd_commit(app, &cmd, on_expired, NULL);
-    for (size_t i = 0; i < n; i++) {
-        free(bufs[i].entry.node);
-        free(bufs[i].entry.volume_id);
-    }
-}
-
 /* ----------------------------------------------------------- audit */
 
 void kfd_rpc_query_audit(kfd_call *call)
@@ -325,7 +280,7 @@ void kfd_rpc_query_audit(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__QueryAuditResponse resp = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
-    if (kfd_store_query_audit(app_of(call)->store, req, &resp) != 0) {
+    if (kfd_store_query_audit(kfd_call_app(call)->store, req, &resp) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
@@ -339,7 +294,7 @@ void kfd_rpc_verify_audit(kfd_call *call)
         return;
     Keyfleet__V1__VerifyAuditResponse resp = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
     char problem[256];
-    if (kfd_store_verify_audit(app_of(call)->store, &resp, problem, sizeof(problem)) != 0) {
+    if (kfd_store_verify_audit(kfd_call_app(call)->store, &resp, problem, sizeof(problem)) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
@@ -355,7 +310,7 @@ void kfd_rpc_get_policy(kfd_call *call)
         return;
     char *yaml = NULL;
     uint64_t version = 0;
-    if (kfd_store_get_policy(app_of(call)->store, &yaml, &version) != 0) {
+    if (kfd_store_get_policy(kfd_call_app(call)->store, &yaml, &version) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
@@ -412,7 +367,7 @@ void kfd_rpc_put_policy(kfd_call *call)
     const Keyfleet__V1__PutPolicyRequest *req = (const Keyfleet__V1__PutPolicyRequest *)call->request;
     if (!kfd_rpc_store_ok(call))
         return;
-    kfd_app *app = app_of(call);
+    kfd_app *app = kfd_call_app(call);
     kfd_policy *parsed = NULL;
     kf_err err = {0};
     if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), &parsed, &err) != 0) {
@@ -445,7 +400,7 @@ void kfd_rpc_put_policy(kfd_call *call)
         return;
     }
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    kfd_audit_fill(&a, kfd_call_actor(call), "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdPutPolicy c = KEYFLEET__V1__CMD_PUT_POLICY__INIT;
     c.yaml = req->yaml;
     c.version = op->version;
@@ -465,7 +420,7 @@ void kfd_rpc_check_policy(kfd_call *call)
     }
     if (!kfd_rpc_store_ok(call))
         return;
-    kfd_app *app = app_of(call);
+    kfd_app *app = kfd_call_app(call);
     kfd_volume vol;
     int r = kfd_store_get_volume(app->store, req->volume_id, &vol);
     if (r != 0 && r != -ENOENT) {
@@ -515,7 +470,7 @@ void kfd_rpc_revoke_node(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "", "",
+    kfd_audit_fill(&a, kfd_call_actor(call), "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "", "",
                    req->reason[0] ? req->reason : "revoked by operator");
     Keyfleet__V1__CmdRevokeNode c = KEYFLEET__V1__CMD_REVOKE_NODE__INIT;
     c.node = req->node;
@@ -548,7 +503,7 @@ void kfd_rpc_revoke_cert(kfd_call *call)
     snprintf(reason, sizeof(reason), "certificate %s%s%s%s%s revoked: %s", serial, req->kind[0] ? " of " : "",
              req->kind, req->name[0] ? " " : "", req->name, req->reason[0] ? req->reason : "by operator");
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    kfd_audit_fill(&a, kfd_call_actor(call), "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdRevokeCert c = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
     c.serial = serial;
     c.kind = req->kind;
@@ -601,7 +556,7 @@ static void on_kms_rotated(void *arg, const kfd_kms_result *res)
     else
         snprintf(reason, sizeof(reason), "%s key version %u", op->backend, op->version);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    kfd_audit_fill(&a, kfd_call_actor(call), "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdKmsRotate c = KEYFLEET__V1__CMD_KMS_ROTATE__INIT;
     c.backend = (char *)op->backend;
     c.new_version = op->version;
@@ -611,7 +566,7 @@ static void on_kms_rotated(void *arg, const kfd_kms_result *res)
     cmd.kms_rotate = &c;
     kf_log_info("kms_rotated", "backend=%s version=%s operator=%s", op->backend, kf_log_q(reason),
                 call->peer->name);
-    kfd_commit(app_of(call), &cmd, on_rotated, op);
+    kfd_commit(kfd_call_app(call), &cmd, on_rotated, op);
 }
 
 void kfd_rpc_rotate_kms(kfd_call *call)
@@ -620,11 +575,11 @@ void kfd_rpc_rotate_kms(kfd_call *call)
         return;
     /* Rotating from behind would make a second, different key under the same version number. */
     const char *why = NULL;
-    if (!kfd_app_kms_complete(app_of(call), &why)) {
+    if (!kfd_app_kms_complete(kfd_call_app(call), &why)) {
         kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "%s; copy it here before rotating", why);
         return;
     }
-    kfd_kms *kms = app_of(call)->kms;
+    kfd_kms *kms = kfd_call_app(call)->kms;
     rotate_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");

@@ -16,14 +16,19 @@
 #include <openssl/rand.h>
 
 #include "core/app.h"
+#include "core/approle.h"
+#include "core/audit.h"
 #include "core/cidr.h"
+#include "core/ratelimit.h"
+#include "front/server.h"
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_b64.h"
 #include "kf_time.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
-#include "rpc/rpc.h"
+#include "rpc/rpc_admin.h"
+#include "rpc/rpc_approle.h"
 #include "rpc/rpc_change.h"
 
 #define LOGIN_ERROR "invalid role or secret ID"
@@ -33,21 +38,13 @@
 #define TOKEN_TTL_DEFAULT 1200
 #define TOKEN_TTL_MAX (24 * 3600)
 #define SECRET_PREFIX "kfs."
-#define TOKEN_PREFIX "kft."
-#define TOKEN_ID_HEX 16
+#define TOKEN_PREFIX KFD_TOKEN_PREFIX
+#define TOKEN_ID_HEX KFD_TOKEN_ID_HEX
 #define ACCESSOR_HEX 32
 #define SECRET_TEXT_LEN (4 + 43)
-#define TOKEN_TEXT_LEN (4 + TOKEN_ID_HEX + 1 + 43)
-
-static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
+#define TOKEN_TEXT_LEN KFD_TOKEN_TEXT_LEN
 
 static int64_t now_s(void) { return (int64_t)time(NULL); }
-
-static void sha256(const char *s, size_t len, uint8_t out[KFD_HASH_LEN])
-{
-    unsigned int n = 0;
-    EVP_Digest(s, len, out, &n, EVP_sha256(), NULL);
-}
 
 static void hex(const uint8_t *in, size_t n, char *out)
 {
@@ -86,26 +83,6 @@ static void new_role_id(char out[37])
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
 }
 
-static bool source_allowed(const char *bound_cidrs, const char *source)
-{
-    if (bound_cidrs[0] == '\0')
-        return true;
-    char buf[1024];
-    snprintf(buf, sizeof(buf), "%s", bound_cidrs);
-    char *save = NULL;
-    for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-        kfd_cidr c;
-        if (kfd_cidr_parse(t, &c) == 0 && kfd_cidr_contains(&c, source))
-            return true;
-    }
-    return false;
-}
-
-static const char *identity_name(const kfd_role *role)
-{
-    return role->node_name[0] != '\0' ? role->node_name : role->name;
-}
-
 /* ------------------------------------------------------------------ Login */
 
 typedef struct login_op {
@@ -121,7 +98,7 @@ static void login_failed(kfd_call *call, const char *role, const char *reason)
     call->srv->metrics.auth_failures++;
     char why[200];
     snprintf(why, sizeof(why), "approle login: %s", reason);
-    kfd_audit_auth_failure(app_of(call), call, role, why);
+    kfd_audit_auth_failure(kfd_call_app(call), kfd_call_actor(call), role, why);
     kf_log_info("login_failed", "role=%s source=%s reason=%s", role[0] ? role : "-", call->source, kf_log_q(reason));
     kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, LOGIN_ERROR);
 }
@@ -150,7 +127,7 @@ static void on_login_committed(void *arg, int status, const kfd_apply_result *re
 void kfd_rpc_login(kfd_call *call)
 {
     const Keyfleet__V1__LoginRequest *req = (const Keyfleet__V1__LoginRequest *)call->request;
-    kfd_app *app = app_of(call);
+    kfd_app *app = kfd_call_app(call);
     if (!kfd_rpc_store_ok(call))
         return;
     char limit_key[96];
@@ -166,14 +143,14 @@ void kfd_rpc_login(kfd_call *call)
         login_failed(call, "", "unknown role_id");
         return;
     }
-    if (!source_allowed(role.bound_cidrs, call->source)) {
+    if (!kfd_approle_source_allowed(role.bound_cidrs, call->source)) {
         login_failed(call, role.name, "source address outside the role's bound CIDRs");
         return;
     }
     uint8_t hash[KFD_HASH_LEN];
     char accessor[ACCESSOR_HEX + 1];
     size_t slen = strnlen(req->secret_id, SECRET_TEXT_LEN + 1);
-    sha256(req->secret_id, slen, hash);
+    kfd_approle_sha256(req->secret_id, slen, hash);
     int r = slen == SECRET_TEXT_LEN ? kfd_store_match_secret_id(app->store, role.name, hash, now_s(), accessor)
                                     : -ENOENT;
     if (r != 0) {
@@ -196,17 +173,17 @@ void kfd_rpc_login(kfd_call *call)
         return;
     }
     op->ttl = role.token_ttl_s;
-    snprintf(op->node, sizeof(op->node), "%s", identity_name(&role));
+    snprintf(op->node, sizeof(op->node), "%s", kfd_approle_identity(&role));
     snprintf(op->role, sizeof(op->role), "%s", role.name);
     uint8_t token_hash[KFD_HASH_LEN];
-    sha256(op->token, strlen(op->token), token_hash);
+    kfd_approle_sha256(op->token, strlen(op->token), token_hash);
     Keyfleet__V1__Timestamp exp = KEYFLEET__V1__TIMESTAMP__INIT;
     exp.seconds = now_s() + role.token_ttl_s;
     char reason[160];
     snprintf(reason, sizeof(reason), "approle %s secret id %s token %s ttl %us", role.name, accessor, token_id,
              role.token_ttl_s);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "login", KEYFLEET__V1__DECISION__DECISION_ALLOW, op->node, "", "", reason);
+    kfd_audit_fill(&a, kfd_call_actor(call), "login", KEYFLEET__V1__DECISION__DECISION_ALLOW, op->node, "", "", reason);
     a.actor.kind = KEYFLEET__V1__PRINCIPAL_KIND__PRINCIPAL_KIND_NODE;
     a.actor.name = op->node;
     a.actor.auth = (char *)"approle";
@@ -222,36 +199,6 @@ void kfd_rpc_login(kfd_call *call)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN;
     cmd.login = &c;
     kfd_commit(app, &cmd, on_login_committed, op);
-}
-
-int kfd_approle_token_auth(kfd_server *srv, const char *token, size_t len, const char *source, kf_identity *ret,
-                           char role_out[64])
-{
-    kfd_app *app = srv->app;
-    if (len != TOKEN_TEXT_LEN || memcmp(token, TOKEN_PREFIX, 4) != 0 || token[4 + TOKEN_ID_HEX] != '.')
-        return -ENOENT;
-    char token_id[TOKEN_ID_HEX + 1], role_name[64];
-    memcpy(token_id, token + 4, TOKEN_ID_HEX);
-    token_id[TOKEN_ID_HEX] = '\0';
-    uint8_t want[KFD_HASH_LEN], got[KFD_HASH_LEN];
-    int64_t expires_at = 0;
-    int r = kfd_store_get_token(app->store, token_id, want, role_name, &expires_at);
-    if (r != 0)
-        return r;
-    sha256(token, len, got);
-    if (CRYPTO_memcmp(want, got, KFD_HASH_LEN) != 0)
-        return -ENOENT;
-    if (now_s() >= expires_at)
-        return -ETIME;
-    kfd_role role;
-    if ((r = kfd_store_get_role(app->store, role_name, NULL, &role)) != 0)
-        return r == -ENOENT ? -ENOENT : r;
-    if (!source_allowed(role.bound_cidrs, source))
-        return -EACCES;
-    ret->kind = KF_PEER_NODE;
-    snprintf(ret->name, sizeof(ret->name), "%s", identity_name(&role));
-    snprintf(role_out, 64, "%s", role.name);
-    return 0;
 }
 
 /* ------------------------------------------------------------------ Admin */
@@ -355,7 +302,8 @@ void kfd_rpc_create_role(kfd_call *call)
     char reason[200];
     snprintf(reason, sizeof(reason), "approle %s for node %s", r->name, r->node_name);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "approle_create", KEYFLEET__V1__DECISION__DECISION_ALLOW, r->node_name, "", "", reason);
+    kfd_audit_fill(&a, kfd_call_actor(call), "approle_create", KEYFLEET__V1__DECISION__DECISION_ALLOW, r->node_name,
+                   "", "", reason);
     Keyfleet__V1__CmdCreateRole c = KEYFLEET__V1__CMD_CREATE_ROLE__INIT;
     c.name = r->name;
     c.role_id = r->role_id;
@@ -377,7 +325,8 @@ void kfd_rpc_get_role(kfd_call *call)
 {
     const Keyfleet__V1__GetRoleRequest *req = (const Keyfleet__V1__GetRoleRequest *)call->request;
     kfd_role r;
-    int rc = kf_name_valid(req->name, strlen(req->name)) ? kfd_store_get_role(app_of(call)->store, req->name, NULL, &r)
+    int rc = kf_name_valid(req->name, strlen(req->name)) ? kfd_store_get_role(kfd_call_app(call)->store, req->name,
+                                                                              NULL, &r)
                                                          : -ENOENT;
     if (rc != 0) {
         kfd_call_error(call, rc == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "%s",
@@ -428,7 +377,7 @@ void kfd_rpc_create_secret_id(kfd_call *call)
     }
     kfd_role role;
     if (!kf_name_valid(req->role_name, strlen(req->role_name)) ||
-        kfd_store_get_role(app_of(call)->store, req->role_name, NULL, &role) != 0) {
+        kfd_store_get_role(kfd_call_app(call)->store, req->role_name, NULL, &role) != 0) {
         kfd_call_error(call, KF_CONNECT_NOT_FOUND, "no such role");
         return;
     }
@@ -445,7 +394,7 @@ void kfd_rpc_create_secret_id(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INTERNAL, "no randomness for a secret id");
         return;
     }
-    sha256(op->secret, strlen(op->secret), hash);
+    kfd_approle_sha256(op->secret, strlen(op->secret), hash);
     op->ttl = role.secret_id_ttl_s;
     op->uses = role.secret_id_num_uses;
     Keyfleet__V1__Timestamp exp = KEYFLEET__V1__TIMESTAMP__INIT;
@@ -454,7 +403,8 @@ void kfd_rpc_create_secret_id(kfd_call *call)
     snprintf(reason, sizeof(reason), "approle %s secret id %s ttl %us uses %u", role.name, op->accessor, op->ttl,
              op->uses);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "approle_secret_id", KEYFLEET__V1__DECISION__DECISION_ALLOW, identity_name(&role), "",
+    kfd_audit_fill(&a, kfd_call_actor(call), "approle_secret_id", KEYFLEET__V1__DECISION__DECISION_ALLOW,
+                   kfd_approle_identity(&role), "",
                    "", reason);
     Keyfleet__V1__CmdCreateSecretId c = KEYFLEET__V1__CMD_CREATE_SECRET_ID__INIT;
     c.role_name = role.name;
@@ -482,7 +432,8 @@ void kfd_rpc_revoke_role(kfd_call *call)
     char reason[120];
     snprintf(reason, sizeof(reason), "approle %s revoked with its secret ids and tokens", req->name);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "approle_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    kfd_audit_fill(&a, kfd_call_actor(call), "approle_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "",
+                   reason);
     Keyfleet__V1__CmdRevokeRole c = KEYFLEET__V1__CMD_REVOKE_ROLE__INIT;
     c.name = req->name;
     c.audit = &a.entry;
@@ -528,7 +479,8 @@ void kfd_rpc_revoke_role_credential(kfd_call *call)
     snprintf(reason, sizeof(reason), "approle %s %s %s revoked", req->role_name, secret ? "secret id" : "token",
              secret ? req->secret_id_accessor : req->token_id);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "approle_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    kfd_audit_fill(&a, kfd_call_actor(call), "approle_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "",
+                   reason);
     Keyfleet__V1__CmdRevokeRoleCredential c = KEYFLEET__V1__CMD_REVOKE_ROLE_CREDENTIAL__INIT;
     c.role_name = req->role_name;
     c.secret_id_accessor = req->secret_id_accessor;

@@ -9,7 +9,9 @@
 #include <time.h>
 
 #include "kf_log.h"
-#include "rpc/rpc.h"
+#include "core/audit.h"
+#include "front/server.h"
+#include "rpc/rpc_admin.h"
 #include "core/totp.h"
 
 /* Wrong codes whose failure record is still being committed, per operator. The store's count
@@ -75,7 +77,8 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
     if (r == 0 || r == -EINVAL || r == -EIO)
         return r;
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, node, volume_id, request_id, why);
+    kfd_audit_fill(&a, kfd_call_actor(call), "approve", KEYFLEET__V1__DECISION__DECISION_DENY, node, volume_id,
+                   request_id, why);
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     Keyfleet__V1__CmdAppendAudit audit_only = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
     Keyfleet__V1__CmdTotpFailure fail = KEYFLEET__V1__CMD_TOTP_FAILURE__INIT;
@@ -90,7 +93,8 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
     if (r == -EPERM && (n = inflight_slot(op, true)) == NULL) {
         /* No slot to count it in flight: refuse without counting, but still audit and answer. */
         snprintf(why, why_size, "too many operators with wrong TOTP codes being recorded; try again shortly");
-        kfd_audit_fill(&a, call, "approve", KEYFLEET__V1__DECISION__DECISION_DENY, node, volume_id, request_id, why);
+        kfd_audit_fill(&a, kfd_call_actor(call), "approve", KEYFLEET__V1__DECISION__DECISION_DENY, node, volume_id,
+                       request_id, why);
         r = -EACCES;
     }
     if (r == -EPERM) {
@@ -200,7 +204,8 @@ void kfd_commit_change(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ch
     snprintf(reason, sizeof(reason), "proposed, needs %u operators%s: %s", admin.approvers,
              admin.require_totp ? " with TOTP" : "", summary);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "change_proposed", KEYFLEET__V1__DECISION__DECISION_PENDING, "", "", c->request_id,
+    kfd_audit_fill(&a, kfd_call_actor(call), "change_proposed", KEYFLEET__V1__DECISION__DECISION_PENDING, "", "",
+                   c->request_id,
                    reason);
     Keyfleet__V1__VolumeRef none = KEYFLEET__V1__VOLUME_REF__INIT;
     Keyfleet__V1__Timestamp created = KEYFLEET__V1__TIMESTAMP__INIT, expires = KEYFLEET__V1__TIMESTAMP__INIT;

@@ -5,6 +5,7 @@
 #define KFD_RPC_CHANGE_H
 
 #include "core/app.h"
+#include "front/call.h"
 
 /* What a change's callback learns besides the commit status. */
 typedef struct kfd_change_result {

@@ -11,7 +11,10 @@
 #include "kf_identity.h"
 #include "kf_log.h"
 #include "cluster/replication.h"
-#include "rpc/rpc.h"
+#include "core/audit.h"
+#include "front/server.h"
+#include "rpc/rpc_admin.h"
+#include "rpc/rpc_cluster.h"
 
 void kfd_rpc_cluster_status(kfd_call *call)
 {
@@ -81,7 +84,8 @@ static void on_changed(void *arg, int status, const kf_err *err)
         return;
     }
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, op->add ? "cluster_add" : "cluster_remove", KEYFLEET__V1__DECISION__DECISION_ALLOW,
+    kfd_audit_fill(&a, kfd_call_actor(call), op->add ? "cluster_add" : "cluster_remove",
+                   KEYFLEET__V1__DECISION__DECISION_ALLOW,
                    "", "", "", op->detail);
     Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
     c.audit = &a.entry;

@@ -16,7 +16,14 @@
 
 #include <jansson.h>
 
+#include "rpc/rpc_node.h"
+
 #include "core/app.h"
+#include "core/approvals.h"
+#include "core/audit.h"
+#include "core/ratelimit.h"
+#include "front/server.h"
+#include "rpc/rpc_admin.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_time.h"
 #include "kf_log.h"
@@ -28,8 +35,6 @@
 #define LABELS_MAX 32
 /* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
 #define ENROLL_REPLAY_WINDOW_S 600
-
-static kfd_app *app_of(const kfd_call *call) { return call->srv->app; }
 
 static bool id_char(char c)
 {
@@ -124,7 +129,7 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
                          const char *request_id, kf_connect_code code, const char *message)
 {
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, action, decision, call->peer->name, volume_id, request_id, message);
+    kfd_audit_fill(&a, kfd_call_actor(call), action, decision, call->peer->name, volume_id, request_id, message);
     Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
@@ -137,7 +142,7 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
     }
     d->code = code;
     snprintf(d->message, sizeof(d->message), "%s", message);
-    kfd_commit(app_of(call), &cmd, on_deny_committed, d);
+    kfd_commit(kfd_call_app(call), &cmd, on_deny_committed, d);
 }
 
 /* Labels of a stored volume, for policy evaluation. */
@@ -165,7 +170,7 @@ static void labels_from_json(label_set *ls, const char *text)
 static bool ensure_ready(kfd_call *call)
 {
     const char *why;
-    if (kfd_app_ready(app_of(call), &why))
+    if (kfd_app_ready(kfd_call_app(call), &why))
         return true;
     kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot release keys: %s", why);
     return false;
@@ -174,7 +179,7 @@ static bool ensure_ready(kfd_call *call)
 static bool check_revoked(kfd_call *call, const char *action, const char *volume_id)
 {
     bool revoked = false;
-    if (kfd_store_node_revoked(app_of(call)->store, call->peer->name, &revoked) != 0) {
+    if (kfd_store_node_revoked(kfd_call_app(call)->store, call->peer->name, &revoked) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return true;
     }
@@ -186,8 +191,8 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
 
 static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 {
-    uint32_t wait = kfd_ratelimit_take(app_of(call)->ratelimit, call->peer->name, d->rate_per_minute, d->rate_burst,
-                                       kf_monotonic_ms());
+    uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->ratelimit, call->peer->name, d->rate_per_minute,
+                                       d->rate_burst, kf_monotonic_ms());
     if (wait == 0)
         return false;
     h2o_req_t *req = call->req;
@@ -299,7 +304,7 @@ static void record_enroll_replay(enroll_op *op)
 {
     kfd_call *call = op->base.call;
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "enroll_replay", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+    kfd_audit_fill(&a, kfd_call_actor(call), "enroll_replay", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
                    op->volume_id, op->request_id, op->decision.explanation);
     Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
     c.request_id = op->request_id;
@@ -310,7 +315,7 @@ static void record_enroll_replay(enroll_op *op)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
-    kfd_commit(app_of(call), &cmd, on_enroll_replay_committed, op);
+    kfd_commit(kfd_call_app(call), &cmd, on_enroll_replay_committed, op);
 }
 
 static void seal_for_enroll(enroll_op *op, const kf_secbuf *key, int *ret)
@@ -354,7 +359,8 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
         return;
     }
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name, op->req->volume->id,
+    kfd_audit_fill(&a, kfd_call_actor(call), "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+                   op->req->volume->id,
                    op->request_id, op->decision.explanation);
     Keyfleet__V1__CmdEnrollVolume c = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
     c.volume = op->req->volume;
@@ -366,7 +372,7 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
-    kfd_commit(app_of(call), &cmd, on_enroll_committed, op);
+    kfd_commit(kfd_call_app(call), &cmd, on_enroll_committed, op);
 }
 
 static enroll_op *new_enroll_op(kfd_call *call, const Keyfleet__V1__EnrollRequest *req,
@@ -413,7 +419,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
     kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = existing->id,
                            .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now};
     kfd_policy_decision decision;
-    kfd_policy_evaluate(app_of(call)->policy, &in, &decision);
+    kfd_policy_evaluate(kfd_call_app(call)->policy, &in, &decision);
     json_decref(ls.json);
     if (!decision.allow) {
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
@@ -437,7 +443,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
-    kfd_kms *kms = app_of(call)->kms;
+    kfd_kms *kms = kfd_call_app(call)->kms;
     kms->ops->unwrap(kms, vid, existing->wrapped_key, on_enroll_key, op);
 }
 
@@ -457,7 +463,7 @@ void kfd_rpc_enroll(kfd_call *call)
     }
     if (!ensure_ready(call) || check_revoked(call, "enroll", req->volume->id))
         return;
-    kfd_app *app = app_of(call);
+    kfd_app *app = kfd_call_app(call);
     kfd_volume existing;
     int r = kfd_store_get_volume(app->store, req->volume->id, &existing);
     if (r != 0 && r != -ENOENT) {
@@ -595,7 +601,7 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
     }
     if (res->stale) {
         /* The rewrapped key rides on this answer; the record is written once it is known. */
-        kfd_kms *kms = app_of(call)->kms;
+        kfd_kms *kms = kfd_call_app(call)->kms;
         kms->ops->wrap(kms, volume_id, res->plaintext, on_rewrapped, op);
         return;
     }
@@ -607,7 +613,8 @@ static void record_release(release_op *op)
     kfd_call *call = op->base.call;
     const char *volume_id = op->volume_id;
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name, volume_id,
+    kfd_audit_fill(&a, kfd_call_actor(call), "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+                   volume_id,
                    op->request_id, op->decision.explanation);
     Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
     c.request_id = op->request_id;
@@ -618,7 +625,7 @@ static void record_release(release_op *op)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
-    kfd_commit(app_of(call), &cmd, on_release_committed, op);
+    kfd_commit(kfd_call_app(call), &cmd, on_release_committed, op);
 }
 
 static void answer_pending(kfd_call *call, const char *request_id, int64_t expires_at)
@@ -663,7 +670,7 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
-    op->webhook = app_of(call)->webhook;
+    op->webhook = kfd_call_app(call)->webhook;
     kfd_new_request_id(op->request_id);
     int64_t now = time(NULL);
     op->expires_at = now + d->pending_ttl_s;
@@ -676,7 +683,8 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
     json_decref(j);
 
     kfd_audit_buf a;
-    kfd_audit_fill(&a, call, "pending", KEYFLEET__V1__DECISION__DECISION_PENDING, call->peer->name, vol->id,
+    kfd_audit_fill(&a, kfd_call_actor(call), "pending", KEYFLEET__V1__DECISION__DECISION_PENDING, call->peer->name,
+                   vol->id,
                    op->request_id, d->explanation);
     Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
     ref.id = (char *)vol->id;
@@ -699,14 +707,14 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     cmd.create_pending = &c;
-    kfd_commit(app_of(call), &cmd, on_pending_committed, op);
+    kfd_commit(kfd_call_app(call), &cmd, on_pending_committed, op);
 }
 
 /* Handles a poll with an existing request id. Returns true when the release may proceed. */
 static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, const kfd_policy_decision *now)
 {
     kfd_pending p;
-    int r = kfd_store_get_pending(app_of(call)->store, req->request_id, &p);
+    int r = kfd_store_get_pending(kfd_call_app(call)->store, req->request_id, &p);
     if (r == -ENOENT) {
         kfd_call_error(call, KF_CONNECT_NOT_FOUND, "no pending request %s", req->request_id);
         return false;
@@ -724,7 +732,7 @@ static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req
     case KFD_PENDING_WAITING:
         if (time(NULL) >= p.expires_at) {
             kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "request %s expired without approval", p.request_id);
-            kfd_approvals_expire(app_of(call));
+            kfd_approvals_expire(kfd_call_app(call));
         } else {
             answer_pending(call, p.request_id, p.expires_at);
         }
@@ -778,7 +786,7 @@ void kfd_rpc_release(kfd_call *call)
     }
     if (!ensure_ready(call) || check_revoked(call, "release", req->volume->id))
         return;
-    kfd_app *app = app_of(call);
+    kfd_app *app = kfd_call_app(call);
     kfd_volume vol;
     int r = kfd_store_get_volume(app->store, req->volume->id, &vol);
     if (r == -ENOENT) {
@@ -893,12 +901,12 @@ void kfd_rpc_heartbeat(kfd_call *call)
         }
     }
     const char *why;
-    if (!kfd_app_ready(app_of(call), &why)) {
+    if (!kfd_app_ready(kfd_call_app(call), &why)) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
         return;
     }
     bool revoked = false;
-    if (kfd_store_node_revoked(app_of(call)->store, call->peer->name, &revoked) != 0) {
+    if (kfd_store_node_revoked(kfd_call_app(call)->store, call->peer->name, &revoked) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
@@ -919,13 +927,14 @@ void kfd_rpc_heartbeat(kfd_call *call)
         snprintf(reason, sizeof(reason), "unlocked from the node's TPM at %lld: %s", (long long)u->at->seconds,
                  u->reason);
         kfd_audit_buf a;
-        kfd_audit_fill(&a, call, "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+        kfd_audit_fill(&a, kfd_call_actor(call), "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW,
+                       call->peer->name,
                        u->volume->id, "", reason);
         Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
         c.audit = &a.entry;
         Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
         cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
         cmd.append_audit = &c;
-        kfd_commit(app_of(call), &cmd, on_offline_audited, op);
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
 }

@@ -1,22 +1,30 @@
 /* Every RPC of keyfleet.v1, who may call it, and its handler. A NULL handler answers
  * unimplemented until the issue that builds it lands (docs/protocol.md lists which). */
+#include "rpc/rpc_table.h"
+
+#include "front/metrics.h"
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/node.pb-c.h"
-#include "core/app.h"
-#include "rpc/rpc.h"
-#include "front/server.h"
+#include "rpc/rpc_admin.h"
+#include "rpc/rpc_approle.h"
+#include "rpc/rpc_cluster.h"
+#include "rpc/rpc_node.h"
 
 /* W: changes state, so only the Raft leader serves it; R: served by any replica from its copy. */
 #define W true
 #define R false
-#define NODE(m, req, fn, w) {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn, w}
+#define NODE(m, req, fn, w)                                                                                          \
+    {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn, w, false}
+/* Callable without an identity: Login is how a node gets one. */
+#define ANONYMOUS_NODE(m, req, fn, w)                                                                                \
+    {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn, w, true}
 #define ADMIN(m, req, fn, w)                                                                                         \
-    {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn, w}
+    {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn, w, false}
 
 const kfd_method kfd_methods[] = {
     NODE("Enroll", enroll_request, kfd_rpc_enroll, W),
     NODE("Release", release_request, kfd_rpc_release, W),
-    NODE("Login", login_request, kfd_rpc_login, W),
+    ANONYMOUS_NODE("Login", login_request, kfd_rpc_login, W),
     NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat, W),
     ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending, R),
     ADMIN("Approve", approve_request, kfd_rpc_approve, W),
