@@ -12,7 +12,7 @@
 
 #include "ca.h"
 #include "ctl.h"
-#include "kms/kms.h"
+#include "kms/kms_kek.h"
 #include "peer_spec.h"
 
 #define MAX_PEERS 7

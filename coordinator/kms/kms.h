@@ -78,10 +78,6 @@ int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret
 
 /* The embedded default: KEK files in DIR (kek-N.key, 32 bytes, mode 0600). */
 int kfd_kms_local_open(uv_loop_t *loop, const char *dir, kfd_kms **ret, kf_err *err);
-/* Creates DIR and its first KEK (kek-1.key) if DIR has none. Used by keyfleetctl init. */
-int kfd_kms_local_init(const char *dir, kf_err *err);
-/* The same KEK, new, in each of the n directories (a cluster's replicas share it), which must
- * hold none yet. Used by keyfleetctl init --peer. */
-int kfd_kms_local_init_shared(const char *const *dirs, size_t n, kf_err *err);
+/* Writing KEK files (keyfleetctl init): kms_kek.h. */
 
 #endif

@@ -3,7 +3,6 @@
  * AES-256-GCM with an AAD that binds the volume id and the KEK version. Format: "kf:local:vN:"
  * BASE64(nonce[12] || ciphertext[32] || tag[16]), N in canonical decimal.
  * No I/O per call, so callbacks run before the call returns. */
-#include <dirent.h>
 #include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,8 +19,10 @@
 
 #include "kf_log.h"
 #include "kms/kms.h"
+#include "kms/kms_kek.h"
 
-#define MAX_VERSIONS 1024
+#define MAX_VERSIONS KFD_KEK_MAX_VERSIONS
+_Static_assert(KFD_KEK_LEN == KFD_DATA_KEY_LEN, "a KEK is an AES-256 key");
 #define NONCE_LEN 12
 #define TAG_LEN 16
 #define BLOB_LEN (NONCE_LEN + KFD_DATA_KEY_LEN + TAG_LEN)
@@ -86,27 +87,6 @@ static int seal(kms_local *k, uint32_t version, const char *volume_id, const uin
     return 0;
 }
 
-/* A KEK version as written by this file: canonical decimal, 1..MAX_VERSIONS. strtoul would also
- * take a sign, leading blanks and zeros, so "v+1", "v 1" and "v01" would all name version 1: one
- * key, many spellings. Sets *ret_end to the first character after the digits. */
-static int parse_version(const char *p, uint32_t *ret_version, const char **ret_end)
-{
-    uint32_t v = 0;
-    const char *q = p;
-    if (*q < '1' || *q > '9')
-        return -EINVAL;
-    for (; *q >= '0' && *q <= '9'; q++) {
-        if (v > (UINT32_MAX - (uint32_t)(*q - '0')) / 10)
-            return -EINVAL;
-        v = v * 10 + (uint32_t)(*q - '0');
-    }
-    if (v > MAX_VERSIONS)
-        return -EINVAL;
-    *ret_version = v;
-    *ret_end = q;
-    return 0;
-}
-
 /* Parses and opens a wrapped key. Returns 0, -EINVAL (malformed or unknown version) or -EBADMSG. */
 static int open_wrapped(kms_local *k, const char *volume_id, const char *wrapped, uint8_t key[KFD_DATA_KEY_LEN],
                         uint32_t *ret_version)
@@ -115,7 +95,7 @@ static int open_wrapped(kms_local *k, const char *volume_id, const char *wrapped
         return -EINVAL;
     const char *end = NULL;
     uint32_t version = 0;
-    if (parse_version(wrapped + sizeof(PREFIX) - 1, &version, &end) != 0 || *end != ':')
+    if (kfd_kek_parse_version(wrapped + sizeof(PREFIX) - 1, &version, &end) != 0 || *end != ':')
         return -EINVAL;
     const char *b64 = end + 1;
     size_t b64_len = strlen(b64);
@@ -283,52 +263,9 @@ static int load_kek(kms_local *k, uint32_t version, kf_err *err)
     return 0;
 }
 
-/* Writes key as DIR/kek-VERSION.key (0600, never over an existing file) and makes it durable. */
-static int write_kek(const char *dir, uint32_t version, const uint8_t key[KFD_DATA_KEY_LEN], kf_err *err)
-{
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/kek-%u.key", dir, version);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
-    ssize_t n = write(fd, key, KFD_DATA_KEY_LEN);
-    int synced = fsync(fd);
-    close(fd);
-    if (n != KFD_DATA_KEY_LEN || synced != 0) {
-        unlink(path);
-        return kf_err_set(err, -EIO, "%s: write failed", path);
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
-}
-
-/* A new random KEK written to each of dirs; on failure the copies already written are removed. */
-static int write_new_kek_to(const char *const *dirs, size_t n, uint32_t version, kf_err *err)
-{
-    uint8_t key[KFD_DATA_KEY_LEN];
-    if (RAND_priv_bytes(key, sizeof(key)) != 1)
-        return kf_err_set(err, -EIO, "no randomness for a KEK");
-    int r = 0;
-    size_t done = 0;
-    while (r == 0 && done < n)
-        if ((r = write_kek(dirs[done], version, key, err)) == 0)
-            done++;
-    kf_wipe(key, sizeof(key));
-    for (size_t i = 0; r != 0 && i < done; i++) {
-        char path[4096];
-        snprintf(path, sizeof(path), "%s/kek-%u.key", dirs[i], version);
-        unlink(path);
-    }
-    return r;
-}
-
 static int write_new_kek(const char *dir, uint32_t version, kf_err *err)
 {
-    return write_new_kek_to(&dir, 1, version, err);
+    return kfd_kek_write_new(&dir, 1, version, err);
 }
 
 static void local_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
@@ -389,54 +326,6 @@ static const kfd_kms_ops local_ops = {
     .destroy = local_destroy,
 };
 
-/* Versions present in dir, by scanning kek-N.key names. */
-static int scan_versions(const char *dir, uint32_t *ret_max, bool present[MAX_VERSIONS + 1], kf_err *err)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return kf_err_set(err, -errno, "%s: %s", dir, strerror(errno));
-    struct dirent *e;
-    *ret_max = 0;
-    while ((e = readdir(d)) != NULL) {
-        uint32_t v = 0;
-        const char *end = NULL;
-        /* Only the names write_kek makes: kek-01.key or kek-+1.key is not version 1. */
-        if (strncmp(e->d_name, "kek-", 4) != 0 || parse_version(e->d_name + 4, &v, &end) != 0 ||
-            strcmp(end, ".key") != 0)
-            continue;
-        present[v] = true;
-        if (v > *ret_max)
-            *ret_max = v;
-    }
-    closedir(d);
-    return 0;
-}
-
-int kfd_kms_local_init_shared(const char *const *dirs, size_t n, kf_err *err)
-{
-    static bool present[MAX_VERSIONS + 1];
-    size_t empty = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (mkdir(dirs[i], 0700) != 0 && errno != EEXIST)
-            return kf_err_set(err, -errno, "%s: %s", dirs[i], strerror(errno));
-        memset(present, 0, sizeof(present));
-        uint32_t max = 0;
-        int r = scan_versions(dirs[i], &max, present, err);
-        if (r != 0)
-            return r;
-        if (max == 0)
-            empty++;
-        else if (n > 1) /* copies of different keys would decrypt nothing of each other's */
-            return kf_err_set(err, -EEXIST, "%s already holds a KEK; a shared one needs empty directories", dirs[i]);
-    }
-    return empty == n ? write_new_kek_to(dirs, n, 1, err) : 0;
-}
-
-int kfd_kms_local_init(const char *dir, kf_err *err)
-{
-    return kfd_kms_local_init_shared(&dir, 1, err);
-}
-
 int kfd_kms_local_open(uv_loop_t *loop, const char *dir, kfd_kms **ret, kf_err *err)
 {
     kms_local *k = calloc(1, sizeof(*k));
@@ -448,7 +337,7 @@ int kfd_kms_local_open(uv_loop_t *loop, const char *dir, kfd_kms **ret, kf_err *
     k->super.loop = loop;
     bool present[MAX_VERSIONS + 1] = {false};
     uint32_t max = 0;
-    int r = scan_versions(dir, &max, present, err);
+    int r = kfd_kek_scan(dir, &max, present, err);
     if (r == 0 && max == 0)
         r = kf_err_set(err, -ENOENT, "%s: no KEK files (kek-1.key); run keyfleetctl init", dir);
     for (uint32_t v = 1; r == 0 && v <= max; v++)
