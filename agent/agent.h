@@ -58,6 +58,9 @@ void kfa_report_offline(kfa_ctx *ctx);
  * 0, or a negative errno with err set when no coordinator took it. */
 int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err);
 
+/* One volume from a spec: luks:PATH, zfs:DATASET, or a configured volume's path or spec
+ * (volumes.c). Not yet probed. */
+int kfa_resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, kf_err *err);
 /* This node's volumes: the specs given, or (n_specs 0) the configured ones plus discovered ZFS
  * encryption roots (only those whose key is not loaded, when locked_only). Not yet probed. */
 int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret, size_t *ret_n);

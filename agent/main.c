@@ -51,36 +51,6 @@ static void usage(FILE *f)
 }
 
 /* Resolves VOLUME into a volume with its driver. */
-static int resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, kf_err *err)
-{
-    memset(v, 0, sizeof(*v));
-    v->keyslot = v->token = -1;
-    const char *path = spec;
-    if (strncmp(spec, "luks:", 5) == 0) {
-        v->kind = KFA_VOL_LUKS2;
-        path = spec + 5;
-    } else if (strncmp(spec, "zfs:", 4) == 0) {
-        v->kind = KFA_VOL_ZFS;
-        path = spec + 4;
-    } else {
-        size_t i = 0;
-        while (i < cfg->n_volumes && strcmp(cfg->volumes[i].path, spec) != 0 &&
-               (cfg->volumes[i].spec == NULL || strcmp(cfg->volumes[i].spec, spec) != 0))
-            i++;
-        if (i == cfg->n_volumes)
-            return kf_err_set(err, -EINVAL, "'%s' is not a configured volume; say luks:PATH or zfs:DATASET", spec);
-        v->kind = cfg->volumes[i].kind;
-        path = cfg->volumes[i].path;
-        if (cfg->volumes[i].name != NULL)
-            snprintf(v->name, sizeof(v->name), "%s", cfg->volumes[i].name);
-    }
-    if (path[0] == '\0' || strlen(path) >= sizeof(v->path))
-        return kf_err_set(err, -EINVAL, "'%s': empty or too long", spec);
-    snprintf(v->path, sizeof(v->path), "%s", path);
-    v->drv = v->kind == KFA_VOL_LUKS2 ? &kfa_luks2_driver : &kfa_zfs_driver;
-    return 0;
-}
-
 /* Reads an existing LUKS passphrase from a file (exact bytes) or stdin (one trailing newline
  * dropped) into secure memory. */
 static kf_secbuf *read_auth(const char *file, kf_err *err)
@@ -159,7 +129,7 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
     kf_secbuf *auth = NULL;
     kf_enrolled e = {0};
     int rc = 1;
-    if (resolve_volume(ctx->cfg, argv[optind], &v, &err) != 0) {
+    if (kfa_resolve_volume(ctx->cfg, argv[optind], &v, &err) != 0) {
         fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
         return KFA_EXIT_USAGE;
     }
@@ -269,56 +239,6 @@ static int await_identity(identity_job *job)
     pthread_join(job->thread, NULL);
     job->started = false;
     return job->r;
-}
-
-/* Volumes to act on: the named ones, or every configured and discovered one. */
-int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret, size_t *ret_n)
-{
-    kf_err err = {0};
-    size_t cap = (size_t)n_specs + ctx->cfg->n_volumes + 64, n = 0;
-    kfa_volume *vs = calloc(cap, sizeof(*vs));
-    if (vs == NULL)
-        return -ENOMEM;
-    if (n_specs > 0) {
-        for (int i = 0; i < n_specs; i++) {
-            if (resolve_volume(ctx->cfg, specs[i], &vs[n], &err) != 0) {
-                fprintf(stderr, "keyfleet-agent: %s\n", err.msg);
-                free(vs);
-                return -EINVAL;
-            }
-            n++;
-        }
-    } else {
-        for (size_t i = 0; i < ctx->cfg->n_volumes; i++) {
-            char spec[600];
-            snprintf(spec, sizeof(spec), "%s:%s", ctx->cfg->volumes[i].kind == KFA_VOL_LUKS2 ? "luks" : "zfs",
-                     ctx->cfg->volumes[i].path);
-            resolve_volume(ctx->cfg, spec, &vs[n], &err);
-            if (ctx->cfg->volumes[i].name != NULL)
-                snprintf(vs[n].name, sizeof(vs[n].name), "%s", ctx->cfg->volumes[i].name);
-            n++;
-        }
-        char **names = NULL;
-        size_t k = 0;
-        if (ctx->cfg->zfs_discover && access(ctx->cfg->zfs_command, X_OK) == 0 &&
-            kfa_zfs_discover(ctx->cfg, locked_only, &names, &k, &err) == 0) {
-            for (size_t i = 0; i < k; i++) {
-                bool dup = false;
-                for (size_t j = 0; j < n && !dup; j++)
-                    dup = vs[j].kind == KFA_VOL_ZFS && strcmp(vs[j].path, names[i]) == 0;
-                if (!dup && n < cap) {
-                    char spec[600];
-                    snprintf(spec, sizeof(spec), "zfs:%s", names[i]);
-                    resolve_volume(ctx->cfg, spec, &vs[n++], &err);
-                }
-                free(names[i]);
-            }
-            free(names);
-        }
-    }
-    *ret = vs;
-    *ret_n = n;
-    return 0;
 }
 
 /* The offline fallback: no coordinator answered before the deadline, and policy allowed a
