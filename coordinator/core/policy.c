@@ -217,6 +217,26 @@ static int check_globs(const kf_yaml_doc *doc, const kf_yaml_node *at, const kf_
     return 0;
 }
 
+/* match.volumes.labels: a mapping of key: value, every pair of which a volume must carry. */
+static int parse_labels(const kf_yaml_doc *doc, const kf_yaml_node *labels, rule *r, kf_err *err)
+{
+    if (labels->type != KF_YAML_MAP)
+        return kf_yaml_error(doc, labels, err, "labels must be a mapping of key: value");
+    if ((r->labels = calloc(labels->n + 1, sizeof(*r->labels))) == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < labels->n; i++) {
+        const kf_yaml_node *val = labels->items[2 * i + 1];
+        if (val->type != KF_YAML_SCALAR)
+            return kf_yaml_error(doc, val, err, "label values must be strings");
+        r->labels[i].key = strdup(labels->items[2 * i]->str);
+        r->labels[i].value = strdup(val->str);
+        r->n_labels++; /* freed with the rule, also when a copy failed */
+        if (r->labels[i].key == NULL || r->labels[i].value == NULL)
+            return kf_err_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
 static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml_node *node, rule *r, kf_err *err)
 {
     rule_sec sec = {0};
@@ -250,23 +270,8 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
             r->names = v.names;
             if (rc == 0)
                 rc = check_globs(doc, m.volumes, &r->names, "volume name", err);
-            if (rc == 0 && v.labels != NULL) {
-                if (v.labels->type != KF_YAML_MAP)
-                    rc = kf_yaml_error(doc, v.labels, err, "labels must be a mapping of key: value");
-                r->labels = rc == 0 ? calloc(v.labels->n + 1, sizeof(*r->labels)) : NULL;
-                for (size_t i = 0; rc == 0 && i < v.labels->n; i++) {
-                    const kf_yaml_node *val = v.labels->items[2 * i + 1];
-                    if (val->type != KF_YAML_SCALAR)
-                        rc = kf_yaml_error(doc, val, err, "label values must be strings");
-                    else if (r->labels == NULL)
-                        rc = kf_err_set(err, -ENOMEM, "out of memory");
-                    else {
-                        r->labels[i].key = strdup(v.labels->items[2 * i]->str);
-                        r->labels[i].value = strdup(val->str);
-                        r->n_labels++;
-                    }
-                }
-            }
+            if (rc == 0 && v.labels != NULL)
+                rc = parse_labels(doc, v.labels, r, err);
         }
         if (rc == 0 && m.nodes != NULL) {
             nodes_sel n = {0};

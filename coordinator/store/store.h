@@ -1,4 +1,4 @@
-/* The coordinator's state: one sqlite database (WAL, synchronous=FULL) in the state directory.
+/* The coordinator's state: one sqlite database (WAL, synchronous=NORMAL) in the state directory.
  *
  * Every change goes through kfd_store_apply(), which applies one state command (state.proto)
  * in one transaction, appending its audit records to the hash chain. Nothing else writes.

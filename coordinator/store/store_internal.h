@@ -1,4 +1,5 @@
-/* Shared between store.c (open, apply), store_read.c and store_audit.c. Not for other files. */
+/* Shared by the store's files (store.c: open and apply; store_read.c, store_audit.c,
+ * store_approle.c, store_guard.c, store_snapshot.c). Not for other layers. */
 #ifndef KFD_STORE_INTERNAL_H
 #define KFD_STORE_INTERNAL_H
 
