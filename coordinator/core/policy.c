@@ -533,6 +533,11 @@ void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in
     }
     ret->require_totp |= o.require_totp && ret->approvals > 0;
     ret->offline_fallback &= o.offline_fallback;
+    /* Rate limits: the tighter of each (0 is unlimited). */
+    if (o.rate_per_minute != 0 && (ret->rate_per_minute == 0 || o.rate_per_minute < ret->rate_per_minute))
+        ret->rate_per_minute = o.rate_per_minute;
+    if (o.rate_burst != 0 && (ret->rate_burst == 0 || o.rate_burst < ret->rate_burst))
+        ret->rate_burst = o.rate_burst;
     if (o.pending_ttl_s != 0 && (ret->pending_ttl_s == 0 || o.pending_ttl_s < ret->pending_ttl_s))
         ret->pending_ttl_s = o.pending_ttl_s;
     snprintf(ret->explanation, sizeof(ret->explanation), "%.150s; the volume was enrolled by '%.63s': %.120s",

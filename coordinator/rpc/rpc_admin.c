@@ -437,7 +437,7 @@ void kfd_rpc_check_policy(kfd_call *call)
     kfd_policy_input in = {.node = req->node, .source = req->source_address, .volume_id = req->volume_id,
                            .volume_name = r == 0 ? vol.name : "", .labels = items, .n_labels = n, .now = time(NULL)};
     kfd_policy_decision d;
-    kfd_policy_evaluate(app->policy, &in, &d);
+    kfd_policy_evaluate_release(app->policy, &in, r == 0 ? vol.node : NULL, &d); /* as Release decides */
     bool revoked = false;
     kfd_store_node_revoked(app->store, req->node, &revoked);
     char explanation[512];

@@ -399,8 +399,8 @@ void kfd_rpc_create_secret_id(kfd_call *call)
     op->uses = role.secret_id_num_uses;
     Keyfleet__V1__Timestamp exp = KEYFLEET__V1__TIMESTAMP__INIT;
     exp.seconds = now_s() + role.secret_id_ttl_s;
-    char reason[160];
-    snprintf(reason, sizeof(reason), "approle %s secret id %s ttl %us uses %u", role.name, op->accessor, op->ttl,
+    char reason[256];
+    snprintf(reason, sizeof(reason), "approle %.63s (node %.63s) secret id %s ttl %us uses %u", role.name, role.node_name, op->accessor, op->ttl,
              op->uses);
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "approle_secret_id", KEYFLEET__V1__DECISION__DECISION_ALLOW,
@@ -408,6 +408,7 @@ void kfd_rpc_create_secret_id(kfd_call *call)
                    "", reason);
     Keyfleet__V1__CmdCreateSecretId c = KEYFLEET__V1__CMD_CREATE_SECRET_ID__INIT;
     c.role_name = role.name;
+    c.role_id = role.role_id;
     c.secret_hash.data = hash;
     c.secret_hash.len = sizeof(hash);
     c.accessor = op->accessor;

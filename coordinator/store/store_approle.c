@@ -35,18 +35,17 @@ static int create_role(kfd_store *s, const Keyfleet__V1__CmdCreateRole *c, kf_er
     return r;
 }
 
-static bool role_exists(kfd_store *s, const char *name)
-{
-    kfd_role role;
-    return kfd_store_get_role(s, name, NULL, &role) == 0;
-}
 
 static int create_secret_id(kfd_store *s, const Keyfleet__V1__CmdCreateSecretId *c, kf_err *err)
 {
     if (c->secret_hash.len != KFD_HASH_LEN)
         return kf_err_set(err, -EINVAL, "secret id hash must be 32 bytes");
-    if (!role_exists(s, c->role_name))
+    kfd_role role;
+    if (kfd_store_get_role(s, c->role_name, NULL, &role) != 0)
         return kf_err_set(err, -ENOENT, "no role %s", c->role_name);
+    if (c->role_id[0] != '\0' && strcmp(c->role_id, role.role_id) != 0)
+        return kf_err_set(err, -ESTALE, "role %s was revoked and created again since this secret id was made",
+                          c->role_name);
     sqlite3_stmt *st = kfd_store_stmt(s, ST_SECRET_INSERT);
     kfd_bind_text(st, 1, c->accessor);
     kfd_bind_text(st, 2, c->role_name);
@@ -101,7 +100,8 @@ static int login(kfd_store *s, const Keyfleet__V1__CmdLogin *c, kf_err *err)
 
 static int revoke_role(kfd_store *s, const char *name, kf_err *err)
 {
-    if (!role_exists(s, name))
+    kfd_role role;
+    if (kfd_store_get_role(s, name, NULL, &role) != 0)
         return kf_err_set(err, -ENOENT, "no role %s", name);
     static const int stmts[] = {ST_TOKEN_DELETE_ROLE, ST_SECRET_DELETE_ROLE, ST_ROLE_DELETE};
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {

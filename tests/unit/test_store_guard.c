@@ -392,6 +392,42 @@ static void test_enroll_replay_at_apply(void **state)
     kfd_store_close(s);
 }
 
+/* A secret id made for a role (held for approval meanwhile) must not land on a role of the same
+ * name created again later, perhaps for another node. */
+static void test_secret_id_bound_to_role_id(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("secret.db");
+    audit_at a;
+    audit(&a, T0, "approle_create", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdCreateRole cr = KEYFLEET__V1__CMD_CREATE_ROLE__INIT;
+    cr.name = (char *)"web";
+    cr.role_id = (char *)"11111111-1111-4111-8111-111111111111";
+    cr.node_name = (char *)"db-1";
+    cr.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE;
+    cmd.create_role = &cr;
+    assert_int_equal(apply(s, &cmd, NULL), 0);
+    uint8_t hash[32] = {1};
+    audit_at b;
+    audit(&b, T0, "approle_secret_id", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdCreateSecretId cs = KEYFLEET__V1__CMD_CREATE_SECRET_ID__INIT;
+    cs.role_name = (char *)"web";
+    cs.role_id = (char *)"22222222-2222-4222-8222-222222222222"; /* the role of that name before */
+    cs.secret_hash.data = hash;
+    cs.secret_hash.len = sizeof(hash);
+    cs.accessor = (char *)"0123456789abcdef0123456789abcdef";
+    cs.audit = &b.e;
+    Keyfleet__V1__StateCommand sc = KEYFLEET__V1__STATE_COMMAND__INIT;
+    sc.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID;
+    sc.create_secret_id = &cs;
+    assert_int_equal(apply(s, &sc, NULL), -ESTALE);
+    cs.role_id = cr.role_id;
+    assert_int_equal(apply(s, &sc, NULL), 0);
+    kfd_store_close(s);
+}
+
 static void test_cert_denylist(void **state)
 {
     (void)state;
@@ -427,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_required_totp_and_duplicates),
         cmocka_unit_test(test_held_change_applies_when_approved),
         cmocka_unit_test(test_enroll_replay_at_apply),
+        cmocka_unit_test(test_secret_id_bound_to_role_id),
         cmocka_unit_test(test_cert_denylist),
     };
     return cmocka_run_group_tests_name("store_guard", tests, tmpdir_setup, tmpdir_teardown);
