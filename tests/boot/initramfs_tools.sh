@@ -12,47 +12,12 @@
 . "$(dirname "$0")/vm-lib.sh"
 boot_requirements
 
-PASS="boot-pass-$RANDOM"
-F=$WORK/fleet
-fleet_init "$F"
-# The guest dials the coordinator at 10.0.2.100 (guestfwd): its certificate names that too.
-"$CTL" cert issue coordinator coordinator-1 --dir "$F" --out "$F/coordinator" --force \
-    --san DNS:localhost --san IP:127.0.0.1 --san "IP:$COORD_IP" >/dev/null
-issue "$F" node vm-1
-start_kfd "$F"
-pin_port "$F" # the guest's config names the port
-put_policy "$F" <<'YAML'
-rules:
-  - name: approval
-    match: {volumes: {labels: {approval: "yes"}}}
-    effect: allow
-    approval: {approvers: 1, timeout: 5m}
-  - name: vms
-    match: {nodes: {names: ["vm-*"]}}
-    effect: allow
-YAML
-
-INST=$WORK/inst
-install_tree "$INST"
+boot_fleet
 root_image "$WORK/root.img" "$PASS"
 root_image "$WORK/root-approval.img" "$PASS" # its own LUKS UUID: a volume of its own
-agent_config "$WORK/host.yaml" vm-1
-out=$(printf '%s' "$PASS" | "$INST/usr/sbin/keyfleet-agent" -c "$WORK/host.yaml" enroll "luks:$WORK/root.img" 2>&1)
-expect_match "the root image is enrolled from the host" "$out" "^enrolled luks2"
-out=$(printf '%s' "$PASS" | "$INST/usr/sbin/keyfleet-agent" -c "$WORK/host.yaml" enroll "luks:$WORK/root-approval.img" \
-    --label approval=yes 2>&1)
-expect_match "a second copy is enrolled under an approval rule" "$out" "^enrolled luks2"
+enroll_root "$WORK/root.img"
+enroll_root "$WORK/root-approval.img" --label approval=yes
 
-# The node's config as it lives on the node, pointing at the coordinator as the guest sees it.
-VMCONF=$WORK/node
-mkdir -p "$VMCONF"
-cp "$F/vm-1.crt" "$F/vm-1.key" "$F/ca.crt" "$VMCONF/"
-cat >"$VMCONF/agent.yaml" <<YAML
-coordinators: ["$COORD_IP:$PORT"]
-identity: {cert: vm-1.crt, key: vm-1.key, ca: ca.crt}
-state_file: /run/keyfleet/state.json
-deadline: 45s
-YAML
 CONFDIR=$WORK/initramfs-tools
 cp -a /etc/initramfs-tools "$CONFDIR"
 mkdir -p "$CONFDIR/hooks" "$CONFDIR/scripts/local-top" "$CONFDIR/conf.d"

@@ -43,11 +43,60 @@ echo "KEYFLEET-ROOT-REACHED root=$(/bin/busybox awk '$2 == "/" { print $1 }' /pr
 /bin/busybox poweroff -f
 INIT
     chmod 0755 "$dir/sbin/init"
+    # systemd's switch-root (dracut's systemd initrd) wants an OS tree: os-release says it is one.
+    mkdir -p "$dir/etc"
+    printf 'ID=keyfleet-boot-test\nNAME="keyfleet boot test root"\n' >"$dir/etc/os-release"
     rm -f "$img"
     mke2fs -q -t ext4 -L kfroot -d "$dir" "$img" 24M
     truncate -s +16M "$img"
     printf '%s' "$pass" | cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --batch-mode \
         --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "$img" >/dev/null
+}
+
+# boot_fleet: what every boot scenario shares. A coordinator on the host whose certificate also
+# names $COORD_IP (the guest dials it there), node vm-1, a policy (label approval=yes needs one
+# approval; other vm-* volumes are released), keyfleet as installed in $INST, the host's agent
+# config $WORK/host.yaml (enrolls the images), and the node's config dir $VMCONF as it lives on
+# the node. Sets PASS, F, INST, VMCONF.
+boot_fleet() {
+    PASS="boot-pass-$RANDOM"
+    F=$WORK/fleet
+    fleet_init "$F"
+    "$CTL" cert issue coordinator coordinator-1 --dir "$F" --out "$F/coordinator" --force \
+        --san DNS:localhost --san IP:127.0.0.1 --san "IP:$COORD_IP" >/dev/null
+    issue "$F" node vm-1
+    start_kfd "$F"
+    pin_port "$F" # the guest's config names the port
+    put_policy "$F" <<'YAML'
+rules:
+  - name: approval
+    match: {volumes: {labels: {approval: "yes"}}}
+    effect: allow
+    approval: {approvers: 1, timeout: 5m}
+  - name: vms
+    match: {nodes: {names: ["vm-*"]}}
+    effect: allow
+YAML
+    INST=$WORK/inst
+    install_tree "$INST"
+    agent_config "$WORK/host.yaml" vm-1
+    VMCONF=$WORK/node
+    mkdir -p "$VMCONF"
+    cp "$F/vm-1.crt" "$F/vm-1.key" "$F/ca.crt" "$VMCONF/"
+    cat >"$VMCONF/agent.yaml" <<YAML
+coordinators: ["$COORD_IP:$PORT"]
+identity: {cert: vm-1.crt, key: vm-1.key, ca: ca.crt}
+state_file: /run/keyfleet/state.json
+deadline: ${KF_BOOT_DEADLINE:-45s}
+YAML
+}
+
+# enroll_root IMAGE [ENROLL ARGS...]: enrolls a root image from the host, as node vm-1.
+enroll_root() {
+    local img=$1 out
+    shift
+    out=$(printf '%s' "$PASS" | "$INST/usr/sbin/keyfleet-agent" -c "$WORK/host.yaml" enroll "luks:$img" "$@" 2>&1)
+    expect_match "${img##*/} is enrolled from the host${*:+ ($*)}" "$out" "^enrolled luks2"
 }
 
 # vm_boot NAME IMAGE INITRD [KERNEL ARGS...]: boots, console to $WORK/NAME.console with host
@@ -106,3 +155,36 @@ type_on_console() { printf '%s\r' "$2" >"$WORK/$1.in"; }
 
 # console_time NAME REGEX: seconds from the VM's start to the first line matching REGEX.
 console_time() { grep -E -m 1 -- "$2" "$WORK/$1.console" | cut -d' ' -f1; }
+
+# dracut_requirements: dracut (dracut-core), its network module (dracut-network) and
+# systemd-cryptsetup, or not ok naming what is missing.
+dracut_requirements() {
+    local missing=""
+    command -v dracut >/dev/null && command -v lsinitrd >/dev/null || missing="$missing dracut-core"
+    [ -d /usr/lib/dracut/modules.d/35network-legacy ] || [ -d /usr/lib/dracut/modules.d/40network ] ||
+        missing="$missing dracut-network"
+    [ -x /lib/systemd/systemd-cryptsetup ] || missing="$missing systemd-cryptsetup"
+    if [ -n "$missing" ]; then
+        not_ok "dracut boot test requirements (scripts/install-deps installs them)" "missing:$missing"
+        finish
+    fi
+}
+
+# dracut_image FILE: a systemd-flavoured dracut image with the keyfleet module as installed in
+# $INST (a copy of dracut's own module tree, with keyfleet's module added to it), the node's
+# config in /etc/keyfleet, network through systemd-networkd (ip= on the command line).
+dracut_image() {
+    local base=$WORK/dracut-base
+    rm -rf "$base"
+    mkdir -p "$base/modules.d"
+    for f in /usr/lib/dracut/*; do [ "${f##*/}" = modules.d ] || ln -s "$f" "$base/"; done
+    for m in /usr/lib/dracut/modules.d/*; do ln -s "$m" "$base/modules.d/"; done
+    cp -a "$INST/usr/lib/dracut/modules.d/90keyfleet" "$base/modules.d/"
+    mkdir -p "$WORK/dracut-conf"
+    KEYFLEET_CONFIG=$VMCONF/agent.yaml KEYFLEET_AGENT=$INST/usr/sbin/keyfleet-agent \
+        KEYFLEET_TOKEN_PLUGIN=$INST/usr/lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-keyfleet.so \
+        dracutbasedir=$base dracut --force --no-hostonly --no-early-microcode --conf /dev/null \
+        --confdir "$WORK/dracut-conf" --kver "$KVER" \
+        --add "systemd systemd-networkd crypt keyfleet" --omit "plymouth i18n btrfs lvm mdraid multipath nfs iscsi fcoe" \
+        --include "$VMCONF" /etc/keyfleet "$1"
+}

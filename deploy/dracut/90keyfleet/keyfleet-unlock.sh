@@ -1,6 +1,6 @@
 #!/bin/sh
 # dracut: unlocks the configured volumes once the network is up (shell initrd: initqueue, run
-# again until it succeeds; systemd initrd: keyfleet-initrd.service). A failure leaves the
+# again until it succeeds; systemd initrd, ZFS root: keyfleet-initrd.service). A failure leaves the
 # passphrase prompt in place.
 [ -e /run/keyfleet/done ] && exit 0
 [ -r /etc/keyfleet/initramfs.env ] && . /etc/keyfleet/initramfs.env

@@ -1,9 +1,14 @@
 #!/bin/bash
-# dracut module: keyfleet-agent in the initramfs, for the shell initrd (initqueue hook) and the
-# systemd initrd (the same script as a unit ordered before cryptsetup.target). What goes in comes
-# from the agent itself (keyfleet-agent initramfs-files), never from parsing YAML here. Needs
-# dracut-network for the network module. KEYFLEET_CONFIG and KEYFLEET_AGENT override the
-# config and the agent (tests, staging).
+# dracut module: keyfleet in the initramfs.
+#  - systemd initrd (Debian's default with dracut): LUKS2 volumes open through systemd-cryptsetup
+#    and the keyfleet token plugin (libcryptsetup-token-keyfleet.so), tried before the passphrase
+#    prompt; the prompt follows when no coordinator gives the key. A ZFS root needs the agent
+#    itself: keyfleet-initrd.service, enabled only when the config names ZFS datasets.
+#  - shell initrd: keyfleet-unlock.sh as an initqueue hook, run again until it succeeds, while
+#    the crypt module's prompt stays available.
+# What goes in comes from the agent itself (keyfleet-agent initramfs-files), never from parsing
+# YAML here. Needs dracut-network for the network module. KEYFLEET_CONFIG, KEYFLEET_AGENT and
+# KEYFLEET_TOKEN_PLUGIN override the config, the agent and the plugin (tests, staging).
 KEYFLEET_CONFIG=${KEYFLEET_CONFIG:-/etc/keyfleet/agent.yaml}
 KEYFLEET_AGENT=${KEYFLEET_AGENT:-/usr/sbin/keyfleet-agent}
 
@@ -15,8 +20,18 @@ check() {
 
 depends() { echo network crypt; }
 
+# Where libcryptsetup loads token plugins (crypt_token_external_path()): "cryptsetup" beside
+# libcryptsetup itself, /usr/lib/<multiarch>/cryptsetup on Debian.
+keyfleet_token_dir() {
+    local lib
+    lib=$(ldconfig -p | awk '$1 == "libcryptsetup.so.12" { print $NF; exit }')
+    [ -n "$lib" ] || return 1
+    lib=$(readlink -f "$lib")
+    echo "${lib%/*}/cryptsetup"
+}
+
 install() {
-    local list kind value path
+    local list kind value path zfs="" tokendir plugin
     if ! list=$("$KEYFLEET_AGENT" -c "$KEYFLEET_CONFIG" initramfs-files); then
         derror "keyfleet: $KEYFLEET_AGENT -c $KEYFLEET_CONFIG initramfs-files failed"
         return 1
@@ -30,7 +45,10 @@ install() {
             path=$(ldconfig -p | awk -v l="$value" '$1 == l { print $NF; exit }')
             [ -n "$path" ] && inst_library "$path"
             ;;
-        exec) inst_binary "$value" ;;
+        exec)
+            inst_binary "$value"
+            [ "${value##*/}" = zfs ] && zfs=1
+            ;;
         esac
     done <<<"$list"
     mkdir -p "$initdir/etc/keyfleet"
@@ -38,8 +56,23 @@ install() {
     chmod -R go-rwx "$initdir/etc/keyfleet" "$initdir$(dirname "$KEYFLEET_CONFIG")"
     inst_script "$moddir/keyfleet-unlock.sh" /usr/lib/keyfleet/keyfleet-unlock.sh
     if dracut_module_included "systemd"; then
-        inst_simple "$moddir/keyfleet-initrd.service" "$systemdsystemunitdir/keyfleet-initrd.service"
-        $SYSTEMCTL -q --root "$initdir" enable keyfleet-initrd.service
+        if ! tokendir=$(keyfleet_token_dir); then
+            derror "keyfleet: libcryptsetup.so.12 not found: cannot place the token plugin"
+            return 1
+        fi
+        plugin=${KEYFLEET_TOKEN_PLUGIN:-$tokendir/libcryptsetup-token-keyfleet.so}
+        if ! inst_library "$plugin" "$tokendir/libcryptsetup-token-keyfleet.so"; then
+            derror "keyfleet: $plugin: the token plugin is not installed"
+            return 1
+        fi
+        # systemd-cryptsetup runs with a clean environment: the plugin reads
+        # /etc/keyfleet/agent.yaml, so the config must be there in the image.
+        [ "$KEYFLEET_CONFIG" = /etc/keyfleet/agent.yaml ] ||
+            dwarning "keyfleet: the token plugin reads /etc/keyfleet/agent.yaml, not $KEYFLEET_CONFIG"
+        if [ -n "$zfs" ]; then
+            inst_simple "$moddir/keyfleet-initrd.service" "$systemdsystemunitdir/keyfleet-initrd.service"
+            $SYSTEMCTL -q --root "$initdir" enable keyfleet-initrd.service
+        fi
     else
         inst_hook initqueue/settled 90 "$moddir/keyfleet-unlock.sh"
     fi
