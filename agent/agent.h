@@ -45,6 +45,11 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
  * deadline, or another negative errno with err naming the coordinator's answer. */
 int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err);
 
+/* The offline fallback (no coordinator answered; why is the last transport error): unseals v's
+ * TPM copy into *ret_key, records the unlock in the status file and queues it for the next
+ * contact. 0, or a negative errno with err saying why the TPM refused. */
+int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_secbuf **ret_key, kf_err *err);
+
 /* The status file: per volume, how and when it was last unlocked (no secrets). */
 int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail);
 /* Queues an offline (TPM) unlock for reporting to a coordinator. */

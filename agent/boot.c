@@ -17,7 +17,6 @@
 
 #include "kf_log.h"
 #include "kf_time.h"
-#include "tpm2.h"
 
 #define ASKPASS_DEFAULT "/lib/cryptsetup/askpass"
 #define MARKER_DIR "/run/keyfleet"
@@ -112,11 +111,11 @@ static int fetch_key(kfa_ctx *ctx, const char *source, kf_secbuf **ret_key, cons
             *ret_how = "released by a coordinator";
         } else if (r == -EHOSTUNREACH && v.tpm_blob != NULL) {
             kf_err terr = {0};
-            r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, v.tpm_blob, &key, KFA_TPM_TIMEOUT_MS, &terr);
+            r = kfa_unseal_offline(ctx, &v, err->msg, &key, &terr);
             if (r == 0)
-                *ret_how = "unsealed from the TPM (no coordinator answered)";
+                *ret_how = "unsealed from the TPM (no coordinator answered; reported at the next contact)";
             else
-                kf_err_set(err, r, "%s; offline fallback refused: %s", err->msg, terr.msg);
+                kf_err_set(err, r, "%s; %s", err->msg, terr.msg);
         }
     }
     kf_released_clear(&rel);

@@ -245,19 +245,14 @@ static int await_identity(identity_job *job)
  * TPM-sealed copy at enrollment. Recorded, and reported to a coordinator on the next contact. */
 static int unlock_from_tpm(kfa_ctx *ctx, kfa_volume *v, const char *why, kf_err *err)
 {
-    char reason[300];
-    snprintf(reason, sizeof(reason), "no coordinator answered before the deadline: %.200s", why);
     kf_secbuf *key = NULL;
-    int r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, v->tpm_blob, &key, KFA_TPM_TIMEOUT_MS, err);
+    int r = kfa_unseal_offline(ctx, v, why, &key, err);
     if (r != 0)
-        return kf_err_wrap(err, "%s: offline fallback refused", v->path);
+        return kf_err_wrap(err, "%s", v->path);
     r = v->drv->unlock(ctx->cfg, v, key, err);
     kf_secbuf_free(key);
     if (r != 0)
         return r;
-    kf_log_warn("offline_unlock", "volume=%s reason=%s", kf_log_q(v->path), kf_log_q(reason));
-    kfa_state_record(ctx->cfg, v->id, "tpm", reason);
-    kfa_state_queue_offline(ctx->cfg, v, reason);
     printf("%s %s: unlocked from the TPM (no coordinator answered; will be reported)\n", v->drv->name, v->path);
     return 0;
 }

@@ -30,7 +30,6 @@
 #include "kf_log.h"
 #include "kf_time.h"
 #include "luks2_token.h"
-#include "tpm2.h"
 
 #define PUBLIC __attribute__((visibility("default")))
 #define DEFAULT_CONFIG "/etc/keyfleet/agent.yaml"
@@ -165,15 +164,10 @@ static int release(kfa_ctx *ctx, kfa_volume *v, kf_secbuf **ret_key, kf_err *err
     kf_released_clear(&rel);
     if (r == -EHOSTUNREACH && v->tpm_blob != NULL) {
         kf_err terr = {0};
-        if (kfa_tpm_unseal(ctx->cfg->tpm_tcti, v->tpm_blob, ret_key, KFA_TPM_TIMEOUT_MS, &terr) != 0) {
+        if (kfa_unseal_offline(ctx, v, err->msg, ret_key, &terr) != 0) {
             reason(err, -EAGAIN, "coordinator unreachable");
-            return kf_err_wrap(err, "offline fallback refused (%s)", terr.msg);
+            return kf_err_wrap(err, "%s", terr.msg);
         }
-        char why[300];
-        snprintf(why, sizeof(why), "no coordinator answered before the deadline: %.200s", err->msg);
-        kf_log_warn("offline_unlock", "volume=%s reason=%s", kf_log_q(v->path), kf_log_q(why));
-        kfa_state_record(ctx->cfg, v->id, "tpm", why);
-        kfa_state_queue_offline(ctx->cfg, v, why);
         return 0;
     }
     if (r == -EACCES || r == -EPROTO)

@@ -28,17 +28,30 @@ install_tree() {
     DESTDIR=$1 cmake --install "$BUILD" --prefix /usr >/dev/null || { not_ok "cmake --install"; finish; }
 }
 
-# root_image FILE PASSPHRASE: a tiny root (static busybox; /sbin/init prints a marker with the
-# kernel command line and powers off) in ext4, encrypted in place with LUKS2.
+# root_image FILE PASSPHRASE [EXTRA DIR]: a tiny root (static busybox; /sbin/init prints a marker
+# with the root device and powers off) in ext4, encrypted in place with LUKS2. EXTRA DIR's
+# contents are added to the root; where that holds /usr/sbin/keyfleet-agent (root_add_agent),
+# init waits for a line on the console, then runs `keyfleet-agent watch --count 1`: the node's
+# next contact with the coordinators after the boot.
 root_image() {
-    local img=$1 pass=$2 dir=$WORK/rootfs
+    local img=$1 pass=$2 extra=${3:-} dir=$WORK/rootfs size=24
     rm -rf "$dir"
     mkdir -p "$dir/bin" "$dir/sbin" "$dir/proc" "$dir/sys" "$dir/dev" "$dir/run" "$dir/tmp"
     cp /bin/busybox "$dir/bin/busybox"
+    if [ -n "$extra" ]; then
+        cp -a "$extra/." "$dir/"
+        size=$(( $(du -sm "$dir" | cut -f1) + 24 ))
+    fi
     cat >"$dir/sbin/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 echo "KEYFLEET-ROOT-REACHED root=$(/bin/busybox awk '$2 == "/" { print $1 }' /proc/mounts | /bin/busybox tail -n 1)" >/dev/console
+if [ -x /usr/sbin/keyfleet-agent ]; then
+    echo "KEYFLEET-ROOT-AGENT: press Enter for the next contact" >/dev/console
+    read -r _ </dev/console
+    /usr/sbin/keyfleet-agent -c /etc/keyfleet/agent.yaml watch --count 1 >/dev/console 2>&1
+    echo "KEYFLEET-ROOT-WATCH rc=$?" >/dev/console
+fi
 /bin/busybox sync
 /bin/busybox poweroff -f
 INIT
@@ -47,7 +60,7 @@ INIT
     mkdir -p "$dir/etc"
     printf 'ID=keyfleet-boot-test\nNAME="keyfleet boot test root"\n' >"$dir/etc/os-release"
     rm -f "$img"
-    mke2fs -q -t ext4 -L kfroot -d "$dir" "$img" 24M
+    mke2fs -q -t ext4 -L kfroot -d "$dir" "$img" "${size}M"
     truncate -s +16M "$img"
     printf '%s' "$pass" | cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --batch-mode \
         --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "$img" >/dev/null
@@ -67,7 +80,7 @@ boot_fleet() {
     issue "$F" node vm-1
     start_kfd "$F"
     pin_port "$F" # the guest's config names the port
-    put_policy "$F" <<'YAML'
+    put_policy "$F" <<YAML || { not_ok "the boot tests' policy is stored"; finish; }
 rules:
   - name: approval
     match: {volumes: {labels: {approval: "yes"}}}
@@ -76,6 +89,7 @@ rules:
   - name: vms
     match: {nodes: {names: ["vm-*"]}}
     effect: allow
+    offline_fallback: ${KF_BOOT_OFFLINE:-false}
 YAML
     INST=$WORK/inst
     install_tree "$INST"
@@ -99,7 +113,28 @@ enroll_root() {
     expect_match "${img##*/} is enrolled from the host${*:+ ($*)}" "$out" "^enrolled luks2"
 }
 
-# vm_boot NAME IMAGE INITRD [KERNEL ARGS...]: boots, console to $WORK/NAME.console with host
+# root_add_agent DIR: keyfleet-agent as installed in $INST, the libraries it links and loads
+# (libcryptsetup, tpm2-tss), and the node's config ($VMCONF as /etc/keyfleet), into DIR.
+root_add_agent() {
+    local dir=$1 f lib
+    mkdir -p "$dir/usr/sbin" "$dir/etc/keyfleet"
+    cp "$INST/usr/sbin/keyfleet-agent" "$dir/usr/sbin/"
+    cp -a "$VMCONF/." "$dir/etc/keyfleet/"
+    local objs=("$INST/usr/sbin/keyfleet-agent")
+    for lib in libcryptsetup.so.12 libtss2-esys.so.0 libtss2-mu.so.0 libtss2-rc.so.0 libtss2-tctildr.so.0 \
+        libtss2-tcti-device.so.0; do
+        f=$(ldconfig -p | awk -v l="$lib" '$1 == l { print $NF; exit }')
+        [ -n "$f" ] && objs+=("$f")
+    done
+    for f in $( (printf '%s\n' "${objs[@]}"; ldd "${objs[@]}" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\/.*ld-linux/ { print $1 }') | sort -u); do
+        [ "$f" = "$INST/usr/sbin/keyfleet-agent" ] && continue
+        mkdir -p "$dir$(dirname "$f")"
+        cp -L "$f" "$dir$f"
+    done
+}
+
+# vm_boot NAME IMAGE INITRD [KERNEL ARGS...]: boots (with $VM_QEMU_EXTRA, word-split, added to
+# QEMU's arguments), console to $WORK/NAME.console with host
 # timestamps (seconds since the start), and the guest's input from the FIFO $WORK/NAME.in
 # (type_on_console writes to it). Returns when the VM powers off or after BOOT_TIMEOUT s.
 vm_boot_start() {
@@ -125,7 +160,7 @@ vm_boot_start() {
         -append "console=ttyS0 panic=-1 net.ifnames=0 $*" \
         -drive "file=$img,format=raw,if=virtio" \
         -netdev "user,id=n0,restrict=on,guestfwd=tcp:$COORD_IP:$PORT-cmd:socat - TCP:127.0.0.1:$PORT" \
-        -device virtio-net-pci,netdev=n0 \
+        -device virtio-net-pci,netdev=n0 ${VM_QEMU_EXTRA:-} \
         -chardev "pipe,id=ser0,path=$base" -serial chardev:ser0 -monitor none \
         >"$base.qemu.log" 2>&1 &
     VM_PID=$!

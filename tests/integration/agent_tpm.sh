@@ -48,15 +48,24 @@ expect_eq "coordinator down: the TPM fallback unlocks everything (exit 0)" "$?" 
 expect_match "... saying so" "$out" "disk.luks: unlocked from the TPM \\(no coordinator answered.*tank/data: unlocked from the TPM"
 expect_eq "the dataset's key is loaded" "$("$ZFS_STANDIN" get -H -o value keystatus tank/data)" "available"
 expect_match "status shows how it was unlocked" "$(A status --json 2>/dev/null)" '"last_unlock":"tpm"'
+# The cryptroot keyscript (initramfs-tools) takes the same fallback and queues the same report.
+printf '#!/bin/sh\necho "$1" >&2\nsleep 30\n' >"$WORK/askpass-wait" && chmod +x "$WORK/askpass-wait"
+rm -f /run/keyfleet/keyscript-tpmroot.agent
+CRYPTTAB_NAME=tpmroot CRYPTTAB_SOURCE=$WORK/disk.luks CRYPTTAB_TRIED=0 timeout 60 \
+    "$AGENT" -c "$WORK/a.yaml" keyscript --askpass "$WORK/askpass-wait" >"$WORK/ks.key" 2>"$WORK/ks.console"
+expect_match "the keyscript unseals from the TPM, saying so" "$(cat "$WORK/ks.console")" \
+    "keyfleet: tpmroot: unsealed from the TPM \\(no coordinator answered; reported at the next contact\\)"
+check "... and its key opens the volume" cryptsetup open --test-passphrase --key-file="$WORK/ks.key" "$WORK/disk.luks"
+rm -f "$WORK/ks.key" /run/keyfleet/keyscript-tpmroot.agent
 
 start_kfd "$F"
 write_config
 A status >/dev/null 2>&1
 audit=$(ctl "$F" audit --action offline_unlock --json)
-expect_eq "on the next contact both offline unlocks are reported and audited" "$(printf '%s\n' "$audit" | grep -c offline_unlock)" "2"
+expect_eq "on the next contact all three offline unlocks are reported and audited" "$(printf '%s\n' "$audit" | grep -c offline_unlock)" "3"
 expect_match "... with the reason" "$audit" '"actor":"n1","node":"n1".*"reason":"unlocked from the node.s TPM at [0-9]+: no coordinator answered before the deadline'
 A status >/dev/null 2>&1
-expect_eq "... exactly once" "$(ctl "$F" audit --action offline_unlock --json | grep -c offline_unlock)" "2"
+expect_eq "... exactly once" "$(ctl "$F" audit --action offline_unlock --json | grep -c offline_unlock)" "3"
 
 # A coordinator that answers and refuses: the TPM copy is not used.
 ctl "$F" node revoke n1 "lost" >/dev/null

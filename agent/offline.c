@@ -1,0 +1,29 @@
+/* The offline fallback, one path for `unlock`, the cryptroot keyscript and the token plugin:
+ * the TPM copy of a volume's key, used only when no coordinator answered. The unlock is recorded
+ * in the status file and queued for the next contact as soon as the key leaves the TPM, whether
+ * or not the volume then opens: the coordinators hear of every key a TPM gave out. */
+#include <errno.h>
+#include <stdio.h>
+
+#include "agent.h"
+#include "kf_log.h"
+#include "tpm2.h"
+
+int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_secbuf **ret_key, kf_err *err)
+{
+    char reason[300];
+    snprintf(reason, sizeof(reason), "no coordinator answered before the deadline: %.200s", why);
+    kf_secbuf *key = NULL;
+    int r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, v->tpm_blob, &key, KFA_TPM_TIMEOUT_MS, err);
+    if (r != 0)
+        return kf_err_wrap(err, "offline fallback refused");
+    kf_log_warn("offline_unlock", "volume=%s reason=%s", kf_log_q(v->path), kf_log_q(reason));
+    kfa_state_record(ctx->cfg, v->id, "tpm", reason);
+    /* Not fatal: the machine boots, and the log line above says what the coordinators missed. */
+    if (kfa_state_queue_offline(ctx->cfg, v, reason) != 0)
+        kf_log_error("offline_unlock_not_queued", "volume=%s state_file=%s hint=\"the coordinators will not hear of "
+                     "this unlock; state_file must be writable (in an initramfs: under /run)\"",
+                     kf_log_q(v->path), kf_log_q(ctx->cfg->state_file));
+    *ret_key = key;
+    return 0;
+}
