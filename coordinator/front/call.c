@@ -12,6 +12,7 @@
 #include "front/server.h"
 #include "kf_log.h"
 #include "kf_pb_alloc.h"
+#include "kf_time.h"
 
 #define UNKNOWN_ROUTE_ROW KFD_METRICS_MAX_METHODS
 
@@ -56,6 +57,15 @@ void kfd_call_error(kfd_call *call, kf_connect_code code, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     kfd_call_error_status(call, kf_connect_code_http_status(code), code, msg);
+}
+
+bool kfd_call_deadline_passed(kfd_call *call, const char *not_started)
+{
+    if (call == NULL || call->deadline_ms == 0 || kf_monotonic_ms() < call->deadline_ms)
+        return false;
+    kfd_call_error(call, KF_CONNECT_DEADLINE_EXCEEDED, "the request's deadline (connect-timeout-ms) passed; %s was not started",
+                   not_started);
+    return true;
 }
 
 /* A reply body in its own block of the request's pool, wiped when the pool is released: Login

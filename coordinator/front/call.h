@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <h2o.h>
 #include <protobuf-c/protobuf-c.h>
@@ -27,7 +28,8 @@ typedef struct kfd_call {
     ProtobufCMessage *request;
     char source[64]; /* client IP address */
     bool answered;
-    struct kfd_op *op; /* work outliving the handler, told when the request goes away */
+    uint64_t deadline_ms; /* kf_monotonic_ms() by which the client wants its answer (connect-timeout-ms); 0: none */
+    struct kfd_op *op;    /* work outliving the handler, told when the request goes away */
 } kfd_call;
 
 /* State of work that outlives the handler (a commit, a KMS call). Embed it first in the op's
@@ -61,6 +63,12 @@ void kfd_call_error(kfd_call *call, kf_connect_code code, const char *fmt, ...) 
 void kfd_call_error_status(kfd_call *call, int status, kf_connect_code code, const char *message);
 /* A Connect error outside any call (404 for an unknown route). */
 void kfd_send_connect_error(h2o_req_t *req, int status, kf_connect_code code, const char *message);
+
+/* The client's deadline (Connect's connect-timeout-ms) has passed. Work done for the client (a
+ * KMS call, an approval wait, a commit) is not started after it: kfd_call_deadline_passed
+ * answers deadline_exceeded (naming what was not started) and returns true. Records that are
+ * not the client's work, such as the audit record of a refusal, are written regardless. */
+bool kfd_call_deadline_passed(kfd_call *call, const char *not_started);
 
 /* Counts an answer in the metrics under its method (NULL: an unknown route). */
 void kfd_count_answer(struct kfd_server *srv, const kfd_method *m, kf_connect_code code);

@@ -1,10 +1,15 @@
 /* The Connect unary router: POST /keyfleet.v1.SERVICE/METHOD with an application/proto body,
- * plus GET /healthz, /readyz and /metrics. Checks run in a fixed order, each with its own answer:
- * route (404), method (405), HTTP/2 (505), content type (415), size (429), identity (401/403),
- * body (400), then the handler (or 501 while it is not implemented). */
+ * plus GET /healthz, /readyz and /metrics. Checks run in a fixed order, each with its own answer,
+ * the HTTP status always the one Connect's table gives for the code (415 excepted, as the spec
+ * asks): route and method (unimplemented, 501), HTTP/2 (failed_precondition, 400), content type
+ * (415), content encoding (unimplemented, 501), deadline header (invalid_argument, 400), size
+ * (resource_exhausted, 429), identity (401/403), body (400), deadline passed (deadline_exceeded,
+ * 504), then the handler. Paths that are not RPCs get plain HTTP answers (404, 405). */
 #include "front/router.h"
 
+#include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +26,7 @@
 #include "front/server.h"
 #include "kf_log.h"
 #include "kf_pb_alloc.h"
+#include "kf_time.h"
 
 static bool path_is(const h2o_req_t *req, const char *path)
 {
@@ -89,8 +95,48 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
         }
         return 0;
     }
-    kfd_count_answer(srv, NULL, KF_CONNECT_UNIMPLEMENTED);
-    kfd_send_connect_error(req, 404, KF_CONNECT_UNIMPLEMENTED, "no such route");
+    if (h2o_memis(req->path_normalized.base, req->path_normalized.len > 12 ? 12 : req->path_normalized.len,
+                  H2O_STRLIT("/keyfleet.v1"))) {
+        /* An RPC this coordinator does not have: a Connect answer. */
+        kfd_count_answer(srv, NULL, KF_CONNECT_UNIMPLEMENTED);
+        kfd_send_connect_error(req, kf_connect_code_http_status(KF_CONNECT_UNIMPLEMENTED), KF_CONNECT_UNIMPLEMENTED,
+                               "no such procedure");
+        return 0;
+    }
+    send_text(req, 404, "text/plain", H2O_STRLIT("not found\n"));
+    return 0;
+}
+
+/* Connect's request compression: only identity (no header, or "identity") is accepted. */
+static bool content_encoding_identity(const h2o_req_t *req)
+{
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_ENCODING, -1);
+    if (i < 0)
+        return true;
+    const h2o_iovec_t *v = &req->headers.entries[i].value;
+    return h2o_lcstris(v->base, v->len, H2O_STRLIT("identity"));
+}
+
+/* Connect's deadline: connect-timeout-ms, a positive integer of at most 10 digits. 0 and sets
+ * call->deadline_ms (none without the header), or -EINVAL for a malformed value. */
+static int parse_timeout(kfd_call *call)
+{
+    h2o_req_t *req = call->req;
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("connect-timeout-ms"), -1);
+    if (i < 0)
+        return 0;
+    const h2o_iovec_t *v = &req->headers.entries[i].value;
+    if (v->len == 0 || v->len > 10)
+        return -EINVAL;
+    uint64_t ms = 0;
+    for (size_t k = 0; k < v->len; k++) {
+        if (v->base[k] < '0' || v->base[k] > '9')
+            return -EINVAL;
+        ms = ms * 10 + (uint64_t)(v->base[k] - '0');
+    }
+    if (ms == 0)
+        return -EINVAL;
+    call->deadline_ms = kf_monotonic_ms() + ms;
     return 0;
 }
 
@@ -174,17 +220,28 @@ static int route(kfd_server *srv, h2o_req_t *req)
 
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("POST"));
-        kfd_call_error_status(call, 405, KF_CONNECT_UNIMPLEMENTED, "RPCs are called with POST");
+        kfd_call_error(call, KF_CONNECT_UNIMPLEMENTED, "RPCs are called with POST (Connect GET is not supported)");
         return 0;
     }
     if (req->version < 0x200) {
-        kfd_call_error_status(call, 505, KF_CONNECT_FAILED_PRECONDITION, "keyfleet RPCs require HTTP/2 (ALPN h2)");
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "keyfleet RPCs require HTTP/2 (ALPN h2)");
         return 0;
     }
     if (!content_type_is_proto(req)) {
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("accept-post"), 0, NULL,
                               H2O_STRLIT("application/proto"));
         kfd_call_error_status(call, 415, KF_CONNECT_INVALID_ARGUMENT, "Content-Type must be application/proto");
+        return 0;
+    }
+    if (!content_encoding_identity(req)) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_ENCODING, NULL, H2O_STRLIT("identity"));
+        kfd_call_error(call, KF_CONNECT_UNIMPLEMENTED, "request compression is not supported: send content-encoding "
+                       "identity (or none)");
+        return 0;
+    }
+    if (parse_timeout(call) != 0) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "connect-timeout-ms must be a positive integer of at most "
+                       "10 digits");
         return 0;
     }
     if (req->entity.len > srv->cfg->limits.max_body_bytes) {
@@ -210,7 +267,7 @@ static int route(kfd_server *srv, h2o_req_t *req)
         /* Made before there is an identity: Login is how a node gets one. */
         if ((call->request = unpack(m, req)) == NULL)
             kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request body is not a valid %s", m->request_desc->name);
-        else
+        else if (!kfd_call_deadline_passed(call, "the call"))
             m->fn(call);
         return 0;
     }
@@ -235,6 +292,8 @@ static int route(kfd_server *srv, h2o_req_t *req)
         kfd_call_error(call, KF_CONNECT_UNIMPLEMENTED, "%s is not implemented in this version", m->path + 1);
         return 0;
     }
+    if (kfd_call_deadline_passed(call, "the call"))
+        return 0;
     m->fn(call);
     return 0;
 }

@@ -332,6 +332,10 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
         enroll_op_free(op);
         return;
     }
+    if (res->status == 0 && kfd_call_deadline_passed(call, "the enrollment's commit")) {
+        enroll_op_free(op);
+        return;
+    }
     if (res->status != 0) {
         char vol[129], rid[65];
         snprintf(vol, sizeof(vol), "%s", op->volume_id);
@@ -443,6 +447,10 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
+    if (kfd_call_deadline_passed(call, "the KMS unwrap")) {
+        enroll_op_free(op);
+        return;
+    }
     kfd_kms *kms = kfd_call_app(call)->kms;
     kms->ops->unwrap(kms, vid, existing->wrapped_key, on_enroll_key, op);
 }
@@ -490,9 +498,11 @@ void kfd_rpc_enroll(kfd_call *call)
     }
     if (rate_limited(call, &decision))
         return;
+    if (kfd_call_deadline_passed(call, "the KMS key generation"))
+        return;
     enroll_op *op = new_enroll_op(call, req, &decision);
     if (op != NULL)
-    app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
+        app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
 }
 
 /* ------------------------------------------------------------------ Release */
@@ -611,6 +621,11 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
 static void record_release(release_op *op)
 {
     kfd_call *call = op->base.call;
+    /* The key leaves only with its audit record; neither is started once the client's time is up. */
+    if (kfd_call_deadline_passed(call, "the release")) {
+        kfd_op_free(op);
+        return;
+    }
     const char *volume_id = op->volume_id;
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
@@ -665,6 +680,8 @@ static void on_pending_committed(void *arg, int status, const kfd_apply_result *
 
 static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_policy_decision *d)
 {
+    if (kfd_call_deadline_passed(call, "the approval request"))
+        return;
     pending_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
@@ -829,6 +846,8 @@ void kfd_rpc_release(kfd_call *call)
         approved_request = true;
     }
     kfd_volume_clear(&vol);
+    if (kfd_call_deadline_passed(call, "the KMS unwrap"))
+        return;
     release_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");

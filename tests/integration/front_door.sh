@@ -41,16 +41,33 @@ head -c 300000 /dev/zero >"$WORK/big"
 out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary "@$WORK/big")
 expect_match "a 300 KB body gets 429 resource_exhausted, not a stream reset" "$out" '^429 \{"code":"resource_exhausted"'
 
+# HTTP statuses follow Connect's code table (issue #25): the code decides the status.
 out=$(kcurl "$F" operator -o "$WORK/body" -w '%{http_code}' --http1.1 -X POST "${PROTO[@]}" --data-binary '' \
     "$URL/keyfleet.v1.AdminService/ClusterStatus")
-expect_eq "an RPC over HTTP/1.1 gets 505" "$out" "505"
+expect_eq "an RPC over HTTP/1.1 gets 400 (failed_precondition)" "$out" "400"
 expect_match "... with a Connect JSON error naming HTTP/2" "$(cat "$WORK/body")" '"code":"failed_precondition","message":"keyfleet RPCs require HTTP/2'
 
 out=$(rpc "$F" operator NodeService/NoSuchMethod "${PROTO[@]}" --data-binary '')
-expect_match "an unknown RPC route gets 404" "$out" '^404 '
-expect_eq "an unknown path gets 404" "$(kcurl "$F" operator -o /dev/null -w '%{http_code}' "$URL/nope")" "404"
-out=$(kcurl "$F" operator -o /dev/null -w '%{http_code}' "$URL/keyfleet.v1.AdminService/ClusterStatus")
-expect_eq "GET on an RPC path gets 405" "$out" "405"
+expect_match "an unknown RPC gets 501 unimplemented" "$out" '^501 \{"code":"unimplemented"'
+expect_eq "an unknown path that is no RPC gets a plain 404" "$(kcurl "$F" operator -w '%{http_code}' "$URL/nope")" "not found
+404"
+out=$(kcurl "$F" operator -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' "$URL/keyfleet.v1.AdminService/ClusterStatus")
+expect_eq "GET on an RPC path gets 501 unimplemented" "$out" "501"
+expect_match "... naming POST in Allow" "$(cat "$WORK/headers")" "allow: POST"
+
+# Request compression: only identity.
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" -H 'content-encoding: snappy' --data-binary '')
+expect_match "content-encoding snappy gets 501 unimplemented" "$out" '^501 \{"code":"unimplemented","message":"request compression is not supported'
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" -H 'content-encoding: identity' --data-binary '')
+expect_match "content-encoding identity is served" "$out" "^200 "
+
+# Deadlines: connect-timeout-ms is parsed, a malformed one refused.
+for bad in abc 0 12345678901 -5 1.5; do
+    out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" -H "connect-timeout-ms: $bad" --data-binary '')
+    expect_match "connect-timeout-ms '$bad' gets 400 invalid_argument" "$out" '^400 \{"code":"invalid_argument","message":"connect-timeout-ms must be'
+done
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" -H "connect-timeout-ms: 5000" --data-binary '')
+expect_match "a deadline the call meets is served" "$out" "^200 "
 
 out=$(rpc "$F" node-1 AdminService/ClusterStatus "${PROTO[@]}" --data-binary '')
 expect_match "curl: a node calling AdminService gets 403" "$out" '^403 \{"code":"permission_denied"'
