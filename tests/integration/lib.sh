@@ -155,7 +155,19 @@ approle_login() {
         --data-binary "@$WORK/login.pb" -o "$WORK/login.out" -w '%{http_code}' "$@" "$URL/keyfleet.v1.NodeService/Login"
     printf ' %s' "$(tr -d '\0' <"$WORK/login.out" | head -c 200)"
 }
-put_policy() { cat >"$1/policy.yaml" && ctl "$1" policy put "$1/policy.yaml" >/dev/null; }
+# put_policy DIR: stores the policy on stdin. Right after start a single coordinator may not lead
+# yet (unavailable: no leader); on a loaded machine that lasts a while, so that is retried, for
+# at most 10 s. Any other refusal is returned at once.
+put_policy() {
+    cat >"$1/policy.yaml" || return 1
+    local out
+    for _ in $(seq 1 100); do
+        out=$(ctl "$1" policy put "$1/policy.yaml" 2>&1) && return 0
+        case $out in *unavailable*) sleep 0.1 ;; *) break ;; esac
+    done
+    printf '%s\n' "$out" >&2
+    return 1
+}
 
 AGENT=$BUILD/agent/keyfleet-agent
 ZFS_STANDIN=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/zfs-standin
