@@ -153,6 +153,10 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
     char request_id[65] = "";
     uint64_t backoff = BACKOFF_FIRST_MS;
     bool announced = false, relogged = false;
+    /* Whether any coordinator answered during this release, even PENDING or unavailable: then the
+     * TPM copy is out of reach (a network attacker who cuts the line after an answer must not
+     * turn an approval wait or a refusal into an offline unlock). */
+    bool answered = false;
     uint64_t announced_at = 0;
     for (;;) {
         kf_rpc_status st = {.code = KF_CONNECT_OK};
@@ -167,6 +171,7 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
         } else if (r == 0) {
             r = kf_node_release(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, v->wrapped, request_id, ret, &st, &e);
         }
+        answered |= r == 0;
         if (r == 0 && st.code == KF_CONNECT_UNAUTHENTICATED && ctx->logged_in && !relogged) {
             /* The token expired or was revoked: log in again, once. */
             ctx->logged_in = false;
@@ -201,7 +206,7 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
                     kf_log_q(r != 0 ? e.msg : st.message), (unsigned long long)backoff);
         if (!wait_until_next(ctx, jitter(backoff)))
             /* -EHOSTUNREACH only when no coordinator answered at all: the TPM fallback's condition. */
-            return kf_err_set(err, r != 0 ? -EHOSTUNREACH : -ETIMEDOUT,
+            return kf_err_set(err, !answered ? -EHOSTUNREACH : -ETIMEDOUT,
                               "%s: no coordinator released the key before the deadline (%s)", v->path,
                               r != 0 ? e.msg : st.message);
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;

@@ -14,6 +14,11 @@ rules:
   - name: quarantined
     match: {volumes: {labels: {state: quarantined}}}
     effect: deny
+  - name: gated
+    match: {volumes: {labels: {gate: "yes"}}}
+    effect: allow
+    approval: {approvers: 1, timeout: 5m}
+    offline_fallback: true
   - name: servers
     match: {nodes: {names: ["n*"]}}
     effect: allow
@@ -90,5 +95,26 @@ agent_config "$WORK/b.yaml" n2 "tpm: {tcti: \"swtpm:host=127.0.0.1,port=1\"}"
 luks_file "$WORK/disk2.luks" "pw"
 out=$(printf 'pw' | "$AGENT" -c "$WORK/b.yaml" enroll "luks:$WORK/disk2.luks" 2>&1)
 expect_match "a wrong TCTI: enrolled without an offline copy, said clearly" "$out" "event=tpm_seal_failed .*cannot open TCTI.*no TPM copy"
+
+# A coordinator that answered PENDING and then went silent (a network attacker cutting the line
+# during the approval wait): the wait ends at the deadline, and the TPM copy is not used.
+agent_config "$WORK/c.yaml" n2 "deadline: 6s" "call_timeout: 500ms" "tpm: {tcti: \"$TCTI\", pcrs: [7]}"
+luks_file "$WORK/gated.luks" "pw"
+out=$(printf 'pw' | "$AGENT" -c "$WORK/c.yaml" enroll "luks:$WORK/gated.luks" --label gate=yes 2>&1)
+expect_match "a volume under an approval rule with offline fallback gets a TPM copy" "$out" "TPM-sealed copy stored"
+"$AGENT" -c "$WORK/c.yaml" unlock "luks:$WORK/gated.luks" >"$WORK/gated.out" 2>&1 &
+gated=$!
+for _ in $(seq 1 80); do grep -q waiting_for_approval "$WORK/gated.out" && break; sleep 0.05; done
+kill -STOP "$KFD_PID"
+wait "$gated"
+rc=$?
+kill -CONT "$KFD_PID"
+expect_eq "PENDING, then silence: no unlock (exit 1)" "$rc" "1"
+expect_match "... it waited for the approval first" "$(cat "$WORK/gated.out")" "waiting_for_approval"
+if grep -q "unlocked from the TPM" "$WORK/gated.out"; then
+    not_ok "... and did not fall back to the TPM copy" "$(cat "$WORK/gated.out")"
+else
+    ok "... and did not fall back to the TPM copy"
+fi
 check_sanitizers
 finish
