@@ -214,7 +214,7 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         cfg->role_id_file = kf_config_path(path, w.identity.role_id_file);
         cfg->secret_id_file = kf_config_path(path, w.identity.secret_id_file);
         cfg->secret_id_tpm_file = kf_config_path(path, w.identity.secret_id_tpm_file);
-        cfg->state_file = w.state_file != NULL ? kf_config_path(path, w.state_file) : strdup("/var/lib/keyfleet/agent-state.json");
+        cfg->state_file = w.state_file != NULL ? kf_config_path(path, w.state_file) : strdup(KFA_DEFAULT_STATE_FILE);
         cfg->deadline_ms = w.deadline_ms;
         cfg->call_timeout_ms = w.call_timeout_ms;
         cfg->watch_interval_ms = w.watch_interval_ms;

@@ -9,6 +9,12 @@
 #include "kf_err.h"
 #include "kf_yaml.h"
 
+/* The status file, and the queue of offline (TPM) unlocks still to report. Under /run: the
+ * initramfs's /run moves into the booted system, so an unlock made in the initramfs is reported
+ * by the system's agent (keyfleet-watch, keyfleet-unlock); a file elsewhere in the initramfs is
+ * gone after the switch to the root, and with it the report. */
+#define KFA_DEFAULT_STATE_FILE "/run/keyfleet/agent-state.json"
+
 typedef enum { KFA_VOL_LUKS2, KFA_VOL_ZFS } kfa_vol_kind;
 
 typedef struct kfa_volume_cfg {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,28 +16,80 @@
 #include "agent.h"
 #include "kf_log.h"
 
-int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail)
+/* Every change to the file is a read-modify-write under an exclusive flock on STATE.lock: several
+ * writers run at once at boot (one systemd-cryptsetup per volume loading the token plugin, the
+ * agent, keyfleet-watch) and none may lose another's queued report. Written to a unique temp
+ * file, then renamed over the old one. */
+typedef struct state_tx {
+    int lock_fd;
+    json_t *root;
+} state_tx;
+
+static int state_begin(const kfa_config *cfg, state_tx *tx)
 {
-    json_t *root = json_load_file(cfg->state_file, 0, NULL);
-    if (root == NULL || !json_is_object(root)) {
-        json_decref(root);
-        root = json_object();
-    }
-    json_t *entry = json_pack("{s:s, s:s, s:I}", "method", method, "detail", detail != NULL ? detail : "", "at",
-                              (json_int_t)time(NULL));
-    json_object_set_new(root, volume_id, entry);
+    tx->root = NULL;
     char *copy = strdup(cfg->state_file);
     if (copy != NULL) {
-        mkdir(dirname(copy), 0755);
+        mkdir(dirname(copy), 0700);
         free(copy);
     }
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", cfg->state_file);
-    int r = json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS);
-    json_decref(root);
-    if (r != 0 || rename(tmp, cfg->state_file) != 0)
-        return -EIO;
-    return 0;
+    char lock[4096];
+    if ((size_t)snprintf(lock, sizeof(lock), "%s.lock", cfg->state_file) >= sizeof(lock))
+        return -ENAMETOOLONG;
+    tx->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (tx->lock_fd < 0)
+        return -errno;
+    while (flock(tx->lock_fd, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            int r = -errno;
+            close(tx->lock_fd);
+            return r;
+        }
+    }
+    tx->root = json_load_file(cfg->state_file, 0, NULL);
+    if (tx->root == NULL || !json_is_object(tx->root)) {
+        json_decref(tx->root);
+        tx->root = json_object();
+    }
+    return tx->root != NULL ? 0 : -ENOMEM;
+}
+
+/* Writes tx->root back when commit is true; always releases the lock. */
+static int state_end(const kfa_config *cfg, state_tx *tx, bool commit)
+{
+    int r = 0;
+    if (commit) {
+        char tmp[4096];
+        int fd = -1;
+        if ((size_t)snprintf(tmp, sizeof(tmp), "%s.XXXXXX", cfg->state_file) >= sizeof(tmp) ||
+            (fd = mkstemp(tmp)) < 0)
+            r = -EIO;
+        else if (json_dumpfd(tx->root, fd, JSON_INDENT(1) | JSON_SORT_KEYS) != 0 || fsync(fd) != 0)
+            r = -EIO;
+        if (fd >= 0 && close(fd) != 0)
+            r = -EIO;
+        if (fd >= 0 && r == 0 && rename(tmp, cfg->state_file) != 0)
+            r = -EIO;
+        if (fd >= 0 && r != 0)
+            unlink(tmp);
+    }
+    json_decref(tx->root);
+    tx->root = NULL;
+    close(tx->lock_fd); /* releases the flock */
+    return r;
+}
+
+int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail)
+{
+    state_tx tx;
+    int r = state_begin(cfg, &tx);
+    if (r != 0)
+        return r;
+    json_t *entry = json_pack("{s:s, s:s, s:I}", "method", method, "detail", detail != NULL ? detail : "", "at",
+                              (json_int_t)time(NULL));
+    bool ok = entry != NULL && json_object_set_new(tx.root, volume_id, entry) == 0;
+    r = state_end(cfg, &tx, ok);
+    return ok ? r : -ENOMEM;
 }
 
 void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method, size_t msize, int64_t *at)
@@ -56,31 +109,46 @@ void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method
 
 int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason)
 {
-    json_t *root = json_load_file(cfg->state_file, 0, NULL);
-    if (root == NULL || !json_is_object(root)) {
-        json_decref(root);
-        root = json_object();
-    }
-    json_t *q = json_object_get(root, "offline_pending");
+    state_tx tx;
+    int r = state_begin(cfg, &tx);
+    if (r != 0)
+        return r;
+    json_t *q = json_object_get(tx.root, "offline_pending");
     if (!json_is_array(q)) {
         q = json_array();
-        json_object_set_new(root, "offline_pending", q);
+        json_object_set_new(tx.root, "offline_pending", q);
     }
-    json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s}", "volume_id", v->id, "kind",
-                                       v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", v->path, "at", (json_int_t)time(NULL),
-                                       "reason", reason));
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", cfg->state_file);
-    int r = json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS);
-    json_decref(root);
-    return r == 0 && rename(tmp, cfg->state_file) == 0 ? 0 : -EIO;
+    bool ok = q != NULL &&
+              json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s}", "volume_id", v->id, "kind",
+                                                 v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", v->path, "at",
+                                                 (json_int_t)time(NULL), "reason", reason)) == 0;
+    r = state_end(cfg, &tx, ok);
+    return ok ? r : -ENOMEM;
 }
 
-/* Removes the first n elements of a JSON array. */
-static void drop_first(json_t *a, size_t n)
+/* Removes from the queue, now under the lock, the reports a coordinator accepted: they are the
+ * first n of what was read before the call (others may have been queued since, behind them). */
+static void drop_reported(const kfa_config *cfg, json_t *sent, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        json_array_remove(a, 0);
+    state_tx tx;
+    if (state_begin(cfg, &tx) != 0) {
+        kf_log_warn("state_update_failed", "state_file=%s hint=\"reported offline unlocks stay queued\"",
+                    kf_log_q(cfg->state_file));
+        return;
+    }
+    json_t *q = json_object_get(tx.root, "offline_pending");
+    bool changed = false;
+    for (size_t i = 0; i < n && json_is_array(q); i++) {
+        json_t *done = json_array_get(sent, i);
+        for (size_t k = 0; k < json_array_size(q); k++) {
+            if (json_equal(json_array_get(q, k), done)) {
+                json_array_remove(q, k);
+                changed = true;
+                break;
+            }
+        }
+    }
+    state_end(cfg, &tx, changed);
 }
 
 int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
@@ -137,11 +205,7 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
             ctx->reachable = true;
             *ret_lock = ((Keyfleet__V1__HeartbeatResponse *)m)->lock;
             if (n > 0) {
-                drop_first(q, n);
-                char tmp[4096];
-                snprintf(tmp, sizeof(tmp), "%s.tmp", ctx->cfg->state_file);
-                if (json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) == 0)
-                    rename(tmp, ctx->cfg->state_file);
+                drop_reported(ctx->cfg, q, n);
                 kf_log_info("offline_unlocks_reported", "count=%zu", n);
             }
         }

@@ -44,7 +44,10 @@ all:
           keyfleet_luks_activate: false
           keyfleet_zfs_discover: false
           keyfleet_health_key_states: [unlocked, locked]
+          keyfleet_initramfs: true
 YAML
+# An image built before keyfleet was installed: the role makes it 0600 (it is about to hold the key).
+mkdir -p "$ROOT/boot" && : >"$ROOT/boot/initrd.img-test" && chmod 0644 "$ROOT/boot/initrd.img-test"
 
 out=$("$PLAY" -i "$WORK/inventory.yml" --syntax-check "$A/site.yml" "$A/health.yml" 2>&1)
 expect_eq "the playbooks pass ansible's syntax check" "$?" "0"
@@ -52,12 +55,18 @@ expect_eq "the playbooks pass ansible's syntax check" "$?" "0"
 out=$("$PLAY" -i "$WORK/inventory.yml" "$A/site.yml" 2>&1)
 rc=$?
 expect_eq "site.yml installs a coordinator and a node" "$rc" "0"
-[ "$rc" = 0 ] || echo "$out" | tail -n 20 | sed 's/^/# /'
+[ "$rc" = 0 ] || { echo "$out" >"${KF_PLAY_LOG:-/dev/null}"; echo "$out" | grep -A3 -E "fatal|failed:|FAILED!|ERROR" | head -n 20 | sed "s/^/# /"; }
 check "keyfleetd.yaml was rendered and checked by keyfleetd" "$KFD" --check-config -c "$ROOT/etc/keyfleet/keyfleetd.yaml"
 check "agent.yaml was rendered and checked by the agent" "$AGENT" -c "$ROOT/etc/keyfleet/agent.yaml" check-config
 expect_eq "private keys are installed 0600" "$(stat -c %a "$ROOT/etc/keyfleet/kfa.key" "$ROOT/etc/keyfleet/n1.key" \
     "$ROOT/var/lib/keyfleet/kek/kek-1.key" | sort -u)" "600"
 check "no key material in the play's output" test "$(grep -c "PRIVATE KEY" <<<"$out")" = 0
+expect_eq "the role installs the initramfs-tools hook, script and UMASK=0077 snippet" \
+    "$(cat "$ROOT/etc/initramfs-tools/conf.d/keyfleet" | grep -v '^#'; stat -c %a "$ROOT/etc/initramfs-tools/hooks/keyfleet" \
+        "$ROOT/etc/initramfs-tools/scripts/local-top/keyfleet")" "UMASK=0077
+755
+755"
+expect_eq "... and makes existing images 0600" "$(stat -c %a "$ROOT/boot/initrd.img-test")" "600"
 out=$("$PLAY" -i "$WORK/inventory.yml" "$A/site.yml" 2>&1)
 expect_match "a second run changes nothing" "$out" "kfa +: ok=[0-9]+ +changed=0 .*n1 +: ok=[0-9]+ +changed=0 "
 

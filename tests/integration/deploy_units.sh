@@ -73,6 +73,14 @@ for hook in initramfs-tools/hooks/keyfleet dracut/90keyfleet/module-setup.sh; do
     expect_match "$hook takes its list from initramfs-files" "$(cat "$D/$hook")" "initramfs-files"
     if grep -q 'sed -n' "$D/$hook"; then not_ok "$hook parses no YAML with sed"; else ok "$hook parses no YAML with sed"; fi
 done
+# The image holds the node's key: the hook refuses to build under a umask that lets others read it.
+mkdir -p "$WORK/initrd"
+out=$(umask 022 && DESTDIR=$WORK/initrd KEYFLEET_CONFIG=$WORK/agent.yaml KEYFLEET_AGENT=$AGENT sh "$D/initramfs-tools/hooks/keyfleet" 2>&1)
+rc=$?
+expect_eq "the initramfs-tools hook refuses umask 022 (exit 1)" "$rc" "1"
+expect_match "... naming the UMASK=0077 snippet" "$out" "umask 0022 would leave the image readable by others.*UMASK=0077"
+expect_eq "... and copies nothing" "$(find "$WORK/initrd" -type f | wc -l)" "0"
+
 expect_eq "the agent links neither libcryptsetup nor tpm2-tss" \
     "$(ldd "$AGENT" | grep -cE 'libcryptsetup|libtss2')" "0"
 finish

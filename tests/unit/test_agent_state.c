@@ -1,0 +1,64 @@
+/* The agent's status file under concurrent writers: at boot one systemd-cryptsetup per volume
+ * (the token plugin), the agent and keyfleet-watch all write it, and no queued offline-unlock
+ * report may be lost to another writer's read-modify-write. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "agent.h"
+
+#include "kf_test_tmpdir.h"
+
+#define WRITERS 4
+#define EACH 25
+
+static void concurrent_queue_and_record_lose_nothing(void **state)
+{
+    (void)state;
+    char file[128];
+    snprintf(file, sizeof(file), "%s/agent-state.json", tmpdir);
+    kfa_config cfg = {.state_file = file};
+    pid_t pids[WRITERS];
+    for (int w = 0; w < WRITERS; w++) {
+        pids[w] = fork();
+        assert_true(pids[w] >= 0);
+        if (pids[w] == 0) {
+            int bad = 0;
+            for (int i = 0; i < EACH; i++) {
+                kfa_volume v = {.kind = KFA_VOL_LUKS2};
+                snprintf(v.id, sizeof(v.id), "vol-%d-%d", w, i);
+                snprintf(v.path, sizeof(v.path), "/dev/w%d", w);
+                bad |= kfa_state_queue_offline(&cfg, &v, "test") != 0;
+                bad |= kfa_state_record(&cfg, v.id, "tpm", "test") != 0;
+            }
+            _exit(bad);
+        }
+    }
+    for (int w = 0; w < WRITERS; w++) {
+        int st = 0;
+        assert_int_equal(waitpid(pids[w], &st, 0), pids[w]);
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0); /* no writer got -EIO */
+    }
+    json_t *root = json_load_file(file, 0, NULL);
+    assert_non_null(root);
+    assert_int_equal(json_array_size(json_object_get(root, "offline_pending")), WRITERS * EACH);
+    assert_int_equal(json_object_size(root), WRITERS * EACH + 1); /* one status per volume, and the queue */
+    json_decref(root);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(concurrent_queue_and_record_lose_nothing),
+    };
+    return cmocka_run_group_tests_name("agent_state", tests, tmpdir_setup, tmpdir_teardown);
+}
