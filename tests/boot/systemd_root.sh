@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The boot units, proven by booting (issue #27): a Debian 12 root with systemd as PID 1 (built by
+# scripts/install-deps with mmdebstrap from tests/boot/systemd-root.packages; this test only
+# unpacks it) boots in QEMU with Debian's kernel, keyfleet installed into it as `cmake --install`
+# puts it, and keyfleet-unlock.service and keyfleet-watch.service enabled the way an
+# administrator enables them (systemctl enable: their [Install] sections, nothing else). A second
+# disk is a LUKS2 volume enrolled from the host and listed in agent.yaml. The root itself is plain
+# ext4 (the root in the initramfs is tests/boot/initramfs_tools.sh's case). A report unit prints
+# what systemd says about both units, the mapping and the boot's journal to the serial console,
+# then powers off. Asserted:
+#   - keyfleet-unlock.service ran in the boot and succeeded (active/exited, status 0);
+#   - the volume is mapped (/dev/mapper/kfdata, cryptsetup status) through keyfleet, and the
+#     coordinator's audit shows the release for this node and volume;
+#   - keyfleet-watch.service is running, started after keyfleet-unlock.service finished, and its
+#     heartbeats reach the coordinator;
+#   - no ordering cycle anywhere in the boot (journal and console);
+#   - the VM powers off cleanly (both units stop).
+. "$(dirname "$0")/../integration/lib.sh"
+. "$(dirname "$0")/vm-lib.sh"
+T_START=$SECONDS
+boot_requirements
+
+ROOT_TAR=${KF_BOOT_ROOT_TAR:-/var/cache/keyfleet/boot-root.tar}
+LIST=$(cd "$(dirname "$0")" && pwd)/systemd-root.packages
+if [ ! -s "$ROOT_TAR" ] || ! cmp -s "$LIST" "${ROOT_TAR%.tar}.packages"; then
+    not_ok "the Debian root $ROOT_TAR is there and built from tests/boot/systemd-root.packages" \
+        "missing or stale: run 'bash scripts/install-deps' (as root; it runs mmdebstrap, which downloads)"
+    finish
+fi
+
+PASS="data-pass-$RANDOM"
+NODE=vm-sd
+F=$WORK/fleet
+fleet_init "$F"
+# The guest dials the coordinator at 10.0.2.100 (guestfwd): its certificate names that too.
+"$CTL" cert issue coordinator coordinator-1 --dir "$F" --out "$F/coordinator" --force \
+    --san DNS:localhost --san IP:127.0.0.1 --san "IP:$COORD_IP" >/dev/null
+issue "$F" node "$NODE"
+start_kfd "$F"
+pin_port "$F"
+allow_nodes "$F" "vm-*"
+
+# The data volume, enrolled from the host (no device-mapper here: activation off).
+DATA=$WORK/data.img
+luks_file "$DATA" "$PASS" >/dev/null
+agent_config "$WORK/host.yaml" "$NODE"
+out=$(printf '%s' "$PASS" | "$AGENT" -c "$WORK/host.yaml" enroll "luks:$DATA" 2>&1)
+expect_match "the data volume is enrolled from the host" "$out" "^enrolled luks2"
+UUID=$(cryptsetup luksUUID "$DATA")
+
+# The root: the Debian tree, keyfleet as installed, the kernel modules the boot needs.
+R=$WORK/root
+mkdir -p "$R"
+tar -xpf "$ROOT_TAR" -C "$R" --numeric-owner || { not_ok "unpack $ROOT_TAR"; finish; }
+install_tree "$R"
+M=/lib/modules/$KVER
+mkdir -p "$R/usr/lib/modules/$KVER"
+cp "$M"/modules.order "$M"/modules.builtin "$M"/modules.builtin.modinfo "$R/usr/lib/modules/$KVER/"
+(cd "$M" && cp -r --parents kernel/drivers/md kernel/drivers/virtio kernel/drivers/block kernel/crypto \
+    kernel/arch/x86/crypto kernel/lib kernel/net/core/failover.ko kernel/drivers/net/net_failover.ko \
+    kernel/drivers/net/virtio_net.ko "$R/usr/lib/modules/$KVER/")
+depmod -b "$R" "$KVER" || not_ok "depmod in the root"
+
+# The node's configuration, as on a node: the coordinator as the guest sees it, the volume by UUID.
+mkdir -p "$R/etc/keyfleet"
+cp "$F/$NODE.crt" "$F/$NODE.key" "$F/ca.crt" "$R/etc/keyfleet/"
+chmod 0600 "$R/etc/keyfleet/$NODE.key"
+cat >"$R/etc/keyfleet/agent.yaml" <<YAML
+coordinators: ["$COORD_IP:$PORT"]
+identity: {cert: $NODE.crt, key: $NODE.key, ca: ca.crt}
+deadline: 90s
+watch_interval: 2s
+volumes:
+  - luks: /dev/disk/by-uuid/$UUID
+    name: kfdata
+YAML
+echo "$NODE" >"$R/etc/hostname"
+printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' >"$R/etc/fstab"
+mkdir -p "$R/etc/systemd/network"
+cat >"$R/etc/systemd/network/10-eth0.network" <<'NET'
+[Match]
+Name=eth0
+
+[Network]
+Address=10.0.2.15/24
+Gateway=10.0.2.2
+NET
+
+# The report: after both units, what systemd says about them, then a clean power-off.
+cat >"$R/usr/local/sbin/kf-boot-report" <<'SH'
+#!/bin/sh
+show() {
+    echo "KF-SHOW $1 $(systemctl show -p ActiveState -p SubState -p Result -p ExecMainStatus \
+        -p ActiveEnterTimestampMonotonic -p ExecMainStartTimestampMonotonic "$1" | tr '\n' ' ')"
+}
+# keyfleet-watch is Type=simple: give it time for a few heartbeats (watch_interval 2s).
+sleep 5
+show keyfleet-unlock.service
+show keyfleet-watch.service
+echo "KF-WANTEDBY $(systemctl show -p WantedBy --value keyfleet-unlock.service)"
+echo "KF-MAPPER $(ls /dev/mapper | tr '\n' ' ')"
+cryptsetup status kfdata 2>&1 | sed 's/^/KF-CRYPTSETUP /'
+echo "KF-FAILED $(systemctl list-units --failed --no-legend --plain | awk '{ print $1 }' | tr '\n' ' ')"
+journalctl -b --no-pager -o short-monotonic -u keyfleet-unlock.service -u keyfleet-watch.service | sed 's/^/KF-UNITLOG /'
+journalctl -b --no-pager -o short-monotonic | grep -E 'ordering cycle|order is cyclic|Job .* deleted to break' | sed 's/^/KF-CYCLE /'
+echo "KF-REPORT-END"
+systemctl --no-block poweroff
+SH
+chmod 0755 "$R/usr/local/sbin/kf-boot-report"
+cat >"$R/etc/systemd/system/kf-boot-report.service" <<'UNIT'
+[Unit]
+Description=keyfleet boot test: report to the serial console
+After=keyfleet-unlock.service keyfleet-watch.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/kf-boot-report
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/console
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+# As an administrator would: enable the two units; nothing else of keyfleet's is touched.
+out=$(systemctl --root="$R" enable systemd-networkd.service systemd-networkd-wait-online.service \
+    keyfleet-unlock.service keyfleet-watch.service kf-boot-report.service 2>&1) ||
+    not_ok "systemctl enable in the root" "$out"
+
+IMG=$WORK/root.img
+size=$(($(du -sm "$R" | cut -f1) + 128))
+mke2fs -q -t ext4 -L kfroot -d "$R" "$IMG" "${size}M" || { not_ok "mke2fs -d the root"; finish; }
+INITRD=$WORK/initrd.img
+plain_initrd "$INITRD"
+T_PREP=$((SECONDS - T_START))
+
+audit_releases() { ctl "$F" audit --json --action release | grep '"decision":"allow"' | grep -c "\"node\":\"$NODE\""; }
+before=$(audit_releases)
+vm_boot_disks_start systemd "$INITRD" "root=/dev/vda rw" "$IMG" "$DATA"
+vm_boot_wait
+if [ ! -s "$WORK/systemd.console" ]; then
+    not_ok "the VM boots (QEMU exit $VM_EXIT)" "no console output; QEMU said: $(tail -n 5 "$WORK/systemd.qemu.log" 2>&1)"
+    finish
+fi
+C=$(cat "$WORK/systemd.console")
+[ -n "${KF_BOOT_KEEP:-}" ] && cp "$WORK/systemd.console" "$KF_BOOT_KEEP/"
+# line REGEX: the first console text from REGEX on (a login prompt may stand before it).
+line() { printf '%s\n' "$C" | grep -o -m 1 -E -- "$1.*"; }
+# console_has DESC REGEX: ok when a console line matches (the console itself is too long to quote).
+console_has() {
+    if grep -E -q -- "$2" "$WORK/systemd.console"; then ok "$1"; else
+        not_ok "$1" "no console line matches /$2/ (KF_BOOT_KEEP=DIR keeps the console)"; fi
+}
+prop() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+
+console_has "systemd runs as PID 1 in the root" "systemd\[1\]: |Welcome to .*Debian"
+console_has "the report ran after the boot units" "KF-REPORT-END"
+U=$(line 'KF-SHOW keyfleet-unlock.service ')
+W=$(line 'KF-SHOW keyfleet-watch.service ')
+expect_eq "keyfleet-unlock.service is active (exited) after the boot" \
+    "$(prop "$U" ActiveState)/$(prop "$U" SubState)" "active/exited"
+expect_eq "... and succeeded (result success, exit status 0)" "$(prop "$U" Result):$(prop "$U" ExecMainStatus)" "success:0"
+console_has "... it unlocked the volume through the coordinator" \
+    "KF-UNITLOG .*luks2 /dev/disk/by-uuid/$UUID: unlocked"
+expect_match "the mapping is open: /dev/mapper/kfdata" "$(line 'KF-MAPPER ')" "kfdata"
+expect_match "... cryptsetup status: active, on the second disk" "$(printf '%s\n' "$C" | grep 'KF-CRYPTSETUP')" \
+    "/dev/mapper/kfdata is active.*device: +/dev/vdb"
+expect_eq "the audit shows one more release, for $NODE" "$(audit_releases)" "$((before + 1))"
+expect_match "... of that volume" "$(ctl "$F" audit --json --action release | grep "\"node\":\"$NODE\"")" "$UUID"
+expect_eq "keyfleet-watch.service is running" "$(prop "$W" ActiveState)/$(prop "$W" SubState)" "active/running"
+u_done=$(prop "$U" ActiveEnterTimestampMonotonic)
+w_start=$(prop "$W" ExecMainStartTimestampMonotonic)
+if [ -n "$u_done" ] && [ -n "$w_start" ] && [ "$u_done" -gt 0 ] && [ "$w_start" -ge "$u_done" ]; then
+    ok "keyfleet-watch started after keyfleet-unlock finished (${w_start} >= ${u_done} us)"
+else
+    not_ok "keyfleet-watch started after keyfleet-unlock finished" "watch started at '$w_start', unlock done at '$u_done'"
+fi
+console_has "... and it watches" "KF-UNITLOG .*event=watching"
+# Only the VM sends heartbeats to this coordinator.
+beats=$(kcurl "$F" operator "$URL/metrics" | awk '/^keyfleet_rpc_requests_total\{method="keyfleet.v1.NodeService\/Heartbeat",code="ok"\}/ { print $2 }')
+if [ "${beats:-0}" -ge 1 ] 2>/dev/null && ! grep -q 'KF-UNITLOG .*heartbeat_failed' "$WORK/systemd.console"; then
+    ok "... its heartbeats reach the coordinator ($beats answered, none failed)"
+else
+    not_ok "... its heartbeats reach the coordinator" "answered: '${beats:-}'; $(grep -m 1 heartbeat_failed "$WORK/systemd.console")"
+fi
+expect_eq "no failed unit in the boot" "$(line 'KF-FAILED ' | sed 's/^KF-FAILED *//')" ""
+if printf '%s\n' "$C" | grep -E -q 'ordering cycle|order is cyclic|deleted to break'; then
+    not_ok "no ordering cycle in the boot" "$(printf '%s\n' "$C" | grep -E -m 3 'ordering cycle|order is cyclic|deleted to break')"
+else
+    ok "no ordering cycle in the boot (journal and console)"
+fi
+expect_eq "the VM powered off by itself (clean shutdown, within ${BOOT_TIMEOUT}s)" "$VM_EXIT" "0"
+
+T_BOOT=$(console_time systemd 'KF-REPORT-END')
+echo "# timing: preparing the root and initramfs ${T_PREP}s; VM start to the report ${T_BOOT:-?}s (5 s of it the" \
+    "report's own wait); whole test $((SECONDS - T_START))s"
+finish
