@@ -40,9 +40,16 @@ start_kfd "$F"
 pin_port "$F"
 allow_nodes "$F" "vm-*"
 
-# The data volume, enrolled from the host (no device-mapper here: activation off).
+# The data volume: ext4 holding a marker, encrypted in place (no device-mapper here), enrolled
+# from the host (activation off). The guest mounts it from /etc/fstab as a _netdev file system.
 DATA=$WORK/data.img
-luks_file "$DATA" "$PASS" >/dev/null
+MARK="keyfleet-data-$RANDOM$RANDOM"
+mkdir -p "$WORK/datafs"
+echo "$MARK" >"$WORK/datafs/marker"
+mke2fs -q -t ext4 -L kfdata -d "$WORK/datafs" "$DATA" 8M && truncate -s +16M "$DATA" &&
+    printf '%s' "$PASS" | cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --batch-mode \
+        --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "$DATA" >/dev/null ||
+    { not_ok "the data volume is made"; finish; }
 agent_config "$WORK/host.yaml" "$NODE"
 out=$(printf '%s' "$PASS" | "$AGENT" -c "$WORK/host.yaml" enroll "luks:$DATA" 2>&1)
 expect_match "the data volume is enrolled from the host" "$out" "^enrolled luks2"
@@ -75,7 +82,10 @@ volumes:
     name: kfdata
 YAML
 echo "$NODE" >"$R/etc/hostname"
-printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' >"$R/etc/fstab"
+# The data volume is mounted as a network-dependent file system: _netdev puts it after
+# remote-fs-pre.target, which keyfleet-unlock.service is ordered before (and pulls in).
+printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n/dev/mapper/kfdata /srv/kfdata ext4 _netdev 0 2\n' >"$R/etc/fstab"
+mkdir -p "$R/srv/kfdata"
 mkdir -p "$R/etc/systemd/network"
 cat >"$R/etc/systemd/network/10-eth0.network" <<'NET'
 [Match]
@@ -97,6 +107,9 @@ show() {
 sleep 5
 show keyfleet-unlock.service
 show keyfleet-watch.service
+show remote-fs-pre.target
+echo "KF-MOUNT $(systemctl show -p ActiveState -p InactiveExitTimestampMonotonic srv-kfdata.mount | tr '\n' ' ')" \
+    "$(findmnt -n -o SOURCE,FSTYPE /srv/kfdata) marker=$(cat /srv/kfdata/marker 2>&1)"
 echo "KF-WANTEDBY $(systemctl show -p WantedBy --value keyfleet-unlock.service)"
 echo "KF-MAPPER $(ls /dev/mapper | tr '\n' ' ')"
 cryptsetup status kfdata 2>&1 | sed 's/^/KF-CRYPTSETUP /'
@@ -157,6 +170,7 @@ console_has "systemd runs as PID 1 in the root" "systemd\[1\]: |Welcome to .*Deb
 console_has "the report ran after the boot units" "KF-REPORT-END"
 U=$(line 'KF-SHOW keyfleet-unlock.service ')
 W=$(line 'KF-SHOW keyfleet-watch.service ')
+u_done=$(prop "$U" ActiveEnterTimestampMonotonic)
 expect_eq "keyfleet-unlock.service is active (exited) after the boot" \
     "$(prop "$U" ActiveState)/$(prop "$U" SubState)" "active/exited"
 expect_eq "... and succeeded (result success, exit status 0)" "$(prop "$U" Result):$(prop "$U" ExecMainStatus)" "success:0"
@@ -167,8 +181,24 @@ expect_match "... cryptsetup status: active, on the second disk" "$(printf '%s\n
     "/dev/mapper/kfdata is active.*device: +/dev/vdb"
 expect_eq "the audit shows one more release, for $NODE" "$(audit_releases)" "$((before + 1))"
 expect_match "... of that volume" "$(ctl "$F" audit --json --action release | grep "\"node\":\"$NODE\"")" "$UUID"
+P=$(line 'KF-SHOW remote-fs-pre.target ')
+p_done=$(prop "$P" ActiveEnterTimestampMonotonic)
+if [ "$(prop "$P" ActiveState)" = active ] && [ -n "$u_done" ] && [ "$u_done" -gt 0 ] && [ "${p_done:-0}" -ge "$u_done" ]; then
+    ok "remote-fs-pre.target is in the boot, reached after keyfleet-unlock finished (${p_done} >= ${u_done} us)"
+else
+    not_ok "remote-fs-pre.target is in the boot, reached after keyfleet-unlock finished" \
+        "remote-fs-pre.target: $(prop "$P" ActiveState) at '$p_done', unlock done at '$u_done'"
+fi
+MNT=$(line 'KF-MOUNT ')
+expect_match "the volume's file system is mounted from fstab (_netdev) and holds the host's marker" "$MNT" \
+    "ActiveState=active .*/dev/mapper/kfdata ext4 marker=$MARK"
+m_start=$(prop "$MNT" InactiveExitTimestampMonotonic)
+if [ -n "$u_done" ] && [ -n "$m_start" ] && [ "$u_done" -gt 0 ] && [ "$m_start" -ge "$u_done" ]; then
+    ok "... mounted after keyfleet-unlock finished (${m_start} >= ${u_done} us)"
+else
+    not_ok "... mounted after keyfleet-unlock finished" "mount started at '$m_start', unlock done at '$u_done'"
+fi
 expect_eq "keyfleet-watch.service is running" "$(prop "$W" ActiveState)/$(prop "$W" SubState)" "active/running"
-u_done=$(prop "$U" ActiveEnterTimestampMonotonic)
 w_start=$(prop "$W" ExecMainStartTimestampMonotonic)
 if [ -n "$u_done" ] && [ -n "$w_start" ] && [ "$u_done" -gt 0 ] && [ "$w_start" -ge "$u_done" ]; then
     ok "keyfleet-watch started after keyfleet-unlock finished (${w_start} >= ${u_done} us)"
