@@ -83,8 +83,9 @@ volumes:
 YAML
 echo "$NODE" >"$R/etc/hostname"
 # The data volume is mounted as a network-dependent file system: _netdev puts it after
-# remote-fs-pre.target, which keyfleet-unlock.service is ordered before (and pulls in).
-printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n/dev/mapper/kfdata /srv/kfdata ext4 _netdev 0 2\n' >"$R/etc/fstab"
+# remote-fs-pre.target, which keyfleet-unlock.service is ordered before (and pulls in). Its
+# device timeout bounds the boot when the unlock does not run (the test then fails sooner).
+printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n/dev/mapper/kfdata /srv/kfdata ext4 _netdev,x-systemd.device-timeout=40s 0 2\n' >"$R/etc/fstab"
 mkdir -p "$R/srv/kfdata"
 mkdir -p "$R/etc/systemd/network"
 cat >"$R/etc/systemd/network/10-eth0.network" <<'NET'
@@ -96,7 +97,7 @@ Address=10.0.2.15/24
 Gateway=10.0.2.2
 NET
 
-# The report: after both units, what systemd says about them, then a clean power-off.
+# The report: after both units and the remote mounts, what systemd says, then a clean power-off.
 cat >"$R/usr/local/sbin/kf-boot-report" <<'SH'
 #!/bin/sh
 show() {
@@ -123,7 +124,7 @@ chmod 0755 "$R/usr/local/sbin/kf-boot-report"
 cat >"$R/etc/systemd/system/kf-boot-report.service" <<'UNIT'
 [Unit]
 Description=keyfleet boot test: report to the serial console
-After=keyfleet-unlock.service keyfleet-watch.service
+After=keyfleet-unlock.service keyfleet-watch.service remote-fs.target
 
 [Service]
 Type=oneshot
