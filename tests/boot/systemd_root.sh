@@ -4,13 +4,17 @@
 # unpacks it) boots in QEMU with Debian's kernel, keyfleet installed into it as `cmake --install`
 # puts it, and keyfleet-unlock.service and keyfleet-watch.service enabled the way an
 # administrator enables them (systemctl enable: their [Install] sections, nothing else). A second
-# disk is a LUKS2 volume enrolled from the host and listed in agent.yaml. The root itself is plain
-# ext4 (the root in the initramfs is tests/boot/initramfs_tools.sh's case). A report unit prints
-# what systemd says about both units, the mapping and the boot's journal to the serial console,
-# then powers off. Asserted:
+# disk is a LUKS2 volume enrolled from the host and listed in agent.yaml; a third one is in
+# /etc/crypttab, for systemd-cryptsetup and keyfleet's token plugin; both are mounted from
+# /etc/fstab with _netdev. The root itself is plain ext4 (the root in the initramfs is
+# tests/boot/initramfs_tools.sh's case). A report unit prints what systemd says about the units,
+# the mappings, the mounts and the boot's journal to the serial console, then powers off. Asserted:
 #   - keyfleet-unlock.service ran in the boot and succeeded (active/exited, status 0);
 #   - the volume is mapped (/dev/mapper/kfdata, cryptsetup status) through keyfleet, and the
 #     coordinator's audit shows the release for this node and volume;
+#   - its _netdev mount comes after it (remote-fs-pre.target), and holds what the host wrote;
+#   - the crypttab volume is opened by systemd-cryptsetup through the token plugin and mounted,
+#     though remote-cryptsetup.target is not in the boot (as Debian 12 ships);
 #   - keyfleet-watch.service is running, started after keyfleet-unlock.service finished, and its
 #     heartbeats reach the coordinator;
 #   - no ordering cycle anywhere in the boot (journal and console);
@@ -40,20 +44,29 @@ start_kfd "$F"
 pin_port "$F"
 allow_nodes "$F" "vm-*"
 
-# The data volume: ext4 holding a marker, encrypted in place (no device-mapper here), enrolled
-# from the host (activation off). The guest mounts it from /etc/fstab as a _netdev file system.
-DATA=$WORK/data.img
+# The volumes: ext4 holding a marker, encrypted in place (no device-mapper here), enrolled from
+# the host (activation off). The guest mounts both from /etc/fstab as _netdev file systems:
+# kfdata is listed in agent.yaml (keyfleet-unlock.service opens it), kfcrypt in /etc/crypttab
+# (systemd-cryptsetup opens it through keyfleet's token plugin).
 MARK="keyfleet-data-$RANDOM$RANDOM"
-mkdir -p "$WORK/datafs"
-echo "$MARK" >"$WORK/datafs/marker"
-mke2fs -q -t ext4 -L kfdata -d "$WORK/datafs" "$DATA" 8M && truncate -s +16M "$DATA" &&
-    printf '%s' "$PASS" | cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --batch-mode \
-        --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "$DATA" >/dev/null ||
-    { not_ok "the data volume is made"; finish; }
 agent_config "$WORK/host.yaml" "$NODE"
-out=$(printf '%s' "$PASS" | "$AGENT" -c "$WORK/host.yaml" enroll "luks:$DATA" 2>&1)
-expect_match "the data volume is enrolled from the host" "$out" "^enrolled luks2"
+# volume FILE NAME: makes and enrolls it.
+volume() {
+    mkdir -p "$WORK/$2fs"
+    echo "$2-$MARK" >"$WORK/$2fs/marker"
+    mke2fs -q -t ext4 -L "$2" -d "$WORK/$2fs" "$1" 8M && truncate -s +16M "$1" &&
+        printf '%s' "$PASS" | cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 16M --batch-mode \
+            --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "$1" >/dev/null ||
+        { not_ok "the volume $2 is made"; finish; }
+    out=$(printf '%s' "$PASS" | "$AGENT" -c "$WORK/host.yaml" enroll "luks:$1" 2>&1)
+    expect_match "the volume $2 is enrolled from the host" "$out" "^enrolled luks2"
+}
+DATA=$WORK/data.img
+CRYPT=$WORK/crypt.img
+volume "$DATA" kfdata
+volume "$CRYPT" kfcrypt
 UUID=$(cryptsetup luksUUID "$DATA")
+CUUID=$(cryptsetup luksUUID "$CRYPT")
 
 # The root: the Debian tree, keyfleet as installed, the kernel modules the boot needs.
 R=$WORK/root
@@ -85,8 +98,13 @@ echo "$NODE" >"$R/etc/hostname"
 # The data volume is mounted as a network-dependent file system: _netdev puts it after
 # remote-fs-pre.target, which keyfleet-unlock.service is ordered before (and pulls in). Its
 # device timeout bounds the boot when the unlock does not run (the test then fails sooner).
-printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n/dev/mapper/kfdata /srv/kfdata ext4 _netdev,x-systemd.device-timeout=40s 0 2\n' >"$R/etc/fstab"
-mkdir -p "$R/srv/kfdata"
+{
+    echo "/dev/vda / ext4 rw,errors=remount-ro 0 1"
+    echo "/dev/mapper/kfdata /srv/kfdata ext4 _netdev,x-systemd.device-timeout=40s 0 2"
+    echo "/dev/mapper/kfcrypt /srv/kfcrypt ext4 _netdev,x-systemd.device-timeout=40s 0 2"
+} >"$R/etc/fstab"
+echo "kfcrypt UUID=$CUUID none luks,_netdev" >"$R/etc/crypttab"
+mkdir -p "$R/srv/kfdata" "$R/srv/kfcrypt"
 mkdir -p "$R/etc/systemd/network"
 cat >"$R/etc/systemd/network/10-eth0.network" <<'NET'
 [Match]
@@ -111,6 +129,10 @@ show keyfleet-watch.service
 show remote-fs-pre.target
 echo "KF-MOUNT $(systemctl show -p ActiveState -p InactiveExitTimestampMonotonic srv-kfdata.mount | tr '\n' ' ')" \
     "$(findmnt -n -o SOURCE,FSTYPE /srv/kfdata) marker=$(cat /srv/kfdata/marker 2>&1)"
+show systemd-cryptsetup@kfcrypt.service
+show remote-cryptsetup.target
+echo "KF-CMOUNT $(findmnt -n -o SOURCE,FSTYPE /srv/kfcrypt) marker=$(cat /srv/kfcrypt/marker 2>&1)"
+journalctl -b --no-pager -o short-monotonic -u systemd-cryptsetup@kfcrypt.service | sed 's/^/KF-CRYPTLOG /'
 echo "KF-WANTEDBY $(systemctl show -p WantedBy --value keyfleet-unlock.service)"
 echo "KF-MAPPER $(ls /dev/mapper | tr '\n' ' ')"
 cryptsetup status kfdata 2>&1 | sed 's/^/KF-CRYPTSETUP /'
@@ -150,7 +172,7 @@ T_PREP=$((SECONDS - T_START))
 
 audit_releases() { ctl "$F" audit --json --action release | grep '"decision":"allow"' | grep -c "\"node\":\"$NODE\""; }
 before=$(audit_releases)
-vm_boot_disks_start systemd "$INITRD" "root=/dev/vda rw" "$IMG" "$DATA"
+vm_boot_disks_start systemd "$INITRD" "root=/dev/vda rw" "$IMG" "$DATA" "$CRYPT"
 vm_boot_wait
 if [ ! -s "$WORK/systemd.console" ]; then
     not_ok "the VM boots (QEMU exit $VM_EXIT)" "no console output; QEMU said: $(tail -n 5 "$WORK/systemd.qemu.log" 2>&1)"
@@ -180,8 +202,9 @@ console_has "... it unlocked the volume through the coordinator" \
 expect_match "the mapping is open: /dev/mapper/kfdata" "$(line 'KF-MAPPER ')" "kfdata"
 expect_match "... cryptsetup status: active, on the second disk" "$(printf '%s\n' "$C" | grep 'KF-CRYPTSETUP')" \
     "/dev/mapper/kfdata is active.*device: +/dev/vdb"
-expect_eq "the audit shows one more release, for $NODE" "$(audit_releases)" "$((before + 1))"
-expect_match "... of that volume" "$(ctl "$F" audit --json --action release | grep "\"node\":\"$NODE\"")" "$UUID"
+expect_eq "the audit shows two more releases for $NODE (one per volume)" "$(audit_releases)" "$((before + 2))"
+expect_match "... one of that volume" \
+    "$(ctl "$F" audit --json --action release | grep "\"node\":\"$NODE\"" | grep '"decision":"allow"')" "$UUID"
 P=$(line 'KF-SHOW remote-fs-pre.target ')
 p_done=$(prop "$P" ActiveEnterTimestampMonotonic)
 if [ "$(prop "$P" ActiveState)" = active ] && [ -n "$u_done" ] && [ "$u_done" -gt 0 ] && [ "${p_done:-0}" -ge "$u_done" ]; then
@@ -192,13 +215,25 @@ else
 fi
 MNT=$(line 'KF-MOUNT ')
 expect_match "the volume's file system is mounted from fstab (_netdev) and holds the host's marker" "$MNT" \
-    "ActiveState=active .*/dev/mapper/kfdata ext4 marker=$MARK"
+    "ActiveState=active .*/dev/mapper/kfdata ext4 marker=kfdata-$MARK"
 m_start=$(prop "$MNT" InactiveExitTimestampMonotonic)
 if [ -n "$u_done" ] && [ -n "$m_start" ] && [ "$u_done" -gt 0 ] && [ "$m_start" -ge "$u_done" ]; then
     ok "... mounted after keyfleet-unlock finished (${m_start} >= ${u_done} us)"
 else
     not_ok "... mounted after keyfleet-unlock finished" "mount started at '$m_start', unlock done at '$u_done'"
 fi
+# crypttab: systemd-cryptsetup, through the token plugin, with no keyfleet unit involved.
+S=$(line 'KF-SHOW systemd-cryptsetup@kfcrypt.service ')
+expect_eq "crypttab: systemd-cryptsetup@kfcrypt.service is active (exited), result success" \
+    "$(prop "$S" ActiveState)/$(prop "$S" SubState)/$(prop "$S" Result)" "active/exited/success"
+console_has "... the token plugin got the key from the coordinator (systemd-cryptsetup's journal)" \
+    "KF-CRYPTLOG .*systemd-cryptsetup\[[0-9]+\]: keyfleet: /dev/disk/by-uuid/$CUUID: key released"
+expect_match "... and its _netdev mount holds the host's marker" "$(line 'KF-CMOUNT ')" \
+    "/dev/mapper/kfcrypt ext4 marker=kfcrypt-$MARK"
+expect_eq "... though remote-cryptsetup.target is not in the boot (Debian 12 does not enable it)" \
+    "$(prop "$(line 'KF-SHOW remote-cryptsetup.target ')" ActiveState)" "inactive"
+expect_match "the audit shows that release too" \
+    "$(ctl "$F" audit --json --action release | grep "\"node\":\"$NODE\"" | grep '"decision":"allow"')" "$CUUID"
 expect_eq "keyfleet-watch.service is running" "$(prop "$W" ActiveState)/$(prop "$W" SubState)" "active/running"
 w_start=$(prop "$W" ExecMainStartTimestampMonotonic)
 if [ -n "$u_done" ] && [ -n "$w_start" ] && [ "$u_done" -gt 0 ] && [ "$w_start" -ge "$u_done" ]; then
