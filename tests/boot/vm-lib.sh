@@ -223,3 +223,50 @@ dracut_image() {
         --add "systemd systemd-networkd crypt keyfleet" --omit "plymouth i18n btrfs lvm mdraid multipath nfs iscsi fcoe" \
         --include "$VMCONF" /etc/keyfleet "$1"
 }
+
+# vm_boot_disks_start NAME INITRD CMDLINE DISK...: as vm_boot_start, with one virtio disk per DISK
+# in order (vda, vdb, ...), 768 MiB for a full systemd, and CMDLINE added after console= and
+# panic=. vm_boot_wait, console_wait and console_time work on it as on vm_boot_start.
+vm_boot_disks_start() {
+    local name=$1 initrd=$2 cmdline=$3
+    shift 3
+    local base=$WORK/$name drives=() d
+    for d in "$@"; do drives+=(-drive "file=$d,format=raw,if=virtio"); done
+    rm -f "$base.in" "$base.out" "$base.console"
+    mkfifo "$base.in" "$base.out"
+    VM_T0=$(date +%s.%N)
+    (
+        start=$VM_T0
+        while IFS= read -r line; do
+            printf '%s %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.2f", a - b }')" \
+                "${line%$'\r'}"
+        done <"$base.out" >"$base.console"
+    ) &
+    VM_READER=$!
+    sleep "$BOOT_TIMEOUT" >"$base.in" &
+    VM_HOLD=$!
+    timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -machine q35 -m 768 -smp 1 -display none -no-reboot \
+        -kernel "/boot/vmlinuz-$KVER" -initrd "$initrd" \
+        -append "console=ttyS0 panic=-1 net.ifnames=0 $cmdline" \
+        "${drives[@]}" \
+        -netdev "user,id=n0,restrict=on,guestfwd=tcp:$COORD_IP:$PORT-cmd:socat - TCP:127.0.0.1:$PORT" \
+        -device virtio-net-pci,netdev=n0 \
+        -chardev "pipe,id=ser0,path=$base" -serial chardev:ser0 -monitor none \
+        >"$base.qemu.log" 2>&1 &
+    VM_PID=$!
+    PIDS+=("$VM_PID" "$VM_HOLD" "$VM_READER")
+}
+
+# plain_initrd OUT: an initramfs-tools image from the host's configuration with only the virtio
+# disk drivers (MODULES=list) and nothing of keyfleet: it mounts an unencrypted ext4 root=.
+plain_initrd() {
+    local out=$1 conf=$WORK/initramfs-plain
+    rm -rf "$conf"
+    cp -a /etc/initramfs-tools "$conf"
+    sed -i 's/^MODULES=.*/MODULES=list/' "$conf/initramfs.conf"
+    printf 'virtio_pci\nvirtio_blk\n' >"$conf/modules"
+    if ! mkinitramfs -d "$conf" -o "$out" "$KVER" >"$WORK/mkinitramfs-plain.log" 2>&1; then
+        not_ok "mkinitramfs builds a plain image" "$(tail -n 20 "$WORK/mkinitramfs-plain.log")"
+        finish
+    fi
+}

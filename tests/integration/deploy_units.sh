@@ -13,9 +13,11 @@ rc=$?
 expect_eq "systemd-analyze verify passes on the three units" "$rc:$out" "0:"
 
 # The whole boot transaction, whatever this host has installed: a root holding systemd's own
-# units, the ZFS units' ordering (tests/systemd-standin), remote-cryptsetup.target enabled as
-# Debian's presets do, and keyfleet's units enabled as their [Install] sections say. An ordering
-# cycle there fails a real boot (issue #27), though verify still exits 0: the log is the verdict.
+# units, the ZFS units' ordering (tests/systemd-standin), and keyfleet's units enabled as their
+# [Install] sections say. An ordering cycle there fails a real boot (issue #27), though verify
+# still exits 0: the log is the verdict. Checked twice: as Debian 12 ships (remote-cryptsetup.target
+# not enabled: Debian applies no presets), and with it enabled (upstream's preset, other distros).
+# tests/boot/systemd_root.sh boots the Debian case for real.
 R=$WORK/root
 mkdir -p "$R/usr/lib/systemd" "$R/etc/systemd/system" "$R/usr/sbin" "$R/etc/keyfleet"
 cp -a /lib/systemd/system "$R/usr/lib/systemd/"
@@ -27,12 +29,17 @@ ln -sf /usr/lib/systemd/system/multi-user.target "$R/etc/systemd/system/default.
 # run in verify): it pulls local-fs-pre.target into the transaction.
 mkdir -p "$R/etc/systemd/system/local-fs.target.wants"
 ln -sf /usr/lib/systemd/system/systemd-remount-fs.service "$R/etc/systemd/system/local-fs.target.wants/"
-systemctl --root="$R" enable remote-cryptsetup.target zfs.target zfs-mount.service zfs-import.target \
+systemctl --root="$R" enable zfs.target zfs-mount.service zfs-import.target \
     keyfleetd.service keyfleet-unlock.service keyfleet-watch.service >/dev/null 2>&1
 out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --root="$R" --man=no default.target 2>&1)
 expect_eq "default.target with keyfleet's units enabled: no ordering cycle, no warning" "$out" ""
-expect_match "... and keyfleet-unlock.service is in that transaction (remote-cryptsetup.target wants it)" \
-    "$(ls "$R/etc/systemd/system/remote-cryptsetup.target.wants/")" "keyfleet-unlock.service"
+expect_match "... and keyfleet-unlock.service is in that transaction (multi-user.target wants it)" \
+    "$(ls "$R/etc/systemd/system/multi-user.target.wants/")" "keyfleet-unlock.service"
+systemctl --root="$R" enable remote-cryptsetup.target >/dev/null 2>&1
+out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --root="$R" --man=no default.target 2>&1)
+expect_eq "... also with remote-cryptsetup.target enabled: no ordering cycle, no warning" "$out" ""
+expect_match "... which wants keyfleet-unlock.service too" \
+    "$(ls "$R/etc/systemd/system/remote-cryptsetup.target.wants/" 2>&1)" "keyfleet-unlock.service"
 
 svc=$(cat "$D/systemd/keyfleetd.service")
 for directive in "User=keyfleet" "StateDirectory=keyfleet" "NoNewPrivileges=yes" "ProtectSystem=strict" \
@@ -43,6 +50,8 @@ unlock=$(cat "$D/systemd/keyfleet-unlock.service")
 expect_match "keyfleet-unlock.service is a oneshot that remains after exit" "$unlock" "Type=oneshot .*RemainAfterExit=yes"
 expect_match "... ordered after the network and zfs-import" "$unlock" "After=network-online.target zfs-import.target"
 expect_match "... and before the remote file systems, as _netdev devices are" "$unlock" "Before=remote-cryptsetup.target"
+expect_match "... pulling in remote-fs-pre.target (passive: whoever must run before remote mounts pulls it)" \
+    "$(printf '%s\n' "$unlock" | grep -E '^Wants=')" "remote-fs-pre.target"
 expect_match "... runs the agent's unlock --all" "$unlock" "ExecStart=/usr/sbin/keyfleet-agent -c /etc/keyfleet/agent.yaml unlock --all"
 watch=$(cat "$D/systemd/keyfleet-watch.service")
 expect_match "keyfleet-watch.service runs the agent's watch after the boot unlock" "$watch" \
