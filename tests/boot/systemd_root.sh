@@ -103,7 +103,7 @@ echo "$NODE" >"$R/etc/hostname"
     echo "/dev/mapper/kfdata /srv/kfdata ext4 _netdev,x-systemd.device-timeout=40s 0 2"
     echo "/dev/mapper/kfcrypt /srv/kfcrypt ext4 _netdev,x-systemd.device-timeout=40s 0 2"
 } >"$R/etc/fstab"
-echo "kfcrypt UUID=$CUUID none luks,_netdev" >"$R/etc/crypttab"
+echo "kfcrypt UUID=$CUUID none luks,_netdev,token-timeout=60s" >"$R/etc/crypttab"
 mkdir -p "$R/srv/kfdata" "$R/srv/kfcrypt"
 mkdir -p "$R/etc/systemd/network"
 cat >"$R/etc/systemd/network/10-eth0.network" <<'NET'
