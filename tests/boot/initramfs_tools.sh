@@ -18,19 +18,8 @@ root_image "$WORK/root-approval.img" "$PASS" # its own LUKS UUID: a volume of it
 enroll_root "$WORK/root.img"
 enroll_root "$WORK/root-approval.img" --label approval=yes
 
-CONFDIR=$WORK/initramfs-tools
-cp -a /etc/initramfs-tools "$CONFDIR"
-mkdir -p "$CONFDIR/hooks" "$CONFDIR/scripts/local-top" "$CONFDIR/conf.d"
-cp "$INST/usr/share/initramfs-tools/hooks/keyfleet" "$CONFDIR/hooks/"
-cp "$INST/usr/share/initramfs-tools/scripts/local-top/keyfleet" "$CONFDIR/scripts/local-top/"
-cp "$INST/usr/share/initramfs-tools/conf.d/keyfleet" "$CONFDIR/conf.d/"
 INITRD=$WORK/initrd.img
-if ! KEYFLEET_CONFIG=$VMCONF/agent.yaml KEYFLEET_AGENT=$INST/usr/sbin/keyfleet-agent \
-    KEYFLEET_KEYSCRIPT=$INST/usr/lib/keyfleet/keyscript \
-    mkinitramfs -d "$CONFDIR" -o "$INITRD" "$KVER" >"$WORK/mkinitramfs.log" 2>&1; then
-    not_ok "mkinitramfs builds the image" "$(tail -n 20 "$WORK/mkinitramfs.log")"
-    finish
-fi
+keyfleet_initrd "$INITRD"
 expect_eq "the image is created 0600 (it holds the node's key)" "$(stat -c %a "$INITRD")" "600"
 listing=$(lsinitramfs "$INITRD")
 expect_match "the image holds the node key" "$listing" "${VMCONF#/}/vm-1.key"

@@ -46,19 +46,8 @@ swtpm socket --tpmstate dir="$TPMDIR" --tpm2 --ctrl type=unixio,path="$TPMDIR/so
 for _ in $(seq 1 100); do [ -S "$TPMDIR/sock" ] && [ -s "$TPMDIR/pid" ] && break; sleep 0.05; done
 PIDS+=("$(cat "$TPMDIR/pid")")
 
-CONFDIR=$WORK/initramfs-tools
-cp -a /etc/initramfs-tools "$CONFDIR"
-mkdir -p "$CONFDIR/hooks" "$CONFDIR/scripts/local-top" "$CONFDIR/conf.d"
-cp "$INST/usr/share/initramfs-tools/hooks/keyfleet" "$CONFDIR/hooks/"
-cp "$INST/usr/share/initramfs-tools/scripts/local-top/keyfleet" "$CONFDIR/scripts/local-top/"
-cp "$INST/usr/share/initramfs-tools/conf.d/keyfleet" "$CONFDIR/conf.d/"
 INITRD=$WORK/initrd.img
-if ! KEYFLEET_CONFIG=$VMCONF/agent.yaml KEYFLEET_AGENT=$INST/usr/sbin/keyfleet-agent \
-    KEYFLEET_KEYSCRIPT=$INST/usr/lib/keyfleet/keyscript \
-    mkinitramfs -d "$CONFDIR" -o "$INITRD" "$KVER" >"$WORK/mkinitramfs.log" 2>&1; then
-    not_ok "mkinitramfs builds the image" "$(tail -n 20 "$WORK/mkinitramfs.log")"
-    finish
-fi
+keyfleet_initrd "$INITRD"
 expect_match "the image holds tpm2-tss and its device TCTI" "$(lsinitramfs "$INITRD")" "libtss2-tcti-device.so.0"
 
 CMDLINE="root=/dev/mapper/cryptroot ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off"

@@ -113,6 +113,25 @@ enroll_root() {
     expect_match "${img##*/} is enrolled from the host${*:+ ($*)}" "$out" "^enrolled luks2"
 }
 
+# keyfleet_initrd FILE: an initramfs built by the real mkinitramfs from a copy of the host's
+# /etc/initramfs-tools plus keyfleet's hook, local-top script and UMASK snippet as installed in
+# $INST, for the node config $VMCONF/agent.yaml. not ok (and finish) when mkinitramfs fails.
+keyfleet_initrd() {
+    local confdir=$WORK/initramfs-tools
+    rm -rf "$confdir"
+    cp -a /etc/initramfs-tools "$confdir"
+    mkdir -p "$confdir/hooks" "$confdir/scripts/local-top" "$confdir/conf.d"
+    cp "$INST/usr/share/initramfs-tools/hooks/keyfleet" "$confdir/hooks/"
+    cp "$INST/usr/share/initramfs-tools/scripts/local-top/keyfleet" "$confdir/scripts/local-top/"
+    cp "$INST/usr/share/initramfs-tools/conf.d/keyfleet" "$confdir/conf.d/"
+    if ! KEYFLEET_CONFIG=$VMCONF/agent.yaml KEYFLEET_AGENT=$INST/usr/sbin/keyfleet-agent \
+        KEYFLEET_KEYSCRIPT=$INST/usr/lib/keyfleet/keyscript \
+        mkinitramfs -d "$confdir" -o "$1" "$KVER" >"$WORK/mkinitramfs.log" 2>&1; then
+        not_ok "mkinitramfs builds the image" "$(tail -n 20 "$WORK/mkinitramfs.log")"
+        finish
+    fi
+}
+
 # root_add_agent DIR: keyfleet-agent as installed in $INST, the libraries it links and loads
 # (libcryptsetup, tpm2-tss), and the node's config ($VMCONF as /etc/keyfleet), into DIR.
 root_add_agent() {
@@ -133,38 +152,11 @@ root_add_agent() {
     done
 }
 
-# vm_boot NAME IMAGE INITRD [KERNEL ARGS...]: boots (with $VM_QEMU_EXTRA, word-split, added to
-# QEMU's arguments), console to $WORK/NAME.console with host
-# timestamps (seconds since the start), and the guest's input from the FIFO $WORK/NAME.in
-# (type_on_console writes to it). Returns when the VM powers off or after BOOT_TIMEOUT s.
+# vm_boot_start NAME IMAGE INITRD [KERNEL ARGS...]: vm_boot_disks_start with IMAGE as the only disk.
 vm_boot_start() {
     local name=$1 img=$2 initrd=$3
     shift 3
-    local base=$WORK/$name
-    rm -f "$base.in" "$base.out" "$base.console"
-    mkfifo "$base.in" "$base.out"
-    VM_T0=$(date +%s.%N)
-    (
-        start=$VM_T0
-        while IFS= read -r line; do
-            printf '%s %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.2f", a - b }')" \
-                "${line%$'\r'}"
-        done <"$base.out" >"$base.console"
-    ) &
-    VM_READER=$!
-    # Holds the input FIFO open so that QEMU never sees end of file on it.
-    sleep "$BOOT_TIMEOUT" >"$base.in" &
-    VM_HOLD=$!
-    timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -machine q35 -m 512 -smp 1 -display none -no-reboot \
-        -kernel "/boot/vmlinuz-$KVER" -initrd "$initrd" \
-        -append "console=ttyS0 panic=-1 net.ifnames=0 $*" \
-        -drive "file=$img,format=raw,if=virtio" \
-        -netdev "user,id=n0,restrict=on,guestfwd=tcp:$COORD_IP:$PORT-cmd:socat - TCP:127.0.0.1:$PORT" \
-        -device virtio-net-pci,netdev=n0 ${VM_QEMU_EXTRA:-} \
-        -chardev "pipe,id=ser0,path=$base" -serial chardev:ser0 -monitor none \
-        >"$base.qemu.log" 2>&1 &
-    VM_PID=$!
-    PIDS+=("$VM_PID" "$VM_HOLD" "$VM_READER")
+    vm_boot_disks_start "$name" "$initrd" "$*" "$img"
 }
 
 vm_boot_wait() {
@@ -224,9 +216,12 @@ dracut_image() {
         --include "$VMCONF" /etc/keyfleet "$1"
 }
 
-# vm_boot_disks_start NAME INITRD CMDLINE DISK...: as vm_boot_start, with one virtio disk per DISK
-# in order (vda, vdb, ...), 768 MiB for a full systemd, and CMDLINE added after console= and
-# panic=. vm_boot_wait, console_wait and console_time work on it as on vm_boot_start.
+# vm_boot_disks_start NAME INITRD CMDLINE DISK...: boots Debian's kernel with one virtio disk per
+# DISK in order (vda, vdb, ...), 768 MiB (enough for a full systemd), CMDLINE after console= and
+# panic=, and $VM_QEMU_EXTRA (word-split) added to QEMU's arguments. The console goes to
+# $WORK/NAME.console with host timestamps (seconds since the start), the guest's input comes from
+# the FIFO $WORK/NAME.in (type_on_console writes to it). vm_boot_wait returns when the VM powers
+# off or after BOOT_TIMEOUT s; console_wait and console_time read the console.
 vm_boot_disks_start() {
     local name=$1 initrd=$2 cmdline=$3
     shift 3
@@ -250,7 +245,7 @@ vm_boot_disks_start() {
         -append "console=ttyS0 panic=-1 net.ifnames=0 $cmdline" \
         "${drives[@]}" \
         -netdev "user,id=n0,restrict=on,guestfwd=tcp:$COORD_IP:$PORT-cmd:socat - TCP:127.0.0.1:$PORT" \
-        -device virtio-net-pci,netdev=n0 \
+        -device virtio-net-pci,netdev=n0 ${VM_QEMU_EXTRA:-} \
         -chardev "pipe,id=ser0,path=$base" -serial chardev:ser0 -monitor none \
         >"$base.qemu.log" 2>&1 &
     VM_PID=$!
