@@ -92,6 +92,8 @@ int kfa_client(kfa_ctx *ctx, kf_err *err)
         .n_servers = ctx->cfg->coordinators.n,
         .cert_file = ctx->cfg->cert,
         .key_file = ctx->cfg->key,
+        .tpm_key_file = ctx->cfg->tpm_key,
+        .tpm_tcti = ctx->cfg->tpm_key != NULL ? ctx->cfg->tpm_tcti : NULL,
         .ca_file = ctx->cfg->ca,
         .timeout_ms = (long)ctx->cfg->call_timeout_ms,
     };

@@ -16,7 +16,9 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: keyfleetctl cert issue node|operator|coordinator NAME [--dir DIR] [--out PREFIX]\n"
-                    "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--force]\n");
+                    "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--csr FILE] [--force]\n"
+                    "  --csr FILE: certify the key of a request (keyfleet-agent identity create: a key in the\n"
+                    "              node's TPM) instead of making a key; only the certificate is written\n");
 }
 
 /* keyfleetctl cert revoke SERIAL|--cert FILE [--reason TEXT]: denylists a certificate of any kind. */
@@ -99,7 +101,9 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
                                          {"backdate", required_argument, NULL, 'b'},
                                          {"san", required_argument, NULL, 's'},
                                          {"force", no_argument, NULL, 'f'},
+                                         {"csr", required_argument, NULL, 'C'},
                                          {NULL, 0, NULL, 0}};
+    const char *csr = NULL;
     int c;
     /* Parse after "issue"; optind 0 makes glibc reset its permutation state. */
     argc--;
@@ -136,6 +140,9 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         case 'f':
             force = true;
             break;
+        case 'C':
+            csr = optarg;
+            break;
         default:
             usage();
             return KFCTL_EXIT_USAGE;
@@ -164,10 +171,23 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     kfctl_cert_opts copts = {.kind = kind, .name = name, .days = (int)days, .backdate_days = (int)backdate,
                              .extra_sans = sans, .n_extra_sans = n_sans};
     kf_err err = {0};
-    if (kfctl_cert_issue(ca_cert, ca_key, &copts, cert_out, key_out, force, &err) != 0) {
+    if (!kf_name_valid(name, strlen(name))) {
+        fprintf(stderr, "keyfleetctl: name '%s' must be 1..63 of [A-Za-z0-9._-], starting alphanumeric\n", name);
+        return KFCTL_EXIT_USAGE;
+    }
+    if (csr != NULL && kfctl_csr_read(csr, name, &copts.public_key, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
+        return KFCTL_EXIT_USAGE;
+    }
+    int r = kfctl_cert_issue(ca_cert, ca_key, &copts, cert_out, key_out, force, &err);
+    EVP_PKEY_free(copts.public_key);
+    if (r != 0) {
         fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
         return 1;
     }
-    printf("issued keyfleet://%s/%s: %s %s\n", kf_peer_kind_name(kind), name, cert_out, key_out);
+    if (csr != NULL)
+        printf("issued keyfleet://%s/%s for the key of %s: %s\n", kf_peer_kind_name(kind), name, csr, cert_out);
+    else
+        printf("issued keyfleet://%s/%s: %s %s\n", kf_peer_kind_name(kind), name, cert_out, key_out);
     return 0;
 }

@@ -31,6 +31,7 @@ install() {
             [ -n "$path" ] && inst_library "$path"
             ;;
         exec) inst_binary "$value" ;;
+        module) inst_library "$value" ;; # an OpenSSL provider module, with its libraries
         esac
     done <<<"$list"
     mkdir -p "$initdir/etc/keyfleet"
