@@ -8,18 +8,108 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "agent.h"
+#include "kf_tpm_evidence.h"
 #include "kf_tpmkey.h"
+#include "tpm_attest.h"
 
 static int usage(void)
 {
     fprintf(stderr, "usage: keyfleet-agent identity create NAME [--key FILE] [--csr FILE]\n"
-                    "  makes an ECC P-256 key in the TPM (tpm.tcti) and a certificate request;\n"
-                    "  FILE defaults: identity.tpm_key of the config, and that path + \".csr\"\n");
+                    "  makes an ECC P-256 key in the TPM (tpm.tcti), a certificate request, and the TPM's\n"
+                    "  evidence that the key is in it (FILE.evidence); FILE defaults: identity.tpm_key of\n"
+                    "  the config, and that path + \".csr\"\n"
+                    "       keyfleet-agent identity activate CREDENTIAL [--cert FILE]\n"
+                    "  opens the certificate keyfleetctl sealed to this TPM; FILE defaults to identity.cert\n");
     return KFA_EXIT_USAGE;
+}
+
+/* identity activate CREDENTIAL [--cert FILE]: TPM2_ActivateCredential recovers the secret the
+ * certificate was sealed under; the certificate must be for this node's TPM key. */
+static int activate(const kfa_config *cfg, int argc, char **argv)
+{
+    const char *cert = cfg->cert;
+    static const struct option opts[] = {{"cert", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
+    optind = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c != 'c')
+            return usage();
+        cert = optarg;
+    }
+    if (optind + 1 != argc || cert == NULL || cfg->tpm_key == NULL)
+        return usage();
+    kf_err err = {0};
+    kf_tpm_credential cred;
+    unsigned char secret[64];
+    size_t secret_len = 0;
+    char *pem = NULL;
+    EVP_PKEY *key = NULL;
+    X509 *x = NULL;
+    int r = kf_tpm_credential_read(argv[optind], &cred, &err);
+    if (r == 0) {
+        r = kfa_tpm_activate(cfg->tpm_tcti, cred.id, cred.id_len, cred.es, cred.es_len, secret, &secret_len, &err);
+        if (r == 0)
+            r = kf_tpm_credential_open(&cred, secret, secret_len, &pem, &err);
+        OPENSSL_cleanse(secret, sizeof(secret));
+        kf_tpm_credential_clear(&cred);
+    }
+    if (r == 0) {
+        BIO *b = BIO_new_mem_buf(pem, -1);
+        x = b != NULL ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+        BIO_free(b);
+        if (x == NULL)
+            r = kf_err_set(&err, -EINVAL, "the sealed certificate does not parse");
+    }
+    if (r == 0 && (r = kf_tpmkey_load(cfg->tpm_key, cfg->tpm_tcti, &key, &err)) == 0 &&
+        X509_check_private_key(x, key) != 1)
+        r = kf_err_set(&err, -EACCES, "the certificate is not for %s", cfg->tpm_key);
+    EVP_PKEY_free(key);
+    X509_free(x);
+    if (r == 0) {
+        FILE *f = fopen(cert, "wx");
+        if (f == NULL || fputs(pem, f) < 0) {
+            r = kf_err_set(&err, -errno, "%s: %s", cert, errno == EEXIST ? "already exists" : strerror(errno));
+            if (f != NULL)
+                fclose(f);
+        } else if (fclose(f) != 0) {
+            r = kf_err_set(&err, -EIO, "%s: write failed", cert);
+        }
+    }
+    free(pem);
+    if (r != 0) {
+        fprintf(stderr, "keyfleet-agent: identity activate: %s\n", err.msg);
+        return 1;
+    }
+    printf("activated: the certificate was sealed to this TPM's EK and AK; written to %s\n", cert);
+    return 0;
+}
+
+/* FILE.evidence: the EK (and its certificate), the AK, and TPM2_Certify of the key by the AK. */
+static int write_evidence(const kfa_config *cfg, const char *key, kf_err *err)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s.evidence", key);
+    kf_tpmkey_info info;
+    kf_tpm_evidence ev = {0};
+    unsigned char q[32];
+    int r = kf_tpmkey_parse_file(key, &info, err);
+    if (r == 0) {
+        kf_tpm_certify_qualifying(info.pub, info.pub_len, q);
+        r = kfa_tpm_evidence(cfg->tpm_tcti, &info, q, sizeof(q), &ev, err);
+    }
+    if (r == 0)
+        r = kf_tpm_evidence_write(&ev, path, err);
+    if (r == 0)
+        printf("TPM evidence (EK%s, AK, TPM2_Certify of the key): %s\n", ev.ek_cert != NULL ? " and its certificate" : "",
+               path);
+    kf_tpm_evidence_clear(&ev);
+    return r;
 }
 
 /* The request: CN and the SAN URI keyfleet://node/NAME, signed in the TPM. */
@@ -63,6 +153,8 @@ out:
 
 int kfa_cmd_identity(const kfa_config *cfg, int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "activate") == 0)
+        return activate(cfg, argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "create") != 0)
         return usage();
     const char *key = cfg->tpm_key, *csr = NULL;
@@ -106,9 +198,16 @@ int kfa_cmd_identity(const kfa_config *cfg, int argc, char **argv)
         fprintf(stderr, "keyfleet-agent: identity create: %s\n", err.msg);
         return 1;
     }
+    /* The provider keeps a TPM connection open; swtpm (no resource manager) serves one. */
+    kf_tpmkey_unload();
+    kf_err eerr = {0};
+    if (write_evidence(cfg, key, &eerr) != 0)
+        fprintf(stderr, "keyfleet-agent: identity create: no TPM evidence: %s\n"
+                        "  (the certificate can still be issued from the request, but not as TPM-bound)\n",
+                eerr.msg);
     printf("created a P-256 key in the TPM (fixedTPM, fixedParent): %s\n"
            "certificate request for keyfleet://node/%s: %s\n"
-           "next: keyfleetctl cert issue node %s --csr %s, and name the certificate in identity.cert\n",
-           key, name, csr, name, csr);
+           "next: keyfleetctl cert issue node %s --csr %s [--tpm-evidence %s.evidence --ek-ca FILE]\n",
+           key, name, csr, name, csr, key);
     return 0;
 }

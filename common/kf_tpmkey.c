@@ -145,6 +145,13 @@ int kf_tpmkey_parse(const char *pem, size_t len, kf_tpmkey_info *ret, kf_err *er
         goto out;
     }
     info.parent = (uint32_t)parent;
+    if (k->privkey->length < 2 || (size_t)k->privkey->length > sizeof(info.priv) ||
+        be16(k->privkey->data) != (size_t)k->privkey->length - 2) {
+        r = kf_err_set(err, -EINVAL, "TPM key: private area size does not match");
+        goto out;
+    }
+    memcpy(info.priv, k->privkey->data, (size_t)k->privkey->length);
+    info.priv_len = (size_t)k->privkey->length;
     if ((r = parse_public(k->pubkey->data, (size_t)k->pubkey->length, &info, err)) != 0)
         goto out;
     *ret = info;
@@ -201,6 +208,16 @@ out:
         *ret = prov_ctx;
     pthread_mutex_unlock(&prov_lock);
     return r;
+}
+
+void kf_tpmkey_unload(void)
+{
+    pthread_mutex_lock(&prov_lock);
+    OSSL_LIB_CTX_free(prov_ctx);
+    prov_ctx = NULL;
+    free(prov_tcti);
+    prov_tcti = NULL;
+    pthread_mutex_unlock(&prov_lock);
 }
 
 /* ---- signing through the provider key ---- */
@@ -319,16 +336,22 @@ static int check_info(const kf_tpmkey_info *info, kf_err *err)
     return 0;
 }
 
-int kf_tpmkey_load(const char *path, const char *tcti, EVP_PKEY **ret, kf_err *err)
+int kf_tpmkey_parse_file(const char *path, kf_tpmkey_info *ret, kf_err *err)
 {
     char *pem = NULL;
     size_t len = 0;
-    kf_tpmkey_info info;
     int r = read_file(path, &pem, &len, err);
     if (r != 0)
         return r;
-    r = kf_tpmkey_parse(pem, len, &info, err);
+    r = kf_tpmkey_parse(pem, len, ret, err);
     free(pem);
+    return r;
+}
+
+int kf_tpmkey_load(const char *path, const char *tcti, EVP_PKEY **ret, kf_err *err)
+{
+    kf_tpmkey_info info;
+    int r = kf_tpmkey_parse_file(path, &info, err);
     if (r == 0)
         r = check_info(&info, err);
     if (r != 0) {

@@ -28,11 +28,16 @@ typedef struct kf_tpmkey_info {
     uint16_t curve;      /* 0x0003: NIST P-256 */
     unsigned char pub[512]; /* the TPM2B_PUBLIC as stored (size-prefixed) */
     size_t pub_len;
+    unsigned char priv[1024]; /* the TPM2B_PRIVATE as stored (encrypted by the parent) */
+    size_t priv_len;
 } kf_tpmkey_info;
 
 /* Parses the PEM text of a TSS2 PRIVATE KEY. Returns 0, or -EINVAL with err set for anything
  * that is not one (never crashes on garbage). */
 int kf_tpmkey_parse(const char *pem, size_t len, kf_tpmkey_info *ret, kf_err *err);
+
+/* Reads and parses a TSS2 PRIVATE KEY file. */
+int kf_tpmkey_parse_file(const char *path, kf_tpmkey_info *ret, kf_err *err);
 
 /* Loads the tpm2 provider once per process (TCTI from tcti, e.g. "device:/dev/tpmrm0" or
  * "swtpm:host=127.0.0.1,port=P"; it is passed through the TPM2OPENSSL_TCTI environment variable,
@@ -46,5 +51,9 @@ int kf_tpmkey_load(const char *path, const char *tcti, EVP_PKEY **ret, kf_err *e
  * fixedParent, sensitiveDataOrigin) and writes its TSS2 PRIVATE KEY PEM to path (mode 0600,
  * path must not exist). */
 int kf_tpmkey_generate(const char *path, const char *tcti, kf_err *err);
+
+/* Unloads the provider (closing its TPM connection: a TPM without a resource manager, such as
+ * swtpm, serves one connection at a time). No key from kf_tpmkey_load may still be in use. */
+void kf_tpmkey_unload(void);
 
 #endif

@@ -173,8 +173,18 @@ int kfctl_cert_issue(const char *ca_cert, const char *ca_key, const kfctl_cert_o
         add_ext(x, ca, NID_key_usage, "critical,digitalSignature") != 0 ||
         add_ext(x, ca, NID_ext_key_usage, eku) != 0 || add_ext(x, ca, NID_subject_alt_name, san) != 0 ||
         add_ext(x, ca, NID_subject_key_identifier, "hash") != 0 ||
-        add_ext(x, ca, NID_authority_key_identifier, "keyid:always") != 0 || !X509_sign(x, cakey, EVP_sha256())) {
+        add_ext(x, ca, NID_authority_key_identifier, "keyid:always") != 0 ||
+        (opts->tpm != NULL && kf_tpm_ext_add(x, opts->tpm, err) != 0) || !X509_sign(x, cakey, EVP_sha256())) {
         r = kf_err_openssl(err, -EINVAL, "building the certificate (check --san values)");
+        goto out;
+    }
+    if (opts->ret_pem != NULL) {
+        BIO *b = BIO_new(BIO_s_mem());
+        char *data = NULL;
+        long pem_len = b != NULL && PEM_write_bio_X509(b, x) == 1 ? BIO_get_mem_data(b, &data) : 0;
+        *opts->ret_pem = pem_len > 0 ? strndup(data, (size_t)pem_len) : NULL;
+        BIO_free(b);
+        r = *opts->ret_pem != NULL ? 0 : kf_err_set(err, -ENOMEM, "out of memory");
         goto out;
     }
     if ((r = opts->public_key != NULL ? 0 : write_key(key_out, key, force, err)) == 0)

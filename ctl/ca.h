@@ -8,6 +8,7 @@
 
 #include "kf_err.h"
 #include "kf_identity.h"
+#include "kf_tpm_evidence.h"
 
 typedef struct kfctl_cert_opts {
     kf_peer_kind kind;
@@ -17,6 +18,8 @@ typedef struct kfctl_cert_opts {
     const char *const *extra_sans; /* "DNS:host" or "IP:addr" (coordinators) */
     size_t n_extra_sans;
     EVP_PKEY *public_key; /* from a CSR (a key made elsewhere, e.g. in a TPM): no key is made or written */
+    const kf_tpm_verified *tpm; /* verified TPM evidence: the certificate says the key is in a TPM */
+    char **ret_pem;             /* non-NULL: the certificate goes here (malloc'ed PEM), not to cert_out */
 } kfctl_cert_opts;
 
 /* Creates a self-signed CA in ca_cert/ca_key (refuses to overwrite). */
