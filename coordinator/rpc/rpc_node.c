@@ -416,7 +416,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
     }
     label_set ls;
     labels_from_json(&ls, existing->labels_json);
-    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = existing->id,
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = existing->id,
                            .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now};
     kfd_policy_decision decision;
     kfd_policy_evaluate(kfd_call_app(call)->policy, &in, &decision);
@@ -478,7 +478,7 @@ void kfd_rpc_enroll(kfd_call *call)
     kfd_label labels[LABELS_MAX];
     for (size_t i = 0; i < req->n_labels; i++)
         labels[i] = (kfd_label){req->labels[i]->key, req->labels[i]->value};
-    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = req->volume->id,
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = req->volume->id,
                            .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
                            .now = time(NULL), .enrolling = true};
     kfd_policy_decision decision;
@@ -801,7 +801,7 @@ void kfd_rpc_release(kfd_call *call)
     kfd_policy_decision decision;
     label_set ls;
     labels_from_json(&ls, vol.labels_json);
-    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = vol.id,
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = vol.id,
                            .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL)};
     kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
     json_decref(ls.json);
