@@ -124,6 +124,7 @@ static int fetch_key(kfa_ctx *ctx, const char *source, kf_secbuf **ret_key, cons
             *ret_how = "released by a coordinator";
         } else if (r == -EHOSTUNREACH && v.tpm_blob != NULL) {
             kf_err terr = {0};
+            kfa_client_close_for_tpm(ctx);
             r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, v.tpm_blob, &key, KFA_TPM_TIMEOUT_MS, &terr);
             if (r == 0)
                 *ret_how = "unsealed from the TPM (no coordinator answered)";

@@ -177,6 +177,7 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
         size_t n_pcrs = e.n_tpm_pcrs > 0 ? e.n_tpm_pcrs : ctx->cfg->n_tpm_pcrs;
         char *blob = NULL;
         kf_err terr = {0};
+        kfa_client_close_for_tpm(ctx);
         if (kfa_tpm_seal(ctx->cfg->tpm_tcti, pcrs, n_pcrs, e.key, &blob, KFA_TPM_TIMEOUT_MS, &terr) == 0 &&
             v.drv->store_tpm(ctx->cfg, &v, blob, &terr) == 0) {
             fallback = "; TPM-sealed copy stored for offline unlock";
@@ -251,6 +252,7 @@ static int unlock_from_tpm(kfa_ctx *ctx, kfa_volume *v, const char *why, kf_err 
     char reason[300];
     snprintf(reason, sizeof(reason), "no coordinator answered before the deadline: %.200s", why);
     kf_secbuf *key = NULL;
+    kfa_client_close_for_tpm(ctx);
     int r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, v->tpm_blob, &key, KFA_TPM_TIMEOUT_MS, err);
     if (r != 0)
         return kf_err_wrap(err, "%s: offline fallback refused", v->path);

@@ -165,6 +165,7 @@ static int release(kfa_ctx *ctx, kfa_volume *v, kf_secbuf **ret_key, kf_err *err
     kf_released_clear(&rel);
     if (r == -EHOSTUNREACH && v->tpm_blob != NULL) {
         kf_err terr = {0};
+        kfa_client_close_for_tpm(ctx);
         if (kfa_tpm_unseal(ctx->cfg->tpm_tcti, v->tpm_blob, ret_key, KFA_TPM_TIMEOUT_MS, &terr) != 0) {
             reason(err, -EAGAIN, "coordinator unreachable");
             return kf_err_wrap(err, "offline fallback refused (%s)", terr.msg);

@@ -8,7 +8,13 @@
 F=$WORK/fleet
 fleet_init "$F"
 start_kfd "$F"
-allow_nodes "$F" "n*"
+put_policy "$F" <<'YAML'
+rules:
+  - name: nodes
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    offline_fallback: true
+YAML
 start_swtpm "$WORK/tpm-a"
 TCTI_A=$TCTI
 start_swtpm "$WORK/tpm-b"
@@ -21,6 +27,8 @@ tpm_config() { # FILE DIR TCTI
         echo "coordinators: [\"127.0.0.1:$PORT\"]"
         echo "identity: {cert: $2/n1.crt, tpm_key: $2/n1.tpmkey, ca: $F/ca.crt}"
         echo "state_file: $2/state.json"
+        echo "deadline: 3s"
+        echo "call_timeout: 1s"
         echo "luks: {activate: false}"
         echo "zfs: {command: $ZFS_STANDIN, discover: false}"
         echo "tpm: {tcti: \"$3\"}"
@@ -58,6 +66,8 @@ expect_eq "the certificate carries the TPM key's public key" \
 check "check-config accepts the TPM identity" A check-config
 out=$(printf 'pw' | A enroll "$WORK/disk.luks" 2>&1)
 expect_eq "a node with a TPM key enrolls (exit 0)" "$?" "0"
+expect_match "... and seals the offline copy in the same TPM (the provider's connection closed first)" "$out" \
+    "TPM-sealed copy stored for offline unlock"
 out=$(A unlock --all 2>&1)
 expect_eq "... and unlocks (exit 0)" "$?" "0"
 expect_match "... saying so" "$out" "disk.luks: unlocked \\(key verified"
@@ -110,5 +120,13 @@ expect_match "a key without fixedTPM is refused, saying why" "$out" "attributes 
 head -c 200 "$WORK/a/n1.tpmkey" >"$WORK/thief/n1.tpmkey"
 out=$("$AGENT" -c "$WORK/thief/agent.yaml" unlock --all 2>&1)
 expect_match "a truncated key file is refused clearly" "$out" "n1.tpmkey: not a TPM key|malformed"
+# No coordinator answers: the TPM copy sealed at enrollment unlocks, in the same TPM the node
+# key lives in (the client, and its provider's TPM connection, closed first).
+stop_kfd TERM
+out=$(A unlock --all 2>&1)
+expect_eq "coordinator down: a TPM-key node falls back to its TPM copy (exit 0)" "$?" "0"
+expect_match "... saying so" "$out" "disk.luks: unlocked from the TPM"
+expect_eq "... and leaves no TPM object loaded" \
+    "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
 check_sanitizers
 finish
