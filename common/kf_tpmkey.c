@@ -188,8 +188,10 @@ static int provider(const char *tcti, OSSL_LIB_CTX **ret, kf_err *err)
     }
     OSSL_LIB_CTX *ctx = OSSL_LIB_CTX_new();
     if (ctx == NULL || OSSL_PROVIDER_load(ctx, "tpm2") == NULL) {
-        r = kf_err_openssl(err, -ENODEV, "cannot load the OpenSSL tpm2 provider (package tpm2-openssl) with TCTI");
-        kf_err_wrap(err, "%s", tcti);
+        char what[300];
+        snprintf(what, sizeof(what), "cannot load the OpenSSL tpm2 provider (package tpm2-openssl) with TCTI %.200s",
+                 tcti);
+        r = kf_err_openssl(err, -ENODEV, what);
         OSSL_LIB_CTX_free(ctx);
         free(prov_tcti);
         prov_tcti = NULL;

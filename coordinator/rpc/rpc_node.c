@@ -546,9 +546,9 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.sealed_key = &sk;
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
-    kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s", call->peer->name,
+    kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s tpm_key=%s", call->peer->name,
                 kf_log_q(op->volume_id), op->request_id, (unsigned long long)res->audit_seq,
-                kf_log_q(op->decision.rule));
+                kf_log_q(op->decision.rule), call->peer->tpm_key ? "yes" : "no");
     kfd_call_reply(call, &resp.base);
     kfd_op_free(op);
 }

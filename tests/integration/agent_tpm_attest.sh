@@ -121,6 +121,7 @@ out=$(printf 'pw' | A enroll "luks:$WORK/disk.luks" 2>&1)
 expect_eq "under require: [tpm_key] the TPM-bound node enrolls" "$?" "0"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "... and unlocks" "$out" "disk.luks: unlocked \\(key verified"
+expect_match "keyfleetd logs the release as to a TPM-bound key" "$(cat "$F/keyfleetd.log")" "event=released node=n1 .*tpm_key=yes"
 
 # A file key, and a TPM key the CA did not vouch for (issued from the CSR alone), are refused.
 issue "$F" node n3
