@@ -169,6 +169,7 @@ out:
 
 static pthread_mutex_t prov_lock = PTHREAD_MUTEX_INITIALIZER;
 static OSSL_LIB_CTX *prov_ctx;
+static OSSL_PROVIDER *prov_tpm2, *prov_default;
 static char *prov_tcti;
 
 /* The library context holding tpm2 (loaded first, so its ECDSA is picked for its own keys) and
@@ -187,7 +188,7 @@ static int provider(const char *tcti, OSSL_LIB_CTX **ret, kf_err *err)
         goto out;
     }
     OSSL_LIB_CTX *ctx = OSSL_LIB_CTX_new();
-    if (ctx == NULL || OSSL_PROVIDER_load(ctx, "tpm2") == NULL) {
+    if (ctx == NULL || (prov_tpm2 = OSSL_PROVIDER_load(ctx, "tpm2")) == NULL) {
         char what[300];
         snprintf(what, sizeof(what), "cannot load the OpenSSL tpm2 provider (package tpm2-openssl) with TCTI %.200s",
                  tcti);
@@ -197,8 +198,10 @@ static int provider(const char *tcti, OSSL_LIB_CTX **ret, kf_err *err)
         prov_tcti = NULL;
         goto out;
     }
-    if (OSSL_PROVIDER_load(ctx, "default") == NULL) {
+    if ((prov_default = OSSL_PROVIDER_load(ctx, "default")) == NULL) {
         r = kf_err_openssl(err, -ENODEV, "cannot load OpenSSL's default provider");
+        OSSL_PROVIDER_unload(prov_tpm2);
+        prov_tpm2 = NULL;
         OSSL_LIB_CTX_free(ctx);
         free(prov_tcti);
         prov_tcti = NULL;
@@ -215,6 +218,11 @@ out:
 void kf_tpmkey_unload(void)
 {
     pthread_mutex_lock(&prov_lock);
+    /* Unloaded explicitly: freeing the library context alone leaves loaded providers (and the
+     * tpm2 provider's ESYS context and TPM connection) behind. */
+    OSSL_PROVIDER_unload(prov_default);
+    OSSL_PROVIDER_unload(prov_tpm2);
+    prov_default = prov_tpm2 = NULL;
     OSSL_LIB_CTX_free(prov_ctx);
     prov_ctx = NULL;
     free(prov_tcti);

@@ -240,7 +240,9 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         return 1;
     }
     if (csr != NULL)
-        printf("issued keyfleet://%s/%s for the key of %s: %s\n", kf_peer_kind_name(kind), name, csr, cert_out);
+        printf("issued keyfleet://%s/%s for the key of %s: %s\n"
+               "(not marked TPM-bound: without --tpm-evidence it does not pass policy require: [tpm_key])\n",
+               kf_peer_kind_name(kind), name, csr, cert_out);
     else
         printf("issued keyfleet://%s/%s: %s %s\n", kf_peer_kind_name(kind), name, cert_out, key_out);
     return 0;
