@@ -190,10 +190,6 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     kfctl_cert_opts copts = {.kind = kind, .name = name, .days = (int)days, .backdate_days = (int)backdate,
                              .extra_sans = sans, .n_extra_sans = n_sans};
     kf_err err = {0};
-    if (!kf_name_valid(name, strlen(name))) {
-        fprintf(stderr, "keyfleetctl: name '%s' must be 1..63 of [A-Za-z0-9._-], starting alphanumeric\n", name);
-        return KFCTL_EXIT_USAGE;
-    }
     if (csr != NULL && kfctl_csr_read(csr, name, &copts.public_key, &err) != 0) {
         fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
         return KFCTL_EXIT_USAGE;
