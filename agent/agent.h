@@ -33,6 +33,10 @@ typedef struct kfa_ctx {
 /* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
 int kfa_client(kfa_ctx *ctx, kf_err *err);
 int kfa_connect(kfa_ctx *ctx, kf_err *err);
+/* Before the agent's own TPM work: with a TPM-resident node key, closes the client and unloads
+ * the tpm2 provider, whose TPM connection would block ours on a TPM without a resource manager
+ * (swtpm serves one connection at a time). The next kfa_client makes a new one. */
+void kfa_client_close_for_tpm(kfa_ctx *ctx);
 /* Who this node is: with a certificate, the keyfleet://node/NAME it names (ctx->me; the client
  * is created, no network); with AppRole, nothing yet (the name comes with the login). 0, or
  * -EINVAL with err naming the certificate. */

@@ -15,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "kf_log.h"
 #include "kf_time.h"
 
@@ -55,12 +57,13 @@ int kfa_cmd_initramfs_files(const kfa_config *cfg, int argc, char **argv)
     put("file", cfg->path);
     put("file", cfg->cert);
     put("file", cfg->key);
+    put("file", cfg->tpm_key);
     put("file", cfg->ca);
     put("file", cfg->role_id_file);
     put("file", cfg->secret_id_file);
     put("file", cfg->secret_id_tpm_file);
     put("lib", "libcryptsetup.so.12");
-    bool tpm = cfg->secret_id_tpm_file != NULL;
+    bool tpm = cfg->secret_id_tpm_file != NULL || cfg->tpm_key != NULL;
     /* zfs goes in for a configured ZFS volume, or for discovery on a host that has zfs. */
     bool zfs = cfg->zfs_discover && cfg->zfs_command != NULL && access(cfg->zfs_command, X_OK) == 0;
     for (size_t i = 0; i < cfg->n_volumes; i++)
@@ -74,6 +77,15 @@ int kfa_cmd_initramfs_files(const kfa_config *cfg, int argc, char **argv)
         put("lib", "libtss2-rc.so.0");
         put("lib", "libtss2-tctildr.so.0");
         put_tcti(cfg->tpm_tcti != NULL ? cfg->tpm_tcti : "device");
+    }
+    if (cfg->tpm_key != NULL) {
+        /* The tpm2 provider is an OpenSSL module, loaded from OpenSSL's module directory at the
+         * same path in the initramfs; it links tpm2-tss itself (copied with it) and loads the
+         * TCTI through tctildr, by soname (listed above). */
+        char module[512];
+        snprintf(module, sizeof(module), "%s/tpm2.so", OPENSSL_info(OPENSSL_INFO_MODULES_DIR));
+        put("module", module);
+        put("lib", "libtss2-sys.so.1");
     }
     if (zfs)
         put("exec", cfg->zfs_command);

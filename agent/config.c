@@ -7,32 +7,34 @@
 #include <string.h>
 
 typedef struct identity_sec {
-    char *cert, *key, *ca, *role_id_file, *secret_id_file, *secret_id_tpm_file;
+    char *cert, *key, *tpm_key, *ca, *role_id_file, *secret_id_file, *secret_id_tpm_file;
 } identity_sec;
 
 static const kf_yaml_field identity_fields[] = {
     {"cert", kf_yaml_dec_string, offsetof(identity_sec, cert), NULL, false},
     {"key", kf_yaml_dec_string, offsetof(identity_sec, key), NULL, false},
+    {"tpm_key", kf_yaml_dec_string, offsetof(identity_sec, tpm_key), NULL, false},
     {"ca", kf_yaml_dec_string, offsetof(identity_sec, ca), NULL, true},
     {"role_id_file", kf_yaml_dec_string, offsetof(identity_sec, role_id_file), NULL, false},
     {"secret_id_file", kf_yaml_dec_string, offsetof(identity_sec, secret_id_file), NULL, false},
     {"secret_id_tpm_file", kf_yaml_dec_string, offsetof(identity_sec, secret_id_tpm_file), NULL, false},
 };
 
-/* A certificate and key, or AppRole credentials (the secret id in a file, or sealed to the TPM
+/* A certificate and key (a key file, or a TPM-resident key: tpm_key), or AppRole credentials (the secret id in a file, or sealed to the TPM
  * with `keyfleet-agent seal-secret-id`): exactly one of the two. */
 static int dec_identity(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
 {
     (void)arg;
     identity_sec *id = dst;
     int r = kf_yaml_decode_map(doc, n, identity_fields, sizeof(identity_fields) / sizeof(identity_fields[0]), dst, err);
-    bool cert = id->cert != NULL || id->key != NULL;
+    bool cert = id->cert != NULL || id->key != NULL || id->tpm_key != NULL;
+    bool one_key = (id->key != NULL) != (id->tpm_key != NULL);
     bool approle = id->role_id_file != NULL || id->secret_id_file != NULL || id->secret_id_tpm_file != NULL;
     bool one_secret = (id->secret_id_file != NULL) != (id->secret_id_tpm_file != NULL);
-    if (r == 0 && (cert == approle || (cert && (id->cert == NULL || id->key == NULL)) ||
+    if (r == 0 && (cert == approle || (cert && (id->cert == NULL || !one_key)) ||
                    (approle && (id->role_id_file == NULL || !one_secret))))
         r = kf_yaml_error(doc, n, err,
-                          "identity needs cert and key, or role_id_file and one of secret_id_file, secret_id_tpm_file");
+                          "identity needs cert and one of key, tpm_key, or role_id_file and one of secret_id_file, secret_id_tpm_file");
     return r;
 }
 
@@ -174,6 +176,7 @@ void kfa_config_free(kfa_config *cfg)
     kf_strlist_free(&cfg->coordinators);
     free(cfg->cert);
     free(cfg->key);
+    free(cfg->tpm_key);
     free(cfg->ca);
     free(cfg->role_id_file);
     free(cfg->secret_id_file);
@@ -210,6 +213,7 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         cfg->coordinators = w.coordinators;
         cfg->cert = kf_config_path(path, w.identity.cert);
         cfg->key = kf_config_path(path, w.identity.key);
+        cfg->tpm_key = kf_config_path(path, w.identity.tpm_key);
         cfg->ca = kf_config_path(path, w.identity.ca);
         cfg->role_id_file = kf_config_path(path, w.identity.role_id_file);
         cfg->secret_id_file = kf_config_path(path, w.identity.secret_id_file);
@@ -241,6 +245,7 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
             kf_strlist_free(&w.coordinators);
             free(w.identity.cert);
             free(w.identity.key);
+            free(w.identity.tpm_key);
             free(w.identity.ca);
             free(w.identity.role_id_file);
             free(w.identity.secret_id_file);

@@ -28,6 +28,7 @@ typedef struct kfa_config {
     char *path;
     kf_strlist coordinators;
     char *cert, *key, *ca;       /* cert and key are NULL with AppRole */
+    char *tpm_key;               /* instead of key: a TSS2 PRIVATE KEY used in the TPM (tpm.tcti) */
     char *role_id_file, *secret_id_file; /* AppRole credentials, or NULL */
     char *secret_id_tpm_file;            /* AppRole: the secret id sealed to the TPM (kftpm1:...) */
     char *state_file;

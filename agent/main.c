@@ -15,6 +15,7 @@
 
 #include "agent.h"
 #include "boot.h"
+#include "identity.h"
 #include "kf_heap.h"
 #include "kf_time.h"
 #include "kf_log.h"
@@ -39,6 +40,8 @@ static void usage(FILE *f)
                "  unlock [--all | VOLUME...]   exit 0: all unlocked, 1: none, 3: some\n"
                "  status [--json]\n"
                "  rewrap                store each volume's key rewrapped under the newest KMS key\n"
+               "  identity create NAME [--key FILE] [--csr FILE]\n"
+               "                              make this node's TLS key in its TPM, and a CSR\n"
                "  seal-secret-id --out FILE   seal an AppRole secret id (stdin) to this TPM, for\n"
                "                        identity.secret_id_tpm_file\n"
                "  watch [--count N]     heartbeat every watch_interval; lock every volume while a\n"
@@ -174,6 +177,7 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
         size_t n_pcrs = e.n_tpm_pcrs > 0 ? e.n_tpm_pcrs : ctx->cfg->n_tpm_pcrs;
         char *blob = NULL;
         kf_err terr = {0};
+        kfa_client_close_for_tpm(ctx);
         if (kfa_tpm_seal(ctx->cfg->tpm_tcti, pcrs, n_pcrs, e.key, &blob, KFA_TPM_TIMEOUT_MS, &terr) == 0 &&
             v.drv->store_tpm(ctx->cfg, &v, blob, &terr) == 0) {
             fallback = "; TPM-sealed copy stored for offline unlock";
@@ -520,6 +524,12 @@ int main(int argc, char **argv)
     int sub_argc = argc - optind, rc;
     if (strcmp(cmd, "initramfs-files") == 0) {
         rc = kfa_cmd_initramfs_files(ctx.cfg, sub_argc, argv + optind);
+        kfa_config_free(ctx.cfg);
+        return finish(rc);
+    }
+    if (strcmp(cmd, "identity") == 0) {
+        /* Before the identity is resolved: its certificate does not exist yet. */
+        rc = kfa_cmd_identity(ctx.cfg, sub_argc, argv + optind);
         kfa_config_free(ctx.cfg);
         return finish(rc);
     }

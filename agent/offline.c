@@ -14,6 +14,8 @@ int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_se
     char reason[300];
     snprintf(reason, sizeof(reason), "no coordinator answered before the deadline: %.200s", why);
     kf_secbuf *key = NULL;
+    /* A TPM-resident node key holds a connection to the TPM (swtpm serves one at a time). */
+    kfa_client_close_for_tpm(ctx);
     int r = kfa_tpm_unseal(ctx->cfg->tpm_tcti, v->tpm_blob, &key, KFA_TPM_TIMEOUT_MS, err);
     if (r != 0)
         return kf_err_wrap(err, "offline fallback refused");

@@ -13,6 +13,7 @@
 #include "kf_time.h"
 #include "tpm2.h"
 #include "kf_log.h"
+#include "kf_tpmkey.h"
 
 #define BACKOFF_FIRST_MS 200
 #define BACKOFF_MAX_MS 5000
@@ -92,10 +93,21 @@ int kfa_client(kfa_ctx *ctx, kf_err *err)
         .n_servers = ctx->cfg->coordinators.n,
         .cert_file = ctx->cfg->cert,
         .key_file = ctx->cfg->key,
+        .tpm_key_file = ctx->cfg->tpm_key,
+        .tpm_tcti = ctx->cfg->tpm_key != NULL ? ctx->cfg->tpm_tcti : NULL,
         .ca_file = ctx->cfg->ca,
         .timeout_ms = (long)ctx->cfg->call_timeout_ms,
     };
     return kf_rpc_client_new(&opts, &ctx->client, err);
+}
+
+void kfa_client_close_for_tpm(kfa_ctx *ctx)
+{
+    if (ctx->cfg->tpm_key == NULL)
+        return;
+    kf_rpc_client_free(ctx->client);
+    ctx->client = NULL;
+    kf_tpmkey_unload();
 }
 
 int kfa_connect(kfa_ctx *ctx, kf_err *err)

@@ -1,5 +1,7 @@
 #include "kf_identity.h"
 
+#include "kf_tpm_evidence.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -113,6 +115,7 @@ int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err)
     BN_free(bn);
     if (sr != 0)
         return kf_err_set(err, -EACCES, "certificate serial is not usable");
+    id.tpm_key = kf_tpm_ext_get(cert, id.tpm_ak);
     *ret = id;
     return 0;
 }

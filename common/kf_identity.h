@@ -26,6 +26,10 @@ typedef struct kf_identity {
     kf_peer_kind kind;
     char name[KF_NAME_MAX + 1];
     char serial[KF_SERIAL_MAX]; /* the certificate's; empty for identities without one (AppRole) */
+    /* The fleet CA vouched, in the certificate (kf_tpm_evidence.h), that its key is in a TPM,
+     * certified by the attestation key whose TPM2B_PUBLIC hashes to tpm_ak (hex). */
+    bool tpm_key;
+    char tpm_ak[65];
 } kf_identity;
 
 /* Canonical serial text from user input ("0A:1b", "serial=0A1B"): lowercase hex, no colons,

@@ -463,7 +463,7 @@ int kf_rpc_client_new(const kf_rpc_opts *opts, kf_rpc_client **ret, kf_err *err)
     if (c == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     kf_tls_opts t = {.role = KF_TLS_CLIENT, .cert_file = opts->cert_file, .key_file = opts->key_file,
-                     .ca_file = opts->ca_file};
+                     .tpm_key_file = opts->tpm_key_file, .tpm_tcti = opts->tpm_tcti, .ca_file = opts->ca_file};
     int r = kf_tls_ctx_new(&t, &c->ctx, err);
     if (r != 0) {
         free(c);

@@ -20,6 +20,8 @@ typedef struct kf_rpc_opts {
     size_t n_servers;
     const char *cert_file;
     const char *key_file;
+    const char *tpm_key_file; /* instead of key_file: a TPM-resident key (kf_tpmkey.h) */
+    const char *tpm_tcti;
     const char *ca_file;
     long timeout_ms; /* per call; 0 means 10 s */
 } kf_rpc_opts;

@@ -1,7 +1,10 @@
 #include "kf_tls.h"
 
+#include "kf_tpmkey.h"
+
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -55,11 +58,24 @@ static int file_readable(const char *path, const char *what, kf_err *err)
     return 0;
 }
 
+static bool is_tpm_key(const char *path)
+{
+    char head[sizeof(KF_TPMKEY_PEM_BEGIN)] = {0};
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return false;
+    size_t n = fread(head, 1, sizeof(head) - 1, f);
+    fclose(f);
+    return n == sizeof(head) - 1 && strcmp(head, KF_TPMKEY_PEM_BEGIN) == 0;
+}
+
 int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
 {
     int fr = file_readable(opts->cert_file, "certificate", err);
     if (fr == 0)
         fr = file_readable(opts->key_file, "private key", err);
+    if (fr == 0)
+        fr = file_readable(opts->tpm_key_file, "TPM key", err);
     if (fr == 0)
         fr = file_readable(opts->ca_file, "CA file", err);
     if (fr != 0)
@@ -79,8 +95,26 @@ int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
             r = kf_err_openssl(err, -EINVAL, opts->cert_file);
             goto fail;
         }
-        if (opts->key_file == NULL || SSL_CTX_use_PrivateKey_file(ctx, opts->key_file, SSL_FILETYPE_PEM) != 1) {
+        if (opts->tpm_key_file != NULL) {
+            EVP_PKEY *pk = NULL;
+            if (server || opts->key_file != NULL || opts->tpm_tcti == NULL) {
+                r = kf_err_set(err, -EINVAL, "a TPM key needs a client, a TCTI and no key file");
+                goto fail;
+            }
+            if ((r = kf_tpmkey_load(opts->tpm_key_file, opts->tpm_tcti, &pk, err)) != 0)
+                goto fail;
+            int ok = SSL_CTX_use_PrivateKey(ctx, pk);
+            EVP_PKEY_free(pk);
+            if (ok != 1) {
+                r = kf_err_openssl(err, -EINVAL, opts->tpm_key_file);
+                goto fail;
+            }
+        } else if (opts->key_file == NULL ||
+                   SSL_CTX_use_PrivateKey_file(ctx, opts->key_file, SSL_FILETYPE_PEM) != 1) {
             r = kf_err_openssl(err, -EINVAL, opts->key_file != NULL ? opts->key_file : "private key");
+            if (opts->key_file != NULL && is_tpm_key(opts->key_file))
+                kf_err_set(err, r, "%s is a TPM key (TSS2 PRIVATE KEY): name it as the identity's tpm_key",
+                           opts->key_file);
             goto fail;
         }
         if (SSL_CTX_check_private_key(ctx) != 1) {

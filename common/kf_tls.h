@@ -21,6 +21,10 @@ typedef struct kf_tls_opts {
     kf_tls_role role;
     const char *cert_file; /* PEM chain; may be NULL for a client without a certificate */
     const char *key_file;
+    /* Instead of key_file: a TSS2 PRIVATE KEY file, used through the tpm2 provider with this
+     * TCTI (kf_tpmkey.h). Client only. */
+    const char *tpm_key_file;
+    const char *tpm_tcti;
     const char *ca_file; /* trust anchor for the peer */
     kf_tls_peer_mode peer_mode;
     /* Server only: also accept ALPN http/1.1, so an HTTP/1.1 client gets a clear HTTP error

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <openssl/bn.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -158,7 +159,9 @@ int kfctl_cert_issue(const char *ca_cert, const char *ca_key, const kfctl_cert_o
     int r = load_ca(ca_cert, ca_key, &ca, &cakey, err);
     if (r != 0)
         return r;
-    EVP_PKEY *key = EVP_EC_gen("P-256");
+    EVP_PKEY *key = opts->public_key != NULL ? opts->public_key : EVP_EC_gen("P-256");
+    if (opts->public_key != NULL)
+        EVP_PKEY_up_ref(key);
     X509 *x = key != NULL ? new_cert(key, opts->name, opts->backdate_days, opts->days) : NULL;
     char san[1024];
     int n = snprintf(san, sizeof(san), "URI:keyfleet://%s/%s", kf_peer_kind_name(opts->kind), opts->name);
@@ -170,16 +173,67 @@ int kfctl_cert_issue(const char *ca_cert, const char *ca_key, const kfctl_cert_o
         add_ext(x, ca, NID_key_usage, "critical,digitalSignature") != 0 ||
         add_ext(x, ca, NID_ext_key_usage, eku) != 0 || add_ext(x, ca, NID_subject_alt_name, san) != 0 ||
         add_ext(x, ca, NID_subject_key_identifier, "hash") != 0 ||
-        add_ext(x, ca, NID_authority_key_identifier, "keyid:always") != 0 || !X509_sign(x, cakey, EVP_sha256())) {
+        add_ext(x, ca, NID_authority_key_identifier, "keyid:always") != 0 ||
+        (opts->tpm != NULL && kf_tpm_ext_add(x, opts->tpm, err) != 0) || !X509_sign(x, cakey, EVP_sha256())) {
         r = kf_err_openssl(err, -EINVAL, "building the certificate (check --san values)");
         goto out;
     }
-    if ((r = write_key(key_out, key, force, err)) == 0)
+    if (opts->ret_pem != NULL) {
+        BIO *b = BIO_new(BIO_s_mem());
+        char *data = NULL;
+        long pem_len = b != NULL && PEM_write_bio_X509(b, x) == 1 ? BIO_get_mem_data(b, &data) : 0;
+        *opts->ret_pem = pem_len > 0 ? strndup(data, (size_t)pem_len) : NULL;
+        BIO_free(b);
+        r = *opts->ret_pem != NULL ? 0 : kf_err_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((r = opts->public_key != NULL ? 0 : write_key(key_out, key, force, err)) == 0)
         r = write_cert(cert_out, x, force, err);
 out:
     X509_free(x);
     EVP_PKEY_free(key);
     X509_free(ca);
     EVP_PKEY_free(cakey);
+    return r;
+}
+
+int kfctl_csr_read(const char *path, const char *name, EVP_PKEY **ret_key, kf_err *err)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
+    X509_REQ *req = PEM_read_X509_REQ(f, NULL, NULL, NULL);
+    fclose(f);
+    int r = -EINVAL;
+    EVP_PKEY *key = req != NULL ? X509_REQ_get_pubkey(req) : NULL;
+    if (key == NULL) {
+        r = kf_err_openssl(err, -EINVAL, "not a PEM certificate request");
+        goto out;
+    }
+    if (X509_REQ_verify(req, key) != 1) {
+        r = kf_err_openssl(err, -EINVAL, "the request's signature does not verify");
+        goto out;
+    }
+    char group[32] = "";
+    if (!EVP_PKEY_is_a(key, "EC") || EVP_PKEY_get_group_name(key, group, sizeof(group), NULL) != 1 ||
+        strcmp(group, "prime256v1") != 0) {
+        r = kf_err_set(err, -EINVAL, "the request's key must be ECDSA P-256");
+        goto out;
+    }
+    char cn[256];
+    int n = X509_NAME_get_text_by_NID(X509_REQ_get_subject_name(req), NID_commonName, cn, sizeof(cn));
+    if (n >= 0 && ((size_t)n != strlen(name) || strcmp(cn, name) != 0)) {
+        r = kf_err_set(err, -EINVAL, "the request names '%.*s', not '%s'", n > 64 ? 64 : n, cn, name);
+        goto out;
+    }
+    *ret_key = key;
+    key = NULL;
+    r = 0;
+out:
+    if (r != 0)
+        kf_err_wrap(err, "%s", path);
+    ERR_clear_error();
+    EVP_PKEY_free(key);
+    X509_REQ_free(req);
     return r;
 }

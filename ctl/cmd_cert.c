@@ -7,6 +7,7 @@
 #include <openssl/pem.h>
 
 #include "ca.h"
+#include "tpm_evidence.h"
 #include "ctl.h"
 #include "keyfleet/v1/admin.pb-c.h"
 #include "kf_identity.h"
@@ -16,7 +17,13 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: keyfleetctl cert issue node|operator|coordinator NAME [--dir DIR] [--out PREFIX]\n"
-                    "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--force]\n");
+                    "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--csr FILE] [--force]\n"
+                    "         [--tpm-evidence FILE [--ek-ca FILE]...]\n"
+                    "  --csr FILE: certify the key of a request (keyfleet-agent identity create: a key in the\n"
+                    "              node's TPM) instead of making a key; only the certificate is written\n"
+                    "  --tpm-evidence FILE: check that the request's key is in a TPM (TPM2_Certify by an AK,\n"
+                    "              the EK certificate against --ek-ca), mark the certificate as TPM-bound and\n"
+                    "              write it sealed to that TPM (PREFIX.crt.tpmcred) for identity activate\n");
 }
 
 /* keyfleetctl cert revoke SERIAL|--cert FILE [--reason TEXT]: denylists a certificate of any kind. */
@@ -99,7 +106,13 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
                                          {"backdate", required_argument, NULL, 'b'},
                                          {"san", required_argument, NULL, 's'},
                                          {"force", no_argument, NULL, 'f'},
+                                         {"csr", required_argument, NULL, 'C'},
+                                         {"tpm-evidence", required_argument, NULL, 'T'},
+                                         {"ek-ca", required_argument, NULL, 'E'},
                                          {NULL, 0, NULL, 0}};
+    const char *csr = NULL, *evidence = NULL;
+    const char *ek_cas[MAX_SANS];
+    size_t n_ek_cas = 0;
     int c;
     /* Parse after "issue"; optind 0 makes glibc reset its permutation state. */
     argc--;
@@ -136,6 +149,19 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         case 'f':
             force = true;
             break;
+        case 'C':
+            csr = optarg;
+            break;
+        case 'T':
+            evidence = optarg;
+            break;
+        case 'E':
+            if (n_ek_cas == MAX_SANS) {
+                fprintf(stderr, "keyfleetctl: at most %d --ek-ca files\n", MAX_SANS);
+                return KFCTL_EXIT_USAGE;
+            }
+            ek_cas[n_ek_cas++] = optarg;
+            break;
         default:
             usage();
             return KFCTL_EXIT_USAGE;
@@ -164,10 +190,56 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     kfctl_cert_opts copts = {.kind = kind, .name = name, .days = (int)days, .backdate_days = (int)backdate,
                              .extra_sans = sans, .n_extra_sans = n_sans};
     kf_err err = {0};
-    if (kfctl_cert_issue(ca_cert, ca_key, &copts, cert_out, key_out, force, &err) != 0) {
+    if (csr != NULL && kfctl_csr_read(csr, name, &copts.public_key, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
+        return KFCTL_EXIT_USAGE;
+    }
+    if ((evidence != NULL || n_ek_cas > 0) && (csr == NULL || evidence == NULL)) {
+        fprintf(stderr, "keyfleetctl: --tpm-evidence needs --csr, and --ek-ca needs --tpm-evidence\n");
+        EVP_PKEY_free(copts.public_key);
+        return KFCTL_EXIT_USAGE;
+    }
+    kf_tpm_verified tv = {0};
+    char *pem = NULL;
+    if (evidence != NULL) {
+        if (kfctl_tpm_evidence_check(evidence, ek_cas, n_ek_cas, copts.public_key, &tv, &err) != 0) {
+            fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
+            EVP_PKEY_free(copts.public_key);
+            return 1;
+        }
+        copts.tpm = &tv;
+        copts.ret_pem = &pem;
+    }
+    int r = kfctl_cert_issue(ca_cert, ca_key, &copts, cert_out, key_out, force, &err);
+    EVP_PKEY_free(copts.public_key);
+    if (r == 0 && evidence != NULL) {
+        char cred_out[4200];
+        snprintf(cred_out, sizeof(cred_out), "%s.tpmcred", cert_out);
+        kf_tpm_credential cred = {0};
+        r = kf_tpm_credential_make(&tv, pem, strlen(pem), &cred, &err);
+        if (r == 0)
+            r = kf_tpm_credential_write(&cred, cred_out, &err);
+        kf_tpm_credential_clear(&cred);
+        free(pem);
+        bool ek_verified = tv.ek_cert_verified;
+        kf_tpm_verified_clear(&tv);
+        if (r == 0) {
+            printf("issued keyfleet://%s/%s, TPM-bound (EK certificate %s), sealed to that TPM: %s\n"
+                   "next, on the node: keyfleet-agent identity activate %s\n",
+                   kf_peer_kind_name(kind), name, ek_verified ? "verified" : "not checked: no --ek-ca",
+                   cred_out, cred_out);
+            return 0;
+        }
+    }
+    if (r != 0) {
         fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
         return 1;
     }
-    printf("issued keyfleet://%s/%s: %s %s\n", kf_peer_kind_name(kind), name, cert_out, key_out);
+    if (csr != NULL)
+        printf("issued keyfleet://%s/%s for the key of %s: %s\n"
+               "(not marked TPM-bound: without --tpm-evidence it does not pass policy require: [tpm_key])\n",
+               kf_peer_kind_name(kind), name, csr, cert_out);
+    else
+        printf("issued keyfleet://%s/%s: %s %s\n", kf_peer_kind_name(kind), name, cert_out, key_out);
     return 0;
 }

@@ -35,6 +35,7 @@ typedef struct rule {
     int window_from, window_to; /* minutes of the UTC day; -1 = no window */
     uint64_t pending_ttl_ms;
     bool offline_fallback;
+    bool require_tpm_key; /* require: [tpm_key]: only a node whose certificate vouches for a TPM key */
     uint32_t per_minute, burst;
 } rule;
 
@@ -167,6 +168,7 @@ typedef struct rule_sec {
     char *name, *effect;
     const kf_yaml_node *match, *approval, *rate_limit;
     bool offline_fallback;
+    kf_strlist require;
 } rule_sec;
 
 static const kf_yaml_field rule_fields[] = {
@@ -176,6 +178,7 @@ static const kf_yaml_field rule_fields[] = {
     {"approval", dec_node_ref, offsetof(rule_sec, approval), NULL, false},
     {"offline_fallback", kf_yaml_dec_bool, offsetof(rule_sec, offline_fallback), NULL, false},
     {"rate_limit", dec_node_ref, offsetof(rule_sec, rate_limit), NULL, false},
+    {"require", kf_yaml_dec_strlist, offsetof(rule_sec, require), NULL, false},
 };
 
 typedef struct top_sec {
@@ -245,6 +248,16 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     r->window_from = r->window_to = -1;
     r->pending_ttl_ms = DEFAULT_PENDING_TTL_S * 1000ull;
     r->offline_fallback = sec.offline_fallback;
+    for (size_t i = 0; rc == 0 && i < sec.require.n; i++) {
+        if (strcmp(sec.require.v[i], "tpm_key") == 0)
+            r->require_tpm_key = true;
+        else
+            rc = kf_yaml_error(doc, key_node(node, "require"), err,
+                               "unknown requirement '%.64s' (known: tpm_key)", sec.require.v[i]);
+    }
+    kf_strlist_free(&sec.require);
+    if (rc == 0 && r->require_tpm_key && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
+        rc = kf_yaml_error(doc, key_node(node, "require"), err, "require only makes sense with effect: allow");
     if (rc != 0) {
         free(sec.effect);
         return rc;
@@ -493,6 +506,23 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         }
         ret->require_totp = ret->approvals > 0 && r->require_totp;
         why[strlen(why) > 2 ? strlen(why) - 2 : 0] = '\0';
+        if (r->allow && r->require_tpm_key && !in->tpm_key) {
+            /* The rule is for this node and volume, but only with a TPM-bound key: a copied
+             * key file (a stolen disk's initramfs) must not pass on a fall-through rule. */
+            ret->allow = false;
+            ret->offline_fallback = false;
+            ret->approvals = 0;
+            ret->require_totp = ret->auto_approved = false;
+            /* A long rule name or match reason is cut, never the verdict's start (the return
+             * value is taken so that GCC's truncation check knows it is expected). */
+            int n = snprintf(ret->explanation, sizeof(ret->explanation),
+                             "rule %zu '%s' decides (%s): deny: it requires a TPM-bound node key (require: "
+                             "[tpm_key]) and node '%s' authenticated with a key its certificate does not vouch "
+                             "is in a TPM",
+                             i + 1, r->name, why, in->node);
+            (void)n;
+            return;
+        }
         snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s", i + 1, r->name, why,
                  r->allow ? "allow" : "deny",
                  ret->auto_approved ? ", approval waived inside its auto-approve window"

@@ -24,6 +24,7 @@ typedef struct kfd_policy_input {
     size_t n_labels;
     int64_t now; /* Unix seconds, for auto-approve windows */
     bool enrolling; /* Enroll: approval rules do not apply (they gate release) */
+    bool tpm_key;   /* the caller's certificate vouches that its key is in a TPM (kf_identity.tpm_key) */
 } kfd_policy_input;
 
 typedef struct kfd_policy_decision {

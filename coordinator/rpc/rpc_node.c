@@ -420,7 +420,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
     }
     label_set ls;
     labels_from_json(&ls, existing->labels_json);
-    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = existing->id,
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = existing->id,
                            .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now};
     kfd_policy_decision decision;
     kfd_policy_evaluate(kfd_call_app(call)->policy, &in, &decision);
@@ -486,7 +486,7 @@ void kfd_rpc_enroll(kfd_call *call)
     kfd_label labels[LABELS_MAX];
     for (size_t i = 0; i < req->n_labels; i++)
         labels[i] = (kfd_label){req->labels[i]->key, req->labels[i]->value};
-    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = req->volume->id,
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = req->volume->id,
                            .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
                            .now = time(NULL), .enrolling = true};
     kfd_policy_decision decision;
@@ -556,9 +556,9 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.sealed_key = &sk;
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
-    kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s", call->peer->name,
+    kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s tpm_key=%s", call->peer->name,
                 kf_log_q(op->volume_id), op->request_id, (unsigned long long)res->audit_seq,
-                kf_log_q(op->decision.rule));
+                kf_log_q(op->decision.rule), call->peer->tpm_key ? "yes" : "no");
     kfd_call_reply(call, &resp.base);
     kfd_op_free(op);
 }
@@ -818,7 +818,7 @@ void kfd_rpc_release(kfd_call *call)
     kfd_policy_decision decision;
     label_set ls;
     labels_from_json(&ls, vol.labels_json);
-    kfd_policy_input in = {.node = call->peer->name, .source = call->source, .volume_id = vol.id,
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = vol.id,
                            .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL)};
     kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
     json_decref(ls.json);

@@ -161,6 +161,45 @@ static void test_validation_errors(void **state)
 
 /* A node under a loose rule must not take, with another node's wrapped key, what the enrolling
  * node may only have with approval: the stricter decision wins. */
+/* require: [tpm_key]: the rule allows only a caller whose certificate vouches for a TPM key; any
+ * other caller is denied by that rule (not passed on to a looser rule below it). */
+static void test_require_tpm_key(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("rules:\n"
+                             "  - name: servers\n"
+                             "    match: {nodes: {names: [\"srv-*\"]}}\n"
+                             "    effect: allow\n"
+                             "    offline_fallback: true\n"
+                             "    require: [tpm_key]\n"
+                             "  - name: everyone\n"
+                             "    match: {nodes: {names: [\"*\"]}}\n"
+                             "    effect: allow\n");
+    kfd_policy_input in = {.node = "srv-1", .volume_id = "vol-a", .now = NOON, .tpm_key = true};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_true(d.allow);
+    assert_true(d.offline_fallback);
+    in.tpm_key = false;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    assert_false(d.offline_fallback);
+    assert_string_equal(d.rule, "servers");
+    assert_non_null(strstr(d.explanation, "requires a TPM-bound node key"));
+    kfd_policy_evaluate_release(p, &in, "srv-2", &d);
+    assert_false(d.allow);
+    in.node = "laptop";
+    kfd_policy_evaluate(p, &in, &d);
+    assert_true(d.allow);
+    /* Another node's volume moved to a TPM-less caller whose own rule is loose: the owner's
+     * rule requires a TPM key, and the caller has none. */
+    kfd_policy_evaluate_release(p, &in, "srv-2", &d);
+    assert_false(d.allow);
+    kfd_policy_free(p);
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    require: [tpm]\n", "unknown requirement 'tpm'");
+    parse_bad("rules:\n  - name: a\n    effect: deny\n    require: [tpm_key]\n", "require only makes sense");
+}
+
 static void test_release_of_another_nodes_volume(void **state)
 {
     (void)state;
@@ -209,6 +248,7 @@ int main(void)
         cmocka_unit_test(test_empty_policy_denies),
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_release_of_another_nodes_volume),
+        cmocka_unit_test(test_require_tpm_key),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }

@@ -49,6 +49,7 @@ install() {
             inst_binary "$value"
             [ "${value##*/}" = zfs ] && zfs=1
             ;;
+        module) inst_library "$value" ;; # an OpenSSL provider module, with its libraries
         esac
     done <<<"$list"
     mkdir -p "$initdir/etc/keyfleet"

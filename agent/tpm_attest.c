@@ -1,0 +1,312 @@
+#include "tpm_attest.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "tss2_dl.h"
+
+typedef struct tpm {
+    TSS2_TCTI_CONTEXT *tcti;
+    ESYS_TR objs[5];
+    size_t n_objs;
+    ESYS_CONTEXT *esys;
+} tpm;
+
+static int tpm_error(kf_err *err, const char *what, TSS2_RC rc)
+{
+    return kf_err_set(err, -EIO, "TPM %s failed: %s", what, sym_Tss2_RC_Decode(rc));
+}
+
+static void tpm_close(tpm *t)
+{
+    for (size_t i = t->n_objs; i-- > 0;)
+        if (t->objs[i] != ESYS_TR_NONE)
+            sym_Esys_FlushContext(t->esys, t->objs[i]);
+    if (t->esys != NULL)
+        sym_Esys_Finalize(&t->esys);
+    if (t->tcti != NULL)
+        sym_Tss2_TctiLdr_Finalize(&t->tcti);
+}
+
+static int tpm_open(tpm *t, const char *tcti, kf_err *err)
+{
+    memset(t, 0, sizeof(*t));
+    int r = kfa_tss2_load(err);
+    if (r != 0)
+        return r;
+    TSS2_RC rc = sym_Tss2_TctiLdr_Initialize(tcti, &t->tcti);
+    if (rc != TSS2_RC_SUCCESS)
+        return kf_err_set(err, -ENODEV, "TPM: cannot open TCTI '%s': %s", tcti, sym_Tss2_RC_Decode(rc));
+    if ((rc = sym_Esys_Initialize(&t->esys, t->tcti, NULL)) != TSS2_RC_SUCCESS) {
+        tpm_close(t);
+        return tpm_error(err, "initialization", rc);
+    }
+    rc = sym_Esys_Startup(t->esys, TPM2_SU_CLEAR);
+    if (rc != TSS2_RC_SUCCESS && (rc & 0xfff) != TPM2_RC_INITIALIZE) {
+        tpm_close(t);
+        return tpm_error(err, "startup", rc);
+    }
+    return 0;
+}
+
+/* Remembers a transient object for tpm_close. */
+static ESYS_TR *track(tpm *t)
+{
+    t->objs[t->n_objs] = ESYS_TR_NONE;
+    return &t->objs[t->n_objs++];
+}
+
+/* TCG EK Credential Profile, template L-1: RSA 2048, policy PolicySecret(TPM_RH_ENDORSEMENT). */
+static const uint8_t EK_POLICY[32] = {0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc,
+                                      0x8d, 0x46, 0xa5, 0xd7, 0x24, 0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52,
+                                      0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
+
+static int create_ek(tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub, kf_err *err)
+{
+    TPM2B_PUBLIC tmpl = {.publicArea = {
+                             .type = TPM2_ALG_RSA,
+                             .nameAlg = TPM2_ALG_SHA256,
+                             .objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+                                                 TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_ADMINWITHPOLICY |
+                                                 TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT,
+                             .parameters.rsaDetail = {.symmetric = {.algorithm = TPM2_ALG_AES,
+                                                                    .keyBits.aes = 128,
+                                                                    .mode.aes = TPM2_ALG_CFB},
+                                                      .scheme = {.scheme = TPM2_ALG_NULL},
+                                                      .keyBits = 2048,
+                                                      .exponent = 0},
+                             .unique.rsa = {.size = 256},
+                         }};
+    tmpl.publicArea.authPolicy.size = 32;
+    memcpy(tmpl.publicArea.authPolicy.buffer, EK_POLICY, 32);
+    TPM2B_SENSITIVE_CREATE sens = {0};
+    TPM2B_DATA outside = {0};
+    TPML_PCR_SELECTION pcrs = {0};
+    TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                        &sens, &tmpl, &outside, &pcrs, ret, ret_pub, NULL, NULL, NULL);
+    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "creating the endorsement key", rc);
+}
+
+/* The AK: a restricted ECDSA-SHA256 P-256 signing primary under the endorsement hierarchy. */
+static int create_ak(tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub, kf_err *err)
+{
+    TPM2B_PUBLIC tmpl = {.publicArea = {
+                             .type = TPM2_ALG_ECC,
+                             .nameAlg = TPM2_ALG_SHA256,
+                             .objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+                                                 TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH |
+                                                 TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_SIGN_ENCRYPT,
+                             .parameters.eccDetail = {.symmetric = {.algorithm = TPM2_ALG_NULL},
+                                                      .scheme = {.scheme = TPM2_ALG_ECDSA,
+                                                                 .details.ecdsa.hashAlg = TPM2_ALG_SHA256},
+                                                      .curveID = TPM2_ECC_NIST_P256,
+                                                      .kdf = {.scheme = TPM2_ALG_NULL}},
+                         }};
+    TPM2B_SENSITIVE_CREATE sens = {0};
+    TPM2B_DATA outside = {0};
+    TPML_PCR_SELECTION pcrs = {0};
+    TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                        &sens, &tmpl, &outside, &pcrs, ret, ret_pub, NULL, NULL, NULL);
+    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "creating the attestation key", rc);
+}
+
+/* The owner hierarchy's ECC storage primary, the template tpm2-openssl uses as a key's parent. */
+static int create_srk(tpm *t, ESYS_TR *ret, kf_err *err)
+{
+    TPM2B_PUBLIC tmpl = {.publicArea = {
+                             .type = TPM2_ALG_ECC,
+                             .nameAlg = TPM2_ALG_SHA256,
+                             .objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
+                                                 TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                                                 TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA,
+                             .parameters.eccDetail = {.symmetric = {.algorithm = TPM2_ALG_AES,
+                                                                    .keyBits.aes = 128,
+                                                                    .mode.aes = TPM2_ALG_CFB},
+                                                      .scheme = {.scheme = TPM2_ALG_NULL},
+                                                      .curveID = TPM2_ECC_NIST_P256,
+                                                      .kdf = {.scheme = TPM2_ALG_NULL}},
+                         }};
+    TPM2B_SENSITIVE_CREATE sens = {0};
+    TPM2B_DATA outside = {0};
+    TPML_PCR_SELECTION pcrs = {0};
+    TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
+                                        &tmpl, &outside, &pcrs, ret, NULL, NULL, NULL, NULL);
+    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "creating the storage primary key", rc);
+}
+
+static int marshal_public(const TPM2B_PUBLIC *p, unsigned char *out, size_t cap, size_t *len, kf_err *err)
+{
+    size_t off = 0;
+    if (sym_Tss2_MU_TPM2B_PUBLIC_Marshal(p, out, cap, &off) != TSS2_RC_SUCCESS)
+        return kf_err_set(err, -EIO, "marshalling a TPM public area");
+    *len = off;
+    return 0;
+}
+
+/* The EK certificate from its NV index, where the TPM's maker (or swtpm_setup) put one. */
+#define EK_CERT_RSA_NV 0x01c00002
+static void read_ek_cert(tpm *t, kf_tpm_evidence *ev)
+{
+    ESYS_TR nv = ESYS_TR_NONE;
+    TPM2B_NV_PUBLIC *nvpub = NULL;
+    if (sym_Esys_TR_FromTPMPublic(t->esys, EK_CERT_RSA_NV, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &nv) !=
+            TSS2_RC_SUCCESS ||
+        sym_Esys_NV_ReadPublic(t->esys, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &nvpub, NULL) != TSS2_RC_SUCCESS)
+        goto out;
+    size_t size = nvpub->nvPublic.dataSize;
+    unsigned char *buf = size > 0 && size <= 4096 ? malloc(size) : NULL;
+    if (buf == NULL)
+        goto out;
+    for (size_t off = 0; off < size;) {
+        uint16_t chunk = (uint16_t)(size - off > 512 ? 512 : size - off);
+        TPM2B_MAX_NV_BUFFER *data = NULL;
+        if (sym_Esys_NV_Read(t->esys, nv, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, chunk, (uint16_t)off,
+                             &data) != TSS2_RC_SUCCESS ||
+            data->size != chunk) {
+            sym_Esys_Free(data);
+            free(buf);
+            goto out;
+        }
+        memcpy(buf + off, data->buffer, chunk);
+        off += chunk;
+        sym_Esys_Free(data);
+    }
+    /* The index may be larger than the DER it holds: keep the DER's own length. */
+    size_t der_len = size;
+    if (size >= 4 && buf[0] == 0x30 && buf[1] == 0x82)
+        der_len = 4 + ((size_t)buf[2] << 8 | buf[3]);
+    ev->ek_cert = buf;
+    ev->ek_cert_len = der_len <= size ? der_len : size;
+out:
+    sym_Esys_Free(nvpub);
+    if (nv != ESYS_TR_NONE)
+        sym_Esys_TR_Close(t->esys, &nv);
+}
+
+int kfa_tpm_evidence(const char *tcti, const kf_tpmkey_info *key, const unsigned char *q, size_t q_len,
+                     kf_tpm_evidence *ev, kf_err *err)
+{
+    if (q_len > 64)
+        return kf_err_set(err, -EINVAL, "qualifying data longer than 64 bytes");
+    tpm t;
+    int r = tpm_open(&t, tcti, err);
+    if (r != 0)
+        return r;
+    TPM2B_PUBLIC *ek_pub = NULL, *ak_pub = NULL, key_pub = {0};
+    TPM2B_PRIVATE key_priv = {0};
+    TPM2B_ATTEST *attest = NULL;
+    TPMT_SIGNATURE *sig = NULL;
+    ESYS_TR *ek = track(&t);
+    if ((r = create_ek(&t, ek, &ek_pub, err)) != 0 ||
+        (r = marshal_public(ek_pub, ev->ek_pub, sizeof(ev->ek_pub), &ev->ek_pub_len, err)) != 0)
+        goto out;
+    sym_Esys_FlushContext(t.esys, *ek); /* three transient slots on swtpm: keep the EK's public only */
+    *ek = ESYS_TR_NONE;
+    read_ek_cert(&t, ev);
+    ESYS_TR *ak = track(&t), *srk = track(&t), *obj = track(&t);
+    if ((r = create_ak(&t, ak, &ak_pub, err)) != 0 ||
+        (r = marshal_public(ak_pub, ev->ak_pub, sizeof(ev->ak_pub), &ev->ak_pub_len, err)) != 0 ||
+        (r = create_srk(&t, srk, err)) != 0)
+        goto out;
+    size_t off = 0;
+    if (sym_Tss2_MU_TPM2B_PUBLIC_Unmarshal(key->pub, key->pub_len, &off, &key_pub) != TSS2_RC_SUCCESS ||
+        (off = 0, sym_Tss2_MU_TPM2B_PRIVATE_Unmarshal(key->priv, key->priv_len, &off, &key_priv)) != TSS2_RC_SUCCESS) {
+        r = kf_err_set(err, -EINVAL, "the TPM key file's public or private area does not unmarshal");
+        goto out;
+    }
+    TSS2_RC rc = sym_Esys_Load(t.esys, *srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &key_priv, &key_pub, obj);
+    if (rc != TSS2_RC_SUCCESS) {
+        r = tpm_error(err, "loading the node key (made by another TPM?)", rc);
+        goto out;
+    }
+    sym_Esys_FlushContext(t.esys, *srk);
+    *srk = ESYS_TR_NONE;
+    TPM2B_DATA qual = {.size = (uint16_t)q_len};
+    memcpy(qual.buffer, q, q_len);
+    TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the AK's own: ECDSA-SHA256 */
+    rc = sym_Esys_Certify(t.esys, *obj, *ak, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD, ESYS_TR_NONE, &qual, &scheme, &attest,
+                          &sig);
+    if (rc != TSS2_RC_SUCCESS) {
+        r = tpm_error(err, "certifying the node key", rc);
+        goto out;
+    }
+    if (attest->size > sizeof(ev->attest) || key->pub_len > sizeof(ev->key_pub)) {
+        r = kf_err_set(err, -EIO, "TPM2_Certify: attestation too large");
+        goto out;
+    }
+    memcpy(ev->attest, attest->attestationData, attest->size);
+    ev->attest_len = attest->size;
+    memcpy(ev->key_pub, key->pub, key->pub_len);
+    ev->key_pub_len = key->pub_len;
+    off = 0;
+    if (sym_Tss2_MU_TPMT_SIGNATURE_Marshal(sig, ev->sig, sizeof(ev->sig), &off) != TSS2_RC_SUCCESS) {
+        r = kf_err_set(err, -EIO, "marshalling the certify signature");
+        goto out;
+    }
+    ev->sig_len = off;
+    r = 0;
+out:
+    sym_Esys_Free(ek_pub);
+    sym_Esys_Free(ak_pub);
+    sym_Esys_Free(attest);
+    sym_Esys_Free(sig);
+    tpm_close(&t);
+    return r;
+}
+
+int kfa_tpm_activate(const char *tcti, const unsigned char *id_object, size_t id_len, const unsigned char *enc_secret,
+                     size_t es_len, unsigned char *out, size_t *out_len, kf_err *err)
+{
+    TPM2B_ID_OBJECT cred = {0};
+    TPM2B_ENCRYPTED_SECRET sec = {0};
+    if (id_len < 2 || id_len - 2 != (size_t)(id_object[0] << 8 | id_object[1]) ||
+        id_len - 2 > sizeof(cred.credential) || es_len < 2 ||
+        es_len - 2 != (size_t)(enc_secret[0] << 8 | enc_secret[1]) || es_len - 2 > sizeof(sec.secret))
+        return kf_err_set(err, -EINVAL, "malformed credential");
+    cred.size = (uint16_t)(id_len - 2);
+    memcpy(cred.credential, id_object + 2, cred.size);
+    sec.size = (uint16_t)(es_len - 2);
+    memcpy(sec.secret, enc_secret + 2, sec.size);
+    tpm t;
+    int r = tpm_open(&t, tcti, err);
+    if (r != 0)
+        return r;
+    ESYS_TR *ek = track(&t), *ak = track(&t), *session = track(&t);
+    TPM2B_DIGEST *cert_info = NULL;
+    if ((r = create_ek(&t, ek, NULL, err)) != 0 || (r = create_ak(&t, ak, NULL, err)) != 0)
+        goto out;
+    TPMT_SYM_DEF sym = {.algorithm = TPM2_ALG_NULL};
+    TSS2_RC rc = sym_Esys_StartAuthSession(t.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                           ESYS_TR_NONE, NULL, TPM2_SE_POLICY, &sym, TPM2_ALG_SHA256, session);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = sym_Esys_PolicySecret(t.esys, ESYS_TR_RH_ENDORSEMENT, *session, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                   ESYS_TR_NONE, NULL, NULL, NULL, 0, NULL, NULL);
+    if (rc != TSS2_RC_SUCCESS) {
+        r = tpm_error(err, "authorizing the endorsement key", rc);
+        goto out;
+    }
+    rc = sym_Esys_ActivateCredential(t.esys, *ak, *ek, ESYS_TR_PASSWORD, *session, ESYS_TR_NONE, &cred, &sec,
+                                     &cert_info);
+    if (rc == TSS2_RC_SUCCESS)
+        *session = ESYS_TR_NONE; /* a policy session without continueSession ends with the command */
+    if (rc != TSS2_RC_SUCCESS) {
+        r = tpm_error(err, "activating the credential (made for another TPM?)", rc);
+        goto out;
+    }
+    if (cert_info->size > 64) {
+        r = kf_err_set(err, -EIO, "credential secret too long");
+        goto out;
+    }
+    memcpy(out, cert_info->buffer, cert_info->size);
+    *out_len = cert_info->size;
+    r = 0;
+out:
+    if (cert_info != NULL)
+        OPENSSL_cleanse(cert_info->buffer, sizeof(cert_info->buffer));
+    sym_Esys_Free(cert_info);
+    tpm_close(&t);
+    return r;
+}

@@ -1,0 +1,97 @@
+/* TPM-bound identity, the verifier's side, in software (OpenSSL only; docs/attestation.md):
+ * the evidence a node's `keyfleet-agent identity create` writes, its checks, the credential
+ * (TPM2_MakeCredential, TPM 2.0 Part 1 section 24, done without a TPM), and the certificate
+ * extension in which the fleet CA vouches that a node's key is in a TPM. Every structure from
+ * a node is parsed with bounds checks; garbage gets -EINVAL and a message, never a crash. */
+#ifndef KF_TPM_EVIDENCE_H
+#define KF_TPM_EVIDENCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "kf_err.h"
+
+typedef struct kf_tpm_evidence {
+    unsigned char ek_pub[1024]; /* TPM2B_PUBLIC */
+    size_t ek_pub_len;
+    unsigned char *ek_cert; /* DER, from NV 0x01c00002; NULL when the TPM has none */
+    size_t ek_cert_len;
+    unsigned char ak_pub[512]; /* TPM2B_PUBLIC */
+    size_t ak_pub_len;
+    unsigned char key_pub[512]; /* TPM2B_PUBLIC of the certified (TLS) key */
+    size_t key_pub_len;
+    unsigned char attest[1024]; /* TPMS_ATTEST, as signed */
+    size_t attest_len;
+    unsigned char sig[256]; /* TPMT_SIGNATURE */
+    size_t sig_len;
+} kf_tpm_evidence;
+
+void kf_tpm_evidence_clear(kf_tpm_evidence *ev);
+/* Text form: "kf-tpm-evidence 1" then one "FIELD BASE64" line per field. */
+int kf_tpm_evidence_write(const kf_tpm_evidence *ev, const char *path, kf_err *err);
+int kf_tpm_evidence_read(const char *path, kf_tpm_evidence *ev, kf_err *err);
+
+/* The qualifying data a node puts into TPM2_Certify: SHA-256 over "keyfleet certify v1" and the
+ * certified key's TPM2B_PUBLIC. */
+void kf_tpm_certify_qualifying(const unsigned char *key_pub, size_t len, unsigned char out[32]);
+
+typedef struct kf_tpm_verified {
+    EVP_PKEY *key;     /* the certified key's public key (to compare with the CSR) */
+    EVP_PKEY *ek;      /* the EK's public key */
+    unsigned char ak_name[34]; /* 0x000b || SHA-256(TPMT_PUBLIC) */
+    unsigned char ak_digest[32], ek_digest[32]; /* SHA-256 of each TPM2B_PUBLIC */
+    bool ek_cert_verified; /* the EK certificate chained to a configured manufacturer CA */
+} kf_tpm_verified;
+void kf_tpm_verified_clear(kf_tpm_verified *v);
+
+/* Checks ev: the EK (TCG RSA 2048 template attributes; where a certificate is present, that it
+ * certifies this EK, and, with ek_cas, that it chains to one of them: required then), the AK
+ * (restricted ECDSA P-256 signer, fixedTPM, fixedParent, sensitiveDataOrigin), the certified
+ * key (P-256 signing key, fixedTPM, fixedParent, sensitiveDataOrigin, not restricted), and the
+ * TPM2_Certify by the AK over that key's name with the expected qualifying data. */
+int kf_tpm_evidence_verify(const kf_tpm_evidence *ev, X509_STORE *ek_cas, kf_tpm_verified *ret, kf_err *err);
+
+/* TPM2_MakeCredential for an RSA EK: secret (at most 32 bytes) for the object named name.
+ * Writes TPM2B_ID_OBJECT into id (up to 256 bytes) and TPM2B_ENCRYPTED_SECRET into es (up to
+ * 512 bytes). */
+int kf_tpm_make_credential(EVP_PKEY *ek, const unsigned char *name, size_t name_len, const unsigned char *secret,
+                           size_t secret_len, unsigned char *id, size_t *id_len, unsigned char *es, size_t *es_len,
+                           kf_err *err);
+
+/* The certificate extension (OID KF_TPM_EXT_OID, not critical): "tpm-key ak=HEX ek=HEX
+ * ek_cert=verified|unverified". */
+#define KF_TPM_EXT_OID "2.25.38316343326206108959689731787992094527"
+int kf_tpm_ext_add(X509 *x, const kf_tpm_verified *v, kf_err *err);
+/* true when x carries a well-formed extension; *ret_ak (65 bytes of hex) may be NULL. */
+bool kf_tpm_ext_get(X509 *x, char *ret_ak_hex);
+
+
+
+/* The credential bundle `keyfleetctl cert issue --tpm-evidence` writes: the certificate,
+ * AES-256-GCM-encrypted under a secret that only TPM2_ActivateCredential in the node's TPM
+ * recovers (the EK's TPM holding the AK that certified the key). Text form:
+ * "kf-tpm-credential 1" then id_object, encrypted_secret, iv, certificate (ciphertext || tag). */
+typedef struct kf_tpm_credential {
+    unsigned char id[256];
+    size_t id_len;
+    unsigned char es[512];
+    size_t es_len;
+    unsigned char iv[12];
+    unsigned char *box; /* ciphertext || 16-byte tag */
+    size_t box_len;
+} kf_tpm_credential;
+
+void kf_tpm_credential_clear(kf_tpm_credential *c);
+/* Makes the credential for v (EK, AK name) and seals cert_pem in it. */
+int kf_tpm_credential_make(const kf_tpm_verified *v, const char *cert_pem, size_t len, kf_tpm_credential *ret,
+                           kf_err *err);
+int kf_tpm_credential_write(const kf_tpm_credential *c, const char *path, kf_err *err);
+int kf_tpm_credential_read(const char *path, kf_tpm_credential *c, kf_err *err);
+/* Opens the box with the activated secret; *ret_pem is malloc'ed and NUL-terminated. */
+int kf_tpm_credential_open(const kf_tpm_credential *c, const unsigned char *secret, size_t secret_len,
+                           char **ret_pem, kf_err *err);
+#endif

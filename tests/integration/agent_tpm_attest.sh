@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# TPM-bound identity (issue #16 part 2), one swtpm per simulated machine, each manufactured by
+# swtpm_setup with an EK certificate from a test-local CA: identity create writes the TPM's
+# evidence; keyfleetctl cert issue --tpm-evidence checks it (EK certificate against --ek-ca, AK,
+# TPM2_Certify) and seals the certificate to that TPM; identity activate opens it only there;
+# policy require: [tpm_key] then releases to that node and refuses file keys and TPM keys the
+# CA did not vouch for. Tampered evidence and a credential taken to another TPM are refused.
+. "$(dirname "$0")/lib.sh"
+
+command -v swtpm_setup >/dev/null || { echo "1..0 # SKIP swtpm_setup missing"; exit 77; }
+
+# manufacture DIR: a TPM state with an EK certificate signed by the local CA in $WORK/ekca.
+manufacture() {
+    mkdir -p "$1" "$WORK/ekca"
+    printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
+        "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" >"$WORK/localca.conf"
+    : >"$WORK/localca.options"
+    printf 'create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\n' \
+        "$WORK/localca.conf" "$WORK/localca.options" >"$WORK/swtpm_setup.conf"
+    swtpm_setup --tpm2 --tpmstate "$1" --create-ek-cert --config "$WORK/swtpm_setup.conf" >"$1.setup.log" 2>&1 ||
+        { not_ok "swtpm_setup $1" "$(tail -n 3 "$1.setup.log")"; finish; }
+}
+manufacture "$WORK/tpm-a"
+start_swtpm "$WORK/tpm-a"
+TCTI_A=$TCTI
+manufacture "$WORK/tpm-b"
+start_swtpm "$WORK/tpm-b"
+TCTI_B=$TCTI
+cat "$WORK/ekca/issuercert.pem" "$WORK/ekca/swtpm-localca-rootca-cert.pem" >"$WORK/ek-cas.pem"
+
+F=$WORK/fleet
+fleet_init "$F"
+start_kfd "$F"
+put_policy "$F" <<'YAML'
+rules:
+  - name: servers
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_key]
+YAML
+luks_file "$WORK/disk.luks" "pw"
+
+tpm_config() { # FILE DIR NODE TCTI
+    {
+        echo "coordinators: [\"127.0.0.1:$PORT\"]"
+        echo "identity: {cert: $2/$3.crt, tpm_key: $2/$3.tpmkey, ca: $F/ca.crt}"
+        echo "state_file: $2/state.json"
+        echo "luks: {activate: false}"
+        echo "zfs: {command: $ZFS_STANDIN, discover: false}"
+        echo "tpm: {tcti: \"$4\"}"
+    } >"$1"
+}
+mkdir -p "$WORK/a" "$WORK/b" "$WORK/thief"
+tpm_config "$WORK/a/agent.yaml" "$WORK/a" n1 "$TCTI_A"
+tpm_config "$WORK/b/agent.yaml" "$WORK/b" n2 "$TCTI_B"
+A() { "$AGENT" -c "$WORK/a/agent.yaml" "$@"; }
+
+out=$(A identity create n1 2>&1)
+expect_match "identity create writes the TPM's evidence, with the EK certificate" "$out" \
+    "TPM evidence \\(EK and its certificate, AK, TPM2_Certify of the key\\): $WORK/a/n1.tpmkey.evidence"
+expect_eq "... and leaves no object loaded" "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
+"$AGENT" -c "$WORK/b/agent.yaml" identity create n2 >/dev/null 2>&1
+
+# issue EVIDENCE [CSR] [ARGS...]: cert issue for n1 with the given evidence.
+issue_tpm() {
+    local ev=$1 csr=$2
+    shift 2
+    rm -f "$WORK/a/try.crt.tpmcred"
+    "$CTL" cert issue node n1 --dir "$F" --out "$WORK/a/try" --csr "$csr" --tpm-evidence "$ev" "$@" 2>&1
+}
+EV=$WORK/a/n1.tpmkey.evidence
+CSR=$WORK/a/n1.tpmkey.csr
+# Tampered evidence. field FILE NAME: replaces the line NAME of $EV with the one of FILE.
+swap_field() { { grep -v "^$2 " "$EV"; grep "^$2 " "$1"; } >"$WORK/bad.evidence"; }
+python3 - "$EV" "$WORK/badsig.evidence" <<'PY'
+import base64, sys
+out = []
+for line in open(sys.argv[1]):
+    k, v = line.rstrip("\n").split(" ", 1)
+    if k == "certify_signature":
+        b = bytearray(base64.b64decode(v)); b[-1] ^= 1; v = base64.b64encode(bytes(b)).decode()
+    out.append(k + " " + v)
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+PY
+out=$(issue_tpm "$WORK/badsig.evidence" "$CSR" --ek-ca "$WORK/ek-cas.pem")
+expect_match "a certify signature that does not verify is refused" "$out" "signature does not verify with the AK"
+swap_field "$WORK/b/n2.tpmkey.evidence" key_public
+out=$(issue_tpm "$WORK/bad.evidence" "$CSR" --ek-ca "$WORK/ek-cas.pem")
+expect_match "a certify over another key than the node key is refused" "$out" "qualifying data is not for this key|certifies another key"
+swap_field "$WORK/b/n2.tpmkey.evidence" ak_public
+out=$(issue_tpm "$WORK/bad.evidence" "$CSR" --ek-ca "$WORK/ek-cas.pem")
+expect_match "a certify signed by another TPM's AK is refused" "$out" "signature does not verify with the AK"
+out=$(issue_tpm "$WORK/b/n2.tpmkey.evidence" "$CSR" --ek-ca "$WORK/ek-cas.pem")
+expect_match "evidence for another key than the request's is refused" "$out" "certified another key than the request's"
+out=$(issue_tpm "$EV" "$CSR" --ek-ca "$F/ca.crt")
+expect_match "an EK certificate from a CA not configured is refused" "$out" "does not chain to a configured EK CA"
+printf 'kf-tpm-evidence 1\nek_public %%%%\n' >"$WORK/garbage.evidence"
+out=$(issue_tpm "$WORK/garbage.evidence" "$CSR")
+expect_match "garbage evidence is refused clearly" "$out" "not TPM evidence from keyfleet-agent identity create"
+expect_eq "... and none of these wrote anything" "$(ls "$WORK/a/" | grep -c '^try')" "0"
+
+out=$(issue_tpm "$EV" "$CSR" --ek-ca "$WORK/ek-cas.pem")
+expect_match "good evidence: a TPM-bound certificate, EK certificate verified, sealed to that TPM" "$out" \
+    "TPM-bound \\(EK certificate verified\\), sealed to that TPM: $WORK/a/try.crt.tpmcred"
+mv "$WORK/a/try.crt.tpmcred" "$WORK/a/n1.crt.tpmcred"
+
+# The credential taken to another machine (its key blob and config too) does not open there.
+cp "$WORK/a/n1.tpmkey" "$WORK/a/n1.crt.tpmcred" "$WORK/thief/"
+tpm_config "$WORK/thief/agent.yaml" "$WORK/thief" n1 "$TCTI_B"
+out=$("$AGENT" -c "$WORK/thief/agent.yaml" identity activate "$WORK/thief/n1.crt.tpmcred" 2>&1)
+expect_match "another TPM cannot activate the credential" "$out" "activating the credential \\(made for another TPM\\?\\) failed"
+expect_eq "... and gets no certificate" "$(ls "$WORK/thief/n1.crt" 2>/dev/null | wc -l)" "0"
+
+out=$(A identity activate "$WORK/a/n1.crt.tpmcred" 2>&1)
+expect_match "the node's own TPM activates it and writes the certificate" "$out" "activated: .* written to $WORK/a/n1.crt"
+expect_match "the certificate carries the CA's TPM-key extension" "$(openssl x509 -in "$WORK/a/n1.crt" -noout -text)" \
+    "tpm-key ak=[0-9a-f]{64} ek=[0-9a-f]{64} ek_cert=verified"
+expect_eq "no TPM object is left loaded" "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
+
+out=$(printf 'pw' | A enroll "luks:$WORK/disk.luks" 2>&1)
+expect_eq "under require: [tpm_key] the TPM-bound node enrolls" "$?" "0"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and unlocks" "$out" "disk.luks: unlocked \\(key verified"
+expect_match "keyfleetd logs the release as to a TPM-bound key" "$(cat "$F/keyfleetd.log")" "event=released node=n1 .*tpm_key=yes"
+
+# A file key, and a TPM key the CA did not vouch for (issued from the CSR alone), are refused.
+issue "$F" node n3
+agent_config "$WORK/n3.yaml" n3
+luks_file "$WORK/disk3.luks" "pw"
+out=$(printf 'pw' | "$AGENT" -c "$WORK/n3.yaml" enroll "luks:$WORK/disk3.luks" 2>&1)
+expect_match "a node with a key file cannot enroll under require: [tpm_key]" "$out" \
+    "permission_denied.*requires a TPM-bound node key"
+"$CTL" cert issue node n2 --dir "$F" --out "$WORK/b/n2" --csr "$WORK/b/n2.tpmkey.csr" >/dev/null
+out=$("$AGENT" -c "$WORK/b/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_eq "a TPM key certified without evidence does not pass require: [tpm_key] (exit 1)" "$?" "1"
+expect_match "... the refusal names the requirement" "$out" "permission_denied.*requires a TPM-bound node key"
+expect_match "... and is audited" "$(ctl "$F" audit --node n2 --json)" '"decision":"deny".*requires a TPM-bound node key'
+check_sanitizers
+finish
