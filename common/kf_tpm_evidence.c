@@ -611,7 +611,12 @@ bool kf_tpm_ext_get(X509 *x, char *ret_ak_hex)
             char text[256];
             memcpy(text, ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s));
             text[ASN1_STRING_length(s)] = '\0';
-            ok = sscanf(text, "tpm-key ak=%64[0-9a-f] ", ak) == 1 && strlen(ak) == 64;
+            /* Only a certificate whose EK certificate the CA checked against a manufacturer CA
+             * counts: without one, evidence can be made in software (no TPM at all). */
+            char ek[65] = "", verdict[16] = "";
+            int end = 0;
+            ok = sscanf(text, "tpm-key ak=%64[0-9a-f] ek=%64[0-9a-f] ek_cert=%15[a-z]%n", ak, ek, verdict, &end) == 3 &&
+                 strlen(ak) == 64 && strlen(ek) == 64 && strcmp(verdict, "verified") == 0 && text[end] == '\0';
         }
         ASN1_UTF8STRING_free(s);
         if (ok && ret_ak_hex != NULL)

@@ -226,7 +226,8 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         if (r == 0) {
             printf("issued keyfleet://%s/%s, TPM-bound (EK certificate %s), sealed to that TPM: %s\n"
                    "next, on the node: keyfleet-agent identity activate %s\n",
-                   kf_peer_kind_name(kind), name, ek_verified ? "verified" : "not checked: no --ek-ca",
+                   kf_peer_kind_name(kind), name,
+                   ek_verified ? "verified" : "not verified: no --ek-ca; policy's require: [tpm_key] will not accept it",
                    cred_out, cred_out);
             return 0;
         }

@@ -135,5 +135,16 @@ out=$("$AGENT" -c "$WORK/b/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
 expect_eq "a TPM key certified without evidence does not pass require: [tpm_key] (exit 1)" "$?" "1"
 expect_match "... the refusal names the requirement" "$out" "permission_denied.*requires a TPM-bound node key"
 expect_match "... and is audited" "$(ctl "$F" audit --node n2 --json)" '"decision":"deny".*requires a TPM-bound node key'
+# Evidence issued without --ek-ca (ek_cert=unverified) could have been made in software: such a
+# certificate is not TPM-bound for policy, even activated in a real TPM.
+out=$("$CTL" cert issue node n2 --dir "$F" --out "$WORK/b/n2" --csr "$WORK/b/n2.tpmkey.csr" \
+    --tpm-evidence "$WORK/b/n2.tpmkey.evidence" 2>&1)
+expect_match "evidence without --ek-ca: issued, saying require: [tpm_key] will not accept it" "$out" "EK certificate not verified: no --ek-ca; policy.s require: \\[tpm_key\\] will not accept it"
+rm -f "$WORK/b/n2.crt" # the one issued from the CSR alone, above
+out=$("$AGENT" -c "$WORK/b/agent.yaml" identity activate "$WORK/b/n2.crt.tpmcred" 2>&1)
+expect_match "... its own TPM activates it" "$out" "activated: "
+out=$("$AGENT" -c "$WORK/b/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_eq "... and it still does not pass require: [tpm_key] (exit 1)" "$?" "1"
+expect_match "... refused as not TPM-bound" "$out" "permission_denied.*requires a TPM-bound node key"
 check_sanitizers
 finish
