@@ -51,7 +51,8 @@ struct kfd_repl {
         kfd_apply_result res;
         kf_err err;
     } last;
-    uint64_t snapshots_taken, snapshots_restored;
+    uint64_t snapshots_taken, snapshots_restored, snapshots_refused;
+    bool told_diverged;
     unsigned char *snap_img;
     uint8_t snap_hdr[SNAPSHOT_HEADER];
     struct raft_buffer snap_bufs[2];
@@ -233,7 +234,23 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
         return 0;
     }
     kf_err err = {0};
-    int rc = kfd_store_replace(r->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &err);
+    /* A snapshot replaces everything: its audit log must verify and extend this replica's own
+     * verified log, and its newest checkpoint must carry a coordinator's signature. */
+    kfd_image_check check;
+    int rc = kfd_store_check_image(r->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &check, &err);
+    if (rc == 0 && check.newest == NULL && check.records > 0)
+        rc = kf_err_set(&err, -EPERM, "snapshot holds %llu audit records and no signed checkpoint",
+                        (unsigned long long)check.records);
+    if (rc == 0 && r->env.check_snapshot != NULL)
+        rc = r->env.check_snapshot(r->env.arg, &check, &err);
+    kfd_audit_free_record(check.newest);
+    if (rc != 0) {
+        r->snapshots_refused++;
+        kf_log_error("raft_snapshot_refused", "index=%llu error=%s action=\"keeping this replica's state\"",
+                     (unsigned long long)index, kf_log_q(err.msg));
+        return RAFT_CORRUPT;
+    }
+    rc = kfd_store_replace(r->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &err);
     if (rc != 0) {
         kf_log_error("raft_restore_failed", "index=%llu error=%s", (unsigned long long)index, kf_log_q(err.msg));
         return RAFT_IOERR;
@@ -286,11 +303,35 @@ static void on_flush(uv_check_t *h)
         kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
 }
 
+static void on_transferred(struct raft_transfer *req) { free(req); }
+
+/* A replica whose audit log diverged never stands for leader: its election timer is kept from
+ * running out (libraft 0.15 has no public way to stop a voter's elections), and leadership it
+ * holds is handed to another voter. It still votes and applies, so the cluster keeps its quorum. */
+static void keep_out_of_elections(kfd_repl *r)
+{
+    if (kfd_store_audit_diverged(r->store, NULL) == 0)
+        return;
+    if (!r->told_diverged) {
+        r->told_diverged = true;
+        kf_log_error("raft_standing_down", "reason=\"audit log diverged\" state=%d", raft_state(&r->raft));
+    }
+    unsigned short state = raft_state(&r->raft);
+    if (state == RAFT_FOLLOWER || state == RAFT_CANDIDATE) {
+        r->raft.election_timer_start = r->raft.io->time(r->raft.io);
+    } else if (state == RAFT_LEADER && r->raft.transfer == NULL) {
+        struct raft_transfer *req = calloc(1, sizeof(*req));
+        if (req != NULL && raft_transfer(&r->raft, req, 0, on_transferred) != 0)
+            free(req);
+    }
+}
+
 static void on_monitor(uv_timer_t *t)
 {
     kfd_repl *r = t->data;
     expire_inflight(r);
     hurry_after_loss(r);
+    keep_out_of_elections(r);
     unsigned short state = raft_state(&r->raft);
     raft_id leader = 0;
     const char *address = NULL;
@@ -398,6 +439,10 @@ bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t s
         *why = "replication is not running";
         return false;
     }
+    if (kfd_store_audit_diverged(r->store, NULL) != 0) {
+        *why = "this replica's audit log diverged from the signed history; it serves nothing (operations.md)";
+        return false;
+    }
     if (raft_state(&r->raft) == RAFT_LEADER) {
         if (r->ready_term == r->raft.current_term)
             return true;
@@ -435,6 +480,8 @@ static void guarded_io_close(struct raft_io *io, raft_io_close_cb cb)
  * that libraft draws again at every reset) to a random 0..max_ms from now. */
 static void hurry_election(kfd_repl *r, unsigned max_ms, const char *why)
 {
+    if (kfd_store_audit_diverged(r->store, NULL) != 0)
+        return; /* never stands (keep_out_of_elections) */
     raft_time now = r->raft.io->time(r->raft.io);
     raft_time elapsed = now - r->raft.election_timer_start;
     unsigned jitter = (unsigned)r->raft.io->random(r->raft.io, 0, (int)max_ms);
@@ -799,6 +846,7 @@ void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret)
     ret->applied_index = raft_last_applied(&r->raft);
     ret->snapshots_taken = r->snapshots_taken;
     ret->snapshots_restored = r->snapshots_restored;
+    ret->snapshots_refused = r->snapshots_refused;
     ret->peers_refused = kfd_raft_transport_refused(&r->transport);
     ret->commit_timeouts = r->commits_timed_out;
     ret->leader = raft_state(&r->raft) == RAFT_LEADER;

@@ -26,6 +26,7 @@ typedef struct kfd_app {
     uint64_t next_command_id;
     struct kfd_repl *repl; /* Raft (replication.h): every command goes through it */
     uint32_t kek_missing; /* a KMS key version the cluster rotated to that this replica lacks; 0: none */
+    struct kfd_checkpointer *checkpointer; /* signed audit checkpoints (checkpoint.h) */
 } kfd_app;
 
 /* Opens the store and the KMS and loads the policy. A store fault is not an error here: the
