@@ -386,7 +386,7 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
             c->checkpoints, c->checkpoints > 0 ? c->signers : "nobody");
     if (c->checkpoints > 0)
         fprintf(out, "; the newest signs %" PRIu64 " records (%" PRIu64 " after it not yet signed)",
-                c->newest_cp_size, c->n - c->newest_cp_size);
+                c->newest_cp_size, c->n - c->newest_cp_seq);
     if (n_anchors > 0)
         fprintf(out, "; %zu anchor%s held", n_anchors, n_anchors == 1 ? "" : "s");
     fprintf(out, "\n");

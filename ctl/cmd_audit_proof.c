@@ -77,7 +77,7 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
     static const struct option opts[] = {{"anchor", required_argument, NULL, 'a'}, {NULL, 0, NULL, 0}};
     int o, rc = 1;
     char why[400];
-    optind = 1;
+    optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o != 'a') {
             fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]...\n");
@@ -220,7 +220,7 @@ static int cmd_prove(kfctl *ctl, int argc, char **argv)
     static const struct option opts[] = {{"checkpoint", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
     const char *cp_file = NULL;
     int o;
-    optind = 1;
+    optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o != 'c')
             return KFCTL_EXIT_USAGE;
@@ -304,7 +304,7 @@ static int cmd_verify_proof(kfctl *ctl, int argc, char **argv)
         {"anchor", required_argument, NULL, 'a'}, {"ca", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
     const char *anchor = NULL, *ca = NULL;
     int o;
-    optind = 1;
+    optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 'a')
             anchor = optarg;
@@ -453,7 +453,7 @@ static int cmd_verify_consistency(kfctl *ctl, int argc, char **argv)
     static const struct option opts[] = {{"ca", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
     const char *ca = NULL;
     int o;
-    optind = 1;
+    optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o != 'c')
             return KFCTL_EXIT_USAGE;
