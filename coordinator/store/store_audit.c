@@ -653,9 +653,19 @@ int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, 
     sqlite3 *db = NULL;
     sqlite3_stmt *all = NULL, *at = NULL, *cp = NULL;
     int r = 0;
-    if (sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
-        sqlite3_deserialize(db, "main", (unsigned char *)image, (sqlite3_int64)len, (sqlite3_int64)len,
-                            SQLITE_DESERIALIZE_READONLY) != SQLITE_OK ||
+    /* An in-memory database cannot be in WAL mode: a copy with the header's read and write
+     * versions (bytes 18 and 19) set back to 1, the rollback journal, is read instead. */
+    unsigned char *copy = len >= 100 ? sqlite3_malloc64(len) : NULL;
+    if (copy != NULL) {
+        memcpy(copy, image, len);
+        copy[18] = copy[19] = 1;
+    }
+    if (copy != NULL && sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        sqlite3_free(copy);
+        copy = NULL;
+    }
+    if (copy == NULL || sqlite3_deserialize(db, "main", copy, (sqlite3_int64)len, (sqlite3_int64)len,
+                            SQLITE_DESERIALIZE_READONLY | SQLITE_DESERIALIZE_FREEONCLOSE) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT " KFD_AUDIT_COLS " ORDER BY a.seq", -1, &all, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT root, hash FROM audit WHERE seq = ?", -1, &at, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints)",
