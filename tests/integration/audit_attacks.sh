@@ -71,6 +71,24 @@ fleet_init "$WORK/other"
 out=$("$CTL" audit verify-proof "$WORK/proof.json" --ca "$WORK/other/ca.crt"; echo "rc=$?")
 expect_match "a proof is refused against another fleet's CA" "$out" "proof INVALID: checkpoint is of cluster fleet-[0-9a-f]+, not of this fleet.*rc=1"
 
+# A checkpoint signed with a certificate of this fleet that does not name a coordinator (here a
+# node certificate named like the coordinator) is no anchor.
+mkdir -p "$WORK/evil"
+cp "$F/ca.crt" "$F/ca.key" "$WORK/evil/"
+issue "$WORK/evil" node coordinator-1
+python3 - "$WORK/anchor2.json" "$WORK/evil/coordinator-1.key" "$WORK/evil/coordinator-1.crt" "$WORK/forged.json" <<'PY'
+import base64, json, subprocess, sys
+a = json.load(open(sys.argv[1]))
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", sys.argv[2]], input=a["text"].encode(),
+                     capture_output=True, check=True).stdout
+der = subprocess.run(["openssl", "x509", "-in", sys.argv[3], "-outform", "DER"], capture_output=True, check=True).stdout
+a["signature"], a["cert"] = base64.b64encode(sig).decode(), base64.b64encode(der).decode()
+json.dump(a, open(sys.argv[4], "w"))
+PY
+out=$(ctl "$F" audit verify --anchor "$WORK/forged.json"; echo "rc=$?")
+expect_match "an anchor signed by a node certificate is refused" "$out" \
+    "audit anchor INVALID \(checkpoint record [0-9]+\): checkpoint signer certificate does not name a coordinator.*rc=1"
+
 sqlite3 -cmd ".timeout 5000" "$DB" ".backup '$WORK/pristine.db'"
 stop_kfd TERM
 restore() {
