@@ -204,6 +204,8 @@ int kfctl_cp_read_file(const char *path, kfctl_cp **ret, size_t *ret_n, char *wh
 struct kfctl_log_check {
     const kfctl_trust *trust;
     uint64_t n;
+    bool allow_partial;
+    uint64_t base; /* records before the copy starts (0: it starts at record 1) */
     uint8_t prev[KF_AUDIT_HASH];
     kf_merkle_frontier tree;
     /* roots[i] and chains[i]: the tree and chain after record i + 1 (for anchors and checkpoints). */
@@ -229,6 +231,8 @@ kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
     }
     return c;
 }
+
+void kfctl_log_check_allow_partial(kfctl_log_check *c) { c->allow_partial = true; }
 
 void kfctl_log_check_free(kfctl_log_check *c)
 {
@@ -269,6 +273,10 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
 {
     if (c->failed)
         return false;
+    if (c->n == 0 && c->allow_partial && r->seq > 1 && r->prev_hash.len == KF_AUDIT_HASH) {
+        c->base = c->n = r->seq - 1;
+        memcpy(c->prev, r->prev_hash.data, KF_AUDIT_HASH);
+    }
     uint64_t want = c->n + 1;
     if (r->seq != want)
         return fail(c, r->seq > want ? want : r->seq, "%s",
@@ -286,9 +294,11 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
     kf_merkle_leaf_hash(canon, len, leaf);
     kf_merkle_frontier_append(&c->tree, leaf);
     kf_merkle_frontier_root(&c->tree, root);
-    if (r->root.len != 0 && (r->root.len != KF_AUDIT_HASH || CRYPTO_memcmp(r->root.data, root, KF_AUDIT_HASH) != 0))
+    if (c->base == 0 && r->root.len != 0 &&
+        (r->root.len != KF_AUDIT_HASH || CRYPTO_memcmp(r->root.data, root, KF_AUDIT_HASH) != 0))
         return fail(c, r->seq, "its Merkle root does not match the records");
-    if (c->n == c->cap) {
+    size_t at = (size_t)(c->n - c->base);
+    if (at == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 1024;
         kf_merkle_hash *a = realloc(c->roots, cap * sizeof(*a));
         if (a != NULL)
@@ -300,8 +310,8 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
             return fail(c, r->seq, "out of memory");
         c->cap = cap;
     }
-    memcpy(c->roots[c->n], root, KF_AUDIT_HASH);
-    memcpy(c->chains[c->n], hash, KF_AUDIT_HASH);
+    memcpy(c->roots[at], root, KF_AUDIT_HASH);
+    memcpy(c->chains[at], hash, KF_AUDIT_HASH);
     memcpy(c->prev, hash, KF_AUDIT_HASH);
     c->n++;
     if (strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
@@ -314,8 +324,10 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
         return fail(c, r->seq, "checkpoint: %s", why);
     }
     const kf_checkpoint *p = &cp.parsed;
-    bool ok = CRYPTO_memcmp(c->roots[p->size - 1], p->root, KF_AUDIT_HASH) == 0 &&
-              CRYPTO_memcmp(c->chains[p->size - 1], p->chain, KF_AUDIT_HASH) == 0;
+    /* In a copy that starts late: the chain hash when it holds that record, the root never. */
+    bool ok = p->size <= c->base ||
+              (CRYPTO_memcmp(c->chains[p->size - 1 - c->base], p->chain, KF_AUDIT_HASH) == 0 &&
+               (c->base != 0 || CRYPTO_memcmp(c->roots[p->size - 1], p->root, KF_AUDIT_HASH) == 0));
     if (!ok) {
         uint64_t size = p->size;
         kfctl_cp_clear(&cp);
@@ -371,7 +383,7 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
             return 1;
         }
         if (s == NULL || strcmp(s->text, a.text) != 0 ||
-            CRYPTO_memcmp(c->roots[a.parsed.size - 1], a.parsed.root, KF_AUDIT_HASH) != 0) {
+            (c->base == 0 && CRYPTO_memcmp(c->roots[a.parsed.size - 1], a.parsed.root, KF_AUDIT_HASH) != 0)) {
             fprintf(out,
                     "audit chain BROKEN at record %" PRIu64 ": the log no longer holds the anchored checkpoint "
                     "(size %" PRIu64 ") at record %" PRIu64 "\n",
@@ -382,8 +394,10 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
     size_t sl = strlen(c->signers);
     if (sl > 0)
         c->signers[sl - 1] = '\0';
-    fprintf(out, "audit chain ok: %" PRIu64 " records verified, %" PRIu64 " signed checkpoints (by %s)", c->n,
-            c->checkpoints, c->checkpoints > 0 ? c->signers : "nobody");
+    fprintf(out, "audit chain ok: %" PRIu64 " records verified", c->n - c->base);
+    if (c->base > 0)
+        fprintf(out, " (records %" PRIu64 "..%" PRIu64 ")", c->base + 1, c->n);
+    fprintf(out, ", %" PRIu64 " signed checkpoints (by %s)", c->checkpoints, c->checkpoints > 0 ? c->signers : "nobody");
     if (c->checkpoints > 0)
         fprintf(out, "; the newest signs %" PRIu64 " records (%" PRIu64 " after it not yet signed)",
                 c->newest_cp_size, c->n - c->newest_cp_seq);

@@ -44,6 +44,10 @@ int kfctl_cp_read_file(const char *path, kfctl_cp **ret, size_t *ret_n, char *wh
 /* Incremental verification of a whole log, records fed in seq order. */
 typedef struct kfctl_log_check kfctl_log_check;
 kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t);
+/* A copy that may start after record 1 (an audit sink added later): its first record's
+ * prev_hash is taken as given; the chain, every checkpoint's signature and the chain hash it
+ * signed are checked, the Merkle roots only from record 1. */
+void kfctl_log_check_allow_partial(kfctl_log_check *c);
 /* Feeds the next record; false once the log failed (kfctl_log_check_result says where). */
 bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r);
 /* After the last record: checks each anchor; prints a summary to out. 0: verified. */

@@ -13,6 +13,7 @@
 
 #include "audit_check.h"
 #include "ctl.h"
+#include "kf_audit_json.h"
 #include "kf_b64.h"
 #include "kf_merkle.h"
 #include "keyfleet/v1/admin.pb-c.h"
@@ -70,17 +71,70 @@ static int path_from_json(const json_t *a, kf_merkle_hash *path, size_t *ret_n)
 
 /* ---- verify ---- */
 
+/* A sink's copy (JSON lines), checked offline. 0: verified. */
+static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl_cp *anchors, size_t n_anchors)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "keyfleetctl: %s: %m\n", path);
+        return 1;
+    }
+    kfctl_log_check *chk = kfctl_log_check_new(trust);
+    if (chk == NULL) {
+        fclose(f);
+        return 1;
+    }
+    kfctl_log_check_allow_partial(chk);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    unsigned long lineno = 0;
+    int rc = 0;
+    while (rc == 0 && (len = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        json_error_t jerr;
+        json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
+        Keyfleet__V1__AuditRecord *r = NULL;
+        if (o == NULL || kf_audit_record_from_json(o, &r) != 0) {
+            printf("audit stream BROKEN at line %lu of %s: not a keyfleet audit record\n", lineno, path);
+            rc = 1;
+        } else {
+            kfctl_log_check_add(chk, r);
+        }
+        kf_audit_record_free(r);
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0 && lineno == 0) {
+        printf("audit stream %s is empty\n", path);
+        rc = 1;
+    }
+    if (rc == 0)
+        rc = kfctl_log_check_finish(chk, anchors, n_anchors, stdout);
+    kfctl_log_check_free(chk);
+    return rc;
+}
+
 static int cmd_verify(kfctl *ctl, int argc, char **argv)
 {
     kfctl_cp *anchors = NULL;
     size_t n_anchors = 0;
-    static const struct option opts[] = {{"anchor", required_argument, NULL, 'a'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"anchor", required_argument, NULL, 'a'},
+                                         {"stream", required_argument, NULL, 's'},
+                                         {"ca", required_argument, NULL, 'c'},
+                                         {NULL, 0, NULL, 0}};
+    const char *stream = NULL, *ca = NULL;
     int o, rc = 1;
     char why[400];
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (o == 's' || o == 'c') {
+            *(o == 's' ? &stream : &ca) = optarg;
+            continue;
+        }
         if (o != 'a') {
-            fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]...\n");
+            fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]... [--stream FILE [--ca FILE]]\n");
             return KFCTL_EXIT_USAGE;
         }
         kfctl_cp *v = NULL;
@@ -105,8 +159,13 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
         goto out;
     }
     kfctl_trust trust;
-    if (trust_of(ctl, NULL, &trust) != 0)
+    if (trust_of(ctl, ca, &trust) != 0)
         goto out;
+    if (stream != NULL) {
+        rc = verify_stream(stream, &trust, anchors, n_anchors);
+        kfctl_trust_free(&trust);
+        goto out;
+    }
     kf_rpc_client *c = kfctl_client(ctl);
     if (c == NULL) {
         kfctl_trust_free(&trust);

@@ -163,7 +163,12 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
         kfd_store_apply_batch(r->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
         r->batched_commands++;
-        r->env.on_applied(r->env.arg, cmd, false);
+        kf_err herr = {0};
+        int hr = r->env.on_applied(r->env.arg, cmd, false, &herr);
+        if (hr != 0 && r->last.status == 0) {
+            r->last.status = hr;
+            r->last.err = herr;
+        }
         if (cmd == NULL)
             kf_log_error("raft_entry_undecodable", "index=%llu bytes=%zu", (unsigned long long)index, buf->len);
     }
@@ -256,7 +261,8 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
         return RAFT_IOERR;
     }
     raft_free(buf->base);
-    r->env.on_applied(r->env.arg, NULL, true);
+    kf_err herr = {0};
+    r->env.on_applied(r->env.arg, NULL, true, &herr);
     r->snapshots_restored++;
     kf_log_info("raft_restored", "index=%llu", (unsigned long long)index);
     return 0;

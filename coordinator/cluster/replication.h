@@ -28,7 +28,9 @@ typedef struct kfd_repl_env {
     uv_loop_t *loop;
     const kfd_config *cfg;
     kfd_store *store;
-    void (*on_applied)(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored);
+    /* Not 0 (err set): the entry was applied but must not be answered as a success (a required
+     * audit sink could not take its records): its proposer gets this status. */
+    int (*on_applied)(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored, kf_err *err);
     /* Before a snapshot replaces the store, after its log verified and was found to extend this
      * replica's (kfd_store_check_image): checks its newest checkpoint's signature. 0 or -EPERM. */
     int (*check_snapshot)(void *arg, const kfd_image_check *check, kf_err *err);

@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "core/audit_sink.h"
 #include "core/checkpoint.h"
 #include "core/ratelimit.h"
 #include "core/webhook.h"
@@ -43,13 +44,24 @@ void kfd_app_sync_kms(kfd_app *app)
 /* Replication's hook after each applied entry: a policy write may come from PutPolicy, or from
  * a held change that an approval or its own proposal (admin.approvers 1) completed; the store
  * says which applies wrote it. A restored snapshot may hold any policy. */
-static void on_applied(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored)
+static int on_applied(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored, kf_err *err)
 {
     kfd_app *app = arg;
     (void)cmd;
     if (restored || kfd_store_take_policy_changed(app->store))
         kfd_app_load_policy(app);
+    /* Before the proposer hears of it: a release whose record a required sink could not take is
+     * answered as failed, and no key goes out. */
+    return kfd_sinks_stream(app->sinks, err);
 }
+
+void kfd_app_flush_sinks(kfd_app *app)
+{
+    kf_err err = {0};
+    kfd_sinks_stream(app->sinks, &err);
+}
+
+void kfd_app_reopen_sinks(kfd_app *app) { kfd_sinks_reopen(app->sinks); }
 
 /* Replication's check of a snapshot whose log verified: its newest checkpoint is signed. */
 static int check_snapshot(void *arg, const kfd_image_check *check, kf_err *err)
@@ -102,6 +114,8 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
     if ((r = kfd_checkpointer_new(app, loop, &app->checkpointer, err)) != 0)
         return r;
     verify_local_checkpoint(app);
+    if ((r = kfd_sinks_open(&cfg->audit, cfg->name, app->store, &app->sinks, err)) != 0)
+        return r;
     kfd_repl_env env = {.loop = loop, .cfg = cfg, .store = app->store, .on_applied = on_applied,
                         .check_snapshot = check_snapshot, .arg = app};
     if ((r = kfd_repl_open(&env, &app->repl, err)) != 0)
@@ -122,6 +136,8 @@ void kfd_app_close(kfd_app *app)
     /* Raft first: it may still apply committed entries to the store while it stops. */
     kfd_repl_close(app->repl);
     app->repl = NULL;
+    kfd_sinks_free(app->sinks);
+    app->sinks = NULL;
     kfd_webhook_free(app->webhook);
     kfd_ratelimit_free(app->ratelimit);
     kfd_policy_free(app->policy);
@@ -166,6 +182,8 @@ bool kfd_app_ready(const kfd_app *app, const char **ret_why)
         *ret_why = "state store failed; restart after fixing it";
         return false;
     }
+    if (!kfd_sinks_ok(app->sinks, ret_why))
+        return false;
     const char *diverged_why = NULL;
     uint64_t seq = kfd_store_audit_diverged(app->store, &diverged_why);
     if (seq != 0) {

@@ -145,6 +145,7 @@ static const char *const sql[ST_COUNT] = {
                                "WHERE size = ?)",
     [ST_AUDIT_OF_REQUEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.request_id = ? ORDER BY a.seq",
     [ST_AUDIT_ONE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = ?",
+    [ST_AUDIT_AFTER] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
 };
 
 bool kfd_store_failed(const kfd_store *s) { return s == NULL || s->failed; }

@@ -164,6 +164,8 @@ int kfd_store_get_checkpoint(kfd_store *s, uint64_t size, Keyfleet__V1__AuditRec
 int kfd_store_records_of_request(kfd_store *s, const char *request_id, uint64_t max_seq,
                                  Keyfleet__V1__AuditRecord ***ret, size_t *ret_n);
 void kfd_store_free_records(Keyfleet__V1__AuditRecord **v, size_t n);
+/* Up to max records with seq > after, in order (the audit sinks' feed). */
+int kfd_store_records_after(kfd_store *s, uint64_t after, size_t max, Keyfleet__V1__AuditRecord ***ret, size_t *ret_n);
 /* The leaf hashes of records 1..size, recomputed from their content (malloc'ed). */
 int kfd_store_audit_leaves(kfd_store *s, uint64_t size, kf_merkle_hash **ret);
 void kfd_audit_free_record(Keyfleet__V1__AuditRecord *r);

@@ -608,6 +608,33 @@ int kfd_store_records_of_request(kfd_store *s, const char *request_id, uint64_t 
     return 0;
 }
 
+int kfd_store_records_after(kfd_store *s, uint64_t after, size_t max, Keyfleet__V1__AuditRecord ***ret, size_t *ret_n)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_AFTER);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)after);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+    Keyfleet__V1__AuditRecord **v = calloc(max > 0 ? max : 1, sizeof(*v));
+    size_t n = 0;
+    int rc = v == NULL ? SQLITE_NOMEM : SQLITE_DONE;
+    while (v != NULL && n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((v[n] = kfd_audit_row_record(st)) == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        kfd_store_free_records(v, n);
+        return rc == SQLITE_NOMEM ? -ENOMEM : kfd_store_sql_error(s, rc, "reading the audit log", NULL);
+    }
+    *ret = v;
+    *ret_n = n;
+    return 0;
+}
+
 void kfd_store_free_records(Keyfleet__V1__AuditRecord **v, size_t n)
 {
     for (size_t i = 0; i < n; i++)

@@ -65,6 +65,7 @@ enum {
     ST_CHECKPOINT_FOR_SIZE,
     ST_AUDIT_OF_REQUEST,
     ST_AUDIT_ONE,
+    ST_AUDIT_AFTER,
     ST_COUNT
 };
 
