@@ -52,7 +52,8 @@ struct kfd_repl {
         kf_err err;
     } last;
     uint64_t snapshots_taken, snapshots_restored, snapshots_refused;
-    bool told_diverged;
+    bool told_diverged, told_tail;
+    uint64_t started_at; /* loop time at start */
     unsigned char *snap_img;
     uint8_t snap_hdr[SNAPSHOT_HEADER];
     struct raft_buffer snap_bufs[2];
@@ -314,10 +315,38 @@ static void on_transferred(struct raft_transfer *req) { free(req); }
 /* A replica whose audit log diverged never stands for leader: its election timer is kept from
  * running out (libraft 0.15 has no public way to stop a voter's elections), and leadership it
  * holds is handed to another voter. It still votes and applies, so the cluster keeps its quorum. */
+/* Records a replica held when it started but no checkpoint covers yet (at most 200 ms of them
+ * before it stopped) are vouched for by nothing but its own database: edited while it was
+ * stopped, they would pass its checks at start, and as leader it would sign them and make the
+ * honest replicas look diverged. So with other voters about, it stands only once a checkpoint
+ * covers them (the leader's next one), or after TAIL_HOLD_MS when no leader came (a whole
+ * cluster restarting). */
+#define TAIL_HOLD_MS 3000
+
+static bool holding_for_tail(kfd_repl *r)
+{
+    if (!kfd_store_audit_tail_unsigned(r->store) || uv_now(r->loop) - r->started_at >= TAIL_HOLD_MS)
+        return false;
+    unsigned voters = 0;
+    for (unsigned i = 0; i < r->raft.configuration.n; i++)
+        voters += r->raft.configuration.servers[i].role == RAFT_VOTER;
+    if (voters < 2)
+        return false;
+    if (!r->told_tail) {
+        r->told_tail = true;
+        kf_log_info("raft_holding_back", "reason=\"audit records not yet covered by a checkpoint\" max_ms=%d",
+                    TAIL_HOLD_MS);
+    }
+    return true;
+}
+
 static void keep_out_of_elections(kfd_repl *r)
 {
-    if (kfd_store_audit_diverged(r->store, NULL) == 0)
+    if (kfd_store_audit_diverged(r->store, NULL) == 0) {
+        if (holding_for_tail(r) && raft_state(&r->raft) != RAFT_LEADER)
+            r->raft.election_timer_start = r->raft.io->time(r->raft.io);
         return;
+    }
     if (!r->told_diverged) {
         r->told_diverged = true;
         kf_log_error("raft_standing_down", "reason=\"audit log diverged\" state=%d", raft_state(&r->raft));
@@ -484,10 +513,12 @@ static void guarded_io_close(struct raft_io *io, raft_io_close_cb cb)
 
 /* Shortens this follower's current randomized election timeout (a public field of struct raft
  * that libraft draws again at every reset) to a random 0..max_ms from now. */
+static bool holding_for_tail(kfd_repl *r);
+
 static void hurry_election(kfd_repl *r, unsigned max_ms, const char *why)
 {
-    if (kfd_store_audit_diverged(r->store, NULL) != 0)
-        return; /* never stands (keep_out_of_elections) */
+    if (kfd_store_audit_diverged(r->store, NULL) != 0 || holding_for_tail(r))
+        return; /* does not stand (keep_out_of_elections) */
     raft_time now = r->raft.io->time(r->raft.io);
     raft_time elapsed = now - r->raft.election_timer_start;
     unsigned jitter = (unsigned)r->raft.io->random(r->raft.io, 0, (int)max_ms);
@@ -671,6 +702,7 @@ static int start(kfd_repl *r, kf_err *err)
     if ((rc = raft_start(&r->raft)) != 0)
         return kf_err_set(err, -EIO, "raft start: %s", raft_errmsg(&r->raft));
     r->started = true;
+    r->started_at = uv_now(r->loop);
     uv_timer_init(r->loop, &r->monitor);
     r->monitor.data = r;
     uv_timer_start(&r->monitor, on_monitor, 0, MONITOR_MS);

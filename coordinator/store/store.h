@@ -154,6 +154,9 @@ void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret);
 /* Not 0 when this replica's log left the signed history (at the latest) at that seq; why says
  * how it was found. Sticky until the replica is rebuilt. */
 uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why);
+/* True while records this replica held when it opened are not yet covered by a checkpoint it
+ * applied: nothing but this database vouches for them (the leader's next checkpoint will). */
+bool kfd_store_audit_tail_unsigned(const kfd_store *s);
 /* Marks this replica's log diverged (first call only; logged): a checkpoint in it fails. */
 void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
 /* The newest checkpoint record (size 0), or the newest signing exactly size. 0, -ENOENT, -EIO. */

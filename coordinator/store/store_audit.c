@@ -483,6 +483,7 @@ int kfd_store_load_audit(kfd_store *s, kf_err *err)
     s->tree = sc.tree;
     s->cp_seq = sc.cp_seq;
     s->cp_size = sc.cp_size;
+    s->start_head = sc.head_seq;
     int r = 0;
     if (sc.n_fill > 0) {
         /* Records from before format 2 get their roots once, in one transaction. */
@@ -536,6 +537,8 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
     resp->records = sc.n;
     return 0;
 }
+
+bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > s->cp_size; }
 
 uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why)
 {

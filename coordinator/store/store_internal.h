@@ -84,6 +84,8 @@ struct kfd_store {
     kf_merkle_frontier tree, tx_tree;
     /* The newest checkpoint record's seq and the tree size it signed: committed, tentative. */
     uint64_t cp_seq, cp_size, tx_cp_seq, tx_cp_size;
+    /* The head at open: records past the newest checkpoint's size were not signed yet. */
+    uint64_t start_head;
     /* Not 0: this replica's log left the signed history at (or, at the latest, by) this record. */
     uint64_t diverged_seq;
     char diverged_why[256];

@@ -38,16 +38,24 @@ DBX=$WORK/$X/state/keyfleet.db
 LASTX=$(sqlite3 "$DBX" "SELECT max(seq) FROM audit")
 $FORGE "$DBX" edit "$LASTX" source 203.0.113.66
 start "$X"
-for _ in $(seq 1 100); do [ "$(readyz "$X")" = "ok
- 200" ] && break; sleep 0.1; done
+for _ in $(seq 1 100); do [ "$(leader_seen_by "$X")" = "$L" ] && break; sleep 0.05; done
 expect_match "rewritten while stopped, $X starts and serves: its own checks cannot see it yet" "$(readyz "$X")" "ok.*200"
 
-# The leader's next checkpoint covers the forged record.
-release n1 vol-1 "$WRAP" "$S3" >/dev/null
+# Before any checkpoint covers what $X held at start, the leader dies. $X, whose newest records
+# nothing signed yet, holds back from the election; $Y wins.
+kill -9 "${PID[$L]}"
+wait "${PID[$L]}" 2>/dev/null
+NEWL=$(wait_leader "$Y" "$X" "$Y")
+expect_eq "with the leader gone, $Y is elected: $X holds back with unsigned records" "$NEWL" "$Y"
+grep -q "event=raft_holding_back" "$WORK/$X/keyfleetd.log"
+check "$X logs that it holds back" test $? -eq 0
+
+# $Y's first checkpoint covers the forged record.
+release n1 vol-1 "$WRAP" "${RPC[$Y]}" >/dev/null
 for _ in $(seq 1 50); do [[ "$(readyz "$X")" == *503 ]] && break; sleep 0.1; done
 expect_match "at its next apply of a checkpoint, $X stops serving (/readyz 503, with the reason)" "$(readyz "$X")" \
     "not ready: audit log diverged at seq [0-9]+: the leader's signed head at [0-9]+ differs from this replica's.*503"
-out=$(ctlx "$L" cluster status)
+out=$(ctlx "$Y" cluster status)
 expect_match "cluster status shows $X as diverged at seq N" "$out" "$X raft=.* audit_records=[0-9]+ diverged at seq [0-9]+ \(the leader's signed head"
 grep -q "event=audit_diverged seq=" "$WORK/$X/keyfleetd.log"
 check "$X logs audit_diverged" test $? -eq 0
@@ -56,21 +64,23 @@ DIV=$(curl -s --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/op
 expect_eq "$X's keyfleet_audit_diverged is 1" "$DIV" "1"
 out=$("$NODE_CLIENT" "${RPC[$X]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" release vol-1 "$WRAP" 2>&1)
 expect_match "$X releases nothing itself" "$out" "code=unavailable"
-expect_match "the other replicas still serve" "$(release n1 vol-1 "$WRAP" "$(servers_of "$L" "$Y")")" "^code=ok status=released"
 
-# The leader dies: of the two left, only the honest one may lead.
-kill -9 "${PID[$L]}"
-wait "${PID[$L]}" 2>/dev/null
-NEWL=$(wait_leader "$Y" "$X" "$Y")
-expect_eq "with the leader gone, $Y (not the diverged $X) is elected" "$NEWL" "$Y"
+# The old leader comes back; then the new one dies: of $L and $X, only $L may lead.
+start "$L"
+caught_up "$L" "$Y"
+kill -9 "${PID[$Y]}"
+wait "${PID[$Y]}" 2>/dev/null
+NEWL=$(wait_leader "$L" "$X" "$L")
+expect_eq "with $Y gone too, $L (not the diverged $X) is elected" "$NEWL" "$L"
 sleep 2
-expect_eq "... and $X has not led, 2 s on" "$(leader_seen_by "$Y")" "$Y"
+expect_eq "... and $X has not led, 2 s on" "$(leader_seen_by "$L")" "$L"
 grep -q "event=raft_state state=leader" "$WORK/$X/keyfleetd.log"
 check "$X never stood as leader" test $? -ne 0
 grep -q "event=raft_standing_down" "$WORK/$X/keyfleetd.log"
 check "$X logs that it stays out of elections" test $? -eq 0
-expect_match "$Y serves releases with $X's vote" "$(release n1 vol-1 "$WRAP" "${RPC[$Y]}")" "^code=ok status=released"
-expect_match "$Y's log still verifies" "$(ctlx "$Y" audit verify)" "audit chain ok"
+expect_match "$L serves releases with $X's vote" "$(release n1 vol-1 "$WRAP" "${RPC[$L]}")" "^code=ok status=released"
+expect_match "$L's log verifies" "$(ctlx "$L" audit verify)" "audit chain ok"
+Y=$L
 stop_replicas "$X" "$Y"
 check_sanitizers
 finish
