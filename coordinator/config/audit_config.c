@@ -60,12 +60,11 @@ int kfd_audit_config_decode(const kf_yaml_doc *doc, const kf_yaml_node *node, vo
         if (v->n > KFD_AUDIT_SINKS_MAX)
             return kf_yaml_error(doc, v, err, "at most %d audit sinks", KFD_AUDIT_SINKS_MAX);
         for (size_t j = 0; j < v->n; j++) {
-            int r = dec_sink(doc, v->items[j], &c->sinks[c->n_sinks], err);
+            int r = dec_sink(doc, v->items[j], &c->sinks[c->n_sinks++], err);
             if (r != 0) {
-                kfd_audit_config_clear(c);
+                kfd_audit_config_clear(c); /* this sink's path too */
                 return r;
             }
-            c->n_sinks++;
         }
     }
     return 0;
