@@ -68,12 +68,7 @@ size_t kf_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size
 void kf_audit_chain_hash(const uint8_t prev[KF_AUDIT_HASH], const uint8_t *canon, size_t len,
                          uint8_t out[KF_AUDIT_HASH])
 {
-    uint8_t buf[KF_AUDIT_HASH + KF_AUDIT_CANON_MAX];
-    if (len > KF_AUDIT_CANON_MAX)
-        abort(); /* callers bound records by KF_AUDIT_CANON_MAX */
-    memcpy(buf, prev, KF_AUDIT_HASH);
-    memcpy(buf + KF_AUDIT_HASH, canon, len);
-    SHA256(buf, KF_AUDIT_HASH + len, out);
+    kf_sha256_parts(prev, KF_AUDIT_HASH, canon, len, NULL, 0, out);
 }
 
 void kf_hex(const uint8_t *in, size_t n, char *out)

@@ -1,6 +1,7 @@
 #include "kf_merkle.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,31 +9,41 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+/* SHA-256 with the algorithm fetched once and a context per thread: OpenSSL 3.0's one-shot
+ * SHA256() fetches it on every call, which cost 3 times the hashing itself (0.96 against 0.28 us
+ * for a node here), and the tree hashes about ten times per record. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static _Thread_local EVP_MD_CTX *sha256_ctx;
+
+static void fetch_sha256(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+
+void kf_sha256_parts(const void *a, size_t alen, const void *b, size_t blen, const void *c, size_t clen,
+                     uint8_t out[32])
+{
+    pthread_once(&sha256_once, fetch_sha256);
+    if (sha256_ctx == NULL)
+        sha256_ctx = EVP_MD_CTX_new();
+    EVP_MD_CTX *x = sha256_ctx;
+    if (sha256_md == NULL || x == NULL || EVP_DigestInit_ex2(x, sha256_md, NULL) != 1 ||
+        (alen > 0 && EVP_DigestUpdate(x, a, alen) != 1) || (blen > 0 && EVP_DigestUpdate(x, b, blen) != 1) ||
+        (clen > 0 && EVP_DigestUpdate(x, c, clen) != 1) || EVP_DigestFinal_ex(x, out, NULL) != 1)
+        abort(); /* SHA-256 failing leaves nothing to trust */
+}
+
 void kf_merkle_leaf_hash(const void *leaf, size_t len, kf_merkle_hash out)
 {
-    uint8_t buf[1 + 8192];
-    if (len < sizeof(buf)) {
-        buf[0] = 0x00;
-        memcpy(buf + 1, leaf, len);
-        SHA256(buf, len + 1, out);
-        return;
-    }
-    /* Rare: records are far smaller. The one-shot path above avoids a context per leaf. */
     static const uint8_t prefix = 0x00;
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
-    if (c == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(c, &prefix, 1) != 1 ||
-        EVP_DigestUpdate(c, leaf, len) != 1 || EVP_DigestFinal_ex(c, out, NULL) != 1)
-        abort(); /* SHA-256 failing leaves nothing to trust */
-    EVP_MD_CTX_free(c);
+    kf_sha256_parts(&prefix, 1, leaf, len, NULL, 0, out);
 }
 
 void kf_merkle_node_hash(const kf_merkle_hash left, const kf_merkle_hash right, kf_merkle_hash out)
 {
-    uint8_t buf[1 + 2 * KF_MERKLE_HASH];
-    buf[0] = 0x01;
-    memcpy(buf + 1, left, KF_MERKLE_HASH);
-    memcpy(buf + 1 + KF_MERKLE_HASH, right, KF_MERKLE_HASH);
-    SHA256(buf, sizeof(buf), out);
+    static const uint8_t prefix = 0x01;
+    kf_merkle_hash l, r; /* out may be left or right */
+    memcpy(l, left, KF_MERKLE_HASH);
+    memcpy(r, right, KF_MERKLE_HASH);
+    kf_sha256_parts(&prefix, 1, l, KF_MERKLE_HASH, r, KF_MERKLE_HASH, out);
 }
 
 /* The largest power of two smaller than n (n > 1). */
@@ -47,7 +58,7 @@ static uint64_t split(uint64_t n)
 void kf_merkle_root(const kf_merkle_hash *leaves, uint64_t n, kf_merkle_hash out)
 {
     if (n == 0) {
-        SHA256((const uint8_t *)"", 0, out);
+        kf_sha256_parts(NULL, 0, NULL, 0, NULL, 0, out);
         return;
     }
     if (n == 1) {
@@ -206,7 +217,7 @@ void kf_merkle_frontier_append(kf_merkle_frontier *f, const kf_merkle_hash leaf_
 void kf_merkle_frontier_root(const kf_merkle_frontier *f, kf_merkle_hash out)
 {
     if (f->size == 0) {
-        SHA256((const uint8_t *)"", 0, out);
+        kf_sha256_parts(NULL, 0, NULL, 0, NULL, 0, out);
         return;
     }
     bool have = false;

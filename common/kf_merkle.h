@@ -19,6 +19,11 @@
 
 typedef uint8_t kf_merkle_hash[KF_MERKLE_HASH];
 
+/* SHA-256 over a || b || c (any may be empty): the fetched-once, per-thread-context hash the
+ * tree and the audit chain use. */
+void kf_sha256_parts(const void *a, size_t alen, const void *b, size_t blen, const void *c, size_t clen,
+                     uint8_t out[32]);
+
 void kf_merkle_leaf_hash(const void *leaf, size_t len, kf_merkle_hash out);
 void kf_merkle_node_hash(const kf_merkle_hash left, const kf_merkle_hash right, kf_merkle_hash out);
 
