@@ -26,14 +26,26 @@ BEFORE=$(sqlite3 "$WORK/$X/state/keyfleet.db" "SELECT max(seq) FROM audit")
 # Releases (the follower left behind), then the edit, then enough entries for a new snapshot.
 releases() { for _ in $(seq 1 "$1"); do release n1 vol-1 "$WRAP" "$(servers_of "$L" "$Y")" >/dev/null; done; }
 releases 80
-# Both replicas that run are edited alike, so whichever leads sends a poisoned snapshot.
+# Both replicas that run are edited alike, so whichever leads sends a poisoned snapshot; after
+# the checkpoint that follows the releases, so no commit meets the editor's lock (keyfleetd does
+# not wait for one: it would fail closed).
+signed_on() {
+    for _ in $(seq 1 50); do
+        "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$1]}" audit --json 2>/dev/null | tail -n 1 |
+            grep -q '"action":"checkpoint"' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+signed_on "$L"
+signed_on "$Y"
 for n in "$L" "$Y"; do
     sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "UPDATE audit SET node = 'n9' WHERE seq = 3"
 done
 snaps() { grep -c "event=raft_snapshot " "$WORK/$1/keyfleetd.log"; }
 TL=$(snaps "$L")
 TY=$(snaps "$Y")
-for _ in $(seq 1 10); do
+for _ in $(seq 1 20); do
     releases 20
     [ "$(snaps "$L")" -gt "$TL" ] && [ "$(snaps "$Y")" -gt "$TY" ] && break
 done
