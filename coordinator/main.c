@@ -31,6 +31,7 @@ static void on_tick(uv_timer_t *t)
 {
     kfd_approvals_expire(t->data);
     kfd_app_sync_kms(t->data);
+    kfd_app_flush_sinks(t->data);
 }
 
 static void on_tick_closed(uv_handle_t *h) { (void)h; }

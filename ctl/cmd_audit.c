@@ -95,28 +95,16 @@ static void print_record(const Keyfleet__V1__AuditRecord *r, int json)
     }
 }
 
-static int cmd_verify(kfctl *ctl, kf_rpc_client *c)
-{
-    Keyfleet__V1__VerifyAuditRequest req = KEYFLEET__V1__VERIFY_AUDIT_REQUEST__INIT;
-    ProtobufCMessage *m = NULL;
-    if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/VerifyAudit", &req.base,
-                   &keyfleet__v1__verify_audit_response__descriptor, &m) != 0)
-        return 1;
-    Keyfleet__V1__VerifyAuditResponse *resp = (Keyfleet__V1__VerifyAuditResponse *)m;
-    int rc = resp->ok ? 0 : 1;
-    if (resp->ok)
-        printf("audit chain ok: %llu records verified\n", (unsigned long long)resp->records);
-    else
-        printf("audit chain BROKEN at record %llu: %s\n", (unsigned long long)resp->first_bad_seq, resp->problem);
-    protobuf_c_message_free_unpacked(m, NULL);
-    return rc;
-}
-
 int kfctl_cmd_audit(kfctl *ctl, int argc, char **argv)
 {
     Keyfleet__V1__QueryAuditRequest req = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
     Keyfleet__V1__Timestamp since = KEYFLEET__V1__TIMESTAMP__INIT, until = KEYFLEET__V1__TIMESTAMP__INIT;
     int json = 0;
+    if (argc > 1) {
+        int sub = kfctl_audit_sub(ctl, argc - 1, argv + 1);
+        if (sub >= 0)
+            return sub;
+    }
     static const struct option opts[] = {{"node", required_argument, NULL, 'n'},
                                          {"volume", required_argument, NULL, 'v'},
                                          {"action", required_argument, NULL, 'a'},
@@ -170,22 +158,21 @@ int kfctl_cmd_audit(kfctl *ctl, int argc, char **argv)
             return KFCTL_EXIT_USAGE;
         }
     }
-    int verify = optind < argc && strcmp(argv[optind], "verify") == 0;
-    if (optind + verify != argc) {
+    if (optind != argc) {
         fprintf(stderr, "usage: keyfleetctl audit [--node N] [--volume ID] [--action A] [--decision D]\n"
                         "                         [--since T] [--until T] [--json]\n"
-                        "       keyfleetctl audit verify\n");
+                        "       keyfleetctl audit verify [--anchor FILE]...\n"
+                        "       keyfleetctl audit checkpoint [--json]\n"
+                        "       keyfleetctl audit prove REQUEST_ID [--checkpoint FILE]\n"
+                        "       keyfleetctl audit verify-proof FILE [--anchor FILE] [--ca FILE]\n"
+                        "       keyfleetctl audit prove-consistency OLD_CHECKPOINT [NEW_CHECKPOINT]\n"
+                        "       keyfleetctl audit verify-consistency FILE [--ca FILE]\n");
         return KFCTL_EXIT_USAGE;
     }
     kf_rpc_client *c = kfctl_client(ctl);
     if (c == NULL)
         return 1;
     int rc = 0;
-    if (verify) {
-        rc = cmd_verify(ctl, c);
-        kf_rpc_client_free(c);
-        return rc;
-    }
     if (!json)
         printf("%-6s %-20s %-12s %-8s %-14s %-14s %-30s %s\n", "SEQ", "TIME", "ACTION", "DECISION", "ACTOR", "NODE",
                "VOLUME", "REASON");

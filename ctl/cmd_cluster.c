@@ -66,11 +66,17 @@ static int cmd_status(kfctl *ctl)
         printf(" applied=%llu term=%llu sees_leader=%s kms_version=%u", applied, (unsigned long long)own->term,
                own->leader[0] ? own->leader : "(none)", own->kms_key_version);
         if (own->kms_key_missing != 0) {
-            printf(" kms_missing=%u\n", own->kms_key_missing);
+            printf(" kms_missing=%u", own->kms_key_missing);
             rc = 1;
-        } else {
-            printf("\n");
         }
+        printf(" audit_records=%llu", (unsigned long long)own->audit_head_seq);
+        if (own->audit_diverged_seq != 0) {
+            /* Its audit log left the signed history: it serves nothing (operations.md). */
+            printf(" diverged at seq %llu (%s)", (unsigned long long)own->audit_diverged_seq,
+                   own->audit_diverged_reason);
+            rc = 1;
+        }
+        printf("\n");
         protobuf_c_message_free_unpacked(&own->base, NULL);
     }
     protobuf_c_message_free_unpacked(m, NULL);

@@ -37,6 +37,9 @@ int kfctl_cmd_status(kfctl *ctl, int argc, char **argv)
     free(body);
     if (resp->kms_key_missing != 0)
         printf("kms: version %u, missing version %u\n", resp->kms_key_version, resp->kms_key_missing);
+    if (resp->audit_diverged_seq != 0)
+        printf("audit: diverged at seq %llu (%s)\n", (unsigned long long)resp->audit_diverged_seq,
+               resp->audit_diverged_reason);
     printf("members:\n");
     for (size_t i = 0; i < resp->n_members; i++)
         printf("  - %s rpc=%s%s applied=%llu\n", resp->members[i]->name, resp->members[i]->rpc_address,

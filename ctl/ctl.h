@@ -33,6 +33,8 @@ int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_deny(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_audit(kfctl *ctl, int argc, char **argv);
+/* audit's subcommands (cmd_audit_proof.c): argv[0] is the subcommand; -1 when it is none. */
+int kfctl_audit_sub(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);

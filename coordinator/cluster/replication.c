@@ -51,7 +51,9 @@ struct kfd_repl {
         kfd_apply_result res;
         kf_err err;
     } last;
-    uint64_t snapshots_taken, snapshots_restored;
+    uint64_t snapshots_taken, snapshots_restored, snapshots_refused;
+    bool told_diverged, told_tail;
+    uint64_t started_at; /* loop time at start */
     unsigned char *snap_img;
     uint8_t snap_hdr[SNAPSHOT_HEADER];
     struct raft_buffer snap_bufs[2];
@@ -162,7 +164,12 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
         kfd_store_apply_batch(r->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
         r->batched_commands++;
-        r->env.on_applied(r->env.arg, cmd, false);
+        kf_err herr = {0};
+        int hr = r->env.on_applied(r->env.arg, cmd, false, &herr);
+        if (hr != 0 && r->last.status == 0) {
+            r->last.status = hr;
+            r->last.err = herr;
+        }
         if (cmd == NULL)
             kf_log_error("raft_entry_undecodable", "index=%llu bytes=%zu", (unsigned long long)index, buf->len);
     }
@@ -233,13 +240,30 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
         return 0;
     }
     kf_err err = {0};
-    int rc = kfd_store_replace(r->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &err);
+    /* A snapshot replaces everything: its audit log must verify and extend this replica's own
+     * verified log, and its newest checkpoint must carry a coordinator's signature. */
+    kfd_image_check check;
+    int rc = kfd_store_check_image(r->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &check, &err);
+    if (rc == 0 && check.newest == NULL && check.records > 0)
+        rc = kf_err_set(&err, -EPERM, "snapshot holds %llu audit records and no signed checkpoint",
+                        (unsigned long long)check.records);
+    if (rc == 0 && r->env.check_snapshot != NULL)
+        rc = r->env.check_snapshot(r->env.arg, &check, &err);
+    kfd_audit_free_record(check.newest);
+    if (rc != 0) {
+        r->snapshots_refused++;
+        kf_log_error("raft_snapshot_refused", "index=%llu error=%s action=\"keeping this replica's state\"",
+                     (unsigned long long)index, kf_log_q(err.msg));
+        return RAFT_CORRUPT;
+    }
+    rc = kfd_store_replace(r->store, p + SNAPSHOT_HEADER, buf->len - SNAPSHOT_HEADER, &err);
     if (rc != 0) {
         kf_log_error("raft_restore_failed", "index=%llu error=%s", (unsigned long long)index, kf_log_q(err.msg));
         return RAFT_IOERR;
     }
     raft_free(buf->base);
-    r->env.on_applied(r->env.arg, NULL, true);
+    kf_err herr = {0};
+    r->env.on_applied(r->env.arg, NULL, true, &herr);
     r->snapshots_restored++;
     kf_log_info("raft_restored", "index=%llu", (unsigned long long)index);
     return 0;
@@ -286,11 +310,63 @@ static void on_flush(uv_check_t *h)
         kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
 }
 
+static void on_transferred(struct raft_transfer *req) { free(req); }
+
+/* A replica whose audit log diverged never stands for leader: its election timer is kept from
+ * running out (libraft 0.15 has no public way to stop a voter's elections), and leadership it
+ * holds is handed to another voter. It still votes and applies, so the cluster keeps its quorum. */
+/* Records a replica held when it started but no checkpoint covers yet (at most 200 ms of them
+ * before it stopped) are vouched for by nothing but its own database: edited while it was
+ * stopped, they would pass its checks at start, and as leader it would sign them and make the
+ * honest replicas look diverged. So with other voters about, it stands only once a checkpoint
+ * covers them (the leader's next one), or after TAIL_HOLD_MS when no leader came (a whole
+ * cluster restarting). */
+#define TAIL_HOLD_MS 3000
+
+static bool holding_for_tail(kfd_repl *r)
+{
+    if (!kfd_store_audit_tail_unsigned(r->store) || uv_now(r->loop) - r->started_at >= TAIL_HOLD_MS)
+        return false;
+    unsigned voters = 0;
+    for (unsigned i = 0; i < r->raft.configuration.n; i++)
+        voters += r->raft.configuration.servers[i].role == RAFT_VOTER;
+    if (voters < 2)
+        return false;
+    if (!r->told_tail) {
+        r->told_tail = true;
+        kf_log_info("raft_holding_back", "reason=\"audit records not yet covered by a checkpoint\" max_ms=%d",
+                    TAIL_HOLD_MS);
+    }
+    return true;
+}
+
+static void keep_out_of_elections(kfd_repl *r)
+{
+    if (kfd_store_audit_diverged(r->store, NULL) == 0) {
+        if (holding_for_tail(r) && raft_state(&r->raft) != RAFT_LEADER)
+            r->raft.election_timer_start = r->raft.io->time(r->raft.io);
+        return;
+    }
+    if (!r->told_diverged) {
+        r->told_diverged = true;
+        kf_log_error("raft_standing_down", "reason=\"audit log diverged\" state=%d", raft_state(&r->raft));
+    }
+    unsigned short state = raft_state(&r->raft);
+    if (state == RAFT_FOLLOWER || state == RAFT_CANDIDATE) {
+        r->raft.election_timer_start = r->raft.io->time(r->raft.io);
+    } else if (state == RAFT_LEADER && r->raft.transfer == NULL) {
+        struct raft_transfer *req = calloc(1, sizeof(*req));
+        if (req != NULL && raft_transfer(&r->raft, req, 0, on_transferred) != 0)
+            free(req);
+    }
+}
+
 static void on_monitor(uv_timer_t *t)
 {
     kfd_repl *r = t->data;
     expire_inflight(r);
     hurry_after_loss(r);
+    keep_out_of_elections(r);
     unsigned short state = raft_state(&r->raft);
     raft_id leader = 0;
     const char *address = NULL;
@@ -398,6 +474,10 @@ bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t s
         *why = "replication is not running";
         return false;
     }
+    if (kfd_store_audit_diverged(r->store, NULL) != 0) {
+        *why = "this replica's audit log diverged from the signed history; it serves nothing (operations.md)";
+        return false;
+    }
     if (raft_state(&r->raft) == RAFT_LEADER) {
         if (r->ready_term == r->raft.current_term)
             return true;
@@ -433,8 +513,12 @@ static void guarded_io_close(struct raft_io *io, raft_io_close_cb cb)
 
 /* Shortens this follower's current randomized election timeout (a public field of struct raft
  * that libraft draws again at every reset) to a random 0..max_ms from now. */
+static bool holding_for_tail(kfd_repl *r);
+
 static void hurry_election(kfd_repl *r, unsigned max_ms, const char *why)
 {
+    if (kfd_store_audit_diverged(r->store, NULL) != 0 || holding_for_tail(r))
+        return; /* does not stand (keep_out_of_elections) */
     raft_time now = r->raft.io->time(r->raft.io);
     raft_time elapsed = now - r->raft.election_timer_start;
     unsigned jitter = (unsigned)r->raft.io->random(r->raft.io, 0, (int)max_ms);
@@ -618,6 +702,7 @@ static int start(kfd_repl *r, kf_err *err)
     if ((rc = raft_start(&r->raft)) != 0)
         return kf_err_set(err, -EIO, "raft start: %s", raft_errmsg(&r->raft));
     r->started = true;
+    r->started_at = uv_now(r->loop);
     uv_timer_init(r->loop, &r->monitor);
     r->monitor.data = r;
     uv_timer_start(&r->monitor, on_monitor, 0, MONITOR_MS);
@@ -799,6 +884,7 @@ void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret)
     ret->applied_index = raft_last_applied(&r->raft);
     ret->snapshots_taken = r->snapshots_taken;
     ret->snapshots_restored = r->snapshots_restored;
+    ret->snapshots_refused = r->snapshots_refused;
     ret->peers_refused = kfd_raft_transport_refused(&r->transport);
     ret->commit_timeouts = r->commits_timed_out;
     ret->leader = raft_state(&r->raft) == RAFT_LEADER;

@@ -28,7 +28,12 @@ typedef struct kfd_repl_env {
     uv_loop_t *loop;
     const kfd_config *cfg;
     kfd_store *store;
-    void (*on_applied)(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored);
+    /* Not 0 (err set): the entry was applied but must not be answered as a success (a required
+     * audit sink could not take its records): its proposer gets this status. */
+    int (*on_applied)(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored, kf_err *err);
+    /* Before a snapshot replaces the store, after its log verified and was found to extend this
+     * replica's (kfd_store_check_image): checks its newest checkpoint's signature. 0 or -EPERM. */
+    int (*check_snapshot)(void *arg, const kfd_image_check *check, kf_err *err);
     void *arg;
 } kfd_repl_env;
 
@@ -67,6 +72,7 @@ int kfd_repl_remove(kfd_repl *r, const char *name, kfd_repl_change_cb cb, void *
 typedef struct kfd_repl_stats {
     uint64_t term, commit_index, applied_index, snapshots_taken, snapshots_restored, peers_refused, commit_timeouts;
     uint64_t batches, batched_commands; /* store transactions, and the entries applied in them */
+    uint64_t snapshots_refused; /* poisoned or foreign snapshots not installed */
     bool leader;
 } kfd_repl_stats;
 void kfd_repl_get_stats(kfd_repl *r, kfd_repl_stats *ret);

@@ -99,6 +99,7 @@ typedef struct raw_config {
     kfd_cluster_config cluster;
     approvals_section approvals;
     webhook_section webhook;
+    kfd_audit_config audit;
 } raw_config;
 
 static const kf_yaml_field top_fields[] = {
@@ -114,6 +115,7 @@ static const kf_yaml_field top_fields[] = {
     {"approvals", dec_approvals, offsetof(raw_config, approvals), NULL, false},
     {"webhook", dec_webhook, offsetof(raw_config, webhook), NULL, false},
     {"cluster", kfd_cluster_config_decode, offsetof(raw_config, cluster), NULL, false},
+    {"audit", kfd_audit_config_decode, offsetof(raw_config, audit), NULL, false},
 };
 
 
@@ -152,6 +154,7 @@ void kfd_config_free(kfd_config *cfg)
     free(cfg->log_level);
     kfd_kms_config_clear(&cfg->kms);
     kfd_cluster_config_clear(&cfg->cluster);
+    kfd_audit_config_clear(&cfg->audit);
     free(cfg->totp_dir);
     free(cfg->webhook_url);
     free(cfg->webhook_secret_file);
@@ -204,6 +207,8 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         cfg->limits = raw.limits;
         cfg->kms = raw.kms;
         cfg->cluster = raw.cluster;
+        cfg->audit = raw.audit;
+        int audit_ok = kfd_audit_config_resolve(&cfg->audit, path) == 0;
         int kms_ok = kfd_kms_config_resolve(&cfg->kms, path, cfg->state_dir) == 0;
         cfg->approval_poll_ms = raw.approvals.poll_ms;
         cfg->totp_dir = kf_config_path(path, raw.approvals.totp_dir);
@@ -212,7 +217,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         free(raw.tls.client_auth);
         kf_yaml_free(doc);
         if (cfg->path == NULL || cfg->state_dir == NULL || cfg->tls_cert == NULL || cfg->tls_key == NULL ||
-            cfg->tls_ca == NULL || !kms_ok) {
+            cfg->tls_ca == NULL || !kms_ok || !audit_ok) {
             kfd_config_free(cfg);
             return kf_err_set(err, -ENOMEM, "out of memory");
         }
@@ -232,6 +237,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
     free(raw.log_level);
     kfd_kms_config_clear(&raw.kms);
     kfd_cluster_config_clear(&raw.cluster);
+    kfd_audit_config_clear(&raw.audit);
     free(raw.approvals.totp_dir);
     free(raw.webhook.url);
     free(raw.webhook.secret_file);

@@ -9,6 +9,7 @@
 #include "kf_tls.h"
 #include "kf_log.h"
 #include "kf_yaml.h"
+#include "config/audit_config.h"
 #include "config/cluster_config.h"
 #include "config/kms_config.h"
 
@@ -34,6 +35,7 @@ typedef struct kfd_config {
     kfd_limits limits;
     kfd_kms_config kms;
     kfd_cluster_config cluster;
+    kfd_audit_config audit; /* audit sinks */
     uint64_t approval_poll_ms; /* retry delay given to agents while PENDING */
     char *totp_dir;      /* optional: OPERATOR.b32 files; operators with one must give a TOTP code */
     char *webhook_url;   /* optional: notified of each new pending request */

@@ -9,6 +9,8 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "core/audit_sink.h"
+#include "core/checkpoint.h"
 #include "core/ratelimit.h"
 #include "core/webhook.h"
 #include "kf_log.h"
@@ -42,12 +44,52 @@ void kfd_app_sync_kms(kfd_app *app)
 /* Replication's hook after each applied entry: a policy write may come from PutPolicy, or from
  * a held change that an approval or its own proposal (admin.approvers 1) completed; the store
  * says which applies wrote it. A restored snapshot may hold any policy. */
-static void on_applied(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored)
+static int on_applied(void *arg, const Keyfleet__V1__StateCommand *cmd, bool restored, kf_err *err)
 {
     kfd_app *app = arg;
     (void)cmd;
     if (restored || kfd_store_take_policy_changed(app->store))
         kfd_app_load_policy(app);
+    /* Before the proposer hears of it: a release whose record a required sink could not take is
+     * answered as failed, and no key goes out. */
+    return kfd_sinks_stream(app->sinks, err);
+}
+
+void kfd_app_flush_sinks(kfd_app *app)
+{
+    kf_err err = {0};
+    kfd_sinks_stream(app->sinks, &err);
+}
+
+void kfd_app_reopen_sinks(kfd_app *app) { kfd_sinks_reopen(app->sinks); }
+
+/* Replication's check of a snapshot whose log verified: its newest checkpoint is signed. */
+static int check_snapshot(void *arg, const kfd_image_check *check, kf_err *err)
+{
+    kfd_app *app = arg;
+    if (check->newest == NULL)
+        return 0;
+    if (kfd_checkpoint_verify_record(app->checkpointer, check->newest, err) != 0)
+        return kf_err_wrap(err, "snapshot's newest checkpoint (record %llu)", (unsigned long long)check->newest->seq);
+    return 0;
+}
+
+/* At start: the local log verified against its own checkpoints (kfd_store_open); here the
+ * newest of them must also carry a coordinator's signature, or the whole log could have been
+ * recomputed. Records after it are checked by the leader's next checkpoint. */
+static void verify_local_checkpoint(kfd_app *app)
+{
+    Keyfleet__V1__AuditRecord *cp = NULL;
+    if (kfd_store_failed(app->store) || kfd_store_get_checkpoint(app->store, 0, &cp) != 0)
+        return;
+    kf_err err = {0};
+    if (kfd_checkpoint_verify_record(app->checkpointer, cp, &err) != 0) {
+        char why[600];
+        int n = snprintf(why, sizeof(why), "checkpoint record %llu: %s", (unsigned long long)cp->seq, err.msg);
+        (void)n;
+        kfd_store_mark_diverged(app->store, cp->seq, why);
+    }
+    kfd_audit_free_record(cp);
 }
 
 int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *err)
@@ -69,7 +111,13 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
         (r = kfd_webhook_new(loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
         return r;
     kfd_app_load_policy(app);
-    kfd_repl_env env = {.loop = loop, .cfg = cfg, .store = app->store, .on_applied = on_applied, .arg = app};
+    if ((r = kfd_checkpointer_new(app, loop, &app->checkpointer, err)) != 0)
+        return r;
+    verify_local_checkpoint(app);
+    if ((r = kfd_sinks_open(&cfg->audit, cfg->name, app->store, &app->sinks, err)) != 0)
+        return r;
+    kfd_repl_env env = {.loop = loop, .cfg = cfg, .store = app->store, .on_applied = on_applied,
+                        .check_snapshot = check_snapshot, .arg = app};
     if ((r = kfd_repl_open(&env, &app->repl, err)) != 0)
         return kf_err_wrap(err, "replication");
     kfd_app_sync_kms(app);
@@ -82,9 +130,14 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
 
 void kfd_app_close(kfd_app *app)
 {
+    /* The checkpoint timer is closed by the loop turns raft's close runs. */
+    kfd_checkpointer_free(app->checkpointer);
+    app->checkpointer = NULL;
     /* Raft first: it may still apply committed entries to the store while it stops. */
     kfd_repl_close(app->repl);
     app->repl = NULL;
+    kfd_sinks_free(app->sinks);
+    app->sinks = NULL;
     kfd_webhook_free(app->webhook);
     kfd_ratelimit_free(app->ratelimit);
     kfd_policy_free(app->policy);
@@ -127,6 +180,17 @@ bool kfd_app_ready(const kfd_app *app, const char **ret_why)
     }
     if (kfd_store_failed(app->store)) {
         *ret_why = "state store failed; restart after fixing it";
+        return false;
+    }
+    if (!kfd_sinks_ok(app->sinks, ret_why))
+        return false;
+    const char *diverged_why = NULL;
+    uint64_t seq = kfd_store_audit_diverged(app->store, &diverged_why);
+    if (seq != 0) {
+        static char why[400];
+        int n = snprintf(why, sizeof(why), "audit log diverged at seq %llu: %s", (unsigned long long)seq, diverged_why);
+        (void)n;
+        *ret_why = why;
         return false;
     }
     return true;

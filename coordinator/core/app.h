@@ -26,6 +26,8 @@ typedef struct kfd_app {
     uint64_t next_command_id;
     struct kfd_repl *repl; /* Raft (replication.h): every command goes through it */
     uint32_t kek_missing; /* a KMS key version the cluster rotated to that this replica lacks; 0: none */
+    struct kfd_checkpointer *checkpointer; /* signed audit checkpoints (checkpoint.h) */
+    struct kfd_sinks *sinks;               /* audit sinks (audit_sink.h); NULL when none */
 } kfd_app;
 
 /* Opens the store and the KMS and loads the policy. A store fault is not an error here: the
@@ -44,6 +46,9 @@ bool kfd_app_kms_complete(const kfd_app *app, const char **ret_why);
 void kfd_app_load_policy(kfd_app *app);
 /* Catches up with a KMS rotation made on another replica (main's one-second tick). */
 void kfd_app_sync_kms(kfd_app *app);
+/* Audit sinks: retries records a sink could not take (main's tick); reopens files (SIGHUP). */
+void kfd_app_flush_sinks(kfd_app *app);
+void kfd_app_reopen_sinks(kfd_app *app);
 
 /* Commits a state command through Raft. The callback runs once a majority has it durably in
  * its log and it is applied here (libraft batches the log writes of concurrent commands into

@@ -1,4 +1,5 @@
 #include "front/metrics.h"
+#include "core/checkpoint.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -158,6 +159,37 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
              (unsigned long long)rs.applied_index, (unsigned long long)rs.snapshots_taken,
              (unsigned long long)rs.snapshots_restored, (unsigned long long)rs.peers_refused,
              (unsigned long long)rs.commit_timeouts);
+        kfd_audit_head h = {0};
+        uint64_t diverged = 0;
+        if (app->store != NULL) {
+            kfd_store_audit_head(app->store, &h);
+            diverged = kfd_store_audit_diverged(app->store, NULL);
+        }
+        kfd_checkpoint_stats cs;
+        kfd_checkpointer_stats(app->checkpointer, &cs);
+        emit(&o,
+             "# HELP keyfleet_audit_records Audit records applied here.\n"
+             "# TYPE keyfleet_audit_records gauge\n"
+             "keyfleet_audit_records %llu\n"
+             "# HELP keyfleet_audit_checkpoint_size Records covered by the newest signed checkpoint here.\n"
+             "# TYPE keyfleet_audit_checkpoint_size gauge\n"
+             "keyfleet_audit_checkpoint_size %llu\n"
+             "# HELP keyfleet_audit_checkpoints_total Checkpoints this coordinator signed as leader, and that failed.\n"
+             "# TYPE keyfleet_audit_checkpoints_total counter\n"
+             "keyfleet_audit_checkpoints_total{result=\"committed\"} %llu\n"
+             "keyfleet_audit_checkpoints_total{result=\"failed\"} %llu\n"
+             "# HELP keyfleet_audit_diverged 1 when this replica's audit log left the signed history (it serves nothing).\n"
+             "# TYPE keyfleet_audit_diverged gauge\n"
+             "keyfleet_audit_diverged %d\n"
+             "# HELP keyfleet_audit_diverged_seq The record at which (at the latest) it diverged; 0: it did not.\n"
+             "# TYPE keyfleet_audit_diverged_seq gauge\n"
+             "keyfleet_audit_diverged_seq %llu\n"
+             "# HELP keyfleet_raft_snapshots_refused_total Snapshots from the leader refused: their audit log did not verify or extend this replica's.\n"
+             "# TYPE keyfleet_raft_snapshots_refused_total counter\n"
+             "keyfleet_raft_snapshots_refused_total %llu\n",
+             (unsigned long long)h.seq, (unsigned long long)h.checkpoint_size, (unsigned long long)cs.signed_total,
+             (unsigned long long)cs.failed_total, diverged != 0 ? 1 : 0, (unsigned long long)diverged,
+             (unsigned long long)rs.snapshots_refused);
     }
     if (o.failed) {
         free(o.s);

@@ -11,6 +11,7 @@
 #include <h2o/socket/uv-binding.h>
 #include <openssl/err.h>
 
+#include "core/app.h"
 #include "core/audit.h"
 #include "front/router.h"
 #include "kf_log.h"
@@ -381,6 +382,7 @@ static void on_hup(uv_signal_t *sig, int signum)
     (void)signum;
     kfd_server *srv = sig->data;
     kf_err err = {0};
+    kfd_app_reopen_sinks(srv->app);
     if (kfd_server_reload_tls(srv, &err) != 0)
         kf_log_error("tls_reload_failed", "error=%s keeping=previous", kf_log_q(err.msg));
     else

@@ -41,6 +41,16 @@ void kfd_rpc_cluster_status(kfd_call *call)
     srv->app->kms->ops->describe(srv->app->kms, &info);
     resp.kms_key_version = info.latest_version;
     resp.kms_key_missing = srv->app->kek_missing;
+    kfd_audit_head head = {0};
+    const char *diverged_why = "";
+    if (srv->app->store != NULL) {
+        kfd_store_audit_head(srv->app->store, &head);
+        resp.audit_diverged_seq = kfd_store_audit_diverged(srv->app->store, &diverged_why);
+        resp.audit_diverged_reason = (char *)diverged_why;
+        resp.audit_head_seq = head.seq;
+        resp.audit_root.data = head.root;
+        resp.audit_root.len = sizeof(head.root);
+    }
     kfd_call_reply(call, &resp.base);
 }
 

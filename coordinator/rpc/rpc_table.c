@@ -7,6 +7,7 @@
 #include "keyfleet/v1/node.pb-c.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_approle.h"
+#include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
 #include "rpc/rpc_node.h"
 
@@ -31,6 +32,9 @@ const kfd_method kfd_methods[] = {
     ADMIN("Deny", deny_request, kfd_rpc_deny, W),
     ADMIN("QueryAudit", query_audit_request, kfd_rpc_query_audit, R),
     ADMIN("VerifyAudit", verify_audit_request, kfd_rpc_verify_audit, R),
+    ADMIN("GetCheckpoint", get_checkpoint_request, kfd_rpc_get_checkpoint, R),
+    ADMIN("ProveAudit", prove_audit_request, kfd_rpc_prove_audit, R),
+    ADMIN("ProveConsistency", prove_consistency_request, kfd_rpc_prove_consistency, R),
     ADMIN("GetPolicy", get_policy_request, kfd_rpc_get_policy, R),
     ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy, W),
     ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy, R),

@@ -58,6 +58,12 @@ static const char *const migrations[] = {
     "CREATE TABLE totp_failures (operator TEXT PRIMARY KEY, failures INTEGER NOT NULL, locked_until INTEGER NOT NULL);"
     "CREATE TABLE revoked_certs (serial TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,"
     "  reason TEXT NOT NULL, revoked_at INTEGER NOT NULL);",
+    /* 6: audit format 2 (docs/audit.md): each record's RFC 9162 Merkle root (filled in for older
+     * records at the first open), and the signatures of checkpoint records. */
+    "ALTER TABLE audit ADD COLUMN root BLOB;"
+    "CREATE TABLE audit_checkpoints (seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, signature BLOB NOT NULL,"
+    "  cert BLOB NOT NULL);"
+    "CREATE INDEX audit_checkpoints_size ON audit_checkpoints(size);",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -127,11 +133,19 @@ static const char *const sql[ST_COUNT] = {
     [ST_POLICY_INSERT] = "INSERT INTO policy (version, yaml, created_at) VALUES (?, ?, ?)",
     [ST_POLICY_LATEST] = "SELECT version, yaml FROM policy ORDER BY version DESC LIMIT 1",
     [ST_AUDIT_INSERT] = "INSERT INTO audit (seq, time_s, time_ns, action, actor_kind, actor_name, actor_auth, node, "
-                        "volume_id, request_id, decision, reason, source, prev_hash, hash) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "volume_id, request_id, decision, reason, source, prev_hash, hash, root) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     [ST_AUDIT_HEAD] = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-    [ST_AUDIT_ALL] = "SELECT seq, time_s, time_ns, action, actor_kind, actor_name, actor_auth, node, volume_id, "
-                     "request_id, decision, reason, source, prev_hash, hash FROM audit ORDER BY seq",
+    [ST_AUDIT_ALL] = "SELECT " KFD_AUDIT_COLS " ORDER BY a.seq",
+    [ST_AUDIT_AT] = "SELECT root, hash FROM audit WHERE seq = ?",
+    [ST_AUDIT_SET_ROOT] = "UPDATE audit SET root = ? WHERE seq = ?",
+    [ST_CHECKPOINT_INSERT] = "INSERT INTO audit_checkpoints (seq, size, signature, cert) VALUES (?, ?, ?, ?)",
+    [ST_CHECKPOINT_LATEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints)",
+    [ST_CHECKPOINT_FOR_SIZE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints "
+                               "WHERE size = ?)",
+    [ST_AUDIT_OF_REQUEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.request_id = ? ORDER BY a.seq",
+    [ST_AUDIT_ONE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = ?",
+    [ST_AUDIT_AFTER] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
 };
 
 bool kfd_store_failed(const kfd_store *s) { return s == NULL || s->failed; }
@@ -249,7 +263,7 @@ int kfd_store_open_db(kfd_store *s, kf_err *err)
             r = kfd_store_sql_error(s, rc, "preparing statements", err);
     }
     if (r == 0)
-        r = kfd_store_load_audit_head(s, err);
+        r = kfd_store_load_audit(s, err);
     if (r == 0)
         r = load_applied(s, err);
     return r;
@@ -514,6 +528,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_totp_failure(s, cmd->totp_failure, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT:
         return kfd_store_apply_revoke_cert(s, cmd->revoke_cert, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT:
+        return kfd_store_apply_checkpoint(s, cmd->checkpoint, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:
@@ -542,10 +558,15 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
     int r = s->tx_open ? 0 : kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
     s->tx_head_seq = s->head_seq;
     memcpy(s->tx_head_hash, s->head_hash, KFD_HASH_LEN);
+    s->tx_tree = s->tree;
+    s->tx_cp_seq = s->cp_seq;
+    s->tx_cp_size = s->cp_size;
     for (size_t i = 0; r == 0 && i < n; i++) {
-        uint64_t head = s->tx_head_seq;
+        uint64_t head = s->tx_head_seq, cp_seq = s->tx_cp_seq, cp_size = s->tx_cp_size;
         uint8_t hash[KFD_HASH_LEN];
         memcpy(hash, s->tx_head_hash, KFD_HASH_LEN);
+        /* The tree before this command, in case it is undone. */
+        kf_merkle_frontier tree_before = s->tx_tree;
         if ((r = kfd_store_step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
             break;
         uint64_t seq = 0;
@@ -561,6 +582,9 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
             r = kfd_store_step_done(s, kfd_store_stmt(s, ST_ROLLBACK_TO), "rolling back a command", &tx_err);
             s->tx_head_seq = head;
             memcpy(s->tx_head_hash, hash, KFD_HASH_LEN);
+            s->tx_tree = tree_before;
+            s->tx_cp_seq = cp_seq;
+            s->tx_cp_size = cp_size;
         }
         if (r == 0)
             r = kfd_store_step_done(s, kfd_store_stmt(s, ST_RELEASE), "releasing a savepoint", &tx_err);
@@ -595,6 +619,9 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
     }
     s->head_seq = s->tx_head_seq;
     memcpy(s->head_hash, s->tx_head_hash, KFD_HASH_LEN);
+    s->tree = s->tx_tree;
+    s->cp_seq = s->tx_cp_seq;
+    s->cp_size = s->tx_cp_size;
     if (raft_index != 0)
         s->applied_index = raft_index;
     return 0;

@@ -15,6 +15,7 @@
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/state.pb-c.h"
 #include "kf_err.h"
+#include "kf_merkle.h"
 
 typedef struct kfd_store kfd_store;
 
@@ -138,6 +139,48 @@ int kfd_store_query_audit(kfd_store *s, const Keyfleet__V1__QueryAuditRequest *q
 void kfd_store_free_audit_list(Keyfleet__V1__QueryAuditResponse *resp);
 /* Recomputes the chain from the first record. */
 int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp, char *problem, size_t problem_size);
+
+/* --- the audit tree and checkpoints (store_audit.c, docs/audit.md) --- */
+
+typedef struct kfd_audit_head {
+    uint64_t seq;                 /* records applied here */
+    uint8_t chain[KFD_HASH_LEN];  /* hash of record seq in the chain */
+    kf_merkle_hash root;          /* RFC 9162 root over records 1..seq */
+    uint64_t checkpoint_seq;      /* the newest checkpoint record, 0: none */
+    uint64_t checkpoint_size;     /* the size it signed */
+} kfd_audit_head;
+/* The applied head (including a deferred transaction's records). */
+void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret);
+/* Not 0 when this replica's log left the signed history (at the latest) at that seq; why says
+ * how it was found. Sticky until the replica is rebuilt. */
+uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why);
+/* True while records this replica held when it opened are not yet covered by a checkpoint it
+ * applied: nothing but this database vouches for them (the leader's next checkpoint will). */
+bool kfd_store_audit_tail_unsigned(const kfd_store *s);
+/* Marks this replica's log diverged (first call only; logged): a checkpoint in it fails. */
+void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
+/* The newest checkpoint record (size 0), or the newest signing exactly size. 0, -ENOENT, -EIO. */
+int kfd_store_get_checkpoint(kfd_store *s, uint64_t size, Keyfleet__V1__AuditRecord **ret);
+/* The records of request_id with seq <= max_seq (at most KFD_PROOF_RECORDS_MAX). Free with
+ * kfd_store_free_records. */
+#define KFD_PROOF_RECORDS_MAX 16
+int kfd_store_records_of_request(kfd_store *s, const char *request_id, uint64_t max_seq,
+                                 Keyfleet__V1__AuditRecord ***ret, size_t *ret_n);
+void kfd_store_free_records(Keyfleet__V1__AuditRecord **v, size_t n);
+/* Up to max records with seq > after, in order (the audit sinks' feed). */
+int kfd_store_records_after(kfd_store *s, uint64_t after, size_t max, Keyfleet__V1__AuditRecord ***ret, size_t *ret_n);
+/* The leaf hashes of records 1..size, recomputed from their content (malloc'ed). */
+int kfd_store_audit_leaves(kfd_store *s, uint64_t size, kf_merkle_hash **ret);
+void kfd_audit_free_record(Keyfleet__V1__AuditRecord *r);
+
+/* What a snapshot image holds, once its log verified and was found to extend this replica's. */
+typedef struct kfd_image_check {
+    uint64_t records, checkpoints;
+    Keyfleet__V1__AuditRecord *newest; /* its newest checkpoint, NULL if none; the caller frees */
+} kfd_image_check;
+/* Checks a database image (kfd_store_serialize's) before it may replace this store: its chain,
+ * tree and checkpoints verify, and its log extends this replica's. -EPERM with err why not. */
+int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, kfd_image_check *ret, kf_err *err);
 
 /* The canonical bytes an audit record's hash covers (store_audit.c); exposed for tests/docs. */
 size_t kfd_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size);

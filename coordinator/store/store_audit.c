@@ -1,138 +1,174 @@
-/* The audit log: an append-only table whose records form a SHA-256 hash chain.
+/* The audit log (docs/audit.md, format 2): an append-only table whose records form a SHA-256
+ * hash chain and are the leaves of an RFC 9162 Merkle tree, with signed checkpoints among them.
  *   hash(n) = SHA-256(hash(n-1) || canonical(n)),  hash(0) = 32 zero bytes
- * canonical() is a fixed, length-prefixed encoding of every field (docs/audit.md), so editing,
- * deleting, inserting or reordering any row breaks verification from that record on. */
+ *   leaf(n) = SHA-256(0x00 || canonical(n)),  root(n) = MTH(leaf(1..n)), stored with record n
+ * canonical() is a fixed, length-prefixed encoding of every field (common/kf_audit.c), so editing,
+ * deleting, inserting or reordering any row breaks verification from that record on; a
+ * checkpoint signs (size, root, chain) so that recomputing the hashes does not help either. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 
+#include "kf_audit.h"
+#include "kf_log.h"
 #include "store/store_internal.h"
-
-typedef struct enc {
-    uint8_t *buf;
-    size_t size, len;
-} enc;
-
-static void put(enc *e, const void *p, size_t n)
-{
-    if (e->len + n <= e->size)
-        memcpy(e->buf + e->len, p, n);
-    e->len += n;
-}
-
-static void put_u32(enc *e, uint32_t v)
-{
-    uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
-    put(e, b, 4);
-}
-
-static void put_u64(enc *e, uint64_t v)
-{
-    put_u32(e, (uint32_t)(v >> 32));
-    put_u32(e, (uint32_t)v);
-}
-
-static void put_str(enc *e, const char *s)
-{
-    size_t n = s != NULL ? strlen(s) : 0;
-    put_u32(e, (uint32_t)n);
-    put(e, s, n);
-}
 
 size_t kfd_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size)
 {
-    enc e = {buf, size, 0};
-    put(&e, "KFA1", 4);
-    put_u64(&e, r->seq);
-    put_u64(&e, (uint64_t)(r->time != NULL ? r->time->seconds : 0));
-    put_u32(&e, (uint32_t)(r->time != NULL ? r->time->nanos : 0));
-    put_str(&e, r->action);
-    put_u32(&e, (uint32_t)(r->actor != NULL ? r->actor->kind : 0));
-    put_str(&e, r->actor != NULL ? r->actor->name : "");
-    put_str(&e, r->actor != NULL ? r->actor->auth : "");
-    put_str(&e, r->node);
-    put_str(&e, r->volume_id);
-    put_str(&e, r->request_id);
-    put_u32(&e, (uint32_t)r->decision);
-    put_str(&e, r->reason);
-    put_str(&e, r->source_address);
-    return e.len;
+    return kf_audit_canonical(r, buf, size);
 }
 
-#define CANON_MAX 8192
+#define CANON_MAX KF_AUDIT_CANON_MAX
 
 static void chain_hash(const uint8_t prev[KFD_HASH_LEN], const uint8_t *canon, size_t len, uint8_t out[KFD_HASH_LEN])
 {
-    uint8_t buf[KFD_HASH_LEN + CANON_MAX];
-    memcpy(buf, prev, KFD_HASH_LEN);
-    memcpy(buf + KFD_HASH_LEN, canon, len);
-    SHA256(buf, KFD_HASH_LEN + len, out);
+    kf_audit_chain_hash(prev, canon, len, out);
+}
+
+/* Appends r (seq set, hashes not) inside the current transaction; updates the tentative head. */
+static int append_record(kfd_store *s, Keyfleet__V1__AuditRecord *r, uint64_t *ret_seq, kf_err *err)
+{
+    uint8_t canon[CANON_MAX], hash[KFD_HASH_LEN];
+    kf_merkle_hash leaf, root;
+    size_t len = kf_audit_canonical(r, canon, sizeof(canon));
+    if (len > sizeof(canon))
+        return kf_err_set(err, -EMSGSIZE, "audit record too large");
+    chain_hash(s->tx_head_hash, canon, len, hash);
+    kf_merkle_leaf_hash(canon, len, leaf);
+    kf_merkle_frontier next = s->tx_tree;
+    kf_merkle_frontier_append(&next, leaf);
+    kf_merkle_frontier_root(&next, root);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_INSERT);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)r->seq);
+    sqlite3_bind_int64(st, 2, r->time->seconds);
+    sqlite3_bind_int(st, 3, r->time->nanos);
+    kfd_bind_text(st, 4, r->action);
+    sqlite3_bind_int(st, 5, r->actor != NULL ? (int)r->actor->kind : 0);
+    kfd_bind_text(st, 6, r->actor != NULL ? r->actor->name : "");
+    kfd_bind_text(st, 7, r->actor != NULL ? r->actor->auth : "");
+    kfd_bind_text(st, 8, r->node);
+    kfd_bind_text(st, 9, r->volume_id);
+    kfd_bind_text(st, 10, r->request_id);
+    sqlite3_bind_int(st, 11, (int)r->decision);
+    kfd_bind_text(st, 12, r->reason);
+    kfd_bind_text(st, 13, r->source_address);
+    sqlite3_bind_blob(st, 14, s->tx_head_hash, KFD_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 15, hash, KFD_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 16, root, KFD_HASH_LEN, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return kfd_store_sql_error(s, rc, "appending to the audit log", err);
+    s->tx_head_seq = r->seq;
+    memcpy(s->tx_head_hash, hash, KFD_HASH_LEN);
+    s->tx_tree = next;
+    *ret_seq = r->seq;
+    return 0;
+}
+
+static void entry_record(const Keyfleet__V1__AuditEntry *e, uint64_t seq, Keyfleet__V1__AuditRecord *r)
+{
+    keyfleet__v1__audit_record__init(r);
+    r->seq = seq;
+    r->time = e->time;
+    r->action = e->action;
+    r->actor = e->actor;
+    r->node = e->node;
+    r->volume_id = e->volume_id;
+    r->request_id = e->request_id;
+    r->decision = e->decision;
+    r->reason = e->reason;
+    r->source_address = e->source_address;
 }
 
 int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err)
 {
     if (e == NULL || e->time == NULL || e->action == NULL || e->action[0] == '\0')
         return kf_err_set(err, -EINVAL, "audit entry incomplete");
-    Keyfleet__V1__AuditRecord r = KEYFLEET__V1__AUDIT_RECORD__INIT;
-    r.seq = s->tx_head_seq + 1;
-    r.time = e->time;
-    r.action = e->action;
-    r.actor = e->actor;
-    r.node = e->node;
-    r.volume_id = e->volume_id;
-    r.request_id = e->request_id;
-    r.decision = e->decision;
-    r.reason = e->reason;
-    r.source_address = e->source_address;
-    uint8_t canon[CANON_MAX], hash[KFD_HASH_LEN];
-    size_t len = kfd_audit_canonical(&r, canon, sizeof(canon));
-    if (len > sizeof(canon))
-        return kf_err_set(err, -EMSGSIZE, "audit record too large");
-    chain_hash(s->tx_head_hash, canon, len, hash);
-    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_INSERT);
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)r.seq);
-    sqlite3_bind_int64(st, 2, e->time->seconds);
-    sqlite3_bind_int(st, 3, e->time->nanos);
-    kfd_bind_text(st, 4, e->action);
-    sqlite3_bind_int(st, 5, e->actor != NULL ? (int)e->actor->kind : 0);
-    kfd_bind_text(st, 6, e->actor != NULL ? e->actor->name : "");
-    kfd_bind_text(st, 7, e->actor != NULL ? e->actor->auth : "");
-    kfd_bind_text(st, 8, e->node);
-    kfd_bind_text(st, 9, e->volume_id);
-    kfd_bind_text(st, 10, e->request_id);
-    sqlite3_bind_int(st, 11, (int)e->decision);
-    kfd_bind_text(st, 12, e->reason);
-    kfd_bind_text(st, 13, e->source_address);
-    sqlite3_bind_blob(st, 14, s->tx_head_hash, KFD_HASH_LEN, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 15, hash, KFD_HASH_LEN, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
-        return kfd_store_sql_error(s, rc, "appending to the audit log", err);
-    s->tx_head_seq = r.seq;
-    memcpy(s->tx_head_hash, hash, KFD_HASH_LEN);
-    *ret_seq = r.seq;
-    return 0;
+    /* Only the checkpoint command writes checkpoint records (with their signature). */
+    if (strcmp(e->action, KF_AUDIT_CHECKPOINT_ACTION) == 0)
+        return kf_err_set(err, -EINVAL, "a checkpoint record needs its signature");
+    Keyfleet__V1__AuditRecord r;
+    entry_record(e, s->tx_head_seq + 1, &r);
+    return append_record(s, &r, ret_seq, err);
 }
 
-int kfd_store_load_audit_head(kfd_store *s, kf_err *err)
+void kfd_store_set_diverged(kfd_store *s, uint64_t seq, const char *why)
 {
-    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_HEAD);
-    int rc = sqlite3_step(st);
-    s->head_seq = 0;
-    memset(s->head_hash, 0, KFD_HASH_LEN);
-    if (rc == SQLITE_ROW) {
-        s->head_seq = (uint64_t)sqlite3_column_int64(st, 0);
-        if (sqlite3_column_bytes(st, 1) == KFD_HASH_LEN)
-            memcpy(s->head_hash, sqlite3_column_blob(st, 1), KFD_HASH_LEN);
-        rc = SQLITE_DONE;
+    if (s->diverged_seq != 0)
+        return;
+    s->diverged_seq = seq != 0 ? seq : 1;
+    snprintf(s->diverged_why, sizeof(s->diverged_why), "%s", why);
+    kf_log_error("audit_diverged", "seq=%llu reason=%s action=\"serving nothing and never standing for leader; "
+                                   "rebuild this replica (operations.md)\"",
+                 (unsigned long long)s->diverged_seq, kf_log_q(why));
+}
+
+void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why) { kfd_store_set_diverged(s, seq, why); }
+
+/* The stored root and chain hash of record seq (within the open transaction). -ENOENT if none. */
+static int root_at(kfd_store *s, uint64_t seq, uint8_t root[KFD_HASH_LEN], uint8_t chain[KFD_HASH_LEN])
+{
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_AT);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    int r = kfd_store_step_row(s, st, "reading an audit root");
+    if (r == 0) {
+        if (sqlite3_column_bytes(st, 0) != KFD_HASH_LEN || sqlite3_column_bytes(st, 1) != KFD_HASH_LEN)
+            r = -ENOENT;
+        else {
+            memcpy(root, sqlite3_column_blob(st, 0), KFD_HASH_LEN);
+            memcpy(chain, sqlite3_column_blob(st, 1), KFD_HASH_LEN);
+        }
     }
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : kfd_store_sql_error(s, rc, "reading the audit head", err);
+    return r;
+}
+
+int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err)
+{
+    const Keyfleet__V1__AuditEntry *e = c->audit;
+    kf_checkpoint cp;
+    if (e == NULL || e->time == NULL || e->action == NULL || strcmp(e->action, KF_AUDIT_CHECKPOINT_ACTION) != 0 ||
+        e->reason == NULL || strcmp(e->reason, c->text) != 0 || c->signature.len == 0 || c->cert.len == 0)
+        return kf_err_set(err, -EINVAL, "checkpoint command incomplete");
+    int r = kf_checkpoint_parse(c->text, strlen(c->text), &cp, err);
+    if (r != 0)
+        return r;
+    /* The cross-check (docs/audit.md): the leader computed this root and chain hash over its own
+     * log; this replica applied the same entries before this one, so it must hold the same. */
+    char why[200] = "";
+    uint8_t root[KFD_HASH_LEN], chain[KFD_HASH_LEN];
+    if (cp.size == 0 || cp.size > s->tx_head_seq)
+        snprintf(why, sizeof(why), "the leader signed %llu records; this replica holds %llu",
+                 (unsigned long long)cp.size, (unsigned long long)s->tx_head_seq);
+    else if ((r = root_at(s, cp.size, root, chain)) == -EIO)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    else if (r != 0)
+        snprintf(why, sizeof(why), "record %llu has no root here", (unsigned long long)cp.size);
+    else if (CRYPTO_memcmp(root, cp.root, KFD_HASH_LEN) != 0 || CRYPTO_memcmp(chain, cp.chain, KFD_HASH_LEN) != 0)
+        snprintf(why, sizeof(why), "the leader's signed head at %llu differs from this replica's",
+                 (unsigned long long)cp.size);
+    if (why[0] != '\0')
+        kfd_store_set_diverged(s, cp.size, why);
+    /* Recorded either way: every replica's log holds the same entries. */
+    Keyfleet__V1__AuditRecord rec;
+    entry_record(e, s->tx_head_seq + 1, &rec);
+    if ((r = append_record(s, &rec, seq, err)) != 0)
+        return r;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_CHECKPOINT_INSERT);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)*seq);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)cp.size);
+    sqlite3_bind_blob(st, 3, c->signature.data, (int)c->signature.len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, c->cert.data, (int)c->cert.len, SQLITE_STATIC);
+    if ((r = kfd_store_step_done(s, st, "recording the checkpoint", err)) != 0)
+        return r;
+    s->tx_cp_seq = *seq;
+    s->tx_cp_size = cp.size;
+    return 0;
 }
 
 static char *dup_col(sqlite3_stmt *st, int i)
@@ -141,8 +177,17 @@ static char *dup_col(sqlite3_stmt *st, int i)
     return strdup(t != NULL ? (const char *)t : "");
 }
 
-/* Builds a record from the current row of ST_AUDIT_ALL (all heap-allocated). */
-static Keyfleet__V1__AuditRecord *row_record(sqlite3_stmt *st)
+static void copy_blob(sqlite3_stmt *st, int i, ProtobufCBinaryData *b)
+{
+    b->len = (size_t)sqlite3_column_bytes(st, i);
+    b->data = malloc(b->len + 1);
+    if (b->data != NULL && b->len > 0)
+        memcpy(b->data, sqlite3_column_blob(st, i), b->len);
+    else if (b->data == NULL)
+        b->len = 0;
+}
+
+Keyfleet__V1__AuditRecord *kfd_audit_row_record(sqlite3_stmt *st)
 {
     Keyfleet__V1__AuditRecord *r = calloc(1, sizeof(*r));
     Keyfleet__V1__Timestamp *t = calloc(1, sizeof(*t));
@@ -175,14 +220,14 @@ static Keyfleet__V1__AuditRecord *row_record(sqlite3_stmt *st)
     r->prev_hash.data = malloc(r->prev_hash.len + 1);
     if (r->prev_hash.data != NULL)
         memcpy(r->prev_hash.data, sqlite3_column_blob(st, 13), r->prev_hash.len);
-    r->hash.len = (size_t)sqlite3_column_bytes(st, 14);
-    r->hash.data = malloc(r->hash.len + 1);
-    if (r->hash.data != NULL)
-        memcpy(r->hash.data, sqlite3_column_blob(st, 14), r->hash.len);
+    copy_blob(st, 14, &r->hash);
+    copy_blob(st, 15, &r->root);
+    copy_blob(st, 16, &r->signature);
+    copy_blob(st, 17, &r->signer_cert);
     return r;
 }
 
-static void free_record(Keyfleet__V1__AuditRecord *r)
+void kfd_audit_free_record(Keyfleet__V1__AuditRecord *r)
 {
     if (r == NULL)
         return;
@@ -200,13 +245,16 @@ static void free_record(Keyfleet__V1__AuditRecord *r)
     free(r->source_address);
     free(r->prev_hash.data);
     free(r->hash.data);
+    free(r->root.data);
+    free(r->signature.data);
+    free(r->signer_cert.data);
     free(r);
 }
 
 void kfd_store_free_audit_list(Keyfleet__V1__QueryAuditResponse *resp)
 {
     for (size_t i = 0; i < resp->n_records; i++)
-        free_record(resp->records[i]);
+        kfd_audit_free_record(resp->records[i]);
     free(resp->records);
     resp->records = NULL;
     resp->n_records = 0;
@@ -244,17 +292,17 @@ int kfd_store_query_audit(kfd_store *s, const Keyfleet__V1__QueryAuditRequest *q
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if ((uint64_t)sqlite3_column_int64(st, 0) <= q->after_seq)
             continue;
-        Keyfleet__V1__AuditRecord *r = row_record(st);
+        Keyfleet__V1__AuditRecord *r = kfd_audit_row_record(st);
         if (r == NULL) {
             rc = SQLITE_NOMEM;
             break;
         }
         if (!matches(r, q)) {
-            free_record(r);
+            kfd_audit_free_record(r);
             continue;
         }
         if (resp->n_records == limit) {
-            free_record(r);
+            kfd_audit_free_record(r);
             resp->more = true;
             rc = SQLITE_DONE;
             break;
@@ -263,7 +311,7 @@ int kfd_store_query_audit(kfd_store *s, const Keyfleet__V1__QueryAuditRequest *q
             cap = cap ? cap * 2 : 64;
             Keyfleet__V1__AuditRecord **v = realloc(resp->records, cap * sizeof(*v));
             if (v == NULL) {
-                free_record(r);
+                kfd_audit_free_record(r);
                 rc = SQLITE_NOMEM;
                 break;
             }
@@ -279,58 +327,423 @@ int kfd_store_query_audit(kfd_store *s, const Keyfleet__V1__QueryAuditRequest *q
     return 0;
 }
 
+/* One pass over a log (this store's, or a snapshot image's): the chain, the tree, the stored
+ * roots, and each checkpoint's root and chain hash against the records it covers. */
+typedef struct scan {
+    uint64_t n, head_seq;
+    uint8_t head_hash[KFD_HASH_LEN];
+    kf_merkle_frontier tree;
+    uint64_t bad_seq; /* 0: the log is consistent */
+    char problem[200];
+    uint64_t cp_seq, cp_size; /* the newest checkpoint record */
+    uint64_t checkpoints;
+    /* Records whose root is missing (written before format 2), with the computed root. */
+    uint64_t *fill_seq;
+    kf_merkle_hash *fill_root;
+    size_t n_fill, cap_fill;
+} scan;
+
+#define RECENT 4096 /* roots and chain hashes kept for checkpoints of recent sizes */
+
+__attribute__((format(printf, 3, 4))) static void scan_bad(scan *sc, uint64_t seq, const char *fmt, ...)
+{
+    if (sc->bad_seq != 0)
+        return;
+    sc->bad_seq = seq;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sc->problem, sizeof(sc->problem), fmt, ap);
+    va_end(ap);
+}
+
+static int scan_fill(scan *sc, uint64_t seq, const kf_merkle_hash root)
+{
+    if (sc->n_fill == sc->cap_fill) {
+        size_t cap = sc->cap_fill ? sc->cap_fill * 2 : 256;
+        uint64_t *a = realloc(sc->fill_seq, cap * sizeof(*a));
+        if (a != NULL)
+            sc->fill_seq = a;
+        kf_merkle_hash *b = realloc(sc->fill_root, cap * sizeof(*b));
+        if (b != NULL)
+            sc->fill_root = b;
+        if (a == NULL || b == NULL)
+            return -ENOMEM;
+        sc->cap_fill = cap;
+    }
+    sc->fill_seq[sc->n_fill] = seq;
+    memcpy(sc->fill_root[sc->n_fill++], root, KFD_HASH_LEN);
+    return 0;
+}
+
+/* Runs over every row of all (a KFD_AUDIT_COLS statement in seq order) and at (root and chain
+ * hash by seq) of one database. Returns a sqlite result code (SQLITE_DONE when read through). */
+static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
+{
+    memset(sc, 0, sizeof(*sc));
+    kf_merkle_frontier_init(&sc->tree);
+    uint8_t prev[KFD_HASH_LEN] = {0}, canon[CANON_MAX], hash[KFD_HASH_LEN];
+    static kf_merkle_hash recent_root[RECENT], recent_chain[RECENT];
+    uint64_t expect = 1;
+    int rc;
+    while ((rc = sqlite3_step(all)) == SQLITE_ROW) {
+        Keyfleet__V1__AuditRecord *r = kfd_audit_row_record(all);
+        if (r == NULL)
+            return SQLITE_NOMEM;
+        sc->n++;
+        size_t len = kf_audit_canonical(r, canon, sizeof(canon));
+        if (r->seq != expect)
+            scan_bad(sc, r->seq, "%s", r->seq > expect ? "a record is missing before this one" : "records are out of order");
+        else if (r->prev_hash.len != KFD_HASH_LEN || CRYPTO_memcmp(r->prev_hash.data, prev, KFD_HASH_LEN) != 0)
+            scan_bad(sc, r->seq, "%s", "its prev_hash does not match the previous record's hash");
+        if (len > sizeof(canon)) {
+            scan_bad(sc, r->seq, "%s", "record too large");
+            len = 0;
+        }
+        chain_hash(prev, canon, len, hash);
+        if (r->hash.len != KFD_HASH_LEN || CRYPTO_memcmp(r->hash.data, hash, KFD_HASH_LEN) != 0)
+            scan_bad(sc, r->seq, "%s", "its content does not match its hash (edited)");
+        kf_merkle_hash leaf, root;
+        kf_merkle_leaf_hash(canon, len, leaf);
+        kf_merkle_frontier_append(&sc->tree, leaf);
+        kf_merkle_frontier_root(&sc->tree, root);
+        if (r->root.len == 0) {
+            if (scan_fill(sc, r->seq, root) != 0) {
+                kfd_audit_free_record(r);
+                return SQLITE_NOMEM;
+            }
+        } else if (r->root.len != KFD_HASH_LEN || CRYPTO_memcmp(r->root.data, root, KFD_HASH_LEN) != 0) {
+            scan_bad(sc, r->seq, "%s", "its stored Merkle root does not match the records (recomputed)");
+        }
+        memcpy(recent_root[sc->n % RECENT], root, KFD_HASH_LEN);
+        memcpy(recent_chain[sc->n % RECENT], hash, KFD_HASH_LEN);
+        if (strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) == 0) {
+            kf_checkpoint cp;
+            kf_err perr = {0};
+            uint8_t cr[KFD_HASH_LEN], cc[KFD_HASH_LEN];
+            bool have = false;
+            if (r->signature.len == 0 || r->signer_cert.len == 0)
+                scan_bad(sc, r->seq, "%s", "checkpoint record without its signature");
+            else if (kf_checkpoint_parse(r->reason, strlen(r->reason), &cp, &perr) != 0)
+                scan_bad(sc, r->seq, "checkpoint text unreadable: %s", perr.msg);
+            else if (cp.size == 0 || cp.size >= r->seq)
+                scan_bad(sc, r->seq, "%s", "checkpoint signs records that do not precede it");
+            else if (sc->n - cp.size < RECENT && cp.size <= sc->n) {
+                memcpy(cr, recent_root[cp.size % RECENT], KFD_HASH_LEN);
+                memcpy(cc, recent_chain[cp.size % RECENT], KFD_HASH_LEN);
+                have = true;
+            } else {
+                sqlite3_reset(at);
+                sqlite3_bind_int64(at, 1, (sqlite3_int64)cp.size);
+                if (sqlite3_step(at) == SQLITE_ROW && sqlite3_column_bytes(at, 0) == KFD_HASH_LEN &&
+                    sqlite3_column_bytes(at, 1) == KFD_HASH_LEN) {
+                    memcpy(cr, sqlite3_column_blob(at, 0), KFD_HASH_LEN);
+                    memcpy(cc, sqlite3_column_blob(at, 1), KFD_HASH_LEN);
+                    have = true;
+                }
+                sqlite3_reset(at);
+            }
+            if (have && (CRYPTO_memcmp(cr, cp.root, KFD_HASH_LEN) != 0 || CRYPTO_memcmp(cc, cp.chain, KFD_HASH_LEN) != 0)) {
+                char what[120];
+                snprintf(what, sizeof(what), "%llu", (unsigned long long)r->seq);
+                scan_bad(sc, cp.size, "the records differ from what checkpoint record %s signed", what);
+            } else if (!have && sc->bad_seq == 0) {
+                scan_bad(sc, r->seq, "%s", "checkpoint signs a size whose root is unknown");
+            }
+            sc->cp_seq = r->seq;
+            sc->cp_size = cp.size;
+            sc->checkpoints++;
+        }
+        memcpy(prev, hash, KFD_HASH_LEN);
+        sc->head_seq = r->seq;
+        memcpy(sc->head_hash, r->hash.len == KFD_HASH_LEN ? r->hash.data : hash, KFD_HASH_LEN);
+        expect = r->seq + 1;
+        kfd_audit_free_record(r);
+    }
+    sqlite3_reset(all);
+    return rc;
+}
+
+static void scan_free(scan *sc)
+{
+    free(sc->fill_seq);
+    free(sc->fill_root);
+}
+
+int kfd_store_load_audit(kfd_store *s, kf_err *err)
+{
+    scan sc;
+    int rc = scan_log(kfd_store_stmt(s, ST_AUDIT_ALL), kfd_store_stmt(s, ST_AUDIT_AT), &sc);
+    if (rc != SQLITE_DONE) {
+        scan_free(&sc);
+        return rc == SQLITE_NOMEM ? kf_err_set(err, -ENOMEM, "out of memory")
+                                  : kfd_store_sql_error(s, rc, "reading the audit log", err);
+    }
+    s->head_seq = sc.head_seq;
+    memcpy(s->head_hash, sc.head_hash, KFD_HASH_LEN);
+    s->tree = sc.tree;
+    s->cp_seq = sc.cp_seq;
+    s->cp_size = sc.cp_size;
+    s->start_head = sc.head_seq;
+    int r = 0;
+    if (sc.n_fill > 0) {
+        /* Records from before format 2 get their roots once, in one transaction. */
+        r = kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "migrating the audit log", err);
+        for (size_t i = 0; r == 0 && i < sc.n_fill; i++) {
+            sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_SET_ROOT);
+            sqlite3_bind_blob(st, 1, sc.fill_root[i], KFD_HASH_LEN, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)sc.fill_seq[i]);
+            r = kfd_store_step_done(s, st, "migrating the audit log", err);
+        }
+        if (r == 0)
+            r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "migrating the audit log", err);
+        else
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        if (r == 0)
+            kf_log_info("audit_migrated", "format=2 records_given_roots=%zu", sc.n_fill);
+    }
+    if (sc.bad_seq != 0) {
+        char why[320];
+        int n = snprintf(why, sizeof(why), "the local log fails verification at seq %llu: %s",
+                         (unsigned long long)sc.bad_seq, sc.problem);
+        (void)n; /* a cut reason is still a reason */
+        kfd_store_set_diverged(s, sc.bad_seq, why);
+    }
+    scan_free(&sc);
+    return r;
+}
+
 int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp, char *problem, size_t problem_size)
 {
     if (s->failed)
         return -EIO;
-    uint8_t prev[KFD_HASH_LEN] = {0}, canon[CANON_MAX], hash[KFD_HASH_LEN];
-    uint64_t expect = 1, n = 0;
-    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_ALL);
-    int rc;
-    resp->ok = true;
+    scan sc;
+    int rc = scan_log(kfd_store_stmt(s, ST_AUDIT_ALL), kfd_store_stmt(s, ST_AUDIT_AT), &sc);
+    scan_free(&sc);
+    if (rc != SQLITE_DONE)
+        return rc == SQLITE_NOMEM ? -ENOMEM : kfd_store_sql_error(s, rc, "reading the audit log", NULL);
+    resp->ok = sc.bad_seq == 0;
     problem[0] = '\0';
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        Keyfleet__V1__AuditRecord *r = row_record(st);
+    if (!resp->ok) {
+        resp->first_bad_seq = sc.bad_seq;
+        snprintf(problem, problem_size, "%s", sc.problem);
+    }
+    /* Rows cut off the end are only visible against the head this process committed. */
+    if (resp->ok && sc.n < s->head_seq) {
+        resp->ok = false;
+        resp->first_bad_seq = sc.n + 1;
+        snprintf(problem, problem_size, "the log ends early (the last committed record is %llu)",
+                 (unsigned long long)s->head_seq);
+    }
+    resp->records = sc.n;
+    return 0;
+}
+
+bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > s->cp_size; }
+
+uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why)
+{
+    if (ret_why != NULL)
+        *ret_why = s->diverged_why;
+    return s->diverged_seq;
+}
+
+void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret)
+{
+    ret->seq = s->head_seq;
+    memcpy(ret->chain, s->head_hash, KFD_HASH_LEN);
+    kf_merkle_frontier_root(&s->tree, ret->root);
+    ret->checkpoint_seq = s->cp_seq;
+    ret->checkpoint_size = s->cp_size;
+}
+
+static int one_record(kfd_store *s, sqlite3_stmt *st, Keyfleet__V1__AuditRecord **ret)
+{
+    int rc = sqlite3_step(st);
+    *ret = NULL;
+    if (rc == SQLITE_ROW)
+        *ret = kfd_audit_row_record(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return *ret != NULL ? 0 : -ENOMEM;
+    return rc == SQLITE_DONE ? -ENOENT : kfd_store_sql_error(s, rc, "reading the audit log", NULL);
+}
+
+int kfd_store_get_checkpoint(kfd_store *s, uint64_t size, Keyfleet__V1__AuditRecord **ret)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, size == 0 ? ST_CHECKPOINT_LATEST : ST_CHECKPOINT_FOR_SIZE);
+    if (size != 0)
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)size);
+    return one_record(s, st, ret);
+}
+
+int kfd_store_records_of_request(kfd_store *s, const char *request_id, uint64_t max_seq,
+                                 Keyfleet__V1__AuditRecord ***ret, size_t *ret_n)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_OF_REQUEST);
+    kfd_bind_text(st, 1, request_id);
+    Keyfleet__V1__AuditRecord **v = NULL;
+    size_t n = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < KFD_PROOF_RECORDS_MAX) {
+        if ((uint64_t)sqlite3_column_int64(st, 0) > max_seq)
+            break;
+        Keyfleet__V1__AuditRecord **nv = realloc(v, (n + 1) * sizeof(*v));
+        Keyfleet__V1__AuditRecord *r = nv != NULL ? kfd_audit_row_record(st) : NULL;
+        if (nv != NULL)
+            v = nv;
         if (r == NULL) {
             rc = SQLITE_NOMEM;
             break;
         }
-        n++;
-        size_t len = kfd_audit_canonical(r, canon, sizeof(canon));
-        const char *bad = NULL;
-        if (r->seq != expect)
-            bad = r->seq > expect ? "a record is missing before this one" : "records are out of order";
-        else if (r->prev_hash.len != KFD_HASH_LEN || CRYPTO_memcmp(r->prev_hash.data, prev, KFD_HASH_LEN) != 0)
-            bad = "its prev_hash does not match the previous record's hash";
-        else if (len > sizeof(canon))
-            bad = "record too large";
-        if (bad == NULL) {
-            chain_hash(prev, canon, len, hash);
-            if (r->hash.len != KFD_HASH_LEN || CRYPTO_memcmp(r->hash.data, hash, KFD_HASH_LEN) != 0)
-                bad = "its content does not match its hash (edited)";
-        }
-        if (bad != NULL) {
-            resp->ok = false;
-            resp->first_bad_seq = r->seq;
-            snprintf(problem, problem_size, "%s", bad);
-            free_record(r);
-            rc = SQLITE_DONE;
-            break;
-        }
-        memcpy(prev, r->hash.data, KFD_HASH_LEN);
-        expect++;
-        free_record(r);
+        v[n++] = r;
     }
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        kfd_store_free_records(v, n);
         return rc == SQLITE_NOMEM ? -ENOMEM : kfd_store_sql_error(s, rc, "reading the audit log", NULL);
-    /* Rows cut off the end are only visible against the head this process committed. */
-    if (resp->ok && n < s->head_seq) {
-        resp->ok = false;
-        resp->first_bad_seq = n + 1;
-        snprintf(problem, problem_size, "the log ends early (the last committed record is %llu)",
-                 (unsigned long long)s->head_seq);
     }
-    resp->records = n;
+    *ret = v;
+    *ret_n = n;
     return 0;
+}
+
+int kfd_store_records_after(kfd_store *s, uint64_t after, size_t max, Keyfleet__V1__AuditRecord ***ret, size_t *ret_n)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_AFTER);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)after);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+    Keyfleet__V1__AuditRecord **v = calloc(max > 0 ? max : 1, sizeof(*v));
+    size_t n = 0;
+    int rc = v == NULL ? SQLITE_NOMEM : SQLITE_DONE;
+    while (v != NULL && n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((v[n] = kfd_audit_row_record(st)) == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        kfd_store_free_records(v, n);
+        return rc == SQLITE_NOMEM ? -ENOMEM : kfd_store_sql_error(s, rc, "reading the audit log", NULL);
+    }
+    *ret = v;
+    *ret_n = n;
+    return 0;
+}
+
+void kfd_store_free_records(Keyfleet__V1__AuditRecord **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        kfd_audit_free_record(v[i]);
+    free(v);
+}
+
+int kfd_store_audit_leaves(kfd_store *s, uint64_t size, kf_merkle_hash **ret)
+{
+    if (s->failed)
+        return -EIO;
+    if (size == 0 || size > s->head_seq)
+        return -EINVAL;
+    kf_merkle_hash *leaves = malloc(size * sizeof(*leaves));
+    if (leaves == NULL)
+        return -ENOMEM;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_ALL);
+    uint8_t canon[CANON_MAX];
+    uint64_t n = 0;
+    int rc;
+    while (n < size && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Keyfleet__V1__AuditRecord *r = kfd_audit_row_record(st);
+        if (r == NULL || r->seq != n + 1) {
+            kfd_audit_free_record(r);
+            break;
+        }
+        size_t len = kf_audit_canonical(r, canon, sizeof(canon));
+        kf_merkle_leaf_hash(canon, len <= sizeof(canon) ? len : 0, leaves[n++]);
+        kfd_audit_free_record(r);
+    }
+    sqlite3_reset(st);
+    if (n != size) {
+        free(leaves);
+        return -EIO;
+    }
+    *ret = leaves;
+    return 0;
+}
+
+int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, kfd_image_check *ret, kf_err *err)
+{
+    memset(ret, 0, sizeof(*ret));
+    sqlite3 *db = NULL;
+    sqlite3_stmt *all = NULL, *at = NULL, *cp = NULL;
+    int r = 0;
+    /* An in-memory database cannot be in WAL mode: a copy with the header's read and write
+     * versions (bytes 18 and 19) set back to 1, the rollback journal, is read instead. */
+    unsigned char *copy = len >= 100 ? sqlite3_malloc64(len) : NULL;
+    if (copy != NULL) {
+        memcpy(copy, image, len);
+        copy[18] = copy[19] = 1;
+    }
+    if (copy != NULL && sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        sqlite3_free(copy);
+        copy = NULL;
+    }
+    if (copy == NULL || sqlite3_deserialize(db, "main", copy, (sqlite3_int64)len, (sqlite3_int64)len,
+                            SQLITE_DESERIALIZE_READONLY | SQLITE_DESERIALIZE_FREEONCLOSE) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT " KFD_AUDIT_COLS " ORDER BY a.seq", -1, &all, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT root, hash FROM audit WHERE seq = ?", -1, &at, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints)",
+                           -1, &cp, NULL) != SQLITE_OK) {
+        r = kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", db != NULL ? sqlite3_errmsg(db) : "no memory");
+        goto out;
+    }
+    scan sc;
+    int rc = scan_log(all, at, &sc);
+    scan_free(&sc);
+    if (rc != SQLITE_DONE) {
+        r = kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    if (sc.bad_seq != 0) {
+        r = kf_err_set(err, -EPERM, "snapshot's audit log fails verification at seq %llu: %s",
+                       (unsigned long long)sc.bad_seq, sc.problem);
+        goto out;
+    }
+    if (sc.head_seq < s->head_seq) {
+        r = kf_err_set(err, -EPERM, "snapshot holds %llu audit records, fewer than this replica's %llu",
+                       (unsigned long long)sc.head_seq, (unsigned long long)s->head_seq);
+        goto out;
+    }
+    /* It must extend this replica's own log, not replace it. */
+    if (s->head_seq > 0) {
+        kf_merkle_hash mine;
+        kf_merkle_frontier_root(&s->tree, mine);
+        sqlite3_bind_int64(at, 1, (sqlite3_int64)s->head_seq);
+        bool same = sqlite3_step(at) == SQLITE_ROW && sqlite3_column_bytes(at, 0) == KFD_HASH_LEN &&
+                    CRYPTO_memcmp(sqlite3_column_blob(at, 0), mine, KFD_HASH_LEN) == 0 &&
+                    sqlite3_column_bytes(at, 1) == KFD_HASH_LEN &&
+                    CRYPTO_memcmp(sqlite3_column_blob(at, 1), s->head_hash, KFD_HASH_LEN) == 0;
+        sqlite3_reset(at);
+        if (!same) {
+            r = kf_err_set(err, -EPERM, "snapshot's audit log does not extend this replica's (they differ by seq %llu)",
+                           (unsigned long long)s->head_seq);
+            goto out;
+        }
+    }
+    ret->records = sc.head_seq;
+    ret->checkpoints = sc.checkpoints;
+    if (sqlite3_step(cp) == SQLITE_ROW)
+        ret->newest = kfd_audit_row_record(cp);
+out:
+    sqlite3_finalize(all);
+    sqlite3_finalize(at);
+    sqlite3_finalize(cp);
+    sqlite3_close(db);
+    return r;
 }

@@ -5,6 +5,7 @@
 
 #include <sqlite3.h>
 
+#include "kf_merkle.h"
 #include "store/store.h"
 
 enum {
@@ -57,6 +58,14 @@ enum {
     ST_TOTP_FAIL_SET,
     ST_CERT_REVOKE,
     ST_CERT_GET,
+    ST_AUDIT_AT,
+    ST_AUDIT_SET_ROOT,
+    ST_CHECKPOINT_INSERT,
+    ST_CHECKPOINT_LATEST,
+    ST_CHECKPOINT_FOR_SIZE,
+    ST_AUDIT_OF_REQUEST,
+    ST_AUDIT_ONE,
+    ST_AUDIT_AFTER,
     ST_COUNT
 };
 
@@ -71,6 +80,15 @@ struct kfd_store {
     /* The audit chain's head: committed, and tentative inside a transaction. */
     uint64_t head_seq, tx_head_seq;
     uint8_t head_hash[KFD_HASH_LEN], tx_head_hash[KFD_HASH_LEN];
+    /* The RFC 9162 tree over the records, as a frontier: committed, and tentative. */
+    kf_merkle_frontier tree, tx_tree;
+    /* The newest checkpoint record's seq and the tree size it signed: committed, tentative. */
+    uint64_t cp_seq, cp_size, tx_cp_seq, tx_cp_size;
+    /* The head at open: records past the newest checkpoint's size were not signed yet. */
+    uint64_t start_head;
+    /* Not 0: this replica's log left the signed history at (or, at the latest, by) this record. */
+    uint64_t diverged_seq;
+    char diverged_why[256];
     /* The last Raft log index applied, committed in the same transaction as its command. */
     uint64_t applied_index;
     /* Deferred commit: applies share one open transaction until kfd_store_flush. */
@@ -125,8 +143,23 @@ int kfd_store_apply_revoke_cert(kfd_store *s, const Keyfleet__V1__CmdRevokeCert 
 
 /* Appends one audit record inside the current transaction (store_audit.c). */
 int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err);
-/* Loads the committed chain head at open. */
-int kfd_store_load_audit_head(kfd_store *s, kf_err *err);
+/* At open: verifies the whole local log (chain, tree, stored roots, every checkpoint's root and
+ * chain hash against the records), fills in roots missing since the upgrade to format 2, and
+ * loads the head and tree. A log that fails marks the store diverged (it still opens). */
+int kfd_store_load_audit(kfd_store *s, kf_err *err);
+/* Records that this replica's log diverged at seq (the first time only), and logs it. */
+void kfd_store_set_diverged(kfd_store *s, uint64_t seq, const char *why);
+/* The checkpoint command: cross-checks the leader's signed head against this log, then appends. */
+int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err);
+
+/* Columns every audit row read selects, in row_record's order. */
+#define KFD_AUDIT_COLS                                                                                             \
+    "a.seq, a.time_s, a.time_ns, a.action, a.actor_kind, a.actor_name, a.actor_auth, a.node, a.volume_id, "        \
+    "a.request_id, a.decision, a.reason, a.source, a.prev_hash, a.hash, a.root, c.signature, c.cert "               \
+    "FROM audit a LEFT JOIN audit_checkpoints c ON c.seq = a.seq"
+/* Builds a record from the current row of a KFD_AUDIT_COLS statement (heap; free_record). */
+Keyfleet__V1__AuditRecord *kfd_audit_row_record(sqlite3_stmt *st);
+
 
 static inline void kfd_bind_text(sqlite3_stmt *st, int i, const char *v)
 {

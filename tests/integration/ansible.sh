@@ -92,6 +92,15 @@ rc=$?
 expect_eq "health.yml passes on a healthy fleet" "$rc" "0"
 expect_match "... and says why" "$out" "keyfleet coordinator kfa is ready; leader: kfa.*keyfleet node n1: 1 volume\(s\) healthy"
 
+# With an anchor file, the play saves the newest signed checkpoint and checks the log against it.
+sleep 0.5 # the checkpoint after the unlock's records
+for i in 1 2; do
+    out=$("$PLAY" -i "$WORK/inventory.yml" "$A/health.yml" -e keyfleet_audit_anchor_file="$WORK/anchors.jsonl" 2>&1)
+    rc=$?
+    expect_eq "health.yml with an anchor file passes (run $i)" "$rc" "0"
+done
+expect_match "... and saved a signed checkpoint" "$(head -n 1 "$WORK/anchors.jsonl")" '^\{"format":"keyfleet-audit-checkpoint/v1","seq":[0-9]+'
+
 # A second volume that was never enrolled.
 luks_file "$WORK/e.luks" "pw"
 cp "$ROOT/etc/keyfleet/agent.yaml" "$WORK/agent2.yaml"

@@ -24,6 +24,7 @@ out=$(NODE_CLIENT_REQUEST_ID=$RID node "$F" n1 enroll vol-2 data2)
 KEY2=$(field key "$out")
 expect_match "control: a release before the fault" "$(node "$F" n1 release vol-1 "$WRAP")" "^code=ok status=released key=$KEY "
 
+audit_signed "$F"
 sql "CREATE TRIGGER guards_fail_release BEFORE INSERT ON audit WHEN NEW.action IN ('release', 'enroll_replay')
      BEGIN SELECT RAISE(ABORT, 'guards_audit: injected audit failure'); END;"
 n0=$(sql "SELECT count(*) FROM audit")
@@ -49,6 +50,7 @@ expect_match "... and the chain verifies" "$(ctl "$F" audit verify)" "audit chai
 
 # An edited prev_hash (the row's own hash untouched): named by audit verify.
 for _ in 1 2; do node "$F" n1 release vol-1 "$WRAP" >/dev/null; done
+audit_signed "$F"
 last=$(sql "SELECT max(seq) FROM audit")
 seq=$((last - 1))
 sql "UPDATE audit SET prev_hash = zeroblob(32) WHERE seq = $seq"

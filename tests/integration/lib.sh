@@ -128,6 +128,17 @@ check_sanitizers() {
 
 NODE_CLIENT=$BUILD/tests/node_client
 
+# audit_signed DIR: waits (at most 5 s) until the newest audit record is a signed checkpoint
+# (docs/audit.md), so that no checkpoint commit comes later: before counting records, or before
+# writing to the database beside keyfleetd (which does not wait for a lock: it fails closed).
+audit_signed() {
+    for _ in $(seq 1 50); do
+        ctl "$1" audit --json 2>/dev/null | tail -n 1 | grep -q '"action":"checkpoint"' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # ctl DIR ARGS...: keyfleetctl as DIR's operator against the running keyfleetd.
 ctl() { local dir=$1; shift; "$CTL" -c "$dir/keyfleetctl.yaml" --server "127.0.0.1:$PORT" "$@"; }
 # ctl_as DIR OPERATOR ARGS...: keyfleetctl with another operator certificate from DIR.

@@ -130,13 +130,40 @@ static void test_duration_parser(void **state)
     assert_int_equal(kf_parse_duration_ms("99999999999999999999h", &v), -EINVAL);
 }
 
+/* audit.sinks (docs/audit.md): file and syslog sinks load, paths resolve against the config's
+ * folder; a bad sink names its line. */
+static void test_audit_sinks(void **state)
+{
+    (void)state;
+    const char *path = write_file("k.yaml", GOOD "audit:\n  sinks:\n    - {type: file, path: audit.jsonl, required: true}\n"
+                                               "    - {type: syslog}\n");
+    kfd_config *cfg = NULL;
+    kf_err err = {0};
+    assert_int_equal(kfd_config_load(path, &cfg, &err), 0);
+    assert_int_equal(cfg->audit.n_sinks, 2);
+    assert_int_equal(cfg->audit.sinks[0].type, KFD_SINK_FILE);
+    assert_true(cfg->audit.sinks[0].required);
+    char want[300];
+    snprintf(want, sizeof(want), "%s/audit.jsonl", tmpdir);
+    assert_string_equal(cfg->audit.sinks[0].path, want);
+    assert_int_equal(cfg->audit.sinks[1].type, KFD_SINK_SYSLOG);
+    assert_false(cfg->audit.sinks[1].required);
+    assert_string_equal(cfg->audit.sinks[1].path, "/dev/log");
+    kfd_config_free(cfg);
+    expect_error(GOOD "audit:\n  sinks:\n    - {type: kafka}\n", "10:7: sink type must be file or syslog");
+    expect_error(GOOD "audit:\n  sinks:\n    - {type: file}\n", "10:7: a file sink needs path");
+    expect_error(GOOD "audit:\n  sinks:\n    - {type: syslog, path: x}\n", "10:7: a syslog sink takes socket");
+    expect_error(GOOD "audit:\n  sinks: x\n", "9:10: audit.sinks must be a list");
+    expect_error(GOOD "audit:\n  sink: []\n", "9:3: unknown key 'sink' in audit");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_config_loads), cmocka_unit_test(test_unknown_key),
         cmocka_unit_test(test_missing_key),       cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_malformed_yaml),    cmocka_unit_test(test_missing_file),
-        cmocka_unit_test(test_duration_parser),
+        cmocka_unit_test(test_duration_parser),   cmocka_unit_test(test_audit_sinks),
     };
     return cmocka_run_group_tests_name("config", tests, tmpdir_setup, tmpdir_teardown);
 }

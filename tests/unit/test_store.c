@@ -330,6 +330,64 @@ static void test_serialize_and_replace(void **state)
     kfd_store_close(b);
 }
 
+static int check_image(kfd_store *s, unsigned char *img, size_t len, const char *want)
+{
+    kfd_image_check ic;
+    kf_err err = {0};
+    int r = kfd_store_check_image(s, img, len, &ic, &err);
+    kfd_audit_free_record(ic.newest);
+    if (want != NULL && (r == 0 || strstr(err.msg, want) == NULL))
+        fail_msg("check_image: r=%d '%s', want '%s'", r, err.msg, want);
+    return r;
+}
+
+/* Issue #17: a snapshot replaces a replica's state only when its audit log verifies and extends
+ * the replica's own; a poisoned image (an edited record with its hashes recomputed or not, a log
+ * that forked, a shorter log) is refused, and the replica keeps what it had. */
+static void test_snapshot_image_checked(void **state)
+{
+    (void)state;
+    kfd_store *leader = open_db("img-leader.db"), *honest = open_db("img-honest.db"),
+              *forked = open_db("img-forked.db"), *ahead = open_db("img-ahead.db");
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(append(leader, "release", "n1"), 0);
+        assert_int_equal(append(honest, "release", "n1"), 0);
+        assert_int_equal(append(forked, "release", i == 2 ? "n2" : "n1"), 0);
+    }
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(append(ahead, "release", "n1"), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(append(leader, "enroll", "n1"), 0);
+    unsigned char *img = NULL;
+    size_t len = 0;
+    kf_err err = {0};
+    assert_int_equal(kfd_store_serialize(leader, &img, &len, &err), 0);
+    assert_int_equal(check_image(honest, img, len, NULL), 0);
+    assert_int_equal(check_image(forked, img, len, "does not extend this replica's"), -EPERM);
+    assert_int_equal(check_image(ahead, img, len, "fewer than this replica's"), -EPERM);
+    sqlite3_free(img);
+
+    /* The leader's database edited in place: one record's reason, then every root recomputed
+     * would still leave the chain hash wrong; here the plain edit. */
+    char path[300];
+    snprintf(path, sizeof(path), "%s/img-leader.db", tmpdir);
+    kfd_store_close(leader);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE audit SET reason = 'forged' WHERE seq = 7", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_int64 n = 0;
+    img = sqlite3_serialize(db, "main", &n, 0);
+    assert_non_null(img);
+    assert_int_equal(check_image(honest, img, (size_t)n, "fails verification at seq 7"), -EPERM);
+    /* The honest replica kept its state and still verifies. */
+    verify(honest, true, 0);
+    sqlite3_free(img);
+    sqlite3_close(db);
+    kfd_store_close(honest);
+    kfd_store_close(forked);
+    kfd_store_close(ahead);
+}
+
 static int cmp_id(const void *a, const void *b) { return strcmp((const char *)a, (const char *)b); }
 
 /* Server-made request ids: valid, unique, and in creation order (so the audit log's request_id
@@ -365,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_corrupt_database_fails_closed),
         cmocka_unit_test(test_applied_index_and_deferred_commit),
         cmocka_unit_test(test_serialize_and_replace),
+        cmocka_unit_test(test_snapshot_image_checked),
         cmocka_unit_test(test_request_ids_time_ordered),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);

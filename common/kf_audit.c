@@ -1,0 +1,283 @@
+#include "kf_audit.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <openssl/x509_vfy.h>
+
+#include "kf_identity.h"
+
+typedef struct enc {
+    uint8_t *buf;
+    size_t size, len;
+} enc;
+
+static void put(enc *e, const void *p, size_t n)
+{
+    if (e->len + n <= e->size)
+        memcpy(e->buf + e->len, p, n);
+    e->len += n;
+}
+
+static void put_u32(enc *e, uint32_t v)
+{
+    uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    put(e, b, 4);
+}
+
+static void put_u64(enc *e, uint64_t v)
+{
+    put_u32(e, (uint32_t)(v >> 32));
+    put_u32(e, (uint32_t)v);
+}
+
+static void put_str(enc *e, const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    put_u32(e, (uint32_t)n);
+    put(e, s, n);
+}
+
+size_t kf_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size)
+{
+    enc e = {buf, size, 0};
+    put(&e, "KFA1", 4);
+    put_u64(&e, r->seq);
+    put_u64(&e, (uint64_t)(r->time != NULL ? r->time->seconds : 0));
+    put_u32(&e, (uint32_t)(r->time != NULL ? r->time->nanos : 0));
+    put_str(&e, r->action);
+    put_u32(&e, (uint32_t)(r->actor != NULL ? r->actor->kind : 0));
+    put_str(&e, r->actor != NULL ? r->actor->name : "");
+    put_str(&e, r->actor != NULL ? r->actor->auth : "");
+    put_str(&e, r->node);
+    put_str(&e, r->volume_id);
+    put_str(&e, r->request_id);
+    put_u32(&e, (uint32_t)r->decision);
+    put_str(&e, r->reason);
+    put_str(&e, r->source_address);
+    return e.len;
+}
+
+void kf_audit_chain_hash(const uint8_t prev[KF_AUDIT_HASH], const uint8_t *canon, size_t len,
+                         uint8_t out[KF_AUDIT_HASH])
+{
+    kf_sha256_parts(prev, KF_AUDIT_HASH, canon, len, NULL, 0, out);
+}
+
+void kf_hex(const uint8_t *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 0xf];
+    }
+    out[2 * n] = '\0';
+}
+
+static int nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1; /* lowercase only: one spelling per value */
+}
+
+int kf_unhex(const char *in, size_t hex_len, uint8_t *out, size_t out_len)
+{
+    if (hex_len != 2 * out_len)
+        return -EINVAL;
+    for (size_t i = 0; i < out_len; i++) {
+        int hi = nibble(in[2 * i]), lo = nibble(in[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -EINVAL;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+int kf_checkpoint_format(const kf_checkpoint *cp, char *buf, size_t size)
+{
+    if (cp->nanos < 0 || cp->nanos > 999999999 || cp->seconds < 0 || !kf_name_valid(cp->signer, strlen(cp->signer)) ||
+        cp->cluster[0] == '\0' || strchr(cp->cluster, '\n') != NULL || strchr(cp->cluster, ' ') != NULL)
+        return -EINVAL;
+    char root[2 * KF_AUDIT_HASH + 1], chain[2 * KF_AUDIT_HASH + 1];
+    kf_hex(cp->root, KF_AUDIT_HASH, root);
+    kf_hex(cp->chain, KF_AUDIT_HASH, chain);
+    int n = snprintf(buf, size,
+                     KF_CHECKPOINT_MAGIC "\ncluster %s\nsize %" PRIu64 "\nroot %s\nchain %s\ntime %" PRId64
+                                         ".%09" PRId32 "\nsigner %s\n",
+                     cp->cluster, cp->size, root, chain, cp->seconds, cp->nanos, cp->signer);
+    return n < 0 || (size_t)n >= size ? -ENOSPC : n;
+}
+
+int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err *err)
+{
+    kf_checkpoint cp;
+    memset(&cp, 0, sizeof(cp));
+    char buf[KF_CHECKPOINT_TEXT_MAX], root[80] = "", chain[80] = "";
+    unsigned long long size = 0;
+    long long sec = 0;
+    long ns = 0;
+    if (len == 0 || len >= sizeof(buf) || memchr(text, '\0', len) != NULL)
+        return kf_err_set(err, -EINVAL, "checkpoint text empty, too long or binary");
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    int got = sscanf(buf,
+                     KF_CHECKPOINT_MAGIC "\ncluster %39s\nsize %llu\nroot %79s\nchain %79s\ntime %lld.%ld\nsigner %63s",
+                     cp.cluster, &size, root, chain, &sec, &ns, cp.signer);
+    if (got != 7)
+        return kf_err_set(err, -EINVAL, "not a keyfleet checkpoint (v1)");
+    cp.size = size;
+    cp.seconds = sec;
+    cp.nanos = (int32_t)ns;
+    if (kf_unhex(root, strlen(root), cp.root, KF_AUDIT_HASH) != 0 ||
+        kf_unhex(chain, strlen(chain), cp.chain, KF_AUDIT_HASH) != 0)
+        return kf_err_set(err, -EINVAL, "checkpoint root or chain is not 64 lowercase hex digits");
+    /* Canonical: formatting what was parsed gives back the very same bytes. */
+    char again[KF_CHECKPOINT_TEXT_MAX];
+    int n = kf_checkpoint_format(&cp, again, sizeof(again));
+    if (n < 0 || (size_t)n != len || memcmp(again, text, len) != 0)
+        return kf_err_set(err, -EINVAL, "checkpoint text is not in canonical form");
+    if (ret != NULL)
+        *ret = cp;
+    return 0;
+}
+
+int kf_checkpoint_cluster_id(X509 *ca, char out[40])
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509(ca, &der);
+    if (n <= 0)
+        return -EINVAL;
+    uint8_t h[SHA256_DIGEST_LENGTH];
+    SHA256(der, (size_t)n, h);
+    OPENSSL_free(der);
+    memcpy(out, "fleet-", 6);
+    kf_hex(h, 16, out + 6);
+    return 0;
+}
+
+static const EVP_MD *digest_for(EVP_PKEY *key)
+{
+    int id = EVP_PKEY_get_base_id(key);
+    return id == EVP_PKEY_ED25519 || id == EVP_PKEY_ED448 ? NULL : EVP_sha256();
+}
+
+static const char *ossl_reason(void)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
+    return r != NULL ? r : "unknown error";
+}
+
+int kf_checkpoint_sign(EVP_PKEY *key, const char *text, size_t len, uint8_t **ret_sig, size_t *ret_len, kf_err *err)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    size_t n = 0;
+    uint8_t *sig = NULL;
+    int r = -EIO;
+    if (ctx != NULL && EVP_DigestSignInit(ctx, NULL, digest_for(key), NULL, key) == 1 &&
+        EVP_DigestSign(ctx, NULL, &n, (const uint8_t *)text, len) == 1 && (sig = OPENSSL_malloc(n)) != NULL &&
+        EVP_DigestSign(ctx, sig, &n, (const uint8_t *)text, len) == 1)
+        r = 0;
+    EVP_MD_CTX_free(ctx);
+    if (r != 0) {
+        OPENSSL_free(sig);
+        kf_err_set(err, r, "signing the checkpoint: %s", ossl_reason());
+        ERR_clear_error();
+        return r;
+    }
+    *ret_sig = sig;
+    *ret_len = n;
+    return 0;
+}
+
+int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
+                         size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err)
+{
+    kf_checkpoint cp;
+    int r = kf_checkpoint_parse(text, len, &cp, err);
+    if (r != 0)
+        return r;
+    if (cluster != NULL && strcmp(cluster, cp.cluster) != 0)
+        return kf_err_set(err, -EPERM, "checkpoint is of cluster %s, not of this fleet (%s)", cp.cluster, cluster);
+    const unsigned char *p = cert;
+    X509 *x = cert_len > 0 ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
+    if (x == NULL || p != cert + cert_len) {
+        X509_free(x);
+        ERR_clear_error();
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate missing or malformed");
+    }
+    X509_STORE_CTX *vctx = X509_STORE_CTX_new();
+    EVP_MD_CTX *mctx = NULL;
+    kf_identity id;
+    kf_err ierr = {0};
+    r = -ENOMEM;
+    if (vctx == NULL || X509_STORE_CTX_init(vctx, ca, x, NULL) != 1)
+        goto out;
+    X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(vctx), (time_t)cp.seconds);
+    if (X509_verify_cert(vctx) != 1) {
+        r = kf_err_set(err, -EPERM, "checkpoint signer certificate does not chain to the fleet CA: %s",
+                       X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+        goto out;
+    }
+    if (kf_identity_from_cert(x, &id, &ierr) != 0 || id.kind != KF_PEER_COORDINATOR) {
+        r = kf_err_set(err, -EPERM, "checkpoint signer certificate does not name a coordinator");
+        goto out;
+    }
+    if (strcmp(id.name, cp.signer) != 0) {
+        r = kf_err_set(err, -EPERM, "checkpoint names signer %s but is signed by coordinator %s", cp.signer, id.name);
+        goto out;
+    }
+    EVP_PKEY *key = X509_get0_pubkey(x);
+    mctx = EVP_MD_CTX_new();
+    if (key == NULL || mctx == NULL || EVP_DigestVerifyInit(mctx, NULL, digest_for(key), NULL, key) != 1) {
+        r = kf_err_set(err, -EPERM, "checkpoint signer key unusable");
+        goto out;
+    }
+    if (EVP_DigestVerify(mctx, sig, sig_len, (const uint8_t *)text, len) != 1) {
+        r = kf_err_set(err, -EPERM, "checkpoint signature does not verify");
+        goto out;
+    }
+    r = 0;
+    if (ret != NULL)
+        *ret = cp;
+out:
+    if (r == -ENOMEM)
+        kf_err_set(err, r, "out of memory");
+    EVP_MD_CTX_free(mctx);
+    X509_STORE_CTX_free(vctx);
+    X509_free(x);
+    ERR_clear_error();
+    return r;
+}
+
+int kf_checkpoint_ca_load(const char *ca_file, X509_STORE **ret_store, char cluster[40], kf_err *err)
+{
+    FILE *f = fopen(ca_file, "r");
+    if (f == NULL)
+        return kf_err_set(err, -errno, "%s: %s", ca_file, strerror(errno));
+    X509 *first = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    X509_STORE *st = X509_STORE_new();
+    int r = 0;
+    if (first == NULL || st == NULL || X509_STORE_load_file(st, ca_file) != 1 ||
+        kf_checkpoint_cluster_id(first, cluster) != 0)
+        r = kf_err_set(err, -EINVAL, "%s: no CA certificate could be read", ca_file);
+    X509_free(first);
+    ERR_clear_error();
+    if (r != 0) {
+        X509_STORE_free(st);
+        return r;
+    }
+    *ret_store = st;
+    return 0;
+}

@@ -1,0 +1,78 @@
+/* What the coordinator and every offline verifier (keyfleetctl) must compute alike for the
+ * audit log (docs/audit.md): the canonical bytes of a record, its chain hash, its Merkle leaf,
+ * and signed checkpoints.
+ *
+ * A checkpoint is a text the leader signs with its coordinator key (EVP_DigestSign: ECDSA P-256
+ * with SHA-256, or Ed25519), recorded in the log as a record of action "checkpoint" whose reason
+ * is that text:
+ *
+ *   keyfleet-audit-checkpoint/v1
+ *   cluster fleet-<32 hex: SHA-256 of the fleet CA certificate>
+ *   size <records covered: seq 1..size>
+ *   root <RFC 9162 Merkle root over those records, 64 hex>
+ *   chain <hash of record `size` in the hash chain, 64 hex>
+ *   time <unix seconds>.<9 digits of nanoseconds>
+ *   signer <coordinator name>
+ */
+#ifndef KF_AUDIT_H
+#define KF_AUDIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "keyfleet/v1/admin.pb-c.h"
+#include "kf_err.h"
+#include "kf_merkle.h"
+
+#define KF_AUDIT_HASH 32
+#define KF_AUDIT_CANON_MAX 8192
+#define KF_AUDIT_CHECKPOINT_ACTION "checkpoint"
+#define KF_CHECKPOINT_MAGIC "keyfleet-audit-checkpoint/v1"
+#define KF_CHECKPOINT_TEXT_MAX 512
+
+/* The canonical bytes (format KFA1) of r; returns the length, which may exceed size (nothing
+ * beyond size is written). */
+size_t kf_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size);
+/* hash(n) = SHA-256(hash(n-1) || canonical(n)). */
+void kf_audit_chain_hash(const uint8_t prev[KF_AUDIT_HASH], const uint8_t *canon, size_t len,
+                         uint8_t out[KF_AUDIT_HASH]);
+
+typedef struct kf_checkpoint {
+    char cluster[40];
+    uint64_t size;
+    uint8_t root[KF_AUDIT_HASH];
+    uint8_t chain[KF_AUDIT_HASH];
+    int64_t seconds;
+    int32_t nanos;
+    char signer[64];
+} kf_checkpoint;
+
+/* The signed text. Returns its length, or -ENOSPC / -EINVAL (a field out of range). */
+int kf_checkpoint_format(const kf_checkpoint *cp, char *buf, size_t size);
+/* Parses a checkpoint text strictly: it must be exactly what kf_checkpoint_format writes. */
+int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err *err);
+
+/* "fleet-" and the first 16 bytes of SHA-256(DER of the fleet CA certificate), in hex. */
+int kf_checkpoint_cluster_id(X509 *ca, char out[40]);
+
+/* Signs text with key (ECDSA: SHA-256; Ed25519: pure). *ret_sig is OPENSSL_malloc'ed. */
+int kf_checkpoint_sign(EVP_PKEY *key, const char *text, size_t len, uint8_t **ret_sig, size_t *ret_len, kf_err *err);
+
+/* Checks a signed checkpoint: cert (DER) chains to a CA in ca (time checks at the checkpoint's
+ * own time, so a later expiry does not void old checkpoints), names a coordinator
+ * (keyfleet://coordinator/NAME) whose NAME is the text's signer, and its key verifies sig over
+ * text. When cluster is not NULL, the text must name it. Fills ret when not NULL. */
+int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
+                         size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err);
+
+/* A store of the CA certificates in a PEM file; its first certificate's cluster id. */
+int kf_checkpoint_ca_load(const char *ca_file, X509_STORE **ret_store, char cluster[40], kf_err *err);
+
+void kf_hex(const uint8_t *in, size_t n, char *out); /* out holds 2n+1 */
+int kf_unhex(const char *in, size_t hex_len, uint8_t *out, size_t out_len);
+
+#endif

@@ -1,0 +1,34 @@
+/* Signed checkpoints of the audit log (docs/audit.md), on the leader: at most CHECKPOINT_MS
+ * after records were applied (sooner after 1000 of them), the leader signs (cluster, size, root,
+ * chain, time) with its coordinator key and commits it as a checkpoint command, which every
+ * replica checks against its own log when it applies it. Signing is per checkpoint, never per
+ * record. Also: checking a checkpoint record's signature against the fleet CA. */
+#ifndef KFD_CHECKPOINT_H
+#define KFD_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "keyfleet/v1/admin.pb-c.h"
+#include "kf_err.h"
+
+struct kfd_app;
+typedef struct kfd_checkpointer kfd_checkpointer;
+
+/* Loads the coordinator key and certificate and the fleet CA from the config; starts the timer. */
+int kfd_checkpointer_new(struct kfd_app *app, uv_loop_t *loop, kfd_checkpointer **ret, kf_err *err);
+/* Stops the timer; the memory goes once the loop has closed it. NULL is a no-op. */
+void kfd_checkpointer_free(kfd_checkpointer *c);
+
+/* Checks a checkpoint record: its signature, the signer's certificate against the fleet CA (it
+ * must name a coordinator, the one the text names), this fleet's cluster id. 0 or -EPERM. */
+int kfd_checkpoint_verify_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err);
+
+/* For /metrics. */
+typedef struct kfd_checkpoint_stats {
+    uint64_t signed_total, failed_total, last_size;
+} kfd_checkpoint_stats;
+void kfd_checkpointer_stats(const kfd_checkpointer *c, kfd_checkpoint_stats *ret);
+
+#endif

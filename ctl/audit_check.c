@@ -1,0 +1,408 @@
+#include "audit_check.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "kf_b64.h"
+#include "kf_merkle.h"
+
+int kfctl_trust_load(const char *ca_file, kfctl_trust *ret)
+{
+    kf_err err = {0};
+    memset(ret, 0, sizeof(*ret));
+    if (kf_checkpoint_ca_load(ca_file, &ret->ca, ret->cluster, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: fleet CA: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+void kfctl_trust_free(kfctl_trust *t)
+{
+    X509_STORE_free(t->ca);
+    t->ca = NULL;
+}
+
+void kfctl_cp_clear(kfctl_cp *cp)
+{
+    free(cp->sig);
+    free(cp->cert);
+    memset(cp, 0, sizeof(*cp));
+}
+
+static uint8_t *dup_bytes(const uint8_t *p, size_t n)
+{
+    uint8_t *d = malloc(n > 0 ? n : 1);
+    if (d != NULL && n > 0)
+        memcpy(d, p, n);
+    return d;
+}
+
+int kfctl_cp_from_record(const Keyfleet__V1__AuditRecord *r, kfctl_cp *ret, char *why, size_t why_size)
+{
+    memset(ret, 0, sizeof(*ret));
+    size_t n = strlen(r->reason);
+    if (strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0 || n >= sizeof(ret->text)) {
+        snprintf(why, why_size, "record %" PRIu64 " is not a checkpoint", r->seq);
+        return -1;
+    }
+    ret->seq = r->seq;
+    memcpy(ret->text, r->reason, n + 1);
+    ret->sig = dup_bytes(r->signature.data, r->signature.len);
+    ret->cert = dup_bytes(r->signer_cert.data, r->signer_cert.len);
+    ret->sig_len = r->signature.len;
+    ret->cert_len = r->signer_cert.len;
+    if (ret->sig == NULL || ret->cert == NULL) {
+        kfctl_cp_clear(ret);
+        snprintf(why, why_size, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static json_t *b64_json(const uint8_t *p, size_t n)
+{
+    size_t size = kf_b64_encoded_len(n, false) + 1;
+    char *s = malloc(size);
+    json_t *j = s != NULL && kf_b64_encode(p, n, false, s, size) >= 0 ? json_string(s) : NULL;
+    free(s);
+    return j;
+}
+
+static int b64_from_json(const json_t *o, const char *key, uint8_t **ret, size_t *ret_len)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    if (s == NULL)
+        return -1;
+    size_t n = strlen(s);
+    uint8_t *buf = malloc(n + 1);
+    int len = buf != NULL ? kf_b64_decode(s, n, false, buf, n + 1) : -ENOMEM;
+    if (len < 0) {
+        free(buf);
+        return -1;
+    }
+    *ret = buf;
+    *ret_len = (size_t)len;
+    return 0;
+}
+
+json_t *kfctl_cp_to_json(const kfctl_cp *cp)
+{
+    kf_checkpoint p;
+    kf_err err = {0};
+    if (kf_checkpoint_parse(cp->text, strlen(cp->text), &p, &err) != 0)
+        return NULL;
+    char root[2 * KF_AUDIT_HASH + 1];
+    kf_hex(p.root, KF_AUDIT_HASH, root);
+    return json_pack("{s:s, s:I, s:I, s:s, s:I, s:s, s:s, s:s, s:o, s:o}", "format", KF_CHECKPOINT_MAGIC, "seq",
+                     (json_int_t)cp->seq, "size", (json_int_t)p.size, "root", root, "time", (json_int_t)p.seconds,
+                     "signer", p.signer, "cluster", p.cluster, "text", cp->text, "signature",
+                     b64_json(cp->sig, cp->sig_len), "cert", b64_json(cp->cert, cp->cert_len));
+}
+
+int kfctl_cp_from_json(const json_t *o, kfctl_cp *ret, char *why, size_t why_size)
+{
+    memset(ret, 0, sizeof(*ret));
+    const char *format = json_string_value(json_object_get(o, "format"));
+    const char *text = json_string_value(json_object_get(o, "text"));
+    json_t *seq = json_object_get(o, "seq");
+    if (format == NULL || strcmp(format, KF_CHECKPOINT_MAGIC) != 0 || text == NULL || !json_is_integer(seq) ||
+        json_integer_value(seq) <= 0 || strlen(text) >= sizeof(ret->text)) {
+        snprintf(why, why_size, "not a saved keyfleet checkpoint (format, seq, text)");
+        return -1;
+    }
+    ret->seq = (uint64_t)json_integer_value(seq);
+    snprintf(ret->text, sizeof(ret->text), "%s", text);
+    if (b64_from_json(o, "signature", &ret->sig, &ret->sig_len) != 0 ||
+        b64_from_json(o, "cert", &ret->cert, &ret->cert_len) != 0) {
+        kfctl_cp_clear(ret);
+        snprintf(why, why_size, "checkpoint signature or cert is not base64");
+        return -1;
+    }
+    return 0;
+}
+
+int kfctl_cp_verify(const kfctl_trust *t, kfctl_cp *cp, char *why, size_t why_size)
+{
+    kf_err err = {0};
+    if (kf_checkpoint_verify(cp->text, strlen(cp->text), cp->sig, cp->sig_len, cp->cert, cp->cert_len, t->ca,
+                             t->cluster, &cp->parsed, &err) != 0) {
+        snprintf(why, why_size, "%s", err.msg);
+        return -1;
+    }
+    if (cp->parsed.size >= cp->seq) {
+        snprintf(why, why_size, "checkpoint record %" PRIu64 " signs %" PRIu64 " records, which cannot precede it",
+                 cp->seq, cp->parsed.size);
+        return -1;
+    }
+    return 0;
+}
+
+int kfctl_cp_read_file(const char *path, kfctl_cp **ret, size_t *ret_n, char *why, size_t why_size)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(why, why_size, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    kfctl_cp *v = NULL;
+    size_t n = 0;
+    int rc = 0;
+    json_error_t jerr;
+    for (;;) {
+        json_t *o = json_loadf(f, JSON_DISABLE_EOF_CHECK, &jerr);
+        if (o == NULL) {
+            int c;
+            while ((c = fgetc(f)) == ' ' || c == '\n' || c == '\t' || c == '\r')
+                ;
+            if (c != EOF) {
+                snprintf(why, why_size, "%s: not JSON: %s", path, jerr.text);
+                rc = -1;
+            }
+            break;
+        }
+        kfctl_cp *nv = realloc(v, (n + 1) * sizeof(*v));
+        if (nv == NULL) {
+            json_decref(o);
+            snprintf(why, why_size, "out of memory");
+            rc = -1;
+            break;
+        }
+        v = nv;
+        char w[200];
+        if (kfctl_cp_from_json(o, &v[n], w, sizeof(w)) != 0) {
+            int k = snprintf(why, why_size, "%s: %s", path, w);
+            (void)k;
+            json_decref(o);
+            rc = -1;
+            break;
+        }
+        n++;
+        json_decref(o);
+    }
+    fclose(f);
+    if (rc == 0 && n == 0) {
+        snprintf(why, why_size, "%s: no checkpoint in it", path);
+        rc = -1;
+    }
+    if (rc != 0) {
+        for (size_t i = 0; i < n; i++)
+            kfctl_cp_clear(&v[i]);
+        free(v);
+        return -1;
+    }
+    *ret = v;
+    *ret_n = n;
+    return 0;
+}
+
+struct kfctl_log_check {
+    const kfctl_trust *trust;
+    uint64_t n;
+    bool allow_partial;
+    uint64_t base; /* records before the copy starts (0: it starts at record 1) */
+    uint8_t prev[KF_AUDIT_HASH];
+    kf_merkle_frontier tree;
+    /* roots[i] and chains[i]: the tree and chain after record i + 1 (for anchors and checkpoints). */
+    kf_merkle_hash *roots, *chains;
+    size_t cap;
+    bool failed;
+    uint64_t bad_seq;
+    char problem[400];
+    uint64_t checkpoints, newest_cp_size, newest_cp_seq;
+    int64_t newest_cp_time;
+    char signers[256];
+    /* checkpoint records seen: seq and text, for anchors */
+    kfctl_cp *seen;
+    size_t n_seen;
+};
+
+kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
+{
+    kfctl_log_check *c = calloc(1, sizeof(*c));
+    if (c != NULL) {
+        c->trust = t;
+        kf_merkle_frontier_init(&c->tree);
+    }
+    return c;
+}
+
+void kfctl_log_check_allow_partial(kfctl_log_check *c) { c->allow_partial = true; }
+
+void kfctl_log_check_free(kfctl_log_check *c)
+{
+    if (c == NULL)
+        return;
+    free(c->roots);
+    free(c->chains);
+    for (size_t i = 0; i < c->n_seen; i++)
+        kfctl_cp_clear(&c->seen[i]);
+    free(c->seen);
+    free(c);
+}
+
+__attribute__((format(printf, 3, 4))) static bool fail(kfctl_log_check *c, uint64_t seq, const char *fmt, ...)
+{
+    c->failed = true;
+    c->bad_seq = seq;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->problem, sizeof(c->problem), fmt, ap);
+    va_end(ap);
+    return false;
+}
+
+static void add_signer(kfctl_log_check *c, const char *name)
+{
+    char needle[80];
+    snprintf(needle, sizeof(needle), " %s,", name);
+    char list[260];
+    snprintf(list, sizeof(list), " %s", c->signers);
+    if (strstr(list, needle) != NULL)
+        return;
+    size_t len = strlen(c->signers);
+    snprintf(c->signers + len, sizeof(c->signers) - len, "%s,", name);
+}
+
+bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
+{
+    if (c->failed)
+        return false;
+    if (c->n == 0 && c->allow_partial && r->seq > 1 && r->prev_hash.len == KF_AUDIT_HASH) {
+        c->base = c->n = r->seq - 1;
+        memcpy(c->prev, r->prev_hash.data, KF_AUDIT_HASH);
+    }
+    uint64_t want = c->n + 1;
+    if (r->seq != want)
+        return fail(c, r->seq > want ? want : r->seq, "%s",
+                    r->seq > want ? "a record is missing here" : "records are out of order");
+    if (r->prev_hash.len != KF_AUDIT_HASH || CRYPTO_memcmp(r->prev_hash.data, c->prev, KF_AUDIT_HASH) != 0)
+        return fail(c, r->seq, "its prev_hash does not match the previous record's hash");
+    uint8_t canon[KF_AUDIT_CANON_MAX], hash[KF_AUDIT_HASH];
+    size_t len = kf_audit_canonical(r, canon, sizeof(canon));
+    if (len > sizeof(canon))
+        return fail(c, r->seq, "record too large");
+    kf_audit_chain_hash(c->prev, canon, len, hash);
+    if (r->hash.len != KF_AUDIT_HASH || CRYPTO_memcmp(r->hash.data, hash, KF_AUDIT_HASH) != 0)
+        return fail(c, r->seq, "its content does not match its hash (edited)");
+    kf_merkle_hash leaf, root;
+    kf_merkle_leaf_hash(canon, len, leaf);
+    kf_merkle_frontier_append(&c->tree, leaf);
+    kf_merkle_frontier_root(&c->tree, root);
+    if (c->base == 0 && r->root.len != 0 &&
+        (r->root.len != KF_AUDIT_HASH || CRYPTO_memcmp(r->root.data, root, KF_AUDIT_HASH) != 0))
+        return fail(c, r->seq, "its Merkle root does not match the records");
+    size_t at = (size_t)(c->n - c->base);
+    if (at == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 1024;
+        kf_merkle_hash *a = realloc(c->roots, cap * sizeof(*a));
+        if (a != NULL)
+            c->roots = a;
+        kf_merkle_hash *b = realloc(c->chains, cap * sizeof(*b));
+        if (b != NULL)
+            c->chains = b;
+        if (a == NULL || b == NULL)
+            return fail(c, r->seq, "out of memory");
+        c->cap = cap;
+    }
+    memcpy(c->roots[at], root, KF_AUDIT_HASH);
+    memcpy(c->chains[at], hash, KF_AUDIT_HASH);
+    memcpy(c->prev, hash, KF_AUDIT_HASH);
+    c->n++;
+    if (strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
+        return true;
+    /* A signed head: valid signature by a coordinator of this fleet, over exactly this tree. */
+    kfctl_cp cp;
+    char why[300];
+    if (kfctl_cp_from_record(r, &cp, why, sizeof(why)) != 0 || kfctl_cp_verify(c->trust, &cp, why, sizeof(why)) != 0) {
+        kfctl_cp_clear(&cp);
+        return fail(c, r->seq, "checkpoint: %s", why);
+    }
+    const kf_checkpoint *p = &cp.parsed;
+    /* In a copy that starts late: the chain hash when it holds that record, the root never. */
+    bool ok = p->size <= c->base ||
+              (CRYPTO_memcmp(c->chains[p->size - 1 - c->base], p->chain, KF_AUDIT_HASH) == 0 &&
+               (c->base != 0 || CRYPTO_memcmp(c->roots[p->size - 1], p->root, KF_AUDIT_HASH) == 0));
+    if (!ok) {
+        uint64_t size = p->size;
+        kfctl_cp_clear(&cp);
+        return fail(c, size, "the records up to here differ from what checkpoint record %" PRIu64 " signed (recomputed?)",
+                    r->seq);
+    }
+    if (p->size < c->newest_cp_size || p->seconds < c->newest_cp_time) {
+        kfctl_cp_clear(&cp);
+        return fail(c, r->seq, "checkpoint goes back in size or time");
+    }
+    c->checkpoints++;
+    c->newest_cp_size = p->size;
+    c->newest_cp_seq = r->seq;
+    c->newest_cp_time = p->seconds;
+    add_signer(c, p->signer);
+    kfctl_cp *nv = realloc(c->seen, (c->n_seen + 1) * sizeof(*nv));
+    if (nv == NULL) {
+        kfctl_cp_clear(&cp);
+        return fail(c, r->seq, "out of memory");
+    }
+    c->seen = nv;
+    c->seen[c->n_seen++] = cp;
+    return true;
+}
+
+static const kfctl_cp *seen_at(const kfctl_log_check *c, uint64_t seq)
+{
+    for (size_t i = 0; i < c->n_seen; i++)
+        if (c->seen[i].seq == seq)
+            return &c->seen[i];
+    return NULL;
+}
+
+int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n_anchors, FILE *out)
+{
+    if (c->failed) {
+        fprintf(out, "audit chain BROKEN at record %" PRIu64 ": %s\n", c->bad_seq, c->problem);
+        return 1;
+    }
+    for (size_t i = 0; i < n_anchors; i++) {
+        kfctl_cp a = anchors[i];
+        char why[300];
+        if (kfctl_cp_verify(c->trust, &a, why, sizeof(why)) != 0) {
+            fprintf(out, "audit anchor INVALID (checkpoint record %" PRIu64 "): %s\n", a.seq, why);
+            return 1;
+        }
+        const kfctl_cp *s = seen_at(c, a.seq);
+        if (a.seq > c->n || a.parsed.size > c->n) {
+            fprintf(out,
+                    "audit chain BROKEN at record %" PRIu64 ": the log ends at record %" PRIu64
+                    ", before the anchored checkpoint %" PRIu64 " (truncated)\n",
+                    c->n + 1, c->n, a.seq);
+            return 1;
+        }
+        if (s == NULL || strcmp(s->text, a.text) != 0 ||
+            (c->base == 0 && CRYPTO_memcmp(c->roots[a.parsed.size - 1], a.parsed.root, KF_AUDIT_HASH) != 0)) {
+            fprintf(out,
+                    "audit chain BROKEN at record %" PRIu64 ": the log no longer holds the anchored checkpoint "
+                    "(size %" PRIu64 ") at record %" PRIu64 "\n",
+                    a.parsed.size, a.parsed.size, a.seq);
+            return 1;
+        }
+    }
+    size_t sl = strlen(c->signers);
+    if (sl > 0)
+        c->signers[sl - 1] = '\0';
+    fprintf(out, "audit chain ok: %" PRIu64 " records verified", c->n - c->base);
+    if (c->base > 0)
+        fprintf(out, " (records %" PRIu64 "..%" PRIu64 ")", c->base + 1, c->n);
+    fprintf(out, ", %" PRIu64 " signed checkpoints (by %s)", c->checkpoints, c->checkpoints > 0 ? c->signers : "nobody");
+    if (c->checkpoints > 0)
+        fprintf(out, "; the newest signs %" PRIu64 " records (%" PRIu64 " after it not yet signed)",
+                c->newest_cp_size, c->n - c->newest_cp_seq);
+    if (n_anchors > 0)
+        fprintf(out, "; %zu anchor%s held", n_anchors, n_anchors == 1 ? "" : "s");
+    fprintf(out, "\n");
+    return 0;
+}

@@ -1,0 +1,57 @@
+/* keyfleetctl's own audit verification (docs/audit.md): nothing the coordinator says is taken
+ * on trust. The records are re-hashed here (chain and RFC 9162 tree), every checkpoint's
+ * signature is checked against the fleet CA, and the tree must pass through every signed head
+ * and every saved anchor. Also the JSON forms of checkpoints and proofs. */
+#ifndef KFCTL_AUDIT_CHECK_H
+#define KFCTL_AUDIT_CHECK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+#include <openssl/x509.h>
+
+#include "keyfleet/v1/admin.pb-c.h"
+#include "kf_audit.h"
+
+/* The fleet's trust: CA certificates and the cluster id derived from the first. */
+typedef struct kfctl_trust {
+    X509_STORE *ca;
+    char cluster[40];
+} kfctl_trust;
+int kfctl_trust_load(const char *ca_file, kfctl_trust *ret);
+void kfctl_trust_free(kfctl_trust *t);
+
+/* A signed checkpoint as saved in an anchor file or a proof. */
+typedef struct kfctl_cp {
+    uint64_t seq; /* its record's seq in the log */
+    char text[KF_CHECKPOINT_TEXT_MAX];
+    uint8_t *sig, *cert;
+    size_t sig_len, cert_len;
+    kf_checkpoint parsed;
+} kfctl_cp;
+void kfctl_cp_clear(kfctl_cp *cp);
+/* From a checkpoint record (its signature and certificate included). */
+int kfctl_cp_from_record(const Keyfleet__V1__AuditRecord *r, kfctl_cp *ret, char *why, size_t why_size);
+json_t *kfctl_cp_to_json(const kfctl_cp *cp);
+int kfctl_cp_from_json(const json_t *o, kfctl_cp *ret, char *why, size_t why_size);
+/* Checks its signature against the trust; fills cp->parsed. */
+int kfctl_cp_verify(const kfctl_trust *t, kfctl_cp *cp, char *why, size_t why_size);
+/* Reads one or more checkpoints from a file: a JSON object, or JSON objects one per line. */
+int kfctl_cp_read_file(const char *path, kfctl_cp **ret, size_t *ret_n, char *why, size_t why_size);
+
+/* Incremental verification of a whole log, records fed in seq order. */
+typedef struct kfctl_log_check kfctl_log_check;
+kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t);
+/* A copy that may start after record 1 (an audit sink added later): its first record's
+ * prev_hash is taken as given; the chain, every checkpoint's signature and the chain hash it
+ * signed are checked, the Merkle roots only from record 1. */
+void kfctl_log_check_allow_partial(kfctl_log_check *c);
+/* Feeds the next record; false once the log failed (kfctl_log_check_result says where). */
+bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r);
+/* After the last record: checks each anchor; prints a summary to out. 0: verified. */
+int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n_anchors, FILE *out);
+void kfctl_log_check_free(kfctl_log_check *c);
+
+#endif

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The attacker of issue #17: rewrites a stopped coordinator's audit table and recomputes every
+hash as docs/audit.md describes (the chain, and the RFC 9162 root stored with each record), so
+that nothing but a signature or another copy can tell.
+
+  audit_forge.py DB delete SEQ [--rewrite-checkpoints]
+  audit_forge.py DB edit SEQ COLUMN VALUE [--rewrite-checkpoints]
+  audit_forge.py DB truncate SEQ       (deletes SEQ and everything after it; nothing recomputed)
+
+--rewrite-checkpoints also rewrites each checkpoint's text (size, root, chain) to match the
+forged records; its signature, which the attacker cannot make, stays as it was."""
+import hashlib
+import sqlite3
+import struct
+import sys
+
+COLS = ("seq, time_s, time_ns, action, actor_kind, actor_name, actor_auth, node, volume_id, request_id, "
+        "decision, reason, source")
+
+
+def canonical(r):
+    def s(v):
+        b = v.encode()
+        return struct.pack(">I", len(b)) + b
+    (seq, ts, tn, action, kind, name, auth, node, vol, req, decision, reason, source) = r
+    return (b"KFA1" + struct.pack(">QQI", seq, ts, tn) + s(action) + struct.pack(">I", kind) + s(name) + s(auth)
+            + s(node) + s(vol) + s(req) + struct.pack(">I", decision) + s(reason) + s(source))
+
+
+def leaf(b):
+    return hashlib.sha256(b"\x00" + b).digest()
+
+
+def node(l, r):
+    return hashlib.sha256(b"\x01" + l + r).digest()
+
+
+class Frontier:
+    def __init__(self):
+        self.nodes, self.size = {}, 0
+
+    def append(self, h):
+        k = 0
+        while self.size >> k & 1:
+            h = node(self.nodes[k], h)
+            k += 1
+        self.nodes[k] = h
+        self.size += 1
+
+    def root(self):
+        acc = None
+        for k in range(64):
+            if self.size >> k & 1:
+                acc = self.nodes[k] if acc is None else node(self.nodes[k], acc)
+        return acc
+
+
+def recompute(db, shift_after=None, rewrite_checkpoints=False):
+    rows = [list(r) for r in db.execute("SELECT " + COLS + " FROM audit ORDER BY seq")]
+    prev, tree, roots, chains = b"\0" * 32, Frontier(), {}, {}
+    for r in rows:
+        if rewrite_checkpoints and r[3] == "checkpoint":
+            lines = r[11].split("\n")
+            size = int(lines[2].split(" ")[1])
+            if shift_after is not None and size >= shift_after:
+                size -= 1
+            lines[2] = "size %d" % size
+            lines[3] = "root " + roots[size].hex()
+            lines[4] = "chain " + chains[size].hex()
+            r[11] = "\n".join(lines)
+        c = canonical(r)
+        h = hashlib.sha256(prev + c).digest()
+        tree.append(leaf(c))
+        roots[r[0]], chains[r[0]] = tree.root(), h
+        db.execute("UPDATE audit SET reason = ?, prev_hash = ?, hash = ?, root = ? WHERE seq = ?",
+                   (r[11], prev, h, roots[r[0]], r[0]))
+        prev = h
+
+
+def main():
+    db = sqlite3.connect(sys.argv[1], timeout=10)
+    op, seq = sys.argv[2], int(sys.argv[3])
+    rewrite = "--rewrite-checkpoints" in sys.argv
+    if op == "truncate":
+        db.execute("DELETE FROM audit WHERE seq >= ?", (seq,))
+        db.execute("DELETE FROM audit_checkpoints WHERE seq >= ?", (seq,))
+    elif op == "delete":
+        db.execute("DELETE FROM audit WHERE seq = ?", (seq,))
+        db.execute("DELETE FROM audit_checkpoints WHERE seq = ?", (seq,))
+        # Close the gap, so that seq runs 1, 2, 3, ... again.
+        for t in ("audit", "audit_checkpoints"):
+            db.execute("UPDATE %s SET seq = -seq WHERE seq > ?" % t, (seq,))
+            db.execute("UPDATE %s SET seq = -seq - 1 WHERE seq < 0" % t)
+        recompute(db, seq, rewrite)
+    elif op == "edit":
+        col, value = sys.argv[4], sys.argv[5]
+        assert col in ("reason", "node", "source", "actor_auth", "volume_id")
+        db.execute("UPDATE audit SET %s = ? WHERE seq = ?" % col, (value, seq))
+        recompute(db, None, rewrite)
+    else:
+        sys.exit("unknown operation " + op)
+    db.commit()
+
+
+main()
