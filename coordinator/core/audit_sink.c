@@ -141,14 +141,19 @@ static int put(kfd_sinks *k, sink *s, const char *json, size_t json_len, uint64_
     if (r != 0)
         return r;
     if (s->cfg.type == KFD_SINK_FILE) {
-        /* One write per line: O_APPEND keeps lines whole; a short write (a full disk) fails. */
+        /* One write per line (O_APPEND). A short write (a full disk) fails, and what it did
+         * write is cut off again, so the retry appends a whole line, not one after a fragment. */
         char *line = malloc(json_len + 1);
         if (line == NULL)
             return -ENOMEM;
         memcpy(line, json, json_len);
         line[json_len] = '\n';
-        r = write_all(s->fd, line, json_len + 1);
+        off_t start = lseek(s->fd, 0, SEEK_END);
+        r = start < 0 ? -errno : write_all(s->fd, line, json_len + 1);
         free(line);
+        if (r != 0 && start >= 0 && ftruncate(s->fd, start) != 0)
+            kf_log_error("audit_sink_truncate_failed", "sink=%s error=%s", kf_log_q(s->cfg.path),
+                         kf_log_q(strerror(errno)));
         return r;
     }
     struct timespec now;
