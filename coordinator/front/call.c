@@ -59,9 +59,14 @@ void kfd_call_error(kfd_call *call, kf_connect_code code, const char *fmt, ...)
     kfd_call_error_status(call, kf_connect_code_http_status(code), code, msg);
 }
 
+bool kfd_call_deadline_expired(const kfd_call *call)
+{
+    return call != NULL && call->deadline_ms != 0 && kf_monotonic_ms() >= call->deadline_ms;
+}
+
 bool kfd_call_deadline_passed(kfd_call *call, const char *not_started)
 {
-    if (call == NULL || call->deadline_ms == 0 || kf_monotonic_ms() < call->deadline_ms)
+    if (!kfd_call_deadline_expired(call))
         return false;
     kfd_call_error(call, KF_CONNECT_DEADLINE_EXCEEDED, "the request's deadline (connect-timeout-ms) passed; %s was not started",
                    not_started);

@@ -69,6 +69,8 @@ void kfd_send_connect_error(h2o_req_t *req, int status, kf_connect_code code, co
  * answers deadline_exceeded (naming what was not started) and returns true. Records that are
  * not the client's work, such as the audit record of a refusal, are written regardless. */
 bool kfd_call_deadline_passed(kfd_call *call, const char *not_started);
+/* The same test, answering nothing: for a caller that must record why before it answers. */
+bool kfd_call_deadline_expired(const kfd_call *call);
 
 /* Counts an answer in the metrics under its method (NULL: an unknown route). */
 void kfd_count_answer(struct kfd_server *srv, const kfd_method *m, kf_connect_code code);

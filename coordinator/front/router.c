@@ -95,8 +95,9 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
         }
         return 0;
     }
-    if (h2o_memis(req->path_normalized.base, req->path_normalized.len > 12 ? 12 : req->path_normalized.len,
-                  H2O_STRLIT("/keyfleet.v1"))) {
+    static const char rpc_prefix[] = "/keyfleet.v1.";
+    if (req->path_normalized.len > sizeof(rpc_prefix) - 1 &&
+        memcmp(req->path_normalized.base, rpc_prefix, sizeof(rpc_prefix) - 1) == 0) {
         /* An RPC this coordinator does not have: a Connect answer. */
         kfd_count_answer(srv, NULL, KF_CONNECT_UNIMPLEMENTED);
         kfd_send_connect_error(req, kf_connect_code_http_status(KF_CONNECT_UNIMPLEMENTED), KF_CONNECT_UNIMPLEMENTED,

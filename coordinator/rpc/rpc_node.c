@@ -145,6 +145,19 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
     kfd_commit(kfd_call_app(call), &cmd, on_deny_committed, d);
 }
 
+/* The client's deadline passed while the KMS worked: the key now in memory is not sealed, sent
+ * or recorded as released, and the audit log says it was unwrapped (or made) and dropped. Call
+ * with copies of the ids, after the op holding them is freed. */
+static bool deadline_after_kms(kfd_call *call, const char *action, const char *volume_id, const char *request_id)
+{
+    if (!kfd_call_deadline_expired(call))
+        return false;
+    deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_ERROR, volume_id, request_id,
+                 KF_CONNECT_DEADLINE_EXCEEDED,
+                 "the request's deadline (connect-timeout-ms) passed while the KMS worked; no key was released");
+    return true;
+}
+
 /* Labels of a stored volume, for policy evaluation. */
 typedef struct label_set {
     json_t *json;
@@ -332,8 +345,12 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
         enroll_op_free(op);
         return;
     }
-    if (res->status == 0 && kfd_call_deadline_passed(call, "the enrollment's commit")) {
+    if (res->status == 0 && kfd_call_deadline_expired(call)) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
         enroll_op_free(op);
+        deadline_after_kms(call, "enroll", vol, rid);
         return;
     }
     if (res->status != 0) {
@@ -603,6 +620,14 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
         }
         return;
     }
+    if (kfd_call_deadline_expired(call)) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kfd_op_free(op);
+        deadline_after_kms(call, "release", vol, rid);
+        return;
+    }
     if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "release", op->request_id, volume_id,
                      res->plaintext->data, &op->sealed) != 0) {
         kfd_op_free(op);
@@ -621,9 +646,14 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
 static void record_release(release_op *op)
 {
     kfd_call *call = op->base.call;
-    /* The key leaves only with its audit record; neither is started once the client's time is up. */
-    if (kfd_call_deadline_passed(call, "the release")) {
+    /* The key leaves only with its audit record; neither is started once the client's time is up
+     * (a rewrap may have taken it). */
+    if (kfd_call_deadline_expired(call)) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
         kfd_op_free(op);
+        deadline_after_kms(call, "release", vol, rid);
         return;
     }
     const char *volume_id = op->volume_id;

@@ -83,17 +83,27 @@ const v2 = `conf-deadline-server-${randomBytes(4).toString("hex")}`;
 // The header alone (the client itself waits): keyfleetd answers deadline_exceeded itself.
 await expectCode("Enroll whose connect-timeout-ms (300) passes during the KMS call: keyfleetd answers",
   Code.DeadlineExceeded, () => nodeClient.enroll(enrollReq(v2), { headers: { "connect-timeout-ms": "300" } }),
-  /was not started/);
+  /no key was released/);
 console.log(`volume ${v2}`);
 await new Promise((r) => setTimeout(r, 1500)); // the first call's KMS answer arrives meanwhile
 fault("");
 await expectCode("a malformed connect-timeout-ms", Code.InvalidArgument,
   () => operator.clusterStatus({}, { headers: { "connect-timeout-ms": "abc" } }), /connect-timeout-ms/);
+let wrapped = "";
 try {
   const r = await nodeClient.enroll(enrollReq(v2), { timeoutMs: 30000 });
+  wrapped = r.wrappedKey;
   if (r.wrappedKey.startsWith("kf:")) ok("the same volume then enrolls with a deadline it meets: nothing was stored before");
   else notOk("the same volume then enrolls", `wrapped key ${r.wrappedKey}`);
 } catch (e) {
   notOk("the same volume then enrolls with a deadline it meets", String(e));
 }
+// A Release whose deadline passes during the KMS unwrap: the key is dropped, and the audit log
+// says so (the shell test reads the record).
+fault("slow 1500");
+await expectCode("Release whose connect-timeout-ms (300) passes during the KMS unwrap: keyfleetd answers",
+  Code.DeadlineExceeded, () => nodeClient.release({ volume: { id: v2, kind: 1 }, wrappedKey: wrapped,
+    ephemeralPublicKey: randomBytes(32), requestId: `conf-${randomBytes(12).toString("hex")}` },
+  { headers: { "connect-timeout-ms": "300" } }), /no key was released/);
+fault("");
 process.exit(failed ? 1 : 0);

@@ -48,10 +48,18 @@ done <"$WORK/node.out"
 expect_eq "the Connect client's run ends cleanly" "$rc" "0"
 [ "$rc" = 0 ] || sed 's/^/# /' "$WORK/node.out" | tail -n 20
 for v in $(sed -n 's/^volume //p' "$WORK/node.out"); do
-    n=$(ctl "$F" audit --json --action enroll | grep -c "\"volume\":\"$v\"")
+    n=$(ctl "$F" audit --json --action enroll --decision allow | grep -c "\"volume\":\"$v\"")
+    e=$(ctl "$F" audit --json --action enroll --decision error | grep "\"volume\":\"$v\"")
     case $v in
     conf-deadline-client-*) expect_eq "no enrollment recorded for $v (the client gave up)" "$n" "0" ;;
-    conf-deadline-server-*) expect_eq "only the later enrollment recorded for $v (not the one past its deadline)" "$n" "1" ;;
+    conf-deadline-server-*)
+        expect_eq "only the later enrollment recorded for $v (not the one past its deadline)" "$n" "1"
+        expect_match "the key made past the deadline is audited as dropped" "$e" 'deadline.*no key was released'
+        r=$(ctl "$F" audit --json --action release --volume "$v")
+        expect_match "the key unwrapped past the Release's deadline is audited as dropped" "$r" \
+            '"decision":"error".*deadline.*no key was released'
+        expect_eq "and no release is recorded for it" "$(printf '%s\n' "$r" | grep -c '"decision":"allow"')" "0"
+        ;;
     esac
 done
 m=$(kcurl "$F" operator "$URL/metrics")

@@ -51,6 +51,9 @@ out=$(rpc "$F" operator NodeService/NoSuchMethod "${PROTO[@]}" --data-binary '')
 expect_match "an unknown RPC gets 501 unimplemented" "$out" '^501 \{"code":"unimplemented"'
 expect_eq "an unknown path that is no RPC gets a plain 404" "$(kcurl "$F" operator -w '%{http_code}' "$URL/nope")" "not found
 404"
+expect_eq "a path that only starts like the package is no RPC: plain 404" \
+    "$(kcurl "$F" operator -w '%{http_code}' "$URL/keyfleet.v1x/Foo")" "not found
+404"
 out=$(kcurl "$F" operator -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' "$URL/keyfleet.v1.AdminService/ClusterStatus")
 expect_eq "GET on an RPC path gets 501 unimplemented" "$out" "501"
 expect_match "... naming POST in Allow" "$(cat "$WORK/headers")" "allow: POST"
