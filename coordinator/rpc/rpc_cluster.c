@@ -125,6 +125,10 @@ void kfd_rpc_add_member(kfd_call *call)
         return;
     }
     member_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
     op->app = call->srv->app;
     op->add = true;
     snprintf(op->name, sizeof(op->name), "%s", req->name);
@@ -146,6 +150,10 @@ void kfd_rpc_remove_member(kfd_call *call)
         return;
     }
     member_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
     op->app = call->srv->app;
     snprintf(op->name, sizeof(op->name), "%s", req->name);
     snprintf(op->detail, sizeof(op->detail), "member %s", req->name);
