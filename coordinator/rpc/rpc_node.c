@@ -146,16 +146,13 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
 }
 
 /* The client's deadline passed while the KMS worked: the key now in memory is not sealed, sent
- * or recorded as released, and the audit log says it was unwrapped (or made) and dropped. Call
- * with copies of the ids, after the op holding them is freed. */
-static bool deadline_after_kms(kfd_call *call, const char *action, const char *volume_id, const char *request_id)
+ * or recorded as released, and the audit log says it was unwrapped (or made) and dropped. Called
+ * with copies of the ids, after the op holding them is freed (a call holds one op). */
+static void deadline_after_kms(kfd_call *call, const char *action, const char *volume_id, const char *request_id)
 {
-    if (!kfd_call_deadline_expired(call))
-        return false;
     deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_ERROR, volume_id, request_id,
                  KF_CONNECT_DEADLINE_EXCEEDED,
                  "the request's deadline (connect-timeout-ms) passed while the KMS worked; no key was released");
-    return true;
 }
 
 /* Labels of a stored volume, for policy evaluation. */
@@ -582,6 +579,20 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
 
 static void record_release(release_op *op);
 
+/* Frees op and answers (after auditing the dropped key) when the client's time is up. */
+static bool release_past_deadline(release_op *op)
+{
+    kfd_call *call = op->base.call;
+    if (!kfd_call_deadline_expired(call))
+        return false;
+    char vol[129], rid[65];
+    snprintf(vol, sizeof(vol), "%s", op->volume_id);
+    snprintf(rid, sizeof(rid), "%s", op->request_id);
+    kfd_op_free(op);
+    deadline_after_kms(call, "release", vol, rid);
+    return true;
+}
+
 static void on_rewrapped(void *arg, const kfd_kms_result *res)
 {
     release_op *op = arg;
@@ -620,14 +631,8 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
         }
         return;
     }
-    if (kfd_call_deadline_expired(call)) {
-        char vol[129], rid[65];
-        snprintf(vol, sizeof(vol), "%s", op->volume_id);
-        snprintf(rid, sizeof(rid), "%s", op->request_id);
-        kfd_op_free(op);
-        deadline_after_kms(call, "release", vol, rid);
+    if (release_past_deadline(op))
         return;
-    }
     if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "release", op->request_id, volume_id,
                      res->plaintext->data, &op->sealed) != 0) {
         kfd_op_free(op);
@@ -648,14 +653,8 @@ static void record_release(release_op *op)
     kfd_call *call = op->base.call;
     /* The key leaves only with its audit record; neither is started once the client's time is up
      * (a rewrap may have taken it). */
-    if (kfd_call_deadline_expired(call)) {
-        char vol[129], rid[65];
-        snprintf(vol, sizeof(vol), "%s", op->volume_id);
-        snprintf(rid, sizeof(rid), "%s", op->request_id);
-        kfd_op_free(op);
-        deadline_after_kms(call, "release", vol, rid);
+    if (release_past_deadline(op))
         return;
-    }
     const char *volume_id = op->volume_id;
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,

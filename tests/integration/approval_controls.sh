@@ -38,17 +38,8 @@ cat >>"$F/keyfleetd.yaml" <<YAML
 approvals:
   poll_interval: 200ms
   totp_dir: totp
-kms:
-  backend: vault-transit
-  timeout: 3s
-  attempts: 1
-  vault:
-    address: https://127.0.0.1:$SPORT
-    ca: kms.crt
-    key: keyfleet
-    role_id_file: role.id
-    secret_id_file: secret.id
 YAML
+vault_kms_yaml 3s 1 >>"$F/keyfleetd.yaml"
 start_kfd "$F"
 for _ in $(seq 1 60); do
     case $(kcurl "$F" operator -w ' %{http_code}' "$URL/readyz") in *" 200") break ;; esac

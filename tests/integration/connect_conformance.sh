@@ -22,18 +22,7 @@ F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node conf-1
 start_vault_standin "$F" 300
-cat >>"$F/keyfleetd.yaml" <<YAML
-kms:
-  backend: vault-transit
-  timeout: 10s
-  attempts: 1
-  vault:
-    address: https://127.0.0.1:$SPORT
-    ca: kms.crt
-    key: keyfleet
-    role_id_file: role.id
-    secret_id_file: secret.id
-YAML
+vault_kms_yaml 10s 1 >>"$F/keyfleetd.yaml"
 start_kfd "$F"
 allow_nodes "$F" "conf-*"
 

@@ -13,22 +13,12 @@ F=$WORK/fleet
 fleet_init "$F"
 for n in web-1 web-2; do issue "$F" node "$n"; done
 start_vault_standin "$F" 3
-VAULT=https://127.0.0.1:$SPORT
 
 cat >>"$F/keyfleetd.yaml" <<YAML
 limits:
   shutdown_grace: 5s
-kms:
-  backend: vault-transit
-  timeout: 1s
-  attempts: 3
-  vault:
-    address: $VAULT
-    ca: kms.crt
-    key: keyfleet
-    role_id_file: role.id
-    secret_id_file: secret.id
 YAML
+vault_kms_yaml 1s 3 >>"$F/keyfleetd.yaml"
 start_kfd "$F"
 allow_nodes "$F" "web-*"
 
@@ -153,20 +143,8 @@ vault_run() {
     start_standin "$F" vault_standin --root-token-file "$F/root.token" --role-id role-keyfleetd --token-ttl 30 "$@"
     fault "$F" "${VFAULT:-}"
     sed -i '/^limits:/,$d' "$F/keyfleetd.yaml"
-    cat >>"$F/keyfleetd.yaml" <<YAML
-limits:
-  shutdown_grace: 5s
-kms:
-  backend: vault-transit
-  timeout: 1s
-  attempts: 3
-  vault:
-    address: https://127.0.0.1:$SPORT
-    ca: kms.crt
-    key: ${VKEY:-keyfleet}
-    role_id_file: role.id
-    secret_id_file: secret.id
-YAML
+    printf 'limits:\n  shutdown_grace: 5s\n' >>"$F/keyfleetd.yaml"
+    vault_kms_yaml 1s 3 "${VKEY:-keyfleet}" >>"$F/keyfleetd.yaml"
     : >"$F/keyfleetd.log"
     start_kfd "$F"
 }

@@ -272,5 +272,21 @@ start_vault_standin() {
     start_standin "$1" vault_standin --root-token-file "$1/root.token" --role-id role-keyfleetd \
         --secret-id-file "$1/secret.id" --token-ttl "$2" --key keyfleet
 }
+# vault_kms_yaml TIMEOUT ATTEMPTS [KEY]: keyfleetd's kms section for the Vault stand-in (for
+# keyfleetd.yaml; DIR's role.id, secret.id and kms.crt from start_vault_standin).
+vault_kms_yaml() {
+    cat <<YAML
+kms:
+  backend: vault-transit
+  timeout: $1
+  attempts: $2
+  vault:
+    address: https://127.0.0.1:$SPORT
+    ca: kms.crt
+    key: ${3:-keyfleet}
+    role_id_file: role.id
+    secret_id_file: secret.id
+YAML
+}
 # fault DIR LINE: the next requests to DIR's stand-in get this fault ("" clears it).
 fault() { printf '%s\n' "$2" >"$1/fault"; }
