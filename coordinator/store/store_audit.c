@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 
 #include "kf_audit.h"
+#include "kf_audit_json.h"
 #include "kf_log.h"
 #include "store/store_internal.h"
 
@@ -229,26 +230,7 @@ Keyfleet__V1__AuditRecord *kfd_audit_row_record(sqlite3_stmt *st)
 
 void kfd_audit_free_record(Keyfleet__V1__AuditRecord *r)
 {
-    if (r == NULL)
-        return;
-    free(r->time);
-    if (r->actor != NULL) {
-        free(r->actor->name);
-        free(r->actor->auth);
-        free(r->actor);
-    }
-    free(r->action);
-    free(r->node);
-    free(r->volume_id);
-    free(r->request_id);
-    free(r->reason);
-    free(r->source_address);
-    free(r->prev_hash.data);
-    free(r->hash.data);
-    free(r->root.data);
-    free(r->signature.data);
-    free(r->signer_cert.data);
-    free(r);
+    kf_audit_record_free(r); /* built field by field as kf_audit_json builds its records */
 }
 
 void kfd_store_free_audit_list(Keyfleet__V1__QueryAuditResponse *resp)
