@@ -7,7 +7,7 @@
 #include <string.h>
 
 typedef struct vault_section {
-    char *address, *ca, *mount, *key, *token_file, *role_id_file, *secret_id_file;
+    char *address, *ca, *mount, *key, *token_file, *role_id_file, *secret_id_file, *namespace, *approle_mount;
 } vault_section;
 
 static const kf_yaml_field vault_fields[] = {
@@ -18,6 +18,8 @@ static const kf_yaml_field vault_fields[] = {
     {"token_file", kf_yaml_dec_string, offsetof(vault_section, token_file), NULL, false},
     {"role_id_file", kf_yaml_dec_string, offsetof(vault_section, role_id_file), NULL, false},
     {"secret_id_file", kf_yaml_dec_string, offsetof(vault_section, secret_id_file), NULL, false},
+    {"namespace", kf_yaml_dec_string, offsetof(vault_section, namespace), NULL, false},
+    {"approle_mount", kf_yaml_dec_string, offsetof(vault_section, approle_mount), NULL, false},
 };
 
 typedef struct azure_section {
@@ -48,6 +50,23 @@ static int url_segment_ok(const char *s)
     return 1;
 }
 
+/* A Vault path (a mount or a namespace): url_segment_ok segments joined by single slashes. */
+static int url_path_ok(const char *s)
+{
+    if (s == NULL || *s == '\0' || strlen(s) > 255)
+        return 0;
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", s);
+    for (char *seg = buf, *slash; seg != NULL; seg = slash != NULL ? slash + 1 : NULL) {
+        slash = strchr(seg, '/');
+        if (slash != NULL)
+            *slash = '\0';
+        if (!url_segment_ok(seg))
+            return 0;
+    }
+    return 1;
+}
+
 static const kf_yaml_node *value_of(const kf_yaml_node *map, const char *key)
 {
     for (size_t i = 0; map != NULL && map->type == KF_YAML_MAP && i < map->n; i++)
@@ -72,10 +91,21 @@ static int dec_vault(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst
     if (!base_url_ok(v->address))
         return kf_yaml_error(doc, value_of(node, "address"), err,
                              "vault address must be an https:// URL without a trailing slash");
-    if (!url_segment_ok(v->key))
-        return kf_yaml_error(doc, value_of(node, "key"), err, "vault key must be 1..127 of [A-Za-z0-9._-]");
-    if (v->mount != NULL && !url_segment_ok(v->mount))
-        return kf_yaml_error(doc, value_of(node, "mount"), err, "vault mount must be 1..127 of [A-Za-z0-9._-]");
+    if (!url_segment_ok(v->key) || v->key[strlen(v->key) - 1] == '.')
+        return kf_yaml_error(doc, value_of(node, "key"), err,
+                             "vault key must be 1..127 of [A-Za-z0-9._-], not ending in '.' (Vault refuses such names)");
+    static const char path_rule[] = "must be segments of 1..127 of [A-Za-z0-9._-] joined by '/', with no leading or "
+                                    "trailing '/'";
+    if (v->mount != NULL && !url_path_ok(v->mount))
+        return kf_yaml_error(doc, value_of(node, "mount"), err, "vault mount %s", path_rule);
+    if (v->approle_mount != NULL && !url_path_ok(v->approle_mount))
+        return kf_yaml_error(doc, value_of(node, "approle_mount"), err, "vault approle_mount %s", path_rule);
+    if (v->namespace != NULL && !url_path_ok(v->namespace))
+        return kf_yaml_error(doc, value_of(node, "namespace"), err, "vault namespace %s (e.g. admin or admin/team-a)",
+                             path_rule);
+    if (v->approle_mount != NULL && v->token_file != NULL)
+        return kf_yaml_error(doc, value_of(node, "approle_mount"), err,
+                             "vault approle_mount is for AppRole logins; token_file auth does not log in");
     int approle = v->role_id_file != NULL || v->secret_id_file != NULL;
     if ((v->token_file != NULL) == approle || (approle && (v->role_id_file == NULL || v->secret_id_file == NULL)))
         return kf_yaml_error(doc, node, err, "vault needs token_file, or role_id_file and secret_id_file");
@@ -128,7 +158,7 @@ static const kf_yaml_field kms_fields[] = {
 static void vault_clear(vault_section *v)
 {
     free(v->address), free(v->ca), free(v->mount), free(v->key), free(v->token_file);
-    free(v->role_id_file), free(v->secret_id_file);
+    free(v->role_id_file), free(v->secret_id_file), free(v->namespace), free(v->approle_mount);
 }
 
 static void azure_clear(azure_section *a)
@@ -171,6 +201,7 @@ int kfd_kms_config_decode(const kf_yaml_doc *doc, const kf_yaml_node *node, void
         k->address = s.vault.address, k->ca_file = s.vault.ca, k->key = s.vault.key, k->mount = s.vault.mount;
         k->token_file = s.vault.token_file, k->role_id_file = s.vault.role_id_file;
         k->secret_id_file = s.vault.secret_id_file;
+        k->vault_namespace = s.vault.namespace, k->approle_mount = s.vault.approle_mount;
     } else if (s.azure.vault_url != NULL) {
         k->address = s.azure.vault_url, k->ca_file = s.azure.ca, k->key = s.azure.key;
         k->key_version = s.azure.key_version, k->tenant = s.azure.tenant, k->client_id = s.azure.client_id;
@@ -220,6 +251,8 @@ int kfd_kms_config_resolve(kfd_kms_config *k, const char *config_file, const cha
         r = resolve(config_file, &k->client_secret_file);
     if (r == 0 && strcmp(k->backend, "vault-transit") == 0)
         r = default_str(&k->mount, "transit");
+    if (r == 0 && strcmp(k->backend, "vault-transit") == 0 && k->token_file == NULL)
+        r = default_str(&k->approle_mount, "approle");
     if (r == 0 && strcmp(k->backend, "azure-keyvault") == 0)
         r = default_str(&k->login_host, "https://login.microsoftonline.com");
     if (r == 0 && strcmp(k->backend, "azure-keyvault") == 0)
@@ -232,5 +265,6 @@ void kfd_kms_config_clear(kfd_kms_config *k)
     free(k->backend), free(k->local_dir), free(k->address), free(k->ca_file), free(k->key), free(k->mount);
     free(k->token_file), free(k->role_id_file), free(k->secret_id_file), free(k->key_version), free(k->tenant);
     free(k->client_id), free(k->client_secret_file), free(k->login_host), free(k->api_version);
+    free(k->vault_namespace), free(k->approle_mount);
     memset(k, 0, sizeof(*k));
 }

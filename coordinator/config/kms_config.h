@@ -15,7 +15,9 @@ typedef struct kfd_kms_config {
     char *address;       /* vault: address; azure: vault URL */
     char *ca_file;       /* remote: CA bundle for the KMS's TLS certificate (default: system store) */
     char *key;           /* remote: key name */
-    char *mount;         /* vault: transit mount (default "transit") */
+    char *mount;         /* vault: transit mount (default "transit"; may be a path) */
+    char *vault_namespace; /* vault: X-Vault-Namespace on every request, login included (NULL: none) */
+    char *approle_mount; /* vault: AppRole auth mount (default "approle") */
     char *token_file;    /* vault: token auth */
     char *role_id_file, *secret_id_file; /* vault: AppRole auth */
     char *key_version;   /* azure: a version, or NULL for the latest */

@@ -21,6 +21,7 @@ typedef struct request {
     kf_secbuf *resp;
     bool too_big;
     int attempt;
+    int max_attempts;
     CURL *easy;
     struct curl_slist *slist;
     uv_timer_t timer;
@@ -45,6 +46,7 @@ struct kfd_http {
     uv_timer_t timer;
     kfd_http_opts opts;
     char *ca_file, *protocols, *name;
+    char *fixed_header; /* sent on every request (kfd_http_set_header), or NULL */
     request *requests;
     kfd_http_stats stats;
 };
@@ -297,14 +299,16 @@ static void check_done(kfd_http *h)
         CURLcode rc = m->data.result;
         release_easy(q);
         bool transport = rc != CURLE_OK;
-        bool retryable = (transport && !q->too_big) || code == 429 || (code >= 500 && code != 501);
+        /* 412: a Vault Enterprise performance standby has not yet seen the write an index
+         * header names; Vault's docs say to retry. */
+        bool retryable = (transport && !q->too_big) || code == 412 || code == 429 || (code >= 500 && code != 501);
         /* The server said when to come back: sooner would be refused again, and a wait longer
          * than we allow goes back to the caller, which holds off as asked. */
         bool asked_wait = !transport && (code == 429 || code == 503) && q->retry_after_s > 0;
         uint64_t wanted = asked_wait ? (uint64_t)q->retry_after_s * 1000 : 0;
         if (asked_wait && wanted > h->opts.max_retry_after_ms)
             retryable = false;
-        if (!retryable || q->attempt >= h->opts.max_attempts) {
+        if (!retryable || q->attempt >= q->max_attempts) {
             if (transport)
                 finish(q, transport_errno(rc, q->too_big), 0,
                        q->too_big ? "response too large" : q->errbuf[0] ? q->errbuf : curl_easy_strerror(rc));
@@ -333,8 +337,11 @@ static void start_attempt(request *q)
     q->retry_after_s = 0;
     q->easy = curl_easy_init();
     bool ok = q->easy != NULL;
-    for (size_t i = 0; ok && i < q->n_headers; i++) {
-        struct curl_slist *l = curl_slist_append(q->slist, q->headers[i]);
+    for (size_t i = 0; ok && i <= q->n_headers; i++) {
+        const char *line = i < q->n_headers ? q->headers[i] : h->fixed_header;
+        if (line == NULL)
+            continue;
+        struct curl_slist *l = curl_slist_append(q->slist, line);
         ok = l != NULL;
         if (ok)
             q->slist = l;
@@ -376,8 +383,8 @@ static void start_attempt(request *q)
     }
 }
 
-void kfd_http_send(kfd_http *h, const char *method, const char *url, const char *const *headers, const void *body,
-                   size_t body_len, kfd_http_cb cb, void *arg)
+static void send_request(kfd_http *h, int max_attempts, const char *method, const char *url,
+                         const char *const *headers, const void *body, size_t body_len, kfd_http_cb cb, void *arg)
 {
     request *q = calloc(1, sizeof(*q));
     if (q == NULL) {
@@ -386,6 +393,7 @@ void kfd_http_send(kfd_http *h, const char *method, const char *url, const char 
         return;
     }
     q->h = h;
+    q->max_attempts = max_attempts;
     q->cb = cb;
     q->arg = arg;
     uv_timer_init(h->loop, &q->timer);
@@ -414,6 +422,28 @@ void kfd_http_send(kfd_http *h, const char *method, const char *url, const char 
         return;
     }
     start_attempt(q);
+}
+
+void kfd_http_send(kfd_http *h, const char *method, const char *url, const char *const *headers, const void *body,
+                   size_t body_len, kfd_http_cb cb, void *arg)
+{
+    send_request(h, h->opts.max_attempts, method, url, headers, body, body_len, cb, arg);
+}
+
+void kfd_http_send_once(kfd_http *h, const char *method, const char *url, const char *const *headers,
+                        const void *body, size_t body_len, kfd_http_cb cb, void *arg)
+{
+    send_request(h, 1, method, url, headers, body, body_len, cb, arg);
+}
+
+int kfd_http_set_header(kfd_http *h, const char *line)
+{
+    char *copy = line != NULL ? strdup(line) : NULL;
+    if (line != NULL && copy == NULL)
+        return -ENOMEM;
+    free(h->fixed_header);
+    h->fixed_header = copy;
+    return 0;
 }
 
 kfd_http_stats kfd_http_get_stats(const kfd_http *h)
@@ -464,6 +494,7 @@ static void on_http_timer_closed(uv_handle_t *handle)
     free(h->ca_file);
     free(h->protocols);
     free(h->name);
+    free(h->fixed_header);
     free(h);
 }
 

@@ -1,7 +1,7 @@
 /* Outbound HTTPS from the coordinator's loop: libcurl multi driven by libuv, so a slow server
  * never blocks other requests. Used by the KMS backends and the webhook. Request and response
  * bodies live in secure memory (they carry data keys, secret ids and tokens) and are wiped;
- * header strings are wiped before they are freed. Transport errors, 429 and 5xx are retried with
+ * header strings are wiped before they are freed. Transport errors, 412, 429 and 5xx are retried with
  * exponential backoff up to max_attempts; a Retry-After on 429 or 503 sets the wait instead, and
  * one longer than max_retry_after_ms is not waited for: the answer goes back to the caller with
  * it. Redirects are never followed: a 3xx comes back with its Location. */
@@ -50,6 +50,13 @@ void kfd_http_free(kfd_http *h);
  * callback always runs later, on the loop, exactly once. */
 void kfd_http_send(kfd_http *h, const char *method, const char *url, const char *const *headers, const void *body,
                    size_t body_len, kfd_http_cb cb, void *arg);
+
+/* The same, in one attempt: for a call that must not be repeated (a key rotation). */
+void kfd_http_send_once(kfd_http *h, const char *method, const char *url, const char *const *headers,
+                        const void *body, size_t body_len, kfd_http_cb cb, void *arg);
+/* A header line sent on every request from now on ("X-Vault-Namespace: admin"); NULL removes it.
+ * Returns 0 or -ENOMEM. */
+int kfd_http_set_header(kfd_http *h, const char *line);
 
 typedef struct kfd_http_stats {
     uint64_t requests, retries, failures;

@@ -75,8 +75,9 @@ static void send_with(kfd_remote_call *c, const char *token)
         headers[n++] = auth;
     }
     headers[n] = NULL;
-    kfd_http_send(c->http, c->method, c->url, headers, c->body != NULL ? c->body->data : NULL,
-                  c->body != NULL ? c->body->len : 0, on_answer, c);
+    (c->once ? kfd_http_send_once : kfd_http_send)(c->http, c->method, c->url, headers,
+                                                   c->body != NULL ? c->body->data : NULL,
+                                                   c->body != NULL ? c->body->len : 0, on_answer, c);
     kf_wipe(auth, sizeof(auth));
 }
 

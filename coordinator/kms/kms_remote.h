@@ -27,6 +27,7 @@ struct kfd_remote_call {
     char url[1024];
     kf_secbuf *body;            /* JSON or form body; owned, wiped */
     const char *content_type;   /* static string */
+    bool once;                  /* one HTTP attempt, never repeated (a key rotation) */
     bool auth_retried;          /* the token was fetched again after a refusal */
     bool login_failed;          /* done runs because no token could be had (res->error says why) */
     /* Optional: decides a 401/403 to a call with a token (a backend that can tell an invalid token

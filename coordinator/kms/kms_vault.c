@@ -11,7 +11,9 @@
  * invalid one means a new login, at most once per back-off period (kfd_token_refused). Redirects
  * are reported with their Location, not followed. A Retry-After longer than the HTTP client waits
  * holds every call off until then. Derived Transit keys (derived: true) are refused: keyfleet
- * binds a key to its volume with its own key check value and sends no context. */
+ * binds a key to its volume with its own key check value and sends no context; so are keys that
+ * cannot encrypt (signing and asymmetric types). A namespace (Enterprise, HCP) goes in
+ * X-Vault-Namespace on every request. A rotation is sent once, never retried. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -29,12 +31,12 @@
 typedef struct vault {
     kfd_remote_kms rk; /* first */
     char *base;        /* ADDRESS/v1 */
-    char *mount, *key;
+    char *mount, *key, *approle_mount;
     char *token_file, *role_id_file, *secret_id_file;
     kf_secbuf *file_token; /* token-file mode: the token being renewed */
     uint32_t latest, min_decrypt;
-    bool derived;          /* the last key read said derived: true */
-    char derived_msg[300];
+    bool unusable;         /* the last key read found a key keyfleet cannot use (derived, not for encryption) */
+    char unusable_msg[400];
     uint64_t hold_until_ms; /* Vault's Retry-After: no calls before this (loop time) */
     char hold_msg[600];
 } vault;
@@ -213,11 +215,41 @@ static void vault_refused(kfd_remote_call *rc, const kfd_http_response *res)
     kfd_remote_start(&l->rc);
 }
 
+/* A rotation is tried once: repeated after a lost answer it could rotate twice. Whether this one
+ * took effect is learnt by reading the key again (the describe timer, at once). */
+static void rotate_failed(vcall *c, const kfd_http_response *res)
+{
+    vault *v = c->v;
+    static const char maybe[] = "; the rotation may have happened: it is not repeated, and the key is read again "
+                                "(keyfleetctl status shows its latest version)";
+    char why[1200], msg[1600];
+    if (res->status != 0) {
+        snprintf(msg, sizeof(msg), "%s: no answer: %s%s", vault_path(c),
+                 res->error != NULL ? res->error : "transport error", maybe);
+    } else if (res->code >= 200 && res->code < 300) {
+        snprintf(msg, sizeof(msg), "%s: HTTP %ld, where Vault answers a rotation with 200 or 204", vault_path(c),
+                 res->code);
+    } else {
+        if (res->code >= 300 && res->code < 400)
+            snprintf(why, sizeof(why), "%s", redirect_text(res));
+        else
+            vault_errors(res, why, sizeof(why));
+        snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s%s", vault_path(c), res->code, why, res->code >= 500 ? maybe : "");
+    }
+    kfd_remote_kms_start(&v->rk);
+    fail_call(c, res->status != 0 ? res->status : res->code == 401 || res->code == 403 ? -EACCES : -EIO,
+              "vault rotation failed: ", msg);
+}
+
 static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
 {
     vcall *c = (vcall *)rc;
     vault *v = c->v;
     kfd_remote_kms_answered(&v->rk, res);
+    if (c->kind == OP_ROTATE && (res->status != 0 || (res->code != 200 && res->code != 204))) {
+        rotate_failed(c, res);
+        return;
+    }
     if (res->status != 0) {
         /* A failed login that Vault answered is reported as Vault answered it. */
         bool answered = rc->login_failed && v->rk.reachable;
@@ -348,18 +380,28 @@ static void read_key_answer(vcall *c, json_t *j)
     if (lv > 0 && lv <= UINT32_MAX && (uint32_t)lv > latest)
         latest = (uint32_t)lv;
     json_int_t mdv = json_integer_value(json_object_get(data, "min_decryption_version"));
-    if (json_is_true(json_object_get(data, "derived"))) {
-        snprintf(v->derived_msg, sizeof(v->derived_msg),
+    const char *type = json_string_value(json_object_get(data, "type"));
+    const json_t *enc = json_object_get(data, "supports_encryption");
+    v->unusable_msg[0] = '\0';
+    if (json_is_true(json_object_get(data, "derived")))
+        snprintf(v->unusable_msg, sizeof(v->unusable_msg),
                  "vault Transit key %s/keys/%s is derived (derived: true); keyfleet refuses derived keys (it binds "
                  "keys to volumes itself and sends no context): use a key created without derived=true",
                  v->mount, v->key);
-        if (!v->derived)
-            kf_log_error("kms_key_unusable", "backend=vault-transit key=%s error=%s", v->key, kf_log_q(v->derived_msg));
-        v->derived = true;
-        fail_call(c, -ENOTSUP, "", v->derived_msg);
+    else if (json_is_false(enc) || (type != NULL && strcmp(type, "aes256-gcm96") != 0 &&
+                                    strcmp(type, "aes128-gcm96") != 0 && strcmp(type, "chacha20-poly1305") != 0))
+        snprintf(v->unusable_msg, sizeof(v->unusable_msg),
+                 "vault Transit key %s/keys/%s is of type %s (supports_encryption: %s); keyfleet needs a symmetric "
+                 "encryption key (aes256-gcm96, aes128-gcm96 or chacha20-poly1305) for datakey, encrypt and decrypt",
+                 v->mount, v->key, type != NULL ? type : "(none)", json_is_false(enc) ? "false" : "true");
+    if (v->unusable_msg[0] != '\0') {
+        if (!v->unusable)
+            kf_log_error("kms_key_unusable", "backend=vault-transit key=%s error=%s", v->key, kf_log_q(v->unusable_msg));
+        v->unusable = true;
+        fail_call(c, -ENOTSUP, "", v->unusable_msg);
         return;
     }
-    v->derived = false;
+    v->unusable = false;
     if (latest == 0) {
         fail_call(c, -EIO, "vault answer: ", "the key lists no versions");
         return;
@@ -380,10 +422,10 @@ static vcall *vcall_new(vault *v, op_kind kind, const char *volume_id, kfd_kms_c
         return NULL;
     }
     uint64_t now = uv_now(v->rk.super.loop);
-    if (now < v->hold_until_ms || (v->derived && kind != OP_READ_KEY)) {
+    if (now < v->hold_until_ms || (v->unusable && kind != OP_READ_KEY)) {
         bool held = now < v->hold_until_ms;
         free(c);
-        kfd_remote_fail(cb, arg, held ? -EAGAIN : -ENOTSUP, "%s%s", held ? v->hold_msg : v->derived_msg,
+        kfd_remote_fail(cb, arg, held ? -EAGAIN : -ENOTSUP, "%s%s", held ? v->hold_msg : v->unusable_msg,
                         held ? "" : " (from the last key read)");
         return NULL;
     }
@@ -482,6 +524,7 @@ static void vault_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
     if (c == NULL)
         return;
     snprintf(c->rc.url, sizeof(c->rc.url), "%s/%s/keys/%s/rotate", v->base, v->mount, v->key);
+    c->rc.once = true;
     kfd_remote_start(&c->rc);
 }
 
@@ -501,7 +544,7 @@ static void vault_describe(kfd_kms *base, kfd_kms_info *ret)
     ret->latest_version = v->latest;
     ret->min_decrypt_version = v->min_decrypt;
     ret->reachable = v->rk.reachable;
-    ret->problem = v->derived ? v->derived_msg : kfd_token_problem(v->rk.token);
+    ret->problem = v->unusable ? v->unusable_msg : kfd_token_problem(v->rk.token);
 }
 
 /* Token fetch: AppRole login, or the token file plus renew-self. */
@@ -511,8 +554,12 @@ static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
     kfd_remote_clear(rc);
     kf_secbuf *file_token = v->file_token;
     v->file_token = NULL;
-    const char *what = file_token != NULL ? "token renewal (auth/token/renew-self)" : "AppRole login (auth/approle/login)";
-    char msg[1300];
+    char what[160];
+    if (file_token != NULL)
+        snprintf(what, sizeof(what), "token renewal (auth/token/renew-self)");
+    else
+        snprintf(what, sizeof(what), "AppRole login (auth/%.128s/login)", v->approle_mount);
+    char msg[1500];
     if (res->status != 0) {
         snprintf(msg, sizeof(msg), "vault unreachable: %s: %s", what, res->error != NULL ? res->error : "transport error");
         kfd_token_fetched(v->rk.token, res->status, NULL, 0, 0, msg);
@@ -578,7 +625,7 @@ static void fetch_token(void *ctx, kfd_token *t)
         if (r == 0 && (!kfd_json_safe((const char *)role_id->data) || !kfd_json_safe((const char *)secret_id->data)))
             r = kf_err_set(&err, -EINVAL, "AppRole role_id or secret_id file holds invalid characters");
         if (r == 0) {
-            snprintf(rc->url, sizeof(rc->url), "%s/auth/approle/login", v->base);
+            snprintf(rc->url, sizeof(rc->url), "%s/auth/%s/login", v->base, v->approle_mount);
             r = kfd_remote_body(rc, "{\"role_id\":\"%s\",\"secret_id\":\"%s\"}", (const char *)role_id->data,
                                 (const char *)secret_id->data);
         }
@@ -599,7 +646,7 @@ static void vault_destroy(kfd_kms *base)
 {
     vault *v = (vault *)base;
     kf_secbuf_free(v->file_token);
-    free(v->base), free(v->mount), free(v->key);
+    free(v->base), free(v->mount), free(v->key), free(v->approle_mount);
     free(v->token_file), free(v->role_id_file), free(v->secret_id_file);
     kfd_remote_kms_destroy(&v->rk);
 }
@@ -626,19 +673,28 @@ int kfd_kms_vault_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret
         v->base = NULL;
     v->mount = kfd_strdup_opt(cfg->mount != NULL ? cfg->mount : "transit", &ok);
     v->key = kfd_strdup_opt(cfg->key, &ok);
+    v->approle_mount = kfd_strdup_opt(cfg->approle_mount != NULL ? cfg->approle_mount : "approle", &ok);
     v->token_file = kfd_strdup_opt(cfg->token_file, &ok);
     v->role_id_file = kfd_strdup_opt(cfg->role_id_file, &ok);
     v->secret_id_file = kfd_strdup_opt(cfg->secret_id_file, &ok);
     int r = kfd_remote_kms_init(&v->rk, loop, &vault_ops, cfg, "vault", 5000, fetch_token, read_key, err);
     if (r == 0 && !ok)
         r = kf_err_set(err, -ENOMEM, "out of memory");
+    if (r == 0 && cfg->vault_namespace != NULL) {
+        /* Every request, logins and lookups included, runs in the namespace (HCP Vault: admin). */
+        char line[300];
+        snprintf(line, sizeof(line), "X-Vault-Namespace: %s", cfg->vault_namespace);
+        if (kfd_http_set_header(v->rk.http, line) != 0)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+    }
     if (r != 0) {
         vault_destroy(&v->rk.super);
         return r;
     }
     kfd_remote_kms_start(&v->rk);
-    kf_log_info("kms_open", "backend=vault-transit address=%s mount=%s key=%s auth=%s", kf_log_q(cfg->address),
-                v->mount, v->key, v->token_file != NULL ? "token" : "approle");
+    kf_log_info("kms_open", "backend=vault-transit address=%s namespace=%s mount=%s key=%s auth=%s",
+                kf_log_q(cfg->address), cfg->vault_namespace != NULL ? cfg->vault_namespace : "-", v->mount, v->key,
+                v->token_file != NULL ? "token" : "approle");
     *ret = &v->rk.super;
     return 0;
 }

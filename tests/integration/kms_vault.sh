@@ -6,7 +6,9 @@
 # keeps serving other requests. Then issue #30's Vault findings (items 6 to 10), each against a
 # fresh stand-in: login failures reported as Vault answered them, failed logins backed off
 # (secret-id uses not burned), policy 403s told apart from expired tokens (no re-login), derived
-# keys refused clearly, Retry-After honoured and redirects reported with their Location.
+# keys refused clearly, Retry-After honoured and redirects reported with their Location. Then
+# issue #23's Vault items: namespaces and the AppRole mount, 412 and 429 without Retry-After,
+# rotations sent once, keys that cannot encrypt, and the config checks.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -145,6 +147,7 @@ vault_run() {
     sed -i '/^limits:/,$d' "$F/keyfleetd.yaml"
     printf 'limits:\n  shutdown_grace: 5s\n' >>"$F/keyfleetd.yaml"
     vault_kms_yaml 1s 3 "${VKEY:-keyfleet}" >>"$F/keyfleetd.yaml"
+    [ -z "${VEXTRA:-}" ] || printf '%s\n' "$VEXTRA" >>"$F/keyfleetd.yaml" # more kms.vault lines
     : >"$F/keyfleetd.log"
     start_kfd "$F"
 }
@@ -259,7 +262,64 @@ out=$(node "$F" web-1 release vol-a "$WRAP_A")
 expect_match "#30.9 a release under a derived key: unavailable, not failed_precondition" "$out" '^code=unavailable'
 expect_match "#30.9 ... and the log says why" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -n 1)" 'derived'
 vault_end
-sed -i -e "s#key: dkey#key: keyfleet#" -e '/role_id_file/d' -e 's#secret_id_file: secret.id#token_file: root.token#' \
+
+# --- Issue #23, Vault: Enterprise and HCP deployments. ---
+# 1. A namespace (HCP Vault: admin) and an AppRole mount of another name: every request, the
+# login included, carries X-Vault-Namespace; without the option the login is named a 404.
+VEXTRA="    namespace: admin
+    approle_mount: approle-kf" vault_run --secret-id-file "$F/secret.id" --key keyfleet --namespace admin \
+    --approle-mount approle-kf
+WRAP_N=$(field wrapped "$(node "$F" web-1 enroll vol-n data)")
+expect_match "#23.1 with namespace admin, enroll works through the namespace's mounts" "$WRAP_N" '^kf:vault:v1:'
+out=$(node "$F" web-1 release vol-n "$WRAP_N")
+expect_match "#23.1 ... and so does release" "$out" '^code=ok status=released'
+expect_eq "#23.1 ... the login went to auth/approle-kf/login" "$(vcount 'POST /v1/auth/approle-kf/login' | sed 's/^[1-9][0-9]*$/yes/')" "yes"
+expect_match "#23.1 ... and the start-up log names the namespace" "$(klog)" 'event=kms_open .*namespace=admin'
+vault_end
+VEXTRA="    approle_mount: approle-kf" vault_run --secret-id-file "$F/secret.id" --key keyfleet --namespace admin \
+    --approle-mount approle-kf
+out=$(node "$F" web-1 enroll vol-n2 data)
+expect_match "#23.1 without the namespace option: enroll fails closed" "$out" '^code=unavailable'
+expect_match "#23.1 ... and the log names the 404 and the likely cause" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | head -n 1)" \
+    'auth/approle-kf/login\): HTTP 404: no handler for route.*namespace Vault does not have'
+vault_end
+
+# 2. 412 (a performance standby behind on a write) is retried; so is a 429 without Retry-After.
+vault_run --secret-id-file "$F/secret.id" --key keyfleet
+WRAP_Q=$(field wrapped "$(node "$F" web-1 enroll vol-q data)")
+for f in "status 412" "status 429 -"; do
+    fault "$F" "$f"
+    d0=$(vcount 'POST /v1/transit/decrypt')
+    out=$(node "$F" web-1 release vol-q "$WRAP_Q")
+    fault "$F" ""
+    expect_match "#23.2 $f on every try: the release fails closed" "$out" '^code=unavailable'
+    expect_eq "#23.2 ... after the configured 3 tries" "$(($(vcount 'POST /v1/transit/decrypt') - d0))" "3"
+done
+out=$(node "$F" web-1 release vol-q "$WRAP_Q")
+expect_match "#23.2 once Vault serves again, the release works" "$out" '^code=ok'
+
+# 6. A rotation is sent once: an answer lost after Vault rotated is not retried (which would
+# rotate twice); the key is read again instead.
+r0=$(vcount 'POST /v1/transit/keys/keyfleet/rotate')
+fault "$F" "rotate-lost"
+out=$(ctl "$F" kms rotate 2>&1)
+fault "$F" ""
+expect_match "#23.6 a rotation whose answer is lost is reported as maybe done" "$out" 'rotation may have happened'
+expect_eq "#23.6 ... and was sent once (3 tries allowed for other calls)" "$(($(vcount 'POST /v1/transit/keys/keyfleet/rotate') - r0))" "1"
+for _ in $(seq 1 40); do [ "$(vcount 'GET /v1/transit/keys/keyfleet')" -ge 2 ] && break; sleep 0.05; done
+expect_eq "#23.6 ... the key was read again at once" "$([ "$(vcount 'GET /v1/transit/keys/keyfleet')" -ge 2 ] && echo yes)" "yes"
+out=$(ctl "$F" kms rotate 2>&1)
+expect_match "#23.6 a rotation answered 200 with the key (Vault 1.10+) is accepted: version 3" "$out" "vault-transit.*3"
+vault_end
+
+# 5. A key that cannot encrypt (a signing key) is refused at the start-up read, like a derived one.
+VKEY=skey vault_run --secret-id-file "$F/secret.id" --signing-key skey
+for _ in $(seq 1 40); do grep -q 'event=kms_key_unusable' "$F/keyfleetd.log" && break; sleep 0.05; done
+expect_match "#23.5 a signing key (ed25519) is named unusable" "$(klog)" 'event=kms_key_unusable .*of type ed25519 \(supports_encryption: false\)'
+expect_match "#23.5 readyz is not ready" "$(readyz)" 'not usable: .*ed25519.* 503$'
+vault_end
+
+sed -i -e "s#key: skey#key: keyfleet#" -e '/role_id_file/d' -e 's#secret_id_file: secret.id#token_file: root.token#' \
     "$F/keyfleetd.yaml"
 
 cp "$F/keyfleetd.yaml" "$WORK/bad.yaml"
@@ -270,5 +330,16 @@ cp "$F/keyfleetd.yaml" "$WORK/bad.yaml"
 sed -i 's#token_file: root.token#token_file: root.token\n    role_id_file: role.id#' "$WORK/bad.yaml"
 out=$("$KFD" -c "$WORK/bad.yaml" --check-config 2>&1)
 expect_match "token and AppRole together are refused" "$out" "vault needs token_file, or role_id_file and secret_id_file"
+# bad_vault DESC SED-EXPR MESSAGE: keyfleetd --check-config refuses the edited config at file:line.
+bad_vault() {
+    cp "$F/keyfleetd.yaml" "$WORK/bad.yaml"
+    sed -i "$2" "$WORK/bad.yaml"
+    out=$("$KFD" -c "$WORK/bad.yaml" --check-config 2>&1)
+    expect_match "#23.10 $1 is refused with file:line" "$out" "bad.yaml:[0-9]+:[0-9]+: $3"
+}
+bad_vault "a key name ending in '.'" 's#^    key: keyfleet$#    key: keyfleet.#' "vault key must be 1..127 of .*not ending in '.'"
+bad_vault "a namespace with a leading /" 's#^    key: keyfleet$#    key: keyfleet\n    namespace: /admin#' "vault namespace must be segments"
+bad_vault "a mount with an empty segment" 's#^    key: keyfleet$#    key: keyfleet\n    mount: a//b#' "vault mount must be segments"
+bad_vault "approle_mount with token_file auth" 's#^    key: keyfleet$#    key: keyfleet\n    approle_mount: x#' "vault approle_mount is for AppRole"
 check_sanitizers
 finish

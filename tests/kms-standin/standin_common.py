@@ -7,7 +7,7 @@ each request the server reads FAULT_FILE, whose first line is one of
     slow MS            answer after MS milliseconds
     hang               never answer (until the client gives up)
     status CODE [S]    answer CODE with the service's error body, with Retry-After: S when S is
-                       given (429 always carries one: S defaults to 1)
+                       given (429 carries one unless S is "-": S defaults to 1)
     redirect           307 with a Location naming the same path on another node (a standby
                        Vault's answer) and no body
     garbage            200 with a body that is not JSON
@@ -119,6 +119,8 @@ def apply_fault(handler, fault, is_login, error_body):
         words = arg.split()
         code = int(words[0])
         after = words[1] if len(words) > 1 else ("1" if code == 429 else None)
+        if after == "-":  # "status 429 -": no Retry-After at all
+            after = None
         headers = {"Retry-After": after} if after is not None else {}
         handler.send(code, error_body(code), headers)
         return None

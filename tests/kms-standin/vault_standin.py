@@ -14,7 +14,7 @@ AES-256-GCM ciphertext+tag), as Vault writes them. Implemented endpoints:
                                                  does not know (expired, revoked)
     POST /v1/transit/keys/NAME                create {"type":"aes256-gcm96"}
     GET  /v1/transit/keys/NAME                data.{name,type,keys,latest_version,min_decryption_version,...}
-    POST /v1/transit/keys/NAME/rotate         204
+    POST /v1/transit/keys/NAME/rotate         200 with the key read's body (Vault 1.10 and later)
     POST /v1/transit/keys/NAME/config         {"min_decryption_version":N}
     POST /v1/transit/encrypt/NAME             {"plaintext"} -> data.{ciphertext,key_version}
     POST /v1/transit/decrypt/NAME             {"ciphertext"} -> data.plaintext
@@ -34,8 +34,19 @@ Stricter than the shared facts, where issue #30 needs it (real Vault behaves thi
 - Derived keys (--derived-key NAME): the key read says derived: true; encrypt, decrypt, rewrap and
   datakey without a context get 400 "missing 'context' for key derivation; the key was marked
   for derivation" (Vault's text); with one, the key is derived from it (HKDF-SHA256).
-- "status 429|503 S" sends Retry-After: S; "redirect" answers 307 with a Location and no body
-  (a standby node), never followed by a correct client.
+- "status 429|503 S" sends Retry-After: S ("status 429 -": none); "redirect" answers 307 with a
+  Location and no body (a standby node), never followed by a correct client; "status 412" is a
+  performance standby that has not seen a write yet (Enterprise), which clients retry.
+- Namespaces (--namespace NS, Vault Enterprise and HCP Vault, where it is "admin"): the mounts and
+  the AppRole role live in NS only. A request reaches them with X-Vault-Namespace: NS or a path
+  /v1/NS/...; without either it is served by the root namespace, which has no such mounts (404
+  "no handler for route") and knows none of NS's tokens (403).
+- --approle-mount M: AppRole is mounted at auth/M (default approle), as `vault auth enable
+  -path=M approle` does.
+- --signing-key NAME: an ed25519 key (supports_encryption: false): encrypt, decrypt and datakey
+  get 400 "... does not support encryption".
+- "rotate-lost": a rotation that happens and whose answer is lost (503 after rotating), to show
+  that a client that retries rotations rotates twice.
 
 Faults: see standin_common.py. Every request is logged to stderr ("POST /v1/auth/approle/login"
 lines count the logins).
@@ -68,6 +79,9 @@ class Vault:
         p.add_argument("--key", action="append", default=[], help="transit key to create at start")
         p.add_argument("--derived-key", action="append", default=[], help="derived transit key to create at start")
         p.add_argument("--secret-id-num-uses", type=int, default=0)
+        p.add_argument("--namespace", default=None)
+        p.add_argument("--approle-mount", default="approle")
+        p.add_argument("--signing-key", action="append", default=[], help="ed25519 key to create at start")
 
     def configure(self, a):
         self.lock = threading.Lock()
@@ -82,12 +96,35 @@ class Vault:
             self.create_key(name)
         for name in a.derived_key:
             self.create_key(name, derived=True)
+        for name in a.signing_key:
+            self.create_key(name, ktype="ed25519")
+        self.namespace = a.namespace.strip("/") if a.namespace else None
+        self.approle_login = "/v1/auth/%s/login" % a.approle_mount
         self.logins = 0
         self.uses_left = a.secret_id_num_uses if a.secret_id_num_uses > 0 else None
 
-    def create_key(self, name, derived=False):
+    def create_key(self, name, derived=False, ktype="aes256-gcm96"):
         self.keys[name] = {"versions": {1: (AESGCM.generate_key(256), int(time.time()))}, "min_dec": 1,
-                           "derived": derived}
+                           "derived": derived, "type": ktype}
+
+    def key_read(self, name, key):
+        return {"data": {
+            "name": name, "type": key["type"], "derived": key["derived"], "exportable": False,
+            "keys": {str(v): t for v, (_, t) in key["versions"].items()},
+            "latest_version": max(key["versions"]), "min_decryption_version": key["min_dec"],
+            "min_encryption_version": 0, "supports_encryption": key["type"] != "ed25519",
+            "supports_decryption": key["type"] != "ed25519", "supports_signing": key["type"] == "ed25519"}}
+
+    def in_namespace(self, h, path):
+        """The request's path within the configured namespace, or None when it is not in it."""
+        if self.namespace is None:
+            return path
+        if h.headers.get("X-Vault-Namespace", "").strip("/") == self.namespace:
+            return path
+        prefix = "/v1/" + self.namespace + "/"
+        if path.startswith(prefix):
+            return "/v1/" + path[len(prefix):]
+        return None
 
     def key_bytes(self, key, version, context):
         raw = key["versions"][version][0]
@@ -150,7 +187,14 @@ class Vault:
         body = h.body_json() if method == "POST" else {}
         if body is None:
             return h.send(400, errors("failed to parse JSON input"))
-        if path == "/v1/auth/approle/login" and method == "POST":
+        ns_path = self.in_namespace(h, path)
+        if ns_path is None:
+            # The root namespace: none of NS's mounts, roles or tokens.
+            if path.startswith("/v1/auth/token/"):
+                return h.send(403, errors("permission denied"))
+            return h.send(404, errors("no handler for route \"%s\". route entry not found." % path[4:]))
+        path = ns_path
+        if path == self.approle_login and method == "POST":
             f = sc.apply_fault(h, self.fault, True, lambda c: errors("login fault %d" % c))
             if f is None:
                 return
@@ -193,6 +237,8 @@ class Vault:
             self.revoked_before = time.time() + 1
         if not self.authorized(h):
             return h.send(403, errors("permission denied"))
+        if fault == "rotate-lost" and not path.endswith("/rotate"):
+            fault = None
         if fault == "deny" and path == "/v1/" + f[1] and not secrets.compare_digest(self.token_of(h), self.root):
             return h.send(403, errors("1 error occurred:\n\t* permission denied\n\n"))
         m = re.fullmatch(r"/v1/transit/(keys|encrypt|decrypt|rewrap|datakey/plaintext)/([^/]+)(/rotate|/config)?", path)
@@ -208,12 +254,7 @@ class Vault:
             if op == "keys" and sub is None and method == "GET":
                 if key is None:
                     return h.send(404, errors())
-                latest = max(key["versions"])
-                return self.reply(h, fault, {"data": {
-                    "name": name, "type": "aes256-gcm96", "derived": key["derived"], "exportable": False,
-                    "keys": {str(v): t for v, (_, t) in key["versions"].items()},
-                    "latest_version": latest, "min_decryption_version": key["min_dec"],
-                    "min_encryption_version": 0, "supports_encryption": True, "supports_decryption": True}})
+                return self.reply(h, fault, self.key_read(name, key))
             if key is None:
                 return h.send(400, errors("encryption key not found"))
             if method != "POST":
@@ -229,7 +270,11 @@ class Vault:
                     return h.send(400, errors("missing 'context' for key derivation; the key was marked for derivation"))
             if sub == "/rotate":
                 key["versions"][latest + 1] = (AESGCM.generate_key(256), int(time.time()))
-                return h.send(204)
+                if fault == "rotate-lost":
+                    return h.send(503, errors("the answer was lost"))
+                return h.send(200, self.key_read(name, key))
+            if key["type"] == "ed25519" and sub is None:
+                return h.send(400, errors("key type ed25519 does not support encryption"))
             if sub == "/config":
                 mdv = body.get("min_decryption_version")
                 if isinstance(mdv, int) and 1 <= mdv <= latest:
