@@ -67,6 +67,11 @@ static int url_path_ok(const char *s)
     return 1;
 }
 
+static bool word_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
 static const kf_yaml_node *value_of(const kf_yaml_node *map, const char *key)
 {
     for (size_t i = 0; map != NULL && map->type == KF_YAML_MAP && i < map->n; i++)
@@ -91,9 +96,10 @@ static int dec_vault(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst
     if (!base_url_ok(v->address))
         return kf_yaml_error(doc, value_of(node, "address"), err,
                              "vault address must be an https:// URL without a trailing slash");
-    if (!url_segment_ok(v->key) || v->key[strlen(v->key) - 1] == '.')
+    if (!url_segment_ok(v->key) || !word_char(v->key[0]) || !word_char(v->key[strlen(v->key) - 1]))
         return kf_yaml_error(doc, value_of(node, "key"), err,
-                             "vault key must be 1..127 of [A-Za-z0-9._-], not ending in '.' (Vault refuses such names)");
+                             "vault key must be 1..127 of [A-Za-z0-9._-], starting and ending with [A-Za-z0-9_] "
+                             "(Vault routes no other names)");
     static const char path_rule[] = "must be segments of 1..127 of [A-Za-z0-9._-] joined by '/', with no leading or "
                                     "trailing '/'";
     if (v->mount != NULL && !url_path_ok(v->mount))

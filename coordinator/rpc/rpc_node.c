@@ -155,6 +155,28 @@ static void deadline_after_kms(kfd_call *call, const char *action, const char *v
                  "the request's deadline (connect-timeout-ms) passed while the KMS worked; no key was released");
 }
 
+static void on_dropped_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg, (void)res;
+    if (status != 0)
+        kf_log_error("audit_failed", "action=key_dropped error=%s", kf_log_q(err->msg));
+}
+
+/* The client went away (reset the stream, gave up at its own deadline) while the KMS unwrapped or
+ * made a key: the key is dropped unsealed, and the audit log says so under the caller's name. */
+static void audit_client_gone(const kfd_op *op, const char *action, const char *volume_id, const char *request_id)
+{
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_op_actor(op), action, KEYFLEET__V1__DECISION__DECISION_ERROR, op->peer.name, volume_id,
+                   request_id, "the client went away while the KMS worked; no key was released");
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    kfd_commit(op->app, &cmd, on_dropped_audited, NULL);
+}
+
 /* Labels of a stored volume, for policy evaluation. */
 typedef struct label_set {
     json_t *json;
@@ -339,6 +361,8 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     enroll_op *op = arg;
     kfd_call *call = op->base.call;
     if (call == NULL) {
+        if (res->status == 0)
+            audit_client_gone(&op->base, "enroll", op->volume_id, op->request_id);
         enroll_op_free(op);
         return;
     }
@@ -356,8 +380,10 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
         snprintf(rid, sizeof(rid), "%s", op->request_id);
         kf_log_error("kms_failed", "op=generate volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
         enroll_op_free(op);
-        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
-                     "KMS unavailable");
+        bool late = kfd_call_deadline_expired(call);
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid,
+                     late ? KF_CONNECT_DEADLINE_EXCEEDED : KF_CONNECT_UNAVAILABLE,
+                     late ? "KMS unavailable and the request's deadline passed" : "KMS unavailable");
         return;
     }
     int r;
@@ -597,6 +623,7 @@ static void on_rewrapped(void *arg, const kfd_kms_result *res)
 {
     release_op *op = arg;
     if (op->base.call == NULL) {
+        audit_client_gone(&op->base, "release", op->volume_id, op->request_id); /* unwrapped before the rewrap */
         kfd_op_free(op);
         return;
     }
@@ -612,6 +639,8 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
     release_op *op = arg;
     kfd_call *call = op->base.call;
     if (call == NULL) {
+        if (res->status == 0)
+            audit_client_gone(&op->base, "release", op->volume_id, op->request_id);
         kfd_op_free(op);
         return;
     }
@@ -626,8 +655,11 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
                          KF_CONNECT_FAILED_PRECONDITION, "the wrapped key does not belong to this volume");
         } else {
             kf_log_error("kms_failed", "op=unwrap volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
-            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
-                         "KMS unavailable; no key was released");
+            bool late = kfd_call_deadline_expired(call); /* the KMS's own retries ran past it */
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid,
+                         late ? KF_CONNECT_DEADLINE_EXCEEDED : KF_CONNECT_UNAVAILABLE,
+                         late ? "KMS unavailable and the request's deadline passed; no key was released"
+                              : "KMS unavailable; no key was released");
         }
         return;
     }
