@@ -29,6 +29,7 @@ kms:
     client_id: kf-app
     client_secret_file: client.secret
     login_host: $AZ/login
+    scope: https://vault.azure.net/.default   # the stand-in is on 127.0.0.1, no Azure domain
 YAML
 start_kfd "$F"
 allow_nodes "$F" "web-*"
