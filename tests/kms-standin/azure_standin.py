@@ -104,6 +104,7 @@ class Azure:
         p.add_argument("--deny", action="append", default=[], help="an operation the identity has no role for")
         p.add_argument("--token-ttl", type=int, default=3599)
         p.add_argument("--key", action="append", default=[], help="NAME[:KTY[:OPS]] created at start")
+        p.add_argument("--issued-file", default=None, help="appends each token issued (tests grep logs for them)")
 
     def configure(self, a):
         self.lock = threading.Lock()
@@ -114,6 +115,7 @@ class Azure:
         self.resource = a.resource
         self.deny = set(a.deny)
         self.ttl = a.token_ttl
+        self.issued_file = a.issued_file
         self.tokens = {}  # token -> (expiry, audience)
         self.revoked_before = 0.0
         self.keys = {}  # name -> {"kty", "ops", "versions": [(version, private key)]}
@@ -144,6 +146,9 @@ class Azure:
         tok = secrets.token_urlsafe(32)
         with self.lock:
             self.tokens[tok] = (time.time() + self.ttl, audience)
+            if self.issued_file:
+                with open(self.issued_file, "a") as f:
+                    f.write(tok + "\n")
         return tok
 
     def token(self, h, path):
