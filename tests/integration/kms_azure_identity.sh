@@ -57,22 +57,17 @@ out=$(sc -w ' %{http_code}' -X POST --data-urlencode client_id=kf-app --data-url
     "$AZ/login/contoso/oauth2/v2.0/token")
 expect_match "stand-in: Entra ID refuses a scope of no known resource" "$out" 'AADSTS500011.* 400$'
 
-# azure_config LINES: keyfleetd.yaml with the azure section's identity lines (vault and key fixed).
+# azure_config LINES: keyfleetd.yaml with the azure section's identity lines (key $KEY or hsm-kek).
 azure_config() {
     cp "$F/base.yaml" "$F/keyfleetd.yaml"
-    cat >>"$F/keyfleetd.yaml" <<YAML
-limits:
-  shutdown_grace: 5s
-kms:
-  backend: azure-keyvault
-  timeout: 1s
-  attempts: 2
-  azure:
-    vault_url: $AZ
-    ca: kms.crt
-    key: ${KEY:-hsm-kek}
-$1
-YAML
+    azure_kms_yaml "${KEY:-hsm-kek}" "$1" >>"$F/keyfleetd.yaml"
+}
+# release_with LINES: keyfleetd with these identity lines makes one release of vol-a ($out), then stops.
+release_with() {
+    azure_config "$1"
+    start_kfd "$F"
+    out=$(node "$F" web-1 release vol-a "$WRAP_A")
+    stop_kfd
 }
 tokens() { grep -c 'event=kms_token client=azure' "$F/keyfleetd.log"; }
 readyz() {
@@ -125,33 +120,24 @@ expect_eq "... one more token" "$(tokens)" "$((n0 + 2))"
 stop_kfd
 
 # --- Item 7: a scope for another audience is refused by the vault (401), and said so.
-azure_config "$SECRET_LINES
+release_with "$SECRET_LINES
     scope: https://vault.azure.net/.default"
-start_kfd "$F"
-out=$(node "$F" web-1 release vol-a "$WRAP_A")
 expect_match "a token for vault.azure.net at a Managed HSM: release fails closed" "$out" '^code=unavailable'
 expect_match "... and the log names the audience problem" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -1)" "HTTP 401: Unauthorized: AKV10022: Invalid audience"
-stop_kfd
 
 # --- Item 8: managed identity through IMDS (here HTTPS on loopback; Azure's is http://169.254.169.254).
-azure_config "    identity: managed
+release_with "    identity: managed
     client_id: kf-msi
     imds_endpoint: $AZ/metadata/identity/oauth2/token
     scope: $HSM_SCOPE"
-start_kfd "$F"
-out=$(node "$F" web-1 release vol-a "$WRAP_A")
 expect_match "managed identity (IMDS, user-assigned client_id): release opens the key" "$out" "key=$KEY_A "
 expect_match "... with the stand-in's IMDS answering" "$(cat "$F/azure_standin.log")" 'GET /metadata/identity/oauth2/token\?api-version=2018-02-01&resource=https%3A%2F%2Fmanagedhsm.azure.net&client_id=kf-msi HTTP/1.1" 200'
-stop_kfd
-azure_config "    identity: managed
+release_with "    identity: managed
     client_id: not-assigned
     imds_endpoint: $AZ/metadata/identity/oauth2/token
     scope: $HSM_SCOPE"
-start_kfd "$F"
-out=$(node "$F" web-1 release vol-a "$WRAP_A")
 expect_match "managed identity with a client_id the VM does not have: unavailable" "$out" '^code=unavailable'
 expect_match "... and the log says IMDS refused it" "$(grep 'event=kms_token_failed' "$F/keyfleetd.log" | tail -1)" 'managed identity token \(IMDS\): HTTP 400: invalid_request: Identity not found'
-stop_kfd
 
 # --- Item 8: workload identity (AKS): the federated token file as client_assertion.
 WORKLOAD="    identity: workload
@@ -160,18 +146,13 @@ WORKLOAD="    identity: workload
     federated_token_file: federated.token
     login_host: $AZ/login
     scope: $HSM_SCOPE"
-azure_config "$WORKLOAD"
-start_kfd "$F"
-out=$(node "$F" web-1 release vol-a "$WRAP_A")
+release_with "$WORKLOAD"
 expect_match "workload identity (federated token): release opens the key" "$out" "key=$KEY_A "
-stop_kfd
 cp "$F/federated.token" "$WORK/good.jwt"
 jwt api://AzureADTokenExchange $(($(date +%s) - 60)) >"$F/federated.token"
-start_kfd "$F"
-out=$(node "$F" web-1 release vol-a "$WRAP_A")
+release_with "$WORKLOAD"
 expect_match "an expired federated token: unavailable" "$out" '^code=unavailable'
 expect_match "... and the log says Entra ID refused the assertion" "$(grep 'event=kms_token_failed' "$F/keyfleetd.log" | tail -1)" 'workload identity: federated token\): HTTP 400: invalid_client: AADSTS700024'
-stop_kfd
 jwt api://AzureADTokenExchange $(($(date +%s) + 3600)) >"$F/federated.token"
 
 # --- Item 10: the key must be RSA or RSA-HSM with wrapKey and unwrapKey.
