@@ -117,7 +117,11 @@ static bool has_op(const json_t *ops, const char *op)
 {
     size_t i;
     const json_t *v;
-    json_array_foreach(ops, i, v) if (json_is_string(v) && strcmp(json_string_value(v), op) == 0) return true;
+    json_array_foreach(ops, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), op) == 0)
+            return true;
+    }
     return false;
 }
 
@@ -176,7 +180,10 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
     azure *a = c->a;
     kfd_remote_kms_answered(&a->rk, res);
     if (res->status != 0) {
-        fail_call(c, res->status, "azure key vault unreachable: ", res->error != NULL ? res->error : "transport error");
+        /* A failed token fetch that Entra ID or IMDS answered is reported as they answered it. */
+        bool answered = rc->login_failed && a->rk.reachable;
+        fail_call(c, res->status, answered ? "" : "azure key vault unreachable: ",
+                  res->error != NULL ? res->error : "transport error");
         return;
     }
     if (res->code == 403) {
