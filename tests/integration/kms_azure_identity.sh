@@ -21,9 +21,10 @@ jwt() {
 jwt api://AzureADTokenExchange $(($(date +%s) + 3600)) >"$F/federated.token"
 start_standin "$F" azure_standin --tenant contoso --client-id kf-app --client-secret-file "$F/client.secret" \
     --federated-token-file "$F/federated.token" --msi-client-id kf-msi --resource https://managedhsm.azure.net \
-    --deny rotate --issued-file "$F/issued" \
+    --deny rotate --issued-file "$F/issued" --imds-plain-port-file "$F/imds.port" \
     --key hsm-kek:RSA-HSM --key ec-kek:EC:sign,verify --key nowrap-kek:RSA:encrypt,decrypt,unwrapKey
 AZ=https://127.0.0.1:$SPORT
+IMDS_PLAIN=http://127.0.0.1:$(cat "$F/imds.port")/metadata/identity/oauth2/token
 HSM_SCOPE=https://managedhsm.azure.net/.default
 
 # --- The stand-in itself, driven with curl as Azure would be.
@@ -132,6 +133,11 @@ release_with "    identity: managed
     scope: $HSM_SCOPE"
 expect_match "managed identity (IMDS, user-assigned client_id): release opens the key" "$out" "key=$KEY_A "
 expect_match "... with the stand-in's IMDS answering" "$(cat "$F/azure_standin.log")" 'GET /metadata/identity/oauth2/token\?api-version=2018-02-01&resource=https%3A%2F%2Fmanagedhsm.azure.net&client_id=kf-msi HTTP/1.1" 200'
+release_with "    identity: managed
+    client_id: kf-msi
+    imds_endpoint: $IMDS_PLAIN
+    scope: $HSM_SCOPE"
+expect_match "managed identity over plain HTTP, as Azure's IMDS serves it (here on loopback)" "$out" "key=$KEY_A "
 release_with "    identity: managed
     client_id: not-assigned
     imds_endpoint: $AZ/metadata/identity/oauth2/token

@@ -6,7 +6,8 @@ Azure cannot be reached from these machines, so the tests use this HTTPS server 
 follows the public REST API (../shared/api-facts.md, learn.microsoft.com) at least as strictly as
 the services: what Azure refuses, this refuses the same way. One server plays every host: the
 login host is https://127.0.0.1:PORT/login, IMDS is https://127.0.0.1:PORT/metadata/identity/
-oauth2/token, and the vault URL is https://127.0.0.1:PORT.
+oauth2/token (and, with --imds-plain-port-file, http://127.0.0.1:PORT2/metadata/identity/oauth2/token,
+plain HTTP like Azure's), and the vault URL is https://127.0.0.1:PORT.
 
     POST /login/TENANT/oauth2/v2.0/token      form: client_id, grant_type=client_credentials,
                                                scope=RESOURCE/.default, and client_secret, or
@@ -49,6 +50,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from http.server import ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -105,6 +107,8 @@ class Azure:
         p.add_argument("--token-ttl", type=int, default=3599)
         p.add_argument("--key", action="append", default=[], help="NAME[:KTY[:OPS]] created at start")
         p.add_argument("--issued-file", default=None, help="appends each token issued (tests grep logs for them)")
+        p.add_argument("--imds-plain-port-file", default=None,
+                       help="also serve IMDS (only IMDS) over plain HTTP, as Azure does, on a port written here")
 
     def configure(self, a):
         self.lock = threading.Lock()
@@ -116,6 +120,14 @@ class Azure:
         self.deny = set(a.deny)
         self.ttl = a.token_ttl
         self.issued_file = a.issued_file
+        self.plain = None
+        if a.imds_plain_port_file:
+            self.plain = ThreadingHTTPServer(("127.0.0.1", 0), sc.Handler)
+            self.plain.daemon_threads = True
+            with open(a.imds_plain_port_file + ".tmp", "w") as f:
+                f.write(str(self.plain.server_address[1]))
+            os.rename(a.imds_plain_port_file + ".tmp", a.imds_plain_port_file)
+            threading.Thread(target=self.plain.serve_forever, daemon=True).start()
         self.tokens = {}  # token -> (expiry, audience)
         self.revoked_before = 0.0
         self.keys = {}  # name -> {"kty", "ops", "versions": [(version, private key)]}
@@ -236,6 +248,8 @@ class Azure:
         return h.send(403, {"error": {"code": "Forbidden", "message": message, "innererror": {"code": inner}}})
 
     def handle(self, h, method, path, query):
+        if h.server is self.plain and path != "/metadata/identity/oauth2/token":
+            return h.send(404, kv_error("NotFound", "only IMDS is served over plain HTTP"))
         if path.startswith("/login/") and method == "POST":
             return self.token(h, path)
         if path == "/metadata/identity/oauth2/token":
