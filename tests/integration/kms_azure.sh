@@ -14,22 +14,11 @@ start_standin "$F" azure_standin --tenant contoso --client-id kf-app --client-se
     --token-ttl 3 --key keyfleet-kek
 AZ=https://127.0.0.1:$SPORT
 
-cat >>"$F/keyfleetd.yaml" <<YAML
-limits:
-  shutdown_grace: 5s
-kms:
-  backend: azure-keyvault
-  timeout: 1s
-  attempts: 2
-  azure:
-    vault_url: $AZ
-    ca: kms.crt
-    key: keyfleet-kek
-    tenant: contoso
+azure_kms_yaml keyfleet-kek "    tenant: contoso
     client_id: kf-app
     client_secret_file: client.secret
     login_host: $AZ/login
-YAML
+    scope: https://vault.azure.net/.default" >>"$F/keyfleetd.yaml" # the stand-in's host is no Azure domain
 start_kfd "$F"
 allow_nodes "$F" "web-*"
 

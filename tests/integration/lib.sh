@@ -289,4 +289,22 @@ kms:
 YAML
 }
 # fault DIR LINE: the next requests to DIR's stand-in get this fault ("" clears it).
+# azure_kms_yaml KEY LINES: keyfleetd's kms section for the Azure stand-in at $SPORT (for
+# keyfleetd.yaml; DIR's kms.crt from kms_tls): timeout 1s, 2 attempts; LINES are the identity's
+# options (tenant, client_id, ..., scope), indented four spaces.
+azure_kms_yaml() {
+    cat <<YAML
+limits:
+  shutdown_grace: 5s
+kms:
+  backend: azure-keyvault
+  timeout: 1s
+  attempts: 2
+  azure:
+    vault_url: https://127.0.0.1:$SPORT
+    ca: kms.crt
+    key: $1
+$2
+YAML
+}
 fault() { printf '%s\n' "$2" >"$1/fault"; }
