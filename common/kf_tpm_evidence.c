@@ -312,6 +312,49 @@ void kf_tpm_verified_clear(kf_tpm_verified *v)
     memset(v, 0, sizeof(*v));
 }
 
+/* The TCG EK Credential Profile (for TPM family 2.0, section 3.2) for an RSA EK's certificate:
+ * X.509 v3; key usage keyEncipherment (an RSA EK decrypts, it never signs); not a CA; the
+ * subject alternative name a directoryName with the TPM manufacturer attribute (2.23.133.2.1,
+ * with model and version beside it); the extended key usage, where present (the profile says
+ * SHOULD), tcg-kp-EKCertificate (2.23.133.8.1). A certificate a manufacturer CA issued for
+ * anything else (a web server, a sub-CA, a platform certificate) is not an EK certificate,
+ * whatever key it names. Returns NULL, or what is wrong. */
+static const char *ek_cert_profile(X509 *x)
+{
+    if (X509_get_version(x) != X509_VERSION_3)
+        return "not an X.509 v3 certificate";
+    uint32_t ku = X509_get_key_usage(x);
+    if (ku == UINT32_MAX || !(ku & KU_KEY_ENCIPHERMENT))
+        return "its key usage lacks keyEncipherment";
+    if ((X509_get_extension_flags(x) & EXFLAG_CA) || X509_check_ca(x) != 0 || (ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)))
+        return "it is a CA certificate";
+    const char *bad = NULL;
+    EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+    ASN1_OBJECT *ek_purpose = OBJ_txt2obj("2.23.133.8.1", 1), *manufacturer = OBJ_txt2obj("2.23.133.2.1", 1);
+    if (eku != NULL) {
+        bool found = false;
+        for (int i = 0; i < sk_ASN1_OBJECT_num(eku); i++)
+            found = found || OBJ_cmp(sk_ASN1_OBJECT_value(eku, i), ek_purpose) == 0;
+        if (!found)
+            bad = "its extended key usage is not tcg-kp-EKCertificate (2.23.133.8.1)";
+    } else if (X509_get_ext_by_NID(x, NID_ext_key_usage, -1) >= 0) {
+        bad = "its extended key usage does not parse";
+    }
+    GENERAL_NAMES *san = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    bool tpm_named = false;
+    for (int i = 0; san != NULL && i < sk_GENERAL_NAME_num(san); i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(san, i);
+        tpm_named = tpm_named || (g->type == GEN_DIRNAME && X509_NAME_get_index_by_OBJ(g->d.dirn, manufacturer, -1) >= 0);
+    }
+    if (bad == NULL && !tpm_named)
+        bad = "its subject alternative name does not name a TPM manufacturer (2.23.133.2.1)";
+    EXTENDED_KEY_USAGE_free(eku);
+    GENERAL_NAMES_free(san);
+    ASN1_OBJECT_free(ek_purpose);
+    ASN1_OBJECT_free(manufacturer);
+    return bad;
+}
+
 static int verify_ek_cert(const kf_tpm_evidence *ev, EVP_PKEY *ek, X509_STORE *cas, bool *ret_verified, kf_err *err)
 {
     *ret_verified = false;
@@ -329,10 +372,17 @@ static int verify_ek_cert(const kf_tpm_evidence *ev, EVP_PKEY *ek, X509_STORE *c
         r = kf_err_set(err, -EACCES, "the EK certificate is for another key than this TPM's EK");
         goto out;
     }
+    const char *not_ek = cas != NULL ? ek_cert_profile(x) : NULL;
+    if (not_ek != NULL) {
+        r = kf_err_set(err, -EACCES, "the EK certificate is not an EK certificate (TCG EK Credential Profile): %s",
+                       not_ek);
+        goto out;
+    }
     if (cas != NULL) {
         X509_STORE_CTX *c = X509_STORE_CTX_new();
-        /* EK certificates carry a critical SAN in the TCG directory-name form and the TCG key
-         * usage conventions (no digitalSignature): check the chain and signatures, not these. */
+        /* The profile is checked above (ek_cert_profile); here the chain and its signatures.
+         * Manufacturers mark extensions critical that OpenSSL does not interpret (the TCG
+         * subject directory attributes, some certificate policies): those are not refused. */
         int ok = c != NULL && X509_STORE_CTX_init(c, cas, x, NULL) == 1 &&
                  (X509_VERIFY_PARAM_set_flags(X509_STORE_CTX_get0_param(c), X509_V_FLAG_IGNORE_CRITICAL), 1) &&
                  X509_verify_cert(c) == 1;
