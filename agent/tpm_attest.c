@@ -237,3 +237,84 @@ out:
     kfa_tpm_close(&t);
     return r;
 }
+
+int kfa_tpm_quote(const char *tcti, uint32_t mask, const unsigned char q[32], kfa_quote *ret, kf_err *err)
+{
+    if (mask == 0 || mask >= (1u << 24))
+        return kf_err_set(err, -EINVAL, "the PCRs to quote must be among 0..23");
+    memset(ret, 0, sizeof(*ret));
+    tpm t;
+    int r = kfa_tpm_open(&t, tcti, err);
+    if (r != 0)
+        return r;
+    TPM2B_PUBLIC *ak_pub = NULL;
+    TPM2B_ATTEST *quoted = NULL;
+    TPMT_SIGNATURE *sig = NULL;
+    ESYS_TR *ak = kfa_tpm_track(&t);
+    if ((r = create_ak(&t, ak, &ak_pub, err)) != 0 ||
+        (r = marshal_public(ak_pub, ret->ak_pub, sizeof(ret->ak_pub), &ret->ak_pub_len, err)) != 0)
+        goto out;
+    TPML_PCR_SELECTION sel = {.count = 1};
+    sel.pcrSelections[0].hash = TPM2_ALG_SHA256;
+    sel.pcrSelections[0].sizeofSelect = 3;
+    for (unsigned i = 0; i < 3; i++)
+        sel.pcrSelections[0].pcrSelect[i] = (uint8_t)(mask >> (8 * i));
+    TPM2B_DATA qual = {.size = 32};
+    memcpy(qual.buffer, q, 32);
+    TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the AK's own: ECDSA-SHA256 */
+    TSS2_RC rc = sym_Esys_Quote(t.esys, *ak, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &qual, &scheme, &sel,
+                                &quoted, &sig);
+    if (rc != TSS2_RC_SUCCESS) {
+        r = kfa_tpm_error(err, "quoting the PCRs", rc);
+        goto out;
+    }
+    size_t off = 0;
+    if (quoted->size > sizeof(ret->quoted) ||
+        sym_Tss2_MU_TPMT_SIGNATURE_Marshal(sig, ret->sig, sizeof(ret->sig), &off) != TSS2_RC_SUCCESS) {
+        r = kf_err_set(err, -EIO, "TPM2_Quote: attestation too large");
+        goto out;
+    }
+    ret->sig_len = off;
+    memcpy(ret->quoted, quoted->attestationData, quoted->size);
+    ret->quoted_len = quoted->size;
+    /* The values: TPM2_PCR_Read returns at most 8 digests a call; ask again for the rest. */
+    unsigned char values[24][32];
+    uint32_t have = 0;
+    for (int round = 0; round < 24 && have != mask; round++) {
+        TPML_PCR_SELECTION want = sel, *got_sel = NULL;
+        for (unsigned i = 0; i < 3; i++)
+            want.pcrSelections[0].pcrSelect[i] = (uint8_t)((mask & ~have) >> (8 * i));
+        TPML_DIGEST *digests = NULL;
+        UINT32 counter = 0;
+        rc = sym_Esys_PCR_Read(t.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &want, &counter, &got_sel, &digests);
+        uint32_t got = 0;
+        if (rc == TSS2_RC_SUCCESS && got_sel->count == 1 && got_sel->pcrSelections[0].hash == TPM2_ALG_SHA256)
+            for (unsigned i = 0; i < 3; i++)
+                got |= (uint32_t)got_sel->pcrSelections[0].pcrSelect[i] << (8 * i);
+        size_t k = 0;
+        for (unsigned i = 0; i < 24 && rc == TSS2_RC_SUCCESS; i++)
+            if ((got & (1u << i)) && k < digests->count && digests->digests[k].size == 32)
+                memcpy(values[i], digests->digests[k++].buffer, 32);
+        bool ok = rc == TSS2_RC_SUCCESS && got != 0 && (got & ~mask) == 0 && k == (size_t)__builtin_popcount(got);
+        sym_Esys_Free(got_sel);
+        sym_Esys_Free(digests);
+        if (!ok) {
+            r = rc != TSS2_RC_SUCCESS ? kfa_tpm_error(err, "reading the PCRs", rc)
+                                      : kf_err_set(err, -EIO, "TPM2_PCR_Read: the TPM has no SHA-256 bank for these PCRs");
+            goto out;
+        }
+        have |= got;
+    }
+    for (unsigned i = 0; i < 24; i++)
+        if (mask & (1u << i)) {
+            memcpy(ret->values + ret->values_len, values[i], 32);
+            ret->values_len += 32;
+        }
+    r = have == mask ? 0 : kf_err_set(err, -EIO, "TPM2_PCR_Read did not return every PCR");
+out:
+    sym_Esys_Free(ak_pub);
+    sym_Esys_Free(quoted);
+    sym_Esys_Free(sig);
+    kfa_tpm_close(&t);
+    return r;
+}

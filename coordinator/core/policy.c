@@ -36,6 +36,7 @@ typedef struct rule {
     uint64_t pending_ttl_ms;
     bool offline_fallback;
     bool require_tpm_key; /* require: [tpm_key]: only a node whose certificate vouches for a TPM key */
+    bool require_attested; /* require: [attested]: a quote matching the node's accepted PCR values */
     uint32_t per_minute, burst;
 } rule;
 
@@ -251,12 +252,14 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     for (size_t i = 0; rc == 0 && i < sec.require.n; i++) {
         if (strcmp(sec.require.v[i], "tpm_key") == 0)
             r->require_tpm_key = true;
+        else if (strcmp(sec.require.v[i], "attested") == 0)
+            r->require_attested = true;
         else
             rc = kf_yaml_error(doc, key_node(node, "require"), err,
-                               "unknown requirement '%.64s' (known: tpm_key)", sec.require.v[i]);
+                               "unknown requirement '%.64s' (known: tpm_key, attested)", sec.require.v[i]);
     }
     kf_strlist_free(&sec.require);
-    if (rc == 0 && r->require_tpm_key && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
+    if (rc == 0 && (r->require_tpm_key || r->require_attested) && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
         rc = kf_yaml_error(doc, key_node(node, "require"), err, "require only makes sense with effect: allow");
     if (rc != 0) {
         free(sec.effect);
@@ -520,6 +523,20 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
                              "[tpm_key]) and node '%s' authenticated with a key its certificate does not vouch "
                              "is in a TPM",
                              i + 1, r->name, why, in->node);
+            (void)n;
+            return;
+        }
+        if (r->allow && r->require_attested && !in->attested) {
+            /* A quote by the node's AK over PCRs that match its accepted values, for this very
+             * request and connection: otherwise what booted is not what was enrolled. */
+            ret->allow = false;
+            ret->offline_fallback = false;
+            ret->approvals = 0;
+            ret->require_totp = ret->auto_approved = false;
+            int n = snprintf(ret->explanation, sizeof(ret->explanation),
+                             "rule %zu '%s' decides (%s): deny: it requires measured-boot attestation (require: "
+                             "[attested]): %s",
+                             i + 1, r->name, why, in->attest_why != NULL ? in->attest_why : "no quote");
             (void)n;
             return;
         }

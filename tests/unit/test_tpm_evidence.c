@@ -267,13 +267,182 @@ static void certify_signature(void **state)
     X509_STORE_free(s);
 }
 
+/* ---- quotes (part 3) ---- */
+
+typedef struct quote {
+    unsigned char ak_pub[256], quoted[512], sig[128], values[24 * 32];
+    size_t ak_len, quoted_len, sig_len, values_len;
+    char ak_hex[65];
+} quote;
+
+/* A quote over mask with PCR i = i+1 repeated (PCR 4 = bump), qualifying data q, AK signer
+ * (its public area: ak_named), in the SHA-256 bank unless bank says otherwise. */
+static void make_quote(quote *o, uint32_t mask, unsigned char bump, const unsigned char q[32], EVP_PKEY *signer,
+                       EVP_PKEY *ak_named, unsigned bank)
+{
+    memset(o, 0, sizeof(*o));
+    o->ak_len = soft_ecc_public(ak_named, SOFT_AK_ATTRS, 1, o->ak_pub, sizeof(o->ak_pub));
+    unsigned char d[32];
+    SHA256(o->ak_pub, o->ak_len, d);
+    for (int i = 0; i < 32; i++)
+        snprintf(o->ak_hex + 2 * i, 3, "%02x", d[i]);
+    for (unsigned i = 0; i < 24; i++)
+        if (mask & (1u << i)) {
+            memset(o->values + o->values_len, (int)(i + 1 + (i == 4 ? bump : 0)), 32);
+            o->values_len += 32;
+        }
+    unsigned char name[34], digest[32];
+    soft_name(o->ak_pub, o->ak_len, name);
+    SHA256(o->values, o->values_len, digest);
+    wr w = {o->quoted, sizeof(o->quoted), 0};
+    soft_attest_head(&w, 0x8018, name, q, 32, 1);
+    w32(&w, 1);
+    w16(&w, bank);
+    w8(&w, 3);
+    w8(&w, mask & 0xff);
+    w8(&w, (mask >> 8) & 0xff);
+    w8(&w, (mask >> 16) & 0xff);
+    w2b(&w, digest, 32);
+    o->quoted_len = w.len;
+    o->sig_len = soft_sign(signer, o->quoted, o->quoted_len, o->sig, sizeof(o->sig));
+}
+
+static int check_quote(const quote *o, const char *ak_hex, const unsigned char q[32], kf_tpm_pcrs *ret, char *msg,
+                       size_t cap)
+{
+    kf_err err = {0};
+    int r = kf_tpm_quote_verify(o->ak_pub, o->ak_len, ak_hex, o->quoted, o->quoted_len, o->sig, o->sig_len,
+                                o->values, o->values_len, q, ret, &err);
+    snprintf(msg, cap, "%s", err.msg);
+    return r;
+}
+
+static void quote_checks(void **state)
+{
+    (void)state;
+    unsigned char exporter[32], other_exporter[32], eph[32], q[32], q_replay[32], q_other_req[32];
+    memset(exporter, 0x11, 32);
+    memset(other_exporter, 0x22, 32);
+    memset(eph, 0x33, 32);
+    kf_tpm_quote_qualifying(exporter, "Release", "vol-1", eph, 32, "", q);
+    kf_tpm_quote_qualifying(other_exporter, "Release", "vol-1", eph, 32, "", q_replay);
+    kf_tpm_quote_qualifying(exporter, "Release", "vol-2", eph, 32, "", q_other_req);
+    assert_memory_not_equal(q, q_replay, 32);
+    assert_memory_not_equal(q, q_other_req, 32);
+    quote o;
+    kf_tpm_pcrs got;
+    char msg[512];
+    make_quote(&o, KF_TPM_DEFAULT_PCRS, 0, q, F.ak, F.ak, 0x000b);
+    assert_int_equal(check_quote(&o, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    assert_int_equal(got.mask, KF_TPM_DEFAULT_PCRS);
+    assert_int_equal(got.values[7][0], 8);
+
+    /* Replayed on another connection (another exporter), or on another request. */
+    assert_int_equal(check_quote(&o, o.ak_hex, q_replay, &got, msg, sizeof(msg)), -EACCES);
+    assert_non_null(strstr(msg, "not for this request and connection"));
+    assert_int_equal(check_quote(&o, o.ak_hex, q_other_req, &got, msg, sizeof(msg)), -EACCES);
+
+    /* Another TPM's AK: its own public area does not match the certificate's AK digest. */
+    quote other;
+    make_quote(&other, KF_TPM_DEFAULT_PCRS, 0, q, F.key, F.key, 0x000b);
+    assert_int_equal(check_quote(&other, o.ak_hex, q, &got, msg, sizeof(msg)), -EACCES);
+    assert_non_null(strstr(msg, "signed by another AK"));
+    /* ... or the registered AK's public area with another key's signature. */
+    make_quote(&other, KF_TPM_DEFAULT_PCRS, 0, q, F.key, F.ak, 0x000b);
+    assert_int_equal(check_quote(&other, o.ak_hex, q, &got, msg, sizeof(msg)), -EACCES);
+    assert_non_null(strstr(msg, "signature does not verify"));
+
+    /* PCR values that are not the quoted ones. */
+    quote bad = o;
+    bad.values[4 * 32 / 4] ^= 1;
+    bad.values[64] ^= 1;
+    assert_int_equal(check_quote(&bad, o.ak_hex, q, &got, msg, sizeof(msg)), -EACCES);
+    assert_non_null(strstr(msg, "do not match the quoted digest"));
+    bad = o;
+    bad.values_len -= 32;
+    assert_int_equal(check_quote(&bad, o.ak_hex, q, &got, msg, sizeof(msg)), -EINVAL);
+
+    /* The SHA-1 bank is not accepted. */
+    make_quote(&other, KF_TPM_DEFAULT_PCRS, 0, q, F.ak, F.ak, 0x0004);
+    assert_int_equal(check_quote(&other, o.ak_hex, q, &got, msg, sizeof(msg)), -EINVAL);
+
+    /* A certificate without an AK digest. */
+    assert_int_equal(check_quote(&o, "", q, &got, msg, sizeof(msg)), -EACCES);
+}
+
+static void quote_garbage(void **state)
+{
+    (void)state;
+    unsigned char q[32] = {1};
+    quote o;
+    make_quote(&o, KF_TPM_DEFAULT_PCRS, 0, q, F.ak, F.ak, 0x000b);
+    kf_tpm_pcrs got;
+    char msg[512];
+    /* Every truncation and every single-bit flip of the attestation, the signature and the AK's
+     * public area is refused (and never crashes, under ASan). */
+    for (size_t n = 0; n < o.quoted_len; n++) {
+        quote t = o;
+        t.quoted_len = n;
+        assert_int_not_equal(check_quote(&t, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    }
+    for (size_t i = 0; i < o.quoted_len * 8; i++) {
+        quote t = o;
+        t.quoted[i / 8] ^= (unsigned char)(1u << (i % 8));
+        assert_int_not_equal(check_quote(&t, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    }
+    for (size_t i = 0; i < o.sig_len * 8; i++) {
+        quote t = o;
+        t.sig[i / 8] ^= (unsigned char)(1u << (i % 8));
+        assert_int_not_equal(check_quote(&t, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    }
+    for (size_t n = 0; n < o.sig_len; n++) {
+        quote t = o;
+        t.sig_len = n;
+        assert_int_not_equal(check_quote(&t, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    }
+    for (size_t i = 0; i < o.ak_len * 8; i++) {
+        quote t = o;
+        t.ak_pub[i / 8] ^= (unsigned char)(1u << (i % 8));
+        assert_int_not_equal(check_quote(&t, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    }
+}
+
+static void pcr_diff_and_text(void **state)
+{
+    (void)state;
+    unsigned char q[32] = {0};
+    quote a, b;
+    make_quote(&a, KF_TPM_DEFAULT_PCRS, 0, q, F.ak, F.ak, 0x000b);
+    make_quote(&b, KF_TPM_DEFAULT_PCRS, 9, q, F.ak, F.ak, 0x000b);
+    kf_tpm_pcrs pa, pb, back;
+    char msg[512];
+    assert_int_equal(check_quote(&a, a.ak_hex, q, &pa, msg, sizeof(msg)), 0);
+    assert_int_equal(check_quote(&b, b.ak_hex, q, &pb, msg, sizeof(msg)), 0);
+    assert_int_equal(kf_tpm_pcrs_diff(&pa, &pa), 0);
+    assert_int_equal(kf_tpm_pcrs_diff(&pa, &pb), 1u << 4);
+    kf_tpm_pcrs fewer = pa;
+    fewer.mask &= ~(1u << 7);
+    assert_int_equal(kf_tpm_pcrs_diff(&pa, &fewer), 1u << 7);
+    char text[KF_TPM_PCRS_TEXT_MAX], list[64];
+    kf_tpm_pcrs_format(&pb, text);
+    assert_int_equal(kf_tpm_pcrs_parse(text, &back), 0);
+    assert_int_equal(kf_tpm_pcrs_diff(&pb, &back), 0);
+    assert_int_equal(kf_tpm_pcrs_parse("", &back), -EINVAL);
+    assert_int_equal(kf_tpm_pcrs_parse("4=00", &back), -EINVAL);
+    assert_int_equal(kf_tpm_pcrs_parse("24=0000000000000000000000000000000000000000000000000000000000000000", &back),
+                     -EINVAL);
+    kf_tpm_pcr_list(KF_TPM_DEFAULT_PCRS, list, sizeof(list));
+    assert_string_equal(list, "0,2,4,7");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(good_evidence_verifies), cmocka_unit_test(ak_attributes),
         cmocka_unit_test(key_attributes),         cmocka_unit_test(ek_template),
         cmocka_unit_test(ek_cert_profile),        cmocka_unit_test(ek_cert_chain),
-        cmocka_unit_test(certify_signature),
+        cmocka_unit_test(certify_signature),      cmocka_unit_test(quote_checks),
+        cmocka_unit_test(quote_garbage),          cmocka_unit_test(pcr_diff_and_text),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
