@@ -37,6 +37,7 @@ typedef struct kfa_quote {
     size_t sig_len;
     unsigned char values[24 * 32];
     size_t values_len;
+    unsigned char nonce[32]; /* the qualifying data (filled by the caller, sent for diagnosis) */
 } kfa_quote;
 int kfa_tpm_quote(const char *tcti, uint32_t mask, const unsigned char q[32], kfa_quote *ret, kf_err *err);
 

@@ -925,24 +925,29 @@ int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *
                         const unsigned char *pcr_values, size_t values_len, const unsigned char q[32],
                         kf_tpm_pcrs *ret, kf_err *err)
 {
+    /* Structure first (garbage is -EINVAL, whoever sent it), then what it proves. */
     unsigned char want[32], got[32];
-    if (unhex32(ak_digest_hex, want) != 0)
-        return kf_err_set(err, -EACCES, "the node's certificate names no attestation key");
     if (ak_len == 0 || ak_len > 512)
         return kf_err_set(err, -EINVAL, "the quote's AK public area is missing or too large");
-    SHA256(ak_pub, ak_len, got);
-    if (CRYPTO_memcmp(want, got, 32) != 0)
-        return kf_err_set(err, -EACCES, "the quote is signed by another AK than the one the node's certificate names");
     tpm_public ak;
     int r = parse_public(ak_pub, ak_len, "AK", &ak, err);
     if (r != 0)
         return r;
-    if (!ak_ok(&ak))
-        return kf_err_set(err, -EACCES, "the AK is not a restricted ECDSA-SHA256 signing key made in and fixed to the TPM");
     uint32_t mask = 0;
     const unsigned char *digest = NULL;
     if ((r = parse_quote(quoted, quoted_len, q, &mask, &digest, err)) != 0)
         return r;
+    size_t n = (size_t)__builtin_popcount(mask);
+    if (values_len != 32 * n)
+        return kf_err_set(err, -EINVAL, "the quote selects %zu PCRs and %zu bytes of values came with it", n,
+                          values_len);
+    if (unhex32(ak_digest_hex, want) != 0)
+        return kf_err_set(err, -EACCES, "the node's certificate names no attestation key");
+    SHA256(ak_pub, ak_len, got);
+    if (CRYPTO_memcmp(want, got, 32) != 0)
+        return kf_err_set(err, -EACCES, "the quote is signed by another AK than the one the node's certificate names");
+    if (!ak_ok(&ak))
+        return kf_err_set(err, -EACCES, "the AK is not a restricted ECDSA-SHA256 signing key made in and fixed to the TPM");
     EVP_PKEY *key = ec_key(&ak);
     if (key == NULL)
         return kf_err_set(err, -EINVAL, "the AK is not a usable P-256 public key");
@@ -950,10 +955,6 @@ int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *
     EVP_PKEY_free(key);
     if (r != 0)
         return r;
-    size_t n = (size_t)__builtin_popcount(mask);
-    if (values_len != 32 * n)
-        return kf_err_set(err, -EINVAL, "the quote selects %zu PCRs and %zu bytes of values came with it", n,
-                          values_len);
     SHA256(pcr_values, values_len, got);
     if (CRYPTO_memcmp(got, digest, 32) != 0)
         return kf_err_set(err, -EACCES, "the PCR values sent do not match the quoted digest");

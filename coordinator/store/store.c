@@ -114,7 +114,8 @@ static const char *const sql[ST_COUNT] = {
     [ST_ATTEST_GET] = "SELECT accepted, accepted_at, accepted_by, seen, seen_at FROM node_attest WHERE node = ?",
     [ST_ATTEST_ACCEPT] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
-                         "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by",
+                         "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by, "
+                         "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END",
     /* Trust on first use: only when the node has no accepted values. */
     [ST_ATTEST_TOFU] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, 'tofu') "
                        "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
