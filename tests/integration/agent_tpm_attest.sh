@@ -203,5 +203,26 @@ cp "$WORK/a/n1.crt" "$WORK/thief/n1.crt"
 out=$("$AGENT" -c "$WORK/thief/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "n1's key, certificate and config on another machine get no key" "$out" "TPM refused to load the key"
 expect_eq "no TPM object is left loaded" "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
+# Accepting new values is an operator change: under admin.approvers it waits for a second operator.
+issue "$F" operator op2
+put_policy "$F" <<'YAML'
+admin: {approvers: 2}
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+YAML
+TPM2TOOLS_TCTI="$TCTI_A" tpm2_pcrextend 7:sha256=$(printf 'secure boot db update' | sha256sum | cut -c1-64) >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "PCR 7 changed (a Secure Boot update): denied, naming PCR 7" "$out" "permission_denied.*PCR 7 changed"
+out=$(ctl "$F" node attest accept n1 2>&1)
+expect_match "under admin.approvers: 2, attest accept is held for a second operator" "$out" "held as request [0-9a-f]+: 2 approvals needed"
+R=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and until then the node stays denied" "$out" "permission_denied.*PCR 7 changed"
+ctl_as "$F" op2 approve "$R" >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "once a second operator approves, the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
 check_sanitizers
 finish

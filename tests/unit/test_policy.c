@@ -163,6 +163,38 @@ static void test_validation_errors(void **state)
  * node may only have with approval: the stricter decision wins. */
 /* require: [tpm_key]: the rule allows only a caller whose certificate vouches for a TPM key; any
  * other caller is denied by that rule (not passed on to a looser rule below it). */
+/* require: [attested]: only a request whose quote matched the node's accepted PCR values; the
+ * denial says why (the changed PCRs) and no looser rule below takes the request. */
+static void test_require_attested(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("rules:\n"
+                             "  - name: measured\n"
+                             "    match: {nodes: {names: [\"srv-*\"]}}\n"
+                             "    effect: allow\n"
+                             "    require: [tpm_key, attested]\n"
+                             "  - name: everyone\n"
+                             "    match: {nodes: {names: [\"*\"]}}\n"
+                             "    effect: allow\n");
+    kfd_policy_input in = {.node = "srv-1", .volume_id = "vol-a", .now = NOON, .tpm_key = true, .attested = true};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_true(d.allow);
+    in.attested = false;
+    in.attest_why = "PCR 4 changed since the values accepted";
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    assert_string_equal(d.rule, "measured");
+    assert_non_null(strstr(d.explanation, "requires measured-boot attestation"));
+    assert_non_null(strstr(d.explanation, "PCR 4 changed"));
+    in.attested = true;
+    in.tpm_key = false;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    kfd_policy_free(p);
+    parse_bad("rules:\n  - name: a\n    effect: deny\n    require: [attested]\n", "require only makes sense");
+}
+
 static void test_require_tpm_key(void **state)
 {
     (void)state;
@@ -249,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_release_of_another_nodes_volume),
         cmocka_unit_test(test_require_tpm_key),
+        cmocka_unit_test(test_require_attested),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
