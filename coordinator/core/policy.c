@@ -479,6 +479,16 @@ static bool rule_matches(const kfd_policy *p, const rule *r, const kfd_policy_in
     return true;
 }
 
+/* A rule that matched but whose requirement (require: [...]) the caller does not meet denies,
+ * with nothing of the allow left over. */
+static void deny_unmet(kfd_policy_decision *ret)
+{
+    ret->allow = false;
+    ret->offline_fallback = false;
+    ret->approvals = 0;
+    ret->require_totp = ret->auto_approved = false;
+}
+
 static bool in_window(int from, int to, int64_t now)
 {
     if (from < 0)
@@ -512,10 +522,7 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         if (r->allow && r->require_tpm_key && !in->tpm_key) {
             /* The rule is for this node and volume, but only with a TPM-bound key: a copied
              * key file (a stolen disk's initramfs) must not pass on a fall-through rule. */
-            ret->allow = false;
-            ret->offline_fallback = false;
-            ret->approvals = 0;
-            ret->require_totp = ret->auto_approved = false;
+            deny_unmet(ret);
             /* A long rule name or match reason is cut, never the verdict's start (the return
              * value is taken so that GCC's truncation check knows it is expected). */
             int n = snprintf(ret->explanation, sizeof(ret->explanation),
@@ -529,10 +536,7 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         if (r->allow && r->require_attested && !in->attested) {
             /* A quote by the node's AK over PCRs that match its accepted values, for this very
              * request and connection: otherwise what booted is not what was enrolled. */
-            ret->allow = false;
-            ret->offline_fallback = false;
-            ret->approvals = 0;
-            ret->require_totp = ret->auto_approved = false;
+            deny_unmet(ret);
             int n = snprintf(ret->explanation, sizeof(ret->explanation),
                              "rule %zu '%s' decides (%s): deny: it requires measured-boot attestation (require: "
                              "[attested]): %s",

@@ -126,6 +126,20 @@ static void on_deny_committed(void *arg, int status, const kfd_apply_result *res
     kfd_op_free(d);
 }
 
+/* Commits cmd, a denial's audit record (with what else it records), then answers code and
+ * message once it is durable. */
+static void commit_deny(kfd_call *call, Keyfleet__V1__StateCommand *cmd, kf_connect_code code, const char *message)
+{
+    deny_op *d = kfd_op_new(call, sizeof(*d));
+    if (d == NULL) {
+        kfd_call_error(call, code, "%s", message);
+        return;
+    }
+    d->code = code;
+    snprintf(d->message, sizeof(d->message), "%s", message);
+    kfd_commit(kfd_call_app(call), cmd, on_deny_committed, d);
+}
+
 static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decision decision, const char *volume_id,
                          const char *request_id, kf_connect_code code, const char *message)
 {
@@ -136,14 +150,7 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
     cmd.append_audit = &c;
-    deny_op *d = kfd_op_new(call, sizeof(*d));
-    if (d == NULL) {
-        kfd_call_error(call, code, "%s", message);
-        return;
-    }
-    d->code = code;
-    snprintf(d->message, sizeof(d->message), "%s", message);
-    kfd_commit(kfd_call_app(call), &cmd, on_deny_committed, d);
+    commit_deny(call, &cmd, code, message);
 }
 
 /* A denial under require: [attested] whose quote held but whose PCR values are not the accepted
@@ -163,14 +170,7 @@ static void deny_attest(kfd_call *call, const char *volume_id, const char *reque
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
     cmd.attest = &c;
-    deny_op *d = kfd_op_new(call, sizeof(*d));
-    if (d == NULL) {
-        kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED, "%s", message);
-        return;
-    }
-    d->code = KF_CONNECT_PERMISSION_DENIED;
-    snprintf(d->message, sizeof(d->message), "%s", message);
-    kfd_commit(kfd_call_app(call), &cmd, on_deny_committed, d);
+    commit_deny(call, &cmd, KF_CONNECT_PERMISSION_DENIED, message);
 }
 
 /* The request's quote, evaluated (rpc_attest.h); false when the call was answered (malformed
