@@ -87,8 +87,13 @@ static int login(kfa_ctx *ctx, kf_err *err)
 
 int kfa_client(kfa_ctx *ctx, kf_err *err)
 {
-    if (ctx->client != NULL && !kf_rpc_client_usable(ctx->client))
-        kfa_client_close_for_tpm(ctx); /* its TPM key was let go of for a quote, and its connection is gone */
+    char prefer[256] = "";
+    if (ctx->client != NULL && !kf_rpc_client_usable(ctx->client)) {
+        /* Its TPM key was let go of for a quote, and its connection is gone: a new client, sent
+         * where the old one would have gone (the leader a follower named). */
+        snprintf(prefer, sizeof(prefer), "%s", kf_rpc_client_current(ctx->client));
+        kfa_client_close_for_tpm(ctx);
+    }
     if (ctx->client != NULL)
         return 0;
     kf_rpc_opts opts = {
@@ -101,7 +106,10 @@ int kfa_client(kfa_ctx *ctx, kf_err *err)
         .ca_file = ctx->cfg->ca,
         .timeout_ms = (long)ctx->cfg->call_timeout_ms,
     };
-    return kf_rpc_client_new(&opts, &ctx->client, err);
+    int r = kf_rpc_client_new(&opts, &ctx->client, err);
+    if (r == 0 && prefer[0] != '\0' && kf_rpc_client_prefer(ctx->client, prefer) != 0)
+        r = kf_err_set(err, -ENOMEM, "out of memory");
+    return r;
 }
 
 void kfa_client_close_for_tpm(kfa_ctx *ctx)

@@ -565,6 +565,22 @@ bool kf_rpc_client_usable(const kf_rpc_client *c)
     return !c->tpm_released || (c->conn != NULL && nghttp2_session_want_read(c->conn->h2));
 }
 
+const char *kf_rpc_client_current(const kf_rpc_client *c)
+{
+    return c->servers[c->current];
+}
+
+static int server_index(kf_rpc_client *c, const char *addr);
+
+int kf_rpc_client_prefer(kf_rpc_client *c, const char *server)
+{
+    int i = server_index(c, server);
+    if (i < 0)
+        return -ENOMEM;
+    c->current = (size_t)i;
+    return 0;
+}
+
 int kf_rpc_client_identity(const kf_rpc_client *c, kf_identity *ret, kf_err *err)
 {
     X509 *cert = SSL_CTX_get0_certificate(c->ctx);

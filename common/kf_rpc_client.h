@@ -73,6 +73,11 @@ int kf_rpc_client_export(kf_rpc_client *c, const char *label, unsigned char *out
 void kf_rpc_client_release_tpm(kf_rpc_client *c);
 /* false when the client released its TPM key and has no open connection: make a new one. */
 bool kf_rpc_client_usable(const kf_rpc_client *c);
+/* The server the next call tries first (the last that answered, or the leader a follower named),
+ * and making a server (added when new) the first to try: so a new client goes where the old one
+ * would have. 0 or -ENOMEM. */
+const char *kf_rpc_client_current(const kf_rpc_client *c);
+int kf_rpc_client_prefer(kf_rpc_client *c, const char *server);
 
 /* GET path (e.g. "/readyz"); the body is returned NUL-terminated (malloc'ed). */
 int kf_rpc_get(kf_rpc_client *c, const char *path, long *ret_status, char **ret_body, kf_err *err);
