@@ -67,6 +67,8 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
         snprintf(ret->why, sizeof(ret->why), "the quote does not hold: %.200s", err.msg);
         return 0;
     }
+    ret->quote_valid = true;
+    ret->quoted = got;
     kfd_attest_record rec;
     r = kfd_store_get_attest(kfd_call_app(call)->store, call->peer->name, &rec);
     if (r != 0 && r != -ENOENT)

@@ -15,6 +15,8 @@ typedef struct kfd_attest_eval {
     char why[320];    /* when not attested: why, naming changed PCRs */
     char seen[KF_TPM_PCRS_TEXT_MAX]; /* a valid quote's values when they are not (yet) accepted */
     bool no_baseline; /* valid quote, and the node has no accepted values yet */
+    bool quote_valid; /* the quote held (steps 1-5 of docs/attestation.md); quoted holds its values */
+    kf_tpm_pcrs quoted;
 } kfd_attest_eval;
 
 /* Evaluates quote (NULL: none) for the request method/volume_id/eph/request_id on call's TLS

@@ -466,7 +466,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
     labels_from_json(&ls, existing->labels_json);
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = existing->id,
                            .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now,
-                           .attested = att->attested, .attest_why = att->why};
+                           .attested = att->attested, .attest_why = att->why, .quoted = att->quote_valid ? &att->quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(kfd_call_app(call)->policy, &in, &decision);
     json_decref(ls.json);
@@ -543,7 +543,7 @@ void kfd_rpc_enroll(kfd_call *call)
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = req->volume->id,
                            .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
                            .now = time(NULL), .enrolling = true, .attested = att.attested || att.no_baseline,
-                           .attest_why = att.why};
+                           .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(app->policy, &in, &decision);
     if (!decision.allow) {
@@ -881,7 +881,7 @@ void kfd_rpc_release(kfd_call *call)
     labels_from_json(&ls, vol.labels_json);
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = vol.id,
                            .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL),
-                           .attested = att.attested, .attest_why = att.why};
+                           .attested = att.attested, .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
     json_decref(ls.json);
     if (!decision.allow && att.seen[0] != '\0') {
