@@ -161,7 +161,11 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
     char request_id[33];
     enroll_request_id(ctx->me.name, v.id, request_id);
     kf_rpc_status st;
-    if (kf_node_enroll(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, lp, n_labels, request_id, &e, &st, &err) != 0)
+    kfa_quote q;
+    Keyfleet__V1__TpmQuote quote;
+    int a = kfa_attest(ctx, "Enroll", v.id, request_id, &q, &quote, &err);
+    if (a < 0 || kf_node_enroll(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, lp, n_labels, request_id,
+                                a == 0 ? &quote : NULL, &e, &st, &err) != 0)
         goto out;
     if (st.code != KF_CONNECT_OK) {
         kf_err_set(&err, -EACCES, "coordinator refused: %s: %s", kf_connect_code_name(st.code), st.message);

@@ -30,6 +30,7 @@
 #include "kf_hostport.h"
 #include "kf_secmem.h"
 #include "kf_tls.h"
+#include "kf_tpmkey.h"
 
 #define RESPONSE_MAX (16u << 20)
 #define MAX_REDIRECTS 2
@@ -50,6 +51,8 @@ struct kf_rpc_client {
     long timeout_ms;
     kf_secbuf *bearer; /* "Bearer TOKEN" */
     conn *conn;        /* the one long-lived connection, or NULL */
+    bool pinned;       /* the next call must use conn as it is (kf_rpc_client_export) */
+    bool tpm_released; /* the TPM key was let go of: no new connections */
 };
 
 /* One request/response exchange on a stream. */
@@ -280,6 +283,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t stream_id, uint8_t *buf, si
 static int open_conn(kf_rpc_client *c, size_t server, uint64_t deadline, kf_err *err)
 {
     const char *name = c->servers[server];
+    if (c->tpm_released)
+        return kf_err_set(err, -ENOKEY, "%s: the client's TPM key was released; a new client must connect", name);
     char host[256], port[16];
     if (!kf_hostport_split(name, host, sizeof(host), port, sizeof(port)))
         return kf_err_set(err, -EINVAL, "%s: not host:port", name);
@@ -424,10 +429,24 @@ static int exchange(kf_rpc_client *c, const char *path, bool post, call *x, uint
 static int perform(kf_rpc_client *c, size_t server, const char *path, const uint8_t *body, size_t body_len,
                    bool post, call *x, kf_err *err)
 {
+    /* With c->pinned (kf_rpc_client_export): the open connection only, once. */
     const char *name = c->servers[server];
     uint64_t deadline = kf_monotonic_ms() + (uint64_t)c->timeout_ms;
     if (c->conn != NULL && (c->conn->server != server || !nghttp2_session_want_read(c->conn->h2)))
         drop_conn(c);
+    if (c->pinned) {
+        /* Bound to the connection the caller exported from: that one, once, or nothing. */
+        if (c->conn == NULL)
+            return kf_err_set(err, -ECONNRESET, "%s: the connection the request is bound to was lost", name);
+        free(x->data);
+        *x = (call){.body = body, .body_len = body_len};
+        int r = exchange(c, path, post, x, deadline);
+        if (r != 0) {
+            drop_conn(c);
+            return kf_err_set(err, -ECONNRESET, "%s: connection lost: %s", name, strerror(-r));
+        }
+        return 0;
+    }
     /* A reused connection may have been closed by the server while idle: one fresh attempt. */
     for (int attempt = 0; attempt < 2; attempt++) {
         bool reused = c->conn != NULL;
@@ -521,6 +540,47 @@ int kf_rpc_client_connect(kf_rpc_client *c, kf_err *err)
     return r;
 }
 
+int kf_rpc_client_export(kf_rpc_client *c, const char *label, unsigned char *out, size_t len, kf_err *err)
+{
+    int r = kf_rpc_client_connect(c, err);
+    if (r != 0)
+        return r;
+    if (SSL_export_keying_material(c->conn->ssl, out, len, label, strlen(label), NULL, 0, 0) != 1)
+        return kf_err_openssl(err, -EIO, "TLS exporter");
+    c->pinned = true;
+    return 0;
+}
+
+void kf_rpc_client_release_tpm(kf_rpc_client *c)
+{
+    kf_tpmkey_detach(SSL_CTX_get0_privatekey(c->ctx));
+    if (c->conn != NULL)
+        kf_tpmkey_detach(SSL_get_privatekey(c->conn->ssl));
+    kf_tpmkey_unload();
+    c->tpm_released = true;
+}
+
+bool kf_rpc_client_usable(const kf_rpc_client *c)
+{
+    return !c->tpm_released || (c->conn != NULL && nghttp2_session_want_read(c->conn->h2));
+}
+
+const char *kf_rpc_client_current(const kf_rpc_client *c)
+{
+    return c->servers[c->current];
+}
+
+static int server_index(kf_rpc_client *c, const char *addr);
+
+int kf_rpc_client_prefer(kf_rpc_client *c, const char *server)
+{
+    int i = server_index(c, server);
+    if (i < 0)
+        return -ENOMEM;
+    c->current = (size_t)i;
+    return 0;
+}
+
 int kf_rpc_client_identity(const kf_rpc_client *c, kf_identity *ret, kf_err *err)
 {
     X509 *cert = SSL_CTX_get0_certificate(c->ctx);
@@ -544,12 +604,36 @@ static int server_index(kf_rpc_client *c, const char *addr)
     return (int)c->n_servers++;
 }
 
+static int perform_pinned(kf_rpc_client *c, size_t server, const char *path, const uint8_t *body, size_t body_len,
+                          bool post, call *x, kf_err *err)
+{
+    c->pinned = true;
+    int r = perform(c, server, path, body, body_len, post, x, err);
+    c->pinned = false;
+    return r;
+}
+
 /* Tries each server, starting with the one that answered last, and follows a leader hint (an
  * `unavailable` answer naming the leader) at most MAX_REDIRECTS times. */
 static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size_t body_len, bool post, call *x,
                    char *ret_server, size_t server_size, kf_err *err)
 {
     int r = -ECONNREFUSED, redirects = 0;
+    if (c->pinned) {
+        c->pinned = false;
+        size_t i = c->conn != NULL ? c->conn->server : c->current;
+        if ((r = perform_pinned(c, i, path, body, body_len, post, x, err)) != 0)
+            return r;
+        snprintf(ret_server, server_size, "%s", c->servers[i]);
+        int next;
+        if (x->status == 503 && x->leader[0] != '\0' && strcmp(x->leader, c->servers[i]) != 0 &&
+            (next = server_index(c, x->leader)) >= 0) {
+            /* A follower: the caller's next (rebuilt) request goes to the leader. */
+            drop_conn(c);
+            c->current = (size_t)next;
+        }
+        return 0;
+    }
     for (size_t k = 0; k < c->n_servers; k++) {
         size_t i = (c->current + k) % c->n_servers;
         r = perform(c, i, path, body, body_len, post, x, err);

@@ -28,6 +28,7 @@ static void usage(FILE *f)
                "  audit prove REQUEST_ID | verify-proof FILE | prove-consistency OLD [NEW] | verify-consistency FILE\n"
                "  policy get | put FILE | check NODE VOLUME_ID [--source IP]\n"
                "  node revoke NAME [REASON]\n"
+               "  node attest show|accept NAME [--totp CODE]  measured-boot PCR values: show, accept the last quoted\n"
                "  kms rotate           new KMS key version for new wraps\n"
                "  cluster status | cluster add NAME --raft HOST:PORT --rpc HOST:PORT | cluster remove NAME\n"
                "  approle create NAME --node NODE [--cidr C]... [--token-ttl D] [--secret-id-ttl D]\n"

@@ -6,6 +6,7 @@
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "rpc/rpc_admin.h"
+#include "rpc/rpc_attest.h"
 #include "rpc/rpc_approle.h"
 #include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
@@ -39,6 +40,8 @@ const kfd_method kfd_methods[] = {
     ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy, W),
     ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy, R),
     ADMIN("RevokeNode", revoke_node_request, kfd_rpc_revoke_node, W),
+    ADMIN("GetNodeAttestation", get_node_attestation_request, kfd_rpc_get_node_attestation, R),
+    ADMIN("AcceptNodeAttestation", accept_node_attestation_request, kfd_rpc_accept_node_attestation, W),
     ADMIN("CreateRole", create_role_request, kfd_rpc_create_role, W),
     ADMIN("GetRole", get_role_request, kfd_rpc_get_role, R),
     ADMIN("CreateSecretId", create_secret_id_request, kfd_rpc_create_secret_id, W),

@@ -6,6 +6,7 @@
 #include <jansson.h>
 
 #include "kf_log.h"
+#include "kf_tpm_evidence.h"
 #include "store/store_internal.h"
 
 /* Each migration moves the schema from version i to i + 1; never edit a shipped one. */
@@ -64,6 +65,11 @@ static const char *const migrations[] = {
     "CREATE TABLE audit_checkpoints (seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, signature BLOB NOT NULL,"
     "  cert BLOB NOT NULL);"
     "CREATE INDEX audit_checkpoints_size ON audit_checkpoints(size);",
+    /* 7: measured-boot records (docs/attestation.md): a node's accepted PCR values (at its first
+     * attested enrollment, or by an operator) and the last quote that did not match them. */
+    "CREATE TABLE node_attest (node TEXT PRIMARY KEY, accepted TEXT NOT NULL DEFAULT '',"
+    "  accepted_at INTEGER NOT NULL DEFAULT 0, accepted_by TEXT NOT NULL DEFAULT '',"
+    "  seen TEXT NOT NULL DEFAULT '', seen_at INTEGER NOT NULL DEFAULT 0);",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -105,6 +111,17 @@ static const char *const sql[ST_COUNT] = {
                       "coalesce(last_released_at, 0) FROM volumes WHERE id = ?",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
+    [ST_ATTEST_GET] = "SELECT accepted, accepted_at, accepted_by, seen, seen_at FROM node_attest WHERE node = ?",
+    [ST_ATTEST_ACCEPT] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
+                         "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by, "
+                         "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END",
+    /* Trust on first use: only when the node has no accepted values. */
+    [ST_ATTEST_TOFU] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, 'tofu') "
+                       "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
+                       "accepted_at = excluded.accepted_at, accepted_by = 'tofu' WHERE node_attest.accepted = ''",
+    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT(node) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at",
     [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at, "
                        "reason = excluded.reason",
@@ -430,6 +447,22 @@ static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, k
     return kfd_store_step_done(s, st, "storing the policy", err);
 }
 
+/* A node's measured-boot record: accepted (by an operator), TOFU, or seen (kf_tpm_pcrs text). */
+static int attest_write(kfd_store *s, int which, const char *node, const char *pcrs,
+                        const Keyfleet__V1__AuditEntry *audit, kf_err *err)
+{
+    kf_tpm_pcrs parsed;
+    if (kf_tpm_pcrs_parse(pcrs, &parsed) != 0)
+        return kf_err_set(err, -EINVAL, "attest command: malformed PCR values");
+    sqlite3_stmt *st = kfd_store_stmt(s, which);
+    kfd_bind_text(st, 1, node);
+    kfd_bind_text(st, 2, pcrs);
+    sqlite3_bind_int64(st, 3, audit != NULL && audit->time != NULL ? audit->time->seconds : 0);
+    if (which == ST_ATTEST_ACCEPT)
+        kfd_bind_text(st, 4, audit != NULL && audit->actor != NULL ? audit->actor->name : "");
+    return kfd_store_step_done(s, st, "recording the node's PCR values", err);
+}
+
 int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
 {
     int r = 0;
@@ -438,6 +471,9 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         r = kfd_store_check_not_revoked(s, cmd->enroll_volume->node, err);
         if (r == 0)
             r = apply_enroll(s, cmd->enroll_volume, err);
+        if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')
+            r = attest_write(s, ST_ATTEST_TOFU, cmd->enroll_volume->node, cmd->enroll_volume->attest_tofu,
+                             cmd->enroll_volume->audit, err);
         if (r == 0)
             r = kfd_store_append_audit(s, cmd->enroll_volume->audit, seq, err);
         return r;
@@ -512,6 +548,15 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         sqlite3_bind_int64(st, 2, c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0);
         kfd_bind_text(st, 3, c->audit != NULL ? c->audit->reason : "");
         if ((r = kfd_store_step_done(s, st, "revoking the node", err)) != 0)
+            return r;
+        return kfd_store_append_audit(s, c->audit, seq, err);
+    }
+    case KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST: {
+        const Keyfleet__V1__CmdAttest *c = cmd->attest;
+        bool accept = strcmp(c->kind, "accept") == 0;
+        if (!accept && strcmp(c->kind, "seen") != 0)
+            return kf_err_set(err, -EINVAL, "attest command of unknown kind '%.32s'", c->kind);
+        if ((r = attest_write(s, accept ? ST_ATTEST_ACCEPT : ST_ATTEST_SEEN, c->node, c->pcrs, c->audit, err)) != 0)
             return r;
         return kfd_store_append_audit(s, c->audit, seq, err);
     }

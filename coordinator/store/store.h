@@ -86,6 +86,17 @@ typedef struct kfd_volume {
 void kfd_volume_clear(kfd_volume *v);
 /* Returns 0, -ENOENT, or -EIO. */
 int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret);
+
+/* A node's measured-boot record (docs/attestation.md): PCR values as kf_tpm_pcrs text. */
+typedef struct kfd_attest_record {
+    char accepted[24 * 68 + 1]; /* empty: none accepted yet */
+    int64_t accepted_at;
+    char accepted_by[128]; /* "tofu" or the operator */
+    char seen[24 * 68 + 1]; /* the last quote that did not match; empty: none */
+    int64_t seen_at;
+} kfd_attest_record;
+/* 0, -ENOENT (no record for the node) or -EIO. */
+int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret);
 int kfd_store_count_volumes(kfd_store *s, uint64_t *ret);
 
 /* Returns 0 and sets *ret_revoked, or -EIO. */

@@ -414,6 +414,79 @@ static void test_request_ids_time_ordered(void **state)
         assert_int_not_equal(strcmp(ids[i - 1], ids[i]), 0);
 }
 
+/* Measured-boot records: the first attested enrollment's values are accepted (TOFU) and a later
+ * enrollment never replaces them; a denial keeps what was seen; an operator's acceptance
+ * replaces the values and clears the seen ones it took; malformed values are refused. */
+static int enroll_attested(kfd_store *s, const char *vid, const char *pcrs)
+{
+    Keyfleet__V1__VolumeRef vol = KEYFLEET__V1__VOLUME_REF__INIT;
+    vol.id = (char *)vid;
+    vol.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    vol.name = (char *)"data";
+    Keyfleet__V1__AuditEntry e = audit("enroll", "n1", "");
+    Keyfleet__V1__CmdEnrollVolume en = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    en.volume = &vol;
+    en.node = (char *)"n1";
+    en.wrapped_key = (char *)"kf:local:v1:xyz";
+    en.audit = &e;
+    en.attest_tofu = (char *)pcrs;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &en;
+    kfd_apply_result res = {0};
+    return kfd_store_apply(s, &cmd, &res, NULL);
+}
+
+static int attest_cmd(kfd_store *s, const char *kind, const char *pcrs)
+{
+    Keyfleet__V1__AuditEntry e = audit("attest", "n1", "");
+    Keyfleet__V1__Principal op = KEYFLEET__V1__PRINCIPAL__INIT;
+    op.name = (char *)"alice";
+    e.actor = &op;
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)"n1";
+    c.kind = (char *)kind;
+    c.pcrs = (char *)pcrs;
+    c.audit = &e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    kfd_apply_result res = {0};
+    kf_err err = {0};
+    return kfd_store_apply(s, &cmd, &res, &err);
+}
+
+#define PCR_A "4=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define PCR_B "4=bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+static void test_attest_records(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("attest.db");
+    kfd_attest_record rec;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), -ENOENT);
+    assert_int_equal(enroll_attested(s, "vol-1", PCR_A), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_A);
+    assert_string_equal(rec.accepted_by, "tofu");
+    /* A later enrollment with other values does not replace them: only the first is trusted. */
+    assert_int_equal(enroll_attested(s, "vol-2", PCR_B), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_A);
+    assert_int_equal(attest_cmd(s, "seen", PCR_B), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_A);
+    assert_string_equal(rec.seen, PCR_B);
+    assert_int_equal(attest_cmd(s, "accept", PCR_B), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_B);
+    assert_string_equal(rec.accepted_by, "alice");
+    assert_string_equal(rec.seen, "");
+    assert_int_equal(attest_cmd(s, "accept", "4=zz"), -EINVAL);
+    assert_int_equal(attest_cmd(s, "other", PCR_A), -EINVAL);
+    kfd_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -425,6 +498,7 @@ int main(void)
         cmocka_unit_test(test_serialize_and_replace),
         cmocka_unit_test(test_snapshot_image_checked),
         cmocka_unit_test(test_request_ids_time_ordered),
+        cmocka_unit_test(test_attest_records),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
