@@ -135,6 +135,9 @@ int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err
                      cp.cluster, &size, root, chain, &sec, &ns, cp.signer);
     if (got != 7)
         return kf_err_set(err, -EINVAL, "not a keyfleet checkpoint (v1)");
+    /* A checkpoint over no records signs nothing (and would index the root before record 1). */
+    if (size == 0)
+        return kf_err_set(err, -EINVAL, "checkpoint signs no records (size 0)");
     cp.size = size;
     cp.seconds = sec;
     cp.nanos = (int32_t)ns;

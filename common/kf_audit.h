@@ -53,7 +53,8 @@ typedef struct kf_checkpoint {
 
 /* The signed text. Returns its length, or -ENOSPC / -EINVAL (a field out of range). */
 int kf_checkpoint_format(const kf_checkpoint *cp, char *buf, size_t size);
-/* Parses a checkpoint text strictly: it must be exactly what kf_checkpoint_format writes. */
+/* Parses a checkpoint text strictly: it must be exactly what kf_checkpoint_format writes, and
+ * sign at least one record (size >= 1). */
 int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err *err);
 
 /* "fleet-" and the first 16 bytes of SHA-256(DER of the fleet CA certificate), in hex. */

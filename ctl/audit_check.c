@@ -205,6 +205,7 @@ struct kfctl_log_check {
     const kfctl_trust *trust;
     uint64_t n;
     bool allow_partial;
+    uint64_t max_unsigned; /* records allowed after the newest checkpoint */
     uint64_t base; /* records before the copy starts (0: it starts at record 1) */
     uint8_t prev[KF_AUDIT_HASH];
     kf_merkle_frontier tree;
@@ -227,12 +228,15 @@ kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
     kfctl_log_check *c = calloc(1, sizeof(*c));
     if (c != NULL) {
         c->trust = t;
+        c->max_unsigned = KFCTL_AUDIT_MAX_UNSIGNED;
         kf_merkle_frontier_init(&c->tree);
     }
     return c;
 }
 
 void kfctl_log_check_allow_partial(kfctl_log_check *c) { c->allow_partial = true; }
+
+void kfctl_log_check_max_unsigned(kfctl_log_check *c, uint64_t n) { c->max_unsigned = n; }
 
 void kfctl_log_check_free(kfctl_log_check *c)
 {
@@ -382,7 +386,7 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
                     c->n + 1, c->n, a.seq);
             return 1;
         }
-        if (s == NULL || strcmp(s->text, a.text) != 0 ||
+        if (s == NULL || strcmp(s->text, a.text) != 0 || a.parsed.size == 0 ||
             (c->base == 0 && CRYPTO_memcmp(c->roots[a.parsed.size - 1], a.parsed.root, KF_AUDIT_HASH) != 0)) {
             fprintf(out,
                     "audit chain BROKEN at record %" PRIu64 ": the log no longer holds the anchored checkpoint "
@@ -390,6 +394,17 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
                     a.parsed.size, a.parsed.size, a.seq);
             return 1;
         }
+    }
+    /* Records after the newest checkpoint are vouched for by nothing signed: an attacker can
+     * edit, add or delete them with the hashes recomputed. The leader signs within 200 ms or
+     * 1000 records, so a longer tail means checkpoints stopped, or records were added. */
+    uint64_t tail = c->n - (c->checkpoints > 0 ? c->newest_cp_seq : c->base);
+    if (tail > c->max_unsigned) {
+        fprintf(out,
+                "audit chain UNSIGNED TAIL: %" PRIu64 " records after %s are not signed by any checkpoint "
+                "(at most %" PRIu64 " expected); they could have been changed with the hashes recomputed\n",
+                tail, c->checkpoints > 0 ? "the newest checkpoint" : "the start", c->max_unsigned);
+        return 1;
     }
     size_t sl = strlen(c->signers);
     if (sl > 0)
@@ -400,7 +415,9 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
     fprintf(out, ", %" PRIu64 " signed checkpoints (by %s)", c->checkpoints, c->checkpoints > 0 ? c->signers : "nobody");
     if (c->checkpoints > 0)
         fprintf(out, "; the newest signs %" PRIu64 " records (%" PRIu64 " after it not yet signed)",
-                c->newest_cp_size, c->n - c->newest_cp_seq);
+                c->newest_cp_size, tail);
+    else if (tail > 0)
+        fprintf(out, "; %" PRIu64 " records not yet signed", tail);
     if (n_anchors > 0)
         fprintf(out, "; %zu anchor%s held", n_anchors, n_anchors == 1 ? "" : "s");
     fprintf(out, "\n");
