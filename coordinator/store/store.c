@@ -530,6 +530,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_revoke_cert(s, cmd->revoke_cert, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT:
         return kfd_store_apply_checkpoint(s, cmd->checkpoint, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK:
+        return kfd_store_apply_head_check(s, cmd->audit_head_check, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:

@@ -154,6 +154,8 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
                  (unsigned long long)cp.size);
     if (why[0] != '\0')
         kfd_store_set_diverged(s, cp.size, why);
+    else if (cp.size >= s->start_head)
+        s->vouched = true;
     /* Recorded either way: every replica's log holds the same entries. */
     Keyfleet__V1__AuditRecord rec;
     entry_record(e, s->tx_head_seq + 1, &rec);
@@ -168,6 +170,29 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         return r;
     s->tx_cp_seq = *seq;
     s->tx_cp_size = cp.size;
+    return 0;
+}
+
+int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadCheck *c, kf_err *err)
+{
+    if (c == NULL || c->id == 0)
+        return kf_err_set(err, -EINVAL, "audit head check incomplete");
+    /* Every replica applies it after the same entries, so honest ones note the same head. */
+    s->check_id = c->id;
+    memset(&s->check_head, 0, sizeof(s->check_head));
+    s->check_head.seq = s->tx_head_seq;
+    memcpy(s->check_head.chain, s->tx_head_hash, KFD_HASH_LEN);
+    kf_merkle_frontier_root(&s->tx_tree, s->check_head.root);
+    s->check_head.checkpoint_seq = s->tx_cp_seq;
+    s->check_head.checkpoint_size = s->tx_cp_size;
+    return 0;
+}
+
+int kfd_store_audit_head_at_check(const kfd_store *s, uint64_t id, kfd_audit_head *ret)
+{
+    if (id == 0 || s->check_id != id)
+        return -ENOENT;
+    *ret = s->check_head;
     return 0;
 }
 
@@ -484,6 +509,7 @@ int kfd_store_load_audit(kfd_store *s, kf_err *err)
     s->cp_seq = sc.cp_seq;
     s->cp_size = sc.cp_size;
     s->start_head = sc.head_seq;
+    s->vouched = false;
     int r = 0;
     if (sc.n_fill > 0) {
         /* Records from before format 2 get their roots once, in one transaction. */
@@ -539,6 +565,8 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
 }
 
 bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > s->cp_size; }
+
+bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diverged_seq == 0; }
 
 uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why)
 {
