@@ -221,6 +221,7 @@ struct kfctl_log_check {
     /* checkpoint records seen: seq and text, for anchors */
     kfctl_cp *seen;
     size_t n_seen;
+    kf_audit_signers who; /* revoked certificates and removed coordinators so far */
 };
 
 kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
@@ -229,6 +230,7 @@ kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
     if (c != NULL) {
         c->trust = t;
         c->max_unsigned = KFCTL_AUDIT_MAX_UNSIGNED;
+        kf_audit_signers_init(&c->who);
         kf_merkle_frontier_init(&c->tree);
     }
     return c;
@@ -247,6 +249,7 @@ void kfctl_log_check_free(kfctl_log_check *c)
     for (size_t i = 0; i < c->n_seen; i++)
         kfctl_cp_clear(&c->seen[i]);
     free(c->seen);
+    kf_audit_signers_free(&c->who);
     free(c);
 }
 
@@ -319,13 +322,18 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
     memcpy(c->prev, hash, KF_AUDIT_HASH);
     c->n++;
     if (strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
-        return true;
+        return kf_audit_signers_note(&c->who, r) == 0 || fail(c, r->seq, "out of memory");
     /* A signed head: valid signature by a coordinator of this fleet, over exactly this tree. */
     kfctl_cp cp;
     char why[300];
     if (kfctl_cp_from_record(r, &cp, why, sizeof(why)) != 0 || kfctl_cp_verify(c->trust, &cp, why, sizeof(why)) != 0) {
         kfctl_cp_clear(&cp);
         return fail(c, r->seq, "checkpoint: %s", why);
+    }
+    kf_err serr = {0};
+    if (kf_audit_signers_check(&c->who, cp.cert, cp.cert_len, &serr) != 0) {
+        kfctl_cp_clear(&cp);
+        return fail(c, r->seq, "checkpoint: %s", serr.msg);
     }
     const kf_checkpoint *p = &cp.parsed;
     /* In a copy that starts late: the chain hash when it holds that record, the root never. */

@@ -43,6 +43,8 @@ struct kfd_checkpointer {
     EVP_PKEY *key;
     uint8_t *cert_der;
     size_t cert_len;
+    char serial[KF_SERIAL_MAX]; /* of cert_der */
+    bool told_revoked;
     X509_STORE *ca;
     char cluster[40];
     bool inflight, closing;
@@ -77,6 +79,10 @@ static int load_key_cert(kfd_checkpointer *c, const kfd_config *cfg, kf_err *err
     fclose(f);
     unsigned char *der = NULL;
     int n = x != NULL ? i2d_X509(x, &der) : -1;
+    kf_identity id;
+    kf_err ierr = {0};
+    if (x != NULL && kf_identity_from_cert(x, &id, &ierr) == 0)
+        memcpy(c->serial, id.serial, sizeof(c->serial));
     X509_free(x);
     if (n <= 0)
         return kf_err_set(err, -EINVAL, "%s: no certificate", cfg->tls_cert);
@@ -343,6 +349,15 @@ static void on_tick(uv_timer_t *t)
         return;
     if (uv_now(t->loop) - c->last_at < CHECKPOINT_MS && h.seq - h.checkpoint_size < CHECKPOINT_RECORDS)
         return;
+    /* Every replica refuses a checkpoint by a denylisted certificate (store_audit.c). */
+    bool revoked = false;
+    if (kfd_store_cert_revoked(app->store, c->serial, &revoked) != 0 || revoked) {
+        if (revoked && !c->told_revoked)
+            kf_log_error("audit_checkpoint_failed", "error=\"this coordinator's certificate %s is revoked\" "
+                         "action=\"signing nothing; give it a new certificate and restart it\"", c->serial);
+        c->told_revoked = revoked;
+        return;
+    }
     propose(c, &h);
 }
 

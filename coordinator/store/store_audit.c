@@ -12,8 +12,11 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "kf_audit.h"
+#include "kf_identity.h"
 #include "kf_log.h"
 #include "store/store_internal.h"
 
@@ -128,6 +131,42 @@ static int root_at(kfd_store *s, uint64_t seq, uint8_t root[KFD_HASH_LEN], uint8
     return r;
 }
 
+/* The signer may still sign (review of #17, F3): its certificate is not denylisted, and the log
+ * did not take its coordinator out of the cluster. Both are replicated state, so every replica
+ * decides alike; a refused checkpoint changes nothing. */
+static int check_signer(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, const kf_checkpoint *cp, kf_err *err)
+{
+    const unsigned char *p = c->cert.data;
+    X509 *x = d2i_X509(NULL, &p, (long)c->cert.len);
+    kf_identity id;
+    kf_err ierr = {0};
+    int r = x != NULL && kf_identity_from_cert(x, &id, &ierr) == 0 && id.kind == KF_PEER_COORDINATOR &&
+                    strcmp(id.name, cp->signer) == 0
+                ? 0
+                : -EPERM;
+    X509_free(x);
+    ERR_clear_error();
+    if (r != 0)
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate does not name coordinator %s", cp->signer);
+    bool revoked = false;
+    if ((r = kfd_store_cert_revoked(s, id.serial, &revoked)) != 0)
+        return kf_err_set(err, r, "state store unavailable: %s", s->failure);
+    if (revoked)
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate %s is revoked", id.serial);
+    char member[80];
+    snprintf(member, sizeof(member), "member %s", id.name);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_MEMBER_LAST);
+    kfd_bind_text(st, 1, member);
+    r = kfd_store_step_row(s, st, "reading the membership history");
+    bool removed = r == 0 && strcmp((const char *)sqlite3_column_text(st, 0), "cluster_remove") == 0;
+    sqlite3_reset(st);
+    if (r == -EIO)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    if (removed)
+        return kf_err_set(err, -EPERM, "checkpoint signer %s was removed from the cluster", id.name);
+    return 0;
+}
+
 int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err)
 {
     const Keyfleet__V1__AuditEntry *e = c->audit;
@@ -137,6 +176,8 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         return kf_err_set(err, -EINVAL, "checkpoint command incomplete");
     int r = kf_checkpoint_parse(c->text, strlen(c->text), &cp, err);
     if (r != 0)
+        return r;
+    if ((r = check_signer(s, c, &cp, err)) != 0)
         return r;
     /* The cross-check (docs/audit.md): the leader computed this root and chain hash over its own
      * log; this replica applied the same entries before this one, so it must hold the same. */
@@ -366,6 +407,7 @@ typedef struct scan {
     uint64_t *fill_seq;
     kf_merkle_hash *fill_root;
     size_t n_fill, cap_fill;
+    kf_audit_signers who; /* revoked certificates and removed coordinators so far */
 } scan;
 
 #define RECENT 4096 /* roots and chain hashes kept for checkpoints of recent sizes */
@@ -406,6 +448,7 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
 {
     memset(sc, 0, sizeof(*sc));
     kf_merkle_frontier_init(&sc->tree);
+    kf_audit_signers_init(&sc->who);
     uint8_t prev[KFD_HASH_LEN] = {0}, canon[CANON_MAX], hash[KFD_HASH_LEN];
     static kf_merkle_hash recent_root[RECENT], recent_chain[RECENT];
     uint64_t expect = 1;
@@ -452,6 +495,8 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
                 scan_bad(sc, r->seq, "checkpoint text unreadable: %s", perr.msg);
             else if (cp.size == 0 || cp.size >= r->seq)
                 scan_bad(sc, r->seq, "%s", "checkpoint signs records that do not precede it");
+            else if (kf_audit_signers_check(&sc->who, r->signer_cert.data, r->signer_cert.len, &perr) != 0)
+                scan_bad(sc, r->seq, "%s", perr.msg);
             else if (sc->n - cp.size < RECENT && cp.size <= sc->n) {
                 memcpy(cr, recent_root[cp.size % RECENT], KFD_HASH_LEN);
                 memcpy(cc, recent_chain[cp.size % RECENT], KFD_HASH_LEN);
@@ -478,6 +523,10 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
             sc->cp_size = cp.size;
             sc->checkpoints++;
         }
+        if (kf_audit_signers_note(&sc->who, r) != 0) {
+            kfd_audit_free_record(r);
+            return SQLITE_NOMEM;
+        }
         memcpy(prev, hash, KFD_HASH_LEN);
         sc->head_seq = r->seq;
         memcpy(sc->head_hash, r->hash.len == KFD_HASH_LEN ? r->hash.data : hash, KFD_HASH_LEN);
@@ -492,6 +541,7 @@ static void scan_free(scan *sc)
 {
     free(sc->fill_seq);
     free(sc->fill_root);
+    kf_audit_signers_free(&sc->who);
 }
 
 int kfd_store_load_audit(kfd_store *s, kf_err *err)

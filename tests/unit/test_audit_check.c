@@ -216,6 +216,59 @@ static void test_size0_checkpoint_refused(void **state)
     kfctl_cp_clear(&anchor);
 }
 
+/* F3: who may sign, as the log says before the checkpoint; and no time far in the future (the
+ * certificate is checked at the checkpoint's time). */
+static void test_signer_revoked_or_removed(void **state)
+{
+    (void)state;
+    const unsigned char *p = c1_cert;
+    X509 *x = d2i_X509(NULL, &p, (long)c1_cert_len);
+    kf_identity id;
+    assert_int_equal(kf_identity_from_cert(x, &id, NULL), 0);
+    X509_free(x);
+    char reason[200], out[1024];
+
+    /* Revoked: checkpoints before the revocation stand, the one after it does not. */
+    log_reset();
+    log_releases(2);
+    log_checkpoint(2, t0 + 3);
+    snprintf(reason, sizeof(reason), "certificate %s of coordinator c1 revoked: key leaked", id.serial);
+    log_add("cert_revoke", reason);
+    log_checkpoint(4, t0 + 5);
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 5: checkpoint: checkpoint signer certificate") == NULL ||
+        strstr(out, "was revoked earlier in the log") == NULL)
+        fail_msg("%s", out);
+
+    /* Removed from the cluster: refused until it is added back. */
+    log_reset();
+    log_releases(1);
+    log_add("cluster_remove", "member c1");
+    log_checkpoint(2, t0 + 3);
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 3: checkpoint: checkpoint signer c1 was removed from the cluster") == NULL)
+        fail_msg("%s", out);
+    log_reset();
+    log_releases(1);
+    log_add("cluster_remove", "member c1");
+    log_add("cluster_add", "member c1 raft=127.0.0.1:7001 rpc=127.0.0.1:7000");
+    log_checkpoint(3, t0 + 4);
+    if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
+        fail_msg("%s", out);
+}
+
+static void test_checkpoint_time_not_in_future(void **state)
+{
+    (void)state;
+    log_reset();
+    log_releases(2);
+    log_checkpoint(2, (int64_t)time(NULL) + 3600);
+    char out[1024];
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 3: checkpoint: checkpoint time") == NULL || strstr(out, "is in the future") == NULL)
+        fail_msg("%s", out);
+}
+
 static void test_unsigned_tail_bounded(void **state)
 {
     (void)state;
@@ -246,6 +299,8 @@ int main(void)
         cmocka_unit_test(test_good_log),
         cmocka_unit_test(test_size0_checkpoint_refused),
         cmocka_unit_test(test_unsigned_tail_bounded),
+        cmocka_unit_test(test_signer_revoked_or_removed),
+        cmocka_unit_test(test_checkpoint_time_not_in_future),
     };
     int rc = cmocka_run_group_tests_name("audit_check", tests, setup, teardown);
     log_reset();
