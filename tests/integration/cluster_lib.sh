@@ -90,13 +90,7 @@ release() { # NODE VOLUME WRAPPED SERVERS
 # ctlx NAME ARGS...: keyfleetctl as the operator against replica NAME.
 ctlx() { "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$1]}" "${@:2}"; }
 # signed_on NAME: waits (at most 5 s) until NAME's newest audit record is a checkpoint.
-signed_on() {
-    for _ in $(seq 1 50); do
-        ctlx "$1" audit --json 2>/dev/null | tail -n 1 | grep -q '"action":"checkpoint"' && return 0
-        sleep 0.1
-    done
-    return 1
-}
+signed_on() { wait_signed ctlx "$1"; }
 # readyz NAME: the body of NAME's /readyz, then its HTTP status.
 readyz() { curl -s --max-time 5 --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/operator.key" \
     -w ' %{http_code}' "https://${RPC[$1]}/readyz"; }

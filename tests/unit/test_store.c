@@ -34,9 +34,9 @@ static Keyfleet__V1__AuditEntry audit(const char *action, const char *node, cons
     return e;
 }
 
-static int append(kfd_store *s, const char *action, const char *node)
+static int append_reason(kfd_store *s, const char *action, const char *node, const char *reason)
 {
-    Keyfleet__V1__AuditEntry e = audit(action, node, "test");
+    Keyfleet__V1__AuditEntry e = audit(action, node, reason);
     Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
     c.audit = &e;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
@@ -45,6 +45,8 @@ static int append(kfd_store *s, const char *action, const char *node)
     kfd_apply_result res;
     return kfd_store_apply(s, &cmd, &res, NULL);
 }
+
+static int append(kfd_store *s, const char *action, const char *node) { return append_reason(s, action, node, "test"); }
 
 static kfd_store *open_db(const char *name)
 {
@@ -526,16 +528,9 @@ static void test_head_check_and_checkpoint_signers(void **state)
     /* c2 taken out of the cluster: refused; added back: accepted. */
     assert_int_equal(append(s, "cluster_remove", ""), 0); /* no "member" reason: not about c2 */
     assert_int_equal(apply_checkpoint(s, "c2", c2, c2_len), 0);
-    Keyfleet__V1__AuditEntry m = audit("cluster_remove", "", "member c2");
-    Keyfleet__V1__CmdAppendAudit ca = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-    ca.audit = &m;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd.append_audit = &ca;
-    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(append_reason(s, "cluster_remove", "", "member c2"), 0);
     assert_int_equal(apply_checkpoint(s, "c2", c2, c2_len), -EPERM);
-    m.action = (char *)"cluster_add";
-    m.reason = (char *)"member c2 raft=127.0.0.1:7001 rpc=127.0.0.1:7000";
-    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(append_reason(s, "cluster_add", "", "member c2 raft=127.0.0.1:7001 rpc=127.0.0.1:7000"), 0);
     assert_int_equal(apply_checkpoint(s, "c2", c2, c2_len), 0);
     /* A certificate that does not name the text's signer. */
     assert_int_equal(apply_checkpoint(s, "c3", c2, c2_len), -EPERM);
