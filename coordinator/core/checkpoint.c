@@ -247,7 +247,7 @@ static void ask_voters(kfd_checkpointer *c)
     for (size_t i = 0; i < n; i++) {
         if (v[i].self || v[i].rpc[0] == '\0')
             continue;
-        char url[320];
+        char url[sizeof(v[i].rpc) + 64];
         snprintf(url, sizeof(url), "https://%s/keyfleet.v1.PeerService/AuditHead", v[i].rpc);
         peer_ask *a = &c->asks[i];
         a->c = c;
