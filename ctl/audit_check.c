@@ -205,6 +205,7 @@ struct kfctl_log_check {
     const kfctl_trust *trust;
     uint64_t n;
     bool allow_partial;
+    uint64_t max_unsigned; /* records allowed after the newest checkpoint */
     uint64_t base; /* records before the copy starts (0: it starts at record 1) */
     uint8_t prev[KF_AUDIT_HASH];
     kf_merkle_frontier tree;
@@ -220,6 +221,7 @@ struct kfctl_log_check {
     /* checkpoint records seen: seq and text, for anchors */
     kfctl_cp *seen;
     size_t n_seen;
+    kf_audit_signers who; /* revoked certificates and removed coordinators so far */
 };
 
 kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
@@ -227,12 +229,16 @@ kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
     kfctl_log_check *c = calloc(1, sizeof(*c));
     if (c != NULL) {
         c->trust = t;
+        c->max_unsigned = KFCTL_AUDIT_MAX_UNSIGNED;
+        kf_audit_signers_init(&c->who);
         kf_merkle_frontier_init(&c->tree);
     }
     return c;
 }
 
 void kfctl_log_check_allow_partial(kfctl_log_check *c) { c->allow_partial = true; }
+
+void kfctl_log_check_max_unsigned(kfctl_log_check *c, uint64_t n) { c->max_unsigned = n; }
 
 void kfctl_log_check_free(kfctl_log_check *c)
 {
@@ -243,6 +249,7 @@ void kfctl_log_check_free(kfctl_log_check *c)
     for (size_t i = 0; i < c->n_seen; i++)
         kfctl_cp_clear(&c->seen[i]);
     free(c->seen);
+    kf_audit_signers_free(&c->who);
     free(c);
 }
 
@@ -315,13 +322,18 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
     memcpy(c->prev, hash, KF_AUDIT_HASH);
     c->n++;
     if (strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
-        return true;
+        return kf_audit_signers_note(&c->who, r) == 0 || fail(c, r->seq, "out of memory");
     /* A signed head: valid signature by a coordinator of this fleet, over exactly this tree. */
     kfctl_cp cp;
     char why[300];
     if (kfctl_cp_from_record(r, &cp, why, sizeof(why)) != 0 || kfctl_cp_verify(c->trust, &cp, why, sizeof(why)) != 0) {
         kfctl_cp_clear(&cp);
         return fail(c, r->seq, "checkpoint: %s", why);
+    }
+    kf_err serr = {0};
+    if (kf_audit_signers_check(&c->who, cp.cert, cp.cert_len, &serr) != 0) {
+        kfctl_cp_clear(&cp);
+        return fail(c, r->seq, "checkpoint: %s", serr.msg);
     }
     const kf_checkpoint *p = &cp.parsed;
     /* In a copy that starts late: the chain hash when it holds that record, the root never. */
@@ -382,7 +394,7 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
                     c->n + 1, c->n, a.seq);
             return 1;
         }
-        if (s == NULL || strcmp(s->text, a.text) != 0 ||
+        if (s == NULL || strcmp(s->text, a.text) != 0 || a.parsed.size == 0 ||
             (c->base == 0 && CRYPTO_memcmp(c->roots[a.parsed.size - 1], a.parsed.root, KF_AUDIT_HASH) != 0)) {
             fprintf(out,
                     "audit chain BROKEN at record %" PRIu64 ": the log no longer holds the anchored checkpoint "
@@ -390,6 +402,17 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
                     a.parsed.size, a.parsed.size, a.seq);
             return 1;
         }
+    }
+    /* Records after the newest checkpoint are vouched for by nothing signed: an attacker can
+     * edit, add or delete them with the hashes recomputed. The leader signs within 200 ms or
+     * 1000 records, so a longer tail means checkpoints stopped, or records were added. */
+    uint64_t tail = c->n - (c->checkpoints > 0 ? c->newest_cp_seq : c->base);
+    if (tail > c->max_unsigned) {
+        fprintf(out,
+                "audit chain UNSIGNED TAIL: %" PRIu64 " records after %s are not signed by any checkpoint "
+                "(at most %" PRIu64 " expected); they could have been changed with the hashes recomputed\n",
+                tail, c->checkpoints > 0 ? "the newest checkpoint" : "the start", c->max_unsigned);
+        return 1;
     }
     size_t sl = strlen(c->signers);
     if (sl > 0)
@@ -400,7 +423,9 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
     fprintf(out, ", %" PRIu64 " signed checkpoints (by %s)", c->checkpoints, c->checkpoints > 0 ? c->signers : "nobody");
     if (c->checkpoints > 0)
         fprintf(out, "; the newest signs %" PRIu64 " records (%" PRIu64 " after it not yet signed)",
-                c->newest_cp_size, c->n - c->newest_cp_seq);
+                c->newest_cp_size, tail);
+    else if (tail > 0)
+        fprintf(out, "; %" PRIu64 " records not yet signed", tail);
     if (n_anchors > 0)
         fprintf(out, "; %zu anchor%s held", n_anchors, n_anchors == 1 ? "" : "s");
     fprintf(out, "\n");

@@ -48,6 +48,10 @@ kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t);
  * prev_hash is taken as given; the chain, every checkpoint's signature and the chain hash it
  * signed are checked, the Merkle roots only from record 1. */
 void kfctl_log_check_allow_partial(kfctl_log_check *c);
+/* Records after the newest checkpoint (or all, without one) beyond this many fail the check:
+ * the leader signs within 200 ms or 1000 records (docs/audit.md, "Verifying"). */
+#define KFCTL_AUDIT_MAX_UNSIGNED 2000
+void kfctl_log_check_max_unsigned(kfctl_log_check *c, uint64_t n);
 /* Feeds the next record; false once the log failed (kfctl_log_check_result says where). */
 bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r);
 /* After the last record: checks each anchor; prints a summary to out. 0: verified. */

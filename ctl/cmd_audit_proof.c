@@ -3,6 +3,7 @@
  *                  | verify-consistency FILE
  * (docs/audit.md). verify-proof and verify-consistency work offline: they need only the fleet CA
  * (--ca, or the config's). */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -72,6 +73,8 @@ static int path_from_json(const json_t *a, kf_merkle_hash *path, size_t *ret_n)
 /* ---- verify ---- */
 
 /* A sink's copy (JSON lines), checked offline. 0: verified. */
+static uint64_t max_unsigned = KFCTL_AUDIT_MAX_UNSIGNED;
+
 static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl_cp *anchors, size_t n_anchors)
 {
     FILE *f = fopen(path, "r");
@@ -85,6 +88,7 @@ static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl
         return 1;
     }
     kfctl_log_check_allow_partial(chk);
+    kfctl_log_check_max_unsigned(chk, max_unsigned);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -123,6 +127,7 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
     static const struct option opts[] = {{"anchor", required_argument, NULL, 'a'},
                                          {"stream", required_argument, NULL, 's'},
                                          {"ca", required_argument, NULL, 'c'},
+                                         {"max-unsigned", required_argument, NULL, 'm'},
                                          {NULL, 0, NULL, 0}};
     const char *stream = NULL, *ca = NULL;
     int o, rc = 1;
@@ -133,8 +138,20 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
             *(o == 's' ? &stream : &ca) = optarg;
             continue;
         }
+        if (o == 'm') {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-') {
+                fprintf(stderr, "keyfleetctl: --max-unsigned takes a number of records\n");
+                return KFCTL_EXIT_USAGE;
+            }
+            max_unsigned = v;
+            continue;
+        }
         if (o != 'a') {
-            fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]... [--stream FILE [--ca FILE]]\n");
+            fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]... [--stream FILE [--ca FILE]] "
+                            "[--max-unsigned N]\n");
             return KFCTL_EXIT_USAGE;
         }
         kfctl_cp *v = NULL;
@@ -187,6 +204,8 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
     int local = 1;
     if (server_ok) {
         kfctl_log_check *chk = kfctl_log_check_new(&trust);
+        if (chk != NULL)
+            kfctl_log_check_max_unsigned(chk, max_unsigned);
         Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
         q.limit = 10000;
         bool fetched = chk != NULL;

@@ -40,6 +40,7 @@ struct kfd_repl {
     uint64_t tx_since; /* loop time when the open deferred transaction was first seen */
     unsigned snapshot_threshold; /* configured: the least number of entries between snapshots */
     raft_term ready_term; /* the term whose barrier has been applied: writes are safe */
+    raft_term confirmed_term; /* the term in which a majority confirmed this leader's audit head */
     bool barrier_pending;
     raft_id last_leader;
     unsigned short last_state;
@@ -421,13 +422,15 @@ static void on_applied(struct raft_apply *req, int status, void *result)
     free(sr);
 }
 
+static bool leader_ready(kfd_repl *r, const char **why, char *leader_rpc, size_t size);
+
 void kfd_repl_submit(kfd_repl *r, const uint8_t *packed, size_t len, kfd_repl_cb cb, void *arg)
 {
     kf_err err = {0};
     kfd_apply_result none = {0};
     const char *why = NULL;
     char leader[280];
-    if (r == NULL || r->closed || !kfd_repl_writable(r, &why, leader, sizeof(leader))) {
+    if (r == NULL || r->closed || !leader_ready(r, &why, leader, sizeof(leader))) {
         kf_err_set(&err, -EAGAIN, "%s", why != NULL ? why : "replication stopped");
         cb(arg, -EAGAIN, &none, &err);
         return;
@@ -468,6 +471,19 @@ void kfd_repl_submit(kfd_repl *r, const uint8_t *packed, size_t len, kfd_repl_cb
 }
 
 bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t size)
+{
+    if (!leader_ready(r, why, leader_rpc, size))
+        return false;
+    if (r->confirmed_term != r->raft.current_term) {
+        *why = "newly elected leader is waiting for a majority of replicas to confirm its audit log; retry";
+        return false;
+    }
+    return true;
+}
+
+/* The leader with every earlier entry applied: what proposals need (the confirmation of its
+ * audit head is itself one). */
+static bool leader_ready(kfd_repl *r, const char **why, char *leader_rpc, size_t size)
 {
     leader_rpc[0] = '\0';
     if (r == NULL || r->closed || !r->started) {
@@ -755,6 +771,38 @@ void kfd_repl_close(kfd_repl *r)
             kfd_raft_transport_release(&r->transport);
         free(r);
     }
+}
+
+uint64_t kfd_repl_leading_term(kfd_repl *r)
+{
+    if (r == NULL || r->closed || !r->started || raft_state(&r->raft) != RAFT_LEADER ||
+        r->ready_term != r->raft.current_term || kfd_store_audit_diverged(r->store, NULL) != 0)
+        return 0;
+    return r->raft.current_term;
+}
+
+void kfd_repl_set_audit_confirmed(kfd_repl *r, uint64_t term)
+{
+    if (r != NULL && term == r->raft.current_term)
+        r->confirmed_term = term;
+}
+
+size_t kfd_repl_voters(kfd_repl *r, kfd_repl_voter *out, size_t max)
+{
+    size_t k = 0;
+    for (unsigned i = 0; r != NULL && i < r->raft.configuration.n && k < max; i++) {
+        const struct raft_server *s = &r->raft.configuration.servers[i];
+        if (s->role != RAFT_VOTER)
+            continue;
+        kfd_repl_voter *v = &out[k++];
+        memset(v, 0, sizeof(*v));
+        v->self = s->id == r->raft.id;
+        if (!kfd_raft_address_field(s->address, "name", v->name, sizeof(v->name)))
+            snprintf(v->name, sizeof(v->name), "%llu", (unsigned long long)s->id);
+        if (!kfd_raft_address_field(s->address, "rpc", v->rpc, sizeof(v->rpc)))
+            v->rpc[0] = '\0';
+    }
+    return k;
 }
 
 void kfd_repl_status(kfd_repl *r, Keyfleet__V1__ClusterStatusResponse *resp, kfd_repl_status_buf *buf)

@@ -23,6 +23,10 @@
 #define ADMIN(m, req, fn, w)                                                                                         \
     {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn, w, false}
 
+/* Coordinators asking each other (the leader confirming its audit head, docs/audit.md). */
+#define PEER(m, req, fn, w)                                                                                          \
+    {"/keyfleet.v1.PeerService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_COORDINATOR, fn, w, false}
+
 const kfd_method kfd_methods[] = {
     NODE("Enroll", enroll_request, kfd_rpc_enroll, W),
     NODE("Release", release_request, kfd_rpc_release, W),
@@ -52,6 +56,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("AddMember", add_member_request, kfd_rpc_add_member, W),
     ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
     ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
+    PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };
 
 const size_t kfd_methods_count = sizeof(kfd_methods) / sizeof(kfd_methods[0]);

@@ -157,6 +157,9 @@ static const char *const sql[ST_COUNT] = {
     [ST_AUDIT_AT] = "SELECT root, hash FROM audit WHERE seq = ?",
     [ST_AUDIT_SET_ROOT] = "UPDATE audit SET root = ? WHERE seq = ?",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO audit_checkpoints (seq, size, signature, cert) VALUES (?, ?, ?, ?)",
+    /* The newest membership record naming a coordinator (rpc_cluster.c: "member NAME[ ...]"). */
+    [ST_MEMBER_LAST] = "SELECT action FROM audit WHERE action IN ('cluster_add', 'cluster_remove') AND "
+                       "(reason = ?1 OR substr(reason, 1, length(?1) + 1) = ?1 || ' ') ORDER BY seq DESC LIMIT 1",
     [ST_CHECKPOINT_LATEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints)",
     [ST_CHECKPOINT_FOR_SIZE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints "
                                "WHERE size = ?)",
@@ -575,6 +578,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_revoke_cert(s, cmd->revoke_cert, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT:
         return kfd_store_apply_checkpoint(s, cmd->checkpoint, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK:
+        return kfd_store_apply_head_check(s, cmd->audit_head_check, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:

@@ -168,6 +168,14 @@ uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why);
 /* True while records this replica held when it opened are not yet covered by a checkpoint it
  * applied: nothing but this database vouches for them (the leader's next checkpoint will). */
 bool kfd_store_audit_tail_unsigned(const kfd_store *s);
+/* True once, since it opened, this replica applied a checkpoint that matched its own log and
+ * covered every record it held at open (and it has not diverged): a checkpoint is signed only
+ * over a head a majority confirmed, and the rest it applied live, so nothing in its log rests on
+ * its database alone. A leader that is vouched for signs without asking the others. */
+bool kfd_store_audit_vouched(const kfd_store *s);
+/* The head this replica held when it applied the CmdAuditHeadCheck with this id (the newest
+ * check only, in memory). 0, or -ENOENT when it has not applied that check. */
+int kfd_store_audit_head_at_check(const kfd_store *s, uint64_t id, kfd_audit_head *ret);
 /* Marks this replica's log diverged (first call only; logged): a checkpoint in it fails. */
 void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
 /* The newest checkpoint record (size 0), or the newest signing exactly size. 0, -ENOENT, -EIO. */

@@ -131,9 +131,11 @@ NODE_CLIENT=$BUILD/tests/node_client
 # audit_signed DIR: waits (at most 5 s) until the newest audit record is a signed checkpoint
 # (docs/audit.md), so that no checkpoint commit comes later: before counting records, or before
 # writing to the database beside keyfleetd (which does not wait for a lock: it fails closed).
-audit_signed() {
+audit_signed() { wait_signed ctl "$1"; }
+# wait_signed CTL_FN ARG: the same, asking through CTL_FN ARG (ctl DIR, or ctlx NAME in clusters).
+wait_signed() {
     for _ in $(seq 1 50); do
-        ctl "$1" audit --json 2>/dev/null | tail -n 1 | grep -q '"action":"checkpoint"' && return 0
+        "$1" "$2" audit --json 2>/dev/null | tail -n 1 | grep -q '"action":"checkpoint"' && return 0
         sleep 0.1
     done
     return 1
