@@ -108,3 +108,29 @@ int kfctl_call_once(kfctl *ctl, const char *method, const ProtobufCMessage *req,
     kf_rpc_client_free(c);
     return r;
 }
+
+int kfctl_print_json(json_t *o)
+{
+    char *s = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(o);
+    if (s == NULL) {
+        fprintf(stderr, "keyfleetctl: out of memory for the JSON output\n");
+        return -1;
+    }
+    printf("%s\n", s);
+    free(s);
+    return 0;
+}
+
+int kfctl_json_flag(int argc, char **argv, const char *cmd, int *ret_json)
+{
+    *ret_json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") != 0) {
+            fprintf(stderr, "keyfleetctl: %s: unexpected argument '%s'\n", cmd, argv[i]);
+            return kfctl_usage(cmd);
+        }
+        *ret_json = 1;
+    }
+    return 0;
+}

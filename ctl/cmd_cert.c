@@ -14,18 +14,6 @@
 
 #define MAX_SANS 16
 
-static void usage(void)
-{
-    fprintf(stderr, "usage: keyfleetctl cert issue node|operator|coordinator NAME [--dir DIR] [--out PREFIX]\n"
-                    "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--csr FILE] [--force]\n"
-                    "         [--tpm-evidence FILE [--ek-ca FILE]...]\n"
-                    "  --csr FILE: certify the key of a request (keyfleet-agent identity create: a key in the\n"
-                    "              node's TPM) instead of making a key; only the certificate is written\n"
-                    "  --tpm-evidence FILE: check that the request's key is in a TPM (TPM2_Certify by an AK,\n"
-                    "              the EK certificate against --ek-ca), mark the certificate as TPM-bound and\n"
-                    "              write it sealed to that TPM (PREFIX.crt.tpmcred) for identity activate\n");
-}
-
 /* keyfleetctl cert revoke SERIAL|--cert FILE [--reason TEXT]: denylists a certificate of any kind. */
 static int cert_revoke(kfctl *ctl, int argc, char **argv)
 {
@@ -83,7 +71,7 @@ static int cert_revoke(kfctl *ctl, int argc, char **argv)
     printf("certificate %s%s%s revoked: refused from now on\n", serial, id.name[0] ? " of " : "", id.name);
     return 0;
 usage:
-    fprintf(stderr, "usage: keyfleetctl cert revoke SERIAL | --cert FILE [--reason TEXT]\n");
+    kfctl_usage("cert");
     return KFCTL_EXIT_USAGE;
 }
 
@@ -92,7 +80,7 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "revoke") == 0)
         return cert_revoke(ctl, argc, argv);
     if (argc < 2 || strcmp(argv[1], "issue") != 0) {
-        usage();
+        kfctl_usage("cert");
         return KFCTL_EXIT_USAGE;
     }
     const char *dir = ".", *out = NULL;
@@ -163,12 +151,12 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
             ek_cas[n_ek_cas++] = optarg;
             break;
         default:
-            usage();
+            kfctl_usage("cert");
             return KFCTL_EXIT_USAGE;
         }
     }
     if (optind + 2 != argc) {
-        usage();
+        kfctl_usage("cert");
         return KFCTL_EXIT_USAGE;
     }
     kf_peer_kind kind;
