@@ -87,8 +87,9 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     long days = 365, backdate = 0;
     const char *sans[MAX_SANS];
     size_t n_sans = 0;
-    bool force = false;
+    bool force = false, allow_expired = false;
     static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
+                                         {"allow-expired", no_argument, NULL, 'X'},
                                          {"out", required_argument, NULL, 'o'},
                                          {"days", required_argument, NULL, 'D'},
                                          {"backdate", required_argument, NULL, 'b'},
@@ -137,6 +138,9 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         case 'f':
             force = true;
             break;
+        case 'X':
+            allow_expired = true;
+            break;
         case 'C':
             csr = optarg;
             break;
@@ -157,6 +161,14 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     }
     if (optind + 2 != argc) {
         kfctl_usage("cert");
+        return KFCTL_EXIT_USAGE;
+    }
+    /* Valid from BACKDATE days ago for DAYS days: ended already when DAYS <= BACKDATE. Such a
+     * certificate only fails later, looking like a network fault; --allow-expired is for tests
+     * of exactly that refusal. */
+    if (days <= backdate && !allow_expired) {
+        fprintf(stderr, "keyfleetctl: --days %ld with --backdate %ld: the certificate would have expired %ld days ago "
+                        "(--days must exceed --backdate)\n", days, backdate, backdate - days);
         return KFCTL_EXIT_USAGE;
     }
     kf_peer_kind kind;

@@ -17,6 +17,8 @@ static const kf_cli_cmd commands_help[] = {
              "       the same for a cluster: one directory per replica"},
     {"cert", "cert issue node|operator|coordinator NAME [--dir DIR] [--out PREFIX] [--days N] [--backdate DAYS]\n"
              "         [--san DNS:host|IP:addr]... [--csr FILE] [--force] [--tpm-evidence FILE [--ek-ca FILE]...]\n"
+             "       --days N (default 365) must exceed --backdate DAYS: an already expired certificate is refused\n"
+             "                   (--allow-expired: for tests of that refusal)\n"
              "       --csr FILE: certify the key of a request (keyfleet-agent identity create: a key in the\n"
              "                   node's TPM) instead of making a key; only the certificate is written\n"
              "       --tpm-evidence FILE: check that the request's key is in a TPM (TPM2_Certify by an AK,\n"
