@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,7 +89,8 @@ int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufC
     kf_rpc_status st;
     kf_err err = {0};
     if (kf_rpc_call(c, method, req, resp_desc, ret_resp, &st, &err) != 0) {
-        fprintf(stderr, "keyfleetctl: cannot reach a coordinator: %s\n", err.msg);
+        /* A coordinator that refused this certificate was reached: say what it did. */
+        fprintf(stderr, "keyfleetctl: %s%s\n", err.code == -EKEYREJECTED ? "" : "cannot reach a coordinator: ", err.msg);
         return -1;
     }
     if (st.code != KF_CONNECT_OK) {

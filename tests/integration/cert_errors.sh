@@ -31,6 +31,15 @@ out=$(ctl "$F" --cert "$O/operator.crt" --key "$O/operator.key" status 2>&1) && 
 expect_match "keyfleetctl with another fleet's certificate: named as not from this CA" "$out rc=$rc" \
     "operator.crt is not a certificate of the fleet CA in $F/ca.crt.* rc=1"
 
+# A certificate this client trusts but the coordinator does not (another fleet's, with both CAs
+# in the client's CA file): keyfleetd closes the connection after the handshake without an
+# alert; that close is named for what it is, not "cannot reach".
+cat "$F/ca.crt" "$O/ca.crt" >"$WORK/both-cas.crt"
+out=$(ctl "$F" --cert "$O/operator.crt" --key "$O/operator.key" --ca "$WORK/both-cas.crt" status 2>&1) && rc=0 || rc=$?
+expect_match "a certificate the coordinator refuses after the handshake: said so, exit 1" "$out rc=$rc" \
+    "the coordinator closed the connection after the TLS handshake: it did not accept this certificate.* rc=1"
+if printf '%s' "$out" | grep -q "cannot reach\|Protocol error\|Broken pipe"; then not_ok "... not as a network fault" "$out"; else ok "... not as a network fault"; fi
+
 # The agent: unlock with an expired node certificate stops at once with the reason.
 put_policy "$F" <<'YAML'
 rules:
