@@ -16,6 +16,10 @@
 #define KFA_EXIT_ALL 0
 #define KFA_EXIT_NONE 1
 #define KFA_EXIT_USAGE 2
+
+/* Prints the usage of cmd (main.c's table; the whole agent's when NULL) to stderr; returns
+ * KFA_EXIT_USAGE. */
+int kfa_usage(const char *cmd);
 #define KFA_EXIT_SOME 3
 
 typedef struct kfa_ctx {

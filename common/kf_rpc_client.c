@@ -49,6 +49,7 @@ struct kf_rpc_client {
     size_t n_servers;
     size_t current; /* the server that answered last; tried first */
     long timeout_ms;
+    bool has_cert; /* presents a client certificate */
     kf_secbuf *bearer; /* "Bearer TOKEN" */
     conn *conn;        /* the one long-lived connection, or NULL */
     bool pinned;       /* the next call must use conn as it is (kf_rpc_client_export) */
@@ -151,7 +152,38 @@ static int tcp_connect(const char *server, const char *host, const char *port, u
     return kf_err_set(err, r, "%s: connect: %s", server, strerror(-r));
 }
 
-/* Drives a non-blocking TLS call: >0 done, 0 to call again, <0 failed. */
+/* The alert a coordinator sent about this client's certificate, as words; set by ssl_step when
+ * it returns -EKEYREJECTED. In TLS 1.3 the server judges the client's certificate after the
+ * client's side of the handshake is done, so the alert arrives on the first read, where it would
+ * otherwise read as "connection lost: Protocol error". */
+static _Thread_local const char *peer_alert;
+
+static const char *certificate_alert(unsigned long e)
+{
+    if (ERR_GET_LIB(e) != ERR_LIB_SSL)
+        return NULL;
+    switch (ERR_GET_REASON(e)) {
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+        return "expired";
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+        return "revoked";
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+        return "not issued by its fleet CA (unknown CA)";
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+        return "bad certificate";
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+        return "unsupported certificate";
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+        return "certificate unknown";
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+        return "a client certificate is required";
+    default:
+        return NULL;
+    }
+}
+
+/* Drives a non-blocking TLS call: >0 done, 0 to call again, <0 failed (-EKEYREJECTED: the peer
+ * refused this side's certificate, peer_alert says how). */
 static int ssl_step(SSL *ssl, int fd, int ret, uint64_t deadline)
 {
     if (ret > 0)
@@ -163,6 +195,10 @@ static int ssl_step(SSL *ssl, int fd, int ret, uint64_t deadline)
         return wait_fd(fd, POLLOUT, deadline);
     if (e == SSL_ERROR_ZERO_RETURN)
         return -ECONNRESET;
+    if (e == SSL_ERROR_SSL && (peer_alert = certificate_alert(ERR_peek_last_error())) != NULL)
+        return -EKEYREJECTED;
+    if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+        return -ECONNABORTED; /* closed without close_notify or an alert */
     return e == SSL_ERROR_SYSCALL && errno != 0 ? -errno : -EPROTO;
 }
 
@@ -318,6 +354,8 @@ static int open_conn(kf_rpc_client *c, size_t server, uint64_t deadline, kf_err 
             long v = SSL_get_verify_result(k->ssl);
             if (v != X509_V_OK)
                 r = kf_err_set(err, -EACCES, "%s: server certificate: %s", name, X509_verify_cert_error_string(v));
+            else if (r == -EKEYREJECTED)
+                kf_err_set(err, r, "%s: the coordinator rejected this certificate: %s", name, peer_alert);
             else if (r == -ETIMEDOUT)
                 kf_err_set(err, r, "%s: TLS handshake timed out", name);
             else
@@ -459,6 +497,17 @@ static int perform(kf_rpc_client *c, size_t server, const char *path, const uint
         if (r == 0)
             return 0;
         drop_conn(c);
+        if (r == -EKEYREJECTED)
+            return kf_err_set(err, r, "%s: the coordinator rejected this certificate: %s", name, peer_alert);
+        /* keyfleetd judges a client's certificate after the TLS 1.3 handshake and, refusing it,
+         * closes the connection without a word: on a fresh connection, before any answer, that
+         * is what such a close means, whether the client notices it reading (EOF) or writing
+         * (EPIPE, ECONNRESET). Its log says why: tls_client_rejected. */
+        if ((r == -ECONNABORTED || r == -EPIPE || r == -ECONNRESET) && !reused && !x->got_headers && c->has_cert)
+            return kf_err_set(err, -EKEYREJECTED,
+                              "%s: the coordinator closed the connection after the TLS handshake: it did not accept "
+                              "this certificate (its log says why: tls_client_rejected)",
+                              name);
         if (r == -EMSGSIZE)
             return kf_err_set(err, r, "%s: response larger than %u bytes", name, RESPONSE_MAX);
         if (!(reused && !x->got_headers && r != -ETIMEDOUT)) {
@@ -483,6 +532,7 @@ int kf_rpc_client_new(const kf_rpc_opts *opts, kf_rpc_client **ret, kf_err *err)
         return kf_err_set(err, -ENOMEM, "out of memory");
     kf_tls_opts t = {.role = KF_TLS_CLIENT, .cert_file = opts->cert_file, .key_file = opts->key_file,
                      .tpm_key_file = opts->tpm_key_file, .tpm_tcti = opts->tpm_tcti, .ca_file = opts->ca_file};
+    c->has_cert = opts->cert_file != NULL;
     int r = kf_tls_ctx_new(&t, &c->ctx, err);
     if (r != 0) {
         free(c);

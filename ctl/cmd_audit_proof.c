@@ -150,8 +150,7 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
             continue;
         }
         if (o != 'a') {
-            fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]... [--stream FILE [--ca FILE]] "
-                            "[--max-unsigned N]\n");
+            kfctl_usage("audit");
             return KFCTL_EXIT_USAGE;
         }
         kfctl_cp *v = NULL;
@@ -171,7 +170,7 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
         free(v);
     }
     if (optind != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]...\n");
+        kfctl_usage("audit");
         rc = KFCTL_EXIT_USAGE;
         goto out;
     }
@@ -263,7 +262,7 @@ static int cmd_checkpoint(kfctl *ctl, int argc, char **argv)
 {
     bool json = argc == 2 && strcmp(argv[1], "--json") == 0;
     if (argc != 1 && !json) {
-        fprintf(stderr, "usage: keyfleetctl audit checkpoint [--json]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_trust trust;
@@ -305,7 +304,7 @@ static int cmd_prove(kfctl *ctl, int argc, char **argv)
         cp_file = optarg;
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit prove REQUEST_ID [--checkpoint FILE]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     Keyfleet__V1__ProveAuditRequest req = KEYFLEET__V1__PROVE_AUDIT_REQUEST__INIT;
@@ -392,7 +391,7 @@ static int cmd_verify_proof(kfctl *ctl, int argc, char **argv)
             return KFCTL_EXIT_USAGE;
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit verify-proof FILE [--anchor CHECKPOINT] [--ca FILE]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_trust trust;
@@ -480,7 +479,7 @@ out:
 static int cmd_prove_consistency(kfctl *ctl, int argc, char **argv)
 {
     if (argc != 2 && argc != 3) {
-        fprintf(stderr, "usage: keyfleetctl audit prove-consistency OLD_CHECKPOINT [NEW_CHECKPOINT]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_cp *olds = NULL, *news = NULL;
@@ -538,7 +537,7 @@ static int cmd_verify_consistency(kfctl *ctl, int argc, char **argv)
         ca = optarg;
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit verify-consistency FILE [--ca FILE]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_trust trust;

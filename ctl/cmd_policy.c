@@ -77,15 +77,21 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
     }
     if (strcmp(sub, "check") == 0) {
         const char *source = "";
-        static const struct option opts[] = {{"source", required_argument, NULL, 's'}, {NULL, 0, NULL, 0}};
+        int json = 0;
+        static const struct option opts[] = {{"source", required_argument, NULL, 's'},
+                                             {"json", no_argument, NULL, 'j'},
+                                             {NULL, 0, NULL, 0}};
         int o;
         argc--;
         argv++;
         optind = 0;
         while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-            if (o != 's')
-                return KFCTL_EXIT_USAGE;
-            source = optarg;
+            if (o == 'j')
+                json = 1;
+            else if (o == 's')
+                source = optarg;
+            else
+                return kfctl_usage("policy");
         }
         if (optind + 2 == argc) {
             Keyfleet__V1__CheckPolicyRequest req = KEYFLEET__V1__CHECK_POLICY_REQUEST__INIT;
@@ -99,13 +105,27 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
             const char *d = resp->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW     ? "allow"
                             : resp->decision == KEYFLEET__V1__DECISION__DECISION_PENDING ? "allow after approval"
                                                                                           : "deny";
-            printf("decision: %s\nrule: %s\nwhy: %s\napprovals needed: %u\noffline TPM fallback: %s\n", d, resp->rule,
-                   resp->explanation, resp->approvals_needed, resp->offline_fallback_allowed ? "allowed" : "no");
+            /* Scripts branch on the exit status: 0 allow, 3 allow after approval, 4 deny. */
+            int rc = resp->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW     ? 0
+                     : resp->decision == KEYFLEET__V1__DECISION__DECISION_PENDING ? KFCTL_EXIT_APPROVAL
+                                                                                   : KFCTL_EXIT_DENY;
+            if (json) {
+                json_t *out = json_pack("{s:s, s:s, s:s, s:i, s:b}", "decision",
+                                      rc == 0 ? "allow" : rc == KFCTL_EXIT_APPROVAL ? "approval" : "deny", "rule",
+                                      resp->rule, "why", resp->explanation, "approvals_needed",
+                                      (int)resp->approvals_needed, "offline_fallback", resp->offline_fallback_allowed);
+                if (kfctl_print_json(out) != 0)
+                    rc = 1;
+            } else {
+                printf("decision: %s\nrule: %s\nwhy: %s\napprovals needed: %u\noffline TPM fallback: %s\n", d,
+                       resp->rule, resp->explanation, resp->approvals_needed,
+                       resp->offline_fallback_allowed ? "allowed" : "no");
+            }
             protobuf_c_message_free_unpacked(m, NULL);
-            return 0;
+            return rc;
         }
     }
-    fprintf(stderr, "usage: keyfleetctl policy get | put FILE [--totp CODE] | check NODE VOLUME_ID [--source IP]\n");
+    kfctl_usage("policy");
     return KFCTL_EXIT_USAGE;
 }
 
@@ -190,7 +210,7 @@ int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "attest") == 0)
         return node_attest(ctl, argc, argv);
     if (argc < 3 || argc > 4 || strcmp(argv[1], "revoke") != 0) {
-        fprintf(stderr, "usage: keyfleetctl node revoke NAME [REASON] | node attest show|accept NAME [--totp CODE]\n");
+        kfctl_usage("node");
         return KFCTL_EXIT_USAGE;
     }
     Keyfleet__V1__RevokeNodeRequest req = KEYFLEET__V1__REVOKE_NODE_REQUEST__INIT;
@@ -208,7 +228,7 @@ int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv)
 {
     if (argc != 2 || strcmp(argv[1], "rotate") != 0) {
-        fprintf(stderr, "usage: keyfleetctl kms rotate\n");
+        kfctl_usage("kms");
         return KFCTL_EXIT_USAGE;
     }
     Keyfleet__V1__RotateKmsRequest req = KEYFLEET__V1__ROTATE_KMS_REQUEST__INIT;
