@@ -68,6 +68,12 @@ int kfd_azure_cloud(const char *vault_url, const char **ret_resource, const char
         size_t sn = strlen(azure_clouds[i].suffix);
         /* NAME + suffix, NAME non-empty and one DNS label: a vault name never holds a dot */
         if (n > sn && strncasecmp(host + n - sn, azure_clouds[i].suffix, sn) == 0 && memchr(host, '.', n - sn) == NULL) {
+            /* Key Vault's kid is https://NAME.SUFFIX/keys/...: lower case, no port, no path. */
+            for (size_t k = 0; k < n; k++)
+                if (host[k] >= 'A' && host[k] <= 'Z')
+                    return -EINVAL;
+            if (host[n] != '\0')
+                return -EINVAL;
             *ret_resource = azure_clouds[i].resource;
             *ret_login_host = azure_clouds[i].login_host;
             return 0;
@@ -118,10 +124,17 @@ static const kf_yaml_node *value_of(const kf_yaml_node *map, const char *key)
     return map;
 }
 
+/* https://HOST[:PORT][/PATH] with nothing libcurl would read differently from us: no userinfo
+ * (https://good.example@evil.example goes to evil.example), no escapes, no control bytes. */
 static int base_url_ok(const char *s)
 {
     size_t n = strlen(s);
-    return strncmp(s, "https://", 8) == 0 && n > 8 && n < 512 && s[n - 1] != '/' && strpbrk(s, "?# \t") == NULL;
+    if (strncmp(s, "https://", 8) != 0 || n <= 8 || n >= 512 || s[n - 1] == '/' || strpbrk(s, "?# \t@%\\") != NULL)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f)
+            return 0;
+    return 1;
 }
 
 static int dec_vault(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
@@ -262,7 +275,18 @@ static int dec_azure(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst
         return kf_yaml_error(doc, value_of(node, "scope"), err,
                              "azure scope must be an https:// resource followed by /.default");
     const char *resource = NULL, *login = "https://login.microsoftonline.com";
-    if (kfd_azure_cloud(a->vault_url, &resource, &login) != 0 && a->scope == NULL)
+    int cloud = kfd_azure_cloud(a->vault_url, &resource, &login);
+    if (cloud == -EINVAL)
+        return kf_yaml_error(doc, value_of(node, "vault_url"), err,
+                             "azure vault_url must be https://NAME.DOMAIN in lower case with no port or path, as "
+                             "Key Vault names its keys");
+    if (cloud == 0 && a->scope != NULL && (strncmp(a->scope, resource, strlen(resource)) != 0 ||
+                                          strcmp(a->scope + strlen(resource), "/.default") != 0))
+        return kf_yaml_error(doc, value_of(node, "scope"), err,
+                             "azure scope %s is not the token audience of %s (%s/.default): a token for another "
+                             "audience would be sent to the vault",
+                             a->scope, a->vault_url, resource);
+    if (cloud != 0 && a->scope == NULL)
         return kf_yaml_error(doc, value_of(node, "vault_url"), err,
                              "azure vault_url's host is not a Key Vault or Managed HSM domain keyfleetd knows "
                              "(*.vault.azure.net, *.managedhsm.azure.net, *.vault.usgovcloudapi.net, *.vault.azure.cn, "

@@ -39,7 +39,8 @@ typedef enum {
 #define KFD_AZURE_IMDS_DEFAULT "http://169.254.169.254/metadata/identity/oauth2/token"
 
 /* The Key Vault or Managed HSM resource (e.g. "https://vault.azure.net") and Entra ID login host of
- * a vault URL's cloud, from its host's domain; -ENOENT when the host is no known Azure vault domain. */
+ * a vault URL's cloud, from its host's domain; -ENOENT when the host is no known Azure vault domain,
+ * -EINVAL when it is one but written as Key Vault never names it (upper case, a port or a path). */
 int kfd_azure_cloud(const char *vault_url, const char **ret_resource, const char **ret_login_host);
 
 /* Decodes the kms: map (a kf_yaml_decode_fn); relative paths are resolved by kfd_kms_config_resolve. */

@@ -354,6 +354,8 @@ static void start_attempt(request *q)
     CURL *e = q->easy;
     curl_easy_setopt(e, CURLOPT_URL, q->url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, h->protocols);
+    if (h->opts.no_proxy)
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, q->slist);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)h->opts.timeout_ms);

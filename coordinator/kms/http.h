@@ -30,6 +30,7 @@ typedef struct kfd_http_opts {
     uint32_t max_retry_after_ms;
     int max_attempts;          /* 1 means no retry */
     size_t max_response;       /* larger responses fail with -EMSGSIZE */
+    bool no_proxy;             /* never through a proxy (http_proxy etc.): Azure's IMDS must be reached directly */
 } kfd_http_opts;
 
 typedef struct kfd_http_response {

@@ -179,6 +179,17 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
     acall *c = (acall *)rc;
     azure *a = c->a;
     kfd_remote_kms_answered(&a->rk, res);
+    if (c->kind == OP_ROTATE && !rc->login_failed && (res->status != 0 || res->code >= 500)) {
+        /* Sent once (a retry could rotate twice): the outcome is unknown, so say so and read the
+         * key again at once rather than report a failed rotation. */
+        char msg[600];
+        snprintf(msg, sizeof(msg), "%s; the rotation may have happened: it is not repeated, and the key is read again "
+                 "(keyfleetctl status shows its latest version)",
+                 res->status != 0 ? (res->error != NULL ? res->error : "no answer") : "a server error answered it");
+        kfd_remote_kms_start(&a->rk);
+        fail_call(c, res->status != 0 ? res->status : -EIO, "azure key vault rotation: ", msg);
+        return;
+    }
     if (res->status != 0) {
         /* A failed token fetch that Entra ID or IMDS answered is reported as they answered it. */
         bool answered = rc->login_failed && a->rk.reachable;
@@ -406,6 +417,7 @@ static void azure_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
     if (c == NULL)
         return;
     snprintf(c->rc.url, sizeof(c->rc.url), "%s/keys/%s/rotate?api-version=%s", a->vault_url, a->key, a->api_version);
+    c->rc.once = true;
     start_or_fail(c, kfd_remote_body(&c->rc, "{}"));
 }
 
@@ -626,7 +638,10 @@ int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret
                               .first_backoff_ms = 200,
                               .max_retry_after_ms = 10000,
                               .max_attempts = (int)cfg->attempts,
-                              .max_response = 64 * 1024};
+                              .max_response = 64 * 1024,
+                              /* Microsoft: IMDS requests must bypass proxies (a proxy would see, and
+                               * could replace, the token) */
+                              .no_proxy = managed};
         r = kfd_http_new(loop, &opts, &a->idp_http, err);
     }
     if (r != 0) {

@@ -133,11 +133,13 @@ release_with "    identity: managed
     scope: $HSM_SCOPE"
 expect_match "managed identity (IMDS, user-assigned client_id): release opens the key" "$out" "key=$KEY_A "
 expect_match "... with the stand-in's IMDS answering" "$(cat "$F/azure_standin.log")" 'GET /metadata/identity/oauth2/token\?api-version=2018-02-01&resource=https%3A%2F%2Fmanagedhsm.azure.net&client_id=kf-msi HTTP/1.1" 200'
-release_with "    identity: managed
+# With http_proxy set (corporate VMs), IMDS is still asked directly: a proxy would see the token
+# in clear and could hand back its own. The "proxy" here is a closed port: going through it fails.
+http_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 release_with "    identity: managed
     client_id: kf-msi
     imds_endpoint: $IMDS_PLAIN
     scope: $HSM_SCOPE"
-expect_match "managed identity over plain HTTP, as Azure's IMDS serves it (here on loopback)" "$out" "key=$KEY_A "
+expect_match "managed identity over plain HTTP, as Azure's IMDS serves it (here on loopback), never through http_proxy" "$out" "key=$KEY_A "
 release_with "    identity: managed
     client_id: not-assigned
     imds_endpoint: $AZ/metadata/identity/oauth2/token

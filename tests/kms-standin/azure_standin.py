@@ -291,6 +291,7 @@ class Azure:
                 if api[0] not in ROTATE_SINCE:
                     return h.send(400, kv_error("BadParameter", "Rotate needs api-version 7.3 or later."))
                 v, priv = self.new_version(name)
+                sys.stderr.write("standin: rotated %s to %s\n" % (name, v))  # counted by tests, answer or not
                 return h.send(200, self.bundle(h, name, v, priv))
             versions = k["versions"]
             found = [kv for kv in versions if kv[0] == version] if version else [versions[-1]]

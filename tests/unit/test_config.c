@@ -195,7 +195,7 @@ static void test_azure_clouds_and_identities(void **state)
                  "https://vault.usgovcloudapi.net/.default", "https://login.microsoftonline.us", NULL);
     expect_azure(AZURE("    vault_url: https://hsm1.managedhsm.usgovcloudapi.net\n" SECRET),
                  "https://managedhsm.usgovcloudapi.net/.default", "https://login.microsoftonline.us", NULL);
-    expect_azure(AZURE("    vault_url: https://kv1.vault.azure.cn:443\n" SECRET), "https://vault.azure.cn/.default",
+    expect_azure(AZURE("    vault_url: https://kv1.vault.azure.cn\n" SECRET), "https://vault.azure.cn/.default",
                  "https://login.chinacloudapi.cn", NULL);
     expect_azure(AZURE("    vault_url: https://hsm1.managedhsm.azure.cn\n" SECRET),
                  "https://managedhsm.azure.cn/.default", "https://login.chinacloudapi.cn", NULL);
@@ -215,6 +215,15 @@ static void test_azure_clouds_and_identities(void **state)
     /* a host that only looks like a vault's, or none of Azure's: no guessed audience */
     expect_error(AZURE("    vault_url: https://a.b.vault.azure.net\n" SECRET), "12:16: azure vault_url's host is not");
     expect_error(AZURE("    vault_url: https://vault.azure.net.evil.example\n" SECRET), "12:16: azure vault_url's host is not");
+    /* what libcurl would read differently, or a kid would never match (review of #23) */
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net:443@evil.example\n" SECRET),
+                 "12:16: azure vault_url must be an https:// URL");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net:443\n" SECRET), "12:16: azure vault_url must be https://NAME");
+    expect_error(AZURE("    vault_url: https://KV1.vault.azure.net\n" SECRET), "12:16: azure vault_url must be https://NAME");
+    expect_error(AZURE("    vault_url: https://a%2eb.vault.azure.net\n" SECRET), "12:16: azure vault_url must be an https:// URL");
+    /* a known vault gets only its own audience */
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    scope: https://management.azure.com/.default\n" SECRET),
+                 "13:12: azure scope https://management.azure.com/.default is not the token audience");
     expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    scope: https://vault.azure.net\n" SECRET),
                  "13:12: azure scope must be an https:// resource followed by /.default");
     expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: msi\n"),
