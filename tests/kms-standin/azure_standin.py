@@ -75,8 +75,8 @@ def kv_error(code, message):
     return {"error": {"code": code, "message": message}}
 
 
-API_VERSIONS = {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5"}
-ROTATE_SINCE = ("7.3", "7.4", "7.5")
+API_VERSIONS = {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"}
+ROTATE_SINCE = ("7.3", "7.4", "7.5", "7.6", "2025-07-01")
 RESOURCES = {"https://vault.azure.net", "https://managedhsm.azure.net", "https://vault.usgovcloudapi.net",
              "https://managedhsm.usgovcloudapi.net", "https://vault.azure.cn", "https://managedhsm.azure.cn"}
 IMDS_API_VERSIONS = {"2018-02-01", "2019-08-01"}
