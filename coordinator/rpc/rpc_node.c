@@ -579,13 +579,33 @@ void kfd_rpc_enroll(kfd_call *call)
     for (size_t i = 0; i < req->n_labels; i++)
         labels[i] = (kfd_label){req->labels[i]->key, req->labels[i]->value};
     /* Trust on first use: a quote that holds, from a node with no accepted values yet, is what
-     * it booted at enrollment; those values are accepted with this enroll's record. */
+     * it booted at its first enrollment; those values are accepted with this enroll's record. A
+     * node that already has volumes does not get a baseline by enrolling another (it could pick
+     * the moment, and the boot): an operator accepts its values. Checked again at apply. */
+    bool first_enrollment = false;
+    if (att.no_baseline) {
+        bool has = true;
+        if (kfd_store_node_has_volumes(app->store, call->peer->name, &has) != 0) {
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+            return;
+        }
+        first_enrollment = !has;
+        if (!first_enrollment)
+            snprintf(att.why, sizeof(att.why),
+                     "node '%s' has no accepted PCR values and already has volumes: trust on first use is only at "
+                     "a node's first enrollment; keyfleetctl node attest show|accept",
+                     call->peer->name);
+    }
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = req->volume->id,
                            .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
-                           .now = time(NULL), .enrolling = true, .attested = att.attested || att.no_baseline,
+                           .now = time(NULL), .enrolling = true, .attested = att.attested || first_enrollment,
                            .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(app->policy, &in, &decision);
+    if (!decision.allow && att.seen[0] != '\0' && !first_enrollment) {
+        deny_attest(call, req->volume->id, req->request_id, att.seen, decision.explanation);
+        return;
+    }
     if (!decision.allow) {
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
                      KF_CONNECT_PERMISSION_DENIED, decision.explanation);
@@ -596,7 +616,7 @@ void kfd_rpc_enroll(kfd_call *call)
     if (kfd_call_deadline_passed(call, "the KMS key generation"))
         return;
     enroll_op *op = new_enroll_op(call, req, &decision);
-    if (op != NULL && att.no_baseline)
+    if (op != NULL && first_enrollment)
         snprintf(op->tofu, sizeof(op->tofu), "%s", att.seen);
     if (op != NULL)
         app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);

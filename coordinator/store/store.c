@@ -117,10 +117,13 @@ static const char *const sql[ST_COUNT] = {
                          "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by, "
                          "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END",
     /* Trust on first use: only when the node has no accepted values. */
-    [ST_ATTEST_TOFU] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, 'tofu') "
+    /* Trust on first use only at the node's first enrollment: no volume of its own but this one
+     * (?4); a node that already has volumes gets its values accepted by an operator. */
+    [ST_ATTEST_TOFU] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) SELECT ?1, ?2, ?3, 'tofu' "
+                       "WHERE NOT EXISTS (SELECT 1 FROM volumes WHERE node = ?1 AND id != ?4) "
                        "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
                        "accepted_at = excluded.accepted_at, accepted_by = 'tofu' WHERE node_attest.accepted = ''",
-    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at) VALUES (?, ?, ?) "
+    [ST_NODE_HAS_VOLUMES] = "SELECT count(*) FROM volumes WHERE node = ?",    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at) VALUES (?, ?, ?) "
                        "ON CONFLICT(node) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at",
     [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at, "
@@ -451,7 +454,7 @@ static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, k
 }
 
 /* A node's measured-boot record: accepted (by an operator), TOFU, or seen (kf_tpm_pcrs text). */
-static int attest_write(kfd_store *s, int which, const char *node, const char *pcrs,
+static int attest_write(kfd_store *s, int which, const char *node, const char *pcrs, const char *volume_id,
                         const Keyfleet__V1__AuditEntry *audit, kf_err *err)
 {
     kf_tpm_pcrs parsed;
@@ -463,6 +466,8 @@ static int attest_write(kfd_store *s, int which, const char *node, const char *p
     sqlite3_bind_int64(st, 3, audit != NULL && audit->time != NULL ? audit->time->seconds : 0);
     if (which == ST_ATTEST_ACCEPT)
         kfd_bind_text(st, 4, audit != NULL && audit->actor != NULL ? audit->actor->name : "");
+    if (which == ST_ATTEST_TOFU)
+        kfd_bind_text(st, 4, volume_id);
     return kfd_store_step_done(s, st, "recording the node's PCR values", err);
 }
 
@@ -476,7 +481,7 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
             r = apply_enroll(s, cmd->enroll_volume, err);
         if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')
             r = attest_write(s, ST_ATTEST_TOFU, cmd->enroll_volume->node, cmd->enroll_volume->attest_tofu,
-                             cmd->enroll_volume->audit, err);
+                             cmd->enroll_volume->volume->id, cmd->enroll_volume->audit, err);
         if (r == 0)
             r = kfd_store_append_audit(s, cmd->enroll_volume->audit, seq, err);
         return r;
@@ -559,7 +564,7 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         bool accept = strcmp(c->kind, "accept") == 0;
         if (!accept && strcmp(c->kind, "seen") != 0)
             return kf_err_set(err, -EINVAL, "attest command of unknown kind '%.32s'", c->kind);
-        if ((r = attest_write(s, accept ? ST_ATTEST_ACCEPT : ST_ATTEST_SEEN, c->node, c->pcrs, c->audit, err)) != 0)
+        if ((r = attest_write(s, accept ? ST_ATTEST_ACCEPT : ST_ATTEST_SEEN, c->node, c->pcrs, NULL, c->audit, err)) != 0)
             return r;
         return kfd_store_append_audit(s, c->audit, seq, err);
     }

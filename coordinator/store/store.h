@@ -98,6 +98,8 @@ typedef struct kfd_attest_record {
 /* 0, -ENOENT (no record for the node) or -EIO. */
 int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret);
 int kfd_store_count_volumes(kfd_store *s, uint64_t *ret);
+/* Whether node enrolled any volume (trust on first use is only for its first). 0 or -EIO. */
+int kfd_store_node_has_volumes(kfd_store *s, const char *node, bool *ret);
 
 /* Returns 0 and sets *ret_revoked, or -EIO. */
 int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked);

@@ -76,6 +76,20 @@ int kfd_store_count_volumes(kfd_store *s, uint64_t *ret)
     return 0;
 }
 
+int kfd_store_node_has_volumes(kfd_store *s, const char *node, bool *ret)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_HAS_VOLUMES);
+    kfd_bind_text(st, 1, node);
+    int r = kfd_store_step_row(s, st, "counting a node's volumes");
+    if (r != 0)
+        return r == -ENOENT ? -EIO : r;
+    *ret = sqlite3_column_int64(st, 0) > 0;
+    sqlite3_reset(st);
+    return 0;
+}
+
 int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked)
 {
     if (s->failed)

@@ -470,6 +470,18 @@ static void test_attest_records(void **state)
     kfd_store *s = open_db("attest.db");
     kfd_attest_record rec;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), -ENOENT);
+    /* A node that already has a volume (enrolled without a quote) gets no baseline by enrolling
+     * another with one: trust on first use is only at its first enrollment (review of #16). */
+    kfd_store *s0 = open_db("attest0.db");
+    assert_int_equal(enroll_attested(s0, "vol-0", ""), 0);
+    assert_int_equal(enroll_attested(s0, "vol-00", PCR_A), 0);
+    assert_int_equal(kfd_store_get_attest(s0, "n1", &rec), -ENOENT);
+    bool has = false;
+    assert_int_equal(kfd_store_node_has_volumes(s0, "n1", &has), 0);
+    assert_true(has);
+    assert_int_equal(kfd_store_node_has_volumes(s0, "n2", &has), 0);
+    assert_false(has);
+    kfd_store_close(s0);
     assert_int_equal(enroll_attested(s, "vol-1", PCR_A), 0);
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     assert_string_equal(rec.accepted, PCR_A);
