@@ -35,7 +35,8 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
     if (strcmp(f[2], v->path) != 0)
         return kf_err_set(err, -EBADMSG, "%s: keyfleet metadata on a dataset that is not an encryption root", v->path);
     if (strcmp(f[3], v->id) != 0)
-        return kf_err_set(err, -EBADMSG, "%s: " KFA_ZFS_PROP_ID " is not this dataset's GUID %s", v->path, v->id);
+        return kf_err_set(err, -EBADMSG, "%s: " KFA_ZFS_PROP_ID " is %.64s, not this dataset's GUID %s", v->path, f[3],
+                          v->id);
     if ((r = kfa_wrapped_check(f[4], NULL, err)) != 0) {
         kf_err_wrap(err, "%s: " KFA_ZFS_PROP_WRAPPED " holds no valid wrapped key", v->path);
         return r;
