@@ -57,6 +57,22 @@ grep -q 'event=h2_reset_flood source=127.0.0.1 resets=101 limit=100 action=goawa
 expect_eq "... logged when the 101st reset came" "$?" "0"
 expect_eq "keyfleetd still serves new connections" "$(kcurl "$F" operator "$URL/healthz")" "ok"
 
+# 4. keyfleetd runs the TLS handshake itself (to hook HTTP/2 connections): a client that never
+# finishes it is still closed by h2o's handshake timeout (10 s), as under h2o_accept.
+out=$(python3 - "$PORT" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=40)
+s.sendall(b"\x16\x03\x01")  # the start of a TLS record, then nothing
+try:
+    print("closed" if s.recv(1) == b"" else "data")
+except socket.timeout:
+    print("still open after 40 s")
+except ConnectionError:
+    print("closed")
+PY
+)
+expect_eq "a connection that stalls in the TLS handshake is closed" "$out" "closed"
+
 # limits from the config: 8 streams, a budget of 10 resets.
 stop_kfd
 cat >>"$F/keyfleetd.yaml" <<'YAML'
