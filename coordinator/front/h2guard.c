@@ -119,6 +119,24 @@ static void forget_stream(kfd_h2guard *g, uint32_t id)
         *s = (kfd_h2guard_stream){0};
 }
 
+/* Frees the slots of streams h2o no longer has (it reset them itself, or the client stopped
+ * sending without a reset); those of bodies ended early (whose rest is still dropped here)
+ * only when no other slot is free. Returns how many. */
+static size_t reclaim_streams(kfd_h2guard *g, h2o_http2_conn_t *conn)
+{
+    size_t n = 0;
+    for (int pass = 0; pass < 2 && n == 0; pass++) {
+        for (size_t i = 0; g->streams != NULL && i < g->srv->cfg->limits.max_streams_per_connection; i++) {
+            kfd_h2guard_stream *s = &g->streams[i];
+            if (s->id != 0 && (pass == 1 || !s->cut) && find_h2o_stream(&conn->scheduler, s->id, 0) == NULL) {
+                *s = (kfd_h2guard_stream){0};
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
 /* A DATA frame (complete in src). Returns 0 to hand it to h2o, or the bytes it consumed itself
  * (the rest of a body that was ended early). */
 static ssize_t on_data(kfd_h2guard *g, h2o_http2_conn_t *conn, uint8_t *frame, uint32_t len, uint32_t id)
@@ -131,6 +149,8 @@ static ssize_t on_data(kfd_h2guard *g, h2o_http2_conn_t *conn, uint8_t *frame, u
         payload = len - 1 - frame[FRAME_HEADER_SIZE];
     }
     kfd_h2guard_stream *s = find_stream(g, id, true);
+    if (s == NULL && reclaim_streams(g, conn) > 0)
+        s = find_stream(g, id, true);
     if (s == NULL)
         return 0; /* more streams than advertised: h2o's own cap bounds them */
     if (s->cut) {
