@@ -216,10 +216,7 @@ Keyfleet__V1__AuditRecord *kfd_audit_row_record(sqlite3_stmt *st)
     r->decision = (Keyfleet__V1__Decision)sqlite3_column_int(st, 10);
     r->reason = dup_col(st, 11);
     r->source_address = dup_col(st, 12);
-    r->prev_hash.len = (size_t)sqlite3_column_bytes(st, 13);
-    r->prev_hash.data = malloc(r->prev_hash.len + 1);
-    if (r->prev_hash.data != NULL)
-        memcpy(r->prev_hash.data, sqlite3_column_blob(st, 13), r->prev_hash.len);
+    copy_blob(st, 13, &r->prev_hash); /* NULL in an image made to fail (fuzz_snapshot) */
     copy_blob(st, 14, &r->hash);
     copy_blob(st, 15, &r->root);
     copy_blob(st, 16, &r->signature);
