@@ -6,21 +6,40 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "cluster/raft_entry.h"
 #include "store/store.h"
 
 static kfd_store *store;
 static uint64_t next_index = 1;
+static char dir[64];
+static unsigned n;
+
+/* The scratch folder goes when the run ends (not after a crash, when it may help). */
+static void remove_scratch(void)
+{
+    if (store != NULL)
+        kfd_store_close(store);
+    store = NULL;
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (unsigned i = 0; i < n; i++) {
+        for (size_t k = 0; k < sizeof(suffixes) / sizeof(suffixes[0]); k++) {
+            char path[160];
+            snprintf(path, sizeof(path), "%s/store-%u.db%s", dir, i, suffixes[k]);
+            unlink(path);
+        }
+    }
+    rmdir(dir);
+}
 
 static void open_store(void)
 {
-    static char dir[64];
-    static unsigned n;
     if (dir[0] == '\0') {
         snprintf(dir, sizeof(dir), "/tmp/kf-fuzz-XXXXXX");
         if (mkdtemp(dir) == NULL)
             abort();
+        atexit(remove_scratch);
     }
     if (store != NULL)
         kfd_store_close(store);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -18,8 +19,29 @@
 static kfd_store *replica_empty, *replica_two;
 static unsigned char *base;
 static size_t base_len;
+static char dir[64];
+static const char *const names[] = {"leader.db", "replica-two.db", "replica-empty.db"};
 
-static kfd_store *open_store(const char *dir, const char *name)
+/* The scratch folder goes when the run ends (not after a crash, when it may help). */
+static void remove_scratch(void)
+{
+    kfd_store_close(replica_empty);
+    kfd_store_close(replica_two);
+    replica_empty = replica_two = NULL;
+    sqlite3_free(base);
+    base = NULL;
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        for (size_t k = 0; k < sizeof(suffixes) / sizeof(suffixes[0]); k++) {
+            char path[160];
+            snprintf(path, sizeof(path), "%s/%s%s", dir, names[i], suffixes[k]);
+            unlink(path);
+        }
+    }
+    rmdir(dir);
+}
+
+static kfd_store *open_store(const char *name)
 {
     char path[128];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
@@ -54,13 +76,13 @@ static void append(kfd_store *s, const char *action)
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
-    static char dir[64];
     snprintf(dir, sizeof(dir), "/tmp/kf-fuzz-XXXXXX");
     if (mkdtemp(dir) == NULL)
         abort();
-    kfd_store *leader = open_store(dir, "leader.db");
-    replica_two = open_store(dir, "replica-two.db");
-    replica_empty = open_store(dir, "replica-empty.db");
+    atexit(remove_scratch);
+    kfd_store *leader = open_store(names[0]);
+    replica_two = open_store(names[1]);
+    replica_empty = open_store(names[2]);
     static const char *const actions[] = {"login_failed", "revoke_node", "put_policy"};
     for (int i = 0; i < 3; i++) {
         append(leader, actions[i]);
