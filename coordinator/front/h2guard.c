@@ -202,8 +202,10 @@ static ssize_t guard_reader(h2o_http2_conn_t *conn, const uint8_t *src, size_t l
             g->preface_done = true;
             advertise_streams(g, conn);
         }
-    } else if (len >= FRAME_HEADER_SIZE && len - FRAME_HEADER_SIZE >= be24(src)) {
-        /* A whole frame (h2o reads one at a time, from sock->input, which is ours to edit). */
+    } else if (len >= FRAME_HEADER_SIZE && len - FRAME_HEADER_SIZE >= be24(src) &&
+               be24(src) <= H2O_HTTP2_SETTINGS_HOST.max_frame_size) {
+        /* A whole frame (h2o reads one at a time, from sock->input, which is ours to edit); one
+         * larger than h2o allows goes to h2o, which ends the connection for it. */
         uint32_t flen = be24(src), id = be31(src + 5);
         uint8_t *frame = (uint8_t *)conn->sock->input->bytes;
         if (src[3] == FRAME_RST_STREAM) {
