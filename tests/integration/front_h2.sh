@@ -73,6 +73,12 @@ PY
 )
 expect_eq "a connection that stalls in the TLS handshake is closed" "$out" "closed"
 
+# Nothing above leaves a connection behind (each client has gone; the server closes its end, at
+# the latest at the idle timeout, 30 s).
+open_now() { metric "$F" keyfleet_connections_open; }
+for _ in $(seq 1 400); do [ "$(open_now)" = 1 ] && break; sleep 0.1; done
+expect_eq "every connection above is closed (the one open is this /metrics request's)" "$(open_now)" "1"
+
 # limits from the config: 8 streams, a budget of 10 resets.
 stop_kfd
 cat >>"$F/keyfleetd.yaml" <<'YAML'
