@@ -14,13 +14,10 @@
 
 #include "audit_check.h"
 #include "ctl.h"
-#include "kf_audit_json.h"
 #include "kf_b64.h"
 #include "kf_merkle.h"
 #include "keyfleet/v1/admin.pb-c.h"
 
-#define PROOF_FORMAT "keyfleet-audit-inclusion/v1"
-#define CONSISTENCY_FORMAT "keyfleet-audit-consistency/v1"
 
 static int trust_of(kfctl *ctl, const char *ca, kfctl_trust *t)
 {
@@ -57,19 +54,6 @@ static json_t *hex_array(ProtobufCBinaryData *const *unused, const ProtobufCBina
     return a;
 }
 
-static int path_from_json(const json_t *a, kf_merkle_hash *path, size_t *ret_n)
-{
-    if (!json_is_array(a) || json_array_size(a) > KF_MERKLE_MAX_PROOF)
-        return -1;
-    for (size_t i = 0; i < json_array_size(a); i++) {
-        const char *h = json_string_value(json_array_get(a, i));
-        if (h == NULL || kf_unhex(h, strlen(h), path[i], KF_MERKLE_HASH) != 0)
-            return -1;
-    }
-    *ret_n = json_array_size(a);
-    return 0;
-}
-
 /* ---- verify ---- */
 
 /* A sink's copy (JSON lines), checked offline. 0: verified. */
@@ -82,41 +66,8 @@ static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl
         fprintf(stderr, "keyfleetctl: %s: %m\n", path);
         return 1;
     }
-    kfctl_log_check *chk = kfctl_log_check_new(trust);
-    if (chk == NULL) {
-        fclose(f);
-        return 1;
-    }
-    kfctl_log_check_allow_partial(chk);
-    kfctl_log_check_max_unsigned(chk, max_unsigned);
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    unsigned long lineno = 0;
-    int rc = 0;
-    while (rc == 0 && (len = getline(&line, &cap, f)) > 0) {
-        lineno++;
-        json_error_t jerr;
-        json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
-        Keyfleet__V1__AuditRecord *r = NULL;
-        if (o == NULL || kf_audit_record_from_json(o, &r) != 0) {
-            printf("audit stream BROKEN at line %lu of %s: not a keyfleet audit record\n", lineno, path);
-            rc = 1;
-        } else {
-            kfctl_log_check_add(chk, r);
-        }
-        kf_audit_record_free(r);
-        json_decref(o);
-    }
-    free(line);
+    int rc = kfctl_stream_verify(f, path, trust, anchors, n_anchors, max_unsigned, stdout);
     fclose(f);
-    if (rc == 0 && lineno == 0) {
-        printf("audit stream %s is empty\n", path);
-        rc = 1;
-    }
-    if (rc == 0)
-        rc = kfctl_log_check_finish(chk, anchors, n_anchors, stdout);
-    kfctl_log_check_free(chk);
     return rc;
 }
 
@@ -357,7 +308,7 @@ static int cmd_prove(kfctl *ctl, int argc, char **argv)
             free(packed);
             free(text);
         }
-        print_json(json_pack("{s:s, s:s, s:o, s:o}", "format", PROOF_FORMAT, "request_id", req.request_id,
+        print_json(json_pack("{s:s, s:s, s:o, s:o}", "format", KFCTL_PROOF_FORMAT, "request_id", req.request_id,
                              "checkpoint", kfctl_cp_to_json(&cp), "proofs", proofs));
         kfctl_cp_clear(&cp);
         rc = 0;
@@ -398,77 +349,13 @@ static int cmd_verify_proof(kfctl *ctl, int argc, char **argv)
     if (trust_of(ctl, ca, &trust) != 0)
         return 1;
     json_t *doc = load_json(argv[optind]);
-    kfctl_cp cp = {0}, an = {0};
     char why[400] = "";
     int rc = 1;
-    const char *format = json_string_value(json_object_get(doc, "format"));
-    json_t *proofs = json_object_get(doc, "proofs");
-    if (doc == NULL)
-        goto out;
-    if (format == NULL || strcmp(format, PROOF_FORMAT) != 0 || !json_is_array(proofs) || json_array_size(proofs) == 0) {
-        snprintf(why, sizeof(why), "not a keyfleet inclusion proof");
-        goto bad;
+    if (doc != NULL) {
+        rc = kfctl_proof_verify(&trust, doc, anchor, stdout, why, sizeof(why)) == 0 ? 0 : 1;
+        if (rc != 0)
+            printf("proof INVALID: %s\n", why);
     }
-    if (kfctl_cp_from_json(json_object_get(doc, "checkpoint"), &cp, why, sizeof(why)) != 0 ||
-        kfctl_cp_verify(&trust, &cp, why, sizeof(why)) != 0)
-        goto bad;
-    if (anchor != NULL) {
-        kfctl_cp *v = NULL;
-        size_t n = 0;
-        if (kfctl_cp_read_file(anchor, &v, &n, why, sizeof(why)) != 0)
-            goto bad;
-        an = v[n - 1];
-        for (size_t i = 0; i + 1 < n; i++)
-            kfctl_cp_clear(&v[i]);
-        free(v);
-        if (kfctl_cp_verify(&trust, &an, why, sizeof(why)) != 0)
-            goto bad;
-        if (strcmp(an.text, cp.text) != 0) {
-            snprintf(why, sizeof(why),
-                     "the proof is against the checkpoint of size %" PRIu64 ", the anchor signs %" PRIu64
-                     " (ask for one against it: audit prove ID --checkpoint ANCHOR)",
-                     cp.parsed.size, an.parsed.size);
-            goto bad;
-        }
-    }
-    for (size_t i = 0; i < json_array_size(proofs); i++) {
-        json_t *p = json_array_get(proofs, i);
-        const char *rec = json_string_value(json_object_get(p, "record"));
-        kf_merkle_hash path[KF_MERKLE_MAX_PROOF], leaf;
-        size_t n = 0, len = rec != NULL ? strlen(rec) : 0;
-        uint8_t *buf = malloc(len + 1);
-        int blen = buf != NULL && rec != NULL ? kf_b64_decode(rec, len, false, buf, len + 1) : -1;
-        Keyfleet__V1__AuditRecord *r =
-            blen >= 0 ? keyfleet__v1__audit_record__unpack(NULL, (size_t)blen, buf) : NULL;
-        free(buf);
-        uint8_t canon[KF_AUDIT_CANON_MAX];
-        size_t clen = r != NULL ? kf_audit_canonical(r, canon, sizeof(canon)) : 0;
-        bool ok = r != NULL && clen <= sizeof(canon) && r->seq >= 1 &&
-                  path_from_json(json_object_get(p, "path"), path, &n) == 0;
-        if (ok) {
-            kf_merkle_leaf_hash(canon, clen, leaf);
-            ok = kf_merkle_verify_inclusion(r->seq - 1, cp.parsed.size, leaf, path, n, cp.parsed.root);
-        }
-        if (!ok) {
-            snprintf(why, sizeof(why), "record %" PRIu64 " is not in the tree the checkpoint signed",
-                     r != NULL ? r->seq : 0);
-            if (r != NULL)
-                keyfleet__v1__audit_record__free_unpacked(r, NULL);
-            goto bad;
-        }
-        printf("included: record %" PRIu64 " %s node=%s volume=%s request=%s, in the %" PRIu64
-               " records coordinator %s signed at %" PRId64 "\n",
-               r->seq, r->action, r->node, r->volume_id, r->request_id, cp.parsed.size, cp.parsed.signer,
-               cp.parsed.seconds);
-        keyfleet__v1__audit_record__free_unpacked(r, NULL);
-    }
-    rc = 0;
-    goto out;
-bad:
-    printf("proof INVALID: %s\n", why);
-out:
-    kfctl_cp_clear(&cp);
-    kfctl_cp_clear(&an);
     json_decref(doc);
     kfctl_trust_free(&trust);
     return rc;
@@ -508,7 +395,7 @@ static int cmd_prove_consistency(kfctl *ctl, int argc, char **argv)
     Keyfleet__V1__ProveConsistencyResponse *resp = (Keyfleet__V1__ProveConsistencyResponse *)m;
     kfctl_cp cp;
     if (resp->new_checkpoint != NULL && kfctl_cp_from_record(resp->new_checkpoint, &cp, why, sizeof(why)) == 0) {
-        print_json(json_pack("{s:s, s:o, s:o, s:o}", "format", CONSISTENCY_FORMAT, "old",
+        print_json(json_pack("{s:s, s:o, s:o, s:o}", "format", KFCTL_CONSISTENCY_FORMAT, "old",
                              kfctl_cp_to_json(&olds[n_old - 1]), "new", kfctl_cp_to_json(&cp), "path",
                              hex_array(NULL, resp->path, resp->n_path)));
         kfctl_cp_clear(&cp);
@@ -544,37 +431,13 @@ static int cmd_verify_consistency(kfctl *ctl, int argc, char **argv)
     if (trust_of(ctl, ca, &trust) != 0)
         return 1;
     json_t *doc = load_json(argv[optind]);
-    kfctl_cp old = {0}, neu = {0};
     char why[400] = "";
     int rc = 1;
-    kf_merkle_hash path[KF_MERKLE_MAX_PROOF];
-    size_t n = 0;
-    const char *format = json_string_value(json_object_get(doc, "format"));
-    if (doc == NULL)
-        goto out;
-    if (format == NULL || strcmp(format, CONSISTENCY_FORMAT) != 0 ||
-        path_from_json(json_object_get(doc, "path"), path, &n) != 0) {
-        snprintf(why, sizeof(why), "not a keyfleet consistency proof");
-    } else if (kfctl_cp_from_json(json_object_get(doc, "old"), &old, why, sizeof(why)) != 0 ||
-               kfctl_cp_verify(&trust, &old, why, sizeof(why)) != 0) {
-        /* why says it */
-    } else if (kfctl_cp_from_json(json_object_get(doc, "new"), &neu, why, sizeof(why)) != 0 ||
-               kfctl_cp_verify(&trust, &neu, why, sizeof(why)) != 0) {
-    } else if (!kf_merkle_verify_consistency(old.parsed.size, neu.parsed.size, old.parsed.root, neu.parsed.root, path,
-                                             n)) {
-        snprintf(why, sizeof(why), "the tree of %" PRIu64 " records is not a prefix of the tree of %" PRIu64,
-                 old.parsed.size, neu.parsed.size);
-    } else {
-        printf("consistent: the %" PRIu64 " records signed at %" PRId64 " are the first %" PRIu64
-               " of the %" PRIu64 " signed at %" PRId64 "\n",
-               old.parsed.size, old.parsed.seconds, old.parsed.size, neu.parsed.size, neu.parsed.seconds);
-        rc = 0;
+    if (doc != NULL) {
+        rc = kfctl_consistency_verify(&trust, doc, stdout, why, sizeof(why)) == 0 ? 0 : 1;
+        if (rc != 0)
+            printf("consistency INVALID: %s\n", why);
     }
-    if (rc != 0)
-        printf("consistency INVALID: %s\n", why);
-out:
-    kfctl_cp_clear(&old);
-    kfctl_cp_clear(&neu);
     json_decref(doc);
     kfctl_trust_free(&trust);
     return rc;

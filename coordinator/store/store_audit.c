@@ -283,10 +283,7 @@ Keyfleet__V1__AuditRecord *kfd_audit_row_record(sqlite3_stmt *st)
     r->decision = (Keyfleet__V1__Decision)sqlite3_column_int(st, 10);
     r->reason = dup_col(st, 11);
     r->source_address = dup_col(st, 12);
-    r->prev_hash.len = (size_t)sqlite3_column_bytes(st, 13);
-    r->prev_hash.data = malloc(r->prev_hash.len + 1);
-    if (r->prev_hash.data != NULL)
-        memcpy(r->prev_hash.data, sqlite3_column_blob(st, 13), r->prev_hash.len);
+    copy_blob(st, 13, &r->prev_hash); /* NULL in an image made to fail (fuzz_snapshot) */
     copy_blob(st, 14, &r->hash);
     copy_blob(st, 15, &r->root);
     copy_blob(st, 16, &r->signature);
@@ -749,6 +746,24 @@ int kfd_store_audit_leaves(kfd_store *s, uint64_t size, kf_merkle_hash **ret)
     return 0;
 }
 
+static int image_without_code(sqlite3 *db, kf_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT type, name FROM sqlite_schema WHERE type NOT IN ('table', 'index') LIMIT 1", -1,
+                           &st, NULL) != SQLITE_OK)
+        return kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", sqlite3_errmsg(db));
+    int rc = sqlite3_step(st), r = 0;
+    if (rc == SQLITE_ROW) {
+        const char *type = (const char *)sqlite3_column_text(st, 0), *name = (const char *)sqlite3_column_text(st, 1);
+        r = kf_err_set(err, -EPERM, "snapshot image holds a %.16s (%.64s), which keyfleet's schema never has",
+                       type != NULL ? type : "?", name != NULL ? name : "?");
+    } else if (rc != SQLITE_DONE) {
+        r = kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+    return r;
+}
+
 int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, kfd_image_check *ret, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
@@ -766,6 +781,12 @@ int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, 
         sqlite3_free(copy);
         copy = NULL;
     }
+    if (db != NULL) {
+        /* Untrusted bytes (sqlite's "Defense against dark arts"): no writes to the schema, no
+         * functions with side effects from it. */
+        sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+        sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
+    }
     if (copy == NULL || sqlite3_deserialize(db, "main", copy, (sqlite3_int64)len, (sqlite3_int64)len,
                             SQLITE_DESERIALIZE_READONLY | SQLITE_DESERIALIZE_FREEONCLOSE) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT " KFD_AUDIT_COLS " ORDER BY a.seq", -1, &all, NULL) != SQLITE_OK ||
@@ -775,6 +796,10 @@ int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, 
         r = kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", db != NULL ? sqlite3_errmsg(db) : "no memory");
         goto out;
     }
+    /* The image becomes this replica's database: code in it (a trigger would run at every later
+     * apply, a view would stand in for a table) is refused, as keyfleet's schema has none. */
+    if ((r = image_without_code(db, err)) != 0)
+        goto out;
     scan sc;
     int rc = scan_log(all, at, &sc);
     scan_free(&sc);

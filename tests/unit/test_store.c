@@ -388,6 +388,32 @@ static void test_snapshot_image_checked(void **state)
     verify(honest, true, 0);
     sqlite3_free(img);
     sqlite3_close(db);
+
+    /* Issue #18: an image whose log verifies but which carries code (a trigger that would run
+     * at every later apply, a view standing in for a table) is refused; without it, accepted. */
+    static const char *const code[] = {
+        "CREATE TRIGGER keep_n2 AFTER INSERT ON audit BEGIN DELETE FROM volumes; END",
+        "CREATE VIEW shadow AS SELECT * FROM audit"};
+    for (size_t i = 0; i < 2; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "img-code-%zu.db", i);
+        kfd_store *coded = open_db(name);
+        for (int k = 0; k < 5; k++)
+            assert_int_equal(append(coded, "release", "n1"), 0);
+        assert_int_equal(kfd_store_serialize(coded, &img, &len, &err), 0);
+        assert_int_equal(check_image(honest, img, len, NULL), 0);
+        sqlite3_free(img);
+        kfd_store_close(coded);
+        snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, code[i], NULL, NULL, NULL), SQLITE_OK);
+        img = sqlite3_serialize(db, "main", &n, 0);
+        assert_non_null(img);
+        assert_int_equal(check_image(honest, img, (size_t)n, i == 0 ? "holds a trigger (keep_n2)" : "holds a view (shadow)"),
+                         -EPERM);
+        sqlite3_free(img);
+        sqlite3_close(db);
+    }
     kfd_store_close(honest);
     kfd_store_close(forked);
     kfd_store_close(ahead);
