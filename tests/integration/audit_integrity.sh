@@ -51,7 +51,9 @@ restore
 
 LAST=$(sqlite3 -cmd ".timeout 5000" "$DB" "SELECT max(seq) FROM audit")
 tamper "DELETE FROM audit WHERE seq = $LAST"
-expect_match "a row cut off the end fails verification while the coordinator runs" "$(verify_out)" "BROKEN at record $LAST: the log ends early"
+# (A record the coordinator appends meanwhile makes the same cut read as a gap before it.)
+expect_match "a row cut off the end fails verification while the coordinator runs" "$(verify_out)" \
+    "BROKEN at record ($LAST: the log ends early|$((LAST + 1)): a record is missing before this one)"
 restore
 
 # kill -9 during a stream of releases.

@@ -47,7 +47,10 @@ out=$(ctl "$F" kms rotate 2>&1)
 fault "$F" ""
 expect_match "a rotation whose answer is late is reported as maybe done" "$out" 'rotation may have happened'
 sleep 3 # a retry (attempts 2, backoff 0.2 s, 1.5 s slow) would have rotated again by now
-expect_eq "... and was sent once, though attempts is 2" "$(($(grep -c 'standin: rotated keyfleet-kek' "$F/azure_standin.log") - r0))" "1"
+# At most once: on a loaded machine the 1 s timeout can end the call before the stand-in even
+# read it (then none), but never twice.
+expect_eq "... and was sent at most once, though attempts is 2" \
+    "$(($(grep -c 'standin: rotated keyfleet-kek' "$F/azure_standin.log") - r0 <= 1 ? 1 : 0))" "1"
 out=$(node "$F" web-2 release vol-a "$WRAP_A")
 expect_match "after rotation the old wrap still releases (unwrap uses its kid)" "$out" "key=$KEY_A "
 REWRAP=$(field rewrapped "$out")
