@@ -459,7 +459,7 @@ static int cmd_seal_secret_id(kfa_ctx *ctx, int argc, char **argv)
     kf_err err = {0};
     kf_secbuf *secret = NULL;
     char *blob = NULL;
-    int r = kf_secbuf_read_file("/dev/stdin", 128, &secret, &err);
+    int r = kf_secbuf_read_fd(STDIN_FILENO, "stdin", 128, &secret, &err);
     if (r == 0)
         r = kfa_tpm_seal(ctx->cfg->tpm_tcti, ctx->cfg->tpm_pcrs, ctx->cfg->n_tpm_pcrs, secret, &blob,
                          KFA_TPM_TIMEOUT_MS, &err);

@@ -120,6 +120,32 @@ int kf_process_harden(void)
     return 0;
 }
 
+int kf_secbuf_read_fd(int fd, const char *name, size_t max, kf_secbuf **ret, kf_err *err)
+{
+    kf_secbuf *b = kf_secbuf_new(max + 2);
+    size_t len = 0;
+    ssize_t n = 0;
+    while (b != NULL && len <= max && (n = read(fd, b->data + len, max + 1 - len)) > 0)
+        len += (size_t)n;
+    int saved = errno;
+    if (b == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    if (n < 0) {
+        kf_secbuf_free(b);
+        return kf_err_set(err, -saved, "%s: %s", name, strerror(saved));
+    }
+    while (len > 0 && (b->data[len - 1] == '\n' || b->data[len - 1] == '\r'))
+        len--;
+    if (len == 0 || len > max) {
+        kf_secbuf_free(b);
+        return kf_err_set(err, -EINVAL, "%s: must hold 1 to %zu bytes", name, max);
+    }
+    b->data[len] = '\0';
+    b->len = len;
+    *ret = b;
+    return 0;
+}
+
 int kf_secbuf_read_file(const char *path, size_t max, kf_secbuf **ret, kf_err *err)
 {
     /* O_NONBLOCK and a regular file only: a FIFO or a device would stall the caller's event loop
@@ -132,27 +158,7 @@ int kf_secbuf_read_file(const char *path, size_t max, kf_secbuf **ret, kf_err *e
         close(fd);
         return kf_err_set(err, -EINVAL, "%s: not a regular file", path);
     }
-    kf_secbuf *b = kf_secbuf_new(max + 2);
-    size_t len = 0;
-    ssize_t n = 0;
-    while (b != NULL && len <= max && (n = read(fd, b->data + len, max + 1 - len)) > 0)
-        len += (size_t)n;
-    int saved = errno;
+    int r = kf_secbuf_read_fd(fd, path, max, ret, err);
     close(fd);
-    if (b == NULL)
-        return kf_err_set(err, -ENOMEM, "out of memory");
-    if (n < 0) {
-        kf_secbuf_free(b);
-        return kf_err_set(err, -saved, "%s: %s", path, strerror(saved));
-    }
-    while (len > 0 && (b->data[len - 1] == '\n' || b->data[len - 1] == '\r'))
-        len--;
-    if (len == 0 || len > max) {
-        kf_secbuf_free(b);
-        return kf_err_set(err, -EINVAL, "%s: must hold 1 to %zu bytes", path, max);
-    }
-    b->data[len] = '\0';
-    b->len = len;
-    *ret = b;
-    return 0;
+    return r;
 }

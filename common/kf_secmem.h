@@ -29,6 +29,8 @@ int kf_process_harden(void);
 /* Reads a secret file (a token, a secret id, a client secret) of 1..max bytes into secure memory,
  * without its trailing newline, NUL-terminated. Errors name the file, never its content. */
 int kf_secbuf_read_file(const char *path, size_t max, kf_secbuf **ret, struct kf_err *err);
+/* The same from an open descriptor (stdin, a pipe), read until end of file; name is for messages. */
+int kf_secbuf_read_fd(int fd, const char *name, size_t max, kf_secbuf **ret, struct kf_err *err);
 
 /* Wipes len bytes at p in a way the compiler cannot drop. */
 void kf_wipe(void *p, size_t len);
