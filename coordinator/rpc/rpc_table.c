@@ -27,6 +27,7 @@ const kfd_method kfd_methods[] = {
     NODE("Release", release_request, kfd_rpc_release, W),
     ANONYMOUS_NODE("Login", login_request, kfd_rpc_login, W),
     NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat, W),
+    NODE("RotateKey", rotate_key_request, kfd_rpc_rotate_key, W),
     ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending, R),
     ADMIN("Approve", approve_request, kfd_rpc_approve, W),
     ADMIN("Deny", deny_request, kfd_rpc_deny, W),

@@ -81,6 +81,10 @@ typedef struct kfd_volume {
     char enroll_request_id[65];
     int64_t created_at;
     int64_t last_released_at; /* 0: never released */
+    char *next_wrapped_key;   /* the rotation in progress; NULL when none */
+    char key_kcv[24];         /* the key's check value; "" when not known yet (a row from before rotation) */
+    char next_kcv[24];        /* the rotation in progress's; "" when none */
+    int64_t key_created_at;   /* when the key was made (enroll or the last rotation) */
 } kfd_volume;
 
 void kfd_volume_clear(kfd_volume *v);

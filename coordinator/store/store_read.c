@@ -33,6 +33,7 @@ void kfd_volume_clear(kfd_volume *v)
 {
     free(v->labels_json);
     free(v->wrapped_key);
+    free(v->next_wrapped_key);
     memset(v, 0, sizeof(*v));
 }
 
@@ -55,8 +56,13 @@ int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret)
     kfd_store_copy_col(st, 6, ret->enroll_request_id, sizeof(ret->enroll_request_id));
     ret->created_at = sqlite3_column_int64(st, 7);
     ret->last_released_at = sqlite3_column_int64(st, 8);
+    bool has_next = sqlite3_column_type(st, 9) != SQLITE_NULL;
+    ret->next_wrapped_key = has_next ? dup_col(st, 9) : NULL;
+    kfd_store_copy_col(st, 10, ret->key_kcv, sizeof(ret->key_kcv));
+    kfd_store_copy_col(st, 11, ret->next_kcv, sizeof(ret->next_kcv));
+    ret->key_created_at = sqlite3_column_int64(st, 12);
     sqlite3_reset(st);
-    if (ret->labels_json == NULL || ret->wrapped_key == NULL) {
+    if (ret->labels_json == NULL || ret->wrapped_key == NULL || (has_next && ret->next_wrapped_key == NULL)) {
         kfd_volume_clear(ret);
         return -ENOMEM;
     }
