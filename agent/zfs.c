@@ -1,7 +1,9 @@
 /* ZFS through the zfs command, called by its absolute path (zfs.command). The dataset GUID is
  * the volume id; user properties org.keyfleet:wrapped-key and org.keyfleet:volume-id hold the
  * metadata and move with the pool (zpool export/import). Keys are raw 32 bytes
- * (keyformat=raw, keylocation=prompt) and reach zfs only on its stdin. */
+ * (keyformat=raw, keylocation=prompt) and reach zfs only on its stdin. A key rotation in progress
+ * keeps the new wrapped key in org.keyfleet:wrapped-next until the dataset's key is changed and
+ * wrapped-key points at it (docs/agent.md, "Key rotation"). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 #define PROP_WRAPPED "org.keyfleet:wrapped-key"
 #define PROP_ID "org.keyfleet:volume-id"
 #define PROP_TPM "org.keyfleet:tpm-sealed"
+#define PROP_NEXT "org.keyfleet:wrapped-next"
 
 static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *key, char **ret_out, kf_err *err)
 {
@@ -53,7 +56,8 @@ static size_t split(char *s, char **fields, size_t max)
 static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 {
     const char *args[] = {"get", "-H", "-p", "-o", "value",
-                          "guid,keystatus,encryptionroot," PROP_ID "," PROP_WRAPPED "," PROP_TPM, v->path, NULL};
+                          "guid,keystatus,encryptionroot," PROP_ID "," PROP_WRAPPED "," PROP_TPM "," PROP_NEXT, v->path,
+                          NULL};
     char *out = NULL;
     kf_err e = {0};
     int r = zfs(cfg, args, NULL, &out, &e);
@@ -63,9 +67,11 @@ static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
         *err = e;
         return r;
     }
-    char *f[6];
-    size_t n = split(out, f, 6);
-    if (n != 6) {
+    free(v->wrapped_next);
+    v->wrapped_next = NULL;
+    char *f[7];
+    size_t n = split(out, f, 7);
+    if (n != 7) {
         free(out);
         return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
     }
@@ -83,6 +89,12 @@ static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
             r = kf_err_set(err, -ENOMEM, "out of memory");
         if (r == 0 && strcmp(f[5], "-") != 0 && (v->tpm_blob = strdup(f[5])) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
+        if (r == 0 && strcmp(f[6], "-") != 0) {
+            if (strncmp(f[6], "kf:", 3) != 0 || strlen(f[6]) > KFA_WRAPPED_MAX)
+                r = kf_err_set(err, -EBADMSG, "%s: " PROP_NEXT " holds no valid wrapped key", v->path);
+            else if ((v->wrapped_next = strdup(f[6])) == NULL)
+                r = kf_err_set(err, -ENOMEM, "out of memory");
+        }
     }
     free(out);
     return r;
@@ -272,6 +284,65 @@ static int zfs_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err 
     return 0;
 }
 
+static int zfs_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key,
+                            const kf_secbuf *new_key, const char *wrapped, kf_err *err)
+{
+    (void)old_key, (void)new_key; /* change-key needs the loaded key, not the old one */
+    char prop[KFA_WRAPPED_MAX + 64];
+    snprintf(prop, sizeof(prop), PROP_NEXT "=%s", wrapped);
+    const char *args[] = {"set", prop, v->path, NULL};
+    char *copy = strdup(wrapped);
+    int r = copy != NULL ? zfs(cfg, args, NULL, NULL, err) : kf_err_set(err, -ENOMEM, "out of memory");
+    if (r != 0) {
+        free(copy);
+        return r;
+    }
+    free(v->wrapped_next);
+    v->wrapped_next = copy;
+    return 0;
+}
+
+static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *new_key, kf_err *err)
+{
+    if (new_key == NULL)
+        return 0; /* nothing is left to remove once wrapped-key names the new key */
+    if (v->wrapped_next == NULL)
+        return kf_err_set(err, -EINVAL, "%s: no rotation in progress", v->path);
+    if (!v->unlocked)
+        return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); change-key needs it", v->path);
+    const char *change[] = {"change-key", "-o", "keyformat=raw", "-o", "keylocation=prompt", v->path, NULL};
+    int r = zfs(cfg, change, new_key, NULL, err);
+    if (r != 0)
+        return r;
+    kfa_test_crash_point("change-key");
+    const char *check[] = {"load-key", "-n", "-L", "prompt", v->path, NULL};
+    if ((r = zfs(cfg, check, new_key, NULL, err)) != 0)
+        return kf_err_wrap(err, "%s: the new key did not verify", v->path);
+    if ((r = set_props(cfg, v, v->wrapped_next, err)) != 0)
+        return r;
+    kfa_test_crash_point("wrapped");
+    const char *drop[] = {"inherit", PROP_NEXT, v->path, NULL};
+    if ((r = zfs(cfg, drop, NULL, NULL, err)) != 0)
+        return r;
+    free(v->wrapped);
+    v->wrapped = v->wrapped_next;
+    v->wrapped_next = NULL;
+    if (v->tpm_blob != NULL) { /* it sealed the old key, which no longer opens the dataset */
+        const char *drop_tpm[] = {"inherit", PROP_TPM, v->path, NULL};
+        if (zfs(cfg, drop_tpm, NULL, NULL, err) == 0) {
+            free(v->tpm_blob);
+            v->tpm_blob = NULL;
+        }
+    }
+    return 0;
+}
+
+static int zfs_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
+{
+    (void)cfg, (void)v, (void)err;
+    return 0;
+}
+
 const kfa_driver kfa_zfs_driver = {
     .name = "zfs",
     .probe = zfs_probe,
@@ -280,4 +351,7 @@ const kfa_driver kfa_zfs_driver = {
     .lock = zfs_lock,
     .store_wrapped = zfs_store_wrapped,
     .store_tpm = zfs_store_tpm,
+    .rotate_stage = zfs_rotate_stage,
+    .rotate_retire = zfs_rotate_retire,
+    .rotate_finish = zfs_rotate_finish,
 };
