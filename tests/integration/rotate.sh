@@ -135,5 +135,11 @@ TID=$(luks_json "$D" | python3 -c 'import json, sys; print(next(k for k, t in js
 cryptsetup token export --token-id "$TID" "$D" | sed 's/}$/,"keyfleet_rotating":"yes"}/' >"$WORK/t.json"
 cryptsetup token import --token-id "$TID" --token-replace --json-file "$WORK/t.json" "$D"
 expect_match "a rotating mark that is not true is refused" "$(A unlock "luks:$D" 2>&1)" "keyfleet_rotating must be true"
+cryptsetup token export --token-id "$TID" "$D" | sed 's/,"keyfleet_rotating":"yes"}$/,"keyfleet_replaces":"0"}/' >"$WORK/t.json"
+cryptsetup token import --token-id "$TID" --token-replace --json-file "$WORK/t.json" "$D"
+expect_match "keyfleet_replaces without the rotating mark is refused" "$(A unlock "luks:$D" 2>&1)" "keyfleet_replaces must name another keyslot"
+cryptsetup token export --token-id "$TID" "$D" | sed 's/,"keyfleet_replaces":"0"}$/,"keyfleet_rotated":true}/' >"$WORK/t.json"
+cryptsetup token import --token-id "$TID" --token-replace --json-file "$WORK/t.json" "$D"
+expect_match "... and unknown fields still are" "$(A unlock "luks:$D" 2>&1)" "unknown field keyfleet_rotated"
 check_sanitizers
 finish
