@@ -28,6 +28,7 @@ static void usage(FILE *f)
                "  audit prove REQUEST_ID | verify-proof FILE | prove-consistency OLD [NEW] | verify-consistency FILE\n"
                "  policy get | put FILE | check NODE VOLUME_ID [--source IP]\n"
                "  node revoke NAME [REASON]\n"
+               "  volume list [--json] enrolled volumes: node, key age, a key rotation in progress\n"
                "  kms rotate           new KMS key version for new wraps\n"
                "  cluster status | cluster add NAME --raft HOST:PORT --rpc HOST:PORT | cluster remove NAME\n"
                "  approle create NAME --node NODE [--cidr C]... [--token-ttl D] [--secret-id-ttl D]\n"
@@ -102,6 +103,7 @@ int main(int argc, char **argv)
         {"pending", kfctl_cmd_pending}, {"approve", kfctl_cmd_approve}, {"deny", kfctl_cmd_deny},
         {"audit", kfctl_cmd_audit},     {"policy", kfctl_cmd_policy},   {"node", kfctl_cmd_node},
         {"kms", kfctl_cmd_kms},         {"approle", kfctl_cmd_approle}, {"cluster", kfctl_cmd_cluster},
+        {"volume", kfctl_cmd_volume},
     };
     size_t i = 0;
     while (i < sizeof(commands) / sizeof(commands[0]) && strcmp(commands[i].name, cmd) != 0)

@@ -50,6 +50,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("AddMember", add_member_request, kfd_rpc_add_member, W),
     ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
     ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
+    ADMIN("ListVolumes", list_volumes_request, kfd_rpc_list_volumes, R),
 };
 
 const size_t kfd_methods_count = sizeof(kfd_methods) / sizeof(kfd_methods[0]);

@@ -125,6 +125,10 @@ int kfd_store_totp_used(kfd_store *s, const char *op, int64_t step, bool *ret);
 /* Waiting requests, oldest first; appended to resp (caller frees with kfd_store_free_pending_list). */
 int kfd_store_list_pending(kfd_store *s, Keyfleet__V1__ListPendingResponse *resp);
 void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
+/* Every enrolled volume, by id; appended to resp (caller frees with kfd_store_free_volume_list).
+ * 0, -EIO or -ENOMEM. */
+int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp);
+void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp);
 /* Request ids of waiting requests whose expires_at <= now (at most max). */
 int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t max, size_t *ret_n);
 

@@ -315,3 +315,63 @@ int kfd_store_kms_latest(kfd_store *s, const char *backend, uint32_t *ret)
     }
     return r == -ENOENT ? 0 : r;
 }
+
+void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp)
+{
+    for (size_t i = 0; i < resp->n_volumes; i++) {
+        Keyfleet__V1__VolumeInfo *v = resp->volumes[i];
+        if (v->volume != NULL) {
+            free(v->volume->id);
+            free(v->volume->name);
+        }
+        free(v->volume);
+        free(v->node);
+        free(v);
+    }
+    free(resp->volumes);
+    resp->volumes = NULL;
+    resp->n_volumes = 0;
+}
+
+int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_LIST);
+    int rc, r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Keyfleet__V1__VolumeInfo *v = calloc(1, sizeof(*v));
+        Keyfleet__V1__VolumeRef *ref = calloc(1, sizeof(*ref));
+        Keyfleet__V1__VolumeInfo **list = realloc(resp->volumes, (resp->n_volumes + 1) * sizeof(*list));
+        if (list != NULL)
+            resp->volumes = list;
+        if (v == NULL || ref == NULL || list == NULL) {
+            free(v);
+            free(ref);
+            r = -ENOMEM;
+            break;
+        }
+        keyfleet__v1__volume_info__init(v);
+        keyfleet__v1__volume_ref__init(ref);
+        v->volume = ref;
+        resp->volumes[resp->n_volumes++] = v;
+        ref->id = dup_col(st, 0);
+        ref->kind = (Keyfleet__V1__VolumeKind)sqlite3_column_int(st, 1);
+        ref->name = dup_col(st, 2);
+        v->node = dup_col(st, 3);
+        v->created_at = sqlite3_column_int64(st, 4);
+        v->key_created_at = sqlite3_column_int64(st, 5);
+        v->rotation_in_progress = sqlite3_column_int(st, 6) != 0;
+        v->last_released_at = sqlite3_column_int64(st, 7);
+        if (ref->id == NULL || ref->name == NULL || v->node == NULL) {
+            r = -ENOMEM;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    if (r == 0 && rc != SQLITE_DONE)
+        r = kfd_store_sql_error(s, rc, "listing volumes", NULL);
+    if (r != 0)
+        kfd_store_free_volume_list(resp);
+    return r;
+}

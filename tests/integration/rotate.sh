@@ -74,6 +74,11 @@ expect_match "audit: rotate_begin, then rotate_commit" "$audit" "\"action\":\"ro
 expect_match "audit: the retired key's refusal" "$audit" "\"action\":\"release\",\"actor\":\"node-a\".*\"decision\":\"deny\".*this key was retired by a rotation"
 check "... counted keys were sealed for the rotation" test "$keys1" -gt "$keys0"
 
+vl=$(ctl "$F" volume list)
+expect_match "volume list: the ZFS dataset, its key age, no rotation in progress" "$vl" \
+    "^VOLUME +KIND +NODE +KEY MADE +KEY AGE +ROTATION .*$GUID +zfs +node-a +[0-9T:-]+Z +0d +- "
+expect_match "... and the LUKS2 file" "$vl" "$UUID +luks2 +node-a +[0-9T:-]+Z +0d +-"
+
 # Refusals.
 keys2=$(metric "$F" keyfleet_sealed_keys_total)
 out=$(node "$F" node-b rotate-begin "$UUID" "rotate-by-node-b-0001")
@@ -107,6 +112,10 @@ for step in ${ONLY:-release begin keyslot stage old-token retire commit}; do
     before=$(luks_wrapped)
     KEYFLEET_TEST_CRASH_AFTER=$step A rotate "luks:$D" >"$WORK/crash.out" 2>&1
     expect_eq "LUKS2 killed after $step (exit 86)" "$?" "86"
+    if [ "$step" = stage ]; then
+        expect_match "volume list: the rotation in progress" "$(ctl "$F" volume list --json)" \
+            "\"volume\":\"$UUID\",\"kind\":\"luks2\",\"node\":\"node-a\",\"key_created_at\":[0-9]+,\"key_age_days\":0,\"rotation_in_progress\":true"
+    fi
     luks_opens "... the volume opens"
     out=$(A rotate "luks:$D" 2>&1)
     expect_match "... a second run completes" "$? $out" "^0 .*disk.luks: rot"
