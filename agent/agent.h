@@ -8,6 +8,7 @@
 #include "config.h"
 #include "kf_identity.h"
 #include "kf_node_client.h"
+#include "tpm_attest.h"
 #include "volume.h"
 
 #define KFA_TPM_TIMEOUT_MS 15000
@@ -15,6 +16,10 @@
 #define KFA_EXIT_ALL 0
 #define KFA_EXIT_NONE 1
 #define KFA_EXIT_USAGE 2
+
+/* Prints the usage of cmd (main.c's table; the whole agent's when NULL) to stderr; returns
+ * KFA_EXIT_USAGE. */
+int kfa_usage(const char *cmd);
 #define KFA_EXIT_SOME 3
 
 typedef struct kfa_ctx {
@@ -43,6 +48,14 @@ void kfa_client_close_for_tpm(kfa_ctx *ctx);
 int kfa_identify(kfa_ctx *ctx, kf_err *err);
 /* The run's receiver, made on first use for ctx->me (NULL if that failed: each call then makes its own). */
 kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
+
+/* The TPM quote for one request (docs/attestation.md), made on the client's current connection,
+ * which the next call is pinned to: 0 with *msg pointing into *q, 1 when this node does not
+ * attest (no TPM-bound identity, or tpm.attest: false), or a negative errno: -ENXIO when the TPM
+ * refused the quote, -ENOMEM, or a transport error connecting (worth a retry). The client's TPM key is let go of first (the provider's TPM
+ * connection closed; swtpm serves one at a time): a new client is made when the connection goes. */
+int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
+               Keyfleet__V1__TpmQuote *msg, kf_err *err);
 
 /* Releases v's key: retries transport errors and unavailable with jittered backoff, and polls
  * while PENDING, until the run's deadline. Returns 0 with *ret filled, -ETIMEDOUT at the

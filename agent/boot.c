@@ -51,7 +51,7 @@ int kfa_cmd_initramfs_files(const kfa_config *cfg, int argc, char **argv)
 {
     (void)argv;
     if (argc != 1) {
-        fprintf(stderr, "usage: keyfleet-agent [-c FILE] initramfs-files\n");
+        kfa_usage("initramfs-files");
         return KFA_EXIT_USAGE;
     }
     put("file", cfg->path);
@@ -308,7 +308,7 @@ int kfa_cmd_keyscript(const char *config_path, int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         if (c != 'a') {
-            fprintf(stderr, "usage: keyfleet-agent [-c FILE] keyscript [--askpass PROGRAM]\n");
+            kfa_usage("keyscript");
             return KFA_EXIT_USAGE;
         }
         askpass = optarg;

@@ -76,17 +76,21 @@ static int dec_luks(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, co
 typedef struct tpm_sec {
     char *tcti;
     kf_strlist pcrs;
+    char *attest;
+    kf_strlist attest_pcrs;
 } tpm_sec;
 
 static const kf_yaml_field tpm_fields[] = {
     {"tcti", kf_yaml_dec_string, offsetof(tpm_sec, tcti), NULL, false},
     {"pcrs", kf_yaml_dec_strlist, offsetof(tpm_sec, pcrs), NULL, false},
+    {"attest", kf_yaml_dec_string, offsetof(tpm_sec, attest), NULL, false},
+    {"attest_pcrs", kf_yaml_dec_strlist, offsetof(tpm_sec, attest_pcrs), NULL, false},
 };
 
 static int dec_tpm(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, const void *arg, kf_err *err)
 {
     (void)arg;
-    int r = kf_yaml_decode_map(doc, n, tpm_fields, 2, dst, err);
+    int r = kf_yaml_decode_map(doc, n, tpm_fields, 4, dst, err);
     tpm_sec *t = dst;
     for (size_t i = 0; r == 0 && i < t->pcrs.n; i++) {
         char *end;
@@ -94,6 +98,14 @@ static int dec_tpm(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, con
         if (*end != '\0' || v < 0 || v > 23 || t->pcrs.n > 24)
             r = kf_yaml_error(doc, n, err, "tpm.pcrs must list PCR numbers 0..23");
     }
+    for (size_t i = 0; r == 0 && i < t->attest_pcrs.n; i++) {
+        char *end;
+        long v = strtol(t->attest_pcrs.v[i], &end, 10);
+        if (*end != '\0' || v < 0 || v > 23 || t->attest_pcrs.n > 24)
+            r = kf_yaml_error(doc, n, err, "tpm.attest_pcrs must list PCR numbers 0..23");
+    }
+    if (r == 0 && t->attest != NULL && strcmp(t->attest, "true") != 0 && strcmp(t->attest, "false") != 0)
+        r = kf_yaml_error(doc, n, err, "tpm.attest must be true or false");
     return r;
 }
 
@@ -232,6 +244,13 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         if (cfg->n_tpm_pcrs == 0)
             cfg->tpm_pcrs[cfg->n_tpm_pcrs++] = 7;
         kf_strlist_free(&w.tpm.pcrs);
+        cfg->tpm_attest = w.tpm.attest == NULL || strcmp(w.tpm.attest, "true") == 0;
+        for (size_t i = 0; i < w.tpm.attest_pcrs.n && i < 24; i++)
+            cfg->tpm_attest_pcrs |= 1u << atoi(w.tpm.attest_pcrs.v[i]);
+        if (cfg->tpm_attest_pcrs == 0)
+            cfg->tpm_attest_pcrs = (1u << 0) | (1u << 2) | (1u << 4) | (1u << 7);
+        free(w.tpm.attest);
+        kf_strlist_free(&w.tpm.attest_pcrs);
         cfg->volumes = w.volumes.v;
         cfg->n_volumes = w.volumes.n;
         for (size_t i = 0; i < cfg->n_volumes; i++)
@@ -253,6 +272,8 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
             free(w.state_file);
             free(w.zfs.command);
             free(w.tpm.tcti);
+            free(w.tpm.attest);
+            kf_strlist_free(&w.tpm.attest_pcrs);
         }
         return r;
     }

@@ -42,6 +42,11 @@ typedef struct kfa_config {
     char *tpm_tcti;
     uint32_t tpm_pcrs[24];
     size_t n_tpm_pcrs;
+    /* Measured-boot attestation (docs/attestation.md): with a TPM-bound identity, every Enroll
+     * and Release carries a quote over these PCRs (bit i: PCR i; default 0, 2, 4, 7);
+     * tpm.attest: false turns it off. */
+    bool tpm_attest;
+    uint32_t tpm_attest_pcrs;
     kfa_volume_cfg *volumes;
     size_t n_volumes;
 } kfa_config;

@@ -18,17 +18,6 @@
 #include "kf_tpmkey.h"
 #include "tpm_attest.h"
 
-static int usage(void)
-{
-    fprintf(stderr, "usage: keyfleet-agent identity create NAME [--key FILE] [--csr FILE]\n"
-                    "  makes an ECC P-256 key in the TPM (tpm.tcti), a certificate request, and the TPM's\n"
-                    "  evidence that the key is in it (FILE.evidence); FILE defaults: identity.tpm_key of\n"
-                    "  the config, and that path + \".csr\"\n"
-                    "       keyfleet-agent identity activate CREDENTIAL [--cert FILE]\n"
-                    "  opens the certificate keyfleetctl sealed to this TPM; FILE defaults to identity.cert\n");
-    return KFA_EXIT_USAGE;
-}
-
 /* identity activate CREDENTIAL [--cert FILE]: TPM2_ActivateCredential recovers the secret the
  * certificate was sealed under; the certificate must be for this node's TPM key. */
 static int activate(const kfa_config *cfg, int argc, char **argv)
@@ -39,11 +28,11 @@ static int activate(const kfa_config *cfg, int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c != 'c')
-            return usage();
+            return kfa_usage("identity");
         cert = optarg;
     }
     if (optind + 1 != argc || cert == NULL || cfg->tpm_key == NULL)
-        return usage();
+        return kfa_usage("identity");
     kf_err err = {0};
     kf_tpm_credential cred;
     unsigned char secret[64];
@@ -156,7 +145,7 @@ int kfa_cmd_identity(const kfa_config *cfg, int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "activate") == 0)
         return activate(cfg, argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "create") != 0)
-        return usage();
+        return kfa_usage("identity");
     const char *key = cfg->tpm_key, *csr = NULL;
     static const struct option opts[] = {{"key", required_argument, NULL, 'k'},
                                          {"csr", required_argument, NULL, 'r'},
@@ -171,10 +160,10 @@ int kfa_cmd_identity(const kfa_config *cfg, int argc, char **argv)
         else if (c == 'r')
             csr = optarg;
         else
-            return usage();
+            return kfa_usage("identity");
     }
     if (optind + 1 != argc || key == NULL)
-        return usage();
+        return kfa_usage("identity");
     const char *name = argv[optind];
     if (!kf_name_valid(name, strlen(name))) {
         fprintf(stderr, "keyfleet-agent: name '%s' must be 1..63 of [A-Za-z0-9._-], starting alphanumeric\n", name);
@@ -183,7 +172,7 @@ int kfa_cmd_identity(const kfa_config *cfg, int argc, char **argv)
     char csr_default[4096];
     if (csr == NULL) {
         if ((size_t)snprintf(csr_default, sizeof(csr_default), "%s.csr", key) >= sizeof(csr_default))
-            return usage();
+            return kfa_usage("identity");
         csr = csr_default;
     }
     kf_err err = {0};

@@ -265,6 +265,17 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     return 0;
 }
 
+/* libcryptsetup answers -ENOTSUP when it cannot reach device-mapper (cryptsetup itself then asks
+ * "Is dm_mod kernel module loaded?"); without the kernel's device-mapper misc device that is the
+ * cause, and saying so beats "Operation not supported". */
+static int activation_failed(const kfa_volume *v, int r, kf_err *err)
+{
+    if (r == -ENOTSUP && access("/sys/class/misc/device-mapper", F_OK) != 0)
+        return kf_err_set(err, r, "%s: activation failed: no device-mapper in this kernel (is dm_mod loaded? "
+                                  "modprobe dm_mod)", v->path);
+    return kf_err_set(err, r, "%s: activation failed: %s", v->path, strerror(-r));
+}
+
 static int luks_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, kf_err *err)
 {
     struct crypt_device *cd = NULL;
@@ -277,7 +288,7 @@ static int luks_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     if (r == -EPERM)
         return kf_err_set(err, -EKEYREJECTED, "%s: the released key does not open the volume", v->path);
     if (r < 0)
-        return kf_err_set(err, r, "%s: activation failed: %s", v->path, strerror(-r));
+        return activation_failed(v, r, err);
     v->unlocked = true;
     return 0;
 }

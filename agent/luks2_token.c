@@ -123,17 +123,25 @@ static int check_coordinators(json_t *a, kfa_token *t, kf_err *err)
     return 0;
 }
 
-static int check_tpm(json_t *v, kfa_token *t, kf_err *err)
+int kfa_tpm_blob_check(const char *s, kf_err *err)
 {
-    const char *s = json_string_value(v);
-    if (s == NULL)
-        return BAD(err, "keyfleet_tpm_sealed must be a string");
     size_t n = strlen(s);
     if (n > KFA_TOKEN_TPM_MAX)
         return BAD(err, "keyfleet_tpm_sealed is %zu bytes, more than %d", n, KFA_TOKEN_TPM_MAX);
     if (strncmp(s, "kftpm1:", 7) != 0 || s[7] == '\0' ||
         !only(s + 7, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="))
         return BAD(err, "keyfleet_tpm_sealed is not a keyfleet TPM blob (kftpm1:BASE64)");
+    return 0;
+}
+
+static int check_tpm(json_t *v, kfa_token *t, kf_err *err)
+{
+    const char *s = json_string_value(v);
+    if (s == NULL)
+        return BAD(err, "keyfleet_tpm_sealed must be a string");
+    int r = kfa_tpm_blob_check(s, err);
+    if (r != 0)
+        return r;
     if ((t->tpm_blob = strdup(s)) == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     return 0;

@@ -46,4 +46,8 @@ void kfa_token_clear(kfa_token *t);
  * KFA_TOKEN_WRAPPED_MAX bytes. Whether a coordinator can unwrap it is for the coordinator. */
 int kfa_wrapped_check(const char *s, kfa_token *ret_parts, kf_err *err);
 
+/* Whether s has the syntax of a TPM-sealed copy: "kftpm1:" BASE64, at most KFA_TOKEN_TPM_MAX
+ * bytes (what tpm2.c unseals is then checked by the TPM). */
+int kfa_tpm_blob_check(const char *s, kf_err *err);
+
 #endif

@@ -14,6 +14,7 @@
 #include <openssl/sha.h>
 
 #include "agent.h"
+#include "kf_cli.h"
 #include "boot.h"
 #include "identity.h"
 #include "kf_heap.h"
@@ -29,30 +30,50 @@
  * LUKS2's minimum, 1000, and a benchmarked one (125 ms) gives far more than this on any CPU. */
 #define KFA_COSTLY_DIGEST_ITERATIONS 10000
 
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: keyfleet-agent [-c FILE] COMMAND ...\n"
+static const kf_cli_cmd commands_help[] = {
+    {"enroll", "enroll VOLUME [--label k=v]... [--auth-file FILE]\n"
+               "       VOLUME is luks:PATH, zfs:DATASET or a configured volume (a relative PATH is made\n"
+               "       absolute). LUKS2 needs an existing passphrase: --auth-file, or on stdin."},
+    {"unlock", "unlock [--all | VOLUME...]\n"
+               "       exit 0: all unlocked, 1: none, 3: some"},
+    {"status", "status [--json]\n"
+               "       each volume's key status and last unlock, and whether a coordinator answers"},
+    {"rewrap", "rewrap\n"
+               "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
+    {"rotate", "rotate --all | VOLUME...\n"
+               "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
+               "       exit as unlock"},
+    {"identity", "identity create NAME [--key FILE] [--csr FILE]\n"
+                 "       makes an ECC P-256 key in the TPM (tpm.tcti), a certificate request, and the TPM's\n"
+                 "       evidence that the key is in it (FILE.evidence); FILE defaults: identity.tpm_key of\n"
+                 "       the config, and that path + \".csr\"\n"
+                 "identity activate CREDENTIAL [--cert FILE]\n"
+                 "       opens the certificate keyfleetctl sealed to this TPM; FILE defaults to identity.cert"},
+    {"seal-secret-id", "seal-secret-id --out FILE\n"
+                       "       seal an AppRole secret id (on stdin) to this TPM, for identity.secret_id_tpm_file"},
+    {"watch", "watch [--count N]\n"
+              "       heartbeat every watch_interval; lock every volume while a coordinator says lock\n"
+              "       (the node was revoked)"},
+    {"check-config", "check-config\n"
+                     "       validate the config (and the certificate it names), then exit: 0 ok, 2 not"},
+    {"initramfs-files", "initramfs-files\n"
+                        "       list what an initramfs needs for this config (KIND<TAB>PATH)"},
+    {"keyscript", "keyscript [--askpass PROGRAM]\n"
+                  "       cryptroot keyscript: the key of $CRYPTTAB_SOURCE on stdout, from a coordinator or\n"
+                  "       the passphrase prompt, whichever answers first"},
+};
+
+const kf_cli kfa_cli = {
+    .program = "keyfleet-agent",
+    .options = "[-c FILE] COMMAND ...\n"
                "  -c, --config FILE     agent config (default /etc/keyfleet/agent.yaml)\n"
-               "commands:\n"
-               "  enroll VOLUME [--label k=v]... [--auth-file FILE]\n"
-               "                        VOLUME is luks:PATH, zfs:DATASET or a configured volume.\n"
-               "                        LUKS2 needs an existing passphrase: --auth-file, or on stdin.\n"
-               "  unlock [--all | VOLUME...]   exit 0: all unlocked, 1: none, 3: some\n"
-               "  status [--json]\n"
-               "  rewrap                store each volume's key rewrapped under the newest KMS key\n"
-               "  rotate --all | VOLUME...     replace each volume's keyfleet key with a new one\n"
-               "  identity create NAME [--key FILE] [--csr FILE]\n"
-               "                              make this node's TLS key in its TPM, and a CSR\n"
-               "  seal-secret-id --out FILE   seal an AppRole secret id (stdin) to this TPM, for\n"
-               "                        identity.secret_id_tpm_file\n"
-               "  watch [--count N]     heartbeat every watch_interval; lock every volume while a\n"
-               "                        coordinator says lock (the node was revoked)\n"
-               "  check-config          validate the config (and the certificate it names), then exit\n"
-               "  initramfs-files       list what an initramfs needs for this config (KIND<TAB>PATH)\n"
-               "  keyscript [--askpass PROGRAM]\n"
-               "                        cryptroot keyscript: the key of $CRYPTTAB_SOURCE on stdout, from\n"
-               "                        a coordinator or the passphrase prompt, whichever answers first\n");
-}
+               "  -h, --help            this usage; --version: the version\n"
+               "exit status: 0 ok, 1 failed, 2 usage or config error, 3 (unlock, rewrap) some volumes\n",
+    .cmds = commands_help,
+    .n_cmds = sizeof(commands_help) / sizeof(commands_help[0]),
+};
+
+int kfa_usage(const char *cmd) { return kf_cli_usage_error(&kfa_cli, cmd); }
 
 /* Resolves VOLUME into a volume with its driver. */
 /* Reads an existing LUKS passphrase from a file (exact bytes) or stdin (one trailing newline
@@ -120,14 +141,11 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
             lp[n_labels] = &labels[n_labels];
             n_labels++;
         } else {
-            usage(stderr);
-            return KFA_EXIT_USAGE;
+            return kfa_usage("enroll");
         }
     }
-    if (optind + 1 != argc) {
-        usage(stderr);
-        return KFA_EXIT_USAGE;
-    }
+    if (optind + 1 != argc)
+        return kfa_usage("enroll");
     kfa_volume v;
     kf_err err = {0};
     kf_secbuf *auth = NULL;
@@ -162,7 +180,11 @@ static int cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
     char request_id[33];
     enroll_request_id(ctx->me.name, v.id, request_id);
     kf_rpc_status st;
-    if (kf_node_enroll(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, lp, n_labels, request_id, &e, &st, &err) != 0)
+    kfa_quote q;
+    Keyfleet__V1__TpmQuote quote;
+    int a = kfa_attest(ctx, "Enroll", v.id, request_id, &q, &quote, &err);
+    if (a < 0 || kf_node_enroll(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, lp, n_labels, request_id,
+                                a == 0 ? &quote : NULL, &e, &st, &err) != 0)
         goto out;
     if (st.code != KF_CONNECT_OK) {
         kf_err_set(&err, -EACCES, "coordinator refused: %s: %s", kf_connect_code_name(st.code), st.message);
@@ -337,7 +359,7 @@ static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv, identity_job *job)
     size_t n = 0;
     int rc = KFA_EXIT_USAGE;
     if (all && argc != 2)
-        usage(stderr);
+        kfa_usage("unlock");
     else if (kfa_collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, true, &vs, &n) == 0)
         rc = 0;
     /* The volumes' headers are read while the helper thread sets up TLS and connects. */
@@ -375,10 +397,8 @@ static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv, identity_job *job)
 static int cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
 {
     (void)argv;
-    if (argc != 1) {
-        usage(stderr);
-        return KFA_EXIT_USAGE;
-    }
+    if (argc != 1)
+        return kfa_usage("rewrap");
     kfa_volume *vs = NULL;
     size_t n = 0, ok = 0;
     if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
@@ -409,10 +429,8 @@ static int cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
 static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
 {
     int json = argc == 2 && strcmp(argv[1], "--json") == 0;
-    if (argc > 1 + json) {
-        usage(stderr);
-        return KFA_EXIT_USAGE;
-    }
+    if (argc > 1 + json)
+        return kfa_usage("status");
     kfa_volume *vs = NULL;
     size_t n = 0;
     if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
@@ -469,7 +487,7 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
 static int cmd_seal_secret_id(kfa_ctx *ctx, int argc, char **argv)
 {
     if (argc != 3 || strcmp(argv[1], "--out") != 0) {
-        fprintf(stderr, "usage: keyfleet-agent seal-secret-id --out FILE   (the secret id on stdin)\n");
+        kfa_usage("seal-secret-id");
         return KFA_EXIT_USAGE;
     }
     kf_err err = {0};
@@ -523,25 +541,21 @@ int main(int argc, char **argv)
     if (kf_process_harden() != 0)
         kf_log_warn("harden_failed", "what=dumpable");
     const char *config_path = "/etc/keyfleet/agent.yaml";
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    /* --version, --help and `help COMMAND` before the config is read (it may not exist yet). */
+    static const char *const with_arg[] = {"-c", "--config", NULL};
+    int answered = kf_cli_answer(&kfa_cli, argc, argv, kf_cli_command_index(argc, argv, with_arg));
+    if (answered >= 0)
+        return answered;
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+c:", opts, NULL)) != -1) {
         if (c == 'c')
             config_path = optarg;
-        else if (c == 'h') {
-            usage(stdout);
-            return 0;
-        } else {
-            usage(stderr);
-            return KFA_EXIT_USAGE;
-        }
+        else
+            return kfa_usage(NULL);
     }
-    if (optind >= argc) {
-        usage(stderr);
-        return KFA_EXIT_USAGE;
-    }
+    if (optind >= argc)
+        return kfa_usage(NULL);
     /* Before the config is read: a broken config must still leave the passphrase prompt. */
     if (strcmp(argv[optind], "keyscript") == 0)
         return finish(kfa_cmd_keyscript(config_path, argc - optind, argv + optind));
@@ -600,8 +614,7 @@ int main(int argc, char **argv)
         rc = cmd_seal_secret_id(&ctx, sub_argc, sub_argv);
     else {
         fprintf(stderr, "keyfleet-agent: unknown command '%s'\n", cmd);
-        usage(stderr);
-        rc = KFA_EXIT_USAGE;
+        rc = kfa_usage(NULL);
     }
     kf_seal_receiver_free(ctx.receiver);
     kf_rpc_client_free(ctx.client);

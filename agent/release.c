@@ -9,6 +9,7 @@
 #include <openssl/rand.h>
 
 #include "agent.h"
+#include "kf_tpm_evidence.h"
 #include "kf_secmem.h"
 #include "kf_time.h"
 #include "tpm2.h"
@@ -86,6 +87,13 @@ static int login(kfa_ctx *ctx, kf_err *err)
 
 int kfa_client(kfa_ctx *ctx, kf_err *err)
 {
+    char prefer[256] = "";
+    if (ctx->client != NULL && !kf_rpc_client_usable(ctx->client)) {
+        /* Its TPM key was let go of for a quote, and its connection is gone: a new client, sent
+         * where the old one would have gone (the leader a follower named). */
+        snprintf(prefer, sizeof(prefer), "%s", kf_rpc_client_current(ctx->client));
+        kfa_client_close_for_tpm(ctx);
+    }
     if (ctx->client != NULL)
         return 0;
     kf_rpc_opts opts = {
@@ -98,7 +106,10 @@ int kfa_client(kfa_ctx *ctx, kf_err *err)
         .ca_file = ctx->cfg->ca,
         .timeout_ms = (long)ctx->cfg->call_timeout_ms,
     };
-    return kf_rpc_client_new(&opts, &ctx->client, err);
+    int r = kf_rpc_client_new(&opts, &ctx->client, err);
+    if (r == 0 && prefer[0] != '\0' && kf_rpc_client_prefer(ctx->client, prefer) != 0)
+        r = kf_err_set(err, -ENOMEM, "out of memory");
+    return r;
 }
 
 void kfa_client_close_for_tpm(kfa_ctx *ctx)
@@ -135,6 +146,37 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx)
     if (ctx->receiver == NULL && kf_seal_receiver_new(ctx->me.name, &ctx->receiver) != 0)
         ctx->receiver = NULL;
     return ctx->receiver;
+}
+
+int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
+               Keyfleet__V1__TpmQuote *msg, kf_err *err)
+{
+    if (ctx->cfg->tpm_key == NULL || !ctx->cfg->tpm_attest || !ctx->me.tpm_key)
+        return 1;
+    kf_seal_receiver *rx = kfa_receiver(ctx);
+    if (rx == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    unsigned char exporter[32], qual[32];
+    int r = kfa_connect(ctx, err);
+    if (r == 0)
+        r = kf_rpc_client_export(ctx->client, KF_TPM_QUOTE_EXPORTER_LABEL, exporter, sizeof(exporter), err);
+    if (r != 0)
+        return r;
+    kf_tpm_quote_qualifying(exporter, method, volume_id, kf_seal_receiver_public_key(rx), 32,
+                            request_id != NULL ? request_id : "", qual);
+    /* The handshake is done: close the provider's TPM connection, keep the TLS one. */
+    kf_rpc_client_release_tpm(ctx->client);
+    if (kfa_tpm_quote(ctx->cfg->tpm_tcti, ctx->cfg->tpm_attest_pcrs, qual, q, err) != 0)
+        return kf_err_wrap(err, "quote for measured-boot attestation"), -ENXIO;
+    Keyfleet__V1__TpmQuote init = KEYFLEET__V1__TPM_QUOTE__INIT;
+    *msg = init;
+    msg->quoted = (ProtobufCBinaryData){.data = q->quoted, .len = q->quoted_len};
+    msg->signature = (ProtobufCBinaryData){.data = q->sig, .len = q->sig_len};
+    msg->ak_public = (ProtobufCBinaryData){.data = q->ak_pub, .len = q->ak_pub_len};
+    msg->pcr_values = (ProtobufCBinaryData){.data = q->values, .len = q->values_len};
+    memcpy(q->nonce, qual, sizeof(qual));
+    msg->nonce = (ProtobufCBinaryData){.data = q->nonce, .len = sizeof(qual)};
+    return 0;
 }
 
 /* Waits before the next attempt; false when that would pass the deadline. */
@@ -181,7 +223,14 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
             st.code = KF_CONNECT_UNAVAILABLE;
             snprintf(st.message, sizeof(st.message), "%s", e.msg);
         } else if (r == 0) {
-            r = kf_node_release(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, v->wrapped, request_id, ret, &st, &e);
+            kfa_quote q;
+            Keyfleet__V1__TpmQuote quote;
+            int a = kfa_attest(ctx, "Release", v->id, request_id, &q, &quote, &e);
+            if (a == -ENXIO || a == -ENOMEM) /* the TPM refused the quote: no retry helps */
+                return kf_err_set(err, -EIO, "%s: %s", v->path, e.msg);
+            r = a < 0 ? a
+                      : kf_node_release(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, v->wrapped, request_id,
+                                        a == 0 ? &quote : NULL, ret, &st, &e);
         }
         answered |= r == 0;
         if (r == 0 && st.code == KF_CONNECT_UNAUTHENTICATED && ctx->logged_in && !relogged) {

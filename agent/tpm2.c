@@ -11,74 +11,30 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "tss2_dl.h"
+#include "tpm_esys.h"
 
 #define BLOB_PREFIX "kftpm1:"
 
+/* The objects this file holds, flushed by tpm_close with everything else (tpm_esys.h). */
 typedef struct tpm {
-    TSS2_TCTI_CONTEXT *tcti;
-    ESYS_CONTEXT *esys;
-    ESYS_TR primary, object, session;
+    kfa_tpm k;
+    ESYS_TR *primary, *object, *session;
 } tpm;
 
-static int tpm_error(kf_err *err, const char *what, TSS2_RC rc)
+static int tpm_open(tpm *t, const char *tcti, kf_err *err)
 {
-    return kf_err_set(err, -EIO, "TPM %s failed: %s", what, sym_Tss2_RC_Decode(rc));
+    int r = kfa_tpm_open(&t->k, tcti, err);
+    if (r == 0) {
+        t->primary = kfa_tpm_track(&t->k);
+        t->object = kfa_tpm_track(&t->k);
+        t->session = kfa_tpm_track(&t->k);
+    }
+    return r;
 }
 
 static void tpm_close(tpm *t)
 {
-    ESYS_TR *handles[] = {&t->session, &t->object, &t->primary};
-    for (size_t i = 0; i < 3; i++)
-        if (*handles[i] != ESYS_TR_NONE && t->esys != NULL)
-            sym_Esys_FlushContext(t->esys, *handles[i]);
-    if (t->esys != NULL)
-        sym_Esys_Finalize(&t->esys);
-    if (t->tcti != NULL)
-        sym_Tss2_TctiLdr_Finalize(&t->tcti);
-}
-
-static int tpm_open(tpm *t, const char *tcti, kf_err *err)
-{
-    memset(t, 0, sizeof(*t));
-    t->primary = t->object = t->session = ESYS_TR_NONE;
-    TSS2_RC rc = sym_Tss2_TctiLdr_Initialize(tcti, &t->tcti);
-    if (rc != TSS2_RC_SUCCESS)
-        return kf_err_set(err, -ENODEV, "TPM: cannot open TCTI '%s': %s", tcti, sym_Tss2_RC_Decode(rc));
-    if ((rc = sym_Esys_Initialize(&t->esys, t->tcti, NULL)) != TSS2_RC_SUCCESS) {
-        tpm_close(t);
-        return tpm_error(err, "initialization", rc);
-    }
-    rc = sym_Esys_Startup(t->esys, TPM2_SU_CLEAR);
-    if (rc != TSS2_RC_SUCCESS && (rc & 0xfff) != TPM2_RC_INITIALIZE) {
-        tpm_close(t);
-        return tpm_error(err, "startup", rc);
-    }
-    return 0;
-}
-
-/* The storage primary under the owner hierarchy: the same template gives the same key. */
-static int create_primary(tpm *t, kf_err *err)
-{
-    TPM2B_SENSITIVE_CREATE sens = {0};
-    TPM2B_PUBLIC pub = {.publicArea = {
-                            .type = TPM2_ALG_ECC,
-                            .nameAlg = TPM2_ALG_SHA256,
-                            .objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
-                                                TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                                                TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA,
-                            .parameters.eccDetail = {.symmetric = {.algorithm = TPM2_ALG_AES,
-                                                                   .keyBits.aes = 128,
-                                                                   .mode.aes = TPM2_ALG_CFB},
-                                                     .scheme = {.scheme = TPM2_ALG_NULL},
-                                                     .curveID = TPM2_ECC_NIST_P256,
-                                                     .kdf = {.scheme = TPM2_ALG_NULL}},
-                        }};
-    TPM2B_DATA outside = {0};
-    TPML_PCR_SELECTION creation_pcr = {0};
-    TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
-                                    &pub, &outside, &creation_pcr, &t->primary, NULL, NULL, NULL, NULL);
-    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "create primary", rc);
+    kfa_tpm_close(&t->k);
 }
 
 static void pcr_selection(const uint32_t *pcrs, size_t n, TPML_PCR_SELECTION *sel)
@@ -96,18 +52,18 @@ static void pcr_selection(const uint32_t *pcrs, size_t n, TPML_PCR_SELECTION *se
 static int pcr_policy(tpm *t, TPM2_SE type, const TPML_PCR_SELECTION *sel, TPM2B_DIGEST **ret_digest, kf_err *err)
 {
     TPMT_SYM_DEF sym = {.algorithm = TPM2_ALG_NULL};
-    TSS2_RC rc = sym_Esys_StartAuthSession(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                       NULL, type, &sym, TPM2_ALG_SHA256, &t->session);
+    TSS2_RC rc = sym_Esys_StartAuthSession(t->k.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                       NULL, type, &sym, TPM2_ALG_SHA256, t->session);
     if (rc != TSS2_RC_SUCCESS)
-        return tpm_error(err, "start session", rc);
+        return kfa_tpm_error(err, "start session", rc);
     TPM2B_DIGEST empty = {0}; /* empty pcrDigest: bind to the current values */
-    rc = sym_Esys_PolicyPCR(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, sel);
+    rc = sym_Esys_PolicyPCR(t->k.esys, *t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &empty, sel);
     if (rc != TSS2_RC_SUCCESS)
-        return tpm_error(err, "PolicyPCR", rc);
+        return kfa_tpm_error(err, "PolicyPCR", rc);
     if (ret_digest != NULL &&
-        (rc = sym_Esys_PolicyGetDigest(t->esys, t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ret_digest)) !=
+        (rc = sym_Esys_PolicyGetDigest(t->k.esys, *t->session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ret_digest)) !=
             TSS2_RC_SUCCESS)
-        return tpm_error(err, "PolicyGetDigest", rc);
+        return kfa_tpm_error(err, "PolicyGetDigest", rc);
     return 0;
 }
 
@@ -142,21 +98,21 @@ static int do_unseal(const char *tcti, const char *blob, kf_secbuf **ret_key, kf
     TPML_PCR_SELECTION sel;
     pcr_selection(pcrs, n_pcrs, &sel);
     TSS2_RC rc;
-    if ((r = create_primary(&t, err)) == 0) {
-        rc = sym_Esys_Load(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, &t.object);
+    if ((r = kfa_tpm_create_srk(&t.k, t.primary, err)) == 0) {
+        rc = sym_Esys_Load(t.k.esys, *t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub, t.object);
         if (rc != TSS2_RC_SUCCESS)
-            r = tpm_error(err, "load (is this the TPM the key was sealed to?)", rc);
+            r = kfa_tpm_error(err, "load (is this the TPM the key was sealed to?)", rc);
     }
     if (r == 0)
         r = pcr_policy(&t, TPM2_SE_POLICY, &sel, NULL, err);
     TPM2B_SENSITIVE_DATA *out = NULL;
     if (r == 0) {
-        rc = sym_Esys_Unseal(t.esys, t.object, t.session, ESYS_TR_NONE, ESYS_TR_NONE, &out);
+        rc = sym_Esys_Unseal(t.k.esys, *t.object, *t.session, ESYS_TR_NONE, ESYS_TR_NONE, &out);
         if ((rc & 0xff) == (TPM2_RC_POLICY_FAIL & 0xff) && (rc & TPM2_RC_FMT1))
             r = kf_err_set(err, -EACCES, "TPM refused to unseal: the PCR values changed since the key was sealed "
                                          "(firmware, boot loader or Secure Boot state)");
         else if (rc != TSS2_RC_SUCCESS)
-            r = tpm_error(err, "unseal", rc);
+            r = kfa_tpm_error(err, "unseal", rc);
     }
     if (r == 0) {
         kf_secbuf *key = kf_secbuf_new(out->size > 0 ? out->size : 1);
@@ -191,11 +147,11 @@ static int do_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const 
     TPM2B_PUBLIC *out_pub = NULL;
     TPM2B_PRIVATE *out_priv = NULL;
     TSS2_RC rc;
-    if ((r = create_primary(&t, err)) == 0)
+    if ((r = kfa_tpm_create_srk(&t.k, t.primary, err)) == 0)
         r = pcr_policy(&t, TPM2_SE_TRIAL, &sel, &policy, err);
     if (r == 0) {
-        sym_Esys_FlushContext(t.esys, t.session);
-        t.session = ESYS_TR_NONE;
+        sym_Esys_FlushContext(t.k.esys, *t.session);
+        *t.session = ESYS_TR_NONE;
         TPM2B_SENSITIVE_CREATE sens = {0};
         sens.sensitive.data.size = (UINT16)key->len;
         memcpy(sens.sensitive.data.buffer, key->data, key->len);
@@ -207,11 +163,11 @@ static int do_seal(const char *tcti, const uint32_t *pcrs, size_t n_pcrs, const 
         tmpl.publicArea.authPolicy = *policy;
         TPM2B_DATA outside = {0};
         TPML_PCR_SELECTION creation_pcr = {0};
-        rc = sym_Esys_Create(t.esys, t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens, &tmpl, &outside,
+        rc = sym_Esys_Create(t.k.esys, *t.primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens, &tmpl, &outside,
                          &creation_pcr, &out_priv, &out_pub, NULL, NULL, NULL);
         OPENSSL_cleanse(&sens, sizeof(sens));
         if (rc != TSS2_RC_SUCCESS)
-            r = tpm_error(err, "create sealed object", rc);
+            r = kfa_tpm_error(err, "create sealed object", rc);
     }
     char *blob = NULL;
     if (r == 0) {

@@ -6,58 +6,9 @@
 
 #include <openssl/crypto.h>
 
-#include "tss2_dl.h"
+#include "tpm_esys.h"
 
-typedef struct tpm {
-    TSS2_TCTI_CONTEXT *tcti;
-    ESYS_TR objs[5];
-    size_t n_objs;
-    ESYS_CONTEXT *esys;
-} tpm;
-
-static int tpm_error(kf_err *err, const char *what, TSS2_RC rc)
-{
-    return kf_err_set(err, -EIO, "TPM %s failed: %s", what, sym_Tss2_RC_Decode(rc));
-}
-
-static void tpm_close(tpm *t)
-{
-    for (size_t i = t->n_objs; i-- > 0;)
-        if (t->objs[i] != ESYS_TR_NONE)
-            sym_Esys_FlushContext(t->esys, t->objs[i]);
-    if (t->esys != NULL)
-        sym_Esys_Finalize(&t->esys);
-    if (t->tcti != NULL)
-        sym_Tss2_TctiLdr_Finalize(&t->tcti);
-}
-
-static int tpm_open(tpm *t, const char *tcti, kf_err *err)
-{
-    memset(t, 0, sizeof(*t));
-    int r = kfa_tss2_load(err);
-    if (r != 0)
-        return r;
-    TSS2_RC rc = sym_Tss2_TctiLdr_Initialize(tcti, &t->tcti);
-    if (rc != TSS2_RC_SUCCESS)
-        return kf_err_set(err, -ENODEV, "TPM: cannot open TCTI '%s': %s", tcti, sym_Tss2_RC_Decode(rc));
-    if ((rc = sym_Esys_Initialize(&t->esys, t->tcti, NULL)) != TSS2_RC_SUCCESS) {
-        tpm_close(t);
-        return tpm_error(err, "initialization", rc);
-    }
-    rc = sym_Esys_Startup(t->esys, TPM2_SU_CLEAR);
-    if (rc != TSS2_RC_SUCCESS && (rc & 0xfff) != TPM2_RC_INITIALIZE) {
-        tpm_close(t);
-        return tpm_error(err, "startup", rc);
-    }
-    return 0;
-}
-
-/* Remembers a transient object for tpm_close. */
-static ESYS_TR *track(tpm *t)
-{
-    t->objs[t->n_objs] = ESYS_TR_NONE;
-    return &t->objs[t->n_objs++];
-}
+typedef kfa_tpm tpm;
 
 /* TCG EK Credential Profile, template L-1: RSA 2048, policy PolicySecret(TPM_RH_ENDORSEMENT). */
 static const uint8_t EK_POLICY[32] = {0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc,
@@ -87,7 +38,7 @@ static int create_ek(tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub, kf_err *err)
     TPML_PCR_SELECTION pcrs = {0};
     TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                         &sens, &tmpl, &outside, &pcrs, ret, ret_pub, NULL, NULL, NULL);
-    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "creating the endorsement key", rc);
+    return rc == TSS2_RC_SUCCESS ? 0 : kfa_tpm_error(err, "creating the endorsement key", rc);
 }
 
 /* The AK: a restricted ECDSA-SHA256 P-256 signing primary under the endorsement hierarchy. */
@@ -110,31 +61,7 @@ static int create_ak(tpm *t, ESYS_TR *ret, TPM2B_PUBLIC **ret_pub, kf_err *err)
     TPML_PCR_SELECTION pcrs = {0};
     TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_ENDORSEMENT, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                         &sens, &tmpl, &outside, &pcrs, ret, ret_pub, NULL, NULL, NULL);
-    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "creating the attestation key", rc);
-}
-
-/* The owner hierarchy's ECC storage primary, the template tpm2-openssl uses as a key's parent. */
-static int create_srk(tpm *t, ESYS_TR *ret, kf_err *err)
-{
-    TPM2B_PUBLIC tmpl = {.publicArea = {
-                             .type = TPM2_ALG_ECC,
-                             .nameAlg = TPM2_ALG_SHA256,
-                             .objectAttributes = TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT | TPMA_OBJECT_FIXEDTPM |
-                                                 TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                                                 TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA,
-                             .parameters.eccDetail = {.symmetric = {.algorithm = TPM2_ALG_AES,
-                                                                    .keyBits.aes = 128,
-                                                                    .mode.aes = TPM2_ALG_CFB},
-                                                      .scheme = {.scheme = TPM2_ALG_NULL},
-                                                      .curveID = TPM2_ECC_NIST_P256,
-                                                      .kdf = {.scheme = TPM2_ALG_NULL}},
-                         }};
-    TPM2B_SENSITIVE_CREATE sens = {0};
-    TPM2B_DATA outside = {0};
-    TPML_PCR_SELECTION pcrs = {0};
-    TSS2_RC rc = sym_Esys_CreatePrimary(t->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
-                                        &tmpl, &outside, &pcrs, ret, NULL, NULL, NULL, NULL);
-    return rc == TSS2_RC_SUCCESS ? 0 : tpm_error(err, "creating the storage primary key", rc);
+    return rc == TSS2_RC_SUCCESS ? 0 : kfa_tpm_error(err, "creating the attestation key", rc);
 }
 
 static int marshal_public(const TPM2B_PUBLIC *p, unsigned char *out, size_t cap, size_t *len, kf_err *err)
@@ -192,24 +119,24 @@ int kfa_tpm_evidence(const char *tcti, const kf_tpmkey_info *key, const unsigned
     if (q_len > 64)
         return kf_err_set(err, -EINVAL, "qualifying data longer than 64 bytes");
     tpm t;
-    int r = tpm_open(&t, tcti, err);
+    int r = kfa_tpm_open(&t, tcti, err);
     if (r != 0)
         return r;
     TPM2B_PUBLIC *ek_pub = NULL, *ak_pub = NULL, key_pub = {0};
     TPM2B_PRIVATE key_priv = {0};
     TPM2B_ATTEST *attest = NULL;
     TPMT_SIGNATURE *sig = NULL;
-    ESYS_TR *ek = track(&t);
+    ESYS_TR *ek = kfa_tpm_track(&t);
     if ((r = create_ek(&t, ek, &ek_pub, err)) != 0 ||
         (r = marshal_public(ek_pub, ev->ek_pub, sizeof(ev->ek_pub), &ev->ek_pub_len, err)) != 0)
         goto out;
     sym_Esys_FlushContext(t.esys, *ek); /* three transient slots on swtpm: keep the EK's public only */
     *ek = ESYS_TR_NONE;
     read_ek_cert(&t, ev);
-    ESYS_TR *ak = track(&t), *srk = track(&t), *obj = track(&t);
+    ESYS_TR *ak = kfa_tpm_track(&t), *srk = kfa_tpm_track(&t), *obj = kfa_tpm_track(&t);
     if ((r = create_ak(&t, ak, &ak_pub, err)) != 0 ||
         (r = marshal_public(ak_pub, ev->ak_pub, sizeof(ev->ak_pub), &ev->ak_pub_len, err)) != 0 ||
-        (r = create_srk(&t, srk, err)) != 0)
+        (r = kfa_tpm_create_srk(&t, srk, err)) != 0)
         goto out;
     size_t off = 0;
     if (sym_Tss2_MU_TPM2B_PUBLIC_Unmarshal(key->pub, key->pub_len, &off, &key_pub) != TSS2_RC_SUCCESS ||
@@ -219,7 +146,7 @@ int kfa_tpm_evidence(const char *tcti, const kf_tpmkey_info *key, const unsigned
     }
     TSS2_RC rc = sym_Esys_Load(t.esys, *srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &key_priv, &key_pub, obj);
     if (rc != TSS2_RC_SUCCESS) {
-        r = tpm_error(err, "loading the node key (made by another TPM?)", rc);
+        r = kfa_tpm_error(err, "loading the node key (made by another TPM?)", rc);
         goto out;
     }
     sym_Esys_FlushContext(t.esys, *srk);
@@ -230,7 +157,7 @@ int kfa_tpm_evidence(const char *tcti, const kf_tpmkey_info *key, const unsigned
     rc = sym_Esys_Certify(t.esys, *obj, *ak, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD, ESYS_TR_NONE, &qual, &scheme, &attest,
                           &sig);
     if (rc != TSS2_RC_SUCCESS) {
-        r = tpm_error(err, "certifying the node key", rc);
+        r = kfa_tpm_error(err, "certifying the node key", rc);
         goto out;
     }
     if (attest->size > sizeof(ev->attest) || key->pub_len > sizeof(ev->key_pub)) {
@@ -253,7 +180,7 @@ out:
     sym_Esys_Free(ak_pub);
     sym_Esys_Free(attest);
     sym_Esys_Free(sig);
-    tpm_close(&t);
+    kfa_tpm_close(&t);
     return r;
 }
 
@@ -271,10 +198,10 @@ int kfa_tpm_activate(const char *tcti, const unsigned char *id_object, size_t id
     sec.size = (uint16_t)(es_len - 2);
     memcpy(sec.secret, enc_secret + 2, sec.size);
     tpm t;
-    int r = tpm_open(&t, tcti, err);
+    int r = kfa_tpm_open(&t, tcti, err);
     if (r != 0)
         return r;
-    ESYS_TR *ek = track(&t), *ak = track(&t), *session = track(&t);
+    ESYS_TR *ek = kfa_tpm_track(&t), *ak = kfa_tpm_track(&t), *session = kfa_tpm_track(&t);
     TPM2B_DIGEST *cert_info = NULL;
     if ((r = create_ek(&t, ek, NULL, err)) != 0 || (r = create_ak(&t, ak, NULL, err)) != 0)
         goto out;
@@ -285,7 +212,7 @@ int kfa_tpm_activate(const char *tcti, const unsigned char *id_object, size_t id
         rc = sym_Esys_PolicySecret(t.esys, ESYS_TR_RH_ENDORSEMENT, *session, ESYS_TR_PASSWORD, ESYS_TR_NONE,
                                    ESYS_TR_NONE, NULL, NULL, NULL, 0, NULL, NULL);
     if (rc != TSS2_RC_SUCCESS) {
-        r = tpm_error(err, "authorizing the endorsement key", rc);
+        r = kfa_tpm_error(err, "authorizing the endorsement key", rc);
         goto out;
     }
     rc = sym_Esys_ActivateCredential(t.esys, *ak, *ek, ESYS_TR_PASSWORD, *session, ESYS_TR_NONE, &cred, &sec,
@@ -293,7 +220,7 @@ int kfa_tpm_activate(const char *tcti, const unsigned char *id_object, size_t id
     if (rc == TSS2_RC_SUCCESS)
         *session = ESYS_TR_NONE; /* a policy session without continueSession ends with the command */
     if (rc != TSS2_RC_SUCCESS) {
-        r = tpm_error(err, "activating the credential (made for another TPM?)", rc);
+        r = kfa_tpm_error(err, "activating the credential (made for another TPM?)", rc);
         goto out;
     }
     if (cert_info->size > 64) {
@@ -307,6 +234,87 @@ out:
     if (cert_info != NULL)
         OPENSSL_cleanse(cert_info->buffer, sizeof(cert_info->buffer));
     sym_Esys_Free(cert_info);
-    tpm_close(&t);
+    kfa_tpm_close(&t);
+    return r;
+}
+
+int kfa_tpm_quote(const char *tcti, uint32_t mask, const unsigned char q[32], kfa_quote *ret, kf_err *err)
+{
+    if (mask == 0 || mask >= (1u << 24))
+        return kf_err_set(err, -EINVAL, "the PCRs to quote must be among 0..23");
+    memset(ret, 0, sizeof(*ret));
+    tpm t;
+    int r = kfa_tpm_open(&t, tcti, err);
+    if (r != 0)
+        return r;
+    TPM2B_PUBLIC *ak_pub = NULL;
+    TPM2B_ATTEST *quoted = NULL;
+    TPMT_SIGNATURE *sig = NULL;
+    ESYS_TR *ak = kfa_tpm_track(&t);
+    if ((r = create_ak(&t, ak, &ak_pub, err)) != 0 ||
+        (r = marshal_public(ak_pub, ret->ak_pub, sizeof(ret->ak_pub), &ret->ak_pub_len, err)) != 0)
+        goto out;
+    TPML_PCR_SELECTION sel = {.count = 1};
+    sel.pcrSelections[0].hash = TPM2_ALG_SHA256;
+    sel.pcrSelections[0].sizeofSelect = 3;
+    for (unsigned i = 0; i < 3; i++)
+        sel.pcrSelections[0].pcrSelect[i] = (uint8_t)(mask >> (8 * i));
+    TPM2B_DATA qual = {.size = 32};
+    memcpy(qual.buffer, q, 32);
+    TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the AK's own: ECDSA-SHA256 */
+    TSS2_RC rc = sym_Esys_Quote(t.esys, *ak, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &qual, &scheme, &sel,
+                                &quoted, &sig);
+    if (rc != TSS2_RC_SUCCESS) {
+        r = kfa_tpm_error(err, "quoting the PCRs", rc);
+        goto out;
+    }
+    size_t off = 0;
+    if (quoted->size > sizeof(ret->quoted) ||
+        sym_Tss2_MU_TPMT_SIGNATURE_Marshal(sig, ret->sig, sizeof(ret->sig), &off) != TSS2_RC_SUCCESS) {
+        r = kf_err_set(err, -EIO, "TPM2_Quote: attestation too large");
+        goto out;
+    }
+    ret->sig_len = off;
+    memcpy(ret->quoted, quoted->attestationData, quoted->size);
+    ret->quoted_len = quoted->size;
+    /* The values: TPM2_PCR_Read returns at most 8 digests a call; ask again for the rest. */
+    unsigned char values[24][32];
+    uint32_t have = 0;
+    for (int round = 0; round < 24 && have != mask; round++) {
+        TPML_PCR_SELECTION want = sel, *got_sel = NULL;
+        for (unsigned i = 0; i < 3; i++)
+            want.pcrSelections[0].pcrSelect[i] = (uint8_t)((mask & ~have) >> (8 * i));
+        TPML_DIGEST *digests = NULL;
+        UINT32 counter = 0;
+        rc = sym_Esys_PCR_Read(t.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &want, &counter, &got_sel, &digests);
+        uint32_t got = 0;
+        if (rc == TSS2_RC_SUCCESS && got_sel->count == 1 && got_sel->pcrSelections[0].hash == TPM2_ALG_SHA256)
+            for (unsigned i = 0; i < 3; i++)
+                got |= (uint32_t)got_sel->pcrSelections[0].pcrSelect[i] << (8 * i);
+        size_t k = 0;
+        for (unsigned i = 0; i < 24 && rc == TSS2_RC_SUCCESS; i++)
+            if ((got & (1u << i)) && k < digests->count && digests->digests[k].size == 32)
+                memcpy(values[i], digests->digests[k++].buffer, 32);
+        bool ok = rc == TSS2_RC_SUCCESS && got != 0 && (got & ~mask) == 0 && k == (size_t)__builtin_popcount(got);
+        sym_Esys_Free(got_sel);
+        sym_Esys_Free(digests);
+        if (!ok) {
+            r = rc != TSS2_RC_SUCCESS ? kfa_tpm_error(err, "reading the PCRs", rc)
+                                      : kf_err_set(err, -EIO, "TPM2_PCR_Read: the TPM has no SHA-256 bank for these PCRs");
+            goto out;
+        }
+        have |= got;
+    }
+    for (unsigned i = 0; i < 24; i++)
+        if (mask & (1u << i)) {
+            memcpy(ret->values + ret->values_len, values[i], 32);
+            ret->values_len += 32;
+        }
+    r = have == mask ? 0 : kf_err_set(err, -EIO, "TPM2_PCR_Read did not return every PCR");
+out:
+    sym_Esys_Free(ak_pub);
+    sym_Esys_Free(quoted);
+    sym_Esys_Free(sig);
+    kfa_tpm_close(&t);
     return r;
 }

@@ -16,6 +16,8 @@ KF_DLSYM_DEFINE(Esys_StartAuthSession);
 KF_DLSYM_DEFINE(Esys_PolicyPCR);
 KF_DLSYM_DEFINE(Esys_PolicyGetDigest);
 KF_DLSYM_DEFINE(Esys_Certify);
+KF_DLSYM_DEFINE(Esys_Quote);
+KF_DLSYM_DEFINE(Esys_PCR_Read);
 KF_DLSYM_DEFINE(Esys_ActivateCredential);
 KF_DLSYM_DEFINE(Esys_PolicySecret);
 KF_DLSYM_DEFINE(Esys_TR_FromTPMPublic);
@@ -42,7 +44,7 @@ int kfa_tss2_load(kf_err *err)
                           KF_DLSYM_ARG(Esys_CreatePrimary), KF_DLSYM_ARG(Esys_Create), KF_DLSYM_ARG(Esys_Load),
                           KF_DLSYM_ARG(Esys_Unseal), KF_DLSYM_ARG(Esys_StartAuthSession),
                           KF_DLSYM_ARG(Esys_PolicyPCR), KF_DLSYM_ARG(Esys_PolicyGetDigest),
-                          KF_DLSYM_ARG(Esys_Certify), KF_DLSYM_ARG(Esys_ActivateCredential), KF_DLSYM_ARG(Esys_PolicySecret), KF_DLSYM_ARG(Esys_TR_FromTPMPublic), KF_DLSYM_ARG(Esys_TR_Close), KF_DLSYM_ARG(Esys_NV_ReadPublic), KF_DLSYM_ARG(Esys_NV_Read), NULL);
+                          KF_DLSYM_ARG(Esys_Certify), KF_DLSYM_ARG(Esys_ActivateCredential), KF_DLSYM_ARG(Esys_PolicySecret), KF_DLSYM_ARG(Esys_TR_FromTPMPublic), KF_DLSYM_ARG(Esys_TR_Close), KF_DLSYM_ARG(Esys_NV_ReadPublic), KF_DLSYM_ARG(Esys_NV_Read), KF_DLSYM_ARG(Esys_Quote), KF_DLSYM_ARG(Esys_PCR_Read), NULL);
     if (r == 0)
         r = kf_dlopen_all(&mu, "libtss2-mu.so.0", err, KF_DLSYM_ARG(Tss2_MU_TPM2B_PUBLIC_Marshal),
                           KF_DLSYM_ARG(Tss2_MU_TPM2B_PUBLIC_Unmarshal), KF_DLSYM_ARG(Tss2_MU_TPM2B_PRIVATE_Marshal),

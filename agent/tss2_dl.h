@@ -30,6 +30,8 @@ KF_DLSYM(Esys_TR_FromTPMPublic);
 KF_DLSYM(Esys_TR_Close);
 KF_DLSYM(Esys_NV_ReadPublic);
 KF_DLSYM(Esys_NV_Read);
+KF_DLSYM(Esys_Quote);
+KF_DLSYM(Esys_PCR_Read);
 KF_DLSYM(Tss2_MU_TPMT_SIGNATURE_Marshal);
 KF_DLSYM(Tss2_MU_TPM2B_PUBLIC_Marshal);
 KF_DLSYM(Tss2_MU_TPM2B_PUBLIC_Unmarshal);

@@ -9,6 +9,47 @@
 
 #include "agent.h"
 
+/* A LUKS2 path from the command line, absolute and without ".", ".." or doubled slashes, so that
+ * the volume's name (and its match against the config) does not depend on the working directory
+ * or the spelling: ./data.luks, data.luks and /srv/./data.luks are one volume. Symlinks are kept
+ * (/dev/disk/by-uuid/... names the volume better than /dev/sdb1). */
+static int normalize_path(const char *in, char *out, size_t size)
+{
+    char buf[4096];
+    if (in[0] == '/') {
+        if (snprintf(buf, sizeof(buf), "%s", in) >= (int)sizeof(buf))
+            return -ENAMETOOLONG;
+    } else {
+        char cwd[2048];
+        if (getcwd(cwd, sizeof(cwd)) == NULL)
+            return -errno;
+        if (snprintf(buf, sizeof(buf), "%s/%s", cwd, in) >= (int)sizeof(buf))
+            return -ENAMETOOLONG;
+    }
+    size_t n = 0;
+    for (char *save = NULL, *c = strtok_r(buf, "/", &save); c != NULL; c = strtok_r(NULL, "/", &save)) {
+        if (strcmp(c, ".") == 0)
+            continue;
+        if (strcmp(c, "..") == 0) {
+            while (n > 0 && out[n - 1] != '/')
+                n--;
+            if (n > 0)
+                n--; /* the slash before the removed component */
+            continue;
+        }
+        size_t len = strlen(c);
+        if (n + 1 + len + 1 > size)
+            return -ENAMETOOLONG;
+        out[n++] = '/';
+        memcpy(out + n, c, len);
+        n += len;
+    }
+    if (n == 0)
+        out[n++] = '/';
+    out[n] = '\0';
+    return 0;
+}
+
 int kfa_resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, kf_err *err)
 {
     memset(v, 0, sizeof(*v));
@@ -34,7 +75,13 @@ int kfa_resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, k
     }
     if (path[0] == '\0' || strlen(path) >= sizeof(v->path))
         return kf_err_set(err, -EINVAL, "'%s': empty or too long", spec);
-    snprintf(v->path, sizeof(v->path), "%s", path);
+    if (v->kind == KFA_VOL_LUKS2) {
+        int r = normalize_path(path, v->path, sizeof(v->path));
+        if (r != 0)
+            return kf_err_set(err, r, "'%s': %s", spec, strerror(-r));
+    } else {
+        snprintf(v->path, sizeof(v->path), "%s", path);
+    }
     v->drv = v->kind == KFA_VOL_LUKS2 ? &kfa_luks2_driver : &kfa_zfs_driver;
     return 0;
 }

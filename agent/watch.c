@@ -74,7 +74,7 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
             return KFA_EXIT_USAGE;
         }
     } else if (argc != 1) {
-        fprintf(stderr, "usage: keyfleet-agent watch [--count N]\n");
+        kfa_usage("watch");
         return KFA_EXIT_USAGE;
     }
     sigset_t stop;

@@ -12,11 +12,12 @@
 #include <openssl/rand.h>
 
 #include "volume.h"
+#include "zfs_props.h"
 
-#define PROP_WRAPPED "org.keyfleet:wrapped-key"
-#define PROP_ID "org.keyfleet:volume-id"
-#define PROP_TPM "org.keyfleet:tpm-sealed"
-#define PROP_NEXT "org.keyfleet:wrapped-next"
+#define PROP_WRAPPED KFA_ZFS_PROP_WRAPPED
+#define PROP_ID KFA_ZFS_PROP_ID
+#define PROP_TPM KFA_ZFS_PROP_TPM
+#define PROP_NEXT KFA_ZFS_PROP_NEXT
 
 static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *key, char **ret_out, kf_err *err)
 {
@@ -43,21 +44,9 @@ static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *
     return 0;
 }
 
-/* Splits tab/newline separated output in place. */
-static size_t split(char *s, char **fields, size_t max)
-{
-    size_t n = 0;
-    char *save = NULL;
-    for (char *t = strtok_r(s, "\t\n", &save); t != NULL && n < max; t = strtok_r(NULL, "\t\n", &save))
-        fields[n++] = t;
-    return n;
-}
-
 static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 {
-    const char *args[] = {"get", "-H", "-p", "-o", "value",
-                          "guid,keystatus,encryptionroot," PROP_ID "," PROP_WRAPPED "," PROP_TPM "," PROP_NEXT, v->path,
-                          NULL};
+    const char *args[] = {"get", "-H", "-p", "-o", "value", KFA_ZFS_PROBE_PROPS, v->path, NULL};
     char *out = NULL;
     kf_err e = {0};
     int r = zfs(cfg, args, NULL, &out, &e);
@@ -67,35 +56,7 @@ static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
         *err = e;
         return r;
     }
-    free(v->wrapped_next);
-    v->wrapped_next = NULL;
-    char *f[7];
-    size_t n = split(out, f, 7);
-    if (n != 7) {
-        free(out);
-        return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
-    }
-    snprintf(v->id, sizeof(v->id), "%s", f[0]);
-    v->unlocked = strcmp(f[1], "available") == 0;
-    r = 0;
-    if (strcmp(f[3], "-") != 0 || strcmp(f[4], "-") != 0) {
-        if (strcmp(f[2], v->path) != 0)
-            r = kf_err_set(err, -EBADMSG, "%s: keyfleet metadata on a dataset that is not an encryption root", v->path);
-        else if (strcmp(f[3], v->id) != 0)
-            r = kf_err_set(err, -EBADMSG, "%s: " PROP_ID " is %s, not this dataset's GUID %s", v->path, f[3], v->id);
-        else if (strncmp(f[4], "kf:", 3) != 0 || strlen(f[4]) > KFA_WRAPPED_MAX)
-            r = kf_err_set(err, -EBADMSG, "%s: " PROP_WRAPPED " holds no valid wrapped key", v->path);
-        else if ((v->wrapped = strdup(f[4])) == NULL)
-            r = kf_err_set(err, -ENOMEM, "out of memory");
-        if (r == 0 && strcmp(f[5], "-") != 0 && (v->tpm_blob = strdup(f[5])) == NULL)
-            r = kf_err_set(err, -ENOMEM, "out of memory");
-        if (r == 0 && strcmp(f[6], "-") != 0) {
-            if (strncmp(f[6], "kf:", 3) != 0 || strlen(f[6]) > KFA_WRAPPED_MAX)
-                r = kf_err_set(err, -EBADMSG, "%s: " PROP_NEXT " holds no valid wrapped key", v->path);
-            else if ((v->wrapped_next = strdup(f[6])) == NULL)
-                r = kf_err_set(err, -ENOMEM, "out of memory");
-        }
-    }
+    r = kfa_zfs_parse_probe(v, out, err);
     free(out);
     return r;
 }
@@ -184,38 +145,14 @@ static int list_names(const kfa_config *cfg, const char *props, size_t nf,
 {
     *ret_names = NULL;
     *ret_n = 0;
-    char *f[8];
-    if (nf > sizeof(f) / sizeof(f[0]))
-        return kf_err_set(err, -EINVAL, "zfs list: too many properties");
     const char *args[] = {"list", "-H", "-o", props, NULL};
     char *out = NULL;
     int r = zfs(cfg, args, NULL, &out, err);
     if (r != 0)
         return r;
-    char **names = NULL, *save = NULL;
-    size_t n = 0;
-    for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-        if (split(line, f, nf) != nf || !keep(f, arg))
-            continue;
-        char **nv = realloc(names, (n + 1) * sizeof(*nv));
-        if (nv != NULL)
-            names = nv;
-        if (nv == NULL || (names[n] = strdup(f[0])) == NULL) {
-            r = kf_err_set(err, -ENOMEM, "out of memory");
-            break;
-        }
-        n++;
-    }
+    r = kfa_zfs_parse_list(out, nf, keep, arg, ret_names, ret_n, err);
     free(out);
-    if (r != 0) {
-        for (size_t i = 0; i < n; i++)
-            free(names[i]);
-        free(names);
-        return r;
-    }
-    *ret_names = names;
-    *ret_n = n;
-    return 0;
+    return r;
 }
 
 /* name, encryptionroot, keystatus, volume id: an encryption root with keyfleet metadata. */

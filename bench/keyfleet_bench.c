@@ -462,7 +462,7 @@ static int prepare(const opts *o, node *nodes)
         char rid[40];
         snprintf(rid, sizeof(rid), "bench-enroll-%05d-0000", i);
         if (kf_rpc_client_new(&ro, &c, &err) != 0 ||
-            kf_node_enroll(c, NULL, nd->name, &ref, NULL, 0, rid, &e, &st, &err) != 0 || st.code != KF_CONNECT_OK) {
+            kf_node_enroll(c, NULL, nd->name, &ref, NULL, 0, rid, NULL, &e, &st, &err) != 0 || st.code != KF_CONNECT_OK) {
             fprintf(stderr, "keyfleet-bench: enrolling %s: %s %s\n", nd->volume, err.msg, st.message);
             kf_rpc_client_free(c);
             if (wf != NULL)

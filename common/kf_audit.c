@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -135,6 +136,9 @@ int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err
                      cp.cluster, &size, root, chain, &sec, &ns, cp.signer);
     if (got != 7)
         return kf_err_set(err, -EINVAL, "not a keyfleet checkpoint (v1)");
+    /* A checkpoint over no records signs nothing (and would index the root before record 1). */
+    if (size == 0)
+        return kf_err_set(err, -EINVAL, "checkpoint signs no records (size 0)");
     cp.size = size;
     cp.seconds = sec;
     cp.nanos = (int32_t)ns;
@@ -209,6 +213,9 @@ int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_
         return r;
     if (cluster != NULL && strcmp(cluster, cp.cluster) != 0)
         return kf_err_set(err, -EPERM, "checkpoint is of cluster %s, not of this fleet (%s)", cp.cluster, cluster);
+    /* The certificate is checked at this time: one far ahead of now is not a time it was signed. */
+    if (cp.seconds > (int64_t)time(NULL) + KF_CHECKPOINT_SKEW_S)
+        return kf_err_set(err, -EPERM, "checkpoint time %lld is in the future", (long long)cp.seconds);
     const unsigned char *p = cert;
     X509 *x = cert_len > 0 ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
     if (x == NULL || p != cert + cert_len) {
@@ -279,5 +286,91 @@ int kf_checkpoint_ca_load(const char *ca_file, X509_STORE **ret_store, char clus
         return r;
     }
     *ret_store = st;
+    return 0;
+}
+
+void kf_audit_signers_init(kf_audit_signers *h) { memset(h, 0, sizeof(*h)); }
+
+void kf_audit_signers_free(kf_audit_signers *h)
+{
+    free(h->revoked);
+    free(h->removed);
+    memset(h, 0, sizeof(*h));
+}
+
+static bool in_list(const char (*v)[64], size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i], s) == 0)
+            return true;
+    return false;
+}
+
+int kf_audit_signers_note(kf_audit_signers *h, const Keyfleet__V1__AuditRecord *r)
+{
+    char word[64];
+    if (r->action == NULL || r->reason == NULL)
+        return 0;
+    if (strcmp(r->action, "cert_revoke") == 0) {
+        /* rpc_admin.c: "certificate SERIAL[ of KIND NAME] revoked: REASON" */
+        char serial[KF_SERIAL_MAX];
+        if (sscanf(r->reason, "certificate %63s", word) != 1 || kf_serial_normalize(word, serial) != 0)
+            return 0;
+        for (size_t i = 0; i < h->n_revoked; i++)
+            if (strcmp(h->revoked[i], serial) == 0)
+                return 0;
+        if (h->n_revoked == h->cap_revoked) {
+            size_t cap = h->cap_revoked ? h->cap_revoked * 2 : 16;
+            char(*v)[KF_SERIAL_MAX] = realloc(h->revoked, cap * sizeof(*v));
+            if (v == NULL)
+                return -ENOMEM;
+            h->revoked = v;
+            h->cap_revoked = cap;
+        }
+        memcpy(h->revoked[h->n_revoked++], serial, KF_SERIAL_MAX);
+        return 0;
+    }
+    bool add = strcmp(r->action, "cluster_add") == 0;
+    if ((!add && strcmp(r->action, "cluster_remove") != 0) || sscanf(r->reason, "member %63s", word) != 1)
+        return 0;
+    /* rpc_cluster.c: "member NAME" (remove), "member NAME raft=... rpc=..." (add) */
+    for (size_t i = 0; i < h->n_removed; i++)
+        if (strcmp(h->removed[i], word) == 0) {
+            if (add)
+                memmove(h->removed[i], h->removed[i + 1], (h->n_removed - i - 1) * sizeof(*h->removed));
+            h->n_removed -= add ? 1 : 0;
+            return 0;
+        }
+    if (add)
+        return 0;
+    if (h->n_removed == h->cap_removed) {
+        size_t cap = h->cap_removed ? h->cap_removed * 2 : 8;
+        char(*v)[64] = realloc(h->removed, cap * sizeof(*v));
+        if (v == NULL)
+            return -ENOMEM;
+        h->removed = v;
+        h->cap_removed = cap;
+    }
+    memcpy(h->removed[h->n_removed++], word, sizeof(word));
+    return 0;
+}
+
+int kf_audit_signers_check(const kf_audit_signers *h, const uint8_t *cert, size_t cert_len, kf_err *err)
+{
+    const unsigned char *p = cert;
+    X509 *x = cert_len > 0 ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
+    kf_identity id;
+    kf_err ierr = {0};
+    int r = x != NULL && kf_identity_from_cert(x, &id, &ierr) == 0 ? 0 : -EPERM;
+    X509_free(x);
+    ERR_clear_error();
+    if (r != 0)
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate unreadable");
+    for (size_t i = 0; i < h->n_revoked; i++)
+        if (strcmp(h->revoked[i], id.serial) == 0)
+            return kf_err_set(err, -EPERM, "checkpoint signer certificate %s of %s was revoked earlier in the log",
+                              id.serial, id.name);
+    if (in_list((const char(*)[64])h->removed, h->n_removed, id.name))
+        return kf_err_set(err, -EPERM, "checkpoint signer %s was removed from the cluster earlier in the log", id.name);
     return 0;
 }

@@ -26,6 +26,7 @@
 
 #include "keyfleet/v1/admin.pb-c.h"
 #include "kf_err.h"
+#include "kf_identity.h"
 #include "kf_merkle.h"
 
 #define KF_AUDIT_HASH 32
@@ -53,7 +54,8 @@ typedef struct kf_checkpoint {
 
 /* The signed text. Returns its length, or -ENOSPC / -EINVAL (a field out of range). */
 int kf_checkpoint_format(const kf_checkpoint *cp, char *buf, size_t size);
-/* Parses a checkpoint text strictly: it must be exactly what kf_checkpoint_format writes. */
+/* Parses a checkpoint text strictly: it must be exactly what kf_checkpoint_format writes, and
+ * sign at least one record (size >= 1). */
 int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err *err);
 
 /* "fleet-" and the first 16 bytes of SHA-256(DER of the fleet CA certificate), in hex. */
@@ -62,12 +64,34 @@ int kf_checkpoint_cluster_id(X509 *ca, char out[40]);
 /* Signs text with key (ECDSA: SHA-256; Ed25519: pure). *ret_sig is OPENSSL_malloc'ed. */
 int kf_checkpoint_sign(EVP_PKEY *key, const char *text, size_t len, uint8_t **ret_sig, size_t *ret_len, kf_err *err);
 
-/* Checks a signed checkpoint: cert (DER) chains to a CA in ca (time checks at the checkpoint's
- * own time, so a later expiry does not void old checkpoints), names a coordinator
+/* Checks a signed checkpoint: its time is not ahead of this clock by more than
+ * KF_CHECKPOINT_SKEW_S; cert (DER) chains to a CA in ca (time checks at the checkpoint's own
+ * time, so a later expiry does not void old checkpoints), names a coordinator
  * (keyfleet://coordinator/NAME) whose NAME is the text's signer, and its key verifies sig over
  * text. When cluster is not NULL, the text must name it. Fills ret when not NULL. */
 int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
                          size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err);
+
+/* A checkpoint whose time is more than this far ahead of the verifier's clock is refused: its
+ * time is what the certificate's validity is checked at, so it must not be chosen freely. */
+#define KF_CHECKPOINT_SKEW_S 300
+
+/* Who may no longer sign checkpoints, as the log itself says up to a point: certificate serials
+ * denylisted by cert_revoke records and coordinators taken out by cluster_remove records (and
+ * not added back). A forged continuation of a log cannot undo what the signed part before it
+ * holds, so a stolen key of a revoked certificate or a removed coordinator signs nothing after
+ * that record. Fed every record in seq order; checked at each checkpoint. */
+typedef struct kf_audit_signers {
+    char (*revoked)[KF_SERIAL_MAX];
+    char (*removed)[64];
+    size_t n_revoked, n_removed, cap_revoked, cap_removed;
+} kf_audit_signers;
+void kf_audit_signers_init(kf_audit_signers *h);
+/* Notes r when it revokes a certificate or changes membership. 0 or -ENOMEM. */
+int kf_audit_signers_note(kf_audit_signers *h, const Keyfleet__V1__AuditRecord *r);
+/* 0, or -EPERM (err says why) when cert (DER) was revoked or its coordinator removed. */
+int kf_audit_signers_check(const kf_audit_signers *h, const uint8_t *cert, size_t cert_len, kf_err *err);
+void kf_audit_signers_free(kf_audit_signers *h);
 
 /* A store of the CA certificates in a PEM file; its first certificate's cluster id. */
 int kf_checkpoint_ca_load(const char *ca_file, X509_STORE **ret_store, char cluster[40], kf_err *err);

@@ -36,6 +36,8 @@ static bool valid_char(char c, bool url)
 
 int kf_b64_decode(const char *in, size_t n, bool url, uint8_t *out, size_t out_size)
 {
+    if (n > KF_B64_DECODE_MAX)
+        return -EINVAL;
     size_t pad = 0;
     if (!url) {
         if (n % 4 != 0)
@@ -51,24 +53,34 @@ int kf_b64_decode(const char *in, size_t n, bool url, uint8_t *out, size_t out_s
             return -EINVAL;
     size_t full = url ? 4 * ((n + 3) / 4) : n;
     size_t decoded = data * 3 / 4;
-    if (decoded > out_size || full > (1u << 28))
-        return decoded > out_size ? -ENOSPC : -EINVAL;
-    char tmp_stack[2048];
-    uint8_t raw_stack[1536];
-    char *tmp = tmp_stack;
-    uint8_t *raw = raw_stack;
-    if (full > sizeof(tmp_stack))
-        return -ENOSPC; /* keyfleet decodes keys, tokens and small blobs only */
-    memcpy(tmp, in, n);
-    for (size_t i = 0; url && i < n; i++)
-        tmp[i] = tmp[i] == '-' ? '+' : tmp[i] == '_' ? '/' : tmp[i];
-    for (size_t i = n; i < full; i++)
-        tmp[i] = '=';
-    int r = full == 0 ? 0 : EVP_DecodeBlock(raw, (const unsigned char *)tmp, (int)full);
-    int result = r < 0 ? -EINVAL : (int)decoded;
-    if (r >= 0)
-        memcpy(out, raw, decoded);
-    kf_wipe(tmp, full);
-    kf_wipe(raw, (size_t)(r > 0 ? r : 0));
+    if (decoded > out_size)
+        return -ENOSPC;
+    /* Decoded in stack-sized chunks of whole quads (the padding lands in the last one), so a
+     * large certificate or TPM blob needs no heap copy; the chunk buffers are wiped after use,
+     * as they may hold key material, and so is what was written before a failure. */
+    char tmp[2048];
+    uint8_t raw[sizeof(tmp) / 4 * 3];
+    size_t in_off = 0, out_off = 0;
+    int result = (int)decoded;
+    while (in_off < full) {
+        size_t take = full - in_off < sizeof(tmp) ? full - in_off : sizeof(tmp);
+        size_t avail = in_off < n ? (n - in_off < take ? n - in_off : take) : 0;
+        memcpy(tmp, in + in_off, avail);
+        for (size_t i = 0; url && i < avail; i++)
+            tmp[i] = tmp[i] == '-' ? '+' : tmp[i] == '_' ? '/' : tmp[i];
+        for (size_t i = avail; i < take; i++)
+            tmp[i] = '=';
+        if (EVP_DecodeBlock(raw, (const unsigned char *)tmp, (int)take) < 0) {
+            result = -EINVAL;
+            kf_wipe(out, out_off);
+            break;
+        }
+        size_t got = take / 4 * 3 < decoded - out_off ? take / 4 * 3 : decoded - out_off;
+        memcpy(out + out_off, raw, got);
+        out_off += got;
+        in_off += take;
+    }
+    kf_wipe(tmp, sizeof(tmp));
+    kf_wipe(raw, sizeof(raw));
     return result;
 }

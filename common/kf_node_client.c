@@ -76,8 +76,8 @@ static int receiver(kf_seal_receiver *rx, const char *node, kf_seal_receiver **r
 }
 
 int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
-                   Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id, kf_enrolled *ret,
-                   kf_rpc_status *st, kf_err *err)
+                   Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id,
+                   const Keyfleet__V1__TpmQuote *attestation, kf_enrolled *ret, kf_rpc_status *st, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
     kf_seal_receiver *owned;
@@ -102,6 +102,10 @@ int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
     req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(rx);
     req.ephemeral_public_key.len = 32;
     req.request_id = (char *)request_id;
+    if (attestation != NULL) {
+        req.attestation_present_case = KEYFLEET__V1__ENROLL_REQUEST__ATTESTATION_PRESENT_ATTESTATION;
+        req.attestation = (Keyfleet__V1__TpmQuote *)attestation;
+    }
     ProtobufCMessage *m = NULL;
     r = kf_rpc_call(c, "keyfleet.v1.NodeService/Enroll", &req.base, &keyfleet__v1__enroll_response__descriptor, &m, st,
                     err);
@@ -124,7 +128,8 @@ int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
 }
 
 int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
-                    const char *wrapped, const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err)
+                    const char *wrapped, const char *request_id, const Keyfleet__V1__TpmQuote *attestation,
+                    kf_released *ret, kf_rpc_status *st, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
     kf_seal_receiver *owned;
@@ -137,6 +142,10 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
     req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(rx);
     req.ephemeral_public_key.len = 32;
     req.request_id = (char *)(request_id != NULL ? request_id : "");
+    if (attestation != NULL) {
+        req.attestation_present_case = KEYFLEET__V1__RELEASE_REQUEST__ATTESTATION_PRESENT_ATTESTATION;
+        req.attestation = (Keyfleet__V1__TpmQuote *)attestation;
+    }
     ProtobufCMessage *m = NULL;
     r = kf_rpc_call(c, "keyfleet.v1.NodeService/Release", &req.base, &keyfleet__v1__release_response__descriptor, &m,
                     st, err);

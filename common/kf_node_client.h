@@ -37,10 +37,13 @@ void kf_released_clear(kf_released *r);
  * An empty or NULL enroll request_id gets a random one (pass the same id to retry safely).
  * Return as kf_rpc_call: 0 when a server answered (st->code says whether it succeeded). */
 int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
-                   Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id, kf_enrolled *ret,
-                   kf_rpc_status *st, kf_err *err);
+                   Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id,
+                   const Keyfleet__V1__TpmQuote *attestation, kf_enrolled *ret, kf_rpc_status *st, kf_err *err);
+/* attestation (NULL: none) is a quote made for this very request on c's pinned connection
+ * (kf_rpc_client_export; docs/attestation.md). */
 int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
-                    const char *wrapped, const char *request_id, kf_released *ret, kf_rpc_status *st, kf_err *err);
+                    const char *wrapped, const char *request_id, const Keyfleet__V1__TpmQuote *attestation,
+                    kf_released *ret, kf_rpc_status *st, kf_err *err);
 
 /* NodeService.RotateKey. BEGIN (commit false; request_id required): *ret gets the new key and
  * its wrapped form. COMMIT (wrapped: the new wrapped key): *ret gets the volume's wrapped key

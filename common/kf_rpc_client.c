@@ -30,6 +30,7 @@
 #include "kf_hostport.h"
 #include "kf_secmem.h"
 #include "kf_tls.h"
+#include "kf_tpmkey.h"
 
 #define RESPONSE_MAX (16u << 20)
 #define MAX_REDIRECTS 2
@@ -48,8 +49,11 @@ struct kf_rpc_client {
     size_t n_servers;
     size_t current; /* the server that answered last; tried first */
     long timeout_ms;
+    bool has_cert; /* presents a client certificate */
     kf_secbuf *bearer; /* "Bearer TOKEN" */
     conn *conn;        /* the one long-lived connection, or NULL */
+    bool pinned;       /* the next call must use conn as it is (kf_rpc_client_export) */
+    bool tpm_released; /* the TPM key was let go of: no new connections */
 };
 
 /* One request/response exchange on a stream. */
@@ -148,7 +152,38 @@ static int tcp_connect(const char *server, const char *host, const char *port, u
     return kf_err_set(err, r, "%s: connect: %s", server, strerror(-r));
 }
 
-/* Drives a non-blocking TLS call: >0 done, 0 to call again, <0 failed. */
+/* The alert a coordinator sent about this client's certificate, as words; set by ssl_step when
+ * it returns -EKEYREJECTED. In TLS 1.3 the server judges the client's certificate after the
+ * client's side of the handshake is done, so the alert arrives on the first read, where it would
+ * otherwise read as "connection lost: Protocol error". */
+static _Thread_local const char *peer_alert;
+
+static const char *certificate_alert(unsigned long e)
+{
+    if (ERR_GET_LIB(e) != ERR_LIB_SSL)
+        return NULL;
+    switch (ERR_GET_REASON(e)) {
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+        return "expired";
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+        return "revoked";
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+        return "not issued by its fleet CA (unknown CA)";
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+        return "bad certificate";
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+        return "unsupported certificate";
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+        return "certificate unknown";
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+        return "a client certificate is required";
+    default:
+        return NULL;
+    }
+}
+
+/* Drives a non-blocking TLS call: >0 done, 0 to call again, <0 failed (-EKEYREJECTED: the peer
+ * refused this side's certificate, peer_alert says how). */
 static int ssl_step(SSL *ssl, int fd, int ret, uint64_t deadline)
 {
     if (ret > 0)
@@ -160,6 +195,10 @@ static int ssl_step(SSL *ssl, int fd, int ret, uint64_t deadline)
         return wait_fd(fd, POLLOUT, deadline);
     if (e == SSL_ERROR_ZERO_RETURN)
         return -ECONNRESET;
+    if (e == SSL_ERROR_SSL && (peer_alert = certificate_alert(ERR_peek_last_error())) != NULL)
+        return -EKEYREJECTED;
+    if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+        return -ECONNABORTED; /* closed without close_notify or an alert */
     return e == SSL_ERROR_SYSCALL && errno != 0 ? -errno : -EPROTO;
 }
 
@@ -280,6 +319,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t stream_id, uint8_t *buf, si
 static int open_conn(kf_rpc_client *c, size_t server, uint64_t deadline, kf_err *err)
 {
     const char *name = c->servers[server];
+    if (c->tpm_released)
+        return kf_err_set(err, -ENOKEY, "%s: the client's TPM key was released; a new client must connect", name);
     char host[256], port[16];
     if (!kf_hostport_split(name, host, sizeof(host), port, sizeof(port)))
         return kf_err_set(err, -EINVAL, "%s: not host:port", name);
@@ -313,6 +354,8 @@ static int open_conn(kf_rpc_client *c, size_t server, uint64_t deadline, kf_err 
             long v = SSL_get_verify_result(k->ssl);
             if (v != X509_V_OK)
                 r = kf_err_set(err, -EACCES, "%s: server certificate: %s", name, X509_verify_cert_error_string(v));
+            else if (r == -EKEYREJECTED)
+                kf_err_set(err, r, "%s: the coordinator rejected this certificate: %s", name, peer_alert);
             else if (r == -ETIMEDOUT)
                 kf_err_set(err, r, "%s: TLS handshake timed out", name);
             else
@@ -424,10 +467,24 @@ static int exchange(kf_rpc_client *c, const char *path, bool post, call *x, uint
 static int perform(kf_rpc_client *c, size_t server, const char *path, const uint8_t *body, size_t body_len,
                    bool post, call *x, kf_err *err)
 {
+    /* With c->pinned (kf_rpc_client_export): the open connection only, once. */
     const char *name = c->servers[server];
     uint64_t deadline = kf_monotonic_ms() + (uint64_t)c->timeout_ms;
     if (c->conn != NULL && (c->conn->server != server || !nghttp2_session_want_read(c->conn->h2)))
         drop_conn(c);
+    if (c->pinned) {
+        /* Bound to the connection the caller exported from: that one, once, or nothing. */
+        if (c->conn == NULL)
+            return kf_err_set(err, -ECONNRESET, "%s: the connection the request is bound to was lost", name);
+        free(x->data);
+        *x = (call){.body = body, .body_len = body_len};
+        int r = exchange(c, path, post, x, deadline);
+        if (r != 0) {
+            drop_conn(c);
+            return kf_err_set(err, -ECONNRESET, "%s: connection lost: %s", name, strerror(-r));
+        }
+        return 0;
+    }
     /* A reused connection may have been closed by the server while idle: one fresh attempt. */
     for (int attempt = 0; attempt < 2; attempt++) {
         bool reused = c->conn != NULL;
@@ -440,6 +497,17 @@ static int perform(kf_rpc_client *c, size_t server, const char *path, const uint
         if (r == 0)
             return 0;
         drop_conn(c);
+        if (r == -EKEYREJECTED)
+            return kf_err_set(err, r, "%s: the coordinator rejected this certificate: %s", name, peer_alert);
+        /* keyfleetd judges a client's certificate after the TLS 1.3 handshake and, refusing it,
+         * closes the connection without a word: on a fresh connection, before any answer, that
+         * is what such a close means, whether the client notices it reading (EOF) or writing
+         * (EPIPE, ECONNRESET). Its log says why: tls_client_rejected. */
+        if ((r == -ECONNABORTED || r == -EPIPE || r == -ECONNRESET) && !reused && !x->got_headers && c->has_cert)
+            return kf_err_set(err, -EKEYREJECTED,
+                              "%s: the coordinator closed the connection after the TLS handshake: it did not accept "
+                              "this certificate (its log says why: tls_client_rejected)",
+                              name);
         if (r == -EMSGSIZE)
             return kf_err_set(err, r, "%s: response larger than %u bytes", name, RESPONSE_MAX);
         if (!(reused && !x->got_headers && r != -ETIMEDOUT)) {
@@ -464,6 +532,7 @@ int kf_rpc_client_new(const kf_rpc_opts *opts, kf_rpc_client **ret, kf_err *err)
         return kf_err_set(err, -ENOMEM, "out of memory");
     kf_tls_opts t = {.role = KF_TLS_CLIENT, .cert_file = opts->cert_file, .key_file = opts->key_file,
                      .tpm_key_file = opts->tpm_key_file, .tpm_tcti = opts->tpm_tcti, .ca_file = opts->ca_file};
+    c->has_cert = opts->cert_file != NULL;
     int r = kf_tls_ctx_new(&t, &c->ctx, err);
     if (r != 0) {
         free(c);
@@ -521,6 +590,47 @@ int kf_rpc_client_connect(kf_rpc_client *c, kf_err *err)
     return r;
 }
 
+int kf_rpc_client_export(kf_rpc_client *c, const char *label, unsigned char *out, size_t len, kf_err *err)
+{
+    int r = kf_rpc_client_connect(c, err);
+    if (r != 0)
+        return r;
+    if (SSL_export_keying_material(c->conn->ssl, out, len, label, strlen(label), NULL, 0, 0) != 1)
+        return kf_err_openssl(err, -EIO, "TLS exporter");
+    c->pinned = true;
+    return 0;
+}
+
+void kf_rpc_client_release_tpm(kf_rpc_client *c)
+{
+    kf_tpmkey_detach(SSL_CTX_get0_privatekey(c->ctx));
+    if (c->conn != NULL)
+        kf_tpmkey_detach(SSL_get_privatekey(c->conn->ssl));
+    kf_tpmkey_unload();
+    c->tpm_released = true;
+}
+
+bool kf_rpc_client_usable(const kf_rpc_client *c)
+{
+    return !c->tpm_released || (c->conn != NULL && nghttp2_session_want_read(c->conn->h2));
+}
+
+const char *kf_rpc_client_current(const kf_rpc_client *c)
+{
+    return c->servers[c->current];
+}
+
+static int server_index(kf_rpc_client *c, const char *addr);
+
+int kf_rpc_client_prefer(kf_rpc_client *c, const char *server)
+{
+    int i = server_index(c, server);
+    if (i < 0)
+        return -ENOMEM;
+    c->current = (size_t)i;
+    return 0;
+}
+
 int kf_rpc_client_identity(const kf_rpc_client *c, kf_identity *ret, kf_err *err)
 {
     X509 *cert = SSL_CTX_get0_certificate(c->ctx);
@@ -544,12 +654,36 @@ static int server_index(kf_rpc_client *c, const char *addr)
     return (int)c->n_servers++;
 }
 
+static int perform_pinned(kf_rpc_client *c, size_t server, const char *path, const uint8_t *body, size_t body_len,
+                          bool post, call *x, kf_err *err)
+{
+    c->pinned = true;
+    int r = perform(c, server, path, body, body_len, post, x, err);
+    c->pinned = false;
+    return r;
+}
+
 /* Tries each server, starting with the one that answered last, and follows a leader hint (an
  * `unavailable` answer naming the leader) at most MAX_REDIRECTS times. */
 static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size_t body_len, bool post, call *x,
                    char *ret_server, size_t server_size, kf_err *err)
 {
     int r = -ECONNREFUSED, redirects = 0;
+    if (c->pinned) {
+        c->pinned = false;
+        size_t i = c->conn != NULL ? c->conn->server : c->current;
+        if ((r = perform_pinned(c, i, path, body, body_len, post, x, err)) != 0)
+            return r;
+        snprintf(ret_server, server_size, "%s", c->servers[i]);
+        int next;
+        if (x->status == 503 && x->leader[0] != '\0' && strcmp(x->leader, c->servers[i]) != 0 &&
+            (next = server_index(c, x->leader)) >= 0) {
+            /* A follower: the caller's next (rebuilt) request goes to the leader. */
+            drop_conn(c);
+            c->current = (size_t)next;
+        }
+        return 0;
+    }
     for (size_t k = 0; k < c->n_servers; k++) {
         size_t i = (c->current + k) % c->n_servers;
         r = perform(c, i, path, body, body_len, post, x, err);

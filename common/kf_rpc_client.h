@@ -5,6 +5,7 @@
 #ifndef KF_RPC_CLIENT_H
 #define KF_RPC_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <protobuf-c/protobuf-c.h>
@@ -57,6 +58,26 @@ int kf_rpc_client_connect(kf_rpc_client *c, kf_err *err);
 /* The identity named by the client certificate, parsed once with the TLS context. Returns 0,
  * -ENOENT when the client has no certificate, or -EACCES when it names no keyfleet identity. */
 int kf_rpc_client_identity(const kf_rpc_client *c, kf_identity *ret, kf_err *err);
+
+/* For a request bound to this TLS connection (a TPM quote, docs/attestation.md): connects if
+ * needed, writes the connection's exporter value (RFC 8446 7.5; label, no context) into out,
+ * and pins the next kf_rpc_call to this connection: if it is lost, or the server is a follower,
+ * that call fails or answers without trying another connection (the binding would not hold
+ * there), and the caller builds the request again. 0 or -errno. */
+int kf_rpc_client_export(kf_rpc_client *c, const char *label, unsigned char *out, size_t len, kf_err *err);
+
+/* After the handshake: lets go of a TPM-resident client key (kf_tpmkey_detach) and unloads the
+ * tpm2 provider, closing its TPM connection, while the TLS connection stays open for the next
+ * calls. A client whose key was released cannot open another connection (-ENOKEY): see
+ * kf_rpc_client_usable. */
+void kf_rpc_client_release_tpm(kf_rpc_client *c);
+/* false when the client released its TPM key and has no open connection: make a new one. */
+bool kf_rpc_client_usable(const kf_rpc_client *c);
+/* The server the next call tries first (the last that answered, or the leader a follower named),
+ * and making a server (added when new) the first to try: so a new client goes where the old one
+ * would have. 0 or -ENOMEM. */
+const char *kf_rpc_client_current(const kf_rpc_client *c);
+int kf_rpc_client_prefer(kf_rpc_client *c, const char *server);
 
 /* GET path (e.g. "/readyz"); the body is returned NUL-terminated (malloc'ed). */
 int kf_rpc_get(kf_rpc_client *c, const char *path, long *ret_status, char **ret_body, kf_err *err);

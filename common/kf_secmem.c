@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdatomic.h>
@@ -121,9 +122,16 @@ int kf_process_harden(void)
 
 int kf_secbuf_read_file(const char *path, size_t max, kf_secbuf **ret, kf_err *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK and a regular file only: a FIFO or a device would stall the caller's event loop
+     * (symlinks are followed: Kubernetes mounts projected tokens through them). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return kf_err_set(err, -EINVAL, "%s: not a regular file", path);
+    }
     kf_secbuf *b = kf_secbuf_new(max + 2);
     size_t len = 0;
     ssize_t n = 0;

@@ -69,6 +69,54 @@ static bool is_tpm_key(const char *path)
     return n == sizeof(head) - 1 && strcmp(head, KF_TPMKEY_PEM_BEGIN) == 0;
 }
 
+/* "2026-11-24 10:00:00 UTC" */
+static void fmt_asn1_time(const ASN1_TIME *t, char *buf, size_t size)
+{
+    struct tm tm;
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1 || strftime(buf, size, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+        snprintf(buf, size, "(unreadable date)");
+}
+
+/* A client's own certificate, before any connection: expired, or not issued by the CA it
+ * trusts, is said plainly here ("node.crt expired on ..."), where the coordinator could
+ * only refuse the handshake with an alert that reads as a network fault. */
+static int check_own_certificate(SSL_CTX *ctx, const kf_tls_opts *opts, kf_err *err)
+{
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    STACK_OF(X509) *chain = NULL;
+    X509_STORE_CTX *vctx = X509_STORE_CTX_new();
+    if (cert == NULL || vctx == NULL || SSL_CTX_get0_chain_certs(ctx, &chain) != 1 ||
+        X509_STORE_CTX_init(vctx, SSL_CTX_get_cert_store(ctx), cert, chain) != 1) {
+        X509_STORE_CTX_free(vctx);
+        return kf_err_openssl(err, -ENOMEM, "checking the certificate");
+    }
+    X509_VERIFY_PARAM_set_flags(X509_STORE_CTX_get0_param(vctx), X509_V_FLAG_X509_STRICT);
+    int ok = X509_verify_cert(vctx);
+    int e = X509_STORE_CTX_get_error(vctx);
+    int depth = X509_STORE_CTX_get_error_depth(vctx);
+    X509 *bad = X509_STORE_CTX_get_current_cert(vctx);
+    char when[64];
+    int r = 0;
+    const char *whose = depth > 0 ? "the CA certificate of" : "";
+    const char *file = depth > 0 ? opts->ca_file : opts->cert_file;
+    if (ok == 1) {
+        r = 0;
+    } else if (e == X509_V_ERR_CERT_HAS_EXPIRED) {
+        fmt_asn1_time(X509_get0_notAfter(bad != NULL ? bad : cert), when, sizeof(when));
+        r = kf_err_set(err, -EKEYEXPIRED, "%s%s%s expired on %s: issue a new one (keyfleetctl cert issue)", whose,
+                       depth > 0 ? " " : "", file, when);
+    } else if (e == X509_V_ERR_CERT_NOT_YET_VALID) {
+        /* The coordinator judges by its own clock, and a node early in boot may run behind:
+         * a certificate issued minutes ago must not keep it from trying. */
+        r = 0;
+    } else {
+        r = kf_err_set(err, -EKEYREJECTED, "%s is not a certificate of the fleet CA in %s: %s", opts->cert_file,
+                       opts->ca_file, X509_verify_cert_error_string(e));
+    }
+    X509_STORE_CTX_free(vctx);
+    return r;
+}
+
 int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
 {
     int fr = file_readable(opts->cert_file, "certificate", err);
@@ -130,6 +178,8 @@ int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
         goto fail;
     }
     X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_X509_STRICT);
+    if (!server && !opts->alpn_raft && opts->cert_file != NULL && (r = check_own_certificate(ctx, opts, err)) != 0)
+        goto fail;
     if (server) {
         int mode = SSL_VERIFY_PEER;
         if (opts->peer_mode == KF_TLS_PEER_REQUIRED)

@@ -38,6 +38,7 @@
 #define A_SIGN 0x00040000u
 #define GENERATED_VALUE 0xff544347u
 #define ST_ATTEST_CERTIFY 0x8017
+#define ST_ATTEST_QUOTE 0x8018
 
 static const uint8_t EK_POLICY[32] = {0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc,
                                       0x8d, 0x46, 0xa5, 0xd7, 0x24, 0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52,
@@ -312,6 +313,49 @@ void kf_tpm_verified_clear(kf_tpm_verified *v)
     memset(v, 0, sizeof(*v));
 }
 
+/* The TCG EK Credential Profile (for TPM family 2.0, section 3.2) for an RSA EK's certificate:
+ * X.509 v3; key usage keyEncipherment (an RSA EK decrypts, it never signs); not a CA; the
+ * subject alternative name a directoryName with the TPM manufacturer attribute (2.23.133.2.1,
+ * with model and version beside it); the extended key usage, where present (the profile says
+ * SHOULD), tcg-kp-EKCertificate (2.23.133.8.1). A certificate a manufacturer CA issued for
+ * anything else (a web server, a sub-CA, a platform certificate) is not an EK certificate,
+ * whatever key it names. Returns NULL, or what is wrong. */
+static const char *ek_cert_profile(X509 *x)
+{
+    if (X509_get_version(x) != X509_VERSION_3)
+        return "not an X.509 v3 certificate";
+    uint32_t ku = X509_get_key_usage(x);
+    if (ku == UINT32_MAX || !(ku & KU_KEY_ENCIPHERMENT))
+        return "its key usage lacks keyEncipherment";
+    if ((X509_get_extension_flags(x) & EXFLAG_CA) || X509_check_ca(x) != 0 || (ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)))
+        return "it is a CA certificate";
+    const char *bad = NULL;
+    EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+    ASN1_OBJECT *ek_purpose = OBJ_txt2obj("2.23.133.8.1", 1), *manufacturer = OBJ_txt2obj("2.23.133.2.1", 1);
+    if (eku != NULL) {
+        bool found = false;
+        for (int i = 0; i < sk_ASN1_OBJECT_num(eku); i++)
+            found = found || OBJ_cmp(sk_ASN1_OBJECT_value(eku, i), ek_purpose) == 0;
+        if (!found)
+            bad = "its extended key usage is not tcg-kp-EKCertificate (2.23.133.8.1)";
+    } else if (X509_get_ext_by_NID(x, NID_ext_key_usage, -1) >= 0) {
+        bad = "its extended key usage does not parse";
+    }
+    GENERAL_NAMES *san = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    bool tpm_named = false;
+    for (int i = 0; san != NULL && i < sk_GENERAL_NAME_num(san); i++) {
+        GENERAL_NAME *g = sk_GENERAL_NAME_value(san, i);
+        tpm_named = tpm_named || (g->type == GEN_DIRNAME && X509_NAME_get_index_by_OBJ(g->d.dirn, manufacturer, -1) >= 0);
+    }
+    if (bad == NULL && !tpm_named)
+        bad = "its subject alternative name does not name a TPM manufacturer (2.23.133.2.1)";
+    EXTENDED_KEY_USAGE_free(eku);
+    GENERAL_NAMES_free(san);
+    ASN1_OBJECT_free(ek_purpose);
+    ASN1_OBJECT_free(manufacturer);
+    return bad;
+}
+
 static int verify_ek_cert(const kf_tpm_evidence *ev, EVP_PKEY *ek, X509_STORE *cas, bool *ret_verified, kf_err *err)
 {
     *ret_verified = false;
@@ -329,10 +373,17 @@ static int verify_ek_cert(const kf_tpm_evidence *ev, EVP_PKEY *ek, X509_STORE *c
         r = kf_err_set(err, -EACCES, "the EK certificate is for another key than this TPM's EK");
         goto out;
     }
+    const char *not_ek = cas != NULL ? ek_cert_profile(x) : NULL;
+    if (not_ek != NULL) {
+        r = kf_err_set(err, -EACCES, "the EK certificate is not an EK certificate (TCG EK Credential Profile): %s",
+                       not_ek);
+        goto out;
+    }
     if (cas != NULL) {
         X509_STORE_CTX *c = X509_STORE_CTX_new();
-        /* EK certificates carry a critical SAN in the TCG directory-name form and the TCG key
-         * usage conventions (no digitalSignature): check the chain and signatures, not these. */
+        /* The profile is checked above (ek_cert_profile); here the chain and its signatures.
+         * Manufacturers mark extensions critical that OpenSSL does not interpret (the TCG
+         * subject directory attributes, some certificate policies): those are not refused. */
         int ok = c != NULL && X509_STORE_CTX_init(c, cas, x, NULL) == 1 &&
                  (X509_VERIFY_PARAM_set_flags(X509_STORE_CTX_get0_param(c), X509_V_FLAG_IGNORE_CRITICAL), 1) &&
                  X509_verify_cert(c) == 1;
@@ -406,6 +457,17 @@ static int verify_sig(EVP_PKEY *key, const unsigned char *data, size_t len, cons
     return ok ? 0 : kf_err_set(err, -EACCES, "the attestation's signature does not verify with the AK");
 }
 
+/* An attestation key: restricted (it signs only what the TPM made, so a TPMS_ATTEST it signs
+ * is the TPM's word), a signer and never a decrypter, made in the TPM and fixed to it, with the
+ * ECDSA-SHA256 scheme. The certify (CA) and the quotes (coordinator) both rest on this. */
+static bool ak_ok(const tpm_public *ak)
+{
+    const uint32_t need = A_FIXEDTPM | A_FIXEDPARENT | A_SDO | A_RESTRICTED | A_SIGN;
+    bool attrs = (ak->attrs & need) == need;
+    bool no_decrypt = !(ak->attrs & A_DECRYPT);
+    return attrs && no_decrypt && ak->scheme == ALG_ECDSA && ak->scheme_hash == ALG_SHA256;
+}
+
 int kf_tpm_evidence_verify(const kf_tpm_evidence *ev, X509_STORE *ek_cas, kf_tpm_verified *ret, kf_err *err)
 {
     tpm_public ek, ak, key;
@@ -420,9 +482,7 @@ int kf_tpm_evidence_verify(const kf_tpm_evidence *ev, X509_STORE *ek_cas, kf_tpm
         ek.sym != ALG_AES || ek.sym_bits != 128 || ek.sym_mode != ALG_CFB || ek.policy_len != 32 ||
         memcmp(ek.policy, EK_POLICY, 32) != 0)
         return kf_err_set(err, -EACCES, "the EK is not a TCG default RSA 2048 endorsement key");
-    const uint32_t ak_need = A_FIXEDTPM | A_FIXEDPARENT | A_SDO | A_RESTRICTED | A_SIGN;
-    if ((ak.attrs & ak_need) != ak_need || (ak.attrs & A_DECRYPT) || ak.scheme != ALG_ECDSA ||
-        ak.scheme_hash != ALG_SHA256)
+    if (!ak_ok(&ak))
         return kf_err_set(err, -EACCES,
                           "the AK is not a restricted ECDSA-SHA256 signing key made in and fixed to the TPM");
     const uint32_t key_need = A_FIXEDTPM | A_FIXEDPARENT | A_SDO | A_SIGN;
@@ -768,4 +828,196 @@ int kf_tpm_credential_open(const kf_tpm_credential *c, const unsigned char *secr
     pem[len] = '\0';
     *ret_pem = pem;
     return 0;
+}
+
+/* ---- measured-boot quotes ---- */
+
+static void put_lp(EVP_MD_CTX *m, const void *p, size_t n)
+{
+    unsigned char len[4] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16), (unsigned char)(n >> 8),
+                            (unsigned char)n};
+    EVP_DigestUpdate(m, len, 4);
+    if (n > 0)
+        EVP_DigestUpdate(m, p, n);
+}
+
+void kf_tpm_quote_qualifying(const unsigned char exporter[32], const char *method, const char *volume_id,
+                             const unsigned char *eph_pub, size_t eph_len, const char *request_id,
+                             unsigned char out[32])
+{
+    static const char tag[] = "keyfleet quote v1";
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    unsigned int n = 32;
+    if (m == NULL || EVP_DigestInit_ex(m, EVP_sha256(), NULL) != 1) {
+        memset(out, 0, 32);
+        EVP_MD_CTX_free(m);
+        return;
+    }
+    EVP_DigestUpdate(m, tag, sizeof(tag));
+    put_lp(m, exporter, 32);
+    put_lp(m, method, strlen(method));
+    put_lp(m, volume_id, strlen(volume_id));
+    put_lp(m, eph_pub, eph_len);
+    put_lp(m, request_id, strlen(request_id));
+    if (EVP_DigestFinal_ex(m, out, &n) != 1)
+        memset(out, 0, 32);
+    EVP_MD_CTX_free(m);
+}
+
+static int unhex32(const char *hex, unsigned char out[32])
+{
+    if (hex == NULL || strlen(hex) != 64)
+        return -EINVAL;
+    for (size_t i = 0; i < 32; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1 || !((hex[2 * i] >= '0' && hex[2 * i] <= '9') ||
+                                                   (hex[2 * i] >= 'a' && hex[2 * i] <= 'f')))
+            return -EINVAL;
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
+/* TPMS_ATTEST of a TPM2_Quote (Part 2, 10.12.1): type, qualifying data, selection and digest. */
+static int parse_quote(const unsigned char *p, size_t len, const unsigned char *q, uint32_t *ret_mask,
+                       const unsigned char **ret_digest, kf_err *err)
+{
+    rd r = {.p = p, .len = len};
+    uint32_t magic = u32(&r);
+    uint16_t type = u16(&r);
+    size_t n, extra_len, digest_len;
+    b2(&r, &n); /* qualifiedSigner */
+    const unsigned char *extra = b2(&r, &extra_len);
+    skip(&r, 17 + 8); /* clockInfo, firmwareVersion */
+    uint32_t count = u32(&r);
+    uint16_t hash = 0;
+    uint32_t mask = 0;
+    if (!r.bad && count == 1) {
+        hash = u16(&r);
+        size_t size_of_select = r.bad || r.off >= r.len ? 0 : r.p[r.off];
+        skip(&r, 1);
+        for (size_t i = 0; i < size_of_select && !r.bad; i++) {
+            unsigned char byte = r.off < r.len ? r.p[r.off] : 0;
+            skip(&r, 1);
+            if (i >= 3 && byte != 0)
+                return kf_err_set(err, -EINVAL, "the quote selects a PCR above 23");
+            if (i < 3)
+                mask |= (uint32_t)byte << (8 * i);
+        }
+    }
+    const unsigned char *digest = b2(&r, &digest_len);
+    if (r.bad || r.off != len)
+        return kf_err_set(err, -EINVAL, "malformed TPM2_Quote attestation");
+    if (magic != GENERATED_VALUE || type != ST_ATTEST_QUOTE)
+        return kf_err_set(err, -EINVAL, "the attestation is not a TPM-made TPM2_Quote");
+    if (count != 1 || hash != ALG_SHA256 || mask == 0 || digest_len != 32)
+        return kf_err_set(err, -EINVAL, "the quote must select PCRs of the SHA-256 bank only");
+    if (extra_len != 32 || CRYPTO_memcmp(extra, q, 32) != 0)
+        return kf_err_set(err, -EACCES,
+                          "the quote's qualifying data is not for this request and connection (replayed?)");
+    *ret_mask = mask;
+    *ret_digest = digest;
+    return 0;
+}
+
+int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *ak_digest_hex,
+                        const unsigned char *quoted, size_t quoted_len, const unsigned char *sig, size_t sig_len,
+                        const unsigned char *pcr_values, size_t values_len, const unsigned char q[32],
+                        kf_tpm_pcrs *ret, kf_err *err)
+{
+    /* Structure first (garbage is -EINVAL, whoever sent it), then what it proves. */
+    unsigned char want[32], got[32];
+    if (ak_len == 0 || ak_len > 512)
+        return kf_err_set(err, -EINVAL, "the quote's AK public area is missing or too large");
+    tpm_public ak;
+    int r = parse_public(ak_pub, ak_len, "AK", &ak, err);
+    if (r != 0)
+        return r;
+    uint32_t mask = 0;
+    const unsigned char *digest = NULL;
+    if ((r = parse_quote(quoted, quoted_len, q, &mask, &digest, err)) != 0)
+        return r;
+    size_t n = (size_t)__builtin_popcount(mask);
+    if (values_len != 32 * n)
+        return kf_err_set(err, -EINVAL, "the quote selects %zu PCRs and %zu bytes of values came with it", n,
+                          values_len);
+    if (unhex32(ak_digest_hex, want) != 0)
+        return kf_err_set(err, -EACCES, "the node's certificate names no attestation key");
+    SHA256(ak_pub, ak_len, got);
+    if (CRYPTO_memcmp(want, got, 32) != 0)
+        return kf_err_set(err, -EACCES, "the quote is signed by another AK than the one the node's certificate names");
+    if (!ak_ok(&ak))
+        return kf_err_set(err, -EACCES, "the AK is not a restricted ECDSA-SHA256 signing key made in and fixed to the TPM");
+    EVP_PKEY *key = ec_key(&ak);
+    if (key == NULL)
+        return kf_err_set(err, -EINVAL, "the AK is not a usable P-256 public key");
+    r = verify_sig(key, quoted, quoted_len, sig, sig_len, err);
+    EVP_PKEY_free(key);
+    if (r != 0)
+        return r;
+    SHA256(pcr_values, values_len, got);
+    if (CRYPTO_memcmp(got, digest, 32) != 0)
+        return kf_err_set(err, -EACCES, "the PCR values sent do not match the quoted digest");
+    memset(ret, 0, sizeof(*ret));
+    ret->mask = mask;
+    for (size_t i = 0, k = 0; i < 24; i++)
+        if (mask & (1u << i))
+            memcpy(ret->values[i], pcr_values + 32 * k++, 32);
+    return 0;
+}
+
+void kf_tpm_pcrs_format(const kf_tpm_pcrs *p, char *out)
+{
+    size_t off = 0;
+    out[0] = '\0';
+    for (unsigned i = 0; i < 24; i++) {
+        if (!(p->mask & (1u << i)))
+            continue;
+        off += (size_t)snprintf(out + off, KF_TPM_PCRS_TEXT_MAX - off, "%s%u=", off > 0 ? " " : "", i);
+        hex(p->values[i], 32, out + off);
+        off += 64;
+    }
+}
+
+int kf_tpm_pcrs_parse(const char *text, kf_tpm_pcrs *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    const char *p = text;
+    while (*p != '\0') {
+        char *end = NULL;
+        unsigned long i = strtoul(p, &end, 10);
+        if (end == p || *end != '=' || i > 23 || (ret->mask & (1u << i)))
+            return -EINVAL;
+        char h[65];
+        memcpy(h, end + 1, strnlen(end + 1, 64));
+        h[strnlen(end + 1, 64)] = '\0';
+        if (unhex32(h, ret->values[i]) != 0)
+            return -EINVAL;
+        ret->mask |= 1u << i;
+        p = end + 1 + 64;
+        if (*p == ' ')
+            p++;
+        else if (*p != '\0')
+            return -EINVAL;
+    }
+    return ret->mask != 0 ? 0 : -EINVAL;
+}
+
+void kf_tpm_pcr_list(uint32_t mask, char *out, size_t cap)
+{
+    size_t off = 0;
+    out[0] = '\0';
+    for (unsigned i = 0; i < 24 && off < cap; i++)
+        if (mask & (1u << i))
+            off += (size_t)snprintf(out + off, cap - off, "%s%u", off > 0 ? "," : "", i);
+}
+
+uint32_t kf_tpm_pcrs_diff(const kf_tpm_pcrs *accepted, const kf_tpm_pcrs *presented)
+{
+    uint32_t changed = accepted->mask ^ presented->mask;
+    for (unsigned i = 0; i < 24; i++)
+        if ((accepted->mask & presented->mask & (1u << i)) &&
+            CRYPTO_memcmp(accepted->values[i], presented->values[i], 32) != 0)
+            changed |= 1u << i;
+    return changed;
 }

@@ -94,4 +94,47 @@ int kf_tpm_credential_read(const char *path, kf_tpm_credential *c, kf_err *err);
 /* Opens the box with the activated secret; *ret_pem is malloc'ed and NUL-terminated. */
 int kf_tpm_credential_open(const kf_tpm_credential *c, const unsigned char *secret, size_t secret_len,
                            char **ret_pem, kf_err *err);
+
+/* ---- measured-boot quotes (issue #16 part 3, docs/attestation.md) ---- */
+
+/* PCR values of the SHA-256 bank: bit i of mask is PCR i (0..23); values[i] is set for each. */
+typedef struct kf_tpm_pcrs {
+    uint32_t mask;
+    unsigned char values[24][32];
+} kf_tpm_pcrs;
+
+#define KF_TPM_QUOTE_EXPORTER_LABEL "EXPORTER-keyfleet-tpm-quote-v1"
+#define KF_TPM_DEFAULT_PCRS ((1u << 0) | (1u << 2) | (1u << 4) | (1u << 7))
+
+/* The qualifying data of a quote: SHA-256 over "keyfleet quote v1", the TLS connection's
+ * exporter value (RFC 8446 7.5, label KF_TPM_QUOTE_EXPORTER_LABEL, no context, 32 bytes), and
+ * the request: its method ("Enroll", "Release"), volume id, the agent's ephemeral public key and
+ * request id (each length-prefixed). A quote made for one request or connection does not verify
+ * on another. */
+void kf_tpm_quote_qualifying(const unsigned char exporter[32], const char *method, const char *volume_id,
+                             const unsigned char *eph_pub, size_t eph_len, const char *request_id,
+                             unsigned char out[32]);
+
+/* Checks a quote: ak_pub (TPM2B_PUBLIC) hashes to ak_digest_hex, the AK digest the fleet CA put
+ * in the node's certificate, and is a restricted ECDSA-SHA256 P-256 signer fixed to its TPM;
+ * quoted is a TPM-made TPMS_ATTEST of type quote whose extraData is q and whose signature (sig,
+ * TPMT_SIGNATURE) verifies with that AK; it selects PCRs of the SHA-256 bank only; and
+ * pcr_values (32 bytes per selected PCR, ascending) hash to its pcrDigest. Fills *ret with
+ * those values. -EINVAL for malformed input, -EACCES for a quote that does not hold. */
+int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *ak_digest_hex,
+                        const unsigned char *quoted, size_t quoted_len, const unsigned char *sig, size_t sig_len,
+                        const unsigned char *pcr_values, size_t values_len, const unsigned char q[32],
+                        kf_tpm_pcrs *ret, kf_err *err);
+
+/* Text form, for the store and the operator: "0=HEX 2=HEX ..." in ascending order. out must
+ * hold KF_TPM_PCRS_TEXT_MAX bytes. */
+#define KF_TPM_PCRS_TEXT_MAX (24 * 68 + 1)
+void kf_tpm_pcrs_format(const kf_tpm_pcrs *p, char *out);
+int kf_tpm_pcrs_parse(const char *text, kf_tpm_pcrs *ret);
+/* "0,2,4,7" for mask. out must hold 64 bytes. */
+void kf_tpm_pcr_list(uint32_t mask, char *out, size_t cap);
+/* Which PCRs differ between accepted and presented (a PCR in one selection only counts as
+ * changed). Returns the mask of changed PCRs; 0 when they match. */
+uint32_t kf_tpm_pcrs_diff(const kf_tpm_pcrs *accepted, const kf_tpm_pcrs *presented);
+
 #endif

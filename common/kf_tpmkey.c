@@ -314,6 +314,17 @@ static int wrap(EVP_PKEY *tk, EVP_PKEY **ret, kf_err *err)
     return 0;
 }
 
+void kf_tpmkey_detach(EVP_PKEY *pk)
+{
+    EC_KEY *ec = pk != NULL && ex_index >= 0 ? (EC_KEY *)EVP_PKEY_get0_EC_KEY(pk) : NULL;
+    EVP_PKEY *tk = ec != NULL && EC_KEY_get_method(ec) == method ? EC_KEY_get_ex_data(ec, ex_index) : NULL;
+    if (tk != NULL) {
+        EC_KEY_set_ex_data(ec, ex_index, NULL);
+        EVP_PKEY_free(tk);
+    }
+    ERR_clear_error();
+}
+
 static int read_file(const char *path, char **ret, size_t *ret_len, kf_err *err)
 {
     FILE *f = fopen(path, "re");

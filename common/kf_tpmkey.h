@@ -56,4 +56,11 @@ int kf_tpmkey_generate(const char *path, const char *tcti, kf_err *err);
  * swtpm, serves one connection at a time). No key from kf_tpmkey_load may still be in use. */
 void kf_tpmkey_unload(void);
 
+/* Lets go of the TPM behind pk (a key from kf_tpmkey_load): frees the provider's key object, so
+ * pk can no longer sign (a handshake with it fails) but may still be referenced and freed; then
+ * kf_tpmkey_unload can close the provider's TPM connection while a TLS connection made with pk
+ * stays open. Used before the agent's own TPM work on that connection (a quote). No-op for a
+ * key that is not a TPM key. */
+void kf_tpmkey_detach(EVP_PKEY *pk);
+
 #endif

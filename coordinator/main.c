@@ -14,6 +14,7 @@
 #include "core/approvals.h"
 #include "front/router.h"
 #include "front/server.h"
+#include "kf_cli.h"
 #include "kf_crash.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
@@ -36,12 +37,14 @@ static void on_tick(uv_timer_t *t)
 
 static void on_tick_closed(uv_handle_t *h) { (void)h; }
 
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: keyfleetd [-c FILE] [--check-config] [--version]\n"
+static const kf_cli kfd_cli = {
+    .program = "keyfleetd",
+    .options = "[-c FILE] [--check-config]\n"
                "  -c, --config FILE   configuration (default /etc/keyfleet/keyfleetd.yaml)\n"
-               "      --check-config  validate the configuration and the files it names (TLS, KEKs), then exit\n");
-}
+               "      --check-config  validate the configuration and the files it names (TLS, KEKs), then exit\n"
+               "  -h, --help          this usage; --version: the version\n"
+               "exit status: 0 stopped by SIGTERM/SIGINT (or the config is valid), 1 failed, 2 config error\n",
+};
 
 int main(int argc, char **argv)
 {
@@ -53,13 +56,14 @@ int main(int argc, char **argv)
     kfd_json_wipe_on_free();
     const char *config_path = "/etc/keyfleet/keyfleetd.yaml";
     int check_only = 0;
+    int answered = kf_cli_answer(&kfd_cli, argc, argv, argc);
+    if (answered >= 0)
+        return answered;
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"check-config", no_argument, NULL, 'C'},
-                                         {"version", no_argument, NULL, 'V'},
-                                         {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             config_path = optarg;
@@ -67,21 +71,12 @@ int main(int argc, char **argv)
         case 'C':
             check_only = 1;
             break;
-        case 'V':
-            printf("keyfleetd %s\n", KF_VERSION);
-            return 0;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            usage(stderr);
-            return EXIT_CONFIG;
+            return kf_cli_usage_error(&kfd_cli, NULL);
         }
     }
-    if (optind != argc) {
-        usage(stderr);
-        return EXIT_CONFIG;
-    }
+    if (optind != argc)
+        return kf_cli_usage_error(&kfd_cli, NULL);
 
     /* Not dumpable from the start; again after a privilege drop, which resets it. */
     if (kf_process_harden() != 0)

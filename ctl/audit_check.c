@@ -8,6 +8,7 @@
 
 #include <openssl/crypto.h>
 
+#include "kf_audit_json.h"
 #include "kf_b64.h"
 #include "kf_merkle.h"
 
@@ -205,6 +206,7 @@ struct kfctl_log_check {
     const kfctl_trust *trust;
     uint64_t n;
     bool allow_partial;
+    uint64_t max_unsigned; /* records allowed after the newest checkpoint */
     uint64_t base; /* records before the copy starts (0: it starts at record 1) */
     uint8_t prev[KF_AUDIT_HASH];
     kf_merkle_frontier tree;
@@ -220,6 +222,7 @@ struct kfctl_log_check {
     /* checkpoint records seen: seq and text, for anchors */
     kfctl_cp *seen;
     size_t n_seen;
+    kf_audit_signers who; /* revoked certificates and removed coordinators so far */
 };
 
 kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
@@ -227,12 +230,16 @@ kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
     kfctl_log_check *c = calloc(1, sizeof(*c));
     if (c != NULL) {
         c->trust = t;
+        c->max_unsigned = KFCTL_AUDIT_MAX_UNSIGNED;
+        kf_audit_signers_init(&c->who);
         kf_merkle_frontier_init(&c->tree);
     }
     return c;
 }
 
 void kfctl_log_check_allow_partial(kfctl_log_check *c) { c->allow_partial = true; }
+
+void kfctl_log_check_max_unsigned(kfctl_log_check *c, uint64_t n) { c->max_unsigned = n; }
 
 void kfctl_log_check_free(kfctl_log_check *c)
 {
@@ -243,6 +250,7 @@ void kfctl_log_check_free(kfctl_log_check *c)
     for (size_t i = 0; i < c->n_seen; i++)
         kfctl_cp_clear(&c->seen[i]);
     free(c->seen);
+    kf_audit_signers_free(&c->who);
     free(c);
 }
 
@@ -315,13 +323,18 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
     memcpy(c->prev, hash, KF_AUDIT_HASH);
     c->n++;
     if (strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
-        return true;
+        return kf_audit_signers_note(&c->who, r) == 0 || fail(c, r->seq, "out of memory");
     /* A signed head: valid signature by a coordinator of this fleet, over exactly this tree. */
     kfctl_cp cp;
     char why[300];
     if (kfctl_cp_from_record(r, &cp, why, sizeof(why)) != 0 || kfctl_cp_verify(c->trust, &cp, why, sizeof(why)) != 0) {
         kfctl_cp_clear(&cp);
         return fail(c, r->seq, "checkpoint: %s", why);
+    }
+    kf_err serr = {0};
+    if (kf_audit_signers_check(&c->who, cp.cert, cp.cert_len, &serr) != 0) {
+        kfctl_cp_clear(&cp);
+        return fail(c, r->seq, "checkpoint: %s", serr.msg);
     }
     const kf_checkpoint *p = &cp.parsed;
     /* In a copy that starts late: the chain hash when it holds that record, the root never. */
@@ -382,7 +395,7 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
                     c->n + 1, c->n, a.seq);
             return 1;
         }
-        if (s == NULL || strcmp(s->text, a.text) != 0 ||
+        if (s == NULL || strcmp(s->text, a.text) != 0 || a.parsed.size == 0 ||
             (c->base == 0 && CRYPTO_memcmp(c->roots[a.parsed.size - 1], a.parsed.root, KF_AUDIT_HASH) != 0)) {
             fprintf(out,
                     "audit chain BROKEN at record %" PRIu64 ": the log no longer holds the anchored checkpoint "
@@ -390,6 +403,17 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
                     a.parsed.size, a.parsed.size, a.seq);
             return 1;
         }
+    }
+    /* Records after the newest checkpoint are vouched for by nothing signed: an attacker can
+     * edit, add or delete them with the hashes recomputed. The leader signs within 200 ms or
+     * 1000 records, so a longer tail means checkpoints stopped, or records were added. */
+    uint64_t tail = c->n - (c->checkpoints > 0 ? c->newest_cp_seq : c->base);
+    if (tail > c->max_unsigned) {
+        fprintf(out,
+                "audit chain UNSIGNED TAIL: %" PRIu64 " records after %s are not signed by any checkpoint "
+                "(at most %" PRIu64 " expected); they could have been changed with the hashes recomputed\n",
+                tail, c->checkpoints > 0 ? "the newest checkpoint" : "the start", c->max_unsigned);
+        return 1;
     }
     size_t sl = strlen(c->signers);
     if (sl > 0)
@@ -400,9 +424,170 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
     fprintf(out, ", %" PRIu64 " signed checkpoints (by %s)", c->checkpoints, c->checkpoints > 0 ? c->signers : "nobody");
     if (c->checkpoints > 0)
         fprintf(out, "; the newest signs %" PRIu64 " records (%" PRIu64 " after it not yet signed)",
-                c->newest_cp_size, c->n - c->newest_cp_seq);
+                c->newest_cp_size, tail);
+    else if (tail > 0)
+        fprintf(out, "; %" PRIu64 " records not yet signed", tail);
     if (n_anchors > 0)
         fprintf(out, "; %zu anchor%s held", n_anchors, n_anchors == 1 ? "" : "s");
     fprintf(out, "\n");
     return 0;
+}
+
+static int path_from_json(const json_t *a, kf_merkle_hash *path, size_t *ret_n)
+{
+    if (!json_is_array(a) || json_array_size(a) > KF_MERKLE_MAX_PROOF)
+        return -1;
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        const char *h = json_string_value(json_array_get(a, i));
+        if (h == NULL || kf_unhex(h, strlen(h), path[i], KF_MERKLE_HASH) != 0)
+            return -1;
+    }
+    *ret_n = json_array_size(a);
+    return 0;
+}
+
+/* The anchor file's last checkpoint, verified, must be the proof's. */
+static int check_anchor(const kfctl_trust *t, const char *path, const kfctl_cp *cp, char *why, size_t why_size)
+{
+    kfctl_cp *v = NULL;
+    size_t n = 0;
+    if (kfctl_cp_read_file(path, &v, &n, why, why_size) != 0)
+        return -1;
+    kfctl_cp an = v[n - 1];
+    for (size_t i = 0; i + 1 < n; i++)
+        kfctl_cp_clear(&v[i]);
+    free(v);
+    int rc = kfctl_cp_verify(t, &an, why, why_size);
+    if (rc == 0 && strcmp(an.text, cp->text) != 0) {
+        snprintf(why, why_size,
+                 "the proof is against the checkpoint of size %" PRIu64 ", the anchor signs %" PRIu64
+                 " (ask for one against it: audit prove ID --checkpoint ANCHOR)",
+                 cp->parsed.size, an.parsed.size);
+        rc = -1;
+    }
+    kfctl_cp_clear(&an);
+    return rc;
+}
+
+int kfctl_proof_verify(const kfctl_trust *t, const json_t *doc, const char *anchor_path, FILE *out, char *why,
+                       size_t why_size)
+{
+    kfctl_cp cp = {0};
+    int rc = -1;
+    const char *format = json_string_value(json_object_get(doc, "format"));
+    json_t *proofs = json_object_get(doc, "proofs");
+    if (format == NULL || strcmp(format, KFCTL_PROOF_FORMAT) != 0 || !json_is_array(proofs) ||
+        json_array_size(proofs) == 0) {
+        snprintf(why, why_size, "not a keyfleet inclusion proof");
+        goto out;
+    }
+    if (kfctl_cp_from_json(json_object_get(doc, "checkpoint"), &cp, why, why_size) != 0 ||
+        kfctl_cp_verify(t, &cp, why, why_size) != 0)
+        goto out;
+    if (anchor_path != NULL && check_anchor(t, anchor_path, &cp, why, why_size) != 0)
+        goto out;
+    for (size_t i = 0; i < json_array_size(proofs); i++) {
+        json_t *p = json_array_get(proofs, i);
+        const char *rec = json_string_value(json_object_get(p, "record"));
+        kf_merkle_hash path[KF_MERKLE_MAX_PROOF], leaf;
+        size_t n = 0, len = rec != NULL ? strlen(rec) : 0;
+        uint8_t *buf = malloc(len + 1);
+        int blen = buf != NULL && rec != NULL ? kf_b64_decode(rec, len, false, buf, len + 1) : -1;
+        Keyfleet__V1__AuditRecord *r =
+            blen >= 0 ? keyfleet__v1__audit_record__unpack(NULL, (size_t)blen, buf) : NULL;
+        free(buf);
+        uint8_t canon[KF_AUDIT_CANON_MAX];
+        size_t clen = r != NULL ? kf_audit_canonical(r, canon, sizeof(canon)) : 0;
+        bool ok = r != NULL && clen <= sizeof(canon) && r->seq >= 1 &&
+                  path_from_json(json_object_get(p, "path"), path, &n) == 0;
+        if (ok) {
+            kf_merkle_leaf_hash(canon, clen, leaf);
+            ok = kf_merkle_verify_inclusion(r->seq - 1, cp.parsed.size, leaf, path, n, cp.parsed.root);
+        }
+        if (!ok) {
+            snprintf(why, why_size, "record %" PRIu64 " is not in the tree the checkpoint signed", r != NULL ? r->seq : 0);
+            if (r != NULL)
+                keyfleet__v1__audit_record__free_unpacked(r, NULL);
+            goto out;
+        }
+        fprintf(out,
+                "included: record %" PRIu64 " %s node=%s volume=%s request=%s, in the %" PRIu64
+                " records coordinator %s signed at %" PRId64 "\n",
+                r->seq, r->action, r->node, r->volume_id, r->request_id, cp.parsed.size, cp.parsed.signer,
+                cp.parsed.seconds);
+        keyfleet__v1__audit_record__free_unpacked(r, NULL);
+    }
+    rc = 0;
+out:
+    kfctl_cp_clear(&cp);
+    return rc;
+}
+
+int kfctl_consistency_verify(const kfctl_trust *t, const json_t *doc, FILE *out, char *why, size_t why_size)
+{
+    kfctl_cp old = {0}, neu = {0};
+    int rc = -1;
+    kf_merkle_hash path[KF_MERKLE_MAX_PROOF];
+    size_t n = 0;
+    const char *format = json_string_value(json_object_get(doc, "format"));
+    if (format == NULL || strcmp(format, KFCTL_CONSISTENCY_FORMAT) != 0 ||
+        path_from_json(json_object_get(doc, "path"), path, &n) != 0) {
+        snprintf(why, why_size, "not a keyfleet consistency proof");
+    } else if (kfctl_cp_from_json(json_object_get(doc, "old"), &old, why, why_size) != 0 ||
+               kfctl_cp_verify(t, &old, why, why_size) != 0) {
+        /* why says it */
+    } else if (kfctl_cp_from_json(json_object_get(doc, "new"), &neu, why, why_size) != 0 ||
+               kfctl_cp_verify(t, &neu, why, why_size) != 0) {
+    } else if (!kf_merkle_verify_consistency(old.parsed.size, neu.parsed.size, old.parsed.root, neu.parsed.root, path,
+                                             n)) {
+        snprintf(why, why_size, "the tree of %" PRIu64 " records is not a prefix of the tree of %" PRIu64,
+                 old.parsed.size, neu.parsed.size);
+    } else {
+        fprintf(out,
+                "consistent: the %" PRIu64 " records signed at %" PRId64 " are the first %" PRIu64
+                " of the %" PRIu64 " signed at %" PRId64 "\n",
+                old.parsed.size, old.parsed.seconds, old.parsed.size, neu.parsed.size, neu.parsed.seconds);
+        rc = 0;
+    }
+    kfctl_cp_clear(&old);
+    kfctl_cp_clear(&neu);
+    return rc;
+}
+
+int kfctl_stream_verify(FILE *in, const char *name, const kfctl_trust *t, const kfctl_cp *anchors, size_t n_anchors,
+                        uint64_t max_unsigned, FILE *out)
+{
+    kfctl_log_check *chk = kfctl_log_check_new(t);
+    if (chk == NULL)
+        return 1;
+    kfctl_log_check_allow_partial(chk);
+    kfctl_log_check_max_unsigned(chk, max_unsigned);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    unsigned long lineno = 0;
+    int rc = 0;
+    while (rc == 0 && (len = getline(&line, &cap, in)) > 0) {
+        lineno++;
+        json_error_t jerr;
+        json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
+        Keyfleet__V1__AuditRecord *r = NULL;
+        if (o == NULL || kf_audit_record_from_json(o, &r) != 0) {
+            fprintf(out, "audit stream BROKEN at line %lu of %s: not a keyfleet audit record\n", lineno, name);
+            rc = 1;
+        } else {
+            kfctl_log_check_add(chk, r);
+        }
+        kf_audit_record_free(r);
+        json_decref(o);
+    }
+    free(line);
+    if (rc == 0 && lineno == 0) {
+        fprintf(out, "audit stream %s is empty\n", name);
+        rc = 1;
+    }
+    if (rc == 0)
+        rc = kfctl_log_check_finish(chk, anchors, n_anchors, out);
+    kfctl_log_check_free(chk);
+    return rc;
 }

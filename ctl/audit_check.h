@@ -48,10 +48,32 @@ kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t);
  * prev_hash is taken as given; the chain, every checkpoint's signature and the chain hash it
  * signed are checked, the Merkle roots only from record 1. */
 void kfctl_log_check_allow_partial(kfctl_log_check *c);
+/* Records after the newest checkpoint (or all, without one) beyond this many fail the check:
+ * the leader signs within 200 ms or 1000 records (docs/audit.md, "Verifying"). */
+#define KFCTL_AUDIT_MAX_UNSIGNED 2000
+void kfctl_log_check_max_unsigned(kfctl_log_check *c, uint64_t n);
 /* Feeds the next record; false once the log failed (kfctl_log_check_result says where). */
 bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r);
 /* After the last record: checks each anchor; prints a summary to out. 0: verified. */
 int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n_anchors, FILE *out);
 void kfctl_log_check_free(kfctl_log_check *c);
+
+/* A sink's copy (JSON lines, one record each; it may start after record 1), read from in (named
+ * name in messages) and checked as a whole log, then against the anchors. Prints the result to
+ * out. 0: verified. */
+int kfctl_stream_verify(FILE *in, const char *name, const kfctl_trust *t, const kfctl_cp *anchors, size_t n_anchors,
+                        uint64_t max_unsigned, FILE *out);
+
+/* The documents `audit prove` and `audit prove-consistency` print (docs/audit.md). */
+#define KFCTL_PROOF_FORMAT "keyfleet-audit-inclusion/v1"
+#define KFCTL_CONSISTENCY_FORMAT "keyfleet-audit-consistency/v1"
+/* An inclusion proof: its checkpoint verified against the trust (and, with anchor_path, the same
+ * as the last checkpoint in that file, verified too), then each record's path to the signed
+ * root. Prints an "included:" line per record to out. 0, or -1 with why. */
+int kfctl_proof_verify(const kfctl_trust *t, const json_t *doc, const char *anchor_path, FILE *out, char *why,
+                       size_t why_size);
+/* A consistency proof: both checkpoints verified, the old tree a prefix of the new. Prints the
+ * "consistent:" line to out. 0, or -1 with why. */
+int kfctl_consistency_verify(const kfctl_trust *t, const json_t *doc, FILE *out, char *why, size_t why_size);
 
 #endif

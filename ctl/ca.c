@@ -220,10 +220,19 @@ int kfctl_csr_read(const char *path, const char *name, EVP_PKEY **ret_key, kf_er
         r = kf_err_set(err, -EINVAL, "the request's key must be ECDSA P-256");
         goto out;
     }
-    char cn[256];
-    int n = X509_NAME_get_text_by_NID(X509_REQ_get_subject_name(req), NID_commonName, cn, sizeof(cn));
-    if (n >= 0 && ((size_t)n != strlen(name) || strcmp(cn, name) != 0)) {
-        r = kf_err_set(err, -EINVAL, "the request names '%.*s', not '%s'", n > 64 ? 64 : n, cn, name);
+    /* The request must name the node, in exactly one CN: one without a name (or with two)
+     * could be any node's, and an operator would issue it under whatever name was typed. */
+    const X509_NAME *subject = X509_REQ_get_subject_name(req);
+    int at = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+    if (at < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, at) >= 0) {
+        r = kf_err_set(err, -EINVAL, "the request must name the node in exactly one CN (it has %s)",
+                       at < 0 ? "none" : "several");
+        goto out;
+    }
+    char cn[256] = "";
+    int n = X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof(cn));
+    if (n < 0 || (size_t)n != strlen(name) || strcmp(cn, name) != 0) {
+        r = kf_err_set(err, -EINVAL, "the request names '%.*s', not '%s'", n > 64 ? 64 : n < 0 ? 0 : n, cn, name);
         goto out;
     }
     *ret_key = key;

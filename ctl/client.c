@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,7 +89,8 @@ int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufC
     kf_rpc_status st;
     kf_err err = {0};
     if (kf_rpc_call(c, method, req, resp_desc, ret_resp, &st, &err) != 0) {
-        fprintf(stderr, "keyfleetctl: cannot reach a coordinator: %s\n", err.msg);
+        /* A coordinator that refused this certificate was reached: say what it did. */
+        fprintf(stderr, "keyfleetctl: %s%s\n", err.code == -EKEYREJECTED ? "" : "cannot reach a coordinator: ", err.msg);
         return -1;
     }
     if (st.code != KF_CONNECT_OK) {
@@ -107,4 +109,30 @@ int kfctl_call_once(kfctl *ctl, const char *method, const ProtobufCMessage *req,
     int r = kfctl_call(ctl, c, method, req, resp_desc, ret_resp);
     kf_rpc_client_free(c);
     return r;
+}
+
+int kfctl_print_json(json_t *o)
+{
+    char *s = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(o);
+    if (s == NULL) {
+        fprintf(stderr, "keyfleetctl: out of memory for the JSON output\n");
+        return -1;
+    }
+    printf("%s\n", s);
+    free(s);
+    return 0;
+}
+
+int kfctl_json_flag(int argc, char **argv, const char *cmd, int *ret_json)
+{
+    *ret_json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") != 0) {
+            fprintf(stderr, "keyfleetctl: %s: unexpected argument '%s'\n", cmd, argv[i]);
+            return kfctl_usage(cmd);
+        }
+        *ret_json = 1;
+    }
+    return 0;
 }

@@ -1,6 +1,6 @@
 /* keyfleetctl approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D]
  *                              [--secret-id-ttl D] [--secret-id-uses N]
- *                   | show NAME | secret-id NAME [--out FILE] [--totp CODE] | revoke NAME */
+ *                   | show NAME [--json] | secret-id NAME [--out FILE] [--totp CODE] | revoke NAME */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -95,8 +95,7 @@ static int create(kfctl *ctl, int argc, char **argv)
         }
     }
     if (optind != argc - 1 || role.node_name[0] == '\0') {
-        fprintf(stderr, "usage: keyfleetctl approle create NAME --node NODE [--cidr C]... [--group G]\n"
-                        "         [--token-ttl 20m] [--secret-id-ttl D] [--secret-id-uses N] [--totp CODE]\n");
+        kfctl_usage("approle");
         return KFCTL_EXIT_USAGE;
     }
     role.name = argv[optind];
@@ -118,7 +117,18 @@ static int create(kfctl *ctl, int argc, char **argv)
     return 0;
 }
 
-static int show(kfctl *ctl, const char *name)
+static int print_role_json(const Keyfleet__V1__Role *r)
+{
+    json_t *cidrs = json_array();
+    for (size_t i = 0; i < r->n_bound_cidrs; i++)
+        json_array_append_new(cidrs, json_string(r->bound_cidrs[i]));
+    return kfctl_print_json(json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:i}", "name", r->name, "role_id",
+                                      r->role_id, "node", r->node_name, "group", r->node_group, "bound_cidrs", cidrs,
+                                      "token_ttl_seconds", (int)r->token_ttl_seconds, "secret_id_ttl_seconds",
+                                      (int)r->secret_id_ttl_seconds, "secret_id_uses", (int)r->secret_id_num_uses));
+}
+
+static int show(kfctl *ctl, const char *name, bool json)
 {
     Keyfleet__V1__GetRoleRequest req = KEYFLEET__V1__GET_ROLE_REQUEST__INIT;
     req.name = (char *)name;
@@ -126,9 +136,13 @@ static int show(kfctl *ctl, const char *name)
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/GetRole", &req.base, &keyfleet__v1__get_role_response__descriptor,
                         &m) != 0)
         return 1;
-    print_role(((Keyfleet__V1__GetRoleResponse *)m)->role);
+    int rc = 0;
+    if (json)
+        rc = print_role_json(((Keyfleet__V1__GetRoleResponse *)m)->role) == 0 ? 0 : 1;
+    else
+        print_role(((Keyfleet__V1__GetRoleResponse *)m)->role);
     protobuf_c_message_free_unpacked(m, NULL);
-    return 0;
+    return rc;
 }
 
 /* The secret id is shown once: on stdout, or written to a new 0600 file with --out. */
@@ -149,7 +163,7 @@ static int secret_id(kfctl *ctl, int argc, char **argv)
             return KFCTL_EXIT_USAGE;
     }
     if (optind != argc - 1) {
-        fprintf(stderr, "usage: keyfleetctl approle secret-id NAME [--out FILE] [--totp CODE]\n");
+        kfctl_usage("approle");
         return KFCTL_EXIT_USAGE;
     }
     int fd = -1;
@@ -231,13 +245,14 @@ int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv)
         return create(ctl, argc - 1, argv + 1);
     if (strcmp(sub, "secret-id") == 0)
         return secret_id(ctl, argc - 1, argv + 1);
-    if (strcmp(sub, "show") == 0 && argc == 3)
-        return show(ctl, argv[2]);
+    if (strcmp(sub, "show") == 0 && argc == 3 && argv[2][0] != '-')
+        return show(ctl, argv[2], false);
+    if (strcmp(sub, "show") == 0 && argc == 4 && (strcmp(argv[2], "--json") == 0 || strcmp(argv[3], "--json") == 0))
+        return show(ctl, strcmp(argv[2], "--json") == 0 ? argv[3] : argv[2], true);
     if (strcmp(sub, "revoke") == 0 && argc == 3)
         return revoke_role(ctl, argv[2]);
     if (strcmp(sub, "revoke") == 0 && argc == 5 && (strcmp(argv[3], "--secret-id") == 0 || strcmp(argv[3], "--token") == 0))
         return revoke_credential(ctl, argv[2], argv[3], argv[4]);
-    fprintf(stderr, "usage: keyfleetctl approle create NAME --node NODE ... | show NAME | secret-id NAME [--out FILE] [--totp CODE]"
-                    " | revoke NAME [--secret-id ACCESSOR | --token TOKEN_ID]\n");
+    kfctl_usage("approle");
     return KFCTL_EXIT_USAGE;
 }

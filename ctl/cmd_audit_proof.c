@@ -3,6 +3,7 @@
  *                  | verify-consistency FILE
  * (docs/audit.md). verify-proof and verify-consistency work offline: they need only the fleet CA
  * (--ca, or the config's). */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,13 +14,10 @@
 
 #include "audit_check.h"
 #include "ctl.h"
-#include "kf_audit_json.h"
 #include "kf_b64.h"
 #include "kf_merkle.h"
 #include "keyfleet/v1/admin.pb-c.h"
 
-#define PROOF_FORMAT "keyfleet-audit-inclusion/v1"
-#define CONSISTENCY_FORMAT "keyfleet-audit-consistency/v1"
 
 static int trust_of(kfctl *ctl, const char *ca, kfctl_trust *t)
 {
@@ -56,22 +54,11 @@ static json_t *hex_array(ProtobufCBinaryData *const *unused, const ProtobufCBina
     return a;
 }
 
-static int path_from_json(const json_t *a, kf_merkle_hash *path, size_t *ret_n)
-{
-    if (!json_is_array(a) || json_array_size(a) > KF_MERKLE_MAX_PROOF)
-        return -1;
-    for (size_t i = 0; i < json_array_size(a); i++) {
-        const char *h = json_string_value(json_array_get(a, i));
-        if (h == NULL || kf_unhex(h, strlen(h), path[i], KF_MERKLE_HASH) != 0)
-            return -1;
-    }
-    *ret_n = json_array_size(a);
-    return 0;
-}
-
 /* ---- verify ---- */
 
 /* A sink's copy (JSON lines), checked offline. 0: verified. */
+static uint64_t max_unsigned = KFCTL_AUDIT_MAX_UNSIGNED;
+
 static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl_cp *anchors, size_t n_anchors)
 {
     FILE *f = fopen(path, "r");
@@ -79,40 +66,8 @@ static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl
         fprintf(stderr, "keyfleetctl: %s: %m\n", path);
         return 1;
     }
-    kfctl_log_check *chk = kfctl_log_check_new(trust);
-    if (chk == NULL) {
-        fclose(f);
-        return 1;
-    }
-    kfctl_log_check_allow_partial(chk);
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    unsigned long lineno = 0;
-    int rc = 0;
-    while (rc == 0 && (len = getline(&line, &cap, f)) > 0) {
-        lineno++;
-        json_error_t jerr;
-        json_t *o = json_loadb(line, (size_t)len, 0, &jerr);
-        Keyfleet__V1__AuditRecord *r = NULL;
-        if (o == NULL || kf_audit_record_from_json(o, &r) != 0) {
-            printf("audit stream BROKEN at line %lu of %s: not a keyfleet audit record\n", lineno, path);
-            rc = 1;
-        } else {
-            kfctl_log_check_add(chk, r);
-        }
-        kf_audit_record_free(r);
-        json_decref(o);
-    }
-    free(line);
+    int rc = kfctl_stream_verify(f, path, trust, anchors, n_anchors, max_unsigned, stdout);
     fclose(f);
-    if (rc == 0 && lineno == 0) {
-        printf("audit stream %s is empty\n", path);
-        rc = 1;
-    }
-    if (rc == 0)
-        rc = kfctl_log_check_finish(chk, anchors, n_anchors, stdout);
-    kfctl_log_check_free(chk);
     return rc;
 }
 
@@ -123,6 +78,7 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
     static const struct option opts[] = {{"anchor", required_argument, NULL, 'a'},
                                          {"stream", required_argument, NULL, 's'},
                                          {"ca", required_argument, NULL, 'c'},
+                                         {"max-unsigned", required_argument, NULL, 'm'},
                                          {NULL, 0, NULL, 0}};
     const char *stream = NULL, *ca = NULL;
     int o, rc = 1;
@@ -133,8 +89,19 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
             *(o == 's' ? &stream : &ca) = optarg;
             continue;
         }
+        if (o == 'm') {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-') {
+                fprintf(stderr, "keyfleetctl: --max-unsigned takes a number of records\n");
+                return KFCTL_EXIT_USAGE;
+            }
+            max_unsigned = v;
+            continue;
+        }
         if (o != 'a') {
-            fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]... [--stream FILE [--ca FILE]]\n");
+            kfctl_usage("audit");
             return KFCTL_EXIT_USAGE;
         }
         kfctl_cp *v = NULL;
@@ -154,7 +121,7 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
         free(v);
     }
     if (optind != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit verify [--anchor FILE]...\n");
+        kfctl_usage("audit");
         rc = KFCTL_EXIT_USAGE;
         goto out;
     }
@@ -187,6 +154,8 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
     int local = 1;
     if (server_ok) {
         kfctl_log_check *chk = kfctl_log_check_new(&trust);
+        if (chk != NULL)
+            kfctl_log_check_max_unsigned(chk, max_unsigned);
         Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
         q.limit = 10000;
         bool fetched = chk != NULL;
@@ -244,7 +213,7 @@ static int cmd_checkpoint(kfctl *ctl, int argc, char **argv)
 {
     bool json = argc == 2 && strcmp(argv[1], "--json") == 0;
     if (argc != 1 && !json) {
-        fprintf(stderr, "usage: keyfleetctl audit checkpoint [--json]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_trust trust;
@@ -286,7 +255,7 @@ static int cmd_prove(kfctl *ctl, int argc, char **argv)
         cp_file = optarg;
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit prove REQUEST_ID [--checkpoint FILE]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     Keyfleet__V1__ProveAuditRequest req = KEYFLEET__V1__PROVE_AUDIT_REQUEST__INIT;
@@ -339,7 +308,7 @@ static int cmd_prove(kfctl *ctl, int argc, char **argv)
             free(packed);
             free(text);
         }
-        print_json(json_pack("{s:s, s:s, s:o, s:o}", "format", PROOF_FORMAT, "request_id", req.request_id,
+        print_json(json_pack("{s:s, s:s, s:o, s:o}", "format", KFCTL_PROOF_FORMAT, "request_id", req.request_id,
                              "checkpoint", kfctl_cp_to_json(&cp), "proofs", proofs));
         kfctl_cp_clear(&cp);
         rc = 0;
@@ -373,84 +342,20 @@ static int cmd_verify_proof(kfctl *ctl, int argc, char **argv)
             return KFCTL_EXIT_USAGE;
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit verify-proof FILE [--anchor CHECKPOINT] [--ca FILE]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_trust trust;
     if (trust_of(ctl, ca, &trust) != 0)
         return 1;
     json_t *doc = load_json(argv[optind]);
-    kfctl_cp cp = {0}, an = {0};
     char why[400] = "";
     int rc = 1;
-    const char *format = json_string_value(json_object_get(doc, "format"));
-    json_t *proofs = json_object_get(doc, "proofs");
-    if (doc == NULL)
-        goto out;
-    if (format == NULL || strcmp(format, PROOF_FORMAT) != 0 || !json_is_array(proofs) || json_array_size(proofs) == 0) {
-        snprintf(why, sizeof(why), "not a keyfleet inclusion proof");
-        goto bad;
+    if (doc != NULL) {
+        rc = kfctl_proof_verify(&trust, doc, anchor, stdout, why, sizeof(why)) == 0 ? 0 : 1;
+        if (rc != 0)
+            printf("proof INVALID: %s\n", why);
     }
-    if (kfctl_cp_from_json(json_object_get(doc, "checkpoint"), &cp, why, sizeof(why)) != 0 ||
-        kfctl_cp_verify(&trust, &cp, why, sizeof(why)) != 0)
-        goto bad;
-    if (anchor != NULL) {
-        kfctl_cp *v = NULL;
-        size_t n = 0;
-        if (kfctl_cp_read_file(anchor, &v, &n, why, sizeof(why)) != 0)
-            goto bad;
-        an = v[n - 1];
-        for (size_t i = 0; i + 1 < n; i++)
-            kfctl_cp_clear(&v[i]);
-        free(v);
-        if (kfctl_cp_verify(&trust, &an, why, sizeof(why)) != 0)
-            goto bad;
-        if (strcmp(an.text, cp.text) != 0) {
-            snprintf(why, sizeof(why),
-                     "the proof is against the checkpoint of size %" PRIu64 ", the anchor signs %" PRIu64
-                     " (ask for one against it: audit prove ID --checkpoint ANCHOR)",
-                     cp.parsed.size, an.parsed.size);
-            goto bad;
-        }
-    }
-    for (size_t i = 0; i < json_array_size(proofs); i++) {
-        json_t *p = json_array_get(proofs, i);
-        const char *rec = json_string_value(json_object_get(p, "record"));
-        kf_merkle_hash path[KF_MERKLE_MAX_PROOF], leaf;
-        size_t n = 0, len = rec != NULL ? strlen(rec) : 0;
-        uint8_t *buf = malloc(len + 1);
-        int blen = buf != NULL && rec != NULL ? kf_b64_decode(rec, len, false, buf, len + 1) : -1;
-        Keyfleet__V1__AuditRecord *r =
-            blen >= 0 ? keyfleet__v1__audit_record__unpack(NULL, (size_t)blen, buf) : NULL;
-        free(buf);
-        uint8_t canon[KF_AUDIT_CANON_MAX];
-        size_t clen = r != NULL ? kf_audit_canonical(r, canon, sizeof(canon)) : 0;
-        bool ok = r != NULL && clen <= sizeof(canon) && r->seq >= 1 &&
-                  path_from_json(json_object_get(p, "path"), path, &n) == 0;
-        if (ok) {
-            kf_merkle_leaf_hash(canon, clen, leaf);
-            ok = kf_merkle_verify_inclusion(r->seq - 1, cp.parsed.size, leaf, path, n, cp.parsed.root);
-        }
-        if (!ok) {
-            snprintf(why, sizeof(why), "record %" PRIu64 " is not in the tree the checkpoint signed",
-                     r != NULL ? r->seq : 0);
-            if (r != NULL)
-                keyfleet__v1__audit_record__free_unpacked(r, NULL);
-            goto bad;
-        }
-        printf("included: record %" PRIu64 " %s node=%s volume=%s request=%s, in the %" PRIu64
-               " records coordinator %s signed at %" PRId64 "\n",
-               r->seq, r->action, r->node, r->volume_id, r->request_id, cp.parsed.size, cp.parsed.signer,
-               cp.parsed.seconds);
-        keyfleet__v1__audit_record__free_unpacked(r, NULL);
-    }
-    rc = 0;
-    goto out;
-bad:
-    printf("proof INVALID: %s\n", why);
-out:
-    kfctl_cp_clear(&cp);
-    kfctl_cp_clear(&an);
     json_decref(doc);
     kfctl_trust_free(&trust);
     return rc;
@@ -461,7 +366,7 @@ out:
 static int cmd_prove_consistency(kfctl *ctl, int argc, char **argv)
 {
     if (argc != 2 && argc != 3) {
-        fprintf(stderr, "usage: keyfleetctl audit prove-consistency OLD_CHECKPOINT [NEW_CHECKPOINT]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_cp *olds = NULL, *news = NULL;
@@ -490,7 +395,7 @@ static int cmd_prove_consistency(kfctl *ctl, int argc, char **argv)
     Keyfleet__V1__ProveConsistencyResponse *resp = (Keyfleet__V1__ProveConsistencyResponse *)m;
     kfctl_cp cp;
     if (resp->new_checkpoint != NULL && kfctl_cp_from_record(resp->new_checkpoint, &cp, why, sizeof(why)) == 0) {
-        print_json(json_pack("{s:s, s:o, s:o, s:o}", "format", CONSISTENCY_FORMAT, "old",
+        print_json(json_pack("{s:s, s:o, s:o, s:o}", "format", KFCTL_CONSISTENCY_FORMAT, "old",
                              kfctl_cp_to_json(&olds[n_old - 1]), "new", kfctl_cp_to_json(&cp), "path",
                              hex_array(NULL, resp->path, resp->n_path)));
         kfctl_cp_clear(&cp);
@@ -519,44 +424,20 @@ static int cmd_verify_consistency(kfctl *ctl, int argc, char **argv)
         ca = optarg;
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: keyfleetctl audit verify-consistency FILE [--ca FILE]\n");
+        kfctl_usage("audit");
         return KFCTL_EXIT_USAGE;
     }
     kfctl_trust trust;
     if (trust_of(ctl, ca, &trust) != 0)
         return 1;
     json_t *doc = load_json(argv[optind]);
-    kfctl_cp old = {0}, neu = {0};
     char why[400] = "";
     int rc = 1;
-    kf_merkle_hash path[KF_MERKLE_MAX_PROOF];
-    size_t n = 0;
-    const char *format = json_string_value(json_object_get(doc, "format"));
-    if (doc == NULL)
-        goto out;
-    if (format == NULL || strcmp(format, CONSISTENCY_FORMAT) != 0 ||
-        path_from_json(json_object_get(doc, "path"), path, &n) != 0) {
-        snprintf(why, sizeof(why), "not a keyfleet consistency proof");
-    } else if (kfctl_cp_from_json(json_object_get(doc, "old"), &old, why, sizeof(why)) != 0 ||
-               kfctl_cp_verify(&trust, &old, why, sizeof(why)) != 0) {
-        /* why says it */
-    } else if (kfctl_cp_from_json(json_object_get(doc, "new"), &neu, why, sizeof(why)) != 0 ||
-               kfctl_cp_verify(&trust, &neu, why, sizeof(why)) != 0) {
-    } else if (!kf_merkle_verify_consistency(old.parsed.size, neu.parsed.size, old.parsed.root, neu.parsed.root, path,
-                                             n)) {
-        snprintf(why, sizeof(why), "the tree of %" PRIu64 " records is not a prefix of the tree of %" PRIu64,
-                 old.parsed.size, neu.parsed.size);
-    } else {
-        printf("consistent: the %" PRIu64 " records signed at %" PRId64 " are the first %" PRIu64
-               " of the %" PRIu64 " signed at %" PRId64 "\n",
-               old.parsed.size, old.parsed.seconds, old.parsed.size, neu.parsed.size, neu.parsed.seconds);
-        rc = 0;
+    if (doc != NULL) {
+        rc = kfctl_consistency_verify(&trust, doc, stdout, why, sizeof(why)) == 0 ? 0 : 1;
+        if (rc != 0)
+            printf("consistency INVALID: %s\n", why);
     }
-    if (rc != 0)
-        printf("consistency INVALID: %s\n", why);
-out:
-    kfctl_cp_clear(&old);
-    kfctl_cp_clear(&neu);
     json_decref(doc);
     kfctl_trust_free(&trust);
     return rc;

@@ -14,18 +14,6 @@
 
 #define MAX_SANS 16
 
-static void usage(void)
-{
-    fprintf(stderr, "usage: keyfleetctl cert issue node|operator|coordinator NAME [--dir DIR] [--out PREFIX]\n"
-                    "         [--days N] [--backdate DAYS] [--san DNS:host|IP:addr]... [--csr FILE] [--force]\n"
-                    "         [--tpm-evidence FILE [--ek-ca FILE]...]\n"
-                    "  --csr FILE: certify the key of a request (keyfleet-agent identity create: a key in the\n"
-                    "              node's TPM) instead of making a key; only the certificate is written\n"
-                    "  --tpm-evidence FILE: check that the request's key is in a TPM (TPM2_Certify by an AK,\n"
-                    "              the EK certificate against --ek-ca), mark the certificate as TPM-bound and\n"
-                    "              write it sealed to that TPM (PREFIX.crt.tpmcred) for identity activate\n");
-}
-
 /* keyfleetctl cert revoke SERIAL|--cert FILE [--reason TEXT]: denylists a certificate of any kind. */
 static int cert_revoke(kfctl *ctl, int argc, char **argv)
 {
@@ -83,7 +71,7 @@ static int cert_revoke(kfctl *ctl, int argc, char **argv)
     printf("certificate %s%s%s revoked: refused from now on\n", serial, id.name[0] ? " of " : "", id.name);
     return 0;
 usage:
-    fprintf(stderr, "usage: keyfleetctl cert revoke SERIAL | --cert FILE [--reason TEXT]\n");
+    kfctl_usage("cert");
     return KFCTL_EXIT_USAGE;
 }
 
@@ -92,15 +80,16 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "revoke") == 0)
         return cert_revoke(ctl, argc, argv);
     if (argc < 2 || strcmp(argv[1], "issue") != 0) {
-        usage();
+        kfctl_usage("cert");
         return KFCTL_EXIT_USAGE;
     }
     const char *dir = ".", *out = NULL;
     long days = 365, backdate = 0;
     const char *sans[MAX_SANS];
     size_t n_sans = 0;
-    bool force = false;
+    bool force = false, allow_expired = false;
     static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
+                                         {"allow-expired", no_argument, NULL, 'X'},
                                          {"out", required_argument, NULL, 'o'},
                                          {"days", required_argument, NULL, 'D'},
                                          {"backdate", required_argument, NULL, 'b'},
@@ -149,6 +138,9 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         case 'f':
             force = true;
             break;
+        case 'X':
+            allow_expired = true;
+            break;
         case 'C':
             csr = optarg;
             break;
@@ -163,12 +155,20 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
             ek_cas[n_ek_cas++] = optarg;
             break;
         default:
-            usage();
+            kfctl_usage("cert");
             return KFCTL_EXIT_USAGE;
         }
     }
     if (optind + 2 != argc) {
-        usage();
+        kfctl_usage("cert");
+        return KFCTL_EXIT_USAGE;
+    }
+    /* Valid from BACKDATE days ago for DAYS days: ended already when DAYS <= BACKDATE. Such a
+     * certificate only fails later, looking like a network fault; --allow-expired is for tests
+     * of exactly that refusal. */
+    if (days <= backdate && !allow_expired) {
+        fprintf(stderr, "keyfleetctl: --days %ld with --backdate %ld: the certificate would have expired %ld days ago "
+                        "(--days must exceed --backdate)\n", days, backdate, backdate - days);
         return KFCTL_EXIT_USAGE;
     }
     kf_peer_kind kind;

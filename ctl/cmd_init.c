@@ -3,7 +3,10 @@
  * configs that tie them together, ready for `keyfleetd -c .../keyfleetd.yaml`. */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,11 +78,23 @@ static int make_dir(const char *path, kf_err *err)
     return 0;
 }
 
+/* The state directory of the coordinator configured in dir: state_dir as keyfleetd.yaml names it
+ * (absolute, or relative to dir). */
+static void state_path(char *buf, size_t size, const char *dir, const char *state_dir)
+{
+    if (state_dir[0] == '/')
+        snprintf(buf, size, "%s", state_dir);
+    else
+        join(buf, size, dir, state_dir);
+}
+
 /* One coordinator in dir: its certificate (naming host too, where clients and peers reach it),
- * keyfleetd.yaml and state/. cluster is the YAML of its cluster: section, or "". */
+ * keyfleetd.yaml and its state directory (state_dir: "state" in dir, or an absolute path such as
+ * the packaged /var/lib/keyfleet; the port file goes there too, as keyfleetd may not write its
+ * config directory). cluster is the YAML of its cluster: section, or "". */
 static int write_coordinator(const char *dir, const char *ca_crt, const char *ca_key, const char *ca_rel,
                              const char *name, const char *listen, const char *host, bool numeric,
-                             const char *cluster, kf_err *err)
+                             const char *cluster, const char *state_dir, kf_err *err)
 {
     const char *sans[3] = {"DNS:localhost", "IP:127.0.0.1", NULL};
     size_t n_sans = 2;
@@ -107,8 +122,8 @@ static int write_coordinator(const char *dir, const char *ca_crt, const char *ca
                        "name: %s\n"
                        "listen:\n"
                        "  - \"%s\"\n"
-                       "port_file: keyfleetd.port\n"
-                       "state_dir: state\n"
+                       "port_file: %s%skeyfleetd.port\n"
+                       "state_dir: %s\n"
                        "tls:\n"
                        "  cert: coordinator.crt\n"
                        "  key: coordinator.key\n"
@@ -116,13 +131,14 @@ static int write_coordinator(const char *dir, const char *ca_crt, const char *ca
                        "  client_auth: required\n"
                        "log_level: info\n"
                        "%s",
-                       name, listen, ca_rel, cluster);
+                       name, listen, state_dir[0] == '/' ? state_dir : "", state_dir[0] == '/' ? "/" : "", state_dir,
+                       ca_rel, cluster);
     if (len < 0 || (size_t)len >= sizeof(cfg))
         return kf_err_set(err, -E2BIG, "%s: the configuration does not fit", name);
     join(path, sizeof(path), dir, "keyfleetd.yaml");
     if ((r = write_text(path, cfg, err)) != 0)
         return r;
-    join(path, sizeof(path), dir, "state");
+    state_path(path, sizeof(path), dir, state_dir);
     return make_dir(path, err);
 }
 
@@ -163,27 +179,62 @@ static int write_replicas(const char *dir, const char *ca_crt, const char *ca_ke
             snprintf(listen, sizeof(listen), "0.0.0.0:%d", p->rpc_port);
             snprintf(section, sizeof(section), "%s  raft_listen: \"0.0.0.0:%d\"\n", cluster, p->rpc_port + 1);
         }
-        r = write_coordinator(rdir, ca_crt, ca_key, "ca.crt", p->name, listen, p->host, p->numeric, section, err);
+        r = write_coordinator(rdir, ca_crt, ca_key, "ca.crt", p->name, listen, p->host, p->numeric, section, "state",
+                              err);
     }
     return r;
 }
 
-static void usage(void)
+static uid_t owner_uid;
+static gid_t owner_gid;
+
+static int chown_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
-    fprintf(stderr, "usage: keyfleetctl init DIR [--operator NAME] [--name COORDINATOR] [--listen HOST:PORT]\n"
-                    "       keyfleetctl init DIR [--operator NAME] --peer NAME=HOST[:PORT] (3, 5 or 7 times)\n");
+    (void)st;
+    (void)type;
+    (void)ftw;
+    return chown(path, owner_uid, owner_gid) == 0 ? 0 : -errno;
+}
+
+/* --owner: keyfleetd runs as that user (keyfleetd.service: User=keyfleet). It reads the config
+ * directory and the coordinator key through the user's group (root:GROUP, 0750 and 0640; the
+ * operator's key stays root's alone), and owns its state directory, KEK included. */
+static int apply_owner(const char *dir, const char *state, kf_err *err)
+{
+    char path[4096];
+    const struct {
+        const char *name;
+        mode_t mode;
+    } group_readable[] = {{"", 0750}, {"coordinator.key", 0640}};
+    for (size_t i = 0; i < sizeof(group_readable) / sizeof(group_readable[0]); i++) {
+        if (group_readable[i].name[0] != '\0')
+            join(path, sizeof(path), dir, group_readable[i].name);
+        else
+            snprintf(path, sizeof(path), "%s", dir);
+        if (chown(path, (uid_t)-1, owner_gid) != 0 || chmod(path, group_readable[i].mode) != 0)
+            return kf_err_set(err, -errno, "%s: %s", path, strerror(errno));
+    }
+    int r = nftw(state, chown_entry, 16, FTW_PHYS);
+    if (r != 0)
+        return kf_err_set(err, r < 0 ? r : -EIO, "%s: cannot give it to its owner: %s", state,
+                          strerror(r < 0 ? -r : errno));
+    return 0;
 }
 
 int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
 {
     (void)ctl;
     const char *name = NULL, *operator_name = "admin", *listen = NULL;
+    const char *state_dir = NULL, *owner = NULL, *ca_dir = NULL;
     static kfctl_peer peers[MAX_PEERS];
     size_t n_peers = 0;
     static const struct option opts[] = {{"name", required_argument, NULL, 'n'},
                                          {"operator", required_argument, NULL, 'o'},
                                          {"listen", required_argument, NULL, 'l'},
                                          {"peer", required_argument, NULL, 'p'},
+                                         {"state-dir", required_argument, NULL, 's'},
+                                         {"owner", required_argument, NULL, 'u'},
+                                         {"ca-dir", required_argument, NULL, 'a'},
                                          {NULL, 0, NULL, 0}};
     kf_err err = {0};
     int c;
@@ -199,6 +250,15 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         case 'l':
             listen = optarg;
             break;
+        case 's':
+            state_dir = optarg;
+            break;
+        case 'u':
+            owner = optarg;
+            break;
+        case 'a':
+            ca_dir = optarg;
+            break;
         case 'p':
             if (n_peers == MAX_PEERS) {
                 fprintf(stderr, "keyfleetctl: at most %d --peer\n", MAX_PEERS);
@@ -210,18 +270,41 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
             }
             break;
         default:
-            usage();
+            kfctl_usage("init");
             return KFCTL_EXIT_USAGE;
         }
     }
     if (optind + 1 != argc) {
-        usage();
+        kfctl_usage("init");
         return KFCTL_EXIT_USAGE;
     }
-    if (n_peers > 0 && (name != NULL || listen != NULL)) {
-        fprintf(stderr,
-                "keyfleetctl: --peer names every coordinator and its address; --name and --listen are for one\n");
+    if (n_peers > 0 && (name != NULL || listen != NULL || state_dir != NULL || owner != NULL)) {
+        fprintf(stderr, "keyfleetctl: --peer names every coordinator and its address; --name and --listen are for one, "
+                        "as are --state-dir and --owner (each replica's directory is copied to its host)\n");
         return KFCTL_EXIT_USAGE;
+    }
+    if (state_dir != NULL && (state_dir[0] != '/' || strlen(state_dir) > DIR_MAX)) {
+        fprintf(stderr, "keyfleetctl: --state-dir must be an absolute path of at most %d characters, such as "
+                        "/var/lib/keyfleet\n", DIR_MAX);
+        return KFCTL_EXIT_USAGE;
+    }
+    if (ca_dir != NULL && (ca_dir[0] == '\0' || strlen(ca_dir) > DIR_MAX)) {
+        fprintf(stderr, "keyfleetctl: --ca-dir must be 1..%d characters\n", DIR_MAX);
+        return KFCTL_EXIT_USAGE;
+    }
+    if (owner != NULL) {
+        struct passwd *pw = getpwnam(owner);
+        if (pw == NULL) {
+            fprintf(stderr, "keyfleetctl: --owner %s: no such user (the keyfleetd package makes 'keyfleet'; by hand: "
+                            "systemd-sysusers keyfleet.conf)\n", owner);
+            return KFCTL_EXIT_USAGE;
+        }
+        owner_uid = pw->pw_uid;
+        owner_gid = pw->pw_gid;
+        if (geteuid() != 0) {
+            fprintf(stderr, "keyfleetctl: --owner %s: only root can give files to another user\n", owner);
+            return KFCTL_EXIT_USAGE;
+        }
     }
     /* An even count survives no more failures than one fewer, and a split can stall it. */
     if (n_peers > 0 && n_peers % 2 == 0) {
@@ -261,14 +344,23 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         fprintf(stderr, "keyfleetctl: %s\n", derr.msg);
         return 1;
     }
+    /* --ca-dir: the CA's key (and a copy of its certificate, for cert issue --dir) lives there,
+     * apart from the coordinator's directory, which gets the certificate alone. */
     char ca_crt[4096], ca_key[4096], crt[4096], key[4096], path[4096];
-    join(ca_crt, sizeof(ca_crt), dir, "ca.crt");
-    join(ca_key, sizeof(ca_key), dir, "ca.key");
-    if (access(ca_key, F_OK) == 0) {
-        fprintf(stderr, "keyfleetctl: %s already holds a fleet CA; refusing to overwrite it\n", dir);
+    const char *ca_home = ca_dir != NULL ? ca_dir : dir;
+    join(ca_crt, sizeof(ca_crt), ca_home, "ca.crt");
+    join(ca_key, sizeof(ca_key), ca_home, "ca.key");
+    join(path, sizeof(path), dir, "ca.crt");
+    if (access(ca_key, F_OK) == 0 || access(path, F_OK) == 0) {
+        fprintf(stderr, "keyfleetctl: %s already holds a fleet CA; refusing to overwrite it\n",
+                access(ca_key, F_OK) == 0 ? ca_home : dir);
         return 1;
     }
+    if (ca_dir != NULL && make_dir(ca_dir, &err) != 0)
+        goto fail;
     if (kfctl_ca_create(ca_crt, ca_key, "keyfleet fleet CA", &err) != 0)
+        goto fail;
+    if (ca_dir != NULL && strcmp(ca_crt, path) != 0 && copy_text(ca_crt, path, &err) != 0)
         goto fail;
     kfctl_cert_opts oopts = {.kind = KF_PEER_OPERATOR, .name = operator_name, .days = 365};
     join(crt, sizeof(crt), dir, "operator.crt");
@@ -303,9 +395,11 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
     char kek_dirs[MAX_PEERS][4096];
     const char *kek_of[MAX_PEERS];
     if (n_peers == 0) {
-        if (write_coordinator(dir, ca_crt, ca_key, "ca.crt", name, listen, host, true, "", &err) != 0)
+        if (write_coordinator(dir, ca_crt, ca_key, "ca.crt", name, listen, host, true, "",
+                              state_dir != NULL ? state_dir : "state", &err) != 0)
             goto fail;
-        join(kek_dirs[0], sizeof(kek_dirs[0]), dir, "state/kek");
+        state_path(path, sizeof(path), dir, state_dir != NULL ? state_dir : "state");
+        join(kek_dirs[0], sizeof(kek_dirs[0]), path, "kek");
         kek_of[0] = kek_dirs[0];
     } else {
         if (write_replicas(dir, ca_crt, ca_key, peers, n_peers, &err) != 0)
@@ -320,10 +414,19 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
     if (kfd_kms_local_init_shared(kek_of, n_peers > 0 ? n_peers : 1, &err) != 0)
         goto fail;
     if (n_peers == 0) {
-        printf("initialised %s: fleet CA, coordinator '%s', operator '%s', local KEK\n"
-               "start:   keyfleetd -c %s/keyfleetd.yaml\n"
+        state_path(path, sizeof(path), dir, state_dir != NULL ? state_dir : "state");
+        if (owner != NULL && apply_owner(dir, path, &err) != 0)
+            goto fail;
+        printf("initialised %s: fleet CA, coordinator '%s', operator '%s', local KEK in %s/kek\n", dir, name,
+               operator_name, path);
+        if (owner != NULL)
+            printf("owner:   %s reads %s (group %s) and owns %s\n", owner, dir,
+                   getgrgid(owner_gid) != NULL ? getgrgid(owner_gid)->gr_name : "?", path);
+        if (ca_dir != NULL)
+            printf("ca key:  %s/ca.key (keep it offline: cert issue --dir %s)\n", ca_dir, ca_dir);
+        printf("start:   keyfleetd -c %s/keyfleetd.yaml%s\n"
                "operate: keyfleetctl -c %s/keyfleetctl.yaml status\n",
-               dir, name, operator_name, dir, dir);
+               dir, owner != NULL ? " (systemctl enable --now keyfleetd.service)" : "", dir);
         return 0;
     }
     printf("initialised %s: fleet CA, operator '%s', %zu coordinators sharing one local KEK\n", dir, operator_name,

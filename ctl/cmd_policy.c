@@ -4,9 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ctl.h"
 #include "keyfleet/v1/admin.pb-c.h"
+#include "kf_tpm_evidence.h"
 
 #define POLICY_MAX (60 * 1024)
 
@@ -75,15 +77,21 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
     }
     if (strcmp(sub, "check") == 0) {
         const char *source = "";
-        static const struct option opts[] = {{"source", required_argument, NULL, 's'}, {NULL, 0, NULL, 0}};
+        int json = 0;
+        static const struct option opts[] = {{"source", required_argument, NULL, 's'},
+                                             {"json", no_argument, NULL, 'j'},
+                                             {NULL, 0, NULL, 0}};
         int o;
         argc--;
         argv++;
         optind = 0;
         while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-            if (o != 's')
-                return KFCTL_EXIT_USAGE;
-            source = optarg;
+            if (o == 'j')
+                json = 1;
+            else if (o == 's')
+                source = optarg;
+            else
+                return kfctl_usage("policy");
         }
         if (optind + 2 == argc) {
             Keyfleet__V1__CheckPolicyRequest req = KEYFLEET__V1__CHECK_POLICY_REQUEST__INIT;
@@ -97,20 +105,112 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
             const char *d = resp->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW     ? "allow"
                             : resp->decision == KEYFLEET__V1__DECISION__DECISION_PENDING ? "allow after approval"
                                                                                           : "deny";
-            printf("decision: %s\nrule: %s\nwhy: %s\napprovals needed: %u\noffline TPM fallback: %s\n", d, resp->rule,
-                   resp->explanation, resp->approvals_needed, resp->offline_fallback_allowed ? "allowed" : "no");
+            /* Scripts branch on the exit status: 0 allow, 3 allow after approval, 4 deny. */
+            int rc = resp->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW     ? 0
+                     : resp->decision == KEYFLEET__V1__DECISION__DECISION_PENDING ? KFCTL_EXIT_APPROVAL
+                                                                                   : KFCTL_EXIT_DENY;
+            if (json) {
+                json_t *out = json_pack("{s:s, s:s, s:s, s:i, s:b}", "decision",
+                                      rc == 0 ? "allow" : rc == KFCTL_EXIT_APPROVAL ? "approval" : "deny", "rule",
+                                      resp->rule, "why", resp->explanation, "approvals_needed",
+                                      (int)resp->approvals_needed, "offline_fallback", resp->offline_fallback_allowed);
+                if (kfctl_print_json(out) != 0)
+                    rc = 1;
+            } else {
+                printf("decision: %s\nrule: %s\nwhy: %s\napprovals needed: %u\noffline TPM fallback: %s\n", d,
+                       resp->rule, resp->explanation, resp->approvals_needed,
+                       resp->offline_fallback_allowed ? "allowed" : "no");
+            }
             protobuf_c_message_free_unpacked(m, NULL);
-            return 0;
+            return rc;
         }
     }
-    fprintf(stderr, "usage: keyfleetctl policy get | put FILE [--totp CODE] | check NODE VOLUME_ID [--source IP]\n");
+    kfctl_usage("policy");
     return KFCTL_EXIT_USAGE;
+}
+
+/* Prints "PCR N  HEX" lines of kf_tpm_pcrs text, marking those in changed. */
+static void print_pcrs(const char *title, const char *text, int64_t at, const char *by, uint32_t changed)
+{
+    kf_tpm_pcrs p;
+    if (text[0] == '\0' || kf_tpm_pcrs_parse(text, &p) != 0) {
+        printf("%s: none\n", title);
+        return;
+    }
+    char when[32] = "";
+    time_t t = (time_t)at;
+    struct tm tm;
+    if (at > 0 && gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf("%s (%s%s%s):\n", title, when, by[0] ? ", by " : "", by);
+    char text_one[KF_TPM_PCRS_TEXT_MAX];
+    for (unsigned i = 0; i < 24; i++) {
+        if (!(p.mask & (1u << i)))
+            continue;
+        kf_tpm_pcrs one = {.mask = 1u << i};
+        memcpy(one.values[i], p.values[i], 32);
+        kf_tpm_pcrs_format(&one, text_one);
+        printf("  PCR %2u  %s%s\n", i, strchr(text_one, '=') + 1, (changed & (1u << i)) ? "  changed" : "");
+    }
+}
+
+/* node attest show NAME | node attest accept NAME [--totp CODE]: the node's measured-boot record;
+ * accepting takes the values last shown (refused if the node quoted others since). */
+static int node_attest(kfctl *ctl, int argc, char **argv)
+{
+    bool accept = argc >= 4 && strcmp(argv[2], "accept") == 0;
+    if (!((argc == 4 && strcmp(argv[2], "show") == 0) || (accept && (argc == 4 || (argc == 6 && strcmp(argv[4], "--totp") == 0))))) {
+        fprintf(stderr, "usage: keyfleetctl node attest show NAME | node attest accept NAME [--totp CODE]\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    Keyfleet__V1__GetNodeAttestationRequest get = KEYFLEET__V1__GET_NODE_ATTESTATION_REQUEST__INIT;
+    get.node = argv[3];
+    ProtobufCMessage *m = NULL;
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/GetNodeAttestation", &get.base,
+                        &keyfleet__v1__get_node_attestation_response__descriptor, &m) != 0)
+        return 1;
+    Keyfleet__V1__GetNodeAttestationResponse *rec = (Keyfleet__V1__GetNodeAttestationResponse *)m;
+    int rc = 0;
+    if (!accept) {
+        kf_tpm_pcrs a, s;
+        uint32_t changed = rec->accepted[0] && rec->seen[0] && kf_tpm_pcrs_parse(rec->accepted, &a) == 0 &&
+                                   kf_tpm_pcrs_parse(rec->seen, &s) == 0
+                               ? kf_tpm_pcrs_diff(&a, &s)
+                               : 0;
+        printf("node %s\n", argv[3]);
+        print_pcrs("accepted", rec->accepted, rec->accepted_at, rec->accepted_by, 0);
+        print_pcrs("last quote not accepted", rec->seen, rec->seen_at, "", changed);
+        if (rec->changed[0] != '\0')
+            printf("changed: PCR %s (keyfleetctl node attest accept %s)\n", rec->changed, argv[3]);
+    } else {
+        Keyfleet__V1__AcceptNodeAttestationRequest req = KEYFLEET__V1__ACCEPT_NODE_ATTESTATION_REQUEST__INIT;
+        req.node = argv[3];
+        req.expected = rec->seen;
+        req.totp_code = argc == 6 ? argv[5] : (char *)"";
+        ProtobufCMessage *am = NULL;
+        if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/AcceptNodeAttestation", &req.base,
+                            &keyfleet__v1__accept_node_attestation_response__descriptor, &am) != 0) {
+            rc = 1;
+        } else {
+            Keyfleet__V1__AcceptNodeAttestationResponse *resp = (Keyfleet__V1__AcceptNodeAttestationResponse *)am;
+            if (resp->pending_request_id[0] != '\0')
+                printf("acceptance of node %s's PCR values held as request %s: %u approvals needed\n", argv[3],
+                       resp->pending_request_id, resp->approvals_needed);
+            else
+                printf("node %s: its last quoted PCR values are accepted\n", argv[3]);
+            protobuf_c_message_free_unpacked(am, NULL);
+        }
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    return rc;
 }
 
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "attest") == 0)
+        return node_attest(ctl, argc, argv);
     if (argc < 3 || argc > 4 || strcmp(argv[1], "revoke") != 0) {
-        fprintf(stderr, "usage: keyfleetctl node revoke NAME [REASON]\n");
+        kfctl_usage("node");
         return KFCTL_EXIT_USAGE;
     }
     Keyfleet__V1__RevokeNodeRequest req = KEYFLEET__V1__REVOKE_NODE_REQUEST__INIT;
@@ -128,7 +228,7 @@ int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv)
 {
     if (argc != 2 || strcmp(argv[1], "rotate") != 0) {
-        fprintf(stderr, "usage: keyfleetctl kms rotate\n");
+        kfctl_usage("kms");
         return KFCTL_EXIT_USAGE;
     }
     Keyfleet__V1__RotateKmsRequest req = KEYFLEET__V1__ROTATE_KMS_REQUEST__INIT;

@@ -2,10 +2,16 @@
 #ifndef KFCTL_CTL_H
 #define KFCTL_CTL_H
 
+#include <jansson.h>
+
 #include "kf_rpc_client.h"
 #include "kf_yaml.h"
 
 #define KFCTL_EXIT_USAGE 2
+
+/* Prints the usage of cmd (main.c's table; the whole CLI's when NULL) to stderr; returns
+ * KFCTL_EXIT_USAGE. */
+int kfctl_usage(const char *cmd);
 
 typedef struct kfctl {
     const char *config_path; /* keyfleetctl.yaml */
@@ -25,6 +31,16 @@ int kfctl_call(kfctl *ctl, kf_rpc_client *c, const char *method, const ProtobufC
  * (the error was printed). */
 int kfctl_call_once(kfctl *ctl, const char *method, const ProtobufCMessage *req,
                     const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **ret_resp);
+
+/* Prints o as one line of compact JSON and releases it; -1 (printed) when it cannot. */
+int kfctl_print_json(json_t *o);
+/* For a command whose only option is --json (argv[0] is the command): sets *ret_json; a usage
+ * error (printed, KFCTL_EXIT_USAGE) for anything else. */
+int kfctl_json_flag(int argc, char **argv, const char *cmd, int *ret_json);
+
+/* Exit status of policy check (keyfleetctl(8)): allow is 0. */
+#define KFCTL_EXIT_APPROVAL 3
+#define KFCTL_EXIT_DENY 4
 
 int kfctl_cmd_init(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv);

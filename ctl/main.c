@@ -5,36 +5,73 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "kf_cli.h"
 #include "kf_log.h"
 
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: keyfleetctl [-c FILE] [--server HOST:PORT]... COMMAND ...\n"
+static const kf_cli_cmd commands_help[] = {
+    {"init", "init DIR [--name COORDINATOR] [--listen HOST:PORT] [--operator NAME]\n"
+             "         [--state-dir DIR] [--owner USER] [--ca-dir DIR]\n"
+             "       create a fleet CA, the coordinator and operator certificates and the configs in DIR;\n"
+             "       packaged: init /etc/keyfleet --state-dir /var/lib/keyfleet --owner keyfleet --ca-dir /root/keyfleet-ca\n"
+             "init DIR [--operator NAME] [--ca-dir DIR] --peer NAME=HOST[:PORT] (3, 5 or 7 times)\n"
+             "       the same for a cluster: one directory per replica"},
+    {"cert", "cert issue node|operator|coordinator NAME [--dir DIR] [--out PREFIX] [--days N] [--backdate DAYS]\n"
+             "         [--san DNS:host|IP:addr]... [--csr FILE] [--force] [--tpm-evidence FILE [--ek-ca FILE]...]\n"
+             "       --days N (default 365) must exceed --backdate DAYS: an already expired certificate is refused\n"
+             "                   (--allow-expired: for tests of that refusal)\n"
+             "       --csr FILE: certify the key of a request (keyfleet-agent identity create: a key in the\n"
+             "                   node's TPM) instead of making a key; only the certificate is written\n"
+             "       --tpm-evidence FILE: check that the request's key is in a TPM (TPM2_Certify by an AK,\n"
+             "                   the EK certificate against --ek-ca), mark the certificate as TPM-bound and\n"
+             "                   write it sealed to that TPM (PREFIX.crt.tpmcred) for identity activate\n"
+             "cert revoke SERIAL | --cert FILE [--reason TEXT]\n"
+             "       refuse a certificate from now on"},
+    {"status", "status [--json]\n"
+               "       the coordinator's health; exit 1 when it is not ready"},
+    {"pending", "pending [--json]\n"
+                "       release requests and held changes waiting for approval"},
+    {"approve", "approve REQUEST_ID [--totp CODE] [--comment TEXT]"},
+    {"deny", "deny REQUEST_ID [--reason TEXT]"},
+    {"audit", "audit [--node N] [--volume ID] [--action A] [--decision D] [--since T] [--until T] [--json]\n"
+              "audit verify [--anchor FILE]... [--stream FILE [--ca FILE]] [--max-unsigned N]\n"
+              "       check the audit log, its signed checkpoints and anchors; more than N records (2000)\n"
+              "       after the newest checkpoint fail\n"
+              "audit checkpoint [--json]\n"
+              "       the newest signed checkpoint (save it as an anchor)\n"
+              "audit prove REQUEST_ID [--checkpoint FILE]\n"
+              "audit verify-proof FILE [--anchor CHECKPOINT] [--ca FILE]\n"
+              "audit prove-consistency OLD_CHECKPOINT [NEW_CHECKPOINT]\n"
+              "audit verify-consistency FILE [--ca FILE]"},
+    {"policy", "policy get | put FILE [--totp CODE] | check NODE VOLUME_ID [--source IP] [--json]\n"
+               "       check exits 0 on allow, 3 on allow after approval, 4 on deny"},
+    {"node", "node revoke NAME [REASON]\n"
+             "node attest show|accept NAME [--totp CODE]\n"
+             "       measured-boot PCR values: show them, accept the last quoted ones"},
+    {"volume", "volume list [--json]\n"
+               "       enrolled volumes: node, key age, a key rotation in progress"},
+    {"kms", "kms rotate\n"
+            "       new KMS key version for new wraps; older versions still unwrap"},
+    {"approle", "approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D] [--secret-id-ttl D]\n"
+                "         [--secret-id-uses N] [--totp CODE]\n"
+                "approle show NAME [--json]\n"
+                "approle secret-id NAME [--out FILE] [--totp CODE]\n"
+                "approle revoke NAME [--secret-id ACCESSOR | --token TOKEN_ID]"},
+    {"cluster", "cluster status [--json] | add NAME --raft HOST:PORT --rpc HOST:PORT | remove NAME"},
+};
+
+const kf_cli kfctl_cli = {
+    .program = "keyfleetctl",
+    .options = "[-c FILE] [--server HOST:PORT]... COMMAND ...\n"
                "  -c, --config FILE    client config (default /etc/keyfleet/keyfleetctl.yaml)\n"
                "      --server ADDR    coordinator address (repeatable; overrides the config)\n"
                "      --cert/--key/--ca FILE   operator credentials (override the config)\n"
-               "commands:\n"
-               "  init DIR             create a fleet CA, certificates and configs in DIR\n"
-               "  init DIR --peer NAME=HOST[:PORT] (3, 5 or 7 times)   the same for a cluster\n"
-               "  cert issue KIND NAME issue a node, operator or coordinator certificate\n"
-               "  cert revoke SERIAL|--cert FILE [--reason TEXT]  refuse a certificate from now on\n"
-               "  status               show the coordinator's health\n"
-               "  pending              list release requests waiting for approval\n"
-               "  approve ID [--totp CODE] [--comment TEXT]\n"
-               "  deny ID [--reason TEXT]\n"
-               "  audit [--node N] [--volume ID] [--action A] [--decision D] [--since T] [--until T] [--json]\n"
-               "  audit verify [--anchor FILE]...  check the audit log, its signed checkpoints and anchors\n"
-               "  audit checkpoint [--json]        the newest signed checkpoint (save it as an anchor)\n"
-               "  audit prove REQUEST_ID | verify-proof FILE | prove-consistency OLD [NEW] | verify-consistency FILE\n"
-               "  policy get | put FILE | check NODE VOLUME_ID [--source IP]\n"
-               "  node revoke NAME [REASON]\n"
-               "  volume list [--json] enrolled volumes: node, key age, a key rotation in progress\n"
-               "  kms rotate           new KMS key version for new wraps\n"
-               "  cluster status | cluster add NAME --raft HOST:PORT --rpc HOST:PORT | cluster remove NAME\n"
-               "  approle create NAME --node NODE [--cidr C]... [--token-ttl D] [--secret-id-ttl D]\n"
-               "          [--secret-id-uses N] | show NAME | secret-id NAME [--out FILE] [--totp CODE] | revoke NAME\n"
-               "          [--secret-id ACCESSOR | --token TOKEN_ID]\n");
-}
+               "  -h, --help           this usage; --version: the version\n"
+               "exit status: 0 ok, 1 failed (the coordinator refused or was unreachable), 2 usage error\n",
+    .cmds = commands_help,
+    .n_cmds = sizeof(commands_help) / sizeof(commands_help[0]),
+};
+
+int kfctl_usage(const char *cmd) { return kf_cli_usage_error(&kfctl_cli, cmd); }
 
 static int add_server(kf_strlist *l, const char *s)
 {
@@ -53,16 +90,22 @@ int main(int argc, char **argv)
 {
     kf_log_set_program("keyfleetctl");
     kfctl ctl = {.config_path = "/etc/keyfleet/keyfleetctl.yaml"};
+    /* --version, --help and `help COMMAND`, before the global options are parsed: the command
+     * is the first word that is not an option or an option's argument. */
+    static const char *const with_arg[] = {"-c", "--config", "--server", "--cert", "--key", "--ca", NULL};
+    int first = kf_cli_command_index(argc, argv, with_arg);
+    int answered = kf_cli_answer(&kfctl_cli, argc, argv, first);
+    if (answered >= 0)
+        return answered;
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"server", required_argument, NULL, 's'},
                                          {"cert", required_argument, NULL, 'C'},
                                          {"key", required_argument, NULL, 'K'},
                                          {"ca", required_argument, NULL, 'A'},
-                                         {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int c, rc = KFCTL_EXIT_USAGE;
     /* '+': stop at the command so its own options are left for it. */
-    while ((c = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+c:", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             ctl.config_path = optarg;
@@ -80,18 +123,12 @@ int main(int argc, char **argv)
         case 'A':
             ctl.ca = strdup(optarg);
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            usage(stderr);
-            return KFCTL_EXIT_USAGE;
+            return kfctl_usage(NULL);
         }
     }
-    if (optind >= argc) {
-        usage(stderr);
-        return KFCTL_EXIT_USAGE;
-    }
+    if (optind >= argc)
+        return kfctl_usage(NULL);
     const char *cmd = argv[optind];
     int sub_argc = argc - optind;
     char **sub_argv = argv + optind;
@@ -112,7 +149,7 @@ int main(int argc, char **argv)
         rc = commands[i].fn(&ctl, sub_argc, sub_argv);
     } else {
         fprintf(stderr, "keyfleetctl: unknown command '%s'\n", cmd);
-        usage(stderr);
+        kfctl_usage(NULL);
     }
     kf_strlist_free(&ctl.servers);
     free(ctl.cert);

@@ -11,12 +11,10 @@
 #include <sqlite3.h>
 
 #include "kf_log.h"
+#include "cluster/raft_entry.h"
 #include "cluster/raft_transport.h"
 
-#define ENTRY_FORMAT 1
-#define ENTRY_HEADER 8
-#define SNAPSHOT_MAGIC "KFSNAP01"
-#define SNAPSHOT_HEADER 16
+#define SNAPSHOT_HEADER KFD_RAFT_SNAPSHOT_HEADER
 #define SNAPSHOT_BYTES_PER_ENTRY 4096
 #define SNAPSHOT_THRESHOLD_CAP 262144
 #define MONITOR_MS 25
@@ -40,6 +38,7 @@ struct kfd_repl {
     uint64_t tx_since; /* loop time when the open deferred transaction was first seen */
     unsigned snapshot_threshold; /* configured: the least number of entries between snapshots */
     raft_term ready_term; /* the term whose barrier has been applied: writes are safe */
+    raft_term confirmed_term; /* the term in which a majority confirmed this leader's audit head */
     bool barrier_pending;
     raft_id last_leader;
     unsigned short last_state;
@@ -116,44 +115,11 @@ static void expire_inflight(kfd_repl *r)
     }
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static Keyfleet__V1__StateCommand *decode_entry(const struct raft_buffer *buf)
-{
-    const uint8_t *p = buf->base;
-    if (buf->len < ENTRY_HEADER || get_u32(p) != ENTRY_FORMAT)
-        return NULL;
-    uint32_t len = get_u32(p + 4);
-    if (len > buf->len - ENTRY_HEADER)
-        return NULL;
-    return keyfleet__v1__state_command__unpack(NULL, len, p + ENTRY_HEADER);
-}
-
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     kfd_repl *r = fsm->data;
     raft_index index = raft_last_applied(&r->raft) + 1;
-    Keyfleet__V1__StateCommand *cmd = decode_entry(buf);
+    Keyfleet__V1__StateCommand *cmd = kfd_raft_entry_decode(buf->base, buf->len);
     r->last.index = index;
     r->last.res.audit_seq = 0;
     kf_err_clear(&r->last.err);
@@ -194,8 +160,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
         kf_log_error("raft_snapshot_failed", "error=%s", kf_log_q(err.msg));
         return RAFT_NOMEM;
     }
-    memcpy(r->snap_hdr, SNAPSHOT_MAGIC, 8);
-    put_u64(r->snap_hdr + 8, kfd_store_applied_index(s));
+    kfd_raft_snapshot_header_fill(r->snap_hdr, kfd_store_applied_index(s));
     r->snap_bufs[0] = (struct raft_buffer){.base = r->snap_hdr, .len = SNAPSHOT_HEADER};
     r->snap_bufs[1] = (struct raft_buffer){.base = r->snap_img, .len = len};
     *bufs = r->snap_bufs;
@@ -229,11 +194,11 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
     kfd_repl *r = fsm->data;
     const uint8_t *p = buf->base;
-    if (buf->len < SNAPSHOT_HEADER || memcmp(p, SNAPSHOT_MAGIC, 8) != 0) {
+    uint64_t index = 0;
+    if (kfd_raft_snapshot_header(p, buf->len, &index) != 0) {
         kf_log_error("raft_restore_failed", "error=\"not a keyfleet snapshot\" bytes=%zu", buf->len);
         return RAFT_CORRUPT;
     }
-    uint64_t index = get_u64(p + 8);
     if (index <= kfd_store_applied_index(r->store)) {
         /* Our database already holds everything the snapshot does (the usual case at start). */
         raft_free(buf->base);
@@ -421,18 +386,20 @@ static void on_applied(struct raft_apply *req, int status, void *result)
     free(sr);
 }
 
+static bool leader_ready(kfd_repl *r, const char **why, char *leader_rpc, size_t size);
+
 void kfd_repl_submit(kfd_repl *r, const uint8_t *packed, size_t len, kfd_repl_cb cb, void *arg)
 {
     kf_err err = {0};
     kfd_apply_result none = {0};
     const char *why = NULL;
     char leader[280];
-    if (r == NULL || r->closed || !kfd_repl_writable(r, &why, leader, sizeof(leader))) {
+    if (r == NULL || r->closed || !leader_ready(r, &why, leader, sizeof(leader))) {
         kf_err_set(&err, -EAGAIN, "%s", why != NULL ? why : "replication stopped");
         cb(arg, -EAGAIN, &none, &err);
         return;
     }
-    size_t total = (ENTRY_HEADER + len + 7) & ~(size_t)7;
+    size_t total = kfd_raft_entry_size(len);
     submit_req *sr = calloc(1, sizeof(*sr));
     struct raft_buffer buf = {.base = raft_malloc(total), .len = total};
     if (sr == NULL || buf.base == NULL) {
@@ -442,11 +409,7 @@ void kfd_repl_submit(kfd_repl *r, const uint8_t *packed, size_t len, kfd_repl_cb
         cb(arg, -ENOMEM, &none, &err);
         return;
     }
-    uint8_t *p = buf.base;
-    memset(p, 0, total);
-    put_u32(p, ENTRY_FORMAT);
-    put_u32(p + 4, (uint32_t)len);
-    memcpy(p + ENTRY_HEADER, packed, len);
+    kfd_raft_entry_fill(buf.base, packed, len);
     sr->r = r;
     sr->cb = cb;
     sr->arg = arg;
@@ -468,6 +431,19 @@ void kfd_repl_submit(kfd_repl *r, const uint8_t *packed, size_t len, kfd_repl_cb
 }
 
 bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t size)
+{
+    if (!leader_ready(r, why, leader_rpc, size))
+        return false;
+    if (r->confirmed_term != r->raft.current_term) {
+        *why = "newly elected leader is waiting for a majority of replicas to confirm its audit log; retry";
+        return false;
+    }
+    return true;
+}
+
+/* The leader with every earlier entry applied: what proposals need (the confirmation of its
+ * audit head is itself one). */
+static bool leader_ready(kfd_repl *r, const char **why, char *leader_rpc, size_t size)
 {
     leader_rpc[0] = '\0';
     if (r == NULL || r->closed || !r->started) {
@@ -755,6 +731,38 @@ void kfd_repl_close(kfd_repl *r)
             kfd_raft_transport_release(&r->transport);
         free(r);
     }
+}
+
+uint64_t kfd_repl_leading_term(kfd_repl *r)
+{
+    if (r == NULL || r->closed || !r->started || raft_state(&r->raft) != RAFT_LEADER ||
+        r->ready_term != r->raft.current_term || kfd_store_audit_diverged(r->store, NULL) != 0)
+        return 0;
+    return r->raft.current_term;
+}
+
+void kfd_repl_set_audit_confirmed(kfd_repl *r, uint64_t term)
+{
+    if (r != NULL && term == r->raft.current_term)
+        r->confirmed_term = term;
+}
+
+size_t kfd_repl_voters(kfd_repl *r, kfd_repl_voter *out, size_t max)
+{
+    size_t k = 0;
+    for (unsigned i = 0; r != NULL && i < r->raft.configuration.n && k < max; i++) {
+        const struct raft_server *s = &r->raft.configuration.servers[i];
+        if (s->role != RAFT_VOTER)
+            continue;
+        kfd_repl_voter *v = &out[k++];
+        memset(v, 0, sizeof(*v));
+        v->self = s->id == r->raft.id;
+        if (!kfd_raft_address_field(s->address, "name", v->name, sizeof(v->name)))
+            snprintf(v->name, sizeof(v->name), "%llu", (unsigned long long)s->id);
+        if (!kfd_raft_address_field(s->address, "rpc", v->rpc, sizeof(v->rpc)))
+            v->rpc[0] = '\0';
+    }
+    return k;
 }
 
 void kfd_repl_status(kfd_repl *r, Keyfleet__V1__ClusterStatusResponse *resp, kfd_repl_status_buf *buf)

@@ -49,9 +49,27 @@ typedef void (*kfd_repl_cb)(void *arg, int status, const kfd_apply_result *res, 
  * here, or with -EAGAIN when this replica is not (or stopped being) the leader. */
 void kfd_repl_submit(kfd_repl *r, const uint8_t *packed, size_t len, kfd_repl_cb cb, void *arg);
 
-/* True when this replica may serve writes: the leader, with every earlier entry applied. Else
+/* Proposals need only the leader with every earlier entry applied; the router's writes wait
+ * for kfd_repl_writable. */
+/* True when this replica may serve writes: the leader, with every earlier entry applied and its
+ * audit head confirmed in this term (kfd_repl_set_audit_confirmed). Else
  * why says what is wrong and leader_rpc (when not empty) where the leader answers. */
 bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t size);
+
+/* The current term when this replica is the leader with every earlier entry applied and its
+ * log not diverged, else 0. Writes wait, beyond that, for kfd_repl_set_audit_confirmed. */
+uint64_t kfd_repl_leading_term(kfd_repl *r);
+/* A majority of voters reported the audit head this leader holds (core/checkpoint.c): writes
+ * are served in this term from now on. Ignored for any term but the current one. */
+void kfd_repl_set_audit_confirmed(kfd_repl *r, uint64_t term);
+
+/* The voters of the current configuration: name, RPC address (host:port), whether it is this
+ * replica. Returns how many were written (at most max). */
+typedef struct kfd_repl_voter {
+    char name[64], rpc[280];
+    bool self;
+} kfd_repl_voter;
+size_t kfd_repl_voters(kfd_repl *r, kfd_repl_voter *out, size_t max);
 
 /* Fills resp with this replica's view of the cluster (strings point into r or scratch). */
 typedef struct kfd_repl_status_buf {

@@ -14,6 +14,7 @@ typedef struct tls_section {
 static const kf_yaml_uint_range body_range = {1024, 1u << 20};
 static const kf_yaml_uint_range count_range = {1, 1000000};
 static const kf_yaml_uint_range streams_range = {1, 100};
+static const kf_yaml_uint_range resets_range = {1, 100000};
 
 static const kf_yaml_field limits_fields[] = {
     {"max_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_body_bytes), &body_range, false},
@@ -22,6 +23,7 @@ static const kf_yaml_field limits_fields[] = {
     {"max_connections", kf_yaml_dec_uint, offsetof(kfd_limits, max_connections), &count_range, false},
     {"max_streams_per_connection", kf_yaml_dec_uint, offsetof(kfd_limits, max_streams_per_connection), &streams_range,
      false},
+    {"max_stream_resets", kf_yaml_dec_uint, offsetof(kfd_limits, max_stream_resets), &resets_range, false},
     {"idle_timeout", kf_yaml_dec_duration_ms, offsetof(kfd_limits, idle_timeout_ms), NULL, false},
     {"shutdown_grace", kf_yaml_dec_duration_ms, offsetof(kfd_limits, shutdown_grace_ms), NULL, false},
 };
@@ -172,6 +174,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .max_connections_per_source = 1024,
                    .max_connections = 20000,
                    .max_streams_per_connection = 32,
+                   .max_stream_resets = 100,
                    .idle_timeout_ms = 30000,
                    .shutdown_grace_ms = 10000},
         .approvals = {.poll_ms = 2000},

@@ -6,19 +6,36 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 
 #include "core/app.h"
 #include "core/audit.h"
 #include "kf_audit.h"
 #include "kf_log.h"
+#include "kms/http.h"
 
 /* A checkpoint at most this long after records were applied (the issue asks for <= 1 s), or
  * once this many records wait, whichever comes first; one in flight at a time. */
 #define CHECKPOINT_MS 200
 #define CHECKPOINT_RECORDS 1000
 #define TICK_MS 25
+/* A leader's head not (yet) confirmed by a majority is asked about again this often. */
+#define CONFIRM_RETRY_MS 500
+/* Followers apply the check a heartbeat after the leader: they are asked again this often, up
+ * to ASK_PASSES times, before a new check is committed (one that restarted forgot the old one). */
+#define ASK_AGAIN_MS 100
+#define ASK_PASSES 10
+#define CONFIRM_TIMEOUT_MS 2000
+#define MAX_VOTERS 9
+
+/* One question to one voter in a confirmation round. */
+typedef struct peer_ask {
+    struct kfd_checkpointer *c;
+    char name[64];
+} peer_ask;
 
 struct kfd_checkpointer {
     struct kfd_app *app;
@@ -26,11 +43,25 @@ struct kfd_checkpointer {
     EVP_PKEY *key;
     uint8_t *cert_der;
     size_t cert_len;
+    char serial[KF_SERIAL_MAX]; /* of cert_der */
+    bool told_revoked;
     X509_STORE *ca;
     char cluster[40];
     bool inflight, closing;
     uint64_t last_at; /* loop time of the last proposal */
     kfd_checkpoint_stats stats;
+    /* Confirming this leader's audit head with a majority before it signs (docs/audit.md). */
+    kfd_http *http;
+    uint64_t confirm_term, confirmed_term;
+    uint64_t round;         /* the CmdAuditHeadCheck id being asked about; 0: none */
+    bool round_committing;  /* the check is being committed */
+    kfd_audit_head own;     /* this replica's head at that check */
+    unsigned voters, agree, disagree, pending, passes;
+    bool vouched_disagrees; /* a voter whose head is vouched for holds another one */
+    bool told_disputed;     /* logged a disagreement in this round */
+    uint64_t next_round_at; /* loop time */
+    bool told_unconfirmed;
+    peer_ask asks[MAX_VOTERS];
 };
 
 static int load_key_cert(kfd_checkpointer *c, const kfd_config *cfg, kf_err *err)
@@ -48,6 +79,10 @@ static int load_key_cert(kfd_checkpointer *c, const kfd_config *cfg, kf_err *err
     fclose(f);
     unsigned char *der = NULL;
     int n = x != NULL ? i2d_X509(x, &der) : -1;
+    kf_identity id;
+    kf_err ierr = {0};
+    if (x != NULL && kf_identity_from_cert(x, &id, &ierr) == 0)
+        memcpy(c->serial, id.serial, sizeof(c->serial));
     X509_free(x);
     if (n <= 0)
         return kf_err_set(err, -EINVAL, "%s: no certificate", cfg->tls_cert);
@@ -116,12 +151,192 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     OPENSSL_free(sig);
 }
 
+static void confirmed(kfd_checkpointer *c, const char *how)
+{
+    if (c->confirmed_term == c->confirm_term)
+        return;
+    c->confirmed_term = c->confirm_term;
+    kfd_repl_set_audit_confirmed(c->app->repl, c->confirm_term);
+    kf_log_info("audit_head_confirmed", "term=%llu seq=%llu agree=%u voters=%u how=%s",
+                (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->agree, c->voters, how);
+}
+
+/* After each answer: a majority agreeing confirms this leader's head; a majority holding another
+ * head means this replica's own log is the one that was changed (it was rewritten while stopped),
+ * so it marks itself diverged: it signs nothing, serves nothing and hands leadership on. */
+static void evaluate(kfd_checkpointer *c)
+{
+    unsigned majority = c->voters / 2 + 1;
+    if (c->agree >= majority) {
+        confirmed(c, "majority");
+        return;
+    }
+    if (c->disagree >= majority || c->vouched_disagrees) {
+        char why[200];
+        if (c->vouched_disagrees)
+            snprintf(why, sizeof(why), "a voter whose log rests on a checkpoint it applied live holds another audit "
+                     "head after the same entries (this replica: %llu records): this replica's log was changed",
+                     (unsigned long long)c->own.seq);
+        else
+            snprintf(why, sizeof(why), "%u of %u voters hold another audit head after the same entries (this "
+                     "replica: %llu records): this replica's log was changed", c->disagree, c->voters,
+                     (unsigned long long)c->own.seq);
+        kfd_store_mark_diverged(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
+        return;
+    }
+    if (c->pending == 0) {
+        c->next_round_at = uv_now(c->timer.loop) + (c->passes < ASK_PASSES ? ASK_AGAIN_MS : CONFIRM_RETRY_MS);
+        if (!c->told_unconfirmed && c->passes >= ASK_PASSES) {
+            c->told_unconfirmed = true;
+            kf_log_warn("audit_head_unconfirmed", "term=%llu seq=%llu agree=%u disagree=%u voters=%u "
+                        "action=\"signing no checkpoint and serving no writes until a majority confirms; retrying\"",
+                        (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->agree, c->disagree,
+                        c->voters);
+        }
+    }
+}
+
+static void on_answer(void *arg, const kfd_http_response *res)
+{
+    peer_ask *a = arg;
+    kfd_checkpointer *c = a->c;
+    c->pending--;
+    if (c->closing || c->confirmed_term == c->confirm_term || kfd_store_audit_diverged(c->app->store, NULL) != 0)
+        return;
+    Keyfleet__V1__AuditHeadResponse *resp = NULL;
+    if (res->status == 0 && res->code == 200)
+        resp = keyfleet__v1__audit_head_response__unpack(NULL, res->body_len, (const uint8_t *)res->body);
+    if (resp == NULL) {
+        kf_log_debug("audit_head_no_answer", "peer=%s status=%d code=%ld error=%s", a->name, res->status, res->code,
+                     kf_log_q(res->error != NULL ? res->error : res->body != NULL ? res->body : ""));
+    } else if (resp->known && resp->diverged_seq == 0) {
+        bool same = resp->seq == c->own.seq && resp->root.len == KF_AUDIT_HASH && resp->chain.len == KF_AUDIT_HASH &&
+                    CRYPTO_memcmp(resp->root.data, c->own.root, KF_AUDIT_HASH) == 0 &&
+                    CRYPTO_memcmp(resp->chain.data, c->own.chain, KF_AUDIT_HASH) == 0;
+        if (same) {
+            c->agree++;
+        } else {
+            c->disagree++;
+            c->vouched_disagrees = c->vouched_disagrees || resp->vouched;
+            if (!c->told_disputed || resp->vouched)
+                kf_log_warn("audit_head_disputed", "peer=%s seq=%llu peer_seq=%llu peer_vouched=%s reason=\"its audit "
+                            "head after the same entries differs from this replica's\"",
+                            a->name, (unsigned long long)c->own.seq, (unsigned long long)resp->seq,
+                            resp->vouched ? "yes" : "no");
+            c->told_disputed = true;
+        }
+    }
+    if (resp != NULL)
+        keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
+    evaluate(c);
+}
+
+static void ask_voters(kfd_checkpointer *c)
+{
+    kfd_repl_voter v[MAX_VOTERS];
+    size_t n = kfd_repl_voters(c->app->repl, v, MAX_VOTERS);
+    c->voters = (unsigned)n;
+    c->agree = 1; /* this replica */
+    c->disagree = 0;
+    c->vouched_disagrees = false;
+    Keyfleet__V1__AuditHeadRequest q = KEYFLEET__V1__AUDIT_HEAD_REQUEST__INIT;
+    q.check_id = c->round;
+    uint8_t body[32];
+    size_t len = keyfleet__v1__audit_head_request__pack(&q, body);
+    static const char *const headers[] = {"Content-Type: application/proto", NULL};
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].self || v[i].rpc[0] == '\0')
+            continue;
+        char url[sizeof(v[i].rpc) + 64];
+        snprintf(url, sizeof(url), "https://%s/keyfleet.v1.PeerService/AuditHead", v[i].rpc);
+        peer_ask *a = &c->asks[i];
+        a->c = c;
+        snprintf(a->name, sizeof(a->name), "%s", v[i].name);
+        c->pending++;
+        kfd_http_send(c->http, "POST", url, headers, body, len, on_answer, a);
+    }
+    evaluate(c);
+}
+
+static void on_check_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    kfd_checkpointer *c = arg;
+    (void)res;
+    c->round_committing = false;
+    c->next_round_at = uv_now(c->timer.loop) + CONFIRM_RETRY_MS;
+    if (c->closing || kfd_repl_leading_term(c->app->repl) != c->confirm_term)
+        return;
+    if (status != 0 || kfd_store_audit_head_at_check(c->app->store, c->round, &c->own) != 0) {
+        kf_log_warn("audit_head_check_failed", "term=%llu error=%s", (unsigned long long)c->confirm_term,
+                    kf_log_q(status != 0 ? err->msg : "the check was not applied here"));
+        c->round = 0;
+        return;
+    }
+    c->passes = 1;
+    c->told_disputed = false;
+    ask_voters(c);
+}
+
+/* A leader signs nothing until a majority of voters confirmed that they hold, after the same
+ * entries, the audit head it holds: a replica whose database was rewritten while the cluster was
+ * stopped, elected first, would otherwise sign the forgery and make the honest replicas look
+ * diverged. One round: commit a CmdAuditHeadCheck (every replica notes its head when it applies
+ * it), then ask each voter for the head it noted (PeerService.AuditHead). */
+static void confirm(kfd_checkpointer *c, uint64_t term)
+{
+    uint64_t now = uv_now(c->timer.loop);
+    if (c->confirm_term != term) {
+        c->confirm_term = term;
+        c->told_unconfirmed = false;
+        c->next_round_at = 0;
+        c->round = 0;
+        memset(&c->own, 0, sizeof(c->own));
+    }
+    if (c->round_committing || c->pending > 0 || now < c->next_round_at)
+        return;
+    if (c->round != 0 && c->passes < ASK_PASSES) {
+        c->passes++;
+        ask_voters(c);
+        return;
+    }
+    kfd_repl_voter v[MAX_VOTERS];
+    bool alone = kfd_repl_voters(c->app->repl, v, MAX_VOTERS) <= 1;
+    if (alone || kfd_store_audit_vouched(c->app->store)) {
+        /* Alone, its own log is the majority; vouched for, it rests on a confirmed checkpoint. */
+        c->voters = c->agree = 1;
+        kfd_store_audit_head(c->app->store, &c->own);
+        confirmed(c, alone ? "single_voter" : "vouched");
+        return;
+    }
+    uint64_t id = 0;
+    while (id == 0)
+        if (RAND_bytes((unsigned char *)&id, sizeof(id)) != 1)
+            return;
+    c->round = id;
+    c->round_committing = true;
+    Keyfleet__V1__CmdAuditHeadCheck hc = KEYFLEET__V1__CMD_AUDIT_HEAD_CHECK__INIT;
+    hc.id = id;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK;
+    cmd.audit_head_check = &hc;
+    kfd_commit(c->app, &cmd, on_check_committed, c);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     kfd_checkpointer *c = t->data;
     kfd_app *app = c->app;
-    if (c->inflight || app->store == NULL || kfd_store_failed(app->store) ||
+    if (c->closing || app->store == NULL || kfd_store_failed(app->store) ||
         kfd_store_audit_diverged(app->store, NULL) != 0)
+        return;
+    uint64_t term = kfd_repl_leading_term(app->repl);
+    if (term == 0)
+        return;
+    if (c->confirmed_term != term) {
+        confirm(c, term);
+        return;
+    }
+    if (c->inflight)
         return;
     const char *why;
     char leader[280];
@@ -134,6 +349,15 @@ static void on_tick(uv_timer_t *t)
         return;
     if (uv_now(t->loop) - c->last_at < CHECKPOINT_MS && h.seq - h.checkpoint_size < CHECKPOINT_RECORDS)
         return;
+    /* Every replica refuses a checkpoint by a denylisted certificate (store_audit.c). */
+    bool revoked = false;
+    if (kfd_store_cert_revoked(app->store, c->serial, &revoked) != 0 || revoked) {
+        if (revoked && !c->told_revoked)
+            kf_log_error("audit_checkpoint_failed", "error=\"this coordinator's certificate %s is revoked\" "
+                         "action=\"signing nothing; give it a new certificate and restart it\"", c->serial);
+        c->told_revoked = revoked;
+        return;
+    }
     propose(c, &h);
 }
 
@@ -147,9 +371,21 @@ int kfd_checkpointer_new(kfd_app *app, uv_loop_t *loop, kfd_checkpointer **ret, 
     if (r == 0)
         r = kf_checkpoint_ca_load(app->cfg->tls_ca, &c->ca, c->cluster, err);
     ERR_clear_error();
+    kfd_http_opts ho = {.name = "audit_head",
+                        .ca_file = app->cfg->tls_ca,
+                        .cert_file = app->cfg->tls_cert,
+                        .key_file = app->cfg->tls_key,
+                        .protocols = "https",
+                        .timeout_ms = CONFIRM_TIMEOUT_MS,
+                        .max_attempts = 1,
+                        .max_response = 4096,
+                        .no_reuse = true};
+    if (r == 0)
+        r = kfd_http_new(loop, &ho, &c->http, err);
     if (r != 0) {
         EVP_PKEY_free(c->key);
         OPENSSL_free(c->cert_der);
+        X509_STORE_free(c->ca);
         free(c);
         return kf_err_wrap(err, "audit checkpoints");
     }
@@ -174,6 +410,9 @@ void kfd_checkpointer_free(kfd_checkpointer *c)
 {
     if (c == NULL)
         return;
+    c->closing = true;
+    kfd_http_free(c->http); /* drops the questions in flight without their callbacks */
+    c->http = NULL;
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_closed);
 }

@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "core/cidr.h"
+#include "kf_tpm_evidence.h"
 #include "kf_yaml.h"
 
 #define DEFAULT_PENDING_TTL_S (15 * 60)
@@ -36,6 +39,8 @@ typedef struct rule {
     uint64_t pending_ttl_ms;
     bool offline_fallback;
     bool require_tpm_key; /* require: [tpm_key]: only a node whose certificate vouches for a TPM key */
+    bool require_attested; /* require: [attested]: a quote matching the node's accepted PCR values */
+    kf_tpm_pcrs golden;    /* golden_pcrs: with require: [attested], these values instead of the node's */
     uint32_t per_minute, burst;
 } rule;
 
@@ -168,7 +173,7 @@ typedef struct rule_sec {
     char *name, *effect;
     const kf_yaml_node *match, *approval, *rate_limit;
     bool offline_fallback;
-    kf_strlist require;
+    kf_strlist require, golden_pcrs;
 } rule_sec;
 
 static const kf_yaml_field rule_fields[] = {
@@ -179,6 +184,7 @@ static const kf_yaml_field rule_fields[] = {
     {"offline_fallback", kf_yaml_dec_bool, offsetof(rule_sec, offline_fallback), NULL, false},
     {"rate_limit", dec_node_ref, offsetof(rule_sec, rate_limit), NULL, false},
     {"require", kf_yaml_dec_strlist, offsetof(rule_sec, require), NULL, false},
+    {"golden_pcrs", kf_yaml_dec_strlist, offsetof(rule_sec, golden_pcrs), NULL, false},
 };
 
 typedef struct top_sec {
@@ -251,12 +257,31 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     for (size_t i = 0; rc == 0 && i < sec.require.n; i++) {
         if (strcmp(sec.require.v[i], "tpm_key") == 0)
             r->require_tpm_key = true;
+        else if (strcmp(sec.require.v[i], "attested") == 0)
+            r->require_attested = true;
         else
             rc = kf_yaml_error(doc, key_node(node, "require"), err,
-                               "unknown requirement '%.64s' (known: tpm_key)", sec.require.v[i]);
+                               "unknown requirement '%.64s' (known: tpm_key, attested)", sec.require.v[i]);
     }
     kf_strlist_free(&sec.require);
-    if (rc == 0 && r->require_tpm_key && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
+    /* Golden values for every node the rule matches ("PCR=64 hex digits" each), instead of
+     * each node's own accepted values: no first boot is trusted. */
+    char text[KF_TPM_PCRS_TEXT_MAX];
+    size_t used = 0;
+    for (size_t i = 0; rc == 0 && i < sec.golden_pcrs.n; i++) {
+        size_t n = strlen(sec.golden_pcrs.v[i]);
+        if (n > 67 || used + n + 2 > sizeof(text))
+            rc = -EINVAL;
+        else
+            used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", used ? " " : "", sec.golden_pcrs.v[i]);
+    }
+    if (sec.golden_pcrs.n > 0 && (rc != 0 || kf_tpm_pcrs_parse(text, &r->golden) != 0))
+        rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err,
+                           "golden_pcrs lists PCR=VALUE, a PCR 0..23 once each and 64 hex digits of its SHA-256 value");
+    else if (rc == 0 && sec.golden_pcrs.n > 0 && !r->require_attested)
+        rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err, "golden_pcrs only makes sense with require: [attested]");
+    kf_strlist_free(&sec.golden_pcrs);
+    if (rc == 0 && (r->require_tpm_key || r->require_attested) && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
         rc = kf_yaml_error(doc, key_node(node, "require"), err, "require only makes sense with effect: allow");
     if (rc != 0) {
         free(sec.effect);
@@ -476,6 +501,16 @@ static bool rule_matches(const kfd_policy *p, const rule *r, const kfd_policy_in
     return true;
 }
 
+/* A rule that matched but whose requirement (require: [...]) the caller does not meet denies,
+ * with nothing of the allow left over. */
+static void deny_unmet(kfd_policy_decision *ret)
+{
+    ret->allow = false;
+    ret->offline_fallback = false;
+    ret->approvals = 0;
+    ret->require_totp = ret->auto_approved = false;
+}
+
 static bool in_window(int from, int to, int64_t now)
 {
     if (from < 0)
@@ -509,10 +544,7 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         if (r->allow && r->require_tpm_key && !in->tpm_key) {
             /* The rule is for this node and volume, but only with a TPM-bound key: a copied
              * key file (a stolen disk's initramfs) must not pass on a fall-through rule. */
-            ret->allow = false;
-            ret->offline_fallback = false;
-            ret->approvals = 0;
-            ret->require_totp = ret->auto_approved = false;
+            deny_unmet(ret);
             /* A long rule name or match reason is cut, never the verdict's start (the return
              * value is taken so that GCC's truncation check knows it is expected). */
             int n = snprintf(ret->explanation, sizeof(ret->explanation),
@@ -520,6 +552,34 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
                              "[tpm_key]) and node '%s' authenticated with a key its certificate does not vouch "
                              "is in a TPM",
                              i + 1, r->name, why, in->node);
+            (void)n;
+            return;
+        }
+        char golden_why[160] = "";
+        bool attested = in->attested;
+        if (r->golden.mask != 0) {
+            /* The rule's golden values decide, not the node's own accepted ones. */
+            uint32_t off = in->quoted == NULL ? 0 : r->golden.mask & ~in->quoted->mask;
+            for (unsigned k = 0; in->quoted != NULL && k < 24; k++)
+                if ((r->golden.mask & in->quoted->mask & (1u << k)) &&
+                    CRYPTO_memcmp(r->golden.values[k], in->quoted->values[k], 32) != 0)
+                    off |= 1u << k;
+            attested = in->quoted != NULL && off == 0;
+            if (in->quoted != NULL && off != 0) {
+                char list[64];
+                kf_tpm_pcr_list(off, list, sizeof(list));
+                snprintf(golden_why, sizeof(golden_why), "PCR %s differs from the rule's golden_pcrs", list);
+            }
+        }
+        if (r->allow && r->require_attested && !attested) {
+            /* A quote by the node's AK over PCRs that match its accepted values, for this very
+             * request and connection: otherwise what booted is not what was enrolled. */
+            deny_unmet(ret);
+            int n = snprintf(ret->explanation, sizeof(ret->explanation),
+                             "rule %zu '%s' decides (%s): deny: it requires measured-boot attestation (require: "
+                             "[attested]): %s",
+                             i + 1, r->name, why,
+                             golden_why[0] ? golden_why : in->attest_why != NULL ? in->attest_why : "no quote");
             (void)n;
             return;
         }

@@ -25,6 +25,9 @@ typedef struct kfd_policy_input {
     int64_t now; /* Unix seconds, for auto-approve windows */
     bool enrolling; /* Enroll: approval rules do not apply (they gate release) */
     bool tpm_key;   /* the caller's certificate vouches that its key is in a TPM (kf_identity.tpm_key) */
+    bool attested;  /* the request carried a quote by the node's AK matching its accepted PCR values */
+    const char *attest_why; /* when not attested: why (no quote, which PCRs changed, ...) */
+    const struct kf_tpm_pcrs *quoted; /* a quote that held (all but the accepted values); NULL: none */
 } kfd_policy_input;
 
 typedef struct kfd_policy_decision {

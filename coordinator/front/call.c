@@ -123,6 +123,11 @@ void *kfd_op_new(kfd_call *call, size_t size)
     if (op == NULL)
         return NULL;
     op->call = call;
+    op->app = kfd_call_app(call);
+    if (call->peer != NULL)
+        op->peer = *call->peer;
+    op->auth = call->auth;
+    memcpy(op->source, call->source, sizeof(op->source));
     call->op = op;
     return op;
 }

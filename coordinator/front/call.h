@@ -36,6 +36,12 @@ typedef struct kfd_call {
  * struct. When the client goes away first, op->call becomes NULL: do the work, skip the answer. */
 typedef struct kfd_op {
     kfd_call *call;
+    /* Copies made when the op is created, for the records written after the client went away
+     * (a key the KMS unwrapped for nobody is still audited, under its caller's name). */
+    struct kfd_app *app;
+    kf_identity peer; /* name[0] == '\0': no verified caller yet */
+    const char *auth;
+    char source[64];
 } kfd_op;
 
 typedef void (*kfd_method_fn)(kfd_call *call);
@@ -84,6 +90,12 @@ static inline kfd_actor kfd_call_actor(const kfd_call *call)
     if (call == NULL)
         return (kfd_actor){0};
     return (kfd_actor){.peer = call->peer, .auth = call->auth, .source = call->source};
+}
+
+/* The caller as the op's copies name it (valid for the op's life, also once op->call is NULL). */
+static inline kfd_actor kfd_op_actor(const kfd_op *op)
+{
+    return (kfd_actor){.peer = op->peer.name[0] != '\0' ? &op->peer : NULL, .auth = op->auth, .source = op->source};
 }
 
 #endif

@@ -83,6 +83,12 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          "# HELP keyfleet_tls_reloads_total Certificate reloads (SIGHUP).\n"
          "# TYPE keyfleet_tls_reloads_total counter\n"
          "keyfleet_tls_reloads_total %llu\n"
+         "# HELP keyfleet_h2_reset_floods_total HTTP/2 connections ended for too many stream resets (GOAWAY ENHANCE_YOUR_CALM).\n"
+         "# TYPE keyfleet_h2_reset_floods_total counter\n"
+         "keyfleet_h2_reset_floods_total %llu\n"
+         "# HELP keyfleet_h2_bodies_cut_total Request bodies ended early for being over limits.max_body_bytes.\n"
+         "# TYPE keyfleet_h2_bodies_cut_total counter\n"
+         "keyfleet_h2_bodies_cut_total %llu\n"
          "# HELP keyfleet_seal_contexts_total HPKE contexts set up to seal keys to agents (one per connection and agent key).\n"
          "# TYPE keyfleet_seal_contexts_total counter\n"
          "keyfleet_seal_contexts_total %llu\n"
@@ -98,6 +104,7 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          (unsigned long long)m->tls_handshakes_ok, (unsigned long long)m->tls_handshakes_failed,
          (unsigned long long)m->auth_failures, (unsigned long long)m->connections_accepted,
          (unsigned long long)m->connections_rejected, srv->connections, (unsigned long long)m->tls_reloads,
+         (unsigned long long)m->h2_reset_floods, (unsigned long long)m->h2_bodies_cut,
          (unsigned long long)seal.contexts, (unsigned long long)seal.keys, kfd_seal_contexts_live(),
          kf_secmem_lock_failures());
     const kfd_app *app = srv->app;

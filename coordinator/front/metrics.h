@@ -18,6 +18,8 @@ typedef struct kfd_metrics {
     uint64_t connections_accepted;
     uint64_t connections_rejected;
     uint64_t tls_reloads;
+    uint64_t h2_reset_floods; /* connections ended for too many stream resets */
+    uint64_t h2_bodies_cut;   /* request bodies ended early for being over the limit */
 } kfd_metrics;
 
 struct kfd_server;

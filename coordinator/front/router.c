@@ -211,6 +211,25 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
     return false;
 }
 
+/* Writes go to the leader: a follower answers unavailable and says where the leader is, so the
+ * client goes there directly. True when it answered. */
+static bool sent_to_leader(kfd_server *srv, kfd_call *call)
+{
+    if (!call->method->write)
+        return false;
+    h2o_req_t *req = call->req;
+    const char *why = NULL, *not_ready = NULL;
+    char leader[280];
+    /* A coordinator that is not ready (failed store) lets the handler explain why. */
+    if (!kfd_app_ready(srv->app, &not_ready) || kfd_repl_writable(srv->app->repl, &why, leader, sizeof(leader)))
+        return false;
+    if (leader[0] != '\0')
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("keyfleet-leader"), 0, NULL,
+                              h2o_strdup(&req->pool, leader, SIZE_MAX).base, strlen(leader));
+    kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s%s%s", why, leader[0] != '\0' ? "; the leader is " : "", leader);
+    return true;
+}
+
 static int route(kfd_server *srv, h2o_req_t *req)
 {
     const kfd_method *m = find_method(srv, req);
@@ -250,21 +269,9 @@ static int route(kfd_server *srv, h2o_req_t *req)
                        req->entity.len, srv->cfg->limits.max_body_bytes);
         return 0;
     }
-    if (m->write) {
-        /* Writes go to the leader; say where it is so clients go there directly. */
-        const char *why = NULL, *not_ready = NULL;
-        char leader[280];
-        /* A coordinator that is not ready (failed store) lets the handler explain why. */
-        if (kfd_app_ready(srv->app, &not_ready) && !kfd_repl_writable(srv->app->repl, &why, leader, sizeof(leader))) {
-            if (leader[0] != '\0')
-                h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("keyfleet-leader"), 0, NULL,
-                                      h2o_strdup(&req->pool, leader, SIZE_MAX).base, strlen(leader));
-            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s%s%s", why, leader[0] != '\0' ? "; the leader is " : "",
-                           leader);
-            return 0;
-        }
-    }
     if (m->anonymous) {
+        if (sent_to_leader(srv, call))
+            return 0;
         /* Made before there is an identity: Login is how a node gets one. */
         if ((call->request = unpack(m, req)) == NULL)
             kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request body is not a valid %s", m->request_desc->name);
@@ -283,6 +290,9 @@ static int route(kfd_server *srv, h2o_req_t *req)
                        kf_peer_kind_name(call->peer->kind));
         return 0;
     }
+    /* After identity: the cluster's layout is told only to callers it knows. */
+    if (sent_to_leader(srv, call))
+        return 0;
     call->request = unpack(m, req);
     if (call->request == NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request body is not a valid %s",

@@ -6,13 +6,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <unistd.h>
 
+#include <h2o/http1.h>
+#include <h2o/http2.h>
 #include <h2o/socket/uv-binding.h>
 #include <openssl/err.h>
 
 #include "core/app.h"
 #include "core/audit.h"
+#include "front/h2guard.h"
 #include "front/router.h"
 #include "kf_log.h"
 #include "kf_tls.h"
@@ -40,6 +44,10 @@ typedef struct kfd_conn {
     uv_tcp_t tcp;
     kfd_server *srv;
     source_slot *slot;
+    h2o_socket_t *sock;
+    struct timeval connected_at;
+    h2o_timeout_entry_t handshake_timeout; /* linked while the TLS handshake runs */
+    kfd_h2guard h2;
 } kfd_conn;
 
 typedef struct kfd_handler {
@@ -71,6 +79,9 @@ static void on_conn_close(uv_handle_t *handle)
 {
     kfd_conn *conn = (kfd_conn *)((char *)handle - offsetof(kfd_conn, tcp));
     kfd_server *srv = conn->srv;
+    if (h2o_timeout_is_linked(&conn->handshake_timeout))
+        h2o_timeout_unlink(&conn->handshake_timeout);
+    kfd_h2guard_dispose(&conn->h2);
     if (conn->slot != NULL && conn->slot->count > 0)
         conn->slot->count--;
     srv->connections--;
@@ -93,6 +104,34 @@ static void peer_address(uv_tcp_t *tcp, char *buf, size_t size)
         uv_ip4_name((struct sockaddr_in *)&ss, buf, size);
     else if (ss.ss_family == AF_INET6)
         uv_ip6_name((struct sockaddr_in6 *)&ss, buf, size);
+}
+
+static void on_handshake_timeout(h2o_timeout_entry_t *entry)
+{
+    kfd_conn *conn = (kfd_conn *)((char *)entry - offsetof(kfd_conn, handshake_timeout));
+    h2o_socket_close(conn->sock);
+}
+
+/* h2o_accept's TLS path, so that an HTTP/2 connection goes through the guard (front/h2guard.h)
+ * from its first frame: the handshake under h2o's handshake timeout, then HTTP/2 or HTTP/1.1
+ * by ALPN. */
+static void on_handshake(h2o_socket_t *sock, const char *err)
+{
+    kfd_conn *conn = sock->data;
+    sock->data = NULL;
+    h2o_timeout_unlink(&conn->handshake_timeout);
+    if (err != NULL) {
+        h2o_socket_close(sock);
+        return;
+    }
+    h2o_iovec_t proto = h2o_socket_ssl_get_selected_protocol(sock);
+    for (const h2o_iovec_t *id = h2o_http2_alpn_protocols; id->len != 0; id++) {
+        if (proto.len == id->len && memcmp(proto.base, id->base, proto.len) == 0) {
+            (void)kfd_h2guard_accept(&conn->h2, conn->srv, sock, conn->slot->addr, conn->connected_at);
+            return;
+        }
+    }
+    h2o_http1_accept(&conn->srv->accept_ctx, sock, conn->connected_at);
 }
 
 static void on_accept(uv_stream_t *listener, int status)
@@ -132,7 +171,12 @@ static void on_accept(uv_stream_t *listener, int status)
     srv->metrics.connections_accepted++;
     uv_tcp_nodelay(&conn->tcp, 1);
     h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&conn->tcp, on_conn_close);
-    h2o_accept(&srv->accept_ctx, sock);
+    conn->sock = sock;
+    sock->data = conn;
+    gettimeofday(&conn->connected_at, NULL);
+    conn->handshake_timeout.cb = on_handshake_timeout;
+    h2o_timeout_link(srv->loop, &srv->ctx.handshake_timeout, &conn->handshake_timeout);
+    h2o_socket_ssl_handshake(sock, srv->accept_ctx.ssl_ctx, NULL, on_handshake);
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)

@@ -45,7 +45,7 @@ struct kfd_http {
     CURLM *multi;
     uv_timer_t timer;
     kfd_http_opts opts;
-    char *ca_file, *protocols, *name;
+    char *ca_file, *protocols, *name, *cert_file, *key_file;
     char *fixed_header; /* sent on every request (kfd_http_set_header), or NULL */
     request *requests;
     kfd_http_stats stats;
@@ -354,6 +354,8 @@ static void start_attempt(request *q)
     CURL *e = q->easy;
     curl_easy_setopt(e, CURLOPT_URL, q->url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, h->protocols);
+    if (h->opts.no_proxy)
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, q->slist);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)h->opts.timeout_ms);
@@ -370,6 +372,12 @@ static void start_attempt(request *q)
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     if (h->ca_file != NULL)
         curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
+    if (h->opts.no_reuse)
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    if (h->cert_file != NULL && h->key_file != NULL) {
+        curl_easy_setopt(e, CURLOPT_SSLCERT, h->cert_file);
+        curl_easy_setopt(e, CURLOPT_SSLKEY, h->key_file);
+    }
     if (strcmp(q->method, "POST") == 0) {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, q->body != NULL ? (const char *)q->body->data : "");
@@ -457,12 +465,16 @@ int kfd_http_new(uv_loop_t *loop, const kfd_http_opts *opts, kfd_http **ret, kf_
     kfd_http *h = calloc(1, sizeof(*h));
     if (h == NULL || (h->multi = curl_multi_init()) == NULL ||
         (opts->ca_file != NULL && (h->ca_file = strdup(opts->ca_file)) == NULL) ||
+        (opts->cert_file != NULL && (h->cert_file = strdup(opts->cert_file)) == NULL) ||
+        (opts->key_file != NULL && (h->key_file = strdup(opts->key_file)) == NULL) ||
         (h->protocols = strdup(opts->protocols != NULL ? opts->protocols : "https")) == NULL ||
         (h->name = strdup(opts->name != NULL ? opts->name : "http")) == NULL) {
         if (h != NULL) {
             if (h->multi != NULL)
                 curl_multi_cleanup(h->multi);
             free(h->ca_file);
+            free(h->cert_file);
+            free(h->key_file);
             free(h->protocols);
         }
         free(h);
@@ -471,6 +483,8 @@ int kfd_http_new(uv_loop_t *loop, const kfd_http_opts *opts, kfd_http **ret, kf_
     h->loop = loop;
     h->opts = *opts;
     h->opts.ca_file = h->ca_file;
+    h->opts.cert_file = h->cert_file;
+    h->opts.key_file = h->key_file;
     h->opts.protocols = h->protocols;
     h->opts.name = h->name;
     if (h->opts.max_attempts < 1)
@@ -492,6 +506,8 @@ static void on_http_timer_closed(uv_handle_t *handle)
 {
     kfd_http *h = handle->data;
     free(h->ca_file);
+    free(h->cert_file);
+    free(h->key_file);
     free(h->protocols);
     free(h->name);
     free(h->fixed_header);

@@ -8,6 +8,7 @@
 #ifndef KFD_HTTP_H
 #define KFD_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,12 +21,16 @@ typedef struct kfd_http kfd_http;
 typedef struct kfd_http_opts {
     const char *name;          /* names this client in logs, e.g. "webhook" */
     const char *ca_file;       /* NULL: the system trust store */
+    const char *cert_file;     /* with key_file: a client certificate (PEM), else none */
+    const char *key_file;
+    bool no_reuse;             /* a connection per request, closed after it (rare calls) */
     const char *protocols;     /* curl protocol list, e.g. "https" */
     uint32_t timeout_ms;       /* per attempt */
     uint32_t first_backoff_ms; /* doubled per retry */
     uint32_t max_retry_after_ms;
     int max_attempts;          /* 1 means no retry */
     size_t max_response;       /* larger responses fail with -EMSGSIZE */
+    bool no_proxy;             /* never through a proxy (http_proxy etc.): Azure's IMDS must be reached directly */
 } kfd_http_opts;
 
 typedef struct kfd_http_response {

@@ -1,9 +1,21 @@
-/* The azure-keyvault KMS backend: Azure Key Vault (or Managed HSM) keys over HTTPS, with an
- * Entra ID client-credentials token (scope https://vault.azure.net/.default) from a
- * configurable login host. generate = CSPRNG then wrap; wrap = wrapkey with RSA-OAEP-256 on
- * the configured version (or the latest); unwrap = unwrapkey on the key id kept from the wrap;
- * rewrap = unwrap then wrap; rotate = keys/NAME/rotate. Key versions are opaque ids, so
- * key_version is 0 and staleness compares ids. Wrapped keys: "kf:azure:B64URL(KID):KCV:VALUE". */
+/* The azure-keyvault KMS backend: Azure Key Vault (or Managed HSM) keys over HTTPS.
+ * generate = CSPRNG then wrap; wrap = wrapkey with RSA-OAEP-256 on the configured version (or the
+ * latest); unwrap = unwrapkey on the key id kept from the wrap; rewrap = unwrap then wrap;
+ * rotate = keys/NAME/rotate. Key versions are opaque ids, so key_version is 0 and staleness
+ * compares ids. Wrapped keys: "kf:azure:B64URL(KID):KCV:VALUE".
+ *
+ * The Entra ID token is for the configured scope (by default the vault's cloud and kind, from
+ * its host: kms_config.c), fetched one of three ways: client credentials with a client secret,
+ * a managed identity through IMDS (GET, "Metadata: true", api-version 2018-02-01, resource and an
+ * optional client_id), or workload identity (the federated token file, read at each fetch, as
+ * a client_assertion). Secrets and tokens live in secure memory and are never logged.
+ *
+ * Only a 401 fetches a new token (once per refusal period): Key Vault answers an invalid or
+ * expired token, or one for another audience, with 401. A 403 is the vault's RBAC, access
+ * policy or firewall refusing this identity or address, which a new token cannot change: it is
+ * reported as such. The key read at start and every minute must be RSA or RSA-HSM, enabled, and
+ * allow wrapKey and unwrapKey; otherwise every call is refused with the reason until a read
+ * finds it usable, and readyz says why. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -19,13 +31,19 @@
 #include "kms/kms_wrapped.h"
 
 #define SECRET_FILE_MAX 4096
+#define ASSERTION_FILE_MAX 6144
 #define VERSION_MAX 128
 
 typedef struct azure {
     kfd_remote_kms rk; /* first */
     char *vault_url, *key, *key_version, *tenant, *client_id, *client_secret_file, *login_host, *api_version;
+    char *scope, *federated_token_file, *imds_endpoint;
+    int identity;         /* kfd_azure_identity */
+    kfd_http *idp_http;   /* to the token endpoint: Entra ID, or IMDS (plain HTTP on its link-local address) */
     char key_prefix[700]; /* VAULT/keys/NAME/ : every kid we accept starts with it */
     char latest[VERSION_MAX];
+    bool unusable;        /* the last key read found a key keyfleet cannot use */
+    char unusable_msg[400];
 } azure;
 
 typedef enum { OP_WRAP, OP_UNWRAP, OP_ROTATE, OP_READ_KEY } op_kind;
@@ -65,9 +83,12 @@ static void azure_error(const kfd_http_response *res, char *out, size_t size)
 {
     json_t *j = kfd_remote_json(res);
     const char *code = kfd_json_str(j, "error", "code"), *msg = kfd_json_str(j, "error", "message");
-    if (code == NULL) /* Entra ID: {"error":"invalid_client","error_description":"..."} */
+    /* Key Vault's 403s name the cause here: ForbiddenByRbac, ForbiddenByFirewall, ForbiddenByPolicy */
+    const char *inner = kfd_json_str(json_object_get(j, "error"), "innererror", "code");
+    if (code == NULL) /* Entra ID and IMDS: {"error":"invalid_client","error_description":"..."} */
         code = kfd_json_str(j, "error", NULL), msg = kfd_json_str(j, "error_description", NULL);
-    snprintf(out, size, "%s: %s", code != NULL ? code : "no error code", msg != NULL ? msg : "no message");
+    snprintf(out, size, "%s%s%s: %s", code != NULL ? code : "no error code", inner != NULL ? "/" : "",
+             inner != NULL ? inner : "", msg != NULL ? msg : "no message");
     json_decref(j);
 }
 
@@ -84,6 +105,48 @@ static void fail_call(acall *c, int status, const char *prefix, const char *deta
     acall_free(c);
 }
 
+/* The Key Vault operation a call makes, for messages. */
+static const char *op_name(const acall *c)
+{
+    static const char *const names[] = {[OP_WRAP] = "wrapkey", [OP_UNWRAP] = "unwrapkey", [OP_ROTATE] = "rotate",
+                                        [OP_READ_KEY] = "get key"};
+    return names[c->kind];
+}
+
+static bool has_op(const json_t *ops, const char *op)
+{
+    size_t i;
+    const json_t *v;
+    json_array_foreach(ops, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), op) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Why keyfleet cannot use this key bundle (kty, key_ops, enabled), or NULL. */
+static const char *key_unusable(const json_t *j, char *buf, size_t size)
+{
+    const json_t *key = json_object_get(j, "key");
+    const char *kty = json_string_value(json_object_get(key, "kty"));
+    const json_t *ops = json_object_get(key, "key_ops");
+    const json_t *enabled = json_object_get(json_object_get(j, "attributes"), "enabled");
+    if (kty == NULL || (strcmp(kty, "RSA") != 0 && strcmp(kty, "RSA-HSM") != 0))
+        snprintf(buf, size, "its kty is %s, not RSA or RSA-HSM (keyfleet wraps with RSA-OAEP-256)",
+                 kty != NULL && kfd_json_safe(kty) && strlen(kty) < 32 ? kty : "missing or odd");
+    else if (!has_op(ops, "wrapKey") || !has_op(ops, "unwrapKey"))
+        snprintf(buf, size, "its key_ops lack %s (set them with az keyvault key set-attributes --ops wrapKey unwrapKey)",
+                 !has_op(ops, "wrapKey") && !has_op(ops, "unwrapKey") ? "wrapKey and unwrapKey"
+                 : !has_op(ops, "wrapKey")                           ? "wrapKey"
+                                                                     : "unwrapKey");
+    else if (json_is_false(enabled))
+        snprintf(buf, size, "it is disabled (attributes.enabled: false)");
+    else
+        return NULL;
+    return buf;
+}
+
 static void answer_key_bundle(acall *c, json_t *j)
 {
     azure *a = c->a;
@@ -92,6 +155,18 @@ static void answer_key_bundle(acall *c, json_t *j)
         fail_call(c, -EIO, "azure answer: ", "key.kid is missing or not this key's");
         return;
     }
+    char why[300];
+    if (key_unusable(j, why, sizeof(why)) != NULL) {
+        bool was = a->unusable;
+        snprintf(a->unusable_msg, sizeof(a->unusable_msg), "azure key %s%s%s cannot be used: %s", a->key,
+                 a->key_version != NULL ? "/" : "", a->key_version != NULL ? a->key_version : "", why);
+        a->unusable = true;
+        if (!was)
+            kf_log_error("kms_key_unusable", "backend=azure-keyvault key=%s error=%s", a->key, kf_log_q(a->unusable_msg));
+        fail_call(c, -ENOTSUP, "", a->unusable_msg);
+        return;
+    }
+    a->unusable = false;
     if (a->key_version == NULL)
         memcpy(a->latest, version, sizeof(version));
     kfd_kms_result out = {.message = version};
@@ -104,17 +179,41 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
     acall *c = (acall *)rc;
     azure *a = c->a;
     kfd_remote_kms_answered(&a->rk, res);
+    if (c->kind == OP_ROTATE && !rc->login_failed && (res->status != 0 || res->code >= 500)) {
+        /* Sent once (a retry could rotate twice): the outcome is unknown, so say so and read the
+         * key again at once rather than report a failed rotation. */
+        char msg[600];
+        snprintf(msg, sizeof(msg), "%s; the rotation may have happened: it is not repeated, and the key is read again "
+                 "(keyfleetctl status shows its latest version)",
+                 res->status != 0 ? (res->error != NULL ? res->error : "no answer") : "a server error answered it");
+        kfd_remote_kms_start(&a->rk);
+        fail_call(c, res->status != 0 ? res->status : -EIO, "azure key vault rotation: ", msg);
+        return;
+    }
     if (res->status != 0) {
-        fail_call(c, res->status, "azure key vault unreachable: ", res->error != NULL ? res->error : "transport error");
+        /* A failed token fetch that Entra ID or IMDS answered is reported as they answered it. */
+        bool answered = rc->login_failed && a->rk.reachable;
+        fail_call(c, res->status, answered ? "" : "azure key vault unreachable: ",
+                  res->error != NULL ? res->error : "transport error");
+        return;
+    }
+    if (res->code == 403) {
+        char why[400], msg[700];
+        azure_error(res, why, sizeof(why));
+        bool key_ops = strstr(why, "/KeyOperationForbidden:") != NULL;
+        snprintf(msg, sizeof(msg), "HTTP 403 to %s %s: %s; %s (docs/kms-azure.md); a new token would not help, so none was fetched",
+                 c->rc.method, op_name(c), why,
+                 key_ops ? "the key's key_ops do not allow this operation"
+                         : "keyfleetd's identity lacks a role assignment (or access policy) for this operation, or the "
+                           "vault's firewall refuses this address");
+        fail_call(c, -EACCES, "azure key vault denied: ", msg);
         return;
     }
     if (res->code >= 400) {
         char why[400], msg[440];
         azure_error(res, why, sizeof(why));
         snprintf(msg, sizeof(msg), "HTTP %ld: %s", res->code, why);
-        int status = res->code == 401 || res->code == 403 ? -EACCES
-                     : res->code == 400 && c->kind == OP_UNWRAP ? -EBADMSG
-                                                                : -EIO;
+        int status = res->code == 401 ? -EACCES : res->code == 400 && c->kind == OP_UNWRAP ? -EBADMSG : -EIO;
         fail_call(c, status, "azure key vault refused: ", msg);
         return;
     }
@@ -183,6 +282,19 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
     acall_free(c);
 }
 
+/* A 401 or 403 to a call with the cached token: only a 401 can be cured by a new token. */
+static void azure_refused(kfd_remote_call *rc, const kfd_http_response *res)
+{
+    char why[96];
+    snprintf(why, sizeof(why), "HTTP %ld to a call with the cached token", res->code);
+    if (res->code == 401 && !rc->auth_retried && kfd_token_refused(rc->token, why)) {
+        rc->auth_retried = true;
+        kfd_remote_start(rc);
+        return;
+    }
+    rc->done(rc, res);
+}
+
 static acall *acall_new(azure *a, op_kind kind, const char *volume_id, kfd_kms_cb cb, void *arg)
 {
     acall *c = calloc(1, sizeof(*c));
@@ -191,9 +303,15 @@ static acall *acall_new(azure *a, op_kind kind, const char *volume_id, kfd_kms_c
         free(c);
         return NULL;
     }
+    if (a->unusable && kind != OP_READ_KEY) {
+        free(c);
+        kfd_remote_fail(cb, arg, -ENOTSUP, "%s (from the last key read)", a->unusable_msg);
+        return NULL;
+    }
     c->a = a;
     c->kind = kind;
     c->rc.http = a->rk.http;
+    c->rc.refused = azure_refused;
     c->rc.token = a->rk.token;
     c->rc.auth_format = "Authorization: Bearer ";
     c->rc.method = "POST";
@@ -299,6 +417,7 @@ static void azure_rotate(kfd_kms *base, kfd_kms_cb cb, void *arg)
     if (c == NULL)
         return;
     snprintf(c->rc.url, sizeof(c->rc.url), "%s/keys/%s/rotate?api-version=%s", a->vault_url, a->key, a->api_version);
+    c->rc.once = true;
     start_or_fail(c, kfd_remote_body(&c->rc, "{}"));
 }
 
@@ -321,6 +440,7 @@ static void azure_describe(kfd_kms *base, kfd_kms_info *ret)
     ret->latest_version = 0;
     ret->min_decrypt_version = 0;
     ret->reachable = a->rk.reachable;
+    ret->problem = a->unusable ? a->unusable_msg : kfd_token_problem(a->rk.token);
 }
 
 /* Entra ID client credentials, as application/x-www-form-urlencoded. */
@@ -344,32 +464,106 @@ static int form_escape(const char *in, char *out, size_t size)
     return 0;
 }
 
+static const char *const identity_what[] = {
+    [KFD_AZURE_CLIENT_SECRET] = "Entra ID token (client secret)",
+    [KFD_AZURE_MANAGED] = "managed identity token (IMDS)",
+    [KFD_AZURE_WORKLOAD] = "Entra ID token (workload identity: federated token)",
+};
+
 static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
 {
     azure *a = (azure *)kfd_remote_kms_of_login(rc);
     kfd_remote_clear(rc);
+    const char *what = identity_what[a->identity];
+    char msg[600];
     if (res->status != 0) {
-        kfd_token_fetched(a->rk.token, res->status, NULL, 0, 0, res->error);
+        snprintf(msg, sizeof(msg), "%s: no answer: %s", what, res->error != NULL ? res->error : "transport error");
+        kfd_token_fetched(a->rk.token, res->status, NULL, 0, 0, msg);
         return;
     }
     if (res->code != 200) {
-        char why[400], msg[460];
+        char why[400];
         azure_error(res, why, sizeof(why));
-        snprintf(msg, sizeof(msg), "Entra ID token: HTTP %ld: %s", res->code, why);
-        kfd_token_fetched(a->rk.token, res->code == 400 || res->code == 401 ? -EACCES : -EIO, NULL, 0, 0, msg);
+        /* IMDS asks for retries on 404 and 410 too (it is starting or updating) */
+        bool wait = res->code == 429 || res->code >= 500 ||
+                    (a->identity == KFD_AZURE_MANAGED && (res->code == 404 || res->code == 410));
+        int status = wait ? -EAGAIN : res->code == 400 || res->code == 401 || res->code == 403 ? -EACCES : -EPROTO;
+        if (wait && res->retry_after_s > 0)
+            kfd_token_hold_off(a->rk.token, res->retry_after_s);
+        snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s", what, res->code, why);
+        kfd_token_fetched(a->rk.token, status, NULL, 0, 0, msg);
         return;
     }
     json_t *j = kfd_remote_json(res);
     const char *tok = kfd_json_str(j, "access_token", NULL);
-    const json_t *exp = json_object_get(j, "expires_in");
+    const json_t *exp = json_object_get(j, "expires_in"); /* a number from Entra ID, a string from IMDS */
     json_int_t ttl = json_is_integer(exp) ? json_integer_value(exp)
                      : json_is_string(exp) ? strtoll(json_string_value(exp), NULL, 10)
                                            : -1;
-    if (tok == NULL || ttl <= 0)
-        kfd_token_fetched(a->rk.token, -EIO, NULL, 0, 0, "the token answer has no access_token or expires_in");
-    else
+    if (tok == NULL || ttl <= 0) {
+        snprintf(msg, sizeof(msg), "%s: the answer has no access_token or expires_in", what);
+        kfd_token_fetched(a->rk.token, -EPROTO, NULL, 0, 0, msg);
+    } else {
         kfd_token_fetched(a->rk.token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
+    }
     json_decref(j);
+}
+
+/* IMDS: GET ENDPOINT?api-version=2018-02-01&resource=RESOURCE[&client_id=ID] with "Metadata: true". */
+static int imds_request(azure *a, kfd_remote_call *rc, kf_err *err)
+{
+    char resource[300], res_esc[900], id_esc[400] = "";
+    size_t n = strlen(a->scope) - strlen("/.default"); /* kms_config.c checked the suffix */
+    if (n >= sizeof(resource))
+        return kf_err_set(err, -ENOSPC, "scope too long");
+    memcpy(resource, a->scope, n);
+    resource[n] = '\0';
+    if (form_escape(resource, res_esc, sizeof(res_esc)) != 0 ||
+        (a->client_id != NULL && form_escape(a->client_id, id_esc, sizeof(id_esc)) != 0))
+        return kf_err_set(err, -ENOSPC, "scope or client_id too long");
+    int w = snprintf(rc->url, sizeof(rc->url), "%s?api-version=2018-02-01&resource=%s%s%s", a->imds_endpoint, res_esc,
+                     a->client_id != NULL ? "&client_id=" : "", id_esc);
+    if (w < 0 || (size_t)w >= sizeof(rc->url))
+        return kf_err_set(err, -ENOSPC, "the IMDS URL is too long");
+    rc->method = "GET";
+    /* IMDS takes no bearer token, but refuses requests without this header (an SSRF guard): it
+     * goes where a token would. */
+    rc->auth_format = "Metadata: ";
+    rc->fixed_token = "true";
+    return 0;
+}
+
+/* Entra ID client credentials, with a client secret or a federated token as client_assertion,
+ * as application/x-www-form-urlencoded. The file is read at each fetch (both rotate). */
+static int entra_request(azure *a, kfd_remote_call *rc, kf_err *err)
+{
+    bool workload = a->identity == KFD_AZURE_WORKLOAD;
+    size_t max = workload ? ASSERTION_FILE_MAX : SECRET_FILE_MAX;
+    rc->method = "POST";
+    rc->content_type = "Content-Type: application/x-www-form-urlencoded";
+    snprintf(rc->url, sizeof(rc->url), "%s/%s/oauth2/v2.0/token", a->login_host, a->tenant);
+    kf_secbuf *secret = NULL, *escaped = kf_secbuf_new(3 * max + 1);
+    int r = escaped != NULL ? kf_secbuf_read_file(workload ? a->federated_token_file : a->client_secret_file, max,
+                                                  &secret, err)
+                            : kf_err_set(err, -ENOMEM, "out of memory");
+    char id[400], scope[800];
+    if (r == 0 && (form_escape((const char *)secret->data, (char *)escaped->data, escaped->cap) != 0 ||
+                   form_escape(a->client_id, id, sizeof(id)) != 0 || form_escape(a->scope, scope, sizeof(scope)) != 0))
+        r = kf_err_set(err, -ENOSPC, "client_id or scope too long");
+    if (r == 0 && workload)
+        r = kfd_remote_body(rc,
+                            "client_id=%s&client_assertion=%s"
+                            "&client_assertion_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Aclient-assertion-type%%3Ajwt-bearer"
+                            "&grant_type=client_credentials&scope=%s",
+                            id, (const char *)escaped->data, scope);
+    else if (r == 0)
+        r = kfd_remote_body(rc, "client_id=%s&client_secret=%s&grant_type=client_credentials&scope=%s", id,
+                            (const char *)escaped->data, scope);
+    if (r != 0 && err->msg[0] == '\0')
+        kf_err_set(err, r, "the token request does not fit");
+    kf_secbuf_free(secret);
+    kf_secbuf_free(escaped);
+    return r;
 }
 
 static void fetch_token(void *ctx, kfd_token *t)
@@ -377,29 +571,15 @@ static void fetch_token(void *ctx, kfd_token *t)
     azure *a = ctx;
     kfd_remote_call *rc = &a->rk.login;
     memset(rc, 0, sizeof(*rc));
-    rc->http = a->rk.http;
-    rc->method = "POST";
+    rc->http = a->idp_http;
     rc->done = on_login;
-    rc->content_type = "Content-Type: application/x-www-form-urlencoded";
-    snprintf(rc->url, sizeof(rc->url), "%s/%s/oauth2/v2.0/token", a->login_host, a->tenant);
     kf_err err = {0};
-    kf_secbuf *secret = NULL, *escaped = kf_secbuf_new(3 * SECRET_FILE_MAX + 1);
-    int r = escaped != NULL ? kf_secbuf_read_file(a->client_secret_file, SECRET_FILE_MAX, &secret, &err)
-                            : kf_err_set(&err, -ENOMEM, "out of memory");
-    char id[400];
-    if (r == 0)
-        r = form_escape((const char *)secret->data, (char *)escaped->data, escaped->cap);
-    if (r == 0)
-        r = form_escape(a->client_id, id, sizeof(id));
-    if (r == 0)
-        r = kfd_remote_body(rc,
-                            "client_id=%s&client_secret=%s&grant_type=client_credentials"
-                            "&scope=https%%3A%%2F%%2Fvault.azure.net%%2F.default",
-                            id, (const char *)escaped->data);
-    kf_secbuf_free(secret);
-    kf_secbuf_free(escaped);
+    int r = a->identity == KFD_AZURE_MANAGED ? imds_request(a, rc, &err) : entra_request(a, rc, &err);
     if (r != 0) {
-        kfd_token_fetched(t, r, NULL, 0, 0, err.msg[0] ? err.msg : "cannot build the token request");
+        char msg[600];
+        snprintf(msg, sizeof(msg), "%s: %s", identity_what[a->identity], err.msg[0] ? err.msg : "cannot build the request");
+        kfd_remote_clear(rc);
+        kfd_token_fetched(t, r, NULL, 0, 0, msg);
         return;
     }
     kfd_remote_start(rc);
@@ -410,6 +590,8 @@ static void azure_destroy(kfd_kms *base)
     azure *a = (azure *)base;
     free(a->vault_url), free(a->key), free(a->key_version), free(a->tenant), free(a->client_id);
     free(a->client_secret_file), free(a->login_host), free(a->api_version);
+    free(a->scope), free(a->federated_token_file), free(a->imds_endpoint);
+    kfd_http_free(a->idp_http);
     kfd_remote_kms_destroy(&a->rk);
 }
 
@@ -434,7 +616,11 @@ int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret
     a->key_version = kfd_strdup_opt(cfg->key_version, &ok), a->tenant = kfd_strdup_opt(cfg->tenant, &ok);
     a->client_id = kfd_strdup_opt(cfg->client_id, &ok), a->client_secret_file = kfd_strdup_opt(cfg->client_secret_file, &ok);
     a->login_host = kfd_strdup_opt(cfg->login_host, &ok), a->api_version = kfd_strdup_opt(cfg->api_version, &ok);
-    if (ok && (a->login_host == NULL || a->api_version == NULL))
+    a->scope = kfd_strdup_opt(cfg->scope, &ok), a->federated_token_file = kfd_strdup_opt(cfg->federated_token_file, &ok);
+    a->imds_endpoint = kfd_strdup_opt(cfg->imds_endpoint, &ok);
+    a->identity = cfg->azure_identity;
+    bool managed = a->identity == KFD_AZURE_MANAGED;
+    if (ok && (a->api_version == NULL || a->scope == NULL || (managed ? a->imds_endpoint == NULL : a->login_host == NULL)))
         ok = false;
     if (ok)
         snprintf(a->key_prefix, sizeof(a->key_prefix), "%s/keys/%s/", a->vault_url, a->key);
@@ -442,15 +628,31 @@ int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret
         snprintf(a->latest, sizeof(a->latest), "%s", a->key_version);
     int r = kfd_remote_kms_init(&a->rk, loop, &azure_ops, cfg, "azure", 10000, fetch_token, read_key, err);
     if (r == 0 && !ok)
-        r = kf_err_set(err, -ENOMEM, "out of memory");
+        r = kf_err_set(err, -EINVAL, "azure-keyvault: the configuration lacks scope, api_version, or the token endpoint");
+    if (r == 0) {
+        /* IMDS is plain HTTP (link-local; kms_config.c allows http:// only there and on loopback) */
+        kfd_http_opts opts = {.name = "azure-login",
+                              .ca_file = cfg->ca_file,
+                              .protocols = managed && strncmp(a->imds_endpoint, "http://", 7) == 0 ? "http" : "https",
+                              .timeout_ms = (uint32_t)cfg->timeout_ms,
+                              .first_backoff_ms = 200,
+                              .max_retry_after_ms = 10000,
+                              .max_attempts = (int)cfg->attempts,
+                              .max_response = 64 * 1024,
+                              /* Microsoft: IMDS requests must bypass proxies (a proxy would see, and
+                               * could replace, the token) */
+                              .no_proxy = managed};
+        r = kfd_http_new(loop, &opts, &a->idp_http, err);
+    }
     if (r != 0) {
         azure_destroy(&a->rk.super);
         return r;
     }
     kfd_remote_kms_start(&a->rk);
-    kf_log_info("kms_open", "backend=azure-keyvault vault=%s key=%s version=%s login_host=%s",
+    kf_log_info("kms_open", "backend=azure-keyvault vault=%s key=%s version=%s identity=%s scope=%s token_endpoint=%s",
                 kf_log_q(a->vault_url), a->key, a->key_version != NULL ? a->key_version : "latest",
-                kf_log_q(a->login_host));
+                managed ? "managed" : a->identity == KFD_AZURE_WORKLOAD ? "workload" : "client_secret",
+                kf_log_q(a->scope), kf_log_q(managed ? a->imds_endpoint : a->login_host));
     *ret = &a->rk.super;
     return 0;
 }

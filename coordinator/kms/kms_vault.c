@@ -50,6 +50,7 @@ typedef struct vcall {
     char volume_id[256];
     char kcv[KFD_KCV_TEXT_LEN + 1];
     uint32_t in_version;
+    bool rotated; /* a key read after Vault answered a rotation with success */
 } vcall;
 
 /* The auth/token/lookup-self check of a refused call's token. */
@@ -111,8 +112,14 @@ static void vcall_free(vcall *c)
 
 static void fail_call(vcall *c, int status, const char *prefix, const char *detail)
 {
+    if (c->rotated) /* never "failed" for a rotation Vault made: an operator would rotate again */
+        kfd_remote_kms_start(&c->v->rk);
     if (c->rc.cb != NULL)
-        kfd_remote_fail(c->rc.cb, c->rc.arg, status, "%s%s", prefix, detail);
+        kfd_remote_fail(c->rc.cb, c->rc.arg, status, "%s%s%s",
+                        c->rotated ? "vault rotated the key, but reading its new version failed (the key is read "
+                                     "again at once; keyfleetctl status shows it): "
+                                   : "",
+                        prefix, detail);
     vcall_free(c);
 }
 
@@ -141,7 +148,7 @@ static const char *redirect_text(const kfd_http_response *res)
 static void hold_off(vault *v, long code, const char *why, uint32_t seconds)
 {
     v->hold_until_ms = uv_now(v->rk.super.loop) + (uint64_t)seconds * 1000;
-    snprintf(v->hold_msg, sizeof(v->hold_msg), "vault answered HTTP %ld (%s) with Retry-After %u s; no calls until then",
+    snprintf(v->hold_msg, sizeof(v->hold_msg), "vault answered HTTP %ld (%.300s) with Retry-After %u s; no calls until then",
              code, why, seconds);
 }
 
@@ -234,6 +241,8 @@ static void rotate_failed(vcall *c, const kfd_http_response *res)
             snprintf(why, sizeof(why), "%s", redirect_text(res));
         else
             vault_errors(res, why, sizeof(why));
+        if ((res->code == 429 || res->code == 503) && res->retry_after_s > 0)
+            hold_off(v, res->code, why, res->retry_after_s);
         snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s%s", vault_path(c), res->code, why, res->code >= 500 ? maybe : "");
     }
     kfd_remote_kms_start(&v->rk);
@@ -287,8 +296,18 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         return;
     }
     if (c->kind == OP_ROTATE) {
-        /* Rotation answers with no body or the key; read the key for its versions. */
+        /* 200 carries the key as the active node has it (Vault 1.10+); 204 means read it (with
+         * retries: reading twice is harmless). */
         c->kind = OP_READ_KEY;
+        c->rotated = true;
+        json_t *key = res->code == 200 ? kfd_remote_json(res) : NULL;
+        if (json_is_object(json_object_get(json_object_get(key, "data"), "keys"))) {
+            read_key_answer(c, key);
+            json_decref(key);
+            return;
+        }
+        json_decref(key);
+        c->rc.once = false;
         c->rc.method = "GET";
         kfd_remote_clear(&c->rc);
         snprintf(c->rc.url, sizeof(c->rc.url), "%s/%s/keys/%s", v->base, v->mount, v->key);

@@ -549,19 +549,34 @@ static void on_rotated(void *arg, int status, const kfd_apply_result *res, const
     kfd_op_free(op);
 }
 
+static void on_rotation_failure_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg, (void)res;
+    if (status != 0)
+        kf_log_error("audit_failed", "action=kms_rotate error=%s", kf_log_q(err->msg));
+}
+
 static void on_kms_rotated(void *arg, const kfd_kms_result *res)
 {
     rotate_op *op = arg;
     kfd_call *call = op->base.call;
-    if (call == NULL) {
-        kfd_op_free(op);
-        return;
-    }
     if (res->status != 0) {
+        /* Audited too: a rotation whose answer was lost may have happened in the KMS. */
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_op_actor(&op->base), "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ERROR, "", "", "",
+                       res->message);
+        Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+        c.audit = &a.entry;
+        Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+        cmd.append_audit = &c;
+        kfd_commit(op->base.app, &cmd, on_rotation_failure_audited, NULL);
         kfd_op_free(op);
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS rotation failed: %s", res->message);
+        if (call != NULL)
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS rotation failed: %s", res->message);
         return;
     }
+    /* Recorded also when the operator's client went away: the KMS has rotated. */
     op->version = res->key_version;
     char reason[160];
     if (res->message != NULL)
@@ -569,7 +584,8 @@ static void on_kms_rotated(void *arg, const kfd_kms_result *res)
     else
         snprintf(reason, sizeof(reason), "%s key version %u", op->backend, op->version);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, kfd_call_actor(call), "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
+    kfd_audit_fill(&a, kfd_op_actor(&op->base), "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "",
+                   reason);
     Keyfleet__V1__CmdKmsRotate c = KEYFLEET__V1__CMD_KMS_ROTATE__INIT;
     c.backend = (char *)op->backend;
     c.new_version = op->version;
@@ -577,9 +593,8 @@ static void on_kms_rotated(void *arg, const kfd_kms_result *res)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE;
     cmd.kms_rotate = &c;
-    kf_log_info("kms_rotated", "backend=%s version=%s operator=%s", op->backend, kf_log_q(reason),
-                call->peer->name);
-    kfd_commit(kfd_call_app(call), &cmd, on_rotated, op);
+    kf_log_info("kms_rotated", "backend=%s version=%s operator=%s", op->backend, kf_log_q(reason), op->base.peer.name);
+    kfd_commit(op->base.app, &cmd, on_rotated, op);
 }
 
 void kfd_rpc_rotate_kms(kfd_call *call)

@@ -51,6 +51,27 @@ void kfd_rpc_get_checkpoint(kfd_call *call)
     kfd_audit_free_record(cp);
 }
 
+void kfd_rpc_audit_head(kfd_call *call)
+{
+    const Keyfleet__V1__AuditHeadRequest *req = (const Keyfleet__V1__AuditHeadRequest *)call->request;
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_store *store = kfd_call_app(call)->store;
+    Keyfleet__V1__AuditHeadResponse resp = KEYFLEET__V1__AUDIT_HEAD_RESPONSE__INIT;
+    kfd_audit_head h;
+    if (kfd_store_audit_head_at_check(store, req->check_id, &h) == 0) {
+        resp.known = true;
+        resp.seq = h.seq;
+        resp.root.data = h.root;
+        resp.root.len = sizeof(h.root);
+        resp.chain.data = h.chain;
+        resp.chain.len = sizeof(h.chain);
+    }
+    resp.diverged_seq = kfd_store_audit_diverged(store, NULL);
+    resp.vouched = kfd_store_audit_vouched(store);
+    kfd_call_reply(call, &resp.base);
+}
+
 /* The leaves of the first size records, or an answer. */
 static kf_merkle_hash *leaves_of(kfd_call *call, uint64_t size)
 {

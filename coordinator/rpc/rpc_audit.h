@@ -9,5 +9,7 @@
 void kfd_rpc_get_checkpoint(kfd_call *call);
 void kfd_rpc_prove_audit(kfd_call *call);
 void kfd_rpc_prove_consistency(kfd_call *call);
+/* PeerService.AuditHead: this replica's head at a leader's CmdAuditHeadCheck (coordinators only). */
+void kfd_rpc_audit_head(kfd_call *call);
 
 #endif

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "rpc/rpc_node.h"
+#include "rpc/rpc_attest.h"
 
 #include "core/app.h"
 #include "core/approvals.h"
@@ -125,6 +126,20 @@ static void on_deny_committed(void *arg, int status, const kfd_apply_result *res
     kfd_op_free(d);
 }
 
+/* Commits cmd, a denial's audit record (with what else it records), then answers code and
+ * message once it is durable. */
+static void commit_deny(kfd_call *call, Keyfleet__V1__StateCommand *cmd, kf_connect_code code, const char *message)
+{
+    deny_op *d = kfd_op_new(call, sizeof(*d));
+    if (d == NULL) {
+        kfd_call_error(call, code, "%s", message);
+        return;
+    }
+    d->code = code;
+    snprintf(d->message, sizeof(d->message), "%s", message);
+    kfd_commit(kfd_call_app(call), cmd, on_deny_committed, d);
+}
+
 static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decision decision, const char *volume_id,
                          const char *request_id, kf_connect_code code, const char *message)
 {
@@ -135,14 +150,40 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
     cmd.append_audit = &c;
-    deny_op *d = kfd_op_new(call, sizeof(*d));
-    if (d == NULL) {
-        kfd_call_error(call, code, "%s", message);
-        return;
-    }
-    d->code = code;
-    snprintf(d->message, sizeof(d->message), "%s", message);
-    kfd_commit(kfd_call_app(call), &cmd, on_deny_committed, d);
+    commit_deny(call, &cmd, code, message);
+}
+
+/* A denial under require: [attested] whose quote held but whose PCR values are not the accepted
+ * ones: the audit record (naming the changed PCRs) and the values, kept for `keyfleetctl node
+ * attest show|accept`, in one command. */
+static void deny_attest(kfd_call *call, const char *volume_id, const char *request_id, const char *seen,
+                        const char *message)
+{
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, call->peer->name,
+                   volume_id, request_id, message);
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)call->peer->name;
+    c.kind = (char *)"seen";
+    c.pcrs = (char *)seen;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    commit_deny(call, &cmd, KF_CONNECT_PERMISSION_DENIED, message);
+}
+
+/* The request's quote, evaluated (rpc_attest.h); false when the call was answered (malformed
+ * quote: invalid_argument; store unavailable). */
+static bool attest_eval(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, const char *method, const char *volume_id,
+                        const ProtobufCBinaryData *eph, const char *request_id, kfd_attest_eval *ret)
+{
+    int r = kfd_attest_evaluate(call, quote, method, volume_id, eph, request_id, ret);
+    if (r == -EINVAL)
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", ret->why);
+    else if (r != 0)
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+    return r == 0;
 }
 
 /* The client's deadline passed while the KMS worked: the key now in memory is not sealed, sent
@@ -168,6 +209,28 @@ static bool kcv_retired(const char *kcv, const char *cur, const char *next)
 
 #define RETIRED_MESSAGE "this key was retired by a rotation"
 _Static_assert(KFD_KCV_TEXT_LEN + 1 <= sizeof(((kfd_volume *)0)->key_kcv), "a stored KCV fits");
+
+static void on_dropped_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg, (void)res;
+    if (status != 0)
+        kf_log_error("audit_failed", "action=key_dropped error=%s", kf_log_q(err->msg));
+}
+
+/* The client went away (reset the stream, gave up at its own deadline) while the KMS unwrapped or
+ * made a key: the key is dropped unsealed, and the audit log says so under the caller's name. */
+static void audit_client_gone(const kfd_op *op, const char *action, const char *volume_id, const char *request_id)
+{
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_op_actor(op), action, KEYFLEET__V1__DECISION__DECISION_ERROR, op->peer.name, volume_id,
+                   request_id, "the client went away while the KMS worked; no key was released");
+    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &c;
+    kfd_commit(op->app, &cmd, on_dropped_audited, NULL);
+}
 
 /* Labels of a stored volume, for policy evaluation. */
 typedef struct label_set {
@@ -238,6 +301,8 @@ typedef struct enroll_op {
     char volume_id[129];
     bool replay; /* same node and request id as a completed enroll */
     char kcv[KFD_KCV_TEXT_LEN + 1];
+
+    char tofu[KF_TPM_PCRS_TEXT_MAX]; /* the node's first quoted PCR values, accepted with this enroll */
     char *wrapped;
     kfd_sealed sealed;
 } enroll_op;
@@ -355,6 +420,8 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     enroll_op *op = arg;
     kfd_call *call = op->base.call;
     if (call == NULL) {
+        if (res->status == 0)
+            audit_client_gone(&op->base, "enroll", op->volume_id, op->request_id);
         enroll_op_free(op);
         return;
     }
@@ -372,8 +439,10 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
         snprintf(rid, sizeof(rid), "%s", op->request_id);
         kf_log_error("kms_failed", "op=generate volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
         enroll_op_free(op);
-        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
-                     "KMS unavailable");
+        bool late = kfd_call_deadline_expired(call);
+        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid,
+                     late ? KF_CONNECT_DEADLINE_EXCEEDED : KF_CONNECT_UNAVAILABLE,
+                     late ? "KMS unavailable and the request's deadline passed" : "KMS unavailable");
         return;
     }
     int r;
@@ -404,6 +473,7 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     c.labels = op->req->labels;
     c.node = (char *)call->peer->name;
     c.wrapped_key = (char *)res->wrapped;
+    c.attest_tofu = op->tofu;
     c.audit = &a.entry;
     c.key_kcv = op->kcv;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
@@ -431,7 +501,8 @@ static enroll_op *new_enroll_op(kfd_call *call, const Keyfleet__V1__EnrollReques
  * with the original request id, before the volume was ever released and within
  * ENROLL_REPLAY_WINDOW_S. It is decided as a release of the enrolled volume (stored name and
  * labels, approval rules apply) and recorded before the key goes out. */
-static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req, const kfd_volume *existing)
+static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req, const kfd_volume *existing,
+                          const kfd_attest_eval *att)
 {
     const char *vid = req->volume->id;
     if (strcmp(existing->node, call->peer->name) != 0 ||
@@ -454,7 +525,8 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
     label_set ls;
     labels_from_json(&ls, existing->labels_json);
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = existing->id,
-                           .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now};
+                           .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now,
+                           .attested = att->attested, .attest_why = att->why, .quoted = att->quote_valid ? &att->quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(kfd_call_app(call)->policy, &in, &decision);
     json_decref(ls.json);
@@ -511,19 +583,49 @@ void kfd_rpc_enroll(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
+    kfd_attest_eval att;
+    if (!attest_eval(call, req->attestation, "Enroll", req->volume->id, &req->ephemeral_public_key, req->request_id,
+                     &att)) {
+        if (r == 0)
+            kfd_volume_clear(&existing);
+        return;
+    }
     if (r == 0) {
-        enroll_replay(call, req, &existing);
+        enroll_replay(call, req, &existing, &att);
         kfd_volume_clear(&existing);
         return;
     }
     kfd_label labels[LABELS_MAX];
     for (size_t i = 0; i < req->n_labels; i++)
         labels[i] = (kfd_label){req->labels[i]->key, req->labels[i]->value};
+    /* Trust on first use: a quote that holds, from a node with no accepted values yet, is what
+     * it booted at its first enrollment; those values are accepted with this enroll's record. A
+     * node that already has volumes does not get a baseline by enrolling another (it could pick
+     * the moment, and the boot): an operator accepts its values. Checked again at apply. */
+    bool first_enrollment = false;
+    if (att.no_baseline) {
+        bool has = true;
+        if (kfd_store_node_has_volumes(app->store, call->peer->name, &has) != 0) {
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+            return;
+        }
+        first_enrollment = !has;
+        if (!first_enrollment)
+            snprintf(att.why, sizeof(att.why),
+                     "node '%s' has no accepted PCR values and already has volumes: trust on first use is only at "
+                     "a node's first enrollment; keyfleetctl node attest show|accept",
+                     call->peer->name);
+    }
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = req->volume->id,
                            .volume_name = req->volume->name, .labels = labels, .n_labels = req->n_labels,
-                           .now = time(NULL), .enrolling = true};
+                           .now = time(NULL), .enrolling = true, .attested = att.attested || first_enrollment,
+                           .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(app->policy, &in, &decision);
+    if (!decision.allow && att.seen[0] != '\0' && !first_enrollment) {
+        deny_attest(call, req->volume->id, req->request_id, att.seen, decision.explanation);
+        return;
+    }
     if (!decision.allow) {
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
                      KF_CONNECT_PERMISSION_DENIED, decision.explanation);
@@ -534,6 +636,8 @@ void kfd_rpc_enroll(kfd_call *call)
     if (kfd_call_deadline_passed(call, "the KMS key generation"))
         return;
     enroll_op *op = new_enroll_op(call, req, &decision);
+    if (op != NULL && first_enrollment)
+        snprintf(op->tofu, sizeof(op->tofu), "%s", att.seen);
     if (op != NULL)
         app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
 }
@@ -618,6 +722,7 @@ static void on_rewrapped(void *arg, const kfd_kms_result *res)
 {
     release_op *op = arg;
     if (op->base.call == NULL) {
+        audit_client_gone(&op->base, "release", op->volume_id, op->request_id); /* unwrapped before the rewrap */
         kfd_op_free(op);
         return;
     }
@@ -633,6 +738,8 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
     release_op *op = arg;
     kfd_call *call = op->base.call;
     if (call == NULL) {
+        if (res->status == 0)
+            audit_client_gone(&op->base, "release", op->volume_id, op->request_id);
         kfd_op_free(op);
         return;
     }
@@ -647,8 +754,11 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
                          KF_CONNECT_FAILED_PRECONDITION, "the wrapped key does not belong to this volume");
         } else {
             kf_log_error("kms_failed", "op=unwrap volume=%s error=%s", kf_log_q(vol), kf_log_q(res->message));
-            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid, KF_CONNECT_UNAVAILABLE,
-                         "KMS unavailable; no key was released");
+            bool late = kfd_call_deadline_expired(call); /* the KMS's own retries ran past it */
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_ERROR, vol, rid,
+                         late ? KF_CONNECT_DEADLINE_EXCEEDED : KF_CONNECT_UNAVAILABLE,
+                         late ? "KMS unavailable and the request's deadline passed; no key was released"
+                              : "KMS unavailable; no key was released");
         }
         return;
     }
@@ -864,6 +974,10 @@ void kfd_rpc_release(kfd_call *call)
     }
     if (!ensure_ready(call) || check_revoked(call, "release", req->volume->id))
         return;
+    kfd_attest_eval att;
+    if (!attest_eval(call, req->attestation, "Release", req->volume->id, &req->ephemeral_public_key, req->request_id,
+                     &att))
+        return;
     kfd_app *app = kfd_call_app(call);
     kfd_volume vol;
     int r = kfd_store_get_volume(app->store, req->volume->id, &vol);
@@ -890,9 +1004,15 @@ void kfd_rpc_release(kfd_call *call)
     label_set ls;
     labels_from_json(&ls, vol.labels_json);
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = vol.id,
-                           .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL)};
+                           .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL),
+                           .attested = att.attested, .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
     json_decref(ls.json);
+    if (!decision.allow && att.seen[0] != '\0') {
+        kfd_volume_clear(&vol);
+        deny_attest(call, req->volume->id, req->request_id, att.seen, decision.explanation);
+        return;
+    }
     if (!decision.allow) {
         kfd_volume_clear(&vol);
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,

@@ -6,6 +6,7 @@
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "rpc/rpc_admin.h"
+#include "rpc/rpc_attest.h"
 #include "rpc/rpc_approle.h"
 #include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
@@ -21,6 +22,10 @@
     {"/keyfleet.v1.NodeService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_NODE, fn, w, true}
 #define ADMIN(m, req, fn, w)                                                                                         \
     {"/keyfleet.v1.AdminService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_OPERATOR, fn, w, false}
+
+/* Coordinators asking each other (the leader confirming its audit head, docs/audit.md). */
+#define PEER(m, req, fn, w)                                                                                          \
+    {"/keyfleet.v1.PeerService/" m, &keyfleet__v1__##req##__descriptor, KF_PEER_COORDINATOR, fn, w, false}
 
 const kfd_method kfd_methods[] = {
     NODE("Enroll", enroll_request, kfd_rpc_enroll, W),
@@ -40,6 +45,8 @@ const kfd_method kfd_methods[] = {
     ADMIN("PutPolicy", put_policy_request, kfd_rpc_put_policy, W),
     ADMIN("CheckPolicy", check_policy_request, kfd_rpc_check_policy, R),
     ADMIN("RevokeNode", revoke_node_request, kfd_rpc_revoke_node, W),
+    ADMIN("GetNodeAttestation", get_node_attestation_request, kfd_rpc_get_node_attestation, R),
+    ADMIN("AcceptNodeAttestation", accept_node_attestation_request, kfd_rpc_accept_node_attestation, W),
     ADMIN("CreateRole", create_role_request, kfd_rpc_create_role, W),
     ADMIN("GetRole", get_role_request, kfd_rpc_get_role, R),
     ADMIN("CreateSecretId", create_secret_id_request, kfd_rpc_create_secret_id, W),
@@ -51,6 +58,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
     ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
     ADMIN("ListVolumes", list_volumes_request, kfd_rpc_list_volumes, R),
+    PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };
 
 const size_t kfd_methods_count = sizeof(kfd_methods) / sizeof(kfd_methods[0]);

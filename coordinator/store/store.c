@@ -6,6 +6,7 @@
 #include <jansson.h>
 
 #include "kf_log.h"
+#include "kf_tpm_evidence.h"
 #include "store/store_internal.h"
 
 /* Each migration moves the schema from version i to i + 1; never edit a shipped one. */
@@ -64,7 +65,12 @@ static const char *const migrations[] = {
     "CREATE TABLE audit_checkpoints (seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, signature BLOB NOT NULL,"
     "  cert BLOB NOT NULL);"
     "CREATE INDEX audit_checkpoints_size ON audit_checkpoints(size);",
-    /* 7: volume key rotation (docs/operations.md): the rotation in progress (its wrapped key and
+    /* 7: measured-boot records (docs/attestation.md): a node's accepted PCR values (at its first
+     * attested enrollment, or by an operator) and the last quote that did not match them. */
+    "CREATE TABLE node_attest (node TEXT PRIMARY KEY, accepted TEXT NOT NULL DEFAULT '',"
+    "  accepted_at INTEGER NOT NULL DEFAULT 0, accepted_by TEXT NOT NULL DEFAULT '',"
+    "  seen TEXT NOT NULL DEFAULT '', seen_at INTEGER NOT NULL DEFAULT 0);",
+    /* 8: volume key rotation (docs/operations.md): the rotation in progress (its wrapped key and
      * key check value), the current key's check value and when that key was made. Rows from
      * before have no key_kcv: their first release records it (store_guard.c). */
     "ALTER TABLE volumes ADD COLUMN next_wrapped_key TEXT;"
@@ -120,6 +126,20 @@ static const char *const sql[ST_COUNT] = {
     [ST_VOLUME_SET_KCV] = "UPDATE volumes SET key_kcv = ? WHERE id = ? AND key_kcv IS NULL",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
+    [ST_ATTEST_GET] = "SELECT accepted, accepted_at, accepted_by, seen, seen_at FROM node_attest WHERE node = ?",
+    [ST_ATTEST_ACCEPT] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
+                         "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by, "
+                         "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END",
+    /* Trust on first use: only when the node has no accepted values. */
+    /* Trust on first use only at the node's first enrollment: no volume of its own but this one
+     * (?4); a node that already has volumes gets its values accepted by an operator. */
+    [ST_ATTEST_TOFU] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) SELECT ?1, ?2, ?3, 'tofu' "
+                       "WHERE NOT EXISTS (SELECT 1 FROM volumes WHERE node = ?1 AND id != ?4) "
+                       "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
+                       "accepted_at = excluded.accepted_at, accepted_by = 'tofu' WHERE node_attest.accepted = ''",
+    [ST_NODE_HAS_VOLUMES] = "SELECT count(*) FROM volumes WHERE node = ?",    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT(node) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at",
     [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at, "
                        "reason = excluded.reason",
@@ -155,6 +175,9 @@ static const char *const sql[ST_COUNT] = {
     [ST_AUDIT_AT] = "SELECT root, hash FROM audit WHERE seq = ?",
     [ST_AUDIT_SET_ROOT] = "UPDATE audit SET root = ? WHERE seq = ?",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO audit_checkpoints (seq, size, signature, cert) VALUES (?, ?, ?, ?)",
+    /* The newest membership record naming a coordinator (rpc_cluster.c: "member NAME[ ...]"). */
+    [ST_MEMBER_LAST] = "SELECT action FROM audit WHERE action IN ('cluster_add', 'cluster_remove') AND "
+                       "(reason = ?1 OR substr(reason, 1, length(?1) + 1) = ?1 || ' ') ORDER BY seq DESC LIMIT 1",
     [ST_CHECKPOINT_LATEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints)",
     [ST_CHECKPOINT_FOR_SIZE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints "
                                "WHERE size = ?)",
@@ -446,6 +469,24 @@ static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, k
     return kfd_store_step_done(s, st, "storing the policy", err);
 }
 
+/* A node's measured-boot record: accepted (by an operator), TOFU, or seen (kf_tpm_pcrs text). */
+static int attest_write(kfd_store *s, int which, const char *node, const char *pcrs, const char *volume_id,
+                        const Keyfleet__V1__AuditEntry *audit, kf_err *err)
+{
+    kf_tpm_pcrs parsed;
+    if (kf_tpm_pcrs_parse(pcrs, &parsed) != 0)
+        return kf_err_set(err, -EINVAL, "attest command: malformed PCR values");
+    sqlite3_stmt *st = kfd_store_stmt(s, which);
+    kfd_bind_text(st, 1, node);
+    kfd_bind_text(st, 2, pcrs);
+    sqlite3_bind_int64(st, 3, audit != NULL && audit->time != NULL ? audit->time->seconds : 0);
+    if (which == ST_ATTEST_ACCEPT)
+        kfd_bind_text(st, 4, audit != NULL && audit->actor != NULL ? audit->actor->name : "");
+    if (which == ST_ATTEST_TOFU)
+        kfd_bind_text(st, 4, volume_id);
+    return kfd_store_step_done(s, st, "recording the node's PCR values", err);
+}
+
 int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
 {
     int r = 0;
@@ -454,6 +495,9 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         r = kfd_store_check_not_revoked(s, cmd->enroll_volume->node, err);
         if (r == 0)
             r = apply_enroll(s, cmd->enroll_volume, err);
+        if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')
+            r = attest_write(s, ST_ATTEST_TOFU, cmd->enroll_volume->node, cmd->enroll_volume->attest_tofu,
+                             cmd->enroll_volume->volume->id, cmd->enroll_volume->audit, err);
         if (r == 0)
             r = kfd_store_append_audit(s, cmd->enroll_volume->audit, seq, err);
         return r;
@@ -531,6 +575,15 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
             return r;
         return kfd_store_append_audit(s, c->audit, seq, err);
     }
+    case KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST: {
+        const Keyfleet__V1__CmdAttest *c = cmd->attest;
+        bool accept = strcmp(c->kind, "accept") == 0;
+        if (!accept && strcmp(c->kind, "seen") != 0)
+            return kf_err_set(err, -EINVAL, "attest command of unknown kind '%.32s'", c->kind);
+        if ((r = attest_write(s, accept ? ST_ATTEST_ACCEPT : ST_ATTEST_SEEN, c->node, c->pcrs, NULL, c->audit, err)) != 0)
+            return r;
+        return kfd_store_append_audit(s, c->audit, seq, err);
+    }
     case KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT:
         return kfd_store_append_audit(s, cmd->append_audit->audit, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE: {
@@ -548,6 +601,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_checkpoint(s, cmd->checkpoint, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY:
         return kfd_store_apply_rotate(s, cmd->rotate_key, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK:
+        return kfd_store_apply_head_check(s, cmd->audit_head_check, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:

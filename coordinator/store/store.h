@@ -90,7 +90,20 @@ typedef struct kfd_volume {
 void kfd_volume_clear(kfd_volume *v);
 /* Returns 0, -ENOENT, or -EIO. */
 int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret);
+
+/* A node's measured-boot record (docs/attestation.md): PCR values as kf_tpm_pcrs text. */
+typedef struct kfd_attest_record {
+    char accepted[24 * 68 + 1]; /* empty: none accepted yet */
+    int64_t accepted_at;
+    char accepted_by[128]; /* "tofu" or the operator */
+    char seen[24 * 68 + 1]; /* the last quote that did not match; empty: none */
+    int64_t seen_at;
+} kfd_attest_record;
+/* 0, -ENOENT (no record for the node) or -EIO. */
+int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret);
 int kfd_store_count_volumes(kfd_store *s, uint64_t *ret);
+/* Whether node enrolled any volume (trust on first use is only for its first). 0 or -EIO. */
+int kfd_store_node_has_volumes(kfd_store *s, const char *node, bool *ret);
 
 /* Returns 0 and sets *ret_revoked, or -EIO. */
 int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked);
@@ -165,6 +178,14 @@ uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why);
 /* True while records this replica held when it opened are not yet covered by a checkpoint it
  * applied: nothing but this database vouches for them (the leader's next checkpoint will). */
 bool kfd_store_audit_tail_unsigned(const kfd_store *s);
+/* True once, since it opened, this replica applied a checkpoint that matched its own log and
+ * covered every record it held at open (and it has not diverged): a checkpoint is signed only
+ * over a head a majority confirmed, and the rest it applied live, so nothing in its log rests on
+ * its database alone. A leader that is vouched for signs without asking the others. */
+bool kfd_store_audit_vouched(const kfd_store *s);
+/* The head this replica held when it applied the CmdAuditHeadCheck with this id (the newest
+ * check only, in memory). 0, or -ENOENT when it has not applied that check. */
+int kfd_store_audit_head_at_check(const kfd_store *s, uint64_t id, kfd_audit_head *ret);
 /* Marks this replica's log diverged (first call only; logged): a checkpoint in it fails. */
 void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
 /* The newest checkpoint record (size 0), or the newest signing exactly size. 0, -ENOENT, -EIO. */

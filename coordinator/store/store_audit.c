@@ -12,9 +12,12 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "kf_audit.h"
 #include "kf_audit_json.h"
+#include "kf_identity.h"
 #include "kf_log.h"
 #include "store/store_internal.h"
 
@@ -129,6 +132,42 @@ static int root_at(kfd_store *s, uint64_t seq, uint8_t root[KFD_HASH_LEN], uint8
     return r;
 }
 
+/* The signer may still sign (review of #17, F3): its certificate is not denylisted, and the log
+ * did not take its coordinator out of the cluster. Both are replicated state, so every replica
+ * decides alike; a refused checkpoint changes nothing. */
+static int check_signer(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, const kf_checkpoint *cp, kf_err *err)
+{
+    const unsigned char *p = c->cert.data;
+    X509 *x = d2i_X509(NULL, &p, (long)c->cert.len);
+    kf_identity id;
+    kf_err ierr = {0};
+    int r = x != NULL && kf_identity_from_cert(x, &id, &ierr) == 0 && id.kind == KF_PEER_COORDINATOR &&
+                    strcmp(id.name, cp->signer) == 0
+                ? 0
+                : -EPERM;
+    X509_free(x);
+    ERR_clear_error();
+    if (r != 0)
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate does not name coordinator %s", cp->signer);
+    bool revoked = false;
+    if ((r = kfd_store_cert_revoked(s, id.serial, &revoked)) != 0)
+        return kf_err_set(err, r, "state store unavailable: %s", s->failure);
+    if (revoked)
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate %s is revoked", id.serial);
+    char member[80];
+    snprintf(member, sizeof(member), "member %s", id.name);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_MEMBER_LAST);
+    kfd_bind_text(st, 1, member);
+    r = kfd_store_step_row(s, st, "reading the membership history");
+    bool removed = r == 0 && strcmp((const char *)sqlite3_column_text(st, 0), "cluster_remove") == 0;
+    sqlite3_reset(st);
+    if (r == -EIO)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    if (removed)
+        return kf_err_set(err, -EPERM, "checkpoint signer %s was removed from the cluster", id.name);
+    return 0;
+}
+
 int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err)
 {
     const Keyfleet__V1__AuditEntry *e = c->audit;
@@ -138,6 +177,8 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         return kf_err_set(err, -EINVAL, "checkpoint command incomplete");
     int r = kf_checkpoint_parse(c->text, strlen(c->text), &cp, err);
     if (r != 0)
+        return r;
+    if ((r = check_signer(s, c, &cp, err)) != 0)
         return r;
     /* The cross-check (docs/audit.md): the leader computed this root and chain hash over its own
      * log; this replica applied the same entries before this one, so it must hold the same. */
@@ -155,6 +196,8 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
                  (unsigned long long)cp.size);
     if (why[0] != '\0')
         kfd_store_set_diverged(s, cp.size, why);
+    else if (cp.size >= s->start_head)
+        s->vouched = true;
     /* Recorded either way: every replica's log holds the same entries. */
     Keyfleet__V1__AuditRecord rec;
     entry_record(e, s->tx_head_seq + 1, &rec);
@@ -169,6 +212,29 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         return r;
     s->tx_cp_seq = *seq;
     s->tx_cp_size = cp.size;
+    return 0;
+}
+
+int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadCheck *c, kf_err *err)
+{
+    if (c == NULL || c->id == 0)
+        return kf_err_set(err, -EINVAL, "audit head check incomplete");
+    /* Every replica applies it after the same entries, so honest ones note the same head. */
+    s->check_id = c->id;
+    memset(&s->check_head, 0, sizeof(s->check_head));
+    s->check_head.seq = s->tx_head_seq;
+    memcpy(s->check_head.chain, s->tx_head_hash, KFD_HASH_LEN);
+    kf_merkle_frontier_root(&s->tx_tree, s->check_head.root);
+    s->check_head.checkpoint_seq = s->tx_cp_seq;
+    s->check_head.checkpoint_size = s->tx_cp_size;
+    return 0;
+}
+
+int kfd_store_audit_head_at_check(const kfd_store *s, uint64_t id, kfd_audit_head *ret)
+{
+    if (id == 0 || s->check_id != id)
+        return -ENOENT;
+    *ret = s->check_head;
     return 0;
 }
 
@@ -217,10 +283,7 @@ Keyfleet__V1__AuditRecord *kfd_audit_row_record(sqlite3_stmt *st)
     r->decision = (Keyfleet__V1__Decision)sqlite3_column_int(st, 10);
     r->reason = dup_col(st, 11);
     r->source_address = dup_col(st, 12);
-    r->prev_hash.len = (size_t)sqlite3_column_bytes(st, 13);
-    r->prev_hash.data = malloc(r->prev_hash.len + 1);
-    if (r->prev_hash.data != NULL)
-        memcpy(r->prev_hash.data, sqlite3_column_blob(st, 13), r->prev_hash.len);
+    copy_blob(st, 13, &r->prev_hash); /* NULL in an image made to fail (fuzz_snapshot) */
     copy_blob(st, 14, &r->hash);
     copy_blob(st, 15, &r->root);
     copy_blob(st, 16, &r->signature);
@@ -323,8 +386,12 @@ typedef struct scan {
     uint64_t *fill_seq;
     kf_merkle_hash *fill_root;
     size_t n_fill, cap_fill;
+    kf_audit_signers who; /* revoked certificates and removed coordinators so far */
 } scan;
 
+/* More records than this after the newest checkpoint are not what a leader leaves (it signs
+ * within 200 ms or 1000 records): keyfleetctl audit verify fails on them (docs/audit.md). */
+#define KFD_AUDIT_TAIL_WARN 2000
 #define RECENT 4096 /* roots and chain hashes kept for checkpoints of recent sizes */
 
 __attribute__((format(printf, 3, 4))) static void scan_bad(scan *sc, uint64_t seq, const char *fmt, ...)
@@ -363,6 +430,7 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
 {
     memset(sc, 0, sizeof(*sc));
     kf_merkle_frontier_init(&sc->tree);
+    kf_audit_signers_init(&sc->who);
     uint8_t prev[KFD_HASH_LEN] = {0}, canon[CANON_MAX], hash[KFD_HASH_LEN];
     static kf_merkle_hash recent_root[RECENT], recent_chain[RECENT];
     uint64_t expect = 1;
@@ -409,6 +477,8 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
                 scan_bad(sc, r->seq, "checkpoint text unreadable: %s", perr.msg);
             else if (cp.size == 0 || cp.size >= r->seq)
                 scan_bad(sc, r->seq, "%s", "checkpoint signs records that do not precede it");
+            else if (kf_audit_signers_check(&sc->who, r->signer_cert.data, r->signer_cert.len, &perr) != 0)
+                scan_bad(sc, r->seq, "%s", perr.msg);
             else if (sc->n - cp.size < RECENT && cp.size <= sc->n) {
                 memcpy(cr, recent_root[cp.size % RECENT], KFD_HASH_LEN);
                 memcpy(cc, recent_chain[cp.size % RECENT], KFD_HASH_LEN);
@@ -435,6 +505,10 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
             sc->cp_size = cp.size;
             sc->checkpoints++;
         }
+        if (kf_audit_signers_note(&sc->who, r) != 0) {
+            kfd_audit_free_record(r);
+            return SQLITE_NOMEM;
+        }
         memcpy(prev, hash, KFD_HASH_LEN);
         sc->head_seq = r->seq;
         memcpy(sc->head_hash, r->hash.len == KFD_HASH_LEN ? r->hash.data : hash, KFD_HASH_LEN);
@@ -449,6 +523,7 @@ static void scan_free(scan *sc)
 {
     free(sc->fill_seq);
     free(sc->fill_root);
+    kf_audit_signers_free(&sc->who);
 }
 
 int kfd_store_load_audit(kfd_store *s, kf_err *err)
@@ -466,6 +541,16 @@ int kfd_store_load_audit(kfd_store *s, kf_err *err)
     s->cp_seq = sc.cp_seq;
     s->cp_size = sc.cp_size;
     s->start_head = sc.head_seq;
+    s->vouched = false;
+    /* Records after the newest checkpoint rest on this database alone: said at start, and signed
+     * only once a majority of replicas holds the same head (core/checkpoint.c). */
+    uint64_t tail = sc.head_seq - sc.cp_seq;
+    if (sc.head_seq > 0)
+        kf_log_info("audit_loaded", "records=%llu checkpoints=%llu unsigned_tail=%llu", (unsigned long long)sc.head_seq,
+                    (unsigned long long)sc.checkpoints, (unsigned long long)tail);
+    if (tail > KFD_AUDIT_TAIL_WARN)
+        kf_log_warn("audit_tail_unsigned", "records=%llu action=\"signing none of them until a majority of replicas "
+                    "holds the same head\"", (unsigned long long)tail);
     int r = 0;
     if (sc.n_fill > 0) {
         /* Records from before format 2 get their roots once, in one transaction. */
@@ -521,6 +606,8 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
 }
 
 bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > s->cp_size; }
+
+bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diverged_seq == 0; }
 
 uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why)
 {
@@ -659,6 +746,24 @@ int kfd_store_audit_leaves(kfd_store *s, uint64_t size, kf_merkle_hash **ret)
     return 0;
 }
 
+static int image_without_code(sqlite3 *db, kf_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT type, name FROM sqlite_schema WHERE type NOT IN ('table', 'index') LIMIT 1", -1,
+                           &st, NULL) != SQLITE_OK)
+        return kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", sqlite3_errmsg(db));
+    int rc = sqlite3_step(st), r = 0;
+    if (rc == SQLITE_ROW) {
+        const char *type = (const char *)sqlite3_column_text(st, 0), *name = (const char *)sqlite3_column_text(st, 1);
+        r = kf_err_set(err, -EPERM, "snapshot image holds a %.16s (%.64s), which keyfleet's schema never has",
+                       type != NULL ? type : "?", name != NULL ? name : "?");
+    } else if (rc != SQLITE_DONE) {
+        r = kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+    return r;
+}
+
 int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, kfd_image_check *ret, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
@@ -676,6 +781,12 @@ int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, 
         sqlite3_free(copy);
         copy = NULL;
     }
+    if (db != NULL) {
+        /* Untrusted bytes (sqlite's "Defense against dark arts"): no writes to the schema, no
+         * functions with side effects from it. */
+        sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+        sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
+    }
     if (copy == NULL || sqlite3_deserialize(db, "main", copy, (sqlite3_int64)len, (sqlite3_int64)len,
                             SQLITE_DESERIALIZE_READONLY | SQLITE_DESERIALIZE_FREEONCLOSE) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT " KFD_AUDIT_COLS " ORDER BY a.seq", -1, &all, NULL) != SQLITE_OK ||
@@ -685,6 +796,10 @@ int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, 
         r = kf_err_set(err, -EINVAL, "snapshot image unreadable: %s", db != NULL ? sqlite3_errmsg(db) : "no memory");
         goto out;
     }
+    /* The image becomes this replica's database: code in it (a trigger would run at every later
+     * apply, a view would stand in for a table) is refused, as keyfleet's schema has none. */
+    if ((r = image_without_code(db, err)) != 0)
+        goto out;
     scan sc;
     int rc = scan_log(all, at, &sc);
     scan_free(&sc);

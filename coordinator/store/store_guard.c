@@ -148,7 +148,8 @@ static bool change_allowed(const Keyfleet__V1__StateCommand *cmd)
 {
     return cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY ||
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE ||
-           cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID;
+           cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID ||
+           (cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST && strcmp(cmd->attest->kind, "accept") == 0);
 }
 
 int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err)
@@ -169,7 +170,7 @@ int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, 
     if (cmd == NULL || !change_allowed(cmd)) {
         if (cmd != NULL)
             keyfleet__v1__state_command__free_unpacked(cmd, NULL);
-        return kf_err_set(err, -EINVAL, "change %s does not hold a policy, role or secret id change", request_id);
+        return kf_err_set(err, -EINVAL, "change %s does not hold a policy, role, secret id or PCR acceptance change", request_id);
     }
     r = kfd_store_apply_one(s, cmd, seq, err);
     keyfleet__v1__state_command__free_unpacked(cmd, NULL);

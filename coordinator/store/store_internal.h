@@ -21,6 +21,11 @@ enum {
     ST_VOLUME_RELEASED,
     ST_NODE_REVOKE,
     ST_NODE_GET,
+    ST_ATTEST_GET,
+    ST_NODE_HAS_VOLUMES,
+    ST_ATTEST_ACCEPT,
+    ST_ATTEST_TOFU,
+    ST_ATTEST_SEEN,
     ST_PENDING_INSERT,
     ST_PENDING_GET,
     ST_PENDING_SET_STATE,
@@ -61,6 +66,7 @@ enum {
     ST_AUDIT_AT,
     ST_AUDIT_SET_ROOT,
     ST_CHECKPOINT_INSERT,
+    ST_MEMBER_LAST,
     ST_CHECKPOINT_LATEST,
     ST_CHECKPOINT_FOR_SIZE,
     ST_AUDIT_OF_REQUEST,
@@ -93,6 +99,12 @@ struct kfd_store {
     /* Not 0: this replica's log left the signed history at (or, at the latest, by) this record. */
     uint64_t diverged_seq;
     char diverged_why[256];
+    /* Since it opened, this replica applied a checkpoint that matched its own log and covered
+     * every record it held at open: its head is the signed history plus what it applied live. */
+    bool vouched;
+    /* The newest CmdAuditHeadCheck applied here (not replays): its id and the head then. */
+    uint64_t check_id;
+    kfd_audit_head check_head;
     /* The last Raft log index applied, committed in the same transaction as its command. */
     uint64_t applied_index;
     /* Deferred commit: applies share one open transaction until kfd_store_flush. */
@@ -122,6 +134,8 @@ int kfd_store_step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err
 /* AppRole commands (store_approle.c). */
 int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
 
+/* Notes the tentative audit head under the check's id (store_audit.c). */
+int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadCheck *c, kf_err *err);
 /* Applies one command inside the current transaction (store.c); its audit records too. */
 int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
 

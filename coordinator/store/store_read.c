@@ -82,6 +82,20 @@ int kfd_store_count_volumes(kfd_store *s, uint64_t *ret)
     return 0;
 }
 
+int kfd_store_node_has_volumes(kfd_store *s, const char *node, bool *ret)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_HAS_VOLUMES);
+    kfd_bind_text(st, 1, node);
+    int r = kfd_store_step_row(s, st, "counting a node's volumes");
+    if (r != 0)
+        return r == -ENOENT ? -EIO : r;
+    *ret = sqlite3_column_int64(st, 0) > 0;
+    sqlite3_reset(st);
+    return 0;
+}
+
 int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked)
 {
     if (s->failed)
@@ -374,4 +388,23 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
     if (r != 0)
         kfd_store_free_volume_list(resp);
     return r;
+}
+
+int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_ATTEST_GET);
+    kfd_bind_text(st, 1, node);
+    int r = kfd_store_step_row(s, st, "reading a node's PCR values");
+    if (r != 0)
+        return r;
+    memset(ret, 0, sizeof(*ret));
+    kfd_store_copy_col(st, 0, ret->accepted, sizeof(ret->accepted));
+    ret->accepted_at = sqlite3_column_int64(st, 1);
+    kfd_store_copy_col(st, 2, ret->accepted_by, sizeof(ret->accepted_by));
+    kfd_store_copy_col(st, 3, ret->seen, sizeof(ret->seen));
+    ret->seen_at = sqlite3_column_int64(st, 4);
+    sqlite3_reset(st);
+    return 0;
 }

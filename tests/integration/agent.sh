@@ -144,6 +144,19 @@ out=$(A unlock "zfs:tank/secure" 2>&1)
 expect_eq "a corrupted ZFS property: exit 1" "$?" "1"
 expect_match "... naming the problem" "$out" "org.keyfleet:volume-id is 12345, not this dataset's GUID"
 "$ZFS_STANDIN" set "org.keyfleet:volume-id=$GUID" tank/secure
+# An evil maid's ZFS properties are checked as strictly as the LUKS2 token's (issue #18).
+good_wrapped=$("$ZFS_STANDIN" get -H -o value org.keyfleet:wrapped-key tank/secure)
+"$ZFS_STANDIN" set "org.keyfleet:wrapped-key=kf:local" tank/secure
+out=$(A unlock "zfs:tank/secure" 2>&1)
+expect_eq "a wrapped-key property that is not kf:BACKEND:REF:DATA: exit 1" "$?" "1"
+expect_match "... naming the property and the form" "$out" \
+    "org.keyfleet:wrapped-key holds no valid wrapped key: malformed: keyfleet_wrapped_key is not kf:BACKEND:REF:DATA"
+"$ZFS_STANDIN" set "org.keyfleet:wrapped-key=$good_wrapped" tank/secure
+"$ZFS_STANDIN" set "org.keyfleet:tpm-sealed=kftpm1:not base64!" tank/secure
+out=$(A unlock "zfs:tank/secure" 2>&1)
+expect_eq "a tpm-sealed property that is not kftpm1:BASE64: exit 1" "$?" "1"
+expect_match "... naming it" "$out" "org.keyfleet:tpm-sealed holds no valid TPM-sealed copy"
+"$ZFS_STANDIN" set "org.keyfleet:tpm-sealed=-" tank/secure
 luks_file "$WORK/disk4.luks" "s4"
 printf '{"type":"keyfleet","keyslots":[],"keyfleet_volume_id":"nope"}' >"$WORK/bad-token.json"
 cryptsetup token import --json-file "$WORK/bad-token.json" "$WORK/disk4.luks" 2>/dev/null ||

@@ -146,5 +146,83 @@ expect_match "... its own TPM activates it" "$out" "activated: "
 out=$("$AGENT" -c "$WORK/b/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
 expect_eq "... and it still does not pass require: [tpm_key] (exit 1)" "$?" "1"
 expect_match "... refused as not TPM-bound" "$out" "permission_denied.*requires a TPM-bound node key"
+# ---- Measured-boot attestation (#16 part 3): a quote with every Enroll and Release ----
+# n1's enroll above carried a quote over PCRs 0, 2, 4, 7 and n1 had no accepted values: they
+# were recorded then (trust on first use).
+out=$(ctl "$F" node attest show n1 2>&1)
+expect_match "n1's first attested enrollment recorded its PCR values (trust on first use)" "$out" \
+    "accepted \\([0-9T:-]+Z, by tofu\\): +PCR  0  [0-9a-f]{64} +PCR  2 .*PCR  4 .*PCR  7  [0-9a-f]{64}"
+put_policy "$F" <<'YAML'
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+  - name: servers
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_key]
+YAML
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "under require: [attested] the node that booted what it enrolled with unlocks" "$out" "disk.luks: unlocked \\(key verified"
+expect_eq "... leaving no TPM object loaded" "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
+
+# A new kernel or bootloader: PCR 4 extended.
+TPM2TOOLS_TCTI="$TCTI_A" tpm2_pcrextend 4:sha256=$(printf 'new kernel' | sha256sum | cut -c1-64) >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_eq "with PCR 4 changed, the release is denied (exit 1)" "$?" "1"
+expect_match "... naming PCR 4" "$out" "permission_denied.*requires measured-boot attestation.*PCR 4 changed since the values accepted"
+expect_match "... and the audit record names it" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
+    '"decision":"deny".*PCR 4 changed'
+out=$(ctl "$F" node attest show n1 2>&1)
+expect_match "attest show marks PCR 4 as changed in the last quote" "$out" "PCR  4  [0-9a-f]{64}  changed.*changed: PCR 4"
+out=$(ctl "$F" node attest accept n1 2>&1)
+expect_match "attest accept takes the new values" "$out" "node n1: its last quoted PCR values are accepted"
+expect_match "... audited with the operator's name" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
+    '"action":"attest_accept".*"decision":"allow".*changed: PCR 4'
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "after attest accept the node unlocks again" "$out" "disk.luks: unlocked \\(key verified"
+out=$(ctl "$F" node attest accept n1 2>&1)
+expect_match "nothing left to accept: attest accept says so" "$out" "not_found.*no quote that differs"
+
+# Attacks, through the agent's own code (tests/integration/quote_probe.c).
+VID=$(cryptsetup token export --token-id 0 "$WORK/disk.luks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyfleet_volume_id"])')
+WRAPPED=$(cryptsetup token export --token-id 0 "$WORK/disk.luks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyfleet_wrapped_key"])')
+out=$("$BUILD/tests/quote_probe" "$WORK/a/agent.yaml" "$VID" "$WRAPPED" "$TCTI_B" 2>&1)
+expect_match "quote_probe: a fresh quote releases" "$out" "case=fresh code=ok status=released"
+expect_match "a quote replayed from an earlier request (on another connection) is refused" "$out" \
+    "case=replayed code=permission_denied message=.*not for this request and connection"
+expect_match "a quote by another TPM's AK (never activated for n1's EK) is refused" "$out" \
+    "case=other-ak code=permission_denied message=.*signed by another AK"
+expect_match "garbage quote structures get invalid_argument" "$out" "case=garbage code=invalid_argument"
+expect_match "the refusals are audited" "$(ctl "$F" audit --node n1 --json)" \
+    '"decision":"deny".*not for this request and connection.*signed by another AK'
+
+# Another machine (swtpm B) with n1's files gets nothing: its TPM cannot even load the key.
+cp "$WORK/a/n1.crt" "$WORK/thief/n1.crt"
+out=$("$AGENT" -c "$WORK/thief/agent.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "n1's key, certificate and config on another machine get no key" "$out" "TPM refused to load the key"
+expect_eq "no TPM object is left loaded" "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
+# Accepting new values is an operator change: under admin.approvers it waits for a second operator.
+issue "$F" operator op2
+put_policy "$F" <<'YAML'
+admin: {approvers: 2}
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+YAML
+TPM2TOOLS_TCTI="$TCTI_A" tpm2_pcrextend 7:sha256=$(printf 'secure boot db update' | sha256sum | cut -c1-64) >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "PCR 7 changed (a Secure Boot update): denied, naming PCR 7" "$out" "permission_denied.*PCR 7 changed"
+out=$(ctl "$F" node attest accept n1 2>&1)
+expect_match "under admin.approvers: 2, attest accept is held for a second operator" "$out" "held as request [0-9a-f]+: 2 approvals needed"
+R=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and until then the node stays denied" "$out" "permission_denied.*PCR 7 changed"
+ctl_as "$F" op2 approve "$R" >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "once a second operator approves, the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
 check_sanitizers
 finish

@@ -53,6 +53,15 @@ expect_match "identity create refuses to overwrite a key" "$out" "already exists
 
 out=$("$CTL" cert issue node n2 --dir "$F" --out "$WORK/a/n1" --csr "$WORK/a/n1.tpmkey.csr" 2>&1)
 expect_match "cert issue --csr refuses a request naming another node" "$out" "names 'n1', not 'n2'"
+# A request without a CN (or with two) could be any node's: refused, not issued under the name typed.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/nocn.key" 2>/dev/null
+openssl req -new -key "$WORK/nocn.key" -subj "/O=somewhere" -out "$WORK/nocn.csr" 2>/dev/null
+out=$("$CTL" cert issue node n1 --dir "$F" --out "$WORK/nocn" --csr "$WORK/nocn.csr" 2>&1)
+expect_match "cert issue --csr refuses a request without a CN" "$out" "must name the node in exactly one CN \\(it has none\\)"
+openssl req -new -key "$WORK/nocn.key" -subj "/CN=n1/CN=n2" -out "$WORK/twocn.csr" 2>/dev/null
+out=$("$CTL" cert issue node n1 --dir "$F" --out "$WORK/nocn" --csr "$WORK/twocn.csr" 2>&1)
+expect_match "... and one with two CNs" "$out" "must name the node in exactly one CN \\(it has several\\)"
+expect_eq "... issuing nothing" "$(ls "$WORK"/nocn.crt 2>/dev/null | wc -l)" "0"
 printf 'garbage' >"$WORK/garbage.csr"
 out=$("$CTL" cert issue node n1 --dir "$F" --out "$WORK/garbage" --csr "$WORK/garbage.csr" 2>&1)
 expect_match "... and one that is not a request" "$out" "garbage.csr: not a PEM certificate request"

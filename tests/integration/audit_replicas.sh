@@ -21,15 +21,6 @@ WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt"
 for i in 1 2 3; do release n1 vol-1 "$WRAP" "$S3" >/dev/null; done
 X=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && echo "$n" && break; done)
 Y=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && [ "$n" != "$X" ] && echo "$n"; done)
-ctlx() { "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$1]}" "${@:2}"; }
-# signed_on NAME: waits (at most 5 s) until NAME's newest record is a checkpoint.
-signed_on() {
-    for _ in $(seq 1 50); do
-        ctlx "$1" audit --json 2>/dev/null | tail -n 1 | grep -q '"action":"checkpoint"' && return 0
-        sleep 0.1
-    done
-    return 1
-}
 check "the leader's checkpoint reaches follower $X" signed_on "$X"
 expect_match "$X's log verifies (the leader signed it)" "$(ctlx "$X" audit verify)" "audit chain ok: [0-9]+ records verified, [1-9][0-9]* signed checkpoints \(by $L\)"
 

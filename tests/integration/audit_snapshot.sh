@@ -29,14 +29,6 @@ releases 80
 # Both replicas that run are edited alike, so whichever leads sends a poisoned snapshot; after
 # the checkpoint that follows the releases, so no commit meets the editor's lock (keyfleetd does
 # not wait for one: it would fail closed).
-signed_on() {
-    for _ in $(seq 1 50); do
-        "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$1]}" audit --json 2>/dev/null | tail -n 1 |
-            grep -q '"action":"checkpoint"' && return 0
-        sleep 0.1
-    done
-    return 1
-}
 signed_on "$L"
 signed_on "$Y"
 for n in "$L" "$Y"; do

@@ -87,6 +87,10 @@ servers_of() { local s="" n; for n in "$@"; do s="$s${s:+,}${RPC[$n]}"; done; ec
 release() { # NODE VOLUME WRAPPED SERVERS
     "$NODE_CLIENT" "$4" "$F/$1.crt" "$F/$1.key" "$F/ca.crt" release "$2" "$3"
 }
+# ctlx NAME ARGS...: keyfleetctl as the operator against replica NAME.
+ctlx() { "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$1]}" "${@:2}"; }
+# signed_on NAME: waits (at most 5 s) until NAME's newest audit record is a checkpoint.
+signed_on() { wait_signed ctlx "$1"; }
 # readyz NAME: the body of NAME's /readyz, then its HTTP status.
 readyz() { curl -s --max-time 5 --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/operator.key" \
     -w ' %{http_code}' "https://${RPC[$1]}/readyz"; }

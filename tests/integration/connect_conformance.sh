@@ -47,6 +47,8 @@ for v in $(sed -n 's/^volume //p' "$WORK/node.out"); do
         r=$(ctl "$F" audit --json --action release --volume "$v")
         expect_match "the key unwrapped past the Release's deadline is audited as dropped" "$r" \
             '"decision":"error".*deadline.*no key was released'
+        expect_eq "so is the key unwrapped after the client gave up (two dropped-key records)" \
+            "$(printf '%s\n' "$r" | grep -c '"decision":"error".*no key was released')" "2"
         expect_eq "and no release is recorded for it" "$(printf '%s\n' "$r" | grep -c '"decision":"allow"')" "0"
         ;;
     esac

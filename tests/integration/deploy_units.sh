@@ -8,7 +8,16 @@ mkdir -p "$WORK/units"
 for u in keyfleetd.service keyfleet-unlock.service keyfleet-watch.service; do
     sed -e "s#/usr/sbin/keyfleetd#$KFD#g" -e "s#/usr/sbin/keyfleet-agent#$AGENT#g" "$D/systemd/$u" >"$WORK/units/$u"
 done
-out=$(cd "$WORK/units" && systemd-analyze verify ./keyfleetd.service ./keyfleet-unlock.service ./keyfleet-watch.service 2>&1)
+# Documentation= names the manual pages: verify runs man on each, so give it this build's pages
+# (docs/man; without scdoc there are none, and the check is left to tests/packaging/debs.sh).
+man=--man=no
+if [ -f "$BUILD/docs/man/keyfleetd.8" ]; then
+    mkdir -p "$WORK/man/man5" "$WORK/man/man8"
+    cp "$BUILD"/docs/man/*.5 "$WORK/man/man5/"
+    cp "$BUILD"/docs/man/*.8 "$WORK/man/man8/"
+    man=--man=yes
+fi
+out=$(cd "$WORK/units" && MANPATH=$WORK/man systemd-analyze verify $man ./keyfleetd.service ./keyfleet-unlock.service ./keyfleet-watch.service 2>&1)
 rc=$?
 expect_eq "systemd-analyze verify passes on the three units" "$rc:$out" "0:"
 

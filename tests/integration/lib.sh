@@ -131,9 +131,11 @@ NODE_CLIENT=$BUILD/tests/node_client
 # audit_signed DIR: waits (at most 5 s) until the newest audit record is a signed checkpoint
 # (docs/audit.md), so that no checkpoint commit comes later: before counting records, or before
 # writing to the database beside keyfleetd (which does not wait for a lock: it fails closed).
-audit_signed() {
+audit_signed() { wait_signed ctl "$1"; }
+# wait_signed CTL_FN ARG: the same, asking through CTL_FN ARG (ctl DIR, or ctlx NAME in clusters).
+wait_signed() {
     for _ in $(seq 1 50); do
-        ctl "$1" audit --json 2>/dev/null | tail -n 1 | grep -q '"action":"checkpoint"' && return 0
+        "$1" "$2" audit --json 2>/dev/null | tail -n 1 | grep -q '"action":"checkpoint"' && return 0
         sleep 0.1
     done
     return 1
@@ -289,4 +291,22 @@ kms:
 YAML
 }
 # fault DIR LINE: the next requests to DIR's stand-in get this fault ("" clears it).
+# azure_kms_yaml KEY LINES: keyfleetd's kms section for the Azure stand-in at $SPORT (for
+# keyfleetd.yaml; DIR's kms.crt from kms_tls): timeout 1s, 2 attempts; LINES are the identity's
+# options (tenant, client_id, ..., scope), indented four spaces.
+azure_kms_yaml() {
+    cat <<YAML
+limits:
+  shutdown_grace: 5s
+kms:
+  backend: azure-keyvault
+  timeout: 1s
+  attempts: 2
+  azure:
+    vault_url: https://127.0.0.1:$SPORT
+    ca: kms.crt
+    key: $1
+$2
+YAML
+}
 fault() { printf '%s\n' "$2" >"$1/fault"; }

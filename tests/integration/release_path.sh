@@ -85,10 +85,14 @@ out=$(ctl "$F" policy put "$WORK/bad.yaml" 2>&1)
 expect_match "a bad CIDR is refused naming its line" "$out" "invalid_argument: policy:4:"
 expect_match "the policy in force is unchanged" "$(ctl "$F" policy get)" "^# policy version 1"
 
-out=$(ctl "$F" policy check web-1 vol-a)
-expect_match "policy check names the deciding rule and why" "$out" "decision: allow rule: web .*label env=prod"
-out=$(ctl "$F" policy check db-1 vol-a)
-expect_match "policy check explains a denial" "$out" "decision: deny.*rule: db-denied"
+out=$(ctl "$F" policy check web-1 vol-a) && rc=0 || rc=$?
+expect_match "policy check names the deciding rule and why, and exits 0 on allow" "$out rc=$rc" "decision: allow rule: web .*label env=prod.* rc=0"
+out=$(ctl "$F" policy check db-1 vol-a) && rc=0 || rc=$?
+expect_match "policy check explains a denial, and exits 4 on deny" "$out rc=$rc" "decision: deny.*rule: db-denied.* rc=4"
+out=$(ctl "$F" policy check db-1 vol-a --json) && rc=0 || rc=$?
+expect_match "policy check --json: the same decision, one JSON object" "$out rc=$rc" '^\{"decision":"deny","rule":"db-denied",.* rc=4$'
+out=$(ctl "$F" policy check web-1 vol-a --json)
+check "... whose fields parse (python3 json)" python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["decision"]=="allow" and d["rule"]=="web", d' "$out"
 
 # Rate limit: burst 3 at 6/min; a flood gets resource_exhausted with a retry delay.
 WRAP_F=$(field wrapped "$(node "$F" flood-1 enroll vol-f data)")

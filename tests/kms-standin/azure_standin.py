@@ -1,24 +1,45 @@
 #!/usr/bin/env python3
-"""Stand-in for Azure Key Vault (keys API, api-version 7.4) and the Entra ID token endpoint.
+"""Stand-in for Azure Key Vault or Managed HSM (the keys API), the Entra ID token endpoint and the
+Azure Instance Metadata Service (IMDS) managed-identity token endpoint.
 
-Azure cannot be reached from these machines, so the tests use this HTTPS server on 127.0.0.1.
-It follows the public REST API as written in ../shared/api-facts.md. One server plays both
-hosts: the login host is https://127.0.0.1:PORT/login and the vault URL is
-https://127.0.0.1:PORT.
+Azure cannot be reached from these machines, so the tests use this HTTPS server on 127.0.0.1. It
+follows the public REST API (../shared/api-facts.md, learn.microsoft.com) at least as strictly as
+the services: what Azure refuses, this refuses the same way. One server plays every host: the
+login host is https://127.0.0.1:PORT/login, IMDS is https://127.0.0.1:PORT/metadata/identity/
+oauth2/token (and, with --imds-plain-port-file, http://127.0.0.1:PORT2/metadata/identity/oauth2/token,
+plain HTTP like Azure's), and the vault URL is https://127.0.0.1:PORT.
 
-    POST /login/TENANT/oauth2/v2.0/token      form: client_id, client_secret,
-                                               grant_type=client_credentials,
-                                               scope=https://vault.azure.net/.default
+    POST /login/TENANT/oauth2/v2.0/token      form: client_id, grant_type=client_credentials,
+                                               scope=RESOURCE/.default, and client_secret, or
+                                               client_assertion (the federated token, a JWT with
+                                               aud api://AzureADTokenExchange, unexpired, equal to
+                                               --federated-token-file) with client_assertion_type
+                                               urn:ietf:params:oauth:client-assertion-type:jwt-bearer
                                                -> {"token_type":"Bearer","expires_in":N,"access_token":...}
-                                               400 {"error":"invalid_client","error_description":"AADSTS...",...}
-    GET  /keys/NAME[/VERSION]?api-version=7.4  -> {"key":{"kid","kty":"RSA","key_ops",n,e},"attributes":{...}}
+                                               400 {"error":"invalid_client"|"invalid_scope"|...,
+                                                    "error_description":"AADSTS...","error_codes":[...]}
+    GET  /metadata/identity/oauth2/token?api-version=2018-02-01&resource=R[&client_id=ID]
+                                               needs "Metadata: true" and no X-Forwarded-For;
+                                               -> {"access_token","expires_in":"N" (a string),
+                                                   "resource","token_type":"Bearer",...}
+                                               400 {"error":"invalid_request"|"invalid_resource"|...}
+    GET  /keys/NAME[/VERSION]?api-version=V    -> {"key":{"kid","kty","key_ops",n,e},"attributes":{...}}
     POST /keys/NAME[/VERSION]/wrapkey          {"alg":"RSA-OAEP-256","value":B64URL} -> {"kid","value"}
     POST /keys/NAME/VERSION/unwrapkey          same shape
-    POST /keys/NAME/rotate                     a new version -> the key bundle
+    POST /keys/NAME/rotate                     a new version -> the key bundle (api-version 7.3 on)
 
-Keys are RSA-2048 per version. Errors are {"error":{"code","message"}}; 401 carries
-WWW-Authenticate: Bearer authorization="...", resource="https://vault.azure.net"; 429 carries
-Retry-After. A missing or other api-version is a 400 BadParameter. Faults: see standin_common.py.
+Tokens are bound to their audience (the scope's resource, or IMDS's resource): the vault accepts
+only tokens for --resource (https://vault.azure.net by default; https://managedhsm.azure.net for
+a Managed HSM), and answers any other, a missing, expired or revoked one with 401 and the
+challenge WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/TENANT",
+resource="RESOURCE". Any api-version of the keys API's GA list is accepted, others are a 400.
+Operations a key's key_ops lack are a 403 KeyOperationForbidden; operations the identity has no
+role for (--deny OP: get, wrapkey, unwrapkey, rotate) are a 403 ForbiddenByRbac. Errors are
+{"error":{"code","message"[,"innererror":{"code"}]}}; 429 carries Retry-After. Faults: see
+standin_common.py, plus "firewall" (403 ForbiddenByFirewall on key operations).
+
+    --key NAME[:KTY[:OP,OP...]]   a key created at start: RSA-2048 by default with every RSA
+                                  op; KTY RSA, RSA-HSM or EC (an EC key is described, never used)
 """
 import base64
 import json
@@ -29,6 +50,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from http.server import ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -53,27 +75,71 @@ def kv_error(code, message):
     return {"error": {"code": code, "message": message}}
 
 
+API_VERSIONS = {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"}
+ROTATE_SINCE = ("7.3", "7.4", "7.5", "7.6", "2025-07-01")
+RESOURCES = {"https://vault.azure.net", "https://managedhsm.azure.net", "https://vault.usgovcloudapi.net",
+             "https://managedhsm.usgovcloudapi.net", "https://vault.azure.cn", "https://managedhsm.azure.cn"}
+IMDS_API_VERSIONS = {"2018-02-01", "2019-08-01"}
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ALL_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
+
+
+def aad_error(code, number, text):
+    return {"error": code, "error_description": "AADSTS%d: %s" % (number, text), "error_codes": [number]}
+
+
+def jwt_claims(tok):
+    parts = tok.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a JWT")
+    return json.loads(unb64url(parts[1]))
+
+
 class Azure:
     def add_args(self, p):
         p.add_argument("--tenant", required=True)
         p.add_argument("--client-id", required=True)
-        p.add_argument("--client-secret-file", required=True)
+        p.add_argument("--client-secret-file", default=None)
+        p.add_argument("--federated-token-file", default=None, help="the workload identity token Entra accepts")
+        p.add_argument("--msi-client-id", default="msi-system", help="the managed identity's client id")
+        p.add_argument("--resource", default="https://vault.azure.net", help="the audience the vault accepts")
+        p.add_argument("--deny", action="append", default=[], help="an operation the identity has no role for")
         p.add_argument("--token-ttl", type=int, default=3599)
-        p.add_argument("--key", action="append", default=[], help="RSA key to create at start")
+        p.add_argument("--key", action="append", default=[], help="NAME[:KTY[:OPS]] created at start")
+        p.add_argument("--issued-file", default=None, help="appends each token issued (tests grep logs for them)")
+        p.add_argument("--imds-plain-port-file", default=None,
+                       help="also serve IMDS (only IMDS) over plain HTTP, as Azure does, on a port written here")
 
     def configure(self, a):
         self.lock = threading.Lock()
         self.tenant, self.client_id = a.tenant, a.client_id
-        self.secret = open(a.client_secret_file).read().strip()
+        self.secret = open(a.client_secret_file).read().strip() if a.client_secret_file else None
+        self.federated_file = a.federated_token_file
+        self.msi_client_id = a.msi_client_id
+        self.resource = a.resource
+        self.deny = set(a.deny)
         self.ttl = a.token_ttl
-        self.tokens = {}
+        self.issued_file = a.issued_file
+        self.plain = None
+        if a.imds_plain_port_file:
+            self.plain = ThreadingHTTPServer(("127.0.0.1", 0), sc.Handler)
+            self.plain.daemon_threads = True
+            with open(a.imds_plain_port_file + ".tmp", "w") as f:
+                f.write(str(self.plain.server_address[1]))
+            os.rename(a.imds_plain_port_file + ".tmp", a.imds_plain_port_file)
+            threading.Thread(target=self.plain.serve_forever, daemon=True).start()
+        self.tokens = {}  # token -> (expiry, audience)
         self.revoked_before = 0.0
-        self.keys = {}
-        for name in a.key:
-            self.new_version(name)
+        self.keys = {}  # name -> {"kty", "ops", "versions": [(version, private key)]}
+        for spec in a.key:
+            parts = spec.split(":")
+            kty = parts[1] if len(parts) > 1 else "RSA"
+            ops = parts[2].split(",") if len(parts) > 2 else list(ALL_OPS)
+            self.keys[parts[0]] = {"kty": kty, "ops": ops, "versions": []}
+            self.new_version(parts[0])
 
     def new_version(self, name):
-        versions = self.keys.setdefault(name, [])
+        versions = self.keys[name]["versions"]
         versions.append((secrets.token_hex(16), rsa.generate_private_key(public_exponent=65537, key_size=2048)))
         return versions[-1]
 
@@ -83,46 +149,111 @@ class Azure:
     def bundle(self, h, name, version, priv):
         pub = priv.public_key().public_numbers()
         n = pub.n.to_bytes((pub.n.bit_length() + 7) // 8, "big")
-        return {"key": {"kid": "%s/keys/%s/%s" % (self.base(h), name, version), "kty": "RSA",
-                        "key_ops": ["encrypt", "decrypt", "wrapKey", "unwrapKey"], "n": b64url(n),
-                        "e": b64url(pub.e.to_bytes(3, "big"))},
+        k = self.keys[name]
+        return {"key": {"kid": "%s/keys/%s/%s" % (self.base(h), name, version), "kty": k["kty"],
+                        "key_ops": list(k["ops"]), "n": b64url(n), "e": b64url(pub.e.to_bytes(3, "big"))},
                 "attributes": {"enabled": True, "created": int(time.time()), "recoveryLevel": "Recoverable"}}
+
+    def issue(self, audience):
+        tok = secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[tok] = (time.time() + self.ttl, audience)
+            if self.issued_file:
+                with open(self.issued_file, "a") as f:
+                    f.write(tok + "\n")
+        return tok
 
     def token(self, h, path):
         if path != "/login/%s/oauth2/v2.0/token" % self.tenant:
-            return h.send(400, {"error": "invalid_request", "error_description": "AADSTS90002: Tenant not found.",
-                                "error_codes": [90002]})
-        f = sc.apply_fault(h, self.fault, True, lambda c: {"error": "temporarily_unavailable",
-                                                            "error_description": "AADSTS90033", "error_codes": [90033]})
+            return h.send(400, aad_error("invalid_request", 90002, "Tenant not found."))
+        f = sc.apply_fault(h, self.fault, True, lambda c: aad_error("temporarily_unavailable", 90033, "injected"))
         if f is None:
             return
         n = int(h.headers.get("Content-Length") or 0)
         form = urllib.parse.parse_qs(h.rfile.read(n).decode(), keep_blank_values=True)
         get = lambda k: (form.get(k) or [""])[0]  # noqa: E731
-        if get("grant_type") != "client_credentials" or get("scope") != "https://vault.azure.net/.default":
-            return h.send(400, {"error": "invalid_request", "error_description": "AADSTS900144: bad grant or scope",
-                                "error_codes": [900144]})
-        if not (secrets.compare_digest(get("client_id"), self.client_id)
-                and secrets.compare_digest(get("client_secret"), self.secret)):
-            return h.send(400, {"error": "invalid_client",
-                                                  "error_description": "AADSTS7000215: Invalid client secret provided.",
-                                                  "error_codes": [7000215]})
-        tok = secrets.token_urlsafe(32)
-        with self.lock:
-            self.tokens[tok] = time.time() + self.ttl
+        if get("grant_type") != "client_credentials":
+            return h.send(400, aad_error("unsupported_grant_type", 70003, "The app requested an unsupported grant type."))
+        scope = get("scope")
+        if not scope.endswith("/.default") or scope[: -len("/.default")] not in RESOURCES:
+            return h.send(400, aad_error("invalid_resource", 500011,
+                                         "The resource principal named %s was not found in the tenant." % scope))
+        if not secrets.compare_digest(get("client_id"), self.client_id):
+            return h.send(400, aad_error("unauthorized_client", 700016, "Application not found in the directory."))
+        if "client_assertion" in form or "client_assertion_type" in form:
+            if get("client_assertion_type") != ASSERTION_TYPE or "client_secret" in form:
+                return h.send(400, aad_error("invalid_request", 50027, "Invalid client assertion type."))
+            if not self.assertion_ok(get("client_assertion")):
+                return h.send(400, aad_error("invalid_client", 700024, "Client assertion is not within its valid time "
+                                             "range, or does not match a federated identity credential."))
+        elif self.secret is None or not secrets.compare_digest(get("client_secret"), self.secret):
+            return h.send(400, aad_error("invalid_client", 7000215, "Invalid client secret provided."))
+        tok = self.issue(scope[: -len("/.default")])
         h.send(200, {"token_type": "Bearer", "expires_in": self.ttl, "ext_expires_in": self.ttl, "access_token": tok})
 
-    def authorized(self, h):
+    def assertion_ok(self, assertion):
+        if self.federated_file is None:
+            return False
+        try:
+            want = open(self.federated_file).read().strip()
+            claims = jwt_claims(assertion)
+        except (OSError, ValueError):
+            return False
+        return (secrets.compare_digest(assertion, want) and claims.get("aud") == "api://AzureADTokenExchange"
+                and isinstance(claims.get("exp"), int) and claims["exp"] > time.time())
+
+    def imds(self, h, method, query):
+        if method != "GET":
+            return h.send(405, {"error": "invalid_request", "error_description": "Only GET is allowed"})
+        if h.headers.get("Metadata") != "true" or h.headers.get("X-Forwarded-For") is not None:
+            return h.send(400, {"error": "invalid_request", "error_description": "Required metadata header not specified"})
+        f = sc.apply_fault(h, self.fault, True, lambda c: {"error": "temporarily_unavailable", "error_description": "injected"})
+        if f is None:
+            return
+        q = urllib.parse.parse_qs(query)
+        if q.get("api-version", [""])[0] not in IMDS_API_VERSIONS:
+            return h.send(400, {"error": "invalid_request", "error_description": "Invalid or missing api-version"})
+        resource = q.get("resource", [""])[0]
+        if resource.rstrip("/") not in RESOURCES:
+            return h.send(400, {"error": "invalid_resource", "error_description":
+                                "AADSTS500011: The resource principal named %s was not found" % resource})
+        cid = q.get("client_id", [None])[0]
+        if cid is not None and cid != self.msi_client_id:
+            return h.send(400, {"error": "invalid_request", "error_description": "Identity not found"})
+        tok = self.issue(resource.rstrip("/"))
+        now = int(time.time())
+        h.send(200, {"access_token": tok, "refresh_token": "", "expires_in": str(self.ttl),
+                     "expires_on": str(now + self.ttl), "not_before": str(now), "resource": resource,
+                     "token_type": "Bearer", "client_id": self.msi_client_id})
+
+    def refuse_token(self, h, why):
+        return h.send(401, kv_error("Unauthorized", why),
+                      {"WWW-Authenticate": 'Bearer authorization="https://login.microsoftonline.com/%s", '
+                                           'resource="%s"' % (self.tenant, self.resource)})
+
+    def check_token(self, h):
+        """None when the bearer token is good for this vault, else the 401 text."""
         auth = h.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
-            return False
+            return "AKV10000: Request is missing a Bearer or PoP token."
         with self.lock:
-            exp = self.tokens.get(auth[7:])
-        return exp is not None and time.time() < exp and exp - self.ttl >= self.revoked_before
+            exp, aud = self.tokens.get(auth[7:], (None, None))
+        if exp is None or time.time() >= exp or exp - self.ttl < self.revoked_before:
+            return "AKV10032: Invalid issuer, or the token expired or was revoked."
+        if aud != self.resource:
+            return "AKV10022: Invalid audience. Expected %s, found: %s." % (self.resource, aud)
+        return None
+
+    def forbidden(self, h, inner, message):
+        return h.send(403, {"error": {"code": "Forbidden", "message": message, "innererror": {"code": inner}}})
 
     def handle(self, h, method, path, query):
+        if h.server is self.plain and path != "/metadata/identity/oauth2/token":
+            return h.send(404, kv_error("NotFound", "only IMDS is served over plain HTTP"))
         if path.startswith("/login/") and method == "POST":
             return self.token(h, path)
+        if path == "/metadata/identity/oauth2/token":
+            return self.imds(h, method, query)
         body = h.body_json() if method == "POST" else {}
         f = sc.apply_fault(h, self.fault, False, lambda c: kv_error("Throttled" if c == 429 else "Fault", "injected"))
         if f is None:
@@ -130,25 +261,39 @@ class Azure:
         fault = f[0]
         if fault == "revoke-tokens":
             self.revoked_before = time.time() + 1
-        if not self.authorized(h):
-            return h.send(401, kv_error("Unauthorized", "AKV10000: Request is missing a Bearer or PoP token."),
-                          {"WWW-Authenticate": 'Bearer authorization="https://login.microsoftonline.com/%s", '
-                                               'resource="https://vault.azure.net"' % self.tenant})
-        if urllib.parse.parse_qs(query).get("api-version") != ["7.4"]:
-            return h.send(400, kv_error("BadParameter", "The specified version of the API is not supported."))
+        why = self.check_token(h)
+        if why is not None:
+            return self.refuse_token(h, why)
+        if fault == "firewall":
+            return self.forbidden(h, "ForbiddenByFirewall", "Client address is not authorized and caller is not a "
+                                  "trusted service.\r\nClient address: 127.0.0.1")
+        api = urllib.parse.parse_qs(query).get("api-version")
+        if api is None or len(api) != 1 or api[0] not in API_VERSIONS:
+            return h.send(400, kv_error("BadParameter", "The specified version (%s) of the API is not supported."
+                                        % (api[0] if api else "none")))
         if body is None:
             return h.send(400, kv_error("BadParameter", "The request body is not valid JSON."))
         m = re.fullmatch(r"/keys/([A-Za-z0-9-]+)(?:/([0-9a-f]{32}))?(?:/(wrapkey|unwrapkey|rotate))?", path)
         if not m:
             return h.send(404, kv_error("NotFound", "Not found"))
         name, version, op = m.groups()
+        action = op or "get"
+        if action in self.deny:
+            return self.forbidden(h, "ForbiddenByRbac", "Caller is not authorized to perform action on resource.\r\n"
+                                  "Action: 'Microsoft.KeyVault/vaults/keys/%s'" %
+                                  {"get": "read", "wrapkey": "wrap/action", "unwrapkey": "unwrap/action",
+                                   "rotate": "rotate/action"}[action])
         with self.lock:
-            versions = self.keys.get(name)
-            if versions is None:
+            k = self.keys.get(name)
+            if k is None:
                 return h.send(404, kv_error("KeyNotFound", "A key with (name/id) %s was not found in this key vault." % name))
             if op == "rotate" and method == "POST" and version is None:
+                if api[0] not in ROTATE_SINCE:
+                    return h.send(400, kv_error("BadParameter", "Rotate needs api-version 7.3 or later."))
                 v, priv = self.new_version(name)
+                sys.stderr.write("standin: rotated %s to %s\n" % (name, v))  # counted by tests, answer or not
                 return h.send(200, self.bundle(h, name, v, priv))
+            versions = k["versions"]
             found = [kv for kv in versions if kv[0] == version] if version else [versions[-1]]
             if not found:
                 return h.send(404, kv_error("KeyNotFound", "A key with (name/id) %s/%s was not found." % (name, version)))
@@ -157,6 +302,9 @@ class Azure:
             return h.send(200, self.bundle(h, name, v, priv))
         if op not in ("wrapkey", "unwrapkey") or method != "POST" or (op == "unwrapkey" and version is None):
             return h.send(405 if op else 404, kv_error("BadParameter", "Unsupported operation"))
+        want = {"wrapkey": "wrapKey", "unwrapkey": "unwrapKey"}[op]
+        if want not in k["ops"] or not k["kty"].startswith("RSA"):
+            return self.forbidden(h, "KeyOperationForbidden", "Operation %s is not permitted on this key." % want)
         if body.get("alg") != "RSA-OAEP-256":
             return h.send(400, kv_error("BadParameter", "Invalid algorithm"))
         try:

@@ -46,7 +46,8 @@ Stricter than the shared facts, where issue #30 needs it (real Vault behaves thi
 - --signing-key NAME: an ed25519 key (supports_encryption: false): encrypt, decrypt and datakey
   get 400 "... does not support encryption".
 - "rotate-lost": a rotation that happens and whose answer is lost (503 after rotating), to show
-  that a client that retries rotations rotates twice.
+  that a client that retries rotations rotates twice. "rotate-204-read-fails": a rotation
+  answered 204 (Vault before 1.10), and every key read 503 while the fault stands.
 
 Faults: see standin_common.py. Every request is logged to stderr ("POST /v1/auth/approle/login"
 lines count the logins).
@@ -239,9 +240,13 @@ class Vault:
             return h.send(403, errors("permission denied"))
         if fault == "rotate-lost" and not path.endswith("/rotate"):
             fault = None
+        if fault == "rotate-204-read-fails" and method == "GET":
+            return h.send(503, errors("Vault is sealed"))
         if fault == "deny" and path == "/v1/" + f[1] and not secrets.compare_digest(self.token_of(h), self.root):
             return h.send(403, errors("1 error occurred:\n\t* permission denied\n\n"))
-        m = re.fullmatch(r"/v1/transit/(keys|encrypt|decrypt|rewrap|datakey/plaintext)/([^/]+)(/rotate|/config)?", path)
+        # Vault routes key names by GenericNameRegex: word characters at both ends.
+        m = re.fullmatch(r"/v1/transit/(keys|encrypt|decrypt|rewrap|datakey/plaintext)/(\w(?:[\w.-]*\w)?)"
+                         r"(/rotate|/config)?", path)
         if not m:
             return h.send(404, errors())
         op, name, sub = m.group(1), m.group(2), m.group(3)
@@ -272,6 +277,8 @@ class Vault:
                 key["versions"][latest + 1] = (AESGCM.generate_key(256), int(time.time()))
                 if fault == "rotate-lost":
                     return h.send(503, errors("the answer was lost"))
+                if fault == "rotate-204-read-fails":  # Vault before 1.10: no body; then reads fail
+                    return h.send(204)
                 return h.send(200, self.key_read(name, key))
             if key["type"] == "ed25519" and sub is None:
                 return h.send(400, errors("key type ed25519 does not support encryption"))

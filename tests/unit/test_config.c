@@ -157,6 +157,92 @@ static void test_audit_sinks(void **state)
     expect_error(GOOD "audit:\n  sink: []\n", "9:3: unknown key 'sink' in audit");
 }
 
+#define AZURE(extra)                                                                                                   \
+    GOOD "kms:\n  backend: azure-keyvault\n  azure:\n    key: kek-1\n" extra
+
+/* One azure-keyvault config: its scope, login host and IMDS endpoint after loading. */
+static void expect_azure(const char *extra, const char *scope, const char *login_host, const char *imds)
+{
+    const char *path = write_file("k.yaml", extra);
+    kfd_config *cfg = NULL;
+    kf_err err = {0};
+    if (kfd_config_load(path, &cfg, &err) != 0)
+        fail_msg("%s", err.msg);
+    assert_string_equal(cfg->kms.scope, scope);
+    if (login_host != NULL)
+        assert_string_equal(cfg->kms.login_host, login_host);
+    else
+        assert_null(cfg->kms.login_host);
+    if (imds != NULL)
+        assert_string_equal(cfg->kms.imds_endpoint, imds);
+    else
+        assert_null(cfg->kms.imds_endpoint);
+    kfd_config_free(cfg);
+}
+
+#define SECRET "    tenant: t\n    client_id: c\n    client_secret_file: s\n"
+
+/* #23 items 7, 8 and 10: the scope and login host follow the vault's cloud and kind; identities
+ * take only their options; Key Vault key names. */
+static void test_azure_clouds_and_identities(void **state)
+{
+    (void)state;
+    expect_azure(AZURE("    vault_url: https://kv1.vault.azure.net\n" SECRET), "https://vault.azure.net/.default",
+                 "https://login.microsoftonline.com", NULL);
+    expect_azure(AZURE("    vault_url: https://hsm1.managedhsm.azure.net\n" SECRET),
+                 "https://managedhsm.azure.net/.default", "https://login.microsoftonline.com", NULL);
+    expect_azure(AZURE("    vault_url: https://kv1.vault.usgovcloudapi.net\n" SECRET),
+                 "https://vault.usgovcloudapi.net/.default", "https://login.microsoftonline.us", NULL);
+    expect_azure(AZURE("    vault_url: https://hsm1.managedhsm.usgovcloudapi.net\n" SECRET),
+                 "https://managedhsm.usgovcloudapi.net/.default", "https://login.microsoftonline.us", NULL);
+    expect_azure(AZURE("    vault_url: https://kv1.vault.azure.cn\n" SECRET), "https://vault.azure.cn/.default",
+                 "https://login.chinacloudapi.cn", NULL);
+    expect_azure(AZURE("    vault_url: https://hsm1.managedhsm.azure.cn\n" SECRET),
+                 "https://managedhsm.azure.cn/.default", "https://login.chinacloudapi.cn", NULL);
+    /* explicit options win */
+    expect_azure(AZURE("    vault_url: https://kv.example.com\n    scope: https://vault.azure.net/.default\n"
+                       "    login_host: https://login.example\n" SECRET),
+                 "https://vault.azure.net/.default", "https://login.example", NULL);
+    expect_azure(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: managed\n"), "https://vault.azure.net/.default",
+                 NULL, "http://169.254.169.254/metadata/identity/oauth2/token");
+    expect_azure(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: managed\n    client_id: c\n"
+                       "    imds_endpoint: https://127.0.0.1:9/metadata/identity/oauth2/token\n"),
+                 "https://vault.azure.net/.default", NULL, "https://127.0.0.1:9/metadata/identity/oauth2/token");
+    expect_azure(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: workload\n    tenant: t\n"
+                       "    client_id: c\n    federated_token_file: /var/run/secrets/azure/tokens/azure-identity-token\n"),
+                 "https://vault.azure.net/.default", "https://login.microsoftonline.com", NULL);
+
+    /* a host that only looks like a vault's, or none of Azure's: no guessed audience */
+    expect_error(AZURE("    vault_url: https://a.b.vault.azure.net\n" SECRET), "12:16: azure vault_url's host is not");
+    expect_error(AZURE("    vault_url: https://vault.azure.net.evil.example\n" SECRET), "12:16: azure vault_url's host is not");
+    /* what libcurl would read differently, or a kid would never match (review of #23) */
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net:443@evil.example\n" SECRET),
+                 "12:16: azure vault_url must be an https:// URL");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net:443\n" SECRET), "12:16: azure vault_url must be https://NAME");
+    expect_error(AZURE("    vault_url: https://KV1.vault.azure.net\n" SECRET), "12:16: azure vault_url must be https://NAME");
+    expect_error(AZURE("    vault_url: https://a%2eb.vault.azure.net\n" SECRET), "12:16: azure vault_url must be an https:// URL");
+    /* a known vault gets only its own audience */
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    scope: https://management.azure.com/.default\n" SECRET),
+                 "13:12: azure scope https://management.azure.com/.default is not the token audience");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    scope: https://vault.azure.net\n" SECRET),
+                 "13:12: azure scope must be an https:// resource followed by /.default");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: msi\n"),
+                 "13:15: azure identity must be client_secret, managed or workload");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: managed\n    client_secret_file: s\n"),
+                 "14:25: azure client_secret_file is not used with identity managed");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: workload\n    tenant: t\n    client_id: c\n"),
+                 "11:5: azure identity workload needs federated_token_file");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    client_id: c\n    client_secret_file: s\n"),
+                 "11:5: azure identity client_secret needs tenant");
+    expect_error(AZURE("    vault_url: https://kv1.vault.azure.net\n    identity: managed\n"
+                       "    imds_endpoint: http://10.0.0.5/metadata/identity/oauth2/token\n"),
+                 "14:20: azure imds_endpoint must be https://, or http:// to 169.254.169.254 or loopback");
+    expect_error(GOOD "kms:\n  backend: azure-keyvault\n  azure:\n    key: kek_1\n    vault_url: https://kv1.vault.azure.net\n" SECRET,
+                 "11:10: azure key must be 1..127 of [0-9a-zA-Z-]");
+    expect_error(GOOD "kms:\n  backend: azure-keyvault\n  azure:\n    key: kek.1\n    vault_url: https://kv1.vault.azure.net\n" SECRET,
+                 "11:10: azure key must be 1..127 of [0-9a-zA-Z-]");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -164,6 +250,7 @@ int main(void)
         cmocka_unit_test(test_missing_key),       cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_malformed_yaml),    cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_duration_parser),   cmocka_unit_test(test_audit_sinks),
+        cmocka_unit_test(test_azure_clouds_and_identities),
     };
     return cmocka_run_group_tests_name("config", tests, tmpdir_setup, tmpdir_teardown);
 }

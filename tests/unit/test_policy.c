@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include "kf_tpm_evidence.h"
+
 #include "core/policy.h"
 
 static kfd_policy *parse_ok(const char *yaml)
@@ -163,6 +165,82 @@ static void test_validation_errors(void **state)
  * node may only have with approval: the stricter decision wins. */
 /* require: [tpm_key]: the rule allows only a caller whose certificate vouches for a TPM key; any
  * other caller is denied by that rule (not passed on to a looser rule below it). */
+/* require: [attested]: only a request whose quote matched the node's accepted PCR values; the
+ * denial says why (the changed PCRs) and no looser rule below takes the request. */
+static void test_require_attested(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("rules:\n"
+                             "  - name: measured\n"
+                             "    match: {nodes: {names: [\"srv-*\"]}}\n"
+                             "    effect: allow\n"
+                             "    require: [tpm_key, attested]\n"
+                             "  - name: everyone\n"
+                             "    match: {nodes: {names: [\"*\"]}}\n"
+                             "    effect: allow\n");
+    kfd_policy_input in = {.node = "srv-1", .volume_id = "vol-a", .now = NOON, .tpm_key = true, .attested = true};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_true(d.allow);
+    in.attested = false;
+    in.attest_why = "PCR 4 changed since the values accepted";
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    assert_string_equal(d.rule, "measured");
+    assert_non_null(strstr(d.explanation, "requires measured-boot attestation"));
+    assert_non_null(strstr(d.explanation, "PCR 4 changed"));
+    in.attested = true;
+    in.tpm_key = false;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    kfd_policy_free(p);
+    parse_bad("rules:\n  - name: a\n    effect: deny\n    require: [attested]\n", "require only makes sense");
+}
+
+/* golden_pcrs: a rule's values for every node it matches decide, not each node's own. */
+static void test_golden_pcrs(void **state)
+{
+    (void)state;
+    char yaml[1024];
+    snprintf(yaml, sizeof(yaml),
+             "rules:\n"
+             "  - name: fleet-a\n"
+             "    match: {nodes: {names: [\"srv-*\"]}}\n"
+             "    effect: allow\n"
+             "    require: [tpm_key, attested]\n"
+             "    golden_pcrs: [\"0=%064d\", \"7=%s\"]\n",
+             0, "7777777777777777777777777777777777777777777777777777777777777777");
+    kfd_policy *p = parse_ok(yaml);
+    kf_tpm_pcrs q = {.mask = (1u << 0) | (1u << 4) | (1u << 7)};
+    memset(q.values[0], 0, 32);
+    memset(q.values[4], 0x44, 32);
+    memset(q.values[7], 0x77, 32);
+    /* The node's own accepted values do not matter (attested false), the rule's do. */
+    kfd_policy_input in = {.node = "srv-1", .volume_id = "vol-a", .now = NOON, .tpm_key = true, .attested = false,
+                           .attest_why = "PCR 4 changed", .quoted = &q};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_true(d.allow);
+    q.values[7][31] ^= 1;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    assert_non_null(strstr(d.explanation, "PCR 7 differs from the rule's golden_pcrs"));
+    q.values[7][31] ^= 1;
+    q.mask &= ~(1u << 0); /* a quote without a golden PCR */
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    assert_non_null(strstr(d.explanation, "PCR 0 differs"));
+    in.quoted = NULL; /* no quote that held */
+    kfd_policy_evaluate(p, &in, &d);
+    assert_false(d.allow);
+    kfd_policy_free(p);
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    require: [attested]\n    golden_pcrs: [\"7=00\"]\n",
+              "golden_pcrs lists PCR=VALUE");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    golden_pcrs: "
+              "[\"7=0000000000000000000000000000000000000000000000000000000000000000\"]\n",
+              "only makes sense with require: [attested]");
+}
+
 static void test_require_tpm_key(void **state)
 {
     (void)state;
@@ -249,6 +327,8 @@ int main(void)
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_release_of_another_nodes_volume),
         cmocka_unit_test(test_require_tpm_key),
+        cmocka_unit_test(test_require_attested),
+        cmocka_unit_test(test_golden_pcrs),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }

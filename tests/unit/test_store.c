@@ -10,9 +10,12 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <openssl/pem.h>
 #include <sqlite3.h>
 
+#include "ca.h"
 #include "core/app.h"
+#include "kf_audit.h"
 #include "store/store.h"
 
 #include "kf_test_tmpdir.h"
@@ -31,9 +34,9 @@ static Keyfleet__V1__AuditEntry audit(const char *action, const char *node, cons
     return e;
 }
 
-static int append(kfd_store *s, const char *action, const char *node)
+static int append_reason(kfd_store *s, const char *action, const char *node, const char *reason)
 {
-    Keyfleet__V1__AuditEntry e = audit(action, node, "test");
+    Keyfleet__V1__AuditEntry e = audit(action, node, reason);
     Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
     c.audit = &e;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
@@ -42,6 +45,8 @@ static int append(kfd_store *s, const char *action, const char *node)
     kfd_apply_result res;
     return kfd_store_apply(s, &cmd, &res, NULL);
 }
+
+static int append(kfd_store *s, const char *action, const char *node) { return append_reason(s, action, node, "test"); }
 
 static kfd_store *open_db(const char *name)
 {
@@ -383,6 +388,32 @@ static void test_snapshot_image_checked(void **state)
     verify(honest, true, 0);
     sqlite3_free(img);
     sqlite3_close(db);
+
+    /* Issue #18: an image whose log verifies but which carries code (a trigger that would run
+     * at every later apply, a view standing in for a table) is refused; without it, accepted. */
+    static const char *const code[] = {
+        "CREATE TRIGGER keep_n2 AFTER INSERT ON audit BEGIN DELETE FROM volumes; END",
+        "CREATE VIEW shadow AS SELECT * FROM audit"};
+    for (size_t i = 0; i < 2; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "img-code-%zu.db", i);
+        kfd_store *coded = open_db(name);
+        for (int k = 0; k < 5; k++)
+            assert_int_equal(append(coded, "release", "n1"), 0);
+        assert_int_equal(kfd_store_serialize(coded, &img, &len, &err), 0);
+        assert_int_equal(check_image(honest, img, len, NULL), 0);
+        sqlite3_free(img);
+        kfd_store_close(coded);
+        snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, code[i], NULL, NULL, NULL), SQLITE_OK);
+        img = sqlite3_serialize(db, "main", &n, 0);
+        assert_non_null(img);
+        assert_int_equal(check_image(honest, img, (size_t)n, i == 0 ? "holds a trigger (keep_n2)" : "holds a view (shadow)"),
+                         -EPERM);
+        sqlite3_free(img);
+        sqlite3_close(db);
+    }
     kfd_store_close(honest);
     kfd_store_close(forked);
     kfd_store_close(ahead);
@@ -414,6 +445,213 @@ static void test_request_ids_time_ordered(void **state)
         assert_int_not_equal(strcmp(ids[i - 1], ids[i]), 0);
 }
 
+/* Measured-boot records: the first attested enrollment's values are accepted (TOFU) and a later
+ * enrollment never replaces them; a denial keeps what was seen; an operator's acceptance
+ * replaces the values and clears the seen ones it took; malformed values are refused. */
+static int enroll_attested(kfd_store *s, const char *vid, const char *pcrs)
+{
+    Keyfleet__V1__VolumeRef vol = KEYFLEET__V1__VOLUME_REF__INIT;
+    vol.id = (char *)vid;
+    vol.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    vol.name = (char *)"data";
+    Keyfleet__V1__AuditEntry e = audit("enroll", "n1", "");
+    Keyfleet__V1__CmdEnrollVolume en = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    en.volume = &vol;
+    en.node = (char *)"n1";
+    en.wrapped_key = (char *)"kf:local:v1:xyz";
+    en.audit = &e;
+    en.attest_tofu = (char *)pcrs;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &en;
+    kfd_apply_result res = {0};
+    return kfd_store_apply(s, &cmd, &res, NULL);
+}
+
+static int attest_cmd(kfd_store *s, const char *kind, const char *pcrs)
+{
+    Keyfleet__V1__AuditEntry e = audit("attest", "n1", "");
+    Keyfleet__V1__Principal op = KEYFLEET__V1__PRINCIPAL__INIT;
+    op.name = (char *)"alice";
+    e.actor = &op;
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)"n1";
+    c.kind = (char *)kind;
+    c.pcrs = (char *)pcrs;
+    c.audit = &e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    kfd_apply_result res = {0};
+    kf_err err = {0};
+    return kfd_store_apply(s, &cmd, &res, &err);
+}
+
+#define PCR_A "4=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define PCR_B "4=bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+static void test_attest_records(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("attest.db");
+    kfd_attest_record rec;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), -ENOENT);
+    /* A node that already has a volume (enrolled without a quote) gets no baseline by enrolling
+     * another with one: trust on first use is only at its first enrollment (review of #16). */
+    kfd_store *s0 = open_db("attest0.db");
+    assert_int_equal(enroll_attested(s0, "vol-0", ""), 0);
+    assert_int_equal(enroll_attested(s0, "vol-00", PCR_A), 0);
+    assert_int_equal(kfd_store_get_attest(s0, "n1", &rec), -ENOENT);
+    bool has = false;
+    assert_int_equal(kfd_store_node_has_volumes(s0, "n1", &has), 0);
+    assert_true(has);
+    assert_int_equal(kfd_store_node_has_volumes(s0, "n2", &has), 0);
+    assert_false(has);
+    kfd_store_close(s0);
+    assert_int_equal(enroll_attested(s, "vol-1", PCR_A), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_A);
+    assert_string_equal(rec.accepted_by, "tofu");
+    /* A later enrollment with other values does not replace them: only the first is trusted. */
+    assert_int_equal(enroll_attested(s, "vol-2", PCR_B), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_A);
+    assert_int_equal(attest_cmd(s, "seen", PCR_B), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_A);
+    assert_string_equal(rec.seen, PCR_B);
+    assert_int_equal(attest_cmd(s, "accept", PCR_B), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCR_B);
+    assert_string_equal(rec.accepted_by, "alice");
+    assert_string_equal(rec.seen, "");
+    assert_int_equal(attest_cmd(s, "accept", "4=zz"), -EINVAL);
+    assert_int_equal(attest_cmd(s, "other", PCR_A), -EINVAL);
+    kfd_store_close(s);
+}
+
+/* A coordinator certificate from a test CA, as DER; its serial in serial. */
+static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_len, char serial[KF_SERIAL_MAX])
+{
+    char ca[300], cak[300], cert[300], key[300];
+    snprintf(ca, sizeof(ca), "%s/ca.crt", tmpdir);
+    snprintf(cak, sizeof(cak), "%s/ca.key", tmpdir);
+    snprintf(cert, sizeof(cert), "%s/%s.crt", tmpdir, name);
+    snprintf(key, sizeof(key), "%s/%s.key", tmpdir, name);
+    kf_err err = {0};
+    FILE *f = fopen(ca, "r");
+    if (f != NULL)
+        fclose(f);
+    else
+        assert_int_equal(kfctl_ca_create(ca, cak, "test CA", &err), 0);
+    kfctl_cert_opts o = {.kind = KF_PEER_COORDINATOR, .name = name, .days = 30};
+    assert_int_equal(kfctl_cert_issue(ca, cak, &o, cert, key, false, &err), 0);
+    f = fopen(cert, "r");
+    assert_non_null(f);
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    kf_identity id;
+    assert_int_equal(kf_identity_from_cert(x, &id, NULL), 0);
+    memcpy(serial, id.serial, KF_SERIAL_MAX);
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    X509_free(x);
+    assert_true(n > 0);
+    *ret_der = der;
+    *ret_len = (size_t)n;
+}
+
+/* A checkpoint of the store's current head, signed (as far as the store looks) by cert. */
+static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len)
+{
+    kfd_audit_head h;
+    kfd_store_audit_head(s, &h);
+    kf_checkpoint cp;
+    memset(&cp, 0, sizeof(cp));
+    snprintf(cp.cluster, sizeof(cp.cluster), "fleet-test");
+    cp.size = h.seq;
+    memcpy(cp.root, h.root, sizeof(cp.root));
+    memcpy(cp.chain, h.chain, sizeof(cp.chain));
+    cp.seconds = now_ts.seconds;
+    snprintf(cp.signer, sizeof(cp.signer), "%s", signer);
+    char text[KF_CHECKPOINT_TEXT_MAX];
+    assert_true(kf_checkpoint_format(&cp, text, sizeof(text)) > 0);
+    Keyfleet__V1__AuditEntry e = audit(KF_AUDIT_CHECKPOINT_ACTION, "", text);
+    uint8_t sig[8] = {1};
+    Keyfleet__V1__CmdCheckpoint c = KEYFLEET__V1__CMD_CHECKPOINT__INIT;
+    c.text = text;
+    c.signature = (ProtobufCBinaryData){sizeof(sig), sig};
+    c.cert = (ProtobufCBinaryData){cert_len, cert};
+    c.audit = &e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
+    cmd.checkpoint = &c;
+    kfd_apply_result res;
+    return kfd_store_apply(s, &cmd, &res, NULL);
+}
+
+/* Review of #17: the head a replica notes at a leader's check (F1), and checkpoints by a revoked
+ * certificate or a removed coordinator refused at apply, on every replica alike (F3). */
+static void test_head_check_and_checkpoint_signers(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("signers.db");
+    uint8_t *c1 = NULL, *c2 = NULL;
+    size_t c1_len = 0, c2_len = 0;
+    char c1_serial[KF_SERIAL_MAX], c2_serial[KF_SERIAL_MAX];
+    coordinator_cert("c1", &c1, &c1_len, c1_serial);
+    coordinator_cert("c2", &c2, &c2_len, c2_serial);
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(append(s, "release", "web-02"), 0);
+
+    Keyfleet__V1__CmdAuditHeadCheck hc = KEYFLEET__V1__CMD_AUDIT_HEAD_CHECK__INIT;
+    hc.id = 7;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK;
+    cmd.audit_head_check = &hc;
+    kfd_apply_result res;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(append(s, "release", "web-03"), 0);
+    kfd_audit_head at, now;
+    assert_int_equal(kfd_store_audit_head_at_check(s, 7, &at), 0);
+    assert_int_equal(at.seq, 2); /* the head when the check was applied, not now */
+    assert_int_equal(kfd_store_audit_head_at_check(s, 8, &at), -ENOENT);
+
+    assert_false(kfd_store_audit_vouched(s));
+    assert_int_equal(apply_checkpoint(s, "c1", c1, c1_len), 0);
+    assert_true(kfd_store_audit_vouched(s)); /* opened empty: the checkpoint covers all it held */
+
+    /* c1's certificate is denylisted: its next checkpoint is refused and changes nothing. */
+    Keyfleet__V1__AuditEntry e = audit("cert_revoke", "", "certificate of c1 revoked");
+    Keyfleet__V1__CmdRevokeCert rc = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
+    rc.serial = c1_serial;
+    rc.kind = (char *)"coordinator";
+    rc.name = (char *)"c1";
+    rc.audit = &e;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
+    cmd.revoke_cert = &rc;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    kfd_store_audit_head(s, &at);
+    assert_int_equal(apply_checkpoint(s, "c1", c1, c1_len), -EPERM);
+    kfd_store_audit_head(s, &now);
+    assert_int_equal(now.seq, at.seq);
+
+    /* c2 taken out of the cluster: refused; added back: accepted. */
+    assert_int_equal(append(s, "cluster_remove", ""), 0); /* no "member" reason: not about c2 */
+    assert_int_equal(apply_checkpoint(s, "c2", c2, c2_len), 0);
+    assert_int_equal(append_reason(s, "cluster_remove", "", "member c2"), 0);
+    assert_int_equal(apply_checkpoint(s, "c2", c2, c2_len), -EPERM);
+    assert_int_equal(append_reason(s, "cluster_add", "", "member c2 raft=127.0.0.1:7001 rpc=127.0.0.1:7000"), 0);
+    assert_int_equal(apply_checkpoint(s, "c2", c2, c2_len), 0);
+    /* A certificate that does not name the text's signer. */
+    assert_int_equal(apply_checkpoint(s, "c3", c2, c2_len), -EPERM);
+    verify(s, true, 0);
+
+    OPENSSL_free(c1);
+    OPENSSL_free(c2);
+    kfd_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -425,6 +663,8 @@ int main(void)
         cmocka_unit_test(test_serialize_and_replace),
         cmocka_unit_test(test_snapshot_image_checked),
         cmocka_unit_test(test_request_ids_time_ordered),
+        cmocka_unit_test(test_attest_records),
+        cmocka_unit_test(test_head_check_and_checkpoint_signers),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }

@@ -1,0 +1,34 @@
+/* What `zfs get` and `zfs list` print about datasets, parsed and checked. The keyfleet user
+ * properties (org.keyfleet:*) live on the pool, which whoever holds the disk can edit (an evil
+ * maid), so every field is checked as strictly as the LUKS2 token's (luks2_token.h). In kfa_core,
+ * apart from zfs.c's commands, so it can be fuzzed (tests/fuzz/fuzz_zfs_props.c). */
+#ifndef KFA_ZFS_PROPS_H
+#define KFA_ZFS_PROPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "volume.h"
+
+#define KFA_ZFS_PROP_WRAPPED "org.keyfleet:wrapped-key"
+#define KFA_ZFS_PROP_ID "org.keyfleet:volume-id"
+#define KFA_ZFS_PROP_TPM "org.keyfleet:tpm-sealed"
+#define KFA_ZFS_PROP_NEXT "org.keyfleet:wrapped-next" /* a key rotation in progress (rotate.c) */
+/* The properties kfa_zfs_parse_probe reads, in its order. */
+#define KFA_ZFS_PROBE_PROPS                                                                                             \
+    "guid,keystatus,encryptionroot," KFA_ZFS_PROP_ID "," KFA_ZFS_PROP_WRAPPED "," KFA_ZFS_PROP_TPM "," KFA_ZFS_PROP_NEXT
+
+/* Parses `zfs get -H -p -o value KFA_ZFS_PROBE_PROPS v->path` (out, edited in place) into v:
+ * the id (the GUID), whether the key is loaded, and, when the dataset carries keyfleet
+ * metadata, the wrapped key, the TPM-sealed copy and a rotation's next wrapped key (malloc'ed).
+ * -EIO: not the seven values;
+ * -EBADMSG: metadata that is not valid, or not this dataset's. */
+int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err);
+
+/* Parses `zfs list -H -o PROPS` (nf properties, the dataset name first; out edited in place) and
+ * returns the names (malloc'ed) of the datasets whose fields keep() accepts. A line without
+ * exactly nf fields is skipped. */
+int kfa_zfs_parse_list(char *out, size_t nf, bool (*keep)(char **fields, const void *arg), const void *arg,
+                       char ***ret_names, size_t *ret_n, kf_err *err);
+
+#endif

@@ -1,0 +1,207 @@
+#include "rpc/rpc_attest.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/app.h"
+#include "core/audit.h"
+#include "front/peer.h"
+#include "front/server.h"
+#include "kf_log.h"
+#include "rpc/rpc_admin.h"
+#include "rpc/rpc_change.h"
+#include "store/store.h"
+
+/* The qualifying data this request's quote must carry: from this connection's TLS exporter. */
+static int expected_qualifying(kfd_call *call, const char *method, const char *volume_id,
+                               const ProtobufCBinaryData *eph, const char *request_id, unsigned char q[32])
+{
+    SSL *ssl = kfd_req_ssl(call->srv->ssl_generations, call->req);
+    unsigned char exporter[32];
+    static const char label[] = KF_TPM_QUOTE_EXPORTER_LABEL;
+    if (ssl == NULL ||
+        SSL_export_keying_material(ssl, exporter, sizeof(exporter), label, sizeof(label) - 1, NULL, 0, 0) != 1)
+        return -EIO;
+    kf_tpm_quote_qualifying(exporter, method, volume_id, eph->data, eph->len, request_id, q);
+    return 0;
+}
+
+int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, const char *method,
+                        const char *volume_id, const ProtobufCBinaryData *eph, const char *request_id,
+                        kfd_attest_eval *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    if (quote == NULL) {
+        snprintf(ret->why, sizeof(ret->why), "the request carries no TPM quote");
+        return 0;
+    }
+    if (quote->quoted.len == 0 || quote->quoted.len > 1024 || quote->signature.len == 0 ||
+        quote->signature.len > 256 || quote->ak_public.len == 0 || quote->ak_public.len > 512 ||
+        quote->pcr_values.len == 0 || quote->pcr_values.len > 24 * 32 || quote->nonce.len > 64) {
+        snprintf(ret->why, sizeof(ret->why), "attestation: quoted, signature, ak_public and pcr_values are required "
+                                             "and bounded (1024, 256, 512, 768 bytes)");
+        return -EINVAL;
+    }
+    if (!call->peer->tpm_key) {
+        snprintf(ret->why, sizeof(ret->why), "node '%s' has no TPM-bound certificate naming an attestation key",
+                 call->peer->name);
+        return 0;
+    }
+    unsigned char q[32];
+    if (expected_qualifying(call, method, volume_id, eph, request_id, q) != 0) {
+        snprintf(ret->why, sizeof(ret->why), "no TLS exporter for this connection");
+        return 0;
+    }
+    kf_tpm_pcrs got;
+    kf_err err = {0};
+    int r = kf_tpm_quote_verify(quote->ak_public.data, quote->ak_public.len, call->peer->tpm_ak, quote->quoted.data,
+                                quote->quoted.len, quote->signature.data, quote->signature.len,
+                                quote->pcr_values.data, quote->pcr_values.len, q, &got, &err);
+    if (r == -EINVAL) {
+        snprintf(ret->why, sizeof(ret->why), "attestation: %.200s", err.msg);
+        return -EINVAL;
+    }
+    if (r != 0) {
+        snprintf(ret->why, sizeof(ret->why), "the quote does not hold: %.200s", err.msg);
+        return 0;
+    }
+    ret->quote_valid = true;
+    ret->quoted = got;
+    kfd_attest_record rec;
+    r = kfd_store_get_attest(kfd_call_app(call)->store, call->peer->name, &rec);
+    if (r != 0 && r != -ENOENT)
+        return -EIO;
+    kf_tpm_pcrs_format(&got, ret->seen);
+    kf_tpm_pcrs accepted;
+    if (r == -ENOENT || rec.accepted[0] == '\0' || kf_tpm_pcrs_parse(rec.accepted, &accepted) != 0) {
+        ret->no_baseline = true;
+        snprintf(ret->why, sizeof(ret->why),
+                 "node '%s' has no accepted PCR values (they are recorded at its first attested enrollment, "
+                 "or accepted with keyfleetctl node attest accept)",
+                 call->peer->name);
+        return 0;
+    }
+    uint32_t changed = kf_tpm_pcrs_diff(&accepted, &got);
+    if (changed != 0) {
+        char list[64];
+        kf_tpm_pcr_list(changed, list, sizeof(list));
+        /* The changed PCRs come first: a long name is cut, never them. */
+        int n = snprintf(ret->why, sizeof(ret->why),
+                         "PCR %s changed since the values accepted for node '%s' (by %.40s); keyfleetctl node "
+                         "attest show|accept",
+                         list, call->peer->name, rec.accepted_by);
+        (void)n;
+        return 0;
+    }
+    ret->attested = true;
+    ret->seen[0] = '\0';
+    return 0;
+}
+
+void kfd_rpc_get_node_attestation(kfd_call *call)
+{
+    const Keyfleet__V1__GetNodeAttestationRequest *req = (const Keyfleet__V1__GetNodeAttestationRequest *)call->request;
+    if (!kf_name_valid(req->node, strlen(req->node))) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node must be a valid node name");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_attest_record rec;
+    int r = kfd_store_get_attest(kfd_call_app(call)->store, req->node, &rec);
+    if (r != 0) {
+        kfd_call_error(call, r == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "%s",
+                       r == -ENOENT ? "no measured-boot record for this node" : "state store unavailable");
+        return;
+    }
+    char changed[64] = "";
+    kf_tpm_pcrs a, s;
+    if (rec.accepted[0] != '\0' && rec.seen[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &a) == 0 &&
+        kf_tpm_pcrs_parse(rec.seen, &s) == 0)
+        kf_tpm_pcr_list(kf_tpm_pcrs_diff(&a, &s), changed, sizeof(changed));
+    Keyfleet__V1__GetNodeAttestationResponse resp = KEYFLEET__V1__GET_NODE_ATTESTATION_RESPONSE__INIT;
+    resp.accepted = rec.accepted;
+    resp.accepted_at = rec.accepted_at;
+    resp.accepted_by = rec.accepted_by;
+    resp.seen = rec.seen;
+    resp.seen_at = rec.seen_at;
+    resp.changed = changed;
+    kfd_call_reply(call, &resp.base);
+}
+
+typedef struct accept_op {
+    kfd_op base;
+    char pcrs[KF_TPM_PCRS_TEXT_MAX];
+} accept_op;
+
+static void on_accept_committed(void *arg, int status, const kfd_change_result *res, const kf_err *err)
+{
+    accept_op *op = arg;
+    if (op->base.call != NULL && kfd_rpc_commit_answer(op->base.call, status, err)) {
+        Keyfleet__V1__AcceptNodeAttestationResponse resp = KEYFLEET__V1__ACCEPT_NODE_ATTESTATION_RESPONSE__INIT;
+        resp.accepted = op->pcrs;
+        resp.pending_request_id = (char *)res->held_request_id;
+        resp.approvals_needed = res->approvals_needed;
+        kfd_call_reply(op->base.call, &resp.base);
+    }
+    kfd_op_free(op);
+}
+
+void kfd_rpc_accept_node_attestation(kfd_call *call)
+{
+    const Keyfleet__V1__AcceptNodeAttestationRequest *req =
+        (const Keyfleet__V1__AcceptNodeAttestationRequest *)call->request;
+    kf_tpm_pcrs expected;
+    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->totp_code) > 16 ||
+        (req->expected[0] != '\0' && kf_tpm_pcrs_parse(req->expected, &expected) != 0)) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
+                       "node must be a valid node name, expected PCR values as '0=HEX 2=HEX ...', totp_code 6 digits");
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_attest_record rec;
+    int r = kfd_store_get_attest(kfd_call_app(call)->store, req->node, &rec);
+    if (r != 0 && r != -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    kf_tpm_pcrs seen;
+    if (r == -ENOENT || rec.seen[0] == '\0' || kf_tpm_pcrs_parse(rec.seen, &seen) != 0) {
+        kfd_call_error(call, KF_CONNECT_NOT_FOUND, "node %s has sent no quote that differs from its accepted values",
+                       req->node);
+        return;
+    }
+    if (req->expected[0] != '\0' && kf_tpm_pcrs_diff(&expected, &seen) != 0) {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
+                       "node %s has quoted other values since; look again (keyfleetctl node attest show)", req->node);
+        return;
+    }
+    accept_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    snprintf(op->pcrs, sizeof(op->pcrs), "%s", rec.seen);
+    char list[64] = "all";
+    kf_tpm_pcrs accepted;
+    if (rec.accepted[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &accepted) == 0)
+        kf_tpm_pcr_list(kf_tpm_pcrs_diff(&accepted, &seen), list, sizeof(list));
+    char reason[200];
+    snprintf(reason, sizeof(reason), "accept the PCR values node %s quoted last (changed: PCR %s)", req->node, list);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), "attest_accept", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "",
+                   "", reason);
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)req->node;
+    c.kind = (char *)"accept";
+    c.pcrs = op->pcrs;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    kf_log_info("attest_accept", "node=%s operator=%s changed=%s", req->node, call->peer->name, list);
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_accept_committed, op);
+}

@@ -1,0 +1,32 @@
+/* Measured-boot attestation on the coordinator (docs/attestation.md): a request's TPM quote
+ * checked against the node's certificate and accepted PCR values, and the operator's
+ * GetNodeAttestation / AcceptNodeAttestation. */
+#ifndef KFD_RPC_ATTEST_H
+#define KFD_RPC_ATTEST_H
+
+#include <stdbool.h>
+
+#include "front/call.h"
+#include "kf_tpm_evidence.h"
+#include "keyfleet/v1/node.pb-c.h"
+
+typedef struct kfd_attest_eval {
+    bool attested;    /* a valid quote for this request, matching the accepted values */
+    char why[320];    /* when not attested: why, naming changed PCRs */
+    char seen[KF_TPM_PCRS_TEXT_MAX]; /* a valid quote's values when they are not (yet) accepted */
+    bool no_baseline; /* valid quote, and the node has no accepted values yet */
+    bool quote_valid; /* the quote held (steps 1-5 of docs/attestation.md); quoted holds its values */
+    kf_tpm_pcrs quoted;
+} kfd_attest_eval;
+
+/* Evaluates quote (NULL: none) for the request method/volume_id/eph/request_id on call's TLS
+ * connection. Returns 0 with *ret filled, or -EINVAL with why set for a malformed quote (the
+ * caller answers invalid_argument), or -EIO (store unavailable). */
+int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, const char *method,
+                        const char *volume_id, const ProtobufCBinaryData *eph, const char *request_id,
+                        kfd_attest_eval *ret);
+
+void kfd_rpc_get_node_attestation(kfd_call *call);
+void kfd_rpc_accept_node_attestation(kfd_call *call);
+
+#endif

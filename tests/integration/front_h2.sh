@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# keyfleetd's HTTP/2 guard (front/h2guard.c, issue #18): the SETTINGS it advertises, bodies far
+# over the limit answered resource_exhausted instead of a REFUSED_STREAM reset, and rapid reset
+# (HEADERS then RST_STREAM, again and again) ending the connection with GOAWAY. Real TLS on
+# 127.0.0.1: curl, and h2_probe.py for the frames no ready-made client sends.
+. "$(dirname "$0")/lib.sh"
+
+H2=(python3 "$(dirname "$0")/h2_probe.py")
+F=$WORK/fleet
+fleet_init "$F"
+start_kfd "$F"
+h2() { local cmd=$1; shift; timeout 90 "${H2[@]}" "$cmd" 127.0.0.1 "$PORT" "$F/ca.crt" "$F/operator.crt" "$F/operator.key" "$@"; }
+
+# 1. SETTINGS_MAX_CONCURRENT_STREAMS is limits.max_streams_per_connection, not h2o's 100.
+expect_eq "SETTINGS advertise the default 32 streams" "$(h2 settings)" \
+    "max_concurrent_streams=32 initial_window_size=16777216"
+
+# 2. Bodies: past h2o's 1 MiB cap (16 x max_body_bytes), with and without content-length.
+PROTO=(-H 'content-type: application/proto')
+head -c 2000000 /dev/zero >"$WORK/2mb"
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary "@$WORK/2mb")
+expect_match "a 2 MB body with content-length gets 429 resource_exhausted, not a stream reset" "$out" \
+    '^429 \{"code":"resource_exhausted","message":"request body of [0-9]+ bytes exceeds the limit of 65536"'
+kcurl "$F" operator -o "$WORK/body" -w '%{http_code}' -X POST "${PROTO[@]}" -T - \
+    "$URL/keyfleet.v1.AdminService/ClusterStatus" <"$WORK/2mb" >"$WORK/code" 2>"$WORK/err"
+expect_eq "a 2 MB body without content-length (curl -T -) ends cleanly" "$?" "0"
+expect_match "... and gets 429 resource_exhausted" "$(cat "$WORK/code") $(cat "$WORK/body")" \
+    '^429 \{"code":"resource_exhausted"'
+head -c 16000000 /dev/zero >"$WORK/16mb"
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary "@$WORK/16mb")
+expect_match "a 16 MB body gets 429 resource_exhausted too" "$out" '^429 \{"code":"resource_exhausted"'
+rm -f "$WORK/16mb"
+# Positive control: at the limit the body is decoded (zeros are no valid protobuf: 400).
+head -c 65536 /dev/zero >"$WORK/64k"
+out=$(rpc "$F" operator AdminService/ClusterStatus "${PROTO[@]}" --data-binary "@$WORK/64k")
+expect_match "a body of exactly 64 KiB is not refused for its size (400 invalid_argument)" "$out" \
+    '^400 \{"code":"invalid_argument"'
+expect_eq "the same connection's next request is served" \
+    "$(kcurl "$F" operator -w ' %{http_code}' -X POST "${PROTO[@]}" --data-binary "@$WORK/2mb" \
+        "$URL/keyfleet.v1.AdminService/ClusterStatus" -o /dev/null --next --cacert "$F/ca.crt" \
+        --cert "$F/operator.crt" --key "$F/operator.key" -w ' %{http_code} %{num_connects}' "$URL/healthz")" \
+    " 429ok
+ 200 0"
+expect_eq "bodies cut early are counted" "$(metric "$F" keyfleet_h2_bodies_cut_total)" "4"
+grep -q 'event=request_body_cut source=127.0.0.1 stream=1 bytes=[0-9]* limit=65536' "$F/keyfleetd.log"
+expect_eq "... and logged" "$?" "0"
+
+# 3. Rapid reset: 2000 HEADERS + RST_STREAM pairs, then one more request.
+out=$(h2 reset-flood 50)
+expect_match "positive control: 50 resets, then the next request on the connection is answered" "$out" \
+    '^healthz=200 resets_sent=50$'
+out=$(h2 reset-flood 2000)
+expect_match "2000 resets: the connection is ended, the request after them never answered" "$out" \
+    '^(goaway=ENHANCE_YOUR_CALM|end=closed) '
+expect_eq "... counted once as a reset flood" "$(metric "$F" keyfleet_h2_reset_floods_total)" "1"
+grep -q 'event=h2_reset_flood source=127.0.0.1 resets=101 limit=100 action=goaway' "$F/keyfleetd.log"
+expect_eq "... logged when the 101st reset came" "$?" "0"
+expect_eq "keyfleetd still serves new connections" "$(kcurl "$F" operator "$URL/healthz")" "ok"
+
+# 4. keyfleetd runs the TLS handshake itself (to hook HTTP/2 connections): a client that never
+# finishes it is still closed by h2o's handshake timeout (10 s), as under h2o_accept.
+out=$(python3 - "$PORT" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=40)
+s.sendall(b"\x16\x03\x01")  # the start of a TLS record, then nothing
+try:
+    print("closed" if s.recv(1) == b"" else "data")
+except socket.timeout:
+    print("still open after 40 s")
+except ConnectionError:
+    print("closed")
+PY
+)
+expect_eq "a connection that stalls in the TLS handshake is closed" "$out" "closed"
+
+# Nothing above leaves a connection behind (each client has gone; the server closes its end, at
+# the latest at the idle timeout, 30 s).
+open_now() { metric "$F" keyfleet_connections_open; }
+for _ in $(seq 1 400); do [ "$(open_now)" = 1 ] && break; sleep 0.1; done
+expect_eq "every connection above is closed (the one open is this /metrics request's)" "$(open_now)" "1"
+
+# limits from the config: 8 streams, a budget of 10 resets.
+stop_kfd
+cat >>"$F/keyfleetd.yaml" <<'YAML'
+limits:
+  max_streams_per_connection: 8
+  max_stream_resets: 10
+YAML
+start_kfd "$F"
+expect_eq "SETTINGS advertise max_streams_per_connection: 8" "$(h2 settings)" \
+    "max_concurrent_streams=8 initial_window_size=16777216"
+expect_match "max_stream_resets: 10 lets 10 resets through" "$(h2 reset-flood 10)" '^healthz=200 '
+expect_match "... and ends the connection at the 11th of 200" "$(h2 reset-flood 200)" \
+    '^(goaway=ENHANCE_YOUR_CALM|end=closed) '
+check "keyfleetd is still running" kill -0 "$KFD_PID"
+check_sanitizers
+finish

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""A raw HTTP/2 client (RFC 9113) for the front-door tests, as the standard library has none and
+curl, nghttp and h2load cannot send the frames an abusive client sends. Over TLS 1.3 with a client
+certificate and ALPN h2 on 127.0.0.1.
+
+  h2_probe.py settings    HOST PORT CA CERT KEY
+      prints the server's SETTINGS: "max_concurrent_streams=N initial_window_size=N"
+  h2_probe.py reset-flood HOST PORT CA CERT KEY N
+      sends N pairs of HEADERS (GET /healthz, END_STREAM) then RST_STREAM(CANCEL), then one
+      more GET /healthz, and prints how the connection ended: "goaway=CODE_NAME resets_sent=K"
+      when the server sent GOAWAY (K: how many resets were written before the connection
+      closed), or "healthz=STATUS" when the last request was answered.
+
+One thread (OpenSSL does not allow two on one connection). Request headers are RFC 7541 literal fields without Huffman or the dynamic table. Of the answers it
+reads only frame headers, SETTINGS, GOAWAY and the first byte of each HEADERS block (":status:
+200" is static-table index 8). Bounded: every read has a 10 s timeout and the whole run 60 s.
+"""
+import socket
+import ssl
+import struct
+import sys
+import time
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+ERRORS = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR",
+          7: "REFUSED_STREAM", 8: "CANCEL", 11: "ENHANCE_YOUR_CALM"}
+
+
+def frame(ftype, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", stream) + payload
+
+
+def literal(name, value):
+    name, value = name.encode(), value.encode()
+    assert len(name) < 127 and len(value) < 127
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def get_headers(path):
+    return (literal(":method", "GET") + literal(":scheme", "https") + literal(":path", path)
+            + literal(":authority", "127.0.0.1"))
+
+
+def connect(host, port, ca, cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(ca)
+    ctx.load_cert_chain(cert, key)
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    s = ctx.wrap_socket(raw)
+    if s.selected_alpn_protocol() != "h2":
+        sys.exit("h2_probe: ALPN h2 not selected")
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+    return s
+
+
+class Reader:
+    def __init__(self, sock):
+        self.sock, self.buf = sock, b""
+
+    def next(self):
+        """The next frame as (type, flags, stream, payload), or None at EOF."""
+        while True:
+            if len(self.buf) >= 9:
+                n = int.from_bytes(self.buf[:3], "big")
+                if len(self.buf) >= 9 + n:
+                    f = self.buf[:9 + n]
+                    self.buf = self.buf[9 + n:]
+                    return f[3], f[4], int.from_bytes(f[5:9], "big") & 0x7FFFFFFF, f[9:]
+            try:
+                chunk = self.sock.recv(65536)
+            except (ConnectionError, ssl.SSLError, socket.timeout, OSError):
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+
+def settings(args):
+    s = connect(*args[:5])
+    r = Reader(s)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        f = r.next()
+        if f is None:
+            sys.exit("h2_probe: closed before SETTINGS")
+        ftype, flags, _, payload = f
+        if ftype == SETTINGS and not flags & ACK:
+            values = {}
+            for i in range(0, len(payload) - 5, 6):
+                ident, value = struct.unpack(">HI", payload[i:i + 6])
+                values[ident] = value
+            print("max_concurrent_streams=%s initial_window_size=%s" % (values.get(3, "unset"), values.get(4, "unset")))
+            return 0
+    sys.exit("h2_probe: no SETTINGS")
+
+
+def reset_flood(args):
+    """One thread: OpenSSL does not allow reading and writing one TLS connection from two. The
+    server's SETTINGS are read and acknowledged first; the answers to the flood (80 KB at most)
+    wait in the socket buffers until it is written."""
+    n = int(args[5])
+    s = connect(*args[:5])
+    r = Reader(s)
+    while True:
+        f = r.next()
+        if f is None:
+            sys.exit("h2_probe: closed before SETTINGS")
+        if f[0] == SETTINGS and not f[1] & ACK:
+            s.sendall(frame(SETTINGS, ACK, 0))
+            break
+    sent = 0
+    try:
+        for i in range(n):
+            sid = 2 * i + 1
+            s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, sid, get_headers("/healthz"))
+                      + frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
+            sent += 1
+        s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, 2 * n + 1, get_headers("/healthz")))
+    except OSError:
+        pass
+    result = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "healthz" not in result:
+        f = r.next()
+        if f is None:
+            break
+        ftype, flags, stream, payload = f
+        if ftype == GOAWAY:
+            result["goaway"] = ERRORS.get(struct.unpack(">I", payload[4:8])[0], "unknown")
+        elif ftype == HEADERS and stream == 2 * n + 1:
+            result["healthz"] = "200" if payload[:1] == b"\x88" else "other"
+    if "healthz" in result:
+        print("healthz=%s resets_sent=%d" % (result["healthz"], sent))
+    elif "goaway" in result:
+        print("goaway=%s resets_sent=%d" % (result["goaway"], sent))
+    else:
+        print("end=closed resets_sent=%d" % sent)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 7:
+        sys.exit(__doc__)
+    cmd, rest = sys.argv[1], sys.argv[2:]
+    if cmd == "settings":
+        sys.exit(settings(rest))
+    if cmd == "reset-flood" and len(rest) == 6:
+        sys.exit(reset_flood(rest))
+    sys.exit(__doc__)

@@ -1,0 +1,106 @@
+/* quote_probe: attacks on measured-boot attestation (docs/attestation.md), through the agent's own
+ * code (kfa_attest, kf_node_release) with a real TPM; one "case=... code=... message=..." line
+ * each. The volume must be enrolled and released to this node under require: [attested].
+ *   quote_probe AGENT_YAML VOLUME_ID WRAPPED OTHER_TCTI
+ * Cases:
+ *   fresh      a quote made for this request on this connection (released)
+ *   replayed   that same quote again, on a new connection (its TLS exporter differs)
+ *   other-ak   a quote with this request's qualifying data by another TPM's AK (never activated
+ *              for this node's EK, so no certificate names it)
+ *   garbage    random bytes as the quote's structures (invalid_argument)
+ * Exit 0 when every line was printed, 1 otherwise. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "agent.h"
+#include "kf_time.h"
+
+static void report(const char *name, int r, const kf_rpc_status *st, const kf_released *rel, const kf_err *err)
+{
+    if (r != 0)
+        printf("case=%s code=transport message=\"%s\"\n", name, err->msg);
+    else if (st->code == KF_CONNECT_OK)
+        printf("case=%s code=ok status=%s\n", name, rel->pending ? "pending" : "released");
+    else
+        printf("case=%s code=%s message=\"%s\"\n", name, kf_connect_code_name(st->code), st->message);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 5) {
+        fprintf(stderr, "usage: quote_probe AGENT_YAML VOLUME_ID WRAPPED OTHER_TCTI\n");
+        return 1;
+    }
+    kf_err err = {0};
+    kfa_ctx ctx = {0};
+    if (kfa_config_load(argv[1], &ctx.cfg, &err) != 0 || kfa_identify(&ctx, &err) != 0) {
+        fprintf(stderr, "quote_probe: %s\n", err.msg);
+        return 1;
+    }
+    ctx.deadline = kf_monotonic_ms() + 60000;
+    Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
+    ref.id = argv[2];
+    ref.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    ref.name = (char *)"";
+    kfa_quote q;
+    Keyfleet__V1__TpmQuote msg;
+    kf_rpc_status st;
+    kf_released rel;
+    int rc = 1;
+
+    /* fresh */
+    int r = kfa_attest(&ctx, "Release", argv[2], "", &q, &msg, &err);
+    if (r != 0) {
+        fprintf(stderr, "quote_probe: attest: %d %s\n", r, err.msg);
+        goto out;
+    }
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+    report("fresh", r, &st, &rel, &err);
+    kf_released_clear(&rel);
+
+    /* replayed: the same quote on a new connection */
+    kfa_client_close_for_tpm(&ctx);
+    if (kfa_connect(&ctx, &err) != 0 || kf_rpc_client_connect(ctx.client, &err) != 0) {
+        fprintf(stderr, "quote_probe: %s\n", err.msg);
+        goto out;
+    }
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+    report("replayed", r, &st, &rel, &err);
+    kf_released_clear(&rel);
+
+    /* other-ak: this request's qualifying data, quoted by another TPM */
+    r = kfa_attest(&ctx, "Release", argv[2], "", &q, &msg, &err);
+    kfa_quote other;
+    if (r != 0 || kfa_tpm_quote(argv[4], ctx.cfg->tpm_attest_pcrs, q.nonce, &other, &err) != 0) {
+        fprintf(stderr, "quote_probe: other TPM: %s\n", err.msg);
+        goto out;
+    }
+    msg.quoted = (ProtobufCBinaryData){.data = other.quoted, .len = other.quoted_len};
+    msg.signature = (ProtobufCBinaryData){.data = other.sig, .len = other.sig_len};
+    msg.ak_public = (ProtobufCBinaryData){.data = other.ak_pub, .len = other.ak_pub_len};
+    msg.pcr_values = (ProtobufCBinaryData){.data = other.values, .len = other.values_len};
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+    report("other-ak", r, &st, &rel, &err);
+    kf_released_clear(&rel);
+
+    /* garbage: random structures of plausible sizes */
+    static unsigned char junk[4][400];
+    RAND_bytes(&junk[0][0], sizeof(junk));
+    Keyfleet__V1__TpmQuote bad = KEYFLEET__V1__TPM_QUOTE__INIT;
+    bad.quoted = (ProtobufCBinaryData){.data = junk[0], .len = 145};
+    bad.signature = (ProtobufCBinaryData){.data = junk[1], .len = 72};
+    bad.ak_public = (ProtobufCBinaryData){.data = junk[2], .len = 90};
+    bad.pcr_values = (ProtobufCBinaryData){.data = junk[3], .len = 128};
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &bad, &rel, &st, &err);
+    report("garbage", r, &st, &rel, &err);
+    kf_released_clear(&rel);
+    rc = 0;
+out:
+    kf_rpc_client_free(ctx.client);
+    kf_seal_receiver_free(ctx.receiver);
+    kfa_config_free(ctx.cfg);
+    return rc;
+}
