@@ -108,7 +108,15 @@ expect_match "a policy that needs approval: BEGIN is refused" "$out" "code=faile
 allow_nodes "$F" node-a node-b
 
 # Killed after every step: the volume still opens (old key or new), and a second run completes.
-for step in ${ONLY:-release begin keyslot stage old-token retire commit}; do
+# The sanitized build (several times slower) takes the steps between which a crash leaves two
+# keys on the volume; the release build takes them all.
+LUKS_STEPS="release begin keyslot stage old-token retire commit"
+ZFS_STEPS="release begin stage change-key wrapped retire commit"
+if [ "${KF_SANITIZED:-0}" = 1 ]; then
+    LUKS_STEPS="keyslot old-token"
+    ZFS_STEPS="change-key wrapped"
+fi
+for step in ${ONLY:-$LUKS_STEPS}; do
     before=$(luks_wrapped)
     KEYFLEET_TEST_CRASH_AFTER=$step A rotate "luks:$D" >"$WORK/crash.out" 2>&1
     expect_eq "LUKS2 killed after $step (exit 86)" "$?" "86"
@@ -125,7 +133,7 @@ for step in ${ONLY:-release begin keyslot stage old-token retire commit}; do
     luks_opens "... which opens"
     expect_match "... the key before this round is refused" "$(node "$F" node-a release "$UUID" "$before")" "code=failed_precondition"
 done
-for step in release begin stage change-key wrapped retire commit; do
+for step in $ZFS_STEPS; do
     before=$(zfs_prop wrapped-key)
     KEYFLEET_TEST_CRASH_AFTER=$step A rotate zfs:tank/r >"$WORK/crash.out" 2>&1
     expect_eq "ZFS killed after $step (exit 86)" "$?" "86"
