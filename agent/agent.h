@@ -87,6 +87,9 @@ int kfa_resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, k
  * encryption roots (only those whose key is not loaded, when locked_only). Not yet probed. */
 int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret, size_t *ret_n);
 
+/* The rotate command (rotate.c). */
+int kfa_rotate(kfa_ctx *ctx, int argc, char **argv);
+
 /* The watch command (watch.c). */
 int kfa_watch(kfa_ctx *ctx, int argc, char **argv);
 

@@ -18,6 +18,7 @@ KF_DLSYM(crypt_status);
 KF_DLSYM(crypt_set_pbkdf_type);
 KF_DLSYM(crypt_keyslot_add_by_passphrase);
 KF_DLSYM(crypt_keyslot_destroy);
+KF_DLSYM(crypt_keyslot_status);
 KF_DLSYM(crypt_activate_by_passphrase);
 KF_DLSYM(crypt_deactivate_by_name);
 KF_DLSYM(crypt_token_status);

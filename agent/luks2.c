@@ -5,7 +5,11 @@
  * and a LUKS2 token of type "keyfleet" records it:
  *   {"type":"keyfleet","keyslots":["N"],"keyfleet_volume_id":UUID,
  *    "keyfleet_wrapped_key":"kf:...","keyfleet_coordinators":["host:port",...],
- *    "keyfleet_tpm_sealed":"kftpm1:..." (only where policy allows offline unlock)}
+ *    "keyfleet_tpm_sealed":"kftpm1:..." (only where policy allows offline unlock),
+ *    "keyfleet_rotating":true, "keyfleet_replaces":"N" (a rotation's new key until COMMIT, and
+ *    the old key's keyslot)}
+ * A rotation adds a second token, marked rotating, with its own keyslot; probe prefers the
+ * unmarked one and keeps the marked one as wrapped_next (docs/agent.md, "Key rotation").
  * Unlock activates the mapping, or with luks.activate=false only verifies the key (no
  * device-mapper, as in the tests). */
 #include <errno.h>
@@ -64,10 +68,24 @@ static int open_device(const char *path, struct crypt_device **ret, kf_err *err)
     return 0;
 }
 
-/* Finds the keyfleet token; -ENOENT when there is none, -EBADMSG when it is malformed
- * (luks2_token.c checks every field, as the token plugin does). */
+/* The rotation's new key becomes v's key, still marked rotating (COMMIT to come). */
+static void next_becomes_key(kfa_volume *v, int replaces)
+{
+    v->wrapped = v->wrapped_next;
+    v->wrapped_next = NULL;
+    v->keyslot = v->next_keyslot;
+    v->token = v->next_token;
+    v->next_keyslot = v->next_token = -1;
+    v->replaces_keyslot = replaces;
+    v->rotating = true;
+}
+
+/* Finds the keyfleet tokens: the unmarked one is the volume's key, a marked one a rotation's new
+ * key (wrapped_next; or, alone, the key: rotating). -ENOENT when there is none, -EBADMSG when one
+ * is malformed (luks2_token.c checks every field, as the token plugin does). */
 static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
 {
+    bool found = false;
     for (int t = 0; t < MAX_TOKENS; t++) {
         const char *type = NULL;
         crypt_token_info info = sym_crypt_token_status(cd, t, &type);
@@ -80,15 +98,29 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
         int r = kfa_token_parse(json, v->id, &tok, err);
         if (r != 0)
             return kf_err_wrap(err, "%s: keyfleet token %d", v->path, t);
-        v->wrapped = tok.wrapped;
-        v->tpm_blob = tok.tpm_blob;
-        tok.wrapped = tok.tpm_blob = NULL;
-        v->keyslot = tok.keyslot;
-        v->token = t;
+        if (tok.rotating && v->wrapped_next == NULL) {
+            v->wrapped_next = tok.wrapped;
+            tok.wrapped = NULL;
+            v->next_keyslot = tok.keyslot;
+            v->next_token = t;
+            v->replaces_keyslot = tok.replaces;
+        } else if (!tok.rotating && v->wrapped == NULL) {
+            v->wrapped = tok.wrapped;
+            v->tpm_blob = tok.tpm_blob;
+            tok.wrapped = tok.tpm_blob = NULL;
+            v->keyslot = tok.keyslot;
+            v->token = t;
+        } else {
+            kfa_token_clear(&tok);
+            return kf_err_set(err, -EBADMSG, "%s: more than one keyfleet token %s", v->path,
+                              tok.rotating ? "marked rotating" : "without the rotating mark");
+        }
         kfa_token_clear(&tok);
-        return 0;
+        found = true;
     }
-    return -ENOENT;
+    if (found && v->wrapped == NULL) /* the old one was removed before COMMIT was known to be done */
+        next_becomes_key(v, v->replaces_keyslot);
+    return found ? 0 : -ENOENT;
 }
 
 static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
@@ -103,6 +135,9 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     v->wrapped = NULL;
     free(v->tpm_blob);
     v->tpm_blob = NULL;
+    free(v->wrapped_next);
+    v->wrapped_next = NULL;
+    v->rotating = false;
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
@@ -110,7 +145,7 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     snprintf(v->id, sizeof(v->id), "%s", uuid != NULL ? uuid : "");
     if (v->name[0] == '\0')
         snprintf(v->name, sizeof(v->name), "keyfleet-%.64s", v->id);
-    v->keyslot = v->token = -1;
+    v->keyslot = v->token = v->next_keyslot = v->next_token = v->replaces_keyslot = -1;
     r = read_token(cd, v, err);
     if (r == -ENOENT)
         r = 0;
@@ -119,7 +154,8 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     return r;
 }
 
-static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped)
+/* rotating: the token of a rotation's new key, which replaces v's keyslot. */
+static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped, bool rotating)
 {
     json_t *coords = json_array();
     for (size_t i = 0; coords != NULL && i < cfg->coordinators.n; i++)
@@ -128,11 +164,24 @@ static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, co
     snprintf(slot_s, sizeof(slot_s), "%d", slot);
     json_t *o = json_pack("{s:s, s:[s], s:s, s:s, s:o}", "type", TOKEN_TYPE, "keyslots", slot_s, "keyfleet_volume_id",
                           v->id, "keyfleet_wrapped_key", wrapped, "keyfleet_coordinators", coords);
-    if (o != NULL && v->tpm_blob != NULL)
+    if (o != NULL && v->tpm_blob != NULL && !rotating)
         json_object_set_new(o, "keyfleet_tpm_sealed", json_string(v->tpm_blob));
+    int replaces = v->rotating ? v->replaces_keyslot : v->keyslot;
+    if (o != NULL && rotating)
+        json_object_set_new(o, "keyfleet_rotating", json_true());
+    if (o != NULL && rotating && replaces >= 0 && replaces != slot) {
+        char old_s[16];
+        snprintf(old_s, sizeof(old_s), "%d", replaces);
+        json_object_set_new(o, "keyfleet_replaces", json_string(old_s));
+    }
     char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return s;
+}
+
+static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped)
+{
+    return token_json_as(cfg, v, slot, wrapped, v->rotating);
 }
 
 /* The PBKDF2 cost of the digest that checks keyslot slot's volume key, from the LUKS2 metadata:
@@ -164,6 +213,18 @@ static void digest_cost(struct crypt_device *cd, int slot, kfa_volume *v)
     json_decref(o);
 }
 
+/* A keyslot for key, authorised by auth (a passphrase or key that opens another keyslot):
+ * PBKDF2 with few iterations, as the key is 256 random bits. The slot, or a negative errno. */
+static int add_keyslot(struct crypt_device *cd, const kf_secbuf *auth, const kf_secbuf *key)
+{
+    struct crypt_pbkdf_type pbkdf = {
+        .type = CRYPT_KDF_PBKDF2, .hash = "sha512", .iterations = 1000, .flags = CRYPT_PBKDF_NO_BENCHMARK};
+    int r = sym_crypt_set_pbkdf_type(cd, &pbkdf);
+    return r < 0 ? r
+                 : sym_crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, (const char *)auth->data, auth->len,
+                                                       (const char *)key->data, key->len);
+}
+
 static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, const char *wrapped,
                        const kf_secbuf *auth, kf_err *err)
 {
@@ -173,12 +234,7 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
-    struct crypt_pbkdf_type pbkdf = {
-        .type = CRYPT_KDF_PBKDF2, .hash = "sha512", .iterations = 1000, .flags = CRYPT_PBKDF_NO_BENCHMARK};
-    r = sym_crypt_set_pbkdf_type(cd, &pbkdf);
-    int slot = r < 0 ? r
-                     : sym_crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, (const char *)auth->data, auth->len,
-                                                       (const char *)key->data, key->len);
+    int slot = add_keyslot(cd, auth, key);
     if (slot < 0) {
         return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add a keyslot: %s", v->path,
                           slot == -EPERM ? "the existing passphrase is wrong" : strerror(-slot));
@@ -304,6 +360,92 @@ static int luks_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err
     return 0;
 }
 
+static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key,
+                             const kf_secbuf *new_key, const char *wrapped, kf_err *err)
+{
+    struct crypt_device *cd = NULL;
+    int r = device_of(v, &cd, err);
+    if (r != 0)
+        return r;
+    /* A run cut off after adding the keyslot but before its token left a keyslot the new key
+     * opens (BEGIN hands out the same key again): use it rather than add another. */
+    int slot = sym_crypt_activate_by_passphrase(cd, NULL, CRYPT_ANY_SLOT, (const char *)new_key->data, new_key->len, 0);
+    if (slot < 0)
+        slot = add_keyslot(cd, old_key, new_key);
+    if (slot < 0)
+        return kf_err_set(err, slot == -EPERM ? -EKEYREJECTED : slot, "%s: cannot add a keyslot for the new key: %s",
+                          v->path, slot == -EPERM ? "the current key does not open the volume" : strerror(-slot));
+    kfa_test_crash_point("keyslot");
+    char *json = token_json_as(cfg, v, slot, wrapped, true);
+    int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
+    free(json);
+    char *copy = token >= 0 ? strdup(wrapped) : NULL;
+    if (copy == NULL) {
+        if (token >= 0)
+            sym_crypt_token_json_set(cd, token, NULL);
+        sym_crypt_keyslot_destroy(cd, slot);
+        return kf_err_set(err, -EIO, "%s: cannot write the new keyfleet token", v->path);
+    }
+    free(v->wrapped_next);
+    v->wrapped_next = copy;
+    v->next_keyslot = slot;
+    v->next_token = token;
+    return 0;
+}
+
+/* Kills the old key's keyslot, when it is still there. */
+static int kill_replaced(struct crypt_device *cd, kfa_volume *v, int slot, kf_err *err)
+{
+    if (slot < 0 || slot == v->keyslot)
+        return 0;
+    crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, slot);
+    int r = ki == CRYPT_SLOT_ACTIVE || ki == CRYPT_SLOT_ACTIVE_LAST ? sym_crypt_keyslot_destroy(cd, slot) : 0;
+    return r < 0 ? kf_err_set(err, r, "%s: cannot kill the old keyslot %d: %s", v->path, slot, strerror(-r)) : 0;
+}
+
+static int luks_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *new_key, kf_err *err)
+{
+    (void)cfg;
+    struct crypt_device *cd = NULL;
+    int r = device_of(v, &cd, err);
+    if (r != 0)
+        return r;
+    if (v->rotating) /* the old token is gone (and the new keyslot was verified before it went) */
+        return kill_replaced(cd, v, v->replaces_keyslot, err);
+    if (v->wrapped_next == NULL || v->next_keyslot < 0 || new_key == NULL)
+        return kf_err_set(err, -EINVAL, "%s: no rotation in progress", v->path);
+    /* Verify: the new keyslot opens with the new key before the old one goes. */
+    r = sym_crypt_activate_by_passphrase(cd, NULL, v->next_keyslot, (const char *)new_key->data, new_key->len, 0);
+    if (r != v->next_keyslot)
+        return kf_err_set(err, -EKEYREJECTED, "%s: the new key does not open its keyslot %d; the old key stays",
+                          v->path, v->next_keyslot);
+    /* The old token first, then its keyslot (killing a keyslot unassigns it from its token,
+     * which the strict parser would refuse): the new token names the old keyslot, so a run cut
+     * off between the two kills it later. */
+    int old_slot = v->keyslot;
+    if (v->token >= 0 && v->token != v->next_token && (r = sym_crypt_token_json_set(cd, v->token, NULL)) < 0)
+        return kf_err_set(err, r, "%s: cannot remove the old keyfleet token %d", v->path, v->token);
+    free(v->wrapped);
+    free(v->tpm_blob); /* sealed the old key */
+    v->tpm_blob = NULL;
+    next_becomes_key(v, old_slot);
+    kfa_test_crash_point("old-token");
+    return kill_replaced(cd, v, old_slot, err);
+}
+
+static int luks_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
+{
+    if (!v->rotating)
+        return 0;
+    v->rotating = false;
+    char *wrapped = strdup(v->wrapped);
+    int r = wrapped != NULL ? luks_store_wrapped(cfg, v, wrapped, err) : kf_err_set(err, -ENOMEM, "out of memory");
+    free(wrapped);
+    if (r != 0)
+        v->rotating = true;
+    return r;
+}
+
 const kfa_driver kfa_luks2_driver = {
     .name = "luks2",
     .probe = luks_probe,
@@ -312,6 +454,9 @@ const kfa_driver kfa_luks2_driver = {
     .lock = luks_lock,
     .store_wrapped = luks_store_wrapped,
     .store_tpm = luks_store_tpm,
+    .rotate_stage = luks_rotate_stage,
+    .rotate_retire = luks_rotate_retire,
+    .rotate_finish = luks_rotate_finish,
 };
 
 void kfa_volume_clear(kfa_volume *v)
@@ -320,6 +465,8 @@ void kfa_volume_clear(kfa_volume *v)
     v->wrapped = NULL;
     free(v->tpm_blob);
     v->tpm_blob = NULL;
+    free(v->wrapped_next);
+    v->wrapped_next = NULL;
     if (v->handle != NULL && v->kind == KFA_VOL_LUKS2)
         sym_crypt_free(v->handle);
     v->handle = NULL;

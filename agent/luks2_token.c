@@ -81,17 +81,23 @@ static int check_volume_id(const char *vid, const char *uuid, kf_err *err)
     return 0;
 }
 
+/* A keyslot number as LUKS2 writes it: a string of canonical decimal. */
+static bool slot_number(const char *s, int *ret)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (s[0] < '0' || s[0] > '9' || *end != '\0' || (s[0] == '0' && s[1] != '\0') || v >= KFA_TOKEN_KEYSLOTS)
+        return false;
+    *ret = (int)v;
+    return true;
+}
+
 static int check_keyslots(json_t *slots, int *ret, kf_err *err)
 {
     const char *s = json_string_value(json_array_get(slots, 0));
     if (!json_is_array(slots) || json_array_size(slots) != 1 || s == NULL)
         return BAD(err, "keyslots must name exactly one keyslot, as a string");
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (s[0] < '0' || s[0] > '9' || *end != '\0' || (s[0] == '0' && s[1] != '\0') || v >= KFA_TOKEN_KEYSLOTS)
-        return BAD(err, "keyslots names no valid keyslot (0..%d)", KFA_TOKEN_KEYSLOTS - 1);
-    *ret = (int)v;
-    return 0;
+    return slot_number(s, ret) ? 0 : BAD(err, "keyslots names no valid keyslot (0..%d)", KFA_TOKEN_KEYSLOTS - 1);
 }
 
 static int check_coordinators(json_t *a, kfa_token *t, kf_err *err)
@@ -144,7 +150,8 @@ static int check_tpm(json_t *v, kfa_token *t, kf_err *err)
 static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
 {
     static const char *const known[] = {"type", "keyslots", "keyfleet_volume_id", "keyfleet_wrapped_key",
-                                        "keyfleet_coordinators", "keyfleet_tpm_sealed", "keyfleet_version"};
+                                        "keyfleet_coordinators", "keyfleet_tpm_sealed", "keyfleet_version",
+                                        "keyfleet_rotating", "keyfleet_replaces"};
     if (!json_is_object(o))
         return BAD(err, "not a JSON object");
     const char *key;
@@ -187,6 +194,15 @@ static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
         return BAD(err, "keyfleet_coordinators is missing");
     if ((r = check_coordinators(v, t, err)) != 0)
         return r;
+    v = json_object_get(o, "keyfleet_rotating");
+    if (v != NULL && !json_is_true(v))
+        return BAD(err, "keyfleet_rotating must be true when present");
+    t->rotating = v != NULL;
+    t->replaces = -1;
+    v = json_object_get(o, "keyfleet_replaces");
+    if (v != NULL && (!t->rotating || !json_is_string(v) || !slot_number(json_string_value(v), &t->replaces) ||
+                      t->replaces == t->keyslot))
+        return BAD(err, "keyfleet_replaces must name another keyslot, as a string, in a token marked rotating");
     v = json_object_get(o, "keyfleet_tpm_sealed");
     return v != NULL ? check_tpm(v, t, err) : 0;
 }

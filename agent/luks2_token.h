@@ -4,10 +4,13 @@
  * refusal says which field and why, never echoing a value that could be long or binary:
  *   {"type":"keyfleet","keyslots":["N"],"keyfleet_volume_id":UUID,
  *    "keyfleet_wrapped_key":"kf:BACKEND:REF:...","keyfleet_coordinators":["host:port",...],
- *    "keyfleet_tpm_sealed":"kftpm1:..." (optional), "keyfleet_version":1 (optional)} */
+ *    "keyfleet_tpm_sealed":"kftpm1:..." (optional), "keyfleet_version":1 (optional),
+ *    "keyfleet_rotating":true (optional: the new key of a rotation not yet committed, docs/agent.md),
+ *    "keyfleet_replaces":"N" (optional, only with keyfleet_rotating: the old key's keyslot)} */
 #ifndef KFA_LUKS2_TOKEN_H
 #define KFA_LUKS2_TOKEN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "kf_err.h"
@@ -28,6 +31,8 @@ typedef struct kfa_token {
     size_t n_coordinators;
     char backend[32];    /* from the wrapped key: "local", "vault", ... (for luksDump) */
     char key_ref[64];    /* the KMS key version the wrapped key names ("v1"), cut to fit */
+    bool rotating;       /* keyfleet_rotating: a rotation's new key, not yet committed */
+    int replaces;        /* keyfleet_replaces: the keyslot of the key it replaces; -1 when none */
 } kfa_token;
 
 /* Parses and checks a keyfleet token. uuid, when not NULL, is the header's UUID, which

@@ -40,6 +40,9 @@ static const kf_cli_cmd commands_help[] = {
                "       each volume's key status and last unlock, and whether a coordinator answers"},
     {"rewrap", "rewrap\n"
                "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
+    {"rotate", "rotate --all | VOLUME...\n"
+               "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
+               "       exit as unlock"},
     {"identity", "identity create NAME [--key FILE] [--csr FILE]\n"
                  "       makes an ECC P-256 key in the TPM (tpm.tcti), a certificate request, and the TPM's\n"
                  "       evidence that the key is in it (FILE.evidence); FILE defaults: identity.tpm_key of\n"
@@ -281,16 +284,47 @@ static int unlock_from_tpm(kfa_ctx *ctx, kfa_volume *v, const char *why, kf_err 
     return 0;
 }
 
-/* Unlocks one probed volume; returns 0 when it is unlocked afterwards. */
+static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err);
+
+static void swap_next(kfa_volume *v)
+{
+    char *w = v->wrapped;
+    int slot = v->keyslot;
+    v->wrapped = v->wrapped_next;
+    v->keyslot = v->next_keyslot;
+    v->wrapped_next = w;
+    v->next_keyslot = slot;
+}
+
+/* Unlocks one probed volume; returns 0 when it is unlocked afterwards. A volume with a key
+ * rotation staged (interrupted) opens with the old key or, failing that, the new one. */
 static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
 {
-    int r;
     if (v->wrapped == NULL)
         return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
     if (v->unlocked) {
         printf("%s %s: already unlocked\n", v->drv->name, v->path);
         return 0;
     }
+    int r = unlock_with(ctx, v, err);
+    if (r == 0 || v->wrapped_next == NULL || r == -EHOSTUNREACH || r == -ETIMEDOUT || v->unlocked)
+        return r;
+    kf_log_info("unlock_rotation_key", "volume=%s after=%s", kf_log_q(v->path), kf_log_q(err->msg));
+    swap_next(v);
+    kf_err next_err = {0};
+    if ((r = unlock_with(ctx, v, &next_err)) != 0) {
+        swap_next(v);
+        char first[240];
+        snprintf(first, sizeof(first), "%.239s", err->msg);
+        return kf_err_set(err, r, "%s; with the rotation in progress: %.240s", first, next_err.msg);
+    }
+    swap_next(v); /* v describes the volume as stored, for what follows (rewrap) */
+    return 0;
+}
+
+static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
+{
+    int r;
     kf_released rel;
     if ((r = kfa_release(ctx, v, &rel, err)) != 0) {
         if (r == -EHOSTUNREACH && v->tpm_blob != NULL)
@@ -572,6 +606,8 @@ int main(int argc, char **argv)
         rc = cmd_status(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "rewrap") == 0)
         rc = cmd_rewrap(&ctx, sub_argc, sub_argv);
+    else if (strcmp(cmd, "rotate") == 0)
+        rc = kfa_rotate(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "watch") == 0)
         rc = kfa_watch(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "seal-secret-id") == 0)

@@ -24,6 +24,15 @@ typedef struct kfa_volume {
     char *tpm_blob;  /* TPM-sealed copy for offline unlock; NULL when none */
     int keyslot;     /* LUKS2: the keyfleet keyslot */
     int token;       /* LUKS2: the keyfleet token */
+    /* A rotation in progress on the volume (docs/agent.md, "Key rotation"): the new key's wrapped
+     * form (LUKS2: the token marked rotating, while the old token is still there; ZFS:
+     * org.keyfleet:wrapped-next), NULL when none; LUKS2: its keyslot and token. */
+    char *wrapped_next;
+    int next_keyslot, next_token;
+    int replaces_keyslot; /* LUKS2: the old key's keyslot, named by the marked token; -1 when none */
+    /* LUKS2: the only keyfleet token is marked rotating (the old key is gone, COMMIT is not
+     * known to have happened): wrapped is the new key, and a rotate run commits it. */
+    bool rotating;
     bool unlocked;   /* the key is already loaded (ZFS keystatus, LUKS mapping present) */
     void *handle;    /* driver state kept from probe to unlock (LUKS2: the loaded crypt_device) */
     /* LUKS2, set by enroll: the CPU time of the check after enroll (what a boot unlock pays) and
@@ -51,6 +60,17 @@ typedef struct kfa_driver {
      * the volume is locked afterwards (*changed says whether it was open); a volume still in use
      * is an error. */
     int (*lock)(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err *err);
+    /* Rotation (rotate.c drives the steps; each leaves a volume that opens with the old key or
+     * the new one). stage: stores the new key beside the old (LUKS2: a keyslot authorised by
+     * old_key and a token marked rotating; ZFS: org.keyfleet:wrapped-next), sets wrapped_next.
+     * retire: checks that new_key opens the volume, then removes the old key (LUKS2: its keyslot,
+     * then its token; ZFS: change-key, then wrapped-key := wrapped_next and wrapped-next removed);
+     * wrapped becomes the new wrapped key; called again on a volume left rotating (new_key NULL),
+     * it only finishes removing the old key. finish: after COMMIT, clears the rotating mark. */
+    int (*rotate_stage)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key, const kf_secbuf *new_key,
+                        const char *wrapped, kf_err *err);
+    int (*rotate_retire)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *new_key, kf_err *err);
+    int (*rotate_finish)(const kfa_config *cfg, kfa_volume *v, kf_err *err);
 } kfa_driver;
 
 extern const kfa_driver kfa_luks2_driver;
@@ -61,6 +81,14 @@ extern const kfa_driver kfa_zfs_driver;
 int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names, size_t *ret_n, kf_err *err);
 
 void kfa_volume_clear(kfa_volume *v);
+
+/* Test builds only (KF_TEST_HOOKS, set with KF_TESTS): _exit(86) when the environment's
+ * KEYFLEET_TEST_CRASH_AFTER names step, for the rotation's crash tests. A no-op otherwise. */
+#ifdef KF_TEST_HOOKS
+void kfa_test_crash_point(const char *step);
+#else
+static inline void kfa_test_crash_point(const char *step) { (void)step; }
+#endif
 
 /* Runs argv[0] (an absolute path) with input on a pipe to its stdin; captures stdout (malloc'ed,
  * NUL-terminated) when ret_out is not NULL. Returns the exit status (>= 0) or a negative errno. */

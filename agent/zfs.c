@@ -1,7 +1,9 @@
 /* ZFS through the zfs command, called by its absolute path (zfs.command). The dataset GUID is
  * the volume id; user properties org.keyfleet:wrapped-key and org.keyfleet:volume-id hold the
  * metadata and move with the pool (zpool export/import). Keys are raw 32 bytes
- * (keyformat=raw, keylocation=prompt) and reach zfs only on its stdin. */
+ * (keyformat=raw, keylocation=prompt) and reach zfs only on its stdin. A key rotation in progress
+ * keeps the new wrapped key in org.keyfleet:wrapped-next until the dataset's key is changed and
+ * wrapped-key points at it (docs/agent.md, "Key rotation"). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #define PROP_WRAPPED KFA_ZFS_PROP_WRAPPED
 #define PROP_ID KFA_ZFS_PROP_ID
 #define PROP_TPM KFA_ZFS_PROP_TPM
+#define PROP_NEXT KFA_ZFS_PROP_NEXT
 
 static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *key, char **ret_out, kf_err *err)
 {
@@ -218,6 +221,65 @@ static int zfs_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err 
     return 0;
 }
 
+static int zfs_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key,
+                            const kf_secbuf *new_key, const char *wrapped, kf_err *err)
+{
+    (void)old_key, (void)new_key; /* change-key needs the loaded key, not the old one */
+    char prop[KFA_WRAPPED_MAX + 64];
+    snprintf(prop, sizeof(prop), PROP_NEXT "=%s", wrapped);
+    const char *args[] = {"set", prop, v->path, NULL};
+    char *copy = strdup(wrapped);
+    int r = copy != NULL ? zfs(cfg, args, NULL, NULL, err) : kf_err_set(err, -ENOMEM, "out of memory");
+    if (r != 0) {
+        free(copy);
+        return r;
+    }
+    free(v->wrapped_next);
+    v->wrapped_next = copy;
+    return 0;
+}
+
+static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *new_key, kf_err *err)
+{
+    if (new_key == NULL)
+        return 0; /* nothing is left to remove once wrapped-key names the new key */
+    if (v->wrapped_next == NULL)
+        return kf_err_set(err, -EINVAL, "%s: no rotation in progress", v->path);
+    if (!v->unlocked)
+        return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); change-key needs it", v->path);
+    const char *change[] = {"change-key", "-o", "keyformat=raw", "-o", "keylocation=prompt", v->path, NULL};
+    int r = zfs(cfg, change, new_key, NULL, err);
+    if (r != 0)
+        return r;
+    kfa_test_crash_point("change-key");
+    const char *check[] = {"load-key", "-n", "-L", "prompt", v->path, NULL};
+    if ((r = zfs(cfg, check, new_key, NULL, err)) != 0)
+        return kf_err_wrap(err, "%s: the new key did not verify", v->path);
+    if ((r = set_props(cfg, v, v->wrapped_next, err)) != 0)
+        return r;
+    kfa_test_crash_point("wrapped");
+    const char *drop[] = {"inherit", PROP_NEXT, v->path, NULL};
+    if ((r = zfs(cfg, drop, NULL, NULL, err)) != 0)
+        return r;
+    free(v->wrapped);
+    v->wrapped = v->wrapped_next;
+    v->wrapped_next = NULL;
+    if (v->tpm_blob != NULL) { /* it sealed the old key, which no longer opens the dataset */
+        const char *drop_tpm[] = {"inherit", PROP_TPM, v->path, NULL};
+        if (zfs(cfg, drop_tpm, NULL, NULL, err) == 0) {
+            free(v->tpm_blob);
+            v->tpm_blob = NULL;
+        }
+    }
+    return 0;
+}
+
+static int zfs_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
+{
+    (void)cfg, (void)v, (void)err;
+    return 0;
+}
+
 const kfa_driver kfa_zfs_driver = {
     .name = "zfs",
     .probe = zfs_probe,
@@ -226,4 +288,7 @@ const kfa_driver kfa_zfs_driver = {
     .lock = zfs_lock,
     .store_wrapped = zfs_store_wrapped,
     .store_tpm = zfs_store_tpm,
+    .rotate_stage = zfs_rotate_stage,
+    .rotate_retire = zfs_rotate_retire,
+    .rotate_finish = zfs_rotate_finish,
 };

@@ -21,9 +21,11 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
 {
     /* One more than expected, so a value holding a tab or a newline (a property an evil maid
      * wrote) is an error, not a shift of the fields after it. */
-    char *f[7];
-    if (split(out, f, 7) != 6)
+    char *f[8];
+    if (split(out, f, 8) != 7)
         return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
+    free(v->wrapped_next);
+    v->wrapped_next = NULL;
     size_t glen = strlen(f[0]);
     if (glen == 0 || glen > 20 || strspn(f[0], "0123456789") != glen)
         return kf_err_set(err, -EIO, "zfs get %s: the guid is not a number", v->path);
@@ -45,16 +47,24 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
         kf_err_wrap(err, "%s: " KFA_ZFS_PROP_TPM " holds no valid TPM-sealed copy", v->path);
         return r;
     }
+    bool has_next = strcmp(f[6], "-") != 0;
+    if (has_next && (r = kfa_wrapped_check(f[6], NULL, err)) != 0) {
+        kf_err_wrap(err, "%s: " KFA_ZFS_PROP_NEXT " holds no valid wrapped key", v->path);
+        return r;
+    }
     char *wrapped = strdup(f[4]), *tpm = strcmp(f[5], "-") != 0 ? strdup(f[5]) : NULL;
-    if (wrapped == NULL || (tpm == NULL && strcmp(f[5], "-") != 0)) {
+    char *next = has_next ? strdup(f[6]) : NULL;
+    if (wrapped == NULL || (tpm == NULL && strcmp(f[5], "-") != 0) || (has_next && next == NULL)) {
         free(wrapped);
         free(tpm);
+        free(next);
         return kf_err_set(err, -ENOMEM, "out of memory");
     }
     free(v->wrapped);
     free(v->tpm_blob);
     v->wrapped = wrapped;
     v->tpm_blob = tpm;
+    v->wrapped_next = next;
     return 0;
 }
 

@@ -13,12 +13,15 @@
 #define KFA_ZFS_PROP_WRAPPED "org.keyfleet:wrapped-key"
 #define KFA_ZFS_PROP_ID "org.keyfleet:volume-id"
 #define KFA_ZFS_PROP_TPM "org.keyfleet:tpm-sealed"
+#define KFA_ZFS_PROP_NEXT "org.keyfleet:wrapped-next" /* a key rotation in progress (rotate.c) */
 /* The properties kfa_zfs_parse_probe reads, in its order. */
-#define KFA_ZFS_PROBE_PROPS "guid,keystatus,encryptionroot," KFA_ZFS_PROP_ID "," KFA_ZFS_PROP_WRAPPED "," KFA_ZFS_PROP_TPM
+#define KFA_ZFS_PROBE_PROPS                                                                                             \
+    "guid,keystatus,encryptionroot," KFA_ZFS_PROP_ID "," KFA_ZFS_PROP_WRAPPED "," KFA_ZFS_PROP_TPM "," KFA_ZFS_PROP_NEXT
 
 /* Parses `zfs get -H -p -o value KFA_ZFS_PROBE_PROPS v->path` (out, edited in place) into v:
  * the id (the GUID), whether the key is loaded, and, when the dataset carries keyfleet
- * metadata, the wrapped key and the TPM-sealed copy (malloc'ed). -EIO: not the six values;
+ * metadata, the wrapped key, the TPM-sealed copy and a rotation's next wrapped key (malloc'ed).
+ * -EIO: not the seven values;
  * -EBADMSG: metadata that is not valid, or not this dataset's. */
 int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err);
 

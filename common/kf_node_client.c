@@ -173,3 +173,39 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
     kf_seal_receiver_free(owned);
     return r;
 }
+
+int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
+                   bool commit, const char *request_id, const char *wrapped, kf_enrolled *ret, kf_rpc_status *st,
+                   kf_err *err)
+{
+    memset(ret, 0, sizeof(*ret));
+    kf_seal_receiver *owned = NULL;
+    int r = commit ? 0 : receiver(rx, node, &rx, &owned, err);
+    if (r != 0)
+        return r;
+    Keyfleet__V1__RotateKeyRequest req = KEYFLEET__V1__ROTATE_KEY_REQUEST__INIT;
+    req.volume = (Keyfleet__V1__VolumeRef *)volume;
+    req.step = commit ? KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT : KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_BEGIN;
+    if (!commit) {
+        req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(rx);
+        req.ephemeral_public_key.len = 32;
+    }
+    req.request_id = (char *)(request_id != NULL ? request_id : "");
+    req.wrapped_key = (char *)(commit && wrapped != NULL ? wrapped : "");
+    ProtobufCMessage *m = NULL;
+    r = kf_rpc_call(c, "keyfleet.v1.NodeService/RotateKey", &req.base, &keyfleet__v1__rotate_key_response__descriptor,
+                    &m, st, err);
+    if (r == 0 && st->code == KF_CONNECT_OK) {
+        Keyfleet__V1__RotateKeyResponse *resp = (Keyfleet__V1__RotateKeyResponse *)m;
+        if (!commit)
+            r = open_sealed(resp->sealed_key, rx, "rotate", request_id, node, volume->id, &ret->key, err);
+        if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+        if (r != 0)
+            kf_enrolled_clear(ret);
+    }
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+    kf_seal_receiver_free(owned);
+    return r;
+}

@@ -1,8 +1,13 @@
-/* keyfleetctl pending | approve ID [--totp CODE] [--comment TEXT] | deny ID [--reason TEXT] */
+/* keyfleetctl pending | approve ID [--totp CODE] [--comment TEXT] | deny ID [--reason TEXT] |
+ * volume list [--json] */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <jansson.h>
 
 #include "ctl.h"
 #include "keyfleet/v1/admin.pb-c.h"
@@ -75,6 +80,51 @@ int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv)
         rc = 0;
     }
     return rc;
+}
+
+/* volume list [--json]: every enrolled volume with its key's age in days and whether a key
+ * rotation is in progress (docs/operations.md, "Rotating volume keys"). */
+int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
+{
+    bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
+    if ((argc != 2 && !json) || strcmp(argv[1], "list") != 0) {
+        fprintf(stderr, "usage: keyfleetctl volume list [--json]\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    Keyfleet__V1__ListVolumesRequest req = KEYFLEET__V1__LIST_VOLUMES_REQUEST__INIT;
+    ProtobufCMessage *m = NULL;
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/ListVolumes", &req.base,
+                        &keyfleet__v1__list_volumes_response__descriptor, &m) != 0)
+        return 1;
+    Keyfleet__V1__ListVolumesResponse *resp = (Keyfleet__V1__ListVolumesResponse *)m;
+    int64_t now = time(NULL);
+    if (!json)
+        printf("%-38s  %-5s  %-16s  %-20s  %-8s  %s\n", "VOLUME", "KIND", "NODE", "KEY MADE", "KEY AGE", "ROTATION");
+    for (size_t i = 0; i < resp->n_volumes; i++) {
+        Keyfleet__V1__VolumeInfo *v = resp->volumes[i];
+        const char *id = v->volume != NULL ? v->volume->id : "";
+        const char *kind = v->volume != NULL && v->volume->kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS ? "zfs"
+                                                                                                             : "luks2";
+        int64_t age_days = now > v->key_created_at ? (now - v->key_created_at) / 86400 : 0;
+        char made[32];
+        fmt_time(v->key_created_at, made, sizeof(made));
+        char age[24];
+        snprintf(age, sizeof(age), "%lldd", (long long)age_days);
+        if (json) {
+            json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b}", "volume", id, "kind", kind, "node", v->node,
+                                  "key_created_at", (json_int_t)v->key_created_at, "key_age_days",
+                                  (json_int_t)age_days, "rotation_in_progress", v->rotation_in_progress);
+            char *line = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+            printf("%s\n", line != NULL ? line : "{}");
+            free(line);
+            json_decref(o);
+        } else {
+            printf("%-38s  %-5s  %-16s  %-20s  %-8s  %s\n", id, kind, v->node, made, age,
+                   v->rotation_in_progress ? "in progress" : "-");
+        }
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
 }
 
 int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv)

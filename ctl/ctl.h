@@ -53,6 +53,7 @@ int kfctl_cmd_audit(kfctl *ctl, int argc, char **argv);
 int kfctl_audit_sub(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
+int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_cluster(kfctl *ctl, int argc, char **argv);

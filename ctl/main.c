@@ -47,6 +47,8 @@ static const kf_cli_cmd commands_help[] = {
     {"node", "node revoke NAME [REASON]\n"
              "node attest show|accept NAME [--totp CODE]\n"
              "       measured-boot PCR values: show them, accept the last quoted ones"},
+    {"volume", "volume list [--json]\n"
+               "       enrolled volumes: node, key age, a key rotation in progress"},
     {"kms", "kms rotate\n"
             "       new KMS key version for new wraps; older versions still unwrap"},
     {"approle", "approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D] [--secret-id-ttl D]\n"
@@ -138,6 +140,7 @@ int main(int argc, char **argv)
         {"pending", kfctl_cmd_pending}, {"approve", kfctl_cmd_approve}, {"deny", kfctl_cmd_deny},
         {"audit", kfctl_cmd_audit},     {"policy", kfctl_cmd_policy},   {"node", kfctl_cmd_node},
         {"kms", kfctl_cmd_kms},         {"approle", kfctl_cmd_approle}, {"cluster", kfctl_cmd_cluster},
+        {"volume", kfctl_cmd_volume},
     };
     size_t i = 0;
     while (i < sizeof(commands) / sizeof(commands[0]) && strcmp(commands[i].name, cmd) != 0)

@@ -71,6 +71,19 @@ void kfd_rpc_list_pending(kfd_call *call)
     kfd_store_free_pending_list(&resp);
 }
 
+void kfd_rpc_list_volumes(kfd_call *call)
+{
+    if (!kfd_rpc_store_ok(call))
+        return;
+    Keyfleet__V1__ListVolumesResponse resp = KEYFLEET__V1__LIST_VOLUMES_RESPONSE__INIT;
+    if (kfd_store_list_volumes(kfd_call_app(call)->store, &resp) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    kfd_call_reply(call, &resp.base);
+    kfd_store_free_volume_list(&resp);
+}
+
 typedef struct approve_op {
     kfd_op base;
     kfd_app *app;

@@ -1,4 +1,4 @@
-/* NodeService.Enroll and NodeService.Release (docs/protocol.md).
+/* NodeService.Enroll, Release, RotateKey and Heartbeat (docs/protocol.md).
  *
  * Release order: validate; revoked?; volume known?; policy (deny -> audited denial); rate limit;
  * approval state; KMS unwrap under the volume id; seal to the agent's ephemeral key; commit the
@@ -196,6 +196,20 @@ static void deadline_after_kms(kfd_call *call, const char *action, const char *v
                  "the request's deadline (connect-timeout-ms) passed while the KMS worked; no key was released");
 }
 
+/* Whether a data key with check value kcv was retired by a rotation: it is neither the volume's
+ * key (cur) nor its rotation in progress (next). A volume whose key check value is not known yet
+ * (enrolled before rotation existed, never released since) has had one key only; one with a
+ * rotation in progress but no known key cannot exist, and is refused closed. */
+static bool kcv_retired(const char *kcv, const char *cur, const char *next)
+{
+    if (cur[0] == '\0')
+        return next[0] != '\0';
+    return strcmp(kcv, cur) != 0 && strcmp(kcv, next) != 0;
+}
+
+#define RETIRED_MESSAGE "this key was retired by a rotation"
+_Static_assert(KFD_KCV_TEXT_LEN + 1 <= sizeof(((kfd_volume *)0)->key_kcv), "a stored KCV fits");
+
 static void on_dropped_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     (void)arg, (void)res;
@@ -286,6 +300,8 @@ typedef struct enroll_op {
     char request_id[65];
     char volume_id[129];
     bool replay; /* same node and request id as a completed enroll */
+    char kcv[KFD_KCV_TEXT_LEN + 1];
+
     char tofu[KF_TPM_PCRS_TEXT_MAX]; /* the node's first quoted PCR values, accepted with this enroll */
     char *wrapped;
     kfd_sealed sealed;
@@ -386,6 +402,7 @@ static void record_enroll_replay(enroll_op *op)
     c.volume_id = op->volume_id;
     c.audit = &a.entry;
     c.enroll_replay_window_s = ENROLL_REPLAY_WINDOW_S; /* checked again at apply: two replays may race */
+    c.kcv = op->kcv;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -430,6 +447,8 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     }
     int r;
     seal_for_enroll(op, res->plaintext, &r);
+    if (r == 0 && kfd_kcv(op->volume_id, res->plaintext->data, op->kcv) != 0)
+        r = -EINVAL;
     if (r != 0) {
         enroll_op_free(op);
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
@@ -456,6 +475,7 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     c.wrapped_key = (char *)res->wrapped;
     c.attest_tofu = op->tofu;
     c.audit = &a.entry;
+    c.key_kcv = op->kcv;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -633,6 +653,8 @@ typedef struct release_op {
     kfd_sealed sealed;
     char rewrapped[KFD_WRAPPED_MAX];
     bool approved_request;
+    /* The volume's key check values when the handler read it, and the released key's. */
+    char key_kcv[24], next_kcv[24], kcv[24]; /* KFD_KCV_TEXT_LEN + 1 fits */
 } release_op;
 
 static void on_release_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -742,6 +764,16 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
     }
     if (release_past_deadline(op))
         return;
+    /* The key the wrapped text really holds (a KMS checks the text's own KCV against it). */
+    if (kfd_kcv(volume_id, res->plaintext->data, op->kcv) != 0 || kcv_retired(op->kcv, op->key_kcv, op->next_kcv)) {
+        char vol[129], rid[65];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        kfd_op_free(op);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid, KF_CONNECT_FAILED_PRECONDITION,
+                     RETIRED_MESSAGE);
+        return;
+    }
     if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "release", op->request_id, volume_id,
                      res->plaintext->data, &op->sealed) != 0) {
         kfd_op_free(op);
@@ -775,6 +807,7 @@ static void record_release(release_op *op)
     c.volume_id = (char *)volume_id;
     c.audit = &a.entry;
     c.approved_request = op->approved_request;
+    c.kcv = op->kcv; /* checked again at apply: a rotation may have committed meanwhile */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -957,6 +990,16 @@ void kfd_rpc_release(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
+    /* A wrapped key that names its data key (remote KMSs) is checked before the KMS is asked;
+     * every key is checked again once unwrapped, and at apply. */
+    kfd_wrapped w;
+    if (kfd_wrapped_parse(req->wrapped_key, app->kms->ops->name, &w) == 0 &&
+        kcv_retired(w.kcv, vol.key_kcv, vol.next_kcv)) {
+        kfd_volume_clear(&vol);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_FAILED_PRECONDITION, RETIRED_MESSAGE);
+        return;
+    }
     kfd_policy_decision decision;
     label_set ls;
     labels_from_json(&ls, vol.labels_json);
@@ -993,14 +1036,19 @@ void kfd_rpc_release(kfd_call *call)
         }
         approved_request = true;
     }
-    kfd_volume_clear(&vol);
-    if (kfd_call_deadline_passed(call, "the KMS unwrap"))
+    if (kfd_call_deadline_passed(call, "the KMS unwrap")) {
+        kfd_volume_clear(&vol);
         return;
+    }
     release_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
+        kfd_volume_clear(&vol);
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
+    snprintf(op->key_kcv, sizeof(op->key_kcv), "%s", vol.key_kcv);
+    snprintf(op->next_kcv, sizeof(op->next_kcv), "%s", vol.next_kcv);
+    kfd_volume_clear(&vol);
     op->req = req;
     op->decision = decision;
     op->approved_request = approved_request;
@@ -1010,6 +1058,278 @@ void kfd_rpc_release(kfd_call *call)
     else
         kfd_new_request_id(op->request_id);
     app->kms->ops->unwrap(app->kms, req->volume->id, req->wrapped_key, on_release_key, op);
+}
+
+/* ------------------------------------------------------------------ RotateKey */
+
+/* BEGIN: validate; revoked?; volume known?; the enrolling node?; key check value known?; policy
+ * allows a release without approval; rate limit; the KMS makes the new key (or unwraps the
+ * rotation already in progress, so a repeated BEGIN gets the same key); seal it; commit the
+ * rotation and its audit record; only then answer. COMMIT: the same checks up to the owner; the
+ * KMS unwraps the presented key (its data key, not its text, must be the rotation in progress);
+ * commit; answer. Both steps are checked again at apply (store_guard.c). */
+typedef struct rotate_op {
+    kfd_op base;
+    const Keyfleet__V1__RotateKeyRequest *req; /* valid while base.call is */
+    bool commit;
+    char action[16];
+    char request_id[65];
+    char volume_id[129];
+    char key_kcv[24], next_kcv[24], kcv[24]; /* KFD_KCV_TEXT_LEN + 1 fits */
+    char *wrapped; /* BEGIN: the new key, wrapped; COMMIT: the presented one */
+    kfd_sealed sealed;
+} rotate_op;
+
+static void rotate_op_free(rotate_op *op)
+{
+    free(op->wrapped);
+    kf_wipe(&op->sealed, sizeof(op->sealed));
+    kfd_op_free(op);
+}
+
+/* Frees op, then audits the refusal and answers code. */
+static void rotate_refuse(rotate_op *op, Keyfleet__V1__Decision decision, kf_connect_code code, const char *message)
+{
+    kfd_call *call = op->base.call;
+    char vol[129], rid[65], action[16], msg[256];
+    snprintf(vol, sizeof(vol), "%s", op->volume_id);
+    snprintf(rid, sizeof(rid), "%s", op->request_id);
+    snprintf(action, sizeof(action), "%s", op->action);
+    snprintf(msg, sizeof(msg), "%s", message);
+    rotate_op_free(op);
+    deny_audited(call, action, decision, vol, rid, code, msg);
+}
+
+static void on_rotate_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    rotate_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        if (status == 0 && !op->commit)
+            kf_log_warn("rotate_not_delivered", "volume=%s request=%s audit_seq=%llu", kf_log_q(op->volume_id),
+                        op->request_id, (unsigned long long)res->audit_seq);
+        rotate_op_free(op);
+        return;
+    }
+    if (status == -EACCES || status == -ESTALE) {
+        rotate_refuse(op, KEYFLEET__V1__DECISION__DECISION_DENY,
+                      status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
+        return;
+    }
+    if (status != 0) {
+        kf_log_error("rotate_not_recorded", "volume=%s step=%s error=%s", kf_log_q(op->volume_id), op->action,
+                     kf_log_q(err->msg));
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "the rotation could not be recorded; no key was released");
+        rotate_op_free(op);
+        return;
+    }
+    Keyfleet__V1__SealedKey sk;
+    Keyfleet__V1__RotateKeyResponse resp = KEYFLEET__V1__ROTATE_KEY_RESPONSE__INIT;
+    resp.wrapped_key = op->wrapped;
+    resp.audit_seq = res->audit_seq;
+    if (!op->commit) {
+        sealed_key(&sk, &op->sealed);
+        resp.sealed_key = &sk;
+    }
+    kf_log_info("rotated", "node=%s volume=%s step=%s audit_seq=%llu", call->peer->name, kf_log_q(op->volume_id),
+                op->commit ? "commit" : "begin", (unsigned long long)res->audit_seq);
+    kfd_call_reply(call, &resp.base);
+    rotate_op_free(op);
+}
+
+static void on_rotate_key(void *arg, const kfd_kms_result *res)
+{
+    rotate_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        rotate_op_free(op);
+        return;
+    }
+    if (res->status == 0 && kfd_call_deadline_expired(call)) {
+        char vol[129], rid[65], action[16];
+        snprintf(vol, sizeof(vol), "%s", op->volume_id);
+        snprintf(rid, sizeof(rid), "%s", op->request_id);
+        snprintf(action, sizeof(action), "%s", op->action);
+        rotate_op_free(op);
+        deadline_after_kms(call, action, vol, rid);
+        return;
+    }
+    if (res->status == -EBADMSG || res->status == -EINVAL) {
+        rotate_refuse(op, KEYFLEET__V1__DECISION__DECISION_DENY, KF_CONNECT_FAILED_PRECONDITION,
+                      "the wrapped key does not belong to this volume");
+        return;
+    }
+    if (res->status != 0) {
+        kf_log_error("kms_failed", "op=rotate volume=%s error=%s", kf_log_q(op->volume_id), kf_log_q(res->message));
+        rotate_refuse(op, KEYFLEET__V1__DECISION__DECISION_ERROR, KF_CONNECT_UNAVAILABLE,
+                      "KMS unavailable; no key was released");
+        return;
+    }
+    if (kfd_kcv(op->volume_id, res->plaintext->data, op->kcv) != 0) {
+        rotate_refuse(op, KEYFLEET__V1__DECISION__DECISION_ERROR, KF_CONNECT_INTERNAL, "cannot compute the key check value");
+        return;
+    }
+    const char *reason;
+    if (op->commit) {
+        /* The presented key must be the rotation in progress, or (a repeated COMMIT) the key
+         * it became. */
+        bool in_progress = op->next_kcv[0] != '\0' && strcmp(op->kcv, op->next_kcv) == 0;
+        bool done = op->next_kcv[0] == '\0' && strcmp(op->kcv, op->key_kcv) == 0;
+        if (!in_progress && !done) {
+            rotate_refuse(op, KEYFLEET__V1__DECISION__DECISION_DENY, KF_CONNECT_FAILED_PRECONDITION,
+                          "the presented key is not this volume's rotation in progress");
+            return;
+        }
+        reason = in_progress ? "the new key is the volume's key; the old one is retired" : "already committed";
+    } else {
+        if (op->next_kcv[0] != '\0' && strcmp(op->kcv, op->next_kcv) != 0) {
+            rotate_refuse(op, KEYFLEET__V1__DECISION__DECISION_ERROR, KF_CONNECT_INTERNAL,
+                          "the rotation in progress does not unwrap to its recorded key");
+            return;
+        }
+        if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "rotate", op->request_id, op->volume_id,
+                         res->plaintext->data, &op->sealed) != 0) {
+            rotate_op_free(op);
+            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
+            return;
+        }
+        if (op->wrapped == NULL && (op->wrapped = strdup(res->wrapped)) == NULL) {
+            rotate_op_free(op);
+            kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+            return;
+        }
+        reason = op->next_kcv[0] != '\0' ? "a new key for the volume (the rotation already in progress)"
+                                         : "a new key for the volume";
+    }
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), op->action, KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
+                   op->volume_id, op->request_id, reason);
+    Keyfleet__V1__CmdRotateKey c = KEYFLEET__V1__CMD_ROTATE_KEY__INIT;
+    c.volume_id = op->volume_id;
+    c.node = (char *)call->peer->name;
+    c.commit = op->commit;
+    c.next_wrapped_key = op->commit ? "" : op->wrapped;
+    c.kcv = op->kcv;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;
+    cmd.rotate_key = &c;
+    kfd_commit(kfd_call_app(call), &cmd, on_rotate_committed, op);
+}
+
+/* The checks before the KMS; NULL when the call was answered. */
+static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyRequest *req, const char *action,
+                                kfd_volume *vol)
+{
+    kfd_app *app = kfd_call_app(call);
+    if (!ensure_ready(call) || check_revoked(call, action, req->volume->id))
+        return NULL;
+    int r = kfd_store_get_volume(app->store, req->volume->id, vol);
+    if (r == -ENOENT) {
+        deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_NOT_FOUND, "unknown volume");
+        return NULL;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return NULL;
+    }
+    const char *why = NULL;
+    kf_connect_code code = KF_CONNECT_PERMISSION_DENIED;
+    if (strcmp(vol->node, call->peer->name) != 0) {
+        why = "only the node that enrolled the volume may rotate its key";
+    } else if (!(req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT) && vol->key_kcv[0] == '\0') {
+        code = KF_CONNECT_FAILED_PRECONDITION;
+        why = "the volume's key check value is not known yet (enrolled before rotation existed): unlock it once, "
+              "then rotate";
+    }
+    if (why == NULL && req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_BEGIN) {
+        /* A new key goes out: the caller must be allowed the volume's key now, without approval. */
+        kfd_policy_decision d;
+        label_set ls;
+        labels_from_json(&ls, vol->labels_json);
+        kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
+                               .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items, .n_labels = ls.n,
+                               .now = time(NULL)};
+        kfd_policy_evaluate_release(app->policy, &in, vol->node, &d);
+        json_decref(ls.json);
+        if (!d.allow) {
+            kfd_volume_clear(vol);
+            deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id,
+                         req->request_id, KF_CONNECT_PERMISSION_DENIED, d.explanation);
+            return NULL;
+        }
+        if (d.approvals > 0) {
+            code = KF_CONNECT_FAILED_PRECONDITION;
+            why = "policy needs approval to release this volume's key; a rotation hands out a key without one";
+        } else if (rate_limited(call, &d)) {
+            kfd_volume_clear(vol);
+            return NULL;
+        }
+    }
+    if (why != NULL) {
+        kfd_volume_clear(vol);
+        deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id, code, why);
+        return NULL;
+    }
+    if (kfd_call_deadline_passed(call, req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_BEGIN
+                                           ? "the KMS key generation"
+                                           : "the KMS unwrap")) {
+        kfd_volume_clear(vol);
+        return NULL;
+    }
+    rotate_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_volume_clear(vol);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return NULL;
+    }
+    op->req = req;
+    op->commit = req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT;
+    snprintf(op->action, sizeof(op->action), "%s", action);
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
+    snprintf(op->key_kcv, sizeof(op->key_kcv), "%s", vol->key_kcv);
+    snprintf(op->next_kcv, sizeof(op->next_kcv), "%s", vol->next_kcv);
+    return op;
+}
+
+void kfd_rpc_rotate_key(kfd_call *call)
+{
+    const Keyfleet__V1__RotateKeyRequest *req = (const Keyfleet__V1__RotateKeyRequest *)call->request;
+    bool begin = req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_BEGIN;
+    const char *bad = check_volume(req->volume);
+    if (bad == NULL && !begin && req->step != KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT)
+        bad = "step must be BEGIN or COMMIT";
+    if (bad == NULL && begin && req->ephemeral_public_key.len != 32)
+        bad = "ephemeral_public_key must be 32 bytes (X25519)";
+    if (bad == NULL && begin && !kfd_request_id_valid(req->request_id))
+        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    if (bad == NULL && !begin && req->request_id[0] != '\0' && !kfd_request_id_valid(req->request_id))
+        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
+    if (bad == NULL && !begin && (req->wrapped_key[0] == '\0' || strlen(req->wrapped_key) > WRAPPED_MAX))
+        bad = "wrapped_key must be 1..4096 characters";
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
+    kfd_volume vol;
+    rotate_op *op = rotate_checks(call, req, begin ? "rotate_begin" : "rotate_commit", &vol);
+    if (op == NULL)
+        return;
+    kfd_kms *kms = kfd_call_app(call)->kms;
+    const char *unwrap = !begin ? req->wrapped_key : vol.next_wrapped_key;
+    if (unwrap != NULL && (op->wrapped = strdup(unwrap)) == NULL) {
+        kfd_volume_clear(&vol);
+        rotate_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    kfd_volume_clear(&vol);
+    if (op->wrapped != NULL)
+        kms->ops->unwrap(kms, op->volume_id, op->wrapped, on_rotate_key, op);
+    else
+        kms->ops->generate(kms, op->volume_id, on_rotate_key, op);
 }
 
 /* ------------------------------------------------------------------ Heartbeat */

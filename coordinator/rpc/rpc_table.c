@@ -32,6 +32,7 @@ const kfd_method kfd_methods[] = {
     NODE("Release", release_request, kfd_rpc_release, W),
     ANONYMOUS_NODE("Login", login_request, kfd_rpc_login, W),
     NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat, W),
+    NODE("RotateKey", rotate_key_request, kfd_rpc_rotate_key, W),
     ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending, R),
     ADMIN("Approve", approve_request, kfd_rpc_approve, W),
     ADMIN("Deny", deny_request, kfd_rpc_deny, W),
@@ -56,6 +57,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("AddMember", add_member_request, kfd_rpc_add_member, W),
     ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
     ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
+    ADMIN("ListVolumes", list_volumes_request, kfd_rpc_list_volumes, R),
     PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };
 

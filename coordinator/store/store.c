@@ -70,6 +70,13 @@ static const char *const migrations[] = {
     "CREATE TABLE node_attest (node TEXT PRIMARY KEY, accepted TEXT NOT NULL DEFAULT '',"
     "  accepted_at INTEGER NOT NULL DEFAULT 0, accepted_by TEXT NOT NULL DEFAULT '',"
     "  seen TEXT NOT NULL DEFAULT '', seen_at INTEGER NOT NULL DEFAULT 0);",
+    /* 8: volume key rotation (docs/operations.md): the rotation in progress (its wrapped key and
+     * key check value), the current key's check value and when that key was made. Rows from
+     * before have no key_kcv: their first release records it (store_guard.c). */
+    "ALTER TABLE volumes ADD COLUMN next_wrapped_key TEXT;"
+    "ALTER TABLE volumes ADD COLUMN key_created_at INTEGER;"
+    "ALTER TABLE volumes ADD COLUMN key_kcv TEXT;"
+    "ALTER TABLE volumes ADD COLUMN next_kcv TEXT;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -106,9 +113,17 @@ static const char *const sql[ST_COUNT] = {
     [ST_ROLLBACK_TO] = "ROLLBACK TO cmd",
     [ST_RELEASE] = "RELEASE cmd",
     [ST_VOLUME_INSERT] = "INSERT INTO volumes (id, kind, name, labels, node, wrapped_key, enroll_request_id, "
-                         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         "created_at, key_kcv, key_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, nullif(?9, ''), ?8)",
     [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id, created_at, "
-                      "coalesce(last_released_at, 0) FROM volumes WHERE id = ?",
+                      "coalesce(last_released_at, 0), next_wrapped_key, coalesce(key_kcv, ''), "
+                      "coalesce(next_kcv, ''), coalesce(key_created_at, created_at) FROM volumes WHERE id = ?",
+    [ST_VOLUME_ROTATE_BEGIN] = "UPDATE volumes SET next_wrapped_key = ?, next_kcv = ? WHERE id = ?",
+    [ST_VOLUME_ROTATE_COMMIT] = "UPDATE volumes SET wrapped_key = next_wrapped_key, key_kcv = next_kcv, "
+                                "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "
+                                "WHERE id = ? AND next_wrapped_key IS NOT NULL",
+    [ST_VOLUME_LIST] = "SELECT id, kind, name, node, created_at, coalesce(key_created_at, created_at), "
+                       "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0) FROM volumes ORDER BY id",
+    [ST_VOLUME_SET_KCV] = "UPDATE volumes SET key_kcv = ? WHERE id = ? AND key_kcv IS NULL",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
     [ST_ATTEST_GET] = "SELECT accepted, accepted_at, accepted_by, seen, seen_at FROM node_attest WHERE node = ?",
@@ -359,6 +374,7 @@ static int apply_enroll(kfd_store *s, const Keyfleet__V1__CmdEnrollVolume *c, kf
     kfd_bind_text(st, 6, c->wrapped_key);
     kfd_bind_text(st, 7, c->audit->request_id);
     sqlite3_bind_int64(st, 8, c->audit->time->seconds);
+    kfd_bind_text(st, 9, c->key_kcv);
     int r = kfd_store_step_done(s, st, "recording the volume", err);
     free(labels);
     return r;
@@ -583,6 +599,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_revoke_cert(s, cmd->revoke_cert, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT:
         return kfd_store_apply_checkpoint(s, cmd->checkpoint, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY:
+        return kfd_store_apply_rotate(s, cmd->rotate_key, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK:
         return kfd_store_apply_head_check(s, cmd->audit_head_check, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:

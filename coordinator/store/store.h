@@ -81,6 +81,10 @@ typedef struct kfd_volume {
     char enroll_request_id[65];
     int64_t created_at;
     int64_t last_released_at; /* 0: never released */
+    char *next_wrapped_key;   /* the rotation in progress; NULL when none */
+    char key_kcv[24];         /* the key's check value; "" when not known yet (a row from before rotation) */
+    char next_kcv[24];        /* the rotation in progress's; "" when none */
+    int64_t key_created_at;   /* when the key was made (enroll or the last rotation) */
 } kfd_volume;
 
 void kfd_volume_clear(kfd_volume *v);
@@ -134,6 +138,10 @@ int kfd_store_totp_used(kfd_store *s, const char *op, int64_t step, bool *ret);
 /* Waiting requests, oldest first; appended to resp (caller frees with kfd_store_free_pending_list). */
 int kfd_store_list_pending(kfd_store *s, Keyfleet__V1__ListPendingResponse *resp);
 void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
+/* Every enrolled volume, by id; appended to resp (caller frees with kfd_store_free_volume_list).
+ * 0, -EIO or -ENOMEM. */
+int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp);
+void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp);
 /* Request ids of waiting requests whose expires_at <= now (at most max). */
 int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t max, size_t *ret_n);
 

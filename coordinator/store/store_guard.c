@@ -53,11 +53,37 @@ static int enroll_replay_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRele
     return r;
 }
 
+/* The released key must be the volume's key or its rotation in progress: a key retired by a
+ * rotation committed while the handler waited on the KMS is refused here. A row from before
+ * rotation existed (no key_kcv) has only ever had one key, so its first release records it. */
+static int release_key_current(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
+{
+    if (c->kcv[0] == '\0')
+        return 0; /* a command written before rotation existed (a log replayed) */
+    kfd_volume v;
+    int r = kfd_store_get_volume(s, c->volume_id, &v);
+    if (r != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
+                            : kf_err_set(err, r, "reading the volume");
+    if (v.key_kcv[0] == '\0' && v.next_kcv[0] == '\0') {
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_SET_KCV);
+        kfd_bind_text(st, 1, c->kcv);
+        kfd_bind_text(st, 2, c->volume_id);
+        r = kfd_store_step_done(s, st, "recording the key check value", err);
+    } else if (v.key_kcv[0] == '\0' || (strcmp(c->kcv, v.key_kcv) != 0 && strcmp(c->kcv, v.next_kcv) != 0)) {
+        r = kf_err_set(err, -ESTALE, "this key was retired by a rotation");
+    }
+    kfd_volume_clear(&v);
+    return r;
+}
+
 int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
 {
     if (c->audit == NULL || c->audit->decision != KEYFLEET__V1__DECISION__DECISION_ALLOW)
         return 0; /* a refusal is recorded whatever the state */
     int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r == 0)
+        r = release_key_current(s, c, err);
     if (r == 0 && c->enroll_replay_window_s != 0)
         r = enroll_replay_allowed(s, c, err);
     if (r != 0 || !c->approved_request)
@@ -75,6 +101,46 @@ int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease
     if (audit_time(c->audit) >= p.expires_at)
         return kf_err_set(err, -ESTALE, "approved request %s has expired", c->request_id);
     return set_state(s, c->request_id, KFD_PENDING_CONSUMED, err);
+}
+
+int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, uint64_t *seq, kf_err *err)
+{
+    if (c->audit == NULL || strlen(c->kcv) != 22 || (!c->commit && c->next_wrapped_key[0] == '\0'))
+        return kf_err_set(err, -EINVAL, "rotate command incomplete");
+    int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r != 0)
+        return r;
+    kfd_volume v;
+    if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
+                            : kf_err_set(err, r, "reading the volume");
+    sqlite3_stmt *st = NULL;
+    if (strcmp(v.node, c->node) != 0) {
+        r = kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+    } else if (!c->commit) {
+        if (v.key_kcv[0] == '\0')
+            r = kf_err_set(err, -ESTALE, "the volume's key check value is not known yet: unlock it once, then rotate");
+        else if (v.next_kcv[0] != '\0' && strcmp(v.next_kcv, c->kcv) != 0)
+            r = kf_err_set(err, -ESTALE, "another rotation of volume %s began meanwhile; start again", c->volume_id);
+        else if (strcmp(v.key_kcv, c->kcv) == 0)
+            r = kf_err_set(err, -ESTALE, "the new key is the volume's key");
+        st = kfd_store_stmt(s, ST_VOLUME_ROTATE_BEGIN);
+        kfd_bind_text(st, 1, c->next_wrapped_key);
+        kfd_bind_text(st, 2, c->kcv);
+        kfd_bind_text(st, 3, c->volume_id);
+    } else if (v.next_kcv[0] != '\0' && strcmp(v.next_kcv, c->kcv) == 0) {
+        st = kfd_store_stmt(s, ST_VOLUME_ROTATE_COMMIT);
+        sqlite3_bind_int64(st, 1, audit_time(c->audit));
+        kfd_bind_text(st, 2, c->volume_id);
+    } else if (!(v.next_kcv[0] == '\0' && strcmp(v.key_kcv, c->kcv) == 0)) {
+        r = kf_err_set(err, -ESTALE, "the presented key is not volume %s's rotation in progress", c->volume_id);
+    } /* else: committed already (a repeated commit); only audited */
+    kfd_volume_clear(&v);
+    if (r == 0 && st != NULL)
+        r = kfd_store_step_done(s, st, "recording the rotation", err);
+    else if (st != NULL)
+        sqlite3_reset(st);
+    return r != 0 ? r : kfd_store_append_audit(s, c->audit, seq, err);
 }
 
 /* Only these commands may be held for approval; anything else in a stored change is refused. */

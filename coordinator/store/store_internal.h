@@ -72,6 +72,10 @@ enum {
     ST_AUDIT_OF_REQUEST,
     ST_AUDIT_ONE,
     ST_AUDIT_AFTER,
+    ST_VOLUME_ROTATE_BEGIN,
+    ST_VOLUME_ROTATE_COMMIT,
+    ST_VOLUME_SET_KCV,
+    ST_VOLUME_LIST,
     ST_COUNT
 };
 
@@ -143,6 +147,9 @@ int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err);
 /* Revocation, and for a release that uses an approved request: still approved, this node's and
  * volume's, unexpired at the audit time; then marks it consumed. -EACCES or -ESTALE otherwise. */
 int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err);
+/* A step of a volume key rotation: the checks (volume, owner, revocation, the rotation in
+ * progress), the volume's new state, the audit record. -EACCES, -ESTALE or -EIO with err. */
+int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, uint64_t *seq, kf_err *err);
 /* Records op's approval of request_id (and spends its TOTP step, when not 0). */
 int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *op, int64_t totp_step, int64_t at,
                               kf_err *err);

@@ -33,6 +33,7 @@ void kfd_volume_clear(kfd_volume *v)
 {
     free(v->labels_json);
     free(v->wrapped_key);
+    free(v->next_wrapped_key);
     memset(v, 0, sizeof(*v));
 }
 
@@ -55,8 +56,13 @@ int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret)
     kfd_store_copy_col(st, 6, ret->enroll_request_id, sizeof(ret->enroll_request_id));
     ret->created_at = sqlite3_column_int64(st, 7);
     ret->last_released_at = sqlite3_column_int64(st, 8);
+    bool has_next = sqlite3_column_type(st, 9) != SQLITE_NULL;
+    ret->next_wrapped_key = has_next ? dup_col(st, 9) : NULL;
+    kfd_store_copy_col(st, 10, ret->key_kcv, sizeof(ret->key_kcv));
+    kfd_store_copy_col(st, 11, ret->next_kcv, sizeof(ret->next_kcv));
+    ret->key_created_at = sqlite3_column_int64(st, 12);
     sqlite3_reset(st);
-    if (ret->labels_json == NULL || ret->wrapped_key == NULL) {
+    if (ret->labels_json == NULL || ret->wrapped_key == NULL || (has_next && ret->next_wrapped_key == NULL)) {
         kfd_volume_clear(ret);
         return -ENOMEM;
     }
@@ -322,6 +328,66 @@ int kfd_store_kms_latest(kfd_store *s, const char *backend, uint32_t *ret)
         sqlite3_reset(st);
     }
     return r == -ENOENT ? 0 : r;
+}
+
+void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp)
+{
+    for (size_t i = 0; i < resp->n_volumes; i++) {
+        Keyfleet__V1__VolumeInfo *v = resp->volumes[i];
+        if (v->volume != NULL) {
+            free(v->volume->id);
+            free(v->volume->name);
+        }
+        free(v->volume);
+        free(v->node);
+        free(v);
+    }
+    free(resp->volumes);
+    resp->volumes = NULL;
+    resp->n_volumes = 0;
+}
+
+int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_LIST);
+    int rc, r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Keyfleet__V1__VolumeInfo *v = calloc(1, sizeof(*v));
+        Keyfleet__V1__VolumeRef *ref = calloc(1, sizeof(*ref));
+        Keyfleet__V1__VolumeInfo **list = realloc(resp->volumes, (resp->n_volumes + 1) * sizeof(*list));
+        if (list != NULL)
+            resp->volumes = list;
+        if (v == NULL || ref == NULL || list == NULL) {
+            free(v);
+            free(ref);
+            r = -ENOMEM;
+            break;
+        }
+        keyfleet__v1__volume_info__init(v);
+        keyfleet__v1__volume_ref__init(ref);
+        v->volume = ref;
+        resp->volumes[resp->n_volumes++] = v;
+        ref->id = dup_col(st, 0);
+        ref->kind = (Keyfleet__V1__VolumeKind)sqlite3_column_int(st, 1);
+        ref->name = dup_col(st, 2);
+        v->node = dup_col(st, 3);
+        v->created_at = sqlite3_column_int64(st, 4);
+        v->key_created_at = sqlite3_column_int64(st, 5);
+        v->rotation_in_progress = sqlite3_column_int(st, 6) != 0;
+        v->last_released_at = sqlite3_column_int64(st, 7);
+        if (ref->id == NULL || ref->name == NULL || v->node == NULL) {
+            r = -ENOMEM;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    if (r == 0 && rc != SQLITE_DONE)
+        r = kfd_store_sql_error(s, rc, "listing volumes", NULL);
+    if (r != 0)
+        kfd_store_free_volume_list(resp);
+    return r;
 }
 
 int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret)

@@ -7,6 +7,10 @@
  *     -> code=ok status=released key=HEX request=ID audit_seq=N rewrapped=...
  *     -> code=ok status=pending request=ID retry_ms=N
  *     -> code=CONNECT_CODE message="..."
+ *   node_client SERVER CERT KEY CA rotate-begin VOLUME_ID REQUEST_ID
+ *     -> code=ok wrapped=... key=HEX
+ *   node_client SERVER CERT KEY CA rotate-commit VOLUME_ID WRAPPED
+ *     -> code=ok wrapped=...
  * Exit 0 when the call succeeded, 3 for a Connect error, 1 for anything else.
  * Printing the key is for tests only: the agent never does. */
 #include <stdio.h>
@@ -89,6 +93,21 @@ int main(int argc, char **argv)
                        (unsigned long long)rel.audit_seq, rel.rewrapped != NULL ? rel.rewrapped : "");
             }
             kf_released_clear(&rel);
+            rc = 0;
+        }
+    } else if ((strcmp(argv[5], "rotate-begin") == 0 || strcmp(argv[5], "rotate-commit") == 0) && argc == 8) {
+        bool commit = strcmp(argv[5], "rotate-commit") == 0;
+        kf_enrolled e;
+        r = kf_node_rotate(c, NULL, me.name, &vol, commit, commit ? "" : argv[7], commit ? argv[7] : NULL, &e, &st,
+                           &err);
+        if (r == 0 && st.code == KF_CONNECT_OK) {
+            printf("code=ok wrapped=%s", e.wrapped);
+            if (e.key != NULL) {
+                printf(" key=");
+                print_hex(e.key->data, e.key->len);
+            }
+            printf("\n");
+            kf_enrolled_clear(&e);
             rc = 0;
         }
     } else {

@@ -392,6 +392,80 @@ static void test_enroll_replay_at_apply(void **state)
     kfd_store_close(s);
 }
 
+#define KCV1 "AAAAAAAAAAAAAAAAAAAAAA"
+#define KCV2 "BBBBBBBBBBBBBBBBBBBBBB"
+#define KCV3 "CCCCCCCCCCCCCCCCCCCCCC"
+
+static int release_kcv(kfd_store *s, const char *node, const char *vol, const char *kcv, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "release", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    c.request_id = (char *)RID;
+    c.node = (char *)node;
+    c.volume_id = (char *)vol;
+    c.audit = &a.e;
+    c.kcv = (char *)kcv;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    cmd.record_release = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static int rotate(kfd_store *s, const char *node, const char *vol, bool commit, const char *kcv, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, commit ? "rotate_commit" : "rotate_begin", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRotateKey c = KEYFLEET__V1__CMD_ROTATE_KEY__INIT;
+    c.volume_id = (char *)vol;
+    c.node = (char *)node;
+    c.commit = commit;
+    c.next_wrapped_key = commit ? (char *)"" : (char *)"kf:local:v1:next";
+    c.kcv = (char *)kcv;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;
+    cmd.rotate_key = &c;
+    return apply(s, &cmd, NULL);
+}
+
+/* Rotation at apply: a volume from before rotation learns its key's check value at its first
+ * release; BEGIN is the enrolling node's, COMMIT only with the rotation in progress (a repeat is
+ * fine); from COMMIT on the retired key is refused, even to a release that passed the handler's
+ * check before the commit (applied after it). */
+static void test_rotation_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("rotate.db");
+    assert_int_equal(enroll(s, "vol-r", "n1", T0), 0); /* no key_kcv: as a row from before migration 7 */
+    assert_int_equal(rotate(s, "n1", "vol-r", false, KCV2, T0 + 1), -ESTALE); /* the key is not known yet */
+    assert_int_equal(release_kcv(s, "n1", "vol-r", KCV1, T0 + 2), 0);        /* learnt */
+    assert_int_equal(release_kcv(s, "n1", "vol-r", KCV3, T0 + 3), -ESTALE);
+    assert_int_equal(rotate(s, "n2", "vol-r", false, KCV2, T0 + 4), -EACCES); /* another node's volume */
+    assert_int_equal(rotate(s, "n1", "vol-none", false, KCV2, T0 + 4), -ESTALE);
+    assert_int_equal(rotate(s, "n1", "vol-r", true, KCV2, T0 + 4), -ESTALE); /* nothing in progress */
+    assert_int_equal(rotate(s, "n1", "vol-r", false, KCV2, T0 + 5), 0);
+    assert_int_equal(rotate(s, "n1", "vol-r", false, KCV3, T0 + 5), -ESTALE); /* another one in progress */
+    assert_int_equal(release_kcv(s, "n1", "vol-r", KCV1, T0 + 6), 0);          /* old and new both open */
+    assert_int_equal(release_kcv(s, "n1", "vol-r", KCV2, T0 + 6), 0);
+    assert_int_equal(rotate(s, "n1", "vol-r", true, KCV3, T0 + 7), -ESTALE);
+    assert_int_equal(rotate(s, "n1", "vol-r", true, KCV2, T0 + 7), 0);
+    assert_int_equal(rotate(s, "n1", "vol-r", true, KCV2, T0 + 8), 0); /* repeated */
+    assert_int_equal(release_kcv(s, "n1", "vol-r", KCV1, T0 + 9), -ESTALE); /* retired */
+    assert_int_equal(release_kcv(s, "n1", "vol-r", KCV2, T0 + 9), 0);
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-r", &v), 0);
+    assert_string_equal(v.key_kcv, KCV2);
+    assert_string_equal(v.next_kcv, "");
+    assert_null(v.next_wrapped_key);
+    assert_string_equal(v.wrapped_key, "kf:local:v1:next");
+    assert_int_equal(v.key_created_at, T0 + 7);
+    kfd_volume_clear(&v);
+    assert_int_equal(revoke_node(s, "n1"), 0);
+    assert_int_equal(rotate(s, "n1", "vol-r", false, KCV3, T0 + 10), -EACCES);
+    kfd_store_close(s);
+}
+
 /* A secret id made for a role (held for approval meanwhile) must not land on a role of the same
  * name created again later, perhaps for another node. */
 static void test_secret_id_bound_to_role_id(void **state)
@@ -465,6 +539,7 @@ int main(void)
         cmocka_unit_test(test_enroll_replay_at_apply),
         cmocka_unit_test(test_secret_id_bound_to_role_id),
         cmocka_unit_test(test_cert_denylist),
+        cmocka_unit_test(test_rotation_at_apply),
     };
     return cmocka_run_group_tests_name("store_guard", tests, tmpdir_setup, tmpdir_teardown);
 }

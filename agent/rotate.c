@@ -1,0 +1,172 @@
+/* keyfleet-agent rotate VOLUME...|--all: replaces each volume's keyfleet key with a new one
+ * (NodeService.RotateKey), in steps that each leave a volume the old key or the new one opens
+ * (docs/agent.md, "Key rotation"):
+ *   release the current key K1; BEGIN: the new key K2 and its wrapped form W2; stage K2 beside
+ *   K1 (LUKS2: a keyslot and a token marked rotating; ZFS: org.keyfleet:wrapped-next); retire
+ *   K1 after checking that K2 opens (LUKS2: kill its keyslot, drop its token; ZFS: change-key,
+ *   wrapped-key := W2); COMMIT W2 (the coordinator then refuses K1); clear the rotating mark.
+ * A run on a volume left half-way resumes: with a rotation staged, from the retire step (the
+ * coordinator releases W2 while it is the rotation in progress); with the old key gone, from
+ * COMMIT. A repeated BEGIN returns the same K2, so a run cut off before staging starts over. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "agent.h"
+#include "kf_log.h"
+
+#ifdef KF_TEST_HOOKS
+void kfa_test_crash_point(const char *step)
+{
+    const char *want = getenv("KEYFLEET_TEST_CRASH_AFTER");
+    if (want != NULL && strcmp(want, step) == 0) {
+        fprintf(stderr, "keyfleet-agent: test crash after %s\n", step);
+        fflush(NULL);
+        _exit(86);
+    }
+}
+#endif
+
+static Keyfleet__V1__VolumeRef volume_ref(const kfa_volume *v)
+{
+    Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
+    ref.id = (char *)v->id;
+    ref.kind = v->kind == KFA_VOL_LUKS2 ? KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2
+                                        : KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
+    ref.name = (char *)v->path;
+    return ref;
+}
+
+/* One RotateKey step; 0, or a negative errno with err naming the coordinator's answer. */
+static int rotate_call(kfa_ctx *ctx, const kfa_volume *v, bool commit, const char *wrapped, kf_enrolled *ret,
+                       kf_err *err)
+{
+    int r = kfa_connect(ctx, err);
+    if (r != 0)
+        return r;
+    char request_id[33] = "";
+    uint8_t raw[16];
+    if (!commit) {
+        if (RAND_bytes(raw, sizeof(raw)) != 1)
+            return kf_err_set(err, -EIO, "no randomness for a request id");
+        for (int i = 0; i < 16; i++)
+            snprintf(request_id + 2 * i, 3, "%02x", raw[i]);
+    }
+    Keyfleet__V1__VolumeRef ref = volume_ref(v);
+    kf_rpc_status st;
+    r = kf_node_rotate(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, commit, request_id, wrapped, ret, &st, err);
+    if (r != 0)
+        return kf_err_wrap(err, "%s: RotateKey", v->path);
+    if (st.code != KF_CONNECT_OK)
+        return kf_err_set(err, st.code == KF_CONNECT_PERMISSION_DENIED ? -EACCES : -EPROTO,
+                          "%s: coordinator refused the rotation (%s): %s: %s", v->path, commit ? "commit" : "begin",
+                          kf_connect_code_name(st.code), st.message);
+    return 0;
+}
+
+/* The key of wrapped (v's key, or the rotation staged on it), released by a coordinator. */
+static int release_key(kfa_ctx *ctx, const kfa_volume *v, const char *wrapped, kf_secbuf **ret, kf_err *err)
+{
+    kfa_volume view = *v;
+    view.wrapped = (char *)wrapped;
+    kf_released rel;
+    int r = kfa_release(ctx, &view, &rel, err);
+    if (r != 0)
+        return r;
+    ctx->reachable = true;
+    *ret = rel.key;
+    rel.key = NULL;
+    kf_released_clear(&rel);
+    return 0;
+}
+
+static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err *err)
+{
+    const kfa_config *cfg = ctx->cfg;
+    kf_secbuf *old_key = NULL;
+    kf_enrolled e = {0}, done = {0};
+    int r = 0;
+    *ret_how = "rotated";
+    if (v->wrapped == NULL)
+        return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
+    if (v->kind == KFA_VOL_ZFS && !v->unlocked && !v->rotating)
+        return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); zfs change-key needs it",
+                          v->path);
+    if (v->rotating) {
+        *ret_how = "rotation resumed (commit)";
+    } else if (v->wrapped_next != NULL) {
+        *ret_how = "rotation resumed";
+        if ((r = release_key(ctx, v, v->wrapped_next, &e.key, err)) == 0 && (e.wrapped = strdup(v->wrapped_next)) == NULL)
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+    } else {
+        r = release_key(ctx, v, v->wrapped, &old_key, err);
+        if (r == 0) {
+            kfa_test_crash_point("release");
+            r = rotate_call(ctx, v, false, NULL, &e, err);
+        }
+        if (r == 0) {
+            kfa_test_crash_point("begin");
+            r = v->drv->rotate_stage(cfg, v, old_key, e.key, e.wrapped, err);
+        }
+        kf_secbuf_free(old_key);
+    }
+    if (r == 0 && !v->rotating) {
+        kfa_test_crash_point("stage");
+        r = v->drv->rotate_retire(cfg, v, e.key, err);
+        if (r == 0)
+            kfa_test_crash_point("retire");
+    } else if (r == 0) {
+        r = v->drv->rotate_retire(cfg, v, NULL, err);
+    }
+    if (r == 0)
+        r = rotate_call(ctx, v, true, v->wrapped, &done, err);
+    if (r == 0) {
+        kfa_test_crash_point("commit");
+        r = v->drv->rotate_finish(cfg, v, err);
+    }
+    kf_enrolled_clear(&e);
+    kf_enrolled_clear(&done);
+    return r;
+}
+
+int kfa_rotate(kfa_ctx *ctx, int argc, char **argv)
+{
+    bool all = argc == 2 && strcmp(argv[1], "--all") == 0;
+    if (argc < 2 || (!all && strncmp(argv[1], "-", 1) == 0)) {
+        fprintf(stderr, "usage: keyfleet-agent rotate --all | VOLUME...\n");
+        return KFA_EXIT_USAGE;
+    }
+    kfa_volume *vs = NULL;
+    size_t n = 0, ok = 0;
+    if (kfa_collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, false, &vs, &n) != 0)
+        return KFA_EXIT_USAGE;
+    for (size_t i = 0; i < n; i++) {
+        kfa_volume *v = &vs[i];
+        kf_err err = {0};
+        const char *how = "";
+        int r = v->drv->probe(ctx->cfg, v, &err);
+        if (r == 0 && all && v->wrapped == NULL) {
+            kfa_volume_clear(v);
+            ok++; /* --all: a configured volume not enrolled has nothing to rotate */
+            continue;
+        }
+        if (r == 0)
+            r = rotate_one(ctx, v, &how, &err);
+        if (r == 0) {
+            kf_log_info("key_rotated", "volume=%s id=%s", kf_log_q(v->path), kf_log_q(v->id));
+            printf("%s %s: %s\n", v->drv->name, v->path, how);
+            ok++;
+        } else {
+            fprintf(stderr, "keyfleet-agent: rotate: %s\n", err.msg);
+        }
+        kfa_volume_clear(v);
+    }
+    free(vs);
+    if (n == 0)
+        fprintf(stderr, "keyfleet-agent: no volumes to rotate\n");
+    return ok == n && n > 0 ? KFA_EXIT_ALL : ok == 0 ? KFA_EXIT_NONE : KFA_EXIT_SOME;
+}
