@@ -13,9 +13,13 @@
  * Only a 401 fetches a new token (once per refusal period): Key Vault answers an invalid or
  * expired token, or one for another audience, with 401. A 403 is the vault's RBAC, access
  * policy or firewall refusing this identity or address, which a new token cannot change: it is
- * reported as such. The key read at start and every minute must be RSA or RSA-HSM, enabled, and
- * allow wrapKey and unwrapKey; otherwise every call is refused with the reason until a read
- * finds it usable, and readyz says why. */
+ * reported as such; a 403 without an RBAC, policy or firewall inner code (a disabled or expired
+ * version) is reported with Key Vault's own code and message, and the key is read again. The key
+ * version read at start and every minute must be RSA or RSA-HSM, allow wrapKey and unwrapKey, be
+ * enabled and inside its nbf/exp window; otherwise wraps, generates and rewraps are refused with
+ * the reason until a read finds it usable, and readyz says why. Unwraps go to the kid in the
+ * wrapped key: only that very version, when Key Vault would refuse it too, is refused here.
+ * Token endpoint failures (Entra ID, IMDS: another host) are not the vault's reachability. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
