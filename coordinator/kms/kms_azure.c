@@ -152,7 +152,8 @@ static const char *key_unusable(const json_t *j, char *buf, size_t size, bool *n
     const json_t *enabled = json_object_get(attrs, "enabled");
     const json_t *exp = json_object_get(attrs, "exp"), *nbf = json_object_get(attrs, "nbf");
     long long now = (long long)time(NULL);
-    *no_unwrap = true;
+    bool rsa = kty != NULL && (strcmp(kty, "RSA") == 0 || strcmp(kty, "RSA-HSM") == 0);
+    *no_unwrap = !rsa || !has_op(ops, "unwrapKey") || json_is_false(enabled);
     if (kty == NULL || (strcmp(kty, "RSA") != 0 && strcmp(kty, "RSA-HSM") != 0))
         snprintf(buf, size, "its kty is %s, not RSA or RSA-HSM (keyfleet wraps with RSA-OAEP-256)",
                  kty != NULL && kfd_json_safe(kty) && strlen(kty) < 32 ? kty : "missing or odd");
@@ -163,7 +164,7 @@ static const char *key_unusable(const json_t *j, char *buf, size_t size, bool *n
                                                                      : "unwrapKey");
     else if (json_is_false(enabled))
         snprintf(buf, size, "it is disabled (attributes.enabled: false; enable it, or rotate to a new version)");
-    else if ((*no_unwrap = false), json_is_integer(exp) && now >= (long long)json_integer_value(exp))
+    else if (json_is_integer(exp) && now >= (long long)json_integer_value(exp))
         snprintf(buf, size, "it expired at %lld (attributes.exp, Unix time): Key Vault refuses wrapkey with it, "
                  "unwraps still work; rotate to a new version or move exp", (long long)json_integer_value(exp));
     else if (json_is_integer(nbf) && now < (long long)json_integer_value(nbf))

@@ -184,7 +184,7 @@ for spec in "ec-kek:its kty is EC, not RSA or RSA-HSM" "nowrap-kek:its key_ops l
     KEY=${spec%%:*}
     azure_config "$WORKLOAD"
     start_kfd "$F"
-    expect_match "key $KEY: readyz says why the key cannot be used" "$(readyz ' 503')" "KMS not usable: azure key $KEY cannot be used: ${spec#*:}.* 503$"
+    expect_match "key $KEY: readyz says why the key cannot be used" "$(readyz 'cannot be used')" "KMS not usable: azure key $KEY cannot be used: ${spec#*:}.* 503$"
     out=$(node "$F" web-1 enroll "vol-$KEY" data)
     expect_match "... and enroll fails closed" "$out" '^code=unavailable'
     expect_match "... logged once as kms_key_unusable" "$(grep -c "event=kms_key_unusable backend=azure-keyvault key=$KEY" "$F/keyfleetd.log")" '^1$'
