@@ -13,14 +13,19 @@
  * Only a 401 fetches a new token (once per refusal period): Key Vault answers an invalid or
  * expired token, or one for another audience, with 401. A 403 is the vault's RBAC, access
  * policy or firewall refusing this identity or address, which a new token cannot change: it is
- * reported as such. The key read at start and every minute must be RSA or RSA-HSM, enabled, and
- * allow wrapKey and unwrapKey; otherwise every call is refused with the reason until a read
- * finds it usable, and readyz says why. */
+ * reported as such; a 403 without an RBAC, policy or firewall inner code (a disabled or expired
+ * version) is reported with Key Vault's own code and message, and the key is read again. The key
+ * version read at start and every minute must be RSA or RSA-HSM, allow wrapKey and unwrapKey, be
+ * enabled and inside its nbf/exp window; otherwise wraps, generates and rewraps are refused with
+ * the reason until a read finds it usable, and readyz says why. Unwraps go to the kid in the
+ * wrapped key: only that very version, when Key Vault would refuse it too, is refused here.
+ * Token endpoint failures (Entra ID, IMDS: another host) are not the vault's reachability. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
@@ -42,8 +47,18 @@ typedef struct azure {
     kfd_http *idp_http;   /* to the token endpoint: Entra ID, or IMDS (plain HTTP on its link-local address) */
     char key_prefix[700]; /* VAULT/keys/NAME/ : every kid we accept starts with it */
     char latest[VERSION_MAX];
-    bool unusable;        /* the last key read found a key keyfleet cannot use */
+    bool unusable;        /* the last key read found a version that cannot wrap now: no wrap, generate, rewrap */
     char unusable_msg[400];
+    /* The version that read found (latest or key_version) and whether Key Vault would refuse to
+     * unwrap with it too (disabled, no unwrapKey, not RSA): unwraps naming another version (an
+     * older kid) still go to Key Vault, which decides for them. An expired or not-yet-valid
+     * version still unwraps (Key Vault allows unwrap outside nbf/exp). */
+    char read_version[VERSION_MAX];
+    bool read_no_unwrap;
+    /* The token endpoint (Entra ID or IMDS) is another host than the vault: its failures are not
+     * the vault's. idp_down: the last token fetch got no answer from it. */
+    bool idp_down;
+    bool vault_asked; /* a call reached the vault (answered or not): rk.reachable is the vault's */
 } azure;
 
 typedef enum { OP_WRAP, OP_UNWRAP, OP_ROTATE, OP_READ_KEY } op_kind;
@@ -125,13 +140,20 @@ static bool has_op(const json_t *ops, const char *op)
     return false;
 }
 
-/* Why keyfleet cannot use this key bundle (kty, key_ops, enabled), or NULL. */
-static const char *key_unusable(const json_t *j, char *buf, size_t size)
+/* Why keyfleet cannot wrap with this key bundle now (kty, key_ops, enabled, nbf, exp), or NULL;
+ * *no_unwrap says whether Key Vault would refuse unwrapkey with this version too (an expired or
+ * not-yet-valid version still unwraps; a disabled one does nothing). */
+static const char *key_unusable(const json_t *j, char *buf, size_t size, bool *no_unwrap)
 {
     const json_t *key = json_object_get(j, "key");
     const char *kty = json_string_value(json_object_get(key, "kty"));
     const json_t *ops = json_object_get(key, "key_ops");
-    const json_t *enabled = json_object_get(json_object_get(j, "attributes"), "enabled");
+    const json_t *attrs = json_object_get(j, "attributes");
+    const json_t *enabled = json_object_get(attrs, "enabled");
+    const json_t *exp = json_object_get(attrs, "exp"), *nbf = json_object_get(attrs, "nbf");
+    long long now = (long long)time(NULL);
+    bool rsa = kty != NULL && (strcmp(kty, "RSA") == 0 || strcmp(kty, "RSA-HSM") == 0);
+    *no_unwrap = !rsa || !has_op(ops, "unwrapKey") || json_is_false(enabled);
     if (kty == NULL || (strcmp(kty, "RSA") != 0 && strcmp(kty, "RSA-HSM") != 0))
         snprintf(buf, size, "its kty is %s, not RSA or RSA-HSM (keyfleet wraps with RSA-OAEP-256)",
                  kty != NULL && kfd_json_safe(kty) && strlen(kty) < 32 ? kty : "missing or odd");
@@ -141,7 +163,13 @@ static const char *key_unusable(const json_t *j, char *buf, size_t size)
                  : !has_op(ops, "wrapKey")                           ? "wrapKey"
                                                                      : "unwrapKey");
     else if (json_is_false(enabled))
-        snprintf(buf, size, "it is disabled (attributes.enabled: false)");
+        snprintf(buf, size, "it is disabled (attributes.enabled: false; enable it, or rotate to a new version)");
+    else if (json_is_integer(exp) && now >= (long long)json_integer_value(exp))
+        snprintf(buf, size, "it expired at %lld (attributes.exp, Unix time): Key Vault refuses wrapkey with it, "
+                 "unwraps still work; rotate to a new version or move exp", (long long)json_integer_value(exp));
+    else if (json_is_integer(nbf) && now < (long long)json_integer_value(nbf))
+        snprintf(buf, size, "it is not valid before %lld (attributes.nbf, Unix time): Key Vault refuses wrapkey "
+                 "with it until then", (long long)json_integer_value(nbf));
     else
         return NULL;
     return buf;
@@ -156,8 +184,11 @@ static void answer_key_bundle(acall *c, json_t *j)
         return;
     }
     char why[300];
-    if (key_unusable(j, why, sizeof(why)) != NULL) {
+    bool no_unwrap = false;
+    memcpy(a->read_version, version, sizeof(version));
+    if (key_unusable(j, why, sizeof(why), &no_unwrap) != NULL) {
         bool was = a->unusable;
+        a->read_no_unwrap = no_unwrap;
         snprintf(a->unusable_msg, sizeof(a->unusable_msg), "azure key %s%s%s cannot be used: %s", a->key,
                  a->key_version != NULL ? "/" : "", a->key_version != NULL ? a->key_version : "", why);
         a->unusable = true;
@@ -167,6 +198,7 @@ static void answer_key_bundle(acall *c, json_t *j)
         return;
     }
     a->unusable = false;
+    a->read_no_unwrap = false;
     if (a->key_version == NULL)
         memcpy(a->latest, version, sizeof(version));
     kfd_kms_result out = {.message = version};
@@ -178,7 +210,13 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
 {
     acall *c = (acall *)rc;
     azure *a = c->a;
-    kfd_remote_kms_answered(&a->rk, res);
+    /* Only a call that went to the vault says whether the vault answers: a failed token fetch went
+     * to Entra ID or IMDS, and says nothing about the vault (kfd_remote_kms_answered counts a
+     * refused login as the KMS answering, which is right for Vault, whose logins it serves). */
+    if (!rc->login_failed) {
+        a->vault_asked = true;
+        kfd_remote_kms_answered(&a->rk, res);
+    }
     if (c->kind == OP_ROTATE && !rc->login_failed && (res->status != 0 || res->code >= 500)) {
         /* Sent once (a retry could rotate twice): the outcome is unknown, so say so and read the
          * key again at once rather than report a failed rotation. */
@@ -191,21 +229,36 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         return;
     }
     if (res->status != 0) {
-        /* A failed token fetch that Entra ID or IMDS answered is reported as they answered it. */
-        bool answered = rc->login_failed && a->rk.reachable;
-        fail_call(c, res->status, answered ? "" : "azure key vault unreachable: ",
+        /* A failed token fetch is reported as the token endpoint's failure (answered or not); the
+         * vault was not asked. */
+        fail_call(c, res->status,
+                  !rc->login_failed ? "azure key vault unreachable: "
+                  : a->idp_down     ? "azure token endpoint unreachable: "
+                                    : "",
                   res->error != NULL ? res->error : "transport error");
         return;
     }
     if (res->code == 403) {
         char why[400], msg[700];
         azure_error(res, why, sizeof(why));
-        bool key_ops = strstr(why, "/KeyOperationForbidden:") != NULL;
+        /* The hint follows Key Vault's inner error code; without one of the codes that name a role,
+         * policy or firewall refusal, Key Vault's own code and message (above) are the reason: a
+         * disabled version or one outside its nbf/exp window answers 403 that way. */
+        const char *hint;
+        if (strstr(why, "/KeyOperationForbidden:") != NULL)
+            hint = "the key's key_ops do not allow this operation";
+        else if (strstr(why, "/ForbiddenByRbac:") != NULL || strstr(why, "/ForbiddenByPolicy:") != NULL)
+            hint = "keyfleetd's identity lacks a role assignment (or access policy) for this operation";
+        else if (strstr(why, "/ForbiddenByFirewall:") != NULL)
+            hint = "the vault's firewall refuses this address";
+        else
+            hint = "Key Vault's own reason, not a role, policy or firewall refusal (a disabled key version, or one "
+                   "outside its nbf/exp window, is refused this way); the key is read again";
+        bool reread = strstr(hint, "read again") != NULL;
         snprintf(msg, sizeof(msg), "HTTP 403 to %s %s: %s; %s (docs/kms-azure.md); a new token would not help, so none was fetched",
-                 c->rc.method, op_name(c), why,
-                 key_ops ? "the key's key_ops do not allow this operation"
-                         : "keyfleetd's identity lacks a role assignment (or access policy) for this operation, or the "
-                           "vault's firewall refuses this address");
+                 c->rc.method, op_name(c), why, hint);
+        if (reread && c->kind != OP_READ_KEY)
+            kfd_remote_kms_start(&a->rk);
         fail_call(c, -EACCES, "azure key vault denied: ", msg);
         return;
     }
@@ -276,7 +329,9 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         acall_free(c);
         return;
     }
-    kfd_kms_result out = {.plaintext = key, .stale = a->latest[0] != '\0' && strcmp(c->in_version, a->latest) != 0};
+    /* Stale only when a rewrap can follow: not while the version read cannot wrap. */
+    kfd_kms_result out = {.plaintext = key,
+                          .stale = !a->unusable && a->latest[0] != '\0' && strcmp(c->in_version, a->latest) != 0};
     c->rc.cb(c->rc.arg, &out);
     kf_secbuf_free(key);
     acall_free(c);
@@ -303,7 +358,9 @@ static acall *acall_new(azure *a, op_kind kind, const char *volume_id, kfd_kms_c
         free(c);
         return NULL;
     }
-    if (a->unusable && kind != OP_READ_KEY) {
+    /* A version that cannot wrap blocks wraps (and generate, rewrap: unwrap_key); a rotation may
+     * cure it, and unwraps are decided per kid in unwrap_key. */
+    if (a->unusable && kind == OP_WRAP) {
         free(c);
         kfd_remote_fail(cb, arg, -ENOTSUP, "%s (from the last key read)", a->unusable_msg);
         return NULL;
@@ -390,6 +447,13 @@ static void unwrap_key(azure *a, bool rewrap, const char *volume_id, const char 
         kfd_remote_fail(cb, arg, -EINVAL, "%s", "wrapped key is not a well-formed azure-keyvault key for this key");
         return;
     }
+    /* A rewrap ends in a wrap: refused up front when the version read cannot wrap. An unwrap is
+     * refused only when its kid names that very version and Key Vault would refuse it too
+     * (disabled, no unwrapKey); an older kid goes to Key Vault, which decides for its version. */
+    if (a->unusable && (rewrap || (a->read_no_unwrap && strcmp(version, a->read_version) == 0))) {
+        kfd_remote_fail(cb, arg, -ENOTSUP, "%s (from the last key read)", a->unusable_msg);
+        return;
+    }
     acall *c = acall_new(a, OP_UNWRAP, volume_id, cb, arg);
     if (c == NULL)
         return;
@@ -439,8 +503,11 @@ static void azure_describe(kfd_kms *base, kfd_kms_info *ret)
     ret->backend = "azure-keyvault";
     ret->latest_version = 0;
     ret->min_decrypt_version = 0;
-    ret->reachable = a->rk.reachable;
-    ret->problem = a->unusable ? a->unusable_msg : kfd_token_problem(a->rk.token);
+    const char *token_problem = kfd_token_problem(a->rk.token);
+    /* "Unreachable" is the vault's state only: while no token can be had and no call has found
+     * the vault down, readyz names the token endpoint's failure (problem) instead. */
+    ret->reachable = a->rk.reachable || (!a->vault_asked && token_problem != NULL);
+    ret->problem = a->unusable ? a->unusable_msg : token_problem;
 }
 
 /* Entra ID client credentials, as application/x-www-form-urlencoded. */
@@ -476,8 +543,10 @@ static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
     kfd_remote_clear(rc);
     const char *what = identity_what[a->identity];
     char msg[600];
+    a->idp_down = res->status != 0;
     if (res->status != 0) {
-        snprintf(msg, sizeof(msg), "%s: no answer: %s", what, res->error != NULL ? res->error : "transport error");
+        snprintf(msg, sizeof(msg), "%s: no answer (from the token endpoint; Key Vault was not asked): %s", what,
+                 res->error != NULL ? res->error : "transport error");
         kfd_token_fetched(a->rk.token, res->status, NULL, 0, 0, msg);
         return;
     }

@@ -66,7 +66,9 @@ void kfd_remote_kms_start(kfd_remote_kms *k);
  * backend's own fields first. */
 void kfd_remote_kms_destroy(kfd_remote_kms *k);
 /* Records whether an answer came: sets reachable from a final HTTP result, or from a failed token
- * fetch's status (-EACCES, -EPROTO, -EAGAIN: the KMS answered). */
+ * fetch's status (-EACCES, -EPROTO, -EAGAIN: the KMS answered). For a backend whose logins the KMS
+ * itself serves (Vault); one whose tokens come from elsewhere (Azure: Entra ID, IMDS) calls it
+ * only for calls that reached the KMS. */
 void kfd_remote_kms_answered(kfd_remote_kms *k, const kfd_http_response *res);
 /* The backend whose login call rc is. */
 kfd_remote_kms *kfd_remote_kms_of_login(kfd_remote_call *rc);

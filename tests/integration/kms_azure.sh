@@ -95,6 +95,33 @@ expect_match "while a Key Vault call hangs, other requests are served" "$(ctl "$
 wait "$HUNG"
 fault "$F" ""
 expect_match "the hung release ends unavailable" "$(cat "$WORK/hung.out")" '^code=unavailable'
+
+# Review of #23, finding 8: without key_version, a latest version that cannot wrap (disabled here)
+# blocks wraps only: an older version's kid still unwraps, as Key Vault does it.
+sc() { curl -sS --max-time 5 --cacert "$F/kms.crt" "$@"; }
+tok=$(sc --data-urlencode client_id=kf-app --data-urlencode "client_secret=$(cat "$F/client.secret")" \
+    --data-urlencode grant_type=client_credentials --data-urlencode scope=https://vault.azure.net/.default \
+    "$AZ/login/contoso/oauth2/v2.0/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+latest=$(sc -H "Authorization: Bearer $tok" "$AZ/keys/keyfleet-kek?api-version=7.4" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"]["kid"])')
+sc -o /dev/null -X PATCH -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
+    -d '{"attributes":{"enabled":false}}' "$latest?api-version=7.4"
+stop_kfd
+start_kfd "$F"
+for _ in $(seq 1 50); do
+    out=$(kcurl "$F" operator -w ' %{http_code}' "$URL/readyz")
+    case $out in *disabled*) break ;; esac
+    sleep 0.1
+done
+expect_match "finding 8: latest version disabled: readyz says why" "$out" "cannot be used: it is disabled.* 503$"
+out=$(node "$F" web-1 enroll vol-b data)
+expect_match "... enroll fails closed" "$out" '^code=unavailable'
+out=$(node "$F" web-1 release vol-a "$WRAP_A")
+expect_match "... a key wrapped under an older version still releases" "$out" "^code=ok status=released key=$KEY_A "
+expect_eq "... and is not rewrapped (no wrap under a disabled version)" "$(field rewrapped "$out")" ""
+out=$(node "$F" web-1 release vol-a "$REWRAP")
+expect_match "... a key wrapped under the disabled version fails closed" "$out" '^code=unavailable'
+sc -o /dev/null -X PATCH -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
+    -d '{"attributes":{"enabled":true}}' "$latest?api-version=7.4"
 stop_kfd
 expect_eq "keyfleetd stops cleanly" "$KFD_EXIT" "0"
 

@@ -22,7 +22,8 @@ jwt api://AzureADTokenExchange $(($(date +%s) + 3600)) >"$F/federated.token"
 start_standin "$F" azure_standin --tenant contoso --client-id kf-app --client-secret-file "$F/client.secret" \
     --federated-token-file "$F/federated.token" --msi-client-id kf-msi --resource https://managedhsm.azure.net \
     --deny rotate --issued-file "$F/issued" --imds-plain-port-file "$F/imds.port" \
-    --key hsm-kek:RSA-HSM --key ec-kek:EC:sign,verify --key nowrap-kek:RSA:encrypt,decrypt,unwrapKey
+    --key hsm-kek:RSA-HSM --key ec-kek:EC:sign,verify --key nowrap-kek:RSA:encrypt,decrypt,unwrapKey \
+    --key off-kek:RSA-HSM::disabled --key exp-kek:RSA-HSM::expired --key nbf-kek:RSA-HSM::not-yet-valid
 AZ=https://127.0.0.1:$SPORT
 IMDS_PLAIN=http://127.0.0.1:$(cat "$F/imds.port")/metadata/identity/oauth2/token
 HSM_SCOPE=https://managedhsm.azure.net/.default
@@ -51,8 +52,21 @@ expect_match "stand-in: a wrapkey the key's key_ops lack is a 403 KeyOperationFo
 out=$(sc -w ' %{http_code}' -H "Authorization: Bearer $hsm_tok" -X POST -H 'Content-Type: application/json' -d '{}' \
     "$AZ/keys/hsm-kek/rotate?api-version=7.4")
 expect_match "stand-in: a rotate without the role is a 403 ForbiddenByRbac" "$out" 'rotate/action.*ForbiddenByRbac.* 403$'
-out=$(sc -w ' %{http_code}' "$AZ/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://managedhsm.azure.net")
+out=$(sc -w ' %{http_code}' "$IMDS_PLAIN?api-version=2018-02-01&resource=https://managedhsm.azure.net")
 expect_match "stand-in: IMDS refuses a request without Metadata: true" "$out" 'metadata header.* 400$'
+out=$(sc -w ' %{http_code}' -H 'Metadata: true' "$AZ/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://managedhsm.azure.net")
+expect_match "stand-in: IMDS is plain HTTP only, as Azure's (not served over HTTPS)" "$out" ' 404$'
+out=$(sc -w ' %{http_code}' -H 'Metadata: true' "$IMDS_PLAIN?api-version=2018-02-01&resource=https://vault.usgovcloudapi.net")
+expect_match "stand-in (public cloud): IMDS refuses a US Government resource" "$out" 'AADSTS500011.* 400$'
+out=$(sc -w ' %{http_code}' -X POST --data-urlencode client_id=kf-app --data-urlencode "client_secret=$(cat "$F/client.secret")" \
+    --data-urlencode grant_type=client_credentials --data-urlencode scope=https://vault.azure.cn/.default \
+    "$AZ/login/contoso/oauth2/v2.0/token")
+expect_match "stand-in (public cloud): Entra ID refuses a scope of Azure China's vaults" "$out" 'invalid_resource.*AADSTS500011: The resource principal named https://vault.azure.cn was not found in the tenant named contoso.* 400$'
+for spec in "off-kek:disabled" "exp-kek:expired" "nbf-kek:not yet valid"; do
+    out=$(sc -w ' %{http_code}' -H "Authorization: Bearer $hsm_tok" -H 'Content-Type: application/json' \
+        -d '{"alg":"RSA-OAEP-256","value":"AAAA"}' "$AZ/keys/${spec%%:*}/wrapkey?api-version=7.4")
+    expect_match "stand-in: wrapkey with a ${spec#*:} key version is a 403 without an RBAC code" "$out" "\"Forbidden\", \"message\": \"Operation wrapKey is not allowed on an? ${spec#*:} key\.\"}} 403\$"
+done
 out=$(sc -w ' %{http_code}' -X POST --data-urlencode client_id=kf-app --data-urlencode "client_secret=$(cat "$F/client.secret")" \
     --data-urlencode grant_type=client_credentials --data-urlencode scope=https://example.com/.default \
     "$AZ/login/contoso/oauth2/v2.0/token")
@@ -126,10 +140,10 @@ release_with "$SECRET_LINES
 expect_match "a token for vault.azure.net at a Managed HSM: release fails closed" "$out" '^code=unavailable'
 expect_match "... and the log names the audience problem" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -1)" "HTTP 401: Unauthorized: AKV10022: Invalid audience"
 
-# --- Item 8: managed identity through IMDS (here HTTPS on loopback; Azure's is http://169.254.169.254).
+# --- Item 8: managed identity through IMDS (plain HTTP on loopback; Azure's is http://169.254.169.254).
 release_with "    identity: managed
     client_id: kf-msi
-    imds_endpoint: $AZ/metadata/identity/oauth2/token
+    imds_endpoint: $IMDS_PLAIN
     scope: $HSM_SCOPE"
 expect_match "managed identity (IMDS, user-assigned client_id): release opens the key" "$out" "key=$KEY_A "
 expect_match "... with the stand-in's IMDS answering" "$(cat "$F/azure_standin.log")" 'GET /metadata/identity/oauth2/token\?api-version=2018-02-01&resource=https%3A%2F%2Fmanagedhsm.azure.net&client_id=kf-msi HTTP/1.1" 200'
@@ -142,7 +156,7 @@ http_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 release_with "    id
 expect_match "managed identity over plain HTTP, as Azure's IMDS serves it (here on loopback), never through http_proxy" "$out" "key=$KEY_A "
 release_with "    identity: managed
     client_id: not-assigned
-    imds_endpoint: $AZ/metadata/identity/oauth2/token
+    imds_endpoint: $IMDS_PLAIN
     scope: $HSM_SCOPE"
 expect_match "managed identity with a client_id the VM does not have: unavailable" "$out" '^code=unavailable'
 expect_match "... and the log says IMDS refused it" "$(grep 'event=kms_token_failed' "$F/keyfleetd.log" | tail -1)" 'managed identity token \(IMDS\): HTTP 400: invalid_request: Identity not found'
@@ -164,11 +178,13 @@ expect_match "... and the log says Entra ID refused the assertion" "$(grep 'even
 jwt api://AzureADTokenExchange $(($(date +%s) + 3600)) >"$F/federated.token"
 
 # --- Item 10: the key must be RSA or RSA-HSM with wrapKey and unwrapKey.
-for spec in "ec-kek:its kty is EC, not RSA or RSA-HSM" "nowrap-kek:its key_ops lack wrapKey"; do
+# Review of #23, finding 7: and enabled, inside its nbf/exp window (Key Vault refuses wrapkey outside it).
+for spec in "ec-kek:its kty is EC, not RSA or RSA-HSM" "nowrap-kek:its key_ops lack wrapKey" \
+    "off-kek:it is disabled" "exp-kek:it expired at [0-9]+ \(attributes.exp" "nbf-kek:it is not valid before [0-9]+ \(attributes.nbf"; do
     KEY=${spec%%:*}
     azure_config "$WORKLOAD"
     start_kfd "$F"
-    expect_match "key $KEY: readyz says why the key cannot be used" "$(readyz ' 503')" "KMS not usable: azure key $KEY cannot be used: ${spec#*:}.* 503$"
+    expect_match "key $KEY: readyz says why the key cannot be used" "$(readyz 'cannot be used')" "KMS not usable: azure key $KEY cannot be used: ${spec#*:}.* 503$"
     out=$(node "$F" web-1 enroll "vol-$KEY" data)
     expect_match "... and enroll fails closed" "$out" '^code=unavailable'
     expect_match "... logged once as kms_key_unusable" "$(grep -c "event=kms_key_unusable backend=azure-keyvault key=$KEY" "$F/keyfleetd.log")" '^1$'
@@ -178,6 +194,50 @@ KEY=
 sed -i 's/^    key: .*/    key: hsm_kek/' "$F/keyfleetd.yaml"
 out=$("$KFD" -c "$F/keyfleetd.yaml" --check-config 2>&1)
 expect_match "a key name Key Vault does not allow (an underscore) is a config error with file:line" "$out" "keyfleetd.yaml:[0-9]+:[0-9]+: azure key must be 1..127 of \[0-9a-zA-Z-\]"
+
+# --- Review of #23, finding 7: a 403 that names no role, policy or firewall code is reported with
+# Key Vault's own reason, not as RBAC; the key is read again and says why. An expired version
+# still unwraps.
+azure_config "$SECRET_LINES
+    scope: $HSM_SCOPE"
+start_kfd "$F"
+expect_match "finding 7: readyz 200 with a usable key" "$(readyz ' 200')" ' 200$'
+hsm_tok=$(entra_token "$HSM_SCOPE") # the one above was revoked by the revoke-tokens fault
+kid=$(sc -H "Authorization: Bearer $hsm_tok" "$AZ/keys/hsm-kek?api-version=7.4" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"]["kid"])')
+sc -o /dev/null -X PATCH -H "Authorization: Bearer $hsm_tok" -H 'Content-Type: application/json' \
+    -d "{\"attributes\":{\"exp\":$(($(date +%s) - 5))}}" "$kid?api-version=7.4"
+out=$(node "$F" web-1 enroll vol-exp data)
+expect_match "an enroll after the key version expired (not yet read again) fails closed" "$out" '^code=unavailable'
+line=$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -1)
+expect_match "... the log carries Key Vault's code and message" "$line" "HTTP 403 to POST wrapkey: Forbidden: Operation wrapKey is not allowed on an expired key\..*Key Vault's own reason"
+expect_eq "... and does not blame a role assignment or the firewall" "$(printf '%s' "$line" | grep -c -e 'role assignment' -e 'firewall refuses')" "0"
+expect_match "... the key is read again: readyz says it expired" "$(readyz 'expired')" "cannot be used: it expired at [0-9]+.* 503$"
+out=$(node "$F" web-1 release vol-a "$WRAP_A")
+expect_match "finding 8: an expired version still unwraps (Key Vault allows it): release opens the key" "$out" "^code=ok status=released key=$KEY_A "
+stop_kfd
+sc -o /dev/null -X PATCH -H "Authorization: Bearer $hsm_tok" -H 'Content-Type: application/json' \
+    -d '{"attributes":{"exp":null}}' "$kid?api-version=7.4"
+
+# --- Review of #23, finding 9: a token endpoint that does not answer is not the vault being down.
+azure_config "    identity: managed
+    client_id: kf-msi
+    imds_endpoint: http://127.0.0.1:1/metadata/identity/oauth2/token
+    scope: $HSM_SCOPE"
+start_kfd "$F"
+out=$(readyz 'IMDS')
+expect_match "IMDS unreachable: readyz names the token endpoint" "$out" "KMS not usable: managed identity token \(IMDS\): no answer \(from the token endpoint; Key Vault was not asked\).* 503$"
+expect_eq "... and does not say the KMS is unreachable" "$(printf '%s' "$out" | grep -c 'KMS unreachable')" "0"
+out=$(node "$F" web-1 release vol-a "$WRAP_A")
+expect_match "... release fails closed with unavailable" "$out" '^code=unavailable'
+expect_match "... the log says the token endpoint is unreachable" "$(grep 'event=kms_failed' "$F/keyfleetd.log" | tail -1)" 'azure token endpoint unreachable: managed identity token'
+expect_eq "... never \"azure key vault unreachable\"" "$(grep -c 'azure key vault unreachable' "$F/keyfleetd.log")" "0"
+stop_kfd
+
+# --- Review of #23, finding 10: the stand-in plays one cloud; a scope of another is refused by Entra ID.
+release_with "$SECRET_LINES
+    scope: https://vault.usgovcloudapi.net/.default"
+expect_match "a US Government scope against a public-cloud Entra ID: release fails closed" "$out" '^code=unavailable'
+expect_match "... and the log carries AADSTS500011" "$(grep 'event=kms_token_failed' "$F/keyfleetd.log" | tail -1)" 'HTTP 400: invalid_resource: AADSTS500011: The resource principal named https://vault.usgovcloudapi.net was not found in the tenant named contoso'
 
 # --- Item 8: no secret, assertion or token in keyfleetd's log.
 leaked=no

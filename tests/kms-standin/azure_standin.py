@@ -5,9 +5,11 @@ Azure Instance Metadata Service (IMDS) managed-identity token endpoint.
 Azure cannot be reached from these machines, so the tests use this HTTPS server on 127.0.0.1. It
 follows the public REST API (../shared/api-facts.md, learn.microsoft.com) at least as strictly as
 the services: what Azure refuses, this refuses the same way. One server plays every host: the
-login host is https://127.0.0.1:PORT/login, IMDS is https://127.0.0.1:PORT/metadata/identity/
-oauth2/token (and, with --imds-plain-port-file, http://127.0.0.1:PORT2/metadata/identity/oauth2/token,
-plain HTTP like Azure's), and the vault URL is https://127.0.0.1:PORT.
+login host is https://127.0.0.1:PORT/login, IMDS (with --imds-plain-port-file) is
+http://127.0.0.1:PORT2/metadata/identity/oauth2/token, plain HTTP only, like Azure's, and the vault
+URL is https://127.0.0.1:PORT. It plays one cloud (--cloud public|usgov|china, default public):
+Entra ID and IMDS refuse a scope or resource of another cloud with 400 invalid_resource
+AADSTS500011 "The resource principal named ... was not found in the tenant named ...".
 
     POST /login/TENANT/oauth2/v2.0/token      form: client_id, grant_type=client_credentials,
                                                scope=RESOURCE/.default, and client_secret, or
@@ -27,6 +29,13 @@ plain HTTP like Azure's), and the vault URL is https://127.0.0.1:PORT.
     POST /keys/NAME[/VERSION]/wrapkey          {"alg":"RSA-OAEP-256","value":B64URL} -> {"kid","value"}
     POST /keys/NAME/VERSION/unwrapkey          same shape
     POST /keys/NAME/rotate                     a new version -> the key bundle (api-version 7.3 on)
+    PATCH /keys/NAME[/VERSION]                 {"attributes":{"enabled","exp","nbf"}} (null removes)
+                                               -> the key bundle (Update Key; RBAC action keys/write)
+
+A disabled version refuses every key operation, and a version outside its nbf/exp window refuses
+wrapkey (unwrapkey still works), with 403 {"error":{"code":"Forbidden","message":"Operation
+wrapKey is not allowed on a disabled key." (or "on an expired key.", "on a not yet valid key.")}}
+and no innererror (not RBAC, policy or firewall).
 
 Tokens are bound to their audience (the scope's resource, or IMDS's resource): the vault accepts
 only tokens for --resource (https://vault.azure.net by default; https://managedhsm.azure.net for
@@ -38,8 +47,10 @@ role for (--deny OP: get, wrapkey, unwrapkey, rotate) are a 403 ForbiddenByRbac.
 {"error":{"code","message"[,"innererror":{"code"}]}}; 429 carries Retry-After. Faults: see
 standin_common.py, plus "firewall" (403 ForbiddenByFirewall on key operations).
 
-    --key NAME[:KTY[:OP,OP...]]   a key created at start: RSA-2048 by default with every RSA
-                                  op; KTY RSA, RSA-HSM or EC (an EC key is described, never used)
+    --key NAME[:KTY[:OP,OP...[:STATE]]]  a key created at start: RSA-2048 by default with every
+                                  RSA op; KTY RSA, RSA-HSM or EC (an EC key is described, never
+                                  used); STATE disabled, expired (exp a minute ago) or
+                                  not-yet-valid (nbf in an hour)
 """
 import base64
 import json
@@ -77,8 +88,12 @@ def kv_error(code, message):
 
 API_VERSIONS = {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"}
 ROTATE_SINCE = ("7.3", "7.4", "7.5", "7.6", "2025-07-01")
-RESOURCES = {"https://vault.azure.net", "https://managedhsm.azure.net", "https://vault.usgovcloudapi.net",
-             "https://managedhsm.usgovcloudapi.net", "https://vault.azure.cn", "https://managedhsm.azure.cn"}
+# Each cloud's Entra ID issues tokens for its own cloud's resources only.
+CLOUD_RESOURCES = {
+    "public": {"https://vault.azure.net", "https://managedhsm.azure.net"},
+    "usgov": {"https://vault.usgovcloudapi.net", "https://managedhsm.usgovcloudapi.net"},
+    "china": {"https://vault.azure.cn", "https://managedhsm.azure.cn"},
+}
 IMDS_API_VERSIONS = {"2018-02-01", "2019-08-01"}
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALL_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
@@ -108,7 +123,9 @@ class Azure:
         p.add_argument("--key", action="append", default=[], help="NAME[:KTY[:OPS]] created at start")
         p.add_argument("--issued-file", default=None, help="appends each token issued (tests grep logs for them)")
         p.add_argument("--imds-plain-port-file", default=None,
-                       help="also serve IMDS (only IMDS) over plain HTTP, as Azure does, on a port written here")
+                       help="serve IMDS over plain HTTP, as Azure does (and only there), on a port written here")
+        p.add_argument("--cloud", choices=sorted(CLOUD_RESOURCES), default="public",
+                       help="the cloud whose Entra ID and IMDS this plays: other clouds' resources are unknown")
 
     def configure(self, a):
         self.lock = threading.Lock()
@@ -117,6 +134,7 @@ class Azure:
         self.federated_file = a.federated_token_file
         self.msi_client_id = a.msi_client_id
         self.resource = a.resource
+        self.resources = CLOUD_RESOURCES[a.cloud]
         self.deny = set(a.deny)
         self.ttl = a.token_ttl
         self.issued_file = a.issued_file
@@ -131,17 +149,45 @@ class Azure:
         self.tokens = {}  # token -> (expiry, audience)
         self.revoked_before = 0.0
         self.keys = {}  # name -> {"kty", "ops", "versions": [(version, private key)]}
+        self.attrs = {}  # (name, version) -> {"enabled": bool[, "exp": int][, "nbf": int]}
         for spec in a.key:
             parts = spec.split(":")
-            kty = parts[1] if len(parts) > 1 else "RSA"
-            ops = parts[2].split(",") if len(parts) > 2 else list(ALL_OPS)
+            kty = parts[1] if len(parts) > 1 and parts[1] else "RSA"
+            ops = parts[2].split(",") if len(parts) > 2 and parts[2] else list(ALL_OPS)
             self.keys[parts[0]] = {"kty": kty, "ops": ops, "versions": []}
-            self.new_version(parts[0])
+            v, _ = self.new_version(parts[0])
+            state = parts[3] if len(parts) > 3 else ""
+            at = self.attrs[(parts[0], v)]
+            if state == "disabled":
+                at["enabled"] = False
+            elif state == "expired":
+                at["exp"] = int(time.time()) - 60
+            elif state == "not-yet-valid":
+                at["nbf"] = int(time.time()) + 3600
+            elif state:
+                raise SystemExit("--key %s: state must be disabled, expired or not-yet-valid" % spec)
 
     def new_version(self, name):
         versions = self.keys[name]["versions"]
         versions.append((secrets.token_hex(16), rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+        self.attrs[(name, versions[-1][0])] = {"enabled": True}
         return versions[-1]
+
+    def refusal(self, name, version, want):
+        """Key Vault's 403 message for operation want on this version's attributes, or None. Every
+        operation on a disabled key is refused; outside nbf/exp only those that make new ciphertext
+        (wrapKey, encrypt, sign): unwrapKey, decrypt and verify keep working (Key Vault's
+        date-time controlled operations)."""
+        at = self.attrs[(name, version)]
+        now = time.time()
+        if not at.get("enabled", True):
+            return "Operation %s is not allowed on a disabled key." % want
+        if want in ("wrapKey", "encrypt", "sign"):
+            if "exp" in at and now >= at["exp"]:
+                return "Operation %s is not allowed on an expired key." % want
+            if "nbf" in at and now < at["nbf"]:
+                return "Operation %s is not allowed on a not yet valid key." % want
+        return None
 
     def base(self, h):
         return "https://127.0.0.1:%d" % h.server.server_address[1]
@@ -152,7 +198,7 @@ class Azure:
         k = self.keys[name]
         return {"key": {"kid": "%s/keys/%s/%s" % (self.base(h), name, version), "kty": k["kty"],
                         "key_ops": list(k["ops"]), "n": b64url(n), "e": b64url(pub.e.to_bytes(3, "big"))},
-                "attributes": {"enabled": True, "created": int(time.time()), "recoveryLevel": "Recoverable"}}
+                "attributes": dict(self.attrs[(name, version)], created=int(time.time()), recoveryLevel="Recoverable")}
 
     def issue(self, audience):
         tok = secrets.token_urlsafe(32)
@@ -175,9 +221,13 @@ class Azure:
         if get("grant_type") != "client_credentials":
             return h.send(400, aad_error("unsupported_grant_type", 70003, "The app requested an unsupported grant type."))
         scope = get("scope")
-        if not scope.endswith("/.default") or scope[: -len("/.default")] not in RESOURCES:
+        if not scope.endswith("/.default") or scope[: -len("/.default")] not in self.resources:
             return h.send(400, aad_error("invalid_resource", 500011,
-                                         "The resource principal named %s was not found in the tenant." % scope))
+                                         "The resource principal named %s was not found in the tenant named %s. This "
+                                         "can happen if the application has not been installed by the administrator "
+                                         "of the tenant or consented to by any user in the tenant. You might have sent "
+                                         "your authentication request to the wrong tenant."
+                                         % (scope[: -len("/.default")], self.tenant)))
         if not secrets.compare_digest(get("client_id"), self.client_id):
             return h.send(400, aad_error("unauthorized_client", 700016, "Application not found in the directory."))
         if "client_assertion" in form or "client_assertion_type" in form:
@@ -214,7 +264,7 @@ class Azure:
         if q.get("api-version", [""])[0] not in IMDS_API_VERSIONS:
             return h.send(400, {"error": "invalid_request", "error_description": "Invalid or missing api-version"})
         resource = q.get("resource", [""])[0]
-        if resource.rstrip("/") not in RESOURCES:
+        if resource.rstrip("/") not in self.resources:
             return h.send(400, {"error": "invalid_resource", "error_description":
                                 "AADSTS500011: The resource principal named %s was not found" % resource})
         cid = q.get("client_id", [None])[0]
@@ -248,13 +298,14 @@ class Azure:
         return h.send(403, {"error": {"code": "Forbidden", "message": message, "innererror": {"code": inner}}})
 
     def handle(self, h, method, path, query):
-        if h.server is self.plain and path != "/metadata/identity/oauth2/token":
-            return h.send(404, kv_error("NotFound", "only IMDS is served over plain HTTP"))
+        if (h.server is self.plain) != (path == "/metadata/identity/oauth2/token"):
+            # IMDS is plain HTTP on 169.254.169.254 only; Key Vault and Entra ID are HTTPS only.
+            return h.send(404, kv_error("NotFound", "IMDS is served over plain HTTP only, the rest over HTTPS only"))
         if path.startswith("/login/") and method == "POST":
             return self.token(h, path)
         if path == "/metadata/identity/oauth2/token":
             return self.imds(h, method, query)
-        body = h.body_json() if method == "POST" else {}
+        body = h.body_json() if method in ("POST", "PATCH") else {}
         f = sc.apply_fault(h, self.fault, False, lambda c: kv_error("Throttled" if c == 429 else "Fault", "injected"))
         if f is None:
             return
@@ -277,12 +328,12 @@ class Azure:
         if not m:
             return h.send(404, kv_error("NotFound", "Not found"))
         name, version, op = m.groups()
-        action = op or "get"
+        action = op or ("update" if method == "PATCH" else "get")
         if action in self.deny:
             return self.forbidden(h, "ForbiddenByRbac", "Caller is not authorized to perform action on resource.\r\n"
                                   "Action: 'Microsoft.KeyVault/vaults/keys/%s'" %
                                   {"get": "read", "wrapkey": "wrap/action", "unwrapkey": "unwrap/action",
-                                   "rotate": "rotate/action"}[action])
+                                   "rotate": "rotate/action", "update": "write"}[action])
         with self.lock:
             k = self.keys.get(name)
             if k is None:
@@ -300,11 +351,29 @@ class Azure:
             v, priv = found[0]
         if op is None and method == "GET":
             return h.send(200, self.bundle(h, name, v, priv))
+        if op is None and method == "PATCH":  # Update Key: attributes (enabled, exp, nbf) of a version
+            at = body.get("attributes", {})
+            if not isinstance(at, dict) or any(
+                    (kk == "enabled" and not isinstance(vv, bool)) or (kk in ("exp", "nbf") and
+                                                                       not isinstance(vv, (int, type(None))))
+                    or kk not in ("enabled", "exp", "nbf") for kk, vv in at.items()):
+                return h.send(400, kv_error("BadParameter", "Property attributes has invalid value"))
+            with self.lock:
+                cur = self.attrs[(name, v)]
+                for kk, vv in at.items():
+                    if vv is None:
+                        cur.pop(kk, None)
+                    else:
+                        cur[kk] = vv
+            return h.send(200, self.bundle(h, name, v, priv))
         if op not in ("wrapkey", "unwrapkey") or method != "POST" or (op == "unwrapkey" and version is None):
             return h.send(405 if op else 404, kv_error("BadParameter", "Unsupported operation"))
         want = {"wrapkey": "wrapKey", "unwrapkey": "unwrapKey"}[op]
         if want not in k["ops"] or not k["kty"].startswith("RSA"):
             return self.forbidden(h, "KeyOperationForbidden", "Operation %s is not permitted on this key." % want)
+        refused = self.refusal(name, v, want)
+        if refused is not None:  # Key Vault's own refusal: no RBAC or firewall inner code
+            return h.send(403, kv_error("Forbidden", refused))
         if body.get("alg") != "RSA-OAEP-256":
             return h.send(400, kv_error("BadParameter", "Invalid algorithm"))
         try:

@@ -102,6 +102,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self):
         self._dispatch("PUT")
 
+    def do_PATCH(self):
+        self._dispatch("PATCH")
+
 
 def apply_fault(handler, fault, is_login, error_body):
     """Returns (kind, arg) for faults the service must apply itself, or None when handled."""
