@@ -37,6 +37,15 @@ void kfd_audit_fill(kfd_audit_buf *b, kfd_actor actor, const char *action, Keyfl
     b->entry.source_address = (char *)(actor.source != NULL ? actor.source : "");
 }
 
+void kfd_audit_command(kfd_audit_buf *b, Keyfleet__V1__CmdAppendAudit *c, Keyfleet__V1__StateCommand *cmd)
+{
+    keyfleet__v1__cmd_append_audit__init(c);
+    c->audit = &b->entry;
+    keyfleet__v1__state_command__init(cmd);
+    cmd->cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd->append_audit = c;
+}
+
 static void on_auth_audit(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     (void)arg, (void)res;
@@ -58,10 +67,8 @@ void kfd_audit_auth_failure(kfd_app *app, kfd_actor actor, const char *subject, 
         a.actor.name = (char *)subject;
         a.actor.auth = (char *)"tls";
     }
-    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-    c.audit = &a.entry;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd.append_audit = &c;
+    Keyfleet__V1__CmdAppendAudit c;
+    Keyfleet__V1__StateCommand cmd;
+    kfd_audit_command(&a, &c, &cmd);
     kfd_commit(app, &cmd, on_auth_audit, NULL);
 }

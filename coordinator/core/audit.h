@@ -24,6 +24,8 @@ typedef struct kfd_audit_buf {
 } kfd_audit_buf;
 void kfd_audit_fill(kfd_audit_buf *b, kfd_actor actor, const char *action, Keyfleet__V1__Decision decision,
                     const char *node, const char *volume_id, const char *request_id, const char *reason);
+/* cmd (with c) as the state command that appends b's entry, ready for kfd_commit. */
+void kfd_audit_command(kfd_audit_buf *b, Keyfleet__V1__CmdAppendAudit *c, Keyfleet__V1__StateCommand *cmd);
 
 /* Audits an authentication failure (no identity, wrong caller kind, rejected certificate).
  * Capped at 10 records a second (burst 50) so a flood cannot fill the disk; the rest are

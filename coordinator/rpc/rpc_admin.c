@@ -120,11 +120,9 @@ static bool audit_refused_approval(approve_op *op, int status, const kf_err *err
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "approve", KEYFLEET__V1__DECISION__DECISION_DENY, op->node, op->volume_id,
                    op->request_id, op->refusal);
-    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-    c.audit = &a.entry;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd.append_audit = &c;
+    Keyfleet__V1__CmdAppendAudit c;
+    Keyfleet__V1__StateCommand cmd;
+    kfd_audit_command(&a, &c, &cmd);
     kfd_commit(op->app, &cmd, on_approval_refused, op);
     return true;
 }
@@ -565,11 +563,9 @@ static void on_kms_rotated(void *arg, const kfd_kms_result *res)
         kfd_audit_buf a;
         kfd_audit_fill(&a, kfd_op_actor(&op->base), "kms_rotate", KEYFLEET__V1__DECISION__DECISION_ERROR, "", "", "",
                        res->message);
-        Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-        c.audit = &a.entry;
-        Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-        cmd.append_audit = &c;
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
         kfd_commit(op->base.app, &cmd, on_rotation_failure_audited, NULL);
         kfd_op_free(op);
         if (call != NULL)

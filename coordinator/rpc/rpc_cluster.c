@@ -97,11 +97,9 @@ static void on_changed(void *arg, int status, const kf_err *err)
     kfd_audit_fill(&a, kfd_call_actor(call), op->add ? "cluster_add" : "cluster_remove",
                    KEYFLEET__V1__DECISION__DECISION_ALLOW,
                    "", "", "", op->detail);
-    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-    c.audit = &a.entry;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd.append_audit = &c;
+    Keyfleet__V1__CmdAppendAudit c;
+    Keyfleet__V1__StateCommand cmd;
+    kfd_audit_command(&a, &c, &cmd);
     kfd_commit(op->app, &cmd, on_member_audited, op);
 }
 

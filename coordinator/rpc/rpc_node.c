@@ -145,11 +145,9 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
 {
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), action, decision, call->peer->name, volume_id, request_id, message);
-    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-    c.audit = &a.entry;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd.append_audit = &c;
+    Keyfleet__V1__CmdAppendAudit c;
+    Keyfleet__V1__StateCommand cmd;
+    kfd_audit_command(&a, &c, &cmd);
     commit_deny(call, &cmd, code, message);
 }
 
@@ -224,11 +222,9 @@ static void audit_client_gone(const kfd_op *op, const char *action, const char *
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_op_actor(op), action, KEYFLEET__V1__DECISION__DECISION_ERROR, op->peer.name, volume_id,
                    request_id, "the client went away while the KMS worked; no key was released");
-    Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-    c.audit = &a.entry;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-    cmd.append_audit = &c;
+    Keyfleet__V1__CmdAppendAudit c;
+    Keyfleet__V1__StateCommand cmd;
+    kfd_audit_command(&a, &c, &cmd);
     kfd_commit(op->app, &cmd, on_dropped_audited, NULL);
 }
 
@@ -1417,11 +1413,9 @@ void kfd_rpc_heartbeat(kfd_call *call)
         kfd_audit_fill(&a, kfd_call_actor(call), "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW,
                        call->peer->name,
                        u->volume->id, "", reason);
-        Keyfleet__V1__CmdAppendAudit c = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
-        c.audit = &a.entry;
-        Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
-        cmd.append_audit = &c;
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
 }
