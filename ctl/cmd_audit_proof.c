@@ -243,21 +243,30 @@ static int cmd_checkpoint(kfctl *ctl, int argc, char **argv)
 
 /* ---- inclusion proofs ---- */
 
-static int cmd_prove(kfctl *ctl, int argc, char **argv)
+/* ARG [--NAME FILE]: exactly one argument (argv[optind] afterwards) and an optional option. 0, or
+ * -1 after getopt's or the usage message. */
+static int one_file_and_option(int argc, char **argv, const char *name, const char **ret)
 {
-    static const struct option opts[] = {{"checkpoint", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
-    const char *cp_file = NULL;
+    const struct option opts[] = {{name, required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
     int o;
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o != 'c')
-            return KFCTL_EXIT_USAGE;
-        cp_file = optarg;
+            return -1;
+        *ret = optarg;
     }
     if (optind + 1 != argc) {
         kfctl_usage("audit");
-        return KFCTL_EXIT_USAGE;
+        return -1;
     }
+    return 0;
+}
+
+static int cmd_prove(kfctl *ctl, int argc, char **argv)
+{
+    const char *cp_file = NULL;
+    if (one_file_and_option(argc, argv, "checkpoint", &cp_file) != 0)
+        return KFCTL_EXIT_USAGE;
     Keyfleet__V1__ProveAuditRequest req = KEYFLEET__V1__PROVE_AUDIT_REQUEST__INIT;
     req.request_id = argv[optind];
     char why[300];
@@ -414,19 +423,9 @@ out:
 
 static int cmd_verify_consistency(kfctl *ctl, int argc, char **argv)
 {
-    static const struct option opts[] = {{"ca", required_argument, NULL, 'c'}, {NULL, 0, NULL, 0}};
     const char *ca = NULL;
-    int o;
-    optind = 0;
-    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (o != 'c')
-            return KFCTL_EXIT_USAGE;
-        ca = optarg;
-    }
-    if (optind + 1 != argc) {
-        kfctl_usage("audit");
+    if (one_file_and_option(argc, argv, "ca", &ca) != 0)
         return KFCTL_EXIT_USAGE;
-    }
     kfctl_trust trust;
     if (trust_of(ctl, ca, &trust) != 0)
         return 1;
