@@ -7,6 +7,11 @@
  *
  *   keyfleet-bench --fleet DIR --server 127.0.0.1:PORT --pid KEYFLEETD_PID
  *                  [--nodes N] [--concurrency C] [--rate R] [--warm N] [--cache DIR] [--json]
+ *   keyfleet-bench --fleet DIR --server 127.0.0.1:PORT --pid SERVER_PID --get PATH [...]
+ *
+ * --get measures a reference server instead (scripts/bench-peers: keyfleet-tls-floor, kxd): the
+ * same node certificates and client, N fresh mTLS connections each fetching PATH, the server's
+ * CPU per request. Nothing is enrolled and no policy is written.
  *
  * DIR is a `keyfleetctl init` folder (its CA signs the node certificates; its operator puts the
  * bench policy). Traffic goes only to --server, which must be on 127.0.0.0/8. */
@@ -33,6 +38,7 @@
 
 typedef struct opts {
     const char *fleet, *server, *cache;
+    const char *get_path; /* --get: only fresh-connection GETs of this path (another server: a reference) */
     long pid;
     int nodes, concurrency, warm;
     double rate; /* arrivals per second; 0 = all at once (bounded by concurrency) */
@@ -157,7 +163,8 @@ static int release_body(const node *nd, xfer *x)
 static void setup_easy(const opts *o, const node *nd, xfer *x, int release, int fresh)
 {
     char url[256];
-    snprintf(url, sizeof(url), "https://%s%s", o->server, release ? "/keyfleet.v1.NodeService/Release" : "/healthz");
+    snprintf(url, sizeof(url), "https://%s%s", o->server,
+             release ? "/keyfleet.v1.NodeService/Release" : o->get_path != NULL ? o->get_path : "/healthz");
     if (x->easy == NULL)
         x->easy = curl_easy_init();
     CURL *h = x->easy;
@@ -441,7 +448,7 @@ static int prepare(const opts *o, node *nodes)
     }
     if (made > 0)
         fprintf(stderr, "keyfleet-bench: issued %d node certificates into %s\n", made, o->cache);
-    if (have >= o->nodes)
+    if (have >= o->nodes || o->get_path != NULL)
         return 0;
     /* Enroll the missing volumes (once; the wrapped keys are cached for later runs). */
     wf = fopen(wrapped_path, "a");
@@ -528,6 +535,28 @@ static void print_phase(const char *name, const phase_result *r, int json)
                    r->errors[c]);
 }
 
+/* --get: one phase of fresh-connection GETs against a reference server. */
+static int run_get(const opts *o, node *nodes)
+{
+    phase_result get = {0};
+    run_phase(o, nodes, o->nodes, 0, &get);
+    if (o->json) {
+        printf("{\"nodes\":%d,\"concurrency\":%d,", o->nodes, o->concurrency);
+        print_phase("get_fresh", &get, 1);
+        printf(",\"server_peak_rss_kb\":%ld}\n", proc_hwm_kb(o->pid, "VmHWM:"));
+    } else {
+        printf("nodes %d, concurrency %d, GET %s\n", o->nodes, o->concurrency, o->get_path);
+        print_phase("get", &get, 0);
+    }
+    int errors = get.done - get.ok;
+    for (int i = 0; i < o->nodes; i++)
+        free(nodes[i].wrapped);
+    free(nodes);
+    free(get.latency_ms);
+    curl_global_cleanup();
+    return errors == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     opts o = {.nodes = 1000, .concurrency = 64, .warm = 0};
@@ -536,6 +565,7 @@ int main(int argc, char **argv)
                                        {"concurrency", required_argument, NULL, 'c'},
                                        {"rate", required_argument, NULL, 'r'},   {"warm", required_argument, NULL, 'w'},
                                        {"cache", required_argument, NULL, 'C'},  {"json", no_argument, NULL, 'j'},
+                                       {"get", required_argument, NULL, 'g'},
                                        {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -549,6 +579,7 @@ int main(int argc, char **argv)
         case 'w': o.warm = atoi(optarg); break;
         case 'C': o.cache = optarg; break;
         case 'j': o.json = 1; break;
+        case 'g': o.get_path = optarg; break;
         default: return 2;
         }
     }
@@ -563,19 +594,22 @@ int main(int argc, char **argv)
     if (colon != NULL && (size_t)(colon - o.server) < sizeof(host))
         memcpy(host, o.server, (size_t)(colon - o.server));
     if (o.fleet == NULL || o.server == NULL || o.pid <= 0 || o.nodes < 1 || o.nodes > MAX_NODES || o.concurrency < 1 ||
-        o.concurrency > 4096 || inet_pton(AF_INET, host, &a) != 1 || (ntohl(a.s_addr) >> 24) != 127) {
+        o.concurrency > 4096 || inet_pton(AF_INET, host, &a) != 1 || (ntohl(a.s_addr) >> 24) != 127 ||
+        (o.get_path != NULL && (o.get_path[0] != '/' || strpbrk(o.get_path, " \r\n") != NULL))) {
         fprintf(stderr, "usage: keyfleet-bench --fleet DIR --server 127.x.y.z:PORT --pid PID [--nodes N<=%d]\n"
-                        "         [--concurrency C<=4096] [--rate R] [--warm N] [--cache DIR] [--json]\n"
+                        "         [--concurrency C<=4096] [--rate R] [--warm N] [--cache DIR] [--json] [--get /PATH]\n"
                         "(the server must be on 127.0.0.0/8)\n",
                 MAX_NODES);
         return 2;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     node *nodes = calloc((size_t)o.nodes, sizeof(node));
-    if (nodes == NULL || put_policy(&o) != 0 || prepare(&o, nodes) != 0) {
+    if (nodes == NULL || (o.get_path == NULL && put_policy(&o) != 0) || prepare(&o, nodes) != 0) {
         fprintf(stderr, "keyfleet-bench: setup failed (is keyfleetd running with this fleet?)\n");
         return 1;
     }
+    if (o.get_path != NULL)
+        return run_get(&o, nodes);
     phase_result floor = {0}, storm = {0}, warm = {0};
     run_phase(&o, nodes, o.nodes, 0, &floor);
     run_phase(&o, nodes, o.nodes, 1, &storm);
