@@ -101,8 +101,9 @@ static int dec_tpm(const kf_yaml_doc *doc, const kf_yaml_node *n, void *dst, con
     for (size_t i = 0; r == 0 && i < t->attest_pcrs.n; i++) {
         char *end;
         long v = strtol(t->attest_pcrs.v[i], &end, 10);
-        if (*end != '\0' || v < 0 || v > 23 || t->attest_pcrs.n > 24)
-            r = kf_yaml_error(doc, n, err, "tpm.attest_pcrs must list PCR numbers 0..23");
+        /* 16..23 can be reset by software; the coordinator refuses quotes over them. */
+        if (end == t->attest_pcrs.v[i] || *end != '\0' || v < 0 || v > 15 || t->attest_pcrs.n > 16)
+            r = kf_yaml_error(doc, n, err, "tpm.attest_pcrs must list PCR numbers 0..15");
     }
     if (r == 0 && t->attest != NULL && strcmp(t->attest, "true") != 0 && strcmp(t->attest, "false") != 0)
         r = kf_yaml_error(doc, n, err, "tpm.attest must be true or false");

@@ -864,23 +864,39 @@ void kf_tpm_quote_qualifying(const unsigned char exporter[32], const char *metho
     EVP_MD_CTX_free(m);
 }
 
-static int unhex32(const char *hex, unsigned char out[32])
+static int hexval(char c)
 {
-    if (hex == NULL || strlen(hex) != 64)
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Exactly 2 * n hex digits (either case), nothing else: no sign, space or 0x. */
+static int unhex_exact(const char *hex, size_t len, unsigned char *out, size_t n)
+{
+    if (hex == NULL || len != 2 * n)
         return -EINVAL;
-    for (size_t i = 0; i < 32; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1 || !((hex[2 * i] >= '0' && hex[2 * i] <= '9') ||
-                                                   (hex[2 * i] >= 'a' && hex[2 * i] <= 'f')))
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
             return -EINVAL;
-        out[i] = (unsigned char)v;
+        out[i] = (unsigned char)(hi << 4 | lo);
     }
     return 0;
 }
 
+static int unhex32(const char *hex, unsigned char out[32])
+{
+    return hex == NULL ? -EINVAL : unhex_exact(hex, strlen(hex), out, 32);
+}
+
 /* TPMS_ATTEST of a TPM2_Quote (Part 2, 10.12.1): type, qualifying data, selection and digest. */
 static int parse_quote(const unsigned char *p, size_t len, const unsigned char *q, uint32_t *ret_mask,
-                       const unsigned char **ret_digest, kf_err *err)
+                       const unsigned char **ret_digest, kf_tpm_clock *ret_clock, kf_err *err)
 {
     rd r = {.p = p, .len = len};
     uint32_t magic = u32(&r);
@@ -888,7 +904,13 @@ static int parse_quote(const unsigned char *p, size_t len, const unsigned char *
     size_t n, extra_len, digest_len;
     b2(&r, &n); /* qualifiedSigner */
     const unsigned char *extra = b2(&r, &extra_len);
-    skip(&r, 17 + 8); /* clockInfo, firmwareVersion */
+    kf_tpm_clock clock = {0};
+    clock.clock = (uint64_t)u32(&r) << 32; /* TPMS_CLOCK_INFO */
+    clock.clock |= u32(&r);
+    clock.reset_count = u32(&r);
+    clock.restart_count = u32(&r);
+    clock.safe = !r.bad && r.off < r.len && r.p[r.off] != 0;
+    skip(&r, 1 + 8); /* safe, firmwareVersion */
     uint32_t count = u32(&r);
     uint16_t hash = 0;
     uint32_t mask = 0;
@@ -917,13 +939,14 @@ static int parse_quote(const unsigned char *p, size_t len, const unsigned char *
                           "the quote's qualifying data is not for this request and connection (replayed?)");
     *ret_mask = mask;
     *ret_digest = digest;
+    *ret_clock = clock;
     return 0;
 }
 
 int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *ak_digest_hex,
                         const unsigned char *quoted, size_t quoted_len, const unsigned char *sig, size_t sig_len,
                         const unsigned char *pcr_values, size_t values_len, const unsigned char q[32],
-                        kf_tpm_pcrs *ret, kf_err *err)
+                        kf_tpm_pcrs *ret, kf_tpm_clock *ret_clock, kf_err *err)
 {
     /* Structure first (garbage is -EINVAL, whoever sent it), then what it proves. */
     unsigned char want[32], got[32];
@@ -935,7 +958,8 @@ int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *
         return r;
     uint32_t mask = 0;
     const unsigned char *digest = NULL;
-    if ((r = parse_quote(quoted, quoted_len, q, &mask, &digest, err)) != 0)
+    kf_tpm_clock clock;
+    if ((r = parse_quote(quoted, quoted_len, q, &mask, &digest, &clock, err)) != 0)
         return r;
     size_t n = (size_t)__builtin_popcount(mask);
     if (values_len != 32 * n)
@@ -963,6 +987,43 @@ int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *
     for (size_t i = 0, k = 0; i < 24; i++)
         if (mask & (1u << i))
             memcpy(ret->values[i], pcr_values + 32 * k++, 32);
+    if (ret_clock != NULL)
+        *ret_clock = clock;
+    return 0;
+}
+
+int kf_tpm_pcrs_require(const kf_tpm_pcrs *got, uint32_t required, kf_err *err)
+{
+    char list[64];
+    /* PCRs 16-23 can be reset (16 by anyone, 17-22 by a DRTM launch, 23 by software): a value
+     * there proves nothing about the boot. */
+    if (got->mask & KF_TPM_PCRS_RESETTABLE) {
+        kf_tpm_pcr_list(got->mask & KF_TPM_PCRS_RESETTABLE, list, sizeof(list));
+        return kf_err_set(err, -EACCES, "the quote covers PCR %s, which software can reset; only PCRs 0..15 count",
+                          list);
+    }
+    if (required & ~got->mask) {
+        kf_tpm_pcr_list(required & ~got->mask, list, sizeof(list));
+        return kf_err_set(err, -EACCES,
+                          "the quote does not cover PCR %s, which the policy's attestation.pcrs requires", list);
+    }
+    uint32_t blank = 0;
+    for (unsigned i = 0; i < 24; i++) {
+        if (!(required & (1u << i)))
+            continue;
+        unsigned char zero = 0, ones = 0xff;
+        for (size_t k = 0; k < 32; k++) {
+            zero |= got->values[i][k];
+            ones &= got->values[i][k];
+        }
+        if (zero == 0 || ones == 0xff)
+            blank |= 1u << i;
+    }
+    if (blank != 0) {
+        kf_tpm_pcr_list(blank, list, sizeof(list));
+        return kf_err_set(err, -EACCES,
+                          "PCR %s was never extended (all zeros or all ones): nothing was measured into it", list);
+    }
     return 0;
 }
 
@@ -979,28 +1040,36 @@ void kf_tpm_pcrs_format(const kf_tpm_pcrs *p, char *out)
     }
 }
 
-int kf_tpm_pcrs_parse(const char *text, kf_tpm_pcrs *ret)
+int kf_tpm_pcrs_parse(const char *text, kf_tpm_pcrs *ret, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
-    const char *p = text;
-    while (*p != '\0') {
-        char *end = NULL;
-        unsigned long i = strtoul(p, &end, 10);
-        if (end == p || *end != '=' || i > 23 || (ret->mask & (1u << i)))
-            return -EINVAL;
-        char h[65];
-        memcpy(h, end + 1, strnlen(end + 1, 64));
-        h[strnlen(end + 1, 64)] = '\0';
-        if (unhex32(h, ret->values[i]) != 0)
-            return -EINVAL;
+    if (text == NULL || *text == '\0')
+        return kf_err_set(err, -EINVAL, "no PCR values (expected PCR=HEX, separated by one space)");
+    for (const char *p = text;;) {
+        /* PCR: 0..23 in decimal, no sign, space or leading zero. */
+        size_t digits = 0;
+        unsigned i = 0;
+        while (digits < 3 && p[digits] >= '0' && p[digits] <= '9')
+            i = 10 * i + (unsigned)(p[digits++] - '0');
+        if (digits == 0 || digits > 2 || (digits == 2 && p[0] == '0') || p[digits] != '=')
+            return kf_err_set(err, -EINVAL, "'%.8s...': expected a PCR number 0..23, then '='", p);
+        if (i > 23)
+            return kf_err_set(err, -EINVAL, "PCR %u: PCRs are numbered 0..23", i);
+        if (ret->mask & (1u << i))
+            return kf_err_set(err, -EINVAL, "PCR %u is given twice", i);
+        const char *h = p + digits + 1;
+        size_t n = strcspn(h, " ");
+        if (unhex_exact(h, n, ret->values[i], 32) != 0)
+            return kf_err_set(err, -EINVAL, "PCR %u: expected exactly 64 hex digits (a SHA-256 value), got '%.*s%s'", i,
+                              (int)(n < 70 ? n : 70), h, n < 70 ? "" : "...");
         ret->mask |= 1u << i;
-        p = end + 1 + 64;
-        if (*p == ' ')
-            p++;
-        else if (*p != '\0')
-            return -EINVAL;
+        p = h + n;
+        if (*p == '\0')
+            return 0;
+        if (p[1] == '\0' || p[1] == ' ')
+            return kf_err_set(err, -EINVAL, "PCR values are separated by exactly one space, with none at the end");
+        p++;
     }
-    return ret->mask != 0 ? 0 : -EINVAL;
 }
 
 void kf_tpm_pcr_list(uint32_t mask, char *out, size_t cap)
@@ -1020,4 +1089,29 @@ uint32_t kf_tpm_pcrs_diff(const kf_tpm_pcrs *accepted, const kf_tpm_pcrs *presen
             CRYPTO_memcmp(accepted->values[i], presented->values[i], 32) != 0)
             changed |= 1u << i;
     return changed;
+}
+
+int kf_tpm_attest_token(const char *node, const char *accepted, const char *seen, const char *seen_clock,
+                        char out[KF_TPM_ATTEST_TOKEN_LEN + 1])
+{
+    static const char tag[] = "keyfleet attest accept v1";
+    unsigned char d[32];
+    unsigned int n = 32;
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    int ok = m != NULL && EVP_DigestInit_ex(m, EVP_sha256(), NULL) == 1;
+    if (ok) {
+        EVP_DigestUpdate(m, tag, sizeof(tag));
+        put_lp(m, node, strlen(node));
+        put_lp(m, accepted, strlen(accepted));
+        put_lp(m, seen, strlen(seen));
+        put_lp(m, seen_clock, strlen(seen_clock));
+        ok = EVP_DigestFinal_ex(m, d, &n) == 1;
+    }
+    EVP_MD_CTX_free(m);
+    out[0] = '\0';
+    if (!ok)
+        return -ENOMEM;
+    hex(d, KF_TPM_ATTEST_TOKEN_LEN / 2, out);
+    out[KF_TPM_ATTEST_TOKEN_LEN] = '\0';
+    return 0;
 }

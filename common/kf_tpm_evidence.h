@@ -105,6 +105,16 @@ typedef struct kf_tpm_pcrs {
 
 #define KF_TPM_QUOTE_EXPORTER_LABEL "EXPORTER-keyfleet-tpm-quote-v1"
 #define KF_TPM_DEFAULT_PCRS ((1u << 0) | (1u << 2) | (1u << 4) | (1u << 7))
+/* PCRs 16..23: resettable (debug, DRTM, application), never evidence of a boot. */
+#define KF_TPM_PCRS_RESETTABLE 0x00ff0000u
+
+/* A quote's TPMS_CLOCK_INFO: resetCount counts TPM resets (reboots), restartCount the restarts
+ * (resume from hibernation) since the last reset; together they only go forward on one TPM. */
+typedef struct kf_tpm_clock {
+    uint64_t clock;
+    uint32_t reset_count, restart_count;
+    bool safe;
+} kf_tpm_clock;
 
 /* The qualifying data of a quote: SHA-256 over "keyfleet quote v1", the TLS connection's
  * exporter value (RFC 8446 7.5, label KF_TPM_QUOTE_EXPORTER_LABEL, no context, 32 bytes), and
@@ -124,17 +134,31 @@ void kf_tpm_quote_qualifying(const unsigned char exporter[32], const char *metho
 int kf_tpm_quote_verify(const unsigned char *ak_pub, size_t ak_len, const char *ak_digest_hex,
                         const unsigned char *quoted, size_t quoted_len, const unsigned char *sig, size_t sig_len,
                         const unsigned char *pcr_values, size_t values_len, const unsigned char q[32],
-                        kf_tpm_pcrs *ret, kf_err *err);
+                        kf_tpm_pcrs *ret, kf_tpm_clock *ret_clock, kf_err *err);
+
+/* The PCR set a verified quote must have (the policy's attestation.pcrs, issue #16's review):
+ * every PCR of required, none of 16..23 (resettable), and no required PCR all zeros or all
+ * ones (never extended). -EACCES naming the PCRs otherwise. */
+int kf_tpm_pcrs_require(const kf_tpm_pcrs *got, uint32_t required, kf_err *err);
 
 /* Text form, for the store and the operator: "0=HEX 2=HEX ..." in ascending order. out must
  * hold KF_TPM_PCRS_TEXT_MAX bytes. */
 #define KF_TPM_PCRS_TEXT_MAX (24 * 68 + 1)
 void kf_tpm_pcrs_format(const kf_tpm_pcrs *p, char *out);
-int kf_tpm_pcrs_parse(const char *text, kf_tpm_pcrs *ret);
+/* Strict: "N=HEX" separated by single spaces, N 0..23 in decimal (no sign or leading zero, each
+ * once), HEX exactly 64 hex digits. -EINVAL with err (may be NULL) saying what is wrong. */
+int kf_tpm_pcrs_parse(const char *text, kf_tpm_pcrs *ret, kf_err *err);
 /* "0,2,4,7" for mask. out must hold 64 bytes. */
 void kf_tpm_pcr_list(uint32_t mask, char *out, size_t cap);
 /* Which PCRs differ between accepted and presented (a PCR in one selection only counts as
  * changed). Returns the mask of changed PCRs; 0 when they match. */
 uint32_t kf_tpm_pcrs_diff(const kf_tpm_pcrs *accepted, const kf_tpm_pcrs *presented);
+
+/* What `keyfleetctl node attest show` prints and `accept NODE TOKEN` must repeat: 32 hex digits
+ * of SHA-256 over the node, its accepted values and the pending (seen) record as the
+ * coordinator holds them, so an accept applies only to the values the operator looked at. */
+#define KF_TPM_ATTEST_TOKEN_LEN 32
+int kf_tpm_attest_token(const char *node, const char *accepted, const char *seen, const char *seen_clock,
+                        char out[KF_TPM_ATTEST_TOKEN_LEN + 1]);
 
 #endif

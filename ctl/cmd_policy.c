@@ -133,7 +133,7 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
 static void print_pcrs(const char *title, const char *text, int64_t at, const char *by, uint32_t changed)
 {
     kf_tpm_pcrs p;
-    if (text[0] == '\0' || kf_tpm_pcrs_parse(text, &p) != 0) {
+    if (text[0] == '\0' || kf_tpm_pcrs_parse(text, &p, NULL) != 0) {
         printf("%s: none\n", title);
         return;
     }
@@ -173,8 +173,8 @@ static int node_attest(kfctl *ctl, int argc, char **argv)
     int rc = 0;
     if (!accept) {
         kf_tpm_pcrs a, s;
-        uint32_t changed = rec->accepted[0] && rec->seen[0] && kf_tpm_pcrs_parse(rec->accepted, &a) == 0 &&
-                                   kf_tpm_pcrs_parse(rec->seen, &s) == 0
+        uint32_t changed = rec->accepted[0] && rec->seen[0] && kf_tpm_pcrs_parse(rec->accepted, &a, NULL) == 0 &&
+                                   kf_tpm_pcrs_parse(rec->seen, &s, NULL) == 0
                                ? kf_tpm_pcrs_diff(&a, &s)
                                : 0;
         printf("node %s\n", argv[3]);

@@ -55,6 +55,7 @@ struct kfd_policy {
     rule *rules;
     size_t n_rules;
     kfd_admin_policy admin;
+    kfd_attest_policy attest;
 };
 
 static void rule_clear(rule *r)
@@ -188,13 +189,24 @@ static const kf_yaml_field rule_fields[] = {
 };
 
 typedef struct top_sec {
-    const kf_yaml_node *groups, *rules, *admin;
+    const kf_yaml_node *groups, *rules, *admin, *attestation;
 } top_sec;
 
 static const kf_yaml_field top_fields[] = {
     {"groups", dec_node_ref, offsetof(top_sec, groups), NULL, false},
     {"rules", dec_node_ref, offsetof(top_sec, rules), NULL, false},
     {"admin", dec_node_ref, offsetof(top_sec, admin), NULL, false},
+    {"attestation", dec_node_ref, offsetof(top_sec, attestation), NULL, false},
+};
+
+typedef struct attest_sec {
+    kf_strlist pcrs;
+    char *rollback;
+} attest_sec;
+
+static const kf_yaml_field attest_fields[] = {
+    {"pcrs", kf_yaml_dec_strlist, offsetof(attest_sec, pcrs), NULL, false},
+    {"rollback", kf_yaml_dec_string, offsetof(attest_sec, rollback), NULL, false},
 };
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -268,16 +280,21 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
      * each node's own accepted values: no first boot is trusted. */
     char text[KF_TPM_PCRS_TEXT_MAX];
     size_t used = 0;
+    kf_err perr = {0};
     for (size_t i = 0; rc == 0 && i < sec.golden_pcrs.n; i++) {
         size_t n = strlen(sec.golden_pcrs.v[i]);
-        if (n > 67 || used + n + 2 > sizeof(text))
-            rc = -EINVAL;
+        if (n > 67 || used + n + 2 > sizeof(text) || strchr(sec.golden_pcrs.v[i], ' ') != NULL)
+            rc = kf_err_set(&perr, -EINVAL, "'%.70s' is not one PCR=VALUE", sec.golden_pcrs.v[i]);
         else
             used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", used ? " " : "", sec.golden_pcrs.v[i]);
     }
-    if (sec.golden_pcrs.n > 0 && (rc != 0 || kf_tpm_pcrs_parse(text, &r->golden) != 0))
+    if (sec.golden_pcrs.n > 0 && rc == 0 && kf_tpm_pcrs_parse(text, &r->golden, &perr) == 0 &&
+        (r->golden.mask & KF_TPM_PCRS_RESETTABLE))
+        rc = kf_err_set(&perr, -EINVAL, "PCRs 16..23 can be reset by software and are never golden");
+    if (sec.golden_pcrs.n > 0 && (rc != 0 || perr.code != 0))
         rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err,
-                           "golden_pcrs lists PCR=VALUE, a PCR 0..23 once each and 64 hex digits of its SHA-256 value");
+                           "golden_pcrs lists PCR=VALUE, a PCR 0..15 once each and 64 hex digits of its SHA-256 value: %s",
+                           perr.msg);
     else if (rc == 0 && sec.golden_pcrs.n > 0 && !r->require_attested)
         rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err, "golden_pcrs only makes sense with require: [attested]");
     kf_strlist_free(&sec.golden_pcrs);
@@ -372,6 +389,48 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     return rc;
 }
 
+/* attestation: {pcrs: [0, 2, 4, 7], rollback: deny|audit}: what every quote must cover, and
+ * what a TPM whose reset/restart counters went backwards gets. */
+static int parse_attestation(const kf_yaml_doc *doc, const kf_yaml_node *node, kfd_attest_policy *ret, kf_err *err)
+{
+    attest_sec a = {0};
+    int rc = kf_yaml_decode_map(doc, node, attest_fields, N(attest_fields), &a, err);
+    if (rc == 0 && a.pcrs.v != NULL) { /* given (an empty list too) */
+        uint32_t mask = 0;
+        for (size_t i = 0; rc == 0 && i < a.pcrs.n; i++) {
+            const char *v = a.pcrs.v[i];
+            size_t n = strlen(v);
+            unsigned pcr = n == 1 ? (unsigned)(v[0] - '0') : n == 2 && v[0] == '1' ? 10u + (unsigned)(v[1] - '0') : 99u;
+            if (n == 0 || strspn(v, "0123456789") != n || pcr > 15 || (mask & (1u << pcr)))
+                rc = kf_yaml_error(doc, key_node(node, "pcrs"), err,
+                                   "attestation.pcrs lists PCRs 0..15, each once ('%.16s' is not one; 16..23 can be "
+                                   "reset by software)",
+                                   v);
+            else
+                mask |= 1u << pcr;
+        }
+        if (rc == 0 && mask == 0)
+            rc = kf_yaml_error(doc, key_node(node, "pcrs"), err, "attestation.pcrs must list at least one PCR");
+        ret->pcrs = mask;
+    }
+    if (rc == 0 && a.rollback != NULL) {
+        if (strcmp(a.rollback, "audit") == 0)
+            ret->rollback_audit = true;
+        else if (strcmp(a.rollback, "deny") != 0)
+            rc = kf_yaml_error(doc, key_node(node, "rollback"), err, "attestation.rollback must be deny or audit");
+    }
+    kf_strlist_free(&a.pcrs);
+    free(a.rollback);
+    return rc;
+}
+
+kfd_attest_policy kfd_policy_attestation(const kfd_policy *p)
+{
+    if (p == NULL)
+        return (kfd_attest_policy){.pcrs = KF_TPM_DEFAULT_PCRS, .rollback_audit = false};
+    return p->attest;
+}
+
 int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy **ret, kf_err *err)
 {
     kf_yaml_doc *doc = NULL;
@@ -384,6 +443,7 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
         return kf_err_set(err, -ENOMEM, "out of memory");
     }
     top_sec top = {0};
+    p->attest = kfd_policy_attestation(NULL);
     p->admin.approvers = 1;
     p->admin.pending_ttl_s = DEFAULT_PENDING_TTL_S;
     if (doc->root != NULL)
@@ -398,6 +458,8 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
         if (a.timeout_ms != 0)
             p->admin.pending_ttl_s = (uint32_t)(a.timeout_ms / 1000);
     }
+    if (rc == 0 && top.attestation != NULL)
+        rc = parse_attestation(doc, top.attestation, &p->attest, err);
     if (rc == 0 && top.groups != NULL) {
         if (top.groups->type != KF_YAML_MAP)
             rc = kf_yaml_error(doc, top.groups, err, "groups must map a group name to a list of node names");

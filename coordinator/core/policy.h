@@ -51,6 +51,17 @@ typedef struct kfd_admin_policy {
     uint32_t pending_ttl_s;
 } kfd_admin_policy;
 
+/* The attestation section (docs/attestation.md): the PCRs every quote must cover (bit i = PCR i,
+ * within 0..15; default 0, 2, 4, 7), and whether a quote whose TPM reset/restart counters went
+ * backwards is denied (default) or allowed and audited. */
+typedef struct kfd_attest_policy {
+    uint32_t pcrs;
+    bool rollback_audit;
+} kfd_attest_policy;
+
+/* The attestation section of p; NULL p gives the defaults. */
+kfd_attest_policy kfd_policy_attestation(const kfd_policy *p);
+
 /* The admin section of p; NULL p (no policy) gives the defaults (1 approver, no TOTP). */
 kfd_admin_policy kfd_policy_admin(const kfd_policy *p);
 

@@ -7,6 +7,7 @@
 
 #include "core/app.h"
 #include "core/audit.h"
+#include "core/policy.h"
 #include "front/peer.h"
 #include "front/server.h"
 #include "kf_log.h"
@@ -58,11 +59,15 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
     kf_err err = {0};
     int r = kf_tpm_quote_verify(quote->ak_public.data, quote->ak_public.len, call->peer->tpm_ak, quote->quoted.data,
                                 quote->quoted.len, quote->signature.data, quote->signature.len,
-                                quote->pcr_values.data, quote->pcr_values.len, q, &got, &err);
+                                quote->pcr_values.data, quote->pcr_values.len, q, &got, &ret->clock, &err);
     if (r == -EINVAL) {
         snprintf(ret->why, sizeof(ret->why), "attestation: %.200s", err.msg);
         return -EINVAL;
     }
+    /* The coordinator, not the agent, decides which PCRs count. */
+    kfd_attest_policy ap = kfd_policy_attestation(kfd_call_app(call)->policy);
+    if (r == 0)
+        r = kf_tpm_pcrs_require(&got, ap.pcrs, &err);
     if (r != 0) {
         snprintf(ret->why, sizeof(ret->why), "the quote does not hold: %.200s", err.msg);
         return 0;
@@ -75,7 +80,7 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
         return -EIO;
     kf_tpm_pcrs_format(&got, ret->seen);
     kf_tpm_pcrs accepted;
-    if (r == -ENOENT || rec.accepted[0] == '\0' || kf_tpm_pcrs_parse(rec.accepted, &accepted) != 0) {
+    if (r == -ENOENT || rec.accepted[0] == '\0' || kf_tpm_pcrs_parse(rec.accepted, &accepted, NULL) != 0) {
         ret->no_baseline = true;
         snprintf(ret->why, sizeof(ret->why),
                  "node '%s' has no accepted PCR values (they are recorded at its first attested enrollment, "
@@ -118,8 +123,8 @@ void kfd_rpc_get_node_attestation(kfd_call *call)
     }
     char changed[64] = "";
     kf_tpm_pcrs a, s;
-    if (rec.accepted[0] != '\0' && rec.seen[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &a) == 0 &&
-        kf_tpm_pcrs_parse(rec.seen, &s) == 0)
+    if (rec.accepted[0] != '\0' && rec.seen[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &a, NULL) == 0 &&
+        kf_tpm_pcrs_parse(rec.seen, &s, NULL) == 0)
         kf_tpm_pcr_list(kf_tpm_pcrs_diff(&a, &s), changed, sizeof(changed));
     Keyfleet__V1__GetNodeAttestationResponse resp = KEYFLEET__V1__GET_NODE_ATTESTATION_RESPONSE__INIT;
     resp.accepted = rec.accepted;
@@ -155,7 +160,7 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
         (const Keyfleet__V1__AcceptNodeAttestationRequest *)call->request;
     kf_tpm_pcrs expected;
     if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->totp_code) > 16 ||
-        (req->expected[0] != '\0' && kf_tpm_pcrs_parse(req->expected, &expected) != 0)) {
+        (req->expected[0] != '\0' && kf_tpm_pcrs_parse(req->expected, &expected, NULL) != 0)) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
                        "node must be a valid node name, expected PCR values as '0=HEX 2=HEX ...', totp_code 6 digits");
         return;
@@ -169,7 +174,7 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
         return;
     }
     kf_tpm_pcrs seen;
-    if (r == -ENOENT || rec.seen[0] == '\0' || kf_tpm_pcrs_parse(rec.seen, &seen) != 0) {
+    if (r == -ENOENT || rec.seen[0] == '\0' || kf_tpm_pcrs_parse(rec.seen, &seen, NULL) != 0) {
         kfd_call_error(call, KF_CONNECT_NOT_FOUND, "node %s has sent no quote that differs from its accepted values",
                        req->node);
         return;
@@ -187,7 +192,7 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     snprintf(op->pcrs, sizeof(op->pcrs), "%s", rec.seen);
     char list[64] = "all";
     kf_tpm_pcrs accepted;
-    if (rec.accepted[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &accepted) == 0)
+    if (rec.accepted[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &accepted, NULL) == 0)
         kf_tpm_pcr_list(kf_tpm_pcrs_diff(&accepted, &seen), list, sizeof(list));
     char reason[200];
     snprintf(reason, sizeof(reason), "accept the PCR values node %s quoted last (changed: PCR %s)", req->node, list);

@@ -17,6 +17,7 @@ typedef struct kfd_attest_eval {
     bool no_baseline; /* valid quote, and the node has no accepted values yet */
     bool quote_valid; /* the quote held (steps 1-5 of docs/attestation.md); quoted holds its values */
     kf_tpm_pcrs quoted;
+    kf_tpm_clock clock; /* the quote's clock info, when its signature held */
 } kfd_attest_eval;
 
 /* Evaluates quote (NULL: none) for the request method/volume_id/eph/request_id on call's TLS

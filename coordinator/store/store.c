@@ -474,7 +474,7 @@ static int attest_write(kfd_store *s, int which, const char *node, const char *p
                         const Keyfleet__V1__AuditEntry *audit, kf_err *err)
 {
     kf_tpm_pcrs parsed;
-    if (kf_tpm_pcrs_parse(pcrs, &parsed) != 0)
+    if (kf_tpm_pcrs_parse(pcrs, &parsed, NULL) != 0)
         return kf_err_set(err, -EINVAL, "attest command: malformed PCR values");
     sqlite3_stmt *st = kfd_store_stmt(s, which);
     kfd_bind_text(st, 1, node);

@@ -44,11 +44,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             snprintf(hex + 2 * i, 3, "%02x", d[i]);
         kf_tpm_pcrs got;
         if (kf_tpm_quote_verify(part[0], len[0], hex, part[1], len[1], part[2], len[2], part[3], len[3], p, &got,
-                                &err) == 0) {
+                                NULL, &err) == 0) {
             char text[KF_TPM_PCRS_TEXT_MAX];
             kf_tpm_pcrs back;
             kf_tpm_pcrs_format(&got, text);
-            if (kf_tpm_pcrs_parse(text, &back) != 0 || kf_tpm_pcrs_diff(&got, &back) != 0)
+            if (kf_tpm_pcrs_parse(text, &back, NULL) != 0 || kf_tpm_pcrs_diff(&got, &back) != 0)
                 __builtin_trap(); /* the stored form must read back as written */
         }
         break;
@@ -59,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(text, data + 1, n);
         text[n] = '\0';
         kf_tpm_pcrs got;
-        (void)kf_tpm_pcrs_parse(text, &got);
+        (void)kf_tpm_pcrs_parse(text, &got, NULL);
         break;
     }
     case 0: {

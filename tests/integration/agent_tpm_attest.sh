@@ -20,12 +20,18 @@ manufacture() {
     swtpm_setup --tpm2 --tpmstate "$1" --create-ek-cert --config "$WORK/swtpm_setup.conf" >"$1.setup.log" 2>&1 ||
         { not_ok "swtpm_setup $1" "$(tail -n 3 "$1.setup.log")"; finish; }
 }
+# measure TCTI PCR TEXT: what firmware and bootloader do at boot (a fresh swtpm's PCRs are all
+# zeros, which the coordinator refuses as never extended).
+measure() { TPM2TOOLS_TCTI="$1" tpm2_pcrextend "$2:sha256=$(printf '%s' "$3" | sha256sum | cut -c1-64)" >/dev/null 2>&1; }
+boot_measurements() { for p in 0 2 4 7; do measure "$1" "$p" "firmware $p"; done; }
 manufacture "$WORK/tpm-a"
 start_swtpm "$WORK/tpm-a"
 TCTI_A=$TCTI
+boot_measurements "$TCTI_A"
 manufacture "$WORK/tpm-b"
 start_swtpm "$WORK/tpm-b"
 TCTI_B=$TCTI
+boot_measurements "$TCTI_B"
 cat "$WORK/ekca/issuercert.pem" "$WORK/ekca/swtpm-localca-rootca-cert.pem" >"$WORK/ek-cas.pem"
 
 F=$WORK/fleet

@@ -239,6 +239,46 @@ static void test_golden_pcrs(void **state)
     parse_bad("rules:\n  - name: a\n    effect: allow\n    golden_pcrs: "
               "[\"7=0000000000000000000000000000000000000000000000000000000000000000\"]\n",
               "only makes sense with require: [attested]");
+    /* Clear errors (E): what is wrong with the value; resettable PCRs are never golden. */
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    require: [attested]\n    golden_pcrs: [\"7=0x00\"]\n",
+              "PCR 7: expected exactly 64 hex digits");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    require: [attested]\n    golden_pcrs: "
+              "[\"16=0000000000000000000000000000000000000000000000000000000000000001\"]\n",
+              "PCRs 16..23 can be reset");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    require: [attested]\n    golden_pcrs: "
+              "[\"7=0000000000000000000000000000000000000000000000000000000000000001 "
+              "8=0000000000000000000000000000000000000000000000000000000000000001\"]\n",
+              "is not one PCR=VALUE");
+}
+
+/* attestation: the PCRs every quote must cover (default 0, 2, 4, 7) and the rollback mode. */
+static void test_attestation_section(void **state)
+{
+    (void)state;
+    kfd_attest_policy a = kfd_policy_attestation(NULL);
+    assert_int_equal(a.pcrs, KF_TPM_DEFAULT_PCRS);
+    assert_false(a.rollback_audit);
+    kfd_policy *p = parse_ok("rules: []\n");
+    a = kfd_policy_attestation(p);
+    assert_int_equal(a.pcrs, KF_TPM_DEFAULT_PCRS);
+    assert_false(a.rollback_audit);
+    kfd_policy_free(p);
+    p = parse_ok("attestation: {pcrs: [0, 2, 4, 7, 8, 9, 15], rollback: audit}\nrules: []\n");
+    a = kfd_policy_attestation(p);
+    assert_int_equal(a.pcrs, KF_TPM_DEFAULT_PCRS | (1u << 8) | (1u << 9) | (1u << 15));
+    assert_true(a.rollback_audit);
+    kfd_policy_free(p);
+    p = parse_ok("attestation: {rollback: deny}\n");
+    assert_int_equal(kfd_policy_attestation(p).pcrs, KF_TPM_DEFAULT_PCRS);
+    kfd_policy_free(p);
+    parse_bad("attestation: {pcrs: [0, 16]}\n", "attestation.pcrs lists PCRs 0..15");
+    parse_bad("attestation: {pcrs: [23]}\n", "16..23 can be reset");
+    parse_bad("attestation: {pcrs: [7, 7]}\n", "each once");
+    parse_bad("attestation: {pcrs: [\"07\"]}\n", "attestation.pcrs lists PCRs 0..15");
+    parse_bad("attestation: {pcrs: [\"-1\"]}\n", "attestation.pcrs lists PCRs 0..15");
+    parse_bad("attestation: {pcrs: []}\n", "at least one PCR");
+    parse_bad("attestation: {rollback: maybe}\n", "deny or audit");
+    parse_bad("attestation: {pcr: [0]}\n", "pcr");
 }
 
 static void test_require_tpm_key(void **state)
@@ -329,6 +369,7 @@ int main(void)
         cmocka_unit_test(test_require_tpm_key),
         cmocka_unit_test(test_require_attested),
         cmocka_unit_test(test_golden_pcrs),
+        cmocka_unit_test(test_attestation_section),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }

@@ -312,7 +312,7 @@ static int check_quote(const quote *o, const char *ak_hex, const unsigned char q
 {
     kf_err err = {0};
     int r = kf_tpm_quote_verify(o->ak_pub, o->ak_len, ak_hex, o->quoted, o->quoted_len, o->sig, o->sig_len,
-                                o->values, o->values_len, q, ret, &err);
+                                o->values, o->values_len, q, ret, NULL, &err);
     snprintf(msg, cap, "%s", err.msg);
     return r;
 }
@@ -425,14 +425,113 @@ static void pcr_diff_and_text(void **state)
     assert_int_equal(kf_tpm_pcrs_diff(&pa, &fewer), 1u << 7);
     char text[KF_TPM_PCRS_TEXT_MAX], list[64];
     kf_tpm_pcrs_format(&pb, text);
-    assert_int_equal(kf_tpm_pcrs_parse(text, &back), 0);
+    assert_int_equal(kf_tpm_pcrs_parse(text, &back, NULL), 0);
     assert_int_equal(kf_tpm_pcrs_diff(&pb, &back), 0);
-    assert_int_equal(kf_tpm_pcrs_parse("", &back), -EINVAL);
-    assert_int_equal(kf_tpm_pcrs_parse("4=00", &back), -EINVAL);
-    assert_int_equal(kf_tpm_pcrs_parse("24=0000000000000000000000000000000000000000000000000000000000000000", &back),
+    assert_int_equal(kf_tpm_pcrs_parse("", &back, NULL), -EINVAL);
+    assert_int_equal(kf_tpm_pcrs_parse("4=00", &back, NULL), -EINVAL);
+    assert_int_equal(kf_tpm_pcrs_parse("24=0000000000000000000000000000000000000000000000000000000000000000", &back, NULL),
                      -EINVAL);
     kf_tpm_pcr_list(KF_TPM_DEFAULT_PCRS, list, sizeof(list));
     assert_string_equal(list, "0,2,4,7");
+}
+
+/* The PCR set the coordinator requires (issue #16's review, A): checked on a verified quote. */
+static void pcr_set_required(void **state)
+{
+    (void)state;
+    unsigned char q[32] = {7};
+    quote o;
+    kf_tpm_pcrs got;
+    char msg[512];
+    kf_err err = {0};
+    make_quote(&o, KF_TPM_DEFAULT_PCRS, 0, q, F.ak, F.ak, 0x000b);
+    assert_int_equal(check_quote(&o, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    assert_int_equal(kf_tpm_pcrs_require(&got, KF_TPM_DEFAULT_PCRS, &err), 0);
+    /* More than required is fine; fewer is not, naming what is missing. */
+    assert_int_equal(kf_tpm_pcrs_require(&got, (1u << 0) | (1u << 7), &err), 0);
+    assert_int_equal(kf_tpm_pcrs_require(&got, KF_TPM_DEFAULT_PCRS | (1u << 8) | (1u << 9), &err), -EACCES);
+    assert_non_null(strstr(err.msg, "does not cover PCR 8,9"));
+    /* The agent chose 0, 2, 4 only. */
+    make_quote(&o, (1u << 0) | (1u << 2) | (1u << 4), 0, q, F.ak, F.ak, 0x000b);
+    assert_int_equal(check_quote(&o, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+    assert_int_equal(kf_tpm_pcrs_require(&got, KF_TPM_DEFAULT_PCRS, &err), -EACCES);
+    assert_non_null(strstr(err.msg, "does not cover PCR 7"));
+    /* Resettable PCRs, alone or beside the required ones. */
+    for (unsigned pcr = 16; pcr < 24; pcr++) {
+        make_quote(&o, KF_TPM_DEFAULT_PCRS | (1u << pcr), 0, q, F.ak, F.ak, 0x000b);
+        assert_int_equal(check_quote(&o, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+        assert_int_equal(kf_tpm_pcrs_require(&got, KF_TPM_DEFAULT_PCRS, &err), -EACCES);
+        assert_non_null(strstr(err.msg, "software can reset"));
+    }
+    /* Never extended: a required PCR all zeros or all ones; a quote over real values of the
+     * others still names it. */
+    for (int fill = 0; fill < 2; fill++) {
+        make_quote(&o, KF_TPM_DEFAULT_PCRS, 0, q, F.ak, F.ak, 0x000b);
+        memset(o.values + 2 * 32, fill ? 0xff : 0x00, 32); /* PCR 4, the third */
+        unsigned char digest[32];
+        SHA256(o.values, o.values_len, digest);
+        memcpy(o.quoted + o.quoted_len - 32, digest, 32);
+        o.sig_len = soft_sign(F.ak, o.quoted, o.quoted_len, o.sig, sizeof(o.sig));
+        assert_int_equal(check_quote(&o, o.ak_hex, q, &got, msg, sizeof(msg)), 0);
+        assert_int_equal(kf_tpm_pcrs_require(&got, KF_TPM_DEFAULT_PCRS, &err), -EACCES);
+        assert_non_null(strstr(err.msg, "PCR 4 was never extended"));
+        /* ... but only the required set counts. */
+        assert_int_equal(kf_tpm_pcrs_require(&got, (1u << 0) | (1u << 7), &err), 0);
+    }
+}
+
+/* The PCR text (store, golden_pcrs, operators) is parsed strictly (review, E). */
+static void pcr_text_strict(void **state)
+{
+    (void)state;
+    static const char H[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    char ok[256], t[256];
+    kf_tpm_pcrs p;
+    kf_err err = {0};
+    snprintf(ok, sizeof(ok), "0=%s 7=%s 15=%s", H, H, H);
+    assert_int_equal(kf_tpm_pcrs_parse(ok, &p, &err), 0);
+    assert_int_equal(p.mask, (1u << 0) | (1u << 7) | (1u << 15));
+    assert_int_equal(p.values[15][1], 0x23);
+    snprintf(t, sizeof(t), "4=%.62sAB", H); /* upper case is hex too */
+    assert_int_equal(kf_tpm_pcrs_parse(t, &p, &err), 0);
+    assert_int_equal(p.values[4][31], 0xab);
+    struct {
+        const char *before;
+        int digits;
+        const char *after, *needle;
+    } bad[] = {
+        {"4=", 63, "", "exactly 64 hex digits"}, /* one digit short */
+        {"4=", 64, "a", "exactly 64 hex digits"}, /* one long */
+        {"4=", 62, "g0", "exactly 64 hex digits"}, /* not hex in the last pair */
+        {"4=", 63, " ", "exactly 64 hex digits"},
+        {"4=0x", 62, "", "exactly 64 hex digits"},
+        {"4=", 31, " 0123456789abcdef0123456789abcdef", "exactly 64 hex digits"},
+        {"4=+", 63, "", "exactly 64 hex digits"},
+        {"04=", 64, "", "expected a PCR number"},
+        {"+4=", 64, "", "expected a PCR number"},
+        {" 4=", 64, "", "expected a PCR number"},
+        {"-1=", 64, "", "expected a PCR number"},
+        {"4 =", 64, "", "expected a PCR number"},
+        {"24=", 64, "", "numbered 0..23"},
+        {"99=", 64, "", "numbered 0..23"},
+        {"123=", 64, "", "expected a PCR number"},
+        {"4=", 64, " ", "exactly one space"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(t, sizeof(t), "%s%.*s%s", bad[i].before, bad[i].digits, H, bad[i].after);
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(kf_tpm_pcrs_parse(t, &p, &err), -EINVAL);
+        if (strstr(err.msg, bad[i].needle) == NULL)
+            fail_msg("'%s': %s (wanted %s)", t, err.msg, bad[i].needle);
+    }
+    snprintf(t, sizeof(t), "4=%s  7=%s", H, H);
+    assert_int_equal(kf_tpm_pcrs_parse(t, &p, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "exactly one space"));
+    snprintf(t, sizeof(t), "4=%s 4=%s", H, H);
+    assert_int_equal(kf_tpm_pcrs_parse(t, &p, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "given twice"));
+    assert_int_equal(kf_tpm_pcrs_parse("", &p, &err), -EINVAL);
+    assert_int_equal(kf_tpm_pcrs_parse("4=", &p, NULL), -EINVAL);
 }
 
 int main(void)
@@ -443,6 +542,7 @@ int main(void)
         cmocka_unit_test(ek_cert_profile),        cmocka_unit_test(ek_cert_chain),
         cmocka_unit_test(certify_signature),      cmocka_unit_test(quote_checks),
         cmocka_unit_test(quote_garbage),          cmocka_unit_test(pcr_diff_and_text),
+        cmocka_unit_test(pcr_set_required),       cmocka_unit_test(pcr_text_strict),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
