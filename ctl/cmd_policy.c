@@ -154,14 +154,33 @@ static void print_pcrs(const char *title, const char *text, int64_t at, const ch
     }
 }
 
-/* node attest show NAME | node attest accept NAME [--totp CODE]: the node's measured-boot record;
- * accepting takes the values last shown (refused if the node quoted others since). */
+/* node attest show NAME | node attest accept NAME TOKEN [--totp CODE]: the node's measured-boot
+ * record; show prints a token, and accept applies only while the record still matches it (what
+ * the operator looked at, not what the node quoted since). */
 static int node_attest(kfctl *ctl, int argc, char **argv)
 {
-    bool accept = argc >= 4 && strcmp(argv[2], "accept") == 0;
-    if (!((argc == 4 && strcmp(argv[2], "show") == 0) || (accept && (argc == 4 || (argc == 6 && strcmp(argv[4], "--totp") == 0))))) {
-        fprintf(stderr, "usage: keyfleetctl node attest show NAME | node attest accept NAME [--totp CODE]\n");
+    bool accept = argc >= 5 && strcmp(argv[2], "accept") == 0;
+    if (!((argc == 4 && strcmp(argv[2], "show") == 0) || (accept && (argc == 5 || (argc == 7 && strcmp(argv[5], "--totp") == 0))))) {
+        fprintf(stderr, "usage: keyfleetctl node attest show NAME | node attest accept NAME TOKEN [--totp CODE]\n");
         return KFCTL_EXIT_USAGE;
+    }
+    if (accept) {
+        Keyfleet__V1__AcceptNodeAttestationRequest req = KEYFLEET__V1__ACCEPT_NODE_ATTESTATION_REQUEST__INIT;
+        req.node = argv[3];
+        req.token = argv[4];
+        req.totp_code = argc == 7 ? argv[6] : (char *)"";
+        ProtobufCMessage *am = NULL;
+        if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/AcceptNodeAttestation", &req.base,
+                            &keyfleet__v1__accept_node_attestation_response__descriptor, &am) != 0)
+            return 1;
+        Keyfleet__V1__AcceptNodeAttestationResponse *resp = (Keyfleet__V1__AcceptNodeAttestationResponse *)am;
+        if (resp->pending_request_id[0] != '\0')
+            printf("acceptance of node %s's PCR values held as request %s: %u approvals needed\n", argv[3],
+                   resp->pending_request_id, resp->approvals_needed);
+        else
+            printf("node %s: the PCR values shown are accepted\n", argv[3]);
+        protobuf_c_message_free_unpacked(am, NULL);
+        return 0;
     }
     Keyfleet__V1__GetNodeAttestationRequest get = KEYFLEET__V1__GET_NODE_ATTESTATION_REQUEST__INIT;
     get.node = argv[3];
@@ -170,39 +189,25 @@ static int node_attest(kfctl *ctl, int argc, char **argv)
                         &keyfleet__v1__get_node_attestation_response__descriptor, &m) != 0)
         return 1;
     Keyfleet__V1__GetNodeAttestationResponse *rec = (Keyfleet__V1__GetNodeAttestationResponse *)m;
-    int rc = 0;
-    if (!accept) {
-        kf_tpm_pcrs a, s;
-        uint32_t changed = rec->accepted[0] && rec->seen[0] && kf_tpm_pcrs_parse(rec->accepted, &a, NULL) == 0 &&
-                                   kf_tpm_pcrs_parse(rec->seen, &s, NULL) == 0
-                               ? kf_tpm_pcrs_diff(&a, &s)
-                               : 0;
-        printf("node %s\n", argv[3]);
-        print_pcrs("accepted", rec->accepted, rec->accepted_at, rec->accepted_by, 0);
-        print_pcrs("last quote not accepted", rec->seen, rec->seen_at, "", changed);
-        if (rec->changed[0] != '\0')
-            printf("changed: PCR %s (keyfleetctl node attest accept %s)\n", rec->changed, argv[3]);
-    } else {
-        Keyfleet__V1__AcceptNodeAttestationRequest req = KEYFLEET__V1__ACCEPT_NODE_ATTESTATION_REQUEST__INIT;
-        req.node = argv[3];
-        req.expected = rec->seen;
-        req.totp_code = argc == 6 ? argv[5] : (char *)"";
-        ProtobufCMessage *am = NULL;
-        if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/AcceptNodeAttestation", &req.base,
-                            &keyfleet__v1__accept_node_attestation_response__descriptor, &am) != 0) {
-            rc = 1;
-        } else {
-            Keyfleet__V1__AcceptNodeAttestationResponse *resp = (Keyfleet__V1__AcceptNodeAttestationResponse *)am;
-            if (resp->pending_request_id[0] != '\0')
-                printf("acceptance of node %s's PCR values held as request %s: %u approvals needed\n", argv[3],
-                       resp->pending_request_id, resp->approvals_needed);
-            else
-                printf("node %s: its last quoted PCR values are accepted\n", argv[3]);
-            protobuf_c_message_free_unpacked(am, NULL);
-        }
-    }
+    kf_tpm_pcrs a, s;
+    uint32_t changed = rec->accepted[0] && rec->seen[0] && kf_tpm_pcrs_parse(rec->accepted, &a, NULL) == 0 &&
+                               kf_tpm_pcrs_parse(rec->seen, &s, NULL) == 0
+                           ? kf_tpm_pcrs_diff(&a, &s)
+                           : 0;
+    printf("node %s\n", argv[3]);
+    print_pcrs("accepted", rec->accepted, rec->accepted_at, rec->accepted_by, 0);
+    if (rec->clock[0] != '\0')
+        printf("TPM counters (highest quoted): %s\n", rec->clock);
+    print_pcrs("last quote not accepted", rec->seen, rec->seen_at, "", changed);
+    if (rec->seen[0] != '\0' && rec->seen_clock[0] != '\0')
+        printf("  its TPM counters: %s%s\n", rec->seen_clock,
+               rec->rollback ? "  BACKWARDS: the TPM's state was rolled back, or the TPM replaced" : "");
+    if (rec->changed[0] != '\0')
+        printf("changed: PCR %s\n", rec->changed);
+    if (rec->seen[0] != '\0')
+        printf("to accept exactly these values: keyfleetctl node attest accept %s %s\n", argv[3], rec->token);
     protobuf_c_message_free_unpacked(m, NULL);
-    return rc;
+    return 0;
 }
 
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)

@@ -1,9 +1,12 @@
 #include "rpc/rpc_attest.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/crypto.h>
 
 #include "core/app.h"
 #include "core/audit.h"
@@ -72,13 +75,33 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
         snprintf(ret->why, sizeof(ret->why), "the quote does not hold: %.200s", err.msg);
         return 0;
     }
-    ret->quote_valid = true;
-    ret->quoted = got;
     kfd_attest_record rec;
     r = kfd_store_get_attest(kfd_call_app(call)->store, call->peer->name, &rec);
     if (r != 0 && r != -ENOENT)
         return -EIO;
+    ret->has_clock = true;
     kf_tpm_pcrs_format(&got, ret->seen);
+    /* resetCount/restartCount only go forward on one TPM: lower ones than a quote of this node
+     * showed before mean its TPM state was rolled back (a restored virtual TPM's state). */
+    if (r == 0 && rec.has_clock &&
+        kfd_attest_clock_before(ret->clock.reset_count, ret->clock.restart_count, rec.reset_count, rec.restart_count)) {
+        snprintf(ret->note, sizeof(ret->note),
+                 "the TPM's reset/restart counters went backwards (quote %" PRIu32 "/%" PRIu32 ", recorded %" PRIu32
+                 "/%" PRIu32 "): its state was rolled back?",
+                 ret->clock.reset_count, ret->clock.restart_count, rec.reset_count, rec.restart_count);
+        kf_log_warn("attest_rollback", "node=%s reset=%" PRIu32 " restart=%" PRIu32 " recorded_reset=%" PRIu32
+                    " recorded_restart=%" PRIu32 " mode=%s",
+                    call->peer->name, ret->clock.reset_count, ret->clock.restart_count, rec.reset_count,
+                    rec.restart_count, ap.rollback_audit ? "audit" : "deny");
+        if (!ap.rollback_audit) {
+            ret->rollback = true;
+            snprintf(ret->why, sizeof(ret->why), "%s; keyfleetctl node attest show|accept", ret->note);
+            ret->note[0] = '\0';
+            return 0; /* not a quote that holds; its values are kept as seen */
+        }
+    }
+    ret->quote_valid = true;
+    ret->quoted = got;
     kf_tpm_pcrs accepted;
     if (r == -ENOENT || rec.accepted[0] == '\0' || kf_tpm_pcrs_parse(rec.accepted, &accepted, NULL) != 0) {
         ret->no_baseline = true;
@@ -105,6 +128,18 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
     return 0;
 }
 
+bool kfd_attest_clock_before(uint32_t reset, uint32_t restart, uint32_t than_reset, uint32_t than_restart)
+{
+    return reset < than_reset || (reset == than_reset && restart < than_restart);
+}
+
+/* The seen quote's counters are below the recorded ones: accepting it accepts those. */
+static bool seen_rollback(const kfd_attest_record *rec)
+{
+    return rec->seen[0] != '\0' && rec->has_seen_clock && rec->has_clock &&
+           kfd_attest_clock_before(rec->seen_reset, rec->seen_restart, rec->reset_count, rec->restart_count);
+}
+
 void kfd_rpc_get_node_attestation(kfd_call *call)
 {
     const Keyfleet__V1__GetNodeAttestationRequest *req = (const Keyfleet__V1__GetNodeAttestationRequest *)call->request;
@@ -121,7 +156,16 @@ void kfd_rpc_get_node_attestation(kfd_call *call)
                        r == -ENOENT ? "no measured-boot record for this node" : "state store unavailable");
         return;
     }
-    char changed[64] = "";
+    char changed[64] = "", clock[48] = "", seen_clock[48] = "", token[KF_TPM_ATTEST_TOKEN_LEN + 1];
+    if (rec.has_clock)
+        snprintf(clock, sizeof(clock), "reset=%" PRIu32 " restart=%" PRIu32, rec.reset_count, rec.restart_count);
+    if (rec.has_seen_clock && rec.seen[0] != '\0')
+        snprintf(seen_clock, sizeof(seen_clock), "reset=%" PRIu32 " restart=%" PRIu32, rec.seen_reset,
+                 rec.seen_restart);
+    if (kf_tpm_attest_token(req->node, rec.accepted, rec.seen, seen_clock, token) != 0) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
     kf_tpm_pcrs a, s;
     if (rec.accepted[0] != '\0' && rec.seen[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &a, NULL) == 0 &&
         kf_tpm_pcrs_parse(rec.seen, &s, NULL) == 0)
@@ -133,6 +177,10 @@ void kfd_rpc_get_node_attestation(kfd_call *call)
     resp.seen = rec.seen;
     resp.seen_at = rec.seen_at;
     resp.changed = changed;
+    resp.token = token;
+    resp.clock = clock;
+    resp.seen_clock = seen_clock;
+    resp.rollback = seen_rollback(&rec);
     kfd_call_reply(call, &resp.base);
 }
 
@@ -160,9 +208,12 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
         (const Keyfleet__V1__AcceptNodeAttestationRequest *)call->request;
     kf_tpm_pcrs expected;
     if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->totp_code) > 16 ||
-        (req->expected[0] != '\0' && kf_tpm_pcrs_parse(req->expected, &expected, NULL) != 0)) {
+        (req->expected[0] != '\0' && kf_tpm_pcrs_parse(req->expected, &expected, NULL) != 0) ||
+        strlen(req->token) != KF_TPM_ATTEST_TOKEN_LEN) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
-                       "node must be a valid node name, expected PCR values as '0=HEX 2=HEX ...', totp_code 6 digits");
+                       "node must be a valid node name, token the %d characters keyfleetctl node attest show "
+                       "printed, expected PCR values as '0=HEX 2=HEX ...', totp_code 6 digits",
+                       KF_TPM_ATTEST_TOKEN_LEN);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -176,6 +227,20 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     kf_tpm_pcrs seen;
     if (r == -ENOENT || rec.seen[0] == '\0' || kf_tpm_pcrs_parse(rec.seen, &seen, NULL) != 0) {
         kfd_call_error(call, KF_CONNECT_NOT_FOUND, "node %s has sent no quote that differs from its accepted values",
+                       req->node);
+        return;
+    }
+    /* The record the operator looked at (its token), or nothing: the node may have quoted other
+     * values since, or another acceptance may have come first. */
+    char seen_clock[48] = "", token[KF_TPM_ATTEST_TOKEN_LEN + 1];
+    if (rec.has_seen_clock)
+        snprintf(seen_clock, sizeof(seen_clock), "reset=%" PRIu32 " restart=%" PRIu32, rec.seen_reset,
+                 rec.seen_restart);
+    if (kf_tpm_attest_token(req->node, rec.accepted, rec.seen, seen_clock, token) != 0 ||
+        CRYPTO_memcmp(token, req->token, KF_TPM_ATTEST_TOKEN_LEN) != 0) {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
+                       "node %s's measured-boot record is no longer the one shown with this token (it quoted again, "
+                       "or another acceptance came first); look again (keyfleetctl node attest show)",
                        req->node);
         return;
     }
@@ -195,7 +260,9 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     if (rec.accepted[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &accepted, NULL) == 0)
         kf_tpm_pcr_list(kf_tpm_pcrs_diff(&accepted, &seen), list, sizeof(list));
     char reason[200];
-    snprintf(reason, sizeof(reason), "accept the PCR values node %s quoted last (changed: PCR %s)", req->node, list);
+    bool rollback = seen_rollback(&rec);
+    snprintf(reason, sizeof(reason), "accept the PCR values node %s quoted last (changed: PCR %s%s)", req->node, list,
+             rollback ? "; its TPM counters went backwards" : "");
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "attest_accept", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "",
                    "", reason);
@@ -204,6 +271,15 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     c.kind = (char *)"accept";
     c.pcrs = op->pcrs;
     c.audit = &a.entry;
+    /* Compare and swap: applied (maybe later, after approvals) only over the accepted values
+     * this acceptance was made against. */
+    c.cas = true;
+    c.prev_accepted = rec.accepted;
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = rec.seen_reset;
+    clk.restart_count = rec.seen_restart;
+    if (rollback)
+        c.clock = &clk;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
     cmd.attest = &c;

@@ -17,8 +17,14 @@ typedef struct kfd_attest_eval {
     bool no_baseline; /* valid quote, and the node has no accepted values yet */
     bool quote_valid; /* the quote held (steps 1-5 of docs/attestation.md); quoted holds its values */
     kf_tpm_pcrs quoted;
-    kf_tpm_clock clock; /* the quote's clock info, when its signature held */
+    bool has_clock;     /* the quote's signature held: clock is its clock info (record it) */
+    kf_tpm_clock clock;
+    bool rollback;  /* its reset/restart counters are below the node's recorded ones (denied) */
+    char note[200]; /* a rollback let through by attestation.rollback: audit; to append to the audit */
 } kfd_attest_eval;
+
+/* (reset, restart) comes before (than_reset, than_restart) on one TPM. */
+bool kfd_attest_clock_before(uint32_t reset, uint32_t restart, uint32_t than_reset, uint32_t than_restart);
 
 /* Evaluates quote (NULL: none) for the request method/volume_id/eph/request_id on call's TLS
  * connection. Returns 0 with *ret filled, or -EINVAL with why set for a malformed quote (the

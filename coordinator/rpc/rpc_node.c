@@ -154,7 +154,7 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
 /* A denial under require: [attested] whose quote held but whose PCR values are not the accepted
  * ones: the audit record (naming the changed PCRs) and the values, kept for `keyfleetctl node
  * attest show|accept`, in one command. */
-static void deny_attest(kfd_call *call, const char *volume_id, const char *request_id, const char *seen,
+static void deny_attest(kfd_call *call, const char *volume_id, const char *request_id, const kfd_attest_eval *att,
                         const char *message)
 {
     kfd_audit_buf a;
@@ -163,12 +163,33 @@ static void deny_attest(kfd_call *call, const char *volume_id, const char *reque
     Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
     c.node = (char *)call->peer->name;
     c.kind = (char *)"seen";
-    c.pcrs = (char *)seen;
+    c.pcrs = (char *)att->seen;
     c.audit = &a.entry;
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = att->clock.reset_count;
+    clk.restart_count = att->clock.restart_count;
+    c.clock = att->has_clock ? &clk : NULL;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
     cmd.attest = &c;
     commit_deny(call, &cmd, KF_CONNECT_PERMISSION_DENIED, message);
+}
+
+/* A verified quote's counters, for the command that records the request (raising the node's). */
+static void attest_clock_of(const kfd_attest_eval *att, Keyfleet__V1__AttestClock *clk, bool *has)
+{
+    keyfleet__v1__attest_clock__init(clk);
+    clk->reset_count = att->clock.reset_count;
+    clk->restart_count = att->clock.restart_count;
+    *has = att->has_clock;
+}
+
+/* A rollback let through (attestation.rollback: audit) is named in the allowing audit record. */
+static void note_rollback(const kfd_attest_eval *att, kfd_policy_decision *d)
+{
+    size_t n = strlen(d->explanation);
+    if (att->note[0] != '\0' && n < sizeof(d->explanation) - 1)
+        snprintf(d->explanation + n, sizeof(d->explanation) - n, "; attestation: %s", att->note);
 }
 
 /* The request's quote, evaluated (rpc_attest.h); false when the call was answered (malformed
@@ -299,6 +320,8 @@ typedef struct enroll_op {
     char kcv[KFD_KCV_TEXT_LEN + 1];
 
     char tofu[KF_TPM_PCRS_TEXT_MAX]; /* the node's first quoted PCR values, accepted with this enroll */
+    Keyfleet__V1__AttestClock clock; /* the quote's counters, when has_clock */
+    bool has_clock;
     char *wrapped;
     kfd_sealed sealed;
 } enroll_op;
@@ -399,6 +422,7 @@ static void record_enroll_replay(enroll_op *op)
     c.audit = &a.entry;
     c.enroll_replay_window_s = ENROLL_REPLAY_WINDOW_S; /* checked again at apply: two replays may race */
     c.kcv = op->kcv;
+    c.attest_clock = op->has_clock ? &op->clock : NULL;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -470,6 +494,7 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     c.node = (char *)call->peer->name;
     c.wrapped_key = (char *)res->wrapped;
     c.attest_tofu = op->tofu;
+    c.attest_clock = op->has_clock ? &op->clock : NULL;
     c.audit = &a.entry;
     c.key_kcv = op->kcv;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
@@ -525,6 +550,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
                            .attested = att->attested, .attest_why = att->why, .quoted = att->quote_valid ? &att->quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(kfd_call_app(call)->policy, &in, &decision);
+    note_rollback(att, &decision);
     json_decref(ls.json);
     if (!decision.allow) {
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
@@ -543,6 +569,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
     if (op == NULL)
         return;
     op->replay = true;
+    attest_clock_of(att, &op->clock, &op->has_clock);
     if ((op->wrapped = strdup(existing->wrapped_key)) == NULL) {
         enroll_op_free(op);
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
@@ -618,8 +645,9 @@ void kfd_rpc_enroll(kfd_call *call)
                            .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(app->policy, &in, &decision);
+    note_rollback(&att, &decision);
     if (!decision.allow && att.seen[0] != '\0' && !first_enrollment) {
-        deny_attest(call, req->volume->id, req->request_id, att.seen, decision.explanation);
+        deny_attest(call, req->volume->id, req->request_id, &att, decision.explanation);
         return;
     }
     if (!decision.allow) {
@@ -632,6 +660,8 @@ void kfd_rpc_enroll(kfd_call *call)
     if (kfd_call_deadline_passed(call, "the KMS key generation"))
         return;
     enroll_op *op = new_enroll_op(call, req, &decision);
+    if (op != NULL)
+        attest_clock_of(&att, &op->clock, &op->has_clock);
     if (op != NULL && first_enrollment)
         snprintf(op->tofu, sizeof(op->tofu), "%s", att.seen);
     if (op != NULL)
@@ -651,6 +681,8 @@ typedef struct release_op {
     bool approved_request;
     /* The volume's key check values when the handler read it, and the released key's. */
     char key_kcv[24], next_kcv[24], kcv[24]; /* KFD_KCV_TEXT_LEN + 1 fits */
+    Keyfleet__V1__AttestClock clock; /* the quote's counters, when has_clock */
+    bool has_clock;
 } release_op;
 
 static void on_release_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -804,6 +836,7 @@ static void record_release(release_op *op)
     c.audit = &a.entry;
     c.approved_request = op->approved_request;
     c.kcv = op->kcv; /* checked again at apply: a rotation may have committed meanwhile */
+    c.attest_clock = op->has_clock ? &op->clock : NULL;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -1003,10 +1036,11 @@ void kfd_rpc_release(kfd_call *call)
                            .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL),
                            .attested = att.attested, .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
+    note_rollback(&att, &decision);
     json_decref(ls.json);
     if (!decision.allow && att.seen[0] != '\0') {
         kfd_volume_clear(&vol);
-        deny_attest(call, req->volume->id, req->request_id, att.seen, decision.explanation);
+        deny_attest(call, req->volume->id, req->request_id, &att, decision.explanation);
         return;
     }
     if (!decision.allow) {
@@ -1048,6 +1082,7 @@ void kfd_rpc_release(kfd_call *call)
     op->req = req;
     op->decision = decision;
     op->approved_request = approved_request;
+    attest_clock_of(&att, &op->clock, &op->has_clock);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     if (req->request_id[0] != '\0')
         snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);

@@ -77,6 +77,12 @@ static const char *const migrations[] = {
     "ALTER TABLE volumes ADD COLUMN key_created_at INTEGER;"
     "ALTER TABLE volumes ADD COLUMN key_kcv TEXT;"
     "ALTER TABLE volumes ADD COLUMN next_kcv TEXT;",
+    /* 9: the highest TPM reset/restart counters a node's quotes showed (a lower pair means its
+     * TPM state was rolled back), and those of the seen quote (docs/attestation.md). */
+    "ALTER TABLE node_attest ADD COLUMN reset_count INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN restart_count INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN seen_reset INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN seen_restart INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -126,10 +132,14 @@ static const char *const sql[ST_COUNT] = {
     [ST_VOLUME_SET_KCV] = "UPDATE volumes SET key_kcv = ? WHERE id = ? AND key_kcv IS NULL",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
-    [ST_ATTEST_GET] = "SELECT accepted, accepted_at, accepted_by, seen, seen_at FROM node_attest WHERE node = ?",
+    [ST_ATTEST_GET] = "SELECT accepted, accepted_at, accepted_by, seen, seen_at, reset_count IS NOT NULL, "
+                      "coalesce(reset_count, 0), coalesce(restart_count, 0), seen_reset IS NOT NULL, "
+                      "coalesce(seen_reset, 0), coalesce(seen_restart, 0) FROM node_attest WHERE node = ?",
     [ST_ATTEST_ACCEPT] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
                          "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by, "
+                         "seen_reset = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_reset END, "
+                         "seen_restart = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_restart END, "
                          "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END",
     /* Trust on first use: only when the node has no accepted values. */
     /* Trust on first use only at the node's first enrollment: no volume of its own but this one
@@ -138,8 +148,17 @@ static const char *const sql[ST_COUNT] = {
                        "WHERE NOT EXISTS (SELECT 1 FROM volumes WHERE node = ?1 AND id != ?4) "
                        "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
                        "accepted_at = excluded.accepted_at, accepted_by = 'tofu' WHERE node_attest.accepted = ''",
-    [ST_NODE_HAS_VOLUMES] = "SELECT count(*) FROM volumes WHERE node = ?",    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT(node) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at",
+    [ST_NODE_HAS_VOLUMES] = "SELECT count(*) FROM volumes WHERE node = ?",
+    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at, seen_reset, seen_restart) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT(node) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at, "
+                       "seen_reset = excluded.seen_reset, seen_restart = excluded.seen_restart",
+    /* The highest counters a node's quotes showed: only ever raised here. */
+    [ST_ATTEST_CLOCK_MAX] = "INSERT INTO node_attest (node, reset_count, restart_count) VALUES (?1, ?2, ?3) "
+                            "ON CONFLICT(node) DO UPDATE SET reset_count = ?2, restart_count = ?3 "
+                            "WHERE node_attest.reset_count IS NULL OR ?2 > node_attest.reset_count OR "
+                            "(?2 = node_attest.reset_count AND ?3 > node_attest.restart_count)",
+    /* An operator accepted a quote whose counters went backwards: those become the record. */
+    [ST_ATTEST_CLOCK_SET] = "UPDATE node_attest SET reset_count = ?2, restart_count = ?3 WHERE node = ?1",
     [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at, "
                        "reason = excluded.reason",
@@ -471,7 +490,7 @@ static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, k
 
 /* A node's measured-boot record: accepted (by an operator), TOFU, or seen (kf_tpm_pcrs text). */
 static int attest_write(kfd_store *s, int which, const char *node, const char *pcrs, const char *volume_id,
-                        const Keyfleet__V1__AuditEntry *audit, kf_err *err)
+                        const Keyfleet__V1__AttestClock *clock, const Keyfleet__V1__AuditEntry *audit, kf_err *err)
 {
     kf_tpm_pcrs parsed;
     if (kf_tpm_pcrs_parse(pcrs, &parsed, NULL) != 0)
@@ -484,7 +503,46 @@ static int attest_write(kfd_store *s, int which, const char *node, const char *p
         kfd_bind_text(st, 4, audit != NULL && audit->actor != NULL ? audit->actor->name : "");
     if (which == ST_ATTEST_TOFU)
         kfd_bind_text(st, 4, volume_id);
+    if (which == ST_ATTEST_SEEN && clock != NULL) {
+        sqlite3_bind_int64(st, 4, clock->reset_count);
+        sqlite3_bind_int64(st, 5, clock->restart_count);
+    } else if (which == ST_ATTEST_SEEN) {
+        sqlite3_bind_null(st, 4);
+        sqlite3_bind_null(st, 5);
+    }
     return kfd_store_step_done(s, st, "recording the node's PCR values", err);
+}
+
+/* A verified quote's counters: raise the node's recorded highest (ST_ATTEST_CLOCK_MAX), or, for
+ * an operator's acceptance of a rolled-back TPM, set them (ST_ATTEST_CLOCK_SET). */
+static int attest_clock(kfd_store *s, int which, const char *node, const Keyfleet__V1__AttestClock *clock, kf_err *err)
+{
+    if (clock == NULL)
+        return 0;
+    sqlite3_stmt *st = kfd_store_stmt(s, which);
+    kfd_bind_text(st, 1, node);
+    sqlite3_bind_int64(st, 2, clock->reset_count);
+    sqlite3_bind_int64(st, 3, clock->restart_count);
+    return kfd_store_step_done(s, st, "recording the node's TPM counters", err);
+}
+
+/* An acceptance applies only to the accepted values it was made for (compare and swap): one held
+ * for approval and approved after another acceptance must not roll those back. */
+static int attest_accept(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err *err)
+{
+    if (c->cas) {
+        kfd_attest_record rec;
+        int r = kfd_store_get_attest(s, c->node, &rec);
+        if (r != 0 && r != -ENOENT)
+            return kf_err_set(err, -EIO, "reading node %s's PCR values", c->node);
+        if (strcmp(r == 0 ? rec.accepted : "", c->prev_accepted) != 0)
+            return kf_err_set(err, -ESTALE,
+                              "node %s's accepted PCR values changed since this acceptance was requested; look "
+                              "again (keyfleetctl node attest show)",
+                              c->node);
+    }
+    int r = attest_write(s, ST_ATTEST_ACCEPT, c->node, c->pcrs, NULL, NULL, c->audit, err);
+    return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, c->clock, err);
 }
 
 int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
@@ -497,7 +555,9 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
             r = apply_enroll(s, cmd->enroll_volume, err);
         if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')
             r = attest_write(s, ST_ATTEST_TOFU, cmd->enroll_volume->node, cmd->enroll_volume->attest_tofu,
-                             cmd->enroll_volume->volume->id, cmd->enroll_volume->audit, err);
+                             cmd->enroll_volume->volume->id, NULL, cmd->enroll_volume->audit, err);
+        if (r == 0)
+            r = attest_clock(s, ST_ATTEST_CLOCK_MAX, cmd->enroll_volume->node, cmd->enroll_volume->attest_clock, err);
         if (r == 0)
             r = kfd_store_append_audit(s, cmd->enroll_volume->audit, seq, err);
         return r;
@@ -513,6 +573,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
             if ((r = kfd_store_step_done(s, st, "recording the release", err)) != 0)
                 return r;
         }
+        if ((r = attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->attest_clock, err)) != 0)
+            return r;
         return kfd_store_append_audit(s, c->audit, seq, err);
     }
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING: {
@@ -580,7 +642,10 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         bool accept = strcmp(c->kind, "accept") == 0;
         if (!accept && strcmp(c->kind, "seen") != 0)
             return kf_err_set(err, -EINVAL, "attest command of unknown kind '%.32s'", c->kind);
-        if ((r = attest_write(s, accept ? ST_ATTEST_ACCEPT : ST_ATTEST_SEEN, c->node, c->pcrs, NULL, c->audit, err)) != 0)
+        r = accept ? attest_accept(s, c, err) : attest_write(s, ST_ATTEST_SEEN, c->node, c->pcrs, NULL, c->clock, c->audit, err);
+        if (r == 0 && !accept)
+            r = attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->clock, err);
+        if (r != 0)
             return r;
         return kfd_store_append_audit(s, c->audit, seq, err);
     }

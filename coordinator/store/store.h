@@ -98,6 +98,10 @@ typedef struct kfd_attest_record {
     char accepted_by[128]; /* "tofu" or the operator */
     char seen[24 * 68 + 1]; /* the last quote that did not match; empty: none */
     int64_t seen_at;
+    bool has_clock; /* the highest TPM counters a quote of the node showed */
+    uint32_t reset_count, restart_count;
+    bool has_seen_clock; /* the seen quote's counters */
+    uint32_t seen_reset, seen_restart;
 } kfd_attest_record;
 /* 0, -ENOENT (no record for the node) or -EIO. */
 int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret);

@@ -405,6 +405,12 @@ int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret)
     kfd_store_copy_col(st, 2, ret->accepted_by, sizeof(ret->accepted_by));
     kfd_store_copy_col(st, 3, ret->seen, sizeof(ret->seen));
     ret->seen_at = sqlite3_column_int64(st, 4);
+    ret->has_clock = sqlite3_column_int(st, 5) != 0;
+    ret->reset_count = (uint32_t)sqlite3_column_int64(st, 6);
+    ret->restart_count = (uint32_t)sqlite3_column_int64(st, 7);
+    ret->has_seen_clock = sqlite3_column_int(st, 8) != 0;
+    ret->seen_reset = (uint32_t)sqlite3_column_int64(st, 9);
+    ret->seen_restart = (uint32_t)sqlite3_column_int64(st, 10);
     sqlite3_reset(st);
     return 0;
 }

@@ -22,12 +22,17 @@ manufacture() {
 }
 # measure TCTI PCR TEXT: what firmware and bootloader do at boot (a fresh swtpm's PCRs are all
 # zeros, which the coordinator refuses as never extended).
-measure() { TPM2TOOLS_TCTI="$1" tpm2_pcrextend "$2:sha256=$(printf '%s' "$3" | sha256sum | cut -c1-64)" >/dev/null 2>&1; }
+measure() {
+    TPM2TOOLS_TCTI="$1" tpm2_pcrextend "$2:sha256=$(printf '%s' "$3" | sha256sum | cut -c1-64)" >/dev/null 2>&1
+    [ "$1" != "${TCTI_A:-}" ] || MEASURED_A+=("$2:$3") # replayed when machine A reboots
+}
+MEASURED_A=()
 boot_measurements() { for p in 0 2 4 7; do measure "$1" "$p" "firmware $p"; done; }
 manufacture "$WORK/tpm-a"
 start_swtpm "$WORK/tpm-a"
 TCTI_A=$TCTI
 boot_measurements "$TCTI_A"
+SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
 manufacture "$WORK/tpm-b"
 start_swtpm "$WORK/tpm-b"
 TCTI_B=$TCTI
@@ -174,7 +179,7 @@ expect_match "under require: [attested] the node that booted what it enrolled wi
 expect_eq "... leaving no TPM object loaded" "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
 
 # A new kernel or bootloader: PCR 4 extended.
-TPM2TOOLS_TCTI="$TCTI_A" tpm2_pcrextend 4:sha256=$(printf 'new kernel' | sha256sum | cut -c1-64) >/dev/null 2>&1
+measure "$TCTI_A" 4 "new kernel"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_eq "with PCR 4 changed, the release is denied (exit 1)" "$?" "1"
 expect_match "... naming PCR 4" "$out" "permission_denied.*requires measured-boot attestation.*PCR 4 changed since the values accepted"
@@ -182,14 +187,60 @@ expect_match "... and the audit record names it" "$(ctl "$F" audit --node n1 --j
     '"decision":"deny".*PCR 4 changed'
 out=$(ctl "$F" node attest show n1 2>&1)
 expect_match "attest show marks PCR 4 as changed in the last quote" "$out" "PCR  4  [0-9a-f]{64}  changed.*changed: PCR 4"
+token() { printf '%s' "$1" | sed -n 's/.*node attest accept [a-z0-9]* \([0-9a-f]\{32\}\).*/\1/p'; }
+T1=$(token "$out")
+expect_match "attest show prints the token accept must repeat" "$T1" "^[0-9a-f]{32}$"
+# The node quotes other values after the operator looked: the token no longer applies.
+measure "$TCTI_A" 4 "another kernel"
+A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+out=$(ctl "$F" node attest accept n1 "$T1" 2>&1)
+expect_match "accept with the token of values the node no longer quotes is refused" "$out" \
+    "failed_precondition.*no longer the one shown with this token"
 out=$(ctl "$F" node attest accept n1 2>&1)
-expect_match "attest accept takes the new values" "$out" "node n1: its last quoted PCR values are accepted"
+expect_match "accept without a token is a usage error" "$out" "usage: keyfleetctl node attest"
+out=$(ctl "$F" node attest accept n1 0123456789abcdef0123456789abcdef 2>&1)
+expect_match "... and a made-up token is refused" "$out" "failed_precondition"
+out=$(ctl "$F" node attest show n1 2>&1)
+out=$(ctl "$F" node attest accept n1 "$(token "$out")" 2>&1)
+expect_match "attest accept with the token just shown takes those values" "$out" "node n1: the PCR values shown are accepted"
 expect_match "... audited with the operator's name" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
     '"action":"attest_accept".*"decision":"allow".*changed: PCR 4'
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "after attest accept the node unlocks again" "$out" "disk.luks: unlocked \\(key verified"
-out=$(ctl "$F" node attest accept n1 2>&1)
+out=$(ctl "$F" node attest accept n1 "$T1" 2>&1)
 expect_match "nothing left to accept: attest accept says so" "$out" "not_found.*no quote that differs"
+
+# The coordinator decides which PCRs count (policy attestation.pcrs), not the agent.
+sed 's/^tpm: {/tpm: {attest_pcrs: [0, 2, 4], /' "$WORK/a/agent.yaml" >"$WORK/a/narrow.yaml"
+out=$("$AGENT" -c "$WORK/a/narrow.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "an agent that quotes PCRs 0, 2, 4 only is denied, naming PCR 7" "$out" \
+    "permission_denied.*does not cover PCR 7, which the policy.s attestation.pcrs requires"
+put_policy "$F" <<'YAML'
+attestation: {pcrs: [0, 2, 4, 7, 9]}
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+YAML
+sed 's/^tpm: {/tpm: {attest_pcrs: [0, 2, 4, 7, 9], /' "$WORK/a/agent.yaml" >"$WORK/a/wide.yaml"
+out=$("$AGENT" -c "$WORK/a/wide.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "a required PCR never extended (all zeros) is refused" "$out" \
+    "permission_denied.*PCR 9 was never extended"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and an agent not quoting a required PCR is refused" "$out" "permission_denied.*does not cover PCR 9"
+expect_eq "a refused quote's values are not kept for acceptance" "$(ctl "$F" node attest show n1 | grep -c 'to accept')" "0"
+put_policy "$F" <<'YAML'
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+  - name: servers
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_key]
+YAML
 
 # Attacks, through the agent's own code (tests/integration/quote_probe.c).
 VID=$(cryptsetup token export --token-id 0 "$WORK/disk.luks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyfleet_volume_id"])')
@@ -203,6 +254,10 @@ expect_match "a quote by another TPM's AK (never activated for n1's EK) is refus
 expect_match "garbage quote structures get invalid_argument" "$out" "case=garbage code=invalid_argument"
 expect_match "the refusals are audited" "$(ctl "$F" audit --node n1 --json)" \
     '"decision":"deny".*not for this request and connection.*signed by another AK'
+expect_match "a quote without a required PCR (the agent's choice) is refused" "$out" \
+    "case=narrow code=permission_denied message=.*does not cover PCR 7"
+expect_match "a quote over resettable PCR 16 is refused" "$out" \
+    "case=resettable code=permission_denied message=.*PCR 16, which software can reset"
 
 # Another machine (swtpm B) with n1's files gets nothing: its TPM cannot even load the key.
 cp "$WORK/a/n1.crt" "$WORK/thief/n1.crt"
@@ -219,16 +274,98 @@ rules:
     effect: allow
     require: [tpm_key, attested]
 YAML
-TPM2TOOLS_TCTI="$TCTI_A" tpm2_pcrextend 7:sha256=$(printf 'secure boot db update' | sha256sum | cut -c1-64) >/dev/null 2>&1
+measure "$TCTI_A" 7 "secure boot db update"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "PCR 7 changed (a Secure Boot update): denied, naming PCR 7" "$out" "permission_denied.*PCR 7 changed"
-out=$(ctl "$F" node attest accept n1 2>&1)
+out=$(ctl "$F" node attest accept n1 "$(token "$(ctl "$F" node attest show n1)")" 2>&1)
 expect_match "under admin.approvers: 2, attest accept is held for a second operator" "$out" "held as request [0-9a-f]+: 2 approvals needed"
 R=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "... and until then the node stays denied" "$out" "permission_denied.*PCR 7 changed"
-ctl_as "$F" op2 approve "$R" >/dev/null 2>&1
+# Meanwhile the node changes again and those values are accepted first: the held acceptance,
+# approved late, must not roll them back.
+measure "$TCTI_A" 7 "second db update"
+A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+out=$(ctl "$F" node attest accept n1 "$(token "$(ctl "$F" node attest show n1)")" 2>&1)
+R2=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+ctl_as "$F" op2 approve "$R2" >/dev/null 2>&1
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
-expect_match "once a second operator approves, the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
+expect_match "the later acceptance, approved, lets the node unlock" "$out" "disk.luks: unlocked \\(key verified"
+out=$(ctl_as "$F" op2 approve "$R" 2>&1)
+expect_match "the earlier acceptance approved late is refused: it no longer applies" "$out" \
+    "no longer applies.*accepted PCR values changed since this acceptance was requested"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and the newer values stay accepted: the node still unlocks" "$out" "disk.luks: unlocked \\(key verified"
+# ---- TPM reset/restart counters (review of #16, D): a rolled-back TPM state is refused ----
+# reboot_a [STATE]: machine A powers off (its swtpm stops), optionally with its TPM state
+# replaced by a saved copy, and boots again: a TPM reset (resetCount + 1), the same measurements.
+reboot_a() {
+    kill "$SWTPM_A_PID" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$SWTPM_A_PID" 2>/dev/null || break; sleep 0.05; done
+    if [ -n "${1:-}" ]; then rm -rf "$WORK/tpm-a" && cp -a "$1" "$WORK/tpm-a"; fi
+    rm -f "$WORK/tpm-a/pid"
+    start_swtpm "$WORK/tpm-a"
+    SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
+    TCTI_A=$TCTI
+    tpm_config "$WORK/a/agent.yaml" "$WORK/a" n1 "$TCTI_A"
+    local m saved=("${MEASURED_A[@]}")
+    MEASURED_A=()
+    boot_measurements "$TCTI_A"
+    for m in "${saved[@]:4}"; do measure "$TCTI_A" "${m%%:*}" "${m#*:}"; done
+}
+kill "$SWTPM_A_PID"
+for _ in $(seq 1 100); do kill -0 "$SWTPM_A_PID" 2>/dev/null || break; sleep 0.05; done
+cp -a "$WORK/tpm-a" "$WORK/tpm-a.saved" # a copy of the TPM's state, as a virtual TPM's can be copied
+reboot_a
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "after a reboot (same measurements) the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
+reboot_a
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and after another" "$out" "disk.luks: unlocked \\(key verified"
+expect_match "attest show has the highest TPM counters quoted" "$(ctl "$F" node attest show n1)" \
+    "TPM counters \\(highest quoted\\): reset=[0-9]+ restart=0"
+reboot_a "$WORK/tpm-a.saved"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "the TPM's state rolled back (resetCount lower than quoted before): denied" "$out" \
+    "permission_denied.*reset/restart counters went backwards"
+expect_match "... audited" "$(ctl "$F" audit --node n1 --json | tail -n 1)" '"decision":"deny".*counters went backwards'
+out=$(ctl "$F" node attest show n1 2>&1)
+expect_match "attest show flags the quote's counters as backwards" "$out" "its TPM counters: reset=[0-9]+ restart=0  BACKWARDS"
+# policy_put_2 FILE: a policy put under admin.approvers: 2, approved by op2.
+policy_put_2() {
+    cat >"$F/policy.yaml"
+    local r
+    r=$(ctl "$F" policy put "$F/policy.yaml" 2>&1 | sed -n 's/.*request \([0-9a-f]\{16,\}\).*/\1/p')
+    ctl_as "$F" op2 approve "$r" >/dev/null 2>&1
+}
+policy_put_2 <<'YAML'
+admin: {approvers: 2}
+attestation: {rollback: audit}
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+YAML
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "with attestation.rollback: audit, the rolled-back TPM unlocks" "$out" "disk.luks: unlocked \\(key verified"
+expect_match "... and the release's audit record says so" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
+    '"action":"release".*"decision":"allow".*counters went backwards'
+policy_put_2 <<'YAML'
+admin: {approvers: 2}
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+YAML
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "back to the default (deny): denied again" "$out" "permission_denied.*counters went backwards"
+out=$(ctl "$F" node attest accept n1 "$(token "$(ctl "$F" node attest show n1)")" 2>&1)
+R3=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+ctl_as "$F" op2 approve "$R3" >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "an operator who accepts the rolled-back TPM's quote (and its counters) lets it unlock" "$out" \
+    "disk.luks: unlocked \\(key verified"
 check_sanitizers
 finish

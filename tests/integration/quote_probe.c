@@ -8,6 +8,8 @@
  *   other-ak   a quote with this request's qualifying data by another TPM's AK (never activated
  *              for this node's EK, so no certificate names it)
  *   garbage    random bytes as the quote's structures (invalid_argument)
+ *   narrow     a quote the agent made over PCRs 0, 2, 4 only (the policy requires 7 too)
+ *   resettable a quote over PCRs 0, 2, 4, 7 and 16 (resettable by software)
  * Exit 0 when every line was printed, 1 otherwise. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +99,23 @@ int main(int argc, char **argv)
     r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &bad, &rel, &st, &err);
     report("garbage", r, &st, &rel, &err);
     kf_released_clear(&rel);
+
+    /* narrow, resettable: the agent chooses what it quotes; the coordinator decides what counts. */
+    static const struct {
+        const char *name;
+        uint32_t pcrs;
+    } sets[] = {{"narrow", (1u << 0) | (1u << 2) | (1u << 4)},
+                {"resettable", (1u << 0) | (1u << 2) | (1u << 4) | (1u << 7) | (1u << 16)}};
+    for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
+        ctx.cfg->tpm_attest_pcrs = sets[i].pcrs;
+        if (kfa_attest(&ctx, "Release", argv[2], "", &q, &msg, &err) != 0) {
+            fprintf(stderr, "quote_probe: attest %s: %s\n", sets[i].name, err.msg);
+            goto out;
+        }
+        r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+        report(sets[i].name, r, &st, &rel, &err);
+        kf_released_clear(&rel);
+    }
     rc = 0;
 out:
     kf_rpc_client_free(ctx.client);

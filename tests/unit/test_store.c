@@ -468,6 +468,28 @@ static int enroll_attested(kfd_store *s, const char *vid, const char *pcrs)
     return kfd_store_apply(s, &cmd, &res, NULL);
 }
 
+static int attest_cmd_clock(kfd_store *s, const char *kind, const char *pcrs, int reset, int restart)
+{
+    Keyfleet__V1__AuditEntry e = audit("attest", "n1", "");
+    Keyfleet__V1__Principal op = KEYFLEET__V1__PRINCIPAL__INIT;
+    op.name = (char *)"alice";
+    e.actor = &op;
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = (uint32_t)reset;
+    clk.restart_count = (uint32_t)restart;
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)"n1";
+    c.kind = (char *)kind;
+    c.pcrs = (char *)pcrs;
+    c.audit = &e;
+    c.clock = reset >= 0 ? &clk : NULL;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    kfd_apply_result res = {0};
+    return kfd_store_apply(s, &cmd, &res, NULL);
+}
+
 static int attest_cmd(kfd_store *s, const char *kind, const char *pcrs)
 {
     Keyfleet__V1__AuditEntry e = audit("attest", "n1", "");
@@ -527,6 +549,74 @@ static void test_attest_records(void **state)
     assert_string_equal(rec.seen, "");
     assert_int_equal(attest_cmd(s, "accept", "4=zz"), -EINVAL);
     assert_int_equal(attest_cmd(s, "other", PCR_A), -EINVAL);
+    kfd_store_close(s);
+}
+
+/* The TPM counters of a node's quotes (issue #16's review, D): the highest is recorded and never
+ * lowered by a quote; the seen quote keeps its own; an operator's acceptance of a rolled-back
+ * quote sets them. */
+static void test_attest_clock(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("attest-clock.db");
+    kfd_attest_record rec;
+    assert_int_equal(attest_cmd_clock(s, "seen", PCR_A, 3, 1), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_true(rec.has_clock);
+    assert_int_equal(rec.reset_count, 3);
+    assert_int_equal(rec.restart_count, 1);
+    assert_true(rec.has_seen_clock);
+    assert_int_equal(rec.seen_reset, 3);
+    assert_int_equal(attest_cmd_clock(s, "seen", PCR_A, 3, 2), 0); /* a resume: restart goes up */
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.restart_count, 2);
+    assert_int_equal(attest_cmd_clock(s, "seen", PCR_A, 5, 0), 0); /* a reboot: restart starts again */
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 5);
+    assert_int_equal(rec.restart_count, 0);
+    /* A lower pair (a rolled-back TPM) is kept as seen, never as the record. */
+    assert_int_equal(attest_cmd_clock(s, "seen", PCR_B, 4, 9), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 5);
+    assert_int_equal(rec.restart_count, 0);
+    assert_int_equal(rec.seen_reset, 4);
+    assert_int_equal(rec.seen_restart, 9);
+    assert_int_equal(attest_cmd_clock(s, "seen", PCR_B, 5, 0), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 5);
+    /* An enrollment's quote raises it too. */
+    Keyfleet__V1__VolumeRef vol = KEYFLEET__V1__VOLUME_REF__INIT;
+    vol.id = (char *)"vol-c";
+    vol.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    vol.name = (char *)"data";
+    Keyfleet__V1__AuditEntry e = audit("enroll", "n1", "");
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = 7;
+    Keyfleet__V1__CmdEnrollVolume en = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    en.volume = &vol;
+    en.node = (char *)"n1";
+    en.wrapped_key = (char *)"kf:local:v1:xyz";
+    en.audit = &e;
+    en.attest_clock = &clk;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &en;
+    kfd_apply_result res = {0};
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 7);
+    /* The operator accepts a rolled-back quote's values with its counters: those are the record. */
+    assert_int_equal(attest_cmd_clock(s, "seen", PCR_B, 2, 0), 0);
+    assert_int_equal(attest_cmd_clock(s, "accept", PCR_B, 2, 0), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 2);
+    assert_string_equal(rec.seen, "");
+    assert_false(rec.has_seen_clock);
+    /* An acceptance without counters leaves them. */
+    assert_int_equal(attest_cmd_clock(s, "seen", PCR_A, 3, 0), 0);
+    assert_int_equal(attest_cmd_clock(s, "accept", PCR_A, -1, 0), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 3);
     kfd_store_close(s);
 }
 
@@ -664,6 +754,7 @@ int main(void)
         cmocka_unit_test(test_snapshot_image_checked),
         cmocka_unit_test(test_request_ids_time_ordered),
         cmocka_unit_test(test_attest_records),
+        cmocka_unit_test(test_attest_clock),
         cmocka_unit_test(test_head_check_and_checkpoint_signers),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);

@@ -336,6 +336,59 @@ static void test_held_change_applies_when_approved(void **state)
     kfd_store_close(s);
 }
 
+#define PCRS(c) "4=" c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c
+
+/* An operator's acceptance of node n1's values, made over prev (compare and swap). */
+static Keyfleet__V1__StateCommand *accept_cmd(audit_at *a, Keyfleet__V1__CmdAttest *c, Keyfleet__V1__StateCommand *cmd,
+                                              const char *pcrs, const char *prev)
+{
+    audit(a, T0, "attest_accept", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    keyfleet__v1__cmd_attest__init(c);
+    c->node = (char *)"n1";
+    c->kind = (char *)"accept";
+    c->pcrs = (char *)pcrs;
+    c->audit = &a->e;
+    c->cas = true;
+    c->prev_accepted = (char *)prev;
+    keyfleet__v1__state_command__init(cmd);
+    cmd->cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd->attest = c;
+    return cmd;
+}
+
+/* An acceptance held for approval and approved late must not roll back an acceptance that came
+ * in between (issue #16's review, C): it applies only over the values it was made against. */
+static void test_held_attest_accept_is_compare_and_swap(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("attest-cas.db");
+    audit_at a1, a2, a3, a4;
+    Keyfleet__V1__CmdAttest c1, c2, c3, c4;
+    Keyfleet__V1__StateCommand m1, m2, m3, m4;
+    kf_err err = {0};
+    kfd_attest_record rec;
+    assert_int_equal(apply(s, accept_cmd(&a1, &c1, &m1, PCRS("a"), ""), NULL), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCRS("a"));
+    /* Held: a -> b. Meanwhile a -> c applies directly. */
+    assert_int_equal(propose(s, RID, accept_cmd(&a2, &c2, &m2, PCRS("b"), PCRS("a")), 2), 0);
+    assert_int_equal(apply(s, accept_cmd(&a3, &c3, &m3, PCRS("c"), PCRS("a")), NULL), 0);
+    /* The late approval finds c, not a: refused, and c stays. */
+    assert_int_equal(approve(s, RID, "op2", 0, T0 + 1), -ESTALE);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCRS("c"));
+    /* A direct acceptance made over stale values is refused the same way, saying why. */
+    assert_int_equal(apply(s, accept_cmd(&a4, &c4, &m4, PCRS("d"), PCRS("a")), &err), -ESTALE);
+    assert_non_null(strstr(err.msg, "changed since this acceptance was requested"));
+    /* Made over the current values, held and approved: applies. */
+    assert_int_equal(propose(s, RID2, accept_cmd(&a4, &c4, &m4, PCRS("d"), PCRS("c")), 2), 0);
+    assert_int_equal(approve(s, RID2, "op2", 0, T0 + 1), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCRS("d"));
+    assert_int_equal(state_of(s, RID2), KFD_PENDING_CONSUMED);
+    kfd_store_close(s);
+}
+
 static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
 {
     audit_at a;
@@ -536,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_totp_failures_lock_out),
         cmocka_unit_test(test_required_totp_and_duplicates),
         cmocka_unit_test(test_held_change_applies_when_approved),
+        cmocka_unit_test(test_held_attest_accept_is_compare_and_swap),
         cmocka_unit_test(test_enroll_replay_at_apply),
         cmocka_unit_test(test_secret_id_bound_to_role_id),
         cmocka_unit_test(test_cert_denylist),
