@@ -140,6 +140,16 @@ static bool seen_rollback(const kfd_attest_record *rec)
            kfd_attest_clock_before(rec->seen_reset, rec->seen_restart, rec->reset_count, rec->restart_count);
 }
 
+/* The token of rec as GetNodeAttestation shows it and AcceptNodeAttestation checks it. */
+static int record_token(const char *node, const kfd_attest_record *rec, char seen_clock[48],
+                        char token[KF_TPM_ATTEST_TOKEN_LEN + 1])
+{
+    seen_clock[0] = '\0';
+    if (rec->has_seen_clock && rec->seen[0] != '\0')
+        snprintf(seen_clock, 48, "reset=%" PRIu32 " restart=%" PRIu32, rec->seen_reset, rec->seen_restart);
+    return kf_tpm_attest_token(node, rec->accepted, rec->seen, seen_clock, token);
+}
+
 void kfd_rpc_get_node_attestation(kfd_call *call)
 {
     const Keyfleet__V1__GetNodeAttestationRequest *req = (const Keyfleet__V1__GetNodeAttestationRequest *)call->request;
@@ -159,10 +169,7 @@ void kfd_rpc_get_node_attestation(kfd_call *call)
     char changed[64] = "", clock[48] = "", seen_clock[48] = "", token[KF_TPM_ATTEST_TOKEN_LEN + 1];
     if (rec.has_clock)
         snprintf(clock, sizeof(clock), "reset=%" PRIu32 " restart=%" PRIu32, rec.reset_count, rec.restart_count);
-    if (rec.has_seen_clock && rec.seen[0] != '\0')
-        snprintf(seen_clock, sizeof(seen_clock), "reset=%" PRIu32 " restart=%" PRIu32, rec.seen_reset,
-                 rec.seen_restart);
-    if (kf_tpm_attest_token(req->node, rec.accepted, rec.seen, seen_clock, token) != 0) {
+    if (record_token(req->node, &rec, seen_clock, token) != 0) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
@@ -233,10 +240,7 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     /* The record the operator looked at (its token), or nothing: the node may have quoted other
      * values since, or another acceptance may have come first. */
     char seen_clock[48] = "", token[KF_TPM_ATTEST_TOKEN_LEN + 1];
-    if (rec.has_seen_clock)
-        snprintf(seen_clock, sizeof(seen_clock), "reset=%" PRIu32 " restart=%" PRIu32, rec.seen_reset,
-                 rec.seen_restart);
-    if (kf_tpm_attest_token(req->node, rec.accepted, rec.seen, seen_clock, token) != 0 ||
+    if (record_token(req->node, &rec, seen_clock, token) != 0 ||
         CRYPTO_memcmp(token, req->token, KF_TPM_ATTEST_TOKEN_LEN) != 0) {
         kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
                        "node %s's measured-boot record is no longer the one shown with this token (it quoted again, "
