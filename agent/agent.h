@@ -56,6 +56,8 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
  * connection closed; swtpm serves one at a time): a new client is made when the connection goes. */
 int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
                Keyfleet__V1__TpmQuote *msg, kf_err *err);
+/* As kfa_attest, for a Heartbeat (no volume, ephemeral key or request id). */
+int kfa_attest_heartbeat(kfa_ctx *ctx, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err);
 
 /* Releases v's key: retries transport errors and unavailable with jittered backoff, and polls
  * while PENDING, until the run's deadline. Returns 0 with *ret filled, -ETIMEDOUT at the

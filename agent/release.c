@@ -148,6 +148,9 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx)
     return ctx->receiver;
 }
 
+static int attest_with(kfa_ctx *ctx, const char *method, const char *volume_id, const unsigned char *eph,
+                       size_t eph_len, const char *request_id, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err);
+
 int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
                Keyfleet__V1__TpmQuote *msg, kf_err *err)
 {
@@ -156,14 +159,27 @@ int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const ch
     kf_seal_receiver *rx = kfa_receiver(ctx);
     if (rx == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
+    return attest_with(ctx, method, volume_id, kf_seal_receiver_public_key(rx), 32, request_id, q, msg, err);
+}
+
+int kfa_attest_heartbeat(kfa_ctx *ctx, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err)
+{
+    if (ctx->cfg->tpm_key == NULL || !ctx->cfg->tpm_attest || !ctx->me.tpm_key)
+        return 1;
+    return attest_with(ctx, "Heartbeat", "", NULL, 0, "", q, msg, err);
+}
+
+/* The quote for method on the current connection (connecting first), bound to its exporter. */
+static int attest_with(kfa_ctx *ctx, const char *method, const char *volume_id, const unsigned char *eph,
+                       size_t eph_len, const char *request_id, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err)
+{
     unsigned char exporter[32], qual[32];
     int r = kfa_connect(ctx, err);
     if (r == 0)
         r = kf_rpc_client_export(ctx->client, KF_TPM_QUOTE_EXPORTER_LABEL, exporter, sizeof(exporter), err);
     if (r != 0)
         return r;
-    kf_tpm_quote_qualifying(exporter, method, volume_id, kf_seal_receiver_public_key(rx), 32,
-                            request_id != NULL ? request_id : "", qual);
+    kf_tpm_quote_qualifying(exporter, method, volume_id, eph, eph_len, request_id != NULL ? request_id : "", qual);
     /* The handshake is done: close the provider's TPM connection, keep the TLS one. */
     kf_rpc_client_release_tpm(ctx->client);
     if (kfa_tpm_quote(ctx->cfg->tpm_tcti, ctx->cfg->tpm_attest_pcrs, qual, q, err) != 0)

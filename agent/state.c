@@ -194,6 +194,16 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
         req.n_offline_unlocks = n;
         req.offline_unlocks = ptrs;
         req.agent_version = (char *)KF_VERSION;
+        /* Watch mode re-attests with each heartbeat (docs/attestation.md); a quote the TPM
+         * refuses is logged and the heartbeat goes without one. */
+        kfa_quote quote;
+        Keyfleet__V1__TpmQuote qmsg;
+        kf_err qerr = {0};
+        int qr = always ? kfa_attest_heartbeat(ctx, &quote, &qmsg, &qerr) : 1;
+        if (qr == 0)
+            req.attestation = &qmsg;
+        else if (qr < 0)
+            kf_log_warn("attest_heartbeat", "quoted=no error=\"%s\"", qerr.msg);
         ProtobufCMessage *m = NULL;
         kf_rpc_status st;
         r = kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Heartbeat", &req.base,
@@ -203,7 +213,12 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
                            kf_connect_code_name(st.code), st.message);
         if (r == 0) {
             ctx->reachable = true;
-            *ret_lock = ((Keyfleet__V1__HeartbeatResponse *)m)->lock;
+            const Keyfleet__V1__HeartbeatResponse *resp = (const Keyfleet__V1__HeartbeatResponse *)m;
+            *ret_lock = resp->lock;
+            if (req.attestation != NULL && !resp->attested)
+                kf_log_warn("attest_heartbeat", "attested=no why=\"%.300s\"", resp->attestation);
+            else if (req.attestation != NULL)
+                kf_log_info("attest_heartbeat", "attested=yes");
             if (n > 0) {
                 drop_reported(ctx->cfg, q, n);
                 kf_log_info("offline_unlocks_reported", "count=%zu", n);

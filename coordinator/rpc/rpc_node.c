@@ -1370,19 +1370,24 @@ typedef struct heartbeat_op {
     bool revoked;
     size_t outstanding;
     int failed;
+    bool attested;
+    char attest_why[320];
 } heartbeat_op;
 
 static void answer_heartbeat(heartbeat_op *op)
 {
     kfd_call *call = op->base.call;
     if (call != NULL && op->failed > 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "offline unlocks could not be recorded; report them again");
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE,
+                       "offline unlocks or an attestation failure could not be recorded; report them again");
     } else if (call != NULL) {
         Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
         now.seconds = time(NULL);
         Keyfleet__V1__HeartbeatResponse resp = KEYFLEET__V1__HEARTBEAT_RESPONSE__INIT;
         resp.lock = op->revoked;
         resp.server_time = &now;
+        resp.attested = op->attested;
+        resp.attestation = op->attest_why;
         kfd_call_reply(call, &resp.base);
     }
     kfd_op_free(op);
@@ -1428,16 +1433,62 @@ void kfd_rpc_heartbeat(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
+    /* Re-attestation while the node runs (watch mode): the quote is bound to this connection
+     * and to "Heartbeat"; a drift from the accepted values is audited once per new value. */
+    kfd_attest_eval att;
+    bool drift = false;
+    if (req->attestation != NULL) {
+        static const ProtobufCBinaryData none = {0, NULL};
+        if (!attest_eval(call, req->attestation, "Heartbeat", "", &none, "", &att))
+            return;
+        kfd_attest_record rec;
+        int r = kfd_store_get_attest(kfd_call_app(call)->store, call->peer->name, &rec);
+        if (r != 0 && r != -ENOENT) {
+            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+            return;
+        }
+        /* Nothing to drift from without accepted values (the node's first enrollment sets them). */
+        drift = !att.attested && !att.no_baseline && att.seen[0] != '\0' &&
+                (r == -ENOENT || strcmp(rec.seen, att.seen) != 0);
+    }
     heartbeat_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
     op->revoked = revoked;
-    op->outstanding = req->n_offline_unlocks;
+    op->outstanding = req->n_offline_unlocks + (drift ? 1 : 0);
+    if (req->attestation != NULL) {
+        op->attested = att.attested;
+        snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
+    }
     if (op->outstanding == 0) {
         answer_heartbeat(op);
         return;
+    }
+    if (drift) {
+        char reason[400];
+        snprintf(reason, sizeof(reason), "re-attestation while running failed: %s", att.why);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "attest_heartbeat", KEYFLEET__V1__DECISION__DECISION_DENY,
+                       call->peer->name, "", "", reason);
+        Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+        c.node = (char *)call->peer->name;
+        c.kind = (char *)"seen";
+        c.pcrs = att.seen;
+        c.audit = &a.entry;
+        Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+        clk.reset_count = att.clock.reset_count;
+        clk.restart_count = att.clock.restart_count;
+        c.clock = att.has_clock ? &clk : NULL;
+        Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+        cmd.attest = &c;
+        kf_log_warn("attest_heartbeat", "node=%s attested=no", call->peer->name);
+        size_t offline = req->n_offline_unlocks;
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op); /* may answer and free op */
+        if (offline == 0)
+            return;
     }
     for (size_t i = 0; i < req->n_offline_unlocks; i++) {
         const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];

@@ -367,5 +367,22 @@ ctl_as "$F" op2 approve "$R3" >/dev/null 2>&1
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "an operator who accepts the rolled-back TPM's quote (and its counters) lets it unlock" "$out" \
     "disk.luks: unlocked \\(key verified"
+
+# ---- Re-attestation while running (#16 part 4): watch quotes with every heartbeat ----
+out=$(A watch --count 1 2>&1)
+expect_match "watch's heartbeat carries a quote that matches: attested" "$out" "event=attest_heartbeat attested=yes"
+measure "$TCTI_A" 4 "kexec into another kernel"
+out=$(A watch --count 1 2>&1)
+expect_eq "a drift while running does not lock or fail the heartbeat (exit 0)" "$?" "0"
+expect_match "... the agent logs that the quote no longer matches, naming PCR 4" "$out" \
+    "event=attest_heartbeat attested=no why=.*PCR 4 changed since the values accepted"
+expect_match "... and the coordinators audit it" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
+    '"action":"attest_heartbeat".*"decision":"deny".*re-attestation while running failed: PCR 4 changed'
+before=$(ctl "$F" audit --node n1 --json | grep -c attest_heartbeat)
+A watch --count 1 >/dev/null 2>&1
+expect_eq "the same drift is audited once, not at every heartbeat" "$(ctl "$F" audit --node n1 --json | grep -c attest_heartbeat)" "$before"
+expect_match "attest show has the drifted values for an operator" "$(ctl "$F" node attest show n1)" "changed: PCR 4"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and the next release is denied as usual" "$out" "permission_denied.*PCR 4 changed"
 check_sanitizers
 finish
