@@ -43,8 +43,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int i = 0; i < 32; i++)
             snprintf(hex + 2 * i, 3, "%02x", d[i]);
         kf_tpm_pcrs got;
+        kf_tpm_clock clock;
         if (kf_tpm_quote_verify(part[0], len[0], hex, part[1], len[1], part[2], len[2], part[3], len[3], p, &got,
-                                NULL, &err) == 0) {
+                                &clock, &err) == 0) {
+            (void)kf_tpm_pcrs_require(&got, KF_TPM_DEFAULT_PCRS, &err);
             char text[KF_TPM_PCRS_TEXT_MAX];
             kf_tpm_pcrs back;
             kf_tpm_pcrs_format(&got, text);
@@ -59,7 +61,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(text, data + 1, n);
         text[n] = '\0';
         kf_tpm_pcrs got;
-        (void)kf_tpm_pcrs_parse(text, &got, NULL);
+        kf_err perr = {0};
+        if (kf_tpm_pcrs_parse(text, &got, &perr) == 0) {
+            char back[KF_TPM_PCRS_TEXT_MAX];
+            kf_tpm_pcrs again;
+            kf_tpm_pcrs_format(&got, back); /* strict: what parses formats and parses back the same */
+            if (kf_tpm_pcrs_parse(back, &again, NULL) != 0 || kf_tpm_pcrs_diff(&got, &again) != 0)
+                __builtin_trap();
+        }
         break;
     }
     case 0: {
