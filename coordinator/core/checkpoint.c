@@ -117,6 +117,14 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     memcpy(cp.chain, h->chain, KF_AUDIT_HASH);
     cp.seconds = now.tv_sec;
     cp.nanos = (int32_t)now.tv_nsec;
+    /* Never before the newest checkpoint (review of #17, F2): times do not go back in a log, so a
+     * leader whose clock is behind an earlier leader's keeps that time until its clock passes it. */
+    kf_checkpoint prev;
+    if (kfd_store_newest_checkpoint(app->store, &prev) == 0 &&
+        (prev.seconds > cp.seconds || (prev.seconds == cp.seconds && prev.nanos > cp.nanos))) {
+        cp.seconds = prev.seconds;
+        cp.nanos = prev.nanos;
+    }
     snprintf(cp.signer, sizeof(cp.signer), "%s", app->cfg->name);
     char text[KF_CHECKPOINT_TEXT_MAX];
     int len = kf_checkpoint_format(&cp, text, sizeof(text));
@@ -423,6 +431,14 @@ int kfd_checkpoint_verify_record(kfd_checkpointer *c, const Keyfleet__V1__AuditR
         return kf_err_set(err, -EPERM, "not a checkpoint record");
     return kf_checkpoint_verify(r->reason, strlen(r->reason), r->signature.data, r->signature.len,
                                 r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster, NULL, err);
+}
+
+int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err)
+{
+    if (r == NULL || strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
+        return kf_err_set(err, -EPERM, "not a checkpoint record");
+    return kf_checkpoint_verify_applied(r->reason, strlen(r->reason), r->signature.data, r->signature.len,
+                                        r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster, NULL, err);
 }
 
 void kfd_checkpointer_stats(const kfd_checkpointer *c, kfd_checkpoint_stats *ret)
