@@ -357,15 +357,18 @@ static void on_tick(uv_timer_t *t)
         return;
     if (uv_now(t->loop) - c->last_at < CHECKPOINT_MS && h.seq - h.checkpoint_size < CHECKPOINT_RECORDS)
         return;
-    /* Every replica refuses a checkpoint by a denylisted certificate (store_audit.c). */
-    bool revoked = false;
-    if (kfd_store_cert_revoked(app->store, c->serial, &revoked) != 0 || revoked) {
-        if (revoked && !c->told_revoked)
-            kf_log_error("audit_checkpoint_failed", "error=\"this coordinator's certificate %s is revoked\" "
-                         "action=\"signing nothing; give it a new certificate and restart it\"", c->serial);
-        c->told_revoked = revoked;
+    /* Every replica refuses a checkpoint by a denylisted certificate, or by a coordinator added
+     * back with a certificate from before its removal (store_audit.c). */
+    kf_err serr = {0};
+    int sr = kfd_store_checkpoint_signer(app->store, c->cert_der, c->cert_len, app->cfg->name, &serr);
+    if (sr != 0) {
+        if (sr == -EPERM && !c->told_revoked)
+            kf_log_error("audit_checkpoint_failed", "error=%s serial=%s action=\"signing nothing; give this "
+                         "coordinator a new certificate and restart it\"", kf_log_q(serr.msg), c->serial);
+        c->told_revoked = sr == -EPERM;
         return;
     }
+    c->told_revoked = false;
     propose(c, &h);
 }
 

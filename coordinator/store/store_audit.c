@@ -184,6 +184,17 @@ static int check_signer(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, cons
     return 0;
 }
 
+int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err)
+{
+    Keyfleet__V1__CmdCheckpoint c = KEYFLEET__V1__CMD_CHECKPOINT__INIT;
+    c.cert.data = (uint8_t *)cert;
+    c.cert.len = cert_len;
+    kf_checkpoint cp;
+    memset(&cp, 0, sizeof(cp));
+    snprintf(cp.signer, sizeof(cp.signer), "%s", name);
+    return s->failed ? kf_err_set(err, -EIO, "state store unavailable: %s", s->failure) : check_signer(s, &c, &cp, err);
+}
+
 /* The newest checkpoint before the one being applied (record seq), parsed from its signed text.
  * 0, -ENOENT (none), -EIO. */
 static int checkpoint_at(kfd_store *s, uint64_t seq, kf_checkpoint *ret)
