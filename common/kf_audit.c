@@ -204,8 +204,8 @@ int kf_checkpoint_sign(EVP_PKEY *key, const char *text, size_t len, uint8_t **re
     return 0;
 }
 
-int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
-                         size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err)
+static int verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
+                  size_t cert_len, X509_STORE *ca, const char *cluster, bool clock, kf_checkpoint *ret, kf_err *err)
 {
     kf_checkpoint cp;
     int r = kf_checkpoint_parse(text, len, &cp, err);
@@ -214,7 +214,7 @@ int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_
     if (cluster != NULL && strcmp(cluster, cp.cluster) != 0)
         return kf_err_set(err, -EPERM, "checkpoint is of cluster %s, not of this fleet (%s)", cp.cluster, cluster);
     /* The certificate is checked at this time: one far ahead of now is not a time it was signed. */
-    if (cp.seconds > (int64_t)time(NULL) + KF_CHECKPOINT_SKEW_S)
+    if (clock && cp.seconds > (int64_t)time(NULL) + KF_CHECKPOINT_SKEW_S)
         return kf_err_set(err, -EPERM, "checkpoint time %lld is in the future", (long long)cp.seconds);
     const unsigned char *p = cert;
     X509 *x = cert_len > 0 ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
@@ -267,6 +267,43 @@ out:
     return r;
 }
 
+int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
+                         size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err)
+{
+    return verify(text, len, sig, sig_len, cert, cert_len, ca, cluster, true, ret, err);
+}
+
+int kf_checkpoint_verify_applied(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
+                                 size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err)
+{
+    return verify(text, len, sig, sig_len, cert, cert_len, ca, cluster, false, ret, err);
+}
+
+int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, kf_err *err)
+{
+    if (prev == NULL)
+        return 0;
+    if (next->size <= prev->size)
+        return kf_err_set(err, -EPERM,
+                          "checkpoint signs %" PRIu64 " records, no more than the checkpoint before it (%" PRIu64
+                          "): a replayed or reordered checkpoint",
+                          next->size, prev->size);
+    if (next->seconds < prev->seconds || (next->seconds == prev->seconds && next->nanos < prev->nanos))
+        return kf_err_set(err, -EPERM, "checkpoint time %" PRId64 " is before the checkpoint before it (%" PRId64 ")",
+                          next->seconds, prev->seconds);
+    return 0;
+}
+
+bool kf_audit_cert_predates(X509 *x, int64_t removed_at)
+{
+    time_t cut = (time_t)(removed_at - KF_CHECKPOINT_READD_SLACK_S);
+    const ASN1_TIME *nb = x != NULL ? X509_get0_notBefore(x) : NULL;
+    /* X509_cmp_time: -1 before cut, 1 at or after, 0 on error (counted as before). */
+    int c = nb != NULL ? X509_cmp_time(nb, &cut) : 0;
+    ERR_clear_error();
+    return c <= 0;
+}
+
 int kf_checkpoint_ca_load(const char *ca_file, X509_STORE **ret_store, char cluster[40], kf_err *err)
 {
     FILE *f = fopen(ca_file, "r");
@@ -298,12 +335,12 @@ void kf_audit_signers_free(kf_audit_signers *h)
     memset(h, 0, sizeof(*h));
 }
 
-static bool in_list(const char (*v)[64], size_t n, const char *s)
+static kf_audit_member *member(const kf_audit_signers *h, const char *name)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i], s) == 0)
-            return true;
-    return false;
+    for (size_t i = 0; i < h->n_removed; i++)
+        if (strcmp(h->removed[i].name, name) == 0)
+            return &h->removed[i];
+    return NULL;
 }
 
 int kf_audit_signers_note(kf_audit_signers *h, const Keyfleet__V1__AuditRecord *r)
@@ -333,25 +370,28 @@ int kf_audit_signers_note(kf_audit_signers *h, const Keyfleet__V1__AuditRecord *
     bool add = strcmp(r->action, "cluster_add") == 0;
     if ((!add && strcmp(r->action, "cluster_remove") != 0) || sscanf(r->reason, "member %63s", word) != 1)
         return 0;
-    /* rpc_cluster.c: "member NAME" (remove), "member NAME raft=... rpc=..." (add) */
-    for (size_t i = 0; i < h->n_removed; i++)
-        if (strcmp(h->removed[i], word) == 0) {
-            if (add)
-                memmove(h->removed[i], h->removed[i + 1], (h->n_removed - i - 1) * sizeof(*h->removed));
-            h->n_removed -= add ? 1 : 0;
-            return 0;
-        }
-    if (add)
+    /* rpc_cluster.c: "member NAME" (remove), "member NAME raft=... rpc=..." (add). A coordinator
+     * added back stays listed with its removal time: its older certificates count for nothing. */
+    kf_audit_member *m = member(h, word);
+    if (add) {
+        if (m != NULL)
+            m->out = false;
         return 0;
-    if (h->n_removed == h->cap_removed) {
-        size_t cap = h->cap_removed ? h->cap_removed * 2 : 8;
-        char(*v)[64] = realloc(h->removed, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        h->removed = v;
-        h->cap_removed = cap;
     }
-    memcpy(h->removed[h->n_removed++], word, sizeof(word));
+    if (m == NULL) {
+        if (h->n_removed == h->cap_removed) {
+            size_t cap = h->cap_removed ? h->cap_removed * 2 : 8;
+            kf_audit_member *v = realloc(h->removed, cap * sizeof(*v));
+            if (v == NULL)
+                return -ENOMEM;
+            h->removed = v;
+            h->cap_removed = cap;
+        }
+        m = &h->removed[h->n_removed++];
+        memcpy(m->name, word, sizeof(m->name));
+    }
+    m->out = true;
+    m->removed_at = r->time != NULL ? r->time->seconds : 0;
     return 0;
 }
 
@@ -362,6 +402,8 @@ int kf_audit_signers_check(const kf_audit_signers *h, const uint8_t *cert, size_
     kf_identity id;
     kf_err ierr = {0};
     int r = x != NULL && kf_identity_from_cert(x, &id, &ierr) == 0 ? 0 : -EPERM;
+    const kf_audit_member *m = r == 0 ? member(h, id.name) : NULL;
+    bool predates = m != NULL && kf_audit_cert_predates(x, m->removed_at);
     X509_free(x);
     ERR_clear_error();
     if (r != 0)
@@ -370,7 +412,11 @@ int kf_audit_signers_check(const kf_audit_signers *h, const uint8_t *cert, size_
         if (strcmp(h->revoked[i], id.serial) == 0)
             return kf_err_set(err, -EPERM, "checkpoint signer certificate %s of %s was revoked earlier in the log",
                               id.serial, id.name);
-    if (in_list((const char(*)[64])h->removed, h->n_removed, id.name))
+    if (m != NULL && m->out)
         return kf_err_set(err, -EPERM, "checkpoint signer %s was removed from the cluster earlier in the log", id.name);
+    if (predates)
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate %s of %s was issued before %s was removed from "
+                          "the cluster (at %" PRId64 "); added back, it signs only with a newer certificate",
+                          id.serial, id.name, id.name, m->removed_at);
     return 0;
 }

@@ -76,20 +76,48 @@ int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_
  * time is what the certificate's validity is checked at, so it must not be chosen freely. */
 #define KF_CHECKPOINT_SKEW_S 300
 
+/* kf_checkpoint_verify without the clock: for a replica's own log at start, whose checkpoint
+ * times were judged against its clock when it applied them (a leader's clock that ran fast
+ * then must not make every replica that restarts diverge). */
+int kf_checkpoint_verify_applied(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
+                                 size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret,
+                                 kf_err *err);
+
+/* The checkpoints of a log follow one another (review of #17, F4): each signs more records than
+ * the one before it and is dated no earlier. A replayed copy of a genuine checkpoint after
+ * forged records, or a continuation dated back, is refused. prev NULL: next is the first.
+ * 0 or -EPERM. */
+int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, kf_err *err);
+
+/* A coordinator removed from the cluster and added back under its name counts only with a
+ * certificate issued after the removal: notBefore no earlier than the removal record's time less
+ * this (the fleet CA dates notBefore 300 s back for clock skew, ctl/ca.c). */
+#define KF_CHECKPOINT_READD_SLACK_S 300
+/* True when x was issued before a removal at removed_at (notBefore < removed_at - slack), or
+ * its notBefore is unreadable. */
+bool kf_audit_cert_predates(X509 *x, int64_t removed_at);
+
 /* Who may no longer sign checkpoints, as the log itself says up to a point: certificate serials
  * denylisted by cert_revoke records and coordinators taken out by cluster_remove records (and
  * not added back). A forged continuation of a log cannot undo what the signed part before it
  * holds, so a stolen key of a revoked certificate or a removed coordinator signs nothing after
- * that record. Fed every record in seq order; checked at each checkpoint. */
+ * that record, nor after the coordinator was added back. Fed every record in seq order; checked
+ * at each checkpoint. */
+typedef struct kf_audit_member {
+    char name[64];
+    int64_t removed_at; /* time of its newest cluster_remove record */
+    bool out;           /* removed and not added back */
+} kf_audit_member;
 typedef struct kf_audit_signers {
     char (*revoked)[KF_SERIAL_MAX];
-    char (*removed)[64];
+    kf_audit_member *removed; /* every coordinator ever removed */
     size_t n_revoked, n_removed, cap_revoked, cap_removed;
 } kf_audit_signers;
 void kf_audit_signers_init(kf_audit_signers *h);
 /* Notes r when it revokes a certificate or changes membership. 0 or -ENOMEM. */
 int kf_audit_signers_note(kf_audit_signers *h, const Keyfleet__V1__AuditRecord *r);
-/* 0, or -EPERM (err says why) when cert (DER) was revoked or its coordinator removed. */
+/* 0, or -EPERM (err says why) when cert (DER) was revoked, its coordinator removed, or removed
+ * and added back while cert was issued before that removal (kf_audit_cert_predates). */
 int kf_audit_signers_check(const kf_audit_signers *h, const uint8_t *cert, size_t cert_len, kf_err *err);
 void kf_audit_signers_free(kf_audit_signers *h);
 

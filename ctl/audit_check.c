@@ -217,7 +217,7 @@ struct kfctl_log_check {
     uint64_t bad_seq;
     char problem[400];
     uint64_t checkpoints, newest_cp_size, newest_cp_seq;
-    int64_t newest_cp_time;
+    kf_checkpoint newest;
     char signers[256];
     /* checkpoint records seen: seq and text, for anchors */
     kfctl_cp *seen;
@@ -347,14 +347,16 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
         return fail(c, size, "the records up to here differ from what checkpoint record %" PRIu64 " signed (recomputed?)",
                     r->seq);
     }
-    if (p->size < c->newest_cp_size || p->seconds < c->newest_cp_time) {
+    /* Each signs more than the one before it, no earlier (F4): a replayed copy of a genuine
+     * checkpoint after forged records signs nothing new. */
+    if (kf_checkpoint_follows(c->checkpoints > 0 ? &c->newest : NULL, p, &serr) != 0) {
         kfctl_cp_clear(&cp);
-        return fail(c, r->seq, "checkpoint goes back in size or time");
+        return fail(c, r->seq, "checkpoint: %s", serr.msg);
     }
     c->checkpoints++;
     c->newest_cp_size = p->size;
     c->newest_cp_seq = r->seq;
-    c->newest_cp_time = p->seconds;
+    c->newest = *p;
     add_signer(c, p->signer);
     kfctl_cp *nv = realloc(c->seen, (c->n_seen + 1) * sizeof(*nv));
     if (nv == NULL) {
@@ -404,15 +406,18 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
             return 1;
         }
     }
-    /* Records after the newest checkpoint are vouched for by nothing signed: an attacker can
-     * edit, add or delete them with the hashes recomputed. The leader signs within 200 ms or
-     * 1000 records, so a longer tail means checkpoints stopped, or records were added. */
-    uint64_t tail = c->n - (c->checkpoints > 0 ? c->newest_cp_seq : c->base);
+    /* Records after the newest signed size are vouched for by nothing signed: an attacker can
+     * edit, add or delete them with the hashes recomputed. Counted from the size, not from the
+     * checkpoint record (F4: a copy of a genuine one can be put anywhere), the newest checkpoint
+     * record itself aside. The leader signs within 200 ms or 1000 records, so a longer tail
+     * means checkpoints stopped, or records were added. */
+    uint64_t signed_to = c->checkpoints > 0 && c->newest_cp_size >= c->base ? c->newest_cp_size + 1 : c->base;
+    uint64_t tail = c->n > signed_to ? c->n - signed_to : 0;
     if (tail > c->max_unsigned) {
         fprintf(out,
                 "audit chain UNSIGNED TAIL: %" PRIu64 " records after %s are not signed by any checkpoint "
                 "(at most %" PRIu64 " expected); they could have been changed with the hashes recomputed\n",
-                tail, c->checkpoints > 0 ? "the newest checkpoint" : "the start", c->max_unsigned);
+                tail, c->checkpoints > 0 ? "the newest checkpoint's signed size" : "the start", c->max_unsigned);
         return 1;
     }
     size_t sl = strlen(c->signers);

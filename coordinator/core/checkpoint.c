@@ -117,6 +117,14 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     memcpy(cp.chain, h->chain, KF_AUDIT_HASH);
     cp.seconds = now.tv_sec;
     cp.nanos = (int32_t)now.tv_nsec;
+    /* Never before the newest checkpoint (review of #17, F2): times do not go back in a log, so a
+     * leader whose clock is behind an earlier leader's keeps that time until its clock passes it. */
+    kf_checkpoint prev;
+    if (kfd_store_newest_checkpoint(app->store, &prev) == 0 &&
+        (prev.seconds > cp.seconds || (prev.seconds == cp.seconds && prev.nanos > cp.nanos))) {
+        cp.seconds = prev.seconds;
+        cp.nanos = prev.nanos;
+    }
     snprintf(cp.signer, sizeof(cp.signer), "%s", app->cfg->name);
     char text[KF_CHECKPOINT_TEXT_MAX];
     int len = kf_checkpoint_format(&cp, text, sizeof(text));
@@ -349,15 +357,18 @@ static void on_tick(uv_timer_t *t)
         return;
     if (uv_now(t->loop) - c->last_at < CHECKPOINT_MS && h.seq - h.checkpoint_size < CHECKPOINT_RECORDS)
         return;
-    /* Every replica refuses a checkpoint by a denylisted certificate (store_audit.c). */
-    bool revoked = false;
-    if (kfd_store_cert_revoked(app->store, c->serial, &revoked) != 0 || revoked) {
-        if (revoked && !c->told_revoked)
-            kf_log_error("audit_checkpoint_failed", "error=\"this coordinator's certificate %s is revoked\" "
-                         "action=\"signing nothing; give it a new certificate and restart it\"", c->serial);
-        c->told_revoked = revoked;
+    /* Every replica refuses a checkpoint by a denylisted certificate, or by a coordinator added
+     * back with a certificate from before its removal (store_audit.c). */
+    kf_err serr = {0};
+    int sr = kfd_store_checkpoint_signer(app->store, c->cert_der, c->cert_len, app->cfg->name, &serr);
+    if (sr != 0) {
+        if (sr == -EPERM && !c->told_revoked)
+            kf_log_error("audit_checkpoint_failed", "error=%s serial=%s action=\"signing nothing; give this "
+                         "coordinator a new certificate and restart it\"", kf_log_q(serr.msg), c->serial);
+        c->told_revoked = sr == -EPERM;
         return;
     }
+    c->told_revoked = false;
     propose(c, &h);
 }
 
@@ -423,6 +434,14 @@ int kfd_checkpoint_verify_record(kfd_checkpointer *c, const Keyfleet__V1__AuditR
         return kf_err_set(err, -EPERM, "not a checkpoint record");
     return kf_checkpoint_verify(r->reason, strlen(r->reason), r->signature.data, r->signature.len,
                                 r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster, NULL, err);
+}
+
+int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err)
+{
+    if (r == NULL || strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
+        return kf_err_set(err, -EPERM, "not a checkpoint record");
+    return kf_checkpoint_verify_applied(r->reason, strlen(r->reason), r->signature.data, r->signature.len,
+                                        r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster, NULL, err);
 }
 
 void kfd_checkpointer_stats(const kfd_checkpointer *c, kfd_checkpoint_stats *ret)

@@ -25,6 +25,10 @@ void kfd_checkpointer_free(kfd_checkpointer *c);
  * must name a coordinator, the one the text names), this fleet's cluster id. 0 or -EPERM. */
 int kfd_checkpoint_verify_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err);
 
+/* The same without judging its time by this clock: for a checkpoint this replica already
+ * applied (at start), whose time was judged when it was applied. */
+int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err);
+
 /* For /metrics. */
 typedef struct kfd_checkpoint_stats {
     uint64_t signed_total, failed_total, last_size;

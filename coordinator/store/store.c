@@ -194,8 +194,10 @@ static const char *const sql[ST_COUNT] = {
     [ST_AUDIT_AT] = "SELECT root, hash FROM audit WHERE seq = ?",
     [ST_AUDIT_SET_ROOT] = "UPDATE audit SET root = ? WHERE seq = ?",
     [ST_CHECKPOINT_INSERT] = "INSERT INTO audit_checkpoints (seq, size, signature, cert) VALUES (?, ?, ?, ?)",
-    /* The newest membership record naming a coordinator (rpc_cluster.c: "member NAME[ ...]"). */
-    [ST_MEMBER_LAST] = "SELECT action FROM audit WHERE action IN ('cluster_add', 'cluster_remove') AND "
+    /* The newest membership record naming a coordinator (rpc_cluster.c: "member NAME[ ...]"), and the
+     * time of its newest removal. */
+    [ST_MEMBER_LAST] = "SELECT action, (SELECT time_s FROM audit WHERE action = 'cluster_remove' AND (reason = ?1 OR "
+                       "substr(reason, 1, length(?1) + 1) = ?1 || ' ') ORDER BY seq DESC LIMIT 1) FROM audit WHERE action IN ('cluster_add', 'cluster_remove') AND "
                        "(reason = ?1 OR substr(reason, 1, length(?1) + 1) = ?1 || ' ') ORDER BY seq DESC LIMIT 1",
     [ST_CHECKPOINT_LATEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints)",
     [ST_CHECKPOINT_FOR_SIZE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = (SELECT max(seq) FROM audit_checkpoints "

@@ -192,6 +192,13 @@ bool kfd_store_audit_vouched(const kfd_store *s);
 int kfd_store_audit_head_at_check(const kfd_store *s, uint64_t id, kfd_audit_head *ret);
 /* Marks this replica's log diverged (first call only; logged): a checkpoint in it fails. */
 void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
+/* Whether replicas would take a checkpoint by name with cert (DER) now: not denylisted, not
+ * removed, and if added back, issued since (docs/audit.md). 0, -EPERM (err says why), -EIO. */
+int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err);
+/* The newest checkpoint's signed text, parsed (what a leader dates its next one after). 0,
+ * -ENOENT, -EIO. */
+struct kf_checkpoint;
+int kfd_store_newest_checkpoint(kfd_store *s, struct kf_checkpoint *ret);
 /* The newest checkpoint record (size 0), or the newest signing exactly size. 0, -ENOENT, -EIO. */
 int kfd_store_get_checkpoint(kfd_store *s, uint64_t size, Keyfleet__V1__AuditRecord **ret);
 /* The records of request_id with seq <= max_seq (at most KFD_PROOF_RECORDS_MAX). Free with

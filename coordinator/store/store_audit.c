@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -145,27 +146,78 @@ static int check_signer(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, cons
                     strcmp(id.name, cp->signer) == 0
                 ? 0
                 : -EPERM;
-    X509_free(x);
-    ERR_clear_error();
-    if (r != 0)
+    if (r != 0) {
+        X509_free(x);
+        ERR_clear_error();
         return kf_err_set(err, -EPERM, "checkpoint signer certificate does not name coordinator %s", cp->signer);
+    }
     bool revoked = false;
-    if ((r = kfd_store_cert_revoked(s, id.serial, &revoked)) != 0)
+    if ((r = kfd_store_cert_revoked(s, id.serial, &revoked)) != 0) {
+        X509_free(x);
         return kf_err_set(err, r, "state store unavailable: %s", s->failure);
-    if (revoked)
+    }
+    if (revoked) {
+        X509_free(x);
         return kf_err_set(err, -EPERM, "checkpoint signer certificate %s is revoked", id.serial);
+    }
     char member[80];
     snprintf(member, sizeof(member), "member %s", id.name);
     sqlite3_stmt *st = kfd_store_stmt(s, ST_MEMBER_LAST);
     kfd_bind_text(st, 1, member);
     r = kfd_store_step_row(s, st, "reading the membership history");
     bool removed = r == 0 && strcmp((const char *)sqlite3_column_text(st, 0), "cluster_remove") == 0;
+    /* Added back after a removal: only a certificate issued since counts (kf_audit_signers). */
+    bool predates = r == 0 && !removed && sqlite3_column_type(st, 1) != SQLITE_NULL &&
+                    kf_audit_cert_predates(x, sqlite3_column_int64(st, 1));
+    int64_t removed_at = r == 0 ? sqlite3_column_int64(st, 1) : 0;
     sqlite3_reset(st);
+    X509_free(x);
+    ERR_clear_error();
     if (r == -EIO)
         return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
     if (removed)
         return kf_err_set(err, -EPERM, "checkpoint signer %s was removed from the cluster", id.name);
+    if (predates)
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate %s was issued before %s was removed from the "
+                          "cluster (at %lld); added back, it signs only with a newer certificate",
+                          id.serial, id.name, (long long)removed_at);
     return 0;
+}
+
+int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err)
+{
+    Keyfleet__V1__CmdCheckpoint c = KEYFLEET__V1__CMD_CHECKPOINT__INIT;
+    c.cert.data = (uint8_t *)cert;
+    c.cert.len = cert_len;
+    kf_checkpoint cp;
+    memset(&cp, 0, sizeof(cp));
+    snprintf(cp.signer, sizeof(cp.signer), "%s", name);
+    return s->failed ? kf_err_set(err, -EIO, "state store unavailable: %s", s->failure) : check_signer(s, &c, &cp, err);
+}
+
+/* The newest checkpoint before the one being applied (record seq), parsed from its signed text.
+ * 0, -ENOENT (none), -EIO. */
+static int checkpoint_at(kfd_store *s, uint64_t seq, kf_checkpoint *ret)
+{
+    if (seq == 0)
+        return -ENOENT;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_AUDIT_ONE);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    int r = kfd_store_step_row(s, st, "reading the newest checkpoint");
+    kf_err perr = {0};
+    if (r == 0) {
+        const char *text = (const char *)sqlite3_column_text(st, 11);
+        r = text != NULL && kf_checkpoint_parse(text, strlen(text), ret, &perr) == 0 ? 0 : -ENOENT;
+    }
+    sqlite3_reset(st);
+    return r;
+}
+
+int kfd_store_newest_checkpoint(kfd_store *s, kf_checkpoint *ret)
+{
+    if (s->failed)
+        return -EIO;
+    return checkpoint_at(s, s->cp_seq, ret);
 }
 
 int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err)
@@ -178,10 +230,11 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     int r = kf_checkpoint_parse(c->text, strlen(c->text), &cp, err);
     if (r != 0)
         return r;
-    if ((r = check_signer(s, c, &cp, err)) != 0)
-        return r;
     /* The cross-check (docs/audit.md): the leader computed this root and chain hash over its own
-     * log; this replica applied the same entries before this one, so it must hold the same. */
+     * log; this replica applied the same entries before this one, so it must hold the same. It
+     * comes first (review of #17, F3): what decides whether the signer may sign is local state
+     * too (revoked_certs, the membership records), so a refusal must never spare a replica whose
+     * log differs from the divergence. */
     char why[200] = "";
     uint8_t root[KFD_HASH_LEN], chain[KFD_HASH_LEN];
     if (cp.size == 0 || cp.size > s->tx_head_seq)
@@ -196,7 +249,32 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
                  (unsigned long long)cp.size);
     if (why[0] != '\0')
         kfd_store_set_diverged(s, cp.size, why);
-    else if (cp.size >= s->start_head)
+    if ((r = check_signer(s, c, &cp, err)) != 0)
+        return r;
+    /* Sizes grow and times do not go back (F4): a replayed copy of a genuine checkpoint is refused
+     * on every replica alike (the leader dates each checkpoint at or after the one before). */
+    kf_checkpoint prev;
+    if ((r = checkpoint_at(s, s->tx_cp_seq, &prev)) == -EIO)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    bool have_prev = r == 0;
+    if ((r = kf_checkpoint_follows(have_prev ? &prev : NULL, &cp, err)) != 0)
+        return r;
+    /* Dated ahead of this replica's clock (F2): the signer's clock, or this one, is wrong, and the
+     * certificate would be judged at a time nobody vouches for. Not skipped silently: recorded like
+     * on every replica, and this one serves nothing until its clock or the signer's is fixed and
+     * it is restarted (its start does not judge applied checkpoints by the clock). A time equal to
+     * the one before it is the leader keeping time monotonic, already judged. */
+    int64_t now = (int64_t)time(NULL);
+    if (why[0] == '\0' && cp.seconds > now + KF_CHECKPOINT_SKEW_S && (!have_prev || cp.seconds != prev.seconds ||
+                                                                      cp.nanos != prev.nanos)) {
+        char late[256];
+        int n = snprintf(late, sizeof(late), "checkpoint by %s is dated %lld s ahead of this replica's clock (more "
+                         "than %d s): fix the clock that is wrong and restart this replica", cp.signer,
+                         (long long)(cp.seconds - now), KF_CHECKPOINT_SKEW_S);
+        (void)n; /* a cut reason is still a reason */
+        kfd_store_set_diverged(s, s->tx_head_seq + 1, late);
+    }
+    if (why[0] == '\0' && cp.size >= s->start_head)
         s->vouched = true;
     /* Recorded either way: every replica's log holds the same entries. */
     Keyfleet__V1__AuditRecord rec;
@@ -382,6 +460,8 @@ typedef struct scan {
     char problem[200];
     uint64_t cp_seq, cp_size; /* the newest checkpoint record */
     uint64_t checkpoints;
+    kf_checkpoint last_cp; /* the newest readable checkpoint text, if any */
+    bool have_cp;
     /* Records whose root is missing (written before format 2), with the computed root. */
     uint64_t *fill_seq;
     kf_merkle_hash *fill_root;
@@ -477,6 +557,8 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
                 scan_bad(sc, r->seq, "checkpoint text unreadable: %s", perr.msg);
             else if (cp.size == 0 || cp.size >= r->seq)
                 scan_bad(sc, r->seq, "%s", "checkpoint signs records that do not precede it");
+            else if (kf_checkpoint_follows(sc->have_cp ? &sc->last_cp : NULL, &cp, &perr) != 0)
+                scan_bad(sc, r->seq, "%s", perr.msg);
             else if (kf_audit_signers_check(&sc->who, r->signer_cert.data, r->signer_cert.len, &perr) != 0)
                 scan_bad(sc, r->seq, "%s", perr.msg);
             else if (sc->n - cp.size < RECENT && cp.size <= sc->n) {
@@ -500,6 +582,10 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
                 scan_bad(sc, cp.size, "the records differ from what checkpoint record %s signed", what);
             } else if (!have && sc->bad_seq == 0) {
                 scan_bad(sc, r->seq, "%s", "checkpoint signs a size whose root is unknown");
+            }
+            if (sc->bad_seq == 0) { /* parsed, and in order */
+                sc->last_cp = cp;
+                sc->have_cp = true;
             }
             sc->cp_seq = r->seq;
             sc->cp_size = cp.size;
@@ -542,9 +628,10 @@ int kfd_store_load_audit(kfd_store *s, kf_err *err)
     s->cp_size = sc.cp_size;
     s->start_head = sc.head_seq;
     s->vouched = false;
-    /* Records after the newest checkpoint rest on this database alone: said at start, and signed
-     * only once a majority of replicas holds the same head (core/checkpoint.c). */
-    uint64_t tail = sc.head_seq - sc.cp_seq;
+    /* Records after the newest signed size (the newest checkpoint record itself aside) rest on
+     * this database alone: said at start, and signed only once a majority of replicas holds the
+     * same head (core/checkpoint.c). Counted from the size, not the record (review of #17, F4). */
+    uint64_t tail = sc.checkpoints == 0 ? sc.head_seq : sc.cp_size < sc.head_seq ? sc.head_seq - sc.cp_size - 1 : 0;
     if (sc.head_seq > 0)
         kf_log_info("audit_loaded", "records=%llu checkpoints=%llu unsigned_tail=%llu", (unsigned long long)sc.head_seq,
                     (unsigned long long)sc.checkpoints, (unsigned long long)tail);

@@ -6,6 +6,10 @@ that nothing but a signature or another copy can tell.
   audit_forge.py DB delete SEQ [--rewrite-checkpoints]
   audit_forge.py DB edit SEQ COLUMN VALUE [--rewrite-checkpoints]
   audit_forge.py DB truncate SEQ       (deletes SEQ and everything after it; nothing recomputed)
+  audit_forge.py DB append N           (appends N copies of the newest non-checkpoint record)
+  audit_forge.py DB replay SEQ         (appends a copy of checkpoint record SEQ: text, signature, cert)
+  audit_forge.py DB sign KEY SECONDS   (appends a checkpoint of the head signed with KEY, dated SECONDS:
+                                        what a leader whose clock ran fast would sign)
 
 --rewrite-checkpoints also rewrites each checkpoint's text (size, root, chain) to match the
 forged records; its signature, which the attacker cannot make, stays as it was."""
@@ -77,9 +81,42 @@ def recompute(db, shift_after=None, rewrite_checkpoints=False):
         prev = h
 
 
+def append_row(db, row, cp=None):
+    """Appends row (COLS order) at the next seq, and its checkpoint row (size, signature, cert)."""
+    seq = db.execute("SELECT max(seq) FROM audit").fetchone()[0] + 1
+    row = [seq] + list(row[1:])
+    db.execute("INSERT INTO audit (" + COLS + ", prev_hash, hash, root) VALUES (" + ", ".join("?" * 16) + ")",
+               row + [b"", b"", b""])
+    if cp is not None:
+        db.execute("INSERT INTO audit_checkpoints (seq, size, signature, cert) VALUES (?, ?, ?, ?)", [seq] + list(cp))
+
+
+def sign(db, key, seconds):
+    import subprocess
+    import tempfile
+    recompute(db)
+    seq, chain, root = db.execute("SELECT seq, hash, root FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    last = db.execute("SELECT " + COLS + " FROM audit WHERE action = 'checkpoint' ORDER BY seq DESC LIMIT 1").fetchone()
+    cert = db.execute("SELECT cert FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()[0]
+    lines = last[11].split("\n")
+    text = "\n".join([lines[0], lines[1], "size %d" % seq, "root " + root.hex(), "chain " + chain.hex(),
+                      "time %d.000000000" % seconds, lines[6], ""])
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(text.encode())
+        f.flush()
+        kind = subprocess.run(["openssl", "pkey", "-in", key, "-noout", "-text"], capture_output=True, text=True).stdout
+        cmd = (["openssl", "pkeyutl", "-sign", "-rawin", "-inkey", key, "-in", f.name] if "ED25519" in kind
+               else ["openssl", "dgst", "-sha256", "-sign", key, f.name])
+        sig = subprocess.run(cmd, capture_output=True, check=True).stdout
+    row = list(last)
+    row[1], row[2], row[11] = seconds, 0, text
+    append_row(db, row, (seq, sig, cert))
+
+
 def main():
     db = sqlite3.connect(sys.argv[1], timeout=10)
-    op, seq = sys.argv[2], int(sys.argv[3])
+    op = sys.argv[2]
+    seq = int(sys.argv[3]) if op != "sign" else 0
     rewrite = "--rewrite-checkpoints" in sys.argv
     if op == "truncate":
         db.execute("DELETE FROM audit WHERE seq >= ?", (seq,))
@@ -97,6 +134,19 @@ def main():
         assert col in ("reason", "node", "source", "actor_auth", "volume_id")
         db.execute("UPDATE audit SET %s = ? WHERE seq = ?" % col, (value, seq))
         recompute(db, None, rewrite)
+    elif op == "append":
+        row = db.execute("SELECT " + COLS + " FROM audit WHERE action != 'checkpoint' ORDER BY seq DESC LIMIT 1").fetchone()
+        for _ in range(seq):
+            append_row(db, row)
+        recompute(db)
+    elif op == "replay":
+        row = db.execute("SELECT " + COLS + " FROM audit WHERE seq = ?", (seq,)).fetchone()
+        cp = db.execute("SELECT size, signature, cert FROM audit_checkpoints WHERE seq = ?", (seq,)).fetchone()
+        append_row(db, row, cp)
+        recompute(db)
+    elif op == "sign":
+        sign(db, sys.argv[3], int(sys.argv[4]))
+        recompute(db)
     else:
         sys.exit("unknown operation " + op)
     db.commit()

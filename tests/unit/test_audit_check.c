@@ -1,7 +1,7 @@
 /* keyfleetctl's own audit verification (ctl/audit_check.c) on logs built here and signed by a
  * coordinator certificate of a test CA: a checkpoint of size 0 is refused (it once made the
  * anchor check read the root before record 1), and the records after the newest checkpoint are
- * bounded (review of #17, F2). */
+ * bounded (review of #17, F2); the second review's replayed checkpoints and re-added signers. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,11 +38,40 @@ typedef struct test_log {
 } test_log;
 
 static test_log lg;
-static EVP_PKEY *c1_key;
-static uint8_t *c1_cert;
-static size_t c1_cert_len;
+static EVP_PKEY *c1_key, *c1_new_key;
+static uint8_t *c1_cert, *c1_new_cert;
+static size_t c1_cert_len, c1_new_cert_len;
 static kfctl_trust trust;
 static int64_t t0; /* a minute ago: the certificate is valid then */
+
+/* A coordinator certificate for c1 issued now, backdated backdate_days (and the CA's 300 s). */
+static int issue_c1(const char *ca, const char *cak, const char *stem, int backdate_days, EVP_PKEY **ret_key,
+                    uint8_t **ret_der, size_t *ret_len)
+{
+    char cert[256], key[256];
+    snprintf(cert, sizeof(cert), "%s/%s.crt", tmpdir, stem);
+    snprintf(key, sizeof(key), "%s/%s.key", tmpdir, stem);
+    kf_err err = {0};
+    kfctl_cert_opts o = {.kind = KF_PEER_COORDINATOR, .name = "c1", .days = 30, .backdate_days = backdate_days};
+    if (kfctl_cert_issue(ca, cak, &o, cert, key, false, &err) != 0)
+        return -1;
+    FILE *f = fopen(key, "r");
+    *ret_key = f != NULL ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f != NULL)
+        fclose(f);
+    f = fopen(cert, "r");
+    X509 *x = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f != NULL)
+        fclose(f);
+    unsigned char *der = NULL;
+    int n = x != NULL ? i2d_X509(x, &der) : -1;
+    X509_free(x);
+    if (*ret_key == NULL || n <= 0)
+        return -1;
+    *ret_der = der;
+    *ret_len = (size_t)n;
+    return 0;
+}
 
 static int setup(void **state)
 {
@@ -73,6 +102,8 @@ static int setup(void **state)
         return -1;
     c1_cert = der;
     c1_cert_len = (size_t)n;
+    if (issue_c1(ca, cak, "c1-new", 0, &c1_new_key, &c1_new_cert, &c1_new_cert_len) != 0)
+        return -1;
     return kfctl_trust_load(ca, &trust);
 }
 
@@ -81,6 +112,8 @@ static int teardown(void **state)
     kfctl_trust_free(&trust);
     EVP_PKEY_free(c1_key);
     OPENSSL_free(c1_cert);
+    EVP_PKEY_free(c1_new_key);
+    OPENSSL_free(c1_new_cert);
     return tmpdir_teardown(state);
 }
 
@@ -134,8 +167,9 @@ static void log_releases(size_t n)
         log_add("release", "test");
 }
 
-/* A checkpoint record signing size (its root and chain as the log holds them; zeros for 0). */
-static void log_checkpoint(uint64_t size, int64_t seconds)
+/* A checkpoint record signing size (its root and chain as the log holds them; zeros for 0),
+ * with key and cert. */
+static void log_checkpoint_by(uint64_t size, int64_t seconds, EVP_PKEY *key, uint8_t *cert, size_t cert_len)
 {
     kf_checkpoint cp;
     memset(&cp, 0, sizeof(cp));
@@ -153,11 +187,31 @@ static void log_checkpoint(uint64_t size, int64_t seconds)
     uint8_t *sig = NULL;
     size_t sig_len = 0;
     kf_err err = {0};
-    assert_int_equal(kf_checkpoint_sign(c1_key, text, (size_t)len, &sig, &sig_len, &err), 0);
+    assert_int_equal(kf_checkpoint_sign(key, text, (size_t)len, &sig, &sig_len, &err), 0);
     Keyfleet__V1__AuditRecord *r = log_add(KF_AUDIT_CHECKPOINT_ACTION, text);
     lg.sig[lg.n - 1] = sig;
     r->signature = (ProtobufCBinaryData){sig_len, sig};
-    r->signer_cert = (ProtobufCBinaryData){c1_cert_len, c1_cert};
+    r->signer_cert = (ProtobufCBinaryData){cert_len, cert};
+}
+
+static void log_checkpoint(uint64_t size, int64_t seconds)
+{
+    log_checkpoint_by(size, seconds, c1_key, c1_cert, c1_cert_len);
+}
+
+/* A copy of the genuine checkpoint record at seq, appended (its text, signature and cert). */
+static void log_replay(uint64_t seq)
+{
+    const Keyfleet__V1__AuditRecord *g = &lg.rec[seq - 1];
+    char text[KF_CHECKPOINT_TEXT_MAX];
+    snprintf(text, sizeof(text), "%s", g->reason);
+    uint8_t *sig = OPENSSL_malloc(g->signature.len);
+    assert_non_null(sig);
+    memcpy(sig, g->signature.data, g->signature.len);
+    Keyfleet__V1__AuditRecord *r = log_add(KF_AUDIT_CHECKPOINT_ACTION, text);
+    lg.sig[lg.n - 1] = sig;
+    r->signature = (ProtobufCBinaryData){g->signature.len, sig};
+    r->signer_cert = g->signer_cert;
 }
 
 /* Runs the check over the whole log with anchors; returns its result, the output in out. */
@@ -248,11 +302,76 @@ static void test_signer_revoked_or_removed(void **state)
     assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
     if (strstr(out, "BROKEN at record 3: checkpoint: checkpoint signer c1 was removed from the cluster") == NULL)
         fail_msg("%s", out);
+    /* Added back (F9): its certificate from before the removal still counts for nothing; one
+     * issued since (notBefore within the CA's 300 s backdating of the removal) does. */
     log_reset();
     log_releases(1);
     log_add("cluster_remove", "member c1");
     log_add("cluster_add", "member c1 raft=127.0.0.1:7001 rpc=127.0.0.1:7000");
     log_checkpoint(3, t0 + 4);
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 4: checkpoint: checkpoint signer certificate") == NULL ||
+        strstr(out, "was issued before c1 was removed from the cluster") == NULL)
+        fail_msg("%s", out);
+    log_reset();
+    log_releases(1);
+    log_add("cluster_remove", "member c1");
+    log_add("cluster_add", "member c1 raft=127.0.0.1:7001 rpc=127.0.0.1:7000");
+    log_checkpoint_by(3, t0 + 4, c1_new_key, c1_new_cert, c1_new_cert_len);
+    if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
+        fail_msg("%s", out);
+    /* Never removed: the old certificate is fine. */
+    log_reset();
+    log_releases(1);
+    log_add("cluster_add", "member c2 raft=127.0.0.1:7001 rpc=127.0.0.1:7000");
+    log_checkpoint(2, t0 + 3);
+    if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
+        fail_msg("%s", out);
+}
+
+/* F4: a copy of a genuine checkpoint put after forged records. Appended as a second copy, it
+ * signs no more than the one before it; moved there (the original deleted), the records after
+ * its signed size are counted as unsigned, not those after its record. */
+static void test_replayed_checkpoint(void **state)
+{
+    (void)state;
+    char out[1024];
+    log_reset();
+    log_releases(3);
+    log_checkpoint(3, t0 + 4);
+    log_releases(5); /* forged */
+    log_replay(4);
+    assert_int_equal(check(2, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 10: checkpoint: checkpoint signs 3 records, no more than the checkpoint before "
+                    "it (3)") == NULL)
+        fail_msg("%s", out);
+
+    log_reset();
+    log_releases(3);
+    log_releases(5); /* forged, before the moved checkpoint */
+    log_checkpoint(3, t0 + 9);
+    assert_int_equal(check(2, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "UNSIGNED TAIL: 5 records after the newest checkpoint's signed size are not signed") == NULL)
+        fail_msg("%s", out);
+    assert_int_equal(check(5, NULL, 0, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "(5 after it not yet signed)"));
+
+    /* Times do not go back. */
+    log_reset();
+    log_releases(2);
+    log_checkpoint(2, t0 + 10);
+    log_releases(1);
+    log_checkpoint(4, t0 + 5);
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 5: checkpoint: checkpoint time") == NULL ||
+        strstr(out, "is before the checkpoint before it") == NULL)
+        fail_msg("%s", out);
+    /* The same time is fine (a leader whose clock is behind keeps the newest one). */
+    log_reset();
+    log_releases(2);
+    log_checkpoint(2, t0 + 10);
+    log_releases(1);
+    log_checkpoint(4, t0 + 10);
     if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
         fail_msg("%s", out);
 }
@@ -280,7 +399,7 @@ static void test_unsigned_tail_bounded(void **state)
     assert_int_equal(check(5, NULL, 0, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "(5 after it not yet signed)"));
     assert_int_equal(check(4, NULL, 0, out, sizeof(out)), 1);
-    if (strstr(out, "UNSIGNED TAIL: 5 records after the newest checkpoint are not signed") == NULL)
+    if (strstr(out, "UNSIGNED TAIL: 5 records after the newest checkpoint's signed size are not signed") == NULL)
         fail_msg("%s", out);
 
     /* No checkpoint at all: every record counts. */
@@ -301,6 +420,7 @@ int main(void)
         cmocka_unit_test(test_unsigned_tail_bounded),
         cmocka_unit_test(test_signer_revoked_or_removed),
         cmocka_unit_test(test_checkpoint_time_not_in_future),
+        cmocka_unit_test(test_replayed_checkpoint),
     };
     int rc = cmocka_run_group_tests_name("audit_check", tests, setup, teardown);
     log_reset();

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <openssl/pem.h>
@@ -651,8 +652,18 @@ static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_le
     *ret_len = (size_t)n;
 }
 
-/* A checkpoint of the store's current head, signed (as far as the store looks) by cert. */
+/* A checkpoint of the store's head (its root changed with bad_root: the leader's log differs),
+ * dated seconds (0: now_ts), signed (as far as the store looks) by cert. */
+static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len, int64_t seconds,
+                               bool bad_root);
+
 static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len)
+{
+    return apply_checkpoint_at(s, signer, cert, cert_len, 0, false);
+}
+
+static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len, int64_t seconds,
+                               bool bad_root)
 {
     kfd_audit_head h;
     kfd_store_audit_head(s, &h);
@@ -662,7 +673,8 @@ static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, siz
     cp.size = h.seq;
     memcpy(cp.root, h.root, sizeof(cp.root));
     memcpy(cp.chain, h.chain, sizeof(cp.chain));
-    cp.seconds = now_ts.seconds;
+    cp.root[0] ^= bad_root ? 1 : 0;
+    cp.seconds = seconds != 0 ? seconds : now_ts.seconds;
     snprintf(cp.signer, sizeof(cp.signer), "%s", signer);
     char text[KF_CHECKPOINT_TEXT_MAX];
     assert_true(kf_checkpoint_format(&cp, text, sizeof(text)) > 0);
@@ -742,6 +754,105 @@ static void test_head_check_and_checkpoint_signers(void **state)
     kfd_store_close(s);
 }
 
+static void revoke_cert_row(const char *db, const char *serial)
+{
+    char path[300], sql[300];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, db);
+    snprintf(sql, sizeof(sql), "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES ('%s', "
+             "'coordinator', 'c4', 'forged', 0)", serial);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+    sqlite3_busy_timeout(h, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(h, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s", msg);
+    sqlite3_close(h);
+}
+
+/* Second review of #17. F3: a replica whose revoked_certs was edited (the signer denylisted
+ * there alone) and whose log differs diverges; the refusal does not turn the mismatch into a
+ * skip. F4: a checkpoint dated before the one before it is refused on every replica. F2: one
+ * dated ahead of this clock beyond 300 s fails closed (diverged, still recorded); at the next
+ * open it is not judged by the clock again, and a checkpoint keeping its time is fine. F9: a
+ * coordinator added back signs only with a certificate issued after its removal. */
+static void test_checkpoint_apply_order(void **state)
+{
+    (void)state;
+    uint8_t *c4 = NULL;
+    size_t c4_len = 0;
+    char c4_serial[KF_SERIAL_MAX];
+    coordinator_cert("c4", &c4, &c4_len, c4_serial);
+
+    kfd_store *s = open_db("f3.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    revoke_cert_row("f3.db", c4_serial);
+    assert_int_equal(apply_checkpoint(s, "c4", c4, c4_len), -EPERM); /* same log: refused, no more */
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, 0, true), -EPERM);
+    const char *why = NULL;
+    assert_int_equal(kfd_store_audit_diverged(s, &why), 1);
+    assert_non_null(strstr(why, "signed head at 1 differs"));
+    kfd_store_close(s);
+
+    s = open_db("f4.db");
+    int64_t now = (int64_t)time(NULL);
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now - 10, false), 0);
+    assert_int_equal(append(s, "release", "web-02"), 0);
+    kfd_audit_head before, after;
+    kfd_store_audit_head(s, &before);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now - 20, false), -EPERM);
+    kfd_store_audit_head(s, &after);
+    assert_int_equal(after.seq, before.seq);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now - 10, false), 0); /* the same time */
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+
+    /* F2 */
+    assert_int_equal(append(s, "release", "web-03"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now + 200, false), 0); /* within 300 s */
+    assert_int_equal(append(s, "release", "web-04"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now + 3600, false), 0);
+    kfd_store_audit_head(s, &after);
+    assert_int_equal(kfd_store_audit_diverged(s, &why), after.seq);
+    assert_non_null(strstr(why, "ahead of this replica's clock"));
+    kfd_store_close(s);
+    s = open_db("f4.db");
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    verify(s, true, 0);
+    assert_int_equal(append(s, "release", "web-05"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now + 3600, false), 0); /* kept time */
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    kf_checkpoint newest;
+    assert_int_equal(kfd_store_newest_checkpoint(s, &newest), 0);
+    assert_int_equal(newest.seconds, now + 3600);
+    assert_int_equal(append(s, "release", "web-06"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now + 3601, false), 0);
+    assert_true(kfd_store_audit_diverged(s, NULL) != 0);
+    kfd_store_close(s);
+
+    /* F9: removed at now + 600 (after c1's certificate was issued), added back. */
+    s = open_db("f9.db");
+    Keyfleet__V1__Timestamp later = now_ts;
+    later.seconds = now + 600;
+    Keyfleet__V1__AuditEntry e = audit("cluster_remove", "", "member c4");
+    e.time = &later;
+    Keyfleet__V1__CmdAppendAudit ca = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
+    ca.audit = &e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
+    cmd.append_audit = &ca;
+    kfd_apply_result res;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(append_reason(s, "cluster_add", "", "member c4 raft=127.0.0.1:7001 rpc=127.0.0.1:7000"), 0);
+    kfd_store_audit_head(s, &before);
+    assert_int_equal(apply_checkpoint(s, "c4", c4, c4_len), -EPERM);
+    kfd_store_audit_head(s, &after);
+    assert_int_equal(after.seq, before.seq);
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    kfd_store_close(s);
+    OPENSSL_free(c4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -756,6 +867,7 @@ int main(void)
         cmocka_unit_test(test_attest_records),
         cmocka_unit_test(test_attest_clock),
         cmocka_unit_test(test_head_check_and_checkpoint_signers),
+        cmocka_unit_test(test_checkpoint_apply_order),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
