@@ -59,6 +59,15 @@ void kfd_audit_auth_failure(kfd_app *app, kfd_actor actor, const char *subject, 
     if (app == NULL || app->store == NULL || kfd_store_failed(app->store) ||
         kfd_ratelimit_take(app->ratelimit, " auth-failures", 600, 50, now) != 0)
         return;
+    const char *why;
+    char leader[280];
+    if (!kfd_repl_writable(app->repl, &why, leader, sizeof(leader))) {
+        /* Not the leader, or one whose audit head is not confirmed yet (it appends nothing):
+         * the failure is only logged here and counted (keyfleet_auth_failures_total). */
+        kf_log_warn("auth_fail_unaudited", "subject=%s reason=%s why=%s", kf_log_q(subject), kf_log_q(reason),
+                    kf_log_q(why));
+        return;
+    }
     kfd_audit_buf a;
     kfd_audit_fill(&a, actor, "auth_fail", KEYFLEET__V1__DECISION__DECISION_DENY, subject, "", "", reason);
     if (actor.source == NULL) {
