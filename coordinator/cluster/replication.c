@@ -65,6 +65,8 @@ struct kfd_repl {
     void (*io_close_impl)(struct raft_io *io, raft_io_close_cb cb);
     raft_io_close_cb io_close_cb;
     bool io_close_fired;
+    int (*snapshot_get_impl)(struct raft_io *io, struct raft_io_snapshot_get *req, raft_io_snapshot_get_cb cb);
+    raft_term told_snapshot_held; /* the term in which a held snapshot was logged */
 };
 
 /* Closed replication state, kept reachable until exit: a late second close callback from
@@ -471,6 +473,24 @@ static bool leader_ready(kfd_repl *r, const char **why, char *leader_rpc, size_t
     return false;
 }
 
+/* A leader whose audit head no majority confirmed sends no snapshot: its database may be a
+ * forgery (rewritten while the cluster was stopped), and a lagging replica that installed it would
+ * hold the forged history (docs/audit.md). raft aborts the send and tries again at a later
+ * heartbeat, so the replica catches up once the head is confirmed. */
+static int guarded_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req, raft_io_snapshot_get_cb cb)
+{
+    kfd_repl *r = ((struct raft *)io->data)->data;
+    if (raft_state(&r->raft) == RAFT_LEADER && r->confirmed_term != r->raft.current_term) {
+        if (r->told_snapshot_held != r->raft.current_term) {
+            r->told_snapshot_held = r->raft.current_term;
+            kf_log_warn("raft_snapshot_held", "term=%llu reason=\"this leader's audit head is not confirmed yet\"",
+                        (unsigned long long)r->raft.current_term);
+        }
+        return RAFT_BUSY;
+    }
+    return r->snapshot_get_impl(io, req, cb);
+}
+
 static void guarded_io_close_cb(struct raft_io *io)
 {
     kfd_repl *r = ((struct raft *)io->data)->data;
@@ -642,6 +662,8 @@ static int start(kfd_repl *r, kf_err *err)
     r->io_inited = true;
     r->io_close_impl = r->io.close;
     r->io.close = guarded_io_close;
+    r->snapshot_get_impl = r->io.snapshot_get;
+    r->io.snapshot_get = guarded_snapshot_get;
     raft_uv_set_connect_retry_delay(&r->io, 200);
     /* 1 MiB segments instead of 8: a small state volume still has room, at one more file per
      * thousand or so commands. */

@@ -227,6 +227,18 @@ bool kfd_app_kms_complete(const kfd_app *app, const char **ret_why)
 
 void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)
 {
+    /* A leader whose audit head no majority confirmed yet proposes nothing but the check that
+     * confirms it: no record is appended to a log that may be a forgery (docs/audit.md). */
+    const char *why;
+    char leader[280];
+    if (cmd->cmd_case != KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK &&
+        !kfd_repl_writable(app->repl, &why, leader, sizeof(leader))) {
+        kf_err err;
+        kf_err_set(&err, -EAGAIN, "%s", why);
+        kfd_apply_result res = {0};
+        cb(arg, -EAGAIN, &res, &err);
+        return;
+    }
     cmd->command_id = ++app->next_command_id;
     cmd->proposer = app->cfg->name;
     uint8_t stackbuf[4096];

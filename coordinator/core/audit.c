@@ -1,5 +1,6 @@
 #include "core/audit.h"
 
+#include <errno.h>
 #include <time.h>
 
 #include "core/app.h"
@@ -49,7 +50,7 @@ void kfd_audit_command(kfd_audit_buf *b, Keyfleet__V1__CmdAppendAudit *c, Keyfle
 static void on_auth_audit(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     (void)arg, (void)res;
-    if (status != 0)
+    if (status != 0 && status != -EAGAIN) /* -EAGAIN: not writable here, logged as auth_fail_unaudited */
         kf_log_warn("auth_audit_failed", "error=%s", kf_log_q(err->msg));
 }
 
@@ -59,6 +60,13 @@ void kfd_audit_auth_failure(kfd_app *app, kfd_actor actor, const char *subject, 
     if (app == NULL || app->store == NULL || kfd_store_failed(app->store) ||
         kfd_ratelimit_take(app->ratelimit, " auth-failures", 600, 50, now) != 0)
         return;
+    const char *why;
+    char leader[280];
+    if (!kfd_repl_writable(app->repl, &why, leader, sizeof(leader)))
+        /* Not the leader, or one whose audit head is not confirmed yet, which appends nothing
+         * (kfd_commit refuses): the failure is only logged here and counted. */
+        kf_log_warn("auth_fail_unaudited", "subject=%s reason=%s why=%s", kf_log_q(subject), kf_log_q(reason),
+                    kf_log_q(why));
     kfd_audit_buf a;
     kfd_audit_fill(&a, actor, "auth_fail", KEYFLEET__V1__DECISION__DECISION_DENY, subject, "", "", reason);
     if (actor.source == NULL) {

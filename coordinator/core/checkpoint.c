@@ -13,6 +13,7 @@
 
 #include "core/app.h"
 #include "core/audit.h"
+#include "core/head_round.h"
 #include "kf_audit.h"
 #include "kf_log.h"
 #include "kms/http.h"
@@ -35,6 +36,7 @@
 typedef struct peer_ask {
     struct kfd_checkpointer *c;
     char name[64];
+    kfd_head_tag tag; /* the question it asked: a late answer to an earlier one is ignored */
 } peer_ask;
 
 struct kfd_checkpointer {
@@ -56,8 +58,8 @@ struct kfd_checkpointer {
     uint64_t round;         /* the CmdAuditHeadCheck id being asked about; 0: none */
     bool round_committing;  /* the check is being committed */
     kfd_audit_head own;     /* this replica's head at that check */
-    unsigned voters, agree, disagree, pending, passes;
-    bool vouched_disagrees; /* a voter whose head is vouched for holds another one */
+    kfd_head_round tally;   /* the answers of the current pass */
+    unsigned pending, passes;
     bool told_disputed;     /* logged a disagreement in this round */
     uint64_t next_round_at; /* loop time */
     bool told_unconfirmed;
@@ -166,7 +168,8 @@ static void confirmed(kfd_checkpointer *c, const char *how)
     c->confirmed_term = c->confirm_term;
     kfd_repl_set_audit_confirmed(c->app->repl, c->confirm_term);
     kf_log_info("audit_head_confirmed", "term=%llu seq=%llu agree=%u voters=%u how=%s",
-                (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->agree, c->voters, how);
+                (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->tally.agree, c->tally.voters,
+                how);
 }
 
 /* After each answer: a majority agreeing confirms this leader's head; a majority holding another
@@ -174,21 +177,16 @@ static void confirmed(kfd_checkpointer *c, const char *how)
  * so it marks itself diverged: it signs nothing, serves nothing and hands leadership on. */
 static void evaluate(kfd_checkpointer *c)
 {
-    unsigned majority = c->voters / 2 + 1;
-    if (c->agree >= majority) {
+    kfd_head_verdict v = kfd_head_round_verdict(&c->tally);
+    if (v == KFD_HEAD_CONFIRMED) {
         confirmed(c, "majority");
         return;
     }
-    if (c->disagree >= majority || c->vouched_disagrees) {
+    if (v == KFD_HEAD_OUTVOTED) {
         char why[200];
-        if (c->vouched_disagrees)
-            snprintf(why, sizeof(why), "a voter whose log rests on a checkpoint it applied live holds another audit "
-                     "head after the same entries (this replica: %llu records): this replica's log was changed",
-                     (unsigned long long)c->own.seq);
-        else
-            snprintf(why, sizeof(why), "%u of %u voters hold another audit head after the same entries (this "
-                     "replica: %llu records): this replica's log was changed", c->disagree, c->voters,
-                     (unsigned long long)c->own.seq);
+        snprintf(why, sizeof(why), "%u of %u voters hold another audit head after the same entries (this "
+                 "replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
+                 (unsigned long long)c->own.seq);
         kfd_store_mark_diverged(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
         return;
     }
@@ -198,8 +196,8 @@ static void evaluate(kfd_checkpointer *c)
             c->told_unconfirmed = true;
             kf_log_warn("audit_head_unconfirmed", "term=%llu seq=%llu agree=%u disagree=%u voters=%u "
                         "action=\"signing no checkpoint and serving no writes until a majority confirms; retrying\"",
-                        (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->agree, c->disagree,
-                        c->voters);
+                        (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->tally.agree,
+                        c->tally.disagree, c->tally.voters);
         }
     }
 }
@@ -214,25 +212,19 @@ static void on_answer(void *arg, const kfd_http_response *res)
     Keyfleet__V1__AuditHeadResponse *resp = NULL;
     if (res->status == 0 && res->code == 200)
         resp = keyfleet__v1__audit_head_response__unpack(NULL, res->body_len, (const uint8_t *)res->body);
-    if (resp == NULL) {
+    if (resp == NULL)
         kf_log_debug("audit_head_no_answer", "peer=%s status=%d code=%ld error=%s", a->name, res->status, res->code,
                      kf_log_q(res->error != NULL ? res->error : res->body != NULL ? res->body : ""));
-    } else if (resp->known && resp->diverged_seq == 0) {
-        bool same = resp->seq == c->own.seq && resp->root.len == KF_AUDIT_HASH && resp->chain.len == KF_AUDIT_HASH &&
-                    CRYPTO_memcmp(resp->root.data, c->own.root, KF_AUDIT_HASH) == 0 &&
-                    CRYPTO_memcmp(resp->chain.data, c->own.chain, KF_AUDIT_HASH) == 0;
-        if (same) {
-            c->agree++;
-        } else {
-            c->disagree++;
-            c->vouched_disagrees = c->vouched_disagrees || resp->vouched;
-            if (!c->told_disputed || resp->vouched)
-                kf_log_warn("audit_head_disputed", "peer=%s seq=%llu peer_seq=%llu peer_vouched=%s reason=\"its audit "
-                            "head after the same entries differs from this replica's\"",
-                            a->name, (unsigned long long)c->own.seq, (unsigned long long)resp->seq,
-                            resp->vouched ? "yes" : "no");
-            c->told_disputed = true;
-        }
+    kfd_head_answer k = kfd_head_round_count(&c->tally, a->tag, resp);
+    if (k == KFD_HEAD_IGNORED && resp != NULL && resp->restored)
+        kf_log_debug("audit_head_not_witness", "peer=%s reason=\"it installed a snapshot since it started\"", a->name);
+    if (k == KFD_HEAD_DIFFERS) {
+        if (!c->told_disputed || resp->vouched)
+            kf_log_warn("audit_head_disputed", "peer=%s seq=%llu peer_seq=%llu peer_vouched=%s reason=\"its audit "
+                        "head after the same entries differs from this replica's\"",
+                        a->name, (unsigned long long)c->own.seq, (unsigned long long)resp->seq,
+                        resp->vouched ? "yes" : "no");
+        c->told_disputed = true;
     }
     if (resp != NULL)
         keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
@@ -243,10 +235,7 @@ static void ask_voters(kfd_checkpointer *c)
 {
     kfd_repl_voter v[MAX_VOTERS];
     size_t n = kfd_repl_voters(c->app->repl, v, MAX_VOTERS);
-    c->voters = (unsigned)n;
-    c->agree = 1; /* this replica */
-    c->disagree = 0;
-    c->vouched_disagrees = false;
+    kfd_head_tag tag = kfd_head_round_pass(&c->tally, c->confirm_term, c->round, (unsigned)n, &c->own);
     Keyfleet__V1__AuditHeadRequest q = KEYFLEET__V1__AUDIT_HEAD_REQUEST__INIT;
     q.check_id = c->round;
     uint8_t body[32];
@@ -259,6 +248,7 @@ static void ask_voters(kfd_checkpointer *c)
         snprintf(url, sizeof(url), "https://%s/keyfleet.v1.PeerService/AuditHead", v[i].rpc);
         peer_ask *a = &c->asks[i];
         a->c = c;
+        a->tag = tag;
         snprintf(a->name, sizeof(a->name), "%s", v[i].name);
         c->pending++;
         kfd_http_send(c->http, "POST", url, headers, body, len, on_answer, a);
@@ -311,8 +301,8 @@ static void confirm(kfd_checkpointer *c, uint64_t term)
     bool alone = kfd_repl_voters(c->app->repl, v, MAX_VOTERS) <= 1;
     if (alone || kfd_store_audit_vouched(c->app->store)) {
         /* Alone, its own log is the majority; vouched for, it rests on a confirmed checkpoint. */
-        c->voters = c->agree = 1;
         kfd_store_audit_head(c->app->store, &c->own);
+        kfd_head_round_pass(&c->tally, term, 0, 1, &c->own);
         confirmed(c, alone ? "single_voter" : "vouched");
         return;
     }

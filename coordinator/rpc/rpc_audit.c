@@ -69,6 +69,7 @@ void kfd_rpc_audit_head(kfd_call *call)
     }
     resp.diverged_seq = kfd_store_audit_diverged(store, NULL);
     resp.vouched = kfd_store_audit_vouched(store);
+    resp.restored = !kfd_store_audit_witness(store);
     kfd_call_reply(call, &resp.base);
 }
 

@@ -187,6 +187,10 @@ bool kfd_store_audit_tail_unsigned(const kfd_store *s);
  * over a head a majority confirmed, and the rest it applied live, so nothing in its log rests on
  * its database alone. A leader that is vouched for signs without asking the others. */
 bool kfd_store_audit_vouched(const kfd_store *s);
+/* False after this replica installed a snapshot (since it started), until a checkpoint it applied
+ * live covers the snapshot's head: its log is then the sender's copy, and its answer to a leader's
+ * head check would only echo that leader (docs/audit.md). Also false once diverged. */
+bool kfd_store_audit_witness(const kfd_store *s);
 /* The head this replica held when it applied the CmdAuditHeadCheck with this id (the newest
  * check only, in memory). 0, or -ENOENT when it has not applied that check. */
 int kfd_store_audit_head_at_check(const kfd_store *s, uint64_t id, kfd_audit_head *ret);

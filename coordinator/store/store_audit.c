@@ -696,6 +696,8 @@ bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > 
 
 bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diverged_seq == 0; }
 
+bool kfd_store_audit_witness(const kfd_store *s) { return s->diverged_seq == 0 && (!s->restored || s->vouched); }
+
 uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why)
 {
     if (ret_why != NULL)

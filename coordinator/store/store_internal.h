@@ -104,6 +104,8 @@ struct kfd_store {
     /* Since it opened, this replica applied a checkpoint that matched its own log and covered
      * every record it held at open: its head is the signed history plus what it applied live. */
     bool vouched;
+    /* A snapshot replaced this database since the process started (kfd_store_audit_witness). */
+    bool restored;
     /* The newest CmdAuditHeadCheck applied here (not replays): its id and the head then. */
     uint64_t check_id;
     kfd_audit_head check_head;

@@ -112,6 +112,7 @@ int kfd_store_replace(kfd_store *s, const unsigned char *image, size_t len, kf_e
     s->failed = false;
     s->head_seq = 0;
     int r = kfd_store_open_db(s, err);
+    s->restored = true; /* reopening reset vouched and start_head: a live checkpoint must cover it */
     if (r == 0)
         kf_log_info("store_restored", "bytes=%zu applied_index=%llu audit_head=%llu", len,
                     (unsigned long long)s->applied_index, (unsigned long long)s->head_seq);

@@ -336,6 +336,39 @@ static void test_serialize_and_replace(void **state)
     kfd_store_close(b);
 }
 
+/* A replica that installed a snapshot holds the sender's copy: it is no witness of a leader's
+ * audit head until a checkpoint it applied live covers what it received (#17 review). */
+static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_len, char serial[KF_SERIAL_MAX]);
+static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len);
+static void test_restored_is_no_witness(void **state)
+{
+    (void)state;
+    uint8_t *c1 = NULL;
+    size_t c1_len = 0;
+    char serial[KF_SERIAL_MAX];
+    coordinator_cert("w1", &c1, &c1_len, serial);
+    kfd_store *a = open_db("witness-a.db");
+    for (uint64_t i = 1; i <= 3; i++)
+        assert_int_equal(apply_at(a, i, "a"), 0);
+    unsigned char *img = NULL;
+    size_t len = 0;
+    kf_err err = {0};
+    assert_int_equal(kfd_store_serialize(a, &img, &len, &err), 0);
+    kfd_store *b = open_db("witness-b.db");
+    assert_true(kfd_store_audit_witness(b)); /* its own database */
+    assert_int_equal(kfd_store_replace(b, img, len, &err), 0);
+    sqlite3_free(img);
+    assert_false(kfd_store_audit_witness(b));
+    assert_false(kfd_store_audit_vouched(b));
+    assert_int_equal(apply_at(b, 4, "b"), 0);
+    assert_false(kfd_store_audit_witness(b)); /* records applied live vouch for nothing */
+    assert_int_equal(apply_checkpoint(b, "w1", c1, c1_len), 0);
+    assert_true(kfd_store_audit_witness(b)); /* a live checkpoint covers what it received */
+    OPENSSL_free(c1);
+    kfd_store_close(a);
+    kfd_store_close(b);
+}
+
 static int check_image(kfd_store *s, unsigned char *img, size_t len, const char *want)
 {
     kfd_image_check ic;
@@ -862,6 +895,7 @@ int main(void)
         cmocka_unit_test(test_corrupt_database_fails_closed),
         cmocka_unit_test(test_applied_index_and_deferred_commit),
         cmocka_unit_test(test_serialize_and_replace),
+        cmocka_unit_test(test_restored_is_no_witness),
         cmocka_unit_test(test_snapshot_image_checked),
         cmocka_unit_test(test_request_ids_time_ordered),
         cmocka_unit_test(test_attest_records),
