@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # keyfleetd's HTTP/2 guard (front/h2guard.c, issue #18): the SETTINGS it advertises, bodies far
 # over the limit answered resource_exhausted instead of a REFUSED_STREAM reset, and rapid reset
-# (HEADERS then RST_STREAM, again and again) ending the connection with GOAWAY. Real TLS on
+# (HEADERS then RST_STREAM, again and again) ending the connection with GOAWAY; resets the
+# server is made to send (MadeYouReset), streams past the advertised count and body budgets
+# refused, PING floods ended, and the h2o 2.2.5 assertion crash of the review. Real TLS on
 # 127.0.0.1: curl, and h2_probe.py for the frames no ready-made client sends.
 . "$(dirname "$0")/lib.sh"
 
