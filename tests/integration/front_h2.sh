@@ -118,6 +118,7 @@ expect_eq "a connection that stalls in the TLS handshake is closed" "$out" "clos
 open_now() { metric "$F" keyfleet_connections_open; }
 for _ in $(seq 1 400); do [ "$(open_now)" = 1 ] && break; sleep 0.1; done
 expect_eq "every connection above is closed (the one open is this /metrics request's)" "$(open_now)" "1"
+[ "$(open_now)" = 1 ] || ss -tnoi "( sport = :$PORT )" | sed 's/^/# open: /'  # which, if the check failed
 
 # limits from the config: 8 streams, a budget of 10 resets.
 stop_kfd
