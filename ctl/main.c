@@ -7,6 +7,7 @@
 #include "ctl.h"
 #include "kf_cli.h"
 #include "kf_log.h"
+#include "kf_secmem.h"
 
 static const kf_cli_cmd commands_help[] = {
     {"init", "init DIR [--name COORDINATOR] [--listen HOST:PORT] [--operator NAME]\n"
@@ -89,6 +90,10 @@ static int add_server(kf_strlist *l, const char *s)
 int main(int argc, char **argv)
 {
     kf_log_set_program("keyfleetctl");
+    /* It handles private keys and secrets (init, cert issue, AppRole): no core dumps, and no
+     * ptrace or /proc reads by the user's other processes. */
+    if (kf_process_harden() != 0)
+        kf_log_warn("harden_failed", "what=dumpable");
     kfctl ctl = {.config_path = "/etc/keyfleet/keyfleetctl.yaml"};
     /* --version, --help and `help COMMAND`, before the global options are parsed: the command
      * is the first word that is not an option or an option's argument. */

@@ -15,6 +15,7 @@ static const kf_yaml_uint_range body_range = {1024, 1u << 20};
 static const kf_yaml_uint_range count_range = {1, 1000000};
 static const kf_yaml_uint_range streams_range = {1, 100};
 static const kf_yaml_uint_range resets_range = {1, 100000};
+static const kf_yaml_uint_range held_range = {64 * 1024, 1u << 30};
 
 static const kf_yaml_field limits_fields[] = {
     {"max_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_body_bytes), &body_range, false},
@@ -24,6 +25,9 @@ static const kf_yaml_field limits_fields[] = {
     {"max_streams_per_connection", kf_yaml_dec_uint, offsetof(kfd_limits, max_streams_per_connection), &streams_range,
      false},
     {"max_stream_resets", kf_yaml_dec_uint, offsetof(kfd_limits, max_stream_resets), &resets_range, false},
+    {"max_connection_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_connection_body_bytes), &held_range,
+     false},
+    {"max_total_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_total_body_bytes), &held_range, false},
     {"idle_timeout", kf_yaml_dec_duration_ms, offsetof(kfd_limits, idle_timeout_ms), NULL, false},
     {"shutdown_grace", kf_yaml_dec_duration_ms, offsetof(kfd_limits, shutdown_grace_ms), NULL, false},
 };
@@ -175,6 +179,8 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .max_connections = 20000,
                    .max_streams_per_connection = 32,
                    .max_stream_resets = 100,
+                   .max_connection_body_bytes = 1u << 20,
+                   .max_total_body_bytes = 256u << 20,
                    .idle_timeout_ms = 30000,
                    .shutdown_grace_ms = 10000},
         .approvals = {.poll_ms = 2000},

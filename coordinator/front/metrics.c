@@ -89,6 +89,18 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          "# HELP keyfleet_h2_bodies_cut_total Request bodies ended early for being over limits.max_body_bytes.\n"
          "# TYPE keyfleet_h2_bodies_cut_total counter\n"
          "keyfleet_h2_bodies_cut_total %llu\n"
+         "# HELP keyfleet_h2_control_floods_total HTTP/2 connections ended for too many PING or SETTINGS frames.\n"
+         "# TYPE keyfleet_h2_control_floods_total counter\n"
+         "keyfleet_h2_control_floods_total %llu\n"
+         "# HELP keyfleet_h2_streams_refused_total HTTP/2 streams refused: past the advertised count or a body budget.\n"
+         "# TYPE keyfleet_h2_streams_refused_total counter\n"
+         "keyfleet_h2_streams_refused_total %llu\n"
+         "# HELP keyfleet_h2_body_bytes_held Request body bytes h2o holds for bodies still arriving.\n"
+         "# TYPE keyfleet_h2_body_bytes_held gauge\n"
+         "keyfleet_h2_body_bytes_held %llu\n"
+         "# HELP keyfleet_accept_errors_total Failed accepts (EMFILE, ENFILE, ...).\n"
+         "# TYPE keyfleet_accept_errors_total counter\n"
+         "keyfleet_accept_errors_total %llu\n"
          "# HELP keyfleet_seal_contexts_total HPKE contexts set up to seal keys to agents (one per connection and agent key).\n"
          "# TYPE keyfleet_seal_contexts_total counter\n"
          "keyfleet_seal_contexts_total %llu\n"
@@ -105,6 +117,8 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          (unsigned long long)m->auth_failures, (unsigned long long)m->connections_accepted,
          (unsigned long long)m->connections_rejected, srv->connections, (unsigned long long)m->tls_reloads,
          (unsigned long long)m->h2_reset_floods, (unsigned long long)m->h2_bodies_cut,
+         (unsigned long long)m->h2_control_floods, (unsigned long long)m->h2_streams_refused,
+         (unsigned long long)srv->h2_body_bytes, (unsigned long long)m->accept_errors,
          (unsigned long long)seal.contexts, (unsigned long long)seal.keys, kfd_seal_contexts_live(),
          kf_secmem_lock_failures());
     const kfd_app *app = srv->app;

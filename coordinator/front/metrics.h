@@ -20,6 +20,9 @@ typedef struct kfd_metrics {
     uint64_t tls_reloads;
     uint64_t h2_reset_floods; /* connections ended for too many stream resets */
     uint64_t h2_bodies_cut;   /* request bodies ended early for being over the limit */
+    uint64_t h2_control_floods; /* connections ended for too many PING/SETTINGS frames */
+    uint64_t h2_streams_refused; /* streams refused: past the advertised count, or over a body budget */
+    uint64_t accept_errors;      /* accept(2) failures (EMFILE, ENFILE, ...) */
 } kfd_metrics;
 
 struct kfd_server;

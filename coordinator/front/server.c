@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -22,6 +23,10 @@
 #include "kf_tls.h"
 
 #define DRAIN_POLL_MS 50
+/* Descriptors kept for everything but client connections: the database and its WAL, logs,
+ * audit sinks, Raft peers, KMS requests, libuv's own. */
+#define RESERVED_FDS 128
+#define ACCEPT_ERROR_LOG_MS 1000
 
 typedef struct kfd_listener {
     uv_tcp_t tcp;
@@ -139,7 +144,19 @@ static void on_accept(uv_stream_t *listener, int status)
     kfd_listener *l = (kfd_listener *)listener;
     kfd_server *srv = l->srv;
     if (status != 0) {
-        kf_log_warn("accept_failed", "error=%s", uv_strerror(status));
+        /* EMFILE/ENFILE: libuv accepts and closes the waiting connection (its spare descriptor),
+         * so this is called once per refused client: log once a second, count each. */
+        static uint64_t suppressed;
+        srv->metrics.accept_errors++;
+        uint64_t now = uv_now(srv->loop);
+        if (srv->accept_errors_logged_ms == 0 || now - srv->accept_errors_logged_ms >= ACCEPT_ERROR_LOG_MS) {
+            kf_log_warn("accept_failed", "error=%s suppressed=%llu open_connections=%u", uv_strerror(status),
+                        (unsigned long long)suppressed, srv->connections);
+            srv->accept_errors_logged_ms = now;
+            suppressed = 0;
+        } else {
+            suppressed++;
+        }
         return;
     }
     kfd_conn *conn = calloc(1, sizeof(*conn));
@@ -266,6 +283,38 @@ int kfd_server_reload_tls(kfd_server *srv, kf_err *err)
     return 0;
 }
 
+/* Fits the connection limits to the descriptors the process may open: the soft limit is raised
+ * to the hard one, max_connections lowered to what is left after RESERVED_FDS (a connection
+ * past it would fail in accept, or worse, in the database), and the per-source limit to half of
+ * that, so one address cannot take every connection. */
+static void fit_fd_limits(kfd_limits *lim)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = was;
+    }
+    uint64_t nofile = rl.rlim_cur == RLIM_INFINITY ? UINT32_MAX : (uint64_t)rl.rlim_cur;
+    uint64_t room = nofile > 2 * RESERVED_FDS ? nofile - RESERVED_FDS : nofile / 2;
+    if (lim->max_connections > room) {
+        kf_log_warn("connection_limit_lowered", "max_connections=%llu configured=%u nofile=%llu reserved=%d",
+                    (unsigned long long)room, lim->max_connections, (unsigned long long)nofile, RESERVED_FDS);
+        lim->max_connections = (uint32_t)(room > 0 ? room : 1);
+    }
+    uint32_t half = lim->max_connections > 1 ? lim->max_connections / 2 : 1;
+    if (lim->max_connections_per_source > half) {
+        kf_log_warn("connection_limit_lowered", "max_connections_per_source=%u configured=%u max_connections=%u", half,
+                    lim->max_connections_per_source, lim->max_connections);
+        lim->max_connections_per_source = half;
+    }
+    kf_log_info("connection_limits", "max_connections=%u max_connections_per_source=%u nofile=%llu",
+                lim->max_connections, lim->max_connections_per_source, (unsigned long long)nofile);
+}
+
 int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *err)
 {
     memset(srv, 0, sizeof(*srv));
@@ -276,6 +325,7 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
     if (srv->sources == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     the_server = srv;
+    fit_fd_limits(&cfg->limits);
 
     h2o_config_init(&srv->globalconf);
     /* h2o buffers whole bodies and resets streams past this size; keep it well above the protocol

@@ -29,6 +29,8 @@ struct kfd_server {
     kfd_ssl_generation *ssl_generations; /* every SSL_CTX ever served, newest first (peer.h) */
     struct kfd_source_table *sources;
     uint32_t connections;
+    uint64_t h2_body_bytes; /* request body bytes h2o holds for bodies still arriving (h2guard.h) */
+    uint64_t accept_errors_logged_ms; /* when an accept error was last logged (rate limit) */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uv_prepare_t log_flush; /* writes the turn's log lines before the loop waits */

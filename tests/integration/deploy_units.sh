@@ -52,7 +52,7 @@ expect_match "... which wants keyfleet-unlock.service too" \
 
 svc=$(cat "$D/systemd/keyfleetd.service")
 for directive in "User=keyfleet" "StateDirectory=keyfleet" "NoNewPrivileges=yes" "ProtectSystem=strict" \
-    "PrivateTmp=yes" "CapabilityBoundingSet=$" "LimitCORE=0" "MemoryDenyWriteExecute=yes"; do
+    "PrivateTmp=yes" "CapabilityBoundingSet=$" "LimitCORE=0" "LimitNOFILE=65536" "MemoryDenyWriteExecute=yes"; do
     expect_match "keyfleetd.service has $directive" "$(printf '%s\n' "$svc" | grep -E "^$directive")" "."
 done
 unlock=$(cat "$D/systemd/keyfleet-unlock.service")

@@ -83,5 +83,63 @@ expect_match "metrics count authorization failures" "$m" 'keyfleet_auth_failures
 check "keyfleetd is still running" kill -0 "$KFD_PID"
 stop_kfd TERM
 expect_eq "SIGTERM exits 0" "$KFD_EXIT" "0"
+
+# Descriptors (issue #18): under a limit of 300, max_connections is lowered to what is left
+# after 128 reserved (172) and the per-source limit to half of that (86), so 200 idle
+# connections from one address get 86 accepted and the rest closed at accept, never EMFILE.
+rm -f "$F/keyfleetd.port"
+prlimit --nofile=300:300 "$KFD" -c "$F/keyfleetd.yaml" >>"$F/keyfleetd.log" 2>&1 &
+KFD_PID=$!
+PIDS+=("$KFD_PID")
+for _ in $(seq 1 200); do [ -s "$F/keyfleetd.port" ] && break; sleep 0.05; done
+PORT=$(head -n 1 "$F/keyfleetd.port")
+URL=https://127.0.0.1:$PORT
+expect_match "max_connections is lowered to fit RLIMIT_NOFILE" "$(cat "$F/keyfleetd.log")" \
+    'event=connection_limit_lowered max_connections=172 configured=20000 nofile=300 reserved=128'
+expect_match "... and the per-source limit to half of it" "$(cat "$F/keyfleetd.log")" \
+    'event=connection_limit_lowered max_connections_per_source=86 configured=1024 max_connections=172'
+out=$(python3 - "$PORT" <<'PY'
+import socket, sys, time
+socks = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) for _ in range(200)]
+time.sleep(2)
+closed = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        closed += s.recv(1) == b""
+    except BlockingIOError:
+        pass
+    except ConnectionError:
+        closed += 1
+print("closed=%d" % closed)
+PY
+)
+expect_eq "200 connections from one address: the 114 past 86 are closed at accept" "$out" "closed=114"
+ok_after=0
+for _ in $(seq 1 100); do
+    if [ "$(kcurl "$F" operator "$URL/healthz" 2>/dev/null)" = ok ]; then ok_after=1; break; fi
+    sleep 0.1
+done
+expect_eq "... and keyfleetd serves again once they are gone" "$ok_after" "1"
+stop_kfd TERM
+
+# keyfleetctl hardens itself as keyfleetd and the agent do (no core file, not dumpable): seen
+# on one waiting for a server that never answers its TLS handshake.
+coproc SILENT { exec python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+print(s.getsockname()[1], flush=True); time.sleep(15)'; }
+read -r silent_port <&"${SILENT[0]}"
+PIDS+=("$SILENT_PID")
+"$CTL" -c "$F/keyfleetctl.yaml" --server "127.0.0.1:$silent_port" status >/dev/null 2>&1 &
+ctl_pid=$!
+PIDS+=("$ctl_pid")
+core=""
+for _ in $(seq 1 50); do
+    core=$(awk '/^Max core file size/ {print $5, $6}' "/proc/$ctl_pid/limits" 2>/dev/null)
+    [ "$core" = "0 0" ] && break
+    sleep 0.1
+done
+expect_eq "keyfleetctl runs with RLIMIT_CORE 0" "$core" "0 0"
+kill "$ctl_pid" "$SILENT_PID" 2>/dev/null
 check_sanitizers
 finish

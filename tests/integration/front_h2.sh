@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # keyfleetd's HTTP/2 guard (front/h2guard.c, issue #18): the SETTINGS it advertises, bodies far
 # over the limit answered resource_exhausted instead of a REFUSED_STREAM reset, and rapid reset
-# (HEADERS then RST_STREAM, again and again) ending the connection with GOAWAY. Real TLS on
+# (HEADERS then RST_STREAM, again and again) ending the connection with GOAWAY; resets the
+# server is made to send (MadeYouReset), streams past the advertised count and body budgets
+# refused, PING floods ended, and the h2o 2.2.5 assertion crash of the review. Real TLS on
 # 127.0.0.1: curl, and h2_probe.py for the frames no ready-made client sends.
 . "$(dirname "$0")/lib.sh"
 
@@ -53,9 +55,47 @@ out=$(h2 reset-flood 2000)
 expect_match "2000 resets: the connection is ended, the request after them never answered" "$out" \
     '^(goaway=ENHANCE_YOUR_CALM|end=closed) '
 expect_eq "... counted once as a reset flood" "$(metric "$F" keyfleet_h2_reset_floods_total)" "1"
-grep -q 'event=h2_reset_flood source=127.0.0.1 resets=101 limit=100 action=goaway' "$F/keyfleetd.log"
+grep -q 'event=h2_reset_flood source=127.0.0.1 resets=101 limit=100 kind=sent action=goaway' "$F/keyfleetd.log"
 expect_eq "... logged when the 101st reset came" "$?" "0"
 expect_eq "keyfleetd still serves new connections" "$(kcurl "$F" operator "$URL/healthz")" "ok"
+
+# 3b. "MadeYouReset" (CVE-2025-8671): resets the server sends because of the client's frames
+# (here a WINDOW_UPDATE that overflows the stream's window) take from the same budget.
+expect_match "positive control: 50 streams the server resets for a bad WINDOW_UPDATE, then a request is answered" \
+    "$(h2 provoke-flood 50)" '^healthz=200 '
+expect_match "2000 of them: the connection is ended, the request after them never answered" \
+    "$(h2 provoke-flood 2000)" '^(goaway=ENHANCE_YOUR_CALM|end=closed) '
+expect_eq "... counted as a reset flood" "$(metric "$F" keyfleet_h2_reset_floods_total)" "2"
+grep -q 'event=h2_reset_flood source=127.0.0.1 resets=101 limit=100 kind=provoked action=goaway' "$F/keyfleetd.log"
+expect_eq "... logged as provoked resets" "$?" "0"
+
+# 3c. Streams past the advertised 32 are refused before any of them is processed, and each
+# stream's body counts against the connection's budget (1 MiB). h2o 2.2.5 alone took 100
+# streams of up to 1 MiB each (about 70 MB per connection).
+expect_eq "60 streams at once: the 28 past the advertised 32 get REFUSED_STREAM; the connection goes on" \
+    "$(h2 body-streams 60 0)" "refused=28 answered=0 healthz=200"
+expect_eq "32 bodies of 60000 bytes: those past the 1 MiB connection budget (15) get REFUSED_STREAM" \
+    "$(h2 body-streams 32 60000)" "refused=15 answered=0 healthz=200"
+grep -q 'event=h2_stream_refused source=127.0.0.1 stream=35 reason=connection_body_budget' "$F/keyfleetd.log"
+expect_eq "... logged with the budget's name" "$?" "0"
+expect_eq "refused streams are counted" "$(metric "$F" keyfleet_h2_streams_refused_total)" "43"
+expect_eq "no body bytes are held once those connections are gone" "$(metric "$F" keyfleet_h2_body_bytes_held)" "0"
+
+# 3d. The crash the adversarial review found (h2o 2.2.5 aborts on an assertion): flow-control
+# window 0, 40 GET /metrics whose answers wait on it, then 300000 PINGs whose answers are never
+# read, then a TCP reset while h2o still has input (the review did it without a certificate,
+# with tls.client_auth: optional; GET /metrics needs none).
+out=$(h2 ping-flood 40 300000 rst)
+expect_match "ping flood then reset is sent" "$out" '^end=reset '
+for _ in $(seq 1 50); do kill -0 "$KFD_PID" 2>/dev/null || break; sleep 0.1; done
+check "keyfleetd survives it" kill -0 "$KFD_PID"
+expect_eq "... and serves new connections" "$(kcurl "$F" operator "$URL/healthz")" "ok"
+expect_match "a PING flood ends the connection with GOAWAY ENHANCE_YOUR_CALM after 100 PINGs" \
+    "$(h2 ping-flood 40 300000 read)" '^goaway=ENHANCE_YOUR_CALM pings_sent=[0-9]+ refused=8$'
+expect_eq "... counted (once per connection)" "$(metric "$F" keyfleet_h2_control_floods_total)" "2"
+grep -q 'event=h2_control_flood source=127.0.0.1 frames=101 limit=100 action=goaway' "$F/keyfleetd.log"
+expect_eq "... and logged" "$?" "0"
+expect_match "positive control: 50 PINGs leave the connection open" "$(h2 ping-flood 0 50 read)" '^end=acked pings_sent=50 refused=0$'
 
 # 4. keyfleetd runs the TLS handshake itself (to hook HTTP/2 connections): a client that never
 # finishes it is still closed by h2o's handshake timeout (10 s), as under h2o_accept.
@@ -78,6 +118,7 @@ expect_eq "a connection that stalls in the TLS handshake is closed" "$out" "clos
 open_now() { metric "$F" keyfleet_connections_open; }
 for _ in $(seq 1 400); do [ "$(open_now)" = 1 ] && break; sleep 0.1; done
 expect_eq "every connection above is closed (the one open is this /metrics request's)" "$(open_now)" "1"
+[ "$(open_now)" = 1 ] || ss -tnoi "( sport = :$PORT )" | sed 's/^/# open: /'  # which, if the check failed
 
 # limits from the config: 8 streams, a budget of 10 resets.
 stop_kfd
@@ -85,6 +126,7 @@ cat >>"$F/keyfleetd.yaml" <<'YAML'
 limits:
   max_streams_per_connection: 8
   max_stream_resets: 10
+  max_total_body_bytes: 200000
 YAML
 start_kfd "$F"
 expect_eq "SETTINGS advertise max_streams_per_connection: 8" "$(h2 settings)" \
@@ -92,6 +134,10 @@ expect_eq "SETTINGS advertise max_streams_per_connection: 8" "$(h2 settings)" \
 expect_match "max_stream_resets: 10 lets 10 resets through" "$(h2 reset-flood 10)" '^healthz=200 '
 expect_match "... and ends the connection at the 11th of 200" "$(h2 reset-flood 200)" \
     '^(goaway=ENHANCE_YOUR_CALM|end=closed) '
+expect_eq "max_total_body_bytes: 200000 (all connections): 6 bodies of 60000 bytes, 3 past it refused" \
+    "$(h2 body-streams 6 60000)" "refused=3 answered=0 healthz=200"
+grep -q 'event=h2_stream_refused source=127.0.0.1 stream=7 reason=total_body_budget' "$F/keyfleetd.log"
+expect_eq "... logged with the budget's name" "$?" "0"
 check "keyfleetd is still running" kill -0 "$KFD_PID"
 check_sanitizers
 finish

@@ -10,6 +10,17 @@ certificate and ALPN h2 on 127.0.0.1.
       more GET /healthz, and prints how the connection ended: "goaway=CODE_NAME resets_sent=K"
       when the server sent GOAWAY (K: how many resets were written before the connection
       closed), or "healthz=STATUS" when the last request was answered.
+  h2_probe.py provoke-flood HOST PORT CA CERT KEY N
+      the same with resets the server sends ("MadeYouReset"): N pairs of HEADERS (GET /healthz
+      without END_STREAM, so the stream stays open) then WINDOW_UPDATE(2^31-1) on it, which
+      overflows its window, so the server resets it with FLOW_CONTROL_ERROR.
+  h2_probe.py ping-flood HOST PORT CA CERT KEY STREAMS PINGS rst|read
+      SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS GET /metrics, then PINGS pings (see ping_flood).
+  h2_probe.py body-streams HOST PORT CA CERT KEY STREAMS BYTES
+      opens STREAMS POST streams to an RPC and sends BYTES of body on each without ending it;
+      prints "refused=K answered=M healthz=STATUS" (K: streams reset with REFUSED_STREAM, M: streams
+      answered; then all are reset and one more GET /healthz is sent on the connection).
+CERT "-": no client certificate.
 
 One thread (OpenSSL does not allow two on one connection). Request headers are RFC 7541 literal fields without Huffman or the dynamic table. Of the answers it
 reads only frame headers, SETTINGS, GOAWAY and the first byte of each HEADERS block (":status:
@@ -43,18 +54,19 @@ def get_headers(path):
             + literal(":authority", "127.0.0.1"))
 
 
-def connect(host, port, ca, cert, key):
+def connect(host, port, ca, cert, key, client_settings=b""):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_verify_locations(ca)
-    ctx.load_cert_chain(cert, key)
+    if cert != "-":  # "-": no client certificate (client_auth is optional at the TLS layer)
+        ctx.load_cert_chain(cert, key)
     ctx.check_hostname = False
     ctx.set_alpn_protocols(["h2"])
     raw = socket.create_connection((host, int(port)), timeout=10)
     s = ctx.wrap_socket(raw)
     if s.selected_alpn_protocol() != "h2":
         sys.exit("h2_probe: ALPN h2 not selected")
-    s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0, client_settings))
     return s
 
 
@@ -99,7 +111,7 @@ def settings(args):
     sys.exit("h2_probe: no SETTINGS")
 
 
-def reset_flood(args):
+def reset_flood(args, provoke=False):
     """One thread: OpenSSL does not allow reading and writing one TLS connection from two. The
     server's SETTINGS are read and acknowledged first; the answers to the flood (80 KB at most)
     wait in the socket buffers until it is written."""
@@ -117,8 +129,12 @@ def reset_flood(args):
     try:
         for i in range(n):
             sid = 2 * i + 1
-            s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, sid, get_headers("/healthz"))
-                      + frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
+            if provoke:
+                s.sendall(frame(HEADERS, END_HEADERS, sid, get_headers("/healthz"))
+                          + frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", 0x7FFFFFFF)))
+            else:
+                s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, sid, get_headers("/healthz"))
+                          + frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
             sent += 1
         s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, 2 * n + 1, get_headers("/healthz")))
     except OSError:
@@ -143,6 +159,109 @@ def reset_flood(args):
     return 0
 
 
+def ping_flood(args):
+    """SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS requests (GET /metrics: their answers wait on the
+    flow-control window), then PINGS pings without reading the answers. THEN is "rst" (close at
+    once with a TCP reset, the answers unread: h2o's write fails while it still has input) or
+    "read" (read what came back). Prints "goaway=CODE", "end=acked" (every PING answered, the
+    connection still open) or "end=closed", then pings_sent=K refused=N (streams the server
+    reset with REFUSED_STREAM)."""
+    streams, pings, then = int(args[5]), int(args[6]), args[7]
+    s = connect(*args[:5], client_settings=struct.pack(">HI", 4, 0))
+    r = Reader(s)
+    while True:
+        f = r.next()
+        if f is None:
+            sys.exit("h2_probe: closed before SETTINGS")
+        if f[0] == SETTINGS and not f[1] & ACK:
+            s.sendall(frame(SETTINGS, ACK, 0))
+            break
+    sent = 0
+    deadline = time.monotonic() + 60
+    try:
+        s.sendall(b"".join(frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, get_headers("/metrics"))
+                           for i in range(streams)))
+        while sent < pings and time.monotonic() < deadline:
+            n = min(1000, pings - sent)
+            s.sendall(b"".join(frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(n)))
+            sent += n
+    except OSError:
+        pass
+    if then == "rst":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        print("end=reset pings_sent=%d" % sent)
+        return 0
+    result, refused, acks = "end=closed", 0, 0
+    while time.monotonic() < deadline:
+        f = r.next()
+        if f is None:
+            break
+        ftype, flags, _, payload = f
+        if ftype == GOAWAY:
+            result = "goaway=" + ERRORS.get(struct.unpack(">I", payload[4:8])[0], "unknown")
+        elif ftype == RST_STREAM and struct.unpack(">I", payload[:4])[0] == 7:
+            refused += 1
+        elif ftype == PING and flags & ACK:
+            acks += 1
+            if acks == sent and result == "end=closed":
+                result = "end=acked"
+                break
+    print("%s pings_sent=%d refused=%d" % (result, sent, refused))
+    return 0
+
+
+def post_headers(path):
+    return (literal(":method", "POST") + literal(":scheme", "https") + literal(":path", path)
+            + literal(":authority", "127.0.0.1") + literal("content-type", "application/proto"))
+
+
+def body_streams(args):
+    streams, size = int(args[5]), int(args[6])
+    s = connect(*args[:5])
+    r = Reader(s)
+    while True:
+        f = r.next()
+        if f is None:
+            sys.exit("h2_probe: closed before SETTINGS")
+        if f[0] == SETTINGS and not f[1] & ACK:
+            s.sendall(frame(SETTINGS, ACK, 0))
+            break
+    path = "/keyfleet.v1.AdminService/ClusterStatus"
+    for i in range(streams):
+        sid = 2 * i + 1
+        out = [frame(HEADERS, END_HEADERS, sid, post_headers(path))]
+        left = size
+        while left > 0:
+            n = min(left, 16384)
+            out.append(frame(DATA, 0, sid, b"\0" * n))
+            left -= n
+        s.sendall(b"".join(out))
+    # Every stream still open is reset by the client, then one more request on the connection.
+    s.sendall(b"".join(frame(RST_STREAM, 0, 2 * i + 1, struct.pack(">I", 8)) for i in range(streams))
+              + frame(HEADERS, END_STREAM | END_HEADERS, 2 * streams + 1, get_headers("/healthz")))
+    refused, answered, result = set(), set(), "healthz=none"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        f = r.next()
+        if f is None:
+            result = "end=closed"
+            break
+        ftype, _, stream, payload = f
+        if ftype == RST_STREAM and struct.unpack(">I", payload[:4])[0] == 7:
+            refused.add(stream)
+        elif ftype == HEADERS and stream == 2 * streams + 1:
+            result = "healthz=200" if payload[:1] == b"\x88" else "healthz=other"
+            break
+        elif ftype == HEADERS:
+            answered.add(stream)
+        elif ftype == GOAWAY:
+            result = "goaway=" + ERRORS.get(struct.unpack(">I", payload[4:8])[0], "unknown")
+            break
+    print("refused=%d answered=%d %s" % (len(refused), len(answered), result))
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 7:
         sys.exit(__doc__)
@@ -151,4 +270,10 @@ if __name__ == "__main__":
         sys.exit(settings(rest))
     if cmd == "reset-flood" and len(rest) == 6:
         sys.exit(reset_flood(rest))
+    if cmd == "provoke-flood" and len(rest) == 6:
+        sys.exit(reset_flood(rest, provoke=True))
+    if cmd == "body-streams" and len(rest) == 7:
+        sys.exit(body_streams(rest))
+    if cmd == "ping-flood" and len(rest) == 8:
+        sys.exit(ping_flood(rest))
     sys.exit(__doc__)
