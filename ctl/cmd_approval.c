@@ -99,7 +99,8 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
     Keyfleet__V1__ListVolumesResponse *resp = (Keyfleet__V1__ListVolumesResponse *)m;
     int64_t now = time(NULL);
     if (!json)
-        printf("%-38s  %-5s  %-16s  %-20s  %-8s  %s\n", "VOLUME", "KIND", "NODE", "KEY MADE", "KEY AGE", "ROTATION");
+        printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %s\n", "VOLUME", "KIND", "NODE", "KEY MADE", "KEY AGE",
+               "MAX AGE", "OVERDUE", "ROTATION");
     for (size_t i = 0; i < resp->n_volumes; i++) {
         Keyfleet__V1__VolumeInfo *v = resp->volumes[i];
         const char *id = v->volume != NULL ? v->volume->id : "";
@@ -110,17 +111,26 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
         fmt_time(v->key_created_at, made, sizeof(made));
         char age[24];
         snprintf(age, sizeof(age), "%lldd", (long long)age_days);
+        char max[24] = "-"; /* days, or hours/seconds for a limit under a day */
+        if (v->max_key_age_s >= 86400)
+            snprintf(max, sizeof(max), "%llud", (unsigned long long)(v->max_key_age_s / 86400));
+        else if (v->max_key_age_s >= 3600)
+            snprintf(max, sizeof(max), "%lluh", (unsigned long long)(v->max_key_age_s / 3600));
+        else if (v->max_key_age_s > 0)
+            snprintf(max, sizeof(max), "%llus", (unsigned long long)v->max_key_age_s);
         if (json) {
-            json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b}", "volume", id, "kind", kind, "node", v->node,
-                                  "key_created_at", (json_int_t)v->key_created_at, "key_age_days",
-                                  (json_int_t)age_days, "rotation_in_progress", v->rotation_in_progress);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:I, s:s, s:b}", "volume", id, "kind", kind, "node",
+                                  v->node, "key_created_at", (json_int_t)v->key_created_at, "key_age_days",
+                                  (json_int_t)age_days, "rotation_in_progress", v->rotation_in_progress,
+                                  "max_key_age_s", (json_int_t)v->max_key_age_s, "max_key_age_from",
+                                  v->max_key_age_from, "key_overdue", v->key_overdue);
             char *line = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
             printf("%s\n", line != NULL ? line : "{}");
             free(line);
             json_decref(o);
         } else {
-            printf("%-38s  %-5s  %-16s  %-20s  %-8s  %s\n", id, kind, v->node, made, age,
-                   v->rotation_in_progress ? "in progress" : "-");
+            printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %s\n", id, kind, v->node, made, age, max,
+                   v->key_overdue ? "OVERDUE" : "-", v->rotation_in_progress ? "in progress" : "-");
         }
     }
     protobuf_c_message_free_unpacked(m, NULL);

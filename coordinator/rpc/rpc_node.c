@@ -649,6 +649,7 @@ typedef struct release_op {
     kfd_sealed sealed;
     char rewrapped[KFD_WRAPPED_MAX];
     bool approved_request;
+    kfd_key_age key_age; /* overdue keys are released, flagged in the record and the answer */
     /* The volume's key check values when the handler read it, and the released key's. */
     char key_kcv[24], next_kcv[24], kcv[24]; /* KFD_KCV_TEXT_LEN + 1 fits */
 } release_op;
@@ -691,6 +692,11 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.sealed_key = &sk;
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
+    resp.key_overdue = op->key_age.overdue;
+    if (op->key_age.overdue)
+        kf_log_warn("key_overdue", "node=%s volume=%s key_age_s=%lld max_key_age_s=%llu from=%s", call->peer->name,
+                    kf_log_q(op->volume_id), (long long)op->key_age.age_s,
+                    (unsigned long long)op->key_age.max_age_s, kf_log_q(op->key_age.from));
     kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s tpm_key=%s", call->peer->name,
                 kf_log_q(op->volume_id), op->request_id, (unsigned long long)res->audit_seq,
                 kf_log_q(op->decision.rule), call->peer->tpm_key ? "yes" : "no");
@@ -785,6 +791,18 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
     record_release(op);
 }
 
+/* A key age in whole days, or hours or seconds under a day. */
+static const char *fmt_age(uint64_t s, char buf[24])
+{
+    if (s >= 86400)
+        snprintf(buf, 24, "%llud", (unsigned long long)(s / 86400));
+    else if (s >= 3600)
+        snprintf(buf, 24, "%lluh", (unsigned long long)(s / 3600));
+    else
+        snprintf(buf, 24, "%llus", (unsigned long long)s);
+    return buf;
+}
+
 static void record_release(release_op *op)
 {
     kfd_call *call = op->base.call;
@@ -793,10 +811,17 @@ static void record_release(release_op *op)
     if (release_past_deadline(op))
         return;
     const char *volume_id = op->volume_id;
+    char reason[sizeof(op->decision.explanation) + 160], age[24], max[24];
+    if (op->key_age.overdue)
+        snprintf(reason, sizeof(reason), "%s; key overdue: %s old, max_key_age %s (%s); rotate it",
+                 op->decision.explanation, fmt_age((uint64_t)op->key_age.age_s, age),
+                 fmt_age(op->key_age.max_age_s, max), op->key_age.from);
+    else
+        snprintf(reason, sizeof(reason), "%s", op->decision.explanation);
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
                    volume_id,
-                   op->request_id, op->decision.explanation);
+                   op->request_id, reason);
     Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
     c.request_id = op->request_id;
     c.node = (char *)call->peer->name;
@@ -1003,6 +1028,10 @@ void kfd_rpc_release(kfd_call *call)
                            .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL),
                            .attested = att.attested, .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
+    kfd_policy_input owner = in; /* the key's age is judged as keyfleetctl volume list judges it */
+    owner.node = vol.node;
+    kfd_key_age key_age;
+    kfd_policy_key_age(app->policy, &owner, vol.key_created_at, &key_age);
     json_decref(ls.json);
     if (!decision.allow && att.seen[0] != '\0') {
         kfd_volume_clear(&vol);
@@ -1048,6 +1077,7 @@ void kfd_rpc_release(kfd_call *call)
     op->req = req;
     op->decision = decision;
     op->approved_request = approved_request;
+    op->key_age = key_age;
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     if (req->request_id[0] != '\0')
         snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);

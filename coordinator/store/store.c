@@ -122,7 +122,7 @@ static const char *const sql[ST_COUNT] = {
                                 "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "
                                 "WHERE id = ? AND next_wrapped_key IS NOT NULL",
     [ST_VOLUME_LIST] = "SELECT id, kind, name, node, created_at, coalesce(key_created_at, created_at), "
-                       "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0) FROM volumes ORDER BY id",
+                       "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0), labels FROM volumes ORDER BY id",
     [ST_VOLUME_SET_KCV] = "UPDATE volumes SET key_kcv = ? WHERE id = ? AND key_kcv IS NULL",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
