@@ -77,6 +77,9 @@ static const char *const migrations[] = {
     "ALTER TABLE volumes ADD COLUMN key_created_at INTEGER;"
     "ALTER TABLE volumes ADD COLUMN key_kcv TEXT;"
     "ALTER TABLE volumes ADD COLUMN next_kcv TEXT;",
+    /* 9: the dead-man switch (docs/operations.md): when each node last reached a coordinator
+     * (its heartbeats, replicated), so nodes silent past their group's window are shown. */
+    "ALTER TABLE nodes ADD COLUMN last_seen_at INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
