@@ -1363,6 +1363,7 @@ void kfd_rpc_rotate_key(kfd_call *call)
 typedef struct heartbeat_op {
     kfd_op base;
     bool revoked;
+    uint64_t dead_man_after_s;
     size_t outstanding;
     int failed;
 } heartbeat_op;
@@ -1371,13 +1372,14 @@ static void answer_heartbeat(heartbeat_op *op)
 {
     kfd_call *call = op->base.call;
     if (call != NULL && op->failed > 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "offline unlocks could not be recorded; report them again");
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "heartbeat could not be recorded; report again");
     } else if (call != NULL) {
         Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
         now.seconds = time(NULL);
         Keyfleet__V1__HeartbeatResponse resp = KEYFLEET__V1__HEARTBEAT_RESPONSE__INIT;
         resp.lock = op->revoked;
         resp.server_time = &now;
+        resp.dead_man_after_s = op->dead_man_after_s;
         kfd_call_reply(call, &resp.base);
     }
     kfd_op_free(op);
@@ -1402,6 +1404,16 @@ void kfd_rpc_heartbeat(kfd_call *call)
     if (req->n_offline_unlocks > 1000) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 1000 offline unlocks per heartbeat");
         return;
+    }
+    if (req->n_dead_man_locks > 100) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 100 dead-man locks per heartbeat");
+        return;
+    }
+    for (size_t i = 0; i < req->n_dead_man_locks; i++) {
+        if (req->dead_man_locks[i]->at == NULL) {
+            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "dead_man_locks[%zu]: needs a time", i);
+            return;
+        }
     }
     for (size_t i = 0; i < req->n_offline_unlocks; i++) {
         const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
@@ -1429,11 +1441,35 @@ void kfd_rpc_heartbeat(kfd_call *call)
         return;
     }
     op->revoked = revoked;
-    op->outstanding = req->n_offline_unlocks;
-    if (op->outstanding == 0) {
-        answer_heartbeat(op);
-        return;
+    op->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, call->peer->name);
+    /* Every report, and the node's last contact (replicated: `keyfleetctl node list` shows nodes
+     * silent past their dead-man window on any replica), is committed before the answer. */
+    op->outstanding = req->n_offline_unlocks + req->n_dead_man_locks + 1;
+    for (size_t i = 0; i < req->n_dead_man_locks; i++) {
+        const Keyfleet__V1__DeadManLock *d = req->dead_man_locks[i];
+        char reason[300];
+        snprintf(reason, sizeof(reason),
+                 "dead-man switch: locked %u volume(s) (%u could not be locked) at %lld after %llu s without reaching "
+                 "a coordinator (dead_man.after %llu s)",
+                 d->volumes_locked, d->volumes_failed, (long long)d->at->seconds, (unsigned long long)d->silent_s,
+                 (unsigned long long)d->after_s);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "dead_man_lock", KEYFLEET__V1__DECISION__DECISION_DENY,
+                       call->peer->name, "", "", reason);
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
+        kf_log_warn("dead_man_lock_reported", "node=%s silent_s=%llu locked=%u failed=%u", call->peer->name,
+                    (unsigned long long)d->silent_s, d->volumes_locked, d->volumes_failed);
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
+    Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
+    seen.node = (char *)call->peer->name;
+    seen.at = time(NULL);
+    Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    seen_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
+    seen_cmd.node_seen = &seen;
+    kfd_commit(kfd_call_app(call), &seen_cmd, on_offline_audited, op);
     for (size_t i = 0; i < req->n_offline_unlocks; i++) {
         const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
         char reason[700];

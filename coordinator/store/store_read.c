@@ -434,6 +434,51 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
     return r;
 }
 
+void kfd_store_free_node_list(Keyfleet__V1__ListNodesResponse *resp)
+{
+    for (size_t i = 0; i < resp->n_nodes; i++) {
+        free(resp->nodes[i]->name);
+        free(resp->nodes[i]);
+    }
+    free(resp->nodes);
+    resp->nodes = NULL;
+    resp->n_nodes = 0;
+}
+
+int kfd_store_list_nodes(kfd_store *s, Keyfleet__V1__ListNodesResponse *resp)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_LIST);
+    int rc, r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Keyfleet__V1__NodeInfo *n = calloc(1, sizeof(*n));
+        Keyfleet__V1__NodeInfo **list = realloc(resp->nodes, (resp->n_nodes + 1) * sizeof(*list));
+        if (list != NULL)
+            resp->nodes = list;
+        if (n == NULL || list == NULL) {
+            free(n);
+            r = -ENOMEM;
+            break;
+        }
+        keyfleet__v1__node_info__init(n);
+        resp->nodes[resp->n_nodes++] = n;
+        n->name = dup_col(st, 0);
+        n->revoked = sqlite3_column_int(st, 1) != 0;
+        n->last_seen_at = sqlite3_column_int64(st, 2);
+        if (n->name == NULL) {
+            r = -ENOMEM;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    if (r == 0 && rc != SQLITE_DONE)
+        r = kfd_store_sql_error(s, rc, "listing nodes", NULL);
+    if (r != 0)
+        kfd_store_free_node_list(resp);
+    return r;
+}
+
 int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret)
 {
     if (s->failed)
