@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dead-man switch (docs/operations.md): a node group's dead_man.after reaches the agent in each
 # heartbeat's answer; keyfleet-agent watch, with no coordinator answering for that long, locks
-# every volume (a restarted watcher counts from the last contact it remembers), and the lock is
+# every volume (a watcher started later counts from the last contact it remembers), and the lock is
 # audited at the next contact. keyfleetctl node list shows each node's last heartbeat and marks
 # one silent past its window. Without a window an unreachable coordinator locks nothing. Waits
 # are bounded in count and time, never a fixed sleep that a loaded machine could outrun.
@@ -98,6 +98,23 @@ check "... and dropped from the queue" bash -c "! grep -q '\"at\"' <<<\"\$(pytho
 out=$(A watch --count 1 2>&1)
 check "a second heartbeat reports nothing again" bash -c "! grep -q dead_man_locks_reported <<<'$out'"
 expect_eq "... one audit record" "$(ctl "$F" audit --node edge-1 --action dead_man_lock --json | grep -c dead_man_lock)" "1"
+
+# A watcher started after the window has passed since the last contact (a reboot, a restarted
+# service) locks at its first heartbeat: the clock is the remembered contact, not its own start.
+check "unlock again" A unlock zfs:tank/d
+A watch --count 1 >/dev/null 2>&1
+last=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dead_man"]["last_contact"])' "$WORK/edge-1-state.json")
+stop_kfd
+past_window() { [ $(($(date +%s) - last)) -gt "$WINDOW" ]; }
+wait_for "the window passes with the coordinator down" 30 past_window
+out=$(A watch --count 1 2>&1)
+expect_match "a new watcher locks at its first heartbeat" "$out" "event=dead_man_lock node=\"edge-1\" silent_s=[0-9]+ .*zfs tank/d: locked"
+expect_eq "... the key is unloaded" "$(keystatus)" "unavailable"
+start_kfd "$F"
+for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
+out=$(A watch --count 1 2>&1)
+expect_match "... reported at the next contact" "$out" "event=dead_man_locks_reported count=1"
+expect_eq "... two audit records now" "$(ctl "$F" audit --node edge-1 --action dead_man_lock --json | grep -c dead_man_lock)" "2"
 
 # Without a window, an outage locks nothing (the agent learns it in the next heartbeat).
 check "unlock again" A unlock zfs:tank/d
