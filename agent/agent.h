@@ -30,6 +30,7 @@ typedef struct kfa_ctx {
     uint64_t deadline; /* monotonic ms */
     bool reachable;    /* a coordinator answered during this run */
     bool logged_in;    /* AppRole: a bearer token is set on client */
+    uint64_t dead_man_after_s; /* the last heartbeat's dead-man window (0: none) */
 } kfa_ctx;
 
 
@@ -81,6 +82,14 @@ void kfa_report_offline(kfa_ctx *ctx);
  * clears those the coordinator accepted, and says whether it answered lock (the kill switch).
  * 0, or a negative errno with err set when no coordinator took it. */
 int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err);
+
+/* Dead-man switch (watch.c): the window and the last contact (wall clock) kept in the state
+ * file, so that a restarted watcher keeps counting; a lock made while silent, queued for the
+ * next heartbeat (HeartbeatRequest.dead_man_locks) and dropped once a coordinator took it. */
+void kfa_state_dead_man_get(const kfa_config *cfg, uint64_t *ret_after_s, int64_t *ret_last_contact);
+int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t at);
+int kfa_state_queue_dead_man(const kfa_config *cfg, int64_t at, uint64_t silent_s, uint64_t after_s, unsigned locked,
+                             unsigned failed);
 
 /* One volume from a spec: luks:PATH, zfs:DATASET, or a configured volume's path or spec
  * (volumes.c). Not yet probed. */

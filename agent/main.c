@@ -332,6 +332,9 @@ static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
         return r;
     }
     ctx->reachable = true;
+    if (rel.key_overdue)
+        kf_log_warn("key_overdue", "volume=%s hint=\"older than the policy's max_key_age: keyfleet-agent rotate it\"",
+                    kf_log_q(v->path));
     r = v->drv->unlock(ctx->cfg, v, rel.key, err);
     if (r == 0 && rel.rewrapped != NULL) {
         kf_err werr = {0};

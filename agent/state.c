@@ -128,15 +128,15 @@ int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const ch
 
 /* Removes from the queue, now under the lock, the reports a coordinator accepted: they are the
  * first n of what was read before the call (others may have been queued since, behind them). */
-static void drop_reported(const kfa_config *cfg, json_t *sent, size_t n)
+static void drop_reported(const kfa_config *cfg, const char *key, json_t *sent, size_t n)
 {
     state_tx tx;
     if (state_begin(cfg, &tx) != 0) {
-        kf_log_warn("state_update_failed", "state_file=%s hint=\"reported offline unlocks stay queued\"",
+        kf_log_warn("state_update_failed", "state_file=%s hint=\"reported offline unlocks and locks stay queued\"",
                     kf_log_q(cfg->state_file));
         return;
     }
-    json_t *q = json_object_get(tx.root, "offline_pending");
+    json_t *q = json_object_get(tx.root, key);
     bool changed = false;
     for (size_t i = 0; i < n && json_is_array(q); i++) {
         json_t *done = json_array_get(sent, i);
@@ -159,7 +159,25 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
     size_t n = json_is_array(q) ? json_array_size(q) : 0;
     if (n > 1000) /* the coordinator takes at most 1000 at a time; report the first ones */
         n = 1000;
-    if (n == 0 && !always) {
+    json_t *dq = root != NULL ? json_object_get(root, "dead_man_pending") : NULL;
+    size_t nd = json_is_array(dq) ? json_array_size(dq) : 0;
+    if (nd > 100)
+        nd = 100;
+    Keyfleet__V1__DeadManLock dls[100], *dlp[100];
+    Keyfleet__V1__Timestamp dats[100];
+    for (size_t i = 0; i < nd; i++) {
+        json_t *e = json_array_get(dq, i);
+        keyfleet__v1__dead_man_lock__init(&dls[i]);
+        keyfleet__v1__timestamp__init(&dats[i]);
+        dats[i].seconds = json_integer_value(json_object_get(e, "at"));
+        dls[i].at = &dats[i];
+        dls[i].silent_s = (uint64_t)json_integer_value(json_object_get(e, "silent_s"));
+        dls[i].after_s = (uint64_t)json_integer_value(json_object_get(e, "after_s"));
+        dls[i].volumes_locked = (uint32_t)json_integer_value(json_object_get(e, "locked"));
+        dls[i].volumes_failed = (uint32_t)json_integer_value(json_object_get(e, "failed"));
+        dlp[i] = &dls[i];
+    }
+    if (n == 0 && nd == 0 && !always) {
         json_decref(root);
         return 0;
     }
@@ -204,6 +222,8 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
             req.attestation = &qmsg;
         else if (qr < 0)
             kf_log_warn("attest_heartbeat", "quoted=no error=\"%s\"", qerr.msg);
+        req.n_dead_man_locks = nd;
+        req.dead_man_locks = dlp;
         ProtobufCMessage *m = NULL;
         kf_rpc_status st;
         r = kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Heartbeat", &req.base,
@@ -219,9 +239,14 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
                 kf_log_warn("attest_heartbeat", "attested=no why=\"%.300s\"", resp->attestation);
             else if (req.attestation != NULL)
                 kf_log_info("attest_heartbeat", "attested=yes");
+            ctx->dead_man_after_s = resp->dead_man_after_s;
             if (n > 0) {
-                drop_reported(ctx->cfg, q, n);
+                drop_reported(ctx->cfg, "offline_pending", q, n);
                 kf_log_info("offline_unlocks_reported", "count=%zu", n);
+            }
+            if (nd > 0) {
+                drop_reported(ctx->cfg, "dead_man_pending", dq, nd);
+                kf_log_info("dead_man_locks_reported", "count=%zu", nd);
             }
         }
         if (m != NULL)
@@ -240,4 +265,47 @@ void kfa_report_offline(kfa_ctx *ctx)
     bool lock;
     kf_err err = {0};
     (void)kfa_heartbeat(ctx, false, &lock, &err); /* quiet: the next contact tries again */
+}
+
+void kfa_state_dead_man_get(const kfa_config *cfg, uint64_t *ret_after_s, int64_t *ret_last_contact)
+{
+    json_t *root = json_load_file(cfg->state_file, 0, NULL);
+    json_t *d = root != NULL ? json_object_get(root, "dead_man") : NULL;
+    json_int_t after = json_integer_value(json_object_get(d, "after_s"));
+    json_int_t at = json_integer_value(json_object_get(d, "last_contact"));
+    *ret_after_s = after > 0 ? (uint64_t)after : 0;
+    *ret_last_contact = at > 0 ? (int64_t)at : 0;
+    json_decref(root);
+}
+
+int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t at)
+{
+    state_tx tx;
+    int r = state_begin(cfg, &tx);
+    if (r != 0)
+        return r;
+    json_t *d = json_pack("{s:I, s:I}", "after_s", (json_int_t)after_s, "last_contact", (json_int_t)at);
+    bool ok = d != NULL && json_object_set_new(tx.root, "dead_man", d) == 0;
+    r = state_end(cfg, &tx, ok);
+    return ok ? r : -ENOMEM;
+}
+
+int kfa_state_queue_dead_man(const kfa_config *cfg, int64_t at, uint64_t silent_s, uint64_t after_s, unsigned locked,
+                             unsigned failed)
+{
+    state_tx tx;
+    int r = state_begin(cfg, &tx);
+    if (r != 0)
+        return r;
+    json_t *q = json_object_get(tx.root, "dead_man_pending");
+    if (!json_is_array(q)) {
+        q = json_array();
+        json_object_set_new(tx.root, "dead_man_pending", q);
+    }
+    bool ok = q != NULL && json_array_size(q) < 100 && /* a node silent for months keeps the first 100 */
+              json_array_append_new(q, json_pack("{s:I, s:I, s:I, s:i, s:i}", "at", (json_int_t)at, "silent_s",
+                                                 (json_int_t)silent_s, "after_s", (json_int_t)after_s, "locked",
+                                                 (int)locked, "failed", (int)failed)) == 0;
+    r = state_end(cfg, &tx, ok);
+    return ok ? r : -ENOMEM;
 }

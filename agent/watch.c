@@ -2,7 +2,11 @@
  * jitter) it sends a Heartbeat, which also reports queued offline unlocks. While a coordinator
  * answers lock (the node was revoked), every volume of this node is locked: ZFS datasets
  * unmounted and their keys unloaded, LUKS2 mappings closed. An unreachable coordinator changes
- * nothing: an outage must not lock a fleet. SIGTERM and SIGINT stop it between heartbeats. */
+ * nothing, unless the policy gives the node a dead-man window (dead_man.after of its groups, told
+ * in each heartbeat's answer): once no heartbeat has succeeded for that long, the volumes are
+ * locked the same way, and the lock is reported (audited) at the next contact. The window and the
+ * last contact are kept in the state file, so a restarted watcher keeps counting. SIGTERM and
+ * SIGINT stop it between heartbeats. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,11 +19,13 @@
 #include "agent.h"
 #include "kf_log.h"
 
-/* Locks every volume; returns how many could not be locked. */
-static size_t lock_all(kfa_ctx *ctx)
+/* Locks every volume; returns how many could not be locked, and in *ret_locked how many it
+ * locked (that were unlocked before). */
+static size_t lock_all(kfa_ctx *ctx, size_t *ret_locked)
 {
     kfa_volume *vs = NULL;
     size_t n = 0, failed = 0;
+    *ret_locked = 0;
     if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
         return 1;
     for (size_t i = 0; i < n; i++) {
@@ -33,6 +39,7 @@ static size_t lock_all(kfa_ctx *ctx)
             kf_log_error("lock_failed", "volume=%s error=%s", kf_log_q(vs[i].path), kf_log_q(err.msg));
             fprintf(stderr, "keyfleet-agent: watch: %s\n", err.msg);
         } else if (changed) {
+            (*ret_locked)++;
             kf_log_warn("locked", "kind=%s volume=%s id=%s", vs[i].drv->name, kf_log_q(vs[i].path), kf_log_q(vs[i].id));
             printf("%s %s: locked\n", vs[i].drv->name, vs[i].path);
         }
@@ -54,6 +61,14 @@ static bool wait_or_stop(const sigset_t *stop, uint64_t ms)
         if (errno != EINTR)
             return false; /* EAGAIN: the time is up */
     }
+}
+
+/* Seconds since boot, suspend included: the dead-man clock, which a wall-clock step cannot move. */
+static int64_t boot_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (int64_t)ts.tv_sec;
 }
 
 static uint64_t jittered(uint64_t ms)
@@ -85,8 +100,17 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
     kf_log_info("watching", "interval_ms=%llu coordinators=%zu", (unsigned long long)ctx->cfg->watch_interval_ms,
                 ctx->cfg->coordinators.n);
     ctx->deadline = UINT64_MAX; /* a long-running watcher has no run deadline; each call has its timeout */
-    bool locking = false, reached = false, stopped = false;
-    size_t failed = 0;
+    bool locking = false, reached = false, stopped = false, dead_locked = false;
+    size_t failed = 0, locked = 0;
+    /* The dead-man clock starts at the last contact the state file remembers (a clock set back
+     * counts as none since), or now. */
+    int64_t last_wall = 0;
+    kfa_state_dead_man_get(ctx->cfg, &ctx->dead_man_after_s, &last_wall);
+    int64_t wall = time(NULL);
+    int64_t contact = boot_s() - (last_wall > 0 && wall > last_wall ? wall - last_wall : 0);
+    if (ctx->dead_man_after_s > 0)
+        kf_log_info("dead_man_armed", "after_s=%llu silent_s=%lld", (unsigned long long)ctx->dead_man_after_s,
+                    (long long)(boot_s() - contact));
     for (long i = 0; count == 0 || i < count; i++) {
         bool lock = false, relogged = false;
         kf_err err = {0};
@@ -101,27 +125,61 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
             break;
         }
         reached = r == 0;
-        if (r != 0) {
+        uint64_t silent = (uint64_t)(boot_s() - contact);
+        if (r == 0) {
+            contact = boot_s();
+            if (dead_locked)
+                kf_log_info("dead_man_contact", "node=%s hint=\"a coordinator answers again; the volumes stay locked "
+                            "until unlocked (keyfleet-agent unlock --all)\"", kf_log_q(ctx->me.name));
+            dead_locked = false;
+            if (kfa_state_dead_man_contact(ctx->cfg, ctx->dead_man_after_s, time(NULL)) != 0)
+                kf_log_warn("state_update_failed", "state_file=%s hint=\"a restarted watcher counts from its start\"",
+                            kf_log_q(ctx->cfg->state_file));
+        }
+        if (r != 0 && ctx->dead_man_after_s > 0 && silent >= ctx->dead_man_after_s) {
+            /* Dead-man switch: silent for longer than the policy allows. */
+            if (!dead_locked)
+                kf_log_error("dead_man_lock", "node=%s silent_s=%llu after_s=%llu error=%s", kf_log_q(ctx->me.name),
+                             (unsigned long long)silent, (unsigned long long)ctx->dead_man_after_s, kf_log_q(err.msg));
+            failed = lock_all(ctx, &locked);
+            if (!dead_locked && kfa_state_queue_dead_man(ctx->cfg, time(NULL), silent, ctx->dead_man_after_s,
+                                                         (unsigned)locked, (unsigned)failed) != 0)
+                kf_log_warn("state_update_failed", "state_file=%s hint=\"the dead-man lock is not reported\"",
+                            kf_log_q(ctx->cfg->state_file));
+            dead_locked = true;
+        } else if (r != 0 && ctx->dead_man_after_s == 0) {
             kf_log_warn("heartbeat_failed", "error=%s hint=\"nothing is locked while no coordinator answers\"",
                         kf_log_q(err.msg));
+        } else if (r != 0) {
+            kf_log_warn("heartbeat_failed", "error=%s silent_s=%llu dead_man_after_s=%llu hint=\"the dead-man switch "
+                        "locks every volume once no coordinator answered for dead_man_after_s\"",
+                        kf_log_q(err.msg), (unsigned long long)silent, (unsigned long long)ctx->dead_man_after_s);
         } else if (lock) {
             if (!locking)
                 kf_log_error("lock_ordered", "node=%s hint=\"a coordinator says this node is revoked\"",
                              kf_log_q(ctx->me.name));
             locking = true;
-            failed = lock_all(ctx);
+            failed = lock_all(ctx, &locked);
         } else {
             if (locking)
                 kf_log_info("lock_lifted", "node=%s", kf_log_q(ctx->me.name));
             locking = false;
             failed = 0;
         }
-        if ((count == 0 || i + 1 < count) && wait_or_stop(&stop, jittered(ctx->cfg->watch_interval_ms))) {
+        /* The next heartbeat no later than the dead-man deadline, so the lock is not late by up to an
+         * interval. */
+        uint64_t wait = jittered(ctx->cfg->watch_interval_ms);
+        silent = (uint64_t)(boot_s() - contact);
+        if (ctx->dead_man_after_s > 0 && !dead_locked && silent < ctx->dead_man_after_s &&
+            (ctx->dead_man_after_s - silent) * 1000 < wait)
+            wait = (ctx->dead_man_after_s - silent) * 1000;
+        if ((count == 0 || i + 1 < count) && wait_or_stop(&stop, wait)) {
             stopped = true;
             break;
         }
     }
-    kf_log_info("watch_stopped", "reason=%s locking=%s", stopped ? "signal" : "count", locking ? "yes" : "no");
+    kf_log_info("watch_stopped", "reason=%s locking=%s dead_man_locked=%s", stopped ? "signal" : "count",
+                locking ? "yes" : "no", dead_locked ? "yes" : "no");
     /* Stopped by a signal is a clean stop; after --count N, the last heartbeat decides. */
     return stopped || (reached && failed == 0) ? KFA_EXIT_ALL : KFA_EXIT_NONE;
 }

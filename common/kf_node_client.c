@@ -160,6 +160,7 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
         } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED) {
             r = open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
             ret->audit_seq = resp->audit_seq;
+            ret->key_overdue = resp->key_overdue;
             if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
                 r = kf_err_set(err, -ENOMEM, "out of memory");
         } else {

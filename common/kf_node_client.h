@@ -27,6 +27,7 @@ typedef struct kf_released {
     kf_secbuf *key;     /* when released */
     char *rewrapped;    /* when released under an old KEK version: store this instead (may be NULL) */
     uint64_t audit_seq;
+    bool key_overdue;   /* older than the policy's max_key_age: rotate it (keyfleet-agent rotate) */
 } kf_released;
 
 void kf_enrolled_clear(kf_enrolled *e);

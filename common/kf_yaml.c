@@ -413,6 +413,8 @@ int kf_parse_duration_ms(const char *s, uint64_t *ret)
         mult = 60000;
     else if (strcmp(end, "h") == 0)
         mult = 3600000;
+    else if (strcmp(end, "d") == 0) /* key ages and dead-man windows are counted in days */
+        mult = 86400000;
     else
         return -EINVAL;
     if (v > UINT64_MAX / mult)
@@ -428,7 +430,7 @@ int kf_yaml_dec_duration_ms(const kf_yaml_doc *doc, const kf_yaml_node *node, vo
         return r;
     uint64_t ms;
     if (kf_parse_duration_ms(node->str, &ms) != 0)
-        return kf_yaml_error(doc, node, err, "expected a duration such as 250ms, 5s, 2m or 1h, got '%.32s'",
+        return kf_yaml_error(doc, node, err, "expected a duration such as 250ms, 5s, 2m, 1h or 30d, got '%.32s'",
                              node->str);
     const kf_yaml_uint_range *range = arg;
     if (range != NULL && (ms < range->min || ms > range->max))

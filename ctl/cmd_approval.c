@@ -99,7 +99,8 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
     Keyfleet__V1__ListVolumesResponse *resp = (Keyfleet__V1__ListVolumesResponse *)m;
     int64_t now = time(NULL);
     if (!json)
-        printf("%-38s  %-5s  %-16s  %-20s  %-8s  %s\n", "VOLUME", "KIND", "NODE", "KEY MADE", "KEY AGE", "ROTATION");
+        printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %s\n", "VOLUME", "KIND", "NODE", "KEY MADE", "KEY AGE",
+               "MAX AGE", "OVERDUE", "ROTATION");
     for (size_t i = 0; i < resp->n_volumes; i++) {
         Keyfleet__V1__VolumeInfo *v = resp->volumes[i];
         const char *id = v->volume != NULL ? v->volume->id : "";
@@ -110,18 +111,72 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
         fmt_time(v->key_created_at, made, sizeof(made));
         char age[24];
         snprintf(age, sizeof(age), "%lldd", (long long)age_days);
+        char max[24] = "-"; /* days, or hours/seconds for a limit under a day */
+        if (v->max_key_age_s >= 86400)
+            snprintf(max, sizeof(max), "%llud", (unsigned long long)(v->max_key_age_s / 86400));
+        else if (v->max_key_age_s >= 3600)
+            snprintf(max, sizeof(max), "%lluh", (unsigned long long)(v->max_key_age_s / 3600));
+        else if (v->max_key_age_s > 0)
+            snprintf(max, sizeof(max), "%llus", (unsigned long long)v->max_key_age_s);
         if (json) {
-            json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b}", "volume", id, "kind", kind, "node", v->node,
-                                  "key_created_at", (json_int_t)v->key_created_at, "key_age_days",
-                                  (json_int_t)age_days, "rotation_in_progress", v->rotation_in_progress);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:I, s:s, s:b}", "volume", id, "kind", kind, "node",
+                                  v->node, "key_created_at", (json_int_t)v->key_created_at, "key_age_days",
+                                  (json_int_t)age_days, "rotation_in_progress", v->rotation_in_progress,
+                                  "max_key_age_s", (json_int_t)v->max_key_age_s, "max_key_age_from",
+                                  v->max_key_age_from, "key_overdue", v->key_overdue);
             char *line = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
             printf("%s\n", line != NULL ? line : "{}");
             free(line);
             json_decref(o);
         } else {
-            printf("%-38s  %-5s  %-16s  %-20s  %-8s  %s\n", id, kind, v->node, made, age,
-                   v->rotation_in_progress ? "in progress" : "-");
+            printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %s\n", id, kind, v->node, made, age, max,
+                   v->key_overdue ? "OVERDUE" : "-", v->rotation_in_progress ? "in progress" : "-");
         }
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
+}
+
+/* node list [--json]: every node keyfleetd knows of, its last heartbeat and its dead-man window
+ * (docs/operations.md, "Dead-man switch"); PAST marks one silent for longer, or never seen. */
+int kfctl_node_list(kfctl *ctl, int argc, char **argv)
+{
+    bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
+    if (argc != 2 && !json) {
+        fprintf(stderr, "usage: keyfleetctl node list [--json]\n");
+        return KFCTL_EXIT_USAGE;
+    }
+    Keyfleet__V1__ListNodesRequest req = KEYFLEET__V1__LIST_NODES_REQUEST__INIT;
+    ProtobufCMessage *m = NULL;
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/ListNodes", &req.base,
+                        &keyfleet__v1__list_nodes_response__descriptor, &m) != 0)
+        return 1;
+    Keyfleet__V1__ListNodesResponse *resp = (Keyfleet__V1__ListNodesResponse *)m;
+    if (!json)
+        printf("%-24s  %-20s  %-9s  %-8s  %s\n", "NODE", "LAST SEEN", "DEAD MAN", "PAST", "REVOKED");
+    for (size_t i = 0; i < resp->n_nodes; i++) {
+        Keyfleet__V1__NodeInfo *n = resp->nodes[i];
+        if (json) {
+            json_t *o = json_pack("{s:s, s:I, s:I, s:b, s:b}", "node", n->name, "last_seen_at",
+                                  (json_int_t)n->last_seen_at, "dead_man_after_s", (json_int_t)n->dead_man_after_s,
+                                  "dead_man_past", n->dead_man_past, "revoked", n->revoked);
+            char *line = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+            printf("%s\n", line != NULL ? line : "{}");
+            free(line);
+            json_decref(o);
+            continue;
+        }
+        char seen[32] = "never", window[24] = "-";
+        if (n->last_seen_at > 0)
+            fmt_time(n->last_seen_at, seen, sizeof(seen));
+        if (n->dead_man_after_s % 86400 == 0 && n->dead_man_after_s > 0)
+            snprintf(window, sizeof(window), "%llud", (unsigned long long)(n->dead_man_after_s / 86400));
+        else if (n->dead_man_after_s % 3600 == 0 && n->dead_man_after_s > 0)
+            snprintf(window, sizeof(window), "%lluh", (unsigned long long)(n->dead_man_after_s / 3600));
+        else if (n->dead_man_after_s > 0)
+            snprintf(window, sizeof(window), "%llus", (unsigned long long)n->dead_man_after_s);
+        printf("%-24s  %-20s  %-9s  %-8s  %s\n", n->name, seen, window, n->dead_man_past ? "PAST" : "-",
+               n->revoked ? "revoked" : "-");
     }
     protobuf_c_message_free_unpacked(m, NULL);
     return 0;

@@ -54,6 +54,8 @@ int kfctl_audit_sub(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv);
+/* node list [--json] (cmd_approval.c; "node" itself is in cmd_policy.c). */
+int kfctl_node_list(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_approle(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_cluster(kfctl *ctl, int argc, char **argv);

@@ -45,8 +45,10 @@ static const kf_cli_cmd commands_help[] = {
               "audit verify-consistency FILE [--ca FILE]"},
     {"policy", "policy get | put FILE [--totp CODE] | check NODE VOLUME_ID [--source IP] [--json]\n"
                "       check exits 0 on allow, 3 on allow after approval, 4 on deny"},
-    {"node", "node revoke NAME [REASON]\n"
-             "node attest show NAME | accept NAME TOKEN [--totp CODE]\n"
+    {"node", "node list [--json]\n"
+             "       known nodes: last heartbeat, dead-man window, PAST when silent longer\n"
+             "node revoke NAME [REASON]\n"
+             "node attest show|accept NAME [--totp CODE]\n"
              "       measured-boot PCR values: show them, accept the last quoted ones"},
     {"volume", "volume list [--json]\n"
                "       enrolled volumes: node, key age, a key rotation in progress"},

@@ -42,11 +42,13 @@ typedef struct rule {
     bool require_attested; /* require: [attested]: a quote matching the node's accepted PCR values */
     kf_tpm_pcrs golden;    /* golden_pcrs: with require: [attested], these values instead of the node's */
     uint32_t per_minute, burst;
+    uint64_t max_key_age_s; /* 0: the lifecycle default */
 } rule;
 
 typedef struct group {
     char *name;
     kf_strlist members; /* node name globs */
+    uint64_t dead_man_s; /* dead_man.after; 0: none */
 } group;
 
 struct kfd_policy {
@@ -56,6 +58,7 @@ struct kfd_policy {
     size_t n_rules;
     kfd_admin_policy admin;
     kfd_attest_policy attest;
+    uint64_t max_key_age_s; /* lifecycle.max_key_age; 0: no limit */
 };
 
 static void rule_clear(rule *r)
@@ -175,7 +178,12 @@ typedef struct rule_sec {
     const kf_yaml_node *match, *approval, *rate_limit;
     bool offline_fallback;
     kf_strlist require, golden_pcrs;
+    uint64_t max_key_age_ms;
 } rule_sec;
+
+/* Key ages from 1s (tests) to 100 years; dead-man windows from 1s to a year. */
+static const kf_yaml_uint_range key_age_range = {1000, 36500ull * 86400000};
+static const kf_yaml_uint_range dead_man_range = {1000, 365ull * 86400000};
 
 static const kf_yaml_field rule_fields[] = {
     {"name", kf_yaml_dec_string, offsetof(rule_sec, name), NULL, true},
@@ -186,10 +194,39 @@ static const kf_yaml_field rule_fields[] = {
     {"rate_limit", dec_node_ref, offsetof(rule_sec, rate_limit), NULL, false},
     {"require", kf_yaml_dec_strlist, offsetof(rule_sec, require), NULL, false},
     {"golden_pcrs", kf_yaml_dec_strlist, offsetof(rule_sec, golden_pcrs), NULL, false},
+    {"max_key_age", kf_yaml_dec_duration_ms, offsetof(rule_sec, max_key_age_ms), &key_age_range, false},
+};
+
+/* lifecycle: fleet-wide key lifecycle defaults. */
+typedef struct lifecycle_sec {
+    uint64_t max_key_age_ms;
+} lifecycle_sec;
+
+static const kf_yaml_field lifecycle_fields[] = {
+    {"max_key_age", kf_yaml_dec_duration_ms, offsetof(lifecycle_sec, max_key_age_ms), &key_age_range, true},
+};
+
+/* groups: GROUP: {nodes: [GLOB, ...], dead_man: {after: 72h}} (the long form of GROUP: [GLOB, ...]). */
+typedef struct group_sec {
+    kf_strlist nodes;
+    const kf_yaml_node *dead_man;
+} group_sec;
+
+typedef struct dead_man_sec {
+    uint64_t after_ms;
+} dead_man_sec;
+
+static const kf_yaml_field group_fields[] = {
+    {"nodes", kf_yaml_dec_strlist, offsetof(group_sec, nodes), NULL, true},
+    {"dead_man", dec_node_ref, offsetof(group_sec, dead_man), NULL, false},
+};
+
+static const kf_yaml_field dead_man_fields[] = {
+    {"after", kf_yaml_dec_duration_ms, offsetof(dead_man_sec, after_ms), &dead_man_range, true},
 };
 
 typedef struct top_sec {
-    const kf_yaml_node *groups, *rules, *admin, *attestation;
+    const kf_yaml_node *groups, *rules, *admin, *attestation, *lifecycle;
 } top_sec;
 
 static const kf_yaml_field top_fields[] = {
@@ -197,6 +234,7 @@ static const kf_yaml_field top_fields[] = {
     {"rules", dec_node_ref, offsetof(top_sec, rules), NULL, false},
     {"admin", dec_node_ref, offsetof(top_sec, admin), NULL, false},
     {"attestation", dec_node_ref, offsetof(top_sec, attestation), NULL, false},
+    {"lifecycle", dec_node_ref, offsetof(top_sec, lifecycle), NULL, false},
 };
 
 typedef struct attest_sec {
@@ -266,6 +304,7 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     r->window_from = r->window_to = -1;
     r->pending_ttl_ms = DEFAULT_PENDING_TTL_S * 1000ull;
     r->offline_fallback = sec.offline_fallback;
+    r->max_key_age_s = sec.max_key_age_ms / 1000;
     for (size_t i = 0; rc == 0 && i < sec.require.n; i++) {
         if (strcmp(sec.require.v[i], "tpm_key") == 0)
             r->require_tpm_key = true;
@@ -466,10 +505,29 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
         p->groups = rc == 0 ? calloc(top.groups->n + 1, sizeof(*p->groups)) : NULL;
         for (size_t i = 0; rc == 0 && i < top.groups->n; i++) {
             group *g = &p->groups[p->n_groups];
+            const kf_yaml_node *val = top.groups->items[2 * i + 1];
             g->name = strdup(top.groups->items[2 * i]->str);
             p->n_groups++;
-            rc = kf_yaml_dec_strlist(doc, top.groups->items[2 * i + 1], &g->members, NULL, err);
+            if (g->name == NULL) {
+                rc = kf_err_set(err, -ENOMEM, "out of memory");
+            } else if (val->type == KF_YAML_MAP) {
+                group_sec gs = {0};
+                rc = kf_yaml_decode_map(doc, val, group_fields, N(group_fields), &gs, err);
+                g->members = gs.nodes;
+                if (rc == 0 && gs.dead_man != NULL) {
+                    dead_man_sec dm = {0};
+                    rc = kf_yaml_decode_map(doc, gs.dead_man, dead_man_fields, N(dead_man_fields), &dm, err);
+                    g->dead_man_s = dm.after_ms / 1000;
+                }
+            } else {
+                rc = kf_yaml_dec_strlist(doc, val, &g->members, NULL, err);
+            }
         }
+    }
+    if (rc == 0 && top.lifecycle != NULL) {
+        lifecycle_sec l = {0};
+        rc = kf_yaml_decode_map(doc, top.lifecycle, lifecycle_fields, N(lifecycle_fields), &l, err);
+        p->max_key_age_s = l.max_key_age_ms / 1000;
     }
     if (rc == 0 && top.rules != NULL) {
         if (top.rules->type != KF_YAML_SEQ)
@@ -507,7 +565,8 @@ static bool in_group(const kfd_policy *p, const char *group_name, const char *no
     return false;
 }
 
-static bool rule_matches(const kfd_policy *p, const rule *r, const kfd_policy_input *in, char *why, size_t why_size)
+static bool rule_matches(const kfd_policy *p, const rule *r, const kfd_policy_input *in, bool ignore_cidrs, char *why,
+                         size_t why_size)
 {
     size_t o = 0;
 #define WHY(...)                                                                                                       \
@@ -549,7 +608,7 @@ static bool rule_matches(const kfd_policy *p, const rule *r, const kfd_policy_in
             return false;
         WHY("node in group '%s'; ", r->groups.v[g]);
     }
-    if (r->n_cidrs > 0) {
+    if (r->n_cidrs > 0 && !ignore_cidrs) {
         size_t c = 0;
         while (c < r->n_cidrs && !(in->source != NULL && in->source[0] != '\0' && kfd_cidr_contains(&r->cidrs[c], in->source)))
             c++;
@@ -587,7 +646,7 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
     for (size_t i = 0; p != NULL && i < p->n_rules; i++) {
         const rule *r = &p->rules[i];
         char why[256];
-        if (!rule_matches(p, r, in, why, sizeof(why)))
+        if (!rule_matches(p, r, in, false, why, sizeof(why)))
             continue;
         ret->allow = r->allow;
         snprintf(ret->rule, sizeof(ret->rule), "%s", r->name);
@@ -701,4 +760,37 @@ kfd_admin_policy kfd_policy_admin(const kfd_policy *p)
     if (p == NULL)
         return (kfd_admin_policy){.approvers = 1, .pending_ttl_s = DEFAULT_PENDING_TTL_S};
     return p->admin;
+}
+
+static uint64_t max_key_age(const kfd_policy *p, const kfd_policy_input *in, char ret_from[64])
+{
+    snprintf(ret_from, 64, "lifecycle");
+    for (size_t i = 0; p != NULL && i < p->n_rules; i++) {
+        char why[256];
+        if (!rule_matches(p, &p->rules[i], in, true, why, sizeof(why)))
+            continue;
+        if (p->rules[i].max_key_age_s == 0)
+            break; /* first match wins: its volumes take the fleet default */
+        snprintf(ret_from, 64, "%s", p->rules[i].name);
+        return p->rules[i].max_key_age_s;
+    }
+    return p != NULL ? p->max_key_age_s : 0;
+}
+
+void kfd_policy_key_age(const kfd_policy *p, const kfd_policy_input *in, int64_t key_created_at, kfd_key_age *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    ret->max_age_s = max_key_age(p, in, ret->from);
+    ret->age_s = in->now > key_created_at ? in->now - key_created_at : 0;
+    ret->overdue = ret->max_age_s != 0 && (uint64_t)ret->age_s > ret->max_age_s;
+}
+
+uint64_t kfd_policy_dead_man(const kfd_policy *p, const char *node)
+{
+    uint64_t after = 0;
+    for (size_t g = 0; p != NULL && g < p->n_groups; g++)
+        if (p->groups[g].dead_man_s != 0 && any_glob(&p->groups[g].members, node) &&
+            (after == 0 || p->groups[g].dead_man_s < after))
+            after = p->groups[g].dead_man_s; /* in several groups: the shortest window */
+    return after;
 }

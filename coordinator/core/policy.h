@@ -78,4 +78,21 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
 void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in, const char *owner,
                                  kfd_policy_decision *ret);
 
+/* Key lifecycle (docs/policy.md, "Key lifecycle"). The longest a volume's key may serve before
+ * it is overdue for rotation (max_age_s, 0: no limit) is max_key_age of the first rule that
+ * matches the volume (in: its id, name, labels) and the node that enrolled it (in->node), CIDR
+ * selectors left out (a key's age does not depend on where a request comes from); where that rule
+ * sets none, lifecycle.max_key_age. The key is overdue once it is older than that at in->now. */
+typedef struct kfd_key_age {
+    uint64_t max_age_s;
+    int64_t age_s;
+    bool overdue;
+    char from[64]; /* the rule that set max_age_s, or "lifecycle" */
+} kfd_key_age;
+void kfd_policy_key_age(const kfd_policy *p, const kfd_policy_input *in, int64_t key_created_at, kfd_key_age *ret);
+
+/* The dead-man window of node, in seconds (0: none): the shortest dead_man.after of the groups
+ * it belongs to. A node that has not reached a coordinator for that long locks its volumes. */
+uint64_t kfd_policy_dead_man(const kfd_policy *p, const char *node);
+
 #endif

@@ -80,8 +80,53 @@ void kfd_rpc_list_volumes(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
+    /* Each key's age against the policy's max_key_age, decided as Release decides it. */
+    const kfd_policy *policy = kfd_call_app(call)->policy;
+    int64_t now = time(NULL);
+    for (size_t i = 0; i < resp.n_volumes; i++) {
+        Keyfleet__V1__VolumeInfo *v = resp.volumes[i];
+        kfd_label labels[32]; /* enroll accepts at most 32 */
+        size_t n = 0;
+        for (size_t k = 0; k < v->n_labels && n < 32; k++)
+            labels[n++] = (kfd_label){v->labels[k]->key, v->labels[k]->value};
+        kfd_policy_input in = {.node = v->node, .volume_id = v->volume->id, .volume_name = v->volume->name,
+                               .labels = labels, .n_labels = n, .now = now};
+        kfd_key_age age;
+        kfd_policy_key_age(policy, &in, v->key_created_at, &age);
+        char *from = strdup(age.from);
+        if (from == NULL) {
+            kfd_store_free_volume_list(&resp);
+            kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+            return;
+        }
+        v->max_key_age_from = from;
+        v->max_key_age_s = age.max_age_s;
+        v->key_overdue = age.overdue;
+    }
     kfd_call_reply(call, &resp.base);
     kfd_store_free_volume_list(&resp);
+}
+
+/* Known nodes, each with its last heartbeat and the policy's dead-man window: a node silent for
+ * longer (or never seen) is past it, its agent in watch mode has locked (docs/operations.md). */
+void kfd_rpc_list_nodes(kfd_call *call)
+{
+    if (!kfd_rpc_store_ok(call))
+        return;
+    Keyfleet__V1__ListNodesResponse resp = KEYFLEET__V1__LIST_NODES_RESPONSE__INIT;
+    if (kfd_store_list_nodes(kfd_call_app(call)->store, &resp) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    int64_t now = time(NULL);
+    for (size_t i = 0; i < resp.n_nodes; i++) {
+        Keyfleet__V1__NodeInfo *n = resp.nodes[i];
+        n->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, n->name);
+        n->dead_man_past = !n->revoked && n->dead_man_after_s != 0 &&
+                           (n->last_seen_at == 0 || now - n->last_seen_at > (int64_t)n->dead_man_after_s);
+    }
+    kfd_call_reply(call, &resp.base);
+    kfd_store_free_node_list(&resp);
 }
 
 typedef struct approve_op {

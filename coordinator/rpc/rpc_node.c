@@ -679,6 +679,7 @@ typedef struct release_op {
     kfd_sealed sealed;
     char rewrapped[KFD_WRAPPED_MAX];
     bool approved_request;
+    kfd_key_age key_age; /* overdue keys are released, flagged in the record and the answer */
     /* The volume's key check values when the handler read it, and the released key's. */
     char key_kcv[24], next_kcv[24], kcv[24]; /* KFD_KCV_TEXT_LEN + 1 fits */
     Keyfleet__V1__AttestClock clock; /* the quote's counters, when has_clock */
@@ -723,6 +724,11 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.sealed_key = &sk;
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
+    resp.key_overdue = op->key_age.overdue;
+    if (op->key_age.overdue)
+        kf_log_warn("key_overdue", "node=%s volume=%s key_age_s=%lld max_key_age_s=%llu from=%s", call->peer->name,
+                    kf_log_q(op->volume_id), (long long)op->key_age.age_s,
+                    (unsigned long long)op->key_age.max_age_s, kf_log_q(op->key_age.from));
     kf_log_info("released", "node=%s volume=%s request=%s audit_seq=%llu rule=%s tpm_key=%s", call->peer->name,
                 kf_log_q(op->volume_id), op->request_id, (unsigned long long)res->audit_seq,
                 kf_log_q(op->decision.rule), call->peer->tpm_key ? "yes" : "no");
@@ -817,6 +823,18 @@ static void on_release_key(void *arg, const kfd_kms_result *res)
     record_release(op);
 }
 
+/* A key age in whole days, or hours or seconds under a day. */
+static const char *fmt_age(uint64_t s, char buf[24])
+{
+    if (s >= 86400)
+        snprintf(buf, 24, "%llud", (unsigned long long)(s / 86400));
+    else if (s >= 3600)
+        snprintf(buf, 24, "%lluh", (unsigned long long)(s / 3600));
+    else
+        snprintf(buf, 24, "%llus", (unsigned long long)s);
+    return buf;
+}
+
 static void record_release(release_op *op)
 {
     kfd_call *call = op->base.call;
@@ -825,10 +843,17 @@ static void record_release(release_op *op)
     if (release_past_deadline(op))
         return;
     const char *volume_id = op->volume_id;
+    char reason[sizeof(op->decision.explanation) + 160], age[24], max[24];
+    if (op->key_age.overdue)
+        snprintf(reason, sizeof(reason), "%s; key overdue: %s old, max_key_age %s (%s); rotate it",
+                 op->decision.explanation, fmt_age((uint64_t)op->key_age.age_s, age),
+                 fmt_age(op->key_age.max_age_s, max), op->key_age.from);
+    else
+        snprintf(reason, sizeof(reason), "%s", op->decision.explanation);
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "release", KEYFLEET__V1__DECISION__DECISION_ALLOW, call->peer->name,
                    volume_id,
-                   op->request_id, op->decision.explanation);
+                   op->request_id, reason);
     Keyfleet__V1__CmdRecordRelease c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
     c.request_id = op->request_id;
     c.node = (char *)call->peer->name;
@@ -1037,6 +1062,10 @@ void kfd_rpc_release(kfd_call *call)
                            .attested = att.attested, .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
     kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
     note_rollback(&att, &decision);
+    kfd_policy_input owner = in; /* the key's age is judged as keyfleetctl volume list judges it */
+    owner.node = vol.node;
+    kfd_key_age key_age;
+    kfd_policy_key_age(app->policy, &owner, vol.key_created_at, &key_age);
     json_decref(ls.json);
     if (!decision.allow && att.seen[0] != '\0') {
         kfd_volume_clear(&vol);
@@ -1083,6 +1112,7 @@ void kfd_rpc_release(kfd_call *call)
     op->decision = decision;
     op->approved_request = approved_request;
     attest_clock_of(&att, &op->clock, &op->has_clock);
+    op->key_age = key_age;
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     if (req->request_id[0] != '\0')
         snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
@@ -1368,6 +1398,7 @@ void kfd_rpc_rotate_key(kfd_call *call)
 typedef struct heartbeat_op {
     kfd_op base;
     bool revoked;
+    uint64_t dead_man_after_s;
     size_t outstanding;
     int failed;
     bool attested;
@@ -1379,7 +1410,7 @@ static void answer_heartbeat(heartbeat_op *op)
     kfd_call *call = op->base.call;
     if (call != NULL && op->failed > 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE,
-                       "offline unlocks or an attestation failure could not be recorded; report them again");
+                       "offline unlocks, dead-man locks, an attestation failure or the last contact could not be recorded; report again");
     } else if (call != NULL) {
         Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
         now.seconds = time(NULL);
@@ -1388,6 +1419,7 @@ static void answer_heartbeat(heartbeat_op *op)
         resp.server_time = &now;
         resp.attested = op->attested;
         resp.attestation = op->attest_why;
+        resp.dead_man_after_s = op->dead_man_after_s;
         kfd_call_reply(call, &resp.base);
     }
     kfd_op_free(op);
@@ -1412,6 +1444,16 @@ void kfd_rpc_heartbeat(kfd_call *call)
     if (req->n_offline_unlocks > 1000) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 1000 offline unlocks per heartbeat");
         return;
+    }
+    if (req->n_dead_man_locks > 100) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 100 dead-man locks per heartbeat");
+        return;
+    }
+    for (size_t i = 0; i < req->n_dead_man_locks; i++) {
+        if (req->dead_man_locks[i]->at == NULL) {
+            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "dead_man_locks[%zu]: needs a time", i);
+            return;
+        }
     }
     for (size_t i = 0; i < req->n_offline_unlocks; i++) {
         const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
@@ -1457,14 +1499,16 @@ void kfd_rpc_heartbeat(kfd_call *call)
         return;
     }
     op->revoked = revoked;
-    op->outstanding = req->n_offline_unlocks + (drift ? 1 : 0);
+    op->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, call->peer->name);
+    /* Every report, and the node's last contact (replicated: `keyfleetctl node list` shows nodes
+     * silent past their dead-man window on any replica), is committed before the answer. A
+     * commit may call back at once; the last one (node_seen) may answer and free op and the
+     * request, so nothing reads them after it. */
+    size_t n_offline = req->n_offline_unlocks, n_locks = req->n_dead_man_locks;
+    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0);
     if (req->attestation != NULL) {
         op->attested = att.attested;
         snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
-    }
-    if (op->outstanding == 0) {
-        answer_heartbeat(op);
-        return;
     }
     if (drift) {
         char reason[400];
@@ -1485,12 +1529,27 @@ void kfd_rpc_heartbeat(kfd_call *call)
         cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
         cmd.attest = &c;
         kf_log_warn("attest_heartbeat", "node=%s attested=no", call->peer->name);
-        size_t offline = req->n_offline_unlocks;
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op); /* may answer and free op */
-        if (offline == 0)
-            return;
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
-    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
+    for (size_t i = 0; i < n_locks; i++) {
+        const Keyfleet__V1__DeadManLock *d = req->dead_man_locks[i];
+        char reason[300];
+        snprintf(reason, sizeof(reason),
+                 "dead-man switch: locked %u volume(s) (%u could not be locked) at %lld after %llu s without reaching "
+                 "a coordinator (dead_man.after %llu s)",
+                 d->volumes_locked, d->volumes_failed, (long long)d->at->seconds, (unsigned long long)d->silent_s,
+                 (unsigned long long)d->after_s);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "dead_man_lock", KEYFLEET__V1__DECISION__DECISION_DENY,
+                       call->peer->name, "", "", reason);
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
+        kf_log_warn("dead_man_lock_reported", "node=%s silent_s=%llu locked=%u failed=%u", call->peer->name,
+                    (unsigned long long)d->silent_s, d->volumes_locked, d->volumes_failed);
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+    }
+    for (size_t i = 0; i < n_offline; i++) {
         const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
         char reason[700];
         snprintf(reason, sizeof(reason), "unlocked from the node's TPM at %lld: %s", (long long)u->at->seconds,
@@ -1503,5 +1562,11 @@ void kfd_rpc_heartbeat(kfd_call *call)
         Keyfleet__V1__StateCommand cmd;
         kfd_audit_command(&a, &c, &cmd);
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }
+    }    Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
+    seen.node = (char *)call->peer->name;
+    seen.at = time(NULL);
+    Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    seen_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
+    seen_cmd.node_seen = &seen;
+    kfd_commit(kfd_call_app(call), &seen_cmd, on_offline_audited, op);
 }

@@ -58,6 +58,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("RemoveMember", remove_member_request, kfd_rpc_remove_member, W),
     ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
     ADMIN("ListVolumes", list_volumes_request, kfd_rpc_list_volumes, R),
+    ADMIN("ListNodes", list_nodes_request, kfd_rpc_list_nodes, R),
     PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };
 

@@ -83,6 +83,9 @@ static const char *const migrations[] = {
     "ALTER TABLE node_attest ADD COLUMN restart_count INTEGER;"
     "ALTER TABLE node_attest ADD COLUMN seen_reset INTEGER;"
     "ALTER TABLE node_attest ADD COLUMN seen_restart INTEGER;",
+    /* 10: the dead-man switch (docs/operations.md): when each node last reached a coordinator
+     * (its heartbeats, replicated), so nodes silent past their group's window are shown. */
+    "ALTER TABLE nodes ADD COLUMN last_seen_at INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -128,7 +131,12 @@ static const char *const sql[ST_COUNT] = {
                                 "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "
                                 "WHERE id = ? AND next_wrapped_key IS NOT NULL",
     [ST_VOLUME_LIST] = "SELECT id, kind, name, node, created_at, coalesce(key_created_at, created_at), "
-                       "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0) FROM volumes ORDER BY id",
+                       "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0), labels FROM volumes ORDER BY id",
+    [ST_NODE_SEEN] = "INSERT INTO nodes (name, revoked, last_seen_at) VALUES (?1, 0, ?2) ON CONFLICT(name) DO UPDATE "
+                     "SET last_seen_at = max(coalesce(last_seen_at, 0), excluded.last_seen_at)",
+    /* Every node keyfleetd knows of: seen or revoked (nodes), or owning a volume. */
+    [ST_NODE_LIST] = "SELECT name, revoked, coalesce(last_seen_at, 0) FROM nodes UNION ALL "
+                     "SELECT DISTINCT node, 0, 0 FROM volumes WHERE node NOT IN (SELECT name FROM nodes) ORDER BY 1",
     [ST_VOLUME_SET_KCV] = "UPDATE volumes SET key_kcv = ? WHERE id = ? AND key_kcv IS NULL",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
@@ -670,6 +678,15 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_rotate(s, cmd->rotate_key, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK:
         return kfd_store_apply_head_check(s, cmd->audit_head_check, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN: {
+        const Keyfleet__V1__CmdNodeSeen *c = cmd->node_seen;
+        if (c->node[0] == '\0' || c->at <= 0)
+            return kf_err_set(err, -EINVAL, "node_seen command without a node or time");
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_SEEN);
+        kfd_bind_text(st, 1, c->node);
+        sqlite3_bind_int64(st, 2, c->at);
+        return kfd_store_step_done(s, st, "recording a node's heartbeat", err);
+    }
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:

@@ -146,6 +146,10 @@ void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
  * 0, -EIO or -ENOMEM. */
 int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp);
 void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp);
+/* Every known node (seen, revoked, or owning a volume), by name: name, revoked, last_seen_at
+ * filled in; appended to resp (caller frees with kfd_store_free_node_list). 0, -EIO or -ENOMEM. */
+int kfd_store_list_nodes(kfd_store *s, Keyfleet__V1__ListNodesResponse *resp);
+void kfd_store_free_node_list(Keyfleet__V1__ListNodesResponse *resp);
 /* Request ids of waiting requests whose expires_at <= now (at most max). */
 int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t max, size_t *ret_n);
 

@@ -78,6 +78,8 @@ enum {
     ST_VOLUME_ROTATE_COMMIT,
     ST_VOLUME_SET_KCV,
     ST_VOLUME_LIST,
+    ST_NODE_SEEN,
+    ST_NODE_LIST,
     ST_COUNT
 };
 

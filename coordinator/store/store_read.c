@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "store/store_internal.h"
 
 void kfd_store_copy_col(sqlite3_stmt *st, int i, char *dst, size_t size)
@@ -340,11 +342,52 @@ void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp)
         }
         free(v->volume);
         free(v->node);
+        for (size_t k = 0; k < v->n_labels; k++) {
+            free(v->labels[k]->key);
+            free(v->labels[k]->value);
+            free(v->labels[k]);
+        }
+        free(v->labels);
+        if (v->max_key_age_from != protobuf_c_empty_string) /* set by the handler (malloc'ed) */
+            free(v->max_key_age_from);
         free(v);
     }
     free(resp->volumes);
     resp->volumes = NULL;
     resp->n_volumes = 0;
+}
+
+/* The enrolled labels ({"k":"v",...}) as v->labels; -ENOMEM only (a bad text lists none). */
+static int labels_to_list(Keyfleet__V1__VolumeInfo *v, const char *text)
+{
+    json_t *j = json_loads(text != NULL ? text : "{}", 0, NULL);
+    size_t n = json_is_object(j) ? json_object_size(j) : 0;
+    int r = 0;
+    if (n > 0 && (v->labels = calloc(n, sizeof(*v->labels))) == NULL)
+        r = -ENOMEM;
+    const char *k;
+    json_t *val;
+    if (r == 0 && n > 0)
+        json_object_foreach(j, k, val)
+        {
+            if (!json_is_string(val))
+                continue;
+            Keyfleet__V1__Label *l = calloc(1, sizeof(*l));
+            if (l == NULL) {
+                r = -ENOMEM;
+                break;
+            }
+            keyfleet__v1__label__init(l);
+            v->labels[v->n_labels++] = l;
+            l->key = strdup(k);
+            l->value = strdup(json_string_value(val));
+            if (l->key == NULL || l->value == NULL) {
+                r = -ENOMEM;
+                break;
+            }
+        }
+    json_decref(j);
+    return r;
 }
 
 int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp)
@@ -377,7 +420,8 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
         v->key_created_at = sqlite3_column_int64(st, 5);
         v->rotation_in_progress = sqlite3_column_int(st, 6) != 0;
         v->last_released_at = sqlite3_column_int64(st, 7);
-        if (ref->id == NULL || ref->name == NULL || v->node == NULL) {
+        if (ref->id == NULL || ref->name == NULL || v->node == NULL ||
+            labels_to_list(v, (const char *)sqlite3_column_text(st, 8)) != 0) {
             r = -ENOMEM;
             break;
         }
@@ -387,6 +431,51 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
         r = kfd_store_sql_error(s, rc, "listing volumes", NULL);
     if (r != 0)
         kfd_store_free_volume_list(resp);
+    return r;
+}
+
+void kfd_store_free_node_list(Keyfleet__V1__ListNodesResponse *resp)
+{
+    for (size_t i = 0; i < resp->n_nodes; i++) {
+        free(resp->nodes[i]->name);
+        free(resp->nodes[i]);
+    }
+    free(resp->nodes);
+    resp->nodes = NULL;
+    resp->n_nodes = 0;
+}
+
+int kfd_store_list_nodes(kfd_store *s, Keyfleet__V1__ListNodesResponse *resp)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_LIST);
+    int rc, r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Keyfleet__V1__NodeInfo *n = calloc(1, sizeof(*n));
+        Keyfleet__V1__NodeInfo **list = realloc(resp->nodes, (resp->n_nodes + 1) * sizeof(*list));
+        if (list != NULL)
+            resp->nodes = list;
+        if (n == NULL || list == NULL) {
+            free(n);
+            r = -ENOMEM;
+            break;
+        }
+        keyfleet__v1__node_info__init(n);
+        resp->nodes[resp->n_nodes++] = n;
+        n->name = dup_col(st, 0);
+        n->revoked = sqlite3_column_int(st, 1) != 0;
+        n->last_seen_at = sqlite3_column_int64(st, 2);
+        if (n->name == NULL) {
+            r = -ENOMEM;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    if (r == 0 && rc != SQLITE_DONE)
+        r = kfd_store_sql_error(s, rc, "listing nodes", NULL);
+    if (r != 0)
+        kfd_store_free_node_list(resp);
     return r;
 }
 

@@ -3,7 +3,8 @@
 # install a coordinator and a node under a scratch root (no systemd here), the rendered configs
 # pass the binaries' own checks, a second run changes nothing, keyfleetd starts from what was
 # installed and the agent unlocks through it; health.yml passes on that fleet and fails, naming
-# the reason, on a volume that is not enrolled and on a coordinator that is down.
+# the reason, on a volume that is not enrolled, on a key overdue for rotation, on a node past
+# its dead-man window and on a coordinator that is down.
 . "$(dirname "$0")/lib.sh"
 
 PLAY=ansible-playbook
@@ -100,6 +101,25 @@ for i in 1 2; do
     expect_eq "health.yml with an anchor file passes (run $i)" "$rc" "0"
 done
 expect_match "... and saved a signed checkpoint" "$(head -n 1 "$WORK/anchors.jsonl")" '^\{"format":"keyfleet-audit-checkpoint/v1","seq":[0-9]+'
+
+# A key older than the policy's max_key_age (1 s here): reported until it is rotated; a node
+# silent past its group's dead-man window (n1 sent no heartbeat: it runs no watcher here).
+put_policy "$F" <<'YAML'
+lifecycle: {max_key_age: 1s}
+groups:
+  all: {nodes: ["n*"], dead_man: {after: 1s}}
+rules:
+  - {name: all, match: {nodes: {names: ["n*"]}}, effect: allow}
+YAML
+for _ in $(seq 1 100); do ctl "$F" volume list --json | grep -q '"key_overdue":true' && break; sleep 0.1; done
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/health.yml" 2>&1)
+rc=$?
+check "health.yml fails on a key overdue for rotation" test "$rc" -ne 0
+expect_match "... naming the volume, its node and the rule" "$out" \
+    "keyfleet volume $(cryptsetup luksUUID "$WORK/d.luks") of node n1: key overdue for rotation \(0 days old, max_key_age of lifecycle\); run keyfleet-agent rotate"
+expect_match "health.yml names a node past its dead-man window" "$out" \
+    "keyfleet node n1: no heartbeat for longer than its dead-man window \(1 s\); its agent locks its volumes"
+allow_nodes "$F" "n*"
 
 # A second volume that was never enrolled.
 luks_file "$WORK/e.luks" "pw"

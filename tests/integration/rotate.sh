@@ -76,7 +76,7 @@ check "... counted keys were sealed for the rotation" test "$keys1" -gt "$keys0"
 
 vl=$(ctl "$F" volume list)
 expect_match "volume list: the ZFS dataset, its key age, no rotation in progress" "$vl" \
-    "^VOLUME +KIND +NODE +KEY MADE +KEY AGE +ROTATION .*$GUID +zfs +node-a +[0-9T:-]+Z +0d +-( |$)"
+    "^VOLUME +KIND +NODE +KEY MADE +KEY AGE +MAX AGE +OVERDUE +ROTATION .*$GUID +zfs +node-a +[0-9T:-]+Z +0d +-( |$)"
 expect_match "... and the LUKS2 file" "$vl" "$UUID +luks2 +node-a +[0-9T:-]+Z +0d +-( |$)"
 
 # Refusals.

@@ -126,7 +126,9 @@ static void test_duration_parser(void **state)
     assert_int_equal(kf_parse_duration_ms("3h", &v), 0);
     assert_int_equal(v, 3 * 3600 * 1000);
     assert_int_equal(kf_parse_duration_ms("-1s", &v), -EINVAL);
-    assert_int_equal(kf_parse_duration_ms("1d", &v), -EINVAL);
+    assert_int_equal(kf_parse_duration_ms("2d", &v), 0);
+    assert_int_equal(v, 2 * 86400000ull);
+    assert_int_equal(kf_parse_duration_ms("1w", &v), -EINVAL);
     assert_int_equal(kf_parse_duration_ms("99999999999999999999h", &v), -EINVAL);
 }
 

@@ -358,6 +358,89 @@ static void test_release_of_another_nodes_volume(void **state)
     kfd_policy_free(p);
 }
 
+/* Key lifecycle: max_key_age of the first rule matching the volume and its enrolling node (CIDRs
+ * left out), else the lifecycle default; a rule without one gives its volumes the default. */
+static void test_max_key_age(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("lifecycle: {max_key_age: 1095d}\n"
+                             "rules:\n"
+                             "  - name: db\n"
+                             "    match: {volumes: {names: [\"tank/db*\"]}, nodes: {cidrs: [10.1.0.0/16]}}\n"
+                             "    effect: allow\n"
+                             "    max_key_age: 30d\n"
+                             "  - name: quarantine\n"
+                             "    match: {nodes: {names: [\"old-*\"]}}\n"
+                             "    effect: deny\n"
+                             "  - name: rest\n"
+                             "    effect: allow\n"
+                             "    max_key_age: 12h\n");
+    kfd_key_age k;
+    kfd_policy_input in = {.node = "db-1", .volume_id = "v1", .volume_name = "tank/db1", .now = NOON};
+    kfd_policy_key_age(p, &in, NOON - 30 * 86400, &k); /* no source: CIDRs do not count */
+    assert_int_equal(k.max_age_s, 30 * 86400);
+    assert_string_equal(k.from, "db");
+    assert_int_equal(k.age_s, 30 * 86400);
+    assert_false(k.overdue); /* exactly its age: not yet */
+    kfd_policy_key_age(p, &in, NOON - 30 * 86400 - 1, &k);
+    assert_true(k.overdue);
+    in.volume_name = "tank/www";
+    kfd_policy_key_age(p, &in, NOON - 13 * 3600, &k);
+    assert_int_equal(k.max_age_s, 12 * 3600);
+    assert_string_equal(k.from, "rest");
+    assert_true(k.overdue);
+    in.node = "old-3"; /* its first match sets none: the fleet default */
+    kfd_policy_key_age(p, &in, NOON - 13 * 3600, &k);
+    assert_int_equal(k.max_age_s, 1095 * 86400);
+    assert_string_equal(k.from, "lifecycle");
+    assert_false(k.overdue);
+    kfd_policy_key_age(p, &in, NOON + 60, &k); /* a clock behind the key's: age 0 */
+    assert_int_equal(k.age_s, 0);
+    kfd_policy_free(p);
+
+    p = parse_ok("rules:\n  - {name: a, effect: allow}\n");
+    kfd_policy_key_age(p, &in, 0, &k); /* no limit: never overdue */
+    assert_int_equal(k.max_age_s, 0);
+    assert_false(k.overdue);
+    kfd_policy_free(p);
+    kfd_policy_key_age(NULL, &in, 0, &k);
+    assert_false(k.overdue);
+
+    parse_bad("rules:\n  - {name: a, effect: allow, max_key_age: 0s}\n", "must be between");
+    parse_bad("rules:\n  - {name: a, effect: allow, max_key_age: 3y}\n", "expected a duration");
+    parse_bad("lifecycle: {}\n", "missing required key 'max_key_age'");
+    parse_bad("lifecycle: {max_key_age: 1d, colour: red}\n", "unknown key 'colour'");
+}
+
+/* Dead-man windows: per node group (the long form of a group), the shortest of a node's groups. */
+static void test_dead_man(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("groups:\n"
+                             "  edge: {nodes: [\"edge-*\"], dead_man: {after: 72h}}\n"
+                             "  remote: {nodes: [\"edge-9\", \"far-*\"], dead_man: {after: 2d}}\n"
+                             "  web: [\"web-*\"]\n"
+                             "  plain: {nodes: [\"db-*\"]}\n"
+                             "rules:\n"
+                             "  - name: a\n"
+                             "    match: {nodes: {groups: [edge, web, plain]}}\n"
+                             "    effect: allow\n");
+    assert_int_equal(kfd_policy_dead_man(p, "edge-1"), 72 * 3600);
+    assert_int_equal(kfd_policy_dead_man(p, "edge-9"), 48 * 3600);
+    assert_int_equal(kfd_policy_dead_man(p, "far-1"), 48 * 3600);
+    assert_int_equal(kfd_policy_dead_man(p, "web-1"), 0);
+    assert_int_equal(kfd_policy_dead_man(p, "db-1"), 0);
+    kfd_policy_decision d = eval(p, "db-1", NULL, "v", "x", NULL, NOON); /* the long form is a group too */
+    assert_true(d.allow);
+    kfd_policy_free(p);
+    assert_int_equal(kfd_policy_dead_man(NULL, "edge-1"), 0);
+
+    parse_bad("groups:\n  g: {nodes: [a], dead_man: {after: 0s}}\n", "must be between");
+    parse_bad("groups:\n  g: {nodes: [a], dead_man: {}}\n", "missing required key 'after'");
+    parse_bad("groups:\n  g: {dead_man: {after: 1h}}\n", "missing required key 'nodes'");
+    parse_bad("groups:\n  g: {nodes: [a], dead_man: {after: 1h, grace: 2h}}\n", "unknown key 'grace'");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -370,6 +453,8 @@ int main(void)
         cmocka_unit_test(test_require_attested),
         cmocka_unit_test(test_golden_pcrs),
         cmocka_unit_test(test_attestation_section),
+        cmocka_unit_test(test_max_key_age),
+        cmocka_unit_test(test_dead_man),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }

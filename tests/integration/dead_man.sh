@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The dead-man switch (docs/operations.md): a node group's dead_man.after reaches the agent in each
+# heartbeat's answer; keyfleet-agent watch, with no coordinator answering for that long, locks
+# every volume (a watcher started later counts from the last contact it remembers), and the lock is
+# audited at the next contact. keyfleetctl node list shows each node's last heartbeat and marks
+# one silent past its window. Without a window an unreachable coordinator locks nothing. Waits
+# are bounded in count and time, never a fixed sleep that a loaded machine could outrun.
+. "$(dirname "$0")/lib.sh"
+
+F=$WORK/fleet
+fleet_init "$F"
+issue "$F" node edge-1
+start_kfd "$F"
+pin_port "$F" # the agent's config names the port; a restart keeps it
+WINDOW=4
+dead_man_policy() {
+    put_policy "$F" <<YAML
+groups:
+  edge: {nodes: ["edge-*"]$1}
+rules:
+  - name: edge
+    match: {nodes: {groups: [edge]}}
+    effect: allow
+YAML
+}
+dead_man_policy ", dead_man: {after: ${WINDOW}s}"
+check "a policy with a group's dead_man window is accepted" test $? -eq 0
+
+"$ZFS_STANDIN" __zpool_create tank
+agent_config "$WORK/a.yaml" edge-1 "watch_interval: 1s" "call_timeout: 1s"
+A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
+keystatus() { "$ZFS_STANDIN" get -H -o value keystatus tank/d; }
+key_unloaded() { [ "$(keystatus)" = unavailable ]; }
+check "enroll tank/d" A enroll zfs:tank/d
+# wait_for DESC SECONDS CMD...: CMD succeeds within SECONDS (polled every 0.2 s).
+wait_for() {
+    local d=$1 n=$(($2 * 5))
+    shift 2
+    for _ in $(seq 1 "$n"); do "$@" && { ok "$d"; return 0; }; sleep 0.2; done
+    not_ok "$d" "not within $((n / 5)) s: $*"
+}
+# not_past DESC SINCE: node list --json shows edge-1 seen at SINCE or later, and not past its
+# window when the list came within it (a loaded machine may take longer: then only the time).
+not_past() {
+    local l seen
+    l=$(ctl "$F" node list --json | grep '"node":"edge-1"')
+    seen=$(printf '%s' "$l" | sed -n 's/.*"last_seen_at":\([0-9]*\).*/\1/p')
+    check "$1: last seen at the heartbeat" test "${seen:-0}" -ge "$2"
+    if [ $(($(date +%s) - seen)) -lt "$WINDOW" ]; then
+        expect_match "$1: not past the window" "$l" "\"dead_man_past\":false"
+    fi
+}
+
+t0=$(date +%s)
+out=$(A watch --count 1 2>&1)
+expect_eq "a heartbeat in good standing: exit 0" "$?" "0"
+not_past "node list after it" "$t0"
+expect_match "... the window is remembered in the state file" "$(cat "$WORK/edge-1-state.json")" \
+    "\"dead_man\": \{ *\"after_s\": $WINDOW, *\"last_contact\": [0-9]+"
+expect_match "node list: the node's last heartbeat and window" "$(ctl "$F" node list)" \
+    "^NODE +LAST SEEN +DEAD MAN +PAST +REVOKED .*edge-1 +[0-9T:-]+Z +${WINDOW}s +(-|PAST) +-"
+expect_match "... and as JSON" "$(ctl "$F" node list --json)" \
+    "\"node\":\"edge-1\",\"last_seen_at\":[0-9]+,\"dead_man_after_s\":$WINDOW,\"dead_man_past\":(false|true),\"revoked\":false"
+expect_eq "the key is loaded" "$(keystatus)" "available"
+
+# The coordinator goes away; a watcher started now counts from the last contact it remembers.
+stop_kfd
+"$AGENT" -c "$WORK/a.yaml" watch >"$WORK/watch.out" 2>&1 &
+wpid=$!
+PIDS+=("$wpid")
+wait_for "silent past the window, watch locks the volume (key unloaded)" 30 key_unloaded
+kill -TERM "$wpid"
+wait "$wpid"
+out=$(cat "$WORK/watch.out")
+expect_match "... logs dead_man_lock with how long it was silent" "$out" \
+    "level=error event=dead_man_lock node=\"edge-1\" silent_s=[0-9]+ after_s=$WINDOW"
+expect_match "... and the volume it locked" "$out" "zfs tank/d: locked"
+check "... heartbeats before the window warned of the switch, not 'nothing is locked'" \
+    bash -c "! grep -q 'nothing is locked' '$WORK/watch.out'"
+expect_match "... the lock is queued for the next contact" "$(cat "$WORK/edge-1-state.json")" \
+    "\"dead_man_pending\": \[ *\{ *\"after_s\": $WINDOW, *\"at\": [0-9]+, *\"failed\": 0, *\"locked\": 1"
+
+# Back again: before the node's next heartbeat, node list marks it past its window.
+start_kfd "$F"
+for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
+expect_match "node list marks the silent node PAST" "$(ctl "$F" node list)" "edge-1 +[0-9T:-]+Z +${WINDOW}s +PAST +-"
+expect_match "... and as JSON" "$(ctl "$F" node list --json)" "\"node\":\"edge-1\",[^}]*\"dead_man_past\":true"
+t0=$(date +%s)
+out=$(A watch --count 1 2>&1)
+expect_eq "the next heartbeat: exit 0" "$?" "0"
+not_past "node list after it" "$t0"
+expect_match "... reports the lock" "$out" "event=dead_man_locks_reported count=1"
+expect_eq "... the volume stays locked" "$(keystatus)" "unavailable"
+audit=$(ctl "$F" audit --node edge-1 --action dead_man_lock --json)
+expect_match "the lock is audited at the next contact" "$audit" \
+    "\"action\":\"dead_man_lock\",\"actor\":\"edge-1\".*dead-man switch: locked 1 volume\(s\) \(0 could not be locked\) at [0-9]+ after [0-9]+ s without reaching a coordinator \(dead_man.after $WINDOW s\)"
+check "... and dropped from the queue" bash -c "! grep -q '\"at\"' <<<\"\$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(\"dead_man_pending\"))' '$WORK/edge-1-state.json')\""
+out=$(A watch --count 1 2>&1)
+check "a second heartbeat reports nothing again" bash -c "! grep -q dead_man_locks_reported <<<'$out'"
+expect_eq "... one audit record" "$(ctl "$F" audit --node edge-1 --action dead_man_lock --json | grep -c dead_man_lock)" "1"
+
+# A watcher started after the window has passed since the last contact (a reboot, a restarted
+# service) locks at its first heartbeat: the clock is the remembered contact, not its own start.
+check "unlock again" A unlock zfs:tank/d
+A watch --count 1 >/dev/null 2>&1
+last=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dead_man"]["last_contact"])' "$WORK/edge-1-state.json")
+stop_kfd
+past_window() { [ $(($(date +%s) - last)) -gt "$WINDOW" ]; }
+wait_for "the window passes with the coordinator down" 30 past_window
+out=$(A watch --count 1 2>&1)
+expect_match "a new watcher locks at its first heartbeat" "$out" "event=dead_man_lock node=\"edge-1\" silent_s=[0-9]+ .*zfs tank/d: locked"
+expect_eq "... the key is unloaded" "$(keystatus)" "unavailable"
+start_kfd "$F"
+for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
+out=$(A watch --count 1 2>&1)
+expect_match "... reported at the next contact" "$out" "event=dead_man_locks_reported count=1"
+expect_eq "... two audit records now" "$(ctl "$F" audit --node edge-1 --action dead_man_lock --json | grep -c dead_man_lock)" "2"
+
+# Without a window, an outage locks nothing (the agent learns it in the next heartbeat).
+check "unlock again" A unlock zfs:tank/d
+dead_man_policy ""
+out=$(A watch --count 1 2>&1)
+expect_match "node list: no window, not past" "$(ctl "$F" node list)" "edge-1 +[0-9T:-]+Z +- +- +-"
+stop_kfd
+start=$(date +%s)
+out=$(A watch --count $((WINDOW + 3)) 2>&1)
+elapsed=$(($(date +%s) - start))
+check "watch ran past the old window with no coordinator ($elapsed s)" test "$elapsed" -gt "$WINDOW"
+expect_match "... said nothing is locked" "$out" "event=heartbeat_failed .*nothing is locked while no coordinator answers"
+expect_eq "... and the key stays loaded" "$(keystatus)" "available"
+
+# Validation: a bad window changes nothing.
+start_kfd "$F"
+for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
+printf 'groups:\n  g: {nodes: [a], dead_man: {after: 0s}}\n' >"$WORK/bad.yaml"
+out=$(ctl "$F" policy put "$WORK/bad.yaml" 2>&1)
+expect_match "a dead_man.after of 0s is refused with its position" "$out" "policy:2:37: must be between"
+
+finish
