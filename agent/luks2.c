@@ -6,8 +6,8 @@
  *   {"type":"keyfleet","keyslots":["N"],"keyfleet_volume_id":UUID,
  *    "keyfleet_wrapped_key":"kf:...","keyfleet_coordinators":["host:port",...],
  *    "keyfleet_tpm_sealed":"kftpm1:..." (only where policy allows offline unlock),
- *    "keyfleet_rotating":true, "keyfleet_replaces":"N" (a rotation's new key until COMMIT, and
- *    the old key's keyslot)}
+ *    "keyfleet_rotating":true, "keyfleet_replaces":"N", "keyfleet_replaces_salt":BASE64 (a
+ *    rotation's new key until COMMIT; the old key's keyslot and its KDF salt until it is killed)}
  * A rotation adds a second token, marked rotating, with its own keyslot; probe prefers the
  * unmarked one and keeps the marked one as wrapped_next (docs/agent.md, "Key rotation").
  * Unlock activates the mapping, or with luks.activate=false only verifies the key (no
@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 #include "cryptsetup_dl.h"
+#include "kf_log.h"
 #include "kf_time.h"
 #include "luks2_token.h"
 #include "volume.h"
@@ -104,6 +105,7 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
             v->next_keyslot = tok.keyslot;
             v->next_token = t;
             v->replaces_keyslot = tok.replaces;
+            snprintf(v->replaces_salt, sizeof(v->replaces_salt), "%s", tok.replaces_salt);
         } else if (!tok.rotating && v->wrapped == NULL) {
             v->wrapped = tok.wrapped;
             v->tpm_blob = tok.tpm_blob;
@@ -146,6 +148,7 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     if (v->name[0] == '\0')
         snprintf(v->name, sizeof(v->name), "keyfleet-%.64s", v->id);
     v->keyslot = v->token = v->next_keyslot = v->next_token = v->replaces_keyslot = -1;
+    v->replaces_salt[0] = '\0';
     r = read_token(cd, v, err);
     if (r == -ENOENT)
         r = 0;
@@ -173,6 +176,8 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
         char old_s[16];
         snprintf(old_s, sizeof(old_s), "%d", replaces);
         json_object_set_new(o, "keyfleet_replaces", json_string(old_s));
+        if (v->replaces_salt[0] != '\0')
+            json_object_set_new(o, "keyfleet_replaces_salt", json_string(v->replaces_salt));
     }
     char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -210,6 +215,23 @@ static void digest_cost(struct crypt_device *cd, int slot, kfa_volume *v)
             break;
         }
     }
+    json_decref(o);
+}
+
+/* Keyslot slot's KDF salt as the LUKS2 header holds it (base64), or "" when it has none: random
+ * for each keyslot made, so it tells the keyslot a rotation replaces from one an operator added
+ * later under the same number. */
+static void keyslot_salt(struct crypt_device *cd, int slot, char *ret, size_t size)
+{
+    const char *dump = NULL;
+    ret[0] = '\0';
+    json_t *o = sym_crypt_dump_json(cd, &dump, 0) == 0 ? json_loads(dump, 0, NULL) : NULL;
+    char id[16];
+    snprintf(id, sizeof(id), "%d", slot);
+    json_t *kdf = json_object_get(json_object_get(json_object_get(o, "keyslots"), id), "kdf");
+    const char *salt = json_string_value(json_object_get(kdf, "salt"));
+    if (salt != NULL && strlen(salt) < size)
+        snprintf(ret, size, "%s", salt);
     json_decref(o);
 }
 
@@ -376,6 +398,7 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
         return kf_err_set(err, slot == -EPERM ? -EKEYREJECTED : slot, "%s: cannot add a keyslot for the new key: %s",
                           v->path, slot == -EPERM ? "the current key does not open the volume" : strerror(-slot));
     kfa_test_crash_point("keyslot");
+    keyslot_salt(cd, v->keyslot, v->replaces_salt, sizeof(v->replaces_salt));
     char *json = token_json_as(cfg, v, slot, wrapped, true);
     int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
     free(json);
@@ -393,25 +416,61 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
     return 0;
 }
 
-/* Kills the old key's keyslot, when it is still there. */
+/* Kills the old key's keyslot, when it is still there and still the one the token recorded (its
+ * KDF salt): once killed, its number is free, and an operator's passphrase added before a resumed
+ * run must not die in its place. A keyslot that cannot be told apart is kept, and logged. */
 static int kill_replaced(struct crypt_device *cd, kfa_volume *v, int slot, kf_err *err)
 {
     if (slot < 0 || slot == v->keyslot)
         return 0;
     crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, slot);
-    int r = ki == CRYPT_SLOT_ACTIVE || ki == CRYPT_SLOT_ACTIVE_LAST ? sym_crypt_keyslot_destroy(cd, slot) : 0;
+    if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
+        return 0;
+    char salt[sizeof(v->replaces_salt)];
+    keyslot_salt(cd, slot, salt, sizeof(salt));
+    if (v->replaces_salt[0] == '\0' || strcmp(salt, v->replaces_salt) != 0) {
+        kf_log_warn("old_keyslot_kept", "volume=%s keyslot=%d reason=%s", kf_log_q(v->path), slot,
+                    v->replaces_salt[0] == '\0' ? "\"no salt recorded to tell it is the old key's\""
+                                                : "\"another keyslot now has its number\"");
+        return 0;
+    }
+    int r = sym_crypt_keyslot_destroy(cd, slot);
     return r < 0 ? kf_err_set(err, r, "%s: cannot kill the old keyslot %d: %s", v->path, slot, strerror(-r)) : 0;
 }
 
-static int luks_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *new_key, kf_err *err)
+/* Rewrites the rotating token without keyfleet_replaces once the old keyslot is gone, so a later
+ * run has no keyslot number left to kill. */
+static int drop_replaces(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 {
-    (void)cfg;
+    if (v->replaces_keyslot < 0)
+        return 0;
+    int slot = v->replaces_keyslot;
+    char salt[sizeof(v->replaces_salt)];
+    snprintf(salt, sizeof(salt), "%s", v->replaces_salt);
+    v->replaces_keyslot = -1;
+    v->replaces_salt[0] = '\0';
+    char *wrapped = strdup(v->wrapped);
+    int r = wrapped != NULL ? luks_store_wrapped(cfg, v, wrapped, err) : kf_err_set(err, -ENOMEM, "out of memory");
+    free(wrapped);
+    if (r != 0) {
+        v->replaces_keyslot = slot;
+        snprintf(v->replaces_salt, sizeof(v->replaces_salt), "%s", salt);
+    }
+    return r;
+}
+
+static int luks_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key,
+                              const kf_secbuf *new_key, kf_err *err)
+{
+    (void)old_key; /* the new keyslot is checked with the new key; the old one was needed at stage */
     struct crypt_device *cd = NULL;
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
-    if (v->rotating) /* the old token is gone (and the new keyslot was verified before it went) */
-        return kill_replaced(cd, v, v->replaces_keyslot, err);
+    if (v->rotating) { /* the old token is gone (and the new keyslot was verified before it went) */
+        r = kill_replaced(cd, v, v->replaces_keyslot, err);
+        return r == 0 ? drop_replaces(cfg, v, err) : r;
+    }
     if (v->wrapped_next == NULL || v->next_keyslot < 0 || new_key == NULL)
         return kf_err_set(err, -EINVAL, "%s: no rotation in progress", v->path);
     /* Verify: the new keyslot opens with the new key before the old one goes. */
@@ -430,7 +489,10 @@ static int luks_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_sec
     v->tpm_blob = NULL;
     next_becomes_key(v, old_slot);
     kfa_test_crash_point("old-token");
-    return kill_replaced(cd, v, old_slot, err);
+    if ((r = kill_replaced(cd, v, old_slot, err)) != 0)
+        return r;
+    kfa_test_crash_point("old-slot");
+    return drop_replaces(cfg, v, err);
 }
 
 static int luks_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)

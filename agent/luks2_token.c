@@ -151,7 +151,7 @@ static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
 {
     static const char *const known[] = {"type", "keyslots", "keyfleet_volume_id", "keyfleet_wrapped_key",
                                         "keyfleet_coordinators", "keyfleet_tpm_sealed", "keyfleet_version",
-                                        "keyfleet_rotating", "keyfleet_replaces"};
+                                        "keyfleet_rotating", "keyfleet_replaces", "keyfleet_replaces_salt"};
     if (!json_is_object(o))
         return BAD(err, "not a JSON object");
     const char *key;
@@ -203,6 +203,13 @@ static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
     if (v != NULL && (!t->rotating || !json_is_string(v) || !slot_number(json_string_value(v), &t->replaces) ||
                       t->replaces == t->keyslot))
         return BAD(err, "keyfleet_replaces must name another keyslot, as a string, in a token marked rotating");
+    v = json_object_get(o, "keyfleet_replaces_salt");
+    const char *salt = json_string_value(v);
+    if (v != NULL && (t->replaces < 0 || salt == NULL || salt[0] == '\0' || strlen(salt) >= sizeof(t->replaces_salt) ||
+                      !only(salt, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")))
+        return BAD(err, "keyfleet_replaces_salt must be a keyslot's KDF salt (base64), with keyfleet_replaces");
+    if (salt != NULL)
+        snprintf(t->replaces_salt, sizeof(t->replaces_salt), "%s", salt);
     v = json_object_get(o, "keyfleet_tpm_sealed");
     return v != NULL ? check_tpm(v, t, err) : 0;
 }

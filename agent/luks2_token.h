@@ -6,7 +6,9 @@
  *    "keyfleet_wrapped_key":"kf:BACKEND:REF:...","keyfleet_coordinators":["host:port",...],
  *    "keyfleet_tpm_sealed":"kftpm1:..." (optional), "keyfleet_version":1 (optional),
  *    "keyfleet_rotating":true (optional: the new key of a rotation not yet committed, docs/agent.md),
- *    "keyfleet_replaces":"N" (optional, only with keyfleet_rotating: the old key's keyslot)} */
+ *    "keyfleet_replaces":"N" (optional, only with keyfleet_rotating: the old key's keyslot),
+ *    "keyfleet_replaces_salt":BASE64 (optional, only with keyfleet_replaces: that keyslot's KDF
+ *    salt, so a keyslot later given the same number, an operator's passphrase, is never killed)} */
 #ifndef KFA_LUKS2_TOKEN_H
 #define KFA_LUKS2_TOKEN_H
 
@@ -33,6 +35,7 @@ typedef struct kfa_token {
     char key_ref[64];    /* the KMS key version the wrapped key names ("v1"), cut to fit */
     bool rotating;       /* keyfleet_rotating: a rotation's new key, not yet committed */
     int replaces;        /* keyfleet_replaces: the keyslot of the key it replaces; -1 when none */
+    char replaces_salt[65]; /* keyfleet_replaces_salt: that keyslot's KDF salt (base64); "" when none */
 } kfa_token;
 
 /* Parses and checks a keyfleet token. uuid, when not NULL, is the header's UUID, which

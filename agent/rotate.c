@@ -9,9 +9,13 @@
  * coordinator releases W2 while it is the rotation in progress); with the old key gone, from
  * COMMIT. A repeated BEGIN returns the same K2, so a run cut off before staging starts over. */
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/rand.h>
@@ -28,8 +32,53 @@ void kfa_test_crash_point(const char *step)
         fflush(NULL);
         _exit(86);
     }
+    const char *pause = getenv("KEYFLEET_TEST_PAUSE_AFTER"), *file = getenv("KEYFLEET_TEST_PAUSE_FILE");
+    if (pause != NULL && file != NULL && strcmp(pause, step) == 0) {
+        int fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd >= 0)
+            close(fd);
+        for (int i = 0; i < 600 && access(file, F_OK) == 0; i++)
+            usleep(100 * 1000);
+    }
 }
 #endif
+
+/* One rotation of a volume at a time on this machine (two runs interleaving their steps could
+ * leave it on a key the coordinator has retired): an flock on rotate-ID.lock beside the state
+ * file, held until the run ends (closing *ret_fd releases it; so does the process's death). A
+ * second run is refused at once rather than queued behind a run that may be stuck. */
+static int rotate_lock(const kfa_config *cfg, const kfa_volume *v, int *ret_fd, kf_err *err)
+{
+    size_t n = strlen(v->id);
+    if (n == 0 || n > 64 || strspn(v->id, "0123456789abcdefABCDEF-") != n)
+        return kf_err_set(err, -EINVAL, "%s: its id is not fit for a lock file name", v->path);
+    char *copy = strdup(cfg->state_file);
+    if (copy == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    const char *dir = dirname(copy);
+    mkdir(dir, 0700);
+    char path[4096];
+    int len = snprintf(path, sizeof(path), "%s/rotate-%s.lock", dir, v->id);
+    free(copy);
+    if (len < 0 || (size_t)len >= sizeof(path))
+        return kf_err_set(err, -ENAMETOOLONG, "%s: the lock file's path is too long", v->path);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return kf_err_set(err, -errno, "%s: cannot open %s: %s", v->path, path, strerror(errno));
+    int r;
+    while ((r = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR)
+        ;
+    if (r != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return kf_err_set(err, -EBUSY, "%s: another keyfleet-agent rotate is working on it; run again once it ends",
+                              v->path);
+        return kf_err_set(err, -e, "%s: cannot lock %s: %s", v->path, path, strerror(e));
+    }
+    *ret_fd = fd;
+    return 0;
+}
 
 static Keyfleet__V1__VolumeRef volume_ref(const kfa_volume *v)
 {
@@ -102,6 +151,9 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err 
         *ret_how = "rotation resumed";
         if ((r = release_key(ctx, v, v->wrapped_next, &e.key, err)) == 0 && (e.wrapped = strdup(v->wrapped_next)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
+        /* ZFS changes the key only while the dataset still has the one it replaces. */
+        if (r == 0 && v->kind == KFA_VOL_ZFS)
+            r = release_key(ctx, v, v->wrapped, &old_key, err);
     } else {
         r = release_key(ctx, v, v->wrapped, &old_key, err);
         if (r == 0) {
@@ -112,16 +164,16 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err 
             kfa_test_crash_point("begin");
             r = v->drv->rotate_stage(cfg, v, old_key, e.key, e.wrapped, err);
         }
-        kf_secbuf_free(old_key);
     }
     if (r == 0 && !v->rotating) {
         kfa_test_crash_point("stage");
-        r = v->drv->rotate_retire(cfg, v, e.key, err);
+        r = v->drv->rotate_retire(cfg, v, old_key, e.key, err);
         if (r == 0)
             kfa_test_crash_point("retire");
     } else if (r == 0) {
-        r = v->drv->rotate_retire(cfg, v, NULL, err);
+        r = v->drv->rotate_retire(cfg, v, NULL, NULL, err);
     }
+    kf_secbuf_free(old_key);
     if (r == 0)
         r = rotate_call(ctx, v, true, v->wrapped, &done, err);
     if (r == 0) {
@@ -148,8 +200,14 @@ int kfa_rotate(kfa_ctx *ctx, int argc, char **argv)
         kfa_volume *v = &vs[i];
         kf_err err = {0};
         const char *how = "";
+        int lock_fd = -1;
         int r = v->drv->probe(ctx->cfg, v, &err);
+        /* Probe again under the lock: a run that held it may have changed the volume. */
+        if (r == 0 && v->wrapped != NULL && (r = rotate_lock(ctx->cfg, v, &lock_fd, &err)) == 0)
+            r = v->drv->probe(ctx->cfg, v, &err);
         if (r == 0 && all && v->wrapped == NULL) {
+            if (lock_fd >= 0)
+                close(lock_fd);
             kfa_volume_clear(v);
             ok++; /* --all: a configured volume not enrolled has nothing to rotate */
             continue;
@@ -163,6 +221,8 @@ int kfa_rotate(kfa_ctx *ctx, int argc, char **argv)
         } else {
             fprintf(stderr, "keyfleet-agent: rotate: %s\n", err.msg);
         }
+        if (lock_fd >= 0)
+            close(lock_fd);
         kfa_volume_clear(v);
     }
     free(vs);

@@ -30,6 +30,7 @@ typedef struct kfa_volume {
     char *wrapped_next;
     int next_keyslot, next_token;
     int replaces_keyslot; /* LUKS2: the old key's keyslot, named by the marked token; -1 when none */
+    char replaces_salt[65]; /* LUKS2: that keyslot's KDF salt when the token was staged; "" when unknown */
     /* LUKS2: the only keyfleet token is marked rotating (the old key is gone, COMMIT is not
      * known to have happened): wrapped is the new key, and a rotate run commits it. */
     bool rotating;
@@ -64,12 +65,14 @@ typedef struct kfa_driver {
      * the new one). stage: stores the new key beside the old (LUKS2: a keyslot authorised by
      * old_key and a token marked rotating; ZFS: org.keyfleet:wrapped-next), sets wrapped_next.
      * retire: checks that new_key opens the volume, then removes the old key (LUKS2: its keyslot,
-     * then its token; ZFS: change-key, then wrapped-key := wrapped_next and wrapped-next removed);
+     * then its token; ZFS: change-key, only while old_key is the dataset's key or new_key already
+     * is, then wrapped-key := wrapped_next and wrapped-next removed);
      * wrapped becomes the new wrapped key; called again on a volume left rotating (new_key NULL),
      * it only finishes removing the old key. finish: after COMMIT, clears the rotating mark. */
     int (*rotate_stage)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key, const kf_secbuf *new_key,
                         const char *wrapped, kf_err *err);
-    int (*rotate_retire)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *new_key, kf_err *err);
+    int (*rotate_retire)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key, const kf_secbuf *new_key,
+                         kf_err *err);
     int (*rotate_finish)(const kfa_config *cfg, kfa_volume *v, kf_err *err);
 } kfa_driver;
 
@@ -83,7 +86,9 @@ int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names,
 void kfa_volume_clear(kfa_volume *v);
 
 /* Test builds only (KF_TEST_HOOKS, set with KF_TESTS): _exit(86) when the environment's
- * KEYFLEET_TEST_CRASH_AFTER names step, for the rotation's crash tests. A no-op otherwise. */
+ * KEYFLEET_TEST_CRASH_AFTER names step, for the rotation's crash tests; with KEYFLEET_TEST_PAUSE_AFTER
+ * naming step, creates the file KEYFLEET_TEST_PAUSE_FILE and waits (at most 60 s) until it is
+ * removed, for the overlapping-runs tests. A no-op otherwise. */
 #ifdef KF_TEST_HOOKS
 void kfa_test_crash_point(const char *step);
 #else

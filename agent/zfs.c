@@ -46,7 +46,8 @@ static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *
 
 static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 {
-    const char *args[] = {"get", "-H", "-p", "-o", "value", KFA_ZFS_PROBE_PROPS, v->path, NULL};
+    const char *args[] = {"get", "-H", "-p", "-o", "property,value", "-s", "local,none", KFA_ZFS_PROBE_PROPS, v->path,
+                          NULL};
     char *out = NULL;
     kf_err e = {0};
     int r = zfs(cfg, args, NULL, &out, &e);
@@ -239,7 +240,8 @@ static int zfs_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbu
     return 0;
 }
 
-static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *new_key, kf_err *err)
+static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key, const kf_secbuf *new_key,
+                             kf_err *err)
 {
     if (new_key == NULL)
         return 0; /* nothing is left to remove once wrapped-key names the new key */
@@ -247,14 +249,24 @@ static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secb
         return kf_err_set(err, -EINVAL, "%s: no rotation in progress", v->path);
     if (!v->unlocked)
         return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); change-key needs it", v->path);
-    const char *change[] = {"change-key", "-o", "keyformat=raw", "-o", "keylocation=prompt", v->path, NULL};
-    int r = zfs(cfg, change, new_key, NULL, err);
-    if (r != 0)
-        return r;
-    kfa_test_crash_point("change-key");
     const char *check[] = {"load-key", "-n", "-L", "prompt", v->path, NULL};
-    if ((r = zfs(cfg, check, new_key, NULL, err)) != 0)
-        return kf_err_wrap(err, "%s: the new key did not verify", v->path);
+    kf_err e = {0};
+    int r;
+    if (zfs(cfg, check, new_key, NULL, &e) != 0) { /* not yet changed (or cut off before) */
+        /* Only the key this run replaces may be replaced: a stale run, whose rotation another
+         * one finished and rotated past, must not put the dataset on a key already retired. */
+        if (old_key == NULL || zfs(cfg, check, old_key, NULL, &e) != 0)
+            return kf_err_set(err, -ESTALE,
+                              "%s: the dataset's key is neither the key this rotation replaces nor its new key "
+                              "(another rotation changed it); nothing changed, run rotate again",
+                              v->path);
+        const char *change[] = {"change-key", "-o", "keyformat=raw", "-o", "keylocation=prompt", v->path, NULL};
+        if ((r = zfs(cfg, change, new_key, NULL, err)) != 0)
+            return r;
+        kfa_test_crash_point("change-key");
+        if ((r = zfs(cfg, check, new_key, NULL, err)) != 0)
+            return kf_err_wrap(err, "%s: the new key did not verify", v->path);
+    }
     if ((r = set_props(cfg, v, v->wrapped_next, err)) != 0)
         return r;
     kfa_test_crash_point("wrapped");

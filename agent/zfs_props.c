@@ -1,6 +1,7 @@
 #include "zfs_props.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +20,29 @@ static size_t split(char *s, char **fields, size_t max)
 
 int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
 {
-    /* One more than expected, so a value holding a tab or a newline (a property an evil maid
-     * wrote) is an error, not a shift of the fields after it. */
-    char *f[8];
-    if (split(out, f, 8) != 7)
+    /* Lines "PROPERTY\tVALUE", each property named at most once. A keyfleet property not set on
+     * the dataset itself (inherited from a parent, filtered out by -s local,none) reads as
+     * unset. A value holding a tab or a newline (a property an evil maid wrote) makes a line
+     * that is not two fields or names no probed property: an error, never a shifted field. */
+    static const char *const names[7] = {"guid", "keystatus", "encryptionroot", KFA_ZFS_PROP_ID,
+                                         KFA_ZFS_PROP_WRAPPED, KFA_ZFS_PROP_TPM, KFA_ZFS_PROP_NEXT};
+    char *f[7] = {NULL, NULL, NULL, "-", "-", "-", "-"};
+    bool seen[7] = {false};
+    char *save = NULL;
+    for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        char *tab = strchr(line, '\t');
+        if (tab == NULL || tab[1] == '\0' || strchr(tab + 1, '\t') != NULL)
+            return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
+        *tab = '\0';
+        size_t i = 0;
+        while (i < 7 && strcmp(line, names[i]) != 0)
+            i++;
+        if (i == 7 || seen[i])
+            return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
+        seen[i] = true;
+        f[i] = tab + 1;
+    }
+    if (f[0] == NULL || f[1] == NULL || f[2] == NULL)
         return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
     free(v->wrapped_next);
     v->wrapped_next = NULL;

@@ -18,10 +18,14 @@
 #define KFA_ZFS_PROBE_PROPS                                                                                             \
     "guid,keystatus,encryptionroot," KFA_ZFS_PROP_ID "," KFA_ZFS_PROP_WRAPPED "," KFA_ZFS_PROP_TPM "," KFA_ZFS_PROP_NEXT
 
-/* Parses `zfs get -H -p -o value KFA_ZFS_PROBE_PROPS v->path` (out, edited in place) into v:
- * the id (the GUID), whether the key is loaded, and, when the dataset carries keyfleet
- * metadata, the wrapped key, the TPM-sealed copy and a rotation's next wrapped key (malloc'ed).
- * -EIO: not the seven values;
+/* Parses `zfs get -H -p -o property,value -s local,none KFA_ZFS_PROBE_PROPS v->path` (out,
+ * edited in place) into v: the id (the GUID), whether the key is loaded, and, when the dataset
+ * itself carries keyfleet metadata, the wrapped key, the TPM-sealed copy and a rotation's next
+ * wrapped key (malloc'ed). User properties are inherited by child datasets; -s local,none leaves
+ * out the inherited ones (guid, keystatus and encryptionroot have no source: "none"), so a
+ * child encryption root never reads its parent's metadata as its own (review F6).
+ * -EIO: not "PROPERTY\tVALUE" lines of the probed properties, guid, keystatus and
+ * encryptionroot among them;
  * -EBADMSG: metadata that is not valid, or not this dataset's. */
 int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err);
 

@@ -1304,8 +1304,10 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
         why = "the volume's key check value is not known yet (enrolled before rotation existed): unlock it once, "
               "then rotate";
     }
-    if (why == NULL && req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_BEGIN) {
-        /* A new key goes out: the caller must be allowed the volume's key now, without approval. */
+    if (why == NULL) {
+        /* BEGIN hands out a new key, and COMMIT makes it the volume's and costs a KMS unwrap: for
+         * both the caller must be allowed the volume's key now, without approval, within its
+         * rate limit. */
         kfd_policy_decision d;
         label_set ls;
         labels_from_json(&ls, vol->labels_json);
@@ -1322,7 +1324,8 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
         }
         if (d.approvals > 0) {
             code = KF_CONNECT_FAILED_PRECONDITION;
-            why = "policy needs approval to release this volume's key; a rotation hands out a key without one";
+            why = "policy needs approval to release this volume's key; a rotation (BEGIN and COMMIT) hands out a key "
+                  "without one";
         } else if (rate_limited(call, &d)) {
             kfd_volume_clear(vol);
             return NULL;

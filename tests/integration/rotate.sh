@@ -105,9 +105,26 @@ rules:
 YAML
 out=$(node "$F" node-a rotate-begin "$UUID" "rotate-under-approval-1")
 expect_match "a policy that needs approval: BEGIN is refused" "$out" "code=failed_precondition message=\"policy needs approval"
+out=$(node "$F" node-a rotate-commit "$UUID" "$W2")
+expect_match "... and so is COMMIT (review F4)" "$out" "code=failed_precondition message=\"policy needs approval"
+put_policy "$F" <<'YAML'
+rules:
+  - name: cluster
+    match: {nodes: {names: ["node-a", "node-b"]}}
+    effect: allow
+    rate_limit: {per_minute: 1, burst: 1}
+YAML
+out=$(node "$F" node-a rotate-commit "$UUID" "$W2")
+expect_eq "under a rate limit of one a minute: the first COMMIT passes" "$(field code "$out")" "ok"
+out=$(node "$F" node-a rotate-commit "$UUID" "$W2")
+expect_match "... the second is refused (review F4)" "$out" "code=resource_exhausted"
+allow_nodes "$F" node-b
+out=$(node "$F" node-a rotate-commit "$UUID" "$W2")
+expect_match "a policy that no longer allows the node: COMMIT is refused (review F4)" "$out" "code=permission_denied"
 allow_nodes "$F" node-a node-b
 
 # Killed after every step: the volume still opens (old key or new), and a second run completes.
+# ONLY=STEP and ONLY_ZFS=STEP run one round each (a quick run while working on the other checks).
 # The sanitized build (several times slower) takes the steps between which a crash leaves two
 # keys on the volume; the release build takes them all.
 LUKS_STEPS="release begin keyslot stage old-token retire commit"
@@ -133,7 +150,38 @@ for step in ${ONLY:-$LUKS_STEPS}; do
     luks_opens "... which opens"
     expect_match "... the key before this round is refused" "$(node "$F" node-a release "$UUID" "$before")" "code=failed_precondition"
 done
-for step in $ZFS_STEPS; do
+
+# Review F1: a run cut off after the old keyslot was killed, an operator's passphrase added in its
+# number, then the run resumed: the passphrase must survive. After "retire" the token no longer
+# names the old keyslot; after "old-slot" it still does, with the old keyslot's KDF salt, which
+# the operator's keyslot does not have.
+printf 'operator two' >"$WORK/pass2"
+luks_token() { luks_json "$D" | python3 -c '
+import json, sys
+t = next(t for t in json.load(sys.stdin)["tokens"].values() if t["type"] == "keyfleet")
+print(t["keyslots"][0], t.get("keyfleet_replaces", "-"), "salt" if "keyfleet_replaces_salt" in t else "-")'; }
+for step in retire old-slot; do
+    old_slot=$(luks_token | cut -d' ' -f1)
+    KEYFLEET_TEST_CRASH_AFTER=$step A rotate "luks:$D" >"$WORK/crash.out" 2>&1
+    expect_eq "LUKS2 killed after $step (exit 86)" "$?" "86"
+    if [ "$step" = retire ]; then
+        expect_eq "... the token no longer names the killed keyslot" "$(luks_token | cut -d' ' -f2-)" "- -"
+    else
+        expect_eq "... the token names the killed keyslot $old_slot and its salt" "$(luks_token | cut -d' ' -f2-)" "$old_slot salt"
+    fi
+    out=$(printf 'old secret' | cryptsetup luksAddKey --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+        --key-file=- "$D" "$WORK/pass2" && cryptsetup open --test-passphrase -v --key-file "$WORK/pass2" "$D" 2>&1)
+    expect_match "... an operator's passphrase takes keyslot $old_slot" "$out" "Key slot $old_slot unlocked"
+    out=$(A rotate "luks:$D" 2>&1)
+    expect_match "... a second run completes" "$? $out" "^0 .*disk.luks: rot"
+    expect_eq "... the operator's passphrase still opens the volume" \
+        "$(cryptsetup open --test-passphrase --key-file "$WORK/pass2" "$D" && echo yes)" "yes"
+    luks_opens "... and so does the new key"
+    cryptsetup luksRemoveKey --batch-mode --key-file "$WORK/pass2" "$D"
+    expect_eq "... one keyfleet keyslot and one unmarked token left" "$(luks_state | cut -d' ' -f1-3)" "2 1 0"
+done
+
+for step in ${ONLY_ZFS:-$ZFS_STEPS}; do
     before=$(zfs_prop wrapped-key)
     KEYFLEET_TEST_CRASH_AFTER=$step A rotate zfs:tank/r >"$WORK/crash.out" 2>&1
     expect_eq "ZFS killed after $step (exit 86)" "$?" "86"
@@ -146,6 +194,44 @@ for step in $ZFS_STEPS; do
     zfs_opens "... which opens"
     expect_match "... the key before this round is refused" "$(node "$F" node-a release "$GUID" "$before")" "code=failed_precondition"
 done
+
+# Review F2: overlapping runs. A run paused after staging holds the volume's lock: a second run
+# is refused. A run under another config (another state directory, so no shared lock) finishes
+# that rotation and makes another; the paused run, resumed, finds the dataset on neither its old
+# key nor its new one and changes nothing (it would have put the dataset on a retired key).
+PF=$WORK/pause
+KEYFLEET_TEST_PAUSE_AFTER=stage KEYFLEET_TEST_PAUSE_FILE=$PF A rotate zfs:tank/r >"$WORK/paused.out" 2>&1 &
+paused=$!
+for _ in $(seq 1 150); do [ -e "$PF" ] && break; sleep 0.2; done
+check "a rotate run is paused after staging" test -e "$PF"
+out=$(A rotate zfs:tank/r 2>&1)
+expect_match "... a second run on the volume is refused" "$? $out" "^[1-9].*another keyfleet-agent rotate is working on it"
+mkdir -p "$WORK/other"
+sed "s|^state_file: .*|state_file: $WORK/other/state.json|" "$WORK/a.yaml" >"$WORK/other.yaml"
+out=$("$AGENT" -c "$WORK/other.yaml" rotate zfs:tank/r 2>&1)
+expect_match "... a run with another state directory finishes the rotation" "$? $out" "^0 .*tank/r: rotation resumed"
+out=$("$AGENT" -c "$WORK/other.yaml" rotate zfs:tank/r 2>&1)
+expect_match "... and makes another" "$? $out" "^0 .*tank/r: rotated"
+latest=$(zfs_prop wrapped-key)
+rm -f "$PF"
+wait "$paused"
+expect_match "the paused run, resumed, changes nothing" "$? $(cat "$WORK/paused.out")" \
+    "^[1-9].*neither the key this rotation replaces nor its new key"
+expect_eq "... wrapped-key is the latest rotation's" "$(zfs_prop wrapped-key)" "$latest"
+zfs_opens "... and the dataset opens with it"
+
+# Review F6: user properties are inherited in ZFS. A child encryption root under tank/r reads
+# only its own org.keyfleet properties: it enrolls (its parent's volume-id is not its own), and
+# a wrapped-next on the parent is no rotation of the child's.
+head -c 32 /dev/urandom | "$ZFS_STANDIN" create -o encryption=on -o keyformat=raw -o keylocation=prompt tank/r/child
+expect_eq "the stand-in shows the parent's wrapped-key on the child, inherited (as zfs does)" \
+    "$("$ZFS_STANDIN" get -H -o value,source org.keyfleet:wrapped-key tank/r/child)" "$(zfs_prop wrapped-key)	inherited from tank/r"
+out=$(A enroll zfs:tank/r/child 2>&1)
+expect_match "a child encryption root of an enrolled dataset enrolls" "$? $out" "^0 enrolled zfs tank/r/child"
+"$ZFS_STANDIN" set "org.keyfleet:wrapped-next=$(zfs_prop wrapped-key)" tank/r
+out=$(A rotate zfs:tank/r/child 2>&1)
+expect_match "... and rotates afresh, with its parent's wrapped-next not taken as its own" "$? $out" "^0 .*tank/r/child: rotated$"
+"$ZFS_STANDIN" inherit org.keyfleet:wrapped-next tank/r
 
 # The strict token parser: the rotating mark is accepted only as true.
 TID=$(luks_json "$D" | python3 -c 'import json, sys; print(next(k for k, t in json.load(sys.stdin)["tokens"].items() if t["type"] == "keyfleet"))')
