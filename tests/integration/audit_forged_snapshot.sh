@@ -54,7 +54,7 @@ expect_eq "the rewritten $X is elected first" "$LEAD" "$X"
 for _ in $(seq 1 150); do grep -q "event=audit_head_disputed peer=$H" "$WORK/$X/keyfleetd.log" && break; sleep 0.1; done
 grep -q "event=audit_head_disputed peer=$H" "$WORK/$X/keyfleetd.log"
 check "$X logs that $H holds another audit head" test $? -eq 0
-for _ in $(seq 1 150); do [ "$(grep -c "event=raft_snapshot " "$WORK/$X/keyfleetd.log")" -gt "$SNAPS0" ] && break; sleep 0.1; done
+for _ in $(seq 1 600); do [ "$(grep -c "event=raft_snapshot " "$WORK/$X/keyfleetd.log")" -gt "$SNAPS0" ] && break; sleep 0.1; done
 check "$X took a snapshot of its forged database" test "$(grep -c "event=raft_snapshot " "$WORK/$X/keyfleetd.log")" -gt "$SNAPS0"
 
 # The rebuilt G comes up and needs that snapshot.

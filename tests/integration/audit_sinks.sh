@@ -92,7 +92,12 @@ if [ "$MOUNTED" = 1 ]; then
     sed -i "s|path: audit.jsonl|path: $WORK/full/audit.jsonl|" "$F/keyfleetd.yaml"
     start_kfd "$F"
     dd if=/dev/zero of="$WORK/full/filler" bs=1k count=64 2>/dev/null
-    out=$(node "$F" n1 release vol-1 "$WRAP" 2>&1)
+    # The file's last page may still have room for a record or two (tmpfs allocates pages), so
+    # releases go on until one needs a page the disk no longer has.
+    for _ in $(seq 1 30); do
+        out=$(node "$F" n1 release vol-1 "$WRAP" 2>&1)
+        case $out in *code=ok*) ;; *) break ;; esac
+    done
     expect_match "on a full tmpfs, the release fails closed" "$out" "code=unavailable"
     expect_match "... /readyz names the full disk" "$(kcurl "$F" operator -w ' %{http_code}' "$URL/readyz")" "No space left on device.*503"
     rm "$WORK/full/filler"
