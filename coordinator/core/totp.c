@@ -10,6 +10,7 @@
 #include <liboath/oath.h>
 
 #include "kf_secmem.h"
+#include "store/store_guard.h"
 
 /* Reads OPERATOR.b32 from dir. Returns 0 with the secret, -ENOENT when there is none, -EINVAL
  * for a file that is not base32, or another negative errno. */

@@ -8,6 +8,7 @@
 #include "kf_audit.h"
 #include "kf_connect.h"
 #include "rpc/rpc_admin.h"
+#include "store/store_audit.h"
 
 /* The checkpoint record of size (0: the newest) and the size it signed; answers on failure. */
 static Keyfleet__V1__AuditRecord *checkpoint_of(kfd_call *call, uint64_t size, uint64_t *ret_size)
