@@ -32,6 +32,7 @@
 #include "kf_b64.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
+#include "kms/kms_azure.h"
 #include "kms/kms_remote.h"
 #include "kms/kms_wrapped.h"
 

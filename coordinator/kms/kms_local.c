@@ -19,6 +19,7 @@
 
 #include "kf_log.h"
 #include "kms/kms.h"
+#include "kms/kms_local.h"
 #include "kms/kms_kek.h"
 
 #define MAX_VERSIONS KFD_KEK_MAX_VERSIONS
