@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "kf_b64.h"
+#include "kf_cleanup.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "kms/kms_remote.h"
@@ -306,12 +307,11 @@ static void key_answer(vcall *c, json_t *j)
     vault *v = c->v;
     const char *pt = kfd_json_str(j, "data", "plaintext");
     const char *ct = kfd_json_str(j, "data", "ciphertext");
-    kf_secbuf *key = NULL;
+    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *key = NULL;
     if (c->kind == OP_GENERATE || c->kind == OP_UNWRAP) {
         key = kf_secbuf_new(64);
         int n = key != NULL && pt != NULL ? kf_b64_decode(pt, strlen(pt), false, key->data, 64) : -EINVAL;
         if (n != KFD_DATA_KEY_LEN) {
-            kf_secbuf_free(key);
             json_decref(j);
             fail_call(c, -EIO, "vault answer: ", "the plaintext is missing or not a 256-bit key");
             return;
@@ -346,17 +346,14 @@ static void key_answer(vcall *c, json_t *j)
     }
     json_decref(j);
     if (r == -EBADMSG) {
-        kf_secbuf_free(key);
         fail_call(c, -EBADMSG, "", "the key Vault returned does not match the volume's key check value");
         return;
     }
     if (r != 0) {
-        kf_secbuf_free(key);
         fail_call(c, -EIO, "vault answer: ", "the ciphertext has no valid key version");
         return;
     }
     c->rc.cb(c->rc.arg, &out);
-    kf_secbuf_free(key);
     vcall_free(c);
 }
 
