@@ -1,14 +1,13 @@
+/* The store's ground: the schema and its migrations, the prepared statements, open and close,
+ * faults and the failed state, and the helpers that step statements (store_internal.h). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #include "kf_log.h"
-#include "kf_tpm_evidence.h"
-#include "store/store_internal.h"
 #include "store/store_audit.h"
+#include "store/store_internal.h"
 #include "store/store_snapshot.h"
 
 /* Each migration moves the schema from version i to i + 1; never edit a shipped one. */
