@@ -57,6 +57,9 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
  * connection closed; swtpm serves one at a time): a new client is made when the connection goes. */
 int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
                Keyfleet__V1__TpmQuote *msg, kf_err *err);
+/* As kfa_attest, for a request that carries no ephemeral key (RotateKey COMMIT). */
+int kfa_attest_keyless(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
+                       Keyfleet__V1__TpmQuote *msg, kf_err *err);
 /* As kfa_attest, for a Heartbeat (no volume, ephemeral key or request id). */
 int kfa_attest_heartbeat(kfa_ctx *ctx, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err);
 
@@ -69,6 +72,10 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
  * TPM copy into *ret_key, records the unlock in the status file and queues it for the next
  * contact. 0, or a negative errno with err saying why the TPM refused. */
 int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_secbuf **ret_key, kf_err *err);
+
+/* Seals e's key to this TPM under the PCRs e names (the config's when it names none), for
+ * offline unlock (enroll, rotate; seal, then verify). *ret_blob is malloc'ed. */
+int kfa_seal_copy(kfa_ctx *ctx, const kf_enrolled *e, char **ret_blob, kf_err *err);
 
 /* The status file: per volume, how and when it was last unlocked (no secrets). */
 int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail);

@@ -107,7 +107,15 @@ static int rotate_call(kfa_ctx *ctx, const kfa_volume *v, bool commit, const cha
     }
     Keyfleet__V1__VolumeRef ref = volume_ref(v);
     kf_rpc_status st;
-    r = kf_node_rotate(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, commit, request_id, wrapped, ret, &st, err);
+    /* Each step carries a quote, as a Release does (require: [attested]; review F5). */
+    kfa_quote q;
+    Keyfleet__V1__TpmQuote quote;
+    int a = commit ? kfa_attest_keyless(ctx, "RotateKey", v->id, request_id, &q, &quote, err)
+                   : kfa_attest(ctx, "RotateKey", v->id, request_id, &q, &quote, err);
+    if (a < 0)
+        return kf_err_wrap(err, "%s: RotateKey", v->path);
+    r = kf_node_rotate(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, commit, request_id, wrapped,
+                       a == 0 ? &quote : NULL, ret, &st, err);
     if (r != 0)
         return kf_err_wrap(err, "%s: RotateKey", v->path);
     if (st.code != KF_CONNECT_OK)
@@ -115,6 +123,25 @@ static int rotate_call(kfa_ctx *ctx, const kfa_volume *v, bool commit, const cha
                           "%s: coordinator refused the rotation (%s): %s: %s", v->path, commit ? "commit" : "begin",
                           kf_connect_code_name(st.code), st.message);
     return 0;
+}
+
+/* A volume that had a TPM copy gets one of the new key, to be stored with it, where BEGIN's
+ * answer (e) says policy still allows one; otherwise its copy goes with the old key (review F3).
+ * A copy that cannot be sealed is not fatal: the rotation goes on, and the warning says the
+ * volume now needs a coordinator to unlock. */
+static void seal_next(kfa_ctx *ctx, kfa_volume *v, const kf_enrolled *e)
+{
+    if (v->tpm_blob == NULL || v->tpm_blob_next != NULL)
+        return;
+    kf_err terr = {0};
+    if (!e->offline_fallback_allowed) {
+        kf_log_warn("tpm_copy_dropped", "volume=%s reason=\"policy no longer allows offline_fallback\"",
+                    kf_log_q(v->path));
+    } else if (kfa_seal_copy(ctx, e, &v->tpm_blob_next, &terr) != 0) {
+        v->tpm_blob_next = NULL;
+        kf_log_warn("tpm_seal_failed", "volume=%s error=%s hint=\"no TPM copy of the new key: this volume needs a "
+                    "coordinator to unlock\"", kf_log_q(v->path), kf_log_q(terr.msg));
+    }
 }
 
 /* The key of wrapped (v's key, or the rotation staged on it), released by a coordinator. */
@@ -149,8 +176,18 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err 
         *ret_how = "rotation resumed (commit)";
     } else if (v->wrapped_next != NULL) {
         *ret_how = "rotation resumed";
-        if ((r = release_key(ctx, v, v->wrapped_next, &e.key, err)) == 0 && (e.wrapped = strdup(v->wrapped_next)) == NULL)
+        if (v->tpm_blob != NULL && v->tpm_blob_next == NULL) {
+            /* A TPM copy to replace (ZFS keeps the new one only in memory until retire): BEGIN
+             * again, which answers with the rotation in progress and what policy allows now. */
+            if ((r = rotate_call(ctx, v, false, NULL, &e, err)) == 0 && strcmp(e.wrapped, v->wrapped_next) != 0)
+                r = kf_err_set(err, -ESTALE, "%s: the coordinator's rotation in progress is not the one staged on the "
+                               "volume; nothing changed", v->path);
+            if (r == 0)
+                seal_next(ctx, v, &e);
+        } else if ((r = release_key(ctx, v, v->wrapped_next, &e.key, err)) == 0 &&
+                   (e.wrapped = strdup(v->wrapped_next)) == NULL) {
             r = kf_err_set(err, -ENOMEM, "out of memory");
+        }
         /* ZFS changes the key only while the dataset still has the one it replaces. */
         if (r == 0 && v->kind == KFA_VOL_ZFS)
             r = release_key(ctx, v, v->wrapped, &old_key, err);
@@ -162,6 +199,7 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err 
         }
         if (r == 0) {
             kfa_test_crash_point("begin");
+            seal_next(ctx, v, &e);
             r = v->drv->rotate_stage(cfg, v, old_key, e.key, e.wrapped, err);
         }
     }
