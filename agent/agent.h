@@ -94,6 +94,18 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err);
  * file, so that a restarted watcher keeps counting; a lock made while silent, queued for the
  * next heartbeat (HeartbeatRequest.dead_man_locks) and dropped once a coordinator took it. */
 void kfa_state_dead_man_get(const kfa_config *cfg, uint64_t *ret_after_s, int64_t *ret_last_contact);
+/* All the state file says of the switch, for keyfleet-agent status: as kfa_state_dead_man_get,
+ * with the last lock (Unix seconds, 0: never) and how many locks wait to be reported. */
+typedef struct kfa_dead_man_state {
+    uint64_t after_s;
+    int64_t last_contact, locked_at;
+    size_t unreported;
+} kfa_dead_man_state;
+void kfa_state_dead_man_read(const kfa_config *cfg, kfa_dead_man_state *ret);
+/* keyfleet-agent status's dead-man line (watch.c), or its "dead_man" member set in json_obj when
+ * that is not NULL. */
+struct json_t;
+void kfa_dead_man_status(const kfa_config *cfg, struct json_t *json_obj);
 int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t at);
 int kfa_state_queue_dead_man(const kfa_config *cfg, int64_t at, uint64_t silent_s, uint64_t after_s, unsigned locked,
                              unsigned failed);

@@ -37,7 +37,8 @@ static const kf_cli_cmd commands_help[] = {
     {"unlock", "unlock [--all | VOLUME...]\n"
                "       exit 0: all unlocked, 1: none, 3: some"},
     {"status", "status [--json]\n"
-               "       each volume's key status and last unlock, and whether a coordinator answers"},
+               "       each volume's key status and last unlock, whether a coordinator answers, and the\n"
+               "       dead-man switch as keyfleet-agent watch left it (window, last contact, locked)"},
     {"rewrap", "rewrap\n"
                "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
     {"rotate", "rotate --all | VOLUME...\n"
@@ -443,9 +444,11 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
     if (reachable)
         kfa_report_offline(ctx);
     json_t *arr = json_array();
-    if (!json)
-        printf("coordinators: %s\n%-6s %-38s %-28s %-12s %-12s %s\n", reachable ? "reachable" : "unreachable", "KIND",
-               "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
+    if (!json) {
+        printf("coordinators: %s\n", reachable ? "reachable" : "unreachable");
+        kfa_dead_man_status(ctx->cfg, NULL);
+        printf("%-6s %-38s %-28s %-12s %-12s %s\n", "KIND", "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
+    }
     for (size_t i = 0; i < n; i++) {
         kfa_volume *v = &vs[i];
         kf_err perr = {0};
@@ -470,6 +473,8 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
     }
     if (json) {
         json_t *o = json_pack("{s:b, s:o}", "coordinators_reachable", reachable, "volumes", arr);
+        if (o != NULL)
+            kfa_dead_man_status(ctx->cfg, o);
         char *s = json_dumps(o, JSON_COMPACT);
         printf("%s\n", s != NULL ? s : "{}");
         free(s);
