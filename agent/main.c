@@ -41,9 +41,10 @@ static const kf_cli_cmd commands_help[] = {
                "       dead-man switch as keyfleet-agent watch left it (window, last contact, locked)"},
     {"rewrap", "rewrap\n"
                "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
-    {"rotate", "rotate --all | VOLUME...\n"
+    {"rotate", "rotate [--tpm] --all | VOLUME...\n"
                "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
-               "       exit as unlock"},
+               "       a TPM copy of the old key is replaced where policy allows; --tpm: also seal one for\n"
+               "       a volume that has none; exit as unlock"},
     {"identity", "identity create NAME [--key FILE] [--csr FILE]\n"
                  "       makes an ECC P-256 key in the TPM (tpm.tcti), a certificate request, and the TPM's\n"
                  "       evidence that the key is in it (FILE.evidence); FILE defaults: identity.tpm_key of\n"

@@ -3,7 +3,8 @@
 # the new key where policy still allows one, stored with the new key (LUKS2: in the token of the
 # new key from the moment it is staged; ZFS: set with wrapped-key in one `zfs set`), so offline
 # unlock keeps working after a rotation, also one resumed after the agent was killed mid-way.
-# Policy that no longer allows the copy: it is dropped. A volume that had none gets none.
+# Policy that no longer allows the copy: it is dropped. A volume that had none gets none, unless
+# `rotate --tpm` asks for one.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -121,5 +122,21 @@ stop_kfd TERM
 out=$(A unlock "luks:$D" 2>&1)
 expect_eq "offline, a volume without a copy does not open (exit 1)" "$?" "1"
 if printf '%s' "$out" | grep -q "unlocked from the TPM"; then not_ok "... not from the TPM" "$out"; else ok "... not from the TPM"; fi
+start_kfd "$F"
+write_config
+A unlock zfs:tank/r >/dev/null 2>&1
+# rotate --tpm gives such a volume a copy again, where policy allows it (and not where it does not).
+policy false
+out=$(A rotate --tpm "luks:$D" 2>&1)
+expect_match "rotate --tpm under a rule without offline_fallback: rotated, no copy, said so" "$out" \
+    "event=tpm_copy_not_allowed .*disk.luks.*disk.luks: rotated"
+expect_eq "... the LUKS2 token has none" "$(luks_tpm)" "-"
+policy true
+check "rotate --tpm where the rule allows a copy" A rotate --tpm "luks:$D" zfs:tank/r
+expect_match "... the LUKS2 token carries one" "$(luks_tpm)" "^kftpm1:[^ ]+$"
+expect_match "... and the ZFS dataset" "$(zfs_prop tpm-sealed)" "^kftpm1:"
+offline "after rotate --tpm, offline unlock opens both again"
+out=$(A rotate --tpm 2>&1)
+expect_eq "rotate --tpm without a volume is a usage error (exit 2)" "$?" "2"
 check_sanitizers
 finish
