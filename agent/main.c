@@ -45,6 +45,9 @@ static const kf_cli_cmd commands_help[] = {
                "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
                "       a TPM copy of the old key is replaced where policy allows; --tpm: also seal one for\n"
                "       a volume that has none; exit as unlock"},
+    {"recover", "recover VOLUME\n"
+                "       break glass: open VOLUME with its recovery key, typed on stdin (docs/recovery.md);\n"
+                "       no coordinator, identity or TPM needed; reported at the next contact"},
     {"identity", "identity create NAME [--key FILE] [--csr FILE]\n"
                  "       makes an ECC P-256 key in the TPM (tpm.tcti), a certificate request, and the TPM's\n"
                  "       evidence that the key is in it (FILE.evidence); FILE defaults: identity.tpm_key of\n"
@@ -575,6 +578,12 @@ int main(int argc, char **argv)
     int sub_argc = argc - optind, rc;
     if (strcmp(cmd, "initramfs-files") == 0) {
         rc = kfa_cmd_initramfs_files(ctx.cfg, sub_argc, argv + optind);
+        kfa_config_free(ctx.cfg);
+        return finish(rc);
+    }
+    if (strcmp(cmd, "recover") == 0) {
+        /* Before the identity is resolved: break glass, when the TPM holding it may be gone. */
+        rc = kfa_cmd_recover(ctx.cfg, sub_argc, argv + optind);
         kfa_config_free(ctx.cfg);
         return finish(rc);
     }

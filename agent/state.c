@@ -109,6 +109,11 @@ void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method
 
 int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason)
 {
+    return kfa_state_queue_unlock(cfg, v, KEYFLEET__V1__OFFLINE_METHOD__OFFLINE_METHOD_TPM, reason);
+}
+
+int kfa_state_queue_unlock(const kfa_config *cfg, const kfa_volume *v, int method, const char *reason)
+{
     state_tx tx;
     int r = state_begin(cfg, &tx);
     if (r != 0)
@@ -119,9 +124,9 @@ int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const ch
         json_object_set_new(tx.root, "offline_pending", q);
     }
     bool ok = q != NULL &&
-              json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s}", "volume_id", v->id, "kind",
+              json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s, s:i}", "volume_id", v->id, "kind",
                                                  v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", v->path, "at",
-                                                 (json_int_t)time(NULL), "reason", reason)) == 0;
+                                                 (json_int_t)time(NULL), "reason", reason, "method", method)) == 0;
     r = state_end(cfg, &tx, ok);
     return ok ? r : -ENOMEM;
 }
@@ -200,6 +205,7 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
             items[i].volume = &refs[i];
             items[i].at = &ats[i];
             items[i].reason = (char *)json_string_value(json_object_get(e, "reason"));
+            items[i].method = (Keyfleet__V1__OfflineMethod)json_integer_value(json_object_get(e, "method"));
             if (refs[i].id == NULL)
                 refs[i].id = (char *)"";
             if (refs[i].name == NULL)

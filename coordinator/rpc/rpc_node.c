@@ -1580,8 +1580,11 @@ void kfd_rpc_heartbeat(kfd_call *call)
     for (size_t i = 0; i < n_offline; i++) {
         const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
         char reason[700];
-        snprintf(reason, sizeof(reason), "unlocked from the node's TPM at %lld: %s", (long long)u->at->seconds,
-                 u->reason);
+        snprintf(reason, sizeof(reason), "unlocked %s at %lld: %s",
+                 u->method == KEYFLEET__V1__OFFLINE_METHOD__OFFLINE_METHOD_RECOVERY_KEY
+                     ? "with a recovery key typed at the node's console"
+                     : "from the node's TPM",
+                 (long long)u->at->seconds, u->reason);
         kfd_audit_buf a;
         kfd_audit_fill(&a, kfd_call_actor(call), "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW,
                        call->peer->name,
