@@ -83,9 +83,6 @@ int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *m
 int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason);
 /* The same for any way of unlocking without a coordinator (method: Keyfleet__V1__OfflineMethod). */
 int kfa_state_queue_unlock(const kfa_config *cfg, const kfa_volume *v, int method, const char *reason);
-
-/* The recover command (recover.c): a recovery key typed at the console. Needs no identity. */
-int kfa_cmd_recover(const kfa_config *cfg, int argc, char **argv);
 /* Reports queued offline unlocks through Heartbeat; clears them once a coordinator accepted
  * them. Quiet when there is nothing to report or no coordinator answers. */
 void kfa_report_offline(kfa_ctx *ctx);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "commands.h"
 #include "kf_log.h"
 #include "kf_recovery.h"
 
