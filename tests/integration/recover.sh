@@ -20,28 +20,15 @@ A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
 check "enroll the LUKS2 file" sh -c "printf pw | '$AGENT' -c '$WORK/a.yaml' enroll luks:$D >/dev/null"
 check "enroll the ZFS dataset" A enroll zfs:tank/r
 
-# encode HEX: the recovery text of a 32-byte key, by an implementation of docs/recovery.md
-# independent of common/kf_recovery.c.
-encode() {
-    python3 - "$1" <<'PY'
-import hashlib, sys
-A = "0123456789abcdefghjkmnpqrstvwxyz"
-key = bytes.fromhex(sys.argv[1])
-n = int.from_bytes(key, "big") << 4 | hashlib.sha256(b"keyfleet recovery v1" + key).digest()[0] >> 4
-v = [(n >> (255 - 5 * i)) & 31 for i in range(52)]
-print("-".join("".join(A[x] for x in v[4 * g:4 * g + 4]) +
-               A[(v[4 * g] + 3 * v[4 * g + 1] + 5 * v[4 * g + 2] + 7 * v[4 * g + 3] + 7 * g) % 32] for g in range(13)))
-PY
-}
-# loosely HEX-TEXT: as a person might type it: upper case, spaces for dashes, 0 as O, 1 as l.
+# loosely TEXT: as a person might type it: upper case, spaces for dashes, 0 as O, 1 as l.
 loosely() { printf '%s' "$1" | tr 'a-z-' 'A-Z ' | tr '01' 'Ol'; }
 
-R1=$(encode "$(openssl rand -hex 32)")
+R1=$(recovery_text "$(openssl rand -hex 32)")
 printf '%s' "$R1" >"$WORK/r1.txt"
 printf 'pw' | cryptsetup luksAddKey --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "$D" "$WORK/r1.txt"
 rm -f "$WORK/r1.txt"
 Z=$(node "$F" n1 release "$("$ZFS_STANDIN" get -H -p -o value guid tank/r)" "$("$ZFS_STANDIN" get -H -o value org.keyfleet:wrapped-key tank/r)")
-RZ=$(encode "$(field key "$Z")")
+RZ=$(recovery_text "$(field key "$Z")")
 "$ZFS_STANDIN" unmount tank/r && "$ZFS_STANDIN" unload-key tank/r
 
 # Break glass: no coordinator, and the node's key gone too.
