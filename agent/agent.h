@@ -57,6 +57,9 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
  * connection closed; swtpm serves one at a time): a new client is made when the connection goes. */
 int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
                Keyfleet__V1__TpmQuote *msg, kf_err *err);
+/* As kfa_attest, for a request that carries no ephemeral key (RotateKey COMMIT). */
+int kfa_attest_keyless(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
+                       Keyfleet__V1__TpmQuote *msg, kf_err *err);
 /* As kfa_attest, for a Heartbeat (no volume, ephemeral key or request id). */
 int kfa_attest_heartbeat(kfa_ctx *ctx, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err);
 
@@ -70,10 +73,16 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
  * contact. 0, or a negative errno with err saying why the TPM refused. */
 int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_secbuf **ret_key, kf_err *err);
 
+/* Seals e's key to this TPM under the PCRs e names (the config's when it names none), for
+ * offline unlock (enroll, rotate; seal, then verify). *ret_blob is malloc'ed. */
+int kfa_seal_copy(kfa_ctx *ctx, const kf_enrolled *e, char **ret_blob, kf_err *err);
+
 /* The status file: per volume, how and when it was last unlocked (no secrets). */
 int kfa_state_record(const kfa_config *cfg, const char *volume_id, const char *method, const char *detail);
 /* Queues an offline (TPM) unlock for reporting to a coordinator. */
 int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason);
+/* The same for any way of unlocking without a coordinator (method: Keyfleet__V1__OfflineMethod). */
+int kfa_state_queue_unlock(const kfa_config *cfg, const kfa_volume *v, int method, const char *reason);
 /* Reports queued offline unlocks through Heartbeat; clears them once a coordinator accepted
  * them. Quiet when there is nothing to report or no coordinator answers. */
 void kfa_report_offline(kfa_ctx *ctx);
@@ -87,6 +96,18 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err);
  * file, so that a restarted watcher keeps counting; a lock made while silent, queued for the
  * next heartbeat (HeartbeatRequest.dead_man_locks) and dropped once a coordinator took it. */
 void kfa_state_dead_man_get(const kfa_config *cfg, uint64_t *ret_after_s, int64_t *ret_last_contact);
+/* All the state file says of the switch, for keyfleet-agent status: as kfa_state_dead_man_get,
+ * with the last lock (Unix seconds, 0: never) and how many locks wait to be reported. */
+typedef struct kfa_dead_man_state {
+    uint64_t after_s;
+    int64_t last_contact, locked_at;
+    size_t unreported;
+} kfa_dead_man_state;
+void kfa_state_dead_man_read(const kfa_config *cfg, kfa_dead_man_state *ret);
+/* keyfleet-agent status's dead-man line (watch.c), or its "dead_man" member set in json_obj when
+ * that is not NULL. */
+struct json_t;
+void kfa_dead_man_status(const kfa_config *cfg, struct json_t *json_obj);
 int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t at);
 int kfa_state_queue_dead_man(const kfa_config *cfg, int64_t at, uint64_t silent_s, uint64_t after_s, unsigned locked,
                              unsigned failed);

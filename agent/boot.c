@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 
 #include "kf_log.h"
+#include "kf_recovery.h"
 #include "kf_time.h"
 
 #define ASKPASS_DEFAULT "/lib/cryptsetup/askpass"
@@ -272,6 +273,27 @@ static int exit_status(pid_t pid)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+/* A recovery key typed at the prompt (docs/recovery.md) goes on in its canonical form, which is
+ * the keyslot's passphrase, so the forgiving reading `keyfleet-agent recover` gives (case, O/I/L,
+ * spaces) holds at boot too. Anything that does not read as one (every group and the whole-key
+ * check) goes on as typed. */
+static void canonical_recovery(const char *volume, kf_secbuf *buf)
+{
+    if (buf->len == 0 || buf->len >= buf->cap || buf->cap <= KF_RECOVERY_TEXT_LEN)
+        return;
+    kf_secbuf *key = kf_secbuf_new(KF_RECOVERY_KEY_LEN);
+    if (key == NULL)
+        return;
+    buf->data[buf->len] = '\0';
+    if (kf_recovery_decode((const char *)buf->data, key->data, NULL) == 0) {
+        kf_wipe(buf->data, buf->len);
+        kf_recovery_encode(key->data, (char *)buf->data);
+        buf->len = KF_RECOVERY_TEXT_LEN;
+        say(volume, "a recovery key was typed; passed on in its canonical form", "");
+    }
+    kf_secbuf_free(key);
+}
+
 /* SIGTERM, then SIGKILL after a second: askpass may hold the console and not stop at once. */
 static void stop(side *s)
 {
@@ -383,6 +405,8 @@ int kfa_cmd_keyscript(const char *config_path, int argc, char **argv)
             if (fd >= 0)
                 close(fd);
         }
+        if (winner == person)
+            canonical_recovery(volume, winner->buf);
         rc = write_all(STDOUT_FILENO, winner->buf->data, winner->buf->len) == 0 ? 0 : 1;
     } else {
         stop(person);

@@ -1,5 +1,5 @@
 /* The agent's commands that have a file each (enroll.c, unlock.c, rewrap.c, status.c,
- * seal_secret_id.c); rotate and watch are in agent.h. Each takes the command's argv (argv[0] is
+ * seal_secret_id.c, recover.c); rotate and watch are in agent.h. Each takes the command's argv (argv[0] is
  * the command) and returns the exit status. */
 #ifndef KFA_COMMANDS_H
 #define KFA_COMMANDS_H
@@ -28,5 +28,7 @@ int kfa_cmd_unlock(kfa_ctx *ctx, int argc, char **argv, kfa_identity_job *job);
 int kfa_cmd_rewrap(kfa_ctx *ctx, int argc, char **argv);
 int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv);
 int kfa_cmd_seal_secret_id(kfa_ctx *ctx, int argc, char **argv);
+/* recover.c: a recovery key typed at the console; run before the identity is read (it needs none). */
+int kfa_cmd_recover(const kfa_config *cfg, int argc, char **argv);
 
 #endif

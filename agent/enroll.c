@@ -144,13 +144,9 @@ int kfa_cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
     const char *fallback = "";
     if (e.offline_fallback_allowed) {
         /* Policy allows an offline copy: seal it to this TPM under the PCRs policy names. */
-        const uint32_t *pcrs = e.n_tpm_pcrs > 0 ? e.tpm_pcrs : ctx->cfg->tpm_pcrs;
-        size_t n_pcrs = e.n_tpm_pcrs > 0 ? e.n_tpm_pcrs : ctx->cfg->n_tpm_pcrs;
         char *blob = NULL;
         kf_err terr = {0};
-        kfa_client_close_for_tpm(ctx);
-        if (kfa_tpm_seal(ctx->cfg->tpm_tcti, pcrs, n_pcrs, e.key, &blob, KFA_TPM_TIMEOUT_MS, &terr) == 0 &&
-            v.drv->store_tpm(ctx->cfg, &v, blob, &terr) == 0) {
+        if (kfa_seal_copy(ctx, &e, &blob, &terr) == 0 && v.drv->store_tpm(ctx->cfg, &v, blob, &terr) == 0) {
             fallback = "; TPM-sealed copy stored for offline unlock";
         } else {
             kf_log_warn("tpm_seal_failed", "volume=%s error=%s", kf_log_q(v.path), kf_log_q(terr.msg));

@@ -5,7 +5,8 @@
  * and a LUKS2 token of type "keyfleet" records it:
  *   {"type":"keyfleet","keyslots":["N"],"keyfleet_volume_id":UUID,
  *    "keyfleet_wrapped_key":"kf:...","keyfleet_coordinators":["host:port",...],
- *    "keyfleet_tpm_sealed":"kftpm1:..." (only where policy allows offline unlock),
+ *    "keyfleet_tpm_sealed":"kftpm1:..." (only where policy allows offline unlock; a rotating
+ *    token's seals the new key),
  *    "keyfleet_rotating":true, "keyfleet_replaces":"N", "keyfleet_replaces_salt":BASE64 (a
  *    rotation's new key until COMMIT; the old key's keyslot and its KDF salt until it is killed)}
  * A rotation adds a second token, marked rotating, with its own keyslot; probe prefers the
@@ -74,6 +75,9 @@ static void next_becomes_key(kfa_volume *v, int replaces)
 {
     v->wrapped = v->wrapped_next;
     v->wrapped_next = NULL;
+    free(v->tpm_blob); /* it sealed the old key */
+    v->tpm_blob = v->tpm_blob_next;
+    v->tpm_blob_next = NULL;
     v->keyslot = v->next_keyslot;
     v->token = v->next_token;
     v->next_keyslot = v->next_token = -1;
@@ -101,7 +105,8 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
             return kf_err_wrap(err, "%s: keyfleet token %d", v->path, t);
         if (tok.rotating && v->wrapped_next == NULL) {
             v->wrapped_next = tok.wrapped;
-            tok.wrapped = NULL;
+            v->tpm_blob_next = tok.tpm_blob;
+            tok.wrapped = tok.tpm_blob = NULL;
             v->next_keyslot = tok.keyslot;
             v->next_token = t;
             v->replaces_keyslot = tok.replaces;
@@ -139,6 +144,8 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     v->tpm_blob = NULL;
     free(v->wrapped_next);
     v->wrapped_next = NULL;
+    free(v->tpm_blob_next);
+    v->tpm_blob_next = NULL;
     v->rotating = false;
     int r = device_of(v, &cd, err);
     if (r != 0)
@@ -157,8 +164,10 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     return r;
 }
 
-/* rotating: the token of a rotation's new key, which replaces v's keyslot. */
-static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped, bool rotating)
+/* rotating: the token of a rotation's new key, which replaces v's keyslot. tpm_blob: the TPM copy
+ * of the token's key (NULL: none). */
+static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped, bool rotating,
+                           const char *tpm_blob)
 {
     json_t *coords = json_array();
     for (size_t i = 0; coords != NULL && i < cfg->coordinators.n; i++)
@@ -167,8 +176,8 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
     snprintf(slot_s, sizeof(slot_s), "%d", slot);
     json_t *o = json_pack("{s:s, s:[s], s:s, s:s, s:o}", "type", TOKEN_TYPE, "keyslots", slot_s, "keyfleet_volume_id",
                           v->id, "keyfleet_wrapped_key", wrapped, "keyfleet_coordinators", coords);
-    if (o != NULL && v->tpm_blob != NULL && !rotating)
-        json_object_set_new(o, "keyfleet_tpm_sealed", json_string(v->tpm_blob));
+    if (o != NULL && tpm_blob != NULL)
+        json_object_set_new(o, "keyfleet_tpm_sealed", json_string(tpm_blob));
     int replaces = v->rotating ? v->replaces_keyslot : v->keyslot;
     if (o != NULL && rotating)
         json_object_set_new(o, "keyfleet_rotating", json_true());
@@ -186,7 +195,7 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
 
 static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped)
 {
-    return token_json_as(cfg, v, slot, wrapped, v->rotating);
+    return token_json_as(cfg, v, slot, wrapped, v->rotating, v->tpm_blob);
 }
 
 /* The PBKDF2 cost of the digest that checks keyslot slot's volume key, from the LUKS2 metadata:
@@ -399,7 +408,7 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
                           v->path, slot == -EPERM ? "the current key does not open the volume" : strerror(-slot));
     kfa_test_crash_point("keyslot");
     keyslot_salt(cd, v->keyslot, v->replaces_salt, sizeof(v->replaces_salt));
-    char *json = token_json_as(cfg, v, slot, wrapped, true);
+    char *json = token_json_as(cfg, v, slot, wrapped, true, v->tpm_blob_next);
     int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
     free(json);
     char *copy = token >= 0 ? strdup(wrapped) : NULL;
@@ -485,8 +494,6 @@ static int luks_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_sec
     if (v->token >= 0 && v->token != v->next_token && (r = sym_crypt_token_json_set(cd, v->token, NULL)) < 0)
         return kf_err_set(err, r, "%s: cannot remove the old keyfleet token %d", v->path, v->token);
     free(v->wrapped);
-    free(v->tpm_blob); /* sealed the old key */
-    v->tpm_blob = NULL;
     next_becomes_key(v, old_slot);
     kfa_test_crash_point("old-token");
     if ((r = kill_replaced(cd, v, old_slot, err)) != 0)
@@ -529,6 +536,8 @@ void kfa_volume_clear(kfa_volume *v)
     v->tpm_blob = NULL;
     free(v->wrapped_next);
     v->wrapped_next = NULL;
+    free(v->tpm_blob_next);
+    v->tpm_blob_next = NULL;
     if (v->handle != NULL && v->kind == KFA_VOL_LUKS2)
         sym_crypt_free(v->handle);
     v->handle = NULL;

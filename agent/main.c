@@ -1,7 +1,7 @@
 /* keyfleet-agent: enrolls this node's encrypted volumes with a coordinator and unlocks them at
  * boot. Exit status of unlock: 0 all unlocked, 1 none, 3 some; 2 for usage or config errors.
  * This file is the command line and the dispatch; each command is a file of its own (enroll.c,
- * unlock.c, rewrap.c, status.c, seal_secret_id.c, rotate.c, watch.c, boot.c, identity.c). */
+ * unlock.c, rewrap.c, status.c, seal_secret_id.c, rotate.c, recover.c, watch.c, boot.c, identity.c). */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -26,12 +26,17 @@ static const kf_cli_cmd commands_help[] = {
     {"unlock", "unlock [--all | VOLUME...]\n"
                "       exit 0: all unlocked, 1: none, 3: some"},
     {"status", "status [--json]\n"
-               "       each volume's key status and last unlock, and whether a coordinator answers"},
+               "       each volume's key status and last unlock, whether a coordinator answers, and the\n"
+               "       dead-man switch as keyfleet-agent watch left it (window, last contact, locked)"},
     {"rewrap", "rewrap\n"
                "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
-    {"rotate", "rotate --all | VOLUME...\n"
+    {"rotate", "rotate [--tpm] --all | VOLUME...\n"
                "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
-               "       exit as unlock"},
+               "       a TPM copy of the old key is replaced where policy allows; --tpm: also seal one for\n"
+               "       a volume that has none; exit as unlock"},
+    {"recover", "recover VOLUME\n"
+                "       break glass: open VOLUME with its recovery key, typed on stdin (docs/recovery.md);\n"
+                "       no coordinator, identity or TPM needed; reported at the next contact"},
     {"identity", "identity create NAME [--key FILE] [--csr FILE]\n"
                  "       makes an ECC P-256 key in the TPM (tpm.tcti), a certificate request, and the TPM's\n"
                  "       evidence that the key is in it (FILE.evidence); FILE defaults: identity.tpm_key of\n"
@@ -141,6 +146,12 @@ int main(int argc, char **argv)
     int sub_argc = argc - optind, rc;
     if (strcmp(cmd, "initramfs-files") == 0) {
         rc = kfa_cmd_initramfs_files(ctx.cfg, sub_argc, argv + optind);
+        kfa_config_free(ctx.cfg);
+        return finish(rc);
+    }
+    if (strcmp(cmd, "recover") == 0) {
+        /* Before the identity is resolved: break glass, when the TPM holding it may be gone. */
+        rc = kfa_cmd_recover(ctx.cfg, sub_argc, argv + optind);
         kfa_config_free(ctx.cfg);
         return finish(rc);
     }

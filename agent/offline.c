@@ -29,3 +29,11 @@ int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_se
     *ret_key = key;
     return 0;
 }
+
+int kfa_seal_copy(kfa_ctx *ctx, const kf_enrolled *e, char **ret_blob, kf_err *err)
+{
+    const uint32_t *pcrs = e->n_tpm_pcrs > 0 ? e->tpm_pcrs : ctx->cfg->tpm_pcrs;
+    size_t n_pcrs = e->n_tpm_pcrs > 0 ? e->n_tpm_pcrs : ctx->cfg->n_tpm_pcrs;
+    kfa_client_close_for_tpm(ctx);
+    return kfa_tpm_seal(ctx->cfg->tpm_tcti, pcrs, n_pcrs, e->key, ret_blob, KFA_TPM_TIMEOUT_MS, err);
+}

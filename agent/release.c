@@ -162,11 +162,17 @@ int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const ch
     return attest_with(ctx, method, volume_id, kf_seal_receiver_public_key(rx), 32, request_id, q, msg, err);
 }
 
-int kfa_attest_heartbeat(kfa_ctx *ctx, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err)
+int kfa_attest_keyless(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
+                       Keyfleet__V1__TpmQuote *msg, kf_err *err)
 {
     if (ctx->cfg->tpm_key == NULL || !ctx->cfg->tpm_attest || !ctx->me.tpm_key)
         return 1;
-    return attest_with(ctx, "Heartbeat", "", NULL, 0, "", q, msg, err);
+    return attest_with(ctx, method, volume_id, NULL, 0, request_id, q, msg, err);
+}
+
+int kfa_attest_heartbeat(kfa_ctx *ctx, kfa_quote *q, Keyfleet__V1__TpmQuote *msg, kf_err *err)
+{
+    return kfa_attest_keyless(ctx, "Heartbeat", "", "", q, msg, err);
 }
 
 /* The quote for method on the current connection (connecting first), bound to its exporter. */

@@ -107,7 +107,15 @@ static int rotate_call(kfa_ctx *ctx, const kfa_volume *v, bool commit, const cha
     }
     Keyfleet__V1__VolumeRef ref = volume_ref(v);
     kf_rpc_status st;
-    r = kf_node_rotate(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, commit, request_id, wrapped, ret, &st, err);
+    /* Each step carries a quote, as a Release does (require: [attested]; review F5). */
+    kfa_quote q;
+    Keyfleet__V1__TpmQuote quote;
+    int a = commit ? kfa_attest_keyless(ctx, "RotateKey", v->id, request_id, &q, &quote, err)
+                   : kfa_attest(ctx, "RotateKey", v->id, request_id, &q, &quote, err);
+    if (a < 0)
+        return kf_err_wrap(err, "%s: RotateKey", v->path);
+    r = kf_node_rotate(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, commit, request_id, wrapped,
+                       a == 0 ? &quote : NULL, ret, &st, err);
     if (r != 0)
         return kf_err_wrap(err, "%s: RotateKey", v->path);
     if (st.code != KF_CONNECT_OK)
@@ -115,6 +123,33 @@ static int rotate_call(kfa_ctx *ctx, const kfa_volume *v, bool commit, const cha
                           "%s: coordinator refused the rotation (%s): %s: %s", v->path, commit ? "commit" : "begin",
                           kf_connect_code_name(st.code), st.message);
     return 0;
+}
+
+/* Whether the run seals a TPM copy of the new key: the volume had one, or (rotate --tpm) the
+ * operator asks for one. */
+static bool wants_tpm(const kfa_volume *v, bool add_tpm)
+{
+    return (v->tpm_blob != NULL || add_tpm) && v->tpm_blob_next == NULL;
+}
+
+/* A volume that had a TPM copy gets one of the new key, to be stored with it, where BEGIN's
+ * answer (e) says policy still allows one; otherwise its copy goes with the old key (review F3).
+ * rotate --tpm gives one to a volume that has none (enrolled where policy did not allow one then,
+ * or rotated by an agent that dropped it). A copy that cannot be sealed is not fatal: the
+ * rotation goes on, and the warning says the volume now needs a coordinator to unlock. */
+static void seal_next(kfa_ctx *ctx, kfa_volume *v, const kf_enrolled *e, bool add_tpm)
+{
+    if (!wants_tpm(v, add_tpm))
+        return;
+    kf_err terr = {0};
+    if (!e->offline_fallback_allowed) {
+        kf_log_warn(v->tpm_blob != NULL ? "tpm_copy_dropped" : "tpm_copy_not_allowed",
+                    "volume=%s reason=\"the volume's rule does not allow offline_fallback\"", kf_log_q(v->path));
+    } else if (kfa_seal_copy(ctx, e, &v->tpm_blob_next, &terr) != 0) {
+        v->tpm_blob_next = NULL;
+        kf_log_warn("tpm_seal_failed", "volume=%s error=%s hint=\"no TPM copy of the new key: this volume needs a "
+                    "coordinator to unlock\"", kf_log_q(v->path), kf_log_q(terr.msg));
+    }
 }
 
 /* The key of wrapped (v's key, or the rotation staged on it), released by a coordinator. */
@@ -133,7 +168,7 @@ static int release_key(kfa_ctx *ctx, const kfa_volume *v, const char *wrapped, k
     return 0;
 }
 
-static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err *err)
+static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **ret_how, kf_err *err)
 {
     const kfa_config *cfg = ctx->cfg;
     kf_secbuf *old_key = NULL;
@@ -149,8 +184,18 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err 
         *ret_how = "rotation resumed (commit)";
     } else if (v->wrapped_next != NULL) {
         *ret_how = "rotation resumed";
-        if ((r = release_key(ctx, v, v->wrapped_next, &e.key, err)) == 0 && (e.wrapped = strdup(v->wrapped_next)) == NULL)
+        if (wants_tpm(v, add_tpm)) {
+            /* A TPM copy to replace (ZFS keeps the new one only in memory until retire): BEGIN
+             * again, which answers with the rotation in progress and what policy allows now. */
+            if ((r = rotate_call(ctx, v, false, NULL, &e, err)) == 0 && strcmp(e.wrapped, v->wrapped_next) != 0)
+                r = kf_err_set(err, -ESTALE, "%s: the coordinator's rotation in progress is not the one staged on the "
+                               "volume; nothing changed", v->path);
+            if (r == 0)
+                seal_next(ctx, v, &e, add_tpm);
+        } else if ((r = release_key(ctx, v, v->wrapped_next, &e.key, err)) == 0 &&
+                   (e.wrapped = strdup(v->wrapped_next)) == NULL) {
             r = kf_err_set(err, -ENOMEM, "out of memory");
+        }
         /* ZFS changes the key only while the dataset still has the one it replaces. */
         if (r == 0 && v->kind == KFA_VOL_ZFS)
             r = release_key(ctx, v, v->wrapped, &old_key, err);
@@ -162,6 +207,7 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err 
         }
         if (r == 0) {
             kfa_test_crash_point("begin");
+            seal_next(ctx, v, &e, add_tpm);
             r = v->drv->rotate_stage(cfg, v, old_key, e.key, e.wrapped, err);
         }
     }
@@ -187,14 +233,14 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, const char **ret_how, kf_err 
 
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv)
 {
-    bool all = argc == 2 && strcmp(argv[1], "--all") == 0;
-    if (argc < 2 || (!all && strncmp(argv[1], "-", 1) == 0)) {
-        fprintf(stderr, "usage: keyfleet-agent rotate --all | VOLUME...\n");
-        return KFA_EXIT_USAGE;
-    }
+    bool add_tpm = argc >= 2 && strcmp(argv[1], "--tpm") == 0;
+    int first = add_tpm ? 2 : 1;
+    bool all = argc == first + 1 && strcmp(argv[first], "--all") == 0;
+    if (argc < first + 1 || (!all && strncmp(argv[first], "-", 1) == 0))
+        return kfa_usage("rotate");
     kfa_volume *vs = NULL;
     size_t n = 0, ok = 0;
-    if (kfa_collect_volumes(ctx, all ? 0 : argc - 1, argv + 1, false, &vs, &n) != 0)
+    if (kfa_collect_volumes(ctx, all ? 0 : argc - first, argv + first, false, &vs, &n) != 0)
         return KFA_EXIT_USAGE;
     for (size_t i = 0; i < n; i++) {
         kfa_volume *v = &vs[i];
@@ -213,7 +259,7 @@ int kfa_rotate(kfa_ctx *ctx, int argc, char **argv)
             continue;
         }
         if (r == 0)
-            r = rotate_one(ctx, v, &how, &err);
+            r = rotate_one(ctx, v, add_tpm, &how, &err);
         if (r == 0) {
             kf_log_info("key_rotated", "volume=%s id=%s", kf_log_q(v->path), kf_log_q(v->id));
             printf("%s %s: %s\n", v->drv->name, v->path, how);

@@ -109,6 +109,11 @@ void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method
 
 int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason)
 {
+    return kfa_state_queue_unlock(cfg, v, KEYFLEET__V1__OFFLINE_METHOD__OFFLINE_METHOD_TPM, reason);
+}
+
+int kfa_state_queue_unlock(const kfa_config *cfg, const kfa_volume *v, int method, const char *reason)
+{
     state_tx tx;
     int r = state_begin(cfg, &tx);
     if (r != 0)
@@ -119,9 +124,9 @@ int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const ch
         json_object_set_new(tx.root, "offline_pending", q);
     }
     bool ok = q != NULL &&
-              json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s}", "volume_id", v->id, "kind",
+              json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s, s:i}", "volume_id", v->id, "kind",
                                                  v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", v->path, "at",
-                                                 (json_int_t)time(NULL), "reason", reason)) == 0;
+                                                 (json_int_t)time(NULL), "reason", reason, "method", method)) == 0;
     r = state_end(cfg, &tx, ok);
     return ok ? r : -ENOMEM;
 }
@@ -200,6 +205,7 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
             items[i].volume = &refs[i];
             items[i].at = &ats[i];
             items[i].reason = (char *)json_string_value(json_object_get(e, "reason"));
+            items[i].method = (Keyfleet__V1__OfflineMethod)json_integer_value(json_object_get(e, "method"));
             if (refs[i].id == NULL)
                 refs[i].id = (char *)"";
             if (refs[i].name == NULL)
@@ -267,15 +273,27 @@ void kfa_report_offline(kfa_ctx *ctx)
     (void)kfa_heartbeat(ctx, false, &lock, &err); /* quiet: the next contact tries again */
 }
 
-void kfa_state_dead_man_get(const kfa_config *cfg, uint64_t *ret_after_s, int64_t *ret_last_contact)
+void kfa_state_dead_man_read(const kfa_config *cfg, kfa_dead_man_state *ret)
 {
     json_t *root = json_load_file(cfg->state_file, 0, NULL);
     json_t *d = root != NULL ? json_object_get(root, "dead_man") : NULL;
     json_int_t after = json_integer_value(json_object_get(d, "after_s"));
     json_int_t at = json_integer_value(json_object_get(d, "last_contact"));
-    *ret_after_s = after > 0 ? (uint64_t)after : 0;
-    *ret_last_contact = at > 0 ? (int64_t)at : 0;
+    json_int_t locked = json_integer_value(json_object_get(d, "locked_at"));
+    json_t *q = root != NULL ? json_object_get(root, "dead_man_pending") : NULL;
+    ret->after_s = after > 0 ? (uint64_t)after : 0;
+    ret->last_contact = at > 0 ? (int64_t)at : 0;
+    ret->locked_at = locked > 0 ? (int64_t)locked : 0;
+    ret->unreported = json_is_array(q) ? json_array_size(q) : 0;
     json_decref(root);
+}
+
+void kfa_state_dead_man_get(const kfa_config *cfg, uint64_t *ret_after_s, int64_t *ret_last_contact)
+{
+    kfa_dead_man_state s;
+    kfa_state_dead_man_read(cfg, &s);
+    *ret_after_s = s.after_s;
+    *ret_last_contact = s.last_contact;
 }
 
 int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t at)
@@ -285,6 +303,9 @@ int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t 
     if (r != 0)
         return r;
     json_t *d = json_pack("{s:I, s:I}", "after_s", (json_int_t)after_s, "last_contact", (json_int_t)at);
+    json_t *locked = json_object_get(json_object_get(tx.root, "dead_man"), "locked_at"); /* for status */
+    if (d != NULL && json_is_integer(locked))
+        json_object_set(d, "locked_at", locked);
     bool ok = d != NULL && json_object_set_new(tx.root, "dead_man", d) == 0;
     r = state_end(cfg, &tx, ok);
     return ok ? r : -ENOMEM;
@@ -306,6 +327,10 @@ int kfa_state_queue_dead_man(const kfa_config *cfg, int64_t at, uint64_t silent_
               json_array_append_new(q, json_pack("{s:I, s:I, s:I, s:i, s:i}", "at", (json_int_t)at, "silent_s",
                                                  (json_int_t)silent_s, "after_s", (json_int_t)after_s, "locked",
                                                  (int)locked, "failed", (int)failed)) == 0;
+    /* The last lock, kept past its report for keyfleet-agent status. */
+    json_t *d = json_object_get(tx.root, "dead_man");
+    if (ok && json_is_object(d))
+        ok = json_object_set_new(d, "locked_at", json_integer((json_int_t)at)) == 0;
     r = state_end(cfg, &tx, ok);
     return ok ? r : -ENOMEM;
 }

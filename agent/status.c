@@ -30,9 +30,11 @@ int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv)
     if (reachable)
         kfa_report_offline(ctx);
     json_t *arr = json_array();
-    if (!json)
-        printf("coordinators: %s\n%-6s %-38s %-28s %-12s %-12s %s\n", reachable ? "reachable" : "unreachable", "KIND",
-               "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
+    if (!json) {
+        printf("coordinators: %s\n", reachable ? "reachable" : "unreachable");
+        kfa_dead_man_status(ctx->cfg, NULL);
+        printf("%-6s %-38s %-28s %-12s %-12s %s\n", "KIND", "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
+    }
     for (size_t i = 0; i < n; i++) {
         kfa_volume *v = &vs[i];
         kf_err perr = {0};
@@ -57,6 +59,8 @@ int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv)
     }
     if (json) {
         json_t *o = json_pack("{s:b, s:o}", "coordinators_reachable", reachable, "volumes", arr);
+        if (o != NULL)
+            kfa_dead_man_status(ctx->cfg, o);
         char *s = json_dumps(o, JSON_COMPACT);
         printf("%s\n", s != NULL ? s : "{}");
         free(s);

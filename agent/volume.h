@@ -28,6 +28,10 @@ typedef struct kfa_volume {
      * form (LUKS2: the token marked rotating, while the old token is still there; ZFS:
      * org.keyfleet:wrapped-next), NULL when none; LUKS2: its keyslot and token. */
     char *wrapped_next;
+    /* The new key sealed to this TPM, replacing tpm_blob once the new key is the volume's (LUKS2:
+     * in the token marked rotating; ZFS: held by the run, stored with wrapped-key at retire);
+     * NULL when none (review F3). */
+    char *tpm_blob_next;
     int next_keyslot, next_token;
     int replaces_keyslot; /* LUKS2: the old key's keyslot, named by the marked token; -1 when none */
     char replaces_salt[65]; /* LUKS2: that keyslot's KDF salt when the token was staged; "" when unknown */
@@ -66,7 +70,8 @@ typedef struct kfa_driver {
      * old_key and a token marked rotating; ZFS: org.keyfleet:wrapped-next), sets wrapped_next.
      * retire: checks that new_key opens the volume, then removes the old key (LUKS2: its keyslot,
      * then its token; ZFS: change-key, only while old_key is the dataset's key or new_key already
-     * is, then wrapped-key := wrapped_next and wrapped-next removed);
+     * is, then wrapped-key := wrapped_next and wrapped-next removed); the TPM copy becomes
+     * tpm_blob_next, or is dropped when there is none (it sealed the old key);
      * wrapped becomes the new wrapped key; called again on a volume left rotating (new_key NULL),
      * it only finishes removing the old key. finish: after COMMIT, clears the rotating mark. */
     int (*rotate_stage)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key, const kf_secbuf *new_key,

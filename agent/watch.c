@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
 #include <openssl/rand.h>
 
 #include "agent.h"
@@ -182,4 +183,53 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
                 locking ? "yes" : "no", dead_locked ? "yes" : "no");
     /* Stopped by a signal is a clean stop; after --count N, the last heartbeat decides. */
     return stopped || (reached && failed == 0) ? KFA_EXIT_ALL : KFA_EXIT_NONE;
+}
+
+static const char *utc(int64_t t, char buf[32])
+{
+    if (t <= 0)
+        return "-";
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+/* As the watcher left it in the state file: the window from the last heartbeat it got an answer
+ * to, that contact, and whether the switch locked the volumes since (locked_at not before the
+ * last contact; a lock made before the contact that ended it is only the last lock). */
+void kfa_dead_man_status(const kfa_config *cfg, json_t *obj)
+{
+    kfa_dead_man_state s;
+    kfa_state_dead_man_read(cfg, &s);
+    int64_t now = time(NULL);
+    int64_t silent = s.last_contact > 0 && now > s.last_contact ? now - s.last_contact : 0;
+    bool past = s.after_s > 0 && s.last_contact > 0 && (uint64_t)silent >= s.after_s;
+    bool locked = s.locked_at > 0 && s.locked_at >= s.last_contact;
+    char b1[32], b2[32], b3[32];
+    const char *contact = utc(s.last_contact, b1), *lock = utc(s.locked_at, b2);
+    const char *deadline = utc(s.after_s > 0 && s.last_contact > 0 ? s.last_contact + (int64_t)s.after_s : 0, b3);
+    if (obj != NULL) {
+        json_object_set_new(obj, "dead_man",
+                            json_pack("{s:I, s:s, s:I, s:s, s:b, s:b, s:s, s:I}", "after_s", (json_int_t)s.after_s,
+                                      "last_contact", contact, "silent_s", (json_int_t)silent, "locks_at", deadline,
+                                      "past", past, "locked", locked, "locked_at", lock, "unreported_locks",
+                                      (json_int_t)s.unreported));
+        return;
+    }
+    if (s.after_s == 0) {
+        printf("dead-man: off (%s)\n", s.last_contact > 0 ? "no dead_man.after for this node at the last contact"
+                                                          : "keyfleet-agent watch has not reached a coordinator");
+        return;
+    }
+    printf("dead-man: after %llus; last contact %s (%llds ago); ", (unsigned long long)s.after_s, contact,
+           (long long)silent);
+    if (locked)
+        printf("LOCKED at %s (%s)\n", lock, s.unreported > 0 ? "not reported yet" : "reported");
+    else if (past)
+        printf("PAST the window: keyfleet-agent watch locks at its next failed heartbeat\n");
+    else
+        printf("locks at %s without a coordinator%s%s\n", deadline, s.locked_at > 0 ? "; last lock " : "",
+               s.locked_at > 0 ? lock : "");
 }

@@ -62,12 +62,15 @@ static int zfs_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     return r;
 }
 
-static int set_props(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err)
+/* tpm_blob (NULL: left as it is) is set in the same command, so the TPM copy never names another
+ * key than wrapped-key. */
+static int set_props(const kfa_config *cfg, kfa_volume *v, const char *wrapped, const char *tpm_blob, kf_err *err)
 {
-    char p1[KFA_WRAPPED_MAX + 64], p2[200];
+    char p1[KFA_WRAPPED_MAX + 64], p2[200], p3[KFA_WRAPPED_MAX + 64];
     snprintf(p1, sizeof(p1), PROP_WRAPPED "=%s", wrapped);
     snprintf(p2, sizeof(p2), PROP_ID "=%s", v->id);
-    const char *args[] = {"set", p1, p2, v->path, NULL};
+    snprintf(p3, sizeof(p3), PROP_TPM "=%s", tpm_blob != NULL ? tpm_blob : "");
+    const char *args[] = {"set", p1, p2, tpm_blob != NULL ? p3 : v->path, tpm_blob != NULL ? v->path : NULL, NULL};
     return zfs(cfg, args, NULL, NULL, err);
 }
 
@@ -101,7 +104,7 @@ static int zfs_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key
     const char *check[] = {"load-key", "-n", "-L", "prompt", v->path, NULL};
     if ((r = zfs(cfg, check, key, NULL, err)) != 0)
         return kf_err_wrap(err, "%s: the new key did not verify", v->path);
-    if ((r = set_props(cfg, v, wrapped, err)) != 0)
+    if ((r = set_props(cfg, v, wrapped, NULL, err)) != 0)
         return r;
     free(v->wrapped);
     v->wrapped = strdup(wrapped);
@@ -130,7 +133,7 @@ static int zfs_unlock(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key
 
 static int zfs_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *wrapped, kf_err *err)
 {
-    int r = set_props(cfg, v, wrapped, err);
+    int r = set_props(cfg, v, wrapped, NULL, err);
     if (r == 0) {
         free(v->wrapped);
         v->wrapped = strdup(wrapped);
@@ -267,7 +270,7 @@ static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secb
         if ((r = zfs(cfg, check, new_key, NULL, err)) != 0)
             return kf_err_wrap(err, "%s: the new key did not verify", v->path);
     }
-    if ((r = set_props(cfg, v, v->wrapped_next, err)) != 0)
+    if ((r = set_props(cfg, v, v->wrapped_next, v->tpm_blob_next, err)) != 0)
         return r;
     kfa_test_crash_point("wrapped");
     const char *drop[] = {"inherit", PROP_NEXT, v->path, NULL};
@@ -276,7 +279,11 @@ static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secb
     free(v->wrapped);
     v->wrapped = v->wrapped_next;
     v->wrapped_next = NULL;
-    if (v->tpm_blob != NULL) { /* it sealed the old key, which no longer opens the dataset */
+    if (v->tpm_blob_next != NULL) { /* stored with wrapped-key above */
+        free(v->tpm_blob);
+        v->tpm_blob = v->tpm_blob_next;
+        v->tpm_blob_next = NULL;
+    } else if (v->tpm_blob != NULL) { /* it sealed the old key, which no longer opens the dataset */
         const char *drop_tpm[] = {"inherit", PROP_TPM, v->path, NULL};
         if (zfs(cfg, drop_tpm, NULL, NULL, err) == 0) {
             free(v->tpm_blob);

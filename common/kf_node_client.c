@@ -176,8 +176,8 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
 }
 
 int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
-                   bool commit, const char *request_id, const char *wrapped, kf_enrolled *ret, kf_rpc_status *st,
-                   kf_err *err)
+                   bool commit, const char *request_id, const char *wrapped, const Keyfleet__V1__TpmQuote *attestation,
+                   kf_enrolled *ret, kf_rpc_status *st, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
     kf_seal_receiver *owned = NULL;
@@ -193,6 +193,10 @@ int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
     }
     req.request_id = (char *)(request_id != NULL ? request_id : "");
     req.wrapped_key = (char *)(commit && wrapped != NULL ? wrapped : "");
+    if (attestation != NULL) {
+        req.attestation_present_case = KEYFLEET__V1__ROTATE_KEY_REQUEST__ATTESTATION_PRESENT_ATTESTATION;
+        req.attestation = (Keyfleet__V1__TpmQuote *)attestation;
+    }
     ProtobufCMessage *m = NULL;
     r = kf_rpc_call(c, "keyfleet.v1.NodeService/RotateKey", &req.base, &keyfleet__v1__rotate_key_response__descriptor,
                     &m, st, err);
@@ -202,6 +206,10 @@ int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
             r = open_sealed(resp->sealed_key, rx, "rotate", request_id, node, volume->id, &ret->key, err);
         if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
+        ret->offline_fallback_allowed = resp->offline_fallback_allowed;
+        for (size_t i = 0; i < resp->n_tpm_pcrs && i < 24; i++)
+            if (resp->tpm_pcrs[i] < 24)
+                ret->tpm_pcrs[ret->n_tpm_pcrs++] = resp->tpm_pcrs[i];
         if (r != 0)
             kf_enrolled_clear(ret);
     }

@@ -46,12 +46,13 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
                     const char *wrapped, const char *request_id, const Keyfleet__V1__TpmQuote *attestation,
                     kf_released *ret, kf_rpc_status *st, kf_err *err);
 
-/* NodeService.RotateKey. BEGIN (commit false; request_id required): *ret gets the new key and
- * its wrapped form. COMMIT (wrapped: the new wrapped key): *ret gets the volume's wrapped key
- * now, and no key. Return as kf_rpc_call. */
+/* NodeService.RotateKey. BEGIN (commit false; request_id required): *ret gets the new key, its
+ * wrapped form and whether it may be sealed to the TPM. COMMIT (wrapped: the new wrapped key):
+ * *ret gets the volume's wrapped key now, and no key. attestation as kf_node_release's (COMMIT's
+ * is made for an empty ephemeral key). Return as kf_rpc_call. */
 int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
-                   bool commit, const char *request_id, const char *wrapped, kf_enrolled *ret, kf_rpc_status *st,
-                   kf_err *err);
+                   bool commit, const char *request_id, const char *wrapped, const Keyfleet__V1__TpmQuote *attestation,
+                   kf_enrolled *ret, kf_rpc_status *st, kf_err *err);
 
 /* The keyfleet identity named by a PEM certificate file. */
 int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err);

@@ -1125,8 +1125,8 @@ void kfd_rpc_release(kfd_call *call)
 
 /* ------------------------------------------------------------------ RotateKey */
 
-/* BEGIN: validate; revoked?; volume known?; the enrolling node?; key check value known?; policy
- * allows a release without approval; rate limit; the KMS makes the new key (or unwraps the
+/* BEGIN: validate; revoked?; volume known?; its quote (as Release's); the enrolling node?; key
+ * check value known?; policy allows a release without approval; rate limit; the KMS makes the new key (or unwraps the
  * rotation already in progress, so a repeated BEGIN gets the same key); seal it; commit the
  * rotation and its audit record; only then answer. COMMIT: the same checks up to the owner; the
  * KMS unwraps the presented key (its data key, not its text, must be the rotation in progress);
@@ -1141,6 +1141,7 @@ typedef struct rotate_op {
     char key_kcv[24], next_kcv[24], kcv[24]; /* KFD_KCV_TEXT_LEN + 1 fits */
     char *wrapped; /* BEGIN: the new key, wrapped; COMMIT: the presented one */
     kfd_sealed sealed;
+    bool offline_fallback; /* the volume's rule lets the node keep a TPM copy (BEGIN's answer) */
 } rotate_op;
 
 static void rotate_op_free(rotate_op *op)
@@ -1190,9 +1191,15 @@ static void on_rotate_committed(void *arg, int status, const kfd_apply_result *r
     Keyfleet__V1__RotateKeyResponse resp = KEYFLEET__V1__ROTATE_KEY_RESPONSE__INIT;
     resp.wrapped_key = op->wrapped;
     resp.audit_seq = res->audit_seq;
+    uint32_t pcrs[] = {7}; /* as Enroll's answer */
     if (!op->commit) {
         sealed_key(&sk, &op->sealed);
         resp.sealed_key = &sk;
+        resp.offline_fallback_allowed = op->offline_fallback;
+        if (op->offline_fallback) {
+            resp.n_tpm_pcrs = 1;
+            resp.tpm_pcrs = pcrs;
+        }
     }
     kf_log_info("rotated", "node=%s volume=%s step=%s audit_seq=%llu", call->peer->name, kf_log_q(op->volume_id),
                 op->commit ? "commit" : "begin", (unsigned long long)res->audit_seq);
@@ -1299,6 +1306,16 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
     }
     const char *why = NULL;
     kf_connect_code code = KF_CONNECT_PERMISSION_DENIED;
+    /* The step's quote, judged as Release judges one: under require: [attested] a rotation
+     * hands out (BEGIN) or installs (COMMIT) a key only for a node whose boot state is accepted
+     * (review F5). */
+    kfd_attest_eval att;
+    if (!attest_eval(call, req->attestation, "RotateKey", req->volume->id, &req->ephemeral_public_key,
+                     req->request_id, &att)) {
+        kfd_volume_clear(vol);
+        return NULL;
+    }
+    bool offline_fallback = false;
     if (strcmp(vol->node, call->peer->name) != 0) {
         why = "only the node that enrolled the volume may rotate its key";
     } else if (!(req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT) && vol->key_kcv[0] == '\0') {
@@ -1315,9 +1332,16 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
         labels_from_json(&ls, vol->labels_json);
         kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
                                .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items, .n_labels = ls.n,
-                               .now = time(NULL)};
+                               .now = time(NULL), .attested = att.attested, .attest_why = att.why,
+                               .quoted = att.quote_valid ? &att.quoted : NULL};
         kfd_policy_evaluate_release(app->policy, &in, vol->node, &d);
         json_decref(ls.json);
+        offline_fallback = d.offline_fallback;
+        if (!d.allow && att.seen[0] != '\0') {
+            kfd_volume_clear(vol);
+            deny_attest(call, req->volume->id, req->request_id, &att, d.explanation);
+            return NULL;
+        }
         if (!d.allow) {
             kfd_volume_clear(vol);
             deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id,
@@ -1352,6 +1376,7 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
     }
     op->req = req;
     op->commit = req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT;
+    op->offline_fallback = offline_fallback;
     snprintf(op->action, sizeof(op->action), "%s", action);
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
@@ -1557,8 +1582,11 @@ void kfd_rpc_heartbeat(kfd_call *call)
     for (size_t i = 0; i < n_offline; i++) {
         const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
         char reason[700];
-        snprintf(reason, sizeof(reason), "unlocked from the node's TPM at %lld: %s", (long long)u->at->seconds,
-                 u->reason);
+        snprintf(reason, sizeof(reason), "unlocked %s at %lld: %s",
+                 u->method == KEYFLEET__V1__OFFLINE_METHOD__OFFLINE_METHOD_RECOVERY_KEY
+                     ? "with a recovery key typed at the node's console"
+                     : "from the node's TPM",
+                 (long long)u->at->seconds, u->reason);
         kfd_audit_buf a;
         kfd_audit_fill(&a, kfd_call_actor(call), "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW,
                        call->peer->name,

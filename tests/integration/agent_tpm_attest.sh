@@ -176,6 +176,20 @@ rules:
 YAML
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "under require: [attested] the node that booted what it enrolled with unlocks" "$out" "disk.luks: unlocked \\(key verified"
+# ... and rotates (#26 review F5: each RotateKey step carries a quote). An agent not attesting
+# (tpm.attest: false) cannot COMMIT the rotation an attested run left half-way; the attested
+# agent then completes it.
+out=$(A rotate "luks:$WORK/disk.luks" 2>&1)
+expect_match "under require: [attested] the node rotates its volume's key" "$out" "disk.luks: rotated"
+KEYFLEET_TEST_CRASH_AFTER=retire A rotate "luks:$WORK/disk.luks" >/dev/null 2>&1
+sed 's/^tpm: {/tpm: {attest: false, /' "$WORK/a/agent.yaml" >"$WORK/a/noquote.yaml"
+out=$("$AGENT" -c "$WORK/a/noquote.yaml" rotate "luks:$WORK/disk.luks" 2>&1)
+expect_match "a COMMIT without a quote is refused" "$out" \
+    "coordinator refused the rotation \\(commit\\): permission_denied: .*requires measured-boot attestation"
+out=$(A rotate "luks:$WORK/disk.luks" 2>&1)
+expect_match "... the attested agent commits it" "$out" "disk.luks: rotation resumed \\(commit\\)"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and the new key unlocks" "$out" "disk.luks: unlocked \\(key verified"
 expect_eq "... leaving no TPM object loaded" "$(TPM2TOOLS_TCTI="$TCTI_A" tpm2_getcap handles-transient 2>/dev/null | wc -l)" "0"
 
 # A new kernel or bootloader: PCR 4 extended.
@@ -243,10 +257,25 @@ rules:
 YAML
 
 # Attacks, through the agent's own code (tests/integration/quote_probe.c).
-VID=$(cryptsetup token export --token-id 0 "$WORK/disk.luks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyfleet_volume_id"])')
-WRAPPED=$(cryptsetup token export --token-id 0 "$WORK/disk.luks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keyfleet_wrapped_key"])')
+# The keyfleet token's fields (its id changes with each rotation above).
+kf_token() { luks_json "$WORK/disk.luks" | python3 -c 'import json,sys; print([t for t in json.load(sys.stdin)["tokens"].values() if t["type"] == "keyfleet"][0][sys.argv[1]])' "$1"; }
+VID=$(kf_token keyfleet_volume_id)
+WRAPPED=$(kf_token keyfleet_wrapped_key)
+keys0=$(metric "$F" keyfleet_sealed_keys_total)
 out=$("$BUILD/tests/quote_probe" "$WORK/a/agent.yaml" "$VID" "$WRAPPED" "$TCTI_B" 2>&1)
 expect_match "quote_probe: a fresh quote releases" "$out" "case=fresh code=ok status=released"
+# RotateKey hands out (BEGIN) and installs (COMMIT) keys: judged as Release is (#26 review F5).
+expect_match "RotateKey BEGIN without a quote is denied under require: [attested]" "$out" \
+    "case=rotate-unattested code=permission_denied message=.*requires measured-boot attestation"
+expect_match "... and with a quote made for a Release of the same request" "$out" \
+    "case=rotate-release-quote code=permission_denied message=.*requires measured-boot attestation.*quote does not hold"
+expect_match "BEGIN with its own quote is allowed (the positive control)" "$out" "case=rotate-begin code=ok"
+expect_match "COMMIT of that key without a quote is denied" "$out" \
+    "case=rotate-commit-unattested code=permission_denied message=.*requires measured-boot attestation"
+expect_eq "... keys sealed by the probe: its fresh release and the attested BEGIN, no other" \
+    "$(($(metric "$F" keyfleet_sealed_keys_total) - keys0))" "2"
+expect_match "... the refused steps are audited" "$(ctl "$F" audit --node n1 --action policy_deny --json | tail -n 3)" \
+    "requires measured-boot attestation.*requires measured-boot attestation.*requires measured-boot attestation"
 expect_match "a quote replayed from an earlier request (on another connection) is refused" "$out" \
     "case=replayed code=permission_denied message=.*not for this request and connection"
 expect_match "a quote by another TPM's AK (never activated for n1's EK) is refused" "$out" \

@@ -50,7 +50,7 @@ expect_match "keyfleetctl approve without an id: exit 2, approve's usage on stde
 run "$CTL" approve --no-such-option x
 expect_eq "keyfleetctl approve --no-such-option: exit 2" "$RC" 2
 
-for cmd in enroll unlock status rewrap identity seal-secret-id watch check-config initramfs-files keyscript; do
+for cmd in enroll unlock status rewrap rotate recover identity seal-secret-id watch check-config initramfs-files keyscript; do
     run "$AGENT" -c "$WORK/none.yaml" "$cmd" --help
     expect_match "keyfleet-agent $cmd --help: exit 0, its usage (no config needed)" "$RC:$OUT" "^0:usage: keyfleet-agent $cmd"
     run "$AGENT" help "$cmd"

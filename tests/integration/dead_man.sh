@@ -62,6 +62,11 @@ expect_match "node list: the node's last heartbeat and window" "$(ctl "$F" node 
 expect_match "... and as JSON" "$(ctl "$F" node list --json)" \
     "\"node\":\"edge-1\",\"last_seen_at\":[0-9]+,\"dead_man_after_s\":$WINDOW,\"dead_man_past\":(false|true),\"revoked\":false"
 expect_eq "the key is loaded" "$(keystatus)" "available"
+T='[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z'
+expect_match "agent status: the window, the last contact and when it would lock" "$(A status 2>&1)" \
+    "^coordinators: reachable dead-man: after ${WINDOW}s; last contact $T \\([0-9]+s ago\\); locks at $T without a coordinator KIND"
+expect_match "... and as JSON, not locked" "$(A status --json 2>&1)" \
+    "\"dead_man\":\\{\"after_s\":$WINDOW,\"last_contact\":\"$T\",\"silent_s\":[0-9]+,\"locks_at\":\"$T\",\"past\":(false|true),\"locked\":false,\"locked_at\":\"-\",\"unreported_locks\":0\\}"
 
 # The coordinator goes away; a watcher started now counts from the last contact it remembers.
 stop_kfd
@@ -79,6 +84,10 @@ check "... heartbeats before the window warned of the switch, not 'nothing is lo
     bash -c "! grep -q 'nothing is locked' '$WORK/watch.out'"
 expect_match "... the lock is queued for the next contact" "$(cat "$WORK/edge-1-state.json")" \
     "\"dead_man_pending\": \[ *\{ *\"after_s\": $WINDOW, *\"at\": [0-9]+, *\"failed\": 0, *\"locked\": 1"
+expect_match "agent status (coordinator down): LOCKED, not reported yet" "$(A status 2>&1)" \
+    "coordinators: unreachable dead-man: after ${WINDOW}s; last contact $T \\([0-9]+s ago\\); LOCKED at $T \\(not reported yet\\)"
+expect_match "... and as JSON" "$(A status --json 2>&1)" \
+    "\"past\":true,\"locked\":true,\"locked_at\":\"$T\",\"unreported_locks\":1\\}"
 
 # Back again: before the node's next heartbeat, node list marks it past its window.
 start_kfd "$F"
@@ -94,6 +103,8 @@ expect_eq "... the volume stays locked" "$(keystatus)" "unavailable"
 audit=$(ctl "$F" audit --node edge-1 --action dead_man_lock --json)
 expect_match "the lock is audited at the next contact" "$audit" \
     "\"action\":\"dead_man_lock\",\"actor\":\"edge-1\".*dead-man switch: locked 1 volume\(s\) \(0 could not be locked\) at [0-9]+ after [0-9]+ s without reaching a coordinator \(dead_man.after $WINDOW s\)"
+expect_match "agent status after the contact: not locked now, the last lock named" "$(A status 2>&1)" \
+    "dead-man: after ${WINDOW}s; last contact $T \\([0-9]+s ago\\); locks at $T without a coordinator; last lock $T KIND"
 check "... and dropped from the queue" bash -c "! grep -q '\"at\"' <<<\"\$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(\"dead_man_pending\"))' '$WORK/edge-1-state.json')\""
 out=$(A watch --count 1 2>&1)
 check "a second heartbeat reports nothing again" bash -c "! grep -q dead_man_locks_reported <<<'$out'"
@@ -107,6 +118,8 @@ last=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dead_man
 stop_kfd
 past_window() { [ $(($(date +%s) - last)) -gt "$WINDOW" ]; }
 wait_for "the window passes with the coordinator down" 30 past_window
+expect_match "agent status: silent past the window, before a watcher locks" "$(A status 2>&1)" \
+    "dead-man: after ${WINDOW}s; last contact $T \\([0-9]+s ago\\); PAST the window: keyfleet-agent watch locks at its next failed heartbeat"
 out=$(A watch --count 1 2>&1)
 expect_match "a new watcher locks at its first heartbeat" "$out" "event=dead_man_lock node=\"edge-1\" silent_s=[0-9]+ .*zfs tank/d: locked"
 expect_eq "... the key is unloaded" "$(keystatus)" "unavailable"

@@ -60,6 +60,20 @@ rm -f "$MARKER"
 stop_kfd TERM
 keyscript askpass-type "$WORK/root.luks"
 expect_eq "coordinator down: the person's passphrase wins" "$(cat "$WORK/key")" "typed secret"
+# A recovery key typed loosely (upper case, spaces, O for 0) goes on in its canonical form, the
+# recovery keyslot's passphrase (docs/recovery.md).
+RK=$(recovery_text "$(openssl rand -hex 32)")
+printf '%s' "$RK" >"$WORK/rk.txt"
+printf 'typed secret' | cryptsetup luksAddKey --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --key-file=- "$WORK/root.luks" "$WORK/rk.txt"
+rm -f "$WORK/rk.txt"
+printf '#!/bin/sh\necho "$1" >&2\nprintf "%%s" "%s"\n' "$(printf '%s' "$RK" | tr 'a-z-' 'A-Z ' | tr 0 O)" \
+    >"$WORK/askpass-recovery"
+chmod +x "$WORK/askpass-recovery"
+keyscript askpass-recovery "$WORK/root.luks"
+expect_eq "a recovery key typed loosely goes on in its canonical form" "$(cat "$WORK/key")" "$RK"
+expect_match "... saying so" "$(cat "$WORK/console")" "keyfleet: cryptroot: a recovery key was typed; passed on in its canonical form"
+expect_eq "... which opens the volume" "$(opens "$WORK/root.luks")" "yes"
 start_kfd "$F"
 
 # An evil maid's edits to the keyfleet token: the console says what is wrong; the prompt answers.

@@ -206,6 +206,19 @@ agent_config() {
         for line in "$@"; do echo "$line"; done
     } >"$file"
 }
+# recovery_text HEX: the recovery key text (docs/recovery.md) of a 32-byte key, by an
+# implementation independent of common/kf_recovery.c.
+recovery_text() {
+    python3 - "$1" <<'PY'
+import hashlib, sys
+A = "0123456789abcdefghjkmnpqrstvwxyz"
+key = bytes.fromhex(sys.argv[1])
+n = int.from_bytes(key, "big") << 4 | hashlib.sha256(b"keyfleet recovery v1" + key).digest()[0] >> 4
+v = [(n >> (255 - 5 * i)) & 31 for i in range(52)]
+print("-".join("".join(A[x] for x in v[4 * g:4 * g + 4]) +
+               A[(v[4 * g] + 3 * v[4 * g + 1] + 5 * v[4 * g + 2] + 7 * v[4 * g + 3] + 7 * g) % 32] for g in range(13)))
+PY
+}
 # luks_json FILE: the LUKS2 header metadata as one compact JSON line.
 luks_json() {
     cryptsetup luksDump --dump-json-metadata "$1" |

@@ -98,7 +98,7 @@ int main(int argc, char **argv)
     } else if ((strcmp(argv[5], "rotate-begin") == 0 || strcmp(argv[5], "rotate-commit") == 0) && argc == 8) {
         bool commit = strcmp(argv[5], "rotate-commit") == 0;
         kf_enrolled e;
-        r = kf_node_rotate(c, NULL, me.name, &vol, commit, commit ? "" : argv[7], commit ? argv[7] : NULL, &e, &st,
+        r = kf_node_rotate(c, NULL, me.name, &vol, commit, commit ? "" : argv[7], commit ? argv[7] : NULL, NULL, &e, &st,
                            &err);
         if (r == 0 && st.code == KF_CONNECT_OK) {
             printf("code=ok wrapped=%s", e.wrapped);

@@ -10,7 +10,13 @@
  *   garbage    random bytes as the quote's structures (invalid_argument)
  *   narrow     a quote the agent made over PCRs 0, 2, 4 only (the policy requires 7 too)
  *   resettable a quote over PCRs 0, 2, 4, 7 and 16 (resettable by software)
+ * and RotateKey (#26 review F5), which must be judged as Release is:
+ *   rotate-unattested      BEGIN without a quote (denied under require: [attested])
+ *   rotate-release-quote   BEGIN carrying a quote made for a Release of this request
+ *   rotate-begin           BEGIN with its own quote (ok: a rotation in progress, never committed)
+ *   rotate-commit-unattested  COMMIT of that key without a quote (denied)
  * Exit 0 when every line was printed, 1 otherwise. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +26,7 @@
 #include "agent.h"
 #include "kf_time.h"
 
+/* rel: a Release's answer (a RotateKey's is reported through an empty one: ok). */
 static void report(const char *name, int r, const kf_rpc_status *st, const kf_released *rel, const kf_err *err)
 {
     if (r != 0)
@@ -116,6 +123,31 @@ int main(int argc, char **argv)
         report(sets[i].name, r, &st, &rel, &err);
         kf_released_clear(&rel);
     }
+
+    /* RotateKey: BEGIN and COMMIT carry the same evidence as Release. */
+    ctx.cfg->tpm_attest_pcrs = (1u << 0) | (1u << 2) | (1u << 4) | (1u << 7);
+    const char *rid = "0123456789abcdef0123456789abcdef";
+    kf_enrolled e;
+    const kf_released none = {0};
+    r = kf_node_rotate(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, false, rid, NULL, NULL, &e, &st, &err);
+    report("rotate-unattested", r, &st, &none, &err);
+    kf_enrolled_clear(&e);
+    if (kfa_attest(&ctx, "Release", argv[2], rid, &q, &msg, &err) != 0)
+        goto out;
+    r = kf_node_rotate(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, false, rid, NULL, &msg, &e, &st, &err);
+    report("rotate-release-quote", r, &st, &none, &err);
+    kf_enrolled_clear(&e);
+    if (kfa_attest(&ctx, "RotateKey", argv[2], rid, &q, &msg, &err) != 0)
+        goto out;
+    r = kf_node_rotate(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, false, rid, NULL, &msg, &e, &st, &err);
+    report("rotate-begin", r, &st, &none, &err);
+    kf_enrolled done;
+    r = r == 0 && st.code == KF_CONNECT_OK
+            ? kf_node_rotate(ctx.client, NULL, ctx.me.name, &ref, true, "", e.wrapped, NULL, &done, &st, &err)
+            : -EPROTO;
+    report("rotate-commit-unattested", r, &st, &none, &err);
+    kf_enrolled_clear(&e);
+    kf_enrolled_clear(&done);
     rc = 0;
 out:
     kf_rpc_client_free(ctx.client);
