@@ -86,6 +86,9 @@ static const char *const migrations[] = {
     /* 10: the dead-man switch (docs/operations.md): when each node last reached a coordinator
      * (its heartbeats, replicated), so nodes silent past their group's window are shown. */
     "ALTER TABLE nodes ADD COLUMN last_seen_at INTEGER;",
+    /* 11: volume lifecycle (docs/operations.md): a retired volume's key is refused from then on. */
+    "ALTER TABLE volumes ADD COLUMN retired_at INTEGER;"
+    "ALTER TABLE volumes ADD COLUMN retired_reason TEXT;",
 };
 
 static const char *const sql[ST_COUNT] = {
