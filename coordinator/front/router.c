@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
@@ -20,6 +21,7 @@
 #include "core/app.h"
 #include "core/approle.h"
 #include "core/audit.h"
+#include "core/node_seen.h"
 #include "front/call.h"
 #include "front/metrics.h"
 #include "front/peer.h"
@@ -290,6 +292,7 @@ static int route(kfd_server *srv, h2o_req_t *req)
                        kf_peer_kind_name(call->peer->kind));
         return 0;
     }
+    kfd_node_seen_note(srv->app->seen, call->peer, call->auth, (int64_t)time(NULL));
     /* After identity: the cluster's layout is told only to callers it knows. */
     if (sent_to_leader(srv, call))
         return 0;

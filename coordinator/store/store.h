@@ -85,6 +85,7 @@ typedef struct kfd_volume {
     char key_kcv[24];         /* the key's check value; "" when not known yet (a row from before rotation) */
     char next_kcv[24];        /* the rotation in progress's; "" when none */
     int64_t key_created_at;   /* when the key was made (enroll or the last rotation) */
+    int64_t retired_at;       /* 0: in service; else its key is refused (volume retire) */
 } kfd_volume;
 
 void kfd_volume_clear(kfd_volume *v);
@@ -146,8 +147,9 @@ void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
  * 0, -EIO or -ENOMEM. */
 int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp);
 void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp);
-/* Every known node (seen, revoked, or owning a volume), by name: name, revoked, last_seen_at
- * filled in; appended to resp (caller frees with kfd_store_free_node_list). 0, -EIO or -ENOMEM. */
+/* Every known node (seen, revoked, or owning a volume), by name: name, revoked, last_seen_at,
+ * its revocation, its volumes and the time of its newest audit record as last_request_at filled
+ * in; appended to resp (caller frees with kfd_store_free_node_list). 0, -EIO or -ENOMEM. */
 int kfd_store_list_nodes(kfd_store *s, Keyfleet__V1__ListNodesResponse *resp);
 void kfd_store_free_node_list(Keyfleet__V1__ListNodesResponse *resp);
 /* Request ids of waiting requests whose expires_at <= now (at most max). */

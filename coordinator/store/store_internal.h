@@ -80,6 +80,9 @@ enum {
     ST_VOLUME_LIST,
     ST_NODE_SEEN,
     ST_NODE_LIST,
+    ST_NODE_UNREVOKE,
+    ST_VOLUME_RETIRE,
+    ST_NODE_LAST_AUDIT,
     ST_COUNT
 };
 
@@ -148,6 +151,12 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
 /* Checks applied with the commands that hand out or gate key material (store_guard.c). They run
  * inside the apply, on every replica, so a change committed meanwhile (a revocation, a spent
  * approval) is seen whatever the handler read earlier. */
+/* A volume's labels column ({"k":"v",...}) as Label messages; free with kfd_store_free_labels. */
+int kfd_store_labels_from_json(const char *text, Keyfleet__V1__Label ***ret, size_t *ret_n);
+void kfd_store_free_labels(Keyfleet__V1__Label **labels, size_t n);
+/* Unrevoke and retire (store_lifecycle.c), each with its audit record. */
+int kfd_store_apply_unrevoke(kfd_store *s, const Keyfleet__V1__CmdUnrevokeNode *c, uint64_t *seq, kf_err *err);
+int kfd_store_apply_retire(kfd_store *s, const Keyfleet__V1__CmdRetireVolume *c, uint64_t *seq, kf_err *err);
 /* -EACCES when node is revoked. */
 int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err);
 /* Revocation, and for a release that uses an approved request: still approved, this node's and
