@@ -37,7 +37,8 @@ static const kf_cli_cmd commands_help[] = {
     {"unlock", "unlock [--all | VOLUME...]\n"
                "       exit 0: all unlocked, 1: none, 3: some"},
     {"status", "status [--json]\n"
-               "       each volume's key status and last unlock, and whether a coordinator answers"},
+               "       each volume's key status and last unlock, whether a coordinator answers, and whether\n"
+               "       it reports this node revoked"},
     {"rewrap", "rewrap\n"
                "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
     {"rotate", "rotate --all | VOLUME...\n"
@@ -444,12 +445,16 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
     bool reachable = kfa_connect(ctx, &err) == 0 && kf_rpc_get(ctx->client, "/healthz", &http, &body, &err) == 0 &&
                      http == 200;
     free(body);
-    if (reachable)
-        kfa_report_offline(ctx);
+    /* A heartbeat (it also reports offline unlocks): a revoked node is told to lock. */
+    bool revoked = false;
+    kf_err herr = {0};
+    if (reachable && kfa_heartbeat(ctx, true, &revoked, &herr) != 0)
+        revoked = false;
     json_t *arr = json_array();
     if (!json)
-        printf("coordinators: %s\n%-6s %-38s %-28s %-12s %-12s %s\n", reachable ? "reachable" : "unreachable", "KIND",
-               "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
+        printf("coordinators: %s%s\n%-6s %-38s %-28s %-12s %-12s %s\n", reachable ? "reachable" : "unreachable",
+               revoked ? "; this node is REVOKED: coordinators release no keys to it (keyfleetctl node unrevoke)" : "",
+               "KIND", "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
     for (size_t i = 0; i < n; i++) {
         kfa_volume *v = &vs[i];
         kf_err perr = {0};
@@ -473,7 +478,8 @@ static int cmd_status(kfa_ctx *ctx, int argc, char **argv)
         kfa_volume_clear(v);
     }
     if (json) {
-        json_t *o = json_pack("{s:b, s:o}", "coordinators_reachable", reachable, "volumes", arr);
+        json_t *o = json_pack("{s:b, s:b, s:o}", "coordinators_reachable", reachable, "node_revoked", revoked,
+                              "volumes", arr);
         char *s = json_dumps(o, JSON_COMPACT);
         printf("%s\n", s != NULL ? s : "{}");
         free(s);

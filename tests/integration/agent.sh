@@ -76,7 +76,7 @@ expect_match "... and the discovered ZFS dataset unlocked" "$out" "zfs tank/secu
 expect_eq "the dataset's key is loaded" "$("$ZFS_STANDIN" get -H -o value keystatus tank/secure)" "available"
 expect_eq "... and it is mounted" "$("$ZFS_STANDIN" get -H -o value mounted tank/secure)" "yes"
 st=$(A status --json)
-expect_match "status --json: coordinators reachable, volumes with last unlock" "$st" "\"coordinators_reachable\":true.*\"id\":\"$UUID1\".*\"last_unlock\":\"coordinator\""
+expect_match "status --json: coordinators reachable, volumes with last unlock" "$st" "\"coordinators_reachable\":true,\"node_revoked\":false.*\"id\":\"$UUID1\".*\"last_unlock\":\"coordinator\""
 expect_match "status (table)" "$(A status)" "zfs +$GUID +tank/secure +unlocked +coordinator"
 
 # Migration: the pool and the disks move to node-b, which policy allows; node-c is refused.
