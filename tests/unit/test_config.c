@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -65,6 +66,30 @@ static void test_good_config_loads(void **state)
     char want[256];
     snprintf(want, sizeof(want), "%s/c.crt", tmpdir);
     assert_string_equal(cfg->tls_cert, want); /* relative to the config file */
+    kfd_config_free(cfg);
+}
+
+/* A relative config path (keyfleetd -c sub/k.yaml): the default KEK directory is the state
+ * directory's kek/, the state directory resolved against the config's directory once. */
+static void test_relative_config_kek_dir(void **state)
+{
+    (void)state;
+    write_file("k.yaml", GOOD);
+    char cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(tmpdir), 0);
+    assert_int_equal(mkdir("sub", 0700) == 0 || errno == EEXIST, 1);
+    FILE *f = fopen("sub/k.yaml", "w");
+    assert_non_null(f);
+    fputs(GOOD, f);
+    fclose(f);
+    kfd_config *cfg = NULL;
+    kf_err err = {0};
+    int r = kfd_config_load("sub/k.yaml", &cfg, &err);
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(r, 0);
+    assert_string_equal(cfg->state_dir, "sub/state");
+    assert_string_equal(cfg->kms.local_dir, "sub/state/kek");
     kfd_config_free(cfg);
 }
 
@@ -249,6 +274,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_config_loads), cmocka_unit_test(test_unknown_key),
+        cmocka_unit_test(test_relative_config_kek_dir),
         cmocka_unit_test(test_missing_key),       cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_malformed_yaml),    cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_duration_parser),   cmocka_unit_test(test_audit_sinks),
