@@ -32,7 +32,7 @@ WRAP_G=$(field wrapped "$(node "$F" n2 enroll vol-g gated-g site=ams)")
 # --- node list
 out=$(ctl "$F" node list --json)
 expect_match "node list --json: n1 active, its certificate's serial and expiry, mtls, its volume" "$out" \
-    '"node":"n1","last_seen_at":0,"dead_man_after_s":0,"dead_man_past":false,"revoked":false,"state":"active","revoked_at":null,"revoked_reason":"","last_request":"20[0-9-]+T[0-9:]+Z","cert_serial":"[0-9a-f]+","cert_expires":"20[0-9-]+T[0-9:]+Z","identity":"mtls","volumes":\["vol-a"\]'
+    '"node":"n1","last_seen_at":0,"dead_man_after_s":0,"dead_man_past":false,"revoked":false,"state":"active","revoked_at":null,"revoked_reason":"","last_request":"20[0-9-]+T[0-9:]+Z","cert_serial":"[0-9a-f]+","cert_expires":"20[0-9-]+T[0-9:]+Z","cert_days_left":36[45],"identity":"mtls","volumes":\["vol-a"\]'
 expect_match "node list: a table with a header" "$(ctl "$F" node list)" "^NODE +STATE +LAST SEEN +DEAD MAN +PAST +LAST REQUEST.* n1 +active +never +- +- +20[0-9-]+T[0-9:]+Z +mtls .* n2 +active "
 
 # --- pending shows the volume's name and labels
