@@ -113,5 +113,14 @@ out=$(cd / && "$AGENT" -c "$WORK/a.yaml" unlock "luks:$WORK_VOL/../vols/./data.l
 
 expect_match "unlock by another spelling, from /: the same volume, released (the name still matches)" \
     "$out rc=$rc" "^luks2 $WORK_VOL/data.luks: unlocked.* rc=0"
+
+# The shipped example policy (README quick start) is accepted as it is, and decides as it says.
+EXAMPLE=$(cd "$(dirname "$0")/../.." && pwd)/examples/policy.yaml
+run ctl "$F" policy put "$EXAMPLE"
+expect_match "policy put examples/policy.yaml is accepted" "$RC:$OUT" "^0:"
+run ctl "$F" policy check node-1 some-volume
+expect_match "... the quick start's node-1 is allowed" "$RC:$OUT" "^0:decision: allow.*quickstart"
+run ctl "$F" policy check quarantined-7 some-volume
+expect_match "... a quarantined node is denied" "$RC:$OUT" "^4:decision: deny.*quarantine"
 stop_kfd
 finish
