@@ -73,6 +73,15 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
             send_text(req, 405, "text/plain", H2O_STRLIT("method not allowed\n"));
             return 0;
         }
+        /* Probes without a client certificate (a load balancer, with client_auth: optional) get
+         * /healthz and a bare /readyz; /metrics and readyz's reason only go to the fleet's
+         * certificates. */
+        const kf_identity *who = NULL;
+        bool known = kfd_req_peer(srv->ssl_generations, req, &who) == 0;
+        if (path_is(req, "/metrics") && !known) {
+            send_text(req, 401, "text/plain", H2O_STRLIT("a client certificate is required\n"));
+            return 0;
+        }
         if (path_is(req, "/metrics")) {
             size_t len = 0;
             char *text = kfd_metrics_render(srv, &len);
@@ -87,6 +96,8 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
             if (!srv->draining && kfd_app_ready(srv->app, &why) && kfd_app_kms_reachable(srv->app, &why) &&
                 kfd_app_kms_complete(srv->app, &why) && leader_known(srv, &why)) {
                 send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
+            } else if (!known) {
+                send_text(req, 503, "text/plain", H2O_STRLIT("not ready\n"));
             } else {
                 char *msg = h2o_mem_alloc_pool(&req->pool, 256);
                 int n = snprintf(msg, 256, "not ready: %s\n", why);
