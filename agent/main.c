@@ -39,8 +39,10 @@ static const kf_cli_cmd commands_help[] = {
     {"status", "status [--json]\n"
                "       each volume's key status and last unlock, whether a coordinator answers, and whether\n"
                "       it reports this node revoked"},
-    {"rewrap", "rewrap\n"
-               "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
+    {"rewrap", "rewrap [--wait]\n"
+               "       store each volume's key rewrapped under the newest KMS key; exit as unlock.\n"
+               "       A volume whose release needs approval fails at once, leaving no request;\n"
+               "       --wait asks for the approval and waits for it, with a countdown"},
     {"rotate", "rotate --all | VOLUME...\n"
                "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
                "       exit as unlock"},
@@ -400,9 +402,12 @@ static int cmd_unlock(kfa_ctx *ctx, int argc, char **argv, identity_job *job)
 
 static int cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
 {
-    (void)argv;
-    if (argc != 1)
+    bool wait = argc == 2 && strcmp(argv[1], "--wait") == 0;
+    if (argc != 1 && !wait)
         return kfa_usage("rewrap");
+    /* Rewrapping is housekeeping: unless told to wait, a volume held for approval is said at
+     * once, and no pending request is left for operators to find (docs/agent.md). */
+    ctx->no_pending = !wait;
     kfa_volume *vs = NULL;
     size_t n = 0, ok = 0;
     if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
@@ -421,7 +426,12 @@ static int cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
             printf("%s %s: %s\n", vs[i].drv->name, vs[i].path, rel.rewrapped != NULL ? "rewrapped" : "already current");
             ok++;
         } else {
-            fprintf(stderr, "keyfleet-agent: rewrap: %s\n", err.msg);
+            /* The coordinator's refusal says "needs N approval(s) ... no request was made". */
+            bool held = ctx->no_pending && strstr(err.msg, "no request was made") != NULL;
+            fprintf(stderr, "keyfleet-agent: rewrap: %s%s\n", err.msg,
+                    held ? "\n  run keyfleet-agent rewrap --wait to ask for the approval and wait for it; the next "
+                           "unlock stores the rewrapped key too"
+                         : "");
         }
         kf_released_clear(&rel);
         kfa_volume_clear(&vs[i]);
@@ -575,6 +585,7 @@ int main(int argc, char **argv)
         return KFA_EXIT_USAGE;
     }
     ctx.deadline = kf_monotonic_ms() + ctx.cfg->deadline_ms;
+    ctx.live = isatty(STDERR_FILENO) == 1;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind, rc;
     if (strcmp(cmd, "initramfs-files") == 0) {

@@ -1092,6 +1092,16 @@ void kfd_rpc_release(kfd_call *call)
     }
     bool approved_request = false;
     if (decision.approvals > 0) {
+        if (req->request_id[0] == '\0' && req->no_pending) {
+            /* The caller (rewrap) would rather hear it at once than leave a request behind. */
+            char why[200];
+            snprintf(why, sizeof(why), "release needs %u approval(s)%s under rule %s; no request was made",
+                     (unsigned)decision.approvals, decision.require_totp ? " with TOTP" : "", decision.rule);
+            kfd_volume_clear(&vol);
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, "",
+                         KF_CONNECT_FAILED_PRECONDITION, why);
+            return;
+        }
         if (req->request_id[0] == '\0') {
             create_pending(call, &vol, &decision);
             kfd_volume_clear(&vol);
