@@ -64,6 +64,14 @@ static bool leader_known(kfd_server *srv, const char **why)
     return false;
 }
 
+/* What /readyz says: not draining, the store and KMS usable, a leader known; *why when not. */
+static bool ready(kfd_server *srv, const char **why)
+{
+    *why = "draining";
+    return !srv->draining && kfd_app_ready(srv->app, why) && kfd_app_kms_reachable(srv->app, why) &&
+           kfd_app_kms_complete(srv->app, why) && leader_known(srv, why);
+}
+
 static int serve_plain(kfd_server *srv, h2o_req_t *req)
 {
     bool get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
@@ -92,9 +100,8 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
             send_text(req, 200, "text/plain; version=0.0.4", text, len);
             free(text);
         } else if (path_is(req, "/readyz")) {
-            const char *why = "draining";
-            if (!srv->draining && kfd_app_ready(srv->app, &why) && kfd_app_kms_reachable(srv->app, &why) &&
-                kfd_app_kms_complete(srv->app, &why) && leader_known(srv, &why)) {
+            const char *why = NULL;
+            if (ready(srv, &why)) {
                 send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
             } else if (!known) {
                 send_text(req, 503, "text/plain", H2O_STRLIT("not ready\n"));
@@ -243,8 +250,39 @@ static bool sent_to_leader(kfd_server *srv, kfd_call *call)
     return true;
 }
 
+/* A request on a plain (non-TLS) connection came through a probe_listen listener, the only
+ * listener without TLS: it gets /healthz and a bare /readyz, nothing else (no RPC, no metrics,
+ * no reason why not ready; docs/threat-model.md, "Health probes"). */
+static bool plain_connection(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket != NULL ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    return sock == NULL || sock->ssl == NULL;
+}
+
+static int serve_probe(kfd_server *srv, h2o_req_t *req)
+{
+    if (!path_is(req, "/healthz") && !path_is(req, "/readyz")) {
+        send_text(req, 404, "text/plain", H2O_STRLIT("not found\n"));
+        return 0;
+    }
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
+        send_text(req, 405, "text/plain", H2O_STRLIT("method not allowed\n"));
+        return 0;
+    }
+    const char *why = NULL;
+    if (path_is(req, "/readyz") && !ready(srv, &why)) {
+        send_text(req, 503, "text/plain", H2O_STRLIT("not ready\n"));
+        return 0;
+    }
+    send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
+    return 0;
+}
+
 static int route(kfd_server *srv, h2o_req_t *req)
 {
+    if (plain_connection(req))
+        return serve_probe(srv, req);
     const kfd_method *m = find_method(srv, req);
     if (m == NULL)
         return serve_plain(srv, req);

@@ -119,6 +119,10 @@ static void test_wrong_types(void **state)
     expect_error("name: \"bad name\"\nlisten: [\"127.0.0.1:1\"]\nstate_dir: s\ntls: {cert: a, key: b, ca: c}\n",
                  "1:8: name must be");
     expect_error(GOOD "tls: {}\n", "8:1: duplicate key 'tls'");
+    expect_error(GOOD "probe_listen: [\"nope\"]\n", "8:15: probe_listen address 'nope' is not host:port");
+    expect_error("name: a\nlisten: [\"127.0.0.1:1\"]\nprobe_listen: [\"127.0.0.1:1\"]\nstate_dir: s\n"
+                 "tls: {cert: a, key: b, ca: c}\n",
+                 "3:15: probe_listen address '127.0.0.1:1' is also in listen");
 }
 
 static void test_malformed_yaml(void **state)
