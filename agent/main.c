@@ -71,7 +71,7 @@ const kf_cli kfa_cli = {
     .options = "[-c FILE] COMMAND ...\n"
                "  -c, --config FILE     agent config (default /etc/keyfleet/agent.yaml)\n"
                "  -h, --help            this usage; --version: the version\n"
-               "exit status: 0 ok, 1 failed, 2 usage or config error, 3 (unlock, rewrap) some volumes\n",
+               "exit status: 0 ok, 1 failed, 2 usage or config error, 3 (unlock, rewrap, rotate) some volumes\n",
     .cmds = commands_help,
     .n_cmds = sizeof(commands_help) / sizeof(commands_help[0]),
 };
