@@ -19,6 +19,11 @@ typedef struct kf_secbuf {
 kf_secbuf *kf_secbuf_new(size_t len);
 /* Wipes and frees; NULL is allowed. */
 void kf_secbuf_free(kf_secbuf *b);
+/* For KF_CLEANUP (kf_cleanup.h): wipes and frees *b when the variable goes out of scope. */
+static inline void kf_secbuf_freep(kf_secbuf **b)
+{
+    kf_secbuf_free(*b);
+}
 /* Number of buffers whose mlock failed since start (exported in metrics). */
 unsigned long kf_secmem_lock_failures(void);
 

@@ -8,6 +8,7 @@
 
 #include "kf_tls.h"
 #include "kms/kms.h"
+#include "kms/kms_local.h"
 
 static int readable(const char *what, const char *path, kf_err *err)
 {

@@ -221,13 +221,20 @@ static int apply_owner(const char *dir, const char *state, kf_err *err)
     return 0;
 }
 
-int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
+/* What init was asked for: one coordinator (peers none) or a cluster of n_peers. */
+typedef struct init_args {
+    const char *name, *operator_name, *listen;
+    const char *state_dir, *owner, *ca_dir;
+    kfctl_peer *peers;
+    size_t n_peers;
+    const char *dir;
+    char host[64];
+    const char *port;
+} init_args;
+
+static int parse_args(int argc, char **argv, init_args *a)
 {
-    (void)ctl;
-    const char *name = NULL, *operator_name = "admin", *listen = NULL;
-    const char *state_dir = NULL, *owner = NULL, *ca_dir = NULL;
     static kfctl_peer peers[MAX_PEERS];
-    size_t n_peers = 0;
     static const struct option opts[] = {{"name", required_argument, NULL, 'n'},
                                          {"operator", required_argument, NULL, 'o'},
                                          {"listen", required_argument, NULL, 'l'},
@@ -238,33 +245,35 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     kf_err err = {0};
     int c;
+    a->operator_name = "admin";
+    a->peers = peers;
     optind = 0; /* 0, not 1: glibc then resets its permutation state */
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'n':
-            name = optarg;
+            a->name = optarg;
             break;
         case 'o':
-            operator_name = optarg;
+            a->operator_name = optarg;
             break;
         case 'l':
-            listen = optarg;
+            a->listen = optarg;
             break;
         case 's':
-            state_dir = optarg;
+            a->state_dir = optarg;
             break;
         case 'u':
-            owner = optarg;
+            a->owner = optarg;
             break;
         case 'a':
-            ca_dir = optarg;
+            a->ca_dir = optarg;
             break;
         case 'p':
-            if (n_peers == MAX_PEERS) {
+            if (a->n_peers == MAX_PEERS) {
                 fprintf(stderr, "keyfleetctl: at most %d --peer\n", MAX_PEERS);
                 return KFCTL_EXIT_USAGE;
             }
-            if (kfctl_peer_parse(optarg, &peers[n_peers++], &err) != 0) {
+            if (kfctl_peer_parse(optarg, &peers[a->n_peers++], &err) != 0) {
                 fprintf(stderr, "keyfleetctl: %s\n", err.msg);
                 return KFCTL_EXIT_USAGE;
             }
@@ -278,67 +287,173 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         kfctl_usage("init");
         return KFCTL_EXIT_USAGE;
     }
-    if (n_peers > 0 && (name != NULL || listen != NULL || state_dir != NULL || owner != NULL)) {
+    a->dir = argv[optind];
+    return 0;
+}
+
+/* --owner: the user must exist, and only root can give it files. */
+static int check_owner(const char *owner)
+{
+    struct passwd *pw = getpwnam(owner);
+    if (pw == NULL) {
+        fprintf(stderr, "keyfleetctl: --owner %s: no such user (the keyfleetd package makes 'keyfleet'; by hand: "
+                        "systemd-sysusers keyfleet.conf)\n", owner);
+        return KFCTL_EXIT_USAGE;
+    }
+    owner_uid = pw->pw_uid;
+    owner_gid = pw->pw_gid;
+    if (geteuid() != 0) {
+        fprintf(stderr, "keyfleetctl: --owner %s: only root can give files to another user\n", owner);
+        return KFCTL_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* The options that go together, the paths' and names' limits, the cluster's size; fills in the
+ * defaults and the listener's host and port. */
+static int check_args(init_args *a)
+{
+    kf_err err = {0};
+    if (a->n_peers > 0 && (a->name != NULL || a->listen != NULL || a->state_dir != NULL || a->owner != NULL)) {
         fprintf(stderr, "keyfleetctl: --peer names every coordinator and its address; --name and --listen are for one, "
                         "as are --state-dir and --owner (each replica's directory is copied to its host)\n");
         return KFCTL_EXIT_USAGE;
     }
-    if (state_dir != NULL && (state_dir[0] != '/' || strlen(state_dir) > DIR_MAX)) {
+    if (a->state_dir != NULL && (a->state_dir[0] != '/' || strlen(a->state_dir) > DIR_MAX)) {
         fprintf(stderr, "keyfleetctl: --state-dir must be an absolute path of at most %d characters, such as "
                         "/var/lib/keyfleet\n", DIR_MAX);
         return KFCTL_EXIT_USAGE;
     }
-    if (ca_dir != NULL && (ca_dir[0] == '\0' || strlen(ca_dir) > DIR_MAX)) {
+    if (a->ca_dir != NULL && (a->ca_dir[0] == '\0' || strlen(a->ca_dir) > DIR_MAX)) {
         fprintf(stderr, "keyfleetctl: --ca-dir must be 1..%d characters\n", DIR_MAX);
         return KFCTL_EXIT_USAGE;
     }
-    if (owner != NULL) {
-        struct passwd *pw = getpwnam(owner);
-        if (pw == NULL) {
-            fprintf(stderr, "keyfleetctl: --owner %s: no such user (the keyfleetd package makes 'keyfleet'; by hand: "
-                            "systemd-sysusers keyfleet.conf)\n", owner);
-            return KFCTL_EXIT_USAGE;
-        }
-        owner_uid = pw->pw_uid;
-        owner_gid = pw->pw_gid;
-        if (geteuid() != 0) {
-            fprintf(stderr, "keyfleetctl: --owner %s: only root can give files to another user\n", owner);
-            return KFCTL_EXIT_USAGE;
-        }
-    }
+    if (a->owner != NULL && check_owner(a->owner) != 0)
+        return KFCTL_EXIT_USAGE;
     /* An even count survives no more failures than one fewer, and a split can stall it. */
-    if (n_peers > 0 && n_peers % 2 == 0) {
+    if (a->n_peers > 0 && a->n_peers % 2 == 0) {
         fprintf(stderr, "keyfleetctl: %zu coordinators: a cluster needs 3, 5 or 7 (an even number survives no more "
-                        "failures than one fewer)\n", n_peers);
+                        "failures than one fewer)\n", a->n_peers);
         return KFCTL_EXIT_USAGE;
     }
-    if (n_peers == 1) {
+    if (a->n_peers == 1) {
         fprintf(stderr, "keyfleetctl: one --peer: for a single coordinator use --name and --listen\n");
         return KFCTL_EXIT_USAGE;
     }
-    if (kfctl_peers_check(peers, n_peers, &err) != 0) {
+    if (kfctl_peers_check(a->peers, a->n_peers, &err) != 0) {
         fprintf(stderr, "keyfleetctl: %s\n", err.msg);
         return KFCTL_EXIT_USAGE;
     }
-    if (name == NULL)
-        name = "coordinator-1";
-    if (listen == NULL)
-        listen = "127.0.0.1:7443";
-    const char *dir = argv[optind];
-    if (dir[0] == '\0' || strlen(dir) > DIR_MAX) {
+    if (a->name == NULL)
+        a->name = "coordinator-1";
+    if (a->listen == NULL)
+        a->listen = "127.0.0.1:7443";
+    if (a->dir[0] == '\0' || strlen(a->dir) > DIR_MAX) {
         fprintf(stderr, "keyfleetctl: DIR must be 1..%d characters\n", DIR_MAX);
         return KFCTL_EXIT_USAGE;
     }
-    if (!kf_name_valid(name, strlen(name)) || !kf_name_valid(operator_name, strlen(operator_name))) {
+    if (!kf_name_valid(a->name, strlen(a->name)) || !kf_name_valid(a->operator_name, strlen(a->operator_name))) {
         fprintf(stderr, "keyfleetctl: names must be 1..63 of [A-Za-z0-9._-], starting alphanumeric\n");
         return KFCTL_EXIT_USAGE;
     }
-    char host[64];
-    if (kfctl_listen_parse(listen, host, sizeof(host)) != 0) {
+    if (kfctl_listen_parse(a->listen, a->host, sizeof(a->host)) != 0) {
         fprintf(stderr, "keyfleetctl: --listen must be IPV4:PORT or [IPV6]:PORT (keyfleetd binds numeric addresses)\n");
         return KFCTL_EXIT_USAGE;
     }
-    const char *port = strrchr(listen, ':') + 1;
+    a->port = strrchr(a->listen, ':') + 1;
+    return 0;
+}
+
+/* keyfleetctl.yaml: every coordinator, and the operator's identity. keyfleetctl reaches every
+ * coordinator; a wildcard listener is reached on loopback. */
+static int write_ctl_config(const init_args *a, kf_err *err)
+{
+    char cfg[4096], addr[300], path[4096];
+    size_t off = (size_t)snprintf(cfg, sizeof(cfg), "# keyfleetctl configuration written by keyfleetctl init.\n"
+                                                    "coordinators:\n");
+    for (size_t i = 0; i < (a->n_peers > 0 ? a->n_peers : 1) && off < sizeof(cfg); i++) {
+        if (a->n_peers > 0)
+            kfctl_peer_addr(&a->peers[i], false, addr, sizeof(addr));
+        else if (strcmp(a->host, "0.0.0.0") == 0)
+            snprintf(addr, sizeof(addr), "127.0.0.1:%s", a->port);
+        else
+            snprintf(addr, sizeof(addr), "%s", a->listen);
+        off += (size_t)snprintf(cfg + off, sizeof(cfg) - off, "  - \"%s\"\n", addr);
+    }
+    if (off >= sizeof(cfg) ||
+        (size_t)snprintf(cfg + off, sizeof(cfg) - off, "cert: operator.crt\nkey: operator.key\nca: ca.crt\n") >=
+            sizeof(cfg) - off)
+        return kf_err_set(err, -E2BIG, "keyfleetctl.yaml does not fit");
+    join(path, sizeof(path), a->dir, "keyfleetctl.yaml");
+    return write_text(path, cfg, err);
+}
+
+/* The coordinator's directory (or each replica's) and the local KMS's first key-encryption key,
+ * mode 0600; the replicas of a cluster share it. */
+static int write_coordinators(const init_args *a, const char *ca_crt, const char *ca_key, kf_err *err)
+{
+    char kek_dirs[MAX_PEERS][4096], path[4096];
+    const char *kek_of[MAX_PEERS];
+    if (a->n_peers == 0) {
+        if (write_coordinator(a->dir, ca_crt, ca_key, "ca.crt", a->name, a->listen, a->host, true, "",
+                              a->state_dir != NULL ? a->state_dir : "state", err) != 0)
+            return -1;
+        state_path(path, sizeof(path), a->dir, a->state_dir != NULL ? a->state_dir : "state");
+        join(kek_dirs[0], sizeof(kek_dirs[0]), path, "kek");
+        kek_of[0] = kek_dirs[0];
+    } else {
+        if (write_replicas(a->dir, ca_crt, ca_key, a->peers, a->n_peers, err) != 0)
+            return -1;
+        for (size_t i = 0; i < a->n_peers; i++) {
+            char rdir[4096];
+            join(rdir, sizeof(rdir), a->dir, a->peers[i].name);
+            join(kek_dirs[i], sizeof(kek_dirs[i]), rdir, "state/kek");
+            kek_of[i] = kek_dirs[i];
+        }
+    }
+    return kfd_kms_local_init_shared(kek_of, a->n_peers > 0 ? a->n_peers : 1, err);
+}
+
+static void print_single(const init_args *a, const char *state)
+{
+    printf("initialised %s: fleet CA, coordinator '%s', operator '%s', local KEK in %s/kek\n", a->dir, a->name,
+           a->operator_name, state);
+    if (a->owner != NULL)
+        printf("owner:   %s reads %s (group %s) and owns %s\n", a->owner, a->dir,
+               getgrgid(owner_gid) != NULL ? getgrgid(owner_gid)->gr_name : "?", state);
+    if (a->ca_dir != NULL)
+        printf("ca key:  %s/ca.key (keep it offline: cert issue --dir %s)\n", a->ca_dir, a->ca_dir);
+    printf("start:   keyfleetd -c %s/keyfleetd.yaml%s\n"
+           "operate: keyfleetctl -c %s/keyfleetctl.yaml status\n",
+           a->dir, a->owner != NULL ? " (systemctl enable --now keyfleetd.service)" : "", a->dir);
+}
+
+static void print_cluster(const init_args *a)
+{
+    char addr[300];
+    printf("initialised %s: fleet CA, operator '%s', %zu coordinators sharing one local KEK\n", a->dir,
+           a->operator_name, a->n_peers);
+    for (size_t i = 0; i < a->n_peers; i++) {
+        kfctl_peer_addr(&a->peers[i], false, addr, sizeof(addr));
+        printf("coordinator %s (%s): copy %s/%s/ to it, then keyfleetd -c .../keyfleetd.yaml\n", a->peers[i].name,
+               addr, a->dir, a->peers[i].name);
+    }
+    printf("operate: keyfleetctl -c %s/keyfleetctl.yaml cluster status\n"
+           "keep %s/ca.key off the coordinators: it issues every identity\n",
+           a->dir, a->dir);
+}
+
+int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
+{
+    (void)ctl;
+    init_args a = {0};
+    kf_err err = {0};
+    int r = parse_args(argc, argv, &a);
+    if (r == 0)
+        r = check_args(&a);
+    if (r != 0)
+        return r;
+    const char *dir = a.dir, *ca_dir = a.ca_dir;
     kf_err derr = {0};
     if (make_dir(dir, &derr) != 0) {
         fprintf(stderr, "keyfleetctl: %s\n", derr.msg);
@@ -362,83 +477,21 @@ int kfctl_cmd_init(kfctl *ctl, int argc, char **argv)
         goto fail;
     if (ca_dir != NULL && strcmp(ca_crt, path) != 0 && copy_text(ca_crt, path, &err) != 0)
         goto fail;
-    kfctl_cert_opts oopts = {.kind = KF_PEER_OPERATOR, .name = operator_name, .days = 365};
+    kfctl_cert_opts oopts = {.kind = KF_PEER_OPERATOR, .name = a.operator_name, .days = 365};
     join(crt, sizeof(crt), dir, "operator.crt");
     join(key, sizeof(key), dir, "operator.key");
     if (kfctl_cert_issue(ca_crt, ca_key, &oopts, crt, key, false, &err) != 0)
         goto fail;
-
-    /* keyfleetctl reaches every coordinator; a wildcard listener is reached on loopback. */
-    char cfg[4096], addr[300];
-    size_t off = (size_t)snprintf(cfg, sizeof(cfg), "# keyfleetctl configuration written by keyfleetctl init.\n"
-                                                    "coordinators:\n");
-    for (size_t i = 0; i < (n_peers > 0 ? n_peers : 1) && off < sizeof(cfg); i++) {
-        if (n_peers > 0)
-            kfctl_peer_addr(&peers[i], false, addr, sizeof(addr));
-        else if (strcmp(host, "0.0.0.0") == 0)
-            snprintf(addr, sizeof(addr), "127.0.0.1:%s", port);
-        else
-            snprintf(addr, sizeof(addr), "%s", listen);
-        off += (size_t)snprintf(cfg + off, sizeof(cfg) - off, "  - \"%s\"\n", addr);
-    }
-    if (off >= sizeof(cfg) ||
-        (size_t)snprintf(cfg + off, sizeof(cfg) - off, "cert: operator.crt\nkey: operator.key\nca: ca.crt\n") >=
-            sizeof(cfg) - off) {
-        kf_err_set(&err, -E2BIG, "keyfleetctl.yaml does not fit");
+    if (write_ctl_config(&a, &err) != 0 || write_coordinators(&a, ca_crt, ca_key, &err) != 0)
         goto fail;
-    }
-    join(path, sizeof(path), dir, "keyfleetctl.yaml");
-    if (write_text(path, cfg, &err) != 0)
-        goto fail;
-
-    /* The local KMS's first key-encryption key, mode 0600; the replicas of a cluster share it. */
-    char kek_dirs[MAX_PEERS][4096];
-    const char *kek_of[MAX_PEERS];
-    if (n_peers == 0) {
-        if (write_coordinator(dir, ca_crt, ca_key, "ca.crt", name, listen, host, true, "",
-                              state_dir != NULL ? state_dir : "state", &err) != 0)
-            goto fail;
-        state_path(path, sizeof(path), dir, state_dir != NULL ? state_dir : "state");
-        join(kek_dirs[0], sizeof(kek_dirs[0]), path, "kek");
-        kek_of[0] = kek_dirs[0];
-    } else {
-        if (write_replicas(dir, ca_crt, ca_key, peers, n_peers, &err) != 0)
-            goto fail;
-        for (size_t i = 0; i < n_peers; i++) {
-            char rdir[4096];
-            join(rdir, sizeof(rdir), dir, peers[i].name);
-            join(kek_dirs[i], sizeof(kek_dirs[i]), rdir, "state/kek");
-            kek_of[i] = kek_dirs[i];
-        }
-    }
-    if (kfd_kms_local_init_shared(kek_of, n_peers > 0 ? n_peers : 1, &err) != 0)
-        goto fail;
-    if (n_peers == 0) {
-        state_path(path, sizeof(path), dir, state_dir != NULL ? state_dir : "state");
-        if (owner != NULL && apply_owner(dir, path, &err) != 0)
-            goto fail;
-        printf("initialised %s: fleet CA, coordinator '%s', operator '%s', local KEK in %s/kek\n", dir, name,
-               operator_name, path);
-        if (owner != NULL)
-            printf("owner:   %s reads %s (group %s) and owns %s\n", owner, dir,
-                   getgrgid(owner_gid) != NULL ? getgrgid(owner_gid)->gr_name : "?", path);
-        if (ca_dir != NULL)
-            printf("ca key:  %s/ca.key (keep it offline: cert issue --dir %s)\n", ca_dir, ca_dir);
-        printf("start:   keyfleetd -c %s/keyfleetd.yaml%s\n"
-               "operate: keyfleetctl -c %s/keyfleetctl.yaml status\n",
-               dir, owner != NULL ? " (systemctl enable --now keyfleetd.service)" : "", dir);
+    if (a.n_peers > 0) {
+        print_cluster(&a);
         return 0;
     }
-    printf("initialised %s: fleet CA, operator '%s', %zu coordinators sharing one local KEK\n", dir, operator_name,
-           n_peers);
-    for (size_t i = 0; i < n_peers; i++) {
-        kfctl_peer_addr(&peers[i], false, addr, sizeof(addr));
-        printf("coordinator %s (%s): copy %s/%s/ to it, then keyfleetd -c .../keyfleetd.yaml\n", peers[i].name, addr,
-               dir, peers[i].name);
-    }
-    printf("operate: keyfleetctl -c %s/keyfleetctl.yaml cluster status\n"
-           "keep %s/ca.key off the coordinators: it issues every identity\n",
-           dir, dir);
+    state_path(path, sizeof(path), dir, a.state_dir != NULL ? a.state_dir : "state");
+    if (a.owner != NULL && apply_owner(dir, path, &err) != 0)
+        goto fail;
+    print_single(&a, path);
     return 0;
 fail:
     fprintf(stderr, "keyfleetctl: init: %s\n", err.msg);

@@ -13,6 +13,9 @@
 #include "kf_log.h"
 #include "cluster/raft_entry.h"
 #include "cluster/raft_transport.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_snapshot.h"
 
 #define SNAPSHOT_HEADER KFD_RAFT_SNAPSHOT_HEADER
 #define SNAPSHOT_BYTES_PER_ENTRY 4096

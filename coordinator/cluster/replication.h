@@ -18,6 +18,8 @@
 #include "config/config.h"
 #include "kf_err.h"
 #include "store/store.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
 
 typedef struct kfd_repl kfd_repl;
 

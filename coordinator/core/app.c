@@ -15,6 +15,9 @@
 #include "core/ratelimit.h"
 #include "core/webhook.h"
 #include "kf_log.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_read.h"
 
 /* Catches up with a KMS rotation made on another replica: loads the new key version if it is
  * here, else says once what is missing. Without it, this replica could not open keys wrapped

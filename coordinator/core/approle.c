@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "core/cidr.h"
+#include "store/store_approle.h"
 
 void kfd_approle_sha256(const char *s, size_t len, uint8_t out[KFD_HASH_LEN])
 {

@@ -9,6 +9,7 @@
 
 #include "kf_identity.h"
 #include "store/store.h"
+#include "store/store_approle.h"
 
 /* token: "kft." HEX(8 random bytes, the public token id) "." BASE64URL(32 random bytes) */
 #define KFD_TOKEN_PREFIX "kft."

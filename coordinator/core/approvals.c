@@ -9,6 +9,8 @@
 #include "core/app.h"
 #include "core/audit.h"
 #include "kf_log.h"
+#include "store/store_apply.h"
+#include "store/store_read.h"
 
 static void on_expired(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {

@@ -7,6 +7,7 @@
 #include "core/ratelimit.h"
 #include "kf_log.h"
 #include "kf_time.h"
+#include "store/store_apply.h"
 
 void kfd_audit_fill(kfd_audit_buf *b, kfd_actor actor, const char *action, Keyfleet__V1__Decision decision,
                     const char *node, const char *volume_id, const char *request_id, const char *reason)

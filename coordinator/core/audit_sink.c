@@ -14,6 +14,7 @@
 
 #include "kf_audit_json.h"
 #include "kf_log.h"
+#include "store/store_audit.h"
 
 /* LOG_AUTHPRIV (10) * 8 + LOG_INFO (6): who got which key is authorization data. */
 #define SYSLOG_PRI 86

@@ -17,6 +17,8 @@
 #include "kf_audit.h"
 #include "kf_log.h"
 #include "kms/http.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
 
 /* A checkpoint at most this long after records were applied (the issue asks for <= 1 s), or
  * once this many records wait, whichever comes first; one in flight at a time. */

@@ -1,4 +1,5 @@
 #include "core/head_round.h"
+#include "store/store_audit.h"
 
 #include <string.h>
 

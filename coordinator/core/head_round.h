@@ -9,6 +9,7 @@
 
 #include "keyfleet/v1/admin.pb-c.h"
 #include "store/store.h"
+#include "store/store_audit.h"
 
 /* Which question an answer is for: the leader's term, the check's id, and the pass (each pass
  * asks every voter once). An answer with another tag is from an earlier question: ignored. */

@@ -9,7 +9,9 @@
 
 #include <liboath/oath.h>
 
+#include "kf_cleanup.h"
 #include "kf_secmem.h"
+#include "store/store_guard.h"
 
 /* Reads OPERATOR.b32 from dir. Returns 0 with the secret, -ENOENT when there is none, -EINVAL
  * for a file that is not base32, or another negative errno. */
@@ -84,7 +86,7 @@ int kfd_totp_gate(kfd_store *store, const char *totp_dir, const char *op, const 
         snprintf(why, why_size, "this approval requires TOTP and the coordinator has no approvals.totp_dir");
         return -EACCES;
     }
-    kf_secbuf *secret = NULL;
+    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *secret = NULL;
     int r = load_secret(totp_dir, op, &secret);
     if (r == -ENOENT) {
         /* A missing file must not switch the second factor off. */
@@ -96,12 +98,10 @@ int kfd_totp_gate(kfd_store *store, const char *totp_dir, const char *op, const 
         return -EIO;
     }
     if (code[0] == '\0') {
-        kf_secbuf_free(secret);
         snprintf(why, why_size, "a TOTP code is required (--totp)");
         return -EINVAL;
     }
     r = validate(secret, code, now, ret_step);
-    kf_secbuf_free(secret);
     if (r != 0)
         snprintf(why, why_size, "wrong TOTP code (%u of %d in a row before a %d s lockout)", failures + 1,
                  KFD_TOTP_MAX_FAILURES, KFD_TOTP_LOCKOUT_S);

@@ -13,6 +13,8 @@
 #include "front/seal.h"
 #include "front/server.h"
 #include "kf_secmem.h"
+#include "store/store_audit.h"
+#include "store/store_read.h"
 
 typedef struct out {
     char *s;

@@ -29,6 +29,7 @@
 #include "kf_log.h"
 #include "kf_pb_alloc.h"
 #include "kf_time.h"
+#include "store/store_guard.h"
 
 static bool path_is(const h2o_req_t *req, const char *path)
 {

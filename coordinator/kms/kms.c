@@ -2,6 +2,9 @@
 #include <string.h>
 
 #include "kms/kms.h"
+#include "kms/kms_azure.h"
+#include "kms/kms_local.h"
+#include "kms/kms_vault.h"
 
 int kfd_kms_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err)
 {

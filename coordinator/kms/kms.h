@@ -1,4 +1,6 @@
-/* KMS backends: one vtable, one file per backend. Calls are asynchronous: each takes a callback
+/* KMS backends: one vtable (this header), one file per backend, each with its header declaring
+ * its open (kms_local.h, kms_vault.h, kms_azure.h); the remote ones share kms_remote.c, kms_token.c
+ * and kms_wrapped.c. Writing KEK files (keyfleetctl init) is kms_kek.h, a library of its own. Calls are asynchronous: each takes a callback
  * that runs on the loop (possibly before the call returns, for backends that need no I/O such
  * as `local`). Wrapped keys are text in keyfleet's versioned format "kf:BACKEND:vN:...". */
 #ifndef KFD_KMS_H
@@ -71,13 +73,8 @@ struct kfd_kms {
     uv_loop_t *loop;
 };
 
-/* Opens the configured backend. */
+/* Opens the configured backend (kms.c): local (kms_local.h), vault-transit (kms_vault.h) or
+ * azure-keyvault (kms_azure.h). */
 int kfd_kms_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
-int kfd_kms_vault_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
-int kfd_kms_azure_open(uv_loop_t *loop, const kfd_kms_config *cfg, kfd_kms **ret, kf_err *err);
-
-/* The embedded default: KEK files in DIR (kek-N.key, 32 bytes, mode 0600). */
-int kfd_kms_local_open(uv_loop_t *loop, const char *dir, kfd_kms **ret, kf_err *err);
-/* Writing KEK files (keyfleetctl init): kms_kek.h. */
 
 #endif

@@ -30,8 +30,10 @@
 #include <openssl/rand.h>
 
 #include "kf_b64.h"
+#include "kf_cleanup.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
+#include "kms/kms_azure.h"
 #include "kms/kms_remote.h"
 #include "kms/kms_wrapped.h"
 
@@ -312,11 +314,10 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         fail_call(c, -EIO, "azure answer: ", "the kid names another key version than the request");
         return;
     }
-    kf_secbuf *key = kf_secbuf_new(64);
+    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *key = kf_secbuf_new(64);
     int n = key != NULL ? kf_b64_decode(value, strlen(value), true, key->data, 64) : -ENOMEM;
     json_decref(j);
     if (n != KFD_DATA_KEY_LEN || kfd_kcv_check(c->volume_id, key->data, c->kcv) != 0) {
-        kf_secbuf_free(key);
         fail_call(c, n == KFD_DATA_KEY_LEN ? -EBADMSG : -EIO, "azure answer: ",
                   n == KFD_DATA_KEY_LEN ? "the key does not match the volume's key check value"
                                         : "the unwrapped value is not a 256-bit key");
@@ -325,7 +326,6 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
     key->len = KFD_DATA_KEY_LEN;
     if (c->rewrap) {
         wrap_key(a, c->volume_id, key, NULL, c->rc.cb, c->rc.arg);
-        kf_secbuf_free(key);
         acall_free(c);
         return;
     }
@@ -333,7 +333,6 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
     kfd_kms_result out = {.plaintext = key,
                           .stale = !a->unusable && a->latest[0] != '\0' && strcmp(c->in_version, a->latest) != 0};
     c->rc.cb(c->rc.arg, &out);
-    kf_secbuf_free(key);
     acall_free(c);
 }
 

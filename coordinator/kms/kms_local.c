@@ -17,8 +17,10 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "kf_cleanup.h"
 #include "kf_log.h"
 #include "kms/kms.h"
+#include "kms/kms_local.h"
 #include "kms/kms_kek.h"
 
 #define MAX_VERSIONS KFD_KEK_MAX_VERSIONS
@@ -162,28 +164,25 @@ static void local_wrap(kfd_kms *base, const char *volume_id, const kf_secbuf *ke
 static void local_generate(kfd_kms *base, const char *volume_id, kfd_kms_cb cb, void *arg)
 {
     kms_local *k = (kms_local *)base;
-    kf_secbuf *key = kf_secbuf_new(KFD_DATA_KEY_LEN);
+    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *key = kf_secbuf_new(KFD_DATA_KEY_LEN);
     char out[256];
     if (key == NULL || RAND_priv_bytes(key->data, KFD_DATA_KEY_LEN) != 1) {
-        kf_secbuf_free(key);
         fail(cb, arg, -EIO, "no randomness for a data key");
         return;
     }
     int r = seal(k, k->latest, volume_id, key->data, out, sizeof(out));
     if (r != 0) {
-        kf_secbuf_free(key);
         fail(cb, arg, r, "local KMS could not wrap");
         return;
     }
     kfd_kms_result res = {.plaintext = key, .wrapped = out, .key_version = k->latest, .latest_version = k->latest};
     cb(arg, &res);
-    kf_secbuf_free(key);
 }
 
 static void local_unwrap(kfd_kms *base, const char *volume_id, const char *wrapped, kfd_kms_cb cb, void *arg)
 {
     kms_local *k = (kms_local *)base;
-    kf_secbuf *key = kf_secbuf_new(KFD_DATA_KEY_LEN);
+    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *key = kf_secbuf_new(KFD_DATA_KEY_LEN);
     if (key == NULL) {
         fail(cb, arg, -ENOMEM, "out of memory");
         return;
@@ -191,14 +190,12 @@ static void local_unwrap(kfd_kms *base, const char *volume_id, const char *wrapp
     uint32_t version = 0;
     int r = open_wrapped(k, volume_id, wrapped, key->data, &version);
     if (r != 0) {
-        kf_secbuf_free(key);
         fail(cb, arg, r, open_error(r));
         return;
     }
     kfd_kms_result res = {
         .plaintext = key, .key_version = version, .latest_version = k->latest, .stale = version < k->latest};
     cb(arg, &res);
-    kf_secbuf_free(key);
 }
 
 static void local_rewrap(kfd_kms *base, const char *volume_id, const char *wrapped, kfd_kms_cb cb, void *arg)

@@ -21,9 +21,11 @@
 #include <string.h>
 
 #include "kf_b64.h"
+#include "kf_cleanup.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "kms/kms_remote.h"
+#include "kms/kms_vault.h"
 #include "kms/kms_wrapped.h"
 
 #define SECRET_FILE_MAX 4096
@@ -250,88 +252,66 @@ static void rotate_failed(vcall *c, const kfd_http_response *res)
               "vault rotation failed: ", msg);
 }
 
-static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
+/* Vault answered with an error: the status says what the caller may do about it. */
+static void error_answer(vcall *c, const kfd_http_response *res)
 {
-    vcall *c = (vcall *)rc;
     vault *v = c->v;
-    kfd_remote_kms_answered(&v->rk, res);
-    if (c->kind == OP_ROTATE && (res->status != 0 || (res->code != 200 && res->code != 204))) {
-        rotate_failed(c, res);
-        return;
+    char why[400];
+    vault_errors(res, why, sizeof(why));
+    int status = -EIO;
+    if (res->code == 401 || res->code == 403)
+        status = -EACCES;
+    else if (res->code == 400 && strstr(why, "context") != NULL)
+        status = -ENOTSUP; /* a derived key: never "not this volume's key" */
+    else if (res->code == 400 && (c->kind == OP_UNWRAP || c->kind == OP_REWRAP) &&
+             strstr(why, "too new") == NULL && strstr(why, "disallowed by policy") == NULL &&
+             strstr(why, "key not found") == NULL)
+        status = -EBADMSG; /* the ciphertext the node presented does not decrypt */
+    char msg[600], wait[96] = "";
+    if ((res->code == 429 || res->code == 503) && res->retry_after_s > 0) {
+        hold_off(v, res->code, why, res->retry_after_s);
+        snprintf(wait, sizeof(wait), "; Vault asked to retry after %u s (Retry-After), calls held until then",
+                 res->retry_after_s);
     }
-    if (res->status != 0) {
-        /* A failed login that Vault answered is reported as Vault answered it. */
-        bool answered = rc->login_failed && v->rk.reachable;
-        fail_call(c, res->status, answered ? "" : "vault unreachable: ",
-                  res->error != NULL ? res->error : "transport error");
-        return;
-    }
-    if (res->code >= 300 && res->code < 400) {
-        char msg[1200];
-        snprintf(msg, sizeof(msg), "%s: %s", vault_path(c), redirect_text(res));
-        fail_call(c, -EPROTO, "vault answered a redirect: ", msg);
-        return;
-    }
-    if (res->code >= 400) {
-        char why[400];
-        vault_errors(res, why, sizeof(why));
-        int status = -EIO;
-        if (res->code == 401 || res->code == 403)
-            status = -EACCES;
-        else if (res->code == 400 && strstr(why, "context") != NULL)
-            status = -ENOTSUP; /* a derived key: never "not this volume's key" */
-        else if (res->code == 400 && (c->kind == OP_UNWRAP || c->kind == OP_REWRAP) &&
-                 strstr(why, "too new") == NULL && strstr(why, "disallowed by policy") == NULL &&
-                 strstr(why, "key not found") == NULL)
-            status = -EBADMSG; /* the ciphertext the node presented does not decrypt */
-        char msg[600], wait[96] = "";
-        if ((res->code == 429 || res->code == 503) && res->retry_after_s > 0) {
-            hold_off(v, res->code, why, res->retry_after_s);
-            snprintf(wait, sizeof(wait), "; Vault asked to retry after %u s (Retry-After), calls held until then",
-                     res->retry_after_s);
-        }
-        snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s%s%s", vault_path(c), res->code, why, wait,
-                 status == -ENOTSUP ? "; the Transit key is derived, which keyfleet refuses (docs/kms-vault.md)" : "");
-        fail_call(c, status, "vault refused: ", msg);
-        return;
-    }
-    if (c->kind == OP_ROTATE) {
-        /* 200 carries the key as the active node has it (Vault 1.10+); 204 means read it (with
-         * retries: reading twice is harmless). */
-        c->kind = OP_READ_KEY;
-        c->rotated = true;
-        json_t *key = res->code == 200 ? kfd_remote_json(res) : NULL;
-        if (json_is_object(json_object_get(json_object_get(key, "data"), "keys"))) {
-            read_key_answer(c, key);
-            json_decref(key);
-            return;
-        }
+    snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s%s%s", vault_path(c), res->code, why, wait,
+             status == -ENOTSUP ? "; the Transit key is derived, which keyfleet refuses (docs/kms-vault.md)" : "");
+    fail_call(c, status, "vault refused: ", msg);
+}
+
+/* A rotation Vault accepted: the key's new versions, from its answer or read again. */
+static void rotated(vcall *c, const kfd_http_response *res)
+{
+    vault *v = c->v;
+    /* 200 carries the key as the active node has it (Vault 1.10+); 204 means read it (with
+     * retries: reading twice is harmless). */
+    c->kind = OP_READ_KEY;
+    c->rotated = true;
+    json_t *key = res->code == 200 ? kfd_remote_json(res) : NULL;
+    if (json_is_object(json_object_get(json_object_get(key, "data"), "keys"))) {
+        read_key_answer(c, key);
         json_decref(key);
-        c->rc.once = false;
-        c->rc.method = "GET";
-        kfd_remote_clear(&c->rc);
-        snprintf(c->rc.url, sizeof(c->rc.url), "%s/%s/keys/%s", v->base, v->mount, v->key);
-        kfd_remote_start(&c->rc);
         return;
     }
-    json_t *j = kfd_remote_json(res);
-    if (j == NULL) {
-        fail_call(c, -EIO, "vault answer: ", "not a JSON object (garbage or truncated)");
-        return;
-    }
-    if (c->kind == OP_READ_KEY) {
-        read_key_answer(c, j);
-        json_decref(j);
-        return;
-    }
+    json_decref(key);
+    c->rc.once = false;
+    c->rc.method = "GET";
+    kfd_remote_clear(&c->rc);
+    snprintf(c->rc.url, sizeof(c->rc.url), "%s/%s/keys/%s", v->base, v->mount, v->key);
+    kfd_remote_start(&c->rc);
+}
+
+/* A data key's answer (generate, wrap, unwrap, rewrap): the key checked against its volume, the
+ * wrapped text formatted. Takes j. */
+static void key_answer(vcall *c, json_t *j)
+{
+    vault *v = c->v;
     const char *pt = kfd_json_str(j, "data", "plaintext");
     const char *ct = kfd_json_str(j, "data", "ciphertext");
-    kf_secbuf *key = NULL;
+    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *key = NULL;
     if (c->kind == OP_GENERATE || c->kind == OP_UNWRAP) {
         key = kf_secbuf_new(64);
         int n = key != NULL && pt != NULL ? kf_b64_decode(pt, strlen(pt), false, key->data, 64) : -EINVAL;
         if (n != KFD_DATA_KEY_LEN) {
-            kf_secbuf_free(key);
             json_decref(j);
             fail_call(c, -EIO, "vault answer: ", "the plaintext is missing or not a 256-bit key");
             return;
@@ -366,18 +346,58 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
     }
     json_decref(j);
     if (r == -EBADMSG) {
-        kf_secbuf_free(key);
         fail_call(c, -EBADMSG, "", "the key Vault returned does not match the volume's key check value");
         return;
     }
     if (r != 0) {
-        kf_secbuf_free(key);
         fail_call(c, -EIO, "vault answer: ", "the ciphertext has no valid key version");
         return;
     }
     c->rc.cb(c->rc.arg, &out);
-    kf_secbuf_free(key);
     vcall_free(c);
+}
+
+static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
+{
+    vcall *c = (vcall *)rc;
+    vault *v = c->v;
+    kfd_remote_kms_answered(&v->rk, res);
+    if (c->kind == OP_ROTATE && (res->status != 0 || (res->code != 200 && res->code != 204))) {
+        rotate_failed(c, res);
+        return;
+    }
+    if (res->status != 0) {
+        /* A failed login that Vault answered is reported as Vault answered it. */
+        bool answered = rc->login_failed && v->rk.reachable;
+        fail_call(c, res->status, answered ? "" : "vault unreachable: ",
+                  res->error != NULL ? res->error : "transport error");
+        return;
+    }
+    if (res->code >= 300 && res->code < 400) {
+        char msg[1200];
+        snprintf(msg, sizeof(msg), "%s: %s", vault_path(c), redirect_text(res));
+        fail_call(c, -EPROTO, "vault answered a redirect: ", msg);
+        return;
+    }
+    if (res->code >= 400) {
+        error_answer(c, res);
+        return;
+    }
+    if (c->kind == OP_ROTATE) {
+        rotated(c, res);
+        return;
+    }
+    json_t *j = kfd_remote_json(res);
+    if (j == NULL) {
+        fail_call(c, -EIO, "vault answer: ", "not a JSON object (garbage or truncated)");
+        return;
+    }
+    if (c->kind == OP_READ_KEY) {
+        read_key_answer(c, j);
+        json_decref(j);
+        return;
+    }
+    key_answer(c, j);
 }
 
 static void read_key_answer(vcall *c, json_t *j)

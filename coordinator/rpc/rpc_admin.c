@@ -18,6 +18,9 @@
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "rpc/rpc_change.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_read.h"
 
 bool kfd_rpc_store_ok(kfd_call *call)
 {

@@ -30,6 +30,8 @@
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_approle.h"
 #include "rpc/rpc_change.h"
+#include "store/store_apply.h"
+#include "store/store_approle.h"
 
 #define LOGIN_ERROR "invalid role or secret ID"
 #define LOGIN_PER_MINUTE 30

@@ -17,6 +17,7 @@
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
 #include "store/store.h"
+#include "store/store_read.h"
 
 /* The qualifying data this request's quote must carry: from this connection's TLS exporter. */
 static int expected_qualifying(kfd_call *call, const char *method, const char *volume_id,

@@ -6,8 +6,10 @@
 
 #include "core/app.h"
 #include "kf_audit.h"
+#include "kf_cleanup.h"
 #include "kf_connect.h"
 #include "rpc/rpc_admin.h"
+#include "store/store_audit.h"
 
 /* The checkpoint record of size (0: the newest) and the size it signed; answers on failure. */
 static Keyfleet__V1__AuditRecord *checkpoint_of(kfd_call *call, uint64_t size, uint64_t *ret_size)
@@ -73,6 +75,22 @@ void kfd_rpc_audit_head(kfd_call *call)
     kfd_call_reply(call, &resp.base);
 }
 
+/* For KF_CLEANUP: the records a handler read, freed on every way out. */
+static void free_recordp(Keyfleet__V1__AuditRecord **r)
+{
+    kfd_audit_free_record(*r);
+}
+
+typedef struct records {
+    Keyfleet__V1__AuditRecord **v;
+    size_t n;
+} records;
+
+static void free_records(records *r)
+{
+    kfd_store_free_records(r->v, r->n);
+}
+
 /* The leaves of the first size records, or an answer. */
 static kf_merkle_hash *leaves_of(kfd_call *call, uint64_t size)
 {
@@ -95,34 +113,34 @@ void kfd_rpc_prove_audit(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     uint64_t size;
-    Keyfleet__V1__AuditRecord *cp = checkpoint_of(call, req->tree_size, &size);
+    KF_CLEANUP(free_recordp) Keyfleet__V1__AuditRecord *cp = checkpoint_of(call, req->tree_size, &size);
     if (cp == NULL)
         return;
     kfd_store *s = kfd_call_app(call)->store;
-    Keyfleet__V1__AuditRecord **recs = NULL;
-    size_t n = 0;
-    kf_merkle_hash *leaves = NULL;
-    if (kfd_store_records_of_request(s, req->request_id, size, &recs, &n) != 0) {
+    KF_CLEANUP(free_records) records recs = {0};
+    if (kfd_store_records_of_request(s, req->request_id, size, &recs.v, &recs.n) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        goto out;
+        return;
     }
+    size_t n = recs.n;
     if (n == 0) {
         kfd_call_error(call, KF_CONNECT_NOT_FOUND,
                        "no record of request %s among the %llu records checkpoint %llu signed (a newer one comes "
                        "within a second)",
                        req->request_id, (unsigned long long)size, (unsigned long long)cp->seq);
-        goto out;
+        return;
     }
-    if ((leaves = leaves_of(call, size)) == NULL)
-        goto out;
+    KF_CLEANUP(kf_freep) kf_merkle_hash *leaves = leaves_of(call, size);
+    if (leaves == NULL)
+        return;
     Keyfleet__V1__AuditInclusion incl[KFD_PROOF_RECORDS_MAX], *incl_ptrs[KFD_PROOF_RECORDS_MAX];
     kf_merkle_hash paths[KFD_PROOF_RECORDS_MAX][KF_MERKLE_MAX_PROOF];
     ProtobufCBinaryData bins[KFD_PROOF_RECORDS_MAX][KF_MERKLE_MAX_PROOF];
     for (size_t i = 0; i < n; i++) {
         size_t len = 0;
-        kf_merkle_inclusion_proof(leaves, size, recs[i]->seq - 1, paths[i], &len);
+        kf_merkle_inclusion_proof(leaves, size, recs.v[i]->seq - 1, paths[i], &len);
         keyfleet__v1__audit_inclusion__init(&incl[i]);
-        incl[i].record = recs[i];
+        incl[i].record = recs.v[i];
         for (size_t j = 0; j < len; j++)
             bins[i][j] = (ProtobufCBinaryData){.len = KF_MERKLE_HASH, .data = paths[i][j]};
         incl[i].path = bins[i];
@@ -134,10 +152,6 @@ void kfd_rpc_prove_audit(kfd_call *call)
     resp.proofs = incl_ptrs;
     resp.n_proofs = n;
     kfd_call_reply(call, &resp.base);
-out:
-    free(leaves);
-    kfd_store_free_records(recs, n);
-    kfd_audit_free_record(cp);
 }
 
 void kfd_rpc_prove_consistency(kfd_call *call)
@@ -146,29 +160,26 @@ void kfd_rpc_prove_consistency(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     uint64_t size;
-    Keyfleet__V1__AuditRecord *cp = checkpoint_of(call, req->new_size, &size);
+    KF_CLEANUP(free_recordp) Keyfleet__V1__AuditRecord *cp = checkpoint_of(call, req->new_size, &size);
     if (cp == NULL)
         return;
     if (req->old_size == 0 || req->old_size > size) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "old_size must be 1..%llu (the newer checkpoint's size)",
                        (unsigned long long)size);
-        kfd_audit_free_record(cp);
         return;
     }
-    kf_merkle_hash *leaves = leaves_of(call, size);
-    if (leaves != NULL) {
-        kf_merkle_hash path[KF_MERKLE_MAX_PROOF];
-        ProtobufCBinaryData bins[KF_MERKLE_MAX_PROOF];
-        size_t len = 0;
-        kf_merkle_consistency_proof(leaves, size, req->old_size, path, &len);
-        for (size_t j = 0; j < len; j++)
-            bins[j] = (ProtobufCBinaryData){.len = KF_MERKLE_HASH, .data = path[j]};
-        Keyfleet__V1__ProveConsistencyResponse resp = KEYFLEET__V1__PROVE_CONSISTENCY_RESPONSE__INIT;
-        resp.new_checkpoint = cp;
-        resp.path = bins;
-        resp.n_path = len;
-        kfd_call_reply(call, &resp.base);
-    }
-    free(leaves);
-    kfd_audit_free_record(cp);
+    KF_CLEANUP(kf_freep) kf_merkle_hash *leaves = leaves_of(call, size);
+    if (leaves == NULL)
+        return;
+    kf_merkle_hash path[KF_MERKLE_MAX_PROOF];
+    ProtobufCBinaryData bins[KF_MERKLE_MAX_PROOF];
+    size_t len = 0;
+    kf_merkle_consistency_proof(leaves, size, req->old_size, path, &len);
+    for (size_t j = 0; j < len; j++)
+        bins[j] = (ProtobufCBinaryData){.len = KF_MERKLE_HASH, .data = path[j]};
+    Keyfleet__V1__ProveConsistencyResponse resp = KEYFLEET__V1__PROVE_CONSISTENCY_RESPONSE__INIT;
+    resp.new_checkpoint = cp;
+    resp.path = bins;
+    resp.n_path = len;
+    kfd_call_reply(call, &resp.base);
 }

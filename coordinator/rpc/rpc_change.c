@@ -13,6 +13,9 @@
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
 #include "core/totp.h"
+#include "store/store_apply.h"
+#include "store/store_guard.h"
+#include "store/store_read.h"
 
 /* Wrong codes whose failure record is still being committed, per operator. The store's count
  * lags by those, so the gate adds them: parallel guesses cannot outrun the lockout. */

@@ -6,6 +6,7 @@
 
 #include "core/app.h"
 #include "front/call.h"
+#include "store/store_apply.h"
 
 /* What a change's callback learns besides the commit status. */
 typedef struct kfd_change_result {

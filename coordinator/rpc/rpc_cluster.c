@@ -15,6 +15,8 @@
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_cluster.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
 
 void kfd_rpc_cluster_status(kfd_call *call)
 {

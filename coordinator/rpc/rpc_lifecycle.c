@@ -16,6 +16,8 @@
 #include "kf_log.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
+#include "store/store_lifecycle.h"
+#include "store/store_read.h"
 
 typedef struct seen_merge {
     Keyfleet__V1__ListNodesResponse *resp;

@@ -31,6 +31,8 @@
 #include "front/seal.h"
 #include "kms/kms_wrapped.h"
 #include "core/webhook.h"
+#include "store/store_apply.h"
+#include "store/store_read.h"
 
 #define WRAPPED_MAX 4096
 #define LABELS_MAX 32

@@ -6,6 +6,8 @@
 #include <openssl/crypto.h>
 
 #include "store/store_internal.h"
+#include "store/store_approle.h"
+#include "store/store_audit.h"
 
 static int64_t ts_or_zero(const Keyfleet__V1__Timestamp *t) { return t != NULL ? t->seconds : 0; }
 

@@ -21,6 +21,8 @@
 #include "kf_identity.h"
 #include "kf_log.h"
 #include "store/store_internal.h"
+#include "store/store_audit.h"
+#include "store/store_guard.h"
 
 size_t kfd_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size)
 {

@@ -11,6 +11,10 @@
 #include <string.h>
 
 #include "store/store_internal.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_guard.h"
+#include "store/store_read.h"
 
 static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
 {

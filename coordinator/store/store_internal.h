@@ -1,12 +1,14 @@
-/* Shared by the store's files (store.c: open and apply; store_read.c, store_audit.c,
- * store_approle.c, store_guard.c, store_snapshot.c). Not for other layers. */
+/* The store's ground (store.c), shared by the store's files and not for other layers: the
+ * database handle, its prepared statements, and the helpers that step them and fail the store. */
 #ifndef KFD_STORE_INTERNAL_H
 #define KFD_STORE_INTERNAL_H
 
 #include <sqlite3.h>
 
 #include "kf_merkle.h"
+#include "kf_err.h"
 #include "store/store.h"
+#include "store/store_audit.h"
 
 enum {
     ST_BEGIN,
@@ -140,62 +142,6 @@ int kfd_store_step_row(kfd_store *s, sqlite3_stmt *st, const char *what);
 void kfd_store_copy_col(sqlite3_stmt *st, int i, char *dst, size_t size);
 /* Steps a statement that returns no rows. */
 int kfd_store_step_done(kfd_store *s, sqlite3_stmt *st, const char *what, kf_err *err);
-/* AppRole commands (store_approle.c). */
-int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
-
-/* Notes the tentative audit head under the check's id (store_audit.c). */
-int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadCheck *c, kf_err *err);
-/* Applies one command inside the current transaction (store.c); its audit records too. */
-int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
-
-/* Checks applied with the commands that hand out or gate key material (store_guard.c). They run
- * inside the apply, on every replica, so a change committed meanwhile (a revocation, a spent
- * approval) is seen whatever the handler read earlier. */
-/* A volume's labels column ({"k":"v",...}) as Label messages; free with kfd_store_free_labels. */
-int kfd_store_labels_from_json(const char *text, Keyfleet__V1__Label ***ret, size_t *ret_n);
-void kfd_store_free_labels(Keyfleet__V1__Label **labels, size_t n);
-/* Unrevoke and retire (store_lifecycle.c), each with its audit record. */
-int kfd_store_apply_unrevoke(kfd_store *s, const Keyfleet__V1__CmdUnrevokeNode *c, uint64_t *seq, kf_err *err);
-int kfd_store_apply_retire(kfd_store *s, const Keyfleet__V1__CmdRetireVolume *c, uint64_t *seq, kf_err *err);
-/* -EACCES when node is revoked. */
-int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err);
-/* Revocation, and for a release that uses an approved request: still approved, this node's and
- * volume's, unexpired at the audit time; then marks it consumed. -EACCES or -ESTALE otherwise. */
-int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err);
-/* A step of a volume key rotation: the checks (volume, owner, revocation, the rotation in
- * progress), the volume's new state, the audit record. -EACCES, -ESTALE or -EIO with err. */
-int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, uint64_t *seq, kf_err *err);
-/* Records op's approval of request_id (and spends its TOTP step, when not 0). */
-int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *op, int64_t totp_step, int64_t at,
-                              kf_err *err);
-/* The proposer's approval of a change just recorded as pending; applies it when that is enough. */
-int kfd_store_propose_change(kfd_store *s, const Keyfleet__V1__CmdCreatePending *c, uint64_t *seq, kf_err *err);
-/* Applies the operator change held by request_id once it is approved, and marks it consumed. */
-int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err);
-int kfd_store_apply_totp_failure(kfd_store *s, const Keyfleet__V1__CmdTotpFailure *c, uint64_t *seq, kf_err *err);
-/* A correct TOTP code clears the operator's run of failures. */
-int kfd_store_totp_reset(kfd_store *s, const char *op, kf_err *err);
-int kfd_store_apply_revoke_cert(kfd_store *s, const Keyfleet__V1__CmdRevokeCert *c, uint64_t *seq, kf_err *err);
-
-/* Appends one audit record inside the current transaction (store_audit.c). */
-int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err);
-/* At open: verifies the whole local log (chain, tree, stored roots, every checkpoint's root and
- * chain hash against the records), fills in roots missing since the upgrade to format 2, and
- * loads the head and tree. A log that fails marks the store diverged (it still opens). */
-int kfd_store_load_audit(kfd_store *s, kf_err *err);
-/* Records that this replica's log diverged at seq (the first time only), and logs it. */
-void kfd_store_set_diverged(kfd_store *s, uint64_t seq, const char *why);
-/* The checkpoint command: cross-checks the leader's signed head against this log, then appends. */
-int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err);
-
-/* Columns every audit row read selects, in row_record's order. */
-#define KFD_AUDIT_COLS                                                                                             \
-    "a.seq, a.time_s, a.time_ns, a.action, a.actor_kind, a.actor_name, a.actor_auth, a.node, a.volume_id, "        \
-    "a.request_id, a.decision, a.reason, a.source, a.prev_hash, a.hash, a.root, c.signature, c.cert "               \
-    "FROM audit a LEFT JOIN audit_checkpoints c ON c.seq = a.seq"
-/* Builds a record from the current row of a KFD_AUDIT_COLS statement (heap; free_record). */
-Keyfleet__V1__AuditRecord *kfd_audit_row_record(sqlite3_stmt *st);
-
 
 static inline void kfd_bind_text(sqlite3_stmt *st, int i, const char *v)
 {

@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "store/store_internal.h"
+#include "store/store_audit.h"
+#include "store/store_lifecycle.h"
+#include "store/store_read.h"
 
 static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
 {

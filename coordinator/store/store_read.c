@@ -7,28 +7,12 @@
 #include <jansson.h>
 
 #include "store/store_internal.h"
-
-void kfd_store_copy_col(sqlite3_stmt *st, int i, char *dst, size_t size)
-{
-    const unsigned char *t = sqlite3_column_text(st, i);
-    snprintf(dst, size, "%s", t != NULL ? (const char *)t : "");
-}
+#include "store/store_read.h"
 
 static char *dup_col(sqlite3_stmt *st, int i)
 {
     const unsigned char *t = sqlite3_column_text(st, i);
     return strdup(t != NULL ? (const char *)t : "");
-}
-
-int kfd_store_step_row(kfd_store *s, sqlite3_stmt *st, const char *what)
-{
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        return 0;
-    sqlite3_reset(st);
-    if (rc == SQLITE_DONE)
-        return -ENOENT;
-    return kfd_store_sql_error(s, rc, what, NULL);
 }
 
 void kfd_volume_clear(kfd_volume *v)

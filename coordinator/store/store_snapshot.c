@@ -9,6 +9,7 @@
 
 #include "kf_log.h"
 #include "store/store_internal.h"
+#include "store/store_snapshot.h"
 
 uint64_t kfd_store_applied_index(const kfd_store *s) { return s != NULL ? s->applied_index : 0; }
 

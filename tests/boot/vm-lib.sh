@@ -231,10 +231,18 @@ vm_boot_disks_start() {
     mkfifo "$base.in" "$base.out"
     VM_T0=$(date +%s.%N)
     (
-        start=$VM_T0
-        while IFS= read -r line; do
+        # A prompt ends with no newline: a line still unfinished after 2 s is written as it stands
+        # (the rest follows on a line of its own), or console_wait would never see the prompt
+        # whenever nothing else happened to be printed after it.
+        start=$VM_T0 line=""
+        while :; do
+            IFS= read -r -t 2 line
+            rc=$?
+            if [ "$rc" -gt 128 ] && [ -z "$line" ]; then continue; fi
+            [ "$rc" -ne 0 ] && [ "$rc" -le 128 ] && [ -z "$line" ] && break
             printf '%s %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.2f", a - b }')" \
                 "${line%$'\r'}"
+            [ "$rc" -ne 0 ] && [ "$rc" -le 128 ] && break
         done <"$base.out" >"$base.console"
     ) &
     VM_READER=$!

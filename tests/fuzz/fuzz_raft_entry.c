@@ -10,6 +10,7 @@
 
 #include "cluster/raft_entry.h"
 #include "store/store.h"
+#include "store/store_apply.h"
 
 static kfd_store *store;
 static uint64_t next_index = 1;

@@ -15,6 +15,9 @@
 
 #include "cluster/raft_entry.h"
 #include "store/store.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_snapshot.h"
 
 static kfd_store *replica_empty, *replica_two;
 static unsigned char *base;

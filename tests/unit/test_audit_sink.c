@@ -19,6 +19,7 @@
 
 #include "core/audit_sink.h"
 #include "store/store.h"
+#include "store/store_apply.h"
 
 #include "kf_test_tmpdir.h"
 

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "core/head_round.h"
+#include "store/store_audit.h"
 
 static kfd_audit_head own = {.seq = 5};
 static kfd_audit_head other = {.seq = 5};

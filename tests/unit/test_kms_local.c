@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "kms/kms.h"
+#include "kms/kms_local.h"
 #include "kms/kms_kek.h"
 
 #include "kf_test_tmpdir.h"

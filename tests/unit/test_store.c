@@ -18,6 +18,10 @@
 #include "core/app.h"
 #include "kf_audit.h"
 #include "store/store.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_read.h"
+#include "store/store_snapshot.h"
 
 #include "kf_test_tmpdir.h"
 

@@ -15,6 +15,10 @@
 #include <cmocka.h>
 
 #include "store/store.h"
+#include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_guard.h"
+#include "store/store_read.h"
 
 #include "kf_test_tmpdir.h"
 
