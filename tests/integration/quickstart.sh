@@ -16,7 +16,7 @@ script=$(printf '%s\n' "$block" | grep -v -e '^scripts/install-deps' -e '^cmake 
     sed -e "s#\$PWD/build#$BUILD#g" -e "s#/etc/keyfleet#$WORK/etc#g" -e "s#/var/tmp/keyfleet-demo#$WORK/demo#g" \
         -e "s#7443#$QPORT#g" -e 's#activate: true#activate: false#' \
         -e 's#--batch-mode#--batch-mode --pbkdf pbkdf2 --iter-time 20#' \
-        -e "s#^\(keyfleetd .*\) &\$#\1 >$WORK/keyfleetd.log 2>\&1 \& echo \$! >$WORK/kfd.pid#")
+        -e "s#^\(keyfleetd .*\) &\$#\1 >>$WORK/etc/keyfleetd.log 2>\&1 \& echo \$! >$WORK/kfd.pid#")
 out=$(cd "$SRC" && timeout 120 bash -e -c "$script" 2>&1)
 rc=$?
 [ -s "$WORK/kfd.pid" ] && PIDS+=("$(cat "$WORK/kfd.pid")")
@@ -29,5 +29,10 @@ expect_match "... and unlocked through the coordinator" "$out" "luks2 $WORK/demo
 expect_match "status shows the last unlock by the coordinator" "$out" "coordinators: reachable .*luks2 +[0-9a-f-]{36} +.*data.luks .*coordinator"
 expect_match "the audit log holds node-1's release, allowed" "$out" "release +allow +node-1 +node-1 "
 if [ "$rc" != 0 ]; then printf '%s\n' "$out" | tail -n 20 | sed 's/^/# /'; fi
-[ -s "$WORK/kfd.pid" ] && kill -TERM "$(cat "$WORK/kfd.pid")" 2>/dev/null
+if [ -s "$WORK/kfd.pid" ]; then
+    pid=$(cat "$WORK/kfd.pid")
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+fi
+check_sanitizers
 finish
