@@ -2,7 +2,7 @@
  * attacker or a crash may have changed it. The queued reports are read into a Heartbeat as the
  * agent sends it, which the coordinator's checks must accept (kf_node_check.h): one report it
  * refuses would fail every later heartbeat. Then the readers and the writers that edit the file
- * in place (one input in eight: they fsync). */
+ * in place (one input in 32: they fsync). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t out[1 << 17];
         if (protobuf_c_message_get_packed_size(&req.base) <= sizeof(out))
             protobuf_c_message_pack(&req.base, out);
-        if (size % 8 == 0) {
+        if (size % 32 == 0) {
             kfa_state_drop_reported(&cfg, "offline_pending", s.offline, s.n_offline);
             kfa_state_drop_reported(&cfg, "dead_man_pending", s.dead_man, s.n_dead_man);
         }
@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     kfa_state_lookup(&cfg, "0b9c6a2e-1f3d-4c5b-9a8e-7d6c5b4a3f21", method, sizeof(method), &at);
     uint64_t after;
     kfa_state_dead_man_get(&cfg, &after, &at);
-    if (size % 8 == 0) {
+    if (size % 32 == 0) {
         kfa_volume v;
         memset(&v, 0, sizeof(v));
         v.kind = KFA_VOL_LUKS2;
