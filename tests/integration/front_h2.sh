@@ -3,7 +3,7 @@
 # over the limit answered resource_exhausted instead of a REFUSED_STREAM reset, and rapid reset
 # (HEADERS then RST_STREAM, again and again) ending the connection with GOAWAY; resets the
 # server is made to send (MadeYouReset), streams past the advertised count and body budgets
-# refused, PING floods ended, the h2o 2.2.5 assertion
+# refused, PING floods ended (with and without a client certificate), the h2o 2.2.5 assertion
 # crash of the review, and connections a client reset while h2o still had writes to start
 # (keyfleetd's uv_write, server.c) closed. Real TLS on
 # 127.0.0.1: curl, and h2_probe.py for the frames no ready-made client sends.
@@ -159,6 +159,23 @@ expect_eq "max_total_body_bytes: 200000 (all connections): 6 bodies of 60000 byt
     "$(h2 body-streams 6 60000)" "refused=3 answered=0 healthz=200"
 grep -q 'event=h2_stream_refused source=127.0.0.1 stream=7 reason=total_body_budget' "$F/keyfleetd.log"
 expect_eq "... logged with the budget's name" "$?" "0"
+check "keyfleetd is still running" kill -0 "$KFD_PID"
+
+# The PING flood from a client without a certificate (tls.client_auth: optional, as for AppRole
+# logins), as the review sent it: the guard hooks every HTTP/2 connection, whoever it is.
+stop_kfd
+sed -i 's/client_auth: required/client_auth: optional/' "$F/keyfleetd.yaml"
+start_kfd "$F"
+floods_logged=$(grep -c 'event=h2_control_flood source=127.0.0.1 frames=101 limit=100 action=goaway' "$F/keyfleetd.log")
+expect_match "without a client certificate, a PING flood ends the connection with GOAWAY ENHANCE_YOUR_CALM" \
+    "$(timeout 90 "${H2[@]}" ping-flood 127.0.0.1 "$PORT" "$F/ca.crt" - - 0 300000 read)" \
+    '^goaway=ENHANCE_YOUR_CALM pings_sent=[0-9]+ refused=0$'
+expect_eq "... counted" "$(metric "$F" keyfleet_h2_control_floods_total)" "1"
+expect_eq "... logged" \
+    "$(grep -c 'event=h2_control_flood source=127.0.0.1 frames=101 limit=100 action=goaway' "$F/keyfleetd.log")" \
+    "$((floods_logged + 1))"
+for _ in $(seq 1 100); do [ "$(metric "$F" keyfleet_connections_open)" = 1 ] && break; sleep 0.1; done
+expect_eq "... and closed (the one open is this /metrics request's)" "$(metric "$F" keyfleet_connections_open)" "1"
 check "keyfleetd is still running" kill -0 "$KFD_PID"
 check_sanitizers
 finish
