@@ -265,7 +265,7 @@ int uv_write(uv_write_t *req, uv_stream_t *handle, const uv_buf_t bufs[], unsign
         return UV_ENOSYS;
     int r = libuv_write(req, handle, bufs, nbufs, cb);
     kfd_server *srv = the_server;
-    if (r == 0 || cb == NULL || srv == NULL || handle->loop != srv->loop)
+    if (r == 0 || cb == NULL || srv == NULL || handle->loop != srv->loop || srv->refused_writes.loop == NULL)
         return r;
     kfd_conn *conn = srv->conns;
     while (conn != NULL && (uv_stream_t *)&conn->tcp != handle)
