@@ -111,6 +111,17 @@ void kfa_state_lookup(const kfa_config *cfg, const char *volume_id, char *method
 
 int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const char *reason)
 {
+    /* A coordinator takes a volume name of at most 255 bytes (kf_check_volume_ref): a longer path
+     * is cut, before a UTF-8 character it would split. */
+    char name[256];
+    size_t n = strlen(v->path);
+    if (n > sizeof(name) - 1) {
+        n = sizeof(name) - 1;
+        while (n > 0 && ((unsigned char)v->path[n] & 0xc0) == 0x80)
+            n--;
+    }
+    memcpy(name, v->path, n);
+    name[n] = '\0';
     state_tx tx;
     int r = state_begin(cfg, &tx);
     if (r != 0)
@@ -122,7 +133,7 @@ int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const ch
     }
     bool ok = q != NULL &&
               json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s}", "volume_id", v->id, "kind",
-                                                 v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", v->path, "at",
+                                                 v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", name, "at",
                                                  (json_int_t)time(NULL), "reason", reason)) == 0;
     r = state_end(cfg, &tx, ok);
     return ok ? r : -ENOMEM;

@@ -83,6 +83,17 @@ static void refused_reports_are_not_sent(void **state)
     assert_int_equal(kfa_state_reports_read(file, &s), 0);
     assert_int_equal(s.n_offline, 0);
     kfa_state_reports_free(&s);
+    /* A path longer than a coordinator takes is queued cut to 255 bytes, never mid-character. */
+    kfa_volume v = {.kind = KFA_VOL_ZFS};
+    snprintf(v.id, sizeof(v.id), "vol-3");
+    memset(v.path, 'p', 254);
+    memcpy(v.path + 254, "\xc3\xa9tail", 7); /* an e-acute across byte 255 */
+    assert_int_equal(kfa_state_queue_offline(&cfg, &v, "test"), 0);
+    assert_int_equal(kfa_state_reports_read(file, &s), 0);
+    assert_int_equal(s.n_offline, 1);
+    assert_int_equal(s.n_send, 1);
+    assert_int_equal(strlen(s.ptrs[0]->volume->name), 254);
+    kfa_state_reports_free(&s);
 }
 
 int main(void)
