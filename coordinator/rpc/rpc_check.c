@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config/cluster_config.h"
 #include "core/approle.h"
 #include "core/cidr.h"
 
@@ -107,6 +108,44 @@ const char *kfd_check_revoke_role_credential(const Keyfleet__V1__RevokeRoleCrede
     return NULL;
 }
 
+const char *kfd_check_prove_audit(const Keyfleet__V1__ProveAuditRequest *req)
+{
+    return kf_request_id_valid(req->request_id) ? NULL : "request_id must be 16..64 of [0-9A-Za-z-]";
+}
+
+const char *kfd_check_add_member(const Keyfleet__V1__AddMemberRequest *req)
+{
+    if (!kf_name_valid(req->name, strlen(req->name)) || !kfd_hostport_valid(req->raft_address, false) ||
+        !kfd_hostport_valid(req->rpc_address, false))
+        return "name must be a coordinator name, raft_address and rpc_address host:port";
+    return NULL;
+}
+
+const char *kfd_check_remove_member(const Keyfleet__V1__RemoveMemberRequest *req)
+{
+    return kf_name_valid(req->name, strlen(req->name)) ? NULL : "name must be a coordinator name";
+}
+
+const char *kfd_check_get_node_attestation(const Keyfleet__V1__GetNodeAttestationRequest *req)
+{
+    return kf_name_valid(req->node, strlen(req->node)) ? NULL : "node must be a valid node name";
+}
+
+const char *kfd_check_accept_node_attestation(const Keyfleet__V1__AcceptNodeAttestationRequest *req,
+                                              kf_tpm_pcrs *expected, char *buf, size_t size)
+{
+    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->totp_code) > 16 ||
+        (req->expected[0] != '\0' && kf_tpm_pcrs_parse(req->expected, expected, NULL) != 0) ||
+        strlen(req->token) != KF_TPM_ATTEST_TOKEN_LEN) {
+        snprintf(buf, size,
+                 "node must be a valid node name, token the %d characters keyfleetctl node attest show "
+                 "printed, expected PCR values as '0=HEX 2=HEX ...', totp_code 6 digits",
+                 KF_TPM_ATTEST_TOKEN_LEN);
+        return buf;
+    }
+    return NULL;
+}
+
 #define CHECK_FN(name, type, call)                                                                                    \
     static const char *name(const ProtobufCMessage *m, char *buf, size_t size)                                       \
     {                                                                                                                  \
@@ -121,6 +160,17 @@ CHECK_FN(revoke_node_fn, Keyfleet__V1__RevokeNodeRequest, kfd_check_revoke_node(
 CHECK_FN(create_role_fn, Keyfleet__V1__CreateRoleRequest, kfd_check_create_role(req, buf, size))
 CHECK_FN(revoke_role_fn, Keyfleet__V1__RevokeRoleRequest, kfd_check_revoke_role(req))
 CHECK_FN(revoke_role_credential_fn, Keyfleet__V1__RevokeRoleCredentialRequest, kfd_check_revoke_role_credential(req))
+CHECK_FN(prove_audit_fn, Keyfleet__V1__ProveAuditRequest, kfd_check_prove_audit(req))
+CHECK_FN(add_member_fn, Keyfleet__V1__AddMemberRequest, kfd_check_add_member(req))
+CHECK_FN(remove_member_fn, Keyfleet__V1__RemoveMemberRequest, kfd_check_remove_member(req))
+CHECK_FN(get_node_attestation_fn, Keyfleet__V1__GetNodeAttestationRequest, kfd_check_get_node_attestation(req))
+
+static const char *accept_node_attestation_fn(const ProtobufCMessage *m, char *buf, size_t size)
+{
+    kf_tpm_pcrs expected;
+    return kfd_check_accept_node_attestation((const Keyfleet__V1__AcceptNodeAttestationRequest *)m, &expected, buf,
+                                             size);
+}
 
 static const char *revoke_cert_fn(const ProtobufCMessage *m, char *buf, size_t size)
 {
@@ -144,6 +194,11 @@ kf_request_check_fn kfd_request_check_for(const ProtobufCMessageDescriptor *desc
         {&keyfleet__v1__create_role_request__descriptor, create_role_fn},
         {&keyfleet__v1__revoke_role_request__descriptor, revoke_role_fn},
         {&keyfleet__v1__revoke_role_credential_request__descriptor, revoke_role_credential_fn},
+        {&keyfleet__v1__prove_audit_request__descriptor, prove_audit_fn},
+        {&keyfleet__v1__add_member_request__descriptor, add_member_fn},
+        {&keyfleet__v1__remove_member_request__descriptor, remove_member_fn},
+        {&keyfleet__v1__get_node_attestation_request__descriptor, get_node_attestation_fn},
+        {&keyfleet__v1__accept_node_attestation_request__descriptor, accept_node_attestation_fn},
     };
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (table[i].desc == desc)

@@ -10,6 +10,7 @@
 #include "keyfleet/v1/admin.pb-c.h"
 #include "kf_identity.h"
 #include "kf_node_check.h"
+#include "kf_tpm_evidence.h"
 
 #define KFD_ROLE_MAX_CIDRS 16
 #define KFD_ROLE_TOKEN_TTL_DEFAULT 1200
@@ -26,6 +27,13 @@ const char *kfd_check_revoke_cert(const Keyfleet__V1__RevokeCertRequest *req, ch
 const char *kfd_check_create_role(const Keyfleet__V1__CreateRoleRequest *req, char *buf, size_t size);
 const char *kfd_check_revoke_role(const Keyfleet__V1__RevokeRoleRequest *req);
 const char *kfd_check_revoke_role_credential(const Keyfleet__V1__RevokeRoleCredentialRequest *req);
+const char *kfd_check_prove_audit(const Keyfleet__V1__ProveAuditRequest *req);
+const char *kfd_check_add_member(const Keyfleet__V1__AddMemberRequest *req);
+const char *kfd_check_remove_member(const Keyfleet__V1__RemoveMemberRequest *req);
+const char *kfd_check_get_node_attestation(const Keyfleet__V1__GetNodeAttestationRequest *req);
+/* Also returns the expected PCR values when given. */
+const char *kfd_check_accept_node_attestation(const Keyfleet__V1__AcceptNodeAttestationRequest *req,
+                                              kf_tpm_pcrs *expected, char *buf, size_t size);
 
 /* The check for requests of type desc (NodeService's and AdminService's), or NULL. */
 kf_request_check_fn kfd_request_check_for(const ProtobufCMessageDescriptor *desc);
