@@ -18,6 +18,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_read.h"
+#include "kf_node_check.h"
 
 /* Catches up with a KMS rotation made on another replica: loads the new key version if it is
  * here, else says once what is missing. Without it, this replica could not open keys wrapped
@@ -290,15 +291,4 @@ void kfd_new_request_id(char out[33])
     left -= 10;
 }
 
-bool kfd_request_id_valid(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 16 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-'))
-            return false;
-    }
-    return true;
-}
+bool kfd_request_id_valid(const char *s) { return kf_request_id_valid(s); }

@@ -1,5 +1,6 @@
 #include "front/server.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -54,6 +55,12 @@ typedef struct kfd_conn {
     struct timeval connected_at;
     h2o_timeout_entry_t handshake_timeout; /* linked while the TLS handshake runs */
     kfd_h2guard h2;
+    struct kfd_conn *prev, *next; /* srv->conns */
+    /* A write libuv refused, handed back to h2o later in the loop turn (uv_write below) */
+    struct kfd_conn *next_refused;
+    uv_write_t *refused_req;
+    uv_write_cb refused_cb;
+    int refused_status;
 } kfd_conn;
 
 typedef struct kfd_handler {
@@ -85,6 +92,18 @@ static void on_conn_close(uv_handle_t *handle)
 {
     kfd_conn *conn = (kfd_conn *)((char *)handle - offsetof(kfd_conn, tcp));
     kfd_server *srv = conn->srv;
+    for (kfd_conn **p = &srv->refused; *p != NULL; p = &(*p)->next_refused) {
+        if (*p == conn) {
+            *p = conn->next_refused;
+            break;
+        }
+    }
+    if (conn->prev != NULL)
+        conn->prev->next = conn->next;
+    else
+        srv->conns = conn->next;
+    if (conn->next != NULL)
+        conn->next->prev = conn->prev;
     if (h2o_timeout_is_linked(&conn->handshake_timeout))
         h2o_timeout_unlink(&conn->handshake_timeout);
     kfd_h2guard_dispose(&conn->h2);
@@ -185,6 +204,10 @@ static void on_accept(uv_stream_t *listener, int status)
     }
     slot->count++;
     conn->slot = slot;
+    conn->next = srv->conns;
+    if (srv->conns != NULL)
+        srv->conns->prev = conn;
+    srv->conns = conn;
     srv->connections++;
     srv->metrics.connections_accepted++;
     uv_tcp_nodelay(&conn->tcp, 1);
@@ -209,6 +232,61 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 /* Counts handshakes; the SSL's ex-data has no room for the server, so a static is used
  * (one server per process). */
 static kfd_server *the_server;
+
+/* Hands the writes libuv refused back to h2o (uv_write below); a callback that writes again and is
+ * refused again is handed back in the same pass. A connection already closing has been disposed of
+ * by h2o, which wants no callback then. */
+static void on_refused_writes(uv_check_t *check)
+{
+    kfd_server *srv = check->data;
+    while (srv->refused != NULL) {
+        kfd_conn *conn = srv->refused;
+        srv->refused = conn->next_refused;
+        conn->next_refused = NULL;
+        uv_write_cb cb = conn->refused_cb;
+        conn->refused_cb = NULL;
+        if (!uv_is_closing((uv_handle_t *)&conn->tcp))
+            cb(conn->refused_req, conn->refused_status);
+    }
+    uv_check_stop(check);
+}
+
+/* h2o 2.2.5 ignores what uv_write returns (lib/common/socket/uv-binding.c.h, do_write): a write
+ * that libuv refuses at once never calls back, and h2o waits for that callback before it closes
+ * anything. libuv refuses every write on a stream whose read failed (UV_EPIPE: a client's TCP
+ * reset clears the stream's writable flag), and h2o starts writes after such a read: the HTTP/2
+ * frames queued for the loop's zero timeout, or TLS's close_notify as it closes the socket. Such
+ * a connection stayed open until keyfleetd stopped (a PING flood ended by a reset, on a loaded
+ * server that read the pings and the reset in one go). keyfleetd's uv_write, which the dynamic
+ * linker finds before libuv's, hands a refusal on a client connection back to h2o the way libuv
+ * reports a write that fails later: through the callback, in the same loop turn's check phase,
+ * before the turn closes any handle (h2o's socket is still there), never from within the call. */
+int uv_write(uv_write_t *req, uv_stream_t *handle, const uv_buf_t bufs[], unsigned int nbufs, uv_write_cb cb)
+{
+    static int (*libuv_write)(uv_write_t *, uv_stream_t *, const uv_buf_t[], unsigned int, uv_write_cb);
+    if (libuv_write == NULL)
+        *(void **)&libuv_write = dlsym(RTLD_NEXT, "uv_write");
+    if (libuv_write == NULL)
+        return UV_ENOSYS;
+    int r = libuv_write(req, handle, bufs, nbufs, cb);
+    kfd_server *srv = the_server;
+    if (r == 0 || cb == NULL || srv == NULL || handle->loop != srv->loop || srv->refused_writes.loop == NULL)
+        return r;
+    kfd_conn *conn = srv->conns;
+    while (conn != NULL && (uv_stream_t *)&conn->tcp != handle)
+        conn = conn->next;
+    if (conn == NULL || conn->refused_cb != NULL) /* not h2o's; or a second one, which h2o never starts */
+        return r;
+    kf_log_info("write_refused", "source=%s error=%s action=close", conn->slot->addr, uv_err_name(r));
+    srv->metrics.writes_refused++;
+    conn->refused_req = req;
+    conn->refused_cb = cb;
+    conn->refused_status = r;
+    conn->next_refused = srv->refused;
+    srv->refused = conn;
+    uv_check_start(&srv->refused_writes, on_refused_writes);
+    return r;
+}
 
 static void on_tls_info(const SSL *ssl, int where, int ret)
 {
@@ -503,6 +581,9 @@ int kfd_server_run(kfd_server *srv)
     uv_prepare_init(srv->loop, &srv->log_flush);
     uv_prepare_start(&srv->log_flush, on_log_flush);
     uv_unref((uv_handle_t *)&srv->log_flush);
+    uv_check_init(srv->loop, &srv->refused_writes);
+    srv->refused_writes.data = srv;
+    uv_unref((uv_handle_t *)&srv->refused_writes);
     kf_log_set_buffered(true);
     uv_signal_init(srv->loop, &srv->sig_term);
     uv_signal_init(srv->loop, &srv->sig_int);
@@ -524,7 +605,7 @@ void kfd_server_dispose(kfd_server *srv)
     close_listeners(srv);
     uv_handle_t *handles[] = {(uv_handle_t *)&srv->sig_term, (uv_handle_t *)&srv->sig_int,
                               (uv_handle_t *)&srv->sig_hup, (uv_handle_t *)&srv->drain_timer,
-                              (uv_handle_t *)&srv->log_flush};
+                              (uv_handle_t *)&srv->log_flush, (uv_handle_t *)&srv->refused_writes};
     for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
         if (handles[i]->loop != NULL && !uv_is_closing(handles[i]))
             uv_close(handles[i], on_handle_closed);

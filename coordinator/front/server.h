@@ -34,6 +34,9 @@ struct kfd_server {
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uv_prepare_t log_flush; /* writes the turn's log lines before the loop waits */
+    uv_check_t refused_writes;   /* hands writes libuv refused back to h2o (server.c, uv_write) */
+    struct kfd_conn *conns;      /* every client connection */
+    struct kfd_conn *refused;    /* those with a refused write to hand back this loop turn */
     uint64_t drain_deadline;
     bool draining;
     int exit_code;

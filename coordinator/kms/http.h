@@ -47,6 +47,19 @@ typedef struct kfd_http_response {
 
 typedef void (*kfd_http_cb)(void *arg, const kfd_http_response *res);
 
+/* The response headers kept from one response: its Location and Retry-After. */
+typedef struct kfd_http_headers {
+    char location[1024]; /* "" when none; cut to fit */
+    uint32_t retry_after_s;
+} kfd_http_headers;
+/* Takes one header line as curl hands it (n bytes, "Name: value\r\n", not NUL-terminated); a
+ * status line starts a new response (an interim 100 Continue, or the answer after it), whose
+ * headers replace the old ones. Fuzzed (tests/fuzz/fuzz_http_header.c). */
+void kfd_http_header_line(kfd_http_headers *hd, const char *data, size_t n);
+/* Retry-After is delta-seconds or an HTTP date (RFC 9110 10.2.3), at most a day; 0 when
+ * unreadable. */
+uint32_t kfd_http_retry_after(const char *value);
+
 int kfd_http_new(uv_loop_t *loop, const kfd_http_opts *opts, kfd_http **ret, kf_err *err);
 /* Drops requests still in flight without calling their callbacks; the owner drains first. */
 void kfd_http_free(kfd_http *h);

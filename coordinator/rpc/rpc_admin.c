@@ -21,6 +21,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_read.h"
+#include "rpc/rpc_check.h"
 
 bool kfd_rpc_store_ok(kfd_call *call)
 {
@@ -183,12 +184,9 @@ static void on_approved(void *arg, int status, const kfd_apply_result *res, cons
 void kfd_rpc_approve(kfd_call *call)
 {
     const Keyfleet__V1__ApproveRequest *req = (const Keyfleet__V1__ApproveRequest *)call->request;
-    if (!kfd_request_id_valid(req->request_id)) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-]");
-        return;
-    }
-    if (strlen(req->comment) > 512 || strlen(req->totp_code) > 16) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "comment is at most 512 characters, totp_code 6 digits");
+    const char *bad = kfd_check_approve(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -282,8 +280,9 @@ void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const
 void kfd_rpc_deny(kfd_call *call)
 {
     const Keyfleet__V1__DenyRequest *req = (const Keyfleet__V1__DenyRequest *)call->request;
-    if (!kfd_request_id_valid(req->request_id) || strlen(req->reason) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512");
+    const char *bad = kfd_check_deny(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -451,8 +450,9 @@ void kfd_rpc_put_policy(kfd_call *call)
 void kfd_rpc_check_policy(kfd_call *call)
 {
     const Keyfleet__V1__CheckPolicyRequest *req = (const Keyfleet__V1__CheckPolicyRequest *)call->request;
-    if (!kf_name_valid(req->node, strlen(req->node)) || req->volume_id[0] == '\0' || strlen(req->volume_id) > 128) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node and volume_id are required");
+    const char *bad = kfd_check_check_policy(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -500,8 +500,9 @@ void kfd_rpc_check_policy(kfd_call *call)
 void kfd_rpc_revoke_node(kfd_call *call)
 {
     const Keyfleet__V1__RevokeNodeRequest *req = (const Keyfleet__V1__RevokeNodeRequest *)call->request;
-    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->reason) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node must be a valid node name; reason <= 512");
+    const char *bad = kfd_check_revoke_node(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -524,14 +525,9 @@ void kfd_rpc_revoke_cert(kfd_call *call)
     const Keyfleet__V1__RevokeCertRequest *req = (const Keyfleet__V1__RevokeCertRequest *)call->request;
     char serial[KF_SERIAL_MAX];
     kf_peer_kind kind = KF_PEER_NONE;
-    if (strlen(req->serial) > 128 || kf_serial_normalize(req->serial, serial) != 0) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "serial must be the certificate's serial in hex");
-        return;
-    }
-    if ((req->kind[0] != '\0' && kf_peer_kind_parse(req->kind, &kind) != 0) ||
-        (req->name[0] != '\0' && !kf_name_valid(req->name, strlen(req->name))) || strlen(req->reason) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "kind must be node, operator or coordinator; name a valid "
-                       "name; reason <= 512");
+    const char *bad = kfd_check_revoke_cert(req, serial, &kind);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))

@@ -10,6 +10,7 @@
 #include "kf_connect.h"
 #include "rpc/rpc_admin.h"
 #include "store/store_audit.h"
+#include "rpc/rpc_check.h"
 
 /* The checkpoint record of size (0: the newest) and the size it signed; answers on failure. */
 static Keyfleet__V1__AuditRecord *checkpoint_of(kfd_call *call, uint64_t size, uint64_t *ret_size)
@@ -106,8 +107,9 @@ static kf_merkle_hash *leaves_of(kfd_call *call, uint64_t size)
 void kfd_rpc_prove_audit(kfd_call *call)
 {
     const Keyfleet__V1__ProveAuditRequest *req = (const Keyfleet__V1__ProveAuditRequest *)call->request;
-    if (!kfd_request_id_valid(req->request_id)) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-]");
+    const char *bad = kfd_check_prove_audit(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))

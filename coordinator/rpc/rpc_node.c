@@ -26,6 +26,7 @@
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
 #include "keyfleet/v1/node.pb-c.h"
+#include "kf_node_check.h"
 #include "kf_time.h"
 #include "kf_log.h"
 #include "front/seal.h"
@@ -34,68 +35,9 @@
 #include "store/store_apply.h"
 #include "store/store_read.h"
 
-#define WRAPPED_MAX 4096
-#define LABELS_MAX 32
+#define LABELS_MAX KF_LABELS_MAX
 /* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
 #define ENROLL_REPLAY_WINDOW_S 600
-
-static bool id_char(char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' || c == '_' ||
-           c == ':' || c == '-';
-}
-
-static bool printable(const char *s, size_t max)
-{
-    size_t n = strlen(s);
-    if (n > max)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-            return false;
-    return true;
-}
-
-/* Returns NULL when the volume reference is valid, else what is wrong. */
-static const char *check_volume(const Keyfleet__V1__VolumeRef *v)
-{
-    if (v == NULL)
-        return "volume is required";
-    size_t n = strlen(v->id);
-    if (n == 0 || n > 128)
-        return "volume.id must be 1..128 characters";
-    for (size_t i = 0; i < n; i++)
-        if (!id_char(v->id[i]))
-            return "volume.id may hold only [0-9A-Za-z._:-]";
-    if (v->kind != KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2 && v->kind != KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS)
-        return "volume.kind must be LUKS2 or ZFS";
-    if (!printable(v->name, 255))
-        return "volume.name must be at most 255 printable characters";
-    return NULL;
-}
-
-static const char *check_labels(Keyfleet__V1__Label **labels, size_t n)
-{
-    if (n > LABELS_MAX)
-        return "at most 32 labels";
-    for (size_t i = 0; i < n; i++) {
-        size_t kl = strlen(labels[i]->key);
-        if (kl == 0 || kl > 63)
-            return "label keys must be 1..63 characters";
-        for (size_t k = 0; k < kl; k++) {
-            char c = labels[i]->key[k];
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' ||
-                  c == '_' || c == '/' || c == '-'))
-                return "label keys may hold only [0-9A-Za-z._/-]";
-        }
-        if (!printable(labels[i]->value, 255))
-            return "label values must be at most 255 printable characters";
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(labels[j]->key, labels[i]->key) == 0)
-                return "duplicate label key";
-    }
-    return NULL;
-}
 
 /* The answer's view of a sealed key (pointing into sealed). */
 static void sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
@@ -588,13 +530,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
 void kfd_rpc_enroll(kfd_call *call)
 {
     const Keyfleet__V1__EnrollRequest *req = (const Keyfleet__V1__EnrollRequest *)call->request;
-    const char *bad = check_volume(req->volume);
-    if (bad == NULL)
-        bad = check_labels(req->labels, req->n_labels);
-    if (bad == NULL && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    if (bad == NULL && !kfd_request_id_valid(req->request_id))
-        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    const char *bad = kf_check_enroll(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -1017,13 +953,7 @@ static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req
 void kfd_rpc_release(kfd_call *call)
 {
     const Keyfleet__V1__ReleaseRequest *req = (const Keyfleet__V1__ReleaseRequest *)call->request;
-    const char *bad = check_volume(req->volume);
-    if (bad == NULL && (req->wrapped_key[0] == '\0' || strlen(req->wrapped_key) > WRAPPED_MAX))
-        bad = "wrapped_key must be 1..4096 characters";
-    if (bad == NULL && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    if (bad == NULL && req->request_id[0] != '\0' && !kfd_request_id_valid(req->request_id))
-        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
+    const char *bad = kf_check_release(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -1409,17 +1339,7 @@ void kfd_rpc_rotate_key(kfd_call *call)
 {
     const Keyfleet__V1__RotateKeyRequest *req = (const Keyfleet__V1__RotateKeyRequest *)call->request;
     bool begin = req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_BEGIN;
-    const char *bad = check_volume(req->volume);
-    if (bad == NULL && !begin && req->step != KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT)
-        bad = "step must be BEGIN or COMMIT";
-    if (bad == NULL && begin && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    if (bad == NULL && begin && !kfd_request_id_valid(req->request_id))
-        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
-    if (bad == NULL && !begin && req->request_id[0] != '\0' && !kfd_request_id_valid(req->request_id))
-        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
-    if (bad == NULL && !begin && (req->wrapped_key[0] == '\0' || strlen(req->wrapped_key) > WRAPPED_MAX))
-        bad = "wrapped_key must be 1..4096 characters";
+    const char *bad = kf_check_rotate_key(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -1491,29 +1411,11 @@ static void on_offline_audited(void *arg, int status, const kfd_apply_result *re
 void kfd_rpc_heartbeat(kfd_call *call)
 {
     const Keyfleet__V1__HeartbeatRequest *req = (const Keyfleet__V1__HeartbeatRequest *)call->request;
-    if (req->n_offline_unlocks > 1000) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 1000 offline unlocks per heartbeat");
+    char bad_buf[160];
+    const char *bad = kf_check_heartbeat(req, bad_buf, sizeof(bad_buf));
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
-    }
-    if (req->n_dead_man_locks > 100) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 100 dead-man locks per heartbeat");
-        return;
-    }
-    for (size_t i = 0; i < req->n_dead_man_locks; i++) {
-        if (req->dead_man_locks[i]->at == NULL) {
-            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "dead_man_locks[%zu]: needs a time", i);
-            return;
-        }
-    }
-    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
-        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
-        const char *bad = check_volume(u->volume);
-        if (bad == NULL && (u->at == NULL || !printable(u->reason, 512)))
-            bad = "offline unlocks need a time and a printable reason of at most 512 characters";
-        if (bad != NULL) {
-            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "offline_unlocks[%zu]: %s", i, bad);
-            return;
-        }
     }
     const char *why;
     if (!kfd_app_ready(kfd_call_app(call), &why)) {

@@ -14,7 +14,7 @@ certificate and ALPN h2 on 127.0.0.1.
       the same with resets the server sends ("MadeYouReset"): N pairs of HEADERS (GET /healthz
       without END_STREAM, so the stream stays open) then WINDOW_UPDATE(2^31-1) on it, which
       overflows its window, so the server resets it with FLOW_CONTROL_ERROR.
-  h2_probe.py ping-flood HOST PORT CA CERT KEY STREAMS PINGS rst|read
+  h2_probe.py ping-flood HOST PORT CA CERT KEY STREAMS PINGS rst|read|rst-paused:PID
       SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS GET /metrics, then PINGS pings (see ping_flood).
   h2_probe.py body-streams HOST PORT CA CERT KEY STREAMS BYTES
       opens STREAMS POST streams to an RPC and sends BYTES of body on each without ending it;
@@ -26,6 +26,8 @@ One thread (OpenSSL does not allow two on one connection). Request headers are R
 reads only frame headers, SETTINGS, GOAWAY and the first byte of each HEADERS block (":status:
 200" is static-table index 8). Bounded: every read has a 10 s timeout and the whole run 60 s.
 """
+import os
+import signal
 import socket
 import ssl
 import struct
@@ -162,8 +164,11 @@ def reset_flood(args, provoke=False):
 def ping_flood(args):
     """SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS requests (GET /metrics: their answers wait on the
     flow-control window), then PINGS pings without reading the answers. THEN is "rst" (close at
-    once with a TCP reset, the answers unread: h2o's write fails while it still has input) or
-    "read" (read what came back). Prints "goaway=CODE", "end=acked" (every PING answered, the
+    once with a TCP reset, the answers unread: h2o's write fails while it still has input),
+    "rst-paused:PID" (the same while the server, process PID, is stopped with SIGSTOP from the
+    SETTINGS exchange until the reset is sent: it then reads the pings and the reset in one go,
+    as a loaded server does; keep PINGS small enough for the socket buffers) or "read" (read
+    what came back). Prints "goaway=CODE", "end=acked" (every PING answered, the
     connection still open) or "end=closed", then pings_sent=K refused=N (streams the server
     reset with REFUSED_STREAM)."""
     streams, pings, then = int(args[5]), int(args[6]), args[7]
@@ -176,6 +181,9 @@ def ping_flood(args):
         if f[0] == SETTINGS and not f[1] & ACK:
             s.sendall(frame(SETTINGS, ACK, 0))
             break
+    paused = int(then.split(":")[1]) if then.startswith("rst-paused:") else None
+    if paused is not None:
+        os.kill(paused, signal.SIGSTOP)
     sent = 0
     deadline = time.monotonic() + 60
     try:
@@ -187,9 +195,13 @@ def ping_flood(args):
             sent += n
     except OSError:
         pass
-    if then == "rst":
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
+    if then == "rst" or paused is not None:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        finally:
+            if paused is not None:
+                os.kill(paused, signal.SIGCONT)
         print("end=reset pings_sent=%d" % sent)
         return 0
     result, refused, acks = "end=closed", 0, 0
