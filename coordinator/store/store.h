@@ -203,6 +203,11 @@ void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
 /* Whether replicas would take a checkpoint by name with cert (DER) now: not denylisted, not
  * removed, and if added back, issued since (docs/audit.md). 0, -EPERM (err says why), -EIO. */
 int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err);
+/* Whether a coordinator certificate (its serial, notBefore) may speak for member name at the Raft
+ * port: -EPERM with the reason when the serial is denylisted or the certificate was issued before
+ * name's newest removal from the cluster (same rule as checkpoint signers); -EIO; 0. */
+int kfd_store_coordinator_cert_ok(kfd_store *s, const char *name, const char *serial, int64_t not_before,
+                                  kf_err *err);
 /* The newest checkpoint's signed text, parsed (what a leader dates its next one after). 0,
  * -ENOENT, -EIO. */
 struct kf_checkpoint;

@@ -195,6 +195,35 @@ int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_l
     return s->failed ? kf_err_set(err, -EIO, "state store unavailable: %s", s->failure) : check_signer(s, &c, &cp, err);
 }
 
+int kfd_store_coordinator_cert_ok(kfd_store *s, const char *name, const char *serial, int64_t not_before,
+                                  kf_err *err)
+{
+    if (s->failed)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    bool revoked = false;
+    int r = kfd_store_cert_revoked(s, serial, &revoked);
+    if (r != 0)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    if (revoked)
+        return kf_err_set(err, -EPERM, "certificate %s is revoked", serial);
+    char member[80];
+    snprintf(member, sizeof(member), "member %s", name);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_MEMBER_LAST);
+    kfd_bind_text(st, 1, member);
+    r = kfd_store_step_row(s, st, "reading the membership history");
+    bool removed_once = r == 0 && sqlite3_column_type(st, 1) != SQLITE_NULL;
+    int64_t removed_at = removed_once ? sqlite3_column_int64(st, 1) : 0;
+    sqlite3_reset(st);
+    if (r == -EIO)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    /* The same cut as kf_audit_cert_predates: the CA dates notBefore 300 s back. */
+    if (removed_once && not_before <= removed_at - KF_CHECKPOINT_READD_SLACK_S)
+        return kf_err_set(err, -EPERM, "certificate %s was issued before %s was removed from the cluster (at %lld); "
+                          "added back, it speaks only with a newer certificate",
+                          serial, name, (long long)removed_at);
+    return 0;
+}
+
 /* The newest checkpoint before the one being applied (record seq), parsed from its signed text.
  * 0, -ENOENT (none), -EIO. */
 static int checkpoint_at(kfd_store *s, uint64_t seq, kf_checkpoint *ret)
