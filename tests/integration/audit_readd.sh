@@ -28,7 +28,7 @@ raft_hello() {
         timeout 5 openssl s_client -quiet -connect "${RAFT[$4]}" -alpn keyfleet-raft/1 -cert "$2" -key "$3" \
             -CAfile "$F/ca.crt" >/dev/null 2>&1
 }
-serial_of() { openssl x509 -noout -serial -in "$1" | sed 's/^serial=//'; }
+serial_of() { openssl x509 -noout -serial -in "$1" | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f'; }
 
 start_cluster c 3
 WRAP=$(field wrapped "$("$NODE_CLIENT" "$CLUSTER" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)")
