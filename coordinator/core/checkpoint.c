@@ -426,6 +426,16 @@ int kfd_checkpoint_verify_record(kfd_checkpointer *c, const Keyfleet__V1__AuditR
                                 r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster, NULL, err);
 }
 
+int kfd_checkpoint_verify_command(kfd_checkpointer *c, const Keyfleet__V1__CmdCheckpoint *cmd, kf_err *err)
+{
+    if (cmd == NULL || cmd->text == NULL)
+        return kf_err_set(err, -EPERM, "checkpoint command without its text");
+    /* Not by the clock: every replica decides alike (a time too far ahead is judged after). */
+    int r = kf_checkpoint_verify_applied(cmd->text, strlen(cmd->text), cmd->signature.data, cmd->signature.len,
+                                         cmd->cert.data, cmd->cert.len, c->ca, c->cluster, NULL, err);
+    return r == 0 ? 0 : -EPERM;
+}
+
 int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err)
 {
     if (r == NULL || strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)

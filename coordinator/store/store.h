@@ -203,6 +203,11 @@ void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
 /* Whether replicas would take a checkpoint by name with cert (DER) now: not denylisted, not
  * removed, and if added back, issued since (docs/audit.md). 0, -EPERM (err says why), -EIO. */
 int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err);
+/* Checks a checkpoint command's signature and certificate chain at apply, from the command alone
+ * (the same on every replica): 0, or an error that refuses the command. Without one (unit
+ * tests), apply checks everything else. */
+typedef int (*kfd_checkpoint_verifier)(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err *err);
+void kfd_store_set_checkpoint_verifier(kfd_store *s, kfd_checkpoint_verifier fn, void *arg);
 /* Whether a coordinator certificate (its serial, notBefore) may speak for member name at the Raft
  * port: -EPERM with the reason when the serial is denylisted or the certificate was issued before
  * name's newest removal from the cluster (same rule as checkpoint signers); -EIO; 0. */

@@ -184,6 +184,14 @@ static int check_signer(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, cons
     return 0;
 }
 
+void kfd_store_set_checkpoint_verifier(kfd_store *s, kfd_checkpoint_verifier fn, void *arg)
+{
+    if (s == NULL)
+        return;
+    s->cp_verify = fn;
+    s->cp_verify_arg = arg;
+}
+
 int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err)
 {
     Keyfleet__V1__CmdCheckpoint c = KEYFLEET__V1__CMD_CHECKPOINT__INIT;
@@ -279,6 +287,10 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     if (why[0] != '\0')
         kfd_store_set_diverged(s, cp.size, why);
     if ((r = check_signer(s, c, &cp, err)) != 0)
+        return r;
+    /* Its signature (review rev17, R5): whatever put the command into the Raft log, a checkpoint
+     * no coordinator key signed is refused on every replica alike and vouches for nothing. */
+    if (s->cp_verify != NULL && (r = s->cp_verify(s->cp_verify_arg, c, err)) != 0)
         return r;
     /* Sizes grow and times do not go back (F4): a replayed copy of a genuine checkpoint is refused
      * on every replica alike (the leader dates each checkpoint at or after the one before). */
