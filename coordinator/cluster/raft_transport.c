@@ -253,11 +253,7 @@ static bool check_peer(conn *c, uint64_t deadline)
     if (id != NULL) {
         snprintf(c->name, sizeof(c->name), "%s", id->name);
         memcpy(c->serial, id->serial, sizeof(c->serial));
-        struct tm tm;
-        X509 *x = SSL_get0_peer_certificate(c->ssl);
-        const ASN1_TIME *nb = x != NULL ? X509_get0_notBefore(x) : NULL;
-        /* Unreadable: the oldest time, which no re-add rule lets through. */
-        c->not_before = nb != NULL && ASN1_TIME_to_tm(nb, &tm) == 1 ? (int64_t)timegm(&tm) : INT64_MIN;
+        c->not_before = kf_cert_not_before(SSL_get0_peer_certificate(c->ssl));
     }
     if (why == NULL && c->outbound) {
         uint8_t hdr[2];

@@ -202,17 +202,54 @@ static void evaluate(kfd_checkpointer *c)
     }
 }
 
+/* Why the certificate that answered for voter name may not speak for it (review rev17, R4), or
+ * NULL: the TLS host name check alone takes any fleet certificate naming that host (a revoked
+ * coordinator's, a re-added one's old one, a node's issued with that SAN). */
+static const char *answer_refusal(kfd_checkpointer *c, const char *name, const char *pem, char *why, size_t size)
+{
+    BIO *b = pem != NULL ? BIO_new_mem_buf(pem, -1) : NULL;
+    X509 *x = b != NULL ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    kf_identity id;
+    kf_err err = {0};
+    const char *r = NULL;
+    if (x == NULL || kf_identity_from_cert(x, &id, &err) != 0)
+        r = "the answering certificate is unreadable";
+    else if (id.kind != KF_PEER_COORDINATOR || strcmp(id.name, name) != 0)
+        r = "the answering certificate does not name this coordinator";
+    else if (kfd_store_coordinator_cert_ok(c->app->store, id.name, id.serial, kf_cert_not_before(x), &err) == -EPERM) {
+        snprintf(why, size, "%s", err.msg);
+        r = why;
+    }
+    X509_free(x);
+    ERR_clear_error();
+    return r;
+}
+
 static void on_answer(void *arg, const kfd_http_response *res)
 {
     peer_ask *a = arg;
     kfd_checkpointer *c = a->c;
     c->pending--;
-    if (c->closing || c->confirmed_term == c->confirm_term || kfd_store_audit_diverged(c->app->store, NULL) != 0)
+    if (c->closing)
         return;
     Keyfleet__V1__AuditHeadResponse *resp = NULL;
     if (res->status == 0 && res->code == 200)
         resp = keyfleet__v1__audit_head_response__unpack(NULL, res->body_len, (const uint8_t *)res->body);
-    if (resp == NULL)
+    /* Who answered is checked for every answer, late ones included, so an impostor shows. */
+    char why[KF_ERR_MSG_MAX];
+    const char *refused = resp != NULL ? answer_refusal(c, a->name, res->peer_cert, why, sizeof(why)) : NULL;
+    if (refused != NULL) {
+        kf_log_warn("audit_head_peer_refused", "peer=%s reason=%s", a->name, kf_log_q(refused));
+        keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
+        resp = NULL; /* counts as no answer */
+    }
+    if (c->confirmed_term == c->confirm_term || kfd_store_audit_diverged(c->app->store, NULL) != 0) {
+        if (resp != NULL)
+            keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
+        return;
+    }
+    if (resp == NULL && refused == NULL)
         kf_log_debug("audit_head_no_answer", "peer=%s status=%d code=%ld error=%s", a->name, res->status, res->code,
                      kf_log_q(res->error != NULL ? res->error : res->body != NULL ? res->body : ""));
     kfd_head_answer k = kfd_head_round_count(&c->tally, a->tag, resp);
@@ -380,7 +417,8 @@ int kfd_checkpointer_new(kfd_app *app, uv_loop_t *loop, kfd_checkpointer **ret, 
                         .timeout_ms = CONFIRM_TIMEOUT_MS,
                         .max_attempts = 1,
                         .max_response = 4096,
-                        .no_reuse = true};
+                        .no_reuse = true,
+                        .peer_cert = true};
     if (r == 0)
         r = kfd_http_new(loop, &ho, &c->http, err);
     if (r != 0) {
