@@ -203,8 +203,8 @@ static void evaluate(kfd_checkpointer *c)
     }
     if (v == KFD_HEAD_OUTVOTED) {
         char why[200];
-        snprintf(why, sizeof(why), "%u of %u voters hold another audit head after the same entries (this "
-                 "replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
+        snprintf(why, sizeof(why), "%u of %u voters hold another audit head (or replicated state) after the same "
+                 "entries (this replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
                  (unsigned long long)c->own.seq);
         kfd_store_mark_diverged(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
         return;

@@ -177,7 +177,17 @@ typedef struct kfd_audit_head {
     kf_merkle_hash root;          /* RFC 9162 root over records 1..seq */
     uint64_t checkpoint_seq;      /* the newest checkpoint record, 0: none */
     uint64_t checkpoint_size;     /* the size it signed */
+    /* At a head check only (kfd_store_audit_head_at_check): the digest of every replicated table
+     * outside the audit log (kfd_store_state_digest) and its version (0: none). */
+    uint8_t state[KFD_HASH_LEN];
+    uint32_t state_version;
 } kfd_audit_head;
+/* The state digest (store_digest.c, review rev17 R2): a hash over every replicated table outside
+ * the audit log, independent of row order. 0, -ENOMEM, -EIO. */
+int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN]);
+/* The version digests are compared under: this build's schema version (digests of replicas on
+ * another schema are not compared). */
+uint32_t kfd_store_state_version(void);
 /* The applied head (including a deferred transaction's records). */
 void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret);
 /* Not 0 when this replica's log left the signed history (at the latest) at that seq; why says

@@ -346,6 +346,9 @@ int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadChe
     kf_merkle_frontier_root(&s->tx_tree, s->check_head.root);
     s->check_head.checkpoint_seq = s->tx_cp_seq;
     s->check_head.checkpoint_size = s->tx_cp_size;
+    /* The rest of the replicated state too (review rev17, R2); none when it cannot be read. */
+    if (kfd_store_state_digest(s, s->check_head.state) == 0)
+        s->check_head.state_version = kfd_store_state_version();
     return 0;
 }
 

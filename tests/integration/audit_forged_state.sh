@@ -1,18 +1,12 @@
 #!/usr/bin/env bash
-# Review rev17, R2 (open): the replicated state outside the audit log has no integrity check. A
-# replica whose database had a row edited while the cluster was stopped (here: the revocation of
-# node n1 undone in `nodes`; the audit log untouched, so every audit check passes) is elected
-# first. As leader it decides releases from its own tables: the revoked node gets its key, and
-# the honest replicas, whose apply refuses that release and drops its record, are the ones that
-# diverge at the leader's next checkpoint.
-#
-# This reproduces an open finding and fails on the current code, so it is skipped (77) unless
-# KF_OPEN_FINDINGS=1; docs/reviews/rev17-audit-attest.md says what closes it.
+# Review rev17, R2: the replicated state outside the audit log. A replica whose database had a
+# row edited while the cluster was stopped (here: the revocation of node n1 undone in `nodes`;
+# the audit log untouched, so every audit check passes) is elected first. Before R2 it decided
+# releases from its own tables as leader: the revoked node got its key, and the honest replicas,
+# whose apply refused that release and dropped its record, were the ones that diverged at its
+# next checkpoint. Now the head confirmation compares a digest of the replicated state too: the
+# edited replica is outvoted, marks itself diverged and releases nothing.
 . "$(dirname "$0")/lib.sh"
-if [ "${KF_OPEN_FINDINGS:-0}" != 1 ]; then
-    echo "# skipped: reproduces open finding R2 (docs/reviews/rev17-audit-attest.md); KF_OPEN_FINDINGS=1 runs it"
-    exit 77
-fi
 
 F=$WORK/fleet
 fleet_init "$F"
@@ -46,7 +40,14 @@ start "$C"
 sleep 2
 out=$(release n1 vol-1 "$WRAP" "${RPC[$A]}" 2>&1)
 check "the revoked n1 gets no key from the edited leader ($out)" test "${out#code=ok}" = "$out"
-sleep 1.5
+for _ in $(seq 1 100); do [[ "$(readyz "$A")" == *diverged* ]] && break; sleep 0.1; done
+expect_match "the edited $A is outvoted and stops serving" "$(readyz "$A")" \
+    "not ready: audit log diverged at seq [0-9]+: 2 of 3 voters hold another audit head \(or replicated state\).*503"
+NEWL=$(wait_leader "$B" "$B" "$C")
+check "$B or $C leads" test -n "$NEWL"
+out=$(release n1 vol-1 "$WRAP" "$(servers_of "$B" "$C")" 2>&1)
+check "nor does the revoked n1 get a key from them ($out)" test "${out#code=ok}" = "$out"
+check "the new leader signs" signed_on "$NEWL"
 for n in "$B" "$C"; do
     grep -q "event=audit_diverged" "$WORK/$n/keyfleetd.log"
     check "the honest $n does not diverge" test $? -ne 0

@@ -862,6 +862,50 @@ static void test_checkpoint_verifier_at_apply(void **state)
     OPENSSL_free(c5);
 }
 
+/* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
+ * audit log, not with the audit log or the order rows were written in. */
+/* An edit behind the store's back (the attacker of #17 with write access to one database). */
+static void edit_db(const char *db, const char *sql)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, db);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+}
+
+static void test_state_digest(void **state)
+{
+    (void)state;
+    kfd_store *a = open_db("sd-a.db"), *b = open_db("sd-b.db");
+    uint8_t da[KFD_HASH_LEN], db[KFD_HASH_LEN];
+    assert_int_equal(kfd_store_state_digest(a, da), 0);
+    assert_int_equal(kfd_store_state_digest(b, db), 0);
+    assert_memory_equal(da, db, sizeof(da));
+    assert_int_equal(append(a, "release", "web-01"), 0); /* the audit log is not in it */
+    assert_int_equal(kfd_store_state_digest(a, da), 0);
+    assert_memory_equal(da, db, sizeof(da));
+    kfd_store_close(a);
+    kfd_store_close(b);
+    edit_db("sd-a.db", "INSERT INTO nodes (name, revoked) VALUES ('n2', 1);"
+                       "INSERT INTO nodes (name, revoked) VALUES ('n1', 1);");
+    edit_db("sd-b.db", "INSERT INTO nodes (name, revoked) VALUES ('n1', 1);"
+                       "INSERT INTO nodes (name, revoked) VALUES ('n2', 1);");
+    a = open_db("sd-a.db");
+    b = open_db("sd-b.db");
+    assert_int_equal(kfd_store_state_digest(a, da), 0);
+    assert_int_equal(kfd_store_state_digest(b, db), 0);
+    assert_memory_equal(da, db, sizeof(da)); /* the same rows, written in another order */
+    kfd_store_close(b);
+    edit_db("sd-b.db", "UPDATE nodes SET revoked = 0 WHERE name = 'n1'");
+    b = open_db("sd-b.db");
+    assert_int_equal(kfd_store_state_digest(b, db), 0);
+    assert_memory_not_equal(da, db, sizeof(da)); /* a revocation undone */
+    kfd_store_close(a);
+    kfd_store_close(b);
+}
+
 static void test_checkpoint_apply_order(void **state)
 {
     (void)state;
@@ -957,6 +1001,7 @@ int main(void)
         cmocka_unit_test(test_head_check_and_checkpoint_signers),
         cmocka_unit_test(test_checkpoint_apply_order),
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
+        cmocka_unit_test(test_state_digest),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
