@@ -90,7 +90,8 @@ static int table_digest(kfd_store *s, EVP_MD_CTX *outer, EVP_MD_CTX *m, const ch
         r = -EIO;
     sqlite3_finalize(st);
     if (r == 0) {
-        qsort(rows, n, sizeof(*rows), cmp_hash);
+        if (n > 1)
+            qsort(rows, n, sizeof(*rows), cmp_hash);
         put_u64(outer, strlen(table));
         EVP_DigestUpdate(outer, table, strlen(table));
         put_u64(outer, n);
