@@ -124,6 +124,13 @@ int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err)
     return 0;
 }
 
+int64_t kf_cert_not_before(const X509 *cert)
+{
+    struct tm tm;
+    const ASN1_TIME *nb = cert != NULL ? X509_get0_notBefore(cert) : NULL;
+    return nb != NULL && ASN1_TIME_to_tm(nb, &tm) == 1 ? (int64_t)timegm(&tm) : INT64_MIN;
+}
+
 int kf_serial_normalize(const char *in, char out[KF_SERIAL_MAX])
 {
     if (strncmp(in, "serial=", 7) == 0)

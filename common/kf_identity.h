@@ -50,6 +50,9 @@ int kf_identity_from_uri(const char *uri, size_t len, kf_identity *ret, kf_err *
 
 /* Extracts the identity from a certificate: exactly one keyfleet:// URI SAN. Other SANs are ignored. */
 int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err);
+/* The certificate's notBefore in seconds since the epoch; INT64_MIN when unreadable (the oldest
+ * time, which no "issued after" rule lets through). */
+int64_t kf_cert_not_before(const X509 *cert);
 
 /* Writes "keyfleet://KIND/NAME" into buf; returns 0 or -ENOSPC. */
 int kf_identity_uri(const kf_identity *id, char *buf, size_t size);

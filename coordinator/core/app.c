@@ -79,6 +79,13 @@ static int check_snapshot(void *arg, const kfd_image_check *check, kf_err *err)
     return 0;
 }
 
+/* The store's check of a checkpoint command at apply (review rev17, R5). */
+static int verify_checkpoint_command(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err *err)
+{
+    kfd_app *app = arg;
+    return kfd_checkpoint_verify_command(app->checkpointer, c, err);
+}
+
 /* At start: the local log verified against its own checkpoints (kfd_store_open); here the
  * newest of them must also carry a coordinator's signature, or the whole log could have been
  * recomputed. Records after it are checked by the leader's next checkpoint. */
@@ -120,6 +127,7 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
     if ((r = kfd_checkpointer_new(app, loop, &app->checkpointer, err)) != 0)
         return r;
     verify_local_checkpoint(app);
+    kfd_store_set_checkpoint_verifier(app->store, verify_checkpoint_command, app);
     if ((r = kfd_sinks_open(&cfg->audit, cfg->name, app->store, &app->sinks, err)) != 0)
         return r;
     kfd_repl_env env = {.loop = loop, .cfg = cfg, .store = app->store, .on_applied = on_applied,

@@ -20,6 +20,7 @@ typedef struct request {
     kf_secbuf *body;
     kf_secbuf *resp;
     bool too_big;
+    char *peer_cert; /* PEM, with opts.peer_cert */
     int attempt;
     int max_attempts;
     CURL *easy;
@@ -227,6 +228,7 @@ static void on_request_closed(uv_handle_t *handle)
     free(q->headers);
     kf_secbuf_free(q->body);
     kf_secbuf_free(q->resp);
+    free(q->peer_cert);
     free(q->method);
     free(q->url);
     free(q);
@@ -253,6 +255,7 @@ static void deliver(uv_timer_t *t)
         q->result.body_len = q->resp != NULL ? q->resp->len : 0;
         q->result.location = q->hdr.location[0] != '\0' ? q->hdr.location : NULL;
         q->result.retry_after_s = q->hdr.retry_after_s;
+        q->result.peer_cert = q->peer_cert;
     }
     q->cb(q->arg, &q->result);
     uv_close((uv_handle_t *)&q->timer, on_request_closed);
@@ -267,6 +270,22 @@ static void finish(request *q, int status, long code, const char *error)
     if (status != 0)
         q->h->stats.failures++;
     uv_timer_start(&q->timer, deliver, 0, 0);
+}
+
+/* The server's certificate of this attempt (curl's CERTINFO: the chain, leaf first, each with a
+ * "Cert:" PEM line). A connection reused would carry none: callers that ask use no_reuse. */
+static void keep_peer_cert(request *q, CURL *e)
+{
+    free(q->peer_cert);
+    q->peer_cert = NULL;
+    struct curl_certinfo *ci = NULL;
+    if (curl_easy_getinfo(e, CURLINFO_CERTINFO, &ci) != CURLE_OK || ci == NULL || ci->num_of_certs < 1)
+        return;
+    for (struct curl_slist *l = ci->certinfo[0]; l != NULL; l = l->next)
+        if (strncmp(l->data, "Cert:", 5) == 0) {
+            q->peer_cert = strdup(l->data + 5);
+            return;
+        }
 }
 
 static int transport_errno(CURLcode rc, bool too_big)
@@ -298,6 +317,8 @@ static void check_done(kfd_http *h)
         long code = 0;
         curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &code);
         CURLcode rc = m->data.result;
+        if (q->h->opts.peer_cert)
+            keep_peer_cert(q, m->easy_handle);
         release_easy(q);
         bool transport = rc != CURLE_OK;
         /* 412: a Vault Enterprise performance standby has not yet seen the write an index
@@ -375,6 +396,8 @@ static void start_attempt(request *q)
         curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
     if (h->opts.no_reuse)
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    if (h->opts.peer_cert)
+        curl_easy_setopt(e, CURLOPT_CERTINFO, 1L);
     if (h->cert_file != NULL && h->key_file != NULL) {
         curl_easy_setopt(e, CURLOPT_SSLCERT, h->cert_file);
         curl_easy_setopt(e, CURLOPT_SSLKEY, h->key_file);

@@ -31,6 +31,7 @@ typedef struct kfd_http_opts {
     int max_attempts;          /* 1 means no retry */
     size_t max_response;       /* larger responses fail with -EMSGSIZE */
     bool no_proxy;             /* never through a proxy (http_proxy etc.): Azure's IMDS must be reached directly */
+    bool peer_cert;            /* hand the callback the server's certificate (a caller that checks who answered) */
 } kfd_http_opts;
 
 typedef struct kfd_http_response {
@@ -43,6 +44,7 @@ typedef struct kfd_http_response {
     /* Response headers the callers act on (of the last attempt, when status is 0): */
     const char *location;  /* Location (3xx), or NULL; valid during the callback */
     uint32_t retry_after_s; /* Retry-After (seconds or an HTTP date), 0 when absent */
+    const char *peer_cert;  /* with opts.peer_cert: the server's certificate (PEM) of the last attempt, or NULL */
 } kfd_http_response;
 
 typedef void (*kfd_http_cb)(void *arg, const kfd_http_response *res);

@@ -69,6 +69,11 @@ void kfd_rpc_audit_head(kfd_call *call)
         resp.root.len = sizeof(h.root);
         resp.chain.data = h.chain;
         resp.chain.len = sizeof(h.chain);
+        if (h.state_version != 0) {
+            resp.state.data = h.state;
+            resp.state.len = sizeof(h.state);
+            resp.state_version = h.state_version;
+        }
     }
     resp.diverged_seq = kfd_store_audit_diverged(store, NULL);
     resp.vouched = kfd_store_audit_vouched(store);

@@ -265,6 +265,8 @@ static int exec(kfd_store *s, const char *q, const char *what, kf_err *err)
     return rc == SQLITE_OK ? 0 : kfd_store_sql_error(s, rc, what, err);
 }
 
+uint32_t kfd_store_state_version(void) { return (uint32_t)(sizeof(migrations) / sizeof(migrations[0])); }
+
 static int migrate(kfd_store *s, kf_err *err)
 {
     sqlite3_stmt *st;

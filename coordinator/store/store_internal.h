@@ -113,6 +113,9 @@ struct kfd_store {
     bool vouched;
     /* A snapshot replaced this database since the process started (kfd_store_audit_witness). */
     bool restored;
+    /* Verifies a checkpoint command's signature and chain at apply (kfd_store_set_checkpoint_verifier). */
+    kfd_checkpoint_verifier cp_verify;
+    void *cp_verify_arg;
     /* The newest CmdAuditHeadCheck applied here (not replays): its id and the head then. */
     uint64_t check_id;
     kfd_audit_head check_head;
