@@ -92,6 +92,21 @@ grep -q 'event=h2_control_flood source=127.0.0.1 frames=101 limit=100 action=goa
 expect_eq "... and logged" "$?" "0"
 expect_match "positive control: 50 PINGs leave the connection open" "$(h2 ping-flood 0 50 read)" '^end=acked pings_sent=50 refused=0$'
 
+# 3e. Header fields (review rev26): HPACK names a dynamic-table field again with one byte, so a
+# 16 KiB HEADERS frame decodes to some 16,000 fields, about 1 MiB of h2o's request pool held while
+# the stream waits for its body; 20 connections of 32 such streams took 600 MB. A stream with more
+# than 100 fields is reset at once, and its request freed.
+expect_eq "positive control: 4 streams of 20 repeated fields stay open" \
+    "$(h2 header-fields 1 4 20)" "reset=0 goaway=0"
+rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$KFD_PID/status")
+expect_eq "10 connections of 32 streams with 12000 repeated fields each: every stream is reset" \
+    "$(h2 header-fields 10 32 12000)" "reset=320 goaway=0"
+rss_after=$(awk '/^VmRSS/ {print $2}' "/proc/$KFD_PID/status")
+expect_eq "... and keyfleetd grew by less than 100 MB while they were open (unguarded: about 300 MB)" \
+    "$(( rss_after - rss_before < 100000 ))" "1"
+grep -q 'event=h2_stream_refused source=127.0.0.1 stream=3 reason=header_fields fields=12001 limit=100' "$F/keyfleetd.log"
+expect_eq "... logged with the count" "$?" "0"
+
 # 4. keyfleetd runs the TLS handshake itself (to hook HTTP/2 connections): a client that never
 # finishes it is still closed by h2o's handshake timeout (10 s), as under h2o_accept.
 out=$(python3 - "$PORT" <<'PY'
