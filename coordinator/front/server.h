@@ -24,6 +24,12 @@ struct kfd_server {
     h2o_globalconf_t globalconf;
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx;
+    /* HTTP/1.1 connections (ALPN http/1.1: health checks and scrapers; RPCs need HTTP/2) have
+     * their own h2o configuration: h2o reads a whole HTTP/1.1 body before the router sees it,
+     * and the HTTP/2 guard's body budgets do not reach it, so a body there is kept short. */
+    h2o_globalconf_t http1_conf;
+    h2o_context_t http1_ctx;
+    h2o_accept_ctx_t http1_accept;
     struct kfd_listener *listeners;
     size_t n_listeners;
     kfd_ssl_generation *ssl_generations; /* every SSL_CTX ever served, newest first (peer.h) */
