@@ -39,15 +39,30 @@ typedef struct kfd_listener {
     bool open;
 } kfd_listener;
 
-/* Open connections per source address: a small open-addressing table. */
-#define SOURCE_SLOTS 4096
+/* Open connections per source address: an open-addressing table with twice as many slots as
+ * connections may be open (a fixed 4096 slots refused every new address once 4096 addresses each
+ * held one connection, half-open TLS handshakes included). A slot whose count fell to 0 keeps its
+ * address, so the chains through it hold; it is reused only once the address asked for is known
+ * to have no slot of its own further on. */
 typedef struct source_slot {
     char addr[46];
     uint32_t count;
 } source_slot;
 typedef struct kfd_source_table {
-    source_slot slots[SOURCE_SLOTS];
+    size_t n; /* a power of two */
+    source_slot slots[];
 } kfd_source_table;
+
+static kfd_source_table *source_table_new(uint32_t max_connections)
+{
+    size_t n = 4096;
+    while (n < 2 * (size_t)max_connections)
+        n *= 2;
+    kfd_source_table *t = calloc(1, sizeof(*t) + n * sizeof(source_slot));
+    if (t != NULL)
+        t->n = n;
+    return t;
+}
 
 typedef struct kfd_conn {
     uv_tcp_t tcp;
@@ -69,19 +84,24 @@ static source_slot *source_find(kfd_source_table *t, const char *addr, bool crea
     uint32_t h = 2166136261u;
     for (const char *p = addr; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
-    for (size_t i = 0; i < SOURCE_SLOTS; i++) {
-        source_slot *s = &t->slots[(h + i) % SOURCE_SLOTS];
+    source_slot *reuse = NULL;
+    for (size_t i = 0; i < t->n; i++) {
+        source_slot *s = &t->slots[(h + i) & (t->n - 1)];
+        if (s->addr[0] == '\0') {
+            if (reuse == NULL)
+                reuse = s;
+            break;
+        }
         if (strcmp(s->addr, addr) == 0)
             return s;
-        if (s->addr[0] == '\0' || (create && s->count == 0)) {
-            if (!create)
-                return NULL;
-            snprintf(s->addr, sizeof(s->addr), "%s", addr);
-            s->count = 0;
-            return s;
-        }
+        if (s->count == 0 && reuse == NULL)
+            reuse = s;
     }
-    return NULL;
+    if (!create || reuse == NULL)
+        return NULL;
+    snprintf(reuse->addr, sizeof(reuse->addr), "%s", addr);
+    reuse->count = 0;
+    return reuse;
 }
 
 static void on_conn_close(uv_handle_t *handle)
@@ -344,11 +364,11 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
     srv->loop = loop;
     srv->cfg = cfg;
     srv->started = time(NULL);
-    srv->sources = calloc(1, sizeof(*srv->sources));
-    if (srv->sources == NULL)
-        return kf_err_set(err, -ENOMEM, "out of memory");
     the_server = srv;
     fit_fd_limits(&cfg->limits);
+    srv->sources = source_table_new(cfg->limits.max_connections);
+    if (srv->sources == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
 
     /* h2o buffers whole bodies and resets HTTP/2 streams past this size; keep it well above the
      * protocol limit so oversized bodies reach the router and get a proper resource_exhausted. */

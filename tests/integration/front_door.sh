@@ -86,6 +86,40 @@ PY
 )
 expect_eq "60 HTTP/1.1 connections sending 1 MiB bodies: keyfleetd holds none of them" "$out" "grew_under_20mb"
 
+# Source addresses (review rev26): the per-source table had 4096 slots, so once 4096 addresses
+# each held a connection (half-open TCP, no certificate needed) every new address was refused as
+# over its per-source limit, and so was a fleet of more than 4096 nodes booting at once.
+out=$(timeout 60 python3 - "$PORT" <<'PY'
+import socket, sys, time
+port, held = int(sys.argv[1]), []
+def answer(src):
+    """Connects from src and sends a ClientHello's first bytes: "open" while the server waits
+    for the rest of it, "closed" when it closes the connection at once."""
+    s = socket.socket()
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    s.settimeout(2)
+    held.append(s)
+    try:
+        return "closed" if s.recv(1) == b"" else "data"
+    except socket.timeout:
+        return "open"
+    except ConnectionError:
+        return "closed"
+first = answer("127.200.0.1")
+for i in range(4200):
+    s = socket.socket()
+    s.bind(("127.1.%d.%d" % (i // 200, 1 + i % 200), 0))
+    s.connect(("127.0.0.1", port))
+    held.append(s)
+time.sleep(0.5)
+print("first=%s after_4200=%s" % (first, answer("127.200.0.2")))
+PY
+)
+expect_eq "a new address is served after 4200 other addresses each opened a connection" "$out" \
+    "first=open after_4200=open"
+expect_eq "keyfleetd serves a request after they are gone" "$(kcurl "$F" operator "$URL/healthz")" "ok"
+
 out=$(rpc "$F" operator NodeService/NoSuchMethod "${PROTO[@]}" --data-binary '')
 expect_match "an unknown RPC gets 501 unimplemented" "$out" '^501 \{"code":"unimplemented"'
 expect_eq "an unknown path that is no RPC gets a plain 404" "$(kcurl "$F" operator -w '%{http_code}' "$URL/nope")" "not found
