@@ -104,6 +104,22 @@ static source_slot *source_find(kfd_source_table *t, const char *addr, bool crea
     return reuse;
 }
 
+/* One connection from s's address fewer. A slot whose count falls to 0 is emptied when the slot
+ * after it is empty (no chain goes on through it), and so are the freed slots before it, so
+ * addresses come and gone do not leave every lookup walking the whole table. */
+static void source_release(kfd_source_table *t, source_slot *s)
+{
+    if (s == NULL || s->count == 0 || --s->count != 0)
+        return;
+    size_t i = (size_t)(s - t->slots);
+    for (size_t k = 0; k < t->n && t->slots[i].count == 0 && t->slots[i].addr[0] != '\0' &&
+                       t->slots[(i + 1) & (t->n - 1)].addr[0] == '\0';
+         k++) {
+        t->slots[i].addr[0] = '\0';
+        i = (i - 1) & (t->n - 1);
+    }
+}
+
 static void on_conn_close(uv_handle_t *handle)
 {
     kfd_conn *conn = (kfd_conn *)((char *)handle - offsetof(kfd_conn, tcp));
@@ -111,8 +127,7 @@ static void on_conn_close(uv_handle_t *handle)
     if (h2o_timeout_is_linked(&conn->handshake_timeout))
         h2o_timeout_unlink(&conn->handshake_timeout);
     kfd_h2guard_dispose(&conn->h2);
-    if (conn->slot != NULL && conn->slot->count > 0)
-        conn->slot->count--;
+    source_release(srv->sources, conn->slot);
     srv->connections--;
     free(conn);
 }
