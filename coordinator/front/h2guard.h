@@ -10,6 +10,8 @@
  *  - request bytes held by h2o for bodies still arriving are budgeted per connection
  *    (limits.max_connection_body_bytes) and in total (limits.max_total_body_bytes): the stream
  *    whose DATA would pass either is refused;
+ *  - a request with more than 100 header fields (HPACK can name one field thousands of times in
+ *    a frame) is reset once h2o has decoded it, which frees it;
  *  - a write error closes the connection as upstream h2o does since PR #1859/#2844 (the pending
  *    write is unlinked and nothing more is started), not through h2o 2.2.5's assertion;
  *  - a request body past limits.max_body_bytes is ended early, so the router answers
