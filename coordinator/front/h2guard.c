@@ -275,6 +275,17 @@ static ssize_t on_data(kfd_h2guard *g, h2o_http2_conn_t *conn, uint8_t *frame, u
     return 0;
 }
 
+/* Brings the server's count of open streams in step with this connection's: h2o opens a stream
+ * on its HEADERS and closes it as its answer finishes or it is reset, so this runs after every
+ * frame and every completed write. Each open stream costs h2o some 6.5 KB (its request pool),
+ * which no body budget counts. */
+static void count_streams(kfd_h2guard *g, h2o_http2_conn_t *conn)
+{
+    uint32_t open = conn->num_streams.pull.open;
+    g->srv->h2_open_streams = g->srv->h2_open_streams - g->open_counted + open;
+    g->open_counted = open;
+}
+
 static uint64_t stream_errors_sent(h2o_http2_conn_t *conn)
 {
     uint64_t n = 0;
@@ -347,11 +358,15 @@ static ssize_t guard_frame(kfd_h2guard *g, h2o_http2_conn_t *conn, const uint8_t
             return H2O_HTTP2_ERROR_ENHANCE_YOUR_CALM;
         }
     } else if (type == FRAME_HEADERS && (id & 1) != 0 && id > conn->pull_stream_ids.max_open &&
-               conn->num_streams.pull.open >= g->srv->cfg->limits.max_streams_per_connection) {
+               (conn->num_streams.pull.open >= g->srv->cfg->limits.max_streams_per_connection ||
+                g->srv->h2_open_streams >= g->srv->cfg->limits.max_open_streams)) {
+        bool here = conn->num_streams.pull.open >= g->srv->cfg->limits.max_streams_per_connection;
         g->refusing = true;
         g->srv->metrics.h2_streams_refused++;
-        kf_log_info("h2_stream_refused", "source=%s stream=%u reason=max_streams open=%u limit=%u", g->source, id,
-                    conn->num_streams.pull.open, g->srv->cfg->limits.max_streams_per_connection);
+        kf_log_info("h2_stream_refused", "source=%s stream=%u reason=%s open=%llu limit=%u", g->source, id,
+                    here ? "max_streams" : "max_open_streams",
+                    here ? (unsigned long long)conn->num_streams.pull.open : (unsigned long long)g->srv->h2_open_streams,
+                    here ? g->srv->cfg->limits.max_streams_per_connection : g->srv->cfg->limits.max_open_streams);
     } else if (type == FRAME_DATA && id != 0 && frame == src) {
         ssize_t r = on_data(g, conn, frame, flen, id);
         if (r != 0)
@@ -392,6 +407,7 @@ static ssize_t guard_reader(h2o_http2_conn_t *conn, const uint8_t *src, size_t l
     } else {
         r = call_inner(g, conn, src, len, err_desc);
     }
+    count_streams(g, conn);
     /* h2o picks the reader for the next frame (preface, frames, CONTINUATION): keep it wrapped. */
     if (conn->_read_expect != guard_reader) {
         g->inner = (void (*)(void))conn->_read_expect;
@@ -439,16 +455,20 @@ static void guard_on_write(h2o_socket_t *sock, const char *err)
         return;
     }
     h2o_cb(sock, err);
-    if (conn_alive(g))
+    if (conn_alive(g)) {
         hook_write(g);
+        count_streams(g, conn);
+    }
 }
 
 static void guard_on_read(h2o_socket_t *sock, const char *err)
 {
     kfd_h2guard *g = sock->on_close.data;
     g->h2o_on_read(sock, err);
-    if (conn_alive(g))
+    if (conn_alive(g)) {
         hook_write(g);
+        count_streams(g, sock->data);
+    }
 }
 
 /* h2o's deferred write (the zero timeout), wrapped likewise. */
@@ -457,8 +477,10 @@ static void guard_emit(h2o_timeout_entry_t *entry)
     h2o_http2_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_http2_conn_t, _write.timeout_entry, entry);
     kfd_h2guard *g = conn->sock->on_close.data;
     g->h2o_emit(entry);
-    if (conn_alive(g))
+    if (conn_alive(g)) {
         hook_write(g);
+        count_streams(g, conn);
+    }
 }
 
 static void on_sock_dispose(void *data)
@@ -509,6 +531,10 @@ int kfd_h2guard_accept(kfd_h2guard *g, kfd_server *srv, h2o_socket_t *sock, cons
 
 void kfd_h2guard_dispose(kfd_h2guard *g)
 {
+    if (g->srv != NULL) {
+        g->srv->h2_open_streams -= g->open_counted;
+        g->open_counted = 0;
+    }
     for (size_t i = 0; g->streams != NULL && i < g->srv->cfg->limits.max_streams_per_connection; i++)
         release(g, &g->streams[i]);
     free(g->streams);

@@ -36,6 +36,7 @@ struct kfd_server {
     struct kfd_source_table *sources;
     uint32_t connections;
     uint64_t h2_body_bytes; /* request body bytes h2o holds for bodies still arriving (h2guard.h) */
+    uint64_t h2_open_streams; /* HTTP/2 streams open on all connections, as the guards last saw them */
     uint64_t accept_errors_logged_ms; /* when an accept error was last logged (rate limit) */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;

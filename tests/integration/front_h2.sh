@@ -146,6 +146,7 @@ limits:
   max_streams_per_connection: 8
   max_stream_resets: 10
   max_total_body_bytes: 200000
+  max_open_streams: 40
 YAML
 start_kfd "$F"
 expect_eq "SETTINGS advertise max_streams_per_connection: 8" "$(h2 settings)" \
@@ -157,6 +158,15 @@ expect_eq "max_total_body_bytes: 200000 (all connections): 6 bodies of 60000 byt
     "$(h2 body-streams 6 60000)" "refused=3 answered=0 healthz=200"
 grep -q 'event=h2_stream_refused source=127.0.0.1 stream=7 reason=total_body_budget' "$F/keyfleetd.log"
 expect_eq "... logged with the budget's name" "$?" "0"
+# max_open_streams (review rev26): streams open on all connections together are bounded, since
+# each costs h2o about 6.5 KB that no body budget counts (20,000 connections x 32 streams: 4 GB).
+expect_eq "positive control: 5 connections of 8 streams waiting for bodies (40) are all open" \
+    "$(h2 header-fields 5 8 0)" "reset=0 goaway=0"
+expect_eq "6 connections of 8 (48): the 8 past max_open_streams: 40 are refused" \
+    "$(h2 header-fields 6 8 0)" "reset=8 goaway=0"
+grep -q 'event=h2_stream_refused source=127.0.0.1 stream=[0-9]* reason=max_open_streams open=40 limit=40' "$F/keyfleetd.log"
+expect_eq "... logged with the limit's name" "$?" "0"
+expect_eq "once those connections are gone, 40 streams are open again" "$(h2 header-fields 5 8 0)" "reset=0 goaway=0"
 check "keyfleetd is still running" kill -0 "$KFD_PID"
 check_sanitizers
 finish

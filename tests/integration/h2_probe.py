@@ -23,8 +23,8 @@ certificate and ALPN h2 on 127.0.0.1.
   h2_probe.py header-fields HOST PORT CA CERT KEY CONNS STREAMS FIELDS
       on each of CONNS connections, STREAMS POST streams whose header block adds one 3900-byte
       field to the HPACK dynamic table and then names it again FIELDS times (one byte each), no
-      body; prints "reset=K goaway=G" (K: streams the server reset, G: connections it ended)
-      once every stream is accounted for or 3 s have passed.
+      body; prints "reset=K goaway=G" (K: streams the server reset or refused, G: connections it
+      ended) once every stream is accounted for, or after 1.5 s per connection.
 CERT "-": no client certificate.
 
 One thread (OpenSSL does not allow two on one connection). Request headers are RFC 7541 literal fields without Huffman or the dynamic table. Of the answers it
@@ -305,10 +305,10 @@ def header_fields(args):
         s.sendall(b"".join(out))
         socks.append((s, r))
     reset, goaway = 0, 0
-    deadline = time.monotonic() + 3
     for s, r in socks:
         s.settimeout(1)
         seen = set()
+        deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline and len(seen) < streams:
             f = r.next()
             if f is None:
