@@ -87,6 +87,10 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err);
  * file, so that a restarted watcher keeps counting; a lock made while silent, queued for the
  * next heartbeat (HeartbeatRequest.dead_man_locks) and dropped once a coordinator took it. */
 void kfa_state_dead_man_get(const kfa_config *cfg, uint64_t *ret_after_s, int64_t *ret_last_contact);
+/* How far the wall clock may be behind the remembered last contact (a clock corrected at boot)
+ * before the silence since it counts as the whole dead-man window: a clock set back cannot tell
+ * how long the node was silent. */
+#define KFA_DEAD_MAN_CLOCK_SLACK_S 300
 int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t at);
 int kfa_state_queue_dead_man(const kfa_config *cfg, int64_t at, uint64_t silent_s, uint64_t after_s, unsigned locked,
                              unsigned failed);

@@ -25,6 +25,12 @@ int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_se
                           "offline fallback refused: no coordinator reached for %lld s, past the dead-man window "
                           "(dead_man.after %llu s); the volume opens once a coordinator answers",
                           (long long)(now - last), (unsigned long long)after_s);
+    if (after_s > 0 && last > 0 && last - now > KFA_DEAD_MAN_CLOCK_SLACK_S)
+        return kf_err_set(err, -EACCES,
+                          "offline fallback refused: the clock is %lld s behind the last contact, so the dead-man "
+                          "window (dead_man.after %llu s) cannot be judged; the volume opens once a coordinator "
+                          "answers",
+                          (long long)(last - now), (unsigned long long)after_s);
     kf_secbuf *key = NULL;
     /* A TPM-resident node key holds a connection to the TPM (swtpm serves one at a time). */
     kfa_client_close_for_tpm(ctx);

@@ -116,6 +116,24 @@ out=$(A watch --count 1 2>&1)
 expect_match "... reported at the next contact" "$out" "event=dead_man_locks_reported count=1"
 expect_eq "... two audit records now" "$(ctl "$F" audit --node edge-1 --action dead_man_lock --json | grep -c dead_man_lock)" "2"
 
+# A wall clock set back behind the last contact (review rev26: before, it counted as no silence,
+# so a thief setting the clock back won a new window at each boot) counts as the whole window.
+check "unlock again" A unlock zfs:tank/d
+A watch --count 1 >/dev/null 2>&1
+stop_kfd
+python3 - "$WORK/edge-1-state.json" <<'PY'
+import json, sys, time
+state = json.load(open(sys.argv[1]))
+state["dead_man"]["last_contact"] = int(time.time()) + 3600
+json.dump(state, open(sys.argv[1], "w"))
+PY
+out=$(A watch --count 1 2>&1)
+expect_match "a watcher whose clock is an hour behind the last contact locks at its first heartbeat" "$out" \
+    "event=dead_man_lock node=\"edge-1\" silent_s=[0-9]+ .*zfs tank/d: locked"
+expect_eq "... the key is unloaded" "$(keystatus)" "unavailable"
+start_kfd "$F"
+for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
+
 # Without a window, an outage locks nothing (the agent learns it in the next heartbeat).
 check "unlock again" A unlock zfs:tank/d
 dead_man_policy ""

@@ -320,7 +320,13 @@ def header_fields(args):
                 break
         reset += len(seen)
     print("reset=%d goaway=%d" % (reset, goaway))
-    for s, _ in socks:
+    for s, r in socks:  # end cleanly: no TCP reset with the server's frames unread
+        try:
+            s.shutdown(socket.SHUT_WR)
+            while r.next() is not None:
+                pass
+        except OSError:
+            pass
         s.close()
     return 0
 
