@@ -84,7 +84,9 @@ time.sleep(1)
 print("grew_under_20mb" if rss() - before < 20000 else "grew %d kB" % (rss() - before))
 PY
 )
-expect_eq "60 HTTP/1.1 connections sending 1 MiB bodies: keyfleetd holds none of them" "$out" "grew_under_20mb"
+# (Not under a sanitizer: ASan's quarantine keeps freed memory resident.)
+[ "${KF_SANITIZED:-0}" = 1 ] ||
+    expect_eq "60 HTTP/1.1 connections sending 1 MiB bodies: keyfleetd holds none of them" "$out" "grew_under_20mb"
 
 # Source addresses (review rev26): the per-source table had 4096 slots, so once 4096 addresses
 # each held a connection (half-open TCP, no certificate needed) every new address was refused as

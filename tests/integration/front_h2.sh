@@ -102,8 +102,10 @@ rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$KFD_PID/status")
 expect_eq "10 connections of 32 streams with 12000 repeated fields each: every stream is reset" \
     "$(h2 header-fields 10 32 12000)" "reset=320 goaway=0"
 rss_after=$(awk '/^VmRSS/ {print $2}' "/proc/$KFD_PID/status")
-expect_eq "... and keyfleetd grew by less than 100 MB while they were open (unguarded: about 300 MB)" \
-    "$(( rss_after - rss_before < 100000 ))" "1"
+# (Not under a sanitizer: ASan's quarantine keeps freed memory resident.)
+[ "${KF_SANITIZED:-0}" = 1 ] ||
+    expect_eq "... and keyfleetd grew by less than 100 MB while they were open (unguarded: about 300 MB)" \
+        "$(( rss_after - rss_before < 100000 ))" "1"
 grep -q 'event=h2_stream_refused source=127.0.0.1 stream=3 reason=header_fields fields=12001 limit=100' "$F/keyfleetd.log"
 expect_eq "... logged with the count" "$?" "0"
 
