@@ -154,4 +154,44 @@ printf 'groups:\n  g: {nodes: [a], dead_man: {after: 0s}}\n' >"$WORK/bad.yaml"
 out=$(ctl "$F" policy put "$WORK/bad.yaml" 2>&1)
 expect_match "a dead_man.after of 0s is refused with its position" "$out" "policy:2:37: must be between"
 
+# Report budget (review rev26): each offline unlock and dead-man lock a heartbeat reports is an
+# audit record and a Raft entry; one node wrote 1,000 per request, any number of requests. A node
+# has 200 recorded one by one at once (then 1 a minute); the rest are counted in one record, and
+# the heartbeat still succeeds.
+issue "$F" node edge-2
+heartbeat_body() { # N: a HeartbeatRequest with N offline unlocks of volume rev26-vol
+    python3 - "$1" <<'PY'
+import sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def field(num, data):
+    return varint(num << 3 | 2) + varint(len(data)) + data
+vol = field(1, b"rev26-vol") + varint(2 << 3) + varint(2) + field(3, b"tank/x")
+unlock = field(1, vol) + field(2, varint(1 << 3) + varint(1700000000)) + field(3, b"test")
+sys.stdout.buffer.write(b"".join(field(1, unlock) for _ in range(int(sys.argv[1]))))
+PY
+}
+recorded() { ctl "$F" audit --node edge-2 --action offline_unlock --json | grep -c rev26-vol; }
+heartbeat_body 150 >"$WORK/hb150"
+heartbeat_body 10 >"$WORK/hb10"
+PROTO=(-H 'content-type: application/proto')
+expect_match "150 offline unlocks in one heartbeat: answered" \
+    "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb150")" "^200 "
+expect_eq "... each recorded (within the budget of 200)" "$(recorded)" "150"
+expect_match "150 more: answered too" \
+    "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb150")" "^200 "
+expect_eq "... 50 of them recorded one by one" "$(recorded)" "200"
+expect_match "... the other 100 counted in one record" \
+    "$(ctl "$F" audit --node edge-2 --action reports_over_budget --json)" \
+    '"action":"reports_over_budget".*100 offline unlock and 0 dead-man lock reports past the node.s report budget'
+rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb10" >/dev/null
+expect_eq "10 more right after: none recorded one by one" "$(recorded)" "200"
+expect_eq "... two summary records in all" \
+    "$(ctl "$F" audit --node edge-2 --action reports_over_budget --json | grep -c reports_over_budget)" "2"
+
 finish
