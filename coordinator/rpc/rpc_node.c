@@ -293,16 +293,22 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
     return revoked;
 }
 
+/* The Retry-After header (whole seconds) of a refusal for a rate limit, wait ms away. */
+static void retry_after(kfd_call *call, uint32_t wait)
+{
+    h2o_req_t *req = call->req;
+    char *v = h2o_mem_alloc_pool(&req->pool, 16);
+    int n = snprintf(v, 16, "%u", (wait + 999) / 1000);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+}
+
 static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 {
     uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->ratelimit, call->peer->name, d->rate_per_minute,
                                        d->rate_burst, kf_monotonic_ms());
     if (wait == 0)
         return false;
-    h2o_req_t *req = call->req;
-    char *v = h2o_mem_alloc_pool(&req->pool, 16);
-    int n = snprintf(v, 16, "%u", (wait + 999) / 1000);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+    retry_after(call, wait);
     kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "rate limit of rule '%s' exceeded; retry after %u ms", d->rule,
                    wait);
     return true;
@@ -1445,6 +1451,11 @@ static void on_offline_audited(void *arg, int status, const kfd_apply_result *re
  * one node, revoked or not, wrote 1,100 records per 59 KB request, 3 MB a second. */
 #define REPORT_BURST 200
 #define REPORT_PER_MINUTE 1
+/* Heartbeats a node may send: each records its contact, one Raft write. An agent sends one per
+ * watch_interval (at least 1 s) and one after an unlock; a node sending faster is refused
+ * (resource_exhausted, Retry-After) rather than writing to the log as fast as it can ask. */
+#define HEARTBEAT_BURST 60
+#define HEARTBEAT_PER_MINUTE 120
 
 /* How many of n reports node may have recorded one by one now. */
 static size_t reports_within_budget(kfd_app *app, const char *node, size_t n)
@@ -1489,6 +1500,14 @@ void kfd_rpc_heartbeat(kfd_call *call)
     const char *why;
     if (!kfd_app_ready(kfd_call_app(call), &why)) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
+        return;
+    }
+    uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->heartbeat_limit, call->peer->name, HEARTBEAT_PER_MINUTE,
+                                       HEARTBEAT_BURST, kf_monotonic_ms());
+    if (wait != 0) {
+        retry_after(call, wait);
+        kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "more than %d heartbeats a minute; retry after %u ms",
+                       HEARTBEAT_PER_MINUTE, wait);
         return;
     }
     bool revoked = false;

@@ -194,4 +194,15 @@ expect_eq "10 more right after: none recorded one by one" "$(recorded)" "200"
 expect_eq "... two summary records in all" \
     "$(ctl "$F" audit --node edge-2 --action reports_over_budget --json | grep -c reports_over_budget)" "2"
 
+# Heartbeats (review rev26): each is a Raft write, so a node may send 60 at once, then 2 a second
+# (an agent sends one per watch_interval, at least 1 s). 100 on one connection: the first 60 are
+# answered, then most are refused with resource_exhausted (429) and Retry-After.
+issue "$F" node edge-3
+urls=()
+for _ in $(seq 1 100); do urls+=(-o /dev/null "$URL/keyfleet.v1.NodeService/Heartbeat"); done
+codes=$(kcurl "$F" edge-3 --max-time 30 -X POST "${PROTO[@]}" --data-binary '' -w '%{http_code}\n' "${urls[@]}")
+expect_eq "the first 60 heartbeats are answered" "$(printf '%s\n' "$codes" | head -n 60 | sort -u)" "200"
+refused=$(printf '%s\n' "$codes" | grep -c '^429$')
+check "... and of the next 40, most are refused (429: $refused)" test "$refused" -ge 20
+
 finish
