@@ -28,6 +28,7 @@ static const kf_yaml_field limits_fields[] = {
     {"max_connection_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_connection_body_bytes), &held_range,
      false},
     {"max_total_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_total_body_bytes), &held_range, false},
+    {"max_open_streams", kf_yaml_dec_uint, offsetof(kfd_limits, max_open_streams), &count_range, false},
     {"idle_timeout", kf_yaml_dec_duration_ms, offsetof(kfd_limits, idle_timeout_ms), NULL, false},
     {"shutdown_grace", kf_yaml_dec_duration_ms, offsetof(kfd_limits, shutdown_grace_ms), NULL, false},
 };
@@ -193,6 +194,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .max_stream_resets = 100,
                    .max_connection_body_bytes = 1u << 20,
                    .max_total_body_bytes = 256u << 20,
+                   .max_open_streams = 32768,
                    .idle_timeout_ms = 30000,
                    .shutdown_grace_ms = 10000},
         .approvals = {.poll_ms = 2000},

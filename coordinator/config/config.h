@@ -21,6 +21,7 @@ typedef struct kfd_limits {
     uint32_t max_stream_resets;          /* HTTP/2 resets a connection may send at once (front/h2guard.h) */
     uint32_t max_connection_body_bytes;  /* request body bytes h2o may buffer for one connection */
     uint32_t max_total_body_bytes;       /* ... and for all connections together */
+    uint32_t max_open_streams;           /* HTTP/2 streams open on all connections together */
     uint64_t idle_timeout_ms;
     uint64_t shutdown_grace_ms; /* how long SIGTERM waits for in-flight requests */
 } kfd_limits;

@@ -118,7 +118,8 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
     int r = kfd_kms_open(loop, &cfg->kms, &app->kms, err);
     if (r != 0)
         return r;
-    if ((app->ratelimit = kfd_ratelimit_new()) == NULL || (app->seen = kfd_node_seen_new()) == NULL)
+    if ((app->ratelimit = kfd_ratelimit_new()) == NULL || (app->seen = kfd_node_seen_new()) == NULL ||
+        (app->report_limit = kfd_ratelimit_new()) == NULL || (app->heartbeat_limit = kfd_ratelimit_new()) == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     if (cfg->webhook_url != NULL &&
         (r = kfd_webhook_new(loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
@@ -156,12 +157,16 @@ void kfd_app_close(kfd_app *app)
     kfd_ratelimit_free(app->ratelimit);
     kfd_node_seen_free(app->seen);
     app->seen = NULL;
+    kfd_ratelimit_free(app->report_limit);
+    kfd_ratelimit_free(app->heartbeat_limit);
     kfd_policy_free(app->policy);
     if (app->kms != NULL)
         app->kms->ops->destroy(app->kms);
     kfd_store_close(app->store);
     app->webhook = NULL;
     app->ratelimit = NULL;
+    app->report_limit = NULL;
+    app->heartbeat_limit = NULL;
     app->policy = NULL;
     app->kms = NULL;
     app->store = NULL;

@@ -22,6 +22,8 @@ typedef struct kfd_app {
     kfd_policy *policy;
     uint64_t policy_version;
     struct kfd_ratelimit *ratelimit;
+    struct kfd_ratelimit *report_limit; /* per node: heartbeat reports audited one by one */
+    struct kfd_ratelimit *heartbeat_limit; /* per node: heartbeats (each one a Raft write) */
     struct kfd_webhook *webhook;
     uint64_t next_command_id;
     struct kfd_repl *repl; /* Raft (replication.h): every command goes through it */

@@ -4,7 +4,8 @@
  * asks): route and method (unimplemented, 501), HTTP/2 (failed_precondition, 400), content type
  * (415), content encoding (unimplemented, 501), deadline header (invalid_argument, 400), size
  * (resource_exhausted, 429), identity (401/403), body (400), deadline passed (deadline_exceeded,
- * 504), then the handler. Paths that are not RPCs get plain HTTP answers (404, 405). */
+ * 504), then the handler. Paths that are not RPCs get plain HTTP answers (404, 405). Over
+ * HTTP/1.1 h2o itself answers 413 to a body past 4 KiB (front/server.c, HTTP1_MAX_BODY). */
 #include "front/router.h"
 
 #include <errno.h>

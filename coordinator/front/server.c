@@ -28,6 +28,10 @@
  * audit sinks, Raft peers, KMS requests, libuv's own. */
 #define RESERVED_FDS 128
 #define ACCEPT_ERROR_LOG_MS 1000
+/* The longest request body taken over HTTP/1.1: no RPC is served there (the router answers
+ * failed_precondition), and h2o holds the whole body first, outside the HTTP/2 guard's body
+ * budgets: at 16 x max_body_bytes, 100 connections held 110 MB. Longer bodies get h2o's 413. */
+#define HTTP1_MAX_BODY 4096
 
 typedef struct kfd_listener {
     uv_tcp_t tcp;
@@ -37,15 +41,30 @@ typedef struct kfd_listener {
     bool probe; /* probe_listen: plain HTTP/1.1, /healthz and /readyz only (router.c) */
 } kfd_listener;
 
-/* Open connections per source address: a small open-addressing table. */
-#define SOURCE_SLOTS 4096
+/* Open connections per source address: an open-addressing table with twice as many slots as
+ * connections may be open (a fixed 4096 slots refused every new address once 4096 addresses each
+ * held one connection, half-open TLS handshakes included). A slot whose count fell to 0 keeps its
+ * address, so the chains through it hold; it is reused only once the address asked for is known
+ * to have no slot of its own further on. */
 typedef struct source_slot {
     char addr[46];
     uint32_t count;
 } source_slot;
 typedef struct kfd_source_table {
-    source_slot slots[SOURCE_SLOTS];
+    size_t n; /* a power of two */
+    source_slot slots[];
 } kfd_source_table;
+
+static kfd_source_table *source_table_new(uint32_t max_connections)
+{
+    size_t n = 4096;
+    while (n < 2 * (size_t)max_connections)
+        n *= 2;
+    kfd_source_table *t = calloc(1, sizeof(*t) + n * sizeof(source_slot));
+    if (t != NULL)
+        t->n = n;
+    return t;
+}
 
 typedef struct kfd_conn {
     uv_tcp_t tcp;
@@ -73,19 +92,40 @@ static source_slot *source_find(kfd_source_table *t, const char *addr, bool crea
     uint32_t h = 2166136261u;
     for (const char *p = addr; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
-    for (size_t i = 0; i < SOURCE_SLOTS; i++) {
-        source_slot *s = &t->slots[(h + i) % SOURCE_SLOTS];
+    source_slot *reuse = NULL;
+    for (size_t i = 0; i < t->n; i++) {
+        source_slot *s = &t->slots[(h + i) & (t->n - 1)];
+        if (s->addr[0] == '\0') {
+            if (reuse == NULL)
+                reuse = s;
+            break;
+        }
         if (strcmp(s->addr, addr) == 0)
             return s;
-        if (s->addr[0] == '\0' || (create && s->count == 0)) {
-            if (!create)
-                return NULL;
-            snprintf(s->addr, sizeof(s->addr), "%s", addr);
-            s->count = 0;
-            return s;
-        }
+        if (s->count == 0 && reuse == NULL)
+            reuse = s;
     }
-    return NULL;
+    if (!create || reuse == NULL)
+        return NULL;
+    snprintf(reuse->addr, sizeof(reuse->addr), "%s", addr);
+    reuse->count = 0;
+    return reuse;
+}
+
+/* One connection from s's address fewer. A slot whose count falls to 0 is emptied when the slot
+ * after it is empty (no chain goes on through it), and so are the freed slots before it, so
+ * addresses come and gone do not leave every lookup walking the whole table. */
+static void source_release(kfd_source_table *t, source_slot *s)
+{
+    if (s == NULL || s->count == 0 || --s->count != 0)
+        return;
+    size_t i = (size_t)(s - t->slots);
+    for (size_t k = 0; k < t->n && t->slots[i].count == 0 && t->slots[i].addr[0] != '\0' &&
+                       t->slots[(i + 1) & (t->n - 1)].addr[0] == '\0';
+         k++) {
+        t->slots[i].addr[0] = '\0';
+        i = (i - 1) & (t->n - 1);
+    }
 }
 
 static void on_conn_close(uv_handle_t *handle)
@@ -107,8 +147,7 @@ static void on_conn_close(uv_handle_t *handle)
     if (h2o_timeout_is_linked(&conn->handshake_timeout))
         h2o_timeout_unlink(&conn->handshake_timeout);
     kfd_h2guard_dispose(&conn->h2);
-    if (conn->slot != NULL && conn->slot->count > 0)
-        conn->slot->count--;
+    source_release(srv->sources, conn->slot);
     srv->connections--;
     free(conn);
 }
@@ -156,7 +195,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
             return;
         }
     }
-    h2o_http1_accept(&conn->srv->accept_ctx, sock, conn->connected_at);
+    h2o_http1_accept(&conn->srv->http1_accept, sock, conn->connected_at);
 }
 
 static void on_accept(uv_stream_t *listener, int status)
@@ -398,33 +437,41 @@ static void fit_fd_limits(kfd_limits *lim)
                 lim->max_connections, lim->max_connections_per_source, (unsigned long long)nofile);
 }
 
+/* One h2o configuration, with the router as its only handler, and its context on the loop. */
+static void configure_h2o(kfd_server *srv, h2o_globalconf_t *conf, h2o_context_t *ctx, size_t max_body)
+{
+    const kfd_limits *lim = &srv->cfg->limits;
+    h2o_config_init(conf);
+    conf->max_request_entity_size = max_body;
+    conf->http2.max_concurrent_requests_per_connection = lim->max_streams_per_connection;
+    conf->http2.idle_timeout = lim->idle_timeout_ms;
+    conf->http1.req_timeout = lim->idle_timeout_ms;
+    conf->http2.graceful_shutdown_timeout = lim->shutdown_grace_ms;
+    conf->server_name = h2o_iovec_init(H2O_STRLIT("keyfleetd"));
+    h2o_hostconf_t *host = h2o_config_register_host(conf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    kfd_handler *handler = (kfd_handler *)h2o_create_handler(path, sizeof(*handler));
+    handler->super.on_req = on_req;
+    handler->srv = srv;
+    h2o_context_init(ctx, srv->loop, conf);
+}
+
 int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *err)
 {
     memset(srv, 0, sizeof(*srv));
     srv->loop = loop;
     srv->cfg = cfg;
     srv->started = time(NULL);
-    srv->sources = calloc(1, sizeof(*srv->sources));
-    if (srv->sources == NULL)
-        return kf_err_set(err, -ENOMEM, "out of memory");
     the_server = srv;
     fit_fd_limits(&cfg->limits);
+    srv->sources = source_table_new(cfg->limits.max_connections);
+    if (srv->sources == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
 
-    h2o_config_init(&srv->globalconf);
-    /* h2o buffers whole bodies and resets streams past this size; keep it well above the protocol
-     * limit so oversized bodies reach the router and get a proper resource_exhausted. */
-    srv->globalconf.max_request_entity_size = cfg->limits.max_body_bytes * 16u;
-    srv->globalconf.http2.max_concurrent_requests_per_connection = cfg->limits.max_streams_per_connection;
-    srv->globalconf.http2.idle_timeout = cfg->limits.idle_timeout_ms;
-    srv->globalconf.http1.req_timeout = cfg->limits.idle_timeout_ms;
-    srv->globalconf.http2.graceful_shutdown_timeout = cfg->limits.shutdown_grace_ms;
-    srv->globalconf.server_name = h2o_iovec_init(H2O_STRLIT("keyfleetd"));
-    h2o_hostconf_t *host = h2o_config_register_host(&srv->globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
-    kfd_handler *handler = (kfd_handler *)h2o_create_handler(path, sizeof(*handler));
-    handler->super.on_req = on_req;
-    handler->srv = srv;
-    h2o_context_init(&srv->ctx, loop, &srv->globalconf);
+    /* h2o buffers whole bodies and resets HTTP/2 streams past this size; keep it well above the
+     * protocol limit so oversized bodies reach the router and get a proper resource_exhausted. */
+    configure_h2o(srv, &srv->globalconf, &srv->ctx, cfg->limits.max_body_bytes * 16u);
+    configure_h2o(srv, &srv->http1_conf, &srv->http1_ctx, HTTP1_MAX_BODY);
 
     SSL_CTX *ctx = NULL;
     int r = build_ssl_ctx(srv, &ctx, err);
@@ -433,6 +480,8 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
     srv->accept_ctx.ctx = &srv->ctx;
     srv->accept_ctx.hosts = srv->globalconf.hosts;
     srv->accept_ctx.ssl_ctx = ctx;
+    srv->http1_accept.ctx = &srv->http1_ctx;
+    srv->http1_accept.hosts = srv->http1_conf.hosts;
     return 0;
 }
 
@@ -553,6 +602,7 @@ static void on_stop_signal(uv_signal_t *sig, int signum)
     close_listeners(srv);
     /* GOAWAY to HTTP/2 clients, close idle HTTP/1 ones; in-flight requests finish. */
     h2o_context_request_shutdown(&srv->ctx);
+    h2o_context_request_shutdown(&srv->http1_ctx);
     srv->drain_deadline = uv_now(srv->loop) + srv->cfg->limits.shutdown_grace_ms;
     uv_timer_start(&srv->drain_timer, on_drain_tick, 0, DRAIN_POLL_MS);
 }
@@ -611,10 +661,14 @@ void kfd_server_dispose(kfd_server *srv)
             uv_close(handles[i], on_handle_closed);
     uv_run(srv->loop, UV_RUN_NOWAIT);
     /* request_shutdown leaves its timer armed; h2o asserts every timeout is empty on dispose. */
-    if (h2o_timeout_is_linked(&srv->ctx.http2._graceful_shutdown_timeout))
-        h2o_timeout_unlink(&srv->ctx.http2._graceful_shutdown_timeout);
-    h2o_context_dispose(&srv->ctx);
+    h2o_context_t *ctxs[] = {&srv->ctx, &srv->http1_ctx};
+    for (size_t i = 0; i < 2; i++) {
+        if (h2o_timeout_is_linked(&ctxs[i]->http2._graceful_shutdown_timeout))
+            h2o_timeout_unlink(&ctxs[i]->http2._graceful_shutdown_timeout);
+        h2o_context_dispose(ctxs[i]);
+    }
     h2o_config_dispose(&srv->globalconf);
+    h2o_config_dispose(&srv->http1_conf);
     while (srv->ssl_generations != NULL) {
         kfd_ssl_generation *g = srv->ssl_generations;
         srv->ssl_generations = g->next;

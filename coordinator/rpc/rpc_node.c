@@ -237,16 +237,22 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
     return revoked;
 }
 
+/* The Retry-After header (whole seconds) of a refusal for a rate limit, wait ms away. */
+static void retry_after(kfd_call *call, uint32_t wait)
+{
+    h2o_req_t *req = call->req;
+    char *v = h2o_mem_alloc_pool(&req->pool, 16);
+    int n = snprintf(v, 16, "%u", (wait + 999) / 1000);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+}
+
 static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 {
     uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->ratelimit, call->peer->name, d->rate_per_minute,
                                        d->rate_burst, kf_monotonic_ms());
     if (wait == 0)
         return false;
-    h2o_req_t *req = call->req;
-    char *v = h2o_mem_alloc_pool(&req->pool, 16);
-    int n = snprintf(v, 16, "%u", (wait + 999) / 1000);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+    retry_after(call, wait);
     kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "rate limit of rule '%s' exceeded; retry after %u ms", d->rule,
                    wait);
     return true;
@@ -1405,6 +1411,29 @@ static void on_offline_audited(void *arg, int status, const kfd_apply_result *re
         answer_heartbeat(op);
 }
 
+/* Each offline unlock and dead-man lock a heartbeat reports is an audit record and a Raft entry:
+ * a node has REPORT_BURST of them recorded one by one at once, refilled at REPORT_PER_MINUTE;
+ * past that, the rest of a heartbeat's reports are counted in one reports_over_budget record (and
+ * the heartbeat succeeds, so the agent drops them and its dead-man clock is not stopped). Before,
+ * one node, revoked or not, wrote 1,100 records per 59 KB request, 3 MB a second. */
+#define REPORT_BURST 200
+#define REPORT_PER_MINUTE 1
+/* Heartbeats a node may send: each records its contact, one Raft write. An agent sends one per
+ * watch_interval (at least 1 s) and one after an unlock; a node sending faster is refused
+ * (resource_exhausted, Retry-After) rather than writing to the log as fast as it can ask. */
+#define HEARTBEAT_BURST 60
+#define HEARTBEAT_PER_MINUTE 120
+
+/* How many of n reports node may have recorded one by one now. */
+static size_t reports_within_budget(kfd_app *app, const char *node, size_t n)
+{
+    size_t ok = 0;
+    uint64_t now = kf_monotonic_ms();
+    while (ok < n && kfd_ratelimit_take(app->report_limit, node, REPORT_PER_MINUTE, REPORT_BURST, now) == 0)
+        ok++;
+    return ok;
+}
+
 /* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is
  * audited as offline_unlock. A revoked node is told to lock (kill switch) instead of refused, so
  * an agent in watch mode can act on it. */
@@ -1420,6 +1449,14 @@ void kfd_rpc_heartbeat(kfd_call *call)
     const char *why;
     if (!kfd_app_ready(kfd_call_app(call), &why)) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
+        return;
+    }
+    uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->heartbeat_limit, call->peer->name, HEARTBEAT_PER_MINUTE,
+                                       HEARTBEAT_BURST, kf_monotonic_ms());
+    if (wait != 0) {
+        retry_after(call, wait);
+        kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "more than %d heartbeats a minute; retry after %u ms",
+                       HEARTBEAT_PER_MINUTE, wait);
         return;
     }
     bool revoked = false;
@@ -1457,7 +1494,13 @@ void kfd_rpc_heartbeat(kfd_call *call)
      * commit may call back at once; the last one (node_seen) may answer and free op and the
      * request, so nothing reads them after it. */
     size_t n_offline = req->n_offline_unlocks, n_locks = req->n_dead_man_locks;
-    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0);
+    size_t budget = reports_within_budget(kfd_call_app(call), call->peer->name, n_locks + n_offline);
+    size_t over_locks = n_locks > budget ? n_locks - budget : 0;
+    n_locks -= over_locks;
+    size_t over_offline = n_offline > budget - n_locks ? n_offline - (budget - n_locks) : 0;
+    n_offline -= over_offline;
+    bool over = over_locks + over_offline > 0;
+    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0);
     if (req->attestation != NULL) {
         op->attested = att.attested;
         snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
@@ -1481,6 +1524,22 @@ void kfd_rpc_heartbeat(kfd_call *call)
         cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
         cmd.attest = &c;
         kf_log_warn("attest_heartbeat", "node=%s attested=no", call->peer->name);
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+    }
+    if (over) {
+        char reason[300];
+        snprintf(reason, sizeof(reason),
+                 "%zu offline unlock and %zu dead-man lock reports past the node's report budget (%d at once, then "
+                 "%d a minute) are counted here, not recorded one by one",
+                 over_offline, over_locks, REPORT_BURST, REPORT_PER_MINUTE);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "reports_over_budget", KEYFLEET__V1__DECISION__DECISION_DENY,
+                       call->peer->name, "", "", reason);
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
+        kf_log_warn("reports_over_budget", "node=%s offline_unlocks=%zu dead_man_locks=%zu", call->peer->name,
+                    over_offline, over_locks);
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
     for (size_t i = 0; i < n_locks; i++) {

@@ -118,6 +118,23 @@ grep -q 'event=h2_control_flood source=127.0.0.1 frames=101 limit=100 action=goa
 expect_eq "... and logged" "$?" "0"
 expect_match "positive control: 50 PINGs leave the connection open" "$(h2 ping-flood 0 50 read)" '^end=acked pings_sent=50 refused=0$'
 
+# 3e. Header fields (review rev26): HPACK names a dynamic-table field again with one byte, so a
+# 16 KiB HEADERS frame decodes to some 16,000 fields, about 1 MiB of h2o's request pool held while
+# the stream waits for its body; 20 connections of 32 such streams took 600 MB. A stream with more
+# than 100 fields is reset at once, and its request freed.
+expect_eq "positive control: 4 streams of 20 repeated fields stay open" \
+    "$(h2 header-fields 1 4 20)" "reset=0 goaway=0"
+rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$KFD_PID/status")
+expect_eq "10 connections of 32 streams with 12000 repeated fields each: every stream is reset" \
+    "$(h2 header-fields 10 32 12000)" "reset=320 goaway=0"
+rss_after=$(awk '/^VmRSS/ {print $2}' "/proc/$KFD_PID/status")
+# (Not under a sanitizer: ASan's quarantine keeps freed memory resident.)
+[ "${KF_SANITIZED:-0}" = 1 ] ||
+    expect_eq "... and keyfleetd grew by less than 100 MB while they were open (unguarded: about 300 MB)" \
+        "$(( rss_after - rss_before < 100000 ))" "1"
+grep -q 'event=h2_stream_refused source=127.0.0.1 stream=3 reason=header_fields fields=12001 limit=100' "$F/keyfleetd.log"
+expect_eq "... logged with the count" "$?" "0"
+
 # 4. keyfleetd runs the TLS handshake itself (to hook HTTP/2 connections): a client that never
 # finishes it is still closed by h2o's handshake timeout (10 s), as under h2o_accept.
 out=$(python3 - "$PORT" <<'PY'
@@ -148,6 +165,7 @@ limits:
   max_streams_per_connection: 8
   max_stream_resets: 10
   max_total_body_bytes: 200000
+  max_open_streams: 40
 YAML
 start_kfd "$F"
 expect_eq "SETTINGS advertise max_streams_per_connection: 8" "$(h2 settings)" \
@@ -159,6 +177,15 @@ expect_eq "max_total_body_bytes: 200000 (all connections): 6 bodies of 60000 byt
     "$(h2 body-streams 6 60000)" "refused=3 answered=0 healthz=200"
 grep -q 'event=h2_stream_refused source=127.0.0.1 stream=7 reason=total_body_budget' "$F/keyfleetd.log"
 expect_eq "... logged with the budget's name" "$?" "0"
+# max_open_streams (review rev26): streams open on all connections together are bounded, since
+# each costs h2o about 6.5 KB that no body budget counts (20,000 connections x 32 streams: 4 GB).
+expect_eq "positive control: 5 connections of 8 streams waiting for bodies (40) are all open" \
+    "$(h2 header-fields 5 8 0)" "reset=0 goaway=0"
+expect_eq "6 connections of 8 (48): the 8 past max_open_streams: 40 are refused" \
+    "$(h2 header-fields 6 8 0)" "reset=8 goaway=0"
+grep -q 'event=h2_stream_refused source=127.0.0.1 stream=[0-9]* reason=max_open_streams open=40 limit=40' "$F/keyfleetd.log"
+expect_eq "... logged with the limit's name" "$?" "0"
+expect_eq "once those connections are gone, 40 streams are open again" "$(h2 header-fields 5 8 0)" "reset=0 goaway=0"
 check "keyfleetd is still running" kill -0 "$KFD_PID"
 
 # The PING flood from a client without a certificate (tls.client_auth: optional, as for AppRole

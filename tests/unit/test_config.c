@@ -62,6 +62,7 @@ static void test_good_config_loads(void **state)
     assert_int_equal(cfg->listen.n, 1);
     assert_int_equal(cfg->limits.idle_timeout_ms, 120000);
     assert_int_equal(cfg->limits.max_body_bytes, 65536);
+    assert_int_equal(cfg->limits.max_open_streams, 32768); /* the default: about 210 MB of h2o's streams */
     assert_int_equal(cfg->client_auth, KF_TLS_PEER_REQUIRED);
     char want[256];
     snprintf(want, sizeof(want), "%s/c.crt", tmpdir);
