@@ -181,8 +181,8 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
      * rotation steps do not do yet: refused before anything changes (docs/agent.md). */
     if (v->tpm_part != NULL)
         return kf_err_set(err, -EOPNOTSUPP,
-                          "%s needs TPM and network (require: [tpm_and_network]): its key cannot be rotated yet; "
-                          "to replace it, enroll the volume anew",
+                          "%s needs TPM and network (require: [tpm_and_network]): its key cannot be rotated yet "
+                          "(docs/architecture.md, \"TPM and network, both required\")",
                           v->path);
     if (v->kind == KFA_VOL_ZFS && !v->unlocked && !v->rotating)
         return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); zfs change-key needs it",

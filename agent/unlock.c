@@ -78,6 +78,13 @@ static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
     if (rel.key_overdue)
         kf_log_warn("key_overdue", "volume=%s hint=\"older than the policy's max_key_age: keyfleet-agent rotate it\"",
                     kf_log_q(v->path));
+    /* The rule was tightened after this volume was enrolled: its key is still the coordinator's
+     * alone (the mode is fixed at enroll; docs/architecture.md). */
+    if (rel.tpm_and_network && v->tpm_part == NULL)
+        kf_log_warn("tpm_and_network_not_enrolled",
+                    "volume=%s hint=\"its rule requires TPM and network, but it was enrolled with the coordinator's "
+                    "key alone; the mode is fixed at enroll\"",
+                    kf_log_q(v->path));
     /* A tpm_and_network volume: the released key is only the coordinator's part. */
     r = kfa_tpmnet_combine(ctx, v, &rel.key, err);
     if (r == 0)

@@ -162,6 +162,7 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
             r = open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
             ret->audit_seq = resp->audit_seq;
             ret->key_overdue = resp->key_overdue;
+            ret->tpm_and_network = resp->tpm_and_network;
             if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
                 r = kf_err_set(err, -ENOMEM, "out of memory");
         } else {

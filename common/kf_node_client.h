@@ -31,6 +31,7 @@ typedef struct kf_released {
     char *rewrapped;    /* when released under an old KEK version: store this instead (may be NULL) */
     uint64_t audit_seq;
     bool key_overdue;   /* older than the policy's max_key_age: rotate it (keyfleet-agent rotate) */
+    bool tpm_and_network; /* the volume's rule requires TPM and network (fixed at enroll) */
 } kf_released;
 
 void kf_enrolled_clear(kf_enrolled *e);

@@ -729,6 +729,7 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
     resp.key_overdue = op->key_age.overdue;
+    resp.tpm_and_network = op->decision.tpm_and_network;
     if (op->key_age.overdue)
         kf_log_warn("key_overdue", "node=%s volume=%s key_age_s=%lld max_key_age_s=%llu from=%s", call->peer->name,
                     kf_log_q(op->volume_id), (long long)op->key_age.age_s,

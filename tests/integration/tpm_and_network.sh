@@ -37,11 +37,12 @@ write_config() {
 }
 write_config
 A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
-# token_field FIELD: the keyfleet token's FIELD.
-token_field() {
-    luks_json "$WORK/disk.luks" | python3 -c 'import json,sys; t=json.load(sys.stdin)["tokens"]
-print([v for v in t.values() if v["type"]=="keyfleet"][0].get(sys.argv[1], "-"))' "$1"
+# token_get FILE FIELD: the keyfleet token's FIELD in FILE ("-": none); token_field FIELD: disk.luks's.
+token_get() {
+    luks_json "$1" | python3 -c 'import json,sys; t=json.load(sys.stdin)["tokens"]
+print([v for v in t.values() if v["type"]=="keyfleet"][0].get(sys.argv[1], "-"))' "$2"
 }
+token_field() { token_get "$WORK/disk.luks" "$1"; }
 relock() { "$ZFS_STANDIN" unmount tank/data 2>/dev/null; "$ZFS_STANDIN" unload-key tank/data 2>/dev/null; }
 
 out=$(ctl "$F" policy check n1 some-volume 2>&1)
@@ -185,5 +186,34 @@ out=$(ctl "$F" policy put "$WORK/both.yaml" 2>&1)
 expect_match "a rule with offline_fallback and tpm_and_network is refused, naming the line" "$out" \
     "5:23: offline_fallback: true contradicts require: \\[tpm_and_network\\]"
 expect_match "... and the policy in force is unchanged" "$(ctl "$F" policy check n2 v 2>&1)" "two-factor"
+
+# The rule tightened after a volume was enrolled without it: the mode is fixed at enroll, so the
+# volume still opens with the coordinator's key, and the agent warns.
+issue "$F" node n3
+put_policy "$F" <<'YAML'
+rules:
+  - name: plain
+    match: {nodes: {names: ["n3"]}}
+    effect: allow
+  - name: two-factor
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_and_network]
+YAML
+agent_config "$WORK/d.yaml" n3 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"$TCTI1\", pcrs: [7]}"
+luks_file "$WORK/disk4.luks" "pw"
+out=$(printf 'pw' | "$AGENT" -c "$WORK/d.yaml" enroll "luks:$WORK/disk4.luks" 2>&1)
+expect_eq "under a rule without the requirement, a volume enrolls with one part" "$(token_get "$WORK/disk4.luks" keyfleet_tpm_sealed)" "-"
+put_policy "$F" <<'YAML'
+rules:
+  - name: two-factor
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_and_network]
+YAML
+out=$("$AGENT" -c "$WORK/d.yaml" unlock "luks:$WORK/disk4.luks" 2>&1)
+expect_eq "the rule tightened later: the volume still unlocks (exit 0)" "$?" "0"
+expect_match "... and the agent warns that its key is the coordinator's alone" "$out" \
+    "event=tpm_and_network_not_enrolled .*enrolled with the coordinator's key alone; the mode is fixed at enroll"
 check_sanitizers
 finish
