@@ -31,6 +31,8 @@ typedef struct kfa_ctx {
     bool reachable;    /* a coordinator answered during this run */
     bool logged_in;    /* AppRole: a bearer token is set on client */
     uint64_t dead_man_after_s; /* the last heartbeat's dead-man window (0: none) */
+    bool live;       /* stderr is a terminal of its own (not the keyscript's console): a live countdown */
+    bool no_pending; /* a release held for approval fails at once, making no request (rewrap) */
 } kfa_ctx;
 
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bn.h>
 #include <openssl/x509v3.h>
@@ -116,6 +117,9 @@ int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err)
     if (sr != 0)
         return kf_err_set(err, -EACCES, "certificate serial is not usable");
     id.tpm_key = kf_tpm_ext_get(cert, id.tpm_ak);
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1)
+        id.not_after = (int64_t)timegm(&tm);
     *ret = id;
     return 0;
 }

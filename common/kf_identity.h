@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/x509.h>
 
@@ -30,6 +31,7 @@ typedef struct kf_identity {
      * certified by the attestation key whose TPM2B_PUBLIC hashes to tpm_ak (hex). */
     bool tpm_key;
     char tpm_ak[65];
+    int64_t not_after; /* the certificate's expiry (Unix seconds); 0 without one */
 } kf_identity;
 
 /* Canonical serial text from user input ("0A:1b", "serial=0A1B"): lowercase hex, no colons,

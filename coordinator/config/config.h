@@ -29,7 +29,10 @@ typedef struct kfd_config {
     char *path;
     char *name; /* this coordinator's name, as in its certificate */
     kf_strlist listen; /* "host:port"; port 0 picks a free one */
-    char *port_file; /* optional: the bound ports are written here, one per line */
+    /* Plain-HTTP listeners that answer only GET /healthz and /readyz (ok / not ready), for load
+     * balancers that cannot present a client certificate (docs/threat-model.md). */
+    kf_strlist probe_listen;
+    char *port_file; /* optional: the bound ports are written here, one per line (listen, then probe_listen) */
     char *state_dir;
     char *tls_cert, *tls_key, *tls_ca;
     kf_tls_peer_mode client_auth;

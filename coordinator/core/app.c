@@ -11,6 +11,7 @@
 
 #include "core/audit_sink.h"
 #include "core/checkpoint.h"
+#include "core/node_seen.h"
 #include "core/ratelimit.h"
 #include "core/webhook.h"
 #include "kf_log.h"
@@ -109,7 +110,7 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
     int r = kfd_kms_open(loop, &cfg->kms, &app->kms, err);
     if (r != 0)
         return r;
-    if ((app->ratelimit = kfd_ratelimit_new()) == NULL)
+    if ((app->ratelimit = kfd_ratelimit_new()) == NULL || (app->seen = kfd_node_seen_new()) == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     if (cfg->webhook_url != NULL &&
         (r = kfd_webhook_new(loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
@@ -144,6 +145,8 @@ void kfd_app_close(kfd_app *app)
     app->sinks = NULL;
     kfd_webhook_free(app->webhook);
     kfd_ratelimit_free(app->ratelimit);
+    kfd_node_seen_free(app->seen);
+    app->seen = NULL;
     kfd_policy_free(app->policy);
     if (app->kms != NULL)
         app->kms->ops->destroy(app->kms);

@@ -28,6 +28,7 @@ typedef struct kfd_app {
     uint32_t kek_missing; /* a KMS key version the cluster rotated to that this replica lacks; 0: none */
     struct kfd_checkpointer *checkpointer; /* signed audit checkpoints (checkpoint.h) */
     struct kfd_sinks *sinks;               /* audit sinks (audit_sink.h); NULL when none */
+    struct kfd_node_seen *seen;            /* nodes served since start (node_seen.h) */
 } kfd_app;
 
 /* Opens the store and the KMS and loads the policy. A store fault is not an error here: the

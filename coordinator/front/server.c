@@ -33,6 +33,7 @@ typedef struct kfd_listener {
     kfd_server *srv;
     int port;
     bool open;
+    bool probe; /* probe_listen: plain HTTP/1.1, /healthz and /readyz only (router.c) */
 } kfd_listener;
 
 /* Open connections per source address: a small open-addressing table. */
@@ -192,6 +193,10 @@ static void on_accept(uv_stream_t *listener, int status)
     sock->data = conn;
     gettimeofday(&conn->connected_at, NULL);
     conn->handshake_timeout.cb = on_handshake_timeout;
+    if (l->probe) { /* no TLS: the router answers such a connection as a probe only */
+        h2o_http1_accept(&srv->accept_ctx, sock, conn->connected_at);
+        return;
+    }
     h2o_timeout_link(srv->loop, &srv->ctx.handshake_timeout, &conn->handshake_timeout);
     h2o_socket_ssl_handshake(sock, srv->accept_ctx.ssl_ctx, NULL, on_handshake);
 }
@@ -392,29 +397,32 @@ static int write_port_file(kfd_server *srv, kf_err *err)
 
 int kfd_server_listen(kfd_server *srv, kf_err *err)
 {
-    const kf_strlist *l = &srv->cfg->listen;
-    srv->listeners = calloc(l->n, sizeof(*srv->listeners));
+    const kf_strlist *rpc = &srv->cfg->listen, *probe = &srv->cfg->probe_listen;
+    srv->listeners = calloc(rpc->n + probe->n, sizeof(*srv->listeners));
     if (srv->listeners == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t i = 0; i < rpc->n + probe->n; i++) {
+        bool is_probe = i >= rpc->n;
+        const char *spec = is_probe ? probe->v[i - rpc->n] : rpc->v[i];
         kfd_listener *li = &srv->listeners[i];
         struct sockaddr_storage ss;
-        int r = parse_listen(l->v[i], &ss, err);
+        int r = parse_listen(spec, &ss, err);
         if (r != 0)
             return r;
         li->srv = srv;
+        li->probe = is_probe;
         uv_tcp_init(srv->loop, &li->tcp);
         li->open = true;
         srv->n_listeners++;
         if ((r = uv_tcp_bind(&li->tcp, (struct sockaddr *)&ss, 0)) != 0 ||
             (r = uv_listen((uv_stream_t *)&li->tcp, 1024, on_accept)) != 0)
-            return kf_err_set(err, r, "listen on %s: %s", l->v[i], uv_strerror(r));
+            return kf_err_set(err, r, "listen on %s: %s", spec, uv_strerror(r));
         struct sockaddr_storage bound;
         int len = sizeof(bound);
         uv_tcp_getsockname(&li->tcp, (struct sockaddr *)&bound, &len);
         li->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                      : ((struct sockaddr_in *)&bound)->sin_port);
-        kf_log_info("listening", "addr=%s port=%d", l->v[i], li->port);
+        kf_log_info("listening", "addr=%s port=%d%s", spec, li->port, is_probe ? " probe=yes" : "");
     }
     return write_port_file(srv, err);
 }

@@ -110,28 +110,6 @@ void kfd_rpc_list_volumes(kfd_call *call)
     kfd_store_free_volume_list(&resp);
 }
 
-/* Known nodes, each with its last heartbeat and the policy's dead-man window: a node silent for
- * longer (or never seen) is past it, its agent in watch mode has locked (docs/operations.md). */
-void kfd_rpc_list_nodes(kfd_call *call)
-{
-    if (!kfd_rpc_store_ok(call))
-        return;
-    Keyfleet__V1__ListNodesResponse resp = KEYFLEET__V1__LIST_NODES_RESPONSE__INIT;
-    if (kfd_store_list_nodes(kfd_call_app(call)->store, &resp) != 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return;
-    }
-    int64_t now = time(NULL);
-    for (size_t i = 0; i < resp.n_nodes; i++) {
-        Keyfleet__V1__NodeInfo *n = resp.nodes[i];
-        n->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, n->name);
-        n->dead_man_past = !n->revoked && n->dead_man_after_s != 0 &&
-                           (n->last_seen_at == 0 || now - n->last_seen_at > (int64_t)n->dead_man_after_s);
-    }
-    kfd_call_reply(call, &resp.base);
-    kfd_store_free_node_list(&resp);
-}
-
 typedef struct approve_op {
     kfd_op base;
     kfd_app *app;

@@ -1049,6 +1049,14 @@ void kfd_rpc_release(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
+    /* A retired volume's key goes to nobody (checked again at apply: a retire committed while
+     * the KMS answered). */
+    if (vol.retired_at != 0) {
+        kfd_volume_clear(&vol);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, "volume is retired");
+        return;
+    }
     /* A wrapped key that names its data key (remote KMSs) is checked before the KMS is asked;
      * every key is checked again once unwrapped, and at apply. */
     kfd_wrapped w;
@@ -1089,6 +1097,16 @@ void kfd_rpc_release(kfd_call *call)
     }
     bool approved_request = false;
     if (decision.approvals > 0) {
+        if (req->request_id[0] == '\0' && req->no_pending) {
+            /* The caller (rewrap) would rather hear it at once than leave a request behind. */
+            char why[200];
+            snprintf(why, sizeof(why), "release needs %u approval(s)%s under rule %s; no request was made",
+                     (unsigned)decision.approvals, decision.require_totp ? " with TOTP" : "", decision.rule);
+            kfd_volume_clear(&vol);
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, "",
+                         KF_CONNECT_FAILED_PRECONDITION, why);
+            return;
+        }
         if (req->request_id[0] == '\0') {
             create_pending(call, &vol, &decision);
             kfd_volume_clear(&vol);
@@ -1319,7 +1337,9 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
         return NULL;
     }
     bool offline_fallback = false;
-    if (strcmp(vol->node, call->peer->name) != 0) {
+    if (vol->retired_at != 0) {
+        why = "volume is retired";
+    } else if (strcmp(vol->node, call->peer->name) != 0) {
         why = "only the node that enrolled the volume may rotate its key";
     } else if (!(req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT) && vol->key_kcv[0] == '\0') {
         code = KF_CONNECT_FAILED_PRECONDITION;

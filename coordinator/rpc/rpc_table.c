@@ -10,6 +10,7 @@
 #include "rpc/rpc_approle.h"
 #include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
+#include "rpc/rpc_lifecycle.h"
 #include "rpc/rpc_node.h"
 
 /* W: changes state, so only the Raft leader serves it; R: served by any replica from its copy. */
@@ -59,6 +60,8 @@ const kfd_method kfd_methods[] = {
     ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
     ADMIN("ListVolumes", list_volumes_request, kfd_rpc_list_volumes, R),
     ADMIN("ListNodes", list_nodes_request, kfd_rpc_list_nodes, R),
+    ADMIN("UnrevokeNode", unrevoke_node_request, kfd_rpc_unrevoke_node, W),
+    ADMIN("RetireVolume", retire_volume_request, kfd_rpc_retire_volume, W),
     PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };
 

@@ -58,7 +58,7 @@ not_past "node list after it" "$t0"
 expect_match "... the window is remembered in the state file" "$(cat "$WORK/edge-1-state.json")" \
     "\"dead_man\": \{ *\"after_s\": $WINDOW, *\"last_contact\": [0-9]+"
 expect_match "node list: the node's last heartbeat and window" "$(ctl "$F" node list)" \
-    "^NODE +LAST SEEN +DEAD MAN +PAST +REVOKED .*edge-1 +[0-9T:-]+Z +${WINDOW}s +(-|PAST) +-"
+    "^NODE +STATE +LAST SEEN +DEAD MAN +PAST .*edge-1 +active +[0-9T:-]+Z +${WINDOW}s +(-|PAST) "
 expect_match "... and as JSON" "$(ctl "$F" node list --json)" \
     "\"node\":\"edge-1\",\"last_seen_at\":[0-9]+,\"dead_man_after_s\":$WINDOW,\"dead_man_past\":(false|true),\"revoked\":false"
 expect_eq "the key is loaded" "$(keystatus)" "available"
@@ -92,7 +92,7 @@ expect_match "... and as JSON" "$(A status --json 2>&1)" \
 # Back again: before the node's next heartbeat, node list marks it past its window.
 start_kfd "$F"
 for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
-expect_match "node list marks the silent node PAST" "$(ctl "$F" node list)" "edge-1 +[0-9T:-]+Z +${WINDOW}s +PAST +-"
+expect_match "node list marks the silent node PAST" "$(ctl "$F" node list)" "edge-1 +active +[0-9T:-]+Z +${WINDOW}s +PAST "
 expect_match "... and as JSON" "$(ctl "$F" node list --json)" "\"node\":\"edge-1\",[^}]*\"dead_man_past\":true"
 t0=$(date +%s)
 out=$(A watch --count 1 2>&1)
@@ -133,7 +133,7 @@ expect_eq "... two audit records now" "$(ctl "$F" audit --node edge-1 --action d
 check "unlock again" A unlock zfs:tank/d
 dead_man_policy ""
 out=$(A watch --count 1 2>&1)
-expect_match "node list: no window, not past" "$(ctl "$F" node list)" "edge-1 +[0-9T:-]+Z +- +- +-"
+expect_match "node list: no window, not past" "$(ctl "$F" node list)" "edge-1 +active +[0-9T:-]+Z +- +- "
 stop_kfd
 start=$(date +%s)
 out=$(A watch --count $((WINDOW + 3)) 2>&1)

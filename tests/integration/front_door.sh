@@ -6,12 +6,30 @@
 F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node node-1
+echo 'probe_listen: ["127.0.0.1:0"]' >>"$F/keyfleetd.yaml"
 start_kfd "$F"
 
 out=$(kcurl "$F" operator -w ' %{http_code} %{http_version}' "$URL/healthz")
 expect_eq "GET /healthz over HTTP/2" "$out" "ok
  200 2"
 expect_eq "GET /readyz" "$(kcurl "$F" operator -o /dev/null -w '%{http_code}' "$URL/readyz")" "200"
+
+# probe_listen: plain HTTP for load balancers while client_auth is required; /healthz and a bare
+# /readyz only. The port file lists it after the RPC port.
+PPORT=$(sed -n 2p "$F/keyfleetd.port")
+check "the port file names the probe port second" test -n "$PPORT"
+plain() { curl -sS --max-time 10 -o "$WORK/plain.out" -w '%{http_code}' "$@"; printf ' %s' "$(head -c 100 "$WORK/plain.out")"; }
+expect_match "probe_listen: GET /healthz over plain HTTP, no certificate: 200 ok" "$(plain "http://127.0.0.1:$PPORT/healthz")" "^200 ok"
+expect_match "... GET /readyz: 200 ok" "$(plain "http://127.0.0.1:$PPORT/readyz")" "^200 ok"
+expect_match "... /metrics: 404, no metrics" "$(plain "http://127.0.0.1:$PPORT/metrics")" "^404 not found"
+expect_match "... an RPC: 404, not served" "$(plain -H 'content-type: application/proto' --data-binary '' \
+    "http://127.0.0.1:$PPORT/keyfleet.v1.AdminService/ClusterStatus")" "^404 not found"
+expect_match "... POST /healthz: 405" "$(plain --data-binary x "http://127.0.0.1:$PPORT/healthz")" "^405 "
+check "... it speaks no TLS" bash -c "! curl -sS --max-time 5 -k 'https://127.0.0.1:$PPORT/healthz' >/dev/null 2>&1"
+check "control: the RPC port still wants a client certificate (client_auth: required)" \
+    bash -c "! curl -sS --max-time 5 --cacert '$F/ca.crt' 'https://127.0.0.1:$PORT/healthz' >/dev/null 2>&1"
+expect_match "keyfleetd logs the probe listener" "$(cat "$F/keyfleetd.log")" "event=listening addr=127.0.0.1:0 port=$PPORT probe=yes"
+
 status_out=$("$CTL" -c "$F/keyfleetctl.yaml" --server "127.0.0.1:$PORT" status 2>&1)
 expect_match "keyfleetctl status reports ready" "$status_out" "ready: yes"
 expect_match "keyfleetctl status names the coordinator" "$status_out" "coordinator: coordinator-1"
