@@ -35,11 +35,10 @@ typedef struct kfa_ctx {
     bool no_pending; /* a release held for approval fails at once, making no request (rewrap) */
 } kfa_ctx;
 
-
-/* Opens the client (once) and, with AppRole, logs in when there is no token: 0, -EACCES (the
- * login was refused), or another -errno when no coordinator answered. */
 /* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
 int kfa_client(kfa_ctx *ctx, kf_err *err);
+/* Opens the client (once) and, with AppRole, logs in when there is no token: 0, -EACCES (the
+ * login was refused), or another -errno when no coordinator answered. */
 int kfa_connect(kfa_ctx *ctx, kf_err *err);
 /* Before the agent's own TPM work: with a TPM-resident node key, closes the client and unloads
  * the tpm2 provider, whose TPM connection would block ours on a TPM without a resource manager
@@ -55,8 +54,9 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
 /* The TPM quote for one request (docs/attestation.md), made on the client's current connection,
  * which the next call is pinned to: 0 with *msg pointing into *q, 1 when this node does not
  * attest (no TPM-bound identity, or tpm.attest: false), or a negative errno: -ENXIO when the TPM
- * refused the quote, -ENOMEM, or a transport error connecting (worth a retry). The client's TPM key is let go of first (the provider's TPM
- * connection closed; swtpm serves one at a time): a new client is made when the connection goes. */
+ * refused the quote, -ENOMEM, or a transport error connecting (worth a retry). The client's TPM
+ * key is let go of first (the provider's TPM connection closed; swtpm serves one at a time): a
+ * new client is made when the connection goes. */
 int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
                Keyfleet__V1__TpmQuote *msg, kf_err *err);
 /* As kfa_attest, for a request that carries no ephemeral key (RotateKey COMMIT). */

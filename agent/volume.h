@@ -90,6 +90,8 @@ extern const kfa_driver kfa_zfs_driver;
 /* Lists ZFS encryption roots that carry keyfleet metadata (only those whose key is not loaded,
  * when locked_only). */
 int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names, size_t *ret_n, kf_err *err);
+/* Creates an encryption root with a throwaway key, so that it has a GUID to enroll under. */
+int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err);
 
 void kfa_volume_clear(kfa_volume *v);
 

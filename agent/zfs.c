@@ -74,8 +74,6 @@ static int set_props(const kfa_config *cfg, kfa_volume *v, const char *wrapped, 
     return zfs(cfg, args, NULL, NULL, err);
 }
 
-/* Creates an encryption root with a throwaway key, so that it has a GUID to enroll under. */
-int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err);
 int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err)
 {
     kf_secbuf *tmp = kf_secbuf_new(32);
