@@ -7,7 +7,7 @@
 
 #include "kf_connect.h"
 
-#define KFD_METRICS_MAX_METHODS 32
+#define KFD_METRICS_MAX_METHODS 40
 
 typedef struct kfd_metrics {
     /* [method index][code]; the last method row counts unknown routes */
