@@ -31,6 +31,9 @@ typedef struct kfa_ctx {
     bool reachable;    /* a coordinator answered during this run */
     bool logged_in;    /* AppRole: a bearer token is set on client */
     uint64_t dead_man_after_s; /* the last heartbeat's dead-man window (0: none) */
+    /* The last heartbeat's volumes whose recovery key was revealed (watch replaces them). */
+    char *recovery_replace[100];
+    size_t n_recovery_replace;
 } kfa_ctx;
 
 
@@ -121,6 +124,17 @@ int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_onl
 
 /* The rotate command (rotate.c). */
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv);
+/* Rotates one enrolled volume's key, under the rotation lock (probed again under it). */
+int kfa_rotate_volume(kfa_ctx *ctx, kfa_volume *v, kf_err *err);
+/* Recovery keys (recovery_key.c; docs/recovery.md). Escrows a new recovery key for v (probed,
+ * enrolled) and, LUKS2, gives it a keyslot authorised by key (the volume's keyfleet key; NULL:
+ * released by a coordinator), killing the keyslot of the one it replaces; ZFS, rotate first
+ * (the revealed key is the dataset's) when rotate_zfs. *ret_how says what was done. */
+int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rotate_zfs, const char **ret_how,
+                     kf_err *err);
+/* After a heartbeat: replaces the recovery key of each volume (by id) a coordinator listed as
+ * revealed; failures are logged and retried at the next contact. */
+void kfa_recovery_replace(kfa_ctx *ctx, char **ids, size_t n);
 
 /* The watch command (watch.c). */
 int kfa_watch(kfa_ctx *ctx, int argc, char **argv);

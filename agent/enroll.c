@@ -66,16 +66,20 @@ static void enroll_request_id(const char *node, const char *volume_id, char out[
 int kfa_cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
 {
     const char *auth_file = NULL;
+    bool recovery = false;
     Keyfleet__V1__Label labels[LABELS_MAX], *lp[LABELS_MAX];
     size_t n_labels = 0;
     static const struct option opts[] = {{"label", required_argument, NULL, 'l'},
                                          {"auth-file", required_argument, NULL, 'a'},
+                                         {"recovery-key", no_argument, NULL, 'r'},
                                          {NULL, 0, NULL, 0}};
     int o;
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 'a') {
             auth_file = optarg;
+        } else if (o == 'r') {
+            recovery = true;
         } else if (o == 'l') {
             char *eq = strchr(optarg, '=');
             if (eq == NULL || eq == optarg || n_labels == LABELS_MAX) {
@@ -155,6 +159,21 @@ int kfa_cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
         free(blob);
     }
     printf("enrolled %s %s (volume id %s)%s\n", v.drv->name, v.path, v.id, fallback);
+    if (recovery) {
+        /* The volume is enrolled whatever happens here; a failed escrow is retried with
+         * recovery-key add. */
+        const char *how = "";
+        if (kfa_recovery_add(ctx, &v, e.key, false, &how, &err) != 0) {
+            fprintf(stderr, "keyfleet-agent: enroll: %s (the volume is enrolled; retry with keyfleet-agent "
+                            "recovery-key add %s)\n", err.msg, argv[optind]);
+            rc = KFA_EXIT_SOME;
+            kf_enrolled_clear(&e);
+            kf_secbuf_free(auth);
+            kfa_volume_clear(&v);
+            return rc;
+        }
+        printf("%s %s: %s (escrowed)\n", v.drv->name, v.path, how);
+    }
     /* The keyfleet keyslot costs a few ms to open; the digest, set when the volume was formatted,
      * can cost far more, and every boot unlock pays it too. */
     if (v.digest_iterations >= KFA_COSTLY_DIGEST_ITERATIONS)

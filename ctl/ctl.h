@@ -54,6 +54,8 @@ int kfctl_audit_sub(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv);
+/* volume recovery-key VOLUME [--request ID] [--totp CODE] (cmd_recovery.c); argv[0] is "recovery-key". */
+int kfctl_volume_recovery_key(kfctl *ctl, int argc, char **argv);
 /* node list [--json] (cmd_approval.c; "node" itself is in cmd_policy.c). */
 int kfctl_node_list(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);

@@ -51,7 +51,10 @@ static const kf_cli_cmd commands_help[] = {
              "node attest show|accept NAME [--totp CODE]\n"
              "       measured-boot PCR values: show them, accept the last quoted ones"},
     {"volume", "volume list [--json]\n"
-               "       enrolled volumes: node, key age, a key rotation in progress"},
+               "       enrolled volumes: node, key age, a key rotation in progress\n"
+               "volume recovery-key VOLUME_ID [--totp CODE] | VOLUME_ID --request ID\n"
+               "       break glass: propose revealing the volume's recovery key (held for approval), then\n"
+               "       print it once approved; the node replaces it at its next contact"},
     {"kms", "kms rotate\n"
             "       new KMS key version for new wraps; older versions still unwrap"},
     {"approle", "approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D] [--secret-id-ttl D]\n"
