@@ -564,7 +564,7 @@ static int find_recovery(struct crypt_device *cd, const kfa_volume *v, rec_token
         crypt_token_info info = sym_crypt_token_status(cd, t, &type);
         if (info == CRYPT_TOKEN_INACTIVE || type == NULL || strcmp(type, RECOVERY_TOKEN_TYPE) != 0)
             continue;
-        json_t *o = sym_crypt_token_json_get(cd, t, &json) == 0 ? json_loads(json, 0, NULL) : NULL;
+        json_t *o = sym_crypt_token_json_get(cd, t, &json) >= 0 ? json_loads(json, 0, NULL) : NULL;
         const char *salt = json_string_value(json_object_get(o, "keyfleet_recovery_salt"));
         const char *rsalt = json_string_value(json_object_get(o, "keyfleet_replaces_salt"));
         memset(ret, 0, sizeof(*ret));
