@@ -101,6 +101,28 @@ expect_match "a second reveal shows the new key" "$T2" "^[0-9a-z-]{77}$"
 [ "$T2" != "$T1" ] && ok "... not the revealed one" || not_ok "... not the revealed one"
 check "... and it opens the file" opens "$D" "$T2"
 
+# --- interrupted between the new keyslot's token and the old keyslot's kill: resumed by the next
+# run, which kills the old keyslot only while its salt is the one recorded.
+SB=$(rec_slot)
+out=$(KEYFLEET_TEST_CRASH_AFTER=recovery_token A recovery-key add "luks:$D" 2>&1)
+expect_eq "a replacement stopped after the new token (exit 86)" "$?" "86"
+expect_match "... the token names the keyslot it replaces" "$(luks_json "$D")" "\"keyfleet_replaces\":\"$SB\""
+check "... which still opens with the last revealed key" opens "$D" "$T2"
+out=$(A recovery-key add "luks:$D" 2>&1)
+expect_match "the next run finishes it" "$out" "recovery key replaced"
+if opens "$D" "$T2"; then not_ok "... the old recovery key is refused"; else ok "... the old recovery key is refused"; fi
+SC=$(rec_slot)
+out=$(KEYFLEET_TEST_CRASH_AFTER=recovery_token A recovery-key add "luks:$D" 2>&1)
+# An operator frees the old keyslot's number and puts a passphrase there before the run resumes.
+printf 'pw' | cryptsetup luksKillSlot --batch-mode --key-file=- "$D" "$SC"
+printf 'pw' >"$WORK/pw.txt"
+printf 'op-pass' | cryptsetup luksAddKey --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-slot "$SC" \
+    --key-file="$WORK/pw.txt" "$D" /dev/stdin
+rm -f "$WORK/pw.txt"
+out=$(A recovery-key add "luks:$D" 2>&1)
+expect_match "resumed again" "$out" "recovery key"
+check "... the operator's passphrase in the old number survives (its salt differs)" opens "$D" "op-pass"
+
 # --- ZFS: the revealed key is the dataset's own, so replacing it rotates the dataset's key
 W0=$("$ZFS_STANDIN" get -H -o value org.keyfleet:wrapped-key tank/r)
 KZ=$(field key "$(node "$F" n1 release "$ZID" "$W0")")
