@@ -15,6 +15,13 @@ issue "$F" node n1
 issue "$F" node n2
 issue "$F" operator bob
 issue "$F" operator carol
+mkdir -p "$F/totp"
+declare -A SECRET
+for o in admin bob; do
+    SECRET[$o]=$(head -c 20 /dev/urandom | base32 | tr -d '=')
+    echo "${SECRET[$o]}" >"$F/totp/$o.b32"
+done
+code() { oathtool --totp -b "${SECRET[$1]}"; }
 start_kfd "$F"
 allow_nodes "$F" n1 n2
 D=$WORK/disk.luks
@@ -140,5 +147,33 @@ expect_match "the revealed ZFS key no longer opens the dataset" "$out" "does not
 TZ2=$(reveal "$ZID")
 out=$(printf '%s' "$TZ2" | A recover zfs:tank/r 2>&1)
 expect_match "the new one does" "$out" "zfs tank/r: unlocked with the recovery key"
+# --- TOTP where admin.totp says: the proposer's code, each approver's, none reused
+stop_kfd TERM
+printf 'approvals:\n  totp_dir: totp\n' >>"$F/keyfleetd.yaml"
+start_kfd "$F"
+put_policy "$F" <<'YAML'
+admin: {approvers: 1, totp: true}
+rules:
+  - name: all
+    match: {nodes: {names: ["n1", "n2"]}}
+    effect: allow
+YAML
+out=$(ctl "$F" volume recovery-key "$LID" 2>&1)
+expect_match "admin.totp: a proposal without a code is refused" "$out" "invalid_argument"
+C=$(code admin)
+W=$(( (10#$C + 1) % 1000000 )); W=$(printf '%06d' "$W")
+out=$(ctl "$F" volume recovery-key "$LID" --totp "$W" 2>&1)
+expect_match "... with a wrong code too" "$out" "permission_denied"
+out=$(ctl "$F" volume recovery-key "$LID" --totp "$C")
+expect_match "... with the right one it is held, still for two operators" "$out" "1 of 2 approvals"
+R4=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
+out=$(ctl "$F" volume recovery-key "$LID" --totp "$C" 2>&1)
+expect_match "the same code again is refused (replay)" "$out" "permission_denied"
+out=$(ctl_as "$F" bob approve "$R4" 2>&1)
+expect_match "an approval without a code is refused" "$out" "invalid_argument"
+expect_match "bob approves with his code" "$(ctl_as "$F" bob approve "$R4" --totp "$(code bob)")" "2 of 2 approvals"
+out=$(ctl "$F" volume recovery-key "$LID" --request "$R4")
+expect_match "then the proposer is shown the key" "$out" "recovery key of $LID"
+expect_match "the refused codes are audited" "$(ctl "$F" audit --action approve --json)" '"decision":"deny"'
 check_sanitizers
 finish
