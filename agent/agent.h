@@ -124,6 +124,9 @@ int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_onl
 
 /* The rotate command (rotate.c). */
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv);
+/* The volume's lock (rotate-ID.lock beside the state file, flock): one run changing its keys
+ * at a time on this machine; -EBUSY at once while another holds it. Close *ret_fd to release. */
+int kfa_volume_lock(const kfa_config *cfg, const kfa_volume *v, int *ret_fd, kf_err *err);
 /* Rotates one enrolled volume's key, under the rotation lock (probed again under it). */
 int kfa_rotate_volume(kfa_ctx *ctx, kfa_volume *v, kf_err *err);
 /* Recovery keys (recovery_key.c; docs/recovery.md). Escrows a new recovery key for v (probed,

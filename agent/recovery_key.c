@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -64,8 +65,13 @@ int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rot
         return r;
     }
     kf_secbuf *released = NULL, *rkey = NULL, *text = NULL;
-    int r = 0;
-    if (key == NULL) {
+    /* Under the volume's lock: two runs interleaving could leave the escrowed key without a
+     * keyslot and the keyslot's key replaced in the escrow. */
+    int lock_fd = -1;
+    int r = kfa_volume_lock(ctx->cfg, v, &lock_fd, err);
+    if (r == 0)
+        r = v->drv->probe(ctx->cfg, v, err);
+    if (r == 0 && key == NULL) {
         kf_released rel;
         if ((r = kfa_release(ctx, v, &rel, err)) == 0) {
             released = rel.key;
@@ -86,6 +92,8 @@ int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rot
         r = kfa_luks2_recovery_set(v, key, text, &killed, err);
         *ret_how = killed ? "recovery key replaced; the old one's keyslot is killed" : "recovery key added";
     }
+    if (lock_fd >= 0)
+        close(lock_fd);
     kf_secbuf_free(text);
     kf_secbuf_free(rkey);
     kf_secbuf_free(released);

@@ -231,6 +231,11 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
     return r;
 }
 
+int kfa_volume_lock(const kfa_config *cfg, const kfa_volume *v, int *ret_fd, kf_err *err)
+{
+    return rotate_lock(cfg, v, ret_fd, err);
+}
+
 int kfa_rotate_volume(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
 {
     int lock_fd = -1;
