@@ -161,6 +161,7 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
             r = kf_node_open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
             ret->audit_seq = resp->audit_seq;
             ret->key_overdue = resp->key_overdue;
+            ret->recovery_replace = resp->recovery_replace;
             if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
                 r = kf_err_set(err, -ENOMEM, "out of memory");
         } else {

@@ -28,6 +28,7 @@ typedef struct kf_released {
     char *rewrapped;    /* when released under an old KEK version: store this instead (may be NULL) */
     uint64_t audit_seq;
     bool key_overdue;   /* older than the policy's max_key_age: rotate it (keyfleet-agent rotate) */
+    bool recovery_replace; /* its recovery key was revealed: replace it (docs/recovery.md) */
 } kf_released;
 
 void kf_enrolled_clear(kf_enrolled *e);

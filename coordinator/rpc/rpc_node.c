@@ -728,6 +728,11 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
     resp.key_overdue = op->key_age.overdue;
+    kfd_recovery rec;
+    if (kfd_store_get_recovery(kfd_call_app(call)->store, op->volume_id, &rec) == 0) {
+        resp.recovery_replace = rec.revealed_at != 0 && strcmp(rec.node, call->peer->name) == 0;
+        kfd_recovery_clear(&rec);
+    }
     if (op->key_age.overdue)
         kf_log_warn("key_overdue", "node=%s volume=%s key_age_s=%lld max_key_age_s=%llu from=%s", call->peer->name,
                     kf_log_q(op->volume_id), (long long)op->key_age.age_s,

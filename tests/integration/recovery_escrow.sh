@@ -130,6 +130,13 @@ out=$(A recovery-key add "luks:$D" 2>&1)
 expect_match "resumed again" "$out" "recovery key"
 check "... the operator's passphrase in the old number survives (its salt differs)" opens "$D" "op-pass"
 
+# --- or at the next unlock (LUKS2), with the key just released
+T3=$(reveal "$LID")
+check "a third reveal opens the file" opens "$D" "$T3"
+out=$(A unlock "luks:$D" 2>&1)
+expect_match "the next unlock replaces the revealed key" "$out" "event=recovery_key_replaced volume=\"$D\""
+if opens "$D" "$T3"; then not_ok "... which no longer opens"; else ok "... which no longer opens"; fi
+
 # --- ZFS: the revealed key is the dataset's own, so replacing it rotates the dataset's key
 W0=$("$ZFS_STANDIN" get -H -o value org.keyfleet:wrapped-key tank/r)
 KZ=$(field key "$(node "$F" n1 release "$ZID" "$W0")")
