@@ -31,6 +31,8 @@ typedef struct kfa_ctx {
     bool reachable;    /* a coordinator answered during this run */
     bool logged_in;    /* AppRole: a bearer token is set on client */
     uint64_t dead_man_after_s; /* the last heartbeat's dead-man window (0: none) */
+    bool live;       /* stderr is a terminal of its own (not the keyscript's console): a live countdown */
+    bool no_pending; /* a release held for approval fails at once, making no request (rewrap) */
     /* The last heartbeat's volumes whose recovery key was revealed (watch replaces them). */
     char *recovery_replace[100];
     size_t n_recovery_replace;
@@ -111,6 +113,10 @@ void kfa_state_dead_man_read(const kfa_config *cfg, kfa_dead_man_state *ret);
  * that is not NULL. */
 struct json_t;
 void kfa_dead_man_status(const kfa_config *cfg, struct json_t *json_obj);
+/* How far the wall clock may be behind the remembered last contact (a clock corrected at boot)
+ * before the silence since it counts as the whole dead-man window: a clock set back cannot tell
+ * how long the node was silent. */
+#define KFA_DEAD_MAN_CLOCK_SLACK_S 300
 int kfa_state_dead_man_contact(const kfa_config *cfg, uint64_t after_s, int64_t at);
 int kfa_state_queue_dead_man(const kfa_config *cfg, int64_t at, uint64_t silent_s, uint64_t after_s, unsigned locked,
                              unsigned failed);

@@ -158,7 +158,7 @@ typedef struct raw {
     kf_strlist coordinators;
     identity_sec identity;
     char *state_file;
-    uint64_t deadline_ms, call_timeout_ms, watch_interval_ms;
+    uint64_t deadline_ms, call_timeout_ms, watch_interval_ms, approval_log_interval_ms;
     zfs_sec zfs;
     luks_sec luks;
     tpm_sec tpm;
@@ -166,6 +166,7 @@ typedef struct raw {
 } raw;
 
 static const kf_yaml_uint_range watch_interval_range = {1000, 24 * 3600 * 1000};
+static const kf_yaml_uint_range approval_log_range = {1000, 3600 * 1000};
 
 static const kf_yaml_field top_fields[] = {
     {"coordinators", kf_yaml_dec_strlist, offsetof(raw, coordinators), NULL, true},
@@ -174,6 +175,8 @@ static const kf_yaml_field top_fields[] = {
     {"deadline", kf_yaml_dec_duration_ms, offsetof(raw, deadline_ms), NULL, false},
     {"call_timeout", kf_yaml_dec_duration_ms, offsetof(raw, call_timeout_ms), NULL, false},
     {"watch_interval", kf_yaml_dec_duration_ms, offsetof(raw, watch_interval_ms), &watch_interval_range, false},
+    {"approval_log_interval", kf_yaml_dec_duration_ms, offsetof(raw, approval_log_interval_ms), &approval_log_range,
+     false},
     {"zfs", dec_zfs, offsetof(raw, zfs), NULL, false},
     {"luks", dec_luks, offsetof(raw, luks), NULL, false},
     {"tpm", dec_tpm, offsetof(raw, tpm), NULL, false},
@@ -212,7 +215,8 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
     int r = kf_yaml_parse_file(path, &doc, err);
     if (r != 0)
         return r;
-    raw w = {.deadline_ms = 60000, .call_timeout_ms = 5000, .watch_interval_ms = 60000, .zfs = {.mount = true, .discover = true},
+    raw w = {.deadline_ms = 60000, .call_timeout_ms = 5000, .watch_interval_ms = 60000,
+             .approval_log_interval_ms = 15000, .zfs = {.mount = true, .discover = true},
              .luks = {.activate = true}};
     r = kf_yaml_decode_map(doc, doc->root, top_fields, sizeof(top_fields) / sizeof(top_fields[0]), &w, err);
     if (r == 0 && w.coordinators.n == 0)
@@ -235,6 +239,7 @@ int kfa_config_load(const char *path, kfa_config **ret, kf_err *err)
         cfg->deadline_ms = w.deadline_ms;
         cfg->call_timeout_ms = w.call_timeout_ms;
         cfg->watch_interval_ms = w.watch_interval_ms;
+        cfg->approval_log_interval_ms = w.approval_log_interval_ms;
         cfg->zfs_command = w.zfs.command != NULL ? w.zfs.command : strdup("/sbin/zfs");
         cfg->zfs_mount = w.zfs.mount;
         cfg->zfs_discover = w.zfs.discover;

@@ -35,6 +35,7 @@ typedef struct kfa_config {
     uint64_t deadline_ms;     /* overall, per run */
     uint64_t call_timeout_ms; /* per RPC attempt */
     uint64_t watch_interval_ms; /* watch mode: time between heartbeats */
+    uint64_t approval_log_interval_ms; /* while a release waits for approval: a log line this often */
     char *zfs_command;        /* absolute path */
     bool zfs_mount;
     bool zfs_discover;

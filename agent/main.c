@@ -27,10 +27,13 @@ static const kf_cli_cmd commands_help[] = {
     {"unlock", "unlock [--all | VOLUME...]\n"
                "       exit 0: all unlocked, 1: none, 3: some"},
     {"status", "status [--json]\n"
-               "       each volume's key status and last unlock, whether a coordinator answers, and the\n"
-               "       dead-man switch as keyfleet-agent watch left it (window, last contact, locked)"},
-    {"rewrap", "rewrap\n"
-               "       store each volume's key rewrapped under the newest KMS key; exit as unlock"},
+               "       each volume's key status and last unlock, whether a coordinator answers, whether it\n"
+               "       reports this node revoked, and the dead-man switch as keyfleet-agent watch left it\n"
+               "       (window, last contact, locked)"},
+    {"rewrap", "rewrap [--wait]\n"
+               "       store each volume's key rewrapped under the newest KMS key; exit as unlock.\n"
+               "       A volume whose release needs approval fails at once, leaving no request;\n"
+               "       --wait asks for the approval and waits for it, with a countdown"},
     {"rotate", "rotate [--tpm] --all | VOLUME...\n"
                "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
                "       a TPM copy of the old key is replaced where policy allows; --tpm: also seal one for\n"
@@ -66,7 +69,7 @@ const kf_cli kfa_cli = {
     .options = "[-c FILE] COMMAND ...\n"
                "  -c, --config FILE     agent config (default /etc/keyfleet/agent.yaml)\n"
                "  -h, --help            this usage; --version: the version\n"
-               "exit status: 0 ok, 1 failed, 2 usage or config error, 3 (unlock, rewrap) some volumes\n",
+               "exit status: 0 ok, 1 failed, 2 usage or config error, 3 (unlock, rewrap, rotate) some volumes\n",
     .cmds = commands_help,
     .n_cmds = sizeof(commands_help) / sizeof(commands_help[0]),
 };
@@ -146,6 +149,7 @@ int main(int argc, char **argv)
         return KFA_EXIT_USAGE;
     }
     ctx.deadline = kf_monotonic_ms() + ctx.cfg->deadline_ms;
+    ctx.live = isatty(STDERR_FILENO) == 1;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind, rc;
     if (strcmp(cmd, "initramfs-files") == 0) {

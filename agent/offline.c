@@ -4,6 +4,7 @@
  * or not the volume then opens: the coordinators hear of every key a TPM gave out. */
 #include <errno.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "agent.h"
 #include "kf_log.h"
@@ -13,6 +14,23 @@ int kfa_unseal_offline(kfa_ctx *ctx, const kfa_volume *v, const char *why, kf_se
 {
     char reason[300];
     snprintf(reason, sizeof(reason), "no coordinator answered before the deadline: %.200s", why);
+    /* Past the dead-man window (the watcher's record: the policy's dead_man.after and the last
+     * contact), the TPM copy would undo the dead-man lock at the next boot: refused until a
+     * coordinator answers. Only where the state file outlives a boot (not an initramfs's /run). */
+    uint64_t after_s = 0;
+    int64_t last = 0, now = time(NULL);
+    kfa_state_dead_man_get(ctx->cfg, &after_s, &last);
+    if (after_s > 0 && last > 0 && now > last && (uint64_t)(now - last) > after_s)
+        return kf_err_set(err, -EACCES,
+                          "offline fallback refused: no coordinator reached for %lld s, past the dead-man window "
+                          "(dead_man.after %llu s); the volume opens once a coordinator answers",
+                          (long long)(now - last), (unsigned long long)after_s);
+    if (after_s > 0 && last > 0 && last - now > KFA_DEAD_MAN_CLOCK_SLACK_S)
+        return kf_err_set(err, -EACCES,
+                          "offline fallback refused: the clock is %lld s behind the last contact, so the dead-man "
+                          "window (dead_man.after %llu s) cannot be judged; the volume opens once a coordinator "
+                          "answers",
+                          (long long)(last - now), (unsigned long long)after_s);
     kf_secbuf *key = NULL;
     /* A TPM-resident node key holds a connection to the TPM (swtpm serves one at a time). */
     kfa_client_close_for_tpm(ctx);

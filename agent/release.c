@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -18,7 +19,6 @@
 
 #define BACKOFF_FIRST_MS 200
 #define BACKOFF_MAX_MS 5000
-#define ANNOUNCE_EVERY_MS 15000 /* a waiting-for-approval line on the console at most this often */
 
 static void sleep_ms(uint64_t ms)
 {
@@ -211,6 +211,50 @@ static bool wait_until_next(const kfa_ctx *ctx, uint64_t ms)
     return true;
 }
 
+/* Milliseconds a pending request has left: the run's deadline, or the request's expiry when
+ * that comes first (expires_at: Unix seconds from the coordinator; 0 when not said). */
+static uint64_t approval_left_ms(const kfa_ctx *ctx, int64_t expires_at)
+{
+    uint64_t now = kf_monotonic_ms();
+    uint64_t left = ctx->deadline > now ? ctx->deadline - now : 0;
+    int64_t wall = (int64_t)time(NULL);
+    if (expires_at > 0) {
+        uint64_t req = expires_at > wall ? (uint64_t)(expires_at - wall) * 1000 : 0;
+        if (req < left)
+            left = req;
+    }
+    return left;
+}
+
+/* The live countdown line on a terminal: rewritten in place; "" clears it. */
+static void live_line(const char *text)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf), "\r\033[K%s", text);
+    if (n > 0 && write(STDERR_FILENO, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1) < 0)
+        return; /* the terminal is gone: the log lines still say it */
+}
+
+/* Waits ms before the next poll of a pending request, redrawing the countdown every second on
+ * a terminal; false when that would pass the deadline. */
+static bool wait_pending(const kfa_ctx *ctx, const kfa_volume *v, const kf_released *rel, uint64_t ms)
+{
+    if (!ctx->live)
+        return wait_until_next(ctx, ms);
+    uint64_t end = kf_monotonic_ms() + ms;
+    if (end >= ctx->deadline)
+        return false;
+    for (uint64_t now = kf_monotonic_ms(); now < end; now = kf_monotonic_ms()) {
+        uint64_t left = approval_left_ms(ctx, rel->expires_at) / 1000;
+        char text[400];
+        snprintf(text, sizeof(text), "%.200s: waiting for approval (keyfleetctl approve %.64s): %llu:%02llu left", v->path,
+                 rel->request_id, (unsigned long long)(left / 60), (unsigned long long)(left % 60));
+        live_line(text);
+        sleep_ms(end - now < 1000 ? end - now : 1000);
+    }
+    return true;
+}
+
 static uint64_t jitter(uint64_t ms)
 {
     uint16_t r = 0;
@@ -218,7 +262,18 @@ static uint64_t jitter(uint64_t ms)
     return ms / 2 + (ms * r) / 65535; /* 0.5x .. 1.5x */
 }
 
+static int release_loop(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, bool *waited, kf_err *err);
+
 int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err)
+{
+    bool waited = false;
+    int r = release_loop(ctx, v, ret, &waited, err);
+    if (waited && ctx->live)
+        live_line(""); /* the countdown is over, whatever the outcome */
+    return r;
+}
+
+static int release_loop(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, bool *waited, kf_err *err)
 {
     int r;
     Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
@@ -252,7 +307,7 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
                 return kf_err_set(err, -EIO, "%s: %s", v->path, e.msg);
             r = a < 0 ? a
                       : kf_node_release(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, v->wrapped, request_id,
-                                        a == 0 ? &quote : NULL, ret, &st, &e);
+                                        a == 0 ? &quote : NULL, ctx->no_pending, ret, &st, &e);
         }
         answered |= r == 0;
         if (r == 0 && st.code == KF_CONNECT_UNAUTHENTICATED && ctx->logged_in && !relogged) {
@@ -263,16 +318,20 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
         }
         if (r == 0 && st.code == KF_CONNECT_OK && ret->pending) {
             snprintf(request_id, sizeof(request_id), "%s", ret->request_id);
-            /* At boot this reaches the console: say so again every so often, with the time left. */
+            /* The journal (and the boot console) gets a line every approval_log_interval with the
+             * time left; a terminal of its own gets one, then the live countdown. */
             uint64_t now = kf_monotonic_ms();
-            if (!announced || now - announced_at >= ANNOUNCE_EVERY_MS) {
-                kf_log_info("waiting_for_approval", "volume=%s request=%s seconds_left=%llu", kf_log_q(v->path),
-                            request_id, (unsigned long long)(ctx->deadline > now ? (ctx->deadline - now) / 1000 : 0));
+            if (!announced || (!ctx->live && now - announced_at >= ctx->cfg->approval_log_interval_ms)) {
+                kf_log_info("waiting_for_approval", "volume=%s request=%s seconds_left=%llu expires_at=%lld",
+                            kf_log_q(v->path), request_id,
+                            (unsigned long long)(approval_left_ms(ctx, ret->expires_at) / 1000),
+                            (long long)ret->expires_at);
                 announced = true;
                 announced_at = now;
             }
+            *waited = true;
             uint64_t wait = ret->retry_after_ms ? ret->retry_after_ms : 2000;
-            if (!wait_until_next(ctx, wait))
+            if (!wait_pending(ctx, v, ret, wait))
                 return kf_err_set(err, -ETIMEDOUT, "%s: still waiting for approval (request %s) at the deadline",
                                   v->path, request_id);
             continue;
@@ -285,6 +344,8 @@ int kfa_release(kfa_ctx *ctx, const kfa_volume *v, kf_released *ret, kf_err *err
         if (!transient)
             return kf_err_set(err, st.code == KF_CONNECT_PERMISSION_DENIED ? -EACCES : -EPROTO, "%s: %s: %s",
                               v->path, kf_connect_code_name(st.code), st.message);
+        if (*waited && ctx->live)
+            live_line(""); /* the log line starts on a line of its own */
         kf_log_warn("release_retry", "volume=%s reason=%s backoff_ms=%llu", kf_log_q(v->path),
                     kf_log_q(r != 0 ? e.msg : st.message), (unsigned long long)backoff);
         if (!wait_until_next(ctx, jitter(backoff)))

@@ -1,7 +1,9 @@
 /* keyfleet-agent rewrap: each volume's key stored again under the newest KMS key. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "agent.h"
 #include "boot.h"
@@ -9,9 +11,12 @@
 
 int kfa_cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
 {
-    (void)argv;
-    if (argc != 1)
+    bool wait = argc == 2 && strcmp(argv[1], "--wait") == 0;
+    if (argc != 1 && !wait)
         return kfa_usage("rewrap");
+    /* Rewrapping is housekeeping: unless told to wait, a volume held for approval is said at
+     * once, and no pending request is left for operators to find (docs/agent.md). */
+    ctx->no_pending = !wait;
     kfa_volume *vs = NULL;
     size_t n = 0, ok = 0;
     if (kfa_collect_volumes(ctx, 0, NULL, false, &vs, &n) != 0)
@@ -30,7 +35,12 @@ int kfa_cmd_rewrap(kfa_ctx *ctx, int argc, char **argv)
             printf("%s %s: %s\n", vs[i].drv->name, vs[i].path, rel.rewrapped != NULL ? "rewrapped" : "already current");
             ok++;
         } else {
-            fprintf(stderr, "keyfleet-agent: rewrap: %s\n", err.msg);
+            /* The coordinator's refusal says "needs N approval(s) ... no request was made". */
+            bool held = ctx->no_pending && strstr(err.msg, "no request was made") != NULL;
+            fprintf(stderr, "keyfleet-agent: rewrap: %s%s\n", err.msg,
+                    held ? "\n  run keyfleet-agent rewrap --wait to ask for the approval and wait for it; the next "
+                           "unlock stores the rewrapped key too"
+                         : "");
         }
         kf_released_clear(&rel);
         kfa_volume_clear(&vs[i]);

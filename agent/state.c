@@ -14,7 +14,9 @@
 #include <jansson.h>
 
 #include "agent.h"
+#include "state.h"
 #include "kf_log.h"
+#include "kf_node_check.h"
 
 /* Every change to the file is a read-modify-write under an exclusive flock on STATE.lock: several
  * writers run at once at boot (one systemd-cryptsetup per volume loading the token plugin, the
@@ -114,6 +116,17 @@ int kfa_state_queue_offline(const kfa_config *cfg, const kfa_volume *v, const ch
 
 int kfa_state_queue_unlock(const kfa_config *cfg, const kfa_volume *v, int method, const char *reason)
 {
+    /* A coordinator takes a volume name of at most 255 bytes (kf_check_volume_ref): a longer path
+     * is cut, before a UTF-8 character it would split. */
+    char name[256];
+    size_t n = strlen(v->path);
+    if (n > sizeof(name) - 1) {
+        n = sizeof(name) - 1;
+        while (n > 0 && ((unsigned char)v->path[n] & 0xc0) == 0x80)
+            n--;
+    }
+    memcpy(name, v->path, n);
+    name[n] = '\0';
     state_tx tx;
     int r = state_begin(cfg, &tx);
     if (r != 0)
@@ -125,15 +138,13 @@ int kfa_state_queue_unlock(const kfa_config *cfg, const kfa_volume *v, int metho
     }
     bool ok = q != NULL &&
               json_array_append_new(q, json_pack("{s:s, s:i, s:s, s:I, s:s, s:i}", "volume_id", v->id, "kind",
-                                                 v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", v->path, "at",
+                                                 v->kind == KFA_VOL_LUKS2 ? 1 : 2, "name", name, "at",
                                                  (json_int_t)time(NULL), "reason", reason, "method", method)) == 0;
     r = state_end(cfg, &tx, ok);
     return ok ? r : -ENOMEM;
 }
 
-/* Removes from the queue, now under the lock, the reports a coordinator accepted: they are the
- * first n of what was read before the call (others may have been queued since, behind them). */
-static void drop_reported(const kfa_config *cfg, const char *key, json_t *sent, size_t n)
+void kfa_state_drop_reported(const kfa_config *cfg, const char *key, json_t *sent, size_t n)
 {
     state_tx tx;
     if (state_begin(cfg, &tx) != 0) {
@@ -156,67 +167,91 @@ static void drop_reported(const kfa_config *cfg, const char *key, json_t *sent, 
     state_end(cfg, &tx, changed);
 }
 
+int kfa_state_reports_read(const char *path, kfa_state_reports *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    json_t *root = ret->root = json_load_file(path, 0, NULL);
+    json_t *q = ret->offline = root != NULL ? json_object_get(root, "offline_pending") : NULL;
+    size_t n = json_is_array(q) ? json_array_size(q) : 0;
+    if (n > KFA_STATE_OFFLINE_MAX) /* report the first ones */
+        n = KFA_STATE_OFFLINE_MAX;
+    json_t *dq = ret->dead_man = root != NULL ? json_object_get(root, "dead_man_pending") : NULL;
+    size_t nd = json_is_array(dq) ? json_array_size(dq) : 0;
+    if (nd > KFA_STATE_DEAD_MAN_MAX)
+        nd = KFA_STATE_DEAD_MAN_MAX;
+    ret->n_offline = n;
+    ret->n_dead_man = nd;
+    for (size_t i = 0; i < nd; i++) {
+        json_t *e = json_array_get(dq, i);
+        keyfleet__v1__dead_man_lock__init(&ret->dls[i]);
+        keyfleet__v1__timestamp__init(&ret->dats[i]);
+        ret->dats[i].seconds = json_integer_value(json_object_get(e, "at"));
+        ret->dls[i].at = &ret->dats[i];
+        ret->dls[i].silent_s = (uint64_t)json_integer_value(json_object_get(e, "silent_s"));
+        ret->dls[i].after_s = (uint64_t)json_integer_value(json_object_get(e, "after_s"));
+        ret->dls[i].volumes_locked = (uint32_t)json_integer_value(json_object_get(e, "locked"));
+        ret->dls[i].volumes_failed = (uint32_t)json_integer_value(json_object_get(e, "failed"));
+        ret->dlp[i] = &ret->dls[i];
+    }
+    Keyfleet__V1__OfflineUnlock *items = ret->items = calloc(n + 1, sizeof(*items));
+    Keyfleet__V1__OfflineUnlock **ptrs = ret->ptrs = calloc(n + 1, sizeof(*ptrs));
+    Keyfleet__V1__VolumeRef *refs = ret->refs = calloc(n + 1, sizeof(*refs));
+    Keyfleet__V1__Timestamp *ats = ret->ats = calloc(n + 1, sizeof(*ats));
+    if (items == NULL || ptrs == NULL || refs == NULL || ats == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(q, i);
+        keyfleet__v1__offline_unlock__init(&items[i]);
+        keyfleet__v1__volume_ref__init(&refs[i]);
+        keyfleet__v1__timestamp__init(&ats[i]);
+        refs[i].id = (char *)json_string_value(json_object_get(e, "volume_id"));
+        refs[i].kind = (Keyfleet__V1__VolumeKind)json_integer_value(json_object_get(e, "kind"));
+        refs[i].name = (char *)json_string_value(json_object_get(e, "name"));
+        ats[i].seconds = json_integer_value(json_object_get(e, "at"));
+        items[i].volume = &refs[i];
+        items[i].at = &ats[i];
+        items[i].reason = (char *)json_string_value(json_object_get(e, "reason"));
+        items[i].method = (Keyfleet__V1__OfflineMethod)json_integer_value(json_object_get(e, "method"));
+        if (refs[i].id == NULL)
+            refs[i].id = (char *)"";
+        if (refs[i].name == NULL)
+            refs[i].name = (char *)"";
+        if (items[i].reason == NULL)
+            items[i].reason = (char *)"";
+        const char *bad = kf_check_offline_unlock(&items[i]);
+        if (bad != NULL)
+            kf_log_warn("state_report_dropped", "state_file=%s index=%zu error=%s", kf_log_q(path), i, kf_log_q(bad));
+        else
+            ptrs[ret->n_send++] = &items[i];
+    }
+    return 0;
+}
+
+void kfa_state_reports_free(kfa_state_reports *r)
+{
+    free(r->items);
+    free(r->ptrs);
+    free(r->refs);
+    free(r->ats);
+    json_decref(r->root);
+    memset(r, 0, sizeof(*r));
+}
+
 int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
 {
     *ret_lock = false;
-    json_t *root = json_load_file(ctx->cfg->state_file, 0, NULL);
-    json_t *q = root != NULL ? json_object_get(root, "offline_pending") : NULL;
-    size_t n = json_is_array(q) ? json_array_size(q) : 0;
-    if (n > 1000) /* the coordinator takes at most 1000 at a time; report the first ones */
-        n = 1000;
-    json_t *dq = root != NULL ? json_object_get(root, "dead_man_pending") : NULL;
-    size_t nd = json_is_array(dq) ? json_array_size(dq) : 0;
-    if (nd > 100)
-        nd = 100;
-    Keyfleet__V1__DeadManLock dls[100], *dlp[100];
-    Keyfleet__V1__Timestamp dats[100];
-    for (size_t i = 0; i < nd; i++) {
-        json_t *e = json_array_get(dq, i);
-        keyfleet__v1__dead_man_lock__init(&dls[i]);
-        keyfleet__v1__timestamp__init(&dats[i]);
-        dats[i].seconds = json_integer_value(json_object_get(e, "at"));
-        dls[i].at = &dats[i];
-        dls[i].silent_s = (uint64_t)json_integer_value(json_object_get(e, "silent_s"));
-        dls[i].after_s = (uint64_t)json_integer_value(json_object_get(e, "after_s"));
-        dls[i].volumes_locked = (uint32_t)json_integer_value(json_object_get(e, "locked"));
-        dls[i].volumes_failed = (uint32_t)json_integer_value(json_object_get(e, "failed"));
-        dlp[i] = &dls[i];
-    }
-    if (n == 0 && nd == 0 && !always) {
-        json_decref(root);
+    kfa_state_reports s;
+    int r = kfa_state_reports_read(ctx->cfg->state_file, &s);
+    size_t n = s.n_offline, nd = s.n_dead_man;
+    if (r == 0 && n == 0 && nd == 0 && !always) {
+        kfa_state_reports_free(&s);
         return 0;
     }
-    Keyfleet__V1__OfflineUnlock *items = calloc(n + 1, sizeof(*items));
-    Keyfleet__V1__OfflineUnlock **ptrs = calloc(n + 1, sizeof(*ptrs));
-    Keyfleet__V1__VolumeRef *refs = calloc(n + 1, sizeof(*refs));
-    Keyfleet__V1__Timestamp *ats = calloc(n + 1, sizeof(*ats));
-    int r = items != NULL && ptrs != NULL && refs != NULL && ats != NULL ? kfa_connect(ctx, err)
-                                                                        : kf_err_set(err, -ENOMEM, "out of memory");
+    r = r == 0 ? kfa_connect(ctx, err) : kf_err_set(err, -ENOMEM, "out of memory");
     if (r == 0) {
-        for (size_t i = 0; i < n; i++) {
-            json_t *e = json_array_get(q, i);
-            keyfleet__v1__offline_unlock__init(&items[i]);
-            keyfleet__v1__volume_ref__init(&refs[i]);
-            keyfleet__v1__timestamp__init(&ats[i]);
-            refs[i].id = (char *)json_string_value(json_object_get(e, "volume_id"));
-            refs[i].kind = (Keyfleet__V1__VolumeKind)json_integer_value(json_object_get(e, "kind"));
-            refs[i].name = (char *)json_string_value(json_object_get(e, "name"));
-            ats[i].seconds = json_integer_value(json_object_get(e, "at"));
-            items[i].volume = &refs[i];
-            items[i].at = &ats[i];
-            items[i].reason = (char *)json_string_value(json_object_get(e, "reason"));
-            items[i].method = (Keyfleet__V1__OfflineMethod)json_integer_value(json_object_get(e, "method"));
-            if (refs[i].id == NULL)
-                refs[i].id = (char *)"";
-            if (refs[i].name == NULL)
-                refs[i].name = (char *)"";
-            if (items[i].reason == NULL)
-                items[i].reason = (char *)"";
-            ptrs[i] = &items[i];
-        }
         Keyfleet__V1__HeartbeatRequest req = KEYFLEET__V1__HEARTBEAT_REQUEST__INIT;
-        req.n_offline_unlocks = n;
-        req.offline_unlocks = ptrs;
+        req.n_offline_unlocks = s.n_send;
+        req.offline_unlocks = s.ptrs;
         req.agent_version = (char *)KF_VERSION;
         /* Watch mode re-attests with each heartbeat (docs/attestation.md); a quote the TPM
          * refuses is logged and the heartbeat goes without one. */
@@ -229,7 +264,7 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
         else if (qr < 0)
             kf_log_warn("attest_heartbeat", "quoted=no error=\"%s\"", qerr.msg);
         req.n_dead_man_locks = nd;
-        req.dead_man_locks = dlp;
+        req.dead_man_locks = s.dlp;
         ProtobufCMessage *m = NULL;
         kf_rpc_status st;
         r = kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Heartbeat", &req.base,
@@ -253,22 +288,18 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
                 if ((ctx->recovery_replace[ctx->n_recovery_replace] = strdup(resp->recovery_replace[i])) != NULL)
                     ctx->n_recovery_replace++;
             if (n > 0) {
-                drop_reported(ctx->cfg, "offline_pending", q, n);
+                kfa_state_drop_reported(ctx->cfg, "offline_pending", s.offline, n);
                 kf_log_info("offline_unlocks_reported", "count=%zu", n);
             }
             if (nd > 0) {
-                drop_reported(ctx->cfg, "dead_man_pending", dq, nd);
+                kfa_state_drop_reported(ctx->cfg, "dead_man_pending", s.dead_man, nd);
                 kf_log_info("dead_man_locks_reported", "count=%zu", nd);
             }
         }
         if (m != NULL)
             protobuf_c_message_free_unpacked(m, NULL);
     }
-    free(items);
-    free(ptrs);
-    free(refs);
-    free(ats);
-    json_decref(root);
+    kfa_state_reports_free(&s);
     return r;
 }
 

@@ -1,5 +1,5 @@
-/* keyfleet-agent status: each volume's key status and last unlock, and whether a coordinator
- * answers. */
+/* keyfleet-agent status: each volume's key status and last unlock, whether a coordinator
+ * answers, and whether it reports this node revoked. */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,11 +27,15 @@ int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv)
     bool reachable = kfa_connect(ctx, &err) == 0 && kf_rpc_get(ctx->client, "/healthz", &http, &body, &err) == 0 &&
                      http == 200;
     free(body);
-    if (reachable)
-        kfa_report_offline(ctx);
+    /* A heartbeat (it also reports offline unlocks): a revoked node is told to lock. */
+    bool revoked = false;
+    kf_err herr = {0};
+    if (reachable && kfa_heartbeat(ctx, true, &revoked, &herr) != 0)
+        revoked = false;
     json_t *arr = json_array();
     if (!json) {
-        printf("coordinators: %s\n", reachable ? "reachable" : "unreachable");
+        printf("coordinators: %s%s\n", reachable ? "reachable" : "unreachable",
+               revoked ? "; this node is REVOKED: coordinators release no keys to it (keyfleetctl node unrevoke)" : "");
         kfa_dead_man_status(ctx->cfg, NULL);
         printf("%-6s %-38s %-28s %-12s %-12s %s\n", "KIND", "ID", "NAME", "KEY", "LAST-UNLOCK", "WHEN");
     }
@@ -58,7 +62,8 @@ int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv)
         kfa_volume_clear(v);
     }
     if (json) {
-        json_t *o = json_pack("{s:b, s:o}", "coordinators_reachable", reachable, "volumes", arr);
+        json_t *o = json_pack("{s:b, s:b, s:o}", "coordinators_reachable", reachable, "node_revoked", revoked,
+                              "volumes", arr);
         if (o != NULL)
             kfa_dead_man_status(ctx->cfg, o);
         char *s = json_dumps(o, JSON_COMPACT);

@@ -103,12 +103,17 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
     ctx->deadline = UINT64_MAX; /* a long-running watcher has no run deadline; each call has its timeout */
     bool locking = false, reached = false, stopped = false, dead_locked = false;
     size_t failed = 0, locked = 0;
-    /* The dead-man clock starts at the last contact the state file remembers (a clock set back
-     * counts as none since), or now. */
+    /* The dead-man clock starts at the last contact the state file remembers, or now. A wall
+     * clock well behind that contact (set back, say, to win a new window at each boot) counts as
+     * the whole window silent. */
     int64_t last_wall = 0;
     kfa_state_dead_man_get(ctx->cfg, &ctx->dead_man_after_s, &last_wall);
-    int64_t wall = time(NULL);
-    int64_t contact = boot_s() - (last_wall > 0 && wall > last_wall ? wall - last_wall : 0);
+    int64_t wall = time(NULL), since = 0;
+    if (last_wall > 0 && wall > last_wall)
+        since = wall - last_wall;
+    else if (last_wall > 0 && last_wall - wall > KFA_DEAD_MAN_CLOCK_SLACK_S)
+        since = (int64_t)ctx->dead_man_after_s;
+    int64_t contact = boot_s() - since;
     if (ctx->dead_man_after_s > 0)
         kf_log_info("dead_man_armed", "after_s=%llu silent_s=%lld", (unsigned long long)ctx->dead_man_after_s,
                     (long long)(boot_s() - contact));

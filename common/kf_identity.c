@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bn.h>
 #include <openssl/x509v3.h>
@@ -116,8 +117,18 @@ int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err)
     if (sr != 0)
         return kf_err_set(err, -EACCES, "certificate serial is not usable");
     id.tpm_key = kf_tpm_ext_get(cert, id.tpm_ak);
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1)
+        id.not_after = (int64_t)timegm(&tm);
     *ret = id;
     return 0;
+}
+
+int64_t kf_cert_not_before(const X509 *cert)
+{
+    struct tm tm;
+    const ASN1_TIME *nb = cert != NULL ? X509_get0_notBefore(cert) : NULL;
+    return nb != NULL && ASN1_TIME_to_tm(nb, &tm) == 1 ? (int64_t)timegm(&tm) : INT64_MIN;
 }
 
 int kf_serial_normalize(const char *in, char out[KF_SERIAL_MAX])

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/x509.h>
 
@@ -30,6 +31,7 @@ typedef struct kf_identity {
      * certified by the attestation key whose TPM2B_PUBLIC hashes to tpm_ak (hex). */
     bool tpm_key;
     char tpm_ak[65];
+    int64_t not_after; /* the certificate's expiry (Unix seconds); 0 without one */
 } kf_identity;
 
 /* Canonical serial text from user input ("0A:1b", "serial=0A1B"): lowercase hex, no colons,
@@ -48,6 +50,9 @@ int kf_identity_from_uri(const char *uri, size_t len, kf_identity *ret, kf_err *
 
 /* Extracts the identity from a certificate: exactly one keyfleet:// URI SAN. Other SANs are ignored. */
 int kf_identity_from_cert(X509 *cert, kf_identity *ret, kf_err *err);
+/* The certificate's notBefore in seconds since the epoch; INT64_MIN when unreadable (the oldest
+ * time, which no "issued after" rule lets through). */
+int64_t kf_cert_not_before(const X509 *cert);
 
 /* Writes "keyfleet://KIND/NAME" into buf; returns 0 or -ENOSPC. */
 int kf_identity_uri(const kf_identity *id, char *buf, size_t size);

@@ -129,7 +129,7 @@ int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
 
 int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
                     const char *wrapped, const char *request_id, const Keyfleet__V1__TpmQuote *attestation,
-                    kf_released *ret, kf_rpc_status *st, kf_err *err)
+                    bool no_pending, kf_released *ret, kf_rpc_status *st, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
     kf_seal_receiver *owned;
@@ -142,6 +142,7 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
     req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(rx);
     req.ephemeral_public_key.len = 32;
     req.request_id = (char *)(request_id != NULL ? request_id : "");
+    req.no_pending = no_pending;
     if (attestation != NULL) {
         req.attestation_present_case = KEYFLEET__V1__RELEASE_REQUEST__ATTESTATION_PRESENT_ATTESTATION;
         req.attestation = (Keyfleet__V1__TpmQuote *)attestation;
@@ -157,6 +158,7 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
         } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_PENDING) {
             ret->pending = true;
             ret->retry_after_ms = resp->retry_after_ms;
+            ret->expires_at = resp->expires_at != NULL ? resp->expires_at->seconds : 0;
         } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED) {
             r = kf_node_open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
             ret->audit_seq = resp->audit_seq;

@@ -24,6 +24,7 @@ typedef struct kf_released {
     bool pending;       /* true: poll again with request_id after retry_after_ms */
     char request_id[65];
     uint32_t retry_after_ms;
+    int64_t expires_at; /* when pending: the request expires (Unix seconds; 0: not said) */
     kf_secbuf *key;     /* when released */
     char *rewrapped;    /* when released under an old KEK version: store this instead (may be NULL) */
     uint64_t audit_seq;
@@ -42,10 +43,11 @@ int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
                    Keyfleet__V1__Label **labels, size_t n_labels, const char *request_id,
                    const Keyfleet__V1__TpmQuote *attestation, kf_enrolled *ret, kf_rpc_status *st, kf_err *err);
 /* attestation (NULL: none) is a quote made for this very request on c's pinned connection
- * (kf_rpc_client_export; docs/attestation.md). */
+ * (kf_rpc_client_export; docs/attestation.md). no_pending: a release the policy holds for
+ * approval is refused at once (failed_precondition) instead of making a pending request. */
 int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
                     const char *wrapped, const char *request_id, const Keyfleet__V1__TpmQuote *attestation,
-                    kf_released *ret, kf_rpc_status *st, kf_err *err);
+                    bool no_pending, kf_released *ret, kf_rpc_status *st, kf_err *err);
 
 /* NodeService.RotateKey. BEGIN (commit false; request_id required): *ret gets the new key, its
  * wrapped form and whether it may be sealed to the TPM. COMMIT (wrapped: the new wrapped key):

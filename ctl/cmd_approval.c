@@ -34,10 +34,14 @@ static int print_pending_json(const Keyfleet__V1__ListPendingResponse *resp)
         json_t *by = json_array();
         for (size_t k = 0; k < p->n_approved_by; k++)
             json_array_append_new(by, json_string(p->approved_by[k]));
+        json_t *labels = json_object();
+        for (size_t k = 0; k < p->n_labels; k++)
+            json_object_set_new(labels, p->labels[k]->key, json_string(p->labels[k]->value));
         json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:o, s:b}", "request_id", p->request_id,
+            arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:s, s:i, s:o, s:b}", "request_id",
+                           p->request_id,
                            "node", p->node, "volume_id", p->volume != NULL ? p->volume->id : "", "volume_name",
-                           p->volume != NULL ? p->volume->name : "", "change", p->change, "source_address",
+                           p->volume != NULL ? p->volume->name : "", "labels", labels, "change", p->change, "source_address",
                            p->source_address, "created_at", created, "expires_at", expires, "rule", p->rule,
                            "approvals_needed", (int)p->approvals_needed, "approved_by", by, "totp_required",
                            p->totp_required));
@@ -61,20 +65,37 @@ int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv)
             protobuf_c_message_free_unpacked(m, NULL);
             return rc;
         }
-        printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s\n", "REQUEST", "NODE", "VOLUME", "APPROVALS", "EXPIRES", "RULE");
+        printf("%-32s  %-16s  %-36s  %-6s  %-9s  %-20s  %s\n", "REQUEST", "NODE", "VOLUME", "AGE", "APPROVALS",
+               "EXPIRES", "RULE");
+        int64_t now = time(NULL);
         for (size_t i = 0; i < resp->n_requests; i++) {
             Keyfleet__V1__PendingRequest *p = resp->requests[i];
             char exp[32] = "-";
             if (p->expires_at != NULL)
                 fmt_time(p->expires_at->seconds, exp, sizeof(exp));
-            char appr[16];
+            char appr[16], age[32], by[256] = "", vol[400];
             snprintf(appr, sizeof(appr), "%zu/%u", p->n_approved_by, p->approvals_needed);
-            if (p->change[0] != '\0')
-                printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s%s\n", p->request_id, "(change)", p->change, appr, exp,
-                       p->rule, p->totp_required ? " +totp" : "");
+            int64_t secs = p->created_at != NULL && now > p->created_at->seconds ? now - p->created_at->seconds : 0;
+            if (secs < 120)
+                snprintf(age, sizeof(age), "%llds", (long long)secs);
+            else if (secs < 7200)
+                snprintf(age, sizeof(age), "%lldm", (long long)secs / 60);
             else
-                printf("%-32s  %-16s  %-36s  %-9s  %-20s  %s%s\n", p->request_id, p->node,
-                       p->volume != NULL ? p->volume->id : "", appr, exp, p->rule, p->totp_required ? " +totp" : "");
+                snprintf(age, sizeof(age), "%lldh", (long long)secs / 3600);
+            for (size_t k = 0; k < p->n_approved_by; k++)
+                snprintf(by + strlen(by), sizeof(by) - strlen(by), "%s%s", k == 0 ? " by " : ",", p->approved_by[k]);
+            /* A release request's volume by name (its id when it has none) and labels. */
+            const char *vname = p->volume == NULL ? "" : p->volume->name[0] ? p->volume->name : p->volume->id;
+            snprintf(vol, sizeof(vol), "%s", vname);
+            for (size_t k = 0; k < p->n_labels; k++)
+                snprintf(vol + strlen(vol), sizeof(vol) - strlen(vol), " %s=%s", p->labels[k]->key,
+                         p->labels[k]->value);
+            if (p->change[0] != '\0')
+                printf("%-32s  %-16s  %-36s  %-6s  %-9s  %-20s  %s%s%s\n", p->request_id, "(change)", p->change, age,
+                       appr, exp, p->rule, p->totp_required ? " +totp" : "", by);
+            else
+                printf("%-32s  %-16s  %-36s  %-6s  %-9s  %-20s  %s%s%s\n", p->request_id, p->node, vol, age, appr, exp,
+                       p->rule, p->totp_required ? " +totp" : "", by);
         }
         protobuf_c_message_free_unpacked(m, NULL);
         rc = 0;
@@ -86,13 +107,15 @@ int kfctl_cmd_pending(kfctl *ctl, int argc, char **argv)
  * rotation is in progress (docs/operations.md, "Rotating volume keys"). */
 int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "show") == 0)
+        return kfctl_volume_show(ctl, argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "retire") == 0)
+        return kfctl_volume_retire(ctl, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "recovery-key") == 0)
         return kfctl_volume_recovery_key(ctl, argc - 1, argv + 1);
     bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
-    if ((argc != 2 && !json) || strcmp(argv[1], "list") != 0) {
-        fprintf(stderr, "usage: keyfleetctl volume list [--json]\n");
-        return KFCTL_EXIT_USAGE;
-    }
+    if ((argc != 2 && !json) || strcmp(argv[1], "list") != 0)
+        return kfctl_usage("volume");
     Keyfleet__V1__ListVolumesRequest req = KEYFLEET__V1__LIST_VOLUMES_REQUEST__INIT;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/ListVolumes", &req.base,
@@ -134,51 +157,6 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
             printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %s\n", id, kind, v->node, made, age, max,
                    v->key_overdue ? "OVERDUE" : "-", v->rotation_in_progress ? "in progress" : "-");
         }
-    }
-    protobuf_c_message_free_unpacked(m, NULL);
-    return 0;
-}
-
-/* node list [--json]: every node keyfleetd knows of, its last heartbeat and its dead-man window
- * (docs/operations.md, "Dead-man switch"); PAST marks one silent for longer, or never seen. */
-int kfctl_node_list(kfctl *ctl, int argc, char **argv)
-{
-    bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
-    if (argc != 2 && !json) {
-        fprintf(stderr, "usage: keyfleetctl node list [--json]\n");
-        return KFCTL_EXIT_USAGE;
-    }
-    Keyfleet__V1__ListNodesRequest req = KEYFLEET__V1__LIST_NODES_REQUEST__INIT;
-    ProtobufCMessage *m = NULL;
-    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/ListNodes", &req.base,
-                        &keyfleet__v1__list_nodes_response__descriptor, &m) != 0)
-        return 1;
-    Keyfleet__V1__ListNodesResponse *resp = (Keyfleet__V1__ListNodesResponse *)m;
-    if (!json)
-        printf("%-24s  %-20s  %-9s  %-8s  %s\n", "NODE", "LAST SEEN", "DEAD MAN", "PAST", "REVOKED");
-    for (size_t i = 0; i < resp->n_nodes; i++) {
-        Keyfleet__V1__NodeInfo *n = resp->nodes[i];
-        if (json) {
-            json_t *o = json_pack("{s:s, s:I, s:I, s:b, s:b}", "node", n->name, "last_seen_at",
-                                  (json_int_t)n->last_seen_at, "dead_man_after_s", (json_int_t)n->dead_man_after_s,
-                                  "dead_man_past", n->dead_man_past, "revoked", n->revoked);
-            char *line = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
-            printf("%s\n", line != NULL ? line : "{}");
-            free(line);
-            json_decref(o);
-            continue;
-        }
-        char seen[32] = "never", window[24] = "-";
-        if (n->last_seen_at > 0)
-            fmt_time(n->last_seen_at, seen, sizeof(seen));
-        if (n->dead_man_after_s % 86400 == 0 && n->dead_man_after_s > 0)
-            snprintf(window, sizeof(window), "%llud", (unsigned long long)(n->dead_man_after_s / 86400));
-        else if (n->dead_man_after_s % 3600 == 0 && n->dead_man_after_s > 0)
-            snprintf(window, sizeof(window), "%lluh", (unsigned long long)(n->dead_man_after_s / 3600));
-        else if (n->dead_man_after_s > 0)
-            snprintf(window, sizeof(window), "%llus", (unsigned long long)n->dead_man_after_s);
-        printf("%-24s  %-20s  %-9s  %-8s  %s\n", n->name, seen, window, n->dead_man_past ? "PAST" : "-",
-               n->revoked ? "revoked" : "-");
     }
     protobuf_c_message_free_unpacked(m, NULL);
     return 0;

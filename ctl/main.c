@@ -46,12 +46,18 @@ static const kf_cli_cmd commands_help[] = {
     {"policy", "policy get | put FILE [--totp CODE] | check NODE VOLUME_ID [--source IP] [--json]\n"
                "       check exits 0 on allow, 3 on allow after approval, 4 on deny"},
     {"node", "node list [--json]\n"
-             "       known nodes: last heartbeat, dead-man window, PAST when silent longer\n"
+             "       known nodes: state, last heartbeat, dead-man window (PAST when silent longer),\n"
+             "       last request, identity, certificate expiry and serial, volumes\n"
              "node revoke NAME [REASON]\n"
+             "node unrevoke NAME [--reason TEXT] [--totp CODE]\n"
+             "       held for approval under the policy's admin.approvers, like a policy put\n"
              "node attest show|accept NAME [--totp CODE]\n"
              "       measured-boot PCR values: show them, accept the last quoted ones"},
     {"volume", "volume list [--json]\n"
                "       enrolled volumes: node, key age, a key rotation in progress\n"
+               "volume show ID|NAME [--json]\n"
+               "volume retire ID [--reason TEXT]\n"
+               "       its key is refused from then on (not reversible)\n"
                "volume recovery-key VOLUME_ID [--totp CODE] | VOLUME_ID --request ID\n"
                "       break glass: propose revealing the volume's recovery key (held for approval), then\n"
                "       print it once approved; the node replaces it at its next contact"},

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "kf_time.h"
 #include "kf_hostport.h"
@@ -63,6 +65,8 @@ typedef struct conn {
     /* result */
     raft_id id;
     char name[64]; /* the peer's coordinator name, from its certificate */
+    char serial[KF_SERIAL_MAX]; /* and that certificate's serial and notBefore, for peer_check */
+    int64_t not_before;
     char address[ADDRESS_MAX];
     int status; /* 0 or a RAFT_* code */
     int tls_fd, loop_fd, pump_fd;
@@ -88,6 +92,8 @@ typedef struct transport {
     conn *pending; /* outbound connects not yet completed */
     void (*peer_lost)(void *data, raft_id id);
     void *peer_lost_data;
+    kfd_raft_peer_check peer_check;
+    void *peer_check_data;
     int open_handles;
     char listen_addr[ADDRESS_MAX];
 } transport;
@@ -244,8 +250,11 @@ static bool check_peer(conn *c, uint64_t deadline)
         why = "certificate is not a coordinator's";
     else if (c->outbound && strcmp(id->name, c->expect_name) != 0)
         why = "certificate names another coordinator than the member address";
-    if (id != NULL)
+    if (id != NULL) {
         snprintf(c->name, sizeof(c->name), "%s", id->name);
+        memcpy(c->serial, id->serial, sizeof(c->serial));
+        c->not_before = kf_cert_not_before(SSL_get0_peer_certificate(c->ssl));
+    }
     if (why == NULL && c->outbound) {
         uint8_t hdr[2];
         size_t len = strlen(c->hub->self_address);
@@ -506,6 +515,17 @@ static const char *member_refusal(const transport *tr, const char *name)
     return "not a member of the cluster's current configuration";
 }
 
+/* Why this member's certificate may not talk to raft here (denylisted, or issued before its
+ * coordinator was removed and added back: review rev17, R1), or NULL. Membership alone would let a
+ * stolen, revoked or pre-removal certificate of a current member vote and send entries. */
+static const char *peer_refusal(const transport *tr, const conn *c)
+{
+    const char *why = member_refusal(tr, c->name);
+    if (why == NULL && tr->peer_check != NULL)
+        why = tr->peer_check(tr->peer_check_data, c->name, c->serial, c->not_before);
+    return why;
+}
+
 static void refuse_member(transport *tr, const conn *c, const char *why)
 {
     atomic_fetch_add(&tr->hub->refused, 1);
@@ -520,11 +540,13 @@ static void on_sweep(uv_timer_t *t)
     hub *h = tr->hub;
     pthread_mutex_lock(&h->lock);
     for (conn *c = h->live; c != NULL; c = c->live_next) {
-        if (!c->accepted || c->evicted || member_refusal(tr, c->name) == NULL)
+        const char *why;
+        if (!c->accepted || c->evicted || (why = peer_refusal(tr, c)) == NULL)
             continue;
         c->evicted = true;
         shutdown(c->tls_fd, SHUT_RDWR); /* its pump sees the end and closes raft's side */
-        refuse_member(tr, c, "no longer a member of the cluster's current configuration");
+        refuse_member(tr, c, member_refusal(tr, c->name) != NULL
+                                 ? "no longer a member of the cluster's current configuration" : why);
     }
     pthread_mutex_unlock(&h->lock);
 }
@@ -550,7 +572,7 @@ static void take_inbound(transport *tr, conn *c)
 {
     if (c->status != 0)
         return;
-    const char *why = member_refusal(tr, c->name);
+    const char *why = peer_refusal(tr, c);
     if (why != NULL) {
         refuse_member(tr, c, why);
         close(c->loop_fd); /* its pump sees EOF and ends the TLS connection */
@@ -567,10 +589,18 @@ static void take_inbound(transport *tr, conn *c)
 static void take_outbound(transport *tr, conn *c)
 {
     uv_pipe_t *pipe = NULL;
-    if (c->status == 0 && c->canceled)
+    const char *why = NULL;
+    if (c->status == 0 && c->canceled) {
         close(c->loop_fd);
-    else if (c->status == 0)
+    } else if (c->status == 0 && tr->peer_check != NULL &&
+               (why = tr->peer_check(tr->peer_check_data, c->name, c->serial, c->not_before)) != NULL) {
+        /* Whoever answered at the member's address holds a certificate that may not speak for it. */
+        atomic_fetch_add(&tr->hub->refused, 1);
+        kf_log_warn("raft_peer_refused", "direction=out name=%s reason=%s", kf_log_q(c->name), kf_log_q(why));
+        close(c->loop_fd);
+    } else if (c->status == 0) {
         pipe = open_pipe(tr, c->loop_fd);
+    }
     for (conn **p = &tr->pending; *p != NULL; p = &(*p)->pending_next)
         if (*p == c) {
             *p = c->pending_next;
@@ -823,6 +853,13 @@ void kfd_raft_transport_on_peer_lost(struct raft_uv_transport *t, void (*cb)(voi
     transport *tr = t->impl;
     tr->peer_lost = cb;
     tr->peer_lost_data = data;
+}
+
+void kfd_raft_transport_set_peer_check(struct raft_uv_transport *t, kfd_raft_peer_check cb, void *data)
+{
+    transport *tr = t->impl;
+    tr->peer_check = cb;
+    tr->peer_check_data = data;
 }
 
 void kfd_raft_transport_set_members(struct raft_uv_transport *t, const struct raft_configuration *conf)

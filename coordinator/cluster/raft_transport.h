@@ -41,6 +41,11 @@ void kfd_raft_transport_on_peer_lost(struct raft_uv_transport *t, void (*cb)(voi
  * each accept and every 200 ms; it must outlive the transport). An empty one (a replica that
  * waits to be added) accepts any coordinator. Until this is called, every inbound peer is refused. */
 void kfd_raft_transport_set_members(struct raft_uv_transport *t, const struct raft_configuration *conf);
+/* A member's certificate that still may not talk to raft: cb (on the loop, at each accept, each
+ * connect and every 200 ms for open inbound connections) returns why, or NULL. serial is the
+ * certificate's (normalized), not_before its notBefore (INT64_MIN when unreadable). */
+typedef const char *(*kfd_raft_peer_check)(void *data, const char *name, const char *serial, int64_t not_before);
+void kfd_raft_transport_set_peer_check(struct raft_uv_transport *t, kfd_raft_peer_check cb, void *data);
 /* Connections refused because the peer was not a coordinator or not a member (for metrics and tests). */
 uint64_t kfd_raft_transport_refused(const struct raft_uv_transport *t);
 

@@ -54,6 +54,7 @@ struct kfd_repl {
         kf_err err;
     } last;
     uint64_t snapshots_taken, snapshots_restored, snapshots_refused;
+    char peer_refusal[512]; /* the reason peer_check last gave (logged before the next call) */
     bool told_diverged, told_tail;
     uint64_t started_at; /* loop time at start */
     unsigned char *snap_img;
@@ -278,6 +279,20 @@ static void on_flush(uv_check_t *h)
     r->tx_since = 0;
     if (kfd_store_flush(store, &err) != 0)
         kf_log_error("store_flush_failed", "error=%s", kf_log_q(err.msg));
+}
+
+/* The Raft transport's check of a member's certificate (review rev17, R1): the denylist and the
+ * re-add rule hold at the Raft port as at the RPC port and for checkpoint signers, so a stolen
+ * certificate that was revoked, or one from before its coordinator was removed and added back,
+ * neither votes nor sends entries. A store that cannot answer refuses nothing more. */
+static const char *peer_check(void *data, const char *name, const char *serial, int64_t not_before)
+{
+    kfd_repl *r = data;
+    kf_err err = {0};
+    if (kfd_store_coordinator_cert_ok(r->store, name, serial, not_before, &err) != -EPERM)
+        return NULL;
+    snprintf(r->peer_refusal, sizeof(r->peer_refusal), "%s", err.msg);
+    return r->peer_refusal;
 }
 
 static void on_transferred(struct raft_transfer *req) { free(req); }
@@ -660,6 +675,7 @@ static int start(kfd_repl *r, kf_err *err)
     if ((rc = kfd_raft_transport_init(&r->transport, r->loop, &topts, err)) != 0)
         return rc;
     kfd_raft_transport_on_peer_lost(&r->transport, on_peer_lost, r);
+    kfd_raft_transport_set_peer_check(&r->transport, peer_check, r);
     if ((rc = raft_uv_init(&r->io, r->loop, r->dir, &r->transport)) != 0)
         return kf_err_set(err, -EIO, "raft io: %s (%s)", raft_strerror(rc), r->io.errmsg);
     r->io_inited = true;

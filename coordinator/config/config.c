@@ -28,6 +28,7 @@ static const kf_yaml_field limits_fields[] = {
     {"max_connection_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_connection_body_bytes), &held_range,
      false},
     {"max_total_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_total_body_bytes), &held_range, false},
+    {"max_open_streams", kf_yaml_dec_uint, offsetof(kfd_limits, max_open_streams), &count_range, false},
     {"idle_timeout", kf_yaml_dec_duration_ms, offsetof(kfd_limits, idle_timeout_ms), NULL, false},
     {"shutdown_grace", kf_yaml_dec_duration_ms, offsetof(kfd_limits, shutdown_grace_ms), NULL, false},
 };
@@ -98,7 +99,7 @@ static int dec_webhook(const kf_yaml_doc *doc, const kf_yaml_node *node, void *d
 
 typedef struct raw_config {
     char *name, *port_file, *state_dir, *user, *log_level;
-    kf_strlist listen;
+    kf_strlist listen, probe_listen;
     tls_section tls;
     kfd_limits limits;
     kfd_kms_config kms;
@@ -111,6 +112,7 @@ typedef struct raw_config {
 static const kf_yaml_field top_fields[] = {
     {"name", kf_yaml_dec_string, offsetof(raw_config, name), NULL, true},
     {"listen", kf_yaml_dec_strlist, offsetof(raw_config, listen), NULL, true},
+    {"probe_listen", kf_yaml_dec_strlist, offsetof(raw_config, probe_listen), NULL, false},
     {"port_file", kf_yaml_dec_string, offsetof(raw_config, port_file), NULL, false},
     {"state_dir", kf_yaml_dec_string, offsetof(raw_config, state_dir), NULL, true},
     {"tls", dec_tls, offsetof(raw_config, tls), NULL, true},
@@ -133,7 +135,7 @@ static const kf_yaml_node *find_key(const kf_yaml_node *map, const char *key)
     return NULL;
 }
 
-static int validate_listen(const kf_yaml_doc *doc, const kf_strlist *l, kf_err *err)
+static int validate_listen(const kf_yaml_doc *doc, const kf_strlist *l, const kf_strlist *probe, kf_err *err)
 {
     const kf_yaml_node *node = find_key(doc->root, "listen");
     if (l->n == 0)
@@ -141,6 +143,16 @@ static int validate_listen(const kf_yaml_doc *doc, const kf_strlist *l, kf_err *
     for (size_t i = 0; i < l->n; i++)
         if (!kfd_hostport_valid(l->v[i], true))
             return kf_yaml_error(doc, node, err, "listen address '%.64s' is not host:port", l->v[i]);
+    node = find_key(doc->root, "probe_listen");
+    for (size_t i = 0; i < probe->n; i++) {
+        if (!kfd_hostport_valid(probe->v[i], true))
+            return kf_yaml_error(doc, node, err, "probe_listen address '%.64s' is not host:port", probe->v[i]);
+        size_t len = strlen(probe->v[i]);
+        bool any_port = len > 2 && strcmp(probe->v[i] + len - 2, ":0") == 0; /* each gets its own */
+        for (size_t k = 0; k < l->n && !any_port; k++)
+            if (strcmp(probe->v[i], l->v[k]) == 0)
+                return kf_yaml_error(doc, node, err, "probe_listen address '%.64s' is also in listen", probe->v[i]);
+    }
     return 0;
 }
 
@@ -151,6 +163,7 @@ void kfd_config_free(kfd_config *cfg)
     free(cfg->path);
     free(cfg->name);
     kf_strlist_free(&cfg->listen);
+    kf_strlist_free(&cfg->probe_listen);
     free(cfg->port_file);
     free(cfg->state_dir);
     free(cfg->tls_cert);
@@ -181,6 +194,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .max_stream_resets = 100,
                    .max_connection_body_bytes = 1u << 20,
                    .max_total_body_bytes = 256u << 20,
+                   .max_open_streams = 32768,
                    .idle_timeout_ms = 30000,
                    .shutdown_grace_ms = 10000},
         .approvals = {.poll_ms = 2000},
@@ -190,7 +204,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
     if (r == 0 && !kf_name_valid(raw.name, strlen(raw.name)))
         r = kf_yaml_error(doc, find_key(doc->root, "name"), err, "name must be 1..63 of [A-Za-z0-9._-]");
     if (r == 0)
-        r = validate_listen(doc, &raw.listen, err);
+        r = validate_listen(doc, &raw.listen, &raw.probe_listen, err);
     if (r == 0)
         r = kfd_cluster_config_check(&raw.cluster, raw.name, doc, find_key(doc->root, "cluster"), err);
     kf_log_level lvl;
@@ -203,6 +217,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
         cfg->path = strdup(path);
         cfg->name = raw.name;
         cfg->listen = raw.listen;
+        cfg->probe_listen = raw.probe_listen;
         cfg->port_file = kf_config_path(path, raw.port_file);
         cfg->state_dir = kf_config_path(path, raw.state_dir);
         cfg->tls_cert = kf_config_path(path, raw.tls.cert);
@@ -236,6 +251,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
     free(cfg);
     free(raw.name);
     kf_strlist_free(&raw.listen);
+    kf_strlist_free(&raw.probe_listen);
     free(raw.port_file);
     free(raw.state_dir);
     free(raw.tls.cert);

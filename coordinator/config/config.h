@@ -21,6 +21,7 @@ typedef struct kfd_limits {
     uint32_t max_stream_resets;          /* HTTP/2 resets a connection may send at once (front/h2guard.h) */
     uint32_t max_connection_body_bytes;  /* request body bytes h2o may buffer for one connection */
     uint32_t max_total_body_bytes;       /* ... and for all connections together */
+    uint32_t max_open_streams;           /* HTTP/2 streams open on all connections together */
     uint64_t idle_timeout_ms;
     uint64_t shutdown_grace_ms; /* how long SIGTERM waits for in-flight requests */
 } kfd_limits;
@@ -29,7 +30,10 @@ typedef struct kfd_config {
     char *path;
     char *name; /* this coordinator's name, as in its certificate */
     kf_strlist listen; /* "host:port"; port 0 picks a free one */
-    char *port_file; /* optional: the bound ports are written here, one per line */
+    /* Plain-HTTP listeners that answer only GET /healthz and /readyz (ok / not ready), for load
+     * balancers that cannot present a client certificate (docs/threat-model.md). */
+    kf_strlist probe_listen;
+    char *port_file; /* optional: the bound ports are written here, one per line (listen, then probe_listen) */
     char *state_dir;
     char *tls_cert, *tls_key, *tls_ca;
     kf_tls_peer_mode client_auth;

@@ -400,9 +400,12 @@ int kfd_kms_config_resolve(kfd_kms_config *k, const char *config_file, const cha
     if (k->attempts == 0)
         k->attempts = 3;
     int r = default_str(&k->backend, "local");
-    if (r == 0 && k->local_dir == NULL && state_dir != NULL && asprintf(&k->local_dir, "%s/kek", state_dir) < 0) {
-        k->local_dir = NULL;
-        r = -ENOMEM;
+    if (r == 0 && k->local_dir == NULL && state_dir != NULL) {
+        /* state_dir is resolved against the config's directory already: not a second time. */
+        if (asprintf(&k->local_dir, "%s/kek", state_dir) < 0) {
+            k->local_dir = NULL;
+            r = -ENOMEM;
+        }
     } else if (r == 0) {
         r = resolve(config_file, &k->local_dir);
     }

@@ -11,12 +11,14 @@
 
 #include "core/audit_sink.h"
 #include "core/checkpoint.h"
+#include "core/node_seen.h"
 #include "core/ratelimit.h"
 #include "core/webhook.h"
 #include "kf_log.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_read.h"
+#include "kf_node_check.h"
 
 /* Catches up with a KMS rotation made on another replica: loads the new key version if it is
  * here, else says once what is missing. Without it, this replica could not open keys wrapped
@@ -77,6 +79,13 @@ static int check_snapshot(void *arg, const kfd_image_check *check, kf_err *err)
     return 0;
 }
 
+/* The store's check of a checkpoint command at apply (review rev17, R5). */
+static int verify_checkpoint_command(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err *err)
+{
+    kfd_app *app = arg;
+    return kfd_checkpoint_verify_command(app->checkpointer, c, err);
+}
+
 /* At start: the local log verified against its own checkpoints (kfd_store_open); here the
  * newest of them must also carry a coordinator's signature, or the whole log could have been
  * recomputed. Records after it are checked by the leader's next checkpoint. */
@@ -109,7 +118,8 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
     int r = kfd_kms_open(loop, &cfg->kms, &app->kms, err);
     if (r != 0)
         return r;
-    if ((app->ratelimit = kfd_ratelimit_new()) == NULL)
+    if ((app->ratelimit = kfd_ratelimit_new()) == NULL || (app->seen = kfd_node_seen_new()) == NULL ||
+        (app->report_limit = kfd_ratelimit_new()) == NULL || (app->heartbeat_limit = kfd_ratelimit_new()) == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     if (cfg->webhook_url != NULL &&
         (r = kfd_webhook_new(loop, cfg->webhook_url, cfg->webhook_secret_file, &app->webhook, err)) != 0)
@@ -118,6 +128,7 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
     if ((r = kfd_checkpointer_new(app, loop, &app->checkpointer, err)) != 0)
         return r;
     verify_local_checkpoint(app);
+    kfd_store_set_checkpoint_verifier(app->store, verify_checkpoint_command, app);
     if ((r = kfd_sinks_open(&cfg->audit, cfg->name, app->store, &app->sinks, err)) != 0)
         return r;
     kfd_repl_env env = {.loop = loop, .cfg = cfg, .store = app->store, .on_applied = on_applied,
@@ -144,12 +155,18 @@ void kfd_app_close(kfd_app *app)
     app->sinks = NULL;
     kfd_webhook_free(app->webhook);
     kfd_ratelimit_free(app->ratelimit);
+    kfd_node_seen_free(app->seen);
+    app->seen = NULL;
+    kfd_ratelimit_free(app->report_limit);
+    kfd_ratelimit_free(app->heartbeat_limit);
     kfd_policy_free(app->policy);
     if (app->kms != NULL)
         app->kms->ops->destroy(app->kms);
     kfd_store_close(app->store);
     app->webhook = NULL;
     app->ratelimit = NULL;
+    app->report_limit = NULL;
+    app->heartbeat_limit = NULL;
     app->policy = NULL;
     app->kms = NULL;
     app->store = NULL;
@@ -287,15 +304,4 @@ void kfd_new_request_id(char out[33])
     left -= 10;
 }
 
-bool kfd_request_id_valid(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 16 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-'))
-            return false;
-    }
-    return true;
-}
+bool kfd_request_id_valid(const char *s) { return kf_request_id_valid(s); }

@@ -22,12 +22,15 @@ typedef struct kfd_app {
     kfd_policy *policy;
     uint64_t policy_version;
     struct kfd_ratelimit *ratelimit;
+    struct kfd_ratelimit *report_limit; /* per node: heartbeat reports audited one by one */
+    struct kfd_ratelimit *heartbeat_limit; /* per node: heartbeats (each one a Raft write) */
     struct kfd_webhook *webhook;
     uint64_t next_command_id;
     struct kfd_repl *repl; /* Raft (replication.h): every command goes through it */
     uint32_t kek_missing; /* a KMS key version the cluster rotated to that this replica lacks; 0: none */
     struct kfd_checkpointer *checkpointer; /* signed audit checkpoints (checkpoint.h) */
     struct kfd_sinks *sinks;               /* audit sinks (audit_sink.h); NULL when none */
+    struct kfd_node_seen *seen;            /* nodes served since start (node_seen.h) */
 } kfd_app;
 
 /* Opens the store and the KMS and loads the policy. A store fault is not an error here: the

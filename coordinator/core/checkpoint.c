@@ -48,7 +48,8 @@ struct kfd_checkpointer {
     uint8_t *cert_der;
     size_t cert_len;
     char serial[KF_SERIAL_MAX]; /* of cert_der */
-    bool told_revoked;
+    int64_t not_before, not_after; /* of cert_der: the times it may date a checkpoint */
+    bool told_revoked, told_validity;
     X509_STORE *ca;
     char cluster[40];
     bool inflight, closing;
@@ -87,6 +88,10 @@ static int load_key_cert(kfd_checkpointer *c, const kfd_config *cfg, kf_err *err
     kf_err ierr = {0};
     if (x != NULL && kf_identity_from_cert(x, &id, &ierr) == 0)
         memcpy(c->serial, id.serial, sizeof(c->serial));
+    struct tm tm;
+    const ASN1_TIME *na = x != NULL ? X509_get0_notAfter(x) : NULL;
+    c->not_before = kf_cert_not_before(x);
+    c->not_after = na != NULL && ASN1_TIME_to_tm(na, &tm) == 1 ? (int64_t)timegm(&tm) : INT64_MIN;
     X509_free(x);
     if (n <= 0)
         return kf_err_set(err, -EINVAL, "%s: no certificate", cfg->tls_cert);
@@ -129,6 +134,20 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
         cp.seconds = prev.seconds;
         cp.nanos = prev.nanos;
     }
+    /* Its certificate must cover the checkpoint's time (review rev17, R3): verifiers judge the
+     * chain at that time, so one dated past notAfter (a clock run far ahead, or a date pinned by
+     * such a checkpoint) would make every replica diverge at its next start. */
+    if (cp.seconds < c->not_before || cp.seconds > c->not_after) {
+        c->stats.failed_total++;
+        if (!c->told_validity)
+            kf_log_error("audit_checkpoint_failed", "error=\"the checkpoint's time %lld is outside this coordinator's "
+                         "certificate (%lld..%lld)\" serial=%s action=\"signing nothing; check the clock, or give this "
+                         "coordinator a current certificate\"",
+                         (long long)cp.seconds, (long long)c->not_before, (long long)c->not_after, c->serial);
+        c->told_validity = true;
+        return;
+    }
+    c->told_validity = false;
     snprintf(cp.signer, sizeof(cp.signer), "%s", app->cfg->name);
     char text[KF_CHECKPOINT_TEXT_MAX];
     int len = kf_checkpoint_format(&cp, text, sizeof(text));
@@ -186,8 +205,8 @@ static void evaluate(kfd_checkpointer *c)
     }
     if (v == KFD_HEAD_OUTVOTED) {
         char why[200];
-        snprintf(why, sizeof(why), "%u of %u voters hold another audit head after the same entries (this "
-                 "replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
+        snprintf(why, sizeof(why), "%u of %u voters hold another audit head (or replicated state) after the same "
+                 "entries (this replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
                  (unsigned long long)c->own.seq);
         kfd_store_mark_diverged(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
         return;
@@ -204,17 +223,54 @@ static void evaluate(kfd_checkpointer *c)
     }
 }
 
+/* Why the certificate that answered for voter name may not speak for it (review rev17, R4), or
+ * NULL: the TLS host name check alone takes any fleet certificate naming that host (a revoked
+ * coordinator's, a re-added one's old one, a node's issued with that SAN). */
+static const char *answer_refusal(kfd_checkpointer *c, const char *name, const char *pem, char *why, size_t size)
+{
+    BIO *b = pem != NULL ? BIO_new_mem_buf(pem, -1) : NULL;
+    X509 *x = b != NULL ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    kf_identity id;
+    kf_err err = {0};
+    const char *r = NULL;
+    if (x == NULL || kf_identity_from_cert(x, &id, &err) != 0)
+        r = "the answering certificate is unreadable";
+    else if (id.kind != KF_PEER_COORDINATOR || strcmp(id.name, name) != 0)
+        r = "the answering certificate does not name this coordinator";
+    else if (kfd_store_coordinator_cert_ok(c->app->store, id.name, id.serial, kf_cert_not_before(x), &err) == -EPERM) {
+        snprintf(why, size, "%s", err.msg);
+        r = why;
+    }
+    X509_free(x);
+    ERR_clear_error();
+    return r;
+}
+
 static void on_answer(void *arg, const kfd_http_response *res)
 {
     peer_ask *a = arg;
     kfd_checkpointer *c = a->c;
     c->pending--;
-    if (c->closing || c->confirmed_term == c->confirm_term || kfd_store_audit_diverged(c->app->store, NULL) != 0)
+    if (c->closing)
         return;
     Keyfleet__V1__AuditHeadResponse *resp = NULL;
     if (res->status == 0 && res->code == 200)
         resp = keyfleet__v1__audit_head_response__unpack(NULL, res->body_len, (const uint8_t *)res->body);
-    if (resp == NULL)
+    /* Who answered is checked for every answer, late ones included, so an impostor shows. */
+    char why[KF_ERR_MSG_MAX];
+    const char *refused = resp != NULL ? answer_refusal(c, a->name, res->peer_cert, why, sizeof(why)) : NULL;
+    if (refused != NULL) {
+        kf_log_warn("audit_head_peer_refused", "peer=%s reason=%s", a->name, kf_log_q(refused));
+        keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
+        resp = NULL; /* counts as no answer */
+    }
+    if (c->confirmed_term == c->confirm_term || kfd_store_audit_diverged(c->app->store, NULL) != 0) {
+        if (resp != NULL)
+            keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
+        return;
+    }
+    if (resp == NULL && refused == NULL)
         kf_log_debug("audit_head_no_answer", "peer=%s status=%d code=%ld error=%s", a->name, res->status, res->code,
                      kf_log_q(res->error != NULL ? res->error : res->body != NULL ? res->body : ""));
     kfd_head_answer k = kfd_head_round_count(&c->tally, a->tag, resp);
@@ -382,7 +438,8 @@ int kfd_checkpointer_new(kfd_app *app, uv_loop_t *loop, kfd_checkpointer **ret, 
                         .timeout_ms = CONFIRM_TIMEOUT_MS,
                         .max_attempts = 1,
                         .max_response = 4096,
-                        .no_reuse = true};
+                        .no_reuse = true,
+                        .peer_cert = true};
     if (r == 0)
         r = kfd_http_new(loop, &ho, &c->http, err);
     if (r != 0) {
@@ -426,6 +483,16 @@ int kfd_checkpoint_verify_record(kfd_checkpointer *c, const Keyfleet__V1__AuditR
         return kf_err_set(err, -EPERM, "not a checkpoint record");
     return kf_checkpoint_verify(r->reason, strlen(r->reason), r->signature.data, r->signature.len,
                                 r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster, NULL, err);
+}
+
+int kfd_checkpoint_verify_command(kfd_checkpointer *c, const Keyfleet__V1__CmdCheckpoint *cmd, kf_err *err)
+{
+    if (cmd == NULL || cmd->text == NULL)
+        return kf_err_set(err, -EPERM, "checkpoint command without its text");
+    /* Not by the clock: every replica decides alike (a time too far ahead is judged after). */
+    int r = kf_checkpoint_verify_applied(cmd->text, strlen(cmd->text), cmd->signature.data, cmd->signature.len,
+                                         cmd->cert.data, cmd->cert.len, c->ca, c->cluster, NULL, err);
+    return r == 0 ? 0 : -EPERM;
 }
 
 int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err)

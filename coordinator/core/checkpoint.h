@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "keyfleet/v1/admin.pb-c.h"
+#include "keyfleet/v1/state.pb-c.h"
 #include "kf_err.h"
 
 struct kfd_app;
@@ -28,6 +29,9 @@ int kfd_checkpoint_verify_record(kfd_checkpointer *c, const Keyfleet__V1__AuditR
 /* The same without judging its time by this clock: for a checkpoint this replica already
  * applied (at start), whose time was judged when it was applied. */
 int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1__AuditRecord *r, kf_err *err);
+/* A checkpoint command's signature and chain against the fleet CA, not by the clock (the store
+ * calls it at apply, store.h kfd_checkpoint_verifier). 0 or -EPERM. */
+int kfd_checkpoint_verify_command(kfd_checkpointer *c, const Keyfleet__V1__CmdCheckpoint *cmd, kf_err *err);
 
 /* For /metrics. */
 typedef struct kfd_checkpoint_stats {

@@ -28,6 +28,11 @@ kfd_head_answer kfd_head_round_count(kfd_head_round *r, kfd_head_tag tag, const 
     bool same = resp->seq == r->own.seq && resp->root.len == KFD_HASH_LEN && resp->chain.len == KFD_HASH_LEN &&
                 CRYPTO_memcmp(resp->root.data, r->own.root, KFD_HASH_LEN) == 0 &&
                 CRYPTO_memcmp(resp->chain.data, r->own.chain, KFD_HASH_LEN) == 0;
+    /* The rest of the replicated state (review rev17, R2): a replica whose revocations, policy or
+     * accepted PCR values were edited holds the same audit log but not the same state. Compared
+     * only between replicas of one schema version (a rolling upgrade adds columns). */
+    if (same && r->own.state_version != 0 && resp->state_version == r->own.state_version)
+        same = resp->state.len == KFD_HASH_LEN && CRYPTO_memcmp(resp->state.data, r->own.state, KFD_HASH_LEN) == 0;
     if (same) {
         r->agree++;
         return KFD_HEAD_AGREES;

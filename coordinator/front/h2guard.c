@@ -22,6 +22,7 @@ typedef ssize_t (*frame_reader)(h2o_http2_conn_t *conn, const uint8_t *src, size
 #define FRAME_RST_STREAM 3
 #define FRAME_SETTINGS 4
 #define FRAME_PING 6
+#define FRAME_CONTINUATION 9
 #define FLAG_END_STREAM 0x1
 #define FLAG_ACK 0x1
 #define FLAG_PADDED 0x8
@@ -33,6 +34,12 @@ typedef ssize_t (*frame_reader)(h2o_http2_conn_t *conn, const uint8_t *src, size
 
 /* h2o 2.2.5's server preface (lib/http2/connection.c, expect_preface): one SETTINGS frame,
  * MAX_CONCURRENT_STREAMS 100 and INITIAL_WINDOW_SIZE 16 MiB. */
+/* Header fields a request may carry (Connect clients send about a dozen). HPACK lets one byte
+ * name a field of the dynamic table again, so a 16 KiB HEADERS frame decodes to some 16,000
+ * fields, about 1 MiB of h2o's request pool, held for as long as the stream is open: 32 such
+ * streams per connection took 30 MB each, beside the body budgets. */
+#define MAX_HEADER_FIELDS 100
+
 static const uint8_t h2o_server_settings[] = {0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0, 4, 1, 0, 0, 0};
 #define MAX_STREAMS_VALUE_AT 11
 
@@ -268,6 +275,17 @@ static ssize_t on_data(kfd_h2guard *g, h2o_http2_conn_t *conn, uint8_t *frame, u
     return 0;
 }
 
+/* Brings the server's count of open streams in step with this connection's: h2o opens a stream
+ * on its HEADERS and closes it as its answer finishes or it is reset, so this runs after every
+ * frame and every completed write. Each open stream costs h2o some 6.5 KB (its request pool),
+ * which no body budget counts. */
+static void count_streams(kfd_h2guard *g, h2o_http2_conn_t *conn)
+{
+    uint32_t open = conn->num_streams.pull.open;
+    g->srv->h2_open_streams = g->srv->h2_open_streams - g->open_counted + open;
+    g->open_counted = open;
+}
+
 static uint64_t stream_errors_sent(h2o_http2_conn_t *conn)
 {
     uint64_t n = 0;
@@ -295,6 +313,27 @@ static ssize_t call_inner(kfd_h2guard *g, h2o_http2_conn_t *conn, const uint8_t 
     return r;
 }
 
+/* After h2o decoded a whole header block: a stream whose request has more than MAX_HEADER_FIELDS
+ * fields is reset (ENHANCE_YOUR_CALM: a retry would be refused alike), which frees what h2o
+ * decoded, as a client's RST_STREAM would, and takes from the reset budget. False when that is
+ * spent (the caller ends the connection). */
+static bool too_many_fields(kfd_h2guard *g, h2o_http2_conn_t *conn, uint32_t id)
+{
+    h2o_http2_stream_t *stream = find_h2o_stream(&conn->scheduler, id, 0);
+    if (stream == NULL || stream->req.headers.size <= MAX_HEADER_FIELDS || conn->state >= H2O_HTTP2_CONN_STATE_IS_CLOSING)
+        return true;
+    size_t fields = stream->req.headers.size;
+    forget_stream(g, id);
+    h2o_http2_encode_rst_stream_frame(&conn->_write.buf, id, -H2O_HTTP2_ERROR_ENHANCE_YOUR_CALM);
+    h2o_http2_conn_request_write(conn);
+    h2o_http2_stream_reset(conn, stream);
+    g->srv->metrics.h2_streams_refused++;
+    kf_log_warn("h2_stream_refused", "source=%s stream=%u reason=header_fields fields=%zu limit=%d", g->source, id,
+                fields, MAX_HEADER_FIELDS);
+    g->last_provoked = id;
+    return take_reset(g, "header_fields");
+}
+
 static ssize_t guard_frame(kfd_h2guard *g, h2o_http2_conn_t *conn, const uint8_t *src, size_t len,
                            const char **err_desc)
 {
@@ -319,11 +358,15 @@ static ssize_t guard_frame(kfd_h2guard *g, h2o_http2_conn_t *conn, const uint8_t
             return H2O_HTTP2_ERROR_ENHANCE_YOUR_CALM;
         }
     } else if (type == FRAME_HEADERS && (id & 1) != 0 && id > conn->pull_stream_ids.max_open &&
-               conn->num_streams.pull.open >= g->srv->cfg->limits.max_streams_per_connection) {
+               (conn->num_streams.pull.open >= g->srv->cfg->limits.max_streams_per_connection ||
+                g->srv->h2_open_streams >= g->srv->cfg->limits.max_open_streams)) {
+        bool here = conn->num_streams.pull.open >= g->srv->cfg->limits.max_streams_per_connection;
         g->refusing = true;
         g->srv->metrics.h2_streams_refused++;
-        kf_log_info("h2_stream_refused", "source=%s stream=%u reason=max_streams open=%u limit=%u", g->source, id,
-                    conn->num_streams.pull.open, g->srv->cfg->limits.max_streams_per_connection);
+        kf_log_info("h2_stream_refused", "source=%s stream=%u reason=%s open=%llu limit=%u", g->source, id,
+                    here ? "max_streams" : "max_open_streams",
+                    here ? (unsigned long long)conn->num_streams.pull.open : (unsigned long long)g->srv->h2_open_streams,
+                    here ? g->srv->cfg->limits.max_streams_per_connection : g->srv->cfg->limits.max_open_streams);
     } else if (type == FRAME_DATA && id != 0 && frame == src) {
         ssize_t r = on_data(g, conn, frame, flen, id);
         if (r != 0)
@@ -333,6 +376,11 @@ static ssize_t guard_frame(kfd_h2guard *g, h2o_http2_conn_t *conn, const uint8_t
      * refused stream...) take from the same budget, once per stream. */
     uint64_t errors = stream_errors_sent(conn);
     ssize_t r = call_inner(g, conn, src, len, err_desc);
+    if (r >= 0 && (type == FRAME_HEADERS || type == FRAME_CONTINUATION) && conn->_headers_unparsed == NULL &&
+        !too_many_fields(g, conn, id)) {
+        *err_desc = "too many stream resets";
+        return H2O_HTTP2_ERROR_ENHANCE_YOUR_CALM;
+    }
     if (r >= 0 && id != 0 && stream_errors_sent(conn) != errors && id != g->last_provoked) {
         g->last_provoked = id;
         if (!take_reset(g, "provoked")) {
@@ -359,6 +407,7 @@ static ssize_t guard_reader(h2o_http2_conn_t *conn, const uint8_t *src, size_t l
     } else {
         r = call_inner(g, conn, src, len, err_desc);
     }
+    count_streams(g, conn);
     /* h2o picks the reader for the next frame (preface, frames, CONTINUATION): keep it wrapped. */
     if (conn->_read_expect != guard_reader) {
         g->inner = (void (*)(void))conn->_read_expect;
@@ -406,16 +455,20 @@ static void guard_on_write(h2o_socket_t *sock, const char *err)
         return;
     }
     h2o_cb(sock, err);
-    if (conn_alive(g))
+    if (conn_alive(g)) {
         hook_write(g);
+        count_streams(g, conn);
+    }
 }
 
 static void guard_on_read(h2o_socket_t *sock, const char *err)
 {
     kfd_h2guard *g = sock->on_close.data;
     g->h2o_on_read(sock, err);
-    if (conn_alive(g))
+    if (conn_alive(g)) {
         hook_write(g);
+        count_streams(g, sock->data);
+    }
 }
 
 /* h2o's deferred write (the zero timeout), wrapped likewise. */
@@ -424,8 +477,10 @@ static void guard_emit(h2o_timeout_entry_t *entry)
     h2o_http2_conn_t *conn = H2O_STRUCT_FROM_MEMBER(h2o_http2_conn_t, _write.timeout_entry, entry);
     kfd_h2guard *g = conn->sock->on_close.data;
     g->h2o_emit(entry);
-    if (conn_alive(g))
+    if (conn_alive(g)) {
         hook_write(g);
+        count_streams(g, conn);
+    }
 }
 
 static void on_sock_dispose(void *data)
@@ -476,6 +531,10 @@ int kfd_h2guard_accept(kfd_h2guard *g, kfd_server *srv, h2o_socket_t *sock, cons
 
 void kfd_h2guard_dispose(kfd_h2guard *g)
 {
+    if (g->srv != NULL) {
+        g->srv->h2_open_streams -= g->open_counted;
+        g->open_counted = 0;
+    }
     for (size_t i = 0; g->streams != NULL && i < g->srv->cfg->limits.max_streams_per_connection; i++)
         release(g, &g->streams[i]);
     free(g->streams);

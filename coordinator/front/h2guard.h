@@ -10,6 +10,10 @@
  *  - request bytes held by h2o for bodies still arriving are budgeted per connection
  *    (limits.max_connection_body_bytes) and in total (limits.max_total_body_bytes): the stream
  *    whose DATA would pass either is refused;
+ *  - streams open on all connections together are bounded (limits.max_open_streams): a stream
+ *    past it is refused like one past the per-connection count;
+ *  - a request with more than 100 header fields (HPACK can name one field thousands of times in
+ *    a frame) is reset once h2o has decoded it, which frees it;
  *  - a write error closes the connection as upstream h2o does since PR #1859/#2844 (the pending
  *    write is unlinked and nothing more is started), not through h2o 2.2.5's assertion;
  *  - a request body past limits.max_body_bytes is ended early, so the router answers
@@ -55,6 +59,7 @@ typedef struct kfd_h2guard {
     uint64_t control_frames; /* PING and SETTINGS frames */
     uint32_t last_provoked;  /* the stream of the last reset the server sent (counted once) */
     uint64_t held;           /* sum of the slots' held bytes */
+    uint32_t open_counted;   /* this connection's open streams, as counted in srv->h2_open_streams */
     kfd_h2guard_stream *streams; /* limits.max_streams_per_connection slots, made on first DATA */
 } kfd_h2guard;
 

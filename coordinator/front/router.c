@@ -4,7 +4,8 @@
  * asks): route and method (unimplemented, 501), HTTP/2 (failed_precondition, 400), content type
  * (415), content encoding (unimplemented, 501), deadline header (invalid_argument, 400), size
  * (resource_exhausted, 429), identity (401/403), body (400), deadline passed (deadline_exceeded,
- * 504), then the handler. Paths that are not RPCs get plain HTTP answers (404, 405). */
+ * 504), then the handler. Paths that are not RPCs get plain HTTP answers (404, 405). Over
+ * HTTP/1.1 h2o itself answers 413 to a body past 4 KiB (front/server.c, HTTP1_MAX_BODY). */
 #include "front/router.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
@@ -20,6 +22,7 @@
 #include "core/app.h"
 #include "core/approle.h"
 #include "core/audit.h"
+#include "core/node_seen.h"
 #include "front/call.h"
 #include "front/metrics.h"
 #include "front/peer.h"
@@ -63,6 +66,14 @@ static bool leader_known(kfd_server *srv, const char **why)
     return false;
 }
 
+/* What /readyz says: not draining, the store and KMS usable, a leader known; *why when not. */
+static bool ready(kfd_server *srv, const char **why)
+{
+    *why = "draining";
+    return !srv->draining && kfd_app_ready(srv->app, why) && kfd_app_kms_reachable(srv->app, why) &&
+           kfd_app_kms_complete(srv->app, why) && leader_known(srv, why);
+}
+
 static int serve_plain(kfd_server *srv, h2o_req_t *req)
 {
     bool get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
@@ -70,6 +81,15 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
         if (!get) {
             h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
             send_text(req, 405, "text/plain", H2O_STRLIT("method not allowed\n"));
+            return 0;
+        }
+        /* Probes without a client certificate (a load balancer, with client_auth: optional) get
+         * /healthz and a bare /readyz; /metrics and readyz's reason only go to the fleet's
+         * certificates. */
+        const kf_identity *who = NULL;
+        bool known = kfd_req_peer(srv->ssl_generations, req, &who) == 0;
+        if (path_is(req, "/metrics") && !known) {
+            send_text(req, 401, "text/plain", H2O_STRLIT("a client certificate is required\n"));
             return 0;
         }
         if (path_is(req, "/metrics")) {
@@ -82,10 +102,11 @@ static int serve_plain(kfd_server *srv, h2o_req_t *req)
             send_text(req, 200, "text/plain; version=0.0.4", text, len);
             free(text);
         } else if (path_is(req, "/readyz")) {
-            const char *why = "draining";
-            if (!srv->draining && kfd_app_ready(srv->app, &why) && kfd_app_kms_reachable(srv->app, &why) &&
-                kfd_app_kms_complete(srv->app, &why) && leader_known(srv, &why)) {
+            const char *why = NULL;
+            if (ready(srv, &why)) {
                 send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
+            } else if (!known) {
+                send_text(req, 503, "text/plain", H2O_STRLIT("not ready\n"));
             } else {
                 char *msg = h2o_mem_alloc_pool(&req->pool, 256);
                 int n = snprintf(msg, 256, "not ready: %s\n", why);
@@ -231,8 +252,39 @@ static bool sent_to_leader(kfd_server *srv, kfd_call *call)
     return true;
 }
 
+/* A request on a plain (non-TLS) connection came through a probe_listen listener, the only
+ * listener without TLS: it gets /healthz and a bare /readyz, nothing else (no RPC, no metrics,
+ * no reason why not ready; docs/threat-model.md, "Health probes"). */
+static bool plain_connection(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket != NULL ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    return sock == NULL || sock->ssl == NULL;
+}
+
+static int serve_probe(kfd_server *srv, h2o_req_t *req)
+{
+    if (!path_is(req, "/healthz") && !path_is(req, "/readyz")) {
+        send_text(req, 404, "text/plain", H2O_STRLIT("not found\n"));
+        return 0;
+    }
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"))) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
+        send_text(req, 405, "text/plain", H2O_STRLIT("method not allowed\n"));
+        return 0;
+    }
+    const char *why = NULL;
+    if (path_is(req, "/readyz") && !ready(srv, &why)) {
+        send_text(req, 503, "text/plain", H2O_STRLIT("not ready\n"));
+        return 0;
+    }
+    send_text(req, 200, "text/plain", H2O_STRLIT("ok\n"));
+    return 0;
+}
+
 static int route(kfd_server *srv, h2o_req_t *req)
 {
+    if (plain_connection(req))
+        return serve_probe(srv, req);
     const kfd_method *m = find_method(srv, req);
     if (m == NULL)
         return serve_plain(srv, req);
@@ -291,6 +343,7 @@ static int route(kfd_server *srv, h2o_req_t *req)
                        kf_peer_kind_name(call->peer->kind));
         return 0;
     }
+    kfd_node_seen_note(srv->app->seen, call->peer, call->auth, (int64_t)time(NULL));
     /* After identity: the cluster's layout is told only to callers it knows. */
     if (sent_to_leader(srv, call))
         return 0;

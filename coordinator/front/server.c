@@ -1,5 +1,6 @@
 #include "front/server.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -27,23 +28,43 @@
  * audit sinks, Raft peers, KMS requests, libuv's own. */
 #define RESERVED_FDS 128
 #define ACCEPT_ERROR_LOG_MS 1000
+/* The longest request body taken over HTTP/1.1: no RPC is served there (the router answers
+ * failed_precondition), and h2o holds the whole body first, outside the HTTP/2 guard's body
+ * budgets: at 16 x max_body_bytes, 100 connections held 110 MB. Longer bodies get h2o's 413. */
+#define HTTP1_MAX_BODY 4096
 
 typedef struct kfd_listener {
     uv_tcp_t tcp;
     kfd_server *srv;
     int port;
     bool open;
+    bool probe; /* probe_listen: plain HTTP/1.1, /healthz and /readyz only (router.c) */
 } kfd_listener;
 
-/* Open connections per source address: a small open-addressing table. */
-#define SOURCE_SLOTS 4096
+/* Open connections per source address: an open-addressing table with twice as many slots as
+ * connections may be open (a fixed 4096 slots refused every new address once 4096 addresses each
+ * held one connection, half-open TLS handshakes included). A slot whose count fell to 0 keeps its
+ * address, so the chains through it hold; it is reused only once the address asked for is known
+ * to have no slot of its own further on. */
 typedef struct source_slot {
     char addr[46];
     uint32_t count;
 } source_slot;
 typedef struct kfd_source_table {
-    source_slot slots[SOURCE_SLOTS];
+    size_t n; /* a power of two */
+    source_slot slots[];
 } kfd_source_table;
+
+static kfd_source_table *source_table_new(uint32_t max_connections)
+{
+    size_t n = 4096;
+    while (n < 2 * (size_t)max_connections)
+        n *= 2;
+    kfd_source_table *t = calloc(1, sizeof(*t) + n * sizeof(source_slot));
+    if (t != NULL)
+        t->n = n;
+    return t;
+}
 
 typedef struct kfd_conn {
     uv_tcp_t tcp;
@@ -53,6 +74,12 @@ typedef struct kfd_conn {
     struct timeval connected_at;
     h2o_timeout_entry_t handshake_timeout; /* linked while the TLS handshake runs */
     kfd_h2guard h2;
+    struct kfd_conn *prev, *next; /* srv->conns */
+    /* A write libuv refused, handed back to h2o later in the loop turn (uv_write below) */
+    struct kfd_conn *next_refused;
+    uv_write_t *refused_req;
+    uv_write_cb refused_cb;
+    int refused_status;
 } kfd_conn;
 
 typedef struct kfd_handler {
@@ -65,30 +92,62 @@ static source_slot *source_find(kfd_source_table *t, const char *addr, bool crea
     uint32_t h = 2166136261u;
     for (const char *p = addr; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
-    for (size_t i = 0; i < SOURCE_SLOTS; i++) {
-        source_slot *s = &t->slots[(h + i) % SOURCE_SLOTS];
+    source_slot *reuse = NULL;
+    for (size_t i = 0; i < t->n; i++) {
+        source_slot *s = &t->slots[(h + i) & (t->n - 1)];
+        if (s->addr[0] == '\0') {
+            if (reuse == NULL)
+                reuse = s;
+            break;
+        }
         if (strcmp(s->addr, addr) == 0)
             return s;
-        if (s->addr[0] == '\0' || (create && s->count == 0)) {
-            if (!create)
-                return NULL;
-            snprintf(s->addr, sizeof(s->addr), "%s", addr);
-            s->count = 0;
-            return s;
-        }
+        if (s->count == 0 && reuse == NULL)
+            reuse = s;
     }
-    return NULL;
+    if (!create || reuse == NULL)
+        return NULL;
+    snprintf(reuse->addr, sizeof(reuse->addr), "%s", addr);
+    reuse->count = 0;
+    return reuse;
+}
+
+/* One connection from s's address fewer. A slot whose count falls to 0 is emptied when the slot
+ * after it is empty (no chain goes on through it), and so are the freed slots before it, so
+ * addresses come and gone do not leave every lookup walking the whole table. */
+static void source_release(kfd_source_table *t, source_slot *s)
+{
+    if (s == NULL || s->count == 0 || --s->count != 0)
+        return;
+    size_t i = (size_t)(s - t->slots);
+    for (size_t k = 0; k < t->n && t->slots[i].count == 0 && t->slots[i].addr[0] != '\0' &&
+                       t->slots[(i + 1) & (t->n - 1)].addr[0] == '\0';
+         k++) {
+        t->slots[i].addr[0] = '\0';
+        i = (i - 1) & (t->n - 1);
+    }
 }
 
 static void on_conn_close(uv_handle_t *handle)
 {
     kfd_conn *conn = (kfd_conn *)((char *)handle - offsetof(kfd_conn, tcp));
     kfd_server *srv = conn->srv;
+    for (kfd_conn **p = &srv->refused; *p != NULL; p = &(*p)->next_refused) {
+        if (*p == conn) {
+            *p = conn->next_refused;
+            break;
+        }
+    }
+    if (conn->prev != NULL)
+        conn->prev->next = conn->next;
+    else
+        srv->conns = conn->next;
+    if (conn->next != NULL)
+        conn->next->prev = conn->prev;
     if (h2o_timeout_is_linked(&conn->handshake_timeout))
         h2o_timeout_unlink(&conn->handshake_timeout);
     kfd_h2guard_dispose(&conn->h2);
-    if (conn->slot != NULL && conn->slot->count > 0)
-        conn->slot->count--;
+    source_release(srv->sources, conn->slot);
     srv->connections--;
     free(conn);
 }
@@ -136,7 +195,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
             return;
         }
     }
-    h2o_http1_accept(&conn->srv->accept_ctx, sock, conn->connected_at);
+    h2o_http1_accept(&conn->srv->http1_accept, sock, conn->connected_at);
 }
 
 static void on_accept(uv_stream_t *listener, int status)
@@ -184,6 +243,10 @@ static void on_accept(uv_stream_t *listener, int status)
     }
     slot->count++;
     conn->slot = slot;
+    conn->next = srv->conns;
+    if (srv->conns != NULL)
+        srv->conns->prev = conn;
+    srv->conns = conn;
     srv->connections++;
     srv->metrics.connections_accepted++;
     uv_tcp_nodelay(&conn->tcp, 1);
@@ -192,6 +255,10 @@ static void on_accept(uv_stream_t *listener, int status)
     sock->data = conn;
     gettimeofday(&conn->connected_at, NULL);
     conn->handshake_timeout.cb = on_handshake_timeout;
+    if (l->probe) { /* no TLS: the router answers such a connection as a probe only */
+        h2o_http1_accept(&srv->accept_ctx, sock, conn->connected_at);
+        return;
+    }
     h2o_timeout_link(srv->loop, &srv->ctx.handshake_timeout, &conn->handshake_timeout);
     h2o_socket_ssl_handshake(sock, srv->accept_ctx.ssl_ctx, NULL, on_handshake);
 }
@@ -204,6 +271,61 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 /* Counts handshakes; the SSL's ex-data has no room for the server, so a static is used
  * (one server per process). */
 static kfd_server *the_server;
+
+/* Hands the writes libuv refused back to h2o (uv_write below); a callback that writes again and is
+ * refused again is handed back in the same pass. A connection already closing has been disposed of
+ * by h2o, which wants no callback then. */
+static void on_refused_writes(uv_check_t *check)
+{
+    kfd_server *srv = check->data;
+    while (srv->refused != NULL) {
+        kfd_conn *conn = srv->refused;
+        srv->refused = conn->next_refused;
+        conn->next_refused = NULL;
+        uv_write_cb cb = conn->refused_cb;
+        conn->refused_cb = NULL;
+        if (!uv_is_closing((uv_handle_t *)&conn->tcp))
+            cb(conn->refused_req, conn->refused_status);
+    }
+    uv_check_stop(check);
+}
+
+/* h2o 2.2.5 ignores what uv_write returns (lib/common/socket/uv-binding.c.h, do_write): a write
+ * that libuv refuses at once never calls back, and h2o waits for that callback before it closes
+ * anything. libuv refuses every write on a stream whose read failed (UV_EPIPE: a client's TCP
+ * reset clears the stream's writable flag), and h2o starts writes after such a read: the HTTP/2
+ * frames queued for the loop's zero timeout, or TLS's close_notify as it closes the socket. Such
+ * a connection stayed open until keyfleetd stopped (a PING flood ended by a reset, on a loaded
+ * server that read the pings and the reset in one go). keyfleetd's uv_write, which the dynamic
+ * linker finds before libuv's, hands a refusal on a client connection back to h2o the way libuv
+ * reports a write that fails later: through the callback, in the same loop turn's check phase,
+ * before the turn closes any handle (h2o's socket is still there), never from within the call. */
+int uv_write(uv_write_t *req, uv_stream_t *handle, const uv_buf_t bufs[], unsigned int nbufs, uv_write_cb cb)
+{
+    static int (*libuv_write)(uv_write_t *, uv_stream_t *, const uv_buf_t[], unsigned int, uv_write_cb);
+    if (libuv_write == NULL)
+        *(void **)&libuv_write = dlsym(RTLD_NEXT, "uv_write");
+    if (libuv_write == NULL)
+        return UV_ENOSYS;
+    int r = libuv_write(req, handle, bufs, nbufs, cb);
+    kfd_server *srv = the_server;
+    if (r == 0 || cb == NULL || srv == NULL || handle->loop != srv->loop || srv->refused_writes.loop == NULL)
+        return r;
+    kfd_conn *conn = srv->conns;
+    while (conn != NULL && (uv_stream_t *)&conn->tcp != handle)
+        conn = conn->next;
+    if (conn == NULL || conn->refused_cb != NULL) /* not h2o's; or a second one, which h2o never starts */
+        return r;
+    kf_log_info("write_refused", "source=%s error=%s action=close", conn->slot->addr, uv_err_name(r));
+    srv->metrics.writes_refused++;
+    conn->refused_req = req;
+    conn->refused_cb = cb;
+    conn->refused_status = r;
+    conn->next_refused = srv->refused;
+    srv->refused = conn;
+    uv_check_start(&srv->refused_writes, on_refused_writes);
+    return r;
+}
 
 static void on_tls_info(const SSL *ssl, int where, int ret)
 {
@@ -315,33 +437,41 @@ static void fit_fd_limits(kfd_limits *lim)
                 lim->max_connections, lim->max_connections_per_source, (unsigned long long)nofile);
 }
 
+/* One h2o configuration, with the router as its only handler, and its context on the loop. */
+static void configure_h2o(kfd_server *srv, h2o_globalconf_t *conf, h2o_context_t *ctx, size_t max_body)
+{
+    const kfd_limits *lim = &srv->cfg->limits;
+    h2o_config_init(conf);
+    conf->max_request_entity_size = max_body;
+    conf->http2.max_concurrent_requests_per_connection = lim->max_streams_per_connection;
+    conf->http2.idle_timeout = lim->idle_timeout_ms;
+    conf->http1.req_timeout = lim->idle_timeout_ms;
+    conf->http2.graceful_shutdown_timeout = lim->shutdown_grace_ms;
+    conf->server_name = h2o_iovec_init(H2O_STRLIT("keyfleetd"));
+    h2o_hostconf_t *host = h2o_config_register_host(conf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    kfd_handler *handler = (kfd_handler *)h2o_create_handler(path, sizeof(*handler));
+    handler->super.on_req = on_req;
+    handler->srv = srv;
+    h2o_context_init(ctx, srv->loop, conf);
+}
+
 int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *err)
 {
     memset(srv, 0, sizeof(*srv));
     srv->loop = loop;
     srv->cfg = cfg;
     srv->started = time(NULL);
-    srv->sources = calloc(1, sizeof(*srv->sources));
-    if (srv->sources == NULL)
-        return kf_err_set(err, -ENOMEM, "out of memory");
     the_server = srv;
     fit_fd_limits(&cfg->limits);
+    srv->sources = source_table_new(cfg->limits.max_connections);
+    if (srv->sources == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
 
-    h2o_config_init(&srv->globalconf);
-    /* h2o buffers whole bodies and resets streams past this size; keep it well above the protocol
-     * limit so oversized bodies reach the router and get a proper resource_exhausted. */
-    srv->globalconf.max_request_entity_size = cfg->limits.max_body_bytes * 16u;
-    srv->globalconf.http2.max_concurrent_requests_per_connection = cfg->limits.max_streams_per_connection;
-    srv->globalconf.http2.idle_timeout = cfg->limits.idle_timeout_ms;
-    srv->globalconf.http1.req_timeout = cfg->limits.idle_timeout_ms;
-    srv->globalconf.http2.graceful_shutdown_timeout = cfg->limits.shutdown_grace_ms;
-    srv->globalconf.server_name = h2o_iovec_init(H2O_STRLIT("keyfleetd"));
-    h2o_hostconf_t *host = h2o_config_register_host(&srv->globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
-    kfd_handler *handler = (kfd_handler *)h2o_create_handler(path, sizeof(*handler));
-    handler->super.on_req = on_req;
-    handler->srv = srv;
-    h2o_context_init(&srv->ctx, loop, &srv->globalconf);
+    /* h2o buffers whole bodies and resets HTTP/2 streams past this size; keep it well above the
+     * protocol limit so oversized bodies reach the router and get a proper resource_exhausted. */
+    configure_h2o(srv, &srv->globalconf, &srv->ctx, cfg->limits.max_body_bytes * 16u);
+    configure_h2o(srv, &srv->http1_conf, &srv->http1_ctx, HTTP1_MAX_BODY);
 
     SSL_CTX *ctx = NULL;
     int r = build_ssl_ctx(srv, &ctx, err);
@@ -350,6 +480,8 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
     srv->accept_ctx.ctx = &srv->ctx;
     srv->accept_ctx.hosts = srv->globalconf.hosts;
     srv->accept_ctx.ssl_ctx = ctx;
+    srv->http1_accept.ctx = &srv->http1_ctx;
+    srv->http1_accept.hosts = srv->http1_conf.hosts;
     return 0;
 }
 
@@ -392,29 +524,32 @@ static int write_port_file(kfd_server *srv, kf_err *err)
 
 int kfd_server_listen(kfd_server *srv, kf_err *err)
 {
-    const kf_strlist *l = &srv->cfg->listen;
-    srv->listeners = calloc(l->n, sizeof(*srv->listeners));
+    const kf_strlist *rpc = &srv->cfg->listen, *probe = &srv->cfg->probe_listen;
+    srv->listeners = calloc(rpc->n + probe->n, sizeof(*srv->listeners));
     if (srv->listeners == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t i = 0; i < rpc->n + probe->n; i++) {
+        bool is_probe = i >= rpc->n;
+        const char *spec = is_probe ? probe->v[i - rpc->n] : rpc->v[i];
         kfd_listener *li = &srv->listeners[i];
         struct sockaddr_storage ss;
-        int r = parse_listen(l->v[i], &ss, err);
+        int r = parse_listen(spec, &ss, err);
         if (r != 0)
             return r;
         li->srv = srv;
+        li->probe = is_probe;
         uv_tcp_init(srv->loop, &li->tcp);
         li->open = true;
         srv->n_listeners++;
         if ((r = uv_tcp_bind(&li->tcp, (struct sockaddr *)&ss, 0)) != 0 ||
             (r = uv_listen((uv_stream_t *)&li->tcp, 1024, on_accept)) != 0)
-            return kf_err_set(err, r, "listen on %s: %s", l->v[i], uv_strerror(r));
+            return kf_err_set(err, r, "listen on %s: %s", spec, uv_strerror(r));
         struct sockaddr_storage bound;
         int len = sizeof(bound);
         uv_tcp_getsockname(&li->tcp, (struct sockaddr *)&bound, &len);
         li->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                      : ((struct sockaddr_in *)&bound)->sin_port);
-        kf_log_info("listening", "addr=%s port=%d", l->v[i], li->port);
+        kf_log_info("listening", "addr=%s port=%d%s", spec, li->port, is_probe ? " probe=yes" : "");
     }
     return write_port_file(srv, err);
 }
@@ -467,6 +602,7 @@ static void on_stop_signal(uv_signal_t *sig, int signum)
     close_listeners(srv);
     /* GOAWAY to HTTP/2 clients, close idle HTTP/1 ones; in-flight requests finish. */
     h2o_context_request_shutdown(&srv->ctx);
+    h2o_context_request_shutdown(&srv->http1_ctx);
     srv->drain_deadline = uv_now(srv->loop) + srv->cfg->limits.shutdown_grace_ms;
     uv_timer_start(&srv->drain_timer, on_drain_tick, 0, DRAIN_POLL_MS);
 }
@@ -495,6 +631,9 @@ int kfd_server_run(kfd_server *srv)
     uv_prepare_init(srv->loop, &srv->log_flush);
     uv_prepare_start(&srv->log_flush, on_log_flush);
     uv_unref((uv_handle_t *)&srv->log_flush);
+    uv_check_init(srv->loop, &srv->refused_writes);
+    srv->refused_writes.data = srv;
+    uv_unref((uv_handle_t *)&srv->refused_writes);
     kf_log_set_buffered(true);
     uv_signal_init(srv->loop, &srv->sig_term);
     uv_signal_init(srv->loop, &srv->sig_int);
@@ -516,16 +655,20 @@ void kfd_server_dispose(kfd_server *srv)
     close_listeners(srv);
     uv_handle_t *handles[] = {(uv_handle_t *)&srv->sig_term, (uv_handle_t *)&srv->sig_int,
                               (uv_handle_t *)&srv->sig_hup, (uv_handle_t *)&srv->drain_timer,
-                              (uv_handle_t *)&srv->log_flush};
+                              (uv_handle_t *)&srv->log_flush, (uv_handle_t *)&srv->refused_writes};
     for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
         if (handles[i]->loop != NULL && !uv_is_closing(handles[i]))
             uv_close(handles[i], on_handle_closed);
     uv_run(srv->loop, UV_RUN_NOWAIT);
     /* request_shutdown leaves its timer armed; h2o asserts every timeout is empty on dispose. */
-    if (h2o_timeout_is_linked(&srv->ctx.http2._graceful_shutdown_timeout))
-        h2o_timeout_unlink(&srv->ctx.http2._graceful_shutdown_timeout);
-    h2o_context_dispose(&srv->ctx);
+    h2o_context_t *ctxs[] = {&srv->ctx, &srv->http1_ctx};
+    for (size_t i = 0; i < 2; i++) {
+        if (h2o_timeout_is_linked(&ctxs[i]->http2._graceful_shutdown_timeout))
+            h2o_timeout_unlink(&ctxs[i]->http2._graceful_shutdown_timeout);
+        h2o_context_dispose(ctxs[i]);
+    }
     h2o_config_dispose(&srv->globalconf);
+    h2o_config_dispose(&srv->http1_conf);
     while (srv->ssl_generations != NULL) {
         kfd_ssl_generation *g = srv->ssl_generations;
         srv->ssl_generations = g->next;

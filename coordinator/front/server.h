@@ -24,16 +24,26 @@ struct kfd_server {
     h2o_globalconf_t globalconf;
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx;
+    /* HTTP/1.1 connections (ALPN http/1.1: health checks and scrapers; RPCs need HTTP/2) have
+     * their own h2o configuration: h2o reads a whole HTTP/1.1 body before the router sees it,
+     * and the HTTP/2 guard's body budgets do not reach it, so a body there is kept short. */
+    h2o_globalconf_t http1_conf;
+    h2o_context_t http1_ctx;
+    h2o_accept_ctx_t http1_accept;
     struct kfd_listener *listeners;
     size_t n_listeners;
     kfd_ssl_generation *ssl_generations; /* every SSL_CTX ever served, newest first (peer.h) */
     struct kfd_source_table *sources;
     uint32_t connections;
     uint64_t h2_body_bytes; /* request body bytes h2o holds for bodies still arriving (h2guard.h) */
+    uint64_t h2_open_streams; /* HTTP/2 streams open on all connections, as the guards last saw them */
     uint64_t accept_errors_logged_ms; /* when an accept error was last logged (rate limit) */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uv_prepare_t log_flush; /* writes the turn's log lines before the loop waits */
+    uv_check_t refused_writes;   /* hands writes libuv refused back to h2o (server.c, uv_write) */
+    struct kfd_conn *conns;      /* every client connection */
+    struct kfd_conn *refused;    /* those with a refused write to hand back this loop turn */
     uint64_t drain_deadline;
     bool draining;
     int exit_code;

@@ -20,6 +20,7 @@ typedef struct request {
     kf_secbuf *body;
     kf_secbuf *resp;
     bool too_big;
+    char *peer_cert; /* PEM, with opts.peer_cert */
     int attempt;
     int max_attempts;
     CURL *easy;
@@ -29,8 +30,7 @@ typedef struct request {
     void *arg;
     kfd_http_response result; /* set when finishing */
     char errbuf[CURL_ERROR_SIZE];
-    char location[1024];      /* of the current attempt's response; "" when none */
-    uint32_t retry_after_s;
+    kfd_http_headers hdr;     /* of the current attempt's response */
     struct request *next, *prev;
 } request;
 
@@ -150,8 +150,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
-/* Retry-After is delta-seconds or an HTTP date (RFC 9110 10.2.3); 0 when absent or unreadable. */
-static uint32_t parse_retry_after(const char *v)
+uint32_t kfd_http_retry_after(const char *v)
 {
     if (*v >= '0' && *v <= '9') {
         char *end = NULL;
@@ -164,20 +163,16 @@ static uint32_t parse_retry_after(const char *v)
     return when - now > 86400 ? 86400 : (uint32_t)(when - now);
 }
 
-/* Keeps the response headers callers act on: Location and Retry-After. A status line starts a new
- * response (an interim 100 Continue, or the answer after it), whose headers replace the old ones. */
-static size_t on_header(char *data, size_t size, size_t nitems, void *userp)
+void kfd_http_header_line(kfd_http_headers *hd, const char *data, size_t n)
 {
-    request *q = userp;
-    size_t n = size * nitems;
     if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
-        q->location[0] = '\0';
-        q->retry_after_s = 0;
-        return n;
+        hd->location[0] = '\0';
+        hd->retry_after_s = 0;
+        return;
     }
     const char *colon = memchr(data, ':', n);
     if (colon == NULL)
-        return n;
+        return;
     size_t name_len = (size_t)(colon - data);
     const char *v = colon + 1;
     size_t v_len = n - name_len - 1;
@@ -186,16 +181,23 @@ static size_t on_header(char *data, size_t size, size_t nitems, void *userp)
     while (v_len > 0 && (v[v_len - 1] == '\r' || v[v_len - 1] == '\n' || v[v_len - 1] == ' '))
         v_len--;
     if (name_len == 8 && strncasecmp(data, "location", 8) == 0) {
-        size_t keep = v_len < sizeof(q->location) - 1 ? v_len : sizeof(q->location) - 1;
-        memcpy(q->location, v, keep);
-        q->location[keep] = '\0';
+        size_t keep = v_len < sizeof(hd->location) - 1 ? v_len : sizeof(hd->location) - 1;
+        memcpy(hd->location, v, keep);
+        hd->location[keep] = '\0';
     } else if (name_len == 11 && strncasecmp(data, "retry-after", 11) == 0 && v_len < 64) {
         char buf[64];
         memcpy(buf, v, v_len);
         buf[v_len] = '\0';
-        q->retry_after_s = parse_retry_after(buf);
+        hd->retry_after_s = kfd_http_retry_after(buf);
     }
-    return n;
+}
+
+/* Keeps the response headers callers act on: Location and Retry-After. */
+static size_t on_header(char *data, size_t size, size_t nitems, void *userp)
+{
+    request *q = userp;
+    kfd_http_header_line(&q->hdr, data, size * nitems);
+    return size * nitems;
 }
 
 static void wipe_slist(request *q)
@@ -226,6 +228,7 @@ static void on_request_closed(uv_handle_t *handle)
     free(q->headers);
     kf_secbuf_free(q->body);
     kf_secbuf_free(q->resp);
+    free(q->peer_cert);
     free(q->method);
     free(q->url);
     free(q);
@@ -250,8 +253,9 @@ static void deliver(uv_timer_t *t)
     if (q->result.status == 0) {
         q->result.body = q->resp != NULL ? (const char *)q->resp->data : "";
         q->result.body_len = q->resp != NULL ? q->resp->len : 0;
-        q->result.location = q->location[0] != '\0' ? q->location : NULL;
-        q->result.retry_after_s = q->retry_after_s;
+        q->result.location = q->hdr.location[0] != '\0' ? q->hdr.location : NULL;
+        q->result.retry_after_s = q->hdr.retry_after_s;
+        q->result.peer_cert = q->peer_cert;
     }
     q->cb(q->arg, &q->result);
     uv_close((uv_handle_t *)&q->timer, on_request_closed);
@@ -266,6 +270,22 @@ static void finish(request *q, int status, long code, const char *error)
     if (status != 0)
         q->h->stats.failures++;
     uv_timer_start(&q->timer, deliver, 0, 0);
+}
+
+/* The server's certificate of this attempt (curl's CERTINFO: the chain, leaf first, each with a
+ * "Cert:" PEM line). A connection reused would carry none: callers that ask use no_reuse. */
+static void keep_peer_cert(request *q, CURL *e)
+{
+    free(q->peer_cert);
+    q->peer_cert = NULL;
+    struct curl_certinfo *ci = NULL;
+    if (curl_easy_getinfo(e, CURLINFO_CERTINFO, &ci) != CURLE_OK || ci == NULL || ci->num_of_certs < 1)
+        return;
+    for (struct curl_slist *l = ci->certinfo[0]; l != NULL; l = l->next)
+        if (strncmp(l->data, "Cert:", 5) == 0) {
+            q->peer_cert = strdup(l->data + 5);
+            return;
+        }
 }
 
 static int transport_errno(CURLcode rc, bool too_big)
@@ -297,6 +317,8 @@ static void check_done(kfd_http *h)
         long code = 0;
         curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &code);
         CURLcode rc = m->data.result;
+        if (q->h->opts.peer_cert)
+            keep_peer_cert(q, m->easy_handle);
         release_easy(q);
         bool transport = rc != CURLE_OK;
         /* 412: a Vault Enterprise performance standby has not yet seen the write an index
@@ -304,8 +326,8 @@ static void check_done(kfd_http *h)
         bool retryable = (transport && !q->too_big) || code == 412 || code == 429 || (code >= 500 && code != 501);
         /* The server said when to come back: sooner would be refused again, and a wait longer
          * than we allow goes back to the caller, which holds off as asked. */
-        bool asked_wait = !transport && (code == 429 || code == 503) && q->retry_after_s > 0;
-        uint64_t wanted = asked_wait ? (uint64_t)q->retry_after_s * 1000 : 0;
+        bool asked_wait = !transport && (code == 429 || code == 503) && q->hdr.retry_after_s > 0;
+        uint64_t wanted = asked_wait ? (uint64_t)q->hdr.retry_after_s * 1000 : 0;
         if (asked_wait && wanted > h->opts.max_retry_after_ms)
             retryable = false;
         if (!retryable || q->attempt >= q->max_attempts) {
@@ -333,8 +355,8 @@ static void start_attempt(request *q)
     q->attempt++;
     q->too_big = false;
     q->errbuf[0] = '\0';
-    q->location[0] = '\0';
-    q->retry_after_s = 0;
+    q->hdr.location[0] = '\0';
+    q->hdr.retry_after_s = 0;
     q->easy = curl_easy_init();
     bool ok = q->easy != NULL;
     for (size_t i = 0; ok && i <= q->n_headers; i++) {
@@ -374,6 +396,8 @@ static void start_attempt(request *q)
         curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
     if (h->opts.no_reuse)
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    if (h->opts.peer_cert)
+        curl_easy_setopt(e, CURLOPT_CERTINFO, 1L);
     if (h->cert_file != NULL && h->key_file != NULL) {
         curl_easy_setopt(e, CURLOPT_SSLCERT, h->cert_file);
         curl_easy_setopt(e, CURLOPT_SSLKEY, h->key_file);

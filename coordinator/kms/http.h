@@ -31,6 +31,7 @@ typedef struct kfd_http_opts {
     int max_attempts;          /* 1 means no retry */
     size_t max_response;       /* larger responses fail with -EMSGSIZE */
     bool no_proxy;             /* never through a proxy (http_proxy etc.): Azure's IMDS must be reached directly */
+    bool peer_cert;            /* hand the callback the server's certificate (a caller that checks who answered) */
 } kfd_http_opts;
 
 typedef struct kfd_http_response {
@@ -43,9 +44,23 @@ typedef struct kfd_http_response {
     /* Response headers the callers act on (of the last attempt, when status is 0): */
     const char *location;  /* Location (3xx), or NULL; valid during the callback */
     uint32_t retry_after_s; /* Retry-After (seconds or an HTTP date), 0 when absent */
+    const char *peer_cert;  /* with opts.peer_cert: the server's certificate (PEM) of the last attempt, or NULL */
 } kfd_http_response;
 
 typedef void (*kfd_http_cb)(void *arg, const kfd_http_response *res);
+
+/* The response headers kept from one response: its Location and Retry-After. */
+typedef struct kfd_http_headers {
+    char location[1024]; /* "" when none; cut to fit */
+    uint32_t retry_after_s;
+} kfd_http_headers;
+/* Takes one header line as curl hands it (n bytes, "Name: value\r\n", not NUL-terminated); a
+ * status line starts a new response (an interim 100 Continue, or the answer after it), whose
+ * headers replace the old ones. Fuzzed (tests/fuzz/fuzz_http_header.c). */
+void kfd_http_header_line(kfd_http_headers *hd, const char *data, size_t n);
+/* Retry-After is delta-seconds or an HTTP date (RFC 9110 10.2.3), at most a day; 0 when
+ * unreadable. */
+uint32_t kfd_http_retry_after(const char *value);
 
 int kfd_http_new(uv_loop_t *loop, const kfd_http_opts *opts, kfd_http **ret, kf_err *err);
 /* Drops requests still in flight without calling their callbacks; the owner drains first. */

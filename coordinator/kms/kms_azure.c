@@ -39,7 +39,7 @@
 
 #define SECRET_FILE_MAX 4096
 #define ASSERTION_FILE_MAX 6144
-#define VERSION_MAX 128
+#define VERSION_MAX KFD_AZURE_VERSION_MAX
 
 typedef struct azure {
     kfd_remote_kms rk; /* first */
@@ -79,33 +79,15 @@ typedef struct acall {
 static void wrap_key(azure *a, const char *volume_id, const kf_secbuf *key, kf_secbuf *generated, kfd_kms_cb cb,
                      void *arg);
 
-/* Checks that kid is VAULT/keys/NAME/VERSION of our key and copies VERSION. */
 static int kid_version(const azure *a, const char *kid, char version[VERSION_MAX])
 {
-    size_t plen = strlen(a->key_prefix);
-    if (kid == NULL || strncmp(kid, a->key_prefix, plen) != 0)
-        return -EINVAL;
-    const char *v = kid + plen;
-    size_t n = strlen(v);
-    if (n != 32) /* Key Vault and Managed HSM key versions are 32 hex digits */
-        return -EINVAL;
-    for (const char *p = v; *p; p++)
-        if (!((*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F') || (*p >= '0' && *p <= '9')))
-            return -EINVAL;
-    memcpy(version, v, n + 1);
-    return 0;
+    return kfd_azure_kid_version(a->key_prefix, kid, version);
 }
 
 static void azure_error(const kfd_http_response *res, char *out, size_t size)
 {
     json_t *j = kfd_remote_json(res);
-    const char *code = kfd_json_str(j, "error", "code"), *msg = kfd_json_str(j, "error", "message");
-    /* Key Vault's 403s name the cause here: ForbiddenByRbac, ForbiddenByFirewall, ForbiddenByPolicy */
-    const char *inner = kfd_json_str(json_object_get(j, "error"), "innererror", "code");
-    if (code == NULL) /* Entra ID and IMDS: {"error":"invalid_client","error_description":"..."} */
-        code = kfd_json_str(j, "error", NULL), msg = kfd_json_str(j, "error_description", NULL);
-    snprintf(out, size, "%s%s%s: %s", code != NULL ? code : "no error code", inner != NULL ? "/" : "",
-             inner != NULL ? inner : "", msg != NULL ? msg : "no message");
+    kfd_azure_error(j, out, size);
     json_decref(j);
 }
 
@@ -130,53 +112,6 @@ static const char *op_name(const acall *c)
     return names[c->kind];
 }
 
-static bool has_op(const json_t *ops, const char *op)
-{
-    size_t i;
-    const json_t *v;
-    json_array_foreach(ops, i, v)
-    {
-        if (json_is_string(v) && strcmp(json_string_value(v), op) == 0)
-            return true;
-    }
-    return false;
-}
-
-/* Why keyfleet cannot wrap with this key bundle now (kty, key_ops, enabled, nbf, exp), or NULL;
- * *no_unwrap says whether Key Vault would refuse unwrapkey with this version too (an expired or
- * not-yet-valid version still unwraps; a disabled one does nothing). */
-static const char *key_unusable(const json_t *j, char *buf, size_t size, bool *no_unwrap)
-{
-    const json_t *key = json_object_get(j, "key");
-    const char *kty = json_string_value(json_object_get(key, "kty"));
-    const json_t *ops = json_object_get(key, "key_ops");
-    const json_t *attrs = json_object_get(j, "attributes");
-    const json_t *enabled = json_object_get(attrs, "enabled");
-    const json_t *exp = json_object_get(attrs, "exp"), *nbf = json_object_get(attrs, "nbf");
-    long long now = (long long)time(NULL);
-    bool rsa = kty != NULL && (strcmp(kty, "RSA") == 0 || strcmp(kty, "RSA-HSM") == 0);
-    *no_unwrap = !rsa || !has_op(ops, "unwrapKey") || json_is_false(enabled);
-    if (kty == NULL || (strcmp(kty, "RSA") != 0 && strcmp(kty, "RSA-HSM") != 0))
-        snprintf(buf, size, "its kty is %s, not RSA or RSA-HSM (keyfleet wraps with RSA-OAEP-256)",
-                 kty != NULL && kfd_json_safe(kty) && strlen(kty) < 32 ? kty : "missing or odd");
-    else if (!has_op(ops, "wrapKey") || !has_op(ops, "unwrapKey"))
-        snprintf(buf, size, "its key_ops lack %s (set them with az keyvault key set-attributes --ops wrapKey unwrapKey)",
-                 !has_op(ops, "wrapKey") && !has_op(ops, "unwrapKey") ? "wrapKey and unwrapKey"
-                 : !has_op(ops, "wrapKey")                           ? "wrapKey"
-                                                                     : "unwrapKey");
-    else if (json_is_false(enabled))
-        snprintf(buf, size, "it is disabled (attributes.enabled: false; enable it, or rotate to a new version)");
-    else if (json_is_integer(exp) && now >= (long long)json_integer_value(exp))
-        snprintf(buf, size, "it expired at %lld (attributes.exp, Unix time): Key Vault refuses wrapkey with it, "
-                 "unwraps still work; rotate to a new version or move exp", (long long)json_integer_value(exp));
-    else if (json_is_integer(nbf) && now < (long long)json_integer_value(nbf))
-        snprintf(buf, size, "it is not valid before %lld (attributes.nbf, Unix time): Key Vault refuses wrapkey "
-                 "with it until then", (long long)json_integer_value(nbf));
-    else
-        return NULL;
-    return buf;
-}
-
 static void answer_key_bundle(acall *c, json_t *j)
 {
     azure *a = c->a;
@@ -188,7 +123,7 @@ static void answer_key_bundle(acall *c, json_t *j)
     char why[300];
     bool no_unwrap = false;
     memcpy(a->read_version, version, sizeof(version));
-    if (key_unusable(j, why, sizeof(why), &no_unwrap) != NULL) {
+    if (kfd_azure_key_unusable(j, (long long)time(NULL), why, sizeof(why), &no_unwrap) != NULL) {
         bool was = a->unusable;
         a->read_no_unwrap = no_unwrap;
         snprintf(a->unusable_msg, sizeof(a->unusable_msg), "azure key %s%s%s cannot be used: %s", a->key,
@@ -290,12 +225,8 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         return;
     }
     if (c->kind == OP_WRAP) {
-        char ref[512], wrapped[KFD_WRAPPED_MAX];
-        int r = kf_b64_encode((const uint8_t *)kid, strlen(kid), true, ref, sizeof(ref)) > 0 ? 0 : -ENOSPC;
-        if (r == 0 && !kfd_json_safe(value))
-            r = -EINVAL;
-        if (r == 0)
-            r = kfd_wrapped_format("azure", ref, c->kcv, value, wrapped, sizeof(wrapped));
+        char wrapped[KFD_WRAPPED_MAX];
+        int r = kfd_azure_wrapped(a->key_prefix, j, c->kcv, wrapped, sizeof(wrapped), version);
         json_decref(j);
         if (r != 0) {
             fail_call(c, -EIO, "azure answer: ", "the wrapped value cannot be stored");
@@ -563,16 +494,13 @@ static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
         return;
     }
     json_t *j = kfd_remote_json(res);
-    const char *tok = kfd_json_str(j, "access_token", NULL);
-    const json_t *exp = json_object_get(j, "expires_in"); /* a number from Entra ID, a string from IMDS */
-    json_int_t ttl = json_is_integer(exp) ? json_integer_value(exp)
-                     : json_is_string(exp) ? strtoll(json_string_value(exp), NULL, 10)
-                                           : -1;
-    if (tok == NULL || ttl <= 0) {
+    const char *tok = NULL;
+    uint64_t ttl = 0;
+    if (kfd_azure_login_answer(j, &tok, &ttl) != 0) {
         snprintf(msg, sizeof(msg), "%s: the answer has no access_token or expires_in", what);
         kfd_token_fetched(a->rk.token, -EPROTO, NULL, 0, 0, msg);
     } else {
-        kfd_token_fetched(a->rk.token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
+        kfd_token_fetched(a->rk.token, 0, tok, strlen(tok), ttl, NULL);
     }
     json_decref(j);
 }

@@ -103,22 +103,7 @@ void kfd_remote_start(kfd_remote_call *c)
 
 json_t *kfd_remote_json(const kfd_http_response *res)
 {
-    if (res->status != 0 || res->body == NULL || res->body_len == 0)
-        return NULL;
-    json_t *j = json_loadb(res->body, res->body_len, JSON_REJECT_DUPLICATES, NULL);
-    if (j != NULL && !json_is_object(j)) {
-        json_decref(j);
-        j = NULL;
-    }
-    return j;
-}
-
-const char *kfd_json_str(const json_t *obj, const char *key1, const char *key2)
-{
-    const json_t *v = json_object_get(obj, key1);
-    if (key2 != NULL)
-        v = json_object_get(v, key2);
-    return json_string_value(v);
+    return res->status == 0 ? kfd_json_object(res->body, res->body_len) : NULL;
 }
 
 void kfd_remote_fail(kfd_kms_cb cb, void *arg, int status, const char *fmt, ...)
@@ -130,14 +115,6 @@ void kfd_remote_fail(kfd_kms_cb cb, void *arg, int status, const char *fmt, ...)
     va_end(ap);
     kfd_kms_result res = {.status = status, .message = msg};
     cb(arg, &res);
-}
-
-bool kfd_json_safe(const char *s)
-{
-    for (; *s; s++)
-        if (*s < ' ' || *s > '~' || *s == '"' || *s == '\\')
-            return false;
-    return true;
 }
 
 /* jansson's strings can hold data keys (base64) and tokens: wipe every block it frees. */

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "kms/http.h"
+#include "kms/kms_answer.h"
 #include "kms/kms.h"
 #include "kms/kms_token.h"
 
@@ -84,14 +85,10 @@ void kfd_remote_clear(kfd_remote_call *c);
 
 /* Parses a JSON answer; NULL when the body is not a JSON object. */
 json_t *kfd_remote_json(const kfd_http_response *res);
-/* The string at obj.key1[.key2], or NULL. */
-const char *kfd_json_str(const json_t *obj, const char *key1, const char *key2);
 
 /* Calls cb with a failure. */
 void kfd_remote_fail(kfd_kms_cb cb, void *arg, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-/* A JSON-safe value for our bodies: printable ASCII without quotes or backslashes. */
-bool kfd_json_safe(const char *s);
 
 /* Makes jansson wipe what it frees; keyfleetd calls it once at start, before any JSON. */
 void kfd_json_wipe_on_free(void);

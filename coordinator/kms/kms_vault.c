@@ -63,46 +63,11 @@ typedef struct lookup {
     char why[300];
 } lookup;
 
-/* "vault:vN:BODY" → N and BODY; 0 or -EINVAL. */
-static int parse_ciphertext(const char *ct, uint32_t *version, const char **body)
-{
-    if (ct == NULL || strncmp(ct, "vault:v", 7) != 0)
-        return -EINVAL;
-    char *end = NULL;
-    errno = 0;
-    unsigned long n = strtoul(ct + 7, &end, 10);
-    if (errno != 0 || end == ct + 7 || *end != ':' || n == 0 || n > UINT32_MAX || ct[7] == '0')
-        return -EINVAL;
-    const char *b = end + 1;
-    if (*b == '\0')
-        return -EINVAL;
-    for (const char *p = b; *p; p++)
-        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '+' ||
-              *p == '/' || *p == '='))
-            return -EINVAL;
-    *version = (uint32_t)n;
-    *body = b;
-    return 0;
-}
-
 /* Vault's {"errors":[...]} as one line. */
 static void vault_errors(const kfd_http_response *res, char *out, size_t size)
 {
     json_t *j = kfd_remote_json(res);
-    const json_t *errs = json_object_get(j, "errors");
-    size_t used = 0, i;
-    json_t *e;
-    out[0] = '\0';
-    json_array_foreach(errs, i, e)
-    {
-        const char *s = json_string_value(e);
-        if (s != NULL && used < size) {
-            int n = snprintf(out + used, size - used, "%s%s", used ? "; " : "", s);
-            used += n > 0 ? (size_t)n : 0;
-        }
-    }
-    if (out[0] == '\0')
-        snprintf(out, size, "no error message");
+    kfd_vault_errors(j, out, size);
     json_decref(j);
 }
 
@@ -331,13 +296,11 @@ static void key_answer(vcall *c, json_t *j)
     } else {
         uint32_t version = 0;
         const char *body = NULL;
-        r = parse_ciphertext(ct, &version, &body) == 0 ? 0 : -EPROTO;
+        r = kfd_vault_ciphertext(ct, &version, &body) == 0 ? 0 : -EPROTO;
         if (r == 0 && c->kind == OP_GENERATE)
             r = kfd_kcv(c->volume_id, key->data, c->kcv);
-        char ref[16];
-        snprintf(ref, sizeof(ref), "v%u", version);
         if (r == 0)
-            r = kfd_wrapped_format("vault", ref, c->kcv, body, wrapped, sizeof(wrapped));
+            r = kfd_vault_wrapped(ct, c->kcv, wrapped, sizeof(wrapped), &version);
         note_version(v, version);
         out.plaintext = key;
         out.wrapped = wrapped;
@@ -403,36 +366,19 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
 static void read_key_answer(vcall *c, json_t *j)
 {
     vault *v = c->v;
-    const json_t *data = json_object_get(j, "data");
-    const json_t *keys = json_object_get(data, "keys");
-    uint32_t latest = 0;
-    const char *name;
-    json_t *val;
-    json_object_foreach((json_t *)keys, name, val)
-    {
-        char *end = NULL;
-        unsigned long n = strtoul(name, &end, 10);
-        if (end != name && *end == '\0' && n <= UINT32_MAX && n > latest)
-            latest = (uint32_t)n;
-    }
-    json_int_t lv = json_integer_value(json_object_get(data, "latest_version"));
-    if (lv > 0 && lv <= UINT32_MAX && (uint32_t)lv > latest)
-        latest = (uint32_t)lv;
-    json_int_t mdv = json_integer_value(json_object_get(data, "min_decryption_version"));
-    const char *type = json_string_value(json_object_get(data, "type"));
-    const json_t *enc = json_object_get(data, "supports_encryption");
+    kfd_vault_key k;
+    kfd_vault_key_read(j, &k);
     v->unusable_msg[0] = '\0';
-    if (json_is_true(json_object_get(data, "derived")))
+    if (k.derived)
         snprintf(v->unusable_msg, sizeof(v->unusable_msg),
                  "vault Transit key %s/keys/%s is derived (derived: true); keyfleet refuses derived keys (it binds "
                  "keys to volumes itself and sends no context): use a key created without derived=true",
                  v->mount, v->key);
-    else if (json_is_false(enc) || (type != NULL && strcmp(type, "aes256-gcm96") != 0 &&
-                                    strcmp(type, "aes128-gcm96") != 0 && strcmp(type, "chacha20-poly1305") != 0))
+    else if (k.no_encryption)
         snprintf(v->unusable_msg, sizeof(v->unusable_msg),
                  "vault Transit key %s/keys/%s is of type %s (supports_encryption: %s); keyfleet needs a symmetric "
                  "encryption key (aes256-gcm96, aes128-gcm96 or chacha20-poly1305) for datakey, encrypt and decrypt",
-                 v->mount, v->key, type != NULL ? type : "(none)", json_is_false(enc) ? "false" : "true");
+                 v->mount, v->key, k.type != NULL ? k.type : "(none)", k.encryption_false ? "false" : "true");
     if (v->unusable_msg[0] != '\0') {
         if (!v->unusable)
             kf_log_error("kms_key_unusable", "backend=vault-transit key=%s error=%s", v->key, kf_log_q(v->unusable_msg));
@@ -441,13 +387,13 @@ static void read_key_answer(vcall *c, json_t *j)
         return;
     }
     v->unusable = false;
-    if (latest == 0) {
+    if (k.latest == 0) {
         fail_call(c, -EIO, "vault answer: ", "the key lists no versions");
         return;
     }
-    v->latest = latest;
-    v->min_decrypt = mdv > 0 && mdv <= UINT32_MAX ? (uint32_t)mdv : 1;
-    kfd_kms_result out = {.key_version = latest, .latest_version = latest};
+    v->latest = k.latest;
+    v->min_decrypt = k.min_decrypt;
+    kfd_kms_result out = {.key_version = k.latest, .latest_version = k.latest};
     c->rc.cb(c->rc.arg, &out);
     vcall_free(c);
 }
@@ -529,7 +475,7 @@ static void with_ciphertext(vault *v, op_kind kind, const char *op, const char *
     char ct[KFD_WRAPPED_MAX];
     if (kfd_wrapped_parse(wrapped, "vault", &w) != 0 ||
         snprintf(ct, sizeof(ct), "vault:%s:%s", w.ref, w.payload) >= (int)sizeof(ct) ||
-        parse_ciphertext(ct, &version, &body) != 0) {
+        kfd_vault_ciphertext(ct, &version, &body) != 0) {
         kfd_remote_fail(cb, arg, -EINVAL, "%s", "wrapped key is not a well-formed vault-transit key");
         return;
     }
@@ -624,12 +570,12 @@ static void on_login(kfd_remote_call *rc, const kfd_http_response *res)
         kfd_token_fetched(v->rk.token, status, NULL, 0, 0, msg);
     } else {
         json_t *j = kfd_remote_json(res);
-        const char *tok = kfd_json_str(j, "auth", "client_token");
-        json_int_t ttl = json_integer_value(json_object_get(json_object_get(j, "auth"), "lease_duration"));
-        if (tok == NULL || ttl < 0)
+        const char *tok = NULL;
+        uint64_t ttl = 0;
+        if (kfd_vault_login_answer(j, &tok, &ttl) != 0)
             kfd_token_fetched(v->rk.token, -EIO, NULL, 0, 0, "the login answer has no auth.client_token");
         else
-            kfd_token_fetched(v->rk.token, 0, tok, strlen(tok), (uint64_t)ttl, NULL);
+            kfd_token_fetched(v->rk.token, 0, tok, strlen(tok), ttl, NULL);
         json_decref(j);
     }
     kf_secbuf_free(file_token);

@@ -58,6 +58,16 @@ static const char *field(const char *p, char *dst, size_t dst_size)
     return colon + 1;
 }
 
+bool kfd_wrapped_payload_ok(const char *p)
+{
+    if (*p == '\0')
+        return false;
+    for (; *p; p++)
+        if (*p == ':' || *p <= ' ' || *p > '~')
+            return false;
+    return true;
+}
+
 int kfd_wrapped_parse(const char *text, const char *backend, kfd_wrapped *ret)
 {
     char b[32];
@@ -65,11 +75,9 @@ int kfd_wrapped_parse(const char *text, const char *backend, kfd_wrapped *ret)
         return -EINVAL;
     const char *p = field(text + 3, b, sizeof(b));
     if (p == NULL || strcmp(b, backend) != 0 || (p = field(p, ret->ref, sizeof(ret->ref))) == NULL ||
-        (p = field(p, ret->kcv, sizeof(ret->kcv))) == NULL || strlen(ret->kcv) != KFD_KCV_TEXT_LEN || *p == '\0')
+        (p = field(p, ret->kcv, sizeof(ret->kcv))) == NULL || strlen(ret->kcv) != KFD_KCV_TEXT_LEN ||
+        !kfd_wrapped_payload_ok(p))
         return -EINVAL;
-    for (const char *c = p; *c; c++)
-        if (*c == ':' || *c <= ' ' || *c > '~')
-            return -EINVAL;
     ret->payload = p;
     return 0;
 }

@@ -8,6 +8,7 @@
 #ifndef KFD_KMS_WRAPPED_H
 #define KFD_KMS_WRAPPED_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,9 @@ int kfd_kcv_check(const char *volume_id, const uint8_t key[32], const char *kcv)
 /* Returns 0, or -ENOSPC. */
 int kfd_wrapped_format(const char *backend, const char *ref, const char *kcv, const char *payload, char *out,
                        size_t out_size);
+/* Whether a KMS's ciphertext can be stored as PAYLOAD: printable ASCII without spaces or ':'. A
+ * wrapped key that kfd_wrapped_parse refuses could never be unwrapped. */
+bool kfd_wrapped_payload_ok(const char *payload);
 /* Returns 0, or -EINVAL when text is not a well-formed BACKEND wrapped key. */
 int kfd_wrapped_parse(const char *text, const char *backend, kfd_wrapped *ret);
 

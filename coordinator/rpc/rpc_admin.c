@@ -21,6 +21,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_read.h"
+#include "rpc/rpc_check.h"
 
 bool kfd_rpc_store_ok(kfd_call *call)
 {
@@ -110,28 +111,6 @@ void kfd_rpc_list_volumes(kfd_call *call)
     kfd_store_free_volume_list(&resp);
 }
 
-/* Known nodes, each with its last heartbeat and the policy's dead-man window: a node silent for
- * longer (or never seen) is past it, its agent in watch mode has locked (docs/operations.md). */
-void kfd_rpc_list_nodes(kfd_call *call)
-{
-    if (!kfd_rpc_store_ok(call))
-        return;
-    Keyfleet__V1__ListNodesResponse resp = KEYFLEET__V1__LIST_NODES_RESPONSE__INIT;
-    if (kfd_store_list_nodes(kfd_call_app(call)->store, &resp) != 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return;
-    }
-    int64_t now = time(NULL);
-    for (size_t i = 0; i < resp.n_nodes; i++) {
-        Keyfleet__V1__NodeInfo *n = resp.nodes[i];
-        n->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, n->name);
-        n->dead_man_past = !n->revoked && n->dead_man_after_s != 0 &&
-                           (n->last_seen_at == 0 || now - n->last_seen_at > (int64_t)n->dead_man_after_s);
-    }
-    kfd_call_reply(call, &resp.base);
-    kfd_store_free_node_list(&resp);
-}
-
 typedef struct approve_op {
     kfd_op base;
     kfd_app *app;
@@ -205,12 +184,9 @@ static void on_approved(void *arg, int status, const kfd_apply_result *res, cons
 void kfd_rpc_approve(kfd_call *call)
 {
     const Keyfleet__V1__ApproveRequest *req = (const Keyfleet__V1__ApproveRequest *)call->request;
-    if (!kfd_request_id_valid(req->request_id)) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-]");
-        return;
-    }
-    if (strlen(req->comment) > 512 || strlen(req->totp_code) > 16) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "comment is at most 512 characters, totp_code 6 digits");
+    const char *bad = kfd_check_approve(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -304,8 +280,9 @@ void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const
 void kfd_rpc_deny(kfd_call *call)
 {
     const Keyfleet__V1__DenyRequest *req = (const Keyfleet__V1__DenyRequest *)call->request;
-    if (!kfd_request_id_valid(req->request_id) || strlen(req->reason) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512");
+    const char *bad = kfd_check_deny(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -473,8 +450,9 @@ void kfd_rpc_put_policy(kfd_call *call)
 void kfd_rpc_check_policy(kfd_call *call)
 {
     const Keyfleet__V1__CheckPolicyRequest *req = (const Keyfleet__V1__CheckPolicyRequest *)call->request;
-    if (!kf_name_valid(req->node, strlen(req->node)) || req->volume_id[0] == '\0' || strlen(req->volume_id) > 128) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node and volume_id are required");
+    const char *bad = kfd_check_check_policy(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -522,8 +500,9 @@ void kfd_rpc_check_policy(kfd_call *call)
 void kfd_rpc_revoke_node(kfd_call *call)
 {
     const Keyfleet__V1__RevokeNodeRequest *req = (const Keyfleet__V1__RevokeNodeRequest *)call->request;
-    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->reason) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node must be a valid node name; reason <= 512");
+    const char *bad = kfd_check_revoke_node(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -546,14 +525,9 @@ void kfd_rpc_revoke_cert(kfd_call *call)
     const Keyfleet__V1__RevokeCertRequest *req = (const Keyfleet__V1__RevokeCertRequest *)call->request;
     char serial[KF_SERIAL_MAX];
     kf_peer_kind kind = KF_PEER_NONE;
-    if (strlen(req->serial) > 128 || kf_serial_normalize(req->serial, serial) != 0) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "serial must be the certificate's serial in hex");
-        return;
-    }
-    if ((req->kind[0] != '\0' && kf_peer_kind_parse(req->kind, &kind) != 0) ||
-        (req->name[0] != '\0' && !kf_name_valid(req->name, strlen(req->name))) || strlen(req->reason) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "kind must be node, operator or coordinator; name a valid "
-                       "name; reason <= 512");
+    const char *bad = kfd_check_revoke_cert(req, serial, &kind);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))

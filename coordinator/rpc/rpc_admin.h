@@ -11,7 +11,6 @@
 
 void kfd_rpc_list_pending(kfd_call *call);
 void kfd_rpc_list_volumes(kfd_call *call);
-void kfd_rpc_list_nodes(kfd_call *call);
 void kfd_rpc_approve(kfd_call *call);
 void kfd_rpc_deny(kfd_call *call);
 void kfd_rpc_query_audit(kfd_call *call);

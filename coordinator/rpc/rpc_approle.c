@@ -32,17 +32,17 @@
 #include "rpc/rpc_change.h"
 #include "store/store_apply.h"
 #include "store/store_approle.h"
+#include "rpc/rpc_check.h"
 
 #define LOGIN_ERROR "invalid role or secret ID"
 #define LOGIN_PER_MINUTE 30
 #define LOGIN_BURST 10
-#define MAX_CIDRS 16
-#define TOKEN_TTL_DEFAULT 1200
-#define TOKEN_TTL_MAX (24 * 3600)
+#define MAX_CIDRS KFD_ROLE_MAX_CIDRS
+#define TOKEN_TTL_DEFAULT KFD_ROLE_TOKEN_TTL_DEFAULT
 #define SECRET_PREFIX "kfs."
 #define TOKEN_PREFIX KFD_TOKEN_PREFIX
 #define TOKEN_ID_HEX KFD_TOKEN_ID_HEX
-#define ACCESSOR_HEX 32
+#define ACCESSOR_HEX KFD_ROLE_ACCESSOR_HEX
 #define SECRET_TEXT_LEN (4 + 43)
 #define TOKEN_TEXT_LEN KFD_TOKEN_TEXT_LEN
 
@@ -251,39 +251,13 @@ void kfd_rpc_create_role(kfd_call *call)
     const Keyfleet__V1__Role *in = req->role;
     if (!kfd_rpc_store_ok(call))
         return;
-    if (in == NULL || !kf_name_valid(in->name, strlen(in->name))) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
+    char bad_buf[120];
+    const char *bad = kfd_check_create_role(req, bad_buf, sizeof(bad_buf));
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
-    }
-    if (strlen(req->totp_code) > 16) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
-        return;
-    }
-    if (!kf_name_valid(in->node_name, strlen(in->node_name))) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node_name must be 1..63 of [A-Za-z0-9._-]");
-        return;
-    }
-    if (in->node_group[0] != '\0' && !kf_name_valid(in->node_group, strlen(in->node_group))) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node_group must be 1..63 of [A-Za-z0-9._-]");
-        return;
-    }
-    if (in->n_bound_cidrs > MAX_CIDRS) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most %d bound CIDRs", MAX_CIDRS);
-        return;
-    }
-    for (size_t i = 0; i < in->n_bound_cidrs; i++) {
-        kfd_cidr c;
-        if (strlen(in->bound_cidrs[i]) > 50 || kfd_cidr_parse(in->bound_cidrs[i], &c) != 0) {
-            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "bound CIDR '%.50s' is not an address/prefix",
-                           in->bound_cidrs[i]);
-            return;
-        }
     }
     uint32_t ttl = in->token_ttl_seconds != 0 ? in->token_ttl_seconds : TOKEN_TTL_DEFAULT;
-    if (ttl > TOKEN_TTL_MAX) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "token TTL must be at most 24h");
-        return;
-    }
     role_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
@@ -428,8 +402,9 @@ void kfd_rpc_revoke_role(kfd_call *call)
     const Keyfleet__V1__RevokeRoleRequest *req = (const Keyfleet__V1__RevokeRoleRequest *)call->request;
     if (!kfd_rpc_store_ok(call))
         return;
-    if (!kf_name_valid(req->name, strlen(req->name))) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
+    const char *bad = kfd_check_revoke_role(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     char reason[120];
@@ -446,34 +421,14 @@ void kfd_rpc_revoke_role(kfd_call *call)
     kfd_rpc_commit_empty(call, &cmd, &keyfleet__v1__revoke_role_response__descriptor);
 }
 
-static bool lower_hex(const char *s, size_t want)
-{
-    size_t n = strlen(s);
-    if (n != want)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
-
 void kfd_rpc_revoke_role_credential(kfd_call *call)
 {
     const Keyfleet__V1__RevokeRoleCredentialRequest *req =
         (const Keyfleet__V1__RevokeRoleCredentialRequest *)call->request;
-    bool secret = req->secret_id_accessor[0] != '\0', token = req->token_id[0] != '\0';
-    if (!kf_name_valid(req->role_name, strlen(req->role_name))) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "role name must be 1..63 of [A-Za-z0-9._-]");
-        return;
-    }
-    if (secret == token) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "give exactly one of secret_id_accessor and token_id");
-        return;
-    }
-    if (secret ? !lower_hex(req->secret_id_accessor, ACCESSOR_HEX) : !lower_hex(req->token_id, TOKEN_ID_HEX)) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
-                       secret ? "secret_id_accessor must be 32 lowercase hex digits"
-                              : "token_id must be 16 lowercase hex digits (the part of the token after kft.)");
+    bool secret = req->secret_id_accessor[0] != '\0';
+    const char *bad = kfd_check_revoke_role_credential(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))

@@ -16,6 +16,7 @@
 #include "kf_log.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
+#include "rpc/rpc_check.h"
 #include "store/store.h"
 #include "store/store_read.h"
 
@@ -154,8 +155,9 @@ static int record_token(const char *node, const kfd_attest_record *rec, char see
 void kfd_rpc_get_node_attestation(kfd_call *call)
 {
     const Keyfleet__V1__GetNodeAttestationRequest *req = (const Keyfleet__V1__GetNodeAttestationRequest *)call->request;
-    if (!kf_name_valid(req->node, strlen(req->node))) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "node must be a valid node name");
+    const char *bad = kfd_check_get_node_attestation(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -215,13 +217,10 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     const Keyfleet__V1__AcceptNodeAttestationRequest *req =
         (const Keyfleet__V1__AcceptNodeAttestationRequest *)call->request;
     kf_tpm_pcrs expected;
-    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->totp_code) > 16 ||
-        (req->expected[0] != '\0' && kf_tpm_pcrs_parse(req->expected, &expected, NULL) != 0) ||
-        strlen(req->token) != KF_TPM_ATTEST_TOKEN_LEN) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
-                       "node must be a valid node name, token the %d characters keyfleetctl node attest show "
-                       "printed, expected PCR values as '0=HEX 2=HEX ...', totp_code 6 digits",
-                       KF_TPM_ATTEST_TOKEN_LEN);
+    char bad_buf[200];
+    const char *bad = kfd_check_accept_node_attestation(req, &expected, bad_buf, sizeof(bad_buf));
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))

@@ -10,6 +10,7 @@
 #include "kf_connect.h"
 #include "rpc/rpc_admin.h"
 #include "store/store_audit.h"
+#include "rpc/rpc_check.h"
 
 /* The checkpoint record of size (0: the newest) and the size it signed; answers on failure. */
 static Keyfleet__V1__AuditRecord *checkpoint_of(kfd_call *call, uint64_t size, uint64_t *ret_size)
@@ -68,6 +69,11 @@ void kfd_rpc_audit_head(kfd_call *call)
         resp.root.len = sizeof(h.root);
         resp.chain.data = h.chain;
         resp.chain.len = sizeof(h.chain);
+        if (h.state_version != 0) {
+            resp.state.data = h.state;
+            resp.state.len = sizeof(h.state);
+            resp.state_version = h.state_version;
+        }
     }
     resp.diverged_seq = kfd_store_audit_diverged(store, NULL);
     resp.vouched = kfd_store_audit_vouched(store);
@@ -106,8 +112,9 @@ static kf_merkle_hash *leaves_of(kfd_call *call, uint64_t size)
 void kfd_rpc_prove_audit(kfd_call *call)
 {
     const Keyfleet__V1__ProveAuditRequest *req = (const Keyfleet__V1__ProveAuditRequest *)call->request;
-    if (!kfd_request_id_valid(req->request_id)) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "request_id must be 16..64 of [0-9A-Za-z-]");
+    const char *bad = kfd_check_prove_audit(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))

@@ -14,6 +14,7 @@
 #include "core/audit.h"
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
+#include "rpc/rpc_check.h"
 #include "rpc/rpc_cluster.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
@@ -118,10 +119,9 @@ static void answer_change_error(kfd_call *call, int r, const kf_err *err)
 void kfd_rpc_add_member(kfd_call *call)
 {
     const Keyfleet__V1__AddMemberRequest *req = (const Keyfleet__V1__AddMemberRequest *)call->request;
-    if (!kf_name_valid(req->name, strlen(req->name)) || !kfd_hostport_valid(req->raft_address, false) ||
-        !kfd_hostport_valid(req->rpc_address, false)) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
-                       "name must be a coordinator name, raft_address and rpc_address host:port");
+    const char *bad = kfd_check_add_member(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     member_op *op = kfd_op_new(call, sizeof(*op));
@@ -145,8 +145,9 @@ void kfd_rpc_add_member(kfd_call *call)
 void kfd_rpc_remove_member(kfd_call *call)
 {
     const Keyfleet__V1__RemoveMemberRequest *req = (const Keyfleet__V1__RemoveMemberRequest *)call->request;
-    if (!kf_name_valid(req->name, strlen(req->name))) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "name must be a coordinator name");
+    const char *bad = kfd_check_remove_member(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     member_op *op = kfd_op_new(call, sizeof(*op));

@@ -26,6 +26,7 @@
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
 #include "keyfleet/v1/node.pb-c.h"
+#include "kf_node_check.h"
 #include "kf_time.h"
 #include "kf_log.h"
 #include "front/seal.h"
@@ -35,68 +36,9 @@
 #include "store/store_read.h"
 #include "store/store_recovery.h"
 
-#define WRAPPED_MAX 4096
-#define LABELS_MAX 32
+#define LABELS_MAX KF_LABELS_MAX
 /* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
 #define ENROLL_REPLAY_WINDOW_S 600
-
-static bool id_char(char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' || c == '_' ||
-           c == ':' || c == '-';
-}
-
-static bool printable(const char *s, size_t max)
-{
-    size_t n = strlen(s);
-    if (n > max)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-            return false;
-    return true;
-}
-
-/* Returns NULL when the volume reference is valid, else what is wrong. */
-static const char *check_volume(const Keyfleet__V1__VolumeRef *v)
-{
-    if (v == NULL)
-        return "volume is required";
-    size_t n = strlen(v->id);
-    if (n == 0 || n > 128)
-        return "volume.id must be 1..128 characters";
-    for (size_t i = 0; i < n; i++)
-        if (!id_char(v->id[i]))
-            return "volume.id may hold only [0-9A-Za-z._:-]";
-    if (v->kind != KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2 && v->kind != KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS)
-        return "volume.kind must be LUKS2 or ZFS";
-    if (!printable(v->name, 255))
-        return "volume.name must be at most 255 printable characters";
-    return NULL;
-}
-
-static const char *check_labels(Keyfleet__V1__Label **labels, size_t n)
-{
-    if (n > LABELS_MAX)
-        return "at most 32 labels";
-    for (size_t i = 0; i < n; i++) {
-        size_t kl = strlen(labels[i]->key);
-        if (kl == 0 || kl > 63)
-            return "label keys must be 1..63 characters";
-        for (size_t k = 0; k < kl; k++) {
-            char c = labels[i]->key[k];
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' ||
-                  c == '_' || c == '/' || c == '-'))
-                return "label keys may hold only [0-9A-Za-z._/-]";
-        }
-        if (!printable(labels[i]->value, 255))
-            return "label values must be at most 255 printable characters";
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(labels[j]->key, labels[i]->key) == 0)
-                return "duplicate label key";
-    }
-    return NULL;
-}
 
 /* The answer's view of a sealed key (pointing into sealed). */
 static void sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
@@ -296,16 +238,22 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
     return revoked;
 }
 
+/* The Retry-After header (whole seconds) of a refusal for a rate limit, wait ms away. */
+static void retry_after(kfd_call *call, uint32_t wait)
+{
+    h2o_req_t *req = call->req;
+    char *v = h2o_mem_alloc_pool(&req->pool, 16);
+    int n = snprintf(v, 16, "%u", (wait + 999) / 1000);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+}
+
 static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 {
     uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->ratelimit, call->peer->name, d->rate_per_minute,
                                        d->rate_burst, kf_monotonic_ms());
     if (wait == 0)
         return false;
-    h2o_req_t *req = call->req;
-    char *v = h2o_mem_alloc_pool(&req->pool, 16);
-    int n = snprintf(v, 16, "%u", (wait + 999) / 1000);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+    retry_after(call, wait);
     kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "rate limit of rule '%s' exceeded; retry after %u ms", d->rule,
                    wait);
     return true;
@@ -589,13 +537,7 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
 void kfd_rpc_enroll(kfd_call *call)
 {
     const Keyfleet__V1__EnrollRequest *req = (const Keyfleet__V1__EnrollRequest *)call->request;
-    const char *bad = check_volume(req->volume);
-    if (bad == NULL)
-        bad = check_labels(req->labels, req->n_labels);
-    if (bad == NULL && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    if (bad == NULL && !kfd_request_id_valid(req->request_id))
-        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    const char *bad = kf_check_enroll(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -1023,13 +965,7 @@ static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req
 void kfd_rpc_release(kfd_call *call)
 {
     const Keyfleet__V1__ReleaseRequest *req = (const Keyfleet__V1__ReleaseRequest *)call->request;
-    const char *bad = check_volume(req->volume);
-    if (bad == NULL && (req->wrapped_key[0] == '\0' || strlen(req->wrapped_key) > WRAPPED_MAX))
-        bad = "wrapped_key must be 1..4096 characters";
-    if (bad == NULL && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    if (bad == NULL && req->request_id[0] != '\0' && !kfd_request_id_valid(req->request_id))
-        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
+    const char *bad = kf_check_release(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -1050,6 +986,14 @@ void kfd_rpc_release(kfd_call *call)
     }
     if (r != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    /* A retired volume's key goes to nobody (checked again at apply: a retire committed while
+     * the KMS answered). */
+    if (vol.retired_at != 0) {
+        kfd_volume_clear(&vol);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, "volume is retired");
         return;
     }
     /* A wrapped key that names its data key (remote KMSs) is checked before the KMS is asked;
@@ -1092,6 +1036,16 @@ void kfd_rpc_release(kfd_call *call)
     }
     bool approved_request = false;
     if (decision.approvals > 0) {
+        if (req->request_id[0] == '\0' && req->no_pending) {
+            /* The caller (rewrap) would rather hear it at once than leave a request behind. */
+            char why[200];
+            snprintf(why, sizeof(why), "release needs %u approval(s)%s under rule %s; no request was made",
+                     (unsigned)decision.approvals, decision.require_totp ? " with TOTP" : "", decision.rule);
+            kfd_volume_clear(&vol);
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, "",
+                         KF_CONNECT_FAILED_PRECONDITION, why);
+            return;
+        }
         if (req->request_id[0] == '\0') {
             create_pending(call, &vol, &decision);
             kfd_volume_clear(&vol);
@@ -1322,7 +1276,9 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
         return NULL;
     }
     bool offline_fallback = false;
-    if (strcmp(vol->node, call->peer->name) != 0) {
+    if (vol->retired_at != 0) {
+        why = "volume is retired";
+    } else if (strcmp(vol->node, call->peer->name) != 0) {
         why = "only the node that enrolled the volume may rotate its key";
     } else if (!(req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT) && vol->key_kcv[0] == '\0') {
         code = KF_CONNECT_FAILED_PRECONDITION;
@@ -1395,17 +1351,7 @@ void kfd_rpc_rotate_key(kfd_call *call)
 {
     const Keyfleet__V1__RotateKeyRequest *req = (const Keyfleet__V1__RotateKeyRequest *)call->request;
     bool begin = req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_BEGIN;
-    const char *bad = check_volume(req->volume);
-    if (bad == NULL && !begin && req->step != KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT)
-        bad = "step must be BEGIN or COMMIT";
-    if (bad == NULL && begin && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    if (bad == NULL && begin && !kfd_request_id_valid(req->request_id))
-        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
-    if (bad == NULL && !begin && req->request_id[0] != '\0' && !kfd_request_id_valid(req->request_id))
-        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
-    if (bad == NULL && !begin && (req->wrapped_key[0] == '\0' || strlen(req->wrapped_key) > WRAPPED_MAX))
-        bad = "wrapped_key must be 1..4096 characters";
+    const char *bad = kf_check_rotate_key(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -1553,7 +1499,7 @@ static void on_recovery_key(void *arg, const kfd_kms_result *res)
 void kfd_rpc_enroll_recovery_key(kfd_call *call)
 {
     const Keyfleet__V1__EnrollRecoveryKeyRequest *req = (const Keyfleet__V1__EnrollRecoveryKeyRequest *)call->request;
-    const char *bad = check_volume(req->volume);
+    const char *bad = kf_check_volume_ref(req->volume);
     if (bad == NULL && !kfd_request_id_valid(req->request_id))
         bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
     if (bad != NULL) {
@@ -1684,39 +1630,52 @@ static void on_offline_audited(void *arg, int status, const kfd_apply_result *re
         answer_heartbeat(op);
 }
 
+/* Each offline unlock and dead-man lock a heartbeat reports is an audit record and a Raft entry:
+ * a node has REPORT_BURST of them recorded one by one at once, refilled at REPORT_PER_MINUTE;
+ * past that, the rest of a heartbeat's reports are counted in one reports_over_budget record (and
+ * the heartbeat succeeds, so the agent drops them and its dead-man clock is not stopped). Before,
+ * one node, revoked or not, wrote 1,100 records per 59 KB request, 3 MB a second. */
+#define REPORT_BURST 200
+#define REPORT_PER_MINUTE 1
+/* Heartbeats a node may send: each records its contact, one Raft write. An agent sends one per
+ * watch_interval (at least 1 s) and one after an unlock; a node sending faster is refused
+ * (resource_exhausted, Retry-After) rather than writing to the log as fast as it can ask. */
+#define HEARTBEAT_BURST 60
+#define HEARTBEAT_PER_MINUTE 120
+
+/* How many of n reports node may have recorded one by one now. */
+static size_t reports_within_budget(kfd_app *app, const char *node, size_t n)
+{
+    size_t ok = 0;
+    uint64_t now = kf_monotonic_ms();
+    while (ok < n && kfd_ratelimit_take(app->report_limit, node, REPORT_PER_MINUTE, REPORT_BURST, now) == 0)
+        ok++;
+    return ok;
+}
+
 /* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is
  * audited as offline_unlock. A revoked node is told to lock (kill switch) instead of refused, so
  * an agent in watch mode can act on it. */
 void kfd_rpc_heartbeat(kfd_call *call)
 {
     const Keyfleet__V1__HeartbeatRequest *req = (const Keyfleet__V1__HeartbeatRequest *)call->request;
-    if (req->n_offline_unlocks > 1000) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 1000 offline unlocks per heartbeat");
+    char bad_buf[160];
+    const char *bad = kf_check_heartbeat(req, bad_buf, sizeof(bad_buf));
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
-    }
-    if (req->n_dead_man_locks > 100) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most 100 dead-man locks per heartbeat");
-        return;
-    }
-    for (size_t i = 0; i < req->n_dead_man_locks; i++) {
-        if (req->dead_man_locks[i]->at == NULL) {
-            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "dead_man_locks[%zu]: needs a time", i);
-            return;
-        }
-    }
-    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
-        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
-        const char *bad = check_volume(u->volume);
-        if (bad == NULL && (u->at == NULL || !printable(u->reason, 512)))
-            bad = "offline unlocks need a time and a printable reason of at most 512 characters";
-        if (bad != NULL) {
-            kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "offline_unlocks[%zu]: %s", i, bad);
-            return;
-        }
     }
     const char *why;
     if (!kfd_app_ready(kfd_call_app(call), &why)) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
+        return;
+    }
+    uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->heartbeat_limit, call->peer->name, HEARTBEAT_PER_MINUTE,
+                                       HEARTBEAT_BURST, kf_monotonic_ms());
+    if (wait != 0) {
+        retry_after(call, wait);
+        kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "more than %d heartbeats a minute; retry after %u ms",
+                       HEARTBEAT_PER_MINUTE, wait);
         return;
     }
     bool revoked = false;
@@ -1762,7 +1721,13 @@ void kfd_rpc_heartbeat(kfd_call *call)
      * commit may call back at once; the last one (node_seen) may answer and free op and the
      * request, so nothing reads them after it. */
     size_t n_offline = req->n_offline_unlocks, n_locks = req->n_dead_man_locks;
-    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0);
+    size_t budget = reports_within_budget(kfd_call_app(call), call->peer->name, n_locks + n_offline);
+    size_t over_locks = n_locks > budget ? n_locks - budget : 0;
+    n_locks -= over_locks;
+    size_t over_offline = n_offline > budget - n_locks ? n_offline - (budget - n_locks) : 0;
+    n_offline -= over_offline;
+    bool over = over_locks + over_offline > 0;
+    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0);
     if (req->attestation != NULL) {
         op->attested = att.attested;
         snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
@@ -1786,6 +1751,22 @@ void kfd_rpc_heartbeat(kfd_call *call)
         cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
         cmd.attest = &c;
         kf_log_warn("attest_heartbeat", "node=%s attested=no", call->peer->name);
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+    }
+    if (over) {
+        char reason[300];
+        snprintf(reason, sizeof(reason),
+                 "%zu offline unlock and %zu dead-man lock reports past the node's report budget (%d at once, then "
+                 "%d a minute) are counted here, not recorded one by one",
+                 over_offline, over_locks, REPORT_BURST, REPORT_PER_MINUTE);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "reports_over_budget", KEYFLEET__V1__DECISION__DECISION_DENY,
+                       call->peer->name, "", "", reason);
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
+        kf_log_warn("reports_over_budget", "node=%s offline_unlocks=%zu dead_man_locks=%zu", call->peer->name,
+                    over_offline, over_locks);
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
     for (size_t i = 0; i < n_locks; i++) {

@@ -10,6 +10,7 @@
 #include "rpc/rpc_approle.h"
 #include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
+#include "rpc/rpc_lifecycle.h"
 #include "rpc/rpc_node.h"
 #include "rpc/rpc_recovery.h"
 
@@ -61,6 +62,8 @@ const kfd_method kfd_methods[] = {
     ADMIN("RevokeCert", revoke_cert_request, kfd_rpc_revoke_cert, W),
     ADMIN("ListVolumes", list_volumes_request, kfd_rpc_list_volumes, R),
     ADMIN("ListNodes", list_nodes_request, kfd_rpc_list_nodes, R),
+    ADMIN("UnrevokeNode", unrevoke_node_request, kfd_rpc_unrevoke_node, W),
+    ADMIN("RetireVolume", retire_volume_request, kfd_rpc_retire_volume, W),
     ADMIN("RevealRecoveryKey", reveal_recovery_key_request, kfd_rpc_reveal_recovery_key, W),
     PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };

@@ -87,6 +87,9 @@ static const char *const migrations[] = {
     /* 10: the dead-man switch (docs/operations.md): when each node last reached a coordinator
      * (its heartbeats, replicated), so nodes silent past their group's window are shown. */
     "ALTER TABLE nodes ADD COLUMN last_seen_at INTEGER;",
+    /* 11: volume lifecycle (docs/operations.md): a retired volume's key is refused from then on. */
+    "ALTER TABLE volumes ADD COLUMN retired_at INTEGER;"
+    "ALTER TABLE volumes ADD COLUMN retired_reason TEXT;",
     /* 12: recovery keys (docs/recovery.md): each volume's escrowed key (LUKS2: wrapped under
      * VOLUME_ID/recovery; ZFS: '', the dataset's own key), whether an operator was shown it, and
      * the operator who proposed a held request (a reveal is answered to that operator only). */
@@ -133,18 +136,25 @@ static const char *const sql[ST_COUNT] = {
                          "created_at, key_kcv, key_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, nullif(?9, ''), ?8)",
     [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id, created_at, "
                       "coalesce(last_released_at, 0), next_wrapped_key, coalesce(key_kcv, ''), "
-                      "coalesce(next_kcv, ''), coalesce(key_created_at, created_at) FROM volumes WHERE id = ?",
+                      "coalesce(next_kcv, ''), coalesce(key_created_at, created_at), coalesce(retired_at, 0) "
+                      "FROM volumes WHERE id = ?",
     [ST_VOLUME_ROTATE_BEGIN] = "UPDATE volumes SET next_wrapped_key = ?, next_kcv = ? WHERE id = ?",
     [ST_VOLUME_ROTATE_COMMIT] = "UPDATE volumes SET wrapped_key = next_wrapped_key, key_kcv = next_kcv, "
                                 "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "
                                 "WHERE id = ? AND next_wrapped_key IS NOT NULL",
     [ST_VOLUME_LIST] = "SELECT id, kind, name, node, created_at, coalesce(key_created_at, created_at), "
-                       "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0), labels FROM volumes ORDER BY id",
+                       "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0), labels, coalesce(retired_at, 0), "
+                       "coalesce(retired_reason, ''), coalesce(last_node, '') FROM volumes ORDER BY id",
     [ST_NODE_SEEN] = "INSERT INTO nodes (name, revoked, last_seen_at) VALUES (?1, 0, ?2) ON CONFLICT(name) DO UPDATE "
                      "SET last_seen_at = max(coalesce(last_seen_at, 0), excluded.last_seen_at)",
     /* Every node keyfleetd knows of: seen or revoked (nodes), or owning a volume. */
-    [ST_NODE_LIST] = "SELECT name, revoked, coalesce(last_seen_at, 0) FROM nodes UNION ALL "
-                     "SELECT DISTINCT node, 0, 0 FROM volumes WHERE node NOT IN (SELECT name FROM nodes) ORDER BY 1",
+    [ST_NODE_LIST] = "SELECT name, revoked, coalesce(last_seen_at, 0), coalesce(revoked_at, 0), coalesce(reason, '') "
+                     "FROM nodes UNION ALL SELECT DISTINCT node, 0, 0, 0, '' FROM volumes "
+                     "WHERE node NOT IN (SELECT name FROM nodes) ORDER BY 1",
+    [ST_NODE_UNREVOKE] = "UPDATE nodes SET revoked = 0, revoked_at = NULL, reason = NULL WHERE name = ? AND revoked = 1",
+    [ST_VOLUME_RETIRE] = "UPDATE volumes SET retired_at = ?, retired_reason = ? WHERE id = ? AND retired_at IS NULL",
+    /* The newest record of the node's own requests (not an operator's about it). */
+    [ST_NODE_LAST_AUDIT] = "SELECT max(time_s) FROM audit WHERE node = ?1 AND actor_name = ?1",
     [ST_VOLUME_SET_KCV] = "UPDATE volumes SET key_kcv = ? WHERE id = ? AND key_kcv IS NULL",
     [ST_VOLUME_COUNT] = "SELECT count(*) FROM volumes",
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
@@ -271,6 +281,8 @@ static int exec(kfd_store *s, const char *q, const char *what, kf_err *err)
     int rc = sqlite3_exec(s->db, q, NULL, NULL, NULL);
     return rc == SQLITE_OK ? 0 : kfd_store_sql_error(s, rc, what, err);
 }
+
+uint32_t kfd_store_state_version(void) { return (uint32_t)(sizeof(migrations) / sizeof(migrations[0])); }
 
 static int migrate(kfd_store *s, kf_err *err)
 {

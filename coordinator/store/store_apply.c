@@ -14,6 +14,7 @@
 #include "store/store_guard.h"
 #include "store/store_recovery.h"
 #include "store/store_internal.h"
+#include "store/store_lifecycle.h"
 #include "store/store_read.h"
 
 static char *labels_json(Keyfleet__V1__Label **labels, size_t n)
@@ -366,6 +367,10 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_head_check(s, cmd->audit_head_check, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN:
         return apply_node_seen(s, cmd->node_seen, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE:
+        return kfd_store_apply_unrevoke(s, cmd->unrevoke_node, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RETIRE_VOLUME:
+        return kfd_store_apply_retire(s, cmd->retire_volume, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW:
         return kfd_store_apply_recovery_escrow(s, cmd->recovery_escrow, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL:

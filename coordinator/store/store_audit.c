@@ -186,6 +186,14 @@ static int check_signer(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, cons
     return 0;
 }
 
+void kfd_store_set_checkpoint_verifier(kfd_store *s, kfd_checkpoint_verifier fn, void *arg)
+{
+    if (s == NULL)
+        return;
+    s->cp_verify = fn;
+    s->cp_verify_arg = arg;
+}
+
 int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err)
 {
     Keyfleet__V1__CmdCheckpoint c = KEYFLEET__V1__CMD_CHECKPOINT__INIT;
@@ -195,6 +203,35 @@ int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_l
     memset(&cp, 0, sizeof(cp));
     snprintf(cp.signer, sizeof(cp.signer), "%s", name);
     return s->failed ? kf_err_set(err, -EIO, "state store unavailable: %s", s->failure) : check_signer(s, &c, &cp, err);
+}
+
+int kfd_store_coordinator_cert_ok(kfd_store *s, const char *name, const char *serial, int64_t not_before,
+                                  kf_err *err)
+{
+    if (s->failed)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    bool revoked = false;
+    int r = kfd_store_cert_revoked(s, serial, &revoked);
+    if (r != 0)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    if (revoked)
+        return kf_err_set(err, -EPERM, "certificate %s is revoked", serial);
+    char member[80];
+    snprintf(member, sizeof(member), "member %s", name);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_MEMBER_LAST);
+    kfd_bind_text(st, 1, member);
+    r = kfd_store_step_row(s, st, "reading the membership history");
+    bool removed_once = r == 0 && sqlite3_column_type(st, 1) != SQLITE_NULL;
+    int64_t removed_at = removed_once ? sqlite3_column_int64(st, 1) : 0;
+    sqlite3_reset(st);
+    if (r == -EIO)
+        return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
+    /* The same cut as kf_audit_cert_predates: the CA dates notBefore 300 s back. */
+    if (removed_once && not_before <= removed_at - KF_CHECKPOINT_READD_SLACK_S)
+        return kf_err_set(err, -EPERM, "certificate %s was issued before %s was removed from the cluster (at %lld); "
+                          "added back, it speaks only with a newer certificate",
+                          serial, name, (long long)removed_at);
+    return 0;
 }
 
 /* The newest checkpoint before the one being applied (record seq), parsed from its signed text.
@@ -253,6 +290,10 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         kfd_store_set_diverged(s, cp.size, why);
     if ((r = check_signer(s, c, &cp, err)) != 0)
         return r;
+    /* Its signature (review rev17, R5): whatever put the command into the Raft log, a checkpoint
+     * no coordinator key signed is refused on every replica alike and vouches for nothing. */
+    if (s->cp_verify != NULL && (r = s->cp_verify(s->cp_verify_arg, c, err)) != 0)
+        return r;
     /* Sizes grow and times do not go back (F4): a replayed copy of a genuine checkpoint is refused
      * on every replica alike (the leader dates each checkpoint at or after the one before). */
     kf_checkpoint prev;
@@ -307,6 +348,9 @@ int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadChe
     kf_merkle_frontier_root(&s->tx_tree, s->check_head.root);
     s->check_head.checkpoint_seq = s->tx_cp_seq;
     s->check_head.checkpoint_size = s->tx_cp_size;
+    /* The rest of the replicated state too (review rev17, R2); none when it cannot be read. */
+    if (kfd_store_state_digest(s, s->check_head.state) == 0)
+        s->check_head.state_version = kfd_store_state_version();
     return 0;
 }
 

@@ -25,7 +25,17 @@ typedef struct kfd_audit_head {
     kf_merkle_hash root;          /* RFC 9162 root over records 1..seq */
     uint64_t checkpoint_seq;      /* the newest checkpoint record, 0: none */
     uint64_t checkpoint_size;     /* the size it signed */
+    /* At a head check only (kfd_store_audit_head_at_check): the digest of every replicated table
+     * outside the audit log (kfd_store_state_digest) and its version (0: none). */
+    uint8_t state[KFD_HASH_LEN];
+    uint32_t state_version;
 } kfd_audit_head;
+/* The state digest (store_digest.c, review rev17 R2): a hash over every replicated table outside
+ * the audit log, independent of row order. 0, -ENOMEM, -EIO. */
+int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN]);
+/* The version digests are compared under: this build's schema version (digests of replicas on
+ * another schema are not compared). */
+uint32_t kfd_store_state_version(void);
 /* The applied head (including a deferred transaction's records). */
 void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret);
 /* Not 0 when this replica's log left the signed history (at the latest) at that seq; why says
@@ -51,6 +61,16 @@ void kfd_store_mark_diverged(kfd_store *s, uint64_t seq, const char *why);
 /* Whether replicas would take a checkpoint by name with cert (DER) now: not denylisted, not
  * removed, and if added back, issued since (docs/audit.md). 0, -EPERM (err says why), -EIO. */
 int kfd_store_checkpoint_signer(kfd_store *s, const uint8_t *cert, size_t cert_len, const char *name, kf_err *err);
+/* Checks a checkpoint command's signature and certificate chain at apply, from the command alone
+ * (the same on every replica): 0, or an error that refuses the command. Without one (unit
+ * tests), apply checks everything else. */
+typedef int (*kfd_checkpoint_verifier)(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err *err);
+void kfd_store_set_checkpoint_verifier(kfd_store *s, kfd_checkpoint_verifier fn, void *arg);
+/* Whether a coordinator certificate (its serial, notBefore) may speak for member name at the Raft
+ * port: -EPERM with the reason when the serial is denylisted or the certificate was issued before
+ * name's newest removal from the cluster (same rule as checkpoint signers); -EIO; 0. */
+int kfd_store_coordinator_cert_ok(kfd_store *s, const char *name, const char *serial, int64_t not_before,
+                                  kf_err *err);
 /* The newest checkpoint's signed text, parsed (what a leader dates its next one after). 0,
  * -ENOENT, -EIO. */
 struct kf_checkpoint;

@@ -30,6 +30,20 @@ int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err)
     return revoked ? kf_err_set(err, -EACCES, "node %s is revoked", node) : 0;
 }
 
+/* A retired volume's key goes to nobody (volume retire), even one released while it was retired. */
+static int check_not_retired(kfd_store *s, const char *volume_id, kf_err *err)
+{
+    kfd_volume v;
+    int r = kfd_store_get_volume(s, volume_id, &v);
+    if (r == -ENOENT)
+        return 0; /* the checks below name a volume that is not enrolled */
+    if (r != 0)
+        return kf_err_set(err, r, "reading the volume");
+    bool retired = v.retired_at != 0;
+    kfd_volume_clear(&v);
+    return retired ? kf_err_set(err, -EACCES, "volume %s is retired", volume_id) : 0;
+}
+
 static int set_state(kfd_store *s, const char *id, kfd_pending_state to, kf_err *err)
 {
     sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_STATE);
@@ -87,6 +101,8 @@ int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease
         return 0; /* a refusal is recorded whatever the state */
     int r = kfd_store_check_not_revoked(s, c->node, err);
     if (r == 0)
+        r = check_not_retired(s, c->volume_id, err);
+    if (r == 0)
         r = release_key_current(s, c, err);
     if (r == 0 && c->enroll_replay_window_s != 0)
         r = enroll_replay_allowed(s, c, err);
@@ -114,6 +130,8 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
     if (c->audit == NULL || strlen(c->kcv) != 22 || (!c->commit && c->next_wrapped_key[0] == '\0'))
         return kf_err_set(err, -EINVAL, "rotate command incomplete");
     int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r == 0)
+        r = check_not_retired(s, c->volume_id, err);
     if (r != 0)
         return r;
     kfd_volume v;
@@ -155,6 +173,7 @@ static bool change_allowed(const Keyfleet__V1__StateCommand *cmd)
     return cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY ||
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE ||
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID ||
+           cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE ||
            (cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST && strcmp(cmd->attest->kind, "accept") == 0);
 }
 
@@ -176,7 +195,7 @@ int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, 
     if (cmd == NULL || !change_allowed(cmd)) {
         if (cmd != NULL)
             keyfleet__v1__state_command__free_unpacked(cmd, NULL);
-        return kf_err_set(err, -EINVAL, "change %s does not hold a policy, role, secret id or PCR acceptance change", request_id);
+        return kf_err_set(err, -EINVAL, "change %s does not hold a policy, role, secret id, PCR acceptance or unrevoke change", request_id);
     }
     r = kfd_store_apply_one(s, cmd, seq, err);
     keyfleet__v1__state_command__free_unpacked(cmd, NULL);

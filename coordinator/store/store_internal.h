@@ -82,6 +82,9 @@ enum {
     ST_VOLUME_LIST,
     ST_NODE_SEEN,
     ST_NODE_LIST,
+    ST_NODE_UNREVOKE,
+    ST_VOLUME_RETIRE,
+    ST_NODE_LAST_AUDIT,
     ST_RECOVERY_GET,
     ST_RECOVERY_PUT,
     ST_RECOVERY_REVEALED,
@@ -116,6 +119,9 @@ struct kfd_store {
     bool vouched;
     /* A snapshot replaced this database since the process started (kfd_store_audit_witness). */
     bool restored;
+    /* Verifies a checkpoint command's signature and chain at apply (kfd_store_set_checkpoint_verifier). */
+    kfd_checkpoint_verifier cp_verify;
+    void *cp_verify_arg;
     /* The newest CmdAuditHeadCheck applied here (not replays): its id and the head then. */
     uint64_t check_id;
     kfd_audit_head check_head;

@@ -47,6 +47,7 @@ int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret)
     kfd_store_copy_col(st, 10, ret->key_kcv, sizeof(ret->key_kcv));
     kfd_store_copy_col(st, 11, ret->next_kcv, sizeof(ret->next_kcv));
     ret->key_created_at = sqlite3_column_int64(st, 12);
+    ret->retired_at = sqlite3_column_int64(st, 13);
     sqlite3_reset(st);
     if (ret->labels_json == NULL || ret->wrapped_key == NULL || (has_next && ret->next_wrapped_key == NULL)) {
         kfd_volume_clear(ret);
@@ -175,9 +176,13 @@ void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp)
         Keyfleet__V1__PendingRequest *p = resp->requests[i];
         free(p->request_id);
         free(p->node);
-        if (p->volume != NULL)
+        if (p->volume != NULL) {
             free(p->volume->id);
+            if (p->volume->name != protobuf_c_empty_string)
+                free(p->volume->name);
+        }
         free(p->volume);
+        kfd_store_free_labels(p->labels, p->n_labels);
         free(p->source_address);
         free(p->created_at);
         free(p->expires_at);
@@ -209,6 +214,26 @@ static int approvers_of(kfd_store *s, Keyfleet__V1__PendingRequest *p)
     }
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : rc == SQLITE_ROW ? -ENOMEM : kfd_store_sql_error(s, rc, "reading approvals", NULL);
+}
+
+/* A release request's volume name and labels, for `keyfleetctl pending` (none for a change). */
+static int pending_volume(kfd_store *s, Keyfleet__V1__PendingRequest *p)
+{
+    if (p->volume == NULL || p->volume->id == NULL || p->volume->id[0] == '\0')
+        return 0;
+    kfd_volume v;
+    int r = kfd_store_get_volume(s, p->volume->id, &v);
+    if (r == -ENOENT)
+        return 0;
+    if (r != 0)
+        return r;
+    p->volume->kind = (Keyfleet__V1__VolumeKind)v.kind;
+    p->volume->name = strdup(v.name);
+    r = p->volume->name != NULL ? kfd_store_labels_from_json(v.labels_json, &p->labels, &p->n_labels) : -ENOMEM;
+    if (p->volume->name == NULL)
+        p->volume->name = (char *)protobuf_c_empty_string;
+    kfd_volume_clear(&v);
+    return r;
 }
 
 int kfd_store_list_pending(kfd_store *s, Keyfleet__V1__ListPendingResponse *resp)
@@ -255,6 +280,8 @@ int kfd_store_list_pending(kfd_store *s, Keyfleet__V1__ListPendingResponse *resp
     }
     for (size_t i = 0; i < resp->n_requests; i++) {
         int r = approvers_of(s, resp->requests[i]);
+        if (r == 0)
+            r = pending_volume(s, resp->requests[i]);
         if (r != 0) {
             kfd_store_free_pending_list(resp);
             return r;
@@ -316,6 +343,59 @@ int kfd_store_kms_latest(kfd_store *s, const char *backend, uint32_t *ret)
     return r == -ENOENT ? 0 : r;
 }
 
+void kfd_store_free_labels(Keyfleet__V1__Label **labels, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (labels[i] != NULL) {
+            free(labels[i]->key);
+            free(labels[i]->value);
+        }
+        free(labels[i]);
+    }
+    free(labels);
+}
+
+int kfd_store_labels_from_json(const char *text, Keyfleet__V1__Label ***ret, size_t *ret_n)
+{
+    *ret = NULL;
+    *ret_n = 0;
+    json_t *o = json_loads(text != NULL ? text : "{}", 0, NULL);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return 0; /* stored by apply_enroll as an object; anything else shows no labels */
+    }
+    size_t n = json_object_size(o), i = 0;
+    Keyfleet__V1__Label **v = calloc(n > 0 ? n : 1, sizeof(*v));
+    const char *k;
+    json_t *val;
+    int r = v != NULL ? 0 : -ENOMEM;
+    json_object_foreach(o, k, val)
+    {
+        if (r != 0)
+            break;
+        Keyfleet__V1__Label *l = calloc(1, sizeof(*l));
+        if (l == NULL) {
+            r = -ENOMEM;
+            break;
+        }
+        keyfleet__v1__label__init(l);
+        v[i++] = l;
+        l->key = strdup(k);
+        l->value = strdup(json_is_string(val) ? json_string_value(val) : "");
+        if (l->key == NULL || l->value == NULL)
+            r = -ENOMEM;
+    }
+    json_decref(o);
+    if (r != 0) {
+        if (v != NULL)
+            kfd_store_free_labels(v, i);
+        return r;
+    }
+    *ret = v;
+    *ret_n = i;
+    return 0;
+}
+
 void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp)
 {
     for (size_t i = 0; i < resp->n_volumes; i++) {
@@ -326,52 +406,16 @@ void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp)
         }
         free(v->volume);
         free(v->node);
-        for (size_t k = 0; k < v->n_labels; k++) {
-            free(v->labels[k]->key);
-            free(v->labels[k]->value);
-            free(v->labels[k]);
-        }
-        free(v->labels);
+        kfd_store_free_labels(v->labels, v->n_labels);
         if (v->max_key_age_from != protobuf_c_empty_string) /* set by the handler (malloc'ed) */
             free(v->max_key_age_from);
+        free(v->retired_reason);
+        free(v->last_node);
         free(v);
     }
     free(resp->volumes);
     resp->volumes = NULL;
     resp->n_volumes = 0;
-}
-
-/* The enrolled labels ({"k":"v",...}) as v->labels; -ENOMEM only (a bad text lists none). */
-static int labels_to_list(Keyfleet__V1__VolumeInfo *v, const char *text)
-{
-    json_t *j = json_loads(text != NULL ? text : "{}", 0, NULL);
-    size_t n = json_is_object(j) ? json_object_size(j) : 0;
-    int r = 0;
-    if (n > 0 && (v->labels = calloc(n, sizeof(*v->labels))) == NULL)
-        r = -ENOMEM;
-    const char *k;
-    json_t *val;
-    if (r == 0 && n > 0)
-        json_object_foreach(j, k, val)
-        {
-            if (!json_is_string(val))
-                continue;
-            Keyfleet__V1__Label *l = calloc(1, sizeof(*l));
-            if (l == NULL) {
-                r = -ENOMEM;
-                break;
-            }
-            keyfleet__v1__label__init(l);
-            v->labels[v->n_labels++] = l;
-            l->key = strdup(k);
-            l->value = strdup(json_string_value(val));
-            if (l->key == NULL || l->value == NULL) {
-                r = -ENOMEM;
-                break;
-            }
-        }
-    json_decref(j);
-    return r;
 }
 
 int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp)
@@ -404,8 +448,15 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
         v->key_created_at = sqlite3_column_int64(st, 5);
         v->rotation_in_progress = sqlite3_column_int(st, 6) != 0;
         v->last_released_at = sqlite3_column_int64(st, 7);
-        if (ref->id == NULL || ref->name == NULL || v->node == NULL ||
-            labels_to_list(v, (const char *)sqlite3_column_text(st, 8)) != 0) {
+        if (kfd_store_labels_from_json((const char *)sqlite3_column_text(st, 8), &v->labels, &v->n_labels) != 0) {
+            r = -ENOMEM;
+            break;
+        }
+        v->retired_at = sqlite3_column_int64(st, 9);
+        v->retired_reason = dup_col(st, 10);
+        v->last_node = dup_col(st, 11);
+        if (ref->id == NULL || ref->name == NULL || v->node == NULL || v->retired_reason == NULL ||
+            v->last_node == NULL) {
             r = -ENOMEM;
             break;
         }
@@ -415,51 +466,6 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
         r = kfd_store_sql_error(s, rc, "listing volumes", NULL);
     if (r != 0)
         kfd_store_free_volume_list(resp);
-    return r;
-}
-
-void kfd_store_free_node_list(Keyfleet__V1__ListNodesResponse *resp)
-{
-    for (size_t i = 0; i < resp->n_nodes; i++) {
-        free(resp->nodes[i]->name);
-        free(resp->nodes[i]);
-    }
-    free(resp->nodes);
-    resp->nodes = NULL;
-    resp->n_nodes = 0;
-}
-
-int kfd_store_list_nodes(kfd_store *s, Keyfleet__V1__ListNodesResponse *resp)
-{
-    if (s->failed)
-        return -EIO;
-    sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_LIST);
-    int rc, r = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        Keyfleet__V1__NodeInfo *n = calloc(1, sizeof(*n));
-        Keyfleet__V1__NodeInfo **list = realloc(resp->nodes, (resp->n_nodes + 1) * sizeof(*list));
-        if (list != NULL)
-            resp->nodes = list;
-        if (n == NULL || list == NULL) {
-            free(n);
-            r = -ENOMEM;
-            break;
-        }
-        keyfleet__v1__node_info__init(n);
-        resp->nodes[resp->n_nodes++] = n;
-        n->name = dup_col(st, 0);
-        n->revoked = sqlite3_column_int(st, 1) != 0;
-        n->last_seen_at = sqlite3_column_int64(st, 2);
-        if (n->name == NULL) {
-            r = -ENOMEM;
-            break;
-        }
-    }
-    sqlite3_reset(st);
-    if (r == 0 && rc != SQLITE_DONE)
-        r = kfd_store_sql_error(s, rc, "listing nodes", NULL);
-    if (r != 0)
-        kfd_store_free_node_list(resp);
     return r;
 }
 

@@ -23,6 +23,7 @@ typedef struct kfd_volume {
     char key_kcv[24];         /* the key's check value; "" when not known yet (a row from before rotation) */
     char next_kcv[24];        /* the rotation in progress's; "" when none */
     int64_t key_created_at;   /* when the key was made (enroll or the last rotation) */
+    int64_t retired_at;       /* 0: in service; else its key is refused (volume retire) */
 } kfd_volume;
 
 void kfd_volume_clear(kfd_volume *v);
@@ -84,10 +85,6 @@ void kfd_store_free_pending_list(Keyfleet__V1__ListPendingResponse *resp);
  * 0, -EIO or -ENOMEM. */
 int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp);
 void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp);
-/* Every known node (seen, revoked, or owning a volume), by name: name, revoked, last_seen_at
- * filled in; appended to resp (caller frees with kfd_store_free_node_list). 0, -EIO or -ENOMEM. */
-int kfd_store_list_nodes(kfd_store *s, Keyfleet__V1__ListNodesResponse *resp);
-void kfd_store_free_node_list(Keyfleet__V1__ListNodesResponse *resp);
 /* Request ids of waiting requests whose expires_at <= now (at most max). */
 int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t max, size_t *ret_n);
 
@@ -96,5 +93,11 @@ int kfd_store_expired_pending(kfd_store *s, int64_t now, char ids[][65], size_t 
 int kfd_store_kms_latest(kfd_store *s, const char *backend, uint32_t *ret);
 /* The current policy (NULL yaml and version 0 when none was ever put). yaml is malloc'ed. */
 int kfd_store_get_policy(kfd_store *s, char **ret_yaml, uint64_t *ret_version);
+
+/* --- for the store's own files --- */
+
+/* A volume's labels column ({"k":"v",...}) as Label messages; free with kfd_store_free_labels. */
+int kfd_store_labels_from_json(const char *text, Keyfleet__V1__Label ***ret, size_t *ret_n);
+void kfd_store_free_labels(Keyfleet__V1__Label **labels, size_t n);
 
 #endif

@@ -102,11 +102,13 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
                             : kf_err_set(err, r, "reading the volume");
-    bool owner = strcmp(v.node, c->node) == 0;
+    bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0;
     int64_t key_made = v.key_created_at;
     kfd_volume_clear(&v);
     if (!owner)
         return kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+    if (retired)
+        return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
     kfd_recovery cur;
     r = kfd_store_get_recovery(s, c->volume_id, &cur);
     if (r != 0 && r != -ENOENT)
@@ -165,6 +167,14 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s has no recovery key", c->volume_id)
                             : kf_err_set(err, r, "reading the recovery key");
     kfd_recovery_clear(&cur);
+    /* A retired volume's keys are refused for ever, its recovery key with them. */
+    kfd_volume v;
+    if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
+        return kf_err_set(err, r == -ENOENT ? -ESTALE : r, "reading the volume");
+    bool retired = v.retired_at != 0;
+    kfd_volume_clear(&v);
+    if (retired)
+        return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
     sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_STATE);
     sqlite3_bind_int(st, 1, (int)KFD_PENDING_CONSUMED);
     kfd_bind_text(st, 2, c->request_id);

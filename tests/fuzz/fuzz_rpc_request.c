@@ -1,5 +1,6 @@
 /* libFuzzer: every RPC request body, decoded as the router decodes it (protobuf-c with the
- * wiping allocator). The first byte picks the method among both services' methods, from the
+ * wiping allocator), then through the checks the handlers run first (common/kf_node_check.c for
+ * NodeService, coordinator/rpc/rpc_check.c for AdminService). The first byte picks the method among both services' methods, from the
  * generated service descriptors, so a new RPC is fuzzed without touching this file. */
 #include <stddef.h>
 #include <stdint.h>
@@ -7,6 +8,7 @@
 #include "keyfleet/v1/admin.pb-c.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_pb_alloc.h"
+#include "rpc/rpc_check.h"
 
 static const ProtobufCServiceDescriptor *const services[] = {&keyfleet__v1__node_service__descriptor,
                                                              &keyfleet__v1__admin_service__descriptor};
@@ -28,6 +30,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, &kf_pb_wiping_allocator, size - 1, data + 1);
     if (m != NULL) {
+        kf_request_check_fn check = kfd_request_check_for(desc);
+        char why[160];
+        if (check != NULL)
+            (void)check(m, why, sizeof(why));
         /* Re-encoding walks every field the decoder accepted. */
         uint8_t out[1 << 16];
         if (protobuf_c_message_get_packed_size(m) <= sizeof(out))

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # keyfleet-agent against a real keyfleetd: LUKS2 containers in files (keys verified with
 # libcryptsetup without activation; device-mapper is not available here) and the zfs stand-in.
-# Enroll, unlock, status, migration to another node, approval while booting, rewrap after a
-# KMS rotation, and the bad inputs: coordinator down, a key that does not open the volume,
+# Enroll, unlock, status, migration to another node, approval while booting (with its countdown),
+# rewrap after a KMS rotation (held for approval: said at once, or --wait), and the bad inputs: coordinator down, a key that does not open the volume,
 # corrupted metadata, config errors.
 . "$(dirname "$0")/lib.sh"
 
@@ -76,7 +76,7 @@ expect_match "... and the discovered ZFS dataset unlocked" "$out" "zfs tank/secu
 expect_eq "the dataset's key is loaded" "$("$ZFS_STANDIN" get -H -o value keystatus tank/secure)" "available"
 expect_eq "... and it is mounted" "$("$ZFS_STANDIN" get -H -o value mounted tank/secure)" "yes"
 st=$(A status --json)
-expect_match "status --json: coordinators reachable, volumes with last unlock" "$st" "\"coordinators_reachable\":true.*\"id\":\"$UUID1\".*\"last_unlock\":\"coordinator\""
+expect_match "status --json: coordinators reachable, volumes with last unlock" "$st" "\"coordinators_reachable\":true,\"node_revoked\":false.*\"id\":\"$UUID1\".*\"last_unlock\":\"coordinator\""
 expect_match "status (table)" "$(A status)" "zfs +$GUID +tank/secure +unlocked +coordinator"
 
 # Migration: the pool and the disks move to node-b, which policy allows; node-c is refused.
@@ -114,17 +114,80 @@ rc=$?
 wait "$approver"
 expect_eq "unlock waits for approval, then unlocks (exit 0)" "$rc" "0"
 expect_match "... and says it is waiting" "$out" "event=waiting_for_approval"
+
+# While it waits, the agent counts down: without a terminal (the journal), a line every
+# approval_log_interval with the time left; on a terminal, one line, then a live countdown.
+# approve_after SECONDS: approves the first pending request SECONDS after it appears.
+approve_after() {
+    ( id=""
+      for _ in $(seq 1 100); do
+          id=$(ctl "$F" pending | awk 'NR > 1 {print $1; exit}')
+          [ -n "$id" ] && break
+          sleep 0.1
+      done
+      sleep "$1"
+      [ -z "$id" ] || ctl "$F" approve "$id" >/dev/null ) &
+    approver=$!
+}
+lock_pool() { "$ZFS_STANDIN" unmount tank/secure && "$ZFS_STANDIN" unload-key tank/secure; }
+lock_pool
+cp "$WORK/a.yaml" "$WORK/a-log.yaml"
+echo "approval_log_interval: 1s" >>"$WORK/a-log.yaml"
+approve_after 3.5
+out=$("$AGENT" -c "$WORK/a-log.yaml" unlock "zfs:tank/secure" 2>&1)
+rc=$?
+wait "$approver"
+expect_eq "approved after 3.5 s: unlocked (exit 0)" "$rc" "0"
+n=$(grep -c "event=waiting_for_approval" <<<"$out")
+check "without a terminal: a waiting_for_approval line at each poll once approval_log_interval (1 s) passed ($n lines)" \
+    test "$n" -ge 2
+expect_match "... each with the seconds left and the request's expiry" "$out" \
+    "event=waiting_for_approval volume=.*tank/secure.* request=[0-9a-f]+ seconds_left=[0-9]+ expires_at=[0-9]{10}"
+expect_eq "... and no terminal control characters" "$(tr -d -c '\r\033' <<<"$out" | wc -c)" "0"
+lock_pool
+approve_after 2.5
+out=$(script -qec "$AGENT -c $WORK/a.yaml unlock zfs:tank/secure" /dev/null 2>&1)
+rc=$?
+wait "$approver"
+expect_eq "on a terminal: unlocked once approved (exit 0)" "$rc" "0"
+expect_eq "... one waiting_for_approval line (the default interval is 15 s)" \
+    "$(grep -c "event=waiting_for_approval" <<<"$out")" "1"
+expect_match "... then a live countdown, redrawn in place" "$out" \
+    $'\r\e\\[Ktank/secure: waiting for approval \\(keyfleetctl approve [0-9a-f]+\\): [0-9]+:[0-9]{2} left\r\e\\[K'
+tail=${out##*" left"}
+expect_eq "... cleared once the key came" "${tail:0:4}" $'\r\e[K'
+expect_match "... then the result" "$tail" "tank/secure: unlocked"
+
+# rewrap after a KMS rotation: where a release needs approval it says so at once, leaving no
+# pending request; --wait asks for the approval and waits.
+ctl "$F" kms rotate >/dev/null
+start=$(date +%s)
+out=$(A rewrap 2>&1)
+rc=$?
+expect_eq "rewrap with every volume held for approval: exit 1 (none)" "$rc" "1"
+check "... at once, not at the deadline (60 s)" test $(($(date +%s) - start)) -lt 20
+expect_match "... naming the approvals needed and the way on" "$out" \
+    "rewrap: .*disk1.luks: failed_precondition: release needs 1 approval\\(s\\) under rule cluster; no request was made.*rewrap --wait"
+expect_eq "... and leaves no pending request" "$(ctl "$F" pending | awk 'NR > 1' | wc -l)" "0"
+expect_match "... its refusals are audited" "$(ctl "$F" audit --action release --decision deny --json)" \
+    "\"reason\":\"release needs 1 approval\\(s\\) under rule cluster; no request was made\""
+( for _ in $(seq 1 300); do
+      for id in $(ctl "$F" pending | awk 'NR > 1 {print $1}'); do ctl "$F" approve "$id" >/dev/null; done
+      sleep 0.1
+  done ) &
+approver=$!
+out=$(A rewrap --wait 2>&1)
+rc=$?
+kill "$approver" 2>/dev/null
+wait "$approver" 2>/dev/null
+expect_eq "rewrap --wait: every volume rewrapped once approved (exit 0)" "$rc" "0"
+expect_match "rewrap after a KMS rotation" "$out" "disk1.luks: rewrapped.*tank/secure: rewrapped"
 put_policy "$F" <<'YAML'
 rules:
   - name: cluster
     match: {nodes: {names: ["node-a", "node-b"]}}
     effect: allow
 YAML
-
-# KMS rotation, then rewrap stores the newest wrapped key on every volume.
-ctl "$F" kms rotate >/dev/null
-out=$(A rewrap 2>&1)
-expect_match "rewrap after a KMS rotation" "$out" "disk1.luks: rewrapped.*tank/secure: rewrapped"
 expect_match "the ZFS property now holds a v2 wrapped key" "$("$ZFS_STANDIN" get -H -o value org.keyfleet:wrapped-key tank/secure)" "^kf:local:v2:"
 expect_match "the LUKS2 token too" "$(luks_json "$WORK/disk1.luks")" '"keyfleet_wrapped_key":"kf:local:v2:'
 expect_match "a second rewrap has nothing to do" "$(A rewrap 2>&1)" "disk1.luks: already current"

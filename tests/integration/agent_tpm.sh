@@ -48,6 +48,33 @@ expect_match "... and does not touch the TPM" "$out" "disk.luks: unlocked \\(key
 "$ZFS_STANDIN" unmount tank/data && "$ZFS_STANDIN" unload-key tank/data
 
 stop_kfd TERM
+# Dead-man switch (review rev26): the watcher recorded a 60 s window and a last contact an hour
+# ago, so the node is past its window: the TPM copy must not undo the dead-man lock.
+cp "$WORK/n1-state.json" "$WORK/n1-state.saved" 2>/dev/null || echo '{}' >"$WORK/n1-state.saved"
+python3 - "$WORK/n1-state.json" <<'PY'
+import json, sys, time
+try:
+    state = json.load(open(sys.argv[1]))
+except OSError:
+    state = {}
+state["dead_man"] = {"after_s": 60, "last_contact": int(time.time()) - 3600}
+json.dump(state, open(sys.argv[1], "w"))
+PY
+out=$(A unlock --all 2>&1)
+expect_eq "past the dead-man window, coordinator down: nothing is unlocked from the TPM (exit 1)" "$?" "1"
+expect_match "... saying why" "$out" "offline fallback refused: no coordinator reached for 3[0-9]{3} s, past the dead-man window \\(dead_man.after 60 s\\)"
+expect_eq "... and the dataset's key stays unloaded" "$("$ZFS_STANDIN" get -H -o value keystatus tank/data)" "unavailable"
+# A clock set back behind the last contact cannot tell how long the node was silent: refused too.
+python3 - "$WORK/n1-state.json" <<'PY'
+import json, sys, time
+state = json.load(open(sys.argv[1]))
+state["dead_man"] = {"after_s": 60, "last_contact": int(time.time()) + 3600}
+json.dump(state, open(sys.argv[1], "w"))
+PY
+out=$(A unlock --all 2>&1)
+expect_eq "a clock an hour behind the last contact: nothing is unlocked from the TPM (exit 1)" "$?" "1"
+expect_match "... saying why" "$out" "offline fallback refused: the clock is 3[0-9]{3} s behind the last contact"
+cp "$WORK/n1-state.saved" "$WORK/n1-state.json"
 out=$(A unlock --all 2>&1)
 expect_eq "coordinator down: the TPM fallback unlocks everything (exit 0)" "$?" "0"
 expect_match "... saying so" "$out" "disk.luks: unlocked from the TPM \\(no coordinator answered.*tank/data: unlocked from the TPM"

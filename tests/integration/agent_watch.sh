@@ -63,6 +63,8 @@ expect_eq "a second heartbeat: still exit 0, nothing left to lock" "$?" "0"
 check "... and no volume is reported locked again" bash -c "! grep -q ': locked' <<<'$out'"
 st=$(A status --json 2>/dev/null)
 expect_match "status shows the dataset locked" "$st" "\"name\":\"tank/secure\",\"key\":\"locked\""
+expect_match "status --json says the node is revoked" "$st" '"coordinators_reachable":true,"node_revoked":true'
+expect_match "status says so in words" "$(A status 2>/dev/null)" "^coordinators: reachable; this node is REVOKED"
 audit=$(ctl "$F" audit --node n1 2>&1)
 expect_match "the revocation is in the audit log" "$audit" "revoke"
 

@@ -4,7 +4,8 @@
 # pass the binaries' own checks, a second run changes nothing, keyfleetd starts from what was
 # installed and the agent unlocks through it; health.yml passes on that fleet and fails, naming
 # the reason, on a volume that is not enrolled, on a key overdue for rotation, on a node past
-# its dead-man window and on a coordinator that is down.
+# its dead-man window, on a certificate about to expire, on a revoked node and on a coordinator
+# that is down.
 . "$(dirname "$0")/lib.sh"
 
 PLAY=ansible-playbook
@@ -103,11 +104,14 @@ done
 expect_match "... and saved a signed checkpoint" "$(head -n 1 "$WORK/anchors.jsonl")" '^\{"format":"keyfleet-audit-checkpoint/v1","seq":[0-9]+'
 
 # A key older than the policy's max_key_age (1 s here): reported until it is rotated; a node
-# silent past its group's dead-man window (n1 sent no heartbeat: it runs no watcher here).
+# silent past its group's dead-man window: n2, which enrolled a volume and never sent a heartbeat
+# (n1's agent status sends one in each health run).
+issue "$F" node n2
+expect_match "n2 enrolls a volume" "$(node "$F" n2 enroll vol-n2 data-n2)" "^code=ok"
 put_policy "$F" <<'YAML'
 lifecycle: {max_key_age: 1s}
 groups:
-  all: {nodes: ["n*"], dead_man: {after: 1s}}
+  silent: {nodes: ["n2"], dead_man: {after: 1s}}
 rules:
   - {name: all, match: {nodes: {names: ["n*"]}}, effect: allow}
 YAML
@@ -118,8 +122,22 @@ check "health.yml fails on a key overdue for rotation" test "$rc" -ne 0
 expect_match "... naming the volume, its node and the rule" "$out" \
     "keyfleet volume $(cryptsetup luksUUID "$WORK/d.luks") of node n1: key overdue for rotation \(0 days old, max_key_age of lifecycle\); run keyfleet-agent rotate"
 expect_match "health.yml names a node past its dead-man window" "$out" \
-    "keyfleet node n1: no heartbeat for longer than its dead-man window \(1 s\); its agent locks its volumes"
+    "keyfleet node n2: no heartbeat for longer than its dead-man window \(1 s\); its agent locks its volumes"
 allow_nodes "$F" "n*"
+
+# Certificates that expire within keyfleet_health_cert_days, and revoked nodes, are unhealthy.
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/health.yml" -e keyfleet_health_cert_days=100000 2>&1)
+rc=$?
+check "health.yml fails on a certificate that expires within keyfleet_health_cert_days" test "$rc" -ne 0
+expect_match "... naming the node and the date" "$out" "keyfleet node n1: certificate expires 20[0-9-]+T"
+ctl "$F" node revoke n1 "health check test" >/dev/null
+out=$("$PLAY" -i "$WORK/inventory.yml" "$A/health.yml" 2>&1)
+rc=$?
+check "health.yml fails on a revoked node" test "$rc" -ne 0
+expect_match "... as the node's agent and the coordinator say" "$out" \
+    "keyfleet node n1: a coordinator reports this node revoked.*keyfleet node n1 is revoked"
+expect_match "node unrevoke (one operator suffices without admin.approvers)" "$(ctl "$F" node unrevoke n1)" \
+    "node n1 is no longer revoked"
 
 # A second volume that was never enrolled.
 luks_file "$WORK/e.luks" "pw"

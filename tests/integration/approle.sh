@@ -12,6 +12,16 @@ sed -i 's/client_auth: required/client_auth: optional/' "$F/keyfleetd.yaml"
 start_kfd "$F"
 allow_nodes "$F" "web-*"
 
+# Load-balancer probes (client_auth: optional): /healthz and /readyz answer without a client
+# certificate, and say nothing more than ok; /metrics and every RPC need one.
+anon() { curl -sS --max-time 10 --http2 --cacert "$F/ca.crt" -o "$WORK/anon.out" -w '%{http_code}' "$@"; printf ' %s' "$(head -c 200 "$WORK/anon.out")"; }
+expect_match "/healthz without a client certificate: 200 ok" "$(anon "$URL/healthz")" "^200 ok"
+expect_match "/readyz without a client certificate: 200 ok" "$(anon "$URL/readyz")" "^200 ok"
+expect_match "/metrics without a client certificate: 401, no metrics" "$(anon "$URL/metrics")" "^401 a client certificate is required"
+expect_match "control: /metrics with one" "$(kcurl "$F" operator "$URL/metrics")" "keyfleet_"
+expect_match "an admin RPC without a client certificate: 401" \
+    "$(anon -H 'content-type: application/proto' --data-binary '' "$URL/keyfleet.v1.AdminService/ListNodes")" "^401 "
+
 out=$(ctl "$F" approle create web-role --node web-7 --cidr 127.0.0.1/32 --token-ttl 20m --secret-id-uses 3)
 expect_match "approle create assigns a role_id (a UUID)" "$out" "role_id: [0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 ROLE_ID=$(printf '%s\n' "$out" | sed -n 's/^role_id: //p')

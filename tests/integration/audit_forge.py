@@ -131,7 +131,7 @@ def main():
         recompute(db, seq, rewrite)
     elif op == "edit":
         col, value = sys.argv[4], sys.argv[5]
-        assert col in ("reason", "node", "source", "actor_auth", "volume_id")
+        assert col in ("reason", "node", "source", "actor_auth", "volume_id", "action", "time_s")
         db.execute("UPDATE audit SET %s = ? WHERE seq = ?" % col, (value, seq))
         recompute(db, None, rewrite)
     elif op == "append":

@@ -113,5 +113,24 @@ out=$(cd / && "$AGENT" -c "$WORK/a.yaml" unlock "luks:$WORK_VOL/../vols/./data.l
 
 expect_match "unlock by another spelling, from /: the same volume, released (the name still matches)" \
     "$out rc=$rc" "^luks2 $WORK_VOL/data.luks: unlocked.* rc=0"
+
+# The man pages name every command the binaries' --help lists (docs/man/*.scd, built by scdoc).
+MAN_DIR=$(cd "$(dirname "$0")/../.." && pwd)/docs/man
+for pair in "$AGENT:keyfleet-agent.8" "$CTL:keyfleetctl.8"; do
+    bin=${pair%%:*} page=${pair##*:} missing=""
+    for c in $("$bin" --help | sed -n 's/^  \([a-z][a-z-]*\).*/\1/p' | sort -u); do
+        grep -Eq "(^|, )\*$c( |\*)" "$MAN_DIR/$page.scd" || missing="$missing $c"
+    done
+    expect_eq "$page names every command of $(basename "$bin") --help" "$missing" ""
+done
+
+# The shipped example policy (README quick start) is accepted as it is, and decides as it says.
+EXAMPLE=$(cd "$(dirname "$0")/../.." && pwd)/examples/policy.yaml
+run ctl "$F" policy put "$EXAMPLE"
+expect_match "policy put examples/policy.yaml is accepted" "$RC:$OUT" "^0:"
+run ctl "$F" policy check node-1 some-volume
+expect_match "... the quick start's node-1 is allowed" "$RC:$OUT" "^0:decision: allow.*quickstart"
+run ctl "$F" policy check quarantined-7 some-volume
+expect_match "... a quarantined node is denied" "$RC:$OUT" "^4:decision: deny.*quarantine"
 stop_kfd
 finish

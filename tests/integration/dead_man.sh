@@ -58,7 +58,7 @@ not_past "node list after it" "$t0"
 expect_match "... the window is remembered in the state file" "$(cat "$WORK/edge-1-state.json")" \
     "\"dead_man\": \{ *\"after_s\": $WINDOW, *\"last_contact\": [0-9]+"
 expect_match "node list: the node's last heartbeat and window" "$(ctl "$F" node list)" \
-    "^NODE +LAST SEEN +DEAD MAN +PAST +REVOKED .*edge-1 +[0-9T:-]+Z +${WINDOW}s +(-|PAST) +-"
+    "^NODE +STATE +LAST SEEN +DEAD MAN +PAST .*edge-1 +active +[0-9T:-]+Z +${WINDOW}s +(-|PAST) "
 expect_match "... and as JSON" "$(ctl "$F" node list --json)" \
     "\"node\":\"edge-1\",\"last_seen_at\":[0-9]+,\"dead_man_after_s\":$WINDOW,\"dead_man_past\":(false|true),\"revoked\":false"
 expect_eq "the key is loaded" "$(keystatus)" "available"
@@ -92,7 +92,7 @@ expect_match "... and as JSON" "$(A status --json 2>&1)" \
 # Back again: before the node's next heartbeat, node list marks it past its window.
 start_kfd "$F"
 for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
-expect_match "node list marks the silent node PAST" "$(ctl "$F" node list)" "edge-1 +[0-9T:-]+Z +${WINDOW}s +PAST +-"
+expect_match "node list marks the silent node PAST" "$(ctl "$F" node list)" "edge-1 +active +[0-9T:-]+Z +${WINDOW}s +PAST "
 expect_match "... and as JSON" "$(ctl "$F" node list --json)" "\"node\":\"edge-1\",[^}]*\"dead_man_past\":true"
 t0=$(date +%s)
 out=$(A watch --count 1 2>&1)
@@ -129,11 +129,29 @@ out=$(A watch --count 1 2>&1)
 expect_match "... reported at the next contact" "$out" "event=dead_man_locks_reported count=1"
 expect_eq "... two audit records now" "$(ctl "$F" audit --node edge-1 --action dead_man_lock --json | grep -c dead_man_lock)" "2"
 
+# A wall clock set back behind the last contact (review rev26: before, it counted as no silence,
+# so a thief setting the clock back won a new window at each boot) counts as the whole window.
+check "unlock again" A unlock zfs:tank/d
+A watch --count 1 >/dev/null 2>&1
+stop_kfd
+python3 - "$WORK/edge-1-state.json" <<'PY'
+import json, sys, time
+state = json.load(open(sys.argv[1]))
+state["dead_man"]["last_contact"] = int(time.time()) + 3600
+json.dump(state, open(sys.argv[1], "w"))
+PY
+out=$(A watch --count 1 2>&1)
+expect_match "a watcher whose clock is an hour behind the last contact locks at its first heartbeat" "$out" \
+    "event=dead_man_lock node=\"edge-1\" silent_s=[0-9]+ .*zfs tank/d: locked"
+expect_eq "... the key is unloaded" "$(keystatus)" "unavailable"
+start_kfd "$F"
+for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; done
+
 # Without a window, an outage locks nothing (the agent learns it in the next heartbeat).
 check "unlock again" A unlock zfs:tank/d
 dead_man_policy ""
 out=$(A watch --count 1 2>&1)
-expect_match "node list: no window, not past" "$(ctl "$F" node list)" "edge-1 +[0-9T:-]+Z +- +- +-"
+expect_match "node list: no window, not past" "$(ctl "$F" node list)" "edge-1 +active +[0-9T:-]+Z +- +- "
 stop_kfd
 start=$(date +%s)
 out=$(A watch --count $((WINDOW + 3)) 2>&1)
@@ -148,5 +166,56 @@ for _ in $(seq 1 100); do ctl "$F" status >/dev/null 2>&1 && break; sleep 0.1; d
 printf 'groups:\n  g: {nodes: [a], dead_man: {after: 0s}}\n' >"$WORK/bad.yaml"
 out=$(ctl "$F" policy put "$WORK/bad.yaml" 2>&1)
 expect_match "a dead_man.after of 0s is refused with its position" "$out" "policy:2:37: must be between"
+
+# Report budget (review rev26): each offline unlock and dead-man lock a heartbeat reports is an
+# audit record and a Raft entry; one node wrote 1,000 per request, any number of requests. A node
+# has 200 recorded one by one at once (then 1 a minute); the rest are counted in one record, and
+# the heartbeat still succeeds.
+issue "$F" node edge-2
+heartbeat_body() { # N: a HeartbeatRequest with N offline unlocks of volume rev26-vol
+    python3 - "$1" <<'PY'
+import sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def field(num, data):
+    return varint(num << 3 | 2) + varint(len(data)) + data
+vol = field(1, b"rev26-vol") + varint(2 << 3) + varint(2) + field(3, b"tank/x")
+unlock = field(1, vol) + field(2, varint(1 << 3) + varint(1700000000)) + field(3, b"test")
+sys.stdout.buffer.write(b"".join(field(1, unlock) for _ in range(int(sys.argv[1]))))
+PY
+}
+recorded() { ctl "$F" audit --node edge-2 --action offline_unlock --json | grep -c rev26-vol; }
+heartbeat_body 150 >"$WORK/hb150"
+heartbeat_body 10 >"$WORK/hb10"
+PROTO=(-H 'content-type: application/proto')
+expect_match "150 offline unlocks in one heartbeat: answered" \
+    "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb150")" "^200 "
+expect_eq "... each recorded (within the budget of 200)" "$(recorded)" "150"
+expect_match "150 more: answered too" \
+    "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb150")" "^200 "
+expect_eq "... 50 of them recorded one by one" "$(recorded)" "200"
+expect_match "... the other 100 counted in one record" \
+    "$(ctl "$F" audit --node edge-2 --action reports_over_budget --json)" \
+    '"action":"reports_over_budget".*100 offline unlock and 0 dead-man lock reports past the node.s report budget'
+rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb10" >/dev/null
+expect_eq "10 more right after: none recorded one by one" "$(recorded)" "200"
+expect_eq "... two summary records in all" \
+    "$(ctl "$F" audit --node edge-2 --action reports_over_budget --json | grep -c reports_over_budget)" "2"
+
+# Heartbeats (review rev26): each is a Raft write, so a node may send 60 at once, then 2 a second
+# (an agent sends one per watch_interval, at least 1 s). 100 on one connection: the first 60 are
+# answered, then most are refused with resource_exhausted (429) and Retry-After.
+issue "$F" node edge-3
+urls=()
+for _ in $(seq 1 100); do urls+=(-o /dev/null "$URL/keyfleet.v1.NodeService/Heartbeat"); done
+codes=$(kcurl "$F" edge-3 --max-time 30 -X POST "${PROTO[@]}" --data-binary '' -w '%{http_code}\n' "${urls[@]}")
+expect_eq "the first 60 heartbeats are answered" "$(printf '%s\n' "$codes" | head -n 60 | sort -u)" "200"
+refused=$(printf '%s\n' "$codes" | grep -c '^429$')
+check "... and of the next 40, most are refused (429: $refused)" test "$refused" -ge 20
 
 finish

@@ -14,18 +14,25 @@ certificate and ALPN h2 on 127.0.0.1.
       the same with resets the server sends ("MadeYouReset"): N pairs of HEADERS (GET /healthz
       without END_STREAM, so the stream stays open) then WINDOW_UPDATE(2^31-1) on it, which
       overflows its window, so the server resets it with FLOW_CONTROL_ERROR.
-  h2_probe.py ping-flood HOST PORT CA CERT KEY STREAMS PINGS rst|read
+  h2_probe.py ping-flood HOST PORT CA CERT KEY STREAMS PINGS rst|read|rst-paused:PID
       SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS GET /metrics, then PINGS pings (see ping_flood).
   h2_probe.py body-streams HOST PORT CA CERT KEY STREAMS BYTES
       opens STREAMS POST streams to an RPC and sends BYTES of body on each without ending it;
       prints "refused=K answered=M healthz=STATUS" (K: streams reset with REFUSED_STREAM, M: streams
       answered; then all are reset and one more GET /healthz is sent on the connection).
+  h2_probe.py header-fields HOST PORT CA CERT KEY CONNS STREAMS FIELDS
+      on each of CONNS connections, STREAMS POST streams whose header block adds one 3900-byte
+      field to the HPACK dynamic table and then names it again FIELDS times (one byte each), no
+      body; prints "reset=K goaway=G" (K: streams the server reset or refused, G: connections it
+      ended) once every stream is accounted for, or after 1.5 s per connection.
 CERT "-": no client certificate.
 
 One thread (OpenSSL does not allow two on one connection). Request headers are RFC 7541 literal fields without Huffman or the dynamic table. Of the answers it
 reads only frame headers, SETTINGS, GOAWAY and the first byte of each HEADERS block (":status:
 200" is static-table index 8). Bounded: every read has a 10 s timeout and the whole run 60 s.
 """
+import os
+import signal
 import socket
 import ssl
 import struct
@@ -162,8 +169,11 @@ def reset_flood(args, provoke=False):
 def ping_flood(args):
     """SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS requests (GET /metrics: their answers wait on the
     flow-control window), then PINGS pings without reading the answers. THEN is "rst" (close at
-    once with a TCP reset, the answers unread: h2o's write fails while it still has input) or
-    "read" (read what came back). Prints "goaway=CODE", "end=acked" (every PING answered, the
+    once with a TCP reset, the answers unread: h2o's write fails while it still has input),
+    "rst-paused:PID" (the same while the server, process PID, is stopped with SIGSTOP from the
+    SETTINGS exchange until the reset is sent: it then reads the pings and the reset in one go,
+    as a loaded server does; keep PINGS small enough for the socket buffers) or "read" (read
+    what came back). Prints "goaway=CODE", "end=acked" (every PING answered, the
     connection still open) or "end=closed", then pings_sent=K refused=N (streams the server
     reset with REFUSED_STREAM)."""
     streams, pings, then = int(args[5]), int(args[6]), args[7]
@@ -176,6 +186,9 @@ def ping_flood(args):
         if f[0] == SETTINGS and not f[1] & ACK:
             s.sendall(frame(SETTINGS, ACK, 0))
             break
+    paused = int(then.split(":")[1]) if then.startswith("rst-paused:") else None
+    if paused is not None:
+        os.kill(paused, signal.SIGSTOP)
     sent = 0
     deadline = time.monotonic() + 60
     try:
@@ -187,9 +200,13 @@ def ping_flood(args):
             sent += n
     except OSError:
         pass
-    if then == "rst":
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
+    if then == "rst" or paused is not None:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        finally:
+            if paused is not None:
+                os.kill(paused, signal.SIGCONT)
         print("end=reset pings_sent=%d" % sent)
         return 0
     result, refused, acks = "end=closed", 0, 0
@@ -262,6 +279,70 @@ def body_streams(args):
     return 0
 
 
+def indexed_literal(name, value):
+    """A literal field with incremental indexing and a new name (RFC 7541 6.2.1), lengths as
+    7-bit prefixed integers (5.1)."""
+    def length(n):
+        if n < 127:
+            return bytes([n])
+        out, n = [127], n - 127
+        while n >= 128:
+            out.append((n & 127) | 128)
+            n >>= 7
+        return bytes(out + [n])
+    name, value = name.encode(), value.encode()
+    return b"\x40" + length(len(name)) + name + length(len(value)) + value
+
+
+def header_fields(args):
+    conns, streams, fields = int(args[5]), int(args[6]), int(args[7])
+    socks = []
+    for _ in range(conns):
+        s = connect(*args[:5])
+        r = Reader(s)
+        while True:
+            f = r.next()
+            if f is None:
+                sys.exit("h2_probe: closed before SETTINGS")
+            if f[0] == SETTINGS and not f[1] & ACK:
+                s.sendall(frame(SETTINGS, ACK, 0))
+                break
+        out = []
+        for i in range(streams):
+            block = post_headers("/keyfleet.v1.AdminService/ClusterStatus")
+            if i == 0:
+                block += indexed_literal("x-fill", "v" * 3900)
+            block += b"\xbe" * fields  # index 62: the newest dynamic-table entry, x-fill
+            out.append(frame(HEADERS, END_HEADERS, 2 * i + 1, block))
+        s.sendall(b"".join(out))
+        socks.append((s, r))
+    reset, goaway = 0, 0
+    for s, r in socks:
+        s.settimeout(1)
+        seen = set()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and len(seen) < streams:
+            f = r.next()
+            if f is None:
+                break
+            if f[0] == RST_STREAM:
+                seen.add(f[2])
+            elif f[0] == GOAWAY:
+                goaway += 1
+                break
+        reset += len(seen)
+    print("reset=%d goaway=%d" % (reset, goaway))
+    for s, r in socks:  # end cleanly: no TCP reset with the server's frames unread
+        try:
+            s.shutdown(socket.SHUT_WR)
+            while r.next() is not None:
+                pass
+        except OSError:
+            pass
+        s.close()
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 7:
         sys.exit(__doc__)
@@ -274,6 +355,8 @@ if __name__ == "__main__":
         sys.exit(reset_flood(rest, provoke=True))
     if cmd == "body-streams" and len(rest) == 7:
         sys.exit(body_streams(rest))
+    if cmd == "header-fields" and len(rest) == 8:
+        sys.exit(header_fields(rest))
     if cmd == "ping-flood" and len(rest) == 8:
         sys.exit(ping_flood(rest))
     sys.exit(__doc__)

@@ -82,7 +82,7 @@ int main(int argc, char **argv)
         }
     } else if (strcmp(argv[5], "release") == 0 && argc >= 8) {
         kf_released rel;
-        r = kf_node_release(c, NULL, me.name, &vol, argv[7], argc > 8 ? argv[8] : "", NULL, &rel, &st, &err);
+        r = kf_node_release(c, NULL, me.name, &vol, argv[7], argc > 8 ? argv[8] : "", NULL, false, &rel, &st, &err);
         if (r == 0 && st.code == KF_CONNECT_OK) {
             if (rel.pending) {
                 printf("code=ok status=pending request=%s retry_ms=%u\n", rel.request_id, rel.retry_after_ms);

@@ -66,7 +66,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "quote_probe: attest: %d %s\n", r, err.msg);
         goto out;
     }
-    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, false, &rel, &st, &err);
     report("fresh", r, &st, &rel, &err);
     kf_released_clear(&rel);
 
@@ -76,7 +76,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "quote_probe: %s\n", err.msg);
         goto out;
     }
-    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, false, &rel, &st, &err);
     report("replayed", r, &st, &rel, &err);
     kf_released_clear(&rel);
 
@@ -91,7 +91,7 @@ int main(int argc, char **argv)
     msg.signature = (ProtobufCBinaryData){.data = other.sig, .len = other.sig_len};
     msg.ak_public = (ProtobufCBinaryData){.data = other.ak_pub, .len = other.ak_pub_len};
     msg.pcr_values = (ProtobufCBinaryData){.data = other.values, .len = other.values_len};
-    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, false, &rel, &st, &err);
     report("other-ak", r, &st, &rel, &err);
     kf_released_clear(&rel);
 
@@ -103,7 +103,7 @@ int main(int argc, char **argv)
     bad.signature = (ProtobufCBinaryData){.data = junk[1], .len = 72};
     bad.ak_public = (ProtobufCBinaryData){.data = junk[2], .len = 90};
     bad.pcr_values = (ProtobufCBinaryData){.data = junk[3], .len = 128};
-    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &bad, &rel, &st, &err);
+    r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &bad, false, &rel, &st, &err);
     report("garbage", r, &st, &rel, &err);
     kf_released_clear(&rel);
 
@@ -119,7 +119,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "quote_probe: attest %s: %s\n", sets[i].name, err.msg);
             goto out;
         }
-        r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, &rel, &st, &err);
+        r = kf_node_release(ctx.client, kfa_receiver(&ctx), ctx.me.name, &ref, argv[3], "", &msg, false, &rel, &st, &err);
         report(sets[i].name, r, &st, &rel, &err);
         kf_released_clear(&rel);
     }

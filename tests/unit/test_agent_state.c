@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "agent.h"
+#include "state.h"
 
 #include "kf_test_tmpdir.h"
 
@@ -55,10 +56,51 @@ static void concurrent_queue_and_record_lose_nothing(void **state)
     json_decref(root);
 }
 
+/* A queued report a coordinator would refuse (here a name past 255 characters, and one that is
+ * not an object) is not sent, since it would fail every later heartbeat, but it is counted with
+ * the reports the heartbeat takes off the queue; the valid one around them is sent. */
+static void refused_reports_are_not_sent(void **state)
+{
+    (void)state;
+    char file[128], name[400];
+    snprintf(file, sizeof(file), "%s/agent-state-bad.json", tmpdir);
+    memset(name, 'x', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    json_t *root = json_pack("{s:[{s:s, s:i, s:s, s:I, s:s}, i, {s:s, s:i, s:s, s:I, s:s}]}", "offline_pending",
+                             "volume_id", "vol-1", "kind", 1, "name", name, "at", (json_int_t)1, "reason", "r", 7,
+                             "volume_id", "vol-2", "kind", 2, "name", "tank/home", "at", (json_int_t)2, "reason", "r");
+    assert_non_null(root);
+    assert_int_equal(json_dump_file(root, file, 0), 0);
+    json_decref(root);
+    kfa_state_reports s;
+    assert_int_equal(kfa_state_reports_read(file, &s), 0);
+    assert_int_equal(s.n_offline, 3);
+    assert_int_equal(s.n_send, 1);
+    assert_string_equal(s.ptrs[0]->volume->id, "vol-2");
+    kfa_config cfg = {.state_file = file};
+    kfa_state_drop_reported(&cfg, "offline_pending", s.offline, s.n_offline);
+    kfa_state_reports_free(&s);
+    assert_int_equal(kfa_state_reports_read(file, &s), 0);
+    assert_int_equal(s.n_offline, 0);
+    kfa_state_reports_free(&s);
+    /* A path longer than a coordinator takes is queued cut to 255 bytes, never mid-character. */
+    kfa_volume v = {.kind = KFA_VOL_ZFS};
+    snprintf(v.id, sizeof(v.id), "vol-3");
+    memset(v.path, 'p', 254);
+    memcpy(v.path + 254, "\xc3\xa9tail", 7); /* an e-acute across byte 255 */
+    assert_int_equal(kfa_state_queue_offline(&cfg, &v, "test"), 0);
+    assert_int_equal(kfa_state_reports_read(file, &s), 0);
+    assert_int_equal(s.n_offline, 1);
+    assert_int_equal(s.n_send, 1);
+    assert_int_equal(strlen(s.ptrs[0]->volume->name), 254);
+    kfa_state_reports_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(concurrent_queue_and_record_lose_nothing),
+        cmocka_unit_test(refused_reports_are_not_sent),
     };
     return cmocka_run_group_tests_name("agent_state", tests, tmpdir_setup, tmpdir_teardown);
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -61,10 +62,35 @@ static void test_good_config_loads(void **state)
     assert_int_equal(cfg->listen.n, 1);
     assert_int_equal(cfg->limits.idle_timeout_ms, 120000);
     assert_int_equal(cfg->limits.max_body_bytes, 65536);
+    assert_int_equal(cfg->limits.max_open_streams, 32768); /* the default: about 210 MB of h2o's streams */
     assert_int_equal(cfg->client_auth, KF_TLS_PEER_REQUIRED);
     char want[256];
     snprintf(want, sizeof(want), "%s/c.crt", tmpdir);
     assert_string_equal(cfg->tls_cert, want); /* relative to the config file */
+    kfd_config_free(cfg);
+}
+
+/* A relative config path (keyfleetd -c sub/k.yaml): the default KEK directory is the state
+ * directory's kek/, the state directory resolved against the config's directory once. */
+static void test_relative_config_kek_dir(void **state)
+{
+    (void)state;
+    write_file("k.yaml", GOOD);
+    char cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(tmpdir), 0);
+    assert_int_equal(mkdir("sub", 0700) == 0 || errno == EEXIST, 1);
+    FILE *f = fopen("sub/k.yaml", "w");
+    assert_non_null(f);
+    fputs(GOOD, f);
+    fclose(f);
+    kfd_config *cfg = NULL;
+    kf_err err = {0};
+    int r = kfd_config_load("sub/k.yaml", &cfg, &err);
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(r, 0);
+    assert_string_equal(cfg->state_dir, "sub/state");
+    assert_string_equal(cfg->kms.local_dir, "sub/state/kek");
     kfd_config_free(cfg);
 }
 
@@ -94,6 +120,10 @@ static void test_wrong_types(void **state)
     expect_error("name: \"bad name\"\nlisten: [\"127.0.0.1:1\"]\nstate_dir: s\ntls: {cert: a, key: b, ca: c}\n",
                  "1:8: name must be");
     expect_error(GOOD "tls: {}\n", "8:1: duplicate key 'tls'");
+    expect_error(GOOD "probe_listen: [\"nope\"]\n", "8:15: probe_listen address 'nope' is not host:port");
+    expect_error("name: a\nlisten: [\"127.0.0.1:1\"]\nprobe_listen: [\"127.0.0.1:1\"]\nstate_dir: s\n"
+                 "tls: {cert: a, key: b, ca: c}\n",
+                 "3:15: probe_listen address '127.0.0.1:1' is also in listen");
 }
 
 static void test_malformed_yaml(void **state)
@@ -249,6 +279,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_config_loads), cmocka_unit_test(test_unknown_key),
+        cmocka_unit_test(test_relative_config_kek_dir),
         cmocka_unit_test(test_missing_key),       cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_malformed_yaml),    cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_duration_parser),   cmocka_unit_test(test_audit_sinks),

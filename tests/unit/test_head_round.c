@@ -109,6 +109,37 @@ static void test_non_witnesses_ignored(void **state)
     assert_int_equal(kfd_head_round_verdict(&r), KFD_HEAD_UNDECIDED);
 }
 
+/* Review rev17, R2: the same audit log with other replicated state (an edited revocation,
+ * policy or accepted PCR values) is another head; digests of another schema version are not
+ * compared, nor are they when either side has none. */
+static void test_state_digest_compared(void **state)
+{
+    (void)state;
+    setup_heads();
+    kfd_audit_head mine = own, theirs = own;
+    mine.state_version = theirs.state_version = 12;
+    memset(mine.state, 5, sizeof(mine.state));
+    memset(theirs.state, 6, sizeof(theirs.state));
+    kfd_head_round r = {0};
+    kfd_head_tag t = kfd_head_round_pass(&r, 3, 77, 3, &mine);
+    Keyfleet__V1__AuditHeadResponse a = answer(&own);
+    a.state = (ProtobufCBinaryData){sizeof(theirs.state), theirs.state};
+    a.state_version = 12;
+    assert_int_equal(kfd_head_round_count(&r, t, &a), KFD_HEAD_DIFFERS);
+    a.state.len = 0; /* a digest missing where the version says there is one */
+    assert_int_equal(kfd_head_round_count(&r, t, &a), KFD_HEAD_DIFFERS);
+    assert_int_equal(kfd_head_round_verdict(&r), KFD_HEAD_OUTVOTED);
+
+    t = kfd_head_round_pass(&r, 3, 78, 3, &mine);
+    a.state = (ProtobufCBinaryData){sizeof(mine.state), mine.state};
+    assert_int_equal(kfd_head_round_count(&r, t, &a), KFD_HEAD_AGREES);
+    a.state = (ProtobufCBinaryData){sizeof(theirs.state), theirs.state};
+    a.state_version = 11; /* a replica on another schema: its digest is not comparable */
+    assert_int_equal(kfd_head_round_count(&r, t, &a), KFD_HEAD_AGREES);
+    a.state_version = 0;
+    assert_int_equal(kfd_head_round_count(&r, t, &a), KFD_HEAD_AGREES);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -116,6 +147,7 @@ int main(void)
         cmocka_unit_test(test_one_vouched_answer_is_not_enough),
         cmocka_unit_test(test_stale_answers_ignored),
         cmocka_unit_test(test_non_witnesses_ignored),
+        cmocka_unit_test(test_state_digest_compared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

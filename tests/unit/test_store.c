@@ -812,6 +812,104 @@ static void revoke_cert_row(const char *db, const char *serial)
  * dated ahead of this clock beyond 300 s fails closed (diverged, still recorded); at the next
  * open it is not judged by the clock again, and a checkpoint keeping its time is fine. F9: a
  * coordinator added back signs only with a certificate issued after its removal. */
+/* Review rev17, R5: the store asks its verifier (core/checkpoint.c: signature and chain) at
+ * apply; a checkpoint it refuses changes nothing and vouches for nothing. */
+static int verifier_calls;
+static int refuse_checkpoint(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err *err)
+{
+    (void)arg;
+    verifier_calls++;
+    assert_non_null(strstr(c->text, "signer c5"));
+    return kf_err_set(err, -EPERM, "checkpoint signature does not verify");
+}
+
+static int accept_checkpoint(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err *err)
+{
+    (void)arg, (void)c, (void)err;
+    verifier_calls++;
+    return 0;
+}
+
+static void test_checkpoint_verifier_at_apply(void **state)
+{
+    (void)state;
+    uint8_t *c5 = NULL;
+    size_t c5_len = 0;
+    char c5_serial[KF_SERIAL_MAX];
+    coordinator_cert("c5", &c5, &c5_len, c5_serial);
+    kfd_store *s = open_db("r5.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    kfd_audit_head before, after;
+    kfd_store_audit_head(s, &before);
+    kfd_store_set_checkpoint_verifier(s, refuse_checkpoint, NULL);
+    verifier_calls = 0;
+    assert_int_equal(apply_checkpoint(s, "c5", c5, c5_len), -EPERM);
+    assert_int_equal(verifier_calls, 1);
+    kfd_store_audit_head(s, &after);
+    assert_int_equal(after.seq, before.seq); /* nothing recorded */
+    assert_int_equal(after.checkpoint_seq, 0);
+    assert_false(kfd_store_audit_vouched(s));
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    /* The head is still compared first: a differing head diverges even when the signature fails. */
+    assert_int_equal(apply_checkpoint_at(s, "c5", c5, c5_len, 0, true), -EPERM);
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 1);
+    kfd_store_close(s);
+
+    s = open_db("r5b.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    kfd_store_set_checkpoint_verifier(s, accept_checkpoint, NULL);
+    verifier_calls = 0;
+    assert_int_equal(apply_checkpoint(s, "c5", c5, c5_len), 0);
+    assert_int_equal(verifier_calls, 1);
+    assert_true(kfd_store_audit_vouched(s));
+    kfd_store_close(s);
+    OPENSSL_free(c5);
+}
+
+/* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
+ * audit log, not with the audit log or the order rows were written in. */
+/* An edit behind the store's back (the attacker of #17 with write access to one database). */
+static void edit_db(const char *db, const char *sql)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, db);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+}
+
+static void test_state_digest(void **state)
+{
+    (void)state;
+    kfd_store *a = open_db("sd-a.db"), *b = open_db("sd-b.db");
+    uint8_t da[KFD_HASH_LEN], db[KFD_HASH_LEN];
+    assert_int_equal(kfd_store_state_digest(a, da), 0);
+    assert_int_equal(kfd_store_state_digest(b, db), 0);
+    assert_memory_equal(da, db, sizeof(da));
+    assert_int_equal(append(a, "release", "web-01"), 0); /* the audit log is not in it */
+    assert_int_equal(kfd_store_state_digest(a, da), 0);
+    assert_memory_equal(da, db, sizeof(da));
+    kfd_store_close(a);
+    kfd_store_close(b);
+    edit_db("sd-a.db", "INSERT INTO nodes (name, revoked) VALUES ('n2', 1);"
+                       "INSERT INTO nodes (name, revoked) VALUES ('n1', 1);");
+    edit_db("sd-b.db", "INSERT INTO nodes (name, revoked) VALUES ('n1', 1);"
+                       "INSERT INTO nodes (name, revoked) VALUES ('n2', 1);");
+    a = open_db("sd-a.db");
+    b = open_db("sd-b.db");
+    assert_int_equal(kfd_store_state_digest(a, da), 0);
+    assert_int_equal(kfd_store_state_digest(b, db), 0);
+    assert_memory_equal(da, db, sizeof(da)); /* the same rows, written in another order */
+    kfd_store_close(b);
+    edit_db("sd-b.db", "UPDATE nodes SET revoked = 0 WHERE name = 'n1'");
+    b = open_db("sd-b.db");
+    assert_int_equal(kfd_store_state_digest(b, db), 0);
+    assert_memory_not_equal(da, db, sizeof(da)); /* a revocation undone */
+    kfd_store_close(a);
+    kfd_store_close(b);
+}
+
 static void test_checkpoint_apply_order(void **state)
 {
     (void)state;
@@ -906,6 +1004,8 @@ int main(void)
         cmocka_unit_test(test_attest_clock),
         cmocka_unit_test(test_head_check_and_checkpoint_signers),
         cmocka_unit_test(test_checkpoint_apply_order),
+        cmocka_unit_test(test_checkpoint_verifier_at_apply),
+        cmocka_unit_test(test_state_digest),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }

@@ -524,6 +524,68 @@ static void test_rotation_at_apply(void **state)
     kfd_store_close(s);
 }
 
+static int lifecycle(kfd_store *s, bool retire, const char *what, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, retire ? "volume_retire" : "unrevoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRetireVolume r = KEYFLEET__V1__CMD_RETIRE_VOLUME__INIT;
+    Keyfleet__V1__CmdUnrevokeNode u = KEYFLEET__V1__CMD_UNREVOKE_NODE__INIT;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    if (retire) {
+        r.volume_id = (char *)what;
+        r.audit = &a.e;
+        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RETIRE_VOLUME;
+        cmd.retire_volume = &r;
+    } else {
+        u.node = (char *)what;
+        u.audit = &a.e;
+        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE;
+        cmd.unrevoke_node = &u;
+    }
+    return apply(s, &cmd, NULL);
+}
+
+/* A retired volume's key is refused at apply, also to a release (or rotation) that passed the
+ * handler before the retire was applied; unrevoke applies only to a revoked node, and is one of
+ * the changes an approval may carry. */
+static void test_retire_and_unrevoke_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("lifecycle.db");
+    assert_int_equal(enroll(s, "vol-x", "n1", T0), 0);
+    assert_int_equal(release_kcv(s, "n1", "vol-x", KCV1, T0 + 1), 0); /* control */
+    assert_int_equal(lifecycle(s, true, "vol-x", T0 + 2), 0);
+    assert_int_equal(release_kcv(s, "n1", "vol-x", KCV1, T0 + 3), -EACCES);
+    assert_int_equal(rotate(s, "n1", "vol-x", false, KCV2, T0 + 3), -EACCES);
+    assert_int_equal(lifecycle(s, true, "vol-x", T0 + 4), -ESTALE);  /* already retired */
+    assert_int_equal(lifecycle(s, true, "vol-no", T0 + 4), -ENOENT); /* not enrolled */
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-x", &v), 0);
+    assert_int_equal(v.retired_at, T0 + 2);
+    kfd_volume_clear(&v);
+
+    assert_int_equal(lifecycle(s, false, "n2", T0 + 5), -ESTALE); /* not revoked */
+    assert_int_equal(revoke_node(s, "n2"), 0);
+    assert_int_equal(enroll(s, "vol-y", "n2", T0 + 5), -EACCES);
+    Keyfleet__V1__CmdUnrevokeNode u = KEYFLEET__V1__CMD_UNREVOKE_NODE__INIT;
+    audit_at a;
+    audit(&a, T0 + 6, "unrevoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    u.node = (char *)"n2";
+    u.audit = &a.e;
+    Keyfleet__V1__StateCommand change = KEYFLEET__V1__STATE_COMMAND__INIT;
+    change.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE;
+    change.unrevoke_node = &u;
+    assert_int_equal(propose(s, RID, &change, 2), 0);
+    bool revoked = false;
+    assert_int_equal(kfd_store_node_revoked(s, "n2", &revoked), 0);
+    assert_true(revoked); /* held: one approval of two */
+    assert_int_equal(approve(s, RID, "op2", 0, T0 + 7), 0);
+    assert_int_equal(kfd_store_node_revoked(s, "n2", &revoked), 0);
+    assert_false(revoked);
+    assert_int_equal(enroll(s, "vol-y", "n2", T0 + 8), 0);
+    kfd_store_close(s);
+}
+
 /* A secret id made for a role (held for approval meanwhile) must not land on a role of the same
  * name created again later, perhaps for another node. */
 static void test_secret_id_bound_to_role_id(void **state)
@@ -710,6 +772,13 @@ static void test_recovery_at_apply(void **state)
     assert_string_equal(rec.wrapped, "w3");
     assert_int_equal(rec.revealed_at, 0);
     kfd_recovery_clear(&rec);
+
+    /* A retired volume's recovery key is refused with its key: neither escrowed nor revealed. */
+    assert_int_equal(propose_reveal(s, RID, "v1", 2), 0);
+    assert_int_equal(approve(s, RID, "op2", 0, T0 + 5), 0);
+    assert_int_equal(lifecycle(s, true, "v1", T0 + 5), 0);
+    assert_int_equal(reveal(s, RID, "v1", "op1", T0 + 6), -EACCES);
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w4", false, T0 + 6), -EACCES);
     kfd_store_close(s);
 }
 
@@ -727,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_recovery_at_apply),
+        cmocka_unit_test(test_retire_and_unrevoke_at_apply),
     };
     return cmocka_run_group_tests_name("store_guard", tests, tmpdir_setup, tmpdir_teardown);
 }

@@ -1,0 +1,120 @@
+/* The state digest (review rev17, R2): a hash over every replicated table outside the audit log,
+ * so that a replica whose revocations, denylist, policy, accepted PCR values or approvals were
+ * edited behind keyfleetd's back does not hold the same digest as the others after the same
+ * entries. A new leader's head confirmation compares it (core/head_round.c).
+ *
+ * Each row is hashed from its typed column values; the row hashes of a table are sorted, so the
+ * digest depends on the rows and not on their storage order, and then hashed with the table's
+ * name. Replicas of another schema version hold other columns: the version goes with the digest
+ * and digests of different versions are not compared. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "store/store_internal.h"
+
+/* Every table an apply writes, except audit and audit_checkpoints (the chain and checkpoints
+ * cover those) and raft_state (the applied index, the same by construction). */
+static const char *const tables[] = {"approvals", "kms_state", "node_attest",   "nodes",     "pending",
+                                     "policy",    "revoked_certs", "roles",     "secret_ids", "tokens",
+                                     "totp_failures", "totp_used", "volumes"};
+
+static void put_u64(EVP_MD_CTX *m, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (uint8_t)v;
+    EVP_DigestUpdate(m, b, sizeof(b));
+}
+
+static int cmp_hash(const void *a, const void *b) { return memcmp(a, b, KFD_HASH_LEN); }
+
+static int row_hash(EVP_MD_CTX *m, sqlite3_stmt *st, uint8_t out[KFD_HASH_LEN])
+{
+    int n = sqlite3_column_count(st);
+    if (EVP_DigestInit_ex(m, EVP_sha256(), NULL) != 1)
+        return -ENOMEM;
+    put_u64(m, (uint64_t)n);
+    for (int i = 0; i < n; i++) {
+        int type = sqlite3_column_type(st, i);
+        uint8_t tag = (uint8_t)type;
+        EVP_DigestUpdate(m, &tag, 1);
+        if (type == SQLITE_INTEGER) {
+            put_u64(m, (uint64_t)sqlite3_column_int64(st, i));
+        } else if (type == SQLITE_FLOAT) {
+            double d = sqlite3_column_double(st, i);
+            uint64_t u;
+            memcpy(&u, &d, sizeof(u));
+            put_u64(m, u);
+        } else if (type == SQLITE_TEXT || type == SQLITE_BLOB) {
+            const void *p = type == SQLITE_TEXT ? (const void *)sqlite3_column_text(st, i) : sqlite3_column_blob(st, i);
+            int len = sqlite3_column_bytes(st, i);
+            put_u64(m, (uint64_t)len);
+            if (len > 0)
+                EVP_DigestUpdate(m, p, (size_t)len);
+        }
+    }
+    unsigned int len = KFD_HASH_LEN;
+    return EVP_DigestFinal_ex(m, out, &len) == 1 ? 0 : -ENOMEM;
+}
+
+/* One table into the outer digest. 0, -ENOMEM, -EIO. */
+static int table_digest(kfd_store *s, EVP_MD_CTX *outer, EVP_MD_CTX *m, const char *table)
+{
+    char sql[64];
+    snprintf(sql, sizeof(sql), "SELECT * FROM %s", table);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    uint8_t(*rows)[KFD_HASH_LEN] = NULL;
+    size_t n = 0, cap = 0;
+    int rc, r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            uint8_t(*v)[KFD_HASH_LEN] = realloc(rows, ncap * sizeof(*v));
+            if (v == NULL) {
+                r = -ENOMEM;
+                break;
+            }
+            rows = v;
+            cap = ncap;
+        }
+        if ((r = row_hash(m, st, rows[n])) != 0)
+            break;
+        n++;
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = -EIO;
+    sqlite3_finalize(st);
+    if (r == 0) {
+        if (n > 1)
+            qsort(rows, n, sizeof(*rows), cmp_hash);
+        put_u64(outer, strlen(table));
+        EVP_DigestUpdate(outer, table, strlen(table));
+        put_u64(outer, n);
+        if (n > 0)
+            EVP_DigestUpdate(outer, rows, n * sizeof(*rows));
+    }
+    free(rows);
+    return r;
+}
+
+int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN])
+{
+    EVP_MD_CTX *outer = EVP_MD_CTX_new(), *m = EVP_MD_CTX_new();
+    static const char tag[] = "keyfleet state digest v1";
+    int r = outer != NULL && m != NULL && EVP_DigestInit_ex(outer, EVP_sha256(), NULL) == 1 ? 0 : -ENOMEM;
+    if (r == 0)
+        EVP_DigestUpdate(outer, tag, sizeof(tag));
+    for (size_t i = 0; r == 0 && i < sizeof(tables) / sizeof(tables[0]); i++)
+        r = table_digest(s, outer, m, tables[i]);
+    unsigned int len = KFD_HASH_LEN;
+    if (r == 0 && EVP_DigestFinal_ex(outer, out, &len) != 1)
+        r = -ENOMEM;
+    EVP_MD_CTX_free(outer);
+    EVP_MD_CTX_free(m);
+    return r;
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Review rev17, R4: a new leader's AuditHead questions are answered only by the voter asked. A
+# stand-in at a stopped voter's RPC address, with a fleet certificate for that host that does
+# not name that coordinator (another coordinator's, never a member, with the same SAN; a node's
+# could not serve TLS: its EKU is clientAuth only), answers "another head": its
+# answer is refused and logged (`audit_head_peer_refused`, late answers included) and never
+# counted as a dispute; the honest voter's answer confirms the leader. Before R4 only the TLS
+# host name was checked, and such an answer counted like the voter's.
+. "$(dirname "$0")/lib.sh"
+
+F=$WORK/fleet
+fleet_init "$F"
+issue "$F" node n1
+issue "$F" coordinator x9 --san IP:127.0.0.1
+. "$(dirname "$0")/cluster_lib.sh"
+
+start_cluster c 3
+WRAP=$(field wrapped "$("$NODE_CLIENT" "$CLUSTER" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)")
+expect_match "a release through the cluster" "$(release n1 vol-1 "$WRAP" "$CLUSTER")" "^code=ok status=released"
+for n in c1 c2 c3; do signed_on "$n"; done
+caught_up c2 "$L"
+caught_up c3 "$L"
+stop_replicas c1 c2 c3
+
+# AuditHeadResponse{known: true, seq: 1, root: 32 zero bytes, chain: 32 zero bytes}
+Z=$(printf '00%.0s' $(seq 1 32))
+BODY=08011001"1a20${Z}2220${Z}"
+python3 "$(dirname "$0")/peer_standin.py" "$F/x9.crt" "$F/x9.key" "${RPC[c3]##*:}" "$BODY" &
+STANDIN=$!
+PIDS+=("$STANDIN")
+sleep 0.5
+start c1
+start c2
+LEAD=$(wait_leader c1 c1 c2)
+check "c1 and c2 elect a leader" test -n "$LEAD"
+REFUSED="event=audit_head_peer_refused peer=c3 reason=\"the answering certificate does not name this coordinator\""
+for _ in $(seq 1 100); do grep -q "$REFUSED" "$WORK/$LEAD/keyfleetd.log" && break; sleep 0.05; done
+grep -q "$REFUSED" "$WORK/$LEAD/keyfleetd.log"
+check "$LEAD refuses the answer of x9's certificate at c3's address" test $? -eq 0
+grep -q "event=audit_head_disputed peer=c3" "$WORK/$LEAD/keyfleetd.log"
+check "... and does not count it as a dispute" test $? -ne 0
+grep -q "event=audit_head_confirmed .*how=majority" "$WORK/$LEAD/keyfleetd.log"
+check "the honest voter's answer confirms $LEAD" test $? -eq 0
+for _ in $(seq 1 50); do
+    out=$(release n1 vol-1 "$WRAP" "$(servers_of c1 c2)" 2>&1)
+    [[ $out == "code=ok status=released"* ]] && break
+    sleep 0.1
+done
+expect_match "the cluster serves" "$out" "^code=ok status=released"
+kill "$STANDIN" 2>/dev/null
+wait "$STANDIN" 2>/dev/null
+stop_replicas c1 c2
+check_sanitizers
+finish
