@@ -33,6 +33,9 @@ typedef struct kfa_ctx {
     uint64_t dead_man_after_s; /* the last heartbeat's dead-man window (0: none) */
     bool live;       /* stderr is a terminal of its own (not the keyscript's console): a live countdown */
     bool no_pending; /* a release held for approval fails at once, making no request (rewrap) */
+    /* The last heartbeat's volumes whose recovery key was revealed (watch replaces them). */
+    char *recovery_replace[100];
+    size_t n_recovery_replace;
 } kfa_ctx;
 
 /* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
@@ -127,6 +130,20 @@ int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_onl
 
 /* The rotate command (rotate.c). */
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv);
+/* The volume's lock (rotate-ID.lock beside the state file, flock): one run changing its keys
+ * at a time on this machine; -EBUSY at once while another holds it. Close *ret_fd to release. */
+int kfa_volume_lock(const kfa_config *cfg, const kfa_volume *v, int *ret_fd, kf_err *err);
+/* Rotates one enrolled volume's key, under the rotation lock (probed again under it). */
+int kfa_rotate_volume(kfa_ctx *ctx, kfa_volume *v, kf_err *err);
+/* Recovery keys (recovery_key.c; docs/recovery.md). Escrows a new recovery key for v (probed,
+ * enrolled) and, LUKS2, gives it a keyslot authorised by key (the volume's keyfleet key; NULL:
+ * released by a coordinator), killing the keyslot of the one it replaces; ZFS, rotate first
+ * (the revealed key is the dataset's) when rotate_zfs. *ret_how says what was done. */
+int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rotate_zfs, const char **ret_how,
+                     kf_err *err);
+/* After a heartbeat: replaces the recovery key of each volume (by id) a coordinator listed as
+ * revealed; failures are logged and retried at the next contact. */
+void kfa_recovery_replace(kfa_ctx *ctx, char **ids, size_t n);
 
 /* The watch command (watch.c). */
 int kfa_watch(kfa_ctx *ctx, int argc, char **argv);

@@ -64,10 +64,11 @@ static void enroll_request_id(const char *node, const char *volume_id, char out[
         snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
-/* enroll's options: --auth-file FILE and --label KEY=VALUE (at most LABELS_MAX, pointing into
- * argv). 0 with optind at the volume, or the exit status of a usage error. */
+/* enroll's options: --auth-file FILE, --recovery-key and --label KEY=VALUE (at most LABELS_MAX,
+ * pointing into argv). 0 with optind at the volume, or the exit status of a usage error. */
 typedef struct enroll_args {
     const char *auth_file;
+    bool recovery;
     Keyfleet__V1__Label labels[LABELS_MAX], *lp[LABELS_MAX];
     size_t n_labels;
 } enroll_args;
@@ -76,12 +77,15 @@ static int parse_args(int argc, char **argv, enroll_args *a)
 {
     static const struct option opts[] = {{"label", required_argument, NULL, 'l'},
                                          {"auth-file", required_argument, NULL, 'a'},
+                                         {"recovery-key", no_argument, NULL, 'r'},
                                          {NULL, 0, NULL, 0}};
     int o;
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 'a') {
             a->auth_file = optarg;
+        } else if (o == 'r') {
+            a->recovery = true;
         } else if (o == 'l') {
             char *eq = strchr(optarg, '=');
             if (eq == NULL || eq == optarg || a->n_labels == LABELS_MAX) {
@@ -182,6 +186,18 @@ int kfa_cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
                            : e.offline_fallback_allowed ? store_offline_copy(ctx, &v, &e)
                                                         : "";
     printf("enrolled %s %s (volume id %s)%s\n", v.drv->name, v.path, v.id, fallback);
+    if (args.recovery) {
+        /* The volume is enrolled whatever happens here; a failed escrow is retried with
+         * recovery-key add. The keyslot key opens the volume to add the recovery keyslot. */
+        const char *how = "";
+        if (kfa_recovery_add(ctx, &v, tpmnet_key != NULL ? tpmnet_key : e.key, false, &how, &err) != 0) {
+            fprintf(stderr, "keyfleet-agent: enroll: %s (the volume is enrolled; retry with keyfleet-agent "
+                            "recovery-key add %s)\n", err.msg, argv[optind]);
+            rc = KFA_EXIT_SOME;
+            goto done;
+        }
+        printf("%s %s: %s (escrowed)\n", v.drv->name, v.path, how);
+    }
     /* The keyfleet keyslot costs a few ms to open; the digest, set when the volume was formatted,
      * can cost far more, and every boot unlock pays it too. */
     if (v.digest_iterations >= KFA_COSTLY_DIGEST_ITERATIONS)
@@ -193,6 +209,7 @@ int kfa_cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
 out:
     if (rc != 0)
         fprintf(stderr, "keyfleet-agent: enroll: %s\n", err.msg);
+done:
     kf_enrolled_clear(&e);
     kf_secbuf_free(auth);
     kf_secbuf_free(tpmnet_key);

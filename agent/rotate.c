@@ -238,6 +238,25 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
     return r;
 }
 
+int kfa_volume_lock(const kfa_config *cfg, const kfa_volume *v, int *ret_fd, kf_err *err)
+{
+    return rotate_lock(cfg, v, ret_fd, err);
+}
+
+int kfa_rotate_volume(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
+{
+    int lock_fd = -1;
+    const char *how = "";
+    int r = rotate_lock(ctx->cfg, v, &lock_fd, err);
+    if (r == 0)
+        r = v->drv->probe(ctx->cfg, v, err);
+    if (r == 0)
+        r = rotate_one(ctx, v, false, &how, err);
+    if (lock_fd >= 0)
+        close(lock_fd);
+    return r;
+}
+
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv)
 {
     bool add_tpm = argc >= 2 && strcmp(argv[1], "--tpm") == 0;

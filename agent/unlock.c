@@ -65,6 +65,24 @@ static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
     return 0;
 }
 
+/* The coordinator says this volume's recovery key was revealed: LUKS2 gets a new one now, with
+ * the key just released as the keyslot's authorisation; a ZFS dataset's is its key, rotated by
+ * watch (its key loaded). Failures only log: the next contact asks again. */
+static void replace_recovery(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key)
+{
+    kf_err err = {0};
+    const char *how = "";
+    if (v->kind != KFA_VOL_LUKS2)
+        kf_log_warn("recovery_key_revealed", "volume=%s hint=\"keyfleet-agent watch replaces it (rotating the dataset's "
+                    "key) at its next heartbeat\"", kf_log_q(v->path));
+    else if (kfa_recovery_add(ctx, v, key, false, &how, &err) == 0)
+        kf_log_warn("recovery_key_replaced", "volume=%s id=%s reason=\"revealed to an operator\"", kf_log_q(v->path),
+                    kf_log_q(v->id));
+    else
+        kf_log_error("recovery_replace_failed", "volume=%s error=%s hint=\"retried at the next contact\"",
+                     kf_log_q(v->path), kf_log_q(err.msg));
+}
+
 static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
 {
     int r;
@@ -104,6 +122,9 @@ static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
         printf("%s %s: unlocked%s\n", v->drv->name, v->path,
                v->kind == KFA_VOL_LUKS2 && !ctx->cfg->luks_activate ? " (key verified; activation disabled)" : "");
     }
+    /* Not while a rotation is staged (v may be swapped to it here; rotate first, then this). */
+    if (r == 0 && rel.recovery_replace && v->wrapped_next == NULL)
+        replace_recovery(ctx, v, rel.key);
     kf_released_clear(&rel);
     return r;
 }

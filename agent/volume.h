@@ -95,6 +95,16 @@ int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err);
 
 void kfa_volume_clear(kfa_volume *v);
 
+/* LUKS2 recovery keyslot (docs/recovery.md): adds a keyslot whose passphrase is text (the
+ * recovery key's canonical form), authorised by auth (the volume's keyfleet key), checks that it
+ * opens, records it in the keyfleet-recovery token, then kills the keyslot of the recovery key it
+ * replaces (by its recorded salt; *ret_replaced) and forgets it. Resumes a run stopped before its
+ * kill. */
+int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf *text, bool *ret_replaced,
+                           kf_err *err);
+/* The recovery keyslot: 0 with *ret_slot, -ENOENT (none), or another -errno. */
+int kfa_luks2_recovery_slot(kfa_volume *v, int *ret_slot);
+
 /* Test builds only (KF_TEST_HOOKS, set with KF_TESTS): _exit(86) when the environment's
  * KEYFLEET_TEST_CRASH_AFTER names step, for the rotation's crash tests; with KEYFLEET_TEST_PAUSE_AFTER
  * naming step, creates the file KEYFLEET_TEST_PAUSE_FILE and waits (at most 60 s) until it is

@@ -155,6 +155,8 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
             if (kfa_state_dead_man_contact(ctx->cfg, ctx->dead_man_after_s, time(NULL)) != 0)
                 kf_log_warn("state_update_failed", "state_file=%s hint=\"a restarted watcher counts from its start\"",
                             kf_log_q(ctx->cfg->state_file));
+            if (!lock) /* revealed recovery keys: replaced now, so the revealed one is refused (docs/recovery.md) */
+                kfa_recovery_replace(ctx, ctx->recovery_replace, ctx->n_recovery_replace);
         }
         if (r != 0 && ctx->dead_man_after_s > 0 && silent >= ctx->dead_man_after_s) {
             /* Dead-man switch: silent for longer than the policy allows. */

@@ -134,6 +134,12 @@ expect_eq "rotate refuses a tpm_and_network volume (exit 1)" "$?" "1"
 expect_match "... clearly" "$out" "needs TPM and network \\(require: \\[tpm_and_network\\]\\): its key cannot be rotated yet"
 expect_eq "... and the token is unchanged" "$(token_field keyfleet_tpm_sealed)" "$PART"
 
+# A recovery key escrowed with the coordinators would open the volume without its TPM part.
+out=$(A recovery-key add "$WORK/disk.luks" 2>&1)
+expect_eq "recovery-key add refuses a tpm_and_network volume (not 0)" "$([ "$?" -ne 0 ] && echo refused)" "refused"
+expect_match "... the coordinator says why" "$out" "requires TPM and network: a recovery key escrowed with the coordinators"
+expect_match "... audited as denied" "$(ctl "$F" audit --action recovery_escrow --json)" '"decision":"deny"'
+
 # Without the coordinator part: the coordinator down. No fallback by construction.
 stop_kfd TERM
 out=$(A unlock --all 2>&1)
