@@ -1553,6 +1553,19 @@ void kfd_rpc_heartbeat(kfd_call *call)
     size_t over_offline = n_offline > budget - n_locks ? n_offline - (budget - n_locks) : 0;
     n_offline -= over_offline;
     bool over = over_locks + over_offline > 0;
+    /* Under require: [attested] (or [tpm_key]) a heartbeat that does not meet it is answered but
+     * is not the node's contact (review rev26 R10): a copied node key must not keep a silent
+     * machine off the PAST list. The agent's own switch counts the answer either way. */
+    bool need_tpm_key, need_attested;
+    kfd_policy_contact_requires(kfd_call_app(call)->policy, call->peer->name, &need_tpm_key, &need_attested);
+    bool contact = (!need_tpm_key || call->peer->tpm_key) &&
+                   (!need_attested || (req->attestation != NULL && att.attested));
+    if (!contact)
+        kf_log_warn("heartbeat_not_contact", "node=%s reason=%s", call->peer->name,
+                    need_tpm_key && !call->peer->tpm_key ? "no_tpm_key"
+                    : req->attestation == NULL           ? "no_quote"
+                                                         : "not_attested");
+    /* The last 1 is node_seen's, or the hold released at the end when there is no contact. */
     op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0) + (refused ? 1 : 0);
     if (req->attestation != NULL) {
         op->attested = att.attested;
@@ -1648,6 +1661,11 @@ void kfd_rpc_heartbeat(kfd_call *call)
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
     free(offline);
+    if (!contact) {
+        if (--op->outstanding == 0)
+            answer_heartbeat(op);
+        return;
+    }
     Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
     seen.node = (char *)call->peer->name;
     seen.at = time(NULL);

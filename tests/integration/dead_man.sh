@@ -245,4 +245,30 @@ expect_eq "the first 60 heartbeats are answered" "$(printf '%s\n' "$codes" | hea
 refused=$(printf '%s\n' "$codes" | grep -c '^429$')
 check "... and of the next 40, most are refused (429: $refused)" test "$refused" -ge 20
 
+# Contact under require: [attested] (review rev26 R10): a heartbeat without a quote is answered,
+# but is not the node's contact, so a copy of a file-based node key cannot keep a silent machine
+# off the PAST list. edge-4 is under such a rule, edge-2 (the control) is not.
+put_policy "$F" <<YAML
+groups:
+  edge: {nodes: ["edge-*"], dead_man: {after: ${WINDOW}s}}
+rules:
+  - name: edge-4-attested
+    match: {nodes: {names: [edge-4]}}
+    effect: allow
+    require: [attested]
+  - name: edge
+    match: {nodes: {groups: [edge]}}
+    effect: allow
+YAML
+issue "$F" node edge-4
+seen_at() { ctl "$F" node list --json | grep "\"node\":\"$1\"" | sed -n 's/.*"last_seen_at":\([0-9]*\).*/\1/p'; }
+t1=$(date +%s)
+expect_match "edge-4 (require: [attested]) sends a heartbeat without a quote: answered" \
+    "$(rpc "$F" edge-4 NodeService/Heartbeat "${PROTO[@]}" --data-binary '')" "^200 "
+expect_match "edge-2 (no such rule) too" "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary '')" "^200 "
+check "... edge-2's heartbeat is its contact" test "$(seen_at edge-2)" -ge "$t1"
+s4=$(seen_at edge-4)
+check "... edge-4's is not: never seen (last_seen_at ${s4:-absent})" test "${s4:-0}" -eq 0
+expect_match "... and that is logged" "$(cat "$F/keyfleetd.log")" "event=heartbeat_not_contact node=edge-4 reason=no_quote"
+
 finish
