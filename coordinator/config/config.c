@@ -15,6 +15,7 @@ static const kf_yaml_uint_range body_range = {1024, 1u << 20};
 static const kf_yaml_uint_range count_range = {1, 1000000};
 static const kf_yaml_uint_range streams_range = {1, 100};
 static const kf_yaml_uint_range resets_range = {1, 100000};
+static const kf_yaml_uint_range prefix_range = {32, 128};
 static const kf_yaml_uint_range held_range = {64 * 1024, 1u << 30};
 
 static const kf_yaml_field handshake_fields[] = {
@@ -43,6 +44,7 @@ static const kf_yaml_field limits_fields[] = {
      false},
     {"max_total_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_total_body_bytes), &held_range, false},
     {"max_open_streams", kf_yaml_dec_uint, offsetof(kfd_limits, max_open_streams), &count_range, false},
+    {"ipv6_source_prefix", kf_yaml_dec_uint, offsetof(kfd_limits, ipv6_source_prefix), &prefix_range, false},
     {"handshakes_per_source", dec_handshakes, offsetof(kfd_limits, handshakes_per_source), NULL, false},
     {"idle_timeout", kf_yaml_dec_duration_ms, offsetof(kfd_limits, idle_timeout_ms), NULL, false},
     {"shutdown_grace", kf_yaml_dec_duration_ms, offsetof(kfd_limits, shutdown_grace_ms), NULL, false},
@@ -211,6 +213,7 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .max_total_body_bytes = 256u << 20,
                    .max_open_streams = 32768,
                    .handshakes_per_source = {.burst = 200, .per_second = 50},
+                   .ipv6_source_prefix = 128,
                    .idle_timeout_ms = 30000,
                    .shutdown_grace_ms = 10000},
         .approvals = {.poll_ms = 2000},

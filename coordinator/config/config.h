@@ -27,6 +27,8 @@ typedef struct kfd_limits {
     struct {
         uint32_t burst, per_second;
     } handshakes_per_source;
+    /* An IPv6 source counts under its first this-many bits (128: each address alone) */
+    uint32_t ipv6_source_prefix;
     uint64_t idle_timeout_ms;
     uint64_t shutdown_grace_ms; /* how long SIGTERM waits for in-flight requests */
 } kfd_limits;

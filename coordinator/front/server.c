@@ -18,6 +18,7 @@
 
 #include "core/app.h"
 #include "core/audit.h"
+#include "core/cidr.h"
 #include "front/h2guard.h"
 #include "front/router.h"
 #include "kf_log.h"
@@ -311,7 +312,10 @@ static void on_accept(uv_stream_t *listener, int status)
     peer_address(&conn->tcp, addr, sizeof(addr));
     uint64_t now = uv_now(srv->loop);
     source_sweep(srv->sources, now);
-    source_slot *slot = source_find(srv->sources, addr, true, now);
+    /* Counted per address, or per IPv6 prefix (limits.ipv6_source_prefix); logs name the address. */
+    char key[sizeof(((source_slot *)0)->addr)];
+    kfd_source_key(addr, srv->cfg->limits.ipv6_source_prefix, key, sizeof(key));
+    source_slot *slot = source_find(srv->sources, key, true, now);
     const kfd_limits *lim = &srv->cfg->limits;
     if (srv->draining || slot == NULL || slot->count >= lim->max_connections_per_source ||
         srv->connections >= lim->max_connections) {

@@ -66,6 +66,7 @@ static void test_good_config_loads(void **state)
     /* the defaults: a NAT'd group of 200 nodes at once, then 50 handshakes (about 50 ms of CPU) a second */
     assert_int_equal(cfg->limits.handshakes_per_source.burst, 200);
     assert_int_equal(cfg->limits.handshakes_per_source.per_second, 50);
+    assert_int_equal(cfg->limits.ipv6_source_prefix, 128); /* each IPv6 address alone by default */
     kfd_config_free(cfg);
     path = write_file("k.yaml", GOOD "limits:\n  handshakes_per_source: {burst: 7, per_second: 3}\n");
     cfg = NULL;
