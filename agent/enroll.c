@@ -16,6 +16,7 @@
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "tpm2.h"
+#include "tpm_net.h"
 
 #define AUTH_MAX 1024
 #define LABELS_MAX 32
@@ -96,7 +97,7 @@ int kfa_cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
         return kfa_usage("enroll");
     kfa_volume v;
     kf_err err = {0};
-    kf_secbuf *auth = NULL;
+    kf_secbuf *auth = NULL, *tpmnet_key = NULL;
     kf_enrolled e = {0};
     int rc = 1;
     if (kfa_resolve_volume(ctx->cfg, argv[optind], &v, &err) != 0) {
@@ -138,11 +139,17 @@ int kfa_cmd_enroll(kfa_ctx *ctx, int argc, char **argv)
         kf_err_set(&err, -EACCES, "coordinator refused: %s: %s", kf_connect_code_name(st.code), st.message);
         goto out;
     }
-    if (v.drv->enroll(ctx->cfg, &v, e.key, e.wrapped, auth, &err) != 0)
+    /* require: [tpm_and_network]: the keyslot takes HKDF of a TPM part and e.key, and the TPM
+     * part's blob is stored with the wrapped key; nothing is enrolled without a TPM. */
+    if (e.tpm_and_network && kfa_tpmnet_enroll(ctx, &e, v.id, &v.tpm_part, &tpmnet_key, &err) != 0) {
+        kf_err_wrap(&err, "policy requires TPM and network for %s", v.path);
+        goto out;
+    }
+    if (v.drv->enroll(ctx->cfg, &v, tpmnet_key != NULL ? tpmnet_key : e.key, e.wrapped, auth, &err) != 0)
         goto out;
     kfa_state_record(ctx->cfg, v.id, "enrolled", "");
-    const char *fallback = "";
-    if (e.offline_fallback_allowed) {
+    const char *fallback = tpmnet_key != NULL ? "; TPM and network both required (no offline unlock)" : "";
+    if (e.offline_fallback_allowed && tpmnet_key == NULL) {
         /* Policy allows an offline copy: seal it to this TPM under the PCRs policy names. */
         char *blob = NULL;
         kf_err terr = {0};
@@ -168,6 +175,7 @@ out:
         fprintf(stderr, "keyfleet-agent: enroll: %s\n", err.msg);
     kf_enrolled_clear(&e);
     kf_secbuf_free(auth);
+    kf_secbuf_free(tpmnet_key);
     kfa_volume_clear(&v);
     return rc;
 }

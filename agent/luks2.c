@@ -114,7 +114,8 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
         } else if (!tok.rotating && v->wrapped == NULL) {
             v->wrapped = tok.wrapped;
             v->tpm_blob = tok.tpm_blob;
-            tok.wrapped = tok.tpm_blob = NULL;
+            v->tpm_part = tok.tpm_part;
+            tok.wrapped = tok.tpm_blob = tok.tpm_part = NULL;
             v->keyslot = tok.keyslot;
             v->token = t;
         } else {
@@ -142,6 +143,8 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     v->wrapped = NULL;
     free(v->tpm_blob);
     v->tpm_blob = NULL;
+    free(v->tpm_part);
+    v->tpm_part = NULL;
     free(v->wrapped_next);
     v->wrapped_next = NULL;
     free(v->tpm_blob_next);
@@ -195,7 +198,7 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
 
 static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped)
 {
-    return token_json_as(cfg, v, slot, wrapped, v->rotating, v->tpm_blob);
+    return token_json_as(cfg, v, slot, wrapped, v->rotating, v->tpm_blob != NULL ? v->tpm_blob : v->tpm_part);
 }
 
 /* The PBKDF2 cost of the digest that checks keyslot slot's volume key, from the LUKS2 metadata:
@@ -342,6 +345,9 @@ static int luks_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *
 
 static int luks_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err)
 {
+    if (v->tpm_part != NULL) /* the one place holds the TPM part: no whole copy may exist */
+        return kf_err_set(err, -EPERM, "%s needs TPM and network (require: [tpm_and_network]): no TPM copy of its "
+                          "key can be stored", v->path);
     char *old = v->tpm_blob;
     if ((v->tpm_blob = strdup(blob)) == NULL) {
         v->tpm_blob = old;
@@ -534,6 +540,8 @@ void kfa_volume_clear(kfa_volume *v)
     v->wrapped = NULL;
     free(v->tpm_blob);
     v->tpm_blob = NULL;
+    free(v->tpm_part);
+    v->tpm_part = NULL;
     free(v->wrapped_next);
     v->wrapped_next = NULL;
     free(v->tpm_blob_next);

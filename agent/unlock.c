@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
+#include "tpm_net.h"
 
 /* The offline fallback: no coordinator answered before the deadline, and policy allowed a
  * TPM-sealed copy at enrollment. Recorded, and reported to a coordinator on the next contact. */
@@ -77,7 +78,17 @@ static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
     if (rel.key_overdue)
         kf_log_warn("key_overdue", "volume=%s hint=\"older than the policy's max_key_age: keyfleet-agent rotate it\"",
                     kf_log_q(v->path));
-    r = v->drv->unlock(ctx->cfg, v, rel.key, err);
+    /* The rule was tightened after this volume was enrolled: its key is still the coordinator's
+     * alone (the mode is fixed at enroll; docs/architecture.md). */
+    if (rel.tpm_and_network && v->tpm_part == NULL)
+        kf_log_warn("tpm_and_network_not_enrolled",
+                    "volume=%s hint=\"its rule requires TPM and network, but it was enrolled with the coordinator's "
+                    "key alone; the mode is fixed at enroll\"",
+                    kf_log_q(v->path));
+    /* A tpm_and_network volume: the released key is only the coordinator's part. */
+    r = kfa_tpmnet_combine(ctx, v, &rel.key, err);
+    if (r == 0)
+        r = v->drv->unlock(ctx->cfg, v, rel.key, err);
     if (r == 0 && rel.rewrapped != NULL) {
         kf_err werr = {0};
         if (v->drv->store_wrapped(ctx->cfg, v, rel.rewrapped, &werr) == 0)

@@ -22,6 +22,9 @@ typedef struct kfa_volume {
     char id[130];    /* LUKS UUID or ZFS GUID */
     char *wrapped;   /* stored wrapped key; NULL when not enrolled */
     char *tpm_blob;  /* TPM-sealed copy for offline unlock; NULL when none */
+    /* require: [tpm_and_network]: the TPM part of the key (tpm_net.h), stored where tpm_blob
+     * would be, so the two never exist together; NULL when the volume has none */
+    char *tpm_part;
     int keyslot;     /* LUKS2: the keyfleet keyslot */
     int token;       /* LUKS2: the keyfleet token */
     /* A rotation in progress on the volume (docs/agent.md, "Key rotation"): the new key's wrapped

@@ -115,6 +115,7 @@ int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
         if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
         ret->offline_fallback_allowed = resp->offline_fallback_allowed;
+        ret->tpm_and_network = resp->tpm_and_network;
         for (size_t i = 0; i < resp->n_tpm_pcrs && i < 24; i++)
             if (resp->tpm_pcrs[i] < 24)
                 ret->tpm_pcrs[ret->n_tpm_pcrs++] = resp->tpm_pcrs[i];
@@ -163,6 +164,7 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
             r = open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
             ret->audit_seq = resp->audit_seq;
             ret->key_overdue = resp->key_overdue;
+            ret->tpm_and_network = resp->tpm_and_network;
             if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
                 r = kf_err_set(err, -ENOMEM, "out of memory");
         } else {

@@ -16,6 +16,9 @@ typedef struct kf_enrolled {
     kf_secbuf *key;  /* 32-byte data key */
     char *wrapped;   /* store this on the volume */
     bool offline_fallback_allowed;
+    /* Enroll only: policy requires TPM and network (agent/tpm_net.c): key is the coordinator's
+     * part, and the keyslot key is derived from it and a part the agent makes in its TPM. */
+    bool tpm_and_network;
     uint32_t tpm_pcrs[24]; /* PCRs policy wants the TPM copy sealed under (may be empty) */
     size_t n_tpm_pcrs;
 } kf_enrolled;
@@ -29,6 +32,7 @@ typedef struct kf_released {
     char *rewrapped;    /* when released under an old KEK version: store this instead (may be NULL) */
     uint64_t audit_seq;
     bool key_overdue;   /* older than the policy's max_key_age: rotate it (keyfleet-agent rotate) */
+    bool tpm_and_network; /* the volume's rule requires TPM and network (fixed at enroll) */
 } kf_released;
 
 void kf_enrolled_clear(kf_enrolled *e);

@@ -40,6 +40,7 @@ typedef struct rule {
     bool offline_fallback;
     bool require_tpm_key; /* require: [tpm_key]: only a node whose certificate vouches for a TPM key */
     bool require_attested; /* require: [attested]: a quote matching the node's accepted PCR values */
+    bool require_tpm_and_network; /* require: [tpm_and_network]: enroll makes a two-part key */
     kf_tpm_pcrs golden;    /* golden_pcrs: with require: [attested], these values instead of the node's */
     uint32_t per_minute, burst;
     uint64_t max_key_age_s; /* 0: the lifecycle default */
@@ -310,10 +311,19 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
             r->require_tpm_key = true;
         else if (strcmp(sec.require.v[i], "attested") == 0)
             r->require_attested = true;
+        else if (strcmp(sec.require.v[i], "tpm_and_network") == 0)
+            r->require_tpm_and_network = true;
         else
             rc = kf_yaml_error(doc, key_node(node, "require"), err,
-                               "unknown requirement '%.64s' (known: tpm_key, attested)", sec.require.v[i]);
+                               "unknown requirement '%.64s' (known: tpm_key, attested, tpm_and_network)",
+                               sec.require.v[i]);
     }
+    /* A two-part key has no whole copy in the TPM to fall back on: saying both would promise an
+     * offline unlock that cannot exist. */
+    if (rc == 0 && r->require_tpm_and_network && sec.offline_fallback)
+        rc = kf_yaml_error(doc, key_node(node, "offline_fallback"), err,
+                           "offline_fallback: true contradicts require: [tpm_and_network] (the volume's key needs "
+                           "the coordinator's part, so no offline unlock is possible): drop one of them");
     kf_strlist_free(&sec.require);
     /* Golden values for every node the rule matches ("PCR=64 hex digits" each), instead of
      * each node's own accepted values: no first boot is trusted. */
@@ -337,7 +347,7 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     else if (rc == 0 && sec.golden_pcrs.n > 0 && !r->require_attested)
         rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err, "golden_pcrs only makes sense with require: [attested]");
     kf_strlist_free(&sec.golden_pcrs);
-    if (rc == 0 && (r->require_tpm_key || r->require_attested) && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
+    if (rc == 0 && (r->require_tpm_key || r->require_attested || r->require_tpm_and_network) && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
         rc = kf_yaml_error(doc, key_node(node, "require"), err, "require only makes sense with effect: allow");
     if (rc != 0) {
         free(sec.effect);
@@ -628,6 +638,7 @@ static void deny_unmet(kfd_policy_decision *ret)
 {
     ret->allow = false;
     ret->offline_fallback = false;
+    ret->tpm_and_network = false;
     ret->approvals = 0;
     ret->require_totp = ret->auto_approved = false;
 }
@@ -652,6 +663,7 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         snprintf(ret->rule, sizeof(ret->rule), "%s", r->name);
         ret->rule_index = (int)i + 1;
         ret->offline_fallback = r->allow && r->offline_fallback;
+        ret->tpm_and_network = r->allow && r->require_tpm_and_network;
         ret->rate_per_minute = r->per_minute;
         ret->rate_burst = r->burst;
         ret->pending_ttl_s = (uint32_t)(r->pending_ttl_ms / 1000);
@@ -704,8 +716,9 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
             (void)n;
             return;
         }
-        snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s", i + 1, r->name, why,
-                 r->allow ? "allow" : "deny",
+        snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s%s", i + 1, r->name,
+                 why, r->allow ? "allow" : "deny",
+                 ret->tpm_and_network ? " (TPM and network, both required: a two-part key at enroll)" : "",
                  ret->auto_approved ? ", approval waived inside its auto-approve window"
                  : ret->approvals > 0 && ret->require_totp ? ", after human approval with TOTP"
                  : ret->approvals > 0 ? ", after human approval"
@@ -744,6 +757,7 @@ void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in
     }
     ret->require_totp |= o.require_totp && ret->approvals > 0;
     ret->offline_fallback &= o.offline_fallback;
+    ret->tpm_and_network |= o.tpm_and_network;
     /* Rate limits: the tighter of each (0 is unlimited). */
     if (o.rate_per_minute != 0 && (ret->rate_per_minute == 0 || o.rate_per_minute < ret->rate_per_minute))
         ret->rate_per_minute = o.rate_per_minute;

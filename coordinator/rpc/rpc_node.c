@@ -294,9 +294,11 @@ static void answer_enroll(enroll_op *op, uint64_t audit_seq)
     Keyfleet__V1__EnrollResponse resp = KEYFLEET__V1__ENROLL_RESPONSE__INIT;
     resp.wrapped_key = op->wrapped;
     resp.sealed_key = &sk;
-    resp.offline_fallback_allowed = op->decision.offline_fallback;
+    /* Policy parsing keeps the two apart; a decision with both would still seal no whole copy. */
+    resp.tpm_and_network = op->decision.tpm_and_network;
+    resp.offline_fallback_allowed = op->decision.offline_fallback && !op->decision.tpm_and_network;
     uint32_t pcrs[] = {7};
-    if (op->decision.offline_fallback) {
+    if (op->decision.offline_fallback || op->decision.tpm_and_network) {
         resp.n_tpm_pcrs = 1;
         resp.tpm_pcrs = pcrs;
     }
@@ -669,6 +671,7 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
     resp.key_overdue = op->key_age.overdue;
+    resp.tpm_and_network = op->decision.tpm_and_network;
     if (op->key_age.overdue)
         kf_log_warn("key_overdue", "node=%s volume=%s key_age_s=%lld max_key_age_s=%llu from=%s", call->peer->name,
                     kf_log_q(op->volume_id), (long long)op->key_age.age_s,
