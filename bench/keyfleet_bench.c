@@ -50,6 +50,9 @@ typedef struct node {
     char name[32];
     char cert[512], key[512];
     char volume[32];
+    char source[32]; /* "host!127.C.B.A": each node connects from its own loopback address, as a
+                      * real fleet does, so keyfleetd's per-source limits (handshakes_per_source)
+                      * see distinct nodes, not one client */
     char *wrapped;
 } node;
 
@@ -183,6 +186,7 @@ static void setup_easy(const opts *o, const node *nd, xfer *x, int release, int 
     curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_3);
     curl_easy_setopt(h, CURLOPT_SSLCERT, nd->cert);
     curl_easy_setopt(h, CURLOPT_SSLKEY, nd->key);
+    curl_easy_setopt(h, CURLOPT_INTERFACE, nd->source);
     char ca[512];
     snprintf(ca, sizeof(ca), "%s/ca.crt", o->fleet);
     curl_easy_setopt(h, CURLOPT_CAINFO, ca);
@@ -445,6 +449,7 @@ static int prepare(const opts *o, node *nodes)
         node *nd = &nodes[i];
         snprintf(nd->name, sizeof(nd->name), "bench-%05d", i);
         snprintf(nd->volume, sizeof(nd->volume), "bench-vol-%05d", i);
+        snprintf(nd->source, sizeof(nd->source), "host!127.%d.%d.%d", 20 + i / 62500, i / 250 % 250 + 1, i % 250 + 1);
         snprintf(nd->cert, sizeof(nd->cert), "%s/%s.crt", o->cache, nd->name);
         snprintf(nd->key, sizeof(nd->key), "%s/%s.key", o->cache, nd->name);
         if (access(nd->cert, R_OK) != 0) {

@@ -15,7 +15,22 @@ static const kf_yaml_uint_range body_range = {1024, 1u << 20};
 static const kf_yaml_uint_range count_range = {1, 1000000};
 static const kf_yaml_uint_range streams_range = {1, 100};
 static const kf_yaml_uint_range resets_range = {1, 100000};
+static const kf_yaml_uint_range prefix_range = {32, 128};
 static const kf_yaml_uint_range held_range = {64 * 1024, 1u << 30};
+
+static const kf_yaml_field handshake_fields[] = {
+    {"burst", kf_yaml_dec_uint, offsetof(kfd_limits, handshakes_per_source.burst), &count_range, false},
+    {"per_second", kf_yaml_dec_uint, offsetof(kfd_limits, handshakes_per_source.per_second), &count_range, false},
+};
+
+static int dec_handshakes(const kf_yaml_doc *doc, const kf_yaml_node *node, void *dst, const void *arg, kf_err *err)
+{
+    (void)arg;
+    /* dst is the field inside kfd_limits; the offsets above are kfd_limits'. */
+    char *limits = (char *)dst - offsetof(kfd_limits, handshakes_per_source);
+    return kf_yaml_decode_map(doc, node, handshake_fields, sizeof(handshake_fields) / sizeof(handshake_fields[0]),
+                              limits, err);
+}
 
 static const kf_yaml_field limits_fields[] = {
     {"max_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_body_bytes), &body_range, false},
@@ -29,6 +44,8 @@ static const kf_yaml_field limits_fields[] = {
      false},
     {"max_total_body_bytes", kf_yaml_dec_uint, offsetof(kfd_limits, max_total_body_bytes), &held_range, false},
     {"max_open_streams", kf_yaml_dec_uint, offsetof(kfd_limits, max_open_streams), &count_range, false},
+    {"ipv6_source_prefix", kf_yaml_dec_uint, offsetof(kfd_limits, ipv6_source_prefix), &prefix_range, false},
+    {"handshakes_per_source", dec_handshakes, offsetof(kfd_limits, handshakes_per_source), NULL, false},
     {"idle_timeout", kf_yaml_dec_duration_ms, offsetof(kfd_limits, idle_timeout_ms), NULL, false},
     {"shutdown_grace", kf_yaml_dec_duration_ms, offsetof(kfd_limits, shutdown_grace_ms), NULL, false},
 };
@@ -195,6 +212,8 @@ int kfd_config_load(const char *path, kfd_config **ret, kf_err *err)
                    .max_connection_body_bytes = 1u << 20,
                    .max_total_body_bytes = 256u << 20,
                    .max_open_streams = 32768,
+                   .handshakes_per_source = {.burst = 200, .per_second = 50},
+                   .ipv6_source_prefix = 128,
                    .idle_timeout_ms = 30000,
                    .shutdown_grace_ms = 10000},
         .approvals = {.poll_ms = 2000},

@@ -22,6 +22,13 @@ typedef struct kfd_limits {
     uint32_t max_connection_body_bytes;  /* request body bytes h2o may buffer for one connection */
     uint32_t max_total_body_bytes;       /* ... and for all connections together */
     uint32_t max_open_streams;           /* HTTP/2 streams open on all connections together */
+    /* TLS handshakes a source address may start (front/server.c): a token bucket of burst,
+     * refilled at per_second, taken at accept before any TLS work */
+    struct {
+        uint32_t burst, per_second;
+    } handshakes_per_source;
+    /* An IPv6 source counts under its first this-many bits (128: each address alone) */
+    uint32_t ipv6_source_prefix;
     uint64_t idle_timeout_ms;
     uint64_t shutdown_grace_ms; /* how long SIGTERM waits for in-flight requests */
 } kfd_limits;

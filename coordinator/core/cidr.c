@@ -47,3 +47,20 @@ bool kfd_cidr_contains(const kfd_cidr *c, const char *addr)
     uint8_t mask = (uint8_t)(0xff << (8 - rest));
     return (a[full] & mask) == (c->addr[full] & mask);
 }
+
+void kfd_source_key(const char *addr, unsigned v6_prefix, char *buf, size_t size)
+{
+    static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    uint8_t a[16];
+    char text[INET6_ADDRSTRLEN];
+    if (v6_prefix >= 128 || inet_pton(AF_INET6, addr, a) != 1 || memcmp(a, v4_mapped, sizeof(v4_mapped)) == 0) {
+        snprintf(buf, size, "%s", addr);
+        return;
+    }
+    unsigned full = v6_prefix / 8, rest = v6_prefix % 8;
+    if (rest != 0)
+        a[full++] &= (uint8_t)(0xff << (8 - rest));
+    memset(a + full, 0, sizeof(a) - full);
+    inet_ntop(AF_INET6, a, text, sizeof(text));
+    snprintf(buf, size, "%s/%u", text, v6_prefix);
+}

@@ -3,6 +3,7 @@
 #define KFD_CIDR_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct kfd_cidr {
@@ -15,5 +16,10 @@ typedef struct kfd_cidr {
 int kfd_cidr_parse(const char *s, kfd_cidr *out);
 /* Whether the textual address addr lies in c. */
 bool kfd_cidr_contains(const kfd_cidr *c, const char *addr);
+
+/* The key the per-source limits count textual address addr under (front/server.c): an IPv6
+ * address (not a v4-mapped one) by its first v6_prefix bits, as "prefix/len" (review rev26 R9:
+ * a client with a /64 has 2^64 addresses); any other address, or v6_prefix 128, as itself. */
+void kfd_source_key(const char *addr, unsigned v6_prefix, char *buf, size_t size);
 
 #endif

@@ -837,3 +837,22 @@ uint64_t kfd_policy_dead_man(const kfd_policy *p, const char *node)
             after = p->groups[g].dead_man_s; /* in several groups: the shortest window */
     return after;
 }
+
+void kfd_policy_contact_requires(const kfd_policy *p, const char *node, bool *tpm_key, bool *attested)
+{
+    *tpm_key = *attested = false;
+    for (size_t i = 0; p != NULL && i < p->n_rules; i++) {
+        const rule *r = &p->rules[i];
+        if (!r->allow || (!r->require_tpm_key && !r->require_attested) || (r->node_names.n == 0 && r->groups.n == 0))
+            continue;
+        if (r->node_names.n > 0 && !any_glob(&r->node_names, node))
+            continue;
+        size_t g = 0;
+        while (g < r->groups.n && !in_group(p, r->groups.v[g], node))
+            g++;
+        if (r->groups.n > 0 && g == r->groups.n)
+            continue;
+        *tpm_key |= r->require_tpm_key;
+        *attested |= r->require_attested;
+    }
+}

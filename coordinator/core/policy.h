@@ -98,4 +98,10 @@ void kfd_policy_key_age(const kfd_policy *p, const kfd_policy_input *in, int64_t
  * it belongs to. A node that has not reached a coordinator for that long locks its volumes. */
 uint64_t kfd_policy_dead_man(const kfd_policy *p, const char *node);
 
+/* What a heartbeat from node must show to count as its contact (review rev26 R10): *tpm_key and
+ * *attested are set when an allow rule that selects node by name or group requires tpm_key or
+ * attested (rules that select only volumes or networks say nothing about the node itself). A
+ * copy of a file-based node key must not keep a silent machine off the dead-man list. */
+void kfd_policy_contact_requires(const kfd_policy *p, const char *node, bool *tpm_key, bool *attested);
+
 #endif

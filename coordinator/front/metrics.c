@@ -107,6 +107,9 @@ static void emit_front(out *o, const kfd_server *srv)
          "# HELP keyfleet_accept_errors_total Failed accepts (EMFILE, ENFILE, ...).\n"
          "# TYPE keyfleet_accept_errors_total counter\n"
          "keyfleet_accept_errors_total %llu\n"
+         "# HELP keyfleet_handshakes_rate_limited_total Connections closed before the TLS handshake: past the source address's handshake rate.\n"
+         "# TYPE keyfleet_handshakes_rate_limited_total counter\n"
+         "keyfleet_handshakes_rate_limited_total %llu\n"
          "# HELP keyfleet_writes_refused_total Writes to clients refused at once (the client reset the connection): the connection is closed.\n"
          "# TYPE keyfleet_writes_refused_total counter\n"
          "keyfleet_writes_refused_total %llu\n"
@@ -128,6 +131,7 @@ static void emit_front(out *o, const kfd_server *srv)
          (unsigned long long)m->h2_reset_floods, (unsigned long long)m->h2_bodies_cut,
          (unsigned long long)m->h2_control_floods, (unsigned long long)m->h2_streams_refused,
          (unsigned long long)srv->h2_body_bytes, (unsigned long long)m->accept_errors,
+         (unsigned long long)m->handshakes_rate_limited,
          (unsigned long long)m->writes_refused,
          (unsigned long long)seal.contexts, (unsigned long long)seal.keys, kfd_seal_contexts_live(),
          kf_secmem_lock_failures());

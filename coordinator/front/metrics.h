@@ -23,6 +23,7 @@ typedef struct kfd_metrics {
     uint64_t h2_control_floods; /* connections ended for too many PING/SETTINGS frames */
     uint64_t h2_streams_refused; /* streams refused: past the advertised count, or over a body budget */
     uint64_t accept_errors;      /* accept(2) failures (EMFILE, ENFILE, ...) */
+    uint64_t handshakes_rate_limited; /* connections closed past limits.handshakes_per_source, before TLS */
     uint64_t writes_refused;     /* writes libuv refused at once, handed back to h2o as failed (server.c) */
 } kfd_metrics;
 

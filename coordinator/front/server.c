@@ -18,6 +18,7 @@
 
 #include "core/app.h"
 #include "core/audit.h"
+#include "core/cidr.h"
 #include "front/h2guard.h"
 #include "front/router.h"
 #include "kf_log.h"
@@ -45,25 +46,66 @@ typedef struct kfd_listener {
  * connections may be open (a fixed 4096 slots refused every new address once 4096 addresses each
  * held one connection, half-open TLS handshakes included). A slot whose count fell to 0 keeps its
  * address, so the chains through it hold; it is reused only once the address asked for is known
- * to have no slot of its own further on. */
+ * to have no slot of its own further on.
+ *
+ * Each slot also holds its address's handshake bucket (limits.handshakes_per_source): a TLS 1.3
+ * handshake costs keyfleetd an ECDHE exchange and a signature (about 1 ms of CPU) before any
+ * certificate is checked, and the connection limits bound how many run at once, not how fast one
+ * address may start them. A slot whose count fell to 0 stays while its bucket is refilling (so
+ * connect-and-close does not reset it), and is emptied or reused once the bucket is full again. */
 typedef struct source_slot {
     char addr[46];
     uint32_t count;
+    uint64_t tokens;  /* handshakes left, in thousandths */
+    uint64_t at_ms;   /* when tokens was last brought up to date */
 } source_slot;
 typedef struct kfd_source_table {
     size_t n; /* a power of two */
+    uint64_t burst_milli, per_second;
+    uint64_t swept_ms;   /* when refilled slots were last emptied (source_sweep) */
+    bool refilling;      /* a slot with no connection is waiting for its bucket to fill */
     source_slot slots[];
 } kfd_source_table;
 
-static kfd_source_table *source_table_new(uint32_t max_connections)
+static kfd_source_table *source_table_new(uint32_t max_connections, uint32_t burst, uint32_t per_second)
 {
     size_t n = 4096;
     while (n < 2 * (size_t)max_connections)
         n *= 2;
     kfd_source_table *t = calloc(1, sizeof(*t) + n * sizeof(source_slot));
-    if (t != NULL)
+    if (t != NULL) {
         t->n = n;
+        t->burst_milli = (uint64_t)burst * 1000;
+        t->per_second = per_second;
+    }
     return t;
+}
+
+/* Brings s's bucket up to now; true when it is full (it then carries no history). */
+static bool source_refill(const kfd_source_table *t, source_slot *s, uint64_t now)
+{
+    if (now > s->at_ms) {
+        uint64_t add = (now - s->at_ms) * t->per_second; /* thousandths: ms x per second */
+        s->tokens = add >= t->burst_milli - s->tokens ? t->burst_milli : s->tokens + add;
+        s->at_ms = now;
+    }
+    return s->tokens >= t->burst_milli;
+}
+
+/* Takes one handshake from s's bucket; false when it is empty. */
+static bool source_take_handshake(const kfd_source_table *t, source_slot *s, uint64_t now)
+{
+    source_refill(t, s, now);
+    if (s->tokens < 1000)
+        return false;
+    s->tokens -= 1000;
+    return true;
+}
+
+/* A slot no connection holds and whose bucket is full: it may be emptied or reused. */
+static bool source_idle(const kfd_source_table *t, source_slot *s, uint64_t now)
+{
+    return s->addr[0] != '\0' && s->count == 0 && source_refill(t, s, now);
 }
 
 typedef struct kfd_conn {
@@ -87,12 +129,12 @@ typedef struct kfd_handler {
     kfd_server *srv;
 } kfd_handler;
 
-static source_slot *source_find(kfd_source_table *t, const char *addr, bool create)
+static source_slot *source_find(kfd_source_table *t, const char *addr, bool create, uint64_t now)
 {
     uint32_t h = 2166136261u;
     for (const char *p = addr; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
-    source_slot *reuse = NULL;
+    source_slot *reuse = NULL, *spare = NULL;
     for (size_t i = 0; i < t->n; i++) {
         source_slot *s = &t->slots[(h + i) & (t->n - 1)];
         if (s->addr[0] == '\0') {
@@ -102,29 +144,68 @@ static source_slot *source_find(kfd_source_table *t, const char *addr, bool crea
         }
         if (strcmp(s->addr, addr) == 0)
             return s;
-        if (s->count == 0 && reuse == NULL)
+        if (s->count == 0 && reuse == NULL && source_idle(t, s, now))
             reuse = s;
+        if (s->count == 0 && spare == NULL)
+            spare = s;
     }
+    /* Every slot is taken and every bucket still refilling: the bucket's history is given up
+     * rather than a new address refused (the table has twice max_connections slots). */
+    if (reuse == NULL)
+        reuse = spare;
     if (!create || reuse == NULL)
         return NULL;
     snprintf(reuse->addr, sizeof(reuse->addr), "%s", addr);
     reuse->count = 0;
+    reuse->tokens = t->burst_milli;
+    reuse->at_ms = now;
     return reuse;
 }
 
-/* One connection from s's address fewer. A slot whose count falls to 0 is emptied when the slot
- * after it is empty (no chain goes on through it), and so are the freed slots before it, so
- * addresses come and gone do not leave every lookup walking the whole table. */
-static void source_release(kfd_source_table *t, source_slot *s)
+/* Empties slot i and the slots before it while no connection holds them, their buckets are full
+ * and no chain goes on through them (the slot after is empty). */
+static void source_empty_back(kfd_source_table *t, size_t i, uint64_t now)
 {
-    if (s == NULL || s->count == 0 || --s->count != 0)
-        return;
-    size_t i = (size_t)(s - t->slots);
-    for (size_t k = 0; k < t->n && t->slots[i].count == 0 && t->slots[i].addr[0] != '\0' &&
-                       t->slots[(i + 1) & (t->n - 1)].addr[0] == '\0';
+    for (size_t k = 0; k < t->n && source_idle(t, &t->slots[i], now) && t->slots[(i + 1) & (t->n - 1)].addr[0] == '\0';
          k++) {
         t->slots[i].addr[0] = '\0';
         i = (i - 1) & (t->n - 1);
+    }
+}
+
+/* One connection from s's address fewer. A slot whose count falls to 0 is emptied when its bucket
+ * is full and the slot after it is empty (no chain goes on through it), and so are the freed
+ * slots before it, so addresses come and gone do not leave every lookup walking the whole table.
+ * One whose bucket is still refilling is left to source_sweep. */
+static void source_release(kfd_source_table *t, source_slot *s, uint64_t now)
+{
+    if (s == NULL || s->count == 0 || --s->count != 0)
+        return;
+    if (!source_refill(t, s, now))
+        t->refilling = true;
+    source_empty_back(t, (size_t)(s - t->slots), now);
+}
+
+/* At most once a second, while slots wait for their buckets to fill: empties those now full, from
+ * the end of each chain back (walking down from an empty slot sees every chain's end first). */
+static void source_sweep(kfd_source_table *t, uint64_t now)
+{
+    if (!t->refilling || now - t->swept_ms < 1000)
+        return;
+    t->swept_ms = now;
+    size_t start = t->n;
+    for (size_t i = 0; i < t->n && start == t->n; i++)
+        if (t->slots[i].addr[0] == '\0')
+            start = i;
+    if (start == t->n)
+        return;
+    t->refilling = false;
+    for (size_t k = 1; k < t->n; k++) {
+        size_t i = (start - k) & (t->n - 1);
+        source_slot *s = &t->slots[i];
+        source_empty_back(t, i, now);
+        if (s->addr[0] != '\0' && s->count == 0 && s->tokens < t->burst_milli)
+            t->refilling = true;
     }
 }
 
@@ -147,7 +228,7 @@ static void on_conn_close(uv_handle_t *handle)
     if (h2o_timeout_is_linked(&conn->handshake_timeout))
         h2o_timeout_unlink(&conn->handshake_timeout);
     kfd_h2guard_dispose(&conn->h2);
-    source_release(srv->sources, conn->slot);
+    source_release(srv->sources, conn->slot, uv_now(srv->loop));
     srv->connections--;
     free(conn);
 }
@@ -229,7 +310,12 @@ static void on_accept(uv_stream_t *listener, int status)
     }
     char addr[64];
     peer_address(&conn->tcp, addr, sizeof(addr));
-    source_slot *slot = source_find(srv->sources, addr, true);
+    uint64_t now = uv_now(srv->loop);
+    source_sweep(srv->sources, now);
+    /* Counted per address, or per IPv6 prefix (limits.ipv6_source_prefix); logs name the address. */
+    char key[sizeof(((source_slot *)0)->addr)];
+    kfd_source_key(addr, srv->cfg->limits.ipv6_source_prefix, key, sizeof(key));
+    source_slot *slot = source_find(srv->sources, key, true, now);
     const kfd_limits *lim = &srv->cfg->limits;
     if (srv->draining || slot == NULL || slot->count >= lim->max_connections_per_source ||
         srv->connections >= lim->max_connections) {
@@ -238,6 +324,23 @@ static void on_accept(uv_stream_t *listener, int status)
                     srv->draining ? "draining" : slot == NULL || slot->count >= lim->max_connections_per_source
                                                      ? "per_source_limit"
                                                      : "connection_limit");
+        uv_close((uv_handle_t *)&conn->tcp, on_rejected_close);
+        return;
+    }
+    /* Before any TLS work: the handshake is what costs. Logged once a second (a flood would
+     * otherwise write a line per connection), each one counted. */
+    if (!l->probe && !source_take_handshake(srv->sources, slot, now)) {
+        srv->metrics.connections_rejected++;
+        srv->metrics.handshakes_rate_limited++;
+        if (srv->handshake_limit_logged_ms == 0 || now - srv->handshake_limit_logged_ms >= ACCEPT_ERROR_LOG_MS) {
+            kf_log_warn("connection_rejected", "source=%s reason=handshake_rate burst=%u per_second=%u suppressed=%llu",
+                        addr, lim->handshakes_per_source.burst, lim->handshakes_per_source.per_second,
+                        (unsigned long long)srv->handshake_limit_suppressed);
+            srv->handshake_limit_logged_ms = now;
+            srv->handshake_limit_suppressed = 0;
+        } else {
+            srv->handshake_limit_suppressed++;
+        }
         uv_close((uv_handle_t *)&conn->tcp, on_rejected_close);
         return;
     }
@@ -464,7 +567,8 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
     srv->started = time(NULL);
     the_server = srv;
     fit_fd_limits(&cfg->limits);
-    srv->sources = source_table_new(cfg->limits.max_connections);
+    srv->sources = source_table_new(cfg->limits.max_connections, cfg->limits.handshakes_per_source.burst,
+                                    cfg->limits.handshakes_per_source.per_second);
     if (srv->sources == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
 

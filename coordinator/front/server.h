@@ -38,6 +38,8 @@ struct kfd_server {
     uint64_t h2_body_bytes; /* request body bytes h2o holds for bodies still arriving (h2guard.h) */
     uint64_t h2_open_streams; /* HTTP/2 streams open on all connections, as the guards last saw them */
     uint64_t accept_errors_logged_ms; /* when an accept error was last logged (rate limit) */
+    uint64_t handshake_limit_logged_ms; /* ... and a connection past its handshake rate */
+    uint64_t handshake_limit_suppressed; /* past it since then, not logged */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uv_prepare_t log_flush; /* writes the turn's log lines before the loop waits */

@@ -1660,6 +1660,47 @@ static size_t reports_within_budget(kfd_app *app, const char *node, size_t n)
     return ok;
 }
 
+/* The offline unlocks a heartbeat may record (review rev26 R6): only of volumes the caller
+ * enrolled, and each (volume, at) once per heartbeat; any node could otherwise write offline_unlock
+ * records naming another node's volume, or the same one a thousand times. Fills keep with those
+ * kept and returns how many; counts the rest in not_own and repeated (first_bad names the first
+ * refused volume), or returns a negative errno when the store cannot tell. */
+static int own_offline_unlocks(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req,
+                               const Keyfleet__V1__OfflineUnlock **keep, size_t *not_own, size_t *repeated,
+                               char *first_bad, size_t first_bad_size)
+{
+    size_t kept = 0;
+    const char *checked = NULL; /* the last volume found to be the caller's (reports come in runs) */
+    *not_own = *repeated = 0;
+    first_bad[0] = '\0';
+    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
+        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
+        bool own = checked != NULL && strcmp(checked, u->volume->id) == 0;
+        if (!own) {
+            kfd_volume v;
+            int r = kfd_store_get_volume(kfd_call_app(call)->store, u->volume->id, &v);
+            if (r != 0 && r != -ENOENT)
+                return r;
+            own = r == 0 && strcmp(v.node, call->peer->name) == 0;
+            if (r == 0)
+                kfd_volume_clear(&v);
+            if (own)
+                checked = u->volume->id;
+        }
+        bool again = false;
+        for (size_t k = 0; own && !again && k < kept; k++)
+            again = keep[k]->at->seconds == u->at->seconds && strcmp(keep[k]->volume->id, u->volume->id) == 0;
+        if (own && !again) {
+            keep[kept++] = u;
+            continue;
+        }
+        ++*(own ? repeated : not_own);
+        if (first_bad[0] == '\0')
+            snprintf(first_bad, first_bad_size, "%s", u->volume->id);
+    }
+    return (int)kept;
+}
+
 /* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is
  * audited as offline_unlock. A revoked node is told to lock (kill switch) instead of refused, so
  * an agent in watch mode can act on it. */
@@ -1727,14 +1768,39 @@ void kfd_rpc_heartbeat(kfd_call *call)
      * silent past their dead-man window on any replica), is committed before the answer. A
      * commit may call back at once; the last one (node_seen) may answer and free op and the
      * request, so nothing reads them after it. */
-    size_t n_offline = req->n_offline_unlocks, n_locks = req->n_dead_man_locks;
+    size_t n_locks = req->n_dead_man_locks, not_own = 0, repeated = 0;
+    char first_bad[130];
+    const Keyfleet__V1__OfflineUnlock **offline = calloc(req->n_offline_unlocks + 1, sizeof(*offline));
+    int kept = offline == NULL ? -ENOMEM
+                               : own_offline_unlocks(call, req, offline, &not_own, &repeated, first_bad, sizeof(first_bad));
+    if (kept < 0) {
+        free(offline);
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    size_t n_offline = (size_t)kept;
+    bool refused = not_own + repeated > 0;
     size_t budget = reports_within_budget(kfd_call_app(call), call->peer->name, n_locks + n_offline);
     size_t over_locks = n_locks > budget ? n_locks - budget : 0;
     n_locks -= over_locks;
     size_t over_offline = n_offline > budget - n_locks ? n_offline - (budget - n_locks) : 0;
     n_offline -= over_offline;
     bool over = over_locks + over_offline > 0;
-    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0);
+    /* Under require: [attested] (or [tpm_key]) a heartbeat that does not meet it is answered but
+     * is not the node's contact (review rev26 R10): a copied node key must not keep a silent
+     * machine off the PAST list. The agent's own switch counts the answer either way. */
+    bool need_tpm_key, need_attested;
+    kfd_policy_contact_requires(kfd_call_app(call)->policy, call->peer->name, &need_tpm_key, &need_attested);
+    bool contact = (!need_tpm_key || call->peer->tpm_key) &&
+                   (!need_attested || (req->attestation != NULL && att.attested));
+    if (!contact)
+        kf_log_warn("heartbeat_not_contact", "node=%s reason=%s", call->peer->name,
+                    need_tpm_key && !call->peer->tpm_key ? "no_tpm_key"
+                    : req->attestation == NULL           ? "no_quote"
+                                                         : "not_attested");
+    /* The last 1 is node_seen's, or the hold released at the end when there is no contact. */
+    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0) + (refused ? 1 : 0);
     if (req->attestation != NULL) {
         op->attested = att.attested;
         snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
@@ -1776,6 +1842,23 @@ void kfd_rpc_heartbeat(kfd_call *call)
                     over_offline, over_locks);
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
+    if (refused) {
+        /* One record per heartbeat however many it refuses (heartbeats are rate-limited per node). */
+        char reason[400];
+        snprintf(reason, sizeof(reason),
+                 "%zu offline unlock report(s) refused: %zu name a volume this node did not enroll, %zu repeat a "
+                 "(volume, time) already in the heartbeat; first: '%.128s'",
+                 not_own + repeated, not_own, repeated, first_bad);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "reports_refused", KEYFLEET__V1__DECISION__DECISION_DENY,
+                       call->peer->name, "", "", reason);
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
+        kf_log_warn("reports_refused", "node=%s not_own=%zu repeated=%zu first=%s", call->peer->name, not_own, repeated,
+                    kf_log_q(first_bad));
+        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+    }
     for (size_t i = 0; i < n_locks; i++) {
         const Keyfleet__V1__DeadManLock *d = req->dead_man_locks[i];
         char reason[300];
@@ -1795,7 +1878,7 @@ void kfd_rpc_heartbeat(kfd_call *call)
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
     for (size_t i = 0; i < n_offline; i++) {
-        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
+        const Keyfleet__V1__OfflineUnlock *u = offline[i];
         char reason[700];
         snprintf(reason, sizeof(reason), "unlocked %s at %lld: %s",
                  u->method == KEYFLEET__V1__OFFLINE_METHOD__OFFLINE_METHOD_RECOVERY_KEY
@@ -1810,7 +1893,14 @@ void kfd_rpc_heartbeat(kfd_call *call)
         Keyfleet__V1__StateCommand cmd;
         kfd_audit_command(&a, &c, &cmd);
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }    Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
+    }
+    free(offline);
+    if (!contact) {
+        if (--op->outstanding == 0)
+            answer_heartbeat(op);
+        return;
+    }
+    Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
     seen.node = (char *)call->peer->name;
     seen.at = time(NULL);
     Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;

@@ -172,8 +172,14 @@ expect_match "a dead_man.after of 0s is refused with its position" "$out" "polic
 # has 200 recorded one by one at once (then 1 a minute); the rest are counted in one record, and
 # the heartbeat still succeeds.
 issue "$F" node edge-2
-heartbeat_body() { # N: a HeartbeatRequest with N offline unlocks of volume rev26-vol
-    python3 - "$1" <<'PY'
+agent_config "$WORK/b.yaml" edge-2
+check "edge-2 enrolls tank/e (its reports must name its own volumes)" "$AGENT" -c "$WORK/b.yaml" enroll zfs:tank/e
+node_volume() { ctl "$F" node list --json | grep "\"node\":\"$1\"" | sed -n 's/.*"volumes":\["\([^"]*\)".*/\1/p' | head -n 1; }
+VOL2=$(node_volume edge-2)
+check "... and its volume id is listed" test -n "$VOL2"
+heartbeat_body() { # N [VOLUME [AT] [REPEAT]]: a HeartbeatRequest with N offline unlocks of VOLUME
+    # (default edge-2's), at AT, AT+1, ... (default 1700000000), or all at AT when REPEAT is set
+    python3 - "$1" "${2:-$VOL2}" "${3:-1700000000}" "${4:-}" <<'PY'
 import sys
 def varint(n):
     out = b""
@@ -184,24 +190,45 @@ def varint(n):
         out += bytes([b | 0x80])
 def field(num, data):
     return varint(num << 3 | 2) + varint(len(data)) + data
-vol = field(1, b"rev26-vol") + varint(2 << 3) + varint(2) + field(3, b"tank/x")
-unlock = field(1, vol) + field(2, varint(1 << 3) + varint(1700000000)) + field(3, b"test")
-sys.stdout.buffer.write(b"".join(field(1, unlock) for _ in range(int(sys.argv[1]))))
+n, vol_id, at, repeat = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4] != ""
+vol = field(1, vol_id) + varint(2 << 3) + varint(2) + field(3, b"tank/x")
+def unlock(t):
+    return field(1, vol) + field(2, varint(1 << 3) + varint(t)) + field(3, b"test")
+sys.stdout.buffer.write(b"".join(field(1, unlock(at if repeat else at + i)) for i in range(n)))
 PY
 }
-recorded() { ctl "$F" audit --node edge-2 --action offline_unlock --json | grep -c rev26-vol; }
-heartbeat_body 150 >"$WORK/hb150"
-heartbeat_body 10 >"$WORK/hb10"
+recorded() { ctl "$F" audit --node edge-2 --action offline_unlock --json | grep -c "$VOL2"; }
 PROTO=(-H 'content-type: application/proto')
+
+# Reports a node may make (review rev26 R6): only of volumes it enrolled, each (volume, time)
+# once; any node wrote offline_unlock records naming another node's volume, 1,000 per request.
+# 5 naming edge-1's volume, 3 of edge-2's at one time and 2 more at others: 3 recorded, the
+# other 7 refused in one reports_refused record.
+VOL1=$(node_volume edge-1)
+{ heartbeat_body 5 "$VOL1" 1600000000 repeat; heartbeat_body 3 "$VOL2" 1600000100 repeat
+  heartbeat_body 2 "$VOL2" 1600000101; } >"$WORK/hbmixed"
+expect_match "a heartbeat with reports of another node's volume and repeats: answered" \
+    "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hbmixed")" "^200 "
+expect_eq "... its own 3 distinct reports recorded" "$(recorded)" "3"
+expect_eq "... none naming edge-1's volume" \
+    "$(ctl "$F" audit --node edge-2 --action offline_unlock --json | grep -c "\"volume\":\"$VOL1\"")" "0"
+expect_match "... the other 7 refused in one record" \
+    "$(ctl "$F" audit --node edge-2 --action reports_refused --json)" \
+    '"action":"reports_refused".*7 offline unlock report\(s\) refused: 5 name a volume this node did not enroll, 2 repeat'
+expect_match "... and logged" "$(cat "$F/keyfleetd.log")" "event=reports_refused node=edge-2 not_own=5 repeated=2"
+
+heartbeat_body 150 "$VOL2" 1700000000 >"$WORK/hb150"
+heartbeat_body 150 "$VOL2" 1700001000 >"$WORK/hb150b"
+heartbeat_body 10 "$VOL2" 1700002000 >"$WORK/hb10"
 expect_match "150 offline unlocks in one heartbeat: answered" \
     "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb150")" "^200 "
-expect_eq "... each recorded (within the budget of 200)" "$(recorded)" "150"
+expect_eq "... each recorded (within the budget of 200, 3 taken above)" "$(recorded)" "153"
 expect_match "150 more: answered too" \
-    "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb150")" "^200 "
-expect_eq "... 50 of them recorded one by one" "$(recorded)" "200"
+    "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb150b")" "^200 "
+expect_eq "... 47 of them recorded one by one" "$(recorded)" "200"
 expect_match "... the other 100 counted in one record" \
     "$(ctl "$F" audit --node edge-2 --action reports_over_budget --json)" \
-    '"action":"reports_over_budget".*100 offline unlock and 0 dead-man lock reports past the node.s report budget'
+    '"action":"reports_over_budget".*103 offline unlock and 0 dead-man lock reports past the node.s report budget'
 rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/hb10" >/dev/null
 expect_eq "10 more right after: none recorded one by one" "$(recorded)" "200"
 expect_eq "... two summary records in all" \
@@ -217,5 +244,31 @@ codes=$(kcurl "$F" edge-3 --max-time 30 -X POST "${PROTO[@]}" --data-binary '' -
 expect_eq "the first 60 heartbeats are answered" "$(printf '%s\n' "$codes" | head -n 60 | sort -u)" "200"
 refused=$(printf '%s\n' "$codes" | grep -c '^429$')
 check "... and of the next 40, most are refused (429: $refused)" test "$refused" -ge 20
+
+# Contact under require: [attested] (review rev26 R10): a heartbeat without a quote is answered,
+# but is not the node's contact, so a copy of a file-based node key cannot keep a silent machine
+# off the PAST list. edge-4 is under such a rule, edge-2 (the control) is not.
+put_policy "$F" <<YAML
+groups:
+  edge: {nodes: ["edge-*"], dead_man: {after: ${WINDOW}s}}
+rules:
+  - name: edge-4-attested
+    match: {nodes: {names: [edge-4]}}
+    effect: allow
+    require: [attested]
+  - name: edge
+    match: {nodes: {groups: [edge]}}
+    effect: allow
+YAML
+issue "$F" node edge-4
+seen_at() { ctl "$F" node list --json | grep "\"node\":\"$1\"" | sed -n 's/.*"last_seen_at":\([0-9]*\).*/\1/p'; }
+t1=$(date +%s)
+expect_match "edge-4 (require: [attested]) sends a heartbeat without a quote: answered" \
+    "$(rpc "$F" edge-4 NodeService/Heartbeat "${PROTO[@]}" --data-binary '')" "^200 "
+expect_match "edge-2 (no such rule) too" "$(rpc "$F" edge-2 NodeService/Heartbeat "${PROTO[@]}" --data-binary '')" "^200 "
+check "... edge-2's heartbeat is its contact" test "$(seen_at edge-2)" -ge "$t1"
+s4=$(seen_at edge-4)
+check "... edge-4's is not: never seen (last_seen_at ${s4:-absent})" test "${s4:-0}" -eq 0
+expect_match "... and that is logged" "$(cat "$F/keyfleetd.log")" "event=heartbeat_not_contact node=edge-4 reason=no_quote"
 
 finish

@@ -73,5 +73,48 @@ expect_eq "connections are accepted again once the others close" "$ok_after" "1"
 expect_match "rejected connections are counted" "$(metric "$F" 'keyfleet_connections_total\{result="rejected"\}')" '^[1-9]'
 stop_kfd TERM
 expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"
+# Handshakes per source address (review rev26 R11): the bucket is taken at accept, before any TLS
+# work, and outlives the connections (each handshake below closes before the next starts, which
+# must not refill it). A burst of 5 from 127.0.0.5 (refilled at 1 a second): the handshakes past
+# it are closed before the server says anything, while 127.0.0.6 is still served.
+sed -i '/^limits:/,$d' "$F/keyfleetd.yaml"
+cat >>"$F/keyfleetd.yaml" <<'YAML'
+limits:
+  handshakes_per_source: {burst: 5, per_second: 1}
+YAML
+start_kfd "$F"
+handshakes() { # SOURCE N: handshakes from SOURCE, one after another; prints how many completed
+    python3 - "$PORT" "$F" "$1" "$2" <<'PY'
+import socket, ssl, sys
+port, fleet, source, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = ssl.create_default_context(cafile=fleet + "/ca.crt")
+ctx.check_hostname = False
+ctx.load_cert_chain(fleet + "/operator.crt", fleet + "/operator.key")
+ctx.set_alpn_protocols(["h2"])
+done = 0
+for _ in range(n):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+            with ctx.wrap_socket(s) as t:
+                done += 1
+    except (OSError, ssl.SSLError):
+        pass
+print(done)
+PY
+}
+got=$(handshakes 127.0.0.5 20)
+# The burst, plus at most one refilled while the 20 ran.
+check "20 handshakes at once from one address: the burst of 5 (or 6) complete, got $got" test "$got" -ge 5 -a "$got" -le 6
+expect_eq "another address is still served" "$(handshakes 127.0.0.6 3)" "3"
+log=$(cat "$F/keyfleetd.log")
+expect_match "the refusal is logged, with the limit" "$log" \
+    'event=connection_rejected source=127.0.0.5 reason=handshake_rate burst=5 per_second=1 suppressed=0'
+expect_eq "... once a second, not once per connection" \
+    "$(grep -c 'reason=handshake_rate' "$F/keyfleetd.log")" "1"
+expect_match "the refusals are counted" "$(metric "$F" keyfleet_handshakes_rate_limited_total)" '^1[4-5]$'
+sleep 2.2
+expect_eq "the bucket refills: 2 more after 2 s" "$(handshakes 127.0.0.5 2)" "2"
+stop_kfd TERM
+expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"
 check_sanitizers
 finish

@@ -115,12 +115,43 @@ static void test_policy_rule_cidrs(void **state)
     kfd_policy_free(p);
 }
 
+/* The per-source key (review rev26 R9, limits.ipv6_source_prefix): IPv6 addresses of one prefix
+ * share it, one bit past the prefix does not, IPv4 and v4-mapped addresses and the default /128
+ * keep the whole address. */
+static void test_source_key(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *addr;
+        unsigned prefix;
+        const char *key;
+    } cases[] = {
+        {"2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"},
+        {"2001:db8:1:2::1", 64, "2001:db8:1:2::/64"},
+        {"2001:db8:1:3::1", 64, "2001:db8:1:3::/64"},
+        {"2001:db8:1:2:ffff::1", 56, "2001:db8:1::/56"},
+        {"2001:db8:1:ff::1", 56, "2001:db8:1::/56"},
+        {"2001:db8:1:100::1", 56, "2001:db8:1:100::/56"},
+        {"2001:db8:1:2:8000::1", 65, "2001:db8:1:2:8000::/65"},
+        {"2001:db8:1:2:7fff::1", 65, "2001:db8:1:2::/65"},
+        {"2001:db8::5", 128, "2001:db8::5"},
+        {"127.0.0.5", 64, "127.0.0.5"},
+        {"::ffff:127.0.0.5", 64, "::ffff:127.0.0.5"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char key[64];
+        kfd_source_key(cases[i].addr, cases[i].prefix, key, sizeof(key));
+        if (strcmp(key, cases[i].key) != 0)
+            fail_msg("%s /%u: key '%s', want '%s'", cases[i].addr, cases[i].prefix, key, cases[i].key);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ipv4_partial_bytes), cmocka_unit_test(test_ipv6_partial_bytes),
         cmocka_unit_test(test_families_do_not_mix), cmocka_unit_test(test_bad_prefixes),
-        cmocka_unit_test(test_policy_rule_cidrs),
+        cmocka_unit_test(test_policy_rule_cidrs), cmocka_unit_test(test_source_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

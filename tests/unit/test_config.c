@@ -63,6 +63,17 @@ static void test_good_config_loads(void **state)
     assert_int_equal(cfg->limits.idle_timeout_ms, 120000);
     assert_int_equal(cfg->limits.max_body_bytes, 65536);
     assert_int_equal(cfg->limits.max_open_streams, 32768); /* the default: about 210 MB of h2o's streams */
+    /* the defaults: a NAT'd group of 200 nodes at once, then 50 handshakes (about 50 ms of CPU) a second */
+    assert_int_equal(cfg->limits.handshakes_per_source.burst, 200);
+    assert_int_equal(cfg->limits.handshakes_per_source.per_second, 50);
+    assert_int_equal(cfg->limits.ipv6_source_prefix, 128); /* each IPv6 address alone by default */
+    kfd_config_free(cfg);
+    path = write_file("k.yaml", GOOD "limits:\n  handshakes_per_source: {burst: 7, per_second: 3}\n");
+    cfg = NULL;
+    assert_int_equal(kfd_config_load(path, &cfg, &err), 0);
+    assert_int_equal(cfg->limits.handshakes_per_source.burst, 7);
+    assert_int_equal(cfg->limits.handshakes_per_source.per_second, 3);
+    assert_int_equal(cfg->limits.max_open_streams, 32768); /* the rest of limits keeps its defaults */
     assert_int_equal(cfg->client_auth, KF_TLS_PEER_REQUIRED);
     char want[256];
     snprintf(want, sizeof(want), "%s/c.crt", tmpdir);

@@ -484,6 +484,33 @@ static void test_dead_man(void **state)
     parse_bad("groups:\n  g: {nodes: [a], dead_man: {after: 1h, grace: 2h}}\n", "unknown key 'grace'");
 }
 
+/* What a heartbeat must show to count as contact (review rev26 R10): allow rules that select the
+ * node by name or group; rules selecting only volumes, deny rules, and other nodes' rules do not. */
+static void test_contact_requires(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("groups:\n"
+                             "  vault: [\"vault-*\"]\n"
+                             "rules:\n"
+                             "  - {name: a, match: {nodes: {groups: [vault]}}, effect: allow, require: [attested]}\n"
+                             "  - {name: b, match: {nodes: {names: [\"hsm-*\"]}}, effect: allow, require: [tpm_key]}\n"
+                             "  - {name: c, match: {volumes: {names: [secret]}}, effect: allow, require: [attested]}\n"
+                             "  - {name: d, match: {nodes: {names: [web-1]}}, effect: allow}\n");
+    bool tpm_key = true, attested = true;
+    kfd_policy_contact_requires(p, "vault-1", &tpm_key, &attested);
+    assert_true(attested);
+    assert_false(tpm_key);
+    kfd_policy_contact_requires(p, "hsm-2", &tpm_key, &attested);
+    assert_false(attested);
+    assert_true(tpm_key);
+    kfd_policy_contact_requires(p, "web-1", &tpm_key, &attested); /* rule c selects volumes only */
+    assert_false(attested);
+    assert_false(tpm_key);
+    kfd_policy_free(p);
+    kfd_policy_contact_requires(NULL, "vault-1", &tpm_key, &attested);
+    assert_false(attested || tpm_key);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -498,7 +525,7 @@ int main(void)
         cmocka_unit_test(test_golden_pcrs),
         cmocka_unit_test(test_attestation_section),
         cmocka_unit_test(test_max_key_age),
-        cmocka_unit_test(test_dead_man),
+        cmocka_unit_test(test_dead_man), cmocka_unit_test(test_contact_requires),
     };
     return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
