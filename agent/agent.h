@@ -125,6 +125,13 @@ int kfa_resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, k
  * encryption roots (only those whose key is not loaded, when locked_only). Not yet probed. */
 int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret, size_t *ret_n);
 
+/* Remote crypto-erase (erase.c): locks and erases each of this node's volumes with these ids
+ * (HeartbeatResponse.erase_volume_ids) and queues the outcomes for the next heartbeat. */
+void kfa_erase_ordered(kfa_ctx *ctx, char *const *ids, size_t n_ids);
+/* Queues an erase's outcome (detail: what went, or why not). A failure already queued or reported
+ * with the same detail is not queued again, so an erase that keeps failing alike is audited once. */
+int kfa_state_queue_erased(const kfa_config *cfg, const char *volume_id, bool ok, const char *detail);
+
 /* The rotate command (rotate.c). */
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv);
 

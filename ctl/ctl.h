@@ -57,6 +57,7 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv);
 /* cmd_lifecycle.c: argv[0] is node or volume, argv[1] the subcommand. */
 int kfctl_node_list(kfctl *ctl, int argc, char **argv);
 int kfctl_node_unrevoke(kfctl *ctl, int argc, char **argv);
+int kfctl_node_wipe(kfctl *ctl, int argc, char **argv);
 int kfctl_volume_show(kfctl *ctl, int argc, char **argv);
 int kfctl_volume_retire(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);

@@ -17,6 +17,8 @@
 #include <jansson.h>
 
 #include "rpc/rpc_node.h"
+#include "rpc/rpc_erase.h"
+#include "store/store_erase.h"
 #include "rpc/rpc_attest.h"
 
 #include "core/app.h"
@@ -1379,6 +1381,9 @@ typedef struct heartbeat_op {
     int failed;
     bool attested;
     char attest_why[320];
+    char **erase_ids; /* volumes the node is to crypt-erase (rpc_erase.c) */
+    size_t n_erase;
+    kfd_erase_action erase_actions[KF_ERASED_MAX];
 } heartbeat_op;
 
 static void answer_heartbeat(heartbeat_op *op)
@@ -1396,8 +1401,11 @@ static void answer_heartbeat(heartbeat_op *op)
         resp.attested = op->attested;
         resp.attestation = op->attest_why;
         resp.dead_man_after_s = op->dead_man_after_s;
+        resp.erase_volume_ids = op->erase_ids;
+        resp.n_erase_volume_ids = op->n_erase;
         kfd_call_reply(call, &resp.base);
     }
+    kfd_store_free_ids(op->erase_ids, op->n_erase);
     kfd_op_free(op);
 }
 
@@ -1489,6 +1497,13 @@ void kfd_rpc_heartbeat(kfd_call *call)
     }
     op->revoked = revoked;
     op->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, call->peer->name);
+    /* Crypt-erase: the node's reports of erases, and the erases still to do (less those). */
+    int n_erase_commits = kfd_erase_plan(call, req, op->erase_actions);
+    if (n_erase_commits < 0 || kfd_erase_orders(call, req, op->erase_actions, &op->erase_ids, &op->n_erase) != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
     /* Every report, and the node's last contact (replicated: `keyfleetctl node list` shows nodes
      * silent past their dead-man window on any replica), is committed before the answer. A
      * commit may call back at once; the last one (node_seen) may answer and free op and the
@@ -1500,7 +1515,7 @@ void kfd_rpc_heartbeat(kfd_call *call)
     size_t over_offline = n_offline > budget - n_locks ? n_offline - (budget - n_locks) : 0;
     n_offline -= over_offline;
     bool over = over_locks + over_offline > 0;
-    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0);
+    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0) + (size_t)n_erase_commits;
     if (req->attestation != NULL) {
         op->attested = att.attested;
         snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
@@ -1576,7 +1591,9 @@ void kfd_rpc_heartbeat(kfd_call *call)
         Keyfleet__V1__StateCommand cmd;
         kfd_audit_command(&a, &c, &cmd);
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }    Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
+    }
+    kfd_erase_commit(call, req, op->erase_actions, on_offline_audited, op);
+    Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
     seen.node = (char *)call->peer->name;
     seen.at = time(NULL);
     Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;

@@ -10,6 +10,7 @@
 #include "rpc/rpc_approle.h"
 #include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
+#include "rpc/rpc_erase.h"
 #include "rpc/rpc_lifecycle.h"
 #include "rpc/rpc_node.h"
 
@@ -62,6 +63,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("ListNodes", list_nodes_request, kfd_rpc_list_nodes, R),
     ADMIN("UnrevokeNode", unrevoke_node_request, kfd_rpc_unrevoke_node, W),
     ADMIN("RetireVolume", retire_volume_request, kfd_rpc_retire_volume, W),
+    ADMIN("WipeNode", wipe_node_request, kfd_rpc_wipe_node, W),
     PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };
 

@@ -90,6 +90,10 @@ static const char *const migrations[] = {
     /* 11: volume lifecycle (docs/operations.md): a retired volume's key is refused from then on. */
     "ALTER TABLE volumes ADD COLUMN retired_at INTEGER;"
     "ALTER TABLE volumes ADD COLUMN retired_reason TEXT;",
+    /* 12: remote crypto-erase (docs/operations.md): volumes an approved wipe asked their node to
+     * erase, and the node's confirmation. */
+    "CREATE TABLE volume_erase (volume_id TEXT PRIMARY KEY, node TEXT NOT NULL, requested_at INTEGER NOT NULL,"
+    "  erased_at INTEGER, detail TEXT);",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -135,9 +139,17 @@ static const char *const sql[ST_COUNT] = {
     [ST_VOLUME_ROTATE_COMMIT] = "UPDATE volumes SET wrapped_key = next_wrapped_key, key_kcv = next_kcv, "
                                 "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "
                                 "WHERE id = ? AND next_wrapped_key IS NOT NULL",
-    [ST_VOLUME_LIST] = "SELECT id, kind, name, node, created_at, coalesce(key_created_at, created_at), "
+    [ST_VOLUME_LIST] = "SELECT id, kind, name, volumes.node, created_at, coalesce(key_created_at, created_at), "
                        "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0), labels, coalesce(retired_at, 0), "
-                       "coalesce(retired_reason, ''), coalesce(last_node, '') FROM volumes ORDER BY id",
+                       "coalesce(retired_reason, ''), coalesce(last_node, ''), coalesce(e.requested_at, 0), "
+                       "coalesce(e.erased_at, 0), coalesce(e.detail, '') FROM volumes "
+                       "LEFT JOIN volume_erase e ON e.volume_id = volumes.id ORDER BY id",
+    [ST_ERASE_INSERT] = "INSERT INTO volume_erase (volume_id, node, requested_at) VALUES (?, ?, ?)",
+    [ST_ERASE_GET] = "SELECT node, coalesce(erased_at, 0) FROM volume_erase WHERE volume_id = ?",
+    [ST_ERASE_CONFIRM] = "UPDATE volume_erase SET erased_at = ?, detail = ? WHERE volume_id = ? AND node = ? "
+                         "AND erased_at IS NULL",
+    [ST_ERASE_PENDING_OF] = "SELECT volume_id FROM volume_erase WHERE node = ? AND erased_at IS NULL "
+                            "ORDER BY volume_id LIMIT 100",
     [ST_NODE_SEEN] = "INSERT INTO nodes (name, revoked, last_seen_at) VALUES (?1, 0, ?2) ON CONFLICT(name) DO UPDATE "
                      "SET last_seen_at = max(coalesce(last_seen_at, 0), excluded.last_seen_at)",
     /* Every node keyfleetd knows of: seen or revoked (nodes), or owning a volume. */
