@@ -33,6 +33,9 @@ typedef struct kfa_ctx {
     uint64_t dead_man_after_s; /* the last heartbeat's dead-man window (0: none) */
     bool live;       /* stderr is a terminal of its own (not the keyscript's console): a live countdown */
     bool no_pending; /* a release held for approval fails at once, making no request (rewrap) */
+    /* Carries out a heartbeat's crypt-erase orders (kfa_erase_ordered, set by keyfleet-agent's
+     * main); NULL in the token plugin, which leaves them to the next agent run. */
+    void (*erase)(struct kfa_ctx *ctx, char *const *ids, size_t n_ids);
 } kfa_ctx;
 
 

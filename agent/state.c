@@ -320,9 +320,9 @@ static int heartbeat_once(kfa_ctx *ctx, bool always, bool *ret_lock, bool *ret_e
                 kf_log_info("erases_reported", "count=%zu", ne);
             }
             /* Crypt-erase ordered (keyfleetctl node wipe): done now, reported by the next heartbeat. */
-            if (resp->n_erase_volume_ids > 0) {
+            if (resp->n_erase_volume_ids > 0 && ctx->erase != NULL) {
                 kf_log_warn("erase_ordered", "volumes=%zu", resp->n_erase_volume_ids);
-                kfa_erase_ordered(ctx, resp->erase_volume_ids, resp->n_erase_volume_ids);
+                ctx->erase(ctx, resp->erase_volume_ids, resp->n_erase_volume_ids);
                 *ret_erased = true;
             }
         }
