@@ -85,15 +85,33 @@ expect_match "the key is refused from the approval on, before the erase" "$(node
     "^code=permission_denied.*retired"
 
 # A node reporting another node's erase: refused and audited, the erase stays pending.
-PROTO_JSON=(-H 'content-type: application/json')
-out=$(rpc "$F" n2 NodeService/Heartbeat "${PROTO_JSON[@]}" \
-    --data-binary "{\"erased\":[{\"volumeId\":\"$UUID\",\"at\":{\"seconds\":\"1700000000\"},\"ok\":true,\"detail\":\"forged\"}]}")
+# erased_body ID: a HeartbeatRequest with one VolumeErased{ID, at, ok, "forged"} (protobuf).
+erased_body() {
+    python3 - "$1" <<'PY'
+import sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7f, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def field(num, data):
+    return varint(num << 3 | 2) + varint(len(data)) + data
+e = field(1, sys.argv[1].encode()) + field(2, varint(1 << 3) + varint(1700000000)) + varint(3 << 3) + varint(1) + field(4, b"forged")
+sys.stdout.buffer.write(field(5, e))
+PY
+}
+PROTO=(-H 'content-type: application/proto')
+erased_body "$UUID" >"$WORK/forged"
+: >"$WORK/empty"
+out=$(rpc "$F" n2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/forged" | tr -cd '[:print:]')
 expect_match "n2 confirming n1's erase: the heartbeat is answered" "$out" "^200 "
 expect_match "... the report is refused and audited" "$(ctl "$F" audit --action erase_confirm_refused --json)" \
     "\"node\":\"n2\".*\"volume\":\"$UUID\".*not being erased for node n2"
 expect_match "... and the erase is still pending" "$(ctl "$F" volume show "$UUID" --json)" '"erase":"pending","erase_requested_at":"[^"]+","erased_at":null'
-out=$(rpc "$F" n2 NodeService/Heartbeat "${PROTO_JSON[@]}" --data-binary '{}')
-check "n2's heartbeat orders no erase of n1's volumes" sh -c "! printf '%s' '$out' | grep -q '$UUID'"
+out=$(rpc "$F" n2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/empty" | tr -cd '[:print:]')
+check "n2's heartbeat orders no erase of n1's volumes" sh -c "! printf '%s' \"\$1\" | grep -aq '$UUID'" _ "$out"
 
 # --- the agent's heartbeat erases and reports
 A watch --count 1 >"$WORK/w2.out" 2>&1
@@ -124,8 +142,8 @@ expect_match "wiping an erased volume again: failed_precondition" "$out rc=$rc" 
 out=$(ctl "$F" node wipe n2 --volumes vol-2)
 C2=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
 expect_match "n2's wipe approved" "$(ctl_as "$F" ken approve "$C2")" "approved"
-out=$(rpc "$F" n2 NodeService/Heartbeat "${PROTO_JSON[@]}" --data-binary '{}')
-expect_match "n2's heartbeat answer orders the erase of vol-2" "$out" '"eraseVolumeIds":\["vol-2"\]'
+out=$(rpc "$F" n2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/empty" | tr -cd '[:print:]')
+expect_match "n2's heartbeat answer orders the erase of vol-2" "$out" "^200 .*vol-2"
 expect_match "unconfirmed: pending in volume list" "$(ctl "$F" volume list)" "vol-2 .* pending"
 expect_match "... and its key is refused" "$(node "$F" n2 release vol-2 "$WRAP_2")" "^code=permission_denied"
 expect_match "the audit chain verifies" "$(ctl "$F" audit verify)" "ok"
