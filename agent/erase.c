@@ -13,7 +13,7 @@
 
 /* Erases v (probed, or its probe failed with probe_r); returns 0 or a negative errno, what says
  * what went or why not. */
-static int erase_one(kfa_ctx *ctx, kfa_volume *v, int probe_r, char *what, size_t what_size)
+static int erase_one(kfa_ctx *ctx, kfa_volume *v, int probe_r, bool all, char *what, size_t what_size)
 {
     kf_err err = {0};
     bool changed = false;
@@ -26,7 +26,7 @@ static int erase_one(kfa_ctx *ctx, kfa_volume *v, int probe_r, char *what, size_
         err.msg[0] = '\0';
     }
     char done[200];
-    int r = v->drv->erase(ctx->cfg, v, done, sizeof(done), &err);
+    int r = v->drv->erase(ctx->cfg, v, all, done, sizeof(done), &err);
     if (r != 0)
         snprintf(what, what_size, "%.480s", err.msg);
     else
@@ -34,7 +34,7 @@ static int erase_one(kfa_ctx *ctx, kfa_volume *v, int probe_r, char *what, size_
     return r;
 }
 
-void kfa_erase_ordered(kfa_ctx *ctx, char *const *ids, size_t n_ids)
+void kfa_erase_ordered(kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const *all_ids, size_t n_all)
 {
     kfa_volume *vs = NULL;
     size_t n = 0;
@@ -49,10 +49,13 @@ void kfa_erase_ordered(kfa_ctx *ctx, char *const *ids, size_t n_ids)
         char what[512];
         int r = -ENOENT;
         snprintf(what, sizeof(what), "no volume with this id on the node");
+        bool all = false;
+        for (size_t a = 0; a < n_all && !all; a++)
+            all = strcmp(all_ids[a], ids[i]) == 0;
         for (size_t k = 0; probed != NULL && k < n && r == -ENOENT; k++) {
             /* A malformed keyfleet token (-EBADMSG) is erased too: its LUKS UUID was read. */
             if ((probed[k] == 0 || probed[k] == -EBADMSG) && strcmp(vs[k].id, ids[i]) == 0) {
-                r = erase_one(ctx, &vs[k], probed[k], what, sizeof(what));
+                r = erase_one(ctx, &vs[k], probed[k], all, what, sizeof(what));
                 if (r == -ENOENT)
                     r = -EIO;
             }

@@ -532,7 +532,7 @@ static size_t token_slots(const char *json, int *slots, size_t max)
     return n;
 }
 
-static int luks_erase(const kfa_config *cfg, kfa_volume *v, char *ret_what, size_t what_size, kf_err *err)
+static int luks_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_what, size_t what_size, kf_err *err)
 {
     (void)cfg;
     snprintf(ret_what, what_size, "nothing left to destroy");
@@ -547,9 +547,11 @@ static int luks_erase(const kfa_config *cfg, kfa_volume *v, char *ret_what, size
     for (int t = 0; t < MAX_TOKENS; t++) {
         const char *type = NULL, *json = NULL;
         crypt_token_info info = sym_crypt_token_status(cd, t, &type);
-        if (info == CRYPT_TOKEN_INACTIVE || info == CRYPT_TOKEN_INVALID || type == NULL || strcmp(type, TOKEN_TYPE) != 0)
+        if (info == CRYPT_TOKEN_INACTIVE || (!all && (info == CRYPT_TOKEN_INVALID || type == NULL ||
+                                                      strcmp(type, TOKEN_TYPE) != 0)))
             continue;
-        if (sym_crypt_token_json_get(cd, t, &json) >= 0 && json != NULL)
+        if (type != NULL && strcmp(type, TOKEN_TYPE) == 0 && sym_crypt_token_json_get(cd, t, &json) >= 0 &&
+            json != NULL)
             n_slots += token_slots(json, slots + n_slots, 2);
         if ((r = sym_crypt_token_json_set(cd, t, NULL)) < 0)
             return kf_err_set(err, r, "%s: cannot remove keyfleet token %d: %s", v->path, t, strerror(-r));
@@ -572,6 +574,15 @@ static int luks_erase(const kfa_config *cfg, kfa_volume *v, char *ret_what, size
             return kf_err_set(err, r, "%s: cannot kill keyfleet keyslot %d: %s", v->path, slots[i], strerror(-r));
         killed++;
     }
+    size_t others = 0;
+    for (int k = 0; all && k < 32; k++) { /* luksErase: every keyslot, the passphrases too */
+        crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, k);
+        if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
+            continue;
+        if ((r = sym_crypt_keyslot_destroy(cd, k)) < 0)
+            return kf_err_set(err, r, "%s: cannot kill keyslot %d: %s", v->path, k, strerror(-r));
+        others++;
+    }
     free(v->wrapped);
     free(v->tpm_blob);
     free(v->wrapped_next);
@@ -581,6 +592,9 @@ static int luks_erase(const kfa_config *cfg, kfa_volume *v, char *ret_what, size
     if (n_tokens + killed > 0)
         snprintf(ret_what, what_size, "luks2: %zu keyfleet keyslot(s) killed, %zu token(s) removed with their TPM "
                  "copy", killed, n_tokens);
+    if (all)
+        snprintf(ret_what, what_size, "luks2: every keyslot erased (%zu keyfleet, %zu other), %zu token(s) removed: "
+                 "the data is unrecoverable", killed, others, n_tokens);
     return 0;
 }
 

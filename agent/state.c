@@ -322,7 +322,8 @@ static int heartbeat_once(kfa_ctx *ctx, bool always, bool *ret_lock, bool *ret_e
             /* Crypt-erase ordered (keyfleetctl node wipe): done now, reported by the next heartbeat. */
             if (resp->n_erase_volume_ids > 0 && ctx->erase != NULL) {
                 kf_log_warn("erase_ordered", "volumes=%zu", resp->n_erase_volume_ids);
-                ctx->erase(ctx, resp->erase_volume_ids, resp->n_erase_volume_ids);
+                ctx->erase(ctx, resp->erase_volume_ids, resp->n_erase_volume_ids, resp->erase_all_volume_ids,
+                           resp->n_erase_all_volume_ids);
                 *ret_erased = true;
             }
         }

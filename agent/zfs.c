@@ -299,8 +299,9 @@ static int zfs_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     return 0;
 }
 
-static int zfs_erase(const kfa_config *cfg, kfa_volume *v, char *ret_what, size_t what_size, kf_err *err)
+static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_what, size_t what_size, kf_err *err)
 {
+    (void)all; /* keyfleet's raw wrapping key is the dataset's only one */
     static const char *const props[] = {PROP_NEXT, PROP_TPM, PROP_WRAPPED};
     bool had[] = {v->wrapped_next != NULL, v->tpm_blob != NULL, v->wrapped != NULL};
     size_t gone = 0;

@@ -161,9 +161,11 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
     static const struct option opts[] = {{"volumes", required_argument, NULL, 'v'},
                                          {"reason", required_argument, NULL, 'r'},
                                          {"totp", required_argument, NULL, 't'},
+                                         {"erase-all-keyslots", no_argument, NULL, 'A'},
                                          {NULL, 0, NULL, 0}};
     const char *reason = "", *totp = "";
     char *vols = NULL;
+    bool all = false;
     int o;
     optind = 0;
     while ((o = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
@@ -173,6 +175,8 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
             reason = optarg;
         else if (o == 't')
             totp = optarg;
+        else if (o == 'A')
+            all = true;
         else
             return kfctl_usage("node");
     }
@@ -195,6 +199,7 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
     req.n_volume_ids = n;
     req.reason = (char *)reason;
     req.totp_code = (char *)totp;
+    req.erase_all_keyslots = all;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/WipeNode", &req.base,
                         &keyfleet__v1__wipe_node_response__descriptor, &m) != 0)
@@ -235,6 +240,7 @@ static json_t *volume_json(const Keyfleet__V1__VolumeInfo *v)
         json_object_set_new(o, "erase_requested_at", time_json(v->erase_requested_at));
         json_object_set_new(o, "erased_at", time_json(v->erased_at));
         json_object_set_new(o, "erase_detail", json_string(v->erase_detail));
+        json_object_set_new(o, "erase_all_keyslots", json_boolean(v->erase_all_keyslots));
     }
     return o;
 }
@@ -292,7 +298,8 @@ int kfctl_volume_show(kfctl *ctl, int argc, char **argv)
         if (found->erased_at != 0)
             printf("erase:         erased %s (asked %s): %s\n", done, asked, found->erase_detail);
         else if (found->erase_requested_at != 0)
-            printf("erase:         PENDING since %s: the node has not confirmed it\n", asked);
+            printf("erase:         PENDING since %s%s: the node has not confirmed it\n", asked,
+                   found->erase_all_keyslots ? " (every keyslot)" : "");
         rc = 0;
     }
     protobuf_c_message_free_unpacked(m, NULL);

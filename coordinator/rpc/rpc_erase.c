@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/audit.h"
+#include "core/policy.h"
 #include "front/server.h"
 #include "keyfleet/v1/admin.pb-c.h"
 #include "kf_identity.h"
@@ -126,6 +127,14 @@ void kfd_rpc_wipe_node(kfd_call *call)
     }
     if (!kfd_rpc_store_ok(call))
         return;
+    /* Destroying the operator's passphrases too makes the data unrecoverable: only where the
+     * policy says so for a group of the node. */
+    if (req->erase_all_keyslots && !kfd_policy_erase_all_allowed(kfd_call_app(call)->policy, req->node)) {
+        kfd_call_error(call, KF_CONNECT_PERMISSION_DENIED,
+                       "--erase-all-keyslots is not allowed for node %s: no group of it sets wipe.erase_all_keyslots",
+                       req->node);
+        return;
+    }
     wipe_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
@@ -137,7 +146,8 @@ void kfd_rpc_wipe_node(kfd_call *call)
         return;
     }
     char reason[1200];
-    int len = snprintf(reason, sizeof(reason), "crypt-erase keyfleet's keys of node %s:", req->node);
+    int len = snprintf(reason, sizeof(reason), "crypt-erase %s of node %s:",
+                       req->erase_all_keyslots ? "EVERY keyslot (data unrecoverable)" : "keyfleet's keys", req->node);
     for (size_t i = 0; i < op->n && len > 0 && (size_t)len < sizeof(reason); i++)
         len += snprintf(reason + len, sizeof(reason) - (size_t)len, " %s", op->ids[i]);
     if (len > 0 && (size_t)len < sizeof(reason) && req->reason[0] != '\0')
@@ -149,6 +159,7 @@ void kfd_rpc_wipe_node(kfd_call *call)
     c.node = req->node;
     c.volume_ids = op->ids;
     c.n_volume_ids = op->n;
+    c.erase_all_keyslots = req->erase_all_keyslots;
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES;
@@ -228,22 +239,27 @@ void kfd_erase_commit(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req,
 }
 
 int kfd_erase_orders(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req, const kfd_erase_action *actions,
-                     char ***ret_ids, size_t *ret_n)
+                     char ***ret_ids, size_t *ret_n, char **ret_all_ids, size_t *ret_n_all)
 {
     char **ids = NULL;
     size_t n = 0;
-    int r = kfd_store_erase_pending(kfd_call_app(call)->store, call->peer->name, &ids, &n);
+    bool all[KFD_ERASE_MAX];
+    int r = kfd_store_erase_pending(kfd_call_app(call)->store, call->peer->name, &ids, &n, all);
     if (r != 0)
         return r;
     size_t kept = 0;
+    *ret_n_all = 0;
     for (size_t i = 0; i < n; i++) {
         bool confirmed = false;
         for (size_t k = 0; k < req->n_erased && !confirmed; k++)
             confirmed = actions[k] == KFD_ERASE_CONFIRM && strcmp(req->erased[k]->volume_id, ids[i]) == 0;
-        if (confirmed)
+        if (confirmed) {
             free(ids[i]);
-        else
-            ids[kept++] = ids[i];
+            continue;
+        }
+        if (all[i])
+            ret_all_ids[(*ret_n_all)++] = ids[i];
+        ids[kept++] = ids[i];
     }
     *ret_ids = ids;
     *ret_n = kept;

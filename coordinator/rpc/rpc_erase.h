@@ -25,8 +25,10 @@ int kfd_erase_plan(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req, kf
 /* Commits those (cb once for each). */
 void kfd_erase_commit(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req, const kfd_erase_action *actions,
                       kfd_commit_cb cb, void *arg);
-/* The volumes the node is to erase (malloc'ed ids), less those req confirms. 0, -EIO, -ENOMEM. */
+/* The volumes the node is to erase (malloc'ed ids), less those req confirms, and in ret_all_ids
+ * (KFD_ERASE_MAX entries, pointing into *ret_ids) those that erase every keyslot. 0, -EIO,
+ * -ENOMEM. */
 int kfd_erase_orders(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req, const kfd_erase_action *actions,
-                     char ***ret_ids, size_t *ret_n);
+                     char ***ret_ids, size_t *ret_n, char **ret_all_ids, size_t *ret_n_all);
 
 #endif

@@ -1383,6 +1383,8 @@ typedef struct heartbeat_op {
     char attest_why[320];
     char **erase_ids; /* volumes the node is to crypt-erase (rpc_erase.c) */
     size_t n_erase;
+    char *erase_all_ids[KFD_ERASE_MAX]; /* of those, the ones that erase every keyslot (borrowed) */
+    size_t n_erase_all;
     kfd_erase_action erase_actions[KF_ERASED_MAX];
 } heartbeat_op;
 
@@ -1403,6 +1405,8 @@ static void answer_heartbeat(heartbeat_op *op)
         resp.dead_man_after_s = op->dead_man_after_s;
         resp.erase_volume_ids = op->erase_ids;
         resp.n_erase_volume_ids = op->n_erase;
+        resp.erase_all_volume_ids = op->erase_all_ids;
+        resp.n_erase_all_volume_ids = op->n_erase_all;
         kfd_call_reply(call, &resp.base);
     }
     kfd_store_free_ids(op->erase_ids, op->n_erase);
@@ -1499,7 +1503,8 @@ void kfd_rpc_heartbeat(kfd_call *call)
     op->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, call->peer->name);
     /* Crypt-erase: the node's reports of erases, and the erases still to do (less those). */
     int n_erase_commits = kfd_erase_plan(call, req, op->erase_actions);
-    if (n_erase_commits < 0 || kfd_erase_orders(call, req, op->erase_actions, &op->erase_ids, &op->n_erase) != 0) {
+    if (n_erase_commits < 0 || kfd_erase_orders(call, req, op->erase_actions, &op->erase_ids, &op->n_erase, op->erase_all_ids,
+                                                    &op->n_erase_all) != 0) {
         kfd_op_free(op);
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;

@@ -38,7 +38,7 @@ void kfd_store_free_ids(char **ids, size_t n)
     free(ids);
 }
 
-int kfd_store_erase_pending(kfd_store *s, const char *node, char ***ret_ids, size_t *ret_n)
+int kfd_store_erase_pending(kfd_store *s, const char *node, char ***ret_ids, size_t *ret_n, bool *ret_all)
 {
     *ret_ids = NULL;
     *ret_n = 0;
@@ -57,6 +57,8 @@ int kfd_store_erase_pending(kfd_store *s, const char *node, char ***ret_ids, siz
             r = -ENOMEM;
             break;
         }
+        if (ret_all != NULL)
+            ret_all[n] = sqlite3_column_int(st, 1) != 0;
         n++;
     }
     sqlite3_reset(st);
@@ -103,6 +105,7 @@ static int wipe_one(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, const c
     kfd_bind_text(st, 1, id);
     kfd_bind_text(st, 2, c->node);
     sqlite3_bind_int64(st, 3, audit_time(c->audit));
+    sqlite3_bind_int(st, 4, c->erase_all_keyslots ? 1 : 0);
     return kfd_store_step_done(s, st, "recording the erase", err);
 }
 

@@ -3,6 +3,7 @@
 #ifndef KFD_STORE_ERASE_H
 #define KFD_STORE_ERASE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,8 +17,9 @@
  * asked for one, -EIO. */
 int kfd_store_get_erase(kfd_store *s, const char *volume_id, char *ret_node, size_t node_size, int64_t *ret_erased_at);
 /* The volumes still to erase on node (at most KFD_ERASE_MAX), malloc'ed ids the caller frees
- * with kfd_store_free_ids. 0, -EIO or -ENOMEM. */
-int kfd_store_erase_pending(kfd_store *s, const char *node, char ***ret_ids, size_t *ret_n);
+ * with kfd_store_free_ids, and (when ret_all is not NULL, KFD_ERASE_MAX entries) whether each
+ * erases every keyslot. 0, -EIO or -ENOMEM. */
+int kfd_store_erase_pending(kfd_store *s, const char *node, char ***ret_ids, size_t *ret_n, bool *ret_all);
 void kfd_store_free_ids(char **ids, size_t n);
 
 /* --- for the store's own files --- */

@@ -459,6 +459,7 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
         v->erase_requested_at = sqlite3_column_int64(st, 12);
         v->erased_at = sqlite3_column_int64(st, 13);
         v->erase_detail = dup_col(st, 14);
+        v->erase_all_keyslots = sqlite3_column_int(st, 15) != 0;
         if (ref->id == NULL || ref->name == NULL || v->node == NULL || v->retired_reason == NULL ||
             v->last_node == NULL || v->erase_detail == NULL) {
             r = -ENOMEM;

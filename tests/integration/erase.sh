@@ -11,11 +11,13 @@
 
 F=$WORK/fleet
 fleet_init "$F"
-for n in n1 n2; do issue "$F" node "$n"; done
+for n in n1 n2 n3; do issue "$F" node "$n"; done
 issue "$F" operator ken
 start_kfd "$F"
 put_policy "$F" <<'YAML'
 admin: {approvers: 2}
+groups:
+  scrap: {nodes: ["n3"], wipe: {erase_all_keyslots: true}}
 rules:
   - name: open
     match: {nodes: {names: ["n*"]}}
@@ -35,6 +37,11 @@ UUID=$(cryptsetup luksUUID "$D")
 GUID=$("$ZFS_STANDIN" get -H -p -o value guid tank/e)
 WRAP_L=$(luks_json "$D" | python3 -c 'import json,sys; m=json.load(sys.stdin); print([t for t in m["tokens"].values() if t["type"]=="keyfleet"][0]["keyfleet_wrapped_key"])')
 WRAP_2=$(field wrapped "$(node "$F" n2 enroll vol-2 data-2)")
+D3=$WORK/scrap.luks
+luks_file "$D3" "op secret"
+agent_config "$WORK/c.yaml" n3 "volumes:" "  - luks: $D3"
+check "n3 enrolls a LUKS2 file" sh -c "printf 'op secret' | '$AGENT' -c '$WORK/c.yaml' enroll luks:$D3 >/dev/null"
+UUID3=$(cryptsetup luksUUID "$D3")
 zprop() { "$ZFS_STANDIN" get -H -o value "org.keyfleet:$1" tank/e; }
 # "keyslots keyfleet-tokens" of the LUKS2 file.
 luks_state() {
@@ -55,8 +62,12 @@ expect_match "an unknown volume: not_found" "$out rc=$rc" "not_found: volume nos
 out=$(ctl "$F" node wipe n1 --volumes vol-2 2>&1) && rc=0 || rc=$?
 expect_match "another node's volume: failed_precondition" "$out rc=$rc" \
     "failed_precondition: volume vol-2 was enrolled by node n2, not n1 rc=1"
-out=$(ctl "$F" node wipe n3 2>&1) && rc=0 || rc=$?
-expect_match "a node with no volume: failed_precondition" "$out rc=$rc" "failed_precondition: node n3 has no volume.* rc=1"
+out=$(ctl "$F" node wipe n9 2>&1) && rc=0 || rc=$?
+expect_match "a node with no volume: failed_precondition" "$out rc=$rc" "failed_precondition: node n9 has no volume.* rc=1"
+
+out=$(ctl "$F" node wipe n1 --erase-all-keyslots 2>&1) && rc=0 || rc=$?
+expect_match "--erase-all-keyslots where no group of the node allows it: permission_denied" "$out rc=$rc" \
+    "permission_denied: --erase-all-keyslots is not allowed for node n1.* rc=1"
 
 # --- held for a second operator
 out=$(ctl "$F" node wipe n1 --reason "stolen in transit")
@@ -146,6 +157,18 @@ out=$(rpc "$F" n2 NodeService/Heartbeat "${PROTO[@]}" --data-binary "@$WORK/empt
 expect_match "n2's heartbeat answer orders the erase of vol-2" "$out" "^200 .*vol-2"
 expect_match "unconfirmed: pending in volume list" "$(ctl "$F" volume list)" "vol-2 .* pending"
 expect_match "... and its key is refused" "$(node "$F" n2 release vol-2 "$WRAP_2")" "^code=permission_denied"
+# --- --erase-all-keyslots where the policy allows it (LUKS2 luksErase): the passphrase goes too
+out=$(ctl "$F" node wipe n3 --erase-all-keyslots --reason "scrapped")
+C3=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
+expect_match "--erase-all-keyslots for n3 (group scrap allows it): held" "$out" "held as request"
+expect_match "n3's wipe approved" "$(ctl_as "$F" ken approve "$C3")" "approved"
+expect_match "volume show: pending, every keyslot" "$(ctl "$F" volume show "$UUID3")" "PENDING since .*\(every keyslot\)"
+"$AGENT" -c "$WORK/c.yaml" watch --count 1 >"$WORK/w4.out" 2>&1
+expect_match "watch: every keyslot erased" "$(cat "$WORK/w4.out")" "$UUID3: crypt-erased \(luks2: every keyslot erased \(1 keyfleet, 1 other\)"
+expect_eq "no keyslot and no token left" "$(luks_json "$D3" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(len(m["keyslots"]), len(m["tokens"]))')" "0 0"
+check "the operator passphrase no longer opens it" sh -c "! printf 'op secret' | cryptsetup open --test-passphrase --key-file=- '$D3' 2>/dev/null"
+expect_match "audit: volume_erased says the data is unrecoverable" "$(ctl "$F" audit --action volume_erased --json)" \
+    "\"node\":\"n3\".*unrecoverable"
 expect_match "the audit chain verifies" "$(ctl "$F" audit verify)" "ok"
 stop_kfd
 expect_eq "keyfleetd stops cleanly" "$KFD_EXIT" "0"

@@ -640,10 +640,10 @@ static void test_wipe_and_erase_confirm_at_apply(void **state)
     assert_int_equal(erased_at, 0);
     char **ids = NULL;
     size_t n = 0;
-    assert_int_equal(kfd_store_erase_pending(s, "n2", &ids, &n), 0);
+    assert_int_equal(kfd_store_erase_pending(s, "n2", &ids, &n, NULL), 0);
     assert_int_equal(n, 0); /* not another node's order */
     kfd_store_free_ids(ids, n);
-    assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n), 0);
+    assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n, NULL), 0);
     assert_int_equal(n, 1);
     assert_string_equal(ids[0], "vol-e");
     kfd_store_free_ids(ids, n);
@@ -652,7 +652,7 @@ static void test_wipe_and_erase_confirm_at_apply(void **state)
     assert_int_equal(erase_confirm(s, "n1", "vol-e", T0 + 7), -ESTALE); /* once */
     assert_int_equal(kfd_store_get_erase(s, "vol-e", node, sizeof(node), &erased_at), 0);
     assert_int_equal(erased_at, T0 + 6);
-    assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n), 0);
+    assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n, NULL), 0);
     assert_int_equal(n, 0);
     kfd_store_free_ids(ids, n);
     kfd_store_close(s);
