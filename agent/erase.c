@@ -62,7 +62,8 @@ void kfa_erase_ordered(kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const
         }
         if (r == 0) {
             kf_log_warn("volume_erased", "id=%s detail=%s", kf_log_q(ids[i]), kf_log_q(what));
-            printf("%s: crypt-erased (%s)\n", ids[i], what);
+            /* stderr: the command running the heartbeat (status --json) owns stdout */
+            fprintf(stderr, "keyfleet-agent: %s: crypt-erased (%s)\n", ids[i], what);
         } else {
             kf_log_error("erase_failed", "id=%s error=%s", kf_log_q(ids[i]), kf_log_q(what));
             fprintf(stderr, "keyfleet-agent: erase of %s failed: %s\n", ids[i], what);
@@ -71,7 +72,6 @@ void kfa_erase_ordered(kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const
             kf_log_warn("state_update_failed", "state_file=%s hint=\"the erase is reported after the next order\"",
                         kf_log_q(ctx->cfg->state_file));
     }
-    fflush(stdout);
     for (size_t k = 0; k < n; k++)
         kfa_volume_clear(&vs[k]);
     free(vs);
