@@ -33,16 +33,18 @@ typedef struct kfa_ctx {
     uint64_t dead_man_after_s; /* the last heartbeat's dead-man window (0: none) */
     bool live;       /* stderr is a terminal of its own (not the keyscript's console): a live countdown */
     bool no_pending; /* a release held for approval fails at once, making no request (rewrap) */
+    /* The last heartbeat's volumes whose recovery key was revealed (watch replaces them). */
+    char *recovery_replace[100];
+    size_t n_recovery_replace;
     /* Carries out a heartbeat's crypt-erase orders (kfa_erase_ordered, set by keyfleet-agent's
      * main); NULL in the token plugin, which leaves them to the next agent run. */
     void (*erase)(struct kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const *all_ids, size_t n_all);
 } kfa_ctx;
 
-
-/* Opens the client (once) and, with AppRole, logs in when there is no token: 0, -EACCES (the
- * login was refused), or another -errno when no coordinator answered. */
 /* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
 int kfa_client(kfa_ctx *ctx, kf_err *err);
+/* Opens the client (once) and, with AppRole, logs in when there is no token: 0, -EACCES (the
+ * login was refused), or another -errno when no coordinator answered. */
 int kfa_connect(kfa_ctx *ctx, kf_err *err);
 /* Before the agent's own TPM work: with a TPM-resident node key, closes the client and unloads
  * the tpm2 provider, whose TPM connection would block ours on a TPM without a resource manager
@@ -58,8 +60,9 @@ kf_seal_receiver *kfa_receiver(kfa_ctx *ctx);
 /* The TPM quote for one request (docs/attestation.md), made on the client's current connection,
  * which the next call is pinned to: 0 with *msg pointing into *q, 1 when this node does not
  * attest (no TPM-bound identity, or tpm.attest: false), or a negative errno: -ENXIO when the TPM
- * refused the quote, -ENOMEM, or a transport error connecting (worth a retry). The client's TPM key is let go of first (the provider's TPM
- * connection closed; swtpm serves one at a time): a new client is made when the connection goes. */
+ * refused the quote, -ENOMEM, or a transport error connecting (worth a retry). The client's TPM
+ * key is let go of first (the provider's TPM connection closed; swtpm serves one at a time): a
+ * new client is made when the connection goes. */
 int kfa_attest(kfa_ctx *ctx, const char *method, const char *volume_id, const char *request_id, kfa_quote *q,
                Keyfleet__V1__TpmQuote *msg, kf_err *err);
 /* As kfa_attest, for a request that carries no ephemeral key (RotateKey COMMIT). */
@@ -138,6 +141,20 @@ int kfa_state_queue_erased(const kfa_config *cfg, const char *volume_id, bool ok
 
 /* The rotate command (rotate.c). */
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv);
+/* The volume's lock (rotate-ID.lock beside the state file, flock): one run changing its keys
+ * at a time on this machine; -EBUSY at once while another holds it. Close *ret_fd to release. */
+int kfa_volume_lock(const kfa_config *cfg, const kfa_volume *v, int *ret_fd, kf_err *err);
+/* Rotates one enrolled volume's key, under the rotation lock (probed again under it). */
+int kfa_rotate_volume(kfa_ctx *ctx, kfa_volume *v, kf_err *err);
+/* Recovery keys (recovery_key.c; docs/recovery.md). Escrows a new recovery key for v (probed,
+ * enrolled) and, LUKS2, gives it a keyslot authorised by key (the volume's keyfleet key; NULL:
+ * released by a coordinator), killing the keyslot of the one it replaces; ZFS, rotate first
+ * (the revealed key is the dataset's) when rotate_zfs. *ret_how says what was done. */
+int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rotate_zfs, const char **ret_how,
+                     kf_err *err);
+/* After a heartbeat: replaces the recovery key of each volume (by id) a coordinator listed as
+ * revealed; failures are logged and retried at the next contact. */
+void kfa_recovery_replace(kfa_ctx *ctx, char **ids, size_t n);
 
 /* The watch command (watch.c). */
 int kfa_watch(kfa_ctx *ctx, int argc, char **argv);

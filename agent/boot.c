@@ -19,6 +19,7 @@
 
 #include "kf_log.h"
 #include "kf_recovery.h"
+#include "tpm_net.h"
 #include "kf_time.h"
 
 #define ASKPASS_DEFAULT "/lib/cryptsetup/askpass"
@@ -118,10 +119,12 @@ static int fetch_key(kfa_ctx *ctx, const char *source, kf_secbuf **ret_key, cons
     kf_secbuf *key = NULL;
     if (r == 0) {
         r = kfa_release(ctx, &v, &rel, err);
+        if (r == 0)
+            r = kfa_tpmnet_combine(ctx, &v, &rel.key, err); /* tpm_and_network: the TPM's part too */
         if (r == 0) {
             key = rel.key;
             rel.key = NULL;
-            *ret_how = "released by a coordinator";
+            *ret_how = v.tpm_part != NULL ? "released by a coordinator, with the TPM's part" : "released by a coordinator";
         } else if (r == -EHOSTUNREACH && v.tpm_blob != NULL) {
             kf_err terr = {0};
             r = kfa_unseal_offline(ctx, &v, err->msg, &key, &terr);

@@ -30,5 +30,7 @@ int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv);
 int kfa_cmd_seal_secret_id(kfa_ctx *ctx, int argc, char **argv);
 /* recover.c: a recovery key typed at the console; run before the identity is read (it needs none). */
 int kfa_cmd_recover(const kfa_config *cfg, int argc, char **argv);
+/* recovery-key add VOLUME... (recovery_key.c) */
+int kfa_cmd_recovery_key(kfa_ctx *ctx, int argc, char **argv);
 
 #endif

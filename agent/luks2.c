@@ -114,7 +114,8 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
         } else if (!tok.rotating && v->wrapped == NULL) {
             v->wrapped = tok.wrapped;
             v->tpm_blob = tok.tpm_blob;
-            tok.wrapped = tok.tpm_blob = NULL;
+            v->tpm_part = tok.tpm_part;
+            tok.wrapped = tok.tpm_blob = tok.tpm_part = NULL;
             v->keyslot = tok.keyslot;
             v->token = t;
         } else {
@@ -142,6 +143,8 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     v->wrapped = NULL;
     free(v->tpm_blob);
     v->tpm_blob = NULL;
+    free(v->tpm_part);
+    v->tpm_part = NULL;
     free(v->wrapped_next);
     v->wrapped_next = NULL;
     free(v->tpm_blob_next);
@@ -195,7 +198,7 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
 
 static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped)
 {
-    return token_json_as(cfg, v, slot, wrapped, v->rotating, v->tpm_blob);
+    return token_json_as(cfg, v, slot, wrapped, v->rotating, v->tpm_blob != NULL ? v->tpm_blob : v->tpm_part);
 }
 
 /* The PBKDF2 cost of the digest that checks keyslot slot's volume key, from the LUKS2 metadata:
@@ -342,6 +345,9 @@ static int luks_store_wrapped(const kfa_config *cfg, kfa_volume *v, const char *
 
 static int luks_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err)
 {
+    if (v->tpm_part != NULL) /* the one place holds the TPM part: no whole copy may exist */
+        return kf_err_set(err, -EPERM, "%s needs TPM and network (require: [tpm_and_network]): no TPM copy of its "
+                          "key can be stored", v->path);
     char *old = v->tpm_blob;
     if ((v->tpm_blob = strdup(blob)) == NULL) {
         v->tpm_blob = old;
@@ -425,26 +431,32 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
     return 0;
 }
 
-/* Kills the old key's keyslot, when it is still there and still the one the token recorded (its
- * KDF salt): once killed, its number is free, and an operator's passphrase added before a resumed
- * run must not die in its place. A keyslot that cannot be told apart is kept, and logged. */
+/* Kills keyslot slot when it is still there and still the one recorded (its KDF salt, expect):
+ * once killed, its number is free, and an operator's passphrase added before a resumed run must
+ * not die in its place. A keyslot that cannot be told apart is kept, and logged. */
+static int kill_recorded(struct crypt_device *cd, const char *path, int slot, const char *expect, kf_err *err)
+{
+    crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, slot);
+    if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
+        return 0;
+    char salt[65];
+    keyslot_salt(cd, slot, salt, sizeof(salt));
+    if (expect[0] == '\0' || strcmp(salt, expect) != 0) {
+        kf_log_warn("old_keyslot_kept", "volume=%s keyslot=%d reason=%s", kf_log_q(path), slot,
+                    expect[0] == '\0' ? "\"no salt recorded to tell it is the old key's\""
+                                     : "\"another keyslot now has its number\"");
+        return 0;
+    }
+    int r = sym_crypt_keyslot_destroy(cd, slot);
+    return r < 0 ? kf_err_set(err, r, "%s: cannot kill the old keyslot %d: %s", path, slot, strerror(-r)) : 0;
+}
+
+/* Kills the old key's keyslot (a rotation's), as kill_recorded. */
 static int kill_replaced(struct crypt_device *cd, kfa_volume *v, int slot, kf_err *err)
 {
     if (slot < 0 || slot == v->keyslot)
         return 0;
-    crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, slot);
-    if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
-        return 0;
-    char salt[sizeof(v->replaces_salt)];
-    keyslot_salt(cd, slot, salt, sizeof(salt));
-    if (v->replaces_salt[0] == '\0' || strcmp(salt, v->replaces_salt) != 0) {
-        kf_log_warn("old_keyslot_kept", "volume=%s keyslot=%d reason=%s", kf_log_q(v->path), slot,
-                    v->replaces_salt[0] == '\0' ? "\"no salt recorded to tell it is the old key's\""
-                                                : "\"another keyslot now has its number\"");
-        return 0;
-    }
-    int r = sym_crypt_keyslot_destroy(cd, slot);
-    return r < 0 ? kf_err_set(err, r, "%s: cannot kill the old keyslot %d: %s", v->path, slot, strerror(-r)) : 0;
+    return kill_recorded(cd, v->path, slot, v->replaces_salt, err);
 }
 
 /* Rewrites the rotating token without keyfleet_replaces once the old keyslot is gone, so a later
@@ -612,12 +624,149 @@ const kfa_driver kfa_luks2_driver = {
     .erase = luks_erase,
 };
 
+/* ------------------------------------------------------------------ recovery keyslot */
+
+/* The recovery keyslot (docs/recovery.md) is recorded in a token of its own type, which the
+ * keyfleet token's strict parser, older agents and libcryptsetup skip:
+ *   {"type":"keyfleet-recovery","keyslots":["N"],"keyfleet_volume_id":UUID,
+ *    "keyfleet_recovery_salt":BASE64, "keyfleet_replaces":"M","keyfleet_replaces_salt":BASE64}
+ * (the last two only while the recovery key it replaces still has a keyslot). */
+#define RECOVERY_TOKEN_TYPE "keyfleet-recovery"
+
+typedef struct rec_token {
+    int token, slot, replaces;
+    char salt[65], replaces_salt[65];
+} rec_token;
+
+static int slot_of(json_t *s)
+{
+    const char *t = json_string_value(s);
+    char *end;
+    long n = t != NULL ? strtol(t, &end, 10) : -1;
+    return t != NULL && *t != '\0' && *end == '\0' && n >= 0 && n < 32 ? (int)n : -1;
+}
+
+/* The recovery token: 0, -ENOENT (none) or -EBADMSG. */
+static int find_recovery(struct crypt_device *cd, const kfa_volume *v, rec_token *ret, kf_err *err)
+{
+    for (int t = 0; t < MAX_TOKENS; t++) {
+        const char *type = NULL, *json = NULL;
+        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
+        if (info == CRYPT_TOKEN_INACTIVE || type == NULL || strcmp(type, RECOVERY_TOKEN_TYPE) != 0)
+            continue;
+        json_t *o = sym_crypt_token_json_get(cd, t, &json) >= 0 ? json_loads(json, 0, NULL) : NULL;
+        const char *salt = json_string_value(json_object_get(o, "keyfleet_recovery_salt"));
+        const char *rsalt = json_string_value(json_object_get(o, "keyfleet_replaces_salt"));
+        memset(ret, 0, sizeof(*ret));
+        ret->token = t;
+        ret->slot = slot_of(json_array_get(json_object_get(o, "keyslots"), 0));
+        ret->replaces = json_object_get(o, "keyfleet_replaces") != NULL
+                            ? slot_of(json_object_get(o, "keyfleet_replaces")) : -1;
+        bool ok = ret->slot >= 0 && salt != NULL && strlen(salt) < sizeof(ret->salt) &&
+                  (rsalt == NULL || strlen(rsalt) < sizeof(ret->replaces_salt));
+        if (ok) {
+            snprintf(ret->salt, sizeof(ret->salt), "%s", salt);
+            snprintf(ret->replaces_salt, sizeof(ret->replaces_salt), "%s", rsalt != NULL ? rsalt : "");
+        }
+        json_decref(o);
+        return ok ? 0 : kf_err_set(err, -EBADMSG, "%s: keyfleet-recovery token %d is malformed", v->path, t);
+    }
+    return -ENOENT;
+}
+
+static int write_recovery(struct crypt_device *cd, const kfa_volume *v, int token, int slot, const char *salt,
+                          int replaces, const char *replaces_salt)
+{
+    char n[16], m[16];
+    snprintf(n, sizeof(n), "%d", slot);
+    snprintf(m, sizeof(m), "%d", replaces);
+    json_t *o = json_pack("{s:s, s:[s], s:s, s:s}", "type", RECOVERY_TOKEN_TYPE, "keyslots", n, "keyfleet_volume_id",
+                          v->id, "keyfleet_recovery_salt", salt);
+    if (o != NULL && replaces >= 0) {
+        json_object_set_new(o, "keyfleet_replaces", json_string(m));
+        json_object_set_new(o, "keyfleet_replaces_salt", json_string(replaces_salt));
+    }
+    char *json = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    int r = json != NULL ? sym_crypt_token_json_set(cd, token, json) : -ENOMEM;
+    free(json);
+    return r;
+}
+
+/* Kills the keyslot a recovery token says it replaces (by its salt), then forgets it. */
+static int finish_replace(struct crypt_device *cd, const kfa_volume *v, rec_token *t, kf_err *err)
+{
+    if (t->replaces < 0)
+        return 0;
+    int r = t->replaces != t->slot ? kill_recorded(cd, v->path, t->replaces, t->replaces_salt, err) : 0;
+    if (r == 0 && write_recovery(cd, v, t->token, t->slot, t->salt, -1, "") < 0)
+        r = kf_err_set(err, -EIO, "%s: cannot update the keyfleet-recovery token", v->path);
+    if (r == 0)
+        t->replaces = -1;
+    return r;
+}
+
+int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf *text, bool *ret_replaced,
+                           kf_err *err)
+{
+    *ret_replaced = false;
+    struct crypt_device *cd = NULL;
+    int r = device_of(v, &cd, err);
+    if (r != 0)
+        return r;
+    rec_token old;
+    r = find_recovery(cd, v, &old, err);
+    if (r != 0 && r != -ENOENT)
+        return r;
+    bool have = r == 0;
+    if (have && (r = finish_replace(cd, v, &old, err)) != 0) /* a run stopped before its kill */
+        return r;
+    int slot = add_keyslot(cd, auth, text);
+    if (slot < 0)
+        return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add the recovery keyslot: %s", v->path,
+                          slot == -EPERM ? "the volume's keyfleet key does not open it" : strerror(-slot));
+    /* Seal, then verify: the keyslot must open with the text before a token points at it. */
+    char salt[65];
+    keyslot_salt(cd, slot, salt, sizeof(salt));
+    r = sym_crypt_activate_by_passphrase(cd, NULL, slot, (const char *)text->data, text->len, 0);
+    if (r == slot && salt[0] != '\0')
+        r = write_recovery(cd, v, have ? old.token : CRYPT_ANY_TOKEN, slot, salt, have ? old.slot : -1,
+                           have ? old.salt : "");
+    if (r < 0 || salt[0] == '\0') {
+        sym_crypt_keyslot_destroy(cd, slot);
+        return kf_err_set(err, -EIO, "%s: the recovery keyslot did not verify or its token could not be written",
+                          v->path);
+    }
+    kfa_test_crash_point("recovery_token");
+    if (!have)
+        return 0;
+    *ret_replaced = true;
+    rec_token now = {.token = old.token, .slot = slot, .replaces = old.slot};
+    snprintf(now.salt, sizeof(now.salt), "%s", salt);
+    snprintf(now.replaces_salt, sizeof(now.replaces_salt), "%s", old.salt);
+    return finish_replace(cd, v, &now, err);
+}
+
+int kfa_luks2_recovery_slot(kfa_volume *v, int *ret_slot)
+{
+    struct crypt_device *cd = NULL;
+    kf_err err = {0};
+    rec_token t;
+    int r = device_of(v, &cd, &err);
+    if (r == 0)
+        r = find_recovery(cd, v, &t, &err);
+    *ret_slot = r == 0 ? t.slot : -1;
+    return r;
+}
+
 void kfa_volume_clear(kfa_volume *v)
 {
     free(v->wrapped);
     v->wrapped = NULL;
     free(v->tpm_blob);
     v->tpm_blob = NULL;
+    free(v->tpm_part);
+    v->tpm_part = NULL;
     free(v->wrapped_next);
     v->wrapped_next = NULL;
     free(v->tpm_blob_next);

@@ -36,6 +36,7 @@ void kfa_token_clear(kfa_token *t)
 {
     free(t->wrapped);
     free(t->tpm_blob);
+    free(t->tpm_part);
     for (size_t i = 0; i < t->n_coordinators; i++)
         free(t->coordinators[i]);
     free(t->coordinators);
@@ -128,9 +129,10 @@ int kfa_tpm_blob_check(const char *s, kf_err *err)
     size_t n = strlen(s);
     if (n > KFA_TOKEN_TPM_MAX)
         return BAD(err, "keyfleet_tpm_sealed is %zu bytes, more than %d", n, KFA_TOKEN_TPM_MAX);
-    if (strncmp(s, "kftpm1:", 7) != 0 || s[7] == '\0' ||
-        !only(s + 7, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="))
-        return BAD(err, "keyfleet_tpm_sealed is not a keyfleet TPM blob (kftpm1:BASE64)");
+    /* kftpm1: a whole copy of the key (offline fallback); kftpmnet1: a tpm_and_network TPM part */
+    size_t p = strncmp(s, "kftpm1:", 7) == 0 ? 7 : strncmp(s, "kftpmnet1:", 10) == 0 ? 10 : 0;
+    if (p == 0 || s[p] == '\0' || !only(s + p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="))
+        return BAD(err, "keyfleet_tpm_sealed is not a keyfleet TPM blob (kftpm1:BASE64 or kftpmnet1:BASE64)");
     return 0;
 }
 
@@ -142,7 +144,11 @@ static int check_tpm(json_t *v, kfa_token *t, kf_err *err)
     int r = kfa_tpm_blob_check(s, err);
     if (r != 0)
         return r;
-    if ((t->tpm_blob = strdup(s)) == NULL)
+    /* A rotation never stages a two-part key (rotate.c refuses those volumes). */
+    bool part = strncmp(s, "kftpmnet1:", 10) == 0;
+    if (part && t->rotating)
+        return BAD(err, "keyfleet_tpm_sealed holds a tpm_and_network TPM part in a token marked rotating");
+    if ((*(part ? &t->tpm_part : &t->tpm_blob) = strdup(s)) == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
     return 0;
 }

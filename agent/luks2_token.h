@@ -29,6 +29,8 @@ typedef struct kfa_token {
     int keyslot;
     char *wrapped;       /* malloc'ed */
     char *tpm_blob;      /* malloc'ed; NULL when the token holds no TPM-sealed copy */
+    char *tpm_part;      /* malloc'ed: keyfleet_tpm_sealed holds a tpm_and_network TPM part
+                          * ("kftpmnet1:" BASE64, tpm_net.h) instead; NULL when not */
     char **coordinators; /* malloc'ed, n_coordinators entries */
     size_t n_coordinators;
     char backend[32];    /* from the wrapped key: "local", "vault", ... (for luksDump) */

@@ -1,7 +1,7 @@
 /* keyfleet-agent: enrolls this node's encrypted volumes with a coordinator and unlocks them at
  * boot. Exit status of unlock: 0 all unlocked, 1 none, 3 some; 2 for usage or config errors.
  * This file is the command line and the dispatch; each command is a file of its own (enroll.c,
- * unlock.c, rewrap.c, status.c, seal_secret_id.c, rotate.c, recover.c, watch.c, boot.c, identity.c). */
+ * unlock.c, rewrap.c, status.c, seal_secret_id.c, rotate.c, recover.c, recovery_key.c, watch.c, boot.c, identity.c). */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -20,9 +20,10 @@
 #include "kf_time.h"
 
 static const kf_cli_cmd commands_help[] = {
-    {"enroll", "enroll VOLUME [--label k=v]... [--auth-file FILE]\n"
+    {"enroll", "enroll VOLUME [--label k=v]... [--auth-file FILE] [--recovery-key]\n"
                "       VOLUME is luks:PATH, zfs:DATASET or a configured volume (a relative PATH is made\n"
-               "       absolute). LUKS2 needs an existing passphrase: --auth-file, or on stdin."},
+               "       absolute). LUKS2 needs an existing passphrase: --auth-file, or on stdin.\n"
+               "       --recovery-key: also escrow a recovery key (as recovery-key add)"},
     {"unlock", "unlock [--all | VOLUME...]\n"
                "       exit 0: all unlocked, 1: none, 3: some"},
     {"status", "status [--json]\n"
@@ -37,6 +38,9 @@ static const kf_cli_cmd commands_help[] = {
                "       replace each volume's keyfleet key with a new one (resumes an interrupted rotation);\n"
                "       a TPM copy of the old key is replaced where policy allows; --tpm: also seal one for\n"
                "       a volume that has none; exit as unlock"},
+    {"recovery-key", "recovery-key add VOLUME...\n"
+                     "       escrow a new recovery key with the coordinator (LUKS2: a keyslot of its own, the\n"
+                     "       one it replaces killed; ZFS: the dataset's key); docs/recovery.md"},
     {"recover", "recover VOLUME\n"
                 "       break glass: open VOLUME with its recovery key, typed on stdin (docs/recovery.md);\n"
                 "       no coordinator, identity or TPM needed; reported at the next contact"},
@@ -195,6 +199,8 @@ int main(int argc, char **argv)
         rc = kfa_cmd_rewrap(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "rotate") == 0)
         rc = kfa_rotate(&ctx, sub_argc, sub_argv);
+    else if (strcmp(cmd, "recovery-key") == 0)
+        rc = kfa_cmd_recovery_key(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "watch") == 0)
         rc = kfa_watch(&ctx, sub_argc, sub_argv);
     else if (strcmp(cmd, "seal-secret-id") == 0)
@@ -203,6 +209,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "keyfleet-agent: unknown command '%s'\n", cmd);
         rc = kfa_usage(NULL);
     }
+    for (size_t i = 0; i < ctx.n_recovery_replace; i++)
+        free(ctx.recovery_replace[i]);
     kf_seal_receiver_free(ctx.receiver);
     kf_rpc_client_free(ctx.client);
     kfa_config_free(ctx.cfg);

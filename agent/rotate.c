@@ -177,6 +177,13 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
     *ret_how = "rotated";
     if (v->wrapped == NULL)
         return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
+    /* A two-part key would need its TPM part staged and retired beside the keyslot's, which the
+     * rotation steps do not do yet: refused before anything changes (docs/agent.md). */
+    if (v->tpm_part != NULL)
+        return kf_err_set(err, -EOPNOTSUPP,
+                          "%s needs TPM and network (require: [tpm_and_network]): its key cannot be rotated yet "
+                          "(docs/architecture.md, \"TPM and network, both required\")",
+                          v->path);
     if (v->kind == KFA_VOL_ZFS && !v->unlocked && !v->rotating)
         return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); zfs change-key needs it",
                           v->path);
@@ -228,6 +235,25 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
     }
     kf_enrolled_clear(&e);
     kf_enrolled_clear(&done);
+    return r;
+}
+
+int kfa_volume_lock(const kfa_config *cfg, const kfa_volume *v, int *ret_fd, kf_err *err)
+{
+    return rotate_lock(cfg, v, ret_fd, err);
+}
+
+int kfa_rotate_volume(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
+{
+    int lock_fd = -1;
+    const char *how = "";
+    int r = rotate_lock(ctx->cfg, v, &lock_fd, err);
+    if (r == 0)
+        r = v->drv->probe(ctx->cfg, v, err);
+    if (r == 0)
+        r = rotate_one(ctx, v, false, &how, err);
+    if (lock_fd >= 0)
+        close(lock_fd);
     return r;
 }
 

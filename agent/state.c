@@ -307,6 +307,12 @@ static int heartbeat_once(kfa_ctx *ctx, bool always, bool *ret_lock, bool *ret_e
             else if (req.attestation != NULL)
                 kf_log_info("attest_heartbeat", "attested=yes");
             ctx->dead_man_after_s = resp->dead_man_after_s;
+            for (size_t i = 0; i < ctx->n_recovery_replace; i++)
+                free(ctx->recovery_replace[i]);
+            ctx->n_recovery_replace = 0;
+            for (size_t i = 0; i < resp->n_recovery_replace && i < 100; i++)
+                if ((ctx->recovery_replace[ctx->n_recovery_replace] = strdup(resp->recovery_replace[i])) != NULL)
+                    ctx->n_recovery_replace++;
             if (n > 0) {
                 kfa_state_drop_reported(ctx->cfg, "offline_pending", s.offline, n);
                 kf_log_info("offline_unlocks_reported", "count=%zu", n);

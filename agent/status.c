@@ -32,6 +32,8 @@ int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv)
     kf_err herr = {0};
     if (reachable && kfa_heartbeat(ctx, true, &revoked, &herr) != 0)
         revoked = false;
+    else if (reachable) /* an answered heartbeat is a contact: the dead-man line counts from it */
+        (void)kfa_state_dead_man_contact(ctx->cfg, ctx->dead_man_after_s, time(NULL));
     json_t *arr = json_array();
     if (!json) {
         printf("coordinators: %s%s\n", reachable ? "reachable" : "unreachable",

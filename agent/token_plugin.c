@@ -30,6 +30,7 @@
 #include "kf_log.h"
 #include "kf_time.h"
 #include "luks2_token.h"
+#include "tpm_net.h"
 
 #define PUBLIC __attribute__((visibility("default")))
 #define DEFAULT_CONFIG "/etc/keyfleet/agent.yaml"
@@ -127,7 +128,9 @@ void cryptsetup_token_dump(struct crypt_device *cd, const char *json)
     for (size_t i = 0; i < t.n_coordinators; i++)
         crypt_logf(cd, CRYPT_LOG_NORMAL, "\t%s %s\n", i == 0 ? "Coordinators:" : "             ", t.coordinators[i]);
     crypt_logf(cd, CRYPT_LOG_NORMAL, "\tTPM copy:     %s\n",
-               t.tpm_blob != NULL ? "yes (offline unlock when no coordinator answers)" : "no");
+               t.tpm_blob != NULL   ? "yes (offline unlock when no coordinator answers)"
+               : t.tpm_part != NULL ? "no; a TPM part: TPM and network both required, no offline unlock"
+                                    : "no");
     kfa_token_clear(&t);
 }
 
@@ -147,6 +150,11 @@ static int release(kfa_ctx *ctx, kfa_volume *v, kf_secbuf **ret_key, kf_err *err
     if (r != 0)
         return reason(err, -ENOENT, "agent identity");
     r = kfa_release(ctx, v, &rel, err);
+    if (r == 0 && kfa_tpmnet_combine(ctx, v, &rel.key, err) != 0) {
+        /* tpm_and_network: the coordinator's part alone opens nothing, and there is no fallback */
+        kf_released_clear(&rel);
+        return reason(err, -EPERM, "the TPM refused its part");
+    }
     if (r == 0) {
         char detail[128];
         snprintf(detail, sizeof(detail), "request=%s audit_seq=%llu via=token-plugin", rel.request_id,
@@ -190,7 +198,7 @@ int cryptsetup_token_open(struct crypt_device *cd, int token, char **buffer, siz
         return -ENOENT;
     }
     kfa_volume v = {.kind = KFA_VOL_LUKS2, .keyslot = t.keyslot, .token = token, .wrapped = t.wrapped,
-                    .tpm_blob = t.tpm_blob};
+                    .tpm_blob = t.tpm_blob, .tpm_part = t.tpm_part};
     const char *dev = crypt_get_device_name(cd);
     snprintf(v.path, sizeof(v.path), "%s", dev != NULL ? dev : "?");
     snprintf(v.id, sizeof(v.id), "%s", t.volume_id);

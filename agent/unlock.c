@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
+#include "tpm_net.h"
 
 /* The offline fallback: no coordinator answered before the deadline, and policy allowed a
  * TPM-sealed copy at enrollment. Recorded, and reported to a coordinator on the next contact. */
@@ -64,6 +65,24 @@ static int unlock_one(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
     return 0;
 }
 
+/* The coordinator says this volume's recovery key was revealed: LUKS2 gets a new one now, with
+ * the key just released as the keyslot's authorisation; a ZFS dataset's is its key, rotated by
+ * watch (its key loaded). Failures only log: the next contact asks again. */
+static void replace_recovery(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key)
+{
+    kf_err err = {0};
+    const char *how = "";
+    if (v->kind != KFA_VOL_LUKS2)
+        kf_log_warn("recovery_key_revealed", "volume=%s hint=\"keyfleet-agent watch replaces it (rotating the dataset's "
+                    "key) at its next heartbeat\"", kf_log_q(v->path));
+    else if (kfa_recovery_add(ctx, v, key, false, &how, &err) == 0)
+        kf_log_warn("recovery_key_replaced", "volume=%s id=%s reason=\"revealed to an operator\"", kf_log_q(v->path),
+                    kf_log_q(v->id));
+    else
+        kf_log_error("recovery_replace_failed", "volume=%s error=%s hint=\"retried at the next contact\"",
+                     kf_log_q(v->path), kf_log_q(err.msg));
+}
+
 static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
 {
     int r;
@@ -77,7 +96,17 @@ static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
     if (rel.key_overdue)
         kf_log_warn("key_overdue", "volume=%s hint=\"older than the policy's max_key_age: keyfleet-agent rotate it\"",
                     kf_log_q(v->path));
-    r = v->drv->unlock(ctx->cfg, v, rel.key, err);
+    /* The rule was tightened after this volume was enrolled: its key is still the coordinator's
+     * alone (the mode is fixed at enroll; docs/architecture.md). */
+    if (rel.tpm_and_network && v->tpm_part == NULL)
+        kf_log_warn("tpm_and_network_not_enrolled",
+                    "volume=%s hint=\"its rule requires TPM and network, but it was enrolled with the coordinator's "
+                    "key alone; the mode is fixed at enroll\"",
+                    kf_log_q(v->path));
+    /* A tpm_and_network volume: the released key is only the coordinator's part. */
+    r = kfa_tpmnet_combine(ctx, v, &rel.key, err);
+    if (r == 0)
+        r = v->drv->unlock(ctx->cfg, v, rel.key, err);
     if (r == 0 && rel.rewrapped != NULL) {
         kf_err werr = {0};
         if (v->drv->store_wrapped(ctx->cfg, v, rel.rewrapped, &werr) == 0)
@@ -93,6 +122,9 @@ static int unlock_with(kfa_ctx *ctx, kfa_volume *v, kf_err *err)
         printf("%s %s: unlocked%s\n", v->drv->name, v->path,
                v->kind == KFA_VOL_LUKS2 && !ctx->cfg->luks_activate ? " (key verified; activation disabled)" : "");
     }
+    /* Not while a rotation is staged (v may be swapped to it here; rotate first, then this). */
+    if (r == 0 && rel.recovery_replace && v->wrapped_next == NULL)
+        replace_recovery(ctx, v, rel.key);
     kf_released_clear(&rel);
     return r;
 }

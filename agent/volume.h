@@ -22,6 +22,9 @@ typedef struct kfa_volume {
     char id[130];    /* LUKS UUID or ZFS GUID */
     char *wrapped;   /* stored wrapped key; NULL when not enrolled */
     char *tpm_blob;  /* TPM-sealed copy for offline unlock; NULL when none */
+    /* require: [tpm_and_network]: the TPM part of the key (tpm_net.h), stored where tpm_blob
+     * would be, so the two never exist together; NULL when the volume has none */
+    char *tpm_part;
     int keyslot;     /* LUKS2: the keyfleet keyslot */
     int token;       /* LUKS2: the keyfleet token */
     /* A rotation in progress on the volume (docs/agent.md, "Key rotation"): the new key's wrapped
@@ -95,8 +98,20 @@ extern const kfa_driver kfa_zfs_driver;
 /* Lists ZFS encryption roots that carry keyfleet metadata (only those whose key is not loaded,
  * when locked_only). */
 int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names, size_t *ret_n, kf_err *err);
+/* Creates an encryption root with a throwaway key, so that it has a GUID to enroll under. */
+int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err);
 
 void kfa_volume_clear(kfa_volume *v);
+
+/* LUKS2 recovery keyslot (docs/recovery.md): adds a keyslot whose passphrase is text (the
+ * recovery key's canonical form), authorised by auth (the volume's keyfleet key), checks that it
+ * opens, records it in the keyfleet-recovery token, then kills the keyslot of the recovery key it
+ * replaces (by its recorded salt; *ret_replaced) and forgets it. Resumes a run stopped before its
+ * kill. */
+int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf *text, bool *ret_replaced,
+                           kf_err *err);
+/* The recovery keyslot: 0 with *ret_slot, -ENOENT (none), or another -errno. */
+int kfa_luks2_recovery_slot(kfa_volume *v, int *ret_slot);
 
 /* Test builds only (KF_TEST_HOOKS, set with KF_TESTS): _exit(86) when the environment's
  * KEYFLEET_TEST_CRASH_AFTER names step, for the rotation's crash tests; with KEYFLEET_TEST_PAUSE_AFTER

@@ -79,6 +79,42 @@ static uint64_t jittered(uint64_t ms)
     return ms - ms / 10 + (ms / 5) * r / 65535; /* 0.9x .. 1.1x */
 }
 
+/* The dead-man clock (boot time, s) of the last contact the state file remembers, or now. A wall
+ * clock well behind that contact (set back, say, to win a new window at each boot) counts as the
+ * whole window silent. Sets ctx->dead_man_after_s from the state file. */
+static int64_t dead_man_start(kfa_ctx *ctx)
+{
+    int64_t last_wall = 0;
+    kfa_state_dead_man_get(ctx->cfg, &ctx->dead_man_after_s, &last_wall);
+    int64_t wall = time(NULL), since = 0;
+    if (last_wall > 0 && wall > last_wall)
+        since = wall - last_wall;
+    else if (last_wall > 0 && last_wall - wall > KFA_DEAD_MAN_CLOCK_SLACK_S)
+        since = (int64_t)ctx->dead_man_after_s;
+    int64_t contact = boot_s() - since;
+    if (ctx->dead_man_after_s > 0)
+        kf_log_info("dead_man_armed", "after_s=%llu silent_s=%lld", (unsigned long long)ctx->dead_man_after_s,
+                    (long long)(boot_s() - contact));
+    return contact;
+}
+
+/* One heartbeat, sent again once after an AppRole login when the token had expired. */
+static int heartbeat(kfa_ctx *ctx, bool *lock, kf_err *err)
+{
+    bool relogged = false;
+    int r;
+    for (;;) {
+        r = kfa_heartbeat(ctx, true, lock, err);
+        if (r == -EACCES && ctx->logged_in && !relogged) { /* AppRole token expired: log in again */
+            ctx->logged_in = false;
+            relogged = true;
+            continue;
+        }
+        break;
+    }
+    return r;
+}
+
 int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
 {
     long count = 0; /* 0: until stopped */
@@ -103,33 +139,11 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
     ctx->deadline = UINT64_MAX; /* a long-running watcher has no run deadline; each call has its timeout */
     bool locking = false, reached = false, stopped = false, dead_locked = false;
     size_t failed = 0, locked = 0;
-    /* The dead-man clock starts at the last contact the state file remembers, or now. A wall
-     * clock well behind that contact (set back, say, to win a new window at each boot) counts as
-     * the whole window silent. */
-    int64_t last_wall = 0;
-    kfa_state_dead_man_get(ctx->cfg, &ctx->dead_man_after_s, &last_wall);
-    int64_t wall = time(NULL), since = 0;
-    if (last_wall > 0 && wall > last_wall)
-        since = wall - last_wall;
-    else if (last_wall > 0 && last_wall - wall > KFA_DEAD_MAN_CLOCK_SLACK_S)
-        since = (int64_t)ctx->dead_man_after_s;
-    int64_t contact = boot_s() - since;
-    if (ctx->dead_man_after_s > 0)
-        kf_log_info("dead_man_armed", "after_s=%llu silent_s=%lld", (unsigned long long)ctx->dead_man_after_s,
-                    (long long)(boot_s() - contact));
+    int64_t contact = dead_man_start(ctx);
     for (long i = 0; count == 0 || i < count; i++) {
-        bool lock = false, relogged = false;
+        bool lock = false;
         kf_err err = {0};
-        int r;
-        for (;;) {
-            r = kfa_heartbeat(ctx, true, &lock, &err);
-            if (r == -EACCES && ctx->logged_in && !relogged) { /* AppRole token expired: log in again */
-                ctx->logged_in = false;
-                relogged = true;
-                continue;
-            }
-            break;
-        }
+        int r = heartbeat(ctx, &lock, &err);
         reached = r == 0;
         uint64_t silent = (uint64_t)(boot_s() - contact);
         if (r == 0) {
@@ -141,6 +155,8 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
             if (kfa_state_dead_man_contact(ctx->cfg, ctx->dead_man_after_s, time(NULL)) != 0)
                 kf_log_warn("state_update_failed", "state_file=%s hint=\"a restarted watcher counts from its start\"",
                             kf_log_q(ctx->cfg->state_file));
+            if (!lock) /* revealed recovery keys: replaced now, so the revealed one is refused (docs/recovery.md) */
+                kfa_recovery_replace(ctx, ctx->recovery_replace, ctx->n_recovery_replace);
         }
         if (r != 0 && ctx->dead_man_after_s > 0 && silent >= ctx->dead_man_after_s) {
             /* Dead-man switch: silent for longer than the policy allows. */

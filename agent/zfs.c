@@ -74,8 +74,6 @@ static int set_props(const kfa_config *cfg, kfa_volume *v, const char *wrapped, 
     return zfs(cfg, args, NULL, NULL, err);
 }
 
-/* Creates an encryption root with a throwaway key, so that it has a GUID to enroll under. */
-int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err);
 int kfa_zfs_create(const kfa_config *cfg, const char *dataset, kf_err *err)
 {
     kf_secbuf *tmp = kf_secbuf_new(32);
@@ -104,7 +102,8 @@ static int zfs_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key
     const char *check[] = {"load-key", "-n", "-L", "prompt", v->path, NULL};
     if ((r = zfs(cfg, check, key, NULL, err)) != 0)
         return kf_err_wrap(err, "%s: the new key did not verify", v->path);
-    if ((r = set_props(cfg, v, wrapped, NULL, err)) != 0)
+    /* A tpm_and_network TPM part goes with the wrapped key, in one command. */
+    if ((r = set_props(cfg, v, wrapped, v->tpm_part, err)) != 0)
         return r;
     free(v->wrapped);
     v->wrapped = strdup(wrapped);
@@ -174,6 +173,9 @@ int kfa_zfs_discover(const kfa_config *cfg, bool locked_only, char ***ret_names,
 
 static int zfs_store_tpm(const kfa_config *cfg, kfa_volume *v, const char *blob, kf_err *err)
 {
+    if (v->tpm_part != NULL) /* the one property holds the TPM part: no whole copy may exist */
+        return kf_err_set(err, -EPERM, "%s needs TPM and network (require: [tpm_and_network]): no TPM copy of its "
+                          "key can be stored", v->path);
     char prop[4096 + 64];
     snprintf(prop, sizeof(prop), PROP_TPM "=%s", blob);
     const char *args[] = {"set", prop, v->path, NULL};

@@ -82,8 +82,12 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
     }
     free(v->wrapped);
     free(v->tpm_blob);
+    free(v->tpm_part);
     v->wrapped = wrapped;
-    v->tpm_blob = tpm;
+    /* The property holds a whole copy (kftpm1:) or a tpm_and_network TPM part (kftpmnet1:). */
+    bool part = tpm != NULL && strncmp(tpm, "kftpmnet1:", 10) == 0;
+    v->tpm_blob = part ? NULL : tpm;
+    v->tpm_part = part ? tpm : NULL;
     v->wrapped_next = next;
     return 0;
 }

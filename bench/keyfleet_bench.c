@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <openssl/ssl.h>
 
 #include "ca.h"
 #include "keyfleet/v1/admin.pb-c.h"
@@ -160,6 +161,15 @@ static int release_body(const node *nd, xfer *x)
     return 0;
 }
 
+/* As keyfleet-agent's client (kf_tls.c): the node certificate alone, not a chain built from
+ * the CA file, which the coordinator holds already. */
+static CURLcode no_auto_chain(CURL *h, void *ssl_ctx, void *arg)
+{
+    (void)h, (void)arg;
+    SSL_CTX_set_mode((SSL_CTX *)ssl_ctx, SSL_MODE_NO_AUTO_CHAIN);
+    return CURLE_OK;
+}
+
 static void setup_easy(const opts *o, const node *nd, xfer *x, int release, int fresh)
 {
     char url[256];
@@ -176,6 +186,7 @@ static void setup_easy(const opts *o, const node *nd, xfer *x, int release, int 
     char ca[512];
     snprintf(ca, sizeof(ca), "%s/ca.crt", o->fleet);
     curl_easy_setopt(h, CURLOPT_CAINFO, ca);
+    curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, no_auto_chain);
     curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, (long)fresh);
     curl_easy_setopt(h, CURLOPT_FORBID_REUSE, (long)fresh);
     curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);

@@ -39,7 +39,7 @@ int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err)
 }
 
 /* Opens a sealed key with the run's receiver; returns 0 or -EBADMSG. */
-static int open_sealed(const Keyfleet__V1__SealedKey *sk, kf_seal_receiver *rx, const char *purpose,
+int kf_node_open_sealed(const Keyfleet__V1__SealedKey *sk, kf_seal_receiver *rx, const char *purpose,
                        const char *request_id, const char *node, const char *volume_id, kf_secbuf **ret, kf_err *err)
 {
     if (sk == NULL || sk->kem_id != KF_HPKE_KEM_X25519_SHA256 || sk->kdf_id != KF_HPKE_KDF_HKDF_SHA256 ||
@@ -111,10 +111,11 @@ int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
                     err);
     if (r == 0 && st->code == KF_CONNECT_OK) {
         Keyfleet__V1__EnrollResponse *resp = (Keyfleet__V1__EnrollResponse *)m;
-        r = open_sealed(resp->sealed_key, rx, "enroll", request_id, node, volume->id, &ret->key, err);
+        r = kf_node_open_sealed(resp->sealed_key, rx, "enroll", request_id, node, volume->id, &ret->key, err);
         if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
         ret->offline_fallback_allowed = resp->offline_fallback_allowed;
+        ret->tpm_and_network = resp->tpm_and_network;
         for (size_t i = 0; i < resp->n_tpm_pcrs && i < 24; i++)
             if (resp->tpm_pcrs[i] < 24)
                 ret->tpm_pcrs[ret->n_tpm_pcrs++] = resp->tpm_pcrs[i];
@@ -160,9 +161,11 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
             ret->retry_after_ms = resp->retry_after_ms;
             ret->expires_at = resp->expires_at != NULL ? resp->expires_at->seconds : 0;
         } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED) {
-            r = open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
+            r = kf_node_open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
             ret->audit_seq = resp->audit_seq;
             ret->key_overdue = resp->key_overdue;
+            ret->tpm_and_network = resp->tpm_and_network;
+            ret->recovery_replace = resp->recovery_replace;
             if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
                 r = kf_err_set(err, -ENOMEM, "out of memory");
         } else {
@@ -205,7 +208,7 @@ int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
     if (r == 0 && st->code == KF_CONNECT_OK) {
         Keyfleet__V1__RotateKeyResponse *resp = (Keyfleet__V1__RotateKeyResponse *)m;
         if (!commit)
-            r = open_sealed(resp->sealed_key, rx, "rotate", request_id, node, volume->id, &ret->key, err);
+            r = kf_node_open_sealed(resp->sealed_key, rx, "rotate", request_id, node, volume->id, &ret->key, err);
         if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
             r = kf_err_set(err, -ENOMEM, "out of memory");
         ret->offline_fallback_allowed = resp->offline_fallback_allowed;
@@ -214,6 +217,36 @@ int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
                 ret->tpm_pcrs[ret->n_tpm_pcrs++] = resp->tpm_pcrs[i];
         if (r != 0)
             kf_enrolled_clear(ret);
+    }
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+    kf_seal_receiver_free(owned);
+    return r;
+}
+
+int kf_node_recovery_escrow(kf_rpc_client *c, kf_seal_receiver *rx, const char *node,
+                            const Keyfleet__V1__VolumeRef *volume, const char *request_id, kf_secbuf **ret_key,
+                            bool *ret_replaced, kf_rpc_status *st, kf_err *err)
+{
+    *ret_key = NULL;
+    *ret_replaced = false;
+    kf_seal_receiver *owned;
+    int r = receiver(rx, node, &rx, &owned, err);
+    if (r != 0)
+        return r;
+    Keyfleet__V1__EnrollRecoveryKeyRequest req = KEYFLEET__V1__ENROLL_RECOVERY_KEY_REQUEST__INIT;
+    req.volume = (Keyfleet__V1__VolumeRef *)volume;
+    req.ephemeral_public_key.data = (uint8_t *)kf_seal_receiver_public_key(rx);
+    req.ephemeral_public_key.len = 32;
+    req.request_id = (char *)request_id;
+    ProtobufCMessage *m = NULL;
+    r = kf_rpc_call(c, "keyfleet.v1.NodeService/EnrollRecoveryKey", &req.base,
+                    &keyfleet__v1__enroll_recovery_key_response__descriptor, &m, st, err);
+    if (r == 0 && st->code == KF_CONNECT_OK) {
+        Keyfleet__V1__EnrollRecoveryKeyResponse *resp = (Keyfleet__V1__EnrollRecoveryKeyResponse *)m;
+        *ret_replaced = resp->replaced;
+        if (volume->kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2)
+            r = kf_node_open_sealed(resp->sealed_key, rx, "recovery", request_id, node, volume->id, ret_key, err);
     }
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);

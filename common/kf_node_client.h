@@ -16,6 +16,9 @@ typedef struct kf_enrolled {
     kf_secbuf *key;  /* 32-byte data key */
     char *wrapped;   /* store this on the volume */
     bool offline_fallback_allowed;
+    /* Enroll only: policy requires TPM and network (agent/tpm_net.c): key is the coordinator's
+     * part, and the keyslot key is derived from it and a part the agent makes in its TPM. */
+    bool tpm_and_network;
     uint32_t tpm_pcrs[24]; /* PCRs policy wants the TPM copy sealed under (may be empty) */
     size_t n_tpm_pcrs;
 } kf_enrolled;
@@ -29,6 +32,8 @@ typedef struct kf_released {
     char *rewrapped;    /* when released under an old KEK version: store this instead (may be NULL) */
     uint64_t audit_seq;
     bool key_overdue;   /* older than the policy's max_key_age: rotate it (keyfleet-agent rotate) */
+    bool tpm_and_network; /* the volume's rule requires TPM and network (fixed at enroll) */
+    bool recovery_replace; /* its recovery key was revealed: replace it (docs/recovery.md) */
 } kf_released;
 
 void kf_enrolled_clear(kf_enrolled *e);
@@ -55,6 +60,18 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
 int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, const Keyfleet__V1__VolumeRef *volume,
                    bool commit, const char *request_id, const char *wrapped, const Keyfleet__V1__TpmQuote *attestation,
                    kf_enrolled *ret, kf_rpc_status *st, kf_err *err);
+
+/* NodeService.EnrollRecoveryKey (docs/recovery.md): LUKS2, *ret_key gets the new recovery key
+ * (32 bytes); ZFS, no key (the dataset's key is its recovery key). *ret_replaced: a revealed one
+ * was retired. The same request_id returns the same key. Return as kf_rpc_call. */
+int kf_node_recovery_escrow(kf_rpc_client *c, kf_seal_receiver *rx, const char *node,
+                            const Keyfleet__V1__VolumeRef *volume, const char *request_id, kf_secbuf **ret_key,
+                            bool *ret_replaced, kf_rpc_status *st, kf_err *err);
+
+/* Opens a key sealed to rx for (purpose, request_id, name, volume_id): the AAD is computed from
+ * what the caller asked, never from the answer. 0 with *ret (32 bytes), or -EBADMSG. */
+int kf_node_open_sealed(const Keyfleet__V1__SealedKey *sk, kf_seal_receiver *rx, const char *purpose,
+                        const char *request_id, const char *name, const char *volume_id, kf_secbuf **ret, kf_err *err);
 
 /* The keyfleet identity named by a PEM certificate file. */
 int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err);

@@ -46,6 +46,41 @@ static const kf_cli kfd_cli = {
                "exit status: 0 stopped by SIGTERM/SIGINT (or the config is valid), 1 failed, 2 config error\n",
 };
 
+/* Loads the config (with --check-config, also checks the files it names, then says so), sets the
+ * log level and makes the state directory. -1 with *ret set when keyfleetd goes on, else the exit
+ * status (*ret freed). */
+static int load_config(const char *config_path, int check_only, kfd_config **ret)
+{
+    kf_err err = {0};
+    kfd_config *cfg = NULL;
+    if (kfd_config_load(config_path, &cfg, &err) != 0) {
+        fprintf(stderr, "keyfleetd: %s\n", err.msg);
+        return EXIT_CONFIG;
+    }
+    if (check_only && kfd_preflight(cfg, &err) != 0) {
+        fprintf(stderr, "keyfleetd: %s: %s\n", config_path, err.msg);
+        kfd_config_free(cfg);
+        return EXIT_CONFIG;
+    }
+    if (check_only) {
+        printf("%s: ok\n", config_path);
+        kfd_config_free(cfg);
+        return 0;
+    }
+    if (cfg->log_level != NULL) {
+        kf_log_level lvl;
+        if (kf_log_level_parse(cfg->log_level, &lvl) == 0)
+            kf_log_set_level(lvl);
+    }
+    if (mkdir(cfg->state_dir, 0700) != 0 && errno != EEXIST) {
+        kf_log_error("state_dir_failed", "path=%s error=%s", kf_log_q(cfg->state_dir), kf_log_q(strerror(errno)));
+        kfd_config_free(cfg);
+        return 1;
+    }
+    *ret = cfg;
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     kf_log_set_program("keyfleetd");
@@ -85,33 +120,12 @@ int main(int argc, char **argv)
     /* A file size limit must turn into a write error the store fails closed on, not a kill. */
     signal(SIGXFSZ, SIG_IGN);
 
-    kf_err err = {0};
     kfd_config *cfg = NULL;
-    if (kfd_config_load(config_path, &cfg, &err) != 0) {
-        fprintf(stderr, "keyfleetd: %s\n", err.msg);
-        return EXIT_CONFIG;
-    }
-    if (check_only && kfd_preflight(cfg, &err) != 0) {
-        fprintf(stderr, "keyfleetd: %s: %s\n", config_path, err.msg);
-        kfd_config_free(cfg);
-        return EXIT_CONFIG;
-    }
-    if (check_only) {
-        printf("%s: ok\n", config_path);
-        kfd_config_free(cfg);
-        return 0;
-    }
-    if (cfg->log_level != NULL) {
-        kf_log_level lvl;
-        if (kf_log_level_parse(cfg->log_level, &lvl) == 0)
-            kf_log_set_level(lvl);
-    }
-    if (mkdir(cfg->state_dir, 0700) != 0 && errno != EEXIST) {
-        kf_log_error("state_dir_failed", "path=%s error=%s", kf_log_q(cfg->state_dir), kf_log_q(strerror(errno)));
-        kfd_config_free(cfg);
-        return 1;
-    }
+    int exit_now = load_config(config_path, check_only, &cfg);
+    if (exit_now >= 0)
+        return exit_now;
 
+    kf_err err = {0};
     uv_loop_t loop;
     uv_loop_init(&loop);
     kfd_server srv;

@@ -111,6 +111,8 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
         return kfctl_volume_show(ctl, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "retire") == 0)
         return kfctl_volume_retire(ctl, argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "recovery-key") == 0)
+        return kfctl_volume_recovery_key(ctl, argc - 1, argv + 1);
     bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
     if ((argc != 2 && !json) || strcmp(argv[1], "list") != 0)
         return kfctl_usage("volume");

@@ -44,8 +44,8 @@ static int parse_decision(const char *s, Keyfleet__V1__Decision *ret)
 static const char *const audit_actions[] = {
     "approle_create", "approle_revoke", "approle_secret_id", "approve", "attest_accept", "attest_heartbeat", "auth_fail", "cert_revoke",
     "change_proposed", "checkpoint", "cluster_add", "cluster_remove", "dead_man_lock", "deny", "enroll", "enroll_replay",
-    "expire", "kms_rotate", "login", "offline_unlock", "pending", "policy_deny", "policy_put", "release",
-    "reports_over_budget", "revoke", "rotate_begin", "rotate_commit", "totp_lockout", "unrevoke", "volume_retire",
+    "expire", "kms_rotate", "login", "offline_unlock", "pending", "policy_deny", "policy_put", "recovery_escrow",
+    "recovery_request", "recovery_reveal", "release", "reports_over_budget", "revoke", "rotate_begin", "rotate_commit", "totp_lockout", "unrevoke", "volume_retire",
     "node_wipe", "volume_erased", "erase_failed", "erase_confirm_refused"};
 
 static int check_action(const char *s)

@@ -71,6 +71,42 @@ static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl
     return rc;
 }
 
+/* audit verify's own check: every record fetched (QueryAudit, in pages) and checked here against
+ * the fleet CA and the anchors. 0 when the log holds, else not 0 (what is wrong printed). */
+static int verify_here(kfctl *ctl, kf_rpc_client *c, const kfctl_trust *trust, const kfctl_cp *anchors,
+                       size_t n_anchors)
+{
+    int local = 1;
+    ProtobufCMessage *m;
+    kfctl_log_check *chk = kfctl_log_check_new(trust);
+    if (chk != NULL)
+        kfctl_log_check_max_unsigned(chk, max_unsigned);
+    Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
+    q.limit = 10000;
+    bool fetched = chk != NULL;
+    while (fetched) {
+        m = NULL;
+        if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/QueryAudit", &q.base,
+                       &keyfleet__v1__query_audit_response__descriptor, &m) != 0) {
+            fetched = false;
+            break;
+        }
+        Keyfleet__V1__QueryAuditResponse *resp = (Keyfleet__V1__QueryAuditResponse *)m;
+        for (size_t i = 0; i < resp->n_records; i++)
+            kfctl_log_check_add(chk, resp->records[i]);
+        bool more = resp->more && resp->n_records > 0;
+        if (more)
+            q.after_seq = resp->records[resp->n_records - 1]->seq;
+        protobuf_c_message_free_unpacked(m, NULL);
+        if (!more)
+            break;
+    }
+    if (fetched)
+        local = kfctl_log_check_finish(chk, anchors, n_anchors, stdout);
+    kfctl_log_check_free(chk);
+    return local;
+}
+
 static int cmd_verify(kfctl *ctl, int argc, char **argv)
 {
     kfctl_cp *anchors = NULL;
@@ -151,35 +187,7 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
         protobuf_c_message_free_unpacked(m, NULL);
     }
     /* Then everything again here, trusting only the fleet CA. */
-    int local = 1;
-    if (server_ok) {
-        kfctl_log_check *chk = kfctl_log_check_new(&trust);
-        if (chk != NULL)
-            kfctl_log_check_max_unsigned(chk, max_unsigned);
-        Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
-        q.limit = 10000;
-        bool fetched = chk != NULL;
-        while (fetched) {
-            m = NULL;
-            if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/QueryAudit", &q.base,
-                           &keyfleet__v1__query_audit_response__descriptor, &m) != 0) {
-                fetched = false;
-                break;
-            }
-            Keyfleet__V1__QueryAuditResponse *resp = (Keyfleet__V1__QueryAuditResponse *)m;
-            for (size_t i = 0; i < resp->n_records; i++)
-                kfctl_log_check_add(chk, resp->records[i]);
-            bool more = resp->more && resp->n_records > 0;
-            if (more)
-                q.after_seq = resp->records[resp->n_records - 1]->seq;
-            protobuf_c_message_free_unpacked(m, NULL);
-            if (!more)
-                break;
-        }
-        if (fetched)
-            local = kfctl_log_check_finish(chk, anchors, n_anchors, stdout);
-        kfctl_log_check_free(chk);
-    }
+    int local = server_ok ? verify_here(ctl, c, &trust, anchors, n_anchors) : 1;
     rc = server_ok && local == 0 ? 0 : 1;
     kf_rpc_client_free(c);
     kfctl_trust_free(&trust);

@@ -75,19 +75,19 @@ usage:
     return KFCTL_EXIT_USAGE;
 }
 
-int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
+/* cert issue's options, pointing into argv. */
+typedef struct issue_args {
+    const char *dir, *out, *csr, *evidence;
+    long days, backdate;
+    const char *sans[MAX_SANS], *ek_cas[MAX_SANS];
+    size_t n_sans, n_ek_cas;
+    bool force, allow_expired;
+} issue_args;
+
+/* Parses the options of `cert issue` (argv[0] is "issue"): 0 with optind at KIND, or the exit
+ * status of a usage error (printed). */
+static int parse_issue_args(int argc, char **argv, issue_args *a)
 {
-    if (argc >= 2 && strcmp(argv[1], "revoke") == 0)
-        return cert_revoke(ctl, argc, argv);
-    if (argc < 2 || strcmp(argv[1], "issue") != 0) {
-        kfctl_usage("cert");
-        return KFCTL_EXIT_USAGE;
-    }
-    const char *dir = ".", *out = NULL;
-    long days = 365, backdate = 0;
-    const char *sans[MAX_SANS];
-    size_t n_sans = 0;
-    bool force = false, allow_expired = false;
     static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
                                          {"allow-expired", no_argument, NULL, 'X'},
                                          {"out", required_argument, NULL, 'o'},
@@ -99,22 +99,16 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
                                          {"tpm-evidence", required_argument, NULL, 'T'},
                                          {"ek-ca", required_argument, NULL, 'E'},
                                          {NULL, 0, NULL, 0}};
-    const char *csr = NULL, *evidence = NULL;
-    const char *ek_cas[MAX_SANS];
-    size_t n_ek_cas = 0;
     int c;
-    /* Parse after "issue"; optind 0 makes glibc reset its permutation state. */
-    argc--;
-    argv++;
-    optind = 0;
+    optind = 0; /* glibc resets its permutation state */
     char *end;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'd':
-            dir = optarg;
+            a->dir = optarg;
             break;
         case 'o':
-            out = optarg;
+            a->out = optarg;
             break;
         case 'D':
         case 'b': {
@@ -124,35 +118,35 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
                         c == 'D' ? "days" : "backdate");
                 return KFCTL_EXIT_USAGE;
             }
-            *(c == 'D' ? &days : &backdate) = v;
+            *(c == 'D' ? &a->days : &a->backdate) = v;
             break;
         }
         case 's':
-            if (n_sans == MAX_SANS || (strncmp(optarg, "DNS:", 4) != 0 && strncmp(optarg, "IP:", 3) != 0) ||
+            if (a->n_sans == MAX_SANS || (strncmp(optarg, "DNS:", 4) != 0 && strncmp(optarg, "IP:", 3) != 0) ||
                 strchr(optarg, ',') != NULL) {
                 fprintf(stderr, "keyfleetctl: --san takes DNS:name or IP:address (at most %d)\n", MAX_SANS);
                 return KFCTL_EXIT_USAGE;
             }
-            sans[n_sans++] = optarg;
+            a->sans[a->n_sans++] = optarg;
             break;
         case 'f':
-            force = true;
+            a->force = true;
             break;
         case 'X':
-            allow_expired = true;
+            a->allow_expired = true;
             break;
         case 'C':
-            csr = optarg;
+            a->csr = optarg;
             break;
         case 'T':
-            evidence = optarg;
+            a->evidence = optarg;
             break;
         case 'E':
-            if (n_ek_cas == MAX_SANS) {
+            if (a->n_ek_cas == MAX_SANS) {
                 fprintf(stderr, "keyfleetctl: at most %d --ek-ca files\n", MAX_SANS);
                 return KFCTL_EXIT_USAGE;
             }
-            ek_cas[n_ek_cas++] = optarg;
+            a->ek_cas[a->n_ek_cas++] = optarg;
             break;
         default:
             kfctl_usage("cert");
@@ -166,11 +160,29 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     /* Valid from BACKDATE days ago for DAYS days: ended already when DAYS <= BACKDATE. Such a
      * certificate only fails later, looking like a network fault; --allow-expired is for tests
      * of exactly that refusal. */
-    if (days <= backdate && !allow_expired) {
+    if (a->days <= a->backdate && !a->allow_expired) {
         fprintf(stderr, "keyfleetctl: --days %ld with --backdate %ld: the certificate would have expired %ld days ago "
-                        "(--days must exceed --backdate)\n", days, backdate, backdate - days);
+                        "(--days must exceed --backdate)\n", a->days, a->backdate, a->backdate - a->days);
         return KFCTL_EXIT_USAGE;
     }
+    return 0;
+}
+
+int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "revoke") == 0)
+        return cert_revoke(ctl, argc, argv);
+    if (argc < 2 || strcmp(argv[1], "issue") != 0) {
+        kfctl_usage("cert");
+        return KFCTL_EXIT_USAGE;
+    }
+    issue_args a = {.dir = ".", .days = 365};
+    /* Parse after "issue". */
+    argc--;
+    argv++;
+    int usage = parse_issue_args(argc, argv, &a);
+    if (usage != 0)
+        return usage;
     kf_peer_kind kind;
     if (kf_peer_kind_parse(argv[optind], &kind) != 0) {
         fprintf(stderr, "keyfleetctl: kind must be node, operator or coordinator\n");
@@ -178,31 +190,31 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
     }
     const char *name = argv[optind + 1];
     char ca_cert[4096], ca_key[4096], cert_out[4096], key_out[4096];
-    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", dir);
-    snprintf(ca_key, sizeof(ca_key), "%s/ca.key", dir);
-    if (out != NULL) {
-        snprintf(cert_out, sizeof(cert_out), "%s.crt", out);
-        snprintf(key_out, sizeof(key_out), "%s.key", out);
+    snprintf(ca_cert, sizeof(ca_cert), "%s/ca.crt", a.dir);
+    snprintf(ca_key, sizeof(ca_key), "%s/ca.key", a.dir);
+    if (a.out != NULL) {
+        snprintf(cert_out, sizeof(cert_out), "%s.crt", a.out);
+        snprintf(key_out, sizeof(key_out), "%s.key", a.out);
     } else {
-        snprintf(cert_out, sizeof(cert_out), "%s/%s.crt", dir, name);
-        snprintf(key_out, sizeof(key_out), "%s/%s.key", dir, name);
+        snprintf(cert_out, sizeof(cert_out), "%s/%s.crt", a.dir, name);
+        snprintf(key_out, sizeof(key_out), "%s/%s.key", a.dir, name);
     }
-    kfctl_cert_opts copts = {.kind = kind, .name = name, .days = (int)days, .backdate_days = (int)backdate,
-                             .extra_sans = sans, .n_extra_sans = n_sans};
+    kfctl_cert_opts copts = {.kind = kind, .name = name, .days = (int)a.days, .backdate_days = (int)a.backdate,
+                             .extra_sans = a.sans, .n_extra_sans = a.n_sans};
     kf_err err = {0};
-    if (csr != NULL && kfctl_csr_read(csr, name, &copts.public_key, &err) != 0) {
+    if (a.csr != NULL && kfctl_csr_read(a.csr, name, &copts.public_key, &err) != 0) {
         fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
         return KFCTL_EXIT_USAGE;
     }
-    if ((evidence != NULL || n_ek_cas > 0) && (csr == NULL || evidence == NULL)) {
+    if ((a.evidence != NULL || a.n_ek_cas > 0) && (a.csr == NULL || a.evidence == NULL)) {
         fprintf(stderr, "keyfleetctl: --tpm-evidence needs --csr, and --ek-ca needs --tpm-evidence\n");
         EVP_PKEY_free(copts.public_key);
         return KFCTL_EXIT_USAGE;
     }
     kf_tpm_verified tv = {0};
     char *pem = NULL;
-    if (evidence != NULL) {
-        if (kfctl_tpm_evidence_check(evidence, ek_cas, n_ek_cas, copts.public_key, &tv, &err) != 0) {
+    if (a.evidence != NULL) {
+        if (kfctl_tpm_evidence_check(a.evidence, a.ek_cas, a.n_ek_cas, copts.public_key, &tv, &err) != 0) {
             fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
             EVP_PKEY_free(copts.public_key);
             return 1;
@@ -210,9 +222,9 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         copts.tpm = &tv;
         copts.ret_pem = &pem;
     }
-    int r = kfctl_cert_issue(ca_cert, ca_key, &copts, cert_out, key_out, force, &err);
+    int r = kfctl_cert_issue(ca_cert, ca_key, &copts, cert_out, key_out, a.force, &err);
     EVP_PKEY_free(copts.public_key);
-    if (r == 0 && evidence != NULL) {
+    if (r == 0 && a.evidence != NULL) {
         char cred_out[4200];
         snprintf(cred_out, sizeof(cred_out), "%s.tpmcred", cert_out);
         kf_tpm_credential cred = {0};
@@ -236,10 +248,10 @@ int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv)
         fprintf(stderr, "keyfleetctl: cert issue: %s\n", err.msg);
         return 1;
     }
-    if (csr != NULL)
+    if (a.csr != NULL)
         printf("issued keyfleet://%s/%s for the key of %s: %s\n"
                "(not marked TPM-bound: without --tpm-evidence it does not pass policy require: [tpm_key])\n",
-               kf_peer_kind_name(kind), name, csr, cert_out);
+               kf_peer_kind_name(kind), name, a.csr, cert_out);
     else
         printf("issued keyfleet://%s/%s: %s %s\n", kf_peer_kind_name(kind), name, cert_out, key_out);
     return 0;

@@ -63,7 +63,10 @@ static const kf_cli_cmd commands_help[] = {
                "       enrolled volumes: node, key age, a key rotation in progress\n"
                "volume show ID|NAME [--json]\n"
                "volume retire ID [--reason TEXT]\n"
-               "       its key is refused from then on (not reversible)"},
+               "       its key is refused from then on (not reversible)\n"
+               "volume recovery-key VOLUME_ID [--totp CODE] | VOLUME_ID --request ID\n"
+               "       break glass: propose revealing the volume's recovery key (held for approval), then\n"
+               "       print it once approved; the node replaces it at its next contact"},
     {"kms", "kms rotate\n"
             "       new KMS key version for new wraps; older versions still unwrap"},
     {"approle", "approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D] [--secret-id-ttl D]\n"

@@ -40,6 +40,7 @@ typedef struct rule {
     bool offline_fallback;
     bool require_tpm_key; /* require: [tpm_key]: only a node whose certificate vouches for a TPM key */
     bool require_attested; /* require: [attested]: a quote matching the node's accepted PCR values */
+    bool require_tpm_and_network; /* require: [tpm_and_network]: enroll makes a two-part key */
     kf_tpm_pcrs golden;    /* golden_pcrs: with require: [attested], these values instead of the node's */
     uint32_t per_minute, burst;
     uint64_t max_key_age_s; /* 0: the lifecycle default */
@@ -307,6 +308,108 @@ static int parse_labels(const kf_yaml_doc *doc, const kf_yaml_node *labels, rule
     return 0;
 }
 
+/* golden_pcrs: values every node the rule matches must quote ("PCR=64 hex digits" each), instead
+ * of each node's own accepted values: no first boot is trusted. rc is parse_rule's so far; a
+ * golden_pcrs present reports its own error in place of an earlier one, as before the split. */
+static int parse_golden(const kf_yaml_doc *doc, const kf_yaml_node *node, const kf_strlist *golden, int rc, rule *r,
+                        kf_err *err)
+{
+    char text[KF_TPM_PCRS_TEXT_MAX];
+    size_t used = 0;
+    kf_err perr = {0};
+    for (size_t i = 0; rc == 0 && i < golden->n; i++) {
+        size_t n = strlen(golden->v[i]);
+        if (n > 67 || used + n + 2 > sizeof(text) || strchr(golden->v[i], ' ') != NULL)
+            rc = kf_err_set(&perr, -EINVAL, "'%.70s' is not one PCR=VALUE", golden->v[i]);
+        else
+            used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", used ? " " : "", golden->v[i]);
+    }
+    if (golden->n > 0 && rc == 0 && kf_tpm_pcrs_parse(text, &r->golden, &perr) == 0 &&
+        (r->golden.mask & KF_TPM_PCRS_RESETTABLE))
+        rc = kf_err_set(&perr, -EINVAL, "PCRs 16..23 can be reset by software and are never golden");
+    if (golden->n > 0 && (rc != 0 || perr.code != 0))
+        rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err,
+                           "golden_pcrs lists PCR=VALUE, a PCR 0..15 once each and 64 hex digits of its SHA-256 value: %s",
+                           perr.msg);
+    else if (rc == 0 && golden->n > 0 && !r->require_attested)
+        rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err, "golden_pcrs only makes sense with require: [attested]");
+    return rc;
+}
+
+/* match.volumes: {ids, names, labels}. */
+static int parse_match_volumes(const kf_yaml_doc *doc, const kf_yaml_node *volumes, rule *r, kf_err *err)
+{
+    volumes_sel v = {0};
+    int rc = kf_yaml_decode_map(doc, volumes, volume_fields, N(volume_fields), &v, err);
+    r->ids = v.ids;
+    r->names = v.names;
+    if (rc == 0)
+        rc = check_globs(doc, volumes, &r->names, "volume name", err);
+    if (rc == 0 && v.labels != NULL)
+        rc = parse_labels(doc, v.labels, r, err);
+    return rc;
+}
+
+/* match.nodes: {names, groups (defined above the rules), cidrs}. */
+static int parse_match_nodes(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml_node *nodes, rule *r,
+                             kf_err *err)
+{
+    nodes_sel n = {0};
+    int rc = kf_yaml_decode_map(doc, nodes, node_fields, N(node_fields), &n, err);
+    r->node_names = n.names;
+    r->groups = n.groups;
+    if (rc == 0)
+        rc = check_globs(doc, nodes, &r->node_names, "node name", err);
+    for (size_t i = 0; rc == 0 && i < r->groups.n; i++) {
+        size_t g = 0;
+        while (g < p->n_groups && strcmp(p->groups[g].name, r->groups.v[i]) != 0)
+            g++;
+        if (g == p->n_groups)
+            rc = kf_yaml_error(doc, key_node(nodes, "groups"), err, "unknown group '%s'", r->groups.v[i]);
+    }
+    if (rc == 0 && n.cidrs.n > 0) {
+        r->cidrs = calloc(n.cidrs.n, sizeof(*r->cidrs));
+        for (size_t i = 0; rc == 0 && i < n.cidrs.n; i++) {
+            if (r->cidrs == NULL)
+                rc = kf_err_set(err, -ENOMEM, "out of memory");
+            else if (kfd_cidr_parse(n.cidrs.v[i], &r->cidrs[i]) != 0)
+                rc = kf_yaml_error(doc, key_node(nodes, "cidrs"), err, "'%.64s' is not an address/prefix",
+                                   n.cidrs.v[i]);
+            else
+                r->n_cidrs++;
+        }
+    }
+    kf_strlist_free(&n.cidrs);
+    return rc;
+}
+
+/* approval: {approvers, totp, timeout, auto_approve: {from, to}}, for allow rules only. */
+static int parse_approval(const kf_yaml_doc *doc, const kf_yaml_node *approval, rule *r, kf_err *err)
+{
+    approval_sec a = {0};
+    int rc = kf_yaml_decode_map(doc, approval, approval_fields, N(approval_fields), &a, err);
+    r->approvers = a.approvers;
+    r->require_totp = a.totp;
+    if (rc == 0 && a.timeout_ms != 0) {
+        if (a.timeout_ms < 10000 || a.timeout_ms > 7 * 24 * 3600 * 1000ull)
+            rc = kf_yaml_error(doc, key_node(approval, "timeout"), err, "timeout must be from 10s to 168h");
+        r->pending_ttl_ms = a.timeout_ms;
+    }
+    if (rc == 0 && a.auto_approve != NULL) {
+        window_sec w = {0};
+        rc = kf_yaml_decode_map(doc, a.auto_approve, window_fields, N(window_fields), &w, err);
+        if (rc == 0 && parse_hhmm(w.from, &r->window_from) != 0)
+            rc = kf_yaml_error(doc, key_node(a.auto_approve, "from"), err, "expected HH:MM (UTC)");
+        if (rc == 0 && parse_hhmm(w.to, &r->window_to) != 0)
+            rc = kf_yaml_error(doc, key_node(a.auto_approve, "to"), err, "expected HH:MM (UTC)");
+        free(w.from);
+        free(w.to);
+    }
+    if (rc == 0 && !r->allow)
+        rc = kf_yaml_error(doc, approval, err, "approval only makes sense with effect: allow");
+    return rc;
+}
+
 static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml_node *node, rule *r, kf_err *err)
 {
     rule_sec sec = {0};
@@ -321,34 +424,23 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
             r->require_tpm_key = true;
         else if (strcmp(sec.require.v[i], "attested") == 0)
             r->require_attested = true;
+        else if (strcmp(sec.require.v[i], "tpm_and_network") == 0)
+            r->require_tpm_and_network = true;
         else
             rc = kf_yaml_error(doc, key_node(node, "require"), err,
-                               "unknown requirement '%.64s' (known: tpm_key, attested)", sec.require.v[i]);
+                               "unknown requirement '%.64s' (known: tpm_key, attested, tpm_and_network)",
+                               sec.require.v[i]);
     }
+    /* A two-part key has no whole copy in the TPM to fall back on: saying both would promise an
+     * offline unlock that cannot exist. */
+    if (rc == 0 && r->require_tpm_and_network && sec.offline_fallback)
+        rc = kf_yaml_error(doc, key_node(node, "offline_fallback"), err,
+                           "offline_fallback: true contradicts require: [tpm_and_network] (the volume's key needs "
+                           "the coordinator's part, so no offline unlock is possible): drop one of them");
     kf_strlist_free(&sec.require);
-    /* Golden values for every node the rule matches ("PCR=64 hex digits" each), instead of
-     * each node's own accepted values: no first boot is trusted. */
-    char text[KF_TPM_PCRS_TEXT_MAX];
-    size_t used = 0;
-    kf_err perr = {0};
-    for (size_t i = 0; rc == 0 && i < sec.golden_pcrs.n; i++) {
-        size_t n = strlen(sec.golden_pcrs.v[i]);
-        if (n > 67 || used + n + 2 > sizeof(text) || strchr(sec.golden_pcrs.v[i], ' ') != NULL)
-            rc = kf_err_set(&perr, -EINVAL, "'%.70s' is not one PCR=VALUE", sec.golden_pcrs.v[i]);
-        else
-            used += (size_t)snprintf(text + used, sizeof(text) - used, "%s%s", used ? " " : "", sec.golden_pcrs.v[i]);
-    }
-    if (sec.golden_pcrs.n > 0 && rc == 0 && kf_tpm_pcrs_parse(text, &r->golden, &perr) == 0 &&
-        (r->golden.mask & KF_TPM_PCRS_RESETTABLE))
-        rc = kf_err_set(&perr, -EINVAL, "PCRs 16..23 can be reset by software and are never golden");
-    if (sec.golden_pcrs.n > 0 && (rc != 0 || perr.code != 0))
-        rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err,
-                           "golden_pcrs lists PCR=VALUE, a PCR 0..15 once each and 64 hex digits of its SHA-256 value: %s",
-                           perr.msg);
-    else if (rc == 0 && sec.golden_pcrs.n > 0 && !r->require_attested)
-        rc = kf_yaml_error(doc, key_node(node, "golden_pcrs"), err, "golden_pcrs only makes sense with require: [attested]");
+    rc = parse_golden(doc, node, &sec.golden_pcrs, rc, r, err);
     kf_strlist_free(&sec.golden_pcrs);
-    if (rc == 0 && (r->require_tpm_key || r->require_attested) && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
+    if (rc == 0 && (r->require_tpm_key || r->require_attested || r->require_tpm_and_network) && sec.effect != NULL && strcmp(sec.effect, "allow") != 0)
         rc = kf_yaml_error(doc, key_node(node, "require"), err, "require only makes sense with effect: allow");
     if (rc != 0) {
         free(sec.effect);
@@ -368,68 +460,13 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     if (rc == 0 && sec.match != NULL) {
         match_sec m = {0};
         rc = kf_yaml_decode_map(doc, sec.match, match_fields, N(match_fields), &m, err);
-        if (rc == 0 && m.volumes != NULL) {
-            volumes_sel v = {0};
-            rc = kf_yaml_decode_map(doc, m.volumes, volume_fields, N(volume_fields), &v, err);
-            r->ids = v.ids;
-            r->names = v.names;
-            if (rc == 0)
-                rc = check_globs(doc, m.volumes, &r->names, "volume name", err);
-            if (rc == 0 && v.labels != NULL)
-                rc = parse_labels(doc, v.labels, r, err);
-        }
-        if (rc == 0 && m.nodes != NULL) {
-            nodes_sel n = {0};
-            rc = kf_yaml_decode_map(doc, m.nodes, node_fields, N(node_fields), &n, err);
-            r->node_names = n.names;
-            r->groups = n.groups;
-            if (rc == 0)
-                rc = check_globs(doc, m.nodes, &r->node_names, "node name", err);
-            for (size_t i = 0; rc == 0 && i < r->groups.n; i++) {
-                size_t g = 0;
-                while (g < p->n_groups && strcmp(p->groups[g].name, r->groups.v[i]) != 0)
-                    g++;
-                if (g == p->n_groups)
-                    rc = kf_yaml_error(doc, key_node(m.nodes, "groups"), err, "unknown group '%s'", r->groups.v[i]);
-            }
-            if (rc == 0 && n.cidrs.n > 0) {
-                r->cidrs = calloc(n.cidrs.n, sizeof(*r->cidrs));
-                for (size_t i = 0; rc == 0 && i < n.cidrs.n; i++) {
-                    if (r->cidrs == NULL)
-                        rc = kf_err_set(err, -ENOMEM, "out of memory");
-                    else if (kfd_cidr_parse(n.cidrs.v[i], &r->cidrs[i]) != 0)
-                        rc = kf_yaml_error(doc, key_node(m.nodes, "cidrs"), err, "'%.64s' is not an address/prefix",
-                                           n.cidrs.v[i]);
-                    else
-                        r->n_cidrs++;
-                }
-            }
-            kf_strlist_free(&n.cidrs);
-        }
+        if (rc == 0 && m.volumes != NULL)
+            rc = parse_match_volumes(doc, m.volumes, r, err);
+        if (rc == 0 && m.nodes != NULL)
+            rc = parse_match_nodes(doc, p, m.nodes, r, err);
     }
-    if (rc == 0 && sec.approval != NULL) {
-        approval_sec a = {0};
-        rc = kf_yaml_decode_map(doc, sec.approval, approval_fields, N(approval_fields), &a, err);
-        r->approvers = a.approvers;
-        r->require_totp = a.totp;
-        if (rc == 0 && a.timeout_ms != 0) {
-            if (a.timeout_ms < 10000 || a.timeout_ms > 7 * 24 * 3600 * 1000ull)
-                rc = kf_yaml_error(doc, key_node(sec.approval, "timeout"), err, "timeout must be from 10s to 168h");
-            r->pending_ttl_ms = a.timeout_ms;
-        }
-        if (rc == 0 && a.auto_approve != NULL) {
-            window_sec w = {0};
-            rc = kf_yaml_decode_map(doc, a.auto_approve, window_fields, N(window_fields), &w, err);
-            if (rc == 0 && parse_hhmm(w.from, &r->window_from) != 0)
-                rc = kf_yaml_error(doc, key_node(a.auto_approve, "from"), err, "expected HH:MM (UTC)");
-            if (rc == 0 && parse_hhmm(w.to, &r->window_to) != 0)
-                rc = kf_yaml_error(doc, key_node(a.auto_approve, "to"), err, "expected HH:MM (UTC)");
-            free(w.from);
-            free(w.to);
-        }
-        if (rc == 0 && !r->allow)
-            rc = kf_yaml_error(doc, sec.approval, err, "approval only makes sense with effect: allow");
-    }
+    if (rc == 0 && sec.approval != NULL)
+        rc = parse_approval(doc, sec.approval, r, err);
     if (rc == 0 && sec.rate_limit != NULL) {
         rate_sec rs = {0};
         rc = kf_yaml_decode_map(doc, sec.rate_limit, rate_fields, N(rate_fields), &rs, err);
@@ -514,6 +551,8 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
         if (top.groups->type != KF_YAML_MAP)
             rc = kf_yaml_error(doc, top.groups, err, "groups must map a group name to a list of node names");
         p->groups = rc == 0 ? calloc(top.groups->n + 1, sizeof(*p->groups)) : NULL;
+        if (rc == 0 && p->groups == NULL)
+            rc = kf_err_set(err, -ENOMEM, "out of memory");
         for (size_t i = 0; rc == 0 && i < top.groups->n; i++) {
             group *g = &p->groups[p->n_groups];
             const kf_yaml_node *val = top.groups->items[2 * i + 1];
@@ -644,6 +683,7 @@ static void deny_unmet(kfd_policy_decision *ret)
 {
     ret->allow = false;
     ret->offline_fallback = false;
+    ret->tpm_and_network = false;
     ret->approvals = 0;
     ret->require_totp = ret->auto_approved = false;
 }
@@ -668,6 +708,7 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
         snprintf(ret->rule, sizeof(ret->rule), "%s", r->name);
         ret->rule_index = (int)i + 1;
         ret->offline_fallback = r->allow && r->offline_fallback;
+        ret->tpm_and_network = r->allow && r->require_tpm_and_network;
         ret->rate_per_minute = r->per_minute;
         ret->rate_burst = r->burst;
         ret->pending_ttl_s = (uint32_t)(r->pending_ttl_ms / 1000);
@@ -720,8 +761,9 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
             (void)n;
             return;
         }
-        snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s", i + 1, r->name, why,
-                 r->allow ? "allow" : "deny",
+        snprintf(ret->explanation, sizeof(ret->explanation), "rule %zu '%s' decides (%s): %s%s%s", i + 1, r->name,
+                 why, r->allow ? "allow" : "deny",
+                 ret->tpm_and_network ? " (TPM and network, both required: a two-part key at enroll)" : "",
                  ret->auto_approved ? ", approval waived inside its auto-approve window"
                  : ret->approvals > 0 && ret->require_totp ? ", after human approval with TOTP"
                  : ret->approvals > 0 ? ", after human approval"
@@ -760,6 +802,7 @@ void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in
     }
     ret->require_totp |= o.require_totp && ret->approvals > 0;
     ret->offline_fallback &= o.offline_fallback;
+    ret->tpm_and_network |= o.tpm_and_network;
     /* Rate limits: the tighter of each (0 is unlimited). */
     if (o.rate_per_minute != 0 && (ret->rate_per_minute == 0 || o.rate_per_minute < ret->rate_per_minute))
         ret->rate_per_minute = o.rate_per_minute;

@@ -39,6 +39,9 @@ typedef struct kfd_policy_decision {
     bool auto_approved; /* approval waived: inside the rule's auto-approve window */
     uint32_t pending_ttl_s;
     bool offline_fallback;
+    /* require: [tpm_and_network]: enroll makes the key from a TPM part and this coordinator part
+     * (docs/architecture.md); never together with offline_fallback */
+    bool tpm_and_network;
     uint32_t rate_per_minute, rate_burst; /* 0 = unlimited */
     char explanation[384];
 } kfd_policy_decision;

@@ -51,23 +51,27 @@ static void emit(out *o, const char *fmt, ...)
     }
 }
 
-char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
+/* The RPC counters, by method and Connect code. */
+static void emit_requests(out *o, const kfd_server *srv)
 {
     const kfd_metrics *m = &srv->metrics;
-    kfd_seal_stats seal = kfd_seal_get_stats();
-    out o = {malloc(4096), 0, 4096, 0};
-    if (o.s == NULL)
-        return NULL;
-    emit(&o, "# HELP keyfleet_rpc_requests_total RPC requests by method and Connect code.\n"
-             "# TYPE keyfleet_rpc_requests_total counter\n");
+    emit(o, "# HELP keyfleet_rpc_requests_total RPC requests by method and Connect code.\n"
+            "# TYPE keyfleet_rpc_requests_total counter\n");
     for (size_t i = 0; i <= srv->n_methods && i <= KFD_METRICS_MAX_METHODS; i++) {
         const char *name = i < srv->n_methods ? srv->methods[i].path + 1 : "unknown";
         for (int c = 0; c < KF_CONNECT_CODE_COUNT; c++)
             if (m->requests[i][c] > 0)
-                emit(&o, "keyfleet_rpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", name,
+                emit(o, "keyfleet_rpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", name,
                      kf_connect_code_name((kf_connect_code)c), (unsigned long long)m->requests[i][c]);
     }
-    emit(&o,
+}
+
+/* The front's counters: TLS, connections, the HTTP/2 guard, sealing, locked memory. */
+static void emit_front(out *o, const kfd_server *srv)
+{
+    const kfd_metrics *m = &srv->metrics;
+    kfd_seal_stats seal = kfd_seal_get_stats();
+    emit(o,
          "# HELP keyfleet_tls_handshakes_total TLS handshakes by result.\n"
          "# TYPE keyfleet_tls_handshakes_total counter\n"
          "keyfleet_tls_handshakes_total{result=\"ok\"} %llu\n"
@@ -127,97 +131,110 @@ char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
          (unsigned long long)m->writes_refused,
          (unsigned long long)seal.contexts, (unsigned long long)seal.keys, kfd_seal_contexts_live(),
          kf_secmem_lock_failures());
-    const kfd_app *app = srv->app;
-    if (app != NULL) {
-        kfd_webhook_stats w = kfd_webhook_get_stats(app->webhook);
-        kfd_repl_stats rs;
-        kfd_repl_get_stats(app->repl, &rs);
-        uint64_t volumes = 0;
-        if (app->store != NULL && !kfd_store_failed(app->store))
-            kfd_store_count_volumes(app->store, &volumes);
-        emit(&o,
-             "# HELP keyfleet_webhook_total Webhook notifications by result.\n"
-             "# TYPE keyfleet_webhook_total counter\n"
-             "keyfleet_webhook_total{result=\"delivered\"} %llu\n"
-             "keyfleet_webhook_total{result=\"failed\"} %llu\n"
-             "keyfleet_webhook_total{result=\"retry\"} %llu\n"
-             "# HELP keyfleet_store_up 1 while the state store is healthy.\n"
-             "# TYPE keyfleet_store_up gauge\n"
-             "keyfleet_store_up %d\n"
-             "# HELP keyfleet_volumes Enrolled volumes.\n"
-             "# TYPE keyfleet_volumes gauge\n"
-             "keyfleet_volumes %llu\n"
-             "# HELP keyfleet_commit_batches_total Store transactions: applied Raft entries share one for up to 50 ms.\n"
-             "# TYPE keyfleet_commit_batches_total counter\n"
-             "keyfleet_commit_batches_total %llu\n"
-             "# HELP keyfleet_commit_commands_total State commands applied; divided by batches: commands per transaction.\n"
-             "# TYPE keyfleet_commit_commands_total counter\n"
-             "keyfleet_commit_commands_total %llu\n"
-             "# HELP keyfleet_policy_version Current policy version.\n"
-             "# TYPE keyfleet_policy_version gauge\n"
-             "keyfleet_policy_version %llu\n",
-             (unsigned long long)w.delivered, (unsigned long long)w.failed, (unsigned long long)w.retries,
-             kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes, (unsigned long long)rs.batches,
-             (unsigned long long)rs.batched_commands, (unsigned long long)app->policy_version);
-        emit(&o,
-             "# HELP keyfleet_raft_leader 1 while this coordinator is the Raft leader.\n"
-             "# TYPE keyfleet_raft_leader gauge\n"
-             "keyfleet_raft_leader %d\n"
-             "# HELP keyfleet_raft_term Current Raft term.\n"
-             "# TYPE keyfleet_raft_term gauge\n"
-             "keyfleet_raft_term %llu\n"
-             "# HELP keyfleet_raft_commit_index Highest Raft entry known committed.\n"
-             "# TYPE keyfleet_raft_commit_index gauge\n"
-             "keyfleet_raft_commit_index %llu\n"
-             "# HELP keyfleet_raft_applied_index Highest Raft entry applied to the store here.\n"
-             "# TYPE keyfleet_raft_applied_index gauge\n"
-             "keyfleet_raft_applied_index %llu\n"
-             "# HELP keyfleet_raft_snapshots_total Snapshots taken here and installed from the leader.\n"
-             "# TYPE keyfleet_raft_snapshots_total counter\n"
-             "keyfleet_raft_snapshots_total{kind=\"taken\"} %llu\n"
-             "keyfleet_raft_snapshots_total{kind=\"restored\"} %llu\n"
-             "# HELP keyfleet_raft_peers_refused_total Raft connections refused (not a coordinator, wrong name).\n"
-             "# TYPE keyfleet_raft_peers_refused_total counter\n"
-             "keyfleet_raft_peers_refused_total %llu\n"
-             "# HELP keyfleet_raft_commit_timeouts_total Commands answered unavailable because they were not committed in time.\n"
-             "# TYPE keyfleet_raft_commit_timeouts_total counter\n"
-             "keyfleet_raft_commit_timeouts_total %llu\n",
-             rs.leader ? 1 : 0, (unsigned long long)rs.term, (unsigned long long)rs.commit_index,
-             (unsigned long long)rs.applied_index, (unsigned long long)rs.snapshots_taken,
-             (unsigned long long)rs.snapshots_restored, (unsigned long long)rs.peers_refused,
-             (unsigned long long)rs.commit_timeouts);
-        kfd_audit_head h = {0};
-        uint64_t diverged = 0;
-        if (app->store != NULL) {
-            kfd_store_audit_head(app->store, &h);
-            diverged = kfd_store_audit_diverged(app->store, NULL);
-        }
-        kfd_checkpoint_stats cs;
-        kfd_checkpointer_stats(app->checkpointer, &cs);
-        emit(&o,
-             "# HELP keyfleet_audit_records Audit records applied here.\n"
-             "# TYPE keyfleet_audit_records gauge\n"
-             "keyfleet_audit_records %llu\n"
-             "# HELP keyfleet_audit_checkpoint_size Records covered by the newest signed checkpoint here.\n"
-             "# TYPE keyfleet_audit_checkpoint_size gauge\n"
-             "keyfleet_audit_checkpoint_size %llu\n"
-             "# HELP keyfleet_audit_checkpoints_total Checkpoints this coordinator signed as leader, and that failed.\n"
-             "# TYPE keyfleet_audit_checkpoints_total counter\n"
-             "keyfleet_audit_checkpoints_total{result=\"committed\"} %llu\n"
-             "keyfleet_audit_checkpoints_total{result=\"failed\"} %llu\n"
-             "# HELP keyfleet_audit_diverged 1 when this replica's audit log left the signed history (it serves nothing).\n"
-             "# TYPE keyfleet_audit_diverged gauge\n"
-             "keyfleet_audit_diverged %d\n"
-             "# HELP keyfleet_audit_diverged_seq The record at which (at the latest) it diverged; 0: it did not.\n"
-             "# TYPE keyfleet_audit_diverged_seq gauge\n"
-             "keyfleet_audit_diverged_seq %llu\n"
-             "# HELP keyfleet_raft_snapshots_refused_total Snapshots from the leader refused: their audit log did not verify or extend this replica's.\n"
-             "# TYPE keyfleet_raft_snapshots_refused_total counter\n"
-             "keyfleet_raft_snapshots_refused_total %llu\n",
-             (unsigned long long)h.seq, (unsigned long long)h.checkpoint_size, (unsigned long long)cs.signed_total,
-             (unsigned long long)cs.failed_total, diverged != 0 ? 1 : 0, (unsigned long long)diverged,
-             (unsigned long long)rs.snapshots_refused);
+}
+
+/* The app's: webhook, store, Raft and the audit log. */
+static void emit_app(out *o, const kfd_app *app)
+{
+    kfd_webhook_stats w = kfd_webhook_get_stats(app->webhook);
+    kfd_repl_stats rs;
+    kfd_repl_get_stats(app->repl, &rs);
+    uint64_t volumes = 0;
+    if (app->store != NULL && !kfd_store_failed(app->store))
+        kfd_store_count_volumes(app->store, &volumes);
+    emit(o,
+         "# HELP keyfleet_webhook_total Webhook notifications by result.\n"
+         "# TYPE keyfleet_webhook_total counter\n"
+         "keyfleet_webhook_total{result=\"delivered\"} %llu\n"
+         "keyfleet_webhook_total{result=\"failed\"} %llu\n"
+         "keyfleet_webhook_total{result=\"retry\"} %llu\n"
+         "# HELP keyfleet_store_up 1 while the state store is healthy.\n"
+         "# TYPE keyfleet_store_up gauge\n"
+         "keyfleet_store_up %d\n"
+         "# HELP keyfleet_volumes Enrolled volumes.\n"
+         "# TYPE keyfleet_volumes gauge\n"
+         "keyfleet_volumes %llu\n"
+         "# HELP keyfleet_commit_batches_total Store transactions: applied Raft entries share one for up to 50 ms.\n"
+         "# TYPE keyfleet_commit_batches_total counter\n"
+         "keyfleet_commit_batches_total %llu\n"
+         "# HELP keyfleet_commit_commands_total State commands applied; divided by batches: commands per transaction.\n"
+         "# TYPE keyfleet_commit_commands_total counter\n"
+         "keyfleet_commit_commands_total %llu\n"
+         "# HELP keyfleet_policy_version Current policy version.\n"
+         "# TYPE keyfleet_policy_version gauge\n"
+         "keyfleet_policy_version %llu\n",
+         (unsigned long long)w.delivered, (unsigned long long)w.failed, (unsigned long long)w.retries,
+         kfd_store_failed(app->store) ? 0 : 1, (unsigned long long)volumes, (unsigned long long)rs.batches,
+         (unsigned long long)rs.batched_commands, (unsigned long long)app->policy_version);
+    emit(o,
+         "# HELP keyfleet_raft_leader 1 while this coordinator is the Raft leader.\n"
+         "# TYPE keyfleet_raft_leader gauge\n"
+         "keyfleet_raft_leader %d\n"
+         "# HELP keyfleet_raft_term Current Raft term.\n"
+         "# TYPE keyfleet_raft_term gauge\n"
+         "keyfleet_raft_term %llu\n"
+         "# HELP keyfleet_raft_commit_index Highest Raft entry known committed.\n"
+         "# TYPE keyfleet_raft_commit_index gauge\n"
+         "keyfleet_raft_commit_index %llu\n"
+         "# HELP keyfleet_raft_applied_index Highest Raft entry applied to the store here.\n"
+         "# TYPE keyfleet_raft_applied_index gauge\n"
+         "keyfleet_raft_applied_index %llu\n"
+         "# HELP keyfleet_raft_snapshots_total Snapshots taken here and installed from the leader.\n"
+         "# TYPE keyfleet_raft_snapshots_total counter\n"
+         "keyfleet_raft_snapshots_total{kind=\"taken\"} %llu\n"
+         "keyfleet_raft_snapshots_total{kind=\"restored\"} %llu\n"
+         "# HELP keyfleet_raft_peers_refused_total Raft connections refused (not a coordinator, wrong name).\n"
+         "# TYPE keyfleet_raft_peers_refused_total counter\n"
+         "keyfleet_raft_peers_refused_total %llu\n"
+         "# HELP keyfleet_raft_commit_timeouts_total Commands answered unavailable because they were not committed in time.\n"
+         "# TYPE keyfleet_raft_commit_timeouts_total counter\n"
+         "keyfleet_raft_commit_timeouts_total %llu\n",
+         rs.leader ? 1 : 0, (unsigned long long)rs.term, (unsigned long long)rs.commit_index,
+         (unsigned long long)rs.applied_index, (unsigned long long)rs.snapshots_taken,
+         (unsigned long long)rs.snapshots_restored, (unsigned long long)rs.peers_refused,
+         (unsigned long long)rs.commit_timeouts);
+    kfd_audit_head h = {0};
+    uint64_t diverged = 0;
+    if (app->store != NULL) {
+        kfd_store_audit_head(app->store, &h);
+        diverged = kfd_store_audit_diverged(app->store, NULL);
     }
+    kfd_checkpoint_stats cs;
+    kfd_checkpointer_stats(app->checkpointer, &cs);
+    emit(o,
+         "# HELP keyfleet_audit_records Audit records applied here.\n"
+         "# TYPE keyfleet_audit_records gauge\n"
+         "keyfleet_audit_records %llu\n"
+         "# HELP keyfleet_audit_checkpoint_size Records covered by the newest signed checkpoint here.\n"
+         "# TYPE keyfleet_audit_checkpoint_size gauge\n"
+         "keyfleet_audit_checkpoint_size %llu\n"
+         "# HELP keyfleet_audit_checkpoints_total Checkpoints this coordinator signed as leader, and that failed.\n"
+         "# TYPE keyfleet_audit_checkpoints_total counter\n"
+         "keyfleet_audit_checkpoints_total{result=\"committed\"} %llu\n"
+         "keyfleet_audit_checkpoints_total{result=\"failed\"} %llu\n"
+         "# HELP keyfleet_audit_diverged 1 when this replica's audit log left the signed history (it serves nothing).\n"
+         "# TYPE keyfleet_audit_diverged gauge\n"
+         "keyfleet_audit_diverged %d\n"
+         "# HELP keyfleet_audit_diverged_seq The record at which (at the latest) it diverged; 0: it did not.\n"
+         "# TYPE keyfleet_audit_diverged_seq gauge\n"
+         "keyfleet_audit_diverged_seq %llu\n"
+         "# HELP keyfleet_raft_snapshots_refused_total Snapshots from the leader refused: their audit log did not verify or extend this replica's.\n"
+         "# TYPE keyfleet_raft_snapshots_refused_total counter\n"
+         "keyfleet_raft_snapshots_refused_total %llu\n",
+         (unsigned long long)h.seq, (unsigned long long)h.checkpoint_size, (unsigned long long)cs.signed_total,
+         (unsigned long long)cs.failed_total, diverged != 0 ? 1 : 0, (unsigned long long)diverged,
+         (unsigned long long)rs.snapshots_refused);
+}
+
+char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)
+{
+    out o = {malloc(4096), 0, 4096, 0};
+    if (o.s == NULL)
+        return NULL;
+    emit_requests(&o, srv);
+    emit_front(&o, srv);
+    if (srv->app != NULL)
+        emit_app(&o, srv->app);
     if (o.failed) {
         free(o.s);
         return NULL;

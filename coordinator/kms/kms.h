@@ -1,8 +1,9 @@
 /* KMS backends: one vtable (this header), one file per backend, each with its header declaring
- * its open (kms_local.h, kms_vault.h, kms_azure.h); the remote ones share kms_remote.c, kms_token.c
- * and kms_wrapped.c. Writing KEK files (keyfleetctl init) is kms_kek.h, a library of its own. Calls are asynchronous: each takes a callback
- * that runs on the loop (possibly before the call returns, for backends that need no I/O such
- * as `local`). Wrapped keys are text in keyfleet's versioned format "kf:BACKEND:vN:...". */
+ * its open (kms_local.h, kms_vault.h, kms_azure.h); the remote ones share kms_remote.c,
+ * kms_token.c, kms_wrapped.c and kms_answer.c. Writing KEK files (keyfleetctl init) is kms_kek.h,
+ * a library of its own. Calls are asynchronous: each takes a callback that runs on the loop
+ * (possibly before the call returns, for backends that need no I/O such as `local`). Wrapped keys
+ * are text in keyfleet's versioned format "kf:BACKEND:vN:...". */
 #ifndef KFD_KMS_H
 #define KFD_KMS_H
 

@@ -143,6 +143,66 @@ static void answer_key_bundle(acall *c, json_t *j)
     acall_free(c);
 }
 
+/* A 403 from the vault: fails the call with the reason and a hint. */
+static void denied(acall *c, const kfd_http_response *res)
+{
+    azure *a = c->a;
+    char why[400], msg[700];
+    azure_error(res, why, sizeof(why));
+    /* The hint follows Key Vault's inner error code; without one of the codes that name a role,
+     * policy or firewall refusal, Key Vault's own code and message (above) are the reason: a
+     * disabled version or one outside its nbf/exp window answers 403 that way. */
+    const char *hint;
+    if (strstr(why, "/KeyOperationForbidden:") != NULL)
+        hint = "the key's key_ops do not allow this operation";
+    else if (strstr(why, "/ForbiddenByRbac:") != NULL || strstr(why, "/ForbiddenByPolicy:") != NULL)
+        hint = "keyfleetd's identity lacks a role assignment (or access policy) for this operation";
+    else if (strstr(why, "/ForbiddenByFirewall:") != NULL)
+        hint = "the vault's firewall refuses this address";
+    else
+        hint = "Key Vault's own reason, not a role, policy or firewall refusal (a disabled key version, or one "
+               "outside its nbf/exp window, is refused this way); the key is read again";
+    bool reread = strstr(hint, "read again") != NULL;
+    snprintf(msg, sizeof(msg), "HTTP 403 to %s %s: %s; %s (docs/kms-azure.md); a new token would not help, so none was fetched",
+             c->rc.method, op_name(c), why, hint);
+    if (reread && c->kind != OP_READ_KEY)
+        kfd_remote_kms_start(&a->rk);
+    fail_call(c, -EACCES, "azure key vault denied: ", msg);
+}
+
+/* OP_UNWRAP's answer (kid checked, version its version): the key must come from the version
+ * asked and match the volume's key check value; then it is answered, or rewrapped. */
+static void unwrap_answer(acall *c, json_t *j, const char *version, const char *value)
+{
+    azure *a = c->a;
+    /* OP_UNWRAP: the answer must come from the version we asked */
+    if (strcmp(version, c->in_version) != 0) {
+        json_decref(j);
+        fail_call(c, -EIO, "azure answer: ", "the kid names another key version than the request");
+        return;
+    }
+    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *key = kf_secbuf_new(64);
+    int n = key != NULL ? kf_b64_decode(value, strlen(value), true, key->data, 64) : -ENOMEM;
+    json_decref(j);
+    if (n != KFD_DATA_KEY_LEN || kfd_kcv_check(c->volume_id, key->data, c->kcv) != 0) {
+        fail_call(c, n == KFD_DATA_KEY_LEN ? -EBADMSG : -EIO, "azure answer: ",
+                  n == KFD_DATA_KEY_LEN ? "the key does not match the volume's key check value"
+                                        : "the unwrapped value is not a 256-bit key");
+        return;
+    }
+    key->len = KFD_DATA_KEY_LEN;
+    if (c->rewrap) {
+        wrap_key(a, c->volume_id, key, NULL, c->rc.cb, c->rc.arg);
+        acall_free(c);
+        return;
+    }
+    /* Stale only when a rewrap can follow: not while the version read cannot wrap. */
+    kfd_kms_result out = {.plaintext = key,
+                          .stale = !a->unusable && a->latest[0] != '\0' && strcmp(c->in_version, a->latest) != 0};
+    c->rc.cb(c->rc.arg, &out);
+    acall_free(c);
+}
+
 static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
 {
     acall *c = (acall *)rc;
@@ -176,27 +236,7 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         return;
     }
     if (res->code == 403) {
-        char why[400], msg[700];
-        azure_error(res, why, sizeof(why));
-        /* The hint follows Key Vault's inner error code; without one of the codes that name a role,
-         * policy or firewall refusal, Key Vault's own code and message (above) are the reason: a
-         * disabled version or one outside its nbf/exp window answers 403 that way. */
-        const char *hint;
-        if (strstr(why, "/KeyOperationForbidden:") != NULL)
-            hint = "the key's key_ops do not allow this operation";
-        else if (strstr(why, "/ForbiddenByRbac:") != NULL || strstr(why, "/ForbiddenByPolicy:") != NULL)
-            hint = "keyfleetd's identity lacks a role assignment (or access policy) for this operation";
-        else if (strstr(why, "/ForbiddenByFirewall:") != NULL)
-            hint = "the vault's firewall refuses this address";
-        else
-            hint = "Key Vault's own reason, not a role, policy or firewall refusal (a disabled key version, or one "
-                   "outside its nbf/exp window, is refused this way); the key is read again";
-        bool reread = strstr(hint, "read again") != NULL;
-        snprintf(msg, sizeof(msg), "HTTP 403 to %s %s: %s; %s (docs/kms-azure.md); a new token would not help, so none was fetched",
-                 c->rc.method, op_name(c), why, hint);
-        if (reread && c->kind != OP_READ_KEY)
-            kfd_remote_kms_start(&a->rk);
-        fail_call(c, -EACCES, "azure key vault denied: ", msg);
+        denied(c, res);
         return;
     }
     if (res->code >= 400) {
@@ -239,32 +279,7 @@ static void on_done(kfd_remote_call *rc, const kfd_http_response *res)
         acall_free(c);
         return;
     }
-    /* OP_UNWRAP: the answer must come from the version we asked */
-    if (strcmp(version, c->in_version) != 0) {
-        json_decref(j);
-        fail_call(c, -EIO, "azure answer: ", "the kid names another key version than the request");
-        return;
-    }
-    KF_CLEANUP(kf_secbuf_freep) kf_secbuf *key = kf_secbuf_new(64);
-    int n = key != NULL ? kf_b64_decode(value, strlen(value), true, key->data, 64) : -ENOMEM;
-    json_decref(j);
-    if (n != KFD_DATA_KEY_LEN || kfd_kcv_check(c->volume_id, key->data, c->kcv) != 0) {
-        fail_call(c, n == KFD_DATA_KEY_LEN ? -EBADMSG : -EIO, "azure answer: ",
-                  n == KFD_DATA_KEY_LEN ? "the key does not match the volume's key check value"
-                                        : "the unwrapped value is not a 256-bit key");
-        return;
-    }
-    key->len = KFD_DATA_KEY_LEN;
-    if (c->rewrap) {
-        wrap_key(a, c->volume_id, key, NULL, c->rc.cb, c->rc.arg);
-        acall_free(c);
-        return;
-    }
-    /* Stale only when a rewrap can follow: not while the version read cannot wrap. */
-    kfd_kms_result out = {.plaintext = key,
-                          .stale = !a->unusable && a->latest[0] != '\0' && strcmp(c->in_version, a->latest) != 0};
-    c->rc.cb(c->rc.arg, &out);
-    acall_free(c);
+    unwrap_answer(c, j, version, value);
 }
 
 /* A 401 or 403 to a call with the cached token: only a 401 can be cured by a new token. */

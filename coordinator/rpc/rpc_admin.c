@@ -489,6 +489,7 @@ void kfd_rpc_check_policy(kfd_call *call)
     resp.explanation = explanation;
     resp.approvals_needed = d.approvals;
     resp.offline_fallback_allowed = d.offline_fallback;
+    resp.tpm_and_network = d.tpm_and_network;
     kfd_call_reply(call, &resp.base);
     json_decref(labels);
     if (r == 0)

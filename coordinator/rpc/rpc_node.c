@@ -36,6 +36,7 @@
 #include "core/webhook.h"
 #include "store/store_apply.h"
 #include "store/store_read.h"
+#include "store/store_recovery.h"
 
 #define LABELS_MAX KF_LABELS_MAX
 /* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
@@ -296,9 +297,11 @@ static void answer_enroll(enroll_op *op, uint64_t audit_seq)
     Keyfleet__V1__EnrollResponse resp = KEYFLEET__V1__ENROLL_RESPONSE__INIT;
     resp.wrapped_key = op->wrapped;
     resp.sealed_key = &sk;
-    resp.offline_fallback_allowed = op->decision.offline_fallback;
+    /* Policy parsing keeps the two apart; a decision with both would still seal no whole copy. */
+    resp.tpm_and_network = op->decision.tpm_and_network;
+    resp.offline_fallback_allowed = op->decision.offline_fallback && !op->decision.tpm_and_network;
     uint32_t pcrs[] = {7};
-    if (op->decision.offline_fallback) {
+    if (op->decision.offline_fallback || op->decision.tpm_and_network) {
         resp.n_tpm_pcrs = 1;
         resp.tpm_pcrs = pcrs;
     }
@@ -671,6 +674,12 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
     resp.audit_seq = res->audit_seq;
     resp.rewrapped_key = op->rewrapped;
     resp.key_overdue = op->key_age.overdue;
+    resp.tpm_and_network = op->decision.tpm_and_network;
+    kfd_recovery rec;
+    if (kfd_store_get_recovery(kfd_call_app(call)->store, op->volume_id, &rec) == 0) {
+        resp.recovery_replace = rec.revealed_at != 0 && strcmp(rec.node, call->peer->name) == 0;
+        kfd_recovery_clear(&rec);
+    }
     if (op->key_age.overdue)
         kf_log_warn("key_overdue", "node=%s volume=%s key_age_s=%lld max_key_age_s=%llu from=%s", call->peer->name,
                     kf_log_q(op->volume_id), (long long)op->key_age.age_s,
@@ -1371,6 +1380,217 @@ void kfd_rpc_rotate_key(kfd_call *call)
         kms->ops->generate(kms, op->volume_id, on_rotate_key, op);
 }
 
+/* ------------------------------------------------------------------ EnrollRecoveryKey */
+
+/* docs/recovery.md. The checks (the enrolling node, not revoked, its rule allows it); LUKS2: a
+ * new key from the KMS under VOLUME_ID/recovery (or, for a repeated request id, the escrowed one
+ * unwrapped), escrowed and audited, then sealed to the agent; ZFS: the dataset's key is its
+ * recovery key, so only the mark is committed. The owner, the revocation and (ZFS) a rotation
+ * after a reveal are checked again at apply (store_recovery.c). */
+typedef struct recovery_op {
+    kfd_op base;
+    const Keyfleet__V1__EnrollRecoveryKeyRequest *req; /* valid while base.call is */
+    char request_id[65];
+    char volume_id[129];
+    char kms_id[160]; /* VOLUME_ID/recovery: the AAD that keeps it apart from the volume's key */
+    char kcv[24];
+    char *wrapped;
+    bool zfs, replay, replaced;
+    kfd_sealed sealed;
+} recovery_op;
+
+static void recovery_op_free(recovery_op *op)
+{
+    free(op->wrapped);
+    kf_wipe(&op->sealed, sizeof(op->sealed));
+    kfd_op_free(op);
+}
+
+static void recovery_refuse(recovery_op *op, Keyfleet__V1__Decision decision, kf_connect_code code, const char *message)
+{
+    kfd_call *call = op->base.call;
+    char vol[129], rid[65], msg[256];
+    snprintf(vol, sizeof(vol), "%s", op->volume_id);
+    snprintf(rid, sizeof(rid), "%s", op->request_id);
+    snprintf(msg, sizeof(msg), "%s", message);
+    recovery_op_free(op);
+    deny_audited(call, "recovery_escrow", decision, vol, rid, code, msg);
+}
+
+static void on_recovery_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    recovery_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        recovery_op_free(op);
+        return;
+    }
+    if (status == -EACCES || status == -ESTALE) {
+        recovery_refuse(op, KEYFLEET__V1__DECISION__DECISION_DENY,
+                        status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
+        return;
+    }
+    if (status != 0) {
+        kf_log_error("recovery_not_escrowed", "volume=%s error=%s", kf_log_q(op->volume_id), kf_log_q(err->msg));
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "the recovery key could not be escrowed; no key was released");
+        recovery_op_free(op);
+        return;
+    }
+    Keyfleet__V1__SealedKey sk;
+    Keyfleet__V1__EnrollRecoveryKeyResponse resp = KEYFLEET__V1__ENROLL_RECOVERY_KEY_RESPONSE__INIT;
+    resp.audit_seq = res->audit_seq;
+    resp.replaced = op->replaced;
+    if (!op->zfs) {
+        sealed_key(&sk, &op->sealed);
+        resp.sealed_key = &sk;
+    }
+    kf_log_info("recovery_escrowed", "node=%s volume=%s replaced=%s audit_seq=%llu", call->peer->name,
+                kf_log_q(op->volume_id), op->replaced ? "yes" : "no", (unsigned long long)res->audit_seq);
+    kfd_call_reply(call, &resp.base);
+    recovery_op_free(op);
+}
+
+static void commit_escrow(recovery_op *op)
+{
+    kfd_call *call = op->base.call;
+    char reason[200];
+    snprintf(reason, sizeof(reason), "%s%s%s", op->zfs ? "the dataset's keyfleet key is its recovery key" : "a new recovery key, escrowed",
+             op->replay ? " (repeated request)" : "", op->replaced ? "; the revealed recovery key is retired" : "");
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_ALLOW,
+                   call->peer->name, op->volume_id, op->request_id, reason);
+    Keyfleet__V1__CmdRecoveryEscrow c = KEYFLEET__V1__CMD_RECOVERY_ESCROW__INIT;
+    c.volume_id = op->volume_id;
+    c.node = (char *)call->peer->name;
+    c.wrapped = op->wrapped != NULL ? op->wrapped : (char *)"";
+    c.kcv = op->kcv;
+    c.request_id = op->request_id;
+    c.zfs = op->zfs;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
+    cmd.recovery_escrow = &c;
+    kfd_commit(kfd_call_app(call), &cmd, on_recovery_committed, op);
+}
+
+static void on_recovery_key(void *arg, const kfd_kms_result *res)
+{
+    recovery_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        recovery_op_free(op);
+        return;
+    }
+    if (res->status != 0) {
+        kf_log_error("kms_failed", "op=recovery volume=%s error=%s", kf_log_q(op->volume_id), kf_log_q(res->message));
+        recovery_refuse(op, KEYFLEET__V1__DECISION__DECISION_ERROR, KF_CONNECT_UNAVAILABLE,
+                        "KMS unavailable; no recovery key was made");
+        return;
+    }
+    if (kfd_kcv(op->kms_id, res->plaintext->data, op->kcv) != 0 ||
+        (op->wrapped == NULL && (op->wrapped = strdup(res->wrapped)) == NULL)) {
+        recovery_refuse(op, KEYFLEET__V1__DECISION__DECISION_ERROR, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "recovery", op->request_id, op->volume_id,
+                     res->plaintext->data, &op->sealed) != 0) {
+        recovery_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
+        return;
+    }
+    commit_escrow(op);
+}
+
+void kfd_rpc_enroll_recovery_key(kfd_call *call)
+{
+    const Keyfleet__V1__EnrollRecoveryKeyRequest *req = (const Keyfleet__V1__EnrollRecoveryKeyRequest *)call->request;
+    const char *bad = kf_check_volume_ref(req->volume);
+    if (bad == NULL && !kfd_request_id_valid(req->request_id))
+        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
+    if (!ensure_ready(call) || check_revoked(call, "recovery_escrow", req->volume->id))
+        return;
+    kfd_app *app = kfd_call_app(call);
+    kfd_volume vol;
+    int r = kfd_store_get_volume(app->store, req->volume->id, &vol);
+    if (r == -ENOENT) {
+        deny_audited(call, "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_NOT_FOUND, "unknown volume");
+        return;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    bool zfs = vol.kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
+    const char *why = NULL;
+    kfd_policy_decision d = {0};
+    if (strcmp(vol.node, call->peer->name) != 0) {
+        why = "only the node that enrolled the volume may escrow its recovery key";
+    } else {
+        label_set ls;
+        labels_from_json(&ls, vol.labels_json);
+        kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
+                               .volume_id = vol.id, .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n,
+                               .now = time(NULL), .enrolling = true};
+        kfd_policy_evaluate(app->policy, &in, &d);
+        json_decref(ls.json);
+        if (!d.allow)
+            why = d.explanation;
+        else if (d.tpm_and_network)
+            /* A key the coordinators can reveal would open the volume without its TPM part. */
+            why = "the volume's rule requires TPM and network: a recovery key escrowed with the coordinators would "
+                  "open it without the TPM";
+    }
+    if (why == NULL && !zfs && req->ephemeral_public_key.len != 32)
+        why = "ephemeral_public_key must be 32 bytes (X25519)";
+    kfd_volume_clear(&vol);
+    if (why != NULL) {
+        deny_audited(call, "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, why);
+        return;
+    }
+    kfd_recovery cur;
+    r = kfd_store_get_recovery(app->store, req->volume->id, &cur);
+    if (r != 0 && r != -ENOENT) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    if (kfd_call_deadline_passed(call, "the KMS key generation")) {
+        kfd_recovery_clear(&cur);
+        return;
+    }
+    recovery_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_recovery_clear(&cur);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->req = req;
+    op->zfs = zfs;
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
+    snprintf(op->kms_id, sizeof(op->kms_id), "%s/recovery", req->volume->id);
+    op->replay = r == 0 && strcmp(cur.request_id, req->request_id) == 0;
+    op->replaced = r == 0 && !op->replay && cur.revealed_at != 0;
+    if (op->replay && !zfs && (op->wrapped = strdup(cur.wrapped)) == NULL) {
+        kfd_recovery_clear(&cur);
+        recovery_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    kfd_recovery_clear(&cur);
+    if (zfs)
+        commit_escrow(op);
+    else if (op->wrapped != NULL)
+        app->kms->ops->unwrap(app->kms, op->kms_id, op->wrapped, on_recovery_key, op);
+    else
+        app->kms->ops->generate(app->kms, op->kms_id, on_recovery_key, op);
+}
+
 /* ------------------------------------------------------------------ Heartbeat */
 
 typedef struct heartbeat_op {
@@ -1381,6 +1601,8 @@ typedef struct heartbeat_op {
     int failed;
     bool attested;
     char attest_why[320];
+    char *replace[100]; /* volumes whose recovery key was revealed: the agent replaces them */
+    size_t n_replace;
     char **erase_ids; /* volumes the node is to crypt-erase (rpc_erase.c) */
     size_t n_erase;
     char *erase_all_ids[KFD_ERASE_MAX]; /* of those, the ones that erase every keyslot (borrowed) */
@@ -1403,12 +1625,16 @@ static void answer_heartbeat(heartbeat_op *op)
         resp.attested = op->attested;
         resp.attestation = op->attest_why;
         resp.dead_man_after_s = op->dead_man_after_s;
+        resp.n_recovery_replace = op->n_replace;
+        resp.recovery_replace = op->replace;
         resp.erase_volume_ids = op->erase_ids;
         resp.n_erase_volume_ids = op->n_erase;
         resp.erase_all_volume_ids = op->erase_all_ids;
         resp.n_erase_all_volume_ids = op->n_erase_all;
         kfd_call_reply(call, &resp.base);
     }
+    for (size_t i = 0; i < op->n_replace; i++)
+        free(op->replace[i]);
     kfd_store_free_ids(op->erase_ids, op->n_erase);
     kfd_op_free(op);
 }
@@ -1500,6 +1726,14 @@ void kfd_rpc_heartbeat(kfd_call *call)
         return;
     }
     op->revoked = revoked;
+    if (!revoked && kfd_store_recovery_to_replace(kfd_call_app(call)->store, call->peer->name, op->replace, 100,
+                                                  &op->n_replace) != 0) {
+        for (size_t i = 0; i < op->n_replace; i++)
+            free(op->replace[i]);
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
     op->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, call->peer->name);
     /* Crypt-erase: the node's reports of erases, and the erases still to do (less those). */
     int n_erase_commits = kfd_erase_plan(call, req, op->erase_actions);
@@ -1605,4 +1839,15 @@ void kfd_rpc_heartbeat(kfd_call *call)
     seen_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
     seen_cmd.node_seen = &seen;
     kfd_commit(kfd_call_app(call), &seen_cmd, on_offline_audited, op);
+}
+
+void kfd_rpc_sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
+{
+    sealed_key(sk, sealed);
+}
+
+void kfd_rpc_deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decision decision, const char *volume_id,
+                          const char *request_id, kf_connect_code code, const char *message)
+{
+    deny_audited(call, action, decision, volume_id, request_id, code, message);
 }

@@ -13,6 +13,7 @@
 #include "rpc/rpc_erase.h"
 #include "rpc/rpc_lifecycle.h"
 #include "rpc/rpc_node.h"
+#include "rpc/rpc_recovery.h"
 
 /* W: changes state, so only the Raft leader serves it; R: served by any replica from its copy. */
 #define W true
@@ -35,6 +36,7 @@ const kfd_method kfd_methods[] = {
     ANONYMOUS_NODE("Login", login_request, kfd_rpc_login, W),
     NODE("Heartbeat", heartbeat_request, kfd_rpc_heartbeat, W),
     NODE("RotateKey", rotate_key_request, kfd_rpc_rotate_key, W),
+    NODE("EnrollRecoveryKey", enroll_recovery_key_request, kfd_rpc_enroll_recovery_key, W),
     ADMIN("ListPending", list_pending_request, kfd_rpc_list_pending, R),
     ADMIN("Approve", approve_request, kfd_rpc_approve, W),
     ADMIN("Deny", deny_request, kfd_rpc_deny, W),
@@ -63,6 +65,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("ListNodes", list_nodes_request, kfd_rpc_list_nodes, R),
     ADMIN("UnrevokeNode", unrevoke_node_request, kfd_rpc_unrevoke_node, W),
     ADMIN("RetireVolume", retire_volume_request, kfd_rpc_retire_volume, W),
+    ADMIN("RevealRecoveryKey", reveal_recovery_key_request, kfd_rpc_reveal_recovery_key, W),
     ADMIN("WipeNode", wipe_node_request, kfd_rpc_wipe_node, W),
     PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };

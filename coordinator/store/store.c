@@ -90,7 +90,14 @@ static const char *const migrations[] = {
     /* 11: volume lifecycle (docs/operations.md): a retired volume's key is refused from then on. */
     "ALTER TABLE volumes ADD COLUMN retired_at INTEGER;"
     "ALTER TABLE volumes ADD COLUMN retired_reason TEXT;",
-    /* 12: remote crypto-erase (docs/operations.md): volumes an approved wipe asked their node to
+    /* 12: recovery keys (docs/recovery.md): each volume's escrowed key (LUKS2: wrapped under
+     * VOLUME_ID/recovery; ZFS: '', the dataset's own key), whether an operator was shown it, and
+     * the operator who proposed a held request (a reveal is answered to that operator only). */
+    "CREATE TABLE recovery_keys (volume_id TEXT PRIMARY KEY, node TEXT NOT NULL, wrapped TEXT NOT NULL,"
+    "  kcv TEXT NOT NULL, request_id TEXT NOT NULL, created_at INTEGER NOT NULL, revealed_at INTEGER,"
+    "  revealed_by TEXT);"
+    "ALTER TABLE pending ADD COLUMN proposer TEXT NOT NULL DEFAULT '';",
+    /* 13: remote crypto-erase (docs/operations.md): volumes an approved wipe asked their node to
      * erase, and the node's confirmation. */
     "CREATE TABLE volume_erase (volume_id TEXT PRIMARY KEY, node TEXT NOT NULL, requested_at INTEGER NOT NULL,"
     "  erased_at INTEGER, detail TEXT, erase_all INTEGER NOT NULL DEFAULT 0);",
@@ -235,6 +242,16 @@ static const char *const sql[ST_COUNT] = {
                                "WHERE size = ?)",
     [ST_AUDIT_OF_REQUEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.request_id = ? ORDER BY a.seq",
     [ST_AUDIT_ONE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = ?",
+    [ST_RECOVERY_GET] = "SELECT node, wrapped, kcv, request_id, created_at, coalesce(revealed_at, 0), "
+                        "coalesce(revealed_by, '') FROM recovery_keys WHERE volume_id = ?",
+    [ST_RECOVERY_PUT] = "INSERT INTO recovery_keys (volume_id, node, wrapped, kcv, request_id, created_at) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(volume_id) DO UPDATE SET node = ?2, wrapped = ?3, "
+                        "kcv = ?4, request_id = ?5, created_at = ?6, revealed_at = NULL, revealed_by = NULL",
+    [ST_RECOVERY_REVEALED] = "UPDATE recovery_keys SET revealed_at = ?, revealed_by = ? WHERE volume_id = ?",
+    [ST_RECOVERY_TO_REPLACE] = "SELECT volume_id FROM recovery_keys WHERE node = ? AND revealed_at IS NOT NULL "
+                               "ORDER BY volume_id LIMIT 100",
+    [ST_PENDING_SET_PROPOSER] = "UPDATE pending SET proposer = ? WHERE request_id = ?",
+    [ST_PENDING_PROPOSER] = "SELECT proposer FROM pending WHERE request_id = ?",
     [ST_AUDIT_AFTER] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
 };
 

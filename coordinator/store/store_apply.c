@@ -13,6 +13,7 @@
 #include "store/store_audit.h"
 #include "store/store_erase.h"
 #include "store/store_guard.h"
+#include "store/store_recovery.h"
 #include "store/store_internal.h"
 #include "store/store_lifecycle.h"
 #include "store/store_read.h"
@@ -252,7 +253,11 @@ static int apply_create_pending(kfd_store *s, const Keyfleet__V1__CmdCreatePendi
         return r;
     if ((r = kfd_store_append_audit(s, c->audit, seq, err)) != 0)
         return r;
-    return c->change.len > 0 ? kfd_store_propose_change(s, c, seq, err) : 0;
+    if (c->change.len == 0 && c->proposer[0] != '\0') /* a held reveal (store_recovery.c) */
+        r = kfd_store_set_proposer(s, c->request_id, c->proposer, err);
+    if (r != 0)
+        return r;
+    return c->change.len > 0 || c->proposer[0] != '\0' ? kfd_store_propose_change(s, c, seq, err) : 0;
 }
 
 static int apply_expire_pending(kfd_store *s, const Keyfleet__V1__CmdExpirePending *c, uint64_t *seq, kf_err *err)
@@ -367,6 +372,10 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_unrevoke(s, cmd->unrevoke_node, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_RETIRE_VOLUME:
         return kfd_store_apply_retire(s, cmd->retire_volume, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW:
+        return kfd_store_apply_recovery_escrow(s, cmd->recovery_escrow, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL:
+        return kfd_store_apply_recovery_reveal(s, cmd->recovery_reveal, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES:
         return kfd_store_apply_wipe(s, cmd->wipe_volumes, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_ERASE_CONFIRM:

@@ -112,7 +112,9 @@ int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease
     if ((r = kfd_store_get_pending(s, c->request_id, &p)) != 0)
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "no approved request %s", c->request_id)
                             : kf_err_set(err, r, "reading the approved request");
-    if (p.has_change || strcmp(p.node, c->node) != 0 || strcmp(p.volume_id, c->volume_id) != 0)
+    /* A held reveal names the volume's node too, but its approvals are an operator's, not a release's. */
+    if (p.has_change || strcmp(p.rule, "recovery") == 0 || strcmp(p.node, c->node) != 0 ||
+        strcmp(p.volume_id, c->volume_id) != 0)
         return kf_err_set(err, -EACCES, "request %s belongs to another node or volume", c->request_id);
     if (p.state == KFD_PENDING_CONSUMED)
         return kf_err_set(err, -ESTALE, "approved request %s was already used by a release", c->request_id);
@@ -214,7 +216,8 @@ int kfd_store_propose_change(kfd_store *s, const Keyfleet__V1__CmdCreatePending 
         return kf_err_set(err, -EACCES, "a change needs the proposer's TOTP code");
     int r = kfd_store_record_approval(s, c->request_id, c->proposer, c->proposer_totp_step, c->created_at->seconds,
                                       err);
-    return r != 0 ? r : kfd_store_apply_change(s, c->request_id, seq, err);
+    /* A held reveal carries no change: its approval is spent by CmdRecoveryReveal. */
+    return r != 0 || c->change.len == 0 ? r : kfd_store_apply_change(s, c->request_id, seq, err);
 }
 
 int kfd_store_totp_failures(kfd_store *s, const char *op, uint32_t *ret_failures, int64_t *ret_locked_until)

@@ -35,9 +35,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
             if (v.tpm_blob != NULL && (v.wrapped == NULL || kfa_tpm_blob_check(v.tpm_blob, &err) != 0))
                 abort();
+            /* A TPM part is never taken for a copy of the key, nor held beside one. */
+            if (v.tpm_part != NULL && (v.tpm_blob != NULL || strncmp(v.tpm_part, "kftpmnet1:", 10) != 0 ||
+                                       kfa_tpm_blob_check(v.tpm_part, &err) != 0))
+                abort();
+            if (v.tpm_blob != NULL && strncmp(v.tpm_blob, "kftpm1:", 7) != 0)
+                abort();
         }
         free(v.wrapped);
         free(v.tpm_blob);
+        free(v.tpm_part);
     } else {
         char **names = NULL;
         size_t n = 0;

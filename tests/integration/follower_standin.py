@@ -2,101 +2,23 @@
 """Stand-in for a keyfleetd replica that is not the Raft leader, for testing clients' leader
 hints without a cluster. Over TLS 1.3 on 127.0.0.1, with ALPN h2, it answers every request the
 way the protocol (docs/protocol.md) says a follower does: HTTP 503, Connect JSON
-{"code":"unavailable","message":"not the leader"} and `keyfleet-leader: HOST:PORT`.
-
-It speaks just enough HTTP/2 (RFC 9113) for that, as the standard library has none: the client
-preface, SETTINGS and their ACK, PING, and for every request stream that ends, a HEADERS frame
-(RFC 7541 literal fields, no Huffman, no dynamic table) and a DATA frame ending the stream.
-It ignores the request's header block, which a follower does not need to answer. One
-connection at a time; exits by itself after 60 s.
+{"code":"unavailable","message":"not the leader"} and `keyfleet-leader: HOST:PORT`. HTTP/2 as
+h2_standin.py speaks it; exits by itself after 60 s.
 
 usage: follower_standin.py CERT KEY PORT_FILE LEADER
 """
 import os
-import socket
-import ssl
-import struct
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import h2_standin  # noqa: E402
 
 cert, key, port_file, leader = sys.argv[1:5]
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
-END_STREAM, ACK = 0x1, 0x1
-
-
-def frame(ftype, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", stream) + payload
-
-
-def literal(name_index, name, value):
-    """A literal header field without indexing (RFC 7541 6.2.2), with an indexed name or a new one."""
-    v = value.encode()
-    if name_index:
-        head = bytes([name_index]) if name_index < 15 else bytes([0x0F, name_index - 15])
-        return head + bytes([len(v)]) + v
-    n = name.encode()
-    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+BODY = b'{"code":"unavailable","message":"not the leader"}'
 
 
 def answer(stream):
-    body = b'{"code":"unavailable","message":"not the leader"}'
-    block = literal(8, ":status", "503") + literal(31, "content-type", "application/json") + \
-        literal(0, "keyfleet-leader", leader) + literal(28, "content-length", str(len(body)))
-    return frame(HEADERS, 0x4, stream, block) + frame(DATA, END_STREAM, stream, body)
+    return h2_standin.response(stream, "503", "application/json", BODY, [("keyfleet-leader", leader)])
 
 
-def read_exact(conn, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
-def serve(conn):
-    if read_exact(conn, len(PREFACE)) != PREFACE:
-        return
-    conn.sendall(frame(SETTINGS, 0, 0))
-    while True:
-        head = read_exact(conn, 9)
-        length = int.from_bytes(head[0:3], "big")
-        ftype, flags = head[3], head[4]
-        stream = struct.unpack(">I", head[5:9])[0] & 0x7FFFFFFF
-        payload = read_exact(conn, length)
-        if ftype == SETTINGS and not flags & ACK:
-            conn.sendall(frame(SETTINGS, ACK, 0))
-        elif ftype == PING and not flags & ACK:
-            conn.sendall(frame(PING, ACK, 0, payload))
-        elif ftype == GOAWAY:
-            return
-        elif ftype in (HEADERS, DATA) and flags & END_STREAM:
-            conn.sendall(answer(stream))
-
-
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-ctx.load_cert_chain(cert, key)
-ctx.set_alpn_protocols(["h2"])
-listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", 0))
-listener.listen(16)
-listener.settimeout(0.5)
-with open(port_file + ".tmp", "w") as f:
-    f.write(str(listener.getsockname()[1]))
-os.rename(port_file + ".tmp", port_file)
-deadline = time.time() + 60
-while time.time() < deadline:
-    try:
-        raw, _ = listener.accept()
-    except socket.timeout:
-        continue
-    raw.settimeout(5)
-    try:
-        with ctx.wrap_socket(raw, server_side=True) as conn:
-            serve(conn)
-    except (OSError, ConnectionError, ssl.SSLError):
-        pass
+h2_standin.run(cert, key, answer, port_file=port_file)

@@ -42,12 +42,12 @@ expect_match "keyfleetctl kms rotate creates a new Key Vault key version" "$out"
 expect_match "... audited with the version id" "$(ctl "$F" audit)" "kms_rotate.*azure-keyvault key version [0-9a-f]{32}"
 # A rotation whose answer does not come in time is sent once (a retry could rotate twice).
 r0=$(grep -c 'standin: rotated keyfleet-kek' "$F/azure_standin.log")
-fault "$F" "slow 1500"
+fault "$F" "slow 4000"
 out=$(ctl "$F" kms rotate 2>&1)
 fault "$F" ""
 expect_match "a rotation whose answer is late is reported as maybe done" "$out" 'rotation may have happened'
-sleep 3 # a retry (attempts 2, backoff 0.2 s, 1.5 s slow) would have rotated again by now
-# At most once: on a loaded machine the 1 s timeout can end the call before the stand-in even
+sleep 5 # a retry (attempts 2, backoff 0.2 s, 4 s slow) would have rotated again by now
+# At most once: on a loaded machine the 3 s timeout can end the call before the stand-in even
 # read it (then none), but never twice.
 expect_eq "... and was sent at most once, though attempts is 2" \
     "$(($(grep -c 'standin: rotated keyfleet-kek' "$F/azure_standin.log") - r0 <= 1 ? 1 : 0))" "1"

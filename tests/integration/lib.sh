@@ -305,7 +305,8 @@ YAML
 }
 # fault DIR LINE: the next requests to DIR's stand-in get this fault ("" clears it).
 # azure_kms_yaml KEY LINES: keyfleetd's kms section for the Azure stand-in at $SPORT (for
-# keyfleetd.yaml; DIR's kms.crt from kms_tls): timeout 1s, 2 attempts; LINES are the identity's
+# keyfleetd.yaml; DIR's kms.crt from kms_tls): timeout 3s (the stand-in makes RSA keys in Python,
+# which took more than 1 s on a loaded CI machine), 2 attempts; LINES are the identity's
 # options (tenant, client_id, ..., scope), indented four spaces.
 azure_kms_yaml() {
     cat <<YAML
@@ -313,7 +314,7 @@ limits:
   shutdown_grace: 5s
 kms:
   backend: azure-keyvault
-  timeout: 1s
+  timeout: 3s
   attempts: 2
   azure:
     vault_url: https://127.0.0.1:$SPORT

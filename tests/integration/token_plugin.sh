@@ -93,6 +93,8 @@ a wrapped key that is a number|py:t["keyfleet_wrapped_key"]=1|keyfleet_wrapped_k
 coordinators that are a string|py:t["keyfleet_coordinators"]="127.0.0.1:1"|keyfleet_coordinators must be a list
 a coordinator that is not host:port|py:t["keyfleet_coordinators"]=["nohost"]|keyfleet_coordinators entry 1 is not host:port
 a bad TPM blob|py:t["keyfleet_tpm_sealed"]="kftpm1:<script>"|not a keyfleet TPM blob
+a bad TPM part|py:t["keyfleet_tpm_sealed"]="kftpmnet1:"|not a keyfleet TPM blob
+a TPM part in a rotating token|py:t["keyfleet_tpm_sealed"]="kftpmnet1:AAAA"; t["keyfleet_rotating"]=True|holds a tpm_and_network TPM part in a token marked rotating
 an unknown field|py:t["keyfleet_extra"]=1|unknown field keyfleet_extra
 an unknown version|py:t["keyfleet_version"]=2|keyfleet_version is not 1: written by a newer keyfleet
 another token type|py:t["type"]="systemd-tpm2"|type is not "keyfleet"

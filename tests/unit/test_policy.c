@@ -318,6 +318,49 @@ static void test_require_tpm_key(void **state)
     parse_bad("rules:\n  - name: a\n    effect: deny\n    require: [tpm_key]\n", "require only makes sense");
 }
 
+/* require: [tpm_and_network]: the decision says so (enroll makes a two-part key); never with an
+ * offline fallback; a moved volume whose owner's rule requires it keeps requiring it. */
+static void test_require_tpm_and_network(void **state)
+{
+    (void)state;
+    kfd_policy *p = parse_ok("rules:\n"
+                             "  - name: vault\n"
+                             "    match: {nodes: {names: [\"srv-*\"]}}\n"
+                             "    effect: allow\n"
+                             "    require: [tpm_and_network]\n"
+                             "  - name: everyone\n"
+                             "    match: {nodes: {names: [\"*\"]}}\n"
+                             "    effect: allow\n"
+                             "    offline_fallback: true\n");
+    kfd_policy_input in = {.node = "srv-1", .volume_id = "vol-a", .now = NOON, .enrolling = true};
+    kfd_policy_decision d;
+    kfd_policy_evaluate(p, &in, &d);
+    assert_true(d.allow);
+    assert_true(d.tpm_and_network);
+    assert_false(d.offline_fallback);
+    assert_non_null(strstr(d.explanation, "TPM and network, both required"));
+    in.node = "laptop";
+    kfd_policy_evaluate(p, &in, &d);
+    assert_true(d.allow);
+    assert_false(d.tpm_and_network);
+    assert_true(d.offline_fallback);
+    /* srv-2's volume released to laptop: the owner's rule binds too, so no fallback, two parts. */
+    in.enrolling = false;
+    kfd_policy_evaluate_release(p, &in, "srv-2", &d);
+    assert_true(d.allow);
+    assert_true(d.tpm_and_network);
+    assert_false(d.offline_fallback);
+    kfd_policy_free(p);
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    offline_fallback: true\n    require: [tpm_and_network]\n",
+              "policy:4:23: offline_fallback: true contradicts require: [tpm_and_network]");
+    parse_bad("rules:\n  - name: a\n    effect: deny\n    require: [tpm_and_network]\n", "require only makes sense");
+    parse_bad("rules:\n  - name: a\n    effect: allow\n    require: [tpm_and_net]\n",
+              "known: tpm_key, attested, tpm_and_network");
+    /* offline_fallback: false says the same as leaving it out */
+    kfd_policy_free(parse_ok("rules:\n  - name: a\n    effect: allow\n    offline_fallback: false\n"
+                             "    require: [tpm_and_network]\n"));
+}
+
 static void test_release_of_another_nodes_volume(void **state)
 {
     (void)state;
@@ -451,6 +494,7 @@ int main(void)
         cmocka_unit_test(test_release_of_another_nodes_volume),
         cmocka_unit_test(test_require_tpm_key),
         cmocka_unit_test(test_require_attested),
+        cmocka_unit_test(test_require_tpm_and_network),
         cmocka_unit_test(test_golden_pcrs),
         cmocka_unit_test(test_attestation_section),
         cmocka_unit_test(test_max_key_age),

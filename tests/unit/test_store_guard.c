@@ -20,6 +20,7 @@
 #include "store/store_erase.h"
 #include "store/store_guard.h"
 #include "store/store_read.h"
+#include "store/store_recovery.h"
 
 #include "kf_test_tmpdir.h"
 
@@ -720,6 +721,140 @@ static void test_cert_denylist(void **state)
     kfd_store_close(s);
 }
 
+
+static int escrow(kfd_store *s, const char *node, const char *vol, const char *rid, const char *wrapped, bool zfs,
+                  int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecoveryEscrow c = KEYFLEET__V1__CMD_RECOVERY_ESCROW__INIT;
+    c.volume_id = (char *)vol;
+    c.node = (char *)node;
+    c.wrapped = (char *)wrapped;
+    c.kcv = (char *)"";
+    c.request_id = (char *)rid;
+    c.zfs = zfs;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
+    cmd.recovery_escrow = &c;
+    return apply(s, &cmd, NULL);
+}
+
+/* A held reveal as rpc_recovery.c proposes it: rule "recovery", no change, op1 its proposer. */
+static int propose_reveal(kfd_store *s, const char *id, const char *vol, uint32_t needed)
+{
+    audit_at a;
+    audit(&a, T0, "recovery_request", KEYFLEET__V1__DECISION__DECISION_PENDING);
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    v.id = (char *)vol;
+    Keyfleet__V1__Timestamp c = ts(T0), x = ts(T0 + 600);
+    Keyfleet__V1__CmdCreatePending p = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
+    p.request_id = (char *)id;
+    p.node = (char *)"n1";
+    p.volume = &v;
+    p.created_at = &c;
+    p.expires_at = &x;
+    p.approvals_needed = needed;
+    p.rule = (char *)"recovery";
+    p.audit = &a.e;
+    p.proposer = (char *)"op1";
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
+    cmd.create_pending = &p;
+    return apply(s, &cmd, NULL);
+}
+
+static int reveal(kfd_store *s, const char *id, const char *vol, const char *op, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "recovery_reveal", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecoveryReveal c = KEYFLEET__V1__CMD_RECOVERY_REVEAL__INIT;
+    c.volume_id = (char *)vol;
+    c.operator_ = (char *)op;
+    c.request_id = (char *)id;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
+    cmd.recovery_reveal = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static size_t to_replace(kfd_store *s, const char *node)
+{
+    char *ids[4];
+    size_t n = 0;
+    assert_int_equal(kfd_store_recovery_to_replace(s, node, ids, 4, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        free(ids[i]);
+    return n;
+}
+
+/* docs/recovery.md: the escrow only for the enrolling node, not revoked, a replay changing
+ * nothing; the reveal only by the proposer of an approved, unspent, unexpired "recovery" request
+ * for that volume, once; a reveal's approvals are no release's; a new escrow retires a revealed
+ * one, but a revealed ZFS key only after a rotation. */
+static void test_recovery_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("recovery.db");
+    kfd_recovery rec;
+    assert_int_equal(enroll(s, "v1", "n1", T0), 0);
+    assert_int_equal(escrow(s, "n2", "v1", RID, "w1", false, T0), -EACCES);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), -ENOENT);
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0), 0);
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w2", false, T0), 0); /* a replay */
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_string_equal(rec.wrapped, "w1");
+    kfd_recovery_clear(&rec);
+    assert_int_equal(enroll(s, "v3", "n3", T0), 0);
+    assert_int_equal(revoke_node(s, "n3"), 0);
+    assert_int_equal(escrow(s, "n3", "v3", RID, "w", false, T0), -EACCES);
+
+    /* A release request approved for v1 is no reveal. */
+    assert_int_equal(create_pending(s, RID3, "n1", "v1", 1, T0 + 600, false), 0);
+    assert_int_equal(approve(s, RID3, "op1", 0, T0), 0);
+    assert_int_equal(reveal(s, RID3, "v1", "op1", T0 + 1), -EACCES);
+
+    assert_int_equal(propose_reveal(s, RID2, "v1", 2), 0);
+    assert_int_equal(state_of(s, RID2), KFD_PENDING_WAITING);
+    assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 1), -EACCES); /* one of two */
+    assert_int_equal(approve(s, RID2, "op1", 0, T0 + 1), -EEXIST);  /* the proposer counts once */
+    assert_int_equal(approve(s, RID2, "op2", 0, T0 + 1), 0);
+    assert_int_equal(state_of(s, RID2), KFD_PENDING_APPROVED);
+    assert_int_equal(record_release(s, RID2, "n1", "v1", true, T0 + 1), -EACCES);
+    assert_int_equal(reveal(s, RID2, "v1", "op2", T0 + 1), -EACCES);     /* not the proposer */
+    assert_int_equal(reveal(s, RID2, "v3", "op1", T0 + 1), -EACCES);     /* another volume */
+    assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 600), -ESTALE);   /* expired */
+    assert_int_equal(to_replace(s, "n1"), 0);
+    assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 2), 0);
+    assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 3), -ESTALE);     /* spent */
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_int_equal(rec.revealed_at, T0 + 2);
+    assert_string_equal(rec.revealed_by, "op1");
+    kfd_recovery_clear(&rec);
+    assert_int_equal(to_replace(s, "n1"), 1);
+    assert_int_equal(to_replace(s, "n2"), 0);
+
+    /* ZFS: the revealed key is the dataset's; not rotated since the reveal, it is not replaced. */
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "", true, T0 + 4), -ESTALE);
+    assert_int_equal(to_replace(s, "n1"), 1);
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 4), 0);
+    assert_int_equal(to_replace(s, "n1"), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_string_equal(rec.wrapped, "w3");
+    assert_int_equal(rec.revealed_at, 0);
+    kfd_recovery_clear(&rec);
+
+    /* A retired volume's recovery key is refused with its key: neither escrowed nor revealed. */
+    assert_int_equal(propose_reveal(s, RID, "v1", 2), 0);
+    assert_int_equal(approve(s, RID, "op2", 0, T0 + 5), 0);
+    assert_int_equal(lifecycle(s, true, "v1", T0 + 5), 0);
+    assert_int_equal(reveal(s, RID, "v1", "op1", T0 + 6), -EACCES);
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w4", false, T0 + 6), -EACCES);
+    kfd_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -733,6 +868,7 @@ int main(void)
         cmocka_unit_test(test_secret_id_bound_to_role_id),
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_rotation_at_apply),
+        cmocka_unit_test(test_recovery_at_apply),
         cmocka_unit_test(test_retire_and_unrevoke_at_apply),
         cmocka_unit_test(test_wipe_and_erase_confirm_at_apply),
     };

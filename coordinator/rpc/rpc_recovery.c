@@ -1,0 +1,327 @@
+/* AdminService.RevealRecoveryKey (docs/recovery.md): the break-glass reveal of a volume's
+ * escrowed recovery key to an operator. Proposed, it waits as a pending request of rule
+ * "recovery" for admin.approvers distinct operators (at least 2; TOTP where admin.totp says),
+ * the proposer counting once; approved, the proposer's next call gets the key sealed to its own
+ * ephemeral key, once the reveal (which spends the request and marks the escrow for
+ * replacement) is committed with its audit record. store_recovery.c checks it again at apply. */
+#include "rpc/rpc_recovery.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/app.h"
+#include "core/audit.h"
+#include "front/seal.h"
+#include "front/server.h"
+#include "kf_log.h"
+#include "kf_secmem.h"
+#include "rpc/rpc_admin.h"
+#include "rpc/rpc_change.h"
+#include "rpc/rpc_node.h"
+#include "store/store_apply.h"
+#include "store/store_read.h"
+#include "store/store_recovery.h"
+
+/* Break glass needs two people even where other operator changes need one. */
+#define RECOVERY_MIN_APPROVERS 2
+
+typedef struct reveal_op {
+    kfd_op base;
+    const Keyfleet__V1__RevealRecoveryKeyRequest *req; /* valid while base.call is */
+    char request_id[65];
+    char volume_id[129];
+    char node[64];
+    char name[256];
+    int kind;
+    uint32_t needed;
+    char refusal[256]; /* the proposer's TOTP refused: why */
+    char *wrapped;     /* what the KMS unwraps */
+    kfd_sealed sealed;
+} reveal_op;
+
+static void reveal_op_free(reveal_op *op)
+{
+    free(op->wrapped);
+    kf_wipe(&op->sealed, sizeof(op->sealed));
+    kfd_op_free(op);
+}
+
+static void refuse(kfd_call *call, reveal_op *op, const char *volume_id, const char *request_id, kf_connect_code code,
+                   const char *why)
+{
+    char vol[129], rid[65], msg[300];
+    snprintf(vol, sizeof(vol), "%s", volume_id);
+    snprintf(rid, sizeof(rid), "%s", request_id);
+    snprintf(msg, sizeof(msg), "%s", why);
+    if (op != NULL)
+        reveal_op_free(op);
+    kfd_rpc_deny_audited(call, "recovery_reveal", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid, code, msg);
+}
+
+static Keyfleet__V1__VolumeRef volume_ref(reveal_op *op)
+{
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    v.id = op->volume_id;
+    v.kind = (Keyfleet__V1__VolumeKind)op->kind;
+    v.name = op->name;
+    return v;
+}
+
+static void on_revealed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    reveal_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        reveal_op_free(op);
+        return;
+    }
+    if (status == -EACCES || status == -ESTALE) {
+        refuse(call, op, op->volume_id, op->request_id,
+               status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
+        return;
+    }
+    if (status != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "the reveal could not be recorded; no key was shown");
+        reveal_op_free(op);
+        return;
+    }
+    Keyfleet__V1__SealedKey sk;
+    kfd_rpc_sealed_key(&sk, &op->sealed);
+    Keyfleet__V1__VolumeRef v = volume_ref(op);
+    Keyfleet__V1__RevealRecoveryKeyResponse resp = KEYFLEET__V1__REVEAL_RECOVERY_KEY_RESPONSE__INIT;
+    resp.request_id = op->request_id;
+    resp.approved = true;
+    resp.sealed_key = &sk;
+    resp.volume = &v;
+    resp.node = op->node;
+    resp.audit_seq = res->audit_seq;
+    kf_log_warn("recovery_revealed", "operator=%s volume=%s node=%s request=%s audit_seq=%llu", call->peer->name,
+                kf_log_q(op->volume_id), op->node, op->request_id, (unsigned long long)res->audit_seq);
+    kfd_call_reply(call, &resp.base);
+    reveal_op_free(op);
+}
+
+static void on_unwrapped(void *arg, const kfd_kms_result *res)
+{
+    reveal_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call == NULL) {
+        reveal_op_free(op);
+        return;
+    }
+    if (res->status != 0) {
+        kf_log_error("kms_failed", "op=recovery_reveal volume=%s error=%s", kf_log_q(op->volume_id),
+                     kf_log_q(res->message));
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "KMS unavailable; no key was shown");
+        reveal_op_free(op);
+        return;
+    }
+    if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "recovery-reveal", op->request_id, op->volume_id,
+                     res->plaintext->data, &op->sealed) != 0) {
+        reveal_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
+        return;
+    }
+    char reason[400];
+    snprintf(reason, sizeof(reason), "recovery key of volume %s (node %s) shown to the operator; the node replaces it "
+             "at its next contact", op->volume_id, op->node);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), "recovery_reveal", KEYFLEET__V1__DECISION__DECISION_ALLOW, op->node,
+                   op->volume_id, op->request_id, reason);
+    Keyfleet__V1__CmdRecoveryReveal c = KEYFLEET__V1__CMD_RECOVERY_REVEAL__INIT;
+    c.volume_id = op->volume_id;
+    c.operator_ = (char *)call->peer->name;
+    c.request_id = op->request_id;
+    c.audit = &a.entry;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
+    cmd.recovery_reveal = &c;
+    kfd_commit(kfd_call_app(call), &cmd, on_revealed, op);
+}
+
+static void on_proposed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    reveal_op *op = arg;
+    kfd_call *call = op->base.call;
+    if (call != NULL && kfd_rpc_commit_answer(call, status, err)) {
+        kfd_pending p;
+        Keyfleet__V1__VolumeRef v = volume_ref(op);
+        Keyfleet__V1__RevealRecoveryKeyResponse resp = KEYFLEET__V1__REVEAL_RECOVERY_KEY_RESPONSE__INIT;
+        resp.request_id = op->request_id;
+        resp.approvals_needed = op->needed;
+        resp.approvals_have = 1;
+        if (kfd_store_get_pending(kfd_call_app(call)->store, op->request_id, &p) == 0) {
+            resp.approved = p.state == KFD_PENDING_APPROVED;
+            resp.approvals_have = p.approvals_have;
+        }
+        resp.volume = &v;
+        resp.node = op->node;
+        kf_log_info("recovery_requested", "operator=%s volume=%s request=%s needed=%u", call->peer->name,
+                    kf_log_q(op->volume_id), op->request_id, op->needed);
+        kfd_call_reply(call, &resp.base);
+    }
+    reveal_op_free(op);
+}
+
+static void on_totp_refused(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)status, (void)res, (void)err;
+    reveal_op *op = arg;
+    if (op->base.call != NULL)
+        kfd_call_error(op->base.call, KF_CONNECT_PERMISSION_DENIED, "%s", op->refusal);
+    reveal_op_free(op);
+}
+
+static void propose(kfd_call *call, reveal_op *op)
+{
+    kfd_app *app = kfd_call_app(call);
+    kfd_admin_policy admin = kfd_policy_admin(app->policy);
+    op->needed = admin.approvers > RECOVERY_MIN_APPROVERS ? admin.approvers : RECOVERY_MIN_APPROVERS;
+    int64_t step = 0;
+    /* Written straight into op: the refusal's callback may run, and free op, before this returns. */
+    int r = kfd_operator_totp(call, op->req->totp_code, admin.require_totp, op->node, op->volume_id, "", &step,
+                              op->refusal, sizeof(op->refusal), on_totp_refused, op);
+    if (r == -EACCES)
+        return; /* answered once the refusal is recorded */
+    if (r != 0) {
+        char why[sizeof(op->refusal)];
+        snprintf(why, sizeof(why), "%s", op->refusal);
+        reveal_op_free(op);
+        kfd_call_error(call, r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT : KF_CONNECT_UNAVAILABLE, "%s", why);
+        return;
+    }
+    kfd_new_request_id(op->request_id);
+    int64_t now = time(NULL);
+    char reason[400];
+    snprintf(reason, sizeof(reason), "reveal of the recovery key of volume %s (node %s) proposed, needs %u operators%s",
+             op->volume_id, op->node, op->needed, admin.require_totp ? " with TOTP" : "");
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), "recovery_request", KEYFLEET__V1__DECISION__DECISION_PENDING, op->node,
+                   op->volume_id, op->request_id, reason);
+    Keyfleet__V1__VolumeRef v = volume_ref(op);
+    Keyfleet__V1__Timestamp created = KEYFLEET__V1__TIMESTAMP__INIT, expires = KEYFLEET__V1__TIMESTAMP__INIT;
+    created.seconds = now;
+    expires.seconds = now + admin.pending_ttl_s;
+    char summary[400];
+    snprintf(summary, sizeof(summary), "reveal the recovery key of volume %s (node %s) to %s", op->volume_id, op->node,
+             call->peer->name);
+    Keyfleet__V1__CmdCreatePending p = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
+    p.request_id = op->request_id;
+    p.node = op->node;
+    p.volume = &v;
+    p.source_address = call->source;
+    p.created_at = &created;
+    p.expires_at = &expires;
+    p.approvals_needed = op->needed;
+    p.rule = (char *)"recovery";
+    p.audit = &a.entry;
+    p.require_totp = admin.require_totp;
+    p.change_summary = summary;
+    p.proposer = (char *)call->peer->name;
+    p.proposer_totp_step = step;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
+    cmd.create_pending = &p;
+    kfd_commit(app, &cmd, on_proposed, op);
+}
+
+void kfd_rpc_reveal_recovery_key(kfd_call *call)
+{
+    const Keyfleet__V1__RevealRecoveryKeyRequest *req = (const Keyfleet__V1__RevealRecoveryKeyRequest *)call->request;
+    bool reveal = req->request_id[0] != '\0';
+    const char *bad = NULL;
+    size_t vl = strlen(req->volume_id);
+    if (vl == 0 || vl > 128)
+        bad = "volume_id must be 1..128 characters";
+    else if (reveal && !kfd_request_id_valid(req->request_id))
+        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
+    else if (reveal && req->ephemeral_public_key.len != 32)
+        bad = "ephemeral_public_key must be 32 bytes (X25519)";
+    else if (strlen(req->totp_code) > 16)
+        bad = "totp_code is 6 digits";
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
+    if (!kfd_rpc_store_ok(call))
+        return;
+    kfd_app *app = kfd_call_app(call);
+    kfd_volume vol;
+    int r = kfd_store_get_volume(app->store, req->volume_id, &vol);
+    kfd_recovery rec = {0};
+    if (r == 0 && (r = kfd_store_get_recovery(app->store, req->volume_id, &rec)) != 0)
+        kfd_volume_clear(&vol);
+    if (r == -ENOENT) {
+        refuse(call, NULL, req->volume_id, req->request_id, KF_CONNECT_NOT_FOUND,
+               "no such volume, or no recovery key escrowed for it (keyfleet-agent recovery-key add)");
+        return;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    reveal_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_volume_clear(&vol);
+        kfd_recovery_clear(&rec);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    op->req = req;
+    op->kind = vol.kind;
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", vol.id);
+    snprintf(op->node, sizeof(op->node), "%s", vol.node);
+    snprintf(op->name, sizeof(op->name), "%s", vol.name);
+    snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    bool zfs = vol.kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
+    char *wrapped = op->wrapped = strdup(zfs ? vol.wrapped_key : rec.wrapped);
+    kfd_volume_clear(&vol);
+    kfd_recovery_clear(&rec);
+    if (!reveal) {
+        propose(call, op);
+        return;
+    }
+    /* The checks the apply makes again, here first so a refused reveal costs no KMS call. */
+    kfd_pending p;
+    char proposer[64] = "";
+    const char *why = NULL;
+    kf_connect_code code = KF_CONNECT_PERMISSION_DENIED;
+    r = kfd_store_get_pending(app->store, req->request_id, &p);
+    if (r == 0)
+        r = kfd_store_pending_proposer(app->store, req->request_id, proposer, sizeof(proposer));
+    if (r == -ENOENT || (r == 0 && (strcmp(p.rule, "recovery") != 0 || strcmp(p.volume_id, op->volume_id) != 0))) {
+        why = "no recovery key reveal of this volume has that request id";
+        code = KF_CONNECT_NOT_FOUND;
+    } else if (r != 0) {
+        reveal_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    } else if (strcmp(proposer, call->peer->name) != 0) {
+        why = "the reveal was proposed by another operator; only the proposer is shown the key";
+    } else if (p.state == KFD_PENDING_CONSUMED) {
+        why = "this request was already used to reveal the key; propose again";
+        code = KF_CONNECT_FAILED_PRECONDITION;
+    } else if (p.state == KFD_PENDING_EXPIRED || time(NULL) >= p.expires_at) {
+        why = "the request has expired; propose again";
+        code = KF_CONNECT_FAILED_PRECONDITION;
+    } else if (p.state != KFD_PENDING_APPROVED) {
+        why = p.state == KFD_PENDING_DENIED ? "the reveal was denied" : "the reveal is not approved yet";
+    }
+    if (why == NULL && wrapped == NULL)
+        why = "out of memory";
+    if (why != NULL) {
+        refuse(call, op, op->volume_id, req->request_id, code, why);
+        return;
+    }
+    if (kfd_call_deadline_passed(call, "the KMS unwrap")) {
+        reveal_op_free(op);
+        return;
+    }
+    char kms_id[160];
+    snprintf(kms_id, sizeof(kms_id), zfs ? "%s" : "%s/recovery", op->volume_id);
+    app->kms->ops->unwrap(app->kms, kms_id, wrapped, on_unwrapped, op);
+}

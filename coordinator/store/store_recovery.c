@@ -1,0 +1,190 @@
+/* Recovery keys (docs/recovery.md). The escrow and the reveal are checked here, at apply, on every
+ * replica: a revocation, a reveal or a spent approval committed while a handler waited on the KMS
+ * still stops what it would have let through. */
+#include "store/store_recovery.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_audit.h"
+#include "store/store_guard.h"
+#include "store/store_internal.h"
+#include "store/store_read.h"
+
+static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
+{
+    return a != NULL && a->time != NULL ? a->time->seconds : 0;
+}
+
+void kfd_recovery_clear(kfd_recovery *r)
+{
+    free(r->wrapped);
+    memset(r, 0, sizeof(*r));
+}
+
+int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_GET);
+    kfd_bind_text(st, 1, volume_id);
+    int r = kfd_store_step_row(s, st, "reading a recovery key");
+    if (r != 0)
+        return r;
+    kfd_store_copy_col(st, 0, ret->node, sizeof(ret->node));
+    const unsigned char *w = sqlite3_column_text(st, 1);
+    ret->wrapped = strdup(w != NULL ? (const char *)w : "");
+    kfd_store_copy_col(st, 2, ret->kcv, sizeof(ret->kcv));
+    kfd_store_copy_col(st, 3, ret->request_id, sizeof(ret->request_id));
+    ret->created_at = sqlite3_column_int64(st, 4);
+    ret->revealed_at = sqlite3_column_int64(st, 5);
+    kfd_store_copy_col(st, 6, ret->revealed_by, sizeof(ret->revealed_by));
+    sqlite3_reset(st);
+    return ret->wrapped != NULL ? 0 : -ENOMEM;
+}
+
+int kfd_store_pending_proposer(kfd_store *s, const char *request_id, char *ret, size_t size)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_PROPOSER);
+    kfd_bind_text(st, 1, request_id);
+    int r = kfd_store_step_row(s, st, "reading a request's proposer");
+    if (r != 0)
+        return r;
+    kfd_store_copy_col(st, 0, ret, size);
+    sqlite3_reset(st);
+    return 0;
+}
+
+int kfd_store_recovery_to_replace(kfd_store *s, const char *node, char **ids, size_t max, size_t *ret_n)
+{
+    *ret_n = 0;
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_TO_REPLACE);
+    kfd_bind_text(st, 1, node);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *ret_n < max) {
+        const unsigned char *id = sqlite3_column_text(st, 0);
+        if ((ids[*ret_n] = strdup(id != NULL ? (const char *)id : "")) == NULL) {
+            sqlite3_reset(st);
+            return -ENOMEM;
+        }
+        (*ret_n)++;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : kfd_store_sql_error(s, rc, "listing recovery keys", NULL);
+}
+
+int kfd_store_set_proposer(kfd_store *s, const char *request_id, const char *proposer, kf_err *err)
+{
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_PROPOSER);
+    kfd_bind_text(st, 1, proposer);
+    kfd_bind_text(st, 2, request_id);
+    return kfd_store_step_done(s, st, "recording the proposer", err);
+}
+
+/* Only the node that enrolled the volume, not revoked, escrows its recovery key; a repeated
+ * request id (an agent retrying) changes nothing. */
+int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecoveryEscrow *c, uint64_t *seq,
+                                    kf_err *err)
+{
+    if (c->audit == NULL || c->volume_id[0] == '\0' || c->request_id[0] == '\0')
+        return kf_err_set(err, -EINVAL, "recovery escrow command incomplete");
+    int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r != 0)
+        return r;
+    kfd_volume v;
+    if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
+                            : kf_err_set(err, r, "reading the volume");
+    bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0;
+    int64_t key_made = v.key_created_at;
+    kfd_volume_clear(&v);
+    if (!owner)
+        return kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+    if (retired)
+        return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
+    kfd_recovery cur;
+    r = kfd_store_get_recovery(s, c->volume_id, &cur);
+    if (r != 0 && r != -ENOENT)
+        return kf_err_set(err, r, "reading the recovery key");
+    bool replay = r == 0 && strcmp(cur.request_id, c->request_id) == 0;
+    /* ZFS: the revealed key is the dataset's own; it is retired only by a rotation after the reveal. */
+    bool unrotated = r == 0 && !replay && c->zfs && cur.revealed_at != 0 && key_made < cur.revealed_at;
+    kfd_recovery_clear(&cur);
+    if (unrotated)
+        return kf_err_set(err, -ESTALE, "the dataset's key was revealed as its recovery key: rotate it first");
+    if (!replay) {
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_PUT);
+        kfd_bind_text(st, 1, c->volume_id);
+        kfd_bind_text(st, 2, c->node);
+        kfd_bind_text(st, 3, c->wrapped);
+        kfd_bind_text(st, 4, c->kcv);
+        kfd_bind_text(st, 5, c->request_id);
+        sqlite3_bind_int64(st, 6, audit_time(c->audit));
+        if ((r = kfd_store_step_done(s, st, "escrowing the recovery key", err)) != 0)
+            return r;
+    }
+    return kfd_store_append_audit(s, c->audit, seq, err);
+}
+
+/* The reveal spends an approved request of rule "recovery" for this volume, proposed by this
+ * operator, before it expires; then the escrow is marked revealed, for the node to replace. */
+int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecoveryReveal *c, uint64_t *seq,
+                                    kf_err *err)
+{
+    if (c->audit == NULL || c->operator_[0] == '\0' || c->request_id[0] == '\0')
+        return kf_err_set(err, -EINVAL, "recovery reveal command incomplete");
+    if (c->audit->decision != KEYFLEET__V1__DECISION__DECISION_ALLOW)
+        return kfd_store_append_audit(s, c->audit, seq, err);
+    kfd_pending p;
+    int r = kfd_store_get_pending(s, c->request_id, &p);
+    if (r != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "no request %s", c->request_id)
+                            : kf_err_set(err, r, "reading the request");
+    char proposer[64] = "";
+    if ((r = kfd_store_pending_proposer(s, c->request_id, proposer, sizeof(proposer))) != 0)
+        return kf_err_set(err, -EIO, "reading the request's proposer");
+    if (strcmp(p.rule, "recovery") != 0 || strcmp(p.volume_id, c->volume_id) != 0)
+        return kf_err_set(err, -EACCES, "request %s is not a recovery key reveal of volume %s", c->request_id,
+                          c->volume_id);
+    if (strcmp(proposer, c->operator_) != 0)
+        return kf_err_set(err, -EACCES, "request %s was proposed by another operator", c->request_id);
+    if (p.state == KFD_PENDING_CONSUMED)
+        return kf_err_set(err, -ESTALE, "request %s was already used to reveal the key", c->request_id);
+    if (p.state != KFD_PENDING_APPROVED)
+        return kf_err_set(err, -EACCES, "request %s is not approved (%u of %u operators)", c->request_id,
+                          p.approvals_have, p.approvals_needed);
+    if (audit_time(c->audit) >= p.expires_at)
+        return kf_err_set(err, -ESTALE, "request %s has expired", c->request_id);
+    kfd_recovery cur;
+    if ((r = kfd_store_get_recovery(s, c->volume_id, &cur)) != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s has no recovery key", c->volume_id)
+                            : kf_err_set(err, r, "reading the recovery key");
+    kfd_recovery_clear(&cur);
+    /* A retired volume's keys are refused for ever, its recovery key with them. */
+    kfd_volume v;
+    if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
+        return kf_err_set(err, r == -ENOENT ? -ESTALE : r, "reading the volume");
+    bool retired = v.retired_at != 0;
+    kfd_volume_clear(&v);
+    if (retired)
+        return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_STATE);
+    sqlite3_bind_int(st, 1, (int)KFD_PENDING_CONSUMED);
+    kfd_bind_text(st, 2, c->request_id);
+    if ((r = kfd_store_step_done(s, st, "spending the request", err)) != 0)
+        return r;
+    st = kfd_store_stmt(s, ST_RECOVERY_REVEALED);
+    sqlite3_bind_int64(st, 1, audit_time(c->audit));
+    kfd_bind_text(st, 2, c->operator_);
+    kfd_bind_text(st, 3, c->volume_id);
+    if ((r = kfd_store_step_done(s, st, "recording the reveal", err)) != 0)
+        return r;
+    return kfd_store_append_audit(s, c->audit, seq, err);
+}

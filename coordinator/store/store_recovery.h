@@ -1,0 +1,39 @@
+/* Recovery keys (docs/recovery.md): each volume's escrowed key, the checks applied with its
+ * escrow and its reveal, and the volumes a node must give a new one. */
+#ifndef KFD_STORE_RECOVERY_H
+#define KFD_STORE_RECOVERY_H
+
+#include <stdint.h>
+
+#include "keyfleet/v1/state.pb-c.h"
+#include "kf_err.h"
+#include "store/store.h"
+
+typedef struct kfd_recovery {
+    char node[64];
+    char *wrapped; /* LUKS2: wrapped under VOLUME_ID/recovery; ZFS: "" (the dataset's own key) */
+    char kcv[24];
+    char request_id[65];
+    int64_t created_at;
+    int64_t revealed_at; /* 0: never shown to an operator */
+    char revealed_by[64];
+} kfd_recovery;
+
+void kfd_recovery_clear(kfd_recovery *r);
+/* A volume's escrowed recovery key: 0, -ENOENT (none), -EIO or -ENOMEM. */
+int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *ret);
+/* The operator who proposed a held request ("" for a node's release request). 0, -ENOENT, -EIO. */
+int kfd_store_pending_proposer(kfd_store *s, const char *request_id, char *ret, size_t size);
+/* Ids of node's volumes whose recovery key was revealed (at most max): *ret_n of them in ids, each
+ * malloc'ed (free them). 0, -EIO or -ENOMEM. */
+int kfd_store_recovery_to_replace(kfd_store *s, const char *node, char **ids, size_t max, size_t *ret_n);
+
+/* --- for the store's own files --- */
+int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecoveryEscrow *c, uint64_t *seq,
+                                    kf_err *err);
+int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecoveryReveal *c, uint64_t *seq,
+                                    kf_err *err);
+/* Records the proposer of a held request (apply_create_pending). */
+int kfd_store_set_proposer(kfd_store *s, const char *request_id, const char *proposer, kf_err *err);
+
+#endif

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# TPM and network, both required (policy require: [tpm_and_network], #26 section 3), with a
+# software TPM, LUKS2 files and the ZFS stand-in: enroll seals a random TPM part and stores it as
+# kftpmnet1: (never a kftpm1: copy of the key); the keyslot key is HKDF-SHA256(TPM part ||
+# coordinator part), recomputed here independently (Python) and checked with cryptsetup, while
+# either part alone opens nothing; with both parts unlock, the keyscript and the token plugin
+# open the volume; another TPM, a changed PCR, a coordinator that is down and a revoked node each
+# fail, without any fallback; rotation refuses such volumes; a rule with both tpm_and_network
+# and offline_fallback is refused.
+. "$(dirname "$0")/lib.sh"
+
+TPM_PROBE=$BUILD/tests/tpm_probe
+PLUGIN=$BUILD/agent/libcryptsetup-token-keyfleet.so
+TPP=$BUILD/tests/token_plugin_probe
+F=$WORK/fleet
+fleet_init "$F"
+issue "$F" node n1
+start_kfd "$F"
+put_policy "$F" <<'YAML'
+rules:
+  - name: two-factor
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_and_network]
+YAML
+start_swtpm "$WORK/tpm"
+TCTI1=$TCTI
+start_swtpm "$WORK/tpm-other"
+TCTI2=$TCTI
+TCTI=$TCTI1
+luks_file "$WORK/disk.luks" "pw"
+"$ZFS_STANDIN" __zpool_create tank
+# Written again after each restart: keyfleetd listens on a new port each time.
+write_config() {
+    agent_config "$WORK/a.yaml" n1 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"${1:-$TCTI1}\", pcrs: [7]}" \
+        "volumes:" "  - luks: $WORK/disk.luks"
+}
+write_config
+A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
+# token_get FILE FIELD: the keyfleet token's FIELD in FILE ("-": none); token_field FIELD: disk.luks's.
+token_get() {
+    luks_json "$1" | python3 -c 'import json,sys; t=json.load(sys.stdin)["tokens"]
+print([v for v in t.values() if v["type"]=="keyfleet"][0].get(sys.argv[1], "-"))' "$2"
+}
+token_field() { token_get "$WORK/disk.luks" "$1"; }
+relock() { "$ZFS_STANDIN" unmount tank/data 2>/dev/null; "$ZFS_STANDIN" unload-key tank/data 2>/dev/null; }
+
+out=$(ctl "$F" policy check n1 some-volume 2>&1)
+expect_match "policy check says the rule asks for both parts" "$out" "TPM and network, both required"
+
+out=$(printf 'pw' | A enroll "$WORK/disk.luks" 2>&1)
+expect_eq "enroll under require: [tpm_and_network] succeeds" "$?" "0"
+expect_match "... saying both parts are needed and there is no offline unlock" "$out" \
+    "TPM and network both required \\(no offline unlock\\)"
+PART=$(token_field keyfleet_tpm_sealed)
+expect_match "the LUKS2 token carries the sealed TPM part" "$PART" "^kftpmnet1:[A-Za-z0-9+/=]+$"
+case $(luks_json "$WORK/disk.luks") in
+*kftpm1:*) not_ok "... and no TPM copy of the key (no offline fallback)" ;;
+*) ok "... and no TPM copy of the key (no offline fallback)" ;;
+esac
+expect_match "the audit's enroll record names the mode" \
+    "$(ctl "$F" audit --action enroll --json)" "TPM and network, both required"
+out=$(A enroll zfs:tank/data 2>&1)
+expect_match "a ZFS dataset enrolls the same way" "$out" "TPM and network both required"
+expect_match "... its property holds the TPM part" \
+    "$("$ZFS_STANDIN" get -H -o value org.keyfleet:tpm-sealed tank/data)" "^kftpmnet1:"
+relock
+
+# The keyslot key, recomputed apart from the agent: the coordinator part as a node gets it, the
+# TPM part unsealed by the probe, HKDF-SHA256 with the documented label and the volume id.
+UUID=$(cryptsetup luksUUID "$WORK/disk.luks")
+rel=$(node "$F" n1 release "$UUID" "$(token_field keyfleet_wrapped_key)")
+COORD=$(field key "$rel")
+expect_match "a node can have the coordinator part" "$COORD" "^[0-9a-f]{64}$"
+TPMPART=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${PART#kftpmnet1:}" 2>&1)
+expect_match "the TPM gives its part" "$TPMPART" "^[0-9a-f]{64}$"
+hkdf() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import hashlib, hmac, sys
+ikm = bytes.fromhex(sys.argv[1]) + bytes.fromhex(sys.argv[2])
+prk = hmac.new(b"\0" * 32, ikm, hashlib.sha256).digest()
+info = b"keyfleet tpm_and_network keyslot key v1\0" + sys.argv[3].encode()
+sys.stdout.buffer.write(hmac.new(prk, info + b"\x01", hashlib.sha256).digest())
+PY
+}
+hkdf "$TPMPART" "$COORD" "$UUID" >"$WORK/derived.key"
+check "HKDF-SHA256(TPM part || coordinator part) opens the volume" \
+    cryptsetup open --test-passphrase --key-file="$WORK/derived.key" "$WORK/disk.luks"
+printf '%s' "$COORD" | xxd -r -p >"$WORK/coord.key"
+if cryptsetup open --test-passphrase --key-file="$WORK/coord.key" "$WORK/disk.luks" 2>/dev/null; then
+    not_ok "the coordinator part alone (a compromised coordinator or KMS) does not open it"
+else
+    ok "the coordinator part alone (a compromised coordinator or KMS) does not open it"
+fi
+printf '%s' "$TPMPART" | xxd -r -p >"$WORK/tpm.key"
+if cryptsetup open --test-passphrase --key-file="$WORK/tpm.key" "$WORK/disk.luks" 2>/dev/null; then
+    not_ok "the TPM part alone does not open it"
+else
+    ok "the TPM part alone does not open it"
+fi
+rm -f "$WORK/derived.key" "$WORK/coord.key" "$WORK/tpm.key"
+
+out=$(A unlock --all 2>&1)
+expect_eq "with both parts, unlock opens every volume (exit 0)" "$?" "0"
+expect_match "... the LUKS2 file" "$out" "disk.luks: unlocked \\(key verified"
+expect_eq "... and the ZFS dataset" "$("$ZFS_STANDIN" get -H -o value keystatus tank/data)" "available"
+relock
+
+printf '#!/bin/sh\necho "$1" >&2\nsleep 30\n' >"$WORK/askpass-wait" && chmod +x "$WORK/askpass-wait"
+rm -f /run/keyfleet/keyscript-tnroot.agent
+CRYPTTAB_NAME=tnroot CRYPTTAB_SOURCE=$WORK/disk.luks CRYPTTAB_TRIED=0 timeout 60 \
+    "$AGENT" -c "$WORK/a.yaml" keyscript --askpass "$WORK/askpass-wait" >"$WORK/ks.key" 2>"$WORK/ks.console"
+expect_match "the keyscript combines both parts, saying so" "$(cat "$WORK/ks.console")" \
+    "keyfleet: tnroot: released by a coordinator, with the TPM's part"
+check "... and its key opens the volume" cryptsetup open --test-passphrase --key-file="$WORK/ks.key" "$WORK/disk.luks"
+rm -f "$WORK/ks.key" /run/keyfleet/keyscript-tnroot.agent
+
+out=$(KEYFLEET_CONFIG=$WORK/a.yaml "$TPP" "$PLUGIN" open "$WORK/disk.luks" 2>&1)
+expect_match "the token plugin combines both parts, and the key opens the volume" "$out" "open ok len=32 keyslot=[0-9]+ opens=yes"
+out=$(KEYFLEET_CONFIG=$WORK/a.yaml "$TPP" "$PLUGIN" dump "$WORK/disk.luks" 2>&1)
+expect_match "the token plugin's dump says there is no offline unlock" "$out" "TPM copy: +no; a TPM part: TPM and network both required"
+
+# Without the TPM part: another TPM.
+write_config "$TCTI2"
+out=$(A unlock --all 2>&1)
+expect_eq "another TPM: nothing unlocks (exit 1)" "$?" "1"
+expect_match "... the TPM's refusal is named" "$out" "needs TPM and network, and the TPM did not give its part"
+expect_eq "... the dataset stays locked" "$("$ZFS_STANDIN" get -H -o value keystatus tank/data)" "unavailable"
+write_config
+
+# Rotation is refused before anything changes.
+out=$(A rotate "$WORK/disk.luks" 2>&1)
+expect_eq "rotate refuses a tpm_and_network volume (exit 1)" "$?" "1"
+expect_match "... clearly" "$out" "needs TPM and network \\(require: \\[tpm_and_network\\]\\): its key cannot be rotated yet"
+expect_eq "... and the token is unchanged" "$(token_field keyfleet_tpm_sealed)" "$PART"
+
+# A recovery key escrowed with the coordinators would open the volume without its TPM part.
+out=$(A recovery-key add "$WORK/disk.luks" 2>&1)
+expect_eq "recovery-key add refuses a tpm_and_network volume (not 0)" "$([ "$?" -ne 0 ] && echo refused)" "refused"
+expect_match "... the coordinator says why" "$out" "requires TPM and network: a recovery key escrowed with the coordinators"
+expect_match "... audited as denied" "$(ctl "$F" audit --action recovery_escrow --json)" '"decision":"deny"'
+
+# Without the coordinator part: the coordinator down. No fallback by construction.
+stop_kfd TERM
+out=$(A unlock --all 2>&1)
+expect_eq "coordinator down: nothing unlocks (exit 1)" "$?" "1"
+case $out in
+*"unlocked from the TPM"* | *offline_unlock*) not_ok "... and nothing falls back to the TPM" "$out" ;;
+*) ok "... and nothing falls back to the TPM" ;;
+esac
+expect_eq "... the dataset stays locked" "$("$ZFS_STANDIN" get -H -o value keystatus tank/data)" "unavailable"
+out=$(KEYFLEET_CONFIG=$WORK/a.yaml "$TPP" "$PLUGIN" open "$WORK/disk.luks" 2>&1)
+expect_match "... the token plugin too fails, as unreachable" "$out" "coordinator unreachable"
+start_kfd "$F"
+write_config
+
+# Without the coordinator part: the node revoked.
+ctl "$F" node revoke n1 "stolen" >/dev/null
+out=$(A unlock --all 2>&1)
+expect_eq "node revoked: nothing unlocks (exit 1)" "$?" "1"
+expect_match "... the refusal is reported" "$out" "permission_denied: node is revoked"
+
+# Without the TPM part: PCR 7 changed.
+issue "$F" node n2
+agent_config "$WORK/b.yaml" n2 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"$TCTI1\", pcrs: [7]}"
+luks_file "$WORK/disk2.luks" "pw"
+out=$(printf 'pw' | "$AGENT" -c "$WORK/b.yaml" enroll "luks:$WORK/disk2.luks" 2>&1)
+expect_match "a second node enrolls under the same rule" "$out" "TPM and network both required"
+TPM2TOOLS_TCTI="$TCTI1" tpm2_pcrextend 7:sha256=$(printf '%064d' 7) >/dev/null 2>&1
+out=$("$AGENT" -c "$WORK/b.yaml" unlock "luks:$WORK/disk2.luks" 2>&1)
+expect_eq "after PCR 7 changes, the volume does not unlock (exit 1)" "$?" "1"
+expect_match "... the PCR change is named" "$out" "PCR values changed since the key was sealed"
+
+# Without a TPM at enroll: nothing is enrolled.
+agent_config "$WORK/c.yaml" n2 "tpm: {tcti: \"swtpm:host=127.0.0.1,port=1\"}"
+luks_file "$WORK/disk3.luks" "pw"
+out=$(printf 'pw' | "$AGENT" -c "$WORK/c.yaml" enroll "luks:$WORK/disk3.luks" 2>&1)
+expect_eq "no TPM at enroll: enroll fails (exit 1)" "$?" "1"
+expect_match "... saying the policy needs one" "$out" "policy requires TPM and network for .*disk3.luks: sealing the TPM part"
+expect_eq "... and leaves no keyfleet token" "$(luks_json "$WORK/disk3.luks" | grep -c '"keyfleet"')" "0"
+
+# The policy change: both at once is refused, naming the line; the policy in force stays.
+cat >"$WORK/both.yaml" <<'YAML'
+rules:
+  - name: both
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    offline_fallback: true
+    require: [tpm_and_network]
+YAML
+out=$(ctl "$F" policy put "$WORK/both.yaml" 2>&1)
+expect_match "a rule with offline_fallback and tpm_and_network is refused, naming the line" "$out" \
+    "5:23: offline_fallback: true contradicts require: \\[tpm_and_network\\]"
+expect_match "... and the policy in force is unchanged" "$(ctl "$F" policy check n2 v 2>&1)" "two-factor"
+
+# The rule tightened after a volume was enrolled without it: the mode is fixed at enroll, so the
+# volume still opens with the coordinator's key, and the agent warns.
+issue "$F" node n3
+put_policy "$F" <<'YAML'
+rules:
+  - name: plain
+    match: {nodes: {names: ["n3"]}}
+    effect: allow
+  - name: two-factor
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_and_network]
+YAML
+agent_config "$WORK/d.yaml" n3 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"$TCTI1\", pcrs: [7]}"
+luks_file "$WORK/disk4.luks" "pw"
+out=$(printf 'pw' | "$AGENT" -c "$WORK/d.yaml" enroll "luks:$WORK/disk4.luks" 2>&1)
+expect_eq "under a rule without the requirement, a volume enrolls with one part" "$(token_get "$WORK/disk4.luks" keyfleet_tpm_sealed)" "-"
+put_policy "$F" <<'YAML'
+rules:
+  - name: two-factor
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_and_network]
+YAML
+out=$("$AGENT" -c "$WORK/d.yaml" unlock "luks:$WORK/disk4.luks" 2>&1)
+expect_eq "the rule tightened later: the volume still unlocks (exit 0)" "$?" "0"
+expect_match "... and the agent warns that its key is the coordinator's alone" "$out" \
+    "event=tpm_and_network_not_enrolled .*enrolled with the coordinator's key alone; the mode is fixed at enroll"
+check_sanitizers
+finish
