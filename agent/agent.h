@@ -36,6 +36,9 @@ typedef struct kfa_ctx {
     /* The last heartbeat's volumes whose recovery key was revealed (watch replaces them). */
     char *recovery_replace[100];
     size_t n_recovery_replace;
+    /* Carries out a heartbeat's crypt-erase orders (kfa_erase_ordered, set by keyfleet-agent's
+     * main); NULL in the token plugin, which leaves them to the next agent run. */
+    void (*erase)(struct kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const *all_ids, size_t n_all);
 } kfa_ctx;
 
 /* Creates the Connect client (TLS context, certificate parsed; no network) if there is none. */
@@ -127,6 +130,14 @@ int kfa_resolve_volume(const kfa_config *cfg, const char *spec, kfa_volume *v, k
 /* This node's volumes: the specs given, or (n_specs 0) the configured ones plus discovered ZFS
  * encryption roots (only those whose key is not loaded, when locked_only). Not yet probed. */
 int kfa_collect_volumes(kfa_ctx *ctx, int n_specs, char **specs, bool locked_only, kfa_volume **ret, size_t *ret_n);
+
+/* Remote crypto-erase (erase.c): locks and erases each of this node's volumes with these ids
+ * (HeartbeatResponse.erase_volume_ids; every keyslot of those in all_ids) and queues the outcomes
+ * for the next heartbeat. */
+void kfa_erase_ordered(kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const *all_ids, size_t n_all);
+/* Queues an erase's outcome (detail: what went, or why not). A failure already queued or reported
+ * with the same detail is not queued again, so an erase that keeps failing alike is audited once. */
+int kfa_state_queue_erased(const kfa_config *cfg, const char *volume_id, bool ok, const char *detail);
 
 /* The rotate command (rotate.c). */
 int kfa_rotate(kfa_ctx *ctx, int argc, char **argv);

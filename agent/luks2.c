@@ -527,6 +527,89 @@ static int luks_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     return r;
 }
 
+/* The keyslots a keyfleet token names (its "keyslots" array), whatever else it holds. */
+static size_t token_slots(const char *json, int *slots, size_t max)
+{
+    json_t *o = json_loads(json, 0, NULL);
+    json_t *a = o != NULL ? json_object_get(o, "keyslots") : NULL;
+    size_t n = 0;
+    for (size_t i = 0; json_is_array(a) && i < json_array_size(a) && n < max; i++) {
+        const char *t = json_string_value(json_array_get(a, i));
+        char *end = NULL;
+        long k = t != NULL ? strtol(t, &end, 10) : -1;
+        if (t != NULL && *t != '\0' && *end == '\0' && k >= 0 && k < 32)
+            slots[n++] = (int)k;
+    }
+    json_decref(o);
+    return n;
+}
+
+static int luks_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_what, size_t what_size, kf_err *err)
+{
+    (void)cfg;
+    snprintf(ret_what, what_size, "nothing left to destroy");
+    struct crypt_device *cd = NULL;
+    int r = device_of(v, &cd, err);
+    if (r != 0)
+        return r;
+    int slots[2 * MAX_TOKENS];
+    size_t n_slots = 0, n_tokens = 0;
+    /* The tokens first: killing a keyslot unassigns it from its token, and a token left naming
+     * none would stop the next probe. */
+    for (int t = 0; t < MAX_TOKENS; t++) {
+        const char *type = NULL, *json = NULL;
+        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
+        if (info == CRYPT_TOKEN_INACTIVE || (!all && (info == CRYPT_TOKEN_INVALID || type == NULL ||
+                                                      strcmp(type, TOKEN_TYPE) != 0)))
+            continue;
+        if (type != NULL && strcmp(type, TOKEN_TYPE) == 0 && sym_crypt_token_json_get(cd, t, &json) >= 0 &&
+            json != NULL)
+            n_slots += token_slots(json, slots + n_slots, 2);
+        if ((r = sym_crypt_token_json_set(cd, t, NULL)) < 0)
+            return kf_err_set(err, r, "%s: cannot remove keyfleet token %d: %s", v->path, t, strerror(-r));
+        n_tokens++;
+    }
+    if (v->replaces_keyslot >= 0) { /* a rotation's old key, when it is still the one recorded */
+        int keep = v->keyslot;
+        v->keyslot = -1;
+        r = kill_replaced(cd, v, v->replaces_keyslot, err);
+        v->keyslot = keep;
+        if (r != 0)
+            return r;
+    }
+    size_t killed = 0;
+    for (size_t i = 0; i < n_slots; i++) {
+        crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, slots[i]);
+        if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
+            continue; /* named twice, or gone already */
+        if ((r = sym_crypt_keyslot_destroy(cd, slots[i])) < 0)
+            return kf_err_set(err, r, "%s: cannot kill keyfleet keyslot %d: %s", v->path, slots[i], strerror(-r));
+        killed++;
+    }
+    size_t others = 0;
+    for (int k = 0; all && k < 32; k++) { /* luksErase: every keyslot, the passphrases too */
+        crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, k);
+        if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
+            continue;
+        if ((r = sym_crypt_keyslot_destroy(cd, k)) < 0)
+            return kf_err_set(err, r, "%s: cannot kill keyslot %d: %s", v->path, k, strerror(-r));
+        others++;
+    }
+    free(v->wrapped);
+    free(v->tpm_blob);
+    free(v->wrapped_next);
+    free(v->tpm_blob_next);
+    v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = NULL;
+    v->keyslot = v->token = v->next_keyslot = v->next_token = v->replaces_keyslot = -1;
+    if (n_tokens + killed > 0)
+        snprintf(ret_what, what_size, "luks2: %zu keyfleet keyslot(s) killed, %zu token(s) removed with their TPM "
+                 "copy", killed, n_tokens);
+    if (all)
+        snprintf(ret_what, what_size, "luks2: every keyslot erased (%zu keyfleet, %zu other), %zu token(s) removed: "
+                 "the data is unrecoverable", killed, others, n_tokens);
+    return 0;
+}
+
 const kfa_driver kfa_luks2_driver = {
     .name = "luks2",
     .probe = luks_probe,
@@ -538,6 +621,7 @@ const kfa_driver kfa_luks2_driver = {
     .rotate_stage = luks_rotate_stage,
     .rotate_retire = luks_rotate_retire,
     .rotate_finish = luks_rotate_finish,
+    .erase = luks_erase,
 };
 
 /* ------------------------------------------------------------------ recovery keyslot */

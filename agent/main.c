@@ -150,6 +150,7 @@ int main(int argc, char **argv)
     }
     ctx.deadline = kf_monotonic_ms() + ctx.cfg->deadline_ms;
     ctx.live = isatty(STDERR_FILENO) == 1;
+    ctx.erase = kfa_erase_ordered;
     const char *cmd = argv[optind];
     int sub_argc = argc - optind, rc;
     if (strcmp(cmd, "initramfs-files") == 0) {

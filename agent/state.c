@@ -193,6 +193,29 @@ int kfa_state_reports_read(const char *path, kfa_state_reports *ret)
         ret->dls[i].volumes_failed = (uint32_t)json_integer_value(json_object_get(e, "failed"));
         ret->dlp[i] = &ret->dls[i];
     }
+    json_t *eq = ret->erased = root != NULL ? json_object_get(root, "erase_pending") : NULL;
+    size_t ne = json_is_array(eq) ? json_array_size(eq) : 0;
+    ret->n_erased = ne < KFA_STATE_ERASED_MAX ? ne : KFA_STATE_ERASED_MAX;
+    for (size_t i = 0; i < ret->n_erased; i++) {
+        json_t *e = json_array_get(eq, i);
+        Keyfleet__V1__VolumeErased *x = &ret->ers[ret->n_erased_send];
+        keyfleet__v1__volume_erased__init(x);
+        keyfleet__v1__timestamp__init(&ret->erats[ret->n_erased_send]);
+        ret->erats[ret->n_erased_send].seconds = json_integer_value(json_object_get(e, "at"));
+        x->at = &ret->erats[ret->n_erased_send];
+        x->volume_id = (char *)json_string_value(json_object_get(e, "volume_id"));
+        x->detail = (char *)json_string_value(json_object_get(e, "detail"));
+        x->ok = json_is_true(json_object_get(e, "ok"));
+        if (x->volume_id == NULL)
+            x->volume_id = (char *)"";
+        if (x->detail == NULL)
+            x->detail = (char *)"";
+        const char *bad = kf_check_volume_erased(x);
+        if (bad != NULL)
+            kf_log_warn("state_report_dropped", "state_file=%s erase=%zu error=%s", kf_log_q(path), i, kf_log_q(bad));
+        else
+            ret->erp[ret->n_erased_send++] = x;
+    }
     Keyfleet__V1__OfflineUnlock *items = ret->items = calloc(n + 1, sizeof(*items));
     Keyfleet__V1__OfflineUnlock **ptrs = ret->ptrs = calloc(n + 1, sizeof(*ptrs));
     Keyfleet__V1__VolumeRef *refs = ret->refs = calloc(n + 1, sizeof(*refs));
@@ -237,13 +260,14 @@ void kfa_state_reports_free(kfa_state_reports *r)
     memset(r, 0, sizeof(*r));
 }
 
-int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
+static int heartbeat_once(kfa_ctx *ctx, bool always, bool *ret_lock, bool *ret_erased, kf_err *err)
 {
     *ret_lock = false;
+    *ret_erased = false;
     kfa_state_reports s;
     int r = kfa_state_reports_read(ctx->cfg->state_file, &s);
-    size_t n = s.n_offline, nd = s.n_dead_man;
-    if (r == 0 && n == 0 && nd == 0 && !always) {
+    size_t n = s.n_offline, nd = s.n_dead_man, ne = s.n_erased;
+    if (r == 0 && n == 0 && nd == 0 && ne == 0 && !always) {
         kfa_state_reports_free(&s);
         return 0;
     }
@@ -265,6 +289,8 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
             kf_log_warn("attest_heartbeat", "quoted=no error=\"%s\"", qerr.msg);
         req.n_dead_man_locks = nd;
         req.dead_man_locks = s.dlp;
+        req.n_erased = s.n_erased_send;
+        req.erased = s.erp;
         ProtobufCMessage *m = NULL;
         kf_rpc_status st;
         r = kf_rpc_call(ctx->client, "keyfleet.v1.NodeService/Heartbeat", &req.base,
@@ -295,12 +321,66 @@ int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
                 kfa_state_drop_reported(ctx->cfg, "dead_man_pending", s.dead_man, nd);
                 kf_log_info("dead_man_locks_reported", "count=%zu", nd);
             }
+            if (ne > 0) {
+                kfa_state_drop_reported(ctx->cfg, "erase_pending", s.erased, ne);
+                kf_log_info("erases_reported", "count=%zu", ne);
+            }
+            /* Crypt-erase ordered (keyfleetctl node wipe): done now, reported by the next heartbeat. */
+            if (resp->n_erase_volume_ids > 0 && ctx->erase != NULL) {
+                kf_log_warn("erase_ordered", "volumes=%zu", resp->n_erase_volume_ids);
+                ctx->erase(ctx, resp->erase_volume_ids, resp->n_erase_volume_ids, resp->erase_all_volume_ids,
+                           resp->n_erase_all_volume_ids);
+                *ret_erased = true;
+            }
         }
         if (m != NULL)
             protobuf_c_message_free_unpacked(m, NULL);
     }
     kfa_state_reports_free(&s);
     return r;
+}
+
+int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err)
+{
+    bool erased = false;
+    int r = heartbeat_once(ctx, always, ret_lock, &erased, err);
+    if (r == 0 && erased) { /* report the erase at once, not an interval later; once only */
+        bool lock = false, again = false;
+        kf_err e2 = {0};
+        if (heartbeat_once(ctx, false, &lock, &again, &e2) != 0)
+            kf_log_warn("erase_report_failed", "error=%s hint=\"the next heartbeat reports it\"", kf_log_q(e2.msg));
+        *ret_lock = *ret_lock || lock;
+    }
+    return r;
+}
+
+int kfa_state_queue_erased(const kfa_config *cfg, const char *volume_id, bool ok, const char *detail)
+{
+    state_tx tx;
+    int r = state_begin(cfg, &tx);
+    if (r != 0)
+        return r;
+    json_t *failures = json_object_get(tx.root, "erase_failures");
+    if (!json_is_object(failures)) {
+        failures = json_object();
+        json_object_set_new(tx.root, "erase_failures", failures);
+    }
+    const char *last = json_string_value(json_object_get(failures, volume_id));
+    if (!ok && last != NULL && strcmp(last, detail) == 0)
+        return state_end(cfg, &tx, false); /* the same failure was reported already */
+    json_t *q = json_object_get(tx.root, "erase_pending");
+    if (!json_is_array(q)) {
+        q = json_array();
+        json_object_set_new(tx.root, "erase_pending", q);
+    }
+    bool ok_write = failures != NULL && q != NULL && json_array_size(q) < KFA_STATE_ERASED_MAX &&
+                    json_array_append_new(q, json_pack("{s:s, s:I, s:b, s:s}", "volume_id", volume_id, "at",
+                                                       (json_int_t)time(NULL), "ok", ok, "detail", detail)) == 0;
+    if (ok_write)
+        ok_write = ok ? (json_object_del(failures, volume_id), true)
+                      : json_object_set_new(failures, volume_id, json_string(detail)) == 0;
+    r = state_end(cfg, &tx, ok_write);
+    return ok_write ? r : -ENOMEM;
 }
 
 void kfa_report_offline(kfa_ctx *ctx)

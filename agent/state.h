@@ -13,6 +13,7 @@
 
 #define KFA_STATE_OFFLINE_MAX 1000 /* the coordinator takes at most 1000 at a time */
 #define KFA_STATE_DEAD_MAN_MAX 100
+#define KFA_STATE_ERASED_MAX 100
 
 typedef struct kfa_state_reports {
     json_t *root;               /* the file as read, or NULL */
@@ -27,13 +28,19 @@ typedef struct kfa_state_reports {
     Keyfleet__V1__Timestamp *ats;
     Keyfleet__V1__DeadManLock dls[KFA_STATE_DEAD_MAN_MAX], *dlp[KFA_STATE_DEAD_MAN_MAX];
     Keyfleet__V1__Timestamp dats[KFA_STATE_DEAD_MAN_MAX];
+    /* Crypt-erase outcomes (erase.c): erased (in root), the first n_erased of it, of which the
+     * n_erased_send a coordinator accepts (kf_check_volume_erased) in erp. */
+    json_t *erased;
+    size_t n_erased, n_erased_send;
+    Keyfleet__V1__VolumeErased ers[KFA_STATE_ERASED_MAX], *erp[KFA_STATE_ERASED_MAX];
+    Keyfleet__V1__Timestamp erats[KFA_STATE_ERASED_MAX];
 } kfa_state_reports;
 
 /* Reads the queued reports of the state file at path (none when it is absent or unreadable).
  * 0 or -ENOMEM; free with kfa_state_reports_free either way. */
 int kfa_state_reports_read(const char *path, kfa_state_reports *ret);
 void kfa_state_reports_free(kfa_state_reports *r);
-/* Removes from the queue key ("offline_pending", "dead_man_pending"), under the lock, the reports
+/* Removes from the queue key ("offline_pending", "dead_man_pending", "erase_pending"), under the lock, the reports
  * a coordinator accepted: the first n of sent, as read before the call (others may have been
  * queued since, behind them). */
 void kfa_state_drop_reported(const kfa_config *cfg, const char *key, json_t *sent, size_t n);

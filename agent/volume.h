@@ -82,6 +82,14 @@ typedef struct kfa_driver {
     int (*rotate_retire)(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key, const kf_secbuf *new_key,
                          kf_err *err);
     int (*rotate_finish)(const kfa_config *cfg, kfa_volume *v, kf_err *err);
+    /* Remote crypto-erase (erase.c): destroys keyfleet's access to the volume, leaving every other
+     * way in (LUKS2: every keyfleet token, with the TPM copy it holds, and the keyslots the tokens
+     * name, a malformed token's too; ZFS: the wrapped-key, wrapped-next and tpm-sealed properties,
+     * the volume-id one kept so the erase can be confirmed again). The caller locks first. 0 also
+     * when nothing was left to destroy; *ret_what says what went. all (node wipe
+     * --erase-all-keyslots): LUKS2, every other keyslot and token too, the operator's passphrases
+     * included (luksErase: the data is unrecoverable); ZFS has no other keyslot. */
+    int (*erase)(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_what, size_t what_size, kf_err *err);
 } kfa_driver;
 
 extern const kfa_driver kfa_luks2_driver;

@@ -301,6 +301,33 @@ static int zfs_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     return 0;
 }
 
+static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_what, size_t what_size, kf_err *err)
+{
+    (void)all; /* keyfleet's raw wrapping key is the dataset's only one */
+    static const char *const props[] = {PROP_NEXT, PROP_TPM, PROP_WRAPPED};
+    bool had[] = {v->wrapped_next != NULL, v->tpm_blob != NULL, v->wrapped != NULL};
+    size_t gone = 0;
+    snprintf(ret_what, what_size, "nothing left to destroy");
+    for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
+        if (!had[i])
+            continue;
+        const char *drop[] = {"inherit", props[i], v->path, NULL};
+        int r = zfs(cfg, drop, NULL, NULL, err);
+        if (r != 0)
+            return kf_err_wrap(err, "%s: cannot remove %s", v->path, props[i]);
+        gone++;
+    }
+    free(v->wrapped);
+    free(v->tpm_blob);
+    free(v->wrapped_next);
+    free(v->tpm_blob_next);
+    v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = NULL;
+    if (gone > 0)
+        snprintf(ret_what, what_size, "zfs: %zu keyfleet propert%s removed (wrapped key%s%s)", gone,
+                 gone == 1 ? "y" : "ies", had[1] ? ", TPM copy" : "", had[0] ? ", rotation's key" : "");
+    return 0;
+}
+
 const kfa_driver kfa_zfs_driver = {
     .name = "zfs",
     .probe = zfs_probe,
@@ -309,6 +336,7 @@ const kfa_driver kfa_zfs_driver = {
     .lock = zfs_lock,
     .store_wrapped = zfs_store_wrapped,
     .store_tpm = zfs_store_tpm,
+    .erase = zfs_erase,
     .rotate_stage = zfs_rotate_stage,
     .rotate_retire = zfs_rotate_retire,
     .rotate_finish = zfs_rotate_finish,

@@ -124,8 +124,28 @@ const char *kf_check_rotate_key(const Keyfleet__V1__RotateKeyRequest *req)
     return bad;
 }
 
+const char *kf_check_volume_erased(const Keyfleet__V1__VolumeErased *e)
+{
+    if (e->volume_id[0] == '\0' || !kf_printable(e->volume_id, 128))
+        return "volume_id must be 1..128 printable bytes";
+    if (e->at == NULL)
+        return "needs a time";
+    if (!kf_printable(e->detail, 512))
+        return "detail must be at most 512 printable bytes";
+    return NULL;
+}
+
 const char *kf_check_heartbeat(const Keyfleet__V1__HeartbeatRequest *req, char *buf, size_t size)
 {
+    if (req->n_erased > KF_ERASED_MAX)
+        return "at most 100 erase reports per heartbeat";
+    for (size_t i = 0; i < req->n_erased; i++) {
+        const char *bad = kf_check_volume_erased(req->erased[i]);
+        if (bad != NULL) {
+            snprintf(buf, size, "erased[%zu]: %s", i, bad);
+            return buf;
+        }
+    }
     if (req->n_offline_unlocks > KF_OFFLINE_UNLOCKS_MAX)
         return "at most 1000 offline unlocks per heartbeat";
     if (req->n_dead_man_locks > KF_DEAD_MAN_LOCKS_MAX)

@@ -15,6 +15,7 @@
 #define KF_LABELS_MAX 32
 #define KF_OFFLINE_UNLOCKS_MAX 1000
 #define KF_DEAD_MAN_LOCKS_MAX 100
+#define KF_ERASED_MAX 100
 
 /* A request id: 16..64 of [0-9A-Za-z-]. */
 bool kf_request_id_valid(const char *s);
@@ -23,6 +24,9 @@ bool kf_printable(const char *s, size_t max);
 const char *kf_check_volume_ref(const Keyfleet__V1__VolumeRef *v);
 const char *kf_check_labels(Keyfleet__V1__Label *const *labels, size_t n);
 const char *kf_check_offline_unlock(const Keyfleet__V1__OfflineUnlock *u);
+/* An erase report (HeartbeatRequest.erased): a volume id of 1..128 printable bytes, a time, a
+ * detail of at most 512. */
+const char *kf_check_volume_erased(const Keyfleet__V1__VolumeErased *e);
 
 const char *kf_check_enroll(const Keyfleet__V1__EnrollRequest *req);
 const char *kf_check_release(const Keyfleet__V1__ReleaseRequest *req);

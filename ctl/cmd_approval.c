@@ -124,14 +124,16 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
     Keyfleet__V1__ListVolumesResponse *resp = (Keyfleet__V1__ListVolumesResponse *)m;
     int64_t now = time(NULL);
     if (!json)
-        printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %s\n", "VOLUME", "KIND", "NODE", "KEY MADE", "KEY AGE",
-               "MAX AGE", "OVERDUE", "ROTATION");
+        printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %-11s  %s\n", "VOLUME", "KIND", "NODE", "KEY MADE",
+               "KEY AGE", "MAX AGE", "OVERDUE", "ROTATION", "ERASE");
     for (size_t i = 0; i < resp->n_volumes; i++) {
         Keyfleet__V1__VolumeInfo *v = resp->volumes[i];
         const char *id = v->volume != NULL ? v->volume->id : "";
         const char *kind = v->volume != NULL && v->volume->kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS ? "zfs"
                                                                                                              : "luks2";
         int64_t age_days = now > v->key_created_at ? (now - v->key_created_at) / 86400 : 0;
+        /* A crypt-erase: pending until the node confirmed it (docs/operations.md). */
+        const char *erase = v->erase_requested_at == 0 ? NULL : v->erased_at != 0 ? "erased" : "pending";
         char made[32];
         fmt_time(v->key_created_at, made, sizeof(made));
         char age[24];
@@ -144,18 +146,20 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
         else if (v->max_key_age_s > 0)
             snprintf(max, sizeof(max), "%llus", (unsigned long long)v->max_key_age_s);
         if (json) {
-            json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:I, s:s, s:b}", "volume", id, "kind", kind, "node",
+            json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:I, s:s, s:b, s:o}", "volume", id, "kind", kind, "node",
                                   v->node, "key_created_at", (json_int_t)v->key_created_at, "key_age_days",
                                   (json_int_t)age_days, "rotation_in_progress", v->rotation_in_progress,
                                   "max_key_age_s", (json_int_t)v->max_key_age_s, "max_key_age_from",
-                                  v->max_key_age_from, "key_overdue", v->key_overdue);
+                                  v->max_key_age_from, "key_overdue", v->key_overdue, "erase",
+                                  erase ? json_string(erase) : json_null());
             char *line = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
             printf("%s\n", line != NULL ? line : "{}");
             free(line);
             json_decref(o);
         } else {
-            printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %s\n", id, kind, v->node, made, age, max,
-                   v->key_overdue ? "OVERDUE" : "-", v->rotation_in_progress ? "in progress" : "-");
+            printf("%-38s  %-5s  %-16s  %-20s  %-8s  %-8s  %-7s  %-11s  %s\n", id, kind, v->node, made, age, max,
+                   v->key_overdue ? "OVERDUE" : "-", v->rotation_in_progress ? "in progress" : "-",
+                   erase != NULL ? erase : "-");
         }
     }
     protobuf_c_message_free_unpacked(m, NULL);

@@ -1,4 +1,5 @@
 /* keyfleetctl node list [--json] | node unrevoke NAME [--reason TEXT] [--totp CODE] |
+ * node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] |
  * volume show ID|NAME [--json] | volume retire ID [--reason TEXT] (docs/operations.md, "Node and
  * volume lifecycle"). */
 #include <getopt.h>
@@ -153,18 +154,95 @@ int kfctl_node_unrevoke(kfctl *ctl, int argc, char **argv)
     return 0;
 }
 
+/* node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] (docs/operations.md, "Remote
+ * crypto-erase"): held for approval like unrevoke. */
+int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
+{
+    static const struct option opts[] = {{"volumes", required_argument, NULL, 'v'},
+                                         {"reason", required_argument, NULL, 'r'},
+                                         {"totp", required_argument, NULL, 't'},
+                                         {"erase-all-keyslots", no_argument, NULL, 'A'},
+                                         {NULL, 0, NULL, 0}};
+    const char *reason = "", *totp = "";
+    char *vols = NULL;
+    bool all = false;
+    int o;
+    optind = 0;
+    while ((o = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
+        if (o == 'v')
+            vols = optarg;
+        else if (o == 'r')
+            reason = optarg;
+        else if (o == 't')
+            totp = optarg;
+        else if (o == 'A')
+            all = true;
+        else
+            return kfctl_usage("node");
+    }
+    if (optind + 2 != argc)
+        return kfctl_usage("node");
+    char *ids[100], *save = NULL;
+    size_t n = 0;
+    for (char *t = vols != NULL ? strtok_r(vols, ",", &save) : NULL; t != NULL; t = strtok_r(NULL, ",", &save)) {
+        if (n == sizeof(ids) / sizeof(ids[0])) {
+            fprintf(stderr, "keyfleetctl: at most 100 volumes per wipe\n");
+            return KFCTL_EXIT_USAGE;
+        }
+        ids[n++] = t;
+    }
+    if (vols != NULL && n == 0)
+        return kfctl_usage("node");
+    Keyfleet__V1__WipeNodeRequest req = KEYFLEET__V1__WIPE_NODE_REQUEST__INIT;
+    req.node = argv[optind + 1];
+    req.volume_ids = ids;
+    req.n_volume_ids = n;
+    req.reason = (char *)reason;
+    req.totp_code = (char *)totp;
+    req.erase_all_keyslots = all;
+    ProtobufCMessage *m = NULL;
+    if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/WipeNode", &req.base,
+                        &keyfleet__v1__wipe_node_response__descriptor, &m) != 0)
+        return 1;
+    Keyfleet__V1__WipeNodeResponse *resp = (Keyfleet__V1__WipeNodeResponse *)m;
+    printf("wipe of node %s (", req.node);
+    for (size_t i = 0; i < resp->n_volume_ids; i++)
+        printf("%s%s", i > 0 ? " " : "", resp->volume_ids[i]);
+    if (resp->pending_request_id[0] != '\0')
+        printf(") held as request %s: %u approvals needed\n", resp->pending_request_id, resp->approvals_needed);
+    else
+        printf(") approved: the keys are refused now; the node erases at its next heartbeat\n");
+    protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
+}
+
+/* "pending" (asked for, not confirmed by the node), "erased", or NULL. */
+static const char *erase_state(const Keyfleet__V1__VolumeInfo *v)
+{
+    return v->erase_requested_at == 0 ? NULL : v->erased_at != 0 ? "erased" : "pending";
+}
+
 static json_t *volume_json(const Keyfleet__V1__VolumeInfo *v)
 {
     json_t *labels = json_object();
     for (size_t k = 0; k < v->n_labels; k++)
         json_object_set_new(labels, v->labels[k]->key, json_string(v->labels[k]->value));
     const char *kind = v->volume->kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS ? "zfs" : "luks2";
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:b, s:o, s:s, s:o, s:s}", "volume", v->volume->id,
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:b, s:o, s:s, s:o, s:s}", "volume", v->volume->id,
                      "name", v->volume->name, "kind", kind, "node", v->node, "labels", labels, "enrolled_at",
                      time_json(v->created_at), "key_created_at", time_json(v->key_created_at), "last_released_at",
                      time_json(v->last_released_at), "rotation_in_progress", v->rotation_in_progress, "retired_at",
                      time_json(v->retired_at), "retired_reason", v->retired_reason, "retired",
                      json_boolean(v->retired_at != 0), "last_node", v->last_node);
+    if (o != NULL) {
+        const char *e = erase_state(v);
+        json_object_set_new(o, "erase", e != NULL ? json_string(e) : json_null());
+        json_object_set_new(o, "erase_requested_at", time_json(v->erase_requested_at));
+        json_object_set_new(o, "erased_at", time_json(v->erased_at));
+        json_object_set_new(o, "erase_detail", json_string(v->erase_detail));
+        json_object_set_new(o, "erase_all_keyslots", json_boolean(v->erase_all_keyslots));
+    }
+    return o;
 }
 
 int kfctl_volume_show(kfctl *ctl, int argc, char **argv)
@@ -214,6 +292,14 @@ int kfctl_volume_show(kfctl *ctl, int argc, char **argv)
             printf("state:         retired %s: %s\n", ret, found->retired_reason);
         else
             printf("state:         in service\n");
+        char asked[32], done[32];
+        fmt_time(found->erase_requested_at, asked, sizeof(asked));
+        fmt_time(found->erased_at, done, sizeof(done));
+        if (found->erased_at != 0)
+            printf("erase:         erased %s (asked %s): %s\n", done, asked, found->erase_detail);
+        else if (found->erase_requested_at != 0)
+            printf("erase:         PENDING since %s%s: the node has not confirmed it\n", asked,
+                   found->erase_all_keyslots ? " (every keyslot)" : "");
         rc = 0;
     }
     protobuf_c_message_free_unpacked(m, NULL);

@@ -218,6 +218,8 @@ int kfctl_cmd_node(kfctl *ctl, int argc, char **argv)
         return kfctl_node_list(ctl, argc, argv);
     if (argc >= 2 && strcmp(argv[1], "unrevoke") == 0)
         return kfctl_node_unrevoke(ctl, argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "wipe") == 0)
+        return kfctl_node_wipe(ctl, argc, argv);
     if (argc < 3 || argc > 4 || strcmp(argv[1], "revoke") != 0) {
         kfctl_usage("node");
         return KFCTL_EXIT_USAGE;

@@ -60,6 +60,7 @@ int kfctl_volume_recovery_key(kfctl *ctl, int argc, char **argv);
 /* node list [--json] (cmd_approval.c; "node" itself is in cmd_policy.c). */
 int kfctl_node_list(kfctl *ctl, int argc, char **argv);
 int kfctl_node_unrevoke(kfctl *ctl, int argc, char **argv);
+int kfctl_node_wipe(kfctl *ctl, int argc, char **argv);
 int kfctl_volume_show(kfctl *ctl, int argc, char **argv);
 int kfctl_volume_retire(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_kms(kfctl *ctl, int argc, char **argv);

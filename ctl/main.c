@@ -51,6 +51,12 @@ static const kf_cli_cmd commands_help[] = {
              "node revoke NAME [REASON]\n"
              "node unrevoke NAME [--reason TEXT] [--totp CODE]\n"
              "       held for approval under the policy's admin.approvers, like a policy put\n"
+             "node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] [--erase-all-keyslots]\n"
+             "       remote crypto-erase, held for approval like unrevoke: the volumes (all of the\n"
+             "       node's when none are named) are retired, and at its next heartbeat the agent\n"
+             "       destroys keyfleet's keyslots and TPM copies; pending in volume show until then;\n"
+             "       --erase-all-keyslots (LUKS2 luksErase, where policy wipe.erase_all_keyslots\n"
+             "       allows it) removes the passphrase keyslots too: the data is unrecoverable\n"
              "node attest show|accept NAME [--totp CODE]\n"
              "       measured-boot PCR values: show them, accept the last quoted ones"},
     {"volume", "volume list [--json]\n"

@@ -50,6 +50,7 @@ typedef struct group {
     char *name;
     kf_strlist members; /* node name globs */
     uint64_t dead_man_s; /* dead_man.after; 0: none */
+    bool erase_all_keyslots; /* wipe.erase_all_keyslots: node wipe --erase-all-keyslots allowed */
 } group;
 
 struct kfd_policy {
@@ -211,7 +212,16 @@ static const kf_yaml_field lifecycle_fields[] = {
 typedef struct group_sec {
     kf_strlist nodes;
     const kf_yaml_node *dead_man;
+    const kf_yaml_node *wipe;
 } group_sec;
+
+typedef struct wipe_sec {
+    bool erase_all_keyslots;
+} wipe_sec;
+
+static const kf_yaml_field wipe_fields[] = {
+    {"erase_all_keyslots", kf_yaml_dec_bool, offsetof(wipe_sec, erase_all_keyslots), NULL, true},
+};
 
 typedef struct dead_man_sec {
     uint64_t after_ms;
@@ -220,6 +230,7 @@ typedef struct dead_man_sec {
 static const kf_yaml_field group_fields[] = {
     {"nodes", kf_yaml_dec_strlist, offsetof(group_sec, nodes), NULL, true},
     {"dead_man", dec_node_ref, offsetof(group_sec, dead_man), NULL, false},
+    {"wipe", dec_node_ref, offsetof(group_sec, wipe), NULL, false},
 };
 
 static const kf_yaml_field dead_man_fields[] = {
@@ -558,6 +569,11 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
                     rc = kf_yaml_decode_map(doc, gs.dead_man, dead_man_fields, N(dead_man_fields), &dm, err);
                     g->dead_man_s = dm.after_ms / 1000;
                 }
+                if (rc == 0 && gs.wipe != NULL) {
+                    wipe_sec ws = {0};
+                    rc = kf_yaml_decode_map(doc, gs.wipe, wipe_fields, N(wipe_fields), &ws, err);
+                    g->erase_all_keyslots = ws.erase_all_keyslots;
+                }
             } else {
                 rc = kf_yaml_dec_strlist(doc, val, &g->members, NULL, err);
             }
@@ -826,6 +842,14 @@ void kfd_policy_key_age(const kfd_policy *p, const kfd_policy_input *in, int64_t
     ret->max_age_s = max_key_age(p, in, ret->from);
     ret->age_s = in->now > key_created_at ? in->now - key_created_at : 0;
     ret->overdue = ret->max_age_s != 0 && (uint64_t)ret->age_s > ret->max_age_s;
+}
+
+bool kfd_policy_erase_all_allowed(const kfd_policy *p, const char *node)
+{
+    for (size_t g = 0; p != NULL && g < p->n_groups; g++)
+        if (p->groups[g].erase_all_keyslots && any_glob(&p->groups[g].members, node))
+            return true;
+    return false;
 }
 
 uint64_t kfd_policy_dead_man(const kfd_policy *p, const char *node)

@@ -97,6 +97,9 @@ void kfd_policy_key_age(const kfd_policy *p, const kfd_policy_input *in, int64_t
 /* The dead-man window of node, in seconds (0: none): the shortest dead_man.after of the groups
  * it belongs to. A node that has not reached a coordinator for that long locks its volumes. */
 uint64_t kfd_policy_dead_man(const kfd_policy *p, const char *node);
+/* Whether a group of node sets wipe.erase_all_keyslots: `node wipe --erase-all-keyslots` (the
+ * operator's passphrase keyslots destroyed too, the data unrecoverable) is refused otherwise. */
+bool kfd_policy_erase_all_allowed(const kfd_policy *p, const char *node);
 
 /* What a heartbeat from node must show to count as its contact (review rev26 R10): *tpm_key and
  * *attested are set when an allow rule that selects node by name or group requires tpm_key or

@@ -17,6 +17,8 @@
 #include <jansson.h>
 
 #include "rpc/rpc_node.h"
+#include "rpc/rpc_erase.h"
+#include "store/store_erase.h"
 #include "rpc/rpc_attest.h"
 
 #include "core/app.h"
@@ -1601,6 +1603,11 @@ typedef struct heartbeat_op {
     char attest_why[320];
     char *replace[100]; /* volumes whose recovery key was revealed: the agent replaces them */
     size_t n_replace;
+    char **erase_ids; /* volumes the node is to crypt-erase (rpc_erase.c) */
+    size_t n_erase;
+    char *erase_all_ids[KFD_ERASE_MAX]; /* of those, the ones that erase every keyslot (borrowed) */
+    size_t n_erase_all;
+    kfd_erase_action erase_actions[KF_ERASED_MAX];
 } heartbeat_op;
 
 static void answer_heartbeat(heartbeat_op *op)
@@ -1620,10 +1627,15 @@ static void answer_heartbeat(heartbeat_op *op)
         resp.dead_man_after_s = op->dead_man_after_s;
         resp.n_recovery_replace = op->n_replace;
         resp.recovery_replace = op->replace;
+        resp.erase_volume_ids = op->erase_ids;
+        resp.n_erase_volume_ids = op->n_erase;
+        resp.erase_all_volume_ids = op->erase_all_ids;
+        resp.n_erase_all_volume_ids = op->n_erase_all;
         kfd_call_reply(call, &resp.base);
     }
     for (size_t i = 0; i < op->n_replace; i++)
         free(op->replace[i]);
+    kfd_store_free_ids(op->erase_ids, op->n_erase);
     kfd_op_free(op);
 }
 
@@ -1764,6 +1776,14 @@ void kfd_rpc_heartbeat(kfd_call *call)
         return;
     }
     op->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, call->peer->name);
+    /* Crypt-erase: the node's reports of erases, and the erases still to do (less those). */
+    int n_erase_commits = kfd_erase_plan(call, req, op->erase_actions);
+    if (n_erase_commits < 0 || kfd_erase_orders(call, req, op->erase_actions, &op->erase_ids, &op->n_erase, op->erase_all_ids,
+                                                    &op->n_erase_all) != 0) {
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
     /* Every report, and the node's last contact (replicated: `keyfleetctl node list` shows nodes
      * silent past their dead-man window on any replica), is committed before the answer. A
      * commit may call back at once; the last one (node_seen) may answer and free op and the
@@ -1800,7 +1820,8 @@ void kfd_rpc_heartbeat(kfd_call *call)
                     : req->attestation == NULL           ? "no_quote"
                                                          : "not_attested");
     /* The last 1 is node_seen's, or the hold released at the end when there is no contact. */
-    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0) + (refused ? 1 : 0);
+    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0) + (refused ? 1 : 0) +
+                      (size_t)n_erase_commits;
     if (req->attestation != NULL) {
         op->attested = att.attested;
         snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
@@ -1895,6 +1916,7 @@ void kfd_rpc_heartbeat(kfd_call *call)
         kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
     }
     free(offline);
+    kfd_erase_commit(call, req, op->erase_actions, on_offline_audited, op);
     if (!contact) {
         if (--op->outstanding == 0)
             answer_heartbeat(op);

@@ -10,6 +10,7 @@
 #include "rpc/rpc_approle.h"
 #include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
+#include "rpc/rpc_erase.h"
 #include "rpc/rpc_lifecycle.h"
 #include "rpc/rpc_node.h"
 #include "rpc/rpc_recovery.h"
@@ -65,6 +66,7 @@ const kfd_method kfd_methods[] = {
     ADMIN("UnrevokeNode", unrevoke_node_request, kfd_rpc_unrevoke_node, W),
     ADMIN("RetireVolume", retire_volume_request, kfd_rpc_retire_volume, W),
     ADMIN("RevealRecoveryKey", reveal_recovery_key_request, kfd_rpc_reveal_recovery_key, W),
+    ADMIN("WipeNode", wipe_node_request, kfd_rpc_wipe_node, W),
     PEER("AuditHead", audit_head_request, kfd_rpc_audit_head, R),
 };
 

@@ -97,6 +97,10 @@ static const char *const migrations[] = {
     "  kcv TEXT NOT NULL, request_id TEXT NOT NULL, created_at INTEGER NOT NULL, revealed_at INTEGER,"
     "  revealed_by TEXT);"
     "ALTER TABLE pending ADD COLUMN proposer TEXT NOT NULL DEFAULT '';",
+    /* 13: remote crypto-erase (docs/operations.md): volumes an approved wipe asked their node to
+     * erase, and the node's confirmation. */
+    "CREATE TABLE volume_erase (volume_id TEXT PRIMARY KEY, node TEXT NOT NULL, requested_at INTEGER NOT NULL,"
+    "  erased_at INTEGER, detail TEXT, erase_all INTEGER NOT NULL DEFAULT 0);",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -142,9 +146,17 @@ static const char *const sql[ST_COUNT] = {
     [ST_VOLUME_ROTATE_COMMIT] = "UPDATE volumes SET wrapped_key = next_wrapped_key, key_kcv = next_kcv, "
                                 "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "
                                 "WHERE id = ? AND next_wrapped_key IS NOT NULL",
-    [ST_VOLUME_LIST] = "SELECT id, kind, name, node, created_at, coalesce(key_created_at, created_at), "
+    [ST_VOLUME_LIST] = "SELECT id, kind, name, volumes.node, created_at, coalesce(key_created_at, created_at), "
                        "next_wrapped_key IS NOT NULL, coalesce(last_released_at, 0), labels, coalesce(retired_at, 0), "
-                       "coalesce(retired_reason, ''), coalesce(last_node, '') FROM volumes ORDER BY id",
+                       "coalesce(retired_reason, ''), coalesce(last_node, ''), coalesce(e.requested_at, 0), "
+                       "coalesce(e.erased_at, 0), coalesce(e.detail, ''), coalesce(e.erase_all, 0) FROM volumes "
+                       "LEFT JOIN volume_erase e ON e.volume_id = volumes.id ORDER BY id",
+    [ST_ERASE_INSERT] = "INSERT INTO volume_erase (volume_id, node, requested_at, erase_all) VALUES (?, ?, ?, ?)",
+    [ST_ERASE_GET] = "SELECT node, coalesce(erased_at, 0) FROM volume_erase WHERE volume_id = ?",
+    [ST_ERASE_CONFIRM] = "UPDATE volume_erase SET erased_at = ?, detail = ? WHERE volume_id = ? AND node = ? "
+                         "AND erased_at IS NULL",
+    [ST_ERASE_PENDING_OF] = "SELECT volume_id, erase_all FROM volume_erase WHERE node = ? AND erased_at IS NULL "
+                            "ORDER BY volume_id LIMIT 100",
     [ST_NODE_SEEN] = "INSERT INTO nodes (name, revoked, last_seen_at) VALUES (?1, 0, ?2) ON CONFLICT(name) DO UPDATE "
                      "SET last_seen_at = max(coalesce(last_seen_at, 0), excluded.last_seen_at)",
     /* Every node keyfleetd knows of: seen or revoked (nodes), or owning a volume. */

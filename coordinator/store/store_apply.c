@@ -11,6 +11,7 @@
 #include "store/store_apply.h"
 #include "store/store_approle.h"
 #include "store/store_audit.h"
+#include "store/store_erase.h"
 #include "store/store_guard.h"
 #include "store/store_recovery.h"
 #include "store/store_internal.h"
@@ -375,6 +376,10 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_recovery_escrow(s, cmd->recovery_escrow, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL:
         return kfd_store_apply_recovery_reveal(s, cmd->recovery_reveal, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES:
+        return kfd_store_apply_wipe(s, cmd->wipe_volumes, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_ERASE_CONFIRM:
+        return kfd_store_apply_erase_confirm(s, cmd->erase_confirm, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE:
     case KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID:
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:

@@ -174,6 +174,7 @@ static bool change_allowed(const Keyfleet__V1__StateCommand *cmd)
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE ||
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID ||
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE ||
+           cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES ||
            (cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST && strcmp(cmd->attest->kind, "accept") == 0);
 }
 
@@ -195,7 +196,7 @@ int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, 
     if (cmd == NULL || !change_allowed(cmd)) {
         if (cmd != NULL)
             keyfleet__v1__state_command__free_unpacked(cmd, NULL);
-        return kf_err_set(err, -EINVAL, "change %s does not hold a policy, role, secret id, PCR acceptance or unrevoke change", request_id);
+        return kf_err_set(err, -EINVAL, "change %s does not hold a policy, role, secret id, PCR acceptance, unrevoke or wipe change", request_id);
     }
     r = kfd_store_apply_one(s, cmd, seq, err);
     keyfleet__v1__state_command__free_unpacked(cmd, NULL);

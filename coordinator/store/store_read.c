@@ -411,6 +411,7 @@ void kfd_store_free_volume_list(Keyfleet__V1__ListVolumesResponse *resp)
             free(v->max_key_age_from);
         free(v->retired_reason);
         free(v->last_node);
+        free(v->erase_detail);
         free(v);
     }
     free(resp->volumes);
@@ -455,8 +456,12 @@ int kfd_store_list_volumes(kfd_store *s, Keyfleet__V1__ListVolumesResponse *resp
         v->retired_at = sqlite3_column_int64(st, 9);
         v->retired_reason = dup_col(st, 10);
         v->last_node = dup_col(st, 11);
+        v->erase_requested_at = sqlite3_column_int64(st, 12);
+        v->erased_at = sqlite3_column_int64(st, 13);
+        v->erase_detail = dup_col(st, 14);
+        v->erase_all_keyslots = sqlite3_column_int(st, 15) != 0;
         if (ref->id == NULL || ref->name == NULL || v->node == NULL || v->retired_reason == NULL ||
-            v->last_node == NULL) {
+            v->last_node == NULL || v->erase_detail == NULL) {
             r = -ENOMEM;
             break;
         }

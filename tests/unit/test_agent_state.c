@@ -96,11 +96,43 @@ static void refused_reports_are_not_sent(void **state)
     kfa_state_reports_free(&s);
 }
 
+/* Crypt-erase outcomes: a failure repeated alike is queued (and so audited) once, a new one or a
+ * success again; a report a coordinator would refuse is not sent. */
+static void erase_reports_queued_once(void **state)
+{
+    (void)state;
+    char file[128];
+    snprintf(file, sizeof(file), "%s/agent-erase.json", tmpdir);
+    remove(file);
+    kfa_config cfg = {.state_file = file};
+    assert_int_equal(kfa_state_queue_erased(&cfg, "vol-1", false, "no volume with this id on the node"), 0);
+    assert_int_equal(kfa_state_queue_erased(&cfg, "vol-1", false, "no volume with this id on the node"), 0);
+    assert_int_equal(kfa_state_queue_erased(&cfg, "vol-1", false, "cannot kill keyslot 1"), 0);
+    assert_int_equal(kfa_state_queue_erased(&cfg, "vol-1", true, "luks2: 1 keyslot"), 0);
+    assert_int_equal(kfa_state_queue_erased(&cfg, "vol-2", false, "bad\001 detail"), 0);
+    kfa_state_reports s;
+    assert_int_equal(kfa_state_reports_read(file, &s), 0);
+    assert_int_equal(s.n_erased, 4);
+    assert_int_equal(s.n_erased_send, 3); /* the control character is refused by kf_check_volume_erased */
+    assert_false(s.erp[0]->ok);
+    assert_string_equal(s.erp[1]->detail, "cannot kill keyslot 1");
+    assert_true(s.erp[2]->ok);
+    assert_string_equal(s.erp[2]->volume_id, "vol-1");
+    kfa_state_drop_reported(&cfg, "erase_pending", s.erased, s.n_erased);
+    kfa_state_reports_free(&s);
+    /* After the success, the same failure counts as new again. */
+    assert_int_equal(kfa_state_queue_erased(&cfg, "vol-1", false, "no volume with this id on the node"), 0);
+    assert_int_equal(kfa_state_reports_read(file, &s), 0);
+    assert_int_equal(s.n_erased, 1);
+    kfa_state_reports_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(concurrent_queue_and_record_lose_nothing),
         cmocka_unit_test(refused_reports_are_not_sent),
+        cmocka_unit_test(erase_reports_queued_once),
     };
     return cmocka_run_group_tests_name("agent_state", tests, tmpdir_setup, tmpdir_teardown);
 }

@@ -17,6 +17,7 @@
 #include "store/store.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
+#include "store/store_erase.h"
 #include "store/store_guard.h"
 #include "store/store_read.h"
 #include "store/store_recovery.h"
@@ -586,6 +587,78 @@ static void test_retire_and_unrevoke_at_apply(void **state)
     kfd_store_close(s);
 }
 
+static int wipe(kfd_store *s, const char *node, const char *vol, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "node_wipe", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    a.e.reason = (char *)"stolen";
+    char *ids[] = {(char *)vol};
+    Keyfleet__V1__CmdWipeVolumes c = KEYFLEET__V1__CMD_WIPE_VOLUMES__INIT;
+    c.node = (char *)node;
+    c.volume_ids = ids;
+    c.n_volume_ids = 1;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES;
+    cmd.wipe_volumes = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static int erase_confirm(kfd_store *s, const char *node, const char *vol, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "volume_erased", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdEraseConfirm c = KEYFLEET__V1__CMD_ERASE_CONFIRM__INIT;
+    c.node = (char *)node;
+    c.volume_id = (char *)vol;
+    c.detail = (char *)"luks2: 1 keyslot";
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ERASE_CONFIRM;
+    cmd.erase_confirm = &c;
+    return apply(s, &cmd, NULL);
+}
+
+/* Crypt-erase at apply: a wipe retires the node's volume at once (its key refused) and leaves the
+ * erase pending; only the node it was asked of confirms it, once. */
+static void test_wipe_and_erase_confirm_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("erase.db");
+    assert_int_equal(enroll(s, "vol-e", "n1", T0), 0);
+    assert_int_equal(enroll(s, "vol-f", "n2", T0), 0);
+    assert_int_equal(release_kcv(s, "n1", "vol-e", KCV1, T0 + 1), 0); /* control */
+    assert_int_equal(wipe(s, "n1", "vol-no", T0 + 2), -ENOENT);
+    assert_int_equal(wipe(s, "n1", "vol-f", T0 + 2), -ESTALE); /* another node's */
+    assert_int_equal(erase_confirm(s, "n1", "vol-e", T0 + 2), -EACCES); /* no wipe asked */
+    assert_int_equal(wipe(s, "n1", "vol-e", T0 + 3), 0);
+    assert_int_equal(release_kcv(s, "n1", "vol-e", KCV1, T0 + 4), -EACCES); /* retired */
+    assert_int_equal(wipe(s, "n1", "vol-e", T0 + 4), -ESTALE);                /* being erased */
+    char node[64];
+    int64_t erased_at = -1;
+    assert_int_equal(kfd_store_get_erase(s, "vol-e", node, sizeof(node), &erased_at), 0);
+    assert_string_equal(node, "n1");
+    assert_int_equal(erased_at, 0);
+    char **ids = NULL;
+    size_t n = 0;
+    assert_int_equal(kfd_store_erase_pending(s, "n2", &ids, &n, NULL), 0);
+    assert_int_equal(n, 0); /* not another node's order */
+    kfd_store_free_ids(ids, n);
+    assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n, NULL), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(ids[0], "vol-e");
+    kfd_store_free_ids(ids, n);
+    assert_int_equal(erase_confirm(s, "n2", "vol-e", T0 + 5), -EACCES); /* another node confirming */
+    assert_int_equal(erase_confirm(s, "n1", "vol-e", T0 + 6), 0);
+    assert_int_equal(erase_confirm(s, "n1", "vol-e", T0 + 7), -ESTALE); /* once */
+    assert_int_equal(kfd_store_get_erase(s, "vol-e", node, sizeof(node), &erased_at), 0);
+    assert_int_equal(erased_at, T0 + 6);
+    assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n, NULL), 0);
+    assert_int_equal(n, 0);
+    kfd_store_free_ids(ids, n);
+    kfd_store_close(s);
+}
+
 /* A secret id made for a role (held for approval meanwhile) must not land on a role of the same
  * name created again later, perhaps for another node. */
 static void test_secret_id_bound_to_role_id(void **state)
@@ -797,6 +870,7 @@ int main(void)
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_recovery_at_apply),
         cmocka_unit_test(test_retire_and_unrevoke_at_apply),
+        cmocka_unit_test(test_wipe_and_erase_confirm_at_apply),
     };
     return cmocka_run_group_tests_name("store_guard", tests, tmpdir_setup, tmpdir_teardown);
 }
