@@ -172,6 +172,16 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     cc.cert.data = c->cert_der;
     cc.cert.len = c->cert_len;
     cc.audit = &a.entry;
+    /* The state digest this replica noted at the newest checkpoint (review rev17, R2). */
+    uint8_t state[KFD_HASH_LEN];
+    uint32_t state_version = 0;
+    uint64_t state_seq = 0;
+    if (kfd_store_checkpoint_state(app->store, &state_seq, state, &state_version) == 0) {
+        cc.state_seq = state_seq;
+        cc.state.data = state;
+        cc.state.len = sizeof(state);
+        cc.state_version = state_version;
+    }
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
     cmd.checkpoint = &cc;

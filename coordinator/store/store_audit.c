@@ -317,7 +317,22 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         (void)n; /* a cut reason is still a reason */
         kfd_store_set_diverged(s, s->tx_head_seq + 1, late);
     }
-    if (why[0] == '\0' && cp.size >= s->start_head)
+    /* The rest of the replicated state (review rev17, R2): the leader's digest at the checkpoint
+     * before this one, against this replica's own there. A replica whose tables were edited while
+     * it was stopped diverges at the second checkpoint after it started; and only a checkpoint
+     * whose digest it compared and matched vouches for it, so until then it leads only through a
+     * head round, which compares the digest too. */
+    bool state_same = false;
+    if (c->state_seq != 0 && c->state_seq == s->cp_state_seq && c->state.len == KFD_HASH_LEN &&
+        c->state_version == s->cp_state_version && s->cp_state_version != 0) {
+        state_same = CRYPTO_memcmp(c->state.data, s->cp_state, KFD_HASH_LEN) == 0;
+        if (!state_same && why[0] == '\0') {
+            snprintf(why, sizeof(why), "the replicated state (revocations, policy, attestation, approvals...) "
+                     "at checkpoint record %llu differs from the leader's", (unsigned long long)c->state_seq);
+            kfd_store_set_diverged(s, c->state_seq, why);
+        }
+    }
+    if (why[0] == '\0' && state_same && cp.size >= s->start_head)
         s->vouched = true;
     /* Recorded either way: every replica's log holds the same entries. */
     Keyfleet__V1__AuditRecord rec;
@@ -333,6 +348,22 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         return r;
     s->tx_cp_seq = *seq;
     s->tx_cp_size = cp.size;
+    /* Noted for the next checkpoint's comparison; none when it cannot be read. */
+    s->cp_state_seq = 0;
+    if (kfd_store_state_digest(s, s->cp_state) == 0) {
+        s->cp_state_seq = *seq;
+        s->cp_state_version = kfd_store_state_version();
+    }
+    return 0;
+}
+
+int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version)
+{
+    if (s->cp_state_seq == 0 || s->cp_state_seq != s->cp_seq)
+        return -ENOENT;
+    *seq = s->cp_state_seq;
+    memcpy(state, s->cp_state, KFD_HASH_LEN);
+    *version = s->cp_state_version;
     return 0;
 }
 
@@ -674,6 +705,7 @@ int kfd_store_load_audit(kfd_store *s, kf_err *err)
     s->cp_size = sc.cp_size;
     s->start_head = sc.head_seq;
     s->vouched = false;
+    s->cp_state_seq = 0;
     /* Records after the newest signed size (the newest checkpoint record itself aside) rest on
      * this database alone: said at start, and signed only once a majority of replicas holds the
      * same head (core/checkpoint.c). Counted from the size, not the record (review of #17, F4). */

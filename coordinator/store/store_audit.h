@@ -36,6 +36,9 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN]);
 /* The version digests are compared under: this build's schema version (digests of replicas on
  * another schema are not compared). */
 uint32_t kfd_store_state_version(void);
+/* The state digest this replica noted when it applied its newest checkpoint since it opened
+ * (review rev17, R2): the leader puts it into its next checkpoint. 0, or -ENOENT (none). */
+int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version);
 /* The applied head (including a deferred transaction's records). */
 void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret);
 /* Not 0 when this replica's log left the signed history (at the latest) at that seq; why says

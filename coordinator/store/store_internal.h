@@ -111,6 +111,11 @@ struct kfd_store {
     /* Since it opened, this replica applied a checkpoint that matched its own log and covered
      * every record it held at open: its head is the signed history plus what it applied live. */
     bool vouched;
+    /* The state digest noted when this replica applied the checkpoint record cp_state_seq (since
+     * it opened; 0: none): compared with the one the next checkpoint carries (review rev17, R2). */
+    uint64_t cp_state_seq;
+    uint32_t cp_state_version;
+    uint8_t cp_state[KFD_HASH_LEN];
     /* A snapshot replaced this database since the process started (kfd_store_audit_witness). */
     bool restored;
     /* Verifies a checkpoint command's signature and chain at apply (kfd_store_set_checkpoint_verifier). */

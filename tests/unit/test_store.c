@@ -367,6 +367,8 @@ static void test_restored_is_no_witness(void **state)
     assert_int_equal(apply_at(b, 4, "b"), 0);
     assert_false(kfd_store_audit_witness(b)); /* records applied live vouch for nothing */
     assert_int_equal(apply_checkpoint(b, "w1", c1, c1_len), 0);
+    assert_false(kfd_store_audit_witness(b)); /* its state not yet compared (review rev17, R2) */
+    assert_int_equal(apply_checkpoint(b, "w1", c1, c1_len), 0);
     assert_true(kfd_store_audit_witness(b)); /* a live checkpoint covers what it received */
     OPENSSL_free(c1);
     kfd_store_close(a);
@@ -693,6 +695,7 @@ static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_le
  * dated seconds (0: now_ts), signed (as far as the store looks) by cert. */
 static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len, int64_t seconds,
                                bool bad_root);
+static bool flip_state;
 
 static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len)
 {
@@ -722,6 +725,17 @@ static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, 
     c.signature = (ProtobufCBinaryData){sizeof(sig), sig};
     c.cert = (ProtobufCBinaryData){cert_len, cert};
     c.audit = &e;
+    /* The state digest a leader carries (review rev17, R2): the one this store noted at its newest
+     * checkpoint, as if the leader held the same state; flip_state makes the leader's differ. */
+    uint8_t st[KFD_HASH_LEN];
+    uint64_t st_seq = 0;
+    uint32_t st_version = 0;
+    if (kfd_store_checkpoint_state(s, &st_seq, st, &st_version) == 0) {
+        st[0] ^= flip_state ? 1 : 0;
+        c.state_seq = st_seq;
+        c.state = (ProtobufCBinaryData){sizeof(st), st};
+        c.state_version = st_version;
+    }
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
     cmd.checkpoint = &c;
@@ -757,6 +771,8 @@ static void test_head_check_and_checkpoint_signers(void **state)
     assert_int_equal(kfd_store_audit_head_at_check(s, 8, &at), -ENOENT);
 
     assert_false(kfd_store_audit_vouched(s));
+    assert_int_equal(apply_checkpoint(s, "c1", c1, c1_len), 0);
+    assert_false(kfd_store_audit_vouched(s)); /* no state digest to compare yet (review rev17, R2) */
     assert_int_equal(apply_checkpoint(s, "c1", c1, c1_len), 0);
     assert_true(kfd_store_audit_vouched(s)); /* opened empty: the checkpoint covers all it held */
 
@@ -861,9 +877,51 @@ static void test_checkpoint_verifier_at_apply(void **state)
     verifier_calls = 0;
     assert_int_equal(apply_checkpoint(s, "c5", c5, c5_len), 0);
     assert_int_equal(verifier_calls, 1);
+    assert_int_equal(apply_checkpoint(s, "c5", c5, c5_len), 0); /* the first carried no state to compare */
     assert_true(kfd_store_audit_vouched(s));
     kfd_store_close(s);
     OPENSSL_free(c5);
+}
+
+/* Review rev17, R2 (the rest): a checkpoint vouches for a replica only once it compared the
+ * leader's state digest with its own at the checkpoint before; a differing one diverges it. */
+static void test_checkpoint_state_compared(void **state)
+{
+    (void)state;
+    uint8_t *c6 = NULL;
+    size_t c6_len = 0;
+    char serial[KF_SERIAL_MAX];
+    coordinator_cert("c6", &c6, &c6_len, serial);
+    kfd_store *s = open_db("cs-a.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    uint8_t st[KFD_HASH_LEN];
+    uint64_t st_seq = 0;
+    uint32_t st_version = 0;
+    assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), -ENOENT);
+    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
+    assert_false(kfd_store_audit_vouched(s)); /* nothing to compare its state with yet */
+    assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), 0);
+    assert_int_equal(st_seq, 2);
+    assert_int_equal(st_version, kfd_store_state_version());
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
+    assert_true(kfd_store_audit_vouched(s));
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    kfd_store_close(s);
+
+    s = open_db("cs-b.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
+    flip_state = true; /* the leader's state differs from this replica's */
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0); /* recorded like on every replica */
+    flip_state = false;
+    const char *why = NULL;
+    assert_int_equal(kfd_store_audit_diverged(s, &why), 2);
+    assert_non_null(strstr(why, "replicated state"));
+    assert_false(kfd_store_audit_vouched(s));
+    kfd_store_close(s);
+    OPENSSL_free(c6);
 }
 
 /* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
@@ -1006,6 +1064,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_apply_order),
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
         cmocka_unit_test(test_state_digest),
+        cmocka_unit_test(test_checkpoint_state_compared),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
