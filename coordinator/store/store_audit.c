@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
@@ -317,23 +318,6 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         (void)n; /* a cut reason is still a reason */
         kfd_store_set_diverged(s, s->tx_head_seq + 1, late);
     }
-    /* The rest of the replicated state (review rev17, R2): the leader's digest at the checkpoint
-     * before this one, against this replica's own there. A replica whose tables were edited while
-     * it was stopped diverges at the second checkpoint after it started; and only a checkpoint
-     * whose digest it compared and matched vouches for it, so until then it leads only through a
-     * head round, which compares the digest too. */
-    bool state_same = false;
-    if (c->state_seq != 0 && c->state_seq == s->cp_state_seq && c->state.len == KFD_HASH_LEN &&
-        c->state_version == s->cp_state_version && s->cp_state_version != 0) {
-        state_same = CRYPTO_memcmp(c->state.data, s->cp_state, KFD_HASH_LEN) == 0;
-        if (!state_same && why[0] == '\0') {
-            snprintf(why, sizeof(why), "the replicated state (revocations, policy, attestation, approvals...) "
-                     "at checkpoint record %llu differs from the leader's", (unsigned long long)c->state_seq);
-            kfd_store_set_diverged(s, c->state_seq, why);
-        }
-    }
-    if (why[0] == '\0' && state_same && cp.size >= s->start_head)
-        s->vouched = true;
     /* Recorded either way: every replica's log holds the same entries. */
     Keyfleet__V1__AuditRecord rec;
     entry_record(e, s->tx_head_seq + 1, &rec);
@@ -348,8 +332,11 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         return r;
     s->tx_cp_seq = *seq;
     s->tx_cp_size = cp.size;
-    /* Noted for the next checkpoint's comparison; none when it cannot be read. */
+    /* The rest of the replicated state (review rev17, R2): noted here, and compared with the
+     * leader's when its CmdStateCheck for this record follows. Only then does this checkpoint
+     * vouch for the replica; none when the state cannot be read. */
     s->cp_state_seq = 0;
+    s->cp_state_vouches = why[0] == '\0' && cp.size >= s->start_head;
     if (kfd_store_state_digest(s, s->cp_state) == 0) {
         s->cp_state_seq = *seq;
         s->cp_state_version = kfd_store_state_version();
@@ -357,9 +344,37 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     return 0;
 }
 
+int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck *c, kf_err *err)
+{
+    if (c == NULL || c->seq == 0 || c->state.len != KFD_HASH_LEN || c->version == 0)
+        return kf_err_set(err, -EINVAL, "state check incomplete");
+    /* Not noted here (a checkpoint applied before this replica started, or a snapshot installed
+     * since), or another schema during a rolling upgrade: nothing to compare, nothing vouched. */
+    if (c->seq != s->cp_state_seq || c->version != s->cp_state_version)
+        return 0;
+    if (CRYPTO_memcmp(c->state.data, s->cp_state, KFD_HASH_LEN) != 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "the replicated state (revocations, policy, attestation, approvals...) at "
+                 "checkpoint record %llu differs from the leader's", (unsigned long long)c->seq);
+        kfd_store_set_diverged(s, c->seq, why);
+        return 0;
+    }
+    if (!s->cp_state_vouches || s->diverged_seq != 0)
+        return 0;
+    s->vouched = true;
+    if (s->restored) {
+        /* A live checkpoint covers the snapshot it installed: a witness again after restarts. */
+        char mark[4200];
+        kfd_store_restored_path(s, mark, sizeof(mark));
+        if (unlink(mark) == 0 || errno == ENOENT)
+            s->restored = false;
+    }
+    return 0;
+}
+
 int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version)
 {
-    if (s->cp_state_seq == 0 || s->cp_state_seq != s->cp_seq)
+    if (s->cp_state_seq == 0)
         return -ENOENT;
     *seq = s->cp_state_seq;
     memcpy(state, s->cp_state, KFD_HASH_LEN);

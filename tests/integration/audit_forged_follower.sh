@@ -2,9 +2,9 @@
 # Review rev17, R2 (the rest): a follower whose replicated state outside the audit log was edited
 # while only it was stopped (here: node n1's revocation undone in `nodes`; its audit log intact).
 # Before, the next checkpoint it applied made it `vouched`, so had it led later it would have
-# confirmed itself without a head round and released by its edited tables. Now each checkpoint
-# carries the leader's state digest at the checkpoint before it: the edited follower diverges at
-# the second checkpoint after its start, and is never vouched (so never confirms itself).
+# confirmed itself without a head round and released by its edited tables. Now the leader follows
+# each checkpoint with a state check (its state digest at that checkpoint record): the edited
+# follower diverges at the first checkpoint after its start, and is never vouched.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet

@@ -366,10 +366,14 @@ static void test_restored_is_no_witness(void **state)
     assert_false(kfd_store_audit_vouched(b));
     assert_int_equal(apply_at(b, 4, "b"), 0);
     assert_false(kfd_store_audit_witness(b)); /* records applied live vouch for nothing */
-    assert_int_equal(apply_checkpoint(b, "w1", c1, c1_len), 0);
-    assert_false(kfd_store_audit_witness(b)); /* its state not yet compared (review rev17, R2) */
+    kfd_store_close(b);
+    b = open_db("witness-b.db");
+    assert_false(kfd_store_audit_witness(b)); /* not forgotten at a restart (review rev17, R7) */
     assert_int_equal(apply_checkpoint(b, "w1", c1, c1_len), 0);
     assert_true(kfd_store_audit_witness(b)); /* a live checkpoint covers what it received */
+    kfd_store_close(b);
+    b = open_db("witness-b.db");
+    assert_true(kfd_store_audit_witness(b)); /* and stays covered after a restart */
     OPENSSL_free(c1);
     kfd_store_close(a);
     kfd_store_close(b);
@@ -695,7 +699,7 @@ static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_le
  * dated seconds (0: now_ts), signed (as far as the store looks) by cert. */
 static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len, int64_t seconds,
                                bool bad_root);
-static bool flip_state;
+static int state_check_mode;
 
 static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len)
 {
@@ -725,22 +729,25 @@ static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, 
     c.signature = (ProtobufCBinaryData){sizeof(sig), sig};
     c.cert = (ProtobufCBinaryData){cert_len, cert};
     c.audit = &e;
-    /* The state digest a leader carries (review rev17, R2): the one this store noted at its newest
-     * checkpoint, as if the leader held the same state; flip_state makes the leader's differ. */
-    uint8_t st[KFD_HASH_LEN];
-    uint64_t st_seq = 0;
-    uint32_t st_version = 0;
-    if (kfd_store_checkpoint_state(s, &st_seq, st, &st_version) == 0) {
-        st[0] ^= flip_state ? 1 : 0;
-        c.state_seq = st_seq;
-        c.state = (ProtobufCBinaryData){sizeof(st), st};
-        c.state_version = st_version;
-    }
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
     cmd.checkpoint = &c;
     kfd_apply_result res;
-    return kfd_store_apply(s, &cmd, &res, NULL);
+    int r = kfd_store_apply(s, &cmd, &res, NULL);
+    /* The leader's CmdStateCheck that follows (review rev17, R2): its digest as this store's, or
+     * another (state_check_mode 1), or none (2). */
+    uint8_t st[KFD_HASH_LEN];
+    Keyfleet__V1__CmdStateCheck sc = KEYFLEET__V1__CMD_STATE_CHECK__INIT;
+    if (r == 0 && state_check_mode != 2 &&
+        kfd_store_checkpoint_state(s, &sc.seq, st, &sc.version) == 0) {
+        st[0] ^= state_check_mode == 1 ? 1 : 0;
+        sc.state = (ProtobufCBinaryData){sizeof(st), st};
+        Keyfleet__V1__StateCommand scmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+        scmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK;
+        scmd.state_check = &sc;
+        assert_int_equal(kfd_store_apply(s, &scmd, &res, NULL), 0);
+    }
+    return r;
 }
 
 /* Review of #17: the head a replica notes at a leader's check (F1), and checkpoints by a revoked
@@ -771,8 +778,6 @@ static void test_head_check_and_checkpoint_signers(void **state)
     assert_int_equal(kfd_store_audit_head_at_check(s, 8, &at), -ENOENT);
 
     assert_false(kfd_store_audit_vouched(s));
-    assert_int_equal(apply_checkpoint(s, "c1", c1, c1_len), 0);
-    assert_false(kfd_store_audit_vouched(s)); /* no state digest to compare yet (review rev17, R2) */
     assert_int_equal(apply_checkpoint(s, "c1", c1, c1_len), 0);
     assert_true(kfd_store_audit_vouched(s)); /* opened empty: the checkpoint covers all it held */
 
@@ -877,14 +882,13 @@ static void test_checkpoint_verifier_at_apply(void **state)
     verifier_calls = 0;
     assert_int_equal(apply_checkpoint(s, "c5", c5, c5_len), 0);
     assert_int_equal(verifier_calls, 1);
-    assert_int_equal(apply_checkpoint(s, "c5", c5, c5_len), 0); /* the first carried no state to compare */
     assert_true(kfd_store_audit_vouched(s));
     kfd_store_close(s);
     OPENSSL_free(c5);
 }
 
-/* Review rev17, R2 (the rest): a checkpoint vouches for a replica only once it compared the
- * leader's state digest with its own at the checkpoint before; a differing one diverges it. */
+/* Review rev17, R2 (the rest): a checkpoint vouches for a replica only once the leader's state
+ * check for it matched this replica's digest there; a different one diverges it. */
 static void test_checkpoint_state_compared(void **state)
 {
     (void)state;
@@ -898,24 +902,34 @@ static void test_checkpoint_state_compared(void **state)
     uint64_t st_seq = 0;
     uint32_t st_version = 0;
     assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), -ENOENT);
+    state_check_mode = 2; /* no state check follows */
     assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
-    assert_false(kfd_store_audit_vouched(s)); /* nothing to compare its state with yet */
+    assert_false(kfd_store_audit_vouched(s)); /* its state not compared */
     assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), 0);
     assert_int_equal(st_seq, 2);
     assert_int_equal(st_version, kfd_store_state_version());
-    assert_int_equal(append(s, "release", "web-01"), 0);
-    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
+    /* A check for another record (noted before a restart, say) compares nothing. */
+    Keyfleet__V1__CmdStateCheck sc = KEYFLEET__V1__CMD_STATE_CHECK__INIT;
+    sc.seq = 1;
+    sc.state = (ProtobufCBinaryData){sizeof(st), st};
+    sc.version = st_version;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK;
+    cmd.state_check = &sc;
+    kfd_apply_result res;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_false(kfd_store_audit_vouched(s));
+    sc.seq = 2; /* the leader's, matching */
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
     assert_true(kfd_store_audit_vouched(s));
     assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
     kfd_store_close(s);
 
     s = open_db("cs-b.db");
     assert_int_equal(append(s, "release", "web-01"), 0);
+    state_check_mode = 1; /* the leader's state differs from this replica's */
     assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
-    flip_state = true; /* the leader's state differs from this replica's */
-    assert_int_equal(append(s, "release", "web-01"), 0);
-    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0); /* recorded like on every replica */
-    flip_state = false;
+    state_check_mode = 0;
     const char *why = NULL;
     assert_int_equal(kfd_store_audit_diverged(s, &why), 2);
     assert_non_null(strstr(why, "replicated state"));
