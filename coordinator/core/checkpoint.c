@@ -155,10 +155,12 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     memcpy(cp.chain, h->chain, KF_AUDIT_HASH);
     cp.seconds = now.tv_sec;
     cp.nanos = (int32_t)now.tv_nsec;
-    /* Never before the newest checkpoint (review of #17, F2): times do not go back in a log, so a
-     * leader whose clock is behind an earlier leader's keeps that time until its clock passes it. */
+    /* Dated by its clock, even before the newest checkpoint, when its certificate was valid at
+     * that one's date (review rev17, R3: kf_checkpoint_follows): one checkpoint by a fast clock
+     * pins nothing. Otherwise never before it (review of #17, F2): it keeps that time, which its
+     * certificate does not cover, so it signs nothing below. */
     kf_checkpoint prev;
-    if (kfd_store_newest_checkpoint(app->store, &prev) == 0 &&
+    if (kfd_store_newest_checkpoint(app->store, &prev) == 0 && prev.seconds > c->not_after &&
         (prev.seconds > cp.seconds || (prev.seconds == cp.seconds && prev.nanos > cp.nanos))) {
         cp.seconds = prev.seconds;
         cp.nanos = prev.nanos;

@@ -301,7 +301,7 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     if ((r = checkpoint_at(s, s->tx_cp_seq, &prev)) == -EIO)
         return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
     bool have_prev = r == 0;
-    if ((r = kf_checkpoint_follows(have_prev ? &prev : NULL, &cp, err)) != 0)
+    if ((r = kf_checkpoint_follows(have_prev ? &prev : NULL, &cp, c->cert.data, c->cert.len, err)) != 0)
         return r;
     /* Dated ahead of this replica's clock (F2): the signer's clock, or this one, is wrong, and the
      * certificate would be judged at a time nobody vouches for. Not skipped silently: recorded like
@@ -649,7 +649,8 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
                 scan_bad(sc, r->seq, "checkpoint text unreadable: %s", perr.msg);
             else if (cp.size == 0 || cp.size >= r->seq)
                 scan_bad(sc, r->seq, "%s", "checkpoint signs records that do not precede it");
-            else if (kf_checkpoint_follows(sc->have_cp ? &sc->last_cp : NULL, &cp, &perr) != 0)
+            else if (kf_checkpoint_follows(sc->have_cp ? &sc->last_cp : NULL, &cp, r->signer_cert.data,
+                                           r->signer_cert.len, &perr) != 0)
                 scan_bad(sc, r->seq, "%s", perr.msg);
             else if (kf_audit_signers_check(&sc->who, r->signer_cert.data, r->signer_cert.len, &perr) != 0)
                 scan_bad(sc, r->seq, "%s", perr.msg);
