@@ -1040,6 +1040,18 @@ static void test_checkpoint_apply_order(void **state)
     assert_true(kfd_store_audit_diverged(s, NULL) != 0);
     kfd_store_close(s);
 
+    /* Back in time from a date past the signer's notAfter (review rev17, R3): refused, nothing
+     * recorded. (The first is recorded here only because this store verifies no chain.) */
+    s = open_db("f4b.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now + 31 * 86400, false), 0);
+    assert_int_equal(append(s, "release", "web-02"), 0);
+    kfd_store_audit_head(s, &before);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now, false), -EPERM);
+    kfd_store_audit_head(s, &after);
+    assert_int_equal(after.seq, before.seq);
+    kfd_store_close(s);
+
     /* F9: removed at now + 600 (after c1's certificate was issued), added back. */
     s = open_db("f9.db");
     Keyfleet__V1__Timestamp later = now_ts;
