@@ -279,7 +279,21 @@ int kf_checkpoint_verify_applied(const char *text, size_t len, const uint8_t *si
     return verify(text, len, sig, sig_len, cert, cert_len, ca, cluster, false, ret, err);
 }
 
-int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, kf_err *err)
+/* The certificate (DER) is valid at t: notAfter not before it. */
+static bool cert_valid_until(const uint8_t *cert, size_t cert_len, int64_t t)
+{
+    const unsigned char *p = cert;
+    X509 *x = cert != NULL && cert_len > 0 ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
+    time_t at = (time_t)t;
+    /* X509_cmp_time: -1 notAfter before at, 1 at or after, 0 on error (counted as before). */
+    bool ok = x != NULL && X509_cmp_time(X509_get0_notAfter(x), &at) > 0;
+    X509_free(x);
+    ERR_clear_error();
+    return ok;
+}
+
+int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, const uint8_t *cert, size_t cert_len,
+                          kf_err *err)
 {
     if (prev == NULL)
         return 0;
@@ -288,8 +302,11 @@ int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, 
                           "checkpoint signs %" PRIu64 " records, no more than the checkpoint before it (%" PRIu64
                           "): a replayed or reordered checkpoint",
                           next->size, prev->size);
-    if (next->seconds < prev->seconds || (next->seconds == prev->seconds && next->nanos < prev->nanos))
-        return kf_err_set(err, -EPERM, "checkpoint time %" PRId64 " is before the checkpoint before it (%" PRId64 ")",
+    if ((next->seconds < prev->seconds || (next->seconds == prev->seconds && next->nanos < prev->nanos)) &&
+        !cert_valid_until(cert, cert_len, prev->seconds))
+        return kf_err_set(err, -EPERM,
+                          "checkpoint time %" PRId64 " is before the checkpoint before it (%" PRId64
+                          "), and its signer's certificate had expired by then",
                           next->seconds, prev->seconds);
     return 0;
 }

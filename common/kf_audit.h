@@ -84,10 +84,14 @@ int kf_checkpoint_verify_applied(const char *text, size_t len, const uint8_t *si
                                  kf_err *err);
 
 /* The checkpoints of a log follow one another (review of #17, F4): each signs more records than
- * the one before it and is dated no earlier. A replayed copy of a genuine checkpoint after
- * forged records, or a continuation dated back, is refused. prev NULL: next is the first.
- * 0 or -EPERM. */
-int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, kf_err *err);
+ * the one before it and is dated no earlier, unless its signer's certificate (cert, DER) was still
+ * valid at the date of the one before it (review rev17, R3): that signer could have dated it then,
+ * so going back gains a stolen key nothing, and one checkpoint dated by a fast clock does not pin
+ * every later date. A replayed copy of a genuine checkpoint after forged records, or a
+ * continuation dated back by a key whose certificate had expired by then, is refused. prev NULL:
+ * next is the first. 0 or -EPERM. */
+int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, const uint8_t *cert, size_t cert_len,
+                          kf_err *err);
 
 /* A coordinator removed from the cluster and added back under its name counts only with a
  * certificate issued after the removal: notBefore no earlier than the removal record's time less

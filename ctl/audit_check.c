@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
@@ -128,11 +129,13 @@ int kfctl_cp_from_json(const json_t *o, kfctl_cp *ret, char *why, size_t why_siz
     return 0;
 }
 
-int kfctl_cp_verify(const kfctl_trust *t, kfctl_cp *cp, char *why, size_t why_size)
+/* clock: refuse a time far ahead of now; without it the caller judges that (a log's checkpoints). */
+static int cp_verify(const kfctl_trust *t, kfctl_cp *cp, bool clock, char *why, size_t why_size)
 {
     kf_err err = {0};
-    if (kf_checkpoint_verify(cp->text, strlen(cp->text), cp->sig, cp->sig_len, cp->cert, cp->cert_len, t->ca,
-                             t->cluster, &cp->parsed, &err) != 0) {
+    if ((clock ? kf_checkpoint_verify : kf_checkpoint_verify_applied)(cp->text, strlen(cp->text), cp->sig, cp->sig_len,
+                                                                      cp->cert, cp->cert_len, t->ca, t->cluster,
+                                                                      &cp->parsed, &err) != 0) {
         snprintf(why, why_size, "%s", err.msg);
         return -1;
     }
@@ -142,6 +145,11 @@ int kfctl_cp_verify(const kfctl_trust *t, kfctl_cp *cp, char *why, size_t why_si
         return -1;
     }
     return 0;
+}
+
+int kfctl_cp_verify(const kfctl_trust *t, kfctl_cp *cp, char *why, size_t why_size)
+{
+    return cp_verify(t, cp, true, why, why_size);
 }
 
 int kfctl_cp_read_file(const char *path, kfctl_cp **ret, size_t *ret_n, char *why, size_t why_size)
@@ -218,6 +226,10 @@ struct kfctl_log_check {
     char problem[400];
     uint64_t checkpoints, newest_cp_size, newest_cp_seq;
     kf_checkpoint newest;
+    /* The first checkpoint dated far ahead of the clock with none after it dated within the skew
+     * (review rev17, R3): 0, or its record. Fails the log only if no later checkpoint went back. */
+    uint64_t future_seq;
+    int64_t future_time;
     char signers[256];
     /* checkpoint records seen: seq and text, for anchors */
     kfctl_cp *seen;
@@ -327,7 +339,7 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
     /* A signed head: valid signature by a coordinator of this fleet, over exactly this tree. */
     kfctl_cp cp;
     char why[300];
-    if (kfctl_cp_from_record(r, &cp, why, sizeof(why)) != 0 || kfctl_cp_verify(c->trust, &cp, why, sizeof(why)) != 0) {
+    if (kfctl_cp_from_record(r, &cp, why, sizeof(why)) != 0 || cp_verify(c->trust, &cp, false, why, sizeof(why)) != 0) {
         kfctl_cp_clear(&cp);
         return fail(c, r->seq, "checkpoint: %s", why);
     }
@@ -349,10 +361,20 @@ bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r)
     }
     /* Each signs more than the one before it, no earlier (F4): a replayed copy of a genuine
      * checkpoint after forged records signs nothing new. */
-    if (kf_checkpoint_follows(c->checkpoints > 0 ? &c->newest : NULL, p, &serr) != 0) {
+    if (kf_checkpoint_follows(c->checkpoints > 0 ? &c->newest : NULL, p, cp.cert, cp.cert_len, &serr) != 0) {
         kfctl_cp_clear(&cp);
         return fail(c, r->seq, "checkpoint: %s", serr.msg);
     }
+    /* Dated far ahead of the clock: not a time it was signed. Still valid once a later checkpoint
+     * is dated by a right clock again (going back is allowed only to a signer whose certificate
+     * covered the fast date, kf_checkpoint_follows); the newest must not be ahead (review rev17, R3). */
+    if (p->seconds > (int64_t)time(NULL) + KF_CHECKPOINT_SKEW_S) {
+        if (c->future_seq == 0) {
+            c->future_seq = r->seq;
+            c->future_time = p->seconds;
+        }
+    } else
+        c->future_seq = 0;
     c->checkpoints++;
     c->newest_cp_size = p->size;
     c->newest_cp_seq = r->seq;
@@ -380,6 +402,11 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
 {
     if (c->failed) {
         fprintf(out, "audit chain BROKEN at record %" PRIu64 ": %s\n", c->bad_seq, c->problem);
+        return 1;
+    }
+    if (c->future_seq != 0) {
+        fprintf(out, "audit chain BROKEN at record %" PRIu64 ": checkpoint: checkpoint time %lld is in the future\n",
+                c->future_seq, (long long)c->future_time);
         return 1;
     }
     for (size_t i = 0; i < n_anchors; i++) {

@@ -154,21 +154,38 @@ static void print_pcrs(const char *title, const char *text, int64_t at, const ch
     }
 }
 
-/* node attest show NAME | node attest accept NAME TOKEN [--totp CODE]: the node's measured-boot
- * record; show prints a token, and accept applies only while the record still matches it (what
- * the operator looked at, not what the node quoted since). */
+/* node attest show NAME | node attest accept NAME TOKEN --expect 'PCR=HEX ...' [--totp CODE]: the
+ * node's measured-boot record; show prints a token, and accept applies only while the record
+ * still matches it (what the operator looked at, not what the node quoted since), and only with
+ * the values the operator expects for every changed PCR (review rev17, A2). */
 static int node_attest(kfctl *ctl, int argc, char **argv)
 {
     bool accept = argc >= 5 && strcmp(argv[2], "accept") == 0;
-    if (!((argc == 4 && strcmp(argv[2], "show") == 0) || (accept && (argc == 5 || (argc == 7 && strcmp(argv[5], "--totp") == 0))))) {
-        fprintf(stderr, "usage: keyfleetctl node attest show NAME | node attest accept NAME TOKEN [--totp CODE]\n");
+    const char *expect = NULL, *totp = "";
+    bool ok = argc == 4 && strcmp(argv[2], "show") == 0;
+    if (accept) {
+        ok = true;
+        for (int i = 5; ok && i < argc; i += 2) {
+            if (i + 1 < argc && strcmp(argv[i], "--expect") == 0)
+                expect = argv[i + 1];
+            else if (i + 1 < argc && strcmp(argv[i], "--totp") == 0)
+                totp = argv[i + 1];
+            else
+                ok = false;
+        }
+        ok = ok && expect != NULL;
+    }
+    if (!ok) {
+        fprintf(stderr, "usage: keyfleetctl node attest show NAME | node attest accept NAME TOKEN --expect 'PCR=HEX ...' "
+                        "[--totp CODE]\n");
         return KFCTL_EXIT_USAGE;
     }
     if (accept) {
         Keyfleet__V1__AcceptNodeAttestationRequest req = KEYFLEET__V1__ACCEPT_NODE_ATTESTATION_REQUEST__INIT;
         req.node = argv[3];
         req.token = argv[4];
-        req.totp_code = argc == 7 ? argv[6] : (char *)"";
+        req.expected = (char *)expect;
+        req.totp_code = (char *)totp;
         ProtobufCMessage *am = NULL;
         if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/AcceptNodeAttestation", &req.base,
                             &keyfleet__v1__accept_node_attestation_response__descriptor, &am) != 0)
@@ -205,7 +222,10 @@ static int node_attest(kfctl *ctl, int argc, char **argv)
     if (rec->changed[0] != '\0')
         printf("changed: PCR %s\n", rec->changed);
     if (rec->seen[0] != '\0')
-        printf("to accept exactly these values: keyfleetctl node attest accept %s %s\n", argv[3], rec->token);
+        printf("to accept these values, if they are the ones you expect (from the new kernel's or firmware's published "
+               "measurements, or a known-good machine; not from this output): keyfleetctl node attest accept %s %s "
+               "--expect 'PCR=HEX ...' (every changed PCR)\n",
+               argv[3], rec->token);
     protobuf_c_message_free_unpacked(m, NULL);
     return 0;
 }

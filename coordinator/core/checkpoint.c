@@ -100,6 +100,34 @@ static int load_key_cert(kfd_checkpointer *c, const kfd_config *cfg, kf_err *err
     return 0;
 }
 
+static void on_state_checked(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)arg;
+    (void)res;
+    if (status != 0)
+        kf_log_warn("audit_state_check_failed", "error=%s", kf_log_q(err->msg));
+}
+
+/* The state digest this leader noted when it applied its checkpoint, for every replica to compare
+ * with its own there (review rev17, R2): an edited replica diverges now rather than when it
+ * leads, and a checkpoint vouches for a replica only once its state matched. */
+static void propose_state_check(kfd_checkpointer *c)
+{
+    uint8_t state[KFD_HASH_LEN];
+    uint32_t version = 0;
+    uint64_t seq = 0;
+    if (kfd_store_checkpoint_state(c->app->store, &seq, state, &version) != 0)
+        return;
+    Keyfleet__V1__CmdStateCheck sc = KEYFLEET__V1__CMD_STATE_CHECK__INIT;
+    sc.seq = seq;
+    sc.state = (ProtobufCBinaryData){sizeof(state), state};
+    sc.version = version;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK;
+    cmd.state_check = &sc;
+    kfd_commit(c->app, &cmd, on_state_checked, c); /* serialized at once */
+}
+
 static void on_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     kfd_checkpointer *c = arg;
@@ -111,6 +139,7 @@ static void on_committed(void *arg, int status, const kfd_apply_result *res, con
     }
     c->stats.signed_total++;
     (void)res;
+    propose_state_check(c);
 }
 
 static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
@@ -126,10 +155,12 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     memcpy(cp.chain, h->chain, KF_AUDIT_HASH);
     cp.seconds = now.tv_sec;
     cp.nanos = (int32_t)now.tv_nsec;
-    /* Never before the newest checkpoint (review of #17, F2): times do not go back in a log, so a
-     * leader whose clock is behind an earlier leader's keeps that time until its clock passes it. */
+    /* Dated by its clock, even before the newest checkpoint, when its certificate was valid at
+     * that one's date (review rev17, R3: kf_checkpoint_follows): one checkpoint by a fast clock
+     * pins nothing. Otherwise never before it (review of #17, F2): it keeps that time, which its
+     * certificate does not cover, so it signs nothing below. */
     kf_checkpoint prev;
-    if (kfd_store_newest_checkpoint(app->store, &prev) == 0 &&
+    if (kfd_store_newest_checkpoint(app->store, &prev) == 0 && prev.seconds > c->not_after &&
         (prev.seconds > cp.seconds || (prev.seconds == cp.seconds && prev.nanos > cp.nanos))) {
         cp.seconds = prev.seconds;
         cp.nanos = prev.nanos;

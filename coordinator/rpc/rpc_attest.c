@@ -248,9 +248,29 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
                        req->node);
         return;
     }
-    if (req->expected[0] != '\0' && kf_tpm_pcrs_diff(&expected, &seen) != 0) {
+    /* The operator names the values accepted (review rev17, A2): the token only says which quote
+     * was shown, and a quote is whatever holds the node's TPM key (a thief's machine booted with
+     * another chain too). Every PCR that changed must be listed, and each listed value must be
+     * the quoted one; the values come from outside the node (the new kernel's or firmware's
+     * published measurements, a known-good machine). */
+    kf_tpm_pcrs accepted_now;
+    uint32_t changed = rec.accepted[0] != '\0' && kf_tpm_pcrs_parse(rec.accepted, &accepted_now, NULL) == 0
+                           ? kf_tpm_pcrs_diff(&accepted_now, &seen)
+                           : seen.mask;
+    if (req->expected[0] == '\0' || (changed & ~expected.mask) != 0) {
+        char need[64];
+        kf_tpm_pcr_list(changed, need, sizeof(need));
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
+                       "name the values you accept for node %s: expected must list PCR %s (as '4=HEX ...'), from a "
+                       "source other than the node",
+                       req->node, need);
+        return;
+    }
+    if ((kf_tpm_pcrs_diff(&expected, &seen) & expected.mask) != 0) {
         kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
-                       "node %s has quoted other values since; look again (keyfleetctl node attest show)", req->node);
+                       "node %s quoted other values than the ones you expect; do not accept them unless you know why "
+                       "(keyfleetctl node attest show)",
+                       req->node);
         return;
     }
     accept_op *op = kfd_op_new(call, sizeof(*op));

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kf_log.h"
 #include "store/store_audit.h"
@@ -399,8 +400,13 @@ int kfd_store_open(const char *path, kfd_store **ret, kf_err *err)
         snprintf(s->failure, sizeof(s->failure), "database path too long");
         return kf_err_set(err, -ENAMETOOLONG, "%s", s->failure);
     }
+    char mark[4200];
+    kfd_store_restored_path(s, mark, sizeof(mark));
+    s->restored = access(mark, F_OK) == 0; /* a snapshot installed before a restart (review rev17, R7) */
     return kfd_store_open_db(s, err);
 }
+
+void kfd_store_restored_path(const kfd_store *s, char *out, size_t size) { snprintf(out, size, "%s.restored", s->path); }
 
 void kfd_store_close(kfd_store *s)
 {

@@ -366,6 +366,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_rotate(s, cmd->rotate_key, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK:
         return kfd_store_apply_head_check(s, cmd->audit_head_check, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK:
+        return kfd_store_apply_state_check(s, cmd->state_check, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN:
         return apply_node_seen(s, cmd->node_seen, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE:

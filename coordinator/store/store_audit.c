@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
@@ -300,7 +301,7 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     if ((r = checkpoint_at(s, s->tx_cp_seq, &prev)) == -EIO)
         return kf_err_set(err, -EIO, "state store unavailable: %s", s->failure);
     bool have_prev = r == 0;
-    if ((r = kf_checkpoint_follows(have_prev ? &prev : NULL, &cp, err)) != 0)
+    if ((r = kf_checkpoint_follows(have_prev ? &prev : NULL, &cp, c->cert.data, c->cert.len, err)) != 0)
         return r;
     /* Dated ahead of this replica's clock (F2): the signer's clock, or this one, is wrong, and the
      * certificate would be judged at a time nobody vouches for. Not skipped silently: recorded like
@@ -317,8 +318,6 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         (void)n; /* a cut reason is still a reason */
         kfd_store_set_diverged(s, s->tx_head_seq + 1, late);
     }
-    if (why[0] == '\0' && cp.size >= s->start_head)
-        s->vouched = true;
     /* Recorded either way: every replica's log holds the same entries. */
     Keyfleet__V1__AuditRecord rec;
     entry_record(e, s->tx_head_seq + 1, &rec);
@@ -333,6 +332,53 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
         return r;
     s->tx_cp_seq = *seq;
     s->tx_cp_size = cp.size;
+    /* The rest of the replicated state (review rev17, R2): noted here, and compared with the
+     * leader's when its CmdStateCheck for this record follows. Only then does this checkpoint
+     * vouch for the replica; none when the state cannot be read. */
+    s->cp_state_seq = 0;
+    s->cp_state_vouches = why[0] == '\0' && cp.size >= s->start_head;
+    if (kfd_store_state_digest(s, s->cp_state) == 0) {
+        s->cp_state_seq = *seq;
+        s->cp_state_version = kfd_store_state_version();
+    }
+    return 0;
+}
+
+int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck *c, kf_err *err)
+{
+    if (c == NULL || c->seq == 0 || c->state.len != KFD_HASH_LEN || c->version == 0)
+        return kf_err_set(err, -EINVAL, "state check incomplete");
+    /* Not noted here (a checkpoint applied before this replica started, or a snapshot installed
+     * since), or another schema during a rolling upgrade: nothing to compare, nothing vouched. */
+    if (c->seq != s->cp_state_seq || c->version != s->cp_state_version)
+        return 0;
+    if (CRYPTO_memcmp(c->state.data, s->cp_state, KFD_HASH_LEN) != 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "the replicated state (revocations, policy, attestation, approvals...) at "
+                 "checkpoint record %llu differs from the leader's", (unsigned long long)c->seq);
+        kfd_store_set_diverged(s, c->seq, why);
+        return 0;
+    }
+    if (!s->cp_state_vouches || s->diverged_seq != 0)
+        return 0;
+    s->vouched = true;
+    if (s->restored) {
+        /* A live checkpoint covers the snapshot it installed: a witness again after restarts. */
+        char mark[4200];
+        kfd_store_restored_path(s, mark, sizeof(mark));
+        if (unlink(mark) == 0 || errno == ENOENT)
+            s->restored = false;
+    }
+    return 0;
+}
+
+int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version)
+{
+    if (s->cp_state_seq == 0)
+        return -ENOENT;
+    *seq = s->cp_state_seq;
+    memcpy(state, s->cp_state, KFD_HASH_LEN);
+    *version = s->cp_state_version;
     return 0;
 }
 
@@ -603,7 +649,8 @@ static int scan_log(sqlite3_stmt *all, sqlite3_stmt *at, scan *sc)
                 scan_bad(sc, r->seq, "checkpoint text unreadable: %s", perr.msg);
             else if (cp.size == 0 || cp.size >= r->seq)
                 scan_bad(sc, r->seq, "%s", "checkpoint signs records that do not precede it");
-            else if (kf_checkpoint_follows(sc->have_cp ? &sc->last_cp : NULL, &cp, &perr) != 0)
+            else if (kf_checkpoint_follows(sc->have_cp ? &sc->last_cp : NULL, &cp, r->signer_cert.data,
+                                           r->signer_cert.len, &perr) != 0)
                 scan_bad(sc, r->seq, "%s", perr.msg);
             else if (kf_audit_signers_check(&sc->who, r->signer_cert.data, r->signer_cert.len, &perr) != 0)
                 scan_bad(sc, r->seq, "%s", perr.msg);
@@ -674,6 +721,7 @@ int kfd_store_load_audit(kfd_store *s, kf_err *err)
     s->cp_size = sc.cp_size;
     s->start_head = sc.head_seq;
     s->vouched = false;
+    s->cp_state_seq = 0;
     /* Records after the newest signed size (the newest checkpoint record itself aside) rest on
      * this database alone: said at start, and signed only once a majority of replicas holds the
      * same head (core/checkpoint.c). Counted from the size, not the record (review of #17, F4). */

@@ -36,6 +36,9 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN]);
 /* The version digests are compared under: this build's schema version (digests of replicas on
  * another schema are not compared). */
 uint32_t kfd_store_state_version(void);
+/* The state digest this replica noted when it applied its newest checkpoint since it opened
+ * (review rev17, R2): the leader proposes it in a CmdStateCheck. 0, or -ENOENT (none). */
+int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version);
 /* The applied head (including a deferred transaction's records). */
 void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret);
 /* Not 0 when this replica's log left the signed history (at the latest) at that seq; why says
@@ -105,6 +108,9 @@ size_t kfd_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, siz
 
 /* Notes the tentative audit head under the check's id. */
 int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadCheck *c, kf_err *err);
+/* The leader's state digest at a checkpoint record against this replica's own there (review
+ * rev17, R2): a different one diverges this replica; a match lets that checkpoint vouch for it. */
+int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck *c, kf_err *err);
 /* Appends one audit record inside the current transaction. */
 int kfd_store_append_audit(kfd_store *s, const Keyfleet__V1__AuditEntry *e, uint64_t *ret_seq, kf_err *err);
 /* At open: verifies the whole local log (chain, tree, stored roots, every checkpoint's root and

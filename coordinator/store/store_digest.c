@@ -15,11 +15,14 @@
 
 #include "store/store_internal.h"
 
-/* Every table an apply writes, except audit and audit_checkpoints (the chain and checkpoints
- * cover those) and raft_state (the applied index, the same by construction). */
-static const char *const tables[] = {"approvals", "kms_state", "node_attest",   "nodes",     "pending",
-                                     "policy",    "revoked_certs", "roles",     "secret_ids", "tokens",
-                                     "totp_failures", "totp_used", "volumes"};
+/* Every table in the database, by name, except audit and audit_checkpoints (the chain and
+ * checkpoints cover those) and raft_state (the applied index, the same by construction): a table
+ * a later migration adds is covered without anyone remembering to list it (review rev17, R2). A
+ * table written outside apply (local to one replica) must be excluded here, or every follower
+ * diverges at the next state check. */
+#define TABLES_SQL                                                                                          \
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT IN "     \
+    "('audit', 'audit_checkpoints', 'raft_state') ORDER BY name"
 
 static void put_u64(EVP_MD_CTX *m, uint64_t v)
 {
@@ -63,11 +66,12 @@ static int row_hash(EVP_MD_CTX *m, sqlite3_stmt *st, uint8_t out[KFD_HASH_LEN])
 /* One table into the outer digest. 0, -ENOMEM, -EIO. */
 static int table_digest(kfd_store *s, EVP_MD_CTX *outer, EVP_MD_CTX *m, const char *table)
 {
-    char sql[64];
-    snprintf(sql, sizeof(sql), "SELECT * FROM %s", table);
+    char *sql = sqlite3_mprintf("SELECT * FROM \"%w\"", table);
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
-        return -EIO;
+    int prc = sql != NULL ? sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) : SQLITE_NOMEM;
+    sqlite3_free(sql);
+    if (prc != SQLITE_OK)
+        return prc == SQLITE_NOMEM ? -ENOMEM : -EIO;
     uint8_t(*rows)[KFD_HASH_LEN] = NULL;
     size_t n = 0, cap = 0;
     int rc, r = 0;
@@ -109,8 +113,19 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN])
     int r = outer != NULL && m != NULL && EVP_DigestInit_ex(outer, EVP_sha256(), NULL) == 1 ? 0 : -ENOMEM;
     if (r == 0)
         EVP_DigestUpdate(outer, tag, sizeof(tag));
-    for (size_t i = 0; r == 0 && i < sizeof(tables) / sizeof(tables[0]); i++)
-        r = table_digest(s, outer, m, tables[i]);
+    sqlite3_stmt *names = NULL;
+    if (r == 0 && sqlite3_prepare_v2(s->db, TABLES_SQL, -1, &names, NULL) != SQLITE_OK)
+        r = -EIO;
+    int rc = SQLITE_DONE;
+    /* Copied: table_digest runs another statement on the connection while this one steps. */
+    while (r == 0 && (rc = sqlite3_step(names)) == SQLITE_ROW) {
+        char table[128];
+        snprintf(table, sizeof(table), "%s", (const char *)sqlite3_column_text(names, 0));
+        r = table_digest(s, outer, m, table);
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = -EIO;
+    sqlite3_finalize(names);
     unsigned int len = KFD_HASH_LEN;
     if (r == 0 && EVP_DigestFinal_ex(outer, out, &len) != 1)
         r = -ENOMEM;

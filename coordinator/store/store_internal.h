@@ -121,6 +121,13 @@ struct kfd_store {
     /* Since it opened, this replica applied a checkpoint that matched its own log and covered
      * every record it held at open: its head is the signed history plus what it applied live. */
     bool vouched;
+    /* The state digest noted when this replica applied the checkpoint record cp_state_seq (since
+     * it opened; 0: none), compared with the leader's CmdStateCheck (review rev17, R2); and
+     * whether that checkpoint vouches for this replica once the comparison matched. */
+    bool cp_state_vouches;
+    uint64_t cp_state_seq;
+    uint32_t cp_state_version;
+    uint8_t cp_state[KFD_HASH_LEN];
     /* A snapshot replaced this database since the process started (kfd_store_audit_witness). */
     bool restored;
     /* Verifies a checkpoint command's signature and chain at apply (kfd_store_set_checkpoint_verifier). */
@@ -136,6 +143,8 @@ struct kfd_store {
     size_t tx_commands; /* applied in the open deferred transaction */
 };
 
+/* The marker of a snapshot not yet covered by a live checkpoint (s->restored across restarts). */
+void kfd_store_restored_path(const kfd_store *s, char *out, size_t size);
 /* Opens s->path into s (prepares statements, loads the chain head and applied index). */
 int kfd_store_open_db(kfd_store *s, kf_err *err);
 /* Closes the database handle and statements, keeping s. */

@@ -202,26 +202,42 @@ expect_match "... and the audit record names it" "$(ctl "$F" audit --node n1 --j
 out=$(ctl "$F" node attest show n1 2>&1)
 expect_match "attest show marks PCR 4 as changed in the last quote" "$out" "PCR  4  [0-9a-f]{64}  changed.*changed: PCR 4"
 token() { printf '%s' "$1" | sed -n 's/.*node attest accept [a-z0-9]* \([0-9a-f]\{32\}\).*/\1/p'; }
+# The values the operator expects (review rev17, A2): here the test knows them, being what it
+# measured; they are taken from the quote section of `show`, as 'N=HEX N=HEX'.
+expect_of() { printf '%s\n' "$1" | sed -n '/^last quote not accepted/,/^[^ ]/p' |
+    sed -n 's/^  PCR *\([0-9]*\)  \([0-9a-f]\{64\}\).*/\1=\2/p' | tr '\n' ' ' | sed 's/ $//'; }
+accept_shown() { local s; s=$(ctl "$F" node attest show n1); ctl "$F" node attest accept n1 "$(token "$s")" --expect "$(expect_of "$s")"; }
 T1=$(token "$out")
+E1=$(expect_of "$out")
 expect_match "attest show prints the token accept must repeat" "$T1" "^[0-9a-f]{32}$"
 # The node quotes other values after the operator looked: the token no longer applies.
 measure "$TCTI_A" 4 "another kernel"
 A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
-out=$(ctl "$F" node attest accept n1 "$T1" 2>&1)
+out=$(ctl "$F" node attest accept n1 "$T1" --expect "$E1" 2>&1)
 expect_match "accept with the token of values the node no longer quotes is refused" "$out" \
     "failed_precondition.*no longer the one shown with this token"
 out=$(ctl "$F" node attest accept n1 2>&1)
 expect_match "accept without a token is a usage error" "$out" "usage: keyfleetctl node attest"
-out=$(ctl "$F" node attest accept n1 0123456789abcdef0123456789abcdef 2>&1)
+out=$(ctl "$F" node attest accept n1 0123456789abcdef0123456789abcdef --expect "$E1" 2>&1)
 expect_match "... and a made-up token is refused" "$out" "failed_precondition"
 out=$(ctl "$F" node attest show n1 2>&1)
-out=$(ctl "$F" node attest accept n1 "$(token "$out")" 2>&1)
-expect_match "attest accept with the token just shown takes those values" "$out" "node n1: the PCR values shown are accepted"
+T2=$(token "$out")
+E2=$(expect_of "$out")
+expect_match "accept without --expect is a usage error (review rev17, A2)" \
+    "$(ctl "$F" node attest accept n1 "$T2" 2>&1)" "usage: keyfleetctl node attest"
+expect_match "accept naming only an unchanged PCR is refused, naming the changed one" \
+    "$(ctl "$F" node attest accept n1 "$T2" --expect "$(printf '%s' "$E2" | tr ' ' '\n' | grep '^0=')" 2>&1)" \
+    "invalid_argument.*expected must list PCR 4"
+expect_match "accept expecting other values than the quoted ones is refused" \
+    "$(ctl "$F" node attest accept n1 "$T2" --expect "4=$(printf '%064d' 0)" 2>&1)" \
+    "failed_precondition.*other values than the ones you expect"
+out=$(ctl "$F" node attest accept n1 "$T2" --expect "$E2" 2>&1)
+expect_match "attest accept with the token just shown and the expected values takes them" "$out" "node n1: the PCR values shown are accepted"
 expect_match "... audited with the operator's name" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
     '"action":"attest_accept".*"decision":"allow".*changed: PCR 4'
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "after attest accept the node unlocks again" "$out" "disk.luks: unlocked \\(key verified"
-out=$(ctl "$F" node attest accept n1 "$T1" 2>&1)
+out=$(ctl "$F" node attest accept n1 "$T1" --expect "$E1" 2>&1)
 expect_match "nothing left to accept: attest accept says so" "$out" "not_found.*no quote that differs"
 
 # The coordinator decides which PCRs count (policy attestation.pcrs), not the agent.
@@ -306,7 +322,7 @@ YAML
 measure "$TCTI_A" 7 "secure boot db update"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "PCR 7 changed (a Secure Boot update): denied, naming PCR 7" "$out" "permission_denied.*PCR 7 changed"
-out=$(ctl "$F" node attest accept n1 "$(token "$(ctl "$F" node attest show n1)")" 2>&1)
+out=$(accept_shown 2>&1)
 expect_match "under admin.approvers: 2, attest accept is held for a second operator" "$out" "held as request [0-9a-f]+: 2 approvals needed"
 R=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
@@ -315,7 +331,7 @@ expect_match "... and until then the node stays denied" "$out" "permission_denie
 # approved late, must not roll them back.
 measure "$TCTI_A" 7 "second db update"
 A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
-out=$(ctl "$F" node attest accept n1 "$(token "$(ctl "$F" node attest show n1)")" 2>&1)
+out=$(accept_shown 2>&1)
 R2=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
 ctl_as "$F" op2 approve "$R2" >/dev/null 2>&1
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
@@ -390,7 +406,7 @@ rules:
 YAML
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "back to the default (deny): denied again" "$out" "permission_denied.*counters went backwards"
-out=$(ctl "$F" node attest accept n1 "$(token "$(ctl "$F" node attest show n1)")" 2>&1)
+out=$(accept_shown 2>&1)
 R3=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
 ctl_as "$F" op2 approve "$R3" >/dev/null 2>&1
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)

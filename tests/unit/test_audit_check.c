@@ -356,15 +356,24 @@ static void test_replayed_checkpoint(void **state)
     assert_int_equal(check(5, NULL, 0, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "(5 after it not yet signed)"));
 
-    /* Times do not go back. */
+    /* Times go back only for a signer whose certificate covered the date before (review rev17,
+     * R3): c1 may date back from t0 + 10, which it could have signed at itself ... */
     log_reset();
     log_releases(2);
     log_checkpoint(2, t0 + 10);
     log_releases(1);
     log_checkpoint(4, t0 + 5);
+    if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
+        fail_msg("%s", out);
+    /* ... but not from a date past its notAfter (t0 + 29.5 days, by c1's newer certificate). */
+    log_reset();
+    log_releases(2);
+    log_checkpoint_by(2, t0 + 29 * 86400 + 43200, c1_new_key, c1_new_cert, c1_new_cert_len);
+    log_releases(1);
+    log_checkpoint(4, t0 + 5);
     assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
     if (strstr(out, "BROKEN at record 5: checkpoint: checkpoint time") == NULL ||
-        strstr(out, "is before the checkpoint before it") == NULL)
+        strstr(out, "is before the checkpoint before it") == NULL || strstr(out, "had expired by then") == NULL)
         fail_msg("%s", out);
     /* The same time is fine (a leader whose clock is behind keeps the newest one). */
     log_reset();

@@ -366,8 +366,14 @@ static void test_restored_is_no_witness(void **state)
     assert_false(kfd_store_audit_vouched(b));
     assert_int_equal(apply_at(b, 4, "b"), 0);
     assert_false(kfd_store_audit_witness(b)); /* records applied live vouch for nothing */
+    kfd_store_close(b);
+    b = open_db("witness-b.db");
+    assert_false(kfd_store_audit_witness(b)); /* not forgotten at a restart (review rev17, R7) */
     assert_int_equal(apply_checkpoint(b, "w1", c1, c1_len), 0);
     assert_true(kfd_store_audit_witness(b)); /* a live checkpoint covers what it received */
+    kfd_store_close(b);
+    b = open_db("witness-b.db");
+    assert_true(kfd_store_audit_witness(b)); /* and stays covered after a restart */
     OPENSSL_free(c1);
     kfd_store_close(a);
     kfd_store_close(b);
@@ -693,6 +699,7 @@ static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_le
  * dated seconds (0: now_ts), signed (as far as the store looks) by cert. */
 static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len, int64_t seconds,
                                bool bad_root);
+static int state_check_mode;
 
 static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len)
 {
@@ -726,7 +733,21 @@ static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, 
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
     cmd.checkpoint = &c;
     kfd_apply_result res;
-    return kfd_store_apply(s, &cmd, &res, NULL);
+    int r = kfd_store_apply(s, &cmd, &res, NULL);
+    /* The leader's CmdStateCheck that follows (review rev17, R2): its digest as this store's, or
+     * another (state_check_mode 1), or none (2). */
+    uint8_t st[KFD_HASH_LEN];
+    Keyfleet__V1__CmdStateCheck sc = KEYFLEET__V1__CMD_STATE_CHECK__INIT;
+    if (r == 0 && state_check_mode != 2 &&
+        kfd_store_checkpoint_state(s, &sc.seq, st, &sc.version) == 0) {
+        st[0] ^= state_check_mode == 1 ? 1 : 0;
+        sc.state = (ProtobufCBinaryData){sizeof(st), st};
+        Keyfleet__V1__StateCommand scmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+        scmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK;
+        scmd.state_check = &sc;
+        assert_int_equal(kfd_store_apply(s, &scmd, &res, NULL), 0);
+    }
+    return r;
 }
 
 /* Review of #17: the head a replica notes at a leader's check (F1), and checkpoints by a revoked
@@ -866,6 +887,57 @@ static void test_checkpoint_verifier_at_apply(void **state)
     OPENSSL_free(c5);
 }
 
+/* Review rev17, R2 (the rest): a checkpoint vouches for a replica only once the leader's state
+ * check for it matched this replica's digest there; a different one diverges it. */
+static void test_checkpoint_state_compared(void **state)
+{
+    (void)state;
+    uint8_t *c6 = NULL;
+    size_t c6_len = 0;
+    char serial[KF_SERIAL_MAX];
+    coordinator_cert("c6", &c6, &c6_len, serial);
+    kfd_store *s = open_db("cs-a.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    uint8_t st[KFD_HASH_LEN];
+    uint64_t st_seq = 0;
+    uint32_t st_version = 0;
+    assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), -ENOENT);
+    state_check_mode = 2; /* no state check follows */
+    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
+    assert_false(kfd_store_audit_vouched(s)); /* its state not compared */
+    assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), 0);
+    assert_int_equal(st_seq, 2);
+    assert_int_equal(st_version, kfd_store_state_version());
+    /* A check for another record (noted before a restart, say) compares nothing. */
+    Keyfleet__V1__CmdStateCheck sc = KEYFLEET__V1__CMD_STATE_CHECK__INIT;
+    sc.seq = 1;
+    sc.state = (ProtobufCBinaryData){sizeof(st), st};
+    sc.version = st_version;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK;
+    cmd.state_check = &sc;
+    kfd_apply_result res;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_false(kfd_store_audit_vouched(s));
+    sc.seq = 2; /* the leader's, matching */
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_true(kfd_store_audit_vouched(s));
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    kfd_store_close(s);
+
+    s = open_db("cs-b.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    state_check_mode = 1; /* the leader's state differs from this replica's */
+    assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
+    state_check_mode = 0;
+    const char *why = NULL;
+    assert_int_equal(kfd_store_audit_diverged(s, &why), 2);
+    assert_non_null(strstr(why, "replicated state"));
+    assert_false(kfd_store_audit_vouched(s));
+    kfd_store_close(s);
+    OPENSSL_free(c6);
+}
+
 /* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
  * audit log, not with the audit log or the order rows were written in. */
 /* An edit behind the store's back (the attacker of #17 with write access to one database). */
@@ -908,6 +980,16 @@ static void test_state_digest(void **state)
     assert_memory_not_equal(da, db, sizeof(da)); /* a revocation undone */
     kfd_store_close(a);
     kfd_store_close(b);
+    /* A table a later migration adds is in it without being listed (review rev17, R2). */
+    edit_db("sd-b.db", "CREATE TABLE later_table (k TEXT)");
+    b = open_db("sd-b.db");
+    assert_int_equal(kfd_store_state_digest(b, da), 0);
+    kfd_store_close(b);
+    edit_db("sd-b.db", "INSERT INTO later_table (k) VALUES ('x')");
+    b = open_db("sd-b.db");
+    assert_int_equal(kfd_store_state_digest(b, db), 0);
+    assert_memory_not_equal(da, db, sizeof(da));
+    kfd_store_close(b);
 }
 
 static void test_checkpoint_apply_order(void **state)
@@ -936,10 +1018,13 @@ static void test_checkpoint_apply_order(void **state)
     assert_int_equal(append(s, "release", "web-02"), 0);
     kfd_audit_head before, after;
     kfd_store_audit_head(s, &before);
-    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now - 20, false), -EPERM);
+    /* Back in time by a signer whose certificate covered the date before (review rev17, R3; the
+     * refusal of one whose certificate had expired by then: test_audit_check). */
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now - 20, false), 0);
     kfd_store_audit_head(s, &after);
-    assert_int_equal(after.seq, before.seq);
-    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now - 10, false), 0); /* the same time */
+    assert_int_equal(after.seq, before.seq + 1);
+    assert_int_equal(append(s, "release", "web-02"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now - 20, false), 0); /* the same time */
     assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
 
     /* F2 */
@@ -963,6 +1048,18 @@ static void test_checkpoint_apply_order(void **state)
     assert_int_equal(append(s, "release", "web-06"), 0);
     assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now + 3601, false), 0);
     assert_true(kfd_store_audit_diverged(s, NULL) != 0);
+    kfd_store_close(s);
+
+    /* Back in time from a date past the signer's notAfter (review rev17, R3): refused, nothing
+     * recorded. (The first is recorded here only because this store verifies no chain.) */
+    s = open_db("f4b.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now + 31 * 86400, false), 0);
+    assert_int_equal(append(s, "release", "web-02"), 0);
+    kfd_store_audit_head(s, &before);
+    assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, now, false), -EPERM);
+    kfd_store_audit_head(s, &after);
+    assert_int_equal(after.seq, before.seq);
     kfd_store_close(s);
 
     /* F9: removed at now + 600 (after c1's certificate was issued), added back. */
@@ -1006,6 +1103,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_apply_order),
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
         cmocka_unit_test(test_state_digest),
+        cmocka_unit_test(test_checkpoint_state_compared),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
