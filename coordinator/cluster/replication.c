@@ -716,8 +716,9 @@ static int start(kfd_repl *r, kf_err *err)
     r->flush.data = r;
     uv_check_start(&r->flush, on_flush);
     uv_unref((uv_handle_t *)&r->flush);
-    if ((rc = raft_start(&r->raft)) != 0)
-        return kf_err_set(err, -EIO, "raft start: %s", raft_errmsg(&r->raft));
+    if ((rc = raft_start(&r->raft)) != 0) /* libraft leaves a failed listen's reason in the transport */
+        return kf_err_set(err, -EIO, "raft start: %s",
+                          raft_errmsg(&r->raft)[0] != '\0' ? raft_errmsg(&r->raft) : r->transport.errmsg);
     r->started = true;
     r->started_at = uv_now(r->loop);
     uv_timer_init(r->loop, &r->monitor);

@@ -1,6 +1,8 @@
 # Helpers for tests that run keyfleetd clusters on loopback (sourced after lib.sh, with F set to
 # the fleet directory): configs, start and stop, leader and catch-up waits, releases.
-BASE=$((21000 + (RANDOM % 400) * 50))
+# Below Linux's ephemeral range (32768 and up), where other tests' client connections could hold
+# a port between this choice and the bind.
+BASE=$((10000 + (RANDOM % 450) * 50))
 
 # setup_cluster PREFIX N [EXTRA MEMBER]: configs for N coordinators PREFIX1..N (ports from BASE).
 declare -A RPC RAFT PID
