@@ -256,7 +256,9 @@ static void on_accept(uv_stream_t *listener, int status)
     gettimeofday(&conn->connected_at, NULL);
     conn->handshake_timeout.cb = on_handshake_timeout;
     if (l->probe) { /* no TLS: the router answers such a connection as a probe only */
-        h2o_http1_accept(&srv->accept_ctx, sock, conn->connected_at);
+        /* HTTP/1.1's context: its 4 KiB body limit, and no HTTP/2 (an h2c upgrade or prior
+         * knowledge would bypass the h2 guard's budgets; review rev19 P1). */
+        h2o_http1_accept(&srv->http1_accept, sock, conn->connected_at);
         return;
     }
     h2o_timeout_link(srv->loop, &srv->ctx.handshake_timeout, &conn->handshake_timeout);
@@ -472,6 +474,8 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
      * protocol limit so oversized bodies reach the router and get a proper resource_exhausted. */
     configure_h2o(srv, &srv->globalconf, &srv->ctx, cfg->limits.max_body_bytes * 16u);
     configure_h2o(srv, &srv->http1_conf, &srv->http1_ctx, HTTP1_MAX_BODY);
+    /* HTTP/2 only through ALPN h2 and the h2 guard: no "Upgrade: h2c", no plaintext preface. */
+    srv->http1_conf.http1.upgrade_to_http2 = 0;
 
     SSL_CTX *ctx = NULL;
     int r = build_ssl_ctx(srv, &ctx, err);
