@@ -32,6 +32,10 @@
  * failed_precondition), and h2o holds the whole body first, outside the HTTP/2 guard's body
  * budgets: at 16 x max_body_bytes, 100 connections held 110 MB. Longer bodies get h2o's 413. */
 #define HTTP1_MAX_BODY 4096
+/* Open probe_listen connections at most: h2o 2.2.5 holds a request head of up to about 417 KB
+ * (H2O_MAX_REQLEN) per HTTP/1.1 connection until req_timeout, with no TLS or certificate asked
+ * first (60 connections held 26 MB); a load balancer needs a few (review rev19 P2). */
+#define PROBE_MAX_CONNECTIONS 64
 
 typedef struct kfd_listener {
     uv_tcp_t tcp;
@@ -80,6 +84,7 @@ typedef struct kfd_conn {
     uv_write_t *refused_req;
     uv_write_cb refused_cb;
     int refused_status;
+    bool probe; /* counted in srv->probe_connections */
 } kfd_conn;
 
 typedef struct kfd_handler {
@@ -149,6 +154,8 @@ static void on_conn_close(uv_handle_t *handle)
     kfd_h2guard_dispose(&conn->h2);
     source_release(srv->sources, conn->slot);
     srv->connections--;
+    if (conn->probe)
+        srv->probe_connections--;
     free(conn);
 }
 
@@ -231,13 +238,15 @@ static void on_accept(uv_stream_t *listener, int status)
     peer_address(&conn->tcp, addr, sizeof(addr));
     source_slot *slot = source_find(srv->sources, addr, true);
     const kfd_limits *lim = &srv->cfg->limits;
+    bool probe_full = l->probe && srv->probe_connections >= PROBE_MAX_CONNECTIONS;
     if (srv->draining || slot == NULL || slot->count >= lim->max_connections_per_source ||
-        srv->connections >= lim->max_connections) {
+        srv->connections >= lim->max_connections || probe_full) {
         srv->metrics.connections_rejected++;
         kf_log_warn("connection_rejected", "source=%s reason=%s", addr,
-                    srv->draining ? "draining" : slot == NULL || slot->count >= lim->max_connections_per_source
-                                                     ? "per_source_limit"
-                                                     : "connection_limit");
+                    srv->draining ? "draining"
+                    : slot == NULL || slot->count >= lim->max_connections_per_source ? "per_source_limit"
+                    : probe_full                                                     ? "probe_limit"
+                                                                                     : "connection_limit");
         uv_close((uv_handle_t *)&conn->tcp, on_rejected_close);
         return;
     }
@@ -256,6 +265,8 @@ static void on_accept(uv_stream_t *listener, int status)
     gettimeofday(&conn->connected_at, NULL);
     conn->handshake_timeout.cb = on_handshake_timeout;
     if (l->probe) { /* no TLS: the router answers such a connection as a probe only */
+        conn->probe = true;
+        srv->probe_connections++;
         /* HTTP/1.1's context: its 4 KiB body limit, and no HTTP/2 (an h2c upgrade or prior
          * knowledge would bypass the h2 guard's budgets; review rev19 P1). */
         h2o_http1_accept(&srv->http1_accept, sock, conn->connected_at);

@@ -33,6 +33,30 @@ check "... HTTP/2 prior knowledge: no HTTP/2 answer" bash -c "! curl -sS --max-t
     -o /dev/null 'http://127.0.0.1:$PPORT/healthz' 2>/dev/null"
 expect_match "... a 64 KiB POST body: 413 before it is buffered" "$(head -c 65536 /dev/zero | \
     curl -sS --max-time 10 -o /dev/null -w '%{http_code}' --data-binary @- "http://127.0.0.1:$PPORT/healthz")" "^413"
+# Review rev19 P2: h2o holds a request head of up to about 417 KB per HTTP/1.1 connection, asking
+# nothing first on the probe listener: at most 64 probe connections are open at once.
+out=$(timeout 60 python3 - "$PPORT" <<'PY'
+import socket, sys
+port, held, closed = int(sys.argv[1]), [], 0
+for _ in range(70):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: " + b"a" * 4000 + b"\r\n")
+    held.append(s)
+for s in held:
+    s.settimeout(0.5)
+    try:
+        closed += s.recv(1) == b""
+    except socket.timeout:
+        pass
+    except OSError:
+        closed += 1
+# Earlier probes' connections may not be closed server-side yet: at most 64 held, 6 or more closed.
+print("bounded" if len(held) - closed <= 64 and closed >= 6 else "held %d closed %d" % (len(held) - closed, closed))
+PY
+)
+expect_eq "... 70 slow requests: at most 64 held, the rest closed at once" "$out" "bounded"
+expect_match "... logged as probe_limit" "$(cat "$F/keyfleetd.log")" "event=connection_rejected source=127.0.0.1 reason=probe_limit"
+expect_match "... once they are gone, a probe is answered" "$(plain "http://127.0.0.1:$PPORT/healthz")" "^200 ok"
 check "... it speaks no TLS" bash -c "! curl -sS --max-time 5 -k 'https://127.0.0.1:$PPORT/healthz' >/dev/null 2>&1"
 check "control: the RPC port still wants a client certificate (client_auth: required)" \
     bash -c "! curl -sS --max-time 5 --cacert '$F/ca.crt' 'https://127.0.0.1:$PORT/healthz' >/dev/null 2>&1"
