@@ -33,6 +33,10 @@
  * failed_precondition), and h2o holds the whole body first, outside the HTTP/2 guard's body
  * budgets: at 16 x max_body_bytes, 100 connections held 110 MB. Longer bodies get h2o's 413. */
 #define HTTP1_MAX_BODY 4096
+/* Open probe_listen connections at most: h2o 2.2.5 holds a request head of up to about 417 KB
+ * (H2O_MAX_REQLEN) per HTTP/1.1 connection until req_timeout, with no TLS or certificate asked
+ * first (60 connections held 26 MB); a load balancer needs a few (review rev19 P2). */
+#define PROBE_MAX_CONNECTIONS 64
 
 typedef struct kfd_listener {
     uv_tcp_t tcp;
@@ -122,6 +126,7 @@ typedef struct kfd_conn {
     uv_write_t *refused_req;
     uv_write_cb refused_cb;
     int refused_status;
+    bool probe; /* counted in srv->probe_connections */
 } kfd_conn;
 
 typedef struct kfd_handler {
@@ -230,6 +235,8 @@ static void on_conn_close(uv_handle_t *handle)
     kfd_h2guard_dispose(&conn->h2);
     source_release(srv->sources, conn->slot, uv_now(srv->loop));
     srv->connections--;
+    if (conn->probe)
+        srv->probe_connections--;
     free(conn);
 }
 
@@ -317,13 +324,15 @@ static void on_accept(uv_stream_t *listener, int status)
     kfd_source_key(addr, srv->cfg->limits.ipv6_source_prefix, key, sizeof(key));
     source_slot *slot = source_find(srv->sources, key, true, now);
     const kfd_limits *lim = &srv->cfg->limits;
+    bool probe_full = l->probe && srv->probe_connections >= PROBE_MAX_CONNECTIONS;
     if (srv->draining || slot == NULL || slot->count >= lim->max_connections_per_source ||
-        srv->connections >= lim->max_connections) {
+        srv->connections >= lim->max_connections || probe_full) {
         srv->metrics.connections_rejected++;
         kf_log_warn("connection_rejected", "source=%s reason=%s", addr,
-                    srv->draining ? "draining" : slot == NULL || slot->count >= lim->max_connections_per_source
-                                                     ? "per_source_limit"
-                                                     : "connection_limit");
+                    srv->draining ? "draining"
+                    : slot == NULL || slot->count >= lim->max_connections_per_source ? "per_source_limit"
+                    : probe_full                                                     ? "probe_limit"
+                                                                                     : "connection_limit");
         uv_close((uv_handle_t *)&conn->tcp, on_rejected_close);
         return;
     }
@@ -359,7 +368,11 @@ static void on_accept(uv_stream_t *listener, int status)
     gettimeofday(&conn->connected_at, NULL);
     conn->handshake_timeout.cb = on_handshake_timeout;
     if (l->probe) { /* no TLS: the router answers such a connection as a probe only */
-        h2o_http1_accept(&srv->accept_ctx, sock, conn->connected_at);
+        conn->probe = true;
+        srv->probe_connections++;
+        /* HTTP/1.1's context: its 4 KiB body limit, and no HTTP/2 (an h2c upgrade or prior
+         * knowledge would bypass the h2 guard's budgets; review rev19 P1). */
+        h2o_http1_accept(&srv->http1_accept, sock, conn->connected_at);
         return;
     }
     h2o_timeout_link(srv->loop, &srv->ctx.handshake_timeout, &conn->handshake_timeout);
@@ -576,6 +589,8 @@ int kfd_server_init(kfd_server *srv, uv_loop_t *loop, kfd_config *cfg, kf_err *e
      * protocol limit so oversized bodies reach the router and get a proper resource_exhausted. */
     configure_h2o(srv, &srv->globalconf, &srv->ctx, cfg->limits.max_body_bytes * 16u);
     configure_h2o(srv, &srv->http1_conf, &srv->http1_ctx, HTTP1_MAX_BODY);
+    /* HTTP/2 only through ALPN h2 and the h2 guard: no "Upgrade: h2c", no plaintext preface. */
+    srv->http1_conf.http1.upgrade_to_http2 = 0;
 
     SSL_CTX *ctx = NULL;
     int r = build_ssl_ctx(srv, &ctx, err);

@@ -35,6 +35,7 @@ struct kfd_server {
     kfd_ssl_generation *ssl_generations; /* every SSL_CTX ever served, newest first (peer.h) */
     struct kfd_source_table *sources;
     uint32_t connections;
+    uint32_t probe_connections; /* of them, on probe_listen (bounded apart, server.c) */
     uint64_t h2_body_bytes; /* request body bytes h2o holds for bodies still arriving (h2guard.h) */
     uint64_t h2_open_streams; /* HTTP/2 streams open on all connections, as the guards last saw them */
     uint64_t accept_errors_logged_ms; /* when an accept error was last logged (rate limit) */

@@ -134,7 +134,8 @@ void kfd_rpc_unrevoke_node(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     bool revoked = false;
-    if (kfd_store_node_revoked(kfd_call_app(call)->store, req->node, &revoked) != 0) {
+    int64_t revoked_at = 0;
+    if (kfd_store_node_revoked_at(kfd_call_app(call)->store, req->node, &revoked, &revoked_at) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
@@ -155,6 +156,7 @@ void kfd_rpc_unrevoke_node(kfd_call *call)
     Keyfleet__V1__CmdUnrevokeNode c = KEYFLEET__V1__CMD_UNREVOKE_NODE__INIT;
     c.node = req->node;
     c.audit = &a.entry;
+    c.revoked_at = revoked_at; /* approvals lift this revocation, not a later one */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE;
     cmd.unrevoke_node = &c;

@@ -164,7 +164,8 @@ static const char *const sql[ST_COUNT] = {
     [ST_NODE_LIST] = "SELECT name, revoked, coalesce(last_seen_at, 0), coalesce(revoked_at, 0), coalesce(reason, '') "
                      "FROM nodes UNION ALL SELECT DISTINCT node, 0, 0, 0, '' FROM volumes "
                      "WHERE node NOT IN (SELECT name FROM nodes) ORDER BY 1",
-    [ST_NODE_UNREVOKE] = "UPDATE nodes SET revoked = 0, revoked_at = NULL, reason = NULL WHERE name = ? AND revoked = 1",
+    [ST_NODE_UNREVOKE] = "UPDATE nodes SET revoked = 0, revoked_at = NULL, reason = NULL WHERE name = ?1 AND revoked = 1 "
+                         "AND (?2 = 0 OR coalesce(revoked_at, 0) = ?2)",
     [ST_VOLUME_RETIRE] = "UPDATE volumes SET retired_at = ?, retired_reason = ? WHERE id = ? AND retired_at IS NULL",
     /* The newest record of the node's own requests (not an operator's about it). */
     [ST_NODE_LAST_AUDIT] = "SELECT max(time_s) FROM audit WHERE node = ?1 AND actor_name = ?1",
@@ -201,7 +202,7 @@ static const char *const sql[ST_COUNT] = {
     [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at, "
                        "reason = excluded.reason",
-    [ST_NODE_GET] = "SELECT revoked FROM nodes WHERE name = ?",
+    [ST_NODE_GET] = "SELECT revoked, coalesce(revoked_at, 0) FROM nodes WHERE name = ?",
     [ST_PENDING_INSERT] = "INSERT INTO pending (request_id, node, volume_id, source, created_at, expires_at, "
                           "approvals_needed, rule, require_totp, change, change_summary) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

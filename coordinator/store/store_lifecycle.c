@@ -21,11 +21,18 @@ int kfd_store_apply_unrevoke(kfd_store *s, const Keyfleet__V1__CmdUnrevokeNode *
         return kf_err_set(err, -EINVAL, "unrevoke command incomplete");
     sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_UNREVOKE);
     kfd_bind_text(st, 1, c->node);
+    sqlite3_bind_int64(st, 2, c->revoked_at);
     int r = kfd_store_step_done(s, st, "lifting the node's revocation", err);
     if (r != 0)
         return r;
-    if (sqlite3_changes(s->db) == 0)
-        return kf_err_set(err, -ESTALE, "node %s is not revoked", c->node);
+    if (sqlite3_changes(s->db) == 0) {
+        bool revoked = false;
+        int64_t at = 0;
+        if ((r = kfd_store_node_revoked_at(s, c->node, &revoked, &at)) != 0)
+            return kf_err_set(err, r, "reading the node's revocation");
+        return revoked ? kf_err_set(err, -ESTALE, "node %s was revoked again since the unrevoke was proposed", c->node)
+                       : kf_err_set(err, -ESTALE, "node %s is not revoked", c->node);
+    }
     return kfd_store_append_audit(s, c->audit, seq, err);
 }
 

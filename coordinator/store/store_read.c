@@ -85,18 +85,25 @@ int kfd_store_node_has_volumes(kfd_store *s, const char *node, bool *ret)
 
 int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked)
 {
+    int64_t at = 0;
+    return kfd_store_node_revoked_at(s, node, ret_revoked, &at);
+}
+
+int kfd_store_node_revoked_at(kfd_store *s, const char *node, bool *ret_revoked, int64_t *ret_at)
+{
     if (s->failed)
         return -EIO;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_GET);
     kfd_bind_text(st, 1, node);
     int r = kfd_store_step_row(s, st, "reading a node");
-    if (r == -ENOENT) {
-        *ret_revoked = false;
+    *ret_revoked = false;
+    *ret_at = 0;
+    if (r == -ENOENT)
         return 0;
-    }
     if (r != 0)
         return r;
     *ret_revoked = sqlite3_column_int(st, 0) != 0;
+    *ret_at = sqlite3_column_int64(st, 1);
     sqlite3_reset(st);
     return 0;
 }

@@ -50,6 +50,8 @@ int kfd_store_node_has_volumes(kfd_store *s, const char *node, bool *ret);
 
 /* Returns 0 and sets *ret_revoked, or -EIO. */
 int kfd_store_node_revoked(kfd_store *s, const char *node, bool *ret_revoked);
+/* The same, and when it was revoked (0 when it is not). */
+int kfd_store_node_revoked_at(kfd_store *s, const char *node, bool *ret_revoked, int64_t *ret_at);
 
 typedef enum {
     KFD_PENDING_WAITING = 0,

@@ -25,6 +25,38 @@ expect_match "... /metrics: 404, no metrics" "$(plain "http://127.0.0.1:$PPORT/m
 expect_match "... an RPC: 404, not served" "$(plain -H 'content-type: application/proto' --data-binary '' \
     "http://127.0.0.1:$PPORT/keyfleet.v1.AdminService/ClusterStatus")" "^404 not found"
 expect_match "... POST /healthz: 405" "$(plain --data-binary x "http://127.0.0.1:$PPORT/healthz")" "^405 "
+# review rev19 P1: the probe listener is HTTP/1.1 with the 4 KiB body limit, never HTTP/2 (h2c
+# upgrade or prior knowledge would bypass the h2 guard's flood budgets, front/h2guard.c).
+expect_match "... curl --http2 (Upgrade: h2c): answered over HTTP/1.1, no upgrade" \
+    "$(curl -sS --max-time 10 --http2 -o /dev/null -w '%{http_code} %{http_version}' "http://127.0.0.1:$PPORT/healthz")" "^200 1.1$"
+check "... HTTP/2 prior knowledge: no HTTP/2 answer" bash -c "! curl -sS --max-time 5 --http2-prior-knowledge \
+    -o /dev/null 'http://127.0.0.1:$PPORT/healthz' 2>/dev/null"
+expect_match "... a 64 KiB POST body: 413 before it is buffered" "$(head -c 65536 /dev/zero | \
+    curl -sS --max-time 10 -o /dev/null -w '%{http_code}' --data-binary @- "http://127.0.0.1:$PPORT/healthz")" "^413"
+# Review rev19 P2: h2o holds a request head of up to about 417 KB per HTTP/1.1 connection, asking
+# nothing first on the probe listener: at most 64 probe connections are open at once.
+out=$(timeout 60 python3 - "$PPORT" <<'PY'
+import socket, sys
+port, held, closed = int(sys.argv[1]), [], 0
+for _ in range(70):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: " + b"a" * 4000 + b"\r\n")
+    held.append(s)
+for s in held:
+    s.settimeout(0.5)
+    try:
+        closed += s.recv(1) == b""
+    except socket.timeout:
+        pass
+    except OSError:
+        closed += 1
+# Earlier probes' connections may not be closed server-side yet: at most 64 held, 6 or more closed.
+print("bounded" if len(held) - closed <= 64 and closed >= 6 else "held %d closed %d" % (len(held) - closed, closed))
+PY
+)
+expect_eq "... 70 slow requests: at most 64 held, the rest closed at once" "$out" "bounded"
+expect_match "... logged as probe_limit" "$(cat "$F/keyfleetd.log")" "event=connection_rejected source=127.0.0.1 reason=probe_limit"
+expect_match "... once they are gone, a probe is answered" "$(plain "http://127.0.0.1:$PPORT/healthz")" "^200 ok"
 check "... it speaks no TLS" bash -c "! curl -sS --max-time 5 -k 'https://127.0.0.1:$PPORT/healthz' >/dev/null 2>&1"
 check "control: the RPC port still wants a client certificate (client_auth: required)" \
     bash -c "! curl -sS --max-time 5 --cacert '$F/ca.crt' 'https://127.0.0.1:$PORT/healthz' >/dev/null 2>&1"
@@ -105,6 +137,33 @@ PY
 # (Not under a sanitizer: ASan's quarantine keeps freed memory resident.)
 [ "${KF_SANITIZED:-0}" = 1 ] ||
     expect_eq "60 HTTP/1.1 connections sending 1 MiB bodies: keyfleetd holds none of them" "$out" "grew_under_20mb"
+
+# Review rev19 P1: a TLS connection that chose ALPN http/1.1 cannot switch to HTTP/2 either
+# (the h2c upgrade or the HTTP/2 preface), which would bypass the h2 guard.
+out=$(timeout 30 python3 - "$PORT" "$F" <<'PY'
+import socket, ssl, sys
+port, fleet = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(fleet + "/ca.crt")
+ctx.load_cert_chain(fleet + "/operator.crt", fleet + "/operator.key")
+ctx.check_hostname = False
+ctx.set_alpn_protocols(["http/1.1"])
+res = []
+for msg in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+    s.sendall(msg)
+    try:
+        got = s.recv(64)
+    except OSError:
+        got = b""
+    res.append("h2" if got.startswith(b"HTTP/1.1 101") or got[3:4] == b"\x04" else "no_h2")
+    s.close()
+print(" ".join(res))
+PY
+)
+expect_eq "TLS with ALPN http/1.1: neither Upgrade: h2c nor the HTTP/2 preface switches to HTTP/2" "$out" "no_h2 no_h2"
 
 # Source addresses (review rev26): the per-source table had 4096 slots, so once 4096 addresses
 # each held a connection (half-open TCP, no certificate needed) every new address was refused as

@@ -659,6 +659,52 @@ static void test_wipe_and_erase_confirm_at_apply(void **state)
     kfd_store_close(s);
 }
 
+/* Review rev19 L1: an unrevoke lifts the revocation it was proposed for. A node revoked again
+ * (another reason, later) while the change waited for approvals stays revoked when they come. */
+static void test_unrevoke_bound_to_revocation(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("unrevoke.db");
+    assert_int_equal(revoke_node(s, "n3"), 0); /* at T0: "lost" */
+    bool revoked = false;
+    int64_t at = 0;
+    assert_int_equal(kfd_store_node_revoked_at(s, "n3", &revoked, &at), 0);
+    assert_true(revoked);
+    assert_int_equal(at, T0);
+    audit_at a;
+    audit(&a, T0 + 1, "unrevoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdUnrevokeNode u = KEYFLEET__V1__CMD_UNREVOKE_NODE__INIT;
+    u.node = (char *)"n3";
+    u.audit = &a.e;
+    u.revoked_at = at;
+    Keyfleet__V1__StateCommand change = KEYFLEET__V1__STATE_COMMAND__INIT;
+    change.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE;
+    change.unrevoke_node = &u;
+    assert_int_equal(propose(s, RID, &change, 2), 0);
+    /* Revoked again meanwhile, for another reason. */
+    audit_at ra;
+    audit(&ra, T0 + 5, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRevokeNode rc = KEYFLEET__V1__CMD_REVOKE_NODE__INIT;
+    rc.node = (char *)"n3";
+    rc.audit = &ra.e;
+    Keyfleet__V1__StateCommand rcmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    rcmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
+    rcmd.revoke_node = &rc;
+    assert_int_equal(apply(s, &rcmd, NULL), 0);
+    (void)approve(s, RID, "op2", 0, T0 + 6);
+    assert_int_equal(kfd_store_node_revoked_at(s, "n3", &revoked, &at), 0);
+    assert_true(revoked); /* the later revocation stands */
+    assert_int_equal(at, T0 + 5);
+
+    /* Control: an unrevoke proposed for the current revocation lifts it. */
+    u.revoked_at = T0 + 5;
+    assert_int_equal(propose(s, RID2, &change, 2), 0);
+    assert_int_equal(approve(s, RID2, "op2", 0, T0 + 7), 0);
+    assert_int_equal(kfd_store_node_revoked(s, "n3", &revoked), 0);
+    assert_false(revoked);
+    kfd_store_close(s);
+}
+
 /* A secret id made for a role (held for approval meanwhile) must not land on a role of the same
  * name created again later, perhaps for another node. */
 static void test_secret_id_bound_to_role_id(void **state)
@@ -871,6 +917,7 @@ int main(void)
         cmocka_unit_test(test_recovery_at_apply),
         cmocka_unit_test(test_retire_and_unrevoke_at_apply),
         cmocka_unit_test(test_wipe_and_erase_confirm_at_apply),
+        cmocka_unit_test(test_unrevoke_bound_to_revocation),
     };
     return cmocka_run_group_tests_name("store_guard", tests, tmpdir_setup, tmpdir_teardown);
 }
