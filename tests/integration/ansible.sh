@@ -18,7 +18,7 @@ ROOT=$WORK/root
 fleet_init "$F"
 issue "$F" coordinator kfa --san IP:127.0.0.1
 issue "$F" node n1
-RPC=127.0.0.1:$((20000 + RANDOM % 20000))
+RPC=127.0.0.1:$(test_port)
 luks_file "$WORK/d.luks" "pw"
 
 cat >"$WORK/inventory.yml" <<YAML

@@ -35,7 +35,7 @@ out=$("$PROBE" "127.0.0.1:$(cat "$WORK/f2.port")" "$F/operator.crt" "$F/operator
     keyfleet.v1.AdminService/ClusterStatus unavailable)
 expect_match "a hint to nowhere ends clearly" "$out" "^code=(unavailable|transport_error)"
 # A TLS server that does not agree to HTTP/2 is refused with a clear error, not misread.
-H1=127.0.0.1:$((20000 + RANDOM % 20000))
+H1=127.0.0.1:$(test_port)
 openssl s_server -quiet -accept "$H1" -cert "$F/coordinator.crt" -key "$F/coordinator.key" -alpn http/1.1 \
     -www >/dev/null 2>&1 &
 PIDS+=($!)

@@ -225,14 +225,31 @@ luks_json() {
         python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")))'
 }
 
-# start_swtpm DIR: a software TPM on loopback; sets TCTI.
+# test_port: a random TCP port that nothing on 127.0.0.1 listens on now, below Linux's ephemeral
+# range (32768 and up), where other tests' client connections take their ports from.
+test_port() {
+    local p
+    for _ in $(seq 1 50); do
+        p=$((10000 + RANDOM % 22000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || break
+    done
+    echo "$p"
+}
+
+# start_swtpm DIR: a software TPM on loopback; sets TCTI. A port taken between the choice and
+# swtpm's bind (swtpm then exits without a pid file) is chosen again, up to 5 times.
 start_swtpm() {
     mkdir -p "$1"
-    local port=$((20000 + RANDOM % 20000))
-    swtpm socket --tpmstate dir="$1" --tpm2 --server type=tcp,port=$port,bindaddr=127.0.0.1 \
-        --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear \
-        --pid file="$1/pid" --daemon
-    for _ in $(seq 1 100); do [ -s "$1/pid" ] && break; sleep 0.05; done
+    local port try
+    for try in 1 2 3 4 5; do
+        port=$(test_port)
+        rm -f "$1/pid"
+        swtpm socket --tpmstate dir="$1" --tpm2 --server type=tcp,port=$port,bindaddr=127.0.0.1 \
+            --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear \
+            --pid file="$1/pid" --daemon 2>>"$1/swtpm.err" || continue
+        for _ in $(seq 1 100); do [ -s "$1/pid" ] && break; sleep 0.05; done
+        [ -s "$1/pid" ] && break
+    done
     PIDS+=("$(cat "$1/pid")")
     TCTI="swtpm:host=127.0.0.1,port=$port"
     export TSS2_LOG=all+none

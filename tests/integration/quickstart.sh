@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 
 SRC=${KF_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-QPORT=$((20000 + RANDOM % 20000))
+QPORT=$(test_port)
 block=$(awk '/^## Quick start by hand/ {q = 1} q && /^```sh$/ {b = 1; next} b && /^```$/ {exit} b {print}' "$SRC/README.md")
 check "README.md has a quick start block" test -n "$block"
 check "... that enrolls and unlocks" bash -c 'grep -q "keyfleet-agent .* enroll" <<<"$1" && grep -q "keyfleet-agent .* unlock" <<<"$1"' _ "$block"
