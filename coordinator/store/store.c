@@ -89,8 +89,8 @@ static const char *const migrations[] = {
      * (its heartbeats, replicated), so nodes silent past their group's window are shown. */
     "ALTER TABLE nodes ADD COLUMN last_seen_at INTEGER;",
     /* 11: volume lifecycle (docs/operations.md): a retired volume's key is refused from then on. */
-    "ALTER TABLE volumes ADD COLUMN retired_at INTEGER;"
-    "ALTER TABLE volumes ADD COLUMN retired_reason TEXT;",
+    ("ALTER TABLE volumes ADD COLUMN retired_at INTEGER;"
+     "ALTER TABLE volumes ADD COLUMN retired_reason TEXT;"),
     /* 12: recovery keys (docs/recovery.md): each volume's escrowed key (LUKS2: wrapped under
      * VOLUME_ID/recovery; ZFS: '', the dataset's own key), whether an operator was shown it, and
      * the operator who proposed a held request (a reveal is answered to that operator only). */
