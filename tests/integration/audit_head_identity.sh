@@ -39,8 +39,9 @@ grep -q "$REFUSED" "$WORK/$LEAD/keyfleetd.log"
 check "$LEAD refuses the answer of x9's certificate at c3's address" test $? -eq 0
 grep -q "event=audit_head_disputed peer=c3" "$WORK/$LEAD/keyfleetd.log"
 check "... and does not count it as a dispute" test $? -ne 0
+for _ in $(seq 1 200); do grep -q "event=audit_head_confirmed .*how=majority" "$WORK/$LEAD/keyfleetd.log" && break; sleep 0.05; done
 grep -q "event=audit_head_confirmed .*how=majority" "$WORK/$LEAD/keyfleetd.log"
-check "the honest voter's answer confirms $LEAD" test $? -eq 0
+check "the honest voter's answer confirms $LEAD (within 10 s)" test $? -eq 0
 for _ in $(seq 1 50); do
     out=$(release n1 vol-1 "$WRAP" "$(servers_of c1 c2)" 2>&1)
     [[ $out == "code=ok status=released"* ]] && break

@@ -24,8 +24,10 @@ wait_log() {
 # member address, as a replica does.
 raft_hello() {
     local hello="name=$1 raft=${RAFT[$1]} rpc=${RPC[$1]}"
-    { printf "\\x$(printf %02x $((${#hello} >> 8)))\\x$(printf %02x $((${#hello} & 255)))%s" "$hello"; sleep 1; } |
-        timeout 5 openssl s_client -quiet -connect "${RAFT[$4]}" -alpn keyfleet-raft/1 -cert "$2" -key "$3" \
+    # Held open 3 s: the refusal naming the member comes once keyfleetd read the hello, which takes
+    # longer than a second under ASan on a loaded machine.
+    { printf "\\x$(printf %02x $((${#hello} >> 8)))\\x$(printf %02x $((${#hello} & 255)))%s" "$hello"; sleep 3; } |
+        timeout 10 openssl s_client -quiet -connect "${RAFT[$4]}" -alpn keyfleet-raft/1 -cert "$2" -key "$3" \
             -CAfile "$F/ca.crt" >/dev/null 2>&1
 }
 serial_of() { openssl x509 -noout -serial -in "$1" | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f'; }
