@@ -1011,9 +1011,10 @@ static bool release_decide(kfd_call *call, const Keyfleet__V1__ReleaseRequest *r
     kfd_app *app = kfd_call_app(call);
     label_set ls;
     labels_from_json(&ls, vol->labels_json);
-    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = vol->id,
-                           .volume_name = vol->name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL),
-                           .attested = att->attested, .attest_why = att->why, .quoted = att->quote_valid ? &att->quoted : NULL};
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
+                           .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items, .n_labels = ls.n,
+                           .now = time(NULL), .attested = att->attested, .attest_why = att->why,
+                           .quoted = att->quote_valid ? &att->quoted : NULL};
     kfd_policy_evaluate_release(app->policy, &in, vol->node, decision);
     note_rollback(att, decision);
     kfd_policy_input owner = in; /* the key's age is judged as keyfleetctl volume list judges it */
