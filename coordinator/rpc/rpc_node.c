@@ -1,4 +1,5 @@
-/* NodeService.Enroll, Release, RotateKey and Heartbeat (docs/protocol.md).
+/* NodeService.Enroll, Release, RotateKey and EnrollRecoveryKey (docs/protocol.md; Heartbeat is
+ * rpc_heartbeat.c).
  *
  * Release order: validate; revoked?; volume known?; policy (deny -> audited denial); rate limit;
  * approval state; KMS unwrap under the volume id; seal to the agent's ephemeral key; commit the
@@ -17,8 +18,6 @@
 #include <jansson.h>
 
 #include "rpc/rpc_node.h"
-#include "rpc/rpc_erase.h"
-#include "store/store_erase.h"
 #include "rpc/rpc_attest.h"
 
 #include "core/app.h"
@@ -967,6 +966,125 @@ static bool poll_pending(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req
     return false;
 }
 
+/* The volume a release names, read and checked: known, not retired, and not holding a key a
+ * rotation retired. False when the call was answered (vol then holds nothing); else clear vol. */
+static bool release_volume(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, kfd_volume *vol)
+{
+    kfd_app *app = kfd_call_app(call);
+    int r = kfd_store_get_volume(app->store, req->volume->id, vol);
+    if (r == -ENOENT) {
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_NOT_FOUND, "unknown volume");
+        return false;
+    }
+    if (r != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return false;
+    }
+    /* A retired volume's key goes to nobody (checked again at apply: a retire committed while
+     * the KMS answered). */
+    if (vol->retired_at != 0) {
+        kfd_volume_clear(vol);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, "volume is retired");
+        return false;
+    }
+    /* A wrapped key that names its data key (remote KMSs) is checked before the KMS is asked;
+     * every key is checked again once unwrapped, and at apply. */
+    kfd_wrapped w;
+    if (kfd_wrapped_parse(req->wrapped_key, app->kms->ops->name, &w) == 0 &&
+        kcv_retired(w.kcv, vol->key_kcv, vol->next_kcv)) {
+        kfd_volume_clear(vol);
+        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_FAILED_PRECONDITION, RETIRED_MESSAGE);
+        return false;
+    }
+    return true;
+}
+
+/* The policy's decision on releasing vol's key to the caller (with the quote's rollback note),
+ * and the key's age; a denial (with the quote's values when they are not the accepted ones) or
+ * the rule's rate limit is answered, and returns false. */
+static bool release_decide(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, const kfd_volume *vol,
+                           const kfd_attest_eval *att, kfd_policy_decision *decision, kfd_key_age *key_age)
+{
+    kfd_app *app = kfd_call_app(call);
+    label_set ls;
+    labels_from_json(&ls, vol->labels_json);
+    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
+                           .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items, .n_labels = ls.n,
+                           .now = time(NULL), .attested = att->attested, .attest_why = att->why,
+                           .quoted = att->quote_valid ? &att->quoted : NULL};
+    kfd_policy_evaluate_release(app->policy, &in, vol->node, decision);
+    note_rollback(att, decision);
+    kfd_policy_input owner = in; /* the key's age is judged as keyfleetctl volume list judges it */
+    owner.node = vol->node;
+    kfd_policy_key_age(app->policy, &owner, vol->key_created_at, key_age);
+    json_decref(ls.json);
+    if (!decision->allow && att->seen[0] != '\0') {
+        deny_attest(call, req->volume->id, req->request_id, att, decision->explanation);
+        return false;
+    }
+    if (!decision->allow) {
+        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, decision->explanation);
+        return false;
+    }
+    return !rate_limited(call, decision);
+}
+
+/* A release the rule holds for approval: refused at once (rewrap's no_pending), made a pending
+ * request, or polled. True when it may go on: no approval needed, or the request named is
+ * approved (*approved_request); false when the call was answered. */
+static bool release_approved(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, const kfd_volume *vol,
+                             const kfd_policy_decision *decision, bool *approved_request)
+{
+    *approved_request = false;
+    if (decision->approvals > 0) {
+        if (req->request_id[0] == '\0' && req->no_pending) {
+            /* The caller (rewrap) would rather hear it at once than leave a request behind. */
+            char why[200];
+            snprintf(why, sizeof(why), "release needs %u approval(s)%s under rule %s; no request was made",
+                     (unsigned)decision->approvals, decision->require_totp ? " with TOTP" : "", decision->rule);
+            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, "",
+                         KF_CONNECT_FAILED_PRECONDITION, why);
+            return false;
+        }
+        if (req->request_id[0] == '\0') {
+            create_pending(call, vol, decision);
+            return false;
+        }
+        if (!poll_pending(call, req, decision))
+            return false;
+        *approved_request = true;
+    }
+    return true;
+}
+
+/* The op the KMS step carries to on_release_key: what the answer and the record need, copied
+ * from vol (which the caller then clears). NULL: out of memory. */
+static release_op *new_release_op(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, const kfd_volume *vol,
+                                  const kfd_attest_eval *att, const kfd_policy_decision *decision,
+                                  const kfd_key_age *key_age, bool approved_request)
+{
+    release_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL)
+        return NULL;
+    snprintf(op->key_kcv, sizeof(op->key_kcv), "%s", vol->key_kcv);
+    snprintf(op->next_kcv, sizeof(op->next_kcv), "%s", vol->next_kcv);
+    op->req = req;
+    op->decision = *decision;
+    op->approved_request = approved_request;
+    attest_clock_of(att, &op->clock, &op->has_clock);
+    op->key_age = *key_age;
+    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
+    if (req->request_id[0] != '\0')
+        snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
+    else
+        kfd_new_request_id(op->request_id);
+    return op;
+}
+
 void kfd_rpc_release(kfd_call *call)
 {
     const Keyfleet__V1__ReleaseRequest *req = (const Keyfleet__V1__ReleaseRequest *)call->request;
@@ -981,110 +1099,25 @@ void kfd_rpc_release(kfd_call *call)
     if (!attest_eval(call, req->attestation, "Release", req->volume->id, &req->ephemeral_public_key, req->request_id,
                      &att))
         return;
-    kfd_app *app = kfd_call_app(call);
     kfd_volume vol;
-    int r = kfd_store_get_volume(app->store, req->volume->id, &vol);
-    if (r == -ENOENT) {
-        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
-                     KF_CONNECT_NOT_FOUND, "unknown volume");
+    if (!release_volume(call, req, &vol))
         return;
-    }
-    if (r != 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return;
-    }
-    /* A retired volume's key goes to nobody (checked again at apply: a retire committed while
-     * the KMS answered). */
-    if (vol.retired_at != 0) {
-        kfd_volume_clear(&vol);
-        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
-                     KF_CONNECT_PERMISSION_DENIED, "volume is retired");
-        return;
-    }
-    /* A wrapped key that names its data key (remote KMSs) is checked before the KMS is asked;
-     * every key is checked again once unwrapped, and at apply. */
-    kfd_wrapped w;
-    if (kfd_wrapped_parse(req->wrapped_key, app->kms->ops->name, &w) == 0 &&
-        kcv_retired(w.kcv, vol.key_kcv, vol.next_kcv)) {
-        kfd_volume_clear(&vol);
-        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
-                     KF_CONNECT_FAILED_PRECONDITION, RETIRED_MESSAGE);
-        return;
-    }
     kfd_policy_decision decision;
-    label_set ls;
-    labels_from_json(&ls, vol.labels_json);
-    kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = vol.id,
-                           .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n, .now = time(NULL),
-                           .attested = att.attested, .attest_why = att.why, .quoted = att.quote_valid ? &att.quoted : NULL};
-    kfd_policy_evaluate_release(app->policy, &in, vol.node, &decision);
-    note_rollback(&att, &decision);
-    kfd_policy_input owner = in; /* the key's age is judged as keyfleetctl volume list judges it */
-    owner.node = vol.node;
     kfd_key_age key_age;
-    kfd_policy_key_age(app->policy, &owner, vol.key_created_at, &key_age);
-    json_decref(ls.json);
-    if (!decision.allow && att.seen[0] != '\0') {
-        kfd_volume_clear(&vol);
-        deny_attest(call, req->volume->id, req->request_id, &att, decision.explanation);
-        return;
-    }
-    if (!decision.allow) {
-        kfd_volume_clear(&vol);
-        deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
-                     KF_CONNECT_PERMISSION_DENIED, decision.explanation);
-        return;
-    }
-    if (rate_limited(call, &decision)) {
+    bool approved_request;
+    if (!release_decide(call, req, &vol, &att, &decision, &key_age) ||
+        !release_approved(call, req, &vol, &decision, &approved_request) ||
+        kfd_call_deadline_passed(call, "the KMS unwrap")) {
         kfd_volume_clear(&vol);
         return;
     }
-    bool approved_request = false;
-    if (decision.approvals > 0) {
-        if (req->request_id[0] == '\0' && req->no_pending) {
-            /* The caller (rewrap) would rather hear it at once than leave a request behind. */
-            char why[200];
-            snprintf(why, sizeof(why), "release needs %u approval(s)%s under rule %s; no request was made",
-                     (unsigned)decision.approvals, decision.require_totp ? " with TOTP" : "", decision.rule);
-            kfd_volume_clear(&vol);
-            deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, "",
-                         KF_CONNECT_FAILED_PRECONDITION, why);
-            return;
-        }
-        if (req->request_id[0] == '\0') {
-            create_pending(call, &vol, &decision);
-            kfd_volume_clear(&vol);
-            return;
-        }
-        if (!poll_pending(call, req, &decision)) {
-            kfd_volume_clear(&vol);
-            return;
-        }
-        approved_request = true;
-    }
-    if (kfd_call_deadline_passed(call, "the KMS unwrap")) {
-        kfd_volume_clear(&vol);
-        return;
-    }
-    release_op *op = kfd_op_new(call, sizeof(*op));
+    release_op *op = new_release_op(call, req, &vol, &att, &decision, &key_age, approved_request);
+    kfd_volume_clear(&vol);
     if (op == NULL) {
-        kfd_volume_clear(&vol);
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
     }
-    snprintf(op->key_kcv, sizeof(op->key_kcv), "%s", vol.key_kcv);
-    snprintf(op->next_kcv, sizeof(op->next_kcv), "%s", vol.next_kcv);
-    kfd_volume_clear(&vol);
-    op->req = req;
-    op->decision = decision;
-    op->approved_request = approved_request;
-    attest_clock_of(&att, &op->clock, &op->has_clock);
-    op->key_age = key_age;
-    snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
-    if (req->request_id[0] != '\0')
-        snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
-    else
-        kfd_new_request_id(op->request_id);
+    kfd_app *app = kfd_call_app(call);
     app->kms->ops->unwrap(app->kms, req->volume->id, req->wrapped_key, on_release_key, op);
 }
 
@@ -1591,346 +1624,6 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
         app->kms->ops->generate(app->kms, op->kms_id, on_recovery_key, op);
 }
 
-/* ------------------------------------------------------------------ Heartbeat */
-
-typedef struct heartbeat_op {
-    kfd_op base;
-    bool revoked;
-    uint64_t dead_man_after_s;
-    size_t outstanding;
-    int failed;
-    bool attested;
-    char attest_why[320];
-    char *replace[100]; /* volumes whose recovery key was revealed: the agent replaces them */
-    size_t n_replace;
-    char **erase_ids; /* volumes the node is to crypt-erase (rpc_erase.c) */
-    size_t n_erase;
-    char *erase_all_ids[KFD_ERASE_MAX]; /* of those, the ones that erase every keyslot (borrowed) */
-    size_t n_erase_all;
-    kfd_erase_action erase_actions[KF_ERASED_MAX];
-} heartbeat_op;
-
-static void answer_heartbeat(heartbeat_op *op)
-{
-    kfd_call *call = op->base.call;
-    if (call != NULL && op->failed > 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE,
-                       "offline unlocks, dead-man locks, an attestation failure or the last contact could not be recorded; report again");
-    } else if (call != NULL) {
-        Keyfleet__V1__Timestamp now = KEYFLEET__V1__TIMESTAMP__INIT;
-        now.seconds = time(NULL);
-        Keyfleet__V1__HeartbeatResponse resp = KEYFLEET__V1__HEARTBEAT_RESPONSE__INIT;
-        resp.lock = op->revoked;
-        resp.server_time = &now;
-        resp.attested = op->attested;
-        resp.attestation = op->attest_why;
-        resp.dead_man_after_s = op->dead_man_after_s;
-        resp.n_recovery_replace = op->n_replace;
-        resp.recovery_replace = op->replace;
-        resp.erase_volume_ids = op->erase_ids;
-        resp.n_erase_volume_ids = op->n_erase;
-        resp.erase_all_volume_ids = op->erase_all_ids;
-        resp.n_erase_all_volume_ids = op->n_erase_all;
-        kfd_call_reply(call, &resp.base);
-    }
-    for (size_t i = 0; i < op->n_replace; i++)
-        free(op->replace[i]);
-    kfd_store_free_ids(op->erase_ids, op->n_erase);
-    kfd_op_free(op);
-}
-
-static void on_offline_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
-{
-    (void)res, (void)err;
-    heartbeat_op *op = arg;
-    if (status != 0)
-        op->failed++;
-    if (--op->outstanding == 0)
-        answer_heartbeat(op);
-}
-
-/* Each offline unlock and dead-man lock a heartbeat reports is an audit record and a Raft entry:
- * a node has REPORT_BURST of them recorded one by one at once, refilled at REPORT_PER_MINUTE;
- * past that, the rest of a heartbeat's reports are counted in one reports_over_budget record (and
- * the heartbeat succeeds, so the agent drops them and its dead-man clock is not stopped). Before,
- * one node, revoked or not, wrote 1,100 records per 59 KB request, 3 MB a second. */
-#define REPORT_BURST 200
-#define REPORT_PER_MINUTE 1
-/* Heartbeats a node may send: each records its contact, one Raft write. An agent sends one per
- * watch_interval (at least 1 s) and one after an unlock; a node sending faster is refused
- * (resource_exhausted, Retry-After) rather than writing to the log as fast as it can ask. */
-#define HEARTBEAT_BURST 60
-#define HEARTBEAT_PER_MINUTE 120
-
-/* How many of n reports node may have recorded one by one now. */
-static size_t reports_within_budget(kfd_app *app, const char *node, size_t n)
-{
-    size_t ok = 0;
-    uint64_t now = kf_monotonic_ms();
-    while (ok < n && kfd_ratelimit_take(app->report_limit, node, REPORT_PER_MINUTE, REPORT_BURST, now) == 0)
-        ok++;
-    return ok;
-}
-
-/* The offline unlocks a heartbeat may record (review rev26 R6): only of volumes the caller
- * enrolled, and each (volume, at) once per heartbeat; any node could otherwise write offline_unlock
- * records naming another node's volume, or the same one a thousand times. Fills keep with those
- * kept and returns how many; counts the rest in not_own and repeated (first_bad names the first
- * refused volume), or returns a negative errno when the store cannot tell. */
-static int own_offline_unlocks(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req,
-                               const Keyfleet__V1__OfflineUnlock **keep, size_t *not_own, size_t *repeated,
-                               char *first_bad, size_t first_bad_size)
-{
-    size_t kept = 0;
-    const char *checked = NULL; /* the last volume found to be the caller's (reports come in runs) */
-    *not_own = *repeated = 0;
-    first_bad[0] = '\0';
-    for (size_t i = 0; i < req->n_offline_unlocks; i++) {
-        const Keyfleet__V1__OfflineUnlock *u = req->offline_unlocks[i];
-        bool own = checked != NULL && strcmp(checked, u->volume->id) == 0;
-        if (!own) {
-            kfd_volume v;
-            int r = kfd_store_get_volume(kfd_call_app(call)->store, u->volume->id, &v);
-            if (r != 0 && r != -ENOENT)
-                return r;
-            own = r == 0 && strcmp(v.node, call->peer->name) == 0;
-            if (r == 0)
-                kfd_volume_clear(&v);
-            if (own)
-                checked = u->volume->id;
-        }
-        bool again = false;
-        for (size_t k = 0; own && !again && k < kept; k++)
-            again = keep[k]->at->seconds == u->at->seconds && strcmp(keep[k]->volume->id, u->volume->id) == 0;
-        if (own && !again) {
-            keep[kept++] = u;
-            continue;
-        }
-        ++*(own ? repeated : not_own);
-        if (first_bad[0] == '\0')
-            snprintf(first_bad, first_bad_size, "%s", u->volume->id);
-    }
-    return (int)kept;
-}
-
-/* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is
- * audited as offline_unlock. A revoked node is told to lock (kill switch) instead of refused, so
- * an agent in watch mode can act on it. */
-void kfd_rpc_heartbeat(kfd_call *call)
-{
-    const Keyfleet__V1__HeartbeatRequest *req = (const Keyfleet__V1__HeartbeatRequest *)call->request;
-    char bad_buf[160];
-    const char *bad = kf_check_heartbeat(req, bad_buf, sizeof(bad_buf));
-    if (bad != NULL) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
-        return;
-    }
-    const char *why;
-    if (!kfd_app_ready(kfd_call_app(call), &why)) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "coordinator cannot record: %s", why);
-        return;
-    }
-    uint32_t wait = kfd_ratelimit_take(kfd_call_app(call)->heartbeat_limit, call->peer->name, HEARTBEAT_PER_MINUTE,
-                                       HEARTBEAT_BURST, kf_monotonic_ms());
-    if (wait != 0) {
-        retry_after(call, wait);
-        kfd_call_error(call, KF_CONNECT_RESOURCE_EXHAUSTED, "more than %d heartbeats a minute; retry after %u ms",
-                       HEARTBEAT_PER_MINUTE, wait);
-        return;
-    }
-    bool revoked = false;
-    if (kfd_store_node_revoked(kfd_call_app(call)->store, call->peer->name, &revoked) != 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return;
-    }
-    /* Re-attestation while the node runs (watch mode): the quote is bound to this connection
-     * and to "Heartbeat"; a drift from the accepted values is audited once per new value. */
-    kfd_attest_eval att;
-    bool drift = false;
-    if (req->attestation != NULL) {
-        static const ProtobufCBinaryData none = {0, NULL};
-        if (!attest_eval(call, req->attestation, "Heartbeat", "", &none, "", &att))
-            return;
-        kfd_attest_record rec;
-        int r = kfd_store_get_attest(kfd_call_app(call)->store, call->peer->name, &rec);
-        if (r != 0 && r != -ENOENT) {
-            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-            return;
-        }
-        /* Nothing to drift from without accepted values (the node's first enrollment sets them). */
-        drift = !att.attested && !att.no_baseline && att.seen[0] != '\0' &&
-                (r == -ENOENT || strcmp(rec.seen, att.seen) != 0);
-    }
-    heartbeat_op *op = kfd_op_new(call, sizeof(*op));
-    if (op == NULL) {
-        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
-        return;
-    }
-    op->revoked = revoked;
-    if (!revoked && kfd_store_recovery_to_replace(kfd_call_app(call)->store, call->peer->name, op->replace, 100,
-                                                  &op->n_replace) != 0) {
-        for (size_t i = 0; i < op->n_replace; i++)
-            free(op->replace[i]);
-        kfd_op_free(op);
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return;
-    }
-    op->dead_man_after_s = kfd_policy_dead_man(kfd_call_app(call)->policy, call->peer->name);
-    /* Crypt-erase: the node's reports of erases, and the erases still to do (less those). */
-    int n_erase_commits = kfd_erase_plan(call, req, op->erase_actions);
-    if (n_erase_commits < 0 || kfd_erase_orders(call, req, op->erase_actions, &op->erase_ids, &op->n_erase, op->erase_all_ids,
-                                                    &op->n_erase_all) != 0) {
-        kfd_op_free(op);
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return;
-    }
-    /* Every report, and the node's last contact (replicated: `keyfleetctl node list` shows nodes
-     * silent past their dead-man window on any replica), is committed before the answer. A
-     * commit may call back at once; the last one (node_seen) may answer and free op and the
-     * request, so nothing reads them after it. */
-    size_t n_locks = req->n_dead_man_locks, not_own = 0, repeated = 0;
-    char first_bad[130];
-    const Keyfleet__V1__OfflineUnlock **offline = calloc(req->n_offline_unlocks + 1, sizeof(*offline));
-    int kept = offline == NULL ? -ENOMEM
-                               : own_offline_unlocks(call, req, offline, &not_own, &repeated, first_bad, sizeof(first_bad));
-    if (kept < 0) {
-        free(offline);
-        kfd_op_free(op);
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return;
-    }
-    size_t n_offline = (size_t)kept;
-    bool refused = not_own + repeated > 0;
-    size_t budget = reports_within_budget(kfd_call_app(call), call->peer->name, n_locks + n_offline);
-    size_t over_locks = n_locks > budget ? n_locks - budget : 0;
-    n_locks -= over_locks;
-    size_t over_offline = n_offline > budget - n_locks ? n_offline - (budget - n_locks) : 0;
-    n_offline -= over_offline;
-    bool over = over_locks + over_offline > 0;
-    /* Under require: [attested] (or [tpm_key]) a heartbeat that does not meet it is answered but
-     * is not the node's contact (review rev26 R10): a copied node key must not keep a silent
-     * machine off the PAST list. The agent's own switch counts the answer either way. */
-    bool need_tpm_key, need_attested;
-    kfd_policy_contact_requires(kfd_call_app(call)->policy, call->peer->name, &need_tpm_key, &need_attested);
-    bool contact = (!need_tpm_key || call->peer->tpm_key) &&
-                   (!need_attested || (req->attestation != NULL && att.attested));
-    if (!contact)
-        kf_log_warn("heartbeat_not_contact", "node=%s reason=%s", call->peer->name,
-                    need_tpm_key && !call->peer->tpm_key ? "no_tpm_key"
-                    : req->attestation == NULL           ? "no_quote"
-                                                         : "not_attested");
-    /* The last 1 is node_seen's, or the hold released at the end when there is no contact. */
-    op->outstanding = n_offline + n_locks + 1 + (drift ? 1 : 0) + (over ? 1 : 0) + (refused ? 1 : 0) +
-                      (size_t)n_erase_commits;
-    if (req->attestation != NULL) {
-        op->attested = att.attested;
-        snprintf(op->attest_why, sizeof(op->attest_why), "%s", att.attested ? "" : att.why);
-    }
-    if (drift) {
-        char reason[400];
-        snprintf(reason, sizeof(reason), "re-attestation while running failed: %s", att.why);
-        kfd_audit_buf a;
-        kfd_audit_fill(&a, kfd_call_actor(call), "attest_heartbeat", KEYFLEET__V1__DECISION__DECISION_DENY,
-                       call->peer->name, "", "", reason);
-        Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
-        c.node = (char *)call->peer->name;
-        c.kind = (char *)"seen";
-        c.pcrs = att.seen;
-        c.audit = &a.entry;
-        Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
-        clk.reset_count = att.clock.reset_count;
-        clk.restart_count = att.clock.restart_count;
-        c.clock = att.has_clock ? &clk : NULL;
-        Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-        cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
-        cmd.attest = &c;
-        kf_log_warn("attest_heartbeat", "node=%s attested=no", call->peer->name);
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }
-    if (over) {
-        char reason[300];
-        snprintf(reason, sizeof(reason),
-                 "%zu offline unlock and %zu dead-man lock reports past the node's report budget (%d at once, then "
-                 "%d a minute) are counted here, not recorded one by one",
-                 over_offline, over_locks, REPORT_BURST, REPORT_PER_MINUTE);
-        kfd_audit_buf a;
-        kfd_audit_fill(&a, kfd_call_actor(call), "reports_over_budget", KEYFLEET__V1__DECISION__DECISION_DENY,
-                       call->peer->name, "", "", reason);
-        Keyfleet__V1__CmdAppendAudit c;
-        Keyfleet__V1__StateCommand cmd;
-        kfd_audit_command(&a, &c, &cmd);
-        kf_log_warn("reports_over_budget", "node=%s offline_unlocks=%zu dead_man_locks=%zu", call->peer->name,
-                    over_offline, over_locks);
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }
-    if (refused) {
-        /* One record per heartbeat however many it refuses (heartbeats are rate-limited per node). */
-        char reason[400];
-        snprintf(reason, sizeof(reason),
-                 "%zu offline unlock report(s) refused: %zu name a volume this node did not enroll, %zu repeat a "
-                 "(volume, time) already in the heartbeat; first: '%.128s'",
-                 not_own + repeated, not_own, repeated, first_bad);
-        kfd_audit_buf a;
-        kfd_audit_fill(&a, kfd_call_actor(call), "reports_refused", KEYFLEET__V1__DECISION__DECISION_DENY,
-                       call->peer->name, "", "", reason);
-        Keyfleet__V1__CmdAppendAudit c;
-        Keyfleet__V1__StateCommand cmd;
-        kfd_audit_command(&a, &c, &cmd);
-        kf_log_warn("reports_refused", "node=%s not_own=%zu repeated=%zu first=%s", call->peer->name, not_own, repeated,
-                    kf_log_q(first_bad));
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }
-    for (size_t i = 0; i < n_locks; i++) {
-        const Keyfleet__V1__DeadManLock *d = req->dead_man_locks[i];
-        char reason[300];
-        snprintf(reason, sizeof(reason),
-                 "dead-man switch: locked %u volume(s) (%u could not be locked) at %lld after %llu s without reaching "
-                 "a coordinator (dead_man.after %llu s)",
-                 d->volumes_locked, d->volumes_failed, (long long)d->at->seconds, (unsigned long long)d->silent_s,
-                 (unsigned long long)d->after_s);
-        kfd_audit_buf a;
-        kfd_audit_fill(&a, kfd_call_actor(call), "dead_man_lock", KEYFLEET__V1__DECISION__DECISION_DENY,
-                       call->peer->name, "", "", reason);
-        Keyfleet__V1__CmdAppendAudit c;
-        Keyfleet__V1__StateCommand cmd;
-        kfd_audit_command(&a, &c, &cmd);
-        kf_log_warn("dead_man_lock_reported", "node=%s silent_s=%llu locked=%u failed=%u", call->peer->name,
-                    (unsigned long long)d->silent_s, d->volumes_locked, d->volumes_failed);
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }
-    for (size_t i = 0; i < n_offline; i++) {
-        const Keyfleet__V1__OfflineUnlock *u = offline[i];
-        char reason[700];
-        snprintf(reason, sizeof(reason), "unlocked %s at %lld: %s",
-                 u->method == KEYFLEET__V1__OFFLINE_METHOD__OFFLINE_METHOD_RECOVERY_KEY
-                     ? "with a recovery key typed at the node's console"
-                     : "from the node's TPM",
-                 (long long)u->at->seconds, u->reason);
-        kfd_audit_buf a;
-        kfd_audit_fill(&a, kfd_call_actor(call), "offline_unlock", KEYFLEET__V1__DECISION__DECISION_ALLOW,
-                       call->peer->name,
-                       u->volume->id, "", reason);
-        Keyfleet__V1__CmdAppendAudit c;
-        Keyfleet__V1__StateCommand cmd;
-        kfd_audit_command(&a, &c, &cmd);
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
-    }
-    free(offline);
-    kfd_erase_commit(call, req, op->erase_actions, on_offline_audited, op);
-    if (!contact) {
-        if (--op->outstanding == 0)
-            answer_heartbeat(op);
-        return;
-    }
-    Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
-    seen.node = (char *)call->peer->name;
-    seen.at = time(NULL);
-    Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    seen_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
-    seen_cmd.node_seen = &seen;
-    kfd_commit(kfd_call_app(call), &seen_cmd, on_offline_audited, op);
-}
-
 void kfd_rpc_sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
 {
     sealed_key(sk, sealed);
@@ -1940,4 +1633,15 @@ void kfd_rpc_deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Deci
                           const char *request_id, kf_connect_code code, const char *message)
 {
     deny_audited(call, action, decision, volume_id, request_id, code, message);
+}
+
+bool kfd_rpc_attest_eval(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, const char *method, const char *volume_id,
+                         const ProtobufCBinaryData *eph, const char *request_id, kfd_attest_eval *ret)
+{
+    return attest_eval(call, quote, method, volume_id, eph, request_id, ret);
+}
+
+void kfd_rpc_retry_after(kfd_call *call, uint32_t wait)
+{
+    retry_after(call, wait);
 }

@@ -11,6 +11,7 @@
 #include "rpc/rpc_audit.h"
 #include "rpc/rpc_cluster.h"
 #include "rpc/rpc_erase.h"
+#include "rpc/rpc_heartbeat.h"
 #include "rpc/rpc_lifecycle.h"
 #include "rpc/rpc_node.h"
 #include "rpc/rpc_recovery.h"

@@ -24,6 +24,9 @@ typedef struct kfd_store kfd_store;
  * is still returned, in the failed state, so the server can answer unavailable. */
 int kfd_store_open(const char *path, kfd_store **ret, kf_err *err);
 void kfd_store_close(kfd_store *s);
+/* This build's schema version, which state digests are compared under (store_digest.h: digests
+ * of replicas on another schema are not compared). */
+uint32_t kfd_store_state_version(void);
 
 bool kfd_store_failed(const kfd_store *s);
 const char *kfd_store_failure(const kfd_store *s);

@@ -23,6 +23,7 @@
 #include "kf_log.h"
 #include "store/store_internal.h"
 #include "store/store_audit.h"
+#include "store/store_digest.h"
 #include "store/store_guard.h"
 
 size_t kfd_audit_canonical(const Keyfleet__V1__AuditRecord *r, uint8_t *buf, size_t size)

@@ -26,16 +26,10 @@ typedef struct kfd_audit_head {
     uint64_t checkpoint_seq;      /* the newest checkpoint record, 0: none */
     uint64_t checkpoint_size;     /* the size it signed */
     /* At a head check only (kfd_store_audit_head_at_check): the digest of every replicated table
-     * outside the audit log (kfd_store_state_digest) and its version (0: none). */
+     * outside the audit log (kfd_store_state_digest, store_digest.h) and its version (0: none). */
     uint8_t state[KFD_HASH_LEN];
     uint32_t state_version;
 } kfd_audit_head;
-/* The state digest (store_digest.c, review rev17 R2): a hash over every replicated table outside
- * the audit log, independent of row order. 0, -ENOMEM, -EIO. */
-int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN]);
-/* The version digests are compared under: this build's schema version (digests of replicas on
- * another schema are not compared). */
-uint32_t kfd_store_state_version(void);
 /* The state digest this replica noted when it applied its newest checkpoint since it opened
  * (review rev17, R2): the leader proposes it in a CmdStateCheck. 0, or -ENOENT (none). */
 int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version);

@@ -13,6 +13,7 @@
 
 #include <openssl/evp.h>
 
+#include "store/store_digest.h"
 #include "store/store_internal.h"
 
 /* Every table in the database, by name, except audit and audit_checkpoints (the chain and

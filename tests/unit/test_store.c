@@ -20,6 +20,7 @@
 #include "store/store.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
+#include "store/store_digest.h"
 #include "store/store_read.h"
 #include "store/store_snapshot.h"
 
