@@ -1,8 +1,20 @@
 # Helpers for tests that run keyfleetd clusters on loopback (sourced after lib.sh, with F set to
 # the fleet directory): configs, start and stop, leader and catch-up waits, releases.
-# Below Linux's ephemeral range (32768 and up), where other tests' client connections could hold
-# a port between this choice and the bind.
-BASE=$((10000 + (RANDOM % 450) * 50))
+# A block of 50 ports below Linux's ephemeral range (32768 and up, where other tests' client
+# connections take theirs), chosen from this shell's PID (two tests started together have
+# different PIDs; RANDOM seeded at the same moment gave two of them the same block) and passed
+# over while another test's replicas listen in it.
+cluster_base() {
+    local k slot
+    for k in $(seq 0 449); do
+        slot=$(((${BASHPID:-$$} + k * 7) % 450))
+        (exec 3<>"/dev/tcp/127.0.0.1/$((10000 + slot * 50 + 1))") 2>/dev/null && continue
+        (exec 3<>"/dev/tcp/127.0.0.1/$((10000 + slot * 50 + 21))") 2>/dev/null && continue
+        break
+    done
+    echo $((10000 + slot * 50))
+}
+BASE=$(cluster_base)
 
 # setup_cluster PREFIX N [EXTRA MEMBER]: configs for N coordinators PREFIX1..N (ports from BASE).
 declare -A RPC RAFT PID
