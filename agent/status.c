@@ -32,7 +32,7 @@ int kfa_cmd_status(kfa_ctx *ctx, int argc, char **argv)
     kf_err herr = {0};
     if (reachable && kfa_heartbeat(ctx, true, &revoked, &herr) != 0)
         revoked = false;
-    else if (reachable) /* an answered heartbeat is a contact: the dead-man line counts from it */
+    else if (reachable && !revoked) /* an answer, unless it says revoked, is a contact (rev19 F1) */
         (void)kfa_state_dead_man_contact(ctx->cfg, ctx->dead_man_after_s, time(NULL));
     json_t *arr = json_array();
     if (!json) {

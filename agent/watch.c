@@ -152,7 +152,9 @@ int kfa_watch(kfa_ctx *ctx, int argc, char **argv)
                 kf_log_info("dead_man_contact", "node=%s hint=\"a coordinator answers again; the volumes stay locked "
                             "until unlocked (keyfleet-agent unlock --all)\"", kf_log_q(ctx->me.name));
             dead_locked = false;
-            if (kfa_state_dead_man_contact(ctx->cfg, ctx->dead_man_after_s, time(NULL)) != 0)
+            /* An answer that says lock (revoked) is not a contact the offline fallback may count
+             * from (review rev19, F1). */
+            if (!lock && kfa_state_dead_man_contact(ctx->cfg, ctx->dead_man_after_s, time(NULL)) != 0)
                 kf_log_warn("state_update_failed", "state_file=%s hint=\"a restarted watcher counts from its start\"",
                             kf_log_q(ctx->cfg->state_file));
             if (!lock) /* revealed recovery keys: replaced now, so the revealed one is refused (docs/recovery.md) */

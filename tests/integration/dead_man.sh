@@ -271,4 +271,19 @@ s4=$(seen_at edge-4)
 check "... edge-4's is not: never seen (last_seen_at ${s4:-absent})" test "${s4:-0}" -eq 0
 expect_match "... and that is logged" "$(cat "$F/keyfleetd.log")" "event=heartbeat_not_contact node=edge-4 reason=no_quote"
 
+# Review rev19, F1: an answer that says revoked is no contact: neither status nor watch renews
+# the remembered last contact, which the offline fallback's window counts from.
+contact_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dead_man"]["last_contact"])' "$WORK/edge-1-state.json"; }
+A status >/dev/null 2>&1
+c0=$(contact_of)
+sleep 1.1
+A status >/dev/null 2>&1
+check "control: status renews the last contact of a node in good standing" test "$(contact_of)" -gt "$c0"
+c0=$(contact_of)
+ctl "$F" node revoke edge-1 "stolen" >/dev/null
+sleep 1.1
+A status >/dev/null 2>&1
+A watch --count 1 >/dev/null 2>&1
+expect_eq "a revoked node's status and watch do not renew its last contact" "$(contact_of)" "$c0"
+
 finish
