@@ -145,7 +145,7 @@ vault_run() {
     fault "$F" "${VFAULT:-}"
     sed -i '/^limits:/,$d' "$F/keyfleetd.yaml"
     printf 'limits:\n  shutdown_grace: 5s\n' >>"$F/keyfleetd.yaml"
-    vault_kms_yaml 1s 3 "${VKEY:-keyfleet}" >>"$F/keyfleetd.yaml"
+    vault_kms_yaml 2s 3 "${VKEY:-keyfleet}" >>"$F/keyfleetd.yaml" # 2 s: the stand-in is Python, on a loaded machine
     [ -z "${VEXTRA:-}" ] || printf '%s\n' "$VEXTRA" >>"$F/keyfleetd.yaml" # more kms.vault lines
     : >"$F/keyfleetd.log"
     start_kfd "$F"
