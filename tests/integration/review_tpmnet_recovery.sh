@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Review rev26b (docs/reviews/rev26b-recovery-erase-tpmnet.md, F1), expected to FAIL until fixed:
+# Review rev26b (docs/reviews/rev26b-recovery-erase-tpmnet.md, F1; fixed on its branch, agent side):
 # a LUKS2 volume enrolled under require: [tpm_and_network] must never get a recovery keyslot (a
 # key the coordinators hold would open it without the TPM part). Here the rule later drops
 # tpm_and_network; recovery-key add escrows a key (its keyslot then fails: the coordinator part
 # alone does not open the volume), two operators reveal it, and the next unlock, which holds the
-# combined keyslot key, "replaces" it: the keyslot it adds opens the volume with no TPM.
+# combined keyslot key, "replaces" it: before the fix the keyslot it added opened the volume with no TPM.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
