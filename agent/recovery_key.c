@@ -82,6 +82,11 @@ int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rot
     }
     if (r == 0)
         r = escrow(ctx, v, &rkey, &replaced, err);
+    /* After the escrow, so the coordinator's refusal is the one reported; never a keyslot: a key
+     * the coordinators hold would open it without the TPM part, whatever the rule says now or a
+     * coordinator answers (docs/architecture.md, "TPM and network, both required"). */
+    if (r == 0 && v->tpm_part != NULL)
+        r = kf_err_set(err, -EPERM, "%s requires TPM and network: it gets no recovery keyslot", v->path);
     if (r == 0 && (text = kf_secbuf_new(KF_RECOVERY_TEXT_LEN + 1)) == NULL)
         r = kf_err_set(err, -ENOMEM, "out of memory");
     if (r == 0) {

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Review rev26b (docs/reviews/rev26b-recovery-erase-tpmnet.md, F1; fixed on its branch, agent side):
+# a LUKS2 volume enrolled under require: [tpm_and_network] must never get a recovery keyslot (a
+# key the coordinators hold would open it without the TPM part). Here the rule later drops
+# tpm_and_network; recovery-key add escrows a key (its keyslot then fails: the coordinator part
+# alone does not open the volume), two operators reveal it, and the next unlock, which holds the
+# combined keyslot key, "replaces" it: before the fix the keyslot it added opened the volume with no TPM.
+. "$(dirname "$0")/lib.sh"
+
+F=$WORK/fleet
+fleet_init "$F"
+issue "$F" node n1
+issue "$F" operator bob
+start_kfd "$F"
+put_policy "$F" <<'YAML'
+rules:
+  - name: two-factor
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_and_network]
+YAML
+start_swtpm "$WORK/tpm"
+D=$WORK/disk.luks
+luks_file "$D" "pw"
+agent_config "$WORK/a.yaml" n1 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"$TCTI\", pcrs: [7]}" \
+    "volumes:" "  - luks: $D"
+A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
+LID=$(cryptsetup luksUUID "$D")
+opens() { printf '%s' "$2" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1; }
+reveal() {
+    local out rid
+    out=$(ctl "$F" volume recovery-key "$1") || return 1
+    rid=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
+    ctl_as "$F" bob approve "$rid" >/dev/null || return 1
+    ctl "$F" volume recovery-key "$1" --request "$rid" | sed -n 's/^    \([0-9a-z-]\{77\}\)$/\1/p'
+}
+
+out=$(printf 'pw' | A enroll "$D" 2>&1)
+expect_match "enrolled with TPM and network both required" "$out" "TPM and network both required"
+out=$(A recovery-key add "luks:$D" 2>&1) && rc=0 || rc=$?
+expect_match "under the rule, recovery-key add is refused" "$out rc=$rc" "requires TPM and network.*rc=[1-9]"
+
+put_policy "$F" <<'YAML'
+rules:
+  - name: plain
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+YAML
+A recovery-key add "luks:$D" >"$WORK/add.out" 2>&1 || true
+T0=$(reveal "$LID")
+A unlock --all >"$WORK/unlock.out" 2>&1 || true
+T1=$(reveal "$LID")
+if [ -n "$T1" ] && opens "$D" "$T1"; then
+    not_ok "F1: no recovery key opens a tpm_and_network volume (the revealed one does, without the TPM)"
+else
+    ok "F1: no recovery key opens a tpm_and_network volume"
+fi
+check_sanitizers
+finish
