@@ -60,7 +60,8 @@ issue() {
 
 # start_kfd DIR: starts keyfleetd and waits (at most 10 s) for its port; sets PORT, URL and KFD_PID.
 start_kfd() {
-    local dir=$1
+    local dir=$1 n0
+    n0=$(wc -l <"$dir/keyfleetd.log" 2>/dev/null || echo 0)
     rm -f "$dir/keyfleetd.port"
     "$KFD" -c "$dir/keyfleetd.yaml" >>"$dir/keyfleetd.log" 2>&1 &
     KFD_PID=$!
@@ -69,6 +70,13 @@ start_kfd() {
         if [ -s "$dir/keyfleetd.port" ]; then
             PORT=$(head -n 1 "$dir/keyfleetd.port")
             URL=https://127.0.0.1:$PORT
+            # A leader writes nothing until it has confirmed its audit head (core/checkpoint.c):
+            # wait for that, at most 3 s (one that cannot goes on, and the test sees why).
+            for _ in $(seq 1 60); do
+                tail -n +"$((n0 + 1))" "$dir/keyfleetd.log" | grep -q "event=audit_head_confirmed" && break
+                kill -0 "$KFD_PID" 2>/dev/null || break
+                sleep 0.05
+            done
             return 0
         fi
         kill -0 "$KFD_PID" 2>/dev/null || break
