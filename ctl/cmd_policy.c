@@ -160,40 +160,45 @@ static void print_pcrs(const char *title, const char *text, int64_t at, const ch
  * the values the operator expects for every changed PCR (review rev17, A2). */
 static int node_attest(kfctl *ctl, int argc, char **argv)
 {
-    bool accept = argc >= 5 && strcmp(argv[2], "accept") == 0;
+    bool unhold = argc >= 5 && strcmp(argv[2], "unhold") == 0;
+    bool accept = argc >= 5 && (strcmp(argv[2], "accept") == 0 || unhold);
     const char *expect = NULL, *totp = "";
     bool ok = argc == 4 && strcmp(argv[2], "show") == 0;
     if (accept) {
         ok = true;
         for (int i = 5; ok && i < argc; i += 2) {
-            if (i + 1 < argc && strcmp(argv[i], "--expect") == 0)
+            if (!unhold && i + 1 < argc && strcmp(argv[i], "--expect") == 0)
                 expect = argv[i + 1];
             else if (i + 1 < argc && strcmp(argv[i], "--totp") == 0)
                 totp = argv[i + 1];
             else
                 ok = false;
         }
-        ok = ok && expect != NULL;
+        ok = ok && (expect != NULL || unhold);
     }
     if (!ok) {
         fprintf(stderr, "usage: keyfleetctl node attest show NAME | node attest accept NAME TOKEN --expect 'PCR=HEX ...' "
-                        "[--totp CODE]\n");
+                        "[--totp CODE] | node attest unhold NAME TOKEN [--totp CODE]\n");
         return KFCTL_EXIT_USAGE;
     }
     if (accept) {
         Keyfleet__V1__AcceptNodeAttestationRequest req = KEYFLEET__V1__ACCEPT_NODE_ATTESTATION_REQUEST__INIT;
         req.node = argv[3];
         req.token = argv[4];
-        req.expected = (char *)expect;
+        req.expected = (char *)(expect != NULL ? expect : "");
         req.totp_code = (char *)totp;
+        req.unhold = unhold;
         ProtobufCMessage *am = NULL;
         if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/AcceptNodeAttestation", &req.base,
                             &keyfleet__v1__accept_node_attestation_response__descriptor, &am) != 0)
             return 1;
         Keyfleet__V1__AcceptNodeAttestationResponse *resp = (Keyfleet__V1__AcceptNodeAttestationResponse *)am;
         if (resp->pending_request_id[0] != '\0')
-            printf("acceptance of node %s's PCR values held as request %s: %u approvals needed\n", argv[3],
-                   resp->pending_request_id, resp->approvals_needed);
+            printf("%s of node %s held as request %s: %u approvals needed\n",
+                   unhold ? "lifting the hold" : "acceptance of the PCR values", argv[3], resp->pending_request_id,
+                   resp->approvals_needed);
+        else if (unhold)
+            printf("node %s: the hold is lifted and the held TPM state accepted\n", argv[3]);
         else
             printf("node %s: the PCR values shown are accepted\n", argv[3]);
         protobuf_c_message_free_unpacked(am, NULL);
@@ -212,6 +217,20 @@ static int node_attest(kfctl *ctl, int argc, char **argv)
                            ? kf_tpm_pcrs_diff(&a, &s)
                            : 0;
     printf("node %s\n", argv[3]);
+    if (rec->held[0] != '\0') {
+        char at[32] = "?";
+        time_t t = (time_t)rec->held_at;
+        struct tm tm;
+        if (rec->held_at > 0 && gmtime_r(&t, &tm) != NULL)
+            strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        printf("HELD (%s, since %s): %s\n", rec->held_kind, at, rec->held);
+        if (rec->held_clock[0] != '\0')
+            printf("  TPM state of the quote that held it: %s\n", rec->held_clock);
+        printf("  every key request of this node is refused; after investigation (is there a second machine with "
+               "this TPM's state?): keyfleetctl node attest unhold %s %s%s\n",
+               argv[3], rec->token,
+               strcmp(rec->held_kind, "drift") == 0 ? " (or accept the new PCR values, which lifts a drift hold)" : "");
+    }
     print_pcrs("accepted", rec->accepted, rec->accepted_at, rec->accepted_by, 0);
     if (rec->clock[0] != '\0')
         printf("TPM counters (highest quoted): %s\n", rec->clock);

@@ -57,7 +57,7 @@ static const kf_cli_cmd commands_help[] = {
              "       destroys keyfleet's keyslots and TPM copies; pending in volume show until then;\n"
              "       --erase-all-keyslots (LUKS2 luksErase, where policy wipe.erase_all_keyslots\n"
              "       allows it) removes the passphrase keyslots too: the data is unrecoverable\n"
-             "node attest show|accept NAME [--totp CODE]\n"
+             "node attest show|accept|unhold NAME [--totp CODE]\n"
              "       measured-boot PCR values: show them, accept the last quoted ones"},
     {"volume", "volume list [--json]\n"
                "       enrolled volumes: node, key age, a key rotation in progress\n"

@@ -11,6 +11,7 @@
 #include "core/app.h"
 #include "core/audit.h"
 #include "core/policy.h"
+#include "core/tpm_state.h"
 #include "front/peer.h"
 #include "front/server.h"
 #include "kf_log.h"
@@ -83,21 +84,28 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
         return -EIO;
     ret->has_clock = true;
     kf_tpm_pcrs_format(&got, ret->seen);
-    /* resetCount/restartCount only go forward on one TPM: lower ones than a quote of this node
-     * showed before mean its TPM state was rolled back (a restored virtual TPM's state). */
-    if (r == 0 && rec.has_clock &&
-        kfd_attest_clock_before(ret->clock.reset_count, ret->clock.restart_count, rec.reset_count, rec.restart_count)) {
-        snprintf(ret->note, sizeof(ret->note),
-                 "the TPM's reset/restart counters went backwards (quote %" PRIu32 "/%" PRIu32 ", recorded %" PRIu32
-                 "/%" PRIu32 "): its state was rolled back?",
-                 ret->clock.reset_count, ret->clock.restart_count, rec.reset_count, rec.restart_count);
-        kf_log_warn("attest_rollback", "node=%s reset=%" PRIu32 " restart=%" PRIu32 " recorded_reset=%" PRIu32
-                    " recorded_restart=%" PRIu32 " mode=%s",
-                    call->peer->name, ret->clock.reset_count, ret->clock.restart_count, rec.reset_count,
-                    rec.restart_count, ap.rollback_audit ? "audit" : "deny");
+    /* The TPM state (review rev17, A1; core/tpm_state.h): counters that went backwards (a
+     * rolled-back TPM), a clock that went backwards or ran ahead of time (two TPMs with one
+     * state: a copied virtual TPM) cannot come from the TPM the coordinators recorded. */
+    kfd_tpm_state st = {0};
+    if (r == 0 && rec.has_clock)
+        st = (kfd_tpm_state){.has = true, .reset_count = rec.reset_count, .restart_count = rec.restart_count,
+                             .has_clock = rec.has_tpm_clock, .clock = rec.clock, .safe = rec.clock_safe,
+                             .at = rec.clock_at};
+    char state_why[256];
+    kfd_tpm_verdict v = kfd_tpm_state_check(&st, &ret->clock, time(NULL), state_why, sizeof(state_why));
+    ret->state_ok = v == KFD_TPM_STATE_OK;
+    if (v != KFD_TPM_STATE_OK) {
+        snprintf(ret->note, sizeof(ret->note), "%s", state_why);
+        kf_log_warn("attest_rollback", "node=%s reset=%" PRIu32 " restart=%" PRIu32 " clock=%" PRIu64
+                    " recorded_reset=%" PRIu32 " recorded_restart=%" PRIu32 " recorded_clock=%" PRIu64
+                    " verdict=%d mode=%s",
+                    call->peer->name, ret->clock.reset_count, ret->clock.restart_count, ret->clock.clock,
+                    st.reset_count, st.restart_count, st.clock, (int)v, ap.rollback_audit ? "audit" : "deny");
         if (!ap.rollback_audit) {
             ret->rollback = true;
-            snprintf(ret->why, sizeof(ret->why), "%s; keyfleetctl node attest show|accept", ret->note);
+            ret->hold = true;
+            snprintf(ret->why, sizeof(ret->why), "%.256s; node held until keyfleetctl node attest unhold", state_why);
             ret->note[0] = '\0';
             return 0; /* not a quote that holds; its values are kept as seen */
         }
@@ -135,6 +143,54 @@ bool kfd_attest_clock_before(uint32_t reset, uint32_t restart, uint32_t than_res
     return reset < than_reset || (reset == than_reset && restart < than_restart);
 }
 
+void kfd_attest_clock_fill(const kfd_attest_eval *att, Keyfleet__V1__AttestClock *clk)
+{
+    keyfleet__v1__attest_clock__init(clk);
+    clk->reset_count = att->clock.reset_count;
+    clk->restart_count = att->clock.restart_count;
+    clk->clock = att->clock.clock;
+    clk->safe = att->clock.safe;
+    clk->clock_known = true;
+}
+
+void kfd_attest_seen_command(kfd_call *call, const kfd_attest_eval *att, const char *action, const char *volume_id,
+                             const char *request_id, const char *reason, const char *hold_kind, kfd_attest_cmd *out)
+{
+    kfd_audit_fill(&out->audit, kfd_call_actor(call), action, KEYFLEET__V1__DECISION__DECISION_DENY,
+                   call->peer->name, volume_id, request_id, reason);
+    keyfleet__v1__cmd_attest__init(&out->attest);
+    out->attest.node = (char *)call->peer->name;
+    out->attest.kind = (char *)"seen";
+    out->attest.pcrs = (char *)att->seen;
+    out->attest.audit = &out->audit.entry;
+    kfd_attest_clock_fill(att, &out->clock);
+    out->attest.clock = att->has_clock ? &out->clock : NULL;
+    if (hold_kind != NULL) {
+        out->attest.hold = (char *)reason;
+        out->attest.hold_kind = (char *)hold_kind;
+        kf_log_warn("attest_hold", "node=%s kind=%s reason=%s", call->peer->name, hold_kind, kf_log_q(reason));
+    }
+    keyfleet__v1__state_command__init(&out->cmd);
+    out->cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    out->cmd.attest = &out->attest;
+}
+
+int kfd_attest_held(kfd_call *call, bool *held, char *why, size_t size)
+{
+    kfd_attest_record rec;
+    *held = false;
+    int r = kfd_store_get_attest(kfd_call_app(call)->store, call->peer->name, &rec);
+    if (r == -ENOENT)
+        return 0;
+    if (r != 0)
+        return -EIO;
+    *held = rec.held[0] != '\0';
+    if (*held)
+        snprintf(why, size, "node '%s' is held (%s): %.300s; keyfleetctl node attest show|unhold", call->peer->name,
+                 rec.held_kind, rec.held);
+    return 0;
+}
+
 /* The seen quote's counters are below the recorded ones: accepting it accepts those. */
 static bool seen_rollback(const kfd_attest_record *rec)
 {
@@ -142,14 +198,33 @@ static bool seen_rollback(const kfd_attest_record *rec)
            kfd_attest_clock_before(rec->seen_reset, rec->seen_restart, rec->reset_count, rec->restart_count);
 }
 
-/* The token of rec as GetNodeAttestation shows it and AcceptNodeAttestation checks it. */
+/* The TPM state of a record as shown: "reset=N restart=M[ clock=C safe=yes|no]". */
+static void state_text(char *out, size_t size, uint32_t reset, uint32_t restart, bool has_clock, uint64_t clock,
+                       bool safe)
+{
+    int n = snprintf(out, size, "reset=%" PRIu32 " restart=%" PRIu32, reset, restart);
+    if (has_clock && n > 0 && (size_t)n < size)
+        snprintf(out + n, size - (size_t)n, " clock=%" PRIu64 " safe=%s", clock, safe ? "yes" : "no");
+}
+
+/* The token of rec as GetNodeAttestation shows it and AcceptNodeAttestation checks it: over the
+ * values, the seen quote's counters and the hold (its time and TPM state). */
 static int record_token(const char *node, const kfd_attest_record *rec, char seen_clock[48],
                         char token[KF_TPM_ATTEST_TOKEN_LEN + 1])
 {
     seen_clock[0] = '\0';
     if (rec->has_seen_clock && rec->seen[0] != '\0')
         snprintf(seen_clock, 48, "reset=%" PRIu32 " restart=%" PRIu32, rec->seen_reset, rec->seen_restart);
-    return kf_tpm_attest_token(node, rec->accepted, rec->seen, seen_clock, token);
+    char state[200] = "";
+    if (rec->held[0] != '\0') {
+        char held_clock[100];
+        state_text(held_clock, sizeof(held_clock), rec->held_reset, rec->held_restart, rec->has_held_clock,
+                   rec->held_clock, rec->held_safe);
+        snprintf(state, sizeof(state), "%s held_at=%" PRId64 " %s", seen_clock, rec->held_at, held_clock);
+    } else {
+        snprintf(state, sizeof(state), "%s", seen_clock);
+    }
+    return kf_tpm_attest_token(node, rec->accepted, rec->seen, state, token);
 }
 
 void kfd_rpc_get_node_attestation(kfd_call *call)
@@ -169,9 +244,14 @@ void kfd_rpc_get_node_attestation(kfd_call *call)
                        r == -ENOENT ? "no measured-boot record for this node" : "state store unavailable");
         return;
     }
-    char changed[64] = "", clock[48] = "", seen_clock[48] = "", token[KF_TPM_ATTEST_TOKEN_LEN + 1];
+    char changed[64] = "", clock[100] = "", seen_clock[48] = "", held_clock[100] = "";
+    char token[KF_TPM_ATTEST_TOKEN_LEN + 1];
     if (rec.has_clock)
-        snprintf(clock, sizeof(clock), "reset=%" PRIu32 " restart=%" PRIu32, rec.reset_count, rec.restart_count);
+        state_text(clock, sizeof(clock), rec.reset_count, rec.restart_count, rec.has_tpm_clock, rec.clock,
+                   rec.clock_safe);
+    if (rec.held[0] != '\0' && rec.has_held_state)
+        state_text(held_clock, sizeof(held_clock), rec.held_reset, rec.held_restart, rec.has_held_clock,
+                   rec.held_clock, rec.held_safe);
     if (record_token(req->node, &rec, seen_clock, token) != 0) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
         return;
@@ -191,6 +271,10 @@ void kfd_rpc_get_node_attestation(kfd_call *call)
     resp.clock = clock;
     resp.seen_clock = seen_clock;
     resp.rollback = seen_rollback(&rec);
+    resp.held = rec.held;
+    resp.held_at = rec.held_at;
+    resp.held_kind = rec.held_kind;
+    resp.held_clock = held_clock;
     kfd_call_reply(call, &resp.base);
 }
 
@@ -212,6 +296,52 @@ static void on_accept_committed(void *arg, int status, const kfd_change_result *
     kfd_op_free(op);
 }
 
+/* keyfleetctl node attest unhold NODE TOKEN: after investigation, an operator lifts the node's
+ * hold and accepts the held quote's TPM state as the recorded one (review rev17, A1). Audited,
+ * held for approvals like an acceptance, and applied only over the hold shown (its time). */
+static void unhold(kfd_call *call, const Keyfleet__V1__AcceptNodeAttestationRequest *req, const kfd_attest_record *rec)
+{
+    char seen_clock[48], token[KF_TPM_ATTEST_TOKEN_LEN + 1];
+    if (rec == NULL || rec->held[0] == '\0') {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "node %s is not held", req->node);
+        return;
+    }
+    if (record_token(req->node, rec, seen_clock, token) != 0 ||
+        CRYPTO_memcmp(token, req->token, KF_TPM_ATTEST_TOKEN_LEN) != 0) {
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
+                       "node %s's measured-boot record is no longer the one shown with this token; look again "
+                       "(keyfleetctl node attest show)",
+                       req->node);
+        return;
+    }
+    accept_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    char state[100] = "(none)";
+    if (rec->has_held_state)
+        state_text(state, sizeof(state), rec->held_reset, rec->held_restart, rec->has_held_clock, rec->held_clock,
+                   rec->held_safe);
+    char reason[700];
+    snprintf(reason, sizeof(reason), "lift node %s's hold (%s, since %" PRId64 ": %.300s) and accept its TPM state %s",
+             req->node, rec->held_kind, rec->held_at, rec->held, state);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), "attest_unhold", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "",
+                   "", reason);
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)req->node;
+    c.kind = (char *)"unhold";
+    c.pcrs = (char *)"";
+    c.audit = &a.entry;
+    c.prev_held_at = rec->held_at;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    kf_log_info("attest_unhold", "node=%s operator=%s kind=%s", req->node, call->peer->name, rec->held_kind);
+    kfd_commit_change(call, &cmd, reason, req->totp_code, on_accept_committed, op);
+}
+
 void kfd_rpc_accept_node_attestation(kfd_call *call)
 {
     const Keyfleet__V1__AcceptNodeAttestationRequest *req =
@@ -229,6 +359,10 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     int r = kfd_store_get_attest(kfd_call_app(call)->store, req->node, &rec);
     if (r != 0 && r != -ENOENT) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    if (req->unhold) {
+        unhold(call, req, r == 0 ? &rec : NULL);
         return;
     }
     kf_tpm_pcrs seen;

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 
+#include "core/audit.h"
 #include "front/call.h"
 #include "kf_tpm_evidence.h"
 #include "keyfleet/v1/node.pb-c.h"
@@ -19,12 +20,33 @@ typedef struct kfd_attest_eval {
     kf_tpm_pcrs quoted;
     bool has_clock;     /* the quote's signature held: clock is its clock info (record it) */
     kf_tpm_clock clock;
-    bool rollback;  /* its reset/restart counters are below the node's recorded ones (denied) */
-    char note[200]; /* a rollback let through by attestation.rollback: audit; to append to the audit */
+    bool rollback;  /* its TPM state contradicts the recorded one (core/tpm_state.h): denied */
+    bool hold;      /* ... and the node is to be held for it (kind "tpm"); why is the reason */
+    bool state_ok;  /* has_clock, and the TPM state is one the recorded one can lead to: record it */
+    char note[320]; /* a rollback let through by attestation.rollback: audit; to append to the audit */
 } kfd_attest_eval;
 
 /* (reset, restart) comes before (than_reset, than_restart) on one TPM. */
 bool kfd_attest_clock_before(uint32_t reset, uint32_t restart, uint32_t than_reset, uint32_t than_restart);
+
+/* att's TPM state as a command's AttestClock (clock_known). */
+void kfd_attest_clock_fill(const kfd_attest_eval *att, Keyfleet__V1__AttestClock *clk);
+
+/* The command that records a quote that did not attest (kind "seen": its values and TPM state),
+ * with its audit record, and, when hold_kind is not NULL, holds the node for reason (review
+ * rev17, A1). One builder for a denied request (rpc_node.c) and a heartbeat (rpc_heartbeat.c);
+ * the command points into *out, which the caller keeps until it is committed. */
+typedef struct kfd_attest_cmd {
+    kfd_audit_buf audit;
+    Keyfleet__V1__CmdAttest attest;
+    Keyfleet__V1__AttestClock clock;
+    Keyfleet__V1__StateCommand cmd;
+} kfd_attest_cmd;
+void kfd_attest_seen_command(kfd_call *call, const kfd_attest_eval *att, const char *action, const char *volume_id,
+                             const char *request_id, const char *reason, const char *hold_kind, kfd_attest_cmd *out);
+
+/* Whether the node is held (docs/attestation.md); the reason in why. 0 or -EIO. */
+int kfd_attest_held(kfd_call *call, bool *held, char *why, size_t size);
 
 /* Evaluates quote (NULL: none) for the request method/volume_id/eph/request_id on call's TLS
  * connection. Returns 0 with *ret filled, or -EINVAL with why set for a malformed quote (the

@@ -188,6 +188,7 @@ static bool heartbeat_attest(kfd_call *call, const Keyfleet__V1__HeartbeatReques
                              bool *drift)
 {
     *drift = false;
+    memset(att, 0, sizeof(*att));
     if (req->attestation != NULL) {
         static const ProtobufCBinaryData none = {0, NULL};
         if (!kfd_rpc_attest_eval(call, req->attestation, "Heartbeat", "", &none, "", att))
@@ -198,9 +199,16 @@ static bool heartbeat_attest(kfd_call *call, const Keyfleet__V1__HeartbeatReques
             kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
             return false;
         }
-        /* Nothing to drift from without accepted values (the node's first enrollment sets them). */
-        *drift = !att->attested && !att->no_baseline && att->seen[0] != '\0' &&
-                 (r == -ENOENT || strcmp(rec.seen, att->seen) != 0);
+        /* Nothing to drift from without accepted values (the node's first enrollment sets them).
+         * A TPM state that contradicts the recorded one holds the node, once. */
+        bool held = r == 0 && rec.held[0] != '\0';
+        *drift = (att->hold && !held) || (!att->attested && !att->no_baseline && att->seen[0] != '\0' &&
+                                           (r == -ENOENT || strcmp(rec.seen, att->seen) != 0));
+        if (held) {
+            att->attested = false;
+            snprintf(att->why, sizeof(att->why), "node '%.64s' is held (%.15s): %.180s; keyfleetctl node attest show|unhold",
+                     call->peer->name, rec.held_kind, rec.held);
+        }
     }
     return true;
 }
@@ -294,23 +302,15 @@ static void commit_drift(kfd_call *call, heartbeat_op *op, const kfd_attest_eval
 {
     char reason[400];
     snprintf(reason, sizeof(reason), "re-attestation while running failed: %s", att->why);
-    kfd_audit_buf a;
-    kfd_audit_fill(&a, kfd_call_actor(call), "attest_heartbeat", KEYFLEET__V1__DECISION__DECISION_DENY,
-                   call->peer->name, "", "", reason);
-    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
-    c.node = (char *)call->peer->name;
-    c.kind = (char *)"seen";
-    c.pcrs = (char *)att->seen;
-    c.audit = &a.entry;
-    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
-    clk.reset_count = att->clock.reset_count;
-    clk.restart_count = att->clock.restart_count;
-    c.clock = att->has_clock ? &clk : NULL;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
-    cmd.attest = &c;
-    kf_log_warn("attest_heartbeat", "node=%s attested=no", call->peer->name);
-    kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+    /* Held (review rev17, A1 and lock on drift): for its TPM state always; for changed PCRs when
+     * a rule for the node requires attestation. */
+    bool need_tpm_key, need_attested;
+    kfd_policy_contact_requires(kfd_call_app(call)->policy, call->peer->name, &need_tpm_key, &need_attested);
+    const char *hold = att->hold ? "tpm" : need_attested && att->quote_valid && !att->no_baseline ? "drift" : NULL;
+    kfd_attest_cmd c;
+    kfd_attest_seen_command(call, att, hold != NULL ? "attest_hold" : "attest_heartbeat", "", "", reason, hold, &c);
+    kf_log_warn("attest_heartbeat", "node=%s attested=no held=%s", call->peer->name, hold != NULL ? hold : "no");
+    kfd_commit(kfd_call_app(call), &c.cmd, on_offline_audited, op);
 }
 
 static void commit_over_budget(kfd_call *call, heartbeat_op *op, const heartbeat_reports *rep)
@@ -397,7 +397,7 @@ static void commit_offline_unlocks(kfd_call *call, heartbeat_op *op, const heart
 /* The node's last contact (replicated: `keyfleetctl node list` shows nodes silent past their
  * dead-man window on any replica), or, when the heartbeat is not its contact, the release of the
  * hold. Always the last: it may answer and free op and the request. */
-static void commit_contact(kfd_call *call, heartbeat_op *op, bool contact)
+static void commit_contact(kfd_call *call, heartbeat_op *op, const kfd_attest_eval *att, bool quoted, bool contact)
 {
     if (!contact) {
         if (--op->outstanding == 0)
@@ -407,6 +407,10 @@ static void commit_contact(kfd_call *call, heartbeat_op *op, bool contact)
     Keyfleet__V1__CmdNodeSeen seen = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
     seen.node = (char *)call->peer->name;
     seen.at = time(NULL);
+    /* A quote that held records the TPM state, as a Release's does (review rev17, A1). */
+    Keyfleet__V1__AttestClock clk;
+    kfd_attest_clock_fill(att, &clk);
+    seen.attest_clock = quoted && att->has_clock && !att->rollback ? &clk : NULL;
     Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     seen_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
     seen_cmd.node_seen = &seen;
@@ -439,7 +443,7 @@ static void heartbeat_commits(kfd_call *call, const Keyfleet__V1__HeartbeatReque
     commit_dead_man_locks(call, op, req, rep->n_locks);
     commit_offline_unlocks(call, op, rep);
     kfd_erase_commit(call, req, op->erase_actions, on_offline_audited, op);
-    commit_contact(call, op, contact);
+    commit_contact(call, op, att, req->attestation != NULL, contact);
 }
 
 /* Liveness, and the offline (TPM) unlocks a node made while no coordinator answered: each one is

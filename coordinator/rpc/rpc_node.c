@@ -97,37 +97,30 @@ static void deny_audited(kfd_call *call, const char *action, Keyfleet__V1__Decis
     commit_deny(call, &cmd, code, message);
 }
 
-/* A denial under require: [attested] whose quote held but whose PCR values are not the accepted
- * ones: the audit record (naming the changed PCRs) and the values, kept for `keyfleetctl node
- * attest show|accept`, in one command. */
+/* A denial whose quote held but whose PCR values are not the accepted ones (or whose TPM state
+ * contradicts the recorded one): the audit record (naming the changed PCRs) and the values, kept
+ * for `keyfleetctl node attest show|accept`, in one command (kfd_attest_seen_command). The node is
+ * held: for its TPM state (att->hold), or for drift when a rule for it requires attestation. */
 static void deny_attest(kfd_call *call, const char *volume_id, const char *request_id, const kfd_attest_eval *att,
                         const char *message)
 {
-    kfd_audit_buf a;
-    kfd_audit_fill(&a, kfd_call_actor(call), "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, call->peer->name,
-                   volume_id, request_id, message);
-    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
-    c.node = (char *)call->peer->name;
-    c.kind = (char *)"seen";
-    c.pcrs = (char *)att->seen;
-    c.audit = &a.entry;
-    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
-    clk.reset_count = att->clock.reset_count;
-    clk.restart_count = att->clock.restart_count;
-    c.clock = att->has_clock ? &clk : NULL;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
-    cmd.attest = &c;
-    commit_deny(call, &cmd, KF_CONNECT_PERMISSION_DENIED, message);
+    bool need_tpm_key, need_attested;
+    kfd_policy_contact_requires(kfd_call_app(call)->policy, call->peer->name, &need_tpm_key, &need_attested);
+    const char *hold = att->hold                                                   ? "tpm"
+                       : need_attested && att->quote_valid && !att->no_baseline ? "drift"
+                                                                                  : NULL;
+    kfd_attest_cmd c;
+    kfd_attest_seen_command(call, att, hold != NULL ? "attest_hold" : "policy_deny", volume_id, request_id, message,
+                            hold, &c);
+    commit_deny(call, &c.cmd, KF_CONNECT_PERMISSION_DENIED, message);
 }
 
-/* A verified quote's counters, for the command that records the request (raising the node's). */
+/* A verified quote's TPM state, for the command that records the request (raising the node's);
+ * none when it contradicts the recorded one (that is kept only with a hold). */
 static void attest_clock_of(const kfd_attest_eval *att, Keyfleet__V1__AttestClock *clk, bool *has)
 {
-    keyfleet__v1__attest_clock__init(clk);
-    clk->reset_count = att->clock.reset_count;
-    clk->restart_count = att->clock.restart_count;
-    *has = att->has_clock;
+    kfd_attest_clock_fill(att, clk);
+    *has = att->has_clock && !att->rollback;
 }
 
 /* A rollback let through (attestation.rollback: audit) is named in the allowing audit record. */
@@ -149,6 +142,22 @@ static bool attest_eval(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
     else if (r != 0)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
     return r == 0;
+}
+
+/* As attest_eval, for a request that asks for a key: a quote whose TPM state contradicts the
+ * recorded one (a cloned or rolled-back TPM) is denied whatever the policy, audited, and holds
+ * the node (review rev17, A1). */
+static bool attest_eval_key(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, const char *method,
+                            const char *volume_id, const ProtobufCBinaryData *eph, const char *request_id,
+                            kfd_attest_eval *ret)
+{
+    if (!attest_eval(call, quote, method, volume_id, eph, request_id, ret))
+        return false;
+    if (ret->hold) {
+        deny_attest(call, volume_id, request_id, ret, ret->why);
+        return false;
+    }
+    return true;
 }
 
 /* The client's deadline passed while the KMS worked: the key now in memory is not sealed, sent
@@ -233,10 +242,23 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return true;
     }
-    if (revoked)
+    if (revoked) {
         deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_DENY, volume_id, "",
                      KF_CONNECT_PERMISSION_DENIED, "node is revoked");
-    return revoked;
+        return true;
+    }
+    /* A held node (review rev17, A1: a cloned or rolled-back TPM, or drift under a rule that
+     * requires attestation) gets nothing, with a quote or without, until an operator acts. */
+    bool held = false;
+    char why[600];
+    if (kfd_attest_held(call, &held, why, sizeof(why)) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return true;
+    }
+    if (held)
+        deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_DENY, volume_id, "",
+                     KF_CONNECT_PERMISSION_DENIED, why);
+    return held;
 }
 
 /* The Retry-After header (whole seconds) of a refusal for a rate limit, wait ms away. */
@@ -555,7 +577,7 @@ void kfd_rpc_enroll(kfd_call *call)
         return;
     }
     kfd_attest_eval att;
-    if (!attest_eval(call, req->attestation, "Enroll", req->volume->id, &req->ephemeral_public_key, req->request_id,
+    if (!attest_eval_key(call, req->attestation, "Enroll", req->volume->id, &req->ephemeral_public_key, req->request_id,
                      &att)) {
         if (r == 0)
             kfd_volume_clear(&existing);
@@ -1096,7 +1118,7 @@ void kfd_rpc_release(kfd_call *call)
     if (!ensure_ready(call) || check_revoked(call, "release", req->volume->id))
         return;
     kfd_attest_eval att;
-    if (!attest_eval(call, req->attestation, "Release", req->volume->id, &req->ephemeral_public_key, req->request_id,
+    if (!attest_eval_key(call, req->attestation, "Release", req->volume->id, &req->ephemeral_public_key, req->request_id,
                      &att))
         return;
     kfd_volume vol;
@@ -1308,7 +1330,7 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
      * hands out (BEGIN) or installs (COMMIT) a key only for a node whose boot state is accepted
      * (review F5). */
     kfd_attest_eval att;
-    if (!attest_eval(call, req->attestation, "RotateKey", req->volume->id, &req->ephemeral_public_key,
+    if (!attest_eval_key(call, req->attestation, "RotateKey", req->volume->id, &req->ephemeral_public_key,
                      req->request_id, &att)) {
         kfd_volume_clear(vol);
         return NULL;

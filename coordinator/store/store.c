@@ -102,6 +102,20 @@ static const char *const migrations[] = {
      * erase, and the node's confirmation. */
     "CREATE TABLE volume_erase (volume_id TEXT PRIMARY KEY, node TEXT NOT NULL, requested_at INTEGER NOT NULL,"
     "  erased_at INTEGER, detail TEXT, erase_all INTEGER NOT NULL DEFAULT 0);",
+    /* 14: the TPM clock with the counters (review rev17, A1; docs/attestation.md, "TPM clock"):
+     * the recorded quote's TPMS_CLOCK_INFO clock and safe flag and when it was recorded, and a
+     * node held (every key request refused) until an operator acts, with the reason and the TPM
+     * state of the quote that caused it. */
+    "ALTER TABLE node_attest ADD COLUMN clock INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN clock_safe INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN clock_at INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN held TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE node_attest ADD COLUMN held_kind TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE node_attest ADD COLUMN held_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE node_attest ADD COLUMN held_reset INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN held_restart INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN held_clock INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN held_safe INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -174,13 +188,21 @@ static const char *const sql[ST_COUNT] = {
     [ST_VOLUME_RELEASED] = "UPDATE volumes SET last_node = ?, last_released_at = ? WHERE id = ?",
     [ST_ATTEST_GET] = "SELECT accepted, accepted_at, accepted_by, seen, seen_at, reset_count IS NOT NULL, "
                       "coalesce(reset_count, 0), coalesce(restart_count, 0), seen_reset IS NOT NULL, "
-                      "coalesce(seen_reset, 0), coalesce(seen_restart, 0) FROM node_attest WHERE node = ?",
+                      "coalesce(seen_reset, 0), coalesce(seen_restart, 0), clock IS NOT NULL, coalesce(clock, 0), "
+                      "coalesce(clock_safe, 0), coalesce(clock_at, 0), held, held_kind, held_at, "
+                      "held_reset IS NOT NULL, coalesce(held_reset, 0), coalesce(held_restart, 0), "
+                      "held_clock IS NOT NULL, coalesce(held_clock, 0), coalesce(held_safe, 0) "
+                      "FROM node_attest WHERE node = ?",
     [ST_ATTEST_ACCEPT] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
                          "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by, "
                          "seen_reset = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_reset END, "
                          "seen_restart = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_restart END, "
-                         "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END",
+                         "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END, "
+                         /* accepting new values is what lifts a hold for drift (not a TPM one) */
+                         "held_at = CASE WHEN held_kind = 'drift' THEN 0 ELSE held_at END, "
+                         "held = CASE WHEN held_kind = 'drift' THEN '' ELSE held END, "
+                         "held_kind = CASE WHEN held_kind = 'drift' THEN '' ELSE held_kind END",
     /* Trust on first use: only when the node has no accepted values. */
     /* Trust on first use only at the node's first enrollment: no volume of its own but this one
      * (?4); a node that already has volumes gets its values accepted by an operator. */
@@ -192,13 +214,26 @@ static const char *const sql[ST_COUNT] = {
     [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at, seen_reset, seen_restart) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT(node) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at, "
                        "seen_reset = excluded.seen_reset, seen_restart = excluded.seen_restart",
-    /* The highest counters a node's quotes showed: only ever raised here. */
-    [ST_ATTEST_CLOCK_MAX] = "INSERT INTO node_attest (node, reset_count, restart_count) VALUES (?1, ?2, ?3) "
-                            "ON CONFLICT(node) DO UPDATE SET reset_count = ?2, restart_count = ?3 "
+    /* The highest (counters, clock) a node's quotes showed: only ever raised here. ?4 (clock) is
+     * NULL in commands from before the clock was recorded. */
+    [ST_ATTEST_CLOCK_MAX] = "INSERT INTO node_attest (node, reset_count, restart_count, clock, clock_safe, clock_at) "
+                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
+                            "ON CONFLICT(node) DO UPDATE SET reset_count = ?2, restart_count = ?3, clock = ?4, "
+                            "clock_safe = ?5, clock_at = ?6 "
                             "WHERE node_attest.reset_count IS NULL OR ?2 > node_attest.reset_count OR "
-                            "(?2 = node_attest.reset_count AND ?3 > node_attest.restart_count)",
-    /* An operator accepted a quote whose counters went backwards: those become the record. */
-    [ST_ATTEST_CLOCK_SET] = "UPDATE node_attest SET reset_count = ?2, restart_count = ?3 WHERE node = ?1",
+                            "(?2 = node_attest.reset_count AND ?3 > node_attest.restart_count) OR "
+                            "(?2 = node_attest.reset_count AND ?3 = node_attest.restart_count AND "
+                            "?4 IS NOT NULL AND (node_attest.clock IS NULL OR ?4 >= node_attest.clock))",
+    /* An operator accepted a quote whose counters went backwards, or a held TPM state: those
+     * become the record. */
+    [ST_ATTEST_CLOCK_SET] = "UPDATE node_attest SET reset_count = ?2, restart_count = ?3, clock = ?4, "
+                            "clock_safe = ?5, clock_at = ?6 WHERE node = ?1",
+    /* A node is held once: a later reason never replaces the first. */
+    [ST_ATTEST_HOLD] = "UPDATE node_attest SET held = ?2, held_kind = ?3, held_at = ?4, held_reset = ?5, "
+                       "held_restart = ?6, held_clock = ?7, held_safe = ?8 WHERE node = ?1 AND held = ''",
+    [ST_ATTEST_UNHOLD] = "UPDATE node_attest SET held = '', held_kind = '', held_at = 0, held_reset = NULL, "
+                         "held_restart = NULL, held_clock = NULL, held_safe = NULL "
+                         "WHERE node = ?1 AND held != '' AND held_at = ?2",
     [ST_NODE_REVOKE] = "INSERT INTO nodes (name, revoked, revoked_at, reason) VALUES (?, 1, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET revoked = 1, revoked_at = excluded.revoked_at, "
                        "reason = excluded.reason",

@@ -1,6 +1,7 @@
 /* The apply dispatcher: each state command (state.proto) applied in its savepoint of one
  * transaction, its audit records appended to the hash chain. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,9 +165,11 @@ static int attest_write(kfd_store *s, int which, const char *node, const char *p
     return kfd_store_step_done(s, st, "recording the node's PCR values", err);
 }
 
-/* A verified quote's counters: raise the node's recorded highest (ST_ATTEST_CLOCK_MAX), or, for
- * an operator's acceptance of a rolled-back TPM, set them (ST_ATTEST_CLOCK_SET). */
-static int attest_clock(kfd_store *s, int which, const char *node, const Keyfleet__V1__AttestClock *clock, kf_err *err)
+/* A verified quote's TPM state: raise the node's recorded highest (ST_ATTEST_CLOCK_MAX), or, for
+ * an operator's acceptance of a rolled-back TPM, set it (ST_ATTEST_CLOCK_SET). at: the command's
+ * time, kept with it (the clock jump rule, core/tpm_state.h). */
+static int attest_clock(kfd_store *s, int which, const char *node, const Keyfleet__V1__AttestClock *clock, int64_t at,
+                        kf_err *err)
 {
     if (clock == NULL)
         return 0;
@@ -174,7 +177,72 @@ static int attest_clock(kfd_store *s, int which, const char *node, const Keyflee
     kfd_bind_text(st, 1, node);
     sqlite3_bind_int64(st, 2, clock->reset_count);
     sqlite3_bind_int64(st, 3, clock->restart_count);
+    if (clock->clock_known && clock->clock <= INT64_MAX) {
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)clock->clock);
+        sqlite3_bind_int(st, 5, clock->safe ? 1 : 0);
+        sqlite3_bind_int64(st, 6, at);
+    } else {
+        sqlite3_bind_null(st, 4);
+        sqlite3_bind_null(st, 5);
+        sqlite3_bind_null(st, 6);
+    }
     return kfd_store_step_done(s, st, "recording the node's TPM counters", err);
+}
+
+static int64_t audit_time(const Keyfleet__V1__AuditEntry *audit)
+{
+    return audit != NULL && audit->time != NULL ? audit->time->seconds : 0;
+}
+
+/* Holds the node (kind "tpm" or "drift"), keeping the TPM state of the quote that caused it; a
+ * node already held keeps its first hold. */
+static int attest_hold(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err *err)
+{
+    if (strcmp(c->hold_kind, "tpm") != 0 && strcmp(c->hold_kind, "drift") != 0)
+        return kf_err_set(err, -EINVAL, "attest command: hold of unknown kind '%.32s'", c->hold_kind);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_ATTEST_HOLD);
+    kfd_bind_text(st, 1, c->node);
+    kfd_bind_text(st, 2, c->hold);
+    kfd_bind_text(st, 3, c->hold_kind);
+    sqlite3_bind_int64(st, 4, audit_time(c->audit));
+    for (int i = 5; i <= 8; i++)
+        sqlite3_bind_null(st, i);
+    if (c->clock != NULL) {
+        sqlite3_bind_int64(st, 5, c->clock->reset_count);
+        sqlite3_bind_int64(st, 6, c->clock->restart_count);
+        if (c->clock->clock_known && c->clock->clock <= INT64_MAX) {
+            sqlite3_bind_int64(st, 7, (sqlite3_int64)c->clock->clock);
+            sqlite3_bind_int(st, 8, c->clock->safe ? 1 : 0);
+        }
+    }
+    return kfd_store_step_done(s, st, "holding the node", err);
+}
+
+/* An operator lifts a hold after investigation: the held quote's TPM state becomes the recorded
+ * one. Only the hold the operator looked at (prev_held_at). */
+static int attest_unhold(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err *err)
+{
+    kfd_attest_record rec;
+    int r = kfd_store_get_attest(s, c->node, &rec);
+    if (r != 0 && r != -ENOENT)
+        return kf_err_set(err, -EIO, "reading node %s's measured-boot record", c->node);
+    if (r == -ENOENT || rec.held[0] == '\0' || rec.held_at != c->prev_held_at)
+        return kf_err_set(err, -ESTALE, "node %s is no longer held as it was when this was requested; look again "
+                                        "(keyfleetctl node attest show)", c->node);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_ATTEST_UNHOLD);
+    kfd_bind_text(st, 1, c->node);
+    sqlite3_bind_int64(st, 2, c->prev_held_at);
+    if ((r = kfd_store_step_done(s, st, "lifting the node's hold", err)) != 0)
+        return r;
+    if (!rec.has_held_state)
+        return 0;
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = rec.held_reset;
+    clk.restart_count = rec.held_restart;
+    clk.clock = rec.held_clock;
+    clk.safe = rec.held_safe;
+    clk.clock_known = rec.has_held_clock;
+    return attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, &clk, audit_time(c->audit), err);
 }
 
 /* An acceptance applies only to the accepted values it was made for (compare and swap): one held
@@ -193,7 +261,7 @@ static int attest_accept(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err 
                               c->node);
     }
     int r = attest_write(s, ST_ATTEST_ACCEPT, c->node, c->pcrs, NULL, NULL, c->audit, err);
-    return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, c->clock, err);
+    return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, c->clock, audit_time(c->audit), err);
 }
 
 /* An enrollment: the volume, its node's first measured boot when trusted on first use, the
@@ -207,7 +275,8 @@ static int apply_enroll_volume(kfd_store *s, const Keyfleet__V1__StateCommand *c
         r = attest_write(s, ST_ATTEST_TOFU, cmd->enroll_volume->node, cmd->enroll_volume->attest_tofu,
                          cmd->enroll_volume->volume->id, NULL, cmd->enroll_volume->audit, err);
     if (r == 0)
-        r = attest_clock(s, ST_ATTEST_CLOCK_MAX, cmd->enroll_volume->node, cmd->enroll_volume->attest_clock, err);
+        r = attest_clock(s, ST_ATTEST_CLOCK_MAX, cmd->enroll_volume->node, cmd->enroll_volume->attest_clock,
+                         audit_time(cmd->enroll_volume->audit), err);
     if (r == 0)
         r = kfd_store_append_audit(s, cmd->enroll_volume->audit, seq, err);
     return r;
@@ -226,7 +295,7 @@ static int apply_record_release(kfd_store *s, const Keyfleet__V1__CmdRecordRelea
         if ((r = kfd_store_step_done(s, st, "recording the release", err)) != 0)
             return r;
     }
-    if ((r = attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->attest_clock, err)) != 0)
+    if ((r = attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->attest_clock, audit_time(c->audit), err)) != 0)
         return r;
     return kfd_store_append_audit(s, c->audit, seq, err);
 }
@@ -293,12 +362,20 @@ static int apply_revoke_node(kfd_store *s, const Keyfleet__V1__CmdRevokeNode *c,
 static int apply_attest(kfd_store *s, const Keyfleet__V1__CmdAttest *c, uint64_t *seq, kf_err *err)
 {
     int r;
-    bool accept = strcmp(c->kind, "accept") == 0;
-    if (!accept && strcmp(c->kind, "seen") != 0)
+    bool accept = strcmp(c->kind, "accept") == 0, unhold = strcmp(c->kind, "unhold") == 0;
+    if (!accept && !unhold && strcmp(c->kind, "seen") != 0)
         return kf_err_set(err, -EINVAL, "attest command of unknown kind '%.32s'", c->kind);
-    r = accept ? attest_accept(s, c, err) : attest_write(s, ST_ATTEST_SEEN, c->node, c->pcrs, NULL, c->clock, c->audit, err);
-    if (r == 0 && !accept)
-        r = attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->clock, err);
+    if (accept)
+        r = attest_accept(s, c, err);
+    else if (unhold)
+        r = attest_unhold(s, c, err);
+    else
+        r = attest_write(s, ST_ATTEST_SEEN, c->node, c->pcrs, NULL, c->clock, c->audit, err);
+    /* A quote that holds the node is not the TPM's state: it is kept as the held one only. */
+    if (r == 0 && !accept && !unhold && c->hold[0] != '\0')
+        r = attest_hold(s, c, err);
+    else if (r == 0 && !accept && !unhold)
+        r = attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->clock, audit_time(c->audit), err);
     if (r != 0)
         return r;
     return kfd_store_append_audit(s, c->audit, seq, err);
@@ -321,7 +398,8 @@ static int apply_node_seen(kfd_store *s, const Keyfleet__V1__CmdNodeSeen *c, kf_
     sqlite3_stmt *st = kfd_store_stmt(s, ST_NODE_SEEN);
     kfd_bind_text(st, 1, c->node);
     sqlite3_bind_int64(st, 2, c->at);
-    return kfd_store_step_done(s, st, "recording a node's heartbeat", err);
+    int r = kfd_store_step_done(s, st, "recording a node's heartbeat", err);
+    return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->attest_clock, c->at, err);
 }
 
 /* The dispatcher: one case per command, the work in the apply_* above or in the file that owns it. */

@@ -175,7 +175,8 @@ static bool change_allowed(const Keyfleet__V1__StateCommand *cmd)
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID ||
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_UNREVOKE_NODE ||
            cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES ||
-           (cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST && strcmp(cmd->attest->kind, "accept") == 0);
+           (cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST &&
+            (strcmp(cmd->attest->kind, "accept") == 0 || strcmp(cmd->attest->kind, "unhold") == 0));
 }
 
 int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err)

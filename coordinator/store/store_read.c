@@ -502,6 +502,19 @@ int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret)
     ret->has_seen_clock = sqlite3_column_int(st, 8) != 0;
     ret->seen_reset = (uint32_t)sqlite3_column_int64(st, 9);
     ret->seen_restart = (uint32_t)sqlite3_column_int64(st, 10);
+    ret->has_tpm_clock = sqlite3_column_int(st, 11) != 0;
+    ret->clock = (uint64_t)sqlite3_column_int64(st, 12);
+    ret->clock_safe = sqlite3_column_int(st, 13) != 0;
+    ret->clock_at = sqlite3_column_int64(st, 14);
+    kfd_store_copy_col(st, 15, ret->held, sizeof(ret->held));
+    kfd_store_copy_col(st, 16, ret->held_kind, sizeof(ret->held_kind));
+    ret->held_at = sqlite3_column_int64(st, 17);
+    ret->has_held_state = sqlite3_column_int(st, 18) != 0;
+    ret->held_reset = (uint32_t)sqlite3_column_int64(st, 19);
+    ret->held_restart = (uint32_t)sqlite3_column_int64(st, 20);
+    ret->has_held_clock = sqlite3_column_int(st, 21) != 0;
+    ret->held_clock = (uint64_t)sqlite3_column_int64(st, 22);
+    ret->held_safe = sqlite3_column_int(st, 23) != 0;
     sqlite3_reset(st);
     return 0;
 }

@@ -41,6 +41,18 @@ typedef struct kfd_attest_record {
     uint32_t reset_count, restart_count;
     bool has_seen_clock; /* the seen quote's counters */
     uint32_t seen_reset, seen_restart;
+    bool has_tpm_clock; /* the recorded quote's clock (with reset_count, restart_count) */
+    uint64_t clock;
+    bool clock_safe;
+    int64_t clock_at; /* when it was recorded (coordinator time) */
+    char held[512];   /* non-empty: the node is held (key requests refused), why */
+    char held_kind[16]; /* "tpm" or "drift" */
+    int64_t held_at;
+    bool has_held_state; /* the TPM state of the quote that caused the hold */
+    uint32_t held_reset, held_restart;
+    bool has_held_clock;
+    uint64_t held_clock;
+    bool held_safe;
 } kfd_attest_record;
 /* 0, -ENOENT (no record for the node) or -EIO. */
 int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret);
