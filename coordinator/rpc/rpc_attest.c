@@ -175,17 +175,18 @@ void kfd_attest_seen_command(kfd_call *call, const kfd_attest_eval *att, const c
     out->cmd.attest = &out->attest;
 }
 
-int kfd_attest_held(kfd_call *call, bool *held, char *why, size_t size)
+int kfd_attest_held(kfd_call *call, char kind[16], char *why, size_t size)
 {
     kfd_attest_record rec;
-    *held = false;
+    kind[0] = '\0';
     int r = kfd_store_get_attest(kfd_call_app(call)->store, call->peer->name, &rec);
     if (r == -ENOENT)
         return 0;
     if (r != 0)
         return -EIO;
-    *held = rec.held[0] != '\0';
-    if (*held)
+    if (rec.held[0] != '\0')
+        snprintf(kind, 16, "%s", rec.held_kind[0] != '\0' ? rec.held_kind : "tpm");
+    if (kind[0] != '\0')
         snprintf(why, size, "node '%s' is held (%s): %.300s; keyfleetctl node attest show|unhold", call->peer->name,
                  rec.held_kind, rec.held);
     return 0;
@@ -307,7 +308,7 @@ static void unhold(kfd_call *call, const Keyfleet__V1__AcceptNodeAttestationRequ
         return;
     }
     if (record_token(req->node, rec, seen_clock, token) != 0 ||
-        CRYPTO_memcmp(token, req->token, KF_TPM_ATTEST_TOKEN_LEN) != 0) {
+        CRYPTO_memcmp(req->token, token, KF_TPM_ATTEST_TOKEN_LEN) != 0) { /* the hold shown, not a later one */
         kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION,
                        "node %s's measured-boot record is no longer the one shown with this token; look again "
                        "(keyfleetctl node attest show)",

@@ -45,8 +45,9 @@ typedef struct kfd_attest_cmd {
 void kfd_attest_seen_command(kfd_call *call, const kfd_attest_eval *att, const char *action, const char *volume_id,
                              const char *request_id, const char *reason, const char *hold_kind, kfd_attest_cmd *out);
 
-/* Whether the node is held (docs/attestation.md); the reason in why. 0 or -EIO. */
-int kfd_attest_held(kfd_call *call, bool *held, char *why, size_t size);
+/* Whether the node is held (docs/attestation.md): kind "tpm" or "drift", "" when not; the reason
+ * in why. 0 or -EIO. */
+int kfd_attest_held(kfd_call *call, char kind[16], char *why, size_t size);
 
 /* Evaluates quote (NULL: none) for the request method/volume_id/eph/request_id on call's TLS
  * connection. Returns 0 with *ret filled, or -EINVAL with why set for a malformed quote (the

@@ -157,6 +157,18 @@ static bool attest_eval_key(kfd_call *call, const Keyfleet__V1__TpmQuote *quote,
         deny_attest(call, volume_id, request_id, ret, ret->why);
         return false;
     }
+    /* Held for drift (lock on drift): no quote attests until an operator accepts values or
+     * lifts the hold, even one that matches the accepted values again (a machine booted back
+     * into the accepted chain after running another). Rules without `attested` decide as before. */
+    char kind[16], why[600];
+    if (kfd_attest_held(call, kind, why, sizeof(why)) != 0) {
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return false;
+    }
+    if (strcmp(kind, "drift") == 0 && ret->attested) {
+        ret->attested = false;
+        snprintf(ret->why, sizeof(ret->why), "%.300s", why);
+    }
     return true;
 }
 
@@ -247,14 +259,14 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
                      KF_CONNECT_PERMISSION_DENIED, "node is revoked");
         return true;
     }
-    /* A held node (review rev17, A1: a cloned or rolled-back TPM, or drift under a rule that
-     * requires attestation) gets nothing, with a quote or without, until an operator acts. */
-    bool held = false;
-    char why[600];
-    if (kfd_attest_held(call, &held, why, sizeof(why)) != 0) {
+    /* A node held for its TPM state (review rev17, A1: a cloned or rolled-back TPM) gets
+     * nothing, with a quote or without, until an operator acts (a drift hold: attest_eval_key). */
+    char kind[16], why[600];
+    if (kfd_attest_held(call, kind, why, sizeof(why)) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return true;
     }
+    bool held = strcmp(kind, "tpm") == 0;
     if (held)
         deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_DENY, volume_id, "",
                      KF_CONNECT_PERMISSION_DENIED, why);

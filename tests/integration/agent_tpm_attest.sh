@@ -370,12 +370,16 @@ expect_match "... and after another" "$out" "disk.luks: unlocked \\(key verified
 expect_match "attest show has the highest TPM counters quoted" "$(ctl "$F" node attest show n1)" \
     "TPM counters \\(highest quoted\\): reset=[0-9]+ restart=0"
 reboot_a "$WORK/tpm-a.saved"
+sleep 2 # the held quote's clock is then ahead of the next restore's (the audit-mode step below)
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "the TPM's state rolled back (resetCount lower than quoted before): denied" "$out" \
     "permission_denied.*reset/restart counters went backwards"
-expect_match "... audited" "$(ctl "$F" audit --node n1 --json | tail -n 1)" '"decision":"deny".*counters went backwards'
+expect_match "... audited as a hold" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
+    '"action":"attest_hold".*"decision":"deny".*counters went backwards'
 out=$(ctl "$F" node attest show n1 2>&1)
 expect_match "attest show flags the quote's counters as backwards" "$out" "its TPM counters: reset=[0-9]+ restart=0  BACKWARDS"
+expect_match "... and the node as held, with the reason and the held TPM state" "$out" \
+    "HELD \\(tpm, since [0-9T:-]+Z\\): the TPM's reset/restart counters went backwards.*TPM state of the quote that held it: reset=[0-9]+ restart=0 clock=[0-9]+ safe=(yes|no)"
 # policy_put_2 FILE: a policy put under admin.approvers: 2, approved by op2.
 policy_put_2() {
     cat >"$F/policy.yaml"
@@ -393,9 +397,32 @@ rules:
     require: [tpm_key, attested]
 YAML
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
-expect_match "with attestation.rollback: audit, the rolled-back TPM unlocks" "$out" "disk.luks: unlocked \\(key verified"
+expect_match "a held node stays refused whatever the policy says (rollback: audit now)" "$out" \
+    "permission_denied.*node 'n1' is held \\(tpm\\)"
+# unhold_shown: the operator lifts the hold with the token just shown; op2 approves it.
+unhold_shown() {
+    local s t r
+    s=$(ctl "$F" node attest show n1)
+    t=$(printf '%s' "$s" | sed -n 's/.*node attest unhold n1 \([0-9a-f]\{32\}\).*/\1/p')
+    r=$(ctl "$F" node attest unhold n1 "$t" 2>&1 | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+    ctl_as "$F" op2 approve "$r" 2>&1
+}
+out=$(ctl "$F" node attest unhold n1 0123456789abcdef0123456789abcdef 2>&1)
+expect_match "unhold with a made-up token is refused" "$out" "failed_precondition.*no longer the one shown"
+unhold_shown >/dev/null
+expect_match "unhold (approved by a second operator) is audited" "$(ctl "$F" audit --node n1 --json | grep attest_unhold | tail -n 1)" \
+    '"action":"attest_unhold".*"decision":"allow".*accept its TPM state reset=[0-9]+ restart=0 clock='
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "after unhold (the held TPM state accepted) the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
+out=$(ctl "$F" node attest unhold n1 0123456789abcdef0123456789abcdef 2>&1)
+expect_match "unhold of a node not held is refused" "$out" "failed_precondition.*is not held"
+# The same copy restored again: the same counters as recorded now, its clock behind them.
+reboot_a "$WORK/tpm-a.saved"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "with attestation.rollback: audit, a rolled-back TPM (clock behind at the same counters) unlocks" "$out" \
+    "disk.luks: unlocked \\(key verified"
 expect_match "... and the release's audit record says so" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
-    '"action":"release".*"decision":"allow".*counters went backwards'
+    '"action":"release".*"decision":"allow".*clock went backwards at the same reset/restart counters'
 policy_put_2 <<'YAML'
 admin: {approvers: 2}
 rules:
@@ -404,14 +431,33 @@ rules:
     effect: allow
     require: [tpm_key, attested]
 YAML
+# ---- A cloned TPM (review rev17, A1): machine A's TPM state copied while it is off, and both
+# machines booted from it. Equal counters; the copy that booted last quotes a clock behind the
+# one recorded from the other, which no single TPM can do. ----
+kill "$SWTPM_A_PID"
+for _ in $(seq 1 100); do kill -0 "$SWTPM_A_PID" 2>/dev/null || break; sleep 0.05; done
+rm -rf "$WORK/tpm-c" && cp -a "$WORK/tpm-a" "$WORK/tpm-c"
+reboot_a
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
-expect_match "back to the default (deny): denied again" "$out" "permission_denied.*counters went backwards"
-out=$(accept_shown 2>&1)
-R3=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
-ctl_as "$F" op2 approve "$R3" >/dev/null 2>&1
+expect_match "the original machine, booted, unlocks" "$out" "disk.luks: unlocked \\(key verified"
+sleep 1
+A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+rm -f "$WORK/tpm-c/pid"
+start_swtpm "$WORK/tpm-c"
+TCTI_C=$TCTI
+for m in "${MEASURED_A[@]}"; do TPM2TOOLS_TCTI="$TCTI_C" tpm2_pcrextend "${m%%:*}:sha256=$(printf '%s' "${m#*:}" | sha256sum | cut -c1-64)" >/dev/null 2>&1; done
+tpm_config "$WORK/a/clone.yaml" "$WORK/a" n1 "$TCTI_C"
+out=$("$AGENT" -c "$WORK/a/clone.yaml" unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "the clone (same files, a copy of the TPM state, the same PCRs) is refused: its clock is behind" "$out" \
+    "permission_denied.*clock went backwards at the same reset/restart counters.*two TPMs with one state"
+expect_match "... audited as a hold naming the values" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
+    '"action":"attest_hold".*"decision":"deny".*quote reset=[0-9]+ restart=0 clock=[0-9]+, recorded reset=[0-9]+ restart=0 clock=[0-9]+'
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
-expect_match "an operator who accepts the rolled-back TPM's quote (and its counters) lets it unlock" "$out" \
-    "disk.luks: unlocked \\(key verified"
+expect_match "... and the node is held: the original gets nothing either until an operator acts" "$out" \
+    "permission_denied.*node 'n1' is held \\(tpm\\).*clock went backwards"
+unhold_shown >/dev/null
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "after investigation and unhold, the original unlocks again" "$out" "disk.luks: unlocked \\(key verified"
 
 # ---- Re-attestation while running (#16 part 4): watch quotes with every heartbeat ----
 out=$(A watch --count 1 2>&1)
@@ -421,13 +467,22 @@ out=$(A watch --count 1 2>&1)
 expect_eq "a drift while running does not lock or fail the heartbeat (exit 0)" "$?" "0"
 expect_match "... the agent logs that the quote no longer matches, naming PCR 4" "$out" \
     "event=attest_heartbeat attested=no why=.*PCR 4 changed since the values accepted"
-expect_match "... and the coordinators audit it" "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
-    '"action":"attest_heartbeat".*"decision":"deny".*re-attestation while running failed: PCR 4 changed'
-before=$(ctl "$F" audit --node n1 --json | grep -c attest_heartbeat)
-A watch --count 1 >/dev/null 2>&1
-expect_eq "the same drift is audited once, not at every heartbeat" "$(ctl "$F" audit --node n1 --json | grep -c attest_heartbeat)" "$before"
-expect_match "attest show has the drifted values for an operator" "$(ctl "$F" node attest show n1)" "changed: PCR 4"
+expect_match "... and the coordinators audit it and hold the node (lock on drift, under require: [attested])" \
+    "$(ctl "$F" audit --node n1 --json | tail -n 1)" \
+    '"action":"attest_hold".*"decision":"deny".*re-attestation while running failed: PCR 4 changed'
+before=$(ctl "$F" audit --node n1 --json | grep -c attest_hold)
+out=$(A watch --count 1 2>&1)
+expect_eq "the same drift is audited once, not at every heartbeat" "$(ctl "$F" audit --node n1 --json | grep -c attest_hold)" "$before"
+expect_match "... the heartbeat says the node is held" "$out" "event=attest_heartbeat attested=no why=.*node 'n1' is held \\(drift\\)"
+out=$(ctl "$F" node attest show n1)
+expect_match "attest show has the drifted values for an operator" "$out" "changed: PCR 4"
+expect_match "... and the hold" "$out" "HELD \\(drift, since [0-9T:-]+Z\\): re-attestation while running failed: PCR 4 changed"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
-expect_match "... and the next release is denied as usual" "$out" "permission_denied.*PCR 4 changed"
+expect_match "... and the next release is denied" "$out" "permission_denied.*PCR 4 changed"
+out=$(accept_shown 2>&1)
+R4=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+ctl_as "$F" op2 approve "$R4" >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "accepting the new values (approved) lifts a drift hold: the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
 check_sanitizers
 finish

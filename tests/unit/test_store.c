@@ -665,6 +665,83 @@ static void test_attest_clock(void **state)
     kfd_store_close(s);
 }
 
+/* An attest command with a TPM clock, a hold, or an unhold (review rev17, A1). */
+static int attest_cmd_full(kfd_store *s, const char *kind, const char *pcrs, int reset, uint64_t clock,
+                           const char *hold, int64_t prev_held_at)
+{
+    Keyfleet__V1__AuditEntry e = audit("attest", "n1", "");
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = (uint32_t)reset;
+    clk.clock = clock;
+    clk.safe = true;
+    clk.clock_known = true;
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)"n1";
+    c.kind = (char *)kind;
+    c.pcrs = (char *)pcrs;
+    c.audit = &e;
+    c.clock = reset >= 0 ? &clk : NULL;
+    c.hold = (char *)(hold != NULL ? hold : "");
+    c.hold_kind = (char *)(hold != NULL ? "tpm" : "");
+    c.prev_held_at = prev_held_at;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    kfd_apply_result res = {0};
+    kf_err err = {0};
+    return kfd_store_apply(s, &cmd, &res, &err);
+}
+
+/* The TPM clock is recorded with the counters, raised only; a hold keeps the first reason and
+ * its quote's state without touching the record; unhold applies only to the hold it was made
+ * for and makes the held state the record. */
+static void test_attest_hold(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("attest-hold.db");
+    kfd_attest_record rec;
+    assert_int_equal(attest_cmd_full(s, "seen", PCR_A, 3, 5000, NULL, 0), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_true(rec.has_tpm_clock);
+    assert_int_equal(rec.clock, 5000);
+    assert_int_equal(rec.clock_at, now_ts.seconds);
+    assert_int_equal(attest_cmd_full(s, "seen", PCR_A, 3, 4000, NULL, 0), 0); /* lower clock: not recorded */
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, 5000);
+    assert_int_equal(attest_cmd_full(s, "seen", PCR_A, 3, 6000, NULL, 0), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, 6000);
+    assert_string_equal(rec.held, "");
+    /* A hold: the record stays, the held state is kept, a second hold does not replace it. */
+    assert_int_equal(attest_cmd_full(s, "seen", PCR_A, 4, 100, "clone", 0), 0);
+    assert_int_equal(attest_cmd_full(s, "seen", PCR_B, 5, 200, "second", 0), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.held, "clone");
+    assert_string_equal(rec.held_kind, "tpm");
+    assert_int_equal(rec.held_at, now_ts.seconds);
+    assert_true(rec.has_held_state && rec.has_held_clock);
+    assert_int_equal(rec.held_reset, 4);
+    assert_int_equal(rec.held_clock, 100);
+    assert_int_equal(rec.reset_count, 3);
+    assert_int_equal(rec.clock, 6000);
+    /* Accepting PCR values does not lift a TPM hold. */
+    assert_int_equal(attest_cmd_full(s, "accept", PCR_B, -1, 0, NULL, 0), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.held, "clone");
+    /* Unhold for another hold (its time) is refused and changes nothing. */
+    assert_int_equal(attest_cmd_full(s, "unhold", "", -1, 0, NULL, now_ts.seconds - 1), -ESTALE);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.held, "clone");
+    assert_int_equal(attest_cmd_full(s, "unhold", "", -1, 0, NULL, now_ts.seconds), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.held, "");
+    assert_false(rec.has_held_state);
+    assert_int_equal(rec.reset_count, 4);
+    assert_int_equal(rec.clock, 100);
+    assert_int_equal(attest_cmd_full(s, "unhold", "", -1, 0, NULL, now_ts.seconds), -ESTALE); /* not held */
+    kfd_store_close(s);
+}
+
 /* A coordinator certificate from a test CA, as DER; its serial in serial. */
 static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_len, char serial[KF_SERIAL_MAX])
 {
@@ -1100,6 +1177,7 @@ int main(void)
         cmocka_unit_test(test_request_ids_time_ordered),
         cmocka_unit_test(test_attest_records),
         cmocka_unit_test(test_attest_clock),
+        cmocka_unit_test(test_attest_hold),
         cmocka_unit_test(test_head_check_and_checkpoint_signers),
         cmocka_unit_test(test_checkpoint_apply_order),
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
