@@ -724,6 +724,8 @@ static void test_attest_hold(void **state)
     assert_int_equal(rec.held_clock, 100);
     assert_int_equal(rec.reset_count, 3);
     assert_int_equal(rec.clock, 6000);
+    /* A held node gets nothing at apply either (a request judged before the hold). */
+    assert_int_equal(enroll_attested(s, "vol-held", ""), -EACCES);
     /* Accepting PCR values does not lift a TPM hold. */
     assert_int_equal(attest_cmd_full(s, "accept", PCR_B, -1, 0, NULL, 0), 0);
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
@@ -738,6 +740,7 @@ static void test_attest_hold(void **state)
     assert_false(rec.has_held_state);
     assert_int_equal(rec.reset_count, 4);
     assert_int_equal(rec.clock, 100);
+    assert_int_equal(enroll_attested(s, "vol-held", ""), 0);
     assert_int_equal(attest_cmd_full(s, "unhold", "", -1, 0, NULL, now_ts.seconds), -ESTALE); /* not held */
     kfd_store_close(s);
 }
