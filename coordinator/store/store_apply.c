@@ -242,7 +242,8 @@ static int attest_unhold(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err 
     clk.clock = rec.held_clock;
     clk.safe = rec.held_safe;
     clk.clock_known = rec.has_held_clock;
-    return attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, &clk, audit_time(c->audit), err);
+    /* dated when that quote came (the hold), not now: the clock jump rule measures from it */
+    return attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, &clk, rec.held_at, err);
 }
 
 /* An acceptance applies only to the accepted values it was made for (compare and swap): one held

@@ -740,6 +740,7 @@ static void test_attest_hold(void **state)
     assert_false(rec.has_held_state);
     assert_int_equal(rec.reset_count, 4);
     assert_int_equal(rec.clock, 100);
+    assert_int_equal(rec.clock_at, now_ts.seconds); /* the held quote's time, not the unhold's */
     assert_int_equal(enroll_attested(s, "vol-held", ""), 0);
     assert_int_equal(attest_cmd_full(s, "unhold", "", -1, 0, NULL, now_ts.seconds), -ESTALE); /* not held */
     kfd_store_close(s);
