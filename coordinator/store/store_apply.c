@@ -234,7 +234,8 @@ static int attest_unhold(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err 
     sqlite3_bind_int64(st, 2, c->prev_held_at);
     if ((r = kfd_store_step_done(s, st, "lifting the node's hold", err)) != 0)
         return r;
-    if (!rec.has_held_state)
+    /* A drift hold's quote passed the TPM state check: the record (maybe raised since) stays. */
+    if (!rec.has_held_state || strcmp(rec.held_kind, "tpm") != 0)
         return 0;
     Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
     clk.reset_count = rec.held_reset;

@@ -484,5 +484,17 @@ R4=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
 ctl_as "$F" op2 approve "$R4" >/dev/null 2>&1
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "accepting the new values (approved) lifts a drift hold: the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
+# Drift, then a reboot back into the accepted chain: still held until an operator acts (a machine
+# that ran another chain for a while is not trusted again on its own).
+measure "$TCTI_A" 4 "another kexec"
+A watch --count 1 >/dev/null 2>&1
+unset 'MEASURED_A[-1]'
+reboot_a
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "drifted, then rebooted into the accepted chain: still refused while held" "$out" \
+    "permission_denied.*node 'n1' is held \\(drift\\)"
+unhold_shown >/dev/null
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and unlocks once an operator lifts the hold" "$out" "disk.luks: unlocked \\(key verified"
 check_sanitizers
 finish
