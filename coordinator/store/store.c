@@ -255,6 +255,7 @@ static const char *const sql[ST_COUNT] = {
     [ST_PENDING_SET_PROPOSER] = "UPDATE pending SET proposer = ? WHERE request_id = ?",
     [ST_PENDING_PROPOSER] = "SELECT proposer FROM pending WHERE request_id = ?",
     [ST_AUDIT_AFTER] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
+    [ST_CHECKPOINT_ALL] = "SELECT " KFD_AUDIT_COLS " WHERE a.action = 'checkpoint' ORDER BY a.seq",
 };
 
 bool kfd_store_failed(const kfd_store *s) { return s == NULL || s->failed; }

@@ -100,7 +100,7 @@ def sign(db, key, seconds):
     cert = db.execute("SELECT cert FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()[0]
     lines = last[11].split("\n")
     text = "\n".join([lines[0], lines[1], "size %d" % seq, "root " + root.hex(), "chain " + chain.hex(),
-                      "time %d.000000000" % seconds, lines[6], ""])
+                      "time %d.000000000" % seconds] + lines[6:])  # signer, and v2's cert and state
     with tempfile.NamedTemporaryFile() as f:
         f.write(text.encode())
         f.flush()
