@@ -382,10 +382,6 @@ static int verify(kf_checkpoint_cache *cache, const char *text, size_t len, cons
         return kf_err_set(err, -EPERM, "checkpoint time %lld is in the future", (long long)cp.seconds);
     uint8_t hash[KF_AUDIT_HASH];
     kf_sha256_parts(cert, cert_len, NULL, 0, NULL, 0, hash);
-    /* v2 signs the certificate's hash (review rev17, R6): the blob stored beside the signature is
-     * covered too, not only whatever key happens to verify. */
-    if (cp.version >= 2 && CRYPTO_memcmp(hash, cp.cert_hash, KF_AUDIT_HASH) != 0)
-        return kf_err_set(err, -EPERM, "checkpoint signer certificate is not the one its text names");
     const cache_entry *e = cache_find(cache, hash, ca, cp.seconds);
     EVP_PKEY *key = NULL;
     char name[64];
@@ -398,7 +394,11 @@ static int verify(kf_checkpoint_cache *cache, const char *text, size_t len, cons
         return r;
     }
     EVP_MD_CTX *mctx = NULL;
-    if (strcmp(name, cp.signer) != 0) {
+    /* v2 signs the certificate's hash (review rev17, R6): the blob stored beside the signature is
+     * covered too, not only whatever key happens to verify. */
+    if (cp.version >= 2 && CRYPTO_memcmp(hash, cp.cert_hash, KF_AUDIT_HASH) != 0) {
+        r = kf_err_set(err, -EPERM, "checkpoint signer certificate is not the one its text names");
+    } else if (strcmp(name, cp.signer) != 0) {
         r = kf_err_set(err, -EPERM, "checkpoint names signer %s but is signed by coordinator %s", cp.signer, name);
     } else if ((mctx = EVP_MD_CTX_new()) == NULL ||
                EVP_DigestVerifyInit(mctx, NULL, digest_for(key), NULL, key) != 1) {

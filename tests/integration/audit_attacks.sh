@@ -53,6 +53,10 @@ expect_match "... and fails with one hash of its path changed" "$out" "proof INV
 node "$F" n1 release vol-1 "$WRAP" >/dev/null
 signed
 ctl "$F" audit checkpoint --json >"$WORK/anchor2.json"
+# Review rev17: the newest checkpoint signs the state root at the checkpoint record before it,
+# and audit verify compares the coordinator's own state digest there.
+expect_match "audit verify compares the replicated state with the signed state root" "$(ctl "$F" audit verify)" \
+    "audit chain ok: .*; the replicated state at checkpoint record [0-9]+ matches its signed state root"
 ctl "$F" audit prove-consistency "$WORK/anchor1.json" "$WORK/anchor2.json" >"$WORK/cons.json"
 out=$("$CTL" audit verify-consistency "$WORK/cons.json" --ca "$F/ca.crt")
 expect_match "a consistency proof between two saved checkpoints verifies offline" "$out" \
