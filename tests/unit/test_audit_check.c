@@ -465,6 +465,13 @@ static void test_old_checkpoint_blobs(void **state)
     lg.rec[5].signer_cert = (ProtobufCBinaryData){c1_cert_len, c1_cert};
     if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
         fail_msg("%s", out);
+    /* Dated before its certificate was valid: the chain is judged at that time again, not taken
+     * from what the earlier checkpoints by the same certificate left in the cache. */
+    log_checkpoint(8, t0 - 3 * 86400);
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 9: checkpoint: checkpoint signer certificate does not chain to the fleet CA: "
+                    "certificate is not yet valid") == NULL)
+        fail_msg("%s", out);
     cp_version = 0;
 }
 
