@@ -30,10 +30,16 @@ stop_replicas c1 c2 c3
 # AuditHeadResponse{known: true, seq: 1, root: 32 zero bytes, chain: 32 zero bytes}
 Z=$(printf '00%.0s' $(seq 1 32))
 BODY=08011001"1a20${Z}2220${Z}"
-python3 "$(dirname "$0")/peer_standin.py" "$F/x9.crt" "$F/x9.key" "${RPC[c3]##*:}" "$BODY" &
-STANDIN=$!
-PIDS+=("$STANDIN")
-sleep 0.5
+# standin CERT KEY: the stand-in at c3's RPC address; waits (at most 10 s) until it listens, so
+# that the new leader's first question to c3 reaches it (a loaded machine starts python slowly).
+standin() {
+    rm -f "$WORK/standin.ready"
+    python3 "$(dirname "$0")/peer_standin.py" "$1" "$2" "${RPC[c3]##*:}" "$BODY" "$WORK/standin.ready" &
+    STANDIN=$!
+    PIDS+=("$STANDIN")
+    for _ in $(seq 1 200); do [ -s "$WORK/standin.ready" ] && break; sleep 0.05; done
+}
+standin "$F/x9.crt" "$F/x9.key"
 start c1
 start c2
 LEAD=$(wait_leader c1 c1 c2)
@@ -58,10 +64,7 @@ wait "$STANDIN" 2>/dev/null
 stop_replicas c1 c2
 
 # The same with c3's own name on a revoked certificate of c3: refused too (the denylist, R4).
-python3 "$(dirname "$0")/peer_standin.py" "$F/c3-stolen.crt" "$F/c3-stolen.key" "${RPC[c3]##*:}" "$BODY" &
-STANDIN=$!
-PIDS+=("$STANDIN")
-sleep 0.5
+standin "$F/c3-stolen.crt" "$F/c3-stolen.key"
 start c1
 start c2
 LEAD=$(wait_leader c1 c1 c2)
