@@ -121,7 +121,7 @@ static int cancel_one(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, const
     char node[256];
     int64_t erased_at = 0;
     int r = kfd_store_get_erase(s, id, node, sizeof(node), &erased_at);
-    if (r == -ENOENT || (r == 0 && strcmp(node, c->node) != 0))
+    if (r == -ENOENT || (r == 0 && strcmp(c->node, node) != 0))
         return kf_err_set(err, -ESTALE, "volume %s is not being erased for node %s", id, c->node);
     if (r != 0)
         return kf_err_set(err, r, "reading the volume's erase");

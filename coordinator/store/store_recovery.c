@@ -228,7 +228,8 @@ int kfd_store_apply_recovery_confirm(kfd_store *s, const Keyfleet__V1__CmdRecove
     bool done = strcmp(cur.request_id, c->request_id) == 0 && cur.revealed_at == 0; /* a repeated confirmation */
     kfd_recovery_clear(&cur);
     if (!owner)
-        return kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+        return kf_err_set(err, -EACCES, "volume %s: only the node that enrolled it confirms its recovery key",
+                          c->volume_id);
     if (!next && !done)
         return kf_err_set(err, -ESTALE, "request %s is not the recovery key awaiting confirmation for volume %s",
                           c->request_id, c->volume_id);

@@ -49,9 +49,20 @@ fi
 A recovery-key add "luks:$D" >/dev/null 2>&1 || true
 T2=$(reveal "$LID")
 check "a second reveal opens the file" opens "$D" "$T2"
-out=$(ctl "$F" node wipe n1 --volumes "$LID" --reason "stolen")
-C=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
-if [ -n "$C" ]; then ctl_as "$F" bob approve "$C" >/dev/null; fi
+wipe() {
+    local out c
+    out=$(ctl "$F" node wipe n1 --volumes "$LID" "$@") || return 1
+    c=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
+    if [ -n "$c" ]; then ctl_as "$F" bob approve "$c" >/dev/null; fi
+}
+# An erase not confirmed yet can be cancelled (audited); the volume stays retired; wiped again.
+check "node wipe (applied)" wipe --reason "stolen"
+check "node wipe --cancel of an erase not confirmed" wipe --cancel --reason "found in the van"
+show=$(ctl "$F" volume show "$LID")
+if printf '%s\n' "$show" | grep -q '^erase:'; then not_ok "... the erase is dropped" "$show"; else ok "... the erase is dropped"; fi
+expect_match "... the volume stays retired" "$show" "state: +retired"
+expect_match "... audited" "$(ctl "$F" audit --action node_wipe_cancel --json)" '"decision":"allow".*found in the van'
+check "node wipe again" wipe --reason "stolen after all"
 # F10: cut off after the keyslots, before the tokens; the next heartbeat finishes and reports.
 KEYFLEET_TEST_CRASH_AFTER=erase_slots A watch --count 1 >"$WORK/w4.out" 2>&1 || true
 expect_match "the erase was cut off (crash point erase_slots)" "$(cat "$WORK/w4.out")" "test crash after erase_slots"
@@ -66,5 +77,6 @@ else
     ok "F2: a revealed recovery key no longer opens a crypt-erased volume"
 fi
 check "the operator's passphrase still opens it (plain wipe)" opens "$D" "pw"
+if wipe --cancel 2>/dev/null; then not_ok "a confirmed erase cannot be cancelled"; else ok "a confirmed erase cannot be cancelled"; fi
 check_sanitizers
 finish

@@ -968,12 +968,18 @@ static void test_recovery_at_apply(void **state)
     assert_string_equal(rec.wrapped, "w3");
     kfd_recovery_clear(&rec);
 
-    /* A retired volume's recovery key is refused with its key: neither escrowed nor revealed. */
+    /* A retired volume's recovery key is refused with its key: neither escrowed nor revealed,
+     * and no longer asked of the node (review rev26b F8). */
     assert_int_equal(propose_reveal(s, RID, "v1", 2), 0);
-    assert_int_equal(approve(s, RID, "op2", 0, T0 + 5), 0);
-    assert_int_equal(lifecycle(s, true, "v1", T0 + 5), 0);
-    assert_int_equal(reveal(s, RID, "v1", "op1", T0 + 6), -EACCES);
-    assert_int_equal(escrow(s, "n1", "v1", RID2, "w4", false, T0 + 6), -EACCES);
+    assert_int_equal(approve(s, RID, "op2", 0, T0 + 9), 0);
+    assert_int_equal(reveal(s, RID, "v1", "op1", T0 + 9), 0);
+    assert_int_equal(to_replace(s, "n1"), 1);
+    assert_int_equal(propose_reveal(s, RID4, "v1", 2), 0);
+    assert_int_equal(approve(s, RID4, "op2", 0, T0 + 9), 0);
+    assert_int_equal(lifecycle(s, true, "v1", T0 + 10), 0);
+    assert_int_equal(to_replace(s, "n1"), 0);
+    assert_int_equal(reveal(s, RID4, "v1", "op1", T0 + 11), -EACCES);
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w4", false, T0 + 11), -EACCES);
     kfd_store_close(s);
 }
 
