@@ -542,6 +542,7 @@ typedef struct erase_plan {
     int tokens[MAX_TOKENS], named[2 * MAX_TOKENS], replaced[MAX_TOKENS];
     char replaced_salt[MAX_TOKENS][65];
     size_t n_tokens, n_named, n_replaced;
+    bool recovery; /* a keyfleet-recovery token was among them */
 } erase_plan;
 
 static void plan_token(const char *json, erase_plan *p)
@@ -576,6 +577,7 @@ static void plan_erase(struct crypt_device *cd, bool all, erase_plan *p)
         if (info == CRYPT_TOKEN_INACTIVE || (!all && (info == CRYPT_TOKEN_INVALID || !erased_type(type))))
             continue;
         p->tokens[p->n_tokens++] = t;
+        p->recovery |= type != NULL && strcmp(type, RECOVERY_TOKEN_TYPE) == 0;
         if (erased_type(type) && sym_crypt_token_json_get(cd, t, &json) >= 0 && json != NULL)
             plan_token(json, p);
     }
@@ -661,8 +663,8 @@ static int luks_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_
     v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = NULL;
     v->keyslot = v->token = v->next_keyslot = v->next_token = v->replaces_keyslot = -1;
     if (p.n_tokens + killed > 0)
-        snprintf(ret_what, what_size, "luks2: %zu keyfleet keyslot(s) killed (recovery keyslot included), %zu "
-                 "token(s) removed with their TPM copy", killed, p.n_tokens);
+        snprintf(ret_what, what_size, "luks2: %zu keyfleet keyslot(s) killed, %zu token(s) removed with their TPM "
+                 "copy%s", killed, p.n_tokens, p.recovery ? "; the recovery keyslot and its token too" : "");
     if (all)
         snprintf(ret_what, what_size, "luks2: every keyslot erased (%zu keyfleet, %zu other), %zu token(s) removed: "
                  "the data is unrecoverable", killed, others, p.n_tokens);
