@@ -265,7 +265,7 @@ static const char *const sql[ST_COUNT] = {
     [ST_RECOVERY_PROMOTE] = "UPDATE recovery_keys SET wrapped = next_wrapped, kcv = next_kcv, request_id = "
                             "next_request_id, created_at = next_at, revealed_at = NULL, revealed_by = NULL, "
                             "next_wrapped = NULL, next_kcv = NULL, next_request_id = NULL, next_at = NULL "
-                            "WHERE volume_id = ? AND next_request_id = ?",
+                            "WHERE volume_id = ? AND next_request_id IS NOT NULL",
     [ST_RECOVERY_DELETE] = "DELETE FROM recovery_keys WHERE volume_id = ?",
     [ST_ERASE_CANCEL] = "DELETE FROM volume_erase WHERE volume_id = ? AND node = ? AND erased_at IS NULL",
     [ST_RECOVERY_REVEALED] = "UPDATE recovery_keys SET revealed_at = ?, revealed_by = ? WHERE volume_id = ?",

@@ -236,7 +236,6 @@ int kfd_store_apply_recovery_confirm(kfd_store *s, const Keyfleet__V1__CmdRecove
     if (next) {
         sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_PROMOTE);
         kfd_bind_text(st, 1, c->volume_id);
-        kfd_bind_text(st, 2, c->request_id);
         if ((r = kfd_store_step_done(s, st, "recording the replacement", err)) != 0)
             return r;
     }
