@@ -33,6 +33,13 @@ for n in c1 c2 c3; do
         test "$(grep -c "event=audit_diverged" "$WORK/$n/keyfleetd.log")" -eq 0
 done
 expect_match "the edited leader $L is the one that stops" "$(readyz "$L")" "diverged"
+for n in c1 c2 c3; do signed_on "$L" >/dev/null 2>&1; release n1 vol-1 "$WRAP" "${RPC[$L]}" >/dev/null 2>&1; done
+signed_on "$L" >/dev/null 2>&1
+out=$(ctlx "$L" audit verify 2>&1)
+check "audit verify against the edited leader does not pass ($(echo "$out" | tail -1 | head -c 200))" \
+    test "${out#*audit chain ok}" = "$out"
+H=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && echo "$n" && break; done)
+echo "# audit verify against the honest $H: $(ctlx "$H" audit verify 2>&1 | tail -1 | head -c 240)"
 stop_replicas c1 c2 c3
 check_sanitizers
 finish
