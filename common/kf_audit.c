@@ -451,6 +451,10 @@ int kf_checkpoint_follows(const kf_checkpoint *prev, const kf_checkpoint *next, 
 {
     if (prev == NULL)
         return 0;
+    /* No v1 text after a v2 one (review rev17c, C3): v1 names no certificate and signs no state
+     * root, so a log that went back to it would lose both checks from there on. */
+    if (prev->version >= 2 && next->version < 2)
+        return kf_err_set(err, -EPERM, "a v1 checkpoint after a v2 one (format downgraded)");
     if (next->size <= prev->size)
         return kf_err_set(err, -EPERM,
                           "checkpoint signs %" PRIu64 " records, no more than the checkpoint before it (%" PRIu64

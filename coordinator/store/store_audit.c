@@ -1011,6 +1011,34 @@ static int image_without_code(sqlite3 *db, kf_err *err)
     return r;
 }
 
+/* Each checkpoint record of an image (all: KFD_AUDIT_COLS in seq order), through the store's
+ * checkpoint verifier (signature and chain, not by the clock), as the start of a replica would. */
+static int image_signatures(kfd_store *s, sqlite3_stmt *all, kf_err *err)
+{
+    int rc, r = 0;
+    sqlite3_reset(all);
+    while (r == 0 && s->cp_verify != NULL && (rc = sqlite3_step(all)) == SQLITE_ROW) {
+        const unsigned char *action = sqlite3_column_text(all, 3);
+        if (action == NULL || strcmp((const char *)action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
+            continue;
+        Keyfleet__V1__AuditRecord *rec = kfd_audit_row_record(all);
+        if (rec == NULL) {
+            r = kf_err_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        Keyfleet__V1__CmdCheckpoint c = KEYFLEET__V1__CMD_CHECKPOINT__INIT;
+        c.text = rec->reason;
+        c.signature = rec->signature;
+        c.cert = rec->signer_cert;
+        kf_err verr = {0};
+        if (s->cp_verify(s->cp_verify_arg, &c, &verr) != 0)
+            r = kf_err_set(err, -EPERM, "snapshot's checkpoint record %llu: %s", (unsigned long long)rec->seq, verr.msg);
+        kfd_audit_free_record(rec);
+    }
+    sqlite3_reset(all);
+    return r;
+}
+
 int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, kfd_image_check *ret, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
@@ -1080,6 +1108,11 @@ int kfd_store_check_image(kfd_store *s, const unsigned char *image, size_t len, 
             goto out;
         }
     }
+    /* Every checkpoint's signature, not only the newest one's (review rev17c, C2): this replica
+     * verifies each of them at its next start (R6), so an image whose older checkpoint blobs were
+     * replaced would be installed now and make it diverge then. */
+    if ((r = image_signatures(s, all, err)) != 0)
+        goto out;
     ret->records = sc.head_seq;
     ret->checkpoints = sc.checkpoints;
     if (sqlite3_step(cp) == SQLITE_ROW)

@@ -514,6 +514,29 @@ static void test_state_root_compared(void **state)
     }
 }
 
+/* Review rev17c, C3: once a log holds a v2 checkpoint (certificate named, state root signed), a
+ * v1 text after it (neither) is refused, as a replica or verifier of a later version would see a
+ * format downgrade. */
+static void test_v1_after_v2_refused(void **state)
+{
+    (void)state;
+    char out[1024];
+    log_reset();
+    log_releases(1);
+    log_checkpoint(1, t0 + 2); /* v1 then v2: the upgrade, fine */
+    cp_version = 2;
+    log_releases(1);
+    log_checkpoint(3, t0 + 4);
+    if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
+        fail_msg("%s", out);
+    cp_version = 0;
+    log_releases(1);
+    log_checkpoint(5, t0 + 6);
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 6: checkpoint: a v1 checkpoint after a v2 one") == NULL)
+        fail_msg("%s", out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -525,6 +548,7 @@ int main(void)
         cmocka_unit_test(test_replayed_checkpoint),
         cmocka_unit_test(test_old_checkpoint_blobs),
         cmocka_unit_test(test_state_root_compared),
+        cmocka_unit_test(test_v1_after_v2_refused),
     };
     int rc = cmocka_run_group_tests_name("audit_check", tests, setup, teardown);
     log_reset();

@@ -982,6 +982,52 @@ static void test_checkpoint_verifier_at_apply(void **state)
     OPENSSL_free(c5);
 }
 
+/* A verifier that refuses a signature whose first byte is 2 (the test's replaced blob). */
+static int refuse_sig_2(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err *err)
+{
+    (void)arg;
+    verifier_calls++;
+    if (c->signature.len > 0 && c->signature.data[0] == 2)
+        return kf_err_set(err, -EPERM, "checkpoint signature does not verify");
+    return 0;
+}
+
+/* Review rev17c, C2: a snapshot image's older checkpoints are verified too, not only the newest:
+ * an image whose first checkpoint's signature blob was replaced (outside the hash chain, so the
+ * log still verifies) would be installed, and the replica would diverge at its next start (R6). */
+static void test_snapshot_old_checkpoint_signature(void **state)
+{
+    (void)state;
+    uint8_t *c7 = NULL;
+    size_t c7_len = 0;
+    char serial[KF_SERIAL_MAX];
+    coordinator_cert("c9", &c7, &c7_len, serial);
+    kfd_store *leader = open_db("img-sig-leader.db"), *honest = open_db("img-sig-honest.db");
+    assert_int_equal(append(leader, "release", "n1"), 0);
+    assert_int_equal(append(honest, "release", "n1"), 0);
+    assert_int_equal(apply_checkpoint(leader, "c9", c7, c7_len), 0); /* record 2 */
+    assert_int_equal(append(leader, "release", "n1"), 0);
+    assert_int_equal(apply_checkpoint(leader, "c9", c7, c7_len), 0); /* record 4 */
+    kfd_store_close(leader);
+    char path[300];
+    snprintf(path, sizeof(path), "%s/img-sig-leader.db", tmpdir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE audit_checkpoints SET signature = x'02' WHERE seq = 2", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_int64 n = 0;
+    unsigned char *img = sqlite3_serialize(db, "main", &n, 0);
+    assert_non_null(img);
+    kfd_store_set_checkpoint_verifier(honest, refuse_sig_2, NULL);
+    verifier_calls = 0;
+    assert_int_equal(check_image(honest, img, (size_t)n, "checkpoint record 2: checkpoint signature does not verify"),
+                     -EPERM);
+    sqlite3_free(img);
+    sqlite3_close(db);
+    kfd_store_close(honest);
+    OPENSSL_free(c7);
+}
+
 /* Review rev17, R2 (the rest): a checkpoint vouches for a replica only once the leader's state
  * check for it matched this replica's digest there; a different one diverges it. */
 static void test_checkpoint_state_compared(void **state)
@@ -1237,6 +1283,7 @@ int main(void)
         cmocka_unit_test(test_head_check_and_checkpoint_signers),
         cmocka_unit_test(test_checkpoint_apply_order),
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
+        cmocka_unit_test(test_snapshot_old_checkpoint_signature),
         cmocka_unit_test(test_state_digest),
         cmocka_unit_test(test_checkpoint_state_compared),
         cmocka_unit_test(test_signed_state_root),

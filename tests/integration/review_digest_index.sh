@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Review rev17c, finding C4: the state digest (R2, and the signed state root) reads each table by a
+# full scan (`SELECT *`), while every decision looks rows up through an index. A replica whose
+# `nodes` table is left intact but whose primary-key index (sqlite_autoindex_nodes_1) was pointed,
+# with `PRAGMA writable_schema`, at an empty index b-tree while the cluster was stopped digests
+# exactly like the honest replicas (n1 still revoked in the scan), yet finds no row for n1 at
+# every lookup, so n1 is "not revoked" to it. Elected first, it passes the head round (same audit
+# head, same digest) and releases to the revoked n1; the honest replicas, refusing that release at
+# apply, are the ones that diverge. keyfleetd never runs `PRAGMA quick_check` (which reports the
+# orphaned pages) nor checks indexes against tables. FAILS on main (not registered).
+. "$(dirname "$0")/lib.sh"
+
+F=$WORK/fleet
+fleet_init "$F"
+issue "$F" node n1
+. "$(dirname "$0")/cluster_lib.sh"
+
+start_cluster c 3
+S3=$CLUSTER
+WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)")
+expect_match "n1 gets its key before the revocation" "$(release n1 vol-1 "$WRAP" "$S3")" "^code=ok status=released"
+expect_match "n1 is revoked" "$(ctlx "$L" node revoke n1 stolen 2>&1)" "revoked"
+out=$(release n1 vol-1 "$WRAP" "$S3" 2>&1)
+check "the revoked n1 gets no key" test "${out#code=ok}" = "$out"
+A=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && echo "$n" && break; done)
+B=$L
+C=$(for n in c1 c2 c3; do [ "$n" != "$A" ] && [ "$n" != "$B" ] && echo "$n"; done)
+for n in "$A" "$B" "$C"; do signed_on "$n"; done
+caught_up "$A" "$B"
+caught_up "$C" "$B"
+stop_replicas "$A" "$B" "$C"
+
+# One row of $A's state, outside the audit log.
+DB=$WORK/$A/state/keyfleet.db
+sqlite3 "$DB" "CREATE TABLE x (name TEXT PRIMARY KEY)"
+R=$(sqlite3 "$DB" "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_x_1'")
+sqlite3 "$DB" "PRAGMA writable_schema = ON; UPDATE sqlite_master SET rootpage = $R WHERE name = 'sqlite_autoindex_nodes_1';
+    DELETE FROM sqlite_master WHERE tbl_name = 'x'"
+expect_eq "the table still says n1 is revoked (what the digest scans)" \
+    "$(sqlite3 "$DB" "SELECT revoked FROM nodes NOT INDEXED WHERE name = 'n1'")" 1
+expect_eq "a lookup by name finds no n1 (what decisions read)" "$(sqlite3 "$DB" "SELECT count(*) FROM nodes WHERE name = 'n1'")" 0
+start "$A"
+sleep 3.5
+sed -i "s/election_timeout: 300ms/election_timeout: 5s/" "$WORK/$B/keyfleetd.yaml"
+start "$B"
+LEAD=$(wait_leader "$B" "$A" "$B")
+expect_eq "the edited $A is elected first" "$LEAD" "$A"
+start "$C"
+sleep 0.5
+out=$(release n1 vol-1 "$WRAP" "${RPC[$A]}" 2>&1)
+check "the revoked n1 gets no key from the edited leader ($out)" test "${out#code=ok}" = "$out"
+for _ in $(seq 1 30); do
+    release n1 vol-1 "$WRAP" "${RPC[$A]}" >/dev/null 2>&1
+    [[ "$(readyz "$A")$(readyz "$B")$(readyz "$C")" == *diverged* ]] && break
+    sleep 0.2
+done
+expect_match "the edited $A is the one that stops serving" "$(readyz "$A")" "diverged"
+for n in "$B" "$C"; do
+    check "the honest $n does not diverge ($(readyz "$n" | head -c 160))" \
+        test "$(grep -c "event=audit_diverged" "$WORK/$n/keyfleetd.log")" -eq 0
+done
+stop_replicas "$A" "$B" "$C"
+check_sanitizers
+finish
