@@ -9,6 +9,7 @@
 #include "kf_log.h"
 #include "store/store_audit.h"
 #include "store/store_internal.h"
+#include "store/store_schema.h"
 #include "store/store_snapshot.h"
 
 /* Each migration moves the schema from version i to i + 1; never edit a shipped one. */
@@ -352,18 +353,38 @@ static int exec(kfd_store *s, const char *q, const char *what, kf_err *err)
 
 uint32_t kfd_store_state_version(void) { return (uint32_t)(sizeof(migrations) / sizeof(migrations[0])); }
 
+int kfd_store_migration_step(sqlite3 *db, int v)
+{
+    char bump[64];
+    snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", v + 1);
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, migrations[v], NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, bump, NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}
+
+/* The database must be one keyfleet made (review rev17c, C4): every page and index sound, and
+ * the schema what the migrations make at its version, before it is migrated or read. */
+static int check_db(kfd_store *s, int version, bool integrity, kf_err *err)
+{
+    char problem[224];
+    int r = integrity ? kfd_store_integrity_check(s->db, problem, sizeof(problem)) : 0;
+    if (r == 0)
+        r = kfd_store_schema_check(s->db, version, problem, sizeof(problem));
+    if (r == 0)
+        return 0;
+    return kfd_store_fail(s, "checking the database (rebuild this replica)", problem, 0, err);
+}
+
 static int migrate(kfd_store *s, kf_err *err)
 {
-    sqlite3_stmt *st;
     int version = 0;
-    int rc = sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        return kfd_store_sql_error(s, rc, "reading schema version", err);
-    if ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        version = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_ROW)
-        return kfd_store_sql_error(s, rc, "reading schema version", err);
+    if (kfd_store_schema_version(s->db, &version) != 0)
+        return kfd_store_fail(s, "reading schema version", sqlite3_errmsg(s->db), sqlite3_errcode(s->db), err);
     const int latest = (int)(sizeof(migrations) / sizeof(migrations[0]));
     if (version > latest) {
         s->failed = true;
@@ -371,23 +392,19 @@ static int migrate(kfd_store *s, kf_err *err)
                  latest);
         return kf_err_set(err, -EIO, "%s", s->failure);
     }
-    for (int v = version; v < latest; v++) {
-        char bump[64];
-        snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", v + 1);
-        int r = exec(s, "BEGIN IMMEDIATE", "migration", err);
-        if (r == 0)
-            r = exec(s, migrations[v], "migration", err);
-        if (r == 0)
-            r = exec(s, bump, "migration", err);
-        if (r == 0)
-            r = exec(s, "COMMIT", "migration", err);
-        if (r != 0) {
+    int r = check_db(s, version, true, err);
+    for (int v = version; r == 0 && v < latest; v++) {
+        int rc = kfd_store_migration_step(s->db, v);
+        if (rc != SQLITE_OK) {
+            r = kfd_store_sql_error(s, rc, "migration", err);
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
             return r;
         }
         kf_log_info("store_migrated", "to_version=%d", v + 1);
     }
-    return 0;
+    if (r == 0 && version < latest)
+        r = check_db(s, latest, false, err);
+    return r;
 }
 
 static int load_applied(kfd_store *s, kf_err *err)

@@ -168,6 +168,11 @@ int kfd_store_open_db(kfd_store *s, kf_err *err);
 /* Closes the database handle and statements, keeping s. */
 void kfd_store_close_db(kfd_store *s);
 
+/* Runs migration v (schema version v to v + 1) on db in its own transaction, left open on a
+ * failure for the caller to roll back; the only way a schema is made (kfd_store_open, and the
+ * expected schema of store_schema.c). A sqlite result code. */
+int kfd_store_migration_step(sqlite3 *db, int v);
+
 /* Marks the store failed on a fault-class sqlite error; returns -EIO for faults, or the errno
  * that matches a constraint violation. */
 int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err);
