@@ -140,6 +140,34 @@ static void test_index_pointed_elsewhere(void **state)
     assert_int_equal(open_want("idx.db", "integrity check: "), -EIO);
 }
 
+/* An index that lacks a row its table holds, every page still accounted for (the index hidden
+ * from sqlite_master while the row went in): PRAGMA quick_check says ok, integrity_check not. */
+static void test_index_missing_a_row(void **state)
+{
+    (void)state;
+    make_db("row.db");
+    char *root = query1("row.db", "SELECT rootpage FROM sqlite_master WHERE name = 'tokens_role'");
+    char *sql = query1("row.db", "SELECT sql FROM sqlite_master WHERE name = 'tokens_role'");
+    exec_db("row.db", "PRAGMA writable_schema = ON; DELETE FROM sqlite_master WHERE name = 'tokens_role'");
+    exec_db("row.db", "INSERT INTO tokens (token_id, role_name, token_hash, expires_at) VALUES ('t1', 'r1', x'00', 0)");
+    char put[600];
+    snprintf(put, sizeof(put),
+             "PRAGMA writable_schema = ON; INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) "
+             "VALUES ('index', 'tokens_role', 'tokens', %s, '%s')",
+             root, sql);
+    free(root);
+    free(sql);
+    exec_db("row.db", put);
+    char *n = query1("row.db", "SELECT count(*) FROM tokens WHERE role_name = 'r1'");
+    assert_string_equal(n, "0"); /* looked up through the index: no such token */
+    free(n);
+    char *quick = query1("row.db", "PRAGMA quick_check");
+    assert_string_equal(quick, "ok");
+    free(quick);
+    assert_int_equal(image_want("row.db", "missing from index tokens_role"), -EPERM);
+    assert_int_equal(open_want("row.db", "missing from index tokens_role"), -EIO);
+}
+
 /* The schema variant: revoked and reason swapped in the table's text, not a byte of data. */
 static void test_columns_swapped(void **state)
 {
@@ -233,6 +261,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_index_pointed_elsewhere),
+        cmocka_unit_test(test_index_missing_a_row),
         cmocka_unit_test(test_columns_swapped),
         cmocka_unit_test(test_objects_added_or_missing),
         cmocka_unit_test(test_older_versions_migrate),
