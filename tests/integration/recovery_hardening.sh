@@ -46,7 +46,7 @@ rid_of() { printf '%s\n' "$1" | grep -Eo '[0-9a-f]{32}' | head -n 1; }
 # --- F11: the rule names held requests use are reserved
 out=$(printf 'rules:\n  - name: ok\n    effect: deny\n  - name: recovery\n    effect: allow\n' >"$WORK/bad.yaml"
     ctl "$F" policy put "$WORK/bad.yaml" 2>&1)
-expect_match "a rule named recovery is refused, with its line" "$out" "bad.yaml:4:11: rule name 'recovery' is reserved"
+expect_match "a rule named recovery is refused, with its line" "$out" "invalid_argument: policy:4:11: rule name 'recovery' is reserved"
 
 # --- F5: a repeated EnrollRecoveryKey
 check "n1 enrolls v-free" node "$F" n1 enroll v-free
@@ -62,7 +62,7 @@ out=$(node "$F" n1 recovery v-held "$RA")
 expect_match "... but a repeat does not hand it out again" "$out" \
     "code=permission_denied .*releases wait for operators' approval"
 expect_match "... audited" "$(ctl "$F" audit --action recovery_escrow --json)" \
-    '"volume_id":"v-held".*"decision":"deny".*approval'
+    '"volume":"v-held".*"decision":"deny".*approval'
 # revealed: a repeat of that escrow's request is refused
 out=$(ctl "$F" volume recovery-key v-free)
 RID=$(rid_of "$out")
