@@ -422,7 +422,8 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
                           v->path, slot == -EPERM ? "the current key does not open the volume" : strerror(-slot));
     kfa_test_crash_point("keyslot");
     keyslot_salt(cd, v->keyslot, v->replaces_salt, sizeof(v->replaces_salt));
-    char *json = token_json_as(cfg, v, slot, wrapped, true, v->tpm_blob_next != NULL ? v->tpm_blob_next : v->tpm_part_next);
+    const char *tpm = v->tpm_blob_next != NULL ? v->tpm_blob_next : v->tpm_part_next; /* a copy, or a part */
+    char *json = token_json_as(cfg, v, slot, wrapped, true, tpm);
     int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
     free(json);
     char *copy = token >= 0 ? strdup(wrapped) : NULL;

@@ -208,8 +208,8 @@ int kfd_store_apply_change(kfd_store *s, const char *request_id, bool erase_all_
     if (cmd != NULL && cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES &&
         cmd->wipe_volumes->erase_all_keyslots && !erase_all_allowed) {
         keyfleet__v1__state_command__free_unpacked(cmd, NULL);
-        return kf_err_set(err, -EACCES, "change %s erases every keyslot, which the policy no longer allows for its node",
-                          request_id);
+        return kf_err_set(err, -EACCES,
+                          "change %s erases every keyslot, which the policy no longer allows for its node", request_id);
     }
     if (cmd == NULL || !change_allowed(cmd)) {
         if (cmd != NULL)
