@@ -18,8 +18,8 @@ const char *kfd_check_approve(const Keyfleet__V1__ApproveRequest *req)
 
 const char *kfd_check_deny(const Keyfleet__V1__DenyRequest *req)
 {
-    if (!kf_request_id_valid(req->request_id) || strlen(req->reason) > 512)
-        return "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512";
+    if (!kf_request_id_valid(req->request_id) || strlen(req->reason) > 512 || strlen(req->totp_code) > 16)
+        return "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512, totp_code 6 digits";
     return NULL;
 }
 

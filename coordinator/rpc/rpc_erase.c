@@ -185,7 +185,10 @@ void kfd_rpc_wipe_node(kfd_call *call)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES;
     cmd.wipe_volumes = &c;
     kf_log_warn(action, "node=%s volumes=%zu operator=%s", req->node, op->n, call->peer->name);
-    kfd_commit_change(call, &cmd, reason, req->totp_code, on_wipe_committed, op);
+    /* Two operators by default (admin.wipe_approvers), whatever admin.approvers says; a cancel
+     * is held the same way. */
+    kfd_commit_change_n(call, &cmd, reason, req->totp_code, kfd_policy_wipe_approvers(kfd_call_app(call)->policy),
+                        on_wipe_committed, op);
 }
 
 /* ------------------------------------------------------------------ heartbeat reports */
