@@ -90,7 +90,8 @@ static void guard_on_write(h2o_socket_t *sock, const char *err)
     kfd_h1guard *g = sock->on_close.data;
     h2o_socket_cb cb = g->h2o_on_write;
     g->h2o_on_write = NULL;
-    cb(sock, err);
+    if (cb != NULL)
+        cb(sock, err);
     rehook(g);
 }
 

@@ -21,15 +21,19 @@ ctx.set_alpn_protocols(["http/1.1"])  # and no client certificate
 def conn(src="127.0.0.1"):
     s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(src, 0))
     return ctx.wrap_socket(s)
-def state(s):  # after the caller waited: "closed" (EOF or reset), "answered" or "held"
+def state(s):  # after the caller waited: "closed" (EOF or reset), "answered" (and kept) or "held"
     s.setblocking(False)
+    data = b""
     try:
-        got = s.recv(64)
+        while True:
+            got = s.recv(4096)
+            if got == b"":
+                return "closed"
+            data += got
     except (ssl.SSLWantReadError, BlockingIOError):
-        return "held"
+        return "held" if not data else "answered" if data.startswith(b"HTTP/1.1 200") else "other"
     except OSError:
         return "closed"
-    return "closed" if got == b"" else "answered" if got.startswith(b"HTTP/1.1 200") else "other"
 def head(lines, size, end):
     h = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * size) for i in range(lines))
     return h + (b"\r\n" if end else b"")
@@ -44,10 +48,19 @@ for name, msg in cases:
     s = conn()
     s.sendall(msg)
     socks.append(s)
+# Keep-alive: the guard is on the reads of the next request too (h2o sets its reader again after
+# each response), not only the first.
+s = conn()
+s.sendall(head(1, 10, True))
+first = s.recv(4096)
+s.sendall(head(3, 4000, False))
 time.sleep(1)
-for (name, _), s in zip(cases, socks):
-    print("%s: %s" % (name, state(s)))
-    s.close()
+for (name, _), s2 in zip(cases, socks):
+    print("%s: %s" % (name, state(s2)))
+    s2.close()
+print("keep-alive, then over 8 KiB: %s %s" % ("answered" if first.startswith(b"HTTP/1.1 200") else "first:%r" % first[:12],
+                                              state(s)))
+s.close()
 # Per source: 20 connections from 127.0.0.7, each with a partial head; 127.0.0.8 is served.
 many = []
 for _ in range(20):
@@ -87,12 +100,13 @@ want "control: a partial head of 2 KiB" held
 want "over 8 KiB, partial" closed
 want "over 8 KiB, in one head with its end" closed
 want "70 lines, partial" closed
+want "keep-alive, then over 8 KiB" "answered closed"
 want "127.0.0.7" "16 held, 4 closed"
 want "127.0.0.8 meanwhile" answered
 want "127.0.0.7 afterwards" answered
 expect_match "refused heads are logged (at most once a second)" "$(cat "$F/keyfleetd.log")" \
     "event=http1_head_refused source=127.0.0.1 limit=(bytes|lines) "
-expect_eq "... and counted, each" "$(metric "$F" keyfleet_http1_heads_refused_total)" "3"
+expect_eq "... and counted, each" "$(metric "$F" keyfleet_http1_heads_refused_total)" "4"
 expect_match "the 17th connection from a source is logged" "$(cat "$F/keyfleetd.log")" \
     "event=connection_rejected source=127.0.0.7 reason=http1_per_source limit=16"
 check "keyfleetd is still running" kill -0 "$KFD_PID"
