@@ -307,10 +307,13 @@ void kfd_rpc_create_role(kfd_call *call)
 void kfd_rpc_get_role(kfd_call *call)
 {
     const Keyfleet__V1__GetRoleRequest *req = (const Keyfleet__V1__GetRoleRequest *)call->request;
+    const char *bad = kfd_check_get_role(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
     kfd_role r;
-    int rc = kf_name_valid(req->name, strlen(req->name)) ? kfd_store_get_role(kfd_call_app(call)->store, req->name,
-                                                                              NULL, &r)
-                                                         : -ENOENT;
+    int rc = kfd_store_get_role(kfd_call_app(call)->store, req->name, NULL, &r);
     if (rc != 0) {
         kfd_call_error(call, rc == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "%s",
                        rc == -ENOENT ? "no such role" : "state store unavailable");

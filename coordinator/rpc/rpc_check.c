@@ -7,6 +7,7 @@
 #include "core/approle.h"
 #include "core/cidr.h"
 #include "core/policy.h"
+#include "store/store_erase.h"
 
 const char *kfd_check_approve(const Keyfleet__V1__ApproveRequest *req)
 {
@@ -224,6 +225,65 @@ const char *kfd_check_put_policy(const Keyfleet__V1__PutPolicyRequest *req, kfd_
     return NULL;
 }
 
+const char *kfd_check_get_role(const Keyfleet__V1__GetRoleRequest *req)
+{
+    return kf_name_valid(req->name, strlen(req->name)) ? NULL : "role name must be 1..63 of [A-Za-z0-9._-]";
+}
+
+const char *kfd_check_unrevoke_node(const Keyfleet__V1__UnrevokeNodeRequest *req)
+{
+    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->reason) > 512 || strlen(req->totp_code) > 16)
+        return "node must be a valid node name; reason <= 512 characters; totp_code 6 digits";
+    return NULL;
+}
+
+static bool volume_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    return n > 0 && n <= 128;
+}
+
+const char *kfd_check_retire_volume(const Keyfleet__V1__RetireVolumeRequest *req)
+{
+    if (!volume_id_ok(req->volume_id) || strlen(req->reason) > 512)
+        return "volume_id must be 1..128 characters; reason <= 512";
+    return NULL;
+}
+
+const char *kfd_check_wipe_node(const Keyfleet__V1__WipeNodeRequest *req)
+{
+    bool ids_ok = req->n_volume_ids <= KFD_ERASE_MAX;
+    for (size_t i = 0; ids_ok && i < req->n_volume_ids; i++)
+        ids_ok = volume_id_ok(req->volume_ids[i]);
+    if (!kf_name_valid(req->node, strlen(req->node)) || !ids_ok || strlen(req->reason) > 512 ||
+        strlen(req->totp_code) > 16)
+        return "node must be a valid node name; at most 100 volume ids of 1..128 characters; reason <= 512 "
+               "characters; totp_code 6 digits";
+    return NULL;
+}
+
+const char *kfd_check_reveal_recovery_key(const Keyfleet__V1__RevealRecoveryKeyRequest *req)
+{
+    bool reveal = req->request_id[0] != '\0';
+    if (!volume_id_ok(req->volume_id))
+        return "volume_id must be 1..128 characters";
+    if (reveal && !kf_request_id_valid(req->request_id))
+        return "request_id must be 16..64 of [0-9A-Za-z-]";
+    if (reveal && req->ephemeral_public_key.len != 32)
+        return "ephemeral_public_key must be 32 bytes (X25519)";
+    if (strlen(req->totp_code) > 16)
+        return "totp_code is 6 digits";
+    return NULL;
+}
+
+const char *kfd_check_enroll_recovery_key(const Keyfleet__V1__EnrollRecoveryKeyRequest *req)
+{
+    const char *bad = kf_check_volume_ref(req->volume);
+    if (bad == NULL && !kf_request_id_valid(req->request_id))
+        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    return bad;
+}
+
 #define CHECK_FN(name, type, call)                                                                                    \
     static const char *name(const ProtobufCMessage *m, char *buf, size_t size)                                       \
     {                                                                                                                  \
@@ -245,6 +305,12 @@ CHECK_FN(login_fn, Keyfleet__V1__LoginRequest, kfd_check_login(req))
 CHECK_FN(create_secret_id_fn, Keyfleet__V1__CreateSecretIdRequest, kfd_check_create_secret_id(req))
 CHECK_FN(query_audit_fn, Keyfleet__V1__QueryAuditRequest, kfd_check_query_audit(req))
 CHECK_FN(prove_consistency_fn, Keyfleet__V1__ProveConsistencyRequest, kfd_check_prove_consistency(req))
+CHECK_FN(get_role_fn, Keyfleet__V1__GetRoleRequest, kfd_check_get_role(req))
+CHECK_FN(unrevoke_node_fn, Keyfleet__V1__UnrevokeNodeRequest, kfd_check_unrevoke_node(req))
+CHECK_FN(retire_volume_fn, Keyfleet__V1__RetireVolumeRequest, kfd_check_retire_volume(req))
+CHECK_FN(wipe_node_fn, Keyfleet__V1__WipeNodeRequest, kfd_check_wipe_node(req))
+CHECK_FN(reveal_recovery_key_fn, Keyfleet__V1__RevealRecoveryKeyRequest, kfd_check_reveal_recovery_key(req))
+CHECK_FN(enroll_recovery_key_fn, Keyfleet__V1__EnrollRecoveryKeyRequest, kfd_check_enroll_recovery_key(req))
 CHECK_FN(get_node_attestation_fn, Keyfleet__V1__GetNodeAttestationRequest, kfd_check_get_node_attestation(req))
 
 static const char *accept_node_attestation_fn(const ProtobufCMessage *m, char *buf, size_t size)
@@ -294,6 +360,12 @@ kf_request_check_fn kfd_request_check_for(const ProtobufCMessageDescriptor *desc
         {&keyfleet__v1__query_audit_request__descriptor, query_audit_fn},
         {&keyfleet__v1__prove_consistency_request__descriptor, prove_consistency_fn},
         {&keyfleet__v1__put_policy_request__descriptor, put_policy_fn},
+        {&keyfleet__v1__get_role_request__descriptor, get_role_fn},
+        {&keyfleet__v1__unrevoke_node_request__descriptor, unrevoke_node_fn},
+        {&keyfleet__v1__retire_volume_request__descriptor, retire_volume_fn},
+        {&keyfleet__v1__wipe_node_request__descriptor, wipe_node_fn},
+        {&keyfleet__v1__reveal_recovery_key_request__descriptor, reveal_recovery_key_fn},
+        {&keyfleet__v1__enroll_recovery_key_request__descriptor, enroll_recovery_key_fn},
     };
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (table[i].desc == desc)

@@ -55,6 +55,13 @@ const char *kfd_check_prove_consistency(const Keyfleet__V1__ProveConsistencyRequ
 const char *kfd_check_put_policy(const Keyfleet__V1__PutPolicyRequest *req, struct kfd_policy **parsed, char *buf,
                                  size_t size);
 
+const char *kfd_check_get_role(const Keyfleet__V1__GetRoleRequest *req);
+const char *kfd_check_unrevoke_node(const Keyfleet__V1__UnrevokeNodeRequest *req);
+const char *kfd_check_retire_volume(const Keyfleet__V1__RetireVolumeRequest *req);
+const char *kfd_check_wipe_node(const Keyfleet__V1__WipeNodeRequest *req);
+const char *kfd_check_reveal_recovery_key(const Keyfleet__V1__RevealRecoveryKeyRequest *req);
+const char *kfd_check_enroll_recovery_key(const Keyfleet__V1__EnrollRecoveryKeyRequest *req);
+
 /* The check for requests of type desc (NodeService's and AdminService's), or NULL. */
 kf_request_check_fn kfd_request_check_for(const ProtobufCMessageDescriptor *desc);
 

@@ -163,6 +163,69 @@ static void test_put_policy(void **state)
     assert_false(got);
 }
 
+/* The checks that were inline in their handlers, before any lookup, now reachable by the fuzzer. */
+static void test_inline_checks_moved(void **state)
+{
+    (void)state;
+    Keyfleet__V1__GetRoleRequest role = KEYFLEET__V1__GET_ROLE_REQUEST__INIT;
+    role.name = (char *)"web-role";
+    assert_null(kfd_check_get_role(&role));
+    role.name = (char *)"web role";
+    refused(kfd_check_get_role(&role), "role name");
+
+    Keyfleet__V1__UnrevokeNodeRequest unrevoke = KEYFLEET__V1__UNREVOKE_NODE_REQUEST__INIT;
+    unrevoke.node = (char *)"n3";
+    assert_null(kfd_check_unrevoke_node(&unrevoke));
+    unrevoke.totp_code = (char *)"12345678901234567";
+    refused(kfd_check_unrevoke_node(&unrevoke), "totp_code");
+    unrevoke.totp_code = (char *)"";
+    unrevoke.node = (char *)"";
+    refused(kfd_check_unrevoke_node(&unrevoke), "node");
+
+    Keyfleet__V1__RetireVolumeRequest retire = KEYFLEET__V1__RETIRE_VOLUME_REQUEST__INIT;
+    retire.volume_id = (char *)"vol-1";
+    assert_null(kfd_check_retire_volume(&retire));
+    retire.volume_id = (char *)"";
+    refused(kfd_check_retire_volume(&retire), "volume_id");
+
+    Keyfleet__V1__WipeNodeRequest wipe = KEYFLEET__V1__WIPE_NODE_REQUEST__INIT;
+    char *ids[101];
+    for (size_t i = 0; i < 101; i++)
+        ids[i] = (char *)"vol-1";
+    wipe.node = (char *)"n3";
+    wipe.volume_ids = ids;
+    wipe.n_volume_ids = 100;
+    assert_null(kfd_check_wipe_node(&wipe));
+    wipe.n_volume_ids = 101;
+    refused(kfd_check_wipe_node(&wipe), "volume ids");
+    wipe.n_volume_ids = 2;
+    ids[1] = (char *)"";
+    refused(kfd_check_wipe_node(&wipe), "volume ids");
+
+    uint8_t key[32] = {0};
+    Keyfleet__V1__RevealRecoveryKeyRequest reveal = KEYFLEET__V1__REVEAL_RECOVERY_KEY_REQUEST__INIT;
+    reveal.volume_id = (char *)"vol-1";
+    assert_null(kfd_check_reveal_recovery_key(&reveal)); /* a proposal: no request id, no key */
+    reveal.request_id = (char *)"0123456789abcdef";
+    refused(kfd_check_reveal_recovery_key(&reveal), "ephemeral_public_key");
+    reveal.ephemeral_public_key = (ProtobufCBinaryData){.len = 32, .data = key};
+    assert_null(kfd_check_reveal_recovery_key(&reveal));
+    reveal.request_id = (char *)"short";
+    refused(kfd_check_reveal_recovery_key(&reveal), "request_id");
+
+    Keyfleet__V1__VolumeRef vol = KEYFLEET__V1__VOLUME_REF__INIT;
+    vol.id = (char *)"vol-1";
+    vol.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    Keyfleet__V1__EnrollRecoveryKeyRequest escrow = KEYFLEET__V1__ENROLL_RECOVERY_KEY_REQUEST__INIT;
+    escrow.volume = &vol;
+    escrow.request_id = (char *)"0123456789abcdef";
+    assert_null(kfd_check_enroll_recovery_key(&escrow));
+    escrow.request_id = (char *)"";
+    refused(kfd_check_enroll_recovery_key(&escrow), "request_id");
+    escrow.volume = NULL;
+    assert_non_null(kfd_check_enroll_recovery_key(&escrow));
+}
+
 /* The table the fuzzer and nothing else goes through: each of these requests has its check. */
 static void test_table(void **state)
 {
@@ -175,8 +238,15 @@ static void test_table(void **state)
     Keyfleet__V1__ProveConsistencyRequest cons_req = KEYFLEET__V1__PROVE_CONSISTENCY_REQUEST__INIT;
     Keyfleet__V1__PutPolicyRequest policy_req = KEYFLEET__V1__PUT_POLICY_REQUEST__INIT;
     policy_req.yaml = (char *)"rules: [";
-    const ProtobufCMessage *bad[] = {&login_req.base, &secret_req.base, &audit_req.base, &cons_req.base,
-                                     &policy_req.base};
+    Keyfleet__V1__GetRoleRequest role_req = KEYFLEET__V1__GET_ROLE_REQUEST__INIT;
+    Keyfleet__V1__UnrevokeNodeRequest unrevoke_req = KEYFLEET__V1__UNREVOKE_NODE_REQUEST__INIT;
+    Keyfleet__V1__RetireVolumeRequest retire_req = KEYFLEET__V1__RETIRE_VOLUME_REQUEST__INIT;
+    Keyfleet__V1__WipeNodeRequest wipe_req = KEYFLEET__V1__WIPE_NODE_REQUEST__INIT;
+    Keyfleet__V1__RevealRecoveryKeyRequest reveal_req = KEYFLEET__V1__REVEAL_RECOVERY_KEY_REQUEST__INIT;
+    Keyfleet__V1__EnrollRecoveryKeyRequest escrow_req = KEYFLEET__V1__ENROLL_RECOVERY_KEY_REQUEST__INIT;
+    const ProtobufCMessage *bad[] = {&login_req.base,    &secret_req.base,   &audit_req.base,    &cons_req.base,
+                                     &policy_req.base,   &role_req.base,     &unrevoke_req.base, &retire_req.base,
+                                     &wipe_req.base,     &reveal_req.base,   &escrow_req.base};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         kf_request_check_fn fn = kfd_request_check_for(bad[i]->descriptor);
         if (fn == NULL)
@@ -191,7 +261,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_login),          cmocka_unit_test(test_create_secret_id),
         cmocka_unit_test(test_query_audit),    cmocka_unit_test(test_prove_consistency),
-        cmocka_unit_test(test_put_policy),     cmocka_unit_test(test_table),
+        cmocka_unit_test(test_put_policy),     cmocka_unit_test(test_inline_checks_moved),
+        cmocka_unit_test(test_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
