@@ -1,6 +1,7 @@
-/* The request checks of Login, CreateSecretId, QueryAudit, ProveConsistency and PutPolicy
- * (coordinator/rpc/rpc_check.c), which run before any store lookup and which
- * tests/fuzz/fuzz_rpc_request.c reaches through kfd_request_check_for. Each refusal has a valid
+/* The request checks of Login, CreateSecretId, QueryAudit, ProveConsistency and PutPolicy, and
+ * those moved out of the GetRole, UnrevokeNode, RetireVolume, WipeNode, RevealRecoveryKey and
+ * EnrollRecoveryKey handlers (coordinator/rpc/rpc_check.c), which run before any store lookup
+ * and which tests/fuzz/fuzz_rpc_request.c reaches through kfd_request_check_for. Each refusal has a valid
  * request next to it, and each message names the field. */
 #include <setjmp.h>
 #include <stdarg.h>
