@@ -527,21 +527,106 @@ static int luks_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     return r;
 }
 
-/* The keyslots a keyfleet token names (its "keyslots" array), whatever else it holds. */
-static size_t token_slots(const char *json, int *slots, size_t max)
+/* The recovery keyslot's token type (its format: "recovery keyslot" below). */
+#define RECOVERY_TOKEN_TYPE "keyfleet-recovery"
+
+static bool erased_type(const char *type)
+{
+    return type != NULL && (strcmp(type, TOKEN_TYPE) == 0 || strcmp(type, RECOVERY_TOKEN_TYPE) == 0);
+}
+
+/* What an erase destroys: the tokens (keyfleet's, the recovery one; with all, every token), the
+ * keyslots keyfleet's tokens name, and the keyslots they record as replaced (a rotation's old key,
+ * a replaced recovery key), those only while their KDF salt is the recorded one. */
+typedef struct erase_plan {
+    int tokens[MAX_TOKENS], named[2 * MAX_TOKENS], replaced[MAX_TOKENS];
+    char replaced_salt[MAX_TOKENS][65];
+    size_t n_tokens, n_named, n_replaced;
+    bool recovery; /* a keyfleet-recovery token was among them */
+} erase_plan;
+
+static void plan_token(const char *json, erase_plan *p)
 {
     json_t *o = json_loads(json, 0, NULL);
-    json_t *a = o != NULL ? json_object_get(o, "keyslots") : NULL;
-    size_t n = 0;
-    for (size_t i = 0; json_is_array(a) && i < json_array_size(a) && n < max; i++) {
+    json_t *a = json_object_get(o, "keyslots");
+    for (size_t i = 0; json_is_array(a) && i < json_array_size(a) && p->n_named < 2 * MAX_TOKENS; i++) {
         const char *t = json_string_value(json_array_get(a, i));
         char *end = NULL;
         long k = t != NULL ? strtol(t, &end, 10) : -1;
         if (t != NULL && *t != '\0' && *end == '\0' && k >= 0 && k < 32)
-            slots[n++] = (int)k;
+            p->named[p->n_named++] = (int)k;
+    }
+    const char *rep = json_string_value(json_object_get(o, "keyfleet_replaces"));
+    const char *salt = json_string_value(json_object_get(o, "keyfleet_replaces_salt"));
+    char *end = NULL;
+    long k = rep != NULL ? strtol(rep, &end, 10) : -1;
+    if (rep != NULL && *rep != '\0' && *end == '\0' && k >= 0 && k < 32 && salt != NULL && strlen(salt) < 65 &&
+        p->n_replaced < MAX_TOKENS) {
+        p->replaced[p->n_replaced] = (int)k;
+        snprintf(p->replaced_salt[p->n_replaced++], 65, "%s", salt);
     }
     json_decref(o);
-    return n;
+}
+
+static void plan_erase(struct crypt_device *cd, bool all, erase_plan *p)
+{
+    memset(p, 0, sizeof(*p));
+    for (int t = 0; t < MAX_TOKENS; t++) {
+        const char *type = NULL, *json = NULL;
+        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
+        if (info == CRYPT_TOKEN_INACTIVE || (!all && (info == CRYPT_TOKEN_INVALID || !erased_type(type))))
+            continue;
+        p->tokens[p->n_tokens++] = t;
+        p->recovery |= type != NULL && strcmp(type, RECOVERY_TOKEN_TYPE) == 0;
+        if (erased_type(type) && sym_crypt_token_json_get(cd, t, &json) >= 0 && json != NULL)
+            plan_token(json, p);
+    }
+}
+
+static bool slot_active(struct crypt_device *cd, int slot)
+{
+    crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, slot);
+    return ki == CRYPT_SLOT_ACTIVE || ki == CRYPT_SLOT_ACTIVE_LAST;
+}
+
+/* The keyslots first, then the tokens: a run cut off in between finds the tokens again (naming
+ * no keyslot now: probe calls them malformed, and an erase takes those too) and finishes; the
+ * other order would leave a keyslot no token names any more (review rev26b F10). */
+static int erase_keyslots(struct crypt_device *cd, const kfa_volume *v, const erase_plan *p, size_t *ret_killed,
+                          kf_err *err)
+{
+    *ret_killed = 0;
+    for (size_t i = 0; i < p->n_named; i++) {
+        if (!slot_active(cd, p->named[i]))
+            continue; /* named twice, or gone already */
+        int r = sym_crypt_keyslot_destroy(cd, p->named[i]);
+        if (r < 0)
+            return kf_err_set(err, r, "%s: cannot kill keyfleet keyslot %d: %s", v->path, p->named[i], strerror(-r));
+        (*ret_killed)++;
+    }
+    for (size_t i = 0; i < p->n_replaced; i++) {
+        bool was = slot_active(cd, p->replaced[i]);
+        int r = kill_recorded(cd, v->path, p->replaced[i], p->replaced_salt[i], err);
+        if (r != 0)
+            return r;
+        *ret_killed += was && !slot_active(cd, p->replaced[i]);
+    }
+    return 0;
+}
+
+/* After the erase: no keyfleet or recovery token left, and no keyslot one named still active. */
+static int erase_verify(struct crypt_device *cd, const kfa_volume *v, const erase_plan *p, kf_err *err)
+{
+    for (int t = 0; t < MAX_TOKENS; t++) {
+        const char *type = NULL;
+        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
+        if (info != CRYPT_TOKEN_INACTIVE && erased_type(type))
+            return kf_err_set(err, -EIO, "%s: the %s token %d survived the erase", v->path, type, t);
+    }
+    for (size_t i = 0; i < p->n_named; i++)
+        if (slot_active(cd, p->named[i]))
+            return kf_err_set(err, -EIO, "%s: keyslot %d survived the erase", v->path, p->named[i]);
+    return 0;
 }
 
 static int luks_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_what, size_t what_size, kf_err *err)
@@ -552,61 +637,37 @@ static int luks_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
-    int slots[2 * MAX_TOKENS];
-    size_t n_slots = 0, n_tokens = 0;
-    /* The tokens first: killing a keyslot unassigns it from its token, and a token left naming
-     * none would stop the next probe. */
-    for (int t = 0; t < MAX_TOKENS; t++) {
-        const char *type = NULL, *json = NULL;
-        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
-        if (info == CRYPT_TOKEN_INACTIVE || (!all && (info == CRYPT_TOKEN_INVALID || type == NULL ||
-                                                      strcmp(type, TOKEN_TYPE) != 0)))
-            continue;
-        if (type != NULL && strcmp(type, TOKEN_TYPE) == 0 && sym_crypt_token_json_get(cd, t, &json) >= 0 &&
-            json != NULL)
-            n_slots += token_slots(json, slots + n_slots, 2);
-        if ((r = sym_crypt_token_json_set(cd, t, NULL)) < 0)
-            return kf_err_set(err, r, "%s: cannot remove keyfleet token %d: %s", v->path, t, strerror(-r));
-        n_tokens++;
-    }
-    if (v->replaces_keyslot >= 0) { /* a rotation's old key, when it is still the one recorded */
-        int keep = v->keyslot;
-        v->keyslot = -1;
-        r = kill_replaced(cd, v, v->replaces_keyslot, err);
-        v->keyslot = keep;
-        if (r != 0)
-            return r;
-    }
+    erase_plan p;
+    plan_erase(cd, all, &p);
     size_t killed = 0;
-    for (size_t i = 0; i < n_slots; i++) {
-        crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, slots[i]);
-        if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
-            continue; /* named twice, or gone already */
-        if ((r = sym_crypt_keyslot_destroy(cd, slots[i])) < 0)
-            return kf_err_set(err, r, "%s: cannot kill keyfleet keyslot %d: %s", v->path, slots[i], strerror(-r));
-        killed++;
-    }
+    if ((r = erase_keyslots(cd, v, &p, &killed, err)) != 0)
+        return r;
+    kfa_test_crash_point("erase_slots");
+    for (size_t i = 0; i < p.n_tokens; i++)
+        if ((r = sym_crypt_token_json_set(cd, p.tokens[i], NULL)) < 0)
+            return kf_err_set(err, r, "%s: cannot remove token %d: %s", v->path, p.tokens[i], strerror(-r));
     size_t others = 0;
     for (int k = 0; all && k < 32; k++) { /* luksErase: every keyslot, the passphrases too */
-        crypt_keyslot_info ki = sym_crypt_keyslot_status(cd, k);
-        if (ki != CRYPT_SLOT_ACTIVE && ki != CRYPT_SLOT_ACTIVE_LAST)
+        if (!slot_active(cd, k))
             continue;
         if ((r = sym_crypt_keyslot_destroy(cd, k)) < 0)
             return kf_err_set(err, r, "%s: cannot kill keyslot %d: %s", v->path, k, strerror(-r));
         others++;
     }
+    if ((r = erase_verify(cd, v, &p, err)) != 0)
+        return r;
     free(v->wrapped);
     free(v->tpm_blob);
     free(v->wrapped_next);
     free(v->tpm_blob_next);
     v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = NULL;
     v->keyslot = v->token = v->next_keyslot = v->next_token = v->replaces_keyslot = -1;
-    if (n_tokens + killed > 0)
+    if (p.n_tokens + killed > 0)
         snprintf(ret_what, what_size, "luks2: %zu keyfleet keyslot(s) killed, %zu token(s) removed with their TPM "
-                 "copy", killed, n_tokens);
+                 "copy%s", killed, p.n_tokens, p.recovery ? "; the recovery keyslot and its token too" : "");
     if (all)
         snprintf(ret_what, what_size, "luks2: every keyslot erased (%zu keyfleet, %zu other), %zu token(s) removed: "
-                 "the data is unrecoverable", killed, others, n_tokens);
+                 "the data is unrecoverable", killed, others, p.n_tokens);
     return 0;
 }
 
@@ -631,8 +692,6 @@ const kfa_driver kfa_luks2_driver = {
  *   {"type":"keyfleet-recovery","keyslots":["N"],"keyfleet_volume_id":UUID,
  *    "keyfleet_recovery_salt":BASE64, "keyfleet_replaces":"M","keyfleet_replaces_salt":BASE64}
  * (the last two only while the recovery key it replaces still has a keyslot). */
-#define RECOVERY_TOKEN_TYPE "keyfleet-recovery"
-
 typedef struct rec_token {
     int token, slot, replaces;
     char salt[65], replaces_salt[65];

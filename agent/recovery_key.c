@@ -17,22 +17,28 @@
 #include "kf_log.h"
 #include "kf_recovery.h"
 
-static int escrow(kfa_ctx *ctx, const kfa_volume *v, kf_secbuf **ret_key, bool *ret_replaced, kf_err *err)
+static void volume_ref(const kfa_volume *v, Keyfleet__V1__VolumeRef *ref)
+{
+    ref->id = (char *)v->id;
+    ref->kind = v->kind == KFA_VOL_LUKS2 ? KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2
+                                         : KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
+    ref->name = (char *)v->path;
+}
+
+/* request_id: 33 bytes, the escrow's (for the confirmation of a replacement). */
+static int escrow(kfa_ctx *ctx, const kfa_volume *v, char *request_id, kf_secbuf **ret_key, bool *ret_replaced,
+                  kf_err *err)
 {
     int r = kfa_connect(ctx, err);
     if (r != 0)
         return r;
-    char request_id[33];
     uint8_t raw[16];
     if (RAND_bytes(raw, sizeof(raw)) != 1)
         return kf_err_set(err, -EIO, "no randomness for a request id");
     for (int i = 0; i < 16; i++)
         snprintf(request_id + 2 * i, 3, "%02x", raw[i]);
     Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
-    ref.id = (char *)v->id;
-    ref.kind = v->kind == KFA_VOL_LUKS2 ? KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2
-                                        : KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
-    ref.name = (char *)v->path;
+    volume_ref(v, &ref);
     kf_rpc_status st;
     r = kf_node_recovery_escrow(ctx->client, kfa_receiver(ctx), ctx->me.name, &ref, request_id, ret_key, ret_replaced,
                                 &st, err);
@@ -47,6 +53,22 @@ static int escrow(kfa_ctx *ctx, const kfa_volume *v, kf_secbuf **ret_key, bool *
     return 0;
 }
 
+/* The replacement's second step: the new keyslot is verified and the revealed key's killed, so
+ * the coordinators may stop asking for it (until then the revealed key stays marked revealed). */
+static int confirm(kfa_ctx *ctx, const kfa_volume *v, const char *request_id, kf_err *err)
+{
+    Keyfleet__V1__VolumeRef ref = KEYFLEET__V1__VOLUME_REF__INIT;
+    volume_ref(v, &ref);
+    kf_rpc_status st;
+    int r = kf_node_recovery_confirm(ctx->client, &ref, request_id, &st, err);
+    if (r != 0)
+        return kf_err_wrap(err, "%s: confirming the recovery key's replacement", v->path);
+    if (st.code != KF_CONNECT_OK)
+        return kf_err_set(err, -EPROTO, "%s: coordinator refused the replacement's confirmation: %s: %s", v->path,
+                          kf_connect_code_name(st.code), st.message);
+    return 0;
+}
+
 int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rotate_zfs, const char **ret_how,
                      kf_err *err)
 {
@@ -54,11 +76,12 @@ int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rot
     if (v->wrapped == NULL)
         return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
     bool replaced = false;
+    char request_id[33];
     if (v->kind == KFA_VOL_ZFS) {
         int r = rotate_zfs ? kfa_rotate_volume(ctx, v, err) : 0;
         kf_secbuf *none = NULL;
         if (r == 0)
-            r = escrow(ctx, v, &none, &replaced, err);
+            r = escrow(ctx, v, request_id, &none, &replaced, err);
         kf_secbuf_free(none);
         *ret_how = replaced ? "recovery key replaced (the dataset's key was rotated)"
                             : "the dataset's keyfleet key is escrowed as its recovery key";
@@ -81,7 +104,7 @@ int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rot
         }
     }
     if (r == 0)
-        r = escrow(ctx, v, &rkey, &replaced, err);
+        r = escrow(ctx, v, request_id, &rkey, &replaced, err);
     /* After the escrow, so the coordinator's refusal is the one reported; never a keyslot: a key
      * the coordinators hold would open it without the TPM part, whatever the rule says now or a
      * coordinator answers (docs/architecture.md, "TPM and network, both required"). */
@@ -96,6 +119,10 @@ int kfa_recovery_add(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *key, bool rot
         bool killed = false;
         r = kfa_luks2_recovery_set(v, key, text, &killed, err);
         *ret_how = killed ? "recovery key replaced; the old one's keyslot is killed" : "recovery key added";
+        /* A revealed key's replacement counts once the coordinators know its keyslot is gone. */
+        kfa_test_crash_point("recovery_killed");
+        if (r == 0 && replaced)
+            r = confirm(ctx, v, request_id, err);
     }
     if (lock_fd >= 0)
         close(lock_fd);

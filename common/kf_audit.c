@@ -104,19 +104,61 @@ int kf_unhex(const char *in, size_t hex_len, uint8_t *out, size_t out_len)
     return 0;
 }
 
+/* The v2 lines after signer (kf_audit.h), or "" for v1. */
+static int format_v2(const kf_checkpoint *cp, char *buf, size_t size)
+{
+    if (cp->version < 2) {
+        buf[0] = '\0';
+        return 0;
+    }
+    if (cp->version != 2)
+        return -EINVAL;
+    char cert[2 * KF_AUDIT_HASH + 1], state[2 * KF_AUDIT_HASH + 1];
+    kf_hex(cp->cert_hash, KF_AUDIT_HASH, cert);
+    kf_hex(cp->state, KF_AUDIT_HASH, state);
+    int n = cp->state_seq == 0 ? snprintf(buf, size, "cert %s\nstate none\n", cert)
+                               : snprintf(buf, size, "cert %s\nstate %" PRIu64 " %" PRIu32 " %s\n", cert,
+                                          cp->state_seq, cp->state_version, state);
+    return n < 0 || (size_t)n >= size ? -ENOSPC : 0;
+}
+
 int kf_checkpoint_format(const kf_checkpoint *cp, char *buf, size_t size)
 {
     if (cp->nanos < 0 || cp->nanos > 999999999 || cp->seconds < 0 || !kf_name_valid(cp->signer, strlen(cp->signer)) ||
         cp->cluster[0] == '\0' || strchr(cp->cluster, '\n') != NULL || strchr(cp->cluster, ' ') != NULL)
         return -EINVAL;
-    char root[2 * KF_AUDIT_HASH + 1], chain[2 * KF_AUDIT_HASH + 1];
+    char root[2 * KF_AUDIT_HASH + 1], chain[2 * KF_AUDIT_HASH + 1], extra[200];
+    if (format_v2(cp, extra, sizeof(extra)) != 0)
+        return -EINVAL;
     kf_hex(cp->root, KF_AUDIT_HASH, root);
     kf_hex(cp->chain, KF_AUDIT_HASH, chain);
     int n = snprintf(buf, size,
-                     KF_CHECKPOINT_MAGIC "\ncluster %s\nsize %" PRIu64 "\nroot %s\nchain %s\ntime %" PRId64
-                                         ".%09" PRId32 "\nsigner %s\n",
-                     cp->cluster, cp->size, root, chain, cp->seconds, cp->nanos, cp->signer);
+                     "%s\ncluster %s\nsize %" PRIu64 "\nroot %s\nchain %s\ntime %" PRId64 ".%09" PRId32 "\nsigner %s\n%s",
+                     cp->version >= 2 ? KF_CHECKPOINT_MAGIC_V2 : KF_CHECKPOINT_MAGIC, cp->cluster, cp->size, root,
+                     chain, cp->seconds, cp->nanos, cp->signer, extra);
     return n < 0 || (size_t)n >= size ? -ENOSPC : n;
+}
+
+/* The v2 lines (after "signer NAME\n" at rest): parsed loosely, the canonical check is after. */
+static int parse_v2(const char *rest, kf_checkpoint *cp)
+{
+    char cert[80] = "", word[24] = "", state[80] = "";
+    int used = 0;
+    if (sscanf(rest, "cert %79s\nstate %23s%n", cert, word, &used) != 2 ||
+        kf_unhex(cert, strlen(cert), cp->cert_hash, KF_AUDIT_HASH) != 0)
+        return -EINVAL;
+    cp->version = 2;
+    if (strcmp(word, "none") == 0)
+        return 0;
+    char *end = NULL;
+    unsigned long long seq = strtoull(word, &end, 10);
+    unsigned long ver = 0;
+    if (end == word || *end != '\0' || seq == 0 || sscanf(rest + used, " %lu %79s", &ver, state) != 2 ||
+        ver == 0 || ver > UINT32_MAX || kf_unhex(state, strlen(state), cp->state, KF_AUDIT_HASH) != 0)
+        return -EINVAL;
+    cp->state_seq = seq;
+    cp->state_version = (uint32_t)ver;
+    return 0;
 }
 
 int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err *err)
@@ -127,15 +169,19 @@ int kf_checkpoint_parse(const char *text, size_t len, kf_checkpoint *ret, kf_err
     unsigned long long size = 0;
     long long sec = 0;
     long ns = 0;
+    int used = 0;
     if (len == 0 || len >= sizeof(buf) || memchr(text, '\0', len) != NULL)
         return kf_err_set(err, -EINVAL, "checkpoint text empty, too long or binary");
     memcpy(buf, text, len);
     buf[len] = '\0';
-    int got = sscanf(buf,
-                     KF_CHECKPOINT_MAGIC "\ncluster %39s\nsize %llu\nroot %79s\nchain %79s\ntime %lld.%ld\nsigner %63s",
-                     cp.cluster, &size, root, chain, &sec, &ns, cp.signer);
-    if (got != 7)
-        return kf_err_set(err, -EINVAL, "not a keyfleet checkpoint (v1)");
+    bool v2 = strncmp(buf, KF_CHECKPOINT_MAGIC_V2 "\n", sizeof(KF_CHECKPOINT_MAGIC_V2)) == 0;
+    const char *body = buf + sizeof(KF_CHECKPOINT_MAGIC_V2); /* both magics are as long */
+    if (!v2 && strncmp(buf, KF_CHECKPOINT_MAGIC "\n", sizeof(KF_CHECKPOINT_MAGIC)) != 0)
+        return kf_err_set(err, -EINVAL, "not a keyfleet checkpoint (v1 or v2)");
+    int got = sscanf(body, "cluster %39s\nsize %llu\nroot %79s\nchain %79s\ntime %lld.%ld\nsigner %63s%n", cp.cluster,
+                     &size, root, chain, &sec, &ns, cp.signer, &used);
+    if (got != 7 || (v2 && (body[used] != '\n' || parse_v2(body + used + 1, &cp) != 0)))
+        return kf_err_set(err, -EINVAL, "not a keyfleet checkpoint (%s)", v2 ? "v2" : "v1");
     /* A checkpoint over no records signs nothing (and would index the root before record 1). */
     if (size == 0)
         return kf_err_set(err, -EINVAL, "checkpoint signs no records (size 0)");
@@ -204,8 +250,126 @@ int kf_checkpoint_sign(EVP_PKEY *key, const char *text, size_t len, uint8_t **re
     return 0;
 }
 
-static int verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
-                  size_t cert_len, X509_STORE *ca, const char *cluster, bool clock, kf_checkpoint *ret, kf_err *err)
+/* A certificate that chained to the fleet CA (kf_checkpoint_cache). */
+typedef struct cache_entry {
+    uint8_t hash[KF_AUDIT_HASH];
+    const X509_STORE *ca;
+    int64_t from, until; /* every certificate of the chain is valid from..until */
+    EVP_PKEY *key;
+    char name[64];
+} cache_entry;
+
+#define CACHE_MAX 64 /* distinct signer certificates; more are verified in full each time */
+
+struct kf_checkpoint_cache {
+    cache_entry v[CACHE_MAX];
+    size_t n;
+};
+
+kf_checkpoint_cache *kf_checkpoint_cache_new(void) { return calloc(1, sizeof(kf_checkpoint_cache)); }
+
+void kf_checkpoint_cache_free(kf_checkpoint_cache *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->n; i++)
+        EVP_PKEY_free(c->v[i].key);
+    free(c);
+}
+
+static const cache_entry *cache_find(const kf_checkpoint_cache *c, const uint8_t hash[KF_AUDIT_HASH],
+                                     const X509_STORE *ca, int64_t at)
+{
+    for (size_t i = 0; c != NULL && i < c->n; i++)
+        if (c->v[i].ca == ca && at >= c->v[i].from && at <= c->v[i].until &&
+            memcmp(c->v[i].hash, hash, KF_AUDIT_HASH) == 0)
+            return &c->v[i];
+    return NULL;
+}
+
+static int64_t asn1_seconds(const ASN1_TIME *t, bool *ok)
+{
+    struct tm tm;
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1) {
+        *ok = false;
+        return 0;
+    }
+    return (int64_t)timegm(&tm);
+}
+
+/* Notes a chain that verified: valid wherever all of its certificates are. */
+static void cache_add(kf_checkpoint_cache *c, const uint8_t hash[KF_AUDIT_HASH], const X509_STORE *ca,
+                      X509_STORE_CTX *vctx, EVP_PKEY *key, const char *name)
+{
+    STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(vctx);
+    if (c == NULL || c->n == CACHE_MAX || chain == NULL || sk_X509_num(chain) < 1)
+        return;
+    cache_entry e = {.ca = ca, .from = INT64_MIN, .until = INT64_MAX};
+    bool ok = true;
+    for (int i = 0; i < sk_X509_num(chain); i++) {
+        X509 *x = sk_X509_value(chain, i);
+        int64_t nb = asn1_seconds(X509_get0_notBefore(x), &ok), na = asn1_seconds(X509_get0_notAfter(x), &ok);
+        e.from = nb > e.from ? nb : e.from;
+        e.until = na < e.until ? na : e.until;
+    }
+    if (!ok || EVP_PKEY_up_ref(key) != 1)
+        return;
+    memcpy(e.hash, hash, KF_AUDIT_HASH);
+    e.key = key;
+    snprintf(e.name, sizeof(e.name), "%s", name);
+    c->v[c->n++] = e;
+}
+
+/* The signer certificate chains to ca at the checkpoint's time and names a coordinator; its key
+ * (up-ref'd) and that name. Noted in cache when it does. */
+static int check_cert(kf_checkpoint_cache *cache, const uint8_t hash[KF_AUDIT_HASH], const uint8_t *cert,
+                      size_t cert_len, X509_STORE *ca, int64_t at, EVP_PKEY **ret_key, char name[64], kf_err *err)
+{
+    const unsigned char *p = cert;
+    X509 *x = cert_len > 0 ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
+    if (x == NULL || p != cert + cert_len) {
+        X509_free(x);
+        ERR_clear_error();
+        return kf_err_set(err, -EPERM, "checkpoint signer certificate missing or malformed");
+    }
+    X509_STORE_CTX *vctx = X509_STORE_CTX_new();
+    kf_identity id;
+    kf_err ierr = {0};
+    EVP_PKEY *key = NULL;
+    int r = -ENOMEM;
+    if (vctx == NULL || X509_STORE_CTX_init(vctx, ca, x, NULL) != 1) {
+        kf_err_set(err, r, "out of memory");
+        goto out;
+    }
+    X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(vctx), (time_t)at);
+    if (X509_verify_cert(vctx) != 1) {
+        r = kf_err_set(err, -EPERM, "checkpoint signer certificate does not chain to the fleet CA: %s",
+                       X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+        goto out;
+    }
+    if (kf_identity_from_cert(x, &id, &ierr) != 0 || id.kind != KF_PEER_COORDINATOR) {
+        r = kf_err_set(err, -EPERM, "checkpoint signer certificate does not name a coordinator");
+        goto out;
+    }
+    if ((key = X509_get0_pubkey(x)) == NULL || EVP_PKEY_up_ref(key) != 1) {
+        key = NULL;
+        r = kf_err_set(err, -EPERM, "checkpoint signer key unusable");
+        goto out;
+    }
+    snprintf(name, 64, "%s", id.name);
+    cache_add(cache, hash, ca, vctx, key, id.name);
+    *ret_key = key;
+    r = 0;
+out:
+    X509_STORE_CTX_free(vctx);
+    X509_free(x);
+    ERR_clear_error();
+    return r;
+}
+
+static int verify(kf_checkpoint_cache *cache, const char *text, size_t len, const uint8_t *sig, size_t sig_len,
+                  const uint8_t *cert, size_t cert_len, X509_STORE *ca, const char *cluster, bool clock,
+                  kf_checkpoint *ret, kf_err *err)
 {
     kf_checkpoint cp;
     int r = kf_checkpoint_parse(text, len, &cp, err);
@@ -216,67 +380,57 @@ static int verify(const char *text, size_t len, const uint8_t *sig, size_t sig_l
     /* The certificate is checked at this time: one far ahead of now is not a time it was signed. */
     if (clock && cp.seconds > (int64_t)time(NULL) + KF_CHECKPOINT_SKEW_S)
         return kf_err_set(err, -EPERM, "checkpoint time %lld is in the future", (long long)cp.seconds);
-    const unsigned char *p = cert;
-    X509 *x = cert_len > 0 ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
-    if (x == NULL || p != cert + cert_len) {
-        X509_free(x);
-        ERR_clear_error();
-        return kf_err_set(err, -EPERM, "checkpoint signer certificate missing or malformed");
+    uint8_t hash[KF_AUDIT_HASH];
+    kf_sha256_parts(cert, cert_len, NULL, 0, NULL, 0, hash);
+    const cache_entry *e = cache_find(cache, hash, ca, cp.seconds);
+    EVP_PKEY *key = NULL;
+    char name[64];
+    if (e != NULL) {
+        if (EVP_PKEY_up_ref(e->key) != 1)
+            return kf_err_set(err, -ENOMEM, "out of memory");
+        key = e->key;
+        memcpy(name, e->name, sizeof(name));
+    } else if ((r = check_cert(cache, hash, cert, cert_len, ca, cp.seconds, &key, name, err)) != 0) {
+        return r;
     }
-    X509_STORE_CTX *vctx = X509_STORE_CTX_new();
     EVP_MD_CTX *mctx = NULL;
-    kf_identity id;
-    kf_err ierr = {0};
-    r = -ENOMEM;
-    if (vctx == NULL || X509_STORE_CTX_init(vctx, ca, x, NULL) != 1)
-        goto out;
-    X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(vctx), (time_t)cp.seconds);
-    if (X509_verify_cert(vctx) != 1) {
-        r = kf_err_set(err, -EPERM, "checkpoint signer certificate does not chain to the fleet CA: %s",
-                       X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
-        goto out;
-    }
-    if (kf_identity_from_cert(x, &id, &ierr) != 0 || id.kind != KF_PEER_COORDINATOR) {
-        r = kf_err_set(err, -EPERM, "checkpoint signer certificate does not name a coordinator");
-        goto out;
-    }
-    if (strcmp(id.name, cp.signer) != 0) {
-        r = kf_err_set(err, -EPERM, "checkpoint names signer %s but is signed by coordinator %s", cp.signer, id.name);
-        goto out;
-    }
-    EVP_PKEY *key = X509_get0_pubkey(x);
-    mctx = EVP_MD_CTX_new();
-    if (key == NULL || mctx == NULL || EVP_DigestVerifyInit(mctx, NULL, digest_for(key), NULL, key) != 1) {
+    /* v2 signs the certificate's hash (review rev17, R6): the blob stored beside the signature is
+     * covered too, not only whatever key happens to verify. */
+    if (cp.version >= 2 && CRYPTO_memcmp(hash, cp.cert_hash, KF_AUDIT_HASH) != 0) {
+        r = kf_err_set(err, -EPERM, "checkpoint signer certificate is not the one its text names");
+    } else if (strcmp(name, cp.signer) != 0) {
+        r = kf_err_set(err, -EPERM, "checkpoint names signer %s but is signed by coordinator %s", cp.signer, name);
+    } else if ((mctx = EVP_MD_CTX_new()) == NULL ||
+               EVP_DigestVerifyInit(mctx, NULL, digest_for(key), NULL, key) != 1) {
         r = kf_err_set(err, -EPERM, "checkpoint signer key unusable");
-        goto out;
-    }
-    if (EVP_DigestVerify(mctx, sig, sig_len, (const uint8_t *)text, len) != 1) {
+    } else if (EVP_DigestVerify(mctx, sig, sig_len, (const uint8_t *)text, len) != 1) {
         r = kf_err_set(err, -EPERM, "checkpoint signature does not verify");
-        goto out;
-    }
-    r = 0;
-    if (ret != NULL)
+    } else if (ret != NULL) {
         *ret = cp;
-out:
-    if (r == -ENOMEM)
-        kf_err_set(err, r, "out of memory");
+    }
     EVP_MD_CTX_free(mctx);
-    X509_STORE_CTX_free(vctx);
-    X509_free(x);
+    EVP_PKEY_free(key);
     ERR_clear_error();
     return r;
+}
+
+int kf_checkpoint_verify_cached(kf_checkpoint_cache *cache, bool clock, const char *text, size_t len,
+                                const uint8_t *sig, size_t sig_len, const uint8_t *cert, size_t cert_len,
+                                X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err)
+{
+    return verify(cache, text, len, sig, sig_len, cert, cert_len, ca, cluster, clock, ret, err);
 }
 
 int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
                          size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err)
 {
-    return verify(text, len, sig, sig_len, cert, cert_len, ca, cluster, true, ret, err);
+    return verify(NULL, text, len, sig, sig_len, cert, cert_len, ca, cluster, true, ret, err);
 }
 
 int kf_checkpoint_verify_applied(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
                                  size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err)
 {
-    return verify(text, len, sig, sig_len, cert, cert_len, ca, cluster, false, ret, err);
+    return verify(NULL, text, len, sig, sig_len, cert, cert_len, ca, cluster, false, ret, err);
 }
 
 /* The certificate (DER) is valid at t: notAfter not before it. */

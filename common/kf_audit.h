@@ -13,6 +13,17 @@
  *   chain <hash of record `size` in the hash chain, 64 hex>
  *   time <unix seconds>.<9 digits of nanoseconds>
  *   signer <coordinator name>
+ *
+ * Format v2 (review rev17, R6 and the signed state root) adds two lines after signer:
+ *
+ *   keyfleet-audit-checkpoint/v2
+ *   ... (as v1) ...
+ *   cert <SHA-256 of the signer certificate (DER), 64 hex>
+ *   state <seq> <version> <64 hex> | state none
+ *
+ * cert binds the certificate blob stored beside the signature into what is signed; state is the
+ * digest of the replicated state outside the audit log (store_digest.c) that the leader noted when
+ * it applied checkpoint record seq, of schema version version ("none": it noted none).
  */
 #ifndef KF_AUDIT_H
 #define KF_AUDIT_H
@@ -32,8 +43,9 @@
 #define KF_AUDIT_HASH 32
 #define KF_AUDIT_CANON_MAX 8192
 #define KF_AUDIT_CHECKPOINT_ACTION "checkpoint"
-#define KF_CHECKPOINT_MAGIC "keyfleet-audit-checkpoint/v1"
-#define KF_CHECKPOINT_TEXT_MAX 512
+#define KF_CHECKPOINT_MAGIC "keyfleet-audit-checkpoint/v1" /* also the JSON anchor format */
+#define KF_CHECKPOINT_MAGIC_V2 "keyfleet-audit-checkpoint/v2"
+#define KF_CHECKPOINT_TEXT_MAX 640
 
 /* The canonical bytes (format KFA1) of r; returns the length, which may exceed size (nothing
  * beyond size is written). */
@@ -50,6 +62,12 @@ typedef struct kf_checkpoint {
     int64_t seconds;
     int32_t nanos;
     char signer[64];
+    /* 0 or 1: the v1 text; 2: with the lines below (what a leader signs now). */
+    int version;
+    uint8_t cert_hash[KF_AUDIT_HASH]; /* v2: SHA-256 of the signer certificate (DER) */
+    uint64_t state_seq;               /* v2: the checkpoint record the state was noted at; 0: none */
+    uint32_t state_version;           /* v2: its schema version */
+    uint8_t state[KF_AUDIT_HASH];     /* v2: the state digest there */
 } kf_checkpoint;
 
 /* The signed text. Returns its length, or -ENOSPC / -EINVAL (a field out of range). */
@@ -71,6 +89,19 @@ int kf_checkpoint_sign(EVP_PKEY *key, const char *text, size_t len, uint8_t **re
  * text. When cluster is not NULL, the text must name it. Fills ret when not NULL. */
 int kf_checkpoint_verify(const char *text, size_t len, const uint8_t *sig, size_t sig_len, const uint8_t *cert,
                          size_t cert_len, X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err);
+
+/* Checked certificate chains, so that a log's many checkpoints by few certificates cost one chain
+ * verification per certificate (review rev17, R6): each entry is a certificate (by its SHA-256)
+ * that chained to the fleet CA, the times every certificate of that chain covers, the coordinator
+ * it names and its public key. A checkpoint dated outside those times is verified in full. */
+typedef struct kf_checkpoint_cache kf_checkpoint_cache;
+kf_checkpoint_cache *kf_checkpoint_cache_new(void);
+void kf_checkpoint_cache_free(kf_checkpoint_cache *c); /* NULL: no-op */
+/* kf_checkpoint_verify (clock) or kf_checkpoint_verify_applied (!clock) through cache (NULL: none).
+ * Entries are kept per ca: use one cache with one CA store. */
+int kf_checkpoint_verify_cached(kf_checkpoint_cache *cache, bool clock, const char *text, size_t len,
+                                const uint8_t *sig, size_t sig_len, const uint8_t *cert, size_t cert_len,
+                                X509_STORE *ca, const char *cluster, kf_checkpoint *ret, kf_err *err);
 
 /* A checkpoint whose time is more than this far ahead of the verifier's clock is refused: its
  * time is what the certificate's validity is checked at, so it must not be chosen freely. */

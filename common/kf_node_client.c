@@ -253,3 +253,18 @@ int kf_node_recovery_escrow(kf_rpc_client *c, kf_seal_receiver *rx, const char *
     kf_seal_receiver_free(owned);
     return r;
 }
+
+int kf_node_recovery_confirm(kf_rpc_client *c, const Keyfleet__V1__VolumeRef *volume, const char *request_id,
+                             kf_rpc_status *st, kf_err *err)
+{
+    Keyfleet__V1__EnrollRecoveryKeyRequest req = KEYFLEET__V1__ENROLL_RECOVERY_KEY_REQUEST__INIT;
+    req.volume = (Keyfleet__V1__VolumeRef *)volume;
+    req.request_id = (char *)request_id;
+    req.confirm = true;
+    ProtobufCMessage *m = NULL;
+    int r = kf_rpc_call(c, "keyfleet.v1.NodeService/EnrollRecoveryKey", &req.base,
+                        &keyfleet__v1__enroll_recovery_key_response__descriptor, &m, st, err);
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+    return r;
+}

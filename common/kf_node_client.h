@@ -62,11 +62,17 @@ int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
                    kf_enrolled *ret, kf_rpc_status *st, kf_err *err);
 
 /* NodeService.EnrollRecoveryKey (docs/recovery.md): LUKS2, *ret_key gets the new recovery key
- * (32 bytes); ZFS, no key (the dataset's key is its recovery key). *ret_replaced: a revealed one
- * was retired. The same request_id returns the same key. Return as kf_rpc_call. */
+ * (32 bytes); ZFS, no key (the dataset's key is its recovery key). *ret_replaced: it replaces a
+ * revealed one (ZFS: retired now; LUKS2: once kf_node_recovery_confirm says its keyslot is gone). The same request_id returns the same key. Return as kf_rpc_call. */
 int kf_node_recovery_escrow(kf_rpc_client *c, kf_seal_receiver *rx, const char *node,
                             const Keyfleet__V1__VolumeRef *volume, const char *request_id, kf_secbuf **ret_key,
                             bool *ret_replaced, kf_rpc_status *st, kf_err *err);
+
+/* NodeService.EnrollRecoveryKey with confirm (docs/recovery.md, "Replacing a revealed key"): the
+ * keyslot of request_id's key is written and verified and the revealed one's killed. Return as
+ * kf_rpc_call. */
+int kf_node_recovery_confirm(kf_rpc_client *c, const Keyfleet__V1__VolumeRef *volume, const char *request_id,
+                             kf_rpc_status *st, kf_err *err);
 
 /* Opens a key sealed to rx for (purpose, request_id, name, volume_id): the AAD is computed from
  * what the caller asked, never from the answer. 0 with *ret (32 bytes), or -EBADMSG. */

@@ -21,6 +21,7 @@ int kfctl_trust_load(const char *ca_file, kfctl_trust *ret)
         fprintf(stderr, "keyfleetctl: fleet CA: %s\n", err.msg);
         return -1;
     }
+    ret->cache = kf_checkpoint_cache_new(); /* NULL: every checkpoint verified in full */
     return 0;
 }
 
@@ -28,6 +29,8 @@ void kfctl_trust_free(kfctl_trust *t)
 {
     X509_STORE_free(t->ca);
     t->ca = NULL;
+    kf_checkpoint_cache_free(t->cache);
+    t->cache = NULL;
 }
 
 void kfctl_cp_clear(kfctl_cp *cp)
@@ -133,9 +136,8 @@ int kfctl_cp_from_json(const json_t *o, kfctl_cp *ret, char *why, size_t why_siz
 static int cp_verify(const kfctl_trust *t, kfctl_cp *cp, bool clock, char *why, size_t why_size)
 {
     kf_err err = {0};
-    if ((clock ? kf_checkpoint_verify : kf_checkpoint_verify_applied)(cp->text, strlen(cp->text), cp->sig, cp->sig_len,
-                                                                      cp->cert, cp->cert_len, t->ca, t->cluster,
-                                                                      &cp->parsed, &err) != 0) {
+    if (kf_checkpoint_verify_cached(t->cache, clock, cp->text, strlen(cp->text), cp->sig, cp->sig_len, cp->cert,
+                                    cp->cert_len, t->ca, t->cluster, &cp->parsed, &err) != 0) {
         snprintf(why, why_size, "%s", err.msg);
         return -1;
     }
@@ -235,7 +237,47 @@ struct kfctl_log_check {
     kfctl_cp *seen;
     size_t n_seen;
     kf_audit_signers who; /* revoked certificates and removed coordinators so far */
+    /* The coordinator's state digest at a checkpoint record (kfctl_log_check_state); seq 0: none. */
+    uint64_t state_seq;
+    uint32_t state_version;
+    uint8_t state[KF_AUDIT_HASH];
 };
+
+void kfctl_log_check_state(kfctl_log_check *c, uint64_t seq, const uint8_t *state, size_t len, uint32_t version)
+{
+    if (c == NULL || seq == 0 || len != KF_AUDIT_HASH)
+        return;
+    c->state_seq = seq;
+    c->state_version = version;
+    memcpy(c->state, state, KF_AUDIT_HASH);
+}
+
+/* The state root the log signed for record seq (the newest such checkpoint), or NULL. */
+static const kf_checkpoint *signed_state_at(const kfctl_log_check *c, uint64_t seq)
+{
+    for (size_t i = c->n_seen; i > 0; i--)
+        if (c->seen[i - 1].parsed.version >= 2 && c->seen[i - 1].parsed.state_seq == seq)
+            return &c->seen[i - 1].parsed;
+    return NULL;
+}
+
+/* Compares the coordinator's own state digest with the state root signed for that record:
+ * 0 (matches, or nothing to compare: said in note), 1 (differs: printed). */
+static int check_state(const kfctl_log_check *c, FILE *out, char *note, size_t note_size)
+{
+    note[0] = '\0';
+    const kf_checkpoint *p = c->state_seq != 0 ? signed_state_at(c, c->state_seq) : NULL;
+    if (p == NULL || p->state_version != c->state_version)
+        return 0;
+    if (CRYPTO_memcmp(p->state, c->state, KF_AUDIT_HASH) != 0) {
+        fprintf(out, "audit chain BROKEN at record %" PRIu64 ": the coordinator's replicated state at checkpoint "
+                "record %" PRIu64 " differs from the state root %s signed\n", c->state_seq, c->state_seq, p->signer);
+        return 1;
+    }
+    snprintf(note, note_size, "; the replicated state at checkpoint record %" PRIu64 " matches its signed state root",
+             c->state_seq);
+    return 0;
+}
 
 kfctl_log_check *kfctl_log_check_new(const kfctl_trust *t)
 {
@@ -447,6 +489,9 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
                 tail, c->checkpoints > 0 ? "the newest checkpoint's signed size" : "the start", c->max_unsigned);
         return 1;
     }
+    char state_note[160];
+    if (check_state(c, out, state_note, sizeof(state_note)) != 0)
+        return 1;
     size_t sl = strlen(c->signers);
     if (sl > 0)
         c->signers[sl - 1] = '\0';
@@ -461,7 +506,7 @@ int kfctl_log_check_finish(kfctl_log_check *c, const kfctl_cp *anchors, size_t n
         fprintf(out, "; %" PRIu64 " records not yet signed", tail);
     if (n_anchors > 0)
         fprintf(out, "; %zu anchor%s held", n_anchors, n_anchors == 1 ? "" : "s");
-    fprintf(out, "\n");
+    fprintf(out, "%s\n", state_note);
     return 0;
 }
 

@@ -19,6 +19,7 @@
 typedef struct kfctl_trust {
     X509_STORE *ca;
     char cluster[40];
+    kf_checkpoint_cache *cache; /* each signer chain verified once (review rev17, R6) */
 } kfctl_trust;
 int kfctl_trust_load(const char *ca_file, kfctl_trust *ret);
 void kfctl_trust_free(kfctl_trust *t);
@@ -52,6 +53,9 @@ void kfctl_log_check_allow_partial(kfctl_log_check *c);
  * the leader signs within 200 ms or 1000 records (docs/audit.md, "Verifying"). */
 #define KFCTL_AUDIT_MAX_UNSIGNED 2000
 void kfctl_log_check_max_unsigned(kfctl_log_check *c, uint64_t n);
+/* The coordinator's own state digest at checkpoint record seq (VerifyAudit): finish compares it
+ * with the state root a checkpoint of the log signed for that record. */
+void kfctl_log_check_state(kfctl_log_check *c, uint64_t seq, const uint8_t *state, size_t len, uint32_t version);
 /* Feeds the next record; false once the log failed (kfctl_log_check_result says where). */
 bool kfctl_log_check_add(kfctl_log_check *c, const Keyfleet__V1__AuditRecord *r);
 /* After the last record: checks each anchor; prints a summary to out. 0: verified. */

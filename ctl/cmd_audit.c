@@ -45,9 +45,9 @@ static const char *const audit_actions[] = {
     "approle_create", "approle_revoke", "approle_secret_id", "approve", "attest_accept", "attest_heartbeat",
     "auth_fail", "cert_revoke", "change_proposed", "checkpoint", "cluster_add", "cluster_remove", "dead_man_lock",
     "deny", "enroll", "enroll_replay", "erase_confirm_refused", "erase_failed", "expire", "kms_rotate", "login",
-    "node_wipe", "offline_unlock", "pending", "policy_deny", "policy_put", "recovery_escrow", "recovery_request",
-    "recovery_reveal", "release", "reports_over_budget", "reports_refused", "revoke", "rotate_begin", "rotate_commit",
-    "totp_lockout", "unrevoke", "volume_erased", "volume_retire"};
+    "node_wipe", "node_wipe_cancel", "offline_unlock", "pending", "policy_deny", "policy_put", "recovery_escrow",
+    "recovery_replaced", "recovery_request", "recovery_reveal", "release", "reports_over_budget", "reports_refused",
+    "revoke", "rotate_begin", "rotate_commit", "totp_lockout", "unrevoke", "volume_erased", "volume_retire"};
 
 static int check_action(const char *s)
 {

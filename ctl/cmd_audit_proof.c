@@ -74,13 +74,15 @@ static int verify_stream(const char *path, const kfctl_trust *trust, const kfctl
 /* audit verify's own check: every record fetched (QueryAudit, in pages) and checked here against
  * the fleet CA and the anchors. 0 when the log holds, else not 0 (what is wrong printed). */
 static int verify_here(kfctl *ctl, kf_rpc_client *c, const kfctl_trust *trust, const kfctl_cp *anchors,
-                       size_t n_anchors)
+                       size_t n_anchors, const Keyfleet__V1__VerifyAuditResponse *vr)
 {
     int local = 1;
     ProtobufCMessage *m;
     kfctl_log_check *chk = kfctl_log_check_new(trust);
-    if (chk != NULL)
+    if (chk != NULL) {
         kfctl_log_check_max_unsigned(chk, max_unsigned);
+        kfctl_log_check_state(chk, vr->state_seq, vr->state.data, vr->state.len, vr->state_version);
+    }
     Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
     q.limit = 10000;
     bool fetched = chk != NULL;
@@ -178,16 +180,19 @@ static int cmd_verify(kfctl *ctl, int argc, char **argv)
     Keyfleet__V1__VerifyAuditRequest vreq = KEYFLEET__V1__VERIFY_AUDIT_REQUEST__INIT;
     ProtobufCMessage *m = NULL;
     int server_ok = 0;
+    Keyfleet__V1__VerifyAuditResponse *vr = NULL;
     if (kfctl_call(ctl, c, "keyfleet.v1.AdminService/VerifyAudit", &vreq.base,
                    &keyfleet__v1__verify_audit_response__descriptor, &m) == 0) {
-        Keyfleet__V1__VerifyAuditResponse *vr = (Keyfleet__V1__VerifyAuditResponse *)m;
+        vr = (Keyfleet__V1__VerifyAuditResponse *)m;
         server_ok = vr->ok;
         if (!vr->ok)
             printf("audit chain BROKEN at record %llu: %s\n", (unsigned long long)vr->first_bad_seq, vr->problem);
-        protobuf_c_message_free_unpacked(m, NULL);
     }
-    /* Then everything again here, trusting only the fleet CA. */
-    int local = server_ok ? verify_here(ctl, c, &trust, anchors, n_anchors) : 1;
+    /* Then everything again here, trusting only the fleet CA, with the coordinator's own state
+     * digest against the state root the log signed. */
+    int local = server_ok ? verify_here(ctl, c, &trust, anchors, n_anchors, vr) : 1;
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
     rc = server_ok && local == 0 ? 0 : 1;
     kf_rpc_client_free(c);
     kfctl_trust_free(&trust);

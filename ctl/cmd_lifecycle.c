@@ -1,5 +1,5 @@
 /* keyfleetctl node list [--json] | node unrevoke NAME [--reason TEXT] [--totp CODE] |
- * node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] |
+ * node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] [--erase-all-keyslots|--cancel] |
  * volume show ID|NAME [--json] | volume retire ID [--reason TEXT] (docs/operations.md, "Node and
  * volume lifecycle"). */
 #include <getopt.h>
@@ -154,18 +154,20 @@ int kfctl_node_unrevoke(kfctl *ctl, int argc, char **argv)
     return 0;
 }
 
-/* node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] (docs/operations.md, "Remote
- * crypto-erase"): held for approval like unrevoke. */
+/* node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] [--erase-all-keyslots | --cancel]
+ * (docs/operations.md, "Remote crypto-erase"): held for approval like unrevoke. --cancel drops
+ * erases asked for and not confirmed by the node. */
 int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {{"volumes", required_argument, NULL, 'v'},
                                          {"reason", required_argument, NULL, 'r'},
                                          {"totp", required_argument, NULL, 't'},
                                          {"erase-all-keyslots", no_argument, NULL, 'A'},
+                                         {"cancel", no_argument, NULL, 'C'},
                                          {NULL, 0, NULL, 0}};
     const char *reason = "", *totp = "";
     char *vols = NULL;
-    bool all = false;
+    bool all = false, cancel = false;
     int o;
     optind = 0;
     while ((o = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
@@ -177,10 +179,12 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
             totp = optarg;
         else if (o == 'A')
             all = true;
+        else if (o == 'C')
+            cancel = true;
         else
             return kfctl_usage("node");
     }
-    if (optind + 2 != argc)
+    if (optind + 2 != argc || (cancel && all))
         return kfctl_usage("node");
     char *ids[100], *save = NULL;
     size_t n = 0;
@@ -200,16 +204,19 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
     req.reason = (char *)reason;
     req.totp_code = (char *)totp;
     req.erase_all_keyslots = all;
+    req.cancel = cancel;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/WipeNode", &req.base,
                         &keyfleet__v1__wipe_node_response__descriptor, &m) != 0)
         return 1;
     Keyfleet__V1__WipeNodeResponse *resp = (Keyfleet__V1__WipeNodeResponse *)m;
-    printf("wipe of node %s (", req.node);
+    printf("%s of node %s (", cancel ? "wipe cancel" : "wipe", req.node);
     for (size_t i = 0; i < resp->n_volume_ids; i++)
         printf("%s%s", i > 0 ? " " : "", resp->volume_ids[i]);
     if (resp->pending_request_id[0] != '\0')
         printf(") held as request %s: %u approvals needed\n", resp->pending_request_id, resp->approvals_needed);
+    else if (cancel)
+        printf(") approved: the node is no longer told to erase them; they stay retired\n");
     else
         printf(") approved: the keys are refused now; the node erases at its next heartbeat\n");
     protobuf_c_message_free_unpacked(m, NULL);

@@ -86,23 +86,42 @@ static int verify_checkpoint_command(void *arg, const Keyfleet__V1__CmdCheckpoin
     return kfd_checkpoint_verify_command(app->checkpointer, c, err);
 }
 
-/* At start: the local log verified against its own checkpoints (kfd_store_open); here the
- * newest of them must also carry a coordinator's signature, or the whole log could have been
- * recomputed. Records after it are checked by the leader's next checkpoint. */
-static void verify_local_checkpoint(kfd_app *app)
+/* One checkpoint record of the local log at start: its signature and chain (cached per
+ * certificate, review rev17 R6). */
+typedef struct local_check {
+    kfd_app *app;
+    uint64_t seq, count;
+    kf_err err;
+} local_check;
+
+static int verify_one_local(void *arg, const Keyfleet__V1__AuditRecord *r)
 {
-    Keyfleet__V1__AuditRecord *cp = NULL;
-    if (kfd_store_failed(app->store) || kfd_store_get_checkpoint(app->store, 0, &cp) != 0)
-        return;
-    kf_err err = {0};
+    local_check *lc = arg;
+    lc->seq = r->seq;
+    lc->count++;
     /* Its own applied log: a checkpoint time that was ahead of the clock was refused at apply. */
-    if (kfd_checkpoint_verify_applied_record(app->checkpointer, cp, &err) != 0) {
+    return kfd_checkpoint_verify_applied_record(lc->app->checkpointer, r, &lc->err) != 0 ? -EPERM : 0;
+}
+
+/* At start: the local log verified against its own checkpoints (kfd_store_open); here every one
+ * of them must also carry a coordinator's signature over its text, which names its certificate
+ * (v2), or the log could have been recomputed, or its older checkpoints' signature and
+ * certificate blobs replaced unnoticed (review rev17, R6). Records after the newest are checked
+ * by the leader's next checkpoint. */
+static void verify_local_checkpoints(kfd_app *app)
+{
+    local_check lc = {.app = app};
+    if (kfd_store_failed(app->store))
+        return;
+    int r = kfd_store_each_checkpoint(app->store, verify_one_local, &lc);
+    if (r == -EPERM) {
         char why[600];
-        int n = snprintf(why, sizeof(why), "checkpoint record %llu: %s", (unsigned long long)cp->seq, err.msg);
+        int n = snprintf(why, sizeof(why), "checkpoint record %llu: %s", (unsigned long long)lc.seq, lc.err.msg);
         (void)n;
-        kfd_store_mark_diverged(app->store, cp->seq, why);
+        kfd_store_mark_diverged(app->store, lc.seq, why);
+    } else if (r == 0 && lc.count > 0) {
+        kf_log_info("audit_checkpoints_verified", "checkpoints=%llu", (unsigned long long)lc.count);
     }
-    kfd_audit_free_record(cp);
 }
 
 int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *err)
@@ -127,7 +146,7 @@ int kfd_app_open(kfd_app *app, uv_loop_t *loop, const kfd_config *cfg, kf_err *e
     kfd_app_load_policy(app);
     if ((r = kfd_checkpointer_new(app, loop, &app->checkpointer, err)) != 0)
         return r;
-    verify_local_checkpoint(app);
+    verify_local_checkpoints(app);
     kfd_store_set_checkpoint_verifier(app->store, verify_checkpoint_command, app);
     if ((r = kfd_sinks_open(&cfg->audit, cfg->name, app->store, &app->sinks, err)) != 0)
         return r;

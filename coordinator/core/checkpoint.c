@@ -52,6 +52,8 @@ struct kfd_checkpointer {
     bool told_revoked, told_validity;
     X509_STORE *ca;
     char cluster[40];
+    uint8_t cert_hash[KF_AUDIT_HASH]; /* of cert_der: what v2 checkpoints name */
+    kf_checkpoint_cache *cache;      /* signer chains verified (review rev17, R6) */
     bool inflight, closing;
     uint64_t last_at; /* loop time of the last proposal */
     kfd_checkpoint_stats stats;
@@ -97,6 +99,7 @@ static int load_key_cert(kfd_checkpointer *c, const kfd_config *cfg, kf_err *err
         return kf_err_set(err, -EINVAL, "%s: no certificate", cfg->tls_cert);
     c->cert_der = der;
     c->cert_len = (size_t)n;
+    kf_sha256_parts(der, (size_t)n, NULL, 0, NULL, 0, c->cert_hash);
     return 0;
 }
 
@@ -180,6 +183,13 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     }
     c->told_validity = false;
     snprintf(cp.signer, sizeof(cp.signer), "%s", app->cfg->name);
+    /* v2 (review rev17): the certificate sent beside the signature, and the state root: the
+     * state digest this leader noted at its newest checkpoint record, which every replica that
+     * noted its own there compares when it applies this one. */
+    cp.version = 2;
+    memcpy(cp.cert_hash, c->cert_hash, KF_AUDIT_HASH);
+    if (kfd_store_checkpoint_state(app->store, &cp.state_seq, cp.state, &cp.state_version) != 0)
+        cp.state_seq = 0;
     char text[KF_CHECKPOINT_TEXT_MAX];
     int len = kf_checkpoint_format(&cp, text, sizeof(text));
     uint8_t *sig = NULL;
@@ -460,6 +470,8 @@ int kfd_checkpointer_new(kfd_app *app, uv_loop_t *loop, kfd_checkpointer **ret, 
     int r = load_key_cert(c, app->cfg, err);
     if (r == 0)
         r = kf_checkpoint_ca_load(app->cfg->tls_ca, &c->ca, c->cluster, err);
+    if (r == 0 && (c->cache = kf_checkpoint_cache_new()) == NULL)
+        r = kf_err_set(err, -ENOMEM, "out of memory");
     ERR_clear_error();
     kfd_http_opts ho = {.name = "audit_head",
                         .ca_file = app->cfg->tls_ca,
@@ -477,6 +489,7 @@ int kfd_checkpointer_new(kfd_app *app, uv_loop_t *loop, kfd_checkpointer **ret, 
         EVP_PKEY_free(c->key);
         OPENSSL_free(c->cert_der);
         X509_STORE_free(c->ca);
+        kf_checkpoint_cache_free(c->cache);
         free(c);
         return kf_err_wrap(err, "audit checkpoints");
     }
@@ -494,6 +507,7 @@ static void on_closed(uv_handle_t *h)
     EVP_PKEY_free(c->key);
     OPENSSL_free(c->cert_der);
     X509_STORE_free(c->ca);
+    kf_checkpoint_cache_free(c->cache);
     free(c);
 }
 
@@ -521,8 +535,9 @@ int kfd_checkpoint_verify_command(kfd_checkpointer *c, const Keyfleet__V1__CmdCh
     if (cmd == NULL || cmd->text == NULL)
         return kf_err_set(err, -EPERM, "checkpoint command without its text");
     /* Not by the clock: every replica decides alike (a time too far ahead is judged after). */
-    int r = kf_checkpoint_verify_applied(cmd->text, strlen(cmd->text), cmd->signature.data, cmd->signature.len,
-                                         cmd->cert.data, cmd->cert.len, c->ca, c->cluster, NULL, err);
+    int r = kf_checkpoint_verify_cached(c->cache, false, cmd->text, strlen(cmd->text), cmd->signature.data,
+                                        cmd->signature.len, cmd->cert.data, cmd->cert.len, c->ca, c->cluster, NULL,
+                                        err);
     return r == 0 ? 0 : -EPERM;
 }
 
@@ -530,8 +545,9 @@ int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1
 {
     if (r == NULL || strcmp(r->action, KF_AUDIT_CHECKPOINT_ACTION) != 0)
         return kf_err_set(err, -EPERM, "not a checkpoint record");
-    return kf_checkpoint_verify_applied(r->reason, strlen(r->reason), r->signature.data, r->signature.len,
-                                        r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster, NULL, err);
+    return kf_checkpoint_verify_cached(c->cache, false, r->reason, strlen(r->reason), r->signature.data,
+                                       r->signature.len, r->signer_cert.data, r->signer_cert.len, c->ca, c->cluster,
+                                       NULL, err);
 }
 
 void kfd_checkpointer_stats(const kfd_checkpointer *c, kfd_checkpoint_stats *ret)

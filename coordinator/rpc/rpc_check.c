@@ -259,6 +259,8 @@ const char *kfd_check_wipe_node(const Keyfleet__V1__WipeNodeRequest *req)
         strlen(req->totp_code) > 16)
         return "node must be a valid node name; at most 100 volume ids of 1..128 characters; reason <= 512 "
                "characters; totp_code 6 digits";
+    if (req->cancel && req->erase_all_keyslots)
+        return "--cancel takes no --erase-all-keyslots";
     return NULL;
 }
 

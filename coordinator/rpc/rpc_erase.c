@@ -43,8 +43,15 @@ static void on_wipe_committed(void *arg, int status, const kfd_change_result *re
     kfd_op_free(op);
 }
 
+/* An erase asked for and not confirmed by the node. */
+static bool pending_erase(const Keyfleet__V1__VolumeInfo *v)
+{
+    return v->erase_requested_at != 0 && v->erased_at == 0;
+}
+
 /* The volumes to wipe: those named (each enrolled by node and not being erased), or every one of
- * node's not being erased. Answers the call and returns false when refused. */
+ * node's not being erased; to cancel (req->cancel), those being erased and not confirmed. Answers
+ * the call and returns false when refused. */
 static bool wipe_targets(kfd_call *call, const Keyfleet__V1__WipeNodeRequest *req, wipe_op *op)
 {
     kfd_store *s = kfd_call_app(call)->store;
@@ -73,9 +80,13 @@ static bool wipe_targets(kfd_call *call, const Keyfleet__V1__WipeNodeRequest *re
             kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "volume %s was enrolled by node %s, not %s",
                            req->volume_ids[i], v->node, req->node);
             ok = false;
-        } else if (v->erase_requested_at != 0) {
+        } else if (!req->cancel && v->erase_requested_at != 0) {
             kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "volume %s is already %s", req->volume_ids[i],
                            v->erased_at != 0 ? "erased" : "being erased");
+            ok = false;
+        } else if (req->cancel && !pending_erase(v)) {
+            kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "volume %s %s", req->volume_ids[i],
+                           v->erased_at != 0 ? "was erased already: an erase cannot be undone" : "is not being erased");
             ok = false;
         }
     }
@@ -89,16 +100,17 @@ static bool wipe_targets(kfd_call *call, const Keyfleet__V1__WipeNodeRequest *re
             ok = false;
     for (size_t k = 0; ok && req->n_volume_ids == 0 && k < vols.n_volumes; k++) {
         const Keyfleet__V1__VolumeInfo *v = vols.volumes[k];
-        if (strcmp(v->node, req->node) == 0 && v->erase_requested_at == 0 &&
-            (op->ids[op->n++] = strdup(v->volume->id)) == NULL)
+        bool take = req->cancel ? pending_erase(v) : v->erase_requested_at == 0;
+        if (strcmp(v->node, req->node) == 0 && take && (op->ids[op->n++] = strdup(v->volume->id)) == NULL)
             ok = false;
     }
     if (ok && op->n > KFD_ERASE_MAX) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "at most %d volumes per wipe: name them", KFD_ERASE_MAX);
         ok = false;
     } else if (ok && op->n == 0) {
-        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "node %s has no volume that is not erased or being "
-                       "erased", req->node);
+        kfd_call_error(call, KF_CONNECT_FAILED_PRECONDITION, "node %s has no volume %s", req->node,
+                       req->cancel ? "being erased (asked for and not confirmed)"
+                                   : "that is not erased or being erased");
         ok = false;
     } else if (!ok && op->ids != NULL && op->n > 0 && op->ids[op->n - 1] == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
@@ -136,25 +148,29 @@ void kfd_rpc_wipe_node(kfd_call *call)
         return;
     }
     char reason[1200];
-    int len = snprintf(reason, sizeof(reason), "crypt-erase %s of node %s:",
-                       req->erase_all_keyslots ? "EVERY keyslot (data unrecoverable)" : "keyfleet's keys", req->node);
+    int len = snprintf(reason, sizeof(reason), "%s %s of node %s:", req->cancel ? "cancel the crypt-erase" : "crypt-erase",
+                       req->cancel                ? "asked for and not confirmed (the volumes stay retired)"
+                       : req->erase_all_keyslots ? "EVERY keyslot (data unrecoverable)"
+                                                  : "keyfleet's keys",
+                       req->node);
     for (size_t i = 0; i < op->n && len > 0 && (size_t)len < sizeof(reason); i++)
         len += snprintf(reason + len, sizeof(reason) - (size_t)len, " %s", op->ids[i]);
     if (len > 0 && (size_t)len < sizeof(reason) && req->reason[0] != '\0')
         snprintf(reason + len, sizeof(reason) - (size_t)len, ": %s", req->reason);
     kfd_audit_buf a;
-    kfd_audit_fill(&a, kfd_call_actor(call), "node_wipe", KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "", "",
-                   reason);
+    const char *action = req->cancel ? "node_wipe_cancel" : "node_wipe";
+    kfd_audit_fill(&a, kfd_call_actor(call), action, KEYFLEET__V1__DECISION__DECISION_ALLOW, req->node, "", "", reason);
     Keyfleet__V1__CmdWipeVolumes c = KEYFLEET__V1__CMD_WIPE_VOLUMES__INIT;
     c.node = req->node;
     c.volume_ids = op->ids;
     c.n_volume_ids = op->n;
     c.erase_all_keyslots = req->erase_all_keyslots;
+    c.cancel = req->cancel;
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES;
     cmd.wipe_volumes = &c;
-    kf_log_warn("node_wipe", "node=%s volumes=%zu operator=%s", req->node, op->n, call->peer->name);
+    kf_log_warn(action, "node=%s volumes=%zu operator=%s", req->node, op->n, call->peer->name);
     kfd_commit_change(call, &cmd, reason, req->totp_code, on_wipe_committed, op);
 }
 

@@ -37,6 +37,7 @@
 #include "store/store_apply.h"
 #include "store/store_read.h"
 #include "store/store_recovery.h"
+#include "rpc/rpc_recovery_confirm.h"
 
 #define LABELS_MAX KF_LABELS_MAX
 /* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
@@ -1489,7 +1490,10 @@ static void commit_escrow(recovery_op *op)
     kfd_call *call = op->base.call;
     char reason[200];
     snprintf(reason, sizeof(reason), "%s%s%s", op->zfs ? "the dataset's keyfleet key is its recovery key" : "a new recovery key, escrowed",
-             op->replay ? " (repeated request)" : "", op->replaced ? "; the revealed recovery key is retired" : "");
+             op->replay ? " (repeated request)" : "",
+             !op->replaced ? ""
+             : op->zfs     ? "; the revealed recovery key is retired"
+                           : "; it replaces the revealed one once the node confirms that one's keyslot is killed");
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_ALLOW,
                    call->peer->name, op->volume_id, op->request_id, reason);
@@ -1545,6 +1549,10 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     }
     if (!ensure_ready(call) || check_revoked(call, "recovery_escrow", req->volume->id))
         return;
+    if (req->confirm) { /* the second step of a replacement: no key made, none answered */
+        kfd_rpc_recovery_confirm(call);
+        return;
+    }
     kfd_app *app = kfd_call_app(call);
     kfd_volume vol;
     int r = kfd_store_get_volume(app->store, req->volume->id, &vol);
@@ -1606,9 +1614,11 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     snprintf(op->kms_id, sizeof(op->kms_id), "%s/recovery", req->volume->id);
-    op->replay = r == 0 && strcmp(cur.request_id, req->request_id) == 0;
-    op->replaced = r == 0 && !op->replay && cur.revealed_at != 0;
-    if (op->replay && !zfs && (op->wrapped = strdup(cur.wrapped)) == NULL) {
+    /* A replacement of a revealed LUKS2 key waits apart (next_*) until the node confirms it. */
+    bool next_replay = r == 0 && cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, req->request_id) == 0;
+    op->replay = next_replay || (r == 0 && strcmp(cur.request_id, req->request_id) == 0);
+    op->replaced = next_replay || (r == 0 && !op->replay && cur.revealed_at != 0);
+    if (op->replay && !zfs && (op->wrapped = strdup(next_replay ? cur.next_wrapped : cur.wrapped)) == NULL) {
         kfd_recovery_clear(&cur);
         recovery_op_free(op);
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");

@@ -102,6 +102,15 @@ static const char *const migrations[] = {
      * erase, and the node's confirmation. */
     "CREATE TABLE volume_erase (volume_id TEXT PRIMARY KEY, node TEXT NOT NULL, requested_at INTEGER NOT NULL,"
     "  erased_at INTEGER, detail TEXT, erase_all INTEGER NOT NULL DEFAULT 0);",
+    /* 14: reserved for another branch's migration (merge: put that one here, keep 15 after it). */
+    "SELECT 1;",
+    /* 15: a revealed recovery key's replacement (docs/recovery.md, "Replacing a revealed key"):
+     * the new key stays apart, the revealed one escrowed and marked, until the node confirms the
+     * new keyslot exists and the revealed one is killed. */
+    "ALTER TABLE recovery_keys ADD COLUMN next_wrapped TEXT;"
+    "ALTER TABLE recovery_keys ADD COLUMN next_kcv TEXT;"
+    "ALTER TABLE recovery_keys ADD COLUMN next_request_id TEXT;"
+    "ALTER TABLE recovery_keys ADD COLUMN next_at INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -245,16 +254,28 @@ static const char *const sql[ST_COUNT] = {
     [ST_AUDIT_OF_REQUEST] = "SELECT " KFD_AUDIT_COLS " WHERE a.request_id = ? ORDER BY a.seq",
     [ST_AUDIT_ONE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = ?",
     [ST_RECOVERY_GET] = "SELECT node, wrapped, kcv, request_id, created_at, coalesce(revealed_at, 0), "
-                        "coalesce(revealed_by, '') FROM recovery_keys WHERE volume_id = ?",
+                        "coalesce(revealed_by, ''), coalesce(next_request_id, ''), coalesce(next_wrapped, ''), "
+                        "coalesce(next_kcv, '') FROM recovery_keys WHERE volume_id = ?",
     [ST_RECOVERY_PUT] = "INSERT INTO recovery_keys (volume_id, node, wrapped, kcv, request_id, created_at) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(volume_id) DO UPDATE SET node = ?2, wrapped = ?3, "
-                        "kcv = ?4, request_id = ?5, created_at = ?6, revealed_at = NULL, revealed_by = NULL",
+                        "kcv = ?4, request_id = ?5, created_at = ?6, revealed_at = NULL, revealed_by = NULL, next_wrapped = NULL, "
+                        "next_kcv = NULL, next_request_id = NULL, next_at = NULL",
+    [ST_RECOVERY_NEXT] = "UPDATE recovery_keys SET next_wrapped = ?, next_kcv = ?, next_request_id = ?, next_at = ? "
+                         "WHERE volume_id = ?",
+    [ST_RECOVERY_PROMOTE] = "UPDATE recovery_keys SET wrapped = next_wrapped, kcv = next_kcv, request_id = "
+                            "next_request_id, created_at = next_at, revealed_at = NULL, revealed_by = NULL, "
+                            "next_wrapped = NULL, next_kcv = NULL, next_request_id = NULL, next_at = NULL "
+                            "WHERE volume_id = ? AND next_request_id IS NOT NULL",
+    [ST_RECOVERY_DELETE] = "DELETE FROM recovery_keys WHERE volume_id = ?",
+    [ST_ERASE_CANCEL] = "DELETE FROM volume_erase WHERE volume_id = ? AND node = ? AND erased_at IS NULL",
     [ST_RECOVERY_REVEALED] = "UPDATE recovery_keys SET revealed_at = ?, revealed_by = ? WHERE volume_id = ?",
-    [ST_RECOVERY_TO_REPLACE] = "SELECT volume_id FROM recovery_keys WHERE node = ? AND revealed_at IS NOT NULL "
-                               "ORDER BY volume_id LIMIT 100",
+    [ST_RECOVERY_TO_REPLACE] = "SELECT r.volume_id FROM recovery_keys r JOIN volumes v ON v.id = r.volume_id "
+                               "WHERE r.node = ? AND r.revealed_at IS NOT NULL AND v.retired_at IS NULL "
+                               "ORDER BY r.volume_id LIMIT 100",
     [ST_PENDING_SET_PROPOSER] = "UPDATE pending SET proposer = ? WHERE request_id = ?",
     [ST_PENDING_PROPOSER] = "SELECT proposer FROM pending WHERE request_id = ?",
     [ST_AUDIT_AFTER] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
+    [ST_CHECKPOINT_ALL] = "SELECT " KFD_AUDIT_COLS " WHERE a.action = 'checkpoint' ORDER BY a.seq",
 };
 
 bool kfd_store_failed(const kfd_store *s) { return s == NULL || s->failed; }
@@ -361,6 +382,10 @@ int kfd_store_open_db(kfd_store *s, kf_err *err)
         r = exec(s, "PRAGMA synchronous = NORMAL", "setting synchronous", err);
     if (r == 0)
         r = exec(s, "PRAGMA foreign_keys = ON", "setting foreign keys", err);
+    /* A deleted row's bytes are zeroed where that costs no extra I/O (a wipe's dropped recovery
+     * key, docs/threat-model.md "Remote crypto-erase"), not left in the page's free space. */
+    if (r == 0)
+        r = exec(s, "PRAGMA secure_delete = FAST", "setting secure delete", err);
     /* A checkpoint copies each page once however often the WAL rewrote it; the hot pages (index
      * leaves, the volume rows) are rewritten by every batch, so fewer, larger checkpoints write
      * less. 16 MiB of WAL at most between them. */

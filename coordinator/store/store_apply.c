@@ -378,6 +378,8 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         return kfd_store_apply_recovery_escrow(s, cmd->recovery_escrow, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL:
         return kfd_store_apply_recovery_reveal(s, cmd->recovery_reveal, seq, err);
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_CONFIRM:
+        return kfd_store_apply_recovery_confirm(s, cmd->recovery_confirm, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES:
         return kfd_store_apply_wipe(s, cmd->wipe_volumes, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_ERASE_CONFIRM:

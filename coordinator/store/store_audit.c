@@ -261,6 +261,24 @@ int kfd_store_newest_checkpoint(kfd_store *s, kf_checkpoint *ret)
     return checkpoint_at(s, s->cp_seq, ret);
 }
 
+/* The state root a v2 checkpoint signs (review rev17): the leader's state digest at an earlier
+ * checkpoint record, which this replica noted too when it applied that record. A different one
+ * diverges it, on the word of a coordinator key (the CmdStateCheck that follows each checkpoint
+ * is not signed). Nothing to compare when it noted none there (it started after that record) or
+ * of another schema version. */
+static void check_signed_state(kfd_store *s, const kf_checkpoint *cp)
+{
+    uint8_t mine[KFD_HASH_LEN];
+    uint32_t version = 0;
+    if (cp->version < 2 || cp->state_seq == 0 || kfd_store_state_note_at(s, cp->state_seq, mine, &version) != 0 ||
+        version != cp->state_version || CRYPTO_memcmp(mine, cp->state, KFD_HASH_LEN) == 0)
+        return;
+    char why[240];
+    snprintf(why, sizeof(why), "the replicated state (revocations, policy, attestation, approvals...) at checkpoint "
+             "record %llu differs from the state root %s signed", (unsigned long long)cp->state_seq, cp->signer);
+    kfd_store_set_diverged(s, cp->state_seq, why);
+}
+
 int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err)
 {
     const Keyfleet__V1__AuditEntry *e = c->audit;
@@ -304,6 +322,8 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     bool have_prev = r == 0;
     if ((r = kf_checkpoint_follows(have_prev ? &prev : NULL, &cp, c->cert.data, c->cert.len, err)) != 0)
         return r;
+    if (why[0] == '\0')
+        check_signed_state(s, &cp);
     /* Dated ahead of this replica's clock (F2): the signer's clock, or this one, is wrong, and the
      * certificate would be judged at a time nobody vouches for. Not skipped silently: recorded like
      * on every replica, and this one serves nothing until its clock or the signer's is fixed and
@@ -341,8 +361,23 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     if (kfd_store_state_digest(s, s->cp_state) == 0) {
         s->cp_state_seq = *seq;
         s->cp_state_version = kfd_store_state_version();
+        unsigned i = s->state_notes_next++ % KFD_STATE_NOTES;
+        s->state_notes[i].seq = *seq;
+        s->state_notes[i].version = s->cp_state_version;
+        memcpy(s->state_notes[i].state, s->cp_state, KFD_HASH_LEN);
     }
     return 0;
+}
+
+int kfd_store_state_note_at(const kfd_store *s, uint64_t seq, uint8_t state[KFD_HASH_LEN], uint32_t *version)
+{
+    for (unsigned i = 0; seq != 0 && i < KFD_STATE_NOTES; i++)
+        if (s->state_notes[i].seq == seq) {
+            memcpy(state, s->state_notes[i].state, KFD_HASH_LEN);
+            *version = s->state_notes[i].version;
+            return 0;
+        }
+    return -ENOENT;
 }
 
 int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck *c, kf_err *err)
@@ -723,6 +758,7 @@ int kfd_store_load_audit(kfd_store *s, kf_err *err)
     s->start_head = sc.head_seq;
     s->vouched = false;
     s->cp_state_seq = 0;
+    memset(s->state_notes, 0, sizeof(s->state_notes));
     /* Records after the newest signed size (the newest checkpoint record itself aside) rest on
      * this database alone: said at start, and signed only once a majority of replicas holds the
      * same head (core/checkpoint.c). Counted from the size, not the record (review of #17, F4). */
@@ -784,6 +820,16 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
                  (unsigned long long)s->head_seq);
     }
     resp->records = sc.n;
+    /* This replica's own state digest where the newest checkpoint's signed state root was taken,
+     * if it noted one there (keyfleetctl audit verify compares them). */
+    kf_checkpoint cp;
+    uint32_t version = 0;
+    if (kfd_store_newest_checkpoint(s, &cp) == 0 && cp.version >= 2 && cp.state_seq != 0 &&
+        kfd_store_state_note_at(s, cp.state_seq, s->verify_state, &version) == 0) {
+        resp->state_seq = cp.state_seq;
+        resp->state_version = version;
+        resp->state = (ProtobufCBinaryData){KFD_HASH_LEN, s->verify_state};
+    }
     return 0;
 }
 
@@ -889,6 +935,23 @@ int kfd_store_records_after(kfd_store *s, uint64_t after, size_t max, Keyfleet__
     *ret = v;
     *ret_n = n;
     return 0;
+}
+
+int kfd_store_each_checkpoint(kfd_store *s, int (*fn)(void *arg, const Keyfleet__V1__AuditRecord *r), void *arg)
+{
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_CHECKPOINT_ALL);
+    int rc, r = 0;
+    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Keyfleet__V1__AuditRecord *rec = kfd_audit_row_record(st);
+        r = rec != NULL ? fn(arg, rec) : -ENOMEM;
+        kfd_audit_free_record(rec);
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = kfd_store_sql_error(s, rc, "reading the audit log", NULL);
+    sqlite3_reset(st);
+    return r;
 }
 
 void kfd_store_free_records(Keyfleet__V1__AuditRecord **v, size_t n)

@@ -33,6 +33,11 @@ typedef struct kfd_audit_head {
 /* The state digest this replica noted when it applied its newest checkpoint since it opened
  * (review rev17, R2): the leader proposes it in a CmdStateCheck. 0, or -ENOENT (none). */
 int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version);
+/* The state digest this replica noted when it applied checkpoint record seq (the last
+ * KFD_STATE_NOTES of them since it opened): 0, or -ENOENT. */
+int kfd_store_state_note_at(const kfd_store *s, uint64_t seq, uint8_t state[KFD_HASH_LEN], uint32_t *version);
+/* Calls fn with every checkpoint record in seq order (stops at its first error, returned). */
+int kfd_store_each_checkpoint(kfd_store *s, int (*fn)(void *arg, const Keyfleet__V1__AuditRecord *r), void *arg);
 /* The applied head (including a deferred transaction's records). */
 void kfd_store_audit_head(const kfd_store *s, kfd_audit_head *ret);
 /* Not 0 when this replica's log left the signed history (at the latest) at that seq; why says

@@ -9,6 +9,7 @@
 #include "store/store_audit.h"
 #include "store/store_erase.h"
 #include "store/store_read.h"
+#include "store/store_recovery.h"
 
 static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
 {
@@ -101,6 +102,10 @@ static int wipe_one(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, const c
         if ((r = kfd_store_step_done(s, st, "retiring the volume", err)) != 0)
             return r;
     }
+    /* The escrowed recovery key goes with the wipe: whoever could unwrap it (or was shown it)
+     * must not open the erased volume through the coordinators' copy (review rev26b F2). */
+    if ((r = kfd_store_recovery_drop(s, id, err)) != 0)
+        return r;
     st = kfd_store_stmt(s, ST_ERASE_INSERT);
     kfd_bind_text(st, 1, id);
     kfd_bind_text(st, 2, c->node);
@@ -109,12 +114,31 @@ static int wipe_one(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, const c
     return kfd_store_step_done(s, st, "recording the erase", err);
 }
 
+/* node wipe --cancel: the erase must be asked of c->node and not confirmed; the volume stays
+ * retired (its key and recovery key are gone from the coordinators' use for ever). */
+static int cancel_one(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, const char *id, kf_err *err)
+{
+    char node[256];
+    int64_t erased_at = 0;
+    int r = kfd_store_get_erase(s, id, node, sizeof(node), &erased_at);
+    if (r == -ENOENT || (r == 0 && strcmp(c->node, node) != 0))
+        return kf_err_set(err, -ESTALE, "volume %s is not being erased for node %s", id, c->node);
+    if (r != 0)
+        return kf_err_set(err, r, "reading the volume's erase");
+    if (erased_at != 0)
+        return kf_err_set(err, -ESTALE, "volume %s was erased already: an erase cannot be undone", id);
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_ERASE_CANCEL);
+    kfd_bind_text(st, 1, id);
+    kfd_bind_text(st, 2, c->node);
+    return kfd_store_step_done(s, st, "cancelling the erase", err);
+}
+
 int kfd_store_apply_wipe(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, uint64_t *seq, kf_err *err)
 {
     if (c->audit == NULL || c->node[0] == '\0' || c->n_volume_ids == 0 || c->n_volume_ids > KFD_ERASE_MAX)
         return kf_err_set(err, -EINVAL, "wipe command incomplete");
     for (size_t i = 0; i < c->n_volume_ids; i++) {
-        int r = wipe_one(s, c, c->volume_ids[i], err);
+        int r = c->cancel ? cancel_one(s, c, c->volume_ids[i], err) : wipe_one(s, c, c->volume_ids[i], err);
         if (r != 0)
             return r;
     }

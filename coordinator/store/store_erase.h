@@ -25,8 +25,9 @@ void kfd_store_free_ids(char **ids, size_t n);
 /* --- for the store's own files --- */
 
 /* A wipe (applied once approved): every volume must be enrolled by c->node (-ENOENT: unknown;
- * -ESTALE: another node's, or already being erased); each is retired unless it is already, and
- * recorded as pending. */
+ * -ESTALE: another node's, or already being erased); each is retired unless it is already, its
+ * escrowed recovery key dropped, and recorded as pending. c->cancel: each must be being erased
+ * for c->node and not confirmed (-ESTALE), and its erase is dropped; it stays retired. */
 int kfd_store_apply_wipe(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, uint64_t *seq, kf_err *err);
 /* A node's confirmation: -EACCES when the volume is not being erased for c->node, -ESTALE when it
  * was confirmed already. */

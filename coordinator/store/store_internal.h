@@ -10,6 +10,8 @@
 #include "store/store.h"
 #include "store/store_audit.h"
 
+#define KFD_STATE_NOTES 8
+
 enum {
     ST_BEGIN,
     ST_COMMIT,
@@ -95,6 +97,11 @@ enum {
     ST_ERASE_GET,
     ST_ERASE_CONFIRM,
     ST_ERASE_PENDING_OF,
+    ST_RECOVERY_NEXT,
+    ST_RECOVERY_PROMOTE,
+    ST_RECOVERY_DELETE,
+    ST_ERASE_CANCEL,
+    ST_CHECKPOINT_ALL,
     ST_COUNT
 };
 
@@ -128,6 +135,15 @@ struct kfd_store {
     uint64_t cp_state_seq;
     uint32_t cp_state_version;
     uint8_t cp_state[KFD_HASH_LEN];
+    /* The last few of those notes (seq 0: empty), for the state root a later checkpoint signs
+     * and for VerifyAudit (review rev17: the signed state root). */
+    struct {
+        uint64_t seq;
+        uint32_t version;
+        uint8_t state[KFD_HASH_LEN];
+    } state_notes[KFD_STATE_NOTES];
+    unsigned state_notes_next;
+    uint8_t verify_state[KFD_HASH_LEN]; /* VerifyAudit's answer points here */
     /* A snapshot replaced this database since the process started (kfd_store_audit_witness). */
     bool restored;
     /* Verifies a checkpoint command's signature and chain at apply (kfd_store_set_checkpoint_verifier). */

@@ -21,6 +21,7 @@ static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
 void kfd_recovery_clear(kfd_recovery *r)
 {
     free(r->wrapped);
+    free(r->next_wrapped);
     memset(r, 0, sizeof(*r));
 }
 
@@ -42,8 +43,16 @@ int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *re
     ret->created_at = sqlite3_column_int64(st, 4);
     ret->revealed_at = sqlite3_column_int64(st, 5);
     kfd_store_copy_col(st, 6, ret->revealed_by, sizeof(ret->revealed_by));
+    kfd_store_copy_col(st, 7, ret->next_request_id, sizeof(ret->next_request_id));
+    const unsigned char *nw = sqlite3_column_text(st, 8);
+    ret->next_wrapped = strdup(nw != NULL ? (const char *)nw : "");
+    kfd_store_copy_col(st, 9, ret->next_kcv, sizeof(ret->next_kcv));
     sqlite3_reset(st);
-    return ret->wrapped != NULL ? 0 : -ENOMEM;
+    if (ret->wrapped == NULL || ret->next_wrapped == NULL) {
+        kfd_recovery_clear(ret);
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 int kfd_store_pending_proposer(kfd_store *s, const char *request_id, char *ret, size_t size)
@@ -113,13 +122,26 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     r = kfd_store_get_recovery(s, c->volume_id, &cur);
     if (r != 0 && r != -ENOENT)
         return kf_err_set(err, r, "reading the recovery key");
-    bool replay = r == 0 && strcmp(cur.request_id, c->request_id) == 0;
+    bool replay = r == 0 && (strcmp(cur.request_id, c->request_id) == 0 ||
+                             (cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, c->request_id) == 0));
     /* ZFS: the revealed key is the dataset's own; it is retired only by a rotation after the reveal. */
     bool unrotated = r == 0 && !replay && c->zfs && cur.revealed_at != 0 && key_made < cur.revealed_at;
+    /* LUKS2: a revealed key opens the volume until the node kills its keyslot, so the new key
+     * waits apart, and the revealed one stays escrowed and marked, until the node confirms. */
+    bool pending = r == 0 && !replay && !c->zfs && cur.revealed_at != 0;
     kfd_recovery_clear(&cur);
     if (unrotated)
         return kf_err_set(err, -ESTALE, "the dataset's key was revealed as its recovery key: rotate it first");
-    if (!replay) {
+    if (pending) {
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_NEXT);
+        kfd_bind_text(st, 1, c->wrapped);
+        kfd_bind_text(st, 2, c->kcv);
+        kfd_bind_text(st, 3, c->request_id);
+        sqlite3_bind_int64(st, 4, audit_time(c->audit));
+        kfd_bind_text(st, 5, c->volume_id);
+        if ((r = kfd_store_step_done(s, st, "escrowing the replacement recovery key", err)) != 0)
+            return r;
+    } else if (!replay) {
         sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_PUT);
         kfd_bind_text(st, 1, c->volume_id);
         kfd_bind_text(st, 2, c->node);
@@ -187,4 +209,42 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
     if ((r = kfd_store_step_done(s, st, "recording the reveal", err)) != 0)
         return r;
     return kfd_store_append_audit(s, c->audit, seq, err);
+}
+
+int kfd_store_apply_recovery_confirm(kfd_store *s, const Keyfleet__V1__CmdRecoveryConfirm *c, uint64_t *seq,
+                                     kf_err *err)
+{
+    if (c->audit == NULL || c->volume_id[0] == '\0' || c->node[0] == '\0' || c->request_id[0] == '\0')
+        return kf_err_set(err, -EINVAL, "recovery confirmation incomplete");
+    int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r != 0)
+        return r;
+    kfd_recovery cur;
+    if ((r = kfd_store_get_recovery(s, c->volume_id, &cur)) != 0)
+        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s has no recovery key", c->volume_id)
+                            : kf_err_set(err, r, "reading the recovery key");
+    bool owner = strcmp(cur.node, c->node) == 0;
+    bool next = cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, c->request_id) == 0;
+    bool done = strcmp(cur.request_id, c->request_id) == 0 && cur.revealed_at == 0; /* a repeated confirmation */
+    kfd_recovery_clear(&cur);
+    if (!owner)
+        return kf_err_set(err, -EACCES, "volume %s: only the node that enrolled it confirms its recovery key",
+                          c->volume_id);
+    if (!next && !done)
+        return kf_err_set(err, -ESTALE, "request %s is not the recovery key awaiting confirmation for volume %s",
+                          c->request_id, c->volume_id);
+    if (next) {
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_PROMOTE);
+        kfd_bind_text(st, 1, c->volume_id);
+        if ((r = kfd_store_step_done(s, st, "recording the replacement", err)) != 0)
+            return r;
+    }
+    return kfd_store_append_audit(s, c->audit, seq, err);
+}
+
+int kfd_store_recovery_drop(kfd_store *s, const char *volume_id, kf_err *err)
+{
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_RECOVERY_DELETE);
+    kfd_bind_text(st, 1, volume_id);
+    return kfd_store_step_done(s, st, "dropping the escrowed recovery key", err);
 }

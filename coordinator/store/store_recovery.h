@@ -17,6 +17,11 @@ typedef struct kfd_recovery {
     int64_t created_at;
     int64_t revealed_at; /* 0: never shown to an operator */
     char revealed_by[64];
+    /* LUKS2, a revealed key's replacement awaiting the node's confirmation ("": none): the
+     * revealed key above stays the escrowed one, and marked, until then. */
+    char next_request_id[65];
+    char *next_wrapped;
+    char next_kcv[24];
 } kfd_recovery;
 
 void kfd_recovery_clear(kfd_recovery *r);
@@ -33,6 +38,12 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
                                     kf_err *err);
 int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecoveryReveal *c, uint64_t *seq,
                                     kf_err *err);
+/* The node confirms a replacement: -EACCES (another node's, revoked), -ESTALE (no replacement
+ * with this request id awaits, and it is not the key escrowed and unrevealed either). */
+int kfd_store_apply_recovery_confirm(kfd_store *s, const Keyfleet__V1__CmdRecoveryConfirm *c, uint64_t *seq,
+                                     kf_err *err);
+/* Drops a volume's escrowed recovery key (a wipe): 0 also when it had none. */
+int kfd_store_recovery_drop(kfd_store *s, const char *volume_id, kf_err *err);
 /* Records the proposer of a held request (apply_create_pending). */
 int kfd_store_set_proposer(kfd_store *s, const char *request_id, const char *proposer, kf_err *err);
 

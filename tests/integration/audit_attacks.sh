@@ -30,7 +30,7 @@ signed() {
 check "a signed checkpoint follows the records within a second" signed
 out=$(ctl "$F" audit checkpoint)
 expect_match "audit checkpoint prints the newest, verified against the fleet CA" "$out" \
-    "checkpoint record [0-9]+ \(signed by coordinator-1, verified against the fleet CA\) keyfleet-audit-checkpoint/v1 cluster fleet-[0-9a-f]{32} size [0-9]+ root [0-9a-f]{64}"
+    "checkpoint record [0-9]+ \(signed by coordinator-1, verified against the fleet CA\) keyfleet-audit-checkpoint/v2 cluster fleet-[0-9a-f]{32} size [0-9]+ root [0-9a-f]{64}"
 ctl "$F" audit checkpoint --json >"$WORK/anchor1.json"
 expect_match "audit verify checks every checkpoint's signature and the anchor" \
     "$(ctl "$F" audit verify --anchor "$WORK/anchor1.json")" \
@@ -53,6 +53,10 @@ expect_match "... and fails with one hash of its path changed" "$out" "proof INV
 node "$F" n1 release vol-1 "$WRAP" >/dev/null
 signed
 ctl "$F" audit checkpoint --json >"$WORK/anchor2.json"
+# Review rev17: the newest checkpoint signs the state root at the checkpoint record before it,
+# and audit verify compares the coordinator's own state digest there.
+expect_match "audit verify compares the replicated state with the signed state root" "$(ctl "$F" audit verify)" \
+    "audit chain ok: .*; the replicated state at checkpoint record [0-9]+ matches its signed state root"
 ctl "$F" audit prove-consistency "$WORK/anchor1.json" "$WORK/anchor2.json" >"$WORK/cons.json"
 out=$("$CTL" audit verify-consistency "$WORK/cons.json" --ca "$F/ca.crt")
 expect_match "a consistency proof between two saved checkpoints verifies offline" "$out" \
@@ -119,6 +123,36 @@ start_kfd "$F"
 expect_match "with the checkpoint texts rewritten too, their signatures fail" "$(verify_out)" \
     "BROKEN at record [0-9]+: checkpoint: checkpoint signature does not verify.*rc=1"
 expect_match "... keyfleetd is not ready" "$(readyz_of)" "audit log diverged at seq [0-9]+: checkpoint record [0-9]+: checkpoint signature does not verify.*503"
+restore
+
+# ---- an older checkpoint's signature or certificate blob changed (review rev17, R6) ----------
+# Not part of any hash: before, only the newest checkpoint's signature was verified at start.
+OLD=$(sqlite3 "$DB" "SELECT min(seq) FROM audit_checkpoints")
+python3 - "$DB" "$OLD" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+sig = bytearray(db.execute("SELECT signature FROM audit_checkpoints WHERE seq = ?", (int(sys.argv[2]),)).fetchone()[0])
+sig[8] ^= 1
+db.execute("UPDATE audit_checkpoints SET signature = ? WHERE seq = ?", (bytes(sig), int(sys.argv[2])))
+db.commit()
+PY
+start_kfd "$F"
+expect_match "an older checkpoint's signature changed while stopped: keyfleetd is not ready" "$(readyz_of)" \
+    "audit log diverged at seq $OLD: checkpoint record $OLD: checkpoint signature does not verify.*503"
+expect_match "... and audit verify names it" "$(verify_out)" \
+    "BROKEN at record $OLD: checkpoint: checkpoint signature does not verify.*rc=1"
+restore
+# Its certificate blob replaced by another certificate of the same coordinator (from this CA).
+mkdir -p "$WORK/other-cert"
+cp "$F/ca.crt" "$F/ca.key" "$WORK/other-cert/"
+issue "$WORK/other-cert" coordinator coordinator-1 --san IP:127.0.0.1
+openssl x509 -in "$WORK/other-cert/coordinator-1.crt" -outform DER -out "$WORK/other-cert/c1.der"
+sqlite3 "$DB" "UPDATE audit_checkpoints SET cert = readfile('$WORK/other-cert/c1.der') WHERE seq = $OLD"
+start_kfd "$F"
+expect_match "an older checkpoint's certificate replaced while stopped: keyfleetd is not ready" "$(readyz_of)" \
+    "audit log diverged at seq $OLD: checkpoint record $OLD: checkpoint signer certificate is not the one its text names.*503"
+expect_match "... and audit verify names it" "$(verify_out)" \
+    "BROKEN at record $OLD: checkpoint: checkpoint signer certificate is not the one its text names.*rc=1"
 restore
 
 # ---- edit a record while stopped, recomputed -----------------------------------------------

@@ -10,6 +10,9 @@ that nothing but a signature or another copy can tell.
   audit_forge.py DB replay SEQ         (appends a copy of checkpoint record SEQ: text, signature, cert)
   audit_forge.py DB sign KEY SECONDS   (appends a checkpoint of the head signed with KEY, dated SECONDS:
                                         what a leader whose clock ran fast would sign)
+  audit_forge.py DB grow N EVERY KEY   (appends N copies of the newest non-checkpoint record with a
+                                        checkpoint signed with KEY after every EVERY of them: a
+                                        genuine-looking log, to measure start-up; not an attack)
 
 --rewrite-checkpoints also rewrites each checkpoint's text (size, root, chain) to match the
 forged records; its signature, which the attacker cannot make, stays as it was."""
@@ -100,7 +103,7 @@ def sign(db, key, seconds):
     cert = db.execute("SELECT cert FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()[0]
     lines = last[11].split("\n")
     text = "\n".join([lines[0], lines[1], "size %d" % seq, "root " + root.hex(), "chain " + chain.hex(),
-                      "time %d.000000000" % seconds, lines[6], ""])
+                      "time %d.000000000" % seconds] + lines[6:])  # signer, and v2's cert and state
     with tempfile.NamedTemporaryFile() as f:
         f.write(text.encode())
         f.flush()
@@ -113,10 +116,60 @@ def sign(db, key, seconds):
     append_row(db, row, (seq, sig, cert))
 
 
+def grow(db, n, every, key_path):
+    """Appends n records, and after every `every` of them a checkpoint in the format of the newest
+    one (v1 or v2; v2 with "state none"), signed with key_path (the coordinator's key)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = serialization.load_pem_private_key(open(key_path, "rb").read(), None)
+    prev, tree = b"\0" * 32, Frontier()
+    for r in db.execute("SELECT " + COLS + " FROM audit ORDER BY seq"):
+        c = canonical(r)
+        prev = hashlib.sha256(prev + c).digest()
+        tree.append(leaf(c))
+    seq = db.execute("SELECT max(seq) FROM audit").fetchone()[0]
+    rec = list(db.execute("SELECT " + COLS + " FROM audit WHERE action != 'checkpoint' ORDER BY seq DESC LIMIT 1").fetchone())
+    cpr = list(db.execute("SELECT " + COLS + " FROM audit WHERE action = 'checkpoint' ORDER BY seq DESC LIMIT 1").fetchone())
+    cert = db.execute("SELECT cert FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()[0]
+    lines = cpr[11].split("\n")
+    t_s, t_ns = cpr[1], cpr[2]
+
+    def add(row, cp=None):
+        nonlocal prev, seq, t_ns, t_s
+        seq += 1
+        t_ns += 1000
+        if t_ns > 999999999:
+            t_s, t_ns = t_s + 1, t_ns - 1000000000
+        row = [seq, t_s, t_ns] + list(row[3:])
+        c = canonical(row)
+        h = hashlib.sha256(prev + c).digest()
+        tree.append(leaf(c))
+        db.execute("INSERT INTO audit (" + COLS + ", prev_hash, hash, root) VALUES (" + ", ".join("?" * 16) + ")",
+                   row + [prev, h, tree.root()])
+        if cp is not None:
+            db.execute("INSERT INTO audit_checkpoints (seq, size, signature, cert) VALUES (?, ?, ?, ?)", [seq] + cp)
+        prev = h
+
+    for i in range(1, n + 1):
+        add(rec)
+        if i % every:
+            continue
+        t = "%d.%09d" % (t_s, t_ns + 1000 if t_ns + 1000 <= 999999999 else t_ns)
+        extra = [ln if not ln.startswith("state ") else "state none" for ln in lines[7:]]
+        text = "\n".join(lines[:2] + ["size %d" % seq, "root " + tree.root().hex(), "chain " + prev.hex(),
+                                      "time " + t, lines[6]] + extra)
+        sig = (key.sign(text.encode(), ec.ECDSA(hashes.SHA256())) if isinstance(key, ec.EllipticCurvePrivateKey)
+               else key.sign(text.encode()))
+        row = list(cpr)
+        row[11] = text
+        t_s, t_ns = int(t.split(".")[0]), int(t.split(".")[1]) - 1000
+        add(row, [seq, sig, cert])
+
+
 def main():
     db = sqlite3.connect(sys.argv[1], timeout=10)
     op = sys.argv[2]
-    seq = int(sys.argv[3]) if op != "sign" else 0
+    seq = int(sys.argv[3]) if op not in ("sign", "grow") else 0
     rewrite = "--rewrite-checkpoints" in sys.argv
     if op == "truncate":
         db.execute("DELETE FROM audit WHERE seq >= ?", (seq,))
@@ -144,6 +197,8 @@ def main():
         cp = db.execute("SELECT size, signature, cert FROM audit_checkpoints WHERE seq = ?", (seq,)).fetchone()
         append_row(db, row, cp)
         recompute(db)
+    elif op == "grow":
+        grow(db, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     elif op == "sign":
         sign(db, sys.argv[3], int(sys.argv[4]))
         recompute(db)

@@ -42,7 +42,7 @@ grep -q "event=raft_holding_back" "$WORK/$X/keyfleetd.log"
 check "$X logs that it holds back" test $? -eq 0
 
 # $Y's first checkpoint covers the forged record.
-release n1 vol-1 "$WRAP" "${RPC[$Y]}" >/dev/null
+expect_match "$Y serves its first release as leader" "$(release_ok n1 vol-1 "$WRAP" "${RPC[$Y]}")" "^code=ok"
 for _ in $(seq 1 50); do [[ "$(readyz "$X")" == *503 ]] && break; sleep 0.1; done
 expect_match "at its next apply of a checkpoint, $X stops serving (/readyz 503, with the reason)" "$(readyz "$X")" \
     "not ready: audit log diverged at seq [0-9]+: the leader's signed head at [0-9]+ differs from this replica's.*503"

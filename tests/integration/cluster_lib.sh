@@ -98,8 +98,28 @@ stop_replicas() {
     done
 }
 servers_of() { local s="" n; for n in "$@"; do s="$s${s:+,}${RPC[$n]}"; done; echo "$s"; }
+# A newly elected leader answers "retry" until a majority confirms its audit head (tens of ms);
+# release retries that answer only (at most 5 s), as the agent does.
 release() { # NODE VOLUME WRAPPED SERVERS
-    "$NODE_CLIENT" "$4" "$F/$1.crt" "$F/$1.key" "$F/ca.crt" release "$2" "$3"
+    local out rc i
+    for i in $(seq 1 50); do
+        out=$("$NODE_CLIENT" "$4" "$F/$1.crt" "$F/$1.key" "$F/ca.crt" release "$2" "$3"); rc=$?
+        [[ "$out" == *"newly elected leader is waiting"* ]] || break
+        sleep 0.1
+    done
+    printf '%s\n' "$out"
+    return $rc
+}
+# release_ok NODE VOLUME WRAPPED SERVERS: release, retried (at most 10 s) while a new leader
+# confirms its audit head; prints the last answer.
+release_ok() {
+    local out i
+    for i in $(seq 1 100); do
+        out=$(release "$@")
+        [[ "$out" == code=ok* ]] && break
+        sleep 0.1
+    done
+    printf '%s\n' "$out"
 }
 # ctlx NAME ARGS...: keyfleetctl as the operator against replica NAME.
 ctlx() { "$CTL" -c "$F/keyfleetctl.yaml" --server "${RPC[$1]}" "${@:2}"; }

@@ -71,9 +71,11 @@ start_kfd() {
             PORT=$(head -n 1 "$dir/keyfleetd.port")
             URL=https://127.0.0.1:$PORT
             # A leader writes nothing until it has confirmed its audit head (core/checkpoint.c):
-            # wait for that, at most 3 s (one that cannot goes on, and the test sees why).
+            # wait for that, at most 3 s (one that cannot goes on, and the test sees why; one
+            # whose log diverged at start never will).
             for _ in $(seq 1 60); do
-                tail -n +"$((n0 + 1))" "$dir/keyfleetd.log" | grep -q "event=audit_head_confirmed" && break
+                tail -n +"$((n0 + 1))" "$dir/keyfleetd.log" | grep -q -e "event=audit_head_confirmed" \
+                    -e "event=audit_diverged" && break
                 kill -0 "$KFD_PID" 2>/dev/null || break
                 sleep 0.05
             done

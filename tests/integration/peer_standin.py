@@ -4,7 +4,7 @@ application/proto and a fixed body: someone on the network path who holds a flee
 for that host (tests of who may answer PeerService.AuditHead). HTTP/2 as h2_standin.py speaks
 it; exits by itself after 60 s.
 
-usage: peer_standin.py CERT KEY PORT BODY_HEX
+usage: peer_standin.py CERT KEY PORT BODY_HEX [READY_FILE]   (READY_FILE: written once it listens)
 """
 import os
 import sys
@@ -19,4 +19,4 @@ def answer(stream):
     return h2_standin.response(stream, "200", "application/proto", body)
 
 
-h2_standin.run(cert, key, answer, port=port)
+h2_standin.run(cert, key, answer, port=port, port_file=sys.argv[5] if len(sys.argv) > 5 else None)

@@ -169,6 +169,11 @@ static void log_releases(size_t n)
 
 /* A checkpoint record signing size (its root and chain as the log holds them; zeros for 0),
  * with key and cert. */
+/* The text log_checkpoint_by writes: v1 (0) or v2 (2, naming its certificate and this state). */
+static int cp_version;
+static uint64_t cp_state_seq;
+static uint8_t cp_state[KF_AUDIT_HASH];
+
 static void log_checkpoint_by(uint64_t size, int64_t seconds, EVP_PKEY *key, uint8_t *cert, size_t cert_len)
 {
     kf_checkpoint cp;
@@ -181,6 +186,13 @@ static void log_checkpoint_by(uint64_t size, int64_t seconds, EVP_PKEY *key, uin
     }
     cp.seconds = seconds;
     snprintf(cp.signer, sizeof(cp.signer), "c1");
+    if (cp_version == 2) {
+        cp.version = 2;
+        kf_sha256_parts(cert, cert_len, NULL, 0, NULL, 0, cp.cert_hash);
+        cp.state_seq = cp_state_seq;
+        cp.state_version = 1;
+        memcpy(cp.state, cp_state, KF_AUDIT_HASH);
+    }
     char text[KF_CHECKPOINT_TEXT_MAX];
     int len = kf_checkpoint_format(&cp, text, sizeof(text));
     assert_true(len > 0);
@@ -421,6 +433,87 @@ static void test_unsigned_tail_bounded(void **state)
     assert_non_null(strstr(out, "3 records not yet signed"));
 }
 
+/* Review rev17, R6: every checkpoint's signature is verified (each signer chain once, then
+ * cached), and a v2 text names its certificate: an older checkpoint's signature or certificate
+ * blob changed fails the log. */
+static void test_old_checkpoint_blobs(void **state)
+{
+    (void)state;
+    log_reset();
+    cp_version = 2;
+    log_releases(2);
+    log_checkpoint(2, t0 + 3);
+    log_releases(2);
+    log_checkpoint(5, t0 + 6);
+    log_releases(1);
+    log_checkpoint(7, t0 + 8);
+    char out[1024];
+    if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
+        fail_msg("%s", out);
+    /* The older checkpoint's signature (its certificate's chain was verified at the first one). */
+    lg.sig[5][8] ^= 1;
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 6: checkpoint: checkpoint signature does not verify") == NULL)
+        fail_msg("%s", out);
+    lg.sig[5][8] ^= 1;
+    /* Its certificate blob replaced by another certificate of c1. */
+    lg.rec[5].signer_cert = (ProtobufCBinaryData){c1_new_cert_len, c1_new_cert};
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 6: checkpoint: checkpoint signer certificate is not the one its text names") ==
+        NULL)
+        fail_msg("%s", out);
+    lg.rec[5].signer_cert = (ProtobufCBinaryData){c1_cert_len, c1_cert};
+    if (check(UINT64_MAX, NULL, 0, out, sizeof(out)) != 0)
+        fail_msg("%s", out);
+    /* Dated before its certificate was valid: the chain is judged at that time again, not taken
+     * from what the earlier checkpoints by the same certificate left in the cache. */
+    log_checkpoint(8, t0 - 3 * 86400);
+    assert_int_equal(check(UINT64_MAX, NULL, 0, out, sizeof(out)), 1);
+    if (strstr(out, "BROKEN at record 9: checkpoint: checkpoint signer certificate does not chain to the fleet CA: "
+                    "certificate is not yet valid") == NULL)
+        fail_msg("%s", out);
+    cp_version = 0;
+}
+
+/* Review rev17, the signed state root: audit verify compares the coordinator's own state digest
+ * at a checkpoint record with the state root a later checkpoint signed for it. */
+static void test_state_root_compared(void **state)
+{
+    (void)state;
+    log_reset();
+    cp_version = 2;
+    cp_state_seq = 0;
+    log_releases(1);
+    log_checkpoint(1, t0 + 2);
+    cp_state_seq = 2;
+    memset(cp_state, 7, sizeof(cp_state));
+    log_releases(1);
+    log_checkpoint(3, t0 + 4);
+    cp_version = 0;
+    cp_state_seq = 0;
+    char out[1024];
+    uint8_t mine[KF_AUDIT_HASH];
+    for (int differs = 0; differs <= 1; differs++) {
+        memset(mine, 7, sizeof(mine));
+        mine[0] ^= (uint8_t)differs;
+        kfctl_log_check *c = kfctl_log_check_new(&trust);
+        assert_non_null(c);
+        kfctl_log_check_state(c, 2, mine, sizeof(mine), 1);
+        for (size_t i = 0; i < lg.n; i++)
+            kfctl_log_check_add(c, &lg.rec[i]);
+        FILE *f = fmemopen(out, sizeof(out), "w");
+        assert_non_null(f);
+        int rc = kfctl_log_check_finish(c, NULL, 0, f);
+        fclose(f);
+        kfctl_log_check_free(c);
+        assert_int_equal(rc, differs);
+        if (strstr(out, differs ? "BROKEN at record 2: the coordinator's replicated state at checkpoint record 2 "
+                                  "differs from the state root c1 signed"
+                                : "the replicated state at checkpoint record 2 matches its signed state root") == NULL)
+            fail_msg("%s", out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -430,6 +523,8 @@ int main(void)
         cmocka_unit_test(test_signer_revoked_or_removed),
         cmocka_unit_test(test_checkpoint_time_not_in_future),
         cmocka_unit_test(test_replayed_checkpoint),
+        cmocka_unit_test(test_old_checkpoint_blobs),
+        cmocka_unit_test(test_state_root_compared),
     };
     int rc = cmocka_run_group_tests_name("audit_check", tests, setup, teardown);
     log_reset();

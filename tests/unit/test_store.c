@@ -701,6 +701,9 @@ static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_le
 static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len, int64_t seconds,
                                bool bad_root);
 static int state_check_mode;
+/* The checkpoint's text: v1 (0), v2 signing this replica's own state note at its newest
+ * checkpoint record (1), or that note changed (2): review rev17, the signed state root. */
+static int signed_state_mode;
 
 static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len)
 {
@@ -721,6 +724,13 @@ static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, 
     cp.root[0] ^= bad_root ? 1 : 0;
     cp.seconds = seconds != 0 ? seconds : now_ts.seconds;
     snprintf(cp.signer, sizeof(cp.signer), "%s", signer);
+    if (signed_state_mode != 0) {
+        cp.version = 2;
+        kf_sha256_parts(cert, cert_len, NULL, 0, NULL, 0, cp.cert_hash);
+        if (kfd_store_checkpoint_state(s, &cp.state_seq, cp.state, &cp.state_version) != 0)
+            cp.state_seq = 0;
+        cp.state[0] ^= signed_state_mode == 2 ? 1 : 0;
+    }
     char text[KF_CHECKPOINT_TEXT_MAX];
     assert_true(kf_checkpoint_format(&cp, text, sizeof(text)) > 0);
     Keyfleet__V1__AuditEntry e = audit(KF_AUDIT_CHECKPOINT_ACTION, "", text);
@@ -939,6 +949,45 @@ static void test_checkpoint_state_compared(void **state)
     OPENSSL_free(c6);
 }
 
+/* Review rev17, the signed state root: a v2 checkpoint signs the leader's state digest at the
+ * checkpoint record before it; a replica that noted another there diverges (the unsigned
+ * CmdStateCheck aside), one that noted the same does not. */
+static void test_signed_state_root(void **state)
+{
+    (void)state;
+    uint8_t *c7 = NULL;
+    size_t c7_len = 0;
+    char serial[KF_SERIAL_MAX];
+    coordinator_cert("c7", &c7, &c7_len, serial);
+    kfd_store *s = open_db("ssr.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    signed_state_mode = 1; /* nothing noted yet: "state none" */
+    assert_int_equal(apply_checkpoint(s, "c7", c7, c7_len), 0);
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint(s, "c7", c7, c7_len), 0); /* signs the note at record 2 */
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    Keyfleet__V1__AuditRecord *r = NULL;
+    assert_int_equal(kfd_store_get_checkpoint(s, 0, &r), 0);
+    assert_non_null(strstr(r->reason, "keyfleet-audit-checkpoint/v2\n"));
+    assert_non_null(strstr(r->reason, "\nstate 2 "));
+    kfd_audit_free_record(r);
+    /* VerifyAudit tells its own note where the newest checkpoint signed one. */
+    Keyfleet__V1__VerifyAuditResponse vr = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
+    char problem[200];
+    assert_int_equal(kfd_store_verify_audit(s, &vr, problem, sizeof(problem)), 0);
+    assert_int_equal(vr.state_seq, 2);
+    assert_int_equal(vr.state.len, KFD_HASH_LEN);
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    signed_state_mode = 2; /* the leader's signed state at record 4 differs from this replica's */
+    assert_int_equal(apply_checkpoint(s, "c7", c7, c7_len), 0);
+    signed_state_mode = 0;
+    const char *why = NULL;
+    assert_int_equal(kfd_store_audit_diverged(s, &why), 4);
+    assert_non_null(strstr(why, "differs from the state root c7 signed"));
+    kfd_store_close(s);
+    OPENSSL_free(c7);
+}
+
 /* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
  * audit log, not with the audit log or the order rows were written in. */
 /* An edit behind the store's back (the attacker of #17 with write access to one database). */
@@ -1105,6 +1154,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
         cmocka_unit_test(test_state_digest),
         cmocka_unit_test(test_checkpoint_state_compared),
+        cmocka_unit_test(test_signed_state_root),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }

@@ -147,6 +147,7 @@ static kfd_pending_state state_of(kfd_store *s, const char *id)
 #define RID "0123456789abcdef0123456789abcdef"
 #define RID2 "fedcba9876543210fedcba9876543210"
 #define RID3 "00112233445566778899aabbccddeeff"
+#define RID4 "ffeeddccbbaa99887766554433221100"
 
 static void test_approved_request_releases_once(void **state)
 {
@@ -587,21 +588,30 @@ static void test_retire_and_unrevoke_at_apply(void **state)
     kfd_store_close(s);
 }
 
-static int wipe(kfd_store *s, const char *node, const char *vol, int64_t at)
+static int escrow(kfd_store *s, const char *node, const char *vol, const char *rid, const char *wrapped, bool zfs,
+                  int64_t at);
+
+static int wipe_as(kfd_store *s, const char *node, const char *vol, int64_t at, bool cancel)
 {
     audit_at a;
-    audit(&a, at, "node_wipe", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    audit(&a, at, cancel ? "node_wipe_cancel" : "node_wipe", KEYFLEET__V1__DECISION__DECISION_ALLOW);
     a.e.reason = (char *)"stolen";
     char *ids[] = {(char *)vol};
     Keyfleet__V1__CmdWipeVolumes c = KEYFLEET__V1__CMD_WIPE_VOLUMES__INIT;
     c.node = (char *)node;
     c.volume_ids = ids;
     c.n_volume_ids = 1;
+    c.cancel = cancel;
     c.audit = &a.e;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES;
     cmd.wipe_volumes = &c;
     return apply(s, &cmd, NULL);
+}
+
+static int wipe(kfd_store *s, const char *node, const char *vol, int64_t at)
+{
+    return wipe_as(s, node, vol, at, false);
 }
 
 static int erase_confirm(kfd_store *s, const char *node, const char *vol, int64_t at)
@@ -656,6 +666,29 @@ static void test_wipe_and_erase_confirm_at_apply(void **state)
     assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n, NULL), 0);
     assert_int_equal(n, 0);
     kfd_store_free_ids(ids, n);
+    assert_int_equal(wipe_as(s, "n1", "vol-e", T0 + 8, true), -ESTALE); /* confirmed: no cancel */
+
+    /* Review rev26b F2: the wipe drops the escrowed recovery key in the same apply. */
+    kfd_recovery rec;
+    assert_int_equal(enroll(s, "vol-r", "n1", T0), 0);
+    assert_int_equal(escrow(s, "n1", "vol-r", RID, "w1", false, T0 + 1), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "vol-r", &rec), 0);
+    kfd_recovery_clear(&rec);
+    assert_int_equal(wipe(s, "n1", "vol-r", T0 + 2), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "vol-r", &rec), -ENOENT);
+
+    /* node wipe --cancel: only an erase asked of that node and not confirmed; it stays retired. */
+    assert_int_equal(wipe_as(s, "n2", "vol-r", T0 + 3, true), -ESTALE); /* another node */
+    assert_int_equal(wipe_as(s, "n1", "vol-f", T0 + 3, true), -ESTALE); /* not being erased */
+    assert_int_equal(wipe_as(s, "n1", "vol-r", T0 + 3, true), 0);
+    assert_int_equal(kfd_store_get_erase(s, "vol-r", node, sizeof(node), &erased_at), -ENOENT);
+    assert_int_equal(kfd_store_erase_pending(s, "n1", &ids, &n, NULL), 0);
+    assert_int_equal(n, 0);
+    kfd_store_free_ids(ids, n);
+    assert_int_equal(erase_confirm(s, "n1", "vol-r", T0 + 4), -EACCES); /* nothing to confirm now */
+    assert_int_equal(release_kcv(s, "n1", "vol-r", KCV1, T0 + 4), -EACCES); /* still retired */
+    assert_int_equal(wipe_as(s, "n1", "vol-r", T0 + 5, true), -ESTALE); /* cancelled already */
+    assert_int_equal(wipe(s, "n1", "vol-r", T0 + 5), 0);                /* asked again */
     kfd_store_close(s);
 }
 
@@ -787,6 +820,21 @@ static int escrow(kfd_store *s, const char *node, const char *vol, const char *r
     return apply(s, &cmd, NULL);
 }
 
+static int recovery_confirm(kfd_store *s, const char *node, const char *vol, const char *rid, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "recovery_replaced", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecoveryConfirm c = KEYFLEET__V1__CMD_RECOVERY_CONFIRM__INIT;
+    c.volume_id = (char *)vol;
+    c.node = (char *)node;
+    c.request_id = (char *)rid;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_CONFIRM;
+    cmd.recovery_confirm = &c;
+    return apply(s, &cmd, NULL);
+}
+
 /* A held reveal as rpc_recovery.c proposes it: rule "recovery", no change, op1 its proposer. */
 static int propose_reveal(kfd_store *s, const char *id, const char *vol, uint32_t needed)
 {
@@ -885,19 +933,53 @@ static void test_recovery_at_apply(void **state)
     /* ZFS: the revealed key is the dataset's; not rotated since the reveal, it is not replaced. */
     assert_int_equal(escrow(s, "n1", "v1", RID3, "", true, T0 + 4), -ESTALE);
     assert_int_equal(to_replace(s, "n1"), 1);
+
+    /* Review rev26b F3: LUKS2, the replacement waits apart; the revealed key stays escrowed and
+     * marked (still asked for) until the node confirms its keyslot is killed. */
     assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 4), 0);
+    assert_int_equal(to_replace(s, "n1"), 1);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_string_equal(rec.wrapped, "w1");
+    assert_int_equal(rec.revealed_at, T0 + 2);
+    assert_string_equal(rec.next_request_id, RID3);
+    assert_string_equal(rec.next_wrapped, "w3");
+    kfd_recovery_clear(&rec);
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w9", false, T0 + 4), 0); /* a replay: kept */
+    assert_int_equal(recovery_confirm(s, "n2", "v1", RID3, T0 + 5), -EACCES); /* another node */
+    assert_int_equal(recovery_confirm(s, "n1", "v1", RID, T0 + 5), -ESTALE);  /* the revealed key's own */
+    assert_int_equal(recovery_confirm(s, "n1", "v1", RID2, T0 + 5), -ESTALE); /* not escrowed */
+    assert_int_equal(to_replace(s, "n1"), 1);
+    /* A crash before the confirmation: the next escrow replaces the waiting key, and only its
+     * confirmation counts. */
+    assert_int_equal(escrow(s, "n1", "v1", RID4, "w4", false, T0 + 6), 0);
+    assert_int_equal(recovery_confirm(s, "n1", "v1", RID3, T0 + 6), -ESTALE);
+    assert_int_equal(to_replace(s, "n1"), 1);
+    assert_int_equal(recovery_confirm(s, "n1", "v1", RID4, T0 + 7), 0);
     assert_int_equal(to_replace(s, "n1"), 0);
     assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
-    assert_string_equal(rec.wrapped, "w3");
+    assert_string_equal(rec.wrapped, "w4");
+    assert_string_equal(rec.request_id, RID4);
     assert_int_equal(rec.revealed_at, 0);
+    assert_string_equal(rec.next_request_id, "");
+    kfd_recovery_clear(&rec);
+    assert_int_equal(recovery_confirm(s, "n1", "v1", RID4, T0 + 8), 0); /* repeated: no change */
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 8), 0); /* not revealed: at once */
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_string_equal(rec.wrapped, "w3");
     kfd_recovery_clear(&rec);
 
-    /* A retired volume's recovery key is refused with its key: neither escrowed nor revealed. */
+    /* A retired volume's recovery key is refused with its key: neither escrowed nor revealed,
+     * and no longer asked of the node (review rev26b F8). */
     assert_int_equal(propose_reveal(s, RID, "v1", 2), 0);
-    assert_int_equal(approve(s, RID, "op2", 0, T0 + 5), 0);
-    assert_int_equal(lifecycle(s, true, "v1", T0 + 5), 0);
-    assert_int_equal(reveal(s, RID, "v1", "op1", T0 + 6), -EACCES);
-    assert_int_equal(escrow(s, "n1", "v1", RID2, "w4", false, T0 + 6), -EACCES);
+    assert_int_equal(approve(s, RID, "op2", 0, T0 + 9), 0);
+    assert_int_equal(reveal(s, RID, "v1", "op1", T0 + 9), 0);
+    assert_int_equal(to_replace(s, "n1"), 1);
+    assert_int_equal(propose_reveal(s, RID4, "v1", 2), 0);
+    assert_int_equal(approve(s, RID4, "op2", 0, T0 + 9), 0);
+    assert_int_equal(lifecycle(s, true, "v1", T0 + 10), 0);
+    assert_int_equal(to_replace(s, "n1"), 0);
+    assert_int_equal(reveal(s, RID4, "v1", "op1", T0 + 11), -EACCES);
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w4", false, T0 + 11), -EACCES);
     kfd_store_close(s);
 }
 
