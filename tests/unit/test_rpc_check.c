@@ -202,6 +202,11 @@ static void test_inline_checks_moved(void **state)
     wipe.n_volume_ids = 2;
     ids[1] = (char *)"";
     refused(kfd_check_wipe_node(&wipe), "volume ids");
+    ids[1] = (char *)"vol-2";
+    wipe.cancel = true;
+    assert_null(kfd_check_wipe_node(&wipe));
+    wipe.erase_all_keyslots = true;
+    refused(kfd_check_wipe_node(&wipe), "--erase-all-keyslots");
 
     uint8_t key[32] = {0};
     Keyfleet__V1__RevealRecoveryKeyRequest reveal = KEYFLEET__V1__REVEAL_RECOVERY_KEY_REQUEST__INIT;
