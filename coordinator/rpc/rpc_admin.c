@@ -365,6 +365,11 @@ void kfd_rpc_deny(kfd_call *call)
 void kfd_rpc_query_audit(kfd_call *call)
 {
     const Keyfleet__V1__QueryAuditRequest *req = (const Keyfleet__V1__QueryAuditRequest *)call->request;
+    const char *bad = kfd_check_query_audit(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
     if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__QueryAuditResponse resp = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
@@ -453,15 +458,18 @@ static void on_policy_put(void *arg, int status, const kfd_change_result *res, c
 void kfd_rpc_put_policy(kfd_call *call)
 {
     const Keyfleet__V1__PutPolicyRequest *req = (const Keyfleet__V1__PutPolicyRequest *)call->request;
-    if (!kfd_rpc_store_ok(call))
-        return;
-    kfd_app *app = kfd_call_app(call);
     kfd_policy *parsed = NULL;
-    kf_err err = {0};
-    if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), &parsed, &err) != 0) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", err.msg);
+    char bad_buf[KF_ERR_MSG_MAX];
+    const char *bad = kfd_check_put_policy(req, &parsed, bad_buf, sizeof(bad_buf));
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
+    if (!kfd_rpc_store_ok(call)) {
+        kfd_policy_free(parsed);
+        return;
+    }
+    kfd_app *app = kfd_call_app(call);
     if (req->expected_version != 0 && req->expected_version != app->policy_version) {
         kfd_policy_free(parsed);
         kfd_call_error(call, KF_CONNECT_ABORTED, "policy is at version %llu, not %llu",
@@ -481,12 +489,6 @@ void kfd_rpc_put_policy(kfd_call *call)
     char reason[96];
     snprintf(reason, sizeof(reason), "policy version %llu (%zu rules)", (unsigned long long)op->version,
              kfd_policy_rule_count(op->parsed));
-    if (strlen(req->totp_code) > 16) {
-        kfd_policy_free(parsed);
-        kfd_op_free(op);
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
-        return;
-    }
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdPutPolicy c = KEYFLEET__V1__CMD_PUT_POLICY__INIT;

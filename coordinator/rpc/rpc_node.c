@@ -26,6 +26,7 @@
 #include "core/ratelimit.h"
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
+#include "rpc/rpc_check.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_node_check.h"
 #include "kf_time.h"
@@ -1596,9 +1597,7 @@ static const char *recovery_replay_refusal(const kfd_recovery *cur, const char *
 void kfd_rpc_enroll_recovery_key(kfd_call *call)
 {
     const Keyfleet__V1__EnrollRecoveryKeyRequest *req = (const Keyfleet__V1__EnrollRecoveryKeyRequest *)call->request;
-    const char *bad = kf_check_volume_ref(req->volume);
-    if (bad == NULL && !kfd_request_id_valid(req->request_id))
-        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    const char *bad = kfd_check_enroll_recovery_key(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;

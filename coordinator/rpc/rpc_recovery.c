@@ -20,6 +20,7 @@
 #include "kf_secmem.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
+#include "rpc/rpc_check.h"
 #include "rpc/rpc_node.h"
 #include "store/store_apply.h"
 #include "store/store_read.h"
@@ -238,16 +239,7 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
 {
     const Keyfleet__V1__RevealRecoveryKeyRequest *req = (const Keyfleet__V1__RevealRecoveryKeyRequest *)call->request;
     bool reveal = req->request_id[0] != '\0';
-    const char *bad = NULL;
-    size_t vl = strlen(req->volume_id);
-    if (vl == 0 || vl > 128)
-        bad = "volume_id must be 1..128 characters";
-    else if (reveal && !kfd_request_id_valid(req->request_id))
-        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
-    else if (reveal && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    else if (strlen(req->totp_code) > 16)
-        bad = "totp_code is 6 digits";
+    const char *bad = kfd_check_reveal_recovery_key(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
