@@ -78,6 +78,11 @@ static void next_becomes_key(kfa_volume *v, int replaces)
     free(v->tpm_blob); /* it sealed the old key */
     v->tpm_blob = v->tpm_blob_next;
     v->tpm_blob_next = NULL;
+    if (v->tpm_part_next != NULL) { /* tpm_and_network: the new key's TPM part */
+        free(v->tpm_part);
+        v->tpm_part = v->tpm_part_next;
+        v->tpm_part_next = NULL;
+    }
     v->keyslot = v->next_keyslot;
     v->token = v->next_token;
     v->next_keyslot = v->next_token = -1;
@@ -106,7 +111,8 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
         if (tok.rotating && v->wrapped_next == NULL) {
             v->wrapped_next = tok.wrapped;
             v->tpm_blob_next = tok.tpm_blob;
-            tok.wrapped = tok.tpm_blob = NULL;
+            v->tpm_part_next = tok.tpm_part;
+            tok.wrapped = tok.tpm_blob = tok.tpm_part = NULL;
             v->next_keyslot = tok.keyslot;
             v->next_token = t;
             v->replaces_keyslot = tok.replaces;
@@ -149,6 +155,8 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     v->wrapped_next = NULL;
     free(v->tpm_blob_next);
     v->tpm_blob_next = NULL;
+    free(v->tpm_part_next);
+    v->tpm_part_next = NULL;
     v->rotating = false;
     int r = device_of(v, &cd, err);
     if (r != 0)
@@ -414,7 +422,8 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
                           v->path, slot == -EPERM ? "the current key does not open the volume" : strerror(-slot));
     kfa_test_crash_point("keyslot");
     keyslot_salt(cd, v->keyslot, v->replaces_salt, sizeof(v->replaces_salt));
-    char *json = token_json_as(cfg, v, slot, wrapped, true, v->tpm_blob_next);
+    const char *tpm = v->tpm_blob_next != NULL ? v->tpm_blob_next : v->tpm_part_next; /* a copy, or a part */
+    char *json = token_json_as(cfg, v, slot, wrapped, true, tpm);
     int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
     free(json);
     char *copy = token >= 0 ? strdup(wrapped) : NULL;
@@ -830,6 +839,8 @@ void kfa_volume_clear(kfa_volume *v)
     v->wrapped_next = NULL;
     free(v->tpm_blob_next);
     v->tpm_blob_next = NULL;
+    free(v->tpm_part_next);
+    v->tpm_part_next = NULL;
     if (v->handle != NULL && v->kind == KFA_VOL_LUKS2)
         sym_crypt_free(v->handle);
     v->handle = NULL;

@@ -22,6 +22,7 @@
 
 #include "agent.h"
 #include "kf_log.h"
+#include "tpm_net.h"
 
 #ifdef KF_TEST_HOOKS
 void kfa_test_crash_point(const char *step)
@@ -129,7 +130,8 @@ static int rotate_call(kfa_ctx *ctx, const kfa_volume *v, bool commit, const cha
  * operator asks for one. */
 static bool wants_tpm(const kfa_volume *v, bool add_tpm)
 {
-    return (v->tpm_blob != NULL || add_tpm) && v->tpm_blob_next == NULL;
+    /* tpm_and_network: the TPM holds a part, never a whole copy (tpm_net.h). */
+    return (v->tpm_blob != NULL || add_tpm) && v->tpm_blob_next == NULL && v->tpm_part == NULL;
 }
 
 /* A volume that had a TPM copy gets one of the new key, to be stored with it, where BEGIN's
@@ -152,19 +154,44 @@ static void seal_next(kfa_ctx *ctx, kfa_volume *v, const kf_enrolled *e, bool ad
     }
 }
 
-/* The key of wrapped (v's key, or the rotation staged on it), released by a coordinator. */
-static int release_key(kfa_ctx *ctx, const kfa_volume *v, const char *wrapped, kf_secbuf **ret, kf_err *err)
+/* The key of wrapped (v's key, or the rotation staged on it), released by a coordinator; for a
+ * tpm_and_network volume combined with tpm_part, the TPM part that goes with wrapped. */
+static int release_key(kfa_ctx *ctx, const kfa_volume *v, const char *wrapped, const char *tpm_part, kf_secbuf **ret,
+                       kf_err *err)
 {
     kfa_volume view = *v;
     view.wrapped = (char *)wrapped;
+    view.tpm_part = (char *)tpm_part;
     kf_released rel;
     int r = kfa_release(ctx, &view, &rel, err);
     if (r != 0)
         return r;
     ctx->reachable = true;
+    if (tpm_part != NULL && (r = kfa_tpmnet_combine(ctx, &view, &rel.key, err)) != 0) {
+        kf_released_clear(&rel);
+        return r;
+    }
     *ret = rel.key;
     rel.key = NULL;
     kf_released_clear(&rel);
+    return 0;
+}
+
+/* tpm_and_network: the new key's coordinator part (e->key) gets a new TPM part, sealed to this
+ * TPM and staged with the new keyslot; e->key becomes the keyslot key HKDF(new TPM part ||
+ * coordinator part). Nothing to do for a volume without a TPM part. */
+static int new_tpm_part(kfa_ctx *ctx, kfa_volume *v, kf_enrolled *e, kf_err *err)
+{
+    if (v->tpm_part == NULL)
+        return 0;
+    kf_secbuf *key = NULL;
+    free(v->tpm_part_next);
+    v->tpm_part_next = NULL;
+    int r = kfa_tpmnet_enroll(ctx, e, v->id, &v->tpm_part_next, &key, err);
+    if (r != 0)
+        return kf_err_wrap(err, "%s: a TPM part for the new key", v->path);
+    kf_secbuf_free(e->key);
+    e->key = key;
     return 0;
 }
 
@@ -177,12 +204,13 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
     *ret_how = "rotated";
     if (v->wrapped == NULL)
         return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
-    /* A two-part key would need its TPM part staged and retired beside the keyslot's, which the
-     * rotation steps do not do yet: refused before anything changes (docs/agent.md). */
-    if (v->tpm_part != NULL)
+    /* A ZFS two-part key would need its TPM part staged in a property of its own, which the ZFS
+     * rotation steps do not do yet: refused before anything changes (docs/agent.md). LUKS2 stages
+     * the new TPM part in the token marked rotating. */
+    if (v->tpm_part != NULL && v->kind == KFA_VOL_ZFS)
         return kf_err_set(err, -EOPNOTSUPP,
-                          "%s needs TPM and network (require: [tpm_and_network]): its key cannot be rotated yet "
-                          "(docs/architecture.md, \"TPM and network, both required\")",
+                          "%s needs TPM and network (require: [tpm_and_network]): a ZFS dataset's key cannot be "
+                          "rotated yet (docs/architecture.md, \"TPM and network, both required\")",
                           v->path);
     if (v->kind == KFA_VOL_ZFS && !v->unlocked && !v->rotating)
         return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); zfs change-key needs it",
@@ -199,19 +227,22 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
                                "volume; nothing changed", v->path);
             if (r == 0)
                 seal_next(ctx, v, &e, add_tpm);
-        } else if ((r = release_key(ctx, v, v->wrapped_next, &e.key, err)) == 0 &&
+        } else if ((r = release_key(ctx, v, v->wrapped_next, v->tpm_part != NULL ? v->tpm_part_next : NULL, &e.key,
+                                    err)) == 0 &&
                    (e.wrapped = strdup(v->wrapped_next)) == NULL) {
             r = kf_err_set(err, -ENOMEM, "out of memory");
         }
         /* ZFS changes the key only while the dataset still has the one it replaces. */
         if (r == 0 && v->kind == KFA_VOL_ZFS)
-            r = release_key(ctx, v, v->wrapped, &old_key, err);
+            r = release_key(ctx, v, v->wrapped, NULL, &old_key, err);
     } else {
-        r = release_key(ctx, v, v->wrapped, &old_key, err);
+        r = release_key(ctx, v, v->wrapped, v->tpm_part, &old_key, err);
         if (r == 0) {
             kfa_test_crash_point("release");
             r = rotate_call(ctx, v, false, NULL, &e, err);
         }
+        if (r == 0)
+            r = new_tpm_part(ctx, v, &e, err);
         if (r == 0) {
             kfa_test_crash_point("begin");
             seal_next(ctx, v, &e, add_tpm);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,16 +249,39 @@ static int parse_common(const char *name, const char *buf, size_t len, kf_yaml_d
     return 0;
 }
 
+/* Whether a line break ends at b[i], as libfyaml reads them: LF, a CR not followed by LF (a line
+ * break of its own in YAML), and NEL, LS and PS in UTF-8 (line breaks in YAML 1.1). */
+static bool break_ends_at(const unsigned char *b, size_t i, size_t len)
+{
+    switch (b[i]) {
+    case '\n':
+        return true;
+    case '\r':
+        return i + 1 == len || b[i + 1] != '\n';
+    case 0x85:
+        return i >= 1 && b[i - 1] == 0xc2;
+    case 0xa8:
+    case 0xa9:
+        return i >= 2 && b[i - 2] == 0xe2 && b[i - 1] == 0x80;
+    default:
+        return false;
+    }
+}
+
 /* libfyaml 0.8 (Debian 12) can loop for ever scanning a directive ('%' at the start of a line)
- * that is not at the start of a document (found by tests/fuzz/fuzz_yaml). keyfleet's files use
- * no directives (%YAML, %TAG), so a line starting with '%' is refused before libfyaml sees it. */
+ * that is not at the start of a document (found by tests/fuzz/fuzz_yaml; a line that a bare CR
+ * starts by fuzz_rpc_request, through PutPolicy). keyfleet's files use no directives (%YAML,
+ * %TAG), so a line starting with '%' (after a byte-order mark too) is refused before libfyaml
+ * sees it. */
 static int refuse_directives(const char *name, const char *buf, size_t len, kf_err *err)
 {
+    const unsigned char *b = (const unsigned char *)buf;
+    bool bom = len >= 3 && b[0] == 0xef && b[1] == 0xbb && b[2] == 0xbf;
     int line = 1;
     for (size_t i = 0; i < len; i++) {
-        if (buf[i] == '%' && (i == 0 || buf[i - 1] == '\n'))
+        if (b[i] == '%' && (i == 0 || (bom && i == 3) || break_ends_at(b, i - 1, len)))
             return kf_err_set(err, -EINVAL, "%s:%d:1: YAML directives (%%...) are not supported", name, line);
-        if (buf[i] == '\n')
+        if (break_ends_at(b, i, len))
             line++;
     }
     return 0;

@@ -1,4 +1,5 @@
-/* keyfleetctl pending | approve ID [--totp CODE] [--comment TEXT] | deny ID [--reason TEXT] |
+/* keyfleetctl pending | approve ID [--totp CODE|-] [--totp-fd N] [--comment TEXT] |
+ * deny ID [--reason TEXT] [--totp CODE|-] [--totp-fd N] |
  * volume list [--json] */
 #include <getopt.h>
 #include <stdbool.h>
@@ -168,15 +169,18 @@ int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv)
 
 int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv)
 {
-    const char *totp = "", *comment = "";
+    const char *totp_arg = NULL, *totp_fd = NULL, *comment = "";
     static const struct option opts[] = {{"totp", required_argument, NULL, 't'},
+                                         {"totp-fd", required_argument, NULL, 'f'},
                                          {"comment", required_argument, NULL, 'c'},
                                          {NULL, 0, NULL, 0}};
     int o;
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 't')
-            totp = optarg;
+            totp_arg = optarg;
+        else if (o == 'f')
+            totp_fd = optarg;
         else if (o == 'c')
             comment = optarg;
         else
@@ -186,9 +190,12 @@ int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv)
         kfctl_usage("approve");
         return KFCTL_EXIT_USAGE;
     }
+    char totp[KFCTL_TOTP_MAX + 1];
+    if (kfctl_totp_read(totp_arg, totp_fd, true, totp) != 0)
+        return KFCTL_EXIT_USAGE;
     Keyfleet__V1__ApproveRequest req = KEYFLEET__V1__APPROVE_REQUEST__INIT;
     req.request_id = argv[optind];
-    req.totp_code = (char *)totp;
+    req.totp_code = totp;
     req.comment = (char *)comment;
     ProtobufCMessage *m = NULL;
     int rc = 1;
@@ -205,13 +212,20 @@ int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv)
 
 int kfctl_cmd_deny(kfctl *ctl, int argc, char **argv)
 {
-    const char *reason = "";
-    static const struct option opts[] = {{"reason", required_argument, NULL, 'r'}, {NULL, 0, NULL, 0}};
+    const char *reason = "", *totp_arg = NULL, *totp_fd = NULL;
+    static const struct option opts[] = {{"reason", required_argument, NULL, 'r'},
+                                         {"totp", required_argument, NULL, 't'},
+                                         {"totp-fd", required_argument, NULL, 'f'},
+                                         {NULL, 0, NULL, 0}};
     int o;
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 'r')
             reason = optarg;
+        else if (o == 't')
+            totp_arg = optarg;
+        else if (o == 'f')
+            totp_fd = optarg;
         else
             return KFCTL_EXIT_USAGE;
     }
@@ -219,9 +233,13 @@ int kfctl_cmd_deny(kfctl *ctl, int argc, char **argv)
         kfctl_usage("deny");
         return KFCTL_EXIT_USAGE;
     }
+    char totp[KFCTL_TOTP_MAX + 1];
+    if (kfctl_totp_read(totp_arg, totp_fd, true, totp) != 0)
+        return KFCTL_EXIT_USAGE;
     Keyfleet__V1__DenyRequest req = KEYFLEET__V1__DENY_REQUEST__INIT;
     req.request_id = argv[optind];
     req.reason = (char *)reason;
+    req.totp_code = totp;
     ProtobufCMessage *m = NULL;
     int rc = 1;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/Deny", &req.base, &keyfleet__v1__deny_response__descriptor,

@@ -1,18 +1,79 @@
-/* keyfleetctl volume recovery-key VOLUME [--request ID] [--totp CODE] (docs/recovery.md): the
+/* keyfleetctl volume recovery-key VOLUME [--request ID] [--totp -|--totp-fd N] (docs/recovery.md): the
  * break-glass reveal. Without --request it proposes the reveal, held for other operators'
  * approval (keyfleetctl approve ID); with the request id of the caller's own approved proposal it
  * prints the key in its typeable form, opened from the answer sealed to a key made for this call
  * (the AAD binds purpose, request, this operator and the volume). */
+#include <errno.h>
 #include <getopt.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 #include "ctl.h"
 #include "keyfleet/v1/admin.pb-c.h"
 #include "kf_node_client.h"
 #include "kf_recovery.h"
 #include "kf_seal.h"
+#include "kf_secmem.h"
+
+/* All of buf to fd, unbuffered: no stdio copy of the key is left behind. */
+static int write_all(int fd, const char *buf, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Opens the sealed key and prints its text: the key and the text live in locked buffers, wiped
+ * after, and go to stdout by write(2); the process is not dumpable meanwhile. */
+static int print_key(const Keyfleet__V1__RevealRecoveryKeyResponse *resp, kf_seal_receiver *rx,
+                     const char *request_id, const char *me, const char *volume, bool zfs)
+{
+    kf_secbuf *key = NULL, *line = NULL;
+    kf_err err = {0};
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    fflush(stdout);
+    if (kf_node_open_sealed(resp->sealed_key, rx, "recovery-reveal", request_id, me, volume, &key, &err) != 0) {
+        fprintf(stderr, "keyfleetctl: %s\n", err.msg);
+        return 1;
+    }
+    if ((line = kf_secbuf_new(KF_RECOVERY_TEXT_LEN + 16)) == NULL) {
+        kf_secbuf_free(key);
+        fprintf(stderr, "keyfleetctl: out of memory\n");
+        return 1;
+    }
+    char *text = (char *)line->data;
+    memcpy(text, "    ", 4);
+    kf_recovery_encode(key->data, text + 4);
+    kf_secbuf_free(key);
+    size_t n = 4 + KF_RECOVERY_TEXT_LEN;
+    memcpy(text + n, "\n\n", 2);
+    printf("recovery key of %s (node %s):\n\n", volume, resp->node);
+    fflush(stdout);
+    int rc = write_all(STDOUT_FILENO, text, n + 2) == 0 ? 0 : 1;
+    OPENSSL_cleanse(text, line->cap);
+    kf_secbuf_free(line);
+    if (rc != 0) {
+        fprintf(stderr, "keyfleetctl: cannot write the key to stdout\n");
+        return 1;
+    }
+    printf("type it at the node's console: keyfleet-agent recover %s:%s, or %s\n", zfs ? "zfs" : "luks",
+           resp->volume != NULL ? resp->volume->name : "VOLUME",
+           zfs ? "decoded to its 32 bytes by keyfleet-agent recover only (zfs load-key takes raw keys)"
+               : "as the passphrase at any cryptsetup prompt");
+    printf("the node replaces it at its next contact; this one then no longer opens the volume (audit seq %llu)\n",
+           (unsigned long long)resp->audit_seq);
+    return 0;
+}
 
 static int reveal(kfctl *ctl, const char *volume, const char *request_id, const char *totp)
 {
@@ -51,24 +112,7 @@ static int reveal(kfctl *ctl, const char *volume, const char *request_id, const 
                resp->request_id, volume, resp->request_id);
         rc = 0;
     } else {
-        kf_secbuf *key = NULL;
-        char text[KF_RECOVERY_TEXT_LEN + 1];
-        if (kf_node_open_sealed(resp->sealed_key, rx, "recovery-reveal", request_id, me.name, volume, &key, &err) != 0) {
-            fprintf(stderr, "keyfleetctl: %s\n", err.msg);
-        } else {
-            kf_recovery_encode(key->data, text);
-            kf_secbuf_free(key);
-            printf("recovery key of %s (node %s):\n\n    %s\n\n", volume, resp->node, text);
-            printf("type it at the node's console: keyfleet-agent recover %s:%s, or %s\n",
-                   zfs ? "zfs" : "luks", resp->volume != NULL ? resp->volume->name : "VOLUME",
-                   zfs ? "decoded to its 32 bytes by keyfleet-agent recover only (zfs load-key takes raw keys)"
-                       : "as the passphrase at any cryptsetup prompt");
-            printf("the node replaces it at its next contact; this one then no longer opens the volume "
-                   "(audit seq %llu)\n",
-                   (unsigned long long)resp->audit_seq);
-            OPENSSL_cleanse(text, sizeof(text));
-            rc = 0;
-        }
+        rc = print_key(resp, rx, request_id, me.name, volume, zfs);
     }
     protobuf_c_message_free_unpacked(m, NULL);
     kf_seal_receiver_free(rx);
@@ -77,9 +121,10 @@ static int reveal(kfctl *ctl, const char *volume, const char *request_id, const 
 
 int kfctl_volume_recovery_key(kfctl *ctl, int argc, char **argv)
 {
-    const char *request_id = "", *totp = "";
+    const char *request_id = "", *totp_arg = NULL, *totp_fd = NULL;
     static const struct option opts[] = {{"request", required_argument, NULL, 'r'},
                                          {"totp", required_argument, NULL, 't'},
+                                         {"totp-fd", required_argument, NULL, 'f'},
                                          {NULL, 0, NULL, 0}};
     int o;
     optind = 0;
@@ -87,11 +132,19 @@ int kfctl_volume_recovery_key(kfctl *ctl, int argc, char **argv)
         if (o == 'r')
             request_id = optarg;
         else if (o == 't')
-            totp = optarg;
+            totp_arg = optarg;
+        else if (o == 'f')
+            totp_fd = optarg;
         else
             return kfctl_usage("volume");
     }
     if (optind + 1 != argc)
         return kfctl_usage("volume");
-    return reveal(ctl, argv[optind], request_id, totp);
+    /* Break glass: the code is read, never taken from the command line (review rev26b F7). */
+    char totp[KFCTL_TOTP_MAX + 1];
+    if (kfctl_totp_read(totp_arg, totp_fd, false, totp) != 0)
+        return KFCTL_EXIT_USAGE;
+    int rc = reveal(ctl, argv[optind], request_id, totp);
+    OPENSSL_cleanse(totp, sizeof(totp));
+    return rc;
 }

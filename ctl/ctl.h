@@ -3,6 +3,7 @@
 #define KFCTL_CTL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "kf_rpc_client.h"
 #include "kf_yaml.h"
@@ -41,6 +42,12 @@ int kfctl_json_flag(int argc, char **argv, const char *cmd, int *ret_json);
 /* Exit status of policy check (keyfleetctl(8)): allow is 0. */
 #define KFCTL_EXIT_APPROVAL 3
 #define KFCTL_EXIT_DENY 4
+
+/* totp_input.c: the TOTP code of --totp ARG / --totp-fd FD_ARG (NULL when not given) into out:
+ * ARG '-' reads one line from stdin, FD_ARG one from that descriptor; a literal ARG only where
+ * allow_literal. 0 (out "" when neither is given) or -EINVAL / -ENODATA, printed. */
+#define KFCTL_TOTP_MAX 16
+int kfctl_totp_read(const char *arg, const char *fd_arg, bool allow_literal, char out[KFCTL_TOTP_MAX + 1]);
 
 int kfctl_cmd_init(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv);

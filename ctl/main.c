@@ -31,8 +31,10 @@ static const kf_cli_cmd commands_help[] = {
                "       the coordinator's health; exit 1 when it is not ready"},
     {"pending", "pending [--json]\n"
                 "       release requests and held changes waiting for approval"},
-    {"approve", "approve REQUEST_ID [--totp CODE] [--comment TEXT]"},
-    {"deny", "deny REQUEST_ID [--reason TEXT]"},
+    {"approve", "approve REQUEST_ID [--totp CODE|-] [--totp-fd N] [--comment TEXT]\n"
+                "       --totp - reads the code from stdin, --totp-fd N from that descriptor"},
+    {"deny", "deny REQUEST_ID [--reason TEXT] [--totp CODE|-] [--totp-fd N]\n"
+             "       where the request's approvals need TOTP, its denial does too"},
     {"audit", "audit [--node N] [--volume ID] [--action A] [--decision D] [--since T] [--until T] [--json]\n"
               "audit verify [--anchor FILE]... [--stream FILE [--ca FILE]] [--max-unsigned N]\n"
               "       check the audit log, its signed checkpoints and anchors; more than N records (2000)\n"
@@ -52,7 +54,8 @@ static const kf_cli_cmd commands_help[] = {
              "node unrevoke NAME [--reason TEXT] [--totp CODE]\n"
              "       held for approval under the policy's admin.approvers, like a policy put\n"
              "node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] [--erase-all-keyslots|--cancel]\n"
-             "       remote crypto-erase, held for approval like unrevoke: the volumes (all of the\n"
+             "       remote crypto-erase, held for approval by admin.wipe_approvers operators\n"
+             "       (default 2, or admin.approvers if more): the volumes (all of the\n"
              "       node's when none are named) are retired, their escrowed recovery keys dropped,\n"
              "       and at its next heartbeat the agent destroys keyfleet's keyslots (the recovery\n"
              "       keyslot too) and TPM copies; pending in volume show until then;\n"
@@ -67,9 +70,11 @@ static const kf_cli_cmd commands_help[] = {
                "volume show ID|NAME [--json]\n"
                "volume retire ID [--reason TEXT]\n"
                "       its key is refused from then on (not reversible)\n"
-               "volume recovery-key VOLUME_ID [--totp CODE] | VOLUME_ID --request ID\n"
+               "volume recovery-key VOLUME_ID [--request ID] [--totp -] [--totp-fd N]\n"
                "       break glass: propose revealing the volume's recovery key (held for approval), then\n"
-               "       print it once approved; the node replaces it at its next contact"},
+               "       print it once approved (--request; a fresh TOTP code where admin.totp is set,\n"
+               "       read from stdin or the descriptor, never the command line); the node replaces\n"
+               "       it at its next contact"},
     {"kms", "kms rotate\n"
             "       new KMS key version for new wraps; older versions still unwrap"},
     {"approle", "approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D] [--secret-id-ttl D]\n"

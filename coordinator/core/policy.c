@@ -145,6 +145,7 @@ static const kf_yaml_field window_fields[] = {
 
 typedef struct approval_sec {
     uint32_t approvers;
+    uint32_t wipe_approvers; /* admin only */
     const kf_yaml_node *auto_approve;
     uint64_t timeout_ms;
     bool totp;
@@ -158,9 +159,11 @@ static const kf_yaml_field approval_fields[] = {
     {"totp", kf_yaml_dec_bool, offsetof(approval_sec, totp), NULL, false},
 };
 
-/* admin: how many operators must agree to a policy or role change. */
+/* admin: how many operators must agree to a policy or role change; wipe_approvers: to a node wipe
+ * (default 2). */
 static const kf_yaml_field admin_fields[] = {
     {"approvers", kf_yaml_dec_uint, offsetof(approval_sec, approvers), &approvers_range, true},
+    {"wipe_approvers", kf_yaml_dec_uint, offsetof(approval_sec, wipe_approvers), &approvers_range, false},
     {"timeout", kf_yaml_dec_duration_ms, offsetof(approval_sec, timeout_ms), NULL, false},
     {"totp", kf_yaml_dec_bool, offsetof(approval_sec, totp), NULL, false},
 };
@@ -448,6 +451,12 @@ static int parse_rule(const kf_yaml_doc *doc, const kfd_policy *p, const kf_yaml
     }
     if (strlen(r->name) > 63)
         rc = kf_yaml_error(doc, key_node(node, "name"), err, "rule names are at most 63 characters");
+    else if (kfd_policy_rule_name_reserved(r->name))
+        /* Held requests are told apart by their rule: a rule of that name would make its releases
+         * look like break-glass reveals or operator changes in keyfleetctl pending. */
+        rc = kf_yaml_error(doc, key_node(node, "name"), err,
+                           "rule name '%s' is reserved (held recovery key reveals and operator changes use it)",
+                           r->name);
     else if (strcmp(sec.effect, "allow") == 0)
         r->allow = true;
     else if (strcmp(sec.effect, "deny") != 0)
@@ -532,6 +541,7 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
     top_sec top = {0};
     p->attest = kfd_policy_attestation(NULL);
     p->admin.approvers = 1;
+    p->admin.wipe_approvers = KFD_WIPE_MIN_APPROVERS;
     p->admin.pending_ttl_s = DEFAULT_PENDING_TTL_S;
     if (doc->root != NULL)
         rc = kf_yaml_decode_map(doc, doc->root, top_fields, N(top_fields), &top, err);
@@ -541,6 +551,8 @@ int kfd_policy_parse(const char *name, const char *yaml, size_t len, kfd_policy 
         if (rc == 0 && a.timeout_ms != 0 && (a.timeout_ms < 10000 || a.timeout_ms > 7 * 24 * 3600 * 1000ull))
             rc = kf_yaml_error(doc, key_node(top.admin, "timeout"), err, "timeout must be from 10s to 168h");
         p->admin.approvers = a.approvers;
+        if (a.wipe_approvers != 0)
+            p->admin.wipe_approvers = a.wipe_approvers;
         p->admin.require_totp = a.totp;
         if (a.timeout_ms != 0)
             p->admin.pending_ttl_s = (uint32_t)(a.timeout_ms / 1000);
@@ -817,7 +829,8 @@ void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in
 kfd_admin_policy kfd_policy_admin(const kfd_policy *p)
 {
     if (p == NULL)
-        return (kfd_admin_policy){.approvers = 1, .pending_ttl_s = DEFAULT_PENDING_TTL_S};
+        return (kfd_admin_policy){.approvers = 1, .wipe_approvers = KFD_WIPE_MIN_APPROVERS,
+                                  .pending_ttl_s = DEFAULT_PENDING_TTL_S};
     return p->admin;
 }
 
@@ -842,6 +855,17 @@ void kfd_policy_key_age(const kfd_policy *p, const kfd_policy_input *in, int64_t
     ret->max_age_s = max_key_age(p, in, ret->from);
     ret->age_s = in->now > key_created_at ? in->now - key_created_at : 0;
     ret->overdue = ret->max_age_s != 0 && (uint64_t)ret->age_s > ret->max_age_s;
+}
+
+bool kfd_policy_rule_name_reserved(const char *name)
+{
+    return strcmp(name, "recovery") == 0 || strcmp(name, "admin") == 0;
+}
+
+uint32_t kfd_policy_wipe_approvers(const kfd_policy *p)
+{
+    kfd_admin_policy a = kfd_policy_admin(p);
+    return a.wipe_approvers > a.approvers ? a.wipe_approvers : a.approvers;
 }
 
 bool kfd_policy_erase_all_allowed(const kfd_policy *p, const char *node)

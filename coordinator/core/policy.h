@@ -50,6 +50,7 @@ typedef struct kfd_policy_decision {
  * distinct operators in all, the proposer being the first; 1 applies them at once. */
 typedef struct kfd_admin_policy {
     uint32_t approvers;
+    uint32_t wipe_approvers; /* admin.wipe_approvers: a node wipe's operators (default 2) */
     bool require_totp;
     uint32_t pending_ttl_s;
 } kfd_admin_policy;
@@ -100,6 +101,14 @@ uint64_t kfd_policy_dead_man(const kfd_policy *p, const char *node);
 /* Whether a group of node sets wipe.erase_all_keyslots: `node wipe --erase-all-keyslots` (the
  * operator's passphrase keyslots destroyed too, the data unrecoverable) is refused otherwise. */
 bool kfd_policy_erase_all_allowed(const kfd_policy *p, const char *node);
+
+/* A node wipe destroys access to data: it needs at least two distinct operators unless the
+ * policy's admin.wipe_approvers says otherwise. */
+#define KFD_WIPE_MIN_APPROVERS 2
+/* The operators a node wipe needs: the larger of admin.approvers and admin.wipe_approvers. */
+uint32_t kfd_policy_wipe_approvers(const kfd_policy *p);
+/* Rule names the coordinator's held requests use ("recovery", "admin"): refused in a policy. */
+bool kfd_policy_rule_name_reserved(const char *name);
 
 /* What a heartbeat from node must show to count as its contact (review rev26 R10): *tpm_key and
  * *attested are set when an allow rule that selects node by name or group requires tpm_key or

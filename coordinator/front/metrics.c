@@ -110,6 +110,9 @@ static void emit_front(out *o, const kfd_server *srv)
          "# HELP keyfleet_handshakes_rate_limited_total Connections closed before the TLS handshake: past the source address's handshake rate.\n"
          "# TYPE keyfleet_handshakes_rate_limited_total counter\n"
          "keyfleet_handshakes_rate_limited_total %llu\n"
+         "# HELP keyfleet_http1_heads_refused_total HTTP/1.1 connections closed for a request head over 8 KiB or 64 lines.\n"
+         "# TYPE keyfleet_http1_heads_refused_total counter\n"
+         "keyfleet_http1_heads_refused_total %llu\n"
          "# HELP keyfleet_writes_refused_total Writes to clients refused at once (the client reset the connection): the connection is closed.\n"
          "# TYPE keyfleet_writes_refused_total counter\n"
          "keyfleet_writes_refused_total %llu\n"
@@ -131,7 +134,7 @@ static void emit_front(out *o, const kfd_server *srv)
          (unsigned long long)m->h2_reset_floods, (unsigned long long)m->h2_bodies_cut,
          (unsigned long long)m->h2_control_floods, (unsigned long long)m->h2_streams_refused,
          (unsigned long long)srv->h2_body_bytes, (unsigned long long)m->accept_errors,
-         (unsigned long long)m->handshakes_rate_limited,
+         (unsigned long long)m->handshakes_rate_limited, (unsigned long long)m->http1_heads_refused,
          (unsigned long long)m->writes_refused,
          (unsigned long long)seal.contexts, (unsigned long long)seal.keys, kfd_seal_contexts_live(),
          kf_secmem_lock_failures());

@@ -24,6 +24,7 @@ typedef struct kfd_metrics {
     uint64_t h2_streams_refused; /* streams refused: past the advertised count, or over a body budget */
     uint64_t accept_errors;      /* accept(2) failures (EMFILE, ENFILE, ...) */
     uint64_t handshakes_rate_limited; /* connections closed past limits.handshakes_per_source, before TLS */
+    uint64_t http1_heads_refused; /* HTTP/1.1 connections closed for a request head over the limits (h1guard.h) */
     uint64_t writes_refused;     /* writes libuv refused at once, handed back to h2o as failed (server.c) */
 } kfd_metrics;
 

@@ -19,6 +19,7 @@
 #include "core/app.h"
 #include "core/audit.h"
 #include "core/cidr.h"
+#include "front/h1guard.h"
 #include "front/h2guard.h"
 #include "front/router.h"
 #include "kf_log.h"
@@ -60,6 +61,7 @@ typedef struct kfd_listener {
 typedef struct source_slot {
     char addr[46];
     uint32_t count;
+    uint32_t http1;   /* of them, TLS connections speaking HTTP/1.1 (h1guard.h) */
     uint64_t tokens;  /* handshakes left, in thousandths */
     uint64_t at_ms;   /* when tokens was last brought up to date */
 } source_slot;
@@ -120,6 +122,7 @@ typedef struct kfd_conn {
     struct timeval connected_at;
     h2o_timeout_entry_t handshake_timeout; /* linked while the TLS handshake runs */
     kfd_h2guard h2;
+    kfd_h1guard h1;
     struct kfd_conn *prev, *next; /* srv->conns */
     /* A write libuv refused, handed back to h2o later in the loop turn (uv_write below) */
     struct kfd_conn *next_refused;
@@ -127,6 +130,7 @@ typedef struct kfd_conn {
     uv_write_cb refused_cb;
     int refused_status;
     bool probe; /* counted in srv->probe_connections */
+    bool http1; /* counted in slot->http1 */
 } kfd_conn;
 
 typedef struct kfd_handler {
@@ -233,6 +237,8 @@ static void on_conn_close(uv_handle_t *handle)
     if (h2o_timeout_is_linked(&conn->handshake_timeout))
         h2o_timeout_unlink(&conn->handshake_timeout);
     kfd_h2guard_dispose(&conn->h2);
+    if (conn->http1)
+        conn->slot->http1--;
     source_release(srv->sources, conn->slot, uv_now(srv->loop));
     srv->connections--;
     if (conn->probe)
@@ -283,7 +289,25 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
             return;
         }
     }
-    h2o_http1_accept(&conn->srv->http1_accept, sock, conn->connected_at);
+    /* HTTP/1.1 (ALPN http/1.1, or none): counted per source apart (h1guard.h). */
+    kfd_server *srv = conn->srv;
+    if (conn->slot->http1 >= KFD_H1_PER_SOURCE) {
+        srv->metrics.connections_rejected++;
+        uint64_t now = uv_now(srv->loop);
+        if (srv->http1_rejected_logged_ms == 0 || now - srv->http1_rejected_logged_ms >= ACCEPT_ERROR_LOG_MS) {
+            kf_log_warn("connection_rejected", "source=%s reason=http1_per_source limit=%d suppressed=%llu",
+                        conn->slot->addr, KFD_H1_PER_SOURCE, (unsigned long long)srv->http1_rejected_suppressed);
+            srv->http1_rejected_logged_ms = now;
+            srv->http1_rejected_suppressed = 0;
+        } else {
+            srv->http1_rejected_suppressed++;
+        }
+        h2o_socket_close(sock);
+        return;
+    }
+    conn->slot->http1++;
+    conn->http1 = true;
+    kfd_h1guard_accept(&conn->h1, srv, &srv->http1_accept, sock, conn->slot->addr, conn->connected_at);
 }
 
 static void on_accept(uv_stream_t *listener, int status)
@@ -372,7 +396,7 @@ static void on_accept(uv_stream_t *listener, int status)
         srv->probe_connections++;
         /* HTTP/1.1's context: its 4 KiB body limit, and no HTTP/2 (an h2c upgrade or prior
          * knowledge would bypass the h2 guard's budgets; review rev19 P1). */
-        h2o_http1_accept(&srv->http1_accept, sock, conn->connected_at);
+        kfd_h1guard_accept(&conn->h1, srv, &srv->http1_accept, sock, addr, conn->connected_at);
         return;
     }
     h2o_timeout_link(srv->loop, &srv->ctx.handshake_timeout, &conn->handshake_timeout);

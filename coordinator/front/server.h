@@ -41,6 +41,8 @@ struct kfd_server {
     uint64_t accept_errors_logged_ms; /* when an accept error was last logged (rate limit) */
     uint64_t handshake_limit_logged_ms; /* ... and a connection past its handshake rate */
     uint64_t handshake_limit_suppressed; /* past it since then, not logged */
+    uint64_t http1_refused_logged_ms, http1_refused_suppressed;   /* http1_head_refused (h1guard.c) */
+    uint64_t http1_rejected_logged_ms, http1_rejected_suppressed; /* reason=http1_per_source */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uv_prepare_t log_flush; /* writes the turn's log lines before the loop waits */

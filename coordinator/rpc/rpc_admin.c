@@ -20,6 +20,8 @@
 #include "rpc/rpc_change.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
+#include "store/store_guard.h"
+#include "core/policy.h"
 #include "store/store_read.h"
 #include "rpc/rpc_check.h"
 
@@ -181,6 +183,26 @@ static void on_approved(void *arg, int status, const kfd_apply_result *res, cons
     kfd_op_free(op);
 }
 
+/* A held wipe with --erase-all-keyslots: allowed when proposed, it must still be when approved
+ * (the policy may have changed since). False, with why, when it no longer is; *ret_allowed tells
+ * the apply that this check was made. */
+static bool wipe_allowed(kfd_app *app, const char *request_id, bool *ret_allowed, char *why, size_t why_size)
+{
+    Keyfleet__V1__StateCommand *cmd = NULL;
+    *ret_allowed = false;
+    if (kfd_store_get_change(app->store, request_id, &cmd) != 0 || cmd == NULL)
+        return true; /* the apply reports what it cannot read */
+    bool ok = true;
+    if (cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES && cmd->wipe_volumes->erase_all_keyslots) {
+        ok = *ret_allowed = kfd_policy_erase_all_allowed(app->policy, cmd->wipe_volumes->node);
+        if (!ok)
+            snprintf(why, why_size, "--erase-all-keyslots is no longer allowed for node %s: no group of it sets "
+                     "wipe.erase_all_keyslots", cmd->wipe_volumes->node);
+    }
+    keyfleet__v1__state_command__free_unpacked(cmd, NULL);
+    return ok;
+}
+
 void kfd_rpc_approve(kfd_call *call)
 {
     const Keyfleet__V1__ApproveRequest *req = (const Keyfleet__V1__ApproveRequest *)call->request;
@@ -217,16 +239,18 @@ void kfd_rpc_approve(kfd_call *call)
     snprintf(op->node, sizeof(op->node), "%s", p.node);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", p.volume_id);
     int64_t step = 0;
-    /* Written straight into op: the refusal's callback may run, and free op, before this returns. */
-    r = kfd_operator_totp(call, req->totp_code, p.require_totp, p.node, p.volume_id, p.request_id, &step,
-                          op->refusal, sizeof(op->refusal), on_approval_refused, op);
-    if (r == -EACCES)
-        return; /* answered once the refusal is recorded */
-    if (r != 0) {
-        char why[sizeof(op->refusal)];
-        snprintf(why, sizeof(why), "%s", op->refusal);
-        kfd_op_free(op);
-        kfd_call_error(call, r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT : KF_CONNECT_UNAVAILABLE, "%s", why);
+    if (!kfd_rpc_operator_totp(call, op, kfd_op_free, req->totp_code, p.require_totp, p.node, p.volume_id,
+                               p.request_id, &step, op->refusal, sizeof(op->refusal), on_approval_refused))
+        return;
+    bool erase_all_allowed = false;
+    if (p.has_change && !wipe_allowed(app, req->request_id, &erase_all_allowed, op->refusal, sizeof(op->refusal))) {
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "approve", KEYFLEET__V1__DECISION__DECISION_DENY, p.node,
+                       p.volume_id, p.request_id, op->refusal);
+        Keyfleet__V1__CmdAppendAudit ac;
+        Keyfleet__V1__StateCommand acmd;
+        kfd_audit_command(&a, &ac, &acmd);
+        kfd_commit(app, &acmd, on_approval_refused, op);
         return;
     }
     char reason[600];
@@ -241,6 +265,7 @@ void kfd_rpc_approve(kfd_call *call)
     c.operator_ = (char *)call->peer->name;
     c.audit = &a.entry;
     c.totp_step = step;
+    c.erase_all_allowed = erase_all_allowed;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
     cmd.approve = &c;
@@ -277,6 +302,22 @@ void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const
     kfd_commit(kfd_call_app(call), cmd, on_empty_committed, op);
 }
 
+typedef struct deny_op {
+    kfd_op base;
+    char refusal[KF_ERR_MSG_MAX];
+} deny_op;
+
+static void on_deny_refused(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)status, (void)res, (void)err;
+    deny_op *op = arg;
+    if (op->base.call != NULL)
+        kfd_call_error(op->base.call, KF_CONNECT_PERMISSION_DENIED, "%s", op->refusal);
+    kfd_op_free(op);
+}
+
+/* A denial is a veto: it needs what an approval of the same request needs of one operator (its
+ * TOTP code where the request requires TOTP), checked again at apply. */
 void kfd_rpc_deny(kfd_call *call)
 {
     const Keyfleet__V1__DenyRequest *req = (const Keyfleet__V1__DenyRequest *)call->request;
@@ -294,6 +335,16 @@ void kfd_rpc_deny(kfd_call *call)
                        req->request_id);
         return;
     }
+    deny_op *op = kfd_op_new(call, sizeof(*op));
+    if (op == NULL) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
+        return;
+    }
+    int64_t step = 0;
+    if (!kfd_rpc_operator_totp(call, op, kfd_op_free, req->totp_code, p.require_totp, p.node, p.volume_id,
+                               p.request_id, &step, op->refusal, sizeof(op->refusal), on_deny_refused))
+        return;
+    kfd_op_free(op);
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "deny", KEYFLEET__V1__DECISION__DECISION_DENY, p.node, p.volume_id,
                    p.request_id,
@@ -302,6 +353,7 @@ void kfd_rpc_deny(kfd_call *call)
     c.request_id = req->request_id;
     c.operator_ = (char *)call->peer->name;
     c.audit = &a.entry;
+    c.totp_step = step;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_DENY;
     cmd.deny = &c;
@@ -313,6 +365,11 @@ void kfd_rpc_deny(kfd_call *call)
 void kfd_rpc_query_audit(kfd_call *call)
 {
     const Keyfleet__V1__QueryAuditRequest *req = (const Keyfleet__V1__QueryAuditRequest *)call->request;
+    const char *bad = kfd_check_query_audit(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
     if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__QueryAuditResponse resp = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
@@ -401,15 +458,18 @@ static void on_policy_put(void *arg, int status, const kfd_change_result *res, c
 void kfd_rpc_put_policy(kfd_call *call)
 {
     const Keyfleet__V1__PutPolicyRequest *req = (const Keyfleet__V1__PutPolicyRequest *)call->request;
-    if (!kfd_rpc_store_ok(call))
-        return;
-    kfd_app *app = kfd_call_app(call);
     kfd_policy *parsed = NULL;
-    kf_err err = {0};
-    if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), &parsed, &err) != 0) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", err.msg);
+    char bad_buf[KF_ERR_MSG_MAX];
+    const char *bad = kfd_check_put_policy(req, &parsed, bad_buf, sizeof(bad_buf));
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
+    if (!kfd_rpc_store_ok(call)) {
+        kfd_policy_free(parsed);
+        return;
+    }
+    kfd_app *app = kfd_call_app(call);
     if (req->expected_version != 0 && req->expected_version != app->policy_version) {
         kfd_policy_free(parsed);
         kfd_call_error(call, KF_CONNECT_ABORTED, "policy is at version %llu, not %llu",
@@ -429,12 +489,6 @@ void kfd_rpc_put_policy(kfd_call *call)
     char reason[96];
     snprintf(reason, sizeof(reason), "policy version %llu (%zu rules)", (unsigned long long)op->version,
              kfd_policy_rule_count(op->parsed));
-    if (strlen(req->totp_code) > 16) {
-        kfd_policy_free(parsed);
-        kfd_op_free(op);
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
-        return;
-    }
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "policy_put", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", reason);
     Keyfleet__V1__CmdPutPolicy c = KEYFLEET__V1__CMD_PUT_POLICY__INIT;

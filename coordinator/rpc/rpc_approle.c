@@ -39,11 +39,11 @@
 #define LOGIN_BURST 10
 #define MAX_CIDRS KFD_ROLE_MAX_CIDRS
 #define TOKEN_TTL_DEFAULT KFD_ROLE_TOKEN_TTL_DEFAULT
-#define SECRET_PREFIX "kfs."
+#define SECRET_PREFIX KFD_SECRET_ID_PREFIX
 #define TOKEN_PREFIX KFD_TOKEN_PREFIX
 #define TOKEN_ID_HEX KFD_TOKEN_ID_HEX
 #define ACCESSOR_HEX KFD_ROLE_ACCESSOR_HEX
-#define SECRET_TEXT_LEN (4 + 43)
+#define SECRET_TEXT_LEN KFD_SECRET_ID_LEN
 #define TOKEN_TEXT_LEN KFD_TOKEN_TEXT_LEN
 
 static int64_t now_s(void) { return (int64_t)time(NULL); }
@@ -140,8 +140,15 @@ void kfd_rpc_login(kfd_call *call)
                        wait);
         return;
     }
+    /* After the rate limit: a malformed request counts against it like a wrong secret. */
+    const char *bad = kfd_check_login(req);
+    if (bad != NULL) {
+        kf_log_info("login_refused", "source=%s reason=%s", call->source, kf_log_q(bad));
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
     kfd_role role;
-    if (strlen(req->role_id) != 36 || kfd_store_get_role(app->store, NULL, req->role_id, &role) != 0) {
+    if (kfd_store_get_role(app->store, NULL, req->role_id, &role) != 0) {
         login_failed(call, "", "unknown role_id");
         return;
     }
@@ -300,10 +307,13 @@ void kfd_rpc_create_role(kfd_call *call)
 void kfd_rpc_get_role(kfd_call *call)
 {
     const Keyfleet__V1__GetRoleRequest *req = (const Keyfleet__V1__GetRoleRequest *)call->request;
+    const char *bad = kfd_check_get_role(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
     kfd_role r;
-    int rc = kf_name_valid(req->name, strlen(req->name)) ? kfd_store_get_role(kfd_call_app(call)->store, req->name,
-                                                                              NULL, &r)
-                                                         : -ENOENT;
+    int rc = kfd_store_get_role(kfd_call_app(call)->store, req->name, NULL, &r);
     if (rc != 0) {
         kfd_call_error(call, rc == -ENOENT ? KF_CONNECT_NOT_FOUND : KF_CONNECT_UNAVAILABLE, "%s",
                        rc == -ENOENT ? "no such role" : "state store unavailable");
@@ -345,15 +355,15 @@ static void on_secret_committed(void *arg, int status, const kfd_change_result *
 void kfd_rpc_create_secret_id(kfd_call *call)
 {
     const Keyfleet__V1__CreateSecretIdRequest *req = (const Keyfleet__V1__CreateSecretIdRequest *)call->request;
-    if (!kfd_rpc_store_ok(call))
-        return;
-    if (strlen(req->totp_code) > 16) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "totp_code is 6 digits");
+    const char *bad = kfd_check_create_secret_id(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
+    if (!kfd_rpc_store_ok(call))
+        return;
     kfd_role role;
-    if (!kf_name_valid(req->role_name, strlen(req->role_name)) ||
-        kfd_store_get_role(kfd_call_app(call)->store, req->role_name, NULL, &role) != 0) {
+    if (kfd_store_get_role(kfd_call_app(call)->store, req->role_name, NULL, &role) != 0) {
         kfd_call_error(call, KF_CONNECT_NOT_FOUND, "no such role");
         return;
     }

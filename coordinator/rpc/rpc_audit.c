@@ -164,13 +164,18 @@ void kfd_rpc_prove_audit(kfd_call *call)
 void kfd_rpc_prove_consistency(kfd_call *call)
 {
     const Keyfleet__V1__ProveConsistencyRequest *req = (const Keyfleet__V1__ProveConsistencyRequest *)call->request;
+    const char *bad = kfd_check_prove_consistency(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
+        return;
+    }
     if (!kfd_rpc_store_ok(call))
         return;
     uint64_t size;
     KF_CLEANUP(free_recordp) Keyfleet__V1__AuditRecord *cp = checkpoint_of(call, req->new_size, &size);
     if (cp == NULL)
         return;
-    if (req->old_size == 0 || req->old_size > size) {
+    if (req->old_size > size) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "old_size must be 1..%llu (the newer checkpoint's size)",
                        (unsigned long long)size);
         return;

@@ -118,6 +118,24 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
     return -EACCES;
 }
 
+bool kfd_rpc_operator_totp(kfd_call *call, void *op, void (*free_op)(void *), const char *code, bool required,
+                           const char *node, const char *volume_id, const char *request_id, int64_t *ret_step,
+                           char *why, size_t why_size, kfd_commit_cb cb)
+{
+    /* why lives in op: the refusal's callback may run, and free op, before this returns. */
+    int r = kfd_operator_totp(call, code, required, node, volume_id, request_id, ret_step, why, why_size, cb, op);
+    if (r == -EACCES)
+        return false; /* answered once the refusal is recorded */
+    if (r != 0) {
+        char msg[KF_ERR_MSG_MAX];
+        snprintf(msg, sizeof(msg), "%s", why);
+        free_op(op);
+        kfd_call_error(call, r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT : KF_CONNECT_UNAVAILABLE, "%s", msg);
+        return false;
+    }
+    return true;
+}
+
 /* ------------------------------------------------------------------ held changes */
 
 typedef struct change_ctx {
@@ -159,8 +177,16 @@ static void on_totp_refused(void *arg, int status, const kfd_apply_result *res, 
 void kfd_commit_change(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const char *summary, const char *totp_code,
                        kfd_change_cb cb, void *arg)
 {
+    kfd_commit_change_n(call, cmd, summary, totp_code, 0, cb, arg);
+}
+
+void kfd_commit_change_n(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const char *summary, const char *totp_code,
+                         uint32_t min_approvers, kfd_change_cb cb, void *arg)
+{
     kfd_app *app = call->srv->app;
     kfd_admin_policy admin = kfd_policy_admin(app->policy);
+    if (admin.approvers < min_approvers)
+        admin.approvers = min_approvers;
     change_ctx *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         kf_err e = {0};

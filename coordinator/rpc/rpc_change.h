@@ -26,6 +26,14 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
                       const char *request_id, int64_t *ret_step, char *why, size_t why_size, kfd_commit_cb cb,
                       void *arg);
 
+/* kfd_operator_totp for a handler that holds op (its kfd_op, freed with free_op): true to go on
+ * with *ret_step; false when the call is answered: at once (a missing code, the store down: op
+ * freed here) or once the refusal is recorded (cb(op, ...) answers and frees op). why (in op)
+ * receives the refusal. One place for the approve, deny, reveal and fetch handlers. */
+bool kfd_rpc_operator_totp(kfd_call *call, void *op, void (*free_op)(void *), const char *code, bool required,
+                           const char *node, const char *volume_id, const char *request_id, int64_t *ret_step,
+                           char *why, size_t why_size, kfd_commit_cb cb);
+
 /* Commits cmd (a CmdPutPolicy or CmdCreateRole with its audit record) as the calling operator's
  * change: directly when the admin policy needs one operator and no TOTP; else as a held change,
  * after checking the proposer's TOTP code. cb runs once, with status 0 or a negative errno
@@ -33,5 +41,9 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
  * kfd_op. */
 void kfd_commit_change(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const char *summary, const char *totp_code,
                        kfd_change_cb cb, void *arg);
+/* As kfd_commit_change, the change needing at least min_approvers operators (a node wipe:
+ * kfd_policy_wipe_approvers). */
+void kfd_commit_change_n(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const char *summary, const char *totp_code,
+                         uint32_t min_approvers, kfd_change_cb cb, void *arg);
 
 #endif

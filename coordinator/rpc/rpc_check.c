@@ -6,6 +6,8 @@
 #include "config/cluster_config.h"
 #include "core/approle.h"
 #include "core/cidr.h"
+#include "core/policy.h"
+#include "store/store_erase.h"
 
 const char *kfd_check_approve(const Keyfleet__V1__ApproveRequest *req)
 {
@@ -18,8 +20,8 @@ const char *kfd_check_approve(const Keyfleet__V1__ApproveRequest *req)
 
 const char *kfd_check_deny(const Keyfleet__V1__DenyRequest *req)
 {
-    if (!kf_request_id_valid(req->request_id) || strlen(req->reason) > 512)
-        return "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512";
+    if (!kf_request_id_valid(req->request_id) || strlen(req->reason) > 512 || strlen(req->totp_code) > 16)
+        return "request_id must be 16..64 of [0-9A-Za-z-], reason <= 512, totp_code 6 digits";
     return NULL;
 }
 
@@ -146,6 +148,144 @@ const char *kfd_check_accept_node_attestation(const Keyfleet__V1__AcceptNodeAtte
     return NULL;
 }
 
+static bool uuid_text(const char *s)
+{
+    if (strlen(s) != KFD_ROLE_ID_LEN)
+        return false;
+    for (size_t i = 0; i < KFD_ROLE_ID_LEN; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+const char *kfd_check_login(const Keyfleet__V1__LoginRequest *req)
+{
+    if (!uuid_text(req->role_id))
+        return "role_id must be the role's 36-character lowercase UUID";
+    /* The secret itself is never echoed, only the shape it must have. */
+    const char *sec = req->secret_id;
+    bool ok = strlen(sec) == KFD_SECRET_ID_LEN && strncmp(sec, KFD_SECRET_ID_PREFIX, 4) == 0;
+    for (size_t i = 4; ok && i < KFD_SECRET_ID_LEN; i++)
+        ok = (sec[i] >= 'A' && sec[i] <= 'Z') || (sec[i] >= 'a' && sec[i] <= 'z') || (sec[i] >= '0' && sec[i] <= '9') ||
+             sec[i] == '-' || sec[i] == '_';
+    return ok ? NULL : "secret_id must be kfs. and 43 base64url characters";
+}
+
+const char *kfd_check_create_secret_id(const Keyfleet__V1__CreateSecretIdRequest *req)
+{
+    if (!kf_name_valid(req->role_name, strlen(req->role_name)))
+        return "role_name must be 1..63 of [A-Za-z0-9._-]";
+    if (strlen(req->totp_code) > 16)
+        return "totp_code is 6 digits";
+    return NULL;
+}
+
+const char *kfd_check_query_audit(const Keyfleet__V1__QueryAuditRequest *req)
+{
+    if (req->node[0] != '\0' && !kf_name_valid(req->node, strlen(req->node)))
+        return "node must be a valid node name";
+    if (!kf_printable(req->volume_id, 128))
+        return "volume_id is at most 128 printable characters";
+    if (!kf_printable(req->action, 64))
+        return "action is at most 64 printable characters";
+    if (protobuf_c_enum_descriptor_get_value(&keyfleet__v1__decision__descriptor, (int)req->decision) == NULL)
+        return "decision must be allow, deny, pending or error";
+    bool since = req->since_present_case == KEYFLEET__V1__QUERY_AUDIT_REQUEST__SINCE_PRESENT_SINCE && req->since != NULL;
+    bool until = req->until_present_case == KEYFLEET__V1__QUERY_AUDIT_REQUEST__UNTIL_PRESENT_UNTIL && req->until != NULL;
+    if (since && until && req->since->seconds > req->until->seconds)
+        return "since must not be after until";
+    if (req->limit > KFD_AUDIT_QUERY_LIMIT_MAX)
+        return "limit is at most 10000 (0: the default, 1000)";
+    return NULL;
+}
+
+const char *kfd_check_prove_consistency(const Keyfleet__V1__ProveConsistencyRequest *req)
+{
+    if (req->old_size == 0)
+        return "old_size must be at least 1";
+    if (req->new_size != 0 && req->old_size > req->new_size)
+        return "old_size must not be larger than new_size";
+    return NULL;
+}
+
+const char *kfd_check_put_policy(const Keyfleet__V1__PutPolicyRequest *req, kfd_policy **parsed, char *buf,
+                                 size_t size)
+{
+    *parsed = NULL;
+    if (strlen(req->totp_code) > 16)
+        return "totp_code is 6 digits";
+    kf_err err = {0};
+    if (kfd_policy_parse("policy", req->yaml, strlen(req->yaml), parsed, &err) != 0) {
+        *parsed = NULL;
+        snprintf(buf, size, "%s", err.msg);
+        return buf;
+    }
+    return NULL;
+}
+
+const char *kfd_check_get_role(const Keyfleet__V1__GetRoleRequest *req)
+{
+    return kf_name_valid(req->name, strlen(req->name)) ? NULL : "role name must be 1..63 of [A-Za-z0-9._-]";
+}
+
+const char *kfd_check_unrevoke_node(const Keyfleet__V1__UnrevokeNodeRequest *req)
+{
+    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->reason) > 512 || strlen(req->totp_code) > 16)
+        return "node must be a valid node name; reason <= 512 characters; totp_code 6 digits";
+    return NULL;
+}
+
+static bool volume_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    return n > 0 && n <= 128;
+}
+
+const char *kfd_check_retire_volume(const Keyfleet__V1__RetireVolumeRequest *req)
+{
+    if (!volume_id_ok(req->volume_id) || strlen(req->reason) > 512)
+        return "volume_id must be 1..128 characters; reason <= 512";
+    return NULL;
+}
+
+const char *kfd_check_wipe_node(const Keyfleet__V1__WipeNodeRequest *req)
+{
+    bool ids_ok = req->n_volume_ids <= KFD_ERASE_MAX;
+    for (size_t i = 0; ids_ok && i < req->n_volume_ids; i++)
+        ids_ok = volume_id_ok(req->volume_ids[i]);
+    if (!kf_name_valid(req->node, strlen(req->node)) || !ids_ok || strlen(req->reason) > 512 ||
+        strlen(req->totp_code) > 16)
+        return "node must be a valid node name; at most 100 volume ids of 1..128 characters; reason <= 512 "
+               "characters; totp_code 6 digits";
+    if (req->cancel && req->erase_all_keyslots)
+        return "--cancel takes no --erase-all-keyslots";
+    return NULL;
+}
+
+const char *kfd_check_reveal_recovery_key(const Keyfleet__V1__RevealRecoveryKeyRequest *req)
+{
+    bool reveal = req->request_id[0] != '\0';
+    if (!volume_id_ok(req->volume_id))
+        return "volume_id must be 1..128 characters";
+    if (reveal && !kf_request_id_valid(req->request_id))
+        return "request_id must be 16..64 of [0-9A-Za-z-]";
+    if (reveal && req->ephemeral_public_key.len != 32)
+        return "ephemeral_public_key must be 32 bytes (X25519)";
+    if (strlen(req->totp_code) > 16)
+        return "totp_code is 6 digits";
+    return NULL;
+}
+
+const char *kfd_check_enroll_recovery_key(const Keyfleet__V1__EnrollRecoveryKeyRequest *req)
+{
+    const char *bad = kf_check_volume_ref(req->volume);
+    if (bad == NULL && !kf_request_id_valid(req->request_id))
+        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    return bad;
+}
+
 #define CHECK_FN(name, type, call)                                                                                    \
     static const char *name(const ProtobufCMessage *m, char *buf, size_t size)                                       \
     {                                                                                                                  \
@@ -163,6 +303,16 @@ CHECK_FN(revoke_role_credential_fn, Keyfleet__V1__RevokeRoleCredentialRequest, k
 CHECK_FN(prove_audit_fn, Keyfleet__V1__ProveAuditRequest, kfd_check_prove_audit(req))
 CHECK_FN(add_member_fn, Keyfleet__V1__AddMemberRequest, kfd_check_add_member(req))
 CHECK_FN(remove_member_fn, Keyfleet__V1__RemoveMemberRequest, kfd_check_remove_member(req))
+CHECK_FN(login_fn, Keyfleet__V1__LoginRequest, kfd_check_login(req))
+CHECK_FN(create_secret_id_fn, Keyfleet__V1__CreateSecretIdRequest, kfd_check_create_secret_id(req))
+CHECK_FN(query_audit_fn, Keyfleet__V1__QueryAuditRequest, kfd_check_query_audit(req))
+CHECK_FN(prove_consistency_fn, Keyfleet__V1__ProveConsistencyRequest, kfd_check_prove_consistency(req))
+CHECK_FN(get_role_fn, Keyfleet__V1__GetRoleRequest, kfd_check_get_role(req))
+CHECK_FN(unrevoke_node_fn, Keyfleet__V1__UnrevokeNodeRequest, kfd_check_unrevoke_node(req))
+CHECK_FN(retire_volume_fn, Keyfleet__V1__RetireVolumeRequest, kfd_check_retire_volume(req))
+CHECK_FN(wipe_node_fn, Keyfleet__V1__WipeNodeRequest, kfd_check_wipe_node(req))
+CHECK_FN(reveal_recovery_key_fn, Keyfleet__V1__RevealRecoveryKeyRequest, kfd_check_reveal_recovery_key(req))
+CHECK_FN(enroll_recovery_key_fn, Keyfleet__V1__EnrollRecoveryKeyRequest, kfd_check_enroll_recovery_key(req))
 CHECK_FN(get_node_attestation_fn, Keyfleet__V1__GetNodeAttestationRequest, kfd_check_get_node_attestation(req))
 
 static const char *accept_node_attestation_fn(const ProtobufCMessage *m, char *buf, size_t size)
@@ -170,6 +320,14 @@ static const char *accept_node_attestation_fn(const ProtobufCMessage *m, char *b
     kf_tpm_pcrs expected;
     return kfd_check_accept_node_attestation((const Keyfleet__V1__AcceptNodeAttestationRequest *)m, &expected, buf,
                                              size);
+}
+
+static const char *put_policy_fn(const ProtobufCMessage *m, char *buf, size_t size)
+{
+    kfd_policy *parsed = NULL;
+    const char *bad = kfd_check_put_policy((const Keyfleet__V1__PutPolicyRequest *)m, &parsed, buf, size);
+    kfd_policy_free(parsed);
+    return bad;
 }
 
 static const char *revoke_cert_fn(const ProtobufCMessage *m, char *buf, size_t size)
@@ -199,6 +357,17 @@ kf_request_check_fn kfd_request_check_for(const ProtobufCMessageDescriptor *desc
         {&keyfleet__v1__remove_member_request__descriptor, remove_member_fn},
         {&keyfleet__v1__get_node_attestation_request__descriptor, get_node_attestation_fn},
         {&keyfleet__v1__accept_node_attestation_request__descriptor, accept_node_attestation_fn},
+        {&keyfleet__v1__login_request__descriptor, login_fn},
+        {&keyfleet__v1__create_secret_id_request__descriptor, create_secret_id_fn},
+        {&keyfleet__v1__query_audit_request__descriptor, query_audit_fn},
+        {&keyfleet__v1__prove_consistency_request__descriptor, prove_consistency_fn},
+        {&keyfleet__v1__put_policy_request__descriptor, put_policy_fn},
+        {&keyfleet__v1__get_role_request__descriptor, get_role_fn},
+        {&keyfleet__v1__unrevoke_node_request__descriptor, unrevoke_node_fn},
+        {&keyfleet__v1__retire_volume_request__descriptor, retire_volume_fn},
+        {&keyfleet__v1__wipe_node_request__descriptor, wipe_node_fn},
+        {&keyfleet__v1__reveal_recovery_key_request__descriptor, reveal_recovery_key_fn},
+        {&keyfleet__v1__enroll_recovery_key_request__descriptor, enroll_recovery_key_fn},
     };
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (table[i].desc == desc)

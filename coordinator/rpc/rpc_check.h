@@ -16,6 +16,13 @@
 #define KFD_ROLE_TOKEN_TTL_DEFAULT 1200
 #define KFD_ROLE_TOKEN_TTL_MAX (24 * 3600)
 #define KFD_ROLE_ACCESSOR_HEX 32
+/* "kfs." and the base64url text of 32 random bytes (rpc_approle.c). */
+#define KFD_SECRET_ID_PREFIX "kfs."
+#define KFD_SECRET_ID_LEN (4 + 43)
+#define KFD_ROLE_ID_LEN 36
+#define KFD_AUDIT_QUERY_LIMIT_MAX 10000
+
+struct kfd_policy;
 
 const char *kfd_check_approve(const Keyfleet__V1__ApproveRequest *req);
 const char *kfd_check_deny(const Keyfleet__V1__DenyRequest *req);
@@ -34,6 +41,26 @@ const char *kfd_check_get_node_attestation(const Keyfleet__V1__GetNodeAttestatio
 /* Also returns the expected PCR values when given. */
 const char *kfd_check_accept_node_attestation(const Keyfleet__V1__AcceptNodeAttestationRequest *req,
                                               kf_tpm_pcrs *expected, char *buf, size_t size);
+
+/* Login: role_id a 36-character lowercase UUID, secret_id "kfs." and 43 base64url characters.
+ * Shapes only: whether the role or the secret exists is the handler's (one generic answer). */
+const char *kfd_check_login(const Keyfleet__V1__LoginRequest *req);
+const char *kfd_check_create_secret_id(const Keyfleet__V1__CreateSecretIdRequest *req);
+const char *kfd_check_query_audit(const Keyfleet__V1__QueryAuditRequest *req);
+/* old_size at least 1 and, when new_size is given, at most new_size (the handler checks it
+ * against the checkpoint new_size names). */
+const char *kfd_check_prove_consistency(const Keyfleet__V1__ProveConsistencyRequest *req);
+/* Also parses the YAML: on success *parsed is the policy (the caller frees it with
+ * kfd_policy_free), else NULL. */
+const char *kfd_check_put_policy(const Keyfleet__V1__PutPolicyRequest *req, struct kfd_policy **parsed, char *buf,
+                                 size_t size);
+
+const char *kfd_check_get_role(const Keyfleet__V1__GetRoleRequest *req);
+const char *kfd_check_unrevoke_node(const Keyfleet__V1__UnrevokeNodeRequest *req);
+const char *kfd_check_retire_volume(const Keyfleet__V1__RetireVolumeRequest *req);
+const char *kfd_check_wipe_node(const Keyfleet__V1__WipeNodeRequest *req);
+const char *kfd_check_reveal_recovery_key(const Keyfleet__V1__RevealRecoveryKeyRequest *req);
+const char *kfd_check_enroll_recovery_key(const Keyfleet__V1__EnrollRecoveryKeyRequest *req);
 
 /* The check for requests of type desc (NodeService's and AdminService's), or NULL. */
 kf_request_check_fn kfd_request_check_for(const ProtobufCMessageDescriptor *desc);

@@ -18,6 +18,7 @@
 #include "kf_log.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
+#include "rpc/rpc_check.h"
 #include "store/store_erase.h"
 #include "store/store_read.h"
 
@@ -40,12 +41,6 @@ static void on_wipe_committed(void *arg, int status, const kfd_change_result *re
     }
     kfd_store_free_ids(op->ids, op->n);
     kfd_op_free(op);
-}
-
-static bool id_ok(const char *id)
-{
-    size_t n = strlen(id);
-    return n > 0 && n <= 128;
 }
 
 /* An erase asked for and not confirmed by the node. */
@@ -127,18 +122,9 @@ static bool wipe_targets(kfd_call *call, const Keyfleet__V1__WipeNodeRequest *re
 void kfd_rpc_wipe_node(kfd_call *call)
 {
     const Keyfleet__V1__WipeNodeRequest *req = (const Keyfleet__V1__WipeNodeRequest *)call->request;
-    bool ids_ok = req->n_volume_ids <= KFD_ERASE_MAX;
-    for (size_t i = 0; ids_ok && i < req->n_volume_ids; i++)
-        ids_ok = id_ok(req->volume_ids[i]);
-    if (!kf_name_valid(req->node, strlen(req->node)) || !ids_ok || strlen(req->reason) > 512 ||
-        strlen(req->totp_code) > 16) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
-                       "node must be a valid node name; at most 100 volume ids of 1..128 characters; reason <= 512 "
-                       "characters; totp_code 6 digits");
-        return;
-    }
-    if (req->cancel && req->erase_all_keyslots) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "--cancel takes no --erase-all-keyslots");
+    const char *bad = kfd_check_wipe_node(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -185,7 +171,10 @@ void kfd_rpc_wipe_node(kfd_call *call)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES;
     cmd.wipe_volumes = &c;
     kf_log_warn(action, "node=%s volumes=%zu operator=%s", req->node, op->n, call->peer->name);
-    kfd_commit_change(call, &cmd, reason, req->totp_code, on_wipe_committed, op);
+    /* Two operators by default (admin.wipe_approvers), whatever admin.approvers says; a cancel
+     * is held the same way. */
+    kfd_commit_change_n(call, &cmd, reason, req->totp_code, kfd_policy_wipe_approvers(kfd_call_app(call)->policy),
+                        on_wipe_committed, op);
 }
 
 /* ------------------------------------------------------------------ heartbeat reports */

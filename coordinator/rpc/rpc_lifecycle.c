@@ -16,6 +16,7 @@
 #include "kf_log.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
+#include "rpc/rpc_check.h"
 #include "store/store_lifecycle.h"
 #include "store/store_read.h"
 
@@ -126,9 +127,9 @@ static void on_unrevoke_committed(void *arg, int status, const kfd_change_result
 void kfd_rpc_unrevoke_node(kfd_call *call)
 {
     const Keyfleet__V1__UnrevokeNodeRequest *req = (const Keyfleet__V1__UnrevokeNodeRequest *)call->request;
-    if (!kf_name_valid(req->node, strlen(req->node)) || strlen(req->reason) > 512 || strlen(req->totp_code) > 16) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT,
-                       "node must be a valid node name; reason <= 512 characters; totp_code 6 digits");
+    const char *bad = kfd_check_unrevoke_node(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))
@@ -168,9 +169,9 @@ void kfd_rpc_unrevoke_node(kfd_call *call)
 void kfd_rpc_retire_volume(kfd_call *call)
 {
     const Keyfleet__V1__RetireVolumeRequest *req = (const Keyfleet__V1__RetireVolumeRequest *)call->request;
-    size_t n = strlen(req->volume_id);
-    if (n == 0 || n > 128 || strlen(req->reason) > 512) {
-        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "volume_id must be 1..128 characters; reason <= 512");
+    const char *bad = kfd_check_retire_volume(req);
+    if (bad != NULL) {
+        kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
     if (!kfd_rpc_store_ok(call))

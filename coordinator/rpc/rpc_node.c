@@ -26,6 +26,7 @@
 #include "core/ratelimit.h"
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
+#include "rpc/rpc_check.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_node_check.h"
 #include "kf_time.h"
@@ -41,6 +42,8 @@
 #define LABELS_MAX KF_LABELS_MAX
 /* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
 #define ENROLL_REPLAY_WINDOW_S 600
+/* How long an agent may repeat an EnrollRecoveryKey to get the same key back (a lost answer). */
+#define RECOVERY_REPLAY_WINDOW_S 300
 
 /* The answer's view of a sealed key (pointing into sealed). */
 static void sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
@@ -1572,12 +1575,29 @@ static void on_recovery_key(void *arg, const kfd_kms_result *res)
     commit_escrow(op);
 }
 
+/* A repeated EnrollRecoveryKey returns the escrowed key itself, which opens the volume: only to
+ * an agent retrying a lost answer, soon after, before anyone was shown that key, and never where
+ * the volume's releases wait for operators (review rev26b F5). NULL: the replay may proceed. */
+static const char *recovery_replay_refusal(const kfd_recovery *cur, const char *request_id, int64_t now, bool held)
+{
+    /* The replacement of a revealed key, waiting for the node's confirmation (next_*), or the
+     * escrowed key itself. */
+    bool next = cur->next_request_id[0] != '\0' && strcmp(cur->next_request_id, request_id) == 0;
+    int64_t made = next ? cur->next_at : cur->created_at;
+    if (!next && cur->revealed_at != 0 && cur->revealed_at >= cur->created_at)
+        return "this recovery key was revealed: a repeated request does not return it (escrow a new one)";
+    if (now < made || now - made > RECOVERY_REPLAY_WINDOW_S)
+        return "a repeated request returns the recovery key only within 5 minutes of its escrow (escrow a new one)";
+    if (held)
+        return "the volume's releases wait for operators' approval: a repeated request does not return its recovery "
+               "key (escrow a new one)";
+    return NULL;
+}
+
 void kfd_rpc_enroll_recovery_key(kfd_call *call)
 {
     const Keyfleet__V1__EnrollRecoveryKeyRequest *req = (const Keyfleet__V1__EnrollRecoveryKeyRequest *)call->request;
-    const char *bad = kf_check_volume_ref(req->volume);
-    if (bad == NULL && !kfd_request_id_valid(req->request_id))
-        bad = "request_id is required: 16..64 of [0-9A-Za-z-]";
+    const char *bad = kfd_check_enroll_recovery_key(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -1602,6 +1622,7 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     }
     bool zfs = vol.kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
     const char *why = NULL;
+    bool held = false;
     kfd_policy_decision d = {0};
     if (strcmp(vol.node, call->peer->name) != 0) {
         why = "only the node that enrolled the volume may escrow its recovery key";
@@ -1612,6 +1633,12 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
                                .volume_id = vol.id, .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n,
                                .now = time(NULL), .enrolling = true};
         kfd_policy_evaluate(app->policy, &in, &d);
+        /* Whether a release of the volume waits for operators: then its live recovery key is not
+         * handed out again on the node's word alone (review rev26b F5). */
+        kfd_policy_decision rd = {0};
+        in.enrolling = false;
+        kfd_policy_evaluate(app->policy, &in, &rd);
+        held = rd.allow && rd.approvals > 0;
         json_decref(ls.json);
         if (!d.allow)
             why = d.explanation;
@@ -1632,6 +1659,15 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     r = kfd_store_get_recovery(app->store, req->volume->id, &cur);
     if (r != 0 && r != -ENOENT) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
+        return;
+    }
+    bool repeat = r == 0 && (strcmp(cur.request_id, req->request_id) == 0 ||
+                             (cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, req->request_id) == 0));
+    why = repeat && !zfs ? recovery_replay_refusal(&cur, req->request_id, time(NULL), held) : NULL;
+    if (why != NULL) {
+        kfd_recovery_clear(&cur);
+        deny_audited(call, "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
+                     KF_CONNECT_PERMISSION_DENIED, why);
         return;
     }
     if (kfd_call_deadline_passed(call, "the KMS key generation")) {

@@ -20,6 +20,7 @@
 #include "kf_secmem.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
+#include "rpc/rpc_check.h"
 #include "rpc/rpc_node.h"
 #include "store/store_apply.h"
 #include "store/store_read.h"
@@ -37,8 +38,13 @@ typedef struct reveal_op {
     char name[256];
     int kind;
     uint32_t needed;
-    char refusal[256]; /* the proposer's TOTP refused: why */
+    char refusal[KF_ERR_MSG_MAX]; /* the proposer's TOTP refused: why */
     char *wrapped;     /* what the KMS unwraps */
+    /* The escrow row (and ZFS: the volume key) wrapped was read from; the apply checks them. */
+    char escrow_request_id[65];
+    char escrow_kcv[24];
+    char volume_key_kcv[24];
+    int64_t totp_step; /* the fetch's */
     kfd_sealed sealed;
 } reveal_op;
 
@@ -47,6 +53,11 @@ static void reveal_op_free(reveal_op *op)
     free(op->wrapped);
     kf_wipe(&op->sealed, sizeof(op->sealed));
     kfd_op_free(op);
+}
+
+static void reveal_op_release(void *op)
+{
+    reveal_op_free(op);
 }
 
 static void refuse(kfd_call *call, reveal_op *op, const char *volume_id, const char *request_id, kf_connect_code code,
@@ -136,6 +147,10 @@ static void on_unwrapped(void *arg, const kfd_kms_result *res)
     c.operator_ = (char *)call->peer->name;
     c.request_id = op->request_id;
     c.audit = &a.entry;
+    c.escrow_request_id = op->escrow_request_id;
+    c.escrow_kcv = op->escrow_kcv;
+    c.volume_key_kcv = op->volume_key_kcv;
+    c.totp_step = op->totp_step;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
     cmd.recovery_reveal = &c;
@@ -182,18 +197,9 @@ static void propose(kfd_call *call, reveal_op *op)
     kfd_admin_policy admin = kfd_policy_admin(app->policy);
     op->needed = admin.approvers > RECOVERY_MIN_APPROVERS ? admin.approvers : RECOVERY_MIN_APPROVERS;
     int64_t step = 0;
-    /* Written straight into op: the refusal's callback may run, and free op, before this returns. */
-    int r = kfd_operator_totp(call, op->req->totp_code, admin.require_totp, op->node, op->volume_id, "", &step,
-                              op->refusal, sizeof(op->refusal), on_totp_refused, op);
-    if (r == -EACCES)
-        return; /* answered once the refusal is recorded */
-    if (r != 0) {
-        char why[sizeof(op->refusal)];
-        snprintf(why, sizeof(why), "%s", op->refusal);
-        reveal_op_free(op);
-        kfd_call_error(call, r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT : KF_CONNECT_UNAVAILABLE, "%s", why);
+    if (!kfd_rpc_operator_totp(call, op, reveal_op_release, op->req->totp_code, admin.require_totp, op->node,
+                               op->volume_id, "", &step, op->refusal, sizeof(op->refusal), on_totp_refused))
         return;
-    }
     kfd_new_request_id(op->request_id);
     int64_t now = time(NULL);
     char reason[400];
@@ -233,16 +239,7 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
 {
     const Keyfleet__V1__RevealRecoveryKeyRequest *req = (const Keyfleet__V1__RevealRecoveryKeyRequest *)call->request;
     bool reveal = req->request_id[0] != '\0';
-    const char *bad = NULL;
-    size_t vl = strlen(req->volume_id);
-    if (vl == 0 || vl > 128)
-        bad = "volume_id must be 1..128 characters";
-    else if (reveal && !kfd_request_id_valid(req->request_id))
-        bad = "request_id must be 16..64 of [0-9A-Za-z-]";
-    else if (reveal && req->ephemeral_public_key.len != 32)
-        bad = "ephemeral_public_key must be 32 bytes (X25519)";
-    else if (strlen(req->totp_code) > 16)
-        bad = "totp_code is 6 digits";
+    const char *bad = kfd_check_reveal_recovery_key(req);
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -279,6 +276,10 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     bool zfs = vol.kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
     char *wrapped = op->wrapped = strdup(zfs ? vol.wrapped_key : rec.wrapped);
+    snprintf(op->escrow_request_id, sizeof(op->escrow_request_id), "%s", rec.request_id);
+    snprintf(op->escrow_kcv, sizeof(op->escrow_kcv), "%s", rec.kcv);
+    if (zfs)
+        snprintf(op->volume_key_kcv, sizeof(op->volume_key_kcv), "%s", vol.key_kcv);
     kfd_volume_clear(&vol);
     kfd_recovery_clear(&rec);
     if (!reveal) {
@@ -317,6 +318,10 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
         refuse(call, op, op->volume_id, req->request_id, code, why);
         return;
     }
+    /* The key leaves at this call: a fresh second factor, not only the proposer's certificate. */
+    if (!kfd_rpc_operator_totp(call, op, reveal_op_release, req->totp_code, p.require_totp, op->node, op->volume_id,
+                               op->request_id, &op->totp_step, op->refusal, sizeof(op->refusal), on_totp_refused))
+        return;
     if (kfd_call_deadline_passed(call, "the KMS unwrap")) {
         reveal_op_free(op);
         return;

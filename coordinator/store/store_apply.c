@@ -67,24 +67,30 @@ static int set_pending_state(kfd_store *s, const char *id, kfd_pending_state fro
     return kfd_store_step_done(s, st, "updating the pending request", err);
 }
 
+int kfd_store_spend_totp(kfd_store *s, const char *op, int64_t totp_step, kf_err *err)
+{
+    if (totp_step == 0)
+        return 0;
+    bool used = false;
+    int r = kfd_store_totp_used(s, op, totp_step, &used);
+    if (r != 0)
+        return r;
+    if (used)
+        return kf_err_set(err, -EACCES, "TOTP code already used");
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_INSERT);
+    kfd_bind_text(st, 1, op);
+    sqlite3_bind_int64(st, 2, totp_step);
+    if ((r = kfd_store_step_done(s, st, "recording the TOTP step", err)) != 0)
+        return r;
+    return kfd_store_totp_reset(s, op, err);
+}
+
 int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *op, int64_t totp_step, int64_t at,
                               kf_err *err)
 {
     int r;
-    if (totp_step != 0) {
-        bool used = false;
-        if ((r = kfd_store_totp_used(s, op, totp_step, &used)) != 0)
-            return r;
-        if (used)
-            return kf_err_set(err, -EACCES, "TOTP code already used");
-        sqlite3_stmt *st = kfd_store_stmt(s, ST_TOTP_INSERT);
-        kfd_bind_text(st, 1, op);
-        sqlite3_bind_int64(st, 2, totp_step);
-        if ((r = kfd_store_step_done(s, st, "recording the TOTP step", err)) != 0)
-            return r;
-        if ((r = kfd_store_totp_reset(s, op, err)) != 0)
-            return r;
-    }
+    if ((r = kfd_store_spend_totp(s, op, totp_step, err)) != 0)
+        return r;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_APPROVAL_INSERT);
     kfd_bind_text(st, 1, request_id);
     kfd_bind_text(st, 2, op);
@@ -119,7 +125,24 @@ static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, uint64
     if ((r = kfd_store_append_audit(s, c->audit, seq, err)) != 0)
         return r;
     /* The approval that completes an operator change applies it, in this same transaction. */
-    return p.has_change ? kfd_store_apply_change(s, c->request_id, seq, err) : 0;
+    return p.has_change ? kfd_store_apply_change(s, c->request_id, c->erase_all_allowed, seq, err) : 0;
+}
+
+/* A denial ends a waiting request; where its approvals need TOTP, the denial needs it too (one
+ * operator's veto, so at least that operator's second factor). */
+static int apply_deny(kfd_store *s, const Keyfleet__V1__CmdDeny *c, uint64_t *seq, kf_err *err)
+{
+    kfd_pending p;
+    int r = kfd_store_get_pending(s, c->request_id, &p);
+    if (r != 0)
+        return r == -ENOENT ? kf_err_set(err, -ENOENT, "no pending request %s", c->request_id) : r;
+    if (p.require_totp && c->totp_step == 0)
+        return kf_err_set(err, -EACCES, "request %s needs a TOTP code to be denied, as to be approved", c->request_id);
+    if ((r = set_pending_state(s, c->request_id, KFD_PENDING_WAITING, KFD_PENDING_DENIED, err)) != 0)
+        return r;
+    if ((r = kfd_store_spend_totp(s, c->operator_, c->totp_step, err)) != 0)
+        return r;
+    return kfd_store_append_audit(s, c->audit, seq, err);
 }
 
 static int apply_put_policy(kfd_store *s, const Keyfleet__V1__CmdPutPolicy *c, kf_err *err)
@@ -418,9 +441,7 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
     case KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE:
         return apply_approve(s, cmd->approve, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_DENY:
-        if ((r = set_pending_state(s, cmd->deny->request_id, KFD_PENDING_WAITING, KFD_PENDING_DENIED, err)) != 0)
-            return r;
-        return kfd_store_append_audit(s, cmd->deny->audit, seq, err);
+        return apply_deny(s, cmd->deny, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_EXPIRE_PENDING:
         return apply_expire_pending(s, cmd->expire_pending, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY:

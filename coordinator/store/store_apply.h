@@ -34,6 +34,8 @@ bool kfd_store_take_policy_changed(kfd_store *s);
 /* Applies one command inside the current transaction; its audit records too. */
 int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err);
 /* Records op's approval of request_id (and spends its TOTP step, when not 0). */
+/* Spends an operator's TOTP step (0: none): -EACCES when it was used already. */
+int kfd_store_spend_totp(kfd_store *s, const char *op, int64_t totp_step, kf_err *err);
 int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *op, int64_t totp_step, int64_t at,
                               kf_err *err);
 

@@ -190,7 +190,22 @@ static bool change_allowed(const Keyfleet__V1__StateCommand *cmd)
             (strcmp(cmd->attest->kind, "accept") == 0 || strcmp(cmd->attest->kind, "unhold") == 0));
 }
 
-int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err)
+int kfd_store_get_change(kfd_store *s, const char *request_id, Keyfleet__V1__StateCommand **ret)
+{
+    *ret = NULL;
+    if (s->failed)
+        return -EIO;
+    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_CHANGE);
+    kfd_bind_text(st, 1, request_id);
+    int r = kfd_store_step_row(s, st, "reading the change");
+    if (r != 0)
+        return r == -ENOENT ? -ENOENT : -EIO;
+    *ret = keyfleet__v1__state_command__unpack(NULL, (size_t)sqlite3_column_bytes(st, 0), sqlite3_column_blob(st, 0));
+    sqlite3_reset(st);
+    return 0;
+}
+
+int kfd_store_apply_change(kfd_store *s, const char *request_id, bool erase_all_allowed, uint64_t *seq, kf_err *err)
 {
     kfd_pending p;
     int r = kfd_store_get_pending(s, request_id, &p);
@@ -198,13 +213,16 @@ int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, 
         return kf_err_set(err, r == -ENOENT ? -ENOENT : r, "reading the change %s", request_id);
     if (p.state != KFD_PENDING_APPROVED)
         return 0; /* more approvals to come */
-    sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_CHANGE);
-    kfd_bind_text(st, 1, request_id);
-    if ((r = kfd_store_step_row(s, st, "reading the change")) != 0)
-        return kf_err_set(err, r == -ENOENT ? -ENOENT : -EIO, "reading the change %s", request_id);
-    Keyfleet__V1__StateCommand *cmd = keyfleet__v1__state_command__unpack(
-        NULL, (size_t)sqlite3_column_bytes(st, 0), sqlite3_column_blob(st, 0));
-    sqlite3_reset(st);
+    Keyfleet__V1__StateCommand *cmd = NULL;
+    if ((r = kfd_store_get_change(s, request_id, &cmd)) != 0)
+        return kf_err_set(err, r, "reading the change %s", request_id);
+    /* --erase-all-keyslots, allowed when proposed, must still be when the last approval applies it. */
+    if (cmd != NULL && cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES &&
+        cmd->wipe_volumes->erase_all_keyslots && !erase_all_allowed) {
+        keyfleet__v1__state_command__free_unpacked(cmd, NULL);
+        return kf_err_set(err, -EACCES,
+                          "change %s erases every keyslot, which the policy no longer allows for its node", request_id);
+    }
     if (cmd == NULL || !change_allowed(cmd)) {
         if (cmd != NULL)
             keyfleet__v1__state_command__free_unpacked(cmd, NULL);
@@ -229,7 +247,8 @@ int kfd_store_propose_change(kfd_store *s, const Keyfleet__V1__CmdCreatePending 
     int r = kfd_store_record_approval(s, c->request_id, c->proposer, c->proposer_totp_step, c->created_at->seconds,
                                       err);
     /* A held reveal carries no change: its approval is spent by CmdRecoveryReveal. */
-    return r != 0 || c->change.len == 0 ? r : kfd_store_apply_change(s, c->request_id, seq, err);
+    /* The proposal's handler checked --erase-all-keyslots against the policy (rpc_erase.c). */
+    return r != 0 || c->change.len == 0 ? r : kfd_store_apply_change(s, c->request_id, true, seq, err);
 }
 
 int kfd_store_totp_failures(kfd_store *s, const char *op, uint32_t *ret_failures, int64_t *ret_locked_until)

@@ -30,8 +30,13 @@ int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease
 int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, uint64_t *seq, kf_err *err);
 /* The proposer's approval of a change just recorded as pending; applies it when that is enough. */
 int kfd_store_propose_change(kfd_store *s, const Keyfleet__V1__CmdCreatePending *c, uint64_t *seq, kf_err *err);
-/* Applies the operator change held by request_id once it is approved, and marks it consumed. */
-int kfd_store_apply_change(kfd_store *s, const char *request_id, uint64_t *seq, kf_err *err);
+/* Applies the operator change held by request_id once it is approved, and marks it consumed. A
+ * wipe with erase_all_keyslots is refused (-EACCES) unless erase_all_allowed (the approving
+ * handler found the policy still allows it for the wipe's node). */
+int kfd_store_apply_change(kfd_store *s, const char *request_id, bool erase_all_allowed, uint64_t *seq, kf_err *err);
+/* The StateCommand a held change carries (*ret NULL when it does not unpack; free with
+ * keyfleet__v1__state_command__free_unpacked). 0, -ENOENT or -EIO. */
+int kfd_store_get_change(kfd_store *s, const char *request_id, Keyfleet__V1__StateCommand **ret);
 int kfd_store_apply_totp_failure(kfd_store *s, const Keyfleet__V1__CmdTotpFailure *c, uint64_t *seq, kf_err *err);
 /* A correct TOTP code clears the operator's run of failures. */
 int kfd_store_totp_reset(kfd_store *s, const char *op, kf_err *err);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_guard.h"
 #include "store/store_internal.h"
@@ -47,6 +48,7 @@ int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *re
     const unsigned char *nw = sqlite3_column_text(st, 8);
     ret->next_wrapped = strdup(nw != NULL ? (const char *)nw : "");
     kfd_store_copy_col(st, 9, ret->next_kcv, sizeof(ret->next_kcv));
+    ret->next_at = sqlite3_column_int64(st, 10);
     sqlite3_reset(st);
     if (ret->wrapped == NULL || ret->next_wrapped == NULL) {
         kfd_recovery_clear(ret);
@@ -188,15 +190,30 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
     if ((r = kfd_store_get_recovery(s, c->volume_id, &cur)) != 0)
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s has no recovery key", c->volume_id)
                             : kf_err_set(err, r, "reading the recovery key");
+    /* The row marked revealed must be the one the operator was shown (review rev26b F4); a
+     * command with no binding is from before it was made. */
+    bool bound = c->escrow_request_id[0] != '\0';
+    bool moved = bound && (strcmp(cur.request_id, c->escrow_request_id) != 0 || strcmp(cur.kcv, c->escrow_kcv) != 0);
     kfd_recovery_clear(&cur);
+    if (moved)
+        return kf_err_set(err, -ESTALE, "the recovery key of volume %s was escrowed again while it was being revealed: "
+                          "fetch again", c->volume_id);
+    if (bound && p.require_totp && c->totp_step == 0)
+        return kf_err_set(err, -EACCES, "request %s needs a TOTP code to fetch the key", c->request_id);
     /* A retired volume's keys are refused for ever, its recovery key with them. */
     kfd_volume v;
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return kf_err_set(err, r == -ENOENT ? -ESTALE : r, "reading the volume");
     bool retired = v.retired_at != 0;
+    bool rotated = bound && c->volume_key_kcv[0] != '\0' && strcmp(v.key_kcv, c->volume_key_kcv) != 0;
     kfd_volume_clear(&v);
     if (retired)
         return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
+    if (rotated)
+        return kf_err_set(err, -ESTALE, "the key of volume %s was rotated while it was being revealed: fetch again",
+                          c->volume_id);
+    if ((r = kfd_store_spend_totp(s, c->operator_, c->totp_step, err)) != 0)
+        return r;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_SET_STATE);
     sqlite3_bind_int(st, 1, (int)KFD_PENDING_CONSUMED);
     kfd_bind_text(st, 2, c->request_id);

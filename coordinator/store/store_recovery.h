@@ -22,6 +22,7 @@ typedef struct kfd_recovery {
     char next_request_id[65];
     char *next_wrapped;
     char next_kcv[24];
+    int64_t next_at; /* when the replacement was escrowed */
 } kfd_recovery;
 
 void kfd_recovery_clear(kfd_recovery *r);

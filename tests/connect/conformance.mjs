@@ -60,7 +60,9 @@ try {
 
 // Each error class the client can meet.
 await expectCode("a node calling AdminService", Code.PermissionDenied, () => nodeAsAdmin.clusterStatus({}));
-await expectCode("Login without credentials", Code.Unauthenticated, () => nodeClient.login({}));
+await expectCode("Login with an unknown role and secret", Code.Unauthenticated,
+  () => nodeClient.login({ roleId: "00000000-0000-4000-8000-000000000000", secretId: "kfs." + "A".repeat(43) }));
+await expectCode("Login without credentials", Code.InvalidArgument, () => nodeClient.login({}), /role_id/);
 await expectCode("PutPolicy with YAML that does not parse", Code.InvalidArgument,
   () => operator.putPolicy({ yaml: "rules: [\n" }), /policy/);
 await expectCode("Approve of a request that does not exist", Code.NotFound,

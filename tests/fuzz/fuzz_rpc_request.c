@@ -1,7 +1,8 @@
 /* libFuzzer: every RPC request body, decoded as the router decodes it (protobuf-c with the
  * wiping allocator), then through the checks the handlers run first (common/kf_node_check.c for
- * NodeService, coordinator/rpc/rpc_check.c for AdminService). The first byte picks the method among both services' methods, from the
- * generated service descriptors, so a new RPC is fuzzed without touching this file. */
+ * NodeService, coordinator/rpc/rpc_check.c for AdminService and Login). The first byte picks the method
+ * among the three services' methods, from the generated service descriptors, so a new RPC is
+ * fuzzed without touching this file. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -10,8 +11,10 @@
 #include "kf_pb_alloc.h"
 #include "rpc/rpc_check.h"
 
+/* PeerService (coordinators' AuditHead) last, so that a seed's first byte keeps its method. */
 static const ProtobufCServiceDescriptor *const services[] = {&keyfleet__v1__node_service__descriptor,
-                                                             &keyfleet__v1__admin_service__descriptor};
+                                                             &keyfleet__v1__admin_service__descriptor,
+                                                             &keyfleet__v1__peer_service__descriptor};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

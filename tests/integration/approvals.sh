@@ -70,7 +70,10 @@ expect_match "the next poll is released with the enrolled key" "$out" "^code=ok 
 
 out=$(node "$F" app-1 release vol-x "$WRAP")
 R2=$(field request "$out")
-ctl_as "$F" bob deny "$R2" --reason "not in a change window" >/dev/null
+out=$(ctl_as "$F" bob deny "$R2" --reason "not in a change window" 2>&1)
+expect_match "a denial needs a TOTP code as an approval does" "$out" "invalid_argument: a TOTP code is required"
+# bob's code of this step went to his approval above: the next step's (within the +-1 window).
+oathtool --totp -b "$BOB_SECRET" -N "now + 30 seconds" | ctl_as "$F" bob deny "$R2" --totp - --reason "not in a change window" >/dev/null
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R2")
 expect_match "a denied request's poll: permission_denied" "$out" "^code=permission_denied .*denied by an operator"
 out=$(ctl "$F" approve "$R2" --totp "$(acode)" 2>&1)

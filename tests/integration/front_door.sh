@@ -71,7 +71,7 @@ probe() { "$PROBE" "127.0.0.1:$PORT" "$F/$1.crt" "$F/$1.key" "$F/ca.crt" "keyfle
 check "libcurl: ClusterStatus as operator is ok over HTTP/2" probe operator AdminService/ClusterStatus ok
 check "libcurl: AdminService refuses a node" probe node-1 AdminService/ClusterStatus permission_denied
 check "libcurl: NodeService refuses an operator" probe operator NodeService/Release permission_denied
-check "libcurl: Login without credentials answers the generic unauthenticated" probe node-1 NodeService/Login unauthenticated
+check "libcurl: Login without credentials: invalid_argument (role_id), before any lookup" probe node-1 NodeService/Login invalid_argument
 
 PROTO=(-H 'content-type: application/proto')
 # An empty body is a valid empty ClusterStatusRequest.

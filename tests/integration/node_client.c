@@ -11,6 +11,8 @@
  *     -> code=ok wrapped=... key=HEX
  *   node_client SERVER CERT KEY CA rotate-commit VOLUME_ID WRAPPED
  *     -> code=ok wrapped=...
+ *   node_client SERVER CERT KEY CA recovery VOLUME_ID REQUEST_ID   (EnrollRecoveryKey, LUKS2)
+ *     -> code=ok key=HEX replaced=0|1
  * Exit 0 when the call succeeded, 3 for a Connect error, 1 for anything else.
  * Printing the key is for tests only: the agent never does. */
 #include <stdio.h>
@@ -18,6 +20,7 @@
 #include <string.h>
 
 #include "kf_node_client.h"
+#include "kf_seal.h"
 
 static void print_hex(const uint8_t *p, size_t n)
 {
@@ -110,6 +113,24 @@ int main(int argc, char **argv)
             kf_enrolled_clear(&e);
             rc = 0;
         }
+    } else if (strcmp(argv[5], "recovery") == 0 && argc == 8) {
+        kf_seal_receiver *rx = NULL;
+        kf_secbuf *key = NULL;
+        bool replaced = false;
+        if (kf_seal_receiver_new(me.name, &rx) != 0) {
+            fprintf(stderr, "node_client: cannot make an X25519 key pair\n");
+            kf_rpc_client_free(c);
+            return 1;
+        }
+        r = kf_node_recovery_escrow(c, rx, me.name, &vol, argv[7], &key, &replaced, &st, &err);
+        if (r == 0 && st.code == KF_CONNECT_OK && key != NULL) {
+            printf("code=ok key=");
+            print_hex(key->data, key->len);
+            printf(" replaced=%d\n", replaced);
+            rc = 0;
+        }
+        kf_secbuf_free(key);
+        kf_seal_receiver_free(rx);
     } else {
         fprintf(stderr, "node_client: unknown call %s\n", argv[5]);
         kf_rpc_client_free(c);

@@ -170,18 +170,19 @@ out=$(ctl "$F" volume recovery-key "$LID" 2>&1)
 expect_match "admin.totp: a proposal without a code is refused" "$out" "invalid_argument"
 C=$(code admin)
 W=$(( (10#$C + 1) % 1000000 )); W=$(printf '%06d' "$W")
-out=$(ctl "$F" volume recovery-key "$LID" --totp "$W" 2>&1)
+out=$(printf '%s\n' "$W" | ctl "$F" volume recovery-key "$LID" --totp - 2>&1)
 expect_match "... with a wrong code too" "$out" "permission_denied"
-out=$(ctl "$F" volume recovery-key "$LID" --totp "$C")
+out=$(printf '%s\n' "$C" | ctl "$F" volume recovery-key "$LID" --totp -)
 expect_match "... with the right one it is held, still for two operators" "$out" "1 of 2 approvals"
 R4=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
-out=$(ctl "$F" volume recovery-key "$LID" --totp "$C" 2>&1)
+out=$(printf '%s\n' "$C" | ctl "$F" volume recovery-key "$LID" --totp - 2>&1)
 expect_match "the same code again is refused (replay)" "$out" "permission_denied"
 out=$(ctl_as "$F" bob approve "$R4" 2>&1)
 expect_match "an approval without a code is refused" "$out" "invalid_argument"
 expect_match "bob approves with his code" "$(ctl_as "$F" bob approve "$R4" --totp "$(code bob)")" "2 of 2 approvals"
-out=$(ctl "$F" volume recovery-key "$LID" --request "$R4")
-expect_match "then the proposer is shown the key" "$out" "recovery key of $LID"
+out=$(oathtool --totp -b "${SECRET[admin]}" -N "now + 30 seconds" |
+    ctl "$F" volume recovery-key "$LID" --request "$R4" --totp -)
+expect_match "then the proposer is shown the key, with a fresh code of his" "$out" "recovery key of $LID"
 expect_match "the refused codes are audited" "$(ctl "$F" audit --action approve --json)" '"decision":"deny"'
 check_sanitizers
 finish

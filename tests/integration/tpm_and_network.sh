@@ -5,7 +5,8 @@
 # coordinator part), recomputed here independently (Python) and checked with cryptsetup, while
 # either part alone opens nothing; with both parts unlock, the keyscript and the token plugin
 # open the volume; another TPM, a changed PCR, a coordinator that is down and a revoked node each
-# fail, without any fallback; rotation refuses such volumes; a rule with both tpm_and_network
+# fail, without any fallback; a LUKS2 volume rotates with both parts new (a ZFS dataset is
+# refused); a rule with both tpm_and_network
 # and offline_fallback is refused.
 . "$(dirname "$0")/lib.sh"
 
@@ -98,7 +99,8 @@ if cryptsetup open --test-passphrase --key-file="$WORK/tpm.key" "$WORK/disk.luks
 else
     ok "the TPM part alone does not open it"
 fi
-rm -f "$WORK/derived.key" "$WORK/coord.key" "$WORK/tpm.key"
+mv "$WORK/derived.key" "$WORK/old.key"
+rm -f "$WORK/coord.key" "$WORK/tpm.key"
 
 out=$(A unlock --all 2>&1)
 expect_eq "with both parts, unlock opens every volume (exit 0)" "$?" "0"
@@ -128,11 +130,42 @@ expect_match "... the TPM's refusal is named" "$out" "needs TPM and network, and
 expect_eq "... the dataset stays locked" "$("$ZFS_STANDIN" get -H -o value keystatus tank/data)" "unavailable"
 write_config
 
-# Rotation is refused before anything changes.
+# Rotation (LUKS2): both parts new; the old keyslot key and the old wrapped key refused after.
+OLDWRAP=$(token_field keyfleet_wrapped_key)
 out=$(A rotate "$WORK/disk.luks" 2>&1)
-expect_eq "rotate refuses a tpm_and_network volume (exit 1)" "$?" "1"
-expect_match "... clearly" "$out" "needs TPM and network \\(require: \\[tpm_and_network\\]\\): its key cannot be rotated yet"
-expect_eq "... and the token is unchanged" "$(token_field keyfleet_tpm_sealed)" "$PART"
+expect_eq "rotate a tpm_and_network LUKS2 volume (exit 0)" "$?" "0"
+expect_match "... rotated" "$out" "disk.luks: rotated"
+PART2=$(token_field keyfleet_tpm_sealed)
+expect_match "... the token carries a TPM part" "$PART2" "^kftpmnet1:[A-Za-z0-9+/=]+$"
+[ "$PART2" != "$PART" ] && ok "... a new one" || not_ok "... a new one" "the TPM part did not change"
+expect_eq "... one keyfleet token, not marked rotating" "$(token_field keyfleet_rotating)" "-"
+COORD2=$(field key "$(node "$F" n1 release "$UUID" "$(token_field keyfleet_wrapped_key)")")
+TPMPART2=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${PART2#kftpmnet1:}" 2>&1)
+expect_match "... the new coordinator part and the new TPM part" "$COORD2$TPMPART2" "^[0-9a-f]{128}$"
+hkdf "$TPMPART2" "$COORD2" "$UUID" >"$WORK/derived.key"
+check "... HKDF of the two new parts opens the volume" \
+    cryptsetup open --test-passphrase --key-file="$WORK/derived.key" "$WORK/disk.luks"
+printf '%s' "$COORD2" | xxd -r -p >"$WORK/coord.key"
+if cryptsetup open --test-passphrase --key-file="$WORK/coord.key" "$WORK/disk.luks" 2>/dev/null; then
+    not_ok "... the new coordinator part alone does not"
+else
+    ok "... the new coordinator part alone does not"
+fi
+if cryptsetup open --test-passphrase --key-file="$WORK/old.key" "$WORK/disk.luks" 2>/dev/null; then
+    not_ok "... the old keyslot key no longer opens it"
+else
+    ok "... the old keyslot key no longer opens it"
+fi
+rm -f "$WORK/derived.key" "$WORK/coord.key" "$WORK/old.key"
+expect_match "... the old wrapped key is refused" "$(node "$F" n1 release "$UUID" "$OLDWRAP")" "code=(failed_precondition|permission_denied)"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and unlock combines the new parts" "$out" "disk.luks: unlocked \\(key verified"
+# A ZFS dataset under tpm_and_network is refused before anything changes.
+ZPART=$("$ZFS_STANDIN" get -H -o value org.keyfleet:tpm-sealed tank/data)
+out=$(A rotate zfs:tank/data 2>&1)
+expect_eq "rotate refuses a tpm_and_network ZFS dataset (exit 1)" "$?" "1"
+expect_match "... clearly" "$out" "a ZFS dataset's key cannot be rotated yet"
+expect_eq "... and its property is unchanged" "$("$ZFS_STANDIN" get -H -o value org.keyfleet:tpm-sealed tank/data)" "$ZPART"
 
 # A recovery key escrowed with the coordinators would open the volume without its TPM part.
 out=$(A recovery-key add "$WORK/disk.luks" 2>&1)

@@ -147,6 +147,13 @@ static void test_malformed_yaml(void **state)
     /* libfyaml 0.8 loops for ever on a directive out of place (tests/fuzz/regressions/fuzz_yaml). */
     expect_error("name: a\n%  poll: 8\n", "2:1: YAML directives (%...) are not supported");
     expect_error("%YAML 1.2\n---\nname: a\n", "1:1: YAML directives");
+    /* A bare CR starts a line too (fuzz_rpc_request found libfyaml looping on one, via PutPolicy),
+     * and so do NEL and LS. */
+    expect_error("name: a\r%  poll: 8\n", "2:1: YAML directives (%...) are not supported");
+    expect_error("name: a\xc2\x85%x\n", "2:1: YAML directives");
+    expect_error("name: a\xe2\x80\xa8%x\n", "2:1: YAML directives");
+    expect_error("\xef\xbb\xbf%YAML 1.2\n---\nname: a\n", "1:1: YAML directives");
+    expect_error("name: a\r\n%x\n", "2:1: YAML directives");
 }
 
 static void test_missing_file(void **state)

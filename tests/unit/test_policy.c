@@ -139,6 +139,22 @@ static void test_empty_policy_denies(void **state)
     assert_false(d.allow);
 }
 
+/* A node wipe needs two operators by default, admin.wipe_approvers or admin.approvers if larger. */
+static void test_wipe_approvers(void **state)
+{
+    (void)state;
+    assert_int_equal(kfd_policy_wipe_approvers(NULL), 2);
+    kfd_policy *p = parse_ok("");
+    assert_int_equal(kfd_policy_wipe_approvers(p), 2);
+    kfd_policy_free(p);
+    p = parse_ok("admin: {approvers: 3}\n");
+    assert_int_equal(kfd_policy_wipe_approvers(p), 3);
+    kfd_policy_free(p);
+    p = parse_ok("admin: {approvers: 1, wipe_approvers: 1}\n");
+    assert_int_equal(kfd_policy_wipe_approvers(p), 1);
+    kfd_policy_free(p);
+}
+
 static void test_validation_errors(void **state)
 {
     (void)state;
@@ -146,6 +162,10 @@ static void test_validation_errors(void **state)
     parse_bad("rules:\n  - name: a\n    effect: allow\n    colour: red\n", "policy:4:5: unknown key 'colour'");
     parse_bad("rules:\n  - effect: allow\n", "policy:2:5: missing required key 'name'");
     parse_bad("rules:\n  - {name: a, effect: allow}\n  - {name: a, effect: deny}\n", "duplicate rule name 'a'");
+    parse_bad("rules:\n  - name: ok\n    effect: deny\n  - name: recovery\n    effect: allow\n",
+              "policy:4:11: rule name 'recovery' is reserved");
+    parse_bad("rules:\n  - {name: admin, effect: allow}\n", "rule name 'admin' is reserved");
+    parse_bad("admin: {approvers: 1, wipe_approvers: 0}\n", "expected an integer from 1 to 16");
     parse_bad("rules:\n  - name: a\n    effect: allow\n    match: {nodes: {groups: [nope]}}\n",
               "policy:4:29: unknown group 'nope'");
     parse_bad("rules:\n  - name: a\n    effect: allow\n    match: {nodes: {cidrs: [300.1.1.1/8]}}\n",
@@ -517,6 +537,7 @@ int main(void)
         cmocka_unit_test(test_first_match_and_default_deny),
         cmocka_unit_test(test_auto_approve_window),
         cmocka_unit_test(test_empty_policy_denies),
+        cmocka_unit_test(test_wipe_approvers),
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_release_of_another_nodes_volume),
         cmocka_unit_test(test_require_tpm_key),

@@ -983,6 +983,158 @@ static void test_recovery_at_apply(void **state)
     kfd_store_close(s);
 }
 
+/* review rev26b F4, F7: a reveal marks revealed only the escrow row (and ZFS: the volume key) the
+ * operator was shown, and where the request needs TOTP its fetch carries a fresh code, spent once. */
+static int reveal_bound(kfd_store *s, const char *id, const char *vol, const char *escrow_rid, const char *kcv,
+                        int64_t step, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "recovery_reveal", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecoveryReveal c = KEYFLEET__V1__CMD_RECOVERY_REVEAL__INIT;
+    c.volume_id = (char *)vol;
+    c.operator_ = (char *)"op1";
+    c.request_id = (char *)id;
+    c.audit = &a.e;
+    c.escrow_request_id = (char *)escrow_rid;
+    c.escrow_kcv = (char *)kcv;
+    c.volume_key_kcv = (char *)"";
+    c.totp_step = step;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
+    cmd.recovery_reveal = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static void test_reveal_bound_to_escrow(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("reveal_bound.db");
+    kfd_recovery rec;
+    assert_int_equal(enroll(s, "v1", "n1", T0), 0);
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0), 0);
+    assert_int_equal(propose_reveal(s, RID2, "v1", 2), 0);
+    assert_int_equal(approve(s, RID2, "op2", 0, T0 + 1), 0);
+    /* Shown the key of RID's row; the row is now RID3's (escrowed again meanwhile). */
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w2", false, T0 + 2), 0);
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID, "", 0, T0 + 3), -ESTALE);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_int_equal(rec.revealed_at, 0);
+    kfd_recovery_clear(&rec);
+    assert_int_equal(state_of(s, RID2), KFD_PENDING_APPROVED); /* not spent: fetch again */
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID3, "x", 0, T0 + 3), -ESTALE); /* kcv */
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID3, "", 0, T0 + 3), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_int_equal(rec.revealed_at, T0 + 3);
+    kfd_recovery_clear(&rec);
+    kfd_store_close(s);
+}
+
+static void test_reveal_fetch_needs_totp(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("reveal_totp.db");
+    assert_int_equal(enroll(s, "v1", "n1", T0), 0);
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0), 0);
+    audit_at a;
+    audit(&a, T0, "recovery_request", KEYFLEET__V1__DECISION__DECISION_PENDING);
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    v.id = (char *)"v1";
+    Keyfleet__V1__Timestamp c = ts(T0), x = ts(T0 + 600);
+    Keyfleet__V1__CmdCreatePending p = KEYFLEET__V1__CMD_CREATE_PENDING__INIT;
+    p.request_id = (char *)RID2;
+    p.node = (char *)"n1";
+    p.volume = &v;
+    p.created_at = &c;
+    p.expires_at = &x;
+    p.approvals_needed = 2;
+    p.rule = (char *)"recovery";
+    p.audit = &a.e;
+    p.proposer = (char *)"op1";
+    p.require_totp = true;
+    p.proposer_totp_step = 100;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
+    cmd.create_pending = &p;
+    assert_int_equal(apply(s, &cmd, NULL), 0);
+    assert_int_equal(approve(s, RID2, "op2", 200, T0 + 1), 0);
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID, "", 0, T0 + 2), -EACCES);   /* no code */
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID, "", 100, T0 + 2), -EACCES); /* the proposal's code */
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID, "", 101, T0 + 2), 0);
+    kfd_store_close(s);
+}
+
+/* review rev26b F9: a denial of a request whose approvals need TOTP needs a code too. */
+static int deny(kfd_store *s, const char *id, const char *op, int64_t step)
+{
+    audit_at a;
+    audit(&a, T0 + 1, "deny", KEYFLEET__V1__DECISION__DECISION_DENY);
+    Keyfleet__V1__CmdDeny c = KEYFLEET__V1__CMD_DENY__INIT;
+    c.request_id = (char *)id;
+    c.operator_ = (char *)op;
+    c.audit = &a.e;
+    c.totp_step = step;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_DENY;
+    cmd.deny = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static void test_deny_needs_totp(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("deny_totp.db");
+    assert_int_equal(create_pending(s, RID, "n1", "v1", 2, T0 + 600, true), 0);
+    assert_int_equal(create_pending(s, RID2, "n1", "v1", 2, T0 + 600, false), 0);
+    assert_int_equal(deny(s, RID, "op1", 0), -EACCES);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_WAITING);
+    assert_int_equal(deny(s, RID2, "op1", 0), 0); /* no TOTP asked of its approvals */
+    assert_int_equal(deny(s, RID, "op1", 42), 0);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_DENIED);
+    kfd_store_close(s);
+}
+
+/* review rev26b F6: a held wipe with erase_all_keyslots applies only from an approval whose handler
+ * found the policy still allows it. */
+static int approve_wipe(kfd_store *s, const char *id, const char *op, bool allowed)
+{
+    audit_at a;
+    audit(&a, T0 + 1, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
+    c.request_id = (char *)id;
+    c.operator_ = (char *)op;
+    c.audit = &a.e;
+    c.erase_all_allowed = allowed;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
+    cmd.approve = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static void test_erase_all_rechecked_at_approval(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("erase_all.db");
+    assert_int_equal(enroll(s, "v1", "n1", T0), 0);
+    audit_at a;
+    audit(&a, T0, "node_wipe", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    char *ids[] = {(char *)"v1"};
+    Keyfleet__V1__CmdWipeVolumes w = KEYFLEET__V1__CMD_WIPE_VOLUMES__INIT;
+    w.node = (char *)"n1";
+    w.volume_ids = ids;
+    w.n_volume_ids = 1;
+    w.audit = &a.e;
+    w.erase_all_keyslots = true;
+    Keyfleet__V1__StateCommand change = KEYFLEET__V1__STATE_COMMAND__INIT;
+    change.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_WIPE_VOLUMES;
+    change.wipe_volumes = &w;
+    assert_int_equal(propose(s, RID, &change, 2), 0);
+    assert_int_equal(approve_wipe(s, RID, "op2", false), -EACCES);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_WAITING);
+    assert_int_equal(approve_wipe(s, RID, "op2", true), 0);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_CONSUMED);
+    kfd_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -997,6 +1149,10 @@ int main(void)
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_recovery_at_apply),
+        cmocka_unit_test(test_reveal_bound_to_escrow),
+        cmocka_unit_test(test_reveal_fetch_needs_totp),
+        cmocka_unit_test(test_deny_needs_totp),
+        cmocka_unit_test(test_erase_all_rechecked_at_approval),
         cmocka_unit_test(test_retire_and_unrevoke_at_apply),
         cmocka_unit_test(test_wipe_and_erase_confirm_at_apply),
         cmocka_unit_test(test_unrevoke_bound_to_revocation),
