@@ -5,7 +5,8 @@
 # right after its escrow commit (crash point recovery_escrow) leaves the escrow holding a key no
 # keyslot has: the break-glass reveal must still show a key that opens the volume. R2: a revealed
 # key's replacement cut off after the old keyslot's kill, before the confirmation (crash point
-# recovery_killed): a reveal then must show a key that opens the volume. R3: a recovery keyslot
+# recovery_killed): a reveal then must show a key that opens the volume. R1b: the node's
+# certificate alone replaces the escrowed key by one that opens nothing (no crash needed). R3: a recovery keyslot
 # with no keyfleet-recovery token (the disk state a power cut between kfa_luks2_recovery_set's
 # add_keyslot and write_recovery leaves; made here with `cryptsetup token remove`) is never
 # killed: once revealed, the replacement must still retire it.
@@ -43,6 +44,18 @@ expect_match "R1: recovery-key add cut off after its escrow" "$out" "test crash 
 A1 watch --count 1 >/dev/null 2>&1 || true
 T=$(reveal "$L1")
 expect_opens "R1: the break-glass reveal shows a key that opens the volume" "$D1" "$T"
+
+# R1b: the node's certificate alone (no disk, no agent) does the same on purpose: one
+# EnrollRecoveryKey with a new request id replaces the escrowed key by one no keyslot has.
+D4=$WORK/d4.luks
+luks_file "$D4" "pw"
+agent_cfg a4 "$D4"
+L4=$(cryptsetup luksUUID "$D4")
+printf pw | "$AGENT" -c "$WORK/a4.yaml" enroll "luks:$D4" --recovery-key >/dev/null 2>&1
+out=$(node "$F" n1 recovery "$L4" 00112233445566778899aabbccddeeff)
+expect_match "R1b: a stolen node certificate escrows a new key" "$out" "key=[0-9a-f]{64}"
+T=$(reveal "$L4")
+expect_opens "R1b: the break-glass reveal still shows a key that opens the volume" "$D4" "$T"
 
 # --- R2: a revealed key's replacement cut off after the kill, before the confirmation
 D2=$WORK/d2.luks
