@@ -6,11 +6,8 @@
 # keyslot has: the break-glass reveal must still show a key that opens the volume. R2: a revealed
 # key's replacement cut off after the old keyslot's kill, before the confirmation (crash point
 # recovery_killed): a reveal then must show a key that opens the volume. R1b: the node's
-# certificate alone replaces the escrowed key by one that opens nothing (no crash needed). R3: a recovery keyslot
-# with no keyfleet-recovery token (the disk state a power cut between kfa_luks2_recovery_set's
-# add_keyslot and write_recovery leaves; made here with `cryptsetup token remove`) is never
-# killed: once revealed, the replacement must still retire it. R4: the same for the keyfleet
-# keyslot of a rotation cut off before its token (crash point keyslot): a confirmed wipe leaves it.
+# certificate alone replaces the escrowed key by one that opens nothing (no crash needed).
+R3 and R4 are in review_rev26c_orphan.sh.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -73,41 +70,5 @@ expect_closed "R2: the revealed key's keyslot is killed" "$D2" "$T1"
 T2=$(reveal "$L2")
 expect_opens "R2: a reveal before the node's next contact shows a key that opens the volume" "$D2" "$T2"
 
-# --- R3: a recovery keyslot no token names survives its replacement
-D3=$WORK/d3.luks
-luks_file "$D3" "pw"
-agent_cfg a3 "$D3"
-A3() { "$AGENT" -c "$WORK/a3.yaml" "$@"; }
-L3=$(cryptsetup luksUUID "$D3")
-printf pw | A3 enroll "luks:$D3" --recovery-key >/dev/null 2>&1
-tok=$(cryptsetup luksDump "$D3" | awk '/^Tokens:/{t=1} t && /^ +[0-9]+: keyfleet-recovery/{sub(":","",$1); print $1}')
-check "R3: the keyfleet-recovery token removed (a power cut before write_recovery)" \
-    cryptsetup token remove --token-id "$tok" "$D3"
-T3=$(reveal "$L3")
-expect_opens "R3: the revealed key opens" "$D3" "$T3"
-A3 watch --count 1 >/dev/null 2>&1 || true
-A3 watch --count 1 >/dev/null 2>&1 || true
-expect_match "R3: the coordinators record the revealed key as replaced" \
-    "$(ctl "$F" audit --action recovery_replaced --json)" "\"volume\":\"$L3\".*\"decision\":\"allow\""
-expect_closed "R3: the revealed key no longer opens the volume once replaced" "$D3" "$T3"
-
-# --- R4: the keyfleet keyslot of a rotation cut off before its token (crash point keyslot)
-# opens with the coordinators' staged key (volumes.next_wrapped_key, kept at the wipe); the
-# erase kills only the keyslots tokens name, so it survives a confirmed wipe.
-D5=$WORK/d5.luks
-luks_file "$D5" "pw"
-agent_cfg a5 "$D5"
-A5() { "$AGENT" -c "$WORK/a5.yaml" "$@"; }
-L5=$(cryptsetup luksUUID "$D5")
-printf pw | A5 enroll "luks:$D5" >/dev/null 2>&1
-out=$(KEYFLEET_TEST_CRASH_AFTER=keyslot A5 rotate "luks:$D5" 2>&1 || true)
-expect_match "R4: a rotation cut off after its keyslot" "$out" "test crash after keyslot"
-out=$(ctl "$F" node wipe n1 --volumes "$L5" --reason "stolen")
-ctl_as "$F" bob approve "$(printf '%s' "$out" | grep -Eo '[0-9a-f]{32}' | head -n 1)" >/dev/null
-A5 watch --count 1 >/dev/null 2>&1 || true
-A5 watch --count 1 >/dev/null 2>&1 || true
-expect_match "R4: the wipe is confirmed erased" "$(ctl "$F" volume show "$L5")" "erase: +erased"
-slots=$(cryptsetup luksDump "$D5" | grep -cE '^ +[0-9]+: luks2$')
-expect_eq "R4: only the operator's passphrase keyslot is left after a confirmed erase" "$slots" "1"
 check_sanitizers
 finish
