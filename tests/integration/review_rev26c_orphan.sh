@@ -2,9 +2,9 @@
 # Review rev26c (docs/reviews/rev26c-recovery-erase-fixes.md), NOT registered in
 # tests/CMakeLists.txt: each check below fails on main at c1885f6 and passes once its finding is
 # fixed. A keyslot no token names is never killed, by a replacement or an erase. R3: a recovery
-# keyslot with no keyfleet-recovery token (the disk state a power cut between
-# kfa_luks2_recovery_set's add_keyslot and write_recovery leaves; made here with `cryptsetup
-# token remove`): once revealed, the replacement must still retire it. R4: the keyfleet keyslot of
+# keyslot with no keyfleet-recovery token (a run cut off between kfa_luks2_recovery_set's
+# add_keyslot and write_recovery: crash point recovery_keyslot): once revealed, the replacement
+# must still retire it. R4: the keyfleet keyslot of
 # a rotation cut off before its token (crash point keyslot): a confirmed wipe must not leave it.
 . "$(dirname "$0")/lib.sh"
 
@@ -33,10 +33,10 @@ luks_file "$D3" "pw"
 agent_cfg a3 "$D3"
 A3() { "$AGENT" -c "$WORK/a3.yaml" "$@"; }
 L3=$(cryptsetup luksUUID "$D3")
-printf pw | A3 enroll "luks:$D3" --recovery-key >/dev/null 2>&1
-tok=$(cryptsetup luksDump "$D3" | awk '/^Tokens:/{t=1} t && /^ +[0-9]+: keyfleet-recovery/{sub(":","",$1); print $1}')
-check "R3: the keyfleet-recovery token removed (a power cut before write_recovery)" \
-    cryptsetup token remove --token-id "$tok" "$D3"
+printf pw | A3 enroll "luks:$D3" >/dev/null 2>&1
+out=$(KEYFLEET_TEST_CRASH_AFTER=recovery_keyslot A3 recovery-key add "luks:$D3" 2>&1 || true)
+expect_match "R3: recovery-key add cut off after its keyslot, before its token" "$out" \
+    "test crash after recovery_keyslot"
 T3=$(reveal "$L3")
 expect_opens "R3: the revealed key opens" "$D3" "$T3"
 A3 watch --count 1 >/dev/null 2>&1 || true
