@@ -793,6 +793,7 @@ int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf
     if (slot < 0)
         return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add the recovery keyslot: %s", v->path,
                           slot == -EPERM ? "the volume's keyfleet key does not open it" : strerror(-slot));
+    kfa_test_crash_point("recovery_keyslot"); /* the keyslot written, no token names it yet */
     /* Seal, then verify: the keyslot must open with the text before a token points at it. */
     char salt[65];
     keyslot_salt(cd, slot, salt, sizeof(salt));

@@ -498,7 +498,11 @@ void kfd_rpc_put_policy(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_PUT_POLICY;
     cmd.put_policy = &c;
-    kfd_commit_change(call, &cmd, reason, req->totp_code, on_policy_put, op);
+    /* A policy that lowers the operators a wipe needs is held for as many as a wipe needs now:
+     * otherwise one operator lowers it to one and then wipes alone (review rev26c W1). */
+    uint32_t wipe_now = kfd_policy_wipe_approvers(app->policy);
+    uint32_t need = app->policy != NULL && kfd_policy_wipe_approvers(parsed) < wipe_now ? wipe_now : 0;
+    kfd_commit_change_n(call, &cmd, reason, req->totp_code, need, on_policy_put, op);
 }
 
 void kfd_rpc_check_policy(kfd_call *call)

@@ -1584,7 +1584,9 @@ static const char *recovery_replay_refusal(const kfd_recovery *cur, const char *
      * escrowed key itself. */
     bool next = cur->next_request_id[0] != '\0' && strcmp(cur->next_request_id, request_id) == 0;
     int64_t made = next ? cur->next_at : cur->created_at;
-    if (!next && cur->revealed_at != 0 && cur->revealed_at >= cur->created_at)
+    /* An escrow or a promotion clears the mark, so a mark is on this key: no comparison of two
+     * leaders' clocks (review rev26c L1). */
+    if (!next && cur->revealed_at != 0)
         return "this recovery key was revealed: a repeated request does not return it (escrow a new one)";
     if (now < made || now - made > RECOVERY_REPLAY_WINDOW_S)
         return "a repeated request returns the recovery key only within 5 minutes of its escrow (escrow a new one)";
