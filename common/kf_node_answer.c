@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kf_node_check.h"
+
 /* The PCRs the policy names, those that exist (at most 24). */
 static void pcrs(const uint32_t *in, size_t n, kf_enrolled *ret)
 {
@@ -37,7 +39,11 @@ int kf_node_release_answer(const Keyfleet__V1__ReleaseResponse *resp, kf_seal_re
     memset(ret, 0, sizeof(*ret));
     int r = 0;
     snprintf(ret->request_id, sizeof(ret->request_id), "%s", resp->request_id);
-    if (request_id != NULL && request_id[0] != '\0' && strcmp(resp->request_id, request_id) != 0) {
+    /* The agent logs this id, shows it on the console and polls with it: one the coordinator
+     * would refuse (kf_check_release), or cut to fit, is no answer. */
+    if (!kf_request_id_valid(resp->request_id)) {
+        r = kf_err_set(err, -EBADMSG, "answer carries no valid request id (16..64 of [0-9A-Za-z-])");
+    } else if (request_id != NULL && request_id[0] != '\0' && strcmp(resp->request_id, request_id) != 0) {
         r = kf_err_set(err, -EBADMSG, "answer is for another request");
     } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_PENDING) {
         ret->pending = true;

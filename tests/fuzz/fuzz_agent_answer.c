@@ -14,6 +14,7 @@
 
 #include "agent.h"
 #include "kf_log.h"
+#include "kf_node_check.h"
 #include "kf_node_client.h"
 #include "kf_seal.h"
 
@@ -89,7 +90,7 @@ static int read_answer(int kind, uint8_t how, const ProtobufCMessage *m)
         kf_released rel;
         if ((r = kf_node_release_answer((const Keyfleet__V1__ReleaseResponse *)m, rx, NODE, VOLUME, alt ? "" : REQ,
                                         &rel, &err)) == 0) {
-            if (strlen(rel.request_id) >= sizeof(rel.request_id) || (!alt && strcmp(rel.request_id, REQ) != 0))
+            if (!kf_request_id_valid(rel.request_id) || (!alt && strcmp(rel.request_id, REQ) != 0))
                 abort();
             if (rel.pending ? rel.key != NULL : (check_key(rel.key), false))
                 abort();
