@@ -99,6 +99,12 @@ void kfa_report_offline(kfa_ctx *ctx);
  * clears those the coordinator accepted, and says whether it answered lock (the kill switch).
  * 0, or a negative errno with err set when no coordinator took it. */
 int kfa_heartbeat(kfa_ctx *ctx, bool always, bool *ret_lock, kf_err *err);
+/* A heartbeat's 200 answer (state.c; fuzzed by tests/fuzz/fuzz_agent_answer.c): *ret_lock, the
+ * dead-man window and the recovery keys to replace into ctx (quoted: the heartbeat carried a quote,
+ * whose verdict is logged); then, once the sent reports are dropped, kfa_heartbeat_erase carries
+ * out the crypt-erase orders through ctx->erase and says whether there were any. */
+void kfa_heartbeat_answer(kfa_ctx *ctx, const Keyfleet__V1__HeartbeatResponse *resp, bool quoted, bool *ret_lock);
+bool kfa_heartbeat_erase(kfa_ctx *ctx, const Keyfleet__V1__HeartbeatResponse *resp);
 
 /* Dead-man switch (watch.c): the window and the last contact (wall clock) kept in the state
  * file, so that a restarted watcher keeps counting; a lock made while silent, queued for the

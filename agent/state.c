@@ -260,6 +260,33 @@ void kfa_state_reports_free(kfa_state_reports *r)
     memset(r, 0, sizeof(*r));
 }
 
+void kfa_heartbeat_answer(kfa_ctx *ctx, const Keyfleet__V1__HeartbeatResponse *resp, bool quoted, bool *ret_lock)
+{
+    *ret_lock = resp->lock;
+    if (quoted && !resp->attested)
+        kf_log_warn("attest_heartbeat", "attested=no why=\"%.300s\"", resp->attestation);
+    else if (quoted)
+        kf_log_info("attest_heartbeat", "attested=yes");
+    ctx->dead_man_after_s = resp->dead_man_after_s;
+    for (size_t i = 0; i < ctx->n_recovery_replace; i++)
+        free(ctx->recovery_replace[i]);
+    ctx->n_recovery_replace = 0;
+    for (size_t i = 0; i < resp->n_recovery_replace && i < 100; i++)
+        if ((ctx->recovery_replace[ctx->n_recovery_replace] = strdup(resp->recovery_replace[i])) != NULL)
+            ctx->n_recovery_replace++;
+}
+
+bool kfa_heartbeat_erase(kfa_ctx *ctx, const Keyfleet__V1__HeartbeatResponse *resp)
+{
+    /* Crypt-erase ordered (keyfleetctl node wipe): done now, reported by the next heartbeat. */
+    if (resp->n_erase_volume_ids == 0 || ctx->erase == NULL)
+        return false;
+    kf_log_warn("erase_ordered", "volumes=%zu", resp->n_erase_volume_ids);
+    ctx->erase(ctx, resp->erase_volume_ids, resp->n_erase_volume_ids, resp->erase_all_volume_ids,
+               resp->n_erase_all_volume_ids);
+    return true;
+}
+
 static int heartbeat_once(kfa_ctx *ctx, bool always, bool *ret_lock, bool *ret_erased, kf_err *err)
 {
     *ret_lock = false;
@@ -301,18 +328,7 @@ static int heartbeat_once(kfa_ctx *ctx, bool always, bool *ret_lock, bool *ret_e
         if (r == 0) {
             ctx->reachable = true;
             const Keyfleet__V1__HeartbeatResponse *resp = (const Keyfleet__V1__HeartbeatResponse *)m;
-            *ret_lock = resp->lock;
-            if (req.attestation != NULL && !resp->attested)
-                kf_log_warn("attest_heartbeat", "attested=no why=\"%.300s\"", resp->attestation);
-            else if (req.attestation != NULL)
-                kf_log_info("attest_heartbeat", "attested=yes");
-            ctx->dead_man_after_s = resp->dead_man_after_s;
-            for (size_t i = 0; i < ctx->n_recovery_replace; i++)
-                free(ctx->recovery_replace[i]);
-            ctx->n_recovery_replace = 0;
-            for (size_t i = 0; i < resp->n_recovery_replace && i < 100; i++)
-                if ((ctx->recovery_replace[ctx->n_recovery_replace] = strdup(resp->recovery_replace[i])) != NULL)
-                    ctx->n_recovery_replace++;
+            kfa_heartbeat_answer(ctx, resp, req.attestation != NULL, ret_lock);
             if (n > 0) {
                 kfa_state_drop_reported(ctx->cfg, "offline_pending", s.offline, n);
                 kf_log_info("offline_unlocks_reported", "count=%zu", n);
@@ -325,13 +341,7 @@ static int heartbeat_once(kfa_ctx *ctx, bool always, bool *ret_lock, bool *ret_e
                 kfa_state_drop_reported(ctx->cfg, "erase_pending", s.erased, ne);
                 kf_log_info("erases_reported", "count=%zu", ne);
             }
-            /* Crypt-erase ordered (keyfleetctl node wipe): done now, reported by the next heartbeat. */
-            if (resp->n_erase_volume_ids > 0 && ctx->erase != NULL) {
-                kf_log_warn("erase_ordered", "volumes=%zu", resp->n_erase_volume_ids);
-                ctx->erase(ctx, resp->erase_volume_ids, resp->n_erase_volume_ids, resp->erase_all_volume_ids,
-                           resp->n_erase_all_volume_ids);
-                *ret_erased = true;
-            }
+            *ret_erased = kfa_heartbeat_erase(ctx, resp);
         }
         if (m != NULL)
             protobuf_c_message_free_unpacked(m, NULL);

@@ -110,17 +110,8 @@ int kf_node_enroll(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
     r = kf_rpc_call(c, "keyfleet.v1.NodeService/Enroll", &req.base, &keyfleet__v1__enroll_response__descriptor, &m, st,
                     err);
     if (r == 0 && st->code == KF_CONNECT_OK) {
-        Keyfleet__V1__EnrollResponse *resp = (Keyfleet__V1__EnrollResponse *)m;
-        r = kf_node_open_sealed(resp->sealed_key, rx, "enroll", request_id, node, volume->id, &ret->key, err);
-        if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
-            r = kf_err_set(err, -ENOMEM, "out of memory");
-        ret->offline_fallback_allowed = resp->offline_fallback_allowed;
-        ret->tpm_and_network = resp->tpm_and_network;
-        for (size_t i = 0; i < resp->n_tpm_pcrs && i < 24; i++)
-            if (resp->tpm_pcrs[i] < 24)
-                ret->tpm_pcrs[ret->n_tpm_pcrs++] = resp->tpm_pcrs[i];
-        if (r != 0)
-            kf_enrolled_clear(ret);
+        r = kf_node_enroll_answer((const Keyfleet__V1__EnrollResponse *)m, rx, node, volume->id, request_id, ret,
+                                  err);
     }
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);
@@ -152,27 +143,8 @@ int kf_node_release(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, co
     r = kf_rpc_call(c, "keyfleet.v1.NodeService/Release", &req.base, &keyfleet__v1__release_response__descriptor, &m,
                     st, err);
     if (r == 0 && st->code == KF_CONNECT_OK) {
-        Keyfleet__V1__ReleaseResponse *resp = (Keyfleet__V1__ReleaseResponse *)m;
-        snprintf(ret->request_id, sizeof(ret->request_id), "%s", resp->request_id);
-        if (request_id != NULL && request_id[0] != '\0' && strcmp(resp->request_id, request_id) != 0) {
-            r = kf_err_set(err, -EBADMSG, "answer is for another request");
-        } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_PENDING) {
-            ret->pending = true;
-            ret->retry_after_ms = resp->retry_after_ms;
-            ret->expires_at = resp->expires_at != NULL ? resp->expires_at->seconds : 0;
-        } else if (resp->status == KEYFLEET__V1__RELEASE_STATUS__RELEASE_STATUS_RELEASED) {
-            r = kf_node_open_sealed(resp->sealed_key, rx, "release", resp->request_id, node, volume->id, &ret->key, err);
-            ret->audit_seq = resp->audit_seq;
-            ret->key_overdue = resp->key_overdue;
-            ret->tpm_and_network = resp->tpm_and_network;
-            ret->recovery_replace = resp->recovery_replace;
-            if (r == 0 && resp->rewrapped_key[0] != '\0' && (ret->rewrapped = strdup(resp->rewrapped_key)) == NULL)
-                r = kf_err_set(err, -ENOMEM, "out of memory");
-        } else {
-            r = kf_err_set(err, -EBADMSG, "answer has no status");
-        }
-        if (r != 0)
-            kf_released_clear(ret);
+        r = kf_node_release_answer((const Keyfleet__V1__ReleaseResponse *)m, rx, node, volume->id, request_id, ret,
+                                   err);
     }
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);
@@ -206,17 +178,8 @@ int kf_node_rotate(kf_rpc_client *c, kf_seal_receiver *rx, const char *node, con
     r = kf_rpc_call(c, "keyfleet.v1.NodeService/RotateKey", &req.base, &keyfleet__v1__rotate_key_response__descriptor,
                     &m, st, err);
     if (r == 0 && st->code == KF_CONNECT_OK) {
-        Keyfleet__V1__RotateKeyResponse *resp = (Keyfleet__V1__RotateKeyResponse *)m;
-        if (!commit)
-            r = kf_node_open_sealed(resp->sealed_key, rx, "rotate", request_id, node, volume->id, &ret->key, err);
-        if (r == 0 && (ret->wrapped = strdup(resp->wrapped_key)) == NULL)
-            r = kf_err_set(err, -ENOMEM, "out of memory");
-        ret->offline_fallback_allowed = resp->offline_fallback_allowed;
-        for (size_t i = 0; i < resp->n_tpm_pcrs && i < 24; i++)
-            if (resp->tpm_pcrs[i] < 24)
-                ret->tpm_pcrs[ret->n_tpm_pcrs++] = resp->tpm_pcrs[i];
-        if (r != 0)
-            kf_enrolled_clear(ret);
+        r = kf_node_rotate_answer((const Keyfleet__V1__RotateKeyResponse *)m, rx, commit, node, volume->id, request_id,
+                                  ret, err);
     }
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);
@@ -243,10 +206,9 @@ int kf_node_recovery_escrow(kf_rpc_client *c, kf_seal_receiver *rx, const char *
     r = kf_rpc_call(c, "keyfleet.v1.NodeService/EnrollRecoveryKey", &req.base,
                     &keyfleet__v1__enroll_recovery_key_response__descriptor, &m, st, err);
     if (r == 0 && st->code == KF_CONNECT_OK) {
-        Keyfleet__V1__EnrollRecoveryKeyResponse *resp = (Keyfleet__V1__EnrollRecoveryKeyResponse *)m;
-        *ret_replaced = resp->replaced;
-        if (volume->kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2)
-            r = kf_node_open_sealed(resp->sealed_key, rx, "recovery", request_id, node, volume->id, ret_key, err);
+        r = kf_node_recovery_answer((const Keyfleet__V1__EnrollRecoveryKeyResponse *)m, rx,
+                                    volume->kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2, node, volume->id,
+                                    request_id, ret_key, ret_replaced, err);
     }
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);

@@ -79,6 +79,20 @@ int kf_node_recovery_confirm(kf_rpc_client *c, const Keyfleet__V1__VolumeRef *vo
 int kf_node_open_sealed(const Keyfleet__V1__SealedKey *sk, kf_seal_receiver *rx, const char *purpose,
                         const char *request_id, const char *name, const char *volume_id, kf_secbuf **ret, kf_err *err);
 
+/* The readings of a 200 answer (kf_node_answer.c) behind kf_node_enroll, _release, _rotate and
+ * _recovery_escrow, with what was asked: *ret as those functions fill it (cleared on an error).
+ * request_id of a release: the one asked for (NULL or empty: any). */
+int kf_node_enroll_answer(const Keyfleet__V1__EnrollResponse *resp, kf_seal_receiver *rx, const char *node,
+                          const char *volume_id, const char *request_id, kf_enrolled *ret, kf_err *err);
+int kf_node_release_answer(const Keyfleet__V1__ReleaseResponse *resp, kf_seal_receiver *rx, const char *node,
+                           const char *volume_id, const char *request_id, kf_released *ret, kf_err *err);
+int kf_node_rotate_answer(const Keyfleet__V1__RotateKeyResponse *resp, kf_seal_receiver *rx, bool commit,
+                          const char *node, const char *volume_id, const char *request_id, kf_enrolled *ret,
+                          kf_err *err);
+int kf_node_recovery_answer(const Keyfleet__V1__EnrollRecoveryKeyResponse *resp, kf_seal_receiver *rx, bool luks2,
+                            const char *node, const char *volume_id, const char *request_id, kf_secbuf **ret_key,
+                            bool *ret_replaced, kf_err *err);
+
 /* The keyfleet identity named by a PEM certificate file. */
 int kf_identity_from_cert_file(const char *path, kf_identity *ret, kf_err *err);
 

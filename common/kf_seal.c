@@ -104,7 +104,8 @@ struct kf_seal_receiver {
     receiver_context ctx[RECEIVER_CONTEXTS];
 };
 
-int kf_seal_receiver_new(const char *node, kf_seal_receiver **ret)
+/* ikm NULL: a random key pair. */
+static int receiver_make(const char *node, const uint8_t *ikm, size_t ikm_len, kf_seal_receiver **ret)
 {
     kf_secbuf *mem = kf_secbuf_new(sizeof(kf_seal_receiver));
     if (mem == NULL)
@@ -112,13 +113,22 @@ int kf_seal_receiver_new(const char *node, kf_seal_receiver **ret)
     kf_seal_receiver *rx = (kf_seal_receiver *)mem->data;
     rx->mem = mem;
     rx->info_len = kf_seal_info(node, rx->info, sizeof(rx->info));
-    int r = rx->info_len == 0 ? -EINVAL : kf_hpke_generate_keypair(rx->sk, rx->pk);
+    int r = rx->info_len == 0                     ? -EINVAL
+            : ikm != NULL ? kf_hpke_derive_keypair(ikm, ikm_len, rx->sk, rx->pk)
+                          : kf_hpke_generate_keypair(rx->sk, rx->pk);
     if (r != 0) {
         kf_secbuf_free(mem);
         return r;
     }
     *ret = rx;
     return 0;
+}
+
+int kf_seal_receiver_new(const char *node, kf_seal_receiver **ret) { return receiver_make(node, NULL, 0, ret); }
+
+int kf_seal_receiver_derive(const char *node, const uint8_t *ikm, size_t ikm_len, kf_seal_receiver **ret)
+{
+    return ikm == NULL ? -EINVAL : receiver_make(node, ikm, ikm_len, ret);
 }
 
 void kf_seal_receiver_free(kf_seal_receiver *rx)

@@ -55,6 +55,9 @@ void kf_seal_session_wipe(kf_seal_session *s);
 typedef struct kf_seal_receiver kf_seal_receiver;
 
 int kf_seal_receiver_new(const char *node, kf_seal_receiver **ret);
+/* A receiver whose key pair is derived from ikm (RFC 9180 DeriveKeyPair): for tests and fuzzing,
+ * which need a fixed recipient key. The agent uses kf_seal_receiver_new. */
+int kf_seal_receiver_derive(const char *node, const uint8_t *ikm, size_t ikm_len, kf_seal_receiver **ret);
 void kf_seal_receiver_free(kf_seal_receiver *rx);
 const uint8_t *kf_seal_receiver_public_key(const kf_seal_receiver *rx);
 /* Opens the key sealed with (enc, seq) under aad; 0 or -EBADMSG (wrong key, node, AAD or tampering). */
