@@ -33,16 +33,14 @@ static int write_all(int fd, const char *buf, size_t n)
     return 0;
 }
 
-/* Opens the sealed key and prints its text: the key and the text live in locked buffers, wiped
- * after, and go to stdout by write(2); the process is not dumpable meanwhile. */
-static int print_key(const Keyfleet__V1__RevealRecoveryKeyResponse *resp, kf_seal_receiver *rx,
-                     const char *request_id, const char *me, const char *volume, bool zfs)
+/* Opens one sealed key and writes its text, indented, then a blank line: the key and the text
+ * live in locked buffers, wiped after, and go to stdout by write(2). */
+static int print_one(const Keyfleet__V1__SealedKey *sk, kf_seal_receiver *rx, const char *purpose,
+                     const char *request_id, const char *me, const char *volume)
 {
     kf_secbuf *key = NULL, *line = NULL;
     kf_err err = {0};
-    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    fflush(stdout);
-    if (kf_node_open_sealed(resp->sealed_key, rx, "recovery-reveal", request_id, me, volume, &key, &err) != 0) {
+    if (kf_node_open_sealed(sk, rx, purpose, request_id, me, volume, &key, &err) != 0) {
         fprintf(stderr, "keyfleetctl: %s\n", err.msg);
         return 1;
     }
@@ -57,21 +55,38 @@ static int print_key(const Keyfleet__V1__RevealRecoveryKeyResponse *resp, kf_sea
     kf_secbuf_free(key);
     size_t n = 4 + KF_RECOVERY_TEXT_LEN;
     memcpy(text + n, "\n\n", 2);
-    printf("recovery key of %s (node %s):\n\n", volume, resp->node);
     fflush(stdout);
     int rc = write_all(STDOUT_FILENO, text, n + 2) == 0 ? 0 : 1;
     OPENSSL_cleanse(text, line->cap);
     kf_secbuf_free(line);
-    if (rc != 0) {
+    if (rc != 0)
         fprintf(stderr, "keyfleetctl: cannot write the key to stdout\n");
+    return rc;
+}
+
+/* The current key and, where a replacement waits for the node's confirmation, the pending one
+ * (review rev26c R2: once the node killed the current keyslot, only the pending key opens it).
+ * The process is not dumpable meanwhile. */
+static int print_key(const Keyfleet__V1__RevealRecoveryKeyResponse *resp, kf_seal_receiver *rx,
+                     const char *request_id, const char *me, const char *volume, bool zfs)
+{
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    bool pending = resp->sealed_pending_key != NULL;
+    printf("%srecovery key of %s (node %s):\n\n", pending ? "current " : "", volume, resp->node);
+    if (print_one(resp->sealed_key, rx, "recovery-reveal", request_id, me, volume) != 0)
         return 1;
+    if (pending) {
+        printf("pending replacement (try this if the current one does not open the volume: the node may have "
+               "killed the current one's keyslot and not yet confirmed):\n\n");
+        if (print_one(resp->sealed_pending_key, rx, "recovery-reveal-pending", request_id, me, volume) != 0)
+            return 1;
     }
     printf("type it at the node's console: keyfleet-agent recover %s:%s, or %s\n", zfs ? "zfs" : "luks",
            resp->volume != NULL ? resp->volume->name : "VOLUME",
            zfs ? "decoded to its 32 bytes by keyfleet-agent recover only (zfs load-key takes raw keys)"
                : "as the passphrase at any cryptsetup prompt");
-    printf("the node replaces it at its next contact; this one then no longer opens the volume (audit seq %llu)\n",
-           (unsigned long long)resp->audit_seq);
+    printf("the node replaces %s at its next contact; %s then no longer opens the volume (audit seq %llu)\n",
+           pending ? "both" : "it", pending ? "neither" : "this one", (unsigned long long)resp->audit_seq);
     return 0;
 }
 

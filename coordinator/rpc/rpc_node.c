@@ -1529,7 +1529,7 @@ static void commit_escrow(recovery_op *op)
              op->replay ? " (repeated request)" : "",
              !op->replaced ? ""
              : op->zfs     ? "; the revealed recovery key is retired"
-                           : "; it replaces the revealed one once the node confirms that one's keyslot is killed");
+                           : "; it replaces the escrowed one once the node confirms that one's keyslot is killed");
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_ALLOW,
                    call->peer->name, op->volume_id, op->request_id, reason);
@@ -1687,10 +1687,11 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     snprintf(op->kms_id, sizeof(op->kms_id), "%s/recovery", req->volume->id);
-    /* A replacement of a revealed LUKS2 key waits apart (next_*) until the node confirms it. */
+    /* A LUKS2 key over an escrowed one (revealed or not) waits apart (next_*) until the node
+     * confirms the new keyslot is verified and the old one killed (review rev26c R1). */
     bool next_replay = r == 0 && cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, req->request_id) == 0;
     op->replay = next_replay || (r == 0 && strcmp(cur.request_id, req->request_id) == 0);
-    op->replaced = next_replay || (r == 0 && !op->replay && cur.revealed_at != 0);
+    op->replaced = next_replay || (r == 0 && !op->replay && (cur.revealed_at != 0 || !zfs));
     if (op->replay && !zfs && (op->wrapped = strdup(next_replay ? cur.next_wrapped : cur.wrapped)) == NULL) {
         kfd_recovery_clear(&cur);
         recovery_op_free(op);

@@ -46,12 +46,20 @@ typedef struct reveal_op {
     char volume_key_kcv[24];
     int64_t totp_step; /* the fetch's */
     kfd_sealed sealed;
+    /* LUKS2: the staged replacement waiting for the node's confirmation, shown too (review
+     * rev26c R2): after the node kills the current keyslot, only it opens the volume. */
+    char *next_wrapped; /* NULL: none waits */
+    char escrow_next_request_id[65];
+    kfd_sealed sealed_next;
+    bool sealed_current; /* the current key is sealed: the next unwrap is the staged one's */
 } reveal_op;
 
 static void reveal_op_free(reveal_op *op)
 {
     free(op->wrapped);
+    free(op->next_wrapped);
     kf_wipe(&op->sealed, sizeof(op->sealed));
+    kf_wipe(&op->sealed_next, sizeof(op->sealed_next));
     kfd_op_free(op);
 }
 
@@ -99,13 +107,16 @@ static void on_revealed(void *arg, int status, const kfd_apply_result *res, cons
         reveal_op_free(op);
         return;
     }
-    Keyfleet__V1__SealedKey sk;
+    Keyfleet__V1__SealedKey sk, skn;
     kfd_rpc_sealed_key(&sk, &op->sealed);
+    if (op->next_wrapped != NULL)
+        kfd_rpc_sealed_key(&skn, &op->sealed_next);
     Keyfleet__V1__VolumeRef v = volume_ref(op);
     Keyfleet__V1__RevealRecoveryKeyResponse resp = KEYFLEET__V1__REVEAL_RECOVERY_KEY_RESPONSE__INIT;
     resp.request_id = op->request_id;
     resp.approved = true;
     resp.sealed_key = &sk;
+    resp.sealed_pending_key = op->next_wrapped != NULL ? &skn : NULL;
     resp.volume = &v;
     resp.node = op->node;
     resp.audit_seq = res->audit_seq;
@@ -130,15 +141,25 @@ static void on_unwrapped(void *arg, const kfd_kms_result *res)
         reveal_op_free(op);
         return;
     }
-    if (kfd_seal_key(call, op->req->ephemeral_public_key.data, "recovery-reveal", op->request_id, op->volume_id,
-                     res->plaintext->data, &op->sealed) != 0) {
+    bool next = op->sealed_current;
+    if (kfd_seal_key(call, op->req->ephemeral_public_key.data, next ? "recovery-reveal-pending" : "recovery-reveal",
+                     op->request_id, op->volume_id, res->plaintext->data, next ? &op->sealed_next : &op->sealed) != 0) {
         reveal_op_free(op);
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "cannot seal to ephemeral_public_key");
         return;
     }
+    op->sealed_current = true;
+    if (!next && op->next_wrapped != NULL) {
+        char kms_id[160];
+        snprintf(kms_id, sizeof(kms_id), "%s/recovery", op->volume_id);
+        kfd_call_app(call)->kms->ops->unwrap(kfd_call_app(call)->kms, kms_id, op->next_wrapped, on_unwrapped, op);
+        return;
+    }
     char reason[400];
-    snprintf(reason, sizeof(reason), "recovery key of volume %s (node %s) shown to the operator; the node replaces it "
-             "at its next contact", op->volume_id, op->node);
+    snprintf(reason, sizeof(reason), "recovery key of volume %s (node %s)%s%s%s shown to the operator; the node "
+             "replaces it at its next contact", op->volume_id, op->node,
+             op->next_wrapped != NULL ? " and its pending replacement (escrow request " : "",
+             op->escrow_next_request_id, op->next_wrapped != NULL ? ")" : "");
     kfd_audit_buf a;
     kfd_audit_fill(&a, kfd_call_actor(call), "recovery_reveal", KEYFLEET__V1__DECISION__DECISION_ALLOW, op->node,
                    op->volume_id, op->request_id, reason);
@@ -151,6 +172,7 @@ static void on_unwrapped(void *arg, const kfd_kms_result *res)
     c.escrow_kcv = op->escrow_kcv;
     c.volume_key_kcv = op->volume_key_kcv;
     c.totp_step = op->totp_step;
+    c.escrow_next_request_id = op->escrow_next_request_id;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
     cmd.recovery_reveal = &c;
@@ -278,6 +300,10 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
     char *wrapped = op->wrapped = strdup(zfs ? vol.wrapped_key : rec.wrapped);
     snprintf(op->escrow_request_id, sizeof(op->escrow_request_id), "%s", rec.request_id);
     snprintf(op->escrow_kcv, sizeof(op->escrow_kcv), "%s", rec.kcv);
+    if (!zfs && rec.next_request_id[0] != '\0') {
+        snprintf(op->escrow_next_request_id, sizeof(op->escrow_next_request_id), "%s", rec.next_request_id);
+        op->next_wrapped = strdup(rec.next_wrapped);
+    }
     if (zfs)
         snprintf(op->volume_key_kcv, sizeof(op->volume_key_kcv), "%s", vol.key_kcv);
     kfd_volume_clear(&vol);
@@ -312,7 +338,7 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
     } else if (p.state != KFD_PENDING_APPROVED) {
         why = p.state == KFD_PENDING_DENIED ? "the reveal was denied" : "the reveal is not approved yet";
     }
-    if (why == NULL && wrapped == NULL)
+    if (why == NULL && (wrapped == NULL || (op->escrow_next_request_id[0] != '\0' && op->next_wrapped == NULL)))
         why = "out of memory";
     if (why != NULL) {
         refuse(call, op, op->volume_id, req->request_id, code, why);

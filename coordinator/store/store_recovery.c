@@ -128,9 +128,11 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
                              (cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, c->request_id) == 0));
     /* ZFS: the revealed key is the dataset's own; it is retired only by a rotation after the reveal. */
     bool unrotated = r == 0 && !replay && c->zfs && cur.revealed_at != 0 && key_made < cur.revealed_at;
-    /* LUKS2: a revealed key opens the volume until the node kills its keyslot, so the new key
-     * waits apart, and the revealed one stays escrowed and marked, until the node confirms. */
-    bool pending = r == 0 && !replay && !c->zfs && cur.revealed_at != 0;
+    /* LUKS2: the escrowed key opens the volume until the node kills its keyslot, so a new key
+     * waits apart, and the escrowed one stays revealable (and marked, if it was), until the node
+     * confirms; revealed or not: a cut-off or forged escrow must not replace the only key a
+     * keyslot has (review rev26c R1). */
+    bool pending = r == 0 && !replay && !c->zfs;
     kfd_recovery_clear(&cur);
     if (unrotated)
         return kf_err_set(err, -ESTALE, "the dataset's key was revealed as its recovery key: rotate it first");
@@ -193,7 +195,8 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
     /* The row marked revealed must be the one the operator was shown (review rev26b F4); a
      * command with no binding is from before it was made. */
     bool bound = c->escrow_request_id[0] != '\0';
-    bool moved = bound && (strcmp(cur.request_id, c->escrow_request_id) != 0 || strcmp(cur.kcv, c->escrow_kcv) != 0);
+    bool moved = bound && (strcmp(cur.request_id, c->escrow_request_id) != 0 || strcmp(cur.kcv, c->escrow_kcv) != 0 ||
+                           strcmp(cur.next_request_id, c->escrow_next_request_id) != 0);
     kfd_recovery_clear(&cur);
     if (moved)
         return kf_err_set(err, -ESTALE, "the recovery key of volume %s was escrowed again while it was being revealed: "
@@ -223,6 +226,8 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
     sqlite3_bind_int64(st, 1, audit_time(c->audit));
     kfd_bind_text(st, 2, c->operator_);
     kfd_bind_text(st, 3, c->volume_id);
+    /* The staged replacement shown too (review rev26c R2): its promotion keeps the mark. */
+    kfd_bind_text(st, 4, c->escrow_next_request_id);
     if ((r = kfd_store_step_done(s, st, "recording the reveal", err)) != 0)
         return r;
     return kfd_store_append_audit(s, c->audit, seq, err);

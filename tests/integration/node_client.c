@@ -131,6 +131,11 @@ int main(int argc, char **argv)
         }
         kf_secbuf_free(key);
         kf_seal_receiver_free(rx);
+    } else if (strcmp(argv[5], "recovery-confirm") == 0 && argc == 8) {
+        if ((r = kf_node_recovery_confirm(c, &vol, argv[7], &st, &err)) == 0 && st.code == KF_CONNECT_OK) {
+            printf("code=ok\n");
+            rc = 0;
+        }
     } else {
         fprintf(stderr, "node_client: unknown call %s\n", argv[5]);
         kf_rpc_client_free(c);

@@ -100,7 +100,7 @@ expect_match "... a new recovery keyslot" "$S2" "^[0-9]+$"
 if opens "$D" "$T1"; then not_ok "the revealed key no longer opens the LUKS2 file"; else ok "the revealed key no longer opens the LUKS2 file"; fi
 expect_match "... its keyslot is killed" "$(luks_json "$D" | python3 -c 'import json,sys; print(sorted(json.load(sys.stdin)["keyslots"]))')" "^\\[.*\\]$"
 [ "$S1" = "$S2" ] || expect_eq "... the old keyslot number is free" "$(luks_json "$D" | python3 -c "import json,sys; print('$S1' in json.load(sys.stdin)['keyslots'])")" "False"
-expect_match "the replacement is audited" "$(ctl "$F" audit --action recovery_escrow --json)" 'it replaces the revealed one once the node confirms'
+expect_match "the replacement is audited" "$(ctl "$F" audit --action recovery_escrow --json)" 'it replaces the escrowed one once the node confirms'
 expect_match "... and its confirmation (the revealed keyslot killed)" "$(ctl "$F" audit --action recovery_replaced --json)" '"volume":"'"$LID"'".*"decision":"allow".*the node killed the revealed recovery key'
 out=$(A watch --count 1 2>&1)
 case $out in *recovery_key_replaced*) not_ok "a replaced key is not replaced again" ;; *) ok "a replaced key is not replaced again" ;; esac

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Review rev26c (docs/reviews/rev26c-recovery-erase-fixes.md), NOT registered in
-# tests/CMakeLists.txt: each check below fails on main at c1885f6 and passes once its finding is
-# fixed. R1: a replacement of a recovery key that was not revealed (`recovery-key add`) cut off
+# Review rev26c (docs/reviews/rev26c-recovery-erase-fixes.md), registered in
+# tests/CMakeLists.txt: each check below failed on main at c1885f6 and passes with fix26c
+# (review rev26c R1, R2). R1: a replacement of a recovery key that was not revealed (`recovery-key add`) cut off
 # right after its escrow commit (crash point recovery_escrow) leaves the escrow holding a key no
 # keyslot has: the break-glass reveal must still show a key that opens the volume. R2: a revealed
 # key's replacement cut off after the old keyslot's kill, before the confirmation (crash point
 # recovery_killed): a reveal then must show a key that opens the volume. R1b: the node's
 # certificate alone replaces the escrowed key by one that opens nothing (no crash needed).
-R3 and R4 are in review_rev26c_orphan.sh.
+# R3 and R4 are in review_rev26c_orphan.sh.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -18,7 +18,15 @@ start_kfd "$F"
 allow_nodes "$F" n1
 agent_cfg() { agent_config "$WORK/$1.yaml" n1 "deadline: 5s" "volumes:" "  - luks: $2"
     sed -i "s|^zfs: {command: \(.*\)}$|zfs: {command: \1, discover: false}|" "$WORK/$1.yaml"; }
-opens() { printf '%s' "$2" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1; }
+# $2: one key per line (a reveal prints the current key and, while one waits, the pending
+# replacement): opens if any of them does.
+opens() {
+    local k
+    while IFS= read -r k; do
+        [ -n "$k" ] && printf '%s' "$k" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1 && return 0
+    done <<<"$2"
+    return 1
+}
 reveal() {
     local out rid
     out=$(ctl "$F" volume recovery-key "$1") || return 1
@@ -54,6 +62,12 @@ out=$(node "$F" n1 recovery "$L4" 00112233445566778899aabbccddeeff)
 expect_match "R1b: a stolen node certificate escrows a new key" "$out" "key=[0-9a-f]{64}"
 T=$(reveal "$L4")
 expect_opens "R1b: the break-glass reveal still shows a key that opens the volume" "$D4" "$T"
+# The reveal showed the pending key too: once the node confirms it, the volume stays marked
+# revealed (a repeated request does not return it; the node replaces it again).
+out=$(node "$F" n1 recovery-confirm "$L4" 00112233445566778899aabbccddeeff)
+expect_match "R2: the shown pending key is confirmed" "$out" "code=ok"
+out=$(node "$F" n1 recovery "$L4" 00112233445566778899aabbccddeeff || true)
+expect_match "R2: a promoted pending key that a reveal showed stays marked revealed" "$out" "was revealed"
 
 # --- R2: a revealed key's replacement cut off after the kill, before the confirmation
 D2=$WORK/d2.luks

@@ -963,9 +963,17 @@ static void test_recovery_at_apply(void **state)
     assert_string_equal(rec.next_request_id, "");
     kfd_recovery_clear(&rec);
     assert_int_equal(recovery_confirm(s, "n1", "v1", RID4, T0 + 8), 0); /* repeated: no change */
-    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 8), 0); /* not revealed: at once */
+    /* Not revealed: waits too, the escrowed key kept until the confirmation (review rev26c R1). */
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 8), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_string_equal(rec.wrapped, "w4");
+    assert_string_equal(rec.next_request_id, RID3);
+    kfd_recovery_clear(&rec);
+    assert_int_equal(to_replace(s, "n1"), 0);
+    assert_int_equal(recovery_confirm(s, "n1", "v1", RID3, T0 + 8), 0);
     assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
     assert_string_equal(rec.wrapped, "w3");
+    assert_int_equal(rec.revealed_at, 0);
     kfd_recovery_clear(&rec);
 
     /* A retired volume's recovery key is refused with its key: neither escrowed nor revealed,
@@ -984,7 +992,10 @@ static void test_recovery_at_apply(void **state)
 }
 
 /* review rev26b F4, F7: a reveal marks revealed only the escrow row (and ZFS: the volume key) the
- * operator was shown, and where the request needs TOTP its fetch carries a fresh code, spent once. */
+ * operator was shown, and where the request needs TOTP its fetch carries a fresh code, spent once.
+ * reveal_next_rid: the waiting replacement the handler unwrapped too (review rev26c R2). */
+static const char *reveal_next_rid = "";
+
 static int reveal_bound(kfd_store *s, const char *id, const char *vol, const char *escrow_rid, const char *kcv,
                         int64_t step, int64_t at)
 {
@@ -999,6 +1010,7 @@ static int reveal_bound(kfd_store *s, const char *id, const char *vol, const cha
     c.escrow_kcv = (char *)kcv;
     c.volume_key_kcv = (char *)"";
     c.totp_step = step;
+    c.escrow_next_request_id = (char *)reveal_next_rid;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
     cmd.recovery_reveal = &c;
@@ -1014,16 +1026,26 @@ static void test_reveal_bound_to_escrow(void **state)
     assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0), 0);
     assert_int_equal(propose_reveal(s, RID2, "v1", 2), 0);
     assert_int_equal(approve(s, RID2, "op2", 0, T0 + 1), 0);
-    /* Shown the key of RID's row; the row is now RID3's (escrowed again meanwhile). */
+    /* Shown RID's key alone; a replacement RID3 was staged meanwhile (review rev26c R2: the
+     * reveal must have shown it too). */
     assert_int_equal(escrow(s, "n1", "v1", RID3, "w2", false, T0 + 2), 0);
     assert_int_equal(reveal_bound(s, RID2, "v1", RID, "", 0, T0 + 3), -ESTALE);
     assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
     assert_int_equal(rec.revealed_at, 0);
     kfd_recovery_clear(&rec);
     assert_int_equal(state_of(s, RID2), KFD_PENDING_APPROVED); /* not spent: fetch again */
-    assert_int_equal(reveal_bound(s, RID2, "v1", RID3, "x", 0, T0 + 3), -ESTALE); /* kcv */
-    assert_int_equal(reveal_bound(s, RID2, "v1", RID3, "", 0, T0 + 3), 0);
+    reveal_next_rid = RID3;
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID3, "", 0, T0 + 3), -ESTALE); /* not the escrowed row */
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID, "x", 0, T0 + 3), -ESTALE); /* kcv */
+    assert_int_equal(reveal_bound(s, RID2, "v1", RID, "", 0, T0 + 3), 0);
+    reveal_next_rid = "";
     assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_int_equal(rec.revealed_at, T0 + 3);
+    kfd_recovery_clear(&rec);
+    /* The shown replacement's promotion keeps the mark: it is replaced in turn. */
+    assert_int_equal(recovery_confirm(s, "n1", "v1", RID3, T0 + 4), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_string_equal(rec.request_id, RID3);
     assert_int_equal(rec.revealed_at, T0 + 3);
     kfd_recovery_clear(&rec);
     kfd_store_close(s);
