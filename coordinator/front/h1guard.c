@@ -3,16 +3,19 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "front/server.h"
 #include "kf_log.h"
 
 #define REFUSED_LOG_MS 1000
 
-const char *kfd_h1_head_check(const char *p, size_t len, size_t *lines)
+/* kfd_h1_head_check, and *head_end: the byte after the head's blank line, 0 until it has come. */
+static const char *head_check(const char *p, size_t len, size_t *lines, size_t *head_end)
 {
     size_t end = len < KFD_H1_HEAD_MAX ? len : KFD_H1_HEAD_MAX, start = 0;
     *lines = 0;
+    *head_end = 0;
     while (start < end) {
         const char *nl = memchr(p + start, '\n', end - start);
         if (nl == NULL)
@@ -22,14 +25,55 @@ const char *kfd_h1_head_check(const char *p, size_t len, size_t *lines)
             n--;
         start = at + 1;
         if (n == 0) {
-            if (*lines > 0)
+            if (*lines > 0) {
+                *head_end = start;
                 return NULL; /* the blank line that ends the head */
+            }
             continue;        /* an empty line before the request line, which h2o skips */
         }
         if (++*lines > KFD_H1_HEAD_LINES)
             return "lines";
     }
     return len > KFD_H1_HEAD_MAX ? "bytes" : NULL;
+}
+
+const char *kfd_h1_head_check(const char *p, size_t len, size_t *lines)
+{
+    size_t head_end;
+    return head_check(p, len, lines, &head_end);
+}
+
+/* Whether a complete head names a body (Content-Length or Transfer-Encoding, as h2o reads them). */
+static bool head_has_body(const char *p, size_t len)
+{
+    static const char *const names[] = {"content-length:", "transfer-encoding:"};
+    for (size_t start = 0; start < len;) {
+        const char *nl = memchr(p + start, '\n', len - start);
+        size_t n = (nl != NULL ? (size_t)(nl - p) : len) - start;
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            size_t k = strlen(names[i]);
+            if (n >= k && strncasecmp(p + start, names[i], k) == 0)
+                return true;
+        }
+        start += n + 1;
+    }
+    return false;
+}
+
+/* The head at the buffer's start and each one pipelined behind it (review rev18c F1): h2o parses
+ * a pipelined request straight from the buffer once the answer before it is sent, with no read
+ * for the guard to see, so its head is checked now, in the read that brought it. A request with a
+ * body ends the scan (where its body ends is h2o's to know): server.c answers such a request with
+ * Connection: close, so h2o parses nothing behind it. */
+static const char *pipeline_check(const char *p, size_t len, size_t *lines)
+{
+    for (size_t off = 0;;) {
+        size_t end;
+        const char *limit = head_check(p + off, len - off, lines, &end);
+        if (limit != NULL || end == 0 || head_has_body(p + off, end))
+            return limit;
+        off += end;
+    }
 }
 
 static void refused(kfd_h1guard *g, const char *limit, size_t bytes, size_t lines)
@@ -75,7 +119,7 @@ static void guard_on_read(h2o_socket_t *sock, const char *err)
     /* Only h2o's request reader: while TLS shuts down, h2o reads with another callback. */
     if (err == NULL && g->h2o_on_read == g->h2o_reader) {
         size_t lines;
-        const char *limit = kfd_h1_head_check(sock->input->bytes, sock->input->size, &lines);
+        const char *limit = pipeline_check(sock->input->bytes, sock->input->size, &lines);
         if (limit != NULL) {
             refused(g, limit, sock->input->size, lines);
             err = "request head over the limit";

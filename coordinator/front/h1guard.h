@@ -16,7 +16,12 @@
  * It wraps the socket's read callback (and, so as to wrap it again when h2o starts reading the
  * next request after a response, the write-complete callback): the check runs on sock->input
  * before h2o parses it, and a refusal is handed to h2o as a read error, the path a client's TCP
- * reset takes. */
+ * reset takes.
+ * Pipelining (review rev18c F1): h2o parses a request already in the buffer straight from it once
+ * the answer before it is sent (reqread_start), with no read for the guard to check, so each read
+ * checks every head pipelined in the buffer too, up to a request with a body (where a body ends
+ * is h2o's to know); server.c answers a request with a body with Connection: close, so nothing
+ * behind one is parsed (tests/integration/h1guard_pipeline.sh). */
 #ifndef KFD_H1GUARD_H
 #define KFD_H1GUARD_H
 
