@@ -219,7 +219,9 @@ static uint64_t approval_left_ms(const kfa_ctx *ctx, int64_t expires_at)
     uint64_t left = ctx->deadline > now ? ctx->deadline - now : 0;
     int64_t wall = (int64_t)time(NULL);
     if (expires_at > 0) {
-        uint64_t req = expires_at > wall ? (uint64_t)(expires_at - wall) * 1000 : 0;
+        /* An expiry the coordinator set far ahead must not wrap to a short countdown. */
+        uint64_t secs = expires_at > wall ? (uint64_t)(expires_at - wall) : 0;
+        uint64_t req = secs > left / 1000 ? left : secs * 1000;
         if (req < left)
             left = req;
     }
