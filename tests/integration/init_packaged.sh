@@ -34,7 +34,9 @@ expect_match "... and keeps its port file there (keyfleetd may not write its con
 
 as_nobody() { setpriv --reuid nobody --regid "$GROUP" --clear-groups "$@"; }
 expect_match "keyfleetd --check-config passes as nobody" "$(as_nobody "$KFD" --check-config -c "$R/etc/keyfleet/keyfleetd.yaml" 2>&1)" ": ok$"
-as_nobody "$KFD" -c "$R/etc/keyfleet/keyfleetd.yaml" >"$WORK/keyfleetd.log" 2>&1 &
+# setpriv itself, not the function: a function in the background is a subshell, whose PID a
+# TERM would reach while keyfleetd went on running as nobody.
+setpriv --reuid nobody --regid "$GROUP" --clear-groups "$KFD" -c "$R/etc/keyfleet/keyfleetd.yaml" >"$WORK/keyfleetd.log" 2>&1 &
 KFD_PID=$!
 PIDS+=("$KFD_PID")
 for _ in $(seq 1 200); do [ -s "$R/var/lib/keyfleet/keyfleetd.port" ] && break; sleep 0.05; done
