@@ -45,7 +45,9 @@ static void check_enrolled(const kf_enrolled *e, bool key)
             abort();
 }
 
-static void erase_stub(kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const *all_ids, size_t n_all)
+/* The erase step (device I/O) is not run here: this reads every id the answer ordered erased,
+ * so ASan sees a bad string the real erase would be handed. */
+static void erase_reads_ids(kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const *all_ids, size_t n_all)
 {
     (void)ctx;
     size_t total = 0;
@@ -60,7 +62,7 @@ static void erase_stub(kfa_ctx *ctx, char *const *ids, size_t n_ids, char *const
 static void heartbeat(const Keyfleet__V1__HeartbeatResponse *resp, bool quoted)
 {
     static kfa_ctx ctx;
-    ctx.erase = erase_stub;
+    ctx.erase = erase_reads_ids;
     bool lock;
     kfa_heartbeat_answer(&ctx, resp, quoted, &lock);
     if (ctx.n_recovery_replace > 100 || lock != resp->lock)
