@@ -35,10 +35,10 @@ static void put_u64(EVP_MD_CTX *m, uint64_t v)
 
 static int cmp_hash(const void *a, const void *b) { return memcmp(a, b, KFD_HASH_LEN); }
 
-static int row_hash(EVP_MD_CTX *m, sqlite3_stmt *st, uint8_t out[KFD_HASH_LEN])
+static int row_hash(EVP_MD_CTX *m, const EVP_MD *sha256, sqlite3_stmt *st, uint8_t out[KFD_HASH_LEN])
 {
     int n = sqlite3_column_count(st);
-    if (EVP_DigestInit_ex(m, EVP_sha256(), NULL) != 1)
+    if (EVP_DigestInit_ex2(m, sha256, NULL) != 1)
         return -ENOMEM;
     put_u64(m, (uint64_t)n);
     for (int i = 0; i < n; i++) {
@@ -65,7 +65,7 @@ static int row_hash(EVP_MD_CTX *m, sqlite3_stmt *st, uint8_t out[KFD_HASH_LEN])
 }
 
 /* One table into the outer digest. 0, -ENOMEM, -EIO. */
-static int table_digest(kfd_store *s, EVP_MD_CTX *outer, EVP_MD_CTX *m, const char *table)
+static int table_digest(kfd_store *s, EVP_MD_CTX *outer, EVP_MD_CTX *m, const EVP_MD *sha256, const char *table)
 {
     char *sql = sqlite3_mprintf("SELECT * FROM \"%w\"", table);
     sqlite3_stmt *st = NULL;
@@ -87,7 +87,7 @@ static int table_digest(kfd_store *s, EVP_MD_CTX *outer, EVP_MD_CTX *m, const ch
             rows = v;
             cap = ncap;
         }
-        if ((r = row_hash(m, st, rows[n])) != 0)
+        if ((r = row_hash(m, sha256, st, rows[n])) != 0)
             break;
         n++;
     }
@@ -110,8 +110,11 @@ static int table_digest(kfd_store *s, EVP_MD_CTX *outer, EVP_MD_CTX *m, const ch
 int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN])
 {
     EVP_MD_CTX *outer = EVP_MD_CTX_new(), *m = EVP_MD_CTX_new();
+    /* Fetched once per digest: EVP_sha256() in each row's init looked the algorithm up in the
+     * provider store (a lock and a search) for every row of every table, every checkpoint. */
+    EVP_MD *sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     static const char tag[] = "keyfleet state digest v1";
-    int r = outer != NULL && m != NULL && EVP_DigestInit_ex(outer, EVP_sha256(), NULL) == 1 ? 0 : -ENOMEM;
+    int r = outer != NULL && m != NULL && sha256 != NULL && EVP_DigestInit_ex2(outer, sha256, NULL) == 1 ? 0 : -ENOMEM;
     if (r == 0)
         EVP_DigestUpdate(outer, tag, sizeof(tag));
     sqlite3_stmt *names = NULL;
@@ -122,7 +125,7 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN])
     while (r == 0 && (rc = sqlite3_step(names)) == SQLITE_ROW) {
         char table[128];
         snprintf(table, sizeof(table), "%s", (const char *)sqlite3_column_text(names, 0));
-        r = table_digest(s, outer, m, table);
+        r = table_digest(s, outer, m, sha256, table);
     }
     if (r == 0 && rc != SQLITE_DONE)
         r = -EIO;
@@ -132,5 +135,6 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN])
         r = -ENOMEM;
     EVP_MD_CTX_free(outer);
     EVP_MD_CTX_free(m);
+    EVP_MD_free(sha256);
     return r;
 }

@@ -1132,6 +1132,33 @@ static void edit_db(const char *db, const char *sql)
     sqlite3_close(h);
 }
 
+/* The signer check reads the membership records at every checkpoint: through the partial index,
+ * never by a scan of the whole audit log (issue #29: two full scans per checkpoint). */
+static void test_membership_read_indexed(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("member-plan.db");
+    sqlite3_stmt *member = kfd_store_stmt(s, ST_MEMBER_LAST);
+    char *sql = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sqlite3_sql(member));
+    sqlite3_stmt *plan = NULL;
+    assert_int_equal(sqlite3_prepare_v2(s->db, sql, -1, &plan, NULL), SQLITE_OK);
+    int steps = 0, indexed = 0;
+    while (sqlite3_step(plan) == SQLITE_ROW) {
+        const char *detail = (const char *)sqlite3_column_text(plan, 3);
+        steps++;
+        if (strstr(detail, "SCAN audit") != NULL || strstr(detail, "SEARCH audit") != NULL) {
+            print_message("plan: %s\n", detail);
+            assert_non_null(strstr(detail, "USING INDEX audit_membership"));
+            indexed++;
+        }
+    }
+    assert_int_equal(indexed, 2); /* the query and its subquery */
+    assert_true(steps >= 2);
+    sqlite3_finalize(plan);
+    sqlite3_free(sql);
+    kfd_store_close(s);
+}
+
 static void test_state_digest(void **state)
 {
     (void)state;
@@ -1284,6 +1311,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_apply_order),
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
         cmocka_unit_test(test_snapshot_old_checkpoint_signature),
+        cmocka_unit_test(test_membership_read_indexed),
         cmocka_unit_test(test_state_digest),
         cmocka_unit_test(test_checkpoint_state_compared),
         cmocka_unit_test(test_signed_state_root),
