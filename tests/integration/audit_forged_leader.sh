@@ -18,13 +18,8 @@ start_cluster c 3
 S3=$CLUSTER
 WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)")
 for i in 1 2 3; do release n1 vol-1 "$WRAP" "$S3" >/dev/null; done
-A=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && echo "$n" && break; done)
-B=$L
-C=$(for n in c1 c2 c3; do [ "$n" != "$A" ] && [ "$n" != "$B" ] && echo "$n"; done)
-for n in "$A" "$B" "$C"; do signed_on "$n"; done
-caught_up "$A" "$B"
-caught_up "$C" "$B"
-stop_replicas "$A" "$B" "$C"
+pick_roles
+stop_signed_cluster
 
 cps() { sqlite3 "$WORK/$1/state/keyfleet.db" "SELECT count(*) FROM audit_checkpoints"; }
 CPS_B=$(cps "$B")

@@ -13,20 +13,8 @@ fleet_init "$F"
 issue "$F" node n1
 . "$(dirname "$0")/cluster_lib.sh"
 
-start_cluster c 3
-S3=$CLUSTER
-WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)")
-expect_match "n1 gets its key before the revocation" "$(release n1 vol-1 "$WRAP" "$S3")" "^code=ok status=released"
-expect_match "n1 is revoked" "$(ctlx "$L" node revoke n1 stolen 2>&1)" "revoked"
-out=$(release n1 vol-1 "$WRAP" "$S3" 2>&1)
-check "the revoked n1 gets no key" test "${out#code=ok}" = "$out"
-A=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && echo "$n" && break; done)
-B=$L
-C=$(for n in c1 c2 c3; do [ "$n" != "$A" ] && [ "$n" != "$B" ] && echo "$n"; done)
-for n in "$A" "$B" "$C"; do signed_on "$n"; done
-caught_up "$A" "$B"
-caught_up "$C" "$B"
-stop_replicas "$A" "$B" "$C"
+revoked_n1_cluster
+stop_signed_cluster
 
 # One row of $A's state, outside the audit log.
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE nodes SET revoked = 0 WHERE name = 'n1'"

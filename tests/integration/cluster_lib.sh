@@ -145,3 +145,31 @@ start_cluster() {
     PORT=${RPC[${names[0]}]##*:}
     for _ in $(seq 1 50); do allow_nodes "$F" "n*" 2>/dev/null && break; sleep 0.1; done
 }
+# pick_roles: A a follower, B the leader L, C the other (3 replicas c1..c3).
+pick_roles() {
+    A=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && echo "$n" && break; done)
+    B=$L
+    C=$(for n in c1 c2 c3; do [ "$n" != "$A" ] && [ "$n" != "$B" ] && echo "$n"; done)
+}
+# stop_signed_cluster: waits until A, B and C each hold a checkpoint as their newest record and
+# A and C hold what B holds, then stops all three (for edits to a stopped replica's database).
+stop_signed_cluster() {
+    local n
+    for n in "$A" "$B" "$C"; do signed_on "$n"; done
+    caught_up "$A" "$B"
+    caught_up "$C" "$B"
+    stop_replicas "$A" "$B" "$C"
+}
+# revoked_n1_cluster: a 3-replica cluster c1..c3 where n1 enrolled vol-1 (WRAP), got its key, was
+# revoked and then refused; sets S3 (the servers), WRAP, and A, B, C (pick_roles).
+revoked_n1_cluster() {
+    start_cluster c 3
+    S3=$CLUSTER
+    WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)")
+    expect_match "n1 gets its key before the revocation" "$(release n1 vol-1 "$WRAP" "$S3")" "^code=ok status=released"
+    expect_match "n1 is revoked" "$(ctlx "$L" node revoke n1 stolen 2>&1)" "revoked"
+    local out
+    out=$(release n1 vol-1 "$WRAP" "$S3" 2>&1)
+    check "the revoked n1 gets no key" test "${out#code=ok}" = "$out"
+    pick_roles
+}
