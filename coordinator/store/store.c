@@ -131,8 +131,10 @@ static const char *const migrations[] = {
     /* 17: the membership records, which every checkpoint's signer check reads (ST_MEMBER_LAST):
      * without it that read scanned the whole audit log twice per checkpoint (issue #29's profile;
      * a log of a million records would have cost seconds every 200 ms). Partial, so a release's
-     * record costs it nothing. */
-    "CREATE INDEX audit_membership ON audit(seq) WHERE action IN ('cluster_add', 'cluster_remove');",
+     * record costs it nothing. And a node's volumes, which an attested enroll counts (trust on
+     * first use) and `node list` joins: each was a scan of every volume. */
+    "CREATE INDEX audit_membership ON audit(seq) WHERE action IN ('cluster_add', 'cluster_remove');"
+    "CREATE INDEX volumes_node ON volumes(node);",
 };
 
 static const char *const sql[ST_COUNT] = {
