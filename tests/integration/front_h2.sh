@@ -60,6 +60,12 @@ expect_eq "... counted once as a reset flood" "$(metric "$F" keyfleet_h2_reset_f
 grep -q 'event=h2_reset_flood source=127.0.0.1 resets=101 limit=100 kind=sent action=goaway' "$F/keyfleetd.log"
 expect_eq "... logged when the 101st reset came" "$?" "0"
 expect_eq "keyfleetd still serves new connections" "$(kcurl "$F" operator "$URL/healthz")" "ok"
+# ... but a reset of a stream already answered in whole (libcurl sends one after each finished
+# stream) is not rapid reset: 300 requests so, on one connection, and the next is answered.
+out=$(h2 reset-after-answer 300)
+expect_match "300 streams reset after their whole answer: the connection still serves" "$out" \
+    '^healthz=200 answered=300$'
+expect_eq "... and no reset flood was counted" "$(metric "$F" keyfleet_h2_reset_floods_total)" "1"
 
 # 3b. "MadeYouReset" (CVE-2025-8671): resets the server sends because of the client's frames
 # (here a WINDOW_UPDATE that overflows the stream's window) take from the same budget.

@@ -6,7 +6,8 @@ certificate and ALPN h2 on 127.0.0.1.
   h2_probe.py settings    HOST PORT CA CERT KEY
       prints the server's SETTINGS: "max_concurrent_streams=N initial_window_size=N"
   h2_probe.py reset-flood HOST PORT CA CERT KEY N
-      sends N pairs of HEADERS (GET /healthz, END_STREAM) then RST_STREAM(CANCEL), then one
+      sends N pairs of HEADERS (GET /healthz, no END_STREAM, so the stream is still being
+      served) then RST_STREAM(CANCEL), then one
       more GET /healthz, and prints how the connection ended: "goaway=CODE_NAME resets_sent=K"
       when the server sent GOAWAY (K: how many resets were written before the connection
       closed), or "healthz=STATUS" when the last request was answered.
@@ -14,6 +15,10 @@ certificate and ALPN h2 on 127.0.0.1.
       the same with resets the server sends ("MadeYouReset"): N pairs of HEADERS (GET /healthz
       without END_STREAM, so the stream stays open) then WINDOW_UPDATE(2^31-1) on it, which
       overflows its window, so the server resets it with FLOW_CONTROL_ERROR.
+  h2_probe.py reset-after-answer HOST PORT CA CERT KEY N
+      N requests (GET /healthz, END_STREAM) one after another, each reset with RST_STREAM(CANCEL)
+      only once its whole answer (END_STREAM) was read, as libcurl does; then one more GET
+      /healthz; prints "healthz=STATUS answered=K" or "goaway=CODE_NAME answered=K".
   h2_probe.py ping-flood HOST PORT CA CERT KEY STREAMS PINGS rst|read|rst-paused:PID
       SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS GET /metrics, then PINGS pings (see ping_flood).
   h2_probe.py body-streams HOST PORT CA CERT KEY STREAMS BYTES
@@ -140,7 +145,9 @@ def reset_flood(args, provoke=False):
                 s.sendall(frame(HEADERS, END_HEADERS, sid, get_headers("/healthz"))
                           + frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", 0x7FFFFFFF)))
             else:
-                s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, sid, get_headers("/healthz"))
+                # No END_STREAM: the stream is still being served (h2o waits for its end) when
+                # the reset comes, as in rapid reset; a stream answered whole is not counted.
+                s.sendall(frame(HEADERS, END_HEADERS, sid, get_headers("/healthz"))
                           + frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
             sent += 1
         s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, 2 * n + 1, get_headers("/healthz")))
@@ -163,6 +170,38 @@ def reset_flood(args, provoke=False):
         print("goaway=%s resets_sent=%d" % (result["goaway"], sent))
     else:
         print("end=closed resets_sent=%d" % sent)
+    return 0
+
+
+def reset_after_answer(args):
+    n = int(args[5])
+    s = connect(*args[:5])
+    r = Reader(s)
+    answered = 0
+    for i in range(n + 1):
+        sid = 2 * i + 1
+        s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, sid, get_headers("/healthz")))
+        status = None
+        while True:
+            f = r.next()
+            if f is None:
+                print("end=closed answered=%d" % answered)
+                return 0
+            ftype, flags, stream, payload = f
+            if ftype == SETTINGS and not flags & ACK:
+                s.sendall(frame(SETTINGS, ACK, 0))
+            elif ftype == GOAWAY:
+                print("goaway=%s answered=%d" % (ERRORS.get(struct.unpack(">I", payload[4:8])[0], "unknown"), answered))
+                return 0
+            elif ftype == HEADERS and stream == sid and status is None:
+                status = "200" if payload[:1] == b"\x88" else "other"
+            if stream == sid and ftype in (HEADERS, DATA) and flags & END_STREAM:
+                break
+        if i == n:
+            print("healthz=%s answered=%d" % (status, answered))
+            return 0
+        answered += 1
+        s.sendall(frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
     return 0
 
 
@@ -351,6 +390,8 @@ if __name__ == "__main__":
         sys.exit(settings(rest))
     if cmd == "reset-flood" and len(rest) == 6:
         sys.exit(reset_flood(rest))
+    if cmd == "reset-after-answer" and len(rest) == 6:
+        sys.exit(reset_after_answer(rest))
     if cmd == "provoke-flood" and len(rest) == 6:
         sys.exit(reset_flood(rest, provoke=True))
     if cmd == "body-streams" and len(rest) == 7:
