@@ -47,7 +47,7 @@ root_image() {
 /bin/busybox mount -t proc proc /proc
 echo "KEYFLEET-ROOT-REACHED root=$(/bin/busybox awk '$2 == "/" { print $1 }' /proc/mounts | /bin/busybox tail -n 1)" >/dev/console
 # With a TPM: the SHA-256 PCRs attestation quotes by default, as the kernel reads them (not the agent).
-/bin/busybox mount -t sysfs sysfs /sys
+[ -d /sys/class ] || /bin/busybox mount -t sysfs sysfs /sys # the initramfs may have moved its own here
 for p in 0 2 4 7; do
     [ -r /sys/class/tpm/tpm0/pcr-sha256/$p ] && echo "KEYFLEET-ROOT-PCR $p=$(/bin/busybox cat /sys/class/tpm/tpm0/pcr-sha256/$p)" >/dev/console
 done
