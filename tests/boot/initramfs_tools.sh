@@ -43,6 +43,10 @@ expect_match "1. the boot switches to the root and reaches its marker" "$C" "KEY
 expect_eq "1. the audit shows one more release, for vm-1" "$(audit_releases)" "$((before + 1))"
 T_KEYFLEET=$(awk -v a="$(console_time unlock 'set up successfully')" -v b="$(console_time unlock 'Loading, please wait')" \
     'BEGIN { printf "%.1f", a - b }')
+# The agent's part, from its start to the key (file key, no quote; tpm_fallback.sh prints the
+# same for a TPM key and a quote).
+T_AGENT=$(awk -v a="$(console_time unlock 'released by a coordinator')" -v b="$(console_time unlock 'keyfleet: cryptroot: asking')" \
+    'BEGIN { printf "%.1f", a - b }')
 
 # --- 4. Approval required: the console shows the wait; an operator's approval lets it boot.
 vm_boot_start approval "$WORK/root-approval.img" "$INITRD" "$CMDLINE $(crypt)"
@@ -88,4 +92,5 @@ T_PROMPT=$(awk -v a="$(console_time down 'set up successfully')" -v b="$(console
 
 echo "# boot timing (initramfs start to root opened): keyfleet ${T_KEYFLEET}s, typed passphrase ${T_PROMPT}s" \
     "(the typed path includes the test's wait for the prompt)"
+echo "# boot timing (agent start to key, in the VM): file key ${T_AGENT}s"
 finish

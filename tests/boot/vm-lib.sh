@@ -46,6 +46,11 @@ root_image() {
 #!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 echo "KEYFLEET-ROOT-REACHED root=$(/bin/busybox awk '$2 == "/" { print $1 }' /proc/mounts | /bin/busybox tail -n 1)" >/dev/console
+# With a TPM: the SHA-256 PCRs attestation quotes by default, as the kernel reads them (not the agent).
+[ -d /sys/class ] || /bin/busybox mount -t sysfs sysfs /sys # the initramfs may have moved its own here
+for p in 0 2 4 7; do
+    [ -r /sys/class/tpm/tpm0/pcr-sha256/$p ] && echo "KEYFLEET-ROOT-PCR $p=$(/bin/busybox cat /sys/class/tpm/tpm0/pcr-sha256/$p)" >/dev/console
+done
 if [ -x /usr/sbin/keyfleet-agent ]; then
     echo "KEYFLEET-ROOT-AGENT: press Enter for the next contact" >/dev/console
     read -r _ </dev/console
@@ -133,7 +138,8 @@ keyfleet_initrd() {
 }
 
 # root_add_agent DIR: keyfleet-agent as installed in $INST, the libraries it links and loads
-# (libcryptsetup, tpm2-tss), and the node's config ($VMCONF as /etc/keyfleet), into DIR.
+# (libcryptsetup, tpm2-tss; with a TPM-resident node key, OpenSSL's tpm2 provider and what it
+# links), and the node's config ($VMCONF as /etc/keyfleet), into DIR.
 root_add_agent() {
     local dir=$1 f lib
     mkdir -p "$dir/usr/sbin" "$dir/etc/keyfleet"
@@ -145,11 +151,30 @@ root_add_agent() {
         f=$(ldconfig -p | awk -v l="$lib" '$1 == l { print $NF; exit }')
         [ -n "$f" ] && objs+=("$f")
     done
+    if grep -q 'tpm_key:' "$VMCONF/agent.yaml"; then
+        f=$(openssl version -m | sed -n 's/^MODULESDIR: "\(.*\)"$/\1/p')/tpm2.so
+        [ -r "$f" ] && objs+=("$f")
+    fi
     for f in $( (printf '%s\n' "${objs[@]}"; ldd "${objs[@]}" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\/.*ld-linux/ { print $1 }') | sort -u); do
         [ "$f" = "$INST/usr/sbin/keyfleet-agent" ] && continue
         mkdir -p "$dir$(dirname "$f")"
         cp -L "$f" "$dir$f"
     done
+}
+
+# tpm_manufacture DIR: a TPM 2.0 state in DIR as a TPM maker ships it: swtpm_setup with an EK
+# certificate signed by a test-local manufacturer CA ($WORK/ekca; its certificates, for
+# keyfleetctl cert issue --ek-ca, in $WORK/ek-cas.pem).
+tpm_manufacture() {
+    mkdir -p "$1" "$WORK/ekca"
+    printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
+        "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" >"$WORK/localca.conf"
+    : >"$WORK/localca.options"
+    printf 'create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\n' \
+        "$WORK/localca.conf" "$WORK/localca.options" >"$WORK/swtpm_setup.conf"
+    swtpm_setup --tpm2 --tpmstate "$1" --create-ek-cert --config "$WORK/swtpm_setup.conf" >"$1.setup.log" 2>&1 ||
+        { not_ok "swtpm_setup $1" "$(tail -n 3 "$1.setup.log")"; finish; }
+    cat "$WORK/ekca/issuercert.pem" "$WORK/ekca/swtpm-localca-rootca-cert.pem" >"$WORK/ek-cas.pem"
 }
 
 # vm_boot_start NAME IMAGE INITRD [KERNEL ARGS...]: vm_boot_disks_start with IMAGE as the only disk.
