@@ -162,21 +162,6 @@ root_add_agent() {
     done
 }
 
-# tpm_manufacture DIR: a TPM 2.0 state in DIR as a TPM maker ships it: swtpm_setup with an EK
-# certificate signed by a test-local manufacturer CA ($WORK/ekca; its certificates, for
-# keyfleetctl cert issue --ek-ca, in $WORK/ek-cas.pem).
-tpm_manufacture() {
-    mkdir -p "$1" "$WORK/ekca"
-    printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
-        "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" >"$WORK/localca.conf"
-    : >"$WORK/localca.options"
-    printf 'create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\n' \
-        "$WORK/localca.conf" "$WORK/localca.options" >"$WORK/swtpm_setup.conf"
-    swtpm_setup --tpm2 --tpmstate "$1" --create-ek-cert --config "$WORK/swtpm_setup.conf" >"$1.setup.log" 2>&1 ||
-        { not_ok "swtpm_setup $1" "$(tail -n 3 "$1.setup.log")"; finish; }
-    cat "$WORK/ekca/issuercert.pem" "$WORK/ekca/swtpm-localca-rootca-cert.pem" >"$WORK/ek-cas.pem"
-}
-
 # vm_boot_start NAME IMAGE INITRD [KERNEL ARGS...]: vm_boot_disks_start with IMAGE as the only disk.
 vm_boot_start() {
     local name=$1 img=$2 initrd=$3

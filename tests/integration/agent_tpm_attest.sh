@@ -9,17 +9,6 @@
 
 command -v swtpm_setup >/dev/null || { echo "1..0 # SKIP swtpm_setup missing"; exit 77; }
 
-# manufacture DIR: a TPM state with an EK certificate signed by the local CA in $WORK/ekca.
-manufacture() {
-    mkdir -p "$1" "$WORK/ekca"
-    printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
-        "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" "$WORK/ekca" >"$WORK/localca.conf"
-    : >"$WORK/localca.options"
-    printf 'create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\n' \
-        "$WORK/localca.conf" "$WORK/localca.options" >"$WORK/swtpm_setup.conf"
-    swtpm_setup --tpm2 --tpmstate "$1" --create-ek-cert --config "$WORK/swtpm_setup.conf" >"$1.setup.log" 2>&1 ||
-        { not_ok "swtpm_setup $1" "$(tail -n 3 "$1.setup.log")"; finish; }
-}
 # measure TCTI PCR TEXT: what firmware and bootloader do at boot (a fresh swtpm's PCRs are all
 # zeros, which the coordinator refuses as never extended).
 measure() {
@@ -28,12 +17,12 @@ measure() {
 }
 MEASURED_A=()
 boot_measurements() { for p in 0 2 4 7; do measure "$1" "$p" "firmware $p"; done; }
-manufacture "$WORK/tpm-a"
+tpm_manufacture "$WORK/tpm-a"
 start_swtpm "$WORK/tpm-a"
 TCTI_A=$TCTI
 boot_measurements "$TCTI_A"
 SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
-manufacture "$WORK/tpm-b"
+tpm_manufacture "$WORK/tpm-b"
 start_swtpm "$WORK/tpm-b"
 TCTI_B=$TCTI
 boot_measurements "$TCTI_B"
