@@ -179,6 +179,8 @@ static const char *const sql[ST_COUNT] = {
                        "coalesce(e.erased_at, 0), coalesce(e.detail, ''), coalesce(e.erase_all, 0) FROM volumes "
                        "LEFT JOIN volume_erase e ON e.volume_id = volumes.id ORDER BY id",
     [ST_ERASE_INSERT] = "INSERT INTO volume_erase (volume_id, node, requested_at, erase_all) VALUES (?, ?, ?, ?)",
+    /* A wiped volume's wrapped keys go (review rev26c R4): '' is no wrapped key (unwrap refuses it). */
+    [ST_VOLUME_FORGET_KEYS] = "UPDATE volumes SET wrapped_key = '', next_wrapped_key = NULL, next_kcv = NULL WHERE id = ?",
     [ST_ERASE_GET] = "SELECT node, coalesce(erased_at, 0) FROM volume_erase WHERE volume_id = ?",
     [ST_ERASE_CONFIRM] = "UPDATE volume_erase SET erased_at = ?, detail = ? WHERE volume_id = ? AND node = ? "
                          "AND erased_at IS NULL",
