@@ -125,7 +125,6 @@ static int read_token(struct crypt_device *cd, kfa_volume *v, kf_err *err)
             tok.wrapped = tok.tpm_blob = tok.tpm_part = NULL;
             v->keyslot = tok.keyslot;
             v->token = t;
-            v->adding_keyslot = tok.adding;
         } else {
             kfa_token_clear(&tok);
             return kf_err_set(err, -EBADMSG, "%s: more than one keyfleet token %s", v->path,
@@ -167,7 +166,7 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
     snprintf(v->id, sizeof(v->id), "%s", uuid != NULL ? uuid : "");
     if (v->name[0] == '\0')
         snprintf(v->name, sizeof(v->name), "keyfleet-%.64s", v->id);
-    v->keyslot = v->token = v->next_keyslot = v->next_token = v->replaces_keyslot = v->adding_keyslot = -1;
+    v->keyslot = v->token = v->next_keyslot = v->next_token = v->replaces_keyslot = -1;
     v->replaces_salt[0] = '\0';
     r = read_token(cd, v, err);
     if (r == -ENOENT)
@@ -178,9 +177,9 @@ static int luks_probe(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 }
 
 /* rotating: the token of a rotation's new key, which replaces v's keyslot. tpm_blob: the TPM copy
- * of the token's key (NULL: none). adding: a keyslot about to be added (keyfleet_adding), or -1. */
+ * of the token's key (NULL: none). */
 static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped, bool rotating,
-                           const char *tpm_blob, int adding)
+                           const char *tpm_blob)
 {
     json_t *coords = json_array();
     for (size_t i = 0; coords != NULL && i < cfg->coordinators.n; i++)
@@ -194,11 +193,7 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
     int replaces = v->rotating ? v->replaces_keyslot : v->keyslot;
     if (o != NULL && rotating)
         json_object_set_new(o, "keyfleet_rotating", json_true());
-    if (o != NULL && adding >= 0) {
-        char add_s[16];
-        snprintf(add_s, sizeof(add_s), "%d", adding);
-        json_object_set_new(o, "keyfleet_adding", json_string(add_s));
-    }
+
     if (o != NULL && rotating && replaces >= 0 && replaces != slot) {
         char old_s[16];
         snprintf(old_s, sizeof(old_s), "%d", replaces);
@@ -213,7 +208,7 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
 
 static char *token_json(const kfa_config *cfg, const kfa_volume *v, int slot, const char *wrapped)
 {
-    return token_json_as(cfg, v, slot, wrapped, v->rotating, v->tpm_blob != NULL ? v->tpm_blob : v->tpm_part, -1);
+    return token_json_as(cfg, v, slot, wrapped, v->rotating, v->tpm_blob != NULL ? v->tpm_blob : v->tpm_part);
 }
 
 /* The PBKDF2 cost of the digest that checks keyslot slot's volume key, from the LUKS2 metadata:
@@ -415,38 +410,72 @@ static int luks_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err
     return 0;
 }
 
-/* Rewrites v's token (unmarked: a rotation is being staged) with keyfleet_adding = adding, or
- * without it (-1). */
-static int write_adding(const kfa_config *cfg, struct crypt_device *cd, kfa_volume *v, int adding)
+/* A rotation's new keyslot is recorded before it exists in a token of its own type, which the
+ * keyfleet token's strict parser, older agents and token plugins skip (a new field in the keyfleet
+ * token would stop them unlocking):
+ *   {"type":"keyfleet-adding","keyslots":[],"keyfleet_volume_id":UUID,"keyfleet_adding":"N"}
+ * A run cut off before the token marked rotating names the keyslot leaves a number that the next
+ * rotation and an erase look at (review rev26c R4; luks2_slots.h). */
+#define ADDING_TOKEN_TYPE "keyfleet-adding"
+
+/* The recorded keyslot (-1: none) and its token in *ret_token (-1: none). */
+static int find_adding(struct crypt_device *cd, int *ret_token)
 {
-    char *json = token_json_as(cfg, v, v->keyslot, v->wrapped, false, v->tpm_blob != NULL ? v->tpm_blob : v->tpm_part,
-                               adding);
-    int r = json != NULL ? sym_crypt_token_json_set(cd, v->token, json) : -ENOMEM;
-    free(json);
-    if (r >= 0)
-        v->adding_keyslot = adding;
-    return r < 0 ? r : 0;
+    *ret_token = -1;
+    for (int t = 0; t < MAX_TOKENS; t++) {
+        const char *type = NULL, *json = NULL;
+        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
+        if (info == CRYPT_TOKEN_INACTIVE || type == NULL || strcmp(type, ADDING_TOKEN_TYPE) != 0)
+            continue;
+        json_t *o = sym_crypt_token_json_get(cd, t, &json) >= 0 ? json_loads(json, 0, NULL) : NULL;
+        const char *n = json_string_value(json_object_get(o, "keyfleet_adding"));
+        char *end = NULL;
+        long k = n != NULL ? strtol(n, &end, 10) : -1;
+        json_decref(o);
+        *ret_token = t;
+        return n != NULL && *n != '\0' && *end == '\0' && k >= 0 && k < 32 ? (int)k : -1;
+    }
+    return -1;
 }
 
-/* The new key's keyslot, its number recorded in v's token before it exists (review rev26c R4):
- * a run cut off before the token marked rotating names it leaves a number an erase or the next
- * run kills. The slot, or a negative errno with err set. */
-static int add_recorded(const kfa_config *cfg, struct crypt_device *cd, kfa_volume *v, const kf_secbuf *old_key,
+/* Writes the record of keyslot slot into token *token (-1: a new one). 0 or a negative errno. */
+static int write_adding(struct crypt_device *cd, const kfa_volume *v, int *token, int slot)
+{
+    char n[16];
+    snprintf(n, sizeof(n), "%d", slot);
+    json_t *o = json_pack("{s:s, s:[], s:s, s:s}", "type", ADDING_TOKEN_TYPE, "keyslots", "keyfleet_volume_id", v->id,
+                          "keyfleet_adding", n);
+    char *json = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    int r = json != NULL ? sym_crypt_token_json_set(cd, *token >= 0 ? *token : CRYPT_ANY_TOKEN, json) : -ENOMEM;
+    free(json);
+    if (r < 0)
+        return r;
+    *token = r;
+    return 0;
+}
+
+static void drop_adding(struct crypt_device *cd, int *token)
+{
+    if (*token >= 0)
+        sym_crypt_token_json_set(cd, *token, NULL);
+    *token = -1;
+}
+
+/* The new key's keyslot, its number recorded before it exists (token *at). The slot, or a
+ * negative errno with err set. */
+static int add_recorded(struct crypt_device *cd, kfa_volume *v, int *at, const kf_secbuf *old_key,
                         const kf_secbuf *new_key, kf_err *err)
 {
-    /* An earlier run's keyslot the new key does not open: a key the coordinators dropped. */
-    int r = v->adding_keyslot >= 0 ? kfa_luks2_kill_adding(cd, v->path, v->adding_keyslot, NULL, err) : 0;
-    if (r != 0)
-        return r;
     int slot = kfa_luks2_free_slot(cd);
     if (slot < 0)
         return kf_err_set(err, slot, "%s: no free keyslot for the new key", v->path);
-    if ((r = write_adding(cfg, cd, v, slot)) != 0)
-        return kf_err_set(err, -EIO, "%s: cannot record the new keyslot in the keyfleet token: %s", v->path,
-                          strerror(-r));
+    int r = write_adding(cd, v, at, slot);
+    if (r != 0)
+        return kf_err_set(err, -EIO, "%s: cannot record the new keyslot: %s", v->path, strerror(-r));
     r = add_keyslot(cd, slot, old_key, new_key);
     if (r < 0) {
-        write_adding(cfg, cd, v, -1);
+        drop_adding(cd, at);
         return kf_err_set(err, r == -EPERM ? -EKEYREJECTED : r, "%s: cannot add a keyslot for the new key: %s",
                           v->path, r == -EPERM ? "the current key does not open the volume" : strerror(-r));
     }
@@ -460,15 +489,20 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
+    int at;
+    int prev = find_adding(cd, &at);
     /* A run cut off after adding the keyslot but before its token left a keyslot the new key
-     * opens (BEGIN hands out the same key again): use it rather than add another. */
+     * opens (BEGIN hands out the same key again): use it rather than add another. One it does not
+     * open holds a key the coordinators dropped: killed, if keyfleet's. */
     int slot = sym_crypt_activate_by_passphrase(cd, NULL, CRYPT_ANY_SLOT, (const char *)new_key->data, new_key->len, 0);
-    if (slot < 0 && (slot = add_recorded(cfg, cd, v, old_key, new_key, err)) < 0)
+    if (slot < 0 && prev >= 0 && (r = kfa_luks2_kill_adding(cd, v->path, prev, NULL, err)) != 0)
+        return r;
+    if (slot < 0 && (slot = add_recorded(cd, v, &at, old_key, new_key, err)) < 0)
         return slot;
     kfa_test_crash_point("keyslot");
     keyslot_salt(cd, v->keyslot, v->replaces_salt, sizeof(v->replaces_salt));
     const char *tpm = v->tpm_blob_next != NULL ? v->tpm_blob_next : v->tpm_part_next; /* a copy, or a part */
-    char *json = token_json_as(cfg, v, slot, wrapped, true, tpm, -1);
+    char *json = token_json_as(cfg, v, slot, wrapped, true, tpm);
     int token = json != NULL ? sym_crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
     free(json);
     char *copy = token >= 0 ? strdup(wrapped) : NULL;
@@ -476,13 +510,12 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
         if (token >= 0)
             sym_crypt_token_json_set(cd, token, NULL);
         sym_crypt_keyslot_destroy(cd, slot);
-        write_adding(cfg, cd, v, -1);
+        drop_adding(cd, &at);
         return kf_err_set(err, -EIO, "%s: cannot write the new keyfleet token", v->path);
     }
-    /* The token marked rotating names the keyslot now; a record left here (this rewrite failing)
-     * names the same keyslot, which the erase kills anyway. */
-    if (v->adding_keyslot >= 0)
-        write_adding(cfg, cd, v, -1);
+    /* The token marked rotating names the keyslot now; a record left (its removal failing) names
+     * the same keyslot, which an erase kills anyway and the next rotation reuses or kills. */
+    drop_adding(cd, &at);
     free(v->wrapped_next);
     v->wrapped_next = copy;
     v->next_keyslot = slot;
@@ -591,7 +624,8 @@ static int luks_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 
 static bool erased_type(const char *type)
 {
-    return type != NULL && (strcmp(type, TOKEN_TYPE) == 0 || strcmp(type, RECOVERY_TOKEN_TYPE) == 0);
+    return type != NULL && (strcmp(type, TOKEN_TYPE) == 0 || strcmp(type, RECOVERY_TOKEN_TYPE) == 0 ||
+                            strcmp(type, ADDING_TOKEN_TYPE) == 0);
 }
 
 /* What an erase destroys: the tokens (keyfleet's, the recovery one; with all, every token), the

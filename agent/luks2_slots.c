@@ -30,7 +30,8 @@ int kfa_luks2_free_slot(struct crypt_device *cd)
 
 static bool keyfleet_type(const char *type)
 {
-    return type != NULL && (strcmp(type, "keyfleet") == 0 || strcmp(type, "keyfleet-recovery") == 0);
+    return type != NULL && (strcmp(type, "keyfleet") == 0 || strcmp(type, "keyfleet-recovery") == 0 ||
+                            strcmp(type, "keyfleet-adding") == 0);
 }
 
 /* Whether a token names keyslot id: any token (any_type), or one of another kind than keyfleet's. */

@@ -41,7 +41,7 @@ void kfa_token_clear(kfa_token *t)
         free(t->coordinators[i]);
     free(t->coordinators);
     memset(t, 0, sizeof(*t));
-    t->keyslot = t->replaces = t->adding = -1;
+    t->keyslot = -1;
 }
 
 int kfa_wrapped_check(const char *s, kfa_token *ret_parts, kf_err *err)
@@ -157,8 +157,7 @@ static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
 {
     static const char *const known[] = {"type", "keyslots", "keyfleet_volume_id", "keyfleet_wrapped_key",
                                         "keyfleet_coordinators", "keyfleet_tpm_sealed", "keyfleet_version",
-                                        "keyfleet_rotating", "keyfleet_replaces", "keyfleet_replaces_salt",
-                                        "keyfleet_adding"};
+                                        "keyfleet_rotating", "keyfleet_replaces", "keyfleet_replaces_salt"};
     if (!json_is_object(o))
         return BAD(err, "not a JSON object");
     const char *key;
@@ -205,7 +204,7 @@ static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
     if (v != NULL && !json_is_true(v))
         return BAD(err, "keyfleet_rotating must be true when present");
     t->rotating = v != NULL;
-    t->replaces = t->adding = -1;
+    t->replaces = -1;
     v = json_object_get(o, "keyfleet_replaces");
     if (v != NULL && (!t->rotating || !json_is_string(v) || !slot_number(json_string_value(v), &t->replaces) ||
                       t->replaces == t->keyslot))
@@ -217,9 +216,6 @@ static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
         return BAD(err, "keyfleet_replaces_salt must be a keyslot's KDF salt (base64), with keyfleet_replaces");
     if (salt != NULL)
         snprintf(t->replaces_salt, sizeof(t->replaces_salt), "%s", salt);
-    v = json_object_get(o, "keyfleet_adding");
-    if (v != NULL && (!json_is_string(v) || !slot_number(json_string_value(v), &t->adding) || t->adding == t->keyslot))
-        return BAD(err, "keyfleet_adding must name another keyslot, as a string");
     v = json_object_get(o, "keyfleet_tpm_sealed");
     return v != NULL ? check_tpm(v, t, err) : 0;
 }
@@ -227,7 +223,7 @@ static int parse(json_t *o, const char *uuid, kfa_token *t, kf_err *err)
 int kfa_token_parse(const char *json, const char *uuid, kfa_token *ret, kf_err *err)
 {
     memset(ret, 0, sizeof(*ret));
-    ret->keyslot = ret->replaces = ret->adding = -1;
+    ret->keyslot = -1;
     if (json == NULL)
         return BAD(err, "no JSON");
     size_t n = strnlen(json, KFA_TOKEN_JSON_MAX + 1);

@@ -8,9 +8,7 @@
  *    "keyfleet_rotating":true (optional: the new key of a rotation not yet committed, docs/agent.md),
  *    "keyfleet_replaces":"N" (optional, only with keyfleet_rotating: the old key's keyslot),
  *    "keyfleet_replaces_salt":BASE64 (optional, only with keyfleet_replaces: that keyslot's KDF
- *    salt, so a keyslot later given the same number, an operator's passphrase, is never killed),
- *    "keyfleet_adding":"N" (optional: a keyslot being added, recorded before it exists, for a
- *    rotation's new key, until the token marked rotating names it: luks2_slots.h)} */
+ *    salt, so a keyslot later given the same number, an operator's passphrase, is never killed)} */
 #ifndef KFA_LUKS2_TOKEN_H
 #define KFA_LUKS2_TOKEN_H
 
@@ -40,7 +38,6 @@ typedef struct kfa_token {
     bool rotating;       /* keyfleet_rotating: a rotation's new key, not yet committed */
     int replaces;        /* keyfleet_replaces: the keyslot of the key it replaces; -1 when none */
     char replaces_salt[65]; /* keyfleet_replaces_salt: that keyslot's KDF salt (base64); "" when none */
-    int adding;          /* keyfleet_adding: a keyslot recorded before it was added; -1 when none */
 } kfa_token;
 
 /* Parses and checks a keyfleet token. uuid, when not NULL, is the header's UUID, which

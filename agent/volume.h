@@ -41,7 +41,6 @@ typedef struct kfa_volume {
     int next_keyslot, next_token;
     int replaces_keyslot; /* LUKS2: the old key's keyslot, named by the marked token; -1 when none */
     char replaces_salt[65]; /* LUKS2: that keyslot's KDF salt when the token was staged; "" when unknown */
-    int adding_keyslot; /* LUKS2: a rotation's keyslot recorded before it was added (keyfleet_adding); -1 */
     /* LUKS2: the only keyfleet token is marked rotating (the old key is gone, COMMIT is not
      * known to have happened): wrapped is the new key, and a rotate run commits it. */
     bool rotating;
