@@ -128,6 +128,10 @@ static const char *const migrations[] = {
     /* 16: the staged replacement was shown by a reveal (review rev26c R2): its promotion leaves the
      * volume marked revealed, so it is replaced again. */
     "ALTER TABLE recovery_keys ADD COLUMN next_revealed_at INTEGER;",
+    /* 17 (r26d): ZFS, the check value of the dataset key a reveal showed (review rev26c L2): the
+     * escrow asks whether that key is still the dataset's, not whether a rotation's second came
+     * after the reveal's. */
+    "ALTER TABLE recovery_keys ADD COLUMN revealed_kcv TEXT;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -295,23 +299,25 @@ static const char *const sql[ST_COUNT] = {
     [ST_AUDIT_ONE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = ?",
     [ST_RECOVERY_GET] = "SELECT node, wrapped, kcv, request_id, created_at, coalesce(revealed_at, 0), "
                         "coalesce(revealed_by, ''), coalesce(next_request_id, ''), coalesce(next_wrapped, ''), "
-                        "coalesce(next_kcv, ''), coalesce(next_at, 0) FROM recovery_keys WHERE volume_id = ?",
+                        "coalesce(next_kcv, ''), coalesce(next_at, 0), coalesce(revealed_kcv, '') FROM recovery_keys "
+                        "WHERE volume_id = ?",
     [ST_RECOVERY_PUT] = "INSERT INTO recovery_keys (volume_id, node, wrapped, kcv, request_id, created_at) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(volume_id) DO UPDATE SET node = ?2, wrapped = ?3, "
                         "kcv = ?4, request_id = ?5, created_at = ?6, revealed_at = NULL, revealed_by = NULL, next_wrapped = NULL, "
-                        "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL",
+                        "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL, "
+                        "revealed_kcv = NULL",
     [ST_RECOVERY_NEXT] = "UPDATE recovery_keys SET next_wrapped = ?, next_kcv = ?, next_request_id = ?, next_at = ?, "
                          "next_revealed_at = NULL WHERE volume_id = ?",
     [ST_RECOVERY_PROMOTE] = "UPDATE recovery_keys SET wrapped = next_wrapped, kcv = next_kcv, request_id = "
                             "next_request_id, created_at = next_at, revealed_at = next_revealed_at, revealed_by = CASE WHEN "
                             "next_revealed_at IS NULL THEN NULL ELSE revealed_by END, next_wrapped = NULL, "
-                            "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL "
-                            "WHERE volume_id = ? AND next_request_id IS NOT NULL",
+                            "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL, "
+                            "revealed_kcv = NULL WHERE volume_id = ? AND next_request_id IS NOT NULL",
     [ST_RECOVERY_DELETE] = "DELETE FROM recovery_keys WHERE volume_id = ?",
     [ST_ERASE_CANCEL] = "DELETE FROM volume_erase WHERE volume_id = ? AND node = ? AND erased_at IS NULL",
     [ST_RECOVERY_REVEALED] = "UPDATE recovery_keys SET revealed_at = ?1, revealed_by = ?2, next_revealed_at = CASE "
-                             "WHEN ?4 <> '' AND next_request_id = ?4 THEN ?1 ELSE next_revealed_at END "
-                             "WHERE volume_id = ?3",
+                             "WHEN ?4 <> '' AND next_request_id = ?4 THEN ?1 ELSE next_revealed_at END, "
+                             "revealed_kcv = nullif(?5, '') WHERE volume_id = ?3",
     [ST_RECOVERY_TO_REPLACE] = "SELECT r.volume_id FROM recovery_keys r JOIN volumes v ON v.id = r.volume_id "
                                "WHERE r.node = ? AND r.revealed_at IS NOT NULL AND v.retired_at IS NULL "
                                "ORDER BY r.volume_id LIMIT 100",
