@@ -131,7 +131,10 @@ static const char *const migrations[] = {
     /* 17 (r26d): ZFS, the check value of the dataset key a reveal showed (review rev26c L2): the
      * escrow asks whether that key is still the dataset's, not whether a rotation's second came
      * after the reveal's. */
-    "ALTER TABLE recovery_keys ADD COLUMN revealed_kcv TEXT;",
+    "ALTER TABLE recovery_keys ADD COLUMN revealed_kcv TEXT;"
+    /* (17, r26d) the mode the volume was enrolled in (review rev26b F1): 1 under tpm_and_network;
+     * NULL for a volume enrolled before (unknown: the rule decides, as before). */
+    "ALTER TABLE volumes ADD COLUMN tpm_and_network INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -168,11 +171,12 @@ static const char *const sql[ST_COUNT] = {
     [ST_ROLLBACK_TO] = "ROLLBACK TO cmd",
     [ST_RELEASE] = "RELEASE cmd",
     [ST_VOLUME_INSERT] = "INSERT INTO volumes (id, kind, name, labels, node, wrapped_key, enroll_request_id, "
-                         "created_at, key_kcv, key_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, nullif(?9, ''), ?8)",
+                         "created_at, key_kcv, key_created_at, tpm_and_network) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                         "nullif(?9, ''), ?8, ?10)",
     [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id, created_at, "
                       "coalesce(last_released_at, 0), next_wrapped_key, coalesce(key_kcv, ''), "
-                      "coalesce(next_kcv, ''), coalesce(key_created_at, created_at), coalesce(retired_at, 0) "
-                      "FROM volumes WHERE id = ?",
+                      "coalesce(next_kcv, ''), coalesce(key_created_at, created_at), coalesce(retired_at, 0), "
+                      "coalesce(tpm_and_network, 0) FROM volumes WHERE id = ?",
     [ST_VOLUME_ROTATE_BEGIN] = "UPDATE volumes SET next_wrapped_key = ?, next_kcv = ? WHERE id = ?",
     [ST_VOLUME_ROTATE_COMMIT] = "UPDATE volumes SET wrapped_key = next_wrapped_key, key_kcv = next_kcv, "
                                 "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "

@@ -114,7 +114,7 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
                             : kf_err_set(err, r, "reading the volume");
-    bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0;
+    bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0, two_part = v.tpm_and_network;
     int64_t key_made = v.key_created_at;
     char key_kcv[sizeof(v.key_kcv)];
     snprintf(key_kcv, sizeof(key_kcv), "%s", v.key_kcv);
@@ -123,6 +123,9 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
         return kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
     if (retired)
         return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
+    if (two_part) /* review rev26b F1: checked again at apply, whatever the handler's rule said */
+        return kf_err_set(err, -EACCES, "volume %s was enrolled with TPM and network both required: it gets no "
+                          "recovery key", c->volume_id);
     kfd_recovery cur;
     r = kfd_store_get_recovery(s, c->volume_id, &cur);
     if (r != 0 && r != -ENOENT)
@@ -214,11 +217,13 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
     kfd_volume v;
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return kf_err_set(err, r == -ENOENT ? -ESTALE : r, "reading the volume");
-    bool retired = v.retired_at != 0;
+    bool retired = v.retired_at != 0, two_part = v.tpm_and_network;
     bool rotated = bound && c->volume_key_kcv[0] != '\0' && strcmp(v.key_kcv, c->volume_key_kcv) != 0;
     kfd_volume_clear(&v);
     if (retired)
         return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
+    if (two_part)
+        return kf_err_set(err, -EACCES, "volume %s was enrolled with TPM and network both required", c->volume_id);
     if (rotated)
         return kf_err_set(err, -ESTALE, "the key of volume %s was rotated while it was being revealed: fetch again",
                           c->volume_id);

@@ -396,6 +396,8 @@ static void test_held_attest_accept_is_compare_and_swap(void **state)
     kfd_store_close(s);
 }
 
+static bool enroll_two_part; /* the next enroll is under tpm_and_network */
+
 static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
 {
     audit_at a;
@@ -410,6 +412,7 @@ static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
     c.node = (char *)node;
     c.wrapped_key = (char *)"kf:local:v1:xyz";
     c.audit = &a.e;
+    c.tpm_and_network = enroll_two_part;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -937,6 +940,28 @@ static void test_recovery_zfs_same_second(void **state)
     kfd_store_close(s);
 }
 
+/* Review rev26b F1: a volume enrolled under tpm_and_network keeps that mode in the store; the
+ * escrow of a recovery key for it is refused at apply, whatever rule the handler saw. */
+static void test_recovery_two_part_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("recovery_f1.db");
+    kfd_volume v;
+    enroll_two_part = true;
+    assert_int_equal(enroll(s, "vt", "n1", T0), 0);
+    enroll_two_part = false;
+    assert_int_equal(enroll(s, "vp", "n1", T0), 0);
+    assert_int_equal(kfd_store_get_volume(s, "vt", &v), 0);
+    assert_true(v.tpm_and_network);
+    kfd_volume_clear(&v);
+    assert_int_equal(kfd_store_get_volume(s, "vp", &v), 0);
+    assert_false(v.tpm_and_network);
+    kfd_volume_clear(&v);
+    assert_int_equal(escrow(s, "n1", "vt", RID, "w1", false, T0 + 1), -EACCES);
+    assert_int_equal(escrow(s, "n1", "vp", RID, "w1", false, T0 + 1), 0); /* control */
+    kfd_store_close(s);
+}
+
 /* docs/recovery.md: the escrow only for the enrolling node, not revoked, a replay changing
  * nothing; the reveal only by the proposer of an approved, unspent, unexpired "recovery" request
  * for that volume, once; a reveal's approvals are no release's; a new escrow retires a revealed
@@ -1225,6 +1250,7 @@ int main(void)
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_recovery_at_apply),
         cmocka_unit_test(test_recovery_zfs_same_second),
+        cmocka_unit_test(test_recovery_two_part_at_apply),
         cmocka_unit_test(test_reveal_bound_to_escrow),
         cmocka_unit_test(test_reveal_fetch_needs_totp),
         cmocka_unit_test(test_deny_needs_totp),
