@@ -63,7 +63,7 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv);
 /* cmd_lifecycle.c: argv[0] is node or volume, argv[1] the subcommand. */
-/* volume recovery-key VOLUME [--request ID] [--totp CODE] (cmd_recovery.c); argv[0] is "recovery-key". */
+/* volume recovery-key VOLUME [--request ID] [--totp -|--totp-fd N] (cmd_recovery.c); argv[0] is "recovery-key". */
 int kfctl_volume_recovery_key(kfctl *ctl, int argc, char **argv);
 /* node list [--json] (cmd_approval.c; "node" itself is in cmd_policy.c). */
 int kfctl_node_list(kfctl *ctl, int argc, char **argv);
