@@ -23,6 +23,7 @@
 #include "cryptsetup_dl.h"
 #include "kf_log.h"
 #include "kf_time.h"
+#include "luks2_slots.h"
 #include "luks2_token.h"
 #include "volume.h"
 
@@ -192,6 +193,7 @@ static char *token_json_as(const kfa_config *cfg, const kfa_volume *v, int slot,
     int replaces = v->rotating ? v->replaces_keyslot : v->keyslot;
     if (o != NULL && rotating)
         json_object_set_new(o, "keyfleet_rotating", json_true());
+
     if (o != NULL && rotating && replaces >= 0 && replaces != slot) {
         char old_s[16];
         snprintf(old_s, sizeof(old_s), "%d", replaces);
@@ -255,15 +257,18 @@ static void keyslot_salt(struct crypt_device *cd, int slot, char *ret, size_t si
     json_decref(o);
 }
 
-/* A keyslot for key, authorised by auth (a passphrase or key that opens another keyslot):
- * PBKDF2 with few iterations, as the key is 256 random bits. The slot, or a negative errno. */
-static int add_keyslot(struct crypt_device *cd, const kf_secbuf *auth, const kf_secbuf *key)
+/* A keyslot for key, authorised by auth (a passphrase or key that opens another keyslot), under
+ * number slot (CRYPT_ANY_SLOT: the first free): PBKDF2 with few iterations, as the key is 256
+ * random bits (keyfleet's KDF, luks2_slots.h). The slot, or a negative errno. */
+static int add_keyslot(struct crypt_device *cd, int slot, const kf_secbuf *auth, const kf_secbuf *key)
 {
-    struct crypt_pbkdf_type pbkdf = {
-        .type = CRYPT_KDF_PBKDF2, .hash = "sha512", .iterations = 1000, .flags = CRYPT_PBKDF_NO_BENCHMARK};
+    struct crypt_pbkdf_type pbkdf = {.type = CRYPT_KDF_PBKDF2,
+                                     .hash = KFA_LUKS2_KDF_HASH,
+                                     .iterations = KFA_LUKS2_KDF_ITERATIONS,
+                                     .flags = CRYPT_PBKDF_NO_BENCHMARK};
     int r = sym_crypt_set_pbkdf_type(cd, &pbkdf);
     return r < 0 ? r
-                 : sym_crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, (const char *)auth->data, auth->len,
+                 : sym_crypt_keyslot_add_by_passphrase(cd, slot, (const char *)auth->data, auth->len,
                                                        (const char *)key->data, key->len);
 }
 
@@ -276,7 +281,7 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
-    int slot = add_keyslot(cd, auth, key);
+    int slot = add_keyslot(cd, CRYPT_ANY_SLOT, auth, key);
     if (slot < 0) {
         return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add a keyslot: %s", v->path,
                           slot == -EPERM ? "the existing passphrase is wrong" : strerror(-slot));
@@ -405,6 +410,78 @@ static int luks_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err
     return 0;
 }
 
+/* A rotation's new keyslot is recorded before it exists in a token of its own type, which the
+ * keyfleet token's strict parser, older agents and token plugins skip (a new field in the keyfleet
+ * token would stop them unlocking):
+ *   {"type":"keyfleet-adding","keyslots":[],"keyfleet_volume_id":UUID,"keyfleet_adding":"N"}
+ * A run cut off before the token marked rotating names the keyslot leaves a number that the next
+ * rotation and an erase look at (review rev26c R4; luks2_slots.h). */
+#define ADDING_TOKEN_TYPE "keyfleet-adding"
+
+/* The recorded keyslot (-1: none) and its token in *ret_token (-1: none). */
+static int find_adding(struct crypt_device *cd, int *ret_token)
+{
+    *ret_token = -1;
+    for (int t = 0; t < MAX_TOKENS; t++) {
+        const char *type = NULL, *json = NULL;
+        crypt_token_info info = sym_crypt_token_status(cd, t, &type);
+        if (info == CRYPT_TOKEN_INACTIVE || type == NULL || strcmp(type, ADDING_TOKEN_TYPE) != 0)
+            continue;
+        json_t *o = sym_crypt_token_json_get(cd, t, &json) >= 0 ? json_loads(json, 0, NULL) : NULL;
+        const char *n = json_string_value(json_object_get(o, "keyfleet_adding"));
+        char *end = NULL;
+        long k = n != NULL ? strtol(n, &end, 10) : -1;
+        json_decref(o);
+        *ret_token = t;
+        return n != NULL && *n != '\0' && *end == '\0' && k >= 0 && k < 32 ? (int)k : -1;
+    }
+    return -1;
+}
+
+/* Writes the record of keyslot slot into token *token (-1: a new one). 0 or a negative errno. */
+static int write_adding(struct crypt_device *cd, const kfa_volume *v, int *token, int slot)
+{
+    char n[16];
+    snprintf(n, sizeof(n), "%d", slot);
+    json_t *o = json_pack("{s:s, s:[], s:s, s:s}", "type", ADDING_TOKEN_TYPE, "keyslots", "keyfleet_volume_id", v->id,
+                          "keyfleet_adding", n);
+    char *json = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    int r = json != NULL ? sym_crypt_token_json_set(cd, *token >= 0 ? *token : CRYPT_ANY_TOKEN, json) : -ENOMEM;
+    free(json);
+    if (r < 0)
+        return r;
+    *token = r;
+    return 0;
+}
+
+static void drop_adding(struct crypt_device *cd, int *token)
+{
+    if (*token >= 0)
+        sym_crypt_token_json_set(cd, *token, NULL);
+    *token = -1;
+}
+
+/* The new key's keyslot, its number recorded before it exists (token *at). The slot, or a
+ * negative errno with err set. */
+static int add_recorded(struct crypt_device *cd, kfa_volume *v, int *at, const kf_secbuf *old_key,
+                        const kf_secbuf *new_key, kf_err *err)
+{
+    int slot = kfa_luks2_free_slot(cd);
+    if (slot < 0)
+        return kf_err_set(err, slot, "%s: no free keyslot for the new key", v->path);
+    int r = write_adding(cd, v, at, slot);
+    if (r != 0)
+        return kf_err_set(err, -EIO, "%s: cannot record the new keyslot: %s", v->path, strerror(-r));
+    r = add_keyslot(cd, slot, old_key, new_key);
+    if (r < 0) {
+        drop_adding(cd, at);
+        return kf_err_set(err, r == -EPERM ? -EKEYREJECTED : r, "%s: cannot add a keyslot for the new key: %s",
+                          v->path, r == -EPERM ? "the current key does not open the volume" : strerror(-r));
+    }
+    return r;
+}
+
 static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key,
                              const kf_secbuf *new_key, const char *wrapped, kf_err *err)
 {
@@ -412,14 +489,16 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
+    int at;
+    int prev = find_adding(cd, &at);
     /* A run cut off after adding the keyslot but before its token left a keyslot the new key
-     * opens (BEGIN hands out the same key again): use it rather than add another. */
+     * opens (BEGIN hands out the same key again): use it rather than add another. One it does not
+     * open holds a key the coordinators dropped: killed, if keyfleet's. */
     int slot = sym_crypt_activate_by_passphrase(cd, NULL, CRYPT_ANY_SLOT, (const char *)new_key->data, new_key->len, 0);
-    if (slot < 0)
-        slot = add_keyslot(cd, old_key, new_key);
-    if (slot < 0)
-        return kf_err_set(err, slot == -EPERM ? -EKEYREJECTED : slot, "%s: cannot add a keyslot for the new key: %s",
-                          v->path, slot == -EPERM ? "the current key does not open the volume" : strerror(-slot));
+    if (slot < 0 && prev >= 0 && (r = kfa_luks2_kill_adding(cd, v->path, prev, NULL, err)) != 0)
+        return r;
+    if (slot < 0 && (slot = add_recorded(cd, v, &at, old_key, new_key, err)) < 0)
+        return slot;
     kfa_test_crash_point("keyslot");
     keyslot_salt(cd, v->keyslot, v->replaces_salt, sizeof(v->replaces_salt));
     const char *tpm = v->tpm_blob_next != NULL ? v->tpm_blob_next : v->tpm_part_next; /* a copy, or a part */
@@ -431,8 +510,12 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
         if (token >= 0)
             sym_crypt_token_json_set(cd, token, NULL);
         sym_crypt_keyslot_destroy(cd, slot);
+        drop_adding(cd, &at);
         return kf_err_set(err, -EIO, "%s: cannot write the new keyfleet token", v->path);
     }
+    /* The token marked rotating names the keyslot now; a record left (its removal failing) names
+     * the same keyslot, which an erase kills anyway and the next rotation reuses or kills. */
+    drop_adding(cd, &at);
     free(v->wrapped_next);
     v->wrapped_next = copy;
     v->next_keyslot = slot;
@@ -541,16 +624,19 @@ static int luks_rotate_finish(const kfa_config *cfg, kfa_volume *v, kf_err *err)
 
 static bool erased_type(const char *type)
 {
-    return type != NULL && (strcmp(type, TOKEN_TYPE) == 0 || strcmp(type, RECOVERY_TOKEN_TYPE) == 0);
+    return type != NULL && (strcmp(type, TOKEN_TYPE) == 0 || strcmp(type, RECOVERY_TOKEN_TYPE) == 0 ||
+                            strcmp(type, ADDING_TOKEN_TYPE) == 0);
 }
 
 /* What an erase destroys: the tokens (keyfleet's, the recovery one; with all, every token), the
- * keyslots keyfleet's tokens name, and the keyslots they record as replaced (a rotation's old key,
- * a replaced recovery key), those only while their KDF salt is the recorded one. */
+ * keyslots keyfleet's tokens name, the keyslots they record as replaced (a rotation's old key,
+ * a replaced recovery key), those only while their KDF salt is the recorded one, and the keyslots
+ * they record as being added (keyfleet_adding: a run cut off before naming its new keyslot),
+ * those only while they are keyfleet's (luks2_slots.h). */
 typedef struct erase_plan {
-    int tokens[MAX_TOKENS], named[2 * MAX_TOKENS], replaced[MAX_TOKENS];
+    int tokens[MAX_TOKENS], named[2 * MAX_TOKENS], replaced[MAX_TOKENS], adding[MAX_TOKENS];
     char replaced_salt[MAX_TOKENS][65];
-    size_t n_tokens, n_named, n_replaced;
+    size_t n_tokens, n_named, n_replaced, n_adding;
     bool recovery; /* a keyfleet-recovery token was among them */
 } erase_plan;
 
@@ -574,6 +660,10 @@ static void plan_token(const char *json, erase_plan *p)
         p->replaced[p->n_replaced] = (int)k;
         snprintf(p->replaced_salt[p->n_replaced++], 65, "%s", salt);
     }
+    const char *add = json_string_value(json_object_get(o, "keyfleet_adding"));
+    k = add != NULL ? strtol(add, &end, 10) : -1;
+    if (add != NULL && *add != '\0' && *end == '\0' && k >= 0 && k < 32 && p->n_adding < MAX_TOKENS)
+        p->adding[p->n_adding++] = (int)k;
     json_decref(o);
 }
 
@@ -620,12 +710,27 @@ static int erase_keyslots(struct crypt_device *cd, const kfa_volume *v, const er
             return r;
         *ret_killed += was && !slot_active(cd, p->replaced[i]);
     }
+    for (size_t i = 0; i < p->n_adding; i++) {
+        bool killed = false;
+        int r = kfa_luks2_kill_adding(cd, v->path, p->adding[i], &killed, err);
+        if (r != 0)
+            return r;
+        *ret_killed += killed;
+    }
     return 0;
 }
 
-/* After the erase: no keyfleet or recovery token left, and no keyslot one named still active. */
+/* After the erase: no keyfleet or recovery token left, no keyslot one named still active, and no
+ * keyslot with keyfleet's KDF that no token names (an orphan of a run cut off before keyslots
+ * were recorded before they were added: not killed without a record, but not confirmed as erased
+ * either; an operator's keyslots have another KDF, and systemd-cryptenroll's a token). */
 static int erase_verify(struct crypt_device *cd, const kfa_volume *v, const erase_plan *p, kf_err *err)
 {
+    int orphan = kfa_luks2_orphan_slot(cd);
+    if (orphan >= 0)
+        return kf_err_set(err, -EIO, "%s: keyslot %d survived the erase: it has keyfleet's KDF and no token names it "
+                          "(left by an interrupted keyfleet run?); check it and kill it (cryptsetup luksKillSlot) or "
+                          "give it a token of its own", v->path, orphan);
     for (int t = 0; t < MAX_TOKENS; t++) {
         const char *type = NULL;
         crypt_token_info info = sym_crypt_token_status(cd, t, &type);
@@ -699,10 +804,13 @@ const kfa_driver kfa_luks2_driver = {
 /* The recovery keyslot (docs/recovery.md) is recorded in a token of its own type, which the
  * keyfleet token's strict parser, older agents and libcryptsetup skip:
  *   {"type":"keyfleet-recovery","keyslots":["N"],"keyfleet_volume_id":UUID,
- *    "keyfleet_recovery_salt":BASE64, "keyfleet_replaces":"M","keyfleet_replaces_salt":BASE64}
- * (the last two only while the recovery key it replaces still has a keyslot). */
+ *    "keyfleet_recovery_salt":BASE64, "keyfleet_replaces":"M","keyfleet_replaces_salt":BASE64,
+ *    "keyfleet_adding":"A"}
+ * (replaces only while the recovery key it replaces still has a keyslot; adding only while a run
+ * adds keyslot A, recorded before it exists: review rev26c R3; a first add's token names no
+ * keyslot yet, "keyslots":[] and no salt). */
 typedef struct rec_token {
-    int token, slot, replaces;
+    int token, slot, replaces, adding;
     char salt[65], replaces_salt[65];
 } rec_token;
 
@@ -730,10 +838,13 @@ static int find_recovery(struct crypt_device *cd, const kfa_volume *v, rec_token
         ret->slot = slot_of(json_array_get(json_object_get(o, "keyslots"), 0));
         ret->replaces = json_object_get(o, "keyfleet_replaces") != NULL
                             ? slot_of(json_object_get(o, "keyfleet_replaces")) : -1;
-        bool ok = ret->slot >= 0 && salt != NULL && strlen(salt) < sizeof(ret->salt) &&
-                  (rsalt == NULL || strlen(rsalt) < sizeof(ret->replaces_salt));
+        ret->adding = json_object_get(o, "keyfleet_adding") != NULL ? slot_of(json_object_get(o, "keyfleet_adding"))
+                                                                     : -1;
+        bool intent_only = ret->slot < 0 && ret->adding >= 0 && salt == NULL && ret->replaces < 0;
+        bool ok = intent_only || (ret->slot >= 0 && salt != NULL && strlen(salt) < sizeof(ret->salt) &&
+                                  (rsalt == NULL || strlen(rsalt) < sizeof(ret->replaces_salt)));
         if (ok) {
-            snprintf(ret->salt, sizeof(ret->salt), "%s", salt);
+            snprintf(ret->salt, sizeof(ret->salt), "%s", salt != NULL ? salt : "");
             snprintf(ret->replaces_salt, sizeof(ret->replaces_salt), "%s", rsalt != NULL ? rsalt : "");
         }
         json_decref(o);
@@ -742,23 +853,39 @@ static int find_recovery(struct crypt_device *cd, const kfa_volume *v, rec_token
     return -ENOENT;
 }
 
+/* Writes the recovery token t says (slot -1: none yet, the first add's intent), with adding. The
+ * token number (a new one for CRYPT_ANY_TOKEN), or a negative errno. */
+static int write_recovery_as(struct crypt_device *cd, const kfa_volume *v, const rec_token *t, int adding)
+{
+    char n[16], m[16], a[16];
+    snprintf(n, sizeof(n), "%d", t->slot);
+    snprintf(m, sizeof(m), "%d", t->replaces);
+    snprintf(a, sizeof(a), "%d", adding);
+    json_t *o = json_pack("{s:s, s:[], s:s}", "type", RECOVERY_TOKEN_TYPE, "keyslots", "keyfleet_volume_id", v->id);
+    if (o != NULL && t->slot >= 0) {
+        json_array_append_new(json_object_get(o, "keyslots"), json_string(n));
+        json_object_set_new(o, "keyfleet_recovery_salt", json_string(t->salt));
+    }
+    if (o != NULL && t->slot >= 0 && t->replaces >= 0) {
+        json_object_set_new(o, "keyfleet_replaces", json_string(m));
+        json_object_set_new(o, "keyfleet_replaces_salt", json_string(t->replaces_salt));
+    }
+    if (o != NULL && adding >= 0)
+        json_object_set_new(o, "keyfleet_adding", json_string(a));
+    char *json = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    int r = json != NULL ? sym_crypt_token_json_set(cd, t->token, json) : -ENOMEM;
+    free(json);
+    return r;
+}
+
 static int write_recovery(struct crypt_device *cd, const kfa_volume *v, int token, int slot, const char *salt,
                           int replaces, const char *replaces_salt)
 {
-    char n[16], m[16];
-    snprintf(n, sizeof(n), "%d", slot);
-    snprintf(m, sizeof(m), "%d", replaces);
-    json_t *o = json_pack("{s:s, s:[s], s:s, s:s}", "type", RECOVERY_TOKEN_TYPE, "keyslots", n, "keyfleet_volume_id",
-                          v->id, "keyfleet_recovery_salt", salt);
-    if (o != NULL && replaces >= 0) {
-        json_object_set_new(o, "keyfleet_replaces", json_string(m));
-        json_object_set_new(o, "keyfleet_replaces_salt", json_string(replaces_salt));
-    }
-    char *json = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    int r = json != NULL ? sym_crypt_token_json_set(cd, token, json) : -ENOMEM;
-    free(json);
-    return r;
+    rec_token t = {.token = token, .slot = slot, .replaces = replaces, .adding = -1};
+    snprintf(t.salt, sizeof(t.salt), "%s", salt);
+    snprintf(t.replaces_salt, sizeof(t.replaces_salt), "%s", replaces_salt);
+    return write_recovery_as(cd, v, &t, -1);
 }
 
 /* Kills the keyslot a recovery token says it replaces (by its salt), then forgets it. */
@@ -774,6 +901,50 @@ static int finish_replace(struct crypt_device *cd, const kfa_volume *v, rec_toke
     return r;
 }
 
+/* A run cut off between recording keyslot t->adding and naming it (review rev26c R3). Its key was
+ * escrowed before the keyslot was added (recovery_key.c): as the escrow's current key when the
+ * token names no keyslot (a first add), so the keyslot is adopted as the recovery keyslot (the
+ * next replacement kills it by its salt); as the waiting replacement when the token names a live
+ * keyslot, which still opens with the escrow's current key, so the added one is killed. After,
+ * t records no adding; -ENOENT when no recovery keyslot is left (the token is removed). */
+static int resolve_adding(struct crypt_device *cd, const kfa_volume *v, rec_token *t, kf_err *err)
+{
+    if (t->adding < 0)
+        return 0;
+    int a = t->adding, r = 0;
+    if (a != t->slot && a != t->replaces && slot_active(cd, a)) {
+        bool adopt = !(t->slot >= 0 && slot_active(cd, t->slot)) && kfa_luks2_slot_ours(cd, a);
+        if (adopt) {
+            t->slot = a;
+            keyslot_salt(cd, a, t->salt, sizeof(t->salt));
+            t->replaces = -1;
+            kf_log_warn("recovery_keyslot_adopted", "volume=%s keyslot=%d reason=\"added by a run cut off before "
+                        "its token; its key is the escrowed one\"", kf_log_q(v->path), a);
+        } else {
+            r = kfa_luks2_kill_adding(cd, v->path, a, NULL, err);
+        }
+    }
+    if (r != 0)
+        return r;
+    t->adding = -1;
+    if (t->slot < 0 || t->salt[0] == '\0') {
+        if ((r = sym_crypt_token_json_set(cd, t->token, NULL)) < 0)
+            return kf_err_set(err, r, "%s: cannot remove keyfleet-recovery token %d", v->path, t->token);
+        return -ENOENT;
+    }
+    return write_recovery_as(cd, v, t, -1) < 0
+               ? kf_err_set(err, -EIO, "%s: cannot update the keyfleet-recovery token", v->path) : 0;
+}
+
+/* Takes back the record of a keyslot that was not added or did not verify. */
+static void undo_intent(struct crypt_device *cd, const kfa_volume *v, const rec_token *t)
+{
+    if (t->slot < 0)
+        sym_crypt_token_json_set(cd, t->token, NULL);
+    else
+        write_recovery_as(cd, v, t, -1);
+}
+
 int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf *text, bool *ret_replaced,
                            kf_err *err)
 {
@@ -784,25 +955,40 @@ int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf
         return r;
     rec_token old;
     r = find_recovery(cd, v, &old, err);
+    if (r == 0) /* a run stopped between its keyslot and its token */
+        r = resolve_adding(cd, v, &old, err);
     if (r != 0 && r != -ENOENT)
         return r;
     bool have = r == 0;
     if (have && (r = finish_replace(cd, v, &old, err)) != 0) /* a run stopped before its kill */
         return r;
-    int slot = add_keyslot(cd, auth, text);
+    /* The keyslot's number is recorded before the keyslot exists (review rev26c R3): a run cut
+     * off before the token names it leaves a number the next run and an erase look at. */
+    rec_token intent = {.token = CRYPT_ANY_TOKEN, .slot = -1, .replaces = -1, .adding = -1};
+    if (have)
+        intent = old;
+    int slot = kfa_luks2_free_slot(cd);
     if (slot < 0)
-        return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add the recovery keyslot: %s", v->path,
-                          slot == -EPERM ? "the volume's keyfleet key does not open it" : strerror(-slot));
-    kfa_test_crash_point("recovery_keyslot"); /* the keyslot written, no token names it yet */
+        return kf_err_set(err, slot, "%s: no free keyslot for the recovery key", v->path);
+    if ((r = write_recovery_as(cd, v, &intent, slot)) < 0)
+        return kf_err_set(err, -EIO, "%s: cannot record the recovery keyslot in its token", v->path);
+    intent.token = r;
+    r = add_keyslot(cd, slot, auth, text);
+    if (r < 0) {
+        undo_intent(cd, v, &intent);
+        return kf_err_set(err, r == -EPERM ? -EACCES : r, "%s: cannot add the recovery keyslot: %s", v->path,
+                          r == -EPERM ? "the volume's keyfleet key does not open it" : strerror(-r));
+    }
+    kfa_test_crash_point("recovery_keyslot"); /* the keyslot written, its token names it as being added */
     /* Seal, then verify: the keyslot must open with the text before a token points at it. */
     char salt[65];
     keyslot_salt(cd, slot, salt, sizeof(salt));
     r = sym_crypt_activate_by_passphrase(cd, NULL, slot, (const char *)text->data, text->len, 0);
     if (r == slot && salt[0] != '\0')
-        r = write_recovery(cd, v, have ? old.token : CRYPT_ANY_TOKEN, slot, salt, have ? old.slot : -1,
-                           have ? old.salt : "");
+        r = write_recovery(cd, v, intent.token, slot, salt, have ? old.slot : -1, have ? old.salt : "");
     if (r < 0 || salt[0] == '\0') {
         sym_crypt_keyslot_destroy(cd, slot);
+        undo_intent(cd, v, &intent);
         return kf_err_set(err, -EIO, "%s: the recovery keyslot did not verify or its token could not be written",
                           v->path);
     }
@@ -810,7 +996,7 @@ int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf
     if (!have)
         return 0;
     *ret_replaced = true;
-    rec_token now = {.token = old.token, .slot = slot, .replaces = old.slot};
+    rec_token now = {.token = intent.token, .slot = slot, .replaces = old.slot, .adding = -1};
     snprintf(now.salt, sizeof(now.salt), "%s", salt);
     snprintf(now.replaces_salt, sizeof(now.replaces_salt), "%s", old.salt);
     return finish_replace(cd, v, &now, err);

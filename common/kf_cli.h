@@ -11,7 +11,7 @@
 
 typedef struct kf_cli_cmd {
     const char *name;  /* "approve" */
-    const char *usage; /* "approve REQUEST_ID [--totp CODE]\n  what it does\n": its first line follows "usage: PROGRAM " */
+    const char *usage; /* "approve REQUEST_ID [--totp -]\n  what it does\n": its first line follows "usage: PROGRAM " */
 } kf_cli_cmd;
 
 typedef struct kf_cli {

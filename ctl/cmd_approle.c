@@ -1,6 +1,6 @@
 /* keyfleetctl approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D]
  *                              [--secret-id-ttl D] [--secret-id-uses N]
- *                   | show NAME [--json] | secret-id NAME [--out FILE] [--totp CODE] | revoke NAME */
+ *                   | show NAME [--json] | secret-id NAME [--out FILE] [--totp -|--totp-fd N] | revoke NAME */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -50,9 +50,10 @@ static int create(kfctl *ctl, int argc, char **argv)
                                          {"secret-id-ttl", required_argument, NULL, 's'},
                                          {"secret-id-uses", required_argument, NULL, 'u'},
                                          {"totp", required_argument, NULL, 'T'},
+                                         {"totp-fd", required_argument, NULL, 'F'},
                                          {NULL, 0, NULL, 0}};
     Keyfleet__V1__Role role = KEYFLEET__V1__ROLE__INIT;
-    const char *totp = "";
+    const char *totp_arg = NULL, *totp_fd = NULL;
     char *cidrs[MAX_CIDRS];
     int o;
     optind = 0;
@@ -88,7 +89,10 @@ static int create(kfctl *ctl, int argc, char **argv)
             }
             break;
         case 'T':
-            totp = optarg;
+            totp_arg = optarg;
+            break;
+        case 'F':
+            totp_fd = optarg;
             break;
         default:
             return KFCTL_EXIT_USAGE;
@@ -98,11 +102,14 @@ static int create(kfctl *ctl, int argc, char **argv)
         kfctl_usage("approle");
         return KFCTL_EXIT_USAGE;
     }
+    char totp[KFCTL_TOTP_MAX + 1];
+    if (kfctl_totp_read(totp_arg, totp_fd, totp) != 0)
+        return KFCTL_EXIT_USAGE;
     role.name = argv[optind];
     role.bound_cidrs = cidrs;
     Keyfleet__V1__CreateRoleRequest req = KEYFLEET__V1__CREATE_ROLE_REQUEST__INIT;
     req.role = &role;
-    req.totp_code = (char *)totp;
+    req.totp_code = totp;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/CreateRole", &req.base,
                         &keyfleet__v1__create_role_response__descriptor, &m) != 0)
@@ -150,15 +157,18 @@ static int secret_id(kfctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
                                          {"totp", required_argument, NULL, 't'},
+                                         {"totp-fd", required_argument, NULL, 'f'},
                                          {NULL, 0, NULL, 0}};
-    const char *out = NULL, *totp = "";
+    const char *out = NULL, *totp_arg = NULL, *totp_fd = NULL;
     int o;
     optind = 0;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 'o')
             out = optarg;
         else if (o == 't')
-            totp = optarg;
+            totp_arg = optarg;
+        else if (o == 'f')
+            totp_fd = optarg;
         else
             return KFCTL_EXIT_USAGE;
     }
@@ -166,6 +176,9 @@ static int secret_id(kfctl *ctl, int argc, char **argv)
         kfctl_usage("approle");
         return KFCTL_EXIT_USAGE;
     }
+    char totp[KFCTL_TOTP_MAX + 1];
+    if (kfctl_totp_read(totp_arg, totp_fd, totp) != 0)
+        return KFCTL_EXIT_USAGE;
     int fd = -1;
     if (out != NULL && (fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
         fprintf(stderr, "keyfleetctl: %s: %s\n", out, strerror(errno));
@@ -173,7 +186,7 @@ static int secret_id(kfctl *ctl, int argc, char **argv)
     }
     Keyfleet__V1__CreateSecretIdRequest req = KEYFLEET__V1__CREATE_SECRET_ID_REQUEST__INIT;
     req.role_name = argv[optind];
-    req.totp_code = (char *)totp;
+    req.totp_code = totp;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/CreateSecretId", &req.base,
                         &keyfleet__v1__create_secret_id_response__descriptor, &m) != 0) {

@@ -1,5 +1,5 @@
-/* keyfleetctl pending | approve ID [--totp CODE|-] [--totp-fd N] [--comment TEXT] |
- * deny ID [--reason TEXT] [--totp CODE|-] [--totp-fd N] |
+/* keyfleetctl pending | approve ID [--totp -] [--totp-fd N] [--comment TEXT] |
+ * deny ID [--reason TEXT] [--totp -] [--totp-fd N] |
  * volume list [--json] */
 #include <getopt.h>
 #include <stdbool.h>
@@ -191,7 +191,7 @@ int kfctl_cmd_approve(kfctl *ctl, int argc, char **argv)
         return KFCTL_EXIT_USAGE;
     }
     char totp[KFCTL_TOTP_MAX + 1];
-    if (kfctl_totp_read(totp_arg, totp_fd, true, totp) != 0)
+    if (kfctl_totp_read(totp_arg, totp_fd, totp) != 0)
         return KFCTL_EXIT_USAGE;
     Keyfleet__V1__ApproveRequest req = KEYFLEET__V1__APPROVE_REQUEST__INIT;
     req.request_id = argv[optind];
@@ -234,7 +234,7 @@ int kfctl_cmd_deny(kfctl *ctl, int argc, char **argv)
         return KFCTL_EXIT_USAGE;
     }
     char totp[KFCTL_TOTP_MAX + 1];
-    if (kfctl_totp_read(totp_arg, totp_fd, true, totp) != 0)
+    if (kfctl_totp_read(totp_arg, totp_fd, totp) != 0)
         return KFCTL_EXIT_USAGE;
     Keyfleet__V1__DenyRequest req = KEYFLEET__V1__DENY_REQUEST__INIT;
     req.request_id = argv[optind];

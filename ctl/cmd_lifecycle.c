@@ -1,5 +1,5 @@
-/* keyfleetctl node list [--json] | node unrevoke NAME [--reason TEXT] [--totp CODE] |
- * node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] [--erase-all-keyslots|--cancel] |
+/* keyfleetctl node list [--json] | node unrevoke NAME [--reason TEXT] [--totp -|--totp-fd N] |
+ * node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp -|--totp-fd N] [--erase-all-keyslots|--cancel] |
  * volume show ID|NAME [--json] | volume retire ID [--reason TEXT] (docs/operations.md, "Node and
  * volume lifecycle"). */
 #include <getopt.h>
@@ -33,25 +33,30 @@ static json_t *time_json(int64_t t)
     return t == 0 ? json_null() : json_string(buf);
 }
 
-/* --reason TEXT and --totp CODE after the positional argument (argv[2]). */
-static int parse_opts(int argc, char **argv, const char *cmd, const char **reason, const char **totp)
+/* --reason TEXT, --totp - and --totp-fd N after the positional argument (argv[2]); the code into
+ * totp (NULL: the command takes none). */
+static int parse_opts(int argc, char **argv, const char *cmd, const char **reason, char *totp)
 {
     static const struct option opts[] = {{"reason", required_argument, NULL, 'r'},
                                          {"totp", required_argument, NULL, 't'},
+                                         {"totp-fd", required_argument, NULL, 'f'},
                                          {NULL, 0, NULL, 0}};
+    const char *totp_arg = NULL, *totp_fd = NULL;
     int o;
     optind = 0;
     while ((o = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
         if (o == 'r')
             *reason = optarg;
         else if (o == 't' && totp != NULL)
-            *totp = optarg;
+            totp_arg = optarg;
+        else if (o == 'f' && totp != NULL)
+            totp_fd = optarg;
         else
             return kfctl_usage(cmd);
     }
     if (optind + 2 != argc)
         return kfctl_usage(cmd);
-    return 0;
+    return totp != NULL && kfctl_totp_read(totp_arg, totp_fd, totp) != 0 ? KFCTL_EXIT_USAGE : 0;
 }
 
 /* A dead-man window as the policy would write it: 3d, 12h, 90s; "-" for none. */
@@ -133,13 +138,14 @@ int kfctl_node_list(kfctl *ctl, int argc, char **argv)
 
 int kfctl_node_unrevoke(kfctl *ctl, int argc, char **argv)
 {
-    const char *reason = "", *totp = "";
-    if (parse_opts(argc, argv, "node", &reason, &totp) != 0)
+    const char *reason = "";
+    char totp[KFCTL_TOTP_MAX + 1] = "";
+    if (parse_opts(argc, argv, "node", &reason, totp) != 0)
         return KFCTL_EXIT_USAGE;
     Keyfleet__V1__UnrevokeNodeRequest req = KEYFLEET__V1__UNREVOKE_NODE_REQUEST__INIT;
     req.node = argv[optind + 1];
     req.reason = (char *)reason;
-    req.totp_code = (char *)totp;
+    req.totp_code = totp;
     ProtobufCMessage *m = NULL;
     if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/UnrevokeNode", &req.base,
                         &keyfleet__v1__unrevoke_node_response__descriptor, &m) != 0)
@@ -154,7 +160,7 @@ int kfctl_node_unrevoke(kfctl *ctl, int argc, char **argv)
     return 0;
 }
 
-/* node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] [--erase-all-keyslots | --cancel]
+/* node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp -|--totp-fd N] [--erase-all-keyslots | --cancel]
  * (docs/operations.md, "Remote crypto-erase"): held for approval like unrevoke. --cancel drops
  * erases asked for and not confirmed by the node. */
 int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
@@ -162,10 +168,11 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
     static const struct option opts[] = {{"volumes", required_argument, NULL, 'v'},
                                          {"reason", required_argument, NULL, 'r'},
                                          {"totp", required_argument, NULL, 't'},
+                                         {"totp-fd", required_argument, NULL, 'f'},
                                          {"erase-all-keyslots", no_argument, NULL, 'A'},
                                          {"cancel", no_argument, NULL, 'C'},
                                          {NULL, 0, NULL, 0}};
-    const char *reason = "", *totp = "";
+    const char *reason = "", *totp_arg = NULL, *totp_fd = NULL;
     char *vols = NULL;
     bool all = false, cancel = false;
     int o;
@@ -176,7 +183,9 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
         else if (o == 'r')
             reason = optarg;
         else if (o == 't')
-            totp = optarg;
+            totp_arg = optarg;
+        else if (o == 'f')
+            totp_fd = optarg;
         else if (o == 'A')
             all = true;
         else if (o == 'C')
@@ -186,6 +195,9 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
     }
     if (optind + 2 != argc || (cancel && all))
         return kfctl_usage("node");
+    char totp[KFCTL_TOTP_MAX + 1];
+    if (kfctl_totp_read(totp_arg, totp_fd, totp) != 0)
+        return KFCTL_EXIT_USAGE;
     char *ids[100], *save = NULL;
     size_t n = 0;
     for (char *t = vols != NULL ? strtok_r(vols, ",", &save) : NULL; t != NULL; t = strtok_r(NULL, ",", &save)) {
@@ -202,7 +214,7 @@ int kfctl_node_wipe(kfctl *ctl, int argc, char **argv)
     req.volume_ids = ids;
     req.n_volume_ids = n;
     req.reason = (char *)reason;
-    req.totp_code = (char *)totp;
+    req.totp_code = totp;
     req.erase_all_keyslots = all;
     req.cancel = cancel;
     ProtobufCMessage *m = NULL;

@@ -52,14 +52,19 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv)
         protobuf_c_message_free_unpacked(m, NULL);
         return 0;
     }
-    if (strcmp(sub, "put") == 0 && (argc == 3 || (argc == 5 && strcmp(argv[3], "--totp") == 0))) {
+    bool totp_opt = argc == 5 && (strcmp(argv[3], "--totp") == 0 || strcmp(argv[3], "--totp-fd") == 0);
+    if (strcmp(sub, "put") == 0 && (argc == 3 || totp_opt)) {
+        char totp[KFCTL_TOTP_MAX + 1];
+        bool fd = totp_opt && strcmp(argv[3], "--totp-fd") == 0;
+        if (kfctl_totp_read(totp_opt && !fd ? argv[4] : NULL, fd ? argv[4] : NULL, totp) != 0)
+            return KFCTL_EXIT_USAGE;
         size_t len;
         char *yaml = read_file(argv[2], &len);
         if (yaml == NULL)
             return 1;
         Keyfleet__V1__PutPolicyRequest req = KEYFLEET__V1__PUT_POLICY_REQUEST__INIT;
         req.yaml = yaml;
-        req.totp_code = argc == 5 ? argv[4] : (char *)"";
+        req.totp_code = totp;
         int r = kfctl_call_once(ctl, "keyfleet.v1.AdminService/PutPolicy", &req.base,
                               &keyfleet__v1__put_policy_response__descriptor, &m);
         free(yaml);
@@ -154,7 +159,7 @@ static void print_pcrs(const char *title, const char *text, int64_t at, const ch
     }
 }
 
-/* node attest show NAME | node attest accept NAME TOKEN --expect 'PCR=HEX ...' [--totp CODE]: the
+/* node attest show NAME | node attest accept NAME TOKEN --expect 'PCR=HEX ...' [--totp -|--totp-fd N]: the
  * node's measured-boot record; show prints a token, and accept applies only while the record
  * still matches it (what the operator looked at, not what the node quoted since), and only with
  * the values the operator expects for every changed PCR (review rev17, A2). */
@@ -162,7 +167,7 @@ static int node_attest(kfctl *ctl, int argc, char **argv)
 {
     bool unhold = argc >= 5 && strcmp(argv[2], "unhold") == 0;
     bool accept = argc >= 5 && (strcmp(argv[2], "accept") == 0 || unhold);
-    const char *expect = NULL, *totp = "";
+    const char *expect = NULL, *totp_arg = NULL, *totp_fd = NULL;
     bool ok = argc == 4 && strcmp(argv[2], "show") == 0;
     if (accept) {
         ok = true;
@@ -170,7 +175,9 @@ static int node_attest(kfctl *ctl, int argc, char **argv)
             if (!unhold && i + 1 < argc && strcmp(argv[i], "--expect") == 0)
                 expect = argv[i + 1];
             else if (i + 1 < argc && strcmp(argv[i], "--totp") == 0)
-                totp = argv[i + 1];
+                totp_arg = argv[i + 1];
+            else if (i + 1 < argc && strcmp(argv[i], "--totp-fd") == 0)
+                totp_fd = argv[i + 1];
             else
                 ok = false;
         }
@@ -178,15 +185,18 @@ static int node_attest(kfctl *ctl, int argc, char **argv)
     }
     if (!ok) {
         fprintf(stderr, "usage: keyfleetctl node attest show NAME | node attest accept NAME TOKEN --expect 'PCR=HEX ...' "
-                        "[--totp CODE] | node attest unhold NAME TOKEN [--totp CODE]\n");
+                        "[--totp -|--totp-fd N] | node attest unhold NAME TOKEN [--totp -|--totp-fd N]\n");
         return KFCTL_EXIT_USAGE;
     }
+    char totp[KFCTL_TOTP_MAX + 1];
+    if (kfctl_totp_read(totp_arg, totp_fd, totp) != 0)
+        return KFCTL_EXIT_USAGE;
     if (accept) {
         Keyfleet__V1__AcceptNodeAttestationRequest req = KEYFLEET__V1__ACCEPT_NODE_ATTESTATION_REQUEST__INIT;
         req.node = argv[3];
         req.token = argv[4];
         req.expected = (char *)(expect != NULL ? expect : "");
-        req.totp_code = (char *)totp;
+        req.totp_code = totp;
         req.unhold = unhold;
         ProtobufCMessage *am = NULL;
         if (kfctl_call_once(ctl, "keyfleet.v1.AdminService/AcceptNodeAttestation", &req.base,

@@ -157,7 +157,7 @@ int kfctl_volume_recovery_key(kfctl *ctl, int argc, char **argv)
         return kfctl_usage("volume");
     /* Break glass: the code is read, never taken from the command line (review rev26b F7). */
     char totp[KFCTL_TOTP_MAX + 1];
-    if (kfctl_totp_read(totp_arg, totp_fd, false, totp) != 0)
+    if (kfctl_totp_read(totp_arg, totp_fd, totp) != 0)
         return KFCTL_EXIT_USAGE;
     int rc = reveal(ctl, argv[optind], request_id, totp);
     OPENSSL_cleanse(totp, sizeof(totp));

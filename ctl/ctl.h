@@ -44,10 +44,11 @@ int kfctl_json_flag(int argc, char **argv, const char *cmd, int *ret_json);
 #define KFCTL_EXIT_DENY 4
 
 /* totp_input.c: the TOTP code of --totp ARG / --totp-fd FD_ARG (NULL when not given) into out:
- * ARG '-' reads one line from stdin, FD_ARG one from that descriptor; a literal ARG only where
- * allow_literal. 0 (out "" when neither is given) or -EINVAL / -ENODATA, printed. */
+ * ARG '-' reads one line from stdin, FD_ARG one from that descriptor; a literal code in ARG is
+ * refused (argv is visible to every local user). 0 (out "" when neither is given) or -EINVAL /
+ * -ENODATA, printed. Every command that takes --totp reads it here. */
 #define KFCTL_TOTP_MAX 16
-int kfctl_totp_read(const char *arg, const char *fd_arg, bool allow_literal, char out[KFCTL_TOTP_MAX + 1]);
+int kfctl_totp_read(const char *arg, const char *fd_arg, char out[KFCTL_TOTP_MAX + 1]);
 
 int kfctl_cmd_init(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_cert(kfctl *ctl, int argc, char **argv);
@@ -62,7 +63,7 @@ int kfctl_cmd_policy(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_node(kfctl *ctl, int argc, char **argv);
 int kfctl_cmd_volume(kfctl *ctl, int argc, char **argv);
 /* cmd_lifecycle.c: argv[0] is node or volume, argv[1] the subcommand. */
-/* volume recovery-key VOLUME [--request ID] [--totp CODE] (cmd_recovery.c); argv[0] is "recovery-key". */
+/* volume recovery-key VOLUME [--request ID] [--totp -|--totp-fd N] (cmd_recovery.c); argv[0] is "recovery-key". */
 int kfctl_volume_recovery_key(kfctl *ctl, int argc, char **argv);
 /* node list [--json] (cmd_approval.c; "node" itself is in cmd_policy.c). */
 int kfctl_node_list(kfctl *ctl, int argc, char **argv);

@@ -31,9 +31,9 @@ static const kf_cli_cmd commands_help[] = {
                "       the coordinator's health; exit 1 when it is not ready"},
     {"pending", "pending [--json]\n"
                 "       release requests and held changes waiting for approval"},
-    {"approve", "approve REQUEST_ID [--totp CODE|-] [--totp-fd N] [--comment TEXT]\n"
+    {"approve", "approve REQUEST_ID [--totp -] [--totp-fd N] [--comment TEXT]\n"
                 "       --totp - reads the code from stdin, --totp-fd N from that descriptor"},
-    {"deny", "deny REQUEST_ID [--reason TEXT] [--totp CODE|-] [--totp-fd N]\n"
+    {"deny", "deny REQUEST_ID [--reason TEXT] [--totp -] [--totp-fd N]\n"
              "       where the request's approvals need TOTP, its denial does too"},
     {"audit", "audit [--node N] [--volume ID] [--action A] [--decision D] [--since T] [--until T] [--json]\n"
               "audit verify [--anchor FILE]... [--stream FILE [--ca FILE]] [--max-unsigned N]\n"
@@ -45,15 +45,15 @@ static const kf_cli_cmd commands_help[] = {
               "audit verify-proof FILE [--anchor CHECKPOINT] [--ca FILE]\n"
               "audit prove-consistency OLD_CHECKPOINT [NEW_CHECKPOINT]\n"
               "audit verify-consistency FILE [--ca FILE]"},
-    {"policy", "policy get | put FILE [--totp CODE] | check NODE VOLUME_ID [--source IP] [--json]\n"
+    {"policy", "policy get | put FILE [--totp -|--totp-fd N] | check NODE VOLUME_ID [--source IP] [--json]\n"
                "       check exits 0 on allow, 3 on allow after approval, 4 on deny"},
     {"node", "node list [--json]\n"
              "       known nodes: state, last heartbeat, dead-man window (PAST when silent longer),\n"
              "       last request, identity, certificate expiry and serial, volumes\n"
              "node revoke NAME [REASON]\n"
-             "node unrevoke NAME [--reason TEXT] [--totp CODE]\n"
+             "node unrevoke NAME [--reason TEXT] [--totp -|--totp-fd N]\n"
              "       held for approval under the policy's admin.approvers, like a policy put\n"
-             "node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp CODE] [--erase-all-keyslots|--cancel]\n"
+             "node wipe NAME [--volumes ID,...] [--reason TEXT] [--totp -|--totp-fd N] [--erase-all-keyslots|--cancel]\n"
              "       remote crypto-erase, held for approval by admin.wipe_approvers operators\n"
              "       (default 2, or admin.approvers if more): the volumes (all of the\n"
              "       node's when none are named) are retired, their escrowed recovery keys dropped,\n"
@@ -63,7 +63,7 @@ static const kf_cli_cmd commands_help[] = {
              "       volumes stay retired;\n"
              "       --erase-all-keyslots (LUKS2 luksErase, where policy wipe.erase_all_keyslots\n"
              "       allows it) removes the passphrase keyslots too: the data is unrecoverable\n"
-             "node attest show|accept|unhold NAME [--totp CODE]\n"
+             "node attest show|accept|unhold NAME [--totp -|--totp-fd N]\n"
              "       measured-boot PCR values: show them, accept the last quoted ones"},
     {"volume", "volume list [--json]\n"
                "       enrolled volumes: node, key age, a key rotation in progress\n"
@@ -78,9 +78,9 @@ static const kf_cli_cmd commands_help[] = {
     {"kms", "kms rotate\n"
             "       new KMS key version for new wraps; older versions still unwrap"},
     {"approle", "approle create NAME --node NODE [--cidr C]... [--group G] [--token-ttl D] [--secret-id-ttl D]\n"
-                "         [--secret-id-uses N] [--totp CODE]\n"
+                "         [--secret-id-uses N] [--totp -|--totp-fd N]\n"
                 "approle show NAME [--json]\n"
-                "approle secret-id NAME [--out FILE] [--totp CODE]\n"
+                "approle secret-id NAME [--out FILE] [--totp -|--totp-fd N]\n"
                 "approle revoke NAME [--secret-id ACCESSOR | --token TOKEN_ID]"},
     {"cluster", "cluster status [--json] | add NAME --raft HOST:PORT --rpc HOST:PORT | remove NAME"},
 };

@@ -29,7 +29,7 @@ static int read_line(int fd, char out[KFCTL_TOTP_MAX + 1])
     return n > 0 ? 0 : -ENODATA;
 }
 
-int kfctl_totp_read(const char *arg, const char *fd_arg, bool allow_literal, char out[KFCTL_TOTP_MAX + 1])
+int kfctl_totp_read(const char *arg, const char *fd_arg, char out[KFCTL_TOTP_MAX + 1])
 {
     out[0] = '\0';
     int fd = -1;
@@ -44,17 +44,9 @@ int kfctl_totp_read(const char *arg, const char *fd_arg, bool allow_literal, cha
     } else if (arg != NULL && strcmp(arg, "-") == 0) {
         fd = STDIN_FILENO;
     } else if (arg != NULL) {
-        if (!allow_literal) {
-            fprintf(stderr, "keyfleetctl: --totp takes '-' (the code on stdin) or use --totp-fd N: a code in the "
-                            "command line is visible to every local user\n");
-            return -EINVAL;
-        }
-        if (strlen(arg) > KFCTL_TOTP_MAX) {
-            fprintf(stderr, "keyfleetctl: a TOTP code is 6 digits\n");
-            return -EINVAL;
-        }
-        snprintf(out, KFCTL_TOTP_MAX + 1, "%s", arg);
-        return 0;
+        fprintf(stderr, "keyfleetctl: --totp takes '-' (the code on stdin) or use --totp-fd N: a code in the "
+                        "command line is visible to every local user\n");
+        return -EINVAL;
     } else {
         return 0;
     }

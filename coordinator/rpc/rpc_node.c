@@ -489,6 +489,7 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     c.attest_clock = op->has_clock ? &op->clock : NULL;
     c.audit = &a.entry;
     c.key_kcv = op->kcv;
+    c.tpm_and_network = op->decision.tpm_and_network; /* the mode, fixed at enroll (review rev26b F1) */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -1648,6 +1649,10 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
             /* A key the coordinators can reveal would open the volume without its TPM part. */
             why = "the volume's rule requires TPM and network: a recovery key escrowed with the coordinators would "
                   "open it without the TPM";
+        else if (vol.tpm_and_network)
+            /* The mode is the volume's, fixed at enroll: a rule that dropped it since changes nothing. */
+            why = "the volume was enrolled with TPM and network both required: a recovery key escrowed with the "
+                  "coordinators would open it without the TPM";
     }
     if (why == NULL && !zfs && req->ephemeral_public_key.len != 32)
         why = "ephemeral_public_key must be 32 bytes (X25519)";

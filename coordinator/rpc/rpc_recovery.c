@@ -283,6 +283,14 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
+    bool two_part = vol.tpm_and_network;
+    if (two_part) { /* review rev26b F1: a key escrowed before the mode was recorded opens it without the TPM */
+        kfd_volume_clear(&vol);
+        kfd_recovery_clear(&rec);
+        refuse(call, NULL, req->volume_id, req->request_id, KF_CONNECT_FAILED_PRECONDITION,
+               "the volume was enrolled with TPM and network both required: its recovery key is not revealed");
+        return;
+    }
     reveal_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL) {
         kfd_volume_clear(&vol);

@@ -135,6 +135,13 @@ static const char *const migrations[] = {
      * first use) and `node list` joins: each was a scan of every volume. */
     "CREATE INDEX audit_membership ON audit(seq) WHERE action IN ('cluster_add', 'cluster_remove');"
     "CREATE INDEX volumes_node ON volumes(node);",
+    /* 18: ZFS, the check value of the dataset key a reveal showed (review rev26c L2): the
+     * escrow asks whether that key is still the dataset's, not whether a rotation's second came
+     * after the reveal's. */
+    "ALTER TABLE recovery_keys ADD COLUMN revealed_kcv TEXT;"
+    /* (18) the mode the volume was enrolled in (review rev26b F1): 1 under tpm_and_network;
+     * NULL for a volume enrolled before (unknown: the rule decides, as before). */
+    "ALTER TABLE volumes ADD COLUMN tpm_and_network INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -171,11 +178,12 @@ static const char *const sql[ST_COUNT] = {
     [ST_ROLLBACK_TO] = "ROLLBACK TO cmd",
     [ST_RELEASE] = "RELEASE cmd",
     [ST_VOLUME_INSERT] = "INSERT INTO volumes (id, kind, name, labels, node, wrapped_key, enroll_request_id, "
-                         "created_at, key_kcv, key_created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, nullif(?9, ''), ?8)",
+                         "created_at, key_kcv, key_created_at, tpm_and_network) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                         "nullif(?9, ''), ?8, ?10)",
     [ST_VOLUME_GET] = "SELECT id, kind, name, node, labels, wrapped_key, enroll_request_id, created_at, "
                       "coalesce(last_released_at, 0), next_wrapped_key, coalesce(key_kcv, ''), "
-                      "coalesce(next_kcv, ''), coalesce(key_created_at, created_at), coalesce(retired_at, 0) "
-                      "FROM volumes WHERE id = ?",
+                      "coalesce(next_kcv, ''), coalesce(key_created_at, created_at), coalesce(retired_at, 0), "
+                      "coalesce(tpm_and_network, 0) FROM volumes WHERE id = ?",
     [ST_VOLUME_ROTATE_BEGIN] = "UPDATE volumes SET next_wrapped_key = ?, next_kcv = ? WHERE id = ?",
     [ST_VOLUME_ROTATE_COMMIT] = "UPDATE volumes SET wrapped_key = next_wrapped_key, key_kcv = next_kcv, "
                                 "next_wrapped_key = NULL, next_kcv = NULL, key_created_at = ? "
@@ -186,6 +194,8 @@ static const char *const sql[ST_COUNT] = {
                        "coalesce(e.erased_at, 0), coalesce(e.detail, ''), coalesce(e.erase_all, 0) FROM volumes "
                        "LEFT JOIN volume_erase e ON e.volume_id = volumes.id ORDER BY id",
     [ST_ERASE_INSERT] = "INSERT INTO volume_erase (volume_id, node, requested_at, erase_all) VALUES (?, ?, ?, ?)",
+    /* A wiped volume's wrapped keys go (review rev26c R4): '' is no wrapped key (unwrap refuses it). */
+    [ST_VOLUME_FORGET_KEYS] = "UPDATE volumes SET wrapped_key = '', next_wrapped_key = NULL, next_kcv = NULL WHERE id = ?",
     [ST_ERASE_GET] = "SELECT node, coalesce(erased_at, 0) FROM volume_erase WHERE volume_id = ?",
     [ST_ERASE_CONFIRM] = "UPDATE volume_erase SET erased_at = ?, detail = ? WHERE volume_id = ? AND node = ? "
                          "AND erased_at IS NULL",
@@ -302,23 +312,25 @@ static const char *const sql[ST_COUNT] = {
     [ST_AUDIT_ONE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = ?",
     [ST_RECOVERY_GET] = "SELECT node, wrapped, kcv, request_id, created_at, coalesce(revealed_at, 0), "
                         "coalesce(revealed_by, ''), coalesce(next_request_id, ''), coalesce(next_wrapped, ''), "
-                        "coalesce(next_kcv, ''), coalesce(next_at, 0) FROM recovery_keys WHERE volume_id = ?",
+                        "coalesce(next_kcv, ''), coalesce(next_at, 0), coalesce(revealed_kcv, '') FROM recovery_keys "
+                        "WHERE volume_id = ?",
     [ST_RECOVERY_PUT] = "INSERT INTO recovery_keys (volume_id, node, wrapped, kcv, request_id, created_at) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(volume_id) DO UPDATE SET node = ?2, wrapped = ?3, "
                         "kcv = ?4, request_id = ?5, created_at = ?6, revealed_at = NULL, revealed_by = NULL, next_wrapped = NULL, "
-                        "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL",
+                        "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL, "
+                        "revealed_kcv = NULL",
     [ST_RECOVERY_NEXT] = "UPDATE recovery_keys SET next_wrapped = ?, next_kcv = ?, next_request_id = ?, next_at = ?, "
                          "next_revealed_at = NULL WHERE volume_id = ?",
     [ST_RECOVERY_PROMOTE] = "UPDATE recovery_keys SET wrapped = next_wrapped, kcv = next_kcv, request_id = "
                             "next_request_id, created_at = next_at, revealed_at = next_revealed_at, revealed_by = CASE WHEN "
                             "next_revealed_at IS NULL THEN NULL ELSE revealed_by END, next_wrapped = NULL, "
-                            "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL "
-                            "WHERE volume_id = ? AND next_request_id IS NOT NULL",
+                            "next_kcv = NULL, next_request_id = NULL, next_at = NULL, next_revealed_at = NULL, "
+                            "revealed_kcv = NULL WHERE volume_id = ? AND next_request_id IS NOT NULL",
     [ST_RECOVERY_DELETE] = "DELETE FROM recovery_keys WHERE volume_id = ?",
     [ST_ERASE_CANCEL] = "DELETE FROM volume_erase WHERE volume_id = ? AND node = ? AND erased_at IS NULL",
     [ST_RECOVERY_REVEALED] = "UPDATE recovery_keys SET revealed_at = ?1, revealed_by = ?2, next_revealed_at = CASE "
-                             "WHEN ?4 <> '' AND next_request_id = ?4 THEN ?1 ELSE next_revealed_at END "
-                             "WHERE volume_id = ?3",
+                             "WHEN ?4 <> '' AND next_request_id = ?4 THEN ?1 ELSE next_revealed_at END, "
+                             "revealed_kcv = nullif(?5, '') WHERE volume_id = ?3",
     [ST_RECOVERY_TO_REPLACE] = "SELECT r.volume_id FROM recovery_keys r JOIN volumes v ON v.id = r.volume_id "
                                "WHERE r.node = ? AND r.revealed_at IS NOT NULL AND v.retired_at IS NULL "
                                "ORDER BY r.volume_id LIMIT 100",

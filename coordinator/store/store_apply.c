@@ -46,6 +46,10 @@ static int apply_enroll(kfd_store *s, const Keyfleet__V1__CmdEnrollVolume *c, kf
     kfd_bind_text(st, 7, c->audit->request_id);
     sqlite3_bind_int64(st, 8, c->audit->time->seconds);
     kfd_bind_text(st, 9, c->key_kcv);
+    if (c->tpm_and_network)
+        sqlite3_bind_int(st, 10, 1);
+    else
+        sqlite3_bind_null(st, 10);
     int r = kfd_store_step_done(s, st, "recording the volume", err);
     free(labels);
     return r;

@@ -106,6 +106,13 @@ static int wipe_one(kfd_store *s, const Keyfleet__V1__CmdWipeVolumes *c, const c
      * must not open the erased volume through the coordinators' copy (review rev26b F2). */
     if ((r = kfd_store_recovery_drop(s, id, err)) != 0)
         return r;
+    /* So do the volume's wrapped keys, the current one and a rotation's staged one: a keyslot an
+     * erase could not find (left by an older agent cut off before its token) then opens only with
+     * a store copy from before the wipe (review rev26c R4). */
+    st = kfd_store_stmt(s, ST_VOLUME_FORGET_KEYS);
+    kfd_bind_text(st, 1, id);
+    if ((r = kfd_store_step_done(s, st, "forgetting the volume's wrapped keys", err)) != 0)
+        return r;
     st = kfd_store_stmt(s, ST_ERASE_INSERT);
     kfd_bind_text(st, 1, id);
     kfd_bind_text(st, 2, c->node);

@@ -48,6 +48,7 @@ int kfd_store_get_volume(kfd_store *s, const char *id, kfd_volume *ret)
     kfd_store_copy_col(st, 11, ret->next_kcv, sizeof(ret->next_kcv));
     ret->key_created_at = sqlite3_column_int64(st, 12);
     ret->retired_at = sqlite3_column_int64(st, 13);
+    ret->tpm_and_network = sqlite3_column_int(st, 14) != 0;
     sqlite3_reset(st);
     if (ret->labels_json == NULL || ret->wrapped_key == NULL || (has_next && ret->next_wrapped_key == NULL)) {
         kfd_volume_clear(ret);

@@ -24,6 +24,8 @@ typedef struct kfd_volume {
     char next_kcv[24];        /* the rotation in progress's; "" when none */
     int64_t key_created_at;   /* when the key was made (enroll or the last rotation) */
     int64_t retired_at;       /* 0: in service; else its key is refused (volume retire) */
+    bool tpm_and_network;     /* enrolled under require: [tpm_and_network] (store migration 18; false
+                               * for a volume enrolled before, whose mode is not recorded) */
 } kfd_volume;
 
 void kfd_volume_clear(kfd_volume *v);

@@ -49,6 +49,7 @@ int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *re
     ret->next_wrapped = strdup(nw != NULL ? (const char *)nw : "");
     kfd_store_copy_col(st, 9, ret->next_kcv, sizeof(ret->next_kcv));
     ret->next_at = sqlite3_column_int64(st, 10);
+    kfd_store_copy_col(st, 11, ret->revealed_kcv, sizeof(ret->revealed_kcv));
     sqlite3_reset(st);
     if (ret->wrapped == NULL || ret->next_wrapped == NULL) {
         kfd_recovery_clear(ret);
@@ -113,21 +114,30 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
                             : kf_err_set(err, r, "reading the volume");
-    bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0;
+    bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0, two_part = v.tpm_and_network;
     int64_t key_made = v.key_created_at;
+    char key_kcv[sizeof(v.key_kcv)];
+    snprintf(key_kcv, sizeof(key_kcv), "%s", v.key_kcv);
     kfd_volume_clear(&v);
     if (!owner)
         return kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
     if (retired)
         return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
+    if (two_part) /* review rev26b F1: checked again at apply, whatever the handler's rule said */
+        return kf_err_set(err, -EACCES, "volume %s was enrolled with TPM and network both required: it gets no "
+                          "recovery key", c->volume_id);
     kfd_recovery cur;
     r = kfd_store_get_recovery(s, c->volume_id, &cur);
     if (r != 0 && r != -ENOENT)
         return kf_err_set(err, r, "reading the recovery key");
     bool replay = r == 0 && (strcmp(cur.request_id, c->request_id) == 0 ||
                              (cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, c->request_id) == 0));
-    /* ZFS: the revealed key is the dataset's own; it is retired only by a rotation after the reveal. */
-    bool unrotated = r == 0 && !replay && c->zfs && cur.revealed_at != 0 && key_made < cur.revealed_at;
+    /* ZFS: the revealed key is the dataset's own; it is retired only by a rotation after the reveal:
+     * the dataset's key is another than the one the reveal showed (by check value: a rotation
+     * committed in the reveal's second is not after it, review rev26c L2; by time only for a
+     * reveal recorded before store migration 18). */
+    bool unrotated = r == 0 && !replay && c->zfs && cur.revealed_at != 0 &&
+                     (cur.revealed_kcv[0] != '\0' ? strcmp(key_kcv, cur.revealed_kcv) == 0 : key_made < cur.revealed_at);
     /* LUKS2: the escrowed key opens the volume until the node kills its keyslot, so a new key
      * waits apart, and the escrowed one stays revealable (and marked, if it was), until the node
      * confirms; revealed or not: a cut-off or forged escrow must not replace the only key a
@@ -207,11 +217,13 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
     kfd_volume v;
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return kf_err_set(err, r == -ENOENT ? -ESTALE : r, "reading the volume");
-    bool retired = v.retired_at != 0;
+    bool retired = v.retired_at != 0, two_part = v.tpm_and_network;
     bool rotated = bound && c->volume_key_kcv[0] != '\0' && strcmp(v.key_kcv, c->volume_key_kcv) != 0;
     kfd_volume_clear(&v);
     if (retired)
         return kf_err_set(err, -EACCES, "volume %s is retired", c->volume_id);
+    if (two_part)
+        return kf_err_set(err, -EACCES, "volume %s was enrolled with TPM and network both required", c->volume_id);
     if (rotated)
         return kf_err_set(err, -ESTALE, "the key of volume %s was rotated while it was being revealed: fetch again",
                           c->volume_id);
@@ -228,6 +240,8 @@ int kfd_store_apply_recovery_reveal(kfd_store *s, const Keyfleet__V1__CmdRecover
     kfd_bind_text(st, 3, c->volume_id);
     /* The staged replacement shown too (review rev26c R2): its promotion keeps the mark. */
     kfd_bind_text(st, 4, c->escrow_next_request_id);
+    /* ZFS: the dataset key shown, checked above to be the volume's now (review rev26c L2). */
+    kfd_bind_text(st, 5, c->volume_key_kcv);
     if ((r = kfd_store_step_done(s, st, "recording the reveal", err)) != 0)
         return r;
     return kfd_store_append_audit(s, c->audit, seq, err);

@@ -23,6 +23,9 @@ typedef struct kfd_recovery {
     char *next_wrapped;
     char next_kcv[24];
     int64_t next_at; /* when the replacement was escrowed */
+    /* ZFS: the check value of the dataset key the last reveal showed ("": none, or a reveal from
+     * before store migration 18). */
+    char revealed_kcv[24];
 } kfd_recovery;
 
 void kfd_recovery_clear(kfd_recovery *r);

@@ -105,8 +105,8 @@ expect_match "... and says why" "$(ctl "$F" audit --json --action pending | tail
 out=$(node "$F" app-1 release vol-a "$WRAP_A")
 R=$(field request "$out")
 expect_match "release under two-person: pending" "$out" "status=pending"
-ctl "$F" approve "$R" --totp "$(code admin)" >/dev/null
-ctl_as "$F" bob approve "$R" --totp "$(code bob)" >/dev/null
+ctl "$F" approve "$R" --totp-fd 3 3< <(code admin) >/dev/null
+ctl_as "$F" bob approve "$R" --totp-fd 3 3< <(code bob) >/dev/null
 out=$(node "$F" app-1 release vol-a "$WRAP_A" "$R")
 expect_match "the approved request releases" "$out" "^code=ok status=released key=[0-9a-f]{64} request=$R "
 before=$(audit_count)
@@ -119,8 +119,8 @@ expect_eq "one release recorded for the request" \
 # --- 2b. Approvals given under a looser policy do not satisfy a tightened one.
 out=$(node "$F" app-1 release vol-a "$WRAP_A")
 R3=$(field request "$out")
-ctl_as "$F" ivan approve "$R3" --totp "$(code ivan)" >/dev/null
-ctl_as "$F" judy approve "$R3" --totp "$(code judy)" >/dev/null
+ctl_as "$F" ivan approve "$R3" --totp-fd 3 3< <(code ivan) >/dev/null
+ctl_as "$F" judy approve "$R3" --totp-fd 3 3< <(code judy) >/dev/null
 rules | sed 's/approvers: 2, timeout/approvers: 3, timeout/' | put_policy "$F"
 before=$(audit_count)
 out=$(node "$F" app-1 release vol-a "$WRAP_A" "$R3")
@@ -132,18 +132,18 @@ rules | put_policy "$F"
 # --- 3. TOTP: a missing secret is refused, wrong codes lock the operator out.
 out=$(node "$F" app-1 release vol-a "$WRAP_A")
 R2=$(field request "$out")
-out=$(ctl_as "$F" dave approve "$R2" --totp 123456 2>&1)
+out=$(ctl_as "$F" dave approve "$R2" --totp-fd 3 3< <(echo 123456) 2>&1)
 expect_match "an operator without a TOTP secret cannot approve" "$out" "permission_denied: operator dave has no TOTP secret"
 for i in 1 2 3 4 5; do
-    out=$(ctl_as "$F" carol approve "$R2" --totp "$(wrong_code carol)" 2>&1)
+    out=$(ctl_as "$F" carol approve "$R2" --totp-fd 3 3< <(wrong_code carol) 2>&1)
     expect_match "wrong code $i is refused" "$out" "permission_denied: wrong TOTP code \($i of 5"
 done
-out=$(ctl_as "$F" carol approve "$R2" --totp "$(code carol)" 2>&1)
+out=$(ctl_as "$F" carol approve "$R2" --totp-fd 3 3< <(code carol) 2>&1)
 expect_match "after 5 wrong codes even the right code is refused" "$out" "permission_denied: operator carol is locked out"
 expect_match "no approval was counted" "$(ctl "$F" pending)" "$R2 .* 0/2 "
 expect_match "the lockout is audited" "$(ctl "$F" audit --json --action totp_lockout)" \
     "\"actor\":\"carol\".*\"decision\":\"deny\".*5 wrong TOTP codes in a row"
-out=$(ctl_as "$F" erin approve "$R2" --totp "$(code erin)" 2>&1)
+out=$(ctl_as "$F" erin approve "$R2" --totp-fd 3 3< <(code erin) 2>&1)
 expect_match "another operator is not locked out" "$out" "1 of 2 approvals"
 
 # --- 4. Policy changes need admin.approvers operators.
@@ -156,39 +156,39 @@ rules:
     match: {nodes: {names: ["*"]}}
     effect: allow
 YAML
-out=$(ctl_as "$F" frank policy put "$F/lax.yaml" --totp "$(code frank)" 2>&1)
+out=$(ctl_as "$F" frank policy put "$F/lax.yaml" --totp-fd 3 3< <(code frank) 2>&1)
 expect_match "one operator's policy put is held" "$out" "waits for approval: request ([0-9a-f]{32}) needs 2 operators"
 C=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
 expect_eq "... and the policy in force is unchanged" "$(ctl "$F" policy get | sed -n 's/^# policy version //p')" "$V"
 out=$(node "$F" app-2 release vol-a "$WRAP_A")
 expect_match "... so approval is still required" "$out" "status=pending"
-out=$(ctl_as "$F" frank approve "$C" --totp "$(code frank)" 2>&1)
+out=$(ctl_as "$F" frank approve "$C" --totp-fd 3 3< <(code frank) 2>&1)
 expect_match "the proposer cannot approve their own change again" "$out" "already_exists"
 expect_match "the held change is listed" "$(ctl "$F" pending)" "$C +\(change\) +policy version"
-out=$(ctl_as "$F" grace approve "$C" --totp "$(code grace)")
+out=$(ctl_as "$F" grace approve "$C" --totp-fd 3 3< <(code grace))
 expect_match "a second operator approves the change" "$out" "2 of 2 approvals; approved"
 expect_eq "the approved policy is in force" "$(ctl "$F" policy get | sed -n 's/^# policy version //p')" "$((V + 1))"
 expect_match "the change is audited with both operators" "$(ctl "$F" audit --json)" \
     "\"action\":\"change_proposed\",\"actor\":\"frank\".*\"action\":\"approve\",\"actor\":\"grace\".*\"action\":\"policy_put\""
-out=$(ctl_as "$F" heidi approle create r1 --node app-1 --totp "$(code heidi)" 2>&1)
+out=$(ctl_as "$F" heidi approle create r1 --node app-1 --totp-fd 3 3< <(code heidi) 2>&1)
 expect_match "a role creation is held too" "$out" "waits for approval"
 expect_match "... the role does not exist yet" "$(ctl "$F" approle show r1 2>&1)" "not_found"
 CR=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
-ctl_as "$F" nina approve "$CR" --totp "$(code nina)" >/dev/null
+ctl_as "$F" nina approve "$CR" --totp-fd 3 3< <(code nina) >/dev/null
 RID1=$(ctl "$F" approle show r1 | sed -n 's/^role_id: //p')
-out=$(ctl_as "$F" olaf approle secret-id r1 --totp "$(code olaf)" 2>&1)
+out=$(ctl_as "$F" olaf approle secret-id r1 --totp-fd 3 3< <(code olaf) 2>&1)
 expect_match "one operator's secret id (it makes its holder app-1) is held" "$out" "waits for approval: request"
 S1=$(printf '%s' "$out" | sed -n 's/^secret_id: //p')
 CS=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
 expect_match "... and does not log in before approval" "$(approle_login "$RID1" "$S1")" "^401 "
-ctl_as "$F" peggy approve "$CS" --totp "$(code peggy)" >/dev/null
+ctl_as "$F" peggy approve "$CS" --totp-fd 3 3< <(code peggy) >/dev/null
 expect_match "... it logs in once a second operator approved" "$(approle_login "$RID1" "$S1")" "^200 "
 
 # --- 4b. With one approver and TOTP, the proposal itself applies the change, and it is in force.
 rules "admin: {approvers: 1, totp: true}" >"$F/one.yaml"
-out=$(ctl_as "$F" ken policy put "$F/one.yaml" --totp "$(code ken)" 2>&1)
+out=$(ctl_as "$F" ken policy put "$F/one.yaml" --totp-fd 3 3< <(code ken) 2>&1)
 C2=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
-out=$(ctl_as "$F" lena approve "$C2" --totp "$(code lena)")
+out=$(ctl_as "$F" lena approve "$C2" --totp-fd 3 3< <(code lena))
 expect_match "admin.approvers 1 with TOTP, approved by two" "$out" "2 of 2 approvals; approved"
 cat >"$F/open.yaml" <<'YAML'
 admin: {approvers: 1, totp: true}
@@ -197,7 +197,7 @@ rules:
     match: {nodes: {names: ["*"]}}
     effect: allow
 YAML
-out=$(ctl_as "$F" mike policy put "$F/open.yaml" --totp "$(code mike)" 2>&1)
+out=$(ctl_as "$F" mike policy put "$F/open.yaml" --totp-fd 3 3< <(code mike) 2>&1)
 expect_match "one operator with TOTP: the policy is in force at once" "$out" "^policy version [0-9]+ is in force"
 out=$(node "$F" app-2 release vol-a "$WRAP_A")
 expect_match "... and decides the next release (no approval now)" "$out" "^code=ok status=released"

@@ -58,12 +58,12 @@ out=$(node "$F" app-1 release vol-x "$WRAP" "$R")
 expect_eq "polling with the request id keeps the same request" "$(field request "$out")" "$R"
 expect_eq "... and creates no new one" "$(ctl "$F" pending | grep -c app-1)" "1"
 
-out=$(ctl "$F" approve "$R" --totp "$(acode)")
+out=$(ctl "$F" approve "$R" --totp-fd 3 3< <(acode))
 expect_match "first approval: 1 of 2" "$out" "1 of 2 approvals"
-out=$(ctl "$F" approve "$R" --totp "$(acode)" 2>&1)
+out=$(ctl "$F" approve "$R" --totp-fd 3 3< <(acode) 2>&1)
 expect_match "the same operator approving twice: already_exists" "$out" "already_exists: operator admin already approved"
 expect_match "... still pending" "$(node "$F" app-1 release vol-x "$WRAP" "$R")" "status=pending"
-out=$(ctl_as "$F" bob approve "$R" --totp "$(bcode)" --comment "change 4711")
+out=$(ctl_as "$F" bob approve "$R" --totp-fd 3 3< <(bcode) --comment "change 4711")
 expect_match "a second, distinct operator approves: 2 of 2" "$out" "2 of 2 approvals; approved"
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R")
 expect_match "the next poll is released with the enrolled key" "$out" "^code=ok status=released key=$KEY request=$R "
@@ -76,7 +76,7 @@ expect_match "a denial needs a TOTP code as an approval does" "$out" "invalid_ar
 oathtool --totp -b "$BOB_SECRET" -N "now + 30 seconds" | ctl_as "$F" bob deny "$R2" --totp - --reason "not in a change window" >/dev/null
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R2")
 expect_match "a denied request's poll: permission_denied" "$out" "^code=permission_denied .*denied by an operator"
-out=$(ctl "$F" approve "$R2" --totp "$(acode)" 2>&1)
+out=$(ctl "$F" approve "$R2" --totp-fd 3 3< <(acode) 2>&1)
 expect_match "approving a denied request: failed_precondition" "$out" "failed_precondition: request $R2 is no longer waiting"
 
 out=$(ctl "$F" approve 0123456789abcdef0123456789abcdef 2>&1)
@@ -90,13 +90,13 @@ WRAP_S=$(field wrapped "$out")
 R4=$(field request "$(node "$F" solo-1 release vol-s "$WRAP_S")")
 out=$(ctl_as "$F" carol approve "$R4" 2>&1)
 expect_match "an operator with TOTP must give a code" "$out" "invalid_argument: a TOTP code is required"
-out=$(ctl_as "$F" carol approve "$R4" --totp 000000 2>&1)
+out=$(ctl_as "$F" carol approve "$R4" --totp-fd 3 3< <(echo 000000) 2>&1)
 expect_match "a wrong TOTP code is refused" "$out" "permission_denied"
 CODE=$(oathtool --totp -b "$TOTP_SECRET")
-out=$(ctl_as "$F" carol approve "$R4" --totp "$CODE")
+out=$(ctl_as "$F" carol approve "$R4" --totp-fd 3 3< <(echo "$CODE"))
 expect_match "a right TOTP code approves" "$out" "1 of 1 approvals; approved"
 R5=$(field request "$(node "$F" solo-1 release vol-s "$WRAP_S")")
-out=$(ctl_as "$F" carol approve "$R5" --totp "$CODE" 2>&1)
+out=$(ctl_as "$F" carol approve "$R5" --totp-fd 3 3< <(echo "$CODE") 2>&1)
 expect_match "a replayed TOTP code is refused" "$out" "permission_denied: TOTP code already used"
 
 # Expiry: the two-person rule's requests expire after 10 s.
@@ -104,7 +104,7 @@ R3=$(field request "$(node "$F" app-1 release vol-x "$WRAP")")
 sleep 11.5
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R3")
 expect_match "an expired request's poll: failed_precondition" "$out" "^code=failed_precondition .*expired"
-out=$(ctl "$F" approve "$R3" --totp "$(acode)" 2>&1)
+out=$(ctl "$F" approve "$R3" --totp-fd 3 3< <(acode) 2>&1)
 expect_match "approving an expired request: failed_precondition" "$out" "failed_precondition: .*(expired|no longer waiting)"
 
 audit=$(ctl "$F" audit --json)
@@ -125,6 +125,16 @@ expect_match "a failed delivery was retried" "$(cat "$F/keyfleetd.log")" "event=
 m=$(kcurl "$F" operator "$URL/metrics")
 expect_match "webhook deliveries are counted" "$m" 'keyfleet_webhook_total\{result="delivered"\} 5'
 expect_match "webhook retries are counted" "$m" 'keyfleet_webhook_total\{result="retry"\} 1'
+
+# A TOTP code is never taken from argv (every local user sees it in ps while it is valid): each
+# command that takes --totp refuses a literal code there, names the safe forms, and sends nothing.
+for cmd in "approve $R" "deny $R" "node wipe app-1" "policy put $F/policy.yaml" "node unrevoke app-1" \
+    "approle secret-id r1" "approle create r1 --node app-1" "node attest unhold app-1 tok"; do
+    out=$(ctl "$F" $cmd --totp 123456 2>&1) && rc=0 || rc=$?
+    expect_match "a code in argv is refused: $cmd" "$rc $out" "^2 keyfleetctl: --totp takes '-' \(the code on stdin\) or use --totp-fd N"
+done
+out=$(ctl "$F" policy put "$F/policy.yaml" --totp-fd 7 2>&1) && rc=0 || rc=$?
+expect_match "policy put reads --totp-fd (none open here)" "$out" "no TOTP code on --totp-fd"
 
 stop_kfd TERM
 expect_eq "keyfleetd exits 0" "$KFD_EXIT" "0"

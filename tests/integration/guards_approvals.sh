@@ -47,9 +47,9 @@ out=$(node "$F" app-1 enroll vol-x data)
 WRAP=$(field wrapped "$out")
 KEY=$(field key "$out")
 R=$(field request "$(node "$F" app-1 release vol-x "$WRAP")")
-expect_match "first approval: 1 of 2" "$(ctl "$F" approve "$R" --totp "$(code $ADMIN_SECRET)")" "1 of 2 approvals"
+expect_match "first approval: 1 of 2" "$(ctl "$F" approve "$R" --totp-fd 3 3< <(code $ADMIN_SECRET))" "1 of 2 approvals"
 s0=$(sealed)
-out=$(ctl "$F" approve "$R" --totp "$(code $ADMIN_SECRET)" 2>&1)
+out=$(ctl "$F" approve "$R" --totp-fd 3 3< <(code $ADMIN_SECRET) 2>&1)
 expect_match "the same operator again: refused, naming the operator" "$out" "already_exists: operator admin already approved $R"
 expect_eq "... the second approval is not counted" "$(approvals_of "$R")" "1"
 expect_match "... the request still waits for 1 of 2" "$(ctl "$F" pending)" "$R.*1/2|$R.*1 of 2"
@@ -57,7 +57,7 @@ out=$(node "$F" app-1 release vol-x "$WRAP" "$R")
 expect_match "... its poll is still pending" "$out" "^code=ok status=pending request=$R"
 expect_eq "... no key was unwrapped and sealed" "$(sealed)" "$s0"
 expect_eq "... and no release recorded" "$(ctl "$F" audit --json | grep -c "\"action\":\"release\".*\"request_id\":\"$R\",\"decision\":\"allow\"")" "0"
-out=$(ctl_as "$F" bob approve "$R" --totp "$(code $BOB_SECRET)")
+out=$(ctl_as "$F" bob approve "$R" --totp-fd 3 3< <(code $BOB_SECRET))
 expect_match "control: a second, distinct operator completes it" "$out" "2 of 2 approvals; approved"
 expect_match "... and the poll is released" "$(node "$F" app-1 release vol-x "$WRAP" "$R")" "^code=ok status=released key=$KEY "
 
@@ -67,9 +67,9 @@ WRAP_S=$(field wrapped "$out")
 R4=$(field request "$(node "$F" solo-1 release vol-s "$WRAP_S")")
 R5=$(field request "$(node "$F" solo-1 release vol-s "$WRAP_S")")
 CODE=$(code $CAROL_SECRET)
-expect_match "carol approves R4 with a code" "$(ctl_as "$F" carol approve "$R4" --totp "$CODE")" "1 of 1 approvals; approved"
+expect_match "carol approves R4 with a code" "$(ctl_as "$F" carol approve "$R4" --totp-fd 3 3< <(echo "$CODE"))" "1 of 1 approvals; approved"
 s0=$(sealed)
-out=$(ctl_as "$F" carol approve "$R5" --totp "$CODE" 2>&1)
+out=$(ctl_as "$F" carol approve "$R5" --totp-fd 3 3< <(echo "$CODE") 2>&1)
 expect_match "the same code again for R5: refused as a replay" "$out" "permission_denied: TOTP code already used"
 expect_eq "... R5's approval is not counted" "$(approvals_of "$R5")" "0"
 out=$(node "$F" solo-1 release vol-s "$WRAP_S" "$R5")

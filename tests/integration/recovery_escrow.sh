@@ -179,7 +179,7 @@ out=$(printf '%s\n' "$C" | ctl "$F" volume recovery-key "$LID" --totp - 2>&1)
 expect_match "the same code again is refused (replay)" "$out" "permission_denied"
 out=$(ctl_as "$F" bob approve "$R4" 2>&1)
 expect_match "an approval without a code is refused" "$out" "invalid_argument"
-expect_match "bob approves with his code" "$(ctl_as "$F" bob approve "$R4" --totp "$(code bob)")" "2 of 2 approvals"
+expect_match "bob approves with his code" "$(ctl_as "$F" bob approve "$R4" --totp-fd 3 3< <(code bob))" "2 of 2 approvals"
 out=$(oathtool --totp -b "${SECRET[admin]}" -N "now + 30 seconds" |
     ctl "$F" volume recovery-key "$LID" --request "$R4" --totp -)
 expect_match "then the proposer is shown the key, with a fresh code of his" "$out" "recovery key of $LID"

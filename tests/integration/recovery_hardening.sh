@@ -107,7 +107,7 @@ R2=$(rid_of "$out")
 expect_match "the reveal is proposed with the code read from stdin" "$out" "1 of 2 approvals"
 out=$(ctl_as "$F" carol deny "$R2" 2>&1) && rc=0 || rc=$?
 expect_match "a denial without TOTP is refused" "$out" "invalid_argument: a TOTP code is required"
-check "bob approves with TOTP" ctl_as "$F" bob approve "$R2" --totp "$(code bob)"
+check "bob approves with TOTP" ctl_as "$F" bob approve "$R2" --totp-fd 3 3< <(code bob)
 out=$(ctl "$F" volume recovery-key v2 --request "$R2" 2>&1)
 expect_match "the fetch without TOTP is refused" "$out" "invalid_argument: a TOTP code is required"
 exec 9< <(next_code admin)

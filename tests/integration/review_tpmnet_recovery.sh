@@ -47,6 +47,12 @@ rules:
     effect: allow
 YAML
 A recovery-key add "luks:$D" >"$WORK/add.out" 2>&1 || true
+# The mode is the volume's, recorded at enroll (store migration 18): the coordinators refuse the
+# escrow themselves once the rule no longer says tpm_and_network.
+expect_match "F1: the coordinators refuse the escrow by the mode recorded at enroll" "$(cat "$WORK/add.out")" \
+    "enrolled with TPM and network both required"
+expect_match "F1: the refusal is audited" "$(ctl "$F" audit --action recovery_escrow --json)" \
+    "\"decision\":\"deny\".*enrolled with TPM and network"
 T0=$(reveal "$LID")
 A unlock --all >"$WORK/unlock.out" 2>&1 || true
 T1=$(reveal "$LID")

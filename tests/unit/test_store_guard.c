@@ -396,6 +396,8 @@ static void test_held_attest_accept_is_compare_and_swap(void **state)
     kfd_store_close(s);
 }
 
+static bool enroll_two_part; /* the next enroll is under tpm_and_network */
+
 static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
 {
     audit_at a;
@@ -410,6 +412,7 @@ static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
     c.node = (char *)node;
     c.wrapped_key = (char *)"kf:local:v1:xyz";
     c.audit = &a.e;
+    c.tpm_and_network = enroll_two_part;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -884,6 +887,81 @@ static size_t to_replace(kfd_store *s, const char *node)
     return n;
 }
 
+/* A reveal as the handler binds it: to the escrow row it read and, ZFS, the dataset key's kcv. */
+static int reveal_zfs(kfd_store *s, const char *id, const char *vol, const char *escrow_rid, const char *vol_kcv,
+                      int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "recovery_reveal", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecoveryReveal c = KEYFLEET__V1__CMD_RECOVERY_REVEAL__INIT;
+    c.volume_id = (char *)vol;
+    c.operator_ = (char *)"op1";
+    c.request_id = (char *)id;
+    c.escrow_request_id = (char *)escrow_rid;
+    c.escrow_kcv = (char *)"";
+    c.escrow_next_request_id = (char *)"";
+    c.volume_key_kcv = (char *)vol_kcv;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
+    cmd.recovery_reveal = &c;
+    return apply(s, &cmd, NULL);
+}
+
+/* Review rev26c L2: ZFS, a rotation committed in the second of the reveal, before the handler
+ * read the key (the reveal shows the new key): the dataset's key is still the revealed one, so an
+ * escrow without a rotation must not clear the mark (by seconds it looked rotated). */
+static void test_recovery_zfs_same_second(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("recovery_l2.db");
+    kfd_recovery rec;
+    assert_int_equal(enroll(s, "vz", "n1", T0), 0);
+    assert_int_equal(release_kcv(s, "n1", "vz", KCV1, T0 + 1), 0);
+    assert_int_equal(escrow(s, "n1", "vz", RID, "", true, T0 + 1), 0);
+    assert_int_equal(rotate(s, "n1", "vz", false, KCV2, T0 + 5), 0);
+    assert_int_equal(rotate(s, "n1", "vz", true, KCV2, T0 + 5), 0);
+    assert_int_equal(propose_reveal(s, RID2, "vz", 2), 0);
+    assert_int_equal(approve(s, RID2, "op2", 0, T0 + 5), 0);
+    assert_int_equal(reveal_zfs(s, RID2, "vz", RID, KCV1, T0 + 5), -ESTALE); /* rotated since the handler read it */
+    assert_int_equal(reveal_zfs(s, RID2, "vz", RID, KCV2, T0 + 5), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "vz", &rec), 0);
+    assert_string_equal(rec.revealed_kcv, KCV2);
+    kfd_recovery_clear(&rec);
+    assert_int_equal(escrow(s, "n1", "vz", RID3, "", true, T0 + 6), -ESTALE); /* KCV2 is still the dataset's */
+    assert_int_equal(to_replace(s, "n1"), 1);
+    assert_int_equal(rotate(s, "n1", "vz", false, KCV3, T0 + 6), 0);
+    assert_int_equal(rotate(s, "n1", "vz", true, KCV3, T0 + 6), 0);
+    assert_int_equal(escrow(s, "n1", "vz", RID3, "", true, T0 + 6), 0); /* rotated in the same second: it counts */
+    assert_int_equal(to_replace(s, "n1"), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "vz", &rec), 0);
+    assert_string_equal(rec.revealed_kcv, "");
+    kfd_recovery_clear(&rec);
+    kfd_store_close(s);
+}
+
+/* Review rev26b F1: a volume enrolled under tpm_and_network keeps that mode in the store; the
+ * escrow of a recovery key for it is refused at apply, whatever rule the handler saw. */
+static void test_recovery_two_part_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("recovery_f1.db");
+    kfd_volume v;
+    enroll_two_part = true;
+    assert_int_equal(enroll(s, "vt", "n1", T0), 0);
+    enroll_two_part = false;
+    assert_int_equal(enroll(s, "vp", "n1", T0), 0);
+    assert_int_equal(kfd_store_get_volume(s, "vt", &v), 0);
+    assert_true(v.tpm_and_network);
+    kfd_volume_clear(&v);
+    assert_int_equal(kfd_store_get_volume(s, "vp", &v), 0);
+    assert_false(v.tpm_and_network);
+    kfd_volume_clear(&v);
+    assert_int_equal(escrow(s, "n1", "vt", RID, "w1", false, T0 + 1), -EACCES);
+    assert_int_equal(escrow(s, "n1", "vp", RID, "w1", false, T0 + 1), 0); /* control */
+    kfd_store_close(s);
+}
+
 /* docs/recovery.md: the escrow only for the enrolling node, not revoked, a replay changing
  * nothing; the reveal only by the proposer of an approved, unspent, unexpired "recovery" request
  * for that volume, once; a reveal's approvals are no release's; a new escrow retires a revealed
@@ -1171,6 +1249,8 @@ int main(void)
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_recovery_at_apply),
+        cmocka_unit_test(test_recovery_zfs_same_second),
+        cmocka_unit_test(test_recovery_two_part_at_apply),
         cmocka_unit_test(test_reveal_bound_to_escrow),
         cmocka_unit_test(test_reveal_fetch_needs_totp),
         cmocka_unit_test(test_deny_needs_totp),
