@@ -250,7 +250,7 @@ static void evaluate(kfd_checkpointer *c)
         return;
     }
     if (v == KFD_HEAD_OUTVOTED) {
-        char why[200];
+        char why[256];
         snprintf(why, sizeof(why), "%u of %u voters hold another audit head (or replicated state) after the same "
                  "entries (this replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
                  (unsigned long long)c->own.seq);
