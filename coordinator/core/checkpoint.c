@@ -254,7 +254,7 @@ static void evaluate(kfd_checkpointer *c)
         snprintf(why, sizeof(why), "%u of %u voters hold another audit head (or replicated state) after the same "
                  "entries (this replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
                  (unsigned long long)c->own.seq);
-        kfd_store_mark_diverged(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
+        kfd_store_mark_outvoted(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
         return;
     }
     if (c->pending == 0) {
@@ -320,7 +320,7 @@ static void settle_answer(kfd_checkpointer *c, const peer_ask *a, Keyfleet__V1__
         int n = snprintf(why, sizeof(why), "%s; %u of %u voters hold another head or state at a head check",
                          dwhy, c->tally.disagree, c->tally.voters);
         (void)n; /* a cut reason is still a reason */
-        kfd_store_mark_diverged(store, dseq, why);
+        kfd_store_mark_outvoted(store, dseq, why);
     }
 }
 

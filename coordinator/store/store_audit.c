@@ -826,7 +826,7 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
     }
     /* The chain verifies, but this replica knows it is not the majority's (review rev17c, C1): a
      * table edited under it, outvoted by its voters (diverged), or not yet settled (disputed). */
-    if (resp->ok && (s->diverged_seq != 0 || s->disputed_seq != 0)) {
+    if (resp->ok && (s->outvoted || (s->diverged_seq == 0 && s->disputed_seq != 0))) {
         resp->ok = false;
         resp->first_bad_seq = s->diverged_seq != 0 ? s->diverged_seq : s->disputed_seq;
         snprintf(problem, problem_size, "this coordinator's log or replicated state %s: %s",

@@ -55,6 +55,13 @@ bool kfd_store_take_dispute_report(kfd_store *s)
     return r;
 }
 
+void kfd_store_mark_outvoted(kfd_store *s, uint64_t seq, const char *why)
+{
+    if (s->diverged_seq == 0)
+        s->outvoted = true;
+    kfd_store_set_diverged(s, seq, why);
+}
+
 uint64_t kfd_store_disputes_total(const kfd_store *s) { return s->disputes_total; }
 
 static int64_t data_version(kfd_store *s)

@@ -27,6 +27,9 @@ int kfd_store_dispute_check(const kfd_store *s, uint64_t *id, kfd_audit_head *ow
  * once and runs a head round. */
 void kfd_store_report_dispute(kfd_store *s);
 bool kfd_store_take_dispute_report(kfd_store *s);
+/* A majority of voters holds another head or state than this replica's at a head round: it
+ * diverges (kfd_store_set_diverged), and says so to `audit verify` (kfd_store_verify_audit). */
+void kfd_store_mark_outvoted(kfd_store *s, uint64_t seq, const char *why);
 /* Disputes since it opened (metrics). */
 uint64_t kfd_store_disputes_total(const kfd_store *s);
 /* PRAGMA data_version: the baseline (at open), and the check at each apply: changed means another
