@@ -135,6 +135,10 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         r->last.status = 0;
     } else {
         const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
+        unsigned voters = 0;
+        for (unsigned i = 0; i < r->raft.configuration.n; i++)
+            voters += r->raft.configuration.servers[i].role == RAFT_VOTER;
+        kfd_store_set_sole_voter(r->store, voters <= 1);
         kfd_store_apply_batch(r->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
         r->batched_commands++;
         kf_err herr = {0};

@@ -35,6 +35,10 @@ uint64_t kfd_store_disputes_total(const kfd_store *s);
 /* PRAGMA data_version: the baseline (at open), and the check at each apply: changed means another
  * connection (another process) committed into this database, which then is disputed. */
 void kfd_store_data_version_reset(kfd_store *s);
+/* The only voter (replication sets it before each apply): no majority to ask, so another process's
+ * commit is logged (`store_foreign_write`) but disputes nothing; a lone coordinator cannot be told
+ * apart from its own database (threat-model.md). */
+void kfd_store_set_sole_voter(kfd_store *s, bool sole);
 bool kfd_store_foreign_write(kfd_store *s);
 
 #endif

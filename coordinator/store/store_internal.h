@@ -133,6 +133,7 @@ struct kfd_store {
      * voters settles it (store_dispute.c, review rev17c C1). disputed_checks: check_count then. */
     uint64_t disputed_seq, disputed_checks, disputes_total;
     char disputed_why[256];
+    bool sole_voter;       /* kfd_store_set_sole_voter */
     bool outvoted;         /* diverged by a head round's majority (kfd_store_mark_outvoted) */
     bool dispute_reported; /* a voter said it is disputed (AuditHead): the leader runs a round */
     uint64_t check_count;  /* CmdAuditHeadChecks applied since it opened */

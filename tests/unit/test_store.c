@@ -1221,6 +1221,13 @@ static void test_foreign_write_disputed(void **state)
     kfd_store_mark_diverged(s, 3, "outvoted");
     assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
     kfd_store_close(s);
+    /* The only voter has no majority to ask: logged, not disputed. */
+    s = open_db("c1-solo.db");
+    kfd_store_set_sole_voter(s, true);
+    revoke_cert_row("c1-solo.db", "0badc0de");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
+    kfd_store_close(s);
 }
 
 static void test_checkpoint_apply_order(void **state)
