@@ -72,6 +72,7 @@ struct kfd_checkpointer {
     bool told_unconfirmed;
     /* A disputed follower settling its dispute with the voters (review rev17c, C1). */
     uint64_t next_settle_at;
+    uint64_t reports_heard_at; /* loop time from which a voter's dispute report is heard again */
     peer_ask asks[MAX_VOTERS];
 };
 
@@ -234,6 +235,9 @@ static void confirmed(kfd_checkpointer *c, const char *how)
     c->confirmed_term = c->confirm_term;
     kfd_repl_set_audit_confirmed(c->app->repl, c->confirm_term);
     kfd_store_settle_dispute(c->app->store, how); /* a majority holds this leader's head and state */
+    /* A disputed voter repeats its report until it applied a head check; one sent before it applied
+     * this round's would start another round for nothing. A later dispute is reported again. */
+    c->reports_heard_at = uv_now(c->timer.loop) + CONFIRM_RETRY_MS + ASK_AGAIN_MS;
     kf_log_info("audit_head_confirmed", "term=%llu seq=%llu agree=%u voters=%u how=%s",
                 (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->tally.agree, c->tally.voters,
                 how);
@@ -504,7 +508,7 @@ static void on_tick(uv_timer_t *t)
     }
     /* A dispute (review rev17c, C1): this leader's head and state are confirmed again by a head
      * round, as after an election; meanwhile it serves no writes and signs nothing. */
-    if (reported) {
+    if (reported && uv_now(t->loop) >= c->reports_heard_at) {
         kfd_audit_head h;
         kfd_store_audit_head(app->store, &h);
         kfd_store_set_disputed(app->store, h.seq, "a voter reported that its head or state differs from this "
