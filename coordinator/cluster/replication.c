@@ -15,6 +15,7 @@
 #include "cluster/raft_transport.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
+#include "store/store_dispute.h"
 #include "store/store_snapshot.h"
 
 #define SNAPSHOT_HEADER KFD_RAFT_SNAPSHOT_HEADER
@@ -134,6 +135,10 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         r->last.status = 0;
     } else {
         const Keyfleet__V1__StateCommand *cmds[1] = {cmd};
+        unsigned voters = 0;
+        for (unsigned i = 0; i < r->raft.configuration.n; i++)
+            voters += r->raft.configuration.servers[i].role == RAFT_VOTER;
+        kfd_store_set_sole_voter(r->store, voters <= 1);
         kfd_store_apply_batch(r->store, cmds, 1, index, &r->last.status, &r->last.res, &r->last.err);
         r->batched_commands++;
         kf_err herr = {0};
@@ -454,6 +459,10 @@ bool kfd_repl_writable(kfd_repl *r, const char **why, char *leader_rpc, size_t s
 {
     if (!leader_ready(r, why, leader_rpc, size))
         return false;
+    if (kfd_store_audit_disputed(r->store, NULL) != 0) {
+        *why = "this replica's audit head or state is disputed; waiting for a majority of replicas to settle it";
+        return false;
+    }
     if (r->confirmed_term != r->raft.current_term) {
         *why = "newly elected leader is waiting for a majority of replicas to confirm its audit log; retry";
         return false;
@@ -787,6 +796,12 @@ void kfd_repl_set_audit_confirmed(kfd_repl *r, uint64_t term)
 {
     if (r != NULL && term == r->raft.current_term)
         r->confirmed_term = term;
+}
+
+void kfd_repl_clear_audit_confirmed(kfd_repl *r)
+{
+    if (r != NULL)
+        r->confirmed_term = 0;
 }
 
 size_t kfd_repl_voters(kfd_repl *r, kfd_repl_voter *out, size_t max)

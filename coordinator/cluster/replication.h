@@ -64,6 +64,9 @@ uint64_t kfd_repl_leading_term(kfd_repl *r);
 /* A majority of voters reported the audit head this leader holds (core/checkpoint.c): writes
  * are served in this term from now on. Ignored for any term but the current one. */
 void kfd_repl_set_audit_confirmed(kfd_repl *r, uint64_t term);
+/* A dispute (review rev17c, C1): this leader's head is to be confirmed again by a head round;
+ * writes wait for it as after an election. */
+void kfd_repl_clear_audit_confirmed(kfd_repl *r);
 
 /* The voters of the current configuration: name, RPC address (host:port), whether it is this
  * replica. Returns how many were written (at most max). */

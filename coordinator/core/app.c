@@ -17,6 +17,7 @@
 #include "kf_log.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
+#include "store/store_dispute.h"
 #include "store/store_read.h"
 #include "kf_node_check.h"
 
@@ -229,6 +230,14 @@ bool kfd_app_ready(const kfd_app *app, const char **ret_why)
     if (seq != 0) {
         static char why[400];
         int n = snprintf(why, sizeof(why), "audit log diverged at seq %llu: %s", (unsigned long long)seq, diverged_why);
+        (void)n;
+        *ret_why = why;
+        return false;
+    }
+    if ((seq = kfd_store_audit_disputed(app->store, &diverged_why)) != 0) {
+        static char why[400];
+        int n = snprintf(why, sizeof(why), "audit disputed at seq %llu (a majority of voters settles it): %s",
+                         (unsigned long long)seq, diverged_why);
         (void)n;
         *ret_why = why;
         return false;

@@ -19,6 +19,7 @@
 #include "kms/http.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
+#include "store/store_dispute.h"
 
 /* A checkpoint at most this long after records were applied (the issue asks for <= 1 s), or
  * once this many records wait, whichever comes first; one in flight at a time. */
@@ -39,6 +40,7 @@ typedef struct peer_ask {
     struct kfd_checkpointer *c;
     char name[64];
     kfd_head_tag tag; /* the question it asked: a late answer to an earlier one is ignored */
+    bool settle;      /* a disputed follower's question (settle), not a leader's (confirm) */
 } peer_ask;
 
 struct kfd_checkpointer {
@@ -68,6 +70,9 @@ struct kfd_checkpointer {
     bool told_disputed;     /* logged a disagreement in this round */
     uint64_t next_round_at; /* loop time */
     bool told_unconfirmed;
+    /* A disputed follower settling its dispute with the voters (review rev17c, C1). */
+    uint64_t next_settle_at;
+    uint64_t reports_heard_at; /* loop time from which a voter's dispute report is heard again */
     peer_ask asks[MAX_VOTERS];
 };
 
@@ -229,6 +234,10 @@ static void confirmed(kfd_checkpointer *c, const char *how)
         return;
     c->confirmed_term = c->confirm_term;
     kfd_repl_set_audit_confirmed(c->app->repl, c->confirm_term);
+    kfd_store_settle_dispute(c->app->store, how); /* a majority holds this leader's head and state */
+    /* A disputed voter repeats its report until it applied a head check; one sent before it applied
+     * this round's would start another round for nothing. A later dispute is reported again. */
+    c->reports_heard_at = uv_now(c->timer.loop) + CONFIRM_RETRY_MS + ASK_AGAIN_MS;
     kf_log_info("audit_head_confirmed", "term=%llu seq=%llu agree=%u voters=%u how=%s",
                 (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->tally.agree, c->tally.voters,
                 how);
@@ -245,11 +254,11 @@ static void evaluate(kfd_checkpointer *c)
         return;
     }
     if (v == KFD_HEAD_OUTVOTED) {
-        char why[200];
+        char why[256];
         snprintf(why, sizeof(why), "%u of %u voters hold another audit head (or replicated state) after the same "
                  "entries (this replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
                  (unsigned long long)c->own.seq);
-        kfd_store_mark_diverged(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
+        kfd_store_mark_outvoted(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
         return;
     }
     if (c->pending == 0) {
@@ -288,6 +297,37 @@ static const char *answer_refusal(kfd_checkpointer *c, const char *name, const c
     return r;
 }
 
+/* A disputed follower's tally (review rev17c, C1): the voters' notes at the newest head check it
+ * applied since the dispute, against its own there. A majority holding its head and state settles
+ * the dispute (the leader's word was the changed one, and the leader's own round outvotes it); a
+ * majority holding another makes this replica the changed one: it diverges. Short of a majority
+ * either way it stays disputed and asks again (fail closed). */
+static void settle_answer(kfd_checkpointer *c, const peer_ask *a, Keyfleet__V1__AuditHeadResponse *resp)
+{
+    kfd_store *store = c->app->store;
+    kfd_head_answer k = kfd_head_round_count(&c->tally, a->tag, resp);
+    if (k == KFD_HEAD_DIFFERS)
+        kf_log_warn("audit_head_disputed", "peer=%s seq=%llu peer_seq=%llu role=follower reason=\"its head or state "
+                    "at the same head check differs from this replica's\"", a->name,
+                    (unsigned long long)c->tally.own.seq, (unsigned long long)resp->seq);
+    if (resp != NULL)
+        keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
+    const char *dwhy = NULL;
+    uint64_t dseq = kfd_store_audit_disputed(store, &dwhy);
+    if (k == KFD_HEAD_IGNORED || dseq == 0)
+        return;
+    kfd_head_verdict v = kfd_head_round_verdict(&c->tally);
+    if (v == KFD_HEAD_CONFIRMED) {
+        kfd_store_settle_dispute(store, "majority");
+    } else if (v == KFD_HEAD_OUTVOTED) {
+        char why[256];
+        int n = snprintf(why, sizeof(why), "%s; %u of %u voters hold another head or state at a head check",
+                         dwhy, c->tally.disagree, c->tally.voters);
+        (void)n; /* a cut reason is still a reason */
+        kfd_store_mark_outvoted(store, dseq, why);
+    }
+}
+
 static void on_answer(void *arg, const kfd_http_response *res)
 {
     peer_ask *a = arg;
@@ -305,6 +345,10 @@ static void on_answer(void *arg, const kfd_http_response *res)
         kf_log_warn("audit_head_peer_refused", "peer=%s reason=%s", a->name, kf_log_q(refused));
         keyfleet__v1__audit_head_response__free_unpacked(resp, NULL);
         resp = NULL; /* counts as no answer */
+    }
+    if (a->settle) {
+        settle_answer(c, a, resp);
+        return;
     }
     if (c->confirmed_term == c->confirm_term || kfd_store_audit_diverged(c->app->store, NULL) != 0) {
         if (resp != NULL)
@@ -330,13 +374,14 @@ static void on_answer(void *arg, const kfd_http_response *res)
     evaluate(c);
 }
 
-static void ask_voters(kfd_checkpointer *c)
+/* Asks every other voter for its note at check id (tagged tag); disputed: ask the leader for a
+ * round. The answers go to on_answer. */
+static void send_asks(kfd_checkpointer *c, const kfd_repl_voter *v, size_t n, kfd_head_tag tag, uint64_t id,
+                      bool disputed, bool settle)
 {
-    kfd_repl_voter v[MAX_VOTERS];
-    size_t n = kfd_repl_voters(c->app->repl, v, MAX_VOTERS);
-    kfd_head_tag tag = kfd_head_round_pass(&c->tally, c->confirm_term, c->round, (unsigned)n, &c->own);
     Keyfleet__V1__AuditHeadRequest q = KEYFLEET__V1__AUDIT_HEAD_REQUEST__INIT;
-    q.check_id = c->round;
+    q.check_id = id;
+    q.disputed = disputed;
     uint8_t body[32];
     size_t len = keyfleet__v1__audit_head_request__pack(&q, body);
     static const char *const headers[] = {"Content-Type: application/proto", NULL};
@@ -348,11 +393,39 @@ static void ask_voters(kfd_checkpointer *c)
         peer_ask *a = &c->asks[i];
         a->c = c;
         a->tag = tag;
+        a->settle = settle;
         snprintf(a->name, sizeof(a->name), "%s", v[i].name);
         c->pending++;
         kfd_http_send(c->http, "POST", url, headers, body, len, on_answer, a);
     }
+}
+
+static void ask_voters(kfd_checkpointer *c)
+{
+    kfd_repl_voter v[MAX_VOTERS];
+    size_t n = kfd_repl_voters(c->app->repl, v, MAX_VOTERS);
+    kfd_head_tag tag = kfd_head_round_pass(&c->tally, c->confirm_term, c->round, (unsigned)n, &c->own);
+    send_asks(c, v, n, tag, c->round, false, false);
     evaluate(c);
+}
+
+/* A disputed follower (review rev17c, C1): until it applied a head check since the dispute, it
+ * asks the voters for a round (the leader commits one); then it asks every voter for its note at
+ * that check and tallies (settle_answer). Tagged term 0, so a leader's tally ignores the answers. */
+static void settle(kfd_checkpointer *c)
+{
+    uint64_t now = uv_now(c->timer.loop);
+    if (c->pending > 0 || now < c->next_settle_at)
+        return;
+    kfd_repl_voter v[MAX_VOTERS];
+    size_t n = kfd_repl_voters(c->app->repl, v, MAX_VOTERS);
+    uint64_t id = 0;
+    kfd_audit_head own;
+    memset(&own, 0, sizeof(own));
+    bool have = kfd_store_dispute_check(c->app->store, &id, &own) == 0;
+    kfd_head_tag tag = kfd_head_round_pass(&c->tally, 0, id, (unsigned)n, &own);
+    c->next_settle_at = now + (have ? ASK_AGAIN_MS : CONFIRM_RETRY_MS);
+    send_asks(c, v, n, tag, id, !have, true);
 }
 
 static void on_check_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -427,8 +500,30 @@ static void on_tick(uv_timer_t *t)
         kfd_store_audit_diverged(app->store, NULL) != 0)
         return;
     uint64_t term = kfd_repl_leading_term(app->repl);
-    if (term == 0)
+    bool reported = kfd_store_take_dispute_report(app->store);
+    if (term == 0) {
+        if (kfd_store_audit_disputed(app->store, NULL) != 0)
+            settle(c);
         return;
+    }
+    /* A dispute (review rev17c, C1): this leader's head and state are confirmed again by a head
+     * round, as after an election; meanwhile it serves no writes and signs nothing. */
+    if (reported && uv_now(t->loop) >= c->reports_heard_at) {
+        kfd_audit_head h;
+        kfd_store_audit_head(app->store, &h);
+        kfd_store_set_disputed(app->store, h.seq, "a voter reported that its head or state differs from this "
+                               "leader's");
+    }
+    if (kfd_store_audit_disputed(app->store, NULL) != 0 && c->confirmed_term == term) {
+        c->confirmed_term = 0;
+        c->round = 0;
+        c->passes = 0;
+        c->next_round_at = 0;
+        c->told_unconfirmed = false;
+        kfd_repl_clear_audit_confirmed(app->repl);
+        kf_log_warn("audit_head_reconfirming", "term=%llu reason=\"disputed: a head round decides\"",
+                    (unsigned long long)term);
+    }
     if (c->confirmed_term != term) {
         confirm(c, term);
         return;

@@ -14,6 +14,7 @@
 #include "front/server.h"
 #include "kf_secmem.h"
 #include "store/store_audit.h"
+#include "store/store_dispute.h"
 #include "store/store_read.h"
 
 typedef struct out {
@@ -201,10 +202,12 @@ static void emit_app(out *o, const kfd_app *app)
          (unsigned long long)rs.snapshots_restored, (unsigned long long)rs.peers_refused,
          (unsigned long long)rs.commit_timeouts);
     kfd_audit_head h = {0};
-    uint64_t diverged = 0;
+    uint64_t diverged = 0, disputed = 0, disputes = 0;
     if (app->store != NULL) {
         kfd_store_audit_head(app->store, &h);
         diverged = kfd_store_audit_diverged(app->store, NULL);
+        disputed = kfd_store_audit_disputed(app->store, NULL);
+        disputes = kfd_store_disputes_total(app->store);
     }
     kfd_checkpoint_stats cs;
     kfd_checkpointer_stats(app->checkpointer, &cs);
@@ -225,12 +228,18 @@ static void emit_app(out *o, const kfd_app *app)
          "# HELP keyfleet_audit_diverged_seq The record at which (at the latest) it diverged; 0: it did not.\n"
          "# TYPE keyfleet_audit_diverged_seq gauge\n"
          "keyfleet_audit_diverged_seq %llu\n"
+         "# HELP keyfleet_audit_disputed 1 while this replica's head or state differs from one other word and a majority has not settled it (it serves nothing).\n"
+         "# TYPE keyfleet_audit_disputed gauge\n"
+         "keyfleet_audit_disputed %d\n"
+         "# HELP keyfleet_audit_disputes_total Disputes since it started (review rev17c, C1).\n"
+         "# TYPE keyfleet_audit_disputes_total counter\n"
+         "keyfleet_audit_disputes_total %llu\n"
          "# HELP keyfleet_raft_snapshots_refused_total Snapshots from the leader refused: their audit log did not verify or extend this replica's.\n"
          "# TYPE keyfleet_raft_snapshots_refused_total counter\n"
          "keyfleet_raft_snapshots_refused_total %llu\n",
          (unsigned long long)h.seq, (unsigned long long)h.checkpoint_size, (unsigned long long)cs.signed_total,
          (unsigned long long)cs.failed_total, diverged != 0 ? 1 : 0, (unsigned long long)diverged,
-         (unsigned long long)rs.snapshots_refused);
+         disputed != 0 ? 1 : 0, (unsigned long long)disputes, (unsigned long long)rs.snapshots_refused);
 }
 
 char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)

@@ -386,7 +386,7 @@ void kfd_rpc_verify_audit(kfd_call *call)
     if (!kfd_rpc_store_ok(call))
         return;
     Keyfleet__V1__VerifyAuditResponse resp = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
-    char problem[256];
+    char problem[512];
     if (kfd_store_verify_audit(kfd_call_app(call)->store, &resp, problem, sizeof(problem)) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;

@@ -10,6 +10,7 @@
 #include "kf_connect.h"
 #include "rpc/rpc_admin.h"
 #include "store/store_audit.h"
+#include "store/store_dispute.h"
 #include "rpc/rpc_check.h"
 
 /* The checkpoint record of size (0: the newest) and the size it signed; answers on failure. */
@@ -76,6 +77,10 @@ void kfd_rpc_audit_head(kfd_call *call)
         }
     }
     resp.diverged_seq = kfd_store_audit_diverged(store, NULL);
+    /* A disputed voter asks for a round (review rev17c, C1); only a leader acts on it, and a round
+     * decides nothing by the asker's word: every voter's note at the new check is counted. */
+    if (req->disputed)
+        kfd_store_report_dispute(store);
     resp.vouched = kfd_store_audit_vouched(store);
     resp.restored = !kfd_store_audit_witness(store);
     kfd_call_reply(call, &resp.base);

@@ -35,6 +35,8 @@
 #include "kms/kms_wrapped.h"
 #include "core/webhook.h"
 #include "store/store_apply.h"
+#include "store/store_audit.h"
+#include "store/store_dispute.h"
 #include "store/store_read.h"
 #include "store/store_recovery.h"
 #include "rpc/rpc_recovery_confirm.h"
@@ -701,6 +703,18 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
         kf_log_warn("release_not_delivered", "volume=%s request=%s audit_seq=%llu", kf_log_q(op->volume_id),
                     op->request_id, (unsigned long long)res->audit_seq);
         kfd_op_free(op);
+        return;
+    }
+    /* Recorded here, but this replica's state is disputed or diverged (review rev17c, C1): another
+     * process wrote its database, or its voters hold another head. The release counts only on a
+     * majority's state, so the sealed key is never sent. */
+    kfd_store *store = kfd_call_app(call)->store;
+    if (kfd_store_audit_disputed(store, NULL) != 0 || kfd_store_audit_diverged(store, NULL) != 0) {
+        kf_log_error("release_withheld", "volume=%s request=%s audit_seq=%llu reason=\"this replica's state is "
+                     "disputed or diverged\"", kf_log_q(op->volume_id), op->request_id,
+                     (unsigned long long)res->audit_seq);
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "this coordinator's state is disputed; no key was released");
         return;
     }
     Keyfleet__V1__SealedKey sk;

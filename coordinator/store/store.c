@@ -10,6 +10,7 @@
 #include "kf_log.h"
 #include "store/store_audit.h"
 #include "store/store_internal.h"
+#include "store/store_dispute.h"
 #include "store/store_schema.h"
 #include "store/store_snapshot.h"
 
@@ -172,6 +173,7 @@ static const char *const sql[ST_COUNT] = {
     [ST_CERT_REVOKE] = "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES (?, ?, ?, ?, ?)",
     [ST_CERT_GET] = "SELECT 1 FROM revoked_certs WHERE serial = ?",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_DATA_VERSION] = "PRAGMA data_version",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_SAVEPOINT] = "SAVEPOINT cmd",
@@ -487,6 +489,8 @@ int kfd_store_open_db(kfd_store *s, kf_err *err)
         r = kfd_store_load_audit(s, err);
     if (r == 0)
         r = load_applied(s, err);
+    if (r == 0)
+        kfd_store_data_version_reset(s); /* the baseline: later changes are other processes' */
     return r;
 }
 

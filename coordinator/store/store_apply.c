@@ -16,6 +16,7 @@
 #include "store/store_guard.h"
 #include "store/store_recovery.h"
 #include "store/store_internal.h"
+#include "store/store_dispute.h"
 #include "store/store_lifecycle.h"
 #include "store/store_read.h"
 
@@ -514,6 +515,10 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
             kf_err_set(&errs[i], -EIO, "state store unavailable: %s", s->failure);
         return -EIO;
     }
+    /* Another process committed into this database since this one last did (review rev17c, C1): a
+     * table edited under a running replica. Disputed: it answers no key until a majority settles. */
+    if (!s->tx_open)
+        kfd_store_foreign_write(s);
     int r = s->tx_open ? 0 : kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
     s->tx_head_seq = s->head_seq;
     memcpy(s->tx_head_hash, s->head_hash, KFD_HASH_LEN);

@@ -24,6 +24,7 @@
 #include "store/store_internal.h"
 #include "store/store_audit.h"
 #include "store/store_digest.h"
+#include "store/store_dispute.h"
 #include "store/store_guard.h"
 #include "store/store_schema.h"
 
@@ -277,7 +278,7 @@ static void check_signed_state(kfd_store *s, const kf_checkpoint *cp)
     char why[240];
     snprintf(why, sizeof(why), "the replicated state (revocations, policy, attestation, approvals...) at checkpoint "
              "record %llu differs from the state root %s signed", (unsigned long long)cp->state_seq, cp->signer);
-    kfd_store_set_diverged(s, cp->state_seq, why);
+    kfd_store_set_disputed(s, cp->state_seq, why); /* one signer's word: a majority decides (C1) */
 }
 
 int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *c, uint64_t *seq, kf_err *err)
@@ -307,8 +308,10 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     else if (CRYPTO_memcmp(root, cp.root, KFD_HASH_LEN) != 0 || CRYPTO_memcmp(chain, cp.chain, KFD_HASH_LEN) != 0)
         snprintf(why, sizeof(why), "the leader's signed head at %llu differs from this replica's",
                  (unsigned long long)cp.size);
+    /* The leader's word against this replica's (review rev17c, C1): either may be the changed one
+     * (a table edited in the running leader's database), so a majority of voters decides. */
     if (why[0] != '\0')
-        kfd_store_set_diverged(s, cp.size, why);
+        kfd_store_set_disputed(s, cp.size, why);
     if ((r = check_signer(s, c, &cp, err)) != 0)
         return r;
     /* Its signature (review rev17, R5): whatever put the command into the Raft log, a checkpoint
@@ -393,7 +396,7 @@ int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck 
         char why[200];
         snprintf(why, sizeof(why), "the replicated state (revocations, policy, attestation, approvals...) at "
                  "checkpoint record %llu differs from the leader's", (unsigned long long)c->seq);
-        kfd_store_set_diverged(s, c->seq, why);
+        kfd_store_set_disputed(s, c->seq, why); /* the leader's word alone: a majority decides (C1) */
         return 0;
     }
     if (!s->cp_state_vouches || s->diverged_seq != 0)
@@ -425,6 +428,7 @@ int kfd_store_apply_head_check(kfd_store *s, const Keyfleet__V1__CmdAuditHeadChe
         return kf_err_set(err, -EINVAL, "audit head check incomplete");
     /* Every replica applies it after the same entries, so honest ones note the same head. */
     s->check_id = c->id;
+    s->check_count++;
     memset(&s->check_head, 0, sizeof(s->check_head));
     s->check_head.seq = s->tx_head_seq;
     memcpy(s->check_head.chain, s->tx_head_hash, KFD_HASH_LEN);
@@ -820,6 +824,15 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
         snprintf(problem, problem_size, "the log ends early (the last committed record is %llu)",
                  (unsigned long long)s->head_seq);
     }
+    /* The chain verifies, but this replica knows it is not the majority's (review rev17c, C1): a
+     * table edited under it, outvoted by its voters (diverged), or not yet settled (disputed). */
+    if (resp->ok && (s->outvoted || (s->diverged_seq == 0 && s->disputed_seq != 0))) {
+        resp->ok = false;
+        resp->first_bad_seq = s->diverged_seq != 0 ? s->diverged_seq : s->disputed_seq;
+        snprintf(problem, problem_size, "this coordinator's log or replicated state %s: %s",
+                 s->diverged_seq != 0 ? "diverged from its voters'" : "is disputed",
+                 s->diverged_seq != 0 ? s->diverged_why : s->disputed_why);
+    }
     resp->records = sc.n;
     /* This replica's own state digest where the newest checkpoint's signed state root was taken,
      * if it noted one there (keyfleetctl audit verify compares them). */
@@ -836,7 +849,7 @@ int kfd_store_verify_audit(kfd_store *s, Keyfleet__V1__VerifyAuditResponse *resp
 
 bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > s->cp_size; }
 
-bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diverged_seq == 0; }
+bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diverged_seq == 0 && s->disputed_seq == 0; }
 
 bool kfd_store_audit_witness(const kfd_store *s) { return s->diverged_seq == 0 && (!s->restored || s->vouched); }
 

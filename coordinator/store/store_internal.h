@@ -105,6 +105,7 @@ enum {
     ST_RECOVERY_DELETE,
     ST_ERASE_CANCEL,
     ST_CHECKPOINT_ALL,
+    ST_DATA_VERSION,
     ST_COUNT
 };
 
@@ -128,6 +129,16 @@ struct kfd_store {
     /* Not 0: this replica's log left the signed history at (or, at the latest, by) this record. */
     uint64_t diverged_seq;
     char diverged_why[256];
+    /* Not 0: this replica's head or state differs from another's at this record, on one word
+     * (the leader's note, or another process's write): it serves nothing until a majority of
+     * voters settles it (store_dispute.c, review rev17c C1). disputed_checks: check_count then. */
+    uint64_t disputed_seq, disputed_checks, disputes_total;
+    char disputed_why[256];
+    bool sole_voter;       /* kfd_store_set_sole_voter */
+    bool outvoted;         /* diverged by a head round's majority (kfd_store_mark_outvoted) */
+    bool dispute_reported; /* a voter said it is disputed (AuditHead): the leader runs a round */
+    uint64_t check_count;  /* CmdAuditHeadChecks applied since it opened */
+    int64_t data_version;  /* PRAGMA data_version when last read: another connection's commit changes it */
     /* Since it opened, this replica applied a checkpoint that matched its own log and covered
      * every record it held at open: its head is the signed history plus what it applied live. */
     bool vouched;

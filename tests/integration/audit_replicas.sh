@@ -44,20 +44,30 @@ check "$X logs that it holds back" test $? -eq 0
 # $Y's first checkpoint covers the forged record.
 expect_match "$Y serves its first release as leader" "$(release_ok n1 vol-1 "$WRAP" "${RPC[$Y]}")" "^code=ok"
 for _ in $(seq 1 50); do [[ "$(readyz "$X")" == *503 ]] && break; sleep 0.1; done
+# The leader's signed head is one word against X's (review rev17c, C1): X is disputed, not yet
+# diverged, and with only X and Y up no majority decides, so neither serves (fail closed).
 expect_match "at its next apply of a checkpoint, $X stops serving (/readyz 503, with the reason)" "$(readyz "$X")" \
+    "not ready: audit disputed at seq [0-9]+ .*: the leader's signed head at [0-9]+ differs from this replica's.*503"
+out=$("$NODE_CLIENT" "${RPC[$X]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" release vol-1 "$WRAP" 2>&1)
+expect_match "$X releases nothing itself" "$out" "code=unavailable"
+for _ in $(seq 1 50); do grep -q "event=audit_head_reconfirming" "$WORK/$Y/keyfleetd.log" && break; sleep 0.1; done
+out=$(release n1 vol-1 "$WRAP" "${RPC[$Y]}" 2>&1)
+expect_match "with only $X and $Y up, $Y serves no release either (no majority settles the dispute)" "$out" "code=unavailable"
+
+# The old leader comes back: a majority ($L, $Y) holds another head than $X, which diverges.
+start "$L"
+for _ in $(seq 1 100); do grep -q "event=audit_diverged seq=" "$WORK/$X/keyfleetd.log" && break; sleep 0.1; done
+grep -q "event=audit_diverged seq=" "$WORK/$X/keyfleetd.log"
+check "$X logs audit_diverged once $L is back" test $? -eq 0
+expect_match "... with the reason" "$(readyz "$X")" \
     "not ready: audit log diverged at seq [0-9]+: the leader's signed head at [0-9]+ differs from this replica's.*503"
 out=$(ctlx "$Y" cluster status)
 expect_match "cluster status shows $X as diverged at seq N" "$out" "$X raft=.* audit_records=[0-9]+ diverged at seq [0-9]+ \(the leader's signed head"
-grep -q "event=audit_diverged seq=" "$WORK/$X/keyfleetd.log"
-check "$X logs audit_diverged" test $? -eq 0
 DIV=$(curl -s --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/operator.key" "https://${RPC[$X]}/metrics" |
     awk '$1 == "keyfleet_audit_diverged" {print $2}')
 expect_eq "$X's keyfleet_audit_diverged is 1" "$DIV" "1"
-out=$("$NODE_CLIENT" "${RPC[$X]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" release vol-1 "$WRAP" 2>&1)
-expect_match "$X releases nothing itself" "$out" "code=unavailable"
 
-# The old leader comes back; then the new one dies: of $L and $X, only $L may lead.
-start "$L"
+# Then the new leader dies: of $L and $X, only $L may lead.
 caught_up "$L" "$Y"
 kill -9 "${PID[$Y]}"
 wait "${PID[$Y]}" 2>/dev/null

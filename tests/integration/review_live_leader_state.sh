@@ -5,7 +5,11 @@
 # root it signs in its next checkpoint carry the edited digest: every honest follower compares
 # its own (correct) digest with the leader's word and diverges, while the edited leader stays
 # healthy, keeps signing and releases to the revoked n1. Expected: the one edited replica is the
-# one that stops, not the majority. FAILS on main (not registered in tests/CMakeLists.txt).
+# one that stops, not the majority. Fixed (docs/audit.md, "Disputes"): the edited leader sees
+# another process's commit into its database (PRAGMA data_version) at its next apply and is
+# disputed, so the release it records is never answered (`release_withheld`); a follower that
+# differs from the leader's word is disputed, not diverged, and a head round among the voters
+# outvotes the edited leader, which diverges and hands leadership on.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -20,6 +24,7 @@ expect_match "n1 gets its key before the revocation" "$(release n1 vol-1 "$WRAP"
 expect_match "n1 is revoked" "$(ctlx "$L" node revoke n1 stolen 2>&1)" "revoked"
 for n in c1 c2 c3; do signed_on "$n"; done
 
+n_released=$(grep -c "event=released node=n1" "$WORK/$L/keyfleetd.log")
 # The running leader's database, one row outside the audit log (the writer has no key).
 sqlite3 -cmd ".timeout 5000" "$WORK/$L/state/keyfleet.db" "UPDATE nodes SET revoked = 0 WHERE name = 'n1'"
 got=""
@@ -32,6 +37,9 @@ for _ in $(seq 1 40); do
     sleep 0.2
 done
 check "the revoked n1 gets no key from the edited leader (${got:-none})" test -z "$got"
+check "the edited leader saw the commit into its database" grep -q "event=audit_disputed" "$WORK/$L/keyfleetd.log"
+check "the edited leader sent n1 no key after the edit ($(grep -c "event=released node=n1" "$WORK/$L/keyfleetd.log") released)" \
+    test "$(grep -c "event=released node=n1" "$WORK/$L/keyfleetd.log")" -eq "$n_released"
 for n in c1 c2 c3; do
     [ "$n" = "$L" ] && continue
     check "the honest follower $n does not diverge ($(readyz "$n" | head -c 200))" \

@@ -21,6 +21,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_digest.h"
+#include "store/store_dispute.h"
 #include "store/store_internal.h"
 #include "store/store_read.h"
 #include "store/store_snapshot.h"
@@ -967,9 +968,11 @@ static void test_checkpoint_verifier_at_apply(void **state)
     assert_int_equal(after.checkpoint_seq, 0);
     assert_false(kfd_store_audit_vouched(s));
     assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
-    /* The head is still compared first: a differing head diverges even when the signature fails. */
+    /* The head is still compared first: a differing head is disputed even when the signature fails
+     * (review rev17c, C1: the leader's word alone does not diverge it; a head round decides). */
     assert_int_equal(apply_checkpoint_at(s, "c5", c5, c5_len, 0, true), -EPERM);
-    assert_int_equal(kfd_store_audit_diverged(s, NULL), 1);
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 1);
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
     kfd_store_close(s);
 
     s = open_db("r5b.db");
@@ -1073,7 +1076,8 @@ static void test_checkpoint_state_compared(void **state)
     assert_int_equal(apply_checkpoint(s, "c6", c6, c6_len), 0);
     state_check_mode = 0;
     const char *why = NULL;
-    assert_int_equal(kfd_store_audit_diverged(s, &why), 2);
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0); /* the leader's word alone (C1) */
+    assert_int_equal(kfd_store_audit_disputed(s, &why), 2);
     assert_non_null(strstr(why, "replicated state"));
     assert_false(kfd_store_audit_vouched(s));
     kfd_store_close(s);
@@ -1113,7 +1117,8 @@ static void test_signed_state_root(void **state)
     assert_int_equal(apply_checkpoint(s, "c7", c7, c7_len), 0);
     signed_state_mode = 0;
     const char *why = NULL;
-    assert_int_equal(kfd_store_audit_diverged(s, &why), 4);
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0); /* one signer's word alone (C1) */
+    assert_int_equal(kfd_store_audit_disputed(s, &why), 4);
     assert_non_null(strstr(why, "differs from the state root c7 signed"));
     kfd_store_close(s);
     OPENSSL_free(c7);
@@ -1199,6 +1204,59 @@ static void test_state_digest(void **state)
     kfd_store_close(b);
 }
 
+/* Review rev17c, C1: a commit by another process into a running replica's database (a table
+ * edited under it) disputes it at its next apply; a disputed replica's VerifyAudit is not ok, its
+ * head is vouched for by nothing, and only a majority (kfd_store_settle_dispute) ends it. */
+static void test_foreign_write_disputed(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("c1.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
+    revoke_cert_row("c1.db", "0badc0de");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    const char *why = NULL;
+    assert_int_not_equal(kfd_store_audit_disputed(s, &why), 0);
+    assert_non_null(strstr(why, "another process committed"));
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    assert_false(kfd_store_audit_vouched(s));
+    assert_int_equal(kfd_store_disputes_total(s), 1);
+    Keyfleet__V1__VerifyAuditResponse vr = KEYFLEET__V1__VERIFY_AUDIT_RESPONSE__INIT;
+    char problem[300];
+    assert_int_equal(kfd_store_verify_audit(s, &vr, problem, sizeof(problem)), 0);
+    assert_false(vr.ok);
+    assert_non_null(strstr(problem, "disputed"));
+    /* A round needs a head check applied since the dispute. */
+    uint64_t id = 0;
+    kfd_audit_head own;
+    assert_int_equal(kfd_store_dispute_check(s, &id, &own), -ENOENT);
+    Keyfleet__V1__CmdAuditHeadCheck hc = KEYFLEET__V1__CMD_AUDIT_HEAD_CHECK__INIT;
+    hc.id = 77;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK;
+    cmd.audit_head_check = &hc;
+    kfd_apply_result res;
+    assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
+    assert_int_equal(kfd_store_dispute_check(s, &id, &own), 0);
+    assert_int_equal(id, 77);
+    kfd_store_settle_dispute(s, "majority");
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
+    /* The same edit again: disputed again; a diverged replica is never disputed. */
+    revoke_cert_row("c1.db", "0badc0df");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_not_equal(kfd_store_audit_disputed(s, NULL), 0);
+    kfd_store_mark_diverged(s, 3, "outvoted");
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
+    kfd_store_close(s);
+    /* The only voter has no majority to ask: logged, not disputed. */
+    s = open_db("c1-solo.db");
+    kfd_store_set_sole_voter(s, true);
+    revoke_cert_row("c1-solo.db", "0badc0de");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
+    kfd_store_close(s);
+}
+
 static void test_checkpoint_apply_order(void **state)
 {
     (void)state;
@@ -1210,11 +1268,13 @@ static void test_checkpoint_apply_order(void **state)
     kfd_store *s = open_db("f3.db");
     assert_int_equal(append(s, "release", "web-01"), 0);
     revoke_cert_row("f3.db", c4_serial);
+    kfd_store_data_version_reset(s); /* the row stands for a replicated revocation here */
     assert_int_equal(apply_checkpoint(s, "c4", c4, c4_len), -EPERM); /* same log: refused, no more */
     assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
     assert_int_equal(apply_checkpoint_at(s, "c4", c4, c4_len, 0, true), -EPERM);
     const char *why = NULL;
-    assert_int_equal(kfd_store_audit_diverged(s, &why), 1);
+    assert_int_equal(kfd_store_audit_disputed(s, &why), 1);
     assert_non_null(strstr(why, "signed head at 1 differs"));
     kfd_store_close(s);
 
@@ -1309,6 +1369,7 @@ int main(void)
         cmocka_unit_test(test_attest_hold),
         cmocka_unit_test(test_head_check_and_checkpoint_signers),
         cmocka_unit_test(test_checkpoint_apply_order),
+        cmocka_unit_test(test_foreign_write_disputed),
         cmocka_unit_test(test_checkpoint_verifier_at_apply),
         cmocka_unit_test(test_snapshot_old_checkpoint_signature),
         cmocka_unit_test(test_membership_read_indexed),
