@@ -76,6 +76,22 @@ expect_match "2000 of them: the connection is ended, the request after them neve
 expect_eq "... counted as a reset flood" "$(metric "$F" keyfleet_h2_reset_floods_total)" "2"
 grep -q 'event=h2_reset_flood source=127.0.0.1 resets=101 limit=100 kind=provoked action=goaway' "$F/keyfleetd.log"
 expect_eq "... logged as provoked resets" "$?" "0"
+# ... and a stream deep in the priority tree is no less counted (review rev29h2): the guard finds
+# the stream a client resets by walking h2o's priority tree, as deep as 128 levels, and counts the
+# reset only when the stream is found. 16 PRIORITY-only streams and 31 open ones, each depending
+# on the one before (the deepest tree the limits let a client build), then the flood at the bottom.
+expect_match "positive control: 50 resets of streams 48 deep in the priority tree, then a request is answered" \
+    "$(h2 reset-deep 50)" '^healthz=200 resets_sent=50$'
+expect_match "2000 of them: the connection is ended, the request after them never answered" \
+    "$(h2 reset-deep 2000)" '^(goaway=ENHANCE_YOUR_CALM|end=closed) '
+expect_eq "... counted as a reset flood" "$(metric "$F" keyfleet_h2_reset_floods_total)" "3"
+# ... and so is the reset of a stream whose answer is queued but not all written: the client's
+# SETTINGS_INITIAL_WINDOW_SIZE 0 holds each /metrics body, the answer's HEADERS are read, then
+# the stream is reset (h2o drops the answer it made; not "answered whole").
+expect_match "positive control: 60 streams reset while their answers wait on a window of 0, then a request is answered" \
+    "$(h2 reset-window0 60)" '^healthz=200 answered=60$'
+expect_match "240 of them: the connection is ended" "$(h2 reset-window0 240)" '^(goaway=ENHANCE_YOUR_CALM|end=closed) '
+expect_eq "... counted as a reset flood" "$(metric "$F" keyfleet_h2_reset_floods_total)" "4"
 
 # 3c. Streams past the advertised 32 are refused before any of them is processed, and each
 # stream's body counts against the connection's budget (1 MiB). h2o 2.2.5 alone took 100

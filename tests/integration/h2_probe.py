@@ -19,6 +19,20 @@ certificate and ALPN h2 on 127.0.0.1.
       N requests (GET /healthz, END_STREAM) one after another, each reset with RST_STREAM(CANCEL)
       only once its whole answer (END_STREAM) was read, as libcurl does; then one more GET
       /healthz; prints "healthz=STATUS answered=K" or "goaway=CODE_NAME answered=K".
+  h2_probe.py reset-deep HOST PORT CA CERT KEY N
+      reset-flood at the bottom of the deepest priority tree a client can build (review
+      rev29h2): 16 PRIORITY-only streams and then 31 open streams (HEADERS without END_STREAM),
+      each depending exclusively on the one before, then N pairs of HEADERS (no END_STREAM,
+      depending on the deepest) and RST_STREAM(CANCEL); prints like reset-flood.
+  h2_probe.py frame-flood HOST PORT CA CERT KEY rst|priority N
+      one GET /healthz answered whole (stream 1), then N RST_STREAM (or PRIORITY) frames on that
+      closed stream, then one more GET /healthz; prints "healthz=STATUS" or "goaway=CODE_NAME".
+  h2_probe.py reset-window0 HOST PORT CA CERT KEY N
+      SETTINGS_INITIAL_WINDOW_SIZE 0, then N GET /metrics in batches of 30: each batch's answers'
+      HEADERS are read (their bodies queued, held by the window), then all 30 are reset
+      (RST_STREAM CANCEL); prints
+      "goaway=CODE_NAME answered=K" or "healthz=STATUS answered=K" (a last GET /healthz, whose
+      HEADERS alone are awaited: its body is held by the window too).
   h2_probe.py ping-flood HOST PORT CA CERT KEY STREAMS PINGS rst|read|rst-paused:PID
       SETTINGS_INITIAL_WINDOW_SIZE 0, STREAMS GET /metrics, then PINGS pings (see ping_flood).
   h2_probe.py body-streams HOST PORT CA CERT KEY STREAMS BYTES
@@ -45,7 +59,8 @@ import sys
 import time
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 2, 3, 4, 6, 7, 8
+PRIORITY_FLAG = 0x20
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 ERRORS = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR",
           7: "REFUSED_STREAM", 8: "CANCEL", 11: "ENHANCE_YOUR_CALM"}
@@ -123,7 +138,7 @@ def settings(args):
     sys.exit("h2_probe: no SETTINGS")
 
 
-def reset_flood(args, provoke=False):
+def reset_flood(args, provoke=False, deep=False):
     """One thread: OpenSSL does not allow reading and writing one TLS connection from two. The
     server's SETTINGS are read and acknowledged first; the answers to the flood (80 KB at most)
     wait in the socket buffers until it is written."""
@@ -138,10 +153,27 @@ def reset_flood(args, provoke=False):
             s.sendall(frame(SETTINGS, ACK, 0))
             break
     sent = 0
+    first, parent = 1, 0
+    if deep:
+        # The deepest tree: h2o keeps at most 16 PRIORITY-only streams (max_streams_for_priority)
+        # and the guard 32 open ones (one left free for the flood), every stream a node.
+        chain = b""
+        for i in range(16):
+            chain += frame(PRIORITY, 0, first, struct.pack(">IB", 0x80000000 | parent, 15))
+            parent, first = first, first + 2
+        for i in range(31):
+            chain += frame(HEADERS, END_HEADERS | PRIORITY_FLAG, first,
+                           struct.pack(">IB", 0x80000000 | parent, 15) + get_headers("/healthz"))
+            parent, first = first, first + 2
+        s.sendall(chain)
     try:
         for i in range(n):
-            sid = 2 * i + 1
-            if provoke:
+            sid = first + 2 * i
+            if deep:
+                s.sendall(frame(HEADERS, END_HEADERS | PRIORITY_FLAG, sid,
+                                struct.pack(">IB", 0x80000000 | parent, 15) + get_headers("/healthz"))
+                          + frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
+            elif provoke:
                 s.sendall(frame(HEADERS, END_HEADERS, sid, get_headers("/healthz"))
                           + frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", 0x7FFFFFFF)))
             else:
@@ -150,7 +182,7 @@ def reset_flood(args, provoke=False):
                 s.sendall(frame(HEADERS, END_HEADERS, sid, get_headers("/healthz"))
                           + frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
             sent += 1
-        s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, 2 * n + 1, get_headers("/healthz")))
+        s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, first + 2 * n, get_headers("/healthz")))
     except OSError:
         pass
     result = {}
@@ -162,7 +194,7 @@ def reset_flood(args, provoke=False):
         ftype, flags, stream, payload = f
         if ftype == GOAWAY:
             result["goaway"] = ERRORS.get(struct.unpack(">I", payload[4:8])[0], "unknown")
-        elif ftype == HEADERS and stream == 2 * n + 1:
+        elif ftype == HEADERS and stream == first + 2 * n:
             result["healthz"] = "200" if payload[:1] == b"\x88" else "other"
     if "healthz" in result:
         print("healthz=%s resets_sent=%d" % (result["healthz"], sent))
@@ -202,6 +234,80 @@ def reset_after_answer(args):
             return 0
         answered += 1
         s.sendall(frame(RST_STREAM, 0, sid, struct.pack(">I", 8)))
+    return 0
+
+
+def reset_window0(args):
+    """Batches of 30 streams (the guard lets 32 be open at once): their HEADERS, then every
+    answer's HEADERS read (the bodies wait on the window), then their 30 resets at once."""
+    n = int(args[5])
+    s = connect(*args[:5], client_settings=struct.pack(">HI", 4, 0))
+    r = Reader(s)
+    answered, sid = 0, 1
+    while True:
+        batch = min(30, n - answered) if answered < n else 1
+        last = answered >= n
+        sids = list(range(sid, sid + 2 * batch, 2))
+        sid += 2 * batch
+        s.sendall(b"".join(frame(HEADERS, END_STREAM | END_HEADERS, i, get_headers("/healthz" if last else "/metrics"))
+                           for i in sids))
+        waiting, status = set(sids), None
+        while waiting:
+            f = r.next()
+            if f is None:
+                print("end=closed answered=%d" % answered)
+                return 0
+            ftype, flags, stream, payload = f
+            if ftype == SETTINGS and not flags & ACK:
+                s.sendall(frame(SETTINGS, ACK, 0))
+            elif ftype == GOAWAY:
+                print("goaway=%s answered=%d" % (ERRORS.get(struct.unpack(">I", payload[4:8])[0], "unknown"), answered))
+                return 0
+            elif ftype == HEADERS and stream in waiting:
+                waiting.discard(stream)
+                status = "200" if payload[:1] == b"\x88" else "other"
+        if last:
+            print("healthz=%s answered=%d" % (status, answered))
+            return 0
+        answered += batch
+        s.sendall(b"".join(frame(RST_STREAM, 0, i, struct.pack(">I", 8)) for i in sids))
+
+
+def frame_flood(args):
+    kind, n = args[5], int(args[6])
+    s = connect(*args[:5])
+    r = Reader(s)
+    s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, 1, get_headers("/healthz")))
+    while True:
+        f = r.next()
+        if f is None:
+            sys.exit("h2_probe: closed before the first answer")
+        if f[0] == SETTINGS and not f[1] & ACK:
+            s.sendall(frame(SETTINGS, ACK, 0))
+        if f[2] == 1 and f[0] in (HEADERS, DATA) and f[1] & END_STREAM:
+            break
+    one = (frame(RST_STREAM, 0, 1, struct.pack(">I", 8)) if kind == "rst"
+           else frame(PRIORITY, 0, 1, struct.pack(">IB", 0, 15)))
+    try:
+        for i in range(0, n, 1000):
+            s.sendall(one * min(1000, n - i))
+        s.sendall(frame(HEADERS, END_STREAM | END_HEADERS, 3, get_headers("/healthz")))
+    except OSError:
+        pass
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        f = r.next()
+        if f is None:
+            print("end=closed")
+            return 0
+        ftype, flags, stream, payload = f
+        if ftype == GOAWAY:
+            print("goaway=%s" % ERRORS.get(struct.unpack(">I", payload[4:8])[0], "unknown"))
+            return 0
+        if ftype == HEADERS and stream == 3:
+            print("healthz=%s" % ("200" if payload[:1] == b"\x88" else "other"))
+            return 0
+    print("end=timeout")
     return 0
 
 
@@ -392,6 +498,12 @@ if __name__ == "__main__":
         sys.exit(reset_flood(rest))
     if cmd == "reset-after-answer" and len(rest) == 6:
         sys.exit(reset_after_answer(rest))
+    if cmd == "reset-deep" and len(rest) == 6:
+        sys.exit(reset_flood(rest, deep=True))
+    if cmd == "reset-window0" and len(rest) == 6:
+        sys.exit(reset_window0(rest))
+    if cmd == "frame-flood" and len(rest) == 7:
+        sys.exit(frame_flood(rest))
     if cmd == "provoke-flood" and len(rest) == 6:
         sys.exit(reset_flood(rest, provoke=True))
     if cmd == "body-streams" and len(rest) == 7:
