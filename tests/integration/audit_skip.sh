@@ -51,7 +51,8 @@ start "$X"
 for _ in $(seq 1 100); do [ "$(leader_seen_by "$X")" = "$L" ] && break; sleep 0.05; done
 release n1 vol-1 "$WRAP" "${RPC[$L]}" >/dev/null
 # Disputed at the signed head first, then outvoted by the head round (review rev17c, C1).
-for _ in $(seq 1 50); do [[ "$(readyz "$X")" == *diverged* ]] && break; sleep 0.1; done
+# Bounded at 15 s: the round needs the dispute report, a Raft entry and every voter's answer (a loaded machine).
+for _ in $(seq 1 150); do [[ "$(readyz "$X")" == *diverged* ]] && break; sleep 0.1; done
 expect_match "$X diverges at the leader's next checkpoint despite its forged membership record" "$(readyz "$X")" \
     "not ready: audit log diverged at seq [0-9]+: the leader's signed head at [0-9]+ differs from this replica's.*503"
 expect_match "the leader serves on" "$(release n1 vol-1 "$WRAP" "${RPC[$L]}")" "^code=ok status=released"
