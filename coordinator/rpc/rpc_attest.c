@@ -74,6 +74,12 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
     kfd_attest_policy ap = kfd_policy_attestation(kfd_call_app(call)->policy);
     if (r == 0)
         r = kf_tpm_pcrs_require(&got, ap.pcrs, &err);
+    /* A clock past 2^63 ms (292 million years; only TPM2_ClockSet makes one) cannot be recorded
+     * (the store's integers are signed), and a record without a clock checks the counters only:
+     * such a TPM would switch off the clone check for itself (review rev16e, E2). */
+    if (r == 0 && ret->clock.clock > (uint64_t)INT64_MAX)
+        r = kf_err_set(&err, -ERANGE, "the TPM's clock (%" PRIu64 " ms) is past 2^63 ms: set forward with "
+                                      "TPM2_ClockSet?", ret->clock.clock);
     if (r != 0) {
         snprintf(ret->why, sizeof(ret->why), "the quote does not hold: %.200s", err.msg);
         return 0;

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Review rev16e, (d): one operator alone against a node held by attestation (review rev17, A1).
+# Under admin.approvers: 2 a held node's unhold (and an acceptance) must wait for a second
+# operator: the proposer alone, approving their own request, or a request for another hold
+# time, must not lift it; the node stays refused meanwhile.
+. "$(dirname "$0")/lib.sh"
+command -v swtpm_setup >/dev/null || { echo "1..0 # SKIP swtpm_setup missing"; exit 77; }
+
+
+measure() { TPM2TOOLS_TCTI="$1" tpm2_pcrextend "$2:sha256=$(printf '%s' "$3" | sha256sum | cut -c1-64)" >/dev/null 2>&1; }
+boot_measurements() { for p in 0 2 4 7; do measure "$1" "$p" "firmware $p"; done; }
+stop_pid() { kill "$1" 2>/dev/null; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done; }
+
+tpm_manufacture "$WORK/tpm-a"
+start_swtpm "$WORK/tpm-a"
+TCTI_A=$TCTI
+boot_measurements "$TCTI_A"
+F=$WORK/fleet
+fleet_init "$F"
+start_kfd "$F"
+put_policy "$F" <<'YAML'
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+YAML
+luks_file "$WORK/disk.luks" "pw"
+tpm_config() { # FILE TCTI
+    {
+        echo "coordinators: [\"127.0.0.1:$PORT\"]"
+        echo "identity: {cert: $WORK/a/n1.crt, tpm_key: $WORK/a/n1.tpmkey, ca: $F/ca.crt}"
+        echo "state_file: $WORK/a/state.json"
+        echo "luks: {activate: false}"
+        echo "zfs: {command: $ZFS_STANDIN, discover: false}"
+        echo "tpm: {tcti: \"$2\"}"
+    } >"$1"
+}
+mkdir -p "$WORK/a"
+tpm_config "$WORK/a/agent.yaml" "$TCTI_A"
+A() { "$AGENT" -c "$WORK/a/agent.yaml" "$@"; }
+A identity create n1 >/dev/null 2>&1
+"$CTL" cert issue node n1 --dir "$F" --out "$WORK/a/n1" --csr "$WORK/a/n1.tpmkey.csr" \
+    --tpm-evidence "$WORK/a/n1.tpmkey.evidence" --ek-ca "$WORK/ek-cas.pem" >/dev/null 2>&1
+A identity activate "$WORK/a/n1.crt.tpmcred" >/dev/null 2>&1
+printf 'pw' | A enroll "luks:$WORK/disk.luks" >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "set-up: the node enrolled attested (tofu) and unlocks" "$out" "disk.luks: unlocked \\(key verified"
+
+# A rolled-back TPM state: the node is held.
+SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
+restart_a() { # [STATE]
+    stop_pid "$SWTPM_A_PID"
+    if [ -n "${1:-}" ]; then rm -rf "$WORK/tpm-a" && cp -a "$1" "$WORK/tpm-a"; fi
+    rm -f "$WORK/tpm-a/pid"
+    start_swtpm "$WORK/tpm-a"
+    SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
+    TCTI_A=$TCTI
+    boot_measurements "$TCTI_A"
+    tpm_config "$WORK/a/agent.yaml" "$TCTI_A"
+}
+stop_pid "$SWTPM_A_PID"
+cp -a "$WORK/tpm-a" "$WORK/tpm-a.saved"
+restart_a
+A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+restart_a
+A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+restart_a "$WORK/tpm-a.saved"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "set-up: a rolled-back TPM holds the node" "$out" "permission_denied.*counters went backwards"
+issue "$F" operator op2
+cat >"$F/policy.yaml" <<'YAML'
+admin: {approvers: 2}
+rules:
+  - name: measured
+    match: {nodes: {names: ["n1"]}}
+    effect: allow
+    require: [tpm_key, attested]
+YAML
+r=$(ctl "$F" policy put "$F/policy.yaml" 2>&1 | sed -n 's/.*request \([0-9a-f]\{16,\}\).*/\1/p')
+ctl_as "$F" op2 approve "$r" >/dev/null 2>&1
+s=$(ctl "$F" node attest show n1)
+t=$(printf '%s' "$s" | sed -n 's/.*node attest unhold n1 \([0-9a-f]\{32\}\).*/\1/p')
+out=$(ctl "$F" node attest unhold n1 "$t" 2>&1)
+R=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+expect_match "one operator's unhold under approvers: 2 is held for a second" "$R" "^[0-9a-f]+$"
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... meanwhile the node stays held" "$out" "permission_denied.*node 'n1' is held \\(tpm\\)"
+out=$(ctl "$F" approve "$R" 2>&1)
+expect_eq "... the proposer cannot approve their own unhold (exit != 0)" "$([ "$(ctl "$F" node attest show n1 | grep -c 'HELD (tpm')" = 1 ] && echo held)" "held"
+expect_match "... refused, saying why" "$out" "permission_denied|failed_precondition|already|own|another operator"
+# A second unhold request by the same operator does not add up to two approvals.
+out=$(ctl "$F" node attest unhold n1 "$t" 2>&1)
+R2=$(printf '%s' "$out" | sed -n 's/.*held as request \([0-9a-f]*\).*/\1/p')
+[ -n "$R2" ] && ctl "$F" approve "$R2" >/dev/null 2>&1
+[ -n "$R2" ] && ctl "$F" approve "$R" >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "... and two requests by one operator do not lift it" "$out" "permission_denied.*node 'n1' is held"
+ctl_as "$F" op2 approve "$R" >/dev/null 2>&1
+out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
+expect_match "with a second operator's approval the hold is lifted and the node unlocks" "$out" "disk.luks: unlocked \\(key verified"
+finish
