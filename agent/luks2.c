@@ -431,9 +431,12 @@ static int find_adding(struct crypt_device *cd, int *ret_token)
         const char *n = json_string_value(json_object_get(o, "keyfleet_adding"));
         char *end = NULL;
         long k = n != NULL ? strtol(n, &end, 10) : -1;
+        /* Read while o (which owns n) lives (review rev26e K4: read after json_decref, it was
+         * garbage, and the record was mostly ignored). */
+        bool valid = n != NULL && *n != '\0' && *end == '\0' && k >= 0 && k < 32;
         json_decref(o);
         *ret_token = t;
-        return n != NULL && *n != '\0' && *end == '\0' && k >= 0 && k < 32 ? (int)k : -1;
+        return valid ? (int)k : -1;
     }
     return -1;
 }
@@ -473,6 +476,7 @@ static int add_recorded(struct crypt_device *cd, kfa_volume *v, int *at, const k
     int r = write_adding(cd, v, at, slot);
     if (r != 0)
         return kf_err_set(err, -EIO, "%s: cannot record the new keyslot: %s", v->path, strerror(-r));
+    kfa_test_crash_point("adding_record"); /* the number recorded, no keyslot yet */
     r = add_keyslot(cd, slot, old_key, new_key);
     if (r < 0) {
         drop_adding(cd, at);
@@ -515,6 +519,7 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
     }
     /* The token marked rotating names the keyslot now; a record left (its removal failing) names
      * the same keyslot, which an erase kills anyway and the next rotation reuses or kills. */
+    kfa_test_crash_point("rotating_token"); /* the token names the keyslot, its record is not dropped yet */
     drop_adding(cd, &at);
     free(v->wrapped_next);
     v->wrapped_next = copy;
@@ -973,6 +978,7 @@ int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf
     if ((r = write_recovery_as(cd, v, &intent, slot)) < 0)
         return kf_err_set(err, -EIO, "%s: cannot record the recovery keyslot in its token", v->path);
     intent.token = r;
+    kfa_test_crash_point("recovery_record"); /* the number recorded, no keyslot yet */
     r = add_keyslot(cd, slot, auth, text);
     if (r < 0) {
         undo_intent(cd, v, &intent);
