@@ -104,5 +104,26 @@ else
 fi
 expect_live "K4: the keyfleet keyslot is live after it" "$D4" keyfleet
 expect_eq "K4: two keyslots (passphrase, keyfleet)" "$(nslots "$D4")" "2"
+
+# --- E1: an enroll cut off after its keyslot, before its keyfleet token (crash point
+# enroll_keyslot): the coordinators hold the key (the enroll committed first). After the enroll
+# is run again and the volume wiped, the erase must be confirmed with only the operator's
+# passphrase keyslot left (before: the unnamed keyslot was never killed, and the erase never
+# confirmed).
+D5=$WORK/d5.luks
+luks_file "$D5" "pw"
+agent_cfg a5 "$D5"
+A5() { "$AGENT" -c "$WORK/a5.yaml" "$@"; }
+L5=$(cryptsetup luksUUID "$D5")
+out=$(printf pw | KEYFLEET_TEST_CRASH_AFTER=enroll_keyslot A5 enroll "luks:$D5" 2>&1 || true)
+expect_match "E1: an enroll cut off after its keyslot, before its token" "$out" "test crash after enroll_keyslot"
+printf pw | A5 enroll "luks:$D5" >/dev/null 2>&1 || not_ok "E1: the enroll run again" "failed"
+expect_live "E1: the keyfleet keyslot is live" "$D5" keyfleet
+expect_eq "E1: two keyslots after the enroll run again (passphrase, keyfleet)" "$(nslots "$D5")" "2"
+out=$(ctl "$F" node wipe n1 --volumes "$L5" --reason "stolen")
+ctl_as "$F" bob approve "$(printf '%s' "$out" | grep -Eo '[0-9a-f]{32}' | head -n 1)" >/dev/null
+A5 watch --count 1 >/dev/null 2>&1 || true
+expect_match "E1: the wipe is confirmed erased" "$(ctl "$F" volume show "$L5")" "erase: +erased"
+expect_eq "E1: only the operator's passphrase keyslot is left" "$(nslots "$D5")" "1"
 check_sanitizers
 finish
