@@ -289,6 +289,10 @@ static int enroll_keyslot(struct crypt_device *cd, kfa_volume *v, int *at, const
     int slot = kfa_luks2_free_slot(cd);
     if (slot < 0)
         return kf_err_set(err, slot, "%s: no free keyslot", v->path);
+    /* The record in the highest free token, so the keyfleet token takes the lowest as before. */
+    for (int t = MAX_TOKENS - 1; *at < 0 && t >= 0; t--)
+        if (sym_crypt_token_status(cd, t, NULL) == CRYPT_TOKEN_INACTIVE)
+            *at = t;
     if ((r = write_adding(cd, v, at, slot)) != 0)
         return kf_err_set(err, -EIO, "%s: cannot record the new keyslot: %s", v->path, strerror(-r));
     r = add_keyslot(cd, slot, auth, key);
