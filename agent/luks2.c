@@ -272,6 +272,39 @@ static int add_keyslot(struct crypt_device *cd, int slot, const kf_secbuf *auth,
                                                        (const char *)key->data, key->len);
 }
 
+static int find_adding(struct crypt_device *cd, int *ret_token);
+static int write_adding(struct crypt_device *cd, const kfa_volume *v, int *token, int slot);
+static void drop_adding(struct crypt_device *cd, int *token);
+
+/* The enrolled keyslot's number is recorded (a keyfleet-adding token) before it is added, as a
+ * rotation's is: an enroll cut off before its token left an unnamed keyslot whose key the
+ * coordinators hold, which no erase could then kill or confirm (review rev26e E1). A recorded
+ * keyslot an earlier run left is killed first (only while keyfleet's: luks2_slots.h). */
+static int enroll_keyslot(struct crypt_device *cd, kfa_volume *v, int *at, const kf_secbuf *auth,
+                          const kf_secbuf *key, kf_err *err)
+{
+    int prev = find_adding(cd, at), r;
+    if (prev >= 0 && (r = kfa_luks2_kill_adding(cd, v->path, prev, NULL, err)) != 0)
+        return r;
+    int slot = kfa_luks2_free_slot(cd);
+    if (slot < 0)
+        return kf_err_set(err, slot, "%s: no free keyslot", v->path);
+    /* The record in the highest free token, so the keyfleet token takes the lowest as before. */
+    for (int t = MAX_TOKENS - 1; *at < 0 && t >= 0; t--)
+        if (sym_crypt_token_status(cd, t, NULL) == CRYPT_TOKEN_INACTIVE)
+            *at = t;
+    if ((r = write_adding(cd, v, at, slot)) != 0)
+        return kf_err_set(err, -EIO, "%s: cannot record the new keyslot: %s", v->path, strerror(-r));
+    r = add_keyslot(cd, slot, auth, key);
+    if (r < 0) {
+        drop_adding(cd, at);
+        return kf_err_set(err, r == -EPERM ? -EACCES : r, "%s: cannot add a keyslot: %s", v->path,
+                          r == -EPERM ? "the existing passphrase is wrong" : strerror(-r));
+    }
+    kfa_test_crash_point("enroll_keyslot"); /* the keyslot written, recorded, no keyfleet token yet */
+    return r;
+}
+
 static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *key, const char *wrapped,
                        const kf_secbuf *auth, kf_err *err)
 {
@@ -281,11 +314,10 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     int r = device_of(v, &cd, err);
     if (r != 0)
         return r;
-    int slot = add_keyslot(cd, CRYPT_ANY_SLOT, auth, key);
-    if (slot < 0) {
-        return kf_err_set(err, slot == -EPERM ? -EACCES : slot, "%s: cannot add a keyslot: %s", v->path,
-                          slot == -EPERM ? "the existing passphrase is wrong" : strerror(-slot));
-    }
+    int at = -1;
+    int slot = enroll_keyslot(cd, v, &at, auth, key, err);
+    if (slot < 0)
+        return slot;
     /* Seal, then verify: the new keyslot must open with the key before anything points at it. */
     uint64_t t0 = kf_thread_cpu_ms(); /* CPU time: a busy machine must not look like a slow digest */
     r = sym_crypt_activate_by_passphrase(cd, NULL, slot, (const char *)key->data, key->len, 0);
@@ -297,8 +329,10 @@ static int luks_enroll(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *ke
     free(json);
     if (token < 0) {
         sym_crypt_keyslot_destroy(cd, slot);
+        drop_adding(cd, &at);
         return kf_err_set(err, -EIO, "%s: the new keyslot did not verify or the token could not be written", v->path);
     }
+    drop_adding(cd, &at); /* the keyfleet token names the keyslot now */
     /* A re-enrollment replaces the previous keyfleet slot and token. */
     if (v->token >= 0 && v->token != token) {
         sym_crypt_token_json_set(cd, v->token, NULL);
@@ -431,9 +465,12 @@ static int find_adding(struct crypt_device *cd, int *ret_token)
         const char *n = json_string_value(json_object_get(o, "keyfleet_adding"));
         char *end = NULL;
         long k = n != NULL ? strtol(n, &end, 10) : -1;
+        /* Read while o (which owns n) lives (review rev26e K4: read after json_decref, it was
+         * garbage, and the record was mostly ignored). */
+        bool valid = n != NULL && *n != '\0' && *end == '\0' && k >= 0 && k < 32;
         json_decref(o);
         *ret_token = t;
-        return n != NULL && *n != '\0' && *end == '\0' && k >= 0 && k < 32 ? (int)k : -1;
+        return valid ? (int)k : -1;
     }
     return -1;
 }
@@ -473,6 +510,7 @@ static int add_recorded(struct crypt_device *cd, kfa_volume *v, int *at, const k
     int r = write_adding(cd, v, at, slot);
     if (r != 0)
         return kf_err_set(err, -EIO, "%s: cannot record the new keyslot: %s", v->path, strerror(-r));
+    kfa_test_crash_point("adding_record"); /* the number recorded, no keyslot yet */
     r = add_keyslot(cd, slot, old_key, new_key);
     if (r < 0) {
         drop_adding(cd, at);
@@ -515,6 +553,7 @@ static int luks_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secb
     }
     /* The token marked rotating names the keyslot now; a record left (its removal failing) names
      * the same keyslot, which an erase kills anyway and the next rotation reuses or kills. */
+    kfa_test_crash_point("rotating_token"); /* the token names the keyslot, its record is not dropped yet */
     drop_adding(cd, &at);
     free(v->wrapped_next);
     v->wrapped_next = copy;
@@ -973,6 +1012,7 @@ int kfa_luks2_recovery_set(kfa_volume *v, const kf_secbuf *auth, const kf_secbuf
     if ((r = write_recovery_as(cd, v, &intent, slot)) < 0)
         return kf_err_set(err, -EIO, "%s: cannot record the recovery keyslot in its token", v->path);
     intent.token = r;
+    kfa_test_crash_point("recovery_record"); /* the number recorded, no keyslot yet */
     r = add_keyslot(cd, slot, auth, text);
     if (r < 0) {
         undo_intent(cd, v, &intent);

@@ -77,7 +77,10 @@ static bool ours(struct crypt_device *cd, json_t *hdr, int slot, bool unnamed)
 bool kfa_luks2_slot_ours(struct crypt_device *cd, int slot)
 {
     json_t *hdr = header(cd);
-    bool r = hdr != NULL && ours(cd, hdr, slot, false);
+    /* No token at all may name it, keyfleet's included (review rev26e K1, K2): a recorded number
+     * can since have been taken by another of keyfleet's keyslots (the recovery keyslot, a
+     * rotation's), which its own token names; a keyslot being added is named by none. */
+    bool r = hdr != NULL && ours(cd, hdr, slot, true);
     json_decref(hdr);
     return r;
 }

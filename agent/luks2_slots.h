@@ -5,8 +5,10 @@
  * rotation's in a keyfleet-adding token of its own). Such a keyslot is keyfleet's, and is killed, only when it
  * has the KDF keyfleet gives its keyslots (PBKDF2-SHA512 at exactly KFA_LUKS2_KDF_ITERATIONS:
  * cryptsetup luksAddKey's default is Argon2id, and its PBKDF2 is benchmarked to far more
- * iterations) and no token of another kind (systemd-cryptenroll's, ...) names it: an operator's
- * passphrase that took the number after the cut is kept, and logged. */
+ * iterations) and no token names it, keyfleet's included (systemd-cryptenroll's; the keyfleet or
+ * keyfleet-recovery token of a keyslot that took the number after the cut: review rev26e K1,
+ * K2): an operator's passphrase, or another of keyfleet's keyslots, that took the number after
+ * the cut is kept, and logged. */
 #ifndef KFA_LUKS2_SLOTS_H
 #define KFA_LUKS2_SLOTS_H
 
@@ -23,8 +25,9 @@ struct crypt_device;
 /* The lowest keyslot number not in use (what CRYPT_ANY_SLOT would take), or -ENOSPC. */
 int kfa_luks2_free_slot(struct crypt_device *cd);
 
-/* Whether keyslot slot is active, has keyfleet's KDF and no token other than keyfleet's
- * (keyfleet, keyfleet-recovery, keyfleet-adding) names it. */
+/* Whether keyslot slot is active, has keyfleet's KDF and no token names it, keyfleet's own
+ * included (a keyslot being added is named by none; one a keyfleet or keyfleet-recovery token
+ * names took the recorded number since: review rev26e K1, K2). */
 bool kfa_luks2_slot_ours(struct crypt_device *cd, int slot);
 
 /* Kills keyslot slot, recorded as being added by a run that did not finish, when it is still
