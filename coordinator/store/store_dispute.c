@@ -31,6 +31,16 @@ void kfd_store_settle_dispute(kfd_store *s, const char *how)
 {
     if (s->disputed_seq == 0 || s->diverged_seq != 0)
         return;
+    /* Review rev17d, D2: the majority may hold the same state (the write changed nothing, or the
+     * command it let through was applied everywhere), but this database was written by another
+     * process: settled, it would lead on, and each further write would withhold every answer again
+     * (one database, the whole cluster down). It diverges instead: only this replica is lost. */
+    if (s->foreign_written) {
+        kfd_store_mark_outvoted(s, s->disputed_seq, "another process committed into this replica's database "
+                                "while it ran; its voters hold the same head and state, but its tables are not "
+                                "keyfleetd's alone");
+        return;
+    }
     kf_log_info("audit_dispute_settled", "seq=%llu how=%s reason=%s", (unsigned long long)s->disputed_seq, how,
                 kf_log_q(s->disputed_why));
     s->disputed_seq = 0;
@@ -90,5 +100,8 @@ bool kfd_store_foreign_write(kfd_store *s)
     }
     kfd_store_set_disputed(s, s->head_seq + 1, "another process committed into this replica's database while it "
                            "ran");
+    s->foreign_written = true; /* settled by nothing: a round's majority makes it diverge (D2) */
     return true;
 }
+
+bool kfd_store_answers_withheld(const kfd_store *s) { return s->disputed_seq != 0 || s->diverged_seq != 0; }

@@ -57,7 +57,9 @@ if [ -n "$TOKEN" ]; then
         test "${out: -3}" != "200"
 fi
 verdict=$(ctlx "$L" audit verify 2>&1)
-echo "# audit verify against the edited $L: $(printf '%s' "$verdict" | head -c 300)"
+check "audit verify against the edited $L does not pass ($(printf '%s' "$verdict" | tail -1 | head -c 240))" \
+    test "${verdict#*audit chain ok}" = "$verdict"
+check "the edited $L no longer leads (leader ${nl:-none})" test -n "$nl" -a "$nl" != "$L"
 stop_replicas c1 c2 c3
 check_sanitizers
 finish
