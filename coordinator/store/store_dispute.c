@@ -32,13 +32,14 @@ void kfd_store_settle_dispute(kfd_store *s, const char *how)
     if (s->disputed_seq == 0 || s->diverged_seq != 0)
         return;
     /* Review rev17d, D2: the majority may hold the same state (the write changed nothing, or the
-     * command it let through was applied everywhere), but this database was written by another
-     * process: settled, it would lead on, and each further write would withhold every answer again
-     * (one database, the whole cluster down). It diverges instead: only this replica is lost. */
-    if (s->foreign_written) {
+     * command it let through was applied everywhere). Once, that settles it (someone ran sqlite3
+     * against the live file). Again, it does not: settled each time, a writer committing again and
+     * again would keep it leading and withholding every answer (one database, the whole cluster
+     * down). It diverges instead: only this replica is lost. */
+    if (s->foreign_writes > 1) {
         kfd_store_mark_outvoted(s, s->disputed_seq, "another process committed into this replica's database "
-                                "while it ran; its voters hold the same head and state, but its tables are not "
-                                "keyfleetd's alone");
+                                "again while it ran; its voters hold the same head and state, but its tables are "
+                                "not keyfleetd's alone");
         return;
     }
     kf_log_info("audit_dispute_settled", "seq=%llu how=%s reason=%s", (unsigned long long)s->disputed_seq, how,
@@ -98,9 +99,9 @@ bool kfd_store_foreign_write(kfd_store *s)
                     "action=\"none: the only voter has no majority to ask\"");
         return true;
     }
+    s->foreign_writes++; /* a second one is settled by nothing: the round makes it diverge (D2) */
     kfd_store_set_disputed(s, s->head_seq + 1, "another process committed into this replica's database while it "
                            "ran");
-    s->foreign_written = true; /* settled by nothing: a round's majority makes it diverge (D2) */
     return true;
 }
 
