@@ -122,6 +122,31 @@ static void expire_inflight(kfd_repl *r)
     }
 }
 
+/* Review rev17d, D1: a disputed or diverged replica answers nothing it applied. The command is
+ * recorded (it is in the Raft log, and each replica applied it by its own rows), but the answer
+ * this replica's proposer would send may rest on rows another process wrote: a login's token, a
+ * revealed recovery key, a created secret id. Only the checkpointer's own commands (which settle
+ * the dispute) and a release (rpc_node.c withholds its key itself, `release_withheld`) pass. */
+static void withhold_answer(kfd_repl *r, const Keyfleet__V1__StateCommand *cmd)
+{
+    if (r->last.status != 0 || cmd == NULL || !kfd_store_answers_withheld(r->store))
+        return;
+    switch (cmd->cmd_case) {
+    case KEYFLEET__V1__STATE_COMMAND__CMD_AUDIT_HEAD_CHECK:
+    case KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT:
+    case KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK:
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE:
+        return;
+    default:
+        break;
+    }
+    r->last.status = -EAGAIN;
+    kf_err_set(&r->last.err, -EAGAIN, "this coordinator's state is disputed or diverged: the command was recorded, "
+               "its answer is withheld; retry (another replica answers)");
+    kf_log_error("answer_withheld", "command=%d reason=\"this replica's state is disputed or diverged\"",
+                 (int)cmd->cmd_case);
+}
+
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     kfd_repl *r = fsm->data;
@@ -147,6 +172,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
             r->last.status = hr;
             r->last.err = herr;
         }
+        withhold_answer(r, cmd);
         if (cmd == NULL)
             kf_log_error("raft_entry_undecodable", "index=%llu bytes=%zu", (unsigned long long)index, buf->len);
     }

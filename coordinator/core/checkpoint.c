@@ -232,9 +232,11 @@ static void confirmed(kfd_checkpointer *c, const char *how)
 {
     if (c->confirmed_term == c->confirm_term)
         return;
+    kfd_store_settle_dispute(c->app->store, how); /* a majority holds this leader's head and state */
+    if (kfd_store_audit_diverged(c->app->store, NULL) != 0)
+        return; /* another process wrote its database (rev17d D2): it stands down, confirmed or not */
     c->confirmed_term = c->confirm_term;
     kfd_repl_set_audit_confirmed(c->app->repl, c->confirm_term);
-    kfd_store_settle_dispute(c->app->store, how); /* a majority holds this leader's head and state */
     /* A disputed voter repeats its report until it applied a head check; one sent before it applied
      * this round's would start another round for nothing. A later dispute is reported again. */
     c->reports_heard_at = uv_now(c->timer.loop) + CONFIRM_RETRY_MS + ASK_AGAIN_MS;

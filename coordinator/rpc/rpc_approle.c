@@ -113,7 +113,7 @@ static void on_login_committed(void *arg, int status, const kfd_apply_result *re
     if (call != NULL && status == -EACCES) {
         login_failed(call, op->role, err->msg); /* spent by a concurrent login */
     } else if (call != NULL && status != 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "login could not be recorded");
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "login not answered: %s", err->msg);
     } else if (call != NULL) {
         Keyfleet__V1__LoginResponse resp = KEYFLEET__V1__LOGIN_RESPONSE__INIT;
         resp.token = op->token;

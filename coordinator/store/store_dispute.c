@@ -31,6 +31,17 @@ void kfd_store_settle_dispute(kfd_store *s, const char *how)
 {
     if (s->disputed_seq == 0 || s->diverged_seq != 0)
         return;
+    /* Review rev17d, D2: the majority may hold the same state (the write changed nothing, or the
+     * command it let through was applied everywhere). Once, that settles it (someone ran sqlite3
+     * against the live file). Again, it does not: settled each time, a writer committing again and
+     * again would keep it leading and withholding every answer (one database, the whole cluster
+     * down). It diverges instead: only this replica is lost. */
+    if (s->foreign_writes > 1) {
+        kfd_store_mark_outvoted(s, s->disputed_seq, "another process committed into this replica's database "
+                                "again while it ran; its voters hold the same head and state, but its tables are "
+                                "not keyfleetd's alone");
+        return;
+    }
     kf_log_info("audit_dispute_settled", "seq=%llu how=%s reason=%s", (unsigned long long)s->disputed_seq, how,
                 kf_log_q(s->disputed_why));
     s->disputed_seq = 0;
@@ -88,7 +99,10 @@ bool kfd_store_foreign_write(kfd_store *s)
                     "action=\"none: the only voter has no majority to ask\"");
         return true;
     }
+    s->foreign_writes++; /* a second one is settled by nothing: the round makes it diverge (D2) */
     kfd_store_set_disputed(s, s->head_seq + 1, "another process committed into this replica's database while it "
                            "ran");
     return true;
 }
+
+bool kfd_store_answers_withheld(const kfd_store *s) { return s->disputed_seq != 0 || s->diverged_seq != 0; }

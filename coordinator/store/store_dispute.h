@@ -40,5 +40,9 @@ void kfd_store_data_version_reset(kfd_store *s);
  * apart from its own database (threat-model.md). */
 void kfd_store_set_sole_voter(kfd_store *s, bool sole);
 bool kfd_store_foreign_write(kfd_store *s);
+/* Disputed or diverged (review rev17d, D1): a command this replica applied is recorded, but its
+ * answer (a release's key, a login's token, a revealed recovery key...) is not sent: the decision
+ * may rest on rows another process wrote, and the majority has not said otherwise. */
+bool kfd_store_answers_withheld(const kfd_store *s);
 
 #endif

@@ -136,6 +136,7 @@ struct kfd_store {
     char disputed_why[256];
     bool sole_voter;       /* kfd_store_set_sole_voter */
     bool outvoted;         /* diverged by a head round's majority (kfd_store_mark_outvoted) */
+    unsigned foreign_writes; /* another process's commits seen since it opened (rev17d D2) */
     bool dispute_reported; /* a voter said it is disputed (AuditHead): the leader runs a round */
     uint64_t check_count;  /* CmdAuditHeadChecks applied since it opened */
     int64_t data_version;  /* PRAGMA data_version when last read: another connection's commit changes it */

@@ -1239,13 +1239,25 @@ static void test_foreign_write_disputed(void **state)
     assert_int_equal(kfd_store_apply(s, &cmd, &res, NULL), 0);
     assert_int_equal(kfd_store_dispute_check(s, &id, &own), 0);
     assert_int_equal(id, 77);
+    assert_true(kfd_store_answers_withheld(s));
     kfd_store_settle_dispute(s, "majority");
     assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
-    /* The same edit again: disputed again; a diverged replica is never disputed. */
+    assert_int_equal(kfd_store_audit_diverged(s, NULL), 0);
+    assert_false(kfd_store_answers_withheld(s));
+    /* The same edit again: disputed again, and (review rev17d, D2) a majority holding the same
+     * state no longer settles it: a second foreign commit makes the replica diverge. */
     revoke_cert_row("c1.db", "0badc0df");
     assert_int_equal(append(s, "release", "web-01"), 0);
     assert_int_not_equal(kfd_store_audit_disputed(s, NULL), 0);
-    kfd_store_mark_diverged(s, 3, "outvoted");
+    kfd_store_settle_dispute(s, "majority");
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
+    why = NULL;
+    assert_int_not_equal(kfd_store_audit_diverged(s, &why), 0);
+    assert_non_null(strstr(why, "not keyfleetd's alone"));
+    assert_true(kfd_store_answers_withheld(s));
+    /* A diverged replica is never disputed. */
+    revoke_cert_row("c1.db", "0badc0e0");
+    assert_int_equal(append(s, "release", "web-01"), 0);
     assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
     kfd_store_close(s);
     /* The only voter has no majority to ask: logged, not disputed. */
