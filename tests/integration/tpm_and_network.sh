@@ -165,10 +165,17 @@ expect_match "... and unlock combines the new parts" "$out" "disk.luks: unlocked
 zprop() { "$ZFS_STANDIN" get -H -o value "org.keyfleet:$1" tank/data; }
 GUID=$("$ZFS_STANDIN" get -H -p -o value guid tank/data)
 # zkey WRAPPED PART FILE: HKDF(TPM part || coordinator part), recomputed apart from the agent.
+# swtpm serves one connection at a time: the unseal is tried again (bounded) while the agent's
+# last connection closes.
 zkey() {
-    local c t
+    local c t i
     c=$(field key "$(node "$F" n1 release "$GUID" "$1")")
-    t=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${2#kftpmnet1:}" 2>&1)
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        t=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${2#kftpmnet1:}" 2>&1)
+        printf '%s' "$t" | grep -Eq '^[0-9a-f]{64}$' && break
+        sleep 0.5
+    done
+    printf '%s%s' "$c" "$t" | grep -Eq '^[0-9a-f]{128}$' || echo "# zkey: coordinator part '$c', TPM part '$t'"
     hkdf "$t" "$c" "$GUID" >"$3"
 }
 # zopens FILE: the stand-in's dataset takes the key in FILE (a dry-run load-key).
