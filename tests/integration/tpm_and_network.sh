@@ -171,10 +171,11 @@ zkey() {
     local c t i
     c=$(field key "$(node "$F" n1 release "$GUID" "$1")")
     for i in 1 2 3 4 5 6 7 8 9 10; do
-        t=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${2#kftpmnet1:}" 2>&1)
-        printf '%s' "$t" | grep -Eq '^[0-9a-f]{64}$' && break
+        t=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${2#kftpmnet1:}" 2>"$WORK/zkey.err" | grep -E '^[0-9a-f]{64}$')
+        [ -n "$t" ] && break
         sleep 0.5
     done
+    [ -n "$t" ] || t="none: $(tr '\n' ' ' <"$WORK/zkey.err")"
     printf '%s%s' "$c" "$t" | grep -Eq '^[0-9a-f]{128}$' || echo "# zkey: coordinator part '$c', TPM part '$t'"
     hkdf "$t" "$c" "$GUID" >"$3"
 }
