@@ -1,8 +1,10 @@
 /* keyfleet-agent rotate VOLUME...|--all: replaces each volume's keyfleet key with a new one
  * (NodeService.RotateKey), in steps that each leave a volume the old key or the new one opens
  * (docs/agent.md, "Key rotation"):
- *   release the current key K1; BEGIN: the new key K2 and its wrapped form W2; stage K2 beside
- *   K1 (LUKS2: a keyslot and a token marked rotating; ZFS: org.keyfleet:wrapped-next); retire
+ *   release the current key K1; BEGIN: the new key K2 and its wrapped form W2 (tpm_and_network:
+ *   W2 is the new coordinator part, and K2 = HKDF(a new TPM part || it)); stage K2 beside
+ *   K1 (LUKS2: a keyslot and a token marked rotating; ZFS: org.keyfleet:wrapped-next, with the new
+ *   TPM part in org.keyfleet:tpm-next); retire
  *   K1 after checking that K2 opens (LUKS2: kill its keyslot, drop its token; ZFS: change-key,
  *   wrapped-key := W2); COMMIT W2 (the coordinator then refuses K1); clear the rotating mark.
  * A run on a volume left half-way resumes: with a rotation staged, from the retire step (the
@@ -204,13 +206,12 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
     *ret_how = "rotated";
     if (v->wrapped == NULL)
         return kf_err_set(err, -ENOENT, "%s is not enrolled", v->path);
-    /* A ZFS two-part key would need its TPM part staged in a property of its own, which the ZFS
-     * rotation steps do not do yet: refused before anything changes (docs/agent.md). LUKS2 stages
-     * the new TPM part in the token marked rotating. */
-    if (v->tpm_part != NULL && v->kind == KFA_VOL_ZFS)
-        return kf_err_set(err, -EOPNOTSUPP,
-                          "%s needs TPM and network (require: [tpm_and_network]): a ZFS dataset's key cannot be "
-                          "rotated yet (docs/architecture.md, \"TPM and network, both required\")",
+    /* tpm_and_network: a rotation staged without the new key's TPM part has no way to its new
+     * key (LUKS2 stages it in the token marked rotating, ZFS in org.keyfleet:tpm-next). */
+    if (v->tpm_part != NULL && v->wrapped_next != NULL && v->tpm_part_next == NULL)
+        return kf_err_set(err, -EBADMSG,
+                          "%s needs TPM and network (require: [tpm_and_network]): its staged rotation has no TPM "
+                          "part for the new key; nothing changed (docs/operations.md)",
                           v->path);
     if (v->kind == KFA_VOL_ZFS && !v->unlocked && !v->rotating)
         return kf_err_set(err, -EPERM, "%s: load its key first (keyfleet-agent unlock); zfs change-key needs it",
@@ -232,9 +233,10 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
                    (e.wrapped = strdup(v->wrapped_next)) == NULL) {
             r = kf_err_set(err, -ENOMEM, "out of memory");
         }
-        /* ZFS changes the key only while the dataset still has the one it replaces. */
+        /* ZFS changes the key only while the dataset still has the one it replaces (for a
+         * tpm_and_network dataset, with the TPM part stored beside wrapped-key). */
         if (r == 0 && v->kind == KFA_VOL_ZFS)
-            r = release_key(ctx, v, v->wrapped, NULL, &old_key, err);
+            r = release_key(ctx, v, v->wrapped, v->tpm_part, &old_key, err);
     } else {
         r = release_key(ctx, v, v->wrapped, v->tpm_part, &old_key, err);
         if (r == 0) {

@@ -37,6 +37,11 @@ static void swap_next(kfa_volume *v)
     v->keyslot = v->next_keyslot;
     v->wrapped_next = w;
     v->next_keyslot = slot;
+    if (v->tpm_part_next != NULL) { /* tpm_and_network: the new key has its own TPM part */
+        char *p = v->tpm_part;
+        v->tpm_part = v->tpm_part_next;
+        v->tpm_part_next = p;
+    }
 }
 
 /* Unlocks one probed volume; returns 0 when it is unlocked afterwards. A volume with a key

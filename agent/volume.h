@@ -35,8 +35,9 @@ typedef struct kfa_volume {
      * in the token marked rotating; ZFS: held by the run, stored with wrapped-key at retire);
      * NULL when none (review F3). */
     char *tpm_blob_next;
-    /* tpm_and_network: the new key's TPM part (in the token marked rotating), replacing tpm_part
-     * once the new key is the volume's; NULL when none. */
+    /* tpm_and_network: the new key's TPM part (LUKS2: in the token marked rotating; ZFS:
+     * org.keyfleet:tpm-next, staged with wrapped-next), replacing tpm_part once the new key is the
+     * volume's; NULL when none. */
     char *tpm_part_next;
     int next_keyslot, next_token;
     int replaces_keyslot; /* LUKS2: the old key's keyslot, named by the marked token; -1 when none */

@@ -3,7 +3,8 @@
  * metadata and move with the pool (zpool export/import). Keys are raw 32 bytes
  * (keyformat=raw, keylocation=prompt) and reach zfs only on its stdin. A key rotation in progress
  * keeps the new wrapped key in org.keyfleet:wrapped-next until the dataset's key is changed and
- * wrapped-key points at it (docs/agent.md, "Key rotation"). */
+ * wrapped-key points at it (docs/agent.md, "Key rotation"); for a tpm_and_network dataset, the new
+ * key's TPM part waits beside it in org.keyfleet:tpm-next, staged in the same command. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #define PROP_ID KFA_ZFS_PROP_ID
 #define PROP_TPM KFA_ZFS_PROP_TPM
 #define PROP_NEXT KFA_ZFS_PROP_NEXT
+#define PROP_TPM_NEXT KFA_ZFS_PROP_TPM_NEXT
 
 static int zfs(const kfa_config *cfg, const char *const *args, const kf_secbuf *key, char **ret_out, kf_err *err)
 {
@@ -227,13 +229,20 @@ static int zfs_lock(const kfa_config *cfg, kfa_volume *v, bool *changed, kf_err 
     return 0;
 }
 
+/* wrapped-next (and, tpm_and_network, tpm-next: the new key's TPM part) in one command, before the
+ * dataset's key changes: a run cut off after change-key finds both parts of the new key staged. */
 static int zfs_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbuf *old_key,
                             const kf_secbuf *new_key, const char *wrapped, kf_err *err)
 {
     (void)old_key, (void)new_key; /* change-key needs the loaded key, not the old one */
-    char prop[KFA_WRAPPED_MAX + 64];
+    if (v->tpm_part != NULL && v->tpm_part_next == NULL)
+        return kf_err_set(err, -EINVAL, "%s: no TPM part for the new key to stage", v->path);
+    char prop[KFA_WRAPPED_MAX + 64], tprop[4096 + 64];
     snprintf(prop, sizeof(prop), PROP_NEXT "=%s", wrapped);
-    const char *args[] = {"set", prop, v->path, NULL};
+    bool part = v->tpm_part != NULL;
+    if (part && snprintf(tprop, sizeof(tprop), PROP_TPM_NEXT "=%s", v->tpm_part_next) >= (int)sizeof(tprop))
+        return kf_err_set(err, -E2BIG, "%s: the new TPM part is too long", v->path);
+    const char *args[] = {"set", prop, part ? tprop : v->path, part ? v->path : NULL, NULL};
     char *copy = strdup(wrapped);
     int r = copy != NULL ? zfs(cfg, args, NULL, NULL, err) : kf_err_set(err, -ENOMEM, "out of memory");
     if (r != 0) {
@@ -257,6 +266,10 @@ static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secb
     const char *check[] = {"load-key", "-n", "-L", "prompt", v->path, NULL};
     kf_err e = {0};
     int r;
+    /* tpm_and_network: the key changes only with the new TPM part staged (zfs_rotate_stage). */
+    if (v->tpm_part != NULL && v->tpm_part_next == NULL)
+        return kf_err_set(err, -EBADMSG, "%s: a rotation staged without " PROP_TPM_NEXT " (the new key's TPM part); "
+                          "nothing changed", v->path);
     if (zfs(cfg, check, new_key, NULL, &e) != 0) { /* not yet changed (or cut off before) */
         /* Only the key this run replaces may be replaced: a stale run, whose rotation another
          * one finished and rotated past, must not put the dataset on a key already retired. */
@@ -272,15 +285,28 @@ static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secb
         if ((r = zfs(cfg, check, new_key, NULL, err)) != 0)
             return kf_err_wrap(err, "%s: the new key did not verify", v->path);
     }
-    if ((r = set_props(cfg, v, v->wrapped_next, v->tpm_blob_next, err)) != 0)
+    /* wrapped-key and tpm-sealed (a new copy, or the new TPM part) in one command */
+    const char *tpm = v->tpm_part != NULL ? v->tpm_part_next : v->tpm_blob_next;
+    if ((r = set_props(cfg, v, v->wrapped_next, tpm, err)) != 0)
         return r;
     kfa_test_crash_point("wrapped");
+    /* wrapped-next first: tpm-next left alone is ignored (zfs_props.h) */
     const char *drop[] = {"inherit", PROP_NEXT, v->path, NULL};
     if ((r = zfs(cfg, drop, NULL, NULL, err)) != 0)
         return r;
     free(v->wrapped);
     v->wrapped = v->wrapped_next;
     v->wrapped_next = NULL;
+    if (v->tpm_part != NULL) {
+        kfa_test_crash_point("wrapped-next-dropped");
+        const char *drop_part[] = {"inherit", PROP_TPM_NEXT, v->path, NULL};
+        if ((r = zfs(cfg, drop_part, NULL, NULL, err)) != 0)
+            return r;
+        free(v->tpm_part);
+        v->tpm_part = v->tpm_part_next;
+        v->tpm_part_next = NULL;
+        return 0;
+    }
     if (v->tpm_blob_next != NULL) { /* stored with wrapped-key above */
         free(v->tpm_blob);
         v->tpm_blob = v->tpm_blob_next;
@@ -316,6 +342,13 @@ static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_w
         if (r != 0)
             return kf_err_wrap(err, "%s: cannot remove %s", v->path, props[i]);
         gone++;
+    }
+    /* A rotation's next TPM part (read or not: one left behind is ignored by the probe). */
+    if (v->tpm_part != NULL || v->tpm_part_next != NULL) {
+        const char *drop[] = {"inherit", PROP_TPM_NEXT, v->path, NULL};
+        int r = zfs(cfg, drop, NULL, NULL, err);
+        if (r != 0)
+            return kf_err_wrap(err, "%s: cannot remove %s", v->path, PROP_TPM_NEXT);
     }
     free(v->wrapped);
     free(v->tpm_blob);

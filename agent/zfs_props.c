@@ -24,10 +24,12 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
      * the dataset itself (inherited from a parent, filtered out by -s local,none) reads as
      * unset. A value holding a tab or a newline (a property an evil maid wrote) makes a line
      * that is not two fields or names no probed property: an error, never a shifted field. */
-    static const char *const names[7] = {"guid", "keystatus", "encryptionroot", KFA_ZFS_PROP_ID,
-                                         KFA_ZFS_PROP_WRAPPED, KFA_ZFS_PROP_TPM, KFA_ZFS_PROP_NEXT};
-    char *f[7] = {NULL, NULL, NULL, "-", "-", "-", "-"};
-    bool seen[7] = {false};
+    enum { NPROPS = 8 };
+    static const char *const names[NPROPS] = {"guid", "keystatus", "encryptionroot", KFA_ZFS_PROP_ID,
+                                              KFA_ZFS_PROP_WRAPPED, KFA_ZFS_PROP_TPM, KFA_ZFS_PROP_NEXT,
+                                              KFA_ZFS_PROP_TPM_NEXT};
+    char *f[NPROPS] = {NULL, NULL, NULL, "-", "-", "-", "-", "-"};
+    bool seen[NPROPS] = {false};
     char *save = NULL;
     for (char *line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
         char *tab = strchr(line, '\t');
@@ -35,9 +37,9 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
             return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
         *tab = '\0';
         size_t i = 0;
-        while (i < 7 && strcmp(line, names[i]) != 0)
+        while (i < NPROPS && strcmp(line, names[i]) != 0)
             i++;
-        if (i == 7 || seen[i])
+        if (i == NPROPS || seen[i])
             return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
         seen[i] = true;
         f[i] = tab + 1;
@@ -46,6 +48,8 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
         return kf_err_set(err, -EIO, "zfs get %s: unexpected output", v->path);
     free(v->wrapped_next);
     v->wrapped_next = NULL;
+    free(v->tpm_part_next);
+    v->tpm_part_next = NULL;
     size_t glen = strlen(f[0]);
     if (glen == 0 || glen > 20 || strspn(f[0], "0123456789") != glen)
         return kf_err_set(err, -EIO, "zfs get %s: the guid is not a number", v->path);
@@ -72,12 +76,23 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
         kf_err_wrap(err, "%s: " KFA_ZFS_PROP_NEXT " holds no valid wrapped key", v->path);
         return r;
     }
+    /* A rotation's next TPM part: a TPM part's syntax, whatever else is there. */
+    bool has_tpm_next = strcmp(f[7], "-") != 0;
+    if (has_tpm_next && (strncmp(f[7], "kftpmnet1:", 10) != 0 || kfa_tpm_blob_check(f[7], err) != 0)) {
+        kf_err_set(err, -EBADMSG, "%s: " KFA_ZFS_PROP_TPM_NEXT " holds no valid TPM part", v->path);
+        return -EBADMSG;
+    }
+    /* Read only where it belongs: beside wrapped-next, for a dataset whose key has a TPM part. */
+    bool part = strcmp(f[5], "-") != 0 && strncmp(f[5], "kftpmnet1:", 10) == 0;
+    has_tpm_next = has_tpm_next && has_next && part;
     char *wrapped = strdup(f[4]), *tpm = strcmp(f[5], "-") != 0 ? strdup(f[5]) : NULL;
-    char *next = has_next ? strdup(f[6]) : NULL;
-    if (wrapped == NULL || (tpm == NULL && strcmp(f[5], "-") != 0) || (has_next && next == NULL)) {
+    char *next = has_next ? strdup(f[6]) : NULL, *tpm_next = has_tpm_next ? strdup(f[7]) : NULL;
+    if (wrapped == NULL || (tpm == NULL && strcmp(f[5], "-") != 0) || (has_next && next == NULL) ||
+        (has_tpm_next && tpm_next == NULL)) {
         free(wrapped);
         free(tpm);
         free(next);
+        free(tpm_next);
         return kf_err_set(err, -ENOMEM, "out of memory");
     }
     free(v->wrapped);
@@ -85,10 +100,10 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
     free(v->tpm_part);
     v->wrapped = wrapped;
     /* The property holds a whole copy (kftpm1:) or a tpm_and_network TPM part (kftpmnet1:). */
-    bool part = tpm != NULL && strncmp(tpm, "kftpmnet1:", 10) == 0;
     v->tpm_blob = part ? NULL : tpm;
     v->tpm_part = part ? tpm : NULL;
     v->wrapped_next = next;
+    v->tpm_part_next = tpm_next;
     return 0;
 }
 

@@ -41,10 +41,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
             if (v.tpm_blob != NULL && strncmp(v.tpm_blob, "kftpm1:", 7) != 0)
                 abort();
+            /* A rotation's next TPM part: only a TPM part, beside wrapped-next and a TPM part. */
+            if (v.tpm_part_next != NULL &&
+                (v.tpm_part == NULL || v.wrapped_next == NULL || strncmp(v.tpm_part_next, "kftpmnet1:", 10) != 0 ||
+                 kfa_tpm_blob_check(v.tpm_part_next, &err) != 0))
+                abort();
         }
         free(v.wrapped);
         free(v.tpm_blob);
         free(v.tpm_part);
+        free(v.wrapped_next);
+        free(v.tpm_part_next);
     } else {
         char **names = NULL;
         size_t n = 0;
