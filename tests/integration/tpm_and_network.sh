@@ -73,7 +73,8 @@ UUID=$(cryptsetup luksUUID "$WORK/disk.luks")
 rel=$(node "$F" n1 release "$UUID" "$(token_field keyfleet_wrapped_key)")
 COORD=$(field key "$rel")
 expect_match "a node can have the coordinator part" "$COORD" "^[0-9a-f]{64}$"
-TPMPART=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${PART#kftpmnet1:}" 2>&1)
+# stdout only: the probe's stderr (tss2 logs; under ASan a LeakSanitizer report) is in $WORK/probe.err.
+TPMPART=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${PART#kftpmnet1:}" 2>>"$WORK/probe.err")
 expect_match "the TPM gives its part" "$TPMPART" "^[0-9a-f]{64}$"
 hkdf() {
     python3 - "$1" "$2" "$3" <<'PY'
@@ -140,7 +141,7 @@ expect_match "... the token carries a TPM part" "$PART2" "^kftpmnet1:[A-Za-z0-9+
 [ "$PART2" != "$PART" ] && ok "... a new one" || not_ok "... a new one" "the TPM part did not change"
 expect_eq "... one keyfleet token, not marked rotating" "$(token_field keyfleet_rotating)" "-"
 COORD2=$(field key "$(node "$F" n1 release "$UUID" "$(token_field keyfleet_wrapped_key)")")
-TPMPART2=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${PART2#kftpmnet1:}" 2>&1)
+TPMPART2=$("$TPM_PROBE" "$TCTI1" unseal "kftpm1:${PART2#kftpmnet1:}" 2>>"$WORK/probe.err")
 expect_match "... the new coordinator part and the new TPM part" "$COORD2$TPMPART2" "^[0-9a-f]{128}$"
 hkdf "$TPMPART2" "$COORD2" "$UUID" >"$WORK/derived.key"
 check "... HKDF of the two new parts opens the volume" \
