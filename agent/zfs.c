@@ -251,6 +251,7 @@ static int zfs_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbu
     }
     free(v->wrapped_next);
     v->wrapped_next = copy;
+    v->tpm_part_next_ours = part;
     return 0;
 }
 
@@ -278,6 +279,11 @@ static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secb
                               "%s: the dataset's key is neither the key this rotation replaces nor its new key "
                               "(another rotation changed it); nothing changed, run rotate again",
                               v->path);
+        /* tpm_and_network: the key changes only to a TPM part this run made; a staged one read
+         * from the pool may be an evil maid's (she knows it): the caller stages a new one
+         * (the dataset is still on the key it replaces, checked just above). */
+        if (v->tpm_part != NULL && !v->tpm_part_next_ours)
+            return kf_err_set(err, -EAGAIN, "%s: the staged TPM part was not made by this run", v->path);
         const char *change[] = {"change-key", "-o", "keyformat=raw", "-o", "keylocation=prompt", v->path, NULL};
         if ((r = zfs(cfg, change, new_key, NULL, err)) != 0)
             return r;

@@ -244,6 +244,25 @@ expect_match "... saying the new key's TPM part is missing" "$out" "its staged r
 expect_eq "... wrapped-key unchanged" "$(zprop wrapped-key)" "$ZW3"
 "$ZFS_STANDIN" inherit org.keyfleet:wrapped-next tank/data
 check "... once wrapped-next is removed too, rotate starts over" A rotate zfs:tank/data
+# An evil maid's staged rotation (review rev26z R1): wrapped-next a copy of wrapped-key, tpm-next a
+# part she chose and sealed to this TPM herself. rotate must never change the key to one whose TPM
+# part she knows (then the coordinator part alone would open the dataset).
+ZW4=$(zprop wrapped-key)
+zkey "$ZW4" "$(zprop tpm-sealed)" "$WORK/zold.key"
+EVIL=$(printf '%064d' 0 | tr 0 e)
+EBLOB=$("$TPM_PROBE" "$TCTI1" seal 7 "$EVIL" 2>/dev/null | grep '^kftpm1:')
+expect_match "... (the evil maid seals her own part to this TPM)" "$EBLOB" "^kftpm1:"
+"$ZFS_STANDIN" set "org.keyfleet:wrapped-next=$ZW4" "org.keyfleet:tpm-next=kftpmnet1:${EBLOB#kftpm1:}" tank/data
+out=$(A rotate zfs:tank/data 2>&1)
+expect_eq "... rotate stages a part of its own instead (exit 0)" "$?" "0"
+expect_match "... saying so" "$out" "event=rotation_restaged"
+c=$(field key "$(node "$F" n1 release "$GUID" "$(zprop wrapped-key)")")
+hkdf "$EVIL" "$c" "$GUID" >"$WORK/zevil.key"
+if zopens "$WORK/zevil.key"; then not_ok "an evil maid's staged TPM part never becomes the dataset's"; else
+    ok "an evil maid's staged TPM part never becomes the dataset's"; fi
+rm -f "$WORK/zevil.key"
+zrotated "... the evil maid's staged rotation, rotated past" "$ZW4" "$WORK/zold.key"
+rm -f "$WORK/zold.key"
 relock
 
 # A recovery key escrowed with the coordinators would open the volume without its TPM part.
