@@ -337,7 +337,8 @@ static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_w
 {
     (void)all; /* keyfleet's raw wrapping key is the dataset's only one */
     static const char *const props[] = {PROP_NEXT, PROP_TPM, PROP_WRAPPED};
-    bool had[] = {v->wrapped_next != NULL, v->tpm_blob != NULL, v->wrapped != NULL};
+    /* tpm-sealed: a TPM copy, or a tpm_and_network TPM part (review rev26z R2) */
+    bool had[] = {v->wrapped_next != NULL, v->tpm_blob != NULL || v->tpm_part != NULL, v->wrapped != NULL};
     size_t gone = 0;
     snprintf(ret_what, what_size, "nothing left to destroy");
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
@@ -360,10 +361,14 @@ static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_w
     free(v->tpm_blob);
     free(v->wrapped_next);
     free(v->tpm_blob_next);
-    v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = NULL;
+    bool part = v->tpm_part != NULL;
+    free(v->tpm_part);
+    free(v->tpm_part_next);
+    v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = v->tpm_part = v->tpm_part_next = NULL;
     if (gone > 0)
         snprintf(ret_what, what_size, "zfs: %zu keyfleet propert%s removed (wrapped key%s%s)", gone,
-                 gone == 1 ? "y" : "ies", had[1] ? ", TPM copy" : "", had[0] ? ", rotation's key" : "");
+                 gone == 1 ? "y" : "ies", had[1] ? (part ? ", TPM part" : ", TPM copy") : "",
+                 had[0] ? ", rotation's key" : "");
     return 0;
 }
 

@@ -352,5 +352,20 @@ out=$("$AGENT" -c "$WORK/d.yaml" unlock "luks:$WORK/disk4.luks" 2>&1)
 expect_eq "the rule tightened later: the volume still unlocks (exit 0)" "$?" "0"
 expect_match "... and the agent warns that its key is the coordinator's alone" "$out" \
     "event=tpm_and_network_not_enrolled .*enrolled with the coordinator's key alone; the mode is fixed at enroll"
+
+# A wipe of a tpm_and_network dataset removes its TPM part too (tpm-sealed, kftpmnet1:), as the
+# docs say of tpm-sealed (review rev26z R2).
+issue "$F" node n4
+issue "$F" operator ken
+agent_config "$WORK/e.yaml" n4 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"$TCTI1\", pcrs: [7]}"
+out=$("$AGENT" -c "$WORK/e.yaml" enroll zfs:tank/w 2>&1)
+expect_match "wipe: n4 enrolls a tpm_and_network dataset" \
+    "$("$ZFS_STANDIN" get -H -o value org.keyfleet:tpm-sealed tank/w)" "^kftpmnet1:"
+out=$(ctl "$F" node wipe n4 --reason "rev26z" 2>&1)
+C=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
+expect_match "... a second operator approves the wipe" "$(ctl_as "$F" ken approve "$C" 2>&1)" "approved"
+"$AGENT" -c "$WORK/e.yaml" watch --count 1 >"$WORK/wipe.out" 2>&1
+expect_eq "... the wipe removes wrapped-key and the TPM part" \
+    "$("$ZFS_STANDIN" get -H -o value org.keyfleet:wrapped-key tank/w) $("$ZFS_STANDIN" get -H -o value org.keyfleet:tpm-sealed tank/w)" "- -"
 check_sanitizers
 finish
