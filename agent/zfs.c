@@ -341,6 +341,15 @@ static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_w
     bool had[] = {v->wrapped_next != NULL, v->tpm_blob != NULL || v->tpm_part != NULL, v->wrapped != NULL};
     size_t gone = 0;
     snprintf(ret_what, what_size, "nothing left to destroy");
+    /* A rotation's next TPM part (read or not: one left behind is ignored by the probe), first:
+     * read only beside a TPM part, it would be left for ever by an erase cut off after tpm-sealed
+     * (review rev26z R3). */
+    if (v->tpm_part != NULL || v->tpm_part_next != NULL) {
+        const char *drop[] = {"inherit", PROP_TPM_NEXT, v->path, NULL};
+        int r = zfs(cfg, drop, NULL, NULL, err);
+        if (r != 0)
+            return kf_err_wrap(err, "%s: cannot remove %s", v->path, PROP_TPM_NEXT);
+    }
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
         if (!had[i])
             continue;
@@ -349,13 +358,6 @@ static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_w
         if (r != 0)
             return kf_err_wrap(err, "%s: cannot remove %s", v->path, props[i]);
         gone++;
-    }
-    /* A rotation's next TPM part (read or not: one left behind is ignored by the probe). */
-    if (v->tpm_part != NULL || v->tpm_part_next != NULL) {
-        const char *drop[] = {"inherit", PROP_TPM_NEXT, v->path, NULL};
-        int r = zfs(cfg, drop, NULL, NULL, err);
-        if (r != 0)
-            return kf_err_wrap(err, "%s: cannot remove %s", v->path, PROP_TPM_NEXT);
     }
     free(v->wrapped);
     free(v->tpm_blob);
