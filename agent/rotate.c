@@ -197,6 +197,22 @@ static int new_tpm_part(kfa_ctx *ctx, kfa_volume *v, kf_enrolled *e, kf_err *err
     return 0;
 }
 
+/* BEGIN (the new key, or the rotation in progress), its TPM part (tpm_and_network) or TPM copy,
+ * and staged on the volume beside the key it replaces. */
+static int begin_and_stage(kfa_ctx *ctx, kfa_volume *v, const kf_secbuf *old_key, kf_enrolled *e, bool add_tpm,
+                           kf_err *err)
+{
+    int r = rotate_call(ctx, v, false, NULL, e, err);
+    if (r == 0)
+        r = new_tpm_part(ctx, v, e, err);
+    if (r == 0) {
+        kfa_test_crash_point("begin");
+        seal_next(ctx, v, e, add_tpm);
+        r = v->drv->rotate_stage(ctx->cfg, v, old_key, e->key, e->wrapped, err);
+    }
+    return r;
+}
+
 static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **ret_how, kf_err *err)
 {
     const kfa_config *cfg = ctx->cfg;
@@ -241,19 +257,23 @@ static int rotate_one(kfa_ctx *ctx, kfa_volume *v, bool add_tpm, const char **re
         r = release_key(ctx, v, v->wrapped, v->tpm_part, &old_key, err);
         if (r == 0) {
             kfa_test_crash_point("release");
-            r = rotate_call(ctx, v, false, NULL, &e, err);
-        }
-        if (r == 0)
-            r = new_tpm_part(ctx, v, &e, err);
-        if (r == 0) {
-            kfa_test_crash_point("begin");
-            seal_next(ctx, v, &e, add_tpm);
-            r = v->drv->rotate_stage(cfg, v, old_key, e.key, e.wrapped, err);
+            r = begin_and_stage(ctx, v, old_key, &e, add_tpm, err);
         }
     }
     if (r == 0 && !v->rotating) {
         kfa_test_crash_point("stage");
         r = v->drv->rotate_retire(cfg, v, old_key, e.key, err);
+        /* ZFS, tpm_and_network: the dataset is still on the old key, and the staged TPM part was
+         * read from the pool, not made here (an evil maid may have written it): a new one is
+         * staged in its place, and the key changes to that (zfs_rotate_retire; review rev26z R1). */
+        if (r == -EAGAIN && v->kind == KFA_VOL_ZFS && v->tpm_part != NULL && !v->tpm_part_next_ours) {
+            kf_log_info("rotation_restaged", "volume=%s reason=\"the staged TPM part was not made by this run\"",
+                        kf_log_q(v->path));
+            kf_enrolled_clear(&e);
+            r = begin_and_stage(ctx, v, old_key, &e, add_tpm, err);
+            if (r == 0)
+                r = v->drv->rotate_retire(cfg, v, old_key, e.key, err);
+        }
         if (r == 0)
             kfa_test_crash_point("retire");
     } else if (r == 0) {

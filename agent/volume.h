@@ -39,6 +39,10 @@ typedef struct kfa_volume {
      * org.keyfleet:tpm-next, staged with wrapped-next), replacing tpm_part once the new key is the
      * volume's; NULL when none. */
     char *tpm_part_next;
+    /* ZFS: tpm_part_next was made and staged by this run (zfs_rotate_stage), not read from the
+     * dataset. Only such a part may go into change-key: one read from the pool may be an evil
+     * maid's, sealed to this TPM with a value she knows (review rev26z R1). */
+    bool tpm_part_next_ours;
     int next_keyslot, next_token;
     int replaces_keyslot; /* LUKS2: the old key's keyslot, named by the marked token; -1 when none */
     char replaces_salt[65]; /* LUKS2: that keyslot's KDF salt when the token was staged; "" when unknown */

@@ -251,6 +251,7 @@ static int zfs_rotate_stage(const kfa_config *cfg, kfa_volume *v, const kf_secbu
     }
     free(v->wrapped_next);
     v->wrapped_next = copy;
+    v->tpm_part_next_ours = part;
     return 0;
 }
 
@@ -278,6 +279,11 @@ static int zfs_rotate_retire(const kfa_config *cfg, kfa_volume *v, const kf_secb
                               "%s: the dataset's key is neither the key this rotation replaces nor its new key "
                               "(another rotation changed it); nothing changed, run rotate again",
                               v->path);
+        /* tpm_and_network: the key changes only to a TPM part this run made; a staged one read
+         * from the pool may be an evil maid's (she knows it): the caller stages a new one
+         * (the dataset is still on the key it replaces, checked just above). */
+        if (v->tpm_part != NULL && !v->tpm_part_next_ours)
+            return kf_err_set(err, -EAGAIN, "%s: the staged TPM part was not made by this run", v->path);
         const char *change[] = {"change-key", "-o", "keyformat=raw", "-o", "keylocation=prompt", v->path, NULL};
         if ((r = zfs(cfg, change, new_key, NULL, err)) != 0)
             return r;
@@ -331,9 +337,19 @@ static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_w
 {
     (void)all; /* keyfleet's raw wrapping key is the dataset's only one */
     static const char *const props[] = {PROP_NEXT, PROP_TPM, PROP_WRAPPED};
-    bool had[] = {v->wrapped_next != NULL, v->tpm_blob != NULL, v->wrapped != NULL};
+    /* tpm-sealed: a TPM copy, or a tpm_and_network TPM part (review rev26z R2) */
+    bool had[] = {v->wrapped_next != NULL, v->tpm_blob != NULL || v->tpm_part != NULL, v->wrapped != NULL};
     size_t gone = 0;
     snprintf(ret_what, what_size, "nothing left to destroy");
+    /* A rotation's next TPM part (read or not: one left behind is ignored by the probe), first:
+     * read only beside a TPM part, it would be left for ever by an erase cut off after tpm-sealed
+     * (review rev26z R3). */
+    if (v->tpm_part != NULL || v->tpm_part_next != NULL) {
+        const char *drop[] = {"inherit", PROP_TPM_NEXT, v->path, NULL};
+        int r = zfs(cfg, drop, NULL, NULL, err);
+        if (r != 0)
+            return kf_err_wrap(err, "%s: cannot remove %s", v->path, PROP_TPM_NEXT);
+    }
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
         if (!had[i])
             continue;
@@ -343,21 +359,18 @@ static int zfs_erase(const kfa_config *cfg, kfa_volume *v, bool all, char *ret_w
             return kf_err_wrap(err, "%s: cannot remove %s", v->path, props[i]);
         gone++;
     }
-    /* A rotation's next TPM part (read or not: one left behind is ignored by the probe). */
-    if (v->tpm_part != NULL || v->tpm_part_next != NULL) {
-        const char *drop[] = {"inherit", PROP_TPM_NEXT, v->path, NULL};
-        int r = zfs(cfg, drop, NULL, NULL, err);
-        if (r != 0)
-            return kf_err_wrap(err, "%s: cannot remove %s", v->path, PROP_TPM_NEXT);
-    }
     free(v->wrapped);
     free(v->tpm_blob);
     free(v->wrapped_next);
     free(v->tpm_blob_next);
-    v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = NULL;
+    bool part = v->tpm_part != NULL;
+    free(v->tpm_part);
+    free(v->tpm_part_next);
+    v->wrapped = v->tpm_blob = v->wrapped_next = v->tpm_blob_next = v->tpm_part = v->tpm_part_next = NULL;
     if (gone > 0)
         snprintf(ret_what, what_size, "zfs: %zu keyfleet propert%s removed (wrapped key%s%s)", gone,
-                 gone == 1 ? "y" : "ies", had[1] ? ", TPM copy" : "", had[0] ? ", rotation's key" : "");
+                 gone == 1 ? "y" : "ies", had[1] ? (part ? ", TPM part" : ", TPM copy") : "",
+                 had[0] ? ", rotation's key" : "");
     return 0;
 }
 

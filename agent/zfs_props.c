@@ -50,6 +50,7 @@ int kfa_zfs_parse_probe(kfa_volume *v, char *out, kf_err *err)
     v->wrapped_next = NULL;
     free(v->tpm_part_next);
     v->tpm_part_next = NULL;
+    v->tpm_part_next_ours = false;
     size_t glen = strlen(f[0]);
     if (glen == 0 || glen > 20 || strspn(f[0], "0123456789") != glen)
         return kf_err_set(err, -EIO, "zfs get %s: the guid is not a number", v->path);

@@ -245,6 +245,25 @@ expect_match "... saying the new key's TPM part is missing" "$out" "its staged r
 expect_eq "... wrapped-key unchanged" "$(zprop wrapped-key)" "$ZW3"
 "$ZFS_STANDIN" inherit org.keyfleet:wrapped-next tank/data
 check "... once wrapped-next is removed too, rotate starts over" A rotate zfs:tank/data
+# An evil maid's staged rotation (review rev26z R1): wrapped-next a copy of wrapped-key, tpm-next a
+# part she chose and sealed to this TPM herself. rotate must never change the key to one whose TPM
+# part she knows (then the coordinator part alone would open the dataset).
+ZW4=$(zprop wrapped-key)
+zkey "$ZW4" "$(zprop tpm-sealed)" "$WORK/zold.key"
+EVIL=$(printf '%064d' 0 | tr 0 e)
+EBLOB=$("$TPM_PROBE" "$TCTI1" seal 7 "$EVIL" 2>/dev/null | grep '^kftpm1:')
+expect_match "... (the evil maid seals her own part to this TPM)" "$EBLOB" "^kftpm1:"
+"$ZFS_STANDIN" set "org.keyfleet:wrapped-next=$ZW4" "org.keyfleet:tpm-next=kftpmnet1:${EBLOB#kftpm1:}" tank/data
+out=$(A rotate zfs:tank/data 2>&1)
+expect_eq "... rotate stages a part of its own instead (exit 0)" "$?" "0"
+expect_match "... saying so" "$out" "event=rotation_restaged"
+c=$(field key "$(node "$F" n1 release "$GUID" "$(zprop wrapped-key)")")
+hkdf "$EVIL" "$c" "$GUID" >"$WORK/zevil.key"
+if zopens "$WORK/zevil.key"; then not_ok "an evil maid's staged TPM part never becomes the dataset's"; else
+    ok "an evil maid's staged TPM part never becomes the dataset's"; fi
+rm -f "$WORK/zevil.key"
+zrotated "... the evil maid's staged rotation, rotated past" "$ZW4" "$WORK/zold.key"
+rm -f "$WORK/zold.key"
 relock
 
 # A recovery key escrowed with the coordinators would open the volume without its TPM part.
@@ -334,5 +353,20 @@ out=$("$AGENT" -c "$WORK/d.yaml" unlock "luks:$WORK/disk4.luks" 2>&1)
 expect_eq "the rule tightened later: the volume still unlocks (exit 0)" "$?" "0"
 expect_match "... and the agent warns that its key is the coordinator's alone" "$out" \
     "event=tpm_and_network_not_enrolled .*enrolled with the coordinator's key alone; the mode is fixed at enroll"
+
+# A wipe of a tpm_and_network dataset removes its TPM part too (tpm-sealed, kftpmnet1:), as the
+# docs say of tpm-sealed (review rev26z R2).
+issue "$F" node n4
+issue "$F" operator ken
+agent_config "$WORK/e.yaml" n4 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"$TCTI1\", pcrs: [7]}"
+out=$("$AGENT" -c "$WORK/e.yaml" enroll zfs:tank/w 2>&1)
+expect_match "wipe: n4 enrolls a tpm_and_network dataset" \
+    "$("$ZFS_STANDIN" get -H -o value org.keyfleet:tpm-sealed tank/w)" "^kftpmnet1:"
+out=$(ctl "$F" node wipe n4 --reason "rev26z" 2>&1)
+C=$(printf '%s' "$out" | sed -n 's/.*request \([0-9a-f]\{32\}\).*/\1/p')
+expect_match "... a second operator approves the wipe" "$(ctl_as "$F" ken approve "$C" 2>&1)" "approved"
+"$AGENT" -c "$WORK/e.yaml" watch --count 1 >"$WORK/wipe.out" 2>&1
+expect_eq "... the wipe removes wrapped-key and the TPM part" \
+    "$("$ZFS_STANDIN" get -H -o value org.keyfleet:wrapped-key tank/w) $("$ZFS_STANDIN" get -H -o value org.keyfleet:tpm-sealed tank/w)" "- -"
 check_sanitizers
 finish
