@@ -9,47 +9,11 @@
 # both copies quote, whichever came second"; rule 4 is said to catch a clone "set forward with
 # TPM2_ClockSet to pass rule 2". Here both copies quote and neither is refused.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/tpm_node_lib.sh"
 command -v swtpm_setup >/dev/null || { echo "1..0 # SKIP swtpm_setup missing"; exit 77; }
 command -v tpm2_setclock >/dev/null || { echo "1..0 # SKIP tpm2_setclock missing"; exit 77; }
 
-measure() { TPM2TOOLS_TCTI="$1" tpm2_pcrextend "$2:sha256=$(printf '%s' "$3" | sha256sum | cut -c1-64)" >/dev/null 2>&1; }
-boot_measurements() { for p in 0 2 4 7; do measure "$1" "$p" "firmware $p"; done; }
-tpm_clock() { TPM2TOOLS_TCTI="$1" tpm2_readclock 2>/dev/null | sed -n 's/^ *clock: *\([0-9]*\).*/\1/p' | head -n 1; }
-stop_pid() { kill "$1" 2>/dev/null; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done; }
-
-tpm_manufacture "$WORK/tpm-a"
-start_swtpm "$WORK/tpm-a"
-TCTI_A=$TCTI
-boot_measurements "$TCTI_A"
-F=$WORK/fleet
-fleet_init "$F"
-start_kfd "$F"
-put_policy "$F" <<'YAML'
-rules:
-  - name: measured
-    match: {nodes: {names: ["n1"]}}
-    effect: allow
-    require: [tpm_key, attested]
-YAML
-luks_file "$WORK/disk.luks" "pw"
-tpm_config() { # FILE TCTI
-    {
-        echo "coordinators: [\"127.0.0.1:$PORT\"]"
-        echo "identity: {cert: $WORK/a/n1.crt, tpm_key: $WORK/a/n1.tpmkey, ca: $F/ca.crt}"
-        echo "state_file: $WORK/a/state.json"
-        echo "luks: {activate: false}"
-        echo "zfs: {command: $ZFS_STANDIN, discover: false}"
-        echo "tpm: {tcti: \"$2\"}"
-    } >"$1"
-}
-mkdir -p "$WORK/a"
-tpm_config "$WORK/a/agent.yaml" "$TCTI_A"
-A() { "$AGENT" -c "$WORK/a/agent.yaml" "$@"; }
-A identity create n1 >/dev/null 2>&1
-"$CTL" cert issue node n1 --dir "$F" --out "$WORK/a/n1" --csr "$WORK/a/n1.tpmkey.csr" \
-    --tpm-evidence "$WORK/a/n1.tpmkey.evidence" --ek-ca "$WORK/ek-cas.pem" >/dev/null 2>&1
-A identity activate "$WORK/a/n1.crt.tpmcred" >/dev/null 2>&1
-printf 'pw' | A enroll "luks:$WORK/disk.luks" >/dev/null 2>&1
+tpm_node_setup "tpm_key, attested"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "set-up: the node enrolled attested (tofu) and unlocks" "$out" "disk.luks: unlocked \\(key verified"
 
