@@ -15,11 +15,7 @@ fleet_init "$F"
 issue "$F" node n1
 . "$(dirname "$0")/cluster_lib.sh"
 
-start_cluster c 3
-S3=$CLUSTER
-WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-1 data)")
-expect_match "n1 gets its key before the revocation" "$(release n1 vol-1 "$WRAP" "$S3")" "^code=ok status=released"
-expect_match "n1 is revoked" "$(ctlx "$L" node revoke n1 stolen 2>&1)" "revoked"
+revoked_n1_cluster
 for n in c1 c2 c3; do signed_on "$n"; done
 E=$L
 sqlite3 "file:$WORK/$E/state/keyfleet.db?vfs=unix-none" "PRAGMA locking_mode=EXCLUSIVE; UPDATE nodes SET revoked = 0 WHERE name = 'n1'"
