@@ -7,9 +7,7 @@
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
-fleet_init "$F"
-sed -i 's/client_auth: required/client_auth: optional/' "$F/keyfleetd.yaml"
-start_kfd "$F"
+start_optional_auth_fleet "$F"
 allow_nodes "$F" "web-*"
 
 # Load-balancer probes (client_auth: optional): /healthz and /readyz answer without a client

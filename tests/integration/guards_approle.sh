@@ -8,9 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
-fleet_init "$F"
-sed -i 's/client_auth: required/client_auth: optional/' "$F/keyfleetd.yaml"
-start_kfd "$F"
+start_optional_auth_fleet "$F"
 
 role() { # role NAME ARGS... -> role_id
     local name=$1

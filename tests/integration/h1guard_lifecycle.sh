@@ -9,9 +9,7 @@
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
-fleet_init "$F"
-sed -i 's/client_auth: required/client_auth: optional/' "$F/keyfleetd.yaml"
-start_kfd "$F"
+start_optional_auth_fleet "$F"
 
 out=$(timeout 60 python3 - "$PORT" "$F/ca.crt" <<'PY'
 import socket, ssl, struct, sys, time

@@ -372,3 +372,11 @@ tpm_manufacture() {
         { not_ok "swtpm_setup $1" "$(tail -n 3 "$1.setup.log")"; finish; }
     cat "$WORK/ekca/issuercert.pem" "$WORK/ekca/swtpm-localca-rootca-cert.pem" >"$WORK/ek-cas.pem"
 }
+
+# start_optional_auth_fleet DIR: a fleet whose keyfleetd takes TLS clients without a certificate
+# (tls.client_auth: optional: AppRole bearers, HTTP/1.1 without a certificate), started (PORT set).
+start_optional_auth_fleet() {
+    fleet_init "$1"
+    sed -i 's/client_auth: required/client_auth: optional/' "$1/keyfleetd.yaml"
+    start_kfd "$1"
+}
