@@ -664,7 +664,8 @@ static int perform_pinned(kf_rpc_client *c, size_t server, const char *path, con
 }
 
 /* Tries each server, starting with the one that answered last, and follows a leader hint (an
- * `unavailable` answer naming the leader) at most MAX_REDIRECTS times. */
+ * `unavailable` answer naming the leader) at most MAX_REDIRECTS times. An `unavailable` answer
+ * naming no leader moves on to the next server; when none answers better, it is the answer. */
 static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size_t body_len, bool post, call *x,
                    char *ret_server, size_t server_size, kf_err *err)
 {
@@ -684,6 +685,11 @@ static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size
         }
         return 0;
     }
+    /* The first `unavailable` answer that names no leader, kept while the other servers are
+     * asked: its replica cannot serve (its store failed, its audit log diverged) but another may. */
+    call held = {0};
+    size_t held_at = 0;
+    bool holding = false;
     for (size_t k = 0; k < c->n_servers; k++) {
         size_t i = (c->current + k) % c->n_servers;
         r = perform(c, i, path, body, body_len, post, x, err);
@@ -691,17 +697,37 @@ static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size
             c->current = i;
             snprintf(ret_server, server_size, "%s", c->servers[i]);
             int next;
-            if (x->status == 503 && x->leader[0] != '\0' && redirects < MAX_REDIRECTS &&
-                strcmp(x->leader, c->servers[i]) != 0 && (next = server_index(c, x->leader)) >= 0) {
+            bool hint = x->leader[0] != '\0' && strcmp(x->leader, c->servers[i]) != 0;
+            if (x->status == 503 && hint && redirects < MAX_REDIRECTS && (next = server_index(c, x->leader)) >= 0) {
                 redirects++;
                 c->current = (size_t)next;
                 k = (size_t)-1; /* start over from the leader */
                 continue;
             }
-            return 0;
+            if (x->status == 503 && !hint && k + 1 < c->n_servers) {
+                if (!holding) {
+                    held = *x;
+                    held_at = i;
+                    holding = true;
+                } else {
+                    free(x->data);
+                }
+                x->data = NULL;
+                continue;
+            }
+            break;
         }
         if (r == -EMSGSIZE)
-            return r;
+            break;
+    }
+    if (holding && r == 0) {
+        free(held.data);
+    } else if (holding) {
+        free(x->data);
+        *x = held;
+        c->current = held_at;
+        snprintf(ret_server, server_size, "%s", c->servers[held_at]);
+        r = 0;
     }
     return r;
 }

@@ -328,7 +328,7 @@ static const char *peer_check(void *data, const char *name, const char *serial, 
 
 static void on_transferred(struct raft_transfer *req) { free(req); }
 
-/* A replica whose audit log diverged never stands for leader: its election timer is kept from
+/* A replica whose audit log diverged (or whose store failed) never stands for leader: its election timer is kept from
  * running out (libraft 0.15 has no public way to stop a voter's elections), and leadership it
  * holds is handed to another voter. It still votes and applies, so the cluster keeps its quorum. */
 /* Records a replica held when it started but no checkpoint covers yet (at most 200 ms of them
@@ -358,14 +358,19 @@ static bool holding_for_tail(kfd_repl *r)
 
 static void keep_out_of_elections(kfd_repl *r)
 {
-    if (kfd_store_audit_diverged(r->store, NULL) == 0) {
+    /* A failed store (a write refused under another process's lock, a disk error) fails closed
+     * until restart, so as leader it would answer every request `unavailable`: hand the cluster
+     * to a replica that can serve, as a diverged one does. */
+    bool failed = kfd_store_failed(r->store);
+    if (!failed && kfd_store_audit_diverged(r->store, NULL) == 0) {
         if (holding_for_tail(r) && raft_state(&r->raft) != RAFT_LEADER)
             r->raft.election_timer_start = r->raft.io->time(r->raft.io);
         return;
     }
     if (!r->told_diverged) {
         r->told_diverged = true;
-        kf_log_error("raft_standing_down", "reason=\"audit log diverged\" state=%d", raft_state(&r->raft));
+        kf_log_error("raft_standing_down", "reason=%s state=%d",
+                     failed ? "\"state store failed\"" : "\"audit log diverged\"", raft_state(&r->raft));
     }
     unsigned short state = raft_state(&r->raft);
     if (state == RAFT_FOLLOWER || state == RAFT_CANDIDATE) {
