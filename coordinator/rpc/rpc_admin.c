@@ -24,6 +24,7 @@
 #include "core/policy.h"
 #include "store/store_read.h"
 #include "rpc/rpc_check.h"
+#include "rpc/rpc_labels.h"
 
 bool kfd_rpc_store_ok(kfd_call *call)
 {
@@ -522,15 +523,11 @@ void kfd_rpc_check_policy(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return;
     }
-    json_t *labels = r == 0 ? json_loads(vol.labels_json, 0, NULL) : NULL;
-    kfd_label items[32];
-    size_t n = 0;
-    const char *k;
-    json_t *v;
-    if (labels != NULL)
-        json_object_foreach(labels, k, v) if (n < 32 && json_is_string(v)) items[n++] = (kfd_label){k, json_string_value(v)};
+    kfd_label_set ls;
+    kfd_label_set_from_json(&ls, r == 0 ? vol.labels_json : NULL);
     kfd_policy_input in = {.node = req->node, .source = req->source_address, .volume_id = req->volume_id,
-                           .volume_name = r == 0 ? vol.name : "", .labels = items, .n_labels = n, .now = time(NULL)};
+                           .volume_name = r == 0 ? vol.name : "", .labels = ls.items, .n_labels = ls.n,
+                           .now = time(NULL)};
     kfd_policy_decision d;
     kfd_policy_evaluate_release(app->policy, &in, r == 0 ? vol.node : NULL, &d); /* as Release decides */
     bool revoked = false;
@@ -549,7 +546,7 @@ void kfd_rpc_check_policy(kfd_call *call)
     resp.offline_fallback_allowed = d.offline_fallback;
     resp.tpm_and_network = d.tpm_and_network;
     kfd_call_reply(call, &resp.base);
-    json_decref(labels);
+    kfd_label_set_clear(&ls);
     if (r == 0)
         kfd_volume_clear(&vol);
 }

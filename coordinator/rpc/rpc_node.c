@@ -27,6 +27,7 @@
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_check.h"
+#include "rpc/rpc_labels.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_node_check.h"
 #include "kf_time.h"
@@ -220,28 +221,6 @@ static void audit_client_gone(const kfd_op *op, const char *action, const char *
     Keyfleet__V1__StateCommand cmd;
     kfd_audit_command(&a, &c, &cmd);
     kfd_commit(op->app, &cmd, on_dropped_audited, NULL);
-}
-
-/* Labels of a stored volume, for policy evaluation. */
-typedef struct label_set {
-    json_t *json;
-    kfd_label items[LABELS_MAX];
-    size_t n;
-} label_set;
-
-static void labels_from_json(label_set *ls, const char *text)
-{
-    memset(ls, 0, sizeof(*ls));
-    ls->json = json_loads(text != NULL ? text : "{}", 0, NULL);
-    const char *k;
-    json_t *v;
-    if (ls->json == NULL)
-        return;
-    json_object_foreach(ls->json, k, v)
-    {
-        if (ls->n < LABELS_MAX && json_is_string(v))
-            ls->items[ls->n++] = (kfd_label){k, json_string_value(v)};
-    }
 }
 
 static bool ensure_ready(kfd_call *call)
@@ -538,15 +517,15 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
                      "its key is released with Release");
         return;
     }
-    label_set ls;
-    labels_from_json(&ls, existing->labels_json);
+    kfd_label_set ls;
+    kfd_label_set_from_json(&ls, existing->labels_json);
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source, .volume_id = existing->id,
                            .volume_name = existing->name, .labels = ls.items, .n_labels = ls.n, .now = now,
                            .attested = att->attested, .attest_why = att->why, .quoted = att->quote_valid ? &att->quoted : NULL};
     kfd_policy_decision decision;
     kfd_policy_evaluate(kfd_call_app(call)->policy, &in, &decision);
     note_rollback(att, &decision);
-    json_decref(ls.json);
+    kfd_label_set_clear(&ls);
     if (!decision.allow) {
         deny_audited(call, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY, vid, req->request_id,
                      KF_CONNECT_PERMISSION_DENIED, decision.explanation);
@@ -1062,8 +1041,8 @@ static bool release_decide(kfd_call *call, const Keyfleet__V1__ReleaseRequest *r
                            const kfd_attest_eval *att, kfd_policy_decision *decision, kfd_key_age *key_age)
 {
     kfd_app *app = kfd_call_app(call);
-    label_set ls;
-    labels_from_json(&ls, vol->labels_json);
+    kfd_label_set ls;
+    kfd_label_set_from_json(&ls, vol->labels_json);
     kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
                            .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items, .n_labels = ls.n,
                            .now = time(NULL), .attested = att->attested, .attest_why = att->why,
@@ -1073,7 +1052,7 @@ static bool release_decide(kfd_call *call, const Keyfleet__V1__ReleaseRequest *r
     kfd_policy_input owner = in; /* the key's age is judged as keyfleetctl volume list judges it */
     owner.node = vol->node;
     kfd_policy_key_age(app->policy, &owner, vol->key_created_at, key_age);
-    json_decref(ls.json);
+    kfd_label_set_clear(&ls);
     if (!decision->allow && att->seen[0] != '\0') {
         deny_attest(call, req->volume->id, req->request_id, att, decision->explanation);
         return false;
@@ -1193,6 +1172,7 @@ typedef struct rotate_op {
     char *wrapped; /* BEGIN: the new key, wrapped; COMMIT: the presented one */
     kfd_sealed sealed;
     bool offline_fallback; /* the volume's rule lets the node keep a TPM copy (BEGIN's answer) */
+    bool names_pcrs;       /* BEGIN names the PCRs for the TPM copy or TPM part, as Enroll does */
 } rotate_op;
 
 static void rotate_op_free(rotate_op *op)
@@ -1247,7 +1227,7 @@ static void on_rotate_committed(void *arg, int status, const kfd_apply_result *r
         sealed_key(&sk, &op->sealed);
         resp.sealed_key = &sk;
         resp.offline_fallback_allowed = op->offline_fallback;
-        if (op->offline_fallback) {
+        if (op->names_pcrs) {
             resp.n_tpm_pcrs = 1;
             resp.tpm_pcrs = pcrs;
         }
@@ -1366,7 +1346,7 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
         kfd_volume_clear(vol);
         return NULL;
     }
-    bool offline_fallback = false;
+    bool offline_fallback = false, names_pcrs = false;
     if (vol->retired_at != 0) {
         why = "volume is retired";
     } else if (strcmp(vol->node, call->peer->name) != 0) {
@@ -1381,15 +1361,18 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
          * both the caller must be allowed the volume's key now, without approval, within its
          * rate limit. */
         kfd_policy_decision d;
-        label_set ls;
-        labels_from_json(&ls, vol->labels_json);
+        kfd_label_set ls;
+        kfd_label_set_from_json(&ls, vol->labels_json);
         kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
                                .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items, .n_labels = ls.n,
                                .now = time(NULL), .attested = att.attested, .attest_why = att.why,
                                .quoted = att.quote_valid ? &att.quoted : NULL};
         kfd_policy_evaluate_release(app->policy, &in, vol->node, &d);
-        json_decref(ls.json);
+        kfd_label_set_clear(&ls);
         offline_fallback = d.offline_fallback;
+        /* A tpm_and_network volume's new TPM part is sealed where the coordinator says, as at
+         * enroll, not to whatever the agent's tpm.pcrs name (review rev26z R4). */
+        names_pcrs = d.offline_fallback || d.tpm_and_network || vol->tpm_and_network;
         if (!d.allow && att.seen[0] != '\0') {
             kfd_volume_clear(vol);
             deny_attest(call, req->volume->id, req->request_id, &att, d.explanation);
@@ -1430,6 +1413,7 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
     op->req = req;
     op->commit = req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT;
     op->offline_fallback = offline_fallback;
+    op->names_pcrs = names_pcrs;
     snprintf(op->action, sizeof(op->action), "%s", action);
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
@@ -1644,8 +1628,8 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     if (strcmp(vol.node, call->peer->name) != 0) {
         why = "only the node that enrolled the volume may escrow its recovery key";
     } else {
-        label_set ls;
-        labels_from_json(&ls, vol.labels_json);
+        kfd_label_set ls;
+        kfd_label_set_from_json(&ls, vol.labels_json);
         kfd_policy_input in = {.node = call->peer->name, .tpm_key = call->peer->tpm_key, .source = call->source,
                                .volume_id = vol.id, .volume_name = vol.name, .labels = ls.items, .n_labels = ls.n,
                                .now = time(NULL), .enrolling = true};
@@ -1656,7 +1640,7 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
         in.enrolling = false;
         kfd_policy_evaluate(app->policy, &in, &rd);
         held = rd.allow && rd.approvals > 0;
-        json_decref(ls.json);
+        kfd_label_set_clear(&ls);
         if (!d.allow)
             why = d.explanation;
         else if (d.tpm_and_network)

@@ -21,6 +21,7 @@
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_change.h"
 #include "rpc/rpc_check.h"
+#include "rpc/rpc_labels.h"
 #include "rpc/rpc_node.h"
 #include "store/store_apply.h"
 #include "store/store_read.h"
@@ -257,6 +258,19 @@ static void propose(kfd_call *call, reveal_op *op)
     kfd_commit(app, &cmd, on_proposed, op);
 }
 
+/* Whether the rule that decides vol's enroll now requires TPM and network (a two-part key). */
+static bool rule_requires_two_parts(kfd_app *app, const kfd_volume *vol)
+{
+    kfd_label_set ls;
+    kfd_label_set_from_json(&ls, vol->labels_json);
+    kfd_policy_input in = {.node = vol->node, .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items,
+                           .n_labels = ls.n, .now = time(NULL), .enrolling = true};
+    kfd_policy_decision d = {0};
+    kfd_policy_evaluate(app->policy, &in, &d);
+    kfd_label_set_clear(&ls);
+    return d.allow && d.tpm_and_network;
+}
+
 void kfd_rpc_reveal_recovery_key(kfd_call *call)
 {
     const Keyfleet__V1__RevealRecoveryKeyRequest *req = (const Keyfleet__V1__RevealRecoveryKeyRequest *)call->request;
@@ -284,6 +298,17 @@ void kfd_rpc_reveal_recovery_key(kfd_call *call)
         return;
     }
     bool two_part = vol.tpm_and_network;
+    if (!two_part && rule_requires_two_parts(app, &vol)) {
+        /* review rev26e F1a: the mode is not recorded for a volume enrolled before store
+         * migration 18, and a recovery key escrowed then was judged by the rule alone; the rule
+         * decides the reveal as it decides the escrow now. */
+        kfd_volume_clear(&vol);
+        kfd_recovery_clear(&rec);
+        refuse(call, NULL, req->volume_id, req->request_id, KF_CONNECT_FAILED_PRECONDITION,
+               "the volume's rule requires TPM and network: its recovery key is not revealed (a key the "
+               "coordinators reveal would open it without the TPM)");
+        return;
+    }
     if (two_part) { /* review rev26b F1: a key escrowed before the mode was recorded opens it without the TPM */
         kfd_volume_clear(&vol);
         kfd_recovery_clear(&rec);

@@ -5,6 +5,8 @@
 # tpm_and_network; recovery-key add escrows a key (its keyslot then fails: the coordinator part
 # alone does not open the volume), two operators reveal it, and the next unlock, which holds the
 # combined keyslot key, "replaces" it: before the fix the keyslot it added opened the volume with no TPM.
+# Review rev26e F1a: a volume whose mode is not recorded is revealed only while its rule does not
+# require tpm_and_network.
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
@@ -61,5 +63,34 @@ if [ -n "$T1" ] && opens "$D" "$T1"; then
 else
     ok "F1: no recovery key opens a tpm_and_network volume"
 fi
+
+# Review rev26e F1a: a volume whose mode is not recorded (enrolled under a plain rule, as every
+# volume enrolled before store migration 18) with a recovery key escrowed: once its rule requires
+# tpm_and_network, the reveal is refused as the escrow would be; under a plain rule again, it is
+# revealed.
+D2=$WORK/disk2.luks
+luks_file "$D2" "pw"
+LID2=$(cryptsetup luksUUID "$D2")
+printf 'pw' | A enroll "$D2" >"$WORK/enroll2.out" 2>&1
+check "a second volume enrolled under the plain rule" test $? -eq 0
+check "... its recovery key escrowed" A recovery-key add "luks:$D2"
+put_policy "$F" <<'YAML'
+rules:
+  - name: two-factor
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+    require: [tpm_and_network]
+YAML
+out=$(ctl "$F" volume recovery-key "$LID2" 2>&1) && rc=0 || rc=$?
+expect_match "F1a: the rule now requires TPM and network: the reveal is refused" "$out rc=$rc" \
+    "rule requires TPM and network: its recovery key is not revealed.*rc=[1-9]"
+put_policy "$F" <<'YAML'
+rules:
+  - name: plain
+    match: {nodes: {names: ["n*"]}}
+    effect: allow
+YAML
+T2=$(reveal "$LID2")
+check "F1a: under a plain rule again, the revealed key opens the volume" opens "$D2" "$T2"
 check_sanitizers
 finish

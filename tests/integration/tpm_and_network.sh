@@ -32,8 +32,8 @@ TCTI=$TCTI1
 luks_file "$WORK/disk.luks" "pw"
 "$ZFS_STANDIN" __zpool_create tank
 # Written again after each restart: keyfleetd listens on a new port each time.
-write_config() {
-    agent_config "$WORK/a.yaml" n1 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"${1:-$TCTI1}\", pcrs: [7]}" \
+write_config() { # [TCTI [PCRS]]
+    agent_config "$WORK/a.yaml" n1 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti: \"${1:-$TCTI1}\", pcrs: ${2:-[7]}}" \
         "volumes:" "  - luks: $WORK/disk.luks"
 }
 write_config
@@ -132,12 +132,19 @@ expect_eq "... the dataset stays locked" "$("$ZFS_STANDIN" get -H -o value keyst
 write_config
 
 # Rotation (LUKS2): both parts new; the old keyslot key and the old wrapped key refused after.
+# The agent's own tpm.pcrs name PCRs 0 and 7 here: the new part is sealed to what the
+# coordinator's BEGIN answer names (PCR 7), as at enroll (review rev26z R4).
 OLDWRAP=$(token_field keyfleet_wrapped_key)
+write_config "$TCTI1" "[0, 7]"
 out=$(A rotate "$WORK/disk.luks" 2>&1)
 expect_eq "rotate a tpm_and_network LUKS2 volume (exit 0)" "$?" "0"
+write_config
 expect_match "... rotated" "$out" "disk.luks: rotated"
 PART2=$(token_field keyfleet_tpm_sealed)
 expect_match "... the token carries a TPM part" "$PART2" "^kftpmnet1:[A-Za-z0-9+/=]+$"
+# The blob starts with its PCR count and numbers (agent/tpm2.c): one PCR, 7.
+expect_eq "... sealed to the PCRs the coordinator named (7), not the agent's (0, 7)" \
+    "$(printf '%s' "${PART2#kftpmnet1:}" | base64 -d 2>/dev/null | head -c 2 | xxd -p)" "0107"
 [ "$PART2" != "$PART" ] && ok "... a new one" || not_ok "... a new one" "the TPM part did not change"
 expect_eq "... one keyfleet token, not marked rotating" "$(token_field keyfleet_rotating)" "-"
 COORD2=$(field key "$(node "$F" n1 release "$UUID" "$(token_field keyfleet_wrapped_key)")")
