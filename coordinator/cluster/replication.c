@@ -328,9 +328,10 @@ static const char *peer_check(void *data, const char *name, const char *serial, 
 
 static void on_transferred(struct raft_transfer *req) { free(req); }
 
-/* A replica whose audit log diverged (or whose store failed) never stands for leader: its election timer is kept from
- * running out (libraft 0.15 has no public way to stop a voter's elections), and leadership it
- * holds is handed to another voter. It still votes and applies, so the cluster keeps its quorum. */
+/* A replica whose audit log diverged, or whose store failed, never stands for leader: its
+ * election timer is kept from running out (libraft 0.15 has no public way to stop a voter's
+ * elections), and leadership it holds is handed to another voter. It still votes and applies, so
+ * the cluster keeps its quorum. */
 /* Records a replica held when it started but no checkpoint covers yet (at most 200 ms of them
  * before it stopped) are vouched for by nothing but its own database: edited while it was
  * stopped, they would pass its checks at start, and as leader it would sign them and make the
