@@ -268,7 +268,7 @@ vm_boot_disks_start() {
     VM_HOLD=$!
     timeout "$BOOT_TIMEOUT" qemu-system-x86_64 -machine q35 -m 768 -smp 1 -display none -no-reboot \
         -kernel "/boot/vmlinuz-$KVER" -initrd "$initrd" \
-        -append "console=ttyS0 panic=-1 net.ifnames=0 ${VM_APPEND_EXTRA:-} $cmdline" \
+        -append "console=ttyS0 panic=-1 net.ifnames=0 $cmdline" \
         "${drives[@]}" \
         -netdev "user,id=n0,restrict=on,guestfwd=tcp:$COORD_IP:$PORT-cmd:socat - TCP:127.0.0.1:$PORT" \
         -device virtio-net-pci,netdev=n0 ${VM_QEMU_EXTRA:-} \

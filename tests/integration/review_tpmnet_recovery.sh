@@ -71,7 +71,7 @@ fi
 D2=$WORK/disk2.luks
 luks_file "$D2" "pw"
 LID2=$(cryptsetup luksUUID "$D2")
-printf 'pw' | A enroll "$D2" >"$WORK/enroll2.out" 2>&1
+printf 'pw' | A enroll "luks:$D2" >"$WORK/enroll2.out" 2>&1
 check "a second volume enrolled under the plain rule" test $? -eq 0
 check "... its recovery key escrowed" A recovery-key add "luks:$D2"
 put_policy "$F" <<'YAML'
