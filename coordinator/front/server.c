@@ -118,6 +118,7 @@ typedef struct kfd_conn {
     uv_tcp_t tcp;
     kfd_server *srv;
     source_slot *slot;
+    char addr[64]; /* the peer's address, which logs name (slot->addr may be an IPv6 prefix) */
     h2o_socket_t *sock;
     struct timeval connected_at;
     h2o_timeout_entry_t handshake_timeout; /* linked while the TLS handshake runs */
@@ -285,7 +286,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
     h2o_iovec_t proto = h2o_socket_ssl_get_selected_protocol(sock);
     for (const h2o_iovec_t *id = h2o_http2_alpn_protocols; id->len != 0; id++) {
         if (proto.len == id->len && memcmp(proto.base, id->base, proto.len) == 0) {
-            (void)kfd_h2guard_accept(&conn->h2, conn->srv, sock, conn->slot->addr, conn->connected_at);
+            (void)kfd_h2guard_accept(&conn->h2, conn->srv, sock, conn->addr, conn->connected_at);
             return;
         }
     }
@@ -296,7 +297,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
         uint64_t now = uv_now(srv->loop);
         if (srv->http1_rejected_logged_ms == 0 || now - srv->http1_rejected_logged_ms >= ACCEPT_ERROR_LOG_MS) {
             kf_log_warn("connection_rejected", "source=%s reason=http1_per_source limit=%d suppressed=%llu",
-                        conn->slot->addr, KFD_H1_PER_SOURCE, (unsigned long long)srv->http1_rejected_suppressed);
+                        conn->addr, KFD_H1_PER_SOURCE, (unsigned long long)srv->http1_rejected_suppressed);
             srv->http1_rejected_logged_ms = now;
             srv->http1_rejected_suppressed = 0;
         } else {
@@ -307,7 +308,7 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
     }
     conn->slot->http1++;
     conn->http1 = true;
-    kfd_h1guard_accept(&conn->h1, srv, &srv->http1_accept, sock, conn->slot->addr, conn->connected_at);
+    kfd_h1guard_accept(&conn->h1, srv, &srv->http1_accept, sock, conn->addr, conn->connected_at);
 }
 
 static void on_accept(uv_stream_t *listener, int status)
@@ -379,6 +380,7 @@ static void on_accept(uv_stream_t *listener, int status)
     }
     slot->count++;
     conn->slot = slot;
+    snprintf(conn->addr, sizeof(conn->addr), "%s", addr);
     conn->next = srv->conns;
     if (srv->conns != NULL)
         srv->conns->prev = conn;
@@ -462,7 +464,7 @@ int uv_write(uv_write_t *req, uv_stream_t *handle, const uv_buf_t bufs[], unsign
         conn = conn->next;
     if (conn == NULL || conn->refused_cb != NULL) /* not h2o's; or a second one, which h2o never starts */
         return r;
-    kf_log_info("write_refused", "source=%s error=%s action=close", conn->slot->addr, uv_err_name(r));
+    kf_log_info("write_refused", "source=%s error=%s action=close", conn->addr, uv_err_name(r));
     srv->metrics.writes_refused++;
     conn->refused_req = req;
     conn->refused_cb = cb;
