@@ -443,6 +443,11 @@ void kfd_rpc_accept_node_attestation(kfd_call *call)
     Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
     clk.reset_count = rec.seen_reset;
     clk.restart_count = rec.seen_restart;
+    /* The seen quote's clock with its counters (review rev16e E4): without it the record would
+     * have counters and no clock, and the clock rules would wait for the node's next quote. */
+    clk.clock_known = rec.has_seen_tpm_clock;
+    clk.clock = rec.seen_clock;
+    clk.safe = rec.seen_safe;
     if (rollback)
         c.clock = &clk;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;

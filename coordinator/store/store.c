@@ -143,6 +143,11 @@ static const char *const migrations[] = {
     /* (18) the mode the volume was enrolled in (review rev26b F1): 1 under tpm_and_network;
      * NULL for a volume enrolled before (unknown: the rule decides, as before). */
     "ALTER TABLE volumes ADD COLUMN tpm_and_network INTEGER;",
+    /* 19: the seen quote's TPM clock beside its counters (review rev16e E4): an operator who
+     * accepts a quote whose counters went backwards sets the record's clock from it too, so the
+     * clock rules hold from the next quote on. */
+    "ALTER TABLE node_attest ADD COLUMN seen_clock INTEGER;"
+    "ALTER TABLE node_attest ADD COLUMN seen_safe INTEGER;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -222,13 +227,16 @@ static const char *const sql[ST_COUNT] = {
                       "coalesce(seen_reset, 0), coalesce(seen_restart, 0), clock IS NOT NULL, coalesce(clock, 0), "
                       "coalesce(clock_safe, 0), coalesce(clock_at, 0), held, held_kind, held_at, "
                       "held_reset IS NOT NULL, coalesce(held_reset, 0), coalesce(held_restart, 0), "
-                      "held_clock IS NOT NULL, coalesce(held_clock, 0), coalesce(held_safe, 0) "
+                      "held_clock IS NOT NULL, coalesce(held_clock, 0), coalesce(held_safe, 0), "
+                      "seen_clock IS NOT NULL, coalesce(seen_clock, 0), coalesce(seen_safe, 0) "
                       "FROM node_attest WHERE node = ?",
     [ST_ATTEST_ACCEPT] = "INSERT INTO node_attest (node, accepted, accepted_at, accepted_by) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
                          "accepted_at = excluded.accepted_at, accepted_by = excluded.accepted_by, "
                          "seen_reset = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_reset END, "
                          "seen_restart = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_restart END, "
+                         "seen_clock = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_clock END, "
+                         "seen_safe = CASE WHEN seen = excluded.accepted THEN NULL ELSE seen_safe END, "
                          "seen = CASE WHEN seen = excluded.accepted THEN '' ELSE seen END, "
                          /* accepting new values is what lifts a hold for drift (not a TPM one) */
                          "held_at = CASE WHEN held_kind = 'drift' THEN 0 ELSE held_at END, "
@@ -242,9 +250,11 @@ static const char *const sql[ST_COUNT] = {
                        "ON CONFLICT(node) DO UPDATE SET accepted = excluded.accepted, "
                        "accepted_at = excluded.accepted_at, accepted_by = 'tofu' WHERE node_attest.accepted = ''",
     [ST_NODE_HAS_VOLUMES] = "SELECT count(*) FROM volumes WHERE node = ?",
-    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at, seen_reset, seen_restart) VALUES (?, ?, ?, ?, ?) "
+    [ST_ATTEST_SEEN] = "INSERT INTO node_attest (node, seen, seen_at, seen_reset, seen_restart, seen_clock, seen_safe) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) "
                        "ON CONFLICT(node) DO UPDATE SET seen = excluded.seen, seen_at = excluded.seen_at, "
-                       "seen_reset = excluded.seen_reset, seen_restart = excluded.seen_restart",
+                       "seen_reset = excluded.seen_reset, seen_restart = excluded.seen_restart, "
+                       "seen_clock = excluded.seen_clock, seen_safe = excluded.seen_safe",
     /* The highest (counters, clock) a node's quotes showed: only ever raised here. ?4 (clock) is
      * NULL in commands from before the clock was recorded. */
     [ST_ATTEST_CLOCK_MAX] = "INSERT INTO node_attest (node, reset_count, restart_count, clock, clock_safe, clock_at) "

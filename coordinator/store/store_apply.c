@@ -190,6 +190,13 @@ static int attest_write(kfd_store *s, int which, const char *node, const char *p
         sqlite3_bind_null(st, 4);
         sqlite3_bind_null(st, 5);
     }
+    if (which == ST_ATTEST_SEEN && clock != NULL && clock->clock_known && clock->clock <= INT64_MAX) {
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)clock->clock);
+        sqlite3_bind_int(st, 7, clock->safe ? 1 : 0);
+    } else if (which == ST_ATTEST_SEEN) {
+        sqlite3_bind_null(st, 6);
+        sqlite3_bind_null(st, 7);
+    }
     return kfd_store_step_done(s, st, "recording the node's PCR values", err);
 }
 

@@ -516,6 +516,9 @@ int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret)
     ret->has_held_clock = sqlite3_column_int(st, 21) != 0;
     ret->held_clock = (uint64_t)sqlite3_column_int64(st, 22);
     ret->held_safe = sqlite3_column_int(st, 23) != 0;
+    ret->has_seen_tpm_clock = sqlite3_column_int(st, 24) != 0;
+    ret->seen_clock = (uint64_t)sqlite3_column_int64(st, 25);
+    ret->seen_safe = sqlite3_column_int(st, 26) != 0;
     sqlite3_reset(st);
     return 0;
 }

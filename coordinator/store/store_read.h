@@ -55,6 +55,9 @@ typedef struct kfd_attest_record {
     bool has_held_clock;
     uint64_t held_clock;
     bool held_safe;
+    bool has_seen_tpm_clock; /* the seen quote's clock (store migration 19) */
+    uint64_t seen_clock;
+    bool seen_safe;
 } kfd_attest_record;
 /* 0, -ENOENT (no record for the node) or -EIO. */
 int kfd_store_get_attest(kfd_store *s, const char *node, kfd_attest_record *ret);
