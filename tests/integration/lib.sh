@@ -284,6 +284,21 @@ rules:
 YAML
 }
 
+# node_rule DIR RULE REQUIRE NAME...: one rule RULE allowing nodes NAME..., with require: [REQUIRE]
+# (none when REQUIRE is empty).
+node_rule() {
+    local dir=$1 rule=$2 req=$3 names="" g
+    shift 3
+    for g in "$@"; do names="$names${names:+, }\"$g\""; done
+    put_policy "$dir" <<YAML
+rules:
+  - name: $rule
+    match: {nodes: {names: [$names]}}
+    effect: allow
+${req:+    require: [$req]}
+YAML
+}
+
 KMS_STANDIN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/kms-standin
 
 # kms_tls DIR: a self-signed certificate for 127.0.0.1 (DIR/kms.crt, DIR/kms.key) for a stand-in.

@@ -9,29 +9,11 @@
 command -v swtpm_setup >/dev/null || { echo "1..0 # SKIP swtpm_setup missing"; exit 77; }
 
 tpm_node_setup "tpm_key, attested"
-put_policy "$F" <<'YAML'
-attestation: {rollback: audit}
-rules:
-  - name: measured
-    match: {nodes: {names: ["n1"]}}
-    effect: allow
-    require: [tpm_key, attested]
-YAML
+n1_policy "tpm_key, attested" "attestation: {rollback: audit}"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "set-up: the node enrolled attested (tofu) and unlocks" "$out" "disk.luks: unlocked \\(key verified"
 
 SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
-restart_a() { # [STATE [EXTRA PCR 4 MEASUREMENT]]
-    stop_pid "$SWTPM_A_PID"
-    if [ -n "${1:-}" ]; then rm -rf "$WORK/tpm-a" && cp -a "$1" "$WORK/tpm-a"; fi
-    rm -f "$WORK/tpm-a/pid"
-    start_swtpm "$WORK/tpm-a"
-    SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
-    TCTI_A=$TCTI
-    boot_measurements "$TCTI_A"
-    [ -z "${2:-}" ] || measure "$TCTI_A" 4 "$2"
-    tpm_config "$WORK/a/agent.yaml" "$TCTI_A"
-}
 stop_pid "$SWTPM_A_PID"
 cp -a "$WORK/tpm-a" "$WORK/tpm-a.saved"
 restart_a

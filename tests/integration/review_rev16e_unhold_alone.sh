@@ -13,16 +13,6 @@ expect_match "set-up: the node enrolled attested (tofu) and unlocks" "$out" "dis
 
 # A rolled-back TPM state: the node is held.
 SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
-restart_a() { # [STATE]
-    stop_pid "$SWTPM_A_PID"
-    if [ -n "${1:-}" ]; then rm -rf "$WORK/tpm-a" && cp -a "$1" "$WORK/tpm-a"; fi
-    rm -f "$WORK/tpm-a/pid"
-    start_swtpm "$WORK/tpm-a"
-    SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
-    TCTI_A=$TCTI
-    boot_measurements "$TCTI_A"
-    tpm_config "$WORK/a/agent.yaml" "$TCTI_A"
-}
 stop_pid "$SWTPM_A_PID"
 cp -a "$WORK/tpm-a" "$WORK/tpm-a.saved"
 restart_a

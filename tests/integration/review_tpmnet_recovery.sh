@@ -14,13 +14,7 @@ fleet_init "$F"
 issue "$F" node n1
 issue "$F" operator bob
 start_kfd "$F"
-put_policy "$F" <<'YAML'
-rules:
-  - name: two-factor
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-    require: [tpm_and_network]
-YAML
+node_rule "$F" two-factor tpm_and_network "n*"
 start_swtpm "$WORK/tpm"
 D=$WORK/disk.luks
 luks_file "$D" "pw"
@@ -42,12 +36,7 @@ expect_match "enrolled with TPM and network both required" "$out" "TPM and netwo
 out=$(A recovery-key add "luks:$D" 2>&1) && rc=0 || rc=$?
 expect_match "under the rule, recovery-key add is refused" "$out rc=$rc" "requires TPM and network.*rc=[1-9]"
 
-put_policy "$F" <<'YAML'
-rules:
-  - name: plain
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-YAML
+node_rule "$F" plain "" "n*"
 A recovery-key add "luks:$D" >"$WORK/add.out" 2>&1 || true
 # The mode is the volume's, recorded at enroll (store migration 18): the coordinators refuse the
 # escrow themselves once the rule no longer says tpm_and_network.
@@ -74,22 +63,11 @@ LID2=$(cryptsetup luksUUID "$D2")
 printf 'pw' | A enroll "luks:$D2" >"$WORK/enroll2.out" 2>&1
 check "a second volume enrolled under the plain rule" test $? -eq 0
 check "... its recovery key escrowed" A recovery-key add "luks:$D2"
-put_policy "$F" <<'YAML'
-rules:
-  - name: two-factor
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-    require: [tpm_and_network]
-YAML
+node_rule "$F" two-factor tpm_and_network "n*"
 out=$(ctl "$F" volume recovery-key "$LID2" 2>&1) && rc=0 || rc=$?
 expect_match "F1a: the rule now requires TPM and network: the reveal is refused" "$out rc=$rc" \
     "rule requires TPM and network: its recovery key is not revealed.*rc=[1-9]"
-put_policy "$F" <<'YAML'
-rules:
-  - name: plain
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-YAML
+node_rule "$F" plain "" "n*"
 T2=$(reveal "$LID2")
 check "F1a: under a plain rule again, the revealed key opens the volume" opens "$D2" "$T2"
 check_sanitizers

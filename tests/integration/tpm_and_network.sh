@@ -17,13 +17,7 @@ F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node n1
 start_kfd "$F"
-put_policy "$F" <<'YAML'
-rules:
-  - name: two-factor
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-    require: [tpm_and_network]
-YAML
+node_rule "$F" two-factor tpm_and_network "n*"
 start_swtpm "$WORK/tpm"
 TCTI1=$TCTI
 start_swtpm "$WORK/tpm-other"
@@ -349,13 +343,7 @@ agent_config "$WORK/d.yaml" n3 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti:
 luks_file "$WORK/disk4.luks" "pw"
 out=$(printf 'pw' | "$AGENT" -c "$WORK/d.yaml" enroll "luks:$WORK/disk4.luks" 2>&1)
 expect_eq "under a rule without the requirement, a volume enrolls with one part" "$(token_get "$WORK/disk4.luks" keyfleet_tpm_sealed)" "-"
-put_policy "$F" <<'YAML'
-rules:
-  - name: two-factor
-    match: {nodes: {names: ["n*"]}}
-    effect: allow
-    require: [tpm_and_network]
-YAML
+node_rule "$F" two-factor tpm_and_network "n*"
 out=$("$AGENT" -c "$WORK/d.yaml" unlock "luks:$WORK/disk4.luks" 2>&1)
 expect_eq "the rule tightened later: the volume still unlocks (exit 0)" "$?" "0"
 expect_match "... and the agent warns that its key is the coordinator's alone" "$out" \

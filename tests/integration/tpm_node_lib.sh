@@ -19,9 +19,11 @@ tpm_config() {
     } >"$1"
 }
 A() { "$AGENT" -c "$WORK/a/agent.yaml" "$@"; }
-# n1_policy REQUIRE: one rule allowing n1 with require: [REQUIRE].
+# n1_policy REQUIRE [LINE]: one rule allowing n1 with require: [REQUIRE] (after LINE, a top-level
+# setting such as attestation's).
 n1_policy() {
     put_policy "$F" <<YAML
+${2:-}
 rules:
   - name: measured
     match: {nodes: {names: ["n1"]}}
@@ -51,4 +53,18 @@ tpm_node_setup() {
         --tpm-evidence "$WORK/a/n1.tpmkey.evidence" --ek-ca "$WORK/ek-cas.pem" >/dev/null 2>&1
     A identity activate "$WORK/a/n1.crt.tpmcred" >/dev/null 2>&1
     printf 'pw' | A enroll "luks:$WORK/disk.luks" >/dev/null 2>&1
+}
+# restart_a [STATE [MEASUREMENT]]: n1's machine rebooted: swtpm tpm-a stopped (SWTPM_A_PID) and
+# started again, from a copy of STATE when given (a TPM state restored), with the boot
+# measurements (and MEASUREMENT into PCR 4: another boot loader); the agent's config follows.
+restart_a() {
+    stop_pid "$SWTPM_A_PID"
+    if [ -n "${1:-}" ]; then rm -rf "$WORK/tpm-a" && cp -a "$1" "$WORK/tpm-a"; fi
+    rm -f "$WORK/tpm-a/pid"
+    start_swtpm "$WORK/tpm-a"
+    SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
+    TCTI_A=$TCTI
+    boot_measurements "$TCTI_A"
+    [ -z "${2:-}" ] || measure "$TCTI_A" 4 "$2"
+    tpm_config "$WORK/a/agent.yaml" "$TCTI_A"
 }
