@@ -162,6 +162,14 @@ stop_signed_cluster() {
 }
 # revoked_n1_cluster: a 3-replica cluster c1..c3 where n1 enrolled vol-1 (WRAP), got its key, was
 # revoked and then refused; sets S3 (the servers), WRAP, and A, B, C (pick_roles).
+# n2_cluster: three replicas c1..c3 (start_cluster) and n2's volume vol-2 enrolled (WRAP) and
+# released once through them (asserted); S3 is their addresses.
+n2_cluster() {
+    start_cluster c 3
+    S3=$CLUSTER
+    WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n2.crt" "$F/n2.key" "$F/ca.crt" enroll vol-2 data)")
+    expect_match "n2 gets its key" "$(release n2 vol-2 "$WRAP" "$S3")" "^code=ok status=released"
+}
 revoked_n1_cluster() {
     start_cluster c 3
     S3=$CLUSTER

@@ -11,10 +11,7 @@ F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node n2
 . "$(dirname "$0")/cluster_lib.sh"
-
-start_cluster c 3
-WRAP=$(field wrapped "$("$NODE_CLIENT" "$CLUSTER" "$F/n2.crt" "$F/n2.key" "$F/ca.crt" enroll vol-2 data)")
-expect_match "n2 gets its key" "$(release n2 vol-2 "$WRAP" "$CLUSTER")" "^code=ok status=released"
+n2_cluster
 E=$L
 OTHERS=$(for n in c1 c2 c3; do [ "$n" != "$E" ] && echo "$n"; done)
 H=$(echo "$OTHERS" | head -n 1)

@@ -13,13 +13,7 @@ n1_policy "tpm_key, attested" "attestation: {rollback: audit}"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "set-up: the node enrolled attested (tofu) and unlocks" "$out" "disk.luks: unlocked \\(key verified"
 
-SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
-stop_pid "$SWTPM_A_PID"
-cp -a "$WORK/tpm-a" "$WORK/tpm-a.saved"
-restart_a
-A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
-restart_a
-A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+tpm_node_advance
 expect_match "set-up: the record has counters and a clock" "$(ctl "$F" node attest show n1)" \
     "TPM counters \\(highest quoted\\): reset=[0-9]+ restart=0 clock=[0-9]+"
 # The saved state (counters behind), booted with another boot loader: a quote to accept.

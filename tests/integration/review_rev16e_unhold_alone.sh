@@ -12,13 +12,7 @@ out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "set-up: the node enrolled attested (tofu) and unlocks" "$out" "disk.luks: unlocked \\(key verified"
 
 # A rolled-back TPM state: the node is held.
-SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
-stop_pid "$SWTPM_A_PID"
-cp -a "$WORK/tpm-a" "$WORK/tpm-a.saved"
-restart_a
-A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
-restart_a
-A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+tpm_node_advance
 restart_a "$WORK/tpm-a.saved"
 out=$(A unlock "luks:$WORK/disk.luks" 2>&1)
 expect_match "set-up: a rolled-back TPM holds the node" "$out" "permission_denied.*counters went backwards"

@@ -68,3 +68,14 @@ restart_a() {
     [ -z "${2:-}" ] || measure "$TCTI_A" 4 "$2"
     tpm_config "$WORK/a/agent.yaml" "$TCTI_A"
 }
+# tpm_node_advance: n1 (set up, unlocking) keeps a copy of its TPM state (tpm-a.saved), then
+# reboots twice, unlocking each time: the recorded counters pass the copy's.
+tpm_node_advance() {
+    SWTPM_A_PID=$(cat "$WORK/tpm-a/pid")
+    stop_pid "$SWTPM_A_PID"
+    cp -a "$WORK/tpm-a" "$WORK/tpm-a.saved"
+    restart_a
+    A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+    restart_a
+    A unlock "luks:$WORK/disk.luks" >/dev/null 2>&1
+}
