@@ -690,21 +690,29 @@ static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size
     call held = {0};
     size_t held_at = 0;
     bool holding = false;
+    /* The servers in turn from start: c->current moves only with the answer taken (review rev40
+     * F4: moved with each held one, the turn skipped a server and asked another twice). */
+    size_t start = c->current;
+    bool taken = false; /* x is the answer: none after it is asked */
     for (size_t k = 0; k < c->n_servers; k++) {
-        size_t i = (c->current + k) % c->n_servers;
+        size_t i = (start + k) % c->n_servers;
         r = perform(c, i, path, body, body_len, post, x, err);
         if (r == 0) {
             c->current = i;
             snprintf(ret_server, server_size, "%s", c->servers[i]);
             int next;
             bool hint = x->leader[0] != '\0' && strcmp(x->leader, c->servers[i]) != 0;
+            /* A hint to the server whose answer is held is no better: it was asked; asking it
+             * again would send it the same request again (review rev40 F3). */
+            if (x->status == 503 && hint && holding && server_index(c, x->leader) == (int)held_at)
+                hint = false;
             if (x->status == 503 && hint && redirects < MAX_REDIRECTS && (next = server_index(c, x->leader)) >= 0) {
                 redirects++;
-                c->current = (size_t)next;
+                c->current = start = (size_t)next;
                 k = (size_t)-1; /* start over from the leader */
                 continue;
             }
-            if (x->status == 503 && !hint && k + 1 < c->n_servers) {
+            if (x->status == 503 && !hint) {
                 if (!holding) {
                     held = *x;
                     held_at = i;
@@ -715,12 +723,13 @@ static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size
                 x->data = NULL;
                 continue;
             }
+            taken = true;
             break;
         }
         if (r == -EMSGSIZE)
             break;
     }
-    if (holding && r == 0) {
+    if (holding && taken) {
         free(held.data);
     } else if (holding) {
         free(x->data);
