@@ -690,21 +690,35 @@ static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size
     call held = {0};
     size_t held_at = 0;
     bool holding = false;
+    /* The servers in turn from start: c->current moves only with the answer taken (review rev40
+     * F4: moved with each held one, the turn skipped a server and asked another twice). */
+    size_t start = c->current;
+    bool taken = false; /* x is the answer: none after it is asked */
+    uint64_t unready = 0; /* servers (the first 64) that answered so: not asked again, even after a hint */
     for (size_t k = 0; k < c->n_servers; k++) {
-        size_t i = (c->current + k) % c->n_servers;
+        size_t i = (start + k) % c->n_servers;
+        if (i < 64 && (unready >> i & 1))
+            continue;
         r = perform(c, i, path, body, body_len, post, x, err);
         if (r == 0) {
             c->current = i;
             snprintf(ret_server, server_size, "%s", c->servers[i]);
             int next;
             bool hint = x->leader[0] != '\0' && strcmp(x->leader, c->servers[i]) != 0;
+            /* A hint to a server that answered so is no better: it was asked; asking it again
+             * would send it the same request again (review rev40 F3). */
+            int named = x->status == 503 && hint ? server_index(c, x->leader) : -1;
+            if (x->status == 503 && named >= 0 && named < 64 && (unready >> named & 1))
+                hint = false;
             if (x->status == 503 && hint && redirects < MAX_REDIRECTS && (next = server_index(c, x->leader)) >= 0) {
                 redirects++;
-                c->current = (size_t)next;
+                c->current = start = (size_t)next;
                 k = (size_t)-1; /* start over from the leader */
                 continue;
             }
-            if (x->status == 503 && !hint && k + 1 < c->n_servers) {
+            if (x->status == 503 && !hint) {
+                if (i < 64)
+                    unready |= (uint64_t)1 << i;
                 if (!holding) {
                     held = *x;
                     held_at = i;
@@ -715,12 +729,13 @@ static int request(kf_rpc_client *c, const char *path, const uint8_t *body, size
                 x->data = NULL;
                 continue;
             }
+            taken = true;
             break;
         }
         if (r == -EMSGSIZE)
             break;
     }
-    if (holding && r == 0) {
+    if (holding && taken) {
         free(held.data);
     } else if (holding) {
         free(x->data);

@@ -57,6 +57,7 @@ struct kfd_repl {
     uint64_t snapshots_taken, snapshots_restored, snapshots_refused;
     char peer_refusal[512]; /* the reason peer_check last gave (logged before the next call) */
     bool told_diverged, told_tail;
+    unsigned transfers; /* leadership handed on while standing down (transfer_target) */
     uint64_t started_at; /* loop time at start */
     unsigned char *snap_img;
     uint8_t snap_hdr[SNAPSHOT_HEADER];
@@ -357,6 +358,23 @@ static bool holding_for_tail(kfd_repl *r)
     return true;
 }
 
+/* The voter a replica standing down hands leadership to: each attempt the next of the other
+ * voters in turn. Not libraft's own pick (id 0), the first up-to-date voter in configuration
+ * order: two replicas whose stores failed handed it to each other that way, the target taking
+ * it at once (TimeoutNow) whatever its election timer said, while the healthy third never stood
+ * (review rev40 F1). In turn, a healthy voter is reached within as many hands as there are. */
+static raft_id transfer_target(kfd_repl *r)
+{
+    raft_id others[64];
+    unsigned n = 0;
+    for (unsigned i = 0; i < r->raft.configuration.n && n < 64; i++) {
+        const struct raft_server *s = &r->raft.configuration.servers[i];
+        if (s->id != r->raft.id && s->role == RAFT_VOTER)
+            others[n++] = s->id;
+    }
+    return n == 0 ? 0 : others[r->transfers++ % n];
+}
+
 static void keep_out_of_elections(kfd_repl *r)
 {
     /* A failed store (a write refused under another process's lock, a disk error) fails closed
@@ -378,7 +396,7 @@ static void keep_out_of_elections(kfd_repl *r)
         r->raft.election_timer_start = r->raft.io->time(r->raft.io);
     } else if (state == RAFT_LEADER && r->raft.transfer == NULL) {
         struct raft_transfer *req = calloc(1, sizeof(*req));
-        if (req != NULL && raft_transfer(&r->raft, req, 0, on_transferred) != 0)
+        if (req != NULL && raft_transfer(&r->raft, req, transfer_target(r), on_transferred) != 0)
             free(req);
     }
 }

@@ -834,6 +834,21 @@ kfd_admin_policy kfd_policy_admin(const kfd_policy *p)
     return p->admin;
 }
 
+bool kfd_policy_may_require_two_parts(const kfd_policy *p, const kfd_policy_input *in)
+{
+    for (size_t i = 0; p != NULL && i < p->n_rules; i++) {
+        const rule *r = &p->rules[i];
+        char why[256];
+        if (!r->allow || !rule_matches(p, r, in, true, why, sizeof(why)))
+            continue;
+        if (r->require_tpm_and_network)
+            return true;
+        if (r->n_cidrs == 0)
+            return false; /* decides for every caller of this node */
+    }
+    return false;
+}
+
 static uint64_t max_key_age(const kfd_policy *p, const kfd_policy_input *in, char ret_from[64])
 {
     snprintf(ret_from, 64, "lifecycle");

@@ -82,6 +82,13 @@ void kfd_policy_evaluate(const kfd_policy *p, const kfd_policy_input *in, kfd_po
 void kfd_policy_evaluate_release(const kfd_policy *p, const kfd_policy_input *in, const char *owner,
                                  kfd_policy_decision *ret);
 
+/* Whether a rule for in's node, volume and labels could make the volume's key two-part (require:
+ * [tpm_and_network]) for some caller: rules are taken in order, CIDR selectors and the tpm_key
+ * and attested requirements left out (they depend on the request); a deny rule or one that names
+ * networks does not end the search, the first allow rule that certainly matches does. Fails
+ * closed for a recovery key reveal, where there is no request from the node (review rev40 F2). */
+bool kfd_policy_may_require_two_parts(const kfd_policy *p, const kfd_policy_input *in);
+
 /* Key lifecycle (docs/policy.md, "Key lifecycle"). The longest a volume's key may serve before
  * it is overdue for rotation (max_age_s, 0: no limit) is max_key_age of the first rule that
  * matches the volume (in: its id, name, labels) and the node that enrolled it (in->node), CIDR

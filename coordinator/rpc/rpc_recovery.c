@@ -258,17 +258,18 @@ static void propose(kfd_call *call, reveal_op *op)
     kfd_commit(app, &cmd, on_proposed, op);
 }
 
-/* Whether the rule that decides vol's enroll now requires TPM and network (a two-part key). */
+/* Whether a rule for vol's node and labels may require TPM and network (a two-part key). */
 static bool rule_requires_two_parts(kfd_app *app, const kfd_volume *vol)
 {
     kfd_label_set ls;
     kfd_label_set_from_json(&ls, vol->labels_json);
     kfd_policy_input in = {.node = vol->node, .volume_id = vol->id, .volume_name = vol->name, .labels = ls.items,
                            .n_labels = ls.n, .now = time(NULL), .enrolling = true};
-    kfd_policy_decision d = {0};
-    kfd_policy_evaluate(app->policy, &in, &d);
+    /* Not kfd_policy_evaluate: with no source, TPM-bound key or quote here, a two-part rule that
+     * names networks or requires tpm_key or attested too would not decide (review rev40 F2). */
+    bool two = kfd_policy_may_require_two_parts(app->policy, &in);
     kfd_label_set_clear(&ls);
-    return d.allow && d.tpm_and_network;
+    return two;
 }
 
 void kfd_rpc_reveal_recovery_key(kfd_call *call)
