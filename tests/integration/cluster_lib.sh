@@ -162,6 +162,31 @@ stop_signed_cluster() {
 }
 # revoked_n1_cluster: a 3-replica cluster c1..c3 where n1 enrolled vol-1 (WRAP), got its key, was
 # revoked and then refused; sets S3 (the servers), WRAP, and A, B, C (pick_roles).
+# lock_db NAME: another process holds NAME's database locked (a write transaction, rolled back)
+# until unlock_db (at most 20 s), so NAME's next write gets SQLITE_BUSY and its store fails.
+lock_db() {
+    rm -f "$WORK/locked" "$WORK/unlock"
+    /usr/bin/python3 - "$WORK/$1/state/keyfleet.db" "$WORK/locked" "$WORK/unlock" <<'PY' &
+import sqlite3, sys, time, pathlib
+db = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+pathlib.Path(sys.argv[2]).touch()
+end = time.monotonic() + 20
+while time.monotonic() < end and not pathlib.Path(sys.argv[3]).exists():
+    time.sleep(0.05)
+db.execute("ROLLBACK")
+PY
+    LOCKER=$!
+    PIDS+=("$LOCKER")
+    for _ in $(seq 1 100); do [ -e "$WORK/locked" ] && break; sleep 0.05; done
+}
+# unlock_db NAME: once NAME logged its store failure (at most 10 s; a follower fails when it
+# applies, after the release was answered), the lock is let go.
+unlock_db() {
+    for _ in $(seq 1 100); do grep -q "event=store_failed " "$WORK/$1/keyfleetd.log" && break; sleep 0.1; done
+    touch "$WORK/unlock"
+    wait "$LOCKER"
+}
 # n2_cluster: three replicas c1..c3 (start_cluster) and n2's volume vol-2 enrolled (WRAP) and
 # released once through them (asserted); S3 is their addresses.
 n2_cluster() {

@@ -16,21 +16,11 @@ E=$L
 OTHERS=$(for n in c1 c2 c3; do [ "$n" != "$E" ] && echo "$n"; done)
 H=$(echo "$OTHERS" | head -n 1)
 
-# Hold the leader's database locked (a write transaction, rolled back) for 3 s.
-/usr/bin/python3 - "$WORK/$E/state/keyfleet.db" "$WORK/locked" <<'PY' &
-import sqlite3, sys, time, pathlib
-db = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
-db.execute("BEGIN EXCLUSIVE")
-pathlib.Path(sys.argv[2]).touch()
-time.sleep(3)
-db.execute("ROLLBACK")
-PY
-LOCKER=$!
-PIDS+=("$LOCKER")
-for _ in $(seq 1 100); do [ -e "$WORK/locked" ] && break; sleep 0.05; done
+# Hold the leader's database locked while a release goes through it.
+lock_db "$E"
 out=$("$NODE_CLIENT" "${RPC[$E]}" "$F/n2.crt" "$F/n2.key" "$F/ca.crt" release vol-2 "$WRAP" 2>&1)
+unlock_db "$E"
 expect_match "a release through the locked leader $E: unavailable, no key" "$out" "^code=unavailable"
-wait "$LOCKER"
 expect_match "$E logs its store failure" "$(cat "$WORK/$E/keyfleetd.log")" "event=store_failed "
 for _ in $(seq 1 100); do l=$(leader_seen_by "$H" || true); [ -n "$l" ] && [ "$l" != "$E" ] && break; sleep 0.1; done
 expect_match "$E stands down" "$(cat "$WORK/$E/keyfleetd.log")" "event=raft_standing_down reason=\"state store failed\""

@@ -30,30 +30,15 @@ expect_match "n2 gets its key" "$(release_ok n2 vol-2 "$WRAP" "$CLUSTER")" "^cod
 caught_up "$C" "$B"
 caught_up "$A" "$B"
 
-# lock NAME: holds NAME's database locked (a write transaction, rolled back) for 3 s.
-lock() {
-    rm -f "$WORK/locked"
-    /usr/bin/python3 - "$WORK/$1/state/keyfleet.db" "$WORK/locked" <<'PY' &
-import sqlite3, sys, time, pathlib
-db = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
-db.execute("BEGIN EXCLUSIVE")
-pathlib.Path(sys.argv[2]).touch()
-time.sleep(3)
-db.execute("ROLLBACK")
-PY
-    LOCKER=$!
-    PIDS+=("$LOCKER")
-    for _ in $(seq 1 100); do [ -e "$WORK/locked" ] && break; sleep 0.05; done
-}
 # The follower A's store fails applying a release's audit record under the lock.
-lock "$A"
+lock_db "$A"
 release n2 vol-2 "$WRAP" "${RPC[$B]}" >/dev/null
-wait "$LOCKER"
+unlock_db "$A"
 expect_match "follower $A's store failed" "$(cat "$WORK/$A/keyfleetd.log")" "event=store_failed "
 # Then the leader B's, on the next release.
-lock "$B"
+lock_db "$B"
 "$NODE_CLIENT" "${RPC[$B]}" "$F/n2.crt" "$F/n2.key" "$F/ca.crt" release vol-2 "$WRAP" >/dev/null 2>&1
-wait "$LOCKER"
+unlock_db "$B"
 expect_match "leader $B's store failed" "$(cat "$WORK/$B/keyfleetd.log")" "event=store_failed "
 
 for _ in $(seq 1 100); do l=$(leader_seen_by "$C" || true); [ "$l" = "$C" ] && break; sleep 0.1; done
