@@ -243,6 +243,9 @@ static void *worker(void *arg)
         j->status = do_seal(j->tcti, j->pcrs, j->n_pcrs, j->key_copy, &j->result_blob, &j->err);
     else
         j->status = do_unseal(j->tcti, j->blob, &j->result_key, &j->err);
+    /* Frees this thread's OpenSSL state (tss2 hashes through libcrypto) now: the detached thread's
+     * exit handlers could otherwise still be running when the process exits after the answer. */
+    OPENSSL_thread_stop();
     pthread_mutex_lock(&j->lock);
     j->done = true;
     bool abandoned = j->abandoned;

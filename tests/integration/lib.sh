@@ -23,6 +23,8 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
     if [ "$FAILED" -gt 0 ] || [ -n "${KF_KEEP:-}" ]; then
         for f in "$WORK"/*/keyfleetd.log; do [ -f "$f" ] && { echo "# --- $f"; tail -n 30 "$f" | sed 's/^/# /'; }; done
+        # A helper's stderr kept apart from its answer (the TPM probe's, for one).
+        for f in "$WORK"/*.err; do [ -s "$f" ] && { echo "# --- $f"; tail -n 15 "$f" | sed 's/^/# /'; }; done
         # Again after the logs, so that a tail of the output names what failed.
         [ -n "$FAILURES" ] && printf '# failed:\n%s' "$FAILURES"
     fi
