@@ -20,3 +20,12 @@ reveal() {
     ctl_as "$F" bob approve "$rid" >/dev/null || return 1
     ctl "$F" volume recovery-key "$1" --request "$rid" | sed -n 's/^    \([0-9a-z-]\{77\}\)$/\1/p'
 }
+
+# recovery_fleet: fleet $WORK/fleet (F) with node n1 and operator bob, its keyfleetd started.
+recovery_fleet() {
+    F=$WORK/fleet
+    fleet_init "$F"
+    issue "$F" node n1
+    issue "$F" operator bob
+    start_kfd "$F"
+}

@@ -11,11 +11,7 @@
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/recovery_lib.sh"
 
-F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n1
-issue "$F" operator bob
-start_kfd "$F"
+recovery_fleet
 allow_nodes "$F" n1
 agent_cfg() { agent_config "$WORK/$1.yaml" n1 "deadline: 5s" "volumes:" "  - luks: $2"
     sed -i "s|^zfs: {command: \(.*\)}$|zfs: {command: \1, discover: false}|" "$WORK/$1.yaml"; }

@@ -9,11 +9,7 @@
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/recovery_lib.sh"
 
-F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n1
-issue "$F" operator bob
-start_kfd "$F"
+recovery_fleet
 plain() {
     put_policy "$F" <<'YAML'
 rules:

@@ -10,11 +10,7 @@
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/recovery_lib.sh"
 
-F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n1
-issue "$F" operator bob
-start_kfd "$F"
+recovery_fleet
 node_rule "$F" two-factor tpm_and_network "n*"
 start_swtpm "$WORK/tpm"
 D=$WORK/disk.luks
