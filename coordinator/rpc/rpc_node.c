@@ -151,12 +151,18 @@ static bool attest_eval(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
     return r == 0;
 }
 
+/* The node's hold (docs/attestation.md): kind "tpm", "drift" or "" when not held; why names it. */
+typedef struct node_hold {
+    char kind[16];
+    char why[600];
+} node_hold;
+
 /* As attest_eval, for a request that asks for a key: a quote whose TPM state contradicts the
  * recorded one (a cloned or rolled-back TPM) is denied whatever the policy, audited, and holds
  * the node (review rev17, A1). */
-static bool attest_eval_key(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, const char *method,
-                            const char *volume_id, const ProtobufCBinaryData *eph, const char *request_id,
-                            kfd_attest_eval *ret)
+static bool attest_eval_key(kfd_call *call, const node_hold *hold, const Keyfleet__V1__TpmQuote *quote,
+                            const char *method, const char *volume_id, const ProtobufCBinaryData *eph,
+                            const char *request_id, kfd_attest_eval *ret)
 {
     if (!attest_eval(call, quote, method, volume_id, eph, request_id, ret))
         return false;
@@ -166,15 +172,11 @@ static bool attest_eval_key(kfd_call *call, const Keyfleet__V1__TpmQuote *quote,
     }
     /* Held for drift (lock on drift): no quote attests until an operator accepts values or
      * lifts the hold, even one that matches the accepted values again (a machine booted back
-     * into the accepted chain after running another). Rules without `attested` decide as before. */
-    char kind[16], why[600];
-    if (kfd_attest_held(call, kind, why, sizeof(why)) != 0) {
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
-        return false;
-    }
-    if (strcmp(kind, "drift") == 0 && ret->attested) {
+     * into the accepted chain after running another). Rules without `attested` decide as before.
+     * The hold is as check_revoked read it: nothing is applied between the two in one handler. */
+    if (strcmp(hold->kind, "drift") == 0 && ret->attested) {
         ret->attested = false;
-        snprintf(ret->why, sizeof(ret->why), "%.300s", why);
+        snprintf(ret->why, sizeof(ret->why), "%.300s", hold->why);
     }
     return true;
 }
@@ -232,7 +234,9 @@ static bool ensure_ready(kfd_call *call)
     return false;
 }
 
-static bool check_revoked(kfd_call *call, const char *action, const char *volume_id)
+/* check_revoked's answer (true: the call was answered); *hold is the node's hold, for
+ * attest_eval_key (one read of the attestation record per request). */
+static bool check_revoked(kfd_call *call, const char *action, const char *volume_id, node_hold *hold)
 {
     bool revoked = false;
     if (kfd_store_node_revoked(kfd_call_app(call)->store, call->peer->name, &revoked) != 0) {
@@ -246,15 +250,14 @@ static bool check_revoked(kfd_call *call, const char *action, const char *volume
     }
     /* A node held for its TPM state (review rev17, A1: a cloned or rolled-back TPM) gets
      * nothing, with a quote or without, until an operator acts (a drift hold: attest_eval_key). */
-    char kind[16], why[600];
-    if (kfd_attest_held(call, kind, why, sizeof(why)) != 0) {
+    if (kfd_attest_held(call, hold->kind, hold->why, sizeof(hold->why)) != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "state store unavailable");
         return true;
     }
-    bool held = strcmp(kind, "tpm") == 0;
+    bool held = strcmp(hold->kind, "tpm") == 0;
     if (held)
         deny_audited(call, action, KEYFLEET__V1__DECISION__DECISION_DENY, volume_id, "",
-                     KF_CONNECT_PERMISSION_DENIED, why);
+                     KF_CONNECT_PERMISSION_DENIED, hold->why);
     return held;
 }
 
@@ -565,7 +568,8 @@ void kfd_rpc_enroll(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
-    if (!ensure_ready(call) || check_revoked(call, "enroll", req->volume->id))
+    node_hold hold;
+    if (!ensure_ready(call) || check_revoked(call, "enroll", req->volume->id, &hold))
         return;
     kfd_app *app = kfd_call_app(call);
     kfd_volume existing;
@@ -575,7 +579,7 @@ void kfd_rpc_enroll(kfd_call *call)
         return;
     }
     kfd_attest_eval att;
-    if (!attest_eval_key(call, req->attestation, "Enroll", req->volume->id, &req->ephemeral_public_key, req->request_id,
+    if (!attest_eval_key(call, &hold, req->attestation, "Enroll", req->volume->id, &req->ephemeral_public_key, req->request_id,
                      &att)) {
         if (r == 0)
             kfd_volume_clear(&existing);
@@ -1125,10 +1129,11 @@ void kfd_rpc_release(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
-    if (!ensure_ready(call) || check_revoked(call, "release", req->volume->id))
+    node_hold hold;
+    if (!ensure_ready(call) || check_revoked(call, "release", req->volume->id, &hold))
         return;
     kfd_attest_eval att;
-    if (!attest_eval_key(call, req->attestation, "Release", req->volume->id, &req->ephemeral_public_key, req->request_id,
+    if (!attest_eval_key(call, &hold, req->attestation, "Release", req->volume->id, &req->ephemeral_public_key, req->request_id,
                      &att))
         return;
     kfd_volume vol;
@@ -1323,7 +1328,8 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
                                 kfd_volume *vol)
 {
     kfd_app *app = kfd_call_app(call);
-    if (!ensure_ready(call) || check_revoked(call, action, req->volume->id))
+    node_hold hold;
+    if (!ensure_ready(call) || check_revoked(call, action, req->volume->id, &hold))
         return NULL;
     int r = kfd_store_get_volume(app->store, req->volume->id, vol);
     if (r == -ENOENT) {
@@ -1341,7 +1347,7 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
      * hands out (BEGIN) or installs (COMMIT) a key only for a node whose boot state is accepted
      * (review F5). */
     kfd_attest_eval att;
-    if (!attest_eval_key(call, req->attestation, "RotateKey", req->volume->id, &req->ephemeral_public_key,
+    if (!attest_eval_key(call, &hold, req->attestation, "RotateKey", req->volume->id, &req->ephemeral_public_key,
                      req->request_id, &att)) {
         kfd_volume_clear(vol);
         return NULL;
@@ -1603,7 +1609,8 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
     }
-    if (!ensure_ready(call) || check_revoked(call, "recovery_escrow", req->volume->id))
+    node_hold hold;
+    if (!ensure_ready(call) || check_revoked(call, "recovery_escrow", req->volume->id, &hold))
         return;
     if (req->confirm) { /* the second step of a replacement: no key made, none answered */
         kfd_rpc_recovery_confirm(call);

@@ -41,18 +41,15 @@ int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err)
     return 0;
 }
 
-/* A retired volume's key goes to nobody (volume retire), even one released while it was retired. */
-static int check_not_retired(kfd_store *s, const char *volume_id, kf_err *err)
+/* A retired volume's key goes to nobody (volume retire), even one released while it was retired.
+ * vr is how reading the volume went (0, -ENOENT or an error), v the row when 0. */
+static int volume_not_retired(const kfd_volume *v, int vr, const char *volume_id, kf_err *err)
 {
-    kfd_volume v;
-    int r = kfd_store_get_volume(s, volume_id, &v);
-    if (r == -ENOENT)
+    if (vr == -ENOENT)
         return 0; /* the checks below name a volume that is not enrolled */
-    if (r != 0)
-        return kf_err_set(err, r, "reading the volume");
-    bool retired = v.retired_at != 0;
-    kfd_volume_clear(&v);
-    return retired ? kf_err_set(err, -EACCES, "volume %s is retired", volume_id) : 0;
+    if (vr != 0)
+        return kf_err_set(err, vr, "reading the volume");
+    return v->retired_at != 0 ? kf_err_set(err, -EACCES, "volume %s is retired", volume_id) : 0;
 }
 
 static int set_state(kfd_store *s, const char *id, kfd_pending_state to, kf_err *err)
@@ -65,44 +62,55 @@ static int set_state(kfd_store *s, const char *id, kfd_pending_state to, kf_err 
 
 /* A repeated Enroll returns the enrolled key only to its node, before any release, and within
  * the window: decided again here, where two replays racing each other are ordered. */
-static int enroll_replay_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
+static int enroll_replay_allowed(const kfd_volume *v, int vr, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
 {
-    kfd_volume v;
-    int r = kfd_store_get_volume(s, c->volume_id, &v);
-    if (r != 0)
-        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
-                            : kf_err_set(err, r, "reading the volume");
+    if (vr != 0)
+        return vr == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
+                             : kf_err_set(err, vr, "reading the volume");
     int64_t at = audit_time(c->audit);
-    if (strcmp(v.node, c->node) != 0)
-        r = kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
-    else if (v.last_released_at != 0 || at < v.created_at || at - v.created_at > c->enroll_replay_window_s)
-        r = kf_err_set(err, -ESTALE, "volume is already enrolled and can no longer be enrolled again; its key is "
-                                     "released with Release");
-    kfd_volume_clear(&v);
-    return r;
+    if (strcmp(v->node, c->node) != 0)
+        return kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+    if (v->last_released_at != 0 || at < v->created_at || at - v->created_at > c->enroll_replay_window_s)
+        return kf_err_set(err, -ESTALE, "volume is already enrolled and can no longer be enrolled again; its key is "
+                                        "released with Release");
+    return 0;
 }
 
 /* The released key must be the volume's key or its rotation in progress: a key retired by a
  * rotation committed while the handler waited on the KMS is refused here. A row from before
  * rotation existed (no key_kcv) has only ever had one key, so its first release records it. */
-static int release_key_current(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
+static int release_key_current(kfd_store *s, const kfd_volume *v, int vr, const Keyfleet__V1__CmdRecordRelease *c,
+                               kf_err *err)
 {
     if (c->kcv[0] == '\0')
         return 0; /* a command written before rotation existed (a log replayed) */
-    kfd_volume v;
-    int r = kfd_store_get_volume(s, c->volume_id, &v);
-    if (r != 0)
-        return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
-                            : kf_err_set(err, r, "reading the volume");
-    if (v.key_kcv[0] == '\0' && v.next_kcv[0] == '\0') {
+    if (vr != 0)
+        return vr == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
+                             : kf_err_set(err, vr, "reading the volume");
+    if (v->key_kcv[0] == '\0' && v->next_kcv[0] == '\0') {
         sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_SET_KCV);
         kfd_bind_text(st, 1, c->kcv);
         kfd_bind_text(st, 2, c->volume_id);
-        r = kfd_store_step_done(s, st, "recording the key check value", err);
-    } else if (v.key_kcv[0] == '\0' || (strcmp(c->kcv, v.key_kcv) != 0 && strcmp(c->kcv, v.next_kcv) != 0)) {
-        r = kf_err_set(err, -ESTALE, "this key was retired by a rotation");
+        return kfd_store_step_done(s, st, "recording the key check value", err);
     }
-    kfd_volume_clear(&v);
+    if (v->key_kcv[0] == '\0' || (strcmp(c->kcv, v->key_kcv) != 0 && strcmp(c->kcv, v->next_kcv) != 0))
+        return kf_err_set(err, -ESTALE, "this key was retired by a rotation");
+    return 0;
+}
+
+/* The volume's checks, on one read of its row (the key check value release_key_current records
+ * is not a field the others read). */
+static int release_volume_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease *c, kf_err *err)
+{
+    kfd_volume v;
+    int vr = kfd_store_get_volume(s, c->volume_id, &v);
+    int r = volume_not_retired(&v, vr, c->volume_id, err);
+    if (r == 0)
+        r = release_key_current(s, &v, vr, c, err);
+    if (r == 0 && c->enroll_replay_window_s != 0)
+        r = enroll_replay_allowed(&v, vr, c, err);
+    if (vr == 0)
+        kfd_volume_clear(&v);
     return r;
 }
 
@@ -112,11 +120,7 @@ int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease
         return 0; /* a refusal is recorded whatever the state */
     int r = kfd_store_check_not_revoked(s, c->node, err);
     if (r == 0)
-        r = check_not_retired(s, c->volume_id, err);
-    if (r == 0)
-        r = release_key_current(s, c, err);
-    if (r == 0 && c->enroll_replay_window_s != 0)
-        r = enroll_replay_allowed(s, c, err);
+        r = release_volume_allowed(s, c, err);
     if (r != 0 || !c->approved_request)
         return r;
     kfd_pending p;
@@ -141,14 +145,16 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
     if (c->audit == NULL || strlen(c->kcv) != 22 || (!c->commit && c->next_wrapped_key[0] == '\0'))
         return kf_err_set(err, -EINVAL, "rotate command incomplete");
     int r = kfd_store_check_not_revoked(s, c->node, err);
-    if (r == 0)
-        r = check_not_retired(s, c->volume_id, err);
     if (r != 0)
         return r;
     kfd_volume v;
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
                             : kf_err_set(err, r, "reading the volume");
+    if ((r = volume_not_retired(&v, 0, c->volume_id, err)) != 0) {
+        kfd_volume_clear(&v);
+        return r;
+    }
     sqlite3_stmt *st = NULL;
     if (strcmp(v.node, c->node) != 0) {
         r = kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);

@@ -187,9 +187,11 @@ unlock_db() {
     touch "$WORK/unlock"
     wait "$LOCKER"
 }
-# n2_cluster: three replicas c1..c3 (start_cluster) and n2's volume vol-2 enrolled (WRAP) and
-# released once through them (asserted); S3 is their addresses.
+# n2_cluster: fleet $F with node n2, three replicas c1..c3 (start_cluster) and n2's volume vol-2
+# enrolled (WRAP) and released once through them (asserted); S3 is their addresses.
 n2_cluster() {
+    fleet_init "$F"
+    issue "$F" node n2
     start_cluster c 3
     S3=$CLUSTER
     WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n2.crt" "$F/n2.key" "$F/ca.crt" enroll vol-2 data)")

@@ -8,8 +8,6 @@
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n2
 . "$(dirname "$0")/cluster_lib.sh"
 n2_cluster
 E=$L

@@ -8,6 +8,7 @@
 # dataset's key rotated, and escrowing it again without a rotation is refused); every step is
 # audited.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/recovery_lib.sh"
 
 F=$WORK/fleet
 fleet_init "$F"
@@ -32,7 +33,6 @@ agent_config "$WORK/b.yaml" n2 "deadline: 5s"
 A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
 B() { "$AGENT" -c "$WORK/b.yaml" "$@"; }
 LID=$(cryptsetup luksUUID "$D")
-opens() { printf '%s' "$2" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1; }
 # rec_slot: the keyslot the keyfleet-recovery token names ("" when none).
 rec_slot() {
     luks_json "$D" | python3 -c '
@@ -41,13 +41,6 @@ t = [t for t in json.load(sys.stdin)["tokens"].values() if t["type"] == "keyflee
 print(t[0]["keyslots"][0] if len(t) == 1 else "")'
 }
 # reveal VOLUME_ID: proposed by admin, approved by bob, shown to admin; prints the key's text.
-reveal() {
-    local out rid
-    out=$(ctl "$F" volume recovery-key "$1") || return 1
-    rid=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
-    ctl_as "$F" bob approve "$rid" >/dev/null || return 1
-    ctl "$F" volume recovery-key "$1" --request "$rid" | sed -n 's/^    \([0-9a-z-]\{77\}\)$/\1/p'
-}
 
 # --- escrow
 out=$(printf pw | A enroll "luks:$D" --recovery-key 2>&1)

@@ -7,12 +7,9 @@
 # and its tokens (crash point erase_slots) is finished by the next heartbeat, no keyfleet
 # keyslot left behind.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/recovery_lib.sh"
 
-F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n1
-issue "$F" operator bob
-start_kfd "$F"
+recovery_fleet
 allow_nodes "$F" n1
 D=$WORK/disk.luks
 luks_file "$D" "pw"
@@ -21,14 +18,6 @@ agent_config "$WORK/a.yaml" n1 "deadline: 5s" "volumes:" "  - luks: $D"
 sed -i "s|^zfs: {command: \(.*\)}$|zfs: {command: \1, discover: false}|" "$WORK/a.yaml"
 A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
 LID=$(cryptsetup luksUUID "$D")
-opens() { printf '%s' "$2" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1; }
-reveal() {
-    local out rid
-    out=$(ctl "$F" volume recovery-key "$1") || return 1
-    rid=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
-    ctl_as "$F" bob approve "$rid" >/dev/null || return 1
-    ctl "$F" volume recovery-key "$1" --request "$rid" | sed -n 's/^    \([0-9a-z-]\{77\}\)$/\1/p'
-}
 
 out=$(printf pw | A enroll "luks:$D" --recovery-key 2>&1)
 expect_match "enroll --recovery-key" "$out" "recovery key added \\(escrowed\\)"

@@ -12,10 +12,7 @@
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n2
 . "$(dirname "$0")/cluster_lib.sh"
-
 n2_cluster
 for n in c1 c2 c3; do signed_on "$n"; done
 E=$L

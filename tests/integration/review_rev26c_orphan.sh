@@ -9,23 +9,12 @@
 # must still retire it. R4: the keyfleet keyslot of
 # a rotation cut off before its token (crash point keyslot): a confirmed wipe must not leave it.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/recovery_lib.sh"
 
-F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n1
-issue "$F" operator bob
-start_kfd "$F"
+recovery_fleet
 allow_nodes "$F" n1
 agent_cfg() { agent_config "$WORK/$1.yaml" n1 "deadline: 5s" "volumes:" "  - luks: $2"
     sed -i "s|^zfs: {command: \(.*\)}$|zfs: {command: \1, discover: false}|" "$WORK/$1.yaml"; }
-opens() { printf '%s' "$2" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1; }
-reveal() {
-    local out rid
-    out=$(ctl "$F" volume recovery-key "$1") || return 1
-    rid=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
-    ctl_as "$F" bob approve "$rid" >/dev/null || return 1
-    ctl "$F" volume recovery-key "$1" --request "$rid" | sed -n 's/^    \([0-9a-z-]\{77\}\)$/\1/p'
-}
 expect_opens() { if opens "$2" "$3"; then ok "$1"; else not_ok "$1" "the text does not open $2"; fi; }
 expect_closed() { if opens "$2" "$3"; then not_ok "$1" "the text still opens $2"; else ok "$1"; fi; }
 

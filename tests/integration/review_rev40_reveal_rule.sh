@@ -7,12 +7,9 @@
 # tpm_key or attested as well, or comes after a deny rule, did not count: the key was revealed.
 # Under a plain rule (also one placed before a two-part catch-all) it still is.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/recovery_lib.sh"
 
-F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n1
-issue "$F" operator bob
-start_kfd "$F"
+recovery_fleet
 plain() {
     put_policy "$F" <<'YAML'
 rules:
@@ -27,14 +24,6 @@ luks_file "$D" "pw"
 agent_config "$WORK/a.yaml" n1 "deadline: 2s" "call_timeout: 500ms" "volumes:" "  - luks: $D"
 A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
 LID=$(cryptsetup luksUUID "$D")
-opens() { printf '%s' "$2" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1; }
-reveal() {
-    local out rid
-    out=$(ctl "$F" volume recovery-key "$1") || return 1
-    rid=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
-    ctl_as "$F" bob approve "$rid" >/dev/null || return 1
-    ctl "$F" volume recovery-key "$1" --request "$rid" | sed -n 's/^    \([0-9a-z-]\{77\}\)$/\1/p'
-}
 refused() { # WHAT: the reveal is refused under the policy on stdin, and the refusal is audited
     put_policy "$F"
     local out rc

@@ -8,12 +8,9 @@
 # Review rev26e F1a: a volume whose mode is not recorded is revealed only while its rule does not
 # require tpm_and_network.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/recovery_lib.sh"
 
-F=$WORK/fleet
-fleet_init "$F"
-issue "$F" node n1
-issue "$F" operator bob
-start_kfd "$F"
+recovery_fleet
 node_rule "$F" two-factor tpm_and_network "n*"
 start_swtpm "$WORK/tpm"
 D=$WORK/disk.luks
@@ -22,14 +19,6 @@ agent_config "$WORK/a.yaml" n1 "deadline: 2s" "call_timeout: 500ms" "tpm: {tcti:
     "volumes:" "  - luks: $D"
 A() { "$AGENT" -c "$WORK/a.yaml" "$@"; }
 LID=$(cryptsetup luksUUID "$D")
-opens() { printf '%s' "$2" | cryptsetup open --test-passphrase --key-file=- "$1" >/dev/null 2>&1; }
-reveal() {
-    local out rid
-    out=$(ctl "$F" volume recovery-key "$1") || return 1
-    rid=$(printf '%s\n' "$out" | sed -n 's/.*request \([0-9a-f-]*\),.*/\1/p')
-    ctl_as "$F" bob approve "$rid" >/dev/null || return 1
-    ctl "$F" volume recovery-key "$1" --request "$rid" | sed -n 's/^    \([0-9a-z-]\{77\}\)$/\1/p'
-}
 
 out=$(printf 'pw' | A enroll "$D" 2>&1)
 expect_match "enrolled with TPM and network both required" "$out" "TPM and network both required"
