@@ -235,7 +235,7 @@ static bool ensure_ready(kfd_call *call)
 }
 
 /* check_revoked's answer (true: the call was answered); *hold is the node's hold, for
- * attest_eval_key (one read of the attestation record per request). */
+ * attest_eval_key (which then need not read the attestation record for it again). */
 static bool check_revoked(kfd_call *call, const char *action, const char *volume_id, node_hold *hold)
 {
     bool revoked = false;

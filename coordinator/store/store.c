@@ -367,10 +367,11 @@ int kfd_store_fail(kfd_store *s, const char *what, const char *msg, int code, kf
 {
     if (!s->failed) {
         s->failed = true;
+        /* Bounded parts (what and sqlite's message), so the whole always fits s->failure. */
         if (code != 0)
-            snprintf(s->failure, sizeof(s->failure), "%s: %s (sqlite %d)", what, msg, code);
+            snprintf(s->failure, sizeof(s->failure), "%.100s: %.120s (sqlite %d)", what, msg, code);
         else
-            snprintf(s->failure, sizeof(s->failure), "%s: %s", what, msg);
+            snprintf(s->failure, sizeof(s->failure), "%.100s: %.140s", what, msg);
         kf_log_error("store_failed", "what=%s error=%s code=%d action=\"failing closed until restart\"",
                      kf_log_q(what), kf_log_q(msg), code);
     }
