@@ -1488,7 +1488,7 @@ static void recovery_refuse(recovery_op *op, Keyfleet__V1__Decision decision, kf
     char vol[129], rid[65], msg[256];
     snprintf(vol, sizeof(vol), "%s", op->volume_id);
     snprintf(rid, sizeof(rid), "%s", op->request_id);
-    snprintf(msg, sizeof(msg), "%s", message);
+    snprintf(msg, sizeof(msg), "%.*s", (int)sizeof(msg) - 1, message); /* cut: the refusal's text */
     recovery_op_free(op);
     deny_audited(call, "recovery_escrow", decision, vol, rid, code, msg);
 }

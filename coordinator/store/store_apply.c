@@ -562,18 +562,19 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         statuses[i] = cr;
         results[i].audit_seq = cr == 0 ? seq : 0;
     }
-    if (r == 0 && raft_index != 0) {
-        sqlite3_stmt *st = kfd_store_stmt(s, ST_APPLIED_SET);
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)raft_index);
-        r = kfd_store_step_done(s, st, "recording the applied index", &tx_err);
-    }
     if (r == 0 && s->deferred) {
+        /* The applied index is written once, by the commit that ends the transaction. */
         s->tx_commands = s->tx_open ? s->tx_commands + n : n;
         s->tx_open = true;
+        if (raft_index != 0)
+            s->tx_applied = raft_index;
+    } else if (r == 0) {
+        if (raft_index != 0)
+            s->tx_applied = raft_index;
+        r = kfd_store_commit(s, &tx_err);
     }
-    else if (r == 0)
-        r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", &tx_err);
     if (r != 0) {
+        s->tx_applied = 0;
         /* With a deferred commit this also undoes earlier applies of the open transaction; the
          * store is failed then, and they are applied again from the Raft log after a restart. */
         s->tx_open = false;

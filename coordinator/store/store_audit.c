@@ -113,7 +113,7 @@ void kfd_store_set_diverged(kfd_store *s, uint64_t seq, const char *why)
     if (s->diverged_seq != 0)
         return;
     s->diverged_seq = seq != 0 ? seq : 1;
-    snprintf(s->diverged_why, sizeof(s->diverged_why), "%s", why);
+    snprintf(s->diverged_why, sizeof(s->diverged_why), "%.*s", (int)sizeof(s->diverged_why) - 1, why);
     kf_log_error("audit_diverged", "seq=%llu reason=%s action=\"serving nothing and never standing for leader; "
                                    "rebuild this replica (operations.md)\"",
                  (unsigned long long)s->diverged_seq, kf_log_q(why));

@@ -172,8 +172,11 @@ struct kfd_store {
     /* Deferred commit: applies share one open transaction until kfd_store_flush. */
     bool deferred, tx_open;
     size_t tx_commands; /* applied in the open deferred transaction */
+    uint64_t tx_applied; /* the Raft index its commit records (0: none): once per commit, not per entry */
 };
 
+/* Commits the open transaction, with the applied index it covers (s->tx_applied) written first. */
+int kfd_store_commit(kfd_store *s, kf_err *err);
 /* The marker of a snapshot not yet covered by a live checkpoint (s->restored across restarts). */
 void kfd_store_restored_path(const kfd_store *s, char *out, size_t size);
 /* Opens s->path into s (prepares statements, loads the chain head and applied index). */

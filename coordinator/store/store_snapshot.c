@@ -19,13 +19,25 @@ bool kfd_store_tx_open(const kfd_store *s) { return s != NULL && s->tx_open; }
 
 size_t kfd_store_tx_commands(const kfd_store *s) { return s != NULL && s->tx_open ? s->tx_commands : 0; }
 
+int kfd_store_commit(kfd_store *s, kf_err *err)
+{
+    int r = 0;
+    if (s->tx_applied != 0) {
+        sqlite3_stmt *st = kfd_store_stmt(s, ST_APPLIED_SET);
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)s->tx_applied);
+        r = kfd_store_step_done(s, st, "recording the applied index", err);
+        s->tx_applied = 0;
+    }
+    return r != 0 ? r : kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", err);
+}
+
 int kfd_store_flush(kfd_store *s, kf_err *err)
 {
     if (!s->tx_open)
         return 0;
     s->tx_open = false;
     s->tx_commands = 0;
-    int r = kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", err);
+    int r = kfd_store_commit(s, err);
     if (r != 0) {
         sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
         sqlite3_reset(s->st[ST_ROLLBACK]);
@@ -110,6 +122,7 @@ int kfd_store_replace(kfd_store *s, const unsigned char *image, size_t len, kf_e
      * An open deferred transaction is superseded by the snapshot. */
     if (s->tx_open) {
         s->tx_open = false;
+        s->tx_applied = 0;
         sqlite3_step(kfd_store_stmt(s, ST_ROLLBACK));
         sqlite3_reset(s->st[ST_ROLLBACK]);
     }
