@@ -526,7 +526,13 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
      * table edited under a running replica. Disputed: it answers no key until a majority settles. */
     if (!s->tx_open)
         kfd_store_foreign_write(s);
-    int r = s->tx_open ? 0 : kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
+    int r = 0;
+    if (s->tx_open && sqlite3_get_autocommit(s->db))
+        /* sqlite rolled the open transaction back (kfd_store_commit): its entries are gone, and
+         * each savepoint would now commit alone (review rev41b M1). */
+        r = kfd_store_fail(s, "applying", "sqlite rolled the open transaction back", 0, &tx_err);
+    else if (!s->tx_open)
+        r = kfd_store_step_done(s, kfd_store_stmt(s, ST_BEGIN), "beginning a transaction", &tx_err);
     s->tx_head_seq = s->head_seq;
     memcpy(s->tx_head_hash, s->head_hash, KFD_HASH_LEN);
     s->tx_tree = s->tree;
@@ -572,6 +578,8 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         if (raft_index != 0)
             s->tx_applied = raft_index;
         r = kfd_store_commit(s, &tx_err);
+        s->tx_open = false; /* deferral switched off while one was open: it is committed too */
+        s->tx_commands = 0;
     }
     if (r != 0) {
         s->tx_applied = 0;

@@ -21,12 +21,19 @@ size_t kfd_store_tx_commands(const kfd_store *s) { return s != NULL && s->tx_ope
 
 int kfd_store_commit(kfd_store *s, kf_err *err)
 {
+    uint64_t applied = s->tx_applied;
+    s->tx_applied = 0;
+    /* sqlite rolls a transaction back by itself on some errors (an I/O error, a full disk, no
+     * memory), a read's on this connection included: the entries it held are gone, so their
+     * index must not be written (alone, in autocommit, it would skip them after a restart; they
+     * are applied again from the Raft log instead). Review rev41b H1. */
+    if (sqlite3_get_autocommit(s->db))
+        return kfd_store_fail(s, "committing", "sqlite rolled the open transaction back", 0, err);
     int r = 0;
-    if (s->tx_applied != 0) {
+    if (applied != 0) {
         sqlite3_stmt *st = kfd_store_stmt(s, ST_APPLIED_SET);
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)s->tx_applied);
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)applied);
         r = kfd_store_step_done(s, st, "recording the applied index", err);
-        s->tx_applied = 0;
     }
     return r != 0 ? r : kfd_store_step_done(s, kfd_store_stmt(s, ST_COMMIT), "committing", err);
 }

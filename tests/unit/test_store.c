@@ -316,6 +316,41 @@ static void test_applied_index_and_deferred_commit(void **state)
     kfd_store_close(s);
 }
 
+/* sqlite rolls an open transaction back by itself on an I/O error, a full disk or no memory (a
+ * read's too): the deferred entries are gone, so the flush must not record their applied index
+ * (alone, it would commit in autocommit mode and the entries would be skipped for good after a
+ * restart). It fails the store instead, and the reopened store replays from the old index
+ * (review rev41b H1); an apply after such a rollback fails the store too (M1). */
+static void test_rolled_back_transaction_not_indexed(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("rolled.db");
+    assert_int_equal(apply_at(s, 5, "a"), 0);
+    kfd_store_set_deferred(s, true);
+    assert_int_equal(apply_at(s, 6, "b"), 0);
+    assert_int_equal(apply_at(s, 7, "c"), 0);
+    /* What sqlite does on SQLITE_IOERR/FULL/NOMEM within the transaction. */
+    assert_int_equal(sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    kf_err err = {0};
+    assert_int_not_equal(kfd_store_flush(s, &err), 0);
+    assert_true(kfd_store_failed(s));
+    kfd_store_close(s);
+    s = open_db("rolled.db");
+    assert_int_equal(kfd_store_applied_index(s), 5);
+    assert_int_equal(audit_count(s), 1);
+    /* M1: the next apply after the rollback, not a flush, finds it. */
+    kfd_store_set_deferred(s, true);
+    assert_int_equal(apply_at(s, 6, "b"), 0);
+    assert_int_equal(sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_not_equal(apply_at(s, 7, "c"), 0);
+    assert_true(kfd_store_failed(s));
+    kfd_store_close(s);
+    s = open_db("rolled.db");
+    assert_int_equal(kfd_store_applied_index(s), 5);
+    assert_int_equal(audit_count(s), 1);
+    kfd_store_close(s);
+}
+
 /* A snapshot image replaces another database whole: contents, chain head and applied index. */
 static void test_serialize_and_replace(void **state)
 {
@@ -1372,6 +1407,7 @@ int main(void)
         cmocka_unit_test(test_batch_isolates_failures),
         cmocka_unit_test(test_corrupt_database_fails_closed),
         cmocka_unit_test(test_applied_index_and_deferred_commit),
+        cmocka_unit_test(test_rolled_back_transaction_not_indexed),
         cmocka_unit_test(test_serialize_and_replace),
         cmocka_unit_test(test_restored_is_no_witness),
         cmocka_unit_test(test_snapshot_image_checked),
