@@ -2,12 +2,25 @@
 # the fleet directory): configs, start and stop, leader and catch-up waits, releases.
 # A block of 50 ports below Linux's ephemeral range (32768 and up, where other tests' client
 # connections take theirs), chosen from this shell's PID (two tests started together have
-# different PIDs; RANDOM seeded at the same moment gave two of them the same block) and passed
-# over while another test's replicas listen in it.
+# different PIDs; RANDOM seeded at the same moment gave two of them the same block), claimed for
+# this test's life in /tmp/kf-cluster-ports/SLOT (a directory naming the test's PID: a replica
+# the test stopped leaves its ports free, and another test probing them took the block, so the
+# restarted replica could not bind), and passed over while anything else listens in it.
 cluster_base() {
-    local k slot
+    local k slot claims=/tmp/kf-cluster-ports owner
+    mkdir -p "$claims" 2>/dev/null
     for k in $(seq 0 449); do
         slot=$(((${BASHPID:-$$} + k * 7) % 450))
+        if ! mkdir "$claims/$slot" 2>/dev/null; then
+            owner=$(cat "$claims/$slot/pid" 2>/dev/null)
+            # Another test's while it runs; one being written (no pid yet) is left alone too,
+            # unless it is a minute old (its test was killed between the two steps).
+            if [ -n "$owner" ] && kill -0 "$owner" 2>/dev/null; then continue; fi
+            if [ -z "$owner" ] && [ -z "$(find "$claims/$slot" -maxdepth 0 -mmin +1 2>/dev/null)" ]; then continue; fi
+            rm -rf "$claims/$slot"
+            mkdir "$claims/$slot" 2>/dev/null || continue
+        fi
+        echo "$$" >"$claims/$slot/pid"
         (exec 3<>"/dev/tcp/127.0.0.1/$((10000 + slot * 50 + 1))") 2>/dev/null && continue
         (exec 3<>"/dev/tcp/127.0.0.1/$((10000 + slot * 50 + 21))") 2>/dev/null && continue
         break
