@@ -1,9 +1,10 @@
-/* A benchmark shim (LD_PRELOAD into keyfleetd; scripts/bench-steps): counts sqlite3_step calls
+/* A benchmark shim (LD_PRELOAD into keyfleetd by scripts/bench-guards): counts sqlite3_step calls
  * per SQL statement. The count is the noise-free side of issue #29's "fewer round trips to
  * sqlite": it does not move with the machine's load, as CPU time does.
  *
- * SIGWINCH asks for a dump; the next step (keyfleetd steps at least every checkpoint, 200 ms)
- * appends "TOTAL n" and one "count<TAB>sql" line per statement to $KF_SQLITE_STEPS_OUT.
+ * SIGWINCH asks for a dump; the next step (keyfleetd's one-second tick runs a statement, and
+ * every checkpoint does) appends "TOTAL n" and one "count<TAB>sql" line per statement to
+ * $KF_SQLITE_STEPS_OUT.
  * Never for production: it is not thread-safe beyond keyfleetd's one loop thread. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

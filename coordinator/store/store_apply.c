@@ -568,15 +568,13 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         statuses[i] = cr;
         results[i].audit_seq = cr == 0 ? seq : 0;
     }
+    /* The applied index is written once, by the commit that ends the transaction. */
+    if (r == 0 && raft_index != 0)
+        s->tx_applied = raft_index;
     if (r == 0 && s->deferred) {
-        /* The applied index is written once, by the commit that ends the transaction. */
         s->tx_commands = s->tx_open ? s->tx_commands + n : n;
         s->tx_open = true;
-        if (raft_index != 0)
-            s->tx_applied = raft_index;
     } else if (r == 0) {
-        if (raft_index != 0)
-            s->tx_applied = raft_index;
         r = kfd_store_commit(s, &tx_err);
         s->tx_open = false; /* deferral switched off while one was open: it is committed too */
         s->tx_commands = 0;
