@@ -202,8 +202,9 @@ static void emit_app(out *o, const kfd_app *app)
          (unsigned long long)rs.snapshots_restored, (unsigned long long)rs.peers_refused,
          (unsigned long long)rs.commit_timeouts);
     kfd_audit_head h = {0};
-    uint64_t diverged = 0, disputed = 0, disputes = 0;
+    uint64_t diverged = 0, disputed = 0, disputes = 0, note_ns = 0;
     if (app->store != NULL) {
+        note_ns = kfd_store_state_note_cost_ns(app->store);
         kfd_store_audit_head(app->store, &h);
         diverged = kfd_store_audit_diverged(app->store, NULL);
         disputed = kfd_store_audit_disputed(app->store, NULL);
@@ -236,10 +237,14 @@ static void emit_app(out *o, const kfd_app *app)
          "keyfleet_audit_disputes_total %llu\n"
          "# HELP keyfleet_raft_snapshots_refused_total Snapshots from the leader refused: their audit log did not verify or extend this replica's.\n"
          "# TYPE keyfleet_raft_snapshots_refused_total counter\n"
-         "keyfleet_raft_snapshots_refused_total %llu\n",
+         "keyfleet_raft_snapshots_refused_total %llu\n"
+         "# HELP keyfleet_state_note_seconds What this replica's last state note at a checkpoint took (its scan of every replicated table; the leader asks for one after 100 times that, at least 1 s and at most 60 s apart).\n"
+         "# TYPE keyfleet_state_note_seconds gauge\n"
+         "keyfleet_state_note_seconds %.6f\n",
          (unsigned long long)h.seq, (unsigned long long)h.checkpoint_size, (unsigned long long)cs.signed_total,
          (unsigned long long)cs.failed_total, diverged != 0 ? 1 : 0, (unsigned long long)diverged,
-         disputed != 0 ? 1 : 0, (unsigned long long)disputes, (unsigned long long)rs.snapshots_refused);
+         disputed != 0 ? 1 : 0, (unsigned long long)disputes, (unsigned long long)rs.snapshots_refused,
+         (double)note_ns / 1e9);
 }
 
 char *kfd_metrics_render(const kfd_server *srv, size_t *ret_len)

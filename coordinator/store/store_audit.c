@@ -359,10 +359,19 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     s->tx_cp_size = cp.size;
     /* The rest of the replicated state (review rev17, R2): noted here, and compared with the
      * leader's when its CmdStateCheck for this record follows. Only then does this checkpoint
-     * vouch for the replica; none when the state cannot be read. */
+     * vouch for the replica; none when the state cannot be read. Not at a record the leader
+     * skipped (its scans' cost, docs/audit.md): the newest note stays what a check compares and
+     * what the next checkpoint signs, every replica alike. */
+    if (c->skip_state_note)
+        return 0;
     s->cp_state_seq = 0;
     s->cp_state_vouches = why[0] == '\0' && cp.size >= s->start_head;
-    if (kfd_store_state_digest(s, s->cp_state) == 0) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int dr = kfd_store_state_digest(s, s->cp_state);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s->state_digest_ns = (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
+    if (dr == 0) {
         s->cp_state_seq = *seq;
         s->cp_state_version = kfd_store_state_version();
         unsigned i = s->state_notes_next++ % KFD_STATE_NOTES;
@@ -372,6 +381,8 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     }
     return 0;
 }
+
+uint64_t kfd_store_state_note_cost_ns(const kfd_store *s) { return s->state_digest_ns; }
 
 int kfd_store_state_note_at(const kfd_store *s, uint64_t seq, uint8_t state[KFD_HASH_LEN], uint32_t *version)
 {

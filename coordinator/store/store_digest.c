@@ -138,3 +138,9 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN])
     EVP_MD_free(sha256);
     return r;
 }
+
+uint64_t kfd_state_note_interval_ms(uint64_t cost_ns)
+{
+    uint64_t ms = cost_ns / 1000 * KFD_STATE_NOTE_SHARE / 1000;
+    return ms < KFD_STATE_NOTE_MIN_MS ? KFD_STATE_NOTE_MIN_MS : ms > KFD_STATE_NOTE_MAX_MS ? KFD_STATE_NOTE_MAX_MS : ms;
+}

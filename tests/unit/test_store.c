@@ -825,6 +825,8 @@ static int state_check_mode;
 /* The checkpoint's text: v1 (0), v2 signing this replica's own state note at its newest
  * checkpoint record (1), or that note changed (2): review rev17, the signed state root. */
 static int signed_state_mode;
+/* The leader asks no state note at the checkpoint (issue #29: skip_state_note). */
+static bool skip_note_mode;
 
 static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len)
 {
@@ -861,6 +863,7 @@ static int apply_checkpoint_at(kfd_store *s, const char *signer, uint8_t *cert, 
     c.signature = (ProtobufCBinaryData){sizeof(sig), sig};
     c.cert = (ProtobufCBinaryData){cert_len, cert};
     c.audit = &e;
+    c.skip_state_note = skip_note_mode;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
     cmd.checkpoint = &c;
@@ -1159,6 +1162,56 @@ static void test_signed_state_root(void **state)
     OPENSSL_free(c7);
 }
 
+/* Issue #29: a checkpoint whose leader asked no state note scans nothing on any replica; the
+ * newest note stays what a state check compares and what the next checkpoint signs. The leader
+ * waits between notes 100 times what the last scan cost, at least a second, at most a minute. */
+static void test_state_note_skipped(void **state)
+{
+    (void)state;
+    uint8_t *c8 = NULL;
+    size_t c8_len = 0;
+    char serial[KF_SERIAL_MAX];
+    coordinator_cert("c8", &c8, &c8_len, serial);
+    kfd_store *s = open_db("skip-note.db");
+    assert_int_equal(append(s, "release", "web-01"), 0);
+    assert_int_equal(apply_checkpoint(s, "c8", c8, c8_len), 0); /* record 2, noted and checked */
+    assert_true(kfd_store_audit_vouched(s));
+    uint8_t st[KFD_HASH_LEN], at2[KFD_HASH_LEN];
+    uint64_t st_seq = 0;
+    uint32_t st_version = 0;
+    assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, at2, &st_version), 0);
+    assert_int_equal(st_seq, 2);
+    assert_int_equal(append(s, "release", "web-02"), 0);
+    skip_note_mode = true;
+    state_check_mode = 2;
+    assert_int_equal(apply_checkpoint(s, "c8", c8, c8_len), 0); /* record 4, not noted */
+    skip_note_mode = false;
+    state_check_mode = 0;
+    assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), 0);
+    assert_int_equal(st_seq, 2);
+    assert_memory_equal(st, at2, sizeof(st));
+    assert_int_equal(kfd_store_state_note_at(s, 4, st, &st_version), -ENOENT);
+    /* The next checkpoint signs the note at record 2 and notes its own. */
+    assert_int_equal(append(s, "release", "web-03"), 0);
+    signed_state_mode = 1;
+    assert_int_equal(apply_checkpoint(s, "c8", c8, c8_len), 0); /* record 6 */
+    signed_state_mode = 0;
+    assert_int_equal(kfd_store_audit_disputed(s, NULL), 0);
+    Keyfleet__V1__AuditRecord *r = NULL;
+    assert_int_equal(kfd_store_get_checkpoint(s, 0, &r), 0);
+    assert_non_null(strstr(r->reason, "\nstate 2 "));
+    kfd_audit_free_record(r);
+    assert_int_equal(kfd_store_checkpoint_state(s, &st_seq, st, &st_version), 0);
+    assert_int_equal(st_seq, 6);
+    kfd_store_close(s);
+    OPENSSL_free(c8);
+    assert_int_equal(kfd_state_note_interval_ms(0), 1000);          /* at least a second apart */
+    assert_int_equal(kfd_state_note_interval_ms(9000000), 1000);    /* 9 ms */
+    assert_int_equal(kfd_state_note_interval_ms(15000000), 1500);   /* 15 ms: 1% of the time */
+    assert_int_equal(kfd_state_note_interval_ms(1200000000), 60000); /* 1.2 s: at most a minute */
+    assert_int_equal(kfd_state_note_interval_ms(10000000000ULL), 60000);
+}
+
 /* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
  * audit log, not with the audit log or the order rows were written in. */
 /* An edit behind the store's back (the attacker of #17 with write access to one database). */
@@ -1424,6 +1477,7 @@ int main(void)
         cmocka_unit_test(test_state_digest),
         cmocka_unit_test(test_checkpoint_state_compared),
         cmocka_unit_test(test_signed_state_root),
+        cmocka_unit_test(test_state_note_skipped),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
