@@ -107,8 +107,8 @@ int kfa_client(kfa_ctx *ctx, kf_err *err)
         .timeout_ms = (long)ctx->cfg->call_timeout_ms,
     };
     int r = kf_rpc_client_new(&opts, &ctx->client, err);
-    if (r == 0 && prefer[0] != '\0' && kf_rpc_client_prefer(ctx->client, prefer) != 0)
-        r = kf_err_set(err, -ENOMEM, "out of memory");
+    if (r == 0 && prefer[0] != '\0' && (r = kf_rpc_client_prefer(ctx->client, prefer)) != 0)
+        r = kf_err_set(err, r, "%s: %s", prefer, strerror(-r));
     return r;
 }
 

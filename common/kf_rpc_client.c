@@ -47,6 +47,7 @@ struct kf_rpc_client {
     SSL_CTX *ctx;
     char **servers;
     size_t n_servers;
+    size_t n_configured; /* servers[0..n_configured) came from the caller; the rest from hints */
     size_t current; /* the server that answered last; tried first */
     long timeout_ms;
     bool has_cert; /* presents a client certificate */
@@ -549,6 +550,7 @@ int kf_rpc_client_new(const kf_rpc_opts *opts, kf_rpc_client **ret, kf_err *err)
         }
         c->n_servers++;
     }
+    c->n_configured = c->n_servers;
     c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
     *ret = c;
     return 0;
@@ -626,7 +628,7 @@ int kf_rpc_client_prefer(kf_rpc_client *c, const char *server)
 {
     int i = server_index(c, server);
     if (i < 0)
-        return -ENOMEM;
+        return i;
     c->current = (size_t)i;
     return 0;
 }
@@ -639,18 +641,24 @@ int kf_rpc_client_identity(const kf_rpc_client *c, kf_identity *ret, kf_err *err
     return kf_identity_from_cert(cert, ret, err) == 0 ? 0 : -EACCES;
 }
 
-/* The index of server addr, added to the list when it is new; -1 when out of memory. */
+/* The index of server addr, added to the list when it is new: -ENOMEM, or -ENOSPC when
+ * KF_RPC_MAX_HINTED addresses were added already (review rev40 F7: every hint to a new address
+ * grew the list, so a coordinator could grow a long-lived client, the agent's watch, without
+ * bound; a cluster has at most 9 voters, so a real one never fills it). A hint to an address
+ * with no room is not followed: the answer naming it is the answer. */
 static int server_index(kf_rpc_client *c, const char *addr)
 {
     for (size_t i = 0; i < c->n_servers; i++)
         if (strcmp(c->servers[i], addr) == 0)
             return (int)i;
+    if (c->n_servers - c->n_configured >= KF_RPC_MAX_HINTED)
+        return -ENOSPC;
     char **v = realloc(c->servers, (c->n_servers + 1) * sizeof(char *));
     if (v == NULL)
-        return -1;
+        return -ENOMEM;
     c->servers = v;
     if ((v[c->n_servers] = strdup(addr)) == NULL)
-        return -1;
+        return -ENOMEM;
     return (int)c->n_servers++;
 }
 

@@ -75,7 +75,9 @@ void kf_rpc_client_release_tpm(kf_rpc_client *c);
 bool kf_rpc_client_usable(const kf_rpc_client *c);
 /* The server the next call tries first (the last that answered, or the leader a follower named),
  * and making a server (added when new) the first to try: so a new client goes where the old one
- * would have. 0 or -ENOMEM. */
+ * would have. 0, -ENOMEM, or -ENOSPC: KF_RPC_MAX_HINTED addresses beyond the configured ones were
+ * added already (by leader hints or this call), and a new one is not. */
+#define KF_RPC_MAX_HINTED 16
 const char *kf_rpc_client_current(const kf_rpc_client *c);
 int kf_rpc_client_prefer(kf_rpc_client *c, const char *server);
 

@@ -59,9 +59,9 @@ struct kfd_checkpointer {
     kf_checkpoint_cache *cache;      /* signer chains verified (review rev17, R6) */
     bool inflight, closing;
     uint64_t last_at; /* loop time of the last proposal */
-    /* Loop time of the last checkpoint proposed with a state note (0: none yet), and whether the
-     * one in flight asks for one (kfd_state_note_interval_ms). */
-    uint64_t noted_at;
+    /* Loop time from which the next checkpoint notes the state (0: the next one does), and
+     * whether the one in flight asks for a note (kfd_state_note_gap_ms). */
+    uint64_t note_due_at;
     bool inflight_notes;
     kfd_checkpoint_stats stats;
     /* Confirming this leader's audit head with a majority before it signs (docs/audit.md). */
@@ -149,7 +149,7 @@ static void on_committed(void *arg, int status, const kfd_apply_result *res, con
         c->stats.failed_total++;
         kf_log_warn("audit_checkpoint_failed", "error=%s", kf_log_q(err->msg));
         if (c->inflight_notes)
-            c->noted_at = 0; /* no note was made: the next checkpoint asks again */
+            c->note_due_at = 0; /* no note was made: the next checkpoint asks again */
         return;
     }
     c->stats.signed_total++;
@@ -226,14 +226,19 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     cc.cert.data = c->cert_der;
     cc.cert.len = c->cert_len;
     cc.audit = &a.entry;
-    /* A state note when its scan is due (docs/audit.md, "How often the state is checked"): by
-     * what this replica's last one cost, so that the scans every replica makes stay a small
-     * share of its time whatever the fleet's size. */
+    /* A state note when one is due (docs/audit.md, "How often the state is checked"): the gap
+     * grows with what this replica's last scan cost, so that the scans every replica makes stay
+     * a small share of its time whatever the fleet's size, and is drawn at random so that nobody
+     * who can read the log's state roots knows when the next note comes (review rev42, S1). */
     uint64_t now_ms = uv_now(c->timer.loop);
-    c->inflight_notes = c->noted_at == 0 || now_ms - c->noted_at >= kfd_state_note_interval_ms(kfd_store_state_note_cost_ns(app->store));
+    c->inflight_notes = c->note_due_at == 0 || now_ms >= c->note_due_at;
     cc.skip_state_note = !c->inflight_notes;
-    if (c->inflight_notes)
-        c->noted_at = now_ms;
+    if (c->inflight_notes) {
+        uint32_t draw = 0;
+        if (RAND_bytes((unsigned char *)&draw, sizeof(draw)) != 1)
+            draw = 0; /* the shortest gap */
+        c->note_due_at = now_ms + kfd_state_note_gap_ms(kfd_store_state_note_cost_ns(app->store), draw);
+    }
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
     cmd.checkpoint = &cc;
@@ -475,7 +480,7 @@ static void confirm(kfd_checkpointer *c, uint64_t term)
     uint64_t now = uv_now(c->timer.loop);
     if (c->confirm_term != term) {
         c->confirm_term = term;
-        c->noted_at = 0; /* a new leader's first checkpoint notes the state */
+        c->note_due_at = 0; /* a new leader's first checkpoint notes the state */
         c->told_unconfirmed = false;
         c->next_round_at = 0;
         c->round = 0;

@@ -238,7 +238,7 @@ static void emit_app(out *o, const kfd_app *app)
          "# HELP keyfleet_raft_snapshots_refused_total Snapshots from the leader refused: their audit log did not verify or extend this replica's.\n"
          "# TYPE keyfleet_raft_snapshots_refused_total counter\n"
          "keyfleet_raft_snapshots_refused_total %llu\n"
-         "# HELP keyfleet_state_note_seconds What this replica's last state note at a checkpoint took (its scan of every replicated table; the leader asks for one after 100 times that, at least 1 s and at most 60 s apart).\n"
+         "# HELP keyfleet_state_note_seconds What this replica's last state note at a checkpoint took (its scan of every replicated table; the leader asks for the next one 50 times that later, at least 0.5 s, times a random factor in [0.5, 1.5), at most 10 s).\n"
          "# TYPE keyfleet_state_note_seconds gauge\n"
          "keyfleet_state_note_seconds %.6f\n",
          (unsigned long long)h.seq, (unsigned long long)h.checkpoint_size, (unsigned long long)cs.signed_total,

@@ -33,8 +33,8 @@ typedef struct kfd_audit_head {
 /* The state digest this replica noted when it applied its newest checkpoint since it opened
  * (review rev17, R2): the leader proposes it in a CmdStateCheck. 0, or -ENOENT (none). */
 int kfd_store_checkpoint_state(const kfd_store *s, uint64_t *seq, uint8_t state[KFD_HASH_LEN], uint32_t *version);
-/* What this replica's last state note cost (ns of its scan; 0: none yet): the leader asks for
- * the next one kfd_state_note_interval_ms (store_digest.h) of it later. */
+/* What this replica's last state note cost (ns of its scan; 0: none yet, or it failed): the
+ * leader asks for the next one kfd_state_note_gap_ms (store_digest.h) later. */
 uint64_t kfd_store_state_note_cost_ns(const kfd_store *s);
 /* The state digest this replica noted when it applied checkpoint record seq (the last
  * KFD_STATE_NOTES of them since it opened): 0, or -ENOENT. */

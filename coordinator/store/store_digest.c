@@ -139,8 +139,13 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN])
     return r;
 }
 
-uint64_t kfd_state_note_interval_ms(uint64_t cost_ns)
+uint64_t kfd_state_note_gap_ms(uint64_t cost_ns, uint32_t draw)
 {
-    uint64_t ms = cost_ns / 1000 * KFD_STATE_NOTE_SHARE / 1000;
-    return ms < KFD_STATE_NOTE_MIN_MS ? KFD_STATE_NOTE_MIN_MS : ms > KFD_STATE_NOTE_MAX_MS ? KFD_STATE_NOTE_MAX_MS : ms;
+    uint64_t base = cost_ns / 1000 * KFD_STATE_NOTE_SHARE / 1000;
+    if (base < KFD_STATE_NOTE_MIN_MS)
+        base = KFD_STATE_NOTE_MIN_MS;
+    if (base > KFD_STATE_NOTE_MAX_MS)
+        base = KFD_STATE_NOTE_MAX_MS;
+    uint64_t gap = base * (512 + draw % 1024) / 1024; /* [0.5, 1.5) x base */
+    return gap < KFD_STATE_NOTE_MAX_MS ? gap : KFD_STATE_NOTE_MAX_MS;
 }

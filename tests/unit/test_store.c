@@ -381,14 +381,20 @@ static void test_serialize_and_replace(void **state)
 /* A replica that installed a snapshot holds the sender's copy: it is no witness of a leader's
  * audit head until a checkpoint it applied live covers what it received (#17 review). */
 static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_len, char serial[KF_SERIAL_MAX]);
+/* A coordinator certificate (DER) whose serial the test does not need. */
+static uint8_t *signer_cert(const char *name, size_t *ret_len)
+{
+    char serial[KF_SERIAL_MAX];
+    uint8_t *der = NULL;
+    coordinator_cert(name, &der, ret_len, serial);
+    return der;
+}
 static int apply_checkpoint(kfd_store *s, const char *signer, uint8_t *cert, size_t cert_len);
 static void test_restored_is_no_witness(void **state)
 {
     (void)state;
-    uint8_t *c1 = NULL;
     size_t c1_len = 0;
-    char serial[KF_SERIAL_MAX];
-    coordinator_cert("w1", &c1, &c1_len, serial);
+    uint8_t *c1 = signer_cert("w1", &c1_len);
     kfd_store *a = open_db("witness-a.db");
     for (uint64_t i = 1; i <= 3; i++)
         assert_int_equal(apply_at(a, i, "a"), 0);
@@ -1040,10 +1046,8 @@ static int refuse_sig_2(void *arg, const Keyfleet__V1__CmdCheckpoint *c, kf_err 
 static void test_snapshot_old_checkpoint_signature(void **state)
 {
     (void)state;
-    uint8_t *c7 = NULL;
     size_t c7_len = 0;
-    char serial[KF_SERIAL_MAX];
-    coordinator_cert("c9", &c7, &c7_len, serial);
+    uint8_t *c7 = signer_cert("c9", &c7_len);
     kfd_store *leader = open_db("img-sig-leader.db"), *honest = open_db("img-sig-honest.db");
     assert_int_equal(append(leader, "release", "n1"), 0);
     assert_int_equal(append(honest, "release", "n1"), 0);
@@ -1075,10 +1079,8 @@ static void test_snapshot_old_checkpoint_signature(void **state)
 static void test_checkpoint_state_compared(void **state)
 {
     (void)state;
-    uint8_t *c6 = NULL;
     size_t c6_len = 0;
-    char serial[KF_SERIAL_MAX];
-    coordinator_cert("c6", &c6, &c6_len, serial);
+    uint8_t *c6 = signer_cert("c6", &c6_len);
     kfd_store *s = open_db("cs-a.db");
     assert_int_equal(append(s, "release", "web-01"), 0);
     uint8_t st[KFD_HASH_LEN];
@@ -1128,10 +1130,8 @@ static void test_checkpoint_state_compared(void **state)
 static void test_signed_state_root(void **state)
 {
     (void)state;
-    uint8_t *c7 = NULL;
     size_t c7_len = 0;
-    char serial[KF_SERIAL_MAX];
-    coordinator_cert("c7", &c7, &c7_len, serial);
+    uint8_t *c7 = signer_cert("c7", &c7_len);
     kfd_store *s = open_db("ssr.db");
     assert_int_equal(append(s, "release", "web-01"), 0);
     signed_state_mode = 1; /* nothing noted yet: "state none" */
@@ -1164,14 +1164,13 @@ static void test_signed_state_root(void **state)
 
 /* Issue #29: a checkpoint whose leader asked no state note scans nothing on any replica; the
  * newest note stays what a state check compares and what the next checkpoint signs. The leader
- * waits between notes 100 times what the last scan cost, at least a second, at most a minute. */
+ * waits between notes 50 times what the last scan cost (at least 0.5 s), times a random factor in
+ * [0.5, 1.5), at most 10 s. */
 static void test_state_note_skipped(void **state)
 {
     (void)state;
-    uint8_t *c8 = NULL;
     size_t c8_len = 0;
-    char serial[KF_SERIAL_MAX];
-    coordinator_cert("c8", &c8, &c8_len, serial);
+    uint8_t *c8 = signer_cert("c8", &c8_len);
     kfd_store *s = open_db("skip-note.db");
     assert_int_equal(append(s, "release", "web-01"), 0);
     assert_int_equal(apply_checkpoint(s, "c8", c8, c8_len), 0); /* record 2, noted and checked */
@@ -1205,11 +1204,16 @@ static void test_state_note_skipped(void **state)
     assert_int_equal(st_seq, 6);
     kfd_store_close(s);
     OPENSSL_free(c8);
-    assert_int_equal(kfd_state_note_interval_ms(0), 1000);          /* at least a second apart */
-    assert_int_equal(kfd_state_note_interval_ms(9000000), 1000);    /* 9 ms */
-    assert_int_equal(kfd_state_note_interval_ms(15000000), 1500);   /* 15 ms: 1% of the time */
-    assert_int_equal(kfd_state_note_interval_ms(1200000000), 60000); /* 1.2 s: at most a minute */
-    assert_int_equal(kfd_state_note_interval_ms(10000000000ULL), 60000);
+    /* The gap: 50 times the scan, at least 0.5 s, times [0.5, 1.5) by the draw, at most 10 s. */
+    assert_int_equal(kfd_state_note_gap_ms(0, 512), 500);
+    assert_int_equal(kfd_state_note_gap_ms(0, 0), 250);
+    assert_int_equal(kfd_state_note_gap_ms(0, 1023), 749);
+    assert_int_equal(kfd_state_note_gap_ms(9000000, 512), 500);     /* 9 ms: the least */
+    assert_int_equal(kfd_state_note_gap_ms(35000000, 512), 1750);   /* 35 ms: 2% of the time */
+    assert_int_equal(kfd_state_note_gap_ms(35000000, 1024 + 0), 875);
+    assert_int_equal(kfd_state_note_gap_ms(150000000, 1023), 10000); /* 150 ms x 50 x 1.5: at most 10 s */
+    assert_int_equal(kfd_state_note_gap_ms(10000000000ULL, 0), 5000);
+    assert_int_equal(kfd_state_note_gap_ms(10000000000ULL, 1023), 10000);
 }
 
 /* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
