@@ -124,13 +124,13 @@ static void on_state_checked(void *arg, int status, const kfd_apply_result *res,
 /* The state digest this leader noted when it applied its checkpoint, for every replica to compare
  * with its own there (review rev17, R2): an edited replica diverges now rather than when it
  * leads, and a checkpoint vouches for a replica only once its state matched. */
-static void propose_state_check(kfd_checkpointer *c)
+static bool propose_state_check(kfd_checkpointer *c)
 {
     uint8_t state[KFD_HASH_LEN];
     uint32_t version = 0;
     uint64_t seq = 0;
     if (kfd_store_checkpoint_state(c->app->store, &seq, state, &version) != 0)
-        return;
+        return false;
     Keyfleet__V1__CmdStateCheck sc = KEYFLEET__V1__CMD_STATE_CHECK__INIT;
     sc.seq = seq;
     sc.state = (ProtobufCBinaryData){sizeof(state), state};
@@ -139,6 +139,7 @@ static void propose_state_check(kfd_checkpointer *c)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_STATE_CHECK;
     cmd.state_check = &sc;
     kfd_commit(c->app, &cmd, on_state_checked, c); /* serialized at once */
+    return true;
 }
 
 static void on_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -154,8 +155,10 @@ static void on_committed(void *arg, int status, const kfd_apply_result *res, con
     }
     c->stats.signed_total++;
     (void)res;
-    if (c->inflight_notes) /* a skipped record leaves the note already checked */
-        propose_state_check(c);
+    /* A skipped record leaves the note already checked; a scan that failed here (no note) is
+     * asked for again at the next checkpoint. */
+    if (c->inflight_notes && !propose_state_check(c))
+        c->note_due_at = 0;
 }
 
 static void propose(kfd_checkpointer *c, const kfd_audit_head *h)

@@ -370,7 +370,8 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int dr = kfd_store_state_digest(s, s->cp_state);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    /* A failed scan sets no cost (review rev42 S6): the leader asks again after the shortest gap. */
+    /* A failed scan sets no cost (review rev42 S6): a leader whose own scan failed asks for a
+     * note again at its next checkpoint, and draws its gaps from the shortest until one works. */
     s->state_digest_ns = dr == 0 ? (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec)) : 0;
     if (dr != 0)
         kf_log_warn("state_note_failed", "seq=%llu error=\"%s\" hint=\"this checkpoint compares no state here\"",
