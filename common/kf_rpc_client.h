@@ -73,11 +73,13 @@ int kf_rpc_client_export(kf_rpc_client *c, const char *label, unsigned char *out
 void kf_rpc_client_release_tpm(kf_rpc_client *c);
 /* false when the client released its TPM key and has no open connection: make a new one. */
 bool kf_rpc_client_usable(const kf_rpc_client *c);
+/* Addresses a client adds beyond its configured ones, by leader hints or kf_rpc_client_prefer,
+ * over its life (review rev40 F7). */
+#define KF_RPC_MAX_HINTED 16
 /* The server the next call tries first (the last that answered, or the leader a follower named),
  * and making a server (added when new) the first to try: so a new client goes where the old one
- * would have. 0, -ENOMEM, or -ENOSPC: KF_RPC_MAX_HINTED addresses beyond the configured ones were
- * added already (by leader hints or this call), and a new one is not. */
-#define KF_RPC_MAX_HINTED 16
+ * would have. 0, -ENOMEM, or -ENOSPC: KF_RPC_MAX_HINTED addresses were added already, and a new
+ * one is not. */
 const char *kf_rpc_client_current(const kf_rpc_client *c);
 int kf_rpc_client_prefer(kf_rpc_client *c, const char *server);
 

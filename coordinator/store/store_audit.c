@@ -373,10 +373,10 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
     /* A failed scan sets no cost (review rev42 S6): a leader whose own scan failed asks for a
      * note again at its next checkpoint, and draws its gaps from the shortest until one works. */
     s->state_digest_ns = dr == 0 ? (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec)) : 0;
-    if (dr != 0)
+    if (dr != 0) {
         kf_log_warn("state_note_failed", "seq=%llu error=\"%s\" hint=\"this checkpoint compares no state here\"",
                     (unsigned long long)*seq, strerror(-dr));
-    if (dr == 0) {
+    } else {
         s->cp_state_seq = *seq;
         s->cp_state_version = kfd_store_state_version();
         unsigned i = s->state_notes_next++ % KFD_STATE_NOTES;

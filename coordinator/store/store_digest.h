@@ -14,8 +14,8 @@ int kfd_store_state_digest(kfd_store *s, uint8_t out[KFD_HASH_LEN]);
 
 /* Every replica scans every replicated table when it notes its state at a checkpoint, so a scan
  * costs what the fleet's size makes it cost (~35 ms at 10 000 nodes), as often as checkpoints come
- * (every 200 ms, or every 1000 records, under load): that was ~150 us of each Release of a
- * 10 000-node boot storm (issue #29). The leader asks for a note only once this long (ms) after
+ * (every 200 ms, or every 1000 records, under load): at 10 000 nodes that was 88-121 rows read
+ * per Release, against ~12 sqlite steps for the rest of it (issue #29, docs/performance.md). The leader asks for a note only once this long (ms) after
  * its last one: KFD_STATE_NOTE_SHARE times what the last scan took, at least KFD_STATE_NOTE_MIN_MS,
  * times a random factor in [0.5, 1.5) drawn from draw (so the next note cannot be foreseen, review
  * rev42 S1), and at most KFD_STATE_NOTE_MAX_MS (docs/audit.md, "How often the state is checked").

@@ -158,7 +158,7 @@ struct kfd_store {
         uint8_t state[KFD_HASH_LEN];
     } state_notes[KFD_STATE_NOTES];
     unsigned state_notes_next;
-    uint64_t state_digest_ns; /* what this replica's last state note cost (CLOCK_MONOTONIC) */
+    uint64_t state_digest_ns; /* what this replica's last state note cost (CLOCK_MONOTONIC); 0: it failed */
     uint8_t verify_state[KFD_HASH_LEN]; /* VerifyAudit's answer points here */
     /* A snapshot replaced this database since the process started (kfd_store_audit_witness). */
     bool restored;
