@@ -1,5 +1,7 @@
 #include "kf_hpke.h"
 
+#include "kf_hmac.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
@@ -10,26 +12,14 @@
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
 
-/* Fetched once: implicit fetches on every call cost more than the crypto itself in OpenSSL 3.0. */
-/* HMAC-SHA256 with its digest already set: duplicating it skips the digest fetch that naming
- * "SHA256" costs on every use in OpenSSL 3.0 (HPKE runs six HKDF steps per seal). HKDF itself
- * is RFC 5869 on top of it, because 3.0's HKDF context cannot be duplicated. */
-static EVP_MAC_CTX *hmac_sha256;
+/* Fetched once: implicit fetches on every call cost more than the crypto itself in OpenSSL 3.0.
+ * HKDF is RFC 5869 on top of kf_hmac_sha256 (which keeps its own HMAC context), because 3.0's
+ * HKDF context cannot be duplicated. */
 static EVP_CIPHER *aes128gcm, *aes256gcm, *chacha;
 static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 
 static void fetch_algorithms(void)
 {
-    EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (hmac != NULL && (hmac_sha256 = EVP_MAC_CTX_new(hmac)) != NULL) {
-        OSSL_PARAM p[2] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-                           OSSL_PARAM_construct_end()};
-        if (EVP_MAC_CTX_set_params(hmac_sha256, p) != 1) {
-            EVP_MAC_CTX_free(hmac_sha256);
-            hmac_sha256 = NULL;
-        }
-    }
-    EVP_MAC_free(hmac);
     aes128gcm = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
     aes256gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
     chacha = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
@@ -57,24 +47,14 @@ static const EVP_CIPHER *aead_cipher(uint16_t aead_id, size_t *ret_nk)
 static int hmac3(const uint8_t *key, size_t key_len, const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len,
                  const uint8_t *c, size_t c_len, uint8_t out[32])
 {
-    static const uint8_t zeros[32];
-    EVP_MAC_CTX *m = EVP_MAC_CTX_dup(hmac_sha256);
-    size_t len = 0;
-    /* An empty key is HashLen zeros (RFC 5869's default salt); HMAC pads either way. */
-    int ok = m != NULL && EVP_MAC_init(m, key_len > 0 ? key : zeros, key_len > 0 ? key_len : sizeof(zeros), NULL) == 1 &&
-             (a_len == 0 || EVP_MAC_update(m, a, a_len) == 1) && (b_len == 0 || EVP_MAC_update(m, b, b_len) == 1) &&
-             (c_len == 0 || EVP_MAC_update(m, c, c_len) == 1) && EVP_MAC_final(m, out, &len, 32) == 1 && len == 32;
-    EVP_MAC_CTX_free(m);
-    return ok ? 0 : -EIO;
+    const kf_span parts[3] = {{a, a_len}, {b, b_len}, {c, c_len}};
+    return kf_hmac_sha256(key, key_len, parts, 3, out);
 }
 
 /* HKDF-SHA256 (RFC 5869) in one mode; salt may be empty. */
 static int hkdf_run(int mode, const uint8_t *salt, size_t salt_len, const uint8_t *key, size_t key_len,
                     const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len)
 {
-    pthread_once(&fetch_once, fetch_algorithms);
-    if (hmac_sha256 == NULL)
-        return -ENOSYS;
     if (mode == EVP_KDF_HKDF_MODE_EXTRACT_ONLY)
         return out_len == 32 ? hmac3(salt, salt_len, key, key_len, NULL, 0, NULL, 0, out) : -EINVAL;
     if (mode != EVP_KDF_HKDF_MODE_EXPAND_ONLY || out_len > 255 * 32)

@@ -10,7 +10,6 @@
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
-#include <openssl/hmac.h>
 #include <openssl/param_build.h>
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
@@ -18,6 +17,7 @@
 #include <openssl/x509v3.h>
 
 #include "kf_b64.h"
+#include "kf_hmac.h"
 
 /* TPM 2.0 Part 2 constants used here. */
 #define ALG_RSA 0x0001
@@ -528,28 +528,19 @@ static int kdfa(const unsigned char *key, size_t key_len, const char *label, con
 {
     unsigned char bits[4] = {(unsigned char)(out_len * 8 >> 24), (unsigned char)(out_len * 8 >> 16),
                              (unsigned char)(out_len * 8 >> 8), (unsigned char)(out_len * 8)};
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    int r = mac != NULL ? 0 : -EIO;
+    int r = 0;
     for (uint32_t i = 1, done = 0; r == 0 && done < out_len; i++) {
         unsigned char ctr[4] = {(unsigned char)(i >> 24), (unsigned char)(i >> 16), (unsigned char)(i >> 8),
                                 (unsigned char)i};
         unsigned char block[32];
-        size_t bl = 0;
-        OSSL_PARAM params[] = {OSSL_PARAM_utf8_string("digest", (char *)"SHA256", 0), OSSL_PARAM_END};
-        EVP_MAC_CTX *c = EVP_MAC_CTX_new(mac);
-        if (c == NULL || EVP_MAC_init(c, key, key_len, params) != 1 || EVP_MAC_update(c, ctr, 4) != 1 ||
-            EVP_MAC_update(c, (const unsigned char *)label, strlen(label) + 1) != 1 ||
-            (u_len > 0 && EVP_MAC_update(c, u, u_len) != 1) || EVP_MAC_update(c, bits, 4) != 1 ||
-            EVP_MAC_final(c, block, &bl, sizeof(block)) != 1)
-            r = -EIO;
-        EVP_MAC_CTX_free(c);
+        const kf_span msg[4] = {{ctr, 4}, {label, strlen(label) + 1}, {u, u_len}, {bits, 4}};
+        r = kf_hmac_sha256(key, key_len, msg, 4, block) == 0 ? 0 : -EIO;
         size_t take = out_len - done < 32 ? out_len - done : 32;
         if (r == 0)
             memcpy(out + done, block, take);
         done += (uint32_t)take;
         OPENSSL_cleanse(block, sizeof(block));
     }
-    EVP_MAC_free(mac);
     return r;
 }
 
@@ -597,11 +588,8 @@ int kf_tpm_make_credential(EVP_PKEY *ek, const unsigned char *name, size_t name_
         (size_t)(outl + fl) != plain_len)
         goto out;
     /* outerHMAC = HMAC(KDFa(seed, "INTEGRITY"), encIdentity || name). */
-    unsigned int ml = 0;
-    unsigned char buf[34 + 66];
-    memcpy(buf, enc, plain_len);
-    memcpy(buf + plain_len, name, name_len);
-    if (HMAC(EVP_sha256(), hmac_key, sizeof(hmac_key), buf, plain_len + name_len, mac, &ml) == NULL || ml != 32)
+    const kf_span integrity[2] = {{enc, plain_len}, {name, name_len}};
+    if (kf_hmac_sha256(hmac_key, sizeof(hmac_key), integrity, 2, mac) != 0)
         goto out;
     size_t total = 2 + 32 + plain_len;
     id[0] = (unsigned char)(total >> 8);

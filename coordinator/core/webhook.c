@@ -9,10 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "kms/http.h"
+#include "kf_hmac.h"
 #include "kf_log.h"
 #include "kf_secmem.h"
 
@@ -44,21 +43,14 @@ static void on_delivered(void *arg, const kfd_http_response *res)
 
 static void sign(const kfd_webhook *wh, const char *ts, const char *body, char out[72])
 {
-    size_t tlen = strlen(ts), blen = strlen(body);
-    unsigned char *msg = malloc(tlen + 1 + blen), mac[EVP_MAX_MD_SIZE];
-    unsigned int mac_len = 0;
+    uint8_t mac[KF_HMAC_SHA256_LEN];
+    const kf_span msg[3] = {{ts, strlen(ts)}, {".", 1}, {body, strlen(body)}};
     out[0] = '\0';
-    if (msg == NULL)
+    if (kf_hmac_sha256(wh->secret->data, wh->secret->len, msg, 3, mac) != 0)
         return;
-    memcpy(msg, ts, tlen);
-    msg[tlen] = '.';
-    memcpy(msg + tlen + 1, body, blen);
-    if (HMAC(EVP_sha256(), wh->secret->data, (int)wh->secret->len, msg, tlen + 1 + blen, mac, &mac_len) != NULL) {
-        memcpy(out, "sha256=", 7);
-        for (unsigned i = 0; i < mac_len && i < 32; i++)
-            snprintf(out + 7 + 2 * i, 3, "%02x", mac[i]);
-    }
-    free(msg);
+    memcpy(out, "sha256=", 7);
+    for (unsigned i = 0; i < sizeof(mac); i++)
+        snprintf(out + 7 + 2 * i, 3, "%02x", mac[i]);
 }
 
 void kfd_webhook_notify(kfd_webhook *wh, const char *json_body)

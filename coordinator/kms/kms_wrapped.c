@@ -6,22 +6,20 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "kf_b64.h"
+#include "kf_hmac.h"
 #include "kf_secmem.h"
 
 int kfd_kcv(const char *volume_id, const uint8_t key[32], char out[KFD_KCV_TEXT_LEN + 1])
 {
     static const char label[] = "keyfleet/kcv/v1"; /* with its NUL as separator */
-    uint8_t msg[sizeof(label) + 256], mac[EVP_MAX_MD_SIZE];
+    uint8_t mac[KF_HMAC_SHA256_LEN];
     size_t vlen = strlen(volume_id);
-    unsigned int mac_len = 0;
     if (vlen > 255)
         return -EINVAL;
-    memcpy(msg, label, sizeof(label));
-    memcpy(msg + sizeof(label), volume_id, vlen);
-    if (HMAC(EVP_sha256(), key, 32, msg, sizeof(label) + vlen, mac, &mac_len) == NULL)
+    const kf_span msg[2] = {{label, sizeof(label)}, {volume_id, vlen}};
+    if (kf_hmac_sha256(key, 32, msg, 2, mac) != 0)
         return -EIO;
     char text[32]; /* EVP_EncodeBlock writes the padded form first */
     int r = kf_b64_encode(mac, 16, true, text, sizeof(text));

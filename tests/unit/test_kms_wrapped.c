@@ -60,6 +60,9 @@ static void test_kcv(void **state)
     char kcv[KFD_KCV_TEXT_LEN + 1], again[KFD_KCV_TEXT_LEN + 1];
     assert_int_equal(kfd_kcv("vol-a", key, kcv), 0);
     assert_int_equal(strlen(kcv), KFD_KCV_TEXT_LEN);
+    /* The known answer, from Python: base64url(hmac.new(b"\x07" * 32, b"keyfleet/kcv/v1\0vol-a",
+     * sha256).digest()[:16]), unpadded. Wrapped keys on disks carry it: it must never change. */
+    assert_string_equal(kcv, "xiSjCMXFDHLNQkHoKecKBQ");
     assert_int_equal(kfd_kcv("vol-a", key, again), 0);
     assert_string_equal(kcv, again);
     assert_int_equal(kfd_kcv_check("vol-a", key, kcv), 0);
