@@ -5,7 +5,10 @@
  * one HTTP/1.1 request with 200 and close. Its CPU per connection, read from /proc by
  * keyfleet-bench, is what OpenSSL itself costs for keyfleetd's handshake (scripts/bench-peers).
  *
- *   keyfleet-tls-floor --cert FILE --key FILE --ca FILE --listen 127.x.y.z:PORT [--port-file FILE]
+ *   keyfleet-tls-floor --cert FILE --key FILE --ca FILE --listen 127.x.y.z:PORT [--port-file FILE] [--stock]
+ *
+ * --stock builds the same SSL_CTX in OpenSSL's default library context instead of the one
+ * keyfleetd's servers use (kf_tls_libctx.h): what the same handshake costs stock OpenSSL 3.0.
  *
  * One connection at a time, blocking: the least a server can do per handshake. It listens only
  * on 127.0.0.0/8 and exits on SIGTERM or SIGINT. */
@@ -13,6 +16,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,9 +83,11 @@ static void serve(SSL_CTX *ctx, int fd)
 int main(int argc, char **argv)
 {
     const char *cert = NULL, *key = NULL, *ca = NULL, *listen_at = NULL, *port_file = NULL;
+    bool stock = false;
     static const struct option lo[] = {{"cert", required_argument, NULL, 'c'},   {"key", required_argument, NULL, 'k'},
                                        {"ca", required_argument, NULL, 'a'},     {"listen", required_argument, NULL, 'l'},
-                                       {"port-file", required_argument, NULL, 'p'}, {NULL, 0, NULL, 0}};
+                                       {"port-file", required_argument, NULL, 'p'}, {"stock", no_argument, NULL, 's'},
+                                       {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -90,6 +96,7 @@ int main(int argc, char **argv)
         case 'a': ca = optarg; break;
         case 'l': listen_at = optarg; break;
         case 'p': port_file = optarg; break;
+        case 's': stock = true; break;
         default: return 2;
         }
     }
@@ -101,11 +108,11 @@ int main(int argc, char **argv)
     if (cert == NULL || key == NULL || ca == NULL || port < 0 || port > 65535 || end == NULL || *end != '\0' ||
         inet_pton(AF_INET, host, &a) != 1 || (ntohl(a.s_addr) >> 24) != 127) {
         fprintf(stderr, "usage: keyfleet-tls-floor --cert FILE --key FILE --ca FILE --listen 127.x.y.z:PORT "
-                        "[--port-file FILE]\n");
+                        "[--port-file FILE] [--stock]\n");
         return 2;
     }
     kf_tls_opts to = {.role = KF_TLS_SERVER, .cert_file = cert, .key_file = key, .ca_file = ca,
-                      .peer_mode = KF_TLS_PEER_REQUIRED, .server_accept_http11 = true};
+                      .peer_mode = KF_TLS_PEER_REQUIRED, .server_accept_http11 = true, .default_libctx = stock};
     SSL_CTX *ctx = NULL;
     kf_err err = {0};
     if (kf_tls_ctx_new(&to, &ctx, &err) != 0) {

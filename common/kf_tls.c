@@ -1,5 +1,6 @@
 #include "kf_tls.h"
 
+#include "kf_tls_libctx.h"
 #include "kf_tpmkey.h"
 
 #include <errno.h>
@@ -129,7 +130,11 @@ int kf_tls_ctx_new(const kf_tls_opts *opts, SSL_CTX **ret, kf_err *err)
     if (fr != 0)
         return -EINVAL;
     const bool server = opts->role == KF_TLS_SERVER;
-    SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    /* Servers parse every peer's certificate: kf_tls_libctx.h says why they have a context of
+     * their own. Clients keep the default one, where a TPM key's provider lives. */
+    SSL_CTX *ctx = server && !opts->default_libctx ? SSL_CTX_new_ex(kf_tls_server_libctx(), NULL, TLS_server_method())
+                   : server                     ? SSL_CTX_new(TLS_server_method())
+                                                : SSL_CTX_new(TLS_client_method());
     if (ctx == NULL)
         return kf_err_openssl(err, -ENOMEM, "SSL_CTX_new");
     int r = -EINVAL;

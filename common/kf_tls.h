@@ -33,6 +33,9 @@ typedef struct kf_tls_opts {
     /* Speak KF_ALPN_RAFT instead of h2, so that the Raft port and the RPC port can never be
      * mistaken for each other. */
     bool alpn_raft;
+    /* Server only: build the context in OpenSSL's default library context instead of
+     * kf_tls_server_libctx(). Only for the TLS floor's stock reference (bench/tls_floor.c). */
+    bool default_libctx;
 } kf_tls_opts;
 
 #define KF_ALPN_RAFT "keyfleet-raft/1"
