@@ -59,10 +59,7 @@ struct kfd_checkpointer {
     kf_checkpoint_cache *cache;      /* signer chains verified (review rev17, R6) */
     bool inflight, closing;
     uint64_t last_at; /* loop time of the last proposal */
-    /* Loop time from which the next checkpoint notes the state (0: the next one does), and
-     * whether the one in flight asks for a note (kfd_state_note_gap_ms). */
-    uint64_t note_due_at;
-    bool inflight_notes;
+    kfd_note_schedule notes; /* which checkpoints note the state (store_digest.h) */
     kfd_checkpoint_stats stats;
     /* Confirming this leader's audit head with a majority before it signs (docs/audit.md). */
     kfd_http *http;
@@ -149,16 +146,15 @@ static void on_committed(void *arg, int status, const kfd_apply_result *res, con
     if (status != 0) {
         c->stats.failed_total++;
         kf_log_warn("audit_checkpoint_failed", "error=%s", kf_log_q(err->msg));
-        if (c->inflight_notes)
-            c->note_due_at = 0; /* no note was made: the next checkpoint asks again */
+        kfd_note_schedule_missed(&c->notes); /* no note was made: the next checkpoint asks again */
         return;
     }
     c->stats.signed_total++;
     (void)res;
     /* A skipped record leaves the note already checked; a scan that failed here (no note) is
      * asked for again at the next checkpoint. */
-    if (c->inflight_notes && !propose_state_check(c))
-        c->note_due_at = 0;
+    if (c->notes.inflight && !propose_state_check(c))
+        kfd_note_schedule_missed(&c->notes);
 }
 
 static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
@@ -234,14 +230,11 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
      * a small share of its time whatever the fleet's size, and is drawn at random so that nobody
      * who can read the log's state roots knows when the next note comes (review rev42, S1). */
     uint64_t now_ms = uv_now(c->timer.loop);
-    c->inflight_notes = c->note_due_at == 0 || now_ms >= c->note_due_at;
-    cc.skip_state_note = !c->inflight_notes;
-    if (c->inflight_notes) {
-        uint32_t draw = 0;
-        if (RAND_bytes((unsigned char *)&draw, sizeof(draw)) != 1)
-            draw = 0; /* the shortest gap */
-        c->note_due_at = now_ms + kfd_state_note_gap_ms(kfd_store_state_note_cost_ns(app->store), draw);
-    }
+    uint32_t draw = 0;
+    if (RAND_bytes((unsigned char *)&draw, sizeof(draw)) != 1)
+        draw = 0; /* the shortest gap */
+    cc.skip_state_note =
+        !kfd_note_schedule_propose(&c->notes, now_ms, kfd_store_state_note_cost_ns(app->store), draw);
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CHECKPOINT;
     cmd.checkpoint = &cc;
@@ -483,7 +476,7 @@ static void confirm(kfd_checkpointer *c, uint64_t term)
     uint64_t now = uv_now(c->timer.loop);
     if (c->confirm_term != term) {
         c->confirm_term = term;
-        c->note_due_at = 0; /* a new leader's first checkpoint notes the state */
+        kfd_note_schedule_new_term(&c->notes); /* a new leader's first checkpoint notes the state */
         c->told_unconfirmed = false;
         c->next_round_at = 0;
         c->round = 0;

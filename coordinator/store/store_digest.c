@@ -149,3 +149,19 @@ uint64_t kfd_state_note_gap_ms(uint64_t cost_ns, uint32_t draw)
     uint64_t gap = base * (512 + draw % 1024) / 1024; /* [0.5, 1.5) x base */
     return gap < KFD_STATE_NOTE_MAX_MS ? gap : KFD_STATE_NOTE_MAX_MS;
 }
+
+bool kfd_note_schedule_propose(kfd_note_schedule *s, uint64_t now_ms, uint64_t cost_ns, uint32_t draw)
+{
+    s->inflight = s->due_at == 0 || now_ms >= s->due_at;
+    if (s->inflight)
+        s->due_at = now_ms + kfd_state_note_gap_ms(cost_ns, draw);
+    return s->inflight;
+}
+
+void kfd_note_schedule_missed(kfd_note_schedule *s)
+{
+    if (s->inflight)
+        s->due_at = 0;
+}
+
+void kfd_note_schedule_new_term(kfd_note_schedule *s) { s->due_at = 0; }

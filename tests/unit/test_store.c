@@ -1216,6 +1216,32 @@ static void test_state_note_skipped(void **state)
     assert_int_equal(kfd_state_note_gap_ms(10000000000ULL, 1023), 10000);
 }
 
+/* Review rev42, S4: which checkpoints note the state. The first does; then none until the gap has
+ * passed; a checkpoint that asked for a note and made none, and a new term, make the next note. */
+static void test_note_schedule(void **state)
+{
+    (void)state;
+    kfd_note_schedule s = {0};
+    const uint64_t cost = 0; /* the least gap: 500 ms x [0.5, 1.5) */
+    assert_true(kfd_note_schedule_propose(&s, 1000, cost, 512)); /* the first one notes */
+    assert_int_equal(s.due_at, 1500);
+    assert_false(kfd_note_schedule_propose(&s, 1200, cost, 512)); /* within the gap: skipped */
+    assert_false(s.inflight);
+    kfd_note_schedule_missed(&s); /* a skipped checkpoint that fails asks for nothing */
+    assert_false(kfd_note_schedule_propose(&s, 1499, cost, 512));
+    assert_true(kfd_note_schedule_propose(&s, 1500, cost, 0)); /* the gap has passed */
+    assert_int_equal(s.due_at, 1750);
+    kfd_note_schedule_missed(&s); /* it failed, or the leader's own scan did */
+    assert_true(kfd_note_schedule_propose(&s, 1510, cost, 512)); /* so the next one notes */
+    assert_false(kfd_note_schedule_propose(&s, 1600, cost, 512));
+    kfd_note_schedule_new_term(&s); /* a new leader's first checkpoint notes */
+    assert_true(kfd_note_schedule_propose(&s, 1610, cost, 512));
+    /* The gap follows the last scan's cost: 35 ms scanned, 1.75 s at the middle draw. */
+    assert_false(kfd_note_schedule_propose(&s, 2000, 35000000, 512));
+    assert_true(kfd_note_schedule_propose(&s, 2110, 35000000, 512));
+    assert_int_equal(s.due_at, 2110 + 1750);
+}
+
 /* Review rev17, R2: the state digest changes with an edit of any replicated table outside the
  * audit log, not with the audit log or the order rows were written in. */
 /* An edit behind the store's back (the attacker of #17 with write access to one database). */
@@ -1482,6 +1508,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_state_compared),
         cmocka_unit_test(test_signed_state_root),
         cmocka_unit_test(test_state_note_skipped),
+        cmocka_unit_test(test_note_schedule),
     };
     return cmocka_run_group_tests_name("store", tests, tmpdir_setup, tmpdir_teardown);
 }
