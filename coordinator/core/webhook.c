@@ -41,16 +41,17 @@ static void on_delivered(void *arg, const kfd_http_response *res)
     }
 }
 
-static void sign(const kfd_webhook *wh, const char *ts, const char *body, char out[72])
+static int sign(const kfd_webhook *wh, const char *ts, const char *body, char out[72])
 {
     uint8_t mac[KF_HMAC_SHA256_LEN];
     const kf_span msg[3] = {{ts, strlen(ts)}, {".", 1}, {body, strlen(body)}};
-    out[0] = '\0';
-    if (kf_hmac_sha256(wh->secret->data, wh->secret->len, msg, 3, mac) != 0)
-        return;
+    int r = kf_hmac_sha256(wh->secret->data, wh->secret->len, msg, 3, mac);
+    if (r != 0)
+        return r;
     memcpy(out, "sha256=", 7);
     for (unsigned i = 0; i < sizeof(mac); i++)
         snprintf(out + 7 + 2 * i, 3, "%02x", mac[i]);
+    return 0;
 }
 
 void kfd_webhook_notify(kfd_webhook *wh, const char *json_body)
@@ -65,7 +66,12 @@ void kfd_webhook_notify(kfd_webhook *wh, const char *json_body)
     /* Signed once: retries carry the first attempt's timestamp, which receivers see as age. */
     char ts[32], sig[72], h1[64], h2[96];
     snprintf(ts, sizeof(ts), "%lld", (long long)time(NULL));
-    sign(wh, ts, json_body, sig);
+    if (sign(wh, ts, json_body, sig) != 0) {
+        /* Never sent unsigned: a receiver that checks would drop it, one that does not would trust it. */
+        wh->stats.failed++;
+        kf_log_error("webhook_dropped", "reason=signing_failed");
+        return;
+    }
     snprintf(h1, sizeof(h1), "X-Keyfleet-Timestamp: %s", ts);
     snprintf(h2, sizeof(h2), "X-Keyfleet-Signature: %s", sig);
     const char *headers[] = {"Content-Type: application/json", h1, h2, NULL};

@@ -64,7 +64,7 @@ expect_match "first approval: 1 of 2" "$(ctl "$F" approve "$R" --totp-fd 3 3< <(
 s0=$(sealed)
 out=$(ctl "$F" approve "$R" --totp-fd 3 3< <(code $ADMIN_SECRET) 2>&1)
 expect_match "the same operator again: refused, naming the operator" "$out" "already_exists: operator admin already approved $R"
-refusal_committed "$R" "%already approved%"
+refusal_committed "$R" "%already approved%" || not_ok "the refusal is in the database" "no audit record within 5 s"
 expect_eq "... the second approval is not counted" "$(approvals_of "$R")" "1"
 expect_match "... the request still waits for 1 of 2" "$(ctl "$F" pending)" "$R.*1/2|$R.*1 of 2"
 out=$(node "$F" app-1 release vol-x "$WRAP" "$R")
@@ -85,7 +85,7 @@ expect_match "carol approves R4 with a code" "$(ctl_as "$F" carol approve "$R4" 
 s0=$(sealed)
 out=$(ctl_as "$F" carol approve "$R5" --totp-fd 3 3< <(echo "$CODE") 2>&1)
 expect_match "the same code again for R5: refused as a replay" "$out" "permission_denied: TOTP code already used"
-refusal_committed "$R5" "%already used%"
+refusal_committed "$R5" "%already used%" || not_ok "the refusal is in the database" "no audit record within 5 s"
 expect_eq "... R5's approval is not counted" "$(approvals_of "$R5")" "0"
 out=$(node "$F" solo-1 release vol-s "$WRAP_S" "$R5")
 expect_match "... R5's poll is still pending" "$out" "^code=ok status=pending request=$R5"

@@ -25,6 +25,10 @@
 
 #include "kf_test_tmpdir.h"
 
+/* Where a server's peer keys come from: the servers' own context, or, under a configuration that
+ * is not OpenSSL's default (the second run, unit.test_tls_libctx_config), the default one. */
+static const char *want_provider = KF_TLS_PROVIDER_NAME;
+
 static char ca_cert[256], ca_key[256], node_cert[256], node_key[256], coord_cert[256], coord_key[256];
 
 static int setup(void **state)
@@ -63,8 +67,8 @@ static void test_offers_only_tls_key_types(void **state)
     OSSL_LIB_CTX *libctx = kf_tls_server_libctx();
     assert_non_null(libctx);
     assert_ptr_equal(kf_tls_server_libctx(), libctx); /* made once */
-    static const char *const offered[] = {"EC", "RSA", "X25519"};
-    static const char *const withheld[] = {"DSA", "DH", "ED25519", "ED448", "X448", "SM2", "RSA-PSS"};
+    static const char *const offered[] = {"EC", "RSA", "RSA-PSS", "ED25519", "ED448", "X25519", "X448"};
+    static const char *const withheld[] = {"DSA", "DH", "DHX", "SM2", "HMAC", "HKDF", "TLS1-PRF"};
     for (size_t i = 0; i < sizeof(offered) / sizeof(offered[0]); i++) {
         EVP_KEYMGMT *k = EVP_KEYMGMT_fetch(libctx, offered[i], NULL);
         assert_non_null(k);
@@ -101,19 +105,26 @@ static void test_certificate_parses_and_verifies(void **state)
     assert_true(EVP_PKEY_is_a(key, "EC"));
     assert_string_equal(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key)), KF_TLS_PROVIDER_NAME);
     assert_int_equal(X509_verify(node, X509_get0_pubkey(ca)), 1);
-    /* A certificate of a key type the context withholds parses, but has no usable key. */
-    EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-    assert_non_null(ed);
+    /* A certificate of a key type the context withholds (a DH key, signed by any key: only the
+     * parse matters here) parses, but has no usable key. */
+    EVP_PKEY_CTX *gc = EVP_PKEY_CTX_new_from_name(NULL, "DH", NULL);
+    EVP_PKEY *dh = NULL, *signer = EVP_EC_gen("P-256");
+    assert_non_null(gc);
+    assert_int_equal(EVP_PKEY_keygen_init(gc), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_group_name(gc, "ffdhe2048"), 1);
+    assert_int_equal(EVP_PKEY_keygen(gc, &dh), 1);
+    EVP_PKEY_CTX_free(gc);
+    assert_non_null(signer);
     X509 *self = X509_new();
     assert_non_null(self);
     X509_set_version(self, X509_VERSION_3);
     ASN1_INTEGER_set(X509_get_serialNumber(self), 1);
     X509_gmtime_adj(X509_getm_notBefore(self), 0);
     X509_gmtime_adj(X509_getm_notAfter(self), 3600);
-    X509_NAME_add_entry_by_txt(X509_get_subject_name(self), "CN", MBSTRING_ASC, (const unsigned char *)"ed", -1, -1, 0);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(self), "CN", MBSTRING_ASC, (const unsigned char *)"dh", -1, -1, 0);
     X509_set_issuer_name(self, X509_get_subject_name(self));
-    assert_int_equal(X509_set_pubkey(self, ed), 1);
-    assert_true(X509_sign(self, ed, NULL) > 0);
+    assert_int_equal(X509_set_pubkey(self, dh), 1);
+    assert_true(X509_sign(self, signer, EVP_sha256()) > 0);
     unsigned char *der = NULL;
     int len = i2d_X509(self, &der);
     assert_true(len > 0);
@@ -126,7 +137,8 @@ static void test_certificate_parses_and_verifies(void **state)
     X509_free(parsed);
     OPENSSL_free(der);
     X509_free(self);
-    EVP_PKEY_free(ed);
+    EVP_PKEY_free(dh);
+    EVP_PKEY_free(signer);
     X509_free(node);
     X509_free(ca);
 }
@@ -144,12 +156,25 @@ static int handshake(SSL *server, SSL *client)
     return s == 1 && c == 1 ? 0 : -EPROTO;
 }
 
-static void test_mtls_handshake(void **state)
+/* A certificate of the test CA for a key made here (keyfleetctl makes P-256 keys only). */
+static void issue_for(EVP_PKEY *key, kf_peer_kind kind, const char *name, const char *cert, const char *key_file)
 {
-    (void)state;
-    kf_tls_opts so = {.role = KF_TLS_SERVER, .cert_file = coord_cert, .key_file = coord_key, .ca_file = ca_cert,
+    kfctl_cert_opts o = {.kind = kind, .name = name, .days = 2, .public_key = key};
+    assert_int_equal(kfctl_cert_issue(ca_cert, ca_key, &o, cert, NULL, false, NULL), 0);
+    FILE *f = fopen(key_file, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+}
+
+/* A server context from kf_tls_ctx_new and a client's, one handshake over a BIO pair; the
+ * server's view of the client: its identity, and where its key was parsed. */
+static void handshake_as(const char *s_cert, const char *s_key, const char *c_cert, const char *c_key,
+                         const char *want_node, const char *want_key_type)
+{
+    kf_tls_opts so = {.role = KF_TLS_SERVER, .cert_file = s_cert, .key_file = s_key, .ca_file = ca_cert,
                       .peer_mode = KF_TLS_PEER_REQUIRED};
-    kf_tls_opts co = {.role = KF_TLS_CLIENT, .cert_file = node_cert, .key_file = node_key, .ca_file = ca_cert};
+    kf_tls_opts co = {.role = KF_TLS_CLIENT, .cert_file = c_cert, .key_file = c_key, .ca_file = ca_cert};
     SSL_CTX *sctx = NULL, *cctx = NULL;
     kf_err err = {0};
     assert_int_equal(kf_tls_ctx_new(&so, &sctx, &err), 0);
@@ -166,26 +191,71 @@ static void test_mtls_handshake(void **state)
     const kf_identity *id = NULL;
     assert_int_equal(kf_tls_peer_identity(server, &id), 0);
     assert_int_equal(id->kind, KF_PEER_NODE);
-    assert_string_equal(id->name, "web-01");
+    assert_string_equal(id->name, want_node);
     /* The client's key was parsed in the servers' own context. */
     X509 *peer = SSL_get0_peer_certificate(server);
     assert_non_null(peer);
     EVP_PKEY *key = X509_get0_pubkey(peer);
     assert_non_null(key);
+    assert_true(EVP_PKEY_is_a(key, want_key_type));
     assert_non_null(EVP_PKEY_get0_provider(key));
-    assert_string_equal(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key)), KF_TLS_PROVIDER_NAME);
+    assert_string_equal(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key)), want_provider);
     SSL_free(server);
     SSL_free(client);
     SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
 }
 
-int main(void)
+static void test_mtls_handshake(void **state)
 {
+    (void)state;
+    handshake_as(coord_cert, coord_key, node_cert, node_key, "web-01", "EC");
+}
+
+/* An operator's own CA may issue other key types (review rev43, F1 and F3): an RSA client (its
+ * TLS 1.3 signature is RSA-PSS), and a coordinator whose key is Ed25519. */
+static void test_other_key_types(void **state)
+{
+    (void)state;
+    char cert[300], key[300], scert[300], skey[300];
+    EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    assert_non_null(rsa);
+    snprintf(cert, sizeof(cert), "%s/rsa-node.crt", tmpdir);
+    snprintf(key, sizeof(key), "%s/rsa-node.key", tmpdir);
+    issue_for(rsa, KF_PEER_NODE, "rsa-node", cert, key);
+    handshake_as(coord_cert, coord_key, cert, key, "rsa-node", "RSA");
+    EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    assert_non_null(ed);
+    snprintf(scert, sizeof(scert), "%s/ed-c2.crt", tmpdir);
+    snprintf(skey, sizeof(skey), "%s/ed-c2.key", tmpdir);
+    issue_for(ed, KF_PEER_COORDINATOR, "c2", scert, skey);
+    handshake_as(scert, skey, node_cert, node_key, "web-01", "EC");
+    EVP_PKEY_free(rsa);
+    EVP_PKEY_free(ed);
+}
+
+/* Run with OPENSSL_CONF naming a configuration that loads the base provider as well: the servers
+ * keep the default context, and still handshake (review rev43, F2: a private context would not
+ * follow openssl.cnf, FIPS included). */
+static void test_other_configuration(void **state)
+{
+    (void)state;
+    assert_null(kf_tls_server_libctx());
+    want_provider = "default";
+    handshake_as(coord_cert, coord_key, node_cert, node_key, "web-01", "EC");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--configured") == 0) {
+        const struct CMUnitTest configured[] = {cmocka_unit_test(test_other_configuration)};
+        return cmocka_run_group_tests_name("tls_libctx_config", configured, setup, tmpdir_teardown);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_offers_only_tls_key_types),
         cmocka_unit_test(test_certificate_parses_and_verifies),
         cmocka_unit_test(test_mtls_handshake),
+        cmocka_unit_test(test_other_key_types),
     };
     return cmocka_run_group_tests_name("tls_libctx", tests, setup, tmpdir_teardown);
 }
