@@ -67,6 +67,18 @@ issue() {
 }
 
 # start_kfd DIR: starts keyfleetd and waits (at most 10 s) for its port; sets PORT, URL and KFD_PID.
+# wait_head_confirmed DIR N0: a leader writes nothing until it has confirmed its audit head
+# (core/checkpoint.c): waits for that in DIR/keyfleetd.log past line N0, at most 3 s (one that
+# cannot goes on, and the test sees why; one whose log diverged at start never will).
+wait_head_confirmed() {
+    for _ in $(seq 1 60); do
+        tail -n +"$(($2 + 1))" "$1/keyfleetd.log" | grep -q -e "event=audit_head_confirmed" \
+            -e "event=audit_diverged" && return 0
+        kill -0 "$KFD_PID" 2>/dev/null || return 0
+        sleep 0.05
+    done
+}
+
 start_kfd() {
     local dir=$1 n0
     n0=$(wc -l <"$dir/keyfleetd.log" 2>/dev/null || echo 0)
@@ -78,15 +90,7 @@ start_kfd() {
         if [ -s "$dir/keyfleetd.port" ]; then
             PORT=$(head -n 1 "$dir/keyfleetd.port")
             URL=https://127.0.0.1:$PORT
-            # A leader writes nothing until it has confirmed its audit head (core/checkpoint.c):
-            # wait for that, at most 3 s (one that cannot goes on, and the test sees why; one
-            # whose log diverged at start never will).
-            for _ in $(seq 1 60); do
-                tail -n +"$((n0 + 1))" "$dir/keyfleetd.log" | grep -q -e "event=audit_head_confirmed" \
-                    -e "event=audit_diverged" && break
-                kill -0 "$KFD_PID" 2>/dev/null || break
-                sleep 0.05
-            done
+            wait_head_confirmed "$dir" "$n0"
             return 0
         fi
         kill -0 "$KFD_PID" 2>/dev/null || break

@@ -61,6 +61,8 @@ for _ in $(seq 1 100); do [ -e "$WORK/ns.ready" ] && break; sleep 0.05; done
 in_ns() { nsenter -t "$HOLDER" -m -- "$@"; }
 # keyfleetd inside the namespace (nsenter execs it, so $! is keyfleetd itself).
 start_in_ns() {
+    local n0
+    n0=$(wc -l <"$F/keyfleetd.log" 2>/dev/null || echo 0)
     rm -f "$F/keyfleetd.port"
     nsenter -t "$HOLDER" -m -- "$KFD" -c "$F/keyfleetd.yaml" >>"$F/keyfleetd.log" 2>&1 &
     KFD_PID=$!
@@ -68,6 +70,7 @@ start_in_ns() {
     for _ in $(seq 1 200); do [ -s "$F/keyfleetd.port" ] && break; sleep 0.05; done
     PORT=$(head -n 1 "$F/keyfleetd.port")
     URL=https://127.0.0.1:$PORT
+    wait_head_confirmed "$F" "$n0"
 }
 start_in_ns
 expect_match "on the small disk: releasing" "$(node "$F" n1 release vol-1 "$WRAP")" "^code=ok status=released"
@@ -89,8 +92,16 @@ expect_eq "full disk: /readyz is 503" "$(readyz)" "503"
 stop_kfd TERM
 in_ns rm -f "$F/state/filler"
 start_in_ns
-expect_eq "every key released while the disk filled has its durable audit record ($oks ok answers)" \
-    "$(allowed)" "$((before_full + oks))"
+# At least one record per ok answer (no key out without one). At most one more: the attempt
+# answered unavailable may have reached the Raft log before the database failed, and it is
+# applied from the log after the restart (docs/audit.md: a record can outlive its answer).
+after=$(allowed)
+if [ "$after" -ge $((before_full + oks)) ] && [ "$after" -le $((before_full + oks + 1)) ]; then
+    ok "every key released while the disk filled has its durable audit record ($oks ok answers)"
+else
+    not_ok "every key released while the disk filled has its durable audit record ($oks ok answers)" \
+        "got $after records, want $((before_full + oks)) or one more"
+fi
 expect_match "space freed, restarted: releasing again" "$(node "$F" n1 release vol-1 "$WRAP")" "^code=ok status=released key=$KEY "
 expect_match "... and the chain verifies" "$(ctl "$F" audit verify)" "audit chain ok"
 stop_kfd TERM
