@@ -122,6 +122,8 @@ expect_match "audited: the revoked node's replay" "$a" \
     '"action":"enroll","actor":"n3","node":"n3","volume":"vol-3".*"decision":"deny","reason":"node is revoked"'
 expect_match "audited: the revoked node's release" "$a" \
     '"action":"release","actor":"n3","node":"n3","volume":"vol-3".*"decision":"deny","reason":"node is revoked"'
+db_has_audit "$F/state/keyfleet.db" "action = 'release' AND node = 'n3' AND volume_id = 'vol-3' AND reason = 'node is revoked'" ||
+    not_ok "the refused release is in the database" "no audit record within 5 s"
 expect_eq "the new volume was not enrolled" "$(sqlite3 -cmd ".timeout 5000" "$F/state/keyfleet.db" \
     "SELECT count(*) FROM volumes WHERE id = 'vol-3b'" 2>&1)" "0"
 

@@ -67,6 +67,20 @@ issue() {
 }
 
 # start_kfd DIR: starts keyfleetd and waits (at most 10 s) for its port; sets PORT, URL and KFD_PID.
+# db_has_audit DB WHERE: keyfleetd commits what it applied to its database in batches
+# (cluster/replication.c: 50 ms after the first entry, at its next loop turn), so a test that
+# reads the database from outside first waits, at most 5 s, for the audit record of its last
+# step (`SELECT count(*) FROM audit WHERE` WHERE): what was applied before it is committed with
+# it or earlier, so what is read after it is final. 1 when no such record came.
+db_has_audit() {
+    for _ in $(seq 1 50); do
+        [ "$(sqlite3 -cmd ".timeout 5000" "$1" "SELECT count(*) FROM audit WHERE $2" 2>/dev/null)" -gt 0 ] 2>/dev/null &&
+            return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # wait_head_confirmed DIR N0: a leader writes nothing until it has confirmed its audit head
 # (core/checkpoint.c): waits for that in DIR/keyfleetd.log past line N0, at most 3 s (one that
 # cannot goes on, and the test sees why; one whose log diverged at start never will).
