@@ -220,8 +220,10 @@ static const char *utc(int64_t t, char buf[32])
 }
 
 /* As the watcher left it in the state file: the window from the last heartbeat it got an answer
- * to, that contact, and whether the switch locked the volumes since (locked_at not before the
- * last contact; a lock made before the contact that ended it is only the last lock). */
+ * to, that contact, and whether the switch locked the volumes since (locked_at after the last
+ * contact; a lock made before the contact that ended it is only the last lock). Both are whole
+ * seconds, and a lock comes at least after_s (>= 1) seconds after the contact before it, so a
+ * contact in the same second as the lock is the one after it, not before. */
 void kfa_dead_man_status(const kfa_config *cfg, json_t *obj)
 {
     kfa_dead_man_state s;
@@ -229,7 +231,7 @@ void kfa_dead_man_status(const kfa_config *cfg, json_t *obj)
     int64_t now = time(NULL);
     int64_t silent = s.last_contact > 0 && now > s.last_contact ? now - s.last_contact : 0;
     bool past = s.after_s > 0 && s.last_contact > 0 && (uint64_t)silent >= s.after_s;
-    bool locked = s.locked_at > 0 && s.locked_at >= s.last_contact;
+    bool locked = s.locked_at > 0 && s.locked_at > s.last_contact;
     char b1[32], b2[32], b3[32];
     const char *contact = utc(s.last_contact, b1), *lock = utc(s.locked_at, b2);
     const char *deadline = utc(s.after_s > 0 && s.last_contact > 0 ? s.last_contact + (int64_t)s.after_s : 0, b3);
