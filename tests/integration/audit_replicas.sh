@@ -21,6 +21,10 @@ WRAP=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt"
 for i in 1 2 3; do release n1 vol-1 "$WRAP" "$S3" >/dev/null; done
 X=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && echo "$n" && break; done)
 Y=$(for n in c1 c2 c3; do [ "$n" != "$L" ] && [ "$n" != "$X" ] && echo "$n"; done)
+# X must hold all the leader holds before it stops: a lagging X would take, after its restart, a
+# checkpoint the leader signed meanwhile over X's forged newest record (and see the edit at once).
+check "the leader signs its newest records" signed_on "$L"
+check "follower $X has applied all the leader has" caught_up "$L" "$X"
 check "the leader's checkpoint reaches follower $X" signed_on "$X"
 expect_match "$X's log verifies (the leader signed it)" "$(ctlx "$X" audit verify)" "audit chain ok: [0-9]+ records verified, [1-9][0-9]* signed checkpoints \(by $L\)"
 
