@@ -81,6 +81,20 @@ db_has_audit() {
     return 1
 }
 
+# db_value_when DB SQL WANT: SQL's value in DB, read from outside, once it is WANT (at most 5 s;
+# then the last value read): keyfleetd commits in batches, so what an answer reported can reach
+# the file up to 50 ms later. For values the test expects to appear, never for ones it expects
+# to stay absent (read those after db_has_audit, or once keyfleetd has stopped).
+db_value_when() {
+    local v=""
+    for _ in $(seq 1 50); do
+        v=$(sqlite3 -cmd ".timeout 5000" "$1" "$2" 2>/dev/null)
+        [ "$v" = "$3" ] && break
+        sleep 0.1
+    done
+    printf '%s' "$v"
+}
+
 # wait_head_confirmed DIR N0: a leader writes nothing until it has confirmed its audit head
 # (core/checkpoint.c): waits for that in DIR/keyfleetd.log past line N0, at most 3 s (one that
 # cannot goes on, and the test sees why; one whose log diverged at start never will).

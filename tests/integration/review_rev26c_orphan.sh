@@ -55,7 +55,7 @@ expect_match "R4: the wipe is confirmed erased" "$(ctl "$F" volume show "$L5")" 
 slots=$(cryptsetup luksDump "$D5" | grep -cE '^ +[0-9]+: luks2$')
 expect_eq "R4: only the operator's passphrase keyslot is left after a confirmed erase" "$slots" "1"
 expect_eq "R4: the wipe forgets the volume's wrapped keys (current and staged)" \
-    "$(sqlite3 "$F/state/keyfleet.db" "SELECT wrapped_key || '|' || coalesce(next_wrapped_key, '') FROM volumes WHERE id = '$L5'")" "|"
+    "$(db_value_when "$F/state/keyfleet.db" "SELECT wrapped_key || '|' || coalesce(next_wrapped_key, '') FROM volumes WHERE id = '$L5'" "|")" "|"
 
 nslots() { cryptsetup luksDump "$1" | grep -cE '^ +[0-9]+: luks2$'; }
 wipe() {
