@@ -99,7 +99,7 @@ def connect(host, port, ca, cert, key, client_settings=b""):
 
 class Reader:
     def __init__(self, sock):
-        self.sock, self.buf = sock, b""
+        self.sock, self.buf, self.why = sock, b"", ""
 
     def next(self):
         """The next frame as (type, flags, stream, payload), or None at EOF."""
@@ -112,9 +112,11 @@ class Reader:
                     return f[3], f[4], int.from_bytes(f[5:9], "big") & 0x7FFFFFFF, f[9:]
             try:
                 chunk = self.sock.recv(65536)
-            except (ConnectionError, ssl.SSLError, socket.timeout, OSError):
+            except (ConnectionError, ssl.SSLError, socket.timeout, OSError) as e:
+                self.why = type(e).__name__  # what ended it, for a failure's message
                 return None
             if not chunk:
+                self.why = "eof"
                 return None
             self.buf += chunk
 
@@ -407,7 +409,7 @@ def body_streams(args):
     while time.monotonic() < deadline:
         f = r.next()
         if f is None:
-            result = "end=closed"
+            result = "end=closed why=" + r.why
             break
         ftype, _, stream, payload = f
         if ftype == RST_STREAM and struct.unpack(">I", payload[:4])[0] == 7:
