@@ -18,6 +18,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_dispute.h"
+#include "store/store_judged.h"
 #include "store/store_read.h"
 #include "kf_node_check.h"
 
@@ -204,7 +205,11 @@ void kfd_app_load_policy(kfd_app *app)
     }
     kfd_policy *parsed = NULL;
     kf_err perr = {0};
-    if (kfd_policy_parse("policy", yaml != NULL ? yaml : "", yaml != NULL ? strlen(yaml) : 0, &parsed, &perr) != 0)
+    if (kfd_judged_policy(version, yaml, app->policy_judged) != 0)
+        kf_err_set(&perr, -EIO, "cannot digest the policy text");
+    else if (kfd_policy_parse("policy", yaml != NULL ? yaml : "", yaml != NULL ? strlen(yaml) : 0, &parsed, &perr) != 0)
+        parsed = NULL;
+    if (parsed == NULL)
         kf_log_error("policy_load_failed", "version=%llu error=%s action=\"denying everything\"",
                      (unsigned long long)version, kf_log_q(perr.msg));
     free(yaml);

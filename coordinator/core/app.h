@@ -21,6 +21,9 @@ typedef struct kfd_app {
     kfd_kms *kms;
     kfd_policy *policy;
     uint64_t policy_version;
+    /* The digest of the policy text policy was parsed from (store_judged.h): commands that hand
+     * out a key carry it, and every replica's apply compares it with its own policy. */
+    uint8_t policy_judged[32];
     struct kfd_ratelimit *ratelimit;
     struct kfd_ratelimit *report_limit; /* per node: heartbeat reports audited one by one */
     struct kfd_ratelimit *heartbeat_limit; /* per node: heartbeats (each one a Raft write) */

@@ -20,6 +20,7 @@
 #include "rpc/rpc_check.h"
 #include "store/store.h"
 #include "store/store_read.h"
+#include "store/store_judged.h"
 
 /* The qualifying data this request's quote must carry: from this connection's TLS exporter. */
 static int expected_qualifying(kfd_call *call, const char *method, const char *volume_id,
@@ -138,6 +139,11 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
                          list, call->peer->name, rec.accepted_by);
         (void)n;
         return 0;
+    }
+    /* The values it matched, as the apply finds them on each replica (store_judged.h). */
+    if (kfd_judged_pcrs(rec.accepted, ret->judged_pcrs) != 0) {
+        snprintf(ret->why, sizeof(ret->why), "cannot digest node '%s''s accepted PCR values", call->peer->name);
+        return -EIO;
     }
     ret->attested = true;
     ret->seen[0] = '\0';

@@ -24,6 +24,8 @@ typedef struct kfd_attest_eval {
     bool hold;      /* ... and the node is to be held for it (kind "tpm"); why is the reason */
     bool state_ok;  /* has_clock, and the TPM state is one the recorded one can lead to: record it */
     char note[320]; /* a rollback let through by attestation.rollback: audit; to append to the audit */
+    /* attested: the digest of the accepted values it matched (store_judged.h), for the command */
+    uint8_t judged_pcrs[32];
 } kfd_attest_eval;
 
 /* (reset, restart) comes before (than_reset, than_restart) on one TPM. */

@@ -38,6 +38,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_dispute.h"
+#include "store/store_judged.h"
 #include "store/store_read.h"
 #include "store/store_recovery.h"
 #include "rpc/rpc_recovery_confirm.h"
@@ -284,6 +285,21 @@ static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 
 /* ------------------------------------------------------------------ Enroll */
 
+/* What a decision to hand out vol's key rests on that the apply cannot judge again (store_judged.h):
+ * the policy evaluated, vol's name and labels, and the accepted values att's quote matched. False
+ * (the call answered) when a digest cannot be made. */
+static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_eval *att, kfd_judged *j)
+{
+    memcpy(j->policy, kfd_call_app(call)->policy_judged, KFD_JUDGED_LEN);
+    j->has_pcrs = att->attested;
+    memcpy(j->pcrs, att->judged_pcrs, KFD_JUDGED_LEN);
+    if (kfd_judged_volume(vol->name, vol->labels_json, j->volume) != 0) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the volume's labels");
+        return false;
+    }
+    return true;
+}
+
 typedef struct enroll_op {
     kfd_op base;
     const Keyfleet__V1__EnrollRequest *req; /* valid while base.call is */
@@ -292,6 +308,7 @@ typedef struct enroll_op {
     char volume_id[129];
     bool replay; /* same node and request id as a completed enroll */
     char kcv[KFD_KCV_TEXT_LEN + 1];
+    kfd_judged judged; /* replay: what its decision rests on */
 
     char tofu[KF_TPM_PCRS_TEXT_MAX]; /* the node's first quoted PCR values, accepted with this enroll */
     Keyfleet__V1__AttestClock clock; /* the quote's counters, when has_clock */
@@ -398,6 +415,7 @@ static void record_enroll_replay(enroll_op *op)
     c.audit = &a.entry;
     c.enroll_replay_window_s = ENROLL_REPLAY_WINDOW_S; /* checked again at apply: two replays may race */
     c.kcv = op->kcv;
+    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
     c.attest_clock = op->has_clock ? &op->clock : NULL;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
@@ -547,6 +565,10 @@ static void enroll_replay(kfd_call *call, const Keyfleet__V1__EnrollRequest *req
         return;
     op->replay = true;
     attest_clock_of(att, &op->clock, &op->has_clock);
+    if (!judged_of(call, existing, att, &op->judged)) {
+        enroll_op_free(op);
+        return;
+    }
     if ((op->wrapped = strdup(existing->wrapped_key)) == NULL) {
         enroll_op_free(op);
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
@@ -656,6 +678,7 @@ typedef struct release_op {
     char key_kcv[24], next_kcv[24], kcv[24]; /* KFD_KCV_TEXT_LEN + 1 fits */
     Keyfleet__V1__AttestClock clock; /* the quote's counters, when has_clock */
     bool has_clock;
+    kfd_judged judged; /* what the decision rests on, for the apply to judge again */
 } release_op;
 
 static void on_release_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -852,6 +875,7 @@ static void record_release(release_op *op)
     c.approved_request = op->approved_request;
     c.kcv = op->kcv; /* checked again at apply: a rotation may have committed meanwhile */
     c.attest_clock = op->has_clock ? &op->clock : NULL;
+    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -1101,7 +1125,7 @@ static bool release_approved(kfd_call *call, const Keyfleet__V1__ReleaseRequest 
  * from vol (which the caller then clears). NULL: out of memory. */
 static release_op *new_release_op(kfd_call *call, const Keyfleet__V1__ReleaseRequest *req, const kfd_volume *vol,
                                   const kfd_attest_eval *att, const kfd_policy_decision *decision,
-                                  const kfd_key_age *key_age, bool approved_request)
+                                  const kfd_key_age *key_age, bool approved_request, const kfd_judged *judged)
 {
     release_op *op = kfd_op_new(call, sizeof(*op));
     if (op == NULL)
@@ -1112,6 +1136,7 @@ static release_op *new_release_op(kfd_call *call, const Keyfleet__V1__ReleaseReq
     op->decision = *decision;
     op->approved_request = approved_request;
     attest_clock_of(att, &op->clock, &op->has_clock);
+    op->judged = *judged;
     op->key_age = *key_age;
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     if (req->request_id[0] != '\0')
@@ -1142,13 +1167,14 @@ void kfd_rpc_release(kfd_call *call)
     kfd_policy_decision decision;
     kfd_key_age key_age;
     bool approved_request;
+    kfd_judged judged;
     if (!release_decide(call, req, &vol, &att, &decision, &key_age) ||
         !release_approved(call, req, &vol, &decision, &approved_request) ||
-        kfd_call_deadline_passed(call, "the KMS unwrap")) {
+        kfd_call_deadline_passed(call, "the KMS unwrap") || !judged_of(call, &vol, &att, &judged)) {
         kfd_volume_clear(&vol);
         return;
     }
-    release_op *op = new_release_op(call, req, &vol, &att, &decision, &key_age, approved_request);
+    release_op *op = new_release_op(call, req, &vol, &att, &decision, &key_age, approved_request, &judged);
     kfd_volume_clear(&vol);
     if (op == NULL) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "out of memory");
@@ -1178,6 +1204,7 @@ typedef struct rotate_op {
     kfd_sealed sealed;
     bool offline_fallback; /* the volume's rule lets the node keep a TPM copy (BEGIN's answer) */
     bool names_pcrs;       /* BEGIN names the PCRs for the TPM copy or TPM part, as Enroll does */
+    kfd_judged judged;     /* what the decision rests on, for the apply to judge again */
 } rotate_op;
 
 static void rotate_op_free(rotate_op *op)
@@ -1316,6 +1343,7 @@ static void on_rotate_key(void *arg, const kfd_kms_result *res)
     c.commit = op->commit;
     c.next_wrapped_key = op->commit ? "" : op->wrapped;
     c.kcv = op->kcv;
+    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;
@@ -1420,6 +1448,11 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
     op->commit = req->step == KEYFLEET__V1__ROTATE_STEP__ROTATE_STEP_COMMIT;
     op->offline_fallback = offline_fallback;
     op->names_pcrs = names_pcrs;
+    if (!judged_of(call, vol, &att, &op->judged)) {
+        rotate_op_free(op);
+        kfd_volume_clear(vol);
+        return NULL;
+    }
     snprintf(op->action, sizeof(op->action), "%s", action);
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);

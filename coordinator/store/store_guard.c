@@ -14,6 +14,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_guard.h"
+#include "store/store_judged.h"
 #include "store/store_read.h"
 
 static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
@@ -109,6 +110,8 @@ static int release_volume_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRel
         r = release_key_current(s, &v, vr, c, err);
     if (r == 0 && c->enroll_replay_window_s != 0)
         r = enroll_replay_allowed(&v, vr, c, err);
+    if (r == 0)
+        r = kfd_store_check_judged(s, c->node, &v, vr, &c->judged_policy, &c->judged_volume, &c->judged_pcrs, err);
     if (vr == 0)
         kfd_volume_clear(&v);
     return r;
@@ -158,6 +161,9 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
     sqlite3_stmt *st = NULL;
     if (strcmp(v.node, c->node) != 0) {
         r = kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
+    } else if ((r = kfd_store_check_judged(s, c->node, &v, 0, &c->judged_policy, &c->judged_volume, &c->judged_pcrs,
+                                           err)) != 0) {
+        /* the policy or labels it was decided on are not this replica's */
     } else if (!c->commit) {
         if (v.key_kcv[0] == '\0')
             r = kf_err_set(err, -ESTALE, "the volume's key check value is not known yet: unlock it once, then rotate");

@@ -1,0 +1,169 @@
+/* What the apply judges again of a handler's decision (store_judged.h). */
+#include "store/store_judged.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "kf_tpm_evidence.h"
+#include "store/store_read.h"
+
+/* One digest: label (with its NUL) first, then the parts as the callers add them. */
+typedef struct judged_hash {
+    EVP_MD_CTX *ctx;
+    int ok;
+} judged_hash;
+
+static void hash_begin(judged_hash *h, const char *label)
+{
+    h->ctx = EVP_MD_CTX_new();
+    h->ok = h->ctx != NULL && EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) == 1 &&
+            EVP_DigestUpdate(h->ctx, label, strlen(label) + 1) == 1;
+}
+
+static void hash_bytes(judged_hash *h, const void *p, size_t n)
+{
+    if (h->ok && n > 0)
+        h->ok = EVP_DigestUpdate(h->ctx, p, n) == 1;
+}
+
+static void hash_u32(judged_hash *h, uint32_t v)
+{
+    uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    hash_bytes(h, b, sizeof(b));
+}
+
+/* A string as its length (32 bits) and bytes: no two lists of strings encode alike. */
+static void hash_str(judged_hash *h, const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    hash_u32(h, (uint32_t)n);
+    hash_bytes(h, s, n);
+}
+
+static int hash_end(judged_hash *h, uint8_t out[KFD_JUDGED_LEN])
+{
+    unsigned int len = 0;
+    if (h->ok)
+        h->ok = EVP_DigestFinal_ex(h->ctx, out, &len) == 1 && len == KFD_JUDGED_LEN;
+    EVP_MD_CTX_free(h->ctx);
+    return h->ok ? 0 : -EIO;
+}
+
+int kfd_judged_policy(uint64_t version, const char *yaml, uint8_t out[KFD_JUDGED_LEN])
+{
+    judged_hash h;
+    hash_begin(&h, "keyfleet judged policy v1");
+    hash_u32(&h, (uint32_t)(version >> 32));
+    hash_u32(&h, (uint32_t)version);
+    hash_bytes(&h, yaml, yaml != NULL ? strlen(yaml) : 0);
+    return hash_end(&h, out);
+}
+
+static int by_key(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* The labels as the rules see them (rpc_labels.c: the string values of the stored object;
+ * anything else is no labels), sorted by key. */
+int kfd_judged_volume(const char *name, const char *labels_json, uint8_t out[KFD_JUDGED_LEN])
+{
+    json_t *o = json_loads(labels_json != NULL ? labels_json : "{}", 0, NULL);
+    size_t n = 0, cap = json_is_object(o) ? json_object_size(o) : 0;
+    const char **keys = cap > 0 ? calloc(cap, sizeof(*keys)) : NULL;
+    if (cap > 0 && keys == NULL) {
+        json_decref(o);
+        return -ENOMEM;
+    }
+    const char *k;
+    json_t *v;
+    if (cap > 0)
+        json_object_foreach(o, k, v)
+            if (json_is_string(v) && n < cap)
+                keys[n++] = k;
+    if (n > 1)
+        qsort(keys, n, sizeof(*keys), by_key);
+    judged_hash h;
+    hash_begin(&h, "keyfleet judged volume v1");
+    hash_str(&h, name);
+    hash_u32(&h, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        hash_str(&h, keys[i]);
+        hash_str(&h, json_string_value(json_object_get(o, keys[i])));
+    }
+    free(keys);
+    json_decref(o);
+    return hash_end(&h, out);
+}
+
+int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN])
+{
+    kf_tpm_pcrs p;
+    if (accepted == NULL || accepted[0] == '\0' || kf_tpm_pcrs_parse(accepted, &p, NULL) != 0)
+        return -EINVAL;
+    judged_hash h;
+    hash_begin(&h, "keyfleet judged pcrs v1");
+    hash_u32(&h, p.mask);
+    for (unsigned i = 0; i < 24; i++)
+        if (p.mask & (1u << i))
+            hash_bytes(&h, p.values[i], sizeof(p.values[i]));
+    return hash_end(&h, out);
+}
+
+void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
+                       ProtobufCBinaryData *pcrs)
+{
+    *policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->policy};
+    *volume = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->volume};
+    *pcrs = j->has_pcrs ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->pcrs} : (ProtobufCBinaryData){0, NULL};
+}
+
+static int differs(const char *what, kf_err *err)
+{
+    return kf_err_set(err, -ESTALE, "the %s this was decided on differ from this coordinator's (changed since, or "
+                      "a coordinator's database edited outside keyfleetd); retry", what);
+}
+
+int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr,
+                           const ProtobufCBinaryData *policy, const ProtobufCBinaryData *volume,
+                           const ProtobufCBinaryData *pcrs, kf_err *err)
+{
+    const ProtobufCBinaryData *all[] = {policy, volume, pcrs};
+    for (size_t i = 0; i < 3; i++)
+        if (all[i]->len != 0 && all[i]->len != KFD_JUDGED_LEN)
+            return kf_err_set(err, -EINVAL, "a judged digest is %zu bytes, not %d", all[i]->len, KFD_JUDGED_LEN);
+    uint8_t d[KFD_JUDGED_LEN];
+    int r;
+    if (volume->len != 0) {
+        if (vr != 0)
+            return vr == -ENOENT ? kf_err_set(err, -ESTALE, "the volume is not enrolled")
+                                 : kf_err_set(err, vr, "reading the volume");
+        if ((r = kfd_judged_volume(v->name, v->labels_json, d)) != 0)
+            return kf_err_set(err, r, "digesting the volume's labels");
+        if (CRYPTO_memcmp(d, volume->data, KFD_JUDGED_LEN) != 0)
+            return differs("volume name and labels", err);
+    }
+    if (pcrs->len != 0) {
+        kfd_attest_record rec;
+        r = kfd_store_get_attest(s, node, &rec);
+        if (r != 0 && r != -ENOENT)
+            return kf_err_set(err, r, "reading the node's measured-boot record");
+        if (r == -ENOENT || kfd_judged_pcrs(rec.accepted, d) != 0 || CRYPTO_memcmp(d, pcrs->data, KFD_JUDGED_LEN) != 0)
+            return differs("accepted PCR values", err);
+    }
+    if (policy->len != 0) {
+        char *yaml = NULL;
+        uint64_t version = 0;
+        if ((r = kfd_store_get_policy(s, &yaml, &version)) != 0)
+            return kf_err_set(err, r, "reading the policy");
+        r = kfd_judged_policy(version, yaml, d);
+        free(yaml);
+        if (r != 0)
+            return kf_err_set(err, r, "digesting the policy");
+        if (CRYPTO_memcmp(d, policy->data, KFD_JUDGED_LEN) != 0)
+            return differs("policy rules", err);
+    }
+    return 0;
+}

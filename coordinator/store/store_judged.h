@@ -1,0 +1,47 @@
+/* What a key's handler judged by that the apply cannot judge again itself (review rev42 S1): the
+ * policy it evaluated, the volume's name and labels its rules matched, and the accepted PCR values
+ * the request's quote matched. Revocations, holds, approvals and the volume's owner are checked
+ * again at apply (store_guard.c); these three are not, since only the handler evaluates the
+ * policy. So the handler puts their digests in the command (CmdRecordRelease, CmdRotateKey) and
+ * each replica's apply computes them from its own rows and refuses the key when one differs: a
+ * decision taken on rows only the proposer holds (its database file edited below sqlite, or
+ * while it was stopped) is refused by every honest replica at once, and their audit logs part
+ * from the proposer's at its next checkpoint, however briefly the edit lasted. Empty digests (a
+ * command of an older version) are not compared. */
+#ifndef KFD_STORE_JUDGED_H
+#define KFD_STORE_JUDGED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "kf_err.h"
+#include "store/store.h"
+#include "store/store_read.h"
+
+#define KFD_JUDGED_LEN 32
+
+typedef struct kfd_judged {
+    uint8_t policy[KFD_JUDGED_LEN], volume[KFD_JUDGED_LEN], pcrs[KFD_JUDGED_LEN];
+    bool has_pcrs; /* the quote matched accepted values (the policy and volume are always judged) */
+} kfd_judged;
+
+/* The digests. Each is SHA-256 over a label naming it and a canonical encoding of its inputs
+ * (docs/audit.md, "What the apply judges again"), so replicas of any version agree on equal
+ * rows. 0, or -ENOMEM/-EIO; kfd_judged_pcrs -EINVAL when accepted does not parse. */
+int kfd_judged_policy(uint64_t version, const char *yaml, uint8_t out[KFD_JUDGED_LEN]);
+int kfd_judged_volume(const char *name, const char *labels_json, uint8_t out[KFD_JUDGED_LEN]);
+int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN]);
+
+/* The command's fields, pointing into j (which the caller keeps until the command is packed). */
+void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
+                       ProtobufCBinaryData *pcrs);
+
+/* At apply: each non-empty digest against this replica's rows (v: the volume's row as read, vr
+ * how reading it went; v is not read unless vr is 0). 0, -ESTALE naming what differs, -EINVAL for a malformed digest, -EIO. */
+int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr,
+                           const ProtobufCBinaryData *policy, const ProtobufCBinaryData *volume,
+                           const ProtobufCBinaryData *pcrs, kf_err *err);
+
+#endif
