@@ -205,7 +205,7 @@ void kfd_app_load_policy(kfd_app *app)
     }
     kfd_policy *parsed = NULL;
     kf_err perr = {0};
-    if (kfd_judged_policy(version, yaml, app->policy_judged) != 0)
+    if (kfd_judged_policy(yaml, app->policy_judged) != 0)
         kf_err_set(&perr, -EIO, "cannot digest the policy text");
     else if (kfd_policy_parse("policy", yaml != NULL ? yaml : "", yaml != NULL ? strlen(yaml) : 0, &parsed, &perr) != 0)
         parsed = NULL;

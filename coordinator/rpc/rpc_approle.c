@@ -32,6 +32,7 @@
 #include "rpc/rpc_change.h"
 #include "store/store_apply.h"
 #include "store/store_approle.h"
+#include "store/store_judged.h"
 #include "rpc/rpc_check.h"
 
 #define LOGIN_ERROR "invalid role or secret ID"
@@ -204,6 +205,19 @@ void kfd_rpc_login(kfd_call *call)
     c.token_hash.len = sizeof(token_hash);
     c.expires_at = &exp;
     c.audit = &a.entry;
+    /* What this login was judged by, for every replica's apply to compare with its own rows
+     * (review rev44 J1): the secret id matched and the role row. */
+    uint8_t judged_role[KFD_JUDGED_LEN];
+    if (kfd_judged_role(&role, judged_role) != 0) {
+        kf_wipe(op->token, sizeof(op->token));
+        kfd_op_free(op);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the role");
+        return;
+    }
+    c.secret_hash.data = hash;
+    c.secret_hash.len = sizeof(hash);
+    c.judged_role.data = judged_role;
+    c.judged_role.len = sizeof(judged_role);
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN;
     cmd.login = &c;

@@ -293,10 +293,25 @@ static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_ev
     memcpy(j->policy, kfd_call_app(call)->policy_judged, KFD_JUDGED_LEN);
     j->has_pcrs = att->attested;
     memcpy(j->pcrs, att->judged_pcrs, KFD_JUDGED_LEN);
-    if (kfd_judged_volume(vol->name, vol->labels_json, j->volume) != 0) {
-        kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the volume's labels");
+    if (kfd_judged_volume(vol, j->volume) != 0) {
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the volume's row");
         return false;
     }
+    return true;
+}
+
+/* A key refused at apply because what its decision rested on differs there (store_judged.h),
+ * recorded as a denial on every replica that refused: the inputs changed since (or a database was
+ * edited), so the client is told to retry and is judged again. False for any other status. */
+static bool refused_recorded(kfd_call *call, const char *what, const char *volume_id, int status,
+                             const kfd_apply_result *res, const kf_err *err)
+{
+    if (status != -ECANCELED)
+        return false;
+    kf_log_warn("refused_at_apply", "op=%s volume=%s audit_seq=%llu reason=%s", what, kf_log_q(volume_id),
+                (unsigned long long)res->audit_seq, kf_log_q(err->msg));
+    if (call != NULL)
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s", err->msg);
     return true;
 }
 
@@ -381,6 +396,10 @@ static void on_enroll_replay_committed(void *arg, int status, const kfd_apply_re
 {
     enroll_op *op = arg;
     kfd_call *call = op->base.call;
+    if (refused_recorded(call, "enroll_replay", op->volume_id, status, res, err)) {
+        enroll_op_free(op);
+        return;
+    }
     if (call == NULL) {
         enroll_op_free(op);
         return;
@@ -685,6 +704,10 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
 {
     release_op *op = arg;
     kfd_call *call = op->base.call;
+    if (refused_recorded(call, "release", op->volume_id, status, res, err)) {
+        kfd_op_free(op);
+        return;
+    }
     if ((status == -EACCES || status == -ESTALE) && call != NULL) {
         /* Refused at apply: revoked, or the approval was spent or lapsed meanwhile. */
         char vol[129], rid[65];
@@ -1231,6 +1254,10 @@ static void on_rotate_committed(void *arg, int status, const kfd_apply_result *r
 {
     rotate_op *op = arg;
     kfd_call *call = op->base.call;
+    if (refused_recorded(call, op->action, op->volume_id, status, res, err)) {
+        rotate_op_free(op);
+        return;
+    }
     if (call == NULL) {
         if (status == 0 && !op->commit)
             kf_log_warn("rotate_not_delivered", "volume=%s request=%s audit_seq=%llu", kf_log_q(op->volume_id),

@@ -14,6 +14,7 @@
 #include "store/store_audit.h"
 #include "store/store_erase.h"
 #include "store/store_guard.h"
+#include "store/store_judged.h"
 #include "store/store_recovery.h"
 #include "store/store_internal.h"
 #include "store/store_dispute.h"
@@ -323,7 +324,7 @@ static int apply_record_release(kfd_store *s, const Keyfleet__V1__CmdRecordRelea
 {
     int r;
     if ((r = kfd_store_release_allowed(s, c, err)) != 0)
-        return r;
+        return r == -EAGAIN ? kfd_store_refuse_recorded(s, c->audit, seq, err) : r;
     if (c->audit != NULL && c->audit->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW) {
         sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_RELEASED);
         kfd_bind_text(st, 1, c->node);
@@ -460,6 +461,7 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
         if ((r = apply_put_policy(s, cmd->put_policy, err)) != 0)
             return r;
         s->policy_changed = true;
+        s->policy_judged_ok = false;
         return kfd_store_append_audit(s, cmd->put_policy->audit, seq, err);
     case KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE:
         return apply_revoke_node(s, cmd->revoke_node, seq, err);
@@ -547,8 +549,11 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         if ((r = kfd_store_step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
             break;
         uint64_t seq = 0;
+        s->apply_refused = false;
         int cr = cmds[i] != NULL ? kfd_store_apply_one(s, cmds[i], &seq, &errs[i])
                                  : kf_err_set(&errs[i], -EINVAL, "replicated entry could not be decoded");
+        bool refused = cr == 0 && s->apply_refused; /* kept: its denial record */
+        s->apply_refused = false;
         if (cr != 0 && s->failed) {
             r = cr;
             tx_err = errs[i];
@@ -565,7 +570,7 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         }
         if (r == 0)
             r = kfd_store_step_done(s, kfd_store_stmt(s, ST_RELEASE), "releasing a savepoint", &tx_err);
-        statuses[i] = cr;
+        statuses[i] = refused ? -ECANCELED : cr;
         results[i].audit_seq = cr == 0 ? seq : 0;
     }
     /* The applied index is written once, by the commit that ends the transaction. */

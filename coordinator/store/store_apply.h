@@ -21,7 +21,8 @@ int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_app
 
 /* Applies n commands in one durable transaction (one fsync): group commit. Each command runs in
  * its own savepoint, so an invalid one (statuses[i] < 0, errs[i] says why) changes nothing and
- * does not affect the others. Returns 0 when the transaction committed, or -EIO when it did not
+ * does not affect the others; except -ECANCELED, a key refused at apply whose denial was recorded
+ * (results[i].audit_seq; store_judged.h). Returns 0 when the transaction committed, or -EIO when it did not
  * (then every status is -EIO and nothing changed). */
 int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, uint64_t raft_index,
                           int *statuses, kfd_apply_result *results, kf_err *errs);

@@ -8,6 +8,7 @@
 #include "store/store_internal.h"
 #include "store/store_approle.h"
 #include "store/store_audit.h"
+#include "store/store_judged.h"
 
 static int64_t ts_or_zero(const Keyfleet__V1__Timestamp *t) { return t != NULL ? t->seconds : 0; }
 
@@ -59,19 +60,50 @@ static int create_secret_id(kfd_store *s, const Keyfleet__V1__CmdCreateSecretId 
 
 /* Spends one use (a secret id with uses_left -1 is unlimited); the last use deletes it. A
  * concurrent login that spent it first makes this one fail, so a use is never spent twice. */
+/* What only the login's handler judged (review rev44 J1, as store_judged.h for keys): the secret
+ * id it matched (hash) and the role row (bound CIDRs, token TTL, identity). A mismatch is
+ * -EAGAIN: recorded as a denial by the caller. Empty fields (an older version's command) are not
+ * compared. */
+static int login_judged(kfd_store *s, const Keyfleet__V1__CmdLogin *c, bool hash_matches, kf_err *err)
+{
+    if (c->secret_hash.len != 0 && !hash_matches)
+        return kf_err_set(err, -EAGAIN, "the secret id this login was decided on differs from this coordinator's "
+                          "(a coordinator's database edited outside keyfleetd?)");
+    if (c->judged_role.len == 0)
+        return 0;
+    kfd_role role;
+    uint8_t d[KFD_JUDGED_LEN];
+    int r = kfd_store_get_role(s, c->role_name, NULL, &role);
+    if (r == -ENOENT)
+        return kf_err_set(err, -EACCES, "no role %s", c->role_name);
+    if (r != 0 || kfd_judged_role(&role, d) != 0)
+        return kf_err_set(err, r != 0 ? r : -EIO, "reading the role");
+    if (CRYPTO_memcmp(d, c->judged_role.data, KFD_JUDGED_LEN) != 0)
+        return kf_err_set(err, -EAGAIN, "the role this login was decided on (its bound CIDRs, token TTL or "
+                          "identity) differs from this coordinator's; retry");
+    return 0;
+}
+
 static int login(kfd_store *s, const Keyfleet__V1__CmdLogin *c, kf_err *err)
 {
     if (c->token_hash.len != KFD_HASH_LEN)
         return kf_err_set(err, -EINVAL, "token hash must be 32 bytes");
+    if ((c->secret_hash.len != 0 && c->secret_hash.len != KFD_HASH_LEN) ||
+        (c->judged_role.len != 0 && c->judged_role.len != KFD_JUDGED_LEN))
+        return kf_err_set(err, -EINVAL, "a login's secret hash and role digest must be 32 bytes");
+    int64_t at = c->audit != NULL && c->audit->time != NULL ? c->audit->time->seconds : 0;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_SECRETS_OF);
     kfd_bind_text(st, 1, c->role_name);
-    int64_t uses_left = 0;
-    bool found = false;
+    int64_t uses_left = 0, expires_at = 0;
+    bool found = false, hash_matches = false;
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const unsigned char *acc = sqlite3_column_text(st, 0);
         if (acc != NULL && strcmp((const char *)acc, c->accessor) == 0) {
             found = true;
+            hash_matches = c->secret_hash.len == KFD_HASH_LEN && sqlite3_column_bytes(st, 1) == KFD_HASH_LEN &&
+                           CRYPTO_memcmp(sqlite3_column_blob(st, 1), c->secret_hash.data, KFD_HASH_LEN) == 0;
+            expires_at = sqlite3_column_int64(st, 2);
             uses_left = sqlite3_column_int64(st, 3);
         }
     }
@@ -80,7 +112,12 @@ static int login(kfd_store *s, const Keyfleet__V1__CmdLogin *c, kf_err *err)
         return kfd_store_sql_error(s, rc, "reading secret ids", err);
     if (!found || uses_left == 0)
         return kf_err_set(err, -EACCES, "secret id spent or revoked");
-    int r = 0;
+    /* Judged again here as every replica holds it, not only as the handler read it. */
+    if (c->secret_hash.len != 0 && expires_at != 0 && at >= expires_at)
+        return kf_err_set(err, -EACCES, "secret id expired");
+    int r = login_judged(s, c, hash_matches, err);
+    if (r != 0)
+        return r; /* -EAGAIN: recorded as a denial (kfd_store_apply_approle) */
     if (uses_left > 0) {
         st = kfd_store_stmt(s, ST_SECRET_SPEND);
         kfd_bind_text(st, 1, c->accessor);
@@ -158,6 +195,8 @@ int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd,
     default:
         return kf_err_set(err, -ENOSYS, "not an AppRole command");
     }
+    if (r == -EAGAIN) /* a login judged on rows this replica does not hold (login_judged) */
+        return kfd_store_refuse_recorded(s, audit, seq, err);
     return r != 0 ? r : kfd_store_append_audit(s, audit, seq, err);
 }
 

@@ -106,12 +106,14 @@ static int release_volume_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRel
     kfd_volume v;
     int vr = kfd_store_get_volume(s, c->volume_id, &v);
     int r = volume_not_retired(&v, vr, c->volume_id, err);
+    /* Before anything is written (the key check value below): a mismatch is recorded as a
+     * denial, not rolled back (store_judged.h). */
+    if (r == 0)
+        r = kfd_store_check_judged(s, c->node, &v, vr, &c->judged_policy, &c->judged_volume, &c->judged_pcrs, err);
     if (r == 0)
         r = release_key_current(s, &v, vr, c, err);
     if (r == 0 && c->enroll_replay_window_s != 0)
         r = enroll_replay_allowed(&v, vr, c, err);
-    if (r == 0)
-        r = kfd_store_check_judged(s, c->node, &v, vr, &c->judged_policy, &c->judged_volume, &c->judged_pcrs, err);
     if (vr == 0)
         kfd_volume_clear(&v);
     return r;
@@ -187,6 +189,8 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
         r = kfd_store_step_done(s, st, "recording the rotation", err);
     else if (st != NULL)
         sqlite3_reset(st);
+    if (r == -EAGAIN) /* judged inputs differ: recorded as a denial (store_judged.h) */
+        return kfd_store_refuse_recorded(s, c->audit, seq, err);
     return r != 0 ? r : kfd_store_append_audit(s, c->audit, seq, err);
 }
 

@@ -2,6 +2,7 @@
 #include "store/store_judged.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +11,8 @@
 #include <openssl/evp.h>
 
 #include "kf_tpm_evidence.h"
+#include "store/store_audit.h"
+#include "store/store_internal.h"
 #include "store/store_read.h"
 
 /* One digest: label (with its NUL) first, then the parts as the callers add them. */
@@ -54,12 +57,10 @@ static int hash_end(judged_hash *h, uint8_t out[KFD_JUDGED_LEN])
     return h->ok ? 0 : -EIO;
 }
 
-int kfd_judged_policy(uint64_t version, const char *yaml, uint8_t out[KFD_JUDGED_LEN])
+int kfd_judged_policy(const char *yaml, uint8_t out[KFD_JUDGED_LEN])
 {
     judged_hash h;
     hash_begin(&h, "keyfleet judged policy v1");
-    hash_u32(&h, (uint32_t)(version >> 32));
-    hash_u32(&h, (uint32_t)version);
     hash_bytes(&h, yaml, yaml != NULL ? strlen(yaml) : 0);
     return hash_end(&h, out);
 }
@@ -68,9 +69,9 @@ static int by_key(const void *a, const void *b) { return strcmp(*(const char *co
 
 /* The labels as the rules see them (rpc_labels.c: the string values of the stored object;
  * anything else is no labels), sorted by key. */
-int kfd_judged_volume(const char *name, const char *labels_json, uint8_t out[KFD_JUDGED_LEN])
+int kfd_judged_volume(const kfd_volume *v, uint8_t out[KFD_JUDGED_LEN])
 {
-    json_t *o = json_loads(labels_json != NULL ? labels_json : "{}", 0, NULL);
+    json_t *o = json_loads(v->labels_json != NULL ? v->labels_json : "{}", 0, NULL);
     size_t n = 0, cap = json_is_object(o) ? json_object_size(o) : 0;
     const char **keys = cap > 0 ? calloc(cap, sizeof(*keys)) : NULL;
     if (cap > 0 && keys == NULL) {
@@ -78,16 +79,19 @@ int kfd_judged_volume(const char *name, const char *labels_json, uint8_t out[KFD
         return -ENOMEM;
     }
     const char *k;
-    json_t *v;
+    json_t *val;
     if (cap > 0)
-        json_object_foreach(o, k, v)
-            if (json_is_string(v) && n < cap)
+        json_object_foreach(o, k, val)
+            if (json_is_string(val) && n < cap)
                 keys[n++] = k;
     if (n > 1)
         qsort(keys, n, sizeof(*keys), by_key);
     judged_hash h;
     hash_begin(&h, "keyfleet judged volume v1");
-    hash_str(&h, name);
+    hash_str(&h, v->name);
+    hash_str(&h, v->node); /* the owner: its rule binds when another node asks */
+    uint8_t two_part = v->tpm_and_network ? 1 : 0;
+    hash_bytes(&h, &two_part, 1);
     hash_u32(&h, (uint32_t)n);
     for (size_t i = 0; i < n; i++) {
         hash_str(&h, keys[i]);
@@ -112,6 +116,19 @@ int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN])
     return hash_end(&h, out);
 }
 
+int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN])
+{
+    judged_hash h;
+    hash_begin(&h, "keyfleet judged role v1");
+    hash_str(&h, r->name);
+    hash_str(&h, r->role_id);
+    hash_str(&h, r->bound_cidrs);
+    hash_u32(&h, r->token_ttl_s);
+    hash_str(&h, r->node_name);
+    hash_str(&h, r->node_group);
+    return hash_end(&h, out);
+}
+
 void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
                        ProtobufCBinaryData *pcrs)
 {
@@ -120,9 +137,10 @@ void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, Protobu
     *pcrs = j->has_pcrs ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->pcrs} : (ProtobufCBinaryData){0, NULL};
 }
 
+/* A mismatch: -EAGAIN, which the apply records as a denial (store_judged.h). */
 static int differs(const char *what, kf_err *err)
 {
-    return kf_err_set(err, -ESTALE, "the %s this was decided on differ from this coordinator's (changed since, or "
+    return kf_err_set(err, -EAGAIN, "the %s this was decided on differ from this coordinator's (changed since, or "
                       "a coordinator's database edited outside keyfleetd); retry", what);
 }
 
@@ -140,30 +158,58 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
         if (vr != 0)
             return vr == -ENOENT ? kf_err_set(err, -ESTALE, "the volume is not enrolled")
                                  : kf_err_set(err, vr, "reading the volume");
-        if ((r = kfd_judged_volume(v->name, v->labels_json, d)) != 0)
-            return kf_err_set(err, r, "digesting the volume's labels");
+        if ((r = kfd_judged_volume(v, d)) != 0)
+            return kf_err_set(err, r, "digesting the volume's row");
         if (CRYPTO_memcmp(d, volume->data, KFD_JUDGED_LEN) != 0)
-            return differs("volume name and labels", err);
+            return differs("volume owner, name and labels", err);
     }
     if (pcrs->len != 0) {
+        /* Sent only when the quote matched and the node was not held (a drift hold, which the
+         * policy's rules judge, clears the match at the handler; other holds refuse at apply). */
         kfd_attest_record rec;
         r = kfd_store_get_attest(s, node, &rec);
         if (r != 0 && r != -ENOENT)
             return kf_err_set(err, r, "reading the node's measured-boot record");
-        if (r == -ENOENT || kfd_judged_pcrs(rec.accepted, d) != 0 || CRYPTO_memcmp(d, pcrs->data, KFD_JUDGED_LEN) != 0)
-            return differs("accepted PCR values", err);
+        if (r == -ENOENT || rec.held[0] != '\0' || kfd_judged_pcrs(rec.accepted, d) != 0 ||
+            CRYPTO_memcmp(d, pcrs->data, KFD_JUDGED_LEN) != 0)
+            return differs("accepted PCR values (or hold)", err);
     }
     if (policy->len != 0) {
-        char *yaml = NULL;
-        uint64_t version = 0;
-        if ((r = kfd_store_get_policy(s, &yaml, &version)) != 0)
-            return kf_err_set(err, r, "reading the policy");
-        r = kfd_judged_policy(version, yaml, d);
-        free(yaml);
-        if (r != 0)
-            return kf_err_set(err, r, "digesting the policy");
-        if (CRYPTO_memcmp(d, policy->data, KFD_JUDGED_LEN) != 0)
+        /* Kept from the last read of the row (invalidated by a policy write, a snapshot install
+         * and an open): what S1 is about is the proposer's rows, not this replica's changing
+         * under it while it runs (another process's commit is a dispute, store_dispute.h). */
+        if (!s->policy_judged_ok) {
+            char *yaml = NULL;
+            uint64_t version = 0;
+            if ((r = kfd_store_get_policy(s, &yaml, &version)) != 0)
+                return kf_err_set(err, r, "reading the policy");
+            r = kfd_judged_policy(yaml, s->policy_judged);
+            free(yaml);
+            if (r != 0)
+                return kf_err_set(err, r, "digesting the policy");
+            s->policy_judged_ok = true;
+        }
+        if (CRYPTO_memcmp(s->policy_judged, policy->data, KFD_JUDGED_LEN) != 0)
             return differs("policy rules", err);
     }
+    return 0;
+}
+
+int kfd_store_refuse_recorded(kfd_store *s, const Keyfleet__V1__AuditEntry *a, uint64_t *seq, kf_err *err)
+{
+    if (a == NULL)
+        return kf_err_set(err, -EINVAL, "command has no audit record");
+    char reason[sizeof(err->msg) + 32];
+    snprintf(reason, sizeof(reason), "refused at apply: %s", err->msg);
+    Keyfleet__V1__AuditEntry d = *a;
+    d.decision = KEYFLEET__V1__DECISION__DECISION_DENY;
+    d.reason = reason;
+    kf_err aerr = {0};
+    int r = kfd_store_append_audit(s, &d, seq, &aerr);
+    if (r != 0) {
+        *err = aerr;
+        return r;
+    }
+    s->apply_refused = true;
     return 0;
 }

@@ -16,8 +16,11 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "keyfleet/v1/state.pb-c.h"
+
 #include "kf_err.h"
 #include "store/store.h"
+#include "store/store_approle.h"
 #include "store/store_read.h"
 
 #define KFD_JUDGED_LEN 32
@@ -30,18 +33,30 @@ typedef struct kfd_judged {
 /* The digests. Each is SHA-256 over a label naming it and a canonical encoding of its inputs
  * (docs/audit.md, "What the apply judges again"), so replicas of any version agree on equal
  * rows. 0, or -ENOMEM/-EIO; kfd_judged_pcrs -EINVAL when accepted does not parse. */
-int kfd_judged_policy(uint64_t version, const char *yaml, uint8_t out[KFD_JUDGED_LEN]);
-int kfd_judged_volume(const char *name, const char *labels_json, uint8_t out[KFD_JUDGED_LEN]);
+int kfd_judged_policy(const char *yaml, uint8_t out[KFD_JUDGED_LEN]);
+/* Of a volume's row: its name, owner, two-part mode and labels. */
+int kfd_judged_volume(const kfd_volume *v, uint8_t out[KFD_JUDGED_LEN]);
 int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN]);
+/* Of an AppRole role's row: what a login is judged by (review rev44 J1). */
+int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN]);
 
 /* The command's fields, pointing into j (which the caller keeps until the command is packed). */
 void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
                        ProtobufCBinaryData *pcrs);
 
 /* At apply: each non-empty digest against this replica's rows (v: the volume's row as read, vr
- * how reading it went; v is not read unless vr is 0). 0, -ESTALE naming what differs, -EINVAL for a malformed digest, -EIO. */
+ * how reading it went; v is not read unless vr is 0). 0; -EAGAIN naming what differs (the caller
+ * records the refusal with kfd_store_refuse_recorded before it writes anything else); -ESTALE,
+ * -EINVAL (a malformed digest) or -EIO otherwise. */
 int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr,
                            const ProtobufCBinaryData *policy, const ProtobufCBinaryData *volume,
                            const ProtobufCBinaryData *pcrs, kf_err *err);
+
+/* A key refused at apply for a judged mismatch (err says which) is recorded, not rolled back: a
+ * denial with the command's audit entry ("refused at apply: ..."), so every replica that refuses
+ * keeps the trace of a key its proposer may have answered with, and the proposer's log parts
+ * from theirs. The command's status is then -ECANCELED (kfd_store_apply_batch), so no key goes
+ * out from a replica that refused. 0 or the append's error. */
+int kfd_store_refuse_recorded(kfd_store *s, const Keyfleet__V1__AuditEntry *a, uint64_t *seq, kf_err *err);
 
 #endif

@@ -93,6 +93,7 @@ static int write_all(int fd, const unsigned char *p, size_t len)
 
 int kfd_store_replace(kfd_store *s, const unsigned char *image, size_t len, kf_err *err)
 {
+    s->policy_judged_ok = false; /* whatever the image holds */
     /* A SQLite file starts with this; anything else is not ours to install. */
     static const char magic[] = "SQLite format 3";
     if (len < 100 || memcmp(image, magic, sizeof(magic)) != 0)

@@ -551,9 +551,6 @@ static int lifecycle(kfd_store *s, bool retire, const char *what, int64_t at)
     return apply(s, &cmd, NULL);
 }
 
-/* A retired volume's key is refused at apply, also to a release (or rotation) that passed the
- * handler before the retire was applied; unrevoke applies only to a revoked node, and is one of
- * the changes an approval may carry. */
 /* What the handler judged by that the apply cannot judge again (review rev42 S1; store_judged.h):
  * the digests carried in the command are compared with the replica's own policy, volume row and
  * accepted PCR values; one that differs refuses the key and writes nothing. */
@@ -599,7 +596,7 @@ static int enroll_labelled(kfd_store *s, const char *vol, int64_t at)
 }
 
 static ProtobufCBinaryData bad_len = {5, (uint8_t *)"12345"};
-static bool judged_bad_len; /* the next judged command carries a 5-byte policy digest */
+static int judged_bad_len; /* the next judged command carries a 5-byte digest: 1 policy, 2 volume, 3 PCRs */
 static bool judged_none;    /* ... or no digests at all (a command of an older version) */
 
 static int judged_release(kfd_store *s, const kfd_judged *j, const char *kcv, int64_t at, kf_err *err)
@@ -614,8 +611,12 @@ static int judged_release(kfd_store *s, const kfd_judged *j, const char *kcv, in
     c.kcv = (char *)kcv;
     if (!judged_none)
         kfd_judged_fields(j, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
-    if (judged_bad_len)
+    if (judged_bad_len == 1)
         c.judged_policy = bad_len;
+    if (judged_bad_len == 2)
+        c.judged_volume = bad_len;
+    if (judged_bad_len == 3)
+        c.judged_pcrs = bad_len;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -652,6 +653,15 @@ static void hex32(const uint8_t d[KFD_JUDGED_LEN], char out[2 * KFD_JUDGED_LEN +
         snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
+static int vol_digest(const char *name, const char *owner, bool two_part, const char *labels,
+                      uint8_t out[KFD_JUDGED_LEN])
+{
+    kfd_volume v = {.tpm_and_network = two_part, .labels_json = (char *)labels};
+    snprintf(v.name, sizeof(v.name), "%s", name);
+    snprintf(v.node, sizeof(v.node), "%s", owner);
+    return kfd_judged_volume(&v, out);
+}
+
 /* The encodings are fixed (replicas of different versions must agree): known answers computed
  * apart (Python's hashlib over the encoding docs/audit.md gives). */
 static void test_judged_digests(void **state)
@@ -659,25 +669,76 @@ static void test_judged_digests(void **state)
     (void)state;
     uint8_t d[KFD_JUDGED_LEN], e[KFD_JUDGED_LEN];
     char hex[2 * KFD_JUDGED_LEN + 1];
-    assert_int_equal(kfd_judged_policy(7, "rules: []\n", d), 0);
+    assert_int_equal(kfd_judged_policy("rules: []\n", d), 0);
     hex32(d, hex);
-    assert_string_equal(hex, "5f5b13007fc8b2c15566b3b9efc6552164702505f48b4caff8cc3d064c81c79d");
-    assert_int_equal(kfd_judged_volume("data", "{\"tier\":\"prod\",\"zone\":\"a\"}", d), 0);
+    assert_string_equal(hex, "0a94dd4505ee0dfff7b5454d8734a123dc64bae9641b3d730deea7e01bc544a7");
+    assert_int_equal(vol_digest("data", "n1", false, "{\"tier\":\"prod\",\"zone\":\"a\"}", d), 0);
     hex32(d, hex);
-    assert_string_equal(hex, "f63fa5712fecd4ea1d39e6fda783e05f36eeb51dc84ed4e3ffef8571fd5101ac");
+    assert_string_equal(hex, "e1a480cfe956e9c4d42d6ea465f40d8c7ab69f4f27f2c92329375d97565d1b23");
     /* Key order and values the rules never see (not strings) do not count. */
-    assert_int_equal(kfd_judged_volume("data", "{\"zone\":\"a\",\"n\":1,\"tier\":\"prod\"}", e), 0);
+    assert_int_equal(vol_digest("data", "n1", false, "{\"zone\":\"a\",\"n\":1,\"tier\":\"prod\"}", e), 0);
     assert_memory_equal(d, e, KFD_JUDGED_LEN);
-    /* Lengths are encoded: moving a byte between key and value, or name and labels, changes it. */
-    assert_int_equal(kfd_judged_volume("data", "{\"tie\":\"rprod\",\"zone\":\"a\"}", e), 0);
+    /* The owner and the two-part mode do. */
+    assert_int_equal(vol_digest("data", "n2", false, "{\"tier\":\"prod\",\"zone\":\"a\"}", e), 0);
     assert_memory_not_equal(d, e, KFD_JUDGED_LEN);
-    assert_int_equal(kfd_judged_volume("dat", "{\"atier\":\"prod\",\"zone\":\"a\"}", e), 0);
+    assert_int_equal(vol_digest("data", "n1", true, "{\"tier\":\"prod\",\"zone\":\"a\"}", e), 0);
+    assert_memory_not_equal(d, e, KFD_JUDGED_LEN);
+    /* Lengths are encoded: moving a byte between key and value, or name and owner, changes it. */
+    assert_int_equal(vol_digest("data", "n1", false, "{\"tie\":\"rprod\",\"zone\":\"a\"}", e), 0);
+    assert_memory_not_equal(d, e, KFD_JUDGED_LEN);
+    assert_int_equal(vol_digest("datan", "1", false, "{\"tier\":\"prod\",\"zone\":\"a\"}", e), 0);
     assert_memory_not_equal(d, e, KFD_JUDGED_LEN);
     assert_int_equal(kfd_judged_pcrs(PCRS("a"), d), 0);
     hex32(d, hex);
     assert_string_equal(hex, "f48b9fffc908ff6ee52a34a88228e51dacc008180b2be18ca67d1c4bd5792ff3");
     assert_int_equal(kfd_judged_pcrs("", d), -EINVAL);
     assert_int_equal(kfd_judged_pcrs("4=zz", d), -EINVAL);
+}
+
+/* The newest audit record's decision and reason. */
+static Keyfleet__V1__Decision newest_decision(kfd_store *s, char *reason, size_t size)
+{
+    Keyfleet__V1__AuditRecord **recs = NULL;
+    size_t n = 0;
+    uint64_t size_now = audit_size(s);
+    assert_int_equal(kfd_store_records_after(s, size_now - 1, 1, &recs, &n), 0);
+    assert_int_equal(n, 1);
+    Keyfleet__V1__Decision d = recs[0]->decision;
+    snprintf(reason, size, "%s", recs[0]->reason);
+    kfd_store_free_records(recs, n);
+    return d;
+}
+
+/* A mismatch is recorded as a denial naming it (-ECANCELED: no key), and nothing else is written. */
+static void refused(kfd_store *s, int got, const kf_err *err, const char *what)
+{
+    assert_int_equal(got, -ECANCELED);
+    assert_non_null(strstr(err->msg, what));
+    char reason[400];
+    assert_int_equal(newest_decision(s, reason, sizeof(reason)), KEYFLEET__V1__DECISION__DECISION_DENY);
+    assert_non_null(strstr(reason, "refused at apply: "));
+    assert_non_null(strstr(reason, what));
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
+    assert_int_equal(v.last_released_at, T0 + 1);
+    kfd_volume_clear(&v);
+}
+
+static int hold_drift(kfd_store *s)
+{
+    audit_at a;
+    audit(&a, T0, "attest_seen", KEYFLEET__V1__DECISION__DECISION_DENY);
+    Keyfleet__V1__CmdAttest c = KEYFLEET__V1__CMD_ATTEST__INIT;
+    c.node = (char *)"n1";
+    c.kind = (char *)"seen";
+    c.pcrs = (char *)PCRS("b");
+    c.audit = &a.e;
+    c.hold = (char *)"PCR 4 changed";
+    c.hold_kind = (char *)"drift";
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    cmd.attest = &c;
+    return apply(s, &cmd, NULL);
 }
 
 static void test_judged_inputs_at_apply(void **state)
@@ -694,35 +755,29 @@ static void test_judged_inputs_at_apply(void **state)
     kfd_judged j = {.has_pcrs = true};
     kfd_volume v;
     assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
-    assert_int_equal(kfd_judged_volume(v.name, v.labels_json, j.volume), 0);
+    assert_int_equal(kfd_judged_volume(&v, j.volume), 0);
     kfd_volume_clear(&v);
-    assert_int_equal(kfd_judged_policy(1, "rules: [allow-prod]\n", j.policy), 0);
+    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", j.policy), 0);
     assert_int_equal(kfd_judged_pcrs(PCRS("a"), j.pcrs), 0);
     /* The rows it was judged on: released (and the key's check value learnt for the rotation). */
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 1, &err), 0);
-    uint64_t size = audit_size(s);
-    /* Each input that differs refuses it, saying which, and writes nothing. */
+    /* Each input that differs refuses it: a denial is recorded, naming which, and nothing else. */
     kfd_judged bad = j;
-    assert_int_equal(kfd_judged_volume("data", "{\"tier\":\"dev\",\"zone\":\"a\"}", bad.volume), 0);
-    assert_int_equal(judged_release(s, &bad, KCV1, T0 + 2, &err), -ESTALE);
-    assert_non_null(strstr(err.msg, "volume name and labels"));
+    assert_int_equal(vol_digest("data", "n1", false, "{\"tier\":\"dev\",\"zone\":\"a\"}", bad.volume), 0);
+    refused(s, judged_release(s, &bad, KCV1, T0 + 2, &err), &err, "volume owner, name and labels");
+    assert_int_equal(vol_digest("data", "n2", false, "{\"tier\":\"prod\",\"zone\":\"a\"}", bad.volume), 0);
+    refused(s, judged_release(s, &bad, KCV1, T0 + 2, &err), &err, "volume owner, name and labels");
     bad = j;
-    assert_int_equal(kfd_judged_volume("other", "{\"tier\":\"prod\",\"zone\":\"a\"}", bad.volume), 0);
-    assert_int_equal(judged_release(s, &bad, KCV1, T0 + 2, &err), -ESTALE);
-    bad = j;
-    assert_int_equal(kfd_judged_policy(1, "rules: [allow-all]\n", bad.policy), 0);
-    assert_int_equal(judged_release(s, &bad, KCV1, T0 + 2, &err), -ESTALE);
-    assert_non_null(strstr(err.msg, "policy rules"));
-    bad = j;
-    assert_int_equal(kfd_judged_policy(2, "rules: [allow-prod]\n", bad.policy), 0); /* the version counts */
-    assert_int_equal(judged_release(s, &bad, KCV1, T0 + 2, &err), -ESTALE);
+    assert_int_equal(kfd_judged_policy("rules: [allow-all]\n", bad.policy), 0);
+    refused(s, judged_release(s, &bad, KCV1, T0 + 2, &err), &err, "policy rules");
     bad = j;
     assert_int_equal(kfd_judged_pcrs(PCRS("b"), bad.pcrs), 0);
-    assert_int_equal(judged_release(s, &bad, KCV1, T0 + 2, &err), -ESTALE);
-    assert_non_null(strstr(err.msg, "accepted PCR values"));
-    judged_bad_len = true;
-    assert_int_equal(judged_release(s, &j, KCV1, T0 + 2, &err), -EINVAL);
-    judged_bad_len = false;
+    refused(s, judged_release(s, &bad, KCV1, T0 + 2, &err), &err, "accepted PCR values");
+    /* A malformed digest is an invalid command: rolled back, nothing recorded. */
+    uint64_t size = audit_size(s);
+    for (judged_bad_len = 1; judged_bad_len <= 3; judged_bad_len++)
+        assert_int_equal(judged_release(s, &j, KCV1, T0 + 2, &err), -EINVAL);
+    judged_bad_len = 0;
     assert_int_equal(audit_size(s), size);
     /* No quote matched (the rule did not need one): the accepted values are not compared. */
     bad.has_pcrs = false;
@@ -733,19 +788,43 @@ static void test_judged_inputs_at_apply(void **state)
     judged_none = false;
     /* A rotation step is judged the same way. */
     bad = j;
-    assert_int_equal(kfd_judged_volume("data", "{}", bad.volume), 0);
-    assert_int_equal(judged_rotate(s, &bad, T0 + 4, &err), -ESTALE);
+    assert_int_equal(vol_digest("data", "n1", false, "{}", bad.volume), 0);
+    assert_int_equal(judged_rotate(s, &bad, T0 + 4, &err), -ECANCELED);
+    bad = j;
+    assert_int_equal(kfd_judged_policy("rules: []\n", bad.policy), 0);
+    assert_int_equal(judged_rotate(s, &bad, T0 + 4, &err), -ECANCELED);
     assert_int_equal(judged_rotate(s, &j, T0 + 4, &err), 0);
-    /* Decided under the policy in force, applied after a new one: refused. So are new accepted values. */
+    /* A new policy version with the same text changes nothing decided; new text refuses what was
+     * decided under the old one, and so do newly accepted values. */
     assert_int_equal(put_policy(s, 2, "rules: [allow-prod]\n"), 0);
-    assert_int_equal(judged_release(s, &j, KCV1, T0 + 5, &err), -ESTALE);
-    assert_int_equal(kfd_judged_policy(2, "rules: [allow-prod]\n", j.policy), 0);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 5, &err), 0);
+    assert_int_equal(put_policy(s, 3, "rules: [allow-dev]\n"), 0);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 5, &err), -ECANCELED);
+    assert_int_equal(kfd_judged_policy("rules: [allow-dev]\n", j.policy), 0);
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 5, &err), 0);
     assert_int_equal(apply(s, accept_cmd(&aa, &ac, &am, PCRS("c"), PCRS("a")), NULL), 0);
-    assert_int_equal(judged_release(s, &j, KCV1, T0 + 6, &err), -ESTALE);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 6, &err), -ECANCELED);
+    assert_int_equal(kfd_judged_pcrs(PCRS("c"), j.pcrs), 0);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 6, &err), 0);
+    /* A node held for drift: a release decided as attested (the handler saw no hold) is refused. */
+    assert_int_equal(hold_drift(s), 0);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "hold"));
+    /* A volume the replica does not hold, or a node with no measured-boot record: refused. */
+    kfd_store_close(s);
+    s = open_db("judged2.db");
+    assert_int_equal(put_policy(s, 1, "rules: [allow-prod]\n"), 0);
+    assert_int_equal(judged_release(s, &j, "", T0 + 1, &err), -ESTALE); /* vol-j is not enrolled here */
+    assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
+    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", j.policy), 0);
+    assert_int_equal(judged_release(s, &j, "", T0 + 1, &err), -ECANCELED); /* n1 has no accepted values */
+    assert_non_null(strstr(err.msg, "accepted PCR values"));
     kfd_store_close(s);
 }
 
+/* A retired volume's key is refused at apply, also to a release (or rotation) that passed the
+ * handler before the retire was applied; unrevoke applies only to a revoked node, and is one of
+ * the changes an approval may carry. */
 static void test_retire_and_unrevoke_at_apply(void **state)
 {
     (void)state;
@@ -967,6 +1046,92 @@ static void test_secret_id_bound_to_role_id(void **state)
     assert_int_equal(apply(s, &sc, NULL), -ESTALE);
     cs.role_id = cr.role_id;
     assert_int_equal(apply(s, &sc, NULL), 0);
+    kfd_store_close(s);
+}
+
+/* A login is judged again at apply (review rev44 J1): the secret id the handler matched must be
+ * the replica's (its hash) and unexpired at the audit time, and the role row it judged by (bound
+ * CIDRs, token TTL, identity) the replica's; a mismatch is recorded as a denial, no token. */
+static int login_as(kfd_store *s, const uint8_t *secret_hash, const uint8_t *role_digest, int64_t at, kf_err *err)
+{
+    audit_at a;
+    audit(&a, at, "login", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    static uint8_t token_hash[32];
+    token_hash[0]++; /* a new token each time */
+    char token_id[33];
+    snprintf(token_id, sizeof(token_id), "%032x", token_hash[0]);
+    Keyfleet__V1__Timestamp exp = ts(at + 3600);
+    Keyfleet__V1__CmdLogin c = KEYFLEET__V1__CMD_LOGIN__INIT;
+    c.role_name = (char *)"web";
+    c.accessor = (char *)"0123456789abcdef0123456789abcdef";
+    c.token_id = token_id;
+    c.token_hash = (ProtobufCBinaryData){sizeof(token_hash), token_hash};
+    c.expires_at = &exp;
+    c.audit = &a.e;
+    if (secret_hash != NULL)
+        c.secret_hash = (ProtobufCBinaryData){32, (uint8_t *)secret_hash};
+    if (role_digest != NULL)
+        c.judged_role = (ProtobufCBinaryData){32, (uint8_t *)role_digest};
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN;
+    cmd.login = &c;
+    return apply(s, &cmd, err);
+}
+
+static void test_login_judged_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("login.db");
+    kf_err err = {0};
+    audit_at a;
+    audit(&a, T0, "approle_create", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdCreateRole cr = KEYFLEET__V1__CMD_CREATE_ROLE__INIT;
+    cr.name = (char *)"web";
+    cr.role_id = (char *)"11111111-1111-4111-8111-111111111111";
+    cr.node_name = (char *)"db-1";
+    cr.token_ttl_seconds = 3600;
+    cr.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE;
+    cmd.create_role = &cr;
+    assert_int_equal(apply(s, &cmd, NULL), 0);
+    uint8_t hash[32], other[32];
+    memset(hash, 1, sizeof(hash));
+    memset(other, 2, sizeof(other));
+    audit_at b;
+    audit(&b, T0, "approle_secret_id", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__Timestamp sexp = ts(T0 + 100);
+    Keyfleet__V1__CmdCreateSecretId cs = KEYFLEET__V1__CMD_CREATE_SECRET_ID__INIT;
+    cs.role_name = (char *)"web";
+    cs.role_id = cr.role_id;
+    cs.secret_hash = (ProtobufCBinaryData){sizeof(hash), hash};
+    cs.accessor = (char *)"0123456789abcdef0123456789abcdef";
+    cs.expires_at = &sexp;
+    cs.audit = &b.e;
+    Keyfleet__V1__StateCommand sc = KEYFLEET__V1__STATE_COMMAND__INIT;
+    sc.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID;
+    sc.create_secret_id = &cs;
+    assert_int_equal(apply(s, &sc, NULL), 0);
+    kfd_role role;
+    assert_int_equal(kfd_store_get_role(s, "web", NULL, &role), 0);
+    uint8_t rd[KFD_JUDGED_LEN], bad_rd[KFD_JUDGED_LEN];
+    assert_int_equal(kfd_judged_role(&role, rd), 0);
+    role.token_ttl_s = 3 * 365 * 86400; /* as an edited row would say */
+    assert_int_equal(kfd_judged_role(&role, bad_rd), 0);
+    assert_memory_not_equal(rd, bad_rd, KFD_JUDGED_LEN);
+    assert_int_equal(login_as(s, hash, rd, T0 + 1, &err), 0);
+    char reason[400];
+    assert_int_equal(login_as(s, other, rd, T0 + 2, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "secret id this login was decided on"));
+    assert_int_equal(newest_decision(s, reason, sizeof(reason)), KEYFLEET__V1__DECISION__DECISION_DENY);
+    assert_non_null(strstr(reason, "refused at apply: "));
+    assert_int_equal(login_as(s, hash, bad_rd, T0 + 2, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "token TTL"));
+    /* An older version's command carries neither: not compared. */
+    assert_int_equal(login_as(s, NULL, NULL, T0 + 3, &err), 0);
+    /* Expired at the audit time, whatever the handler read. */
+    assert_int_equal(login_as(s, hash, rd, T0 + 100, &err), -EACCES);
+    assert_non_null(strstr(err.msg, "expired"));
     kfd_store_close(s);
 }
 
@@ -1439,6 +1604,7 @@ int main(void)
         cmocka_unit_test(test_held_attest_accept_is_compare_and_swap),
         cmocka_unit_test(test_enroll_replay_at_apply),
         cmocka_unit_test(test_secret_id_bound_to_role_id),
+        cmocka_unit_test(test_login_judged_at_apply),
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_judged_digests),
