@@ -292,7 +292,8 @@ static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_ev
 {
     memcpy(j->policy, kfd_call_app(call)->policy_judged, KFD_JUDGED_LEN);
     j->has_pcrs = att->attested;
-    memcpy(j->pcrs, att->judged_pcrs, KFD_JUDGED_LEN);
+    if (att->attested)
+        memcpy(j->pcrs, att->judged_pcrs, KFD_JUDGED_LEN);
     if (kfd_judged_volume(vol, j->volume) != 0) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the volume's row");
         return false;
@@ -323,7 +324,7 @@ typedef struct enroll_op {
     char volume_id[129];
     bool replay; /* same node and request id as a completed enroll */
     char kcv[KFD_KCV_TEXT_LEN + 1];
-    kfd_judged judged; /* replay: what its decision rests on */
+    kfd_judged judged; /* what its decision rests on (a first enrollment: the policy and PCRs) */
 
     char tofu[KF_TPM_PCRS_TEXT_MAX]; /* the node's first quoted PCR values, accepted with this enroll */
     Keyfleet__V1__AttestClock clock; /* the quote's counters, when has_clock */
@@ -370,6 +371,10 @@ static void answer_enroll(enroll_op *op, uint64_t audit_seq)
 static void on_enroll_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     enroll_op *op = arg;
+    if (refused_recorded(op->base.call, "enroll", op->volume_id, status, res, err)) {
+        enroll_op_free(op);
+        return;
+    }
     if (op->base.call == NULL)
         ;
     else if (status == -EACCES) {
@@ -511,6 +516,8 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     c.audit = &a.entry;
     c.key_kcv = op->kcv;
     c.tpm_and_network = op->decision.tpm_and_network; /* the mode, fixed at enroll (review rev26b F1) */
+    ProtobufCBinaryData no_volume;
+    kfd_judged_fields(&op->judged, &c.judged_policy, &no_volume, &c.judged_pcrs); /* the volume is new */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -673,8 +680,13 @@ void kfd_rpc_enroll(kfd_call *call)
     if (kfd_call_deadline_passed(call, "the KMS key generation"))
         return;
     enroll_op *op = new_enroll_op(call, req, &decision);
-    if (op != NULL)
+    if (op != NULL) {
         attest_clock_of(&att, &op->clock, &op->has_clock);
+        memcpy(op->judged.policy, app->policy_judged, KFD_JUDGED_LEN);
+        op->judged.has_pcrs = att.attested;
+        if (att.attested)
+            memcpy(op->judged.pcrs, att.judged_pcrs, KFD_JUDGED_LEN);
+    }
     if (op != NULL && first_enrollment)
         snprintf(op->tofu, sizeof(op->tofu), "%s", att.seen);
     if (op != NULL)

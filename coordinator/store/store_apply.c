@@ -306,7 +306,14 @@ static int attest_accept(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err 
  * node's TPM counters, the audit record. */
 static int apply_enroll_volume(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uint64_t *seq, kf_err *err)
 {
-    int r = kfd_store_check_not_revoked(s, cmd->enroll_volume->node, err);
+    const Keyfleet__V1__CmdEnrollVolume *c = cmd->enroll_volume;
+    ProtobufCBinaryData none = {0, NULL};
+    int r = kfd_store_check_not_revoked(s, c->node, err);
+    /* What the handler judged (store_judged.h), before anything is written. */
+    if (r == 0)
+        r = kfd_store_check_judged(s, c->node, NULL, -ENOENT, &c->judged_policy, &none, &c->judged_pcrs, err);
+    if (r == -EAGAIN)
+        return kfd_store_refuse_recorded(s, c->audit, seq, err);
     if (r == 0)
         r = apply_enroll(s, cmd->enroll_volume, err);
     if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')

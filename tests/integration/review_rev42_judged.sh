@@ -42,6 +42,7 @@ expect_eq "$A recorded the first release" "$(released_on "$A")" "1"
 # One row of the stopped follower's state, outside the audit log: vol-1's labels.
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE volumes SET labels = '{\"tier\":\"edited\"}' WHERE id IN ('vol-1', 'vol-2')"
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE secret_ids SET secret_hash = zeroblob(32) WHERE role_name = 'web-role'"
+sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE policy SET yaml = yaml || '# edited' WHERE version = (SELECT max(version) FROM policy)"
 start "$A"
 check "$A catches up" caught_up "$A" "$L"
 # The leader decides on its own (honest) rows; the commands carry their digests. Once $A has
@@ -62,6 +63,8 @@ out=$(retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" r
 expect_match "the leader begins a rotation of vol-1" "$out" "^code=ok"
 out=$(NODE_CLIENT_REQUEST_ID=$RID2 retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-2 data2)
 expect_match "the leader answers vol-2's repeated Enroll" "$out" "^code=ok"
+out=$(retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-3 data3)
+expect_match "the leader enrolls vol-3" "$out" "^code=ok"
 login_pb "$ROLE_ID" "$SECRET" >"$WORK/login.pb"
 for _ in $(seq 1 100); do
     code=$(curl -sS --max-time 5 --http2 --cacert "$F/ca.crt" -H 'content-type: application/proto' \
@@ -86,6 +89,9 @@ REFUSED="SELECT action || ':' || volume_id FROM audit WHERE decision = 2 AND rea
 expect_eq "$A recorded the release, the rotation and the repeated Enroll as refused at apply" \
     "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$REFUSED" | tr '\n' ' ')" \
     "release:vol-1 rotate_begin:vol-1 enroll_replay:vol-2 "
+ENROLL_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'enroll' AND volume_id = 'vol-3' AND decision = 2 AND reason LIKE 'refused at apply: the policy rules%'"
+expect_eq "$A recorded vol-3's enrollment (its policy text is not the one it was decided under) as refused at apply" \
+    "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$ENROLL_REFUSED")" "1"
 LOGIN_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'login' AND decision = 2 AND reason LIKE 'refused at apply: the secret id this login was decided on%'"
 expect_eq "$A recorded the login (its secret id's hash is not the one matched) as refused at apply" \
     "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$LOGIN_REFUSED")" "1"
@@ -95,7 +101,7 @@ for n in "$L" "$B"; do
     grep -q "event=audit_diverged" "$WORK/$n/keyfleetd.log"
     check "the honest $n does not diverge" test $? -ne 0
     expect_eq "the honest $n refused nothing at apply" \
-        "$(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$REFUSED" | wc -l) $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$LOGIN_REFUSED")" "0 0"
+        "$(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$REFUSED" | wc -l) $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$LOGIN_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$ENROLL_REFUSED")" "0 0 0"
 done
 expect_match "the honest two serve on" "$(release_ok n1 vol-1 "$WRAP" "$(servers_of "$L" "$B")")" "^code=ok status=released"
 stop_replicas "$L" "$B"

@@ -1135,6 +1135,50 @@ static void test_login_judged_at_apply(void **state)
     kfd_store_close(s);
 }
 
+/* A first enrollment is judged again at apply (review rev44 J5): the policy it was decided under
+ * (which gave its offline copy and fixed its two-part mode) must be the replica's. */
+static int enroll_judged(kfd_store *s, const char *vol, const uint8_t *policy_digest, kf_err *err)
+{
+    audit_at a;
+    audit(&a, T0, "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    a.e.request_id = (char *)RID;
+    Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
+    v.id = (char *)vol;
+    v.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    v.name = (char *)"data";
+    Keyfleet__V1__CmdEnrollVolume c = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
+    c.volume = &v;
+    c.node = (char *)"n1";
+    c.wrapped_key = (char *)"kf:local:v1:xyz";
+    c.audit = &a.e;
+    c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)policy_digest};
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
+    cmd.enroll_volume = &c;
+    return apply(s, &cmd, err);
+}
+
+static void test_enroll_judged_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("enroll-judged.db");
+    kf_err err = {0};
+    assert_int_equal(put_policy(s, 1, "rules: [allow-prod]\n"), 0);
+    uint8_t good[KFD_JUDGED_LEN], bad[KFD_JUDGED_LEN];
+    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", good), 0);
+    assert_int_equal(kfd_judged_policy("rules: [allow-all, offline_fallback]\n", bad), 0);
+    assert_int_equal(enroll_judged(s, "vol-e", bad, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "policy rules"));
+    char reason[400];
+    assert_int_equal(newest_decision(s, reason, sizeof(reason)), KEYFLEET__V1__DECISION__DECISION_DENY);
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-e", &v), -ENOENT); /* nothing enrolled */
+    assert_int_equal(enroll_judged(s, "vol-e", good, &err), 0);
+    assert_int_equal(kfd_store_get_volume(s, "vol-e", &v), 0);
+    kfd_volume_clear(&v);
+    kfd_store_close(s);
+}
+
 static void test_cert_denylist(void **state)
 {
     (void)state;
@@ -1605,6 +1649,7 @@ int main(void)
         cmocka_unit_test(test_enroll_replay_at_apply),
         cmocka_unit_test(test_secret_id_bound_to_role_id),
         cmocka_unit_test(test_login_judged_at_apply),
+        cmocka_unit_test(test_enroll_judged_at_apply),
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_judged_digests),
