@@ -58,8 +58,6 @@ static int create_secret_id(kfd_store *s, const Keyfleet__V1__CmdCreateSecretId 
     return kfd_store_step_done(s, st, "recording the secret id", err);
 }
 
-/* Spends one use (a secret id with uses_left -1 is unlimited); the last use deletes it. A
- * concurrent login that spent it first makes this one fail, so a use is never spent twice. */
 /* What only the login's handler judged (review rev44 J1, as store_judged.h for keys): the secret
  * id it matched (hash) and the role row (bound CIDRs, token TTL, identity). A mismatch is
  * -EAGAIN: recorded as a denial by the caller. Empty fields (an older version's command) are not
@@ -84,6 +82,8 @@ static int login_judged(kfd_store *s, const Keyfleet__V1__CmdLogin *c, bool hash
     return 0;
 }
 
+/* Spends one use (a secret id with uses_left -1 is unlimited); the last use deletes it. A
+ * concurrent login that spent it first makes this one fail, so a use is never spent twice. */
 static int login(kfd_store *s, const Keyfleet__V1__CmdLogin *c, kf_err *err)
 {
     if (c->token_hash.len != KFD_HASH_LEN)
@@ -195,7 +195,7 @@ int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd,
     default:
         return kf_err_set(err, -ENOSYS, "not an AppRole command");
     }
-    if (r == -EAGAIN) /* a login judged on rows this replica does not hold (login_judged) */
+    if (r == -EAGAIN && cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN) /* judged on other rows (login_judged) */
         return kfd_store_refuse_recorded(s, audit, seq, err);
     return r != 0 ? r : kfd_store_append_audit(s, audit, seq, err);
 }
