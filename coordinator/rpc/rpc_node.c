@@ -287,8 +287,7 @@ static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 
 /* What a decision to hand out vol's key rests on that the apply cannot judge again (store_judged.h):
  * the policy evaluated, vol's row as the rules see it (name, labels, owner, two-part mode), and the
- * accepted values att's quote matched. False
- * (the call answered) when a digest cannot be made. */
+ * accepted values att's quote matched. False (the call answered) when a digest cannot be made. */
 static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_eval *att, kfd_judged *j)
 {
     memcpy(j->policy, kfd_call_app(call)->policy_judged, KFD_JUDGED_LEN);
