@@ -99,6 +99,10 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
         st = (kfd_tpm_state){.has = true, .reset_count = rec.reset_count, .restart_count = rec.restart_count,
                              .has_clock = rec.has_tpm_clock, .clock = rec.clock, .safe = rec.clock_safe,
                              .at = rec.clock_at};
+    if (kfd_judged_tpm(r == 0 ? &rec : NULL, ret->judged_tpm) != 0) { /* for the apply (store_judged.h) */
+        snprintf(ret->why, sizeof(ret->why), "cannot digest node '%s''s TPM state", call->peer->name);
+        return -EIO;
+    }
     char state_why[256];
     kfd_tpm_verdict v = kfd_tpm_state_check(&st, &ret->clock, time(NULL), state_why, sizeof(state_why));
     ret->state_ok = v == KFD_TPM_STATE_OK;

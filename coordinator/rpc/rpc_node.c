@@ -294,6 +294,9 @@ static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_ev
     j->has_pcrs = att->attested;
     if (att->attested)
         memcpy(j->pcrs, att->judged_pcrs, KFD_JUDGED_LEN);
+    j->has_tpm = att->has_clock;
+    if (att->has_clock)
+        memcpy(j->tpm, att->judged_tpm, KFD_JUDGED_LEN);
     if (kfd_judged_volume(vol, j->volume) != 0) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the volume's row");
         return false;
@@ -439,7 +442,7 @@ static void record_enroll_replay(enroll_op *op)
     c.audit = &a.entry;
     c.enroll_replay_window_s = ENROLL_REPLAY_WINDOW_S; /* checked again at apply: two replays may race */
     c.kcv = op->kcv;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
+    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
     c.attest_clock = op->has_clock ? &op->clock : NULL;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
@@ -517,7 +520,7 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     c.key_kcv = op->kcv;
     c.tpm_and_network = op->decision.tpm_and_network; /* the mode, fixed at enroll (review rev26b F1) */
     ProtobufCBinaryData no_volume;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &no_volume, &c.judged_pcrs); /* the volume is new */
+    kfd_judged_fields(&op->judged, &c.judged_policy, &no_volume, &c.judged_pcrs, &c.judged_tpm); /* the volume is new */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -686,6 +689,9 @@ void kfd_rpc_enroll(kfd_call *call)
         op->judged.has_pcrs = att.attested;
         if (att.attested)
             memcpy(op->judged.pcrs, att.judged_pcrs, KFD_JUDGED_LEN);
+        op->judged.has_tpm = att.has_clock;
+        if (att.has_clock)
+            memcpy(op->judged.tpm, att.judged_tpm, KFD_JUDGED_LEN);
     }
     if (op != NULL && first_enrollment)
         snprintf(op->tofu, sizeof(op->tofu), "%s", att.seen);
@@ -910,7 +916,7 @@ static void record_release(release_op *op)
     c.approved_request = op->approved_request;
     c.kcv = op->kcv; /* checked again at apply: a rotation may have committed meanwhile */
     c.attest_clock = op->has_clock ? &op->clock : NULL;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
+    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -1382,7 +1388,7 @@ static void on_rotate_key(void *arg, const kfd_kms_result *res)
     c.commit = op->commit;
     c.next_wrapped_key = op->commit ? "" : op->wrapped;
     c.kcv = op->kcv;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
+    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;

@@ -311,7 +311,8 @@ static int apply_enroll_volume(kfd_store *s, const Keyfleet__V1__StateCommand *c
     int r = kfd_store_check_not_revoked(s, c->node, err);
     /* What the handler judged (store_judged.h), before anything is written. */
     if (r == 0)
-        r = kfd_store_check_judged(s, c->node, NULL, -ENOENT, &c->judged_policy, &none, &c->judged_pcrs, err);
+        r = kfd_store_check_judged(s, c->node, NULL, -ENOENT,
+                                   &(kfd_judged_in){&c->judged_policy, &none, &c->judged_pcrs, &c->judged_tpm}, err);
     if (r == -EAGAIN)
         return kfd_store_refuse_recorded(s, c->audit, seq, err);
     if (r == 0)

@@ -116,6 +116,25 @@ int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN])
     return hash_end(&h, out);
 }
 
+int kfd_judged_tpm(const kfd_attest_record *rec, uint8_t out[KFD_JUDGED_LEN])
+{
+    judged_hash h;
+    hash_begin(&h, "keyfleet judged tpm v1");
+    uint8_t has = rec != NULL && rec->has_clock ? 1 : 0;
+    hash_bytes(&h, &has, 1);
+    if (has) { /* as rpc_attest.c builds the state the quote is checked against */
+        hash_u32(&h, rec->reset_count);
+        hash_u32(&h, rec->restart_count);
+        uint8_t flags[2] = {rec->has_tpm_clock ? 1 : 0, rec->clock_safe ? 1 : 0};
+        hash_bytes(&h, flags, sizeof(flags));
+        hash_u32(&h, (uint32_t)(rec->clock >> 32));
+        hash_u32(&h, (uint32_t)rec->clock);
+        hash_u32(&h, (uint32_t)((uint64_t)rec->clock_at >> 32));
+        hash_u32(&h, (uint32_t)rec->clock_at);
+    }
+    return hash_end(&h, out);
+}
+
 int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN])
 {
     judged_hash h;
@@ -130,11 +149,12 @@ int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN])
 }
 
 void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
-                       ProtobufCBinaryData *pcrs)
+                       ProtobufCBinaryData *pcrs, ProtobufCBinaryData *tpm)
 {
     *policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->policy};
     *volume = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->volume};
     *pcrs = j->has_pcrs ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->pcrs} : (ProtobufCBinaryData){0, NULL};
+    *tpm = j->has_tpm ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->tpm} : (ProtobufCBinaryData){0, NULL};
 }
 
 /* A mismatch: -EAGAIN, which the apply records as a denial (store_judged.h). */
@@ -144,12 +164,12 @@ static int differs(const char *what, kf_err *err)
                       "a coordinator's database edited outside keyfleetd); retry", what);
 }
 
-int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr,
-                           const ProtobufCBinaryData *policy, const ProtobufCBinaryData *volume,
-                           const ProtobufCBinaryData *pcrs, kf_err *err)
+int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
+                           kf_err *err)
 {
-    const ProtobufCBinaryData *all[] = {policy, volume, pcrs};
-    for (size_t i = 0; i < 3; i++)
+    const ProtobufCBinaryData *policy = in->policy, *volume = in->volume, *pcrs = in->pcrs, *tpm = in->tpm;
+    const ProtobufCBinaryData *all[] = {policy, volume, pcrs, tpm};
+    for (size_t i = 0; i < 4; i++)
         if (all[i]->len != 0 && all[i]->len != KFD_JUDGED_LEN)
             return kf_err_set(err, -EINVAL, "a judged digest is %zu bytes, not %d", all[i]->len, KFD_JUDGED_LEN);
     uint8_t d[KFD_JUDGED_LEN];
@@ -163,16 +183,21 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
         if (CRYPTO_memcmp(d, volume->data, KFD_JUDGED_LEN) != 0)
             return differs("volume owner, name and labels", err);
     }
-    if (pcrs->len != 0) {
-        /* Sent only when the quote matched and the node was not held (a drift hold, which the
-         * policy's rules judge, clears the match at the handler; other holds refuse at apply). */
+    if (pcrs->len != 0 || tpm->len != 0) {
         kfd_attest_record rec;
         r = kfd_store_get_attest(s, node, &rec);
         if (r != 0 && r != -ENOENT)
             return kf_err_set(err, r, "reading the node's measured-boot record");
-        if (r == -ENOENT || rec.held[0] != '\0' || kfd_judged_pcrs(rec.accepted, d) != 0 ||
-            CRYPTO_memcmp(d, pcrs->data, KFD_JUDGED_LEN) != 0)
+        /* Sent only when the quote matched and the node was not held (a drift hold, which the
+         * policy's rules judge, clears the match at the handler; other holds refuse at apply). */
+        if (pcrs->len != 0 && (r == -ENOENT || rec.held[0] != '\0' || kfd_judged_pcrs(rec.accepted, d) != 0 ||
+                               CRYPTO_memcmp(d, pcrs->data, KFD_JUDGED_LEN) != 0))
             return differs("accepted PCR values (or hold)", err);
+        /* The recorded state a quote's counters and clock were checked against (review rev44 J4):
+         * an edit that lowered it let a rolled-back or cloned TPM through at the handler. */
+        if (tpm->len != 0 && (kfd_judged_tpm(r == 0 ? &rec : NULL, d) != 0 ||
+                              CRYPTO_memcmp(d, tpm->data, KFD_JUDGED_LEN) != 0))
+            return differs("recorded TPM state (counters and clock)", err);
     }
     if (policy->len != 0) {
         /* Kept from the last read of the row (invalidated by a policy write, a snapshot install

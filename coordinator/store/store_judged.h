@@ -26,9 +26,15 @@
 #define KFD_JUDGED_LEN 32
 
 typedef struct kfd_judged {
-    uint8_t policy[KFD_JUDGED_LEN], volume[KFD_JUDGED_LEN], pcrs[KFD_JUDGED_LEN];
+    uint8_t policy[KFD_JUDGED_LEN], volume[KFD_JUDGED_LEN], pcrs[KFD_JUDGED_LEN], tpm[KFD_JUDGED_LEN];
     bool has_pcrs; /* the quote matched accepted values (the policy and volume are always judged) */
+    bool has_tpm;  /* a quote's clock held: it was judged against the recorded TPM state */
 } kfd_judged;
+
+/* The command fields a judgement travels in (empty: not judged, or an older version's command). */
+typedef struct kfd_judged_in {
+    const ProtobufCBinaryData *policy, *volume, *pcrs, *tpm;
+} kfd_judged_in;
 
 /* The digests. Each is SHA-256 over a label naming it and a canonical encoding of its inputs
  * (docs/audit.md, "What the apply judges again"), so replicas of any version agree on equal
@@ -37,20 +43,21 @@ int kfd_judged_policy(const char *yaml, uint8_t out[KFD_JUDGED_LEN]);
 /* Of a volume's row: its name, owner, two-part mode and labels. */
 int kfd_judged_volume(const kfd_volume *v, uint8_t out[KFD_JUDGED_LEN]);
 int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN]);
+/* Of a node's recorded TPM state as the rollback check reads it (rec NULL: no record). */
+int kfd_judged_tpm(const kfd_attest_record *rec, uint8_t out[KFD_JUDGED_LEN]);
 /* Of an AppRole role's row: what a login is judged by (review rev44 J1). */
 int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN]);
 
 /* The command's fields, pointing into j (which the caller keeps until the command is packed). */
 void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
-                       ProtobufCBinaryData *pcrs);
+                       ProtobufCBinaryData *pcrs, ProtobufCBinaryData *tpm);
 
 /* At apply: each non-empty digest against this replica's rows (v: the volume's row as read, vr
  * how reading it went; v is not read unless vr is 0). 0; -EAGAIN naming what differs (the caller
  * records the refusal with kfd_store_refuse_recorded before it writes anything else); -ESTALE,
  * -EINVAL (a malformed digest) or -EIO otherwise. */
-int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr,
-                           const ProtobufCBinaryData *policy, const ProtobufCBinaryData *volume,
-                           const ProtobufCBinaryData *pcrs, kf_err *err);
+int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
+                           kf_err *err);
 
 /* A key refused at apply for a judged mismatch (err says which) is recorded, not rolled back: a
  * denial with the command's audit entry ("refused at apply: ..."), so every replica that refuses

@@ -599,6 +599,8 @@ static ProtobufCBinaryData bad_len = {5, (uint8_t *)"12345"};
 static int judged_bad_len; /* the next judged command carries a 5-byte digest: 1 policy, 2 volume, 3 PCRs */
 static bool judged_none;    /* ... or no digests at all (a command of an older version) */
 
+static Keyfleet__V1__AttestClock *judged_clock; /* the next judged release's quote counters */
+
 static int judged_release(kfd_store *s, const kfd_judged *j, const char *kcv, int64_t at, kf_err *err)
 {
     audit_at a;
@@ -609,8 +611,9 @@ static int judged_release(kfd_store *s, const kfd_judged *j, const char *kcv, in
     c.volume_id = (char *)"vol-j";
     c.audit = &a.e;
     c.kcv = (char *)kcv;
+    c.attest_clock = judged_clock;
     if (!judged_none)
-        kfd_judged_fields(j, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
+        kfd_judged_fields(j, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
     if (judged_bad_len == 1)
         c.judged_policy = bad_len;
     if (judged_bad_len == 2)
@@ -633,7 +636,7 @@ static int judged_rotate(kfd_store *s, const kfd_judged *j, int64_t at, kf_err *
     c.next_wrapped_key = (char *)"kf:local:v1:next";
     c.kcv = (char *)KCV2;
     c.audit = &a.e;
-    kfd_judged_fields(j, &c.judged_policy, &c.judged_volume, &c.judged_pcrs);
+    kfd_judged_fields(j, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;
     cmd.rotate_key = &c;
@@ -806,6 +809,31 @@ static void test_judged_inputs_at_apply(void **state)
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 6, &err), -ECANCELED);
     assert_int_equal(kfd_judged_pcrs(PCRS("c"), j.pcrs), 0);
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 6, &err), 0);
+    /* The recorded TPM state a quote was judged against (review rev44 J4): n1's record has no
+     * counters yet (as no record at all); once a release records its quote's, a decision judged
+     * against the old state is refused, one judged against the new applies. */
+    j.has_tpm = true;
+    kfd_judged_tpm(NULL, j.tpm);
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = 5;
+    clk.restart_count = 1;
+    clk.clock = 123456;
+    clk.clock_known = true;
+    clk.safe = true;
+    judged_clock = &clk;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), 0);
+    judged_clock = NULL;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "recorded TPM state"));
+    kfd_attest_record rec;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_true(rec.has_clock);
+    kfd_judged_tpm(&rec, j.tpm);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), 0);
+    rec.reset_count = 4; /* as a lowered record would say */
+    bad = j;
+    kfd_judged_tpm(&rec, bad.tpm);
+    assert_int_equal(judged_release(s, &bad, KCV1, T0 + 7, &err), -ECANCELED);
     /* A node held for drift: a release decided as attested (the handler saw no hold) is refused. */
     assert_int_equal(hold_drift(s), 0);
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), -ECANCELED);
