@@ -118,19 +118,17 @@ int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN])
 
 int kfd_judged_tpm(const kfd_attest_record *rec, uint8_t out[KFD_JUDGED_LEN])
 {
+    /* The counters only (reset and restart: they change at a reboot or TPM restart), not the
+     * clock, which every quote of the node moves: with it, parallel unlocks at boot and a
+     * heartbeat racing a release were refused in normal operation (review rev44b K5). So an edit
+     * that lowered the recorded counters is caught; one of the clock alone is not (open). */
     judged_hash h;
     hash_begin(&h, "keyfleet judged tpm v1");
     uint8_t has = rec != NULL && rec->has_clock ? 1 : 0;
     hash_bytes(&h, &has, 1);
-    if (has) { /* as rpc_attest.c builds the state the quote is checked against */
+    if (has) {
         hash_u32(&h, rec->reset_count);
         hash_u32(&h, rec->restart_count);
-        uint8_t flags[2] = {rec->has_tpm_clock ? 1 : 0, rec->clock_safe ? 1 : 0};
-        hash_bytes(&h, flags, sizeof(flags));
-        hash_u32(&h, (uint32_t)(rec->clock >> 32));
-        hash_u32(&h, (uint32_t)rec->clock);
-        hash_u32(&h, (uint32_t)((uint64_t)rec->clock_at >> 32));
-        hash_u32(&h, (uint32_t)rec->clock_at);
     }
     return hash_end(&h, out);
 }
@@ -193,11 +191,11 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
         if (pcrs->len != 0 && (r == -ENOENT || rec.held[0] != '\0' || kfd_judged_pcrs(rec.accepted, d) != 0 ||
                                CRYPTO_memcmp(d, pcrs->data, KFD_JUDGED_LEN) != 0))
             return differs("accepted PCR values (or hold)", err);
-        /* The recorded state a quote's counters and clock were checked against (review rev44 J4):
-         * an edit that lowered it let a rolled-back or cloned TPM through at the handler. */
+        /* The recorded counters a quote was checked against (review rev44 J4, counters only: K5):
+         * an edit that lowered them let a rolled-back TPM through at the handler. */
         if (tpm->len != 0 && (kfd_judged_tpm(r == 0 ? &rec : NULL, d) != 0 ||
                               CRYPTO_memcmp(d, tpm->data, KFD_JUDGED_LEN) != 0))
-            return differs("recorded TPM state (counters and clock)", err);
+            return differs("recorded TPM counters", err);
     }
     if (policy->len != 0) {
         /* Kept from the last read of the row (invalidated by a policy write, a snapshot install
@@ -224,8 +222,9 @@ int kfd_store_refuse_recorded(kfd_store *s, const Keyfleet__V1__AuditEntry *a, u
 {
     if (a == NULL)
         return kf_err_set(err, -EINVAL, "command has no audit record");
-    char reason[sizeof(err->msg) + 32];
-    snprintf(reason, sizeof(reason), "refused at apply: %s", err->msg);
+    /* The command's own reason after it: a login's names the secret accessor and token id. */
+    char reason[sizeof(err->msg) + 560];
+    snprintf(reason, sizeof(reason), "refused at apply: %s; was: %.512s", err->msg, a->reason != NULL ? a->reason : "");
     Keyfleet__V1__AuditEntry d = *a;
     d.decision = KEYFLEET__V1__DECISION__DECISION_DENY;
     d.reason = reason;

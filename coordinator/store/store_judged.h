@@ -43,7 +43,7 @@ int kfd_judged_policy(const char *yaml, uint8_t out[KFD_JUDGED_LEN]);
 /* Of a volume's row: its name, owner, two-part mode and labels. */
 int kfd_judged_volume(const kfd_volume *v, uint8_t out[KFD_JUDGED_LEN]);
 int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN]);
-/* Of a node's recorded TPM state as the rollback check reads it (rec NULL: no record). */
+/* Of a node's recorded TPM counters as the rollback check reads them (rec NULL: no record). */
 int kfd_judged_tpm(const kfd_attest_record *rec, uint8_t out[KFD_JUDGED_LEN]);
 /* Of an AppRole role's row: what a login is judged by (review rev44 J1). */
 int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN]);

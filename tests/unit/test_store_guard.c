@@ -721,6 +721,7 @@ static void refused(kfd_store *s, int got, const kf_err *err, const char *what)
     assert_int_equal(newest_decision(s, reason, sizeof(reason)), KEYFLEET__V1__DECISION__DECISION_DENY);
     assert_non_null(strstr(reason, "refused at apply: "));
     assert_non_null(strstr(reason, what));
+    assert_non_null(strstr(reason, "; was: ")); /* the command's own reason is kept */
     kfd_volume v;
     assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
     assert_int_equal(v.last_released_at, T0 + 1);
@@ -809,9 +810,10 @@ static void test_judged_inputs_at_apply(void **state)
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 6, &err), -ECANCELED);
     assert_int_equal(kfd_judged_pcrs(PCRS("c"), j.pcrs), 0);
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 6, &err), 0);
-    /* The recorded TPM state a quote was judged against (review rev44 J4): n1's record has no
+    /* The recorded TPM counters a quote was judged against (review rev44 J4): n1's record has no
      * counters yet (as no record at all); once a release records its quote's, a decision judged
-     * against the old state is refused, one judged against the new applies. */
+     * against the old state is refused, one judged against the new applies; a later quote of the
+     * same boot (same counters, a later clock) changes nothing judged (review rev44b K5). */
     j.has_tpm = true;
     kfd_judged_tpm(NULL, j.tpm);
     Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
@@ -824,12 +826,17 @@ static void test_judged_inputs_at_apply(void **state)
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), 0);
     judged_clock = NULL;
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), -ECANCELED);
-    assert_non_null(strstr(err.msg, "recorded TPM state"));
+    assert_non_null(strstr(err.msg, "recorded TPM counters"));
     kfd_attest_record rec;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     assert_true(rec.has_clock);
     kfd_judged_tpm(&rec, j.tpm);
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), 0);
+    clk.clock = 223456; /* the same boot, later */
+    judged_clock = &clk;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 8, &err), 0);
+    judged_clock = NULL;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 8, &err), 0);
     rec.reset_count = 4; /* as a lowered record would say */
     bad = j;
     kfd_judged_tpm(&rec, bad.tpm);
