@@ -12,6 +12,7 @@
 
 #include "core/cidr.h"
 #include "store/store_approle.h"
+#include "store/store_judged.h"
 
 void kfd_approle_sha256(const char *s, size_t len, uint8_t out[KFD_HASH_LEN])
 {
@@ -40,7 +41,7 @@ const char *kfd_approle_identity(const kfd_role *role)
 }
 
 int kfd_approle_token_auth(kfd_store *store, const char *token, size_t len, const char *source, kf_identity *ret,
-                           char role_out[64])
+                           char role_out[64], char token_id_out[KFD_TOKEN_ID_HEX + 1], uint8_t judged_out[32])
 {
     if (len != KFD_TOKEN_TEXT_LEN || memcmp(token, KFD_TOKEN_PREFIX, 4) != 0 || token[4 + KFD_TOKEN_ID_HEX] != '.')
         return -ENOENT;
@@ -62,6 +63,9 @@ int kfd_approle_token_auth(kfd_store *store, const char *token, size_t len, cons
         return r == -ENOENT ? -ENOENT : r;
     if (!kfd_approle_source_allowed(role.bound_cidrs, source))
         return -EACCES;
+    if (kfd_judged_token(store, token_id, judged_out, NULL) != 0)
+        return -EIO;
+    memcpy(token_id_out, token_id, sizeof(token_id));
     ret->kind = KF_PEER_NODE;
     snprintf(ret->name, sizeof(ret->name), "%s", kfd_approle_identity(&role));
     snprintf(role_out, 64, "%s", role.name);

@@ -24,9 +24,10 @@ bool kfd_approle_source_allowed(const char *bound_cidrs, const char *source);
 const char *kfd_approle_identity(const kfd_role *role);
 
 /* Authenticates "Authorization: Bearer TOKEN" from source into ret (a node identity) and
- * role_out. Returns 0, -ENOENT (no such token), -ETIME (expired), -EACCES (outside the role's
- * CIDRs) or -EIO. */
+ * role_out, with the token's id and the digest of the token and role rows it was judged by
+ * (store_judged.h: key commands carry them, review rev44b K2). Returns 0, -ENOENT (no such
+ * token), -ETIME (expired), -EACCES (outside the role's CIDRs) or -EIO. */
 int kfd_approle_token_auth(kfd_store *store, const char *token, size_t len, const char *source, kf_identity *ret,
-                           char role_out[64]);
+                           char role_out[64], char token_id_out[KFD_TOKEN_ID_HEX + 1], uint8_t judged_out[32]);
 
 #endif

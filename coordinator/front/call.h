@@ -25,6 +25,9 @@ typedef struct kfd_call {
     const kf_identity *peer;
     kf_identity token_peer; /* peer points here for AppRole bearer-token callers */
     const char *auth;       /* how peer was authenticated: "mtls" or "approle" */
+    /* approle: the token's id and the digest of the rows it was judged by (store_judged.h) */
+    char auth_token_id[24];
+    uint8_t auth_judged[32];
     ProtobufCMessage *request;
     char source[64]; /* client IP address */
     bool answered;

@@ -214,7 +214,7 @@ static bool authenticate(kfd_server *srv, kfd_call *call)
         char role[64] = "";
         int r = v->len > 7 && h2o_lcstris(v->base, 7, H2O_STRLIT("bearer "))
                     ? kfd_approle_token_auth(srv->app->store, v->base + 7, v->len - 7, call->source,
-                                             &call->token_peer, role)
+                                             &call->token_peer, role, call->auth_token_id, call->auth_judged)
                     : -ENOENT;
         if (r == 0) {
             call->peer = &call->token_peer;

@@ -285,12 +285,26 @@ static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 
 /* ------------------------------------------------------------------ Enroll */
 
+/* How the caller authenticated, for the apply to judge again (review rev44b K2, K3): its
+ * certificate's serial, or its AppRole token's id and the digest of the rows it was let in by. */
+static void judged_auth_of(const kfd_call *call, kfd_judged *j)
+{
+    j->cert_serial[0] = j->token_id[0] = '\0';
+    if (call->peer == &call->token_peer) {
+        snprintf(j->token_id, sizeof(j->token_id), "%s", call->auth_token_id);
+        memcpy(j->auth, call->auth_judged, KFD_JUDGED_LEN);
+    } else if (call->peer != NULL) {
+        snprintf(j->cert_serial, sizeof(j->cert_serial), "%s", call->peer->serial);
+    }
+}
+
 /* What a decision to hand out vol's key rests on that the apply cannot judge again (store_judged.h):
  * the policy evaluated, vol's row as the rules see it (name, labels, owner, two-part mode), and the
  * accepted values att's quote matched. False (the call answered) when a digest cannot be made. */
 static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_eval *att, kfd_judged *j)
 {
     memcpy(j->policy, kfd_call_app(call)->policy_judged, KFD_JUDGED_LEN);
+    judged_auth_of(call, j);
     j->has_pcrs = att->attested;
     if (att->attested)
         memcpy(j->pcrs, att->judged_pcrs, KFD_JUDGED_LEN);
@@ -442,7 +456,8 @@ static void record_enroll_replay(enroll_op *op)
     c.audit = &a.entry;
     c.enroll_replay_window_s = ENROLL_REPLAY_WINDOW_S; /* checked again at apply: two replays may race */
     c.kcv = op->kcv;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
+    kfd_judged_fields(&op->judged, &(kfd_judged_out){&c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm,
+                                                       &c.judged_auth, &c.auth_cert_serial, &c.auth_token_id});
     c.attest_clock = op->has_clock ? &op->clock : NULL;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
@@ -519,8 +534,9 @@ static void on_enroll_key(void *arg, const kfd_kms_result *res)
     c.audit = &a.entry;
     c.key_kcv = op->kcv;
     c.tpm_and_network = op->decision.tpm_and_network; /* the mode, fixed at enroll (review rev26b F1) */
-    ProtobufCBinaryData no_volume;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &no_volume, &c.judged_pcrs, &c.judged_tpm); /* the volume is new */
+    kfd_judged_fields(&op->judged, &(kfd_judged_out){&c.judged_policy, NULL /* the volume is new */, &c.judged_pcrs,
+                                                     &c.judged_tpm, &c.judged_auth, &c.auth_cert_serial,
+                                                     &c.auth_token_id});
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -686,6 +702,7 @@ void kfd_rpc_enroll(kfd_call *call)
     if (op != NULL) {
         attest_clock_of(&att, &op->clock, &op->has_clock);
         memcpy(op->judged.policy, app->policy_judged, KFD_JUDGED_LEN);
+        judged_auth_of(call, &op->judged);
         op->judged.has_pcrs = att.attested;
         if (att.attested)
             memcpy(op->judged.pcrs, att.judged_pcrs, KFD_JUDGED_LEN);
@@ -916,7 +933,8 @@ static void record_release(release_op *op)
     c.approved_request = op->approved_request;
     c.kcv = op->kcv; /* checked again at apply: a rotation may have committed meanwhile */
     c.attest_clock = op->has_clock ? &op->clock : NULL;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
+    kfd_judged_fields(&op->judged, &(kfd_judged_out){&c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm,
+                                                       &c.judged_auth, &c.auth_cert_serial, &c.auth_token_id});
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
     cmd.record_release = &c;
@@ -1388,7 +1406,8 @@ static void on_rotate_key(void *arg, const kfd_kms_result *res)
     c.commit = op->commit;
     c.next_wrapped_key = op->commit ? "" : op->wrapped;
     c.kcv = op->kcv;
-    kfd_judged_fields(&op->judged, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
+    kfd_judged_fields(&op->judged, &(kfd_judged_out){&c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm,
+                                                       &c.judged_auth, &c.auth_cert_serial, &c.auth_token_id});
     c.audit = &a.entry;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;

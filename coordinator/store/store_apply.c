@@ -312,7 +312,10 @@ static int apply_enroll_volume(kfd_store *s, const Keyfleet__V1__StateCommand *c
     /* What the handler judged (store_judged.h), before anything is written. */
     if (r == 0)
         r = kfd_store_check_judged(s, c->node, NULL, -ENOENT,
-                                   &(kfd_judged_in){&c->judged_policy, &none, &c->judged_pcrs, &c->judged_tpm}, err);
+                                   &(kfd_judged_in){&c->judged_policy, &none, &c->judged_pcrs, &c->judged_tpm,
+                                                    &c->judged_auth, c->auth_cert_serial, c->auth_token_id,
+                                                    audit_time(c->audit)},
+                                   err);
     if (r == -EAGAIN)
         return kfd_store_refuse_recorded(s, c->audit, seq, err);
     if (r == 0)

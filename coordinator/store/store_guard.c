@@ -109,8 +109,11 @@ static int release_volume_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRel
     /* Before anything is written (the key check value below): a mismatch is recorded as a
      * denial, not rolled back (store_judged.h). */
     if (r == 0)
-        r = kfd_store_check_judged(s, c->node, &v, vr, &(kfd_judged_in){&c->judged_policy, &c->judged_volume,
-                                                                          &c->judged_pcrs, &c->judged_tpm}, err);
+        r = kfd_store_check_judged(s, c->node, &v, vr,
+                                   &(kfd_judged_in){&c->judged_policy, &c->judged_volume, &c->judged_pcrs,
+                                                    &c->judged_tpm, &c->judged_auth, c->auth_cert_serial,
+                                                    c->auth_token_id, audit_time(c->audit)},
+                                   err);
     if (r == 0)
         r = release_key_current(s, &v, vr, c, err);
     if (r == 0 && c->enroll_replay_window_s != 0)
@@ -164,8 +167,10 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
     sqlite3_stmt *st = NULL;
     if (strcmp(v.node, c->node) != 0) {
         r = kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
-    } else if ((r = kfd_store_check_judged(s, c->node, &v, 0, &(kfd_judged_in){&c->judged_policy, &c->judged_volume,
-                                                                                 &c->judged_pcrs, &c->judged_tpm},
+    } else if ((r = kfd_store_check_judged(s, c->node, &v, 0,
+                                           &(kfd_judged_in){&c->judged_policy, &c->judged_volume, &c->judged_pcrs,
+                                                            &c->judged_tpm, &c->judged_auth, c->auth_cert_serial,
+                                                            c->auth_token_id, audit_time(c->audit)},
                                            err)) != 0) {
         /* the policy or labels it was decided on are not this replica's */
     } else if (!c->commit) {

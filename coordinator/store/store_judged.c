@@ -12,6 +12,7 @@
 
 #include "kf_tpm_evidence.h"
 #include "store/store_audit.h"
+#include "store/store_guard.h"
 #include "store/store_internal.h"
 #include "store/store_read.h"
 
@@ -146,13 +147,42 @@ int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN])
     return hash_end(&h, out);
 }
 
-void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
-                       ProtobufCBinaryData *pcrs, ProtobufCBinaryData *tpm)
+int kfd_judged_token(kfd_store *s, const char *token_id, uint8_t out[KFD_JUDGED_LEN], int64_t *expires_at)
 {
-    *policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->policy};
-    *volume = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->volume};
-    *pcrs = j->has_pcrs ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->pcrs} : (ProtobufCBinaryData){0, NULL};
-    *tpm = j->has_tpm ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->tpm} : (ProtobufCBinaryData){0, NULL};
+    uint8_t hash[KFD_HASH_LEN], role_digest[KFD_JUDGED_LEN];
+    char role_name[64];
+    int64_t exp = 0;
+    int r = kfd_store_get_token(s, token_id, hash, role_name, &exp);
+    if (r != 0)
+        return r;
+    kfd_role role;
+    if ((r = kfd_store_get_role(s, role_name, NULL, &role)) != 0)
+        return r;
+    if ((r = kfd_judged_role(&role, role_digest)) != 0)
+        return r;
+    judged_hash h;
+    hash_begin(&h, "keyfleet judged token v1");
+    hash_str(&h, token_id);
+    hash_bytes(&h, hash, sizeof(hash));
+    hash_u32(&h, (uint32_t)((uint64_t)exp >> 32));
+    hash_u32(&h, (uint32_t)exp);
+    hash_bytes(&h, role_digest, sizeof(role_digest));
+    if (expires_at != NULL)
+        *expires_at = exp;
+    return hash_end(&h, out);
+}
+
+void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o)
+{
+    static const ProtobufCBinaryData none = {0, NULL};
+    *o->policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->policy};
+    if (o->volume != NULL)
+        *o->volume = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->volume};
+    *o->pcrs = j->has_pcrs ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->pcrs} : none;
+    *o->tpm = j->has_tpm ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->tpm} : none;
+    *o->cert_serial = (char *)j->cert_serial;
+    *o->token_id = (char *)j->token_id;
+    *o->auth = j->token_id[0] != '\0' ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)j->auth} : none;
 }
 
 /* A mismatch: -EAGAIN, which the apply records as a denial (store_judged.h). */
@@ -166,12 +196,33 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
                            kf_err *err)
 {
     const ProtobufCBinaryData *policy = in->policy, *volume = in->volume, *pcrs = in->pcrs, *tpm = in->tpm;
-    const ProtobufCBinaryData *all[] = {policy, volume, pcrs, tpm};
-    for (size_t i = 0; i < 4; i++)
+    const ProtobufCBinaryData *all[] = {policy, volume, pcrs, tpm, in->auth};
+    for (size_t i = 0; i < 5; i++)
         if (all[i]->len != 0 && all[i]->len != KFD_JUDGED_LEN)
             return kf_err_set(err, -EINVAL, "a judged digest is %zu bytes, not %d", all[i]->len, KFD_JUDGED_LEN);
     uint8_t d[KFD_JUDGED_LEN];
     int r;
+    /* How the caller authenticated (review rev44b K2, K3): read at the front door from the
+     * proposer's rows only, so an edit of the denylist or of a token's or role's row there got a
+     * caller in as anyone. */
+    if (in->cert_serial != NULL && in->cert_serial[0] != '\0') {
+        bool revoked = false;
+        if ((r = kfd_store_cert_revoked(s, in->cert_serial, &revoked)) != 0)
+            return kf_err_set(err, r, "reading the certificate denylist");
+        if (revoked)
+            return kf_err_set(err, -EAGAIN, "the caller's certificate (serial %s) is on this coordinator's denylist; "
+                              "it was let in by a coordinator whose denylist differs", in->cert_serial);
+    }
+    if (in->token_id != NULL && in->token_id[0] != '\0') {
+        int64_t exp = 0;
+        r = in->auth->len == KFD_JUDGED_LEN ? kfd_judged_token(s, in->token_id, d, &exp) : -EINVAL;
+        if (r == -EINVAL)
+            return kf_err_set(err, -EINVAL, "an AppRole caller's command carries no token digest");
+        if (r != 0 && r != -ENOENT)
+            return kf_err_set(err, r, "reading the AppRole token");
+        if (r == -ENOENT || in->at >= exp || CRYPTO_memcmp(d, in->auth->data, KFD_JUDGED_LEN) != 0)
+            return differs("AppRole token and role", err);
+    }
     if (volume->len != 0) {
         if (vr != 0)
             return vr == -ENOENT ? kf_err_set(err, -ESTALE, "the volume is not enrolled")

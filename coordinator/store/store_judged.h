@@ -29,12 +29,25 @@ typedef struct kfd_judged {
     uint8_t policy[KFD_JUDGED_LEN], volume[KFD_JUDGED_LEN], pcrs[KFD_JUDGED_LEN], tpm[KFD_JUDGED_LEN];
     bool has_pcrs; /* the quote matched accepted values (the policy and volume are always judged) */
     bool has_tpm;  /* a quote's clock held: it was judged against the recorded TPM state */
+    /* How the caller authenticated (review rev44b K2, K3): a certificate's serial, or an AppRole
+     * token's id and the digest of its token and role rows (kfd_judged_token). */
+    char cert_serial[48];
+    char token_id[24];
+    uint8_t auth[KFD_JUDGED_LEN];
 } kfd_judged;
 
 /* The command fields a judgement travels in (empty: not judged, or an older version's command). */
 typedef struct kfd_judged_in {
-    const ProtobufCBinaryData *policy, *volume, *pcrs, *tpm;
+    const ProtobufCBinaryData *policy, *volume, *pcrs, *tpm, *auth;
+    const char *cert_serial, *token_id;
+    int64_t at; /* the command's audit time */
 } kfd_judged_in;
+
+/* The command fields kfd_judged_fields fills (volume NULL: a command without one). */
+typedef struct kfd_judged_out {
+    ProtobufCBinaryData *policy, *volume, *pcrs, *tpm, *auth;
+    char **cert_serial, **token_id;
+} kfd_judged_out;
 
 /* The digests. Each is SHA-256 over a label naming it and a canonical encoding of its inputs
  * (docs/audit.md, "What the apply judges again"), so replicas of any version agree on equal
@@ -47,10 +60,13 @@ int kfd_judged_pcrs(const char *accepted, uint8_t out[KFD_JUDGED_LEN]);
 int kfd_judged_tpm(const kfd_attest_record *rec, uint8_t out[KFD_JUDGED_LEN]);
 /* Of an AppRole role's row: what a login is judged by (review rev44 J1). */
 int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN]);
+/* Of an AppRole token's row and its role's, as s holds them: what a bearer-token caller was
+ * authenticated by (review rev44b K2). 0, -ENOENT (no such token or role) or -EIO; *expires_at
+ * the token's expiry. */
+int kfd_judged_token(kfd_store *s, const char *token_id, uint8_t out[KFD_JUDGED_LEN], int64_t *expires_at);
 
 /* The command's fields, pointing into j (which the caller keeps until the command is packed). */
-void kfd_judged_fields(const kfd_judged *j, ProtobufCBinaryData *policy, ProtobufCBinaryData *volume,
-                       ProtobufCBinaryData *pcrs, ProtobufCBinaryData *tpm);
+void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o);
 
 /* At apply: each non-empty digest against this replica's rows (v: the volume's row as read, vr
  * how reading it went; v is not read unless vr is 0). 0; -EAGAIN naming what differs (the caller

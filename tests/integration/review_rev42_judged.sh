@@ -12,6 +12,7 @@
 F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node n1
+issue "$F" node n2
 . "$(dirname "$0")/cluster_lib.sh"
 
 start_cluster c 3
@@ -22,6 +23,9 @@ expect_match "n1 gets its key" "$(release n1 vol-1 "$WRAP" "$S3")" "^code=ok sta
 RID2=0123456789abcdef0123456789abcd02
 out=$(NODE_CLIENT_REQUEST_ID=$RID2 "$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-2 data2)
 expect_match "n1 enrolls vol-2" "$out" "^code=ok"
+WRAP4=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n2.crt" "$F/n2.key" "$F/ca.crt" enroll vol-4 data4)")
+check "n2 enrolls vol-4" test -n "$WRAP4"
+N2_SERIAL=$(openssl x509 -in "$F/n2.crt" -noout -serial | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f')
 # An AppRole role and secret id, for a login judged again at apply (review rev44 J1).
 out=$(ctlx "$L" approle create web-role --node web-7 --cidr 127.0.0.1/32)
 ROLE_ID=$(printf '%s' "$out" | grep -Eo '[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}' | head -n 1)
@@ -43,6 +47,8 @@ expect_eq "$A recorded the first release" "$(released_on "$A")" "1"
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE volumes SET labels = '{\"tier\":\"edited\"}' WHERE id IN ('vol-1', 'vol-2')"
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE secret_ids SET secret_hash = zeroblob(32) WHERE role_name = 'web-role'"
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE policy SET yaml = yaml || '# edited' WHERE version = (SELECT max(version) FROM policy)"
+# ... and n2's certificate on its denylist (review rev44b K3): the front door is the leader's.
+sqlite3 "$WORK/$A/state/keyfleet.db" "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES ('$N2_SERIAL', 'node', 'n2', 'edited', 1)"
 start "$A"
 check "$A catches up" caught_up "$A" "$L"
 # The leader decides on its own (honest) rows; the commands carry their digests. Once $A has
@@ -63,6 +69,8 @@ out=$(retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" r
 expect_match "the leader begins a rotation of vol-1" "$out" "^code=ok"
 out=$(NODE_CLIENT_REQUEST_ID=$RID2 retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-2 data2)
 expect_match "the leader answers vol-2's repeated Enroll" "$out" "^code=ok"
+expect_match "the leader releases vol-4 to n2 (its certificate is on no denylist there)" \
+    "$(release_ok n2 vol-4 "$WRAP4" "${RPC[$L]}")" "^code=ok status=released"
 out=$(retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-3 data3)
 expect_match "the leader enrolls vol-3" "$out" "^code=ok"
 login_pb "$ROLE_ID" "$SECRET" >"$WORK/login.pb"
@@ -92,6 +100,9 @@ expect_eq "$A recorded the release, the rotation and the repeated Enroll as refu
 ENROLL_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'enroll' AND volume_id = 'vol-3' AND decision = 2 AND reason LIKE 'refused at apply: the policy rules%'"
 expect_eq "$A recorded vol-3's enrollment (its policy text is not the one it was decided under) as refused at apply" \
     "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$ENROLL_REFUSED")" "1"
+CERT_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'release' AND volume_id = 'vol-4' AND decision = 2 AND reason LIKE 'refused at apply: the caller''s certificate%'"
+expect_eq "$A recorded vol-4's release (n2's certificate is on its denylist) as refused at apply" \
+    "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$CERT_REFUSED")" "1"
 LOGIN_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'login' AND decision = 2 AND reason LIKE 'refused at apply: the secret id this login was decided on%'"
 expect_eq "$A recorded the login (its secret id's hash is not the one matched) as refused at apply" \
     "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$LOGIN_REFUSED")" "1"
@@ -101,7 +112,7 @@ for n in "$L" "$B"; do
     grep -q "event=audit_diverged" "$WORK/$n/keyfleetd.log"
     check "the honest $n does not diverge" test $? -ne 0
     expect_eq "the honest $n refused nothing at apply" \
-        "$(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$REFUSED" | wc -l) $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$LOGIN_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$ENROLL_REFUSED")" "0 0 0"
+        "$(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$REFUSED" | wc -l) $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$LOGIN_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$ENROLL_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$CERT_REFUSED")" "0 0 0 0"
 done
 expect_match "the honest two serve on" "$(release_ok n1 vol-1 "$WRAP" "$(servers_of "$L" "$B")")" "^code=ok status=released"
 stop_replicas "$L" "$B"

@@ -613,7 +613,8 @@ static int judged_release(kfd_store *s, const kfd_judged *j, const char *kcv, in
     c.kcv = (char *)kcv;
     c.attest_clock = judged_clock;
     if (!judged_none)
-        kfd_judged_fields(j, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
+        kfd_judged_fields(j, &(kfd_judged_out){&c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm,
+                                             &c.judged_auth, &c.auth_cert_serial, &c.auth_token_id});
     if (judged_bad_len == 1)
         c.judged_policy = bad_len;
     if (judged_bad_len == 2)
@@ -636,7 +637,8 @@ static int judged_rotate(kfd_store *s, const kfd_judged *j, int64_t at, kf_err *
     c.next_wrapped_key = (char *)"kf:local:v1:next";
     c.kcv = (char *)KCV2;
     c.audit = &a.e;
-    kfd_judged_fields(j, &c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm);
+    kfd_judged_fields(j, &(kfd_judged_out){&c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm,
+                                             &c.judged_auth, &c.auth_cert_serial, &c.auth_token_id});
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;
     cmd.rotate_key = &c;
@@ -1093,8 +1095,8 @@ static int login_as(kfd_store *s, const uint8_t *secret_hash, const uint8_t *rol
     audit(&a, at, "login", KEYFLEET__V1__DECISION__DECISION_ALLOW);
     static uint8_t token_hash[32];
     token_hash[0]++; /* a new token each time */
-    char token_id[33];
-    snprintf(token_id, sizeof(token_id), "%032x", token_hash[0]);
+    char token_id[17];
+    snprintf(token_id, sizeof(token_id), "%016x", token_hash[0]);
     Keyfleet__V1__Timestamp exp = ts(at + 3600);
     Keyfleet__V1__CmdLogin c = KEYFLEET__V1__CMD_LOGIN__INIT;
     c.role_name = (char *)"web";
@@ -1167,6 +1169,46 @@ static void test_login_judged_at_apply(void **state)
     /* Expired at the audit time, whatever the handler read. */
     assert_int_equal(login_as(s, hash, rd, T0 + 100, &err), -EACCES);
     assert_non_null(strstr(err.msg, "expired"));
+    /* A key for a bearer-token caller (review rev44b K2): judged again by the token's and role's
+     * rows as this replica holds them, and the token's expiry at the audit time. */
+    assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
+    kfd_judged j = {0};
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
+    assert_int_equal(kfd_judged_volume(&v, j.volume), 0);
+    kfd_volume_clear(&v);
+    kfd_judged_policy(NULL, j.policy);
+    snprintf(j.token_id, sizeof(j.token_id), "%016x", 1); /* the first login's token */
+    int64_t exp = 0;
+    assert_int_equal(kfd_judged_token(s, j.token_id, j.auth, &exp), 0);
+    assert_int_equal(exp, T0 + 1 + 3600);
+    assert_int_equal(judged_release(s, &j, "", T0 + 10, &err), 0);
+    kfd_judged bad = j;
+    bad.auth[0] ^= 1; /* the proposer's rows differed */
+    assert_int_equal(judged_release(s, &bad, "", T0 + 10, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "AppRole token and role"));
+    assert_int_equal(judged_release(s, &j, "", T0 + 1 + 3600, &err), -ECANCELED); /* expired by then */
+    bad = j;
+    snprintf(bad.token_id, sizeof(bad.token_id), "%s", "ffffffffffffffff"); /* no such token here */
+    assert_int_equal(judged_release(s, &bad, "", T0 + 10, &err), -ECANCELED);
+    /* A certificate caller (review rev44b K3): refused where its serial is on the denylist. */
+    bad = j;
+    bad.token_id[0] = '\0';
+    snprintf(bad.cert_serial, sizeof(bad.cert_serial), "%s", "1a2b");
+    assert_int_equal(judged_release(s, &bad, "", T0 + 10, &err), 0);
+    audit_at ra;
+    audit(&ra, T0, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRevokeCert rc = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
+    rc.serial = (char *)"1a2b";
+    rc.kind = (char *)"node";
+    rc.name = (char *)"n1";
+    rc.audit = &ra.e;
+    Keyfleet__V1__StateCommand rcmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    rcmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
+    rcmd.revoke_cert = &rc;
+    assert_int_equal(apply(s, &rcmd, NULL), 0);
+    assert_int_equal(judged_release(s, &bad, "", T0 + 11, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "denylist"));
     kfd_store_close(s);
 }
 
