@@ -39,7 +39,9 @@ uint64_t kfd_token_ttl(long long ttl_s)
 
 int kfd_vault_ciphertext(const char *ct, uint32_t *version, const char **body)
 {
-    if (ct == NULL || strncmp(ct, "vault:v", 7) != 0)
+    /* strtoul takes leading blanks and a sign: "vault:v  3:..." read as version 3 and never
+     * round-tripped (found by fuzz_kms_answer). Digits only, no leading zero. */
+    if (ct == NULL || strncmp(ct, "vault:v", 7) != 0 || ct[7] < '1' || ct[7] > '9')
         return -EINVAL;
     char *end = NULL;
     errno = 0;
@@ -100,8 +102,8 @@ void kfd_vault_key_read(const json_t *j, kfd_vault_key *ret)
     json_object_foreach((json_t *)keys, name, val)
     {
         char *end = NULL;
-        unsigned long n = strtoul(name, &end, 10);
-        if (end != name && *end == '\0' && n <= UINT32_MAX && n > latest)
+        unsigned long n = name[0] >= '0' && name[0] <= '9' ? strtoul(name, &end, 10) : 0;
+        if (end != NULL && end != name && *end == '\0' && n <= UINT32_MAX && n > latest)
             latest = (uint32_t)n;
     }
     json_int_t lv = json_integer_value(json_object_get(data, "latest_version"));
