@@ -63,7 +63,8 @@ int kfd_approle_token_auth(kfd_store *store, const char *token, size_t len, cons
         return r == -ENOENT ? -ENOENT : r;
     if (!kfd_approle_source_allowed(role.bound_cidrs, source))
         return -EACCES;
-    if (kfd_judged_token(store, token_id, judged_out, NULL) != 0)
+    /* From the rows just read: what every replica's apply compares with its own (store_judged.h). */
+    if (kfd_judged_token_rows(token_id, want, expires_at, &role, judged_out) != 0)
         return -EIO;
     memcpy(token_id_out, token_id, sizeof(token_id));
     ret->kind = KF_PEER_NODE;

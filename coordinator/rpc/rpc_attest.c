@@ -100,7 +100,7 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
                              .has_clock = rec.has_tpm_clock, .clock = rec.clock, .safe = rec.clock_safe,
                              .at = rec.clock_at};
     if (kfd_judged_tpm(r == 0 ? &rec : NULL, ret->judged_tpm) != 0) { /* for the apply (store_judged.h) */
-        snprintf(ret->why, sizeof(ret->why), "cannot digest node '%s''s TPM state", call->peer->name);
+        snprintf(ret->why, sizeof(ret->why), "cannot digest the TPM counters of node '%s'", call->peer->name);
         return -EIO;
     }
     char state_why[256];
@@ -146,7 +146,7 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
     }
     /* The values it matched, as the apply finds them on each replica (store_judged.h). */
     if (kfd_judged_pcrs(rec.accepted, ret->judged_pcrs) != 0) {
-        snprintf(ret->why, sizeof(ret->why), "cannot digest node '%s''s accepted PCR values", call->peer->name);
+        snprintf(ret->why, sizeof(ret->why), "cannot digest the accepted PCR values of node '%s'", call->peer->name);
         return -EIO;
     }
     ret->attested = true;

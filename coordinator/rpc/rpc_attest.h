@@ -26,7 +26,7 @@ typedef struct kfd_attest_eval {
     char note[320]; /* a rollback let through by attestation.rollback: audit; to append to the audit */
     /* attested: the digest of the accepted values it matched (store_judged.h), for the command */
     uint8_t judged_pcrs[32];
-    /* has_clock: the digest of the recorded TPM state the quote was checked against */
+    /* has_clock: the digest of the recorded TPM counters the quote was checked against */
     uint8_t judged_tpm[32];
 } kfd_attest_eval;
 

@@ -285,10 +285,15 @@ static bool rate_limited(kfd_call *call, const kfd_policy_decision *d)
 
 /* ------------------------------------------------------------------ Enroll */
 
-/* How the caller authenticated, for the apply to judge again (review rev44b K2, K3): its
- * certificate's serial, or its AppRole token's id and the digest of the rows it was let in by. */
-static void judged_auth_of(const kfd_call *call, kfd_judged *j)
+/* What a decision to hand out a key rests on that the apply cannot judge again (store_judged.h):
+ * the policy evaluated, how the caller authenticated (its certificate's serial, or its AppRole
+ * token's id and the digest of the rows it was let in by: review rev44b K2, K3), the accepted
+ * values and recorded TPM counters att's quote was judged by, and vol's row as the rules see it
+ * (name, labels, owner, two-part mode; NULL for a volume being enrolled). False (the call
+ * answered) when a digest cannot be made. */
+static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_eval *att, kfd_judged *j)
 {
+    memcpy(j->policy, kfd_call_app(call)->policy_judged, KFD_JUDGED_LEN);
     j->cert_serial[0] = j->token_id[0] = '\0';
     if (call->peer == &call->token_peer) {
         snprintf(j->token_id, sizeof(j->token_id), "%s", call->auth_token_id);
@@ -296,22 +301,13 @@ static void judged_auth_of(const kfd_call *call, kfd_judged *j)
     } else if (call->peer != NULL) {
         snprintf(j->cert_serial, sizeof(j->cert_serial), "%s", call->peer->serial);
     }
-}
-
-/* What a decision to hand out vol's key rests on that the apply cannot judge again (store_judged.h):
- * the policy evaluated, vol's row as the rules see it (name, labels, owner, two-part mode), and the
- * accepted values att's quote matched. False (the call answered) when a digest cannot be made. */
-static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_eval *att, kfd_judged *j)
-{
-    memcpy(j->policy, kfd_call_app(call)->policy_judged, KFD_JUDGED_LEN);
-    judged_auth_of(call, j);
     j->has_pcrs = att->attested;
     if (att->attested)
         memcpy(j->pcrs, att->judged_pcrs, KFD_JUDGED_LEN);
     j->has_tpm = att->has_clock;
     if (att->has_clock)
         memcpy(j->tpm, att->judged_tpm, KFD_JUDGED_LEN);
-    if (kfd_judged_volume(vol, j->volume) != 0) {
+    if (vol != NULL && kfd_judged_volume(vol, j->volume) != 0) {
         kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the volume's row");
         return false;
     }
@@ -699,21 +695,13 @@ void kfd_rpc_enroll(kfd_call *call)
     if (kfd_call_deadline_passed(call, "the KMS key generation"))
         return;
     enroll_op *op = new_enroll_op(call, req, &decision);
-    if (op != NULL) {
-        attest_clock_of(&att, &op->clock, &op->has_clock);
-        memcpy(op->judged.policy, app->policy_judged, KFD_JUDGED_LEN);
-        judged_auth_of(call, &op->judged);
-        op->judged.has_pcrs = att.attested;
-        if (att.attested)
-            memcpy(op->judged.pcrs, att.judged_pcrs, KFD_JUDGED_LEN);
-        op->judged.has_tpm = att.has_clock;
-        if (att.has_clock)
-            memcpy(op->judged.tpm, att.judged_tpm, KFD_JUDGED_LEN);
-    }
-    if (op != NULL && first_enrollment)
+    if (op == NULL)
+        return;
+    attest_clock_of(&att, &op->clock, &op->has_clock);
+    (void)judged_of(call, NULL, &att, &op->judged); /* no volume row to digest: cannot fail */
+    if (first_enrollment)
         snprintf(op->tofu, sizeof(op->tofu), "%s", att.seen);
-    if (op != NULL)
-        app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
+    app->kms->ops->generate(app->kms, req->volume->id, on_enroll_key, op);
 }
 
 /* ------------------------------------------------------------------ Release */

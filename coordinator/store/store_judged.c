@@ -147,9 +147,26 @@ int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN])
     return hash_end(&h, out);
 }
 
+int kfd_judged_token_rows(const char *token_id, const uint8_t hash[KFD_HASH_LEN], int64_t expires_at,
+                          const kfd_role *role, uint8_t out[KFD_JUDGED_LEN])
+{
+    uint8_t role_digest[KFD_JUDGED_LEN];
+    int r = kfd_judged_role(role, role_digest);
+    if (r != 0)
+        return r;
+    judged_hash h;
+    hash_begin(&h, "keyfleet judged token v1");
+    hash_str(&h, token_id);
+    hash_bytes(&h, hash, KFD_HASH_LEN);
+    hash_u32(&h, (uint32_t)((uint64_t)expires_at >> 32));
+    hash_u32(&h, (uint32_t)expires_at);
+    hash_bytes(&h, role_digest, sizeof(role_digest));
+    return hash_end(&h, out);
+}
+
 int kfd_judged_token(kfd_store *s, const char *token_id, uint8_t out[KFD_JUDGED_LEN], int64_t *expires_at)
 {
-    uint8_t hash[KFD_HASH_LEN], role_digest[KFD_JUDGED_LEN];
+    uint8_t hash[KFD_HASH_LEN];
     char role_name[64];
     int64_t exp = 0;
     int r = kfd_store_get_token(s, token_id, hash, role_name, &exp);
@@ -158,18 +175,9 @@ int kfd_judged_token(kfd_store *s, const char *token_id, uint8_t out[KFD_JUDGED_
     kfd_role role;
     if ((r = kfd_store_get_role(s, role_name, NULL, &role)) != 0)
         return r;
-    if ((r = kfd_judged_role(&role, role_digest)) != 0)
-        return r;
-    judged_hash h;
-    hash_begin(&h, "keyfleet judged token v1");
-    hash_str(&h, token_id);
-    hash_bytes(&h, hash, sizeof(hash));
-    hash_u32(&h, (uint32_t)((uint64_t)exp >> 32));
-    hash_u32(&h, (uint32_t)exp);
-    hash_bytes(&h, role_digest, sizeof(role_digest));
     if (expires_at != NULL)
         *expires_at = exp;
-    return hash_end(&h, out);
+    return kfd_judged_token_rows(token_id, hash, exp, &role, out);
 }
 
 void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o)

@@ -1,13 +1,16 @@
-/* What a key's handler judged by that the apply cannot judge again itself (review rev42 S1): the
- * policy it evaluated, the volume's name and labels its rules matched, and the accepted PCR values
- * the request's quote matched. Revocations, holds, approvals and the volume's owner are checked
- * again at apply (store_guard.c); these three are not, since only the handler evaluates the
- * policy. So the handler puts their digests in the command (CmdRecordRelease, CmdRotateKey) and
- * each replica's apply computes them from its own rows and refuses the key when one differs: a
- * decision taken on rows only the proposer holds (its database file edited below sqlite, or
- * while it was stopped) is refused by every honest replica at once, and their audit logs part
- * from the proposer's at its next checkpoint, however briefly the edit lasted. Empty digests (a
- * command of an older version) are not compared. */
+/* What a key's or login's handler judged by that the apply cannot judge again itself (reviews
+ * rev42 S1, rev44, rev44b): the policy text it evaluated, the volume's row as its rules see it
+ * (name, labels, owner, two-part mode), the accepted PCR values and recorded TPM counters the
+ * request's quote was judged by, how the caller authenticated (certificate serial, AppRole token
+ * and role rows), and for a login the secret id and role it matched. Revocations, TPM holds and
+ * approvals are checked again at apply (store_guard.c); these are not, since only the handler
+ * evaluates the policy and authenticates. So the handler puts their digests in the command
+ * (CmdRecordRelease, CmdRotateKey, CmdEnrollVolume, CmdLogin) and each replica's apply computes
+ * them from its own rows and, when one differs, records a refusal instead of the key: a decision
+ * taken on rows only the proposer holds (its database file edited below sqlite, or while it was
+ * stopped) is refused by every honest replica at once, and their audit logs part from the
+ * proposer's at its next checkpoint, however briefly the edit lasted. Empty digests (a command of
+ * an older version) are not compared. docs/audit.md, "What the apply judges again". */
 #ifndef KFD_STORE_JUDGED_H
 #define KFD_STORE_JUDGED_H
 
@@ -64,6 +67,9 @@ int kfd_judged_role(const kfd_role *r, uint8_t out[KFD_JUDGED_LEN]);
  * authenticated by (review rev44b K2). 0, -ENOENT (no such token or role) or -EIO; *expires_at
  * the token's expiry. */
 int kfd_judged_token(kfd_store *s, const char *token_id, uint8_t out[KFD_JUDGED_LEN], int64_t *expires_at);
+/* The same from rows already read (the front door's, kfd_approle_token_auth). */
+int kfd_judged_token_rows(const char *token_id, const uint8_t hash[KFD_HASH_LEN], int64_t expires_at,
+                          const kfd_role *role, uint8_t out[KFD_JUDGED_LEN]);
 
 /* The command's fields, pointing into j (which the caller keeps until the command is packed). */
 void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o);

@@ -1052,21 +1052,45 @@ static void test_unrevoke_bound_to_revocation(void **state)
 
 /* A secret id made for a role (held for approval meanwhile) must not land on a role of the same
  * name created again later, perhaps for another node. */
-static void test_secret_id_bound_to_role_id(void **state)
+#define WEB_ROLE_ID "11111111-1111-4111-8111-111111111111"
+
+/* Role "web" (node db-1), with tokens of token_ttl seconds (0: the default). */
+static int create_web_role(kfd_store *s, uint32_t token_ttl)
 {
-    (void)state;
-    kfd_store *s = open_db("secret.db");
     audit_at a;
     audit(&a, T0, "approle_create", KEYFLEET__V1__DECISION__DECISION_ALLOW);
     Keyfleet__V1__CmdCreateRole cr = KEYFLEET__V1__CMD_CREATE_ROLE__INIT;
     cr.name = (char *)"web";
-    cr.role_id = (char *)"11111111-1111-4111-8111-111111111111";
+    cr.role_id = (char *)WEB_ROLE_ID;
     cr.node_name = (char *)"db-1";
+    cr.token_ttl_seconds = token_ttl;
     cr.audit = &a.e;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE;
     cmd.create_role = &cr;
-    assert_int_equal(apply(s, &cmd, NULL), 0);
+    return apply(s, &cmd, NULL);
+}
+
+static int revoke_cert(kfd_store *s, const char *serial, const char *kind, const char *name)
+{
+    audit_at a;
+    audit(&a, T0, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRevokeCert c = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
+    c.serial = (char *)serial;
+    c.kind = (char *)kind;
+    c.name = (char *)name;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
+    cmd.revoke_cert = &c;
+    return apply(s, &cmd, NULL);
+}
+
+static void test_secret_id_bound_to_role_id(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("secret.db");
+    assert_int_equal(create_web_role(s, 0), 0);
     uint8_t hash[32] = {1};
     audit_at b;
     audit(&b, T0, "approle_secret_id", KEYFLEET__V1__DECISION__DECISION_ALLOW);
@@ -1081,7 +1105,7 @@ static void test_secret_id_bound_to_role_id(void **state)
     sc.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_SECRET_ID;
     sc.create_secret_id = &cs;
     assert_int_equal(apply(s, &sc, NULL), -ESTALE);
-    cs.role_id = cr.role_id;
+    cs.role_id = (char *)WEB_ROLE_ID;
     assert_int_equal(apply(s, &sc, NULL), 0);
     kfd_store_close(s);
 }
@@ -1120,18 +1144,7 @@ static void test_login_judged_at_apply(void **state)
     (void)state;
     kfd_store *s = open_db("login.db");
     kf_err err = {0};
-    audit_at a;
-    audit(&a, T0, "approle_create", KEYFLEET__V1__DECISION__DECISION_ALLOW);
-    Keyfleet__V1__CmdCreateRole cr = KEYFLEET__V1__CMD_CREATE_ROLE__INIT;
-    cr.name = (char *)"web";
-    cr.role_id = (char *)"11111111-1111-4111-8111-111111111111";
-    cr.node_name = (char *)"db-1";
-    cr.token_ttl_seconds = 3600;
-    cr.audit = &a.e;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_ROLE;
-    cmd.create_role = &cr;
-    assert_int_equal(apply(s, &cmd, NULL), 0);
+    assert_int_equal(create_web_role(s, 3600), 0);
     uint8_t hash[32], other[32];
     memset(hash, 1, sizeof(hash));
     memset(other, 2, sizeof(other));
@@ -1140,7 +1153,7 @@ static void test_login_judged_at_apply(void **state)
     Keyfleet__V1__Timestamp sexp = ts(T0 + 100);
     Keyfleet__V1__CmdCreateSecretId cs = KEYFLEET__V1__CMD_CREATE_SECRET_ID__INIT;
     cs.role_name = (char *)"web";
-    cs.role_id = cr.role_id;
+    cs.role_id = (char *)WEB_ROLE_ID;
     cs.secret_hash = (ProtobufCBinaryData){sizeof(hash), hash};
     cs.accessor = (char *)"0123456789abcdef0123456789abcdef";
     cs.expires_at = &sexp;
@@ -1196,17 +1209,7 @@ static void test_login_judged_at_apply(void **state)
     bad.token_id[0] = '\0';
     snprintf(bad.cert_serial, sizeof(bad.cert_serial), "%s", "1a2b");
     assert_int_equal(judged_release(s, &bad, "", T0 + 10, &err), 0);
-    audit_at ra;
-    audit(&ra, T0, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
-    Keyfleet__V1__CmdRevokeCert rc = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
-    rc.serial = (char *)"1a2b";
-    rc.kind = (char *)"node";
-    rc.name = (char *)"n1";
-    rc.audit = &ra.e;
-    Keyfleet__V1__StateCommand rcmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    rcmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
-    rcmd.revoke_cert = &rc;
-    assert_int_equal(apply(s, &rcmd, NULL), 0);
+    assert_int_equal(revoke_cert(s, "1a2b", "node", "n1"), 0);
     assert_int_equal(judged_release(s, &bad, "", T0 + 11, &err), -ECANCELED);
     assert_non_null(strstr(err.msg, "denylist"));
     kfd_store_close(s);
@@ -1260,25 +1263,15 @@ static void test_cert_denylist(void **state)
 {
     (void)state;
     kfd_store *s = open_db("certs.db");
-    audit_at a;
-    audit(&a, T0, "cert_revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
-    Keyfleet__V1__CmdRevokeCert c = KEYFLEET__V1__CMD_REVOKE_CERT__INIT;
-    c.serial = (char *)"1a2b";
-    c.kind = (char *)"operator";
-    c.name = (char *)"bob";
-    c.audit = &a.e;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_CERT;
-    cmd.revoke_cert = &c;
     bool revoked = true;
     assert_int_equal(kfd_store_cert_revoked(s, "1a2b", &revoked), 0);
     assert_false(revoked);
-    assert_int_equal(apply(s, &cmd, NULL), 0);
+    assert_int_equal(revoke_cert(s, "1a2b", "operator", "bob"), 0);
     assert_int_equal(kfd_store_cert_revoked(s, "1a2b", &revoked), 0);
     assert_true(revoked);
     assert_int_equal(kfd_store_cert_revoked(s, "1a2c", &revoked), 0);
     assert_false(revoked);
-    assert_int_equal(apply(s, &cmd, NULL), -EEXIST);
+    assert_int_equal(revoke_cert(s, "1a2b", "operator", "bob"), -EEXIST);
     kfd_store_close(s);
 }
 
