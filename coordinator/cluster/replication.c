@@ -154,7 +154,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     raft_index index = raft_last_applied(&r->raft) + 1;
     Keyfleet__V1__StateCommand *cmd = kfd_raft_entry_decode(buf->base, buf->len);
     r->last.index = index;
-    r->last.res.audit_seq = 0;
+    r->last.res = (kfd_apply_result){0};
     kf_err_clear(&r->last.err);
     if (index <= kfd_store_applied_index(r->store)) {
         /* A replay of what the store already holds (every restart replays the log). */

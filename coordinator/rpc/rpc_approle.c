@@ -108,11 +108,13 @@ static void login_failed(kfd_call *call, const char *role, const char *reason)
 
 static void on_login_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
-    (void)res;
     login_op *op = arg;
     kfd_call *call = op->base.call;
-    if (call != NULL && status == -EACCES) {
-        login_failed(call, op->role, err->msg); /* spent by a concurrent login */
+    if (call != NULL && status == -EACCES && res->refused) {
+        /* Spent by a concurrent login, or expired: the apply recorded the refusal (store_judged.h). */
+        call->srv->metrics.auth_failures++;
+        kf_log_info("login_failed", "role=%s source=%s reason=%s", op->role, call->source, kf_log_q(err->msg));
+        kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, LOGIN_ERROR);
     } else if (call != NULL && status != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "login not answered: %s", err->msg);
     } else if (call != NULL) {

@@ -314,19 +314,30 @@ static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_ev
     return true;
 }
 
-/* A key refused at apply because what its decision rested on differs there (store_judged.h),
- * recorded as a denial on every replica that refused: the inputs changed since (or a database was
- * edited), so the client is told to retry and is judged again. False for any other status. */
-static bool refused_recorded(kfd_call *call, const char *what, const char *volume_id, int status,
-                             const kfd_apply_result *res, const kf_err *err)
+/* A key refused at apply, which every replica that refused recorded as a denial (store_judged.h,
+ * reviews rev42 S1, rev44b K1: so nothing more is appended here). A judged input that differs
+ * there (-ECANCELED: changed since, or a database edited) is answered `unavailable`, so the client
+ * retries and is judged again; any other refusal with code (message: err's when NULL). False when
+ * status is not a recorded refusal. */
+static bool refusal_answered(kfd_call *call, const char *what, const char *volume_id, int status,
+                             const kfd_apply_result *res, const kf_err *err, kf_connect_code code,
+                             const char *message)
 {
-    if (status != -ECANCELED)
+    if (status == 0 || !res->refused)
         return false;
     kf_log_warn("refused_at_apply", "op=%s volume=%s audit_seq=%llu reason=%s", what, kf_log_q(volume_id),
                 (unsigned long long)res->audit_seq, kf_log_q(err->msg));
     if (call != NULL)
-        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s", err->msg);
+        kfd_call_error(call, status == -ECANCELED ? KF_CONNECT_UNAVAILABLE : code, "%s",
+                       message != NULL ? message : err->msg);
     return true;
+}
+
+/* The answer to a key's refusal at apply: revoked, retired or another node's, or stale (an
+ * approval spent or lapsed, a rotation moved on). */
+static kf_connect_code refused_code(int status)
+{
+    return status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION;
 }
 
 typedef struct enroll_op {
@@ -384,23 +395,16 @@ static void answer_enroll(enroll_op *op, uint64_t audit_seq)
 static void on_enroll_committed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     enroll_op *op = arg;
-    if (refused_recorded(op->base.call, "enroll", op->volume_id, status, res, err)) {
+    char exists[200];
+    snprintf(exists, sizeof(exists), "volume %s is already enrolled", op->volume_id);
+    if (refusal_answered(op->base.call, "enroll", op->volume_id, status, res, err,
+                         status == -EEXIST ? KF_CONNECT_ALREADY_EXISTS : refused_code(status),
+                         status == -EEXIST ? exists : NULL)) {
         enroll_op_free(op);
         return;
     }
     if (op->base.call == NULL)
         ;
-    else if (status == -EACCES) {
-        kfd_call *call = op->base.call;
-        char vol[129], rid[65];
-        snprintf(vol, sizeof(vol), "%s", op->volume_id);
-        snprintf(rid, sizeof(rid), "%s", op->request_id);
-        enroll_op_free(op);
-        deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid, KF_CONNECT_PERMISSION_DENIED,
-                     err->msg);
-        return;
-    } else if (status == -EEXIST)
-        kfd_call_error(op->base.call, KF_CONNECT_ALREADY_EXISTS, "volume %s is already enrolled", op->volume_id);
     else if (status != 0)
         kfd_call_error(op->base.call, KF_CONNECT_UNAVAILABLE, "enrollment not recorded: %s", err->msg);
     else
@@ -414,7 +418,8 @@ static void on_enroll_replay_committed(void *arg, int status, const kfd_apply_re
 {
     enroll_op *op = arg;
     kfd_call *call = op->base.call;
-    if (refused_recorded(call, "enroll_replay", op->volume_id, status, res, err)) {
+    if (refusal_answered(call, "enroll_replay", op->volume_id, status, res, err,
+                         status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_ALREADY_EXISTS, NULL)) {
         enroll_op_free(op);
         return;
     }
@@ -423,16 +428,8 @@ static void on_enroll_replay_committed(void *arg, int status, const kfd_apply_re
         return;
     }
     if (status != 0) {
-        char vol[129], rid[65];
-        snprintf(vol, sizeof(vol), "%s", op->volume_id);
-        snprintf(rid, sizeof(rid), "%s", op->request_id);
         enroll_op_free(op);
-        if (status == -EACCES || status == -ESTALE)
-            deny_audited(call, "enroll", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
-                         status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_ALREADY_EXISTS, err->msg);
-        else
-            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "enrollment replay could not be recorded; no key was "
-                           "released");
+        kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "enrollment replay could not be recorded; no key was released");
         return;
     }
     answer_enroll(op, res->audit_seq);
@@ -727,18 +724,8 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
 {
     release_op *op = arg;
     kfd_call *call = op->base.call;
-    if (refused_recorded(call, "release", op->volume_id, status, res, err)) {
+    if (refusal_answered(call, "release", op->volume_id, status, res, err, refused_code(status), NULL)) {
         kfd_op_free(op);
-        return;
-    }
-    if ((status == -EACCES || status == -ESTALE) && call != NULL) {
-        /* Refused at apply: revoked, or the approval was spent or lapsed meanwhile. */
-        char vol[129], rid[65];
-        snprintf(vol, sizeof(vol), "%s", op->volume_id);
-        snprintf(rid, sizeof(rid), "%s", op->request_id);
-        kfd_op_free(op);
-        deny_audited(call, "release", KEYFLEET__V1__DECISION__DECISION_DENY, vol, rid,
-                     status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
         return;
     }
     if (status != 0) {
@@ -1278,7 +1265,7 @@ static void on_rotate_committed(void *arg, int status, const kfd_apply_result *r
 {
     rotate_op *op = arg;
     kfd_call *call = op->base.call;
-    if (refused_recorded(call, op->action, op->volume_id, status, res, err)) {
+    if (refusal_answered(call, op->action, op->volume_id, status, res, err, refused_code(status), NULL)) {
         rotate_op_free(op);
         return;
     }
@@ -1287,11 +1274,6 @@ static void on_rotate_committed(void *arg, int status, const kfd_apply_result *r
             kf_log_warn("rotate_not_delivered", "volume=%s request=%s audit_seq=%llu", kf_log_q(op->volume_id),
                         op->request_id, (unsigned long long)res->audit_seq);
         rotate_op_free(op);
-        return;
-    }
-    if (status == -EACCES || status == -ESTALE) {
-        rotate_refuse(op, KEYFLEET__V1__DECISION__DECISION_DENY,
-                      status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
         return;
     }
     if (status != 0) {

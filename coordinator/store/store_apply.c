@@ -316,8 +316,6 @@ static int apply_enroll_volume(kfd_store *s, const Keyfleet__V1__StateCommand *c
                                                     &c->judged_auth, c->auth_cert_serial, c->auth_token_id,
                                                     audit_time(c->audit)},
                                    err);
-    if (r == -EAGAIN)
-        return kfd_store_refuse_recorded(s, c->audit, seq, err);
     if (r == 0)
         r = apply_enroll(s, cmd->enroll_volume, err);
     if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')
@@ -335,7 +333,7 @@ static int apply_record_release(kfd_store *s, const Keyfleet__V1__CmdRecordRelea
 {
     int r;
     if ((r = kfd_store_release_allowed(s, c, err)) != 0)
-        return r == -EAGAIN ? kfd_store_refuse_recorded(s, c->audit, seq, err) : r;
+        return r; /* recorded as a denial by kfd_store_apply_batch */
     if (c->audit != NULL && c->audit->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW) {
         sqlite3_stmt *st = kfd_store_stmt(s, ST_VOLUME_RELEASED);
         kfd_bind_text(st, 1, c->node);
@@ -521,13 +519,38 @@ int kfd_store_apply_one(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, uin
     }
 }
 
+/* The open transaction's audit head, tree and checkpoint before one command, to undo it. */
+typedef struct tx_mark {
+    uint64_t head_seq, cp_seq, cp_size;
+    uint8_t head_hash[KFD_HASH_LEN];
+    kf_merkle_frontier tree;
+} tx_mark;
+
+static tx_mark tx_mark_take(const kfd_store *s)
+{
+    tx_mark m = {.head_seq = s->tx_head_seq, .cp_seq = s->tx_cp_seq, .cp_size = s->tx_cp_size, .tree = s->tx_tree};
+    memcpy(m.head_hash, s->tx_head_hash, KFD_HASH_LEN);
+    return m;
+}
+
+/* This command only: its writes and audit records. */
+static int undo_command(kfd_store *s, const tx_mark *m, kf_err *err)
+{
+    s->tx_head_seq = m->head_seq;
+    memcpy(s->tx_head_hash, m->head_hash, KFD_HASH_LEN);
+    s->tx_tree = m->tree;
+    s->tx_cp_seq = m->cp_seq;
+    s->tx_cp_size = m->cp_size;
+    return kfd_store_step_done(s, kfd_store_stmt(s, ST_ROLLBACK_TO), "rolling back a command", err);
+}
+
 int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const *cmds, size_t n, uint64_t raft_index,
                           int *statuses, kfd_apply_result *results, kf_err *errs)
 {
     kf_err tx_err = {0};
     for (size_t i = 0; i < n; i++) {
         statuses[i] = -EIO;
-        results[i].audit_seq = 0;
+        results[i] = (kfd_apply_result){0};
         kf_err_clear(&errs[i]);
     }
     if (s->failed) {
@@ -552,37 +575,36 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
     s->tx_cp_seq = s->cp_seq;
     s->tx_cp_size = s->cp_size;
     for (size_t i = 0; r == 0 && i < n; i++) {
-        uint64_t head = s->tx_head_seq, cp_seq = s->tx_cp_seq, cp_size = s->tx_cp_size;
-        uint8_t hash[KFD_HASH_LEN];
-        memcpy(hash, s->tx_head_hash, KFD_HASH_LEN);
-        /* The tree before this command, in case it is undone. */
-        kf_merkle_frontier tree_before = s->tx_tree;
+        tx_mark before = tx_mark_take(s);
         if ((r = kfd_store_step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
             break;
         uint64_t seq = 0;
-        s->apply_refused = false;
         int cr = cmds[i] != NULL ? kfd_store_apply_one(s, cmds[i], &seq, &errs[i])
                                  : kf_err_set(&errs[i], -EINVAL, "replicated entry could not be decoded");
-        bool refused = cr == 0 && s->apply_refused; /* kept: its denial record */
-        s->apply_refused = false;
         if (cr != 0 && s->failed) {
             r = cr;
             tx_err = errs[i];
             break;
         }
-        if (cr != 0) {
-            /* This command only: undo it and its audit records. */
-            r = kfd_store_step_done(s, kfd_store_stmt(s, ST_ROLLBACK_TO), "rolling back a command", &tx_err);
-            s->tx_head_seq = head;
-            memcpy(s->tx_head_hash, hash, KFD_HASH_LEN);
-            s->tx_tree = tree_before;
-            s->tx_cp_seq = cp_seq;
-            s->tx_cp_size = cp_size;
+        bool recorded = false;
+        if (cr != 0 && (r = undo_command(s, &before, &tx_err)) == 0) {
+            /* Then the refusal of a key, an enrollment or a login is recorded (store_judged.h),
+             * undone too if even that cannot be appended. */
+            kf_err rerr = errs[i];
+            int rr = kfd_store_record_refusal(s, cmds[i], cr, &seq, &rerr, &recorded);
+            if (rr != 0 && s->failed) {
+                r = rr;
+                tx_err = rerr;
+            } else if (rr != 0) {
+                r = undo_command(s, &before, &tx_err);
+            }
         }
         if (r == 0)
             r = kfd_store_step_done(s, kfd_store_stmt(s, ST_RELEASE), "releasing a savepoint", &tx_err);
-        statuses[i] = refused ? -ECANCELED : cr;
-        results[i].audit_seq = cr == 0 ? seq : 0;
+        /* A judged mismatch is answered `unavailable` (-ECANCELED); other refusals keep their code. */
+        statuses[i] = recorded && cr == -EAGAIN ? -ECANCELED : cr;
+        results[i].audit_seq = cr == 0 || recorded ? seq : 0;
+        results[i].refused = recorded;
     }
     /* The applied index is written once, by the commit that ends the transaction. */
     if (r == 0 && raft_index != 0)
@@ -604,7 +626,7 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         sqlite3_reset(s->st[ST_ROLLBACK]);
         for (size_t i = 0; i < n; i++) {
             statuses[i] = -EIO;
-            results[i].audit_seq = 0;
+            results[i] = (kfd_apply_result){0};
             errs[i] = tx_err;
             if (errs[i].code == 0)
                 kf_err_set(&errs[i], -EIO, "state store unavailable");

@@ -12,10 +12,14 @@
 
 typedef struct kfd_apply_result {
     uint64_t audit_seq; /* seq of the last audit record the command appended, 0 if none */
+    /* Refused, its writes undone, and the refusal recorded as a denial at audit_seq
+     * (kfd_store_record_refusal): the command's status says why. */
+    bool refused;
 } kfd_apply_result;
 
 /* Applies cmd in one durable transaction. Returns 0, a negative errno for a command that is
- * invalid against the current state (-ENOENT, -EEXIST, -EINVAL: nothing changed), or -EIO
+ * invalid against the current state (-ENOENT, -EEXIST, -EINVAL: nothing changed, except that an
+ * allowed key, enrollment or login refused here has its refusal recorded: ret->refused), or -EIO
  * when the store failed (nothing changed; the store is now failed). */
 int kfd_store_apply(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kfd_apply_result *ret, kf_err *err);
 

@@ -117,7 +117,7 @@ static int login(kfd_store *s, const Keyfleet__V1__CmdLogin *c, kf_err *err)
         return kf_err_set(err, -EACCES, "secret id expired");
     int r = login_judged(s, c, hash_matches, err);
     if (r != 0)
-        return r; /* -EAGAIN: recorded as a denial (kfd_store_apply_approle) */
+        return r; /* -EAGAIN: recorded as a denial (kfd_store_apply_batch) */
     if (uses_left > 0) {
         st = kfd_store_stmt(s, ST_SECRET_SPEND);
         kfd_bind_text(st, 1, c->accessor);
@@ -195,8 +195,7 @@ int kfd_store_apply_approle(kfd_store *s, const Keyfleet__V1__StateCommand *cmd,
     default:
         return kf_err_set(err, -ENOSYS, "not an AppRole command");
     }
-    if (r == -EAGAIN && cmd->cmd_case == KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN) /* judged on other rows (login_judged) */
-        return kfd_store_refuse_recorded(s, audit, seq, err);
+    /* A login's refusal (judged on other rows, a spent secret id) is recorded by kfd_store_apply_batch. */
     return r != 0 ? r : kfd_store_append_audit(s, audit, seq, err);
 }
 

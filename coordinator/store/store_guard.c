@@ -196,8 +196,7 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
         r = kfd_store_step_done(s, st, "recording the rotation", err);
     else if (st != NULL)
         sqlite3_reset(st);
-    if (r == -EAGAIN) /* judged inputs differ: recorded as a denial (store_judged.h) */
-        return kfd_store_refuse_recorded(s, c->audit, seq, err);
+    /* A refusal (a judged mismatch among them) is recorded by kfd_store_apply_batch. */
     return r != 0 ? r : kfd_store_append_audit(s, c->audit, seq, err);
 }
 

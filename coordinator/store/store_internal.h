@@ -120,8 +120,6 @@ struct kfd_store {
      * an open, a snapshot install or a policy write, not at every one. */
     bool policy_judged_ok;
     uint8_t policy_judged[32];
-    /* The command being applied was refused and recorded (kfd_store_refuse_recorded). */
-    bool apply_refused;
     char failure[256];
     /* The audit chain's head: committed, and tentative inside a transaction. */
     uint64_t head_seq, tx_head_seq;

@@ -277,10 +277,40 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
     return 0;
 }
 
-int kfd_store_refuse_recorded(kfd_store *s, const Keyfleet__V1__AuditEntry *a, uint64_t *seq, kf_err *err)
+/* The ALLOW record of a command whose refusal at apply is recorded: a key (Release, a repeated
+ * Enroll, a rotation), an enrollment or an AppRole login; NULL for any other. */
+static const Keyfleet__V1__AuditEntry *allowed_key_audit(const Keyfleet__V1__StateCommand *cmd)
 {
+    const Keyfleet__V1__AuditEntry *a = NULL;
+    switch (cmd->cmd_case) {
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE:
+        a = cmd->record_release->audit;
+        break;
+    case KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY:
+        a = cmd->rotate_key->audit;
+        break;
+    case KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME:
+        a = cmd->enroll_volume->audit;
+        break;
+    case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:
+        a = cmd->login->audit;
+        break;
+    default:
+        return NULL;
+    }
+    return a != NULL && a->decision == KEYFLEET__V1__DECISION__DECISION_ALLOW ? a : NULL;
+}
+
+int kfd_store_record_refusal(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, int code, uint64_t *seq,
+                             kf_err *err, bool *recorded)
+{
+    *recorded = false;
+    /* A malformed command and the store's own failure are not decisions on this replica's rows. */
+    if (cmd == NULL || s->failed || code == -EINVAL || code == -ENOMEM || code == -ENOSYS || code == -EIO)
+        return 0;
+    const Keyfleet__V1__AuditEntry *a = allowed_key_audit(cmd);
     if (a == NULL)
-        return kf_err_set(err, -EINVAL, "command has no audit record");
+        return 0;
     /* The command's own reason after it: a login's names the secret accessor and token id. */
     char reason[sizeof(err->msg) + 560];
     snprintf(reason, sizeof(reason), "refused at apply: %s; was: %.512s", err->msg, a->reason != NULL ? a->reason : "");
@@ -293,6 +323,6 @@ int kfd_store_refuse_recorded(kfd_store *s, const Keyfleet__V1__AuditEntry *a, u
         *err = aerr;
         return r;
     }
-    s->apply_refused = true;
+    *recorded = true;
     return 0;
 }

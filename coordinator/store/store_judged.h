@@ -75,17 +75,22 @@ int kfd_judged_token_rows(const char *token_id, const uint8_t hash[KFD_HASH_LEN]
 void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o);
 
 /* At apply: each non-empty digest against this replica's rows (v: the volume's row as read, vr
- * how reading it went; v is not read unless vr is 0). 0; -EAGAIN naming what differs (the caller
- * records the refusal with kfd_store_refuse_recorded before it writes anything else); -ESTALE,
+ * how reading it went; v is not read unless vr is 0). 0; -EAGAIN naming what differs (recorded as a
+ * denial by kfd_store_apply_batch: kfd_store_record_refusal); -ESTALE,
  * -EINVAL (a malformed digest) or -EIO otherwise. */
 int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
                            kf_err *err);
 
-/* A key refused at apply for a judged mismatch (err says which) is recorded, not rolled back: a
- * denial with the command's audit entry ("refused at apply: ..."), so every replica that refuses
- * keeps the trace of a key its proposer may have answered with, and the proposer's log parts
- * from theirs. The command's status is then -ECANCELED (kfd_store_apply_batch), so no key goes
- * out from a replica that refused. 0 or the append's error. */
-int kfd_store_refuse_recorded(kfd_store *s, const Keyfleet__V1__AuditEntry *a, uint64_t *seq, kf_err *err);
+/* A key, an enrollment or a login refused at apply (code: its apply's error, err: why), after
+ * the apply's own writes were undone, is recorded, not dropped (reviews rev42 S1, rev44b K1): a
+ * denial with the command's audit entry ("refused at apply: WHY; was: REASON"), so every replica
+ * that refuses keeps the trace of a key its proposer may have answered with, and an edited
+ * replica's log parts from the honest ones'. Not for a malformed command (-EINVAL, -ENOSYS), a
+ * failed store or allocation (-EIO, -ENOMEM), nor a command that allowed nothing. Called by
+ * kfd_store_apply_batch, which keeps the command's status (a judged mismatch, -EAGAIN, becomes
+ * -ECANCELED: the proposer answers `unavailable`). 0 (*recorded says whether it was) or the
+ * append's error. */
+int kfd_store_record_refusal(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, int code, uint64_t *seq,
+                             kf_err *err, bool *recorded);
 
 #endif

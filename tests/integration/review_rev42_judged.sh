@@ -6,13 +6,15 @@
 # leader decided on its own labels: it records each as a denial ("refused at apply"), and so its
 # log parts from the others' at once (diverged at the next checkpoint), whenever the next state
 # note comes. The honest replicas record the keys and do not diverge. Before, the follower recorded
-# the release like the others and only a state note could find the edit.
+# the release like the others and only a state note could find the edit. A row the apply checks
+# again itself (n3 revoked on the follower only) is refused and recorded the same way (rev44b K1).
 . "$(dirname "$0")/lib.sh"
 
 F=$WORK/fleet
 fleet_init "$F"
 issue "$F" node n1
 issue "$F" node n2
+issue "$F" node n3
 . "$(dirname "$0")/cluster_lib.sh"
 
 start_cluster c 3
@@ -25,6 +27,8 @@ out=$(NODE_CLIENT_REQUEST_ID=$RID2 "$NODE_CLIENT" "$S3" "$F/n1.crt" "$F/n1.key" 
 expect_match "n1 enrolls vol-2" "$out" "^code=ok"
 WRAP4=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n2.crt" "$F/n2.key" "$F/ca.crt" enroll vol-4 data4)")
 check "n2 enrolls vol-4" test -n "$WRAP4"
+WRAP5=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n3.crt" "$F/n3.key" "$F/ca.crt" enroll vol-5 data5)")
+check "n3 enrolls vol-5" test -n "$WRAP5"
 N2_SERIAL=$(openssl x509 -in "$F/n2.crt" -noout -serial | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f')
 # An AppRole role and secret id, for a login judged again at apply (review rev44 J1).
 out=$(ctlx "$L" approle create web-role --node web-7 --cidr 127.0.0.1/32)
@@ -49,6 +53,8 @@ sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE secret_ids SET secret_hash = zerobl
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE policy SET yaml = yaml || '# edited' WHERE version = (SELECT max(version) FROM policy)"
 # ... and n2's certificate on its denylist (review rev44b K3): the front door is the leader's.
 sqlite3 "$WORK/$A/state/keyfleet.db" "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES ('$N2_SERIAL', 'node', 'n2', 'edited', 1)"
+# ... and n3 revoked there only (review rev44b K1: a row the apply checks again itself).
+sqlite3 "$WORK/$A/state/keyfleet.db" "INSERT OR REPLACE INTO nodes (name, revoked, revoked_at, reason) VALUES ('n3', 1, 1, 'edited')"
 start "$A"
 check "$A catches up" caught_up "$A" "$L"
 # The leader decides on its own (honest) rows; the commands carry their digests. Once $A has
@@ -71,6 +77,8 @@ out=$(NODE_CLIENT_REQUEST_ID=$RID2 retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.c
 expect_match "the leader answers vol-2's repeated Enroll" "$out" "^code=ok"
 expect_match "the leader releases vol-4 to n2 (its certificate is on no denylist there)" \
     "$(release_ok n2 vol-4 "$WRAP4" "${RPC[$L]}")" "^code=ok status=released"
+expect_match "the leader releases vol-5 to n3 (revoked nowhere but on $A)" \
+    "$(release_ok n3 vol-5 "$WRAP5" "${RPC[$L]}")" "^code=ok status=released"
 out=$(retry_ok "$NODE_CLIENT" "${RPC[$L]}" "$F/n1.crt" "$F/n1.key" "$F/ca.crt" enroll vol-3 data3)
 expect_match "the leader enrolls vol-3" "$out" "^code=ok"
 login_pb "$ROLE_ID" "$SECRET" >"$WORK/login.pb"
@@ -106,13 +114,16 @@ expect_eq "$A recorded vol-4's release (n2's certificate is on its denylist) as 
 LOGIN_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'login' AND decision = 2 AND reason LIKE 'refused at apply: the secret id this login was decided on%'"
 expect_eq "$A recorded the login (its secret id's hash is not the one matched) as refused at apply" \
     "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$LOGIN_REFUSED")" "1"
+REVOKED_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'release' AND volume_id = 'vol-5' AND decision = 2 AND reason LIKE 'refused at apply: node n3 is revoked%'"
+expect_eq "$A recorded vol-5's release (n3 is revoked there) as refused at apply, not rolled it back" \
+    "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$REVOKED_REFUSED")" "1"
 grep -q "event=audit_diverged" "$WORK/$A/keyfleetd.log"
 check "$A diverges" test $? -eq 0
 for n in "$L" "$B"; do
     grep -q "event=audit_diverged" "$WORK/$n/keyfleetd.log"
     check "the honest $n does not diverge" test $? -ne 0
     expect_eq "the honest $n refused nothing at apply" \
-        "$(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$REFUSED" | wc -l) $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$LOGIN_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$ENROLL_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$CERT_REFUSED")" "0 0 0 0"
+        "$(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$REFUSED" | wc -l) $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$LOGIN_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$ENROLL_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$CERT_REFUSED") $(sqlite3 -cmd ".timeout 5000" "$WORK/$n/state/keyfleet.db" "$REVOKED_REFUSED")" "0 0 0 0 0"
 done
 expect_match "the honest two serve on" "$(release_ok n1 vol-1 "$WRAP" "$(servers_of "$L" "$B")")" "^code=ok status=released"
 stop_replicas "$L" "$B"

@@ -181,9 +181,10 @@ static void test_commands(void **state)
     kfd_store_close(s);
 }
 
-/* Group commit: one transaction for the batch, a savepoint per command. The invalid middle
- * command (a duplicate enrollment) rolls back alone, with its audit record; the others commit
- * and the chain has no gap. */
+/* Group commit: one transaction for the batch, a savepoint per command. A malformed command (an
+ * enrollment naming no volume) rolls back alone, with its audit record; a refused one (a second
+ * enrollment of vol-b) is rolled back too but its refusal recorded as a denial (review rev44b
+ * K1); the others commit and the chain has no gap. */
 static void test_batch_isolates_failures(void **state)
 {
     (void)state;
@@ -192,7 +193,7 @@ static void test_batch_isolates_failures(void **state)
     vol.id = (char *)"vol-b";
     vol.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
     vol.name = (char *)"tank/b";
-    Keyfleet__V1__AuditEntry e = audit("enroll", "n1", "");
+    Keyfleet__V1__AuditEntry e = audit("enroll", "n1", "first");
     Keyfleet__V1__CmdEnrollVolume en = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
     en.volume = &vol;
     en.node = (char *)"n1";
@@ -201,6 +202,10 @@ static void test_batch_isolates_failures(void **state)
     Keyfleet__V1__StateCommand enroll = KEYFLEET__V1__STATE_COMMAND__INIT;
     enroll.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     enroll.enroll_volume = &en;
+    Keyfleet__V1__CmdEnrollVolume bad_en = en;
+    bad_en.volume = NULL;
+    Keyfleet__V1__StateCommand bad_enroll = enroll;
+    bad_enroll.enroll_volume = &bad_en;
     Keyfleet__V1__AuditEntry r = audit("release", "n1", "ok");
     Keyfleet__V1__CmdAppendAudit ap = KEYFLEET__V1__CMD_APPEND_AUDIT__INIT;
     ap.audit = &r;
@@ -208,24 +213,34 @@ static void test_batch_isolates_failures(void **state)
     release.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
     release.append_audit = &ap;
 
-    const Keyfleet__V1__StateCommand *cmds[4] = {&enroll, &release, &enroll, &release};
-    int st[4];
-    kfd_apply_result res[4];
-    kf_err errs[4];
-    assert_int_equal(kfd_store_apply_batch(s, cmds, 4, 0, st, res, errs), 0);
+    const Keyfleet__V1__StateCommand *cmds[5] = {&enroll, &release, &bad_enroll, &enroll, &release};
+    int st[5];
+    kfd_apply_result res[5];
+    kf_err errs[5];
+    assert_int_equal(kfd_store_apply_batch(s, cmds, 5, 0, st, res, errs), 0);
     assert_int_equal(st[0], 0);
     assert_int_equal(st[1], 0);
-    assert_int_equal(st[2], -EEXIST); /* the second enrollment of vol-b */
-    assert_int_equal(st[3], 0);
+    assert_int_equal(st[2], -EINVAL); /* malformed: nothing recorded */
+    assert_int_equal(st[3], -EEXIST); /* the second enrollment of vol-b: refused, recorded */
+    assert_int_equal(st[4], 0);
     assert_int_equal(res[0].audit_seq, 1);
     assert_int_equal(res[1].audit_seq, 2);
     assert_int_equal(res[2].audit_seq, 0);
-    assert_int_equal(res[3].audit_seq, 3); /* no gap where the failed command's record was */
+    assert_int_equal(res[3].audit_seq, 3); /* its denial, not its ALLOW */
+    assert_int_equal(res[4].audit_seq, 4); /* no gap where the malformed command's record was */
     verify(s, true, 0);
     Keyfleet__V1__QueryAuditRequest q = KEYFLEET__V1__QUERY_AUDIT_REQUEST__INIT;
     Keyfleet__V1__QueryAuditResponse all = KEYFLEET__V1__QUERY_AUDIT_RESPONSE__INIT;
     assert_int_equal(kfd_store_query_audit(s, &q, &all), 0);
-    assert_int_equal(all.n_records, 3);
+    assert_int_equal(all.n_records, 4);
+    const Keyfleet__V1__AuditRecord *denied = NULL;
+    for (size_t i = 0; i < all.n_records; i++)
+        if (all.records[i]->seq == 3)
+            denied = all.records[i];
+    assert_non_null(denied);
+    assert_int_equal(denied->decision, KEYFLEET__V1__DECISION__DECISION_DENY);
+    assert_string_equal(denied->reason,
+                        "refused at apply: recording the volume: already exists; was: first");
     kfd_store_free_audit_list(&all);
     kfd_store_close(s);
 }

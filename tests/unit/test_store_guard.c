@@ -145,6 +145,10 @@ static kfd_pending_state state_of(kfd_store *s, const char *id)
     return p.state;
 }
 
+/* A refusal at apply recorded as the newest record: a denial naming why (review rev44b K1). */
+static void refusal_recorded(kfd_store *s, const char *why);
+static uint64_t audit_size(kfd_store *s);
+
 #define RID "0123456789abcdef0123456789abcdef"
 #define RID2 "fedcba9876543210fedcba9876543210"
 #define RID3 "00112233445566778899aabbccddeeff"
@@ -156,6 +160,7 @@ static void test_approved_request_releases_once(void **state)
     kfd_store *s = open_db("once.db");
     assert_int_equal(create_pending(s, RID, "n1", "v1", 1, T0 + 60, false), 0);
     assert_int_equal(record_release(s, RID, "n1", "v1", true, T0 + 1), -ESTALE); /* not approved yet */
+    refusal_recorded(s, "is not approved");
     assert_int_equal(approve(s, RID, "op1", 0, T0 + 2), 0);
     assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
     assert_int_equal(record_release(s, RID, "n2", "v1", true, T0 + 3), -EACCES); /* another node */
@@ -164,6 +169,7 @@ static void test_approved_request_releases_once(void **state)
     assert_int_equal(record_release(s, RID, "n1", "v1", true, T0 + 4), 0);
     assert_int_equal(state_of(s, RID), KFD_PENDING_CONSUMED);
     assert_int_equal(record_release(s, RID, "n1", "v1", true, T0 + 5), -ESTALE); /* spent */
+    refusal_recorded(s, "was already used by a release");
     /* An approval is not usable at or after its expiry, judged by the record's own time. */
     assert_int_equal(create_pending(s, RID2, "n1", "v1", 1, T0 + 60, false), 0);
     assert_int_equal(approve(s, RID2, "op1", 0, T0 + 2), 0);
@@ -178,7 +184,10 @@ static void test_revoked_node_gets_nothing_at_apply(void **state)
     kfd_store *s = open_db("revoked.db");
     assert_int_equal(record_release(s, RID, "n1", "v1", false, T0), 0);
     assert_int_equal(revoke_node(s, "n1"), 0);
+    uint64_t before = audit_size(s);
     assert_int_equal(record_release(s, RID, "n1", "v1", false, T0 + 1), -EACCES);
+    assert_int_equal(audit_size(s), before + 1); /* its denial, not its ALLOW */
+    refusal_recorded(s, "node n1 is revoked");
     assert_int_equal(record_release(s, RID, "n2", "v1", false, T0 + 1), 0);
     /* Enrolling hands out a key too. */
     audit_at a;
@@ -196,6 +205,23 @@ static void test_revoked_node_gets_nothing_at_apply(void **state)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
     assert_int_equal(apply(s, &cmd, NULL), -EACCES);
+    refusal_recorded(s, "node n1 is revoked");
+    kfd_volume vol;
+    assert_int_equal(kfd_store_get_volume(s, "v9", &vol), -ENOENT); /* its writes undone */
+    /* A refused denial is not recorded twice: nothing was allowed. */
+    before = audit_size(s);
+    a.e.decision = KEYFLEET__V1__DECISION__DECISION_DENY;
+    Keyfleet__V1__CmdRecordRelease d = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    d.request_id = (char *)RID;
+    d.node = (char *)"n1";
+    d.volume_id = (char *)"v1";
+    d.audit = &a.e;
+    Keyfleet__V1__StateCommand dc = KEYFLEET__V1__STATE_COMMAND__INIT;
+    dc.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    dc.record_release = &d;
+    assert_int_equal(apply(s, &dc, NULL), 0);
+    assert_int_equal(audit_size(s), before + 1);
+    a.e.decision = KEYFLEET__V1__DECISION__DECISION_ALLOW;
     c.node = (char *)"n2";
     assert_int_equal(apply(s, &cmd, NULL), 0);
     kfd_store_close(s);
@@ -714,6 +740,14 @@ static Keyfleet__V1__Decision newest_decision(kfd_store *s, char *reason, size_t
     return d;
 }
 
+static void refusal_recorded(kfd_store *s, const char *why)
+{
+    char reason[400];
+    assert_int_equal(newest_decision(s, reason, sizeof(reason)), KEYFLEET__V1__DECISION__DECISION_DENY);
+    assert_non_null(strstr(reason, "refused at apply: "));
+    assert_non_null(strstr(reason, why));
+}
+
 /* A mismatch is recorded as a denial naming it (-ECANCELED: no key), and nothing else is written. */
 static void refused(kfd_store *s, int got, const kf_err *err, const char *what)
 {
@@ -1182,6 +1216,7 @@ static void test_login_judged_at_apply(void **state)
     /* Expired at the audit time, whatever the handler read. */
     assert_int_equal(login_as(s, hash, rd, T0 + 100, &err), -EACCES);
     assert_non_null(strstr(err.msg, "expired"));
+    refusal_recorded(s, "secret id expired"); /* review rev44b K1 */
     /* A key for a bearer-token caller (review rev44b K2): judged again by the token's and role's
      * rows as this replica holds them, and the token's expiry at the audit time. */
     assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
