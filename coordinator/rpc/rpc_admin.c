@@ -270,7 +270,26 @@ void kfd_rpc_approve(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
     cmd.approve = &c;
-    kfd_commit(app, &cmd, on_approved, op);
+    kfd_call_commit(call, &cmd, on_approved, op);
+}
+
+/* The serial of a caller that authenticated with a client certificate; empty for any other
+ * (an AppRole identity has none). */
+static char *cert_serial(const kf_identity *peer)
+{
+    return peer != NULL && peer->serial[0] != '\0' ? (char *)peer->serial : (char *)protobuf_c_empty_string;
+}
+
+void kfd_call_commit(kfd_call *call, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)
+{
+    cmd->auth_cert_serial = cert_serial(call->peer);
+    kfd_commit(kfd_call_app(call), cmd, cb, arg);
+}
+
+void kfd_op_commit(kfd_op *op, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg)
+{
+    cmd->auth_cert_serial = cert_serial(&op->peer);
+    kfd_commit(op->app, cmd, cb, arg);
 }
 
 /* An op whose answer, on success, is an empty message of the given type. */
@@ -300,7 +319,7 @@ void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const
         return;
     }
     op->resp = resp;
-    kfd_commit(kfd_call_app(call), cmd, on_empty_committed, op);
+    kfd_call_commit(call, cmd, on_empty_committed, op);
 }
 
 typedef struct deny_op {
@@ -668,7 +687,7 @@ static void on_kms_rotated(void *arg, const kfd_kms_result *res)
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_KMS_ROTATE;
     cmd.kms_rotate = &c;
     kf_log_info("kms_rotated", "backend=%s version=%s operator=%s", op->backend, kf_log_q(reason), op->base.peer.name);
-    kfd_commit(op->base.app, &cmd, on_rotated, op);
+    kfd_op_commit(&op->base, &cmd, on_rotated, op);
 }
 
 void kfd_rpc_rotate_kms(kfd_call *call)

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 
+#include "core/app.h"
 #include "front/call.h"
 #include "keyfleet/v1/state.pb-c.h"
 #include "kf_err.h"
@@ -28,5 +29,12 @@ bool kfd_rpc_store_ok(kfd_call *call);
 bool kfd_rpc_commit_answer(kfd_call *call, int status, const kf_err *err);
 /* Commits cmd and answers with an empty message of type resp. */
 void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ProtobufCMessageDescriptor *resp);
+/* kfd_commit for a command the caller's request made: it carries the caller's certificate serial
+ * (StateCommand.auth_cert_serial) for every replica's apply to check against its own denylist
+ * (review rev44b K3). A bearer-token caller's carries none (its commands carry the token's
+ * digest where they hand out a key). */
+void kfd_call_commit(kfd_call *call, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg);
+/* The same for an op whose client may have gone away (the caller as the op copied it). */
+void kfd_op_commit(kfd_op *op, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb, void *arg);
 
 #endif

@@ -198,7 +198,7 @@ void kfd_commit_change_n(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const 
     c->cb = cb;
     c->arg = arg;
     if (admin.approvers <= 1 && !admin.require_totp) {
-        kfd_commit(app, cmd, on_change_committed, c);
+        kfd_call_commit(call, cmd, on_change_committed, c);
         return;
     }
     int64_t step = 0;
@@ -262,6 +262,6 @@ void kfd_commit_change_n(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const 
     pc.create_pending = &p;
     kf_log_info("change_proposed", "request=%s operator=%s needed=%u summary=%s", c->request_id, call->peer->name,
                 admin.approvers, kf_log_q(summary));
-    kfd_commit(app, &pc, on_change_committed, c);
+    kfd_call_commit(call, &pc, on_change_committed, c);
     free(packed);
 }

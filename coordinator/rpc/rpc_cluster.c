@@ -103,7 +103,7 @@ static void on_changed(void *arg, int status, const kf_err *err)
     Keyfleet__V1__CmdAppendAudit c;
     Keyfleet__V1__StateCommand cmd;
     kfd_audit_command(&a, &c, &cmd);
-    kfd_commit(op->app, &cmd, on_member_audited, op);
+    kfd_op_commit(&op->base, &cmd, on_member_audited, op);
 }
 
 static void answer_change_error(kfd_call *call, int r, const kf_err *err)

@@ -177,7 +177,7 @@ static void on_unwrapped(void *arg, const kfd_kms_result *res)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
     cmd.recovery_reveal = &c;
-    kfd_commit(kfd_call_app(call), &cmd, on_revealed, op);
+    kfd_call_commit(call, &cmd, on_revealed, op);
 }
 
 static void on_proposed(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
@@ -255,7 +255,7 @@ static void propose(kfd_call *call, reveal_op *op)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     cmd.create_pending = &p;
-    kfd_commit(app, &cmd, on_proposed, op);
+    kfd_call_commit(call, &cmd, on_proposed, op);
 }
 
 /* Whether a rule for vol's node and labels may require TPM and network (a two-part key). */

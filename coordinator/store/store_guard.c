@@ -22,6 +22,20 @@ static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
     return a != NULL && a->time != NULL ? a->time->seconds : 0;
 }
 
+int kfd_store_caller_allowed(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kf_err *err)
+{
+    const char *serial = cmd->auth_cert_serial;
+    if (serial == NULL || serial[0] == '\0')
+        return 0;
+    bool revoked = false;
+    int r = kfd_store_cert_revoked(s, serial, &revoked);
+    if (r != 0)
+        return kf_err_set(err, r, "reading the certificate denylist");
+    return revoked ? kf_err_set(err, -EACCES, "the caller's certificate (serial %.64s) is on this coordinator's denylist",
+                                serial)
+                   : 0;
+}
+
 int kfd_store_check_not_revoked(kfd_store *s, const char *node, kf_err *err)
 {
     bool revoked = false;

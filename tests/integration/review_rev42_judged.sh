@@ -15,6 +15,7 @@ fleet_init "$F"
 issue "$F" node n1
 issue "$F" node n2
 issue "$F" node n3
+issue "$F" operator op2
 . "$(dirname "$0")/cluster_lib.sh"
 
 start_cluster c 3
@@ -29,7 +30,9 @@ WRAP4=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n2.crt" "$F/n2.key" "$F/ca.crt
 check "n2 enrolls vol-4" test -n "$WRAP4"
 WRAP5=$(field wrapped "$("$NODE_CLIENT" "$S3" "$F/n3.crt" "$F/n3.key" "$F/ca.crt" enroll vol-5 data5)")
 check "n3 enrolls vol-5" test -n "$WRAP5"
-N2_SERIAL=$(openssl x509 -in "$F/n2.crt" -noout -serial | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f')
+serial_of() { openssl x509 -in "$1" -noout -serial | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f'; }
+N2_SERIAL=$(serial_of "$F/n2.crt")
+OP2_SERIAL=$(serial_of "$F/op2.crt")
 # An AppRole role and secret id, for a login judged again at apply (review rev44 J1).
 out=$(ctlx "$L" approle create web-role --node web-7 --cidr 127.0.0.1/32)
 ROLE_ID=$(printf '%s' "$out" | grep -Eo '[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}' | head -n 1)
@@ -53,6 +56,8 @@ sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE secret_ids SET secret_hash = zerobl
 sqlite3 "$WORK/$A/state/keyfleet.db" "UPDATE policy SET yaml = yaml || '# edited' WHERE version = (SELECT max(version) FROM policy)"
 # ... and n2's certificate on its denylist (review rev44b K3): the front door is the leader's.
 sqlite3 "$WORK/$A/state/keyfleet.db" "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES ('$N2_SERIAL', 'node', 'n2', 'edited', 1)"
+# ... and operator op2's (an operator command carries its caller's serial: rev44b K3) ...
+sqlite3 "$WORK/$A/state/keyfleet.db" "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES ('$OP2_SERIAL', 'operator', 'op2', 'edited', 1)"
 # ... and n3 revoked there only (review rev44b K1: a row the apply checks again itself).
 sqlite3 "$WORK/$A/state/keyfleet.db" "INSERT OR REPLACE INTO nodes (name, revoked, revoked_at, reason) VALUES ('n3', 1, 1, 'edited')"
 start "$A"
@@ -90,6 +95,11 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 expect_eq "the leader answers an AppRole login" "$code" "200"
+for _ in $(seq 1 100); do
+    out=$(ctlx "$L" --cert "$F/op2.crt" --key "$F/op2.key" approle create op2-role --node web-8 --cidr 127.0.0.1/32 2>&1) && break
+    sleep 0.1
+done
+expect_match "the leader lets op2 create a role (its certificate is on no denylist there)" "$out" "op2-role"
 for n in c1 c2 c3; do signed_on "$n" >/dev/null 2>&1; done
 check "$A applied up to the leader" caught_up "$A" "$L"
 for n in "$L" "$B"; do
@@ -114,6 +124,12 @@ expect_eq "$A recorded vol-4's release (n2's certificate is on its denylist) as 
 LOGIN_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'login' AND decision = 2 AND reason LIKE 'refused at apply: the secret id this login was decided on%'"
 expect_eq "$A recorded the login (its secret id's hash is not the one matched) as refused at apply" \
     "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$LOGIN_REFUSED")" "1"
+expect_eq "$A refused op2's role at apply (op2's certificate is on its denylist)" \
+    "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "SELECT count(*) FROM roles WHERE name = 'op2-role'")" "0"
+for n in "$L" "$B"; do
+    expect_eq "the honest $n created op2's role" \
+        "$(db_value_when "$WORK/$n/state/keyfleet.db" "SELECT count(*) FROM roles WHERE name = 'op2-role'" 1)" "1"
+done
 REVOKED_REFUSED="SELECT count(*) > 0 FROM audit WHERE action = 'release' AND volume_id = 'vol-5' AND decision = 2 AND reason LIKE 'refused at apply: node n3 is revoked%'"
 expect_eq "$A recorded vol-5's release (n3 is revoked there) as refused at apply, not rolled it back" \
     "$(sqlite3 -cmd ".timeout 5000" "$WORK/$A/state/keyfleet.db" "$REVOKED_REFUSED")" "1"

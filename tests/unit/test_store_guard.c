@@ -94,6 +94,9 @@ static int create_pending(kfd_store *s, const char *id, const char *node, const 
     return apply(s, &cmd, NULL);
 }
 
+/* An approval by an operator whose certificate has this serial (NULL: none carried). */
+static int approve_as(kfd_store *s, const char *id, const char *op, const char *serial, int64_t at);
+
 static int approve(kfd_store *s, const char *id, const char *op, int64_t step, int64_t at)
 {
     audit_at a;
@@ -1294,6 +1297,55 @@ static void test_enroll_judged_at_apply(void **state)
     kfd_store_close(s);
 }
 
+static int approve_as(kfd_store *s, const char *id, const char *op, const char *serial, int64_t at)
+{
+    audit_at a;
+    audit(&a, at, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
+    c.request_id = (char *)id;
+    c.operator_ = (char *)op;
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
+    cmd.approve = &c;
+    if (serial != NULL)
+        cmd.auth_cert_serial = (char *)serial;
+    return apply(s, &cmd, NULL);
+}
+
+/* An operator command (here an approval) carries its caller's certificate serial, and each
+ * replica refuses one that is on its own denylist (review rev44b K3), whatever the front door
+ * that let the caller in read from its denylist. */
+static void test_operator_denylisted_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("opdeny.db");
+    assert_int_equal(create_pending(s, RID, "n1", "v1", 1, T0 + 600, false), 0);
+    assert_int_equal(revoke_cert(s, "0bad", "operator", "mallory"), 0);
+    uint64_t before = audit_size(s);
+    kf_err err = {0};
+    audit_at a;
+    audit(&a, T0 + 1, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
+    c.request_id = (char *)RID;
+    c.operator_ = (char *)"mallory";
+    c.audit = &a.e;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
+    cmd.approve = &c;
+    cmd.auth_cert_serial = (char *)"0bad";
+    assert_int_equal(apply(s, &cmd, &err), -EACCES);
+    assert_non_null(strstr(err.msg, "serial 0bad) is on this coordinator's denylist"));
+    assert_int_equal(state_of(s, RID), KFD_PENDING_WAITING); /* nothing applied */
+    assert_int_equal(audit_size(s), before);
+    /* Another operator's certificate, or a command that carries none (an older version's). */
+    assert_int_equal(approve_as(s, RID, "alice", "0a11ce", T0 + 2), 0);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
+    assert_int_equal(create_pending(s, RID2, "n1", "v1", 1, T0 + 600, false), 0);
+    assert_int_equal(approve_as(s, RID2, "mallory", NULL, T0 + 3), 0);
+    kfd_store_close(s);
+}
+
 static void test_cert_denylist(void **state)
 {
     (void)state;
@@ -1756,6 +1808,7 @@ int main(void)
         cmocka_unit_test(test_login_judged_at_apply),
         cmocka_unit_test(test_enroll_judged_at_apply),
         cmocka_unit_test(test_cert_denylist),
+        cmocka_unit_test(test_operator_denylisted_at_apply),
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_judged_digests),
         cmocka_unit_test(test_judged_inputs_at_apply),
