@@ -294,6 +294,7 @@ void kfd_commit(kfd_app *app, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb,
     }
     cmd->command_id = ++app->next_command_id;
     cmd->proposer = app->cfg->name;
+    cmd->refusals_recorded = true;
     uint8_t stackbuf[4096];
     size_t len = protobuf_c_message_get_packed_size(&cmd->base);
     uint8_t *packed = len <= sizeof(stackbuf) ? stackbuf : malloc(len);

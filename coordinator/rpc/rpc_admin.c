@@ -292,6 +292,21 @@ void kfd_op_commit(kfd_op *op, Keyfleet__V1__StateCommand *cmd, kfd_commit_cb cb
     kfd_commit(op->app, cmd, cb, arg);
 }
 
+bool kfd_rpc_refusal_answered(kfd_call *call, const char *what, const char *volume_id, int status,
+                              const kfd_apply_result *res, const kf_err *err, kf_connect_code code,
+                              const char *message)
+{
+    if (status == 0 || !res->refused)
+        return false;
+    kf_log_warn("refused_at_apply", "op=%s volume=%s audit_seq=%llu reason=%s", what, kf_log_q(volume_id),
+                (unsigned long long)res->audit_seq, kf_log_q(err->msg));
+    if (call != NULL)
+        kfd_call_error(call, status == -ECANCELED ? KF_CONNECT_UNAVAILABLE : code, "%s",
+                       message != NULL ? message : err->msg);
+    return true;
+}
+
+
 /* An op whose answer, on success, is an empty message of the given type. */
 typedef struct empty_op {
     kfd_op base;

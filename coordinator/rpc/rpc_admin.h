@@ -29,6 +29,14 @@ bool kfd_rpc_store_ok(kfd_call *call);
 bool kfd_rpc_commit_answer(kfd_call *call, int status, const kf_err *err);
 /* Commits cmd and answers with an empty message of type resp. */
 void kfd_rpc_commit_empty(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const ProtobufCMessageDescriptor *resp);
+/* A key, enrollment or login refused at apply, which every replica that refused recorded as a
+ * denial (kfd_apply_result.refused; store_judged.h, reviews rev42 S1, rev44b K1: so nothing more
+ * is appended here). A judged input that differs there (-ECANCELED: changed since, or a database
+ * edited) is answered `unavailable`, so the client retries and is judged again; any other
+ * refusal with code (message: err's when NULL). False when status is not a recorded refusal. */
+bool kfd_rpc_refusal_answered(kfd_call *call, const char *what, const char *volume_id, int status,
+                              const kfd_apply_result *res, const kf_err *err, kf_connect_code code,
+                              const char *message);
 /* kfd_commit for a command the caller's request made: it carries the caller's certificate serial
  * (StateCommand.auth_cert_serial) for every replica's apply to check against its own denylist
  * (review rev44b K3). A bearer-token caller's carries none (its commands carry the token's

@@ -115,6 +115,8 @@ static void on_login_committed(void *arg, int status, const kfd_apply_result *re
         call->srv->metrics.auth_failures++;
         kf_log_info("login_failed", "role=%s source=%s reason=%s", op->role, call->source, kf_log_q(err->msg));
         kfd_call_error(call, KF_CONNECT_UNAUTHENTICATED, LOGIN_ERROR);
+    } else if (call != NULL && status == -EACCES) {
+        login_failed(call, op->role, err->msg); /* not recorded at apply: recorded here, answered alike (R45-4) */
     } else if (call != NULL && status != 0) {
         kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "login not answered: %s", err->msg);
     } else if (call != NULL) {

@@ -314,25 +314,6 @@ static bool judged_of(kfd_call *call, const kfd_volume *vol, const kfd_attest_ev
     return true;
 }
 
-/* A key refused at apply, which every replica that refused recorded as a denial (store_judged.h,
- * reviews rev42 S1, rev44b K1: so nothing more is appended here). A judged input that differs
- * there (-ECANCELED: changed since, or a database edited) is answered `unavailable`, so the client
- * retries and is judged again; any other refusal with code (message: err's when NULL). False when
- * status is not a recorded refusal. */
-static bool refusal_answered(kfd_call *call, const char *what, const char *volume_id, int status,
-                             const kfd_apply_result *res, const kf_err *err, kf_connect_code code,
-                             const char *message)
-{
-    if (status == 0 || !res->refused)
-        return false;
-    kf_log_warn("refused_at_apply", "op=%s volume=%s audit_seq=%llu reason=%s", what, kf_log_q(volume_id),
-                (unsigned long long)res->audit_seq, kf_log_q(err->msg));
-    if (call != NULL)
-        kfd_call_error(call, status == -ECANCELED ? KF_CONNECT_UNAVAILABLE : code, "%s",
-                       message != NULL ? message : err->msg);
-    return true;
-}
-
 /* The answer to a key's refusal at apply: revoked, retired or another node's, or stale (an
  * approval spent or lapsed, a rotation moved on). */
 static kf_connect_code refused_code(int status)
@@ -397,7 +378,7 @@ static void on_enroll_committed(void *arg, int status, const kfd_apply_result *r
     enroll_op *op = arg;
     char exists[200];
     snprintf(exists, sizeof(exists), "volume %s is already enrolled", op->volume_id);
-    if (refusal_answered(op->base.call, "enroll", op->volume_id, status, res, err,
+    if (kfd_rpc_refusal_answered(op->base.call, "enroll", op->volume_id, status, res, err,
                          status == -EEXIST ? KF_CONNECT_ALREADY_EXISTS : refused_code(status),
                          status == -EEXIST ? exists : NULL)) {
         enroll_op_free(op);
@@ -418,7 +399,7 @@ static void on_enroll_replay_committed(void *arg, int status, const kfd_apply_re
 {
     enroll_op *op = arg;
     kfd_call *call = op->base.call;
-    if (refusal_answered(call, "enroll_replay", op->volume_id, status, res, err,
+    if (kfd_rpc_refusal_answered(call, "enroll_replay", op->volume_id, status, res, err,
                          status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_ALREADY_EXISTS, NULL)) {
         enroll_op_free(op);
         return;
@@ -724,7 +705,7 @@ static void on_release_committed(void *arg, int status, const kfd_apply_result *
 {
     release_op *op = arg;
     kfd_call *call = op->base.call;
-    if (refusal_answered(call, "release", op->volume_id, status, res, err, refused_code(status), NULL)) {
+    if (kfd_rpc_refusal_answered(call, "release", op->volume_id, status, res, err, refused_code(status), NULL)) {
         kfd_op_free(op);
         return;
     }
@@ -1265,7 +1246,7 @@ static void on_rotate_committed(void *arg, int status, const kfd_apply_result *r
 {
     rotate_op *op = arg;
     kfd_call *call = op->base.call;
-    if (refusal_answered(call, op->action, op->volume_id, status, res, err, refused_code(status), NULL)) {
+    if (kfd_rpc_refusal_answered(call, op->action, op->volume_id, status, res, err, refused_code(status), NULL)) {
         rotate_op_free(op);
         return;
     }
@@ -1568,9 +1549,9 @@ static void on_recovery_committed(void *arg, int status, const kfd_apply_result 
         recovery_op_free(op);
         return;
     }
-    if (status == -EACCES || status == -ESTALE) {
-        recovery_refuse(op, KEYFLEET__V1__DECISION__DECISION_DENY,
-                        status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
+    if (kfd_rpc_refusal_answered(call, "recovery_escrow", op->volume_id, status, res, err, refused_code(status),
+                                 NULL)) {
+        recovery_op_free(op);
         return;
     }
     if (status != 0) {

@@ -98,9 +98,10 @@ static void on_revealed(void *arg, int status, const kfd_apply_result *res, cons
         reveal_op_free(op);
         return;
     }
-    if (status == -EACCES || status == -ESTALE) {
-        refuse(call, op, op->volume_id, op->request_id,
-               status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION, err->msg);
+    if (kfd_rpc_refusal_answered(call, "recovery_reveal", op->volume_id, status, res, err,
+                                 status == -EACCES ? KF_CONNECT_PERMISSION_DENIED : KF_CONNECT_FAILED_PRECONDITION,
+                                 NULL)) {
+        reveal_op_free(op);
         return;
     }
     if (status != 0) {

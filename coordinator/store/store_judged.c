@@ -72,7 +72,10 @@ static int by_key(const void *a, const void *b) { return strcmp(*(const char *co
  * anything else is no labels), sorted by key. */
 int kfd_judged_volume(const kfd_volume *v, uint8_t out[KFD_JUDGED_LEN])
 {
-    json_t *o = json_loads(v->labels_json != NULL ? v->labels_json : "{}", 0, NULL);
+    json_error_t jerr;
+    json_t *o = json_loads(v->labels_json != NULL ? v->labels_json : "{}", 0, &jerr);
+    if (o == NULL && json_error_code(&jerr) == json_error_out_of_memory)
+        return -ENOMEM; /* not "no labels": a replica's own failure (review rev45 R45-3) */
     size_t n = 0, cap = json_is_object(o) ? json_object_size(o) : 0;
     const char **keys = cap > 0 ? calloc(cap, sizeof(*keys)) : NULL;
     if (cap > 0 && keys == NULL) {
@@ -247,13 +250,19 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
             return kf_err_set(err, r, "reading the node's measured-boot record");
         /* Sent only when the quote matched and the node was not held (a drift hold, which the
          * policy's rules judge, clears the match at the handler; other holds refuse at apply). */
-        if (pcrs->len != 0 && (r == -ENOENT || rec.held[0] != '\0' || kfd_judged_pcrs(rec.accepted, d) != 0 ||
+        /* No accepted values (-EINVAL) differs; a digest that failed (-EIO) is this replica's
+         * own failure, not recorded (review rev45 R45-3). */
+        int dr = pcrs->len != 0 && r == 0 ? kfd_judged_pcrs(rec.accepted, d) : 0;
+        if (dr != 0 && dr != -EINVAL)
+            return kf_err_set(err, -ENOMEM, "digesting the accepted PCR values");
+        if (pcrs->len != 0 && (r == -ENOENT || rec.held[0] != '\0' || dr != 0 ||
                                CRYPTO_memcmp(d, pcrs->data, KFD_JUDGED_LEN) != 0))
             return differs("accepted PCR values (or hold)", err);
         /* The recorded counters a quote was checked against (review rev44 J4, counters only: K5):
          * an edit that lowered them let a rolled-back TPM through at the handler. */
-        if (tpm->len != 0 && (kfd_judged_tpm(r == 0 ? &rec : NULL, d) != 0 ||
-                              CRYPTO_memcmp(d, tpm->data, KFD_JUDGED_LEN) != 0))
+        if (tpm->len != 0 && kfd_judged_tpm(r == 0 ? &rec : NULL, d) != 0)
+            return kf_err_set(err, -ENOMEM, "digesting the recorded TPM counters");
+        if (tpm->len != 0 && CRYPTO_memcmp(d, tpm->data, KFD_JUDGED_LEN) != 0)
             return differs("recorded TPM counters", err);
     }
     if (policy->len != 0) {
@@ -278,7 +287,8 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
 }
 
 /* The ALLOW record of a command whose refusal at apply is recorded: a key (Release, a repeated
- * Enroll, a rotation), an enrollment or an AppRole login; NULL for any other. */
+ * Enroll, a rotation, a recovery key's escrow or reveal), an enrollment or an AppRole login; NULL
+ * for any other. */
 static const Keyfleet__V1__AuditEntry *allowed_key_audit(const Keyfleet__V1__StateCommand *cmd)
 {
     const Keyfleet__V1__AuditEntry *a = NULL;
@@ -295,6 +305,12 @@ static const Keyfleet__V1__AuditEntry *allowed_key_audit(const Keyfleet__V1__Sta
     case KEYFLEET__V1__STATE_COMMAND__CMD_LOGIN:
         a = cmd->login->audit;
         break;
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW:
+        a = cmd->recovery_escrow->audit;
+        break;
+    case KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL:
+        a = cmd->recovery_reveal->audit;
+        break;
     default:
         return NULL;
     }
@@ -305,8 +321,13 @@ int kfd_store_record_refusal(kfd_store *s, const Keyfleet__V1__StateCommand *cmd
                              kf_err *err, bool *recorded)
 {
     *recorded = false;
-    /* A malformed command and the store's own failure are not decisions on this replica's rows. */
-    if (cmd == NULL || s->failed || code == -EINVAL || code == -ENOMEM || code == -ENOSYS || code == -EIO)
+    /* Only the apply's decisions on this replica's rows: not a malformed command, an allocation
+     * or the store's own failure, nor anything else a replica may meet alone (review rev45 R45-5). */
+    bool decision = code == -EACCES || code == -ESTALE || code == -EEXIST || code == -ENOENT || code == -EAGAIN;
+    if (cmd == NULL || s->failed || !decision)
+        return 0;
+    /* An earlier version's command, replayed: rolled back as that version did (R45-1). */
+    if (code != -EAGAIN && !cmd->refusals_recorded)
         return 0;
     const Keyfleet__V1__AuditEntry *a = allowed_key_audit(cmd);
     if (a == NULL)

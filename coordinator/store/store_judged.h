@@ -81,12 +81,15 @@ void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o);
 int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
                            kf_err *err);
 
-/* A key, an enrollment or a login refused at apply (code: its apply's error, err: why), after
- * the apply's own writes were undone, is recorded, not dropped (reviews rev42 S1, rev44b K1): a
- * denial with the command's audit entry ("refused at apply: WHY; was: REASON"), so every replica
- * that refuses keeps the trace of a key its proposer may have answered with, and an edited
- * replica's log parts from the honest ones'. Not for a malformed command (-EINVAL, -ENOSYS), a
- * failed store or allocation (-EIO, -ENOMEM), nor a command that allowed nothing. Called by
+/* A key (a release, rotation, recovery key escrow or reveal), an enrollment or a login refused at
+ * apply (code: its apply's error, err: why), after the apply's own writes were undone, is
+ * recorded, not dropped (reviews rev42 S1, rev44b K1): a denial with the command's audit entry
+ * ("refused at apply: WHY; was: REASON"), so every replica that refuses keeps the trace of a key
+ * its proposer may have answered with, and an edited replica's log parts from the honest ones'.
+ * Only for the apply's decisions (-EACCES, -ESTALE, -EEXIST, -ENOENT, and -EAGAIN: a judged
+ * mismatch), not a malformed command, a failed store or allocation, nor a command that allowed
+ * nothing; and, but for -EAGAIN, only in a command whose proposer sets refusals_recorded (an
+ * earlier version's replayed is rolled back as it was: review rev45 R45-1). Called by
  * kfd_store_apply_batch, which keeps the command's status (a judged mismatch, -EAGAIN, becomes
  * -ECANCELED: the proposer answers `unavailable`). 0 (*recorded says whether it was) or the
  * append's error. */

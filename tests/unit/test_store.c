@@ -202,6 +202,7 @@ static void test_batch_isolates_failures(void **state)
     Keyfleet__V1__StateCommand enroll = KEYFLEET__V1__STATE_COMMAND__INIT;
     enroll.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     enroll.enroll_volume = &en;
+    enroll.refusals_recorded = true; /* as this version proposes it */
     Keyfleet__V1__CmdEnrollVolume bad_en = en;
     bad_en.volume = NULL;
     Keyfleet__V1__StateCommand bad_enroll = enroll;

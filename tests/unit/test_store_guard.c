@@ -61,8 +61,10 @@ static kfd_store *open_db(const char *name)
     return s;
 }
 
+/* As this version proposes it (kfd_commit sets refusals_recorded). */
 static int apply(kfd_store *s, Keyfleet__V1__StateCommand *cmd, kf_err *err)
 {
+    cmd->refusals_recorded = true;
     kf_err e = {0};
     int r = kfd_store_apply(s, cmd, NULL, &e);
     if (err != NULL)
@@ -192,6 +194,21 @@ static void test_revoked_node_gets_nothing_at_apply(void **state)
     assert_int_equal(audit_size(s), before + 1); /* its denial, not its ALLOW */
     refusal_recorded(s, "node n1 is revoked");
     assert_int_equal(record_release(s, RID, "n2", "v1", false, T0 + 1), 0);
+    /* An earlier version's command, replayed from a Raft log, is rolled back as that version did,
+     * so the log gives one chain whichever version applies it (review rev45 R45-1). */
+    before = audit_size(s);
+    audit_at old_a;
+    audit(&old_a, T0 + 2, "release", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRecordRelease old_c = KEYFLEET__V1__CMD_RECORD_RELEASE__INIT;
+    old_c.request_id = (char *)RID;
+    old_c.node = (char *)"n1";
+    old_c.volume_id = (char *)"v1";
+    old_c.audit = &old_a.e;
+    Keyfleet__V1__StateCommand old_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    old_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECORD_RELEASE;
+    old_cmd.record_release = &old_c;
+    assert_int_equal(kfd_store_apply(s, &old_cmd, NULL, NULL), -EACCES);
+    assert_int_equal(audit_size(s), before);
     /* Enrolling hands out a key too. */
     audit_at a;
     audit(&a, T0, "enroll", KEYFLEET__V1__DECISION__DECISION_ALLOW);
@@ -1532,6 +1549,7 @@ static void test_recovery_at_apply(void **state)
     kfd_recovery rec;
     assert_int_equal(enroll(s, "v1", "n1", T0), 0);
     assert_int_equal(escrow(s, "n2", "v1", RID, "w1", false, T0), -EACCES);
+    refusal_recorded(s, ""); /* a recovery key's escrow refused at apply is recorded (rev45 R45-2) */
     assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), -ENOENT);
     assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0), 0);
     assert_int_equal(escrow(s, "n1", "v1", RID, "w2", false, T0), 0); /* a replay */
@@ -1557,6 +1575,7 @@ static void test_recovery_at_apply(void **state)
     assert_int_equal(reveal(s, RID2, "v1", "op2", T0 + 1), -EACCES);     /* not the proposer */
     assert_int_equal(reveal(s, RID2, "v3", "op1", T0 + 1), -EACCES);     /* another volume */
     assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 600), -ESTALE);   /* expired */
+    refusal_recorded(s, "expired"); /* a reveal refused at apply is recorded too (rev45 R45-2) */
     assert_int_equal(to_replace(s, "n1"), 0);
     assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 2), 0);
     assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 3), -ESTALE);     /* spent */
