@@ -286,6 +286,27 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
     return 0;
 }
 
+int kfd_store_check_tofu(kfd_store *s, const char *node, const char *tofu, kf_err *err)
+{
+    if (tofu == NULL || tofu[0] == '\0')
+        return 0;
+    bool has = true;
+    kfd_attest_record rec;
+    int r = kfd_store_node_has_volumes(s, node, &has);
+    if (r != 0)
+        return kf_err_set(err, r, "reading the node's volumes");
+    r = kfd_store_get_attest(s, node, &rec);
+    if (r != 0 && r != -ENOENT)
+        return kf_err_set(err, r, "reading the node's measured-boot record");
+    const char *accepted = r == 0 ? rec.accepted : "";
+    /* Its first enrollment here; or the same values accepted already (two first enrollments of
+     * one boot racing: the first applied set them). */
+    if ((!has && accepted[0] == '\0') || strcmp(accepted, tofu) == 0)
+        return 0;
+    return kf_err_set(err, -EAGAIN, "the trust on first use this enrollment was decided on does not hold on this "
+                      "coordinator (node %s already has volumes or other accepted PCR values); retry", node);
+}
+
 /* The ALLOW record of a command whose refusal at apply is recorded: a key (Release, a repeated
  * Enroll, a rotation, a recovery key's escrow or reveal), an enrollment or an AppRole login; NULL
  * for any other. */

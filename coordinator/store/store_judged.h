@@ -81,6 +81,12 @@ void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o);
 int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
                            kf_err *err);
 
+/* A first enrollment's trust on first use (CmdEnrollVolume.attest_tofu: the handler counted the
+ * quote as attested because the node had no volumes and no accepted PCR values; review rev44b
+ * K7), judged again from this replica's rows: 0 when it holds (or the same values are accepted
+ * already), -EAGAIN (recorded as a denial) when it does not, or a read's error. */
+int kfd_store_check_tofu(kfd_store *s, const char *node, const char *tofu, kf_err *err);
+
 /* A key (a release, rotation, recovery key escrow or reveal), an enrollment or a login refused at
  * apply (code: its apply's error, err: why), after the apply's own writes were undone, is
  * recorded, not dropped (reviews rev42 S1, rev44b K1): a denial with the command's audit entry

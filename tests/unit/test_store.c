@@ -623,10 +623,11 @@ static void test_attest_records(void **state)
     kfd_attest_record rec;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), -ENOENT);
     /* A node that already has a volume (enrolled without a quote) gets no baseline by enrolling
-     * another with one: trust on first use is only at its first enrollment (review of #16). */
+     * another with one: trust on first use is only at its first enrollment (review of #16), and
+     * an enrollment decided as the first where it is not is refused (review rev44b K7). */
     kfd_store *s0 = open_db("attest0.db");
     assert_int_equal(enroll_attested(s0, "vol-0", ""), 0);
-    assert_int_equal(enroll_attested(s0, "vol-00", PCR_A), 0);
+    assert_int_equal(enroll_attested(s0, "vol-00", PCR_A), -ECANCELED);
     assert_int_equal(kfd_store_get_attest(s0, "n1", &rec), -ENOENT);
     bool has = false;
     assert_int_equal(kfd_store_node_has_volumes(s0, "n1", &has), 0);
@@ -638,8 +639,9 @@ static void test_attest_records(void **state)
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     assert_string_equal(rec.accepted, PCR_A);
     assert_string_equal(rec.accepted_by, "tofu");
-    /* A later enrollment with other values does not replace them: only the first is trusted. */
-    assert_int_equal(enroll_attested(s, "vol-2", PCR_B), 0);
+    /* A later enrollment decided as the first with other values does not replace them: only the
+     * first is trusted, and it is refused (review rev44b K7). */
+    assert_int_equal(enroll_attested(s, "vol-2", PCR_B), -ECANCELED);
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     assert_string_equal(rec.accepted, PCR_A);
     assert_int_equal(attest_cmd(s, "seen", PCR_B), 0);

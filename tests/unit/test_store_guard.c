@@ -444,6 +444,7 @@ static void test_held_attest_accept_is_compare_and_swap(void **state)
 }
 
 static bool enroll_two_part; /* the next enroll is under tpm_and_network */
+static const char *enroll_tofu; /* the next enroll was decided as the node's first (trust on first use) */
 
 static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
 {
@@ -460,6 +461,8 @@ static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
     c.wrapped_key = (char *)"kf:local:v1:xyz";
     c.audit = &a.e;
     c.tpm_and_network = enroll_two_part;
+    if (enroll_tofu != NULL)
+        c.attest_tofu = (char *)enroll_tofu;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ENROLL_VOLUME;
     cmd.enroll_volume = &c;
@@ -1293,6 +1296,39 @@ static int enroll_judged(kfd_store *s, const char *vol, const uint8_t *policy_di
     return apply(s, &cmd, err);
 }
 
+/* A first enrollment counts its quote as attested (trust on first use) on the handler's reading
+ * that the node has no volumes and no accepted values: judged again at apply (review rev44b K7). */
+static void test_tofu_judged_at_apply(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("tofu.db");
+    enroll_tofu = PCRS("a");
+    assert_int_equal(enroll(s, "vol-1", "n1", T0), 0);
+    kfd_attest_record rec;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCRS("a"));
+    /* Two first enrollments of one boot racing: the second finds the same values accepted. */
+    assert_int_equal(enroll(s, "vol-2", "n1", T0 + 1), 0);
+    /* Decided as first on other values (the proposer's rows had no volume of n1): refused and
+     * recorded, nothing written. */
+    enroll_tofu = PCRS("b");
+    uint64_t before = audit_size(s);
+    assert_int_equal(enroll(s, "vol-3", "n1", T0 + 2), -ECANCELED);
+    assert_int_equal(audit_size(s), before + 1);
+    refusal_recorded(s, "trust on first use");
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-3", &v), -ENOENT);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_string_equal(rec.accepted, PCRS("a"));
+    /* A node that has a volume (enrolled without a quote) gets no baseline by enrolling another. */
+    enroll_tofu = NULL;
+    assert_int_equal(enroll(s, "vol-4", "n2", T0), 0);
+    enroll_tofu = PCRS("a");
+    assert_int_equal(enroll(s, "vol-5", "n2", T0 + 1), -ECANCELED);
+    enroll_tofu = NULL;
+    kfd_store_close(s);
+}
+
 static void test_enroll_judged_at_apply(void **state)
 {
     (void)state;
@@ -1826,6 +1862,7 @@ int main(void)
         cmocka_unit_test(test_secret_id_bound_to_role_id),
         cmocka_unit_test(test_login_judged_at_apply),
         cmocka_unit_test(test_enroll_judged_at_apply),
+        cmocka_unit_test(test_tofu_judged_at_apply),
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_operator_denylisted_at_apply),
         cmocka_unit_test(test_rotation_at_apply),
