@@ -18,6 +18,7 @@
 #include "kf_log.h"
 #include "kf_secmem.h"
 #include "rpc/rpc_change.h"
+#include "store/store_judged.h"
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_guard.h"
@@ -267,6 +268,7 @@ void kfd_rpc_approve(kfd_call *call)
     c.audit = &a.entry;
     c.totp_step = step;
     c.erase_all_allowed = erase_all_allowed;
+    c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, app->policy_judged}; /* review rev44 J6 */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
     cmd.approve = &c;

@@ -13,6 +13,7 @@
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
 #include "core/totp.h"
+#include "store/store_judged.h"
 #include "store/store_apply.h"
 #include "store/store_guard.h"
 #include "store/store_read.h"
@@ -257,6 +258,7 @@ void kfd_commit_change_n(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const 
     p.change_summary = (char *)summary;
     p.proposer = (char *)call->peer->name;
     p.proposer_totp_step = step;
+    p.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, app->policy_judged}; /* review rev44 J6 */
     Keyfleet__V1__StateCommand pc = KEYFLEET__V1__STATE_COMMAND__INIT;
     pc.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     pc.create_pending = &p;

@@ -975,6 +975,7 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
     c.require_totp = d->require_totp;
     c.rule = (char *)d->rule;
     c.audit = &a.entry;
+    c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, kfd_call_app(call)->policy_judged}; /* rev44 J6 */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     cmd.create_pending = &c;
@@ -1521,6 +1522,7 @@ typedef struct recovery_op {
     char *wrapped;
     bool zfs, replay, replaced;
     kfd_sealed sealed;
+    uint8_t judged_policy[KFD_JUDGED_LEN]; /* the policy decided under (review rev44 J6) */
 } recovery_op;
 
 static void recovery_op_free(recovery_op *op)
@@ -1594,6 +1596,7 @@ static void commit_escrow(recovery_op *op)
     c.request_id = op->request_id;
     c.zfs = op->zfs;
     c.audit = &a.entry;
+    c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, op->judged_policy};
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
     cmd.recovery_escrow = &c;
@@ -1742,6 +1745,7 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     }
     op->req = req;
     op->zfs = zfs;
+    memcpy(op->judged_policy, app->policy_judged, KFD_JUDGED_LEN);
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     snprintf(op->kms_id, sizeof(op->kms_id), "%s/recovery", req->volume->id);

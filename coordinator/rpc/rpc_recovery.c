@@ -23,6 +23,7 @@
 #include "rpc/rpc_check.h"
 #include "rpc/rpc_labels.h"
 #include "rpc/rpc_node.h"
+#include "store/store_judged.h"
 #include "store/store_apply.h"
 #include "store/store_read.h"
 #include "store/store_recovery.h"
@@ -253,6 +254,7 @@ static void propose(kfd_call *call, reveal_op *op)
     p.change_summary = summary;
     p.proposer = (char *)call->peer->name;
     p.proposer_totp_step = step;
+    p.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, app->policy_judged}; /* review rev44 J6 */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     cmd.create_pending = &p;

@@ -21,6 +21,11 @@
 #include "store/store_lifecycle.h"
 #include "store/store_read.h"
 
+static int64_t audit_time(const Keyfleet__V1__AuditEntry *audit)
+{
+    return audit != NULL && audit->time != NULL ? audit->time->seconds : 0;
+}
+
 static char *labels_json(Keyfleet__V1__Label **labels, size_t n)
 {
     json_t *o = json_object();
@@ -111,7 +116,11 @@ int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *
 static int apply_approve(kfd_store *s, const Keyfleet__V1__CmdApprove *c, uint64_t *seq, kf_err *err)
 {
     kfd_pending p;
-    int r = kfd_store_get_pending(s, c->request_id, &p);
+    /* erase_all_allowed was read from the handler's policy (review rev44 J6). */
+    int r = kfd_store_check_policy(s, &c->judged_policy, audit_time(c->audit), err);
+    if (r != 0)
+        return r;
+    r = kfd_store_get_pending(s, c->request_id, &p);
     if (r != 0)
         return r == -ENOENT ? kf_err_set(err, -ENOENT, "no pending request %s", c->request_id) : r;
     if (p.state != KFD_PENDING_WAITING)
@@ -223,11 +232,6 @@ static int attest_clock(kfd_store *s, int which, const char *node, const Keyflee
         sqlite3_bind_null(st, 6);
     }
     return kfd_store_step_done(s, st, "recording the node's TPM counters", err);
-}
-
-static int64_t audit_time(const Keyfleet__V1__AuditEntry *audit)
-{
-    return audit != NULL && audit->time != NULL ? audit->time->seconds : 0;
 }
 
 /* Holds the node (kind "tpm" or "drift"), keeping the TPM state of the quote that caused it; a
@@ -354,6 +358,9 @@ static int apply_create_pending(kfd_store *s, const Keyfleet__V1__CmdCreatePendi
     int r;
     if (c->volume == NULL || c->created_at == NULL || c->expires_at == NULL)
         return kf_err_set(err, -EINVAL, "pending command incomplete");
+    /* Its approval count and TOTP rule were read from the handler's policy (review rev44 J6). */
+    if ((r = kfd_store_check_policy(s, &c->judged_policy, c->created_at->seconds, err)) != 0)
+        return r;
     sqlite3_stmt *st = kfd_store_stmt(s, ST_PENDING_INSERT);
     kfd_bind_text(st, 1, c->request_id);
     kfd_bind_text(st, 2, c->node);

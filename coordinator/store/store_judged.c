@@ -286,6 +286,13 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
     return 0;
 }
 
+int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_policy, int64_t at, kf_err *err)
+{
+    ProtobufCBinaryData none = {0, NULL};
+    return kfd_store_check_judged(s, "", NULL, -ENOENT,
+                                  &(kfd_judged_in){judged_policy, &none, &none, &none, &none, NULL, NULL, at}, err);
+}
+
 int kfd_store_check_tofu(kfd_store *s, const char *node, const char *tofu, kf_err *err)
 {
     if (tofu == NULL || tofu[0] == '\0')

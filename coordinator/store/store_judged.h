@@ -81,6 +81,11 @@ void kfd_judged_fields(const kfd_judged *j, const kfd_judged_out *o);
 int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
                            kf_err *err);
 
+/* The policy text a command was decided under (its judged_policy; empty: not compared) against
+ * this replica's (review rev44 J6: approval counts, a wipe's erase_all_keyslots, a repeated
+ * recovery escrow): 0, -EAGAIN naming it, -EINVAL (a malformed digest) or a read's error. */
+int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_policy, int64_t at, kf_err *err);
+
 /* A first enrollment's trust on first use (CmdEnrollVolume.attest_tofu: the handler counted the
  * quote as attested because the node had no volumes and no accepted PCR values; review rev44b
  * K7), judged again from this replica's rows: 0 when it holds (or the same values are accepted

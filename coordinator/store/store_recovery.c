@@ -11,6 +11,7 @@
 #include "store/store_apply.h"
 #include "store/store_audit.h"
 #include "store/store_guard.h"
+#include "store/store_judged.h"
 #include "store/store_internal.h"
 #include "store/store_read.h"
 
@@ -108,6 +109,9 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     if (c->audit == NULL || c->volume_id[0] == '\0' || c->request_id[0] == '\0')
         return kf_err_set(err, -EINVAL, "recovery escrow command incomplete");
     int r = kfd_store_check_not_revoked(s, c->node, err);
+    /* A repeated escrow returns the live recovery key on the handler's policy (review rev44 J6). */
+    if (r == 0)
+        r = kfd_store_check_policy(s, &c->judged_policy, c->audit->time != NULL ? c->audit->time->seconds : 0, err);
     if (r != 0)
         return r;
     kfd_volume v;

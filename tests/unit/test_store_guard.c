@@ -72,6 +72,15 @@ static int apply(kfd_store *s, Keyfleet__V1__StateCommand *cmd, kf_err *err)
     return r;
 }
 
+/* The policy digest the next pending request, approval or escrow carries (NULL: none). */
+static const uint8_t *next_judged_policy;
+
+static ProtobufCBinaryData judged_policy_field(void)
+{
+    return next_judged_policy != NULL ? (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)next_judged_policy}
+                                      : (ProtobufCBinaryData){0, NULL};
+}
+
 static int create_pending(kfd_store *s, const char *id, const char *node, const char *vol, uint32_t needed,
                           int64_t expires, bool totp)
 {
@@ -90,6 +99,7 @@ static int create_pending(kfd_store *s, const char *id, const char *node, const 
     p.rule = (char *)"r";
     p.audit = &a.e;
     p.require_totp = totp;
+    p.judged_policy = judged_policy_field();
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     cmd.create_pending = &p;
@@ -1358,6 +1368,7 @@ static int approve_as(kfd_store *s, const char *id, const char *op, const char *
     c.request_id = (char *)id;
     c.operator_ = (char *)op;
     c.audit = &a.e;
+    c.judged_policy = judged_policy_field();
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
     cmd.approve = &c;
@@ -1399,6 +1410,45 @@ static void test_operator_denylisted_at_apply(void **state)
     kfd_store_close(s);
 }
 
+/* A pending request's approval count and TOTP rule, an approval's erase_all_allowed and a
+ * repeated recovery escrow rest on the handler's policy: each carries its text's digest, compared
+ * at apply (review rev44 J6). A pending request or approval so refused is rolled back; an escrow
+ * (a key) is recorded as refused. */
+static void test_policy_judged_for_approvals(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("j6.db");
+    uint8_t good[KFD_JUDGED_LEN], bad[KFD_JUDGED_LEN];
+    kfd_judged_policy(NULL, good); /* the store's policy: none put yet */
+    memcpy(bad, good, sizeof(bad));
+    bad[0] ^= 1;
+    next_judged_policy = bad;
+    uint64_t before = audit_size(s);
+    assert_int_equal(create_pending(s, RID, "n1", "v1", 1, T0 + 600, false), -EAGAIN);
+    assert_int_equal(audit_size(s), before);
+    kfd_pending p;
+    assert_int_equal(kfd_store_get_pending(s, RID, &p), -ENOENT);
+    next_judged_policy = good;
+    assert_int_equal(create_pending(s, RID, "n1", "v1", 1, T0 + 600, false), 0);
+    next_judged_policy = bad;
+    assert_int_equal(approve_as(s, RID, "alice", NULL, T0 + 1), -EAGAIN);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_WAITING);
+    next_judged_policy = good;
+    assert_int_equal(approve_as(s, RID, "alice", NULL, T0 + 1), 0);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
+    next_judged_policy = NULL;
+    assert_int_equal(enroll(s, "v1", "n1", T0), 0);
+    next_judged_policy = bad;
+    before = audit_size(s);
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 2), -ECANCELED);
+    assert_int_equal(audit_size(s), before + 1);
+    refusal_recorded(s, "policy rules");
+    next_judged_policy = good;
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 2), 0);
+    next_judged_policy = NULL;
+    kfd_store_close(s);
+}
+
 static void test_cert_denylist(void **state)
 {
     (void)state;
@@ -1429,6 +1479,7 @@ static int escrow(kfd_store *s, const char *node, const char *vol, const char *r
     c.request_id = (char *)rid;
     c.zfs = zfs;
     c.audit = &a.e;
+    c.judged_policy = judged_policy_field();
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
     cmd.recovery_escrow = &c;
@@ -1865,6 +1916,7 @@ int main(void)
         cmocka_unit_test(test_tofu_judged_at_apply),
         cmocka_unit_test(test_cert_denylist),
         cmocka_unit_test(test_operator_denylisted_at_apply),
+        cmocka_unit_test(test_policy_judged_for_approvals),
         cmocka_unit_test(test_rotation_at_apply),
         cmocka_unit_test(test_judged_digests),
         cmocka_unit_test(test_judged_inputs_at_apply),
