@@ -243,7 +243,7 @@ void kfd_erase_commit(kfd_call *call, const Keyfleet__V1__HeartbeatRequest *req,
             kf_log_warn(failed ? "erase_failed" : "erase_confirm_refused", "node=%s volume=%s", node,
                         kf_log_q(e->volume_id));
         }
-        kfd_commit(kfd_call_app(call), &cmd, cb, arg);
+        kfd_call_commit(call, &cmd, cb, arg);
     }
 }
 

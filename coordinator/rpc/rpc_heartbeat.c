@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "rpc/rpc_heartbeat.h"
+#include "rpc/rpc_admin.h"
 #include "rpc/rpc_attest.h"
 #include "rpc/rpc_erase.h"
 #include "rpc/rpc_node.h"
@@ -310,7 +311,7 @@ static void commit_drift(kfd_call *call, heartbeat_op *op, const kfd_attest_eval
     kfd_attest_cmd c;
     kfd_attest_seen_command(call, att, hold != NULL ? "attest_hold" : "attest_heartbeat", "", "", reason, hold, &c);
     kf_log_warn("attest_heartbeat", "node=%s attested=no held=%s", call->peer->name, hold != NULL ? hold : "no");
-    kfd_commit(kfd_call_app(call), &c.cmd, on_offline_audited, op);
+    kfd_call_commit(call, &c.cmd, on_offline_audited, op);
 }
 
 static void commit_over_budget(kfd_call *call, heartbeat_op *op, const heartbeat_reports *rep)
@@ -328,7 +329,7 @@ static void commit_over_budget(kfd_call *call, heartbeat_op *op, const heartbeat
     kfd_audit_command(&a, &c, &cmd);
     kf_log_warn("reports_over_budget", "node=%s offline_unlocks=%zu dead_man_locks=%zu", call->peer->name,
                 rep->over_offline, rep->over_locks);
-    kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+    kfd_call_commit(call, &cmd, on_offline_audited, op);
 }
 
 /* One record per heartbeat however many it refuses (heartbeats are rate-limited per node). */
@@ -347,7 +348,7 @@ static void commit_refused(kfd_call *call, heartbeat_op *op, const heartbeat_rep
     kfd_audit_command(&a, &c, &cmd);
     kf_log_warn("reports_refused", "node=%s not_own=%zu repeated=%zu first=%s", call->peer->name, rep->not_own,
                 rep->repeated, kf_log_q(rep->first_bad));
-    kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+    kfd_call_commit(call, &cmd, on_offline_audited, op);
 }
 
 static void commit_dead_man_locks(kfd_call *call, heartbeat_op *op, const Keyfleet__V1__HeartbeatRequest *req,
@@ -369,7 +370,7 @@ static void commit_dead_man_locks(kfd_call *call, heartbeat_op *op, const Keyfle
         kfd_audit_command(&a, &c, &cmd);
         kf_log_warn("dead_man_lock_reported", "node=%s silent_s=%llu locked=%u failed=%u", call->peer->name,
                     (unsigned long long)d->silent_s, d->volumes_locked, d->volumes_failed);
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+        kfd_call_commit(call, &cmd, on_offline_audited, op);
     }
 }
 
@@ -390,7 +391,7 @@ static void commit_offline_unlocks(kfd_call *call, heartbeat_op *op, const heart
         Keyfleet__V1__CmdAppendAudit c;
         Keyfleet__V1__StateCommand cmd;
         kfd_audit_command(&a, &c, &cmd);
-        kfd_commit(kfd_call_app(call), &cmd, on_offline_audited, op);
+        kfd_call_commit(call, &cmd, on_offline_audited, op);
     }
 }
 
@@ -414,7 +415,7 @@ static void commit_contact(kfd_call *call, heartbeat_op *op, const kfd_attest_ev
     Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     seen_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
     seen_cmd.node_seen = &seen;
-    kfd_commit(kfd_call_app(call), &seen_cmd, on_offline_audited, op);
+    kfd_call_commit(call, &seen_cmd, on_offline_audited, op);
 }
 
 /* Every report, and the node's last contact, is committed before the answer: op->outstanding

@@ -979,7 +979,7 @@ static void create_pending(kfd_call *call, const kfd_volume *vol, const kfd_poli
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_CREATE_PENDING;
     cmd.create_pending = &c;
-    kfd_commit(kfd_call_app(call), &cmd, on_pending_committed, op);
+    kfd_call_commit(call, &cmd, on_pending_committed, op);
 }
 
 /* Handles a poll with an existing request id. Returns true when the release may proceed. */
@@ -1600,7 +1600,7 @@ static void commit_escrow(recovery_op *op)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
     cmd.recovery_escrow = &c;
-    kfd_commit(kfd_call_app(call), &cmd, on_recovery_committed, op);
+    kfd_call_commit(call, &cmd, on_recovery_committed, op);
 }
 
 static void on_recovery_key(void *arg, const kfd_kms_result *res)

@@ -14,6 +14,7 @@
 #include "front/server.h"
 #include "keyfleet/v1/node.pb-c.h"
 #include "kf_log.h"
+#include "rpc/rpc_admin.h"
 #include "rpc/rpc_node.h"
 #include "store/store_recovery.h"
 
@@ -74,5 +75,5 @@ void kfd_rpc_recovery_confirm(kfd_call *call)
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_CONFIRM;
     cmd.recovery_confirm = &c;
-    kfd_commit(kfd_call_app(call), &cmd, on_confirmed, op);
+    kfd_call_commit(call, &cmd, on_confirmed, op);
 }
