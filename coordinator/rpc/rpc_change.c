@@ -115,7 +115,7 @@ int kfd_operator_totp(kfd_call *call, const char *code, bool required, const cha
         cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPEND_AUDIT;
         cmd.append_audit = &audit_only;
     }
-    kfd_commit(app, &cmd, on_failure_recorded, f);
+    kfd_call_commit(call, &cmd, on_failure_recorded, f); /* a TOTP failure locks out: its caller's (R45b-5) */
     return -EACCES;
 }
 
@@ -199,6 +199,8 @@ void kfd_commit_change_n(kfd_call *call, Keyfleet__V1__StateCommand *cmd, const 
     c->cb = cb;
     c->arg = arg;
     if (admin.approvers <= 1 && !admin.require_totp) {
+        /* Let through on the policy's word: each replica checks it is its policy too (R45b-1). */
+        cmd->judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, app->policy_judged};
         kfd_call_commit(call, cmd, on_change_committed, c);
         return;
     }

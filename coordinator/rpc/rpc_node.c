@@ -47,7 +47,6 @@
 /* How long after enrolling a lost Enroll answer may be fetched again by repeating it. */
 #define ENROLL_REPLAY_WINDOW_S 600
 /* How long an agent may repeat an EnrollRecoveryKey to get the same key back (a lost answer). */
-#define RECOVERY_REPLAY_WINDOW_S 300
 
 /* The answer's view of a sealed key (pointing into sealed). */
 static void sealed_key(Keyfleet__V1__SealedKey *sk, kfd_sealed *sealed)
@@ -1523,6 +1522,7 @@ typedef struct recovery_op {
     bool zfs, replay, replaced;
     kfd_sealed sealed;
     uint8_t judged_policy[KFD_JUDGED_LEN]; /* the policy decided under (review rev44 J6) */
+    uint8_t judged_volume[KFD_JUDGED_LEN]; /* the volume's row as the rules saw it (rev45b R45b-3) */
 } recovery_op;
 
 static void recovery_op_free(recovery_op *op)
@@ -1597,6 +1597,7 @@ static void commit_escrow(recovery_op *op)
     c.zfs = op->zfs;
     c.audit = &a.entry;
     c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, op->judged_policy};
+    c.judged_volume = (ProtobufCBinaryData){KFD_JUDGED_LEN, op->judged_volume};
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
     cmd.recovery_escrow = &c;
@@ -1644,7 +1645,7 @@ static const char *recovery_replay_refusal(const kfd_recovery *cur, const char *
      * leaders' clocks (review rev26c L1). */
     if (!next && cur->revealed_at != 0)
         return "this recovery key was revealed: a repeated request does not return it (escrow a new one)";
-    if (now < made || now - made > RECOVERY_REPLAY_WINDOW_S)
+    if (now < made || now - made > KFD_RECOVERY_REPLAY_WINDOW_S)
         return "a repeated request returns the recovery key only within 5 minutes of its escrow (escrow a new one)";
     if (held)
         return "the volume's releases wait for operators' approval: a repeated request does not return its recovery "
@@ -1712,6 +1713,13 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     }
     if (why == NULL && !zfs && req->ephemeral_public_key.len != 32)
         why = "ephemeral_public_key must be 32 bytes (X25519)";
+    /* The row the rules saw, for the apply to judge again (review rev45b R45b-3). */
+    uint8_t judged_volume[KFD_JUDGED_LEN] = {0};
+    if (why == NULL && kfd_judged_volume(&vol, judged_volume) != 0) {
+        kfd_volume_clear(&vol);
+        kfd_call_error(call, KF_CONNECT_INTERNAL, "cannot digest the volume's row");
+        return;
+    }
     kfd_volume_clear(&vol);
     if (why != NULL) {
         deny_audited(call, "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,
@@ -1746,6 +1754,7 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     op->req = req;
     op->zfs = zfs;
     memcpy(op->judged_policy, app->policy_judged, KFD_JUDGED_LEN);
+    memcpy(op->judged_volume, judged_volume, KFD_JUDGED_LEN);
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);
     snprintf(op->kms_id, sizeof(op->kms_id), "%s/recovery", req->volume->id);

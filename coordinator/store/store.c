@@ -177,6 +177,15 @@ static const char *const sql[ST_COUNT] = {
                          "ON CONFLICT (operator) DO UPDATE SET failures = ?2, locked_until = ?3",
     [ST_CERT_REVOKE] = "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES (?, ?, ?, ?, ?)",
     [ST_CERT_GET] = "SELECT 1 FROM revoked_certs WHERE serial = ?",
+    /* An operator's certificate revoked: its approvals of requests still waiting or approved and
+     * not yet used stop counting (review rev45b R45b-2), then are removed. */
+    [ST_APPROVALS_WITHDRAW_COUNT] =
+        "UPDATE pending SET approvals_have = approvals_have - (SELECT count(*) FROM approvals a WHERE "
+        "a.request_id = pending.request_id AND a.operator = ?1), state = CASE WHEN approvals_have - (SELECT count(*) "
+        "FROM approvals a WHERE a.request_id = pending.request_id AND a.operator = ?1) >= approvals_needed THEN state "
+        "ELSE 0 END WHERE state IN (0, 1) AND request_id IN (SELECT request_id FROM approvals WHERE operator = ?1)",
+    [ST_APPROVALS_WITHDRAW] = "DELETE FROM approvals WHERE operator = ?1 AND request_id IN (SELECT request_id FROM "
+                              "pending WHERE state IN (0, 1))",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_DATA_VERSION] = "PRAGMA data_version",
     [ST_COMMIT] = "COMMIT",

@@ -588,7 +588,7 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         if ((r = kfd_store_step_done(s, kfd_store_stmt(s, ST_SAVEPOINT), "savepoint", &tx_err)) != 0)
             break;
         uint64_t seq = 0;
-        int cr = cmds[i] != NULL ? kfd_store_caller_allowed(s, cmds[i], &errs[i])
+        int cr = cmds[i] != NULL ? kfd_store_command_allowed(s, cmds[i], &errs[i])
                                  : kf_err_set(&errs[i], -EINVAL, "replicated entry could not be decoded");
         if (cr == 0)
             cr = kfd_store_apply_one(s, cmds[i], &seq, &errs[i]);

@@ -22,14 +22,14 @@ static int64_t audit_time(const Keyfleet__V1__AuditEntry *a)
     return a != NULL && a->time != NULL ? a->time->seconds : 0;
 }
 
-int kfd_store_caller_allowed(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kf_err *err)
+int kfd_store_command_allowed(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kf_err *err)
 {
+    int r = kfd_store_check_policy(s, &cmd->judged_policy, 0, err);
     const char *serial = cmd->auth_cert_serial;
-    if (serial == NULL || serial[0] == '\0')
-        return 0;
+    if (r != 0 || serial == NULL || serial[0] == '\0')
+        return r;
     bool revoked = false;
-    int r = kfd_store_cert_revoked(s, serial, &revoked);
-    if (r != 0)
+    if ((r = kfd_store_cert_revoked(s, serial, &revoked)) != 0)
         return kf_err_set(err, r, "reading the certificate denylist");
     return revoked ? kf_err_set(err, -EACCES, "the caller's certificate (serial %.64s) is on this coordinator's denylist",
                                 serial)
@@ -375,5 +375,16 @@ int kfd_store_apply_revoke_cert(kfd_store *s, const Keyfleet__V1__CmdRevokeCert 
     int r = kfd_store_step_done(s, st, "revoking the certificate", err);
     if (r == -EEXIST)
         return kf_err_set(err, -EEXIST, "certificate %s is already revoked", c->serial);
+    /* An operator's approvals of requests not yet decided or used stop counting (review rev45b
+     * R45b-2): what a lost or stolen certificate approved is withdrawn with it. By name, so every
+     * certificate of that operator loses them (the safe side). */
+    if (r == 0 && strcmp(c->kind, "operator") == 0) {
+        static const int withdraw[] = {ST_APPROVALS_WITHDRAW_COUNT, ST_APPROVALS_WITHDRAW};
+        for (size_t i = 0; r == 0 && i < sizeof(withdraw) / sizeof(withdraw[0]); i++) {
+            st = kfd_store_stmt(s, withdraw[i]);
+            kfd_bind_text(st, 1, c->name);
+            r = kfd_store_step_done(s, st, "withdrawing the operator's approvals", err);
+        }
+    }
     return r != 0 ? r : kfd_store_append_audit(s, c->audit, seq, err);
 }

@@ -18,10 +18,12 @@ int kfd_store_cert_revoked(kfd_store *s, const char *serial, bool *ret);
 
 /* --- for the store's own files --- */
 
-/* The command's caller (StateCommand.auth_cert_serial) against this replica's certificate
- * denylist (review rev44b K3): 0, -EACCES naming the serial, or the read's error. A command
- * without a serial is not checked. */
-int kfd_store_caller_allowed(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kf_err *err);
+/* What any command carries about how it was let through: its caller (StateCommand.
+ * auth_cert_serial) against this replica's certificate denylist (review rev44b K3), and the
+ * policy text an operator change was let through under without a held request
+ * (StateCommand.judged_policy, review rev45b R45b-1). 0, -EACCES naming the serial, -EAGAIN (the
+ * policy differs) or a read's error. Empty fields are not checked. */
+int kfd_store_command_allowed(kfd_store *s, const Keyfleet__V1__StateCommand *cmd, kf_err *err);
 
 /* They run inside the apply, on every replica, so a change committed meanwhile (a revocation, a spent
  * approval) is seen whatever the handler read earlier. */

@@ -109,15 +109,23 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     if (c->audit == NULL || c->volume_id[0] == '\0' || c->request_id[0] == '\0')
         return kf_err_set(err, -EINVAL, "recovery escrow command incomplete");
     int r = kfd_store_check_not_revoked(s, c->node, err);
-    /* A repeated escrow returns the live recovery key on the handler's policy (review rev44 J6). */
-    if (r == 0)
-        r = kfd_store_check_policy(s, &c->judged_policy, c->audit->time != NULL ? c->audit->time->seconds : 0, err);
     if (r != 0)
         return r;
     kfd_volume v;
     if ((r = kfd_store_get_volume(s, c->volume_id, &v)) != 0)
         return r == -ENOENT ? kf_err_set(err, -ESTALE, "volume %s is not enrolled", c->volume_id)
                             : kf_err_set(err, r, "reading the volume");
+    /* A repeated escrow returns the live recovery key on the handler's policy and the volume's
+     * labels as its rules saw them (reviews rev44 J6, rev45b R45b-3). */
+    ProtobufCBinaryData none = {0, NULL};
+    r = kfd_store_check_judged(s, c->node, &v, 0,
+                               &(kfd_judged_in){&c->judged_policy, &c->judged_volume, &none, &none, &none, NULL, NULL,
+                                                audit_time(c->audit)},
+                               err);
+    if (r != 0) {
+        kfd_volume_clear(&v);
+        return r;
+    }
     bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0, two_part = v.tpm_and_network;
     int64_t key_made = v.key_created_at;
     char key_kcv[sizeof(v.key_kcv)];
@@ -134,8 +142,22 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     r = kfd_store_get_recovery(s, c->volume_id, &cur);
     if (r != 0 && r != -ENOENT)
         return kf_err_set(err, r, "reading the recovery key");
-    bool replay = r == 0 && (strcmp(cur.request_id, c->request_id) == 0 ||
-                             (cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, c->request_id) == 0));
+    bool next = r == 0 && cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, c->request_id) == 0;
+    bool replay = r == 0 && (strcmp(cur.request_id, c->request_id) == 0 || next);
+    /* A repeated LUKS2 escrow hands the live key back: only before anyone was shown it and within
+     * the window after its escrow, judged again here from this replica's row (review rev45b
+     * R45b-3; the handler's recovery_replay_refusal). */
+    int64_t made = next ? cur.next_at : r == 0 ? cur.created_at : 0, at = audit_time(c->audit);
+    const char *replay_why = NULL;
+    if (replay && !c->zfs && !next && cur.revealed_at != 0)
+        replay_why = "this recovery key was revealed";
+    else if (replay && !c->zfs && (at < made || at - made > KFD_RECOVERY_REPLAY_WINDOW_S))
+        replay_why = "it was escrowed more than 5 minutes before";
+    if (replay_why != NULL) {
+        kfd_recovery_clear(&cur);
+        return kf_err_set(err, -EACCES, "a repeated request does not return volume %s's recovery key: %s",
+                          c->volume_id, replay_why);
+    }
     /* ZFS: the revealed key is the dataset's own; it is retired only by a rotation after the reveal:
      * the dataset's key is another than the one the reveal showed (by check value: a rotation
      * committed in the reveal's second is not after it, review rev26c L2; by time only for a

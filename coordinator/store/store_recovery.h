@@ -9,6 +9,10 @@
 #include "kf_err.h"
 #include "store/store.h"
 
+/* A repeated EnrollRecoveryKey returns the escrowed LUKS2 key itself only this long after its
+ * escrow (and only before it was revealed): judged by the handler and again at apply. */
+#define KFD_RECOVERY_REPLAY_WINDOW_S 300
+
 typedef struct kfd_recovery {
     char node[64];
     char *wrapped; /* LUKS2: wrapped under VOLUME_ID/recovery; ZFS: "" (the dataset's own key) */

@@ -1407,6 +1407,27 @@ static void test_operator_denylisted_at_apply(void **state)
     assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
     assert_int_equal(create_pending(s, RID2, "n1", "v1", 1, T0 + 600, false), 0);
     assert_int_equal(approve_as(s, RID2, "mallory", NULL, T0 + 3), 0);
+    /* Revoking an operator's certificate withdraws that operator's approvals of requests not yet
+     * decided or used (review rev45b R45b-2): RID2 (approved by mallory alone, not yet released)
+     * waits again; RID3 (one of two) lost mallory's, so alice's does not complete it; RID (alice's)
+     * keeps its approval. */
+    assert_int_equal(create_pending(s, RID3, "n1", "v1", 2, T0 + 600, false), 0);
+    assert_int_equal(approve_as(s, RID3, "mallory", NULL, T0 + 4), 0);
+    assert_int_equal(revoke_cert(s, "0bad2", "operator", "mallory"), 0);
+    kfd_pending p;
+    assert_int_equal(kfd_store_get_pending(s, RID2, &p), 0);
+    assert_int_equal(p.state, KFD_PENDING_WAITING);
+    assert_int_equal(p.approvals_have, 0);
+    bool dup = true;
+    assert_int_equal(kfd_store_has_approved(s, RID3, "mallory", &dup), 0);
+    assert_false(dup);
+    assert_int_equal(approve_as(s, RID3, "alice", NULL, T0 + 5), 0);
+    assert_int_equal(state_of(s, RID3), KFD_PENDING_WAITING);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
+    /* A node's certificate revoked withdraws no operator's approval. */
+    assert_int_equal(approve_as(s, RID2, "mallory", NULL, T0 + 6), 0);
+    assert_int_equal(revoke_cert(s, "0bad3", "node", "mallory"), 0);
+    assert_int_equal(state_of(s, RID2), KFD_PENDING_APPROVED);
     kfd_store_close(s);
 }
 
@@ -1446,6 +1467,33 @@ static void test_policy_judged_for_approvals(void **state)
     next_judged_policy = good;
     assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 2), 0);
     next_judged_policy = NULL;
+    /* A repeated LUKS2 escrow hands the live key back: within 5 minutes of its escrow and before
+     * a reveal only, judged again at apply and recorded when refused (review rev45b R45b-3). */
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 2 + 300), 0);
+    before = audit_size(s);
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 2 + 301), -EACCES);
+    assert_int_equal(audit_size(s), before + 1);
+    refusal_recorded(s, "escrowed more than 5 minutes before");
+    assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 1), -EACCES); /* before its escrow */
+    /* An operator change let through without a held request on the handler's policy carries it
+     * in the command itself (review rev45b R45b-1). */
+    audit_at ra;
+    audit(&ra, T0 + 3, "revoke", KEYFLEET__V1__DECISION__DECISION_ALLOW);
+    Keyfleet__V1__CmdRevokeNode rn = KEYFLEET__V1__CMD_REVOKE_NODE__INIT;
+    rn.node = (char *)"n9";
+    rn.audit = &ra.e;
+    Keyfleet__V1__StateCommand rc = KEYFLEET__V1__STATE_COMMAND__INIT;
+    rc.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_REVOKE_NODE;
+    rc.revoke_node = &rn;
+    rc.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, bad};
+    kf_err err = {0};
+    assert_int_equal(apply(s, &rc, &err), -EAGAIN);
+    assert_non_null(strstr(err.msg, "policy rules"));
+    bool revoked = true;
+    assert_int_equal(kfd_store_node_revoked(s, "n9", &revoked), 0);
+    assert_false(revoked);
+    rc.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, good};
+    assert_int_equal(apply(s, &rc, NULL), 0);
     kfd_store_close(s);
 }
 
@@ -1672,6 +1720,9 @@ static void test_recovery_at_apply(void **state)
     kfd_recovery_clear(&rec);
     assert_int_equal(to_replace(s, "n1"), 1);
     assert_int_equal(to_replace(s, "n2"), 0);
+    /* Its escrow repeated, within the window: not after it was revealed (review rev45b R45b-3). */
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0 + 3), -EACCES);
+    refusal_recorded(s, "was revealed");
 
     /* ZFS: the revealed key is the dataset's; not rotated since the reveal, it is not replaced. */
     assert_int_equal(escrow(s, "n1", "v1", RID3, "", true, T0 + 4), -ESTALE);
