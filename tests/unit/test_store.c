@@ -394,6 +394,46 @@ static void test_serialize_and_replace(void **state)
     kfd_store_close(b);
 }
 
+/* A snapshot taken while a deferred transaction is open carries what was applied in it (the
+ * serialize flushes first), and a replace while one is open ends it: the flush after it commits
+ * nothing and the received index stands (review rev41b L1). */
+static void test_snapshot_with_deferred_transaction(void **state)
+{
+    (void)state;
+    kfd_store *a = open_db("defer-a.db");
+    assert_int_equal(apply_at(a, 1, "a"), 0);
+    kfd_store_set_deferred(a, true);
+    assert_int_equal(apply_at(a, 2, "a"), 0);
+    assert_int_equal(apply_at(a, 3, "a"), 0);
+    assert_true(kfd_store_tx_open(a));
+    unsigned char *img = NULL;
+    size_t len = 0;
+    kf_err err = {0};
+    assert_int_equal(kfd_store_serialize(a, &img, &len, &err), 0);
+    assert_false(kfd_store_tx_open(a)); /* flushed first */
+    kfd_store *b = open_db("defer-b.db");
+    kfd_store_set_deferred(b, true);
+    assert_int_equal(apply_at(b, 1, "b"), 0);
+    assert_int_equal(apply_at(b, 2, "b"), 0);
+    assert_true(kfd_store_tx_open(b));
+    assert_int_equal(kfd_store_replace(b, img, len, &err), 0);
+    sqlite3_free(img);
+    assert_false(kfd_store_tx_open(b));
+    assert_int_equal(kfd_store_flush(b, &err), 0);
+    assert_int_equal(kfd_store_applied_index(b), 3);
+    assert_int_equal(audit_count(b), 3);
+    /* The received chain goes on, deferred, and a reopen sees it once flushed. */
+    assert_int_equal(apply_at(b, 4, "b"), 0);
+    assert_int_equal(kfd_store_flush(b, &err), 0);
+    kfd_store_close(b);
+    b = open_db("defer-b.db");
+    assert_int_equal(kfd_store_applied_index(b), 4);
+    assert_int_equal(audit_count(b), 4);
+    verify(b, true, 0);
+    kfd_store_close(a);
+    kfd_store_close(b);
+}
+
 /* A replica that installed a snapshot holds the sender's copy: it is no witness of a leader's
  * audit head until a checkpoint it applied live covers what it received (#17 review). */
 static void coordinator_cert(const char *name, uint8_t **ret_der, size_t *ret_len, char serial[KF_SERIAL_MAX]);
@@ -1510,6 +1550,7 @@ int main(void)
         cmocka_unit_test(test_applied_index_and_deferred_commit),
         cmocka_unit_test(test_rolled_back_transaction_not_indexed),
         cmocka_unit_test(test_serialize_and_replace),
+        cmocka_unit_test(test_snapshot_with_deferred_transaction),
         cmocka_unit_test(test_restored_is_no_witness),
         cmocka_unit_test(test_snapshot_image_checked),
         cmocka_unit_test(test_request_ids_time_ordered),
