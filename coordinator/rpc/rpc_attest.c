@@ -167,6 +167,7 @@ void kfd_attest_clock_fill(const kfd_attest_eval *att, Keyfleet__V1__AttestClock
     clk->clock = att->clock.clock;
     clk->safe = att->clock.safe;
     clk->clock_known = true;
+    clk->rollback_audited = !att->state_ok; /* let through by the policy's rollback: audit */
 }
 
 void kfd_attest_seen_command(kfd_call *call, const kfd_attest_eval *att, const char *action, const char *volume_id,

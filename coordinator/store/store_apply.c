@@ -323,6 +323,8 @@ static int apply_enroll_volume(kfd_store *s, const Keyfleet__V1__StateCommand *c
     if (r == 0)
         r = kfd_store_check_tofu(s, c->node, c->attest_tofu, err);
     if (r == 0)
+        r = kfd_store_check_tpm_clock(s, c->node, c->attest_clock, err);
+    if (r == 0)
         r = apply_enroll(s, cmd->enroll_volume, err);
     if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')
         r = attest_write(s, ST_ATTEST_TOFU, cmd->enroll_volume->node, cmd->enroll_volume->attest_tofu,

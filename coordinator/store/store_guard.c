@@ -143,6 +143,8 @@ int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease
         return 0; /* a refusal is recorded whatever the state */
     int r = kfd_store_check_not_revoked(s, c->node, err);
     if (r == 0)
+        r = kfd_store_check_tpm_clock(s, c->node, c->attest_clock, err);
+    if (r == 0)
         r = release_volume_allowed(s, c, err);
     if (r != 0 || !c->approved_request)
         return r;

@@ -2,6 +2,7 @@
 #include "store/store_judged.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,6 +292,24 @@ int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_polic
     ProtobufCBinaryData none = {0, NULL};
     return kfd_store_check_judged(s, "", NULL, -ENOENT,
                                   &(kfd_judged_in){judged_policy, &none, &none, &none, &none, NULL, NULL, at}, err);
+}
+
+int kfd_store_check_tpm_clock(kfd_store *s, const char *node, const Keyfleet__V1__AttestClock *q, kf_err *err)
+{
+    if (q == NULL || !q->clock_known || q->rollback_audited)
+        return 0;
+    kfd_attest_record rec;
+    int r = kfd_store_get_attest(s, node, &rec);
+    if (r == -ENOENT)
+        return 0;
+    if (r != 0)
+        return kf_err_set(err, r, "reading the node's measured-boot record");
+    if (!rec.has_clock || !rec.has_tpm_clock || q->reset_count != rec.reset_count ||
+        q->restart_count != rec.restart_count || q->clock + KFD_TPM_CLOCK_APPLY_SLACK_MS >= rec.clock)
+        return 0;
+    return kf_err_set(err, -EAGAIN, "the TPM clock this was decided on (%" PRIu64 " ms) is behind this coordinator's "
+                      "record of the same boot (%" PRIu64 " ms): a second TPM with one state (a cloned TPM?)",
+                      q->clock, rec.clock);
 }
 
 int kfd_store_check_tofu(kfd_store *s, const char *node, const char *tofu, kf_err *err)

@@ -86,6 +86,18 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
  * recovery escrow): 0, -EAGAIN naming it, -EINVAL (a malformed digest) or a read's error. */
 int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_policy, int64_t at, kf_err *err);
 
+/* A quote's TPM clock judged again at apply (review rev44b K5): in the recorded boot (the same
+ * reset and restart counts), a clock more than this far behind the recorded one is a second TPM
+ * with the same state (a clone), whatever the handler's record said. Wide enough that two quotes
+ * of one boot decided in parallel and applied out of order never meet it (a decision reaches its
+ * apply within seconds); what it lets through inside it is the handler's check alone. */
+#define KFD_TPM_CLOCK_APPLY_SLACK_MS 300000ull
+
+/* 0, -EAGAIN (recorded as a refusal: the clock is behind this replica's record by more than the
+ * slack), or a read's error. A clock not known, a state the policy let through audited
+ * (rollback_audited) or another boot is not compared here (the counters are judged_tpm's). */
+int kfd_store_check_tpm_clock(kfd_store *s, const char *node, const Keyfleet__V1__AttestClock *q, kf_err *err);
+
 /* A first enrollment's trust on first use (CmdEnrollVolume.attest_tofu: the handler counted the
  * quote as attested because the node had no volumes and no accepted PCR values; review rev44b
  * K7), judged again from this replica's rows: 0 when it holds (or the same values are accepted

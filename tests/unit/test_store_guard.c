@@ -906,6 +906,31 @@ static void test_judged_inputs_at_apply(void **state)
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 8, &err), 0);
     judged_clock = NULL;
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 8, &err), 0);
+    /* The clock judged again (review rev44b K5): in the recorded boot, a quote's clock more than
+     * KFD_TPM_CLOCK_APPLY_SLACK_MS behind the record is a clone's, refused and recorded; one
+     * within it (two quotes of one boot applied out of order), one the policy let through audited
+     * and one of a later boot are not. */
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    kfd_judged_tpm(&rec, j.tpm);
+    Keyfleet__V1__AttestClock behind = clk;
+    behind.clock = 223456 + 400000; /* the record moves to this */
+    judged_clock = &behind;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    behind.clock = 223456 + 400000 - KFD_TPM_CLOCK_APPLY_SLACK_MS; /* at the slack: passes */
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    behind.clock = 223456; /* more than the slack behind */
+    uint64_t before_clock = audit_size(s);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "cloned TPM"));
+    assert_int_equal(audit_size(s), before_clock + 1);
+    behind.rollback_audited = true;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    behind.rollback_audited = false;
+    behind.restart_count = clk.restart_count + 1; /* a later boot: judged by its counters */
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    judged_clock = NULL;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    kfd_judged_tpm(&rec, j.tpm);
     rec.reset_count = 4; /* as a lowered record would say */
     bad = j;
     kfd_judged_tpm(&rec, bad.tpm);
