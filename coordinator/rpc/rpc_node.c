@@ -1220,6 +1220,8 @@ typedef struct rotate_op {
     bool offline_fallback; /* the volume's rule lets the node keep a TPM copy (BEGIN's answer) */
     bool names_pcrs;       /* BEGIN names the PCRs for the TPM copy or TPM part, as Enroll does */
     kfd_judged judged;     /* what the decision rests on, for the apply to judge again */
+    Keyfleet__V1__AttestClock clock; /* the quote's counters and clock, when has_clock */
+    bool has_clock;
 } rotate_op;
 
 static void rotate_op_free(rotate_op *op)
@@ -1360,6 +1362,7 @@ static void on_rotate_key(void *arg, const kfd_kms_result *res)
     kfd_judged_fields(&op->judged, &(kfd_judged_out){&c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm,
                                                        &c.judged_auth, &c.auth_cert_serial, &c.auth_token_id});
     c.audit = &a.entry;
+    c.attest_clock = op->has_clock ? &op->clock : NULL; /* judged again at apply (R45c-1) */
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ROTATE_KEY;
     cmd.rotate_key = &c;
@@ -1468,6 +1471,7 @@ static rotate_op *rotate_checks(kfd_call *call, const Keyfleet__V1__RotateKeyReq
         kfd_volume_clear(vol);
         return NULL;
     }
+    attest_clock_of(&att, &op->clock, &op->has_clock);
     snprintf(op->action, sizeof(op->action), "%s", action);
     snprintf(op->request_id, sizeof(op->request_id), "%s", req->request_id);
     snprintf(op->volume_id, sizeof(op->volume_id), "%s", req->volume->id);

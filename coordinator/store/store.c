@@ -148,6 +148,10 @@ static const char *const migrations[] = {
      * clock rules hold from the next quote on. */
     "ALTER TABLE node_attest ADD COLUMN seen_clock INTEGER;"
     "ALTER TABLE node_attest ADD COLUMN seen_safe INTEGER;",
+    /* 20: the certificate serial an approval (or a proposal, its first) was given with (review
+     * rev45c R45c-3): revoking that certificate withdraws what it approved and not yet used,
+     * whatever kind and name the revocation names. NULL: given before, or by no certificate. */
+    "ALTER TABLE approvals ADD COLUMN serial TEXT;",
 };
 
 static const char *const sql[ST_COUNT] = {
@@ -177,14 +181,14 @@ static const char *const sql[ST_COUNT] = {
                          "ON CONFLICT (operator) DO UPDATE SET failures = ?2, locked_until = ?3",
     [ST_CERT_REVOKE] = "INSERT INTO revoked_certs (serial, kind, name, reason, revoked_at) VALUES (?, ?, ?, ?, ?)",
     [ST_CERT_GET] = "SELECT 1 FROM revoked_certs WHERE serial = ?",
-    /* An operator's certificate revoked: its approvals of requests still waiting or approved and
-     * not yet used stop counting (review rev45b R45b-2), then are removed. */
+    /* A certificate revoked: the approvals given with it to requests still waiting or approved
+     * and not yet used stop counting (reviews rev45b R45b-2, rev45c R45c-3), then are removed. */
     [ST_APPROVALS_WITHDRAW_COUNT] =
         "UPDATE pending SET approvals_have = approvals_have - (SELECT count(*) FROM approvals a WHERE "
-        "a.request_id = pending.request_id AND a.operator = ?1), state = CASE WHEN approvals_have - (SELECT count(*) "
-        "FROM approvals a WHERE a.request_id = pending.request_id AND a.operator = ?1) >= approvals_needed THEN state "
-        "ELSE 0 END WHERE state IN (0, 1) AND request_id IN (SELECT request_id FROM approvals WHERE operator = ?1)",
-    [ST_APPROVALS_WITHDRAW] = "DELETE FROM approvals WHERE operator = ?1 AND request_id IN (SELECT request_id FROM "
+        "a.request_id = pending.request_id AND a.serial = ?1), state = CASE WHEN approvals_have - (SELECT count(*) "
+        "FROM approvals a WHERE a.request_id = pending.request_id AND a.serial = ?1) >= approvals_needed THEN state "
+        "ELSE 0 END WHERE state IN (0, 1) AND request_id IN (SELECT request_id FROM approvals WHERE serial = ?1)",
+    [ST_APPROVALS_WITHDRAW] = "DELETE FROM approvals WHERE serial = ?1 AND request_id IN (SELECT request_id FROM "
                               "pending WHERE state IN (0, 1))",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_DATA_VERSION] = "PRAGMA data_version",
@@ -304,7 +308,7 @@ static const char *const sql[ST_COUNT] = {
                         "FROM pending WHERE state = 0 ORDER BY created_at, request_id",
     [ST_PENDING_EXPIRED] = "SELECT request_id FROM pending WHERE state = 0 AND expires_at <= ? "
                            "ORDER BY expires_at LIMIT ?",
-    [ST_APPROVAL_INSERT] = "INSERT INTO approvals (request_id, operator, at) VALUES (?, ?, ?)",
+    [ST_APPROVAL_INSERT] = "INSERT INTO approvals (request_id, operator, at, serial) VALUES (?, ?, ?, ?)",
     [ST_APPROVAL_GET] = "SELECT 1 FROM approvals WHERE request_id = ? AND operator = ?",
     [ST_APPROVALS_OF] = "SELECT operator FROM approvals WHERE request_id = ? ORDER BY at, operator",
     [ST_TOTP_INSERT] = "INSERT INTO totp_used (operator, step) VALUES (?, ?)",

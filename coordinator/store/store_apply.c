@@ -106,6 +106,11 @@ int kfd_store_record_approval(kfd_store *s, const char *request_id, const char *
     kfd_bind_text(st, 1, request_id);
     kfd_bind_text(st, 2, op);
     sqlite3_bind_int64(st, 3, at);
+    /* The certificate it was given with (the command's caller), so its revocation withdraws it. */
+    if (s->applying_serial != NULL && s->applying_serial[0] != '\0')
+        kfd_bind_text(st, 4, s->applying_serial);
+    else
+        sqlite3_bind_null(st, 4);
     if ((r = kfd_store_step_done(s, st, "recording the approval", err)) != 0)
         return r;
     st = kfd_store_stmt(s, ST_PENDING_ADD_APPROVAL);
@@ -592,8 +597,11 @@ int kfd_store_apply_batch(kfd_store *s, const Keyfleet__V1__StateCommand *const 
         uint64_t seq = 0;
         int cr = cmds[i] != NULL ? kfd_store_command_allowed(s, cmds[i], &errs[i])
                                  : kf_err_set(&errs[i], -EINVAL, "replicated entry could not be decoded");
-        if (cr == 0)
+        if (cr == 0) {
+            s->applying_serial = cmds[i]->auth_cert_serial;
             cr = kfd_store_apply_one(s, cmds[i], &seq, &errs[i]);
+            s->applying_serial = NULL;
+        }
         if (cr != 0 && s->failed) {
             r = cr;
             tx_err = errs[i];

@@ -170,6 +170,8 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
     if (c->audit == NULL || strlen(c->kcv) != 22 || (!c->commit && c->next_wrapped_key[0] == '\0'))
         return kf_err_set(err, -EINVAL, "rotate command incomplete");
     int r = kfd_store_check_not_revoked(s, c->node, err);
+    if (r == 0) /* a cloned TPM's quote (review rev45c R45c-1) */
+        r = kfd_store_check_tpm_clock(s, c->node, c->attest_clock, err);
     if (r != 0)
         return r;
     kfd_volume v;
@@ -377,14 +379,15 @@ int kfd_store_apply_revoke_cert(kfd_store *s, const Keyfleet__V1__CmdRevokeCert 
     int r = kfd_store_step_done(s, st, "revoking the certificate", err);
     if (r == -EEXIST)
         return kf_err_set(err, -EEXIST, "certificate %s is already revoked", c->serial);
-    /* An operator's approvals of requests not yet decided or used stop counting (review rev45b
-     * R45b-2): what a lost or stolen certificate approved is withdrawn with it. By name, so every
-     * certificate of that operator loses them (the safe side). */
-    if (r == 0 && strcmp(c->kind, "operator") == 0) {
+    /* The approvals given with this certificate to requests not yet decided or used stop counting
+     * (reviews rev45b R45b-2, rev45c R45c-3, R45c-4): what a lost or stolen certificate approved
+     * is withdrawn with it, by its serial (the kind and name a revocation gives are the caller's
+     * words). */
+    if (r == 0) {
         static const int withdraw[] = {ST_APPROVALS_WITHDRAW_COUNT, ST_APPROVALS_WITHDRAW};
         for (size_t i = 0; r == 0 && i < sizeof(withdraw) / sizeof(withdraw[0]); i++) {
             st = kfd_store_stmt(s, withdraw[i]);
-            kfd_bind_text(st, 1, c->name);
+            kfd_bind_text(st, 1, c->serial);
             r = kfd_store_step_done(s, st, "withdrawing the operator's approvals", err);
         }
     }

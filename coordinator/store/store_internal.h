@@ -121,6 +121,9 @@ struct kfd_store {
     /* The digest of the stored policy (store_judged.c), made at the first release applied after
      * an open, a snapshot install or a policy write, not at every one. */
     bool policy_judged_ok;
+    /* The caller serial of the command being applied (StateCommand.auth_cert_serial), for the
+     * approvals it records; NULL outside an apply. */
+    const char *applying_serial;
     uint8_t policy_judged[32];
     char failure[256];
     /* The audit chain's head: committed, and tentative inside a transaction. */

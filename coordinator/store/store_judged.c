@@ -304,12 +304,17 @@ int kfd_store_check_tpm_clock(kfd_store *s, const char *node, const Keyfleet__V1
         return 0;
     if (r != 0)
         return kf_err_set(err, r, "reading the node's measured-boot record");
-    if (!rec.has_clock || !rec.has_tpm_clock || q->reset_count != rec.reset_count ||
-        q->restart_count != rec.restart_count || q->clock + KFD_TPM_CLOCK_APPLY_SLACK_MS >= rec.clock)
+    if (!rec.has_clock || !rec.has_tpm_clock)
+        return 0;
+    bool same = q->reset_count == rec.reset_count && q->restart_count == rec.restart_count;
+    bool later = q->reset_count > rec.reset_count ||
+                 (q->reset_count == rec.reset_count && q->restart_count > rec.restart_count);
+    if ((!same && !later) || q->clock + (same ? KFD_TPM_CLOCK_APPLY_SLACK_MS : KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS) >=
+                                 rec.clock)
         return 0;
     return kf_err_set(err, -EAGAIN, "the TPM clock this was decided on (%" PRIu64 " ms) is behind this coordinator's "
-                      "record of the same boot (%" PRIu64 " ms): a second TPM with one state (a cloned TPM?)",
-                      q->clock, rec.clock);
+                      "record (%" PRIu64 " ms) by more than %s explains: a second TPM with one state (a cloned TPM?)",
+                      q->clock, rec.clock, same ? "parallel quotes" : "a reboot");
 }
 
 int kfd_store_check_tofu(kfd_store *s, const char *node, const char *tofu, kf_err *err)

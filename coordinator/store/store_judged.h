@@ -92,10 +92,16 @@ int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_polic
  * of one boot decided in parallel and applied out of order never meet it (a decision reaches its
  * apply within seconds); what it lets through inside it is the handler's check alone. */
 #define KFD_TPM_CLOCK_APPLY_SLACK_MS 300000ull
+/* Across a reboot (higher counters) a TPM's clock may go back by what it had not saved to NV,
+ * at most 2^22 ms (TPM 2.0 Part 1; core/tpm_state.h's rule 3): more, plus the slack above, is a
+ * copied state (review rev45c R45c-2). */
+#define KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS ((1ull << 22) + KFD_TPM_CLOCK_APPLY_SLACK_MS)
 
 /* 0, -EAGAIN (recorded as a refusal: the clock is behind this replica's record by more than the
- * slack), or a read's error. A clock not known, a state the policy let through audited
- * (rollback_audited) or another boot is not compared here (the counters are judged_tpm's). */
+ * slack, in the same boot or, by more than a power loss explains, across a reboot), or a read's
+ * error. A clock not known or a state the policy let through audited (rollback_audited) is not
+ * compared; counters that went back are judged_tpm's. Open: a clock run ahead of real time (the
+ * handler's rule 4) is not judged here. */
 int kfd_store_check_tpm_clock(kfd_store *s, const char *node, const Keyfleet__V1__AttestClock *q, kf_err *err);
 
 /* A first enrollment's trust on first use (CmdEnrollVolume.attest_tofu: the handler counted the

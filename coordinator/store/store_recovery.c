@@ -127,10 +127,16 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
         return r;
     }
     bool owner = strcmp(v.node, c->node) == 0, retired = v.retired_at != 0, two_part = v.tpm_and_network;
+    /* ZFS or LUKS2 decides what is escrowed and what is replaced: this replica's row, not the
+     * handler's (review rev45c R45c-5: a volume kind edited on the leader). */
+    bool zfs_row = v.kind == KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS;
     int64_t key_made = v.key_created_at;
     char key_kcv[sizeof(v.key_kcv)];
     snprintf(key_kcv, sizeof(key_kcv), "%s", v.key_kcv);
     kfd_volume_clear(&v);
+    if (zfs_row != c->zfs)
+        return kf_err_set(err, -EAGAIN, "the volume kind this escrow was decided on (%s) is not this coordinator's "
+                          "(changed since, or a database edited); retry", c->zfs ? "ZFS" : "LUKS2");
     if (!owner)
         return kf_err_set(err, -EACCES, "volume %s was enrolled by another node", c->volume_id);
     if (retired)

@@ -455,6 +455,7 @@ static void test_held_attest_accept_is_compare_and_swap(void **state)
 
 static bool enroll_two_part; /* the next enroll is under tpm_and_network */
 static const char *enroll_tofu; /* the next enroll was decided as the node's first (trust on first use) */
+static bool enroll_zfs;         /* the next enroll is of a ZFS dataset (else LUKS2) */
 
 static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
 {
@@ -463,7 +464,7 @@ static int enroll(kfd_store *s, const char *vol, const char *node, int64_t at)
     a.e.request_id = (char *)RID;
     Keyfleet__V1__VolumeRef v = KEYFLEET__V1__VOLUME_REF__INIT;
     v.id = (char *)vol;
-    v.kind = KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
+    v.kind = enroll_zfs ? KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_ZFS : KEYFLEET__V1__VOLUME_KIND__VOLUME_KIND_LUKS2;
     v.name = (char *)"data";
     Keyfleet__V1__CmdEnrollVolume c = KEYFLEET__V1__CMD_ENROLL_VOLUME__INIT;
     c.volume = &v;
@@ -695,6 +696,7 @@ static int judged_rotate(kfd_store *s, const kfd_judged *j, int64_t at, kf_err *
     c.node = (char *)"n1";
     c.next_wrapped_key = (char *)"kf:local:v1:next";
     c.kcv = (char *)KCV2;
+    c.attest_clock = judged_clock;
     c.audit = &a.e;
     kfd_judged_fields(j, &(kfd_judged_out){&c.judged_policy, &c.judged_volume, &c.judged_pcrs, &c.judged_tpm,
                                              &c.judged_auth, &c.auth_cert_serial, &c.auth_token_id});
@@ -928,6 +930,26 @@ static void test_judged_inputs_at_apply(void **state)
     behind.rollback_audited = false;
     behind.restart_count = clk.restart_count + 1; /* a later boot: judged by its counters */
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    /* A rotation's quote too (review rev45c R45c-1): the record at 1 000 000 ms in this boot, a
+     * rotation quoting more than the slack behind it is refused for its clock, before anything
+     * else is judged. */
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    kfd_judged_tpm(&rec, j.tpm); /* the later boot's counters */
+    behind.clock = 1000000;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    behind.clock = 1000000 - KFD_TPM_CLOCK_APPLY_SLACK_MS - 1;
+    assert_int_equal(judged_rotate(s, &j, T0 + 9, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "cloned TPM"));
+    /* A later boot whose clock went back by more than a power loss explains (R45c-2, rule 3);
+     * the record at 2^23 ms first. */
+    behind.clock = 1ull << 23;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    behind.restart_count++;
+    behind.clock = (1ull << 23) - KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS - 1;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "a reboot explains"));
+    behind.clock = (1ull << 23) - KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS; /* what a power loss may lose */
+    assert_int_equal(kfd_store_check_tpm_clock(s, "n1", &behind, &err), 0);
     judged_clock = NULL;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     kfd_judged_tpm(&rec, j.tpm);
@@ -1431,14 +1453,19 @@ static void test_operator_denylisted_at_apply(void **state)
     assert_int_equal(approve_as(s, RID, "alice", "0a11ce", T0 + 2), 0);
     assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
     assert_int_equal(create_pending(s, RID2, "n1", "v1", 1, T0 + 600, false), 0);
-    assert_int_equal(approve_as(s, RID2, "mallory", NULL, T0 + 3), 0);
-    /* Revoking an operator's certificate withdraws that operator's approvals of requests not yet
-     * decided or used (review rev45b R45b-2): RID2 (approved by mallory alone, not yet released)
-     * waits again; RID3 (one of two) lost mallory's, so alice's does not complete it; RID (alice's)
-     * keeps its approval. */
+    assert_int_equal(approve_as(s, RID2, "mallory", "0bad2", T0 + 3), 0);
+    /* Revoking a certificate withdraws the approvals given with it to requests not yet decided
+     * or used (reviews rev45b R45b-2, rev45c R45c-3): RID2 (approved with it alone, not yet
+     * released) waits again; RID3 (one of two) lost it, so alice's does not complete it; RID
+     * (alice's) keeps its approval. By the serial, whatever kind and name the revocation gives
+     * (keyfleetctl cert revoke SERIAL gives none). */
     assert_int_equal(create_pending(s, RID3, "n1", "v1", 2, T0 + 600, false), 0);
-    assert_int_equal(approve_as(s, RID3, "mallory", NULL, T0 + 4), 0);
-    assert_int_equal(revoke_cert(s, "0bad2", "operator", "mallory"), 0);
+    assert_int_equal(approve_as(s, RID3, "mallory", "0bad2", T0 + 4), 0);
+    /* A revocation naming alice but another serial (any operator can revoke a serial) withdraws
+     * nothing of hers (R45c-4). */
+    assert_int_equal(revoke_cert(s, "0f00", "operator", "alice"), 0);
+    assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
+    assert_int_equal(revoke_cert(s, "0bad2", "", ""), 0);
     kfd_pending p;
     assert_int_equal(kfd_store_get_pending(s, RID2, &p), 0);
     assert_int_equal(p.state, KFD_PENDING_WAITING);
@@ -1446,12 +1473,12 @@ static void test_operator_denylisted_at_apply(void **state)
     bool dup = true;
     assert_int_equal(kfd_store_has_approved(s, RID3, "mallory", &dup), 0);
     assert_false(dup);
-    assert_int_equal(approve_as(s, RID3, "alice", NULL, T0 + 5), 0);
+    assert_int_equal(approve_as(s, RID3, "alice", "0a11ce", T0 + 5), 0);
     assert_int_equal(state_of(s, RID3), KFD_PENDING_WAITING);
     assert_int_equal(state_of(s, RID), KFD_PENDING_APPROVED);
-    /* A node's certificate revoked withdraws no operator's approval. */
-    assert_int_equal(approve_as(s, RID2, "mallory", NULL, T0 + 6), 0);
-    assert_int_equal(revoke_cert(s, "0bad3", "node", "mallory"), 0);
+    /* An approval given with another certificate (or none) is not withdrawn with this one. */
+    assert_int_equal(approve_as(s, RID2, "mallory", "0600d", T0 + 6), 0);
+    assert_int_equal(revoke_cert(s, "0bad3", "operator", "mallory"), 0);
     assert_int_equal(state_of(s, RID2), KFD_PENDING_APPROVED);
     kfd_store_close(s);
 }
@@ -1652,7 +1679,9 @@ static void test_recovery_zfs_same_second(void **state)
     (void)state;
     kfd_store *s = open_db("recovery_l2.db");
     kfd_recovery rec;
+    enroll_zfs = true;
     assert_int_equal(enroll(s, "vz", "n1", T0), 0);
+    enroll_zfs = false;
     assert_int_equal(release_kcv(s, "n1", "vz", KCV1, T0 + 1), 0);
     assert_int_equal(escrow(s, "n1", "vz", RID, "", true, T0 + 1), 0);
     assert_int_equal(rotate(s, "n1", "vz", false, KCV2, T0 + 5), 0);
@@ -1749,8 +1778,11 @@ static void test_recovery_at_apply(void **state)
     assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0 + 3), -EACCES);
     refusal_recorded(s, "was revealed");
 
-    /* ZFS: the revealed key is the dataset's; not rotated since the reveal, it is not replaced. */
-    assert_int_equal(escrow(s, "n1", "v1", RID3, "", true, T0 + 4), -ESTALE);
+    /* An escrow decided as a ZFS dataset's for a LUKS2 volume (the kind edited on the leader) is
+     * refused and recorded: it would drop the only recovery key the keyslot has (review rev45c
+     * R45c-5). A ZFS dataset's revealed key: test_recovery_zfs_same_second. */
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "", true, T0 + 4), -ECANCELED);
+    refusal_recorded(s, "volume kind this escrow was decided on (ZFS)");
     assert_int_equal(to_replace(s, "n1"), 1);
 
     /* Review rev26b F3: LUKS2, the replacement waits apart; the revealed key stays escrowed and
