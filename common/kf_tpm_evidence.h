@@ -116,6 +116,14 @@ typedef struct kf_tpm_clock {
     bool safe;
 } kf_tpm_clock;
 
+/* How far a TPM's clock may legitimately go back across a reset after a power loss: TPM 2.0
+ * Part 1 ("Clock") has the TPM save Clock to NV at least every 2^22 ms (about 70 minutes), and
+ * a TPM that restarts without an orderly shutdown resumes from the saved value. The spec says
+ * it then reports safe = NO, but libtpms (swtpm) was seen reporting YES after a kill, so the
+ * slack applies whatever safe says. Used by the handler's check (coordinator/core/tpm_state.h)
+ * and the apply's (store_judged.h). */
+#define KF_TPM_CLOCK_NV_SLACK_MS (1ull << 22)
+
 /* The qualifying data of a quote: SHA-256 over "keyfleet quote v1", the TLS connection's
  * exporter value (RFC 8446 7.5, label KF_TPM_QUOTE_EXPORTER_LABEL, no context, 32 bytes), and
  * the request: its method ("Enroll", "Release"), volume id, the agent's ephemeral public key and

@@ -37,7 +37,7 @@ kfd_tpm_verdict kfd_tpm_state_check(const kfd_tpm_state *rec, const kf_tpm_clock
                    q, rec);
     /* Not q->safe: libtpms (swtpm) reports safe = YES after a kill with the clock back by what
      * the last NV save lost (seen: 48 s), so the flag cannot narrow the slack. */
-    uint64_t slack = KFD_TPM_CLOCK_NV_SLACK_MS;
+    uint64_t slack = KF_TPM_CLOCK_NV_SLACK_MS;
     if (!same && q->clock + slack < rec->clock)
         return say(KFD_TPM_STATE_CLOCK_BACK, why, size,
                    "the TPM's clock went backwards across a reboot by more than a power loss explains",

@@ -10,12 +10,6 @@
 
 #include "kf_tpm_evidence.h"
 
-/* How far a TPM's clock may legitimately go back across a reset after a power loss: TPM 2.0
- * Part 1 ("Clock") has the TPM save Clock to NV at least every 2^22 ms (about 70 minutes), and
- * a TPM that restarts without an orderly shutdown resumes from the saved value. The spec says
- * it then reports safe = NO, but libtpms (swtpm) was seen reporting YES after a kill, so the
- * slack applies whatever safe says. */
-#define KFD_TPM_CLOCK_NV_SLACK_MS (1ull << 22)
 /* The most a clock may run ahead of the coordinators' time between two quotes: 5/4 of the time
  * elapsed (the TPM's own rate error) plus 300 s (coordinators' clocks and the quote's age). */
 #define KFD_TPM_CLOCK_JUMP_SLACK_MS 300000ull
@@ -43,7 +37,7 @@ typedef enum kfd_tpm_verdict {
  *  1. (reset, restart) lower than recorded: COUNTERS_BACK.
  *  2. the same (reset, restart): clock < recorded clock: CLOCK_BACK (within one power cycle
  *     the clock only goes forward; TPM2_ClockSet only advances it).
- *  3. higher (reset, restart): clock < recorded clock - KFD_TPM_CLOCK_NV_SLACK_MS: CLOCK_BACK
+ *  3. higher (reset, restart): clock < recorded clock - KF_TPM_CLOCK_NV_SLACK_MS: CLOCK_BACK
  *     (more than a power loss can lose).
  *  4. clock - recorded clock > (now - at) * 1000 * 5/4 + KFD_TPM_CLOCK_JUMP_SLACK_MS:
  *     CLOCK_JUMP (a TPM's clock runs only while it is powered, at about real time; a clone

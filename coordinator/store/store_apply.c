@@ -323,12 +323,10 @@ static int apply_enroll_volume(kfd_store *s, const Keyfleet__V1__StateCommand *c
         r = kfd_store_check_judged(s, c->node, NULL, -ENOENT,
                                    &(kfd_judged_in){&c->judged_policy, &none, &c->judged_pcrs, &c->judged_tpm,
                                                     &c->judged_auth, c->auth_cert_serial, c->auth_token_id,
-                                                    audit_time(c->audit)},
+                                                    audit_time(c->audit), c->attest_clock},
                                    err);
     if (r == 0)
         r = kfd_store_check_tofu(s, c->node, c->attest_tofu, err);
-    if (r == 0)
-        r = kfd_store_check_tpm_clock(s, c->node, c->attest_clock, err);
     if (r == 0)
         r = apply_enroll(s, cmd->enroll_volume, err);
     if (r == 0 && cmd->enroll_volume->attest_tofu[0] != '\0')

@@ -126,7 +126,7 @@ static int release_volume_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRel
         r = kfd_store_check_judged(s, c->node, &v, vr,
                                    &(kfd_judged_in){&c->judged_policy, &c->judged_volume, &c->judged_pcrs,
                                                     &c->judged_tpm, &c->judged_auth, c->auth_cert_serial,
-                                                    c->auth_token_id, audit_time(c->audit)},
+                                                    c->auth_token_id, audit_time(c->audit), c->attest_clock},
                                    err);
     if (r == 0)
         r = release_key_current(s, &v, vr, c, err);
@@ -142,8 +142,6 @@ int kfd_store_release_allowed(kfd_store *s, const Keyfleet__V1__CmdRecordRelease
     if (c->audit == NULL || c->audit->decision != KEYFLEET__V1__DECISION__DECISION_ALLOW)
         return 0; /* a refusal is recorded whatever the state */
     int r = kfd_store_check_not_revoked(s, c->node, err);
-    if (r == 0)
-        r = kfd_store_check_tpm_clock(s, c->node, c->attest_clock, err);
     if (r == 0)
         r = release_volume_allowed(s, c, err);
     if (r != 0 || !c->approved_request)
@@ -170,8 +168,6 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
     if (c->audit == NULL || strlen(c->kcv) != 22 || (!c->commit && c->next_wrapped_key[0] == '\0'))
         return kf_err_set(err, -EINVAL, "rotate command incomplete");
     int r = kfd_store_check_not_revoked(s, c->node, err);
-    if (r == 0) /* a cloned TPM's quote (review rev45c R45c-1) */
-        r = kfd_store_check_tpm_clock(s, c->node, c->attest_clock, err);
     if (r != 0)
         return r;
     kfd_volume v;
@@ -188,7 +184,8 @@ int kfd_store_apply_rotate(kfd_store *s, const Keyfleet__V1__CmdRotateKey *c, ui
     } else if ((r = kfd_store_check_judged(s, c->node, &v, 0,
                                            &(kfd_judged_in){&c->judged_policy, &c->judged_volume, &c->judged_pcrs,
                                                             &c->judged_tpm, &c->judged_auth, c->auth_cert_serial,
-                                                            c->auth_token_id, audit_time(c->audit)},
+                                                            c->auth_token_id, audit_time(c->audit),
+                                                            c->attest_clock /* review rev45c R45c-1 */},
                                            err)) != 0) {
         /* the policy or labels it was decided on are not this replica's */
     } else if (!c->commit) {

@@ -204,6 +204,25 @@ static int differs(const char *what, kf_err *err)
                       "a coordinator's database edited outside keyfleetd); retry", what);
 }
 
+/* A quote's TPM clock against this replica's record (rec NULL: none; review rev44b K5, rev45c
+ * R45c-2): 0, or -EAGAIN when it is behind by more than parallel quotes of one boot or a reboot's
+ * power loss explain. A clock not known, or a state the policy let through audited, is not
+ * compared; counters that went back are judged_tpm's. */
+static int tpm_clock_behind(const Keyfleet__V1__AttestClock *q, const kfd_attest_record *rec, kf_err *err)
+{
+    if (q == NULL || !q->clock_known || q->rollback_audited || rec == NULL || !rec->has_clock || !rec->has_tpm_clock)
+        return 0;
+    bool same = q->reset_count == rec->reset_count && q->restart_count == rec->restart_count;
+    bool later = q->reset_count > rec->reset_count ||
+                 (q->reset_count == rec->reset_count && q->restart_count > rec->restart_count);
+    uint64_t slack = same ? KFD_TPM_CLOCK_APPLY_SLACK_MS : KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS;
+    if ((!same && !later) || q->clock >= rec->clock || rec->clock - q->clock <= slack) /* no sum to overflow */
+        return 0;
+    return kf_err_set(err, -EAGAIN, "the TPM clock this was decided on (%" PRIu64 " ms) is behind this coordinator's "
+                      "record (%" PRIu64 " ms) by more than %s explains: a second TPM with one state (a cloned TPM?)",
+                      q->clock, rec->clock, same ? "parallel quotes" : "a reboot");
+}
+
 int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
                            kf_err *err)
 {
@@ -244,8 +263,8 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
         if (CRYPTO_memcmp(d, volume->data, KFD_JUDGED_LEN) != 0)
             return differs("volume owner, name and labels", err);
     }
-    if (pcrs->len != 0 || tpm->len != 0) {
-        kfd_attest_record rec;
+    if (pcrs->len != 0 || tpm->len != 0 || in->clock != NULL) {
+        kfd_attest_record rec; /* read once for the PCRs, the counters and the clock */
         r = kfd_store_get_attest(s, node, &rec);
         if (r != 0 && r != -ENOENT)
             return kf_err_set(err, r, "reading the node's measured-boot record");
@@ -265,6 +284,8 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
             return kf_err_set(err, -ENOMEM, "digesting the recorded TPM counters");
         if (tpm->len != 0 && CRYPTO_memcmp(d, tpm->data, KFD_JUDGED_LEN) != 0)
             return differs("recorded TPM counters", err);
+        if ((r = tpm_clock_behind(in->clock, r == 0 ? &rec : NULL, err)) != 0)
+            return r;
     }
     if (policy->len != 0) {
         /* Kept from the last read of the row (invalidated by a policy write, a snapshot install
@@ -291,30 +312,7 @@ int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_polic
 {
     ProtobufCBinaryData none = {0, NULL};
     return kfd_store_check_judged(s, "", NULL, -ENOENT,
-                                  &(kfd_judged_in){judged_policy, &none, &none, &none, &none, NULL, NULL, at}, err);
-}
-
-int kfd_store_check_tpm_clock(kfd_store *s, const char *node, const Keyfleet__V1__AttestClock *q, kf_err *err)
-{
-    if (q == NULL || !q->clock_known || q->rollback_audited)
-        return 0;
-    kfd_attest_record rec;
-    int r = kfd_store_get_attest(s, node, &rec);
-    if (r == -ENOENT)
-        return 0;
-    if (r != 0)
-        return kf_err_set(err, r, "reading the node's measured-boot record");
-    if (!rec.has_clock || !rec.has_tpm_clock)
-        return 0;
-    bool same = q->reset_count == rec.reset_count && q->restart_count == rec.restart_count;
-    bool later = q->reset_count > rec.reset_count ||
-                 (q->reset_count == rec.reset_count && q->restart_count > rec.restart_count);
-    if ((!same && !later) || q->clock + (same ? KFD_TPM_CLOCK_APPLY_SLACK_MS : KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS) >=
-                                 rec.clock)
-        return 0;
-    return kf_err_set(err, -EAGAIN, "the TPM clock this was decided on (%" PRIu64 " ms) is behind this coordinator's "
-                      "record (%" PRIu64 " ms) by more than %s explains: a second TPM with one state (a cloned TPM?)",
-                      q->clock, rec.clock, same ? "parallel quotes" : "a reboot");
+                                  &(kfd_judged_in){judged_policy, &none, &none, &none, &none, NULL, NULL, at, NULL}, err);
 }
 
 int kfd_store_check_tofu(kfd_store *s, const char *node, const char *tofu, kf_err *err)

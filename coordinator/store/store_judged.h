@@ -22,6 +22,7 @@
 #include "keyfleet/v1/state.pb-c.h"
 
 #include "kf_err.h"
+#include "kf_tpm_evidence.h"
 #include "store/store.h"
 #include "store/store_approle.h"
 #include "store/store_read.h"
@@ -44,6 +45,9 @@ typedef struct kfd_judged_in {
     const ProtobufCBinaryData *policy, *volume, *pcrs, *tpm, *auth;
     const char *cert_serial, *token_id;
     int64_t at; /* the command's audit time */
+    /* The quote's counters and clock (NULL: none), against the recorded clock (the slacks above;
+     * review rev44b K5): behind by more than they explain is -EAGAIN. */
+    const Keyfleet__V1__AttestClock *clock;
 } kfd_judged_in;
 
 /* The command fields kfd_judged_fields fills (volume NULL: a command without one). */
@@ -92,17 +96,11 @@ int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_polic
  * of one boot decided in parallel and applied out of order never meet it (a decision reaches its
  * apply within seconds); what it lets through inside it is the handler's check alone. */
 #define KFD_TPM_CLOCK_APPLY_SLACK_MS 300000ull
-/* Across a reboot (higher counters) a TPM's clock may go back by what it had not saved to NV,
- * at most 2^22 ms (TPM 2.0 Part 1; core/tpm_state.h's rule 3): more, plus the slack above, is a
+/* Across a reboot (higher counters) a TPM's clock may go back by what it had not saved to NV
+ * (KF_TPM_CLOCK_NV_SLACK_MS; core/tpm_state.h's rule 3): more, plus the slack above, is a
  * copied state (review rev45c R45c-2). */
-#define KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS ((1ull << 22) + KFD_TPM_CLOCK_APPLY_SLACK_MS)
+#define KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS (KF_TPM_CLOCK_NV_SLACK_MS + KFD_TPM_CLOCK_APPLY_SLACK_MS)
 
-/* 0, -EAGAIN (recorded as a refusal: the clock is behind this replica's record by more than the
- * slack, in the same boot or, by more than a power loss explains, across a reboot), or a read's
- * error. A clock not known or a state the policy let through audited (rollback_audited) is not
- * compared; counters that went back are judged_tpm's. Open: a clock run ahead of real time (the
- * handler's rule 4) is not judged here. */
-int kfd_store_check_tpm_clock(kfd_store *s, const char *node, const Keyfleet__V1__AttestClock *q, kf_err *err);
 
 /* A first enrollment's trust on first use (CmdEnrollVolume.attest_tofu: the handler counted the
  * quote as attested because the node had no volumes and no accepted PCR values; review rev44b

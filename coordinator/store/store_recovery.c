@@ -120,7 +120,7 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     ProtobufCBinaryData none = {0, NULL};
     r = kfd_store_check_judged(s, c->node, &v, 0,
                                &(kfd_judged_in){&c->judged_policy, &c->judged_volume, &none, &none, &none, NULL, NULL,
-                                                audit_time(c->audit)},
+                                                audit_time(c->audit), NULL},
                                err);
     if (r != 0) {
         kfd_volume_clear(&v);

@@ -106,10 +106,9 @@ static int create_pending(kfd_store *s, const char *id, const char *node, const 
     return apply(s, &cmd, NULL);
 }
 
-/* An approval by an operator whose certificate has this serial (NULL: none carried). */
-static int approve_as(kfd_store *s, const char *id, const char *op, const char *serial, int64_t at);
-
-static int approve(kfd_store *s, const char *id, const char *op, int64_t step, int64_t at)
+/* An approval by op, given with the certificate whose serial this is (NULL: none carried). */
+static int approve_by(kfd_store *s, const char *id, const char *op, const char *serial, int64_t step, int64_t at,
+                      kf_err *err)
 {
     audit_at a;
     audit(&a, at, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW);
@@ -118,10 +117,23 @@ static int approve(kfd_store *s, const char *id, const char *op, int64_t step, i
     c.operator_ = (char *)op;
     c.audit = &a.e;
     c.totp_step = step;
+    c.judged_policy = judged_policy_field();
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
     cmd.approve = &c;
-    return apply(s, &cmd, NULL);
+    if (serial != NULL)
+        cmd.auth_cert_serial = (char *)serial;
+    return apply(s, &cmd, err);
+}
+
+static int approve(kfd_store *s, const char *id, const char *op, int64_t step, int64_t at)
+{
+    return approve_by(s, id, op, NULL, step, at, NULL);
+}
+
+static int approve_as(kfd_store *s, const char *id, const char *op, const char *serial, int64_t at)
+{
+    return approve_by(s, id, op, serial, 0, at, NULL);
 }
 
 static int record_release(kfd_store *s, const char *id, const char *node, const char *vol, bool approved, int64_t at)
@@ -949,7 +961,7 @@ static void test_judged_inputs_at_apply(void **state)
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), -ECANCELED);
     assert_non_null(strstr(err.msg, "a reboot explains"));
     behind.clock = (1ull << 23) - KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS; /* what a power loss may lose */
-    assert_int_equal(kfd_store_check_tpm_clock(s, "n1", &behind, &err), 0);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
     judged_clock = NULL;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     kfd_judged_tpm(&rec, j.tpm);
@@ -1407,23 +1419,6 @@ static void test_enroll_judged_at_apply(void **state)
     kfd_store_close(s);
 }
 
-static int approve_as(kfd_store *s, const char *id, const char *op, const char *serial, int64_t at)
-{
-    audit_at a;
-    audit(&a, at, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW);
-    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
-    c.request_id = (char *)id;
-    c.operator_ = (char *)op;
-    c.audit = &a.e;
-    c.judged_policy = judged_policy_field();
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
-    cmd.approve = &c;
-    if (serial != NULL)
-        cmd.auth_cert_serial = (char *)serial;
-    return apply(s, &cmd, NULL);
-}
-
 /* An operator command (here an approval) carries its caller's certificate serial, and each
  * replica refuses one that is on its own denylist (review rev44b K3), whatever the front door
  * that let the caller in read from its denylist. */
@@ -1435,17 +1430,7 @@ static void test_operator_denylisted_at_apply(void **state)
     assert_int_equal(revoke_cert(s, "0bad", "operator", "mallory"), 0);
     uint64_t before = audit_size(s);
     kf_err err = {0};
-    audit_at a;
-    audit(&a, T0 + 1, "approve", KEYFLEET__V1__DECISION__DECISION_ALLOW);
-    Keyfleet__V1__CmdApprove c = KEYFLEET__V1__CMD_APPROVE__INIT;
-    c.request_id = (char *)RID;
-    c.operator_ = (char *)"mallory";
-    c.audit = &a.e;
-    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
-    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_APPROVE;
-    cmd.approve = &c;
-    cmd.auth_cert_serial = (char *)"0bad";
-    assert_int_equal(apply(s, &cmd, &err), -EACCES);
+    assert_int_equal(approve_by(s, RID, "mallory", "0bad", 0, T0 + 1, &err), -EACCES);
     assert_non_null(strstr(err.msg, "serial 0bad) is on this coordinator's denylist"));
     assert_int_equal(state_of(s, RID), KFD_PENDING_WAITING); /* nothing applied */
     assert_int_equal(audit_size(s), before);

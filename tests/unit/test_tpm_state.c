@@ -63,11 +63,11 @@ static void test_reboot_clock_back(void **state)
 {
     (void)state;
     assert_int_equal(check(8, 0, CLOCK, true, AT + 10), KFD_TPM_STATE_OK);
-    assert_int_equal(check(8, 0, CLOCK - KFD_TPM_CLOCK_NV_SLACK_MS, true, AT + 10), KFD_TPM_STATE_OK);
-    assert_int_equal(check(8, 0, CLOCK - KFD_TPM_CLOCK_NV_SLACK_MS, false, AT + 10), KFD_TPM_STATE_OK);
-    assert_int_equal(check(8, 0, CLOCK - KFD_TPM_CLOCK_NV_SLACK_MS - 1, false, AT + 10), KFD_TPM_STATE_CLOCK_BACK);
-    assert_int_equal(check(8, 0, CLOCK - KFD_TPM_CLOCK_NV_SLACK_MS - 1, true, AT + 10), KFD_TPM_STATE_CLOCK_BACK);
-    assert_int_equal(check(7, 3, CLOCK - KFD_TPM_CLOCK_NV_SLACK_MS - 1, false, AT + 10), KFD_TPM_STATE_CLOCK_BACK);
+    assert_int_equal(check(8, 0, CLOCK - KF_TPM_CLOCK_NV_SLACK_MS, true, AT + 10), KFD_TPM_STATE_OK);
+    assert_int_equal(check(8, 0, CLOCK - KF_TPM_CLOCK_NV_SLACK_MS, false, AT + 10), KFD_TPM_STATE_OK);
+    assert_int_equal(check(8, 0, CLOCK - KF_TPM_CLOCK_NV_SLACK_MS - 1, false, AT + 10), KFD_TPM_STATE_CLOCK_BACK);
+    assert_int_equal(check(8, 0, CLOCK - KF_TPM_CLOCK_NV_SLACK_MS - 1, true, AT + 10), KFD_TPM_STATE_CLOCK_BACK);
+    assert_int_equal(check(7, 3, CLOCK - KF_TPM_CLOCK_NV_SLACK_MS - 1, false, AT + 10), KFD_TPM_STATE_CLOCK_BACK);
 }
 
 /* Rule 4: at most 5/4 of the time elapsed plus the slack ahead, at any counters. */
