@@ -43,7 +43,7 @@ static int parse_decision(const char *s, Keyfleet__V1__Decision *ret)
  * approle ones): a filter naming another would match nothing, so it is refused. */
 static const char *const audit_actions[] = {
     "approle_create", "approle_revoke", "approle_secret_id", "approve", "attest_accept", "attest_heartbeat", "attest_hold", "attest_unhold",
-    "auth_fail", "cert_revoke", "change_proposed", "checkpoint", "cluster_add", "cluster_remove", "dead_man_lock",
+    "auth_fail", "cert_revoke", "change_proposed", "checkpoint", "cluster_add", "cluster_change", "cluster_remove", "dead_man_lock",
     "deny", "enroll", "enroll_replay", "erase_confirm_refused", "erase_failed", "expire", "kms_rotate", "login",
     "node_wipe", "node_wipe_cancel", "offline_unlock", "pending", "policy_deny", "policy_put", "recovery_escrow",
     "recovery_replaced", "recovery_request", "recovery_reveal", "release", "reports_over_budget", "reports_refused",

@@ -974,6 +974,33 @@ static int change(kfd_repl *r, const char *name, const char *raft_addr, const ch
     return 0;
 }
 
+int kfd_repl_check_change(kfd_repl *r, const char *name, const char *raft_addr, const char *rpc_addr, kf_err *err)
+{
+    const char *why;
+    char leader[280];
+    if (!kfd_repl_writable(r, &why, leader, sizeof(leader)))
+        return kf_err_set(err, -EAGAIN, "%s", why);
+    if (r->raft.configuration_uncommitted_index != 0)
+        return kf_err_set(err, -EBUSY, "another membership change is in progress");
+    raft_id id = kfd_raft_id(name);
+    char addr[320];
+    if (raft_addr != NULL && kfd_raft_address(addr, sizeof(addr), name, raft_addr, rpc_addr) != 0)
+        return kf_err_set(err, -EINVAL, "member address too long");
+    bool member = false;
+    for (unsigned i = 0; i < r->raft.configuration.n; i++) {
+        const struct raft_server *s = &r->raft.configuration.servers[i];
+        if (s->id == id)
+            member = true;
+        else if (raft_addr != NULL && strcmp(s->address, addr) == 0)
+            return kf_err_set(err, -EEXIST, "another member has that address");
+    }
+    if (raft_addr != NULL && member)
+        return kf_err_set(err, -EEXIST, "%s is already a member", name);
+    if (raft_addr == NULL && !member)
+        return kf_err_set(err, -ENOENT, "%s is not a member", name);
+    return 0;
+}
+
 int kfd_repl_add(kfd_repl *r, const char *name, const char *raft_addr, const char *rpc_addr, kfd_repl_change_cb cb,
                  void *arg, kf_err *err)
 {

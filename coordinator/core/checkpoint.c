@@ -76,6 +76,12 @@ struct kfd_checkpointer {
     uint64_t next_settle_at;
     uint64_t reports_heard_at; /* loop time from which a voter's dispute report is heard again */
     peer_ask asks[MAX_VOTERS];
+    /* A change no replica's apply judges waits for a round over its record (kfd_checkpointer_reconfirm). */
+    struct {
+        kfd_reconfirm_cb cb;
+        void *arg;
+        uint64_t seq, term, deadline;
+    } waiter;
 };
 
 static int load_key_cert(kfd_checkpointer *c, const kfd_config *cfg, kf_err *err)
@@ -245,10 +251,32 @@ static void propose(kfd_checkpointer *c, const kfd_audit_head *h)
     OPENSSL_free(sig);
 }
 
+/* Tells the waiting change how its round went, once. */
+static void finish_waiter(kfd_checkpointer *c, int status, const char *why)
+{
+    kfd_reconfirm_cb cb = c->waiter.cb;
+    if (cb == NULL)
+        return;
+    void *arg = c->waiter.arg;
+    memset(&c->waiter, 0, sizeof(c->waiter));
+    kf_err err = {0};
+    if (status != 0)
+        kf_err_set(&err, status, "%s", why);
+    cb(arg, status, &err);
+}
+
 static void confirmed(kfd_checkpointer *c, const char *how)
 {
     if (c->confirmed_term == c->confirm_term)
         return;
+    if (c->waiter.cb != NULL && c->own.seq < c->waiter.seq) {
+        /* A round over a head from before the waiting change's record (one already under way)
+         * says nothing about the record: another round, committed after it, decides. */
+        c->round = 0;
+        c->passes = 0;
+        c->next_round_at = 0;
+        return;
+    }
     kfd_store_settle_dispute(c->app->store, how); /* a majority holds this leader's head and state */
     if (kfd_store_audit_diverged(c->app->store, NULL) != 0)
         return; /* another process wrote its database (rev17d D2): it stands down, confirmed or not */
@@ -260,6 +288,7 @@ static void confirmed(kfd_checkpointer *c, const char *how)
     kf_log_info("audit_head_confirmed", "term=%llu seq=%llu agree=%u voters=%u how=%s",
                 (unsigned long long)c->confirm_term, (unsigned long long)c->own.seq, c->tally.agree, c->tally.voters,
                 how);
+    finish_waiter(c, 0, NULL);
 }
 
 /* After each answer: a majority agreeing confirms this leader's head; a majority holding another
@@ -278,6 +307,7 @@ static void evaluate(kfd_checkpointer *c)
                  "entries (this replica: %llu records): this replica's log was changed", c->tally.disagree, c->tally.voters,
                  (unsigned long long)c->own.seq);
         kfd_store_mark_outvoted(c->app->store, c->own.seq != 0 ? c->own.seq : 1, why);
+        finish_waiter(c, -EPERM, why);
         return;
     }
     if (c->pending == 0) {
@@ -512,10 +542,26 @@ static void confirm(kfd_checkpointer *c, uint64_t term)
     kfd_commit(c->app, &cmd, on_check_committed, c);
 }
 
+/* The waiting change's round cannot end well: this replica failed, diverged or stopped leading,
+ * or the voters did not answer in time. */
+static void check_waiter(kfd_checkpointer *c, uint64_t term)
+{
+    if (c->waiter.cb == NULL)
+        return;
+    kfd_store *store = c->app->store;
+    if (store == NULL || kfd_store_failed(store) || kfd_store_audit_diverged(store, NULL) != 0)
+        finish_waiter(c, -EPERM, "this coordinator's audit log is diverged or its store failed");
+    else if (term != c->waiter.term)
+        finish_waiter(c, -EAGAIN, "this coordinator stopped leading before the voters confirmed its audit head");
+    else if (uv_now(c->timer.loop) >= c->waiter.deadline)
+        finish_waiter(c, -ETIMEDOUT, "a majority of voters did not confirm this leader's audit head in time");
+}
+
 static void on_tick(uv_timer_t *t)
 {
     kfd_checkpointer *c = t->data;
     kfd_app *app = c->app;
+    check_waiter(c, kfd_repl_leading_term(app->repl));
     if (c->closing || app->store == NULL || kfd_store_failed(app->store) ||
         kfd_store_audit_diverged(app->store, NULL) != 0)
         return;
@@ -626,10 +672,43 @@ static void on_closed(uv_handle_t *h)
     free(c);
 }
 
+int kfd_checkpointer_reconfirm(kfd_checkpointer *c, uint64_t seq, uint64_t timeout_ms, kfd_reconfirm_cb cb,
+                               void *arg, kf_err *err)
+{
+    if (c == NULL || c->closing)
+        return kf_err_set(err, -EAGAIN, "this coordinator is stopping");
+    if (c->waiter.cb != NULL)
+        return kf_err_set(err, -EBUSY, "another membership change is waiting for its head round");
+    uint64_t term = kfd_repl_leading_term(c->app->repl);
+    if (term == 0)
+        return kf_err_set(err, -EAGAIN, "this coordinator is not the leader");
+    c->waiter.cb = cb;
+    c->waiter.arg = arg;
+    c->waiter.seq = seq;
+    c->waiter.term = term;
+    c->waiter.deadline = uv_now(c->timer.loop) + timeout_ms;
+    /* No shortcut through a checkpoint from before the record, now or after the wait gives up. */
+    kfd_store_audit_unvouch(c->app->store);
+    /* As after an election: writes wait and nothing is signed until a majority holds this head. */
+    if (c->confirmed_term == term) {
+        c->confirmed_term = 0;
+        if (!c->round_committing)
+            c->round = 0;
+        c->passes = 0;
+        c->next_round_at = 0;
+        c->told_unconfirmed = false;
+        kfd_repl_clear_audit_confirmed(c->app->repl);
+    }
+    kf_log_info("audit_head_reconfirming", "term=%llu seq=%llu reason=\"a membership change waits for a majority "
+                "to hold its record\"", (unsigned long long)term, (unsigned long long)seq);
+    return 0;
+}
+
 void kfd_checkpointer_free(kfd_checkpointer *c)
 {
     if (c == NULL)
         return;
+    finish_waiter(c, -ECANCELED, "this coordinator is stopping");
     c->closing = true;
     kfd_http_free(c->http); /* drops the questions in flight without their callbacks */
     c->http = NULL;

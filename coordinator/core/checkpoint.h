@@ -33,6 +33,17 @@ int kfd_checkpoint_verify_applied_record(kfd_checkpointer *c, const Keyfleet__V1
  * calls it at apply, store.h kfd_checkpoint_verifier). 0 or -EPERM. */
 int kfd_checkpoint_verify_command(kfd_checkpointer *c, const Keyfleet__V1__CmdCheckpoint *cmd, kf_err *err);
 
+/* Before a change no replica's apply judges (a Raft configuration change: review rev45b,
+ * R45b-4), whose judged audit record is at seq: a head round as after an election, over a head
+ * check committed after that record, with no shortcut through an earlier checkpoint. Writes wait
+ * meanwhile. cb gets 0 once a majority of voters hold this leader's head there; -EPERM when a
+ * majority holds another (this replica marks itself diverged: the record was refused elsewhere),
+ * -EAGAIN when it stops leading, -ETIMEDOUT after timeout_ms, -ECANCELED at shutdown. One at a
+ * time: -EBUSY (err set) while another waits, -EAGAIN when not leading. */
+typedef void (*kfd_reconfirm_cb)(void *arg, int status, const kf_err *err);
+int kfd_checkpointer_reconfirm(kfd_checkpointer *c, uint64_t seq, uint64_t timeout_ms, kfd_reconfirm_cb cb,
+                               void *arg, kf_err *err);
+
 /* For /metrics. */
 typedef struct kfd_checkpoint_stats {
     uint64_t signed_total, failed_total, last_size;

@@ -12,6 +12,7 @@
 #include "kf_log.h"
 #include "cluster/replication.h"
 #include "core/audit.h"
+#include "core/checkpoint.h"
 #include "front/server.h"
 #include "rpc/rpc_admin.h"
 #include "rpc/rpc_check.h"
@@ -57,11 +58,21 @@ void kfd_rpc_cluster_status(kfd_call *call)
     kfd_call_reply(call, &resp.base);
 }
 
+/* How long a membership change waits for a majority of voters to hold its judged record. */
+#define KFD_MEMBER_CONFIRM_MS 5000
+
+/* A membership change (review rev45b, R45b-4). libraft applies a configuration entry without the
+ * state machine, so no replica's apply can refuse one. The change is therefore judged first: a
+ * `cluster_change` record, carrying the caller's certificate serial, is committed; every replica
+ * refuses it at apply where that certificate is on its denylist. Then a head round over a check
+ * committed after the record must find a majority of voters holding it (a leader whose edited
+ * denylist let the caller in is outvoted and diverges) before the leader changes the
+ * configuration and records `cluster_add` / `cluster_remove`. */
 typedef struct member_op {
     kfd_op base;
     kfd_app *app;
-    char name[64];
-    char detail[200];
+    char name[64], raft[280], rpc[280];
+    char detail[700];
     bool add;
 } member_op;
 
@@ -84,42 +95,105 @@ static void on_member_audited(void *arg, int status, const kfd_apply_result *res
     kfd_op_free(op);
 }
 
+static void answer_change_error(kfd_call *call, int r, const kf_err *err)
+{
+    if (call == NULL)
+        return;
+    kfd_call_error(call, r == -EEXIST   ? KF_CONNECT_ALREADY_EXISTS
+                         : r == -ENOENT ? KF_CONNECT_NOT_FOUND
+                         : r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT
+                         : r == -EBUSY  ? KF_CONNECT_FAILED_PRECONDITION
+                         : r == -EACCES ? KF_CONNECT_PERMISSION_DENIED
+                                        : KF_CONNECT_UNAVAILABLE,
+                   "%s", err->msg);
+}
+
+/* The change was not made: logged, answered, the op freed. */
+static void member_not_changed(member_op *op, const char *stage, int r, const kf_err *err)
+{
+    kf_log_warn("cluster_member_unchanged", "action=%s member=%s stage=%s status=%d error=%s",
+                op->add ? "add" : "remove", op->name, stage, r, kf_log_q(err->msg));
+    answer_change_error(op->base.call, r, err);
+    kfd_op_free(op);
+}
+
 static void on_changed(void *arg, int status, const kf_err *err)
 {
     member_op *op = arg;
-    kfd_call *call = op->base.call;
-    kf_log_info("cluster_member_changed", "action=%s member=%s status=%d detail=%s", op->add ? "add" : "remove",
-                op->name, status, kf_log_q(status == 0 ? op->detail : err->msg));
     if (status != 0) {
-        if (call != NULL)
-            kfd_call_error(call, KF_CONNECT_UNAVAILABLE, "%s", err->msg);
-        kfd_op_free(op);
+        member_not_changed(op, "configuration", -EAGAIN, err);
         return;
     }
+    kf_log_info("cluster_member_changed", "action=%s member=%s detail=%s", op->add ? "add" : "remove", op->name,
+                kf_log_q(op->detail));
     kfd_audit_buf a;
-    kfd_audit_fill(&a, kfd_call_actor(call), op->add ? "cluster_add" : "cluster_remove",
-                   KEYFLEET__V1__DECISION__DECISION_ALLOW,
-                   "", "", "", op->detail);
+    kfd_audit_fill(&a, kfd_op_actor(&op->base), op->add ? "cluster_add" : "cluster_remove",
+                   KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", op->detail);
     Keyfleet__V1__CmdAppendAudit c;
     Keyfleet__V1__StateCommand cmd;
     kfd_audit_command(&a, &c, &cmd);
     kfd_op_commit(&op->base, &cmd, on_member_audited, op);
 }
 
-static void answer_change_error(kfd_call *call, int r, const kf_err *err)
+static void on_reconfirmed(void *arg, int status, const kf_err *err)
 {
-    kfd_call_error(call, r == -EEXIST   ? KF_CONNECT_ALREADY_EXISTS
-                         : r == -ENOENT ? KF_CONNECT_NOT_FOUND
-                         : r == -EINVAL ? KF_CONNECT_INVALID_ARGUMENT
-                         : r == -EBUSY  ? KF_CONNECT_FAILED_PRECONDITION
-                                        : KF_CONNECT_UNAVAILABLE,
-                   "%s", err->msg);
+    member_op *op = arg;
+    if (status != 0) {
+        kf_err e = {0};
+        kf_err_set(&e, status, "the change was not made: a majority of voters did not confirm its record (%s)",
+                   err->msg);
+        member_not_changed(op, "head_round", -EAGAIN, &e);
+        return;
+    }
+    kf_err e = {0};
+    int r = op->add ? kfd_repl_add(op->app->repl, op->name, op->raft, op->rpc, on_changed, op, &e)
+                    : kfd_repl_remove(op->app->repl, op->name, on_changed, op, &e);
+    if (r != 0)
+        member_not_changed(op, "configuration", r, &e);
+}
+
+static void on_judged(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    member_op *op = arg;
+    if (status != 0) {
+        member_not_changed(op, "record", status == -EACCES ? -EACCES : -EAGAIN, err);
+        return;
+    }
+    kf_err e = {0};
+    int r = kfd_checkpointer_reconfirm(op->app->checkpointer, res->audit_seq, KFD_MEMBER_CONFIRM_MS, on_reconfirmed,
+                                       op, &e);
+    if (r != 0)
+        member_not_changed(op, "head_round", r, &e);
+}
+
+/* Checks the change can be made now, then commits its judged record (on_judged). */
+static void start_change(kfd_call *call, member_op *op)
+{
+    kf_err err = {0};
+    int r = kfd_repl_check_change(op->app->repl, op->name, op->add ? op->raft : NULL, op->rpc, &err);
+    if (r != 0) {
+        answer_change_error(call, r, &err);
+        kfd_op_free(op);
+        return;
+    }
+    char reason[sizeof(op->detail) + 16];
+    snprintf(reason, sizeof(reason), "%s %s", op->add ? "add" : "remove", op->detail);
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_call_actor(call), "cluster_change", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "",
+                   reason);
+    Keyfleet__V1__CmdAppendAudit c;
+    Keyfleet__V1__StateCommand cmd;
+    kfd_audit_command(&a, &c, &cmd);
+    kfd_op_commit(&op->base, &cmd, on_judged, op);
 }
 
 void kfd_rpc_add_member(kfd_call *call)
 {
     const Keyfleet__V1__AddMemberRequest *req = (const Keyfleet__V1__AddMemberRequest *)call->request;
     const char *bad = kfd_check_add_member(req);
+    if (bad == NULL && (strlen(req->raft_address) >= sizeof(((member_op *)0)->raft) ||
+                        strlen(req->rpc_address) >= sizeof(((member_op *)0)->rpc)))
+        bad = "raft_address and rpc_address must be shorter than 280 bytes";
     if (bad != NULL) {
         kfd_call_error(call, KF_CONNECT_INVALID_ARGUMENT, "%s", bad);
         return;
@@ -132,14 +206,10 @@ void kfd_rpc_add_member(kfd_call *call)
     op->app = call->srv->app;
     op->add = true;
     snprintf(op->name, sizeof(op->name), "%s", req->name);
-    snprintf(op->detail, sizeof(op->detail), "member %s raft=%s rpc=%s", req->name, req->raft_address,
-             req->rpc_address);
-    kf_err err = {0};
-    int r = kfd_repl_add(op->app->repl, req->name, req->raft_address, req->rpc_address, on_changed, op, &err);
-    if (r != 0) {
-        answer_change_error(call, r, &err);
-        kfd_op_free(op);
-    }
+    snprintf(op->raft, sizeof(op->raft), "%s", req->raft_address);
+    snprintf(op->rpc, sizeof(op->rpc), "%s", req->rpc_address);
+    snprintf(op->detail, sizeof(op->detail), "member %s raft=%s rpc=%s", op->name, op->raft, op->rpc);
+    start_change(call, op);
 }
 
 void kfd_rpc_remove_member(kfd_call *call)
@@ -157,11 +227,6 @@ void kfd_rpc_remove_member(kfd_call *call)
     }
     op->app = call->srv->app;
     snprintf(op->name, sizeof(op->name), "%s", req->name);
-    snprintf(op->detail, sizeof(op->detail), "member %s", req->name);
-    kf_err err = {0};
-    int r = kfd_repl_remove(op->app->repl, req->name, on_changed, op, &err);
-    if (r != 0) {
-        answer_change_error(call, r, &err);
-        kfd_op_free(op);
-    }
+    snprintf(op->detail, sizeof(op->detail), "member %s", op->name);
+    start_change(call, op);
 }

@@ -867,6 +867,8 @@ bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > 
 
 bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diverged_seq == 0 && s->disputed_seq == 0; }
 
+void kfd_store_audit_unvouch(kfd_store *s) { s->vouched = false; }
+
 bool kfd_store_audit_witness(const kfd_store *s) { return s->diverged_seq == 0 && (!s->restored || s->vouched); }
 
 uint64_t kfd_store_audit_diverged(const kfd_store *s, const char **ret_why)
