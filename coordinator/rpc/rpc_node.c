@@ -1639,18 +1639,14 @@ static void on_recovery_key(void *arg, const kfd_kms_result *res)
 /* A repeated EnrollRecoveryKey returns the escrowed key itself, which opens the volume: only to
  * an agent retrying a lost answer, soon after, before anyone was shown that key, and never where
  * the volume's releases wait for operators (review rev26b F5). NULL: the replay may proceed. */
-static const char *recovery_replay_refusal(const kfd_recovery *cur, const char *request_id, int64_t now, bool held)
+static const char *recovery_replay_refusal(const kfd_recovery *cur, const char *request_id, int64_t now, bool held,
+                                           char *buf, size_t size)
 {
-    /* The replacement of a revealed key, waiting for the node's confirmation (next_*), or the
-     * escrowed key itself. */
-    bool next = cur->next_request_id[0] != '\0' && strcmp(cur->next_request_id, request_id) == 0;
-    int64_t made = next ? cur->next_at : cur->created_at;
-    /* An escrow or a promotion clears the mark, so a mark is on this key: no comparison of two
-     * leaders' clocks (review rev26c L1). */
-    if (!next && cur->revealed_at != 0)
-        return "this recovery key was revealed: a repeated request does not return it (escrow a new one)";
-    if (now < made || now - made > KFD_RECOVERY_REPLAY_WINDOW_S)
-        return "a repeated request returns the recovery key only within 5 minutes of its escrow (escrow a new one)";
+    const char *why = kfd_recovery_replay_refusal(cur, request_id, now);
+    if (why != NULL) {
+        snprintf(buf, size, "a repeated request does not return the recovery key: %s (escrow a new one)", why);
+        return buf;
+    }
     if (held)
         return "the volume's releases wait for operators' approval: a repeated request does not return its recovery "
                "key (escrow a new one)";
@@ -1738,7 +1734,10 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
     }
     bool repeat = r == 0 && (strcmp(cur.request_id, req->request_id) == 0 ||
                              (cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, req->request_id) == 0));
-    why = repeat && !zfs ? recovery_replay_refusal(&cur, req->request_id, time(NULL), held) : NULL;
+    char replay_buf[160];
+    why = repeat && !zfs ? recovery_replay_refusal(&cur, req->request_id, time(NULL), held, replay_buf,
+                                                   sizeof(replay_buf))
+                         : NULL;
     if (why != NULL) {
         kfd_recovery_clear(&cur);
         deny_audited(call, "recovery_escrow", KEYFLEET__V1__DECISION__DECISION_DENY, req->volume->id, req->request_id,

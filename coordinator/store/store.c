@@ -337,8 +337,8 @@ static const char *const sql[ST_COUNT] = {
     [ST_AUDIT_ONE] = "SELECT " KFD_AUDIT_COLS " WHERE a.seq = ?",
     [ST_RECOVERY_GET] = "SELECT node, wrapped, kcv, request_id, created_at, coalesce(revealed_at, 0), "
                         "coalesce(revealed_by, ''), coalesce(next_request_id, ''), coalesce(next_wrapped, ''), "
-                        "coalesce(next_kcv, ''), coalesce(next_at, 0), coalesce(revealed_kcv, '') FROM recovery_keys "
-                        "WHERE volume_id = ?",
+                        "coalesce(next_kcv, ''), coalesce(next_at, 0), coalesce(revealed_kcv, ''), "
+                        "coalesce(next_revealed_at, 0) FROM recovery_keys WHERE volume_id = ?",
     [ST_RECOVERY_PUT] = "INSERT INTO recovery_keys (volume_id, node, wrapped, kcv, request_id, created_at) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(volume_id) DO UPDATE SET node = ?2, wrapped = ?3, "
                         "kcv = ?4, request_id = ?5, created_at = ?6, revealed_at = NULL, revealed_by = NULL, next_wrapped = NULL, "

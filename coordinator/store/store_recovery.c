@@ -27,6 +27,19 @@ void kfd_recovery_clear(kfd_recovery *r)
     memset(r, 0, sizeof(*r));
 }
 
+const char *kfd_recovery_replay_refusal(const kfd_recovery *cur, const char *request_id, int64_t at)
+{
+    bool next = cur->next_request_id[0] != '\0' && strcmp(cur->next_request_id, request_id) == 0;
+    int64_t made = next ? cur->next_at : cur->created_at;
+    /* An escrow or a promotion clears the mark, so a mark is on this key: no comparison of two
+     * leaders' clocks (review rev26c L1). */
+    if ((next ? cur->next_revealed_at : cur->revealed_at) != 0)
+        return "this recovery key was revealed";
+    if (at < made || at - made > KFD_RECOVERY_REPLAY_WINDOW_S)
+        return "it is handed back only within 5 minutes of its escrow";
+    return NULL;
+}
+
 int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *ret)
 {
     memset(ret, 0, sizeof(*ret));
@@ -51,6 +64,7 @@ int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *re
     kfd_store_copy_col(st, 9, ret->next_kcv, sizeof(ret->next_kcv));
     ret->next_at = sqlite3_column_int64(st, 10);
     kfd_store_copy_col(st, 11, ret->revealed_kcv, sizeof(ret->revealed_kcv));
+    ret->next_revealed_at = sqlite3_column_int64(st, 12);
     sqlite3_reset(st);
     if (ret->wrapped == NULL || ret->next_wrapped == NULL) {
         kfd_recovery_clear(ret);
@@ -153,12 +167,8 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
     /* A repeated LUKS2 escrow hands the live key back: only before anyone was shown it and within
      * the window after its escrow, judged again here from this replica's row (review rev45b
      * R45b-3; the handler's recovery_replay_refusal). */
-    int64_t made = next ? cur.next_at : r == 0 ? cur.created_at : 0, at = audit_time(c->audit);
-    const char *replay_why = NULL;
-    if (replay && !c->zfs && !next && cur.revealed_at != 0)
-        replay_why = "this recovery key was revealed";
-    else if (replay && !c->zfs && (at < made || at - made > KFD_RECOVERY_REPLAY_WINDOW_S))
-        replay_why = "it was escrowed more than 5 minutes before";
+    const char *replay_why = replay && !c->zfs ? kfd_recovery_replay_refusal(&cur, c->request_id, audit_time(c->audit))
+                                               : NULL;
     if (replay_why != NULL) {
         kfd_recovery_clear(&cur);
         return kf_err_set(err, -EACCES, "a repeated request does not return volume %s's recovery key: %s",

@@ -26,13 +26,19 @@ typedef struct kfd_recovery {
     char next_request_id[65];
     char *next_wrapped;
     char next_kcv[24];
-    int64_t next_at; /* when the replacement was escrowed */
+    int64_t next_at;          /* when the replacement was escrowed */
+    int64_t next_revealed_at; /* the replacement shown to an operator before the node confirmed it; 0: not */
     /* ZFS: the check value of the dataset key the last reveal showed ("": none, or a reveal from
      * before store migration 18). */
     char revealed_kcv[24];
 } kfd_recovery;
 
 void kfd_recovery_clear(kfd_recovery *r);
+/* Why a repeated LUKS2 escrow (request_id names the escrowed key or its replacement) may not hand
+ * that key back at time at, or NULL: it was revealed (the replacement's own mark for a replacement,
+ * review rev45c R45c-6), or escrowed more than KFD_RECOVERY_REPLAY_WINDOW_S before. The handler and
+ * every replica's apply judge by it (review rev45b R45b-3). */
+const char *kfd_recovery_replay_refusal(const kfd_recovery *cur, const char *request_id, int64_t at);
 /* A volume's escrowed recovery key: 0, -ENOENT (none), -EIO or -ENOMEM. */
 int kfd_store_get_recovery(kfd_store *s, const char *volume_id, kfd_recovery *ret);
 /* The operator who proposed a held request ("" for a node's release request). 0, -ENOENT, -EIO. */

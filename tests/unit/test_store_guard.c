@@ -1510,7 +1510,7 @@ static void test_policy_judged_for_approvals(void **state)
     before = audit_size(s);
     assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 2 + 301), -EACCES);
     assert_int_equal(audit_size(s), before + 1);
-    refusal_recorded(s, "escrowed more than 5 minutes before");
+    refusal_recorded(s, "only within 5 minutes of its escrow");
     assert_int_equal(escrow(s, "n1", "v1", RID2, "w1", false, T0 + 1), -EACCES); /* before its escrow */
     /* An operator change let through without a held request on the handler's policy carries it
      * in the command itself (review rev45b R45b-1). */
@@ -1610,7 +1610,8 @@ static int propose_reveal(kfd_store *s, const char *id, const char *vol, uint32_
     return apply(s, &cmd, NULL);
 }
 
-static int reveal(kfd_store *s, const char *id, const char *vol, const char *op, int64_t at)
+/* next_rid: the staged replacement the reveal showed too ("": none). */
+static int reveal_with(kfd_store *s, const char *id, const char *vol, const char *op, int64_t at, const char *next_rid)
 {
     audit_at a;
     audit(&a, at, "recovery_reveal", KEYFLEET__V1__DECISION__DECISION_ALLOW);
@@ -1618,11 +1619,17 @@ static int reveal(kfd_store *s, const char *id, const char *vol, const char *op,
     c.volume_id = (char *)vol;
     c.operator_ = (char *)op;
     c.request_id = (char *)id;
+    c.escrow_next_request_id = (char *)next_rid;
     c.audit = &a.e;
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_REVEAL;
     cmd.recovery_reveal = &c;
     return apply(s, &cmd, NULL);
+}
+
+static int reveal(kfd_store *s, const char *id, const char *vol, const char *op, int64_t at)
+{
+    return reveal_with(s, id, vol, op, at, "");
 }
 
 static size_t to_replace(kfd_store *s, const char *node)
@@ -1716,6 +1723,48 @@ static void test_recovery_two_part_at_apply(void **state)
  * nothing; the reveal only by the proposer of an approved, unspent, unexpired "recovery" request
  * for that volume, once; a reveal's approvals are no release's; a new escrow retires a revealed
  * one, but a revealed ZFS key only after a rotation. */
+/* Review rev45c R45c-6: a LUKS2 replacement key shown by a reveal before the node confirmed it is
+ * marked on its own (next_revealed_at); a repeat of its escrow does not hand it back, within the
+ * window or not, at the handler (the same rule) or at apply. */
+static void test_recovery_replacement_revealed(void **state)
+{
+    (void)state;
+    kfd_recovery rec;
+    memset(&rec, 0, sizeof(rec));
+    snprintf(rec.request_id, sizeof(rec.request_id), "%s", RID);
+    rec.created_at = T0;
+    snprintf(rec.next_request_id, sizeof(rec.next_request_id), "%s", RID3);
+    rec.next_at = T0 + 10;
+    assert_null(kfd_recovery_replay_refusal(&rec, RID3, T0 + 10));
+    assert_null(kfd_recovery_replay_refusal(&rec, RID, T0 + 10));
+    rec.revealed_at = T0 + 5; /* the escrowed key's mark is not the replacement's */
+    assert_null(kfd_recovery_replay_refusal(&rec, RID3, T0 + 10));
+    assert_string_equal(kfd_recovery_replay_refusal(&rec, RID, T0 + 10), "this recovery key was revealed");
+    rec.next_revealed_at = T0 + 11;
+    assert_string_equal(kfd_recovery_replay_refusal(&rec, RID3, T0 + 12), "this recovery key was revealed");
+    rec.next_revealed_at = 0;
+    assert_string_equal(kfd_recovery_replay_refusal(&rec, RID3, T0 + 10 + KFD_RECOVERY_REPLAY_WINDOW_S + 1),
+                        "it is handed back only within 5 minutes of its escrow");
+    assert_string_equal(kfd_recovery_replay_refusal(&rec, RID3, T0 + 9), "it is handed back only within 5 minutes of its escrow");
+
+    kfd_store *s = open_db("recovery-next.db");
+    assert_int_equal(enroll(s, "v1", "n1", T0), 0);
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0), 0);
+    assert_int_equal(propose_reveal(s, RID2, "v1", 1), 0);
+    assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 2), 0);
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 4), 0); /* the replacement waits apart */
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 5), 0); /* a repeat: handed back */
+    /* A second reveal shows the staged replacement too. */
+    assert_int_equal(propose_reveal(s, RID4, "v1", 1), 0);
+    assert_int_equal(reveal_with(s, RID4, "v1", "op1", T0 + 6, RID3), 0);
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_int_equal(rec.next_revealed_at, T0 + 6);
+    kfd_recovery_clear(&rec);
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 7), -EACCES);
+    refusal_recorded(s, "was revealed");
+    kfd_store_close(s);
+}
+
 static void test_recovery_at_apply(void **state)
 {
     (void)state;
@@ -2014,6 +2063,7 @@ int main(void)
         cmocka_unit_test(test_judged_digests),
         cmocka_unit_test(test_judged_inputs_at_apply),
         cmocka_unit_test(test_recovery_at_apply),
+        cmocka_unit_test(test_recovery_replacement_revealed),
         cmocka_unit_test(test_recovery_zfs_same_second),
         cmocka_unit_test(test_recovery_two_part_at_apply),
         cmocka_unit_test(test_reveal_bound_to_escrow),
