@@ -123,6 +123,10 @@ typedef struct kf_tpm_clock {
  * slack applies whatever safe says. Used by the handler's check (coordinator/core/tpm_state.h)
  * and the apply's (store_judged.h). */
 #define KF_TPM_CLOCK_NV_SLACK_MS (1ull << 22)
+/* The most a TPM clock may run ahead of the coordinators' time between two quotes: 5/4 of the
+ * time elapsed (the TPM's own rate error) plus this (coordinators' clocks and the quote's age):
+ * the handler's rule 4 (coordinator/core/tpm_state.h) and the apply's (store_judged.c). */
+#define KF_TPM_CLOCK_JUMP_SLACK_MS 300000ull
 
 /* The qualifying data of a quote: SHA-256 over "keyfleet quote v1", the TLS connection's
  * exporter value (RFC 8446 7.5, label KF_TPM_QUOTE_EXPORTER_LABEL, no context, 32 bytes), and

@@ -45,7 +45,7 @@ kfd_tpm_verdict kfd_tpm_state_check(const kfd_tpm_state *rec, const kf_tpm_clock
                    q, rec);
     if (q->clock > rec->clock) {
         uint64_t elapsed_ms = now > rec->at ? (uint64_t)(now - rec->at) * 1000u : 0;
-        if (q->clock - rec->clock > elapsed_ms / 4u * 5u + KFD_TPM_CLOCK_JUMP_SLACK_MS)
+        if (q->clock - rec->clock > elapsed_ms / 4u * 5u + KF_TPM_CLOCK_JUMP_SLACK_MS)
             return say(KFD_TPM_STATE_CLOCK_JUMP, why, size,
                        "the TPM's clock ran ahead of real time since the recorded quote",
                        "set forward (a cloned TPM made to pass the clock check?)",

@@ -10,10 +10,6 @@
 
 #include "kf_tpm_evidence.h"
 
-/* The most a clock may run ahead of the coordinators' time between two quotes: 5/4 of the time
- * elapsed (the TPM's own rate error) plus 300 s (coordinators' clocks and the quote's age). */
-#define KFD_TPM_CLOCK_JUMP_SLACK_MS 300000ull
-
 /* The recorded state: the highest (reset, restart, clock) a quote that held showed, and when
  * (coordinator time, seconds) it was recorded. */
 typedef struct kfd_tpm_state {
@@ -39,7 +35,7 @@ typedef enum kfd_tpm_verdict {
  *     the clock only goes forward; TPM2_ClockSet only advances it).
  *  3. higher (reset, restart): clock < recorded clock - KF_TPM_CLOCK_NV_SLACK_MS: CLOCK_BACK
  *     (more than a power loss can lose).
- *  4. clock - recorded clock > (now - at) * 1000 * 5/4 + KFD_TPM_CLOCK_JUMP_SLACK_MS:
+ *  4. clock - recorded clock > (now - at) * 1000 * 5/4 + KF_TPM_CLOCK_JUMP_SLACK_MS:
  *     CLOCK_JUMP (a TPM's clock runs only while it is powered, at about real time; a clone
  *     set ahead with TPM2_ClockSet to pass rule 2).
  * Without a recorded clock only rule 1 applies. why (may be NULL) names the rule and the

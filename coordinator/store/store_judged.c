@@ -205,22 +205,37 @@ static int differs(const char *what, kf_err *err)
 }
 
 /* A quote's TPM clock against this replica's record (rec NULL: none; review rev44b K5, rev45c
- * R45c-2): 0, or -EAGAIN when it is behind by more than parallel quotes of one boot or a reboot's
- * power loss explain. A clock not known, or a state the policy let through audited, is not
- * compared; counters that went back are judged_tpm's. */
-static int tpm_clock_behind(const Keyfleet__V1__AttestClock *q, const kfd_attest_record *rec, kf_err *err)
+ * R45c-2), at the command's time at: 0, or -EAGAIN when it is behind by more than parallel quotes
+ * of one boot or a reboot's power loss explain, or ahead by more than the time since the record
+ * (5/4 of it, plus the handler's slack and the apply's) explains. A clock not known, or a state
+ * the policy let through audited, is not compared; counters that went back are judged_tpm's. */
+static int tpm_clock_judged(const Keyfleet__V1__AttestClock *q, const kfd_attest_record *rec, int64_t at, kf_err *err)
 {
     if (q == NULL || !q->clock_known || q->rollback_audited || rec == NULL || !rec->has_clock || !rec->has_tpm_clock)
         return 0;
     bool same = q->reset_count == rec->reset_count && q->restart_count == rec->restart_count;
     bool later = q->reset_count > rec->reset_count ||
                  (q->reset_count == rec->reset_count && q->restart_count > rec->restart_count);
-    uint64_t slack = same ? KFD_TPM_CLOCK_APPLY_SLACK_MS : KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS;
-    if ((!same && !later) || q->clock >= rec->clock || rec->clock - q->clock <= slack) /* no sum to overflow */
+    if (!same && !later)
         return 0;
-    return kf_err_set(err, -EAGAIN, "the TPM clock this was decided on (%" PRIu64 " ms) is behind this coordinator's "
-                      "record (%" PRIu64 " ms) by more than %s explains: a second TPM with one state (a cloned TPM?)",
-                      q->clock, rec->clock, same ? "parallel quotes" : "a reboot");
+    if (q->clock < rec->clock) {
+        uint64_t slack = same ? KFD_TPM_CLOCK_APPLY_SLACK_MS : KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS;
+        if (rec->clock - q->clock <= slack) /* no sum to overflow */
+            return 0;
+        return kf_err_set(err, -EAGAIN, "the TPM clock this was decided on (%" PRIu64 " ms) is behind this "
+                          "coordinator's record (%" PRIu64 " ms) by more than %s explains: a second TPM with one "
+                          "state (a cloned TPM?)", q->clock, rec->clock, same ? "parallel quotes" : "a reboot");
+    }
+    /* Rule 4 (review rev45c R45c-2): both times are commands' audit times, alike on every replica. */
+    if (at <= 0 || rec->clock_at <= 0)
+        return 0;
+    uint64_t elapsed_ms = at > rec->clock_at ? (uint64_t)(at - rec->clock_at) * 1000u : 0;
+    uint64_t allowed = elapsed_ms / 4u * 5u + KF_TPM_CLOCK_JUMP_SLACK_MS + KFD_TPM_CLOCK_APPLY_SLACK_MS;
+    if (q->clock - rec->clock <= allowed)
+        return 0;
+    return kf_err_set(err, -EAGAIN, "the TPM clock this was decided on (%" PRIu64 " ms) ran ahead of this "
+                      "coordinator's record (%" PRIu64 " ms, %" PRId64 " s before) by more than real time explains: "
+                      "set forward (a cloned TPM?)", q->clock, rec->clock, at - rec->clock_at);
 }
 
 int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, int vr, const kfd_judged_in *in,
@@ -284,7 +299,7 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
             return kf_err_set(err, -ENOMEM, "digesting the recorded TPM counters");
         if (tpm->len != 0 && CRYPTO_memcmp(d, tpm->data, KFD_JUDGED_LEN) != 0)
             return differs("recorded TPM counters", err);
-        if ((r = tpm_clock_behind(in->clock, r == 0 ? &rec : NULL, err)) != 0)
+        if ((r = tpm_clock_judged(in->clock, r == 0 ? &rec : NULL, in->at, err)) != 0)
             return r;
     }
     if (policy->len != 0) {

@@ -947,21 +947,37 @@ static void test_judged_inputs_at_apply(void **state)
      * else is judged. */
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     kfd_judged_tpm(&rec, j.tpm); /* the later boot's counters */
-    behind.clock = 1000000;
-    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    behind.clock = 1000000; /* 200 s after the record at 223 456 ms: within 5/4 of them plus the slacks */
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 209, &err), 0);
     behind.clock = 1000000 - KFD_TPM_CLOCK_APPLY_SLACK_MS - 1;
     assert_int_equal(judged_rotate(s, &j, T0 + 9, &err), -ECANCELED);
     assert_non_null(strstr(err.msg, "cloned TPM"));
     /* A later boot whose clock went back by more than a power loss explains (R45c-2, rule 3);
-     * the record at 2^23 ms first. */
+     * the record at 2^23 ms first, 9000 s on (its clock ran 2^23 - 10^6 ms since). */
     behind.clock = 1ull << 23;
-    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9000, &err), 0);
     behind.restart_count++;
     behind.clock = (1ull << 23) - KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS - 1;
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), -ECANCELED);
     assert_non_null(strstr(err.msg, "a reboot explains"));
     behind.clock = (1ull << 23) - KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS; /* what a power loss may lose */
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), 0);
+    /* A clock run ahead of real time since the record (R45c-2, rule 4), by the commands' times:
+     * 10 s after the record (at T0 + 9), 5/4 of them plus the handler's and the apply's slacks
+     * pass; 10 s after that, a millisecond more is a TPM set forward, refused and recorded. */
+    uint64_t ahead = 12500 + KF_TPM_CLOCK_JUMP_SLACK_MS + KFD_TPM_CLOCK_APPLY_SLACK_MS;
+    behind.clock += ahead;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    kfd_judged_tpm(&rec, j.tpm); /* the third boot's counters */
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 19, &err), 0);
+    behind.clock += ahead + 1;
+    before_clock = audit_size(s);
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 29, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "ran ahead"));
+    assert_int_equal(audit_size(s), before_clock + 1);
+    assert_int_equal(judged_rotate(s, &j, T0 + 29, &err), -ECANCELED); /* a rotation's too */
+    assert_non_null(strstr(err.msg, "ran ahead"));
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 30, &err), 0); /* 1 s later: within 5/4 of 20 s */
     judged_clock = NULL;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     kfd_judged_tpm(&rec, j.tpm);

@@ -74,13 +74,13 @@ static void test_reboot_clock_back(void **state)
 static void test_clock_jump(void **state)
 {
     (void)state;
-    uint64_t limit = 1000u * 1000u / 4u * 5u + KFD_TPM_CLOCK_JUMP_SLACK_MS; /* 1000 s elapsed */
+    uint64_t limit = 1000u * 1000u / 4u * 5u + KF_TPM_CLOCK_JUMP_SLACK_MS; /* 1000 s elapsed */
     assert_int_equal(check(7, 2, CLOCK + limit, true, AT + 1000), KFD_TPM_STATE_OK);
     assert_int_equal(check(7, 2, CLOCK + limit + 1, true, AT + 1000), KFD_TPM_STATE_CLOCK_JUMP);
     assert_int_equal(check(9, 0, CLOCK + limit + 1, true, AT + 1000), KFD_TPM_STATE_CLOCK_JUMP);
     /* a coordinator clock behind the record's time counts as no time elapsed */
-    assert_int_equal(check(7, 2, CLOCK + KFD_TPM_CLOCK_JUMP_SLACK_MS, true, AT - 50), KFD_TPM_STATE_OK);
-    assert_int_equal(check(7, 2, CLOCK + KFD_TPM_CLOCK_JUMP_SLACK_MS + 1, true, AT - 50), KFD_TPM_STATE_CLOCK_JUMP);
+    assert_int_equal(check(7, 2, CLOCK + KF_TPM_CLOCK_JUMP_SLACK_MS, true, AT - 50), KFD_TPM_STATE_OK);
+    assert_int_equal(check(7, 2, CLOCK + KF_TPM_CLOCK_JUMP_SLACK_MS + 1, true, AT - 50), KFD_TPM_STATE_CLOCK_JUMP);
 }
 
 /* A node recorded before the clock was: counters only. */
