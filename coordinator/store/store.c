@@ -371,8 +371,13 @@ const char *kfd_store_failure(const kfd_store *s) { return s == NULL ? "no store
 int kfd_store_sql_error(kfd_store *s, int rc, const char *what, kf_err *err)
 {
     int primary = rc & 0xff;
-    if (primary == SQLITE_CONSTRAINT)
+    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
         return kf_err_set(err, -EEXIST, "%s: already exists", what);
+    /* A NULL or a value a NOT NULL or CHECK constraint refuses: the command lacks it, alike on
+     * every replica (a bind of ours allocates nothing: SQLITE_STATIC, UTF-8), so it is malformed,
+     * not a duplicate recorded as a refusal (review rev45 R45-3). */
+    if (primary == SQLITE_CONSTRAINT)
+        return kf_err_set(err, -EINVAL, "%s: a required value is missing or out of range", what);
     return kfd_store_fail(s, what, s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc), rc, err);
 }
 

@@ -268,6 +268,33 @@ static void test_corrupt_database_fails_closed(void **state)
     kfd_store_close(s);
 }
 
+/* A constraint's error by kind (review rev45 R45-3): a duplicate key is -EEXIST (which an
+ * allowed key's refusal records); a NULL or a CHECK a command's value breaks is -EINVAL (the
+ * command is malformed, alike on every replica); neither fails the store. */
+static void test_constraint_errors(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("constraint.db");
+    kf_err err = {0};
+    assert_int_equal(sqlite3_exec(s->db, "INSERT INTO nodes (name, revoked) VALUES ('n9', 0)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    int rc = sqlite3_exec(s->db, "INSERT INTO nodes (name, revoked) VALUES ('n9', 0)", NULL, NULL, NULL);
+    assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+    assert_int_equal(kfd_store_sql_error(s, sqlite3_extended_errcode(s->db), "adding a node", &err), -EEXIST);
+    rc = sqlite3_exec(s->db, "INSERT INTO nodes (name, revoked) VALUES ('n8', NULL)", NULL, NULL, NULL);
+    assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+    assert_int_equal(sqlite3_extended_errcode(s->db), SQLITE_CONSTRAINT_NOTNULL);
+    assert_int_equal(kfd_store_sql_error(s, sqlite3_extended_errcode(s->db), "adding a node", &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "required value"));
+    rc = sqlite3_exec(s->db, "INSERT INTO raft_state (id, applied_index) VALUES (2, 0)", NULL, NULL, NULL);
+    assert_int_equal(sqlite3_extended_errcode(s->db), SQLITE_CONSTRAINT_CHECK);
+    assert_int_equal(kfd_store_sql_error(s, sqlite3_extended_errcode(s->db), "noting the index", &err), -EINVAL);
+    assert_false(kfd_store_failed(s));
+    assert_int_equal(kfd_store_sql_error(s, SQLITE_NOMEM, "reading", &err), -EIO); /* this replica's own */
+    assert_true(kfd_store_failed(s));
+    kfd_store_close(s);
+}
+
 /* Applies an append-audit command at a Raft index; returns its status. */
 static int apply_at(kfd_store *s, uint64_t index, const char *node)
 {
@@ -1547,6 +1574,7 @@ int main(void)
         cmocka_unit_test(test_commands),
         cmocka_unit_test(test_batch_isolates_failures),
         cmocka_unit_test(test_corrupt_database_fails_closed),
+        cmocka_unit_test(test_constraint_errors),
         cmocka_unit_test(test_applied_index_and_deferred_commit),
         cmocka_unit_test(test_rolled_back_transaction_not_indexed),
         cmocka_unit_test(test_serialize_and_replace),
