@@ -521,7 +521,8 @@ static void confirm(kfd_checkpointer *c, uint64_t term)
     }
     kfd_repl_voter v[MAX_VOTERS];
     bool alone = kfd_repl_voters(c->app->repl, v, MAX_VOTERS) <= 1;
-    if (alone || kfd_store_audit_vouched(c->app->store)) {
+    /* A change waiting for its round (kfd_checkpointer_reconfirm) is never confirmed by a vouch. */
+    if (alone || (c->waiter.cb == NULL && kfd_store_audit_vouched(c->app->store))) {
         /* Alone, its own log is the majority; vouched for, it rests on a confirmed checkpoint. */
         kfd_store_audit_head(c->app->store, &c->own);
         kfd_head_round_pass(&c->tally, term, 0, 1, &c->own);

@@ -415,7 +415,7 @@ int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck 
         kfd_store_set_disputed(s, c->seq, why); /* the leader's word alone: a majority decides (C1) */
         return 0;
     }
-    if (!s->cp_state_vouches || s->diverged_seq != 0)
+    if (!s->cp_state_vouches || s->diverged_seq != 0 || c->seq <= s->vouch_floor)
         return 0;
     s->vouched = true;
     if (s->restored) {
@@ -867,7 +867,13 @@ bool kfd_store_audit_tail_unsigned(const kfd_store *s) { return s->start_head > 
 
 bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diverged_seq == 0 && s->disputed_seq == 0; }
 
-void kfd_store_audit_unvouch(kfd_store *s) { s->vouched = false; }
+void kfd_store_audit_unvouch(kfd_store *s)
+{
+    s->vouched = false;
+    /* A state check in flight, at a checkpoint from before the records to be confirmed, must not
+     * vouch again. */
+    s->vouch_floor = s->head_seq;
+}
 
 bool kfd_store_audit_witness(const kfd_store *s) { return s->diverged_seq == 0 && (!s->restored || s->vouched); }
 
