@@ -980,7 +980,8 @@ int kfd_repl_check_change(kfd_repl *r, const char *name, const char *raft_addr, 
     char leader[280];
     if (!kfd_repl_writable(r, &why, leader, sizeof(leader)))
         return kf_err_set(err, -EAGAIN, "%s", why);
-    if (r->raft.configuration_uncommitted_index != 0)
+    /* Also a new member still catching up before its promotion (review rev46, R46-5). */
+    if (r->raft.configuration_uncommitted_index != 0 || r->raft.leader_state.change != NULL)
         return kf_err_set(err, -EBUSY, "another membership change is in progress");
     raft_id id = kfd_raft_id(name);
     char addr[320];
@@ -998,6 +999,25 @@ int kfd_repl_check_change(kfd_repl *r, const char *name, const char *raft_addr, 
         return kf_err_set(err, -EEXIST, "%s is already a member", name);
     if (raft_addr == NULL && !member)
         return kf_err_set(err, -ENOENT, "%s is not a member", name);
+    return 0;
+}
+
+static void on_handed_over(struct raft_transfer *req)
+{
+    kf_log_info("raft_leadership_handed_over", "reason=\"a removal of this coordinator was asked\"");
+    free(req);
+}
+
+int kfd_repl_hand_over(kfd_repl *r, kf_err *err)
+{
+    struct raft_transfer *req = calloc(1, sizeof(*req));
+    if (req == NULL)
+        return kf_err_set(err, -ENOMEM, "out of memory");
+    int rc = raft_transfer(&r->raft, req, 0, on_handed_over); /* 0: libraft picks the most up-to-date voter */
+    if (rc != 0) {
+        free(req);
+        return kf_err_set(err, -EAGAIN, "handing leadership on: %s", raft_strerror(rc));
+    }
     return 0;
 }
 

@@ -171,6 +171,15 @@ static void start_change(kfd_call *call, member_op *op)
 {
     kf_err err = {0};
     int r = kfd_repl_check_change(op->app->repl, op->name, op->add ? op->raft : NULL, op->rpc, &err);
+    /* The leader's own removal: once the configuration leaves it out it leads no more and could
+     * not record `cluster_remove` (review rev46, R46-4). It hands leadership on; asked again, the
+     * new leader removes it and records it. */
+    if (r == 0 && !op->add && strcmp(op->name, op->app->cfg->name) == 0) {
+        r = kfd_repl_hand_over(op->app->repl, &err);
+        if (r == 0)
+            r = kf_err_set(&err, -EAGAIN, "%s leads: it is handing leadership to another coordinator; ask again "
+                           "and the new leader removes it", op->name);
+    }
     if (r != 0) {
         answer_change_error(call, r, &err);
         kfd_op_free(op);

@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 
+#include "kf_log.h"
 #include "kf_tpm_evidence.h"
 #include "store/store_apply.h"
 #include "store/store_approle.h"
@@ -239,6 +240,27 @@ static int attest_clock(kfd_store *s, int which, const char *node, const Keyflee
     return kfd_store_step_done(s, st, "recording the node's TPM counters", err);
 }
 
+/* A heartbeat's quote (no key goes with it, so nothing to refuse): its TPM state raises the
+ * record only where it holds against this replica's record (rules 2 to 4 at apply), else the
+ * record stays. Judged here because a clone's state raised unjudged by a heartbeat that an edited
+ * leader let through would pass the clone's release on every replica (review rev46, R46-3). */
+static int raise_seen_clock(kfd_store *s, const char *node, const Keyfleet__V1__AttestClock *clock, int64_t at,
+                            kf_err *err)
+{
+    if (clock == NULL)
+        return 0;
+    kfd_attest_record rec;
+    int r = kfd_store_get_attest(s, node, &rec);
+    if (r != 0 && r != -ENOENT)
+        return kf_err_set(err, r, "reading node %s's measured-boot record", node);
+    kf_err why = {0};
+    if (r == 0 && kfd_tpm_clock_judged(clock, &rec, at, &why) != 0) {
+        kf_log_warn("tpm_clock_not_recorded", "node=%s reason=%s", node, kf_log_q(why.msg));
+        return 0;
+    }
+    return attest_clock(s, ST_ATTEST_CLOCK_MAX, node, clock, at, err);
+}
+
 /* Holds the node (kind "tpm" or "drift"), keeping the TPM state of the quote that caused it; a
  * node already held keeps its first hold. */
 static int attest_hold(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err *err)
@@ -307,8 +329,20 @@ static int attest_accept(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err 
                               "again (keyfleetctl node attest show)",
                               c->node);
     }
+    /* The accepted TPM state is the seen quote's: dated when that quote came, not at the
+     * acceptance, or the node's next honest quote would be ahead by the whole wait (review rev46,
+     * R46-6), as an unhold dates it by its hold. Read before the write below replaces nothing of it. */
+    int64_t dated = audit_time(c->audit);
+    kfd_attest_record seen;
+    int sr = c->clock != NULL ? kfd_store_get_attest(s, c->node, &seen) : -ENOENT;
+    if (sr != 0 && sr != -ENOENT)
+        return kf_err_set(err, sr, "reading node %s's measured-boot record", c->node);
+    if (sr == 0 && seen.has_seen_clock && seen.seen_at > 0 && seen.seen_at <= dated &&
+        seen.seen_reset == c->clock->reset_count && seen.seen_restart == c->clock->restart_count &&
+        seen.has_seen_tpm_clock == c->clock->clock_known && (!c->clock->clock_known || seen.seen_clock == c->clock->clock))
+        dated = seen.seen_at;
     int r = attest_write(s, ST_ATTEST_ACCEPT, c->node, c->pcrs, NULL, NULL, c->audit, err);
-    return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, c->clock, audit_time(c->audit), err);
+    return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, c->clock, dated, err);
 }
 
 /* An enrollment: the volume, its node's first measured boot when trusted on first use, the
@@ -436,7 +470,7 @@ static int apply_attest(kfd_store *s, const Keyfleet__V1__CmdAttest *c, uint64_t
     if (r == 0 && !accept && !unhold && c->hold[0] != '\0')
         r = attest_hold(s, c, err);
     else if (r == 0 && !accept && !unhold)
-        r = attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->clock, audit_time(c->audit), err);
+        r = raise_seen_clock(s, c->node, c->clock, audit_time(c->audit), err);
     if (r != 0)
         return r;
     return kfd_store_append_audit(s, c->audit, seq, err);
@@ -460,7 +494,7 @@ static int apply_node_seen(kfd_store *s, const Keyfleet__V1__CmdNodeSeen *c, kf_
     kfd_bind_text(st, 1, c->node);
     sqlite3_bind_int64(st, 2, c->at);
     int r = kfd_store_step_done(s, st, "recording a node's heartbeat", err);
-    return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_MAX, c->node, c->attest_clock, c->at, err);
+    return r != 0 ? r : raise_seen_clock(s, c->node, c->attest_clock, c->at, err);
 }
 
 /* The dispatcher: one case per command, the work in the apply_* above or in the file that owns it. */

@@ -415,7 +415,7 @@ int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck 
         kfd_store_set_disputed(s, c->seq, why); /* the leader's word alone: a majority decides (C1) */
         return 0;
     }
-    if (!s->cp_state_vouches || s->diverged_seq != 0 || c->seq <= s->vouch_floor)
+    if (!s->cp_state_vouches || s->diverged_seq != 0 || s->tx_cp_size < s->vouch_floor)
         return 0;
     s->vouched = true;
     if (s->restored) {
@@ -870,8 +870,8 @@ bool kfd_store_audit_vouched(const kfd_store *s) { return s->vouched && s->diver
 void kfd_store_audit_unvouch(kfd_store *s)
 {
     s->vouched = false;
-    /* A state check in flight, at a checkpoint from before the records to be confirmed, must not
-     * vouch again. */
+    /* Only a checkpoint that signs the records to be confirmed vouches again (review rev46,
+     * R46-1): not a state check in flight, nor one whose checkpoint was proposed before them. */
     s->vouch_floor = s->head_seq;
 }
 

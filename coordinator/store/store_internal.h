@@ -152,7 +152,7 @@ struct kfd_store {
     /* Since it opened, this replica applied a checkpoint that matched its own log and covered
      * every record it held at open: its head is the signed history plus what it applied live. */
     bool vouched;
-    uint64_t vouch_floor; /* kfd_store_audit_unvouch: only a state check at a later record vouches again */
+    uint64_t vouch_floor; /* kfd_store_audit_unvouch: only a checkpoint signing this many records vouches again */
     /* The state digest noted when this replica applied the checkpoint record cp_state_seq (since
      * it opened; 0: none), compared with the leader's CmdStateCheck (review rev17, R2); and
      * whether that checkpoint vouches for this replica once the comparison matched. */

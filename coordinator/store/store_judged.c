@@ -209,7 +209,7 @@ static int differs(const char *what, kf_err *err)
  * of one boot or a reboot's power loss explain, or ahead by more than the time since the record
  * (5/4 of it, plus the handler's slack and the apply's) explains. A clock not known, or a state
  * the policy let through audited, is not compared; counters that went back are judged_tpm's. */
-static int tpm_clock_judged(const Keyfleet__V1__AttestClock *q, const kfd_attest_record *rec, int64_t at, kf_err *err)
+int kfd_tpm_clock_judged(const Keyfleet__V1__AttestClock *q, const kfd_attest_record *rec, int64_t at, kf_err *err)
 {
     if (q == NULL || !q->clock_known || q->rollback_audited || rec == NULL || !rec->has_clock || !rec->has_tpm_clock)
         return 0;
@@ -299,7 +299,7 @@ int kfd_store_check_judged(kfd_store *s, const char *node, const kfd_volume *v, 
             return kf_err_set(err, -ENOMEM, "digesting the recorded TPM counters");
         if (tpm->len != 0 && CRYPTO_memcmp(d, tpm->data, KFD_JUDGED_LEN) != 0)
             return differs("recorded TPM counters", err);
-        if ((r = tpm_clock_judged(in->clock, r == 0 ? &rec : NULL, in->at, err)) != 0)
+        if ((r = kfd_tpm_clock_judged(in->clock, r == 0 ? &rec : NULL, in->at, err)) != 0)
             return r;
     }
     if (policy->len != 0) {

@@ -101,6 +101,13 @@ int kfd_store_check_policy(kfd_store *s, const ProtobufCBinaryData *judged_polic
  * copied state (review rev45c R45c-2). */
 #define KFD_TPM_CLOCK_APPLY_REBOOT_SLACK_MS (KF_TPM_CLOCK_NV_SLACK_MS + KFD_TPM_CLOCK_APPLY_SLACK_MS)
 
+/* A quote's TPM clock against a replica's record (rec NULL: none), at the command's time at: 0,
+ * or -EAGAIN (err says why) when it is behind by more than the slacks above explain, or ahead of
+ * the record by more than 5/4 of the time between the commands plus KF_TPM_CLOCK_JUMP_SLACK_MS and
+ * the apply's slack (review rev45c R45c-2). Not compared: a clock not known, a quote the policy
+ * let through audited, counters that went back (judged_tpm's). */
+int kfd_tpm_clock_judged(const Keyfleet__V1__AttestClock *q, const kfd_attest_record *rec, int64_t at, kf_err *err);
+
 
 /* A first enrollment's trust on first use (CmdEnrollVolume.attest_tofu: the handler counted the
  * quote as attested because the node had no volumes and no accepted PCR values; review rev44b

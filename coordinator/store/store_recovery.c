@@ -174,6 +174,21 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
         return kf_err_set(err, -EACCES, "a repeated request does not return volume %s's recovery key: %s",
                           c->volume_id, replay_why);
     }
+    /* The key the handler handed back, by its check value, against this replica's row (review
+     * rev46, R46-2): a repeat must name the key escrowed under its request id here, and a new
+     * escrow is a fresh key, never one escrowed here; else a leader's edited row handed a key back
+     * (a revealed one staged under a request id only it knew) that this replica would stage anew. */
+    const char *kcv_why = NULL;
+    if (r == 0 && !c->zfs && c->kcv != NULL && c->kcv[0] != '\0') {
+        if (replay && strcmp(next ? cur.next_kcv : cur.kcv, c->kcv) != 0)
+            kcv_why = "the key a repeated request was answered with is not the one escrowed here under its request id";
+        else if (!replay && (strcmp(cur.kcv, c->kcv) == 0 || strcmp(cur.next_kcv, c->kcv) == 0))
+            kcv_why = "a key escrowed here was handed out as a new recovery key";
+    }
+    if (kcv_why != NULL) {
+        kfd_recovery_clear(&cur);
+        return kf_err_set(err, -EAGAIN, "volume %s: %s (a coordinator's database edited?)", c->volume_id, kcv_why);
+    }
     /* ZFS: the revealed key is the dataset's own; it is retired only by a rotation after the reveal:
      * the dataset's key is another than the one the reveal showed (by check value: a rotation
      * committed in the reveal's second is not after it, review rev26c L2; by time only for a

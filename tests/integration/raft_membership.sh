@@ -98,6 +98,22 @@ expect_match "the cluster still releases" "$out" "^code=ok status=released"
 m=$(curl -s --http2 --cacert "$F/ca.crt" --cert "$F/operator.crt" --key "$F/operator.key" "https://${RPC[$L]}/metrics")
 expect_match "the refusals are counted" "$m" "keyfleet_raft_peers_refused_total [1-9]"
 
+# ---- the leader asked to remove itself (review rev46, R46-4) --------------------------------------
+# Once the configuration leaves it out it could not record its own removal: it hands leadership
+# on, and the new leader removes it and records `cluster_remove`.
+OTHER=$(for n in "${LIVE[@]}"; do [ "$n" != "$L" ] && echo "$n"; done)
+out=$(ctl_f --server "${RPC[$L]}" cluster remove "$L" 2>&1)
+expect_match "the leader asked to remove itself hands leadership on" "$out" "leads: it is handing leadership"
+check "$OTHER leads" test "$(wait_leader "$OTHER" "$OTHER")" = "$OTHER"
+for _ in $(seq 1 50); do
+    out=$(ctl_f --server "${RPC[$OTHER]}" cluster remove "$L" 2>&1) && break
+    sleep 0.2
+done
+expect_match "the new leader removes $L" "$out" "removed $L"
+expect_eq "one member remains" "$(ctl_f --server "${RPC[$OTHER]}" cluster status 2>&1 | grep -c 'raft=')" "1"
+expect_eq "the removal is recorded" "$(db_value_when "$WORK/$OTHER/state/keyfleet.db" \
+    "SELECT count(*) FROM audit WHERE action = 'cluster_remove' AND reason = 'member $L'" 1)" "1"
+
 stop_replicas "${LIVE[@]}"
 check_sanitizers
 finish

@@ -1567,6 +1567,8 @@ static void test_cert_denylist(void **state)
 }
 
 
+static const char *escrow_kcv; /* the next escrow's key check value (NULL: none, as before) */
+
 static int escrow(kfd_store *s, const char *node, const char *vol, const char *rid, const char *wrapped, bool zfs,
                   int64_t at)
 {
@@ -1576,7 +1578,7 @@ static int escrow(kfd_store *s, const char *node, const char *vol, const char *r
     c.volume_id = (char *)vol;
     c.node = (char *)node;
     c.wrapped = (char *)wrapped;
-    c.kcv = (char *)"";
+    c.kcv = (char *)(escrow_kcv != NULL ? escrow_kcv : "");
     c.request_id = (char *)rid;
     c.zfs = zfs;
     c.audit = &a.e;
@@ -1778,6 +1780,185 @@ static void test_recovery_replacement_revealed(void **state)
     kfd_recovery_clear(&rec);
     assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 7), -EACCES);
     refusal_recorded(s, "was revealed");
+    kfd_store_close(s);
+}
+
+/* A heartbeat (CmdNodeSeen) of node n1 at at carrying clk. */
+static int node_seen(kfd_store *s, Keyfleet__V1__AttestClock *clk, int64_t at)
+{
+    Keyfleet__V1__CmdNodeSeen c = KEYFLEET__V1__CMD_NODE_SEEN__INIT;
+    c.node = (char *)"n1";
+    c.at = at;
+    c.attest_clock = clk;
+    Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
+    cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
+    cmd.node_seen = &c;
+    return apply(s, &cmd, NULL);
+}
+
+/* Review rev46, R46-3: a heartbeat's quote raises the recorded TPM state only where it holds at
+ * apply (rules 2 to 4 against this replica's record). Before, a heartbeat that an edited leader
+ * let through laid a clone's state (set ten days forward, or a later boot a day back) on every
+ * replica unjudged, and the clone's release that the apply had refused then passed everywhere. */
+static void test_heartbeat_clock_judged_at_apply(void **state)
+{
+    (void)state;
+    kf_err err = {0};
+    kfd_store *s = open_db("heartbeat-clock.db");
+    assert_int_equal(put_policy(s, 1, "rules: [allow-prod]\n"), 0);
+    assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
+    kfd_judged j = {0};
+    j.has_tpm = true;
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
+    assert_int_equal(kfd_judged_volume(&v, j.volume), 0);
+    kfd_volume_clear(&v);
+    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", j.policy), 0);
+    kfd_judged_tpm(NULL, j.tpm);
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = 5;
+    clk.restart_count = 1;
+    clk.clock = 1ull << 30; /* about 12 days of TPM time */
+    clk.clock_known = true;
+    judged_clock = &clk;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), 0);
+    kfd_attest_record rec;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    kfd_judged_tpm(&rec, j.tpm);
+
+    /* Rule 4: a TPM set ten days ahead. Its heartbeat leaves the record as it was... */
+    Keyfleet__V1__AttestClock fwd = clk;
+    fwd.clock = clk.clock + 10ull * 86400 * 1000;
+    assert_int_equal(node_seen(s, &fwd, T0 + 8), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, clk.clock);
+    assert_int_equal(rec.clock_at, T0 + 7);
+    /* ... so its release is still refused. */
+    fwd.clock += 1000;
+    judged_clock = &fwd;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 9, &err), -ECANCELED);
+    assert_non_null(strstr(err.msg, "ran ahead"));
+
+    /* Rule 3: a copy booted elsewhere (reset one up, its clock a day back). */
+    Keyfleet__V1__AttestClock clone = clk;
+    clone.reset_count = 6;
+    clone.clock = clk.clock - 86400ull * 1000;
+    assert_int_equal(node_seen(s, &clone, T0 + 10), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 5);
+    assert_int_equal(rec.clock, clk.clock);
+
+    /* An honest heartbeat raises it: the same boot a minute on, then a reboot that lost a little. */
+    Keyfleet__V1__AttestClock next = clk;
+    next.clock = clk.clock + 60000;
+    assert_int_equal(node_seen(s, &next, T0 + 67), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, next.clock);
+    assert_int_equal(rec.clock_at, T0 + 67);
+    next.reset_count = 6;
+    next.clock -= 1000;
+    assert_int_equal(node_seen(s, &next, T0 + 200), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.reset_count, 6);
+    judged_clock = NULL;
+    kfd_store_close(s);
+}
+
+/* Review rev46, R46-6: an acceptance of a rolled-back TPM state (the held quote's) dates the
+ * accepted clock when that quote came, not at the acceptance: accepted an hour later, the node's
+ * next honest quote is not "ahead" by the hour, at the handler or at apply. */
+static void test_rollback_accept_dated_by_quote(void **state)
+{
+    (void)state;
+    kf_err err = {0};
+    kfd_store *s = open_db("accept-dating.db");
+    assert_int_equal(put_policy(s, 1, "rules: [allow-prod]\n"), 0);
+    assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
+    kfd_judged j = {0};
+    j.has_tpm = true;
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
+    assert_int_equal(kfd_judged_volume(&v, j.volume), 0);
+    kfd_volume_clear(&v);
+    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", j.policy), 0);
+    kfd_judged_tpm(NULL, j.tpm);
+    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    clk.reset_count = 5;
+    clk.restart_count = 1;
+    clk.clock = 10000000;
+    clk.clock_known = true;
+    judged_clock = &clk;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 10, &err), 0);
+    /* The rolled-back TPM's quote (reset 4) at T0 + 20, seen (its release refused). */
+    Keyfleet__V1__AttestClock back = KEYFLEET__V1__ATTEST_CLOCK__INIT;
+    back.reset_count = 4;
+    back.clock = 5000000;
+    back.clock_known = true;
+    audit_at ha;
+    audit(&ha, T0 + 20, "attest_hold", KEYFLEET__V1__DECISION__DECISION_DENY);
+    Keyfleet__V1__CmdAttest hc = KEYFLEET__V1__CMD_ATTEST__INIT;
+    hc.node = (char *)"n1";
+    hc.kind = (char *)"seen";
+    hc.pcrs = (char *)PCRS("a");
+    hc.clock = &back;
+    hc.audit = &ha.e;
+    Keyfleet__V1__StateCommand hm = KEYFLEET__V1__STATE_COMMAND__INIT;
+    hm.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    hm.attest = &hc;
+    assert_int_equal(apply(s, &hm, NULL), 0);
+    /* Accepted an hour later, as the handler builds it: the seen quote's state. */
+    audit_at aa;
+    Keyfleet__V1__CmdAttest ac;
+    Keyfleet__V1__StateCommand am;
+    accept_cmd(&aa, &ac, &am, PCRS("a"), "");
+    aa.time.seconds = T0 + 20 + 3600;
+    ac.clock = &back;
+    assert_int_equal(apply(s, &am, NULL), 0);
+    kfd_attest_record rec;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, 5000000);
+    assert_int_equal(rec.clock_at, T0 + 20);
+    kfd_judged_tpm(&rec, j.tpm);
+    /* The TPM's next quote a minute after the acceptance: its clock ran 3660 s since. */
+    Keyfleet__V1__AttestClock next = back;
+    next.clock = 5000000 + 3660ull * 1000;
+    judged_clock = &next;
+    assert_int_equal(judged_release(s, &j, KCV1, T0 + 20 + 3660, &err), 0);
+    judged_clock = NULL;
+    kfd_store_close(s);
+}
+
+/* Review rev46, R46-2: the key a LUKS2 escrow hands out is judged at apply by its check value
+ * against the replica's row. A repeat must carry the key escrowed here under its request id; a
+ * new escrow must not carry a key escrowed here. Before, a leader whose row held the revealed key
+ * under a request id only it knew answered a "repeat" with that key, and the honest replicas
+ * applied the command as a new escrow: ALLOW, the revealed key staged anew, no denial anywhere. */
+static void test_recovery_escrow_key_judged(void **state)
+{
+    (void)state;
+    kfd_store *s = open_db("escrow-kcv.db");
+    assert_int_equal(enroll(s, "v1", "n1", T0), 0);
+    escrow_kcv = "K1";
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0), 0);
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0 + 1), 0); /* a repeat: the same key */
+    escrow_kcv = "K2";
+    assert_int_equal(escrow(s, "n1", "v1", RID, "w1", false, T0 + 1), -ECANCELED); /* another key */
+    refusal_recorded(s, "is not the one escrowed here");
+    assert_int_equal(propose_reveal(s, RID2, "v1", 1), 0);
+    assert_int_equal(reveal(s, RID2, "v1", "op1", T0 + 2), 0); /* K1 shown to an operator */
+    /* An hour later, a request id this replica never saw, answered with the revealed K1. */
+    escrow_kcv = "K1";
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w1", false, T0 + 3600), -ECANCELED);
+    refusal_recorded(s, "handed out as a new recovery key");
+    kfd_recovery rec;
+    assert_int_equal(kfd_store_get_recovery(s, "v1", &rec), 0);
+    assert_string_equal(rec.next_request_id, ""); /* nothing staged */
+    kfd_recovery_clear(&rec);
+    /* A fresh key is staged; a new escrow carrying that staged key is refused too. */
+    escrow_kcv = "K3";
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 3600), 0);
+    assert_int_equal(escrow(s, "n1", "v1", RID4, "w3", false, T0 + 3601), -ECANCELED);
+    escrow_kcv = NULL;
     kfd_store_close(s);
 }
 
@@ -2079,6 +2260,9 @@ int main(void)
         cmocka_unit_test(test_judged_digests),
         cmocka_unit_test(test_judged_inputs_at_apply),
         cmocka_unit_test(test_recovery_at_apply),
+        cmocka_unit_test(test_heartbeat_clock_judged_at_apply),
+        cmocka_unit_test(test_rollback_accept_dated_by_quote),
+        cmocka_unit_test(test_recovery_escrow_key_judged),
         cmocka_unit_test(test_recovery_replacement_revealed),
         cmocka_unit_test(test_recovery_zfs_same_second),
         cmocka_unit_test(test_recovery_two_part_at_apply),
