@@ -1010,10 +1010,13 @@ static void on_handed_over(struct raft_transfer *req)
 
 int kfd_repl_hand_over(kfd_repl *r, kf_err *err)
 {
+    if (r->raft.transfer != NULL)
+        return kf_err_set(err, -EAGAIN, "leadership is being handed on already");
     struct raft_transfer *req = calloc(1, sizeof(*req));
     if (req == NULL)
         return kf_err_set(err, -ENOMEM, "out of memory");
-    int rc = raft_transfer(&r->raft, req, 0, on_handed_over); /* 0: libraft picks the most up-to-date voter */
+    /* The next voter in turn, not libraft's own pick (review rev46b R46b-4, as rev40 F1). */
+    int rc = raft_transfer(&r->raft, req, transfer_target(r), on_handed_over);
     if (rc != 0) {
         free(req);
         return kf_err_set(err, -EAGAIN, "handing leadership on: %s", raft_strerror(rc));

@@ -182,6 +182,8 @@ void kfd_attest_seen_command(kfd_call *call, const kfd_attest_eval *att, const c
     out->attest.audit = &out->audit.entry;
     kfd_attest_clock_fill(att, &out->clock);
     out->attest.clock = att->has_clock ? &out->clock : NULL;
+    memcpy(out->judged_policy, kfd_call_app(call)->policy_judged, sizeof(out->judged_policy));
+    out->attest.judged_policy = (ProtobufCBinaryData){sizeof(out->judged_policy), out->judged_policy};
     if (hold_kind != NULL) {
         out->attest.hold = (char *)reason;
         out->attest.hold_kind = (char *)hold_kind;

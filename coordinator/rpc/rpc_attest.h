@@ -44,6 +44,7 @@ typedef struct kfd_attest_cmd {
     kfd_audit_buf audit;
     Keyfleet__V1__CmdAttest attest;
     Keyfleet__V1__AttestClock clock;
+    uint8_t judged_policy[32]; /* the policy's digest at the decision (review rev46b R46b-2) */
     Keyfleet__V1__StateCommand cmd;
 } kfd_attest_cmd;
 void kfd_attest_seen_command(kfd_call *call, const kfd_attest_eval *att, const char *action, const char *volume_id,

@@ -412,6 +412,7 @@ static void commit_contact(kfd_call *call, heartbeat_op *op, const kfd_attest_ev
     Keyfleet__V1__AttestClock clk;
     kfd_attest_clock_fill(att, &clk);
     seen.attest_clock = quoted && att->has_clock && !att->rollback ? &clk : NULL;
+    seen.judged_policy = (ProtobufCBinaryData){sizeof(kfd_call_app(call)->policy_judged), kfd_call_app(call)->policy_judged};
     Keyfleet__V1__StateCommand seen_cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     seen_cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
     seen_cmd.node_seen = &seen;

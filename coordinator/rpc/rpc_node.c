@@ -1523,7 +1523,7 @@ typedef struct recovery_op {
     char kms_id[160]; /* VOLUME_ID/recovery: the AAD that keeps it apart from the volume's key */
     char kcv[24];
     char *wrapped;
-    bool zfs, replay, replaced;
+    bool zfs, replay, next_replay, replaced;
     kfd_sealed sealed;
     uint8_t judged_policy[KFD_JUDGED_LEN]; /* the policy decided under (review rev44 J6) */
     uint8_t judged_volume[KFD_JUDGED_LEN]; /* the volume's row as the rules saw it (rev45b R45b-3) */
@@ -1602,6 +1602,7 @@ static void commit_escrow(recovery_op *op)
     c.audit = &a.entry;
     c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, op->judged_policy};
     c.judged_volume = (ProtobufCBinaryData){KFD_JUDGED_LEN, op->judged_volume};
+    c.replay_of = (char *)(!op->replay ? "" : op->next_replay ? "next" : "escrowed");
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
     cmd.recovery_escrow = &c;
@@ -1765,6 +1766,7 @@ void kfd_rpc_enroll_recovery_key(kfd_call *call)
      * confirms the new keyslot is verified and the old one killed (review rev26c R1). */
     bool next_replay = r == 0 && cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, req->request_id) == 0;
     op->replay = next_replay || (r == 0 && strcmp(cur.request_id, req->request_id) == 0);
+    op->next_replay = next_replay;
     op->replaced = next_replay || (r == 0 && !op->replay && (cur.revealed_at != 0 || !zfs));
     if (op->replay && !zfs && (op->wrapped = strdup(next_replay ? cur.next_wrapped : cur.wrapped)) == NULL) {
         kfd_recovery_clear(&cur);

@@ -245,7 +245,7 @@ static int attest_clock(kfd_store *s, int which, const char *node, const Keyflee
  * record stays. Judged here because a clone's state raised unjudged by a heartbeat that an edited
  * leader let through would pass the clone's release on every replica (review rev46, R46-3). */
 static int raise_seen_clock(kfd_store *s, const char *node, const Keyfleet__V1__AttestClock *clock, int64_t at,
-                            kf_err *err)
+                            const ProtobufCBinaryData *judged_policy, kf_err *err)
 {
     if (clock == NULL)
         return 0;
@@ -253,8 +253,15 @@ static int raise_seen_clock(kfd_store *s, const char *node, const Keyfleet__V1__
     int r = kfd_store_get_attest(s, node, &rec);
     if (r != 0 && r != -ENOENT)
         return kf_err_set(err, r, "reading node %s's measured-boot record", node);
+    /* Let through by `rollback: audit` only where that is this replica's policy too: the flag is
+     * the leader's word, its policy digest is not (review rev46b R46b-2). */
+    Keyfleet__V1__AttestClock judged = *clock;
+    kf_err perr = {0};
+    if (judged.rollback_audited &&
+        (judged_policy->len == 0 || kfd_store_check_policy(s, judged_policy, at, &perr) != 0))
+        judged.rollback_audited = false;
     kf_err why = {0};
-    if (r == 0 && kfd_tpm_clock_judged(clock, &rec, at, &why) != 0) {
+    if (r == 0 && kfd_tpm_clock_judged(&judged, &rec, at, &why) != 0) {
         kf_log_warn("tpm_clock_not_recorded", "node=%s reason=%s", node, kf_log_q(why.msg));
         return 0;
     }
@@ -337,10 +344,20 @@ static int attest_accept(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err 
     int sr = c->clock != NULL ? kfd_store_get_attest(s, c->node, &seen) : -ENOENT;
     if (sr != 0 && sr != -ENOENT)
         return kf_err_set(err, sr, "reading node %s's measured-boot record", c->node);
-    if (sr == 0 && seen.has_seen_clock && seen.seen_at > 0 && seen.seen_at <= dated &&
-        seen.seen_reset == c->clock->reset_count && seen.seen_restart == c->clock->restart_count &&
-        seen.has_seen_tpm_clock == c->clock->clock_known && (!c->clock->clock_known || seen.seen_clock == c->clock->clock))
-        dated = seen.seen_at;
+    if (c->clock != NULL) {
+        /* The TPM state accepted is this replica's seen quote, not the leader's word: a state put
+         * into the leader's row would otherwise be laid on every record (review rev46b R46b-1). */
+        bool same = sr == 0 && seen.has_seen_clock && seen.seen_reset == c->clock->reset_count &&
+                    seen.seen_restart == c->clock->restart_count &&
+                    seen.has_seen_tpm_clock == c->clock->clock_known &&
+                    (!c->clock->clock_known || seen.seen_clock == c->clock->clock);
+        if (!same)
+            return kf_err_set(err, -ESTALE, "node %s's TPM state this acceptance carries is not the quote this "
+                              "coordinator saw (changed since, or a database edited); look again (keyfleetctl node "
+                              "attest show)", c->node);
+        if (seen.seen_at > 0 && seen.seen_at <= dated)
+            dated = seen.seen_at;
+    }
     int r = attest_write(s, ST_ATTEST_ACCEPT, c->node, c->pcrs, NULL, NULL, c->audit, err);
     return r != 0 ? r : attest_clock(s, ST_ATTEST_CLOCK_SET, c->node, c->clock, dated, err);
 }
@@ -470,7 +487,7 @@ static int apply_attest(kfd_store *s, const Keyfleet__V1__CmdAttest *c, uint64_t
     if (r == 0 && !accept && !unhold && c->hold[0] != '\0')
         r = attest_hold(s, c, err);
     else if (r == 0 && !accept && !unhold)
-        r = raise_seen_clock(s, c->node, c->clock, audit_time(c->audit), err);
+        r = raise_seen_clock(s, c->node, c->clock, audit_time(c->audit), &c->judged_policy, err);
     if (r != 0)
         return r;
     return kfd_store_append_audit(s, c->audit, seq, err);
@@ -494,7 +511,7 @@ static int apply_node_seen(kfd_store *s, const Keyfleet__V1__CmdNodeSeen *c, kf_
     kfd_bind_text(st, 1, c->node);
     sqlite3_bind_int64(st, 2, c->at);
     int r = kfd_store_step_done(s, st, "recording a node's heartbeat", err);
-    return r != 0 ? r : raise_seen_clock(s, c->node, c->attest_clock, c->at, err);
+    return r != 0 ? r : raise_seen_clock(s, c->node, c->attest_clock, c->at, &c->judged_policy, err);
 }
 
 /* The dispatcher: one case per command, the work in the apply_* above or in the file that owns it. */

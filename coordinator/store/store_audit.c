@@ -378,6 +378,7 @@ int kfd_store_apply_checkpoint(kfd_store *s, const Keyfleet__V1__CmdCheckpoint *
                     (unsigned long long)*seq, strerror(-dr));
     } else {
         s->cp_state_seq = *seq;
+        s->cp_state_size = cp.size;
         s->cp_state_version = kfd_store_state_version();
         unsigned i = s->state_notes_next++ % KFD_STATE_NOTES;
         s->state_notes[i].seq = *seq;
@@ -415,7 +416,7 @@ int kfd_store_apply_state_check(kfd_store *s, const Keyfleet__V1__CmdStateCheck 
         kfd_store_set_disputed(s, c->seq, why); /* the leader's word alone: a majority decides (C1) */
         return 0;
     }
-    if (!s->cp_state_vouches || s->diverged_seq != 0 || s->tx_cp_size < s->vouch_floor)
+    if (!s->cp_state_vouches || s->diverged_seq != 0 || s->cp_state_size < s->vouch_floor)
         return 0;
     s->vouched = true;
     if (s->restored) {

@@ -153,6 +153,7 @@ struct kfd_store {
      * every record it held at open: its head is the signed history plus what it applied live. */
     bool vouched;
     uint64_t vouch_floor; /* kfd_store_audit_unvouch: only a checkpoint signing this many records vouches again */
+    uint64_t cp_state_size; /* the signed size of the checkpoint at cp_state_seq */
     /* The state digest noted when this replica applied the checkpoint record cp_state_seq (since
      * it opened; 0: none), compared with the leader's CmdStateCheck (review rev17, R2); and
      * whether that checkpoint vouches for this replica once the comparison matched. */

@@ -1568,6 +1568,7 @@ static void test_cert_denylist(void **state)
 
 
 static const char *escrow_kcv; /* the next escrow's key check value (NULL: none, as before) */
+static const char *escrow_replay_of; /* what the next escrow was decided as (NULL: by the row, as the handler) */
 
 static int escrow(kfd_store *s, const char *node, const char *vol, const char *rid, const char *wrapped, bool zfs,
                   int64_t at)
@@ -1579,6 +1580,15 @@ static int escrow(kfd_store *s, const char *node, const char *vol, const char *r
     c.node = (char *)node;
     c.wrapped = (char *)wrapped;
     c.kcv = (char *)(escrow_kcv != NULL ? escrow_kcv : "");
+    kfd_recovery cur;
+    const char *decided = "";
+    if (kfd_store_get_recovery(s, vol, &cur) == 0) {
+        decided = cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, rid) == 0 ? "next"
+                  : strcmp(cur.request_id, rid) == 0                                   ? "escrowed"
+                                                                                          : "";
+        kfd_recovery_clear(&cur);
+    }
+    c.replay_of = (char *)(escrow_replay_of != NULL ? escrow_replay_of : decided);
     c.request_id = (char *)rid;
     c.zfs = zfs;
     c.audit = &a.e;
@@ -1783,6 +1793,8 @@ static void test_recovery_replacement_revealed(void **state)
     kfd_store_close(s);
 }
 
+static const uint8_t *seen_policy; /* the next heartbeat's judged policy digest (NULL: none) */
+
 /* A heartbeat (CmdNodeSeen) of node n1 at at carrying clk. */
 static int node_seen(kfd_store *s, Keyfleet__V1__AttestClock *clk, int64_t at)
 {
@@ -1790,6 +1802,8 @@ static int node_seen(kfd_store *s, Keyfleet__V1__AttestClock *clk, int64_t at)
     c.node = (char *)"n1";
     c.at = at;
     c.attest_clock = clk;
+    if (seen_policy != NULL)
+        c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, (uint8_t *)seen_policy};
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_NODE_SEEN;
     cmd.node_seen = &c;
@@ -1833,6 +1847,18 @@ static void test_heartbeat_clock_judged_at_apply(void **state)
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     assert_int_equal(rec.clock, clk.clock);
     assert_int_equal(rec.clock_at, T0 + 7);
+    /* Flagged as let through by `rollback: audit`, it is judged all the same unless it carries
+     * this replica's policy (review rev46b R46b-2: the flag is the leader's word). */
+    fwd.rollback_audited = true;
+    assert_int_equal(node_seen(s, &fwd, T0 + 8), 0);
+    uint8_t other_policy[KFD_JUDGED_LEN];
+    assert_int_equal(kfd_judged_policy("rules: [edited]\n", other_policy), 0);
+    seen_policy = other_policy;
+    assert_int_equal(node_seen(s, &fwd, T0 + 8), 0);
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, clk.clock);
+    seen_policy = NULL;
+    fwd.rollback_audited = false;
     /* ... so its release is still refused. */
     fwd.clock += 1000;
     judged_clock = &fwd;
@@ -1860,6 +1886,15 @@ static void test_heartbeat_clock_judged_at_apply(void **state)
     assert_int_equal(node_seen(s, &next, T0 + 200), 0);
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     assert_int_equal(rec.reset_count, 6);
+    /* Under this replica's own `rollback: audit` policy, an audited quote raises it as decided. */
+    Keyfleet__V1__AttestClock audited = next;
+    audited.clock = next.clock + 10ull * 86400 * 1000;
+    audited.rollback_audited = true;
+    seen_policy = j.policy;
+    assert_int_equal(node_seen(s, &audited, T0 + 201), 0);
+    seen_policy = NULL;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, audited.clock);
     judged_clock = NULL;
     kfd_store_close(s);
 }
@@ -1906,15 +1941,25 @@ static void test_rollback_accept_dated_by_quote(void **state)
     hm.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
     hm.attest = &hc;
     assert_int_equal(apply(s, &hm, NULL), 0);
-    /* Accepted an hour later, as the handler builds it: the seen quote's state. */
+    /* An acceptance carrying another TPM state than the quote this replica saw (a clone's, put
+     * into the leader's row) is refused: nothing is laid on the record (review rev46b R46b-1). */
     audit_at aa;
     Keyfleet__V1__CmdAttest ac;
     Keyfleet__V1__StateCommand am;
     accept_cmd(&aa, &ac, &am, PCRS("a"), "");
     aa.time.seconds = T0 + 20 + 3600;
+    Keyfleet__V1__AttestClock clone = back;
+    clone.clock = back.clock - 86400ull * 1000 * 3 / 100;
+    ac.clock = &clone;
+    kf_err aerr = {0};
+    assert_int_equal(apply(s, &am, &aerr), -ESTALE);
+    assert_non_null(strstr(aerr.msg, "not the quote this coordinator saw"));
+    kfd_attest_record rec;
+    assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
+    assert_int_equal(rec.clock, 10000000);
+    /* Accepted an hour later, as the handler builds it: the seen quote's state. */
     ac.clock = &back;
     assert_int_equal(apply(s, &am, NULL), 0);
-    kfd_attest_record rec;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     assert_int_equal(rec.clock, 5000000);
     assert_int_equal(rec.clock_at, T0 + 20);
@@ -1958,6 +2003,18 @@ static void test_recovery_escrow_key_judged(void **state)
     escrow_kcv = "K3";
     assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 3600), 0);
     assert_int_equal(escrow(s, "n1", "v1", RID4, "w3", false, T0 + 3601), -ECANCELED);
+    /* A request the handler decided as a repeat of the waiting replacement, which this replica's
+     * row does not hold under that id (a revealed key overwritten since, staged again on the
+     * leader alone: review rev46b R46b-3), whatever key it carries; and the converse. */
+    escrow_kcv = "K2";
+    escrow_replay_of = "next";
+    assert_int_equal(escrow(s, "n1", "v1", RID4, "w2", false, T0 + 3602), -ECANCELED);
+    refusal_recorded(s, "decided as another repeat or escrow");
+    escrow_kcv = "K3";
+    escrow_replay_of = "";
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 3602), -ECANCELED);
+    escrow_replay_of = NULL;
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 3602), 0); /* decided as its row says */
     escrow_kcv = NULL;
     kfd_store_close(s);
 }
