@@ -128,6 +128,13 @@ typedef struct kf_tpm_clock {
  * the handler's rule 4 (coordinator/core/tpm_state.h) and the apply's (store_judged.c). */
 #define KF_TPM_CLOCK_JUMP_SLACK_MS 300000ull
 
+/* (reset, restart) comes before (than_reset, than_restart) on one TPM: the handler's rollback
+ * test and the apply's (an acceptance of a rolled-back state, review rev46c R46c-1). */
+static inline bool kf_tpm_counters_before(uint32_t reset, uint32_t restart, uint32_t than_reset, uint32_t than_restart)
+{
+    return reset < than_reset || (reset == than_reset && restart < than_restart);
+}
+
 /* The qualifying data of a quote: SHA-256 over "keyfleet quote v1", the TLS connection's
  * exporter value (RFC 8446 7.5, label KF_TPM_QUOTE_EXPORTER_LABEL, no context, 32 bytes), and
  * the request: its method ("Enroll", "Release"), volume id, the agent's ephemeral public key and

@@ -156,7 +156,7 @@ int kfd_attest_evaluate(kfd_call *call, const Keyfleet__V1__TpmQuote *quote, con
 
 bool kfd_attest_clock_before(uint32_t reset, uint32_t restart, uint32_t than_reset, uint32_t than_restart)
 {
-    return reset < than_reset || (reset == than_reset && restart < than_restart);
+    return kf_tpm_counters_before(reset, restart, than_reset, than_restart);
 }
 
 void kfd_attest_clock_fill(const kfd_attest_eval *att, Keyfleet__V1__AttestClock *clk)
@@ -233,16 +233,22 @@ static int record_token(const char *node, const kfd_attest_record *rec, char see
                         char token[KF_TPM_ATTEST_TOKEN_LEN + 1])
 {
     seen_clock[0] = '\0';
-    if (rec->has_seen_clock && rec->seen[0] != '\0')
+    /* The token covers the seen quote's clock too (review rev46c R46c-2): the state an acceptance
+     * lays is the one shown, and a node that quoted since makes the operator look again. */
+    char seen_state[100] = "";
+    if (rec->has_seen_clock && rec->seen[0] != '\0') {
         snprintf(seen_clock, 48, "reset=%" PRIu32 " restart=%" PRIu32, rec->seen_reset, rec->seen_restart);
-    char state[200] = "";
+        state_text(seen_state, sizeof(seen_state), rec->seen_reset, rec->seen_restart, rec->has_seen_tpm_clock,
+                   rec->seen_clock, rec->seen_safe);
+    }
+    char state[240] = "";
     if (rec->held[0] != '\0') {
         char held_clock[100];
         state_text(held_clock, sizeof(held_clock), rec->held_reset, rec->held_restart, rec->has_held_clock,
                    rec->held_clock, rec->held_safe);
-        snprintf(state, sizeof(state), "%s held_at=%" PRId64 " %s", seen_clock, rec->held_at, held_clock);
+        snprintf(state, sizeof(state), "%s held_at=%" PRId64 " %s", seen_state, rec->held_at, held_clock);
     } else {
-        snprintf(state, sizeof(state), "%s", seen_clock);
+        snprintf(state, sizeof(state), "%s", seen_state);
     }
     return kf_tpm_attest_token(node, rec->accepted, rec->seen, state, token);
 }

@@ -1602,7 +1602,7 @@ static void commit_escrow(recovery_op *op)
     c.audit = &a.entry;
     c.judged_policy = (ProtobufCBinaryData){KFD_JUDGED_LEN, op->judged_policy};
     c.judged_volume = (ProtobufCBinaryData){KFD_JUDGED_LEN, op->judged_volume};
-    c.replay_of = (char *)(!op->replay ? "" : op->next_replay ? "next" : "escrowed");
+    c.replay_of = (char *)(!op->replay ? "new" : op->next_replay ? "next" : "escrowed");
     Keyfleet__V1__StateCommand cmd = KEYFLEET__V1__STATE_COMMAND__INIT;
     cmd.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_RECOVERY_ESCROW;
     cmd.recovery_escrow = &c;

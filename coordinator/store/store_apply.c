@@ -352,9 +352,19 @@ static int attest_accept(kfd_store *s, const Keyfleet__V1__CmdAttest *c, kf_err 
                     seen.has_seen_tpm_clock == c->clock->clock_known &&
                     (!c->clock->clock_known || seen.seen_clock == c->clock->clock);
         if (!same)
-            return kf_err_set(err, -ESTALE, "node %s's TPM state this acceptance carries is not the quote this "
-                              "coordinator saw (changed since, or a database edited); look again (keyfleetctl node "
-                              "attest show)", c->node);
+            return kf_err_set(err, -ESTALE, "node %s quoted again since this acceptance was made (or a database "
+                              "was edited): its TPM state is not the quote this coordinator saw; look again "
+                              "(keyfleetctl node attest show)", c->node);
+        /* ... and a state behind this replica's own record, as the handler found on its record
+         * (review rev46c R46c-1): else an edit of the leader's counters lays an older state or a
+         * clone's on every record. */
+        bool rolled_back = seen.seen[0] != '\0' && seen.has_clock &&
+                           kf_tpm_counters_before(seen.seen_reset, seen.seen_restart, seen.reset_count,
+                                                  seen.restart_count);
+        if (!rolled_back)
+            return kf_err_set(err, -ESTALE, "node %s's seen TPM state is not behind this coordinator's record: "
+                              "there is no rolled-back state to accept (a database edited?); look again "
+                              "(keyfleetctl node attest show)", c->node);
         if (seen.seen_at > 0 && seen.seen_at <= dated)
             dated = seen.seen_at;
     }

@@ -179,8 +179,9 @@ int kfd_store_apply_recovery_escrow(kfd_store *s, const Keyfleet__V1__CmdRecover
      * escrow is a fresh key, never one escrowed here; else a leader's edited row handed a key back
      * (a revealed one staged under a request id only it knew) that this replica would stage anew. */
     const char *kcv_why = NULL;
-    const char *row_says = next ? "next" : replay ? "escrowed" : "";
-    if (!c->zfs && strcmp(c->replay_of != NULL ? c->replay_of : "", row_says) != 0)
+    /* Empty: an older coordinator's command, not compared (review rev46c R46c-3). */
+    const char *row_says = next ? "next" : replay ? "escrowed" : "new";
+    if (!c->zfs && c->replay_of != NULL && c->replay_of[0] != '\0' && strcmp(c->replay_of, row_says) != 0)
         kcv_why = "the request was decided as another repeat or escrow than this coordinator's row makes it";
     else if (r == 0 && !c->zfs && c->kcv != NULL && c->kcv[0] != '\0') {
         if (replay && strcmp(next ? cur.next_kcv : cur.kcv, c->kcv) != 0)

@@ -1581,11 +1581,11 @@ static int escrow(kfd_store *s, const char *node, const char *vol, const char *r
     c.wrapped = (char *)wrapped;
     c.kcv = (char *)(escrow_kcv != NULL ? escrow_kcv : "");
     kfd_recovery cur;
-    const char *decided = "";
+    const char *decided = "new";
     if (kfd_store_get_recovery(s, vol, &cur) == 0) {
         decided = cur.next_request_id[0] != '\0' && strcmp(cur.next_request_id, rid) == 0 ? "next"
                   : strcmp(cur.request_id, rid) == 0                                   ? "escrowed"
-                                                                                          : "";
+                                                                                          : "new";
         kfd_recovery_clear(&cur);
     }
     c.replay_of = (char *)(escrow_replay_of != NULL ? escrow_replay_of : decided);
@@ -1924,6 +1924,30 @@ static void test_rollback_accept_dated_by_quote(void **state)
     clk.clock_known = true;
     judged_clock = &clk;
     assert_int_equal(judged_release(s, &j, KCV1, T0 + 10, &err), 0);
+    /* A seen quote that is not behind the record (the same boot, later): an acceptance carrying
+     * it lays nothing, whatever the leader's counters said (review rev46c R46c-1). */
+    Keyfleet__V1__AttestClock later = clk;
+    later.clock = clk.clock + 5000;
+    audit_at la;
+    audit(&la, T0 + 15, "policy_deny", KEYFLEET__V1__DECISION__DECISION_DENY);
+    Keyfleet__V1__CmdAttest lc = KEYFLEET__V1__CMD_ATTEST__INIT;
+    lc.node = (char *)"n1";
+    lc.kind = (char *)"seen";
+    lc.pcrs = (char *)PCRS("a");
+    lc.clock = &later;
+    lc.audit = &la.e;
+    Keyfleet__V1__StateCommand lm = KEYFLEET__V1__STATE_COMMAND__INIT;
+    lm.cmd_case = KEYFLEET__V1__STATE_COMMAND__CMD_ATTEST;
+    lm.attest = &lc;
+    assert_int_equal(apply(s, &lm, NULL), 0);
+    audit_at ea;
+    Keyfleet__V1__CmdAttest ec;
+    Keyfleet__V1__StateCommand em;
+    accept_cmd(&ea, &ec, &em, PCRS("a"), "");
+    ec.clock = &later;
+    kf_err eerr = {0};
+    assert_int_equal(apply(s, &em, &eerr), -ESTALE);
+    assert_non_null(strstr(eerr.msg, "not behind"));
     /* The rolled-back TPM's quote (reset 4) at T0 + 20, seen (its release refused). */
     Keyfleet__V1__AttestClock back = KEYFLEET__V1__ATTEST_CLOCK__INIT;
     back.reset_count = 4;
@@ -1956,7 +1980,7 @@ static void test_rollback_accept_dated_by_quote(void **state)
     assert_non_null(strstr(aerr.msg, "not the quote this coordinator saw"));
     kfd_attest_record rec;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
-    assert_int_equal(rec.clock, 10000000);
+    assert_int_equal(rec.clock, later.clock); /* as the later seen quote raised it */
     /* Accepted an hour later, as the handler builds it: the seen quote's state. */
     ac.clock = &back;
     assert_int_equal(apply(s, &am, NULL), 0);
@@ -2011,8 +2035,10 @@ static void test_recovery_escrow_key_judged(void **state)
     assert_int_equal(escrow(s, "n1", "v1", RID4, "w2", false, T0 + 3602), -ECANCELED);
     refusal_recorded(s, "decided as another repeat or escrow");
     escrow_kcv = "K3";
-    escrow_replay_of = "";
+    escrow_replay_of = "new";
     assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 3602), -ECANCELED);
+    escrow_replay_of = ""; /* an older coordinator's command: not compared (review rev46c R46c-3) */
+    assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 3602), 0);
     escrow_replay_of = NULL;
     assert_int_equal(escrow(s, "n1", "v1", RID3, "w3", false, T0 + 3602), 0); /* decided as its row says */
     escrow_kcv = NULL;
