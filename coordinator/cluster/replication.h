@@ -88,7 +88,7 @@ void kfd_repl_status(kfd_repl *r, Keyfleet__V1__ClusterStatusResponse *resp, kfd
 /* Whether the change (raft_addr NULL: a removal) can be made now, before its record is judged:
  * 0, or -EAGAIN (not writable), -EBUSY (a change in progress), -EEXIST, -ENOENT or -EINVAL. */
 int kfd_repl_check_change(kfd_repl *r, const char *name, const char *raft_addr, const char *rpc_addr, kf_err *err);
-/* Hands leadership to another voter (libraft picks it): a leader does not remove itself, as it
+/* Hands leadership to the next other voter in turn: a leader does not remove itself, as it
  * could not record its own removal once the configuration left it out (review rev46, R46-4). */
 int kfd_repl_hand_over(kfd_repl *r, kf_err *err);
 /* Membership changes, on the leader. cb gets 0 or a negative errno with err set. */

@@ -54,9 +54,10 @@ bool kfd_store_audit_tail_unsigned(const kfd_store *s);
  * over a head a majority confirmed, and the rest it applied live, so nothing in its log rests on
  * its database alone. A leader that is vouched for signs without asking the others. */
 bool kfd_store_audit_vouched(const kfd_store *s);
-/* Drops the vouch until the next state check vouches again: records were appended that a
- * majority must be seen to hold (a membership change's, core/checkpoint.c), so no election or
- * head round of this replica is shortened by a checkpoint from before them. */
+/* Drops the vouch until a checkpoint that signs every record held now vouches again (its state
+ * check matching): records were appended that a majority must be seen to hold (a membership
+ * change's, core/checkpoint.c), so no election or head round of this replica is shortened by a
+ * checkpoint from before them, nor by a state check of one still in flight. */
 void kfd_store_audit_unvouch(kfd_store *s);
 /* False after this replica installed a snapshot (since it started), until a checkpoint it applied
  * live covers the snapshot's head: its log is then the sender's copy, and its answer to a leader's
