@@ -166,19 +166,41 @@ static void on_judged(void *arg, int status, const kfd_apply_result *res, const 
         member_not_changed(op, "head_round", r, &e);
 }
 
+/* The leader's own removal was recorded as refused: it hands leadership on. */
+static void on_self_removal_recorded(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
+{
+    (void)res;
+    member_op *op = arg;
+    kf_err e = {0};
+    int r = status != 0 ? kf_err_set(&e, status, "%s", err->msg) : kfd_repl_hand_over(op->app->repl, &e);
+    if (r == 0)
+        r = kf_err_set(&e, -EAGAIN, "%s leads: it is handing leadership to another coordinator; ask again and the "
+                       "new leader removes it", op->name);
+    answer_change_error(op->base.call, r, &e);
+    kfd_op_free(op);
+}
+
 /* Checks the change can be made now, then commits its judged record (on_judged). */
 static void start_change(kfd_call *call, member_op *op)
 {
     kf_err err = {0};
     int r = kfd_repl_check_change(op->app->repl, op->name, op->add ? op->raft : NULL, op->rpc, &err);
     /* The leader's own removal: once the configuration leaves it out it leads no more and could
-     * not record `cluster_remove` (review rev46, R46-4). It hands leadership on; asked again, the
-     * new leader removes it and records it. */
+     * not record `cluster_remove` (review rev46, R46-4). It records the request as refused, then
+     * hands leadership on (review rev46b R46b-4: each hand-over shows in the audit log); asked
+     * again, the new leader removes it and records it. */
     if (r == 0 && !op->add && strcmp(op->name, op->app->cfg->name) == 0) {
-        r = kfd_repl_hand_over(op->app->repl, &err);
-        if (r == 0)
-            r = kf_err_set(&err, -EAGAIN, "%s leads: it is handing leadership to another coordinator; ask again "
-                           "and the new leader removes it", op->name);
+        char why[sizeof(op->detail) + 120];
+        snprintf(why, sizeof(why), "remove %s: it leads; leadership is handed to another coordinator, which "
+                 "removes it when asked again", op->detail);
+        kfd_audit_buf a;
+        kfd_audit_fill(&a, kfd_call_actor(call), "cluster_change", KEYFLEET__V1__DECISION__DECISION_DENY, "", "", "",
+                       why);
+        Keyfleet__V1__CmdAppendAudit c;
+        Keyfleet__V1__StateCommand cmd;
+        kfd_audit_command(&a, &c, &cmd);
+        kfd_op_commit(&op->base, &cmd, on_self_removal_recorded, op);
+        return;
     }
     if (r != 0) {
         answer_change_error(call, r, &err);

@@ -113,6 +113,9 @@ expect_match "the new leader removes $L" "$out" "removed $L"
 expect_eq "one member remains" "$(ctl_f --server "${RPC[$OTHER]}" cluster status 2>&1 | grep -c 'raft=')" "1"
 expect_eq "the removal is recorded" "$(db_value_when "$WORK/$OTHER/state/keyfleet.db" \
     "SELECT count(*) FROM audit WHERE action = 'cluster_remove' AND reason = 'member $L'" 1)" "1"
+expect_eq "... and the hand-over before it, as a refused change (review rev46b R46b-4)" \
+    "$(sqlite3 -cmd ".timeout 5000" "$WORK/$OTHER/state/keyfleet.db" \
+        "SELECT count(*) FROM audit WHERE action = 'cluster_change' AND decision = 2 AND reason LIKE 'remove member $L: it leads%'")" "1"
 
 stop_replicas "${LIVE[@]}"
 check_sanitizers
