@@ -76,6 +76,19 @@ typedef struct member_op {
     bool add;
 } member_op;
 
+/* Commits one membership audit record under the op's caller (its certificate serial goes with
+ * it: kfd_op_commit); reason is serialized before this returns. */
+static void commit_member_record(member_op *op, const char *action, Keyfleet__V1__Decision decision,
+                                 const char *reason, kfd_commit_cb cb)
+{
+    kfd_audit_buf a;
+    kfd_audit_fill(&a, kfd_op_actor(&op->base), action, decision, "", "", "", reason);
+    Keyfleet__V1__CmdAppendAudit c;
+    Keyfleet__V1__StateCommand cmd;
+    kfd_audit_command(&a, &c, &cmd);
+    kfd_op_commit(&op->base, &cmd, cb, op);
+}
+
 static void on_member_audited(void *arg, int status, const kfd_apply_result *res, const kf_err *err)
 {
     (void)res;
@@ -126,13 +139,8 @@ static void on_changed(void *arg, int status, const kf_err *err)
     }
     kf_log_info("cluster_member_changed", "action=%s member=%s detail=%s", op->add ? "add" : "remove", op->name,
                 kf_log_q(op->detail));
-    kfd_audit_buf a;
-    kfd_audit_fill(&a, kfd_op_actor(&op->base), op->add ? "cluster_add" : "cluster_remove",
-                   KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "", op->detail);
-    Keyfleet__V1__CmdAppendAudit c;
-    Keyfleet__V1__StateCommand cmd;
-    kfd_audit_command(&a, &c, &cmd);
-    kfd_op_commit(&op->base, &cmd, on_member_audited, op);
+    commit_member_record(op, op->add ? "cluster_add" : "cluster_remove", KEYFLEET__V1__DECISION__DECISION_ALLOW,
+                         op->detail, on_member_audited);
 }
 
 static void on_reconfirmed(void *arg, int status, const kf_err *err)
@@ -193,13 +201,7 @@ static void start_change(kfd_call *call, member_op *op)
         char why[sizeof(op->detail) + 120];
         snprintf(why, sizeof(why), "remove %s: it leads; leadership is handed to another coordinator, which "
                  "removes it when asked again", op->detail);
-        kfd_audit_buf a;
-        kfd_audit_fill(&a, kfd_call_actor(call), "cluster_change", KEYFLEET__V1__DECISION__DECISION_DENY, "", "", "",
-                       why);
-        Keyfleet__V1__CmdAppendAudit c;
-        Keyfleet__V1__StateCommand cmd;
-        kfd_audit_command(&a, &c, &cmd);
-        kfd_op_commit(&op->base, &cmd, on_self_removal_recorded, op);
+        commit_member_record(op, "cluster_change", KEYFLEET__V1__DECISION__DECISION_DENY, why, on_self_removal_recorded);
         return;
     }
     if (r != 0) {
@@ -209,13 +211,7 @@ static void start_change(kfd_call *call, member_op *op)
     }
     char reason[sizeof(op->detail) + 16];
     snprintf(reason, sizeof(reason), "%s %s", op->add ? "add" : "remove", op->detail);
-    kfd_audit_buf a;
-    kfd_audit_fill(&a, kfd_call_actor(call), "cluster_change", KEYFLEET__V1__DECISION__DECISION_ALLOW, "", "", "",
-                   reason);
-    Keyfleet__V1__CmdAppendAudit c;
-    Keyfleet__V1__StateCommand cmd;
-    kfd_audit_command(&a, &c, &cmd);
-    kfd_op_commit(&op->base, &cmd, on_judged, op);
+    commit_member_record(op, "cluster_change", KEYFLEET__V1__DECISION__DECISION_ALLOW, reason, on_judged);
 }
 
 void kfd_rpc_add_member(kfd_call *call)

@@ -1810,6 +1810,34 @@ static int node_seen(kfd_store *s, Keyfleet__V1__AttestClock *clk, int64_t at)
     return apply(s, &cmd, NULL);
 }
 
+/* A store whose node n1 enrolled vol-j under the policy "allow-prod", and whose first release
+ * (at at) recorded the TPM state (reset 5, restart 1, clock): j judges as the handler would, clk
+ * is that quote and judged_clock points at it. */
+static kfd_store *open_tpm_judged(const char *db, kfd_judged *j, Keyfleet__V1__AttestClock *clk, uint64_t clock,
+                                  int64_t at)
+{
+    kf_err err = {0};
+    kfd_store *s = open_db(db);
+    assert_int_equal(put_policy(s, 1, "rules: [allow-prod]\n"), 0);
+    assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
+    memset(j, 0, sizeof(*j));
+    j->has_tpm = true;
+    kfd_volume v;
+    assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
+    assert_int_equal(kfd_judged_volume(&v, j->volume), 0);
+    kfd_volume_clear(&v);
+    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", j->policy), 0);
+    kfd_judged_tpm(NULL, j->tpm);
+    keyfleet__v1__attest_clock__init(clk);
+    clk->reset_count = 5;
+    clk->restart_count = 1;
+    clk->clock = clock;
+    clk->clock_known = true;
+    judged_clock = clk;
+    assert_int_equal(judged_release(s, j, KCV1, at, &err), 0);
+    return s;
+}
+
 /* Review rev46, R46-3: a heartbeat's quote raises the recorded TPM state only where it holds at
  * apply (rules 2 to 4 against this replica's record). Before, a heartbeat that an edited leader
  * let through laid a clone's state (set ten days forward, or a later boot a day back) on every
@@ -1818,24 +1846,9 @@ static void test_heartbeat_clock_judged_at_apply(void **state)
 {
     (void)state;
     kf_err err = {0};
-    kfd_store *s = open_db("heartbeat-clock.db");
-    assert_int_equal(put_policy(s, 1, "rules: [allow-prod]\n"), 0);
-    assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
-    kfd_judged j = {0};
-    j.has_tpm = true;
-    kfd_volume v;
-    assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
-    assert_int_equal(kfd_judged_volume(&v, j.volume), 0);
-    kfd_volume_clear(&v);
-    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", j.policy), 0);
-    kfd_judged_tpm(NULL, j.tpm);
-    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
-    clk.reset_count = 5;
-    clk.restart_count = 1;
-    clk.clock = 1ull << 30; /* about 12 days of TPM time */
-    clk.clock_known = true;
-    judged_clock = &clk;
-    assert_int_equal(judged_release(s, &j, KCV1, T0 + 7, &err), 0);
+    kfd_judged j;
+    Keyfleet__V1__AttestClock clk;
+    kfd_store *s = open_tpm_judged("heartbeat-clock.db", &j, &clk, 1ull << 30 /* about 12 days */, T0 + 7);
     kfd_attest_record rec;
     assert_int_equal(kfd_store_get_attest(s, "n1", &rec), 0);
     kfd_judged_tpm(&rec, j.tpm);
@@ -1906,24 +1919,9 @@ static void test_rollback_accept_dated_by_quote(void **state)
 {
     (void)state;
     kf_err err = {0};
-    kfd_store *s = open_db("accept-dating.db");
-    assert_int_equal(put_policy(s, 1, "rules: [allow-prod]\n"), 0);
-    assert_int_equal(enroll_labelled(s, "vol-j", T0), 0);
-    kfd_judged j = {0};
-    j.has_tpm = true;
-    kfd_volume v;
-    assert_int_equal(kfd_store_get_volume(s, "vol-j", &v), 0);
-    assert_int_equal(kfd_judged_volume(&v, j.volume), 0);
-    kfd_volume_clear(&v);
-    assert_int_equal(kfd_judged_policy("rules: [allow-prod]\n", j.policy), 0);
-    kfd_judged_tpm(NULL, j.tpm);
-    Keyfleet__V1__AttestClock clk = KEYFLEET__V1__ATTEST_CLOCK__INIT;
-    clk.reset_count = 5;
-    clk.restart_count = 1;
-    clk.clock = 10000000;
-    clk.clock_known = true;
-    judged_clock = &clk;
-    assert_int_equal(judged_release(s, &j, KCV1, T0 + 10, &err), 0);
+    kfd_judged j;
+    Keyfleet__V1__AttestClock clk;
+    kfd_store *s = open_tpm_judged("accept-dating.db", &j, &clk, 10000000, T0 + 10);
     /* A seen quote that is not behind the record (the same boot, later): an acceptance carrying
      * it lays nothing, whatever the leader's counters said (review rev46c R46c-1). */
     Keyfleet__V1__AttestClock later = clk;
