@@ -281,14 +281,14 @@ class Azure:
                       {"WWW-Authenticate": 'Bearer authorization="https://login.microsoftonline.com/%s", '
                                            'resource="%s"' % (self.tenant, self.resource)})
 
-    def check_token(self, h):
-        """None when the bearer token is good for this vault, else the 401 text."""
+    def check_token(self, h, arrived):
+        """None when the bearer token was good for this vault when the request arrived, else the 401 text."""
         auth = h.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             return "AKV10000: Request is missing a Bearer or PoP token."
         with self.lock:
             exp, aud = self.tokens.get(auth[7:], (None, None))
-        if exp is None or time.time() >= exp or exp - self.ttl < self.revoked_before:
+        if exp is None or arrived >= exp or exp - self.ttl < self.revoked_before:
             return "AKV10032: Invalid issuer, or the token expired or was revoked."
         if aud != self.resource:
             return "AKV10022: Invalid audience. Expected %s, found: %s." % (self.resource, aud)
@@ -306,13 +306,16 @@ class Azure:
         if path == "/metadata/identity/oauth2/token":
             return self.imds(h, method, query)
         body = h.body_json() if method in ("POST", "PATCH") else {}
+        # The service authenticates a request when it arrives; a slow answer (the "slow" fault)
+        # does not turn a token that was valid then into a 401.
+        arrived = time.time()
         f = sc.apply_fault(h, self.fault, False, lambda c: kv_error("Throttled" if c == 429 else "Fault", "injected"))
         if f is None:
             return
         fault = f[0]
         if fault == "revoke-tokens":
             self.revoked_before = time.time() + 1
-        why = self.check_token(h)
+        why = self.check_token(h, arrived)
         if why is not None:
             return self.refuse_token(h, why)
         if fault == "firewall":
